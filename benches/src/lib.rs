@@ -1,0 +1,1 @@
+//! Sluice benchmarks: pktgen and the runner.

@@ -1,0 +1,1 @@
+//! The classifier cascade: exact-match cache → megaflow cache → slow path.

@@ -1,0 +1,1 @@
+//! The control socket `sluiced.ctl` (unixctl-compatible JSON-RPC).

@@ -1,0 +1,1 @@
+//! The OpenFlow-like flow program: keys, matches, actions, tables.

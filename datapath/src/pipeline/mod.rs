@@ -1,0 +1,27 @@
+//! The sans-IO pipeline: what happens to a burst between rx and tx.
+//!
+//! A [`Pipeline`] owns one core's state (MAC table, caches, conntrack shard)
+//! and never reads a clock, touches a device or allocates per packet: `now`
+//! comes in as an argument, packets go out through [`Output`]. A PMD thread
+//! owns one pipeline instance; tests drive it directly with in-memory
+//! buffers and a fake clock.
+
+pub mod flow;
+pub mod l2;
+
+use crate::packet::{Burst, Output, PacketBuf};
+
+/// Monotonic time in nanoseconds, supplied by the caller.
+pub type Nanos = u64;
+
+/// Packet processing for one core.
+pub trait Pipeline<B: PacketBuf>: Send {
+    /// Processes every packet of `burst` (leaving it empty): each packet is
+    /// staged on `out` for some port(s) or dropped with a counted reason.
+    fn process(&mut self, now: Nanos, burst: &mut Burst<B>, out: &mut Output<B>);
+
+    /// Periodic housekeeping between bursts (expiry, cache revalidation,
+    /// picking up a new program). Called by the PMD at least every few
+    /// milliseconds; must be cheap when there is nothing to do.
+    fn maintain(&mut self, _now: Nanos, _out: &mut Output<B>) {}
+}

@@ -1,0 +1,65 @@
+//! Ports: where bursts come from and go to.
+//!
+//! The pipeline never knows which implementation it is fed by. [`Port`] is
+//! implemented by the DPDK ethdev port (`port::dpdk`, any PMD) and by
+//! [`memory::MemPort`] for unit tests. A port value is a handle that a PMD
+//! thread owns for the queues it serves; several handles to one DPDK port
+//! may exist, one per thread, each using its own queue ids.
+
+pub mod memory;
+
+use crate::packet::PacketBuf;
+
+/// Link state as reported by the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct LinkState {
+    /// Carrier up.
+    pub up: bool,
+    /// Speed in Mbit/s (0 when unknown).
+    pub speed_mbps: u32,
+    /// Full duplex.
+    pub full_duplex: bool,
+}
+
+/// Basic port counters, as the device reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct PortStats {
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Packets dropped on receive (no buffer, queue full).
+    pub rx_dropped: u64,
+    /// Receive errors.
+    pub rx_errors: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Transmit errors.
+    pub tx_errors: u64,
+}
+
+/// A source and sink of packet bursts.
+pub trait Port: Send {
+    /// The buffer type this port produces and consumes.
+    type Buf: PacketBuf;
+
+    /// The port's name (from the configuration).
+    fn name(&self) -> &str;
+
+    /// Receives up to `max` packets from rx queue `queue`, appending them
+    /// to `out`. Returns how many were received.
+    fn rx_burst(&mut self, queue: u16, out: &mut Vec<Self::Buf>, max: usize) -> usize;
+
+    /// Transmits packets from the front of `pkts` on tx queue `queue`,
+    /// removing the ones sent; packets the device did not take stay in
+    /// `pkts`. Returns how many were sent.
+    fn tx_burst(&mut self, queue: u16, pkts: &mut Vec<Self::Buf>) -> usize;
+
+    /// Device counters.
+    fn stats(&self) -> PortStats;
+
+    /// Link state.
+    fn link(&self) -> LinkState;
+}

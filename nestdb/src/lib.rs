@@ -1,0 +1,1 @@
+//! nestdb: an OVSDB-protocol node database.
