@@ -27,6 +27,8 @@ pub mod checksum;
 pub mod ethernet;
 pub mod ip;
 pub mod ipv4;
+pub mod tcp;
+pub mod udp;
 pub mod vlan;
 
 pub use arp::{Operation as ArpOperation, Packet as ArpPacket, Repr as ArpRepr};
@@ -35,6 +37,8 @@ pub use ethernet::{
 };
 pub use ip::IpProtocol;
 pub use ipv4::{Cidr as Ipv4Cidr, Packet as Ipv4Packet, Repr as Ipv4Repr};
+pub use tcp::{Flags as TcpFlags, Packet as TcpPacket, Repr as TcpRepr};
+pub use udp::{Packet as UdpPacket, Repr as UdpRepr};
 pub use vlan::{Packet as VlanPacket, Repr as VlanRepr};
 
 use core::fmt;

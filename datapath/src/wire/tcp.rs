@@ -1,0 +1,718 @@
+//! TCP segment headers (RFC 9293).
+//!
+//! [`Packet::new_checked`] checks the 20-byte fixed header, a data offset
+//! of at least 5 words, and that the options fit in the buffer. The segment
+//! is the whole buffer: pass exactly the IPv4 payload, since TCP has no
+//! length field of its own. Options stay opaque bytes (the datapath does
+//! not act on them). The checksum covers the IPv4 pseudo-header.
+//! Plain data, no state, no allocation.
+
+use core::fmt;
+use core::ops::{BitOr, BitOrAssign};
+use std::net::Ipv4Addr;
+
+use super::checksum;
+use super::ip::IpProtocol;
+use super::{
+    check_len, check_room, read_u16, read_u32, write_u16, write_u32, ChecksumMode, Error, Layer,
+    Result,
+};
+
+mod field {
+    pub const SRC_PORT: usize = 0;
+    pub const DST_PORT: usize = 2;
+    pub const SEQ_NUM: usize = 4;
+    pub const ACK_NUM: usize = 8;
+    pub const FLAGS: usize = 12;
+    pub const WIN_SIZE: usize = 14;
+    pub const CHECKSUM: usize = 16;
+    pub const URGENT: usize = 18;
+}
+
+/// Length of a TCP header without options.
+pub const HEADER_LEN: usize = 20;
+
+/// Largest TCP header (data offset 15).
+pub const MAX_HEADER_LEN: usize = 60;
+
+/// The TCP control bits, as they sit in the low 9 bits of bytes 12–13.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Flags(u16);
+
+impl Flags {
+    /// No more data from sender.
+    pub const FIN: Flags = Flags(0x001);
+    /// Synchronize sequence numbers.
+    pub const SYN: Flags = Flags(0x002);
+    /// Reset the connection.
+    pub const RST: Flags = Flags(0x004);
+    /// Push function.
+    pub const PSH: Flags = Flags(0x008);
+    /// Acknowledgment field significant.
+    pub const ACK: Flags = Flags(0x010);
+    /// Urgent pointer field significant.
+    pub const URG: Flags = Flags(0x020);
+    /// ECN-Echo.
+    pub const ECE: Flags = Flags(0x040);
+    /// Congestion window reduced.
+    pub const CWR: Flags = Flags(0x080);
+    /// ECN nonce (historic, RFC 3540).
+    pub const NS: Flags = Flags(0x100);
+    /// No flags.
+    pub const EMPTY: Flags = Flags(0);
+
+    const ALL_BITS: u16 = 0x1ff;
+    const NAMES: [(Flags, &'static str); 9] = [
+        (Flags::FIN, "FIN"),
+        (Flags::SYN, "SYN"),
+        (Flags::RST, "RST"),
+        (Flags::PSH, "PSH"),
+        (Flags::ACK, "ACK"),
+        (Flags::URG, "URG"),
+        (Flags::ECE, "ECE"),
+        (Flags::CWR, "CWR"),
+        (Flags::NS, "NS"),
+    ];
+
+    /// Builds flags from bits; bits above the 9 defined ones are dropped.
+    pub const fn from_bits_truncate(bits: u16) -> Flags {
+        Flags(bits & Self::ALL_BITS)
+    }
+
+    /// The raw bits.
+    pub const fn bits(self) -> u16 {
+        self.0
+    }
+
+    /// True when every flag in `other` is set.
+    pub const fn contains(self, other: Flags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// True when any flag in `other` is set.
+    pub const fn intersects(self, other: Flags) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    /// True when no flag is set.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Sets the flags in `other`.
+    pub fn insert(&mut self, other: Flags) {
+        self.0 |= other.0;
+    }
+
+    /// Clears the flags in `other`.
+    pub fn remove(&mut self, other: Flags) {
+        self.0 &= !other.0;
+    }
+}
+
+impl BitOr for Flags {
+    type Output = Flags;
+    fn bitor(self, rhs: Flags) -> Flags {
+        Flags(self.0 | rhs.0)
+    }
+}
+
+impl BitOrAssign for Flags {
+    fn bitor_assign(&mut self, rhs: Flags) {
+        self.0 |= rhs.0;
+    }
+}
+
+impl fmt::Display for Flags {
+    /// `SYN|ACK` style; `-` when empty.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("-");
+        }
+        let mut first = true;
+        for (flag, name) in Self::NAMES {
+            if self.contains(flag) {
+                if !first {
+                    f.write_str("|")?;
+                }
+                f.write_str(name)?;
+                first = false;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Flags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Flags({self})")
+    }
+}
+
+/// A view of a TCP segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packet<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Packet<T> {
+    /// Wraps `buffer` without checking it. Getters panic if it is shorter
+    /// than the header (options included).
+    pub const fn new_unchecked(buffer: T) -> Packet<T> {
+        Packet { buffer }
+    }
+
+    /// Wraps untrusted bytes, checking the header and data offset.
+    pub fn new_checked(buffer: T) -> Result<Packet<T>> {
+        let p = Self::new_unchecked(buffer);
+        p.check_len()?;
+        Ok(p)
+    }
+
+    /// Checks the fixed header, the data offset and the options' length.
+    pub fn check_len(&self) -> Result<()> {
+        let b = self.buffer.as_ref();
+        check_len(Layer::Tcp, b, HEADER_LEN)?;
+        let hl = usize::from(self.header_len());
+        if hl < HEADER_LEN {
+            return Err(Error::Malformed {
+                layer: Layer::Tcp,
+                field: "data offset",
+                reason: "it is below the minimum of 5 words",
+            });
+        }
+        check_len(Layer::Tcp, b, hl)
+    }
+
+    /// Returns the underlying buffer.
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+
+    /// Source port.
+    #[inline]
+    pub fn src_port(&self) -> u16 {
+        read_u16(self.buffer.as_ref(), field::SRC_PORT)
+    }
+
+    /// Destination port.
+    #[inline]
+    pub fn dst_port(&self) -> u16 {
+        read_u16(self.buffer.as_ref(), field::DST_PORT)
+    }
+
+    /// Sequence number.
+    #[inline]
+    pub fn seq_number(&self) -> u32 {
+        read_u32(self.buffer.as_ref(), field::SEQ_NUM)
+    }
+
+    /// Acknowledgment number.
+    #[inline]
+    pub fn ack_number(&self) -> u32 {
+        read_u32(self.buffer.as_ref(), field::ACK_NUM)
+    }
+
+    /// Header length in bytes, options included (data offset × 4).
+    #[inline]
+    pub fn header_len(&self) -> u8 {
+        (self.buffer.as_ref()[field::FLAGS] >> 4) * 4
+    }
+
+    /// Control flags.
+    #[inline]
+    pub fn flags(&self) -> Flags {
+        Flags::from_bits_truncate(read_u16(self.buffer.as_ref(), field::FLAGS))
+    }
+
+    /// Window size.
+    #[inline]
+    pub fn window_len(&self) -> u16 {
+        read_u16(self.buffer.as_ref(), field::WIN_SIZE)
+    }
+
+    /// Checksum field.
+    #[inline]
+    pub fn checksum(&self) -> u16 {
+        read_u16(self.buffer.as_ref(), field::CHECKSUM)
+    }
+
+    /// Urgent pointer.
+    #[inline]
+    pub fn urgent_at(&self) -> u16 {
+        read_u16(self.buffer.as_ref(), field::URGENT)
+    }
+
+    /// The options bytes, opaque.
+    #[inline]
+    pub fn options(&self) -> &[u8] {
+        &self.buffer.as_ref()[HEADER_LEN..usize::from(self.header_len())]
+    }
+
+    /// True when the checksum over the pseudo-header and the whole buffer
+    /// is correct.
+    pub fn verify_checksum(&self, src: Ipv4Addr, dst: Ipv4Addr) -> bool {
+        let b = self.buffer.as_ref();
+        let Ok(len) = u16::try_from(b.len()) else {
+            return false;
+        };
+        checksum::combine(&[
+            checksum::pseudo_header_v4(src, dst, IpProtocol::Tcp.into(), len),
+            checksum::data(b),
+        ]) == 0xffff
+    }
+}
+
+impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
+    /// The segment data after the header.
+    #[inline]
+    pub fn payload(&self) -> &'a [u8] {
+        &self.buffer.as_ref()[usize::from(self.header_len())..]
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+    /// Sets the source port (checksum untouched).
+    #[inline]
+    pub fn set_src_port(&mut self, value: u16) {
+        write_u16(self.buffer.as_mut(), field::SRC_PORT, value);
+    }
+
+    /// Sets the destination port (checksum untouched).
+    #[inline]
+    pub fn set_dst_port(&mut self, value: u16) {
+        write_u16(self.buffer.as_mut(), field::DST_PORT, value);
+    }
+
+    /// Sets the sequence number.
+    #[inline]
+    pub fn set_seq_number(&mut self, value: u32) {
+        write_u32(self.buffer.as_mut(), field::SEQ_NUM, value);
+    }
+
+    /// Sets the acknowledgment number.
+    #[inline]
+    pub fn set_ack_number(&mut self, value: u32) {
+        write_u32(self.buffer.as_mut(), field::ACK_NUM, value);
+    }
+
+    /// Sets the header length in bytes (multiple of 4), keeping flags.
+    #[inline]
+    pub fn set_header_len(&mut self, value: u8) {
+        let b = &mut self.buffer.as_mut()[field::FLAGS];
+        *b = (*b & 0x0f) | (((value / 4) & 0x0f) << 4);
+    }
+
+    /// Sets the control flags, keeping the data offset.
+    #[inline]
+    pub fn set_flags(&mut self, value: Flags) {
+        let b = self.buffer.as_mut();
+        let cur = read_u16(b, field::FLAGS);
+        write_u16(b, field::FLAGS, (cur & 0xf000) | value.bits());
+    }
+
+    /// Sets the window size.
+    #[inline]
+    pub fn set_window_len(&mut self, value: u16) {
+        write_u16(self.buffer.as_mut(), field::WIN_SIZE, value);
+    }
+
+    /// Sets the checksum field.
+    #[inline]
+    pub fn set_checksum(&mut self, value: u16) {
+        write_u16(self.buffer.as_mut(), field::CHECKSUM, value);
+    }
+
+    /// Sets the urgent pointer.
+    #[inline]
+    pub fn set_urgent_at(&mut self, value: u16) {
+        write_u16(self.buffer.as_mut(), field::URGENT, value);
+    }
+
+    /// Rewrites the source port and patches the checksum incrementally.
+    #[inline]
+    pub fn rewrite_src_port(&mut self, value: u16) {
+        let c = checksum::update16(self.checksum(), self.src_port(), value);
+        self.set_src_port(value);
+        self.set_checksum(c);
+    }
+
+    /// Rewrites the destination port and patches the checksum
+    /// incrementally.
+    #[inline]
+    pub fn rewrite_dst_port(&mut self, value: u16) {
+        let c = checksum::update16(self.checksum(), self.dst_port(), value);
+        self.set_dst_port(value);
+        self.set_checksum(c);
+    }
+
+    /// Computes and stores the checksum over the IPv4 pseudo-header and
+    /// the whole buffer. Fails if the buffer is longer than 65535 bytes.
+    pub fn fill_checksum(&mut self, src: Ipv4Addr, dst: Ipv4Addr) -> Result<()> {
+        let len = self.buffer.as_ref().len();
+        let len16 = u16::try_from(len).map_err(|_| Error::ValueTooLarge {
+            layer: Layer::Tcp,
+            field: "segment length",
+            value: u32::try_from(len).unwrap_or(u32::MAX),
+            max: u16::MAX.into(),
+        })?;
+        self.set_checksum(0);
+        let sum = checksum::combine(&[
+            checksum::pseudo_header_v4(src, dst, IpProtocol::Tcp.into(), len16),
+            checksum::data(self.buffer.as_ref()),
+        ]);
+        self.set_checksum(checksum::finish(sum));
+        Ok(())
+    }
+
+    /// The options bytes, writable.
+    #[inline]
+    pub fn options_mut(&mut self) -> &mut [u8] {
+        let hl = usize::from(self.header_len());
+        &mut self.buffer.as_mut()[HEADER_LEN..hl]
+    }
+
+    /// The segment data, writable.
+    #[inline]
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        let hl = usize::from(self.header_len());
+        &mut self.buffer.as_mut()[hl..]
+    }
+}
+
+/// The meaning of a TCP header. Options are carried as opaque bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Repr<'a> {
+    /// Source port.
+    pub src_port: u16,
+    /// Destination port.
+    pub dst_port: u16,
+    /// Sequence number.
+    pub seq_number: u32,
+    /// Acknowledgment number.
+    pub ack_number: u32,
+    /// Control flags.
+    pub flags: Flags,
+    /// Window size.
+    pub window_len: u16,
+    /// Urgent pointer.
+    pub urgent_at: u16,
+    /// Options (length a multiple of 4, at most 40).
+    pub options: &'a [u8],
+    /// Segment data length.
+    pub payload_len: usize,
+}
+
+impl<'a> Repr<'a> {
+    /// Reads a header; under [`ChecksumMode::Verify`] the checksum must be
+    /// correct for `src`/`dst`.
+    pub fn parse<T: AsRef<[u8]> + ?Sized>(
+        packet: &Packet<&'a T>,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        mode: ChecksumMode,
+    ) -> Result<Repr<'a>> {
+        packet.check_len()?;
+        if mode == ChecksumMode::Verify && !packet.verify_checksum(src, dst) {
+            return Err(Error::Checksum { layer: Layer::Tcp });
+        }
+        let b: &'a [u8] = packet.buffer.as_ref();
+        let hl = usize::from(packet.header_len());
+        Ok(Repr {
+            src_port: packet.src_port(),
+            dst_port: packet.dst_port(),
+            seq_number: packet.seq_number(),
+            ack_number: packet.ack_number(),
+            flags: packet.flags(),
+            window_len: packet.window_len(),
+            urgent_at: packet.urgent_at(),
+            options: &b[HEADER_LEN..hl],
+            payload_len: b.len() - hl,
+        })
+    }
+
+    /// Header length (with options).
+    pub const fn header_len(&self) -> usize {
+        HEADER_LEN + self.options.len()
+    }
+
+    /// Bytes of header plus data.
+    pub const fn buffer_len(&self) -> usize {
+        self.header_len() + self.payload_len
+    }
+
+    /// Writes the header and options (checksum 0); the buffer must hold
+    /// header and data. Call [`Packet::fill_checksum`] once the data is in.
+    pub fn emit_header<T: AsRef<[u8]> + AsMut<[u8]>>(&self, packet: &mut Packet<T>) -> Result<()> {
+        if self.options.len() % 4 != 0 || self.options.len() > MAX_HEADER_LEN - HEADER_LEN {
+            return Err(Error::Malformed {
+                layer: Layer::Tcp,
+                field: "options",
+                reason: "their length must be a multiple of 4 and at most 40 bytes",
+            });
+        }
+        check_room(Layer::Tcp, packet.buffer.as_ref(), self.buffer_len())?;
+        packet.set_src_port(self.src_port);
+        packet.set_dst_port(self.dst_port);
+        packet.set_seq_number(self.seq_number);
+        packet.set_ack_number(self.ack_number);
+        packet.buffer.as_mut()[field::FLAGS] = 0;
+        packet.set_header_len(self.header_len() as u8);
+        packet.set_flags(self.flags);
+        packet.set_window_len(self.window_len);
+        packet.set_checksum(0);
+        packet.set_urgent_at(self.urgent_at);
+        packet.options_mut().copy_from_slice(self.options);
+        Ok(())
+    }
+
+    /// Writes header, options and `payload` into a buffer of exactly
+    /// [`Repr::buffer_len`] bytes and, when `addrs` is given, the checksum.
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        packet: &mut Packet<T>,
+        payload: &[u8],
+        addrs: Option<(Ipv4Addr, Ipv4Addr)>,
+    ) -> Result<()> {
+        if payload.len() != self.payload_len || packet.buffer.as_ref().len() != self.buffer_len() {
+            return Err(Error::Malformed {
+                layer: Layer::Tcp,
+                field: "payload",
+                reason: "the payload and buffer lengths must match the representation",
+            });
+        }
+        self.emit_header(packet)?;
+        packet.payload_mut().copy_from_slice(payload);
+        if let Some((src, dst)) = addrs {
+            packet.fill_checksum(src, dst)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SRC: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const DST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+    // 49152 → 443, seq 0x01020304, ack 0x0a0b0c0d, data offset 6 (one
+    // 4-byte MSS option 1460), SYN|ACK, window 0xffff, checksum 0, urgent 0,
+    // then 3 data bytes.
+    static SEGMENT_BYTES: [u8; 27] = [
+        0xc0, 0x00, 0x01, 0xbb, 0x01, 0x02, 0x03, 0x04, 0x0a, 0x0b, 0x0c, 0x0d, 0x60, 0x12, 0xff,
+        0xff, 0x00, 0x00, 0x00, 0x00, 0x02, 0x04, 0x05, 0xb4, b'a', b'b', b'c',
+    ];
+    const MSS: [u8; 4] = [0x02, 0x04, 0x05, 0xb4];
+
+    fn repr() -> Repr<'static> {
+        Repr {
+            src_port: 49152,
+            dst_port: 443,
+            seq_number: 0x0102_0304,
+            ack_number: 0x0a0b_0c0d,
+            flags: Flags::SYN | Flags::ACK,
+            window_len: 0xffff,
+            urgent_at: 0,
+            options: &MSS,
+            payload_len: 3,
+        }
+    }
+
+    #[test]
+    fn deconstruct() {
+        let p = Packet::new_checked(&SEGMENT_BYTES[..]).unwrap();
+        assert_eq!(p.src_port(), 49152);
+        assert_eq!(p.dst_port(), 443);
+        assert_eq!(p.seq_number(), 0x0102_0304);
+        assert_eq!(p.ack_number(), 0x0a0b_0c0d);
+        assert_eq!(p.header_len(), 24);
+        assert_eq!(p.flags(), Flags::SYN | Flags::ACK);
+        assert_eq!(p.window_len(), 0xffff);
+        assert_eq!(p.checksum(), 0);
+        assert_eq!(p.urgent_at(), 0);
+        assert_eq!(p.options(), &MSS);
+        assert_eq!(p.payload(), b"abc");
+    }
+
+    #[test]
+    fn construct() {
+        let mut buf = [0u8; 27];
+        let mut p = Packet::new_unchecked(&mut buf[..]);
+        p.set_src_port(49152);
+        p.set_dst_port(443);
+        p.set_seq_number(0x0102_0304);
+        p.set_ack_number(0x0a0b_0c0d);
+        p.set_header_len(24);
+        p.set_flags(Flags::SYN | Flags::ACK);
+        p.set_window_len(0xffff);
+        p.options_mut().copy_from_slice(&MSS);
+        p.payload_mut().copy_from_slice(b"abc");
+        assert_eq!(buf, SEGMENT_BYTES);
+    }
+
+    #[test]
+    fn parse_and_emit() {
+        let mut buf = [0u8; 27];
+        repr()
+            .emit(&mut Packet::new_unchecked(&mut buf[..]), b"abc", Some((SRC, DST)))
+            .unwrap();
+        let p = Packet::new_checked(&buf[..]).unwrap();
+        assert!(p.verify_checksum(SRC, DST));
+        assert_eq!(Repr::parse(&p, SRC, DST, ChecksumMode::Verify).unwrap(), repr());
+        let mut no_csum = buf;
+        no_csum[16..18].fill(0);
+        assert_eq!(no_csum, SEGMENT_BYTES);
+
+        let mut bad = buf;
+        bad[26] ^= 1;
+        let p = Packet::new_checked(&bad[..]).unwrap();
+        assert_eq!(
+            Repr::parse(&p, SRC, DST, ChecksumMode::Verify),
+            Err(Error::Checksum { layer: Layer::Tcp })
+        );
+        assert!(Repr::parse(&p, SRC, DST, ChecksumMode::Trust).is_ok());
+    }
+
+    #[test]
+    fn emit_validates() {
+        let mut buf = [0u8; 27];
+        let odd = Repr {
+            options: &[1, 1, 1],
+            ..repr()
+        };
+        assert!(odd
+            .emit_header(&mut Packet::new_unchecked(&mut buf[..]))
+            .is_err());
+        assert!(repr()
+            .emit(&mut Packet::new_unchecked(&mut buf[..]), b"ab", None)
+            .is_err());
+        let mut small = [0u8; 26];
+        assert!(matches!(
+            repr().emit_header(&mut Packet::new_unchecked(&mut small[..])),
+            Err(Error::BufferTooSmall { .. })
+        ));
+    }
+
+    #[test]
+    fn every_truncation_is_rejected() {
+        for len in 0..24 {
+            assert!(
+                matches!(
+                    Packet::new_checked(&SEGMENT_BYTES[..len]),
+                    Err(Error::Truncated { .. })
+                ),
+                "{len}"
+            );
+        }
+        // Data is optional: every length from the header on is a segment.
+        for len in 24..=SEGMENT_BYTES.len() {
+            assert_eq!(
+                Packet::new_checked(&SEGMENT_BYTES[..len]).unwrap().payload().len(),
+                len - 24
+            );
+        }
+    }
+
+    #[test]
+    fn bad_data_offset_rejected() {
+        let mut b = SEGMENT_BYTES;
+        b[12] = 0x40;
+        assert!(matches!(
+            Packet::new_checked(&b[..]),
+            Err(Error::Malformed { .. })
+        ));
+        b[12] = 0xf0; // 60 bytes > 27
+        assert!(matches!(
+            Packet::new_checked(&b[..]),
+            Err(Error::Truncated { needed: 60, .. })
+        ));
+    }
+
+    #[test]
+    fn flags_text_and_ops() {
+        let mut f = Flags::SYN | Flags::ACK;
+        assert_eq!(f.to_string(), "SYN|ACK");
+        assert!(f.contains(Flags::SYN));
+        assert!(!f.contains(Flags::SYN | Flags::FIN));
+        assert!(f.intersects(Flags::SYN | Flags::FIN));
+        f.remove(Flags::SYN);
+        f |= Flags::FIN;
+        assert_eq!(f, Flags::FIN | Flags::ACK);
+        assert_eq!(Flags::EMPTY.to_string(), "-");
+        assert_eq!(Flags::from_bits_truncate(0xffff).bits(), 0x1ff);
+        assert_eq!(format!("{:?}", Flags::NS | Flags::CWR), "Flags(CWR|NS)");
+    }
+
+    #[test]
+    fn port_rewrite_keeps_checksum_valid() {
+        let mut buf = [0u8; 27];
+        repr()
+            .emit(&mut Packet::new_unchecked(&mut buf[..]), b"abc", Some((SRC, DST)))
+            .unwrap();
+        let mut p = Packet::new_unchecked(&mut buf[..]);
+        p.rewrite_src_port(1);
+        p.rewrite_dst_port(65535);
+        assert!(p.verify_checksum(SRC, DST));
+    }
+
+    #[test]
+    fn etherparse_oracle_both_ways() {
+        let builder = etherparse::PacketBuilder::ipv4(SRC.octets(), DST.octets(), 64)
+            .tcp(49152, 443, 0x0102_0304, 0xffff)
+            .syn()
+            .ack(0x0a0b_0c0d)
+            .options_raw(&MSS)
+            .unwrap();
+        let mut pkt = Vec::new();
+        builder.write(&mut pkt, b"abc").unwrap();
+        let p = Packet::new_checked(&pkt[20..]).unwrap();
+        assert_eq!(
+            Repr::parse(&p, SRC, DST, ChecksumMode::Verify).unwrap(),
+            repr()
+        );
+
+        let mut buf = [0u8; 27];
+        repr()
+            .emit(&mut Packet::new_unchecked(&mut buf[..]), b"abc", Some((SRC, DST)))
+            .unwrap();
+        assert_eq!(&buf[..], &pkt[20..], "byte-identical to etherparse");
+        let t = etherparse::TcpSlice::from_slice(&buf).unwrap();
+        assert!(t.syn() && t.ack() && !t.fin());
+        assert_eq!(t.options(), &MSS);
+        assert_eq!(
+            t.checksum(),
+            t.calc_checksum_ipv4(SRC.octets(), DST.octets()).unwrap()
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
+            if let Ok(p) = Packet::new_checked(&bytes[..]) {
+                let _ = p.options();
+                let _ = p.payload();
+                let _ = Repr::parse(&p, SRC, DST, ChecksumMode::Verify);
+                let r = Repr::parse(&p, SRC, DST, ChecksumMode::Trust).unwrap();
+                prop_assert_eq!(r.buffer_len(), bytes.len());
+            }
+        }
+
+        #[test]
+        fn checksum_matches_etherparse(src in any::<u32>(), dst in any::<u32>(), seq in any::<u32>(),
+                                       flags in 0u16..0x200, payload in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let (s, d) = (Ipv4Addr::from(src), Ipv4Addr::from(dst));
+            let r = Repr { seq_number: seq, flags: Flags::from_bits_truncate(flags),
+                           payload_len: payload.len(), ..repr() };
+            let mut buf = vec![0u8; r.buffer_len()];
+            r.emit(&mut Packet::new_unchecked(&mut buf[..]), &payload, Some((s, d))).unwrap();
+            let t = etherparse::TcpSlice::from_slice(&buf).unwrap();
+            prop_assert_eq!(t.checksum(), t.calc_checksum_ipv4(s.octets(), d.octets()).unwrap());
+            prop_assert_eq!(t.sequence_number(), seq);
+            prop_assert_eq!(t.ns(), flags & 0x100 != 0);
+            prop_assert_eq!(t.cwr(), flags & 0x80 != 0);
+        }
+    }
+}
