@@ -1,0 +1,880 @@
+//! The control socket server: a unix listener, one accept thread and one
+//! thread per client connection.
+//!
+//! Lifecycle: [`CtlServer::start`] creates the socket's parent directory,
+//! replaces a stale socket file only if nothing listens on it, binds the new
+//! socket inside a private `0700` directory, makes it `0600` and renames it
+//! into place, so it is never reachable with looser permissions.
+//! [`CtlServer::stop`] (also run on drop) stops accepting, wakes every
+//! connection, waits for requests in progress to finish and removes the
+//! socket file if it is still the one this server created.
+//!
+//! Each connection is served by its own thread with blocking I/O: requests
+//! on one connection are handled in order, one at a time (as in OVS), and a
+//! slow or silent client never holds up the others. A client that stays idle
+//! longer than `idle_timeout`, or stalls in the middle of a message longer
+//! than `read_timeout`, is disconnected; at most `max_connections` are served
+//! at once and further ones get an error reply. Peer credentials are checked
+//! on accept: a client whose uid is not allowed gets one error reply and is
+//! disconnected without any command running.
+//!
+//! Thread-safety: [`CtlServer`] is owned by the thread that started it;
+//! handlers run on the connection threads, never on PMD threads.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::jsonrpc::{encode_reply, Framer, Request};
+use super::registry::{DispatchContext, Registry};
+use super::sys;
+
+/// Default path of the control socket.
+pub const DEFAULT_SOCKET_PATH: &str = "/var/run/sluice/sluiced.ctl";
+
+/// Settings of a [`CtlServer`].
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where the socket is created.
+    pub path: PathBuf,
+    /// Largest accepted request, in bytes.
+    pub max_message_bytes: usize,
+    /// How long a client may stall in the middle of a request.
+    pub read_timeout: Duration,
+    /// How long a connection may stay open without sending anything.
+    pub idle_timeout: Duration,
+    /// How long writing a reply may block on a client that does not read.
+    pub write_timeout: Duration,
+    /// Most connections served at once.
+    pub max_connections: usize,
+    /// Uids allowed to connect; `None` means root and this process's
+    /// effective uid.
+    pub allowed_uids: Option<Vec<u32>>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from(DEFAULT_SOCKET_PATH),
+            max_message_bytes: 1 << 20,
+            read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            write_timeout: Duration::from_secs(10),
+            max_connections: 64,
+            allowed_uids: None,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The default settings with the socket at `path`.
+    pub fn with_path(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Why the control socket could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The socket's directory could not be created.
+    #[error("cannot create control socket directory {}: {source}", path.display())]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A live server already answers on the path.
+    #[error("another process is already listening on control socket {}; stop it or choose another socket path", path.display())]
+    InUse {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// The path exists and is not a socket, so it is left alone.
+    #[error("{} exists and is not a socket; remove it or choose another control socket path", path.display())]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Checking, binding, or placing the socket failed.
+    #[error("cannot {action} control socket {}: {source}", path.display())]
+    Socket {
+        /// What was being done, e.g. "bind".
+        action: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The accept thread could not be spawned.
+    #[error("cannot start the control socket thread: {0}")]
+    Spawn(io::Error),
+}
+
+type ExitCallback = Box<dyn Fn() + Send + Sync>;
+
+struct Connection {
+    stream: UnixStream,
+    thread: JoinHandle<()>,
+}
+
+struct Shared {
+    registry: Registry,
+    on_exit: ExitCallback,
+    config: ServerConfig,
+    allowed_uids: Vec<u32>,
+    stopping: AtomicBool,
+    next_conn: AtomicU64,
+    conns: Mutex<HashMap<u64, Connection>>,
+}
+
+impl Shared {
+    fn conns(&self) -> MutexGuard<'_, HashMap<u64, Connection>> {
+        // The map stays consistent even if a holder panicked: every critical
+        // section is a single insert, remove or take.
+        self.conns
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A running control socket. Dropping it stops it.
+pub struct CtlServer {
+    path: PathBuf,
+    socket_id: (u64, u64),
+    shared: Arc<Shared>,
+    accept_thread: Option<JoinHandle<()>>,
+    wake: UnixStream,
+}
+
+impl std::fmt::Debug for CtlServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CtlServer")
+            .field("path", &self.path)
+            .field("running", &self.accept_thread.is_some())
+            .finish()
+    }
+}
+
+impl CtlServer {
+    /// Creates the socket and starts serving `registry` on it. `on_exit` is
+    /// what the `exit` command calls; it runs on a connection thread, so it
+    /// should signal the main thread rather than stop this server itself
+    /// (although calling [`CtlServer::stop`] from it does not deadlock).
+    ///
+    /// # Errors
+    /// [`CtlError`] if the socket cannot be created or is in use.
+    pub fn start(
+        config: ServerConfig,
+        registry: Registry,
+        on_exit: impl Fn() + Send + Sync + 'static,
+    ) -> Result<Self, CtlError> {
+        let (listener, socket_id) = bind_socket(&config.path)?;
+        let set_nonblocking = |e| CtlError::Socket {
+            action: "configure",
+            path: config.path.clone(),
+            source: e,
+        };
+        listener.set_nonblocking(true).map_err(set_nonblocking)?;
+        let (wake, wake_rx) = UnixStream::pair().map_err(set_nonblocking)?;
+        let allowed_uids = config
+            .allowed_uids
+            .clone()
+            .unwrap_or_else(|| vec![0, sys::effective_uid()]);
+        let path = config.path.clone();
+        let shared = Arc::new(Shared {
+            registry,
+            on_exit: Box::new(on_exit),
+            config,
+            allowed_uids,
+            stopping: AtomicBool::new(false),
+            next_conn: AtomicU64::new(0),
+            conns: Mutex::new(HashMap::new()),
+        });
+        let accept_shared = shared.clone();
+        let accept_thread = thread::Builder::new()
+            .name("sluice-ctl".to_owned())
+            .spawn(move || accept_loop(&accept_shared, &listener, &wake_rx));
+        let accept_thread = match accept_thread {
+            Ok(thread) => thread,
+            Err(e) => {
+                remove_if_ours(&path, socket_id);
+                return Err(CtlError::Spawn(e));
+            }
+        };
+        tracing::info!(path = %path.display(), "control socket listening");
+        Ok(Self {
+            path,
+            socket_id,
+            shared,
+            accept_thread: Some(accept_thread),
+            wake,
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The registry this server dispatches to.
+    pub fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    /// Stops accepting, lets requests in progress finish and reply, closes
+    /// every connection and removes the socket file. Idempotent.
+    pub fn stop(&mut self) {
+        let Some(accept_thread) = self.accept_thread.take() else {
+            return;
+        };
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        // If the write fails the accept thread is already gone.
+        let _ = self.wake.write_all(b"x");
+        if accept_thread.join().is_err() {
+            tracing::error!("control socket accept thread panicked");
+        }
+        let conns = std::mem::take(&mut *self.shared.conns());
+        let me = thread::current().id();
+        for conn in conns.values() {
+            // Wakes a blocked read with end-of-file; a reply being written
+            // still goes out.
+            let _ = conn.stream.shutdown(std::net::Shutdown::Read);
+        }
+        for (_, conn) in conns {
+            if conn.thread.thread().id() != me && conn.thread.join().is_err() {
+                tracing::error!("control connection thread panicked");
+            }
+        }
+        remove_if_ours(&self.path, self.socket_id);
+        tracing::info!(path = %self.path.display(), "control socket stopped");
+    }
+}
+
+impl Drop for CtlServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Removes `path` if it is still the socket inode this server created.
+fn remove_if_ours(path: &Path, socket_id: (u64, u64)) {
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        if (meta.dev(), meta.ino()) == socket_id {
+            if let Err(e) = fs::remove_file(path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove control socket");
+            }
+        }
+    }
+}
+
+/// Creates the listening socket at `path` with mode 0600; returns it with
+/// the (device, inode) of the socket file.
+fn bind_socket(path: &Path) -> Result<(UnixListener, (u64, u64)), CtlError> {
+    let sock_err = |action: &'static str, p: &Path| {
+        let p = p.to_path_buf();
+        move |source| CtlError::Socket {
+            action,
+            path: p,
+            source,
+        }
+    };
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent).map_err(|source| CtlError::CreateDir {
+        path: parent.clone(),
+        source,
+    })?;
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(CtlError::NotASocket {
+                path: path.to_path_buf(),
+            })
+        }
+        Ok(_) => match UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(CtlError::InUse {
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                tracing::info!(path = %path.display(), "removing stale control socket");
+                match fs::remove_file(path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(sock_err("remove stale", path)(e))
+                    }
+                    _ => {}
+                }
+            }
+            Err(e) => return Err(sock_err("probe existing", path)(e)),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(sock_err("inspect", path)(e)),
+    }
+
+    // Bind inside a private directory so the socket is never reachable
+    // before it has mode 0600, then move it into place.
+    static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+    let private = parent.join(format!(
+        ".ctl{}.{}",
+        std::process::id(),
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(sock_err("create private directory for", path))?;
+    let tmp = private.join("s");
+    let placed = (|| {
+        let listener = UnixListener::bind(&tmp).map_err(sock_err("bind", path))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))
+            .map_err(sock_err("set mode 0600 on", path))?;
+        fs::rename(&tmp, path).map_err(sock_err("move into place", path))?;
+        let meta = fs::symlink_metadata(path).map_err(sock_err("inspect", path))?;
+        Ok((listener, (meta.dev(), meta.ino())))
+    })();
+    let _ = fs::remove_file(&tmp);
+    let _ = fs::remove_dir(&private);
+    placed
+}
+
+fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener, wake: &UnixStream) {
+    loop {
+        let (_, woken) = match sys::wait_readable(listener, wake) {
+            Ok(ready) => ready,
+            Err(e) => {
+                tracing::error!(error = %e, "control socket poll failed; no longer accepting");
+                return;
+            }
+        };
+        if woken || shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        match listener.accept() {
+            Ok((stream, _)) => spawn_connection(shared, stream),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning on a
+                // listener that stays readable.
+                tracing::warn!(error = %e, "control socket accept failed");
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn spawn_connection(shared: &Arc<Shared>, mut stream: UnixStream) {
+    let setup = stream
+        .set_nonblocking(false)
+        .and_then(|()| stream.set_write_timeout(Some(shared.config.write_timeout)))
+        .and_then(|()| stream.try_clone());
+    let clone = match setup {
+        Ok(clone) => clone,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot set up control connection");
+            return;
+        }
+    };
+    // Held across spawn and insert so a thread that ends at once cannot try
+    // to remove its entry before it exists.
+    let mut conns = shared.conns();
+    if conns.len() >= shared.config.max_connections {
+        let reply = encode_reply(
+            &Value::Null,
+            &Err(format!(
+                "too many control connections (limit {}); try again later\n",
+                shared.config.max_connections
+            )),
+        );
+        let _ = stream.write_all(&reply);
+        return;
+    }
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let conn_shared = shared.clone();
+    let spawned = thread::Builder::new()
+        .name(format!("sluice-ctl-{id}"))
+        .spawn(move || {
+            serve_connection(&conn_shared, stream);
+            conn_shared.conns().remove(&id);
+        });
+    match spawned {
+        Ok(thread) => {
+            conns.insert(
+                id,
+                Connection {
+                    stream: clone,
+                    thread,
+                },
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot spawn control connection thread"),
+    }
+}
+
+/// What to do with one request.
+enum Admission {
+    Allowed,
+    Denied(String),
+}
+
+fn admission(shared: &Shared, stream: &UnixStream) -> Admission {
+    match sys::peer_cred(stream) {
+        Ok(cred) if shared.allowed_uids.contains(&cred.uid) => Admission::Allowed,
+        Ok(cred) => {
+            tracing::warn!(uid = cred.uid, pid = cred.pid, "control client refused");
+            Admission::Denied(format!(
+                "permission denied: uid {} may not use the sluiced control socket; run the command as root or as the daemon's user\n",
+                cred.uid
+            ))
+        }
+        Err(e) => Admission::Denied(format!(
+            "permission denied: cannot read the client's credentials ({e})\n"
+        )),
+    }
+}
+
+fn serve_connection(shared: &Shared, mut stream: UnixStream) {
+    let config = &shared.config;
+    let admission = admission(shared, &stream);
+    let ctx = DispatchContext {
+        on_exit: &*shared.on_exit,
+    };
+    let mut framer = Framer::new(config.max_message_bytes);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let timeout = match (&admission, framer.has_partial()) {
+            (Admission::Allowed, false) => config.idle_timeout,
+            _ => config.read_timeout,
+        };
+        if stream.set_read_timeout(Some(timeout)).is_err() {
+            return;
+        }
+        let n = match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if framer.has_partial() {
+                    let message = format!(
+                        "timed out after {:?} waiting for the rest of the request; closing the connection\n",
+                        timeout
+                    );
+                    let _ = stream.write_all(&encode_reply(&Value::Null, &Err(message)));
+                }
+                tracing::debug!("control connection timed out");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "control connection read failed");
+                return;
+            }
+        };
+        let frames = match framer.push(&buf[..n]) {
+            Ok(frames) => frames,
+            Err(e) => {
+                let _ = stream.write_all(&encode_reply(&Value::Null, &Err(format!("{e}\n"))));
+                return;
+            }
+        };
+        for frame in frames {
+            let (id, outcome) = match serde_json::from_slice::<Value>(&frame) {
+                Err(e) => (
+                    Value::Null,
+                    Err(format!("malformed JSON in request: {e}\n")),
+                ),
+                Ok(value) => match Request::from_value(value) {
+                    Err((id, message)) => (id, Err(format!("{message}\n"))),
+                    Ok(request) => match &admission {
+                        Admission::Denied(message) => (request.id, Err(message.clone())),
+                        Admission::Allowed => {
+                            let outcome =
+                                shared
+                                    .registry
+                                    .dispatch(&request.method, &request.params, &ctx);
+                            (request.id, outcome)
+                        }
+                    },
+                },
+            };
+            if let Err(e) = stream.write_all(&encode_reply(&id, &outcome)) {
+                tracing::debug!(error = %e, "control reply could not be written");
+                return;
+            }
+            if let Admission::Denied(_) = admission {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Reads one reply; fails the test after `limit` instead of hanging.
+    fn read_reply(stream: &mut UnixStream) -> Value {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut framer = Framer::new(1 << 24);
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream
+                .read(&mut buf)
+                .expect("server did not reply within 30 s");
+            assert!(n > 0, "server closed the connection without replying");
+            if let Some(frame) = framer.push(&buf[..n]).unwrap().into_iter().next() {
+                return serde_json::from_slice(&frame).unwrap();
+            }
+        }
+    }
+
+    /// Asserts the server closes `stream` (EOF or reset) within 30 s.
+    fn assert_closed(stream: &mut UnixStream) {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return,
+                Err(e) => panic!("server did not close the connection: {e}"),
+            }
+        }
+    }
+
+    fn call(stream: &mut UnixStream, id: u64, method: &str, params: Value) -> Value {
+        let req = json!({"id": id, "method": method, "params": params});
+        stream.write_all(req.to_string().as_bytes()).unwrap();
+        read_reply(stream)
+    }
+
+    fn test_registry() -> Registry {
+        let r = Registry::with_version("sluiced (Sluice) test");
+        r.register(
+            "echo",
+            "ARG...",
+            0,
+            3,
+            Arc::new(|args: &[String]| Ok(args.join(","))),
+        )
+        .unwrap();
+        r.register(
+            "fail",
+            "",
+            0,
+            0,
+            Arc::new(|_: &[String]| Err("it failed".into())),
+        )
+        .unwrap();
+        r
+    }
+
+    fn start(dir: &Path, config: impl FnOnce(&mut ServerConfig)) -> CtlServer {
+        let mut cfg = ServerConfig::with_path(dir.join("run/sluice/sluiced.ctl"));
+        config(&mut cfg);
+        CtlServer::start(cfg, test_registry(), || {}).expect("server starts")
+    }
+
+    #[test]
+    fn serves_commands_with_ovs_reply_shapes_and_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = start(dir.path(), |_| {});
+        let mode = fs::metadata(server.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "socket mode is {mode:o}");
+        let mut s = UnixStream::connect(server.path()).unwrap();
+        assert_eq!(
+            call(&mut s, 1, "echo", json!(["a", "b"])),
+            json!({"id": 1, "result": "a,b\n", "error": null})
+        );
+        assert_eq!(
+            call(&mut s, 2, "fail", json!([])),
+            json!({"id": 2, "result": null, "error": "it failed\n"})
+        );
+        assert_eq!(
+            call(&mut s, 3, "echo", json!(["1", "2", "3", "4"])),
+            json!({"id": 3, "result": null, "error": "\"echo\" command takes at most 3 arguments\n"})
+        );
+        // The private bind directory is gone.
+        let leftovers: Vec<_> = fs::read_dir(dir.path().join("run/sluice"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from("sluiced.ctl")]);
+    }
+
+    #[test]
+    fn several_requests_in_one_write_get_replies_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = start(dir.path(), |_| {});
+        let mut s = UnixStream::connect(server.path()).unwrap();
+        s.write_all(
+            br#"{"id":1,"method":"echo","params":["x"]} {"id":2,"method":"version","params":[]}{"id":3,"meth"#,
+        )
+        .unwrap();
+        assert_eq!(read_reply(&mut s)["result"], "x\n");
+        assert_eq!(read_reply(&mut s)["result"], "sluiced (Sluice) test\n");
+        s.write_all(br#"od":"echo","params":["y"]}"#).unwrap();
+        assert_eq!(
+            read_reply(&mut s),
+            json!({"id": 3, "result": "y\n", "error": null})
+        );
+    }
+
+    #[test]
+    fn malformed_json_gets_an_error_and_the_connection_survives() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = start(dir.path(), |_| {});
+        let mut s = UnixStream::connect(server.path()).unwrap();
+        s.write_all(br#"{"id":1,"method":"echo",}"#).unwrap();
+        let reply = read_reply(&mut s);
+        assert_eq!(reply["id"], Value::Null);
+        assert!(
+            reply["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("malformed JSON in request"),
+            "{reply}"
+        );
+        assert_eq!(call(&mut s, 2, "echo", json!(["ok"]))["result"], "ok\n");
+        // A non-request message gets an error with its id.
+        s.write_all(br#"{"id":9,"result":"x","error":null}"#)
+            .unwrap();
+        let reply = read_reply(&mut s);
+        assert_eq!(reply["id"], 9);
+        assert!(reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("only accepts requests"));
+    }
+
+    #[test]
+    fn garbage_and_oversize_messages_close_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = start(dir.path(), |c| c.max_message_bytes = 256);
+        let mut s = UnixStream::connect(server.path()).unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let reply = read_reply(&mut s);
+        assert!(
+            reply["error"]
+                .as_str()
+                .unwrap()
+                .contains("not speaking JSON-RPC"),
+            "{reply}"
+        );
+        assert_closed(&mut s);
+
+        let mut s = UnixStream::connect(server.path()).unwrap();
+        let big = format!(
+            r#"{{"id":1,"method":"echo","params":["{}"]}}"#,
+            "a".repeat(1000)
+        );
+        // The server may close before reading everything; ignore EPIPE.
+        let _ = s.write_all(big.as_bytes());
+        let reply = read_reply(&mut s);
+        assert!(
+            reply["error"].as_str().unwrap().contains("256-byte limit"),
+            "{reply}"
+        );
+        assert_closed(&mut s);
+
+        // Others are still served.
+        let mut s = UnixStream::connect(server.path()).unwrap();
+        assert_eq!(call(&mut s, 1, "echo", json!(["z"]))["result"], "z\n");
+    }
+
+    #[test]
+    fn silent_and_half_message_clients_do_not_block_others_and_time_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = start(dir.path(), |c| {
+            c.read_timeout = Duration::from_millis(200);
+            c.idle_timeout = Duration::from_millis(200);
+        });
+        let mut silent = UnixStream::connect(server.path()).unwrap();
+        let mut half = UnixStream::connect(server.path()).unwrap();
+        half.write_all(br#"{"id":1,"method":"ec"#).unwrap();
+        let mut good = UnixStream::connect(server.path()).unwrap();
+        assert_eq!(
+            call(&mut good, 1, "echo", json!(["served"]))["result"],
+            "served\n"
+        );
+        let reply = read_reply(&mut half);
+        assert!(
+            reply["error"].as_str().unwrap().contains("timed out"),
+            "{reply}"
+        );
+        assert_closed(&mut half);
+        assert_closed(&mut silent);
+    }
+
+    #[test]
+    fn unauthorized_uid_gets_an_error_and_is_disconnected() {
+        let dir = tempfile::tempdir().unwrap();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = Registry::new();
+        let counter = ran.clone();
+        r.register(
+            "touch",
+            "",
+            0,
+            0,
+            Arc::new(move |_: &[String]| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Ok(String::new())
+            }),
+        )
+        .unwrap();
+        let me = sys::effective_uid();
+        let other = if me == 4242 { 4243 } else { 4242 };
+        let mut cfg = ServerConfig::with_path(dir.path().join("c.ctl"));
+        cfg.allowed_uids = Some(vec![other]);
+        let server = CtlServer::start(cfg, r, || {}).unwrap();
+        let mut s = UnixStream::connect(server.path()).unwrap();
+        let reply = call(&mut s, 5, "touch", json!([]));
+        assert_eq!(reply["id"], 5);
+        assert!(
+            reply["error"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("permission denied: uid {me} ")),
+            "{reply}"
+        );
+        assert_closed(&mut s);
+        assert_eq!(ran.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn stale_socket_is_replaced_but_live_socket_and_regular_files_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.ctl");
+        // A stale socket: bound, then its listener closed.
+        drop(UnixListener::bind(&path).unwrap());
+        let mut first = CtlServer::start(ServerConfig::with_path(&path), Registry::new(), || {})
+            .expect("stale socket replaced");
+        let err =
+            CtlServer::start(ServerConfig::with_path(&path), Registry::new(), || {}).unwrap_err();
+        assert!(matches!(err, CtlError::InUse { .. }), "{err}");
+        assert!(err.to_string().contains("already listening"), "{err}");
+        // The failed second start did not remove the live socket.
+        assert!(UnixStream::connect(&path).is_ok());
+        first.stop();
+        assert!(!path.exists(), "socket removed on stop");
+        first.stop();
+
+        let file = dir.path().join("plain");
+        fs::write(&file, b"keep me").unwrap();
+        let err =
+            CtlServer::start(ServerConfig::with_path(&file), Registry::new(), || {}).unwrap_err();
+        assert!(matches!(err, CtlError::NotASocket { .. }), "{err}");
+        assert_eq!(fs::read(&file).unwrap(), b"keep me");
+    }
+
+    #[test]
+    fn stop_wakes_idle_connections_and_removes_only_its_own_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.ctl");
+        let mut server =
+            CtlServer::start(ServerConfig::with_path(&path), Registry::new(), || {}).unwrap();
+        let mut idle = UnixStream::connect(&path).unwrap();
+        // Make sure the connection is being served before stopping.
+        assert_eq!(
+            call(&mut idle, 1, "version", json!([]))["error"],
+            Value::Null
+        );
+        // Someone replaced the socket file: stop must not delete theirs.
+        fs::remove_file(&path).unwrap();
+        let _theirs = UnixListener::bind(&path).unwrap();
+        // stop() must return although the idle timeout is 300 s.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let stopper = thread::spawn(move || {
+            server.stop();
+            let _ = done_tx.send(());
+        });
+        done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("stop() did not return within 60 s while a client was idle");
+        stopper.join().unwrap();
+        assert_closed(&mut idle);
+        assert!(
+            path.exists(),
+            "a socket this server did not create was removed"
+        );
+    }
+
+    #[test]
+    fn exit_calls_back_and_commands_registered_later_are_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let exits = Arc::new(AtomicUsize::new(0));
+        let counter = exits.clone();
+        let registry = Registry::new();
+        let server = CtlServer::start(
+            ServerConfig::with_path(dir.path().join("s.ctl")),
+            registry.clone(),
+            move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+            },
+        )
+        .unwrap();
+        let mut s = UnixStream::connect(server.path()).unwrap();
+        assert!(call(&mut s, 1, "late", json!([]))["error"]
+            .as_str()
+            .unwrap()
+            .contains("is not a valid command"));
+        registry
+            .register("late", "", 0, 0, Arc::new(|_: &[String]| Ok("here".into())))
+            .unwrap();
+        registry
+            .register_method("late-json", Arc::new(|p: &Value| Ok(json!({"got": p}))))
+            .unwrap();
+        assert_eq!(call(&mut s, 2, "late", json!([]))["result"], "here\n");
+        assert_eq!(
+            call(&mut s, 3, "late-json", json!({"a": 1}))["result"],
+            json!({"got": {"a": 1}})
+        );
+        assert_eq!(
+            call(&mut s, 4, "exit", json!([])),
+            json!({"id": 4, "result": "", "error": null})
+        );
+        assert_eq!(exits.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn connection_limit_rejects_with_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = start(dir.path(), |c| c.max_connections = 1);
+        let mut first = UnixStream::connect(server.path()).unwrap();
+        // Ensure the first connection is registered before the second.
+        assert_eq!(call(&mut first, 1, "echo", json!([]))["result"], "");
+        let mut second = UnixStream::connect(server.path()).unwrap();
+        let reply = read_reply(&mut second);
+        assert!(reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("too many control connections"));
+        assert_closed(&mut second);
+    }
+}
