@@ -1,0 +1,1126 @@
+//! Transactions: the `transact` method's operations, validation and commit
+//! (RFC 7047 §5.2, ovsdb-server(7)).
+//!
+//! [`execute`] runs the operations of one `transact` request against a read-only
+//! [`Database`], recording row changes in an overlay.  Nothing is visible to anyone
+//! until the server applies the returned [`Changes`] after the log record is durable.
+//! Commit-time checks run in the order ovsdb-server uses: undefined named UUIDs, garbage
+//! collection of unreferenced non-root rows, referential integrity of deletions, weak
+//! reference clean-up, strong reference targets, column sizes, `maxRows`, then index
+//! uniqueness.  Any failure discards the overlay.  Single-threaded by construction.
+
+use crate::condition::Condition;
+use crate::datum::{Atom, Datum, SymbolTable};
+use crate::error::OvsdbError;
+use crate::schema::TableSchema;
+use crate::table::{Changes, Database, Row, RowChange};
+use crate::types::{AtomicType, RefType, Type};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// What the caller knows about the requesting session.
+pub struct ExecContext<'a> {
+    /// Whether the session owns the named lock (for `assert`).
+    pub owns_lock: &'a dyn Fn(&str) -> bool,
+    /// True when a blocked `wait` has reached its timeout and must now fail.
+    pub wait_expired: bool,
+}
+
+/// Result of executing one `transact` request.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The transaction finished (successfully or not).  `changes` is set when it
+    /// succeeded and modified the database.
+    Done {
+        /// The JSON-RPC `result` array.
+        results: Vec<Value>,
+        /// Changes to make durable and apply, if any.
+        changes: Option<Changes>,
+        /// Whether a `commit` operation asked for durability.
+        durable: bool,
+    },
+    /// A `wait` operation is not yet satisfied and has a non-zero timeout: retry after
+    /// the next commit, or after `timeout_ms` with `wait_expired` set.
+    Blocked {
+        /// The smallest timeout among blocked waits, in milliseconds.
+        timeout_ms: u64,
+    },
+}
+
+type Key = (usize, Uuid);
+
+struct Txn<'a> {
+    db: &'a Database,
+    overlay: BTreeMap<Key, Option<Arc<Row>>>,
+    symtab: SymbolTable,
+    comments: Vec<String>,
+    durable: bool,
+}
+
+enum OpError {
+    Failed(OvsdbError),
+    Blocked(u64),
+}
+
+impl From<OvsdbError> for OpError {
+    fn from(e: OvsdbError) -> Self {
+        OpError::Failed(e)
+    }
+}
+
+const OP_MEMBERS: &[(&str, &[&str])] = &[
+    ("insert", &["op", "table", "row", "uuid-name", "uuid"]),
+    ("select", &["op", "table", "where", "columns"]),
+    ("update", &["op", "table", "where", "row"]),
+    ("mutate", &["op", "table", "where", "mutations"]),
+    ("delete", &["op", "table", "where"]),
+    ("wait", &["op", "table", "where", "columns", "until", "rows", "timeout"]),
+    ("commit", &["op", "durable"]),
+    ("abort", &["op"]),
+    ("comment", &["op", "comment"]),
+    ("assert", &["op", "lock"]),
+];
+
+/// Executes the operations `ops` (the `transact` params after the database name).
+pub fn execute(db: &Database, ops: &[Value], ctx: &ExecContext<'_>) -> Outcome {
+    let mut txn = Txn {
+        db,
+        overlay: BTreeMap::new(),
+        symtab: SymbolTable::default(),
+        comments: Vec::new(),
+        durable: false,
+    };
+    let mut results = Vec::with_capacity(ops.len() + 1);
+    let mut failed = false;
+    for (i, op) in ops.iter().enumerate() {
+        match txn.execute_op(op, i, ops.len(), ctx) {
+            Ok(v) => results.push(v),
+            Err(OpError::Blocked(t)) => return Outcome::Blocked { timeout_ms: t },
+            Err(OpError::Failed(e)) => {
+                results.push(e.to_json());
+                failed = true;
+                break;
+            }
+        }
+    }
+    while results.len() < ops.len() {
+        results.push(Value::Null);
+    }
+    if failed {
+        return Outcome::Done {
+            results,
+            changes: None,
+            durable: false,
+        };
+    }
+    match txn.commit() {
+        Ok(changes) => Outcome::Done {
+            results,
+            changes,
+            durable: txn.durable,
+        },
+        Err(e) => {
+            results.push(e.to_json());
+            Outcome::Done {
+                results,
+                changes: None,
+                durable: false,
+            }
+        }
+    }
+}
+
+fn member<'v>(o: &'v Map<String, Value>, k: &str, opname: &str) -> Result<&'v Value, OvsdbError> {
+    o.get(k)
+        .ok_or_else(|| OvsdbError::syntax(format!("Required '{k}' member is missing from \"{opname}\" operation.")))
+}
+
+impl<'a> Txn<'a> {
+    fn table(&self, o: &Map<String, Value>, opname: &str) -> Result<(usize, Arc<TableSchema>), OvsdbError> {
+        let v = member(o, "table", opname)?;
+        let name = v
+            .as_str()
+            .ok_or_else(|| OvsdbError::syntax(format!("\"table\" must be a string, not {v}")))?;
+        self.db
+            .schema
+            .table(name)
+            .map(|(i, t)| (i, t.clone()))
+            .ok_or_else(|| OvsdbError::new("unknown table", format!("No table named {name}.")))
+    }
+
+    fn get(&self, t: usize, u: Uuid) -> Option<Arc<Row>> {
+        match self.overlay.get(&(t, u)) {
+            Some(r) => r.clone(),
+            None => self.db.tables[t].rows.get(&u).cloned(),
+        }
+    }
+
+    fn exists(&self, t: usize, u: Uuid) -> bool {
+        match self.overlay.get(&(t, u)) {
+            Some(r) => r.is_some(),
+            None => self.db.tables[t].rows.contains_key(&u),
+        }
+    }
+
+    /// Rows of table `t` matching `cond`, in UUID order.
+    fn matching(&self, t: usize, cond: &Condition) -> Vec<(Uuid, Arc<Row>)> {
+        if let Some(u) = cond.pinned_uuid() {
+            return self
+                .get(t, u)
+                .filter(|r| cond.matches(u, r))
+                .map(|r| vec![(u, r)])
+                .unwrap_or_default();
+        }
+        let mut out = Vec::new();
+        for (u, r) in &self.db.tables[t].rows {
+            if self.overlay.contains_key(&(t, *u)) {
+                continue;
+            }
+            if cond.matches(*u, r) {
+                out.push((*u, r.clone()));
+            }
+        }
+        for ((ot, u), r) in self.overlay.range((t, Uuid::nil())..=(t, Uuid::max())) {
+            debug_assert_eq!(*ot, t);
+            if let Some(r) = r {
+                if cond.matches(*u, r) {
+                    out.push((*u, r.clone()));
+                }
+            }
+        }
+        out.sort_by_key(|(u, _)| *u);
+        out
+    }
+
+    fn where_clause(&mut self, o: &Map<String, Value>, ts: &TableSchema, opname: &str) -> Result<Condition, OvsdbError> {
+        let w = member(o, "where", opname)?;
+        Condition::from_json(w, ts, Some(&mut self.symtab), false)
+    }
+
+    /// Parses a `row` object into (column index, datum) pairs.
+    fn parse_row(&mut self, v: &Value, ts: &TableSchema, updating: bool) -> Result<Vec<(usize, Datum)>, OvsdbError> {
+        let o = v
+            .as_object()
+            .ok_or_else(|| OvsdbError::syntax(format!("\"row\" must be a JSON object, not {v}")))?;
+        let mut out = Vec::with_capacity(o.len());
+        for (name, val) in o {
+            let Some(i) = ts.column(name) else {
+                if crate::schema::is_implicit_column(name) {
+                    return Err(OvsdbError::constraint(format!(
+                        "Cannot update immutable column {name} in table {}.",
+                        ts.name
+                    )));
+                }
+                return Err(OvsdbError::new(
+                    "unknown column",
+                    format!("No column {name} in table {}.", ts.name),
+                ));
+            };
+            let col = &ts.columns[i];
+            if updating && !col.mutable {
+                return Err(OvsdbError::constraint(format!(
+                    "Cannot update immutable column {name} in table {}.",
+                    ts.name
+                )));
+            }
+            let d = Datum::from_json(val, &col.ty, Some(&mut self.symtab))?;
+            out.push((i, d));
+        }
+        Ok(out)
+    }
+
+    fn execute_op(&mut self, op: &Value, i: usize, n: usize, ctx: &ExecContext<'_>) -> Result<Value, OpError> {
+        let o = op
+            .as_object()
+            .ok_or_else(|| OvsdbError::syntax(format!("ops[{i}] is not an object")))?;
+        let opname = o
+            .get("op")
+            .and_then(Value::as_str)
+            .ok_or_else(|| OvsdbError::syntax(format!("ops[{i}] has no \"op\" string member")))?;
+        let allowed = OP_MEMBERS
+            .iter()
+            .find(|(name, _)| *name == opname)
+            .map(|(_, m)| *m)
+            .ok_or_else(|| OvsdbError::new("unknown operation", format!("No operation \"{opname}\"")))?;
+        if let Some(extra) = o.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(OvsdbError::syntax(format!(
+                "Parsing ovsdb operation {} of {n} failed: Member '{extra}' is present but not allowed here.",
+                i + 1
+            ))
+            .into());
+        }
+        match opname {
+            "insert" => self.op_insert(o),
+            "select" => self.op_select(o),
+            "update" => self.op_update(o),
+            "mutate" => self.op_mutate(o),
+            "delete" => self.op_delete(o),
+            "wait" => self.op_wait(o, ctx),
+            "commit" => {
+                let d = member(o, "durable", opname)?;
+                self.durable = d
+                    .as_bool()
+                    .ok_or_else(|| OvsdbError::syntax("\"durable\" must be a boolean"))?;
+                Ok(json!({}))
+            }
+            "abort" => Err(OvsdbError::new("aborted", "Aborted by request.").into()),
+            "comment" => {
+                let c = member(o, "comment", opname)?
+                    .as_str()
+                    .ok_or_else(|| OvsdbError::syntax("\"comment\" must be a string"))?;
+                self.comments.push(c.to_owned());
+                Ok(json!({}))
+            }
+            "assert" => {
+                let l = member(o, "lock", opname)?
+                    .as_str()
+                    .ok_or_else(|| OvsdbError::syntax("\"lock\" must be a string"))?;
+                if (ctx.owns_lock)(l) {
+                    Ok(json!({}))
+                } else {
+                    Err(OvsdbError::new("not owner", format!("Asserted lock {l} not held.")).into())
+                }
+            }
+            _ => Err(OvsdbError::new("unknown operation", format!("No operation \"{opname}\"")).into()),
+        }
+    }
+
+    fn op_insert(&mut self, o: &Map<String, Value>) -> Result<Value, OpError> {
+        let (t, ts) = self.table(o, "insert")?;
+        let uuid = match (o.get("uuid-name"), o.get("uuid")) {
+            (Some(n), _) => {
+                let name = n
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| OvsdbError::syntax("\"uuid-name\" must be a non-empty string"))?;
+                let u = self.symtab.declare(name)?;
+                if let Some(given) = o.get("uuid") {
+                    let g = parse_plain_uuid(given)?;
+                    return self.insert_row(o, t, &ts, g).map(|_| json!({"uuid": ["uuid", g.to_string()]}));
+                }
+                u
+            }
+            (None, Some(given)) => parse_plain_uuid(given)?,
+            (None, None) => Uuid::new_v4(),
+        };
+        self.insert_row(o, t, &ts, uuid)?;
+        Ok(json!({"uuid": ["uuid", uuid.to_string()]}))
+    }
+
+    fn insert_row(&mut self, o: &Map<String, Value>, t: usize, ts: &TableSchema, uuid: Uuid) -> Result<(), OpError> {
+        if self.exists(t, uuid) {
+            return Err(OvsdbError::new("duplicate uuid", format!("This UUID would duplicate a UUID already present within the table or deleted within the same transaction: {uuid}")).into());
+        }
+        let mut row = Row::default_for(ts);
+        if let Some(rv) = o.get("row") {
+            for (i, d) in self.parse_row(rv, ts, false)? {
+                row.data[i] = d;
+            }
+        }
+        self.overlay.insert((t, uuid), Some(Arc::new(row)));
+        Ok(())
+    }
+
+    fn op_select(&mut self, o: &Map<String, Value>) -> Result<Value, OpError> {
+        let (t, ts) = self.table(o, "select")?;
+        let cond = self.where_clause(o, &ts, "select")?;
+        let columns = parse_columns(o.get("columns"), &ts)?;
+        let rows: Vec<Value> = self
+            .matching(t, &cond)
+            .iter()
+            .map(|(u, r)| r.to_json(&ts, *u, columns.as_deref()))
+            .collect();
+        Ok(json!({ "rows": rows }))
+    }
+
+    fn op_update(&mut self, o: &Map<String, Value>) -> Result<Value, OpError> {
+        let (t, ts) = self.table(o, "update")?;
+        let cond = self.where_clause(o, &ts, "update")?;
+        let row = self.parse_row(member(o, "row", "update")?, &ts, true)?;
+        let matched = self.matching(t, &cond);
+        for (u, r) in &matched {
+            let mut nr = (**r).clone();
+            for (i, d) in &row {
+                nr.data[*i] = d.clone();
+            }
+            self.overlay.insert((t, *u), Some(Arc::new(nr)));
+        }
+        Ok(json!({ "count": matched.len() }))
+    }
+
+    fn op_delete(&mut self, o: &Map<String, Value>) -> Result<Value, OpError> {
+        let (t, ts) = self.table(o, "delete")?;
+        let cond = self.where_clause(o, &ts, "delete")?;
+        let matched = self.matching(t, &cond);
+        for (u, _) in &matched {
+            self.overlay.insert((t, *u), None);
+        }
+        Ok(json!({ "count": matched.len() }))
+    }
+
+    fn op_mutate(&mut self, o: &Map<String, Value>) -> Result<Value, OpError> {
+        let (t, ts) = self.table(o, "mutate")?;
+        let cond = self.where_clause(o, &ts, "mutate")?;
+        let mv = member(o, "mutations", "mutate")?;
+        let arr = mv
+            .as_array()
+            .ok_or_else(|| OvsdbError::syntax(format!("\"mutations\" must be an array, not {mv}")))?;
+        let mut mutations = Vec::with_capacity(arr.len());
+        for m in arr {
+            mutations.push(self.parse_mutation(m, &ts)?);
+        }
+        let matched = self.matching(t, &cond);
+        for (u, r) in &matched {
+            let mut nr = (**r).clone();
+            for (ci, mutator, arg) in &mutations {
+                let col = &ts.columns[*ci];
+                nr.data[*ci] = apply_mutation(&nr.data[*ci], *mutator, arg, &col.ty, &col.name)?;
+            }
+            self.overlay.insert((t, *u), Some(Arc::new(nr)));
+        }
+        Ok(json!({ "count": matched.len() }))
+    }
+
+    fn parse_mutation(&mut self, m: &Value, ts: &TableSchema) -> Result<(usize, Mutator, Datum), OvsdbError> {
+        let parts = m
+            .as_array()
+            .filter(|a| a.len() == 3)
+            .ok_or_else(|| OvsdbError::syntax(format!("mutation {m} must be [column, mutator, value]")))?;
+        let cname = parts[0]
+            .as_str()
+            .ok_or_else(|| OvsdbError::syntax(format!("mutation {m}: column must be a string")))?;
+        let ci = match ts.column(cname) {
+            Some(i) => i,
+            None if crate::schema::is_implicit_column(cname) => {
+                return Err(OvsdbError::constraint(format!(
+                    "Cannot mutate immutable column {cname} in table {}.",
+                    ts.name
+                )))
+            }
+            None => {
+                return Err(OvsdbError::new(
+                    "unknown column",
+                    format!("No column {cname} in table {}.", ts.name),
+                ))
+            }
+        };
+        let col = &ts.columns[ci];
+        if !col.mutable {
+            return Err(OvsdbError::constraint(format!(
+                "Cannot mutate immutable column {cname} in table {}.",
+                ts.name
+            )));
+        }
+        let mname = parts[1].as_str().unwrap_or_default();
+        let mutator = Mutator::parse(mname)
+            .ok_or_else(|| OvsdbError::syntax(format!("Unknown mutator {}.", parts[1])))?;
+        let ty = &col.ty;
+        let arg = match mutator {
+            Mutator::Insert | Mutator::Delete => {
+                let relaxed = Type {
+                    min: 0,
+                    max: u64::MAX,
+                    ..ty.clone()
+                };
+                if ty.is_map() && mutator == Mutator::Delete && !is_map_json(&parts[2]) {
+                    let keys = Type {
+                        value: None,
+                        ..relaxed
+                    };
+                    Datum::from_json(&parts[2], &keys, Some(&mut self.symtab))?
+                } else {
+                    Datum::from_json(&parts[2], &relaxed, Some(&mut self.symtab))?
+                }
+            }
+            _ => {
+                let numeric = match mutator {
+                    Mutator::Mod => ty.key.atomic == AtomicType::Integer,
+                    _ => matches!(ty.key.atomic, AtomicType::Integer | AtomicType::Real),
+                };
+                if !numeric || ty.is_map() {
+                    return Err(OvsdbError::constraint(format!(
+                        "Type mismatch: \"{mname}\" operator may not be applied to column {cname} of type {}.",
+                        ty.to_json()
+                    )));
+                }
+                let scalar = Type {
+                    key: crate::types::BaseType::plain(ty.key.atomic),
+                    value: None,
+                    min: 1,
+                    max: 1,
+                };
+                Datum::from_json(&parts[2], &scalar, Some(&mut self.symtab))?
+            }
+        };
+        Ok((ci, mutator, arg))
+    }
+
+    fn op_wait(&mut self, o: &Map<String, Value>, ctx: &ExecContext<'_>) -> Result<Value, OpError> {
+        let (t, ts) = self.table(o, "wait")?;
+        let cond = self.where_clause(o, &ts, "wait")?;
+        let columns = parse_columns(o.get("columns"), &ts)?;
+        let until = member(o, "until", "wait")?
+            .as_str()
+            .ok_or_else(|| OvsdbError::syntax("\"until\" must be \"==\" or \"!=\""))?;
+        let want_equal = match until {
+            "==" => true,
+            "!=" => false,
+            other => {
+                return Err(OvsdbError::syntax(format!("\"until\" must be \"==\" or \"!=\", not \"{other}\"")).into())
+            }
+        };
+        let timeout = match o.get("timeout") {
+            None => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .ok_or_else(|| OvsdbError::syntax("\"timeout\" must be a non-negative integer"))?,
+            ),
+        };
+        let rows_v = member(o, "rows", "wait")?
+            .as_array()
+            .ok_or_else(|| OvsdbError::syntax("\"rows\" must be an array"))?;
+        let proj_cols: Vec<usize> = match &columns {
+            Some(c) => c.iter().filter_map(|n| ts.column(n)).collect(),
+            None => (0..ts.columns.len()).collect(),
+        };
+        let mut expected: Vec<Vec<Datum>> = Vec::new();
+        for rv in rows_v {
+            let parsed = self.parse_row(rv, &ts, false)?;
+            let mut full = Row::default_for(&ts);
+            for (i, d) in parsed {
+                full.data[i] = d;
+            }
+            expected.push(proj_cols.iter().map(|&i| full.data[i].clone()).collect());
+        }
+        let mut actual: Vec<Vec<Datum>> = self
+            .matching(t, &cond)
+            .iter()
+            .map(|(_, r)| proj_cols.iter().map(|&i| r.data[i].clone()).collect())
+            .collect();
+        expected.sort();
+        actual.sort();
+        if (expected == actual) == want_equal {
+            return Ok(json!({}));
+        }
+        match timeout {
+            Some(0) => Err(OvsdbError::new("timed out", "\"wait\" timed out").into()),
+            _ if ctx.wait_expired => Err(OvsdbError::new("timed out", "\"wait\" timed out").into()),
+            Some(ms) => Err(OpError::Blocked(ms)),
+            None => Err(OpError::Blocked(u64::MAX)),
+        }
+    }
+
+    /// Validates the overlay and turns it into committed changes.
+    fn commit(&mut self) -> Result<Option<Changes>, OvsdbError> {
+        if let Some(name) = self.symtab.first_undeclared() {
+            return Err(OvsdbError::syntax(format!(
+                "named-uuid \"{name}\" is used but no \"insert\" operation declares it"
+            )));
+        }
+        self.collect_garbage();
+        self.check_deleted_references()?;
+        self.clear_weak_references()?;
+        let keys: Vec<Key> = self.overlay.keys().copied().collect();
+        for &(t, u) in &keys {
+            let Some(Some(row)) = self.overlay.get(&(t, u)).cloned() else {
+                continue;
+            };
+            let ts = self.db.schema.tables[t].clone();
+            for (c, d) in ts.columns.iter().zip(&row.data) {
+                let n = d.len() as u64;
+                if n < c.ty.min || n > c.ty.max {
+                    return Err(OvsdbError::constraint(format!(
+                        "Column {}.{} of row {u} has {n} elements but must have between {} and {}.",
+                        ts.name,
+                        c.name,
+                        c.ty.min,
+                        if c.ty.max == u64::MAX { "unlimited".to_string() } else { c.ty.max.to_string() }
+                    )));
+                }
+                for (b, atoms) in [(&c.ty.key, d.keys()), (c.ty.value.as_ref().unwrap_or(&c.ty.key), d.values())] {
+                    let (Some(rt), RefType::Strong) = (&b.ref_table, b.ref_type) else {
+                        continue;
+                    };
+                    let (rti, _) = self
+                        .db
+                        .schema
+                        .table(rt)
+                        .ok_or_else(|| OvsdbError::referential(format!("unknown table {rt}")))?;
+                    for a in atoms {
+                        if let Some(target) = a.as_uuid() {
+                            if !self.exists(rti, target) {
+                                return Err(OvsdbError::referential(format!(
+                                    "Table {} column {} row {u} references nonexistent row {target} in table {rt}.",
+                                    ts.name, c.name
+                                )));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.check_max_rows()?;
+        self.check_indexes()?;
+        let mut rows = Vec::new();
+        for ((t, u), new) in std::mem::take(&mut self.overlay) {
+            let old = self.db.tables[t].rows.get(&u).cloned();
+            let new = match (&old, new) {
+                (None, None) => continue,
+                (Some(o), Some(n)) if o.data == n.data => continue,
+                (_, Some(n)) => {
+                    let mut n = Arc::try_unwrap(n).unwrap_or_else(|a| (*a).clone());
+                    n.version = Uuid::new_v4();
+                    Some(Arc::new(n))
+                }
+                (_, None) => None,
+            };
+            rows.push(RowChange { table: t, uuid: u, old, new });
+        }
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let comment = if self.comments.is_empty() {
+            None
+        } else {
+            Some(self.comments.join("\n"))
+        };
+        Ok(Some(Changes { rows, comment }))
+    }
+
+    /// Reference count deltas implied by the overlay.
+    fn ref_deltas(&self) -> HashMap<Uuid, i64> {
+        let mut delta: HashMap<Uuid, i64> = HashMap::new();
+        for (&(t, u), new) in &self.overlay {
+            let ts = &self.db.schema.tables[t];
+            if let Some(old) = self.db.tables[t].rows.get(&u) {
+                for r in old.strong_refs(ts) {
+                    *delta.entry(r).or_insert(0) -= 1;
+                }
+            }
+            if let Some(new) = new {
+                for r in new.strong_refs(ts) {
+                    *delta.entry(r).or_insert(0) += 1;
+                }
+            }
+        }
+        delta
+    }
+
+    fn final_refcount(&self, delta: &HashMap<Uuid, i64>, u: Uuid) -> i64 {
+        i64::from(self.db.refcount.get(&u).copied().unwrap_or(0)) + delta.get(&u).copied().unwrap_or(0)
+    }
+
+    /// Deletes non-root rows left without strong references, to a fixed point.
+    fn collect_garbage(&mut self) {
+        loop {
+            let delta = self.ref_deltas();
+            let mut candidates: BTreeSet<Key> = BTreeSet::new();
+            for (&(t, u), new) in &self.overlay {
+                if new.is_some() && !self.db.schema.tables[t].is_root {
+                    candidates.insert((t, u));
+                }
+            }
+            for (&u, &d) in &delta {
+                if d < 0 {
+                    for (t, ts) in self.db.schema.tables.iter().enumerate() {
+                        if !ts.is_root && self.exists(t, u) {
+                            candidates.insert((t, u));
+                        }
+                    }
+                }
+            }
+            let garbage: Vec<Key> = candidates
+                .into_iter()
+                .filter(|&(t, u)| self.exists(t, u) && self.final_refcount(&delta, u) <= 0)
+                .collect();
+            if garbage.is_empty() {
+                return;
+            }
+            for k in garbage {
+                self.overlay.insert(k, None);
+            }
+        }
+    }
+
+    fn check_deleted_references(&self) -> Result<(), OvsdbError> {
+        let delta = self.ref_deltas();
+        for (&(t, u), new) in &self.overlay {
+            if new.is_none() && self.db.tables[t].rows.contains_key(&u) {
+                let n = self.final_refcount(&delta, u);
+                if n > 0 {
+                    return Err(OvsdbError::referential(format!(
+                        "cannot delete {} row {u} because of {n} remaining reference(s)",
+                        self.db.schema.tables[t].name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes weak references to rows that do not exist after this transaction.
+    fn clear_weak_references(&mut self) -> Result<(), OvsdbError> {
+        let deleted_tables: BTreeSet<&str> = self
+            .overlay
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|((t, _), _)| self.db.schema.tables[*t].name.as_str())
+            .collect();
+        let mut work: Vec<Key> = self
+            .overlay
+            .iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| *k)
+            .collect();
+        for (t, ts) in self.db.schema.tables.iter().enumerate() {
+            let refers = ts.columns.iter().any(|c| {
+                [Some(&c.ty.key), c.ty.value.as_ref()].into_iter().flatten().any(|b| {
+                    b.ref_type == RefType::Weak && b.ref_table.as_deref().is_some_and(|r| deleted_tables.contains(r))
+                })
+            });
+            if refers {
+                work.extend(
+                    self.db.tables[t]
+                        .rows
+                        .keys()
+                        .filter(|u| !self.overlay.contains_key(&(t, **u)))
+                        .map(|u| (t, *u)),
+                );
+            }
+        }
+        for (t, u) in work {
+            let Some(row) = self.get(t, u) else { continue };
+            let ts = self.db.schema.tables[t].clone();
+            let mut new = (*row).clone();
+            let mut changed = false;
+            for (ci, c) in ts.columns.iter().enumerate() {
+                let weak_target = |b: &crate::types::BaseType| {
+                    (b.ref_type == RefType::Weak)
+                        .then(|| b.ref_table.as_deref().and_then(|r| self.db.schema.table(r)).map(|(i, _)| i))
+                        .flatten()
+                };
+                let kt = weak_target(&c.ty.key);
+                let vt = c.ty.value.as_ref().and_then(weak_target);
+                if kt.is_none() && vt.is_none() {
+                    continue;
+                }
+                let dangling = |a: &Atom, target: Option<usize>| match (target, a.as_uuid()) {
+                    (Some(ti), Some(x)) => !self.exists(ti, x),
+                    _ => false,
+                };
+                let d = &new.data[ci];
+                let nd = match d {
+                    Datum::Set(s) => Datum::Set(s.iter().filter(|a| !dangling(a, kt)).cloned().collect()),
+                    Datum::Map(m) => Datum::Map(
+                        m.iter()
+                            .filter(|(k, v)| !dangling(k, kt) && !dangling(v, vt))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    ),
+                };
+                if nd != *d {
+                    new.data[ci] = nd;
+                    changed = true;
+                }
+            }
+            if changed {
+                self.overlay.insert((t, u), Some(Arc::new(new)));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_max_rows(&self) -> Result<(), OvsdbError> {
+        for (t, ts) in self.db.schema.tables.iter().enumerate() {
+            let Some(max) = ts.max_rows else { continue };
+            let mut n = self.db.tables[t].rows.len() as i64;
+            for ((_, u), v) in self.overlay.range((t, Uuid::nil())..=(t, Uuid::max())) {
+                let existed = self.db.tables[t].rows.contains_key(u);
+                n += i64::from(v.is_some()) - i64::from(existed);
+            }
+            if n > max as i64 {
+                return Err(OvsdbError::constraint(format!(
+                    "Transaction causes \"{}\" table to contain {n} rows, greater than the schema-defined limit of {max} row(s).",
+                    ts.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_indexes(&self) -> Result<(), OvsdbError> {
+        for (t, table) in self.db.tables.iter().enumerate() {
+            let ts = &table.schema;
+            for (ix, cols) in ts.indexes.iter().enumerate() {
+                let mut seen: BTreeMap<Vec<Datum>, Uuid> = BTreeMap::new();
+                for ((_, u), v) in self.overlay.range((t, Uuid::nil())..=(t, Uuid::max())) {
+                    let Some(row) = v else { continue };
+                    let key = table.index_key(ix, row);
+                    let names: Vec<&str> = cols.iter().map(|&c| ts.columns[c].name.as_str()).collect();
+                    let clash = |other: Uuid| {
+                        OvsdbError::constraint(format!(
+                            "Transaction causes multiple rows in \"{}\" table to have identical values ({}) for index on column{} \"{}\".  First row has UUID {other}; second row has UUID {u}.",
+                            ts.name,
+                            key.iter().map(|d| d.to_json().to_string()).collect::<Vec<_>>().join(", "),
+                            if names.len() > 1 { "s" } else { "" },
+                            names.join("\", \"")
+                        ))
+                    };
+                    if let Some(other) = seen.insert(key.clone(), *u) {
+                        return Err(clash(other));
+                    }
+                    if let Some(&other) = table.indexes[ix].get(&key) {
+                        if other != *u {
+                            // The committed holder of this key only clashes if it still has it.
+                            let still = match self.overlay.get(&(t, other)) {
+                                None => true,
+                                Some(None) => false,
+                                Some(Some(r)) => table.index_key(ix, r) == key,
+                            };
+                            if still {
+                                return Err(clash(other));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_plain_uuid(v: &Value) -> Result<Uuid, OvsdbError> {
+    match Atom::from_json_unchecked(v, AtomicType::Uuid, None)? {
+        Atom::Uuid(u) => Ok(u),
+        _ => Err(OvsdbError::syntax("\"uuid\" must be [\"uuid\", <uuid>]")),
+    }
+}
+
+fn is_map_json(v: &Value) -> bool {
+    v.as_array().is_some_and(|a| a.first().is_some_and(|f| f == "map"))
+}
+
+fn parse_columns(v: Option<&Value>, ts: &TableSchema) -> Result<Option<Vec<String>>, OvsdbError> {
+    let Some(v) = v else { return Ok(None) };
+    let arr = v
+        .as_array()
+        .ok_or_else(|| OvsdbError::syntax("\"columns\" must be an array of column names"))?;
+    let mut out = Vec::with_capacity(arr.len());
+    for c in arr {
+        let n = c
+            .as_str()
+            .ok_or_else(|| OvsdbError::syntax("\"columns\" must be an array of column names"))?;
+        if ts.column(n).is_none() && !crate::schema::is_implicit_column(n) {
+            return Err(OvsdbError::new("unknown column", format!("No column {n} in table {}.", ts.name)));
+        }
+        out.push(n.to_owned());
+    }
+    Ok(Some(out))
+}
+
+/// A `mutate` mutator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutator {
+    /// `+=`
+    Add,
+    /// `-=`
+    Sub,
+    /// `*=`
+    Mul,
+    /// `/=`
+    Div,
+    /// `%=`
+    Mod,
+    /// `insert`
+    Insert,
+    /// `delete`
+    Delete,
+}
+
+impl Mutator {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "+=" => Self::Add,
+            "-=" => Self::Sub,
+            "*=" => Self::Mul,
+            "/=" => Self::Div,
+            "%=" => Self::Mod,
+            "insert" => Self::Insert,
+            "delete" => Self::Delete,
+            _ => return None,
+        })
+    }
+}
+
+fn arith(a: &Atom, m: Mutator, b: &Atom) -> Result<Atom, OvsdbError> {
+    let range = || OvsdbError::new("range error", "Result of arithmetic operation is out of range.");
+    match (a, b) {
+        (Atom::Integer(x), Atom::Integer(y)) => {
+            let r = match m {
+                Mutator::Add => x.checked_add(*y),
+                Mutator::Sub => x.checked_sub(*y),
+                Mutator::Mul => x.checked_mul(*y),
+                Mutator::Div | Mutator::Mod if *y == 0 => {
+                    return Err(OvsdbError::new("domain error", "Division by zero."))
+                }
+                Mutator::Div => x.checked_div(*y),
+                Mutator::Mod => x.checked_rem(*y),
+                _ => None,
+            };
+            r.map(Atom::Integer).ok_or_else(range)
+        }
+        (Atom::Real(x), Atom::Real(y)) => {
+            let r = match m {
+                Mutator::Add => x + y,
+                Mutator::Sub => x - y,
+                Mutator::Mul => x * y,
+                Mutator::Div if *y == 0.0 => return Err(OvsdbError::new("domain error", "Division by zero.")),
+                Mutator::Div => x / y,
+                _ => return Err(range()),
+            };
+            if r.is_finite() {
+                Ok(Atom::Real(r))
+            } else {
+                Err(range())
+            }
+        }
+        _ => Err(OvsdbError::syntax("mutation argument has the wrong type")),
+    }
+}
+
+/// Applies one mutation to a datum, checking the result against the column type.
+pub fn apply_mutation(d: &Datum, m: Mutator, arg: &Datum, ty: &Type, cname: &str) -> Result<Datum, OvsdbError> {
+    let out = match m {
+        Mutator::Insert => match (d, arg) {
+            (Datum::Set(s), Datum::Set(a)) => Datum::Set(s.union(a).cloned().collect()),
+            (Datum::Map(s), Datum::Map(a)) => {
+                let mut n = s.clone();
+                for (k, v) in a {
+                    n.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+                Datum::Map(n)
+            }
+            _ => return Err(OvsdbError::syntax("insert mutation argument has the wrong type")),
+        },
+        Mutator::Delete => match (d, arg) {
+            (Datum::Set(s), Datum::Set(a)) => Datum::Set(s.difference(a).cloned().collect()),
+            (Datum::Map(s), Datum::Map(a)) => {
+                Datum::Map(s.iter().filter(|(k, v)| a.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect())
+            }
+            (Datum::Map(s), Datum::Set(keys)) => {
+                Datum::Map(s.iter().filter(|(k, _)| !keys.contains(*k)).map(|(k, v)| (k.clone(), v.clone())).collect())
+            }
+            _ => return Err(OvsdbError::syntax("delete mutation argument has the wrong type")),
+        },
+        _ => {
+            let b = arg
+                .first()
+                .ok_or_else(|| OvsdbError::syntax("arithmetic mutation needs one argument"))?;
+            let Datum::Set(s) = d else {
+                return Err(OvsdbError::constraint("arithmetic mutation does not apply to maps"));
+            };
+            let mut n = BTreeSet::new();
+            for a in s {
+                let r = arith(a, m, b)?;
+                ty.key.check_constraints(&r)?;
+                if !n.insert(r) {
+                    return Err(OvsdbError::constraint(format!(
+                        "Result of \"{cname}\" mutation contains duplicate values."
+                    )));
+                }
+            }
+            Datum::Set(n)
+        }
+    };
+    let n = out.len() as u64;
+    if n > ty.max {
+        return Err(OvsdbError::constraint(format!(
+            "Attempted to store {n} elements in {} column {cname}, but the schema allows at most {}.",
+            if ty.is_map() { "map" } else { "set" },
+            ty.max
+        )));
+    }
+    if n < ty.min {
+        return Err(OvsdbError::constraint(format!(
+            "Attempted to store {n} elements in {} column {cname}, but the schema requires at least {}.",
+            if ty.is_map() { "map" } else { "set" },
+            ty.min
+        )));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::DatabaseSchema;
+
+    const SCHEMA: &str = r#"{"name":"T","tables":{
+      "A":{"isRoot":true,"indexes":[["name"]],"columns":{
+         "name":{"type":"string"},
+         "n":{"type":{"key":{"type":"integer","minInteger":0,"maxInteger":100}}},
+         "s":{"type":{"key":"string","min":0,"max":2}},
+         "m":{"type":{"key":"string","value":"string","min":0,"max":"unlimited"}},
+         "b":{"type":{"key":{"type":"uuid","refTable":"B"},"min":0,"max":"unlimited"}},
+         "w":{"type":{"key":{"type":"uuid","refTable":"A","refType":"weak"},"min":0,"max":"unlimited"}},
+         "fixed":{"type":"integer","mutable":false}}},
+      "B":{"columns":{"x":{"type":"integer"}}}}}"#;
+
+    fn db() -> Database {
+        Database::new(Arc::new(DatabaseSchema::parse(SCHEMA).unwrap()))
+    }
+
+    fn run(db: &mut Database, ops: Value) -> Vec<Value> {
+        let ctx = ExecContext {
+            owns_lock: &|l| l == "mine",
+            wait_expired: false,
+        };
+        match execute(db, ops.as_array().unwrap(), &ctx) {
+            Outcome::Done { results, changes, .. } => {
+                if let Some(c) = changes {
+                    db.apply(&c);
+                }
+                results
+            }
+            Outcome::Blocked { .. } => panic!("unexpectedly blocked"),
+        }
+    }
+
+    fn err(v: &Value) -> &str {
+        v["error"].as_str().unwrap_or("")
+    }
+
+    #[test]
+    fn insert_with_named_uuid_and_select() {
+        let mut d = db();
+        let r = run(
+            &mut d,
+            json!([{"op":"insert","table":"B","row":{"x":1},"uuid-name":"b1"},
+                   {"op":"insert","table":"A","row":{"name":"a","b":["named-uuid","b1"]}},
+                   {"op":"select","table":"A","where":[["name","==","a"]],"columns":["b"]}]),
+        );
+        assert_eq!(r[2]["rows"][0]["b"], r[0]["uuid"]);
+        assert_eq!(d.row_count(), 2);
+    }
+
+    #[test]
+    fn garbage_collects_unreferenced_non_root_rows() {
+        let mut d = db();
+        let r = run(&mut d, json!([{"op":"insert","table":"B","row":{"x":1}}]));
+        assert!(r[0]["uuid"].is_array());
+        assert_eq!(d.tables[1].rows.len(), 0, "orphan B row must be collected");
+        run(
+            &mut d,
+            json!([{"op":"insert","table":"B","row":{"x":1},"uuid-name":"b"},
+                   {"op":"insert","table":"A","row":{"name":"a","b":["named-uuid","b"]}}]),
+        );
+        assert_eq!(d.tables[1].rows.len(), 1);
+        run(&mut d, json!([{"op":"update","table":"A","where":[],"row":{"b":["set",[]]}}]));
+        assert_eq!(d.tables[1].rows.len(), 0, "B row unreferenced after update must be collected");
+    }
+
+    #[test]
+    fn referential_integrity_is_enforced() {
+        let mut d = db();
+        let r = run(
+            &mut d,
+            json!([{"op":"insert","table":"A","row":{"name":"a","b":["uuid","00000000-0000-0000-0000-000000000001"]}}]),
+        );
+        assert_eq!(r.len(), 2);
+        assert_eq!(err(&r[1]), "referential integrity violation");
+        run(
+            &mut d,
+            json!([{"op":"insert","table":"B","row":{"x":1},"uuid-name":"b"},
+                   {"op":"insert","table":"A","row":{"name":"a","b":["named-uuid","b"]}}]),
+        );
+        let r = run(&mut d, json!([{"op":"delete","table":"B","where":[]}]));
+        assert_eq!(err(&r[1]), "referential integrity violation");
+        assert_eq!(d.tables[1].rows.len(), 1);
+    }
+
+    #[test]
+    fn weak_references_are_cleared_on_delete() {
+        let mut d = db();
+        let r = run(
+            &mut d,
+            json!([{"op":"insert","table":"A","row":{"name":"x"},"uuid-name":"x"},
+                   {"op":"insert","table":"A","row":{"name":"y","w":["named-uuid","x"]}}]),
+        );
+        assert!(r.iter().all(|v| v.get("error").is_none()), "{r:?}");
+        run(&mut d, json!([{"op":"delete","table":"A","where":[["name","==","x"]]}]));
+        let r = run(&mut d, json!([{"op":"select","table":"A","where":[],"columns":["w"]}]));
+        assert_eq!(r[0]["rows"][0]["w"], json!(["set", []]));
+    }
+
+    #[test]
+    fn constraints_indexes_and_mutability() {
+        let mut d = db();
+        let r = run(&mut d, json!([{"op":"insert","table":"A","row":{"name":"a","n":101}}]));
+        assert_eq!(err(&r[0]), "constraint violation");
+        let r = run(&mut d, json!([{"op":"insert","table":"A","row":{"name":"a","s":["set",["1","2","3"]]}}]));
+        assert_eq!(err(&r[0]), "syntax error");
+        let r = run(
+            &mut d,
+            json!([{"op":"insert","table":"A","row":{"name":"a"}},{"op":"insert","table":"A","row":{"name":"a"}}]),
+        );
+        assert_eq!(r.len(), 3);
+        assert_eq!(err(&r[2]), "constraint violation");
+        run(&mut d, json!([{"op":"insert","table":"A","row":{"name":"a"}}]));
+        let r = run(&mut d, json!([{"op":"update","table":"A","where":[],"row":{"fixed":3}}]));
+        assert_eq!(err(&r[0]), "constraint violation");
+        let r = run(&mut d, json!([{"op":"insert","table":"A","row":{"name":"a"}}]));
+        assert_eq!(err(&r[1]), "constraint violation", "index on name");
+        let r = run(&mut d, json!([{"op":"insert","table":"Nope","row":{}}]));
+        assert_eq!(err(&r[0]), "unknown table");
+        let r = run(&mut d, json!([{"op":"insert","table":"A","row":{"zz":1}}]));
+        assert_eq!(err(&r[0]), "unknown column");
+    }
+
+    #[test]
+    fn mutate_operations() {
+        let mut d = db();
+        run(&mut d, json!([{"op":"insert","table":"A","row":{"name":"a","n":5,"m":["map",[["k","v"]]]}}]));
+        let r = run(
+            &mut d,
+            json!([{"op":"mutate","table":"A","where":[],"mutations":[["n","*=",3],["s","insert","x"],["m","delete",["set",["k"]]],["m","insert",["map",[["q","r"]]]]]},
+                   {"op":"select","table":"A","where":[],"columns":["n","s","m"]}]),
+        );
+        assert_eq!(r[0], json!({"count": 1}));
+        assert_eq!(r[1]["rows"][0], json!({"n":15,"s":"x","m":["map",[["q","r"]]]}));
+        let r = run(&mut d, json!([{"op":"mutate","table":"A","where":[],"mutations":[["n","/=",0]]}]));
+        assert_eq!(err(&r[0]), "domain error");
+        let r = run(&mut d, json!([{"op":"mutate","table":"A","where":[],"mutations":[["n","+=",100]]}]));
+        assert_eq!(err(&r[0]), "constraint violation");
+        let r = run(&mut d, json!([{"op":"mutate","table":"A","where":[],"mutations":[["s","insert",["set",["y","z"]]]]}]));
+        assert_eq!(err(&r[0]), "constraint violation");
+    }
+
+    #[test]
+    fn wait_abort_comment_assert() {
+        let mut d = db();
+        run(&mut d, json!([{"op":"insert","table":"A","row":{"name":"a"}}]));
+        let r = run(&mut d, json!([{"op":"wait","table":"A","where":[],"columns":["name"],"until":"==","rows":[{"name":"a"}],"timeout":0}]));
+        assert_eq!(r[0], json!({}));
+        let r = run(&mut d, json!([{"op":"wait","table":"A","where":[],"columns":["name"],"until":"==","rows":[],"timeout":0}]));
+        assert_eq!(err(&r[0]), "timed out");
+        let ctx = ExecContext { owns_lock: &|_| false, wait_expired: false };
+        let ops = json!([{"op":"wait","table":"A","where":[],"columns":["name"],"until":"==","rows":[],"timeout":500}]);
+        assert!(matches!(execute(&d, ops.as_array().unwrap(), &ctx), Outcome::Blocked { timeout_ms: 500 }));
+        let r = run(&mut d, json!([{"op":"insert","table":"A","row":{"name":"b"}},{"op":"abort"},{"op":"comment","comment":"x"}]));
+        assert_eq!(err(&r[1]), "aborted");
+        assert_eq!(r[2], Value::Null);
+        assert_eq!(d.tables[0].rows.len(), 1);
+        let r = run(&mut d, json!([{"op":"assert","lock":"other"}]));
+        assert_eq!(err(&r[0]), "not owner");
+        let r = run(&mut d, json!([{"op":"assert","lock":"mine"},{"op":"comment","comment":"ok"}]));
+        assert_eq!(r, vec![json!({}), json!({})]);
+        let r = run(&mut d, json!([{"op":"select","table":"A","where":[],"bogus":1}]));
+        assert_eq!(err(&r[0]), "syntax error");
+        let r = run(&mut d, json!([{"op":"frobnicate"}]));
+        assert_eq!(err(&r[0]), "unknown operation");
+        let r = run(&mut d, json!([{"op":"insert","table":"A","row":{"name":"c","w":["named-uuid","nope"]}}]));
+        assert_eq!(err(&r[1]), "syntax error");
+    }
+}
