@@ -25,6 +25,7 @@
 pub mod arp;
 pub mod checksum;
 pub mod ethernet;
+pub mod icmpv4;
 pub mod ip;
 pub mod ipv4;
 pub mod tcp;
@@ -34,6 +35,10 @@ pub mod vlan;
 pub use arp::{Operation as ArpOperation, Packet as ArpPacket, Repr as ArpRepr};
 pub use ethernet::{
     Address as EthernetAddress, EtherType, Frame as EthernetFrame, Repr as EthernetRepr,
+};
+pub use icmpv4::{
+    DstUnreachable as Icmpv4DstUnreachable, Message as Icmpv4Message, Packet as Icmpv4Packet,
+    Repr as Icmpv4Repr, TimeExceeded as Icmpv4TimeExceeded,
 };
 pub use ip::IpProtocol;
 pub use ipv4::{Cidr as Ipv4Cidr, Packet as Ipv4Packet, Repr as Ipv4Repr};
