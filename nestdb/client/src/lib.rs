@@ -1,1 +1,64 @@
-//! Client for OVSDB-protocol servers.
+//! Blocking Rust client for OVSDB-protocol servers (RFC 7047): nestdb-server
+//! and Open vSwitch's ovsdb-server.
+//!
+//! The crate owns the client side of the protocol for Sluice: the control
+//! agent uses [`Monitor`] to keep a [`Replica`] of the node database and
+//! react to [`RowChange`]s, and the CNI plugin uses [`Client::transact`] to
+//! record logical ports. It is built on std threads (no async runtime):
+//!
+//! - [`datum`]: the data model ([`Atom`], [`Datum`], [`Uuid`], [`Row`]) with
+//!   RFC 7047 §5.1 JSON notation;
+//! - [`schema`]: typed database schemas;
+//! - [`transaction`]: the typed `transact` builder and results;
+//! - [`jsonrpc`]: framing, request matching and `echo` handling on one
+//!   connection;
+//! - [`client`]: `list_dbs`, `get_schema`, `transact`, locks;
+//! - [`replica`] and [`monitor`]: `monitor_cond_since` with resume, update
+//!   application and automatic reconnect.
+//!
+//! ```no_run
+//! use nestdb_client::{row, Client, Datum, Monitor, MonitorConfig, MonitorEvent, Transaction};
+//! # fn main() -> nestdb_client::Result<()> {
+//! let client = Client::connect("unix:/var/run/nestdb/nestdb-server.sock")?;
+//! let out = client.transact(
+//!     &Transaction::new("Sluice_Node")
+//!         .insert("Remote_Node", row([("name", Datum::from("node-b")),
+//!                                     ("vtep_ip", Datum::from("10.0.0.2"))]))
+//!         .named("rn"),
+//! )?;
+//! println!("inserted {:?}", out.uuid_of("rn"));
+//!
+//! let monitor = Monitor::start(MonitorConfig::new(
+//!     "unix:/var/run/nestdb/nestdb-server.sock", "Sluice_Node", &["Remote_Node"]))?;
+//! let events = monitor.subscribe();
+//! for ev in events.iter() {
+//!     if let MonitorEvent::Changes(changes) = ev {
+//!         for c in changes { println!("{:?} {} {}", c.kind, c.table, c.uuid); }
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod client;
+pub mod datum;
+pub mod error;
+pub mod jsonrpc;
+pub mod monitor;
+pub mod replica;
+pub mod schema;
+pub mod transaction;
+
+pub use client::{Client, LockEvent, DEFAULT_REQUEST_TIMEOUT};
+pub use datum::{Atom, Datum, Row, Uuid};
+pub use error::{Error, OvsdbError, Result};
+pub use jsonrpc::{Connection, Notification, Remote};
+pub use monitor::{
+    Backoff, BackoffConfig, Monitor, MonitorConfig, MonitorEvent, MonitorMethod, MonitorStatus,
+    TableMonitor,
+};
+pub use replica::{ChangeKind, Replica, RowChange};
+pub use schema::{AtomicType, BaseType, ColumnSchema, ColumnType, RefType, Schema, TableSchema};
+pub use transaction::{
+    row, Condition, Function, Mutation, Mutator, OpResult, Transaction, TransactionOutcome,
+    WaitUntil,
+};

@@ -1,0 +1,151 @@
+//! Errors returned by the nestdb client.
+//!
+//! One enum, [`Error`], covers every failure the client can report: bad
+//! remotes, I/O, protocol violations by the peer, JSON-RPC errors, OVSDB
+//! transaction errors (with the server's `error` and `details` strings) and
+//! malformed data. Messages are sentences that say what went wrong and, where
+//! possible, what to do about it. The type is `Send + Sync` so it can cross
+//! the client's reader and monitor threads.
+
+use std::time::Duration;
+
+/// The result type used throughout this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// An error reported by the OVSDB server inside a transaction result or as a
+/// JSON-RPC error object (RFC 7047 §3.1 `<error>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OvsdbError {
+    /// The short error tag, e.g. `"constraint violation"` or `"timed out"`.
+    pub error: String,
+    /// The server's human-readable explanation, if it sent one.
+    pub details: Option<String>,
+    /// Index of the operation that failed, or `None` when the failure is
+    /// about the transaction as a whole (e.g. a referential integrity check
+    /// at commit time).
+    pub op_index: Option<usize>,
+}
+
+impl std::fmt::Display for OvsdbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.op_index {
+            Some(i) => write!(f, "operation {i} failed with \"{}\"", self.error)?,
+            None => write!(f, "the transaction failed with \"{}\"", self.error)?,
+        }
+        if let Some(details) = &self.details {
+            write!(f, ": {details}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything that can go wrong while talking to an OVSDB server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The remote string is not `unix:PATH` or `tcp:HOST:PORT`.
+    #[error("invalid remote \"{0}\": expected \"unix:PATH\" or \"tcp:HOST:PORT\"")]
+    InvalidRemote(String),
+
+    /// Connecting to the server failed.
+    #[error("could not connect to {remote}: {source}; check that the server is running and listening there")]
+    Connect {
+        /// The remote we tried.
+        remote: String,
+        /// The underlying OS error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Reading from or writing to the connection failed.
+    #[error("I/O error on the connection to {remote}: {source}")]
+    Io {
+        /// The remote the connection goes to.
+        remote: String,
+        /// The underlying OS error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The connection closed (or was closed by us) before a reply arrived.
+    #[error("the connection to {0} is closed; reconnect and retry the request")]
+    Disconnected(String),
+
+    /// No reply arrived in time.
+    #[error(
+        "the server did not answer \"{method}\" within {after:?}; it may be overloaded or hung"
+    )]
+    Timeout {
+        /// The JSON-RPC method that timed out.
+        method: String,
+        /// How long we waited.
+        after: Duration,
+    },
+
+    /// The peer sent something that is not valid JSON-RPC/OVSDB.
+    #[error("the server sent a malformed message: {0}")]
+    Protocol(String),
+
+    /// The server answered a JSON-RPC request with an error object.
+    #[error("the server rejected \"{method}\": {error}")]
+    Rpc {
+        /// The method that was rejected.
+        method: String,
+        /// The server's error (tag and details).
+        error: OvsdbError,
+    },
+
+    /// An OVSDB transaction failed; see RFC 7047 §4.1.3 for error tags.
+    #[error("transaction on database \"{db}\" failed: {error}")]
+    Transaction {
+        /// The database the transaction targeted.
+        db: String,
+        /// The server's error (tag, details and failing operation).
+        error: OvsdbError,
+    },
+
+    /// A transaction could not be built (caught before sending).
+    #[error("invalid transaction: {0}")]
+    InvalidTransaction(String),
+
+    /// A JSON value does not follow RFC 7047 notation for the expected type.
+    #[error("invalid OVSDB data: {0}")]
+    Data(String),
+
+    /// A database schema could not be parsed.
+    #[error("invalid database schema: {0}")]
+    Schema(String),
+
+    /// A table or column name is not in the schema.
+    #[error("unknown {kind} \"{name}\" in database \"{db}\"; check the schema")]
+    UnknownName {
+        /// `"table"` or `"column"`.
+        kind: &'static str,
+        /// The name that was not found.
+        name: String,
+        /// The database whose schema was consulted.
+        db: String,
+    },
+
+    /// A lock request was refused or the lock is not held.
+    #[error("lock \"{0}\" is held by another client")]
+    LockNotHeld(String),
+}
+
+impl Error {
+    /// Build a [`Error::Data`] error from anything printable.
+    pub(crate) fn data(msg: impl Into<String>) -> Self {
+        Error::Data(msg.into())
+    }
+
+    /// True if the error means the connection is unusable and a new one is
+    /// needed (as opposed to a problem with one request).
+    pub fn is_connection_error(&self) -> bool {
+        matches!(
+            self,
+            Error::Connect { .. }
+                | Error::Io { .. }
+                | Error::Disconnected(_)
+                | Error::Timeout { .. }
+        )
+    }
+}

@@ -1,0 +1,497 @@
+//! The local replica of monitored tables and the application of server
+//! updates to it: `update` (RFC 7047 §4.1.6, "update1"), `update2` and
+//! `update3` (ovsdb-server(7)) and full dumps.
+//!
+//! Invariants: the replica holds, per monitored table, the rows by UUID with
+//! every monitored column present (columns the server omitted because they
+//! hold their default value are filled with that default). Applying an
+//! update is all-or-nothing: it is checked against a scratch copy of the
+//! touched rows first, so a malformed update leaves the replica unchanged
+//! and returns an error (the monitor then resynchronises with a full dump).
+//! Each successful application returns the [`RowChange`]s it made, which is
+//! what change notifications carry.
+//!
+//! A `Replica` is a plain value; the monitor shares it behind a mutex.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::datum::{Datum, Row, Uuid};
+use crate::error::{Error, Result};
+use crate::schema::{Schema, TableSchema};
+
+/// What happened to a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// The row appeared (insert, or present in a dump but not before).
+    Insert,
+    /// One or more columns changed.
+    Modify,
+    /// The row disappeared.
+    Delete,
+}
+
+/// One row change applied to the replica.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowChange {
+    /// Table name.
+    pub table: String,
+    /// Row UUID.
+    pub uuid: Uuid,
+    /// Insert, modify or delete.
+    pub kind: ChangeKind,
+    /// The row before (None for inserts).
+    pub old: Option<Row>,
+    /// The row after (None for deletes).
+    pub new: Option<Row>,
+}
+
+/// The local copy of the monitored tables. See the module docs.
+#[derive(Debug, Clone, Default)]
+pub struct Replica {
+    schema: Option<Arc<Schema>>,
+    /// Monitored columns per table (all columns if not restricted).
+    columns: BTreeMap<String, Vec<String>>,
+    tables: BTreeMap<String, BTreeMap<Uuid, Row>>,
+}
+
+impl Replica {
+    /// An empty replica of `tables` of `schema`; `None` columns means all.
+    pub fn new(
+        schema: Arc<Schema>,
+        tables: &BTreeMap<String, Option<Vec<String>>>,
+    ) -> Result<Replica> {
+        let mut r = Replica::default();
+        r.configure(schema, tables)?;
+        Ok(r)
+    }
+
+    /// (Re)configure the schema and monitored tables, keeping the rows of
+    /// tables that stay monitored.
+    pub fn configure(
+        &mut self,
+        schema: Arc<Schema>,
+        tables: &BTreeMap<String, Option<Vec<String>>>,
+    ) -> Result<()> {
+        let mut columns = BTreeMap::new();
+        for (t, cols) in tables {
+            let ts = schema.table(t)?;
+            let cols = match cols {
+                Some(c) => {
+                    for name in c {
+                        if ts.column_type(name).is_none() {
+                            return Err(Error::UnknownName {
+                                kind: "column",
+                                name: format!("{t}.{name}"),
+                                db: schema.name.clone(),
+                            });
+                        }
+                    }
+                    c.clone()
+                }
+                None => ts.columns.keys().cloned().collect(),
+            };
+            columns.insert(t.clone(), cols);
+        }
+        self.tables.retain(|t, _| columns.contains_key(t));
+        for t in columns.keys() {
+            self.tables.entry(t.clone()).or_default();
+        }
+        self.columns = columns;
+        self.schema = Some(schema);
+        Ok(())
+    }
+
+    /// The schema the replica was configured with.
+    pub fn schema(&self) -> Option<&Arc<Schema>> {
+        self.schema.as_ref()
+    }
+
+    /// All rows of `table`, by UUID (`None` if the table is not monitored).
+    pub fn table(&self, table: &str) -> Option<&BTreeMap<Uuid, Row>> {
+        self.tables.get(table)
+    }
+
+    /// One row.
+    pub fn row(&self, table: &str, uuid: &Uuid) -> Option<&Row> {
+        self.tables.get(table)?.get(uuid)
+    }
+
+    /// Number of rows in `table` (0 if not monitored).
+    pub fn len(&self, table: &str) -> usize {
+        self.tables.get(table).map_or(0, BTreeMap::len)
+    }
+
+    /// True if no monitored table has rows.
+    pub fn is_empty(&self) -> bool {
+        self.tables.values().all(BTreeMap::is_empty)
+    }
+
+    /// The first row of `table` whose `column` equals `value`.
+    pub fn find(&self, table: &str, column: &str, value: &Datum) -> Option<(Uuid, &Row)> {
+        self.tables
+            .get(table)?
+            .iter()
+            .find(|(_, r)| r.get(column) == Some(value))
+            .map(|(u, r)| (*u, r))
+    }
+
+    fn table_schema(&self, table: &str) -> Result<(&TableSchema, &[String])> {
+        let schema = self
+            .schema
+            .as_ref()
+            .ok_or_else(|| Error::Protocol("an update arrived before the schema".into()))?;
+        let cols = self.columns.get(table).ok_or_else(|| {
+            Error::Protocol(format!(
+                "an update names table \"{table}\", which is not monitored"
+            ))
+        })?;
+        Ok((schema.table(table)?, cols))
+    }
+
+    /// Parse a full row as sent in `initial`/`insert`/`new`, filling in
+    /// defaults for monitored columns the server omitted.
+    fn parse_row(&self, table: &str, v: &Value, fill_defaults: bool) -> Result<Row> {
+        let (ts, cols) = self.table_schema(table)?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| Error::Protocol(format!("row of {table} is not an object: {v}")))?;
+        let mut row = Row::new();
+        for (c, val) in obj {
+            let ty = ts.column_type(c).ok_or_else(|| {
+                Error::Protocol(format!("update for {table} has unknown column \"{c}\""))
+            })?;
+            let d = Datum::from_json_shaped(val, ty)
+                .map_err(|e| Error::Protocol(format!("column {table}.{c}: {e}")))?;
+            row.insert(c.clone(), d);
+        }
+        if fill_defaults {
+            for c in cols {
+                if !row.contains_key(c) {
+                    if let Some(ty) = ts.column_type(c) {
+                        row.insert(c.clone(), ty.default_datum());
+                    }
+                }
+            }
+        }
+        Ok(row)
+    }
+
+    fn apply_diff(&self, table: &str, row: &mut Row, diff: &Value) -> Result<()> {
+        let (ts, _) = self.table_schema(table)?;
+        let obj = diff.as_object().ok_or_else(|| {
+            Error::Protocol(format!("modify of {table} is not an object: {diff}"))
+        })?;
+        for (c, val) in obj {
+            let ty = ts.column_type(c).ok_or_else(|| {
+                Error::Protocol(format!("modify for {table} has unknown column \"{c}\""))
+            })?;
+            let d = Datum::from_json_shaped(val, ty)
+                .map_err(|e| Error::Protocol(format!("diff of {table}.{c}: {e}")))?;
+            let cur = row.entry(c.clone()).or_insert_with(|| ty.default_datum());
+            cur.apply_diff(&d, ty)
+                .map_err(|e| Error::Protocol(format!("diff of {table}.{c}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Apply `<table-updates2>` (from `update2`, `update3` or a
+    /// `monitor_cond[_since]` reply). Returns the changes made.
+    pub fn apply_updates2(&mut self, updates: &Value) -> Result<Vec<RowChange>> {
+        self.apply_with(updates, |this, table, uuid, upd, cur| {
+            let obj = upd.as_object().filter(|o| o.len() == 1).ok_or_else(|| {
+                Error::Protocol(format!("row update for {table} {uuid} is malformed: {upd}"))
+            })?;
+            let Some((kind, body)) = obj.iter().next() else {
+                return Err(Error::Protocol(format!(
+                    "empty row update for {table} {uuid}"
+                )));
+            };
+            match (kind.as_str(), cur) {
+                ("initial" | "insert", _) => Ok(Some(this.parse_row(table, body, true)?)),
+                ("modify", Some(old)) => {
+                    let mut new = old.clone();
+                    this.apply_diff(table, &mut new, body)?;
+                    Ok(Some(new))
+                }
+                ("modify", None) => Err(Error::Protocol(format!(
+                    "modify for unknown row {uuid} of {table}"
+                ))),
+                ("delete", Some(_)) => Ok(None),
+                ("delete", None) => Err(Error::Protocol(format!(
+                    "delete for unknown row {uuid} of {table}"
+                ))),
+                (other, _) => Err(Error::Protocol(format!(
+                    "unknown row update kind \"{other}\" for {table} {uuid}"
+                ))),
+            }
+        })
+    }
+
+    /// Apply RFC 7047 `<table-updates>` (from `update` or a `monitor`
+    /// reply). Returns the changes made.
+    pub fn apply_updates1(&mut self, updates: &Value) -> Result<Vec<RowChange>> {
+        self.apply_with(updates, |this, table, uuid, upd, cur| {
+            match (upd.get("old"), upd.get("new"), cur) {
+                (_, Some(new), Some(old)) => {
+                    // "new" holds every monitored column; overlay to be safe.
+                    let mut row = old.clone();
+                    row.extend(this.parse_row(table, new, false)?);
+                    Ok(Some(row))
+                }
+                (_, Some(new), None) => Ok(Some(this.parse_row(table, new, true)?)),
+                (Some(_), None, Some(_)) => Ok(None),
+                (Some(_), None, None) => Err(Error::Protocol(format!(
+                    "delete for unknown row {uuid} of {table}"
+                ))),
+                (None, None, _) => Err(Error::Protocol(format!(
+                    "row update for {table} {uuid} has neither old nor new"
+                ))),
+            }
+        })
+    }
+
+    /// Shared driver: compute every row's new state against the current
+    /// replica first, then commit them all, so errors change nothing.
+    fn apply_with(
+        &mut self,
+        updates: &Value,
+        row_update: impl Fn(&Self, &str, Uuid, &Value, Option<&Row>) -> Result<Option<Row>>,
+    ) -> Result<Vec<RowChange>> {
+        let tables = updates.as_object().ok_or_else(|| {
+            Error::Protocol(format!("table updates must be an object: {updates}"))
+        })?;
+        let mut planned = Vec::new();
+        for (table, rows) in tables {
+            let rows = rows.as_object().ok_or_else(|| {
+                Error::Protocol(format!("updates for table {table} must be an object"))
+            })?;
+            for (uuid, upd) in rows {
+                let uuid: Uuid = uuid
+                    .parse()
+                    .map_err(|e| Error::Protocol(format!("row key in {table}: {e}")))?;
+                let cur = self.row(table, &uuid);
+                let new = row_update(self, table, uuid, upd, cur)?;
+                planned.push((table.clone(), uuid, new));
+            }
+        }
+        let mut changes = Vec::with_capacity(planned.len());
+        for (table, uuid, new) in planned {
+            let rows = self.tables.entry(table.clone()).or_default();
+            let old = match &new {
+                Some(n) => rows.insert(uuid, n.clone()),
+                None => rows.remove(&uuid),
+            };
+            let kind = match (&old, &new) {
+                (None, Some(_)) => ChangeKind::Insert,
+                (Some(_), Some(_)) => ChangeKind::Modify,
+                (Some(_), None) => ChangeKind::Delete,
+                (None, None) => continue,
+            };
+            if kind == ChangeKind::Modify && old == new {
+                continue;
+            }
+            changes.push(RowChange {
+                table,
+                uuid,
+                kind,
+                old,
+                new,
+            });
+        }
+        Ok(changes)
+    }
+
+    /// Replace the contents with a full dump (`<table-updates2>` of
+    /// `initial` rows, or `<table-updates>` when `update1` is true) and
+    /// return the difference from the previous contents, so a client that
+    /// had to resynchronise still sees deletions that happened meanwhile.
+    pub fn replace_with_dump(&mut self, dump: &Value, update1: bool) -> Result<Vec<RowChange>> {
+        let mut fresh = Replica {
+            schema: self.schema.clone(),
+            columns: self.columns.clone(),
+            tables: self
+                .columns
+                .keys()
+                .map(|t| (t.clone(), BTreeMap::new()))
+                .collect(),
+        };
+        if update1 {
+            fresh.apply_updates1(dump)?;
+        } else {
+            fresh.apply_updates2(dump)?;
+        }
+        let mut changes = Vec::new();
+        for (table, new_rows) in &fresh.tables {
+            let empty = BTreeMap::new();
+            let old_rows = self.tables.get(table).unwrap_or(&empty);
+            for (uuid, old) in old_rows {
+                match new_rows.get(uuid) {
+                    None => changes.push(RowChange {
+                        table: table.clone(),
+                        uuid: *uuid,
+                        kind: ChangeKind::Delete,
+                        old: Some(old.clone()),
+                        new: None,
+                    }),
+                    Some(new) if new != old => changes.push(RowChange {
+                        table: table.clone(),
+                        uuid: *uuid,
+                        kind: ChangeKind::Modify,
+                        old: Some(old.clone()),
+                        new: Some(new.clone()),
+                    }),
+                    Some(_) => {}
+                }
+            }
+            for (uuid, new) in new_rows {
+                if !old_rows.contains_key(uuid) {
+                    changes.push(RowChange {
+                        table: table.clone(),
+                        uuid: *uuid,
+                        kind: ChangeKind::Insert,
+                        old: None,
+                        new: Some(new.clone()),
+                    });
+                }
+            }
+        }
+        self.tables = fresh.tables;
+        Ok(changes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn replica() -> Replica {
+        let schema = Schema::from_json(&json!({"name": "D", "tables": {"T": {"columns": {
+            "name": {"type": "string"},
+            "n": {"type": "integer"},
+            "tags": {"type": {"key": "string", "min": 0, "max": "unlimited"}},
+            "ids": {"type": {"key": "string", "value": "string", "min": 0, "max": "unlimited"}},
+            "opt": {"type": {"key": "string", "min": 0, "max": 1}}
+        }}}}))
+        .unwrap();
+        Replica::new(Arc::new(schema), &BTreeMap::from([("T".to_string(), None)])).unwrap()
+    }
+
+    const U1: &str = "11111111-1111-1111-1111-111111111111";
+    const U2: &str = "22222222-2222-2222-2222-222222222222";
+
+    #[test]
+    fn update2_insert_fills_defaults_then_modify_and_delete() {
+        let mut r = replica();
+        let u1: Uuid = U1.parse().unwrap();
+        let ch = r
+            .apply_updates2(
+                &json!({"T": {U1: {"insert": {"name": "a", "tags": ["set", ["x", "y"]]}}}}),
+            )
+            .unwrap();
+        assert_eq!(ch.len(), 1);
+        assert_eq!(ch[0].kind, ChangeKind::Insert);
+        let row = r.row("T", &u1).unwrap();
+        assert_eq!(
+            row["n"],
+            Datum::from(0i64),
+            "omitted scalar gets its default"
+        );
+        assert_eq!(row["ids"], Datum::empty_map());
+        assert_eq!(row["opt"], Datum::empty_set());
+
+        let ch = r
+            .apply_updates2(&json!({"T": {U1: {"modify": {
+                "n": 5, "tags": ["set", ["y", "z"]], "ids": ["map", [["k", "v"]]], "opt": "o"}}}}))
+            .unwrap();
+        assert_eq!(ch[0].kind, ChangeKind::Modify);
+        assert_eq!(ch[0].old.as_ref().unwrap()["n"], Datum::from(0i64));
+        let row = r.row("T", &u1).unwrap();
+        assert_eq!(row["n"], Datum::from(5i64));
+        assert_eq!(row["tags"], Datum::set(["x", "z"]));
+        assert_eq!(row["ids"], Datum::map([("k", "v")]));
+        assert_eq!(row["opt"], Datum::from("o"));
+        assert_eq!(
+            r.find("T", "name", &Datum::from("a")).map(|(u, _)| u),
+            Some(u1)
+        );
+
+        let ch = r
+            .apply_updates2(&json!({"T": {U1: {"delete": null}}}))
+            .unwrap();
+        assert_eq!(ch[0].kind, ChangeKind::Delete);
+        assert_eq!(r.len("T"), 0);
+    }
+
+    #[test]
+    fn bad_updates_leave_the_replica_unchanged() {
+        let mut r = replica();
+        r.apply_updates2(&json!({"T": {U1: {"insert": {"name": "a"}}}}))
+            .unwrap();
+        let before = r.table("T").cloned();
+        for bad in [
+            json!({"T": {U1: {"modify": {"n": 1}}, U2: {"modify": {"n": 2}}}}),
+            json!({"T": {U1: {"delete": null}, U2: {"delete": null}}}),
+            json!({"T": {U1: {"modify": {"nope": 1}}}}),
+            json!({"T": {U1: {"modify": {"n": "str"}}}}),
+            json!({"T": {U1: {"frobnicate": {}}}}),
+            json!({"T": {"not-a-uuid": {"insert": {}}}}),
+            json!({"Other": {U2: {"insert": {}}}}),
+            json!([1, 2]),
+        ] {
+            assert!(r.apply_updates2(&bad).is_err(), "{bad} should be rejected");
+            assert_eq!(
+                r.table("T").cloned(),
+                before,
+                "{bad} must not change the replica"
+            );
+        }
+    }
+
+    #[test]
+    fn update1_semantics() {
+        let mut r = replica();
+        let u1: Uuid = U1.parse().unwrap();
+        r.apply_updates1(&json!({"T": {U1: {"new": {"name": "a", "n": 1}}}}))
+            .unwrap();
+        let ch = r
+            .apply_updates1(&json!({"T": {U1: {"old": {"n": 1}, "new": {"name": "a", "n": 2}}}}))
+            .unwrap();
+        assert_eq!(ch[0].kind, ChangeKind::Modify);
+        assert_eq!(r.row("T", &u1).unwrap()["n"], Datum::from(2i64));
+        let ch = r
+            .apply_updates1(&json!({"T": {U1: {"old": {"name": "a"}}}}))
+            .unwrap();
+        assert_eq!(ch[0].kind, ChangeKind::Delete);
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn dump_reports_the_difference() {
+        let mut r = replica();
+        r.apply_updates2(&json!({"T": {
+            U1: {"insert": {"name": "gone"}},
+            U2: {"insert": {"name": "stays", "n": 1}}}}))
+            .unwrap();
+        let u3 = "33333333-3333-3333-3333-333333333333";
+        let ch = r
+            .replace_with_dump(
+                &json!({"T": {U2: {"initial": {"name": "stays", "n": 2}}, u3: {"initial": {"name": "new"}}}}),
+                false,
+            )
+            .unwrap();
+        let kinds: Vec<_> = ch.iter().map(|c| (c.uuid.to_string(), c.kind)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (U1.to_string(), ChangeKind::Delete),
+                (U2.to_string(), ChangeKind::Modify),
+                (u3.to_string(), ChangeKind::Insert)
+            ]
+        );
+        assert_eq!(r.len("T"), 2);
+    }
+}
