@@ -12,3 +12,6 @@ pub mod schema;
 pub mod table;
 pub mod transaction;
 pub mod types;
+pub mod jsonrpc;
+pub mod log;
+pub mod storage;
