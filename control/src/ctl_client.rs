@@ -1,0 +1,447 @@
+//! Client of the `sluiced` control socket (`sluiced.ctl`).
+//!
+//! Speaks the unixctl JSON-RPC dialect that `sluiced` serves (and that
+//! `ovs-appctl` speaks): one JSON object per request,
+//! `{"id":N,"method":"<command>","params":[…]}`, answered by
+//! `{"id":N,"result":…,"error":…}`. Three kinds of call:
+//!
+//! - [`CtlClient::call`]: a text command with string arguments, exactly what
+//!   `ovs-appctl -t SOCK <command> <args…>` sends; returns the reply text.
+//! - [`CtlClient::call_json`]: the same command asking for JSON (`params` is
+//!   `{"args":[…]}`); returns the feature's structured output, or its text as
+//!   a JSON string if it has none.
+//! - [`CtlClient::call_method`]: a structured method (such as `flow-bundle`)
+//!   with any JSON `params`, returning any JSON.
+//!
+//! The command names `sluiced` registers are listed in the datapath's `ctl`
+//! module documentation. The server is trusted (it runs as root and the
+//! socket is root-only), but every malformed or mismatched reply is still
+//! reported as a [`ClientError`] rather than a panic.
+//!
+//! Thread-safety: a [`CtlClient`] is one connection used by one thread at a
+//! time (`&mut self`); open one per thread.
+
+use std::io::{self, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Where `sluiced` listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/var/run/sluice/sluiced.ctl";
+
+/// Why a control call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket could not be reached.
+    #[error("cannot connect to {}: {} ({})", path.display(), describe_io(source), connect_hint(source))]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// `sluiced` processed the request and answered with an error.
+    #[error("{}", message.trim_end())]
+    Server {
+        /// The server's error text.
+        message: String,
+    },
+    /// No reply arrived in time.
+    #[error("no reply from {} within {} s; sluiced may be overloaded or stuck (raise --timeout to wait longer)", path.display(), timeout.as_secs_f64())]
+    Timeout {
+        /// The socket path.
+        path: PathBuf,
+        /// How long the client waited.
+        timeout: Duration,
+    },
+    /// The connection broke.
+    #[error("lost the connection to {}: {}", path.display(), describe_io(source))]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The server closed the connection without replying.
+    #[error("{} closed the connection before replying; see the sluiced log", path.display())]
+    Closed {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// The reply does not follow the protocol.
+    #[error("{} sent an invalid reply: {detail}", path.display())]
+    Protocol {
+        /// The socket path.
+        path: PathBuf,
+        /// What was wrong with it.
+        detail: String,
+    },
+}
+
+impl ClientError {
+    /// The `sluicectl` exit status for this error: 1 when the server
+    /// answered with an error, 2 when it could not be asked.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Server { .. } => 1,
+            _ => 2,
+        }
+    }
+}
+
+/// An `io::Error` as a sentence fragment, without Rust's "(os error N)".
+fn describe_io(error: &io::Error) -> String {
+    let text = error.to_string();
+    match text.rfind(" (os error ") {
+        Some(at) if text.ends_with(')') => text[..at].to_owned(),
+        _ => text,
+    }
+}
+
+fn connect_hint(error: &io::Error) -> &'static str {
+    match error.kind() {
+        io::ErrorKind::PermissionDenied => "the control socket is root-only; run as root",
+        _ => "is sluiced running?",
+    }
+}
+
+/// One connection to the control socket.
+#[derive(Debug)]
+pub struct CtlClient {
+    path: PathBuf,
+    writer: UnixStream,
+    reader: BufReader<UnixStream>,
+    timeout: Option<Duration>,
+    next_id: u64,
+}
+
+impl CtlClient {
+    /// Connects to the control socket at `path`. Calls wait for their reply
+    /// without limit until [`CtlClient::set_timeout`] sets one.
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`] if nothing listens there.
+    pub fn connect(path: impl AsRef<Path>) -> Result<Self, ClientError> {
+        let path = path.as_ref().to_path_buf();
+        let connect_err = |source| ClientError::Connect {
+            path: path.clone(),
+            source,
+        };
+        let writer = UnixStream::connect(&path).map_err(connect_err)?;
+        let reader = writer.try_clone().map_err(connect_err)?;
+        Ok(Self {
+            path,
+            writer,
+            reader: BufReader::new(reader),
+            timeout: None,
+            next_id: 0,
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Limits how long each call waits for its reply (`None`: forever).
+    ///
+    /// # Errors
+    /// [`ClientError::Io`] if the socket rejects the setting (a zero
+    /// duration is treated as `None`).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ClientError> {
+        let timeout = timeout.filter(|t| !t.is_zero());
+        self.writer
+            .set_read_timeout(timeout)
+            .and_then(|()| self.writer.set_write_timeout(timeout))
+            .map_err(|source| self.io_error(source))?;
+        self.timeout = timeout;
+        Ok(())
+    }
+
+    /// Runs text command `command` with string arguments and returns its
+    /// reply text (a non-text result is returned as pretty-printed JSON).
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] with the server's text if the command failed;
+    /// other variants if the server could not be asked.
+    pub fn call<S: AsRef<str>>(
+        &mut self,
+        command: &str,
+        args: &[S],
+    ) -> Result<String, ClientError> {
+        let params: Vec<Value> = args.iter().map(|a| json!(a.as_ref())).collect();
+        match self.transact(command, Value::Array(params))? {
+            Value::String(text) => Ok(text),
+            other => Ok(format!("{other:#}\n")),
+        }
+    }
+
+    /// Runs `command` asking for machine-readable output: the structured
+    /// method of that name if the feature has one, else the text command's
+    /// output as a JSON string.
+    ///
+    /// # Errors
+    /// As [`CtlClient::call`].
+    pub fn call_json<S: AsRef<str>>(
+        &mut self,
+        command: &str,
+        args: &[S],
+    ) -> Result<Value, ClientError> {
+        let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+        self.transact(command, json!({ "args": args }))
+    }
+
+    /// Calls structured method `method` with `params` (a JSON array or
+    /// object) and returns its JSON result.
+    ///
+    /// # Errors
+    /// As [`CtlClient::call`].
+    pub fn call_method(&mut self, method: &str, params: Value) -> Result<Value, ClientError> {
+        self.transact(method, params)
+    }
+
+    fn io_error(&self, source: io::Error) -> ClientError {
+        match source.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout {
+                path: self.path.clone(),
+                timeout: self.timeout.unwrap_or_default(),
+            },
+            _ => ClientError::Io {
+                path: self.path.clone(),
+                source,
+            },
+        }
+    }
+
+    fn protocol(&self, detail: impl Into<String>) -> ClientError {
+        ClientError::Protocol {
+            path: self.path.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    fn transact(&mut self, method: &str, params: Value) -> Result<Value, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = json!({"id": id, "method": method, "params": params});
+        self.writer
+            .write_all(request.to_string().as_bytes())
+            .map_err(|source| self.io_error(source))?;
+
+        let mut de = serde_json::Deserializer::from_reader(&mut self.reader);
+        let reply = match Value::deserialize(&mut de) {
+            Ok(reply) => reply,
+            Err(e) if e.is_eof() => {
+                return Err(ClientError::Closed {
+                    path: self.path.clone(),
+                })
+            }
+            Err(e) if e.is_io() => {
+                let source = io::Error::from(e);
+                return Err(self.io_error(source));
+            }
+            Err(e) => return Err(self.protocol(format!("malformed JSON ({e})"))),
+        };
+        let Value::Object(mut reply) = reply else {
+            return Err(self.protocol("the reply is not a JSON object"));
+        };
+        let reply_id = reply.remove("id").unwrap_or(Value::Null);
+        let error = reply.remove("error").unwrap_or(Value::Null);
+        let result = reply.remove("result").unwrap_or(Value::Null);
+        // A null id is the server refusing the connection before it could
+        // read a request (permission, connection limit, framing).
+        let refusal = reply_id.is_null() && !error.is_null();
+        if reply_id != json!(id) && !refusal {
+            return Err(self.protocol(format!("expected reply id {id}, got {reply_id}")));
+        }
+        match error {
+            Value::Null => Ok(result),
+            Value::String(message) => Err(ClientError::Server { message }),
+            other => Err(ClientError::Server {
+                message: other.to_string(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::net::UnixListener;
+    use std::thread;
+
+    /// A one-connection fake server: reads one request, then writes `reply`
+    /// (with `{id}` replaced by the request id) unless it is `None`, in which
+    /// case it closes the connection. Returns the request it read.
+    fn fake_server(
+        dir: &Path,
+        reply: Option<&'static str>,
+        hold_open: bool,
+    ) -> (PathBuf, thread::JoinHandle<Value>) {
+        let path = dir.join("fake.ctl");
+        let listener = UnixListener::bind(&path).unwrap();
+        let handle = thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut de = serde_json::Deserializer::from_reader(stream.try_clone().unwrap());
+            let request = Value::deserialize(&mut de).unwrap();
+            if let Some(reply) = reply {
+                let reply = reply.replace("{id}", &request["id"].to_string());
+                stream.write_all(reply.as_bytes()).unwrap();
+            }
+            if hold_open {
+                // Wait for the client to hang up.
+                let mut buf = [0u8; 16];
+                let _ = stream.read(&mut buf);
+            }
+            request
+        });
+        (path, handle)
+    }
+
+    #[test]
+    fn call_sends_the_unixctl_request_and_returns_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, server) = fake_server(
+            dir.path(),
+            Some(r#"{"id":{id},"result":"ok\n","error":null}"#),
+            false,
+        );
+        let mut client = CtlClient::connect(&path).unwrap();
+        assert_eq!(
+            client
+                .call("add-flow", &["priority=1,actions=drop"])
+                .unwrap(),
+            "ok\n"
+        );
+        assert_eq!(
+            server.join().unwrap(),
+            json!({"id": 0, "method": "add-flow", "params": ["priority=1,actions=drop"]})
+        );
+    }
+
+    #[test]
+    fn call_json_sends_object_params() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, server) = fake_server(
+            dir.path(),
+            Some(r#"{"id":{id},"result":{"flows":[]},"error":null}"#),
+            false,
+        );
+        let mut client = CtlClient::connect(&path).unwrap();
+        assert_eq!(
+            client.call_json("dump-flows", &["table=0"]).unwrap(),
+            json!({"flows": []})
+        );
+        assert_eq!(
+            server.join().unwrap()["params"],
+            json!({"args": ["table=0"]})
+        );
+    }
+
+    #[test]
+    fn server_error_is_returned_verbatim_with_exit_code_1() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _server) = fake_server(
+            dir.path(),
+            Some(r#"{"id":{id},"result":null,"error":"bad flow\n"}"#),
+            false,
+        );
+        let err = CtlClient::connect(&path)
+            .unwrap()
+            .call::<&str>("add-flow", &[])
+            .unwrap_err();
+        assert!(matches!(&err, ClientError::Server { message } if message == "bad flow\n"));
+        assert_eq!(err.to_string(), "bad flow");
+        assert_eq!(err.exit_code(), 1);
+    }
+
+    #[test]
+    fn refusal_with_null_id_is_a_server_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _server) = fake_server(
+            dir.path(),
+            Some(r#"{"id":null,"result":null,"error":"permission denied: uid 1000\n"}"#),
+            false,
+        );
+        let err = CtlClient::connect(&path)
+            .unwrap()
+            .call::<&str>("version", &[])
+            .unwrap_err();
+        assert_eq!(err.to_string(), "permission denied: uid 1000");
+    }
+
+    #[test]
+    fn mismatched_id_and_garbage_are_protocol_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _server) = fake_server(
+            dir.path(),
+            Some(r#"{"id":77,"result":"x","error":null}"#),
+            false,
+        );
+        let err = CtlClient::connect(&path)
+            .unwrap()
+            .call::<&str>("version", &[])
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("expected reply id 0, got 77"),
+            "{err}"
+        );
+        assert_eq!(err.exit_code(), 2);
+
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _server) = fake_server(dir.path(), Some("[1,2]"), false);
+        let err = CtlClient::connect(&path)
+            .unwrap()
+            .call::<&str>("version", &[])
+            .unwrap_err();
+        assert!(err.to_string().contains("not a JSON object"), "{err}");
+    }
+
+    #[test]
+    fn closed_without_reply() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _server) = fake_server(dir.path(), None, false);
+        let err = CtlClient::connect(&path)
+            .unwrap()
+            .call::<&str>("version", &[])
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Closed { .. }), "{err}");
+        assert!(err
+            .to_string()
+            .contains("closed the connection before replying"));
+    }
+
+    #[test]
+    fn timeout_is_reported_not_hung() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, server) = fake_server(dir.path(), Some(""), true);
+        let mut client = CtlClient::connect(&path).unwrap();
+        client
+            .set_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let err = client.call::<&str>("version", &[]).unwrap_err();
+        assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
+        assert!(err.to_string().starts_with("no reply from"), "{err}");
+        drop(client);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn connect_error_names_the_path_and_the_likely_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing.ctl");
+        let err = CtlClient::connect(&path).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot connect to {}: No such file or directory (is sluiced running?)",
+                path.display()
+            )
+        );
+        assert_eq!(err.exit_code(), 2);
+    }
+}
