@@ -15,3 +15,4 @@ pub mod types;
 pub mod jsonrpc;
 pub mod log;
 pub mod storage;
+pub mod monitor;

@@ -1,0 +1,429 @@
+//! Monitors: `monitor` (update), `monitor_cond` (update2), `monitor_cond_since`
+//! (update3) — RFC 7047 §4.1.5 and ovsdb-server(7) §4.1.12–4.1.15.
+//!
+//! A [`Monitor`] belongs to one client session and one database.  It holds, per
+//! monitored table, the selected columns, which kinds of change are reported
+//! (`initial`/`insert`/`delete`/`modify`) and, for conditional monitors, a
+//! [`Condition`].  [`Monitor::compose`] turns a committed [`Changes`] into the
+//! `<table-updates>` (v1) or `<table-updates2>` (v2/v3) object the client is sent;
+//! a row that starts or stops matching the condition is reported as an insert or a
+//! delete.  Plain data owned by the server thread.
+
+use crate::condition::Condition;
+use crate::error::OvsdbError;
+use crate::table::{Changes, Database, Row, RowChange};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Notification format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// `monitor` → `update`.
+    V1,
+    /// `monitor_cond` → `update2`.
+    V2,
+    /// `monitor_cond_since` → `update3`.
+    V3,
+}
+
+/// Which changes a table monitor reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Select {
+    /// Rows present when the monitor starts.
+    pub initial: bool,
+    /// Inserted rows.
+    pub insert: bool,
+    /// Deleted rows.
+    pub delete: bool,
+    /// Modified rows.
+    pub modify: bool,
+}
+
+/// The monitor of one table.
+#[derive(Debug, Clone)]
+pub struct TableMonitor {
+    /// Table index.
+    pub table: usize,
+    /// Column indexes reported.
+    pub columns: Vec<usize>,
+    /// Change kinds reported.
+    pub select: Select,
+    /// Row filter (empty: all rows).
+    pub condition: Condition,
+}
+
+/// One client monitor.
+#[derive(Debug, Clone)]
+pub struct Monitor {
+    /// Database name.
+    pub db: String,
+    /// Client-chosen monitor id (`<json-value>`).
+    pub id: Value,
+    /// Notification format.
+    pub version: Version,
+    /// Per-table monitors.
+    pub tables: Vec<TableMonitor>,
+}
+
+fn parse_select(v: Option<&Value>) -> Result<Select, OvsdbError> {
+    let mut s = Select {
+        initial: true,
+        insert: true,
+        delete: true,
+        modify: true,
+    };
+    let Some(v) = v else { return Ok(s) };
+    let o = v
+        .as_object()
+        .ok_or_else(|| OvsdbError::syntax("\"select\" must be an object"))?;
+    for (k, b) in o {
+        let b = b
+            .as_bool()
+            .ok_or_else(|| OvsdbError::syntax(format!("\"select\" member {k} must be a boolean")))?;
+        match k.as_str() {
+            "initial" => s.initial = b,
+            "insert" => s.insert = b,
+            "delete" => s.delete = b,
+            "modify" => s.modify = b,
+            _ => return Err(OvsdbError::syntax(format!("unknown \"select\" member {k}"))),
+        }
+    }
+    Ok(s)
+}
+
+impl Monitor {
+    /// Parses `<monitor-requests>` / `<monitor-cond-requests>`.
+    pub fn parse(db: &Database, db_name: &str, id: Value, version: Version, requests: &Value) -> Result<Self, OvsdbError> {
+        let o = requests
+            .as_object()
+            .ok_or_else(|| OvsdbError::syntax("monitor requests must be an object keyed by table name"))?;
+        let mut tables = Vec::new();
+        for (tname, req) in o {
+            let (ti, ts) = db
+                .schema
+                .table(tname)
+                .ok_or_else(|| OvsdbError::syntax(format!("no table named {tname}")))?;
+            let reqs: Vec<&Value> = match req {
+                Value::Array(a) => a.iter().collect(),
+                other => vec![other],
+            };
+            let mut tm = TableMonitor {
+                table: ti,
+                columns: Vec::new(),
+                select: Select {
+                    initial: false,
+                    insert: false,
+                    delete: false,
+                    modify: false,
+                },
+                condition: Condition::default(),
+            };
+            for r in reqs {
+                let ro = r
+                    .as_object()
+                    .ok_or_else(|| OvsdbError::syntax(format!("monitor request for {tname} must be an object")))?;
+                match ro.get("columns") {
+                    None => tm.columns.extend(0..ts.columns.len()),
+                    Some(cols) => {
+                        let arr = cols
+                            .as_array()
+                            .ok_or_else(|| OvsdbError::syntax("\"columns\" must be an array"))?;
+                        for c in arr {
+                            let n = c.as_str().unwrap_or_default();
+                            match ts.column(n) {
+                                Some(i) => tm.columns.push(i),
+                                None if crate::schema::is_implicit_column(n) => {}
+                                None => {
+                                    return Err(OvsdbError::syntax(format!("{c} is not a valid column name")))
+                                }
+                            }
+                        }
+                    }
+                }
+                let s = parse_select(ro.get("select"))?;
+                tm.select.initial |= s.initial;
+                tm.select.insert |= s.insert;
+                tm.select.delete |= s.delete;
+                tm.select.modify |= s.modify;
+                if let Some(w) = ro.get("where") {
+                    if version == Version::V1 {
+                        return Err(OvsdbError::syntax("\"where\" is only allowed in monitor_cond requests"));
+                    }
+                    tm.condition = Condition::from_json(w, ts, None, true)?;
+                }
+            }
+            tm.columns.sort_unstable();
+            tm.columns.dedup();
+            tables.push(tm);
+        }
+        Ok(Self {
+            db: db_name.to_owned(),
+            id,
+            version,
+            tables,
+        })
+    }
+
+    /// Replaces conditions (`monitor_cond_change`); returns the updates that bring the
+    /// client from the old to the new condition.
+    pub fn change_conditions(&mut self, db: &Database, requests: &Value) -> Result<Value, OvsdbError> {
+        let o = requests
+            .as_object()
+            .ok_or_else(|| OvsdbError::syntax("condition change requests must be an object"))?;
+        let mut new_conds = Vec::new();
+        for (tname, req) in o {
+            let (ti, ts) = db
+                .schema
+                .table(tname)
+                .ok_or_else(|| OvsdbError::syntax(format!("no table named {tname}")))?;
+            if !self.tables.iter().any(|t| t.table == ti) {
+                return Err(OvsdbError::syntax(format!("table {tname} is not monitored")));
+            }
+            let reqs: Vec<&Value> = match req {
+                Value::Array(a) => a.iter().collect(),
+                other => vec![other],
+            };
+            for r in reqs {
+                if let Some(w) = r.get("where") {
+                    new_conds.push((ti, Condition::from_json(w, ts, None, true)?));
+                }
+            }
+        }
+        let mut changes = Vec::new();
+        for (ti, cond) in new_conds {
+            let Some(tm) = self.tables.iter_mut().find(|t| t.table == ti) else { continue };
+            for (u, r) in &db.tables[ti].rows {
+                let was = tm.condition.matches(*u, r);
+                let is = cond.matches(*u, r);
+                if was != is {
+                    changes.push(RowChange {
+                        table: ti,
+                        uuid: *u,
+                        old: was.then(|| r.clone()),
+                        new: is.then(|| r.clone()),
+                    });
+                }
+            }
+            tm.condition = cond;
+        }
+        let ch = Changes {
+            rows: changes,
+            comment: None,
+        };
+        Ok(self.compose_with(db, &ch, true))
+    }
+
+    /// The initial contents (rows matching the conditions of tables with `initial`).
+    pub fn initial(&self, db: &Database) -> Value {
+        let mut out = Map::new();
+        for tm in &self.tables {
+            if !tm.select.initial {
+                continue;
+            }
+            let ts = &db.schema.tables[tm.table];
+            let mut rows = Map::new();
+            for (u, r) in &db.tables[tm.table].rows {
+                if tm.condition.matches(*u, r) {
+                    let body = self.row_json(tm, ts, r, true);
+                    let v = match self.version {
+                        Version::V1 => json_obj("new", body),
+                        _ => json_obj("initial", body),
+                    };
+                    rows.insert(u.to_string(), v);
+                }
+            }
+            if !rows.is_empty() {
+                out.insert(ts.name.clone(), Value::Object(rows));
+            }
+        }
+        Value::Object(out)
+    }
+
+    fn row_json(&self, tm: &TableMonitor, ts: &crate::schema::TableSchema, r: &Row, insert: bool) -> Value {
+        let mut o = Map::new();
+        for &c in &tm.columns {
+            let col = &ts.columns[c];
+            if insert && self.version != Version::V1 && r.data[c] == col.ty.default_datum() {
+                continue;
+            }
+            o.insert(col.name.clone(), r.data[c].to_json());
+        }
+        Value::Object(o)
+    }
+
+    /// The table-updates for committed changes; an empty object means "nothing to send".
+    pub fn compose(&self, db: &Database, changes: &Changes) -> Value {
+        self.compose_with(db, changes, false)
+    }
+
+    fn compose_with(&self, db: &Database, changes: &Changes, as_initial_select: bool) -> Value {
+        let mut out = Map::new();
+        for tm in &self.tables {
+            let ts = &db.schema.tables[tm.table];
+            let mut rows = Map::new();
+            let lo = changes.rows.partition_point(|c| c.table < tm.table);
+            for ch in changes.rows[lo..].iter().take_while(|c| c.table == tm.table) {
+                let old_m = ch.old.as_ref().is_some_and(|r| tm.condition.matches(ch.uuid, r));
+                let new_m = ch.new.as_ref().is_some_and(|r| tm.condition.matches(ch.uuid, r));
+                let (sel_ins, sel_del) = if as_initial_select {
+                    (true, true)
+                } else {
+                    (tm.select.insert, tm.select.delete)
+                };
+                let v = match (old_m, new_m, &ch.old, &ch.new) {
+                    (false, true, _, Some(new)) if sel_ins => {
+                        let body = self.row_json(tm, ts, new, true);
+                        match self.version {
+                            Version::V1 => json_obj("new", body),
+                            _ => json_obj("insert", body),
+                        }
+                    }
+                    (true, false, Some(old), _) if sel_del => match self.version {
+                        Version::V1 => json_obj("old", self.row_json(tm, ts, old, false)),
+                        _ => json_obj("delete", Value::Null),
+                    },
+                    (true, true, Some(old), Some(new)) if tm.select.modify => {
+                        let changed: Vec<usize> =
+                            tm.columns.iter().copied().filter(|&c| old.data[c] != new.data[c]).collect();
+                        if changed.is_empty() {
+                            continue;
+                        }
+                        match self.version {
+                            Version::V1 => {
+                                let mut o = Map::new();
+                                for &c in &changed {
+                                    o.insert(ts.columns[c].name.clone(), old.data[c].to_json());
+                                }
+                                let mut both = Map::new();
+                                both.insert("old".into(), Value::Object(o));
+                                both.insert("new".into(), self.row_json(tm, ts, new, false));
+                                Value::Object(both)
+                            }
+                            _ => {
+                                let mut o = Map::new();
+                                for &c in &changed {
+                                    let ty = &ts.columns[c].ty;
+                                    o.insert(
+                                        ts.columns[c].name.clone(),
+                                        crate::datum::Datum::diff(&old.data[c], &new.data[c], ty).to_json(),
+                                    );
+                                }
+                                json_obj("modify", Value::Object(o))
+                            }
+                        }
+                    }
+                    _ => continue,
+                };
+                rows.insert(ch.uuid.to_string(), v);
+            }
+            if !rows.is_empty() {
+                out.insert(ts.name.clone(), Value::Object(rows));
+            }
+        }
+        Value::Object(out)
+    }
+}
+
+fn json_obj(k: &str, v: Value) -> Value {
+    let mut o = Map::new();
+    o.insert(k.into(), v);
+    Value::Object(o)
+}
+
+/// Merges consecutive committed changes into one (earliest old, latest new per row),
+/// for `monitor_cond_since` resumption.
+pub fn merge_changes<'a>(entries: impl Iterator<Item = &'a Arc<Changes>>) -> Changes {
+    let mut rows: BTreeMap<(usize, Uuid), RowChange> = BTreeMap::new();
+    for ch in entries {
+        for rc in &ch.rows {
+            rows.entry((rc.table, rc.uuid))
+                .and_modify(|e| e.new = rc.new.clone())
+                .or_insert_with(|| rc.clone());
+        }
+    }
+    Changes {
+        rows: rows
+            .into_values()
+            .filter(|c| !(c.old.is_none() && c.new.is_none()))
+            .collect(),
+        comment: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::DatabaseSchema;
+    use crate::transaction::{execute, ExecContext, Outcome};
+    use serde_json::json;
+
+    fn db() -> Database {
+        Database::new(Arc::new(
+            DatabaseSchema::parse(
+                r#"{"name":"T","tables":{"A":{"columns":{"n":{"type":"integer"},
+                "s":{"type":{"key":"string","min":0,"max":"unlimited"}}}}}}"#,
+            )
+            .unwrap(),
+        ))
+    }
+
+    fn commit(d: &mut Database, ops: Value) -> Changes {
+        let ctx = ExecContext {
+            owns_lock: &|_| false,
+            wait_expired: false,
+        };
+        let Outcome::Done { changes: Some(c), .. } = execute(d, ops.as_array().unwrap(), &ctx) else {
+            panic!("transaction failed")
+        };
+        d.apply(&c);
+        c
+    }
+
+    #[test]
+    fn update2_reports_condition_transitions() {
+        let mut d = db();
+        let m = Monitor::parse(&d, "T", json!(1), Version::V2, &json!({"A": [{"where": [["n", ">", 5]]}]})).unwrap();
+        let c = commit(&mut d, json!([{"op":"insert","table":"A","row":{"n":1}}]));
+        assert_eq!(m.compose(&d, &c), json!({}), "non-matching insert is invisible");
+        let c = commit(&mut d, json!([{"op":"update","table":"A","where":[],"row":{"n":7}}]));
+        let u = m.compose(&d, &c);
+        let (uuid, v) = u["A"].as_object().unwrap().iter().next().unwrap();
+        assert_eq!(*v, json!({"insert": {"n": 7}}));
+        let c = commit(&mut d, json!([{"op":"mutate","table":"A","where":[],"mutations":[["s","insert","x"]]}]));
+        assert_eq!(m.compose(&d, &c)["A"][uuid], json!({"modify": {"s": "x"}}));
+        let c = commit(&mut d, json!([{"op":"update","table":"A","where":[],"row":{"n":2}}]));
+        assert_eq!(m.compose(&d, &c)["A"][uuid], json!({"delete": null}));
+    }
+
+    #[test]
+    fn update1_has_old_and_new_and_cond_change_diffs() {
+        let mut d = db();
+        let m = Monitor::parse(&d, "T", json!(null), Version::V1, &json!({"A": {"columns": ["n"]}})).unwrap();
+        commit(&mut d, json!([{"op":"insert","table":"A","row":{"n":1}}]));
+        assert_eq!(m.initial(&d)["A"].as_object().unwrap().len(), 1);
+        let c = commit(&mut d, json!([{"op":"update","table":"A","where":[],"row":{"n":3}}]));
+        let u = m.compose(&d, &c);
+        let v = u["A"].as_object().unwrap().values().next().unwrap();
+        assert_eq!(*v, json!({"old": {"n": 1}, "new": {"n": 3}}));
+        let mut m2 = Monitor::parse(&d, "T", json!(2), Version::V2, &json!({"A": {"where": [false]}})).unwrap();
+        assert_eq!(m2.initial(&d), json!({}));
+        let u = m2.change_conditions(&d, &json!({"A": [{"where": [true]}]})).unwrap();
+        assert_eq!(u["A"].as_object().unwrap().values().next().unwrap(), &json!({"insert": {"n": 3}}));
+        assert!(Monitor::parse(&d, "T", json!(3), Version::V1, &json!({"Nope": {}})).is_err());
+        assert!(Monitor::parse(&d, "T", json!(3), Version::V1, &json!({"A": {"where": []}})).is_err());
+    }
+
+    #[test]
+    fn merge_keeps_earliest_old_and_latest_new() {
+        let mut d = db();
+        let a = Arc::new(commit(&mut d, json!([{"op":"insert","table":"A","row":{"n":1}}])));
+        let b = Arc::new(commit(&mut d, json!([{"op":"update","table":"A","where":[],"row":{"n":2}}])));
+        let m = merge_changes([&a, &b].into_iter());
+        assert_eq!(m.rows.len(), 1);
+        assert!(m.rows[0].old.is_none());
+        let c = Arc::new(commit(&mut d, json!([{"op":"delete","table":"A","where":[]}])));
+        assert!(merge_changes([&a, &b, &c].into_iter()).rows.is_empty());
+    }
+}
