@@ -25,6 +25,7 @@
 pub mod arp;
 pub mod checksum;
 pub mod ethernet;
+pub mod geneve;
 pub mod icmpv4;
 pub mod ip;
 pub mod ipv4;
@@ -37,6 +38,9 @@ pub mod vlan;
 pub use arp::{Operation as ArpOperation, Packet as ArpPacket, Repr as ArpRepr};
 pub use ethernet::{
     Address as EthernetAddress, EtherType, Frame as EthernetFrame, Repr as EthernetRepr,
+};
+pub use geneve::{
+    GeneveOption, GeneveOptions, Packet as GenevePacket, Repr as GeneveRepr,
 };
 pub use icmpv4::{
     DstUnreachable as Icmpv4DstUnreachable, Message as Icmpv4Message, Packet as Icmpv4Packet,
