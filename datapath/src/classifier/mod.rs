@@ -1,1 +1,25 @@
 //! The classifier cascade: exact-match cache → megaflow cache → slow path.
+//!
+//! Per packet, a PMD looks the [`crate::flow::key::FlowKey`] up in its
+//! [`emc::Emc`] (one hash probe, full-key compare), then in its
+//! [`megaflow::MegaflowCache`] (one probe per distinct mask), and only then
+//! runs [`slowpath::translate`] over the whole program, installing the
+//! resulting megaflow (and EMC entry). All three tiers are per PMD: no
+//! sharing, no locks. Cached results are `Arc<slowpath::Xlate>` built from
+//! one program generation; the pipeline flushes both caches when a new
+//! program is published.
+
+pub mod emc;
+pub mod megaflow;
+pub mod slowpath;
+
+use crate::stats::Counter;
+
+/// Hit and miss counters of one cache tier on one PMD (single writer).
+#[derive(Debug, Default)]
+pub struct TierStats {
+    /// Lookups answered by this tier.
+    pub hit: Counter,
+    /// Lookups passed on to the next tier.
+    pub miss: Counter,
+}

@@ -228,7 +228,7 @@ fields! {
     /// TCP/UDP/SCTP destination port.
     TpDst = "tp_dst", 4, 16, 16, Decimal, L4Ports, true;
     /// TCP flags (low 12 bits of the offset/flags word).
-    TcpFlags = "tcp_flags", 2, 48, 16, TcpFlags, Tcp, false;
+    TcpFlags = "tcp_flags", 2, 48, 12, TcpFlags, Tcp, false;
     /// ICMP type.
     IcmpType = "icmp_type", 5, 48, 8, Decimal, Icmp, false;
     /// ICMP code.

@@ -400,6 +400,9 @@ pub fn format_value(field: Field, v: u128, m: u128) -> String {
                 &TCP_FLAG_NAMES
             };
             let named: u128 = names.iter().map(|(_, b)| u128::from(*b)).sum();
+            if exact && m & !named != 0 {
+                return format!("{v:#x}");
+            }
             if m & !named != 0 {
                 return format!("{v:#x}/{m:#x}");
             }
