@@ -16,3 +16,5 @@ pub mod jsonrpc;
 pub mod log;
 pub mod storage;
 pub mod monitor;
+pub mod server;
+pub mod unixctl;

@@ -1,0 +1,1088 @@
+//! The server: listeners, client sessions, method dispatch, locks and the event loop.
+//!
+//! One thread runs [`Server::run`], a `poll(2)` loop over nonblocking sockets.  Each
+//! loop iteration (1) accepts connections, (2) reads and dispatches complete JSON-RPC
+//! messages from every readable session, (3) fsyncs the log of every database that
+//! committed something, and only then (4) writes queued replies and notifications.  So
+//! a client never sees a transaction acknowledged, nor a monitor update, before it is
+//! durable, and transactions arriving together share one fsync (group commit).
+//! Output is buffered per session up to a backlog limit; a client that stops reading
+//! is disconnected rather than blocking the server.  A peer that sends malformed or
+//! oversize input gets an error (or is disconnected) without affecting other sessions.
+//! Sessions on the unixctl listener speak the ovs-appctl protocol (see [`crate::unixctl`]).
+
+use crate::error::OvsdbError;
+use crate::jsonrpc::{Message, StreamParser};
+use crate::monitor::{merge_changes, Monitor, Version};
+use crate::schema::DatabaseSchema;
+use crate::storage::{now_ms, Storage, StorageError};
+use crate::table::Changes;
+use crate::transaction::{execute, ExecContext, Outcome};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// Default client socket.
+pub const DEFAULT_REMOTE: &str = "punix:/var/run/nestdb/nestdb-server.sock";
+
+/// Set by the SIGTERM/SIGINT handler; checked by the event loop.
+pub static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A `--remote` string is not understood.
+    #[error("remote \"{0}\" is not supported; use punix:PATH or ptcp:PORT[:IP]")]
+    BadRemote(String),
+    /// Binding a listener failed.
+    #[error("cannot listen on {what}: {source}")]
+    Listen {
+        /// Address.
+        what: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Opening a database failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Two database files hold databases with the same name.
+    #[error("database {0} is served twice; each database file must have a distinct schema name")]
+    DuplicateDb(String),
+    /// Durable write failed: the server cannot keep its promise and stops.
+    #[error("cannot write the database log, stopping so no change is acknowledged without being durable: {0}")]
+    Io(String),
+    /// poll() failed.
+    #[error("poll failed: {0}")]
+    Poll(std::io::Error),
+}
+
+/// A listening address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Remote {
+    /// A Unix socket path.
+    Punix(PathBuf),
+    /// A TCP port and bind address.
+    Ptcp(SocketAddr),
+}
+
+impl Remote {
+    /// Parses `punix:PATH` or `ptcp:PORT[:IP]`.
+    pub fn parse(s: &str) -> Result<Self, ServerError> {
+        if let Some(p) = s.strip_prefix("punix:") {
+            if p.is_empty() {
+                return Err(ServerError::BadRemote(s.into()));
+            }
+            return Ok(Remote::Punix(PathBuf::from(p)));
+        }
+        if let Some(rest) = s.strip_prefix("ptcp:") {
+            let (port, ip) = match rest.split_once(':') {
+                Some((p, ip)) => (p, ip.trim_matches(['[', ']'])),
+                None => (rest, "0.0.0.0"),
+            };
+            let port: u16 = port.parse().map_err(|_| ServerError::BadRemote(s.into()))?;
+            let ip: IpAddr = ip.parse().map_err(|_| ServerError::BadRemote(s.into()))?;
+            return Ok(Remote::Ptcp(SocketAddr::new(ip, port)));
+        }
+        Err(ServerError::BadRemote(s.into()))
+    }
+}
+
+/// Server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Database files.
+    pub databases: Vec<PathBuf>,
+    /// Schema used to create missing database files.
+    pub schema: Option<PathBuf>,
+    /// Client listeners.
+    pub remotes: Vec<Remote>,
+    /// Control socket path.
+    pub unixctl: Option<PathBuf>,
+    /// Largest accepted JSON-RPC message, bytes.
+    pub max_message_size: usize,
+    /// Largest per-client output backlog before disconnecting it, bytes.
+    pub max_backlog: usize,
+    /// Log size that triggers automatic compaction, bytes.
+    pub compact_threshold: u64,
+    /// Idle time after which a TCP client is probed with `echo` (None: never).
+    pub inactivity_probe: Option<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            databases: Vec::new(),
+            schema: None,
+            remotes: Vec::new(),
+            unixctl: None,
+            max_message_size: 32 << 20,
+            max_backlog: 64 << 20,
+            compact_threshold: 10 << 20,
+            inactivity_probe: Some(Duration::from_secs(5)),
+        }
+    }
+}
+
+enum Conn {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Conn {
+    fn fd(&self) -> RawFd {
+        match self {
+            Conn::Unix(s) => s.as_raw_fd(),
+            Conn::Tcp(s) => s.as_raw_fd(),
+        }
+    }
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.read(buf),
+            Conn::Tcp(s) => s.read(buf),
+        }
+    }
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.write(buf),
+            Conn::Tcp(s) => s.write(buf),
+        }
+    }
+}
+
+enum Listener {
+    Unix(UnixListener, PathBuf, bool),
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    fn fd(&self) -> RawFd {
+        match self {
+            Listener::Unix(l, _, _) => l.as_raw_fd(),
+            Listener::Tcp(l) => l.as_raw_fd(),
+        }
+    }
+    fn is_unixctl(&self) -> bool {
+        matches!(self, Listener::Unix(_, _, true))
+    }
+    fn accept(&self) -> std::io::Result<Conn> {
+        match self {
+            Listener::Unix(l, _, _) => {
+                let (s, _) = l.accept()?;
+                s.set_nonblocking(true)?;
+                Ok(Conn::Unix(s))
+            }
+            Listener::Tcp(l) => {
+                let (s, _) = l.accept()?;
+                s.set_nonblocking(true)?;
+                let _ = s.set_nodelay(true);
+                Ok(Conn::Tcp(s))
+            }
+        }
+    }
+}
+
+struct Session {
+    conn: Conn,
+    parser: StreamParser,
+    out: Vec<u8>,
+    out_pos: usize,
+    monitors: Vec<Monitor>,
+    unixctl: bool,
+    closing: bool,
+    last_input: Instant,
+    probe_sent: bool,
+    probes: bool,
+}
+
+impl Session {
+    fn send(&mut self, m: &Message) {
+        self.out.extend_from_slice(&m.to_bytes());
+    }
+    fn backlog(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+}
+
+struct Db {
+    name: String,
+    storage: Storage,
+    dirty: bool,
+}
+
+struct PendingTxn {
+    session: u64,
+    id: Value,
+    db: usize,
+    ops: Vec<Value>,
+    deadline: Option<Instant>,
+}
+
+/// Counters shown by the `stats` control command.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Transactions that failed.
+    pub failed_txns: u64,
+    /// fsync batches.
+    pub syncs: u64,
+    /// Sessions accepted.
+    pub sessions_accepted: u64,
+    /// Sessions dropped for protocol errors.
+    pub protocol_errors: u64,
+    /// Sessions dropped for exceeding the backlog.
+    pub backlog_drops: u64,
+}
+
+/// The nestdb server.
+pub struct Server {
+    config: Config,
+    dbs: Vec<Db>,
+    listeners: Vec<Listener>,
+    sessions: BTreeMap<u64, Session>,
+    next_session: u64,
+    locks: HashMap<String, VecDeque<u64>>,
+    pending: Vec<PendingTxn>,
+    retry_pending: bool,
+    server_id: Uuid,
+    exit_requested: bool,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("sessions", &self.sessions.len()).finish()
+    }
+}
+
+fn bind_unix(path: &Path, unixctl: bool) -> Result<Listener, ServerError> {
+    let err = |source| ServerError::Listen {
+        what: path.display().to_string(),
+        source,
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    if path.exists() {
+        // A socket left behind by a previous run: refuse if something still answers.
+        if UnixStream::connect(path).is_ok() {
+            return Err(err(std::io::Error::new(
+                ErrorKind::AddrInUse,
+                "another server is listening on this socket",
+            )));
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let l = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    l.set_nonblocking(true).map_err(err)?;
+    Ok(Listener::Unix(l, path.to_owned(), unixctl))
+}
+
+impl Server {
+    /// Opens the databases and binds every listener.
+    pub fn new(config: Config) -> Result<Self, ServerError> {
+        let mut dbs = vec![Db {
+            name: "_Server".into(),
+            storage: Storage::in_memory(DatabaseSchema::server_schema()),
+            dirty: false,
+        }];
+        for path in &config.databases {
+            let storage = Storage::open(path, config.schema.as_deref(), config.compact_threshold)?;
+            let name = storage.db.schema.name.clone();
+            if dbs.iter().any(|d| d.name == name) {
+                return Err(ServerError::DuplicateDb(name));
+            }
+            dbs.push(Db {
+                name,
+                storage,
+                dirty: false,
+            });
+        }
+        let mut listeners = Vec::new();
+        for r in &config.remotes {
+            listeners.push(match r {
+                Remote::Punix(p) => bind_unix(p, false)?,
+                Remote::Ptcp(a) => {
+                    let l = TcpListener::bind(a).map_err(|source| ServerError::Listen {
+                        what: a.to_string(),
+                        source,
+                    })?;
+                    l.set_nonblocking(true).map_err(|source| ServerError::Listen {
+                        what: a.to_string(),
+                        source,
+                    })?;
+                    Listener::Tcp(l)
+                }
+            });
+        }
+        if let Some(p) = &config.unixctl {
+            listeners.push(bind_unix(p, true)?);
+        }
+        let mut s = Self {
+            config,
+            dbs,
+            listeners,
+            sessions: BTreeMap::new(),
+            next_session: 1,
+            locks: HashMap::new(),
+            pending: Vec::new(),
+            retry_pending: false,
+            server_id: Uuid::new_v4(),
+            exit_requested: false,
+            stats: Stats::default(),
+        };
+        s.populate_server_db();
+        Ok(s)
+    }
+
+    /// Bound TCP ports (useful with `ptcp:0`).
+    pub fn tcp_ports(&self) -> Vec<u16> {
+        self.listeners
+            .iter()
+            .filter_map(|l| match l {
+                Listener::Tcp(t) => t.local_addr().ok().map(|a| a.port()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn populate_server_db(&mut self) {
+        let mut ops = Vec::new();
+        for d in &self.dbs {
+            ops.push(json!({"op": "insert", "table": "Database", "row": {
+                "name": d.name, "model": "standalone", "connected": true, "leader": true,
+                "schema": d.storage.db.schema.json.to_string()}}));
+        }
+        let ctx = ExecContext {
+            owns_lock: &|_| false,
+            wait_expired: false,
+        };
+        if let Outcome::Done { changes: Some(c), .. } = execute(&self.dbs[0].storage.db, &ops, &ctx) {
+            self.dbs[0].storage.stage(c, now_ms());
+        }
+    }
+
+    /// Runs until `exit` is requested or SIGTERM/SIGINT arrives.
+    pub fn run(&mut self) -> Result<(), ServerError> {
+        let mut buf = vec![0u8; 64 * 1024];
+        while !self.exit_requested && !STOP.load(Ordering::Relaxed) {
+            let mut fds: Vec<libc::pollfd> = Vec::new();
+            for l in &self.listeners {
+                fds.push(libc::pollfd {
+                    fd: l.fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+            let ids: Vec<u64> = self.sessions.keys().copied().collect();
+            for id in &ids {
+                let s = &self.sessions[id];
+                let mut ev = libc::POLLIN;
+                if s.backlog() > 0 {
+                    ev |= libc::POLLOUT;
+                }
+                fds.push(libc::pollfd {
+                    fd: s.conn.fd(),
+                    events: ev,
+                    revents: 0,
+                });
+            }
+            let timeout = self.poll_timeout_ms();
+            // SAFETY: `fds` is a valid, initialised array of `fds.len()` pollfd structs
+            // that stays alive and unaliased for the duration of the call.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if rc < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(ServerError::Poll(e));
+            }
+            let nl = self.listeners.len();
+            for i in 0..nl {
+                if fds[i].revents & libc::POLLIN != 0 {
+                    self.accept_all(i);
+                }
+            }
+            for (k, id) in ids.iter().enumerate() {
+                let re = fds[nl + k].revents;
+                if re & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                    self.read_session(*id, &mut buf);
+                }
+            }
+            self.run_pending();
+            self.check_probes();
+            self.sync()?;
+            self.flush_all();
+            self.maybe_compact();
+            self.reap();
+        }
+        for s in self.sessions.values_mut() {
+            s.closing = true;
+        }
+        self.sync()?;
+        self.flush_all();
+        Ok(())
+    }
+
+    fn poll_timeout_ms(&self) -> i32 {
+        let now = Instant::now();
+        let mut t = Duration::from_millis(1000);
+        for p in &self.pending {
+            if let Some(d) = p.deadline {
+                t = t.min(d.saturating_duration_since(now));
+            }
+        }
+        t.as_millis() as i32
+    }
+
+    fn accept_all(&mut self, li: usize) {
+        for _ in 0..64 {
+            match self.listeners[li].accept() {
+                Ok(conn) => {
+                    let unixctl = self.listeners[li].is_unixctl();
+                    let probes = matches!(conn, Conn::Tcp(_)) && self.config.inactivity_probe.is_some();
+                    let id = self.next_session;
+                    self.next_session += 1;
+                    self.stats.sessions_accepted += 1;
+                    self.sessions.insert(
+                        id,
+                        Session {
+                            conn,
+                            parser: StreamParser::new(self.config.max_message_size),
+                            out: Vec::new(),
+                            out_pos: 0,
+                            monitors: Vec::new(),
+                            unixctl,
+                            closing: false,
+                            last_input: Instant::now(),
+                            probe_sent: false,
+                            probes,
+                        },
+                    );
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read_session(&mut self, id: u64, buf: &mut [u8]) {
+        let mut msgs = Vec::new();
+        {
+            let Some(s) = self.sessions.get_mut(&id) else { return };
+            // Bounded work per session per iteration keeps one busy peer from starving others.
+            for _ in 0..16 {
+                match s.conn.read(buf) {
+                    Ok(0) => {
+                        s.closing = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        s.last_input = Instant::now();
+                        s.probe_sent = false;
+                        s.parser.feed(&buf[..n]);
+                        if n < buf.len() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        s.closing = true;
+                        break;
+                    }
+                }
+            }
+            loop {
+                match s.parser.next_value() {
+                    Ok(Some(v)) => match Message::from_json(v) {
+                        Ok(m) => msgs.push(m),
+                        Err(e) => {
+                            msgs.push(Message::Notification {
+                                method: "\u{0}protocol-error".into(),
+                                params: json!([e.to_string()]),
+                            });
+                            break;
+                        }
+                    },
+                    Ok(None) => break,
+                    Err(e) => {
+                        msgs.push(Message::Notification {
+                            method: "\u{0}protocol-error".into(),
+                            params: json!([e.to_string()]),
+                        });
+                        break;
+                    }
+                }
+            }
+        }
+        for m in msgs {
+            if let Message::Notification { method, params } = &m {
+                if method == "\u{0}protocol-error" {
+                    self.protocol_error(id, params[0].as_str().unwrap_or_default());
+                    return;
+                }
+            }
+            let unixctl = self.sessions.get(&id).is_some_and(|s| s.unixctl);
+            if unixctl {
+                self.handle_unixctl(id, m);
+            } else {
+                self.handle(id, m);
+            }
+        }
+    }
+
+    /// Tells the peer what was wrong (as ovsdb-server does, in an error reply with a
+    /// null id) and disconnects it.
+    fn protocol_error(&mut self, id: u64, text: &str) {
+        self.stats.protocol_errors += 1;
+        tracing::info!("session {id}: {text}; disconnecting");
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.send(&Message::Error {
+                error: json!({"error": "protocol error", "details": text}),
+                id: Value::Null,
+            });
+            s.closing = true;
+        }
+    }
+
+    fn send(&mut self, id: u64, m: Message) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.send(&m);
+        }
+    }
+
+    fn reply(&mut self, sid: u64, id: Value, r: Result<Value, Value>) {
+        let m = match r {
+            Ok(result) => Message::Reply { result, id },
+            Err(error) => Message::Error { error, id },
+        };
+        self.send(sid, m);
+    }
+
+    fn lookup_db(&self, params: &Value, i: usize) -> Result<usize, Value> {
+        let name = params
+            .get(i)
+            .and_then(Value::as_str)
+            .ok_or_else(|| json!({"error": "syntax error", "details": format!("parameter {i} must be a database name")}))?;
+        self.dbs
+            .iter()
+            .position(|d| d.name == name)
+            .ok_or_else(|| json!("unknown database"))
+    }
+
+    fn handle(&mut self, sid: u64, m: Message) {
+        let (method, params, id) = match m {
+            Message::Request { method, params, id } => (method, params, id),
+            Message::Notification { method, params } => {
+                // ovsdb-server acts on notifications the same way, minus the reply.
+                if method == "echo" || method == "set_db_change_aware" {
+                    return;
+                }
+                tracing::debug!("session {sid}: ignoring notification {method} {params}");
+                return;
+            }
+            // Replies to our echo probes.
+            Message::Reply { .. } | Message::Error { .. } => return,
+        };
+        let r: Result<Value, Value> = match method.as_str() {
+            "echo" => Ok(params),
+            "list_dbs" => Ok(json!(self.dbs.iter().map(|d| d.name.clone()).collect::<Vec<_>>())),
+            "get_schema" => self.lookup_db(&params, 0).map(|i| self.dbs[i].storage.db.schema.json.clone()),
+            "get_server_id" => Ok(json!(self.server_id.to_string())),
+            "set_db_change_aware" => Ok(json!({})),
+            "transact" => {
+                match self.lookup_db(&params, 0) {
+                    Ok(db) => {
+                        let ops: Vec<Value> = params.as_array().map(|a| a[1..].to_vec()).unwrap_or_default();
+                        self.run_transaction(sid, id, db, ops, None);
+                    }
+                    Err(e) => self.reply(sid, id, Err(e)),
+                }
+                return;
+            }
+            "monitor" => self.monitor(sid, &params, Version::V1).map(|(_, _, u)| u),
+            "monitor_cond" => self.monitor(sid, &params, Version::V2).map(|(_, _, u)| u),
+            "monitor_cond_since" => self
+                .monitor(sid, &params, Version::V3)
+                .map(|(found, last, u)| json!([found, last.to_string(), u])),
+            "monitor_cond_change" => {
+                match self.monitor_cond_change(sid, &params) {
+                    Ok(update) => {
+                        self.reply(sid, id, Ok(json!({})));
+                        if let Some(u) = update {
+                            self.send(sid, u);
+                        }
+                    }
+                    Err(e) => self.reply(sid, id, Err(e)),
+                }
+                return;
+            }
+            "monitor_cancel" => {
+                let mid = params.get(0).cloned().unwrap_or(Value::Null);
+                match self.sessions.get_mut(&sid) {
+                    Some(s) => match s.monitors.iter().position(|m| m.id == mid) {
+                        Some(i) => {
+                            s.monitors.remove(i);
+                            Ok(json!({}))
+                        }
+                        None => Err(json!("unknown monitor")),
+                    },
+                    None => return,
+                }
+            }
+            "lock" | "steal" | "unlock" => self.lock_method(sid, &method, &params),
+            _ => Err(json!({"error": "unknown method", "details": format!("The server does not implement method \"{method}\".")})),
+        };
+        self.reply(sid, id, r);
+    }
+
+    fn monitor(&mut self, sid: u64, params: &Value, version: Version) -> Result<(bool, Uuid, Value), Value> {
+        let db = self.lookup_db(params, 0)?;
+        let want = if version == Version::V3 { 4 } else { 3 };
+        let arr = params.as_array().filter(|a| a.len() == want || (version != Version::V3 && a.len() == 2));
+        let Some(arr) = arr else {
+            return Err(OvsdbError::syntax(format!("monitor parameters must be an array of {want} elements")).to_json());
+        };
+        let mid = arr.get(1).cloned().unwrap_or(Value::Null);
+        let requests = arr.get(2).cloned().unwrap_or(json!({}));
+        let storage = &self.dbs[db].storage;
+        let m = Monitor::parse(&storage.db, &self.dbs[db].name, mid.clone(), version, &requests)
+            .map_err(|e| e.to_json())?;
+        let Some(s) = self.sessions.get(&sid) else {
+            return Err(json!(null));
+        };
+        if s.monitors.iter().any(|x| x.id == mid) {
+            return Err(json!("duplicate monitor ID"));
+        }
+        let mut found = false;
+        let updates = if version == Version::V3 {
+            let last = arr.get(3).and_then(Value::as_str).and_then(|t| Uuid::parse_str(t).ok());
+            match last {
+                Some(l) if l == storage.last_txn && !l.is_nil() => {
+                    found = true;
+                    json!({})
+                }
+                Some(l) => match storage.history.iter().position(|h| h.id == l) {
+                    Some(p) => {
+                        found = true;
+                        let merged = merge_changes(storage.history.iter().skip(p + 1).map(|h| &h.changes));
+                        m.compose(&storage.db, &merged)
+                    }
+                    None => m.initial(&storage.db),
+                },
+                None => m.initial(&storage.db),
+            }
+        } else {
+            m.initial(&storage.db)
+        };
+        let last = storage.last_txn;
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.monitors.push(m);
+        }
+        Ok((found, last, updates))
+    }
+
+    fn monitor_cond_change(&mut self, sid: u64, params: &Value) -> Result<Option<Message>, Value> {
+        let arr = params
+            .as_array()
+            .filter(|a| a.len() == 3)
+            .ok_or_else(|| OvsdbError::syntax("monitor_cond_change takes [old-id, new-id, requests]").to_json())?;
+        let Some(s) = self.sessions.get_mut(&sid) else { return Ok(None) };
+        let i = s
+            .monitors
+            .iter()
+            .position(|m| m.id == arr[0])
+            .ok_or_else(|| json!("unknown monitor"))?;
+        if arr[0] != arr[1] && s.monitors.iter().any(|m| m.id == arr[1]) {
+            return Err(json!("duplicate monitor ID"));
+        }
+        let db = self
+            .dbs
+            .iter()
+            .position(|d| d.name == s.monitors[i].db)
+            .ok_or_else(|| json!("unknown database"))?;
+        let storage = &self.dbs[db].storage;
+        let m = &mut s.monitors[i];
+        if m.version == Version::V1 {
+            return Err(OvsdbError::syntax("monitor_cond_change applies only to conditional monitors").to_json());
+        }
+        let updates = m.change_conditions(&storage.db, &arr[2]).map_err(|e| e.to_json())?;
+        m.id = arr[1].clone();
+        if updates.as_object().is_some_and(|o| o.is_empty()) {
+            return Ok(None);
+        }
+        Ok(Some(match m.version {
+            Version::V3 => Message::Notification {
+                method: "update3".into(),
+                params: json!([m.id, storage.last_txn.to_string(), updates]),
+            },
+            _ => Message::Notification {
+                method: "update2".into(),
+                params: json!([m.id, updates]),
+            },
+        }))
+    }
+
+    fn lock_method(&mut self, sid: u64, method: &str, params: &Value) -> Result<Value, Value> {
+        let name = params
+            .get(0)
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| OvsdbError::syntax(format!("{method} takes one lock name")).to_json())?
+            .to_owned();
+        let q = self.locks.entry(name.clone()).or_default();
+        match method {
+            "lock" => {
+                if q.contains(&sid) {
+                    return Err(OvsdbError::new("duplicate lock", format!("This session already requested lock {name}.")).to_json());
+                }
+                q.push_back(sid);
+                Ok(json!({"locked": q.front() == Some(&sid)}))
+            }
+            "steal" => {
+                let victim = q.front().copied();
+                q.retain(|&x| x != sid);
+                q.push_front(sid);
+                if let Some(v) = victim.filter(|&v| v != sid) {
+                    self.send(
+                        v,
+                        Message::Notification {
+                            method: "stolen".into(),
+                            params: json!([name]),
+                        },
+                    );
+                }
+                Ok(json!({"locked": true}))
+            }
+            _ => {
+                let was_owner = q.front() == Some(&sid);
+                q.retain(|&x| x != sid);
+                let next = if was_owner { q.front().copied() } else { None };
+                if q.is_empty() {
+                    self.locks.remove(&name);
+                }
+                if let Some(n) = next {
+                    self.send(
+                        n,
+                        Message::Notification {
+                            method: "locked".into(),
+                            params: json!([name]),
+                        },
+                    );
+                }
+                Ok(json!({}))
+            }
+        }
+    }
+
+    fn owns_lock(&self, sid: u64, name: &str) -> bool {
+        self.locks.get(name).and_then(|q| q.front()) == Some(&sid)
+    }
+
+    /// Executes a transaction; on success stages it and queues reply and monitor updates.
+    fn run_transaction(&mut self, sid: u64, id: Value, db: usize, ops: Vec<Value>, pending_deadline: Option<Option<Instant>>) {
+        let expired = matches!(pending_deadline, Some(Some(d)) if d <= Instant::now());
+        let outcome = {
+            let owns = |l: &str| self.owns_lock(sid, l);
+            let ctx = ExecContext {
+                owns_lock: &owns,
+                wait_expired: expired,
+            };
+            if db == 0 && ops.iter().any(|o| {
+                matches!(o.get("op").and_then(Value::as_str), Some("insert" | "update" | "mutate" | "delete"))
+            }) {
+                // _Server is read-only for clients.
+                let mut results = vec![Value::Null; ops.len()];
+                if let Some(r) = results.first_mut() {
+                    *r = OvsdbError::new("permission error", "The _Server database is read-only.").to_json();
+                }
+                Outcome::Done {
+                    results,
+                    changes: None,
+                    durable: false,
+                }
+            } else {
+                execute(&self.dbs[db].storage.db, &ops, &ctx)
+            }
+        };
+        match outcome {
+            Outcome::Blocked { timeout_ms } => {
+                let deadline = match pending_deadline {
+                    Some(d) => d,
+                    None => (timeout_ms != u64::MAX).then(|| Instant::now() + Duration::from_millis(timeout_ms)),
+                };
+                self.pending.push(PendingTxn {
+                    session: sid,
+                    id,
+                    db,
+                    ops,
+                    deadline,
+                });
+            }
+            Outcome::Done { results, changes, .. } => {
+                let failed = results.iter().any(|r| r.get("error").is_some());
+                if failed {
+                    self.stats.failed_txns += 1;
+                }
+                if let Some(c) = changes {
+                    self.commit(db, c);
+                }
+                self.reply(sid, id, Ok(Value::Array(results)));
+            }
+        }
+    }
+
+    fn commit(&mut self, db: usize, changes: Changes) {
+        self.stats.commits += 1;
+        let d = &mut self.dbs[db];
+        let entry = d.storage.stage(changes, now_ms());
+        d.dirty = true;
+        let name = d.name.clone();
+        let dbref = &self.dbs[db].storage.db;
+        for s in self.sessions.values_mut() {
+            if s.unixctl {
+                continue;
+            }
+            let mut notes = Vec::new();
+            for m in s.monitors.iter().filter(|m| m.db == name) {
+                let u = m.compose(dbref, &entry.changes);
+                if u.as_object().is_some_and(|o| o.is_empty()) {
+                    continue;
+                }
+                notes.push(match m.version {
+                    Version::V1 => Message::Notification {
+                        method: "update".into(),
+                        params: json!([m.id, u]),
+                    },
+                    Version::V2 => Message::Notification {
+                        method: "update2".into(),
+                        params: json!([m.id, u]),
+                    },
+                    Version::V3 => Message::Notification {
+                        method: "update3".into(),
+                        params: json!([m.id, entry.id.to_string(), u]),
+                    },
+                });
+            }
+            for n in notes {
+                s.send(&n);
+            }
+        }
+        self.retry_pending = true;
+    }
+
+    fn run_pending(&mut self) {
+        let now = Instant::now();
+        let expired = self.pending.iter().any(|p| p.deadline.is_some_and(|d| d <= now));
+        if !self.retry_pending && !expired {
+            return;
+        }
+        self.retry_pending = false;
+        let pending = std::mem::take(&mut self.pending);
+        for p in pending {
+            if !self.sessions.contains_key(&p.session) {
+                continue;
+            }
+            self.run_transaction(p.session, p.id, p.db, p.ops, Some(p.deadline));
+        }
+    }
+
+    fn check_probes(&mut self) {
+        let Some(interval) = self.config.inactivity_probe else { return };
+        let now = Instant::now();
+        for (id, s) in self.sessions.iter_mut() {
+            if !s.probes || now.duration_since(s.last_input) < interval {
+                continue;
+            }
+            if s.probe_sent {
+                if now.duration_since(s.last_input) >= interval * 2 {
+                    tracing::info!("session {id}: no response to inactivity probe; disconnecting");
+                    s.closing = true;
+                }
+            } else {
+                s.send(&Message::Request {
+                    method: "echo".into(),
+                    params: json!([]),
+                    id: json!("echo"),
+                });
+                s.probe_sent = true;
+            }
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), ServerError> {
+        for d in &mut self.dbs {
+            if d.dirty {
+                d.storage.sync().map_err(|e| ServerError::Io(e.to_string()))?;
+                d.dirty = false;
+                self.stats.syncs += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_all(&mut self) {
+        let max = self.config.max_backlog;
+        for (id, s) in self.sessions.iter_mut() {
+            while s.backlog() > 0 {
+                match s.conn.write(&s.out[s.out_pos..]) {
+                    Ok(0) => {
+                        s.closing = true;
+                        break;
+                    }
+                    Ok(n) => s.out_pos += n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        s.closing = true;
+                        s.out.clear();
+                        s.out_pos = 0;
+                        break;
+                    }
+                }
+            }
+            if s.out_pos == s.out.len() {
+                s.out.clear();
+                s.out_pos = 0;
+            } else if s.out_pos > (1 << 20) {
+                s.out.drain(..s.out_pos);
+                s.out_pos = 0;
+            }
+            if s.backlog() > max && !s.closing {
+                tracing::warn!(
+                    "session {id}: {} bytes of output backlog exceed the {max}-byte limit (client not reading); disconnecting",
+                    s.backlog()
+                );
+                self.stats.backlog_drops += 1;
+                s.closing = true;
+                s.out.clear();
+                s.out_pos = 0;
+            }
+        }
+    }
+
+    fn maybe_compact(&mut self) {
+        for d in &mut self.dbs {
+            if d.storage.should_compact() {
+                if let Err(e) = d.storage.compact() {
+                    tracing::warn!("{}: automatic compaction failed: {e}", d.name);
+                }
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        let dead: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.closing && s.backlog() == 0 || s.closing && s.out.is_empty())
+            .map(|(k, _)| *k)
+            .collect();
+        for id in dead {
+            self.sessions.remove(&id);
+            self.pending.retain(|p| p.session != id);
+            let names: Vec<String> = self
+                .locks
+                .iter()
+                .filter(|(_, q)| q.contains(&id))
+                .map(|(n, _)| n.clone())
+                .collect();
+            for n in names {
+                self.lock_method(id, "unlock", &json!([n])).ok();
+            }
+        }
+    }
+
+    // ---- control socket ----
+
+    fn handle_unixctl(&mut self, sid: u64, m: Message) {
+        let Message::Request { method, params, id } = m else { return };
+        let args: Vec<String> = params
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())).collect())
+            .unwrap_or_default();
+        let r = crate::unixctl::dispatch(self, &method, &args);
+        let msg = match r {
+            Ok(text) => Message::Reply { result: json!(text), id },
+            Err(text) => Message::Error { error: json!(text), id },
+        };
+        self.send(sid, msg);
+    }
+
+    /// Requests a clean exit after this loop iteration.
+    pub fn request_exit(&mut self) {
+        self.exit_requested = true;
+    }
+
+    /// Names of served databases (including `_Server`).
+    pub fn db_names(&self) -> Vec<String> {
+        self.dbs.iter().map(|d| d.name.clone()).collect()
+    }
+
+    /// Compacts one database (or all with `None`).
+    pub fn compact(&mut self, name: Option<&str>) -> Result<(), String> {
+        self.sync().map_err(|e| e.to_string())?;
+        let mut any = false;
+        for d in self.dbs.iter_mut().skip(1) {
+            if name.is_none_or(|n| n == d.name) {
+                any = true;
+                d.storage.compact().map_err(|e| format!("{}: compaction failed: {e}", d.name))?;
+            }
+        }
+        if !any {
+            return Err(format!("{}: unknown database", name.unwrap_or("")));
+        }
+        Ok(())
+    }
+
+    /// Human-readable statistics.
+    pub fn stats_text(&self) -> String {
+        let mut t = format!(
+            "sessions:{} commits:{} failed-transactions:{} syncs:{} accepted:{} protocol-errors:{} backlog-drops:{} pending-waits:{}\n",
+            self.sessions.iter().filter(|(_, s)| !s.unixctl).count(),
+            self.stats.commits,
+            self.stats.failed_txns,
+            self.stats.syncs,
+            self.stats.sessions_accepted,
+            self.stats.protocol_errors,
+            self.stats.backlog_drops,
+            self.pending.len()
+        );
+        let monitors: usize = self.sessions.values().map(|s| s.monitors.len()).sum();
+        t.push_str(&format!("monitors:{monitors} locks:{}\n", self.locks.len()));
+        for d in &self.dbs {
+            t.push_str(&format!(
+                "{}: rows:{} log-bytes:{} compactions:{} last-txn:{}\n",
+                d.name,
+                d.storage.db.row_count(),
+                d.storage.log_len(),
+                d.storage.compactions,
+                d.storage.last_txn
+            ));
+        }
+        t
+    }
+
+    /// Removes socket files this server created.
+    pub fn cleanup(&mut self) {
+        for l in &self.listeners {
+            if let Listener::Unix(_, p, _) = l {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
