@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use crate::drop::DropReason;
 use crate::flow::action::{header_present, Action, DpAction, GroupType};
-use crate::flow::key::{ethertype, Field, FlowKey};
+use crate::flow::key::{ethertype, frag, Field, FlowKey};
 use crate::flow::matches::Match;
 use crate::flow::program::{FlowProgram, MissAction, RuleStats, N_TABLES};
 use crate::flow::text::{format_actions, format_dp_actions, format_match};
@@ -215,12 +215,19 @@ impl Ctx<'_> {
     }
 
     fn set_field(&mut self, field: Field, value: u128, mask: u128) {
-        let header = !is_metadata(field);
-        if header {
-            // The rewrite and its checksum fix depend on the protocol.
-            self.unwildcard(Field::DlType);
-            self.unwildcard(Field::NwProto);
-            self.unwildcard(Field::IpFrag);
+        // Whether the header exists, and how its checksum is fixed, depends
+        // on the protocol fields: they become part of the megaflow.
+        match field {
+            Field::NwSrc | Field::NwDst | Field::NwTtl => {
+                self.unwildcard(Field::DlType);
+                self.unwildcard(Field::NwProto);
+            }
+            Field::TpSrc | Field::TpDst => {
+                self.unwildcard(Field::DlType);
+                self.unwildcard(Field::NwProto);
+                self.mask.set_masked(Field::IpFrag, u128::from(frag::LATER), u128::from(frag::LATER));
+            }
+            _ => {}
         }
         if !header_present(&self.key, field) {
             self.note(format_args!("    (packet has no {field}: skipped)"));
@@ -278,20 +285,6 @@ impl Ctx<'_> {
             }
         }
     }
-}
-
-/// True for fields that exist only in the key (no packet bytes).
-fn is_metadata(f: Field) -> bool {
-    matches!(
-        f,
-        Field::TunId
-            | Field::TunSrc
-            | Field::TunDst
-            | Field::TunGnvClass
-            | Field::TunGnvType
-            | Field::TunMetadata0
-            | Field::Metadata
-    ) || (0..8).any(|n| Field::reg(n) == Some(f))
 }
 
 /// Translates `key` through `prog`. When `trace` is given, a human-readable

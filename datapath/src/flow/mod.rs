@@ -14,4 +14,5 @@ pub mod action;
 pub mod key;
 pub mod matches;
 pub mod program;
+pub mod tables;
 pub mod text;

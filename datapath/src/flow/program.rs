@@ -134,7 +134,7 @@ pub struct FlowFilter {
 
 impl FlowFilter {
     fn selects(&self, rule: &FlowSpec, strict: bool) -> bool {
-        self.table.is_none_or(|t| t == rule.table)
+        self.table.map_or(true, |t| t == rule.table)
             && (rule.cookie & self.cookie_mask) == (self.cookie & self.cookie_mask)
             && if strict {
                 rule.priority == self.priority && rule.m == self.m

@@ -1,0 +1,409 @@
+//! [`FlowTables`]: the control-side handle on the flow program, and how a
+//! new program reaches the PMDs.
+//!
+//! Publication is RCU-style: writers build a complete new
+//! [`FlowProgram`] from the current one (all-or-nothing, see
+//! [`FlowProgram::apply`]), store it in an [`ArcSwap`] and then bump a
+//! generation number. A PMD reads the generation (one relaxed-cost atomic
+//! load) between bursts; when it changed, it takes the new `Arc` and
+//! flushes its caches. Packets in flight keep using the translations of the
+//! old program, which stay alive through their `Arc`s, so an update never
+//! stops a PMD and never loses a packet.
+//!
+//! Writers serialise on a mutex (control side only; the PMD hot path never
+//! touches it). Introspection (`dump_flows`, `trace`) reads a snapshot and
+//! returns plain `String`s for the control socket.
+//!
+//! Thread-safety: `FlowTables` is `Clone + Send + Sync`; clones share the
+//! same program.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use super::key::{extract, Field, FlowKey};
+use super::matches::Match;
+use super::program::{BundleError, BundleSummary, FlowFilter, FlowMod, FlowProgram, FlowSpec, Group, MissAction};
+use super::text::{self, ParseError};
+use crate::classifier::slowpath::{format_key, translate};
+use crate::packet::PortNo;
+use crate::pipeline::Nanos;
+
+/// Errors of the control-side flow operations.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlowTablesError {
+    /// A flow or group string did not parse.
+    #[error("line {line}: {source}")]
+    Parse {
+        /// 1-based line of the input.
+        line: usize,
+        /// The parse error.
+        source: ParseError,
+    },
+    /// The bundle was rejected; nothing changed.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// A hex frame for `trace` was not valid hex.
+    #[error("invalid packet hex for trace: {0} (expected an even number of hex digits, optionally after 0x)")]
+    BadHex(String),
+}
+
+#[derive(Debug)]
+struct Inner {
+    program: ArcSwap<FlowProgram>,
+    generation: AtomicU64,
+    writer: Mutex<()>,
+}
+
+/// The control-side handle on the flow program (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct FlowTables {
+    inner: Arc<Inner>,
+}
+
+impl Default for FlowTables {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn parse_err(line: usize) -> impl Fn(ParseError) -> FlowTablesError {
+    move |source| FlowTablesError::Parse { line, source }
+}
+
+impl FlowTables {
+    /// Empty tables (every table misses and drops).
+    pub fn new() -> Self {
+        FlowTables {
+            inner: Arc::new(Inner {
+                program: ArcSwap::from_pointee(FlowProgram::default()),
+                generation: AtomicU64::new(0),
+                writer: Mutex::new(()),
+            }),
+        }
+    }
+
+    /// The generation of the current program; cheap, for PMDs to poll.
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
+    }
+
+    /// The current program.
+    pub fn program(&self) -> Arc<FlowProgram> {
+        self.inner.program.load_full()
+    }
+
+    fn update<T, E>(&self, f: impl FnOnce(&FlowProgram) -> Result<(FlowProgram, T), E>) -> Result<T, E> {
+        // A poisoned writer lock only means another writer panicked after
+        // publishing or before changing anything: the program is intact.
+        let _w = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = self.inner.program.load_full();
+        let (next, out) = f(&cur)?;
+        let generation = next.generation;
+        self.inner.program.store(Arc::new(next));
+        self.inner.generation.store(generation, Ordering::Release);
+        Ok(out)
+    }
+
+    /// Applies `mods` as one atomic bundle at time `now`.
+    pub fn apply_bundle(&self, mods: &[FlowMod], now: Nanos) -> Result<BundleSummary, BundleError> {
+        self.update(|p| p.apply(mods, now, text::format_flow_mod))
+    }
+
+    /// `add-flow`: adds one rule in flow text.
+    pub fn add_flow(&self, flow: &str, now: Nanos) -> Result<BundleSummary, FlowTablesError> {
+        let spec = text::parse_flow(flow).map_err(parse_err(1))?;
+        Ok(self.apply_bundle(&[FlowMod::Add(spec)], now)?)
+    }
+
+    /// `add-flows`: adds every rule of a multi-line text as one bundle
+    /// (blank lines and `#` comments are skipped).
+    pub fn add_flows(&self, flows: &str, now: Nanos) -> Result<BundleSummary, FlowTablesError> {
+        let (specs, groups) = parse_lines(flows)?;
+        let mut mods: Vec<FlowMod> = groups.into_iter().map(FlowMod::AddGroup).collect();
+        mods.extend(specs.into_iter().map(FlowMod::Add));
+        Ok(self.apply_bundle(&mods, now)?)
+    }
+
+    /// `del-flows` (loose) or `del-flows --strict` with a filter in flow text.
+    pub fn del_flows(&self, filter: &str, strict: bool, now: Nanos) -> Result<BundleSummary, FlowTablesError> {
+        let filter = text::parse_filter(filter).map_err(parse_err(1))?;
+        Ok(self.apply_bundle(&[FlowMod::Delete { filter, strict }], now)?)
+    }
+
+    /// `add-group`.
+    pub fn add_group(&self, group: &str, now: Nanos) -> Result<BundleSummary, FlowTablesError> {
+        let g = text::parse_group(group).map_err(parse_err(1))?;
+        Ok(self.apply_bundle(&[FlowMod::AddGroup(g)], now)?)
+    }
+
+    /// Sets a table's miss behaviour.
+    pub fn set_table_miss(&self, table: u8, miss: MissAction, now: Nanos) -> Result<(), BundleError> {
+        self.apply_bundle(&[FlowMod::SetMiss { table, miss }], now).map(|_| ())
+    }
+
+    /// `dump-flows [filter]`: one line per rule selected (loosely) by the
+    /// filter, in table then priority order.
+    pub fn dump_flows(&self, filter: &str, now: Nanos) -> Result<String, FlowTablesError> {
+        let f = if filter.trim().is_empty() {
+            FlowFilter::default()
+        } else {
+            text::parse_filter(filter).map_err(parse_err(1))?
+        };
+        let p = self.program();
+        let mut out = String::new();
+        for r in p.rules() {
+            let s = &r.spec;
+            if f.table.map_or(true, |t| t == s.table)
+                && (s.cookie & f.cookie_mask) == (f.cookie & f.cookie_mask)
+                && s.m.is_within(&f.m)
+            {
+                out.push_str(&text::format_rule(r, now));
+                out.push('\n');
+            }
+        }
+        Ok(out)
+    }
+
+    /// `dump-groups`.
+    pub fn dump_groups(&self) -> String {
+        let p = self.program();
+        let mut out = String::new();
+        for g in p.groups.values() {
+            let _ = writeln!(out, " {}", text::format_group(g));
+        }
+        out
+    }
+
+    /// `replace-flows`: makes the program equal to `flows` (flow and
+    /// `group_id=` lines), changing only what differs, as one bundle.
+    /// Rules whose only change is their actions are modified in place and
+    /// keep their counters.
+    pub fn replace_flows(&self, flows: &str, now: Nanos) -> Result<BundleSummary, FlowTablesError> {
+        let (specs, groups) = parse_lines(flows)?;
+        self.update(|cur| {
+            let mods = diff(cur, specs, groups);
+            cur.apply(&mods, now, text::format_flow_mod)
+                .map_err(FlowTablesError::Bundle)
+        })
+    }
+
+    /// Removes rules whose idle or hard timeout has passed at `now`;
+    /// returns how many. Publishes a new program only when some expired.
+    pub fn expire(&self, now: Nanos) -> usize {
+        if !self.program().rules().any(|r| r.expired(now)) {
+            return 0;
+        }
+        self.update(|p| Ok::<_, std::convert::Infallible>(p.without_expired(now)))
+            .unwrap_or_else(|e| match e {})
+    }
+
+    /// `ofproto/trace`: follows a packet through the program and explains
+    /// every table, rule and action, the megaflow it would install and the
+    /// final datapath actions. `packet` is flow text
+    /// (`in_port=1,tcp,nw_dst=10.0.0.1,tp_dst=80`) or a hex frame, optionally
+    /// preceded by `in_port=N `.
+    pub fn trace(&self, packet: &str) -> Result<String, FlowTablesError> {
+        let key = trace_key(packet)?;
+        let p = self.program();
+        let mut out = format!("Flow: {}\n\nbridge(\"sluice\")\n----------------\n", format_key(&key));
+        translate(&p, &key, Some(&mut out));
+        Ok(out)
+    }
+}
+
+fn trace_key(packet: &str) -> Result<FlowKey, FlowTablesError> {
+    let packet = packet.trim();
+    let (port, rest) = match packet.split_once(char::is_whitespace) {
+        Some((p, rest)) if p.starts_with("in_port=") && !rest.contains('=') => (Some(p), rest.trim()),
+        _ => (None, packet),
+    };
+    let hex: String = rest
+        .trim_start_matches("0x")
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let looks_hex = !rest.contains('=') && !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit());
+    if !looks_hex {
+        return text::parse_packet(packet).map_err(parse_err(1));
+    }
+    if hex.len() % 2 != 0 {
+        return Err(FlowTablesError::BadHex(format!("{} digits", hex.len())));
+    }
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+        .collect::<Result<_, _>>()
+        .map_err(|e| FlowTablesError::BadHex(e.to_string()))?;
+    let in_port = match port {
+        Some(p) => {
+            let m = text::parse_packet(p).map_err(parse_err(1))?;
+            PortNo(m.get(Field::InPort) as u16)
+        }
+        None => PortNo(0),
+    };
+    Ok(extract(&bytes, in_port))
+}
+
+fn parse_lines(flows: &str) -> Result<(Vec<FlowSpec>, Vec<Group>), FlowTablesError> {
+    let mut specs = Vec::new();
+    let mut groups = Vec::new();
+    for (i, line) in flows.lines().enumerate() {
+        let l = line.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        if l.starts_with("group_id=") {
+            groups.push(text::parse_group(l).map_err(parse_err(i + 1))?);
+        } else {
+            specs.push(text::parse_flow(l).map_err(parse_err(i + 1))?);
+        }
+    }
+    Ok((specs, groups))
+}
+
+/// The bundle that turns `cur` into exactly `specs` + `groups`.
+fn diff(cur: &FlowProgram, specs: Vec<FlowSpec>, groups: Vec<Group>) -> Vec<FlowMod> {
+    let mut mods = Vec::new();
+    let want_groups: HashMap<u32, Group> = groups.into_iter().map(|g| (g.id, g)).collect();
+    for g in want_groups.values() {
+        if cur.groups.get(&g.id).map(|c| **c != *g).unwrap_or(true) {
+            mods.push(FlowMod::AddGroup(g.clone()));
+        }
+    }
+    let mut want: HashMap<(u8, u16, Match), FlowSpec> = HashMap::new();
+    for s in specs {
+        want.insert((s.table, s.priority, s.m), s);
+    }
+    for r in cur.rules() {
+        let s = &r.spec;
+        let strict = FlowFilter {
+            table: Some(s.table),
+            priority: s.priority,
+            m: s.m,
+            cookie: 0,
+            cookie_mask: 0,
+        };
+        match want.remove(&(s.table, s.priority, s.m)) {
+            None => mods.push(FlowMod::Delete { filter: strict, strict: true }),
+            Some(w) if w == *s => {}
+            Some(w) => {
+                let mut same_but_actions = w.clone();
+                same_but_actions.actions = s.actions.clone();
+                if same_but_actions == *s {
+                    mods.push(FlowMod::Modify {
+                        filter: strict,
+                        strict: true,
+                        actions: w.actions,
+                    });
+                } else {
+                    mods.push(FlowMod::Add(w));
+                }
+            }
+        }
+    }
+    let mut added: Vec<FlowSpec> = want.into_values().collect();
+    added.sort_by_key(|s| (s.table, std::cmp::Reverse(s.priority)));
+    mods.extend(added.into_iter().map(FlowMod::Add));
+    for id in cur.groups.keys() {
+        if !want_groups.contains_key(id) {
+            mods.push(FlowMod::DeleteGroup(*id));
+        }
+    }
+    mods
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::key::testpkt::tcp4;
+
+    #[test]
+    fn publish_bumps_generation_and_dump_filters() {
+        let t = FlowTables::new();
+        assert_eq!(t.generation(), 0);
+        t.add_flows(
+            "table=0,priority=10,ip,nw_dst=10.0.0.0/8 actions=output:1\n# comment\ntable=1,priority=5,arp actions=NORMAL\n",
+            1_000_000_000,
+        )
+        .expect("add");
+        assert_eq!(t.generation(), 1);
+        let all = t.dump_flows("", 3_500_000_000).expect("dump");
+        assert_eq!(all.lines().count(), 2);
+        assert!(all.starts_with(" cookie=0x0, duration=2.500s, table=0, n_packets=0, n_bytes=0, idle_age=2, priority=10,ip,nw_dst=10.0.0.0/8 actions=output:1\n"), "{all}");
+        let one = t.dump_flows("table=1", 0).expect("dump");
+        assert!(one.contains("arp actions=NORMAL"), "{one}");
+        assert_eq!(one.lines().count(), 1);
+        let e = t.add_flow("ip,nw_dst=10.0.0.300 actions=drop", 0).expect_err("bad");
+        assert_eq!(e.to_string(), "line 1: nw_dst=10.0.0.300: invalid IPv4 address (expected a.b.c.d, a.b.c.d/N or a.b.c.d/w.x.y.z) at column 4");
+        assert_eq!(t.generation(), 1, "a failed add publishes nothing");
+    }
+
+    #[test]
+    fn replace_flows_diffs_and_keeps_counters() {
+        let t = FlowTables::new();
+        t.add_flows(
+            "priority=1,ip actions=output:1\npriority=2,arp actions=output:2\npriority=3,tcp actions=output:3",
+            0,
+        )
+        .expect("add");
+        let p = t.program();
+        let ip_rule = p.rules().find(|r| r.spec.priority == 1).expect("rule").clone();
+        ip_rule.stats.hit(4, 400, 1);
+        let sum = t
+            .replace_flows(
+                "priority=1,ip actions=output:9\npriority=3,tcp actions=output:3\npriority=4,udp actions=drop\n",
+                5,
+            )
+            .expect("replace");
+        assert_eq!(
+            sum,
+            BundleSummary {
+                added: 1,
+                modified: 1,
+                deleted: 1,
+                groups: 0
+            }
+        );
+        let p = t.program();
+        let r = p.rules().find(|r| r.spec.priority == 1).expect("rule");
+        assert_eq!(r.stats.packets(), 4, "modify keeps counters");
+        assert_eq!(t.replace_flows("priority=1,ip actions=output:9\npriority=3,tcp actions=output:3\npriority=4,udp actions=drop\n", 6).expect("noop"), BundleSummary::default());
+        let e = t.replace_flows("priority=1,ip actions=output:9\nip,nw_dst=1.2.3 actions=drop", 7).expect_err("parse");
+        assert!(matches!(e, FlowTablesError::Parse { line: 2, .. }), "{e}");
+    }
+
+    #[test]
+    fn trace_from_text_and_hex() {
+        let t = FlowTables::new();
+        t.add_flows("priority=10,tcp,tp_dst=80 actions=mod_tp_dst:8080,goto_table:1\ntable=1,priority=0 actions=output:2", 0)
+            .expect("add");
+        let out = t.trace("in_port=1,tcp,nw_dst=10.0.0.1,tp_dst=80").expect("trace");
+        assert!(out.contains("0. tcp,tp_dst=80, priority 10, cookie 0x0"), "{out}");
+        assert!(out.contains("1. priority 0, cookie 0x0"), "{out}");
+        assert!(out.contains("Megaflow: tcp,recirc_id=0x0,ip_frag=not_later,tp_dst=80\n"), "{out}");
+        assert!(out.contains("Datapath actions: set(tp_dst=8080),output:2"), "{out}");
+        let frame = tcp4([10, 0, 0, 1], [10, 0, 0, 2], 5, 80, 64);
+        let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
+        let out = t.trace(&format!("in_port=3 0x{hex}")).expect("trace hex");
+        assert!(out.contains("in_port=3"), "{out}");
+        assert!(out.contains("Datapath actions: set(tp_dst=8080),output:2"), "{out}");
+        assert!(matches!(t.trace("0xabc"), Err(FlowTablesError::BadHex(_))));
+    }
+
+    #[test]
+    fn expire_publishes_only_when_needed() {
+        let t = FlowTables::new();
+        t.add_flow("hard_timeout=2,priority=1 actions=drop", 0).expect("add");
+        let g = t.generation();
+        assert_eq!(t.expire(1_999_999_999), 0);
+        assert_eq!(t.generation(), g);
+        assert_eq!(t.expire(2_000_000_000), 1);
+        assert_eq!(t.program().n_rules(), 0);
+        assert_eq!(t.generation(), g + 1);
+    }
+}
