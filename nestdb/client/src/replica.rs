@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::schema::{Schema, TableSchema};
 
 /// What happened to a row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ChangeKind {
     /// The row appeared (insert, or present in a dump but not before).
     Insert,

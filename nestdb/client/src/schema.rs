@@ -219,21 +219,21 @@ impl BaseType {
             }
         }
         match atom {
-            Atom::Integer(i) => {
+            Atom::Integer(i)
                 if self.min_integer.is_some_and(|m| *i < m)
-                    || self.max_integer.is_some_and(|m| *i > m)
-                {
-                    return Err(Error::data(format!(
-                        "{i} is outside the allowed range {}..={}",
-                        self.min_integer.unwrap_or(i64::MIN),
-                        self.max_integer.unwrap_or(i64::MAX)
-                    )));
-                }
+                    || self.max_integer.is_some_and(|m| *i > m) =>
+            {
+                return Err(Error::data(format!(
+                    "{i} is outside the allowed range {}..={}",
+                    self.min_integer.unwrap_or(i64::MIN),
+                    self.max_integer.unwrap_or(i64::MAX)
+                )));
             }
-            Atom::Real(r) => {
-                if self.min_real.is_some_and(|m| *r < m) || self.max_real.is_some_and(|m| *r > m) {
-                    return Err(Error::data(format!("{r} is outside the allowed range")));
-                }
+            Atom::Real(r)
+                if self.min_real.is_some_and(|m| *r < m)
+                    || self.max_real.is_some_and(|m| *r > m) =>
+            {
+                return Err(Error::data(format!("{r} is outside the allowed range")));
             }
             Atom::String(s) => {
                 let n = s.chars().count() as u64;
