@@ -314,7 +314,10 @@ mod tests {
         assert_eq!(p.protocol_type(), EtherType::Ipv4);
         assert_eq!((p.hardware_len(), p.protocol_len()), (6, 4));
         assert_eq!(p.operation(), Operation::Request);
-        assert_eq!(p.source_hardware_addr(), EthernetAddress([2, 0, 0, 0, 0, 1]));
+        assert_eq!(
+            p.source_hardware_addr(),
+            EthernetAddress([2, 0, 0, 0, 0, 1])
+        );
         assert_eq!(p.source_protocol_addr(), Ipv4Addr::new(10, 0, 0, 1));
         assert_eq!(p.target_hardware_addr(), EthernetAddress::ZERO);
         assert_eq!(p.target_protocol_addr(), Ipv4Addr::new(10, 0, 0, 2));

@@ -407,7 +407,11 @@ mod tests {
             "02:ab::00:0f:10",
             "+2:ab:cd:00:0f:10",
         ] {
-            assert_eq!(bad.parse::<Address>(), Err(AddressParseError::Mac), "{bad:?}");
+            assert_eq!(
+                bad.parse::<Address>(),
+                Err(AddressParseError::Mac),
+                "{bad:?}"
+            );
         }
         assert_eq!(Address::from_bytes(&[1, 2, 3, 4, 5]), None);
         assert_eq!(
@@ -424,10 +428,7 @@ mod tests {
         assert_eq!(EtherType::from(0x8100), EtherType::Vlan);
         assert_eq!(EtherType::from(0x88a8), EtherType::QinQ);
         assert_eq!(EtherType::from(0x1234), EtherType::Unknown(0x1234));
-        assert_eq!(
-            u16::from(EtherType::Ipv6),
-            etherparse::EtherType::IPV6.0
-        );
+        assert_eq!(u16::from(EtherType::Ipv6), etherparse::EtherType::IPV6.0);
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! RFC 8926 requires. Plain data, no state, no allocation.
 
 use super::ethernet::EtherType;
-use super::{check_len, check_room, read_u16, read_u32, write_u16, write_u32, Error, Layer, Result};
+use super::{
+    check_len, check_room, read_u16, read_u32, write_u16, write_u32, Error, Layer, Result,
+};
 
 /// The IANA UDP destination port for Geneve.
 pub const UDP_PORT: u16 = 6081;
@@ -67,7 +69,7 @@ impl GeneveOption<'_> {
 
     /// Writes this option at the front of `buf`; returns the bytes written.
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize> {
-        if self.data.len() % 4 != 0 || self.data.len() > MAX_OPTION_DATA_LEN {
+        if !self.data.len().is_multiple_of(4) || self.data.len() > MAX_OPTION_DATA_LEN {
             return Err(Error::Malformed {
                 layer: Layer::Geneve,
                 field: "option data",
@@ -303,7 +305,11 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// Sets the VNI (low 24 bits) and clears the reserved byte.
     #[inline]
     pub fn set_vni(&mut self, value: u32) {
-        write_u32(self.buffer.as_mut(), field::VNI_RSVD, (value & MAX_VNI) << 8);
+        write_u32(
+            self.buffer.as_mut(),
+            field::VNI_RSVD,
+            (value & MAX_VNI) << 8,
+        );
     }
 
     /// The options area, writable (length from the Opt Len field).
@@ -371,7 +377,7 @@ impl<'a> Repr<'a> {
                 max: MAX_VNI,
             });
         }
-        if self.options.len() % 4 != 0 || self.options.len() > MAX_OPTIONS_LEN {
+        if !self.options.len().is_multiple_of(4) || self.options.len() > MAX_OPTIONS_LEN {
             return Err(Error::Malformed {
                 layer: Layer::Geneve,
                 field: "options",
@@ -469,7 +475,9 @@ mod tests {
             critical: false,
             ..r
         };
-        quiet.emit(&mut Packet::new_unchecked(&mut buf[..])).unwrap();
+        quiet
+            .emit(&mut Packet::new_unchecked(&mut buf[..]))
+            .unwrap();
         assert!(Packet::new_unchecked(&buf[..]).critical());
     }
 
@@ -579,7 +587,10 @@ mod tests {
             ..opt
         };
         // 128 + 124 = 252 bytes: exactly the largest options area.
-        assert_eq!(emit_options(&mut buf, &[opt, fill]).unwrap(), MAX_OPTIONS_LEN);
+        assert_eq!(
+            emit_options(&mut buf, &[opt, fill]).unwrap(),
+            MAX_OPTIONS_LEN
+        );
         assert!(matches!(
             emit_options(&mut buf, &[opt, opt]),
             Err(Error::ValueTooLarge { value: 256, .. })
@@ -617,9 +628,10 @@ mod tests {
             options: &opts[..n],
         };
         let mut geneve = [0u8; 20 + 14];
-        repr.emit(&mut Packet::new_unchecked(&mut geneve[..])).unwrap();
-        let builder = etherparse::PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
-            .udp(49000, UDP_PORT);
+        repr.emit(&mut Packet::new_unchecked(&mut geneve[..]))
+            .unwrap();
+        let builder =
+            etherparse::PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(49000, UDP_PORT);
         let mut pkt = Vec::new();
         builder.write(&mut pkt, &geneve).unwrap();
         let s = etherparse::SlicedPacket::from_ip(&pkt).unwrap();

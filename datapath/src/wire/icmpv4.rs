@@ -377,7 +377,10 @@ impl<'a> Repr<'a> {
     /// Reads a message. Other types (redirect, parameter problem, unknown)
     /// are [`Error::Unsupported`]; error messages must quote at least an
     /// IPv4 header.
-    pub fn parse<T: AsRef<[u8]> + ?Sized>(packet: &Packet<&'a T>, mode: ChecksumMode) -> Result<Repr<'a>> {
+    pub fn parse<T: AsRef<[u8]> + ?Sized>(
+        packet: &Packet<&'a T>,
+        mode: ChecksumMode,
+    ) -> Result<Repr<'a>> {
         packet.check_len()?;
         if mode == ChecksumMode::Verify && !packet.verify_checksum() {
             return Err(Error::Checksum {
@@ -456,7 +459,16 @@ impl<'a> Repr<'a> {
             });
         }
         let data = match *self {
-            Repr::EchoRequest { ident, seq_no, data } | Repr::EchoReply { ident, seq_no, data } => {
+            Repr::EchoRequest {
+                ident,
+                seq_no,
+                data,
+            }
+            | Repr::EchoReply {
+                ident,
+                seq_no,
+                data,
+            } => {
                 let t = if matches!(self, Repr::EchoRequest { .. }) {
                     Message::EchoRequest
                 } else {
@@ -572,7 +584,9 @@ mod tests {
             seq_no: 1,
             data: b"ping",
         };
-        reply.emit(&mut Packet::new_unchecked(&mut buf[..])).unwrap();
+        reply
+            .emit(&mut Packet::new_unchecked(&mut buf[..]))
+            .unwrap();
         assert_eq!(buf[0], 0);
         assert!(Packet::new_unchecked(&buf[..]).verify_checksum());
         let mut wrong_len = [0u8; 13];

@@ -135,7 +135,10 @@ mod tests {
         assert_eq!(u8::from(IpProtocol::Udp), IpNumber::UDP.0);
         assert_eq!(u8::from(IpProtocol::Icmp), IpNumber::ICMP.0);
         assert_eq!(u8::from(IpProtocol::Sctp), IpNumber::SCTP.0);
-        assert_eq!(u8::from(IpProtocol::Ipv6Frag), IpNumber::IPV6_FRAGMENTATION_HEADER.0);
+        assert_eq!(
+            u8::from(IpProtocol::Ipv6Frag),
+            IpNumber::IPV6_FRAGMENTATION_HEADER.0
+        );
         assert_eq!(u8::from(IpProtocol::Ah), IpNumber::AUTHENTICATION_HEADER.0);
     }
 }

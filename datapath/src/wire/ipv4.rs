@@ -347,7 +347,10 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// The payload up to the total length, writable.
     #[inline]
     pub fn payload_mut(&mut self) -> &mut [u8] {
-        let (hl, total) = (usize::from(self.header_len()), usize::from(self.total_len()));
+        let (hl, total) = (
+            usize::from(self.header_len()),
+            usize::from(self.total_len()),
+        );
         &mut self.buffer.as_mut()[hl..total]
     }
 }
@@ -459,7 +462,7 @@ impl Repr {
                 max: 0xff,
             });
         }
-        if self.frag_offset % 8 != 0 || self.frag_offset > FRAG_OFFSET_MASK << 3 {
+        if !self.frag_offset.is_multiple_of(8) || self.frag_offset > FRAG_OFFSET_MASK << 3 {
             return Err(Error::Malformed {
                 layer: Layer::Ipv4,
                 field: "fragment offset",
@@ -572,7 +575,8 @@ impl FromStr for Cidr {
             return Err(AddressParseError::Cidr);
         }
         let prefix_len: u16 = len.parse().map_err(|_| AddressParseError::Cidr)?;
-        let prefix_len = u8::try_from(prefix_len).map_err(|_| AddressParseError::PrefixLen(u8::MAX))?;
+        let prefix_len =
+            u8::try_from(prefix_len).map_err(|_| AddressParseError::PrefixLen(u8::MAX))?;
         Cidr::new(address, prefix_len)
     }
 }
@@ -585,8 +589,8 @@ mod tests {
     // 20-byte header + 4-byte payload: UDP, 10.0.0.1 → 10.0.0.2, TTL 64,
     // DF, ident 0x1234, DSCP 46 (EF), ECN 1.
     static PACKET_BYTES: [u8; 24] = [
-        0x45, 0xb9, 0x00, 0x18, 0x12, 0x34, 0x40, 0x00, 0x40, 0x11, 0x13, 0xe6, 10, 0, 0, 1, 10,
-        0, 0, 2, 0xaa, 0xbb, 0xcc, 0xdd,
+        0x45, 0xb9, 0x00, 0x18, 0x12, 0x34, 0x40, 0x00, 0x40, 0x11, 0x13, 0xe6, 10, 0, 0, 1, 10, 0,
+        0, 2, 0xaa, 0xbb, 0xcc, 0xdd,
     ];
 
     fn packet_repr() -> Repr {
@@ -650,7 +654,10 @@ mod tests {
     #[test]
     fn parse_and_emit() {
         let p = Packet::new_checked(&PACKET_BYTES[..]).unwrap();
-        assert_eq!(Repr::parse(&p, ChecksumMode::Verify).unwrap(), packet_repr());
+        assert_eq!(
+            Repr::parse(&p, ChecksumMode::Verify).unwrap(),
+            packet_repr()
+        );
         let mut buf = [0u8; 24];
         buf[20..].copy_from_slice(&[0xaa, 0xbb, 0xcc, 0xdd]);
         packet_repr()
@@ -753,7 +760,10 @@ mod tests {
         let r = Repr::parse(&p, ChecksumMode::Verify).unwrap();
         assert_eq!(r.payload_len, 4);
         assert_eq!(r.frag_offset, 1480);
-        let bad = Repr { frag_offset: 3, ..r };
+        let bad = Repr {
+            frag_offset: 3,
+            ..r
+        };
         let mut out = [0u8; 20];
         assert!(bad.emit(&mut Packet::new_unchecked(&mut out[..])).is_err());
     }
@@ -851,9 +861,23 @@ mod tests {
         assert_eq!(host.prefix_len(), 32);
         assert!(host.contains(Ipv4Addr::new(192, 0, 2, 1)));
         assert!(!host.contains(Ipv4Addr::new(192, 0, 2, 2)));
-        assert_eq!("10.0.0.0/33".parse::<Cidr>(), Err(AddressParseError::PrefixLen(33)));
-        assert_eq!("10.0.0.0/300".parse::<Cidr>(), Err(AddressParseError::PrefixLen(255)));
-        for bad in ["", "10.0.0/8", "10.0.0.0/", "10.0.0.0/+8", "x/8", "10.0.0.0/8/1", "10.0.0.0/1234"] {
+        assert_eq!(
+            "10.0.0.0/33".parse::<Cidr>(),
+            Err(AddressParseError::PrefixLen(33))
+        );
+        assert_eq!(
+            "10.0.0.0/300".parse::<Cidr>(),
+            Err(AddressParseError::PrefixLen(255))
+        );
+        for bad in [
+            "",
+            "10.0.0/8",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "x/8",
+            "10.0.0.0/8/1",
+            "10.0.0.0/1234",
+        ] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad:?}");
         }
         assert!(Cidr::new(Ipv4Addr::UNSPECIFIED, 33).is_err());

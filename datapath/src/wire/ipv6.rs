@@ -14,7 +14,9 @@
 use std::net::Ipv6Addr;
 
 use super::ip::IpProtocol;
-use super::{check_len, check_room, read_u16, read_u32, write_u16, write_u32, Error, Layer, Result};
+use super::{
+    check_len, check_room, read_u16, read_u32, write_u16, write_u32, Error, Layer, Result,
+};
 
 mod field {
     use core::ops::Range;
@@ -371,7 +373,8 @@ mod tests {
     }
 
     static HEADER_BYTES: [u8; 44] = [
-        0x6b, 0x81, 0x23, 0x45, 0x00, 0x04, 0x11, 0x40, // ver, tc 0xb8, flow 0x12345, len 4, UDP, hl 64
+        0x6b, 0x81, 0x23, 0x45, 0x00, 0x04, 0x11,
+        0x40, // ver, tc 0xb8, flow 0x12345, len 4, UDP, hl 64
         0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, // src
         0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, // dst
         1, 2, 3, 4,
@@ -461,7 +464,10 @@ mod tests {
         rest.extend_from_slice(&[6, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1]); // AH, len (1+2)*4 = 12
         rest.extend_from_slice(&[0; 20]); // TCP header
         let pkt = build(IpProtocol::HopByHop, &rest);
-        let u = Packet::new_checked(&pkt[..]).unwrap().upper_layer().unwrap();
+        let u = Packet::new_checked(&pkt[..])
+            .unwrap()
+            .upper_layer()
+            .unwrap();
         assert_eq!(u.protocol, IpProtocol::Tcp);
         assert_eq!(u.offset, 40 + 8 + 16 + 8 + 8 + 12);
         assert_eq!(
@@ -502,7 +508,10 @@ mod tests {
     fn non_first_fragment_has_no_upper_header() {
         let rest = [17, 0, 0x05, 0xa8, 0, 0, 0, 7, 9, 9, 9, 9];
         let pkt = build(IpProtocol::Ipv6Frag, &rest);
-        let u = Packet::new_checked(&pkt[..]).unwrap().upper_layer().unwrap();
+        let u = Packet::new_checked(&pkt[..])
+            .unwrap()
+            .upper_layer()
+            .unwrap();
         assert_eq!(u.protocol, IpProtocol::Udp);
         assert_eq!(u.offset, 48);
         assert_eq!(u.fragment.map(|f| f.offset), Some(1448));
@@ -512,17 +521,26 @@ mod tests {
     #[test]
     fn stops_at_esp_and_no_next_header() {
         let pkt = build(IpProtocol::Esp, &[0; 16]);
-        let u = Packet::new_checked(&pkt[..]).unwrap().upper_layer().unwrap();
+        let u = Packet::new_checked(&pkt[..])
+            .unwrap()
+            .upper_layer()
+            .unwrap();
         assert_eq!((u.protocol, u.offset), (IpProtocol::Esp, 40));
         let pkt = build(IpProtocol::Ipv6Opts, &[59, 0, 1, 4, 0, 0, 0, 0]);
-        let u = Packet::new_checked(&pkt[..]).unwrap().upper_layer().unwrap();
+        let u = Packet::new_checked(&pkt[..])
+            .unwrap()
+            .upper_layer()
+            .unwrap();
         assert_eq!((u.protocol, u.offset), (IpProtocol::Ipv6NoNxt, 48));
     }
 
     #[test]
     fn malformed_chains_rejected() {
         // HBH after another extension header.
-        let pkt = build(IpProtocol::Ipv6Opts, &[0, 0, 1, 4, 0, 0, 0, 0, 17, 0, 1, 4, 0, 0, 0, 0]);
+        let pkt = build(
+            IpProtocol::Ipv6Opts,
+            &[0, 0, 1, 4, 0, 0, 0, 0, 17, 0, 1, 4, 0, 0, 0, 0],
+        );
         assert!(matches!(
             Packet::new_checked(&pkt[..]).unwrap().upper_layer(),
             Err(Error::Malformed { .. })

@@ -39,9 +39,7 @@ pub use arp::{Operation as ArpOperation, Packet as ArpPacket, Repr as ArpRepr};
 pub use ethernet::{
     Address as EthernetAddress, EtherType, Frame as EthernetFrame, Repr as EthernetRepr,
 };
-pub use geneve::{
-    GeneveOption, GeneveOptions, Packet as GenevePacket, Repr as GeneveRepr,
-};
+pub use geneve::{GeneveOption, GeneveOptions, Packet as GenevePacket, Repr as GeneveRepr};
 pub use icmpv4::{
     DstUnreachable as Icmpv4DstUnreachable, Message as Icmpv4Message, Packet as Icmpv4Packet,
     Repr as Icmpv4Repr, TimeExceeded as Icmpv4TimeExceeded,
@@ -105,7 +103,9 @@ impl fmt::Display for Layer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The buffer ends before the header (or the length it declares) does.
-    #[error("the {layer} header is truncated: it needs {needed} bytes but only {available} are present")]
+    #[error(
+        "the {layer} header is truncated: it needs {needed} bytes but only {available} are present"
+    )]
     Truncated {
         /// Layer being parsed.
         layer: Layer,
@@ -133,7 +133,9 @@ pub enum Error {
         version: u8,
     },
     /// The checksum does not match the bytes it covers.
-    #[error("the {layer} checksum does not match the packet contents (corrupted or badly built packet)")]
+    #[error(
+        "the {layer} checksum does not match the packet contents (corrupted or badly built packet)"
+    )]
     Checksum {
         /// Layer being verified.
         layer: Layer,
@@ -207,7 +209,9 @@ pub enum ChecksumMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AddressParseError {
     /// Not six colon-separated hex octets.
-    #[error("expected a MAC address written as six colon-separated hex octets, like 02:00:0a:00:00:01")]
+    #[error(
+        "expected a MAC address written as six colon-separated hex octets, like 02:00:0a:00:00:01"
+    )]
     Mac,
     /// Not `a.b.c.d/len`.
     #[error("expected an IPv4 prefix written as address/length, like 10.0.0.0/8")]

@@ -10,7 +10,10 @@
 //! rewrite call [`Packet::fill_checksum`]. Plain data, no state, no
 //! allocation.
 
-use super::{check_len, check_room, read_u16, read_u32, write_u16, write_u32, ChecksumMode, Error, Layer, Result};
+use super::{
+    check_len, check_room, read_u16, read_u32, write_u16, write_u32, ChecksumMode, Error, Layer,
+    Result,
+};
 
 mod field {
     use core::ops::Range;

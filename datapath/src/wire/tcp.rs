@@ -444,7 +444,8 @@ impl<'a> Repr<'a> {
     /// Writes the header and options (checksum 0); the buffer must hold
     /// header and data. Call [`Packet::fill_checksum`] once the data is in.
     pub fn emit_header<T: AsRef<[u8]> + AsMut<[u8]>>(&self, packet: &mut Packet<T>) -> Result<()> {
-        if self.options.len() % 4 != 0 || self.options.len() > MAX_HEADER_LEN - HEADER_LEN {
+        if !self.options.len().is_multiple_of(4) || self.options.len() > MAX_HEADER_LEN - HEADER_LEN
+        {
             return Err(Error::Malformed {
                 layer: Layer::Tcp,
                 field: "options",
@@ -557,11 +558,18 @@ mod tests {
     fn parse_and_emit() {
         let mut buf = [0u8; 27];
         repr()
-            .emit(&mut Packet::new_unchecked(&mut buf[..]), b"abc", Some((SRC, DST)))
+            .emit(
+                &mut Packet::new_unchecked(&mut buf[..]),
+                b"abc",
+                Some((SRC, DST)),
+            )
             .unwrap();
         let p = Packet::new_checked(&buf[..]).unwrap();
         assert!(p.verify_checksum(SRC, DST));
-        assert_eq!(Repr::parse(&p, SRC, DST, ChecksumMode::Verify).unwrap(), repr());
+        assert_eq!(
+            Repr::parse(&p, SRC, DST, ChecksumMode::Verify).unwrap(),
+            repr()
+        );
         let mut no_csum = buf;
         no_csum[16..18].fill(0);
         assert_eq!(no_csum, SEGMENT_BYTES);
@@ -610,7 +618,10 @@ mod tests {
         // Data is optional: every length from the header on is a segment.
         for len in 24..=SEGMENT_BYTES.len() {
             assert_eq!(
-                Packet::new_checked(&SEGMENT_BYTES[..len]).unwrap().payload().len(),
+                Packet::new_checked(&SEGMENT_BYTES[..len])
+                    .unwrap()
+                    .payload()
+                    .len(),
                 len - 24
             );
         }
@@ -650,7 +661,11 @@ mod tests {
     fn port_rewrite_keeps_checksum_valid() {
         let mut buf = [0u8; 27];
         repr()
-            .emit(&mut Packet::new_unchecked(&mut buf[..]), b"abc", Some((SRC, DST)))
+            .emit(
+                &mut Packet::new_unchecked(&mut buf[..]),
+                b"abc",
+                Some((SRC, DST)),
+            )
             .unwrap();
         let mut p = Packet::new_unchecked(&mut buf[..]);
         p.rewrite_src_port(1);
@@ -676,7 +691,11 @@ mod tests {
 
         let mut buf = [0u8; 27];
         repr()
-            .emit(&mut Packet::new_unchecked(&mut buf[..]), b"abc", Some((SRC, DST)))
+            .emit(
+                &mut Packet::new_unchecked(&mut buf[..]),
+                b"abc",
+                Some((SRC, DST)),
+            )
             .unwrap();
         assert_eq!(&buf[..], &pkt[20..], "byte-identical to etherparse");
         let t = etherparse::TcpSlice::from_slice(&buf).unwrap();

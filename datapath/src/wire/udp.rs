@@ -387,7 +387,8 @@ mod tests {
 
     #[test]
     fn etherparse_oracle_both_ways() {
-        let builder = etherparse::PacketBuilder::ipv4(SRC.octets(), DST.octets(), 64).udp(53, 40000);
+        let builder =
+            etherparse::PacketBuilder::ipv4(SRC.octets(), DST.octets(), 64).udp(53, 40000);
         let mut pkt = Vec::new();
         builder.write(&mut pkt, &[0xde, 0xad, 0xbe, 0xef]).unwrap();
         let p = Packet::new_checked(&pkt[20..]).unwrap();

@@ -261,12 +261,14 @@ mod tests {
     #[test]
     fn etherparse_oracle() {
         let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .vlan(etherparse::VlanHeader::Single(etherparse::SingleVlanHeader {
-                pcp: etherparse::VlanPcp::try_new(3).unwrap(),
-                drop_eligible_indicator: false,
-                vlan_id: etherparse::VlanId::try_new(42).unwrap(),
-                ether_type: etherparse::EtherType::IPV4,
-            }))
+            .vlan(etherparse::VlanHeader::Single(
+                etherparse::SingleVlanHeader {
+                    pcp: etherparse::VlanPcp::try_new(3).unwrap(),
+                    drop_eligible_indicator: false,
+                    vlan_id: etherparse::VlanId::try_new(42).unwrap(),
+                    ether_type: etherparse::EtherType::IPV4,
+                },
+            ))
             .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
             .udp(1, 2);
         let mut pkt = Vec::new();
