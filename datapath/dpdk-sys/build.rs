@@ -48,6 +48,7 @@ fn main() {
         .allowlist_function("rte_.*")
         .allowlist_function("sluice_.*")
         .allowlist_type("rte_.*")
+        .allowlist_type("sluice_.*")
         .allowlist_var("RTE_.*")
         .allowlist_var("rte_.*")
         // The fast path is inline in DPDK; wrap it.

@@ -1,4 +1,5 @@
 /* Headers bound by dpdk-sys. Keep to what Sluice uses. */
+#include <stdio.h>
 #include <rte_config.h>
 #include <rte_common.h>
 #include <rte_eal.h>
@@ -26,3 +27,5 @@ void *sluice_pktmbuf_mtod(struct rte_mbuf *m);
 uint16_t sluice_pktmbuf_headroom_default(void);
 uint64_t sluice_rx_offload_rss_hash(void);
 uint32_t sluice_mbuf_rss_flag(void);
+typedef void (*sluice_log_cb_t)(const char *buf, size_t len);
+FILE *sluice_log_stream(sluice_log_cb_t cb);

@@ -1,1 +1,685 @@
-//! sluiced configuration.
+//! `sluiced` configuration: an ncp.ini-style INI file.
+//!
+//! ```ini
+//! [coe]
+//! node_type = 'BAREMETAL'          ; sluiced refuses anything else
+//!
+//! [nsx_node_agent]
+//! ovs_bridge = br-int              ; the bridge name shown by dump-ports
+//! ovs_uplink_port = uplink         ; must name a [port:...] section
+//!
+//! [datapath]
+//! cores = 1                        ; PMD cores: "1", "1,3", "2-5"
+//! main_core = 0                    ; EAL main thread / control threads
+//! file_prefix = sluice             ; one DPDK process per prefix
+//! hugepages = auto                 ; auto | required | never
+//! no_huge_memory_mb = 512
+//! eal_args = --log-level=lib.eal:debug
+//! mbufs = 16384
+//! pipeline = l2
+//! ctl_socket = /var/run/sluice/sluiced.ctl
+//! mac_table_size = 8192
+//! mac_aging_s = 300
+//!
+//! [port:uplink]
+//! devargs = net_af_packet0,iface=eth1
+//! ofport = 1                       ; OpenFlow port number (default: order)
+//! rx_queues = 1
+//! ```
+//!
+//! Only our own sections are checked strictly: an unknown key in
+//! `[datapath]` or a `[port:NAME]` section is an error with a suggestion,
+//! and so is a section whose name is a near miss of ours (`[datapth]`).
+//! Other sections and keys of a shared ncp.ini are ignored. Values may be
+//! quoted with `'` or `"` as in ncp.ini.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use thiserror::Error;
+
+/// Everything `sluiced` needs to start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `[coe] node_type`.
+    pub node_type: String,
+    /// `[nsx_node_agent] ovs_bridge`.
+    pub bridge: String,
+    /// `[nsx_node_agent] ovs_uplink_port`.
+    pub uplink_port: Option<String>,
+    /// `[datapath]`.
+    pub datapath: DatapathConfig,
+    /// `[port:NAME]` sections, in file order.
+    pub ports: Vec<PortConfig>,
+}
+
+/// The `[datapath]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatapathConfig {
+    /// CPUs that run PMD threads.
+    pub cores: Vec<usize>,
+    /// CPU of the EAL main thread.
+    pub main_core: usize,
+    /// DPDK `--file-prefix`.
+    pub file_prefix: String,
+    /// `auto`, `required` or `never`.
+    pub hugepages: String,
+    /// `-m` when running without hugepages.
+    pub no_huge_memory_mb: u32,
+    /// Extra EAL arguments (whitespace-separated).
+    pub eal_args: Vec<String>,
+    /// mbufs in the pool.
+    pub mbufs: u32,
+    /// Pipeline kind: `l2` (learning switch) or `flow` (flow tables).
+    pub pipeline: String,
+    /// Control socket path.
+    pub ctl_socket: String,
+    /// MAC table entries per core.
+    pub mac_table_size: usize,
+    /// MAC aging in seconds.
+    pub mac_aging_s: u64,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        DatapathConfig {
+            cores: vec![1],
+            main_core: 0,
+            file_prefix: "sluice".into(),
+            hugepages: "auto".into(),
+            no_huge_memory_mb: 512,
+            eal_args: Vec::new(),
+            mbufs: 16384,
+            pipeline: "l2".into(),
+            ctl_socket: "/var/run/sluice/sluiced.ctl".into(),
+            mac_table_size: crate::pipeline::l2::DEFAULT_MAC_CAPACITY,
+            mac_aging_s: 300,
+        }
+    }
+}
+
+/// One `[port:NAME]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PortConfig {
+    /// The NAME of the section.
+    pub name: String,
+    /// DPDK devargs.
+    pub devargs: String,
+    /// OpenFlow port number.
+    pub ofport: u16,
+    /// rx queues.
+    pub rx_queues: u16,
+}
+
+/// A configuration error: always names the file, section and key.
+#[derive(Debug, Error, PartialEq)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {reason}")]
+    Read {
+        /// Path.
+        path: String,
+        /// OS error.
+        reason: String,
+    },
+    /// The INI syntax is broken.
+    #[error("config {path}: {reason}")]
+    Syntax {
+        /// Path.
+        path: String,
+        /// Parser message.
+        reason: String,
+    },
+    /// A semantic error in one key.
+    #[error("config {path}: [{section}] {key}: {reason}")]
+    Key {
+        /// Path.
+        path: String,
+        /// Section.
+        section: String,
+        /// Key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A structural error.
+    #[error("config {path}: {reason}")]
+    Invalid {
+        /// Path.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+const DATAPATH_KEYS: &[&str] = &[
+    "cores",
+    "main_core",
+    "file_prefix",
+    "hugepages",
+    "no_huge_memory_mb",
+    "eal_args",
+    "mbufs",
+    "pipeline",
+    "ctl_socket",
+    "mac_table_size",
+    "mac_aging_s",
+];
+const PORT_KEYS: &[&str] = &["devargs", "ofport", "rx_queues"];
+const OUR_SECTIONS: &[&str] = &["coe", "nsx_node_agent", "datapath", "port"];
+
+/// Levenshtein distance, for "did you mean" suggestions.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn suggest(word: &str, candidates: &[&str]) -> String {
+    candidates
+        .iter()
+        .map(|c| (distance(word, c), *c))
+        .filter(|&(d, _)| d <= 3)
+        .min()
+        .map(|(_, c)| format!(" (did you mean '{c}'?)"))
+        .unwrap_or_default()
+}
+
+fn unquote(v: &str) -> &str {
+    let v = v.trim();
+    for q in ['\'', '"'] {
+        if v.len() >= 2 && v.starts_with(q) && v.ends_with(q) {
+            return &v[1..v.len() - 1];
+        }
+    }
+    v
+}
+
+/// Parses a CPU list such as `1`, `1,3` or `2-5,7`.
+pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
+    let mut cpus = BTreeSet::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let num = |t: &str| {
+            t.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("'{t}' is not a CPU number"))
+        };
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if a > b {
+                    return Err(format!("range '{part}' is backwards"));
+                }
+                if b - a > 4096 {
+                    return Err(format!("range '{part}' is too large"));
+                }
+                cpus.extend(a..=b);
+            }
+            None => {
+                cpus.insert(num(part)?);
+            }
+        }
+    }
+    if cpus.is_empty() {
+        return Err("the list is empty".into());
+    }
+    Ok(cpus.into_iter().collect())
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `path` is used in messages.
+    pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
+        let ini = ini::Ini::load_from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        let key_err = |section: &str, key: &str, reason: String| ConfigError::Key {
+            path: path.into(),
+            section: section.into(),
+            key: key.into(),
+            reason,
+        };
+        let invalid = |reason: String| ConfigError::Invalid {
+            path: path.into(),
+            reason,
+        };
+
+        // Near misses of our section names are typos, not foreign sections.
+        for (name, _) in ini.iter() {
+            let Some(name) = name else { continue };
+            let base = name.split(':').next().unwrap_or(name);
+            if OUR_SECTIONS.contains(&base) {
+                continue;
+            }
+            let hint = suggest(base, OUR_SECTIONS);
+            if !hint.is_empty() && distance(base, "port") < base.len() {
+                return Err(invalid(format!("unknown section [{name}]{hint}")));
+            }
+        }
+
+        let get = |section: &str, key: &str| -> Option<String> {
+            ini.section(Some(section))
+                .and_then(|s| s.get(key))
+                .map(|v| unquote(v).to_string())
+        };
+        let node_type = get("coe", "node_type").ok_or_else(|| {
+            key_err(
+                "coe",
+                "node_type",
+                "missing (sluiced runs only where node_type = BAREMETAL)".into(),
+            )
+        })?;
+        let bridge = get("nsx_node_agent", "ovs_bridge").unwrap_or_else(|| "br-int".into());
+        let uplink_port = get("nsx_node_agent", "ovs_uplink_port").filter(|s| !s.is_empty());
+
+        let mut dp = DatapathConfig::default();
+        if let Some(sec) = ini.section(Some("datapath")) {
+            for (k, v) in sec.iter() {
+                let v = unquote(v);
+                let parse_num = |what: &str| -> Result<u64, ConfigError> {
+                    v.parse::<u64>()
+                        .map_err(|_| key_err("datapath", k, format!("'{v}' is not {what}")))
+                };
+                match k {
+                    "cores" => {
+                        dp.cores = parse_cpu_list(v).map_err(|e| key_err("datapath", k, e))?
+                    }
+                    "main_core" => dp.main_core = parse_num("a CPU number")? as usize,
+                    "file_prefix" => {
+                        if v.is_empty() || v.contains('/') || v.contains(char::is_whitespace) {
+                            return Err(key_err(
+                                "datapath",
+                                k,
+                                format!("'{v}' is not a valid prefix (no '/', no spaces)"),
+                            ));
+                        }
+                        dp.file_prefix = v.into()
+                    }
+                    "hugepages" => {
+                        if !["auto", "required", "never"].contains(&v) {
+                            return Err(key_err(
+                                "datapath",
+                                k,
+                                format!("'{v}' is not one of auto, required, never"),
+                            ));
+                        }
+                        dp.hugepages = v.into()
+                    }
+                    "no_huge_memory_mb" => {
+                        let n = parse_num("a size in MiB")?;
+                        if !(64..=65536).contains(&n) {
+                            return Err(key_err(
+                                "datapath",
+                                k,
+                                format!("{n} is outside 64..65536"),
+                            ));
+                        }
+                        dp.no_huge_memory_mb = n as u32
+                    }
+                    "eal_args" => dp.eal_args = v.split_whitespace().map(String::from).collect(),
+                    "mbufs" => {
+                        let n = parse_num("a number of buffers")?;
+                        if !(1024..=4_000_000).contains(&n) {
+                            return Err(key_err(
+                                "datapath",
+                                k,
+                                format!("{n} is outside 1024..4000000"),
+                            ));
+                        }
+                        dp.mbufs = n as u32
+                    }
+                    "pipeline" => {
+                        if !["l2", "flow"].contains(&v) {
+                            return Err(key_err(
+                                "datapath",
+                                k,
+                                format!("'{v}' is not a pipeline (expected l2 or flow)"),
+                            ));
+                        }
+                        dp.pipeline = v.into()
+                    }
+                    "ctl_socket" => dp.ctl_socket = v.into(),
+                    "mac_table_size" => {
+                        dp.mac_table_size = parse_num("a number of entries")? as usize
+                    }
+                    "mac_aging_s" => dp.mac_aging_s = parse_num("a number of seconds")?,
+                    other => {
+                        return Err(key_err(
+                            "datapath",
+                            other,
+                            format!("unknown key{}", suggest(other, DATAPATH_KEYS)),
+                        ))
+                    }
+                }
+            }
+        }
+
+        let mut ports: Vec<PortConfig> = Vec::new();
+        for (name, sec) in ini.iter() {
+            let Some(section) = name else { continue };
+            let Some(pname) = section.strip_prefix("port:") else {
+                continue;
+            };
+            let pname = pname.trim();
+            if pname.is_empty() {
+                return Err(invalid("a [port:NAME] section has an empty NAME".into()));
+            }
+            let mut devargs = None;
+            let mut ofport = None;
+            let mut rx_queues = 1u16;
+            for (k, v) in sec.iter() {
+                let v = unquote(v);
+                match k {
+                    "devargs" => devargs = Some(v.to_string()),
+                    "ofport" => {
+                        let n = v
+                            .parse::<u16>()
+                            .ok()
+                            .filter(|&n| n < 0xff00)
+                            .ok_or_else(|| {
+                                key_err(
+                                    section,
+                                    k,
+                                    format!("'{v}' is not a port number (0..65279)"),
+                                )
+                            })?;
+                        ofport = Some(n)
+                    }
+                    "rx_queues" => {
+                        rx_queues = v
+                            .parse::<u16>()
+                            .ok()
+                            .filter(|&n| (1..=64).contains(&n))
+                            .ok_or_else(|| {
+                                key_err(section, k, format!("'{v}' is not a queue count (1..64)"))
+                            })?
+                    }
+                    other => {
+                        return Err(key_err(
+                            section,
+                            other,
+                            format!("unknown key{}", suggest(other, PORT_KEYS)),
+                        ))
+                    }
+                }
+            }
+            let devargs = devargs
+                .filter(|d| !d.is_empty())
+                .ok_or_else(|| key_err(section, "devargs", "missing".into()))?;
+            if ports.iter().any(|p| p.name == pname) {
+                return Err(invalid(format!("port '{pname}' is defined twice")));
+            }
+            ports.push(PortConfig {
+                name: pname.to_string(),
+                devargs,
+                ofport: ofport.unwrap_or(u16::MAX),
+                rx_queues,
+            });
+        }
+        // Ports without an explicit ofport take the lowest free number from 1.
+        let mut next = 1u16;
+        for i in 0..ports.len() {
+            if ports[i].ofport != u16::MAX {
+                continue;
+            }
+            while ports.iter().any(|p| p.ofport == next) {
+                next += 1;
+            }
+            ports[i].ofport = next;
+        }
+        // Port numbers index the per-PMD tx staging: keep them dense-ish.
+        let mut seen = BTreeSet::new();
+        for p in &ports {
+            if !seen.insert(p.ofport) {
+                return Err(invalid(format!(
+                    "ofport {} is used by more than one port (port '{}')",
+                    p.ofport, p.name
+                )));
+            }
+            if p.ofport >= 1024 {
+                return Err(invalid(format!(
+                    "port '{}': ofport {} is too large (ports are numbered below 1024)",
+                    p.name, p.ofport
+                )));
+            }
+        }
+        if let Some(up) = &uplink_port {
+            if !ports.is_empty() && !ports.iter().any(|p| &p.name == up) {
+                return Err(key_err(
+                    "nsx_node_agent",
+                    "ovs_uplink_port",
+                    format!("'{up}' names no [port:{up}] section"),
+                ));
+            }
+        }
+        if dp.cores.contains(&dp.main_core) && dp.cores.len() > 1 {
+            return Err(key_err(
+                "datapath",
+                "main_core",
+                format!(
+                    "core {} is also a PMD core; choose a core outside 'cores'",
+                    dp.main_core
+                ),
+            ));
+        }
+        Ok(Config {
+            node_type,
+            bridge,
+            uplink_port,
+            datapath: dp,
+            ports,
+        })
+    }
+
+    /// Refuses to run on a node that is not bare metal.
+    pub fn check_node_type(&self) -> Result<(), String> {
+        if self.node_type.eq_ignore_ascii_case("BAREMETAL") {
+            Ok(())
+        } else {
+            Err(format!(
+                "node_type is '{}': sluiced replaces kernel Open vSwitch only on BAREMETAL nodes ([coe] node_type = BAREMETAL)",
+                self.node_type
+            ))
+        }
+    }
+
+    /// Checks that every configured core exists on this machine.
+    pub fn check_cores(&self, available: &[usize]) -> Result<(), String> {
+        let describe = || {
+            let mut v = available.to_vec();
+            v.sort_unstable();
+            match (v.first(), v.last()) {
+                (Some(a), Some(b)) if b - a + 1 == v.len() => format!("{a}-{b}"),
+                _ => v
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            }
+        };
+        for &c in self.datapath.cores.iter().chain([&self.datapath.main_core]) {
+            if !available.contains(&c) {
+                return Err(format!(
+                    "core {c} does not exist or is not allowed for this process (usable cores: {})",
+                    describe()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "
+[coe]
+node_type = 'BAREMETAL'
+cluster = k8s
+
+[nsx_node_agent]
+ovs_bridge = br-int
+ovs_uplink_port = uplink
+
+[nsx_v3]
+whatever = 1
+
+[datapath]
+cores = 1
+file_prefix = t
+hugepages = never
+eal_args = --log-level=8 --no-pci
+
+[port:uplink]
+devargs = net_ring0
+ofport = 1
+
+[port:pod1]
+devargs = net_tap0,iface=p1
+";
+
+    #[test]
+    fn parses_ncp_style_file() {
+        let c = Config::parse(GOOD, "x.ini").unwrap();
+        assert_eq!(c.node_type, "BAREMETAL");
+        assert_eq!(c.bridge, "br-int");
+        assert_eq!(c.uplink_port.as_deref(), Some("uplink"));
+        assert_eq!(c.datapath.cores, vec![1]);
+        assert_eq!(c.datapath.eal_args, vec!["--log-level=8", "--no-pci"]);
+        assert_eq!(c.ports.len(), 2);
+        assert_eq!(c.ports[0].ofport, 1);
+        assert_eq!(c.ports[1].ofport, 2, "lowest free port number from 1");
+        c.check_node_type().unwrap();
+    }
+
+    #[test]
+    fn duplicate_ofport_is_reported() {
+        let text = GOOD.replace(
+            "devargs = net_tap0,iface=p1",
+            "devargs = net_tap0,iface=p1\nofport = 1",
+        );
+        let e = Config::parse(&text, "x.ini").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "config x.ini: ofport 1 is used by more than one port (port 'pod1')"
+        );
+    }
+
+    #[test]
+    fn typo_in_datapath_key_suggests_the_right_one() {
+        let text = GOOD.replace("cores = 1", "coers = 1");
+        let e = Config::parse(&text, "x.ini").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "config x.ini: [datapath] coers: unknown key (did you mean 'cores'?)"
+        );
+    }
+
+    #[test]
+    fn typo_in_section_name_is_an_error() {
+        let text = GOOD.replace("[datapath]", "[datapth]");
+        let e = Config::parse(&text, "x.ini").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "config x.ini: unknown section [datapth] (did you mean 'datapath'?)"
+        );
+    }
+
+    #[test]
+    fn non_baremetal_is_refused() {
+        let text = GOOD.replace("'BAREMETAL'", "'HOSTVM'");
+        let c = Config::parse(&text, "x.ini").unwrap();
+        let e = c.check_node_type().unwrap_err();
+        assert!(e.starts_with("node_type is 'HOSTVM'"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (from, to, want) in [
+            (
+                "cores = 1",
+                "cores = 3-1",
+                "[datapath] cores: range '3-1' is backwards",
+            ),
+            (
+                "cores = 1",
+                "cores = x",
+                "[datapath] cores: 'x' is not a CPU number",
+            ),
+            (
+                "hugepages = never",
+                "hugepages = maybe",
+                "[datapath] hugepages: 'maybe' is not one of auto, required, never",
+            ),
+            (
+                "ofport = 1",
+                "ofport = 70000",
+                "[port:uplink] ofport: '70000' is not a port number (0..65279)",
+            ),
+            (
+                "devargs = net_ring0",
+                "devarg = net_ring0",
+                "[port:uplink] devarg: unknown key (did you mean 'devargs'?)",
+            ),
+        ] {
+            let text = GOOD.replace(from, to);
+            let e = Config::parse(&text, "x.ini").unwrap_err().to_string();
+            assert_eq!(e, format!("config x.ini: {want}"));
+        }
+    }
+
+    #[test]
+    fn uplink_must_name_a_port() {
+        let text = GOOD.replace("ovs_uplink_port = uplink", "ovs_uplink_port = eth9");
+        let e = Config::parse(&text, "x.ini").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "config x.ini: [nsx_node_agent] ovs_uplink_port: 'eth9' names no [port:eth9] section"
+        );
+    }
+
+    #[test]
+    fn cores_are_checked_against_the_machine() {
+        let c = Config::parse(GOOD, "x.ini").unwrap();
+        c.check_cores(&[0, 1]).unwrap();
+        let e = Config::parse(&GOOD.replace("cores = 1", "cores = 7"), "x.ini")
+            .unwrap()
+            .check_cores(&[0, 1])
+            .unwrap_err();
+        assert_eq!(
+            e,
+            "core 7 does not exist or is not allowed for this process (usable cores: 0-1)"
+        );
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("1,3-5, 7").unwrap(), vec![1, 3, 4, 5, 7]);
+        assert!(parse_cpu_list("").is_err());
+        assert!(parse_cpu_list("0-99999").is_err());
+    }
+
+    #[test]
+    fn broken_ini_is_a_syntax_error() {
+        let e = Config::parse("[coe\nnode_type=x", "x.ini").unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax { .. }), "{e}");
+    }
+}

@@ -236,7 +236,9 @@ impl<B> Output<B> {
     /// Staging for ports `0..n_ports`.
     pub fn new(n_ports: usize) -> Self {
         Output {
-            queues: (0..n_ports).map(|_| Vec::with_capacity(BURST_SIZE)).collect(),
+            queues: (0..n_ports)
+                .map(|_| Vec::with_capacity(BURST_SIZE))
+                .collect(),
             dirty: Vec::with_capacity(n_ports),
             local: Vec::with_capacity(BURST_SIZE),
             controller: Vec::with_capacity(BURST_SIZE),
@@ -325,7 +327,11 @@ mod tests {
         assert!(b.adj(2));
         assert_eq!(b.data(), &[1, 2, 3, 4]);
         assert!(b.prepend(HEADROOM + 1).is_none());
-        assert_eq!(b.data(), &[1, 2, 3, 4], "failed prepend leaves frame unchanged");
+        assert_eq!(
+            b.data(),
+            &[1, 2, 3, 4],
+            "failed prepend leaves frame unchanged"
+        );
         assert!(!b.adj(5));
         assert!(b.trim(1));
         assert_eq!(b.data(), &[1, 2, 3]);

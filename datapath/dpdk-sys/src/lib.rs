@@ -3,7 +3,12 @@
 //! bindgen's generated C wrappers under their own names. Safe wrappers live
 //! in `sluice_datapath::dpdk`.
 #![allow(non_upper_case_globals, non_camel_case_types, non_snake_case)]
-#![allow(dead_code, improper_ctypes, clippy::all, clippy::undocumented_unsafe_blocks)]
+#![allow(
+    dead_code,
+    improper_ctypes,
+    clippy::all,
+    clippy::undocumented_unsafe_blocks
+)]
 #![allow(unsafe_op_in_unsafe_fn, rustdoc::all)]
 
 include!(concat!(env!("OUT_DIR"), "/bindings.rs"));

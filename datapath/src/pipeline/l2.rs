@@ -157,7 +157,13 @@ impl MacTable {
                     *b = (k >> (40 - 8 * i)) as u8;
                 }
                 let vlan = (k >> 48) as u16;
-                (mac, vlan, e.port, e.is_static, now.saturating_sub(e.last_seen))
+                (
+                    mac,
+                    vlan,
+                    e.port,
+                    e.is_static,
+                    now.saturating_sub(e.last_seen),
+                )
             })
             .collect()
     }
@@ -348,7 +354,10 @@ mod tests {
         let mut out = run(&mut p, 0, 0, vec![frame(B, A)]);
         assert_eq!(out.take(PortNo(1)).len(), 1);
         assert_eq!(out.take(PortNo(2)).len(), 1);
-        assert!(out.take(PortNo(0)).is_empty(), "never back out of the ingress port");
+        assert!(
+            out.take(PortNo(0)).is_empty(),
+            "never back out of the ingress port"
+        );
         assert_eq!(p.stats.flooded.get(), 1);
 
         let mut out = run(&mut p, 1, 1, vec![frame(A, B)]);
@@ -405,7 +414,11 @@ mod tests {
         let mut p = switch();
         run(&mut p, 0, 0, vec![frame(BCAST, A)]);
         assert_eq!(p.table.lookup(A, 0, 999), Some(PortNo(0)));
-        assert_eq!(p.table.lookup(A, 0, 1_000), None, "aged at exactly aging_ns");
+        assert_eq!(
+            p.table.lookup(A, 0, 1_000),
+            None,
+            "aged at exactly aging_ns"
+        );
         // Aged entry: frames to A flood again.
         let mut out = run(&mut p, 1_500, 1, vec![frame(A, B)]);
         assert_eq!(out.take(PortNo(0)).len(), 1);
@@ -421,7 +434,11 @@ mod tests {
         let mut p = L2Pipeline::new(vec![PortNo(0), PortNo(1)], 1, 1_000_000);
         run(&mut p, 0, 0, vec![frame(BCAST, A)]);
         let mut out = run(&mut p, 0, 1, vec![frame(A, B)]);
-        assert_eq!(out.take(PortNo(0)).len(), 1, "known destination still forwarded");
+        assert_eq!(
+            out.take(PortNo(0)).len(),
+            1,
+            "known destination still forwarded"
+        );
         assert_eq!(p.stats.learn_full.get(), 1);
         assert_eq!(p.table.lookup(B, 0, 0), None);
     }
