@@ -102,6 +102,9 @@ impl StreamParser {
                     if self.depth == 0 {
                         let start = self.start.take().unwrap_or(0);
                         let end = self.scanned;
+                        if end - start > self.limit {
+                            return Err(FramingError::TooLarge { limit: self.limit });
+                        }
                         let v = serde_json::from_slice::<Value>(&self.buf[start..end])
                             .map_err(|e| FramingError::Invalid(e.to_string()));
                         self.buf.drain(..end);
@@ -239,6 +242,9 @@ mod tests {
         assert!(matches!(p.next_value(), Err(FramingError::Invalid(_))));
         let mut p = StreamParser::new(16);
         p.feed(br#"{"method":"aaaaaaaaaaaaaaaaaaaaaaaaa"#);
+        assert_eq!(p.next_value(), Err(FramingError::TooLarge { limit: 16 }));
+        let mut p = StreamParser::new(16);
+        p.feed(br#"{"method":"aaaaaaaaaaaaaaaaaaaaaaaaa"}"#);
         assert_eq!(p.next_value(), Err(FramingError::TooLarge { limit: 16 }));
         let mut p = StreamParser::new(100);
         p.feed(br#"{"a":tru}"#);

@@ -191,28 +191,28 @@ impl Monitor {
                 }
             }
         }
-        let mut changes = Vec::new();
+        let mut out = Map::new();
         for (ti, cond) in new_conds {
-            let Some(tm) = self.tables.iter_mut().find(|t| t.table == ti) else { continue };
+            let Some(k) = self.tables.iter().position(|t| t.table == ti) else { continue };
+            let ts = &db.schema.tables[ti];
+            let mut rows = Map::new();
             for (u, r) in &db.tables[ti].rows {
+                let tm = &self.tables[k];
                 let was = tm.condition.matches(*u, r);
                 let is = cond.matches(*u, r);
-                if was != is {
-                    changes.push(RowChange {
-                        table: ti,
-                        uuid: *u,
-                        old: was.then(|| r.clone()),
-                        new: is.then(|| r.clone()),
-                    });
-                }
+                let v = match (was, is) {
+                    (false, true) => json_obj("insert", self.row_json(tm, ts, r, true)),
+                    (true, false) => json_obj("delete", Value::Null),
+                    _ => continue,
+                };
+                rows.insert(u.to_string(), v);
             }
-            tm.condition = cond;
+            if !rows.is_empty() {
+                out.insert(ts.name.clone(), Value::Object(rows));
+            }
+            self.tables[k].condition = cond;
         }
-        let ch = Changes {
-            rows: changes,
-            comment: None,
-        };
-        Ok(self.compose_with(db, &ch, true))
+        Ok(Value::Object(out))
     }
 
     /// The initial contents (rows matching the conditions of tables with `initial`).
@@ -255,10 +255,6 @@ impl Monitor {
 
     /// The table-updates for committed changes; an empty object means "nothing to send".
     pub fn compose(&self, db: &Database, changes: &Changes) -> Value {
-        self.compose_with(db, changes, false)
-    }
-
-    fn compose_with(&self, db: &Database, changes: &Changes, as_initial_select: bool) -> Value {
         let mut out = Map::new();
         for tm in &self.tables {
             let ts = &db.schema.tables[tm.table];
@@ -267,11 +263,7 @@ impl Monitor {
             for ch in changes.rows[lo..].iter().take_while(|c| c.table == tm.table) {
                 let old_m = ch.old.as_ref().is_some_and(|r| tm.condition.matches(ch.uuid, r));
                 let new_m = ch.new.as_ref().is_some_and(|r| tm.condition.matches(ch.uuid, r));
-                let (sel_ins, sel_del) = if as_initial_select {
-                    (true, true)
-                } else {
-                    (tm.select.insert, tm.select.delete)
-                };
+                let (sel_ins, sel_del) = (tm.select.insert, tm.select.delete);
                 let v = match (old_m, new_m, &ch.old, &ch.new) {
                     (false, true, _, Some(new)) if sel_ins => {
                         let body = self.row_json(tm, ts, new, true);
