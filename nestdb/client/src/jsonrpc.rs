@@ -17,10 +17,12 @@
 //! the reader. All methods take `&self` and are safe to call from several
 //! threads; writes are serialised by a mutex.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::io::{BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -228,6 +230,16 @@ impl Connection {
         remote: &Remote,
         timeout: Duration,
     ) -> Result<(Connection, Receiver<Notification>)> {
+        Self::open_with_limit(remote, timeout, MAX_MESSAGE_BYTES)
+    }
+
+    /// [`Connection::open`] with a custom bound on the size of one incoming
+    /// message; a larger message closes the connection.
+    pub fn open_with_limit(
+        remote: &Remote,
+        timeout: Duration,
+        max_message_bytes: u64,
+    ) -> Result<(Connection, Receiver<Notification>)> {
         let name = remote.to_string();
         let stream = Stream::connect(remote, timeout).map_err(|source| Error::Connect {
             remote: name.clone(),
@@ -246,7 +258,16 @@ impl Connection {
             let name = name.clone();
             std::thread::Builder::new()
                 .name("nestdb-rpc-reader".into())
-                .spawn(move || reader_loop(read_half, &name, &writer, &pending, &notify_tx))
+                .spawn(move || {
+                    reader_loop(
+                        read_half,
+                        max_message_bytes,
+                        &name,
+                        &writer,
+                        &pending,
+                        &notify_tx,
+                    )
+                })
                 .map_err(|source| Error::Io {
                     remote: remote.to_string(),
                     source,
@@ -352,19 +373,54 @@ impl Drop for Connection {
     }
 }
 
+/// Default bound on the size of one incoming message. A full dump of a
+/// large node database is a few MiB; this only stops a runaway peer.
+pub const MAX_MESSAGE_BYTES: u64 = 128 << 20;
+
+/// Counts the bytes the JSON parser consumes for the current message and
+/// fails the read once the budget is spent, so a peer cannot make us buffer
+/// an unbounded message. The reader loop refills the budget per message.
+struct MessageBudget<R> {
+    inner: R,
+    left: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for MessageBudget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.left.get();
+        if left == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "message exceeds the maximum size",
+            ));
+        }
+        let cap = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        let n = self.inner.read(&mut buf[..cap])?;
+        self.left.set(left - n as u64);
+        Ok(n)
+    }
+}
+
 fn reader_loop(
     read_half: Stream,
+    max_message_bytes: u64,
     remote: &str,
     writer: &Mutex<Stream>,
     pending: &Mutex<Pending>,
     notify: &Sender<Notification>,
 ) {
-    let reader = BufReader::with_capacity(64 * 1024, read_half);
+    let budget = Rc::new(Cell::new(max_message_bytes));
+    let reader = MessageBudget {
+        inner: BufReader::with_capacity(64 * 1024, read_half),
+        left: Rc::clone(&budget),
+    };
     let messages = serde_json::Deserializer::from_reader(reader).into_iter::<Value>();
     for msg in messages {
+        budget.set(max_message_bytes);
         let msg = match msg {
             Ok(m) => m,
             Err(e) if e.is_eof() || e.is_io() => {
+                // Includes an exhausted message budget (reported as I/O).
                 tracing::debug!(remote, error = %e, "connection closed");
                 break;
             }
@@ -441,6 +497,35 @@ fn dispatch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oversized_messages_close_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peer.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let peer = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let small = json!({"method": "update", "params": ["x".repeat(100)], "id": null});
+            let big = json!({"method": "update", "params": ["x".repeat(5000)], "id": null});
+            s.write_all(format!("{small}{small}{big}{small}").as_bytes())
+                .unwrap();
+            // Keep the socket open until the client hangs up.
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        });
+        let (conn, notes) =
+            Connection::open_with_limit(&Remote::Unix(path), Duration::from_secs(30), 1024)
+                .unwrap();
+        for _ in 0..2 {
+            let n = notes.recv_timeout(Duration::from_secs(30)).unwrap();
+            assert_eq!(n.params[0].as_str().map(str::len), Some(100));
+        }
+        // The big message is refused and nothing after it is delivered.
+        assert!(notes.recv_timeout(Duration::from_secs(30)).is_err());
+        assert!(conn.is_closed());
+        drop(conn);
+        peer.join().unwrap();
+    }
 
     #[test]
     fn parses_remotes() {

@@ -179,6 +179,10 @@ pub struct MonitorConfig {
     pub backoff: BackoffConfig,
     /// Bound on each request (connect, get_schema, monitor).
     pub request_timeout: Duration,
+    /// Send an `echo` after this long without any message from the server,
+    /// and reconnect if it is not answered within `request_timeout`.
+    /// `None` disables probing.
+    pub probe_interval: Option<Duration>,
 }
 
 impl MonitorConfig {
@@ -194,6 +198,7 @@ impl MonitorConfig {
             method: MonitorMethod::default(),
             backoff: BackoffConfig::default(),
             request_timeout: crate::client::DEFAULT_REQUEST_TIMEOUT,
+            probe_interval: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -461,6 +466,11 @@ impl Worker {
             }
             return (SessionEnd::Lost(e.to_string()), false);
         }
+        // No probing means waiting (practically) forever between messages.
+        let probe = self
+            .config
+            .probe_interval
+            .unwrap_or(Duration::from_secs(u64::from(u32::MAX)));
         loop {
             select! {
                 recv(self.stop) -> _ => return (SessionEnd::Stopped, true),
@@ -477,6 +487,19 @@ impl Worker {
                             SessionEnd::Lost(format!("the connection to {} closed", self.remote)),
                             true,
                         )
+                    }
+                },
+                default(probe) => {
+                    // Quiet for a whole interval: make sure the peer is alive
+                    // (a dead TCP peer otherwise goes unnoticed for hours).
+                    if let Err(e) = conn.call("echo", json!(["nestdb-client probe"])) {
+                        if self.stop_requested() {
+                            return (SessionEnd::Stopped, true);
+                        }
+                        return (
+                            SessionEnd::Lost(format!("the server stopped answering echo probes: {e}")),
+                            true,
+                        );
                     }
                 }
             }

@@ -752,3 +752,34 @@ fn lock_contention_between_two_clients() {
     // No event arrives for a client that did nothing.
     assert_eq!(a.next_lock_event(Duration::ZERO).unwrap(), None);
 }
+
+#[test]
+fn echo_probe_detects_a_silent_peer_and_reconnects() {
+    let server = TestServer::start(Mode::Standalone);
+    let proxy = Proxy::start(server.dir(), &server.remote());
+    let mut cfg = fast_monitor(&proxy.remote(), &["Remote_Node"], MonitorMethod::CondSince);
+    cfg.probe_interval = Some(Duration::from_millis(100));
+    cfg.request_timeout = Duration::from_millis(500);
+    let monitor = Monitor::start(cfg).unwrap();
+    let rx = monitor.subscribe();
+    events_until(&rx, "initial sync", |e| {
+        matches!(e, MonitorEvent::Synced { .. })
+    });
+    proxy.freeze(true);
+    let ev = events_until(&rx, "disconnect", |e| {
+        matches!(e, MonitorEvent::Disconnected { .. })
+    });
+    match ev.last() {
+        Some(MonitorEvent::Disconnected { reason }) => {
+            assert!(
+                reason.contains("echo"),
+                "the probe must be what noticed: {reason}"
+            )
+        }
+        other => panic!("expected a disconnect, got {other:?}"),
+    }
+    proxy.freeze(false);
+    events_until(&rx, "resync", |e| matches!(e, MonitorEvent::Synced { .. }));
+    // At least two sessions: a slow machine may add spurious probe failures.
+    assert!(monitor.status().sessions >= 2);
+}

@@ -258,6 +258,7 @@ pub struct Proxy {
 struct ProxyShared {
     upstream: PathBuf,
     cut: AtomicBool,
+    frozen: Arc<AtomicBool>,
     stopping: AtomicBool,
     live: Mutex<Vec<UnixStream>>,
 }
@@ -271,6 +272,7 @@ impl Proxy {
         let shared = Arc::new(ProxyShared {
             upstream,
             cut: AtomicBool::new(false),
+            frozen: Arc::new(AtomicBool::new(false)),
             stopping: AtomicBool::new(false),
             live: Mutex::new(Vec::new()),
         });
@@ -303,11 +305,13 @@ impl Proxy {
                 }
                 for pair in pairs {
                     if let (Ok(mut from), Ok(mut to)) = pair {
+                        let frozen = Arc::clone(&sh.frozen);
                         std::thread::spawn(move || {
                             let mut buf = [0u8; 16384];
                             loop {
                                 match from.read(&mut buf) {
                                     Ok(0) | Err(_) => break,
+                                    Ok(_) if frozen.load(Ordering::SeqCst) => {}
                                     Ok(n) => {
                                         if to.write_all(&buf[..n]).is_err() {
                                             break;
@@ -346,6 +350,12 @@ impl Proxy {
     /// Accept and forward connections again.
     pub fn restore(&self) {
         self.shared.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Keep connections open but silently drop everything sent either way,
+    /// like a peer that vanished without closing (or thaw with `false`).
+    pub fn freeze(&self, frozen: bool) {
+        self.shared.frozen.store(frozen, Ordering::SeqCst);
     }
 }
 
