@@ -62,6 +62,13 @@ drop_reasons! {
     ControllerLimit => "controller_limit", "packet-in rate limit or queue full";
     /// A packet whose headers could not be parsed for a field the program needs.
     Malformed => "malformed", "malformed packet headers";
+    /// A `ct(...)` action ran but no conntrack implementation is installed.
+    CtUnsupported => "ct_unsupported", "ct action not supported by this datapath build";
+    /// A tunnel push/pop action ran but no tunnel implementation is installed.
+    TunnelUnsupported => "tunnel_unsupported", "tunnel push/pop not supported by this datapath build";
+    /// Too many recirculations (ct(table=...), tnl_pop) for one packet, or a
+    /// recirculation requested inside a group `all` bucket copy.
+    RecircLimit => "recirc_limit", "too many recirculations for one packet";
 }
 
 #[cfg(test)]

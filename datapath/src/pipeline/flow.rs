@@ -1,1 +1,721 @@
-//! The flow-table pipeline.
+//! The flow-table pipeline: every packet through the classifier cascade
+//! and its datapath actions.
+//!
+//! Per packet: one [`extract`] into a [`FlowKey`], then the EMC, then the
+//! megaflow cache, then (on a miss) the slow path, which installs the
+//! megaflow and the EMC entry; then the cached [`DpAction`]s run on the
+//! packet. Every drop is counted under a [`DropReason`]; per-tier hits are
+//! in [`FlowPipelineStats`], shared with the control socket
+//! (`pmd-stats-show`).
+//!
+//! Program updates: at the start of each burst and in `maintain`, the
+//! pipeline compares the published generation of its [`FlowTables`] with
+//! the one its caches were built from; on a change it takes the new program
+//! and flushes the EMC and megaflow cache (simple and exact: no cached
+//! answer from an old program survives). No lock is taken and no packet is
+//! lost.
+//!
+//! Extension points: `ct(...)` and tunnel push/pop call an [`ActionHooks`]
+//! implementation; [`NoHooks`] (the default) drops those packets under
+//! `ct_unsupported` / `tunnel_unsupported`. `ct(table=N)` and `tnl_pop`
+//! recirculate: the packet is classified again with `recirc_id` set (at
+//! most [`MAX_RECIRC`] times).
+//!
+//! Steady state allocates nothing: keys live on the stack, cached actions
+//! are shared `Arc`s, and outputs go to the reusable [`Output`] queues
+//! (copies for multi-output actions come from [`PacketBuf::try_clone`]).
+//!
+//! Thread-safety: one instance per PMD thread (`Send`); the stats `Arc` is
+//! read by other threads.
+
+use std::sync::Arc;
+
+use crate::classifier::emc::{Emc, EMC_ENTRIES};
+use crate::classifier::megaflow::{MegaflowCache, MegaflowStats, MEGAFLOW_CAPACITY};
+use crate::classifier::slowpath::{translate, Xlate};
+use crate::classifier::TierStats;
+use crate::drop::DropReason;
+use crate::flow::action::{rewrite, CtAction, DpAction};
+use crate::flow::key::{extract_with_layout, Field, FlowKey, Layout};
+use crate::flow::program::FlowProgram;
+use crate::flow::tables::FlowTables;
+use crate::packet::{Burst, Output, PacketBuf, PortNo};
+use crate::pipeline::l2::{flood, MacTable};
+use crate::pipeline::{Nanos, Pipeline};
+use crate::stats::Counter;
+
+/// Maximum recirculations per packet.
+pub const MAX_RECIRC: usize = 4;
+
+/// How often `maintain` re-sorts megaflow subtables and ages MAC entries.
+const HOUSEKEEPING_NS: u64 = 1_000_000_000;
+
+/// What `ct(...)` and tunnel actions do; filled in by the conntrack and
+/// tunnel features. Each hook either succeeds (having updated the packet
+/// and key) or returns the reason to drop the packet.
+pub trait ActionHooks<B: PacketBuf>: Send {
+    /// Runs connection tracking; on success sets `ct_state`/`ct_zone`/
+    /// `ct_mark` in `key` (and applies NAT to `pkt`).
+    fn conntrack(&mut self, now: Nanos, ct: &CtAction, pkt: &mut B, key: &mut FlowKey) -> Result<(), DropReason>;
+    /// Encapsulates `pkt` using the key's `tun_*` fields.
+    fn tunnel_push(&mut self, now: Nanos, pkt: &mut B, key: &FlowKey) -> Result<(), DropReason>;
+    /// Decapsulates `pkt`, writing the outer header's fields into `key`'s
+    /// `tun_*` fields.
+    fn tunnel_pop(&mut self, now: Nanos, pkt: &mut B, key: &mut FlowKey) -> Result<(), DropReason>;
+}
+
+/// Hooks for a datapath without conntrack or tunnels: every such action
+/// drops the packet with a reason that says so.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoHooks;
+
+impl<B: PacketBuf> ActionHooks<B> for NoHooks {
+    fn conntrack(&mut self, _: Nanos, _: &CtAction, _: &mut B, _: &mut FlowKey) -> Result<(), DropReason> {
+        Err(DropReason::CtUnsupported)
+    }
+    fn tunnel_push(&mut self, _: Nanos, _: &mut B, _: &FlowKey) -> Result<(), DropReason> {
+        Err(DropReason::TunnelUnsupported)
+    }
+    fn tunnel_pop(&mut self, _: Nanos, _: &mut B, _: &mut FlowKey) -> Result<(), DropReason> {
+        Err(DropReason::TunnelUnsupported)
+    }
+}
+
+/// Sizes and limits of one flow pipeline.
+#[derive(Debug, Clone)]
+pub struct FlowPipelineConfig {
+    /// Ports `normal` floods to.
+    pub ports: Vec<PortNo>,
+    /// EMC slots.
+    pub emc_entries: usize,
+    /// Megaflow cache capacity.
+    pub megaflow_capacity: usize,
+    /// MAC table capacity for `normal`.
+    pub mac_capacity: usize,
+    /// MAC aging for `normal`.
+    pub mac_aging_ns: u64,
+    /// Packet-in rate to the controller queue, packets per second.
+    pub controller_rate: u64,
+    /// Packet-in burst allowance.
+    pub controller_burst: u64,
+}
+
+impl Default for FlowPipelineConfig {
+    fn default() -> Self {
+        FlowPipelineConfig {
+            ports: Vec::new(),
+            emc_entries: EMC_ENTRIES,
+            megaflow_capacity: MEGAFLOW_CAPACITY,
+            mac_capacity: 8192,
+            mac_aging_ns: 300_000_000_000,
+            controller_rate: 1000,
+            controller_burst: 100,
+        }
+    }
+}
+
+/// Per-PMD counters of the flow pipeline, shared with the control socket.
+#[derive(Debug)]
+pub struct FlowPipelineStats {
+    /// Packets received.
+    pub packets: Counter,
+    /// EMC hits/misses.
+    pub emc: Arc<TierStats>,
+    /// Megaflow hits/misses and installs.
+    pub megaflow: Arc<MegaflowStats>,
+    /// Slow-path translations (megaflow misses).
+    pub upcalls: Counter,
+    /// Times a new program was picked up (caches flushed).
+    pub reloads: Counter,
+    /// Recirculations (ct(table=), tnl_pop).
+    pub recirculations: Counter,
+    /// Packets sent to the controller queue.
+    pub packet_ins: Counter,
+}
+
+impl FlowPipelineStats {
+    /// `pmd-stats-show` lines for this PMD.
+    pub fn show(&self) -> String {
+        let mf = &self.megaflow;
+        let hits = mf.tier.hit.get();
+        let avg = if hits + mf.tier.miss.get() == 0 {
+            0.0
+        } else {
+            mf.probes.get() as f64 / (hits + mf.tier.miss.get()) as f64
+        };
+        format!(
+            "  packets received: {}\n  emc hits: {}\n  megaflow hits: {}\n  avg. subtable lookups per megaflow lookup: {avg:.2}\n  miss with success upcall: {}\n  megaflows installed: {}\n  megaflow cache full flushes: {}\n  program reloads: {}\n  recirculations: {}\n  packet-ins: {}\n",
+            self.packets.get(),
+            self.emc.hit.get(),
+            hits,
+            self.upcalls.get(),
+            mf.installed.get(),
+            mf.flushes_full.get(),
+            self.reloads.get(),
+            self.recirculations.get(),
+            self.packet_ins.get(),
+        )
+    }
+}
+
+/// A token bucket over the caller's clock (packet-in rate limit).
+#[derive(Debug, Clone)]
+struct TokenBucket {
+    rate: u64,
+    /// Capacity in nano-tokens (tokens × 1e9).
+    cap: u128,
+    /// Available nano-tokens.
+    level: u128,
+    last: Nanos,
+}
+
+impl TokenBucket {
+    const ONE: u128 = 1_000_000_000;
+
+    fn new(rate: u64, burst: u64) -> Self {
+        let cap = u128::from(burst.max(1)) * Self::ONE;
+        TokenBucket {
+            rate,
+            cap,
+            level: cap,
+            last: 0,
+        }
+    }
+
+    fn take(&mut self, now: Nanos) -> bool {
+        let elapsed = now.saturating_sub(self.last);
+        self.last = self.last.max(now);
+        self.level = (self.level + u128::from(elapsed) * u128::from(self.rate)).min(self.cap);
+        if self.level >= Self::ONE {
+            self.level -= Self::ONE;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The parts of the pipeline that action execution needs.
+struct Exec<'a, H> {
+    now: Nanos,
+    mac: &'a mut MacTable,
+    hooks: &'a mut H,
+    ports: &'a [PortNo],
+    bucket: &'a mut TokenBucket,
+    stats: &'a FlowPipelineStats,
+}
+
+/// How an action list ended.
+enum Outcome<B> {
+    /// The packet was sent, dropped or freed.
+    Done {
+        /// At least one copy was sent somewhere.
+        sent: bool,
+    },
+    /// Classify the (possibly rewritten) packet again.
+    Recirculate {
+        pkt: B,
+        /// The frame changed shape (decapsulation): extract again.
+        reparse: bool,
+        /// Copies already sent.
+        sent: bool,
+    },
+}
+
+impl<H> Exec<'_, H> {
+    fn run<B: PacketBuf>(
+        &mut self,
+        actions: &[DpAction],
+        pkt: B,
+        key: &mut FlowKey,
+        layout: Layout,
+        out: &mut Output<B>,
+    ) -> Outcome<B>
+    where
+        H: ActionHooks<B>,
+    {
+        let mut pkt = Some(pkt);
+        let mut sent = false;
+        let n = actions.len();
+        let final_drop = matches!(actions.last(), Some(DpAction::Drop(_)));
+        for (i, a) in actions.iter().enumerate() {
+            let Some(p) = pkt.as_mut() else { break };
+            // The last packet-consuming action moves the packet; earlier
+            // ones send copies.
+            let last = i + 1 == n || (final_drop && i + 2 == n);
+            macro_rules! take_or_copy {
+                () => {
+                    if last {
+                        pkt.take()
+                    } else {
+                        match p.try_clone() {
+                            Some(c) => Some(c),
+                            None => {
+                                out.drops.inc(DropReason::NoBuffer);
+                                None
+                            }
+                        }
+                    }
+                };
+            }
+            match a {
+                DpAction::Output(port) => {
+                    let port = if *port == PortNo::IN_PORT { key.in_port() } else { *port };
+                    if let Some(c) = take_or_copy!() {
+                        out.send(port, c);
+                        sent = true;
+                    }
+                }
+                DpAction::Controller { max_len } => {
+                    if !self.bucket.take(self.now) {
+                        out.drops.inc(DropReason::ControllerLimit);
+                        if last {
+                            pkt = None;
+                        }
+                        continue;
+                    }
+                    if let Some(mut c) = take_or_copy!() {
+                        let len = c.len();
+                        let keep = usize::from(*max_len);
+                        if keep != 0 && keep < len {
+                            c.trim(len - keep);
+                        }
+                        out.controller.push(c);
+                        self.stats.packet_ins.inc();
+                        sent = true;
+                    }
+                }
+                DpAction::Normal => {
+                    if let Some(c) = take_or_copy!() {
+                        sent |= self.normal(c, key, out);
+                    }
+                }
+                DpAction::Set { field, value, mask } => {
+                    if let Err(r) = rewrite(p.data_mut(), layout, key, *field, *value, *mask) {
+                        if let Some(p) = pkt.take() {
+                            out.drop(r, p);
+                        }
+                        return Outcome::Done { sent };
+                    }
+                    key.set_masked(*field, *value, *mask);
+                }
+                DpAction::Ct(ct) => {
+                    if let Err(r) = self.hooks.conntrack(self.now, ct, p, key) {
+                        if let Some(p) = pkt.take() {
+                            out.drop(r, p);
+                        }
+                        return Outcome::Done { sent };
+                    }
+                    if let Some(t) = ct.table {
+                        key.set(Field::RecircId, u128::from(t) + 1);
+                        if let Some(pkt) = pkt.take() {
+                            return Outcome::Recirculate { pkt, reparse: false, sent };
+                        }
+                    }
+                }
+                DpAction::TunnelPush => {
+                    if let Err(r) = self.hooks.tunnel_push(self.now, p, key) {
+                        if let Some(p) = pkt.take() {
+                            out.drop(r, p);
+                        }
+                        return Outcome::Done { sent };
+                    }
+                }
+                DpAction::TunnelPop => {
+                    if let Err(r) = self.hooks.tunnel_pop(self.now, p, key) {
+                        if let Some(p) = pkt.take() {
+                            out.drop(r, p);
+                        }
+                        return Outcome::Done { sent };
+                    }
+                    if let Some(pkt) = pkt.take() {
+                        return Outcome::Recirculate { pkt, reparse: true, sent };
+                    }
+                }
+                DpAction::Clone(inner) => {
+                    let Some(copy) = p.try_clone() else {
+                        out.drops.inc(DropReason::NoBuffer);
+                        continue;
+                    };
+                    let mut k2 = *key;
+                    match self.run(inner, copy, &mut k2, layout, out) {
+                        Outcome::Done { sent: s } => sent |= s,
+                        Outcome::Recirculate { pkt: c, sent: s, .. } => {
+                            sent |= s;
+                            out.drop(DropReason::RecircLimit, c);
+                        }
+                    }
+                }
+                DpAction::Drop(reason) => {
+                    if let Some(p) = pkt.take() {
+                        if sent {
+                            drop(p);
+                        } else {
+                            out.drop(*reason, p);
+                        }
+                    }
+                    return Outcome::Done { sent };
+                }
+            }
+        }
+        if let Some(p) = pkt {
+            if sent {
+                drop(p);
+            } else {
+                out.drop(DropReason::FlowDrop, p);
+            }
+        }
+        Outcome::Done { sent }
+    }
+
+    /// The `normal` action: learn the source, forward to the learned port
+    /// or flood. Returns true when the packet was sent.
+    fn normal<B: PacketBuf>(&mut self, pkt: B, key: &FlowKey, out: &mut Output<B>) -> bool {
+        let mac = |f: Field| {
+            let b = (key.get(f) as u64).to_be_bytes();
+            [b[2], b[3], b[4], b[5], b[6], b[7]]
+        };
+        let (src, dst) = (mac(Field::DlSrc), mac(Field::DlDst));
+        let vlan = (key.get(Field::VlanTci) as u16) & 0x0fff;
+        let in_port = key.in_port();
+        if src[0] & 1 != 0 {
+            out.drop(DropReason::L2SrcMulticast, pkt);
+            return false;
+        }
+        self.mac.learn(src, vlan, in_port, self.now);
+        if dst[0] & 1 == 0 {
+            if let Some(port) = self.mac.lookup(dst, vlan, self.now) {
+                if port == in_port {
+                    out.drop(DropReason::L2SamePort, pkt);
+                    return false;
+                }
+                out.send(port, pkt);
+                return true;
+            }
+        }
+        if self.ports.iter().all(|&p| p == in_port) {
+            out.drop(DropReason::L2FloodNoPort, pkt);
+            return false;
+        }
+        flood(self.ports, in_port, pkt, out);
+        true
+    }
+}
+
+/// The flow-table pipeline of one PMD.
+pub struct FlowPipeline<H = NoHooks> {
+    tables: FlowTables,
+    program: Arc<FlowProgram>,
+    generation: u64,
+    emc: Emc,
+    megaflow: MegaflowCache,
+    mac: MacTable,
+    hooks: H,
+    ports: Vec<PortNo>,
+    bucket: TokenBucket,
+    stats: Arc<FlowPipelineStats>,
+    last_housekeeping: Nanos,
+}
+
+impl<H> std::fmt::Debug for FlowPipeline<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowPipeline")
+            .field("generation", &self.generation)
+            .field("megaflows", &self.megaflow.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FlowPipeline<NoHooks> {
+    /// A pipeline over `tables` without conntrack or tunnel support.
+    pub fn new(tables: FlowTables, config: FlowPipelineConfig) -> Self {
+        Self::with_hooks(tables, config, NoHooks)
+    }
+}
+
+impl<H> FlowPipeline<H> {
+    /// A pipeline over `tables` whose ct/tunnel actions call `hooks`.
+    pub fn with_hooks(tables: FlowTables, config: FlowPipelineConfig, hooks: H) -> Self {
+        let program = tables.program();
+        let emc = Emc::new(config.emc_entries);
+        let megaflow = MegaflowCache::new(config.megaflow_capacity);
+        let stats = Arc::new(FlowPipelineStats {
+            packets: Counter::default(),
+            emc: emc.stats(),
+            megaflow: megaflow.stats(),
+            upcalls: Counter::default(),
+            reloads: Counter::default(),
+            recirculations: Counter::default(),
+            packet_ins: Counter::default(),
+        });
+        FlowPipeline {
+            generation: program.generation,
+            program,
+            tables,
+            emc,
+            megaflow,
+            mac: MacTable::new(config.mac_capacity, config.mac_aging_ns),
+            hooks,
+            ports: config.ports,
+            bucket: TokenBucket::new(config.controller_rate, config.controller_burst),
+            stats,
+            last_housekeeping: 0,
+        }
+    }
+
+    /// This PMD's counters.
+    pub fn stats(&self) -> Arc<FlowPipelineStats> {
+        self.stats.clone()
+    }
+
+    /// Number of megaflows cached.
+    pub fn megaflow_count(&self) -> usize {
+        self.megaflow.len()
+    }
+
+    /// Number of distinct megaflow masks.
+    pub fn megaflow_masks(&self) -> usize {
+        self.megaflow.n_masks()
+    }
+
+    /// Picks up a newly published program, flushing the caches.
+    #[inline]
+    fn check_program(&mut self) {
+        if self.tables.generation() != self.generation {
+            self.program = self.tables.program();
+            self.generation = self.program.generation;
+            self.emc.flush();
+            self.megaflow.flush();
+            self.stats.reloads.inc();
+        }
+    }
+
+    /// Looks `key` up through EMC → megaflow → slow path.
+    #[inline]
+    fn classify(&mut self, key: &FlowKey) -> Arc<Xlate> {
+        let hash = key.hash();
+        if let Some(x) = self.emc.lookup(key, hash) {
+            return x.clone();
+        }
+        if let Some(x) = self.megaflow.lookup(key) {
+            let x = x.clone();
+            self.emc.insert(key, hash, x.clone());
+            return x;
+        }
+        self.stats.upcalls.inc();
+        let t = translate(&self.program, key, None);
+        self.megaflow.insert(key, &t.mask, t.xlate.clone());
+        self.emc.insert(key, hash, t.xlate.clone());
+        t.xlate
+    }
+
+    /// Classifies and executes one packet, recirculating as asked.
+    fn one_packet<B: PacketBuf>(&mut self, now: Nanos, in_port: PortNo, pkt: B, out: &mut Output<B>)
+    where
+        H: ActionHooks<B>,
+    {
+        if pkt.len() < 14 {
+            out.drop(DropReason::RxTooShort, pkt);
+            return;
+        }
+        let (mut key, mut layout) = extract_with_layout(pkt.data(), in_port);
+        let mut pkt = pkt;
+        for pass in 0..=MAX_RECIRC {
+            let xlate = self.classify(&key);
+            let bytes = pkt.len() as u64;
+            for r in xlate.rules.iter() {
+                r.hit(1, bytes, now);
+            }
+            let mut exec = Exec {
+                now,
+                mac: &mut self.mac,
+                hooks: &mut self.hooks,
+                ports: &self.ports,
+                bucket: &mut self.bucket,
+                stats: &self.stats,
+            };
+            match exec.run(&xlate.actions, pkt, &mut key, layout, out) {
+                Outcome::Done { .. } => return,
+                Outcome::Recirculate { pkt: p, reparse, .. } => {
+                    if pass == MAX_RECIRC {
+                        out.drop(DropReason::RecircLimit, p);
+                        return;
+                    }
+                    self.stats.recirculations.inc();
+                    if reparse {
+                        let meta = key;
+                        let (k, l) = extract_with_layout(p.data(), meta.in_port());
+                        key = k;
+                        layout = l;
+                        for f in [
+                            Field::TunId,
+                            Field::TunSrc,
+                            Field::TunDst,
+                            Field::TunGnvClass,
+                            Field::TunGnvType,
+                            Field::TunMetadata0,
+                            Field::Metadata,
+                        ] {
+                            key.set(f, meta.get(f));
+                        }
+                    }
+                    pkt = p;
+                }
+            }
+        }
+    }
+}
+
+impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
+    fn process(&mut self, now: Nanos, burst: &mut Burst<B>, out: &mut Output<B>) {
+        self.check_program();
+        let in_port = burst.in_port;
+        for pkt in burst.pkts.drain(..) {
+            self.stats.packets.inc();
+            self.one_packet(now, in_port, pkt, out);
+        }
+    }
+
+    fn maintain(&mut self, now: Nanos, _out: &mut Output<B>) {
+        self.check_program();
+        if now.saturating_sub(self.last_housekeeping) >= HOUSEKEEPING_NS {
+            self.last_housekeeping = now;
+            self.megaflow.sort_subtables();
+            self.mac.expire(now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::key::testpkt::{arp_request, l4_checksum, tcp4};
+    use crate::flow::action::checksum;
+    use crate::packet::HeapBuf;
+
+    fn pipeline(flows: &str) -> (FlowTables, FlowPipeline) {
+        let t = FlowTables::new();
+        t.add_flows(flows, 0).expect("flows");
+        let p = FlowPipeline::new(
+            t.clone(),
+            FlowPipelineConfig {
+                ports: (1..=4).map(PortNo).collect(),
+                controller_rate: 10,
+                controller_burst: 2,
+                ..FlowPipelineConfig::default()
+            },
+        );
+        (t, p)
+    }
+
+    fn run(p: &mut FlowPipeline, now: Nanos, in_port: u16, frames: &[Vec<u8>]) -> Output<HeapBuf> {
+        let mut out = Output::new(8);
+        let mut burst = Burst::new(PortNo(in_port));
+        burst.pkts.extend(frames.iter().map(|f| HeapBuf::from_frame(f)));
+        p.process(now, &mut burst, &mut out);
+        assert!(burst.pkts.is_empty());
+        out
+    }
+
+    #[test]
+    fn cascade_tiers_count_and_rules_count() {
+        let (t, mut p) = pipeline("priority=10,tcp,nw_dst=10.0.0.0/24 actions=mod_nw_dst:10.0.1.1,dec_ttl,output:2\npriority=0 actions=drop");
+        let f = tcp4([10, 0, 0, 1], [10, 0, 0, 9], 1000, 80, 64);
+        let g = tcp4([10, 0, 0, 2], [10, 0, 0, 9], 1000, 80, 64);
+        let mut out = run(&mut p, 0, 1, &[f.clone(), f.clone(), g.clone()]);
+        let s = p.stats();
+        assert_eq!(s.upcalls.get(), 1, "g shares f's megaflow (nw_src is wildcarded)");
+        assert_eq!(s.megaflow.tier.hit.get(), 1);
+        assert_eq!(s.emc.hit.get(), 1);
+        let sent = out.take(PortNo(2));
+        assert_eq!(sent.len(), 3);
+        let d = sent[0].data();
+        assert_eq!(&d[30..34], &[10, 0, 1, 1]);
+        assert_eq!(d[22], 63);
+        assert_eq!(checksum(&d[14..34]), 0, "IP checksum still valid");
+        assert_eq!(u16::from_be_bytes([d[50], d[51]]), l4_checksum(d, 6), "TCP checksum still valid");
+        let dump = t.dump_flows("", 0).expect("dump");
+        assert!(dump.contains("n_packets=3, n_bytes=162"), "{dump}");
+        let out = run(&mut p, 0, 1, &[arp_request([1, 1, 1, 1], [2, 2, 2, 2])]);
+        assert_eq!(out.drops.get(DropReason::FlowDrop), 1);
+        assert!(s.show().contains("megaflow hits: 1"));
+    }
+
+    #[test]
+    fn program_update_is_picked_up_between_bursts() {
+        let (t, mut p) = pipeline("priority=1,ip actions=output:1");
+        let f = tcp4([1, 1, 1, 1], [2, 2, 2, 2], 1, 2, 64);
+        let mut out = run(&mut p, 0, 3, &[f.clone()]);
+        assert_eq!(out.take(PortNo(1)).len(), 1);
+        t.replace_flows("priority=1,ip actions=output:4", 1).expect("replace");
+        let mut out = run(&mut p, 1, 3, &[f.clone()]);
+        assert_eq!(out.take(PortNo(4)).len(), 1, "the cached answer of the old program is gone");
+        assert_eq!(p.stats().reloads.get(), 1);
+        t.del_flows("", false, 2).expect("delete");
+        let out = run(&mut p, 2, 3, &[f]);
+        assert_eq!(out.drops.get(DropReason::TableMiss), 1);
+    }
+
+    #[test]
+    fn normal_learns_then_forwards() {
+        let (_t, mut p) = pipeline("priority=0 actions=NORMAL");
+        let mut a_to_b = tcp4([1, 1, 1, 1], [2, 2, 2, 2], 1, 2, 64);
+        a_to_b[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 0xb]);
+        a_to_b[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xa]);
+        let mut b_to_a = a_to_b.clone();
+        b_to_a[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 0xa]);
+        b_to_a[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xb]);
+        let mut out = run(&mut p, 0, 1, &[a_to_b.clone()]);
+        for port in 2..=4 {
+            assert_eq!(out.take(PortNo(port)).len(), 1, "flooded to {port}");
+        }
+        assert!(out.take(PortNo(1)).is_empty(), "not back to the ingress port");
+        let mut out = run(&mut p, 1, 3, &[b_to_a]);
+        assert_eq!(out.take(PortNo(1)).len(), 1, "a was learned on port 1");
+        assert!(out.take(PortNo(2)).is_empty());
+        let out = run(&mut p, 2, 1, &[{
+            let mut f = a_to_b.clone();
+            f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 0xa]);
+            f
+        }]);
+        assert_eq!(out.drops.get(DropReason::L2SamePort), 1);
+    }
+
+    #[test]
+    fn controller_is_rate_limited_on_the_fake_clock() {
+        let (_t, mut p) = pipeline("priority=0 actions=controller:20");
+        let f = tcp4([1, 1, 1, 1], [2, 2, 2, 2], 1, 2, 64);
+        let frames = vec![f.clone(); 5];
+        let out = run(&mut p, 0, 1, &frames);
+        assert_eq!(out.controller.len(), 2, "burst of 2");
+        assert!(out.controller.iter().all(|b| b.len() == 20), "truncated to max_len");
+        assert_eq!(out.drops.get(DropReason::ControllerLimit), 3);
+        // 10 pps: one token per 100 ms.
+        let out = run(&mut p, 100_000_000, 1, &frames);
+        assert_eq!(out.controller.len(), 1);
+    }
+
+    #[test]
+    fn hooks_unsupported_and_group_all_copies() {
+        let (_t, mut p) = pipeline(
+            "group_id=1,type=all,bucket=mod_tp_dst:99,output:1,bucket=output:2\npriority=2,udp actions=ct(commit,table=1)\npriority=1,tcp actions=group:1",
+        );
+        let udp = crate::flow::key::testpkt::udp4([1, 1, 1, 1], [2, 2, 2, 2], 1, 2);
+        let out = run(&mut p, 0, 3, &[udp]);
+        assert_eq!(out.drops.get(DropReason::CtUnsupported), 1);
+        let mut out = run(&mut p, 0, 3, &[tcp4([1, 1, 1, 1], [2, 2, 2, 2], 1, 2, 64)]);
+        let one = out.take(PortNo(1));
+        let two = out.take(PortNo(2));
+        assert_eq!((one.len(), two.len()), (1, 1));
+        assert_eq!(u16::from_be_bytes([one[0].data()[36], one[0].data()[37]]), 99);
+        assert_eq!(u16::from_be_bytes([two[0].data()[36], two[0].data()[37]]), 2, "copies are independent");
+        assert_eq!(out.drops.total(), 0);
+    }
+
+    #[test]
+    fn runt_frames_are_counted() {
+        let (_t, mut p) = pipeline("priority=0 actions=output:1");
+        let out = run(&mut p, 0, 1, &[vec![1, 2, 3]]);
+        assert_eq!(out.drops.get(DropReason::RxTooShort), 1);
+    }
+}
