@@ -14,7 +14,8 @@
 //!   connection;
 //! - [`client`]: `list_dbs`, `get_schema`, `transact`, locks;
 //! - [`replica`] and [`monitor`]: `monitor_cond_since` with resume, update
-//!   application and automatic reconnect.
+//!   application and automatic reconnect;
+//! - [`node`]: typed rows of the Sluice node schema ([`TableRow`]).
 //!
 //! ```no_run
 //! use nestdb_client::{row, Client, Datum, Monitor, MonitorConfig, MonitorEvent, Transaction};
@@ -44,6 +45,7 @@ pub mod datum;
 pub mod error;
 pub mod jsonrpc;
 pub mod monitor;
+pub mod node;
 pub mod replica;
 pub mod schema;
 pub mod transaction;
@@ -56,6 +58,7 @@ pub use monitor::{
     Backoff, BackoffConfig, Monitor, MonitorConfig, MonitorEvent, MonitorMethod, MonitorStatus,
     TableMonitor,
 };
+pub use node::TableRow;
 pub use replica::{ChangeKind, Replica, RowChange};
 pub use schema::{AtomicType, BaseType, ColumnSchema, ColumnType, RefType, Schema, TableSchema};
 pub use transaction::{

@@ -138,6 +138,16 @@ impl Replica {
             .map(|(u, r)| (*u, r))
     }
 
+    /// The rows of `T`'s table as typed values; a row that does not convert
+    /// yields its error (naming the column) instead of being skipped.
+    pub fn typed<T: crate::node::TableRow>(&self) -> impl Iterator<Item = (Uuid, Result<T>)> + '_ {
+        self.tables
+            .get(T::TABLE)
+            .into_iter()
+            .flatten()
+            .map(|(u, r)| (*u, T::from_row(r)))
+    }
+
     fn table_schema(&self, table: &str) -> Result<(&TableSchema, &[String])> {
         let schema = self
             .schema

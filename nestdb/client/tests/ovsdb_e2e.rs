@@ -783,3 +783,132 @@ fn echo_probe_detects_a_silent_peer_and_reconnects() {
     // At least two sessions: a slow machine may add spurious probe failures.
     assert!(monitor.status().sessions >= 2);
 }
+
+#[test]
+fn typed_node_rows_round_trip_through_the_server() {
+    use nestdb_client::node::{
+        Endpoint, NodeConfig, NodeType, Protocol, Service, ServicePort, ServiceType,
+        SessionAffinity, TrafficPolicy,
+    };
+    use nestdb_client::TableRow;
+    use std::collections::BTreeSet;
+
+    let server = TestServer::start(Mode::Standalone);
+    let c = Client::connect(&server.remote()).unwrap();
+    let monitor = Monitor::start(fast_monitor(
+        &server.remote(),
+        &["Node_Config", "Service", "Service_Port", "Endpoint"],
+        MonitorMethod::CondSince,
+    ))
+    .unwrap();
+    let node = NodeConfig {
+        node_name: "node-a".into(),
+        node_type: NodeType::Baremetal,
+        uplink_port: "0000:3b:00.0".into(),
+        ovs_bridge: None,
+        vtep_ip: "192.0.2.10".parse().unwrap(),
+        pod_cidrs: BTreeSet::from(["10.244.1.0/24".into()]),
+        node_ips: BTreeSet::from([
+            "192.0.2.10".parse().unwrap(),
+            "2001:db8::10".parse().unwrap(),
+        ]),
+        nodeport_min: 30000,
+        nodeport_max: 32767,
+        mtu: 9000,
+        external_ids: BTreeMap::new(),
+    };
+    let port = ServicePort {
+        name: Some("dns".into()),
+        protocol: Protocol::Udp,
+        port: 53,
+        target_port: 5353,
+        node_port: None,
+    };
+    let mut svc = Service {
+        name: "dns".into(),
+        namespace: "kube-system".into(),
+        service_type: ServiceType::ClusterIp,
+        cluster_ips: BTreeSet::from(["10.96.0.10".parse().unwrap()]),
+        external_ips: BTreeSet::new(),
+        load_balancer_ips: BTreeSet::new(),
+        ports: BTreeSet::new(),
+        session_affinity: SessionAffinity::None,
+        affinity_timeout: None,
+        internal_traffic_policy: TrafficPolicy::Cluster,
+        external_traffic_policy: TrafficPolicy::Cluster,
+        external_ids: BTreeMap::from([("k8s-uid".into(), "42".into())]),
+    };
+    let mut svc_row = svc.to_row();
+    svc_row.insert("ports".into(), Datum::named_uuid("p"));
+    let mut ep = Endpoint {
+        service: None,
+        ip: "10.244.1.7".parse().unwrap(),
+        ports: BTreeMap::from([("dns".into(), 5353)]),
+        ready: true,
+        serving: true,
+        terminating: false,
+        node_name: Some("node-a".into()),
+        is_local: true,
+        zone_hints: BTreeSet::new(),
+        external_ids: BTreeMap::new(),
+    };
+    let mut ep_row = ep.to_row();
+    ep_row.insert("service".into(), Datum::named_uuid("s"));
+    let txn = Transaction::new(DB)
+        .insert(NodeConfig::TABLE, node.to_row())
+        .insert(ServicePort::TABLE, port.to_row())
+        .named("p")
+        .insert(Service::TABLE, svc_row)
+        .named("s")
+        .insert(Endpoint::TABLE, ep_row);
+    let out = c.transact(&txn).unwrap();
+    svc.ports.insert(out.uuid_of("p").unwrap());
+    ep.service = out.uuid_of("s");
+
+    monitor
+        .wait_until(WAIT, |r, _| r.len("Endpoint") == 1 && r.len("Service") == 1)
+        .expect("the rows reach the replica");
+    let replica = monitor.snapshot();
+    let typed = |t: &str| replica.table(t).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(typed("Service_Port"), 1);
+    let got: Vec<NodeConfig> = replica
+        .typed::<NodeConfig>()
+        .map(|(_, r)| r.unwrap())
+        .collect();
+    assert_eq!(got, vec![node.clone()]);
+    let got: Vec<Service> = replica
+        .typed::<Service>()
+        .map(|(_, r)| r.unwrap())
+        .collect();
+    assert_eq!(got, vec![svc]);
+    let got: Vec<ServicePort> = replica
+        .typed::<ServicePort>()
+        .map(|(_, r)| r.unwrap())
+        .collect();
+    assert_eq!(got, vec![port.clone()]);
+    let got: Vec<Endpoint> = replica
+        .typed::<Endpoint>()
+        .map(|(_, r)| r.unwrap())
+        .collect();
+    assert_eq!(got, vec![ep.clone()]);
+
+    // Node_Config holds at most one row.
+    match c.transact(&Transaction::new(DB).insert(NodeConfig::TABLE, node.to_row())) {
+        Err(Error::Transaction { error, .. }) => assert_eq!(error.error, "constraint violation"),
+        other => panic!("a second Node_Config must be refused, got {other:?}"),
+    }
+    // A Service_Port nobody references is not kept (non-root table).
+    c.transact(&Transaction::new(DB).insert(ServicePort::TABLE, port.to_row()))
+        .unwrap();
+    assert_eq!(server_rows(&c, ServicePort::TABLE).len(), 1);
+    // Deleting the service clears the endpoint's weak reference.
+    c.transact(&Transaction::new(DB).delete(Service::TABLE, vec![]))
+        .unwrap();
+    monitor
+        .wait_until(WAIT, |r, _| {
+            r.len("Service") == 0
+                && r.typed::<Endpoint>()
+                    .all(|(_, e)| e.is_ok_and(|e| e.service.is_none()))
+        })
+        .expect("the weak reference is cleared");
+}
