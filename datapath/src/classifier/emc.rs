@@ -139,7 +139,10 @@ mod tests {
         }
         assert!(emc.len() <= 4, "fixed size");
         let k = key(99);
-        assert!(emc.lookup(&k, k.hash()).is_some(), "latest insert is present");
+        assert!(
+            emc.lookup(&k, k.hash()).is_some(),
+            "latest insert is present"
+        );
         emc.flush();
         assert!(emc.is_empty());
         assert_eq!(emc.stats().hit.get(), 2);

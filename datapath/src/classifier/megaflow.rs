@@ -129,8 +129,15 @@ impl MegaflowCache {
         match st.table.find_mut(hash, |e| e.masked == masked) {
             Some(e) => e.xlate = xlate,
             None => {
-                st.table
-                    .insert_unique(hash, Entry { hash, masked, xlate }, |e| e.hash);
+                st.table.insert_unique(
+                    hash,
+                    Entry {
+                        hash,
+                        masked,
+                        xlate,
+                    },
+                    |e| e.hash,
+                );
                 self.len += 1;
                 self.stats.installed.inc();
             }
@@ -139,7 +146,8 @@ impl MegaflowCache {
 
     /// Orders subtables by recent hits, most first, and halves the counts.
     pub fn sort_subtables(&mut self) {
-        self.subtables.sort_by_key(|s| std::cmp::Reverse(s.hits.get()));
+        self.subtables
+            .sort_by_key(|s| std::cmp::Reverse(s.hits.get()));
         for s in &self.subtables {
             s.hits.set(s.hits.get() / 2);
         }

@@ -135,14 +135,19 @@ impl Ctx<'_> {
                 }
             }
             None => {
-                self.note(format_args!("{table}. No match. (table-miss: {:?})", t.miss));
+                self.note(format_args!(
+                    "{table}. No match. (table-miss: {:?})",
+                    t.miss
+                ));
                 match t.miss {
                     MissAction::Drop => self.finish_with(DropReason::TableMiss),
                     MissAction::Controller => {
                         self.actions.push(DpAction::Controller { max_len: 0 });
                         self.stop = true;
                     }
-                    MissAction::Continue if usize::from(table) + 1 < N_TABLES => self.table(table + 1),
+                    MissAction::Continue if usize::from(table) + 1 < N_TABLES => {
+                        self.table(table + 1)
+                    }
                     MissAction::Continue => self.finish_with(DropReason::TableMiss),
                 }
             }
@@ -155,7 +160,10 @@ impl Ctx<'_> {
             if self.stop {
                 return;
             }
-            self.note(format_args!("    {}", format_actions(std::slice::from_ref(a))));
+            self.note(format_args!(
+                "    {}",
+                format_actions(std::slice::from_ref(a))
+            ));
             match a {
                 Action::Output(p) => self.actions.push(DpAction::Output(*p)),
                 Action::Local => self.actions.push(DpAction::Output(PortNo::LOCAL)),
@@ -165,7 +173,9 @@ impl Ctx<'_> {
                     self.actions.push(DpAction::Output(p));
                 }
                 Action::Drop => self.finish_with(DropReason::FlowDrop),
-                Action::Controller { max_len } => self.actions.push(DpAction::Controller { max_len: *max_len }),
+                Action::Controller { max_len } => self
+                    .actions
+                    .push(DpAction::Controller { max_len: *max_len }),
                 Action::Normal => self.actions.push(DpAction::Normal),
                 Action::GotoTable(t) => {
                     self.table(*t);
@@ -225,7 +235,11 @@ impl Ctx<'_> {
             Field::TpSrc | Field::TpDst => {
                 self.unwildcard(Field::DlType);
                 self.unwildcard(Field::NwProto);
-                self.mask.set_masked(Field::IpFrag, u128::from(frag::LATER), u128::from(frag::LATER));
+                self.mask.set_masked(
+                    Field::IpFrag,
+                    u128::from(frag::LATER),
+                    u128::from(frag::LATER),
+                );
             }
             _ => {}
         }
@@ -310,7 +324,11 @@ pub fn translate(prog: &FlowProgram, key: &FlowKey, trace: Option<&mut String>) 
     let actions = cx.actions;
     if let Some(t) = cx.trace {
         let _ = writeln!(t, "\nFinal flow: {}", format_key(&cx.key));
-        let _ = writeln!(t, "Megaflow: {}", format_match(&Match::from_parts(key, &mask)));
+        let _ = writeln!(
+            t,
+            "Megaflow: {}",
+            format_match(&Match::from_parts(key, &mask))
+        );
         let _ = writeln!(t, "Datapath actions: {}", format_dp_actions(&actions));
     }
     Translation {
@@ -347,7 +365,11 @@ mod tests {
             .iter()
             .map(|g| FlowMod::AddGroup(parse_group(g).expect("group")))
             .collect();
-        mods.extend(flows.iter().map(|f| FlowMod::Add(parse_flow(f).expect("flow"))));
+        mods.extend(
+            flows
+                .iter()
+                .map(|f| FlowMod::Add(parse_flow(f).expect("flow"))),
+        );
         FlowProgram::default()
             .apply(&mods, 0, |_| String::new())
             .expect("bundle")
@@ -409,10 +431,19 @@ mod tests {
                 DpAction::Output(PortNo(4)),
             ]
         );
-        let looped = program(&["table=3,priority=1 actions=resubmit(,3)", "actions=goto_table:3"], &[]);
+        let looped = program(
+            &[
+                "table=3,priority=1 actions=resubmit(,3)",
+                "actions=goto_table:3",
+            ],
+            &[],
+        );
         let mut trace = String::new();
         let t = translate(&looped, &pkt([1, 2, 3, 4], 1, 9), Some(&mut trace));
-        assert_eq!(t.xlate.actions.last(), Some(&DpAction::Drop(DropReason::ResubmitLimit)));
+        assert_eq!(
+            t.xlate.actions.last(),
+            Some(&DpAction::Drop(DropReason::ResubmitLimit))
+        );
         assert!(trace.contains("resubmit depth 64 exceeded"));
     }
 
@@ -430,7 +461,10 @@ mod tests {
             }
         );
         let t = translate(&p, &pkt([1, 1, 1, 1], 1, 1), None);
-        assert_eq!(&*t.xlate.actions, &[DpAction::Drop(DropReason::TtlExceeded)]);
+        assert_eq!(
+            &*t.xlate.actions,
+            &[DpAction::Drop(DropReason::TtlExceeded)]
+        );
     }
 
     #[test]
@@ -441,7 +475,10 @@ mod tests {
         assert_eq!(&*t.xlate.actions, &[DpAction::Drop(DropReason::TableMiss)]);
         assert!(trace.contains("0. No match."), "{trace}");
         assert!(trace.contains("\nMegaflow: tcp,recirc_id=0x0\n"), "{trace}");
-        assert!(trace.contains("Datapath actions: drop(table_miss)"), "{trace}");
+        assert!(
+            trace.contains("Datapath actions: drop(table_miss)"),
+            "{trace}"
+        );
     }
 
     #[test]
@@ -455,7 +492,11 @@ mod tests {
             let f = tcp4(i.to_be_bytes(), [9, 9, 9, 9], (i * 7) as u16, 80, 64);
             let t = translate(&p, &extract(&f, PortNo(0)), None);
             assert_eq!(t.mask.get(Field::NwSrc), 0xffff_ffff);
-            assert_eq!(t.mask.get(Field::NwDst), 0, "nw_dst is not a selection field");
+            assert_eq!(
+                t.mask.get(Field::NwDst),
+                0,
+                "nw_dst is not a selection field"
+            );
             match &*t.xlate.actions {
                 [DpAction::Output(PortNo(n))] => counts[usize::from(*n)] += 1,
                 other => panic!("unexpected {other:?}"),
@@ -464,7 +505,10 @@ mod tests {
         // Weights 100:100:200 over 4000 flows: expect 1000/1000/2000, allow 15%.
         for (port, expect) in [(1, 1000u32), (2, 1000), (3, 2000)] {
             let got = counts[port];
-            assert!(got.abs_diff(expect) < expect * 15 / 100, "bucket {port}: {got} of 4000");
+            assert!(
+                got.abs_diff(expect) < expect * 15 / 100,
+                "bucket {port}: {got} of 4000"
+            );
         }
         let p = program(
             &["ip actions=group:2,output:9"],

@@ -200,7 +200,14 @@ fn l4_csum(key: &FlowKey, layout: Layout) -> Option<(usize, bool)> {
     }
 }
 
-fn fix_l4(frame: &mut [u8], key: &FlowKey, layout: Layout, old: u32, new: u32, wide: bool) -> Option<()> {
+fn fix_l4(
+    frame: &mut [u8],
+    key: &FlowKey,
+    layout: Layout,
+    old: u32,
+    new: u32,
+    wide: bool,
+) -> Option<()> {
     if let Some((off, udp)) = l4_csum(key, layout) {
         let ck = rd16(frame, off)?;
         if udp && ck == 0 {
@@ -265,7 +272,9 @@ pub fn rewrite(
                 let b = frame.get(off..off + 4)?;
                 let old = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
                 let new = new as u32;
-                frame.get_mut(off..off + 4)?.copy_from_slice(&new.to_be_bytes());
+                frame
+                    .get_mut(off..off + 4)?
+                    .copy_from_slice(&new.to_be_bytes());
                 let ck = rd16(frame, l3 + 10)?;
                 wr16(frame, l3 + 10, csum_replace32(ck, old, new))?;
                 fix_l4(frame, key, layout, old, new, true)
@@ -299,8 +308,8 @@ pub fn rewrite(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow::key::testpkt::{l4_checksum, tcp4, udp4};
     use crate::flow::key::extract_with_layout;
+    use crate::flow::key::testpkt::{l4_checksum, tcp4, udp4};
 
     fn check_all(f: &[u8], proto: u8) {
         assert_eq!(checksum(&f[14..34]), 0, "ip header checksum");
@@ -339,7 +348,15 @@ mod tests {
     fn masked_mac_rewrite_and_truncation() {
         let mut f = tcp4([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, 3);
         let (k, l) = extract_with_layout(&f, PortNo(0));
-        rewrite(&mut f, l, &k, Field::DlDst, 0xaabb_ccdd_eeff, 0xffff_0000_0000).expect("mac");
+        rewrite(
+            &mut f,
+            l,
+            &k,
+            Field::DlDst,
+            0xaabb_ccdd_eeff,
+            0xffff_0000_0000,
+        )
+        .expect("mac");
         assert_eq!(&f[0..6], &[0xaa, 0xbb, 0, 0, 0, 2]);
         let mut short = f[..40].to_vec();
         let l = Layout { l3: 14, l4: 34 };

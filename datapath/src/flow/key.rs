@@ -317,10 +317,7 @@ impl Field {
             other => other,
         };
         if let Some(rest) = canonical.strip_prefix("NXM_NX_REG") {
-            return rest
-                .parse::<u8>()
-                .ok()
-                .and_then(|n| Field::reg(n as usize));
+            return rest.parse::<u8>().ok().and_then(|n| Field::reg(n as usize));
         }
         Field::ALL.iter().copied().find(|f| f.name() == canonical)
     }
@@ -632,9 +629,11 @@ fn extract_ipv6(frame: &[u8], off: usize, k: &mut FlowKey, layout: &mut Layout) 
 fn extract_l4(frame: &[u8], off: usize, proto: u8, icmp: u8, k: &mut FlowKey, layout: &mut Layout) {
     match proto {
         ipproto::TCP => {
-            if let (Some(sp), Some(dp), Some(flags)) =
-                (be16(frame, off), be16(frame, off + 2), be16(frame, off + 12))
-            {
+            if let (Some(sp), Some(dp), Some(flags)) = (
+                be16(frame, off),
+                be16(frame, off + 2),
+                be16(frame, off + 12),
+            ) {
                 if frame.len() >= off + 20 {
                     layout.l4 = off as u16;
                     k.set(Field::TpSrc, u128::from(sp));
@@ -675,7 +674,10 @@ fn extract_arp(frame: &[u8], off: usize, k: &mut FlowKey, layout: &mut Layout) {
         return;
     }
     layout.l3 = off as u16;
-    k.set(Field::ArpOp, u128::from(u16::from_be_bytes([hdr[6], hdr[7]])));
+    k.set(
+        Field::ArpOp,
+        u128::from(u16::from_be_bytes([hdr[6], hdr[7]])),
+    );
     k.set(Field::ArpSha, u128::from(mac48(hdr, 8).unwrap_or(0)));
     k.set(Field::ArpSpa, u128::from(be32(hdr, 14).unwrap_or(0)));
     k.set(Field::ArpTha, u128::from(mac48(hdr, 18).unwrap_or(0)));

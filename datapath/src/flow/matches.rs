@@ -103,7 +103,9 @@ impl Match {
     }
 
     fn dl_type_is(&self, types: &[u16]) -> bool {
-        types.iter().any(|&t| self.is_exact(Field::DlType, u128::from(t)))
+        types
+            .iter()
+            .any(|&t| self.is_exact(Field::DlType, u128::from(t)))
     }
 
     fn nw_proto_is(&self, protos: &[u8]) -> bool {

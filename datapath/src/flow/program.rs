@@ -134,7 +134,7 @@ pub struct FlowFilter {
 
 impl FlowFilter {
     fn selects(&self, rule: &FlowSpec, strict: bool) -> bool {
-        self.table.map_or(true, |t| t == rule.table)
+        self.table.is_none_or(|t| t == rule.table)
             && (rule.cookie & self.cookie_mask) == (self.cookie & self.cookie_mask)
             && if strict {
                 rule.priority == self.priority && rule.m == self.m
@@ -371,7 +371,9 @@ impl FlowProgram {
                     .flat_map(|b| groups_used(&b.actions))
                     .collect(),
                 FlowMod::DeleteGroup(id) => {
-                    if p.rules().any(|r| groups_used(&r.spec.actions).any(|g| g == *id)) {
+                    if p.rules()
+                        .any(|r| groups_used(&r.spec.actions).any(|g| g == *id))
+                    {
                         return Err(fail(i, FlowModError::GroupInUse(*id)));
                     }
                     Vec::new()
@@ -385,7 +387,12 @@ impl FlowProgram {
         Ok((p, sum))
     }
 
-    fn apply_one(&mut self, fm: &FlowMod, now: Nanos, sum: &mut BundleSummary) -> Result<(), FlowModError> {
+    fn apply_one(
+        &mut self,
+        fm: &FlowMod,
+        now: Nanos,
+        sum: &mut BundleSummary,
+    ) -> Result<(), FlowModError> {
         match fm {
             FlowMod::Add(spec) => {
                 if usize::from(spec.table) >= N_TABLES {
@@ -441,7 +448,9 @@ impl FlowProgram {
             FlowMod::AddGroup(g) => {
                 for b in &g.buckets {
                     check_actions(0, &b.actions).map_err(|e| match e {
-                        FlowModError::GotoBackward { .. } => FlowModError::GotoBackward { from: 254, to: 0 },
+                        FlowModError::GotoBackward { .. } => {
+                            FlowModError::GotoBackward { from: 254, to: 0 }
+                        }
                         other => other,
                     })?;
                 }
@@ -496,7 +505,10 @@ mod tests {
         }
     }
 
-    fn apply(p: &FlowProgram, mods: &[FlowMod]) -> Result<(FlowProgram, BundleSummary), BundleError> {
+    fn apply(
+        p: &FlowProgram,
+        mods: &[FlowMod],
+    ) -> Result<(FlowProgram, BundleSummary), BundleError> {
         p.apply(mods, 5, |m| format!("{m:?}").chars().take(20).collect())
     }
 
@@ -522,7 +534,11 @@ mod tests {
 
     #[test]
     fn bundle_is_all_or_nothing() {
-        let (p, _) = apply(&FlowProgram::default(), &[FlowMod::Add(spec(1, 1, 1, vec![]))]).expect("ok");
+        let (p, _) = apply(
+            &FlowProgram::default(),
+            &[FlowMod::Add(spec(1, 1, 1, vec![]))],
+        )
+        .expect("ok");
         let err = apply(
             &p,
             &[
@@ -535,7 +551,8 @@ mod tests {
         assert_eq!(err.error, FlowModError::GotoBackward { from: 1, to: 1 });
         assert!(err.to_string().contains("no change was applied"));
         assert_eq!(p.n_rules(), 1, "the original program is untouched");
-        let err = apply(&p, &[FlowMod::Add(spec(0, 1, 1, vec![Action::Group(7)]))]).expect_err("group");
+        let err =
+            apply(&p, &[FlowMod::Add(spec(0, 1, 1, vec![Action::Group(7)]))]).expect_err("group");
         assert_eq!(err.error, FlowModError::NoSuchGroup(7));
     }
 
@@ -543,7 +560,10 @@ mod tests {
     fn modify_keeps_counters_delete_loose_and_strict() {
         let (p, _) = apply(
             &FlowProgram::default(),
-            &[FlowMod::Add(spec(0, 5, 1, vec![])), FlowMod::Add(spec(0, 6, 2, vec![]))],
+            &[
+                FlowMod::Add(spec(0, 5, 1, vec![])),
+                FlowMod::Add(spec(0, 6, 2, vec![])),
+            ],
         )
         .expect("ok");
         p.tables[0].rules[1].stats.hit(3, 300, 7);
@@ -586,14 +606,20 @@ mod tests {
         let mut hard = spec(0, 2, 2, vec![]);
         hard.hard_timeout = 5;
         let (p, _) = FlowProgram::default()
-            .apply(&[FlowMod::Add(idle), FlowMod::Add(hard)], S, |_| String::new())
+            .apply(&[FlowMod::Add(idle), FlowMod::Add(hard)], S, |_| {
+                String::new()
+            })
             .expect("ok");
         p.tables[0].rules[1].stats.hit(1, 60, 8 * S);
         assert_eq!(p.without_expired(5 * S).1, 0);
         let (p2, n) = p.without_expired(6 * S);
         assert_eq!(n, 1, "hard timeout after 5s");
         assert_eq!(p2.tables[0].rules[0].spec.priority, 1);
-        assert_eq!(p2.without_expired(17 * S).1, 0, "idle counts from the last hit");
+        assert_eq!(
+            p2.without_expired(17 * S).1,
+            0,
+            "idle counts from the last hit"
+        );
         assert_eq!(p2.without_expired(18 * S).1, 1);
     }
 }

@@ -26,7 +26,9 @@ use arc_swap::ArcSwap;
 
 use super::key::{extract, Field, FlowKey};
 use super::matches::Match;
-use super::program::{BundleError, BundleSummary, FlowFilter, FlowMod, FlowProgram, FlowSpec, Group, MissAction};
+use super::program::{
+    BundleError, BundleSummary, FlowFilter, FlowMod, FlowProgram, FlowSpec, Group, MissAction,
+};
 use super::text::{self, ParseError};
 use crate::classifier::slowpath::{format_key, translate};
 use crate::packet::PortNo;
@@ -97,7 +99,10 @@ impl FlowTables {
         self.inner.program.load_full()
     }
 
-    fn update<T, E>(&self, f: impl FnOnce(&FlowProgram) -> Result<(FlowProgram, T), E>) -> Result<T, E> {
+    fn update<T, E>(
+        &self,
+        f: impl FnOnce(&FlowProgram) -> Result<(FlowProgram, T), E>,
+    ) -> Result<T, E> {
         // A poisoned writer lock only means another writer panicked after
         // publishing or before changing anything: the program is intact.
         let _w = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
@@ -130,7 +135,12 @@ impl FlowTables {
     }
 
     /// `del-flows` (loose) or `del-flows --strict` with a filter in flow text.
-    pub fn del_flows(&self, filter: &str, strict: bool, now: Nanos) -> Result<BundleSummary, FlowTablesError> {
+    pub fn del_flows(
+        &self,
+        filter: &str,
+        strict: bool,
+        now: Nanos,
+    ) -> Result<BundleSummary, FlowTablesError> {
         let filter = text::parse_filter(filter).map_err(parse_err(1))?;
         Ok(self.apply_bundle(&[FlowMod::Delete { filter, strict }], now)?)
     }
@@ -142,8 +152,14 @@ impl FlowTables {
     }
 
     /// Sets a table's miss behaviour.
-    pub fn set_table_miss(&self, table: u8, miss: MissAction, now: Nanos) -> Result<(), BundleError> {
-        self.apply_bundle(&[FlowMod::SetMiss { table, miss }], now).map(|_| ())
+    pub fn set_table_miss(
+        &self,
+        table: u8,
+        miss: MissAction,
+        now: Nanos,
+    ) -> Result<(), BundleError> {
+        self.apply_bundle(&[FlowMod::SetMiss { table, miss }], now)
+            .map(|_| ())
     }
 
     /// `dump-flows [filter]`: one line per rule selected (loosely) by the
@@ -158,7 +174,7 @@ impl FlowTables {
         let mut out = String::new();
         for r in p.rules() {
             let s = &r.spec;
-            if f.table.map_or(true, |t| t == s.table)
+            if f.table.is_none_or(|t| t == s.table)
                 && (s.cookie & f.cookie_mask) == (f.cookie & f.cookie_mask)
                 && s.m.is_within(&f.m)
             {
@@ -210,7 +226,10 @@ impl FlowTables {
     pub fn trace(&self, packet: &str) -> Result<String, FlowTablesError> {
         let key = trace_key(packet)?;
         let p = self.program();
-        let mut out = format!("Flow: {}\n\nbridge(\"sluice\")\n----------------\n", format_key(&key));
+        let mut out = format!(
+            "Flow: {}\n\nbridge(\"sluice\")\n----------------\n",
+            format_key(&key)
+        );
         translate(&p, &key, Some(&mut out));
         Ok(out)
     }
@@ -219,7 +238,9 @@ impl FlowTables {
 fn trace_key(packet: &str) -> Result<FlowKey, FlowTablesError> {
     let packet = packet.trim();
     let (port, rest) = match packet.split_once(char::is_whitespace) {
-        Some((p, rest)) if p.starts_with("in_port=") && !rest.contains('=') => (Some(p), rest.trim()),
+        Some((p, rest)) if p.starts_with("in_port=") && !rest.contains('=') => {
+            (Some(p), rest.trim())
+        }
         _ => (None, packet),
     };
     let hex: String = rest
@@ -227,11 +248,12 @@ fn trace_key(packet: &str) -> Result<FlowKey, FlowTablesError> {
         .chars()
         .filter(|c| !c.is_whitespace())
         .collect();
-    let looks_hex = !rest.contains('=') && !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit());
+    let looks_hex =
+        !rest.contains('=') && !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit());
     if !looks_hex {
         return text::parse_packet(packet).map_err(parse_err(1));
     }
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return Err(FlowTablesError::BadHex(format!("{} digits", hex.len())));
     }
     let bytes: Vec<u8> = (0..hex.len())
@@ -289,7 +311,10 @@ fn diff(cur: &FlowProgram, specs: Vec<FlowSpec>, groups: Vec<Group>) -> Vec<Flow
             cookie_mask: 0,
         };
         match want.remove(&(s.table, s.priority, s.m)) {
-            None => mods.push(FlowMod::Delete { filter: strict, strict: true }),
+            None => mods.push(FlowMod::Delete {
+                filter: strict,
+                strict: true,
+            }),
             Some(w) if w == *s => {}
             Some(w) => {
                 let mut same_but_actions = w.clone();
@@ -338,7 +363,9 @@ mod tests {
         let one = t.dump_flows("table=1", 0).expect("dump");
         assert!(one.contains("arp actions=NORMAL"), "{one}");
         assert_eq!(one.lines().count(), 1);
-        let e = t.add_flow("ip,nw_dst=10.0.0.300 actions=drop", 0).expect_err("bad");
+        let e = t
+            .add_flow("ip,nw_dst=10.0.0.300 actions=drop", 0)
+            .expect_err("bad");
         assert_eq!(e.to_string(), "line 1: nw_dst=10.0.0.300: invalid IPv4 address (expected a.b.c.d, a.b.c.d/N or a.b.c.d/w.x.y.z) at column 4");
         assert_eq!(t.generation(), 1, "a failed add publishes nothing");
     }
@@ -352,7 +379,11 @@ mod tests {
         )
         .expect("add");
         let p = t.program();
-        let ip_rule = p.rules().find(|r| r.spec.priority == 1).expect("rule").clone();
+        let ip_rule = p
+            .rules()
+            .find(|r| r.spec.priority == 1)
+            .expect("rule")
+            .clone();
         ip_rule.stats.hit(4, 400, 1);
         let sum = t
             .replace_flows(
@@ -373,7 +404,12 @@ mod tests {
         let r = p.rules().find(|r| r.spec.priority == 1).expect("rule");
         assert_eq!(r.stats.packets(), 4, "modify keeps counters");
         assert_eq!(t.replace_flows("priority=1,ip actions=output:9\npriority=3,tcp actions=output:3\npriority=4,udp actions=drop\n", 6).expect("noop"), BundleSummary::default());
-        let e = t.replace_flows("priority=1,ip actions=output:9\nip,nw_dst=1.2.3 actions=drop", 7).expect_err("parse");
+        let e = t
+            .replace_flows(
+                "priority=1,ip actions=output:9\nip,nw_dst=1.2.3 actions=drop",
+                7,
+            )
+            .expect_err("parse");
         assert!(matches!(e, FlowTablesError::Parse { line: 2, .. }), "{e}");
     }
 
@@ -382,23 +418,38 @@ mod tests {
         let t = FlowTables::new();
         t.add_flows("priority=10,tcp,tp_dst=80 actions=mod_tp_dst:8080,goto_table:1\ntable=1,priority=0 actions=output:2", 0)
             .expect("add");
-        let out = t.trace("in_port=1,tcp,nw_dst=10.0.0.1,tp_dst=80").expect("trace");
-        assert!(out.contains("0. tcp,tp_dst=80, priority 10, cookie 0x0"), "{out}");
+        let out = t
+            .trace("in_port=1,tcp,nw_dst=10.0.0.1,tp_dst=80")
+            .expect("trace");
+        assert!(
+            out.contains("0. tcp,tp_dst=80, priority 10, cookie 0x0"),
+            "{out}"
+        );
         assert!(out.contains("1. priority 0, cookie 0x0"), "{out}");
-        assert!(out.contains("Megaflow: tcp,recirc_id=0x0,ip_frag=not_later,tp_dst=80\n"), "{out}");
-        assert!(out.contains("Datapath actions: set(tp_dst=8080),output:2"), "{out}");
+        assert!(
+            out.contains("Megaflow: tcp,recirc_id=0x0,ip_frag=not_later,tp_dst=80\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("Datapath actions: set(tp_dst=8080),output:2"),
+            "{out}"
+        );
         let frame = tcp4([10, 0, 0, 1], [10, 0, 0, 2], 5, 80, 64);
         let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
         let out = t.trace(&format!("in_port=3 0x{hex}")).expect("trace hex");
         assert!(out.contains("in_port=3"), "{out}");
-        assert!(out.contains("Datapath actions: set(tp_dst=8080),output:2"), "{out}");
+        assert!(
+            out.contains("Datapath actions: set(tp_dst=8080),output:2"),
+            "{out}"
+        );
         assert!(matches!(t.trace("0xabc"), Err(FlowTablesError::BadHex(_))));
     }
 
     #[test]
     fn expire_publishes_only_when_needed() {
         let t = FlowTables::new();
-        t.add_flow("hard_timeout=2,priority=1 actions=drop", 0).expect("add");
+        t.add_flow("hard_timeout=2,priority=1 actions=drop", 0)
+            .expect("add");
         let g = t.generation();
         assert_eq!(t.expire(1_999_999_999), 0);
         assert_eq!(t.generation(), g);

@@ -197,8 +197,16 @@ fn prefix_mask(bits: u32, len: u32) -> Option<u128> {
     if len > bits {
         return None;
     }
-    let all = if bits == 128 { u128::MAX } else { (1u128 << bits) - 1 };
-    Some(if len == 0 { 0 } else { (all << (bits - len)) & all })
+    let all = if bits == 128 {
+        u128::MAX
+    } else {
+        (1u128 << bits) - 1
+    };
+    Some(if len == 0 {
+        0
+    } else {
+        (all << (bits - len)) & all
+    })
 }
 
 fn parse_port(s: &str) -> Option<PortNo> {
@@ -282,12 +290,14 @@ fn parse_value(field: Field, s: &str) -> Result<(u128, u128), ParseErrorKind> {
         FieldFormat::Ipv4 => {
             let (v, m) = split(s);
             let v = u128::from(u32::from(
-                v.parse::<Ipv4Addr>().map_err(|_| ParseErrorKind::InvalidIpv4)?,
+                v.parse::<Ipv4Addr>()
+                    .map_err(|_| ParseErrorKind::InvalidIpv4)?,
             ));
             let m = match m {
                 None => max,
                 Some(m) if m.contains('.') => u128::from(u32::from(
-                    m.parse::<Ipv4Addr>().map_err(|_| ParseErrorKind::InvalidIpv4)?,
+                    m.parse::<Ipv4Addr>()
+                        .map_err(|_| ParseErrorKind::InvalidIpv4)?,
                 )),
                 Some(m) => m
                     .parse::<u32>()
@@ -299,12 +309,16 @@ fn parse_value(field: Field, s: &str) -> Result<(u128, u128), ParseErrorKind> {
         }
         FieldFormat::Ipv6 => {
             let (v, m) = split(s);
-            let v = u128::from(v.parse::<Ipv6Addr>().map_err(|_| ParseErrorKind::InvalidIpv6)?);
+            let v = u128::from(
+                v.parse::<Ipv6Addr>()
+                    .map_err(|_| ParseErrorKind::InvalidIpv6)?,
+            );
             let m = match m {
                 None => max,
-                Some(m) if m.contains(':') => {
-                    u128::from(m.parse::<Ipv6Addr>().map_err(|_| ParseErrorKind::InvalidIpv6)?)
-                }
+                Some(m) if m.contains(':') => u128::from(
+                    m.parse::<Ipv6Addr>()
+                        .map_err(|_| ParseErrorKind::InvalidIpv6)?,
+                ),
                 Some(m) => m
                     .parse::<u32>()
                     .ok()
@@ -314,11 +328,12 @@ fn parse_value(field: Field, s: &str) -> Result<(u128, u128), ParseErrorKind> {
             Ok((v & m, m))
         }
         FieldFormat::CtState | FieldFormat::TcpFlags => {
-            let (names, list): (&[(&str, u16)], &'static str) = if field.format() == FieldFormat::CtState {
-                (&ct_names(), "new est rel rpl inv trk snat dnat")
-            } else {
-                (&TCP_FLAG_NAMES, "fin syn rst psh ack urg ece cwr ns")
-            };
+            let (names, list): (&[(&str, u16)], &'static str) =
+                if field.format() == FieldFormat::CtState {
+                    (&ct_names(), "new est rel rpl inv trk snat dnat")
+                } else {
+                    (&TCP_FLAG_NAMES, "fin syn rst psh ack urg ece cwr ns")
+                };
             if s.starts_with(['+', '-']) {
                 parse_flags(s, names).ok_or(ParseErrorKind::InvalidFlags(list))
             } else {
@@ -365,7 +380,10 @@ pub fn format_value(field: Field, v: u128, m: u128) -> String {
         FieldFormat::Mac => {
             let mac = |x: u128| {
                 let b = (x as u64).to_be_bytes();
-                format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[2], b[3], b[4], b[5], b[6], b[7])
+                format!(
+                    "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                    b[2], b[3], b[4], b[5], b[6], b[7]
+                )
             };
             if exact {
                 mac(v)
@@ -466,7 +484,10 @@ struct Parsed {
     table: Option<u8>,
 }
 
-fn parse_items(s: &str, allow_cookie_mask: bool) -> Result<(Parsed, Option<(usize, &str)>), ParseError> {
+/// The actions part of a flow string and its offset, if present.
+type ActionsPart<'a> = Option<(usize, &'a str)>;
+
+fn parse_items(s: &str, allow_cookie_mask: bool) -> Result<(Parsed, ActionsPart<'_>), ParseError> {
     let (mpart, apart) = split_actions(s);
     let mut spec = FlowSpec::default();
     let mut cookie_mask = 0u64;
@@ -499,7 +520,11 @@ fn parse_items(s: &str, allow_cookie_mask: bool) -> Result<(Parsed, Option<(usiz
                     Some((c, m)) if allow_cookie_mask => {
                         (c, parse_int(m, max).ok_or_else(bad)? as u64)
                     }
-                    Some(_) => return Err(tok.err(ParseErrorKind::Expected("a cookie without mask in add-flow"))),
+                    Some(_) => {
+                        return Err(tok.err(ParseErrorKind::Expected(
+                            "a cookie without mask in add-flow",
+                        )))
+                    }
                     None => (v, u64::MAX),
                 };
                 spec.cookie = parse_int(c, max).ok_or_else(bad)? as u64;
@@ -530,7 +555,10 @@ fn parse_items(s: &str, allow_cookie_mask: bool) -> Result<(Parsed, Option<(usiz
             .iter()
             .find(|(f, _)| f == field)
             .map(|(_, t)| *t)
-            .unwrap_or(Tok { off: 0, s: s.trim() });
+            .unwrap_or(Tok {
+                off: 0,
+                s: s.trim(),
+            });
         return Err(tok.err(ParseErrorKind::Prereq(e)));
     }
     Ok((
@@ -671,7 +699,10 @@ fn parse_action(tok: Tok<'_>) -> Result<Action, ParseError> {
             let (fname, range) = match dst.split_once('[') {
                 Some((f, r)) => (
                     f,
-                    Some(r.strip_suffix(']').ok_or(e(ParseErrorKind::Expected("]")))?),
+                    Some(
+                        r.strip_suffix(']')
+                            .ok_or(e(ParseErrorKind::Expected("]")))?,
+                    ),
                 ),
                 None => (dst, None),
             };
@@ -682,7 +713,11 @@ fn parse_action(tok: Tok<'_>) -> Result<Action, ParseError> {
             let (lo, hi) = match range {
                 None | Some("") => (0, field.bits() - 1),
                 Some(r) => {
-                    let bad = || e(ParseErrorKind::Expected("a bit range lo..hi within the field"));
+                    let bad = || {
+                        e(ParseErrorKind::Expected(
+                            "a bit range lo..hi within the field",
+                        ))
+                    };
                     let (lo, hi) = r.split_once("..").ok_or_else(bad)?;
                     let lo: u32 = lo.parse().map_err(|_| bad())?;
                     let hi: u32 = hi.parse().map_err(|_| bad())?;
@@ -693,7 +728,11 @@ fn parse_action(tok: Tok<'_>) -> Result<Action, ParseError> {
                 }
             };
             let width = hi - lo + 1;
-            let vmax = if width == 128 { u128::MAX } else { (1u128 << width) - 1 };
+            let vmax = if width == 128 {
+                u128::MAX
+            } else {
+                (1u128 << width) - 1
+            };
             let value = num(Some(v), vmax)?;
             Action::SetField {
                 field,
@@ -738,7 +777,9 @@ fn parse_ct(tok: Tok<'_>) -> Result<CtAction, ParseError> {
     let e = |k| tok.err(k);
     let inner = tok.s["ct(".len()..]
         .strip_suffix(')')
-        .ok_or(e(ParseErrorKind::Expected("ct(commit,zone=N,table=N,nat(...))")))?;
+        .ok_or(e(ParseErrorKind::Expected(
+            "ct(commit,zone=N,table=N,nat(...))",
+        )))?;
     let mut ct = CtAction::default();
     for arg in split_top(inner, tok.off + 3) {
         let bad = |what| arg.err(ParseErrorKind::Expected(what));
@@ -751,8 +792,12 @@ fn parse_ct(tok: Tok<'_>) -> Result<CtAction, ParseError> {
                     ports: None,
                 })
             }
-            Some(("zone", z)) => ct.zone = parse_int(z, 0xffff).ok_or_else(|| bad("zone=0..65535"))? as u16,
-            Some(("table", t)) => ct.table = Some(parse_int(t, 254).ok_or_else(|| bad("table=0..254"))? as u8),
+            Some(("zone", z)) => {
+                ct.zone = parse_int(z, 0xffff).ok_or_else(|| bad("zone=0..65535"))? as u16
+            }
+            Some(("table", t)) => {
+                ct.table = Some(parse_int(t, 254).ok_or_else(|| bad("table=0..254"))? as u8)
+            }
             _ if arg.s.starts_with("nat(") => {
                 let body = arg.s[4..]
                     .strip_suffix(')')
@@ -766,7 +811,10 @@ fn parse_ct(tok: Tok<'_>) -> Result<CtAction, ParseError> {
                     Some((a, p)) => (a, Some(p)),
                     None => (range, None),
                 };
-                let ip = |s: &str| s.parse::<Ipv4Addr>().map_err(|_| arg.err(ParseErrorKind::InvalidIpv4));
+                let ip = |s: &str| {
+                    s.parse::<Ipv4Addr>()
+                        .map_err(|_| arg.err(ParseErrorKind::InvalidIpv4))
+                };
                 let (a1, a2) = match addrs.split_once('-') {
                     Some((a, b)) => (ip(a)?, ip(b)?),
                     None => (ip(addrs)?, ip(addrs)?),
@@ -819,15 +867,17 @@ pub fn parse_group(s: &str) -> Result<Group, ParseError> {
         }
         match tok.s.split_once('=') {
             Some(("group_id", v)) => {
-                id = Some(
-                    parse_int(v, u128::from(u32::MAX))
-                        .ok_or(tok.err(ParseErrorKind::InvalidNumber { max: u128::from(u32::MAX) }))?
-                        as u32,
-                )
+                id = Some(parse_int(v, u128::from(u32::MAX)).ok_or(tok.err(
+                    ParseErrorKind::InvalidNumber {
+                        max: u128::from(u32::MAX),
+                    },
+                ))? as u32)
             }
             Some(("type", "all")) => kind = Some(GroupType::All),
             Some(("type", "select")) => kind = Some(GroupType::Select),
-            Some(("type", _)) => return Err(tok.err(ParseErrorKind::Expected("type=all or type=select"))),
+            Some(("type", _)) => {
+                return Err(tok.err(ParseErrorKind::Expected("type=all or type=select")))
+            }
             Some(("selection_method", "hash")) => {}
             Some(("selection_method", _)) => {
                 return Err(tok.err(ParseErrorKind::Expected("selection_method=hash")))
@@ -837,10 +887,17 @@ pub fn parse_group(s: &str) -> Result<Group, ParseError> {
                     fields.push(Field::from_name(f.s).ok_or(f.err(ParseErrorKind::UnknownField))?);
                 }
             }
-            _ => return Err(tok.err(ParseErrorKind::Expected("group_id=, type=, selection_method=, fields(...) or bucket="))),
+            _ => {
+                return Err(tok.err(ParseErrorKind::Expected(
+                    "group_id=, type=, selection_method=, fields(...) or bucket=",
+                )))
+            }
         }
     }
-    let whole = Tok { off: 0, s: s.trim() };
+    let whole = Tok {
+        off: 0,
+        s: s.trim(),
+    };
     let id = id.ok_or(whole.err(ParseErrorKind::Expected("group_id=N")))?;
     let kind = kind.ok_or(whole.err(ParseErrorKind::Expected("type=all or type=select")))?;
     let mut out = Vec::with_capacity(buckets.len());
@@ -848,7 +905,9 @@ pub fn parse_group(s: &str) -> Result<Group, ParseError> {
         let mut weight = 100u16;
         while let Some(p) = parts.first().copied() {
             if let Some(w) = p.s.strip_prefix("weight:") {
-                weight = parse_int(w, 0xffff).ok_or(p.err(ParseErrorKind::InvalidNumber { max: 0xffff }))? as u16;
+                weight = parse_int(w, 0xffff)
+                    .ok_or(p.err(ParseErrorKind::InvalidNumber { max: 0xffff }))?
+                    as u16;
             } else if p.s.starts_with("bucket_id:") {
             } else {
                 break;
@@ -889,7 +948,11 @@ pub fn format_match(m: &Match) -> String {
         if let Some((n, _, p)) = SHORTHANDS
             .iter()
             .find(|(_, t, p)| u128::from(*t) == ty && p.is_some() && *p == exact_proto)
-            .or_else(|| SHORTHANDS.iter().find(|(_, t, p)| u128::from(*t) == ty && p.is_none()))
+            .or_else(|| {
+                SHORTHANDS
+                    .iter()
+                    .find(|(_, t, p)| u128::from(*t) == ty && p.is_none())
+            })
         {
             parts.push(n.to_string());
             skip_type = true;
@@ -938,7 +1001,11 @@ pub fn format_action(a: &Action) -> String {
             if !short.is_empty() && *mask == field.max_value() {
                 format!("{short}:{}", format_value(*field, *value, *mask))
             } else {
-                format!("set_field:{}->{}", format_value(*field, *value, *mask), field.name())
+                format!(
+                    "set_field:{}->{}",
+                    format_value(*field, *value, *mask),
+                    field.name()
+                )
             }
         }
         Action::DecTtl => "dec_ttl".into(),
@@ -991,7 +1058,11 @@ pub fn format_actions(actions: &[Action]) -> String {
     if actions.is_empty() {
         return "drop".into();
     }
-    actions.iter().map(format_action).collect::<Vec<_>>().join(",")
+    actions
+        .iter()
+        .map(format_action)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Prints a flow spec in `add-flow` syntax.
@@ -1037,7 +1108,12 @@ pub fn format_rule(r: &Rule, now: Nanos) -> String {
     if s.hard_timeout != 0 {
         let _ = write!(out, "hard_timeout={}, ", s.hard_timeout);
     }
-    let _ = write!(out, "idle_age={}, priority={}", idle / 1_000_000_000, s.priority);
+    let _ = write!(
+        out,
+        "idle_age={}, priority={}",
+        idle / 1_000_000_000,
+        s.priority
+    );
     let m = format_match(&s.m);
     if !m.is_empty() {
         out.push(',');
@@ -1082,7 +1158,11 @@ pub fn format_dp_actions(actions: &[DpAction]) -> String {
             DpAction::Controller { max_len } => format!("controller({max_len})"),
             DpAction::Normal => "normal".into(),
             DpAction::Set { field, value, mask } => {
-                format!("set({}={})", field.name(), format_value(*field, *value, *mask))
+                format!(
+                    "set({}={})",
+                    field.name(),
+                    format_value(*field, *value, *mask)
+                )
             }
             DpAction::Ct(ct) => format_ct(ct),
             DpAction::TunnelPush => "tnl_push".into(),
@@ -1098,7 +1178,11 @@ pub fn format_dp_actions(actions: &[DpAction]) -> String {
 pub fn format_flow_mod(fm: &FlowMod) -> String {
     match fm {
         FlowMod::Add(s) => format!("add {}", format_spec(s)),
-        FlowMod::Modify { filter, strict, actions } => format!(
+        FlowMod::Modify {
+            filter,
+            strict,
+            actions,
+        } => format!(
             "modify{} {} actions={}",
             if *strict { "-strict" } else { "" },
             format_filter(filter, *strict),

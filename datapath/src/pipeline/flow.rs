@@ -56,7 +56,13 @@ const HOUSEKEEPING_NS: u64 = 1_000_000_000;
 pub trait ActionHooks<B: PacketBuf>: Send {
     /// Runs connection tracking; on success sets `ct_state`/`ct_zone`/
     /// `ct_mark` in `key` (and applies NAT to `pkt`).
-    fn conntrack(&mut self, now: Nanos, ct: &CtAction, pkt: &mut B, key: &mut FlowKey) -> Result<(), DropReason>;
+    fn conntrack(
+        &mut self,
+        now: Nanos,
+        ct: &CtAction,
+        pkt: &mut B,
+        key: &mut FlowKey,
+    ) -> Result<(), DropReason>;
     /// Encapsulates `pkt` using the key's `tun_*` fields.
     fn tunnel_push(&mut self, now: Nanos, pkt: &mut B, key: &FlowKey) -> Result<(), DropReason>;
     /// Decapsulates `pkt`, writing the outer header's fields into `key`'s
@@ -70,7 +76,13 @@ pub trait ActionHooks<B: PacketBuf>: Send {
 pub struct NoHooks;
 
 impl<B: PacketBuf> ActionHooks<B> for NoHooks {
-    fn conntrack(&mut self, _: Nanos, _: &CtAction, _: &mut B, _: &mut FlowKey) -> Result<(), DropReason> {
+    fn conntrack(
+        &mut self,
+        _: Nanos,
+        _: &CtAction,
+        _: &mut B,
+        _: &mut FlowKey,
+    ) -> Result<(), DropReason> {
         Err(DropReason::CtUnsupported)
     }
     fn tunnel_push(&mut self, _: Nanos, _: &mut B, _: &FlowKey) -> Result<(), DropReason> {
@@ -260,7 +272,11 @@ impl<H> Exec<'_, H> {
             }
             match a {
                 DpAction::Output(port) => {
-                    let port = if *port == PortNo::IN_PORT { key.in_port() } else { *port };
+                    let port = if *port == PortNo::IN_PORT {
+                        key.in_port()
+                    } else {
+                        *port
+                    };
                     if let Some(c) = take_or_copy!() {
                         out.send(port, c);
                         sent = true;
@@ -309,7 +325,11 @@ impl<H> Exec<'_, H> {
                     if let Some(t) = ct.table {
                         key.set(Field::RecircId, u128::from(t) + 1);
                         if let Some(pkt) = pkt.take() {
-                            return Outcome::Recirculate { pkt, reparse: false, sent };
+                            return Outcome::Recirculate {
+                                pkt,
+                                reparse: false,
+                                sent,
+                            };
                         }
                     }
                 }
@@ -329,7 +349,11 @@ impl<H> Exec<'_, H> {
                         return Outcome::Done { sent };
                     }
                     if let Some(pkt) = pkt.take() {
-                        return Outcome::Recirculate { pkt, reparse: true, sent };
+                        return Outcome::Recirculate {
+                            pkt,
+                            reparse: true,
+                            sent,
+                        };
                     }
                 }
                 DpAction::Clone(inner) => {
@@ -340,7 +364,9 @@ impl<H> Exec<'_, H> {
                     let mut k2 = *key;
                     match self.run(inner, copy, &mut k2, layout, out) {
                         Outcome::Done { sent: s } => sent |= s,
-                        Outcome::Recirculate { pkt: c, sent: s, .. } => {
+                        Outcome::Recirculate {
+                            pkt: c, sent: s, ..
+                        } => {
                             sent |= s;
                             out.drop(DropReason::RecircLimit, c);
                         }
@@ -536,7 +562,9 @@ impl<H> FlowPipeline<H> {
             };
             match exec.run(&xlate.actions, pkt, &mut key, layout, out) {
                 Outcome::Done { .. } => return,
-                Outcome::Recirculate { pkt: p, reparse, .. } => {
+                Outcome::Recirculate {
+                    pkt: p, reparse, ..
+                } => {
                     if pass == MAX_RECIRC {
                         out.drop(DropReason::RecircLimit, p);
                         return;
@@ -589,8 +617,8 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow::key::testpkt::{arp_request, l4_checksum, tcp4};
     use crate::flow::action::checksum;
+    use crate::flow::key::testpkt::{arp_request, l4_checksum, tcp4};
     use crate::packet::HeapBuf;
 
     fn pipeline(flows: &str) -> (FlowTables, FlowPipeline) {
@@ -611,7 +639,9 @@ mod tests {
     fn run(p: &mut FlowPipeline, now: Nanos, in_port: u16, frames: &[Vec<u8>]) -> Output<HeapBuf> {
         let mut out = Output::new(8);
         let mut burst = Burst::new(PortNo(in_port));
-        burst.pkts.extend(frames.iter().map(|f| HeapBuf::from_frame(f)));
+        burst
+            .pkts
+            .extend(frames.iter().map(|f| HeapBuf::from_frame(f)));
         p.process(now, &mut burst, &mut out);
         assert!(burst.pkts.is_empty());
         out
@@ -624,7 +654,11 @@ mod tests {
         let g = tcp4([10, 0, 0, 2], [10, 0, 0, 9], 1000, 80, 64);
         let mut out = run(&mut p, 0, 1, &[f.clone(), f.clone(), g.clone()]);
         let s = p.stats();
-        assert_eq!(s.upcalls.get(), 1, "g shares f's megaflow (nw_src is wildcarded)");
+        assert_eq!(
+            s.upcalls.get(),
+            1,
+            "g shares f's megaflow (nw_src is wildcarded)"
+        );
         assert_eq!(s.megaflow.tier.hit.get(), 1);
         assert_eq!(s.emc.hit.get(), 1);
         let sent = out.take(PortNo(2));
@@ -633,7 +667,11 @@ mod tests {
         assert_eq!(&d[30..34], &[10, 0, 1, 1]);
         assert_eq!(d[22], 63);
         assert_eq!(checksum(&d[14..34]), 0, "IP checksum still valid");
-        assert_eq!(u16::from_be_bytes([d[50], d[51]]), l4_checksum(d, 6), "TCP checksum still valid");
+        assert_eq!(
+            u16::from_be_bytes([d[50], d[51]]),
+            l4_checksum(d, 6),
+            "TCP checksum still valid"
+        );
         let dump = t.dump_flows("", 0).expect("dump");
         assert!(dump.contains("n_packets=3, n_bytes=162"), "{dump}");
         let out = run(&mut p, 0, 1, &[arp_request([1, 1, 1, 1], [2, 2, 2, 2])]);
@@ -645,11 +683,16 @@ mod tests {
     fn program_update_is_picked_up_between_bursts() {
         let (t, mut p) = pipeline("priority=1,ip actions=output:1");
         let f = tcp4([1, 1, 1, 1], [2, 2, 2, 2], 1, 2, 64);
-        let mut out = run(&mut p, 0, 3, &[f.clone()]);
+        let mut out = run(&mut p, 0, 3, std::slice::from_ref(&f));
         assert_eq!(out.take(PortNo(1)).len(), 1);
-        t.replace_flows("priority=1,ip actions=output:4", 1).expect("replace");
-        let mut out = run(&mut p, 1, 3, &[f.clone()]);
-        assert_eq!(out.take(PortNo(4)).len(), 1, "the cached answer of the old program is gone");
+        t.replace_flows("priority=1,ip actions=output:4", 1)
+            .expect("replace");
+        let mut out = run(&mut p, 1, 3, std::slice::from_ref(&f));
+        assert_eq!(
+            out.take(PortNo(4)).len(),
+            1,
+            "the cached answer of the old program is gone"
+        );
         assert_eq!(p.stats().reloads.get(), 1);
         t.del_flows("", false, 2).expect("delete");
         let out = run(&mut p, 2, 3, &[f]);
@@ -669,15 +712,23 @@ mod tests {
         for port in 2..=4 {
             assert_eq!(out.take(PortNo(port)).len(), 1, "flooded to {port}");
         }
-        assert!(out.take(PortNo(1)).is_empty(), "not back to the ingress port");
+        assert!(
+            out.take(PortNo(1)).is_empty(),
+            "not back to the ingress port"
+        );
         let mut out = run(&mut p, 1, 3, &[b_to_a]);
         assert_eq!(out.take(PortNo(1)).len(), 1, "a was learned on port 1");
         assert!(out.take(PortNo(2)).is_empty());
-        let out = run(&mut p, 2, 1, &[{
-            let mut f = a_to_b.clone();
-            f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 0xa]);
-            f
-        }]);
+        let out = run(
+            &mut p,
+            2,
+            1,
+            &[{
+                let mut f = a_to_b.clone();
+                f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 0xa]);
+                f
+            }],
+        );
         assert_eq!(out.drops.get(DropReason::L2SamePort), 1);
     }
 
@@ -688,7 +739,10 @@ mod tests {
         let frames = vec![f.clone(); 5];
         let out = run(&mut p, 0, 1, &frames);
         assert_eq!(out.controller.len(), 2, "burst of 2");
-        assert!(out.controller.iter().all(|b| b.len() == 20), "truncated to max_len");
+        assert!(
+            out.controller.iter().all(|b| b.len() == 20),
+            "truncated to max_len"
+        );
         assert_eq!(out.drops.get(DropReason::ControllerLimit), 3);
         // 10 pps: one token per 100 ms.
         let out = run(&mut p, 100_000_000, 1, &frames);
@@ -707,8 +761,15 @@ mod tests {
         let one = out.take(PortNo(1));
         let two = out.take(PortNo(2));
         assert_eq!((one.len(), two.len()), (1, 1));
-        assert_eq!(u16::from_be_bytes([one[0].data()[36], one[0].data()[37]]), 99);
-        assert_eq!(u16::from_be_bytes([two[0].data()[36], two[0].data()[37]]), 2, "copies are independent");
+        assert_eq!(
+            u16::from_be_bytes([one[0].data()[36], one[0].data()[37]]),
+            99
+        );
+        assert_eq!(
+            u16::from_be_bytes([two[0].data()[36], two[0].data()[37]]),
+            2,
+            "copies are independent"
+        );
         assert_eq!(out.drops.total(), 0);
     }
 
