@@ -401,9 +401,16 @@ impl Datum {
     /// used for update2 diffs, which may hold more elements than a value.
     pub fn from_json_shaped(v: &Value, ty: &ColumnType) -> Result<Self> {
         let datum = match &ty.value {
-            None => Self::parse(v, &|a| Atom::from_json_typed(a, &ty.key), &|_| {
+            None => match Self::parse(v, &|a| Atom::from_json_typed(a, &ty.key), &|_| {
                 Err(Error::data(format!("{v} is a map but the column is a set")))
-            })?,
+            })? {
+                // `["map", []]` is an empty value either way.
+                Datum::Map(m) if m.is_empty() => Datum::empty_set(),
+                Datum::Map(_) => {
+                    return Err(Error::data(format!("{v} is a map but the column is a set")))
+                }
+                s => s,
+            },
             Some(value_type) => {
                 let d = Self::parse(v, &|a| Atom::from_json_typed(a, &ty.key), &|a| {
                     Atom::from_json_typed(a, value_type)
@@ -623,6 +630,12 @@ mod tests {
             Datum::empty_map()
         );
         assert!(Datum::from_json_typed(&json!("x"), &ids).is_err());
+        let tags = ty(json!({"key": "string", "min": 0, "max": "unlimited"}));
+        assert_eq!(
+            Datum::from_json_typed(&json!(["map", []]), &tags).unwrap(),
+            Datum::empty_set()
+        );
+        assert!(Datum::from_json_typed(&json!(["map", [["a", "b"]]]), &tags).is_err());
 
         let real = ty(json!("real"));
         assert_eq!(

@@ -126,6 +126,17 @@ pub enum Error {
         db: String,
     },
 
+    /// [`crate::Monitor::wait_until`] gave up.
+    #[error("the replica did not reach the expected state within {after:?} (monitor connected: {connected}, last error: {last_error})")]
+    NotConverged {
+        /// How long we waited.
+        after: Duration,
+        /// Whether the monitor was connected when we gave up.
+        connected: bool,
+        /// The monitor's last connection error, or "none".
+        last_error: String,
+    },
+
     /// A lock request was refused or the lock is not held.
     #[error("lock \"{0}\" is held by another client")]
     LockNotHeld(String),

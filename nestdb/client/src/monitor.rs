@@ -316,14 +316,17 @@ impl Monitor {
     }
 
     /// A new channel of events from now on. Subscribe before the first
-    /// [`MonitorEvent::Synced`] to see the initial rows as inserts.
+    /// [`MonitorEvent::Synced`] to see the initial rows as inserts. The
+    /// channel is unbounded so the monitor never blocks on a slow consumer;
+    /// drop the receiver to unsubscribe. For a callback style, run
+    /// `for ev in rx.iter() { … }` on a thread of your own.
     pub fn subscribe(&self) -> Receiver<MonitorEvent> {
         let (tx, rx) = unbounded();
         self.shared.lock().subscribers.push(tx);
         rx
     }
 
-    /// Run `f` on the replica under the lock.
+    /// Run `f` on the replica under the lock (keep it short: updates wait).
     pub fn with_replica<R>(&self, f: impl FnOnce(&Replica) -> R) -> R {
         f(&self.shared.lock().replica)
     }
@@ -353,9 +356,14 @@ impl Monitor {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Error::Timeout {
-                    method: "monitor wait_until".into(),
+                return Err(Error::NotConverged {
                     after: timeout,
+                    connected: state.status.connected,
+                    last_error: state
+                        .status
+                        .last_error
+                        .clone()
+                        .unwrap_or_else(|| "none".into()),
                 });
             }
             state = self
