@@ -147,7 +147,7 @@ impl<'a> Txn<'a> {
             .schema
             .table(name)
             .map(|(i, t)| (i, t.clone()))
-            .ok_or_else(|| OvsdbError::new("unknown table", format!("No table named {name}.")))
+            .ok_or_else(|| OvsdbError::syntax(format!("No table named {name}.")))
     }
 
     fn get(&self, t: usize, u: Uuid) -> Option<Arc<Row>> {
@@ -243,7 +243,7 @@ impl<'a> Txn<'a> {
             .iter()
             .find(|(name, _)| *name == opname)
             .map(|(_, m)| *m)
-            .ok_or_else(|| OvsdbError::new("unknown operation", format!("No operation \"{opname}\"")))?;
+            .ok_or_else(|| OvsdbError::syntax(format!("No operation \"{opname}\"")))?;
         if let Some(extra) = o.keys().find(|k| !allowed.contains(&k.as_str())) {
             return Err(OvsdbError::syntax(format!(
                 "Parsing ovsdb operation {} of {n} failed: Member '{extra}' is present but not allowed here.",
@@ -283,7 +283,7 @@ impl<'a> Txn<'a> {
                     Err(OvsdbError::new("not owner", format!("Asserted lock {l} not held.")).into())
                 }
             }
-            _ => Err(OvsdbError::new("unknown operation", format!("No operation \"{opname}\"")).into()),
+            _ => Err(OvsdbError::syntax(format!("No operation \"{opname}\"")).into()),
         }
     }
 
@@ -317,6 +317,18 @@ impl<'a> Txn<'a> {
         if let Some(rv) = o.get("row") {
             for (i, d) in self.parse_row(rv, ts, false)? {
                 row.data[i] = d;
+            }
+        }
+        // Like ovsdb-server, columns left at their default must satisfy the constraints
+        // too (e.g. "" is not a valid value of a required enum column).
+        for (c, d) in ts.columns.iter().zip(&row.data) {
+            for a in d.keys() {
+                c.ty.key.check_constraints(a)?;
+            }
+            if let Some(vt) = &c.ty.value {
+                for a in d.values() {
+                    vt.check_constraints(a)?;
+                }
             }
         }
         self.overlay.insert((t, uuid), Some(Arc::new(row)));
@@ -419,11 +431,9 @@ impl<'a> Txn<'a> {
         let ty = &col.ty;
         let arg = match mutator {
             Mutator::Insert | Mutator::Delete => {
-                let relaxed = Type {
-                    min: 0,
-                    max: u64::MAX,
-                    ..ty.clone()
-                };
+                // As in ovsdb-server, the argument may be smaller than the column's
+                // minimum but not larger than its maximum.
+                let relaxed = Type { min: 0, ..ty.clone() };
                 if ty.is_map() && mutator == Mutator::Delete && !is_map_json(&parts[2]) {
                     let keys = Type {
                         value: None,
@@ -440,7 +450,7 @@ impl<'a> Txn<'a> {
                     _ => matches!(ty.key.atomic, AtomicType::Integer | AtomicType::Real),
                 };
                 if !numeric || ty.is_map() {
-                    return Err(OvsdbError::constraint(format!(
+                    return Err(OvsdbError::syntax(format!(
                         "Type mismatch: \"{mname}\" operator may not be applied to column {cname} of type {}.",
                         ty.to_json()
                     )));
@@ -515,7 +525,7 @@ impl<'a> Txn<'a> {
     /// Validates the overlay and turns it into committed changes.
     fn commit(&mut self) -> Result<Option<Changes>, OvsdbError> {
         if let Some(name) = self.symtab.first_undeclared() {
-            return Err(OvsdbError::syntax(format!(
+            return Err(OvsdbError::referential(format!(
                 "named-uuid \"{name}\" is used but no \"insert\" operation declares it"
             )));
         }
@@ -1073,7 +1083,7 @@ mod tests {
         let r = run(&mut d, json!([{"op":"insert","table":"A","row":{"name":"a"}}]));
         assert_eq!(err(&r[1]), "constraint violation", "index on name");
         let r = run(&mut d, json!([{"op":"insert","table":"Nope","row":{}}]));
-        assert_eq!(err(&r[0]), "unknown table");
+        assert_eq!(err(&r[0]), "syntax error", "unknown table");
         let r = run(&mut d, json!([{"op":"insert","table":"A","row":{"zz":1}}]));
         assert_eq!(err(&r[0]), "unknown column");
     }
@@ -1119,8 +1129,8 @@ mod tests {
         let r = run(&mut d, json!([{"op":"select","table":"A","where":[],"bogus":1}]));
         assert_eq!(err(&r[0]), "syntax error");
         let r = run(&mut d, json!([{"op":"frobnicate"}]));
-        assert_eq!(err(&r[0]), "unknown operation");
+        assert_eq!(err(&r[0]), "syntax error");
         let r = run(&mut d, json!([{"op":"insert","table":"A","row":{"name":"c","w":["named-uuid","nope"]}}]));
-        assert_eq!(err(&r[1]), "syntax error");
+        assert_eq!(err(&r[1]), "referential integrity violation");
     }
 }
