@@ -779,4 +779,130 @@ mod tests {
         let out = run(&mut p, 0, 1, &[vec![1, 2, 3]]);
         assert_eq!(out.drops.get(DropReason::RxTooShort), 1);
     }
+
+    mod equivalence {
+        use super::*;
+        use crate::flow::key::extract;
+        use crate::flow::key::testpkt::udp4;
+        use proptest::prelude::*;
+
+        /// One random rule as flow text; values come from small sets so
+        /// rules overlap and packets share megaflows.
+        fn rule() -> impl Strategy<Value = String> {
+            (
+                0u8..3,
+                0u16..4,
+                proptest::option::of(1u16..4),
+                proptest::option::of((0u8..4, 30u8..33)),
+                proptest::option::of(prop_oneof![Just("tcp"), Just("udp")]),
+                proptest::option::of(80u16..82),
+                proptest::option::of(0u8..2),
+                proptest::collection::vec(0u8..11, 0..4),
+            )
+                .prop_map(|(table, prio, in_port, dst, proto, tp, reg, acts)| {
+                    let mut m = format!("table={table},priority={prio}");
+                    if let Some(p) = in_port {
+                        m += &format!(",in_port={p}");
+                    }
+                    match proto {
+                        Some(p) => m += &format!(",{p}"),
+                        None if dst.is_some() || tp.is_some() => m += ",tcp",
+                        None => {}
+                    }
+                    if let Some((d, len)) = dst {
+                        m += &format!(",nw_dst=10.0.0.{d}/{len}");
+                    }
+                    if let Some(tp) = tp {
+                        m += &format!(",tp_dst={tp}");
+                    }
+                    if let Some(r) = reg {
+                        m += &format!(",reg0={r}");
+                    }
+                    let actions: Vec<String> = acts
+                        .iter()
+                        .map(|a| match a {
+                            0 => "output:1".to_string(),
+                            1 => "output:2".to_string(),
+                            2 if table < 2 => format!("goto_table:{}", table + 1),
+                            2 => "output:3".to_string(),
+                            3 => "resubmit(,1)".to_string(),
+                            4 => "load:1->reg0".to_string(),
+                            5 => "set_field:10.0.0.1->nw_dst".to_string(),
+                            6 => "mod_tp_dst:81".to_string(),
+                            7 => "dec_ttl".to_string(),
+                            8 => "group:1".to_string(),
+                            9 => "resubmit(2,2)".to_string(),
+                            _ => "IN_PORT".to_string(),
+                        })
+                        .collect();
+                    let actions = if actions.is_empty() {
+                        "drop".to_string()
+                    } else {
+                        actions.join(",")
+                    };
+                    format!("{m} actions={actions}")
+                })
+        }
+
+        fn packet() -> impl Strategy<Value = (u16, Vec<u8>)> {
+            (
+                1u16..4,
+                0u8..4,
+                0u8..4,
+                any::<bool>(),
+                0u16..2,
+                80u16..82,
+                1u8..4,
+            )
+                .prop_map(|(port, s, d, tcp, sp, dp, ttl)| {
+                    let f = if tcp {
+                        tcp4([10, 0, 1, s], [10, 0, 0, d], sp, dp, ttl)
+                    } else {
+                        let mut f = udp4([10, 0, 1, s], [10, 0, 0, d], sp, dp);
+                        f[22] = ttl;
+                        f
+                    };
+                    (port, f)
+                })
+        }
+
+        const GROUP: &str = "group_id=1,type=select,fields(nw_src,tp_src),bucket=output:1,bucket=output:2,bucket=resubmit(,2)";
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(96))]
+            #[test]
+            fn cached_results_equal_slow_path(
+                prog1 in proptest::collection::vec(rule(), 1..10),
+                prog2 in proptest::collection::vec(rule(), 1..10),
+                pkts in proptest::collection::vec(packet(), 1..40),
+            ) {
+                let t = FlowTables::new();
+                t.replace_flows(&format!("{GROUP}\n{}", prog1.join("\n")), 0).expect("program 1");
+                let mut p = FlowPipeline::new(t.clone(), FlowPipelineConfig::default());
+                for phase in 0..2 {
+                    if phase == 1 {
+                        t.replace_flows(&format!("{GROUP}\n{}", prog2.join("\n")), 1).expect("program 2");
+                        p.check_program();
+                    }
+                    let prog = t.program();
+                    for round in 0..2 {
+                        for (port, f) in &pkts {
+                            let key = extract(f, PortNo(*port));
+                            let cached = p.classify(&key);
+                            let slow = translate(&prog, &key, None);
+                            prop_assert_eq!(
+                                &cached.actions, &slow.xlate.actions,
+                                "phase {} round {} key {:?}", phase, round, key
+                            );
+                        }
+                    }
+                }
+                let s = p.stats();
+                prop_assert_eq!(
+                    s.emc.hit.get() + s.megaflow.tier.hit.get() + s.upcalls.get(),
+                    4 * pkts.len() as u64
+                );
+            }
+        }
+    }
 }
