@@ -88,6 +88,13 @@ pub struct ServerProc {
 impl ServerProc {
     /// Creates the database from [`SCHEMA`] in `dir` and starts the server.
     pub fn start(which: Impl, dir: &Path, extra: &[&str]) -> Self {
+        let mut s = Self::prepare(which, dir, extra);
+        s.launch();
+        s
+    }
+
+    /// Like [`ServerProc::start`] but does not launch the process.
+    pub fn prepare(which: Impl, dir: &Path, extra: &[&str]) -> Self {
         let schema = dir.join("test.ovsschema");
         std::fs::write(&schema, SCHEMA).unwrap();
         let db = dir.join(match which {
@@ -103,7 +110,7 @@ impl ServerProc {
                 .unwrap();
             assert!(st.success(), "ovsdb-tool create failed");
         }
-        let mut s = Self {
+        Self {
             dir: dir.to_owned(),
             sock: dir.join(format!("{which:?}.sock")),
             ctl: dir.join(format!("{which:?}.ctl")),
@@ -111,9 +118,7 @@ impl ServerProc {
             which,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             proc: None,
-        };
-        s.launch();
-        s
+        }
     }
 
     /// (Re)starts the process and waits until it accepts connections.
