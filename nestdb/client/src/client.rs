@@ -90,6 +90,18 @@ impl Client {
         txn.parse_reply(&result)
     }
 
+    /// [`Client::transact`] with its own reply timeout, for transactions
+    /// that `wait` on a condition longer than the default request timeout.
+    pub fn transact_with_timeout(
+        &self,
+        txn: &Transaction,
+        timeout: Duration,
+    ) -> Result<TransactionOutcome> {
+        let params = txn.to_params()?;
+        let result = self.conn.call_with_timeout("transact", params, timeout)?;
+        txn.parse_reply(&result)
+    }
+
     /// Round-trip an `echo` request; returns what the server echoed.
     pub fn echo(&self, payload: Value) -> Result<Value> {
         self.conn.call("echo", payload)

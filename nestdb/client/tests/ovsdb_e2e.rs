@@ -365,6 +365,22 @@ fn transact_errors_carry_the_servers_error_and_details() {
         Transaction::new(DB).assert_lock("agent").comment("x"),
         "not owner",
     );
+    // A wait with no server-side timeout outlives a short client timeout:
+    // the client gives up with a Timeout error instead of hanging.
+    let blocked = Transaction::new(DB).wait(
+        "Logical_Port",
+        vec![],
+        &["name"],
+        WaitUntil::Equal,
+        vec![],
+        None,
+    );
+    match c.transact_with_timeout(&blocked, Duration::from_millis(200)) {
+        Err(e @ Error::Timeout { .. }) => assert!(e.to_string().contains("transact"), "{e}"),
+        other => panic!("expected a client-side timeout, got {other:?}"),
+    }
+    // The connection stays usable for other requests.
+    assert!(c.list_dbs().unwrap().contains(&DB.to_string()));
     // Builder misuse never reaches the server.
     assert!(matches!(
         c.transact(&Transaction::new(DB).named("x")),
