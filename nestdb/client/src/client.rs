@@ -183,3 +183,28 @@ fn locked_flag(v: &Value) -> Result<bool> {
         .and_then(Value::as_bool)
         .ok_or_else(|| Error::Protocol(format!("expected {{\"locked\": bool}}, got {v}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Client>();
+        check::<crate::Monitor>();
+        check::<crate::Replica>();
+        check::<crate::Error>();
+    }
+
+    #[test]
+    fn connect_errors_are_actionable() {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = format!("unix:{}", dir.path().join("nobody-here.sock").display());
+        let err = Client::connect(&remote).unwrap_err();
+        assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("nobody-here.sock") && msg.contains("is running"), "{msg}");
+        assert!(matches!(Client::connect("localhost:6640"), Err(Error::InvalidRemote(_))));
+    }
+}

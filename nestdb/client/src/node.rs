@@ -486,8 +486,9 @@ pub struct ServicePort {
     pub protocol: Protocol,
     /// Service port.
     pub port: u16,
-    /// Endpoint port.
-    pub target_port: u16,
+    /// Endpoint port; `None` when the Service names its target port (the
+    /// number then comes from each endpoint's `ports[name]`).
+    pub target_port: Option<u16>,
     /// Node port, for NodePort and LoadBalancer services.
     pub node_port: Option<u16>,
 }
@@ -501,7 +502,9 @@ impl TableRow for ServicePort {
             name: opt_string(row, t, "name")?,
             protocol: enum_value(row, t, "protocol", Protocol::VALUES)?,
             port: ranged(int(row, t, "port")?, t, "port", 1, 65535)?,
-            target_port: ranged(int(row, t, "target_port")?, t, "target_port", 1, 65535)?,
+            target_port: opt_int(row, t, "target_port")?
+                .map(|v| ranged(v, t, "target_port", 1, 65535))
+                .transpose()?,
             node_port: opt_int(row, t, "node_port")?
                 .map(|v| ranged(v, t, "node_port", 1, 65535))
                 .transpose()?,
@@ -513,7 +516,7 @@ impl TableRow for ServicePort {
             ("name", opt(self.name.clone())),
             ("protocol", Datum::from(self.protocol.as_str())),
             ("port", Datum::from(i64::from(self.port))),
-            ("target_port", Datum::from(i64::from(self.target_port))),
+            ("target_port", opt(self.target_port.map(i64::from))),
             ("node_port", opt(self.node_port.map(i64::from))),
         ])
     }
@@ -704,7 +707,7 @@ pub(crate) mod tests {
                 name: Some("http".into()),
                 protocol: Protocol::Tcp,
                 port: 80,
-                target_port: 8080,
+                target_port: Some(8080),
                 node_port: Some(30080),
             },
             Endpoint {

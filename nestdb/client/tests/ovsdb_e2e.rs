@@ -837,7 +837,7 @@ fn typed_node_rows_round_trip_through_the_server() {
         name: Some("dns".into()),
         protocol: Protocol::Udp,
         port: 53,
-        target_port: 5353,
+        target_port: None,
         node_port: None,
     };
     let mut svc = Service {
