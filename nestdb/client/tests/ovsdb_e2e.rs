@@ -928,3 +928,70 @@ fn typed_node_rows_round_trip_through_the_server() {
         })
         .expect("the weak reference is cleared");
 }
+
+/// Forward one TCP connection on 127.0.0.1 to the server's Unix socket, so
+/// the TCP client path is tested without relying on the server's `ptcp:`.
+fn forward_one_tcp_connection(upstream: &str) -> (u16, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a local TCP port");
+    let port = listener.local_addr().unwrap().port();
+    let upstream = upstream.strip_prefix("unix:").unwrap().to_owned();
+    let handle = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().expect("accept the client");
+        let unix = std::os::unix::net::UnixStream::connect(&upstream).expect("reach the server");
+        let (mut tcp_r, mut unix_w) = (tcp.try_clone().unwrap(), unix.try_clone().unwrap());
+        let up = std::thread::spawn(move || {
+            let mut buf = [0u8; 16384];
+            while let Ok(n @ 1..) = tcp_r.read(&mut buf) {
+                if unix_w.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            let _ = unix_w.shutdown(std::net::Shutdown::Both);
+        });
+        let (mut unix_r, mut tcp_w) = (unix, tcp);
+        let mut buf = [0u8; 16384];
+        while let Ok(n @ 1..) = unix_r.read(&mut buf) {
+            if tcp_w.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = tcp_w.shutdown(std::net::Shutdown::Both);
+        let _ = up.join();
+    });
+    (port, handle)
+}
+
+#[test]
+fn tcp_remote_works() {
+    let server = TestServer::start(Mode::Standalone);
+    let (port, forwarder) = forward_one_tcp_connection(&server.remote());
+    let c = Client::connect(&format!("tcp:127.0.0.1:{port}")).unwrap();
+    assert_eq!(c.remote(), format!("tcp:127.0.0.1:{port}"));
+    let rn = c
+        .transact(
+            &Transaction::new(DB)
+                .insert(
+                    "Remote_Node",
+                    row([
+                        ("name", Datum::from("tcp-node")),
+                        ("vtep_ip", Datum::from("192.0.2.9")),
+                    ]),
+                )
+                .named("rn"),
+        )
+        .unwrap()
+        .uuid_of("rn")
+        .unwrap();
+    let out = c
+        .transact(&Transaction::new(DB).select("Remote_Node", vec![Condition::uuid(rn)]))
+        .unwrap();
+    assert_eq!(
+        out.results[0].rows().unwrap()[0]["name"],
+        Datum::from("tcp-node")
+    );
+    drop(c);
+    forwarder
+        .join()
+        .expect("the forwarder finishes once the client hangs up");
+}
