@@ -204,7 +204,13 @@ mod tests {
         let err = Client::connect(&remote).unwrap_err();
         assert!(matches!(err, Error::Connect { .. }), "{err:?}");
         let msg = err.to_string();
-        assert!(msg.contains("nobody-here.sock") && msg.contains("is running"), "{msg}");
-        assert!(matches!(Client::connect("localhost:6640"), Err(Error::InvalidRemote(_))));
+        assert!(
+            msg.contains("nobody-here.sock") && msg.contains("is running"),
+            "{msg}"
+        );
+        assert!(matches!(
+            Client::connect("localhost:6640"),
+            Err(Error::InvalidRemote(_))
+        ));
     }
 }

@@ -276,6 +276,8 @@ impl State {
 #[derive(Debug)]
 pub struct Monitor {
     shared: Arc<Shared>,
+    tables: Vec<String>,
+    commands: Sender<Command>,
     stop: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -297,12 +299,14 @@ impl Monitor {
             ));
         }
         let shared = Arc::new(Shared::default());
+        let tables = config.tables.keys().cloned().collect();
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
+        let (cmd_tx, cmd_rx) = unbounded();
         let thread = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("nestdb-monitor".into())
-                .spawn(move || Worker::new(config, remote, shared, stop_rx).run())
+                .spawn(move || Worker::new(config, remote, shared, stop_rx, cmd_rx).run())
                 .map_err(|source| Error::Io {
                     remote: "monitor thread".into(),
                     source,
@@ -310,9 +314,31 @@ impl Monitor {
         };
         Ok(Monitor {
             shared,
+            tables,
+            commands: cmd_tx,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
+    }
+
+    /// Replace the row filter of a monitored `table` (`None`: all rows).
+    /// Takes effect asynchronously: on a live `monitor_cond[_since]`
+    /// session through `monitor_cond_change` (rows entering the filter
+    /// arrive as inserts, rows leaving it as deletes), otherwise at the next
+    /// session. Use [`Monitor::wait_until`] to wait for the result.
+    pub fn set_conditions(&self, table: &str, conditions: Option<Vec<Condition>>) -> Result<()> {
+        if !self.tables.iter().any(|t| t == table) {
+            return Err(Error::InvalidTransaction(format!(
+                "table \"{table}\" is not monitored; monitored tables: {}",
+                self.tables.join(", ")
+            )));
+        }
+        self.commands
+            .send(Command::SetConditions {
+                table: table.to_owned(),
+                conditions,
+            })
+            .map_err(|_| Error::Disconnected("the monitor thread (it was stopped)".into()))
     }
 
     /// A new channel of events from now on. Subscribe before the first
@@ -400,23 +426,40 @@ enum SessionEnd {
     Lost(String),
 }
 
+/// Requests from the [`Monitor`] handle to its thread.
+#[derive(Debug)]
+enum Command {
+    SetConditions {
+        table: String,
+        conditions: Option<Vec<Condition>>,
+    },
+}
+
 struct Worker {
     config: MonitorConfig,
     remote: Remote,
     shared: Arc<Shared>,
     stop: Receiver<()>,
+    commands: Receiver<Command>,
     method: MonitorMethod,
     last_txn_id: Option<Uuid>,
 }
 
 impl Worker {
-    fn new(config: MonitorConfig, remote: Remote, shared: Arc<Shared>, stop: Receiver<()>) -> Self {
+    fn new(
+        config: MonitorConfig,
+        remote: Remote,
+        shared: Arc<Shared>,
+        stop: Receiver<()>,
+        commands: Receiver<Command>,
+    ) -> Self {
         Worker {
             method: config.method,
             config,
             remote,
             shared,
             stop,
+            commands,
             last_txn_id: None,
         }
     }
@@ -446,11 +489,62 @@ impl Worker {
             }
             let delay = backoff.next_delay();
             tracing::info!(remote = %self.remote, %reason, ?delay, "monitor session ended; reconnecting");
-            match self.stop.recv_timeout(delay) {
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                _ => break,
+            if self.pause(delay) {
+                break;
             }
         }
+    }
+
+    /// Wait out a backoff delay, taking commands meanwhile. True if stopped.
+    fn pause(&mut self, delay: Duration) -> bool {
+        let deadline = Instant::now() + delay;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            select! {
+                recv(self.stop) -> _ => return true,
+                recv(self.commands) -> cmd => match cmd {
+                    Ok(cmd) => self.record(cmd),
+                    Err(_) => return true,
+                },
+                default(left) => return false,
+            }
+        }
+    }
+
+    /// Store a command's effect in the configuration for later sessions.
+    fn record(&mut self, cmd: Command) {
+        match cmd {
+            Command::SetConditions { table, conditions } => {
+                if let Some(tm) = self.config.tables.get_mut(&table) {
+                    tm.conditions = conditions;
+                }
+                // A resumed session would not resend rows that only now
+                // match; the next session must start from a full dump.
+                self.last_txn_id = None;
+            }
+        }
+    }
+
+    /// Apply a command on the live session.
+    fn execute(&mut self, conn: &Connection, cmd: Command) -> Result<()> {
+        let Command::SetConditions { table, conditions } = &cmd;
+        let request = json!({ table.clone(): [{
+            "where": conditions.as_deref().map_or_else(|| json!([true]), conditions_to_json)
+        }]});
+        self.record(cmd);
+        if self.method == MonitorMethod::Plain {
+            let msg = "the server only supports plain \"monitor\", which cannot filter rows";
+            self.shared.lock().status.last_error = Some(msg.into());
+            return Ok(());
+        }
+        conn.call(
+            "monitor_cond_change",
+            json!([MONITOR_ID, MONITOR_ID, request]),
+        )
+        .map(drop)
     }
 
     /// One connection's life. Returns how it ended and whether it got in
@@ -482,6 +576,14 @@ impl Worker {
         loop {
             select! {
                 recv(self.stop) -> _ => return (SessionEnd::Stopped, true),
+                recv(self.commands) -> cmd => match cmd {
+                    Ok(cmd) => {
+                        if let Err(e) = self.execute(&conn, cmd) {
+                            return (SessionEnd::Lost(format!("changing monitor conditions failed: {e}")), true);
+                        }
+                    }
+                    Err(_) => return (SessionEnd::Stopped, true),
+                },
                 recv(notes) -> n => match n {
                     Ok(n) => {
                         if let Err(e) = self.handle(&n) {

@@ -995,3 +995,59 @@ fn tcp_remote_works() {
         .join()
         .expect("the forwarder finishes once the client hangs up");
 }
+
+#[test]
+fn changing_conditions_adds_and_removes_rows() {
+    let server = TestServer::start(Mode::Standalone);
+    let writer = Client::connect(&server.remote()).unwrap();
+    let local = insert_port(&writer, "local", "0a:58:0a:f4:00:21", &[]);
+    let remote = insert_port(&writer, "remote", "0a:58:0a:f4:00:22", &[]);
+    let mut cfg = fast_monitor(
+        &server.remote(),
+        &["Logical_Port"],
+        MonitorMethod::CondSince,
+    );
+    cfg.tables.get_mut("Logical_Port").unwrap().conditions =
+        Some(vec![Condition::eq("name", "local")]);
+    let monitor = Monitor::start(cfg).unwrap();
+    let rx = monitor.subscribe();
+    events_until(&rx, "initial sync", |e| {
+        matches!(e, MonitorEvent::Synced { .. })
+    });
+    assert_eq!(
+        monitor.with_replica(|r| r
+            .table("Logical_Port")
+            .unwrap()
+            .keys()
+            .copied()
+            .collect::<Vec<_>>()),
+        vec![local]
+    );
+
+    monitor
+        .set_conditions("Logical_Port", Some(vec![Condition::eq("name", "remote")]))
+        .unwrap();
+    let ev = events_until(&rx, "the filter change", |e| {
+        changes(std::slice::from_ref(e))
+            .iter()
+            .any(|c| c.1 == remote)
+    });
+    let mut got = changes(&ev);
+    got.sort();
+    let mut want = vec![
+        ("Logical_Port".to_string(), local, ChangeKind::Delete),
+        ("Logical_Port".to_string(), remote, ChangeKind::Insert),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+
+    monitor.set_conditions("Logical_Port", None).unwrap();
+    monitor
+        .wait_until(WAIT, |r, _| r.len("Logical_Port") == 2)
+        .expect("all rows after clearing the filter");
+    assert_eq!(monitor.status().sessions, 1, "changed on the live session");
+    assert!(
+        monitor.set_conditions("Service", None).is_err(),
+        "Service is not monitored"
+    );
+}
