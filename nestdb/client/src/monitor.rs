@@ -9,7 +9,11 @@
 //! consumer still sees rows deleted while it was away. Servers without
 //! `monitor_cond_since` get `monitor_cond` (update2), and servers without
 //! that get `monitor` (update1). After a disconnect the thread reconnects
-//! with exponential backoff, capped, with jitter from a seedable RNG.
+//! with exponential backoff, capped, with jitter from a seedable RNG; while
+//! connected it probes a quiet server with `echo`. Row filters can be
+//! changed at runtime ([`Monitor::set_conditions`], `monitor_cond_change`);
+//! the handle talks to the thread only through channels, so every protocol
+//! exchange happens on the thread that owns the session.
 //!
 //! Invariants: the replica only changes by whole updates (see
 //! [`Replica`]); an update that cannot be applied forces a reconnect with a
