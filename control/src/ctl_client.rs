@@ -18,6 +18,13 @@
 //! socket is root-only), but every malformed or mismatched reply is still
 //! reported as a [`ClientError`] rather than a panic.
 //!
+//! A [`CtlClient`] can be kept open (the agent does): `sluiced` closes
+//! connections that stay idle for minutes, so a call on a long-idle client
+//! may fail with [`ClientError::Closed`] or [`ClientError::Io`]. After such a
+//! failure (or a timeout) the client reconnects before its next call; it
+//! never re-sends a request by itself, because it cannot know whether the
+//! server ran it.
+//!
 //! Thread-safety: a [`CtlClient`] is one connection used by one thread at a
 //! time (`&mut self`); open one per thread.
 
@@ -116,6 +123,7 @@ pub struct CtlClient {
     reader: BufReader<UnixStream>,
     timeout: Option<Duration>,
     next_id: u64,
+    broken: bool,
 }
 
 impl CtlClient {
@@ -138,6 +146,7 @@ impl CtlClient {
             reader: BufReader::new(reader),
             timeout: None,
             next_id: 0,
+            broken: false,
         })
     }
 
@@ -223,7 +232,36 @@ impl CtlClient {
         }
     }
 
+    /// Replaces the connection with a new one to the same socket, keeping the
+    /// timeout. Calls do this by themselves after a failure that left the
+    /// connection unusable, so callers normally never need it.
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`] if the socket cannot be reached.
+    pub fn reconnect(&mut self) -> Result<(), ClientError> {
+        let mut fresh = Self::connect(&self.path)?;
+        fresh.set_timeout(self.timeout)?;
+        fresh.next_id = self.next_id;
+        *self = fresh;
+        Ok(())
+    }
+
     fn transact(&mut self, method: &str, params: Value) -> Result<Value, ClientError> {
+        if self.broken {
+            self.reconnect()?;
+        }
+        let outcome = self.exchange(method, params);
+        // After anything but a clean reply the stream may hold a partial or
+        // late reply, or be closed: never reuse it.
+        if let Err(e) = &outcome {
+            if !matches!(e, ClientError::Server { .. }) {
+                self.broken = true;
+            }
+        }
+        outcome
+    }
+
+    fn exchange(&mut self, method: &str, params: Value) -> Result<Value, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
         let request = json!({"id": id, "method": method, "params": params});
@@ -428,6 +466,39 @@ mod tests {
         assert!(err.to_string().starts_with("no reply from"), "{err}");
         drop(client);
         server.join().unwrap();
+    }
+
+    #[test]
+    fn a_failed_connection_is_replaced_before_the_next_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fake.ctl");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = thread::spawn(move || {
+            // First connection: read the request, hang up without replying.
+            let (first, _) = listener.accept().unwrap();
+            let mut de = serde_json::Deserializer::from_reader(first.try_clone().unwrap());
+            let first_request = Value::deserialize(&mut de).unwrap();
+            // Both handles must go for the client to see end-of-file.
+            drop(de);
+            drop(first);
+            // Second connection: answer properly.
+            let (mut second, _) = listener.accept().unwrap();
+            let mut de = serde_json::Deserializer::from_reader(second.try_clone().unwrap());
+            let request = Value::deserialize(&mut de).unwrap();
+            let reply = json!({"id": request["id"], "result": "again\n", "error": null});
+            second.write_all(reply.to_string().as_bytes()).unwrap();
+            (first_request, request)
+        });
+        let mut client = CtlClient::connect(&path).unwrap();
+        client.set_timeout(Some(Duration::from_secs(60))).unwrap();
+        let err = client.call("version", &["x"]).unwrap_err();
+        assert!(matches!(err, ClientError::Closed { .. }), "{err}");
+        assert_eq!(client.call("version", &["y"]).unwrap(), "again\n");
+        let (first, second) = server.join().unwrap();
+        assert_eq!(first["params"], json!(["x"]));
+        // Only the new request went over the new connection, with a fresh id.
+        assert_eq!(second["params"], json!(["y"]));
+        assert_eq!(second["id"], json!(1));
     }
 
     #[test]

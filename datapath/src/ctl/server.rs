@@ -26,6 +26,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -76,6 +77,27 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    fn validate(&self) -> Result<(), CtlError> {
+        let invalid = |reason: &str| {
+            Err(CtlError::InvalidConfig {
+                reason: reason.to_owned(),
+            })
+        };
+        if self.max_message_bytes == 0 {
+            return invalid("max_message_bytes must be at least 1");
+        }
+        if self.max_connections == 0 {
+            return invalid("max_connections must be at least 1");
+        }
+        if [self.read_timeout, self.idle_timeout, self.write_timeout]
+            .iter()
+            .any(Duration::is_zero)
+        {
+            return invalid("read, idle and write timeouts must be longer than zero");
+        }
+        Ok(())
+    }
+
     /// The default settings with the socket at `path`.
     pub fn with_path(path: impl Into<PathBuf>) -> Self {
         Self {
@@ -117,6 +139,12 @@ pub enum CtlError {
         path: PathBuf,
         /// The underlying error.
         source: io::Error,
+    },
+    /// A [`ServerConfig`] limit is unusable.
+    #[error("invalid control socket configuration: {reason}")]
+    InvalidConfig {
+        /// Which setting is wrong and why.
+        reason: String,
     },
     /// The accept thread could not be spawned.
     #[error("cannot start the control socket thread: {0}")]
@@ -181,6 +209,7 @@ impl CtlServer {
         registry: Registry,
         on_exit: impl Fn() + Send + Sync + 'static,
     ) -> Result<Self, CtlError> {
+        config.validate()?;
         let (listener, socket_id) = bind_socket(&config.path)?;
         let set_nonblocking = |e| CtlError::Socket {
             action: "configure",
@@ -448,6 +477,30 @@ fn admission(shared: &Shared, stream: &UnixStream) -> Admission {
     }
 }
 
+/// Runs one request, turning a panicking handler into an error reply so
+/// the connection (and its slot in the connection limit) survives.
+fn dispatch_guarded(
+    shared: &Shared,
+    request: &Request,
+    ctx: &DispatchContext<'_>,
+) -> Result<Value, String> {
+    let run = || {
+        shared
+            .registry
+            .dispatch(&request.method, &request.params, ctx)
+    };
+    match panic::catch_unwind(AssertUnwindSafe(run)) {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            tracing::error!(command = %request.method, "control command handler panicked");
+            Err(format!(
+                "internal error: the \"{}\" handler panicked; see the sluiced log\n",
+                request.method
+            ))
+        }
+    }
+}
+
 fn serve_connection(shared: &Shared, mut stream: UnixStream) {
     let config = &shared.config;
     let admission = admission(shared, &stream);
@@ -507,10 +560,7 @@ fn serve_connection(shared: &Shared, mut stream: UnixStream) {
                     Ok(request) => match &admission {
                         Admission::Denied(message) => (request.id, Err(message.clone())),
                         Admission::Allowed => {
-                            let outcome =
-                                shared
-                                    .registry
-                                    .dispatch(&request.method, &request.params, &ctx);
+                            let outcome = dispatch_guarded(shared, &request, &ctx);
                             (request.id, outcome)
                         }
                     },
@@ -860,6 +910,59 @@ mod tests {
             json!({"id": 4, "result": "", "error": null})
         );
         assert_eq!(exits.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn panicking_handler_gets_an_error_reply_and_the_connection_survives() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = test_registry();
+        r.register(
+            "boom",
+            "",
+            0,
+            0,
+            Arc::new(|_: &[String]| panic!("handler bug")),
+        )
+        .unwrap();
+        let server = CtlServer::start(
+            ServerConfig {
+                max_connections: 1,
+                ..ServerConfig::with_path(dir.path().join("s.ctl"))
+            },
+            r,
+            || {},
+        )
+        .unwrap();
+        let mut s = UnixStream::connect(server.path()).unwrap();
+        assert_eq!(
+            call(&mut s, 1, "boom", json!([]))["error"],
+            "internal error: the \"boom\" handler panicked; see the sluiced log\n"
+        );
+        assert_eq!(
+            call(&mut s, 2, "echo", json!(["after"]))["result"],
+            "after\n"
+        );
+    }
+
+    #[test]
+    fn unusable_limits_are_refused_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.ctl");
+        let err = CtlServer::start(
+            ServerConfig {
+                read_timeout: Duration::ZERO,
+                ..ServerConfig::with_path(&path)
+            },
+            Registry::new(),
+            || {},
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("timeouts must be longer than zero"),
+            "{err}"
+        );
+        assert!(!path.exists(), "no socket is created for a refused config");
     }
 
     #[test]
