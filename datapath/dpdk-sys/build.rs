@@ -93,4 +93,9 @@ fn main() {
         build.include(p);
     }
     build.compile("dpdk_sys_wrappers");
+    // `rte_eth_from_rings` lives in the net_ring driver library, which is
+    // not in libdpdk's pkg-config link line (drivers load as plugins). The
+    // plugin directory holds a symlink to the same file, so the dynamic
+    // loader maps it once.
+    println!("cargo:rustc-link-lib=dylib=rte_net_ring");
 }

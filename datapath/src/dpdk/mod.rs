@@ -17,6 +17,7 @@ pub mod ethdev;
 pub mod log;
 pub mod mbuf;
 pub mod mempool;
+pub mod ring;
 
 use std::ffi::CStr;
 

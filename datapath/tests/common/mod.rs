@@ -1,0 +1,257 @@
+//! Shared helpers for sluiced's end-to-end tests: network namespaces and
+//! veth pairs that clean up after themselves, and a `sluiced` child process
+//! whose stdout events are read with bounded waits.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+/// Generous bound for anything on a loaded 2-core machine.
+pub const WAIT: Duration = Duration::from_secs(90);
+
+/// True when the tests can create namespaces (root). Prints why not.
+pub fn can_use_netns(test: &str) -> bool {
+    let ok = std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false);
+    if !ok {
+        println!("SKIP {test}: needs root to create network namespaces and DPDK ports");
+    }
+    ok
+}
+
+/// Runs a command, panicking with its stderr when it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command, ignoring failure (cleanup).
+pub fn sh_quiet(args: &[&str]) {
+    let _ = Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn new(name: &str) -> Netns {
+        sh_quiet(&["ip", "netns", "del", name]);
+        sh(&["ip", "netns", "add", name]);
+        sh(&["ip", "-n", name, "link", "set", "lo", "up"]);
+        Netns(name.to_string())
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(args)
+            .output()
+            .expect("ip netns exec")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        sh_quiet(&["ip", "netns", "del", &self.0]);
+    }
+}
+
+/// A veth pair: `outer` stays in the root namespace, `inner` goes into
+/// `ns` with `addr` (CIDR), checksum offload off so that frames copied by
+/// af_packet carry complete checksums. Deleted on drop.
+pub struct Veth {
+    pub outer: String,
+}
+
+impl Veth {
+    pub fn new(outer: &str, inner: &str, ns: &Netns, addr: &str) -> Veth {
+        sh_quiet(&["ip", "link", "del", outer]);
+        sh(&["ip", "link", "add", outer, "type", "veth", "peer", "name", inner]);
+        let v = Veth {
+            outer: outer.to_string(),
+        };
+        sh(&["ip", "link", "set", inner, "netns", &ns.0]);
+        sh(&["ip", "link", "set", outer, "up"]);
+        sh(&["ip", "-n", &ns.0, "addr", "add", addr, "dev", inner]);
+        sh(&["ip", "-n", &ns.0, "link", "set", inner, "up"]);
+        sh_quiet(&["ip", "netns", "exec", &ns.0, "ethtool", "-K", inner, "tx", "off"]);
+        v
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        sh_quiet(&["ip", "link", "del", &self.outer]);
+    }
+}
+
+/// Path of the sluiced binary under test.
+pub fn sluiced_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sluiced"))
+}
+
+/// A running sluiced child process, killed on drop.
+pub struct Sluiced {
+    child: Option<Child>,
+    events: Receiver<String>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Sluiced {
+    /// Starts sluiced with `config` (INI text) and waits for its "ready"
+    /// event; panics with its stderr if it exits instead.
+    pub fn start(config: &str) -> (Sluiced, serde_json::Value) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("sluiced.ini");
+        std::fs::write(&cfg, config).expect("write config");
+        let mut child = Command::new(sluiced_bin())
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sluiced");
+        let (tx, rx) = channel();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut s = Sluiced {
+            child: Some(child),
+            events: rx,
+            dir,
+        };
+        let ready = s.wait_event("ready");
+        (s, ready)
+    }
+
+    fn stderr_text(&mut self) -> String {
+        let mut err = String::new();
+        if let Some(c) = self.child.as_mut() {
+            if let Some(mut e) = c.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+        }
+        err
+    }
+
+    /// Waits (bounded) for the next stdout event named `name`.
+    pub fn wait_event(&mut self, name: &str) -> serde_json::Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(line) => {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                        if v["event"] == name {
+                            return v;
+                        }
+                    }
+                }
+                Err(_) => {
+                    let exited = self
+                        .child
+                        .as_mut()
+                        .and_then(|c| c.try_wait().ok().flatten());
+                    let err = if exited.is_some() { self.stderr_text() } else { String::new() };
+                    panic!("sluiced gave no '{name}' event within {WAIT:?} (exit: {exited:?}); stderr:\n{err}");
+                }
+            }
+        }
+    }
+
+    /// Sends SIGTERM, waits (bounded) for the "stopped" event and a clean
+    /// exit, and returns the event.
+    pub fn stop(mut self) -> serde_json::Value {
+        let pid = self.child.as_ref().expect("child").id();
+        sh(&["kill", "-TERM", &pid.to_string()]);
+        let ev = self.wait_event("stopped");
+        let mut child = self.child.take().expect("child");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                assert!(st.success(), "sluiced exited with {st} after SIGTERM");
+                return ev;
+            }
+            assert!(Instant::now() < deadline, "sluiced did not exit after its stopped event");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Sluiced {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Sum of a per-port stat over the stopped event's ports.
+pub fn sum_ports(ev: &serde_json::Value, key: &str) -> u64 {
+    ev["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| p["stats"][key].as_u64().expect("stat"))
+        .sum()
+}
+
+/// Sum of a per-PMD stat over the stopped event's PMDs.
+pub fn sum_pmds(ev: &serde_json::Value, key: &str) -> u64 {
+    ev["pmds"]
+        .as_array()
+        .expect("pmds")
+        .iter()
+        .map(|p| p[key].as_u64().expect("stat"))
+        .sum()
+}
+
+/// A config with the given `[port:...]` sections appended.
+pub fn config(prefix: &str, ports: &str) -> String {
+    format!(
+        "[coe]\nnode_type = 'BAREMETAL'\n[nsx_node_agent]\novs_bridge = br-int\n[datapath]\ncores = {}\nmain_core = 0\nfile_prefix = {prefix}\nhugepages = auto\nmbufs = 8192\n{ports}",
+        pmd_core()
+    )
+}
+
+/// The PMD core for tests: the last CPU we may use.
+pub fn pmd_core() -> usize {
+    core_affinity_last()
+}
+
+fn core_affinity_last() -> usize {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let list = s
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap_or("0")
+        .trim()
+        .to_string();
+    list.split(',')
+        .filter_map(|p| p.rsplit('-').next()?.parse::<usize>().ok())
+        .max()
+        .unwrap_or(0)
+}

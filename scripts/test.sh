@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace on a fresh Debian 12 machine:
+# installs what is needed, sets up hugepages, builds, tests.
+# Usage: sudo scripts/test.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/setup-deps.sh
+need_root
+install_packages
+setup_hugepages
+export CARGO_TERM_COLOR=never
+echo "==> cargo build (all targets)"
+cargo build --workspace --all-targets --locked
+echo "==> cargo test"
+cargo test --workspace --locked "$@" 2>&1 | tee target/test.log
+# Tests skip (with a printed reason) only when a prerequisite is missing.
+grep -h '^SKIP' target/test.log || true
