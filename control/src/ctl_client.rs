@@ -43,7 +43,7 @@ pub const DEFAULT_SOCKET: &str = "/var/run/sluice/sluiced.ctl";
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The socket could not be reached.
-    #[error("cannot connect to {}: {} ({})", path.display(), describe_io(source), connect_hint(source))]
+    #[error("cannot connect to {}: {} ({})", path.display(), io_error_text(source), connect_hint(source))]
     Connect {
         /// The socket path.
         path: PathBuf,
@@ -65,7 +65,7 @@ pub enum ClientError {
         timeout: Duration,
     },
     /// The connection broke.
-    #[error("lost the connection to {}: {}", path.display(), describe_io(source))]
+    #[error("lost the connection to {}: {}", path.display(), io_error_text(source))]
     Io {
         /// The socket path.
         path: PathBuf,
@@ -99,8 +99,9 @@ impl ClientError {
     }
 }
 
-/// An `io::Error` as a sentence fragment, without Rust's "(os error N)".
-fn describe_io(error: &io::Error) -> String {
+/// An `io::Error` as a sentence fragment for users, without Rust's
+/// "(os error N)" suffix: "No such file or directory".
+pub fn io_error_text(error: &io::Error) -> String {
     let text = error.to_string();
     match text.rfind(" (os error ") {
         Some(at) if text.ends_with(')') => text[..at].to_owned(),

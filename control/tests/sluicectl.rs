@@ -130,7 +130,7 @@ fn add_flows_and_replace_flows_send_one_bundle() {
     std::fs::write(
         &file,
         "# web\n table=0,priority=10,tcp,tp_dst=80,actions=output:2 \n\n\
-         table=0,priority=0,actions=drop\n",
+         table=0,priority=0,actions=drop # default\n   # indented comment\n",
     )
     .unwrap();
     let file = file.to_str().unwrap();
@@ -198,7 +198,7 @@ fn missing_flow_file_exits_2_without_contacting_the_server() {
     assert_eq!(
         stderr(&out),
         format!(
-            "sluicectl: cannot read flow file {}: No such file or directory (os error 2)\n",
+            "sluicectl: cannot read flow file {}: No such file or directory\n",
             missing.display()
         )
     );

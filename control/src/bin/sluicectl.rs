@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
-use sluice_control::ctl_client::{ClientError, CtlClient, DEFAULT_SOCKET};
+use sluice_control::ctl_client::{io_error_text, ClientError, CtlClient, DEFAULT_SOCKET};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -167,9 +167,9 @@ enum Request {
 /// A problem found before contacting the server (exit status 2).
 #[derive(Debug, thiserror::Error)]
 enum InputError {
-    #[error("cannot read flow file {}: {source}", path.display())]
+    #[error("cannot read flow file {}: {}", path.display(), io_error_text(source))]
     ReadFile { path: PathBuf, source: io::Error },
-    #[error("cannot make capture file path {} absolute: {source}", path.display())]
+    #[error("cannot make capture file path {} absolute: {}", path.display(), io_error_text(source))]
     CapturePath { path: PathBuf, source: io::Error },
     #[error("params of call-method are not valid JSON: {0}")]
     Params(serde_json::Error),
@@ -182,7 +182,8 @@ fn command(name: &str, args: impl IntoIterator<Item = String>) -> Request {
     }
 }
 
-/// Reads flow lines: trimmed, without blank lines and `#` comments.
+/// Reads flow lines like `ovs-ofctl`: everything from `#` to the end of a
+/// line is a comment; blank lines are skipped; the rest is trimmed.
 fn read_flows(path: &Path) -> Result<Vec<String>, InputError> {
     let read_err = |source| InputError::ReadFile {
         path: path.to_path_buf(),
@@ -196,8 +197,8 @@ fn read_flows(path: &Path) -> Result<Vec<String>, InputError> {
     }
     Ok(text
         .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| line.split('#').next().unwrap_or_default().trim())
+        .filter(|line| !line.is_empty())
         .map(str::to_owned)
         .collect())
 }

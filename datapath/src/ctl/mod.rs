@@ -17,6 +17,32 @@
 //! - `sys`: the three system calls std lacks (`SO_PEERCRED`, `geteuid`,
 //!   `poll`), the only `unsafe` code here.
 //!
+//! Wiring it into a daemon:
+//!
+//! ```no_run
+//! use std::sync::{mpsc, Arc};
+//! use sluice_datapath::ctl::{CtlServer, Registry, ServerConfig};
+//!
+//! let registry = Registry::new();
+//! // A feature registers its introspection command next to its own code,
+//! // before or after the server starts.
+//! registry.register(
+//!     "dump-neighbours",
+//!     "",
+//!     0,
+//!     0,
+//!     Arc::new(|_args: &[String]| Ok("10.0.0.1 02:00:00:00:00:01\n".to_owned())),
+//! )?;
+//! let (exit_tx, exit_rx) = mpsc::channel();
+//! let mut server = CtlServer::start(ServerConfig::default(), registry.clone(), move || {
+//!     let _ = exit_tx.send(());
+//! })?;
+//! // Returns when someone runs `ovs-appctl -t /var/run/sluice/sluiced.ctl exit`.
+//! exit_rx.recv()?;
+//! server.stop();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Handlers run on control threads, never on PMD threads: a handler that
 //! needs PMD state reads shared counters or publishes a new program (RCU);
 //! it never blocks a PMD.
