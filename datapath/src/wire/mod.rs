@@ -30,6 +30,7 @@ pub mod icmpv4;
 pub mod ip;
 pub mod ipv4;
 pub mod ipv6;
+pub mod pretty;
 pub mod sctp;
 pub mod tcp;
 pub mod udp;
@@ -47,6 +48,7 @@ pub use icmpv4::{
 pub use ip::IpProtocol;
 pub use ipv4::{Cidr as Ipv4Cidr, Packet as Ipv4Packet, Repr as Ipv4Repr};
 pub use ipv6::{Packet as Ipv6Packet, Repr as Ipv6Repr, UpperLayer as Ipv6UpperLayer};
+pub use pretty::PrettyFrame;
 pub use sctp::{Packet as SctpPacket, Repr as SctpRepr};
 pub use tcp::{Flags as TcpFlags, Packet as TcpPacket, Repr as TcpRepr};
 pub use udp::{Packet as UdpPacket, Repr as UdpRepr};
