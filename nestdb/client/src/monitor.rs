@@ -583,7 +583,8 @@ impl Worker {
                 recv(self.commands) -> cmd => match cmd {
                     Ok(cmd) => {
                         if let Err(e) = self.execute(&conn, cmd) {
-                            return (SessionEnd::Lost(format!("changing monitor conditions failed: {e}")), true);
+                            let reason = format!("changing monitor conditions failed: {e}");
+                            return (SessionEnd::Lost(reason), true);
                         }
                     }
                     Err(_) => return (SessionEnd::Stopped, true),
@@ -610,10 +611,8 @@ impl Worker {
                         if self.stop_requested() {
                             return (SessionEnd::Stopped, true);
                         }
-                        return (
-                            SessionEnd::Lost(format!("the server stopped answering echo probes: {e}")),
-                            true,
-                        );
+                        let reason = format!("the server stopped answering echo probes: {e}");
+                        return (SessionEnd::Lost(reason), true);
                     }
                 }
             }
