@@ -40,18 +40,26 @@ pub enum FrameError {
 
 /// Incremental splitter of a byte stream into top-level JSON values.
 ///
-/// Invariant: `buf[..scan]` has been scanned; if `start` is `Some(s)`, a
+/// Use: after each [`Framer::push`], call [`Framer::next_frame`] until it
+/// returns `Ok(None)`. Messages completed before a framing error are still
+/// returned first, so a valid request followed by garbage in the same read
+/// is executed before the error is reported.
+///
+/// Invariant: `buf[..consumed]` belongs to messages already returned (or
+/// whitespace); `buf[..scan]` has been scanned; if `start` is `Some(s)`, a
 /// message begins at `buf[s]` and `depth`/`in_string`/`escape` describe the
-/// scanner state at `scan`. Completed messages are removed from `buf`.
+/// scanner state at `scan`.
 #[derive(Debug)]
 pub struct Framer {
     buf: Vec<u8>,
+    consumed: usize,
     scan: usize,
     start: Option<usize>,
     depth: usize,
     in_string: bool,
     escape: bool,
     max_message: usize,
+    failed: Option<FrameError>,
 }
 
 impl Framer {
@@ -60,12 +68,14 @@ impl Framer {
     pub fn new(max_message: usize) -> Self {
         Self {
             buf: Vec::new(),
+            consumed: 0,
             scan: 0,
             start: None,
             depth: 0,
             in_string: false,
             escape: false,
             max_message,
+            failed: None,
         }
     }
 
@@ -74,34 +84,47 @@ impl Framer {
         self.start.is_some()
     }
 
-    /// Appends `data` and returns every message it completes, in order.
+    /// Appends bytes received from the stream.
+    pub fn push(&mut self, data: &[u8]) {
+        if self.consumed > 0 {
+            self.buf.drain(..self.consumed);
+            self.scan -= self.consumed;
+            if let Some(start) = self.start.as_mut() {
+                *start -= self.consumed;
+            }
+            self.consumed = 0;
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next complete message, or `None` if more bytes are needed.
     ///
     /// # Errors
     /// [`FrameError`] if a message is too large or the stream holds
-    /// something other than JSON objects; the framer must then be dropped.
-    pub fn push(&mut self, data: &[u8]) -> Result<Vec<Vec<u8>>, FrameError> {
-        self.buf.extend_from_slice(data);
-        let mut frames = Vec::new();
-        let mut consumed = 0;
+    /// something other than JSON objects; the stream is then out of sync and
+    /// every later call returns the same error.
+    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
+        }
         while self.scan < self.buf.len() {
             let byte = self.buf[self.scan];
             let pos = self.scan;
             self.scan += 1;
             let Some(start) = self.start else {
                 match byte {
-                    b' ' | b'\t' | b'\n' | b'\r' => consumed = self.scan,
+                    b' ' | b'\t' | b'\n' | b'\r' => self.consumed = self.scan,
                     b'{' | b'[' => {
                         self.start = Some(pos);
                         self.depth = 1;
                     }
-                    _ => return Err(FrameError::NotAnObject { byte }),
+                    _ => return Err(self.fail(FrameError::NotAnObject { byte })),
                 }
                 continue;
             };
             if pos + 1 - start > self.max_message {
-                return Err(FrameError::TooLarge {
-                    limit: self.max_message,
-                });
+                let limit = self.max_message;
+                return Err(self.fail(FrameError::TooLarge { limit }));
             }
             if self.in_string {
                 if self.escape {
@@ -119,20 +142,20 @@ impl Framer {
                 b'}' | b']' => {
                     self.depth -= 1;
                     if self.depth == 0 {
-                        frames.push(self.buf[start..self.scan].to_vec());
                         self.start = None;
-                        consumed = self.scan;
+                        self.consumed = self.scan;
+                        return Ok(Some(self.buf[start..self.scan].to_vec()));
                     }
                 }
                 _ => {}
             }
         }
-        self.buf.drain(..consumed);
-        self.scan -= consumed;
-        if let Some(start) = self.start.as_mut() {
-            *start -= consumed;
-        }
-        Ok(frames)
+        Ok(None)
+    }
+
+    fn fail(&mut self, error: FrameError) -> FrameError {
+        self.failed = Some(error.clone());
+        error
     }
 }
 
@@ -224,10 +247,14 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Pushes each chunk and collects every frame it completes.
     fn feed_all(framer: &mut Framer, chunks: &[&[u8]]) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         for chunk in chunks {
-            out.extend(framer.push(chunk).expect("valid stream"));
+            framer.push(chunk);
+            while let Some(frame) = framer.next_frame().expect("valid stream") {
+                out.push(frame);
+            }
         }
         out
     }
@@ -235,9 +262,7 @@ mod tests {
     #[test]
     fn one_message_one_read() {
         let mut f = Framer::new(1024);
-        let frames = f
-            .push(br#"{"id":0,"method":"version","params":[]}"#)
-            .unwrap();
+        let frames = feed_all(&mut f, &[br#"{"id":0,"method":"version","params":[]}"#]);
         assert_eq!(
             frames,
             vec![br#"{"id":0,"method":"version","params":[]}"#.to_vec()]
@@ -251,7 +276,7 @@ mod tests {
         let mut f = Framer::new(1024);
         let mut frames = Vec::new();
         for (i, b) in msg.iter().enumerate() {
-            let got = f.push(std::slice::from_ref(b)).unwrap();
+            let got = feed_all(&mut f, &[std::slice::from_ref(b)]);
             if i + 1 < msg.len() {
                 assert!(got.is_empty(), "completed early at byte {i}");
                 assert!(f.has_partial());
@@ -286,33 +311,40 @@ mod tests {
     }
 
     #[test]
-    fn garbage_between_messages_is_a_framing_error() {
+    fn garbage_after_a_message_is_reported_after_the_message() {
         let mut f = Framer::new(1024);
+        f.push(b"{\"id\":1,\"method\":\"a\"} hello");
         assert_eq!(
-            f.push(b"{\"id\":1,\"method\":\"a\"} hello"),
-            Err(FrameError::NotAnObject { byte: b'h' })
+            f.next_frame(),
+            Ok(Some(b"{\"id\":1,\"method\":\"a\"}".to_vec()))
         );
+        assert_eq!(f.next_frame(), Err(FrameError::NotAnObject { byte: b'h' }));
+        // Once out of sync, always out of sync.
+        f.push(b"{\"id\":2}");
+        assert_eq!(f.next_frame(), Err(FrameError::NotAnObject { byte: b'h' }));
     }
 
     #[test]
     fn oversize_message_is_rejected_before_it_completes() {
         let mut f = Framer::new(16);
-        let err = f.push(b"{\"id\":1,\"method\":\"").unwrap_err();
-        assert_eq!(err, FrameError::TooLarge { limit: 16 });
+        f.push(b"{\"id\":1,\"method\":\"");
+        assert_eq!(f.next_frame(), Err(FrameError::TooLarge { limit: 16 }));
         // Exactly at the limit is accepted.
-        let mut f = Framer::new(16);
+        let mut f = Framer::new(15);
         let msg = b"{\"a\":\"0123456\"}";
         assert_eq!(msg.len(), 15);
-        assert_eq!(f.push(msg).unwrap().len(), 1);
+        assert_eq!(feed_all(&mut f, &[msg]).len(), 1);
     }
 
     #[test]
-    fn buffer_is_compacted_after_each_message() {
+    fn buffer_is_compacted_between_pushes() {
         let mut f = Framer::new(64);
         for i in 0..1000 {
             let msg = format!("{{\"id\":{i},\"method\":\"m\"}}");
-            assert_eq!(f.push(msg.as_bytes()).unwrap().len(), 1);
+            assert_eq!(feed_all(&mut f, &[msg.as_bytes()]).len(), 1);
+            assert!(f.buf.len() <= 64, "buffer grew to {}", f.buf.len());
         }
+        f.push(b"");
         assert!(f.buf.is_empty());
         assert_eq!(f.scan, 0);
     }

@@ -542,30 +542,17 @@ fn serve_connection(shared: &Shared, mut stream: UnixStream) {
                 return;
             }
         };
-        let frames = match framer.push(&buf[..n]) {
-            Ok(frames) => frames,
-            Err(e) => {
-                let _ = stream.write_all(&encode_reply(&Value::Null, &Err(format!("{e}\n"))));
-                return;
-            }
-        };
-        for frame in frames {
-            let (id, outcome) = match serde_json::from_slice::<Value>(&frame) {
-                Err(e) => (
-                    Value::Null,
-                    Err(format!("malformed JSON in request: {e}\n")),
-                ),
-                Ok(value) => match Request::from_value(value) {
-                    Err((id, message)) => (id, Err(format!("{message}\n"))),
-                    Ok(request) => match &admission {
-                        Admission::Denied(message) => (request.id, Err(message.clone())),
-                        Admission::Allowed => {
-                            let outcome = dispatch_guarded(shared, &request, &ctx);
-                            (request.id, outcome)
-                        }
-                    },
-                },
+        framer.push(&buf[..n]);
+        loop {
+            let frame = match framer.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = stream.write_all(&encode_reply(&Value::Null, &Err(format!("{e}\n"))));
+                    return;
+                }
             };
+            let (id, outcome) = handle_frame(shared, &admission, &ctx, &frame);
             if let Err(e) = stream.write_all(&encode_reply(&id, &outcome)) {
                 tracing::debug!(error = %e, "control reply could not be written");
                 return;
@@ -577,25 +564,56 @@ fn serve_connection(shared: &Shared, mut stream: UnixStream) {
     }
 }
 
+/// Decodes, validates and runs one message; returns the reply's id and
+/// outcome.
+fn handle_frame(
+    shared: &Shared,
+    admission: &Admission,
+    ctx: &DispatchContext<'_>,
+    frame: &[u8],
+) -> (Value, Result<Value, String>) {
+    let value = match serde_json::from_slice::<Value>(frame) {
+        Ok(value) => value,
+        Err(e) => {
+            return (
+                Value::Null,
+                Err(format!("malformed JSON in request: {e}\n")),
+            )
+        }
+    };
+    match Request::from_value(value) {
+        Err((id, message)) => (id, Err(format!("{message}\n"))),
+        Ok(request) => match admission {
+            Admission::Denied(message) => (request.id, Err(message.clone())),
+            Admission::Allowed => {
+                let outcome = dispatch_guarded(shared, &request, ctx);
+                (request.id, outcome)
+            }
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
     use std::sync::atomic::AtomicUsize;
 
-    /// Reads one reply; fails the test after `limit` instead of hanging.
+    /// Reads exactly one reply (byte by byte, so a following reply stays in
+    /// the socket); fails the test after 30 s instead of hanging.
     fn read_reply(stream: &mut UnixStream) -> Value {
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
         let mut framer = Framer::new(1 << 24);
-        let mut buf = [0u8; 4096];
+        let mut buf = [0u8; 1];
         loop {
             let n = stream
                 .read(&mut buf)
                 .expect("server did not reply within 30 s");
             assert!(n > 0, "server closed the connection without replying");
-            if let Some(frame) = framer.push(&buf[..n]).unwrap().into_iter().next() {
+            framer.push(&buf[..n]);
+            if let Some(frame) = framer.next_frame().unwrap() {
                 return serde_json::from_slice(&frame).unwrap();
             }
         }
@@ -748,6 +766,21 @@ mod tests {
         let reply = read_reply(&mut s);
         assert!(
             reply["error"].as_str().unwrap().contains("256-byte limit"),
+            "{reply}"
+        );
+        assert_closed(&mut s);
+
+        // A valid request before garbage in the same write still runs.
+        let mut s = UnixStream::connect(server.path()).unwrap();
+        s.write_all(br#"{"id":4,"method":"echo","params":["first"]}!!"#)
+            .unwrap();
+        assert_eq!(
+            read_reply(&mut s),
+            json!({"id": 4, "result": "first\n", "error": null})
+        );
+        let reply = read_reply(&mut s);
+        assert!(
+            reply["error"].as_str().unwrap().contains("byte 0x21"),
             "{reply}"
         );
         assert_closed(&mut s);
