@@ -714,6 +714,32 @@ mod tests {
     }
 
     #[test]
+    fn many_concurrent_clients_each_get_their_own_replies() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = start(dir.path(), |_| {});
+        let path = server.path().to_path_buf();
+        let clients: Vec<_> = (0..16)
+            .map(|client| {
+                let path = path.clone();
+                thread::spawn(move || {
+                    let mut s = UnixStream::connect(&path).unwrap();
+                    for i in 0..50u64 {
+                        let arg = format!("c{client}-{i}");
+                        let reply = call(&mut s, i, "echo", json!([arg]));
+                        assert_eq!(
+                            reply,
+                            json!({"id": i, "result": format!("{arg}\n"), "error": null})
+                        );
+                    }
+                })
+            })
+            .collect();
+        for client in clients {
+            client.join().expect("client thread");
+        }
+    }
+
+    #[test]
     fn malformed_json_gets_an_error_and_the_connection_survives() {
         let dir = tempfile::tempdir().unwrap();
         let server = start(dir.path(), |_| {});
