@@ -94,38 +94,49 @@ impl Condition {
         mut symtab: Option<&mut SymbolTable>,
         allow_constants: bool,
     ) -> Result<Self, OvsdbError> {
-        let arr = v
-            .as_array()
-            .ok_or_else(|| OvsdbError::syntax(format!("\"where\" must be an array of clauses, not {v}")))?;
+        let arr = v.as_array().ok_or_else(|| {
+            OvsdbError::syntax(format!("\"where\" must be an array of clauses, not {v}"))
+        })?;
         let mut clauses = Vec::with_capacity(arr.len());
         for c in arr {
             if let (true, Some(b)) = (allow_constants, c.as_bool()) {
                 clauses.push(Clause::Constant(b));
                 continue;
             }
-            let parts = c
-                .as_array()
-                .filter(|a| a.len() == 3)
-                .ok_or_else(|| OvsdbError::syntax(format!("clause {c} must be [column, function, value]")))?;
-            let cname = parts[0]
-                .as_str()
-                .ok_or_else(|| OvsdbError::syntax(format!("clause {c}: column name must be a string")))?;
+            let parts = c.as_array().filter(|a| a.len() == 3).ok_or_else(|| {
+                OvsdbError::syntax(format!("clause {c} must be [column, function, value]"))
+            })?;
+            let cname = parts[0].as_str().ok_or_else(|| {
+                OvsdbError::syntax(format!("clause {c}: column name must be a string"))
+            })?;
             let (column, ty) = match cname {
                 "_uuid" => (ColumnRef::Uuid, Type::scalar(AtomicType::Uuid)),
                 "_version" => (ColumnRef::Version, Type::scalar(AtomicType::Uuid)),
                 n => {
                     let i = ts.column(n).ok_or_else(|| {
-                        OvsdbError::new("unknown column", format!("No column {n} in table {}.", ts.name))
+                        OvsdbError::new(
+                            "unknown column",
+                            format!("No column {n} in table {}.", ts.name),
+                        )
                     })?;
                     (ColumnRef::Column(i), ts.columns[i].ty.clone())
                 }
             };
             let fname = parts[1].as_str().unwrap_or_default();
-            let function = Function::parse(fname)
-                .ok_or_else(|| OvsdbError::new("unknown operator", format!("No function named {}.", parts[1])))?;
-            let ordered = matches!(function, Function::Lt | Function::Le | Function::Ge | Function::Gt);
+            let function = Function::parse(fname).ok_or_else(|| {
+                OvsdbError::new(
+                    "unknown operator",
+                    format!("No function named {}.", parts[1]),
+                )
+            })?;
+            let ordered = matches!(
+                function,
+                Function::Lt | Function::Le | Function::Ge | Function::Gt
+            );
             if ordered
-                && (!matches!(ty.key.atomic, AtomicType::Integer | AtomicType::Real) || ty.max != 1 || ty.is_map())
+                && (!matches!(ty.key.atomic, AtomicType::Integer | AtomicType::Real)
+                    || ty.max != 1
+                    || ty.is_map())
             {
                 return Err(OvsdbError::syntax(format!(
                     "Type mismatch: \"{fname}\" operator may not be applied to column {cname} of type {}.",
@@ -153,7 +164,11 @@ impl Condition {
                 rel.value = Some(crate::types::BaseType::plain(vt.atomic));
             }
             let arg = Datum::from_json(&parts[2], &rel, symtab.as_deref_mut())?;
-            clauses.push(Clause::Compare { column, function, arg });
+            clauses.push(Clause::Compare {
+                column,
+                function,
+                arg,
+            });
         }
         Ok(Self { clauses })
     }
@@ -182,7 +197,12 @@ impl Condition {
 }
 
 fn clause_matches(c: &Clause, uuid: Uuid, row: &Row) -> bool {
-    let Clause::Compare { column, function, arg } = c else {
+    let Clause::Compare {
+        column,
+        function,
+        arg,
+    } = c
+    else {
         return matches!(c, Clause::Constant(true));
     };
     let owned;
@@ -207,10 +227,12 @@ fn clause_matches(c: &Clause, uuid: Uuid, row: &Row) -> bool {
                 return false;
             };
             let ord = match (a, b) {
-                (crate::datum::Atom::Real(x), crate::datum::Atom::Real(y)) => match x.partial_cmp(y) {
-                    Some(o) => o,
-                    None => return false,
-                },
+                (crate::datum::Atom::Real(x), crate::datum::Atom::Real(y)) => {
+                    match x.partial_cmp(y) {
+                        Some(o) => o,
+                        None => return false,
+                    }
+                }
                 _ => a.cmp(b),
             };
             match function {
@@ -243,7 +265,11 @@ mod tests {
         let t = table();
         let mut r = Row::default_for(&t);
         r.data[0] = Datum::singleton(crate::datum::Atom::Integer(n));
-        r.data[1] = Datum::Set(s.iter().map(|x| crate::datum::Atom::String((*x).into())).collect());
+        r.data[1] = Datum::Set(
+            s.iter()
+                .map(|x| crate::datum::Atom::String((*x).into()))
+                .collect(),
+        );
         r
     }
 
@@ -270,7 +296,13 @@ mod tests {
             let c = Condition::from_json(&w, &t, None, false).unwrap();
             assert_eq!(c.matches(u, &r), want, "{w}");
         }
-        let c = Condition::from_json(&json!([["_uuid", "==", ["uuid", u.to_string()]]]), &t, None, false).unwrap();
+        let c = Condition::from_json(
+            &json!([["_uuid", "==", ["uuid", u.to_string()]]]),
+            &t,
+            None,
+            false,
+        )
+        .unwrap();
         assert!(c.matches(u, &r));
         assert_eq!(c.pinned_uuid(), Some(u));
     }
@@ -289,6 +321,8 @@ mod tests {
             let e = Condition::from_json(&w, &t, None, false).unwrap_err();
             assert_eq!(e.tag, tag, "{w}");
         }
-        assert!(Condition::from_json(&json!([false]), &t, None, true).unwrap().is_false());
+        assert!(Condition::from_json(&json!([false]), &t, None, true)
+            .unwrap()
+            .is_false());
     }
 }

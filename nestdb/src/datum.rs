@@ -72,7 +72,11 @@ impl Atom {
 
     /// Parses an atom of type `base` from JSON, resolving named UUIDs via `symtab` when
     /// given, and checks the base type's constraints.
-    pub fn from_json(v: &Value, base: &BaseType, symtab: Option<&mut SymbolTable>) -> Result<Atom, OvsdbError> {
+    pub fn from_json(
+        v: &Value,
+        base: &BaseType,
+        symtab: Option<&mut SymbolTable>,
+    ) -> Result<Atom, OvsdbError> {
         let atom = Self::from_json_unchecked(v, base.atomic, symtab)?;
         base.check_constraints(&atom)?;
         Ok(atom)
@@ -100,10 +104,9 @@ impl Atom {
                 let arr = v.as_array().filter(|a| a.len() == 2).ok_or_else(bad)?;
                 let text = arr[1].as_str().ok_or_else(bad)?;
                 match arr[0].as_str() {
-                    Some("uuid") => Atom::Uuid(
-                        Uuid::parse_str(text)
-                            .map_err(|_| OvsdbError::syntax(format!("\"{text}\" is not a valid UUID")))?,
-                    ),
+                    Some("uuid") => Atom::Uuid(Uuid::parse_str(text).map_err(|_| {
+                        OvsdbError::syntax(format!("\"{text}\" is not a valid UUID"))
+                    })?),
                     Some("named-uuid") => match symtab {
                         Some(st) => Atom::Uuid(st.reference(text)),
                         None => {
@@ -176,7 +179,12 @@ impl SymbolTable {
 
     /// The first name that was referenced but never declared, if any.
     pub fn first_undeclared(&self) -> Option<&str> {
-        let mut names: Vec<&String> = self.symbols.iter().filter(|(_, v)| !v.1).map(|(k, _)| k).collect();
+        let mut names: Vec<&String> = self
+            .symbols
+            .iter()
+            .filter(|(_, v)| !v.1)
+            .map(|(k, _)| k)
+            .collect();
         names.sort();
         names.first().map(|s| s.as_str())
     }
@@ -249,49 +257,63 @@ impl Datum {
     /// `["map", [[k, v], ...]]` for maps.
     pub fn to_json(&self) -> Value {
         match self {
-            Datum::Set(s) if s.len() == 1 => s.iter().next().map(Atom::to_json).unwrap_or(Value::Null),
+            Datum::Set(s) if s.len() == 1 => {
+                s.iter().next().map(Atom::to_json).unwrap_or(Value::Null)
+            }
             Datum::Set(s) => json!(["set", s.iter().map(Atom::to_json).collect::<Vec<_>>()]),
             Datum::Map(m) => json!([
                 "map",
-                m.iter().map(|(k, v)| json!([k.to_json(), v.to_json()])).collect::<Vec<_>>()
+                m.iter()
+                    .map(|(k, v)| json!([k.to_json(), v.to_json()]))
+                    .collect::<Vec<_>>()
             ]),
         }
     }
 
     /// Parses a datum of type `ty`, checking atom constraints and the element count.
-    pub fn from_json(v: &Value, ty: &Type, mut symtab: Option<&mut SymbolTable>) -> Result<Datum, OvsdbError> {
+    pub fn from_json(
+        v: &Value,
+        ty: &Type,
+        mut symtab: Option<&mut SymbolTable>,
+    ) -> Result<Datum, OvsdbError> {
         let d = if let Some(vt) = &ty.value {
             let arr = v
                 .as_array()
                 .filter(|a| a.len() == 2 && a[0] == "map")
-                .ok_or_else(|| OvsdbError::syntax(format!("expected [\"map\", [...]] but found {v}")))?;
-            let pairs = arr[1]
-                .as_array()
-                .ok_or_else(|| OvsdbError::syntax("the second element of a map must be an array of pairs"))?;
+                .ok_or_else(|| {
+                    OvsdbError::syntax(format!("expected [\"map\", [...]] but found {v}"))
+                })?;
+            let pairs = arr[1].as_array().ok_or_else(|| {
+                OvsdbError::syntax("the second element of a map must be an array of pairs")
+            })?;
             let mut m = BTreeMap::new();
             for p in pairs {
-                let pa = p
-                    .as_array()
-                    .filter(|a| a.len() == 2)
-                    .ok_or_else(|| OvsdbError::syntax(format!("map element {p} must be a 2-element array")))?;
+                let pa = p.as_array().filter(|a| a.len() == 2).ok_or_else(|| {
+                    OvsdbError::syntax(format!("map element {p} must be a 2-element array"))
+                })?;
                 let k = Atom::from_json(&pa[0], &ty.key, symtab.as_deref_mut())?;
                 let val = Atom::from_json(&pa[1], vt, symtab.as_deref_mut())?;
                 if m.insert(k, val).is_some() {
-                    return Err(OvsdbError::syntax(format!("map contains duplicate key {}", pa[0])));
+                    return Err(OvsdbError::syntax(format!(
+                        "map contains duplicate key {}",
+                        pa[0]
+                    )));
                 }
             }
             Datum::Map(m)
         } else {
             let is_set = v.as_array().is_some_and(|a| a.len() == 2 && a[0] == "set");
             if is_set {
-                let items = v[1]
-                    .as_array()
-                    .ok_or_else(|| OvsdbError::syntax("the second element of a set must be an array"))?;
+                let items = v[1].as_array().ok_or_else(|| {
+                    OvsdbError::syntax("the second element of a set must be an array")
+                })?;
                 let mut s = BTreeSet::new();
                 for it in items {
                     let a = Atom::from_json(it, &ty.key, symtab.as_deref_mut())?;
                     if !s.insert(a) {
-                        return Err(OvsdbError::syntax(format!("set contains duplicate value {it}")));
+                        return Err(OvsdbError::syntax(format!(
+                            "set contains duplicate value {it}"
+                        )));
                     }
                 }
                 Datum::Set(s)
@@ -304,7 +326,11 @@ impl Datum {
             return Err(OvsdbError::syntax(format!(
                 "{v} must have {} to {} members but {n} are present",
                 ty.min,
-                if ty.max == u64::MAX { "unlimited".to_string() } else { ty.max.to_string() }
+                if ty.max == u64::MAX {
+                    "unlimited".to_string()
+                } else {
+                    ty.max.to_string()
+                }
             )));
         }
         Ok(d)
@@ -347,7 +373,9 @@ impl Datum {
             return new.clone();
         }
         match (old, new) {
-            (Datum::Set(a), Datum::Set(b)) => Datum::Set(a.symmetric_difference(b).cloned().collect()),
+            (Datum::Set(a), Datum::Set(b)) => {
+                Datum::Set(a.symmetric_difference(b).cloned().collect())
+            }
             (Datum::Map(a), Datum::Map(b)) => {
                 let mut d = BTreeMap::new();
                 for (k, v) in a {
@@ -378,7 +406,9 @@ impl Datum {
             return diff.clone();
         }
         match (self, diff) {
-            (Datum::Set(a), Datum::Set(d)) => Datum::Set(a.symmetric_difference(d).cloned().collect()),
+            (Datum::Set(a), Datum::Set(d)) => {
+                Datum::Set(a.symmetric_difference(d).cloned().collect())
+            }
             (Datum::Map(a), Datum::Map(d)) => {
                 let mut m = a.clone();
                 for (k, v) in d {
@@ -453,7 +483,12 @@ mod tests {
         let scalar = Type::scalar(AtomicType::Integer);
         let e = Datum::from_json(&json!(["set", []]), &scalar, None).unwrap_err();
         assert_eq!(e.tag, "syntax error");
-        assert!(Datum::from_json(&json!(["uuid", "nope"]), &Type::scalar(AtomicType::Uuid), None).is_err());
+        assert!(Datum::from_json(
+            &json!(["uuid", "nope"]),
+            &Type::scalar(AtomicType::Uuid),
+            None
+        )
+        .is_err());
     }
 
     #[test]
@@ -475,8 +510,10 @@ mod tests {
             value: Some(BaseType::plain(AtomicType::Integer)),
             ..set_ty(AtomicType::String)
         };
-        let old = Datum::from_json(&json!(["map", [["a", 1], ["b", 2], ["c", 3]]]), &mt, None).unwrap();
-        let new = Datum::from_json(&json!(["map", [["a", 1], ["b", 5], ["d", 4]]]), &mt, None).unwrap();
+        let old =
+            Datum::from_json(&json!(["map", [["a", 1], ["b", 2], ["c", 3]]]), &mt, None).unwrap();
+        let new =
+            Datum::from_json(&json!(["map", [["a", 1], ["b", 5], ["d", 4]]]), &mt, None).unwrap();
         let d = Datum::diff(&old, &new, &mt);
         assert_eq!(d.to_json(), json!(["map", [["b", 5], ["c", 3], ["d", 4]]]));
         assert_eq!(old.apply_diff(&d, &mt), new);

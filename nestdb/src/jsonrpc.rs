@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FramingError {
     /// The peer sent a message larger than the limit.
-    #[error("message exceeds the {limit}-byte limit; raise --max-message-size if this is legitimate")]
+    #[error(
+        "message exceeds the {limit}-byte limit; raise --max-message-size if this is legitimate"
+    )]
     TooLarge {
         /// The limit in bytes.
         limit: usize,
@@ -39,6 +41,8 @@ pub struct StreamParser {
     in_string: bool,
     escape: bool,
     limit: usize,
+    /// End of the last message returned.
+    consumed: usize,
 }
 
 impl StreamParser {
@@ -52,6 +56,7 @@ impl StreamParser {
             in_string: false,
             escape: false,
             limit,
+            consumed: 0,
         }
     }
 
@@ -107,8 +112,12 @@ impl StreamParser {
                         }
                         let v = serde_json::from_slice::<Value>(&self.buf[start..end])
                             .map_err(|e| FramingError::Invalid(e.to_string()));
-                        self.buf.drain(..end);
-                        self.scanned = 0;
+                        // Consumed bytes are dropped lazily (see `compact`) so that many
+                        // small pipelined messages do not cost a buffer shift each.
+                        self.consumed = end;
+                        if self.consumed >= 64 * 1024 {
+                            self.compact();
+                        }
                         return v.map(Some);
                     }
                 }
@@ -122,11 +131,22 @@ impl StreamParser {
         if pending > self.limit {
             return Err(FramingError::TooLarge { limit: self.limit });
         }
-        if self.start.is_none() {
-            self.buf.clear();
-            self.scanned = 0;
-        }
+        self.compact();
         Ok(None)
+    }
+
+    /// Drops bytes belonging to messages already returned.
+    fn compact(&mut self) {
+        let cut = self.start.unwrap_or(self.scanned);
+        if cut == 0 {
+            return;
+        }
+        self.buf.drain(..cut);
+        self.scanned -= cut;
+        if let Some(s) = &mut self.start {
+            *s -= cut;
+        }
+        self.consumed = 0;
     }
 }
 
@@ -179,7 +199,9 @@ impl Message {
                 .to_owned();
             let params = o.remove("params").unwrap_or(Value::Array(Vec::new()));
             if !params.is_array() {
-                return Err(FramingError::NotMessage(format!("\"params\" of {method} is not an array")));
+                return Err(FramingError::NotMessage(format!(
+                    "\"params\" of {method} is not an array"
+                )));
             }
             return Ok(if id.is_null() {
                 Message::Notification { method, params }
@@ -199,8 +221,12 @@ impl Message {
     /// The wire form of this message.
     pub fn to_json(&self) -> Value {
         match self {
-            Message::Request { method, params, id } => json!({"method": method, "params": params, "id": id}),
-            Message::Notification { method, params } => json!({"method": method, "params": params, "id": null}),
+            Message::Request { method, params, id } => {
+                json!({"method": method, "params": params, "id": id})
+            }
+            Message::Notification { method, params } => {
+                json!({"method": method, "params": params, "id": null})
+            }
             Message::Reply { result, id } => json!({"result": result, "error": null, "id": id}),
             Message::Error { error, id } => json!({"result": null, "error": error, "id": id}),
         }

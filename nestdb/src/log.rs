@@ -93,7 +93,9 @@ pub fn parse_records(data: &[u8]) -> Scan {
             break;
         };
         if magic != MAGIC {
-            tail_error = Some(format!("unexpected record magic \"{magic}\" at offset {pos}"));
+            tail_error = Some(format!(
+                "unexpected record magic \"{magic}\" at offset {pos}"
+            ));
             break;
         }
         let body_start = nl + 1;
@@ -102,7 +104,10 @@ pub fn parse_records(data: &[u8]) -> Scan {
             break;
         }
         let body = &rest[body_start..body_start + len];
-        let digest: String = Sha1::digest(body).iter().map(|b| format!("{b:02x}")).collect();
+        let digest: String = Sha1::digest(body)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         if digest != sha {
             tail_error = Some(format!("record at offset {pos} has a bad checksum"));
             break;
@@ -156,13 +161,18 @@ fn lock(file: &File, path: &Path) -> Result<(), LogError> {
     // SAFETY: flock is called on a file descriptor owned by `file`, which outlives the call.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
-        return Err(LogError::Locked { path: path.to_owned() });
+        return Err(LogError::Locked {
+            path: path.to_owned(),
+        });
     }
     Ok(())
 }
 
 fn sync_dir(path: &Path) -> Result<(), LogError> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
@@ -170,13 +180,20 @@ impl Log {
     /// Opens an existing log, truncating a torn or corrupt tail.  Returns the log and
     /// the scan (records and what was dropped).
     pub fn open(path: &Path) -> Result<(Self, Scan), LogError> {
-        let file = OpenOptions::new().read(true).append(true).open(path).map_err(io(path))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(path)
+            .map_err(io(path))?;
         lock(&file, path)?;
         let scan = read_records(path)?;
         if scan.records.is_empty() {
             return Err(LogError::NotOvsdb {
                 path: path.to_owned(),
-                reason: scan.tail_error.clone().unwrap_or_else(|| "file is empty".into()),
+                reason: scan
+                    .tail_error
+                    .clone()
+                    .unwrap_or_else(|| "file is empty".into()),
             });
         }
         if scan.valid_len < scan.file_len {
@@ -246,7 +263,11 @@ impl Log {
         write_file(&tmp, records)?;
         std::fs::rename(&tmp, &self.path).map_err(io(&self.path))?;
         sync_dir(&self.path)?;
-        let file = OpenOptions::new().read(true).append(true).open(&self.path).map_err(io(&self.path))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io(&self.path))?;
         lock(&file, &self.path)?;
         self.len = file.metadata().map_err(io(&self.path))?.len();
         self.file = file;
@@ -278,8 +299,14 @@ mod tests {
         // A record written by ovsdb-tool 3.1: length and SHA-1 cover the JSON and newline.
         let body = b"{\"x\":1}\n";
         let enc = encode_record(&json!({"x": 1}));
-        let sha: String = Sha1::digest(body).iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(enc, [format!("OVSDB JSON 8 {sha}\n").as_bytes(), body].concat());
+        let sha: String = Sha1::digest(body)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            enc,
+            [format!("OVSDB JSON 8 {sha}\n").as_bytes(), body].concat()
+        );
     }
 
     #[test]
@@ -331,11 +358,15 @@ mod tests {
             log.append(&json!({ "i": i }));
         }
         log.commit().unwrap();
-        log.replace(&[json!({"name": "s"}), json!({"i": 9})]).unwrap();
+        log.replace(&[json!({"name": "s"}), json!({"i": 9})])
+            .unwrap();
         log.append(&json!({"i": 10}));
         log.commit().unwrap();
         let scan = read_records(&p).unwrap();
-        assert_eq!(scan.records, vec![json!({"name": "s"}), json!({"i": 9}), json!({"i": 10})]);
+        assert_eq!(
+            scan.records,
+            vec![json!({"name": "s"}), json!({"i": 9}), json!({"i": 10})]
+        );
         assert!(scan.tail_error.is_none());
     }
 }

@@ -50,6 +50,8 @@ pub struct TableMonitor {
     pub columns: Vec<usize>,
     /// Change kinds reported.
     pub select: Select,
+    /// Whether the implicit `_version` column was requested.
+    pub version_column: bool,
     /// Row filter (empty: all rows).
     pub condition: Condition,
 }
@@ -79,9 +81,9 @@ fn parse_select(v: Option<&Value>) -> Result<Select, OvsdbError> {
         .as_object()
         .ok_or_else(|| OvsdbError::syntax("\"select\" must be an object"))?;
     for (k, b) in o {
-        let b = b
-            .as_bool()
-            .ok_or_else(|| OvsdbError::syntax(format!("\"select\" member {k} must be a boolean")))?;
+        let b = b.as_bool().ok_or_else(|| {
+            OvsdbError::syntax(format!("\"select\" member {k} must be a boolean"))
+        })?;
         match k.as_str() {
             "initial" => s.initial = b,
             "insert" => s.insert = b,
@@ -95,10 +97,16 @@ fn parse_select(v: Option<&Value>) -> Result<Select, OvsdbError> {
 
 impl Monitor {
     /// Parses `<monitor-requests>` / `<monitor-cond-requests>`.
-    pub fn parse(db: &Database, db_name: &str, id: Value, version: Version, requests: &Value) -> Result<Self, OvsdbError> {
-        let o = requests
-            .as_object()
-            .ok_or_else(|| OvsdbError::syntax("monitor requests must be an object keyed by table name"))?;
+    pub fn parse(
+        db: &Database,
+        db_name: &str,
+        id: Value,
+        version: Version,
+        requests: &Value,
+    ) -> Result<Self, OvsdbError> {
+        let o = requests.as_object().ok_or_else(|| {
+            OvsdbError::syntax("monitor requests must be an object keyed by table name")
+        })?;
         let mut tables = Vec::new();
         for (tname, req) in o {
             let (ti, ts) = db
@@ -119,11 +127,12 @@ impl Monitor {
                     modify: false,
                 },
                 condition: Condition::default(),
+                version_column: false,
             };
             for r in reqs {
-                let ro = r
-                    .as_object()
-                    .ok_or_else(|| OvsdbError::syntax(format!("monitor request for {tname} must be an object")))?;
+                let ro = r.as_object().ok_or_else(|| {
+                    OvsdbError::syntax(format!("monitor request for {tname} must be an object"))
+                })?;
                 match ro.get("columns") {
                     None => tm.columns.extend(0..ts.columns.len()),
                     Some(cols) => {
@@ -134,9 +143,12 @@ impl Monitor {
                             let n = c.as_str().unwrap_or_default();
                             match ts.column(n) {
                                 Some(i) => tm.columns.push(i),
-                                None if crate::schema::is_implicit_column(n) => {}
+                                None if n == "_version" => tm.version_column = true,
+                                None if n == "_uuid" => {}
                                 None => {
-                                    return Err(OvsdbError::syntax(format!("{c} is not a valid column name")))
+                                    return Err(OvsdbError::syntax(format!(
+                                        "{c} is not a valid column name"
+                                    )))
                                 }
                             }
                         }
@@ -149,7 +161,9 @@ impl Monitor {
                 tm.select.modify |= s.modify;
                 if let Some(w) = ro.get("where") {
                     if version == Version::V1 {
-                        return Err(OvsdbError::syntax("\"where\" is only allowed in monitor_cond requests"));
+                        return Err(OvsdbError::syntax(
+                            "\"where\" is only allowed in monitor_cond requests",
+                        ));
                     }
                     tm.condition = Condition::from_json(w, ts, None, true)?;
                 }
@@ -168,7 +182,11 @@ impl Monitor {
 
     /// Replaces conditions (`monitor_cond_change`); returns the updates that bring the
     /// client from the old to the new condition.
-    pub fn change_conditions(&mut self, db: &Database, requests: &Value) -> Result<Value, OvsdbError> {
+    pub fn change_conditions(
+        &mut self,
+        db: &Database,
+        requests: &Value,
+    ) -> Result<Value, OvsdbError> {
         let o = requests
             .as_object()
             .ok_or_else(|| OvsdbError::syntax("condition change requests must be an object"))?;
@@ -179,7 +197,9 @@ impl Monitor {
                 .table(tname)
                 .ok_or_else(|| OvsdbError::syntax(format!("no table named {tname}")))?;
             if !self.tables.iter().any(|t| t.table == ti) {
-                return Err(OvsdbError::syntax(format!("table {tname} is not monitored")));
+                return Err(OvsdbError::syntax(format!(
+                    "table {tname} is not monitored"
+                )));
             }
             let reqs: Vec<&Value> = match req {
                 Value::Array(a) => a.iter().collect(),
@@ -193,7 +213,9 @@ impl Monitor {
         }
         let mut out = Map::new();
         for (ti, cond) in new_conds {
-            let Some(k) = self.tables.iter().position(|t| t.table == ti) else { continue };
+            let Some(k) = self.tables.iter().position(|t| t.table == ti) else {
+                continue;
+            };
             let ts = &db.schema.tables[ti];
             let mut rows = Map::new();
             for (u, r) in &db.tables[ti].rows {
@@ -241,7 +263,13 @@ impl Monitor {
         Value::Object(out)
     }
 
-    fn row_json(&self, tm: &TableMonitor, ts: &crate::schema::TableSchema, r: &Row, insert: bool) -> Value {
+    fn row_json(
+        &self,
+        tm: &TableMonitor,
+        ts: &crate::schema::TableSchema,
+        r: &Row,
+        insert: bool,
+    ) -> Value {
         let mut o = Map::new();
         for &c in &tm.columns {
             let col = &ts.columns[c];
@@ -249,6 +277,12 @@ impl Monitor {
                 continue;
             }
             o.insert(col.name.clone(), r.data[c].to_json());
+        }
+        if tm.version_column {
+            o.insert(
+                "_version".into(),
+                crate::datum::Atom::Uuid(r.version).to_json(),
+            );
         }
         Value::Object(o)
     }
@@ -260,9 +294,18 @@ impl Monitor {
             let ts = &db.schema.tables[tm.table];
             let mut rows = Map::new();
             let lo = changes.rows.partition_point(|c| c.table < tm.table);
-            for ch in changes.rows[lo..].iter().take_while(|c| c.table == tm.table) {
-                let old_m = ch.old.as_ref().is_some_and(|r| tm.condition.matches(ch.uuid, r));
-                let new_m = ch.new.as_ref().is_some_and(|r| tm.condition.matches(ch.uuid, r));
+            for ch in changes.rows[lo..]
+                .iter()
+                .take_while(|c| c.table == tm.table)
+            {
+                let old_m = ch
+                    .old
+                    .as_ref()
+                    .is_some_and(|r| tm.condition.matches(ch.uuid, r));
+                let new_m = ch
+                    .new
+                    .as_ref()
+                    .is_some_and(|r| tm.condition.matches(ch.uuid, r));
                 let (sel_ins, sel_del) = (tm.select.insert, tm.select.delete);
                 let v = match (old_m, new_m, &ch.old, &ch.new) {
                     (false, true, _, Some(new)) if sel_ins => {
@@ -277,16 +320,29 @@ impl Monitor {
                         _ => json_obj("delete", Value::Null),
                     },
                     (true, true, Some(old), Some(new)) if tm.select.modify => {
-                        let changed: Vec<usize> =
-                            tm.columns.iter().copied().filter(|&c| old.data[c] != new.data[c]).collect();
+                        let changed: Vec<usize> = tm
+                            .columns
+                            .iter()
+                            .copied()
+                            .filter(|&c| old.data[c] != new.data[c])
+                            .collect();
                         if changed.is_empty() {
                             continue;
                         }
+                        let version = tm.version_column.then(|| {
+                            (
+                                crate::datum::Atom::Uuid(old.version),
+                                crate::datum::Atom::Uuid(new.version),
+                            )
+                        });
                         match self.version {
                             Version::V1 => {
                                 let mut o = Map::new();
                                 for &c in &changed {
                                     o.insert(ts.columns[c].name.clone(), old.data[c].to_json());
+                                }
+                                if let Some((ov, _)) = &version {
+                                    o.insert("_version".into(), ov.to_json());
                                 }
                                 let mut both = Map::new();
                                 both.insert("old".into(), Value::Object(o));
@@ -299,8 +355,12 @@ impl Monitor {
                                     let ty = &ts.columns[c].ty;
                                     o.insert(
                                         ts.columns[c].name.clone(),
-                                        crate::datum::Datum::diff(&old.data[c], &new.data[c], ty).to_json(),
+                                        crate::datum::Datum::diff(&old.data[c], &new.data[c], ty)
+                                            .to_json(),
                                     );
+                                }
+                                if let Some((_, nv)) = &version {
+                                    o.insert("_version".into(), nv.to_json());
                                 }
                                 json_obj("modify", Value::Object(o))
                             }
@@ -366,7 +426,10 @@ mod tests {
             owns_lock: &|_| false,
             wait_expired: false,
         };
-        let Outcome::Done { changes: Some(c), .. } = execute(d, ops.as_array().unwrap(), &ctx) else {
+        let Outcome::Done {
+            changes: Some(c), ..
+        } = execute(d, ops.as_array().unwrap(), &ctx)
+        else {
             panic!("transaction failed")
         };
         d.apply(&c);
@@ -376,46 +439,99 @@ mod tests {
     #[test]
     fn update2_reports_condition_transitions() {
         let mut d = db();
-        let m = Monitor::parse(&d, "T", json!(1), Version::V2, &json!({"A": [{"where": [["n", ">", 5]]}]})).unwrap();
+        let m = Monitor::parse(
+            &d,
+            "T",
+            json!(1),
+            Version::V2,
+            &json!({"A": [{"where": [["n", ">", 5]]}]}),
+        )
+        .unwrap();
         let c = commit(&mut d, json!([{"op":"insert","table":"A","row":{"n":1}}]));
-        assert_eq!(m.compose(&d, &c), json!({}), "non-matching insert is invisible");
-        let c = commit(&mut d, json!([{"op":"update","table":"A","where":[],"row":{"n":7}}]));
+        assert_eq!(
+            m.compose(&d, &c),
+            json!({}),
+            "non-matching insert is invisible"
+        );
+        let c = commit(
+            &mut d,
+            json!([{"op":"update","table":"A","where":[],"row":{"n":7}}]),
+        );
         let u = m.compose(&d, &c);
         let (uuid, v) = u["A"].as_object().unwrap().iter().next().unwrap();
         assert_eq!(*v, json!({"insert": {"n": 7}}));
-        let c = commit(&mut d, json!([{"op":"mutate","table":"A","where":[],"mutations":[["s","insert","x"]]}]));
+        let c = commit(
+            &mut d,
+            json!([{"op":"mutate","table":"A","where":[],"mutations":[["s","insert","x"]]}]),
+        );
         assert_eq!(m.compose(&d, &c)["A"][uuid], json!({"modify": {"s": "x"}}));
-        let c = commit(&mut d, json!([{"op":"update","table":"A","where":[],"row":{"n":2}}]));
+        let c = commit(
+            &mut d,
+            json!([{"op":"update","table":"A","where":[],"row":{"n":2}}]),
+        );
         assert_eq!(m.compose(&d, &c)["A"][uuid], json!({"delete": null}));
     }
 
     #[test]
     fn update1_has_old_and_new_and_cond_change_diffs() {
         let mut d = db();
-        let m = Monitor::parse(&d, "T", json!(null), Version::V1, &json!({"A": {"columns": ["n"]}})).unwrap();
+        let m = Monitor::parse(
+            &d,
+            "T",
+            json!(null),
+            Version::V1,
+            &json!({"A": {"columns": ["n"]}}),
+        )
+        .unwrap();
         commit(&mut d, json!([{"op":"insert","table":"A","row":{"n":1}}]));
         assert_eq!(m.initial(&d)["A"].as_object().unwrap().len(), 1);
-        let c = commit(&mut d, json!([{"op":"update","table":"A","where":[],"row":{"n":3}}]));
+        let c = commit(
+            &mut d,
+            json!([{"op":"update","table":"A","where":[],"row":{"n":3}}]),
+        );
         let u = m.compose(&d, &c);
         let v = u["A"].as_object().unwrap().values().next().unwrap();
         assert_eq!(*v, json!({"old": {"n": 1}, "new": {"n": 3}}));
-        let mut m2 = Monitor::parse(&d, "T", json!(2), Version::V2, &json!({"A": {"where": [false]}})).unwrap();
+        let mut m2 = Monitor::parse(
+            &d,
+            "T",
+            json!(2),
+            Version::V2,
+            &json!({"A": {"where": [false]}}),
+        )
+        .unwrap();
         assert_eq!(m2.initial(&d), json!({}));
-        let u = m2.change_conditions(&d, &json!({"A": [{"where": [true]}]})).unwrap();
-        assert_eq!(u["A"].as_object().unwrap().values().next().unwrap(), &json!({"insert": {"n": 3}}));
+        let u = m2
+            .change_conditions(&d, &json!({"A": [{"where": [true]}]}))
+            .unwrap();
+        assert_eq!(
+            u["A"].as_object().unwrap().values().next().unwrap(),
+            &json!({"insert": {"n": 3}})
+        );
         assert!(Monitor::parse(&d, "T", json!(3), Version::V1, &json!({"Nope": {}})).is_err());
-        assert!(Monitor::parse(&d, "T", json!(3), Version::V1, &json!({"A": {"where": []}})).is_err());
+        assert!(
+            Monitor::parse(&d, "T", json!(3), Version::V1, &json!({"A": {"where": []}})).is_err()
+        );
     }
 
     #[test]
     fn merge_keeps_earliest_old_and_latest_new() {
         let mut d = db();
-        let a = Arc::new(commit(&mut d, json!([{"op":"insert","table":"A","row":{"n":1}}])));
-        let b = Arc::new(commit(&mut d, json!([{"op":"update","table":"A","where":[],"row":{"n":2}}])));
+        let a = Arc::new(commit(
+            &mut d,
+            json!([{"op":"insert","table":"A","row":{"n":1}}]),
+        ));
+        let b = Arc::new(commit(
+            &mut d,
+            json!([{"op":"update","table":"A","where":[],"row":{"n":2}}]),
+        ));
         let m = merge_changes([&a, &b].into_iter());
         assert_eq!(m.rows.len(), 1);
         assert!(m.rows[0].old.is_none());
-        let c = Arc::new(commit(&mut d, json!([{"op":"delete","table":"A","where":[]}])));
+        let c = Arc::new(commit(
+            &mut d,
+            json!([{"op":"delete","table":"A","where":[]}]),
+        ));
         assert!(merge_changes([&a, &b, &c].into_iter()).rows.is_empty());
     }
 }

@@ -63,7 +63,8 @@ impl TableSchema {
     /// Columns that hold references, as (column index, referenced table, is strong, in key?, in value?).
     pub fn ref_columns(&self) -> impl Iterator<Item = (usize, &ColumnSchema)> {
         self.columns.iter().enumerate().filter(|(_, c)| {
-            c.ty.key.ref_table.is_some() || c.ty.value.as_ref().is_some_and(|v| v.ref_table.is_some())
+            c.ty.key.ref_table.is_some()
+                || c.ty.value.as_ref().is_some_and(|v| v.ref_table.is_some())
         })
     }
 }
@@ -101,7 +102,9 @@ impl DatabaseSchema {
 
     /// Parses a schema JSON value.
     pub fn from_json(v: &Value) -> Result<Self, OvsdbError> {
-        let o = v.as_object().ok_or_else(|| OvsdbError::syntax("schema must be a JSON object"))?;
+        let o = v
+            .as_object()
+            .ok_or_else(|| OvsdbError::syntax("schema must be a JSON object"))?;
         let name = o
             .get("name")
             .and_then(Value::as_str)
@@ -112,7 +115,9 @@ impl DatabaseSchema {
             None => "0.0.0".to_owned(),
             Some(v) => v
                 .as_str()
-                .filter(|s| s.split('.').count() == 3 && s.split('.').all(|p| p.parse::<u32>().is_ok()))
+                .filter(|s| {
+                    s.split('.').count() == 3 && s.split('.').all(|p| p.parse::<u32>().is_ok())
+                })
                 .ok_or_else(|| OvsdbError::syntax("schema \"version\" must look like \"x.y.z\""))?
                 .to_owned(),
         };
@@ -132,8 +137,11 @@ impl DatabaseSchema {
                 t.is_root = true;
             }
         }
-        let table_index: HashMap<String, usize> =
-            tables.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        let table_index: HashMap<String, usize> = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
         for t in &tables {
             for c in &t.columns {
                 for b in std::iter::once(&c.ty.key).chain(c.ty.value.iter()) {
@@ -166,40 +174,46 @@ impl DatabaseSchema {
     /// The `_Server` schema.
     pub fn server_schema() -> Self {
         // The constant is valid by construction; covered by a unit test.
-        Self::parse(SERVER_SCHEMA).unwrap_or_else(|e| panic!("built-in _Server schema is invalid: {e}"))
+        Self::parse(SERVER_SCHEMA)
+            .unwrap_or_else(|e| panic!("built-in _Server schema is invalid: {e}"))
     }
 }
 
 fn parse_table(name: &str, v: &Value) -> Result<TableSchema, OvsdbError> {
     if !is_id(name) || name.starts_with('_') {
-        return Err(OvsdbError::syntax(format!("\"{name}\" is not a valid table name")));
+        return Err(OvsdbError::syntax(format!(
+            "\"{name}\" is not a valid table name"
+        )));
     }
     let o = v
         .as_object()
         .ok_or_else(|| OvsdbError::syntax(format!("table {name} must be a JSON object")))?;
-    let cols = o
-        .get("columns")
-        .and_then(Value::as_object)
-        .ok_or_else(|| OvsdbError::syntax(format!("table {name} must have a \"columns\" object")))?;
+    let cols = o.get("columns").and_then(Value::as_object).ok_or_else(|| {
+        OvsdbError::syntax(format!("table {name} must have a \"columns\" object"))
+    })?;
     let sorted: BTreeMap<&String, &Value> = cols.iter().collect();
     let mut columns = Vec::new();
     for (cname, cv) in sorted {
         if !is_id(cname) || cname.starts_with('_') {
-            return Err(OvsdbError::syntax(format!("{name}.{cname} is not a valid column name")));
+            return Err(OvsdbError::syntax(format!(
+                "{name}.{cname} is not a valid column name"
+            )));
         }
-        let co: &Map<String, Value> = cv
-            .as_object()
-            .ok_or_else(|| OvsdbError::syntax(format!("column {name}.{cname} must be a JSON object")))?;
-        let ty = Type::from_json(
-            co.get("type")
-                .ok_or_else(|| OvsdbError::syntax(format!("column {name}.{cname} has no \"type\"")))?,
-        )
-        .map_err(|e| OvsdbError::syntax(format!("column {name}.{cname}: {}", e.details)))?;
+        let co: &Map<String, Value> = cv.as_object().ok_or_else(|| {
+            OvsdbError::syntax(format!("column {name}.{cname} must be a JSON object"))
+        })?;
+        let ty =
+            Type::from_json(co.get("type").ok_or_else(|| {
+                OvsdbError::syntax(format!("column {name}.{cname} has no \"type\""))
+            })?)
+            .map_err(|e| OvsdbError::syntax(format!("column {name}.{cname}: {}", e.details)))?;
         let flag = |k: &str, d: bool| -> Result<bool, OvsdbError> {
             match co.get(k) {
                 None => Ok(d),
                 Some(Value::Bool(b)) => Ok(*b),
-                Some(_) => Err(OvsdbError::syntax(format!("{name}.{cname}: \"{k}\" must be a boolean"))),
+                Some(_) => Err(OvsdbError::syntax(format!(
+                    "{name}.{cname}: \"{k}\" must be a boolean"
+                ))),
             }
         };
         columns.push(ColumnSchema {
@@ -209,31 +223,39 @@ fn parse_table(name: &str, v: &Value) -> Result<TableSchema, OvsdbError> {
             ephemeral: flag("ephemeral", false)?,
         });
     }
-    let column_index: HashMap<String, usize> =
-        columns.iter().enumerate().map(|(i, c)| (c.name.clone(), i)).collect();
+    let column_index: HashMap<String, usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.clone(), i))
+        .collect();
     let is_root = match o.get("isRoot") {
         None => false,
         Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(OvsdbError::syntax(format!("table {name}: \"isRoot\" must be a boolean"))),
+        Some(_) => {
+            return Err(OvsdbError::syntax(format!(
+                "table {name}: \"isRoot\" must be a boolean"
+            )))
+        }
     };
     let max_rows = match o.get("maxRows") {
         None => None,
-        Some(v) => Some(
-            v.as_u64()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| OvsdbError::syntax(format!("table {name}: \"maxRows\" must be a positive integer")))?,
-        ),
+        Some(v) => Some(v.as_u64().filter(|n| *n > 0).ok_or_else(|| {
+            OvsdbError::syntax(format!(
+                "table {name}: \"maxRows\" must be a positive integer"
+            ))
+        })?),
     };
     let mut indexes = Vec::new();
     if let Some(ix) = o.get("indexes") {
-        let arr = ix
-            .as_array()
-            .ok_or_else(|| OvsdbError::syntax(format!("table {name}: \"indexes\" must be an array")))?;
+        let arr = ix.as_array().ok_or_else(|| {
+            OvsdbError::syntax(format!("table {name}: \"indexes\" must be an array"))
+        })?;
         for index in arr {
-            let cols = index
-                .as_array()
-                .filter(|a| !a.is_empty())
-                .ok_or_else(|| OvsdbError::syntax(format!("table {name}: each index must be a non-empty array")))?;
+            let cols = index.as_array().filter(|a| !a.is_empty()).ok_or_else(|| {
+                OvsdbError::syntax(format!(
+                    "table {name}: each index must be a non-empty array"
+                ))
+            })?;
             let mut idx = Vec::new();
             for c in cols {
                 let cn = c.as_str().unwrap_or_default();

@@ -259,7 +259,9 @@ pub struct Server {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server").field("sessions", &self.sessions.len()).finish()
+        f.debug_struct("Server")
+            .field("sessions", &self.sessions.len())
+            .finish()
     }
 }
 
@@ -316,10 +318,11 @@ impl Server {
                         what: a.to_string(),
                         source,
                     })?;
-                    l.set_nonblocking(true).map_err(|source| ServerError::Listen {
-                        what: a.to_string(),
-                        source,
-                    })?;
+                    l.set_nonblocking(true)
+                        .map_err(|source| ServerError::Listen {
+                            what: a.to_string(),
+                            source,
+                        })?;
                     Listener::Tcp(l)
                 }
             });
@@ -366,7 +369,10 @@ impl Server {
             owns_lock: &|_| false,
             wait_expired: false,
         };
-        if let Outcome::Done { changes: Some(c), .. } = execute(&self.dbs[0].storage.db, &ops, &ctx) {
+        if let Outcome::Done {
+            changes: Some(c), ..
+        } = execute(&self.dbs[0].storage.db, &ops, &ctx)
+        {
             self.dbs[0].storage.stage(c, now_ms());
         }
     }
@@ -450,7 +456,8 @@ impl Server {
             match self.listeners[li].accept() {
                 Ok(conn) => {
                     let unixctl = self.listeners[li].is_unixctl();
-                    let probes = matches!(conn, Conn::Tcp(_)) && self.config.inactivity_probe.is_some();
+                    let probes =
+                        matches!(conn, Conn::Tcp(_)) && self.config.inactivity_probe.is_some();
                     let id = self.next_session;
                     self.next_session += 1;
                     self.stats.sessions_accepted += 1;
@@ -482,7 +489,9 @@ impl Server {
     fn read_session(&mut self, id: u64, buf: &mut [u8]) {
         let mut msgs = Vec::new();
         {
-            let Some(s) = self.sessions.get_mut(&id) else { return };
+            let Some(s) = self.sessions.get_mut(&id) else {
+                return;
+            };
             // Bounded work per session per iteration keeps one busy peer from starving others.
             for _ in 0..16 {
                 match s.conn.read(buf) {
@@ -600,14 +609,23 @@ impl Server {
         };
         let r: Result<Value, Value> = match method.as_str() {
             "echo" => Ok(params),
-            "list_dbs" => Ok(json!(self.dbs.iter().map(|d| d.name.clone()).collect::<Vec<_>>())),
-            "get_schema" => self.lookup_db(&params, 0).map(|i| self.dbs[i].storage.db.schema.json.clone()),
+            "list_dbs" => Ok(json!(self
+                .dbs
+                .iter()
+                .map(|d| d.name.clone())
+                .collect::<Vec<_>>())),
+            "get_schema" => self
+                .lookup_db(&params, 0)
+                .map(|i| self.dbs[i].storage.db.schema.json.clone()),
             "get_server_id" => Ok(json!(self.server_id.to_string())),
             "set_db_change_aware" => Ok(json!({})),
             "transact" => {
                 match self.lookup_db(&params, 0) {
                     Ok(db) => {
-                        let ops: Vec<Value> = params.as_array().map(|a| a[1..].to_vec()).unwrap_or_default();
+                        let ops: Vec<Value> = params
+                            .as_array()
+                            .map(|a| a[1..].to_vec())
+                            .unwrap_or_default();
                         self.run_transaction(sid, id, db, ops, None);
                     }
                     Err(e) => self.reply(sid, id, Err(e)),
@@ -645,23 +663,41 @@ impl Server {
                 }
             }
             "lock" | "steal" | "unlock" => self.lock_method(sid, &method, &params),
-            _ => Err(json!({"error": "unknown method", "details": format!("The server does not implement method \"{method}\".")})),
+            _ => Err(
+                json!({"error": "unknown method", "details": format!("The server does not implement method \"{method}\".")}),
+            ),
         };
         self.reply(sid, id, r);
     }
 
-    fn monitor(&mut self, sid: u64, params: &Value, version: Version) -> Result<(bool, Uuid, Value), Value> {
+    fn monitor(
+        &mut self,
+        sid: u64,
+        params: &Value,
+        version: Version,
+    ) -> Result<(bool, Uuid, Value), Value> {
         let db = self.lookup_db(params, 0)?;
         let want = if version == Version::V3 { 4 } else { 3 };
-        let arr = params.as_array().filter(|a| a.len() == want || (version != Version::V3 && a.len() == 2));
+        let arr = params
+            .as_array()
+            .filter(|a| a.len() == want || (version != Version::V3 && a.len() == 2));
         let Some(arr) = arr else {
-            return Err(OvsdbError::syntax(format!("monitor parameters must be an array of {want} elements")).to_json());
+            return Err(OvsdbError::syntax(format!(
+                "monitor parameters must be an array of {want} elements"
+            ))
+            .to_json());
         };
         let mid = arr.get(1).cloned().unwrap_or(Value::Null);
         let requests = arr.get(2).cloned().unwrap_or(json!({}));
         let storage = &self.dbs[db].storage;
-        let m = Monitor::parse(&storage.db, &self.dbs[db].name, mid.clone(), version, &requests)
-            .map_err(|e| e.to_json())?;
+        let m = Monitor::parse(
+            &storage.db,
+            &self.dbs[db].name,
+            mid.clone(),
+            version,
+            &requests,
+        )
+        .map_err(|e| e.to_json())?;
         let Some(s) = self.sessions.get(&sid) else {
             return Err(json!(null));
         };
@@ -670,7 +706,10 @@ impl Server {
         }
         let mut found = false;
         let updates = if version == Version::V3 {
-            let last = arr.get(3).and_then(Value::as_str).and_then(|t| Uuid::parse_str(t).ok());
+            let last = arr
+                .get(3)
+                .and_then(Value::as_str)
+                .and_then(|t| Uuid::parse_str(t).ok());
             match last {
                 Some(l) if l == storage.last_txn && !l.is_nil() => {
                     found = true;
@@ -679,7 +718,8 @@ impl Server {
                 Some(l) => match storage.history.iter().position(|h| h.id == l) {
                     Some(p) => {
                         found = true;
-                        let merged = merge_changes(storage.history.iter().skip(p + 1).map(|h| &h.changes));
+                        let merged =
+                            merge_changes(storage.history.iter().skip(p + 1).map(|h| &h.changes));
                         m.compose(&storage.db, &merged)
                     }
                     None => m.initial(&storage.db),
@@ -697,11 +737,12 @@ impl Server {
     }
 
     fn monitor_cond_change(&mut self, sid: u64, params: &Value) -> Result<Option<Message>, Value> {
-        let arr = params
-            .as_array()
-            .filter(|a| a.len() == 3)
-            .ok_or_else(|| OvsdbError::syntax("monitor_cond_change takes [old-id, new-id, requests]").to_json())?;
-        let Some(s) = self.sessions.get_mut(&sid) else { return Ok(None) };
+        let arr = params.as_array().filter(|a| a.len() == 3).ok_or_else(|| {
+            OvsdbError::syntax("monitor_cond_change takes [old-id, new-id, requests]").to_json()
+        })?;
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return Ok(None);
+        };
         let i = s
             .monitors
             .iter()
@@ -718,9 +759,14 @@ impl Server {
         let storage = &self.dbs[db].storage;
         let m = &mut s.monitors[i];
         if m.version == Version::V1 {
-            return Err(OvsdbError::syntax("monitor_cond_change applies only to conditional monitors").to_json());
+            return Err(OvsdbError::syntax(
+                "monitor_cond_change applies only to conditional monitors",
+            )
+            .to_json());
         }
-        let updates = m.change_conditions(&storage.db, &arr[2]).map_err(|e| e.to_json())?;
+        let updates = m
+            .change_conditions(&storage.db, &arr[2])
+            .map_err(|e| e.to_json())?;
         m.id = arr[1].clone();
         if updates.as_object().is_some_and(|o| o.is_empty()) {
             return Ok(None);
@@ -748,7 +794,11 @@ impl Server {
         match method {
             "lock" => {
                 if q.contains(&sid) {
-                    return Err(OvsdbError::new("duplicate lock", format!("This session already requested lock {name}.")).to_json());
+                    return Err(OvsdbError::new(
+                        "duplicate lock",
+                        format!("This session already requested lock {name}."),
+                    )
+                    .to_json());
                 }
                 q.push_back(sid);
                 Ok(json!({"locked": q.front() == Some(&sid)}))
@@ -794,7 +844,14 @@ impl Server {
     }
 
     /// Executes a transaction; on success stages it and queues reply and monitor updates.
-    fn run_transaction(&mut self, sid: u64, id: Value, db: usize, ops: Vec<Value>, pending_deadline: Option<Option<Instant>>) {
+    fn run_transaction(
+        &mut self,
+        sid: u64,
+        id: Value,
+        db: usize,
+        ops: Vec<Value>,
+        pending_deadline: Option<Option<Instant>>,
+    ) {
         let expired = matches!(pending_deadline, Some(Some(d)) if d <= Instant::now());
         let outcome = {
             let owns = |l: &str| self.owns_lock(sid, l);
@@ -802,13 +859,19 @@ impl Server {
                 owns_lock: &owns,
                 wait_expired: expired,
             };
-            if db == 0 && ops.iter().any(|o| {
-                matches!(o.get("op").and_then(Value::as_str), Some("insert" | "update" | "mutate" | "delete"))
-            }) {
+            if db == 0
+                && ops.iter().any(|o| {
+                    matches!(
+                        o.get("op").and_then(Value::as_str),
+                        Some("insert" | "update" | "mutate" | "delete")
+                    )
+                })
+            {
                 // _Server is read-only for clients.
                 let mut results = vec![Value::Null; ops.len()];
                 if let Some(r) = results.first_mut() {
-                    *r = OvsdbError::new("permission error", "The _Server database is read-only.").to_json();
+                    *r = OvsdbError::new("permission error", "The _Server database is read-only.")
+                        .to_json();
                 }
                 Outcome::Done {
                     results,
@@ -823,7 +886,8 @@ impl Server {
             Outcome::Blocked { timeout_ms } => {
                 let deadline = match pending_deadline {
                     Some(d) => d,
-                    None => (timeout_ms != u64::MAX).then(|| Instant::now() + Duration::from_millis(timeout_ms)),
+                    None => (timeout_ms != u64::MAX)
+                        .then(|| Instant::now() + Duration::from_millis(timeout_ms)),
                 };
                 self.pending.push(PendingTxn {
                     session: sid,
@@ -833,7 +897,9 @@ impl Server {
                     deadline,
                 });
             }
-            Outcome::Done { results, changes, .. } => {
+            Outcome::Done {
+                results, changes, ..
+            } => {
                 let failed = results.iter().any(|r| r.get("error").is_some());
                 if failed {
                     self.stats.failed_txns += 1;
@@ -887,7 +953,10 @@ impl Server {
 
     fn run_pending(&mut self) {
         let now = Instant::now();
-        let expired = self.pending.iter().any(|p| p.deadline.is_some_and(|d| d <= now));
+        let expired = self
+            .pending
+            .iter()
+            .any(|p| p.deadline.is_some_and(|d| d <= now));
         if !self.retry_pending && !expired {
             return;
         }
@@ -902,7 +971,9 @@ impl Server {
     }
 
     fn check_probes(&mut self) {
-        let Some(interval) = self.config.inactivity_probe else { return };
+        let Some(interval) = self.config.inactivity_probe else {
+            return;
+        };
         let now = Instant::now();
         for (id, s) in self.sessions.iter_mut() {
             if !s.probes || now.duration_since(s.last_input) < interval {
@@ -927,7 +998,9 @@ impl Server {
     fn sync(&mut self) -> Result<(), ServerError> {
         for d in &mut self.dbs {
             if d.dirty {
-                d.storage.sync().map_err(|e| ServerError::Io(e.to_string()))?;
+                d.storage
+                    .sync()
+                    .map_err(|e| ServerError::Io(e.to_string()))?;
                 d.dirty = false;
                 self.stats.syncs += 1;
             }
@@ -989,7 +1062,9 @@ impl Server {
         let dead: Vec<u64> = self
             .sessions
             .iter()
-            .filter(|(_, s)| s.closing && s.backlog() == 0 || s.closing && s.out.is_empty())
+            // A closing session had one flush attempt this iteration (for its final
+            // error reply); whatever the peer has not taken by now is dropped.
+            .filter(|(_, s)| s.closing)
             .map(|(k, _)| *k)
             .collect();
         for id in dead {
@@ -1010,15 +1085,31 @@ impl Server {
     // ---- control socket ----
 
     fn handle_unixctl(&mut self, sid: u64, m: Message) {
-        let Message::Request { method, params, id } = m else { return };
+        let Message::Request { method, params, id } = m else {
+            return;
+        };
         let args: Vec<String> = params
             .as_array()
-            .map(|a| a.iter().map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())).collect())
+            .map(|a| {
+                a.iter()
+                    .map(|v| {
+                        v.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| v.to_string())
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         let r = crate::unixctl::dispatch(self, &method, &args);
         let msg = match r {
-            Ok(text) => Message::Reply { result: json!(text), id },
-            Err(text) => Message::Error { error: json!(text), id },
+            Ok(text) => Message::Reply {
+                result: json!(text),
+                id,
+            },
+            Err(text) => Message::Error {
+                error: json!(text),
+                id,
+            },
         };
         self.send(sid, msg);
     }
@@ -1040,7 +1131,9 @@ impl Server {
         for d in self.dbs.iter_mut().skip(1) {
             if name.is_none_or(|n| n == d.name) {
                 any = true;
-                d.storage.compact().map_err(|e| format!("{}: compaction failed: {e}", d.name))?;
+                d.storage
+                    .compact()
+                    .map_err(|e| format!("{}: compaction failed: {e}", d.name))?;
             }
         }
         if !any {

@@ -109,7 +109,11 @@ impl Storage {
     }
 
     /// Opens `path`, creating it from `schema_file` if it does not exist.
-    pub fn open(path: &Path, schema_file: Option<&Path>, compact_threshold: u64) -> Result<Self, StorageError> {
+    pub fn open(
+        path: &Path,
+        schema_file: Option<&Path>,
+        compact_threshold: u64,
+    ) -> Result<Self, StorageError> {
         let p = path.display().to_string();
         if !path.exists() {
             let Some(sf) = schema_file else {
@@ -133,10 +137,11 @@ impl Storage {
                 scan.file_len - scan.valid_len
             );
         }
-        let schema = DatabaseSchema::from_json(&scan.records[0]).map_err(|e| StorageError::Schema {
-            path: p.clone(),
-            reason: e.details,
-        })?;
+        let schema =
+            DatabaseSchema::from_json(&scan.records[0]).map_err(|e| StorageError::Schema {
+                path: p.clone(),
+                reason: e.details,
+            })?;
         let mut s = Self {
             db: Database::new(Arc::new(schema)),
             log: None,
@@ -148,17 +153,24 @@ impl Storage {
             compactions: 0,
         };
         for (index, rec) in scan.records.iter().enumerate().skip(1) {
-            let ch = s.db.changes_from_record(rec).map_err(|e| StorageError::Replay {
-                path: p.clone(),
-                index,
-                reason: e.details,
-            })?;
+            let ch =
+                s.db.changes_from_record(rec)
+                    .map_err(|e| StorageError::Replay {
+                        path: p.clone(),
+                        index,
+                        reason: e.details,
+                    })?;
             s.db.apply(&ch);
             s.remember(&encode_record(rec), ch);
         }
         s.records_since_compact = scan.records.len().saturating_sub(1) as u64;
         // The base snapshot is the schema plus the first record (what compaction writes).
-        s.snapshot_len = scan.records.iter().take(2).map(|r| encode_record(r).len() as u64).sum();
+        s.snapshot_len = scan
+            .records
+            .iter()
+            .take(2)
+            .map(|r| encode_record(r).len() as u64)
+            .sum();
         s.log = Some(log);
         Ok(s)
     }
@@ -215,7 +227,9 @@ impl Storage {
 
     /// Rewrites the log as schema + one snapshot record.
     pub fn compact(&mut self) -> Result<(), StorageError> {
-        let Some(log) = &mut self.log else { return Ok(()) };
+        let Some(log) = &mut self.log else {
+            return Ok(());
+        };
         let snap = self.db.snapshot_changes();
         let mut rec = self.db.record_for(&snap, now_ms());
         if let Value::Object(o) = &mut rec {
@@ -242,7 +256,8 @@ mod tests {
     use super::*;
     use crate::transaction::{execute, ExecContext, Outcome};
 
-    const SCHEMA: &str = r#"{"name":"T","version":"1.0.0","tables":{"A":{"columns":{"n":{"type":"integer"}}}}}"#;
+    const SCHEMA: &str =
+        r#"{"name":"T","version":"1.0.0","tables":{"A":{"columns":{"n":{"type":"integer"}}}}}"#;
 
     fn insert(s: &mut Storage, n: i64) {
         let ctx = ExecContext {
@@ -250,7 +265,10 @@ mod tests {
             wait_expired: false,
         };
         let ops = json!([{"op":"insert","table":"A","row":{"n":n}}]);
-        let Outcome::Done { changes: Some(c), .. } = execute(&s.db, ops.as_array().unwrap(), &ctx) else {
+        let Outcome::Done {
+            changes: Some(c), ..
+        } = execute(&s.db, ops.as_array().unwrap(), &ctx)
+        else {
             panic!("insert failed")
         };
         s.stage(c, now_ms());
@@ -262,7 +280,10 @@ mod tests {
         let sf = dir.path().join("s.ovsschema");
         std::fs::write(&sf, SCHEMA).unwrap();
         let p = dir.path().join("t.db");
-        assert!(matches!(Storage::open(&p, None, 0), Err(StorageError::Missing { .. })));
+        assert!(matches!(
+            Storage::open(&p, None, 0),
+            Err(StorageError::Missing { .. })
+        ));
         let mut s = Storage::open(&p, Some(&sf), 0).unwrap();
         for i in 0..150 {
             insert(&mut s, i);

@@ -67,11 +67,10 @@ impl Row {
     pub fn strong_refs<'a>(&'a self, ts: &'a TableSchema) -> impl Iterator<Item = Uuid> + 'a {
         ts.columns.iter().zip(&self.data).flat_map(|(c, d)| {
             let k = c.ty.key.ref_table.is_some() && c.ty.key.ref_type == RefType::Strong;
-            let v = c
-                .ty
-                .value
-                .as_ref()
-                .is_some_and(|v| v.ref_table.is_some() && v.ref_type == RefType::Strong);
+            let v =
+                c.ty.value
+                    .as_ref()
+                    .is_some_and(|v| v.ref_table.is_some() && v.ref_type == RefType::Strong);
             let keys = d.keys().filter(move |_| k).filter_map(Atom::as_uuid);
             let vals = d.values().filter(move |_| v).filter_map(Atom::as_uuid);
             keys.chain(vals)
@@ -115,7 +114,10 @@ pub struct Table {
 impl Table {
     /// The key of `row` for index number `i`.
     pub fn index_key(&self, i: usize, row: &Row) -> Vec<Datum> {
-        self.schema.indexes[i].iter().map(|&c| row.data[c].clone()).collect()
+        self.schema.indexes[i]
+            .iter()
+            .map(|&c| row.data[c].clone())
+            .collect()
     }
 }
 
@@ -204,9 +206,9 @@ impl Database {
                 .schema
                 .table(tname)
                 .ok_or_else(|| OvsdbError::syntax(format!("record names unknown table {tname}")))?;
-            let tobj = tv
-                .as_object()
-                .ok_or_else(|| OvsdbError::syntax(format!("record for table {tname} must be an object")))?;
+            let tobj = tv.as_object().ok_or_else(|| {
+                OvsdbError::syntax(format!("record for table {tname} must be an object"))
+            })?;
             for (us, rv) in tobj {
                 let uuid = Uuid::parse_str(us)
                     .map_err(|_| OvsdbError::syntax(format!("record has invalid row UUID {us}")))?;
@@ -238,7 +240,11 @@ impl Database {
                         }
                         Some(Arc::new(row))
                     }
-                    _ => return Err(OvsdbError::syntax(format!("record row {us} must be an object or null"))),
+                    _ => {
+                        return Err(OvsdbError::syntax(format!(
+                            "record row {us} must be an object or null"
+                        )))
+                    }
                 };
                 if old.is_none() && new.is_none() {
                     continue;
@@ -304,7 +310,10 @@ impl Database {
                 });
             }
         }
-        Changes { rows, comment: None }
+        Changes {
+            rows,
+            comment: None,
+        }
     }
 
     /// Total number of rows.

@@ -76,7 +76,12 @@ const OP_MEMBERS: &[(&str, &[&str])] = &[
     ("update", &["op", "table", "where", "row"]),
     ("mutate", &["op", "table", "where", "mutations"]),
     ("delete", &["op", "table", "where"]),
-    ("wait", &["op", "table", "where", "columns", "until", "rows", "timeout"]),
+    (
+        "wait",
+        &[
+            "op", "table", "where", "columns", "until", "rows", "timeout",
+        ],
+    ),
     ("commit", &["op", "durable"]),
     ("abort", &["op"]),
     ("comment", &["op", "comment"]),
@@ -133,12 +138,19 @@ pub fn execute(db: &Database, ops: &[Value], ctx: &ExecContext<'_>) -> Outcome {
 }
 
 fn member<'v>(o: &'v Map<String, Value>, k: &str, opname: &str) -> Result<&'v Value, OvsdbError> {
-    o.get(k)
-        .ok_or_else(|| OvsdbError::syntax(format!("Required '{k}' member is missing from \"{opname}\" operation.")))
+    o.get(k).ok_or_else(|| {
+        OvsdbError::syntax(format!(
+            "Required '{k}' member is missing from \"{opname}\" operation."
+        ))
+    })
 }
 
 impl<'a> Txn<'a> {
-    fn table(&self, o: &Map<String, Value>, opname: &str) -> Result<(usize, Arc<TableSchema>), OvsdbError> {
+    fn table(
+        &self,
+        o: &Map<String, Value>,
+        opname: &str,
+    ) -> Result<(usize, Arc<TableSchema>), OvsdbError> {
         let v = member(o, "table", opname)?;
         let name = v
             .as_str()
@@ -194,13 +206,23 @@ impl<'a> Txn<'a> {
         out
     }
 
-    fn where_clause(&mut self, o: &Map<String, Value>, ts: &TableSchema, opname: &str) -> Result<Condition, OvsdbError> {
+    fn where_clause(
+        &mut self,
+        o: &Map<String, Value>,
+        ts: &TableSchema,
+        opname: &str,
+    ) -> Result<Condition, OvsdbError> {
         let w = member(o, "where", opname)?;
         Condition::from_json(w, ts, Some(&mut self.symtab), false)
     }
 
     /// Parses a `row` object into (column index, datum) pairs.
-    fn parse_row(&mut self, v: &Value, ts: &TableSchema, updating: bool) -> Result<Vec<(usize, Datum)>, OvsdbError> {
+    fn parse_row(
+        &mut self,
+        v: &Value,
+        ts: &TableSchema,
+        updating: bool,
+    ) -> Result<Vec<(usize, Datum)>, OvsdbError> {
         let o = v
             .as_object()
             .ok_or_else(|| OvsdbError::syntax(format!("\"row\" must be a JSON object, not {v}")))?;
@@ -231,7 +253,13 @@ impl<'a> Txn<'a> {
         Ok(out)
     }
 
-    fn execute_op(&mut self, op: &Value, i: usize, n: usize, ctx: &ExecContext<'_>) -> Result<Value, OpError> {
+    fn execute_op(
+        &mut self,
+        op: &Value,
+        i: usize,
+        n: usize,
+        ctx: &ExecContext<'_>,
+    ) -> Result<Value, OpError> {
         let o = op
             .as_object()
             .ok_or_else(|| OvsdbError::syntax(format!("ops[{i}] is not an object")))?;
@@ -291,14 +319,15 @@ impl<'a> Txn<'a> {
         let (t, ts) = self.table(o, "insert")?;
         let uuid = match (o.get("uuid-name"), o.get("uuid")) {
             (Some(n), _) => {
-                let name = n
-                    .as_str()
-                    .filter(|s| !s.is_empty())
-                    .ok_or_else(|| OvsdbError::syntax("\"uuid-name\" must be a non-empty string"))?;
+                let name = n.as_str().filter(|s| !s.is_empty()).ok_or_else(|| {
+                    OvsdbError::syntax("\"uuid-name\" must be a non-empty string")
+                })?;
                 let u = self.symtab.declare(name)?;
                 if let Some(given) = o.get("uuid") {
                     let g = parse_plain_uuid(given)?;
-                    return self.insert_row(o, t, &ts, g).map(|_| json!({"uuid": ["uuid", g.to_string()]}));
+                    return self
+                        .insert_row(o, t, &ts, g)
+                        .map(|_| json!({"uuid": ["uuid", g.to_string()]}));
                 }
                 u
             }
@@ -309,7 +338,13 @@ impl<'a> Txn<'a> {
         Ok(json!({"uuid": ["uuid", uuid.to_string()]}))
     }
 
-    fn insert_row(&mut self, o: &Map<String, Value>, t: usize, ts: &TableSchema, uuid: Uuid) -> Result<(), OpError> {
+    fn insert_row(
+        &mut self,
+        o: &Map<String, Value>,
+        t: usize,
+        ts: &TableSchema,
+        uuid: Uuid,
+    ) -> Result<(), OpError> {
         if self.exists(t, uuid) {
             return Err(OvsdbError::new("duplicate uuid", format!("This UUID would duplicate a UUID already present within the table or deleted within the same transaction: {uuid}")).into());
         }
@@ -376,9 +411,9 @@ impl<'a> Txn<'a> {
         let (t, ts) = self.table(o, "mutate")?;
         let cond = self.where_clause(o, &ts, "mutate")?;
         let mv = member(o, "mutations", "mutate")?;
-        let arr = mv
-            .as_array()
-            .ok_or_else(|| OvsdbError::syntax(format!("\"mutations\" must be an array, not {mv}")))?;
+        let arr = mv.as_array().ok_or_else(|| {
+            OvsdbError::syntax(format!("\"mutations\" must be an array, not {mv}"))
+        })?;
         let mut mutations = Vec::with_capacity(arr.len());
         for m in arr {
             mutations.push(self.parse_mutation(m, &ts)?);
@@ -395,11 +430,14 @@ impl<'a> Txn<'a> {
         Ok(json!({ "count": matched.len() }))
     }
 
-    fn parse_mutation(&mut self, m: &Value, ts: &TableSchema) -> Result<(usize, Mutator, Datum), OvsdbError> {
-        let parts = m
-            .as_array()
-            .filter(|a| a.len() == 3)
-            .ok_or_else(|| OvsdbError::syntax(format!("mutation {m} must be [column, mutator, value]")))?;
+    fn parse_mutation(
+        &mut self,
+        m: &Value,
+        ts: &TableSchema,
+    ) -> Result<(usize, Mutator, Datum), OvsdbError> {
+        let parts = m.as_array().filter(|a| a.len() == 3).ok_or_else(|| {
+            OvsdbError::syntax(format!("mutation {m} must be [column, mutator, value]"))
+        })?;
         let cname = parts[0]
             .as_str()
             .ok_or_else(|| OvsdbError::syntax(format!("mutation {m}: column must be a string")))?;
@@ -433,7 +471,10 @@ impl<'a> Txn<'a> {
             Mutator::Insert | Mutator::Delete => {
                 // As in ovsdb-server, the argument may be smaller than the column's
                 // minimum but not larger than its maximum.
-                let relaxed = Type { min: 0, ..ty.clone() };
+                let relaxed = Type {
+                    min: 0,
+                    ..ty.clone()
+                };
                 if ty.is_map() && mutator == Mutator::Delete && !is_map_json(&parts[2]) {
                     let keys = Type {
                         value: None,
@@ -478,16 +519,19 @@ impl<'a> Txn<'a> {
             "==" => true,
             "!=" => false,
             other => {
-                return Err(OvsdbError::syntax(format!("\"until\" must be \"==\" or \"!=\", not \"{other}\"")).into())
+                return Err(OvsdbError::syntax(format!(
+                    "\"until\" must be \"==\" or \"!=\", not \"{other}\""
+                ))
+                .into())
             }
         };
-        let timeout = match o.get("timeout") {
-            None => None,
-            Some(v) => Some(
-                v.as_u64()
-                    .ok_or_else(|| OvsdbError::syntax("\"timeout\" must be a non-negative integer"))?,
-            ),
-        };
+        let timeout =
+            match o.get("timeout") {
+                None => None,
+                Some(v) => Some(v.as_u64().ok_or_else(|| {
+                    OvsdbError::syntax("\"timeout\" must be a non-negative integer")
+                })?),
+            };
         let rows_v = member(o, "rows", "wait")?
             .as_array()
             .ok_or_else(|| OvsdbError::syntax("\"rows\" must be an array"))?;
@@ -546,18 +590,24 @@ impl<'a> Txn<'a> {
                         ts.name,
                         c.name,
                         c.ty.min,
-                        if c.ty.max == u64::MAX { "unlimited".to_string() } else { c.ty.max.to_string() }
+                        if c.ty.max == u64::MAX {
+                            "unlimited".to_string()
+                        } else {
+                            c.ty.max.to_string()
+                        }
                     )));
                 }
-                for (b, atoms) in [(&c.ty.key, d.keys()), (c.ty.value.as_ref().unwrap_or(&c.ty.key), d.values())] {
+                for (b, atoms) in [
+                    (&c.ty.key, d.keys()),
+                    (c.ty.value.as_ref().unwrap_or(&c.ty.key), d.values()),
+                ] {
                     let (Some(rt), RefType::Strong) = (&b.ref_table, b.ref_type) else {
                         continue;
                     };
-                    let (rti, _) = self
-                        .db
-                        .schema
-                        .table(rt)
-                        .ok_or_else(|| OvsdbError::referential(format!("unknown table {rt}")))?;
+                    let (rti, _) =
+                        self.db.schema.table(rt).ok_or_else(|| {
+                            OvsdbError::referential(format!("unknown table {rt}"))
+                        })?;
                     for a in atoms {
                         if let Some(target) = a.as_uuid() {
                             if !self.exists(rti, target) {
@@ -586,7 +636,12 @@ impl<'a> Txn<'a> {
                 }
                 (_, None) => None,
             };
-            rows.push(RowChange { table: t, uuid: u, old, new });
+            rows.push(RowChange {
+                table: t,
+                uuid: u,
+                old,
+                new,
+            });
         }
         if rows.is_empty() {
             return Ok(None);
@@ -619,7 +674,8 @@ impl<'a> Txn<'a> {
     }
 
     fn final_refcount(&self, delta: &HashMap<Uuid, i64>, u: Uuid) -> i64 {
-        i64::from(self.db.refcount.get(&u).copied().unwrap_or(0)) + delta.get(&u).copied().unwrap_or(0)
+        i64::from(self.db.refcount.get(&u).copied().unwrap_or(0))
+            + delta.get(&u).copied().unwrap_or(0)
     }
 
     /// Deletes non-root rows left without strong references, to a fixed point.
@@ -686,9 +742,15 @@ impl<'a> Txn<'a> {
             .collect();
         for (t, ts) in self.db.schema.tables.iter().enumerate() {
             let refers = ts.columns.iter().any(|c| {
-                [Some(&c.ty.key), c.ty.value.as_ref()].into_iter().flatten().any(|b| {
-                    b.ref_type == RefType::Weak && b.ref_table.as_deref().is_some_and(|r| deleted_tables.contains(r))
-                })
+                [Some(&c.ty.key), c.ty.value.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .any(|b| {
+                        b.ref_type == RefType::Weak
+                            && b.ref_table
+                                .as_deref()
+                                .is_some_and(|r| deleted_tables.contains(r))
+                    })
             });
             if refers {
                 work.extend(
@@ -708,7 +770,12 @@ impl<'a> Txn<'a> {
             for (ci, c) in ts.columns.iter().enumerate() {
                 let weak_target = |b: &crate::types::BaseType| {
                     (b.ref_type == RefType::Weak)
-                        .then(|| b.ref_table.as_deref().and_then(|r| self.db.schema.table(r)).map(|(i, _)| i))
+                        .then(|| {
+                            b.ref_table
+                                .as_deref()
+                                .and_then(|r| self.db.schema.table(r))
+                                .map(|(i, _)| i)
+                        })
                         .flatten()
                 };
                 let kt = weak_target(&c.ty.key);
@@ -722,7 +789,9 @@ impl<'a> Txn<'a> {
                 };
                 let d = &new.data[ci];
                 let nd = match d {
-                    Datum::Set(s) => Datum::Set(s.iter().filter(|a| !dangling(a, kt)).cloned().collect()),
+                    Datum::Set(s) => {
+                        Datum::Set(s.iter().filter(|a| !dangling(a, kt)).cloned().collect())
+                    }
                     Datum::Map(m) => Datum::Map(
                         m.iter()
                             .filter(|(k, v)| !dangling(k, kt) && !dangling(v, vt))
@@ -768,7 +837,8 @@ impl<'a> Txn<'a> {
                 for ((_, u), v) in self.overlay.range((t, Uuid::nil())..=(t, Uuid::max())) {
                     let Some(row) = v else { continue };
                     let key = table.index_key(ix, row);
-                    let names: Vec<&str> = cols.iter().map(|&c| ts.columns[c].name.as_str()).collect();
+                    let names: Vec<&str> =
+                        cols.iter().map(|&c| ts.columns[c].name.as_str()).collect();
                     let clash = |other: Uuid| {
                         OvsdbError::constraint(format!(
                             "Transaction causes multiple rows in \"{}\" table to have identical values ({}) for index on column{} \"{}\".  First row has UUID {other}; second row has UUID {u}.",
@@ -809,7 +879,8 @@ fn parse_plain_uuid(v: &Value) -> Result<Uuid, OvsdbError> {
 }
 
 fn is_map_json(v: &Value) -> bool {
-    v.as_array().is_some_and(|a| a.first().is_some_and(|f| f == "map"))
+    v.as_array()
+        .is_some_and(|a| a.first().is_some_and(|f| f == "map"))
 }
 
 fn parse_columns(v: Option<&Value>, ts: &TableSchema) -> Result<Option<Vec<String>>, OvsdbError> {
@@ -823,7 +894,10 @@ fn parse_columns(v: Option<&Value>, ts: &TableSchema) -> Result<Option<Vec<Strin
             .as_str()
             .ok_or_else(|| OvsdbError::syntax("\"columns\" must be an array of column names"))?;
         if ts.column(n).is_none() && !crate::schema::is_implicit_column(n) {
-            return Err(OvsdbError::new("unknown column", format!("No column {n} in table {}.", ts.name)));
+            return Err(OvsdbError::new(
+                "unknown column",
+                format!("No column {n} in table {}.", ts.name),
+            ));
         }
         out.push(n.to_owned());
     }
@@ -865,7 +939,12 @@ impl Mutator {
 }
 
 fn arith(a: &Atom, m: Mutator, b: &Atom) -> Result<Atom, OvsdbError> {
-    let range = || OvsdbError::new("range error", "Result of arithmetic operation is out of range.");
+    let range = || {
+        OvsdbError::new(
+            "range error",
+            "Result of arithmetic operation is out of range.",
+        )
+    };
     match (a, b) {
         (Atom::Integer(x), Atom::Integer(y)) => {
             let r = match m {
@@ -886,7 +965,9 @@ fn arith(a: &Atom, m: Mutator, b: &Atom) -> Result<Atom, OvsdbError> {
                 Mutator::Add => x + y,
                 Mutator::Sub => x - y,
                 Mutator::Mul => x * y,
-                Mutator::Div if *y == 0.0 => return Err(OvsdbError::new("domain error", "Division by zero.")),
+                Mutator::Div if *y == 0.0 => {
+                    return Err(OvsdbError::new("domain error", "Division by zero."))
+                }
                 Mutator::Div => x / y,
                 _ => return Err(range()),
             };
@@ -901,7 +982,13 @@ fn arith(a: &Atom, m: Mutator, b: &Atom) -> Result<Atom, OvsdbError> {
 }
 
 /// Applies one mutation to a datum, checking the result against the column type.
-pub fn apply_mutation(d: &Datum, m: Mutator, arg: &Datum, ty: &Type, cname: &str) -> Result<Datum, OvsdbError> {
+pub fn apply_mutation(
+    d: &Datum,
+    m: Mutator,
+    arg: &Datum,
+    ty: &Type,
+    cname: &str,
+) -> Result<Datum, OvsdbError> {
     let out = match m {
         Mutator::Insert => match (d, arg) {
             (Datum::Set(s), Datum::Set(a)) => Datum::Set(s.union(a).cloned().collect()),
@@ -912,24 +999,40 @@ pub fn apply_mutation(d: &Datum, m: Mutator, arg: &Datum, ty: &Type, cname: &str
                 }
                 Datum::Map(n)
             }
-            _ => return Err(OvsdbError::syntax("insert mutation argument has the wrong type")),
+            _ => {
+                return Err(OvsdbError::syntax(
+                    "insert mutation argument has the wrong type",
+                ))
+            }
         },
         Mutator::Delete => match (d, arg) {
             (Datum::Set(s), Datum::Set(a)) => Datum::Set(s.difference(a).cloned().collect()),
-            (Datum::Map(s), Datum::Map(a)) => {
-                Datum::Map(s.iter().filter(|(k, v)| a.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect())
+            (Datum::Map(s), Datum::Map(a)) => Datum::Map(
+                s.iter()
+                    .filter(|(k, v)| a.get(*k) != Some(*v))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            (Datum::Map(s), Datum::Set(keys)) => Datum::Map(
+                s.iter()
+                    .filter(|(k, _)| !keys.contains(*k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            _ => {
+                return Err(OvsdbError::syntax(
+                    "delete mutation argument has the wrong type",
+                ))
             }
-            (Datum::Map(s), Datum::Set(keys)) => {
-                Datum::Map(s.iter().filter(|(k, _)| !keys.contains(*k)).map(|(k, v)| (k.clone(), v.clone())).collect())
-            }
-            _ => return Err(OvsdbError::syntax("delete mutation argument has the wrong type")),
         },
         _ => {
             let b = arg
                 .first()
                 .ok_or_else(|| OvsdbError::syntax("arithmetic mutation needs one argument"))?;
             let Datum::Set(s) = d else {
-                return Err(OvsdbError::constraint("arithmetic mutation does not apply to maps"));
+                return Err(OvsdbError::constraint(
+                    "arithmetic mutation does not apply to maps",
+                ));
             };
             let mut n = BTreeSet::new();
             for a in s {
@@ -988,7 +1091,9 @@ mod tests {
             wait_expired: false,
         };
         match execute(db, ops.as_array().unwrap(), &ctx) {
-            Outcome::Done { results, changes, .. } => {
+            Outcome::Done {
+                results, changes, ..
+            } => {
                 if let Some(c) = changes {
                     db.apply(&c);
                 }
@@ -1027,8 +1132,15 @@ mod tests {
                    {"op":"insert","table":"A","row":{"name":"a","b":["named-uuid","b"]}}]),
         );
         assert_eq!(d.tables[1].rows.len(), 1);
-        run(&mut d, json!([{"op":"update","table":"A","where":[],"row":{"b":["set",[]]}}]));
-        assert_eq!(d.tables[1].rows.len(), 0, "B row unreferenced after update must be collected");
+        run(
+            &mut d,
+            json!([{"op":"update","table":"A","where":[],"row":{"b":["set",[]]}}]),
+        );
+        assert_eq!(
+            d.tables[1].rows.len(),
+            0,
+            "B row unreferenced after update must be collected"
+        );
     }
 
     #[test]
@@ -1059,17 +1171,29 @@ mod tests {
                    {"op":"insert","table":"A","row":{"name":"y","w":["named-uuid","x"]}}]),
         );
         assert!(r.iter().all(|v| v.get("error").is_none()), "{r:?}");
-        run(&mut d, json!([{"op":"delete","table":"A","where":[["name","==","x"]]}]));
-        let r = run(&mut d, json!([{"op":"select","table":"A","where":[],"columns":["w"]}]));
+        run(
+            &mut d,
+            json!([{"op":"delete","table":"A","where":[["name","==","x"]]}]),
+        );
+        let r = run(
+            &mut d,
+            json!([{"op":"select","table":"A","where":[],"columns":["w"]}]),
+        );
         assert_eq!(r[0]["rows"][0]["w"], json!(["set", []]));
     }
 
     #[test]
     fn constraints_indexes_and_mutability() {
         let mut d = db();
-        let r = run(&mut d, json!([{"op":"insert","table":"A","row":{"name":"a","n":101}}]));
+        let r = run(
+            &mut d,
+            json!([{"op":"insert","table":"A","row":{"name":"a","n":101}}]),
+        );
         assert_eq!(err(&r[0]), "constraint violation");
-        let r = run(&mut d, json!([{"op":"insert","table":"A","row":{"name":"a","s":["set",["1","2","3"]]}}]));
+        let r = run(
+            &mut d,
+            json!([{"op":"insert","table":"A","row":{"name":"a","s":["set",["1","2","3"]]}}]),
+        );
         assert_eq!(err(&r[0]), "syntax error");
         let r = run(
             &mut d,
@@ -1077,10 +1201,19 @@ mod tests {
         );
         assert_eq!(r.len(), 3);
         assert_eq!(err(&r[2]), "constraint violation");
-        run(&mut d, json!([{"op":"insert","table":"A","row":{"name":"a"}}]));
-        let r = run(&mut d, json!([{"op":"update","table":"A","where":[],"row":{"fixed":3}}]));
+        run(
+            &mut d,
+            json!([{"op":"insert","table":"A","row":{"name":"a"}}]),
+        );
+        let r = run(
+            &mut d,
+            json!([{"op":"update","table":"A","where":[],"row":{"fixed":3}}]),
+        );
         assert_eq!(err(&r[0]), "constraint violation");
-        let r = run(&mut d, json!([{"op":"insert","table":"A","row":{"name":"a"}}]));
+        let r = run(
+            &mut d,
+            json!([{"op":"insert","table":"A","row":{"name":"a"}}]),
+        );
         assert_eq!(err(&r[1]), "constraint violation", "index on name");
         let r = run(&mut d, json!([{"op":"insert","table":"Nope","row":{}}]));
         assert_eq!(err(&r[0]), "syntax error", "unknown table");
@@ -1091,46 +1224,88 @@ mod tests {
     #[test]
     fn mutate_operations() {
         let mut d = db();
-        run(&mut d, json!([{"op":"insert","table":"A","row":{"name":"a","n":5,"m":["map",[["k","v"]]]}}]));
+        run(
+            &mut d,
+            json!([{"op":"insert","table":"A","row":{"name":"a","n":5,"m":["map",[["k","v"]]]}}]),
+        );
         let r = run(
             &mut d,
             json!([{"op":"mutate","table":"A","where":[],"mutations":[["n","*=",3],["s","insert","x"],["m","delete",["set",["k"]]],["m","insert",["map",[["q","r"]]]]]},
                    {"op":"select","table":"A","where":[],"columns":["n","s","m"]}]),
         );
         assert_eq!(r[0], json!({"count": 1}));
-        assert_eq!(r[1]["rows"][0], json!({"n":15,"s":"x","m":["map",[["q","r"]]]}));
-        let r = run(&mut d, json!([{"op":"mutate","table":"A","where":[],"mutations":[["n","/=",0]]}]));
+        assert_eq!(
+            r[1]["rows"][0],
+            json!({"n":15,"s":"x","m":["map",[["q","r"]]]})
+        );
+        let r = run(
+            &mut d,
+            json!([{"op":"mutate","table":"A","where":[],"mutations":[["n","/=",0]]}]),
+        );
         assert_eq!(err(&r[0]), "domain error");
-        let r = run(&mut d, json!([{"op":"mutate","table":"A","where":[],"mutations":[["n","+=",100]]}]));
+        let r = run(
+            &mut d,
+            json!([{"op":"mutate","table":"A","where":[],"mutations":[["n","+=",100]]}]),
+        );
         assert_eq!(err(&r[0]), "constraint violation");
-        let r = run(&mut d, json!([{"op":"mutate","table":"A","where":[],"mutations":[["s","insert",["set",["y","z"]]]]}]));
+        let r = run(
+            &mut d,
+            json!([{"op":"mutate","table":"A","where":[],"mutations":[["s","insert",["set",["y","z"]]]]}]),
+        );
         assert_eq!(err(&r[0]), "constraint violation");
     }
 
     #[test]
     fn wait_abort_comment_assert() {
         let mut d = db();
-        run(&mut d, json!([{"op":"insert","table":"A","row":{"name":"a"}}]));
-        let r = run(&mut d, json!([{"op":"wait","table":"A","where":[],"columns":["name"],"until":"==","rows":[{"name":"a"}],"timeout":0}]));
+        run(
+            &mut d,
+            json!([{"op":"insert","table":"A","row":{"name":"a"}}]),
+        );
+        let r = run(
+            &mut d,
+            json!([{"op":"wait","table":"A","where":[],"columns":["name"],"until":"==","rows":[{"name":"a"}],"timeout":0}]),
+        );
         assert_eq!(r[0], json!({}));
-        let r = run(&mut d, json!([{"op":"wait","table":"A","where":[],"columns":["name"],"until":"==","rows":[],"timeout":0}]));
+        let r = run(
+            &mut d,
+            json!([{"op":"wait","table":"A","where":[],"columns":["name"],"until":"==","rows":[],"timeout":0}]),
+        );
         assert_eq!(err(&r[0]), "timed out");
-        let ctx = ExecContext { owns_lock: &|_| false, wait_expired: false };
+        let ctx = ExecContext {
+            owns_lock: &|_| false,
+            wait_expired: false,
+        };
         let ops = json!([{"op":"wait","table":"A","where":[],"columns":["name"],"until":"==","rows":[],"timeout":500}]);
-        assert!(matches!(execute(&d, ops.as_array().unwrap(), &ctx), Outcome::Blocked { timeout_ms: 500 }));
-        let r = run(&mut d, json!([{"op":"insert","table":"A","row":{"name":"b"}},{"op":"abort"},{"op":"comment","comment":"x"}]));
+        assert!(matches!(
+            execute(&d, ops.as_array().unwrap(), &ctx),
+            Outcome::Blocked { timeout_ms: 500 }
+        ));
+        let r = run(
+            &mut d,
+            json!([{"op":"insert","table":"A","row":{"name":"b"}},{"op":"abort"},{"op":"comment","comment":"x"}]),
+        );
         assert_eq!(err(&r[1]), "aborted");
         assert_eq!(r[2], Value::Null);
         assert_eq!(d.tables[0].rows.len(), 1);
         let r = run(&mut d, json!([{"op":"assert","lock":"other"}]));
         assert_eq!(err(&r[0]), "not owner");
-        let r = run(&mut d, json!([{"op":"assert","lock":"mine"},{"op":"comment","comment":"ok"}]));
+        let r = run(
+            &mut d,
+            json!([{"op":"assert","lock":"mine"},{"op":"comment","comment":"ok"}]),
+        );
         assert_eq!(r, vec![json!({}), json!({})]);
-        let r = run(&mut d, json!([{"op":"select","table":"A","where":[],"bogus":1}]));
+        let r = run(
+            &mut d,
+            json!([{"op":"select","table":"A","where":[],"bogus":1}]),
+        );
         assert_eq!(err(&r[0]), "syntax error");
         let r = run(&mut d, json!([{"op":"frobnicate"}]));
         assert_eq!(err(&r[0]), "syntax error");
-        let r = run(&mut d, json!([{"op":"insert","table":"A","row":{"name":"c","w":["named-uuid","nope"]}}]));
+        let r = run(
+            &mut d,
+            json!([{"op":"insert","table":"A","row":{"name":"c","w":["named-uuid","nope"]}}]),
+        );
         assert_eq!(err(&r[1]), "referential integrity violation");
     }
 }

@@ -119,20 +119,19 @@ impl BaseType {
                 .map(Self::plain)
                 .ok_or_else(|| OvsdbError::syntax(format!("unknown atomic type \"{s}\""))),
             Value::Object(o) => {
-                let tname = o
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| OvsdbError::syntax("base type object must have a \"type\" string"))?;
-                let atomic = AtomicType::from_name(tname)
-                    .ok_or_else(|| OvsdbError::syntax(format!("unknown atomic type \"{tname}\"")))?;
+                let tname = o.get("type").and_then(Value::as_str).ok_or_else(|| {
+                    OvsdbError::syntax("base type object must have a \"type\" string")
+                })?;
+                let atomic = AtomicType::from_name(tname).ok_or_else(|| {
+                    OvsdbError::syntax(format!("unknown atomic type \"{tname}\""))
+                })?;
                 let mut b = Self::plain(atomic);
                 let int = |k: &str| -> Result<Option<i64>, OvsdbError> {
                     match o.get(k) {
                         None => Ok(None),
-                        Some(v) => v
-                            .as_i64()
-                            .map(Some)
-                            .ok_or_else(|| OvsdbError::syntax(format!("\"{k}\" must be an integer"))),
+                        Some(v) => v.as_i64().map(Some).ok_or_else(|| {
+                            OvsdbError::syntax(format!("\"{k}\" must be an integer"))
+                        }),
                     }
                 };
                 let real = |k: &str| -> Result<Option<f64>, OvsdbError> {
@@ -161,7 +160,9 @@ impl BaseType {
                         if let Some(t) = o.get("refTable") {
                             b.ref_table = Some(
                                 t.as_str()
-                                    .ok_or_else(|| OvsdbError::syntax("\"refTable\" must be a string"))?
+                                    .ok_or_else(|| {
+                                        OvsdbError::syntax("\"refTable\" must be a string")
+                                    })?
                                     .to_owned(),
                             );
                         }
@@ -185,7 +186,9 @@ impl BaseType {
                 }
                 Ok(b)
             }
-            _ => Err(OvsdbError::syntax("base type must be a string or an object")),
+            _ => Err(OvsdbError::syntax(
+                "base type must be a string or an object",
+            )),
         }
     }
 
@@ -249,14 +252,19 @@ impl BaseType {
                 return Err(OvsdbError::constraint(format!(
                     "{} is not one of the allowed values ({})",
                     atom.to_json(),
-                    e.iter().map(|a| a.to_json().to_string()).collect::<Vec<_>>().join(", ")
+                    e.iter()
+                        .map(|a| a.to_json().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )));
             }
             return Ok(());
         }
         match atom {
             Atom::Integer(i) => {
-                if self.min_integer.is_some_and(|m| *i < m) || self.max_integer.is_some_and(|m| *i > m) {
+                if self.min_integer.is_some_and(|m| *i < m)
+                    || self.max_integer.is_some_and(|m| *i > m)
+                {
                     return Err(OvsdbError::constraint(format!(
                         "{i} is not in the valid range {}",
                         range_text(self.min_integer, self.max_integer)
@@ -336,7 +344,8 @@ impl Type {
             }),
             Value::Object(o) => {
                 let key = BaseType::from_json(
-                    o.get("key").ok_or_else(|| OvsdbError::syntax("type object must have a \"key\""))?,
+                    o.get("key")
+                        .ok_or_else(|| OvsdbError::syntax("type object must have a \"key\""))?,
                 )?;
                 let value = o.get("value").map(BaseType::from_json).transpose()?;
                 let min = match o.get("min") {
@@ -349,15 +358,19 @@ impl Type {
                 let max = match o.get("max") {
                     None => 1,
                     Some(Value::String(s)) if s == "unlimited" => u64::MAX,
-                    Some(v) => v
-                        .as_u64()
-                        .filter(|m| *m >= 1)
-                        .ok_or_else(|| OvsdbError::syntax("\"max\" must be a positive integer or \"unlimited\""))?,
+                    Some(v) => v.as_u64().filter(|m| *m >= 1).ok_or_else(|| {
+                        OvsdbError::syntax("\"max\" must be a positive integer or \"unlimited\"")
+                    })?,
                 };
                 if min > max {
                     return Err(OvsdbError::syntax("\"min\" must not exceed \"max\""));
                 }
-                Ok(Self { key, value, min, max })
+                Ok(Self {
+                    key,
+                    value,
+                    min,
+                    max,
+                })
             }
             _ => Err(OvsdbError::syntax("type must be a string or an object")),
         }
@@ -365,7 +378,8 @@ impl Type {
 
     /// The schema JSON of this type.
     pub fn to_json(&self) -> Value {
-        if self.value.is_none() && self.min == 1 && self.max == 1 && self.key.to_json().is_string() {
+        if self.value.is_none() && self.min == 1 && self.max == 1 && self.key.to_json().is_string()
+        {
             return self.key.to_json();
         }
         let mut o = Map::new();
@@ -401,7 +415,9 @@ impl Type {
         } else {
             match &self.value {
                 None => Datum::singleton(self.key.atomic.default_atom()),
-                Some(v) => Datum::singleton_pair(self.key.atomic.default_atom(), v.atomic.default_atom()),
+                Some(v) => {
+                    Datum::singleton_pair(self.key.atomic.default_atom(), v.atomic.default_atom())
+                }
             }
         }
     }
@@ -418,7 +434,10 @@ mod tests {
         .unwrap();
         assert!(t.is_map());
         assert_eq!(t.max, u64::MAX);
-        assert!(t.key.check_constraints(&Atom::String("abcd".into())).is_err());
+        assert!(t
+            .key
+            .check_constraints(&Atom::String("abcd".into()))
+            .is_err());
         let v = t.value.as_ref().unwrap();
         assert!(v.check_constraints(&Atom::Integer(11)).is_err());
         assert!(v.check_constraints(&Atom::Integer(10)).is_ok());
@@ -427,9 +446,13 @@ mod tests {
 
     #[test]
     fn enum_constraint_rejects_other_values() {
-        let t = Type::from_json(&json!({"key":{"type":"string","enum":["set",["a","b"]]}})).unwrap();
+        let t =
+            Type::from_json(&json!({"key":{"type":"string","enum":["set",["a","b"]]}})).unwrap();
         assert!(t.key.check_constraints(&Atom::String("a".into())).is_ok());
-        let e = t.key.check_constraints(&Atom::String("c".into())).unwrap_err();
+        let e = t
+            .key
+            .check_constraints(&Atom::String("c".into()))
+            .unwrap_err();
         assert_eq!(e.tag, "constraint violation");
     }
 

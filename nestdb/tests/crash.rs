@@ -40,7 +40,8 @@ fn sigkill_never_loses_acknowledged_transactions() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
     let dir = tempfile::tempdir().unwrap();
     let mut s = ServerProc::start(Impl::Nestdb, dir.path(), &["--compact-threshold=30000"]);
-    s.client().transact(json!([{"op": "insert", "table": "Config", "row": {"gen": 0}}]));
+    s.client()
+        .transact(json!([{"op": "insert", "table": "Config", "row": {"gen": 0}}]));
     let mut next_seq = 0u64;
     for round in 0..ROUNDS {
         let kill_after: u64 = rng.gen_range(1..150);
@@ -62,7 +63,14 @@ fn sigkill_never_loses_acknowledged_transactions() {
             match c.read_message() {
                 Some(Message::Reply { result, id }) => {
                     assert_eq!(id, json!(acked), "replies arrive in order");
-                    assert!(result.as_array().unwrap().iter().all(|r| r.get("error").is_none()), "{result}");
+                    assert!(
+                        result
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .all(|r| r.get("error").is_none()),
+                        "{result}"
+                    );
                     acked += 1;
                 }
                 other => panic!("round {round}: unexpected {other:?}"),
@@ -73,9 +81,19 @@ fn sigkill_never_loses_acknowledged_transactions() {
         s.launch();
         let (seqs, gen) = state(&s);
         let m = seqs.len() as u64;
-        assert!(m >= acked, "round {round}: {acked} acknowledged but only {m} present");
-        assert_eq!(seqs, (0..m).collect::<BTreeSet<u64>>(), "round {round}: rows must be a prefix");
-        assert_eq!(gen, m as i64, "round {round}: Config.gen must match the rows (no half-applied txn)");
+        assert!(
+            m >= acked,
+            "round {round}: {acked} acknowledged but only {m} present"
+        );
+        assert_eq!(
+            seqs,
+            (0..m).collect::<BTreeSet<u64>>(),
+            "round {round}: rows must be a prefix"
+        );
+        assert_eq!(
+            gen, m as i64,
+            "round {round}: Config.gen must match the rows (no half-applied txn)"
+        );
         next_seq = m;
     }
 }

@@ -19,11 +19,18 @@ fn normalise(v: &Value, names: &mut HashMap<String, String>) -> Value {
         Value::Number(n) => json!(n.as_f64()),
         Value::Array(a) if a.len() == 2 && a[0] == "uuid" && a[1].is_string() => {
             let n = names.len() + 1;
-            let name = names.entry(a[1].as_str().unwrap().to_owned()).or_insert_with(|| format!("#{n}"));
+            let name = names
+                .entry(a[1].as_str().unwrap().to_owned())
+                .or_insert_with(|| format!("#{n}"));
             json!(["uuid", name])
         }
         Value::Array(a) if a.len() == 2 && (a[0] == "set" || a[0] == "map") && a[1].is_array() => {
-            let mut items: Vec<Value> = a[1].as_array().unwrap().iter().map(|x| normalise(x, names)).collect();
+            let mut items: Vec<Value> = a[1]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| normalise(x, names))
+                .collect();
             items.sort_by_key(|x| x.to_string());
             json!([a[0], items])
         }
@@ -37,7 +44,12 @@ fn normalise(v: &Value, names: &mut HashMap<String, String>) -> Value {
                         out.insert(k.clone(), json!("<version>"));
                     }
                     "rows" if x.is_array() => {
-                        let mut rows: Vec<Value> = x.as_array().unwrap().iter().map(|r| normalise(r, names)).collect();
+                        let mut rows: Vec<Value> = x
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|r| normalise(r, names))
+                            .collect();
                         rows.sort_by_key(|r| r.to_string());
                         out.insert(k.clone(), Value::Array(rows));
                     }
@@ -55,71 +67,86 @@ fn normalise(v: &Value, names: &mut HashMap<String, String>) -> Value {
 /// Transaction scripts: each inner array is one `transact` (ops only).
 fn scripts() -> Vec<(&'static str, Vec<Value>)> {
     vec![
-        ("insert and select", vec![
-            json!([{"op": "insert", "table": "Node", "row": {"name": "a", "cores": 3, "kind": "control", "weight": 0.5,
+        (
+            "insert and select",
+            vec![
+                json!([{"op": "insert", "table": "Node", "row": {"name": "a", "cores": 3, "kind": "control", "weight": 0.5,
                      "labels": ["map", [["z", "1"], ["a", "2"]]], "tags": ["set", ["x", "y"]], "enabled": true}},
                    {"op": "select", "table": "Node", "where": [["name", "==", "a"]]}]),
-            json!([{"op": "select", "table": "Node", "where": [], "columns": ["name", "cores", "tags", "weight"]}]),
-        ]),
-        ("named uuids, refs, gc, weak refs", vec![
-            json!([{"op": "insert", "table": "Port", "uuid-name": "p", "row": {"name": "p0", "ips": ["set", ["1.1.1.1"]]}},
+                json!([{"op": "select", "table": "Node", "where": [], "columns": ["name", "cores", "tags", "weight"]}]),
+            ],
+        ),
+        (
+            "named uuids, refs, gc, weak refs",
+            vec![
+                json!([{"op": "insert", "table": "Port", "uuid-name": "p", "row": {"name": "p0", "ips": ["set", ["1.1.1.1"]]}},
                    {"op": "insert", "table": "Node", "uuid-name": "n", "row": {"name": "a", "ports": ["named-uuid", "p"]}},
                    {"op": "insert", "table": "Node", "row": {"name": "b", "peers": ["named-uuid", "n"]}}]),
-            json!([{"op": "insert", "table": "Port", "row": {"name": "orphan"}}]),
-            json!([{"op": "select", "table": "Port", "where": [], "columns": ["name"]}]),
-            json!([{"op": "delete", "table": "Port", "where": []}]),
-            json!([{"op": "delete", "table": "Node", "where": [["name", "==", "a"]]}]),
-            json!([{"op": "select", "table": "Node", "where": [], "columns": ["name", "peers"]},
+                json!([{"op": "insert", "table": "Port", "row": {"name": "orphan"}}]),
+                json!([{"op": "select", "table": "Port", "where": [], "columns": ["name"]}]),
+                json!([{"op": "delete", "table": "Port", "where": []}]),
+                json!([{"op": "delete", "table": "Node", "where": [["name", "==", "a"]]}]),
+                json!([{"op": "select", "table": "Node", "where": [], "columns": ["name", "peers"]},
                    {"op": "select", "table": "Port", "where": []}]),
-            json!([{"op": "insert", "table": "Node", "row": {"name": "c", "ports": ["uuid", "c0ffee00-0000-4000-8000-000000000000"]}}]),
-            json!([{"op": "insert", "table": "Node", "row": {"name": "d", "ports": ["named-uuid", "undefined"]}}]),
-        ]),
-        ("update, mutate, count", vec![
-            json!([{"op": "insert", "table": "Node", "row": {"name": "a", "cores": 1}},
+                json!([{"op": "insert", "table": "Node", "row": {"name": "c", "ports": ["uuid", "c0ffee00-0000-4000-8000-000000000000"]}}]),
+                json!([{"op": "insert", "table": "Node", "row": {"name": "d", "ports": ["named-uuid", "undefined"]}}]),
+            ],
+        ),
+        (
+            "update, mutate, count",
+            vec![
+                json!([{"op": "insert", "table": "Node", "row": {"name": "a", "cores": 1}},
                    {"op": "insert", "table": "Node", "row": {"name": "b", "cores": 2}}]),
-            json!([{"op": "update", "table": "Node", "where": [["cores", ">=", 1]], "row": {"enabled": true}},
+                json!([{"op": "update", "table": "Node", "where": [["cores", ">=", 1]], "row": {"enabled": true}},
                    {"op": "mutate", "table": "Node", "where": [["name", "==", "a"]],
                     "mutations": [["cores", "*=", 10], ["labels", "insert", ["map", [["k", "v"]]]], ["tags", "insert", ["set", ["t1"]]]]},
                    {"op": "mutate", "table": "Node", "where": [], "mutations": [["cores", "-=", 1]]},
                    {"op": "select", "table": "Node", "where": [], "columns": ["name", "cores", "labels", "tags", "enabled"]}]),
-            json!([{"op": "mutate", "table": "Node", "where": [], "mutations": [["labels", "delete", ["set", ["k"]]], ["tags", "delete", "t1"]]},
+                json!([{"op": "mutate", "table": "Node", "where": [], "mutations": [["labels", "delete", ["set", ["k"]]], ["tags", "delete", "t1"]]},
                    {"op": "select", "table": "Node", "where": [["name", "==", "a"]], "columns": ["labels", "tags"]}]),
-            json!([{"op": "mutate", "table": "Node", "where": [], "mutations": [["cores", "/=", 0]]}]),
-            json!([{"op": "mutate", "table": "Node", "where": [], "mutations": [["cores", "+=", 1000]]}]),
-            json!([{"op": "mutate", "table": "Node", "where": [["name", "==", "a"]], "mutations": [["tags", "insert", ["set", ["1", "2", "3", "4"]]]]}]),
-            json!([{"op": "mutate", "table": "Node", "where": [], "mutations": [["name", "+=", 1]]}]),
-            json!([{"op": "update", "table": "Node", "where": [], "row": {"serial": 5}}]),
-        ]),
-        ("conditions", vec![
-            json!([{"op": "insert", "table": "Node", "row": {"name": "a", "cores": 1, "tags": ["set", ["x"]]}},
+                json!([{"op": "mutate", "table": "Node", "where": [], "mutations": [["cores", "/=", 0]]}]),
+                json!([{"op": "mutate", "table": "Node", "where": [], "mutations": [["cores", "+=", 1000]]}]),
+                json!([{"op": "mutate", "table": "Node", "where": [["name", "==", "a"]], "mutations": [["tags", "insert", ["set", ["1", "2", "3", "4"]]]]}]),
+                json!([{"op": "mutate", "table": "Node", "where": [], "mutations": [["name", "+=", 1]]}]),
+                json!([{"op": "update", "table": "Node", "where": [], "row": {"serial": 5}}]),
+            ],
+        ),
+        (
+            "conditions",
+            vec![
+                json!([{"op": "insert", "table": "Node", "row": {"name": "a", "cores": 1, "tags": ["set", ["x"]]}},
                    {"op": "insert", "table": "Node", "row": {"name": "b", "cores": 5, "tags": ["set", ["x", "y"]]}},
                    {"op": "insert", "table": "Node", "row": {"name": "c", "cores": 9}}]),
-            json!([{"op": "select", "table": "Node", "where": [["cores", "<", 5]], "columns": ["name"]},
+                json!([{"op": "select", "table": "Node", "where": [["cores", "<", 5]], "columns": ["name"]},
                    {"op": "select", "table": "Node", "where": [["cores", "<=", 5]], "columns": ["name"]},
                    {"op": "select", "table": "Node", "where": [["cores", "!=", 5]], "columns": ["name"]},
                    {"op": "select", "table": "Node", "where": [["tags", "includes", "y"]], "columns": ["name"]},
                    {"op": "select", "table": "Node", "where": [["tags", "excludes", "y"]], "columns": ["name"]},
                    {"op": "select", "table": "Node", "where": [["tags", "==", ["set", []]]], "columns": ["name"]},
                    {"op": "select", "table": "Node", "where": [["cores", ">", 1], ["cores", "<", 9]], "columns": ["name"]}]),
-        ]),
-        ("errors", vec![
-            json!([{"op": "insert", "table": "Node", "row": {"name": "a"}}, {"op": "insert", "table": "Node", "row": {"name": "a"}}]),
-            json!([{"op": "insert", "table": "Node", "row": {"name": "a", "kind": "other"}}]),
-            json!([{"op": "insert", "table": "Node", "row": {"name": "a", "tags": ["set", ["toolongvalue"]]}}]),
-            json!([{"op": "insert", "table": "Node", "row": {"name": "a", "cores": -1}}]),
-            json!([{"op": "insert", "table": "Node", "row": {"name": ["set", ["a", "b"]]}}]),
-            json!([{"op": "insert", "table": "Node", "row": {"nope": 1}}]),
-            json!([{"op": "insert", "table": "Nope", "row": {}}]),
-            json!([{"op": "frob"}]),
-            json!([{"op": "select", "table": "Node"}]),
-            json!([{"op": "insert", "table": "Node", "row": {"name": "x"}}, {"op": "abort"}, {"op": "comment", "comment": "c"}]),
-            json!([{"op": "insert", "table": "Config", "row": {}}, {"op": "insert", "table": "Config", "row": {}}]),
-            json!([{"op": "wait", "table": "Node", "where": [], "columns": ["name"], "until": "==", "rows": [{"name": "zz"}], "timeout": 0}]),
-            json!([{"op": "wait", "table": "Node", "where": [], "columns": ["name"], "until": "!=", "rows": [{"name": "zz"}], "timeout": 0}]),
-            json!([{"op": "assert", "lock": "nobody"}]),
-            json!([{"op": "comment", "comment": "only a comment"}, {"op": "commit", "durable": false}]),
-            json!([{"op": "select", "table": "Node", "where": [], "columns": ["name"]}]),
-        ]),
+            ],
+        ),
+        (
+            "errors",
+            vec![
+                json!([{"op": "insert", "table": "Node", "row": {"name": "a"}}, {"op": "insert", "table": "Node", "row": {"name": "a"}}]),
+                json!([{"op": "insert", "table": "Node", "row": {"name": "a", "kind": "other"}}]),
+                json!([{"op": "insert", "table": "Node", "row": {"name": "a", "tags": ["set", ["toolongvalue"]]}}]),
+                json!([{"op": "insert", "table": "Node", "row": {"name": "a", "cores": -1}}]),
+                json!([{"op": "insert", "table": "Node", "row": {"name": ["set", ["a", "b"]]}}]),
+                json!([{"op": "insert", "table": "Node", "row": {"nope": 1}}]),
+                json!([{"op": "insert", "table": "Nope", "row": {}}]),
+                json!([{"op": "frob"}]),
+                json!([{"op": "select", "table": "Node"}]),
+                json!([{"op": "insert", "table": "Node", "row": {"name": "x"}}, {"op": "abort"}, {"op": "comment", "comment": "c"}]),
+                json!([{"op": "insert", "table": "Config", "row": {}}, {"op": "insert", "table": "Config", "row": {}}]),
+                json!([{"op": "wait", "table": "Node", "where": [], "columns": ["name"], "until": "==", "rows": [{"name": "zz"}], "timeout": 0}]),
+                json!([{"op": "wait", "table": "Node", "where": [], "columns": ["name"], "until": "!=", "rows": [{"name": "zz"}], "timeout": 0}]),
+                json!([{"op": "assert", "lock": "nobody"}]),
+                json!([{"op": "comment", "comment": "only a comment"}, {"op": "commit", "durable": false}]),
+                json!([{"op": "select", "table": "Node", "where": [], "columns": ["name"]}]),
+            ],
+        ),
     ]
 }
 
@@ -158,5 +185,10 @@ fn same_results_as_ovsdb_server() {
             diffs.push(format!("ovsdb-server: {t}\nnestdb:       {o}"));
         }
     }
-    assert!(diffs.is_empty(), "{} differences:\n{}", diffs.len(), diffs.join("\n\n"));
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n\n")
+    );
 }

@@ -60,7 +60,10 @@ impl Background {
 fn transact(s: &ServerProc, ops: Value) -> Value {
     let mut p = vec![json!("Test")];
     p.extend(ops.as_array().unwrap().iter().cloned());
-    let out = run_ok("ovsdb-client", &["transact", &s.remote(), &Value::Array(p).to_string()]);
+    let out = run_ok(
+        "ovsdb-client",
+        &["transact", &s.remote(), &Value::Array(p).to_string()],
+    );
     serde_json::from_str(&out).expect("ovsdb-client transact prints JSON")
 }
 
@@ -77,8 +80,14 @@ fn ovsdb_client_transact_and_dump() {
                {"op": "select", "table": "Node", "where": [["name", "==", "n1"]], "columns": ["name", "cores", "labels"]}]),
     );
     assert!(r[0]["uuid"].is_array());
-    assert_eq!(r[1]["rows"], json!([{"name": "n1", "cores": 4, "labels": ["map", [["a", "b"]]]}]));
-    let r = transact(&s, json!([{"op": "insert", "table": "Node", "row": {"name": "n1"}}]));
+    assert_eq!(
+        r[1]["rows"],
+        json!([{"name": "n1", "cores": 4, "labels": ["map", [["a", "b"]]]}])
+    );
+    let r = transact(
+        &s,
+        json!([{"op": "insert", "table": "Node", "row": {"name": "n1"}}]),
+    );
     assert_eq!(r[1]["error"], "constraint violation");
     let dbs = run_ok("ovsdb-client", &["list-dbs", &s.remote()]);
     assert_eq!(dbs.lines().collect::<Vec<_>>(), vec!["Test", "_Server"]);
@@ -86,7 +95,18 @@ fn ovsdb_client_transact_and_dump() {
     for t in ["Node", "Port", "Config"] {
         assert!(tables.contains(t), "{tables}");
     }
-    let dump = run_ok("ovsdb-client", &["--format=json", "dump", &s.remote(), "Test", "Node", "name", "cores"]);
+    let dump = run_ok(
+        "ovsdb-client",
+        &[
+            "--format=json",
+            "dump",
+            &s.remote(),
+            "Test",
+            "Node",
+            "name",
+            "cores",
+        ],
+    );
     let v: Value = serde_json::from_str(dump.trim()).expect("dump --format=json prints JSON");
     assert_eq!(v["headings"], json!(["cores", "name"]));
     assert_eq!(v["data"], json!([[4, "n1"]]));
@@ -101,16 +121,29 @@ fn ovsdb_client_monitor_and_monitor_cond_since() {
     }
     let dir = tempfile::tempdir().unwrap();
     let s = ServerProc::start(Impl::Nestdb, dir.path(), &[]);
-    transact(&s, json!([{"op": "insert", "table": "Node", "row": {"name": "pre", "cores": 1}}]));
+    transact(
+        &s,
+        json!([{"op": "insert", "table": "Node", "row": {"name": "pre", "cores": 1}}]),
+    );
     let remote = s.remote();
-    let mon = Background::spawn(&["--format=json", "monitor", &remote, "Test", "Node", "name,cores"]);
+    let mon = Background::spawn(&[
+        "--format=json",
+        "monitor",
+        &remote,
+        "Test",
+        "Node",
+        "name,cores",
+    ]);
     let init: Value = serde_json::from_str(&mon.line()).unwrap();
     assert_eq!(init["data"][0][1], "initial");
     assert_eq!(init["data"][0][2], "pre");
     let since = Background::spawn(&["monitor-cond-since", &remote, "Test", "[]", "Node", "name"]);
     let first = since.line();
     assert!(first.starts_with("found: false, last_id: "), "{first}");
-    let r = transact(&s, json!([{"op": "insert", "table": "Node", "row": {"name": "post", "cores": 2}}]));
+    let r = transact(
+        &s,
+        json!([{"op": "insert", "table": "Node", "row": {"name": "post", "cores": 2}}]),
+    );
     let uuid = r[0]["uuid"][1].as_str().unwrap().to_owned();
     let upd: Value = serde_json::from_str(&mon.line()).unwrap();
     assert_eq!(upd["data"], json!([[uuid, "insert", "post", 2]]));
@@ -125,7 +158,10 @@ fn ovsdb_client_monitor_and_monitor_cond_since() {
         }
     }
     assert!(saw_insert, "monitor-cond-since never reported the insert");
-    transact(&s, json!([{"op": "update", "table": "Node", "where": [["name", "==", "post"]], "row": {"cores": 3}}]));
+    transact(
+        &s,
+        json!([{"op": "update", "table": "Node", "where": [["name", "==", "post"]], "row": {"cores": 3}}]),
+    );
     let upd: Value = serde_json::from_str(&mon.line()).unwrap();
     assert_eq!(upd["data"][0][1], "old");
     assert_eq!(upd["data"][0][3], 2);
@@ -159,7 +195,9 @@ fn python_idl_round_trip() {
     if !have("python3") {
         return;
     }
-    let probe = Command::new("python3").args(["-c", "import ovs.db.idl"]).status();
+    let probe = Command::new("python3")
+        .args(["-c", "import ovs.db.idl"])
+        .status();
     if !probe.map(|s| s.success()).unwrap_or(false) {
         println!("SKIPPED: the Python 'ovs' package is not installed (pip install ovs)");
         return;
@@ -185,12 +223,22 @@ fn python_idl_round_trip() {
     let report: Value = serde_json::from_slice(&out.stdout).expect("script prints a JSON report");
     assert_eq!(report["initial"], json!([["seed", 5]]));
     assert_eq!(report["commit"], "success");
-    assert_eq!(report["after_commit"], json!([["from-idl", 7], ["seed", 5]]));
+    assert_eq!(
+        report["after_commit"],
+        json!([["from-idl", 7], ["seed", 5]])
+    );
     assert_eq!(report["external_update_seen"], json!(["ext", 9]));
     assert_eq!(report["delete"], "success");
     // The server's view agrees with what the IDL did.
-    let r = c.transact(json!([{"op": "select", "table": "Node", "where": [], "columns": ["name", "cores"]}]));
-    let mut names: Vec<String> = r[0]["rows"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap().to_owned()).collect();
+    let r = c.transact(
+        json!([{"op": "select", "table": "Node", "where": [], "columns": ["name", "cores"]}]),
+    );
+    let mut names: Vec<String> = r[0]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect();
     names.sort();
     assert_eq!(names, vec!["ext", "seed"]);
 }

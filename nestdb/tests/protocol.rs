@@ -15,7 +15,10 @@ fn start(extra: &[&str]) -> (tempfile::TempDir, ServerProc) {
 }
 
 fn uuid_of(v: &Value) -> String {
-    v["uuid"][1].as_str().expect("insert result has a uuid").to_owned()
+    v["uuid"][1]
+        .as_str()
+        .expect("insert result has a uuid")
+        .to_owned()
 }
 
 #[test]
@@ -26,13 +29,27 @@ fn basic_methods() {
     assert_eq!(dbs, json!(["_Server", "Test"]));
     let schema = c.call("get_schema", json!(["Test"])).unwrap();
     assert_eq!(schema["version"], "1.2.3");
-    assert_eq!(c.call("get_schema", json!(["Nope"])).unwrap_err(), json!("unknown database"));
+    assert_eq!(
+        c.call("get_schema", json!(["Nope"])).unwrap_err(),
+        json!("unknown database")
+    );
     let id = c.call("get_server_id", json!([])).unwrap();
     assert!(uuid::Uuid::parse_str(id.as_str().unwrap()).is_ok());
     assert_eq!(c.call("echo", json!(["hi", 1])).unwrap(), json!(["hi", 1]));
-    assert_eq!(c.call("set_db_change_aware", json!([true])).unwrap(), json!({}));
-    assert_eq!(c.call("frob", json!([])).unwrap_err()["error"], "unknown method");
-    let e = c.call("transact", json!(["Nope", {"op": "comment", "comment": "x"}])).unwrap_err();
+    assert_eq!(
+        c.call("set_db_change_aware", json!([true])).unwrap(),
+        json!({})
+    );
+    assert_eq!(
+        c.call("frob", json!([])).unwrap_err()["error"],
+        "unknown method"
+    );
+    let e = c
+        .call(
+            "transact",
+            json!(["Nope", {"op": "comment", "comment": "x"}]),
+        )
+        .unwrap_err();
     assert_eq!(e, json!("unknown database"));
     // _Server lists every database with its schema.
     let r = c
@@ -72,7 +89,10 @@ fn transact_every_operation() {
     assert_eq!(r[0]["rows"][0]["peers"], json!(["uuid", n1]));
     assert_eq!(r[1], json!({"count": 1}));
     assert_eq!(r[2], json!({"count": 1}));
-    assert_eq!(r[3]["rows"][0], json!({"cores": 10, "labels": ["map", [["rack", "r7"], ["zone", "z1"]]], "tags": "blue"}));
+    assert_eq!(
+        r[3]["rows"][0],
+        json!({"cores": 10, "labels": ["map", [["rack", "r7"], ["zone", "z1"]]], "tags": "blue"})
+    );
     assert_eq!(r[4], json!({}));
     // Deleting node a clears b's weak reference and garbage-collects the orphaned port.
     let r = c.transact(json!([
@@ -85,21 +105,35 @@ fn transact_every_operation() {
         {"op": "select", "table": "Port", "where": []}
     ]));
     assert_eq!(r[0]["rows"], json!([{"name": "b", "peers": ["set", []]}]));
-    assert_eq!(r[1]["rows"], json!([]), "unreferenced Port must be garbage-collected");
+    assert_eq!(
+        r[1]["rows"],
+        json!([]),
+        "unreferenced Port must be garbage-collected"
+    );
     // Errors: abort, constraint, referential integrity, unknown names, immutable column.
-    let r = c.transact(json!([{"op": "insert", "table": "Node", "row": {"name": "c"}}, {"op": "abort"}]));
+    let r = c.transact(
+        json!([{"op": "insert", "table": "Node", "row": {"name": "c"}}, {"op": "abort"}]),
+    );
     assert_eq!(r[1]["error"], "aborted");
-    let r = c.transact(json!([{"op": "insert", "table": "Node", "row": {"name": "c", "cores": 999}}]));
+    let r =
+        c.transact(json!([{"op": "insert", "table": "Node", "row": {"name": "c", "cores": 999}}]));
     assert_eq!(r[0]["error"], "constraint violation");
     let r = c.transact(json!([{"op": "insert", "table": "Node", "row": {"name": "b"}}]));
     assert_eq!(r.len(), 2);
-    assert_eq!(r[1]["error"], "constraint violation", "duplicate index value is a commit-time error");
+    assert_eq!(
+        r[1]["error"], "constraint violation",
+        "duplicate index value is a commit-time error"
+    );
     let r = c.transact(json!([{"op": "insert", "table": "Node", "row": {"name": "c", "ports": ["uuid", "5c3a3e5e-0000-4000-8000-000000000001"]}}]));
     assert_eq!(r[1]["error"], "referential integrity violation");
-    let r = c.transact(json!([{"op": "update", "table": "Node", "where": [], "row": {"serial": 1}}]));
+    let r =
+        c.transact(json!([{"op": "update", "table": "Node", "where": [], "row": {"serial": 1}}]));
     assert_eq!(r[0]["error"], "constraint violation");
     let r = c.transact(json!([{"op": "select", "table": "Nope", "where": []}]));
-    assert_eq!(r[0]["error"], "syntax error", "unknown table, as ovsdb-server reports it");
+    assert_eq!(
+        r[0]["error"], "syntax error",
+        "unknown table, as ovsdb-server reports it"
+    );
     let r = c.transact(json!([{"op": "select", "table": "Node", "where": [["nope", "==", 1]]}]));
     assert_eq!(r[0]["error"], "unknown column");
     let r = c.transact(json!([{"op": "insert", "table": "Node", "row": {"name": 5}}]));
@@ -116,13 +150,22 @@ fn monitors_of_every_version() {
     let mut m = s.client();
     let mut w = s.client();
     w.transact(json!([{"op": "insert", "table": "Node", "row": {"name": "pre", "cores": 1}}]));
-    let init = m.call("monitor", json!(["Test", "m1", {"Node": {"columns": ["name", "cores"]}}])).unwrap();
-    assert_eq!(init["Node"].as_object().unwrap().values().next().unwrap(), &json!({"new": {"name": "pre", "cores": 1}}));
+    let init = m
+        .call(
+            "monitor",
+            json!(["Test", "m1", {"Node": {"columns": ["name", "cores"]}}]),
+        )
+        .unwrap();
+    assert_eq!(
+        init["Node"].as_object().unwrap().values().next().unwrap(),
+        &json!({"new": {"name": "pre", "cores": 1}})
+    );
     let init2 = m
         .call("monitor_cond", json!(["Test", "m2", {"Node": [{"columns": ["name", "cores"], "where": [["cores", ">", 5]]}]}]))
         .unwrap();
     assert_eq!(init2, json!({}));
-    let r = w.transact(json!([{"op": "insert", "table": "Node", "row": {"name": "big", "cores": 9}}]));
+    let r =
+        w.transact(json!([{"op": "insert", "table": "Node", "row": {"name": "big", "cores": 9}}]));
     let big = uuid_of(&r[0]);
     let mut got = std::collections::BTreeMap::new();
     for _ in 0..2 {
@@ -130,10 +173,21 @@ fn monitors_of_every_version() {
         got.insert(method, params);
     }
     assert_eq!(got.len(), 2, "{got:?}");
-    assert_eq!(got["update"], json!(["m1", {"Node": {big.clone(): {"new": {"name": "big", "cores": 9}}}}]));
-    assert_eq!(got["update2"], json!(["m2", {"Node": {big.clone(): {"insert": {"name": "big", "cores": 9}}}}]));
+    assert_eq!(
+        got["update"],
+        json!(["m1", {"Node": {big.clone(): {"new": {"name": "big", "cores": 9}}}}])
+    );
+    assert_eq!(
+        got["update2"],
+        json!(["m2", {"Node": {big.clone(): {"insert": {"name": "big", "cores": 9}}}}])
+    );
     // Condition change: now watch small nodes.
-    let r = m.call("monitor_cond_change", json!(["m2", "m2", {"Node": [{"where": [["cores", "<", 5]]}]}])).unwrap();
+    let r = m
+        .call(
+            "monitor_cond_change",
+            json!(["m2", "m2", {"Node": [{"where": [["cores", "<", 5]]}]}]),
+        )
+        .unwrap();
     assert_eq!(r, json!({}));
     let (method, params) = m.notification();
     assert_eq!(method, "update2");
@@ -141,15 +195,22 @@ fn monitors_of_every_version() {
     assert_eq!(u[&big], json!({"delete": null}));
     assert_eq!(u.len(), 2, "pre is inserted, big deleted: {u:?}");
     assert_eq!(m.call("monitor_cancel", json!(["m1"])).unwrap(), json!({}));
-    assert_eq!(m.call("monitor_cancel", json!(["m1"])).unwrap_err(), json!("unknown monitor"));
     assert_eq!(
-        m.call("monitor", json!(["Test", "m2", {"Node": {}}])).unwrap_err(),
+        m.call("monitor_cancel", json!(["m1"])).unwrap_err(),
+        json!("unknown monitor")
+    );
+    assert_eq!(
+        m.call("monitor", json!(["Test", "m2", {"Node": {}}]))
+            .unwrap_err(),
         json!("duplicate monitor ID")
     );
     w.transact(json!([{"op": "update", "table": "Node", "where": [["name", "==", "big"]], "row": {"cores": 2}}]));
     let (method, params) = m.notification();
     assert_eq!(method, "update2", "cancelled m1 must not report");
-    assert_eq!(params[1]["Node"][&big], json!({"insert": {"name": "big", "cores": 2}}));
+    assert_eq!(
+        params[1]["Node"][&big],
+        json!({"insert": {"name": "big", "cores": 2}})
+    );
 }
 
 #[test]
@@ -159,7 +220,12 @@ fn monitor_cond_since_resumes_from_history() {
     w.transact(json!([{"op": "insert", "table": "Node", "row": {"name": "old"}}]));
     let req = json!({"Node": [{"columns": ["name"]}]});
     let mut m = s.client();
-    let r = m.call("monitor_cond_since", json!(["Test", "x", req, "00000000-0000-0000-0000-000000000000"])).unwrap();
+    let r = m
+        .call(
+            "monitor_cond_since",
+            json!(["Test", "x", req, "00000000-0000-0000-0000-000000000000"]),
+        )
+        .unwrap();
     assert_eq!(r[0], false);
     assert_eq!(r[2]["Node"].as_object().unwrap().len(), 1);
     let last = r[1].as_str().unwrap().to_owned();
@@ -174,10 +240,19 @@ fn monitor_cond_since_resumes_from_history() {
     let n2 = uuid_of(&r[0]);
     w.transact(json!([{"op": "delete", "table": "Node", "where": [["name", "==", "n1"]]}]));
     let mut m = s.client();
-    let r = m.call("monitor_cond_since", json!(["Test", "x", req, last2])).unwrap();
-    assert_eq!(r[0], true, "history must contain the client's last transaction");
+    let r = m
+        .call("monitor_cond_since", json!(["Test", "x", req, last2]))
+        .unwrap();
+    assert_eq!(
+        r[0], true,
+        "history must contain the client's last transaction"
+    );
     let u = r[2]["Node"].as_object().unwrap();
-    assert_eq!(u.len(), 2, "only the two missed changes, no full dump: {u:?}");
+    assert_eq!(
+        u.len(),
+        2,
+        "only the two missed changes, no full dump: {u:?}"
+    );
     assert_eq!(u[&n2], json!({"insert": {"name": "n2"}}));
     let last3 = r[1].as_str().unwrap().to_owned();
     drop(m);
@@ -186,7 +261,9 @@ fn monitor_cond_since_resumes_from_history() {
     s.kill();
     s.launch();
     let mut m = s.client();
-    let r = m.call("monitor_cond_since", json!(["Test", "x", req, last3])).unwrap();
+    let r = m
+        .call("monitor_cond_since", json!(["Test", "x", req, last3]))
+        .unwrap();
     assert_eq!(r[0], true);
     assert_eq!(r[2], json!({}));
 }
@@ -196,16 +273,37 @@ fn locks_notify_locked_and_stolen() {
     let (_d, s) = start(&[]);
     let mut a = s.client();
     let mut b = s.client();
-    assert_eq!(a.call("lock", json!(["L"])).unwrap(), json!({"locked": true}));
-    assert_eq!(b.call("lock", json!(["L"])).unwrap(), json!({"locked": false}));
-    assert_eq!(a.call("lock", json!(["L"])).unwrap_err()["error"], "duplicate lock");
-    assert_eq!(a.transact(json!([{"op": "assert", "lock": "L"}]))[0], json!({}));
-    assert_eq!(b.transact(json!([{"op": "assert", "lock": "L"}]))[0]["error"], "not owner");
+    assert_eq!(
+        a.call("lock", json!(["L"])).unwrap(),
+        json!({"locked": true})
+    );
+    assert_eq!(
+        b.call("lock", json!(["L"])).unwrap(),
+        json!({"locked": false})
+    );
+    assert_eq!(
+        a.call("lock", json!(["L"])).unwrap_err()["error"],
+        "duplicate lock"
+    );
+    assert_eq!(
+        a.transact(json!([{"op": "assert", "lock": "L"}]))[0],
+        json!({})
+    );
+    assert_eq!(
+        b.transact(json!([{"op": "assert", "lock": "L"}]))[0]["error"],
+        "not owner"
+    );
     assert_eq!(a.call("unlock", json!(["L"])).unwrap(), json!({}));
     assert_eq!(b.notification(), ("locked".to_string(), json!(["L"])));
-    assert_eq!(a.call("steal", json!(["L"])).unwrap(), json!({"locked": true}));
+    assert_eq!(
+        a.call("steal", json!(["L"])).unwrap(),
+        json!({"locked": true})
+    );
     assert_eq!(b.notification(), ("stolen".to_string(), json!(["L"])));
-    assert_eq!(b.transact(json!([{"op": "assert", "lock": "L"}]))[0]["error"], "not owner");
+    assert_eq!(
+        b.transact(json!([{"op": "assert", "lock": "L"}]))[0]["error"],
+        "not owner"
+    );
     // The owner disconnecting hands the lock to the next waiter.
     drop(a);
     assert_eq!(b.notification(), ("locked".to_string(), json!(["L"])));
@@ -251,34 +349,67 @@ fn bad_input_gets_errors_and_others_keep_working() {
         }
         other => panic!("expected a protocol error, got {other:?}"),
     }
-    assert!(bad.read_message().is_none(), "malformed client must be disconnected");
+    assert!(
+        bad.read_message().is_none(),
+        "malformed client must be disconnected"
+    );
     // Not a message object, then an oversize message.
     let mut bad = s.client();
     bad.send_raw(b"[1,2,3]");
-    assert!(matches!(bad.read_message(), Some(nestdb::jsonrpc::Message::Error { .. })));
+    assert!(matches!(
+        bad.read_message(),
+        Some(nestdb::jsonrpc::Message::Error { .. })
+    ));
     let mut big = s.client();
-    let huge = format!("{{\"method\":\"echo\",\"params\":[\"{}\"],\"id\":1}}", "x".repeat(10000));
+    let huge = format!(
+        "{{\"method\":\"echo\",\"params\":[\"{}\"],\"id\":1}}",
+        "x".repeat(10000)
+    );
     let _ = big.stream.write_all(huge.as_bytes());
     match big.read_message() {
         Some(nestdb::jsonrpc::Message::Error { error, .. }) => {
-            assert!(error["details"].as_str().unwrap().contains("4096-byte limit"), "{error}")
+            assert!(
+                error["details"]
+                    .as_str()
+                    .unwrap()
+                    .contains("4096-byte limit"),
+                "{error}"
+            )
         }
         other => panic!("expected an oversize error, got {other:?}"),
     }
     // Wrong types inside a valid request: precise errors, connection stays up.
     let mut c = s.client();
-    assert_eq!(c.call("transact", json!(["Test", 5])).unwrap()[0]["error"], "syntax error");
-    assert_eq!(c.call("transact", json!([])).unwrap_err()["error"], "syntax error");
-    assert_eq!(c.call("monitor", json!(["Test", 1, {"Nope": {}}])).unwrap_err()["error"], "syntax error");
-    assert_eq!(c.call("lock", json!([7])).unwrap_err()["error"], "syntax error");
-    assert_eq!(good.call("echo", json!(["still here"])).unwrap(), json!(["still here"]));
+    assert_eq!(
+        c.call("transact", json!(["Test", 5])).unwrap()[0]["error"],
+        "syntax error"
+    );
+    assert_eq!(
+        c.call("transact", json!([])).unwrap_err()["error"],
+        "syntax error"
+    );
+    assert_eq!(
+        c.call("monitor", json!(["Test", 1, {"Nope": {}}]))
+            .unwrap_err()["error"],
+        "syntax error"
+    );
+    assert_eq!(
+        c.call("lock", json!([7])).unwrap_err()["error"],
+        "syntax error"
+    );
+    assert_eq!(
+        good.call("echo", json!(["still here"])).unwrap(),
+        json!(["still here"])
+    );
 }
 
 #[test]
 fn client_that_stops_reading_is_disconnected() {
     let (_d, s) = start(&["--max-backlog=65536"]);
     let mut stuck = s.client();
-    stuck.call("monitor", json!(["Test", 0, {"Node": {}}])).unwrap();
+    stuck
+        .call("monitor", json!(["Test", 0, {"Node": {}}]))
+        .unwrap();
     // `stuck` now never reads; a writer floods monitor updates.
     let mut w = s.client();
     let mut ctl = Rpc::connect(&s.ctl);
@@ -318,7 +449,8 @@ fn many_clients_at_once() {
             other => panic!("client {i}: {other:?}"),
         }
     }
-    let r = clients[0].transact(json!([{"op": "select", "table": "Node", "where": [], "columns": ["name"]}]));
+    let r = clients[0]
+        .transact(json!([{"op": "select", "table": "Node", "where": [], "columns": ["name"]}]));
     assert_eq!(r[0]["rows"].as_array().unwrap().len(), 64);
 }
 
@@ -326,13 +458,17 @@ fn many_clients_at_once() {
 fn acknowledged_data_survives_sigkill() {
     let (_d, mut s) = start(&[]);
     let mut c = s.client();
-    let r = c.transact(json!([{"op": "insert", "table": "Node", "row": {"name": "durable", "cores": 3}}]));
+    let r = c.transact(
+        json!([{"op": "insert", "table": "Node", "row": {"name": "durable", "cores": 3}}]),
+    );
     assert!(r[0]["uuid"].is_array());
     drop(c);
     s.kill();
     s.launch();
     let mut c = s.client();
-    let r = c.transact(json!([{"op": "select", "table": "Node", "where": [], "columns": ["name", "cores"]}]));
+    let r = c.transact(
+        json!([{"op": "select", "table": "Node", "where": [], "columns": ["name", "cores"]}]),
+    );
     assert_eq!(r[0]["rows"], json!([{"name": "durable", "cores": 3}]));
 }
 
@@ -340,9 +476,20 @@ fn acknowledged_data_survives_sigkill() {
 fn control_socket_commands() {
     let (_d, s) = start(&[]);
     let mut ctl = Rpc::connect(&s.ctl);
-    assert_eq!(ctl.call("list-dbs", json!([])).unwrap(), json!("_Server\nTest\n"));
-    assert!(ctl.call("frob", json!([])).unwrap_err().as_str().unwrap().contains("not a valid command"));
-    assert_eq!(ctl.call("ovsdb-server/compact", json!(["Test"])).unwrap(), json!(""));
+    assert_eq!(
+        ctl.call("list-dbs", json!([])).unwrap(),
+        json!("_Server\nTest\n")
+    );
+    assert!(ctl
+        .call("frob", json!([]))
+        .unwrap_err()
+        .as_str()
+        .unwrap()
+        .contains("not a valid command"));
+    assert_eq!(
+        ctl.call("ovsdb-server/compact", json!(["Test"])).unwrap(),
+        json!("")
+    );
     assert!(ctl.call("compact", json!(["Nope"])).is_err());
     assert_eq!(ctl.call("exit", json!([])).unwrap(), json!(""));
 }

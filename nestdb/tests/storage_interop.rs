@@ -9,8 +9,14 @@ use serde_json::{json, Value};
 use std::io::Write;
 
 fn names(c: &mut Rpc) -> Vec<String> {
-    let r = c.transact(json!([{"op": "select", "table": "Node", "where": [], "columns": ["name"]}]));
-    let mut v: Vec<String> = r[0]["rows"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap().to_owned()).collect();
+    let r =
+        c.transact(json!([{"op": "select", "table": "Node", "where": [], "columns": ["name"]}]));
+    let mut v: Vec<String> = r[0]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect();
     v.sort();
     v
 }
@@ -40,16 +46,32 @@ fn ovsdb_tool_reads_and_compacts_nestdb_files() {
     stop(&mut s);
     let db = s.db.to_str().unwrap().to_owned();
     let log = run_ok("ovsdb-tool", &["show-log", &db]);
-    assert!(log.contains("record 0: \"Test\" schema, version=\"1.2.3\""), "{log}");
-    assert!(log.contains("record 1:") && log.contains("\"first\""), "{log}");
+    assert!(
+        log.contains("record 0: \"Test\" schema, version=\"1.2.3\""),
+        "{log}"
+    );
+    assert!(
+        log.contains("record 1:") && log.contains("\"first\""),
+        "{log}"
+    );
     assert!(log.contains("record 3:"), "{log}");
     assert_eq!(run_ok("ovsdb-tool", &["db-version", &db]).trim(), "1.2.3");
     assert_eq!(run_ok("ovsdb-tool", &["db-name", &db]).trim(), "Test");
-    let q = run_ok("ovsdb-tool", &["query", &db, r#"["Test",{"op":"select","table":"Node","where":[],"columns":["name","tags"]}]"#]);
+    let q = run_ok(
+        "ovsdb-tool",
+        &[
+            "query",
+            &db,
+            r#"["Test",{"op":"select","table":"Node","where":[],"columns":["name","tags"]}]"#,
+        ],
+    );
     let v: Value = serde_json::from_str(&q).unwrap();
     let mut rows = v[0]["rows"].as_array().unwrap().clone();
     rows.sort_by_key(|r| r["name"].to_string());
-    assert_eq!(Value::Array(rows), json!([{"name": "a", "tags": ["set", ["y", "z"]]}, {"name": "b", "tags": ["set", []]}]));
+    assert_eq!(
+        Value::Array(rows),
+        json!([{"name": "a", "tags": ["set", ["y", "z"]]}, {"name": "b", "tags": ["set", []]}])
+    );
     run_ok("ovsdb-tool", &["compact", &db]);
     s.launch();
     let mut c = s.client();
@@ -81,7 +103,10 @@ fn nestdb_opens_files_written_by_ovsdb_server() {
     n.launch();
     let mut c = n.client();
     let ours = c.transact(q);
-    assert_eq!(ours, theirs, "nestdb must see exactly what ovsdb-server stored");
+    assert_eq!(
+        ours, theirs,
+        "nestdb must see exactly what ovsdb-server stored"
+    );
     // And nestdb keeps appending to the same file in a form ovsdb-server can read back.
     c.transact(json!([{"op": "insert", "table": "Node", "row": {"name": "from-nestdb"}}]));
     drop(c);
@@ -103,8 +128,13 @@ fn torn_tail_is_truncated_and_complete_records_kept() {
     s.kill();
     let good_len = std::fs::metadata(&s.db).unwrap().len();
     // A crash in the middle of writing a record: header and half of the JSON.
-    let rec = nestdb::log::encode_record(&json!({"Node": {"7ab1b5a0-0000-4000-8000-000000000001": {"name": "torn"}}}));
-    let mut f = std::fs::OpenOptions::new().append(true).open(&s.db).unwrap();
+    let rec = nestdb::log::encode_record(
+        &json!({"Node": {"7ab1b5a0-0000-4000-8000-000000000001": {"name": "torn"}}}),
+    );
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&s.db)
+        .unwrap();
     f.write_all(&rec[..rec.len() / 2]).unwrap();
     drop(f);
     s.launch();
@@ -112,13 +142,21 @@ fn torn_tail_is_truncated_and_complete_records_kept() {
     let got = names(&mut c);
     assert_eq!(got.len(), 10, "{got:?}");
     assert!(!got.contains(&"torn".to_string()));
-    assert_eq!(std::fs::metadata(&s.db).unwrap().len(), good_len, "torn tail must be truncated");
+    assert_eq!(
+        std::fs::metadata(&s.db).unwrap().len(),
+        good_len,
+        "torn tail must be truncated"
+    );
     c.transact(json!([{"op": "insert", "table": "Node", "row": {"name": "after"}}]));
     drop(c);
     s.kill();
     if have("ovsdb-tool") {
         let out = run("ovsdb-tool", &["show-log", s.db.to_str().unwrap()]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(String::from_utf8_lossy(&out.stdout).contains("record 11:"));
     }
     // A corrupted byte inside the last record: that record alone is dropped.
@@ -143,14 +181,31 @@ fn compaction_automatic_and_on_request() {
     let mut ctl = Rpc::connect(&s.ctl);
     let stats = ctl.call("stats", json!([])).unwrap();
     let text = stats.as_str().unwrap();
-    let line = text.lines().find(|l| l.starts_with("Test:")).expect("stats has a line for Test");
-    assert!(!line.contains("compactions:0 "), "automatic compaction never ran: {text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Test:"))
+        .expect("stats has a line for Test");
+    assert!(
+        !line.contains("compactions:0 "),
+        "automatic compaction never ran: {text}"
+    );
     let size = std::fs::metadata(&s.db).unwrap().len();
     assert!(size < 200_000, "log not compacted: {size} bytes");
     if have("ovs-appctl") {
-        let out = run_ok("ovs-appctl", &["-t", s.ctl.to_str().unwrap(), "ovsdb-server/compact", "Test"]);
+        let out = run_ok(
+            "ovs-appctl",
+            &[
+                "-t",
+                s.ctl.to_str().unwrap(),
+                "ovsdb-server/compact",
+                "Test",
+            ],
+        );
         assert_eq!(out.trim(), "");
-        let dbs = run_ok("ovs-appctl", &["-t", s.ctl.to_str().unwrap(), "ovsdb-server/list-dbs"]);
+        let dbs = run_ok(
+            "ovs-appctl",
+            &["-t", s.ctl.to_str().unwrap(), "ovsdb-server/list-dbs"],
+        );
         assert_eq!(dbs, "_Server\nTest\n");
     } else {
         ctl.call("ovsdb-server/compact", json!([])).unwrap();

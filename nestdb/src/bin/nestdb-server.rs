@@ -14,7 +14,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(name = "nestdb-server", version, about = "OVSDB-protocol (RFC 7047) database server")]
+#[command(
+    name = "nestdb-server",
+    version,
+    about = "OVSDB-protocol (RFC 7047) database server"
+)]
 struct Args {
     /// Database files to serve (created from --schema if missing).
     #[arg(default_value = "/var/lib/nestdb/conf.db")]
@@ -23,7 +27,11 @@ struct Args {
     #[arg(long = "remote", value_name = "REMOTE")]
     remotes: Vec<String>,
     /// Control socket for ovs-appctl.
-    #[arg(long, value_name = "PATH", default_value = "/var/run/nestdb/nestdb-server.ctl")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/var/run/nestdb/nestdb-server.ctl"
+    )]
     unixctl: PathBuf,
     /// Write the process id to FILE.
     #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true,
@@ -74,7 +82,8 @@ fn init_logging(file: Option<&PathBuf>) -> Result<(), String> {
     match file {
         Some(p) => {
             if let Some(parent) = p.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("{}: {e}", parent.display()))?;
             }
             let f = std::fs::OpenOptions::new()
                 .create(true)
@@ -124,7 +133,8 @@ fn main() -> ExitCode {
         max_message_size: args.max_message_size,
         max_backlog: args.max_backlog,
         compact_threshold: args.compact_threshold,
-        inactivity_probe: (args.inactivity_probe > 0).then(|| Duration::from_millis(args.inactivity_probe)),
+        inactivity_probe: (args.inactivity_probe > 0)
+            .then(|| Duration::from_millis(args.inactivity_probe)),
     };
     install_signal_handlers();
     let mut server = match Server::new(config) {
@@ -146,7 +156,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    tracing::info!("nestdb-server ready: serving {}", server.db_names().join(", "));
+    tracing::info!(
+        "nestdb-server ready: serving {}",
+        server.db_names().join(", ")
+    );
     let r = server.run();
     server.cleanup();
     if let Some(p) = &args.pidfile {

@@ -58,7 +58,10 @@ pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = f() {
             return v;
         }
-        assert!(start.elapsed() < WAIT, "timed out after {WAIT:?} waiting for {what}");
+        assert!(
+            start.elapsed() < WAIT,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -141,7 +144,9 @@ impl ServerProc {
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.join(format!("{:?}.stderr", self.which))).unwrap());
+            .stderr(
+                std::fs::File::create(self.dir.join(format!("{:?}.stderr", self.which))).unwrap(),
+            );
         let child = cmd.spawn().expect("spawn server");
         self.proc = Some(Proc {
             child,
@@ -150,15 +155,18 @@ impl ServerProc {
         let sock = self.sock.clone();
         let stderr_path = self.dir.join(format!("{:?}.stderr", self.which));
         let proc = self.proc.as_mut().unwrap();
-        wait_until(&format!("{:?} to listen on {}", self.which, sock.display()), || {
-            if let Ok(Some(st)) = proc.child.try_wait() {
-                panic!(
-                    "server exited early with {st}: {}",
-                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
-                );
-            }
-            UnixStream::connect(&sock).ok().map(|_| ())
-        });
+        wait_until(
+            &format!("{:?} to listen on {}", self.which, sock.display()),
+            || {
+                if let Ok(Some(st)) = proc.child.try_wait() {
+                    panic!(
+                        "server exited early with {st}: {}",
+                        std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                    );
+                }
+                UnixStream::connect(&sock).ok().map(|_| ())
+            },
+        );
     }
 
     pub fn remote(&self) -> String {
@@ -188,7 +196,9 @@ pub struct Rpc {
 impl Rpc {
     pub fn connect(path: &Path) -> Self {
         let stream = UnixStream::connect(path).expect("connect to server");
-        stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         Self {
             stream,
             parser: StreamParser::new(1 << 30),
@@ -212,8 +222,16 @@ impl Rpc {
             match self.stream.read(&mut buf) {
                 Ok(0) => return None,
                 Ok(n) => self.parser.feed(&buf[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                    assert!(start.elapsed() < WAIT, "timed out waiting for a message from the server");
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    assert!(
+                        start.elapsed() < WAIT,
+                        "timed out waiting for a message from the server"
+                    );
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
                 Err(e) => panic!("read from server: {e}"),
@@ -232,10 +250,15 @@ impl Rpc {
         };
         self.send_raw(&m.to_bytes());
         loop {
-            match self.read_message().expect("server closed the connection before replying") {
+            match self
+                .read_message()
+                .expect("server closed the connection before replying")
+            {
                 Message::Reply { result, id: rid } if rid == id => return Ok(result),
                 Message::Error { error, id: rid } if rid == id => return Err(error),
-                Message::Notification { method, params } => self.notifications.push_back((method, params)),
+                Message::Notification { method, params } => {
+                    self.notifications.push_back((method, params))
+                }
                 Message::Request { method, params, id } => {
                     if method == "echo" {
                         let r = Message::Reply { result: params, id };
@@ -278,7 +301,10 @@ impl Rpc {
 
 /// Runs an OVS tool and returns its output.
 pub fn run(tool: &str, args: &[&str]) -> Output {
-    Command::new(tool).args(args).output().unwrap_or_else(|e| panic!("run {tool}: {e}"))
+    Command::new(tool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {tool}: {e}"))
 }
 
 /// Runs an OVS tool, asserting success, and returns stdout.
