@@ -42,6 +42,9 @@ struct Entry {
 #[derive(Debug)]
 struct Subtable {
     mask: FlowKey,
+    /// Indices of the mask's non-zero words: hashing and comparing touch
+    /// only these (OVS miniflow idea).
+    words: Box<[u8]>,
     table: HashTable<Entry>,
     hits: Cell<u64>,
 }
@@ -90,11 +93,10 @@ impl MegaflowCache {
         let mut probes = 0;
         for st in &self.subtables {
             probes += 1;
-            let h = key.hash_masked(&st.mask);
-            if let Some(e) = st
-                .table
-                .find(h, |e| key.matches_masked(&st.mask, &e.masked))
-            {
+            let h = key.hash_masked_words(&st.mask, &st.words);
+            if let Some(e) = st.table.find(h, |e| {
+                key.matches_masked_words(&st.mask, &e.masked, &st.words)
+            }) {
                 st.hits.set(st.hits.get() + 1);
                 self.stats.probes.add(probes);
                 self.stats.tier.hit.inc();
@@ -117,6 +119,7 @@ impl MegaflowCache {
             None => {
                 self.subtables.push(Subtable {
                     mask: *mask,
+                    words: mask.nonzero_words().into_boxed_slice(),
                     table: HashTable::new(),
                     hits: Cell::new(0),
                 });
@@ -125,7 +128,7 @@ impl MegaflowCache {
         };
         let st = &mut self.subtables[idx];
         let masked = key.and(mask);
-        let hash = masked.hash();
+        let hash = masked.hash_masked_words(mask, &st.words);
         match st.table.find_mut(hash, |e| e.masked == masked) {
             Some(e) => e.xlate = xlate,
             None => {

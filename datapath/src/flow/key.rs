@@ -24,6 +24,7 @@ use crate::packet::PortNo;
 
 /// Number of 64-bit words in a [`FlowKey`].
 pub const KEY_WORDS: usize = 21;
+const _: () = assert!(KEY_WORDS.is_multiple_of(3), "hash lanes need a multiple of 3 words");
 
 /// Ethertypes the extractor understands.
 pub mod ethertype {
@@ -172,6 +173,7 @@ macro_rules! fields {
                 match self { $(Field::$name => $text,)* }
             }
 
+            #[inline(always)]
             fn place(self) -> (usize, u32, u32) {
                 match self { $(Field::$name => ($word, $shift, $bits),)* }
             }
@@ -391,6 +393,9 @@ fn fmix64(mut h: u64) -> u64 {
 }
 
 const HASH_MUL: u64 = 0x9e37_79b9_7f4a_7c15;
+const HASH_SEED0: u64 = 0x243f_6a88_85a3_08d3;
+const HASH_SEED1: u64 = 0x1319_8a2e_0370_7344;
+const HASH_SEED2: u64 = 0xa409_3822_299f_31d0;
 
 impl FlowKey {
     /// The all-zero key (also the empty mask).
@@ -464,24 +469,61 @@ impl FlowKey {
         (0..KEY_WORDS).all(|i| self.w[i] & !other.w[i] == 0)
     }
 
-    /// The 64-bit hash of the whole key.
+    /// The 64-bit hash of the whole key. Three independent lanes keep the
+    /// multiply chain short; the final mix avalanches every input bit.
     #[inline]
     pub fn hash(&self) -> u64 {
-        let mut h = 0u64;
-        for &w in &self.w {
-            h = (h.rotate_left(23) ^ w).wrapping_mul(HASH_MUL);
+        let (mut a, mut b, mut c) = (HASH_SEED0, HASH_SEED1, HASH_SEED2);
+        for w in self.w.chunks_exact(3) {
+            a = (a.rotate_left(23) ^ w[0]).wrapping_mul(HASH_MUL);
+            b = (b.rotate_left(23) ^ w[1]).wrapping_mul(HASH_MUL);
+            c = (c.rotate_left(23) ^ w[2]).wrapping_mul(HASH_MUL);
         }
-        fmix64(h)
+        fmix64(a ^ b.rotate_left(21) ^ c.rotate_left(42))
     }
 
     /// The hash of `self & mask`, equal to `self.and(mask).hash()`.
     #[inline]
     pub fn hash_masked(&self, mask: &FlowKey) -> u64 {
-        let mut h = 0u64;
-        for i in 0..KEY_WORDS {
+        let (mut a, mut b, mut c) = (HASH_SEED0, HASH_SEED1, HASH_SEED2);
+        for (w, m) in self.w.chunks_exact(3).zip(mask.w.chunks_exact(3)) {
+            a = (a.rotate_left(23) ^ (w[0] & m[0])).wrapping_mul(HASH_MUL);
+            b = (b.rotate_left(23) ^ (w[1] & m[1])).wrapping_mul(HASH_MUL);
+            c = (c.rotate_left(23) ^ (w[2] & m[2])).wrapping_mul(HASH_MUL);
+        }
+        fmix64(a ^ b.rotate_left(21) ^ c.rotate_left(42))
+    }
+
+    /// The hash of `self & mask` over only the word indices in `words`
+    /// (the non-zero words of `mask`, as a megaflow subtable keeps them).
+    /// Both sides of a comparison must use the same `words`.
+    #[inline]
+    pub fn hash_masked_words(&self, mask: &FlowKey, words: &[u8]) -> u64 {
+        let mut h = HASH_SEED0;
+        for &i in words {
+            let i = usize::from(i);
             h = (h.rotate_left(23) ^ (self.w[i] & mask.w[i])).wrapping_mul(HASH_MUL);
         }
         fmix64(h)
+    }
+
+    /// True when `self & mask == masked` on the word indices in `words`.
+    #[inline]
+    pub fn matches_masked_words(&self, mask: &FlowKey, masked: &FlowKey, words: &[u8]) -> bool {
+        let mut diff = 0u64;
+        for &i in words {
+            let i = usize::from(i);
+            diff |= (self.w[i] & mask.w[i]) ^ masked.w[i];
+        }
+        diff == 0
+    }
+
+    /// Indices of the non-zero words of this mask.
+    pub fn nonzero_words(&self) -> Vec<u8> {
+        (0..KEY_WORDS)
+            .filter(|&i| self.w[i] != 0)
+            .map(|i| i as u8)
+            .collect()
     }
 
     /// The mask with every bit of `field` set.

@@ -441,6 +441,9 @@ pub struct FlowPipeline<H = NoHooks> {
     bucket: TokenBucket,
     stats: Arc<FlowPipelineStats>,
     last_housekeeping: Nanos,
+    /// Rule-counter updates not yet applied: consecutive packets with the
+    /// same translation are counted once per run (fewer shared atomics).
+    pending: Option<(Arc<Xlate>, u64, u64)>,
 }
 
 impl<H> std::fmt::Debug for FlowPipeline<H> {
@@ -486,6 +489,7 @@ impl<H> FlowPipeline<H> {
             bucket: TokenBucket::new(config.controller_rate, config.controller_burst),
             stats,
             last_housekeeping: 0,
+            pending: None,
         }
     }
 
@@ -535,6 +539,29 @@ impl<H> FlowPipeline<H> {
         t.xlate
     }
 
+    /// Counts one packet of `bytes` for the rules of `xlate`.
+    #[inline]
+    fn account(&mut self, xlate: &Arc<Xlate>, bytes: u64, now: Nanos) {
+        if let Some((x, n, b)) = &mut self.pending {
+            if Arc::ptr_eq(x, xlate) {
+                *n += 1;
+                *b += bytes;
+                return;
+            }
+        }
+        self.flush_counts(now);
+        self.pending = Some((xlate.clone(), 1, bytes));
+    }
+
+    /// Applies pending rule-counter updates.
+    fn flush_counts(&mut self, now: Nanos) {
+        if let Some((x, n, b)) = self.pending.take() {
+            for r in x.rules.iter() {
+                r.hit(n, b, now);
+            }
+        }
+    }
+
     /// Classifies and executes one packet, recirculating as asked.
     fn one_packet<B: PacketBuf>(&mut self, now: Nanos, in_port: PortNo, pkt: B, out: &mut Output<B>)
     where
@@ -548,10 +575,7 @@ impl<H> FlowPipeline<H> {
         let mut pkt = pkt;
         for pass in 0..=MAX_RECIRC {
             let xlate = self.classify(&key);
-            let bytes = pkt.len() as u64;
-            for r in xlate.rules.iter() {
-                r.hit(1, bytes, now);
-            }
+            self.account(&xlate, pkt.len() as u64, now);
             let mut exec = Exec {
                 now,
                 mac: &mut self.mac,
@@ -602,6 +626,7 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
             self.stats.packets.inc();
             self.one_packet(now, in_port, pkt, out);
         }
+        self.flush_counts(now);
     }
 
     fn maintain(&mut self, now: Nanos, _out: &mut Output<B>) {

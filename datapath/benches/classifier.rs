@@ -1,0 +1,178 @@
+//! Classifier cascade benchmarks: per-packet cost of each tier.
+//!
+//! - `extract`: one Ethernet/IPv4/TCP frame into a `FlowKey`.
+//! - `emc_hit`: hash + EMC probe that hits.
+//! - `megaflow_hit/{1,8,32}`: a key that hits in the *last* of N subtables
+//!   (worst case: N probes; `sort_subtables` moves hot masks first).
+//! - `slowpath_install`: translate through a 100-rule program and install
+//!   the megaflow (what a megaflow miss costs).
+//! - `pipeline_burst_emc`: a 32-packet burst through `FlowPipeline` with
+//!   every packet an EMC hit, executing `mod_dl_dst` + `output`; reported
+//!   per burst (divide by 32 for per packet).
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use sluice_datapath::classifier::emc::Emc;
+use sluice_datapath::classifier::megaflow::MegaflowCache;
+use sluice_datapath::classifier::slowpath::{translate, Xlate};
+use sluice_datapath::flow::key::{extract, Field, FlowKey};
+use sluice_datapath::flow::tables::FlowTables;
+use sluice_datapath::packet::{Burst, HeapBuf, Output, PortNo};
+use sluice_datapath::pipeline::flow::{FlowPipeline, FlowPipelineConfig};
+use sluice_datapath::pipeline::Pipeline;
+
+fn tcp_frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut f = vec![0u8; 64];
+    f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&50u16.to_be_bytes());
+    f[22] = 64;
+    f[23] = 6;
+    f[26..30].copy_from_slice(&src);
+    f[30..34].copy_from_slice(&dst);
+    f[34..36].copy_from_slice(&sport.to_be_bytes());
+    f[36..38].copy_from_slice(&dport.to_be_bytes());
+    f[46] = 0x50;
+    f[47] = 0x10;
+    f
+}
+
+fn bench_extract(c: &mut Criterion) {
+    let f = tcp_frame([10, 0, 0, 1], [10, 0, 0, 2], 1234, 80);
+    c.bench_function("extract", |b| b.iter(|| extract(black_box(&f), PortNo(1))));
+}
+
+fn bench_emc(c: &mut Criterion) {
+    let mut emc = Emc::new(4096);
+    let keys: Vec<FlowKey> = (0..1024u16)
+        .map(|i| extract(&tcp_frame([10, 0, 0, 1], [10, 0, 0, 2], i, 80), PortNo(1)))
+        .collect();
+    let x = Arc::new(Xlate::default());
+    for k in &keys {
+        emc.insert(k, k.hash(), x.clone());
+    }
+    let k = keys[511];
+    c.bench_function("emc_hit", |b| {
+        b.iter(|| {
+            let k = black_box(&k);
+            emc.lookup(k, k.hash()).is_some()
+        })
+    });
+}
+
+fn bench_megaflow(c: &mut Criterion) {
+    let mut g = c.benchmark_group("megaflow_hit");
+    let key = extract(
+        &tcp_frame([10, 1, 2, 3], [10, 9, 8, 7], 4321, 80),
+        PortNo(1),
+    );
+    for n in [1usize, 8, 32] {
+        let mut mf = MegaflowCache::new(1 << 16);
+        // n distinct masks: dl_type + nw_dst prefix of length 32-i (+ tp_dst
+        // on odd i); 64 megaflows each, none matching `key` except in the
+        // last subtable.
+        for i in 0..n {
+            let mut mask = FlowKey::field_mask(Field::DlType);
+            let len = 32 - (i as u32 / 2);
+            mask.set(Field::NwDst, u128::from(u32::MAX << (32 - len)));
+            if i % 2 == 1 {
+                mask.set(Field::TpDst, 0xffff);
+            }
+            for j in 0..64u32 {
+                let mut k = key;
+                if i + 1 != n || j != 0 {
+                    k.set(Field::NwDst, u128::from(0x0b00_0000 + (j << 8)));
+                }
+                mf.insert(&k, &mask, Arc::new(Xlate::default()));
+            }
+        }
+        assert_eq!(mf.n_masks(), n);
+        assert!(mf.lookup(&key).is_some());
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| mf.lookup(black_box(&key)).is_some())
+        });
+    }
+    g.finish();
+}
+
+fn program_100() -> FlowTables {
+    let t = FlowTables::new();
+    let mut flows = String::new();
+    for i in 0..100u32 {
+        flows += &format!(
+            "priority={},tcp,nw_dst=10.{}.{}.0/24,tp_dst={} actions=mod_dl_dst:02:00:00:00:00:{:02x},output:{}\n",
+            1000 - i,
+            i / 10,
+            i % 10,
+            80 + i,
+            i % 256,
+            i % 4 + 1
+        );
+    }
+    flows += "priority=0 actions=NORMAL\n";
+    t.add_flows(&flows, 0).expect("program");
+    t
+}
+
+fn bench_slowpath(c: &mut Criterion) {
+    let t = program_100();
+    let prog = t.program();
+    // Matches the 50th rule: 50 rules examined.
+    let key = extract(&tcp_frame([10, 0, 0, 1], [10, 5, 0, 9], 1, 130), PortNo(1));
+    let mut mf = MegaflowCache::new(1 << 16);
+    c.bench_function("slowpath_install", |b| {
+        b.iter(|| {
+            let tr = translate(&prog, black_box(&key), None);
+            mf.insert(&key, &tr.mask, tr.xlate);
+        })
+    });
+}
+
+fn bench_pipeline(c: &mut Criterion) {
+    let t = program_100();
+    let mut p = FlowPipeline::new(
+        t,
+        FlowPipelineConfig {
+            ports: (1..=4).map(PortNo).collect(),
+            ..FlowPipelineConfig::default()
+        },
+    );
+    let frames: Vec<Vec<u8>> = (0..32u16)
+        .map(|i| tcp_frame([10, 0, 0, 1], [10, 5, 0, 9], 1000 + i, 130))
+        .collect();
+    let mut out: Output<HeapBuf> = Output::new(8);
+    let mut burst = Burst::new(PortNo(1));
+    let mut g = c.benchmark_group("pipeline");
+    g.throughput(Throughput::Elements(32));
+    g.bench_function("burst32_emc_hit", |b| {
+        b.iter_batched_ref(
+            || {
+                frames
+                    .iter()
+                    .map(|f| HeapBuf::from_frame(f))
+                    .collect::<Vec<_>>()
+            },
+            |pkts| {
+                burst.pkts.append(pkts);
+                p.process(1, &mut burst, &mut out);
+                out.flush(|_, q| q.clear());
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_extract,
+    bench_emc,
+    bench_megaflow,
+    bench_slowpath,
+    bench_pipeline
+);
+criterion_main!(benches);
