@@ -16,7 +16,7 @@
 //! no_huge_memory_mb = 512
 //! eal_args = --log-level=lib.eal:debug
 //! mbufs = 16384
-//! pipeline = l2
+//! pipeline = flow                ; flow (flow tables, default) or l2
 //! ctl_socket = /var/run/sluice/sluiced.ctl
 //! mac_table_size = 8192
 //! mac_aging_s = 300
@@ -70,7 +70,8 @@ pub struct DatapathConfig {
     pub eal_args: Vec<String>,
     /// mbufs in the pool.
     pub mbufs: u32,
-    /// Pipeline kind: `l2` (learning switch) or `flow` (flow tables).
+    /// Pipeline kind: `flow` (flow tables, starting with one `normal`
+    /// flow) or `l2` (the plain learning switch).
     pub pipeline: String,
     /// Control socket path.
     pub ctl_socket: String,
@@ -90,7 +91,7 @@ impl Default for DatapathConfig {
             no_huge_memory_mb: 512,
             eal_args: Vec::new(),
             mbufs: 16384,
-            pipeline: "l2".into(),
+            pipeline: "flow".into(),
             ctl_socket: "/var/run/sluice/sluiced.ctl".into(),
             mac_table_size: crate::pipeline::l2::DEFAULT_MAC_CAPACITY,
             mac_aging_s: 300,

@@ -19,6 +19,8 @@ pub mod classifier;
 pub mod config;
 pub mod ctl;
 #[cfg(feature = "dpdk")]
+pub mod daemon;
+#[cfg(feature = "dpdk")]
 #[allow(unsafe_code)]
 pub mod dpdk;
 pub mod drop;

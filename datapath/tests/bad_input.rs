@@ -21,20 +21,35 @@ fn expect_error(config: &str, wrapper: &[&str]) -> String {
     args.push(path.display().to_string());
     let out = Command::new(&args[0]).args(&args[1..]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "sluiced should fail; stderr:\n{stderr}");
+    assert!(
+        !out.status.success(),
+        "sluiced should fail; stderr:\n{stderr}"
+    );
     for bad in ["panicked", "EAL:", "backtrace", "RUST_BACKTRACE"] {
         assert!(!stderr.contains(bad), "stderr contains '{bad}':\n{stderr}");
     }
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("sluiced: error: ")).collect();
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("sluiced: error: "))
+        .collect();
     assert_eq!(errors.len(), 1, "expected one error line, got:\n{stderr}");
-    for l in stderr.lines().filter(|l| !l.starts_with("sluiced: error: ")) {
-        assert!(l.contains("INFO"), "unexpected non-log line on stderr: {l}\n{stderr}");
+    for l in stderr
+        .lines()
+        .filter(|l| !l.starts_with("sluiced: error: "))
+    {
+        assert!(
+            l.contains("INFO"),
+            "unexpected non-log line on stderr: {l}\n{stderr}"
+        );
     }
     errors[0].to_string()
 }
 
 fn base(prefix: &str) -> String {
-    config(prefix, "[port:a]\ndevargs = net_ring0\n[port:b]\ndevargs = net_null0,no-rx=1\n")
+    config(
+        prefix,
+        "[port:a]\ndevargs = net_ring0\n[port:b]\ndevargs = net_null0,no-rx=1\n",
+    )
 }
 
 #[test]
@@ -64,14 +79,20 @@ fn config_typo_suggests_the_key() {
 fn core_that_does_not_exist() {
     let cfg = base("slt-bad3").replace(&format!("cores = {}", pmd_core()), "cores = 4000");
     let e = expect_error(&cfg, &[]);
-    assert!(e.starts_with("sluiced: error: core 4000 does not exist"), "{e}");
+    assert!(
+        e.starts_with("sluiced: error: core 4000 does not exist"),
+        "{e}"
+    );
 }
 
 #[test]
 fn node_type_other_than_baremetal_is_refused() {
     let cfg = base("slt-bad4").replace("'BAREMETAL'", "'HOSTVM'");
     let e = expect_error(&cfg, &[]);
-    assert!(e.starts_with("sluiced: error: node_type is 'HOSTVM'"), "{e}");
+    assert!(
+        e.starts_with("sluiced: error: node_type is 'HOSTVM'"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -132,10 +153,17 @@ fn missing_capability_is_named_in_one_line() {
     let cfg = config("slt-bad7", "[port:up]\ndevargs = net_af_packet0,iface=lo\n");
     let e = expect_error(
         &cfg,
-        &["setpriv", "--bounding-set=-net_raw", "--inh-caps=-net_raw", "--"],
+        &[
+            "setpriv",
+            "--bounding-set=-net_raw",
+            "--inh-caps=-net_raw",
+            "--",
+        ],
     );
     assert!(
-        e.starts_with("sluiced: error: missing capabilities: CAP_NET_RAW (for af_packet port 'up')"),
+        e.starts_with(
+            "sluiced: error: missing capabilities: CAP_NET_RAW (for af_packet port 'up')"
+        ),
         "{e}"
     );
 }

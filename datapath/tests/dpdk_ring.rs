@@ -82,7 +82,12 @@ fn rig(tag: &str, tx_slots: u32) -> Rig {
         Ethdev::from_rings(&format!("{tag}_p0"), &rx[0], &tx[0], &pool).unwrap(),
         Ethdev::from_rings(&format!("{tag}_p1"), &rx[1], &tx[1], &pool).unwrap(),
     ];
-    Rig { ports, rx, tx, pool }
+    Rig {
+        ports,
+        rx,
+        tx,
+        pool,
+    }
 }
 
 fn run_pmd(r: &Rig, stop: &Arc<AtomicBool>) -> pmd::PmdThread {
@@ -119,7 +124,11 @@ fn forwards_in_order_and_counts_match() {
         let d = m.data();
         assert_eq!(d.len(), 64);
         assert_eq!(&d[0..6], &B);
-        assert_eq!(u32::from_be_bytes([d[14], d[15], d[16], d[17]]), i as u32, "reordered");
+        assert_eq!(
+            u32::from_be_bytes([d[14], d[15], d[16], d[17]]),
+            i as u32,
+            "reordered"
+        );
     }
     assert!(r.tx[0].is_empty(), "no unicast frame leaked to port 0");
     stop.store(true, Ordering::Relaxed);
@@ -179,7 +188,11 @@ fn mbuf_headroom_and_clone() {
     let before = pool.available();
     drop(c);
     drop(m);
-    assert_eq!(pool.available(), before + 2, "dropping returns mbufs to the pool");
+    assert_eq!(
+        pool.available(),
+        before + 2,
+        "dropping returns mbufs to the pool"
+    );
 }
 
 fn main() {
@@ -203,8 +216,14 @@ fn main() {
     assert!(second.contains("already initialised"), "{second}");
 
     let tests: &[(&str, fn())] = &[
-        ("forwards_in_order_and_counts_match", forwards_in_order_and_counts_match),
-        ("full_tx_ring_drops_are_counted", full_tx_ring_drops_are_counted),
+        (
+            "forwards_in_order_and_counts_match",
+            forwards_in_order_and_counts_match,
+        ),
+        (
+            "full_tx_ring_drops_are_counted",
+            full_tx_ring_drops_are_counted,
+        ),
         ("mbuf_headroom_and_clone", mbuf_headroom_and_clone),
     ];
     let (mut passed, mut failed) = (0, 0);

@@ -15,7 +15,10 @@ fn assert_counters_match(ev: &serde_json::Value, min_packets: u64) {
     let pmd_tx = sum_pmds(ev, "tx_packets");
     assert_eq!(pmd_rx, port_rx, "PMD rx vs ports rx: {ev}");
     assert_eq!(pmd_tx, port_tx, "PMD tx vs ports tx: {ev}");
-    assert!(pmd_rx >= min_packets, "expected at least {min_packets} packets: {ev}");
+    assert!(
+        pmd_rx >= min_packets,
+        "expected at least {min_packets} packets: {ev}"
+    );
 }
 
 fn ping(ns: &Netns, dst: &str) {
@@ -50,7 +53,11 @@ fn af_packet_ports_forward_ping_between_namespaces() {
     let ev = d.stop();
     // 6 echo requests + 6 replies at least (plus ARP).
     assert_counters_match(&ev, 12);
-    assert_eq!(ev["pmds"][0]["drops"].as_object().map(|m| m.len()), Some(0), "{ev}");
+    assert_eq!(
+        ev["pmds"][0]["drops"].as_object().map(|m| m.len()),
+        Some(0),
+        "{ev}"
+    );
 }
 
 #[test]
@@ -65,7 +72,10 @@ fn tap_ports_moved_into_namespaces_forward_ping() {
         "[port:a]\ndevargs = net_tap0,iface=slt-tapa\n[port:b]\ndevargs = net_tap1,iface=slt-tapb\n",
     ));
     assert_eq!(ready["ports"][1]["driver"], "net_tap");
-    for (ns, ifname, addr) in [(&a, "slt-tapa", "10.202.0.1/24"), (&b, "slt-tapb", "10.202.0.2/24")] {
+    for (ns, ifname, addr) in [
+        (&a, "slt-tapa", "10.202.0.1/24"),
+        (&b, "slt-tapb", "10.202.0.2/24"),
+    ] {
         sh(&["ip", "link", "set", ifname, "netns", &ns.0]);
         sh(&["ip", "-n", &ns.0, "addr", "add", addr, "dev", ifname]);
         sh(&["ip", "-n", &ns.0, "link", "set", ifname, "up"]);
@@ -75,5 +85,8 @@ fn tap_ports_moved_into_namespaces_forward_ping() {
     assert_counters_match(&ev, 6);
     // Closing the TAP ports removed the interfaces.
     let links = String::from_utf8_lossy(&a.exec(&["ip", "-o", "link"]).stdout).into_owned();
-    assert!(!links.contains("slt-tapa"), "TAP interface left behind: {links}");
+    assert!(
+        !links.contains("slt-tapa"),
+        "TAP interface left behind: {links}"
+    );
 }

@@ -160,7 +160,11 @@ impl Ethdev {
 
     /// Configures and starts an ethdev that already exists (created by a
     /// driver-specific call such as `rte_eth_from_rings`).
-    pub(crate) fn adopt(port_id: u16, cfg: &EthdevConfig, pool: &Mempool) -> Result<Ethdev, EthdevError> {
+    pub(crate) fn adopt(
+        port_id: u16,
+        cfg: &EthdevConfig,
+        pool: &Mempool,
+    ) -> Result<Ethdev, EthdevError> {
         let dev = Ethdev {
             port_id,
             name: Arc::from(cfg.name.as_str()),

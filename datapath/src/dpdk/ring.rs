@@ -32,9 +32,12 @@ impl Ring {
         let cname = CString::new(name).map_err(|_| format!("ring name {name:?} contains NUL"))?;
         // SAFETY: valid name; EAL initialised; flags 0 = MP/MC.
         let p = unsafe { dpdk_sys::rte_ring_create(cname.as_ptr(), count, -1, 0) };
-        NonNull::new(p)
-            .map(|ptr| Ring { ptr })
-            .ok_or_else(|| format!("cannot create ring '{name}': {}", super::strerror(super::errno())))
+        NonNull::new(p).map(|ptr| Ring { ptr }).ok_or_else(|| {
+            format!(
+                "cannot create ring '{name}': {}",
+                super::strerror(super::errno())
+            )
+        })
     }
 
     /// The raw pointer.
@@ -111,7 +114,12 @@ impl Drop for Ring {
 impl Ethdev {
     /// A `net_ring` port named `name` that receives from `rx` and
     /// transmits into `tx` (one queue each way).
-    pub fn from_rings(name: &str, rx: &Ring, tx: &Ring, pool: &Mempool) -> Result<Ethdev, EthdevError> {
+    pub fn from_rings(
+        name: &str,
+        rx: &Ring,
+        tx: &Ring,
+        pool: &Mempool,
+    ) -> Result<Ethdev, EthdevError> {
         let cname = CString::new(name).map_err(|_| EthdevError::BadDevargs {
             port: name.into(),
             devargs: name.into(),

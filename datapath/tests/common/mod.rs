@@ -15,7 +15,10 @@ pub const WAIT: Duration = Duration::from_secs(90);
 /// True when the tests can create namespaces (root). Prints why not.
 pub fn can_use_netns(test: &str) -> bool {
     let ok = std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false);
     if !ok {
         println!("SKIP {test}: needs root to create network namespaces and DPDK ports");
@@ -83,7 +86,9 @@ pub struct Veth {
 impl Veth {
     pub fn new(outer: &str, inner: &str, ns: &Netns, addr: &str) -> Veth {
         sh_quiet(&["ip", "link", "del", outer]);
-        sh(&["ip", "link", "add", outer, "type", "veth", "peer", "name", inner]);
+        sh(&[
+            "ip", "link", "add", outer, "type", "veth", "peer", "name", inner,
+        ]);
         let v = Veth {
             outer: outer.to_string(),
         };
@@ -91,7 +96,9 @@ impl Veth {
         sh(&["ip", "link", "set", outer, "up"]);
         sh(&["ip", "-n", &ns.0, "addr", "add", addr, "dev", inner]);
         sh(&["ip", "-n", &ns.0, "link", "set", inner, "up"]);
-        sh_quiet(&["ip", "netns", "exec", &ns.0, "ethtool", "-K", inner, "tx", "off"]);
+        sh_quiet(&[
+            "ip", "netns", "exec", &ns.0, "ethtool", "-K", inner, "tx", "off",
+        ]);
         v
     }
 }
@@ -174,7 +181,11 @@ impl Sluiced {
                         .child
                         .as_mut()
                         .and_then(|c| c.try_wait().ok().flatten());
-                    let err = if exited.is_some() { self.stderr_text() } else { String::new() };
+                    let err = if exited.is_some() {
+                        self.stderr_text()
+                    } else {
+                        String::new()
+                    };
                     panic!("sluiced gave no '{name}' event within {WAIT:?} (exit: {exited:?}); stderr:\n{err}");
                 }
             }
@@ -194,7 +205,10 @@ impl Sluiced {
                 assert!(st.success(), "sluiced exited with {st} after SIGTERM");
                 return ev;
             }
-            assert!(Instant::now() < deadline, "sluiced did not exit after its stopped event");
+            assert!(
+                Instant::now() < deadline,
+                "sluiced did not exit after its stopped event"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -232,8 +246,45 @@ pub fn sum_pmds(ev: &serde_json::Value, key: &str) -> u64 {
 /// A config with the given `[port:...]` sections appended.
 pub fn config(prefix: &str, ports: &str) -> String {
     format!(
-        "[coe]\nnode_type = 'BAREMETAL'\n[nsx_node_agent]\novs_bridge = br-int\n[datapath]\ncores = {}\nmain_core = 0\nfile_prefix = {prefix}\nhugepages = auto\nmbufs = 8192\n{ports}",
-        pmd_core()
+        "[coe]\nnode_type = 'BAREMETAL'\n[nsx_node_agent]\novs_bridge = br-int\n[datapath]\ncores = {}\nmain_core = 0\nfile_prefix = {prefix}\nhugepages = auto\nmbufs = 8192\nctl_socket = {}\n{ports}",
+        pmd_core(),
+        ctl_path(prefix).display()
+    )
+}
+
+/// The control socket of the test daemon with DPDK prefix `prefix`.
+pub fn ctl_path(prefix: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{prefix}.ctl"))
+}
+
+/// Runs `sluicectl --socket <ctl> ARGS`; returns (success, stdout, stderr).
+pub fn sluicectl(prefix: &str, args: &[&str]) -> (bool, String, String) {
+    let bin = std::env::var("SLUICECTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            // target/<profile>/deps/<test> -> target/<profile>/sluicectl
+            let mut p = std::env::current_exe().expect("current exe");
+            p.pop();
+            if p.ends_with("deps") {
+                p.pop();
+            }
+            p.join("sluicectl")
+        });
+    let out = Command::new(&bin)
+        .arg("--socket")
+        .arg(ctl_path(prefix))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {}: {e} (build it: cargo build -p sluice-control)",
+                bin.display()
+            )
+        });
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
 

@@ -1,0 +1,316 @@
+//! The `sluiced` daemon: wires configuration, DPDK, ports, PMD threads,
+//! pipelines and the control socket together, and tears them down in the
+//! right order.
+//!
+//! Start-up: capabilities → EAL → mbuf pool → ports → (drop unneeded
+//! capabilities) → control socket → PMD threads. Shutdown: stop and join
+//! the PMDs, stop the control socket, close the ports (their mbufs return
+//! to the pool), free the pool, clean up the EAL.
+
+pub mod commands;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use crate::caps;
+use crate::config::{Config, PortConfig};
+use crate::ctl::{CtlServer, Registry, ServerConfig};
+use crate::dpdk::{self, eal, ethdev, mempool};
+use crate::flow::tables::FlowTables;
+use crate::packet::PortNo;
+use crate::pipeline::flow::{FlowPipeline, FlowPipelineConfig};
+use crate::pipeline::l2::L2Pipeline;
+use crate::pmd::{self, clock_ns, PmdSpec, PmdThread};
+use crate::port::Port;
+
+use commands::{PmdView, PortView};
+
+/// The flow a new flow-table datapath starts with, as a new OVS bridge:
+/// behave as a learning switch until programmed.
+pub const DEFAULT_FLOW: &str = "table=0,priority=0 actions=normal";
+
+/// The EAL configuration of a daemon configuration.
+pub fn eal_config(cfg: &Config) -> Result<eal::EalConfig, String> {
+    Ok(eal::EalConfig {
+        file_prefix: cfg.datapath.file_prefix.clone(),
+        hugepages: cfg.datapath.hugepages.parse()?,
+        no_huge_memory_mb: cfg.datapath.no_huge_memory_mb,
+        main_core: cfg.datapath.main_core,
+        extra_args: cfg.datapath.eal_args.clone(),
+    })
+}
+
+/// A running datapath.
+#[derive(Debug)]
+pub struct Daemon {
+    pmds: Vec<PmdThread>,
+    ctl: Option<CtlServer>,
+    ports: Vec<(PortConfig, ethdev::Ethdev)>,
+    pool: Option<mempool::Mempool>,
+    eal: Option<eal::Eal>,
+    stop: Arc<AtomicBool>,
+    /// The flow program, when the flow pipeline runs.
+    pub flows: Option<FlowTables>,
+    /// The "ready" event printed on stdout.
+    pub ready: Value,
+}
+
+impl Daemon {
+    /// Starts everything. `on_exit` is called by the control socket's
+    /// `exit` command (it should wake the main thread).
+    pub fn start(
+        cfg: &Config,
+        on_exit: impl Fn() + Send + Sync + 'static,
+    ) -> Result<Daemon, String> {
+        let ecfg = eal_config(cfg)?;
+        let (_, hugepages) = eal::Eal::args_for(&ecfg).map_err(|e| e.to_string())?;
+        let need = caps::required(cfg, hugepages);
+        if let Some(line) = caps::missing(&need, caps::effective()?) {
+            return Err(line);
+        }
+        let t0 = Instant::now();
+        let eal = eal::Eal::init(&ecfg).map_err(|e| e.to_string())?;
+        let eal_ms = t0.elapsed().as_secs_f64() * 1e3;
+        tracing::info!(
+            hugepages = eal.hugepages,
+            "DPDK EAL initialised in {eal_ms:.1} ms ({})",
+            dpdk::version()
+        );
+        let mut d = Daemon {
+            pmds: Vec::new(),
+            ctl: None,
+            ports: Vec::new(),
+            pool: None,
+            eal: Some(eal),
+            stop: Arc::new(AtomicBool::new(false)),
+            flows: None,
+            ready: Value::Null,
+        };
+        // From here on, an error drops `d`, which tears down what started.
+        d.start_rest(cfg, need, eal_ms, on_exit)?;
+        Ok(d)
+    }
+
+    fn start_rest(
+        &mut self,
+        cfg: &Config,
+        need: std::collections::BTreeMap<caps::Cap, Vec<String>>,
+        eal_ms: f64,
+        on_exit: impl Fn() + Send + Sync + 'static,
+    ) -> Result<(), String> {
+        let n_pmds = cfg.datapath.cores.len();
+        let pool = mempool::Mempool::new(
+            &format!("{}_mbufs", cfg.datapath.file_prefix),
+            cfg.datapath.mbufs,
+            256,
+        )
+        .map_err(|e| e.to_string())?;
+        for p in &cfg.ports {
+            let dev = ethdev::Ethdev::open(
+                &ethdev::EthdevConfig {
+                    name: p.name.clone(),
+                    devargs: p.devargs.clone(),
+                    rx_queues: p.rx_queues,
+                    tx_queues: n_pmds as u16,
+                    rx_desc: 1024,
+                    tx_desc: 1024,
+                },
+                &pool,
+            )
+            .map_err(|e| e.to_string())?;
+            tracing::info!(
+                port = %p.name,
+                ofport = p.ofport,
+                driver = %dev.driver(),
+                "port {} up ({})",
+                p.name,
+                p.devargs
+            );
+            self.ports.push((p.clone(), dev));
+        }
+        self.pool = Some(pool);
+        let keep: Vec<caps::Cap> = need.keys().copied().collect();
+        if let Err(e) = caps::drop_all_except(&keep) {
+            tracing::warn!("{e}");
+        }
+
+        let registry = Registry::new();
+        let ctl = CtlServer::start(
+            ServerConfig::with_path(&cfg.datapath.ctl_socket),
+            registry.clone(),
+            on_exit,
+        )
+        .map_err(|e| e.to_string())?;
+        self.ctl = Some(ctl);
+
+        let ofports: Vec<PortNo> = self.ports.iter().map(|(p, _)| PortNo(p.ofport)).collect();
+        let flows = (cfg.datapath.pipeline == "flow").then(FlowTables::new);
+        if let Some(t) = &flows {
+            t.add_flow(DEFAULT_FLOW, clock_ns())
+                .map_err(|e| format!("cannot install the default flow: {e}"))?;
+        }
+        let mut specs: Vec<PmdSpec> = cfg
+            .datapath
+            .cores
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| PmdSpec {
+                index: i,
+                core: Some(c),
+                rx: Vec::new(),
+            })
+            .collect();
+        let mut k = 0;
+        for (p, _) in &self.ports {
+            for q in 0..p.rx_queues {
+                specs[k % n_pmds].rx.push((PortNo(p.ofport), q));
+                k += 1;
+            }
+        }
+        let max_ofport = self.ports.iter().map(|(p, _)| p.ofport).max().unwrap_or(0) as usize;
+        let mut views = Vec::new();
+        for spec in specs {
+            let mut handles: Vec<Option<ethdev::DpdkPort>> = vec![None; max_ofport + 1];
+            for (p, dev) in &self.ports {
+                handles[p.ofport as usize] = Some(dev.handle());
+            }
+            let init = || dpdk::register_thread();
+            let t = match &flows {
+                Some(tables) => {
+                    let pl = FlowPipeline::new(
+                        tables.clone(),
+                        FlowPipelineConfig {
+                            ports: ofports.clone(),
+                            mac_capacity: cfg.datapath.mac_table_size,
+                            mac_aging_ns: cfg.datapath.mac_aging_s.saturating_mul(1_000_000_000),
+                            ..Default::default()
+                        },
+                    );
+                    let fstats = pl.stats();
+                    let t = pmd::spawn(spec, handles, pl, self.stop.clone(), init);
+                    t.map(|t| {
+                        views.push(PmdView {
+                            pmd: t.stats.clone(),
+                            flow: Some(fstats),
+                        });
+                        t
+                    })
+                }
+                None => {
+                    let pl = L2Pipeline::new(
+                        ofports.clone(),
+                        cfg.datapath.mac_table_size,
+                        cfg.datapath.mac_aging_s.saturating_mul(1_000_000_000),
+                    );
+                    pmd::spawn(spec, handles, pl, self.stop.clone(), init).map(|t| {
+                        views.push(PmdView {
+                            pmd: t.stats.clone(),
+                            flow: None,
+                        });
+                        t
+                    })
+                }
+            }
+            .map_err(|e| format!("cannot start PMD thread: {e}"))?;
+            self.pmds.push(t);
+        }
+
+        let reg_err = |e: crate::ctl::RegistryError| format!("cannot register commands: {e}");
+        commands::register_pmd(&registry, views).map_err(reg_err)?;
+        let port_views = self
+            .ports
+            .iter()
+            .map(|(p, d)| {
+                let h = d.handle();
+                let h2 = d.handle();
+                PortView {
+                    name: p.name.clone(),
+                    ofport: p.ofport,
+                    driver: d.driver(),
+                    devargs: p.devargs.clone(),
+                    stats: Box::new(move || h.stats()),
+                    link: Box::new(move || h2.link()),
+                }
+            })
+            .collect();
+        commands::register_ports(&registry, &cfg.bridge, port_views).map_err(reg_err)?;
+        if let Some(t) = &flows {
+            commands::register_flows(&registry, t.clone()).map_err(reg_err)?;
+        }
+        self.flows = flows;
+
+        let eal = self.eal.as_ref().ok_or("EAL not running")?;
+        self.ready = json!({
+            "event": "ready",
+            "eal_init_ms": (eal_ms * 10.0).round() / 10.0,
+            "hugepages": eal.hugepages,
+            "pipeline": cfg.datapath.pipeline,
+            "pmd_cores": cfg.datapath.cores,
+            "ctl_socket": cfg.datapath.ctl_socket,
+            "ports": self.ports.iter().map(|(p, d)| json!({
+                "name": p.name, "ofport": p.ofport, "devargs": p.devargs,
+                "driver": d.driver(), "dpdk_port_id": d.port_id(),
+            })).collect::<Vec<_>>(),
+        });
+        Ok(())
+    }
+
+    /// Stops forwarding and tears everything down; returns the "stopped"
+    /// event with final counters.
+    pub fn shutdown(mut self) -> Result<Value, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut errors = Vec::new();
+        let mut pmd_stats = Vec::new();
+        for t in std::mem::take(&mut self.pmds) {
+            let st = t.stats.clone();
+            if let Err(e) = t.join() {
+                errors.push(e);
+            }
+            let busy = st.busy_cycles.get();
+            let rx = st.rx_packets.get();
+            pmd_stats.push(json!({
+                "index": st.index, "core": st.core,
+                "rx_packets": rx, "tx_packets": st.tx_packets.get(),
+                "busy_cycles": busy, "idle_cycles": st.idle_cycles.get(),
+                "cycles_per_packet": if rx > 0 { busy as f64 / rx as f64 } else { 0.0 },
+                "drops": st.drops.nonzero().into_iter()
+                    .map(|(r, n)| (r.key().to_string(), json!(n)))
+                    .collect::<serde_json::Map<_, _>>(),
+            }));
+            tracing::info!("{}", st.render().trim_end());
+        }
+        let ports: Vec<Value> = self
+            .ports
+            .iter()
+            .map(|(p, d)| json!({"name": p.name, "ofport": p.ofport, "stats": d.handle().stats()}))
+            .collect();
+        self.teardown();
+        if errors.is_empty() {
+            Ok(json!({"event": "stopped", "pmds": pmd_stats, "ports": ports}))
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    fn teardown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in std::mem::take(&mut self.pmds) {
+            let _ = t.join();
+        }
+        if let Some(mut c) = self.ctl.take() {
+            c.stop();
+        }
+        self.ports.clear();
+        self.pool = None;
+        self.eal = None;
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
