@@ -192,7 +192,7 @@ impl Condition {
 
     /// True when the condition is exactly `[false]`-like (matches nothing).
     pub fn is_false(&self) -> bool {
-        self.clauses.iter().any(|c| *c == Clause::Constant(false))
+        self.clauses.contains(&Clause::Constant(false))
     }
 }
 

@@ -414,8 +414,8 @@ impl Server {
                 return Err(ServerError::Poll(e));
             }
             let nl = self.listeners.len();
-            for i in 0..nl {
-                if fds[i].revents & libc::POLLIN != 0 {
+            for (i, fd) in fds.iter().enumerate().take(nl) {
+                if fd.revents & libc::POLLIN != 0 {
                     self.accept_all(i);
                 }
             }

@@ -127,7 +127,7 @@ impl Storage {
                 path: sf.display().to_string(),
                 reason: e.details,
             })?;
-            Log::create(path, &[schema.json.clone()])?;
+            Log::create(path, std::slice::from_ref(&schema.json))?;
         }
         let (log, scan) = Log::open(path)?;
         if let Some(err) = &scan.tail_error {

@@ -261,23 +261,23 @@ impl BaseType {
             return Ok(());
         }
         match atom {
-            Atom::Integer(i) => {
+            Atom::Integer(i)
                 if self.min_integer.is_some_and(|m| *i < m)
-                    || self.max_integer.is_some_and(|m| *i > m)
-                {
-                    return Err(OvsdbError::constraint(format!(
-                        "{i} is not in the valid range {}",
-                        range_text(self.min_integer, self.max_integer)
-                    )));
-                }
+                    || self.max_integer.is_some_and(|m| *i > m) =>
+            {
+                return Err(OvsdbError::constraint(format!(
+                    "{i} is not in the valid range {}",
+                    range_text(self.min_integer, self.max_integer)
+                )));
             }
-            Atom::Real(r) => {
-                if self.min_real.is_some_and(|m| *r < m) || self.max_real.is_some_and(|m| *r > m) {
-                    return Err(OvsdbError::constraint(format!(
-                        "{r} is not in the valid range {}",
-                        range_text(self.min_real, self.max_real)
-                    )));
-                }
+            Atom::Real(r)
+                if self.min_real.is_some_and(|m| *r < m)
+                    || self.max_real.is_some_and(|m| *r > m) =>
+            {
+                return Err(OvsdbError::constraint(format!(
+                    "{r} is not in the valid range {}",
+                    range_text(self.min_real, self.max_real)
+                )));
             }
             Atom::String(s) => {
                 let n = s.chars().count() as u64;
