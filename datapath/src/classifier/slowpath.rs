@@ -252,6 +252,18 @@ impl Ctx<'_> {
     }
 
     fn group(&mut self, id: u32, table: u8) {
+        // Buckets cannot name groups (the bundle rejects it), but a
+        // programmatic program might: bound the nesting like resubmit.
+        if self.depth >= MAX_DEPTH {
+            self.finish_with(DropReason::ResubmitLimit);
+            return;
+        }
+        self.depth += 1;
+        self.group_inner(id, table);
+        self.depth -= 1;
+    }
+
+    fn group_inner(&mut self, id: u32, table: u8) {
         let prog = self.prog;
         let Some(g) = prog.groups.get(&id) else {
             self.finish_with(DropReason::FlowDrop);
@@ -518,5 +530,32 @@ mod tests {
         assert_eq!(t.xlate.actions.len(), 3);
         assert!(matches!(&t.xlate.actions[0], DpAction::Clone(a) if a.len() == 2));
         assert_eq!(t.xlate.actions[2], DpAction::Output(PortNo(9)));
+    }
+
+    #[test]
+    fn self_referencing_group_is_bounded() {
+        use crate::flow::program::{Bucket, Group};
+        // Built directly, bypassing the bundle check that forbids this.
+        let mut p = program(
+            &["actions=group:9"],
+            &["group_id=9,type=all,bucket=output:1"],
+        );
+        p.groups.insert(
+            9,
+            Arc::new(Group {
+                id: 9,
+                kind: GroupType::Select,
+                fields: vec![],
+                buckets: vec![Bucket {
+                    weight: 1,
+                    actions: vec![Action::Group(9)],
+                }],
+            }),
+        );
+        let t = translate(&p, &pkt([1, 1, 1, 1], 1, 1), None);
+        assert_eq!(
+            t.xlate.actions.last(),
+            Some(&DpAction::Drop(DropReason::ResubmitLimit))
+        );
     }
 }

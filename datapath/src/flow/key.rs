@@ -24,7 +24,10 @@ use crate::packet::PortNo;
 
 /// Number of 64-bit words in a [`FlowKey`].
 pub const KEY_WORDS: usize = 21;
-const _: () = assert!(KEY_WORDS.is_multiple_of(3), "hash lanes need a multiple of 3 words");
+const _: () = assert!(
+    KEY_WORDS.is_multiple_of(3),
+    "hash lanes need a multiple of 3 words"
+);
 
 /// Ethertypes the extractor understands.
 pub mod ethertype {

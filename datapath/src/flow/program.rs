@@ -192,8 +192,8 @@ pub struct Group {
 pub enum FlowMod {
     /// Add a rule, replacing one with the same table, priority and match.
     Add(FlowSpec),
-    /// Replace the actions (and cookie when adding) of the selected rules,
-    /// keeping their counters.
+    /// Replace the actions of the selected rules, keeping their counters,
+    /// cookies and timeouts.
     Modify {
         /// Which rules.
         filter: FlowFilter,
@@ -248,6 +248,9 @@ pub enum FlowModError {
     /// A set_field to a read-only field.
     #[error("field {0} cannot be written by set_field or load")]
     ReadOnlyField(Field),
+    /// goto_table or group inside a group bucket.
+    #[error("group {0}: goto_table and group are not allowed in buckets (use resubmit)")]
+    BucketAction(u32),
     /// Deleting a group a rule still uses.
     #[error("group {0} is still used by a flow; delete those flows in the same bundle")]
     GroupInUse(u32),
@@ -447,12 +450,13 @@ impl FlowProgram {
             }
             FlowMod::AddGroup(g) => {
                 for b in &g.buckets {
-                    check_actions(0, &b.actions).map_err(|e| match e {
-                        FlowModError::GotoBackward { .. } => {
-                            FlowModError::GotoBackward { from: 254, to: 0 }
-                        }
-                        other => other,
-                    })?;
+                    if b.actions
+                        .iter()
+                        .any(|a| matches!(a, Action::GotoTable(_) | Action::Group(_)))
+                    {
+                        return Err(FlowModError::BucketAction(g.id));
+                    }
+                    check_actions(0, &b.actions)?;
                 }
                 self.groups.insert(g.id, Arc::new(g.clone()));
                 sum.groups += 1;
@@ -554,6 +558,17 @@ mod tests {
         let err =
             apply(&p, &[FlowMod::Add(spec(0, 1, 1, vec![Action::Group(7)]))]).expect_err("group");
         assert_eq!(err.error, FlowModError::NoSuchGroup(7));
+        let looping = Group {
+            id: 3,
+            kind: GroupType::All,
+            fields: vec![],
+            buckets: vec![Bucket {
+                weight: 1,
+                actions: vec![Action::Group(3)],
+            }],
+        };
+        let err = apply(&p, &[FlowMod::AddGroup(looping)]).expect_err("group in bucket");
+        assert_eq!(err.error, FlowModError::BucketAction(3));
     }
 
     #[test]

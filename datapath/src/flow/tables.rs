@@ -457,4 +457,10 @@ mod tests {
         assert_eq!(t.program().n_rules(), 0);
         assert_eq!(t.generation(), g + 1);
     }
+
+    #[test]
+    fn handle_is_send_sync_clone() {
+        fn check<T: Send + Sync + Clone>() {}
+        check::<FlowTables>();
+    }
 }

@@ -1428,4 +1428,26 @@ mod tests {
         assert_eq!(f.cookie_mask, u64::MAX);
         assert!(parse_flow("cookie=0x1/-1 actions=drop").is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parsers_never_panic(s in "[a-z_0-9=,.:/()+\\-> \\[\\]x]{0,60}") {
+            let _ = parse_flow(&s);
+            let _ = parse_filter(&s);
+            let _ = parse_group(&s);
+            let _ = parse_packet(&s);
+        }
+
+        #[test]
+        fn keyword_soup_never_panics(parts in proptest::collection::vec(proptest::sample::select(vec![
+            "table=", "priority=", "ip", "tcp", "nw_dst=", "10.0.0.1/", "actions=", "ct(", ")", "nat(",
+            "src=", "1.2.3.4-", ":", "resubmit(", ",", "load:", "->", "reg0[", "..", "]", "bucket=",
+            "group_id=1", "type=select", "fields(", "0x", "-1", "+trk", "weight:", "set_field:", "/",
+        ]), 0..16)) {
+            let s: String = parts.concat();
+            let _ = parse_flow(&s);
+            let _ = parse_filter(&s);
+            let _ = parse_group(&s);
+        }
+    }
 }

@@ -805,6 +805,36 @@ mod tests {
         assert_eq!(out.drops.get(DropReason::RxTooShort), 1);
     }
 
+    #[test]
+    fn no_packet_lost_while_programs_are_published() {
+        // A PMD thread processes bursts while the control thread swaps
+        // between two programs; whichever program a burst sees, every
+        // packet must leave on port 1 or 2 and nothing may be dropped.
+        let (t, mut p) = pipeline("priority=1,ip actions=output:1");
+        let f = tcp4([1, 1, 1, 1], [2, 2, 2, 2], 1, 2, 64);
+        const BURSTS: usize = 300;
+        let (tx, rx) = std::sync::mpsc::channel::<usize>();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let mut sent = 0;
+                let mut dropped = 0;
+                for i in 0..BURSTS {
+                    let mut out = run(&mut p, i as u64, 3, &vec![f.clone(); 8]);
+                    sent += out.take(PortNo(1)).len() + out.take(PortNo(2)).len();
+                    dropped += out.drops.total();
+                }
+                assert_eq!(dropped, 0);
+                tx.send(sent).expect("report");
+            });
+            for i in 0..100u64 {
+                let port = 1 + (i % 2);
+                t.replace_flows(&format!("priority=1,ip actions=output:{port}"), i)
+                    .expect("replace");
+            }
+        });
+        assert_eq!(rx.recv().expect("pmd result"), BURSTS * 8);
+    }
+
     mod equivalence {
         use super::*;
         use crate::flow::key::extract;
