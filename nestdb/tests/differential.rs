@@ -1,7 +1,8 @@
 //! Conformance: the same transaction scripts run against Debian's ovsdb-server and
 //! nestdb-server must give the same results.
 //!
-//! Normalisation: UUIDs are renamed by order of first appearance (`#1`, `#2`, ...),
+//! Normalisation: UUIDs (values and object keys) are renamed by order of first
+//! appearance (`#1`, `#2`, ...),
 //! `_version` values are masked, numbers compare as f64, and the elements of sets,
 //! maps and `rows` arrays are sorted (their order is unspecified by RFC 7047).
 //! Expected exceptions: the free-text `details` and `syntax` members of error objects
@@ -52,6 +53,15 @@ fn normalise(v: &Value, names: &mut HashMap<String, String>) -> Value {
                             .collect();
                         rows.sort_by_key(|r| r.to_string());
                         out.insert(k.clone(), Value::Array(rows));
+                    }
+                    _ if uuid::Uuid::parse_str(k).is_ok() => {
+                        // Row UUIDs used as keys (monitor updates) are renamed too.
+                        let n = names.len() + 1;
+                        let name = names
+                            .entry(k.clone())
+                            .or_insert_with(|| format!("#{n}"))
+                            .clone();
+                        out.insert(name, normalise(x, names));
                     }
                     _ => {
                         out.insert(k.clone(), normalise(x, names));
@@ -185,6 +195,96 @@ fn same_results_as_ovsdb_server() {
             diffs.push(format!("ovsdb-server: {t}\nnestdb:       {o}"));
         }
     }
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n\n")
+    );
+}
+
+/// Monitor notifications for a script of transactions on one connection.  After each
+/// transaction an `echo` round trip acts as a barrier: both servers send a commit's
+/// monitor updates before they answer a later request on the same connection.
+fn monitor_run(which: Impl) -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProc::start(which, dir.path(), &[]);
+    let mut c = s.client();
+    let mut names = HashMap::new();
+    let mut out = Vec::new();
+    c.transact(json!([{"op": "insert", "table": "Node", "row": {"name": "pre", "cores": 7, "tags": ["set", ["a"]]}}]));
+    let init2 = c
+        .call(
+            "monitor_cond",
+            json!(["Test", "c", {"Node": [{"columns": ["name", "cores", "tags", "labels", "weight"], "where": [["cores", ">", 5]]}]}]),
+        )
+        .unwrap();
+    out.push(normalise(&json!({"monitor_cond": init2}), &mut names));
+    let init1 = c
+        .call("monitor", json!(["Test", "v1", {"Port": {"columns": ["name", "ips"], "select": {"initial": true, "insert": true, "delete": true, "modify": true}}}]))
+        .unwrap();
+    out.push(normalise(&json!({"monitor": init1}), &mut names));
+    let txns = [
+        json!([{"op": "insert", "table": "Node", "row": {"name": "big", "cores": 9, "labels": ["map", [["k", "v"]]]}},
+               {"op": "insert", "table": "Node", "row": {"name": "small", "cores": 1}}]),
+        json!([{"op": "mutate", "table": "Node", "where": [["name", "==", "big"]],
+                "mutations": [["tags", "insert", ["set", ["x", "y"]]], ["labels", "insert", ["map", [["k2", "v2"]]]]]}]),
+        json!([{"op": "mutate", "table": "Node", "where": [["name", "==", "big"]],
+                "mutations": [["tags", "delete", "x"], ["labels", "delete", ["set", ["k"]]]]},
+               {"op": "update", "table": "Node", "where": [["name", "==", "pre"]], "row": {"weight": 0.25}}]),
+        json!([{"op": "update", "table": "Node", "where": [["name", "==", "small"]], "row": {"cores": 6}},
+               {"op": "update", "table": "Node", "where": [["name", "==", "pre"]], "row": {"cores": 2}}]),
+        json!([{"op": "update", "table": "Node", "where": [["name", "==", "big"]], "row": {"labels": ["map", [["k2", "changed"]]]}}]),
+        json!([{"op": "insert", "table": "Port", "uuid-name": "p", "row": {"name": "p1", "ips": ["set", ["10.0.0.1"]]}},
+               {"op": "update", "table": "Node", "where": [["name", "==", "big"]], "row": {"ports": ["named-uuid", "p"]}}]),
+        json!([{"op": "mutate", "table": "Port", "where": [], "mutations": [["ips", "insert", "10.0.0.2"]]}]),
+        json!([{"op": "update", "table": "Node", "where": [["name", "==", "big"]], "row": {"ports": ["set", []]}}]),
+        json!([{"op": "delete", "table": "Node", "where": [["name", "==", "small"]]}]),
+        json!([{"op": "update", "table": "Node", "where": [["name", "==", "big"]], "row": {"cores": 9}}]),
+    ];
+    for ops in txns {
+        let r = c.transact(ops);
+        out.push(normalise(&json!({"transact": r}), &mut names));
+        c.call("echo", json!([])).unwrap();
+        let mut notes: Vec<Value> = c
+            .notifications
+            .drain(..)
+            .map(|(m, p)| json!({"method": m, "params": p}))
+            .collect();
+        notes.sort_by_key(|n| n["method"].to_string());
+        out.push(normalise(&json!({"notifications": notes}), &mut names));
+    }
+    let r = c
+        .call(
+            "monitor_cond_change",
+            json!(["c", "c", {"Node": [{"where": [["cores", "<", 5]]}]}]),
+        )
+        .unwrap();
+    out.push(normalise(&json!({"monitor_cond_change": r}), &mut names));
+    c.call("echo", json!([])).unwrap();
+    let notes: Vec<Value> = c
+        .notifications
+        .drain(..)
+        .map(|(m, p)| json!({"method": m, "params": p}))
+        .collect();
+    out.push(normalise(&json!({"after_change": notes}), &mut names));
+    out
+}
+
+#[test]
+fn same_monitor_updates_as_ovsdb_server() {
+    if !have("ovsdb-server") || !have("ovsdb-tool") {
+        return;
+    }
+    let theirs = monitor_run(Impl::OvsdbServer);
+    let ours = monitor_run(Impl::Nestdb);
+    let mut diffs = Vec::new();
+    for (t, o) in theirs.iter().zip(&ours) {
+        if t != o {
+            diffs.push(format!("ovsdb-server: {t}\nnestdb:       {o}"));
+        }
+    }
+    assert_eq!(theirs.len(), ours.len());
     assert!(
         diffs.is_empty(),
         "{} differences:\n{}",
