@@ -448,7 +448,14 @@ impl Server {
                 t = t.min(d.saturating_duration_since(now));
             }
         }
-        t.as_millis() as i32
+        if let Some(interval) = self.config.inactivity_probe {
+            for s in self.sessions.values().filter(|s| s.probes) {
+                let due = s.last_input + if s.probe_sent { interval * 2 } else { interval };
+                t = t.min(due.saturating_duration_since(now));
+            }
+        }
+        // Round up so a deadline is never polled for as 0 ms repeatedly before it passes.
+        (t.as_micros().div_ceil(1000)) as i32
     }
 
     fn accept_all(&mut self, li: usize) {
