@@ -520,8 +520,19 @@ impl<H> FlowPipeline<H> {
         }
     }
 
-    /// Looks `key` up through EMC → megaflow → slow path.
-    #[inline]
+    /// The slow path: translates `key`, installs the megaflow and the EMC
+    /// entry, and returns the translation.
+    #[cold]
+    fn upcall(&mut self, key: &FlowKey, hash: u64) -> Arc<Xlate> {
+        self.stats.upcalls.inc();
+        let t = translate(&self.program, key, None);
+        self.megaflow.insert(key, &t.mask, t.xlate.clone());
+        self.emc.insert(key, hash, t.xlate.clone());
+        t.xlate
+    }
+
+    /// Looks `key` up through EMC → megaflow → slow path (tests).
+    #[cfg(test)]
     fn classify(&mut self, key: &FlowKey) -> Arc<Xlate> {
         let hash = key.hash();
         if let Some(x) = self.emc.lookup(key, hash) {
@@ -532,25 +543,7 @@ impl<H> FlowPipeline<H> {
             self.emc.insert(key, hash, x.clone());
             return x;
         }
-        self.stats.upcalls.inc();
-        let t = translate(&self.program, key, None);
-        self.megaflow.insert(key, &t.mask, t.xlate.clone());
-        self.emc.insert(key, hash, t.xlate.clone());
-        t.xlate
-    }
-
-    /// Counts one packet of `bytes` for the rules of `xlate`.
-    #[inline]
-    fn account(&mut self, xlate: &Arc<Xlate>, bytes: u64, now: Nanos) {
-        if let Some((x, n, b)) = &mut self.pending {
-            if Arc::ptr_eq(x, xlate) {
-                *n += 1;
-                *b += bytes;
-                return;
-            }
-        }
-        self.flush_counts(now);
-        self.pending = Some((xlate.clone(), 1, bytes));
+        self.upcall(key, hash)
     }
 
     /// Applies pending rule-counter updates.
@@ -574,8 +567,37 @@ impl<H> FlowPipeline<H> {
         let (mut key, mut layout) = extract_with_layout(pkt.data(), in_port);
         let mut pkt = pkt;
         for pass in 0..=MAX_RECIRC {
-            let xlate = self.classify(&key);
-            self.account(&xlate, pkt.len() as u64, now);
+            // Borrow the cached translation in place (no refcount traffic
+            // on a cache hit); only a slow-path result is owned here.
+            let hash = key.hash();
+            let mut owned: Option<Arc<Xlate>> = None;
+            let xlate: &Arc<Xlate> = match self.emc.lookup(&key, hash) {
+                Some(x) => x,
+                None => match self.megaflow.lookup(&key) {
+                    Some(x) => {
+                        self.emc.insert(&key, hash, x.clone());
+                        x
+                    }
+                    None => owned.insert(self.upcall(&key, hash)),
+                },
+            };
+            // Rule counters, batched over consecutive packets with the same
+            // translation.
+            let bytes = pkt.len() as u64;
+            match &mut self.pending {
+                Some((x, n, b)) if Arc::ptr_eq(x, xlate) => {
+                    *n += 1;
+                    *b += bytes;
+                }
+                pending => {
+                    if let Some((x, n, b)) = pending.take() {
+                        for r in x.rules.iter() {
+                            r.hit(n, b, now);
+                        }
+                    }
+                    *pending = Some((xlate.clone(), 1, bytes));
+                }
+            }
             let mut exec = Exec {
                 now,
                 mac: &mut self.mac,
