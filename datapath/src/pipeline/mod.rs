@@ -7,6 +7,7 @@
 //! buffers and a fake clock.
 
 pub mod flow;
+pub mod hooks;
 pub mod l2;
 
 use crate::packet::{Burst, Output, PacketBuf};

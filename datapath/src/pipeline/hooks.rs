@@ -1,0 +1,123 @@
+//! Composition of the flow pipeline's extension points.
+//!
+//! The flow pipeline calls one [`ActionHooks`] value for `ct(...)` and for
+//! tunnel push/pop. Connection tracking (the `conntrack` feature) and
+//! tunnels (the `tunnel` feature) are separate features owned by separate
+//! modules, each implementing its own small trait; [`Hooks`] joins them so
+//! that `sluiced` can run with either, both or neither. A feature that is
+//! absent uses [`NoConntrack`] / [`NoTunnels`], which drop the packet under
+//! `ct_unsupported` / `tunnel_unsupported`.
+//!
+//! Thread-safety: one `Hooks` value per PMD (it holds per-core state such
+//! as a conntrack shard handle); it is `Send`, never shared.
+
+use crate::drop::DropReason;
+use crate::flow::action::CtAction;
+use crate::flow::key::FlowKey;
+use crate::packet::PacketBuf;
+use crate::pipeline::flow::ActionHooks;
+use crate::pipeline::Nanos;
+
+/// The `ct(...)` action.
+pub trait ConntrackHook<B: PacketBuf>: Send {
+    /// Tracks `pkt` (and applies NAT); sets `ct_state`, `ct_zone`,
+    /// `ct_mark` in `key`, or returns the reason to drop.
+    fn conntrack(
+        &mut self,
+        now: Nanos,
+        ct: &CtAction,
+        pkt: &mut B,
+        key: &mut FlowKey,
+    ) -> Result<(), DropReason>;
+}
+
+/// Tunnel encapsulation and decapsulation.
+pub trait TunnelHook<B: PacketBuf>: Send {
+    /// Encapsulates `pkt` using the key's `tun_*` fields.
+    fn tunnel_push(&mut self, now: Nanos, pkt: &mut B, key: &FlowKey) -> Result<(), DropReason>;
+    /// Decapsulates `pkt`, writing the outer header's fields into `key`.
+    fn tunnel_pop(&mut self, now: Nanos, pkt: &mut B, key: &mut FlowKey) -> Result<(), DropReason>;
+}
+
+/// No connection tracking: `ct(...)` drops under `ct_unsupported`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoConntrack;
+
+impl<B: PacketBuf> ConntrackHook<B> for NoConntrack {
+    fn conntrack(
+        &mut self,
+        _: Nanos,
+        _: &CtAction,
+        _: &mut B,
+        _: &mut FlowKey,
+    ) -> Result<(), DropReason> {
+        Err(DropReason::CtUnsupported)
+    }
+}
+
+/// No tunnels: push/pop drop under `tunnel_unsupported`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoTunnels;
+
+impl<B: PacketBuf> TunnelHook<B> for NoTunnels {
+    fn tunnel_push(&mut self, _: Nanos, _: &mut B, _: &FlowKey) -> Result<(), DropReason> {
+        Err(DropReason::TunnelUnsupported)
+    }
+    fn tunnel_pop(&mut self, _: Nanos, _: &mut B, _: &mut FlowKey) -> Result<(), DropReason> {
+        Err(DropReason::TunnelUnsupported)
+    }
+}
+
+/// Conntrack and tunnel hooks joined into the pipeline's [`ActionHooks`].
+#[derive(Debug, Default, Clone)]
+pub struct Hooks<C, T> {
+    /// Connection tracking.
+    pub ct: C,
+    /// Tunnels.
+    pub tunnels: T,
+}
+
+impl<B: PacketBuf, C: ConntrackHook<B>, T: TunnelHook<B>> ActionHooks<B> for Hooks<C, T> {
+    fn conntrack(
+        &mut self,
+        now: Nanos,
+        ct: &CtAction,
+        pkt: &mut B,
+        key: &mut FlowKey,
+    ) -> Result<(), DropReason> {
+        self.ct.conntrack(now, ct, pkt, key)
+    }
+    fn tunnel_push(&mut self, now: Nanos, pkt: &mut B, key: &FlowKey) -> Result<(), DropReason> {
+        self.tunnels.tunnel_push(now, pkt, key)
+    }
+    fn tunnel_pop(&mut self, now: Nanos, pkt: &mut B, key: &mut FlowKey) -> Result<(), DropReason> {
+        self.tunnels.tunnel_pop(now, pkt, key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::HeapBuf;
+
+    #[test]
+    fn absent_features_drop_with_their_reason() {
+        let mut h: Hooks<NoConntrack, NoTunnels> = Hooks::default();
+        let mut pkt = HeapBuf::from_frame(&[0u8; 60]);
+        let mut key = FlowKey::default();
+        let ct = CtAction {
+            commit: false,
+            zone: 0,
+            table: None,
+            nat: None,
+        };
+        assert_eq!(
+            ActionHooks::<HeapBuf>::conntrack(&mut h, 0, &ct, &mut pkt, &mut key),
+            Err(DropReason::CtUnsupported)
+        );
+        assert_eq!(
+            ActionHooks::<HeapBuf>::tunnel_pop(&mut h, 0, &mut pkt, &mut key),
+            Err(DropReason::TunnelUnsupported)
+        );
+    }
+}
