@@ -229,6 +229,11 @@ impl Log {
         self.pending.extend_from_slice(&encode_record(v));
     }
 
+    /// Queues a record already formatted by [`encode_record`].
+    pub fn append_encoded(&mut self, record: &[u8]) {
+        self.pending.extend_from_slice(record);
+    }
+
     /// Writes queued records and waits until they are on stable storage.
     pub fn commit(&mut self) -> Result<(), LogError> {
         if self.pending.is_empty() {

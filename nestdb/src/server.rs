@@ -450,8 +450,14 @@ impl Server {
         }
         if let Some(interval) = self.config.inactivity_probe {
             for s in self.sessions.values().filter(|s| s.probes) {
-                let due = s.last_input + if s.probe_sent { interval * 2 } else { interval };
-                t = t.min(due.saturating_duration_since(now));
+                let wait = if s.probe_sent {
+                    interval.saturating_mul(2)
+                } else {
+                    interval
+                };
+                if let Some(due) = s.last_input.checked_add(wait) {
+                    t = t.min(due.saturating_duration_since(now));
+                }
             }
         }
         // Round up so a deadline is never polled for as 0 ms repeatedly before it passes.
@@ -893,8 +899,8 @@ impl Server {
             Outcome::Blocked { timeout_ms } => {
                 let deadline = match pending_deadline {
                     Some(d) => d,
-                    None => (timeout_ms != u64::MAX)
-                        .then(|| Instant::now() + Duration::from_millis(timeout_ms)),
+                    // A timeout beyond what Instant can represent never expires.
+                    None => Instant::now().checked_add(Duration::from_millis(timeout_ms)),
                 };
                 self.pending.push(PendingTxn {
                     session: sid,
@@ -987,7 +993,7 @@ impl Server {
                 continue;
             }
             if s.probe_sent {
-                if now.duration_since(s.last_input) >= interval * 2 {
+                if now.duration_since(s.last_input) >= interval.saturating_mul(2) {
                     tracing::info!("session {id}: no response to inactivity probe; disconnecting");
                     s.closing = true;
                 }

@@ -193,7 +193,7 @@ impl Storage {
         self.db.apply(&changes);
         let bytes = encode_record(&rec);
         if let Some(log) = &mut self.log {
-            log.append(&rec);
+            log.append_encoded(&bytes);
             self.records_since_compact += 1;
         }
         self.remember(&bytes, changes);

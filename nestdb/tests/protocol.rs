@@ -331,6 +331,22 @@ fn wait_blocks_until_satisfied_or_times_out() {
         }
         other => panic!("expected the wait to complete, got {other:?}"),
     }
+    // A timeout too large to represent as a deadline simply never expires.
+    let req = nestdb::jsonrpc::Message::Request {
+        method: "transact".into(),
+        params: json!(["Test",
+            {"op": "wait", "table": "Node", "where": [["name", "==", "v"]], "columns": ["name"], "until": "!=", "rows": [], "timeout": u64::MAX}]),
+        id: json!("huge"),
+    };
+    a.send_raw(&req.to_bytes());
+    b.transact(json!([{"op": "insert", "table": "Node", "row": {"name": "v"}}]));
+    match a.read_message() {
+        Some(nestdb::jsonrpc::Message::Reply { result, id }) => {
+            assert_eq!(id, json!("huge"));
+            assert_eq!(result, json!([{}]));
+        }
+        other => panic!("expected the wait to complete, got {other:?}"),
+    }
     let r = a.transact(json!([{"op": "wait", "table": "Node", "where": [], "columns": ["name"], "until": "==", "rows": [], "timeout": 50}]));
     assert_eq!(r[0]["error"], "timed out");
 }
