@@ -13,8 +13,9 @@
 //! Size: at most `capacity` megaflows in total (default
 //! [`MEGAFLOW_CAPACITY`]). Eviction: when an insert finds the cache full,
 //! the whole cache is flushed first (counted in `flushes_full`), which
-//! keeps memory bounded with no per-entry bookkeeping; a new program
-//! generation also flushes it.
+//! keeps memory bounded with no per-entry bookkeeping. On a new program
+//! generation the pipeline revalidates the cache
+//! ([`MegaflowCache::revalidate`]) or, when it is large, flushes it.
 //!
 //! Thread-safety: owned by one PMD (`&mut self` for changes); `Send`, not
 //! `Sync` (hit counts are `Cell`s). Its [`TierStats`] are shared read-only.
@@ -60,6 +61,10 @@ pub struct MegaflowStats {
     pub flushes_full: Counter,
     /// Subtables probed in total (divide by lookups for the average).
     pub probes: Counter,
+    /// Megaflows kept (with refreshed actions) by revalidation.
+    pub revalidated: Counter,
+    /// Megaflows removed by revalidation.
+    pub evicted: Counter,
 }
 
 /// A per-PMD megaflow cache.
@@ -156,6 +161,37 @@ impl MegaflowCache {
         }
     }
 
+    /// Re-checks every megaflow against a new program: `check(masked_key,
+    /// mask)` returns the megaflow's new translation if it is still valid
+    /// for the whole class, or `None` to remove it. Returns how many were
+    /// kept.
+    pub fn revalidate(
+        &mut self,
+        mut check: impl FnMut(&FlowKey, &FlowKey) -> Option<Arc<Xlate>>,
+    ) -> usize {
+        let mut kept = 0;
+        let mut evicted = 0;
+        for st in self.subtables.iter_mut() {
+            let mask = st.mask;
+            st.table.retain(|e| match check(&e.masked, &mask) {
+                Some(x) => {
+                    e.xlate = x;
+                    kept += 1;
+                    true
+                }
+                None => {
+                    evicted += 1;
+                    false
+                }
+            });
+        }
+        self.subtables.retain(|st| !st.table.is_empty());
+        self.len = kept;
+        self.stats.revalidated.add(kept as u64);
+        self.stats.evicted.add(evicted as u64);
+        kept
+    }
+
     /// Removes every megaflow.
     pub fn flush(&mut self) {
         self.subtables.clear();
@@ -236,5 +272,25 @@ mod tests {
         assert_eq!(mf.len(), 1);
         assert_eq!(mf.stats().flushes_full.get(), 1);
         assert!(mf.lookup(&key(3, 0)).is_some());
+    }
+
+    #[test]
+    fn revalidate_keeps_updates_and_evicts() {
+        let mut mf = MegaflowCache::new(8);
+        let m = FlowKey::field_mask(Field::NwDst);
+        for i in 0..3 {
+            mf.insert(&key(i, 0), &m, Arc::new(Xlate::default()));
+        }
+        let fresh = Arc::new(Xlate::default());
+        let kept = mf.revalidate(|masked, mask| {
+            assert_eq!(*mask, m);
+            (masked.get(Field::NwDst) != 1).then(|| fresh.clone())
+        });
+        assert_eq!((kept, mf.len()), (2, 2));
+        assert!(mf.lookup(&key(1, 0)).is_none());
+        assert!(Arc::ptr_eq(mf.lookup(&key(2, 0)).expect("kept"), &fresh));
+        assert_eq!(mf.stats().evicted.get(), 1);
+        mf.revalidate(|_, _| None);
+        assert_eq!((mf.len(), mf.n_masks()), (0, 0));
     }
 }

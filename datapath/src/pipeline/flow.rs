@@ -10,10 +10,11 @@
 //!
 //! Program updates: at the start of each burst and in `maintain`, the
 //! pipeline compares the published generation of its [`FlowTables`] with
-//! the one its caches were built from; on a change it takes the new program
-//! and flushes the EMC and megaflow cache (simple and exact: no cached
-//! answer from an old program survives). No lock is taken and no packet is
-//! lost.
+//! the one its caches were built from; on a change it takes the new program,
+//! flushes the EMC and revalidates the megaflow cache (see
+//! `FlowPipeline::reload`): no cached answer from an old program survives
+//! unless the new program gives the same class the same mask-compatible
+//! translation. No lock is taken and no packet is lost.
 //!
 //! Extension points: `ct(...)` and tunnel push/pop call an [`ActionHooks`]
 //! implementation; [`NoHooks`] (the default) drops those packets under
@@ -46,6 +47,10 @@ use crate::stats::Counter;
 
 /// Maximum recirculations per packet.
 pub const MAX_RECIRC: usize = 4;
+
+/// Largest megaflow cache revalidated on a program change; larger caches
+/// are flushed (each revalidation is a slow-path translation on the PMD).
+pub const REVALIDATE_LIMIT: usize = 1024;
 
 /// How often `maintain` re-sorts megaflow subtables and ages MAC entries.
 const HOUSEKEEPING_NS: u64 = 1_000_000_000;
@@ -156,13 +161,15 @@ impl FlowPipelineStats {
             mf.probes.get() as f64 / (hits + mf.tier.miss.get()) as f64
         };
         format!(
-            "  packets received: {}\n  emc hits: {}\n  megaflow hits: {}\n  avg. subtable lookups per megaflow lookup: {avg:.2}\n  miss with success upcall: {}\n  megaflows installed: {}\n  megaflow cache full flushes: {}\n  program reloads: {}\n  recirculations: {}\n  packet-ins: {}\n",
+            "  packets received: {}\n  emc hits: {}\n  megaflow hits: {}\n  avg. subtable lookups per megaflow lookup: {avg:.2}\n  miss with success upcall: {}\n  megaflows installed: {}\n  megaflow cache full flushes: {}\n  megaflows revalidated: {}\n  megaflows evicted by revalidation: {}\n  program reloads: {}\n  recirculations: {}\n  packet-ins: {}\n",
             self.packets.get(),
             self.emc.hit.get(),
             hits,
             self.upcalls.get(),
             mf.installed.get(),
             mf.flushes_full.get(),
+            mf.revalidated.get(),
+            mf.evicted.get(),
             self.reloads.get(),
             self.recirculations.get(),
             self.packet_ins.get(),
@@ -508,16 +515,36 @@ impl<H> FlowPipeline<H> {
         self.megaflow.n_masks()
     }
 
-    /// Picks up a newly published program, flushing the caches.
+    /// Picks up a newly published program and revalidates the caches.
     #[inline]
     fn check_program(&mut self) {
         if self.tables.generation() != self.generation {
-            self.program = self.tables.program();
-            self.generation = self.program.generation;
-            self.emc.flush();
-            self.megaflow.flush();
-            self.stats.reloads.inc();
+            self.reload();
         }
+    }
+
+    /// Takes the current program. Each megaflow is re-translated from its
+    /// masked key (a member of its own class); it stays, with the new
+    /// actions, when the new megaflow mask is within the old one (then
+    /// every packet of the old class gets those actions), and is removed
+    /// otherwise. Above [`REVALIDATE_LIMIT`] megaflows the cache is flushed
+    /// instead, bounding the pause. The EMC is always flushed (it refills
+    /// from the megaflows at one probe per flow).
+    #[cold]
+    fn reload(&mut self) {
+        self.program = self.tables.program();
+        self.generation = self.program.generation;
+        self.emc.flush();
+        if self.megaflow.len() <= REVALIDATE_LIMIT {
+            let prog = &self.program;
+            self.megaflow.revalidate(|masked, mask| {
+                let t = translate(prog, masked, None);
+                t.mask.is_subset_of(mask).then_some(t.xlate)
+            });
+        } else {
+            self.megaflow.flush();
+        }
+        self.stats.reloads.inc();
     }
 
     /// The slow path: translates `key`, installs the megaflow and the EMC
@@ -741,6 +768,28 @@ mod tests {
             "the cached answer of the old program is gone"
         );
         assert_eq!(p.stats().reloads.get(), 1);
+        assert_eq!(
+            p.stats().megaflow.revalidated.get(),
+            1,
+            "same class, new actions"
+        );
+        assert_eq!(
+            p.stats().upcalls.get(),
+            1,
+            "no new upcall after revalidation"
+        );
+        // A rule in a table this traffic never reaches keeps the megaflow.
+        t.add_flow("table=7,priority=1 actions=drop", 1)
+            .expect("add");
+        let mut out = run(&mut p, 1, 3, std::slice::from_ref(&f));
+        assert_eq!(out.take(PortNo(4)).len(), 1);
+        assert_eq!(p.stats().upcalls.get(), 1);
+        // A higher-priority rule that now matches evicts it.
+        t.add_flow("priority=5,tcp actions=output:2", 1)
+            .expect("add");
+        let mut out = run(&mut p, 1, 3, std::slice::from_ref(&f));
+        assert_eq!(out.take(PortNo(2)).len(), 1);
+        assert_eq!(p.stats().megaflow.evicted.get(), 1);
         t.del_flows("", false, 2).expect("delete");
         let out = run(&mut p, 2, 3, &[f]);
         assert_eq!(out.drops.get(DropReason::TableMiss), 1);
