@@ -531,33 +531,28 @@ impl Server {
             loop {
                 match s.parser.next_value() {
                     Ok(Some(v)) => match Message::from_json(v) {
-                        Ok(m) => msgs.push(m),
+                        Ok(m) => msgs.push(Ok(m)),
                         Err(e) => {
-                            msgs.push(Message::Notification {
-                                method: "\u{0}protocol-error".into(),
-                                params: json!([e.to_string()]),
-                            });
+                            msgs.push(Err(e.to_string()));
                             break;
                         }
                     },
                     Ok(None) => break,
                     Err(e) => {
-                        msgs.push(Message::Notification {
-                            method: "\u{0}protocol-error".into(),
-                            params: json!([e.to_string()]),
-                        });
+                        msgs.push(Err(e.to_string()));
                         break;
                     }
                 }
             }
         }
         for m in msgs {
-            if let Message::Notification { method, params } = &m {
-                if method == "\u{0}protocol-error" {
-                    self.protocol_error(id, params[0].as_str().unwrap_or_default());
+            let m = match m {
+                Ok(m) => m,
+                Err(text) => {
+                    self.protocol_error(id, &text);
                     return;
                 }
-            }
+            };
             let unixctl = self.sessions.get(&id).is_some_and(|s| s.unixctl);
             if unixctl {
                 self.handle_unixctl(id, m);
