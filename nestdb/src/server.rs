@@ -802,16 +802,22 @@ impl Server {
         match method {
             "lock" => {
                 if q.contains(&sid) {
-                    return Err(OvsdbError::new(
-                        "duplicate lock",
-                        format!("This session already requested lock {name}."),
-                    )
+                    return Err(OvsdbError::syntax(format!(
+                        "This session already requested lock {name}."
+                    ))
                     .to_json());
                 }
                 q.push_back(sid);
                 Ok(json!({"locked": q.front() == Some(&sid)}))
             }
             "steal" => {
+                if q.contains(&sid) {
+                    // As ovsdb-server: steal is for sessions that have not asked yet.
+                    return Err(OvsdbError::syntax(format!(
+                        "This session already owns or is waiting for lock {name}; unlock it first."
+                    ))
+                    .to_json());
+                }
                 let victim = q.front().copied();
                 q.retain(|&x| x != sid);
                 q.push_front(sid);
@@ -827,6 +833,15 @@ impl Server {
                 Ok(json!({"locked": true}))
             }
             _ => {
+                if !q.contains(&sid) {
+                    if q.is_empty() {
+                        self.locks.remove(&name);
+                    }
+                    return Err(OvsdbError::syntax(format!(
+                        "This session neither owns nor waits for lock {name}."
+                    ))
+                    .to_json());
+                }
                 let was_owner = q.front() == Some(&sid);
                 q.retain(|&x| x != sid);
                 let next = if was_owner { q.front().copied() } else { None };

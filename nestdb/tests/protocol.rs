@@ -283,7 +283,13 @@ fn locks_notify_locked_and_stolen() {
     );
     assert_eq!(
         a.call("lock", json!(["L"])).unwrap_err()["error"],
-        "duplicate lock"
+        "syntax error",
+        "a lock requested twice is refused as ovsdb-server does"
+    );
+    assert_eq!(
+        b.call("steal", json!(["L"])).unwrap_err()["error"],
+        "syntax error",
+        "a waiter may not steal"
     );
     assert_eq!(
         a.transact(json!([{"op": "assert", "lock": "L"}]))[0],
