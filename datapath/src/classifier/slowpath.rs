@@ -38,6 +38,11 @@ use crate::packet::PortNo;
 /// Maximum `goto_table`/`resubmit` nesting.
 pub const MAX_DEPTH: usize = 64;
 
+/// Maximum table lookups in one translation (OVS `MAX_RESUBMITS`): bounds
+/// programs that fan out (`resubmit(,1),resubmit(,1)` in every table),
+/// whose walk would otherwise grow exponentially within the depth limit.
+pub const MAX_LOOKUPS: usize = 4096;
+
 /// The cached outcome of translating one megaflow.
 #[derive(Debug, Default)]
 pub struct Xlate {
@@ -75,6 +80,7 @@ struct Ctx<'a> {
     actions: Vec<DpAction>,
     rules: Vec<Arc<RuleStats>>,
     depth: usize,
+    lookups: usize,
     stop: bool,
     trace: Option<&'a mut String>,
 }
@@ -96,7 +102,19 @@ impl Ctx<'_> {
         self.stop = true;
     }
 
-    fn table(&mut self, table: u8) {
+    /// Looks the key up in `table` and runs the matching rule's actions.
+    /// A miss in a table reached by `resubmit` does nothing (the caller's
+    /// remaining actions continue, as in OVS); elsewhere it follows the
+    /// table's miss behaviour.
+    fn table(&mut self, table: u8, resubmit: bool) {
+        self.lookups += 1;
+        if self.lookups > MAX_LOOKUPS {
+            self.note(format_args!(
+                ">>>> more than {MAX_LOOKUPS} table lookups: dropping (resubmit fan-out in the flow program?) <<<<"
+            ));
+            self.finish_with(DropReason::ResubmitLimit);
+            return;
+        }
         if self.depth >= MAX_DEPTH {
             self.note(format_args!(
                 ">>>> resubmit depth {MAX_DEPTH} exceeded: dropping (loop in the flow program?) <<<<"
@@ -134,6 +152,9 @@ impl Ctx<'_> {
                     self.actions_of(&r.spec.actions, table);
                 }
             }
+            None if resubmit => {
+                self.note(format_args!("{table}. No match. (resubmit: continuing)"));
+            }
             None => {
                 self.note(format_args!(
                     "{table}. No match. (table-miss: {:?})",
@@ -146,7 +167,7 @@ impl Ctx<'_> {
                         self.stop = true;
                     }
                     MissAction::Continue if usize::from(table) + 1 < N_TABLES => {
-                        self.table(table + 1)
+                        self.table(table + 1, false)
                     }
                     MissAction::Continue => self.finish_with(DropReason::TableMiss),
                 }
@@ -178,7 +199,7 @@ impl Ctx<'_> {
                     .push(DpAction::Controller { max_len: *max_len }),
                 Action::Normal => self.actions.push(DpAction::Normal),
                 Action::GotoTable(t) => {
-                    self.table(*t);
+                    self.table(*t, false);
                     return;
                 }
                 Action::Resubmit { port, table: t } => {
@@ -186,7 +207,7 @@ impl Ctx<'_> {
                     if let Some(p) = port {
                         self.key.set(Field::InPort, u128::from(p.0));
                     }
-                    self.table(t.unwrap_or(table));
+                    self.table(t.unwrap_or(table), true);
                     self.key.set(Field::InPort, saved);
                 }
                 Action::SetField { field, value, mask } => self.set_field(*field, *value, *mask),
@@ -324,6 +345,7 @@ pub fn translate(prog: &FlowProgram, key: &FlowKey, trace: Option<&mut String>) 
         actions: Vec::new(),
         rules: Vec::new(),
         depth: 0,
+        lookups: 0,
         stop: false,
         trace,
     };
@@ -331,7 +353,7 @@ pub fn translate(prog: &FlowProgram, key: &FlowKey, trace: Option<&mut String>) 
     // packet must never hit an ingress megaflow.
     cx.unwildcard(Field::RecircId);
     let table = if start == 0 { 0 } else { (start - 1) as u8 };
-    cx.table(table);
+    cx.table(table, false);
     let mask = cx.mask;
     let actions = cx.actions;
     if let Some(t) = cx.trace {
@@ -557,5 +579,27 @@ mod tests {
             t.xlate.actions.last(),
             Some(&DpAction::Drop(DropReason::ResubmitLimit))
         );
+    }
+
+    #[test]
+    fn resubmit_fan_out_is_bounded() {
+        // 2^40 paths within the depth limit: must stop after MAX_LOOKUPS.
+        let flows: Vec<String> = (0..40)
+            .map(|t| {
+                format!(
+                    "table={t},priority=1 actions=resubmit(,{}),resubmit(,{})",
+                    t + 1,
+                    t + 1
+                )
+            })
+            .collect();
+        let refs: Vec<&str> = flows.iter().map(String::as_str).collect();
+        let p = program(&refs, &[]);
+        let t = translate(&p, &pkt([1, 1, 1, 1], 1, 1), None);
+        assert_eq!(
+            t.xlate.actions.last(),
+            Some(&DpAction::Drop(DropReason::ResubmitLimit))
+        );
+        assert!(t.xlate.rules.len() <= MAX_LOOKUPS);
     }
 }

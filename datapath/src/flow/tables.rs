@@ -145,6 +145,32 @@ impl FlowTables {
         Ok(self.apply_bundle(&[FlowMod::Delete { filter, strict }], now)?)
     }
 
+    /// `mod-flows` (loose) or `mod-flows --strict`: `flow` is a match (with
+    /// `table=`/`priority=`/`cookie=V/M` as for `del-flows`) followed by
+    /// `actions=`; the selected rules get the new actions and keep their
+    /// counters.
+    pub fn mod_flows(
+        &self,
+        flow: &str,
+        strict: bool,
+        now: Nanos,
+    ) -> Result<BundleSummary, FlowTablesError> {
+        let (filter, actions) = text::parse_mod(flow).map_err(parse_err(1))?;
+        Ok(self.apply_bundle(
+            &[FlowMod::Modify {
+                filter,
+                strict,
+                actions,
+            }],
+            now,
+        )?)
+    }
+
+    /// `del-groups group_id=N`.
+    pub fn del_group(&self, id: u32, now: Nanos) -> Result<BundleSummary, BundleError> {
+        self.apply_bundle(&[FlowMod::DeleteGroup(id)], now)
+    }
+
     /// `add-group`.
     pub fn add_group(&self, group: &str, now: Nanos) -> Result<BundleSummary, FlowTablesError> {
         let g = text::parse_group(group).map_err(parse_err(1))?;
@@ -462,5 +488,28 @@ mod tests {
     fn handle_is_send_sync_clone() {
         fn check<T: Send + Sync + Clone>() {}
         check::<FlowTables>();
+    }
+
+    #[test]
+    fn mod_flows_loose_and_strict() {
+        let t = FlowTables::new();
+        t.add_flows(
+            "priority=1,ip actions=output:1\npriority=2,tcp actions=output:2",
+            0,
+        )
+        .expect("add");
+        let sum = t.mod_flows("ip actions=output:7", false, 0).expect("loose");
+        assert_eq!(sum.modified, 2, "tcp lies within ip");
+        let sum = t
+            .mod_flows("priority=2,tcp actions=output:8", true, 0)
+            .expect("strict");
+        assert_eq!(sum.modified, 1);
+        let dump = t.dump_flows("", 0).expect("dump");
+        assert!(dump.contains("priority=2,tcp actions=output:8"), "{dump}");
+        assert!(dump.contains("priority=1,ip actions=output:7"), "{dump}");
+        let e = t.mod_flows("ip", false, 0).expect_err("needs actions");
+        assert!(e.to_string().contains("missing `actions=`"), "{e}");
+        let e = t.del_group(4, 0).expect_err("no group");
+        assert!(e.to_string().contains("group 4 does not exist"), "{e}");
     }
 }

@@ -605,6 +605,30 @@ pub fn parse_filter(s: &str) -> Result<FlowFilter, ParseError> {
     })
 }
 
+/// Parses a `mod-flows` string: a filter (as [`parse_filter`]) followed by
+/// `actions=`.
+pub fn parse_mod(s: &str) -> Result<(FlowFilter, Vec<Action>), ParseError> {
+    let (p, apart) = parse_items(s, true)?;
+    let Some((off, a)) = apart else {
+        return Err(ParseError {
+            column: s.len() + 1,
+            token: s.trim().to_string(),
+            kind: ParseErrorKind::MissingActions,
+        });
+    };
+    let actions = parse_actions(a, off)?;
+    Ok((
+        FlowFilter {
+            table: p.table,
+            priority: p.spec.priority,
+            m: p.spec.m,
+            cookie: p.spec.cookie,
+            cookie_mask: p.cookie_mask,
+        },
+        actions,
+    ))
+}
+
 /// Parses a flow description for `trace` (`in_port=1,tcp,nw_dst=...`):
 /// the match's key is the packet.
 pub fn parse_packet(s: &str) -> Result<FlowKey, ParseError> {
