@@ -1,0 +1,586 @@
+//! Traffic scenarios: the frames a generator replays and the flow program
+//! that forwards them, for Sluice and for the OVS-DPDK peer.
+//!
+//! Every scenario sends from OpenFlow port [`IN_PORT`] (the `net_pcap`
+//! input) to port [`OUT_PORT`] (the `net_null` sink). Frames are 64 bytes
+//! on the wire (60 in the pcap; the NIC would add the 4-byte FCS), except
+//! Geneve frames, which carry a whole inner frame. One frame per distinct
+//! flow, up to [`MAX_FRAMES`]; the generator replays the file forever
+//! (`infinite_rx=1`), so with N flows every flow recurs every N packets.
+//!
+//! Addresses (all locally administered / private):
+//! - pod A (the sender): MAC `02:00:00:00:00:01`, IPs from `10.244.0.1`
+//!   upward; flow `j` uses source IP `10.244.0.1 + j / 60000` and source
+//!   port `1024 + j % 60000`, so flows are distinct 5-tuples;
+//! - pod B (the l2 receiver): MAC `02:00:00:00:00:02`, `10.244.255.2`;
+//! - the router (l3): MAC `02:00:00:00:00:fe`, next hop `02:00:00:00:01:01`;
+//!   route `i` (of [`L3_ROUTES`]) is `10.(1 + i / 256).(i % 256).0/24`;
+//! - Services: VIP `s` is `10.96.0.0 + s`, TCP port 80; endpoint `e` of a
+//!   service is `10.245.0.0 + 10 s + e`, port 8080;
+//! - VTEPs: local `172.16.0.1`, remote `172.16.0.2`, VNI 5001.
+//!
+//! Thread-safety: pure functions.
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+use etherparse::PacketBuilder;
+use serde::{Deserialize, Serialize};
+
+/// OpenFlow port of the traffic source in every peer.
+pub const IN_PORT: u16 = 1;
+/// OpenFlow port of the sink in every peer.
+pub const OUT_PORT: u16 = 2;
+/// Most frames written into one pcap (net_pcap loads them all into mbufs).
+pub const MAX_FRAMES: usize = 1 << 20;
+/// Routes in the l3 scenario.
+pub const L3_ROUTES: u32 = 10_000;
+/// Endpoints per Service.
+pub const ENDPOINTS_PER_SERVICE: u32 = 10;
+/// Frame length without FCS (64 bytes on the wire).
+pub const FRAME_LEN: usize = 60;
+
+/// Pod A's MAC.
+pub const POD_A_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+/// Pod B's MAC.
+pub const POD_B_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+/// The router's MAC.
+pub const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
+/// The next hop's MAC.
+pub const NEXT_HOP_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
+/// The remote VTEP's MAC.
+pub const REMOTE_VTEP_MAC: [u8; 6] = [2, 0, 0, 0, 2, 2];
+/// Local VTEP address.
+pub const LOCAL_VTEP: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 1);
+/// Remote VTEP address.
+pub const REMOTE_VTEP: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 2);
+/// Geneve VNI of the overlay.
+pub const VNI: u32 = 5001;
+/// Geneve UDP port.
+pub const GENEVE_PORT: u16 = 6081;
+
+/// The kinds of traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// MAC forwarding pod A → pod B.
+    L2,
+    /// Routing by destination prefix over [`L3_ROUTES`] routes.
+    L3,
+    /// Pod → ClusterIP TCP, established connections (both directions).
+    Dnat,
+    /// Pod → ClusterIP TCP SYNs, every packet a new connection.
+    DnatNew,
+    /// Pod → remote pod over Geneve.
+    Encap,
+    /// Geneve from the remote VTEP → local pod.
+    Decap,
+    /// l2 + l3 + ARP + ICMP (no overlay, no Services).
+    Mixed,
+}
+
+impl Kind {
+    /// Every kind, in report order.
+    pub const ALL: [Kind; 7] = [
+        Kind::L2,
+        Kind::L3,
+        Kind::Mixed,
+        Kind::Dnat,
+        Kind::DnatNew,
+        Kind::Encap,
+        Kind::Decap,
+    ];
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::L2 => "l2",
+            Kind::L3 => "l3",
+            Kind::Dnat => "dnat",
+            Kind::DnatNew => "dnat-new",
+            Kind::Encap => "encap",
+            Kind::Decap => "decap",
+            Kind::Mixed => "mixed",
+        }
+    }
+
+    /// Parses [`Kind::name`].
+    pub fn from_name(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    /// Whether the scenario needs Services (conntrack + NAT).
+    pub fn uses_services(self) -> bool {
+        matches!(self, Kind::Dnat | Kind::DnatNew)
+    }
+}
+
+/// One scenario: a kind with its scale parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scenario {
+    /// Traffic kind.
+    pub kind: Kind,
+    /// Distinct flows (client connections for `dnat`).
+    pub flows: u32,
+    /// Services (only `dnat`, `dnat-new`).
+    pub services: u32,
+}
+
+/// A flow program in `ovs-ofctl` syntax: groups first, then flows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlowProgram {
+    /// `add-group` lines.
+    pub groups: Vec<String>,
+    /// `add-flow` lines.
+    pub flows: Vec<String>,
+}
+
+fn mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn add(ip: Ipv4Addr, n: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(ip).wrapping_add(n))
+}
+
+/// Source address and port of flow `j`.
+pub fn client(j: u32) -> (Ipv4Addr, u16) {
+    (
+        add(Ipv4Addr::new(10, 244, 0, 1), j / 60_000),
+        1024 + (j % 60_000) as u16,
+    )
+}
+
+/// Destination prefix (network address) of l3 route `i`.
+pub fn route(i: u32) -> Ipv4Addr {
+    Ipv4Addr::new(10, (1 + i / 256) as u8, (i % 256) as u8, 0)
+}
+
+/// VIP of Service `s`.
+pub fn vip(s: u32) -> Ipv4Addr {
+    add(Ipv4Addr::new(10, 96, 0, 0), s)
+}
+
+/// Endpoint `e` of Service `s`.
+pub fn endpoint(s: u32, e: u32) -> Ipv4Addr {
+    add(Ipv4Addr::new(10, 245, 0, 0), s * ENDPOINTS_PER_SERVICE + e)
+}
+
+fn pad(mut f: Vec<u8>) -> Vec<u8> {
+    if f.len() < FRAME_LEN {
+        f.resize(FRAME_LEN, 0);
+    }
+    f
+}
+
+fn udp(src_mac: [u8; 6], dst_mac: [u8; 6], s: Ipv4Addr, d: Ipv4Addr, sp: u16, dp: u16) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(s.octets(), d.octets(), 64)
+        .udp(sp, dp);
+    let payload = [0u8; FRAME_LEN - 42];
+    let mut f = Vec::with_capacity(b.size(payload.len()));
+    // Writing into a Vec cannot fail and the sizes are far below limits.
+    let _ = b.write(&mut f, &payload);
+    pad(f)
+}
+
+fn tcp(s: Ipv4Addr, d: Ipv4Addr, sp: u16, dp: u16, syn: bool, dst_mac: [u8; 6]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(POD_A_MAC, dst_mac)
+        .ipv4(s.octets(), d.octets(), 64)
+        .tcp(sp, dp, 1000, 65_000);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    let mut f = Vec::with_capacity(FRAME_LEN);
+    let _ = b.write(&mut f, &[]);
+    pad(f)
+}
+
+fn icmp_echo(j: u32, d: Ipv4Addr) -> Vec<u8> {
+    let (s, _) = client(j);
+    let b = PacketBuilder::ethernet2(POD_A_MAC, ROUTER_MAC)
+        .ipv4(s.octets(), d.octets(), 64)
+        .icmpv4_echo_request((j & 0xffff) as u16, (j >> 16) as u16);
+    let mut f = Vec::with_capacity(FRAME_LEN);
+    let _ = b.write(&mut f, &[0u8; FRAME_LEN - 42]);
+    pad(f)
+}
+
+/// An ARP request from `spa` for `tpa`, broadcast.
+pub fn arp_request(spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
+    let mut f = Vec::with_capacity(FRAME_LEN);
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&POD_A_MAC);
+    f.extend_from_slice(&0x0806u16.to_be_bytes());
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&POD_A_MAC);
+    f.extend_from_slice(&spa.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&tpa.octets());
+    pad(f)
+}
+
+/// Wraps `inner` in Ethernet/IPv4/UDP/Geneve from the remote VTEP to the
+/// local one (no options; the outer UDP checksum is zero, as allowed).
+pub fn geneve(inner: &[u8], src_port: u16) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(8 + inner.len());
+    // Version 0, no options, protocol Transparent Ethernet Bridging.
+    payload.extend_from_slice(&[0, 0, 0x65, 0x58]);
+    payload.extend_from_slice(&(VNI << 8).to_be_bytes());
+    payload.extend_from_slice(inner);
+    let b = PacketBuilder::ethernet2(REMOTE_VTEP_MAC, ROUTER_MAC)
+        .ipv4(REMOTE_VTEP.octets(), LOCAL_VTEP.octets(), 64)
+        .udp(src_port, GENEVE_PORT);
+    let mut f = Vec::with_capacity(b.size(payload.len()));
+    let _ = b.write(&mut f, &payload);
+    f
+}
+
+impl Scenario {
+    /// A scenario with `flows` flows and, for Service kinds, `services`
+    /// Services (clamped to at least 1 each).
+    pub fn new(kind: Kind, flows: u32, services: u32) -> Self {
+        Self {
+            kind,
+            flows: flows.max(1),
+            services: if kind.uses_services() {
+                services.max(1)
+            } else {
+                0
+            },
+        }
+    }
+
+    /// A short label such as `l3/10000` or `dnat/1000x10`.
+    pub fn label(&self) -> String {
+        if self.kind.uses_services() {
+            format!("{}/{}f/{}svc", self.kind.name(), self.flows, self.services)
+        } else {
+            format!("{}/{}f", self.kind.name(), self.flows)
+        }
+    }
+
+    /// Number of frames in the pcap.
+    pub fn frame_count(&self) -> usize {
+        let n = match self.kind {
+            // Both directions of each connection.
+            Kind::Dnat => self.flows as usize * 2,
+            _ => self.flows as usize,
+        };
+        n.clamp(1, MAX_FRAMES)
+    }
+
+    /// Frame `j` of the scenario.
+    pub fn frame(&self, j: u32) -> Vec<u8> {
+        let (src, sport) = client(j);
+        match self.kind {
+            Kind::L2 => udp(
+                POD_A_MAC,
+                POD_B_MAC,
+                src,
+                Ipv4Addr::new(10, 244, 255, 2),
+                sport,
+                5001,
+            ),
+            Kind::L3 => self.l3_frame(j),
+            Kind::Dnat => {
+                // Even frames: client → VIP; odd: endpoint → client reply
+                // (what the reply looks like before un-DNAT).
+                let c = j / 2;
+                let (src, sport) = client(c);
+                let s = c % self.services;
+                if j % 2 == 0 {
+                    tcp(src, vip(s), sport, 80, false, ROUTER_MAC)
+                } else {
+                    let e = (c / self.services) % ENDPOINTS_PER_SERVICE;
+                    tcp(endpoint(s, e), src, 8080, sport, false, POD_A_MAC)
+                }
+            }
+            Kind::DnatNew => tcp(src, vip(j % self.services), sport, 80, true, ROUTER_MAC),
+            Kind::Encap => udp(
+                POD_A_MAC,
+                ROUTER_MAC,
+                src,
+                Ipv4Addr::new(10, 246, 0, 2),
+                sport,
+                5001,
+            ),
+            Kind::Decap => {
+                let inner = udp(
+                    [2, 0, 0, 0, 3, 3],
+                    POD_A_MAC,
+                    Ipv4Addr::new(10, 246, 0, 2),
+                    add(Ipv4Addr::new(10, 244, 0, 1), j / 60_000),
+                    sport,
+                    5001,
+                );
+                geneve(&inner, sport)
+            }
+            Kind::Mixed => match j % 20 {
+                // 1/20 ARP, 1/20 ICMP, 6/20 l2, 12/20 l3.
+                0 => arp_request(src, Ipv4Addr::new(10, 244, 0, 254)),
+                1 => icmp_echo(j, route(j % L3_ROUTES)),
+                2..=7 => udp(
+                    POD_A_MAC,
+                    POD_B_MAC,
+                    src,
+                    Ipv4Addr::new(10, 244, 255, 2),
+                    sport,
+                    5001,
+                ),
+                _ => self.l3_frame(j),
+            },
+        }
+    }
+
+    fn l3_frame(&self, j: u32) -> Vec<u8> {
+        let (src, sport) = client(j);
+        let r = j % L3_ROUTES;
+        let host = 1 + (j / L3_ROUTES) % 254;
+        udp(POD_A_MAC, ROUTER_MAC, src, add(route(r), host), sport, 5001)
+    }
+
+    /// Every frame of the pcap, in order.
+    pub fn frames(&self) -> impl Iterator<Item = Vec<u8>> + '_ {
+        (0..self.frame_count() as u32).map(|j| self.frame(j))
+    }
+
+    fn l2_flows(out: &mut Vec<String>) {
+        out.push(format!(
+            "priority=100,in_port={IN_PORT},dl_dst={} actions=output:{OUT_PORT}",
+            mac(POD_B_MAC)
+        ));
+    }
+
+    fn l3_flows(out: &mut Vec<String>) {
+        for i in 0..L3_ROUTES {
+            out.push(format!(
+                "priority=24,ip,dl_dst={},nw_dst={}/24 actions=mod_dl_src:{},mod_dl_dst:{},dec_ttl,output:{OUT_PORT}",
+                mac(ROUTER_MAC),
+                route(i),
+                mac(ROUTER_MAC),
+                mac(NEXT_HOP_MAC),
+            ));
+        }
+    }
+
+    /// The OVN-style Service program (conntrack zone 1, one select group
+    /// per Service, ct_mark bit 1 for connections we DNATed). `exec` adds
+    /// OVS's `exec(set_field:1->ct_mark)`, which the Sluice flow syntax does
+    /// not have yet.
+    fn service_program(&self, exec: bool) -> FlowProgram {
+        let mut p = FlowProgram::default();
+        let mark = if exec {
+            ",exec(set_field:1->ct_mark)"
+        } else {
+            ""
+        };
+        for s in 0..self.services {
+            let mut g = format!("group_id={},type=select,selection_method=hash", s + 1);
+            for e in 0..ENDPOINTS_PER_SERVICE {
+                let _ = write!(
+                    g,
+                    ",bucket=bucket_id:{e},weight:100,actions=ct(commit,zone=1,table=2,nat(dst={}:8080){mark})",
+                    endpoint(s, e)
+                );
+            }
+            p.groups.push(g);
+            p.flows.push(format!(
+                "table=1,priority=100,ct_state=+new+trk,tcp,nw_dst={},tp_dst=80 actions=group:{}",
+                vip(s),
+                s + 1
+            ));
+        }
+        p.flows
+            .push("table=0,priority=100,tcp actions=ct(zone=1,table=1,nat)".to_string());
+        p.flows.push(format!(
+            "table=1,priority=200,ct_state=+est+trk,tcp actions=output:{OUT_PORT}"
+        ));
+        p.flows.push(format!(
+            "table=1,priority=150,ct_state=+new+trk,ct_mark=1,tcp actions=output:{OUT_PORT}"
+        ));
+        p.flows
+            .push(format!("table=2,priority=0 actions=output:{OUT_PORT}"));
+        p
+    }
+
+    /// The program for Sluice's flow pipeline (ovs-ofctl syntax).
+    pub fn sluice_program(&self) -> FlowProgram {
+        match self.kind {
+            Kind::Dnat | Kind::DnatNew => self.service_program(false),
+            _ => self.common_program(),
+        }
+    }
+
+    /// The equivalent program for OVS (`ovs-ofctl -O OpenFlow15`), or
+    /// `None` when the runner has no OVS configuration for the kind yet.
+    pub fn ovs_program(&self) -> Option<FlowProgram> {
+        match self.kind {
+            Kind::Dnat | Kind::DnatNew => Some(self.service_program(true)),
+            Kind::Encap | Kind::Decap => None,
+            _ => Some(self.common_program()),
+        }
+    }
+
+    fn common_program(&self) -> FlowProgram {
+        let mut p = FlowProgram::default();
+        match self.kind {
+            Kind::L2 => Self::l2_flows(&mut p.flows),
+            Kind::L3 => Self::l3_flows(&mut p.flows),
+            Kind::Mixed => {
+                Self::l2_flows(&mut p.flows);
+                Self::l3_flows(&mut p.flows);
+                p.flows
+                    .push(format!("priority=50,arp actions=output:{OUT_PORT}"));
+            }
+            Kind::Encap => p.flows.push(format!(
+                "priority=100,ip,nw_dst=10.246.0.0/16 actions=set_field:{VNI}->tun_id,set_field:{REMOTE_VTEP}->tun_dst,tnl_push,output:{OUT_PORT}"
+            )),
+            Kind::Decap => {
+                p.flows.push(format!(
+                    "priority=100,udp,nw_dst={LOCAL_VTEP},tp_dst={GENEVE_PORT} actions=tnl_pop"
+                ));
+                p.flows.push(format!(
+                    "priority=90,tun_id={VNI},dl_dst={} actions=output:{OUT_PORT}",
+                    mac(POD_A_MAC)
+                ));
+            }
+            Kind::Dnat | Kind::DnatNew => {}
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+
+    fn parse(f: &[u8]) -> SlicedPacket<'_> {
+        SlicedPacket::from_ethernet(f).expect("etherparse parses our frame")
+    }
+
+    #[test]
+    fn l2_frames_are_64_bytes_and_distinct_flows() {
+        let sc = Scenario::new(Kind::L2, 1000, 0);
+        let frames: Vec<_> = sc.frames().collect();
+        assert_eq!(frames.len(), 1000);
+        let mut tuples = std::collections::HashSet::new();
+        for f in &frames {
+            assert_eq!(f.len(), FRAME_LEN);
+            let p = parse(f);
+            let Some(NetSlice::Ipv4(ip)) = &p.net else {
+                panic!("not IPv4")
+            };
+            let Some(TransportSlice::Udp(u)) = &p.transport else {
+                panic!("not UDP")
+            };
+            assert_eq!(
+                ip.header().destination_addr(),
+                Ipv4Addr::new(10, 244, 255, 2)
+            );
+            tuples.insert((ip.header().source_addr(), u.source_port()));
+        }
+        assert_eq!(tuples.len(), 1000);
+    }
+
+    #[test]
+    fn l3_frames_hit_their_route() {
+        let sc = Scenario::new(Kind::L3, 20_000, 0);
+        for j in [0u32, 1, 9_999, 10_000, 19_999] {
+            let f = sc.frame(j);
+            let p = parse(&f);
+            let Some(NetSlice::Ipv4(ip)) = &p.net else {
+                panic!("not IPv4")
+            };
+            let d = u32::from(ip.header().destination_addr()) & 0xffff_ff00;
+            assert_eq!(Ipv4Addr::from(d), route(j % L3_ROUTES));
+            assert_eq!(ip.header().ttl(), 64);
+        }
+        assert_eq!(sc.sluice_program().flows.len(), L3_ROUTES as usize);
+    }
+
+    #[test]
+    fn dnat_frames_carry_both_directions() {
+        let sc = Scenario::new(Kind::Dnat, 100, 10);
+        assert_eq!(sc.frame_count(), 200);
+        let f0 = sc.frame(0);
+        let p = parse(&f0);
+        let Some(TransportSlice::Tcp(t)) = &p.transport else {
+            panic!("not TCP")
+        };
+        assert_eq!(t.destination_port(), 80);
+        assert!(t.ack() && !t.syn());
+        let f1 = sc.frame(1);
+        let p = parse(&f1);
+        let Some(TransportSlice::Tcp(t)) = &p.transport else {
+            panic!("not TCP")
+        };
+        assert_eq!(t.source_port(), 8080);
+        let prog = sc.ovs_program().unwrap();
+        assert_eq!(prog.groups.len(), 10);
+        assert!(prog.groups[0].contains("exec(set_field:1->ct_mark)"));
+        assert!(!sc.sluice_program().groups[0].contains("exec"));
+    }
+
+    #[test]
+    fn dnat_new_frames_are_syns() {
+        let sc = Scenario::new(Kind::DnatNew, 5, 3);
+        let f4 = sc.frame(4);
+        let p = parse(&f4);
+        let Some(TransportSlice::Tcp(t)) = &p.transport else {
+            panic!("not TCP")
+        };
+        assert!(t.syn() && !t.ack());
+        let Some(NetSlice::Ipv4(ip)) = &p.net else {
+            panic!("not IPv4")
+        };
+        assert_eq!(ip.header().destination_addr(), vip(1));
+    }
+
+    #[test]
+    fn mixed_has_arp_icmp_l2_l3() {
+        let sc = Scenario::new(Kind::Mixed, 40, 0);
+        let f = sc.frame(0);
+        assert_eq!(f.len(), FRAME_LEN);
+        assert_eq!(&f[12..14], &[0x08, 0x06]);
+        let eth = etherparse::Ethernet2Header::from_slice(&f).unwrap().0;
+        assert_eq!(eth.destination, [0xff; 6]);
+        let f1 = sc.frame(1);
+        assert!(matches!(
+            parse(&f1).transport,
+            Some(TransportSlice::Icmpv4(_))
+        ));
+        let f10 = sc.frame(10);
+        let p = parse(&f10);
+        assert!(matches!(p.transport, Some(TransportSlice::Udp(_))));
+    }
+
+    #[test]
+    fn decap_frames_are_geneve_with_inner_frame() {
+        let sc = Scenario::new(Kind::Decap, 3, 0);
+        let f = sc.frame(2);
+        let p = parse(&f);
+        let Some(TransportSlice::Udp(u)) = &p.transport else {
+            panic!("not UDP")
+        };
+        assert_eq!(u.destination_port(), GENEVE_PORT);
+        let payload = u.payload();
+        assert_eq!(&payload[2..4], &[0x65, 0x58]);
+        assert_eq!(
+            u32::from_be_bytes([0, payload[4], payload[5], payload[6]]),
+            VNI
+        );
+        let inner = parse(&payload[8..]);
+        assert!(matches!(inner.transport, Some(TransportSlice::Udp(_))));
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for k in Kind::ALL {
+            assert_eq!(Kind::from_name(k.name()), Some(k));
+        }
+        assert_eq!(Kind::from_name("nope"), None);
+    }
+}
