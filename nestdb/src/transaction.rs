@@ -464,8 +464,9 @@ impl<'a> Txn<'a> {
             )));
         }
         let mname = parts[1].as_str().unwrap_or_default();
-        let mutator = Mutator::parse(mname)
-            .ok_or_else(|| OvsdbError::syntax(format!("Unknown mutator {}.", parts[1])))?;
+        let mutator = Mutator::parse(mname).ok_or_else(|| {
+            OvsdbError::new("unknown mutator", format!("No mutator named {}.", parts[1]))
+        })?;
         let ty = &col.ty;
         let arg = match mutator {
             Mutator::Insert | Mutator::Delete => {

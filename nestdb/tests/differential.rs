@@ -137,6 +137,42 @@ fn scripts() -> Vec<(&'static str, Vec<Value>)> {
             ],
         ),
         (
+            "edge cases",
+            vec![
+                json!([{"op": "insert", "table": "Node", "uuid-name": "a", "row": {"name": "a", "weight": 0.5, "labels": ["map", [["k", "v"], ["x", "y"]]]}},
+                   {"op": "insert", "table": "Node", "row": {"name": "b", "peers": ["set", [["named-uuid", "a"]]]}},
+                   {"op": "select", "table": "Node", "where": [["name", "==", "a"]], "columns": ["_uuid", "name"]}]),
+                json!([{"op": "select", "table": "Node", "where": [["weight", "<", 1.0]], "columns": ["name"]},
+                   {"op": "select", "table": "Node", "where": [["weight", "==", ["set", []]]], "columns": ["name"]},
+                   {"op": "select", "table": "Node", "where": [["labels", "includes", ["map", [["k", "v"]]]]], "columns": ["name"]},
+                   {"op": "select", "table": "Node", "where": [["labels", "excludes", ["map", [["k", "other"]]]]], "columns": ["name"]}]),
+                json!([{"op": "mutate", "table": "Node", "where": [["name", "==", "a"]],
+                    "mutations": [["labels", "delete", ["map", [["k", "v"], ["x", "nomatch"]]]], ["labels", "insert", ["map", [["x", "ignored"], ["n", "new"]]]]]},
+                   {"op": "select", "table": "Node", "where": [["name", "==", "a"]], "columns": ["labels"]}]),
+                json!([{"op": "mutate", "table": "Node", "where": [], "mutations": [["weight", "%=", 2.0]]}]),
+                json!([{"op": "mutate", "table": "Node", "where": [], "mutations": [["cores", "^=", 2]]}]),
+                json!([{"op": "mutate", "table": "Node", "where": [], "mutations": [["weight", "*=", 3]]},
+                   {"op": "select", "table": "Node", "where": [], "columns": ["name", "weight"]}]),
+                json!([{"op": "select", "table": "Node", "where": 5}]),
+                json!([{"op": "insert", "table": "Node", "row": []}]),
+                json!([{"op": "insert", "row": {"name": "q"}}]),
+                json!([{"op": "update", "table": "Node", "where": [], "row": {"_uuid": ["uuid", "00000000-0000-0000-0000-000000000000"]}}]),
+                json!([{"op": "insert", "table": "Node", "uuid-name": "d", "row": {"name": "d1"}},
+                   {"op": "insert", "table": "Node", "uuid-name": "d", "row": {"name": "d2"}}]),
+                json!([{"op": "insert", "table": "Node", "row": {"name": "big", "cores": 1e20}}]),
+                json!([{"op": "insert", "table": "Node", "row": {"name": "unicode", "tags": ["set", ["\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}"]]}}]),
+                json!([{"op": "insert", "table": "Node", "row": {"name": "unicode2", "tags": ["set", ["\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}"]]}}]),
+                json!([{"op": "wait", "table": "Node", "where": [["name", "==", "a"]], "columns": ["name", "weight"], "until": "==",
+                    "rows": [{"name": "a", "weight": 1.5}], "timeout": 0}]),
+                json!([{"op": "delete", "table": "Node", "where": [["name", "==", "a"]]},
+                   {"op": "select", "table": "Node", "where": [["name", "==", "b"]], "columns": ["peers"]}]),
+                json!([{"op": "select", "table": "Node", "where": [["name", "==", "b"]], "columns": ["peers"]}]),
+                json!([{"op": "insert", "table": "Config", "row": {"gen": 1}}]),
+                json!([{"op": "delete", "table": "Config", "where": []}, {"op": "insert", "table": "Config", "row": {"gen": 2}},
+                   {"op": "select", "table": "Config", "where": [], "columns": ["gen"]}]),
+            ],
+        ),
+        (
             "errors",
             vec![
                 json!([{"op": "insert", "table": "Node", "row": {"name": "a"}}, {"op": "insert", "table": "Node", "row": {"name": "a"}}]),
@@ -189,6 +225,7 @@ fn same_results_as_ovsdb_server() {
     let theirs = run_all(Impl::OvsdbServer);
     let ours = run_all(Impl::Nestdb);
     assert_eq!(theirs.len(), ours.len());
+    println!("compared {} transaction results", ours.len());
     let mut diffs = Vec::new();
     for (t, o) in theirs.iter().zip(&ours) {
         if t != o {

@@ -233,6 +233,7 @@ impl Rpc {
                         "timed out waiting for a message from the server"
                     );
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
                 Err(e) => panic!("read from server: {e}"),
             }
