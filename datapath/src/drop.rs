@@ -69,6 +69,46 @@ drop_reasons! {
     /// Too many recirculations (ct(table=...), tnl_pop) for one packet, or a
     /// recirculation requested inside a group `all` bucket copy.
     RecircLimit => "recirc_limit", "too many recirculations for one packet";
+    // --- tunnel / neigh ---
+    /// The tunnel destination (encap) or source (decap) is not a programmed
+    /// remote VTEP.
+    TunnelUnknownVtep => "tunnel_unknown_vtep", "the remote VTEP is not in the VTEP table (add it with `sluicectl add-vtep NODE IP`)";
+    /// No underlay route to the remote VTEP.
+    TunnelNoRoute => "tunnel_no_route", "no underlay route to the remote VTEP (it is off-subnet and no underlay gateway is configured)";
+    /// The underlay next hop's MAC is not resolved yet (an ARP request is on its way).
+    NeighUnresolved => "neigh_unresolved", "the underlay next hop's MAC address is not resolved yet (ARP request sent)";
+    /// The per-neighbour queue of packets waiting for ARP resolution is full.
+    NeighQueueFull => "neigh_queue_full", "too many packets wait for one unresolved neighbour";
+    /// The inner packet would exceed the uplink MTU after encapsulation.
+    TunnelTooBig => "tunnel_too_big", "the packet exceeds the uplink MTU after encapsulation (lower the pod MTU, see `sluicectl tunnel-mtu`)";
+    /// As `tunnel_too_big`, and the inner packet has DF set (answered with
+    /// ICMP fragmentation-needed where the datapath can).
+    TunnelTooBigDf => "tunnel_too_big_df", "the DF packet exceeds the uplink MTU after encapsulation (ICMP fragmentation needed)";
+    /// The buffer has too little headroom for the outer headers.
+    TunnelNoHeadroom => "tunnel_no_headroom", "the packet buffer has no headroom for the tunnel headers";
+    /// `tun_id` does not fit in a 24-bit VNI.
+    TunnelBadVni => "tunnel_bad_vni", "tun_id does not fit in a 24-bit Geneve VNI";
+    /// The outer Ethernet/IPv4/UDP/Geneve headers are malformed.
+    GeneveMalformed => "geneve_malformed", "malformed outer headers of a Geneve packet";
+    /// A Geneve packet carries a critical option this datapath does not understand.
+    GeneveUnknownCritical => "geneve_unknown_critical", "Geneve critical option not understood (RFC 8926 requires the drop)";
+    /// The Geneve payload is not an Ethernet frame.
+    GeneveNotEthernet => "geneve_not_ethernet", "Geneve payload protocol is not Transparent Ethernet Bridging";
+    /// A Geneve OAM packet (control traffic, not forwarded).
+    GeneveOam => "geneve_oam", "Geneve OAM packet (not forwarded)";
+    /// The outer destination address is not this node's VTEP.
+    TunnelNotLocal => "tunnel_not_local", "the outer IPv4 destination is not this node's VTEP address";
+    /// A pod port sent a frame whose source MAC is not its own.
+    PortSecurityMac => "port_security_mac", "a pod port sent a frame with a source MAC that is not its own";
+    /// A pod port sent an IPv4 packet whose source address is not its own.
+    PortSecurityIp => "port_security_ip", "a pod port sent a packet with a source IP that is not its own";
+    /// A pod port sent ARP for an address that is not its own.
+    PortSecurityArp => "port_security_arp", "a pod port sent ARP claiming an address or MAC that is not its own";
+    /// An ARP packet that is not Ethernet/IPv4 or is truncated.
+    ArpMalformed => "arp_malformed", "malformed ARP packet";
+    /// A frame delivered to the datapath's own IP stack that it does not
+    /// answer (not ARP or ICMP echo for one of its addresses).
+    LocalNotForUs => "local_not_for_us", "a packet for the local IP stack that it does not serve";
 }
 
 #[cfg(test)]

@@ -31,3 +31,5 @@ pub mod pmd;
 pub mod port;
 pub mod stats;
 pub mod wire;
+pub mod tunnel;
+pub mod neigh;

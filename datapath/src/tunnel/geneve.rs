@@ -1,0 +1,513 @@
+//! Geneve (RFC 8926) encapsulation and decapsulation: the fast path behind
+//! the `tnl_push` and `tnl_pop` flow actions.
+//!
+//! Encap ([`GeneveTunnels::tunnel_push`]) prepends outer Ethernet, IPv4
+//! (20 bytes, no options), UDP (destination 6081) and Geneve headers in the
+//! buffer's headroom: VNI from `tun_id`, destination from `tun_dst` (which
+//! must be a programmed remote VTEP), source from `tun_src` or the local
+//! VTEP, one option TLV from `tun_gnv_class`/`tun_gnv_type`/`tun_metadata0`
+//! when the class or type is non-zero, the UDP source port from a hash of
+//! the inner flow (ECMP/RSS entropy, 49152–65535), outer TTL/DF from the
+//! [`TunnelConfig`], UDP checksum off unless configured. The outer
+//! destination MAC is the underlay next hop's, read from the neighbour
+//! snapshot; a miss asks the neighbour cache to resolve it and drops the
+//! packet under `neigh_unresolved`. A packet that would exceed the uplink
+//! MTU once encapsulated is dropped under `tunnel_too_big` (or
+//! `tunnel_too_big_df` when the inner packet has DF set; [`frag_needed`]
+//! builds the ICMP answer for whoever can send it).
+//!
+//! Option value encoding: `tun_metadata0` holds the option data as a
+//! big-endian integer. Encap emits 4 data bytes when the value fits in 32
+//! bits and 8 otherwise; decap reads up to the first 8 data bytes. A 4-byte
+//! option therefore round-trips exactly.
+//!
+//! Decap ([`GeneveTunnels::tunnel_pop`]) validates untagged outer
+//! Ethernet/IPv4 (header checksum, not a fragment, addressed to the local
+//! VTEP)/UDP (destination port)/Geneve (version 0, lengths, protocol
+//! Transparent Ethernet Bridging, not OAM, no critical option outside
+//! [`TunnelConfig::known_critical`]); every failure is a counted drop.
+//! The outer UDP checksum is not verified (the inner packet carries its
+//! own). It fills `tun_id`, `tun_src`, `tun_dst` and the option slot (the
+//! first option that is not critical or is known), strips the outer
+//! headers and Ethernet padding; the pipeline then recirculates on the
+//! inner frame.
+//!
+//! Thread-safety: one [`GeneveTunnels`] per PMD (`Send`); shared state
+//! ([`Tunnels`]) is read through cached snapshots. No lock, allocation or
+//! logging per packet.
+
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+use crate::drop::DropReason;
+use crate::flow::key::{Field, FlowKey};
+use crate::neigh::table::{NeighReader, NeighTable};
+use crate::packet::PacketBuf;
+use crate::pipeline::hooks::TunnelHook;
+use crate::pipeline::Nanos;
+use crate::stats::{Counter, DropCounters};
+use crate::tunnel::vtep::{VtepReader, VtepTable};
+use crate::wire::geneve;
+
+/// Outer Ethernet header length.
+const ETH_LEN: usize = 14;
+/// Outer IPv4 header length (no options).
+const IP_LEN: usize = 20;
+/// Outer UDP header length.
+const UDP_LEN: usize = 8;
+/// Outer headers without Geneve options, Ethernet included: 50 bytes.
+pub const OUTER_LEN: usize = ETH_LEN + IP_LEN + UDP_LEN + geneve::HEADER_LEN;
+
+/// Bytes encapsulation adds to an inner *IP* packet as the uplink's IP MTU
+/// sees it: outer IPv4 20 + UDP 8 + Geneve 8 + inner Ethernet 14 = 50
+/// (plus 4 + option data per Geneve option). A pod MTU of
+/// `uplink_mtu - 50` (1450 on a 1500-byte underlay) never needs
+/// fragmentation without options; [`TunnelConfig::pod_mtu`] accounts for
+/// the option this datapath emits.
+pub const OVERHEAD_IPV4: u16 = (IP_LEN + UDP_LEN + geneve::HEADER_LEN + ETH_LEN) as u16;
+
+/// Largest option this datapath emits (4-byte option header + 8 data bytes).
+pub const MAX_EMITTED_OPTION: u16 = 12;
+
+/// Transparent Ethernet Bridging, the Geneve protocol for Ethernet payloads.
+const ETHERTYPE_TEB: u16 = 0x6558;
+
+/// Configuration of the local VTEP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelConfig {
+    /// The local VTEP address (outer source).
+    pub local_ip: Ipv4Addr,
+    /// Prefix length of the underlay subnet `local_ip` is in: remote VTEPs
+    /// inside it are next hops themselves.
+    pub prefix_len: u8,
+    /// Underlay gateway for remote VTEPs outside the subnet.
+    pub gateway: Option<Ipv4Addr>,
+    /// The uplink's MAC (outer source MAC).
+    pub local_mac: [u8; 6],
+    /// The uplink's IP MTU (1500 on plain Ethernet).
+    pub uplink_mtu: u16,
+    /// Outer TTL.
+    pub ttl: u8,
+    /// Outer don't-fragment bit.
+    pub df: bool,
+    /// Compute the outer UDP checksum (off by default, as in OVS and Linux).
+    pub udp_checksum: bool,
+    /// Outer UDP destination port (6081).
+    pub dst_port: u16,
+    /// Critical options (class, type with the critical bit) this datapath
+    /// accepts; packets with any other critical option are dropped.
+    pub known_critical: Vec<(u16, u8)>,
+    /// Decapsulate packets from sources that are not programmed VTEPs.
+    pub accept_unknown_vtep: bool,
+}
+
+impl Default for TunnelConfig {
+    fn default() -> Self {
+        TunnelConfig {
+            local_ip: Ipv4Addr::UNSPECIFIED,
+            prefix_len: 24,
+            gateway: None,
+            local_mac: [0x02, 0, 0, 0, 0, 1],
+            uplink_mtu: 1500,
+            ttl: 64,
+            df: true,
+            udp_checksum: false,
+            dst_port: geneve::UDP_PORT,
+            known_critical: Vec::new(),
+            accept_unknown_vtep: false,
+        }
+    }
+}
+
+impl TunnelConfig {
+    /// The MTU pods (the CNI) should use so that encapsulated packets fit
+    /// the uplink: uplink MTU − 50 − the largest option this datapath
+    /// emits (12).
+    pub fn pod_mtu(&self) -> u16 {
+        self.uplink_mtu
+            .saturating_sub(OVERHEAD_IPV4)
+            .saturating_sub(MAX_EMITTED_OPTION)
+    }
+
+    fn same_subnet(&self, ip: Ipv4Addr) -> bool {
+        let mask = if self.prefix_len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix_len.min(32)))
+        };
+        (u32::from(ip) & mask) == (u32::from(self.local_ip) & mask)
+    }
+}
+
+/// Per-PMD tunnel counters.
+#[derive(Debug, Default)]
+pub struct TunnelStats {
+    /// Packets encapsulated.
+    pub encap: Counter,
+    /// Packets decapsulated.
+    pub decap: Counter,
+    /// Encap/decap drops by reason (also counted in the PMD's drops).
+    pub drops: DropCounters,
+}
+
+/// The shared tunnel state: configuration, remote VTEPs, neighbour
+/// snapshot, and the per-PMD counters for introspection.
+#[derive(Debug, Clone)]
+pub struct Tunnels {
+    /// Local VTEP configuration.
+    pub config: Arc<TunnelConfig>,
+    /// Remote VTEPs.
+    pub vteps: VtepTable,
+    /// Resolved underlay neighbours.
+    pub neigh: NeighTable,
+    stats: Arc<Mutex<Vec<Arc<TunnelStats>>>>,
+}
+
+impl Tunnels {
+    /// Shared state for `n_pmds` PMDs.
+    pub fn new(config: TunnelConfig, n_pmds: usize, neigh: NeighTable) -> Self {
+        Tunnels {
+            config: Arc::new(config),
+            vteps: VtepTable::new(n_pmds),
+            neigh,
+            stats: Arc::default(),
+        }
+    }
+
+    /// The tunnel hook for PMD number `pmd`.
+    pub fn hook(&self, pmd: usize) -> GeneveTunnels {
+        let stats = Arc::new(TunnelStats::default());
+        self.stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(stats.clone());
+        GeneveTunnels {
+            config: self.config.clone(),
+            vteps: self.vteps.reader(),
+            neigh: self.neigh.reader(),
+            pmd,
+            ident: 0,
+            stats,
+        }
+    }
+
+    /// Counters of every hook handed out.
+    pub fn stats(&self) -> Vec<Arc<TunnelStats>> {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The Geneve [`TunnelHook`] of one PMD.
+#[derive(Debug)]
+pub struct GeneveTunnels {
+    config: Arc<TunnelConfig>,
+    vteps: VtepReader,
+    neigh: NeighReader,
+    pmd: usize,
+    /// IPv4 identification for outer headers without DF.
+    ident: u16,
+    stats: Arc<TunnelStats>,
+}
+
+/// A 64-bit mix (MurmurHash3 finaliser).
+#[inline]
+fn mix(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// The outer UDP source port for an inner flow: a hash of its addresses,
+/// protocol and ports, in 49152–65535 (RFC 8926 §3.3 entropy).
+#[inline]
+pub fn entropy_port(key: &FlowKey) -> u16 {
+    let a = (key.get(Field::NwSrc) as u64) << 32 | key.get(Field::NwDst) as u64;
+    let b = (key.get(Field::TpSrc) as u64) << 32
+        | (key.get(Field::TpDst) as u64) << 16
+        | key.get(Field::NwProto) as u64;
+    let c = key.get(Field::DlSrc) as u64 ^ (key.get(Field::DlDst) as u64).rotate_left(17);
+    let h = mix(a ^ mix(b ^ mix(c)));
+    0xc000 | (h as u16 & 0x3fff)
+}
+
+/// Ones-complement sum helper for headers written here.
+#[inline]
+fn ip_checksum(hdr: &[u8]) -> u16 {
+    crate::wire::checksum::finish(crate::wire::checksum::data(hdr))
+}
+
+impl GeneveTunnels {
+    /// Counts and returns `reason`.
+    #[inline]
+    fn fail(&self, reason: DropReason) -> Result<(), DropReason> {
+        self.stats.drops.inc(reason);
+        Err(reason)
+    }
+
+    fn encap<B: PacketBuf>(&mut self, pkt: &mut B, key: &FlowKey) -> Result<(), DropReason> {
+        let cfg = &*self.config;
+        let vni = key.get(Field::TunId);
+        if vni > u128::from(geneve::MAX_VNI) {
+            return self.fail(DropReason::TunnelBadVni);
+        }
+        let dst = Ipv4Addr::from(key.get(Field::TunDst) as u32);
+        let Some(vtep) = self.vteps.get(dst) else {
+            return self.fail(DropReason::TunnelUnknownVtep);
+        };
+        let vtep = vtep.clone();
+        let src = match key.get(Field::TunSrc) as u32 {
+            0 => cfg.local_ip,
+            s => Ipv4Addr::from(s),
+        };
+        let next_hop = if cfg.same_subnet(dst) {
+            dst
+        } else if let Some(gw) = cfg.gateway {
+            gw
+        } else {
+            return self.fail(DropReason::TunnelNoRoute);
+        };
+        let Some(dst_mac) = self.neigh.resolve(next_hop) else {
+            return self.fail(DropReason::NeighUnresolved);
+        };
+        // The option slot.
+        let class = key.get(Field::TunGnvClass) as u16;
+        let kind = key.get(Field::TunGnvType) as u8;
+        let md = key.get(Field::TunMetadata0) as u64;
+        let opt_data_len = if class == 0 && kind == 0 {
+            None
+        } else if md <= u64::from(u32::MAX) {
+            Some(4usize)
+        } else {
+            Some(8usize)
+        };
+        let opt_len = opt_data_len.map_or(0, |d| 4 + d);
+        let inner_len = pkt.len();
+        let ip_total = IP_LEN + UDP_LEN + geneve::HEADER_LEN + opt_len + inner_len;
+        if ip_total > usize::from(cfg.uplink_mtu) {
+            let d = pkt.data();
+            let inner_df = key.dl_type() == 0x0800
+                && d.get(ETH_LEN + 6).is_some_and(|b| b & 0x40 != 0)
+                && d.get(12..14) == Some(&[0x08, 0x00][..]);
+            return self.fail(if inner_df {
+                DropReason::TunnelTooBigDf
+            } else {
+                DropReason::TunnelTooBig
+            });
+        }
+        let sport = entropy_port(key);
+        let hdr_len = OUTER_LEN + opt_len;
+        let ident = if cfg.df {
+            0
+        } else {
+            self.ident = self.ident.wrapping_add(1);
+            self.ident
+        };
+        let Some(f) = pkt.prepend(hdr_len) else {
+            return self.fail(DropReason::TunnelNoHeadroom);
+        };
+        // Ethernet.
+        f[0..6].copy_from_slice(&dst_mac);
+        f[6..12].copy_from_slice(&cfg.local_mac);
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        // IPv4.
+        let ip = &mut f[ETH_LEN..ETH_LEN + IP_LEN];
+        ip[0] = 0x45;
+        ip[1] = 0;
+        ip[2..4].copy_from_slice(&(ip_total as u16).to_be_bytes());
+        ip[4..6].copy_from_slice(&ident.to_be_bytes());
+        ip[6..8].copy_from_slice(&(if cfg.df { 0x4000u16 } else { 0 }).to_be_bytes());
+        ip[8] = cfg.ttl;
+        ip[9] = 17;
+        ip[10..12].copy_from_slice(&[0, 0]);
+        ip[12..16].copy_from_slice(&src.octets());
+        ip[16..20].copy_from_slice(&dst.octets());
+        let c = ip_checksum(ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        // UDP.
+        let u = ETH_LEN + IP_LEN;
+        let udp_len = (ip_total - IP_LEN) as u16;
+        f[u..u + 2].copy_from_slice(&sport.to_be_bytes());
+        f[u + 2..u + 4].copy_from_slice(&cfg.dst_port.to_be_bytes());
+        f[u + 4..u + 6].copy_from_slice(&udp_len.to_be_bytes());
+        f[u + 6..u + 8].copy_from_slice(&[0, 0]);
+        // Geneve.
+        let g = u + UDP_LEN;
+        let critical = opt_data_len.is_some() && kind & geneve::OPTION_TYPE_CRITICAL != 0;
+        f[g] = (opt_len / 4) as u8;
+        f[g + 1] = if critical { 0x40 } else { 0 };
+        f[g + 2..g + 4].copy_from_slice(&ETHERTYPE_TEB.to_be_bytes());
+        f[g + 4..g + 8].copy_from_slice(&((vni as u32) << 8).to_be_bytes());
+        if let Some(dlen) = opt_data_len {
+            let o = g + geneve::HEADER_LEN;
+            f[o..o + 2].copy_from_slice(&class.to_be_bytes());
+            f[o + 2] = kind;
+            f[o + 3] = (dlen / 4) as u8;
+            if dlen == 4 {
+                f[o + 4..o + 8].copy_from_slice(&(md as u32).to_be_bytes());
+            } else {
+                f[o + 4..o + 12].copy_from_slice(&md.to_be_bytes());
+            }
+        }
+        if cfg.udp_checksum {
+            let pseudo = crate::wire::checksum::pseudo_header_v4(src, dst, 17, udp_len);
+            let sum =
+                crate::wire::checksum::combine(&[pseudo, crate::wire::checksum::data(&f[u..])]);
+            let c = crate::wire::checksum::udp_nonzero(crate::wire::checksum::finish(sum));
+            f[u + 6..u + 8].copy_from_slice(&c.to_be_bytes());
+        }
+        let c = vtep.counters(self.pmd);
+        c.tx_packets.inc();
+        c.tx_bytes.add((hdr_len + inner_len) as u64);
+        self.stats.encap.inc();
+        Ok(())
+    }
+
+    fn decap<B: PacketBuf>(&mut self, pkt: &mut B, key: &mut FlowKey) -> Result<(), DropReason> {
+        let cfg = &*self.config;
+        let d = pkt.data();
+        let frame_len = d.len();
+        if frame_len < ETH_LEN + IP_LEN || d[12..14] != [0x08, 0x00] {
+            return self.fail(DropReason::GeneveMalformed);
+        }
+        let ip = &d[ETH_LEN..];
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        let ip_total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+        let frag = u16::from_be_bytes([ip[6], ip[7]]);
+        if ip[0] >> 4 != 4
+            || ihl < IP_LEN
+            || ip_total < ihl + UDP_LEN + geneve::HEADER_LEN
+            || ip_total > ip.len()
+            || ip[9] != 17
+            || frag & 0x3fff != 0
+            || ip_checksum(&ip[..ihl]) != 0
+        {
+            return self.fail(DropReason::GeneveMalformed);
+        }
+        let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+        let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+        if dst != cfg.local_ip {
+            return self.fail(DropReason::TunnelNotLocal);
+        }
+        let udp = &ip[ihl..ip_total];
+        let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+        if u16::from_be_bytes([udp[2], udp[3]]) != cfg.dst_port
+            || udp_len < UDP_LEN + geneve::HEADER_LEN
+            || udp_len > udp.len()
+        {
+            return self.fail(DropReason::GeneveMalformed);
+        }
+        let Ok(gnv) = geneve::Packet::new_checked(&udp[UDP_LEN..udp_len]) else {
+            return self.fail(DropReason::GeneveMalformed);
+        };
+        if gnv.oam() {
+            return self.fail(DropReason::GeneveOam);
+        }
+        if u16::from(gnv.protocol()) != ETHERTYPE_TEB {
+            return self.fail(DropReason::GeneveNotEthernet);
+        }
+        let mut slot: Option<(u16, u8, u64)> = None;
+        for opt in gnv.options() {
+            let Ok(opt) = opt else {
+                return self.fail(DropReason::GeneveMalformed);
+            };
+            let known = cfg.known_critical.contains(&(opt.class, opt.kind));
+            if opt.is_critical() && !known {
+                return self.fail(DropReason::GeneveUnknownCritical);
+            }
+            if slot.is_none() {
+                let n = opt.data.len().min(8);
+                let md = opt.data[..n]
+                    .iter()
+                    .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+                slot = Some((opt.class, opt.kind, md));
+            }
+        }
+        let vni = gnv.vni();
+        let outer_len = ETH_LEN + ihl + UDP_LEN + gnv.header_len();
+        let inner_end = ETH_LEN + ihl + udp_len;
+        if inner_end - outer_len < ETH_LEN {
+            return self.fail(DropReason::GeneveMalformed);
+        }
+        let vtep = self.vteps.get(src).cloned();
+        if vtep.is_none() && !cfg.accept_unknown_vtep {
+            return self.fail(DropReason::TunnelUnknownVtep);
+        }
+        key.set(Field::TunId, u128::from(vni));
+        key.set(Field::TunSrc, u128::from(u32::from(src)));
+        key.set(Field::TunDst, u128::from(u32::from(dst)));
+        let (class, kind, md) = slot.unwrap_or((0, 0, 0));
+        key.set(Field::TunGnvClass, u128::from(class));
+        key.set(Field::TunGnvType, u128::from(kind));
+        key.set(Field::TunMetadata0, u128::from(md));
+        // Strip trailing Ethernet padding, then the outer headers.
+        pkt.trim(frame_len - inner_end);
+        pkt.adj(outer_len);
+        if let Some(v) = vtep {
+            let c = v.counters(self.pmd);
+            c.rx_packets.inc();
+            c.rx_bytes.add(frame_len as u64);
+        }
+        self.stats.decap.inc();
+        Ok(())
+    }
+}
+
+impl<B: PacketBuf> TunnelHook<B> for GeneveTunnels {
+    fn tunnel_push(&mut self, _now: Nanos, pkt: &mut B, key: &FlowKey) -> Result<(), DropReason> {
+        self.encap(pkt, key)
+    }
+
+    fn tunnel_pop(
+        &mut self,
+        _now: Nanos,
+        pkt: &mut B,
+        key: &mut FlowKey,
+    ) -> Result<(), DropReason> {
+        self.decap(pkt, key)
+    }
+}
+
+/// Builds, into `out`, the ICMP "fragmentation needed" (type 3 code 4)
+/// answer to the IPv4 frame `inner` that was too big for the tunnel:
+/// Ethernet addresses swapped, from `from` to the inner source, next-hop
+/// MTU `mtu`, quoting the inner IP header and 8 payload bytes. Returns the
+/// frame length, or `None` when `inner` is not an IPv4 frame or `out` is
+/// too small.
+pub fn frag_needed(inner: &[u8], mtu: u16, from: Ipv4Addr, out: &mut [u8]) -> Option<usize> {
+    if inner.len() < ETH_LEN + IP_LEN || inner[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &inner[ETH_LEN..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ip[0] >> 4 != 4 || ihl < IP_LEN || ip.len() < ihl {
+        return None;
+    }
+    let quote = (ihl + 8).min(ip.len());
+    let icmp_len = 8 + quote;
+    let total = ETH_LEN + IP_LEN + icmp_len;
+    let f = out.get_mut(..total)?;
+    f[0..6].copy_from_slice(&inner[6..12]);
+    f[6..12].copy_from_slice(&inner[0..6]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let h = &mut f[ETH_LEN..ETH_LEN + IP_LEN];
+    h.fill(0);
+    h[0] = 0x45;
+    h[2..4].copy_from_slice(&((IP_LEN + icmp_len) as u16).to_be_bytes());
+    h[8] = 64;
+    h[9] = 1;
+    h[12..16].copy_from_slice(&from.octets());
+    h[16..20].copy_from_slice(&ip[12..16]);
+    let c = ip_checksum(h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    let m = &mut f[ETH_LEN + IP_LEN..];
+    m[0] = 3;
+    m[1] = 4;
+    m[2..6].fill(0);
+    m[6..8].copy_from_slice(&mtu.to_be_bytes());
+    m[8..].copy_from_slice(&ip[..quote]);
+    let c = ip_checksum(m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    Some(total)
+}

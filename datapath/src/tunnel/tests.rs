@@ -1,0 +1,526 @@
+//! Byte-level Geneve encap/decap tests, with etherparse as the independent
+//! oracle, and the tunnel hook inside the flow pipeline.
+
+use std::net::Ipv4Addr;
+
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+
+use super::geneve::{entropy_port, frag_needed, GeneveTunnels, TunnelConfig, Tunnels};
+use crate::drop::DropReason;
+use crate::flow::key::{extract, Field, FlowKey};
+use crate::flow::tables::FlowTables;
+use crate::neigh::table::{NeighMap, NeighTable};
+use crate::packet::{Burst, HeapBuf, Output, PacketBuf, PortNo};
+use crate::pipeline::flow::{FlowPipeline, FlowPipelineConfig};
+use crate::pipeline::hooks::{Hooks, NoConntrack, TunnelHook};
+use crate::pipeline::Pipeline;
+
+const LOCAL: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 2);
+const LOCAL_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 1];
+const REMOTE_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 2];
+
+fn tunnels(cfg: TunnelConfig) -> Tunnels {
+    let neigh = NeighTable::new();
+    let mut m = NeighMap::new();
+    m.insert(REMOTE, REMOTE_MAC);
+    neigh.publish(m);
+    let t = Tunnels::new(cfg, 1, neigh);
+    t.vteps.add("node-b", REMOTE).expect("vtep");
+    t
+}
+
+fn config() -> TunnelConfig {
+    TunnelConfig {
+        local_ip: LOCAL,
+        local_mac: LOCAL_MAC,
+        ..TunnelConfig::default()
+    }
+}
+
+/// A 64-byte inner Ethernet/IPv4/UDP frame built by etherparse.
+fn inner_frame(payload_len: usize, df: bool) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0x10], [2, 0, 0, 0, 0, 0x20])
+        .ipv4([10, 244, 1, 5], [10, 244, 2, 7], 64)
+        .udp(4000, 5000);
+    let payload = vec![0x5a; payload_len];
+    let mut v = Vec::new();
+    b.write(&mut v, &payload).expect("build");
+    if !df {
+        v[20] &= !0x40;
+        v[24..26].copy_from_slice(&[0, 0]);
+        let c = crate::wire::checksum::finish(crate::wire::checksum::data(&v[14..34]));
+        v[24..26].copy_from_slice(&c.to_be_bytes());
+    }
+    v
+}
+
+fn push_key(frame: &[u8], vni: u64) -> FlowKey {
+    let mut k = extract(frame, PortNo(1));
+    k.set(Field::TunId, u128::from(vni));
+    k.set(Field::TunDst, u128::from(u32::from(REMOTE)));
+    k
+}
+
+fn push(h: &mut GeneveTunnels, pkt: &mut HeapBuf, k: &FlowKey) -> Result<(), DropReason> {
+    TunnelHook::<HeapBuf>::tunnel_push(h, 0, pkt, k)
+}
+
+fn pop(h: &mut GeneveTunnels, pkt: &mut HeapBuf, k: &mut FlowKey) -> Result<(), DropReason> {
+    TunnelHook::<HeapBuf>::tunnel_pop(h, 0, pkt, k)
+}
+
+/// Swaps the roles: a tunnel set whose local VTEP is REMOTE and which knows
+/// LOCAL, to decapsulate what `tunnels(config())` encapsulated.
+fn peer() -> Tunnels {
+    let t = Tunnels::new(
+        TunnelConfig {
+            local_ip: REMOTE,
+            local_mac: REMOTE_MAC,
+            ..TunnelConfig::default()
+        },
+        1,
+        NeighTable::new(),
+    );
+    t.vteps.add("node-a", LOCAL).expect("vtep");
+    t
+}
+
+#[test]
+fn encap_is_valid_ipv4_udp_geneve_per_etherparse() {
+    let t = tunnels(config());
+    let mut h = t.hook(0);
+    let inner = inner_frame(64 - 42, true);
+    assert_eq!(inner.len(), 64);
+    let mut pkt = HeapBuf::from_frame(&inner);
+    let k = push_key(&inner, 0x12_3456);
+    push(&mut h, &mut pkt, &k).expect("encap");
+    let f = pkt.data();
+    assert_eq!(f.len(), 64 + 50);
+    let s = SlicedPacket::from_ethernet(f).expect("etherparse parses the outer frame");
+    let eth = s
+        .link
+        .as_ref()
+        .and_then(|l| l.to_header())
+        .expect("ethernet");
+    let etherparse::LinkHeader::Ethernet2(eth) = eth else {
+        panic!("not Ethernet II")
+    };
+    assert_eq!(eth.source, LOCAL_MAC);
+    assert_eq!(eth.destination, REMOTE_MAC);
+    let Some(NetSlice::Ipv4(ip)) = &s.net else {
+        panic!("not IPv4")
+    };
+    let iph = ip.header().to_header();
+    assert_eq!(Ipv4Addr::from(iph.source), LOCAL);
+    assert_eq!(Ipv4Addr::from(iph.destination), REMOTE);
+    assert_eq!(iph.time_to_live, 64);
+    assert!(iph.dont_fragment);
+    assert_eq!(iph.header_checksum, iph.calc_header_checksum());
+    assert_eq!(usize::from(iph.total_len), 64 + 36);
+    let Some(TransportSlice::Udp(udp)) = &s.transport else {
+        panic!("not UDP")
+    };
+    assert_eq!(udp.destination_port(), 6081);
+    assert_eq!(udp.source_port(), entropy_port(&k));
+    assert!(udp.source_port() >= 49152);
+    assert_eq!(udp.checksum(), 0, "outer UDP checksum off by default");
+    let g = udp.payload();
+    assert_eq!(g[0], 0, "version 0, no options");
+    assert_eq!(g[1], 0);
+    assert_eq!(&g[2..4], &[0x65, 0x58]);
+    assert_eq!(&g[4..8], &[0x12, 0x34, 0x56, 0x00]);
+    assert_eq!(&g[8..], &inner[..], "inner frame carried unchanged");
+    assert_eq!(t.vteps.entries()[0].totals().0, 1);
+}
+
+#[test]
+fn udp_checksum_when_configured_is_valid() {
+    let t = tunnels(TunnelConfig {
+        udp_checksum: true,
+        ttl: 9,
+        df: false,
+        ..config()
+    });
+    let mut h = t.hook(0);
+    let inner = inner_frame(100, true);
+    let mut pkt = HeapBuf::from_frame(&inner);
+    push(&mut h, &mut pkt, &push_key(&inner, 7)).expect("encap");
+    let s = SlicedPacket::from_ethernet(pkt.data()).expect("parse");
+    let Some(NetSlice::Ipv4(ip)) = &s.net else {
+        panic!("not IPv4")
+    };
+    let iph = ip.header().to_header();
+    assert_eq!(iph.time_to_live, 9);
+    assert!(!iph.dont_fragment);
+    let Some(TransportSlice::Udp(udp)) = &s.transport else {
+        panic!("not UDP")
+    };
+    let expect = udp
+        .to_header()
+        .calc_checksum_ipv4(&iph, udp.payload())
+        .expect("checksum");
+    assert_ne!(udp.checksum(), 0);
+    assert_eq!(udp.checksum(), expect);
+}
+
+#[test]
+fn entropy_port_differs_between_flows() {
+    let a = inner_frame(10, true);
+    let mut b = a.clone();
+    b[34..36].copy_from_slice(&4001u16.to_be_bytes());
+    let pa = entropy_port(&extract(&a, PortNo(1)));
+    let pb = entropy_port(&extract(&b, PortNo(1)));
+    assert_ne!(pa, pb);
+    assert_eq!(pa, entropy_port(&extract(&a, PortNo(1))), "stable per flow");
+}
+
+#[test]
+fn encap_decap_round_trip_with_option() {
+    let t = tunnels(config());
+    let mut h = t.hook(0);
+    let p = peer();
+    let mut ph = p.hook(0);
+    for (class, kind, md, opt_words) in [
+        (0x0102u16, 0x05u8, 0xdead_beefu64, 2u8),
+        (0x0103, 0x06, 0x0102_0304_0506_0708, 3),
+        (0x0104, 0x80, 0x1, 2), // critical, known to the peer below
+    ] {
+        let inner = inner_frame(30, true);
+        let mut pkt = HeapBuf::from_frame(&inner);
+        let mut k = push_key(&inner, 0xabcdef);
+        k.set(Field::TunGnvClass, u128::from(class));
+        k.set(Field::TunGnvType, u128::from(kind));
+        k.set(Field::TunMetadata0, u128::from(md));
+        push(&mut h, &mut pkt, &k).expect("encap");
+        let g = &pkt.data()[42..];
+        assert_eq!(g[0], opt_words, "opt len in 4-byte words");
+        assert_eq!(
+            g[1] & 0x40 != 0,
+            kind & 0x80 != 0,
+            "C bit follows the option"
+        );
+        assert_eq!(u16::from_be_bytes([g[8], g[9]]), class);
+        assert_eq!(g[10], kind);
+        let mut rk = FlowKey::default();
+        let res = pop(&mut ph, &mut pkt, &mut rk);
+        if kind & 0x80 != 0 {
+            assert_eq!(res, Err(DropReason::GeneveUnknownCritical));
+            let known = Tunnels::new(
+                TunnelConfig {
+                    local_ip: REMOTE,
+                    known_critical: vec![(class, kind)],
+                    accept_unknown_vtep: true,
+                    ..TunnelConfig::default()
+                },
+                1,
+                NeighTable::new(),
+            );
+            let mut kh = known.hook(0);
+            pop(&mut kh, &mut pkt, &mut rk).expect("known critical option accepted");
+        } else {
+            res.expect("decap");
+        }
+        assert_eq!(pkt.data(), &inner[..]);
+        assert_eq!(rk.get(Field::TunId), 0xabcdef);
+        assert_eq!(rk.get(Field::TunSrc), u128::from(u32::from(LOCAL)));
+        assert_eq!(rk.get(Field::TunDst), u128::from(u32::from(REMOTE)));
+        assert_eq!(rk.get(Field::TunGnvClass), u128::from(class));
+        assert_eq!(rk.get(Field::TunGnvType), u128::from(kind));
+        assert_eq!(rk.get(Field::TunMetadata0), u128::from(md));
+    }
+    assert_eq!(p.vteps.entries()[0].totals().2, 2);
+}
+
+/// An outer frame built by etherparse around a hand-written Geneve header.
+fn outer(geneve: &[u8], inner: &[u8], dst: Ipv4Addr) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(REMOTE_MAC, LOCAL_MAC)
+        .ipv4(REMOTE.octets(), dst.octets(), 64)
+        .udp(50000, 6081);
+    let mut payload = geneve.to_vec();
+    payload.extend_from_slice(inner);
+    let mut v = Vec::new();
+    b.write(&mut v, &payload).expect("build");
+    v
+}
+
+#[test]
+fn decap_of_etherparse_built_packet_and_padding_is_stripped() {
+    let t = Tunnels::new(config(), 1, NeighTable::new());
+    t.vteps.add("node-b", REMOTE).expect("vtep");
+    let mut h = t.hook(0);
+    let inner = inner_frame(20, true);
+    let g = [
+        0x01, 0x00, 0x65, 0x58, 0x00, 0x00, 0x2a, 0x00, 0x01, 0x02, 0x03, 0x00,
+    ];
+    // Option length 0 words: a 4-byte option with no data.
+    let mut f = outer(&g, &inner, LOCAL);
+    f.extend_from_slice(&[0u8; 6]); // Ethernet trailer padding
+    let mut pkt = HeapBuf::from_frame(&f);
+    let mut k = FlowKey::default();
+    pop(&mut h, &mut pkt, &mut k).expect("decap");
+    assert_eq!(pkt.data(), &inner[..]);
+    assert_eq!(k.get(Field::TunId), 0x2a);
+    assert_eq!(k.get(Field::TunGnvClass), 0x0102);
+    assert_eq!(k.get(Field::TunGnvType), 0x03);
+}
+
+#[test]
+fn decap_validation_drops_with_reasons() {
+    let t = Tunnels::new(config(), 1, NeighTable::new());
+    t.vteps.add("node-b", REMOTE).expect("vtep");
+    let mut h = t.hook(0);
+    let inner = inner_frame(20, true);
+    let plain = [0x00, 0x00, 0x65, 0x58, 0, 0, 1, 0];
+    let cases: Vec<(Vec<u8>, DropReason)> = vec![
+        // Unknown critical option.
+        (
+            outer(
+                &[0x01, 0x40, 0x65, 0x58, 0, 0, 1, 0, 0x01, 0x09, 0x81, 0x00],
+                &inner,
+                LOCAL,
+            ),
+            DropReason::GeneveUnknownCritical,
+        ),
+        // Version 1.
+        (
+            outer(&[0x40, 0x00, 0x65, 0x58, 0, 0, 1, 0], &inner, LOCAL),
+            DropReason::GeneveMalformed,
+        ),
+        // Options area longer than the packet.
+        (
+            outer(&[0x3f, 0x00, 0x65, 0x58, 0, 0, 1, 0], &inner[..4], LOCAL),
+            DropReason::GeneveMalformed,
+        ),
+        // OAM.
+        (
+            outer(&[0x00, 0x80, 0x65, 0x58, 0, 0, 1, 0], &inner, LOCAL),
+            DropReason::GeneveOam,
+        ),
+        // IPv4 payload instead of Ethernet.
+        (
+            outer(&[0x00, 0x00, 0x08, 0x00, 0, 0, 1, 0], &inner, LOCAL),
+            DropReason::GeneveNotEthernet,
+        ),
+        // Not for this VTEP.
+        (
+            outer(&plain, &inner, Ipv4Addr::new(192, 168, 50, 9)),
+            DropReason::TunnelNotLocal,
+        ),
+        // Inner frame shorter than Ethernet.
+        (
+            outer(&plain, &inner[..10], LOCAL),
+            DropReason::GeneveMalformed,
+        ),
+        // Truncated outer.
+        (inner[..30].to_vec(), DropReason::GeneveMalformed),
+    ];
+    for (i, (f, reason)) in cases.iter().enumerate() {
+        let mut pkt = HeapBuf::from_frame(f);
+        let mut k = FlowKey::default();
+        assert_eq!(pop(&mut h, &mut pkt, &mut k), Err(*reason), "case {i}");
+        assert_eq!(
+            pkt.data(),
+            &f[..],
+            "case {i}: a dropped packet is unchanged"
+        );
+    }
+    // Bad IPv4 header checksum.
+    let mut f = outer(&plain, &inner, LOCAL);
+    f[24] ^= 0xff;
+    let mut pkt = HeapBuf::from_frame(&f);
+    assert_eq!(
+        pop(&mut h, &mut pkt, &mut FlowKey::default()),
+        Err(DropReason::GeneveMalformed)
+    );
+    // Unknown source VTEP.
+    t.vteps.remove("node-b").expect("remove");
+    let mut pkt = HeapBuf::from_frame(&outer(&plain, &inner, LOCAL));
+    assert_eq!(
+        pop(&mut h, &mut pkt, &mut FlowKey::default()),
+        Err(DropReason::TunnelUnknownVtep)
+    );
+    let drops = &t.stats()[0].drops;
+    assert_eq!(drops.get(DropReason::GeneveUnknownCritical), 1);
+    assert_eq!(drops.get(DropReason::GeneveMalformed), 5);
+}
+
+#[test]
+fn decap_never_panics_on_arbitrary_bytes() {
+    use proptest::prelude::*;
+    let t = Tunnels::new(
+        TunnelConfig {
+            accept_unknown_vtep: true,
+            ..config()
+        },
+        1,
+        NeighTable::new(),
+    );
+    let base = outer(
+        &[0x00, 0x00, 0x65, 0x58, 0, 0, 1, 0],
+        &inner_frame(20, true),
+        LOCAL,
+    );
+    proptest!(ProptestConfig::with_cases(500), |(cut in 0usize..120, flips in proptest::collection::vec((0usize..100, any::<u8>()), 0..6))| {
+        let mut f = base.clone();
+        for (i, b) in flips {
+            if let Some(x) = f.get_mut(i) { *x = b; }
+        }
+        f.truncate(cut.max(1));
+        let mut pkt = HeapBuf::from_frame(&f);
+        let mut h = t.hook(0);
+        let _ = pop(&mut h, &mut pkt, &mut FlowKey::default());
+    });
+}
+
+#[test]
+fn mtu_too_big_is_dropped_and_df_distinguished() {
+    let t = tunnels(TunnelConfig {
+        uplink_mtu: 1500,
+        ..config()
+    });
+    let mut h = t.hook(0);
+    assert_eq!(t.config.pod_mtu(), 1500 - 50 - 12);
+    // Inner IP packet of 1450 bytes fits exactly (1450 + 50 = 1500 on the wire IP MTU).
+    let fits = inner_frame(1450 - 28, true);
+    let mut pkt = HeapBuf::from_frame(&fits);
+    push(&mut h, &mut pkt, &push_key(&fits, 1)).expect("fits");
+    let ip_total = u16::from_be_bytes([pkt.data()[16], pkt.data()[17]]);
+    assert_eq!(ip_total, 1500);
+    let big_df = inner_frame(1451 - 28, true);
+    let mut pkt = HeapBuf::from_frame(&big_df);
+    assert_eq!(
+        push(&mut h, &mut pkt, &push_key(&big_df, 1)),
+        Err(DropReason::TunnelTooBigDf)
+    );
+    let big = inner_frame(1451 - 28, false);
+    let mut pkt = HeapBuf::from_frame(&big);
+    assert_eq!(
+        push(&mut h, &mut pkt, &push_key(&big, 1)),
+        Err(DropReason::TunnelTooBig)
+    );
+    // The ICMP answer for the DF case, checked by etherparse.
+    let mut buf = [0u8; 128];
+    let n = frag_needed(&big_df, t.config.pod_mtu(), LOCAL, &mut buf).expect("icmp");
+    let s = SlicedPacket::from_ethernet(&buf[..n]).expect("parse icmp");
+    let Some(TransportSlice::Icmpv4(icmp)) = &s.transport else {
+        panic!("not ICMP")
+    };
+    match icmp.icmp_type() {
+        etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu },
+        ) => assert_eq!(next_hop_mtu, 1438),
+        other => panic!("unexpected ICMP {other:?}"),
+    }
+    assert_eq!(
+        icmp.checksum(),
+        icmp.icmp_type().calc_checksum(icmp.payload())
+    );
+    let Some(NetSlice::Ipv4(ip)) = &s.net else {
+        panic!("not IPv4")
+    };
+    assert_eq!(
+        Ipv4Addr::from(ip.header().destination()),
+        Ipv4Addr::new(10, 244, 1, 5)
+    );
+}
+
+#[test]
+fn encap_failures_are_counted() {
+    let t = tunnels(config());
+    let mut h = t.hook(0);
+    let inner = inner_frame(20, true);
+    // VNI over 24 bits.
+    let mut pkt = HeapBuf::from_frame(&inner);
+    assert_eq!(
+        push(&mut h, &mut pkt, &push_key(&inner, 1 << 24)),
+        Err(DropReason::TunnelBadVni)
+    );
+    // Unknown VTEP.
+    let mut k = push_key(&inner, 1);
+    k.set(
+        Field::TunDst,
+        u128::from(u32::from(Ipv4Addr::new(192, 168, 50, 3))),
+    );
+    assert_eq!(
+        push(&mut h, &mut pkt, &k),
+        Err(DropReason::TunnelUnknownVtep)
+    );
+    // Off-subnet VTEP without a gateway.
+    t.vteps
+        .add("far", Ipv4Addr::new(172, 16, 0, 1))
+        .expect("vtep");
+    k.set(
+        Field::TunDst,
+        u128::from(u32::from(Ipv4Addr::new(172, 16, 0, 1))),
+    );
+    assert_eq!(push(&mut h, &mut pkt, &k), Err(DropReason::TunnelNoRoute));
+    // Unresolved next hop: asks the neighbour cache.
+    t.vteps
+        .add("near", Ipv4Addr::new(192, 168, 50, 7))
+        .expect("vtep");
+    k.set(
+        Field::TunDst,
+        u128::from(u32::from(Ipv4Addr::new(192, 168, 50, 7))),
+    );
+    assert_eq!(push(&mut h, &mut pkt, &k), Err(DropReason::NeighUnresolved));
+    assert_eq!(t.neigh.take_wanted(), Some(Ipv4Addr::new(192, 168, 50, 7)));
+    assert_eq!(
+        pkt.data(),
+        &inner[..],
+        "failed encap leaves the frame unchanged"
+    );
+    let text = super::commands::dump_tunnels(&t);
+    assert!(text.contains("tunnel_bad_vni: 1"), "{text}");
+    assert!(text.contains("remote node-b vtep 192.168.50.2"), "{text}");
+}
+
+#[test]
+fn pipeline_pushes_and_pops_through_flows() {
+    // Node A: pod on port 1, uplink port 2. Traffic from the pod is
+    // encapsulated towards node B; Geneve from the uplink is decapsulated
+    // and the inner frame delivered to the pod by matching tun_id.
+    let flows = "\
+table=0,priority=100,in_port=1,actions=set_field:0x64->tun_id,set_field:192.168.50.2->tun_dst,set_field:0x102->tun_gnv_class,set_field:0x7->tun_gnv_type,set_field:0x11223344->tun_metadata0,tnl_push,output:2
+table=0,priority=100,in_port=2,udp,tp_dst=6081,actions=tnl_pop
+table=0,priority=90,tun_id=0x64,tun_gnv_class=0x102,tun_metadata0=0x11223344,actions=output:1
+table=0,priority=0,actions=drop";
+    let t = FlowTables::new();
+    t.add_flows(flows, 0).expect("flows");
+    let a = tunnels(config());
+    let mut pa = FlowPipeline::with_hooks(
+        t.clone(),
+        FlowPipelineConfig::default(),
+        Hooks {
+            ct: NoConntrack,
+            tunnels: a.hook(0),
+        },
+    );
+    let inner = inner_frame(22, true);
+    let mut out = Output::new(4);
+    let mut burst = Burst::new(PortNo(1));
+    burst.pkts.push(HeapBuf::from_frame(&inner));
+    pa.process(0, &mut burst, &mut out);
+    let sent = out.take(PortNo(2));
+    assert_eq!(sent.len(), 1, "drops: {:?}", out.drops.nonzero());
+    let wire = sent[0].data().to_vec();
+    assert_eq!(wire.len(), inner.len() + 50 + 8);
+
+    // Node B decapsulates with the same program (its local VTEP is REMOTE).
+    let b = peer();
+    let mut pb = FlowPipeline::with_hooks(
+        t,
+        FlowPipelineConfig::default(),
+        Hooks {
+            ct: NoConntrack,
+            tunnels: b.hook(0),
+        },
+    );
+    let mut out = Output::new(4);
+    let mut burst = Burst::new(PortNo(2));
+    burst.pkts.push(HeapBuf::from_frame(&wire));
+    pb.process(0, &mut burst, &mut out);
+    let got = out.take(PortNo(1));
+    assert_eq!(got.len(), 1, "drops: {:?}", out.drops.nonzero());
+    assert_eq!(got[0].data(), &inner[..]);
+}
