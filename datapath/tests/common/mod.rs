@@ -76,24 +76,48 @@ impl Drop for Netns {
     }
 }
 
-/// A veth pair: `outer` stays in the root namespace, `inner` goes into
-/// `ns` with `addr` (CIDR), checksum offload off so that frames copied by
-/// af_packet carry complete checksums. Deleted on drop.
+/// A veth pair: `outer` stays in the root namespace (or goes into `node`,
+/// see [`Veth::new_in`]), `inner` goes into `ns` with `addr` (CIDR),
+/// checksum offload off so that frames copied by af_packet carry complete
+/// checksums. Deleted on drop.
 pub struct Veth {
     pub outer: String,
+    node: Option<String>,
 }
 
 impl Veth {
     pub fn new(outer: &str, inner: &str, ns: &Netns, addr: &str) -> Veth {
+        Self::create(None, outer, inner, ns, addr)
+    }
+
+    /// Like [`Veth::new`] with the outer end in the `node` namespace, where
+    /// sluiced runs ([`Sluiced::start_in`]). DPDK's af_packet PMD joins a
+    /// PACKET_FANOUT group whose id is `pid ^ ifindex`: two sluiced processes
+    /// in one namespace can collide on it (EINVAL/EPERM at start), while
+    /// fanout groups never match across namespaces.
+    pub fn new_in(node: &Netns, outer: &str, inner: &str, ns: &Netns, addr: &str) -> Veth {
+        Self::create(Some(node), outer, inner, ns, addr)
+    }
+
+    fn create(node: Option<&Netns>, outer: &str, inner: &str, ns: &Netns, addr: &str) -> Veth {
         sh_quiet(&["ip", "link", "del", outer]);
         sh(&[
             "ip", "link", "add", outer, "type", "veth", "peer", "name", inner,
         ]);
         let v = Veth {
             outer: outer.to_string(),
+            node: node.map(|n| n.0.clone()),
         };
         sh(&["ip", "link", "set", inner, "netns", &ns.0]);
-        sh(&["ip", "link", "set", outer, "up"]);
+        match node {
+            Some(n) => {
+                sh(&["ip", "link", "set", outer, "netns", &n.0]);
+                sh(&["ip", "-n", &n.0, "link", "set", outer, "up"]);
+            }
+            None => {
+                sh(&["ip", "link", "set", outer, "up"]);
+            }
+        }
         sh(&["ip", "-n", &ns.0, "addr", "add", addr, "dev", inner]);
         sh(&["ip", "-n", &ns.0, "link", "set", inner, "up"]);
         sh_quiet(&[
@@ -105,7 +129,10 @@ impl Veth {
 
 impl Drop for Veth {
     fn drop(&mut self) {
-        sh_quiet(&["ip", "link", "del", &self.outer]);
+        match &self.node {
+            Some(n) => sh_quiet(&["ip", "-n", n, "link", "del", &self.outer]),
+            None => sh_quiet(&["ip", "link", "del", &self.outer]),
+        }
     }
 }
 
@@ -125,10 +152,28 @@ impl Sluiced {
     /// Starts sluiced with `config` (INI text) and waits for its "ready"
     /// event; panics with its stderr if it exits instead.
     pub fn start(config: &str) -> (Sluiced, serde_json::Value) {
+        Self::spawn(None, config)
+    }
+
+    /// Starts sluiced inside network namespace `node` (its ports see that
+    /// namespace's interfaces).
+    pub fn start_in(node: &Netns, config: &str) -> (Sluiced, serde_json::Value) {
+        Self::spawn(Some(node), config)
+    }
+
+    fn spawn(node: Option<&Netns>, config: &str) -> (Sluiced, serde_json::Value) {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("sluiced.ini");
         std::fs::write(&cfg, config).expect("write config");
-        let mut child = Command::new(sluiced_bin())
+        let mut cmd = match node {
+            Some(n) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &n.0]).arg(sluiced_bin());
+                c
+            }
+            None => Command::new(sluiced_bin()),
+        };
+        let mut child = cmd
             .arg("--config")
             .arg(&cfg)
             .stdout(Stdio::piped())
