@@ -52,11 +52,14 @@ fn tcp_remote_pidfile_logfile_socket_mode_and_sigterm() {
     });
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660, "socket mode");
-    let pidtext = std::fs::read_to_string(&pid).unwrap();
+    // The pidfile and the log line are written once the listeners are up.
+    let pidtext = wait_until("the pidfile", || std::fs::read_to_string(&pid).ok());
     assert_eq!(pidtext.trim(), p.child.id().to_string());
-    assert!(std::fs::read_to_string(&log)
-        .unwrap()
-        .contains("nestdb-server ready"));
+    wait_until("the ready line in the log file", || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|t| t.contains("nestdb-server ready"))
+    });
     if have("ovsdb-client") {
         let out = run_ok(
             "ovsdb-client",

@@ -149,7 +149,13 @@ fn main() -> ExitCode {
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|_| std::fs::write(p, format!("{}\n", std::process::id())));
+            .and_then(|_| {
+                // Written whole then renamed, so readers never see a partial pidfile.
+                let mut tmp = p.as_os_str().to_owned();
+                tmp.push(".tmp");
+                std::fs::write(&tmp, format!("{}\n", std::process::id()))?;
+                std::fs::rename(&tmp, p)
+            });
         if let Err(e) = write {
             eprintln!("nestdb-server: cannot write pidfile {}: {e}", p.display());
             server.cleanup();
