@@ -59,14 +59,6 @@ impl TableSchema {
     pub fn column(&self, name: &str) -> Option<usize> {
         self.column_index.get(name).copied()
     }
-
-    /// Columns that hold references, as (column index, referenced table, is strong, in key?, in value?).
-    pub fn ref_columns(&self) -> impl Iterator<Item = (usize, &ColumnSchema)> {
-        self.columns.iter().enumerate().filter(|(_, c)| {
-            c.ty.key.ref_table.is_some()
-                || c.ty.value.as_ref().is_some_and(|v| v.ref_table.is_some())
-        })
-    }
 }
 
 /// A database schema.

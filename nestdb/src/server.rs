@@ -255,6 +255,7 @@ pub struct Server {
     server_id: Uuid,
     exit_requested: bool,
     stats: Stats,
+    accept_paused_until: Option<Instant>,
 }
 
 impl std::fmt::Debug for Server {
@@ -342,6 +343,7 @@ impl Server {
             server_id: Uuid::new_v4(),
             exit_requested: false,
             stats: Stats::default(),
+            accept_paused_until: None,
         };
         s.populate_server_db();
         Ok(s)
@@ -382,9 +384,14 @@ impl Server {
         let mut buf = vec![0u8; 64 * 1024];
         while !self.exit_requested && !STOP.load(Ordering::Relaxed) {
             let mut fds: Vec<libc::pollfd> = Vec::new();
+            let accepting = self.accept_paused_until.is_none_or(|t| t <= Instant::now());
+            if accepting {
+                self.accept_paused_until = None;
+            }
             for l in &self.listeners {
                 fds.push(libc::pollfd {
-                    fd: l.fd(),
+                    // A negative fd makes poll() ignore the entry while accepting is paused.
+                    fd: if accepting { l.fd() } else { -1 },
                     events: libc::POLLIN,
                     revents: 0,
                 });
@@ -448,6 +455,9 @@ impl Server {
                 t = t.min(d.saturating_duration_since(now));
             }
         }
+        if let Some(t0) = self.accept_paused_until {
+            t = t.min(t0.saturating_duration_since(now));
+        }
         if let Some(interval) = self.config.inactivity_probe {
             for s in self.sessions.values().filter(|s| s.probes) {
                 let wait = if s.probe_sent {
@@ -492,7 +502,11 @@ impl Server {
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    tracing::warn!("accept failed: {e}");
+                    // Typically EMFILE: out of descriptors.  Stop accepting briefly
+                    // instead of spinning on a listener that stays readable; existing
+                    // sessions keep being served.
+                    tracing::warn!("accept failed: {e}; pausing new connections for 100 ms");
+                    self.accept_paused_until = Some(Instant::now() + Duration::from_millis(100));
                     return;
                 }
             }
@@ -1054,6 +1068,10 @@ impl Server {
             if s.out_pos == s.out.len() {
                 s.out.clear();
                 s.out_pos = 0;
+                // Give back memory after a one-off large reply (e.g. an initial dump).
+                if s.out.capacity() > (4 << 20) {
+                    s.out.shrink_to(64 << 10);
+                }
             } else if s.out_pos > (1 << 20) {
                 s.out.drain(..s.out_pos);
                 s.out_pos = 0;

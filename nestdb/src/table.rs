@@ -275,6 +275,10 @@ impl Database {
                 (old, Some(new)) => {
                     let mut o = Map::new();
                     for (i, c) in ts.columns.iter().enumerate() {
+                        // As in ovsdb-server, ephemeral columns are not written to disk.
+                        if c.ephemeral {
+                            continue;
+                        }
                         let changed = match old {
                             Some(old) => old.data[i] != new.data[i],
                             None => new.data[i] != c.ty.default_datum(),
