@@ -515,3 +515,56 @@ fn control_socket_commands() {
     assert!(ctl.call("compact", json!(["Nope"])).is_err());
     assert_eq!(ctl.call("exit", json!([])).unwrap(), json!(""));
 }
+
+#[test]
+fn running_out_of_descriptors_does_not_stop_service() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("s.ovsschema"), common::SCHEMA).unwrap();
+    let sock = d.join("n.sock");
+    let mut cmd = std::process::Command::new(common::nestdb_bin());
+    cmd.arg(d.join("n.db"))
+        .arg(format!("--schema={}", d.join("s.ovsschema").display()))
+        .arg(format!("--remote=punix:{}", sock.display()))
+        .arg(format!("--unixctl={}", d.join("n.ctl").display()))
+        .stderr(std::process::Stdio::null());
+    // SAFETY: pre_exec runs in the forked child before exec; setrlimit is
+    // async-signal-safe and touches no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 32,
+                rlim_max: 32,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let _p = common::Proc {
+        child: cmd.spawn().unwrap(),
+        what: "nestdb".into(),
+    };
+    let mut first = common::wait_until("server to listen", || {
+        std::os::unix::net::UnixStream::connect(&sock)
+            .ok()
+            .map(|_| Rpc::connect(&sock))
+    });
+    assert_eq!(first.call("echo", json!([1])).unwrap(), json!([1]));
+    // Far more connections than descriptors: the kernel queues them.
+    let mut extra: Vec<Rpc> = (0..60).map(|_| Rpc::connect(&sock)).collect();
+    // The server keeps serving an existing session meanwhile.
+    for i in 0..5 {
+        assert_eq!(first.call("echo", json!([i])).unwrap(), json!([i]));
+    }
+    // Closing most connections frees descriptors; the queued ones are then accepted
+    // and served.
+    let mut late = extra.split_off(50);
+    drop(extra);
+    for c in late.iter_mut() {
+        assert_eq!(c.call("echo", json!(["late"])).unwrap(), json!(["late"]));
+    }
+    assert_eq!(first.call("echo", json!(["end"])).unwrap(), json!(["end"]));
+}
