@@ -73,6 +73,15 @@ const DEFAULT_HASH_FIELDS: [Field; 8] = [
     Field::TpDst,
 ];
 
+/// Appends a trace line; the arguments are evaluated only when tracing.
+macro_rules! note {
+    ($cx:expr, $($arg:tt)*) => {
+        if $cx.trace.is_some() {
+            $cx.write_note(format_args!($($arg)*));
+        }
+    };
+}
+
 struct Ctx<'a> {
     prog: &'a FlowProgram,
     key: FlowKey,
@@ -90,7 +99,7 @@ impl Ctx<'_> {
         self.mask.or_assign(&FlowKey::field_mask(field));
     }
 
-    fn note(&mut self, args: std::fmt::Arguments<'_>) {
+    fn write_note(&mut self, args: std::fmt::Arguments<'_>) {
         let indent = self.depth.saturating_sub(1) * 4;
         if let Some(t) = self.trace.as_deref_mut() {
             let _ = writeln!(t, "{:indent$}{args}", "");
@@ -109,16 +118,16 @@ impl Ctx<'_> {
     fn table(&mut self, table: u8, resubmit: bool) {
         self.lookups += 1;
         if self.lookups > MAX_LOOKUPS {
-            self.note(format_args!(
+            note!(self,
                 ">>>> more than {MAX_LOOKUPS} table lookups: dropping (resubmit fan-out in the flow program?) <<<<"
-            ));
+            );
             self.finish_with(DropReason::ResubmitLimit);
             return;
         }
         if self.depth >= MAX_DEPTH {
-            self.note(format_args!(
+            note!(self,
                 ">>>> resubmit depth {MAX_DEPTH} exceeded: dropping (loop in the flow program?) <<<<"
-            ));
+            );
             self.finish_with(DropReason::ResubmitLimit);
             return;
         }
@@ -137,29 +146,27 @@ impl Ctx<'_> {
         self.depth += 1;
         match hit {
             Some(r) => {
-                self.note(format_args!(
+                note!(
+                    self,
                     "{table}. {}{}priority {}, cookie {:#x}",
                     format_match(&r.spec.m),
                     if r.spec.m == Match::ANY { "" } else { ", " },
                     r.spec.priority,
                     r.spec.cookie
-                ));
+                );
                 self.rules.push(r.stats.clone());
                 if r.spec.actions.is_empty() {
-                    self.note(format_args!("    drop"));
+                    note!(self, "    drop");
                     self.finish_with(DropReason::FlowDrop);
                 } else {
                     self.actions_of(&r.spec.actions, table);
                 }
             }
             None if resubmit => {
-                self.note(format_args!("{table}. No match. (resubmit: continuing)"));
+                note!(self, "{table}. No match. (resubmit: continuing)");
             }
             None => {
-                self.note(format_args!(
-                    "{table}. No match. (table-miss: {:?})",
-                    t.miss
-                ));
+                note!(self, "{table}. No match. (table-miss: {:?})", t.miss);
                 match t.miss {
                     MissAction::Drop => self.finish_with(DropReason::TableMiss),
                     MissAction::Controller => {
@@ -181,10 +188,7 @@ impl Ctx<'_> {
             if self.stop {
                 return;
             }
-            self.note(format_args!(
-                "    {}",
-                format_actions(std::slice::from_ref(a))
-            ));
+            note!(self, "    {}", format_actions(std::slice::from_ref(a)));
             match a {
                 Action::Output(p) => self.actions.push(DpAction::Output(*p)),
                 Action::Local => self.actions.push(DpAction::Output(PortNo::LOCAL)),
@@ -215,13 +219,13 @@ impl Ctx<'_> {
                     self.unwildcard(Field::DlType);
                     let ty = self.key.dl_type();
                     if ty != ethertype::IPV4 && ty != ethertype::IPV6 {
-                        self.note(format_args!("    (not IP: dec_ttl does nothing)"));
+                        note!(self, "    (not IP: dec_ttl does nothing)");
                         continue;
                     }
                     self.unwildcard(Field::NwTtl);
                     let ttl = self.key.get(Field::NwTtl);
                     if ttl <= 1 {
-                        self.note(format_args!("    >>>> TTL {ttl} expires: dropping <<<<"));
+                        note!(self, "    >>>> TTL {ttl} expires: dropping <<<<");
                         self.finish_with(DropReason::TtlExceeded);
                     } else {
                         self.set_field(Field::NwTtl, ttl - 1, 0xff);
@@ -231,14 +235,14 @@ impl Ctx<'_> {
                 Action::Ct(ct) => {
                     self.actions.push(DpAction::Ct(ct.clone()));
                     if ct.table.is_some() {
-                        self.note(format_args!("    (recirculates after conntrack)"));
+                        note!(self, "    (recirculates after conntrack)");
                         self.stop = true;
                     }
                 }
                 Action::TunnelPush => self.actions.push(DpAction::TunnelPush),
                 Action::TunnelPop => {
                     self.actions.push(DpAction::TunnelPop);
-                    self.note(format_args!("    (recirculates after decapsulation)"));
+                    note!(self, "    (recirculates after decapsulation)");
                     self.stop = true;
                 }
             }
@@ -265,7 +269,7 @@ impl Ctx<'_> {
             _ => {}
         }
         if !header_present(&self.key, field) {
-            self.note(format_args!("    (packet has no {field}: skipped)"));
+            note!(self, "    (packet has no {field}: skipped)");
             return;
         }
         self.key.set_masked(field, value, mask);
@@ -304,14 +308,14 @@ impl Ctx<'_> {
                 self.mask.or_assign(&fmask);
                 let total: u64 = g.buckets.iter().map(|b| u64::from(b.weight)).sum();
                 if total == 0 {
-                    self.note(format_args!("    group {id}: no live bucket"));
+                    note!(self, "    group {id}: no live bucket");
                     self.finish_with(DropReason::FlowDrop);
                     return;
                 }
                 let mut pick = self.key.hash_masked(&fmask) % total;
                 for (i, b) in g.buckets.iter().enumerate() {
                     if pick < u64::from(b.weight) {
-                        self.note(format_args!("    group {id}: bucket {i}"));
+                        note!(self, "    group {id}: bucket {i}");
                         self.actions_of(&b.actions, table);
                         return;
                     }
@@ -320,7 +324,7 @@ impl Ctx<'_> {
             }
             GroupType::All => {
                 for (i, b) in g.buckets.iter().enumerate() {
-                    self.note(format_args!("    group {id}: bucket {i} (copy)"));
+                    note!(self, "    group {id}: bucket {i} (copy)");
                     let saved_key = self.key;
                     let outer = std::mem::take(&mut self.actions);
                     self.actions_of(&b.actions, table);
