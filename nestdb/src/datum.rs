@@ -524,4 +524,28 @@ mod tests {
         assert_eq!(sd.to_json(), json!(["set", ["a", "c"]]));
         assert_eq!(o.apply_diff(&sd, &st), n);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn diff_then_apply_reconstructs_sets_and_maps(
+            a in proptest::collection::btree_map("[a-d]", "[x-z]", 0..5),
+            b in proptest::collection::btree_map("[a-d]", "[x-z]", 0..5),
+        ) {
+            let mt = Type {
+                value: Some(BaseType::plain(AtomicType::String)),
+                ..set_ty(AtomicType::String)
+            };
+            let to_map = |m: &std::collections::BTreeMap<String, String>| {
+                Datum::Map(m.iter().map(|(k, v)| (Atom::String(k.clone()), Atom::String(v.clone()))).collect())
+            };
+            let (old, new) = (to_map(&a), to_map(&b));
+            proptest::prop_assert_eq!(old.apply_diff(&Datum::diff(&old, &new, &mt), &mt), new);
+            let st = set_ty(AtomicType::String);
+            let to_set = |m: &std::collections::BTreeMap<String, String>| {
+                Datum::Set(m.keys().map(|k| Atom::String(k.clone())).collect())
+            };
+            let (old, new) = (to_set(&a), to_set(&b));
+            proptest::prop_assert_eq!(old.apply_diff(&Datum::diff(&old, &new, &st), &st), new);
+        }
+    }
 }

@@ -291,4 +291,48 @@ mod tests {
         assert!(Message::from_json(json!({"method":"x","params":{}})).is_err());
         assert!(Message::from_json(json!({"foo":1})).is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_chunking_yields_the_same_messages(
+            texts in proptest::collection::vec("[a-z{}\\[\\]\"\\\\ ]{0,12}", 1..8),
+            cuts in proptest::collection::vec(0usize..400, 0..10),
+        ) {
+            let msgs: Vec<Value> = texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| json!({"method": "echo", "params": [t], "id": i}))
+                .collect();
+            let mut wire = Vec::new();
+            for m in &msgs {
+                wire.extend_from_slice(&serde_json::to_vec(m).unwrap());
+                wire.push(b' ');
+            }
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (wire.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut p = StreamParser::new(1 << 20);
+            let mut got = Vec::new();
+            let mut last = 0;
+            for c in cuts.into_iter().chain(std::iter::once(wire.len())) {
+                p.feed(&wire[last..c]);
+                last = c;
+                while let Some(v) = p.next_value().unwrap() {
+                    got.push(v);
+                }
+            }
+            proptest::prop_assert_eq!(got, msgs);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let mut p = StreamParser::new(128);
+            p.feed(&bytes);
+            for _ in 0..bytes.len() + 1 {
+                match p.next_value() {
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+    }
 }

@@ -374,4 +374,27 @@ mod tests {
         );
         assert!(scan.tail_error.is_none());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn damaged_logs_yield_a_prefix_of_records(
+            n in 1usize..6,
+            cut in 0usize..2000,
+            flip in proptest::option::of((0usize..2000, 1u8..=255)),
+        ) {
+            let recs: Vec<Value> = (0..n).map(|i| json!({"i": i, "pad": "x".repeat(i * 7)})).collect();
+            let mut data: Vec<u8> = recs.iter().flat_map(|r| encode_record(r)).collect();
+            data.truncate(cut.min(data.len()));
+            if let Some((pos, x)) = flip {
+                if !data.is_empty() {
+                    let p = pos % data.len();
+                    data[p] ^= x;
+                }
+            }
+            let scan = parse_records(&data);
+            proptest::prop_assert!(scan.records.len() <= n);
+            proptest::prop_assert_eq!(&scan.records[..], &recs[..scan.records.len()]);
+            proptest::prop_assert!(scan.valid_len <= data.len() as u64);
+        }
+    }
 }
