@@ -6,8 +6,12 @@
 //! runs [`slowpath::translate`] over the whole program, installing the
 //! resulting megaflow (and EMC entry). All three tiers are per PMD: no
 //! sharing, no locks. Cached results are `Arc<slowpath::Xlate>` built from
-//! one program generation; the pipeline flushes both caches when a new
-//! program is published.
+//! one program generation; when a new program is published the pipeline
+//! flushes the EMC and revalidates (or, when large, flushes) the megaflow
+//! cache before its next burst.
+//!
+//! Memory per PMD: an EMC slot is 256 bytes (4096 slots: 1 MiB); a megaflow
+//! entry is about 210 bytes plus its `Xlate` (shared by the EMC).
 
 pub mod emc;
 pub mod megaflow;

@@ -190,6 +190,10 @@ impl Ctx<'_> {
             }
             note!(self, "    {}", format_actions(std::slice::from_ref(a)));
             match a {
+                // output:CONTROLLER goes through the packet-in rate limit.
+                Action::Output(PortNo::CONTROLLER) => {
+                    self.actions.push(DpAction::Controller { max_len: 0 })
+                }
                 Action::Output(p) => self.actions.push(DpAction::Output(*p)),
                 Action::Local => self.actions.push(DpAction::Output(PortNo::LOCAL)),
                 Action::InPort => {

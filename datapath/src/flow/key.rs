@@ -808,6 +808,12 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn key_is_three_cache_lines() {
+        assert_eq!(std::mem::size_of::<FlowKey>(), 192);
+        assert_eq!(std::mem::align_of::<FlowKey>(), 64);
+    }
+
+    #[test]
     fn field_places_do_not_overlap() {
         let mut seen = FlowKey::ZERO;
         for &f in Field::ALL {
