@@ -383,7 +383,7 @@ mod tests {
             flip in proptest::option::of((0usize..2000, 1u8..=255)),
         ) {
             let recs: Vec<Value> = (0..n).map(|i| json!({"i": i, "pad": "x".repeat(i * 7)})).collect();
-            let mut data: Vec<u8> = recs.iter().flat_map(|r| encode_record(r)).collect();
+            let mut data: Vec<u8> = recs.iter().flat_map(encode_record).collect();
             data.truncate(cut.min(data.len()));
             if let Some((pos, x)) = flip {
                 if !data.is_empty() {
