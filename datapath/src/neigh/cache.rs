@@ -278,8 +278,8 @@ impl<P> NeighCache<P> {
     }
 
     /// Feeds a received ARP frame. Only a reply to the local address for an
-    /// address this cache asked for changes a binding; the packets queued
-    /// for it are returned.
+    /// address this cache asked for changes a binding (published to PMDs at
+    /// once); the packets queued for it are returned.
     pub fn on_arp(&mut self, now: Nanos, frame: &[u8]) -> Released<P> {
         let mut out = Released::default();
         let Some((op, sha, spa, _tha, tpa)) = parse_arp(frame) else {
@@ -302,6 +302,7 @@ impl<P> NeighCache<P> {
         if !e.queue.is_empty() {
             out.ready = Some((sha, e.queue.drain(..).collect()));
         }
+        self.publish_if_dirty();
         out
     }
 

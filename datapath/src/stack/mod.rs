@@ -1,0 +1,410 @@
+//! The datapath's own IP stack: smoltcp serving the VTEP/uplink address,
+//! and the owner of the underlay neighbour cache.
+//!
+//! [`LocalStack`] wraps the PMD's pipeline. After the inner pipeline ran a
+//! burst, the packets it staged for [`PortNo::LOCAL`] (the `local` flow
+//! action) are delivered here instead of being dropped: ARP replies feed
+//! the [`NeighCache`] (learning only what it asked for) and smoltcp; ARP
+//! requests and IPv4 for the local address go to a smoltcp [`Interface`],
+//! which answers ARP and ICMP echo like a host; anything else is dropped
+//! under `local_not_for_us`. Frames smoltcp and the neighbour cache send
+//! (replies, ARP requests for the tunnels' next hops, the gratuitous ARP
+//! announcing the VTEP at start) are staged on the uplink port.
+//!
+//! The local stack is the exception path: it may allocate (smoltcp copies
+//! frames through its device queues), and the neighbour cache sits behind a
+//! mutex that only this PMD's `maintain`/local delivery and control
+//! commands (`dump-neighbours`, `flush-neighbours`) take. The per-packet
+//! forwarding path is untouched: bursts without local packets cost one
+//! `is_empty` check.
+//!
+//! Thread-safety: one `LocalStack` on the PMD that owns the uplink;
+//! [`StackControl`] is the shared handle for control threads.
+
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
+
+use crate::ctl::registry::{Registry, RegistryError};
+use crate::drop::DropReason;
+use crate::neigh::cache::{gratuitous_arp, parse_arp, NeighCache, NeighConfig};
+use crate::neigh::table::NeighTable;
+use crate::packet::{BufAlloc, Burst, Output, PacketBuf, PortNo};
+use crate::pipeline::{Nanos, Pipeline};
+use crate::stats::Counter;
+
+/// The local stack's address and where it is reachable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackConfig {
+    /// The VTEP/uplink address.
+    pub ip: Ipv4Addr,
+    /// Its prefix length on the underlay.
+    pub prefix_len: u8,
+    /// The uplink's MAC.
+    pub mac: [u8; 6],
+    /// The uplink port (where the stack's frames are sent).
+    pub uplink: PortNo,
+    /// The uplink's IP MTU.
+    pub mtu: u16,
+}
+
+/// Why the local stack could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StackError {
+    /// The address is not usable.
+    #[error("{ip}/{prefix_len} cannot be the VTEP address: give a unicast IPv4 address with a prefix length of 1 to 32")]
+    BadAddress {
+        /// The address.
+        ip: Ipv4Addr,
+        /// The prefix length.
+        prefix_len: u8,
+    },
+}
+
+/// Counters of the local stack.
+#[derive(Debug, Default)]
+pub struct StackStats {
+    /// Frames delivered by the `local` action.
+    pub rx: Counter,
+    /// Frames the stack and the neighbour cache sent.
+    pub tx: Counter,
+    /// ARP replies fed to the neighbour cache.
+    pub arp_replies: Counter,
+}
+
+/// Shared handle: neighbour cache access for control commands, counters.
+#[derive(Debug, Clone)]
+pub struct StackControl {
+    /// The underlay neighbour cache (owned by the stack's PMD).
+    pub neigh: Arc<Mutex<NeighCache<()>>>,
+    /// Counters.
+    pub stats: Arc<StackStats>,
+    /// The configuration.
+    pub config: Arc<StackConfig>,
+}
+
+impl StackControl {
+    fn lock(&self) -> std::sync::MutexGuard<'_, NeighCache<()>> {
+        self.neigh.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The `dump-neighbours` text.
+    pub fn dump_neighbours(&self) -> String {
+        self.lock()
+            .dump()
+            .iter()
+            .map(|n| format!("{n}\n"))
+            .collect()
+    }
+
+    /// Forgets every neighbour (`flush-neighbours`).
+    pub fn flush_neighbours(&self) {
+        self.lock().flush();
+    }
+}
+
+/// Registers `dump-neighbours`, `flush-neighbours` and `local-stack/show`.
+///
+/// # Errors
+/// [`RegistryError`] if a name is already registered.
+pub fn register_commands(registry: &Registry, control: &StackControl) -> Result<(), RegistryError> {
+    let c = control.clone();
+    registry.register(
+        "dump-neighbours",
+        "",
+        0,
+        0,
+        Arc::new(move |_| Ok(c.dump_neighbours())),
+    )?;
+    let c = control.clone();
+    registry.register(
+        "flush-neighbours",
+        "",
+        0,
+        0,
+        Arc::new(move |_| {
+            c.flush_neighbours();
+            Ok(String::new())
+        }),
+    )?;
+    let c = control.clone();
+    registry.register(
+        "local-stack/show",
+        "",
+        0,
+        0,
+        Arc::new(move |_| {
+            Ok(format!(
+                "address {}/{} mac {} uplink {}\nrx {} tx {} arp replies learned {}\n",
+                c.config.ip,
+                c.config.prefix_len,
+                crate::wire::ethernet::Address(c.config.mac),
+                c.config.uplink,
+                c.stats.rx.get(),
+                c.stats.tx.get(),
+                c.stats.arp_replies.get()
+            ))
+        }),
+    )?;
+    Ok(())
+}
+
+/// smoltcp's view of the local port: frames in, frames out.
+#[derive(Debug, Default)]
+struct QueueDevice {
+    rx: VecDeque<Vec<u8>>,
+    tx: VecDeque<Vec<u8>>,
+    mtu: usize,
+}
+
+struct RxTok(Vec<u8>);
+struct TxTok<'a>(&'a mut VecDeque<Vec<u8>>);
+
+impl phy::RxToken for RxTok {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for TxTok<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut buf = vec![0u8; len];
+        let r = f(&mut buf);
+        self.0.push_back(buf);
+        r
+    }
+}
+
+impl Device for QueueDevice {
+    type RxToken<'a> = RxTok;
+    type TxToken<'a> = TxTok<'a>;
+
+    fn receive(&mut self, _: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let f = self.rx.pop_front()?;
+        Some((RxTok(f), TxTok(&mut self.tx)))
+    }
+
+    fn transmit(&mut self, _: Instant) -> Option<Self::TxToken<'_>> {
+        Some(TxTok(&mut self.tx))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut c = DeviceCapabilities::default();
+        c.medium = Medium::Ethernet;
+        c.max_transmission_unit = self.mtu + 14;
+        c
+    }
+}
+
+/// The local stack in front of (after) an inner pipeline.
+pub struct LocalStack<P, A> {
+    inner: P,
+    alloc: A,
+    config: Arc<StackConfig>,
+    iface: Interface,
+    device: QueueDevice,
+    sockets: SocketSet<'static>,
+    control: StackControl,
+    announced: bool,
+}
+
+impl<P, A> std::fmt::Debug for LocalStack<P, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalStack")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn instant(now: Nanos) -> Instant {
+    Instant::from_micros(i64::try_from(now / 1000).unwrap_or(i64::MAX))
+}
+
+impl<P, A> LocalStack<P, A> {
+    /// Wraps `inner`; `neigh` is the table the tunnels read; frames the
+    /// stack originates are allocated from `alloc`.
+    ///
+    /// # Errors
+    /// [`StackError`] when the address cannot be used.
+    pub fn new(
+        inner: P,
+        alloc: A,
+        config: StackConfig,
+        neigh: NeighTable,
+        neigh_config: NeighConfig,
+    ) -> Result<Self, StackError> {
+        if config.ip.is_unspecified()
+            || config.ip.is_multicast()
+            || config.ip.is_broadcast()
+            || config.prefix_len == 0
+            || config.prefix_len > 32
+        {
+            return Err(StackError::BadAddress {
+                ip: config.ip,
+                prefix_len: config.prefix_len,
+            });
+        }
+        let mut device = QueueDevice {
+            mtu: usize::from(config.mtu),
+            ..QueueDevice::default()
+        };
+        let iface_cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(config.mac)));
+        let mut iface = Interface::new(iface_cfg, &mut device, Instant::from_micros(0));
+        let cidr = IpCidr::new(IpAddress::Ipv4(config.ip), config.prefix_len);
+        iface.update_ip_addrs(|a| {
+            // One address in an empty list always fits.
+            let _ = a.push(cidr);
+        });
+        let neigh_config = NeighConfig {
+            local_ip: config.ip,
+            local_mac: config.mac,
+            ..neigh_config
+        };
+        let config = Arc::new(config);
+        let control = StackControl {
+            neigh: Arc::new(Mutex::new(NeighCache::new(neigh_config, neigh))),
+            stats: Arc::default(),
+            config: config.clone(),
+        };
+        Ok(LocalStack {
+            inner,
+            alloc,
+            config,
+            iface,
+            device,
+            sockets: SocketSet::new(Vec::new()),
+            control,
+            announced: false,
+        })
+    }
+
+    /// The shared handle for control commands.
+    pub fn control(&self) -> StackControl {
+        self.control.clone()
+    }
+
+    /// The wrapped pipeline.
+    pub fn inner(&self) -> &P {
+        &self.inner
+    }
+
+    /// The wrapped pipeline, mutably.
+    pub fn inner_mut(&mut self) -> &mut P {
+        &mut self.inner
+    }
+
+    fn is_for_us(&self, f: &[u8]) -> bool {
+        if let Some((op, _, _, _, tpa)) = parse_arp(f) {
+            return op == 1 && tpa == self.config.ip;
+        }
+        f.len() >= 34
+            && f[12..14] == [0x08, 0x00]
+            && f[30..34] == self.config.ip.octets()
+            && (f[0..6] == self.config.mac || f[0] & 1 != 0)
+    }
+}
+
+impl<P, A> LocalStack<P, A> {
+    /// Sends one originated frame on the uplink.
+    fn emit<B: PacketBuf>(&mut self, frame: &[u8], out: &mut Output<B>)
+    where
+        A: BufAlloc<B>,
+    {
+        let Some(mut b) = self.alloc.alloc() else {
+            out.drops.inc(DropReason::NoBuffer);
+            return;
+        };
+        match b.append(frame.len()) {
+            Some(d) => {
+                d.copy_from_slice(frame);
+                self.control.stats.tx.inc();
+                out.send(self.config.uplink, b);
+            }
+            None => out.drop(DropReason::NoBuffer, b),
+        }
+    }
+
+    /// Delivers the inner pipeline's `local` packets and runs smoltcp.
+    fn deliver<B: PacketBuf>(&mut self, now: Nanos, out: &mut Output<B>)
+    where
+        A: BufAlloc<B>,
+    {
+        let mut local = std::mem::take(&mut out.local);
+        for p in local.drain(..) {
+            self.control.stats.rx.inc();
+            let f = p.data();
+            if let Some((2, ..)) = parse_arp(f) {
+                // Nothing is queued in this cache (the tunnels drop and
+                // count on a miss), so nothing is released here.
+                let _ = self.control.lock().on_arp(now, f);
+                self.control.stats.arp_replies.inc();
+                self.device.rx.push_back(f.to_vec());
+            } else if self.is_for_us(f) {
+                self.device.rx.push_back(f.to_vec());
+            } else {
+                out.drop(DropReason::LocalNotForUs, p);
+            }
+        }
+        // Give the (now empty) vector back so its capacity is reused.
+        out.local = local;
+        self.poll_stack(now, out);
+    }
+
+    fn poll_stack<B: PacketBuf>(&mut self, now: Nanos, out: &mut Output<B>)
+    where
+        A: BufAlloc<B>,
+    {
+        if self.device.rx.is_empty() && self.device.tx.is_empty() {
+            // Nothing to receive; smoltcp may still have timers (ARP
+            // retries for its own replies), polled in `maintain`.
+            return;
+        }
+        self.iface
+            .poll(instant(now), &mut self.device, &mut self.sockets);
+        while let Some(f) = self.device.tx.pop_front() {
+            self.emit(&f, out);
+        }
+    }
+}
+
+impl<B: PacketBuf, P: Pipeline<B>, A: BufAlloc<B> + Send> Pipeline<B> for LocalStack<P, A> {
+    fn process(&mut self, now: Nanos, burst: &mut Burst<B>, out: &mut Output<B>) {
+        self.inner.process(now, burst, out);
+        if !out.local.is_empty() {
+            self.deliver(now, out);
+        }
+    }
+
+    fn maintain(&mut self, now: Nanos, out: &mut Output<B>) {
+        self.inner.maintain(now, out);
+        if !out.local.is_empty() {
+            self.deliver(now, out);
+        }
+        let mut frames: Vec<[u8; 42]> = Vec::new();
+        if !self.announced {
+            self.announced = true;
+            frames.push(gratuitous_arp(self.config.mac, self.config.ip));
+        }
+        {
+            let mut cache = self.control.lock();
+            cache.take_wanted(now);
+            cache.poll(now, |f| frames.push(f));
+        }
+        for f in &frames {
+            self.emit(f, out);
+        }
+        self.iface
+            .poll(instant(now), &mut self.device, &mut self.sockets);
+        while let Some(f) = self.device.tx.pop_front() {
+            self.emit(&f, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,175 @@
+//! The local stack on a fake clock: ARP and ICMP echo answered by smoltcp
+//! (checked with etherparse), neighbour resolution for the tunnels, the
+//! gratuitous ARP at start, and drops of what it does not serve.
+
+use std::net::Ipv4Addr;
+
+use etherparse::{Icmpv4Type, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+
+use super::*;
+use crate::neigh::cache::arp_frame;
+use crate::packet::{HeapAlloc, HeapBuf};
+
+const VTEP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
+const MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 1];
+const PEER: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 2);
+const PEER_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 2];
+const UPLINK: PortNo = PortNo(3);
+
+/// Sends every packet to the local stack, like `actions=local`.
+struct ToLocal;
+impl<B: PacketBuf> Pipeline<B> for ToLocal {
+    fn process(&mut self, _: Nanos, burst: &mut Burst<B>, out: &mut Output<B>) {
+        for p in burst.pkts.drain(..) {
+            out.send(PortNo::LOCAL, p);
+        }
+    }
+}
+
+fn stack() -> (LocalStack<ToLocal, HeapAlloc>, NeighTable) {
+    let t = NeighTable::new();
+    let s = LocalStack::new(
+        ToLocal,
+        HeapAlloc,
+        StackConfig {
+            ip: VTEP,
+            prefix_len: 24,
+            mac: MAC,
+            uplink: UPLINK,
+            mtu: 1500,
+        },
+        t.clone(),
+        NeighConfig::default(),
+    )
+    .expect("stack");
+    (s, t)
+}
+
+fn rx(s: &mut LocalStack<ToLocal, HeapAlloc>, now: Nanos, frame: &[u8]) -> Output<HeapBuf> {
+    let mut out = Output::new(8);
+    let mut b = Burst::new(UPLINK);
+    b.pkts.push(HeapBuf::from_frame(frame));
+    s.process(now, &mut b, &mut out);
+    out
+}
+
+#[test]
+fn answers_arp_for_the_vtep() {
+    let (mut s, _) = stack();
+    let req = arp_frame(1, [0xff; 6], PEER_MAC, PEER, [0; 6], VTEP);
+    let mut out = rx(&mut s, 0, &req);
+    let sent = out.take(UPLINK);
+    assert_eq!(sent.len(), 1);
+    let (op, sha, spa, tha, tpa) = parse_arp(sent[0].data()).expect("arp reply");
+    assert_eq!((op, sha, spa, tha, tpa), (2, MAC, VTEP, PEER_MAC, PEER));
+    // ARP for another address is not answered and is counted.
+    let req = arp_frame(
+        1,
+        [0xff; 6],
+        PEER_MAC,
+        PEER,
+        [0; 6],
+        Ipv4Addr::new(192, 168, 50, 9),
+    );
+    let mut out = rx(&mut s, 0, &req);
+    assert!(out.take(UPLINK).is_empty());
+    assert_eq!(out.drops.get(DropReason::LocalNotForUs), 1);
+}
+
+#[test]
+fn answers_icmp_echo_like_a_host() {
+    let (mut s, _) = stack();
+    // The pinger ARPs first (smoltcp learns its MAC from the request).
+    rx(
+        &mut s,
+        0,
+        &arp_frame(1, [0xff; 6], PEER_MAC, PEER, [0; 6], VTEP),
+    );
+    let b = PacketBuilder::ethernet2(PEER_MAC, MAC)
+        .ipv4(PEER.octets(), VTEP.octets(), 64)
+        .icmpv4_echo_request(0x1234, 7);
+    let payload = *b"sluice-ping-payload!";
+    let mut ping = Vec::new();
+    b.write(&mut ping, &payload).expect("build");
+    let mut out = rx(&mut s, 1_000_000, &ping);
+    let sent = out.take(UPLINK);
+    assert_eq!(sent.len(), 1, "drops {:?}", out.drops.nonzero());
+    let p = SlicedPacket::from_ethernet(sent[0].data()).expect("parse reply");
+    let Some(NetSlice::Ipv4(ip)) = &p.net else {
+        panic!("not IPv4")
+    };
+    assert_eq!(Ipv4Addr::from(ip.header().source()), VTEP);
+    assert_eq!(Ipv4Addr::from(ip.header().destination()), PEER);
+    let Some(TransportSlice::Icmpv4(icmp)) = &p.transport else {
+        panic!("not ICMP")
+    };
+    match icmp.icmp_type() {
+        Icmpv4Type::EchoReply(h) => assert_eq!((h.id, h.seq), (0x1234, 7)),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(icmp.payload(), &payload);
+    assert_eq!(&sent[0].data()[0..6], &PEER_MAC);
+    assert_eq!(s.control().stats.rx.get(), 2);
+}
+
+#[test]
+fn gratuitous_arp_at_start_and_neighbour_resolution_for_tunnels() {
+    let (mut s, t) = stack();
+    let mut out = Output::new(8);
+    // A PMD missed PEER (tunnel encap): asks for resolution.
+    let mut reader = t.reader();
+    assert_eq!(reader.resolve(PEER), None);
+    s.maintain(0, &mut out);
+    let sent = out.take(UPLINK);
+    assert_eq!(sent.len(), 2, "gratuitous ARP + request");
+    let garp = parse_arp(sent[0].data()).expect("garp");
+    assert_eq!(garp, (1, MAC, VTEP, [0; 6], VTEP));
+    let req = parse_arp(sent[1].data()).expect("request");
+    assert_eq!(req, (1, MAC, VTEP, [0; 6], PEER));
+    // No second gratuitous ARP; no retransmission before the timer.
+    s.maintain(1, &mut out);
+    assert!(out.take(UPLINK).is_empty());
+    // The reply arrives through the `local` action.
+    rx(&mut s, 2, &arp_frame(2, MAC, PEER_MAC, PEER, MAC, VTEP));
+    assert_eq!(reader.resolve(PEER), Some(PEER_MAC));
+    let c = s.control();
+    assert!(
+        c.dump_neighbours()
+            .contains("192.168.50.2 lladdr 02:bb:00:00:00:02 REACHABLE"),
+        "{}",
+        c.dump_neighbours()
+    );
+    c.flush_neighbours();
+    assert_eq!(c.dump_neighbours(), "");
+    assert_eq!(t.get(PEER), None);
+}
+
+#[test]
+fn unsolicited_reply_does_not_poison_and_garbage_is_dropped() {
+    let (mut s, t) = stack();
+    rx(&mut s, 0, &arp_frame(2, MAC, PEER_MAC, PEER, MAC, VTEP));
+    assert_eq!(t.get(PEER), None);
+    for n in [0usize, 1, 13, 14, 20, 33, 41] {
+        let out = rx(&mut s, 0, &vec![0xffu8; n]);
+        assert_eq!(out.drops.get(DropReason::LocalNotForUs), 1, "len {n}");
+    }
+}
+
+#[test]
+fn bad_address_is_refused_with_a_sentence() {
+    let e = LocalStack::new(
+        ToLocal,
+        HeapAlloc,
+        StackConfig {
+            ip: Ipv4Addr::UNSPECIFIED,
+            prefix_len: 24,
+            mac: MAC,
+            uplink: UPLINK,
+            mtu: 1500,
+        },
+        NeighTable::new(),
+        NeighConfig::default(),
+    )
+    .expect_err("refused");
+    assert!(e.to_string().contains("cannot be the VTEP address"));
+}
