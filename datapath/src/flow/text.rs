@@ -275,9 +275,13 @@ fn parse_value(field: Field, s: &str) -> Result<(u128, u128), ParseErrorKind> {
             };
             Ok((v & m, m))
         }
-        FieldFormat::Port => parse_port(s)
-            .map(|p| (u128::from(p.0), max))
-            .ok_or(ParseErrorKind::InvalidPort),
+        FieldFormat::Port => match s.split_once('/') {
+            // A masked port (programmatic matches) prints as value/mask.
+            Some(_) => parse_value_as_int(s, max).ok_or(ParseErrorKind::InvalidPort),
+            None => parse_port(s)
+                .map(|p| (u128::from(p.0), max))
+                .ok_or(ParseErrorKind::InvalidPort),
+        },
         FieldFormat::Mac => {
             let (v, m) = split(s);
             let v = parse_mac(&v).ok_or(ParseErrorKind::InvalidMac)?;
@@ -376,7 +380,8 @@ pub fn format_value(field: Field, v: u128, m: u128) -> String {
                 format!("{v}/{m:#x}")
             }
         }
-        FieldFormat::Port => PortNo(v as u16).to_string(),
+        FieldFormat::Port if exact => PortNo(v as u16).to_string(),
+        FieldFormat::Port => format!("{v:#x}/{m:#x}"),
         FieldFormat::Mac => {
             let mac = |x: u128| {
                 let b = (x as u64).to_be_bytes();
@@ -1472,6 +1477,141 @@ mod tests {
             let _ = parse_flow(&s);
             let _ = parse_filter(&s);
             let _ = parse_group(&s);
+        }
+    }
+
+    mod random_round_trip {
+        use super::*;
+        use crate::flow::key::Prereq;
+        use proptest::prelude::*;
+
+        /// (dl_type, nw_proto) contexts that satisfy different prerequisites.
+        const CONTEXTS: [(Option<u16>, Option<u8>); 7] = [
+            (None, None),
+            (Some(0x0800), None),
+            (Some(0x0800), Some(6)),
+            (Some(0x0800), Some(1)),
+            (Some(0x86dd), Some(17)),
+            (Some(0x86dd), Some(58)),
+            (Some(0x0806), None),
+        ];
+
+        fn allowed(f: Field, ctx: (Option<u16>, Option<u8>)) -> bool {
+            let (ty, proto) = ctx;
+            let ip = matches!(ty, Some(0x0800) | Some(0x86dd));
+            match f.prereq() {
+                Prereq::None => !matches!(f, Field::DlType | Field::NwProto),
+                Prereq::Ipv4 => ty == Some(0x0800),
+                Prereq::Ip => ip && f != Field::NwProto,
+                Prereq::Ipv6 => ty == Some(0x86dd),
+                Prereq::Arp => ty == Some(0x0806),
+                Prereq::L4Ports => ip && matches!(proto, Some(6) | Some(17) | Some(132)),
+                Prereq::Tcp => ip && proto == Some(6),
+                Prereq::Icmp => matches!(
+                    (ty, proto),
+                    (Some(0x0800), Some(1)) | (Some(0x86dd), Some(58))
+                ),
+            }
+        }
+
+        fn spec() -> impl Strategy<Value = FlowSpec> {
+            (
+                0usize..CONTEXTS.len(),
+                proptest::collection::vec(
+                    (
+                        0usize..Field::ALL.len(),
+                        any::<u128>(),
+                        any::<u128>(),
+                        any::<bool>(),
+                    ),
+                    0..6,
+                ),
+                proptest::collection::vec(
+                    (
+                        0usize..Field::ALL.len(),
+                        any::<u128>(),
+                        any::<u128>(),
+                        0u8..8,
+                    ),
+                    0..4,
+                ),
+                (
+                    0u8..255,
+                    any::<u16>(),
+                    any::<u64>(),
+                    any::<u16>(),
+                    any::<u16>(),
+                ),
+            )
+                .prop_map(
+                    |(ctx, fields, acts, (table, priority, cookie, idle, hard))| {
+                        let c = CONTEXTS[ctx];
+                        let mut m = Match::ANY;
+                        if let Some(t) = c.0 {
+                            m.set_exact(Field::DlType, u128::from(t));
+                        }
+                        if let Some(p) = c.1 {
+                            m.set_exact(Field::NwProto, u128::from(p));
+                        }
+                        for (i, v, mask, exact) in fields {
+                            let f = Field::ALL[i];
+                            if allowed(f, c) {
+                                let mask = if exact {
+                                    f.max_value()
+                                } else {
+                                    mask & f.max_value()
+                                };
+                                m.set(f, v, mask);
+                            }
+                        }
+                        let actions = acts
+                            .into_iter()
+                            .map(|(i, v, mask, kind)| {
+                                let f = Field::ALL[i];
+                                match kind {
+                                    0 if f.writable() => Action::SetField {
+                                        field: f,
+                                        value: v & mask & f.max_value(),
+                                        mask: mask & f.max_value(),
+                                    },
+                                    1 => Action::Output(PortNo(v as u16)),
+                                    2 => Action::Resubmit {
+                                        port: None,
+                                        table: Some((v % 255) as u8),
+                                    },
+                                    3 => Action::Group(v as u32),
+                                    4 => Action::Controller { max_len: v as u16 },
+                                    5 => Action::Ct(CtAction {
+                                        commit: v & 1 == 1,
+                                        zone: mask as u16,
+                                        table: (v & 2 == 2).then_some((v >> 8) as u8 % 255),
+                                        nat: None,
+                                    }),
+                                    6 => Action::DecTtl,
+                                    _ => Action::Normal,
+                                }
+                            })
+                            .collect();
+                        FlowSpec {
+                            table,
+                            priority,
+                            m,
+                            actions,
+                            cookie,
+                            idle_timeout: idle,
+                            hard_timeout: hard,
+                        }
+                    },
+                )
+        }
+
+        proptest! {
+            #[test]
+            fn printed_specs_parse_back(s in spec()) {
+                let text = format_spec(&s);
+                let back = parse_flow(&text).map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
+                prop_assert_eq!(back, s, "{}", text);
+            }
         }
     }
 }
