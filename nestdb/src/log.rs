@@ -146,6 +146,8 @@ pub fn read_records(path: &Path) -> Result<Scan, LogError> {
 pub struct Log {
     path: PathBuf,
     file: File,
+    /// OVS-style `.<name>.~lock~` file, held with a POSIX record lock.
+    _lockfile: File,
     pending: Vec<u8>,
     len: u64,
 }
@@ -168,6 +170,36 @@ fn lock(file: &File, path: &Path) -> Result<(), LogError> {
     Ok(())
 }
 
+/// Takes the lock that OVS tools use (`.<name>.~lock~` next to the database, locked
+/// with `fcntl(F_SETLK)`), so ovsdb-server and `ovsdb-tool compact` refuse to touch a
+/// database nestdb is serving, and nestdb refuses one they hold.
+fn ovs_lockfile(path: &Path) -> Result<File, LogError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let lp = path.with_file_name(format!(".{name}.~lock~"));
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lp)
+        .map_err(io(&lp))?;
+    // SAFETY: a zeroed flock struct is valid; fields are then set explicitly.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: fcntl on a descriptor owned by `f` with a pointer to a live flock struct.
+    let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &fl) };
+    if rc != 0 {
+        return Err(LogError::Locked {
+            path: path.to_owned(),
+        });
+    }
+    Ok(f)
+}
+
 fn sync_dir(path: &Path) -> Result<(), LogError> {
     let dir = path
         .parent()
@@ -186,6 +218,7 @@ impl Log {
             .open(path)
             .map_err(io(path))?;
         lock(&file, path)?;
+        let lockfile = ovs_lockfile(path)?;
         let scan = read_records(path)?;
         if scan.records.is_empty() {
             return Err(LogError::NotOvsdb {
@@ -204,6 +237,7 @@ impl Log {
             Self {
                 path: path.to_owned(),
                 file,
+                _lockfile: lockfile,
                 pending: Vec::new(),
                 len: scan.valid_len,
             },

@@ -220,3 +220,33 @@ fn compaction_automatic_and_on_request() {
     assert_eq!(names(&mut c), before);
     assert_eq!(before, vec!["n399"]);
 }
+
+#[test]
+fn ovs_tools_respect_nestdbs_lock() {
+    if !have("ovsdb-tool") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = ServerProc::start(Impl::Nestdb, dir.path(), &[]);
+    let mut c = s.client();
+    c.transact(json!([{"op": "insert", "table": "Node", "row": {"name": "a"}}]));
+    let db = s.db.to_str().unwrap().to_owned();
+    // Read-only inspection works while nestdb serves the file...
+    assert!(run_ok("ovsdb-tool", &["show-log", &db]).contains("record 1:"));
+    // ...but a writer is refused instead of corrupting it.
+    let out = run("ovsdb-tool", &["compact", &db]);
+    assert!(
+        !out.status.success(),
+        "ovsdb-tool compact must not run on a served database"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("lock"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(names(&mut c), vec!["a"]);
+    drop(c);
+    s.kill();
+    // After nestdb is gone the lock is free again.
+    run_ok("ovsdb-tool", &["compact", &db]);
+}
