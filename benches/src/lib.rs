@@ -16,11 +16,24 @@
 #![deny(unsafe_code)]
 
 pub mod pcap;
+pub mod peer;
+pub mod plot;
+pub mod process;
+pub mod report;
+pub mod runner;
 pub mod scenario;
 
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+
+use peer::{PeerError, Sluiced};
+use report::{ControlTiming, Report};
+use runner::{PeerKind, RunConfig, Status, Summary};
+use scenario::{Kind, Scenario};
 
 /// Writes the frames of `scenario` into a pcap file at `path`; returns the
 /// number of frames.
@@ -35,4 +48,105 @@ pub fn write_pcap(scenario: &scenario::Scenario, path: &Path) -> Result<u64, pca
     let n = w.frames();
     w.finish()?;
     Ok(n)
+}
+
+/// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ` (from `date -u`).
+pub fn utc_now() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn timing(what: &str, r: Result<Duration, PeerError>) -> ControlTiming {
+    let (seconds, note) = match r {
+        Ok(d) => (Some(d.as_secs_f64()), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    ControlTiming {
+        what: what.to_string(),
+        peer: PeerKind::Sluiced,
+        seconds,
+        note,
+    }
+}
+
+/// Control-plane figures on `sluiced`: installing 10k Services x 10
+/// endpoints (10k select groups + 10k flows in one `flow-bundle`),
+/// installing 100k, then changing one endpoint (re-adding one group) with
+/// 100k installed.
+pub fn control_plane(cfg: &RunConfig) -> Vec<ControlTiming> {
+    let mut out = Vec::new();
+    let idle = Scenario::new(Kind::L2, 1, 0);
+    let started = runner::pcap_for(&idle, &cfg.work_dir.join("pcap")).and_then(|(pcap, frames)| {
+        let dir = cfg.work_dir.join("run").join("control-plane");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|source| PeerError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Sluiced::start(&cfg.sluiced, &dir, &pcap, frames, &cfg.cores)
+    });
+    let mut s = match started {
+        Ok(s) => s,
+        Err(e) => {
+            out.push(timing("start sluiced for control-plane timings", Err(e)));
+            return out;
+        }
+    };
+    eprintln!("pktgen: control plane: programming 10k Services x 10 endpoints ...");
+    let ten_k = Scenario::new(Kind::Dnat, 1, 10_000).sluice_program();
+    out.push(timing(
+        "program 10k Services x 10 endpoints (10k select groups + 10k flows, one flow-bundle)",
+        s.program(&ten_k),
+    ));
+    if out.last().is_some_and(|t| t.seconds.is_some()) {
+        eprintln!("pktgen: control plane: programming 100k Services ...");
+        let hundred_k = Scenario::new(Kind::Dnat, 1, 100_000).sluice_program();
+        out.push(timing(
+            "program 100k Services x 10 endpoints (one flow-bundle, 10k already present)",
+            s.program(&hundred_k),
+        ));
+        // One endpoint change: Service 0's group with endpoint 9 replaced.
+        let group = hundred_k.groups[0].replace(
+            &format!("{}:8080", scenario::endpoint(0, 9)),
+            "10.255.255.254:8080",
+        );
+        out.push(timing(
+            "change one endpoint with 100k Services installed (re-add one group)",
+            s.timed_call("flow-bundle", json!([{"op": "add", "flow": group}])),
+        ));
+    }
+    out
+}
+
+/// Completes a report: estimates testpmd's cycles per packet from the
+/// TSC rate sluiced measured, and lists what the runner does not measure.
+pub fn finish(report: &mut Report) {
+    let hz = Summary::of(
+        report
+            .comparison
+            .iter()
+            .chain(&report.scale)
+            .filter(|o| o.peer == PeerKind::Sluiced && o.status == Status::Ok)
+            .flat_map(|o| o.runs.iter().filter_map(runner::Measurement::cycles_hz)),
+    );
+    if let Some(hz) = hz {
+        for o in report.comparison.iter_mut() {
+            if matches!(o.peer, PeerKind::TestpmdIo | PeerKind::TestpmdMacswap) {
+                o.estimate_cycles(hz.median);
+            }
+        }
+    }
+    report.not_done.extend([
+        "latency percentiles (generator and sink in another process over net_memif)".to_string(),
+        "memory per flow and per connection".to_string(),
+        "OVS-DPDK encap/decap (userspace Geneve port + br-phy + tnl/neigh)".to_string(),
+    ]);
+    report.not_done.push(
+        "every figure includes net_pcap's per-packet copy into a fresh mbuf (about 25-45 cycles per packet)"
+            .to_string(),
+    );
 }

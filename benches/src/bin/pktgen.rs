@@ -2,12 +2,24 @@
 //!
 //! ```text
 //! pktgen pcap --scenario l3 --flows 10000 --out /tmp/l3.pcap
+//! pktgen run --sluiced target/release/sluiced --out-dir benches/results
+//! pktgen run --quick --peers sluiced --scenarios l2:1000 --no-scale
+//! pktgen plot --results benches/results/results.json
 //! ```
+//!
+//! `run` needs root (DPDK, hugepages). It writes `results.json`,
+//! `results.md` (the table) and the PNG plots into `--out-dir`, and keeps
+//! its pcaps and per-peer run directories in a private work directory that
+//! it removes at the end unless `--keep-work-dir`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use sluice_benches::peer::{Cores, OvsPaths};
+use sluice_benches::report::{loadavg, Machine, Report};
+use sluice_benches::runner::{PeerKind, RunConfig};
 use sluice_benches::scenario::{Kind, Scenario};
 
 #[derive(Parser)]
@@ -37,6 +49,80 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Runs the comparison (and the scale curves) and writes the results.
+    Run(RunArgs),
+    /// Redraws the plots from a results.json.
+    Plot {
+        /// The results file.
+        #[arg(long, default_value = "benches/results/results.json")]
+        results: PathBuf,
+        /// Where to write the PNGs (default: beside the results).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The sluiced binary.
+    #[arg(long, default_value = "target/release/sluiced")]
+    sluiced: PathBuf,
+    /// The dpdk-testpmd binary.
+    #[arg(long, default_value = "/usr/bin/dpdk-testpmd")]
+    testpmd: PathBuf,
+    /// ovs-vswitchd built with DPDK.
+    #[arg(
+        long,
+        default_value = "/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk"
+    )]
+    ovs_vswitchd: PathBuf,
+    /// Peers, comma-separated: sluiced, ovs-dpdk, testpmd-io, testpmd-macswap.
+    #[arg(
+        long,
+        default_value = "sluiced,ovs-dpdk,testpmd-io,testpmd-macswap",
+        value_delimiter = ','
+    )]
+    peers: Vec<String>,
+    /// Comparison scenarios as KIND[:FLOWS[:SERVICES]], comma-separated.
+    #[arg(
+        long,
+        default_value = "l2:1000,l3:10000,mixed:10000,dnat:1000:10,dnat-new:100000:10,encap:10000,decap:10000",
+        value_delimiter = ','
+    )]
+    scenarios: Vec<String>,
+    /// Skip the scale curves.
+    #[arg(long)]
+    no_scale: bool,
+    /// Seconds of warm-up after programming.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 3.0)]
+    interval: f64,
+    /// Measurements per (scenario, peer).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// A few seconds in all: 1 s warm-up, 3 x 1 s.
+    #[arg(long)]
+    quick: bool,
+    /// EAL main core.
+    #[arg(long, default_value_t = 0)]
+    main_core: usize,
+    /// Forwarding core.
+    #[arg(long, default_value_t = 1)]
+    pmd_core: usize,
+    /// Where results.json, results.md and the plots go.
+    #[arg(long, default_value = "benches/results")]
+    out_dir: PathBuf,
+    /// Private work directory (default: a new one under $TMPDIR).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Keep the work directory (pcaps, peer logs).
+    #[arg(long)]
+    keep_work_dir: bool,
+    /// Free-text conditions to record (e.g. "machine shared with builds").
+    #[arg(long, default_value = "")]
+    conditions: String,
 }
 
 fn kind(name: &str) -> Result<Kind, String> {
@@ -48,25 +134,190 @@ fn kind(name: &str) -> Result<Kind, String> {
     })
 }
 
-fn run(cli: Cli) -> Result<(), String> {
-    match cli.command {
+fn parse_scenario(s: &str) -> Result<Scenario, String> {
+    let mut it = s.split(':');
+    let k = kind(it.next().unwrap_or(""))?;
+    let num = |x: Option<&str>, default: u32| -> Result<u32, String> {
+        x.map_or(Ok(default), |v| {
+            v.parse().map_err(|_| {
+                format!("bad number '{v}' in scenario '{s}' (expected KIND[:FLOWS[:SERVICES]])")
+            })
+        })
+    };
+    let flows = num(it.next(), 1)?;
+    let services = num(it.next(), 10)?;
+    Ok(Scenario::new(k, flows, services))
+}
+
+/// The scale curves: l3 over flow counts, dnat over Service counts.
+fn scale_points(peers: &[PeerKind]) -> Vec<(PeerKind, Scenario)> {
+    let mut v = Vec::new();
+    for &p in peers {
+        if !matches!(p, PeerKind::Sluiced | PeerKind::OvsDpdk) {
+            continue;
+        }
+        // OVS's shared mbuf pool (262144 mbufs) cannot preload 1M frames.
+        let max = if p == PeerKind::OvsDpdk {
+            100_000
+        } else {
+            1_000_000
+        };
+        for f in [1, 100, 1_000, 10_000, 100_000, 1_000_000] {
+            if f <= max {
+                v.push((p, Scenario::new(Kind::L3, f, 0)));
+            }
+        }
+        let max_svc = if p == PeerKind::OvsDpdk {
+            10_000
+        } else {
+            100_000
+        };
+        for s in [10, 10_000, 100_000] {
+            if s <= max_svc {
+                v.push((p, Scenario::new(Kind::Dnat, 1_000, s)));
+            }
+        }
+    }
+    v
+}
+
+fn run(args: RunArgs) -> Result<(), String> {
+    let peers = args
+        .peers
+        .iter()
+        .map(|p| {
+            PeerKind::from_name(p).ok_or_else(|| {
+                format!(
+                    "unknown peer '{p}' (expected: {})",
+                    PeerKind::ALL.map(PeerKind::name).join(", ")
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let scenarios = args
+        .scenarios
+        .iter()
+        .map(|s| parse_scenario(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    if peers.contains(&PeerKind::Sluiced) && !args.sluiced.exists() {
+        return Err(format!(
+            "{} does not exist: build it with `cargo build --release -p sluice-datapath --bin sluiced` or pass --sluiced",
+            args.sluiced.display()
+        ));
+    }
+    let (warmup, interval, runs) = if args.quick {
+        (1.0, 1.0, 3)
+    } else {
+        (args.warmup, args.interval, args.runs.max(1))
+    };
+    let work_dir = args.work_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()))
+    });
+    std::fs::create_dir_all(&work_dir)
+        .map_err(|e| format!("cannot create {}: {e}", work_dir.display()))?;
+    std::fs::create_dir_all(&args.out_dir)
+        .map_err(|e| format!("cannot create {}: {e}", args.out_dir.display()))?;
+    let cfg = RunConfig {
+        warmup: Duration::from_secs_f64(warmup),
+        interval: Duration::from_secs_f64(interval),
+        runs,
+        work_dir: work_dir.clone(),
+        sluiced: args.sluiced.clone(),
+        testpmd: args.testpmd.clone(),
+        ovs: OvsPaths {
+            vswitchd: args.ovs_vswitchd.clone(),
+            ..OvsPaths::default()
+        },
+        cores: Cores {
+            main: args.main_core,
+            pmd: args.pmd_core,
+        },
+    };
+    let mut report = Report {
+        machine: Machine::detect(),
+        started: sluice_benches::utc_now(),
+        warmup_s: warmup,
+        interval_s: interval,
+        runs,
+        conditions: args.conditions.clone(),
+        ..Report::default()
+    };
+    for sc in &scenarios {
+        for &p in &peers {
+            report
+                .comparison
+                .push(sluice_benches::runner::run_one(p, sc, &cfg));
+        }
+    }
+    if !args.no_scale {
+        for (p, sc) in scale_points(&peers) {
+            report
+                .scale
+                .push(sluice_benches::runner::run_one(p, &sc, &cfg));
+        }
+    }
+    if peers.contains(&PeerKind::Sluiced) && !args.no_scale {
+        report.control = sluice_benches::control_plane(&cfg);
+    }
+    sluice_benches::finish(&mut report);
+    report.machine.loadavg_end = loadavg();
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    let json_path = args.out_dir.join("results.json");
+    std::fs::write(&json_path, json + "\n")
+        .map_err(|e| format!("cannot write {}: {e}", json_path.display()))?;
+    let table = report.table();
+    let md_path = args.out_dir.join("results.md");
+    std::fs::write(&md_path, &table)
+        .map_err(|e| format!("cannot write {}: {e}", md_path.display()))?;
+    for msg in sluice_benches::plot::draw_all(&report, &args.out_dir) {
+        eprintln!("pktgen: {msg}");
+    }
+    println!("{table}");
+    eprintln!(
+        "pktgen: wrote {} and {}",
+        json_path.display(),
+        md_path.display()
+    );
+    if !args.keep_work_dir {
+        let _ = std::fs::remove_dir_all(&work_dir);
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
         Command::Pcap {
             scenario,
             flows,
             services,
             out,
-        } => {
-            let sc = Scenario::new(kind(&scenario)?, flows, services);
+        } => kind(&scenario).and_then(|k| {
+            let sc = Scenario::new(k, flows, services);
             let n = sluice_benches::write_pcap(&sc, &out)
                 .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
             println!("{}: {n} frames written to {}", sc.label(), out.display());
             Ok(())
-        }
-    }
-}
-
-fn main() -> ExitCode {
-    match run(Cli::parse()) {
+        }),
+        Command::Run(args) => run(args),
+        Command::Plot { results, out_dir } => std::fs::read_to_string(&results)
+            .map_err(|e| format!("cannot read {}: {e}", results.display()))
+            .and_then(|t| {
+                serde_json::from_str::<Report>(&t)
+                    .map_err(|e| format!("{} is not a results file: {e}", results.display()))
+            })
+            .map(|r| {
+                let dir = out_dir.unwrap_or_else(|| {
+                    results
+                        .parent()
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|| PathBuf::from("."))
+                });
+                for msg in sluice_benches::plot::draw_all(&r, &dir) {
+                    eprintln!("pktgen: {msg}");
+                }
+            }),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pktgen: error: {e}");

@@ -1,0 +1,420 @@
+//! The benchmark runner: for each scenario and each peer, write the pcap,
+//! start the peer, program it, warm up, measure `runs` fixed intervals
+//! from the peer's own counters and stop it.
+//!
+//! A measurement is the difference of two counter snapshots over the
+//! wall-clock time between them. Sluice and OVS count cycles themselves;
+//! for testpmd we report the core's cycles per packet as `tsc_hz / pps`
+//! (its forwarding core is busy polling all the time), with `tsc_hz`
+//! taken from sluiced's cycle counters in the same run.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::peer::{Cores, Counters, Ovs, OvsPaths, Peer, PeerError, Sluiced, Testpmd};
+use crate::scenario::Scenario;
+
+/// The datapaths the runner knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerKind {
+    /// Our daemon.
+    Sluiced,
+    /// Open vSwitch with DPDK.
+    OvsDpdk,
+    /// `dpdk-testpmd --forward-mode=io`.
+    TestpmdIo,
+    /// `dpdk-testpmd --forward-mode=macswap`.
+    TestpmdMacswap,
+}
+
+impl PeerKind {
+    /// Every peer, in report order.
+    pub const ALL: [PeerKind; 4] = [
+        PeerKind::Sluiced,
+        PeerKind::OvsDpdk,
+        PeerKind::TestpmdIo,
+        PeerKind::TestpmdMacswap,
+    ];
+
+    /// Report name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PeerKind::Sluiced => "sluiced",
+            PeerKind::OvsDpdk => "ovs-dpdk",
+            PeerKind::TestpmdIo => "testpmd-io",
+            PeerKind::TestpmdMacswap => "testpmd-macswap",
+        }
+    }
+
+    /// Parses [`PeerKind::name`].
+    pub fn from_name(s: &str) -> Option<PeerKind> {
+        PeerKind::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Time between programming and the first measurement.
+    pub warmup: Duration,
+    /// Length of one measurement.
+    pub interval: Duration,
+    /// Measurements per (scenario, peer).
+    pub runs: usize,
+    /// Private working directory (pcaps, per-peer run directories).
+    pub work_dir: PathBuf,
+    /// The `sluiced` binary.
+    pub sluiced: PathBuf,
+    /// The `dpdk-testpmd` binary.
+    pub testpmd: PathBuf,
+    /// Open vSwitch programs.
+    pub ovs: OvsPaths,
+    /// Cores.
+    pub cores: Cores,
+}
+
+/// One measured interval.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Measurement {
+    /// Wall-clock seconds between the two snapshots.
+    pub seconds: f64,
+    /// Million packets per second received by the forwarding core.
+    pub mpps: f64,
+    /// Cycles per packet (busy + idle, i.e. the whole core) when known.
+    pub cycles_per_packet: Option<f64>,
+    /// Busy cycles per packet (OVS's "avg processing cycles per packet").
+    pub busy_cycles_per_packet: Option<f64>,
+    /// Counter differences over the interval.
+    pub counters: Counters,
+}
+
+impl Measurement {
+    /// Builds a measurement from two snapshots.
+    pub fn between(a: &(Counters, Instant), b: &(Counters, Instant)) -> Self {
+        let seconds = b.1.saturating_duration_since(a.1).as_secs_f64().max(1e-9);
+        let counters = b.0.since(&a.0);
+        let rx = counters.rx_packets.max(1) as f64;
+        let busy = counters.busy_cycles;
+        let total = busy.zip(counters.idle_cycles).map(|(b, i)| b + i);
+        Measurement {
+            seconds,
+            mpps: counters.rx_packets as f64 / seconds / 1e6,
+            cycles_per_packet: total.map(|t| t as f64 / rx),
+            busy_cycles_per_packet: busy.map(|b| b as f64 / rx),
+            counters,
+        }
+    }
+
+    /// Cycles per second of the measuring core, when the peer counts them.
+    pub fn cycles_hz(&self) -> Option<f64> {
+        let total = self.counters.busy_cycles? + self.counters.idle_cycles?;
+        Some(total as f64 / self.seconds)
+    }
+
+    /// Packets dropped or not sent over the interval.
+    pub fn drops(&self) -> u64 {
+        let named: u64 = self.counters.drops.values().sum();
+        match self.counters.tx_packets {
+            Some(tx) => named.max(self.counters.rx_packets.saturating_sub(tx)),
+            None => named,
+        }
+    }
+}
+
+/// Median, minimum and maximum.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    /// Median (mean of the two middle values for an even count).
+    pub median: f64,
+    /// Minimum.
+    pub min: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+impl Summary {
+    /// Summarises `values`; `None` when empty.
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Summary> {
+        let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Summary {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        })
+    }
+}
+
+/// What became of one (scenario, peer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Measured.
+    Ok,
+    /// The datapath lacks a feature the scenario needs (yet).
+    Pending,
+    /// Something failed; see the reason.
+    Failed,
+}
+
+/// Results of one (scenario, peer).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Peer.
+    pub peer: PeerKind,
+    /// Scenario.
+    pub scenario: Scenario,
+    /// Frames in the pcap.
+    pub frames: usize,
+    /// Status.
+    pub status: Status,
+    /// Why it is pending or failed.
+    pub reason: Option<String>,
+    /// Seconds to install the flow program.
+    pub program_seconds: Option<f64>,
+    /// Mpps over the runs.
+    pub mpps: Option<Summary>,
+    /// Whole-core cycles per packet over the runs.
+    pub cycles_per_packet: Option<Summary>,
+    /// Busy cycles per packet over the runs.
+    pub busy_cycles_per_packet: Option<Summary>,
+    /// Each run.
+    pub runs: Vec<Measurement>,
+}
+
+impl Outcome {
+    fn new(peer: PeerKind, scenario: Scenario, frames: usize) -> Self {
+        Self {
+            peer,
+            scenario,
+            frames,
+            status: Status::Failed,
+            reason: None,
+            program_seconds: None,
+            mpps: None,
+            cycles_per_packet: None,
+            busy_cycles_per_packet: None,
+            runs: Vec::new(),
+        }
+    }
+
+    /// Fills the summaries from `runs`.
+    pub fn summarise(&mut self) {
+        self.mpps = Summary::of(self.runs.iter().map(|m| m.mpps));
+        self.cycles_per_packet = Summary::of(self.runs.iter().filter_map(|m| m.cycles_per_packet));
+        self.busy_cycles_per_packet =
+            Summary::of(self.runs.iter().filter_map(|m| m.busy_cycles_per_packet));
+    }
+
+    /// For peers that do not count cycles: cycles per packet of a core
+    /// running at `hz` (the forwarding core never idles).
+    pub fn estimate_cycles(&mut self, hz: f64) {
+        if self.cycles_per_packet.is_none() && hz > 0.0 {
+            for m in &mut self.runs {
+                if m.mpps > 0.0 {
+                    m.cycles_per_packet = Some(hz / (m.mpps * 1e6));
+                }
+            }
+            self.summarise();
+        }
+    }
+}
+
+/// Warms up, then takes `runs` measurements of `interval`.
+///
+/// # Errors
+/// [`PeerError`] if the peer dies or its counters cannot be read.
+pub fn measure(peer: &mut dyn Peer, cfg: &RunConfig) -> Result<Vec<Measurement>, PeerError> {
+    std::thread::sleep(cfg.warmup);
+    peer.alive()?;
+    let mut out = Vec::with_capacity(cfg.runs);
+    let mut prev = peer.counters()?;
+    for _ in 0..cfg.runs {
+        std::thread::sleep(cfg.interval);
+        peer.alive()?;
+        let now = peer.counters()?;
+        out.push(Measurement::between(&prev, &now));
+        prev = now;
+    }
+    Ok(out)
+}
+
+/// Writes (or reuses) the pcap of `scenario` under `dir`.
+///
+/// # Errors
+/// [`PeerError::Io`] if it cannot be written.
+pub fn pcap_for(scenario: &Scenario, dir: &Path) -> Result<(PathBuf, usize), PeerError> {
+    let name = scenario.label().replace('/', "-");
+    let path = dir.join(format!("{name}.pcap"));
+    let frames = scenario.frame_count();
+    if !path.exists() {
+        std::fs::create_dir_all(dir).map_err(|source| PeerError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        crate::write_pcap(scenario, &path).map_err(|e| PeerError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    }
+    Ok((path, frames))
+}
+
+fn run_dir(cfg: &RunConfig, peer: PeerKind) -> Result<PathBuf, PeerError> {
+    let dir = cfg.work_dir.join("run").join(peer.name());
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|source| PeerError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    Ok(dir)
+}
+
+fn try_run(
+    peer: PeerKind,
+    scenario: &Scenario,
+    cfg: &RunConfig,
+    outcome: &mut Outcome,
+) -> Result<(), PeerError> {
+    let (pcap, frames) = pcap_for(scenario, &cfg.work_dir.join("pcap"))?;
+    let dir = run_dir(cfg, peer)?;
+    match peer {
+        PeerKind::Sluiced => {
+            let mut s = Sluiced::start(&cfg.sluiced, &dir, &pcap, frames, &cfg.cores)?;
+            outcome.program_seconds = Some(s.program(&scenario.sluice_program())?.as_secs_f64());
+            outcome.runs = measure(&mut s, cfg)?;
+        }
+        PeerKind::OvsDpdk => {
+            let program = scenario.ovs_program().ok_or_else(|| {
+                PeerError::Pending(format!(
+                    "the runner has no OVS configuration for {} yet (needs a userspace Geneve port and br-phy)",
+                    scenario.kind.name()
+                ))
+            })?;
+            let mut o = Ovs::start(&cfg.ovs, &dir, &pcap, &cfg.cores)?;
+            outcome.program_seconds = Some(o.program(&program)?.as_secs_f64());
+            outcome.runs = measure(&mut o, cfg)?;
+        }
+        PeerKind::TestpmdIo | PeerKind::TestpmdMacswap => {
+            let mode = if peer == PeerKind::TestpmdIo {
+                "io"
+            } else {
+                "macswap"
+            };
+            let mut t = Testpmd::start(&cfg.testpmd, mode, &pcap, frames, &cfg.cores)?;
+            outcome.runs = measure(&mut t, cfg)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs one (scenario, peer); never fails: problems become the outcome's
+/// status and reason.
+pub fn run_one(peer: PeerKind, scenario: &Scenario, cfg: &RunConfig) -> Outcome {
+    let mut outcome = Outcome::new(peer, *scenario, scenario.frame_count());
+    eprintln!("pktgen: {} on {} ...", scenario.label(), peer.name());
+    match try_run(peer, scenario, cfg, &mut outcome) {
+        Ok(()) => {
+            outcome.status = Status::Ok;
+            outcome.summarise();
+            // A datapath that forwards nothing of a scenario lacks what it
+            // needs: report it as pending rather than as a rate.
+            let rx: u64 = outcome.runs.iter().map(|m| m.counters.rx_packets).sum();
+            let dropped: u64 = outcome.runs.iter().map(Measurement::drops).sum();
+            if peer == PeerKind::Sluiced && rx > 0 && dropped * 2 > rx {
+                outcome.status = Status::Pending;
+                let reasons: Vec<String> = outcome
+                    .runs
+                    .last()
+                    .map(|m| {
+                        m.counters
+                            .drops
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                outcome.reason = Some(format!(
+                    "sluiced dropped {dropped} of {rx} packets ({})",
+                    reasons.join(", ")
+                ));
+            }
+        }
+        Err(PeerError::Pending(r)) => {
+            outcome.status = Status::Pending;
+            outcome.reason = Some(r);
+        }
+        Err(e) => {
+            outcome.status = Status::Failed;
+            outcome.reason = Some(e.to_string());
+        }
+    }
+    match (&outcome.status, &outcome.mpps) {
+        (Status::Ok, Some(m)) => eprintln!(
+            "pktgen:   {:.3} Mpps (min {:.3}, max {:.3})",
+            m.median, m.min, m.max
+        ),
+        _ => eprintln!(
+            "pktgen:   {:?}: {}",
+            outcome.status,
+            outcome.reason.as_deref().unwrap_or("")
+        ),
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_median_min_max() {
+        let s = Summary::of([3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        let s = Summary::of([4.0, 1.0, 2.0, 3.0]).unwrap();
+        assert_eq!(s.median, 2.5);
+        assert!(Summary::of([]).is_none());
+        assert!(Summary::of([f64::NAN]).is_none());
+    }
+
+    #[test]
+    fn measurement_rates() {
+        let t0 = Instant::now();
+        let a = (Counters::default(), t0);
+        let b = (
+            Counters {
+                rx_packets: 2_000_000,
+                tx_packets: Some(1_999_000),
+                busy_cycles: Some(150_000_000),
+                idle_cycles: Some(50_000_000),
+                ..Counters::default()
+            },
+            t0 + Duration::from_secs(2),
+        );
+        let m = Measurement::between(&a, &b);
+        assert!((m.mpps - 1.0).abs() < 1e-9);
+        assert_eq!(m.cycles_per_packet, Some(100.0));
+        assert_eq!(m.busy_cycles_per_packet, Some(75.0));
+        assert_eq!(m.drops(), 1000);
+        assert_eq!(m.cycles_hz(), Some(100_000_000.0));
+    }
+
+    #[test]
+    fn peer_names_round_trip() {
+        for p in PeerKind::ALL {
+            assert_eq!(PeerKind::from_name(p.name()), Some(p));
+        }
+    }
+}
