@@ -213,6 +213,22 @@ impl MegaflowCache {
         self.subtables.len()
     }
 
+    /// One line per megaflow, `dpctl/dump-flows` style:
+    /// `recirc_id=0x0,tcp,tp_dst=80, actions:output:2`.
+    pub fn dump(&self) -> String {
+        let mut out = String::new();
+        for st in &self.subtables {
+            for e in st.table.iter() {
+                let m = crate::flow::matches::Match::from_parts(&e.masked, &st.mask);
+                out.push_str(&crate::flow::text::format_match(&m));
+                out.push_str(", actions:");
+                out.push_str(&crate::flow::text::format_dp_actions(&e.xlate.actions));
+                out.push('\n');
+            }
+        }
+        out
+    }
+
     /// Lines `mask → n flows, hits` for `dpif/show`-style introspection.
     pub fn describe(&self) -> String {
         let mut out = String::new();
@@ -260,6 +276,9 @@ mod tests {
         assert_eq!(mf.subtables[0].mask, by_port, "most-hit subtable first");
         assert_eq!(mf.stats().tier.hit.get(), 3);
         assert_eq!(mf.stats().tier.miss.get(), 1);
+        let dump = mf.dump();
+        assert!(dump.contains("tp_dst=22, actions:drop\n"), "{dump}");
+        assert!(mf.describe().contains("1 megaflows"));
     }
 
     #[test]

@@ -510,6 +510,12 @@ impl<H> FlowPipeline<H> {
         self.megaflow.len()
     }
 
+    /// This PMD's megaflows, one per line (`dpctl/dump-flows`); call it on
+    /// the PMD thread (the cache is not shared).
+    pub fn dump_megaflows(&self) -> String {
+        self.megaflow.dump()
+    }
+
     /// Number of distinct megaflow masks.
     pub fn megaflow_masks(&self) -> usize {
         self.megaflow.n_masks()
