@@ -1,9 +1,12 @@
 //! The datapath's own IP stack: smoltcp serving the VTEP/uplink address,
 //! and the owner of the underlay neighbour cache.
 //!
-//! [`LocalStack`] wraps the PMD's pipeline. After the inner pipeline ran a
-//! burst, the packets it staged for [`PortNo::LOCAL`] (the `local` flow
-//! action) are delivered here instead of being dropped: ARP replies feed
+//! [`LocalStack`] wraps the PMD's pipeline. On the uplink it first takes
+//! ARP for the local address and non-UDP IPv4 to it (ping) out of the
+//! burst, so the VTEP behaves like a host whatever the flow program says.
+//! After the inner pipeline ran a burst, the packets it staged for
+//! [`PortNo::LOCAL`] (the `local` flow action) and the intercepted ones are
+//! delivered here instead of being dropped: ARP replies feed
 //! the [`NeighCache`] (learning only what it asked for) and smoltcp; ARP
 //! requests and IPv4 for the local address go to a smoltcp [`Interface`],
 //! which answers ARP and ICMP echo like a host; anything else is dropped
@@ -298,6 +301,29 @@ impl<P, A> LocalStack<P, A> {
         &mut self.inner
     }
 
+    /// On the uplink, ARP for the local address and non-UDP IPv4 to it
+    /// (ICMP) go straight to the stack, whatever the flow program says, so
+    /// the VTEP answers ARP and ping like a host. Geneve (UDP) to the VTEP
+    /// stays with the flow tables (`tnl_pop`). Packets keep their order.
+    fn intercept<B: PacketBuf>(&self, burst: &mut Burst<B>, out: &mut Output<B>) {
+        let ip = self.config.ip.octets();
+        let n = burst.pkts.len();
+        let mut keep = 0;
+        for i in 0..n {
+            let f = burst.pkts[i].data();
+            let ours = match f.get(12..14) {
+                Some([0x08, 0x06]) => f.get(38..42) == Some(&ip[..]),
+                Some([0x08, 0x00]) => f.get(30..34) == Some(&ip[..]) && f.get(23) != Some(&17),
+                _ => false,
+            };
+            if !ours {
+                burst.pkts.swap(keep, i);
+                keep += 1;
+            }
+        }
+        out.local.extend(burst.pkts.drain(keep..));
+    }
+
     fn is_for_us(&self, f: &[u8]) -> bool {
         if let Some((op, _, _, _, tpa)) = parse_arp(f) {
             return op == 1 && tpa == self.config.ip;
@@ -374,6 +400,9 @@ impl<P, A> LocalStack<P, A> {
 
 impl<B: PacketBuf, P: Pipeline<B>, A: BufAlloc<B> + Send> Pipeline<B> for LocalStack<P, A> {
     fn process(&mut self, now: Nanos, burst: &mut Burst<B>, out: &mut Output<B>) {
+        if burst.in_port == self.config.uplink {
+            self.intercept(burst, out);
+        }
         self.inner.process(now, burst, out);
         if !out.local.is_empty() {
             self.deliver(now, out);
@@ -405,6 +434,8 @@ impl<B: PacketBuf, P: Pipeline<B>, A: BufAlloc<B> + Send> Pipeline<B> for LocalS
         }
     }
 }
+
+pub mod overlay;
 
 #[cfg(test)]
 mod tests;

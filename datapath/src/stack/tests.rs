@@ -173,3 +173,48 @@ fn bad_address_is_refused_with_a_sentence() {
     .expect_err("refused");
     assert!(e.to_string().contains("cannot be the VTEP address"));
 }
+
+#[test]
+fn uplink_arp_and_ping_bypass_the_flow_program() {
+    // Inner pipeline that forwards everything to port 1 (not LOCAL).
+    struct Fwd;
+    impl<B: PacketBuf> Pipeline<B> for Fwd {
+        fn process(&mut self, _: Nanos, burst: &mut Burst<B>, out: &mut Output<B>) {
+            for p in burst.pkts.drain(..) {
+                out.send(PortNo(1), p);
+            }
+        }
+    }
+    let mut s = LocalStack::new(
+        Fwd,
+        HeapAlloc,
+        StackConfig {
+            ip: VTEP,
+            prefix_len: 24,
+            mac: MAC,
+            uplink: UPLINK,
+            mtu: 1500,
+        },
+        NeighTable::new(),
+        NeighConfig::default(),
+    )
+    .expect("stack");
+    let geneve = PacketBuilder::ethernet2(PEER_MAC, MAC)
+        .ipv4(PEER.octets(), VTEP.octets(), 64)
+        .udp(5000, 6081);
+    let mut g = Vec::new();
+    geneve.write(&mut g, &[0u8; 30]).expect("build");
+    let mut out = Output::new(8);
+    let mut b = Burst::new(UPLINK);
+    b.pkts.push(HeapBuf::from_frame(&g));
+    b.pkts.push(HeapBuf::from_frame(&arp_frame(
+        1, [0xff; 6], PEER_MAC, PEER, [0; 6], VTEP,
+    )));
+    s.process(0, &mut b, &mut out);
+    assert_eq!(
+        out.take(PortNo(1)).len(),
+        1,
+        "Geneve stays with the flow tables"
+    );
+    assert_eq!(out.take(UPLINK).len(), 1, "ARP answered by the stack");
+}
