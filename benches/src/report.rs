@@ -124,7 +124,13 @@ fn find<'a>(v: &'a [Outcome], label: &str, peer: PeerKind) -> Option<&'a Outcome
 fn mpps_cell(o: Option<&Outcome>) -> String {
     match o {
         Some(o) if o.status == Status::Ok => match o.mpps {
-            Some(m) => format!("{:.2} ({:.2}-{:.2})", m.median, m.min, m.max),
+            Some(m) => format!(
+                "{:.2} ({:.2}-{:.2}){}",
+                m.median,
+                m.min,
+                m.max,
+                if o.warm == Some(false) { " cold" } else { "" }
+            ),
             None => "-".into(),
         },
         Some(o) if o.status == Status::Pending => "pending".into(),
@@ -208,9 +214,9 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "| scenario | sluiced Mpps | cyc/pkt | EMC/megaflow/upcall % | drops | OVS-DPDK Mpps | OVS cyc/pkt | testpmd io Mpps | testpmd macswap Mpps | Sluice/OVS | Sluice/testpmd-io |"
+            "| scenario | sluiced Mpps | cyc/pkt | EMC/megaflow/upcall % | drops | OVS-DPDK Mpps | OVS cyc/pkt | OVS EMC/megaflow/upcall % | OVS drops | testpmd io Mpps | testpmd macswap Mpps | Sluice/OVS | Sluice/testpmd-io |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for l in &labels {
             let sl = find(&self.comparison, l, PeerKind::Sluiced);
             let ovs = find(&self.comparison, l, PeerKind::OvsDpdk);
@@ -218,13 +224,15 @@ impl Report {
             let ms = find(&self.comparison, l, PeerKind::TestpmdMacswap);
             let _ = writeln!(
                 s,
-                "| {l} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {l} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 mpps_cell(sl),
                 cpp_cell(sl),
                 cache_cell(sl),
                 drops_cell(sl),
                 mpps_cell(ovs),
                 cpp_cell(ovs),
+                cache_cell(ovs),
+                drops_cell(ovs),
                 mpps_cell(io),
                 mpps_cell(ms),
                 ratio(median(sl), median(ovs)),
@@ -297,7 +305,7 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\nMachine: {} x {} ({}), kernel {}, {}; load {} at start, {} at end. {} s warm-up, {} x {} s per figure (median, min-max). {}",
+            "\nMpps: median (min-max) of the runs, from the datapath's own counters; \"cold\": upcalls were still 1% or more of packets when the warm-up limit ran out. Cache columns: % of packets received (OVS counts recirculated passes too). cyc/pkt for testpmd: TSC rate / pps.\n\nMachine: {} x {} ({}), kernel {}, {}; load {} at start, {} at end. At least {} s warm-up, {} x {} s per figure. {}",
             self.machine.nproc,
             self.machine.cpu_model,
             self.started,
@@ -343,6 +351,8 @@ mod tests {
             status: Status::Ok,
             reason: None,
             program_seconds: None,
+            warmup_seconds: None,
+            warm: None,
             mpps: Summary::of([mpps]),
             cycles_per_packet: Summary::of([100.0]),
             busy_cycles_per_packet: None,
@@ -371,6 +381,7 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("| 1.50 | 0.50 |"), "{t}");
+        assert!(t.contains("| 4.00 (4.00-4.00) | 100 | 90/10/0.00 | 0 | 12.00"), "{t}");
         assert!(
             t.contains("dnat/1f/10svc on sluiced: Pending: no conntrack yet"),
             "{t}"

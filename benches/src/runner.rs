@@ -58,8 +58,10 @@ impl PeerKind {
 /// How to run.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
-    /// Time between programming and the first measurement.
+    /// Least time between programming and the first measurement.
     pub warmup: Duration,
+    /// Most warm-up time while the caches are still filling.
+    pub max_warmup: Duration,
     /// Length of one measurement.
     pub interval: Duration,
     /// Measurements per (scenario, peer).
@@ -184,6 +186,10 @@ pub struct Outcome {
     pub reason: Option<String>,
     /// Seconds to install the flow program.
     pub program_seconds: Option<f64>,
+    /// Seconds of warm-up before the first measurement.
+    pub warmup_seconds: Option<f64>,
+    /// Whether the caches were warm (upcalls under 1%) when measuring.
+    pub warm: Option<bool>,
     /// Mpps over the runs.
     pub mpps: Option<Summary>,
     /// Whole-core cycles per packet over the runs.
@@ -203,11 +209,19 @@ impl Outcome {
             status: Status::Failed,
             reason: None,
             program_seconds: None,
+            warmup_seconds: None,
+            warm: None,
             mpps: None,
             cycles_per_packet: None,
             busy_cycles_per_packet: None,
             runs: Vec::new(),
         }
+    }
+
+    fn record(&mut self, (runs, warmup, warm): (Vec<Measurement>, Duration, bool)) {
+        self.runs = runs;
+        self.warmup_seconds = Some(warmup.as_secs_f64());
+        self.warm = Some(warm);
     }
 
     /// Fills the summaries from `runs`.
@@ -234,13 +248,37 @@ impl Outcome {
 
 /// Warms up, then takes `runs` measurements of `interval`.
 ///
+/// Warm-up is at least `cfg.warmup`, then lasts until the caches are warm:
+/// a 1 s window in which upcalls are under 1% of the packets received
+/// (peers without a classifier are warm at once), for at most
+/// `cfg.max_warmup`. Returns the measurements and the warm-up time.
+///
 /// # Errors
 /// [`PeerError`] if the peer dies or its counters cannot be read.
-pub fn measure(peer: &mut dyn Peer, cfg: &RunConfig) -> Result<Vec<Measurement>, PeerError> {
+pub fn measure(
+    peer: &mut dyn Peer,
+    cfg: &RunConfig,
+) -> Result<(Vec<Measurement>, Duration, bool), PeerError> {
+    let start = Instant::now();
     std::thread::sleep(cfg.warmup);
     peer.alive()?;
-    let mut out = Vec::with_capacity(cfg.runs);
     let mut prev = peer.counters()?;
+    let warm = loop {
+        if start.elapsed() >= cfg.max_warmup {
+            break false;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        peer.alive()?;
+        let now = peer.counters()?;
+        let d = now.0.since(&prev.0);
+        prev = now;
+        match d.upcalls {
+            Some(u) if d.rx_packets == 0 || u * 100 >= d.rx_packets => continue,
+            _ => break true,
+        }
+    };
+    let warmup = start.elapsed();
+    let mut out = Vec::with_capacity(cfg.runs);
     for _ in 0..cfg.runs {
         std::thread::sleep(cfg.interval);
         peer.alive()?;
@@ -248,7 +286,7 @@ pub fn measure(peer: &mut dyn Peer, cfg: &RunConfig) -> Result<Vec<Measurement>,
         out.push(Measurement::between(&prev, &now));
         prev = now;
     }
-    Ok(out)
+    Ok((out, warmup, warm))
 }
 
 /// Writes (or reuses) the pcap of `scenario` under `dir`.
@@ -294,7 +332,7 @@ fn try_run(
         PeerKind::Sluiced => {
             let mut s = Sluiced::start(&cfg.sluiced, &dir, &pcap, frames, &cfg.cores)?;
             outcome.program_seconds = Some(s.program(&scenario.sluice_program())?.as_secs_f64());
-            outcome.runs = measure(&mut s, cfg)?;
+            outcome.record(measure(&mut s, cfg)?);
         }
         PeerKind::OvsDpdk => {
             let program = scenario.ovs_program().ok_or_else(|| {
@@ -305,7 +343,7 @@ fn try_run(
             })?;
             let mut o = Ovs::start(&cfg.ovs, &dir, &pcap, &cfg.cores)?;
             outcome.program_seconds = Some(o.program(&program)?.as_secs_f64());
-            outcome.runs = measure(&mut o, cfg)?;
+            outcome.record(measure(&mut o, cfg)?);
         }
         PeerKind::TestpmdIo | PeerKind::TestpmdMacswap => {
             let mode = if peer == PeerKind::TestpmdIo {
@@ -314,7 +352,7 @@ fn try_run(
                 "macswap"
             };
             let mut t = Testpmd::start(&cfg.testpmd, mode, &pcap, frames, &cfg.cores)?;
-            outcome.runs = measure(&mut t, cfg)?;
+            outcome.record(measure(&mut t, cfg)?);
         }
     }
     Ok(())

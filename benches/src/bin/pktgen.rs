@@ -96,6 +96,10 @@ struct RunArgs {
     /// Seconds of warm-up after programming.
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
+    /// Most seconds of warm-up while upcalls are still 1% or more of the
+    /// packets.
+    #[arg(long, default_value_t = 20.0)]
+    max_warmup: f64,
     /// Seconds per measurement.
     #[arg(long, default_value_t = 3.0)]
     interval: f64,
@@ -219,6 +223,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot create {}: {e}", args.out_dir.display()))?;
     let cfg = RunConfig {
         warmup: Duration::from_secs_f64(warmup),
+        max_warmup: Duration::from_secs_f64(args.max_warmup.max(warmup)),
         interval: Duration::from_secs_f64(interval),
         runs,
         work_dir: work_dir.clone(),
