@@ -15,6 +15,7 @@
 #![deny(unsafe_code)]
 
 pub mod caps;
+pub mod capture;
 pub mod classifier;
 pub mod config;
 pub mod ctl;

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use crate::capture::Capture;
 use crate::packet::{Burst, Output, PortNo, BURST_SIZE};
 use crate::pipeline::{Nanos, Pipeline};
 use crate::port::Port;
@@ -111,7 +112,7 @@ impl PmdStats {
 }
 
 /// What one PMD thread serves.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PmdSpec {
     /// Index among PMDs; also its tx queue id on every port.
     pub index: usize,
@@ -119,6 +120,8 @@ pub struct PmdSpec {
     pub core: Option<usize>,
     /// (port number, rx queue) pairs this PMD polls.
     pub rx: Vec<(PortNo, u16)>,
+    /// The capture tap (`capture PORT FILE`), shared by all PMDs.
+    pub capture: Option<Arc<Capture>>,
 }
 
 /// A running PMD thread.
@@ -190,15 +193,18 @@ where
                     got += n;
                     st.rx_bursts.inc();
                     let now = clock_ns();
+                    if let Some(c) = &spec.capture {
+                        c.tap(port_no, &burst.pkts, now);
+                    }
                     burst.in_port = port_no;
                     pipeline.process(now, &mut burst, &mut out);
-                    flush(&mut out, &mut ports, txq, &st);
+                    flush(&mut out, &mut ports, txq, &st, spec.capture.as_deref(), now);
                 }
                 iter += 1;
                 if iter.is_multiple_of(MAINTAIN_EVERY) {
                     let now = clock_ns();
                     pipeline.maintain(now, &mut out);
-                    flush(&mut out, &mut ports, txq, &st);
+                    flush(&mut out, &mut ports, txq, &st, spec.capture.as_deref(), now);
                     st.iterations.add(MAINTAIN_EVERY);
                 }
                 let dt = cycles().wrapping_sub(t0);
@@ -219,8 +225,18 @@ where
 }
 
 #[inline]
-fn flush<P: Port>(out: &mut Output<P::Buf>, ports: &mut [Option<P>], txq: u16, st: &PmdStats) {
+fn flush<P: Port>(
+    out: &mut Output<P::Buf>,
+    ports: &mut [Option<P>],
+    txq: u16,
+    st: &PmdStats,
+    capture: Option<&Capture>,
+    now: Nanos,
+) {
     out.flush(|port_no, q| {
+        if let Some(c) = capture {
+            c.tap(port_no, q, now);
+        }
         if let Some(Some(port)) = ports.get_mut(port_no.0 as usize) {
             let sent = port.tx_burst(txq, q);
             st.tx_packets.add(sent as u64);
@@ -270,6 +286,7 @@ mod tests {
                 index: 0,
                 core: None,
                 rx: vec![(PortNo(0), 0), (PortNo(1), 0)],
+                capture: None,
             },
             vec![Some(p0), Some(p1)],
             pipeline,

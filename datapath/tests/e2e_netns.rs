@@ -49,8 +49,42 @@ fn af_packet_ports_forward_ping_between_namespaces() {
         "[port:a]\ndevargs = net_af_packet0,iface=slt-afa-o\n[port:b]\ndevargs = net_af_packet1,iface=slt-afb-o\n",
     ));
     assert_eq!(ready["ports"][0]["driver"], "net_af_packet");
+    // Capture port a while pinging: the pcap holds both directions.
+    let pcap = std::env::temp_dir().join("slt-afp-capture.pcap");
+    let _ = std::fs::remove_file(&pcap);
+    let (ok, out, err) = sluicectl(
+        "slt-afp",
+        &["call", "capture", "a", pcap.to_str().unwrap(), "1000"],
+    );
+    assert!(ok, "capture failed: {out}{err}");
     ping(&a, "10.201.0.2");
     ping(&b, "10.201.0.1");
+    let (ok, out, err) = sluicectl("slt-afp", &["call", "capture-stop"]);
+    assert!(ok, "capture-stop failed: {out}{err}");
+    let decoded = sh(&[
+        "tshark",
+        "-n",
+        "-r",
+        pcap.to_str().unwrap(),
+        "-Y",
+        "icmp",
+        "-T",
+        "fields",
+        "-e",
+        "icmp.type",
+    ]);
+    let types: Vec<&str> = decoded.lines().collect();
+    assert_eq!(
+        types.iter().filter(|t| **t == "8").count(),
+        6,
+        "echo requests in capture: {decoded}"
+    );
+    assert_eq!(
+        types.iter().filter(|t| **t == "0").count(),
+        6,
+        "echo replies in capture: {decoded}"
+    );
+    let _ = std::fs::remove_file(&pcap);
     let ev = d.stop();
     // 6 echo requests + 6 replies at least (plus ARP).
     assert_counters_match(&ev, 12);

@@ -286,6 +286,75 @@ pub fn register_ports(
     )
 }
 
+/// Registers `capture PORT FILE [COUNT]`, `capture-stop` and
+/// `capture-status`.
+pub fn register_capture(
+    reg: &Registry,
+    capture: Arc<crate::capture::Capture>,
+    ports: Vec<(String, u16)>,
+) -> Result<(), RegistryError> {
+    let c = capture.clone();
+    reg.register(
+        "capture",
+        "PORT FILE [COUNT]",
+        2,
+        3,
+        Arc::new(move |a| {
+            let ofport = ports
+                .iter()
+                .find(|(n, o)| n == &a[0] || o.to_string() == a[0])
+                .map(|(_, o)| *o)
+                .ok_or_else(|| format!("no port named or numbered '{}'", a[0]))?;
+            let count = match a.get(2) {
+                None => None,
+                Some(n) => Some(
+                    n.parse::<u64>()
+                        .ok()
+                        .filter(|&n| n > 0)
+                        .ok_or_else(|| format!("COUNT '{n}' is not a positive number"))?,
+                ),
+            };
+            c.start(
+                crate::packet::PortNo(ofport),
+                std::path::Path::new(&a[1]),
+                count,
+                clock_ns(),
+            )?;
+            Ok(format!(
+                "capturing port {} (rx and tx) into {}{}; stop with capture-stop\n",
+                a[0],
+                a[1],
+                count
+                    .map(|n| format!(", at most {n} packets"))
+                    .unwrap_or_default()
+            ))
+        }),
+    )?;
+    let c = capture.clone();
+    reg.register(
+        "capture-stop",
+        "",
+        0,
+        0,
+        Arc::new(move |_| {
+            let st = c.stop()?;
+            Ok(format!(
+                "{} packets written to {}, {} not captured (writer behind)\n",
+                st.written,
+                st.file.map(|f| f.display().to_string()).unwrap_or_default(),
+                st.missed
+            ))
+        }),
+    )?;
+    reg.register(
+        "capture-status",
+        "",
+        0,
+        0,
+        Arc::new(move |_| serde_json::to_string(&capture.status()).map_err(|e| e.to_string())),
+    )
+}
+
 fn summary(s: crate::flow::program::BundleSummary) -> String {
     format!(
         "added {}, modified {}, deleted {}, groups {}\n",

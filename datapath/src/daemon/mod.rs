@@ -16,6 +16,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::caps;
+use crate::capture::Capture;
 use crate::config::{Config, PortConfig};
 use crate::ctl::{CtlServer, Registry, ServerConfig};
 use crate::dpdk::{self, eal, ethdev, mempool};
@@ -152,6 +153,7 @@ impl Daemon {
             t.add_flow(DEFAULT_FLOW, clock_ns())
                 .map_err(|e| format!("cannot install the default flow: {e}"))?;
         }
+        let capture = Capture::new();
         let mut specs: Vec<PmdSpec> = cfg
             .datapath
             .cores
@@ -161,6 +163,7 @@ impl Daemon {
                 index: i,
                 core: Some(c),
                 rx: Vec::new(),
+                capture: Some(capture.clone()),
             })
             .collect();
         let mut k = 0;
@@ -237,6 +240,12 @@ impl Daemon {
             })
             .collect();
         commands::register_ports(&registry, &cfg.bridge, port_views).map_err(reg_err)?;
+        let names: Vec<(String, u16)> = self
+            .ports
+            .iter()
+            .map(|(p, _)| (p.name.clone(), p.ofport))
+            .collect();
+        commands::register_capture(&registry, capture, names).map_err(reg_err)?;
         if let Some(t) = &flows {
             commands::register_flows(&registry, t.clone()).map_err(reg_err)?;
         }
