@@ -69,6 +69,18 @@ drop_reasons! {
     /// Too many recirculations (ct(table=...), tnl_pop) for one packet, or a
     /// recirculation requested inside a group `all` bucket copy.
     RecircLimit => "recirc_limit", "too many recirculations for one packet";
+    // --- conntrack ---
+    /// The global or per-zone connection limit was reached and no
+    /// non-established entry could be evicted to make room.
+    CtLimit => "ct_limit", "connection tracking table full (global or zone limit)";
+    /// No free NAT address/port in the configured range for a new connection.
+    CtNatExhausted => "ct_nat_exhausted", "no free NAT port for a new connection";
+    /// A Service with externalTrafficPolicy=Local had no node-local endpoint
+    /// for external traffic (kube-proxy drops it).
+    ServiceNoLocalEndpoint => "service_no_local_endpoint", "no node-local endpoint for a Service with traffic policy Local";
+    /// A Service had no usable endpoint and the packet could not be turned
+    /// into an ICMP port-unreachable reply.
+    ServiceReject => "service_reject", "Service has no endpoints and the reject reply could not be built";
     // --- tunnel / neigh ---
     /// The tunnel destination (encap) or source (decap) is not a programmed
     /// remote VTEP.

@@ -18,6 +18,7 @@ pub mod caps;
 pub mod capture;
 pub mod classifier;
 pub mod config;
+pub mod conntrack;
 pub mod ctl;
 #[cfg(feature = "dpdk")]
 pub mod daemon;
@@ -31,6 +32,7 @@ pub mod packet;
 pub mod pipeline;
 pub mod pmd;
 pub mod port;
+pub mod service;
 pub mod stack;
 pub mod stats;
 pub mod tunnel;

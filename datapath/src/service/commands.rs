@@ -1,0 +1,83 @@
+//! Control commands of the Service table: `dump-services`, the
+//! `service-update` structured method (a JSON [`ServiceUpdate`] batch, the
+//! control agent's interface; also a text command taking the JSON as one
+//! argument) and `lb-trace`, which shows the decision a new connection
+//! would get without changing any state.
+//!
+//! Thread-safety: handlers hold [`Services`] / [`Conntrack`] handles.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::{ServiceError, ServiceUpdate, Services};
+use crate::conntrack::Conntrack;
+use crate::ctl::registry::{Registry, RegistryError};
+
+/// Applies a JSON update (`params` is the batch object, or an array whose
+/// first element is).
+pub fn apply_json(
+    services: &Services,
+    ct: Option<&Conntrack>,
+    params: &Value,
+) -> Result<Value, String> {
+    let batch = match params {
+        Value::Array(a) => a.first().cloned().unwrap_or(Value::Null),
+        v => v.clone(),
+    };
+    let update: ServiceUpdate =
+        serde_json::from_value(batch).map_err(|e| ServiceError::Json(e.to_string()).to_string())?;
+    let s = services.apply(&update, ct).map_err(|e| e.to_string())?;
+    serde_json::to_value(s).map_err(|e| e.to_string())
+}
+
+/// Registers the Service commands.
+pub fn register_commands(
+    reg: &Registry,
+    services: Services,
+    ct: Option<Conntrack>,
+) -> Result<(), RegistryError> {
+    let s = services.clone();
+    reg.register("dump-services", "", 0, 0, Arc::new(move |_| Ok(s.dump())))?;
+    let (s, c) = (services.clone(), ct.clone());
+    reg.register_method(
+        "service-update",
+        Arc::new(move |p| apply_json(&s, c.as_ref(), p)),
+    )?;
+    let (s, c) = (services.clone(), ct.clone());
+    reg.register(
+        "service-update",
+        "JSON-BATCH",
+        1,
+        1,
+        Arc::new(move |a| {
+            let v: Value = serde_json::from_str(&a[0])
+                .map_err(|e| ServiceError::Json(e.to_string()).to_string())?;
+            apply_json(&s, c.as_ref(), &v).map(|r| format!("{r}"))
+        }),
+    )?;
+    reg.register(
+        "lb-trace",
+        "tcp|udp|sctp SRC DST PORT",
+        4,
+        4,
+        Arc::new(move |a| {
+            let proto = match a[0].as_str() {
+                "tcp" => 6,
+                "udp" => 17,
+                "sctp" => 132,
+                p => return Err(format!("unknown protocol {p:?}: use tcp, udp or sctp")),
+            };
+            let ip = |s: &str| {
+                s.parse::<Ipv4Addr>()
+                    .map(u32::from)
+                    .map_err(|_| format!("invalid address {s:?}: use A.B.C.D"))
+            };
+            let port: u16 = a[3]
+                .parse()
+                .map_err(|_| format!("invalid port {:?}: use 1-65535", a[3]))?;
+            Ok(services.trace(proto, ip(&a[1])?, ip(&a[2])?, port))
+        }),
+    )
+}
