@@ -57,6 +57,17 @@ pub enum PeerError {
     /// The datapath does not support what the scenario needs yet.
     #[error("pending: {0}")]
     Pending(String),
+    /// Most packets were dropped during warm-up: the peer cannot forward
+    /// this scenario.
+    #[error("dropped {dropped} of {received} packets during warm-up ({reasons})")]
+    Dropping {
+        /// Packets dropped in the window.
+        dropped: u64,
+        /// Packets received in the window.
+        received: u64,
+        /// Drop reasons with counts.
+        reasons: String,
+    },
     /// Counters could not be read.
     #[error("cannot read {peer} counters: {detail}")]
     Counters {
@@ -761,7 +772,10 @@ pub fn parse_ovs_stats(text: &str) -> Counters {
 /// The `tx pkts=N` of `ovs-ofctl dump-ports BRIDGE PORT`.
 pub fn parse_dump_ports_tx(text: &str) -> Option<u64> {
     let rest = text.split("tx pkts=").nth(1)?;
-    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 impl Peer for Ovs {

@@ -381,7 +381,10 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("| 1.50 | 0.50 |"), "{t}");
-        assert!(t.contains("| 4.00 (4.00-4.00) | 100 | 90/10/0.00 | 0 | 12.00"), "{t}");
+        assert!(
+            t.contains("| 4.00 (4.00-4.00) | 100 | 90/10/0.00 | 0 | 12.00"),
+            "{t}"
+        );
         assert!(
             t.contains("dnat/1f/10svc on sluiced: Pending: no conntrack yet"),
             "{t}"

@@ -98,10 +98,10 @@ struct RunArgs {
     warmup: f64,
     /// Most seconds of warm-up while upcalls are still 1% or more of the
     /// packets.
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, default_value_t = 15.0)]
     max_warmup: f64,
     /// Seconds per measurement.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 2.0)]
     interval: f64,
     /// Measurements per (scenario, peer).
     #[arg(long, default_value_t = 3)]
