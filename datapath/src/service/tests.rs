@@ -1,1 +1,579 @@
+//! Service semantics through the sans-IO flow pipeline: a real flow
+//! program using `ct(commit,nat)`, crafted packets, etherparse checks.
 
+use std::collections::HashMap as StdHashMap;
+
+use serde_json::json;
+
+use super::*;
+use crate::conntrack::tests::{call, fl, ip, sctp, seen, tcp, udp, Rig};
+use crate::conntrack::{ConnFilter, ConntrackConfig};
+
+/// Pods (10.1/16) on port 2, other cluster clients (10.0/16) on port 1,
+/// everything else (external, node) on port 3.
+const FLOWS: &str = "\
+table=0,priority=10,ip actions=ct(commit,zone=1,nat,table=1)
+table=1,priority=20,ct_state=+trk+inv actions=drop
+table=1,priority=10,ip,nw_dst=10.1.0.0/16 actions=output:2
+table=1,priority=10,ip,nw_dst=10.0.0.0/16 actions=output:1
+table=1,priority=5,ip actions=output:3
+";
+
+const MASQ: &str = "169.254.169.1";
+const NODE: [u8; 4] = [192, 168, 1, 10];
+const EXT: [u8; 4] = [172, 16, 0, 5];
+const CLIENT: [u8; 4] = [10, 0, 0, 1];
+const VIP: [u8; 4] = [10, 96, 0, 10];
+
+fn services() -> Services {
+    Services::new(ServiceConfig {
+        node_addresses: vec![Ipv4Addr::from(NODE)],
+        node_port_range: (30000, 32767),
+        masquerade_ip: ip(MASQ),
+        cluster_cidrs: vec![(ip("10.0.0.0"), 16), (ip("10.1.0.0"), 16)],
+    })
+}
+
+fn rig() -> (Rig, Services) {
+    let s = services();
+    let ct = Conntrack::with_services(ConntrackConfig::default(), s.clone());
+    (Rig::new(FLOWS, ct), s)
+}
+
+fn ep(ip: &str) -> serde_json::Value {
+    json!({"ip": ip, "port": 8080})
+}
+
+/// Applies a JSON batch (the agent's format).
+fn apply(s: &Services, ct: &Conntrack, batch: serde_json::Value) -> UpdateSummary {
+    let u: ServiceUpdate = serde_json::from_value(batch).expect("batch parses");
+    s.apply(&u, Some(ct)).expect("update applies")
+}
+
+fn web(endpoints: Vec<serde_json::Value>) -> serde_json::Value {
+    json!({"name": "default/web:http", "protocol": "tcp", "port": 80,
+           "cluster_ips": ["10.96.0.10", "10.96.0.11"], "endpoints": endpoints})
+}
+
+#[test]
+fn cluster_ip_every_address_both_directions_same_endpoint() {
+    let (mut r, s) = rig();
+    apply(
+        &s,
+        &r.ct,
+        json!({"upsert": [web(vec![ep("10.1.0.5"), ep("10.1.0.6")])]}),
+    );
+    for (i, vip) in [[10, 96, 0, 10], [10, 96, 0, 11]].into_iter().enumerate() {
+        let sport = 1000 + i as u16;
+        let out = r.expect(0, 1, tcp(CLIENT, vip, sport, 80, 100, 0, fl::SYN, b""), 2);
+        let first = seen(&out);
+        assert_eq!(first.src, ip("10.0.0.1"), "client address preserved");
+        assert_eq!(first.dport, 8080);
+        let e = first.dst.octets();
+        let out = r.expect(
+            1,
+            2,
+            tcp(e, CLIENT, 8080, sport, 7, 101, fl::SYNACK, b""),
+            1,
+        );
+        let back = seen(&out);
+        assert_eq!(
+            (back.src, back.sport),
+            (Ipv4Addr::from(vip), 80),
+            "reply from the VIP"
+        );
+        for k in 0..5u32 {
+            let out = r.expect(
+                2,
+                1,
+                tcp(CLIENT, vip, sport, 80, 101 + k, 8, fl::ACK, b"x"),
+                2,
+            );
+            assert_eq!(
+                seen(&out).dst,
+                first.dst,
+                "same endpoint for the connection"
+            );
+        }
+    }
+    let d = s.dump();
+    assert!(
+        d.contains("default/web:http tcp 10.96.0.10:80(cluster),10.96.0.11:80(cluster)"),
+        "{d}"
+    );
+    let conns: u64 = d
+        .lines()
+        .filter_map(|l| l.split("connections=").nth(1))
+        .map(|v| {
+            v.split(' ')
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(conns, 2);
+}
+
+#[test]
+fn selection_is_uniform_over_ready_endpoints() {
+    let (mut r, s) = rig();
+    apply(
+        &s,
+        &r.ct,
+        json!({"upsert": [web(vec![ep("10.1.0.5"), ep("10.1.0.6"), ep("10.1.0.7"),
+                                   json!({"ip": "10.1.0.8", "port": 8080, "ready": false})])]}),
+    );
+    let mut counts: StdHashMap<Ipv4Addr, u32> = StdHashMap::new();
+    for i in 0..3000u16 {
+        let out = r.expect(
+            0,
+            1,
+            tcp(CLIENT, VIP, 10_000 + i, 80, 1, 0, fl::SYN, b""),
+            2,
+        );
+        *counts.entry(seen(&out).dst).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 3, "never the unready endpoint: {counts:?}");
+    for (e, n) in &counts {
+        assert!((850..=1150).contains(n), "{e} got {n} of 3000");
+    }
+}
+
+#[test]
+fn node_port_external_ips_and_load_balancer_ips() {
+    let (mut r, s) = rig();
+    apply(
+        &s,
+        &r.ct,
+        json!({"upsert": [{"name": "default/np:http", "protocol": "tcp", "port": 80,
+            "cluster_ips": ["10.96.0.20"], "node_port": 30080,
+            "external_ips": ["203.0.113.7"], "load_balancer_ips": ["198.51.100.9"],
+            "endpoints": [ep("10.1.0.5")]}]}),
+    );
+    for (i, (front, port)) in [
+        (NODE, 30080u16),
+        ([203, 0, 113, 7], 80),
+        ([198, 51, 100, 9], 80),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let sport = 2000 + i as u16;
+        let out = r.expect(0, 3, tcp(EXT, front, sport, port, 1, 0, fl::SYN, b""), 2);
+        let s1 = seen(&out);
+        assert_eq!((s1.dst, s1.dport), (ip("10.1.0.5"), 8080));
+        assert_eq!(
+            s1.src,
+            ip(MASQ),
+            "external traffic with policy Cluster is masqueraded"
+        );
+        let out = r.expect(
+            1,
+            2,
+            tcp(
+                [10, 1, 0, 5],
+                ip(MASQ).octets(),
+                8080,
+                s1.sport,
+                9,
+                2,
+                fl::SYNACK,
+                b"",
+            ),
+            3,
+        );
+        let s2 = seen(&out);
+        assert_eq!((s2.src, s2.sport), (Ipv4Addr::from(front), port));
+        assert_eq!((s2.dst, s2.dport), (Ipv4Addr::from(EXT), sport));
+    }
+    // NodePort from the node itself is masqueraded too.
+    let out = r.expect(2, 3, tcp(NODE, NODE, 3000, 30080, 1, 0, fl::SYN, b""), 2);
+    assert_eq!(seen(&out).src, ip(MASQ));
+    // Another port on the node address is no Service.
+    let out = r.expect(2, 3, tcp(EXT, NODE, 3001, 30081, 1, 0, fl::SYN, b""), 3);
+    assert_eq!(seen(&out).dport, 30081);
+    // A node port outside the range is refused.
+    let e = s
+        .apply(
+            &serde_json::from_value(json!({"upsert": [{"name": "x", "protocol": "tcp",
+                "port": 1, "node_port": 80}]}))
+            .expect("batch"),
+            None,
+        )
+        .expect_err("range");
+    assert!(e
+        .to_string()
+        .contains("outside the node port range 30000-32767"));
+}
+
+#[test]
+fn traffic_policy_local_keeps_client_ip_and_drops_without_local_endpoint() {
+    let (mut r, s) = rig();
+    let svc = |eps: Vec<serde_json::Value>| {
+        json!({"upsert": [{"name": "default/loc:http", "protocol": "tcp", "port": 80,
+            "cluster_ips": ["10.96.0.30"], "node_port": 30090,
+            "external_traffic_policy": "Local", "internal_traffic_policy": "Local",
+            "endpoints": eps}]})
+    };
+    apply(
+        &s,
+        &r.ct,
+        svc(vec![
+            json!({"ip": "10.1.0.5", "port": 8080, "node_local": true}),
+            ep("10.1.0.6"),
+        ]),
+    );
+    for i in 0..40u16 {
+        let out = r.expect(0, 3, tcp(EXT, NODE, 4000 + i, 30090, 1, 0, fl::SYN, b""), 2);
+        let x = seen(&out);
+        assert_eq!(x.dst, ip("10.1.0.5"), "only the node-local endpoint");
+        assert_eq!(x.src, Ipv4Addr::from(EXT), "client IP preserved");
+        let out = r.expect(
+            0,
+            1,
+            tcp(CLIENT, [10, 96, 0, 30], 4000 + i, 80, 1, 0, fl::SYN, b""),
+            2,
+        );
+        assert_eq!(seen(&out).dst, ip("10.1.0.5"), "internal Local too");
+    }
+    apply(&s, &r.ct, svc(vec![ep("10.1.0.6")]));
+    r.expect_drop(
+        1,
+        3,
+        tcp(EXT, NODE, 5000, 30090, 1, 0, fl::SYN, b""),
+        DropReason::ServiceNoLocalEndpoint,
+    );
+}
+
+#[test]
+fn session_affinity_pins_clients_until_the_fake_clock_says_otherwise() {
+    let (mut r, s) = rig();
+    let eps = (5..9)
+        .map(|i| ep(&format!("10.1.0.{i}")))
+        .collect::<Vec<_>>();
+    apply(
+        &s,
+        &r.ct,
+        json!({"upsert": [{"name": "default/aff:http", "protocol": "tcp", "port": 80,
+            "cluster_ips": ["10.96.0.10"], "session_affinity_seconds": 10, "endpoints": eps}]}),
+    );
+    let sec = 1_000_000_000u64;
+    let mut pinned = Vec::new();
+    for c in 1..=20u8 {
+        let client = [10, 0, 1, c];
+        let mut first = None;
+        for k in 0..10u64 {
+            // One new connection per second: the affinity keeps being refreshed.
+            let out = r.expect(
+                k * sec,
+                1,
+                tcp(client, VIP, 100 + k as u16, 80, 1, 0, fl::SYN, b""),
+                2,
+            );
+            let d = seen(&out).dst;
+            assert_eq!(
+                *first.get_or_insert(d),
+                d,
+                "client {c} stays on its endpoint"
+            );
+        }
+        pinned.push(first);
+    }
+    // 10 s after the last connection (t = 9 s) the affinity has expired.
+    let mut moved = 0;
+    for c in 1..=20u8 {
+        let out = r.expect(
+            19 * sec,
+            1,
+            tcp([10, 0, 1, c], VIP, 999, 80, 1, 0, fl::SYN, b""),
+            2,
+        );
+        if Some(seen(&out).dst) != pinned[usize::from(c) - 1] {
+            moved += 1;
+        }
+    }
+    assert!(moved > 0, "after the timeout clients are balanced afresh");
+    // Range and default.
+    let bad: ServiceUpdate = serde_json::from_value(json!({"upsert": [{"name": "b",
+        "protocol": "tcp", "port": 1, "session_affinity_seconds": 86401}]}))
+    .expect("batch");
+    let e = s.apply(&bad, None).expect_err("out of range");
+    assert!(e.to_string().contains("use 1 to 86400 seconds"), "{e}");
+    apply(
+        &s,
+        &r.ct,
+        json!({"upsert": [{"name": "d", "protocol": "udp", "port": 1,
+            "cluster_ips": ["10.96.0.99"], "session_affinity_seconds": 0}]}),
+    );
+    assert!(s.dump().contains("affinity=ClientIP/10800s"));
+}
+
+#[test]
+fn terminating_endpoints_serve_when_none_is_ready() {
+    let (mut r, s) = rig();
+    apply(
+        &s,
+        &r.ct,
+        json!({"upsert": [web(vec![
+            json!({"ip": "10.1.0.5", "port": 8080, "ready": false, "serving": true, "terminating": true}),
+            json!({"ip": "10.1.0.6", "port": 8080, "ready": false, "serving": false, "terminating": true}),
+        ])]}),
+    );
+    for i in 0..20u16 {
+        let out = r.expect(0, 1, tcp(CLIENT, VIP, 100 + i, 80, 1, 0, fl::SYN, b""), 2);
+        assert_eq!(
+            seen(&out).dst,
+            ip("10.1.0.5"),
+            "serving+terminating fallback"
+        );
+    }
+    apply(
+        &s,
+        &r.ct,
+        json!({"upsert": [web(vec![
+            json!({"ip": "10.1.0.5", "port": 8080, "ready": false, "serving": true, "terminating": true}),
+            ep("10.1.0.7"),
+        ])]}),
+    );
+    for i in 0..20u16 {
+        let out = r.expect(1, 1, tcp(CLIENT, VIP, 200 + i, 80, 1, 0, fl::SYN, b""), 2);
+        assert_eq!(seen(&out).dst, ip("10.1.0.7"), "ready endpoints first");
+    }
+}
+
+#[test]
+fn no_endpoint_rejects_with_icmp_port_unreachable() {
+    let (mut r, s) = rig();
+    apply(
+        &s,
+        &r.ct,
+        json!({"upsert": [web(vec![]),
+            {"name": "default/dns:udp", "protocol": "udp", "port": 53, "cluster_ips": ["10.96.0.10"]},
+            {"name": "default/sig:sctp", "protocol": "sctp", "port": 3868, "cluster_ips": ["10.96.0.10"]}]}),
+    );
+    let frames = [
+        (
+            tcp(CLIENT, VIP, 1000, 80, 1, 0, fl::SYN, b""),
+            1000u16,
+            80u16,
+        ),
+        (udp(CLIENT, VIP, 1001, 53, b"q"), 1001, 53),
+        (sctp(CLIENT, VIP, 1002, 3868), 1002, 3868),
+    ];
+    for (f, sport, dport) in frames {
+        let out = r.expect(0, 1, f, 1);
+        let x = seen(&out);
+        assert_eq!(x.icmp, Some((3, 3)), "port unreachable");
+        assert_eq!(
+            (x.src, x.dst),
+            (Ipv4Addr::from(VIP), Ipv4Addr::from(CLIENT))
+        );
+        assert_eq!(
+            x.inner,
+            Some((Ipv4Addr::from(CLIENT), Ipv4Addr::from(VIP), sport, dport)),
+            "quotes the rejected packet"
+        );
+        assert_eq!(
+            &out[0..6],
+            &crate::conntrack::tests::MAC_A,
+            "back to the sender's MAC"
+        );
+    }
+    assert_eq!(r.ct.stats().rejects.load(Ordering::Relaxed), 3);
+    assert!(r.ct.is_empty(), "nothing committed");
+}
+
+#[test]
+fn hairpin_is_masqueraded() {
+    let (mut r, s) = rig();
+    apply(&s, &r.ct, json!({"upsert": [web(vec![ep("10.1.0.5")])]}));
+    let pod = [10, 1, 0, 5];
+    let out = r.expect(0, 2, tcp(pod, VIP, 5555, 80, 1, 0, fl::SYN, b""), 2);
+    let x = seen(&out);
+    assert_eq!((x.dst, x.dport), (ip("10.1.0.5"), 8080));
+    assert_eq!(x.src, ip(MASQ), "hairpin masqueraded so the reply returns");
+    let out = r.expect(
+        1,
+        2,
+        tcp(pod, ip(MASQ).octets(), 8080, x.sport, 9, 2, fl::SYNACK, b""),
+        2,
+    );
+    let y = seen(&out);
+    assert_eq!((y.src, y.sport), (Ipv4Addr::from(VIP), 80));
+    assert_eq!((y.dst, y.dport), (ip("10.1.0.5"), 5555));
+    assert!(r
+        .ct
+        .dump(&ConnFilter::default(), 1)
+        .contains("service=default/web:http"));
+}
+
+#[test]
+fn udp_and_sctp_services() {
+    let (mut r, s) = rig();
+    apply(
+        &s,
+        &r.ct,
+        json!({"upsert": [
+            {"name": "kube-system/dns:dns", "protocol": "udp", "port": 53,
+             "cluster_ips": ["10.96.0.10"], "endpoints": [{"ip": "10.1.0.9", "port": 5353}]},
+            {"name": "default/sig:sctp", "protocol": "sctp", "port": 3868,
+             "cluster_ips": ["10.96.0.10"], "endpoints": [{"ip": "10.1.0.8", "port": 3869}]}]}),
+    );
+    let out = r.expect(0, 1, udp(CLIENT, VIP, 4444, 53, b"query"), 2);
+    assert_eq!((seen(&out).dst, seen(&out).dport), (ip("10.1.0.9"), 5353));
+    let out = r.expect(1, 2, udp([10, 1, 0, 9], CLIENT, 5353, 4444, b"answer"), 1);
+    assert_eq!(
+        (seen(&out).src, seen(&out).sport),
+        (Ipv4Addr::from(VIP), 53)
+    );
+    let out = r.expect(0, 1, sctp(CLIENT, VIP, 4445, 3868), 2);
+    assert_eq!((seen(&out).dst, seen(&out).dport), (ip("10.1.0.8"), 3869));
+    let out = r.expect(1, 2, sctp([10, 1, 0, 8], CLIENT, 3869, 4445), 1);
+    assert_eq!(
+        (seen(&out).src, seen(&out).sport),
+        (Ipv4Addr::from(VIP), 3868)
+    );
+}
+
+#[test]
+fn updates_keep_established_connections_unless_flushed() {
+    let (mut r, s) = rig();
+    apply(&s, &r.ct, json!({"upsert": [web(vec![ep("10.1.0.5")])]}));
+    let handshake = |r: &mut Rig, sport: u16| {
+        let out = r.expect(0, 1, tcp(CLIENT, VIP, sport, 80, 100, 0, fl::SYN, b""), 2);
+        let e = seen(&out).dst;
+        r.expect(
+            0,
+            2,
+            tcp(e.octets(), CLIENT, 8080, sport, 7, 101, fl::SYNACK, b""),
+            1,
+        );
+        r.expect(0, 1, tcp(CLIENT, VIP, sport, 80, 101, 8, fl::ACK, b""), 2);
+        e
+    };
+    assert_eq!(handshake(&mut r, 1000), ip("10.1.0.5"));
+    // Replace the endpoint: the established connection keeps its endpoint,
+    // new connections go to the new one.
+    let sum = apply(&s, &r.ct, json!({"upsert": [web(vec![ep("10.1.0.6")])]}));
+    assert_eq!(sum.flushed, 0);
+    let out = r.expect(
+        1,
+        1,
+        tcp(CLIENT, VIP, 1000, 80, 101, 8, fl::ACK, b"data"),
+        2,
+    );
+    assert_eq!(seen(&out).dst, ip("10.1.0.5"), "kept until it ends");
+    assert_eq!(handshake(&mut r, 1001), ip("10.1.0.6"));
+    // An unrelated change (a second Service) leaves counters in place.
+    apply(
+        &s,
+        &r.ct,
+        json!({"upsert": [{"name": "other", "protocol": "udp", "port": 9, "cluster_ips": ["10.96.0.50"]},
+                          web(vec![ep("10.1.0.6")])]}),
+    );
+    assert!(s
+        .dump()
+        .contains("10.1.0.6:8080 ready,serving connections=1 active=1"));
+    // Now remove 10.1.0.6 with flushing: its connection is gone, so a
+    // mid-stream segment is invalid and dropped.
+    let sum = apply(
+        &s,
+        &r.ct,
+        json!({"upsert": [web(vec![ep("10.1.0.7")])], "flush_removed_endpoints": true}),
+    );
+    assert_eq!(sum.flushed, 1);
+    r.expect_drop(
+        2,
+        1,
+        tcp(CLIENT, VIP, 1001, 80, 101, 8, fl::ACK, b"x"),
+        DropReason::FlowDrop,
+    );
+    // Deleting the Service keeps its remaining connections (no flush).
+    let sum = apply(&s, &r.ct, json!({"delete": ["default/web:http"]}));
+    assert_eq!((sum.services, sum.flushed), (1, 0));
+    let out = r.expect(
+        3,
+        1,
+        tcp(CLIENT, VIP, 1000, 80, 105, 8, fl::ACK, b"more"),
+        2,
+    );
+    assert_eq!(seen(&out).dst, ip("10.1.0.5"));
+}
+
+#[test]
+fn invalid_batches_change_nothing() {
+    let s = services();
+    let ct = Conntrack::new(ConntrackConfig::default());
+    apply(&s, &ct, json!({"upsert": [web(vec![ep("10.1.0.5")])]}));
+    let before = s.dump();
+    let cases = [
+        (
+            json!({"upsert": [web(vec![]), web(vec![])]}),
+            "appears more than once",
+        ),
+        (
+            json!({"upsert": [{"name": "b", "protocol": "tcp", "port": 80, "cluster_ips": ["10.96.0.10"]}]}),
+            "both use 10.96.0.10:80/tcp",
+        ),
+        (
+            json!({"upsert": [{"name": "z", "protocol": "tcp", "port": 0}]}),
+            "has port 0",
+        ),
+        (json!({"delete": ["nope"]}), "does not exist"),
+        (
+            json!({"upsert": [{"name": "e", "protocol": "tcp", "port": 1,
+                "endpoints": [{"ip": "10.1.0.1", "port": 0}]}]}),
+            "with port 0",
+        ),
+    ];
+    for (batch, text) in cases {
+        let u: ServiceUpdate = serde_json::from_value(batch).expect("batch");
+        let e = s.apply(&u, Some(&ct)).expect_err(text);
+        assert!(e.to_string().contains(text), "{e}");
+        assert_eq!(s.dump(), before, "nothing applied");
+    }
+}
+
+#[test]
+fn control_commands_and_lb_trace() {
+    use crate::ctl::registry::Registry;
+    let (mut r, s) = rig();
+    let reg = Registry::new();
+    commands::register_commands(&reg, s.clone(), Some(r.ct.clone())).expect("register");
+    let ctx = crate::ctl::registry::DispatchContext { on_exit: &|| {} };
+    let res = reg
+        .dispatch(
+            "service-update",
+            &json!({"upsert": [web(vec![ep("10.1.0.5")])]}),
+            &ctx,
+        )
+        .expect("method");
+    assert_eq!(res["services"], 1);
+    assert_eq!(res["frontends"], 2);
+    let e = reg
+        .dispatch("service-update", &json!({"upsert": 3}), &ctx)
+        .expect_err("bad json");
+    assert!(e.contains("invalid service update"), "{e}");
+    let out = r.expect(0, 1, tcp(CLIENT, VIP, 1000, 80, 1, 0, fl::SYN, b""), 2);
+    seen(&out);
+    let d = call(&reg, "dump-services", &[]).expect("dump");
+    assert!(
+        d.contains("10.1.0.5:8080 ready,serving connections=1 active=1 packets=1"),
+        "{d}"
+    );
+    let t = call(&reg, "lb-trace", &["tcp", "10.0.0.1", "10.96.0.10", "80"]).expect("trace");
+    assert!(
+        t.contains("service default/web:http frontend ClusterIp traffic internal"),
+        "{t}"
+    );
+    assert!(t.contains("candidates (uniform): 10.1.0.5:8080"), "{t}");
+    let t = call(&reg, "lb-trace", &["udp", "10.0.0.1", "10.96.0.10", "80"]).expect("trace");
+    assert!(t.contains("not a Service frontend"), "{t}");
+    let t = call(
+        &reg,
+        "service-update",
+        &[r#"{"delete": ["default/web:http"]}"#],
+    )
+    .expect("text form");
+    assert!(t.contains("\"services\":0"), "{t}");
+}
