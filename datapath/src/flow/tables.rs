@@ -4,15 +4,17 @@
 //! Publication is RCU-style: writers build a complete new
 //! [`FlowProgram`] from the current one (all-or-nothing, see
 //! [`FlowProgram::apply`]), store it in an [`ArcSwap`] and then bump a
-//! generation number. A PMD reads the generation (one relaxed-cost atomic
-//! load) between bursts; when it changed, it takes the new `Arc` and
-//! flushes its caches. Packets in flight keep using the translations of the
-//! old program, which stay alive through their `Arc`s, so an update never
-//! stops a PMD and never loses a packet.
+//! generation number. A PMD reads the generation (one acquire load of a
+//! word nobody writes in steady state) between bursts; when it changed, it
+//! takes the new `Arc` and revalidates its caches. Packets in flight keep
+//! using the translations of the old program, which stay alive through
+//! their `Arc`s, so an update never stops a PMD and never loses a packet.
 //!
 //! Writers serialise on a mutex (control side only; the PMD hot path never
 //! touches it). Introspection (`dump_flows`, `trace`) reads a snapshot and
-//! returns plain `String`s for the control socket.
+//! returns plain `String`s for the control socket. Rule timeouts are
+//! enforced by [`FlowTables::expire`], which the daemon calls periodically
+//! (about once a second) with its clock.
 //!
 //! Thread-safety: `FlowTables` is `Clone + Send + Sync`; clones share the
 //! same program.
