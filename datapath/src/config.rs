@@ -79,6 +79,9 @@ pub struct DatapathConfig {
     pub mac_table_size: usize,
     /// MAC aging in seconds.
     pub mac_aging_s: u64,
+    /// Overlay keys (`vtep_ip`, `vtep_gateway`, `uplink_mtu`, `tunnel_*`,
+    /// `arp_gateways`, `proxy_arp`), see `stack::overlay`.
+    pub overlay: crate::stack::overlay::OverlayConfig,
 }
 
 impl Default for DatapathConfig {
@@ -95,6 +98,7 @@ impl Default for DatapathConfig {
             ctl_socket: "/var/run/sluice/sluiced.ctl".into(),
             mac_table_size: crate::pipeline::l2::DEFAULT_MAC_CAPACITY,
             mac_aging_s: 300,
+            overlay: crate::stack::overlay::OverlayConfig::default(),
         }
     }
 }
@@ -361,6 +365,10 @@ impl Config {
                         dp.mac_table_size = parse_num("a number of entries")? as usize
                     }
                     "mac_aging_s" => dp.mac_aging_s = parse_num("a number of seconds")?,
+                    k if crate::stack::overlay::OVERLAY_KEYS.contains(&k) => dp
+                        .overlay
+                        .set(k, v)
+                        .map_err(|e| key_err("datapath", k, e))?,
                     other => {
                         return Err(key_err(
                             "datapath",

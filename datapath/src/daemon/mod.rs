@@ -174,6 +174,15 @@ impl Daemon {
             }
         }
         let max_ofport = self.ports.iter().map(|(p, _)| p.ofport).max().unwrap_or(0) as usize;
+        // Overlay: Geneve tunnels, port security, ARP responder, and the
+        // local stack for the VTEP on PMD 0 (see `stack::overlay`).
+        let uplink = cfg
+            .uplink_port
+            .as_ref()
+            .and_then(|n| self.ports.iter().find(|(p, _)| &p.name == n))
+            .map(|(p, d)| (PortNo(p.ofport), d.mac()));
+        let mut overlay =
+            crate::stack::overlay::Overlay::new(&cfg.datapath.overlay, n_pmds, uplink);
         let mut views = Vec::new();
         for spec in specs {
             let mut handles: Vec<Option<ethdev::DpdkPort>> = vec![None; max_ofport + 1];
@@ -183,7 +192,7 @@ impl Daemon {
             let init = || dpdk::register_thread();
             let t = match &flows {
                 Some(tables) => {
-                    let pl = FlowPipeline::new(
+                    let pl = FlowPipeline::with_hooks(
                         tables.clone(),
                         FlowPipelineConfig {
                             ports: ofports.clone(),
@@ -191,8 +200,19 @@ impl Daemon {
                             mac_aging_ns: cfg.datapath.mac_aging_s.saturating_mul(1_000_000_000),
                             ..Default::default()
                         },
+                        crate::pipeline::hooks::Hooks {
+                            ct: crate::pipeline::hooks::NoConntrack,
+                            tunnels: overlay.tunnel_hook(spec.index),
+                        },
                     );
                     let fstats = pl.stats();
+                    let seed = self
+                        .pool
+                        .as_ref()
+                        .and_then(|p| p.alloc())
+                        .ok_or("the mbuf pool is exhausted at start: raise [datapath] mbufs")?;
+                    let pl =
+                        overlay.wrap(spec.index, pl, crate::stack::overlay::SeedAlloc(seed))?;
                     let t = pmd::spawn(spec, handles, pl, self.stop.clone(), init);
                     t.map(|t| {
                         views.push(PmdView {
@@ -248,6 +268,9 @@ impl Daemon {
         commands::register_capture(&registry, capture, names).map_err(reg_err)?;
         if let Some(t) = &flows {
             commands::register_flows(&registry, t.clone()).map_err(reg_err)?;
+        }
+        if flows.is_some() {
+            overlay.register_commands(&registry).map_err(reg_err)?;
         }
         self.flows = flows;
 
