@@ -425,6 +425,7 @@ mod tests {
         let ctx = ExecContext {
             owns_lock: &|_| false,
             wait_expired: false,
+            read_only: None,
         };
         let Outcome::Done {
             changes: Some(c), ..

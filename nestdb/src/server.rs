@@ -370,6 +370,7 @@ impl Server {
         let ctx = ExecContext {
             owns_lock: &|_| false,
             wait_expired: false,
+            read_only: None,
         };
         if let Outcome::Done {
             changes: Some(c), ..
@@ -895,29 +896,10 @@ impl Server {
             let ctx = ExecContext {
                 owns_lock: &owns,
                 wait_expired: expired,
+                // _Server is maintained by the server itself.
+                read_only: (db == 0).then_some("_Server"),
             };
-            if db == 0
-                && ops.iter().any(|o| {
-                    matches!(
-                        o.get("op").and_then(Value::as_str),
-                        Some("insert" | "update" | "mutate" | "delete")
-                    )
-                })
-            {
-                // _Server is read-only for clients.
-                let mut results = vec![Value::Null; ops.len()];
-                if let Some(r) = results.first_mut() {
-                    *r = OvsdbError::new("permission error", "The _Server database is read-only.")
-                        .to_json();
-                }
-                Outcome::Done {
-                    results,
-                    changes: None,
-                    durable: false,
-                }
-            } else {
-                execute(&self.dbs[db].storage.db, &ops, &ctx)
-            }
+            execute(&self.dbs[db].storage.db, &ops, &ctx)
         };
         match outcome {
             Outcome::Blocked { timeout_ms } => {

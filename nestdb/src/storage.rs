@@ -263,6 +263,7 @@ mod tests {
         let ctx = ExecContext {
             owns_lock: &|_| false,
             wait_expired: false,
+            read_only: None,
         };
         let ops = json!([{"op":"insert","table":"A","row":{"n":n}}]);
         let Outcome::Done {

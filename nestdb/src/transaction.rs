@@ -26,6 +26,8 @@ pub struct ExecContext<'a> {
     pub owns_lock: &'a dyn Fn(&str) -> bool,
     /// True when a blocked `wait` has reached its timeout and must now fail.
     pub wait_expired: bool,
+    /// Name of a reserved database (`_Server`) whose tables clients may not modify.
+    pub read_only: Option<&'a str>,
 }
 
 /// Result of executing one `transact` request.
@@ -277,6 +279,13 @@ impl<'a> Txn<'a> {
                 "Parsing ovsdb operation {} of {n} failed: Member '{extra}' is present but not allowed here.",
                 i + 1
             ))
+            .into());
+        }
+        if let (Some(db), "insert" | "update" | "mutate" | "delete") = (ctx.read_only, opname) {
+            return Err(OvsdbError::new(
+                "not allowed",
+                format!("{opname} operation not allowed on table in reserved database {db}"),
+            )
             .into());
         }
         match opname {
@@ -1090,6 +1099,7 @@ mod tests {
         let ctx = ExecContext {
             owns_lock: &|l| l == "mine",
             wait_expired: false,
+            read_only: None,
         };
         match execute(db, ops.as_array().unwrap(), &ctx) {
             Outcome::Done {
@@ -1276,6 +1286,7 @@ mod tests {
         let ctx = ExecContext {
             owns_lock: &|_| false,
             wait_expired: false,
+            read_only: None,
         };
         let ops = json!([{"op":"wait","table":"A","where":[],"columns":["name"],"until":"==","rows":[],"timeout":500}]);
         assert!(matches!(

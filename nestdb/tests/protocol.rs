@@ -60,6 +60,15 @@ fn basic_methods() {
     assert_eq!(row["leader"], true);
     let embedded: Value = serde_json::from_str(row["schema"].as_str().unwrap()).unwrap();
     assert_eq!(embedded["name"], "Test");
+    // ...and is read-only for clients, as in ovsdb-server.
+    let r = c
+        .call(
+            "transact",
+            json!(["_Server", {"op": "comment", "comment": "x"}, {"op": "delete", "table": "Database", "where": []}]),
+        )
+        .unwrap();
+    assert_eq!(r[0], json!({}));
+    assert_eq!(r[1]["error"], "not allowed");
 }
 
 #[test]
