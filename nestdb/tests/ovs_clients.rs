@@ -242,3 +242,59 @@ fn python_idl_round_trip() {
     names.sort();
     assert_eq!(names, vec!["ext", "seed"]);
 }
+
+#[test]
+fn python_idl_resyncs_after_server_restart() {
+    if !have("python3") {
+        return;
+    }
+    let probe = Command::new("python3")
+        .args(["-c", "import ovs.db.idl"])
+        .status();
+    if !probe.map(|s| s.success()).unwrap_or(false) {
+        println!("SKIPPED: the Python 'ovs' package is not installed (pip install ovs)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = ServerProc::start(Impl::Nestdb, dir.path(), &[]);
+    s.client()
+        .transact(json!([{"op": "insert", "table": "Node", "row": {"name": "before"}}]));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/idl_resume.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg(s.remote())
+        .arg(dir.path().join("test.ovsschema"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut py = Proc {
+        child,
+        what: "python3".into(),
+    };
+    assert_eq!(rx.recv_timeout(WAIT).expect("IDL never synced"), "synced");
+    // Restart the server under the connected IDL, then change the database.
+    s.kill();
+    s.launch();
+    s.client()
+        .transact(json!([{"op": "insert", "table": "Node", "row": {"name": "after-restart"}}]));
+    let line = rx.recv_timeout(WAIT * 2).unwrap_or_else(|_| {
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(py.child.stderr.as_mut().unwrap(), &mut err);
+        panic!("IDL did not report after the restart: {err}")
+    });
+    let report: Value = serde_json::from_str(&line).expect("JSON report");
+    assert_eq!(report["names"], json!(["after-restart", "before"]));
+    assert_eq!(report["reconnected"], true);
+    let st = common::wait_until("python to exit", || py.child.try_wait().ok().flatten());
+    assert!(st.success());
+}
