@@ -620,10 +620,9 @@ impl Server {
         let (method, params, id) = match m {
             Message::Request { method, params, id } => (method, params, id),
             Message::Notification { method, params } => {
-                // ovsdb-server acts on notifications the same way, minus the reply.
-                if method == "echo" || method == "set_db_change_aware" {
-                    return;
-                }
+                // Client notifications need no reply, and none of them changes state
+                // here (`set_db_change_aware` only matters for databases added or
+                // removed at run time, which nestdb does not do).
                 tracing::debug!("session {sid}: ignoring notification {method} {params}");
                 return;
             }
