@@ -211,3 +211,64 @@ fn bad_invocations_fail_with_clear_errors() {
     let mut c = Rpc::connect(&d.join("s.sock"));
     assert_eq!(c.call("echo", json!([])).unwrap(), json!([]));
 }
+
+#[test]
+fn serves_several_databases() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("s.ovsschema"), SCHEMA).unwrap();
+    // A second database with its own schema, created in OVSDB file format.
+    let other: serde_json::Value = serde_json::json!({"name": "Other", "version": "0.0.1",
+        "tables": {"T": {"columns": {"v": {"type": "integer"}}}}});
+    drop(nestdb::log::Log::create(&d.join("other.db"), &[other]).unwrap());
+    let sock = d.join("n.sock");
+    let child = Command::new(nestdb_bin())
+        .arg(d.join("test.db"))
+        .arg(d.join("other.db"))
+        .arg(format!("--schema={}", d.join("s.ovsschema").display()))
+        .arg(format!("--remote=punix:{}", sock.display()))
+        .arg(format!("--unixctl={}", d.join("n.ctl").display()))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _p = Proc {
+        child,
+        what: "nestdb".into(),
+    };
+    wait_until("the socket", || {
+        std::os::unix::net::UnixStream::connect(&sock).ok()
+    });
+    let mut c = Rpc::connect(&sock);
+    assert_eq!(
+        c.call("list_dbs", json!([])).unwrap(),
+        json!(["_Server", "Test", "Other"])
+    );
+    let r = c
+        .call(
+            "transact",
+            json!(["Other", {"op": "insert", "table": "T", "row": {"v": 1}}]),
+        )
+        .unwrap();
+    assert!(r[0]["uuid"].is_array(), "{r}");
+    let r = c
+        .call(
+            "transact",
+            json!(["Test", {"op": "select", "table": "T", "where": []}]),
+        )
+        .unwrap();
+    assert_eq!(
+        r[0]["error"], "syntax error",
+        "table T exists only in Other"
+    );
+    // The same schema name twice is refused with a clear message.
+    fails_with(
+        &[
+            d.join("a.db").display().to_string(),
+            d.join("b.db").display().to_string(),
+            format!("--schema={}", d.join("s.ovsschema").display()),
+            format!("--remote=punix:{}", d.join("x.sock").display()),
+            format!("--unixctl={}", d.join("x.ctl").display()),
+        ],
+        "database Test is served twice",
+    );
+}
