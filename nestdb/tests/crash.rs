@@ -14,6 +14,7 @@ use nestdb::jsonrpc::Message;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use std::collections::BTreeSet;
+use std::io::Write;
 
 const SEED: u64 = 0x5eed_2026;
 const ROUNDS: usize = 12;
@@ -95,5 +96,91 @@ fn sigkill_never_loses_acknowledged_transactions() {
             "round {round}: Config.gen must match the rows (no half-applied txn)"
         );
         next_seq = m;
+    }
+}
+
+/// Several writers at once (so commits share fsyncs): after a SIGKILL at a seeded
+/// random total of acknowledgements, every writer's acknowledged rows are present.
+#[test]
+fn sigkill_with_concurrent_writers() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    const WRITERS: usize = 4;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(SEED ^ 0xc0c0);
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = ServerProc::start(Impl::Nestdb, dir.path(), &[]);
+    let mut next = [0u64; WRITERS];
+    for round in 0..6 {
+        let target: u64 = rng.gen_range(10..200);
+        let total = Arc::new(AtomicU64::new(0));
+        let handles: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let sock = s.sock.clone();
+                let total = total.clone();
+                let start = next[w];
+                std::thread::spawn(move || {
+                    let mut c = common::Rpc::connect(&sock);
+                    let mut acked = start;
+                    let mut sent = start;
+                    loop {
+                        while sent < acked + 4 {
+                            let m = Message::Request {
+                                method: "transact".into(),
+                                params: json!(["Test", {"op": "insert", "table": "Node",
+                                    "row": {"name": format!("w{w}-{sent}")}}]),
+                                id: json!(sent),
+                            };
+                            if c.stream.write_all(&m.to_bytes()).is_err() {
+                                return acked;
+                            }
+                            sent += 1;
+                        }
+                        match c.read_message() {
+                            Some(Message::Reply { result, .. }) => {
+                                assert!(result[0]["uuid"].is_array(), "{result}");
+                                acked += 1;
+                                total.fetch_add(1, Ordering::SeqCst);
+                            }
+                            None => return acked,
+                            Some(other) => panic!("unexpected {other:?}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        common::wait_until("enough acknowledged transactions", || {
+            (total.load(Ordering::SeqCst) >= target).then_some(())
+        });
+        s.kill();
+        let acked: Vec<u64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        s.launch();
+        let mut c = s.client();
+        let r = c
+            .transact(json!([{"op": "select", "table": "Node", "where": [], "columns": ["name"]}]));
+        let present: BTreeSet<String> = r[0]["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row["name"].as_str().unwrap().to_owned())
+            .collect();
+        for w in 0..WRITERS {
+            let mine: BTreeSet<u64> = present
+                .iter()
+                .filter_map(|n| n.strip_prefix(&format!("w{w}-")))
+                .map(|x| x.parse().unwrap())
+                .collect();
+            let m = mine.len() as u64;
+            assert!(
+                m >= acked[w],
+                "round {round}: writer {w} had {} acknowledged, {m} present",
+                acked[w]
+            );
+            assert_eq!(
+                mine,
+                (0..m).collect::<BTreeSet<u64>>(),
+                "round {round}: writer {w} rows must be a prefix"
+            );
+            next[w] = m;
+        }
     }
 }
