@@ -27,7 +27,7 @@ pub fn have(tool: &str) -> bool {
         .map(|s| s.success())
         .unwrap_or(false);
     if !ok {
-        println!("SKIPPED: {tool} is not installed (Debian package openvswitch-common / openvswitch-switch)");
+        println!("SKIPPED: {tool} is not installed (Debian package openvswitch-common)");
     }
     ok
 }
