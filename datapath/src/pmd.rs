@@ -122,6 +122,54 @@ pub struct PmdSpec {
     pub rx: Vec<(PortNo, u16)>,
     /// The capture tap (`capture PORT FILE`), shared by all PMDs.
     pub capture: Option<Arc<Capture>>,
+    /// Where the control socket asks this PMD to describe its caches.
+    pub mailbox: Option<Arc<Mailbox>>,
+}
+
+/// A request slot through which a control thread asks one PMD for a text
+/// dump of its per-core state (`dump-cache`). The PMD checks the flag with
+/// one relaxed load every few hundred microseconds and answers between
+/// bursts; the asking thread waits for the answer with a bound.
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    requested: AtomicBool,
+    answer: std::sync::Mutex<Option<String>>,
+    ready: std::sync::Condvar,
+}
+
+impl Mailbox {
+    /// Asks the PMD and waits at most `timeout` for its answer.
+    pub fn ask(&self, timeout: std::time::Duration) -> Result<String, String> {
+        let mut ans = self.answer.lock().unwrap_or_else(|e| e.into_inner());
+        *ans = None;
+        self.requested.store(true, Ordering::Release);
+        let deadline = Instant::now() + timeout;
+        while ans.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                self.requested.store(false, Ordering::Relaxed);
+                return Err(
+                    "the PMD thread did not answer in time (is it stuck or stopped?)".into(),
+                );
+            }
+            ans = self
+                .ready
+                .wait_timeout(ans, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(ans.take().unwrap_or_default())
+    }
+
+    /// Called by the PMD: answers a pending request with `f()`.
+    #[inline]
+    fn serve(&self, f: impl FnOnce() -> String) {
+        if self.requested.load(Ordering::Relaxed) && self.requested.swap(false, Ordering::Acquire) {
+            let text = f();
+            *self.answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+            self.ready.notify_all();
+        }
+    }
 }
 
 /// A running PMD thread.
@@ -204,6 +252,9 @@ where
                 if iter.is_multiple_of(MAINTAIN_EVERY) {
                     let now = clock_ns();
                     pipeline.maintain(now, &mut out);
+                    if let Some(m) = &spec.mailbox {
+                        m.serve(|| pipeline.dump_caches());
+                    }
                     flush(&mut out, &mut ports, txq, &st, spec.capture.as_deref(), now);
                     st.iterations.add(MAINTAIN_EVERY);
                 }
@@ -280,6 +331,7 @@ mod tests {
         let (p0, h0) = MemPort::new("a");
         let (p1, h1) = MemPort::new("b");
         let stop = Arc::new(AtomicBool::new(false));
+        let mailbox = Arc::new(Mailbox::default());
         let pipeline = L2Pipeline::new(vec![PortNo(0), PortNo(1)], 64, u64::MAX);
         let pmd = spawn(
             PmdSpec {
@@ -287,6 +339,7 @@ mod tests {
                 core: None,
                 rx: vec![(PortNo(0), 0), (PortNo(1), 0)],
                 capture: None,
+                mailbox: Some(mailbox.clone()),
             },
             vec![Some(p0), Some(p1)],
             pipeline,
@@ -309,6 +362,10 @@ mod tests {
         h1.inject(&frame(a, b));
         let got0 = wait_for_frames(&h0, "the unicast reply on port 0");
         assert_eq!(got0, vec![frame(a, b)], "unicast reply reached port 0");
+        let dump = mailbox
+            .ask(std::time::Duration::from_secs(60))
+            .expect("the running PMD answers");
+        assert_eq!(dump, "(this pipeline keeps no flow cache)\n");
         stop.store(true, Ordering::Relaxed);
         let stats = pmd.stats.clone();
         pmd.join().unwrap();

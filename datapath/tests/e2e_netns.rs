@@ -188,6 +188,16 @@ fn ovs_appctl_and_flow_changes_on_a_running_datapath() {
         "default flow counted {n_packets} packets:\n{flows}"
     );
 
+    // The PMD's megaflow cache holds what the ping installed: with only
+    // the `normal` flow, one wildcarded megaflow (normal does its own MAC
+    // lookup per packet, so it needs no L2 fields in the mask).
+    let cache = appctl(prefix, &["dump-cache"]);
+    assert!(cache.contains("pmd thread index 0:"), "{cache}");
+    assert!(
+        cache.lines().any(|l| l.ends_with("actions:normal")),
+        "no normal megaflow in dump-cache:\n{cache}"
+    );
+
     // Drop ICMP from port 1: ping must now fail, and the drops are counted.
     let (ok, _, err) = sluicectl(
         prefix,

@@ -286,6 +286,29 @@ pub fn register_ports(
     )
 }
 
+/// Registers `dump-cache`: each PMD describes its EMC/megaflow caches
+/// (megaflows with their masks and actions, subtable hit counts), asked
+/// through its mailbox and answered between bursts.
+pub fn register_cache_dump(
+    reg: &Registry,
+    mailboxes: Vec<Arc<crate::pmd::Mailbox>>,
+) -> Result<(), RegistryError> {
+    reg.register(
+        "dump-cache",
+        "",
+        0,
+        0,
+        Arc::new(move |_| {
+            let mut s = String::new();
+            for (i, m) in mailboxes.iter().enumerate() {
+                s += &format!("pmd thread index {i}:\n");
+                s += &m.ask(std::time::Duration::from_secs(5))?;
+            }
+            Ok(s)
+        }),
+    )
+}
+
 /// Registers `capture PORT FILE [COUNT]`, `capture-stop` and
 /// `capture-status`.
 pub fn register_capture(

@@ -164,6 +164,7 @@ impl Daemon {
                 core: Some(c),
                 rx: Vec::new(),
                 capture: Some(capture.clone()),
+                mailbox: Some(Arc::new(pmd::Mailbox::default())),
             })
             .collect();
         let mut k = 0;
@@ -184,6 +185,8 @@ impl Daemon {
         let mut overlay =
             crate::stack::overlay::Overlay::new(&cfg.datapath.overlay, n_pmds, uplink);
         let mut views = Vec::new();
+        let mailboxes: Vec<Arc<pmd::Mailbox>> =
+            specs.iter().filter_map(|s| s.mailbox.clone()).collect();
         for spec in specs {
             let mut handles: Vec<Option<ethdev::DpdkPort>> = vec![None; max_ofport + 1];
             for (p, dev) in &self.ports {
@@ -243,6 +246,7 @@ impl Daemon {
 
         let reg_err = |e: crate::ctl::RegistryError| format!("cannot register commands: {e}");
         commands::register_pmd(&registry, views).map_err(reg_err)?;
+        commands::register_cache_dump(&registry, mailboxes).map_err(reg_err)?;
         let port_views = self
             .ports
             .iter()

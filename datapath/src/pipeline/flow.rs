@@ -674,6 +674,16 @@ impl<H> FlowPipeline<H> {
 }
 
 impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
+    fn dump_caches(&self) -> String {
+        format!(
+            "megaflows: {} in {} subtables\n{}{}",
+            self.megaflow.len(),
+            self.megaflow.n_masks(),
+            self.megaflow.describe(),
+            self.megaflow.dump()
+        )
+    }
+
     fn process(&mut self, now: Nanos, burst: &mut Burst<B>, out: &mut Output<B>) {
         self.check_program();
         let in_port = burst.in_port;

@@ -25,4 +25,11 @@ pub trait Pipeline<B: PacketBuf>: Send {
     /// picking up a new program). Called by the PMD at least every few
     /// milliseconds; must be cheap when there is nothing to do.
     fn maintain(&mut self, _now: Nanos, _out: &mut Output<B>) {}
+
+    /// A text dump of this core's caches (`dump-cache`). Runs on the PMD
+    /// thread between bursts, when the control socket asks for it; may
+    /// allocate (it is not per packet).
+    fn dump_caches(&self) -> String {
+        String::from("(this pipeline keeps no flow cache)\n")
+    }
 }
