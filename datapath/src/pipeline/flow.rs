@@ -37,7 +37,7 @@ use crate::classifier::slowpath::{translate, Xlate};
 use crate::classifier::TierStats;
 use crate::drop::DropReason;
 use crate::flow::action::{rewrite, CtAction, DpAction};
-use crate::flow::key::{extract_with_layout, Field, FlowKey, Layout};
+use crate::flow::key::{extract_into, Field, FlowKey, Layout};
 use crate::flow::program::FlowProgram;
 use crate::flow::tables::FlowTables;
 use crate::packet::{Burst, Output, PacketBuf, PortNo};
@@ -597,7 +597,8 @@ impl<H> FlowPipeline<H> {
             out.drop(DropReason::RxTooShort, pkt);
             return;
         }
-        let (mut key, mut layout) = extract_with_layout(pkt.data(), in_port);
+        let mut key = FlowKey::ZERO;
+        let mut layout = extract_into(pkt.data(), in_port, &mut key);
         let mut pkt = pkt;
         for pass in 0..=MAX_RECIRC {
             // Borrow the cached translation in place (no refcount traffic
@@ -651,9 +652,7 @@ impl<H> FlowPipeline<H> {
                     self.stats.recirculations.inc();
                     if reparse {
                         let meta = key;
-                        let (k, l) = extract_with_layout(p.data(), meta.in_port());
-                        key = k;
-                        layout = l;
+                        layout = extract_into(p.data(), meta.in_port(), &mut key);
                         for f in [
                             Field::TunId,
                             Field::TunSrc,
