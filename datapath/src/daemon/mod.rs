@@ -215,7 +215,7 @@ impl Daemon {
                         .and_then(|p| p.alloc())
                         .ok_or("the mbuf pool is exhausted at start: raise [datapath] mbufs")?;
                     let pl =
-                        overlay.wrap(spec.index, pl, crate::stack::overlay::SeedAlloc(seed))?;
+                        overlay.wrap(spec.index, pl, crate::stack::overlay::SeedAlloc::new(seed))?;
                     let t = pmd::spawn(spec, handles, pl, self.stop.clone(), init);
                     t.map(|t| {
                         views.push(PmdView {

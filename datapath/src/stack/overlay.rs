@@ -190,9 +190,22 @@ where
 
 /// An allocator that makes new buffers by cloning a seed buffer (for mbufs:
 /// from the seed's pool) and emptying the copy. Lets a PMD originate
-/// frames without a borrowed pool handle.
+/// frames without a borrowed pool handle. The seed holds one byte, because
+/// DPDK's `rte_pktmbuf_copy` refuses to copy an empty mbuf.
 #[derive(Debug)]
-pub struct SeedAlloc<B>(pub B);
+pub struct SeedAlloc<B>(B);
+
+impl<B: PacketBuf> SeedAlloc<B> {
+    /// An allocator cloning `seed` (grown to one byte when empty).
+    pub fn new(mut seed: B) -> Self {
+        if seed.is_empty() {
+            if let Some(d) = seed.append(1) {
+                d[0] = 0;
+            }
+        }
+        SeedAlloc(seed)
+    }
+}
 
 impl<B: PacketBuf> BufAlloc<B> for SeedAlloc<B> {
     fn alloc(&mut self) -> Option<B> {
@@ -422,7 +435,7 @@ mod tests {
 
     #[test]
     fn seed_alloc_gives_empty_buffers() {
-        let mut a = SeedAlloc(HeapBuf::from_frame(&[1, 2, 3]));
+        let mut a = SeedAlloc::new(HeapBuf::empty());
         let b = a.alloc().expect("buffer");
         assert!(b.is_empty());
         assert!(b.headroom() > 0);
