@@ -82,6 +82,9 @@ pub struct DatapathConfig {
     /// Overlay keys (`vtep_ip`, `vtep_gateway`, `uplink_mtu`, `tunnel_*`,
     /// `arp_gateways`, `proxy_arp`), see `stack::overlay`.
     pub overlay: crate::stack::overlay::OverlayConfig,
+    /// Conntrack and Service keys (`conntrack_*`, `service_*`), see
+    /// `conntrack::config`.
+    pub stateful: crate::conntrack::config::StatefulConfig,
 }
 
 impl Default for DatapathConfig {
@@ -99,6 +102,7 @@ impl Default for DatapathConfig {
             mac_table_size: crate::pipeline::l2::DEFAULT_MAC_CAPACITY,
             mac_aging_s: 300,
             overlay: crate::stack::overlay::OverlayConfig::default(),
+            stateful: Default::default(),
         }
     }
 }
@@ -365,8 +369,13 @@ impl Config {
                         dp.mac_table_size = parse_num("a number of entries")? as usize
                     }
                     "mac_aging_s" => dp.mac_aging_s = parse_num("a number of seconds")?,
-                    k if crate::stack::overlay::OVERLAY_KEYS.contains(&k) => dp
-                        .overlay
+                    k if crate::stack::overlay::OVERLAY_KEYS.contains(&k) => {
+                        dp.overlay
+                            .set(k, v)
+                            .map_err(|e| key_err("datapath", k, e))?
+                    }
+                    k if crate::conntrack::config::STATEFUL_KEYS.contains(&k) => dp
+                        .stateful
                         .set(k, v)
                         .map_err(|e| key_err("datapath", k, e))?,
                     other => {

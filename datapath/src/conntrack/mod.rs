@@ -50,6 +50,7 @@
 //! Sync`; each PMD owns one [`ConntrackHandle`] (its `ConntrackHook`).
 
 pub mod commands;
+pub mod config;
 pub mod nat;
 pub mod tcp;
 #[cfg(test)]

@@ -184,6 +184,13 @@ impl Daemon {
             .map(|(p, d)| (PortNo(p.ofport), d.mac()));
         let mut overlay =
             crate::stack::overlay::Overlay::new(&cfg.datapath.overlay, n_pmds, uplink);
+        // Connection tracking and the Service table, shared by the PMDs
+        // (see `conntrack`); each PMD gets its own handle.
+        let services = crate::service::Services::new(cfg.datapath.stateful.services.clone());
+        let conntrack = crate::conntrack::Conntrack::with_services(
+            cfg.datapath.stateful.conntrack.clone(),
+            services.clone(),
+        );
         let mut views = Vec::new();
         let mailboxes: Vec<Arc<pmd::Mailbox>> =
             specs.iter().filter_map(|s| s.mailbox.clone()).collect();
@@ -204,7 +211,7 @@ impl Daemon {
                             ..Default::default()
                         },
                         crate::pipeline::hooks::Hooks {
-                            ct: crate::pipeline::hooks::NoConntrack,
+                            ct: conntrack.handle(spec.index as u64 + 1),
                             tunnels: overlay.tunnel_hook(spec.index),
                         },
                     );
@@ -275,6 +282,10 @@ impl Daemon {
         }
         if flows.is_some() {
             overlay.register_commands(&registry).map_err(reg_err)?;
+            crate::conntrack::commands::register_commands(&registry, conntrack.clone(), clock_ns)
+                .map_err(reg_err)?;
+            crate::service::commands::register_commands(&registry, services, Some(conntrack))
+                .map_err(reg_err)?;
         }
         self.flows = flows;
 

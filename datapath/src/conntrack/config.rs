@@ -1,0 +1,187 @@
+//! `[datapath]` configuration keys of connection tracking and Services.
+//!
+//! ```text
+//! conntrack_max = 1048576                  ; global connection limit
+//! conntrack_zone_limit = 0                 ; default per-zone limit (0: none)
+//! conntrack_zone_limits = 1:50000,2:1000   ; zone:limit pairs
+//! conntrack_timeouts = tcp_established=86400,udp_first=30   ; seconds
+//! service_node_addresses = 192.168.1.10    ; NodePort frontends
+//! service_node_port_range = 30000-32767
+//! service_masquerade_ip = 169.254.169.1
+//! service_cluster_cidrs = 10.244.0.0/16,10.96.0.0/12
+//! ```
+//!
+//! Plain data, parsed once at start-up.
+
+use std::net::Ipv4Addr;
+
+use super::{ConntrackConfig, Timeouts};
+use crate::service::ServiceConfig;
+
+/// The keys this module understands.
+pub const STATEFUL_KEYS: &[&str] = &[
+    "conntrack_max",
+    "conntrack_zone_limit",
+    "conntrack_zone_limits",
+    "conntrack_timeouts",
+    "service_node_addresses",
+    "service_node_port_range",
+    "service_masquerade_ip",
+    "service_cluster_cidrs",
+];
+
+/// Conntrack and Service settings of the daemon.
+#[derive(Debug, Clone, Default)]
+pub struct StatefulConfig {
+    /// The connection table.
+    pub conntrack: ConntrackConfig,
+    /// The Service table.
+    pub services: ServiceConfig,
+}
+
+impl PartialEq for StatefulConfig {
+    fn eq(&self, o: &Self) -> bool {
+        let (a, b) = (&self.conntrack, &o.conntrack);
+        a.max_connections == b.max_connections
+            && a.zone_limits == b.zone_limits
+            && a.default_zone_limit == b.default_zone_limit
+            && a.timeouts == b.timeouts
+            && a.shards == b.shards
+            && a.masquerade_ports == b.masquerade_ports
+            && self.services == o.services
+    }
+}
+
+fn num<T: std::str::FromStr>(v: &str, what: &str) -> Result<T, String> {
+    v.trim().parse().map_err(|_| format!("'{v}' is not {what}"))
+}
+
+fn addr(v: &str) -> Result<Ipv4Addr, String> {
+    num(v, "an IPv4 address (a.b.c.d)")
+}
+
+fn list(v: &str) -> impl Iterator<Item = &str> {
+    v.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+impl StatefulConfig {
+    /// Sets key `k` (one of [`STATEFUL_KEYS`]) from the text `v`.
+    ///
+    /// # Errors
+    /// A sentence saying what is wrong with the value.
+    pub fn set(&mut self, k: &str, v: &str) -> Result<(), String> {
+        match k {
+            "conntrack_max" => self.conntrack.max_connections = num(v, "a number of connections")?,
+            "conntrack_zone_limit" => {
+                self.conntrack.default_zone_limit = num(v, "a number of connections")?
+            }
+            "conntrack_zone_limits" => {
+                self.conntrack.zone_limits = list(v)
+                    .map(|p| {
+                        let (z, l) = p
+                            .split_once(':')
+                            .ok_or_else(|| format!("'{p}' is not ZONE:LIMIT"))?;
+                        Ok((num(z, "a zone (0-65535)")?, num(l, "a limit")?))
+                    })
+                    .collect::<Result<_, String>>()?
+            }
+            "conntrack_timeouts" => {
+                for p in list(v) {
+                    let (name, secs) = p
+                        .split_once('=')
+                        .ok_or_else(|| format!("'{p}' is not NAME=SECONDS"))?;
+                    let ns = num::<u64>(secs, "a number of seconds")?.saturating_mul(1_000_000_000);
+                    let t: &mut Timeouts = &mut self.conntrack.timeouts;
+                    let slot = match name.trim() {
+                        "tcp_syn_sent" => &mut t.tcp_syn_sent,
+                        "tcp_syn_recv" => &mut t.tcp_syn_recv,
+                        "tcp_established" => &mut t.tcp_established,
+                        "tcp_fin_wait" => &mut t.tcp_fin_wait,
+                        "tcp_last_ack" => &mut t.tcp_last_ack,
+                        "tcp_time_wait" => &mut t.tcp_time_wait,
+                        "tcp_close" => &mut t.tcp_close,
+                        "udp_first" => &mut t.udp_first,
+                        "udp_stream" => &mut t.udp_stream,
+                        "icmp" => &mut t.icmp,
+                        other => return Err(format!(
+                            "unknown timeout '{other}' (use tcp_syn_sent, tcp_syn_recv, tcp_established, tcp_fin_wait, tcp_last_ack, tcp_time_wait, tcp_close, udp_first, udp_stream or icmp)"
+                        )),
+                    };
+                    *slot = ns;
+                }
+            }
+            "service_node_addresses" => {
+                self.services.node_addresses = list(v).map(addr).collect::<Result<_, _>>()?
+            }
+            "service_node_port_range" => {
+                let (a, b) = v
+                    .split_once('-')
+                    .ok_or_else(|| format!("'{v}' is not a port range FIRST-LAST"))?;
+                let (a, b) = (num(a, "a port")?, num(b, "a port")?);
+                if a > b {
+                    return Err(format!("'{v}' is empty: FIRST must not exceed LAST"));
+                }
+                self.services.node_port_range = (a, b);
+            }
+            "service_masquerade_ip" => self.services.masquerade_ip = addr(v)?,
+            "service_cluster_cidrs" => {
+                self.services.cluster_cidrs = list(v)
+                    .map(|c| {
+                        let (a, l) = c
+                            .split_once('/')
+                            .ok_or_else(|| format!("'{c}' is not a CIDR a.b.c.d/N"))?;
+                        let l: u8 = num(l, "a prefix length (0-32)")?;
+                        if l > 32 {
+                            return Err(format!("'{c}' has a prefix length above 32"));
+                        }
+                        Ok((addr(a)?, l))
+                    })
+                    .collect::<Result<_, String>>()?
+            }
+            other => return Err(format!("unknown key '{other}'")),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_parse_and_errors_are_sentences() {
+        let mut c = StatefulConfig::default();
+        c.set("conntrack_max", "1000").expect("max");
+        c.set("conntrack_zone_limits", "1:50, 2:7").expect("zones");
+        c.set("conntrack_timeouts", "udp_first=5,tcp_established=60")
+            .expect("timeouts");
+        c.set("service_node_addresses", "192.168.1.10,10.0.0.1")
+            .expect("addrs");
+        c.set("service_node_port_range", "30000-30010")
+            .expect("range");
+        c.set("service_masquerade_ip", "169.254.169.1")
+            .expect("masq");
+        c.set("service_cluster_cidrs", "10.244.0.0/16")
+            .expect("cidrs");
+        assert_eq!(c.conntrack.max_connections, 1000);
+        assert_eq!(c.conntrack.zone_limits, vec![(1, 50), (2, 7)]);
+        assert_eq!(c.conntrack.timeouts.udp_first, 5_000_000_000);
+        assert_eq!(c.services.node_addresses.len(), 2);
+        assert_eq!(c.services.node_port_range, (30000, 30010));
+        assert!(c
+            .set("conntrack_timeouts", "tcp_forever=1")
+            .unwrap_err()
+            .contains("unknown timeout"));
+        assert!(c
+            .set("service_node_port_range", "9-1")
+            .unwrap_err()
+            .contains("must not exceed"));
+        assert!(c
+            .set("service_cluster_cidrs", "10.0.0.0/40")
+            .unwrap_err()
+            .contains("above 32"));
+        for k in STATEFUL_KEYS {
+            assert!(c.set(k, "garbage!").is_err(), "{k}");
+        }
+    }
+}
