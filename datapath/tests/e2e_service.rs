@@ -1,0 +1,203 @@
+//! End to end: a ClusterIP Service through `sluiced`. A client namespace
+//! opens real kernel TCP connections to 10.96.0.10:80; the flow program
+//! sends every IPv4 packet through `ct(commit,zone=1,nat)`, which balances
+//! new connections over two endpoint namespaces (port 8080) and translates
+//! the replies back. Each server answers with the address it saw, which
+//! must be the client's own (ClusterIP traffic is not masqueraded).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::channel;
+
+use common::*;
+
+/// A TCP server (python3) in a namespace, killed on drop.
+struct Server(Child);
+
+impl Server {
+    /// Starts the server and waits (bounded) until it listens.
+    fn start(ns: &Netns, name: &str) -> Server {
+        let script = format!(
+            "import socket,sys\n\
+             s=socket.socket()\n\
+             s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+             s.bind(('0.0.0.0',8080))\n\
+             s.listen(64)\n\
+             print('listening',flush=True)\n\
+             while True:\n\
+             \x20   c,a=s.accept()\n\
+             \x20   c.sendall(('%s {name}\\n' % a[0]).encode())\n\
+             \x20   c.close()\n"
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns.0, "python3", "-c", &script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn python3 server (python3 is needed for this test)");
+        let stdout = child.stdout.take().expect("server stdout");
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let server = Server(child);
+        let line = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
+            panic!("server in {} did not start listening within {WAIT:?}", ns.0)
+        });
+        assert_eq!(
+            line.trim(),
+            "listening",
+            "server in {} failed to start",
+            ns.0
+        );
+        server
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One connection from the client namespace to the VIP; returns what the
+/// server said ("<address it saw> <server name>").
+fn connect(client: &Netns) -> String {
+    let out = client.exec(&[
+        "python3",
+        "-c",
+        "import socket\n\
+         s=socket.create_connection(('10.96.0.10',80),timeout=20)\n\
+         print(s.makefile().readline().strip())",
+    ]);
+    assert!(
+        out.status.success(),
+        "connection to the ClusterIP failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn ctl(prefix: &str, args: &[&str]) -> String {
+    let (ok, out, err) = sluicectl(prefix, args);
+    assert!(ok, "sluicectl {args:?} failed: {out}{err}");
+    out
+}
+
+#[test]
+fn cluster_ip_tcp_through_conntrack_dnat() {
+    if !can_use_netns("cluster_ip_tcp_through_conntrack_dnat") {
+        return;
+    }
+    let prefix = "slt-svc";
+    let node = Netns::new("slt-svc-node");
+    let c = Netns::new("slt-svc-c");
+    let a = Netns::new("slt-svc-a");
+    let b = Netns::new("slt-svc-b");
+    let _vc = Veth::new_in(&node, "slt-svc-co", "slt-svc-ci", &c, "10.202.0.1/24");
+    let _va = Veth::new_in(&node, "slt-svc-ao", "slt-svc-ai", &a, "10.202.0.5/24");
+    let _vb = Veth::new_in(&node, "slt-svc-bo", "slt-svc-bi", &b, "10.202.0.6/24");
+    for (ns, dev, mac) in [
+        (&c, "slt-svc-ci", "02:00:00:02:02:01"),
+        (&a, "slt-svc-ai", "02:00:00:02:02:05"),
+        (&b, "slt-svc-bi", "02:00:00:02:02:06"),
+    ] {
+        sh(&["ip", "-n", &ns.0, "link", "set", "dev", dev, "address", mac]);
+    }
+    // The client reaches the Service network on-link, through a fixed
+    // next-hop MAC (the flows rewrite it per endpoint).
+    sh(&[
+        "ip",
+        "-n",
+        &c.0,
+        "route",
+        "add",
+        "10.96.0.0/16",
+        "dev",
+        "slt-svc-ci",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &c.0,
+        "neigh",
+        "replace",
+        "10.96.0.10",
+        "lladdr",
+        "02:00:00:02:02:99",
+        "dev",
+        "slt-svc-ci",
+        "nud",
+        "permanent",
+    ]);
+    let (d, _ready) = Sluiced::start_in(
+        &node,
+        &config(
+            prefix,
+            "[port:c]\ndevargs = net_af_packet0,iface=slt-svc-co\nofport = 1\n\
+             [port:a]\ndevargs = net_af_packet1,iface=slt-svc-ao\nofport = 2\n\
+             [port:b]\ndevargs = net_af_packet2,iface=slt-svc-bo\nofport = 3\n",
+        ),
+    );
+    for f in [
+        "table=0,priority=100,arp actions=normal",
+        "table=0,priority=10,ip actions=ct(commit,zone=1,nat,table=1)",
+        "table=1,priority=20,ct_state=+trk+inv actions=drop",
+        "table=1,priority=10,ip,nw_dst=10.202.0.1 actions=mod_dl_dst:02:00:00:02:02:01,output:1",
+        "table=1,priority=10,ip,nw_dst=10.202.0.5 actions=mod_dl_dst:02:00:00:02:02:05,output:2",
+        "table=1,priority=10,ip,nw_dst=10.202.0.6 actions=mod_dl_dst:02:00:00:02:02:06,output:3",
+    ] {
+        ctl(prefix, &["add-flow", f]);
+    }
+    let update = r#"{"upsert": [{"name": "default/web:http", "protocol": "tcp", "port": 80,
+        "cluster_ips": ["10.96.0.10"],
+        "endpoints": [{"ip": "10.202.0.5", "port": 8080}, {"ip": "10.202.0.6", "port": 8080}]}]}"#;
+    let out = ctl(prefix, &["call", "service-update", update]);
+    assert!(out.contains("\"services\":1"), "{out}");
+
+    let _sa = Server::start(&a, "a");
+    let _sb = Server::start(&b, "b");
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..24 {
+        let answer = connect(&c);
+        let (addr, server) = answer
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("unexpected answer {answer:?}"));
+        assert_eq!(addr, "10.202.0.1", "the server sees the client's address");
+        *seen.entry(server.to_string()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        seen.keys().cloned().collect::<Vec<_>>(),
+        ["a", "b"],
+        "both endpoints serve: {seen:?}"
+    );
+
+    let ct = ctl(prefix, &["call", "dump-conntrack", "zone=1"]);
+    assert!(
+        ct.lines()
+            .any(|l| l.starts_with("tcp,orig=(src=10.202.0.1,dst=10.96.0.10")
+                && l.contains("service=default/web:http")),
+        "{ct}"
+    );
+    let svc = ctl(prefix, &["call", "dump-services"]);
+    let conns: u64 = svc
+        .lines()
+        .filter_map(|l| l.split("connections=").nth(1))
+        .filter_map(|v| v.split(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(conns, 24, "{svc}");
+    let stats = ctl(prefix, &["call", "conntrack-stats"]);
+    let created: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("created: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no created counter in {stats}"));
+    assert!(created >= 24, "{stats}");
+    let ev = d.stop();
+    assert_eq!(sum_pmds(&ev, "rx_packets"), sum_ports(&ev, "rx_packets"));
+}
