@@ -177,7 +177,7 @@ pub const NULL_DEVARGS: &str = "net_null0,no-rx=1";
 
 /// mbufs needed to preload `frames` frames plus ring and cache headroom.
 pub fn mbufs_for(frames: usize) -> usize {
-    (frames + frames / 8 + 16_384).next_power_of_two() - 1
+    frames + frames / 16 + 16_384
 }
 
 /// Where the peers run.

@@ -218,6 +218,14 @@ impl Outcome {
         }
     }
 
+    /// An outcome that was not run, with its status and reason.
+    pub fn skipped(peer: PeerKind, scenario: Scenario, status: Status, reason: String) -> Self {
+        let mut o = Self::new(peer, scenario, scenario.frame_count());
+        o.status = status;
+        o.reason = Some(reason);
+        o
+    }
+
     fn record(&mut self, (runs, warmup, warm): (Vec<Measurement>, Duration, bool)) {
         self.runs = runs;
         self.warmup_seconds = Some(warmup.as_secs_f64());
@@ -248,22 +256,29 @@ impl Outcome {
 
 /// Warms up, then takes `runs` measurements of `interval`.
 ///
-/// Warm-up is at least `cfg.warmup`, then lasts until the caches are warm:
-/// a 1 s window in which upcalls are under 1% of the packets received
-/// (peers without a classifier are warm at once), for at most
-/// `cfg.max_warmup`. Returns the measurements and the warm-up time.
+/// Warm-up is at least `cfg.warmup`, then, when `until_warm`, lasts until
+/// the caches are warm: a 1 s window in which upcalls are under 1% of the
+/// packets received (peers without a classifier are warm at once), for at
+/// most `cfg.max_warmup`. When `drops_abort`, a warm-up window in which most
+/// packets are dropped ends the measurement with [`PeerError::Dropping`].
+/// Returns the measurements, the warm-up time and whether it was warm.
 ///
 /// # Errors
 /// [`PeerError`] if the peer dies or its counters cannot be read.
 pub fn measure(
     peer: &mut dyn Peer,
     cfg: &RunConfig,
+    until_warm: bool,
+    drops_abort: bool,
 ) -> Result<(Vec<Measurement>, Duration, bool), PeerError> {
     let start = Instant::now();
     std::thread::sleep(cfg.warmup);
     peer.alive()?;
     let mut prev = peer.counters()?;
     let warm = loop {
+        if !until_warm {
+            break true;
+        }
         if start.elapsed() >= cfg.max_warmup {
             break false;
         }
@@ -273,7 +288,7 @@ pub fn measure(
         let d = now.0.since(&prev.0);
         let window = Measurement::between(&prev, &now);
         prev = now;
-        if d.rx_packets > 0 && window.drops() * 2 > d.rx_packets {
+        if drops_abort && d.rx_packets > 0 && window.drops() * 2 > d.rx_packets {
             return Err(PeerError::Dropping {
                 dropped: window.drops(),
                 received: d.rx_packets,
@@ -341,11 +356,14 @@ fn try_run(
 ) -> Result<(), PeerError> {
     let (pcap, frames) = pcap_for(scenario, &cfg.work_dir.join("pcap"))?;
     let dir = run_dir(cfg, peer)?;
+    // Connection setup is measured while connections are being set up,
+    // not after the caches have learned them all.
+    let until_warm = scenario.kind != crate::scenario::Kind::DnatNew;
     match peer {
         PeerKind::Sluiced => {
             let mut s = Sluiced::start(&cfg.sluiced, &dir, &pcap, frames, &cfg.cores)?;
             outcome.program_seconds = Some(s.program(&scenario.sluice_program())?.as_secs_f64());
-            outcome.record(measure(&mut s, cfg)?);
+            outcome.record(measure(&mut s, cfg, until_warm, true)?);
         }
         PeerKind::OvsDpdk => {
             let program = scenario.ovs_program().ok_or_else(|| {
@@ -356,7 +374,7 @@ fn try_run(
             })?;
             let mut o = Ovs::start(&cfg.ovs, &dir, &pcap, &cfg.cores)?;
             outcome.program_seconds = Some(o.program(&program)?.as_secs_f64());
-            outcome.record(measure(&mut o, cfg)?);
+            outcome.record(measure(&mut o, cfg, until_warm, false)?);
         }
         PeerKind::TestpmdIo | PeerKind::TestpmdMacswap => {
             let mode = if peer == PeerKind::TestpmdIo {
@@ -365,7 +383,7 @@ fn try_run(
                 "macswap"
             };
             let mut t = Testpmd::start(&cfg.testpmd, mode, &pcap, frames, &cfg.cores)?;
-            outcome.record(measure(&mut t, cfg)?);
+            outcome.record(measure(&mut t, cfg, until_warm, false)?);
         }
     }
     Ok(())
@@ -407,7 +425,7 @@ pub fn run_one(peer: PeerKind, scenario: &Scenario, cfg: &RunConfig) -> Outcome 
             outcome.status = Status::Pending;
             outcome.reason = Some(r);
         }
-        Err(e @ PeerError::Dropping { .. }) if peer == PeerKind::Sluiced => {
+        Err(e @ PeerError::Dropping { .. }) => {
             // Sluice drops what it cannot do yet under a named reason
             // (such as ct_unsupported): the scenario waits for that feature.
             outcome.status = Status::Pending;

@@ -290,7 +290,7 @@ impl Scenario {
                 let c = j / 2;
                 let (src, sport) = client(c);
                 let s = c % self.services;
-                if j % 2 == 0 {
+                if j & 1 == 0 {
                     tcp(src, vip(s), sport, 80, false, ROUTER_MAC)
                 } else {
                     let e = (c / self.services) % ENDPOINTS_PER_SERVICE;
