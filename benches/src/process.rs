@@ -6,10 +6,14 @@
 //! for a readiness line, or sample periodic statistics) and into a short
 //! tail kept for error messages. Dropping a [`Daemon`] sends SIGTERM to
 //! that child's pid only, waits up to [`STOP_GRACE`], then SIGKILLs it:
-//! the runner never signals a process it did not start.
+//! the runner never signals a process it did not start. Children are also
+//! started with `PR_SET_PDEATHSIG = SIGTERM`, so that they stop if the
+//! runner itself is killed (Ctrl-C, SIGTERM, a crash) before it can drop
+//! them.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -124,6 +128,18 @@ impl Daemon {
     /// [`ProcessError::Spawn`] if it cannot be executed.
     pub fn spawn(name: &str, mut cmd: Command) -> Result<Self, ProcessError> {
         let program = cmd.get_program().to_string_lossy().into_owned();
+        // SAFETY: the closure runs in the forked child before exec and only
+        // calls prctl(2), which is async-signal-safe and touches no memory
+        // of the parent.
+        #[allow(unsafe_code)]
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
