@@ -239,6 +239,24 @@ fn ovs_appctl_and_flow_changes_on_a_running_datapath() {
     );
     assert!(ok, "del-flows failed: {err}");
     ping(&a, "10.203.0.2");
+    // A flow with a hard timeout is removed by the daemon's revalidator.
+    let (ok, _, err) = sluicectl(
+        prefix,
+        &[
+            "add-flow",
+            "table=0,priority=50,hard_timeout=1,udp,tp_dst=9 actions=drop",
+        ],
+    );
+    assert!(ok, "add-flow failed: {err}");
+    assert!(appctl(prefix, &["dump-flows"]).contains("hard_timeout=1"));
+    let deadline = std::time::Instant::now() + WAIT;
+    while appctl(prefix, &["dump-flows"]).contains("hard_timeout=1") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hard_timeout=1 flow was never expired"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let ev = d.stop();
     assert_eq!(sum_pmds(&ev, "rx_packets"), sum_ports(&ev, "rx_packets"));
 }

@@ -55,6 +55,8 @@ pub struct Daemon {
     stop: Arc<AtomicBool>,
     /// The flow program, when the flow pipeline runs.
     pub flows: Option<FlowTables>,
+    /// Expires flows whose idle or hard timeout passed (once a second).
+    revalidator: Option<std::thread::JoinHandle<()>>,
     /// The "ready" event printed on stdout.
     pub ready: Value,
 }
@@ -88,6 +90,7 @@ impl Daemon {
             eal: Some(eal),
             stop: Arc::new(AtomicBool::new(false)),
             flows: None,
+            revalidator: None,
             ready: Value::Null,
         };
         // From here on, an error drops `d`, which tears down what started.
@@ -224,12 +227,11 @@ impl Daemon {
                     let pl =
                         overlay.wrap(spec.index, pl, crate::stack::overlay::SeedAlloc::new(seed))?;
                     let t = pmd::spawn(spec, handles, pl, self.stop.clone(), init);
-                    t.map(|t| {
+                    t.inspect(|t| {
                         views.push(PmdView {
                             pmd: t.stats.clone(),
                             flow: Some(fstats),
                         });
-                        t
                     })
                 }
                 None => {
@@ -238,12 +240,11 @@ impl Daemon {
                         cfg.datapath.mac_table_size,
                         cfg.datapath.mac_aging_s.saturating_mul(1_000_000_000),
                     );
-                    pmd::spawn(spec, handles, pl, self.stop.clone(), init).map(|t| {
+                    pmd::spawn(spec, handles, pl, self.stop.clone(), init).inspect(|t| {
                         views.push(PmdView {
                             pmd: t.stats.clone(),
                             flow: None,
                         });
-                        t
                     })
                 }
             }
@@ -286,6 +287,22 @@ impl Daemon {
                 .map_err(reg_err)?;
             crate::service::commands::register_commands(&registry, services, Some(conntrack))
                 .map_err(reg_err)?;
+        }
+        if let Some(t) = &flows {
+            let (t, stop) = (t.clone(), self.stop.clone());
+            let h = std::thread::Builder::new()
+                .name("revalidator".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::park_timeout(std::time::Duration::from_secs(1));
+                        let n = t.expire(clock_ns());
+                        if n > 0 {
+                            tracing::debug!("{n} flows expired");
+                        }
+                    }
+                })
+                .map_err(|e| format!("cannot start the revalidator thread: {e}"))?;
+            self.revalidator = Some(h);
         }
         self.flows = flows;
 
@@ -344,6 +361,10 @@ impl Daemon {
 
     fn teardown(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.revalidator.take() {
+            h.thread().unpark();
+            let _ = h.join();
+        }
         for t in std::mem::take(&mut self.pmds) {
             let _ = t.join();
         }

@@ -308,6 +308,10 @@ fn arp_reply_in_place(f: &mut [u8], mac: [u8; 6]) {
 }
 
 impl<B: PacketBuf, P: Pipeline<B>> Pipeline<B> for Ingress<P> {
+    fn dump_caches(&self) -> String {
+        self.inner.dump_caches()
+    }
+
     fn process(&mut self, now: Nanos, burst: &mut Burst<B>, out: &mut Output<B>) {
         self.refresh();
         let in_port = burst.in_port;

@@ -399,6 +399,10 @@ impl<P, A> LocalStack<P, A> {
 }
 
 impl<B: PacketBuf, P: Pipeline<B>, A: BufAlloc<B> + Send> Pipeline<B> for LocalStack<P, A> {
+    fn dump_caches(&self) -> String {
+        self.inner.dump_caches()
+    }
+
     fn process(&mut self, now: Nanos, burst: &mut Burst<B>, out: &mut Output<B>) {
         if burst.in_port == self.config.uplink {
             self.intercept(burst, out);

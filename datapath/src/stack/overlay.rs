@@ -173,6 +173,13 @@ where
     P: Pipeline<B>,
     A: BufAlloc<B> + Send,
 {
+    fn dump_caches(&self) -> String {
+        match self {
+            OverlayPipeline::Ingress(p) => p.dump_caches(),
+            OverlayPipeline::Stack(p) => p.dump_caches(),
+        }
+    }
+
     fn process(&mut self, now: Nanos, burst: &mut Burst<B>, out: &mut Output<B>) {
         match self {
             OverlayPipeline::Ingress(p) => p.process(now, burst, out),
