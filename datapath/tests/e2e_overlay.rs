@@ -147,6 +147,75 @@ fn wait_neighbour(prefix: &str, ip: &str) -> String {
     }
 }
 
+/// Captures `count` Geneve packets on `ifname` in `ns` while `traffic`
+/// runs, then decodes them with tshark's Geneve dissector; returns one
+/// line per packet: VNI, option class, option type, option data, inner
+/// IPv4 source and destination.
+fn capture_geneve(ns: &Netns, ifname: &str, count: u32, traffic: impl FnOnce()) -> Vec<String> {
+    let pcap = std::env::temp_dir().join(format!("{}-geneve.pcap", ns.0));
+    let _ = std::fs::remove_file(&pcap);
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            "tshark",
+            "-q",
+            "-i",
+            ifname,
+            "-f",
+            "udp port 6081",
+        ])
+        .args(["-c", &count.to_string(), "-a", "duration:60", "-w"])
+        .arg(&pcap)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tshark (Debian tshark) must be installed");
+    // tshark says "Capturing on ..." once the capture runs (bounded wait).
+    let mut err = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut err, &mut line).expect("tshark stderr");
+        assert!(n > 0, "tshark exited before capturing");
+        if line.contains("Capturing on") {
+            break;
+        }
+    }
+    traffic();
+    // It stops by itself after `count` packets, or after 60 s.
+    let st = child.wait().expect("tshark exit");
+    assert!(st.success(), "tshark capture failed: {st}");
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(&pcap)
+        .args(["-Y", "geneve", "-T", "fields", "-E", "separator=;"])
+        .args([
+            "-e",
+            "geneve.vni",
+            "-e",
+            "geneve.option.class",
+            "-e",
+            "geneve.option.type",
+        ])
+        .args([
+            "-e",
+            "geneve.option.unknown.data",
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+        ])
+        .output()
+        .expect("tshark -r");
+    let _ = std::fs::remove_file(&pcap);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 fn program(
     prefix: &str,
     remote_vtep: &str,
@@ -255,6 +324,30 @@ fn two_sluiced_nodes_carry_pod_traffic_over_geneve() {
     assert!(na.contains("192.168.77.2 lladdr"), "{na}");
     tcp_round_trip(&pod_b, &pod_a, "10.244.2.7", 7001);
     tcp_round_trip(&pod_a, &pod_b, "10.244.1.5", 7002);
+
+    // The underlay capture, decoded by tshark's Geneve dissector: VNI 100,
+    // option class 0x0102 type 1 data 0x0000abcd, the pods' addresses
+    // inside, the VTEPs outside.
+    let decoded = capture_geneve(&ul, "slo-ula-p", 4, || {
+        ping_until_stable(&pod_a, "10.244.2.7")
+    });
+    assert_eq!(decoded.len(), 4, "{decoded:?}");
+    for l in &decoded {
+        let f: Vec<&str> = l.split(';').collect();
+        assert!(f[0] == "100" || f[0] == "0x000064", "VNI in {l}");
+        assert!(f[1] == "0x0102" || f[1] == "258", "option class in {l}");
+        assert!(f[2] == "0x01" || f[2] == "1", "option type in {l}");
+        assert!(
+            f[3].replace(':', "").contains("0000abcd"),
+            "option data in {l}"
+        );
+        let ips = [f[4], f[5]].join(",");
+        assert!(
+            ips == "192.168.77.1,10.244.1.5,192.168.77.2,10.244.2.7"
+                || ips == "192.168.77.2,10.244.2.7,192.168.77.1,10.244.1.5",
+            "outer/inner addresses in {l}"
+        );
+    }
 
     let tunnels = appctl(PREFIX_A, &["dump-tunnels"]);
     assert!(
