@@ -193,9 +193,12 @@ pub fn gratuitous_arp(mac: [u8; 6], ip: Ipv4Addr) -> [u8; ARP_FRAME_LEN] {
     arp_frame(1, [0xff; 6], mac, ip, [0; 6], ip)
 }
 
-/// The fields of an Ethernet/IPv4 ARP packet: (op, sha, spa, tha, tpa), or
+/// The fields of an Ethernet/IPv4 ARP packet: (op, sha, spa, tha, tpa).
+pub type ArpFields = (u16, [u8; 6], Ipv4Addr, [u8; 6], Ipv4Addr);
+
+/// The [`ArpFields`] of `frame`, or
 /// `None` when `frame` is not one.
-pub fn parse_arp(frame: &[u8]) -> Option<(u16, [u8; 6], Ipv4Addr, [u8; 6], Ipv4Addr)> {
+pub fn parse_arp(frame: &[u8]) -> Option<ArpFields> {
     let a = frame.get(14..42)?;
     if frame[12..14] != [0x08, 0x06] || a[0..6] != [0, 1, 8, 0, 6, 4] {
         return None;

@@ -155,7 +155,7 @@ pub enum OverlayPipeline<P, A> {
     /// Port security and ARP responder.
     Ingress(Ingress<P>),
     /// The same, plus the local stack (PMD 0 with a VTEP address).
-    Stack(LocalStack<Ingress<P>, A>),
+    Stack(Box<LocalStack<Ingress<P>, A>>),
 }
 
 impl<P, A> std::fmt::Debug for OverlayPipeline<P, A> {
@@ -305,7 +305,7 @@ impl Overlay {
                 )
                 .map_err(|e| e.to_string())?;
                 self.stack = Some(s.control());
-                Ok(OverlayPipeline::Stack(s))
+                Ok(OverlayPipeline::Stack(Box::new(s)))
             }
             _ => Ok(OverlayPipeline::Ingress(ingress)),
         }
