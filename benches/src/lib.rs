@@ -178,8 +178,4 @@ pub fn finish(report: &mut Report) {
         "memory per flow and per connection".to_string(),
         "OVS-DPDK encap/decap (userspace Geneve port + br-phy + tnl/neigh)".to_string(),
     ]);
-    report.not_done.push(
-        "every figure includes net_pcap's per-packet copy into a fresh mbuf (about 25-45 cycles per packet)"
-            .to_string(),
-    );
 }

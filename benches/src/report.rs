@@ -305,7 +305,7 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\nMpps: median (min-max) of the runs, from the datapath's own counters; \"cold\": upcalls were still 1% or more of packets when the warm-up limit ran out. Cache columns: % of packets received (OVS counts recirculated passes too). cyc/pkt for testpmd: TSC rate / pps.\n\nMachine: {} x {} ({}), kernel {}, {}; load {} at start, {} at end. At least {} s warm-up, {} x {} s per figure. {}",
+            "\nMpps: median (min-max) of the runs, from the datapath's own counters; \"cold\": upcalls were still 1% or more of packets when the warm-up limit ran out. Cache columns: % of packets received (OVS counts recirculated passes too). cyc/pkt for testpmd: TSC rate / pps. Every figure includes net_pcap's copy of each packet into a fresh mbuf (about 25-45 cycles per packet).\n\nMachine: {} x {} ({}), kernel {}, {}; load {} at start, {} at end. At least {} s warm-up, {} x {} s per figure. {}",
             self.machine.nproc,
             self.machine.cpu_model,
             self.started,
