@@ -366,10 +366,12 @@ impl Datum {
     }
 
     /// The update2/`_is_diff` difference from `old` to `new` for a column of type `ty`:
-    /// the new value for scalars, the symmetric difference for sets, and for maps the
-    /// removed keys (old pair), changed keys (new pair) and added keys.
+    /// the new value for columns holding at most one element (scalars and optional
+    /// scalars, as ovsdb-server: a cleared optional column is sent as `["set",[]]`),
+    /// the symmetric difference for sets, and for maps the removed keys (old pair),
+    /// changed keys (new pair) and added keys.
     pub fn diff(old: &Datum, new: &Datum, ty: &Type) -> Datum {
-        if ty.is_scalar() {
+        if !ty.is_composite() {
             return new.clone();
         }
         match (old, new) {
@@ -402,7 +404,7 @@ impl Datum {
 
     /// Applies an update2/`_is_diff` difference produced by [`Datum::diff`].
     pub fn apply_diff(&self, diff: &Datum, ty: &Type) -> Datum {
-        if ty.is_scalar() {
+        if !ty.is_composite() {
             return diff.clone();
         }
         match (self, diff) {
@@ -429,7 +431,7 @@ impl Datum {
 
     /// Parses the value of a diff for a column of type `ty` (sizes are not checked).
     pub fn diff_from_json(v: &Value, ty: &Type) -> Result<Datum, OvsdbError> {
-        if ty.is_scalar() {
+        if !ty.is_composite() {
             return Datum::from_json(v, ty, None);
         }
         let relaxed = Type {
@@ -458,6 +460,29 @@ mod tests {
             min: 0,
             max: u64::MAX,
         }
+    }
+
+    #[test]
+    fn optional_scalar_diff_is_the_new_value() {
+        // As ovsdb-server (ovsdb_datum_diff: not composite → new value).
+        let t = Type {
+            key: BaseType::plain(AtomicType::Integer),
+            value: None,
+            min: 0,
+            max: 1,
+        };
+        let five = Datum::from_json(&json!(5), &t, None).unwrap();
+        let seven = Datum::from_json(&json!(7), &t, None).unwrap();
+        let empty = Datum::from_json(&json!(["set", []]), &t, None).unwrap();
+        assert_eq!(Datum::diff(&five, &seven, &t), seven);
+        assert_eq!(
+            Datum::diff(&seven, &empty, &t).to_json(),
+            json!(["set", []])
+        );
+        assert_eq!(five.apply_diff(&seven, &t), seven);
+        assert_eq!(seven.apply_diff(&empty, &t), empty);
+        let parsed = Datum::diff_from_json(&json!(["set", []]), &t).unwrap();
+        assert_eq!(parsed, empty);
     }
 
     #[test]

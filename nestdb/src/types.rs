@@ -403,6 +403,13 @@ impl Type {
         self.value.is_some()
     }
 
+    /// True when the column holds more than one element (a set or map with
+    /// `max` above 1): only those get element-wise diffs in update2 and
+    /// `_is_diff` records.
+    pub fn is_composite(&self) -> bool {
+        self.max > 1
+    }
+
     /// True when the column always holds exactly one atom (not a set or map).
     pub fn is_scalar(&self) -> bool {
         self.min == 1 && self.max == 1 && self.value.is_none()
