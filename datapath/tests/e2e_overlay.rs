@@ -419,3 +419,408 @@ fn two_sluiced_nodes_carry_pod_traffic_over_geneve() {
         "{ev_a}"
     );
 }
+
+/// A child process killed (and reaped) on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Open vSwitch's userspace (DPDK) datapath as an independent Geneve peer:
+/// a private ovsdb-server and ovs-vswitchd running in namespace `ns`,
+/// with their run/db directory in a temp dir. Killed on drop (vswitchd
+/// first).
+struct Ovs {
+    vswitchd: Option<Child>,
+    _ovsdb: Child,
+    ns: String,
+    dir: tempfile::TempDir,
+}
+
+impl Ovs {
+    fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns, program]);
+        for v in ["OVS_RUNDIR", "OVS_DBDIR", "OVS_LOGDIR", "OVS_SYSCONFDIR"] {
+            c.env(v, self.dir.path());
+        }
+        c
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> String {
+        let mut c = self.cmd(program);
+        if program == "ovs-vsctl" {
+            c.arg(format!("--db=unix:{}/db.sock", self.dir.path().display()))
+                .arg("--timeout=60");
+        }
+        if program == "ovs-appctl" {
+            c.arg("-t").arg(self.dir.path().join("ovs-vswitchd.ctl"));
+        }
+        let out = c.args(args).output().expect(program);
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed: {}{}\nvswitchd log tail:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn log_tail(&self) -> String {
+        let log =
+            std::fs::read_to_string(self.dir.path().join("ovs-vswitchd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    fn start(ns: &Netns) -> Ovs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        sh(&[
+            "ovsdb-tool",
+            "create",
+            &d.join("conf.db").display().to_string(),
+            "/usr/share/openvswitch/vswitch.ovsschema",
+        ]);
+        let sock = d.join("db.sock");
+        let ovsdb = Child(
+            Command::new("ip")
+                .args(["netns", "exec", &ns.0, "ovsdb-server"])
+                .arg(d.join("conf.db"))
+                .arg(format!("--remote=punix:{}", sock.display()))
+                .arg(format!(
+                    "--unixctl={}",
+                    d.join("ovsdb-server.ctl").display()
+                ))
+                .arg(format!(
+                    "--log-file={}",
+                    d.join("ovsdb-server.log").display()
+                ))
+                .args(["--no-chdir", "-vconsole:off"])
+                .env("OVS_RUNDIR", d)
+                .env("OVS_DBDIR", d)
+                .env("OVS_LOGDIR", d)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("ovsdb-server"),
+        );
+        let deadline = Instant::now() + WAIT;
+        while !sock.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "ovsdb-server did not create {sock:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut ovs = Ovs {
+            vswitchd: None,
+            _ovsdb: ovsdb,
+            ns: ns.0.clone(),
+            dir,
+        };
+        ovs.run(
+            "ovs-vsctl",
+            &[
+                "--no-wait",
+                "--",
+                "init",
+                "--",
+                "set",
+                "Open_vSwitch",
+                ".",
+                "other_config:dpdk-init=true",
+                "other_config:dpdk-socket-mem=256",
+                "other_config:dpdk-socket-limit=256",
+                &format!("other_config:dpdk-lcore-mask={:#x}", 1u64),
+                &format!("other_config:pmd-cpu-mask={:#x}", 1u64 << pmd_core()),
+                "other_config:dpdk-extra=--no-pci",
+            ],
+        );
+        let d = ovs.dir.path();
+        let child = ovs
+            .cmd("/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk")
+            .arg(format!("unix:{}", d.join("db.sock").display()))
+            .arg(format!(
+                "--unixctl={}",
+                d.join("ovs-vswitchd.ctl").display()
+            ))
+            .arg(format!(
+                "--log-file={}",
+                d.join("ovs-vswitchd.log").display()
+            ))
+            .args(["--no-chdir", "-vconsole:off"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ovs-vswitchd-dpdk");
+        ovs.vswitchd = Some(Child(child));
+        ovs
+    }
+
+    /// Waits (bounded) until `ovs-ofctl show BRIDGE` lists `port`.
+    fn wait_port(&mut self, bridge: &str, port: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(c) = self.vswitchd.as_mut() {
+                if let Ok(Some(st)) = c.0.try_wait() {
+                    panic!("ovs-vswitchd exited ({st}):\n{}", self.log_tail());
+                }
+            }
+            let out = self
+                .cmd("ovs-ofctl")
+                .args(["show", bridge])
+                .output()
+                .expect("ovs-ofctl");
+            if String::from_utf8_lossy(&out.stdout).contains(&format!("({port})")) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "OVS port {port} on {bridge} not up within {WAIT:?}:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Ovs {
+    fn drop(&mut self) {
+        // vswitchd before its database.
+        self.vswitchd.take();
+    }
+}
+
+/// Whether this kernel can create Geneve devices (it usually cannot here).
+fn kernel_geneve_skip_reason() -> Option<String> {
+    let ns = Netns::new("slx-gnvprobe");
+    let out = ns.exec(&[
+        "ip",
+        "link",
+        "add",
+        "gnv0",
+        "type",
+        "geneve",
+        "id",
+        "1",
+        "remote",
+        "192.0.2.1",
+    ]);
+    if out.status.success() {
+        None
+    } else {
+        Some(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+#[test]
+fn interop_with_open_vswitch_userspace_geneve() {
+    if !can_use_netns("interop_with_open_vswitch_userspace_geneve") {
+        return;
+    }
+    match kernel_geneve_skip_reason() {
+        Some(why) => println!(
+            "SKIP kernel Geneve peer: this kernel cannot create Geneve devices ({why}); OVS userspace is the peer"
+        ),
+        None => println!(
+            "NOTE kernel Geneve is available, but only the OVS userspace peer is exercised by this test"
+        ),
+    }
+    let prefix = "slx-s";
+    let node_s = Netns::new("slx-node-s");
+    let node_o = Netns::new("slx-node-o");
+    let pod_s = Netns::new("slx-pod-s");
+    let pod_o = Netns::new("slx-pod-o");
+    // Underlay: a bridge in its own namespace with a veth to each node
+    // (captured on a bridge port: DPDK af_packet sends bypass the qdisc, so
+    // a node's own interface never shows its outgoing frames).
+    let ul = Netns::new("slx-ul");
+    sh(&["ip", "-n", &ul.0, "link", "add", "br0", "type", "bridge"]);
+    sh(&["ip", "-n", &ul.0, "link", "set", "br0", "up"]);
+    for (node, n) in [(&node_s, "slx-uls"), (&node_o, "slx-ulo")] {
+        let p = format!("{n}-p");
+        sh(&["ip", "link", "add", n, "type", "veth", "peer", "name", &p]);
+        sh(&["ip", "link", "set", n, "netns", &node.0]);
+        sh(&["ip", "link", "set", &p, "netns", &ul.0]);
+        sh(&["ip", "-n", &ul.0, "link", "set", &p, "master", "br0", "up"]);
+        sh(&["ip", "-n", &node.0, "link", "set", n, "up"]);
+    }
+    let _vs = Veth::new_in(&node_s, "slx-ps", "slx-ps-i", &pod_s, "10.245.1.5/16");
+    let _vo = Veth::new_in(&node_o, "slx-po", "slx-po-i", &pod_o, "10.245.2.7/16");
+    sh(&[
+        "ip", "-n", &pod_s.0, "link", "set", "slx-ps-i", "mtu", "1400",
+    ]);
+    sh(&[
+        "ip", "-n", &pod_o.0, "link", "set", "slx-po-i", "mtu", "1400",
+    ]);
+    let mac_s = mac_of(&pod_s, "slx-ps-i");
+    let mac_o = mac_of(&pod_o, "slx-po-i");
+    let uplink_mac = mac_of(&node_s, "slx-uls");
+    // The OVS pod reaches the Sluice pod through a fixed gateway MAC.
+    sh(&[
+        "ip",
+        "-n",
+        &pod_o.0,
+        "neigh",
+        "add",
+        "10.245.1.5",
+        "lladdr",
+        "0a:58:00:00:00:01",
+        "dev",
+        "slx-po-i",
+    ]);
+
+    // Sluice node.
+    let cfg = format!(
+        "[coe]\nnode_type = 'BAREMETAL'\n[nsx_node_agent]\novs_bridge = br-int\novs_uplink_port = uplink\n[datapath]\ncores = {}\nmain_core = 0\nfile_prefix = {prefix}\nhugepages = auto\nmbufs = 8192\nctl_socket = {}\nvtep_ip = 192.168.78.1/24\nproxy_arp = 10.245.0.0/16\n[port:pod]\ndevargs = net_af_packet0,iface=slx-ps\nofport = 1\n[port:uplink]\ndevargs = net_af_packet1,iface=slx-uls\nofport = 2\n",
+        pmd_core(),
+        ctl_path(prefix).display()
+    );
+    let (sluiced, _) = Sluiced::start_in(&node_s, &cfg);
+    program(
+        prefix,
+        "192.168.78.2",
+        "ovs-node",
+        "10.245.2.0/24",
+        "10.245.1.5",
+        &mac_s,
+    );
+
+    // OVS node: br-int (pod + Geneve port), br-phy (underlay, VTEP address
+    // on its internal port).
+    let mut ovs = Ovs::start(&node_o);
+    ovs.run(
+        "ovs-vsctl",
+        &[
+            "--",
+            "add-br",
+            "br-phy",
+            "--",
+            "set",
+            "bridge",
+            "br-phy",
+            "datapath_type=netdev",
+            "--",
+            "add-port",
+            "br-phy",
+            "ul",
+            "--",
+            "set",
+            "Interface",
+            "ul",
+            "type=dpdk",
+            "options:dpdk-devargs=net_af_packet1,iface=slx-ulo",
+            "--",
+            "add-br",
+            "br-int",
+            "--",
+            "set",
+            "bridge",
+            "br-int",
+            "datapath_type=netdev",
+            "--",
+            "add-port",
+            "br-int",
+            "pod",
+            "--",
+            "set",
+            "Interface",
+            "pod",
+            "type=dpdk",
+            "options:dpdk-devargs=net_af_packet0,iface=slx-po",
+            "ofport_request=1",
+            "--",
+            "add-port",
+            "br-int",
+            "gnv",
+            "--",
+            "set",
+            "Interface",
+            "gnv",
+            "type=geneve",
+            "options:remote_ip=192.168.78.1",
+            "options:key=100",
+            "ofport_request=2",
+        ],
+    );
+    ovs.wait_port("br-phy", "ul");
+    ovs.wait_port("br-int", "pod");
+    ovs.wait_port("br-int", "gnv");
+    sh(&[
+        "ip",
+        "-n",
+        &node_o.0,
+        "addr",
+        "add",
+        "192.168.78.2/24",
+        "dev",
+        "br-phy",
+    ]);
+    sh(&["ip", "-n", &node_o.0, "link", "set", "br-phy", "up"]);
+    ovs.run(
+        "ovs-appctl",
+        &["tnl/neigh/set", "br-phy", "192.168.78.1", &uplink_mac],
+    );
+    ovs.run(
+        "ovs-ofctl",
+        &[
+            "add-tlv-map",
+            "br-int",
+            "{class=0x102,type=0x1,len=4}->tun_metadata0",
+        ],
+    );
+    ovs.run("ovs-ofctl", &["del-flows", "br-int"]);
+    for f in [
+        "table=0,priority=100,in_port=1,ip actions=set_field:0xabcd->tun_metadata0,output:2".to_string(),
+        format!("table=0,priority=100,in_port=2,tun_metadata0=0xabcd,ip actions=mod_dl_dst:{mac_o},output:1"),
+    ] {
+        ovs.run("ovs-ofctl", &["add-flow", "br-int", &f]);
+    }
+
+    // Both directions: ping, then TCP.
+    ping_until_stable(&pod_s, "10.245.2.7");
+    ping_until_stable(&pod_o, "10.245.1.5");
+    tcp_round_trip(&pod_o, &pod_s, "10.245.2.7", 7101);
+    tcp_round_trip(&pod_s, &pod_o, "10.245.1.5", 7102);
+
+    // The underlay as tshark's Geneve dissector sees it: both directions
+    // carry VNI 100 and the option OVS and Sluice agree on.
+    let decoded = capture_geneve(&ul, "slx-uls-p", 4, || {
+        ping_until_stable(&pod_s, "10.245.2.7")
+    });
+    assert_eq!(decoded.len(), 4, "{decoded:?}");
+    let mut dirs = std::collections::BTreeSet::new();
+    for l in &decoded {
+        let f: Vec<&str> = l.split(';').collect();
+        assert!(f[0] == "100" || f[0] == "0x000064", "VNI in {l}");
+        assert!(f[1] == "0x0102" || f[1] == "258", "option class in {l}");
+        assert!(
+            f[3].replace(':', "").contains("0000abcd"),
+            "option data in {l}"
+        );
+        dirs.insert(f[4].to_string());
+    }
+    assert_eq!(dirs.len(), 2, "both directions captured: {decoded:?}");
+
+    let tunnels = appctl(prefix, &["dump-tunnels"]);
+    assert!(
+        tunnels.contains("remote ovs-node vtep 192.168.78.2"),
+        "{tunnels}"
+    );
+    drop(ovs);
+    let ev = sluiced.stop();
+    let drops = &ev["pmds"][0]["drops"];
+    for bad in [
+        "geneve_malformed",
+        "geneve_unknown_critical",
+        "tunnel_unknown_vtep",
+    ] {
+        assert!(drops.get(bad).is_none(), "unexpected {bad}: {ev}");
+    }
+}
