@@ -110,6 +110,7 @@ fn lb_action() -> CtAction {
             addrs: None,
             ports: None,
         }),
+        mark: None,
     }
 }
 

@@ -19,7 +19,9 @@
 //! ICMP port-unreachable a Service reject generates); `+snat`/`+dnat` when
 //! the entry translates. `ct(commit)` stores the connection; without
 //! `commit` a new connection is reported `+new` and forgotten. NAT is
-//! applied only by a `ct` action that has `nat`.
+//! applied only by a `ct` action that has `nat`. A committing action's
+//! `exec(set_field:V/M->ct_mark)` writes the entry's mark, which later
+//! packets see in `ct_mark`.
 //!
 //! Services: a bare `nat` (no `src=`/`dst=`) on a new, committed
 //! connection asks the [`crate::service::Services`] table installed with
@@ -747,6 +749,9 @@ impl ConntrackHandle {
             c.packets[dir] += 1;
             c.bytes[dir] += len;
             c.expires = now + c.timeout(&self.ct.inner.config.timeouts);
+            if let (true, Some((v, m))) = (ct.commit, ct.mark) {
+                c.mark = (c.mark & !m) | (v & m);
+            }
             if let Some(lb) = &c.lb {
                 lb.stats.packets.fetch_add(1, Ordering::Relaxed);
             }
@@ -825,7 +830,7 @@ impl ConntrackHandle {
             proto,
             replied: false,
             expires: 0,
-            mark: 0,
+            mark: ct.mark.map_or(0, |(v, m)| v & m),
             nat: plan.nat,
             lb: plan.lb,
             packets: [1, 0],
@@ -905,9 +910,10 @@ impl ConntrackHandle {
         if nat_bits != 0 {
             nat::rewrite(pkt.data_mut(), p, reply.reverse())?;
         }
+        let mark = ct.mark.map_or(0, |(v, m)| v & m);
         Ok((
             ct_state::TRK | ct_state::NEW | nat_bits,
-            0,
+            mark,
             Verdict::Tracked,
         ))
     }

@@ -450,6 +450,7 @@ fn commit(zone: u16) -> CtAction {
         zone,
         table: None,
         nat: None,
+        mark: None,
     }
 }
 
@@ -487,6 +488,37 @@ fn zones_are_separate_and_uncommitted_is_forgotten() {
     assert_eq!(ct.dump(&only1, 1).lines().count(), 1);
     assert_eq!(ct.flush(&only1), 1);
     assert_eq!(ct.len(), 1);
+}
+
+#[test]
+fn commit_sets_ct_mark_and_flows_match_it() {
+    let flows = "\
+table=0,priority=10,udp,in_port=1 actions=ct(commit,zone=2,exec(set_field:0x2a->ct_mark),table=1)
+table=0,priority=10,udp,in_port=2 actions=ct(zone=2,table=1)
+table=1,priority=10,ct_state=+trk+est+rpl,ct_mark=0x2a actions=output:1
+table=1,priority=10,ct_state=+trk,in_port=1 actions=output:2
+";
+    let mut r = Rig::new(flows, Conntrack::new(ConntrackConfig::default()));
+    r.expect(0, 1, udp([10, 0, 0, 1], [10, 0, 0, 2], 7, 9, b"q"), 2);
+    r.expect(0, 2, udp([10, 0, 0, 2], [10, 0, 0, 1], 9, 7, b"a"), 1);
+    assert!(r.ct.dump(&ConnFilter::default(), 0).contains("mark=42"));
+    // A masked write keeps the other bits.
+    let ct = Conntrack::new(ConntrackConfig::default());
+    let mut h = ct.handle(1);
+    let f = udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, b"");
+    for (v, m) in [(0xf0u32, 0xffu32), (0x1, 0xf)] {
+        let act = CtAction {
+            mark: Some((v, m)),
+            ..commit(0)
+        };
+        let mut b = HeapBuf::from_frame(&f);
+        let mut key = FlowKey::default();
+        ConntrackHook::<HeapBuf>::conntrack(&mut h, 0, &act, &mut b, &mut key).expect("ct");
+    }
+    let mut key = FlowKey::default();
+    let mut b = HeapBuf::from_frame(&f);
+    ConntrackHook::<HeapBuf>::conntrack(&mut h, 0, &commit(0), &mut b, &mut key).expect("ct");
+    assert_eq!(key.get(Field::CtMark), 0xf1);
 }
 
 #[test]
@@ -612,6 +644,7 @@ mod fuzz {
                     addrs: Some((Ipv4Addr::new(1, 2, 3, 4), Ipv4Addr::new(1, 2, 3, 4))),
                     ports: Some((1000, 1001)),
                 }),
+                mark: Some((7, 0xff)),
             };
             for now in 0..2 {
                 let mut b = HeapBuf::from_frame(&f);

@@ -53,6 +53,9 @@ pub struct CtAction {
     pub table: Option<u8>,
     /// NAT to apply.
     pub nat: Option<NatSpec>,
+    /// `exec(set_field:V[/M]->ct_mark)`: (value, mask) written into the
+    /// committed connection's mark.
+    pub mark: Option<(u32, u32)>,
 }
 
 /// A group's type.

@@ -31,7 +31,7 @@
 //!            | "dec_ttl" | "group:" N | "tnl_push" | "tnl_pop"
 //!            | "ct" ["(" ctarg ("," ctarg)* ")"]
 //! ctarg     := "commit" | "zone=" N | "table=" N | "nat" ["(" ("src"|"dst") "=" IPv4 ["-" IPv4]
-//!              [":" N ["-" N]] ")"]
+//!              [":" N ["-" N]] ")"] | "exec(set_field:" N ["/" N] "->ct_mark)"
 //! group     := "group_id=" N "," "type=" ("all"|"select") ["," "selection_method=hash"]
 //!              ["," "fields(" field ("," field)* ")"] ("," "bucket=" bucket)*
 //! bucket    := ["bucket_id:" N ","] ["weight:" N ","] ["actions="] action ("," action)*
@@ -868,7 +868,22 @@ fn parse_ct(tok: Tok<'_>) -> Result<CtAction, ParseError> {
                     ports,
                 });
             }
-            _ => return Err(bad("commit, zone=N, table=N or nat")),
+            _ if arg.s.starts_with("exec(") => {
+                let what = "exec(set_field:V[/M]->ct_mark)";
+                let v = arg.s["exec(".len()..]
+                    .strip_suffix("->ct_mark)")
+                    .and_then(|b| b.strip_prefix("set_field:"))
+                    .ok_or_else(|| bad(what))?;
+                let (v, m) = match v.split_once('/') {
+                    Some((v, m)) => (v, m),
+                    None => (v, "0xffffffff"),
+                };
+                let int =
+                    |s: &str| parse_int(s.trim(), u128::from(u32::MAX)).ok_or_else(|| bad(what));
+                let m = int(m)? as u32;
+                ct.mark = Some((int(v)? as u32 & m, m));
+            }
+            _ => return Err(bad("commit, zone=N, table=N, nat or exec(...)")),
         }
     }
     Ok(ct)
@@ -1073,6 +1088,13 @@ fn format_ct(ct: &CtAction) -> String {
                 args.push(s);
             }
             _ => args.push("nat".into()),
+        }
+    }
+    if let Some((v, m)) = ct.mark {
+        if m == u32::MAX {
+            args.push(format!("exec(set_field:{v:#x}->ct_mark)"));
+        } else {
+            args.push(format!("exec(set_field:{v:#x}/{m:#x}->ct_mark)"));
         }
     }
     if args.is_empty() {
@@ -1363,6 +1385,8 @@ mod tests {
             "ct(commit,zone=5,table=3)",
             "ct(nat)",
             "ct(commit,nat(src=1.1.1.1-1.1.1.9:100-200))",
+            "ct(commit,zone=3,exec(set_field:0x2a->ct_mark))",
+            "ct(commit,exec(set_field:0x1/0xf->ct_mark))",
             "ct(nat(dst=10.0.0.1:80))",
             "tnl_push",
             "tnl_pop",
@@ -1586,6 +1610,7 @@ mod tests {
                                         zone: mask as u16,
                                         table: (v & 2 == 2).then_some((v >> 8) as u8 % 255),
                                         nat: None,
+                                        mark: None,
                                     }),
                                     6 => Action::DecTtl,
                                     _ => Action::Normal,

@@ -110,6 +110,7 @@ mod tests {
             zone: 0,
             table: None,
             nat: None,
+            mark: None,
         };
         assert_eq!(
             ActionHooks::<HeapBuf>::conntrack(&mut h, 0, &ct, &mut pkt, &mut key),
