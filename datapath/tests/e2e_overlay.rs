@@ -332,6 +332,9 @@ fn two_sluiced_nodes_carry_pod_traffic_over_geneve() {
         ping_until_stable(&pod_a, "10.244.2.7")
     });
     assert_eq!(decoded.len(), 4, "{decoded:?}");
+    let dirs: std::collections::BTreeSet<&str> =
+        decoded.iter().filter_map(|l| l.split(';').nth(4)).collect();
+    assert_eq!(dirs.len(), 2, "both directions captured: {decoded:?}");
     for l in &decoded {
         let f: Vec<&str> = l.split(';').collect();
         assert!(f[0] == "100" || f[0] == "0x000064", "VNI in {l}");
