@@ -389,42 +389,37 @@ fn summary(s: crate::flow::program::BundleSummary) -> String {
 /// `del-flows`, `mod-flows`, `dump-flows`, `replace-flows`, `add-group`,
 /// `dump-groups`, `trace`) and the `flow-bundle` method.
 pub fn register_flows(reg: &Registry, tables: FlowTables) -> Result<(), RegistryError> {
-    let t = tables.clone();
-    reg.register(
-        "add-flow",
-        "FLOW",
-        1,
-        1,
-        Arc::new(move |a| {
-            t.add_flow(&a[0], clock_ns())
-                .map(summary)
-                .map_err(|e| e.to_string())
-        }),
-    )?;
-    let t = tables.clone();
-    reg.register(
-        "add-flows",
-        "FLOWS (one per line)",
-        1,
-        1,
-        Arc::new(move |a| {
-            t.add_flows(&a[0], clock_ns())
-                .map(summary)
-                .map_err(|e| e.to_string())
-        }),
-    )?;
-    let t = tables.clone();
-    reg.register(
-        "replace-flows",
-        "FLOWS (one per line)",
-        1,
-        1,
-        Arc::new(move |a| {
-            t.replace_flows(&a[0], clock_ns())
-                .map(summary)
-                .map_err(|e| e.to_string())
-        }),
-    )?;
+    type Apply =
+        fn(
+            &FlowTables,
+            &str,
+            crate::pipeline::Nanos,
+        )
+            -> Result<crate::flow::program::BundleSummary, crate::flow::tables::FlowTablesError>;
+    let one_text: [(&str, &str, Apply); 4] = [
+        ("add-flow", "FLOW", FlowTables::add_flow),
+        ("add-flows", "FLOWS (one per line)", FlowTables::add_flows),
+        (
+            "replace-flows",
+            "FLOWS (one per line)",
+            FlowTables::replace_flows,
+        ),
+        ("add-group", "GROUP", FlowTables::add_group),
+    ];
+    for (name, usage, apply) in one_text {
+        let t = tables.clone();
+        reg.register(
+            name,
+            usage,
+            1,
+            1,
+            Arc::new(move |a| {
+                apply(&t, &a[0], clock_ns())
+                    .map(summary)
+                    .map_err(|e| e.to_string())
+            }),
+        )?;
+    }
     let t = tables.clone();
     reg.register(
         "del-flows",
@@ -455,20 +450,9 @@ pub fn register_flows(reg: &Registry, tables: FlowTables) -> Result<(), Registry
                 .iter()
                 .find(|x| *x != "--strict")
                 .ok_or("mod-flows needs a FLOW")?;
-            let spec = crate::flow::text::parse_flow(flow).map_err(|e| e.to_string())?;
-            let filter =
-                crate::flow::text::parse_filter(flow.split(" actions=").next().unwrap_or(""))
-                    .map_err(|e| e.to_string())?;
-            t.apply_bundle(
-                &[crate::flow::program::FlowMod::Modify {
-                    filter,
-                    strict,
-                    actions: spec.actions,
-                }],
-                clock_ns(),
-            )
-            .map(summary)
-            .map_err(|e| e.to_string())
+            t.mod_flows(flow, strict, clock_ns())
+                .map(summary)
+                .map_err(|e| e.to_string())
         }),
     )?;
     let t = tables.clone();
@@ -480,18 +464,6 @@ pub fn register_flows(reg: &Registry, tables: FlowTables) -> Result<(), Registry
         Arc::new(move |a| {
             let filter = a.join(",");
             t.dump_flows(&filter, clock_ns()).map_err(|e| e.to_string())
-        }),
-    )?;
-    let t = tables.clone();
-    reg.register(
-        "add-group",
-        "GROUP",
-        1,
-        1,
-        Arc::new(move |a| {
-            t.add_group(&a[0], clock_ns())
-                .map(summary)
-                .map_err(|e| e.to_string())
         }),
     )?;
     let t = tables.clone();
@@ -546,16 +518,12 @@ pub fn register_flows(reg: &Registry, tables: FlowTables) -> Result<(), Registry
                         strict,
                     },
                     "mod" => {
-                        let f = text("flow")?;
-                        let spec = crate::flow::text::parse_flow(f)
+                        let (filter, actions) = crate::flow::text::parse_mod(text("flow")?)
                             .map_err(|e| format!("operation {i}: {e}"))?;
                         crate::flow::program::FlowMod::Modify {
-                            filter: crate::flow::text::parse_filter(
-                                f.split(" actions=").next().unwrap_or(""),
-                            )
-                            .map_err(|e| format!("operation {i}: {e}"))?,
+                            filter,
                             strict,
-                            actions: spec.actions,
+                            actions,
                         }
                     }
                     other => {

@@ -41,6 +41,7 @@ use crate::flow::key::{extract_into, Field, FlowKey, Layout};
 use crate::flow::program::FlowProgram;
 use crate::flow::tables::FlowTables;
 use crate::packet::{Burst, Output, PacketBuf, PortNo};
+use crate::pipeline::hooks::{Hooks, NoConntrack, NoTunnels};
 use crate::pipeline::l2::{flood, MacTable};
 use crate::pipeline::{Nanos, Pipeline};
 use crate::stats::Counter;
@@ -77,26 +78,7 @@ pub trait ActionHooks<B: PacketBuf>: Send {
 
 /// Hooks for a datapath without conntrack or tunnels: every such action
 /// drops the packet with a reason that says so.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NoHooks;
-
-impl<B: PacketBuf> ActionHooks<B> for NoHooks {
-    fn conntrack(
-        &mut self,
-        _: Nanos,
-        _: &CtAction,
-        _: &mut B,
-        _: &mut FlowKey,
-    ) -> Result<(), DropReason> {
-        Err(DropReason::CtUnsupported)
-    }
-    fn tunnel_push(&mut self, _: Nanos, _: &mut B, _: &FlowKey) -> Result<(), DropReason> {
-        Err(DropReason::TunnelUnsupported)
-    }
-    fn tunnel_pop(&mut self, _: Nanos, _: &mut B, _: &mut FlowKey) -> Result<(), DropReason> {
-        Err(DropReason::TunnelUnsupported)
-    }
-}
+pub type NoHooks = Hooks<NoConntrack, NoTunnels>;
 
 /// Sizes and limits of one flow pipeline.
 #[derive(Debug, Clone)]
@@ -465,7 +447,7 @@ impl<H> std::fmt::Debug for FlowPipeline<H> {
 impl FlowPipeline<NoHooks> {
     /// A pipeline over `tables` without conntrack or tunnel support.
     pub fn new(tables: FlowTables, config: FlowPipelineConfig) -> Self {
-        Self::with_hooks(tables, config, NoHooks)
+        Self::with_hooks(tables, config, NoHooks::default())
     }
 }
 
