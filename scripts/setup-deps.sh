@@ -15,7 +15,7 @@ install_packages() {
         build-essential pkg-config libclang-dev clang
         libdpdk-dev dpdk
         iproute2 iputils-ping ethtool util-linux procps
-        openvswitch-common python3-pip
+        openvswitch-common openvswitch-switch openvswitch-switch-dpdk python3-pip
         tshark netcat-openbsd
     )
     local missing=()
