@@ -369,6 +369,7 @@ impl Conntrack {
             last_sweep: 0,
             next_shard: 0,
             rng: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+            retrying: false,
         }
     }
 
@@ -438,6 +439,30 @@ impl Conntrack {
             shard.remove(k);
             None
         }
+    }
+
+    /// Runs `f` on the live entry found by `k`, holding its shard's and
+    /// its own lock; expired or dead entries are removed and `None`
+    /// returned.
+    fn with_entry<R>(
+        &self,
+        now: Nanos,
+        k: &ConnKey,
+        f: impl FnOnce(&Slot, &mut Conn) -> R,
+    ) -> Option<R> {
+        let mut shard = lock(self.shard_of(k));
+        let slot = shard.get(k)?;
+        let mut c = lock(&slot.conn);
+        if !c.dead && c.expires <= now {
+            self.kill(&mut c);
+            self.inner.stats.expired.fetch_add(1, Ordering::Relaxed);
+        }
+        if !c.dead {
+            return Some(f(slot, &mut c));
+        }
+        drop(c);
+        shard.remove(k);
+        None
     }
 
     /// Inserts `slot` under `k` unless a live entry holds it.
@@ -649,6 +674,18 @@ pub struct ConntrackHandle {
     last_sweep: Nanos,
     next_shard: usize,
     rng: u64,
+    /// Re-tracking a packet after losing a commit race.
+    retrying: bool,
+}
+
+/// What the hit path found.
+enum Hit {
+    /// Tracked: state bits, mark, NAT target.
+    Tracked(u8, u32, Option<Tuple>),
+    /// Out of window or otherwise invalid.
+    Invalid,
+    /// A SYN reopening a closed TCP connection.
+    Reopen(Arc<Mutex<Conn>>),
 }
 
 /// NAT plan for a new connection.
@@ -681,6 +718,9 @@ impl ConntrackHandle {
             self.last_sweep = now;
             let n = self.ct.inner.shards.len();
             self.ct.sweep_shard(now, self.next_shard % n);
+            if let Some(s) = &self.ct.inner.services {
+                s.expire_affinity(now, self.next_shard);
+            }
             self.next_shard = (self.next_shard + 1) % n;
         }
     }
@@ -721,34 +761,28 @@ impl ConntrackHandle {
             None
         };
         let len = (p.end - p.l3) as u64;
-        if let Some(slot) = self.ct.lookup(now, &key) {
+        // The hit path: one shard lock and the entry's lock, no refcount
+        // traffic, no allocation.
+        let cfg = &self.ct.inner.config;
+        let hit = self.ct.with_entry(now, &key, |slot, c| {
             let dir = usize::from(slot.dir);
-            let mut c = lock(&slot.conn);
-            let mut ok = true;
             if let (ProtoState::Tcp(t), Some(seg)) = (&mut c.proto, &seg) {
                 let reopen = dir == 0
                     && TcpConn::is_syn(seg)
                     && matches!(t.state, TcpState::TimeWait | TcpState::Close);
                 if reopen {
-                    self.ct.kill(&mut c);
-                    let keys = c.keys;
-                    drop(c);
-                    self.ct.remove_key(&keys[0], &slot.conn);
-                    self.ct.remove_key(&keys[1], &slot.conn);
-                    return self.create(now, ct, pkt, &p, key, Some(*seg));
+                    return Hit::Reopen(slot.conn.clone());
                 }
-                ok = t.track(dir, seg);
-            }
-            if !ok {
-                self.ct.inner.stats.invalid.fetch_add(1, Ordering::Relaxed);
-                return inv;
+                if !t.track(dir, seg) {
+                    return Hit::Invalid;
+                }
             }
             if dir == 1 {
                 c.replied = true;
             }
             c.packets[dir] += 1;
             c.bytes[dir] += len;
-            c.expires = now + c.timeout(&self.ct.inner.config.timeouts);
+            c.expires = now + c.timeout(&cfg.timeouts);
             if let (true, Some((v, m))) = (ct.commit, ct.mark) {
                 c.mark = (c.mark & !m) | (v & m);
             }
@@ -764,14 +798,32 @@ impl ConntrackHandle {
             if dir == 1 {
                 st |= ct_state::RPL;
             }
-            let target = c.keys[1 - dir].tuple.reverse();
-            let mark = c.mark;
-            let nat = c.nat != 0 && ct.nat.is_some();
-            drop(c);
-            if nat {
-                nat::rewrite(pkt.data_mut(), &p, target)?;
+            let target = (c.nat != 0 && ct.nat.is_some()).then(|| c.keys[1 - dir].tuple.reverse());
+            Hit::Tracked(st, c.mark, target)
+        });
+        match hit {
+            Some(Hit::Tracked(st, mark, target)) => {
+                if let Some(target) = target {
+                    nat::rewrite(pkt.data_mut(), &p, target)?;
+                }
+                return Ok((st, mark, Verdict::Tracked));
             }
-            return Ok((st, mark, Verdict::Tracked));
+            Some(Hit::Invalid) => {
+                self.ct.inner.stats.invalid.fetch_add(1, Ordering::Relaxed);
+                return inv;
+            }
+            Some(Hit::Reopen(conn)) => {
+                // A new SYN on a closed connection's tuple: replace it.
+                let keys = {
+                    let mut c = lock(&conn);
+                    self.ct.kill(&mut c);
+                    c.keys
+                };
+                self.ct.remove_key(&keys[0], &conn);
+                self.ct.remove_key(&keys[1], &conn);
+                return self.create(now, ct, pkt, &p, key, seg);
+            }
+            None => {}
         }
         // No entry: a new connection.
         if p.proto == ipproto::TCP && !seg.as_ref().is_some_and(TcpConn::is_syn) {
@@ -894,10 +946,17 @@ impl ConntrackHandle {
                 dir: 0,
             },
         ) {
-            // Another PMD committed the same connection a moment ago.
+            // Another PMD committed the same connection a moment ago:
+            // withdraw ours and track the packet against theirs (once).
             let rk = lock(&arc).keys[1];
             self.ct.remove_key(&rk, &arc);
-            return Err(DropReason::CtLimit);
+            if self.retrying {
+                return Err(DropReason::CtLimit);
+            }
+            self.retrying = true;
+            let r = self.track(now, ct, pkt);
+            self.retrying = false;
+            return r;
         }
         self.ct.inner.count.fetch_add(1, Ordering::Relaxed);
         self.ct.inner.zone_counts[usize::from(key.zone)].fetch_add(1, Ordering::Relaxed);
