@@ -27,6 +27,7 @@ pub mod daemon;
 pub mod dpdk;
 pub mod drop;
 pub mod flow;
+pub mod hostpath;
 pub mod neigh;
 pub mod packet;
 pub mod pipeline;

@@ -827,3 +827,88 @@ fn interop_with_open_vswitch_userspace_geneve() {
         assert!(drops.get(bad).is_none(), "unexpected {bad}: {ev}");
     }
 }
+
+fn node_routes(ns: &Netns) -> String {
+    String::from_utf8_lossy(&ns.exec(&["ip", "-4", "route"]).stdout).into_owned()
+}
+
+fn addrs_of(ns: &Netns, dev: &str) -> String {
+    String::from_utf8_lossy(&ns.exec(&["ip", "-4", "addr", "show", "dev", dev]).stdout).into_owned()
+}
+
+/// The host exception path: at start the node's address and default route
+/// move from the uplink to the TAP exception port (traffic then flows
+/// kernel → TAP → sluiced → uplink), and at clean stop they move back.
+#[test]
+fn host_exception_path_moves_node_addresses_to_the_tap_and_back() {
+    if !can_use_netns("host_exception_path_moves_node_addresses_to_the_tap_and_back") {
+        return;
+    }
+    let prefix = "slh";
+    let node = Netns::new("slh-node");
+    let gw = Netns::new("slh-gw");
+    let _v = Veth::new_in(&node, "slh-up", "slh-gw-i", &gw, "192.168.79.1/24");
+    sh(&[
+        "ip",
+        "-n",
+        &node.0,
+        "addr",
+        "add",
+        "192.168.79.10/24",
+        "dev",
+        "slh-up",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &node.0,
+        "route",
+        "add",
+        "default",
+        "via",
+        "192.168.79.1",
+    ]);
+    assert!(ping_ok(&node, "192.168.79.1", 1), "baseline ping failed");
+
+    let cfg = format!(
+        "[coe]\nnode_type = 'BAREMETAL'\n[nsx_node_agent]\novs_bridge = br-int\novs_uplink_port = uplink\n[datapath]\ncores = {}\nmain_core = 0\nfile_prefix = {prefix}\nhugepages = auto\nmbufs = 8192\nctl_socket = {}\nhost_port = host\n[port:uplink]\ndevargs = net_af_packet0,iface=slh-up\nofport = 1\n[port:host]\ndevargs = net_tap0,iface=slh-host\nofport = 2\n",
+        pmd_core(),
+        ctl_path(prefix).display()
+    );
+    let (d, _) = Sluiced::start_in(&node, &cfg);
+    let on_tap = addrs_of(&node, "slh-host");
+    assert!(
+        on_tap.contains("192.168.79.10/24"),
+        "address not on the TAP:\n{on_tap}"
+    );
+    assert!(
+        !addrs_of(&node, "slh-up").contains("192.168.79.10"),
+        "address still on the uplink"
+    );
+    let routes = node_routes(&node);
+    assert!(
+        routes.contains("default via 192.168.79.1 dev slh-host"),
+        "default route not moved:\n{routes}"
+    );
+    assert_eq!(
+        mac_of(&node, "slh-host"),
+        mac_of(&node, "slh-up"),
+        "the TAP takes the uplink's MAC"
+    );
+    // The node's traffic now crosses sluiced (learning switch: TAP ↔ uplink).
+    ping_until_stable(&node, "192.168.79.1");
+    ping_until_stable(&gw, "192.168.79.10");
+
+    let ev = d.stop();
+    assert!(sum_pmds(&ev, "rx_packets") >= 6, "{ev}");
+    assert!(
+        addrs_of(&node, "slh-up").contains("192.168.79.10/24"),
+        "address not restored on the uplink"
+    );
+    let routes = node_routes(&node);
+    assert!(
+        routes.contains("default via 192.168.79.1 dev slh-up"),
+        "default route not restored:\n{routes}"
+    );
+    assert!(ping_ok(&node, "192.168.79.1", 1), "ping after stop failed");
+}

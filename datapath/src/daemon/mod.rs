@@ -59,6 +59,8 @@ pub struct Daemon {
     revalidator: Option<std::thread::JoinHandle<()>>,
     /// The "ready" event printed on stdout.
     pub ready: Value,
+    /// The host exception path (node addresses moved onto the TAP).
+    hostpath: Option<crate::hostpath::HostPath>,
 }
 
 impl Daemon {
@@ -92,6 +94,7 @@ impl Daemon {
             flows: None,
             revalidator: None,
             ready: Value::Null,
+            hostpath: None,
         };
         // From here on, an error drops `d`, which tears down what started.
         d.start_rest(cfg, need, eal_ms, on_exit)?;
@@ -306,6 +309,9 @@ impl Daemon {
         }
         self.flows = flows;
 
+        // Last: move the node's addresses onto the exception port once
+        // the PMDs forward.
+        self.hostpath = crate::stack::overlay::attach_host_path(cfg)?;
         let eal = self.eal.as_ref().ok_or("EAL not running")?;
         self.ready = json!({
             "event": "ready",
@@ -325,6 +331,12 @@ impl Daemon {
     /// Stops forwarding and tears everything down; returns the "stopped"
     /// event with final counters.
     pub fn shutdown(mut self) -> Result<Value, String> {
+        // First: give the node's addresses back to the uplink.
+        if let Some(h) = self.hostpath.take() {
+            if let Err(e) = h.detach() {
+                tracing::error!("{e}");
+            }
+        }
         self.stop.store(true, Ordering::Relaxed);
         let mut errors = Vec::new();
         let mut pmd_stats = Vec::new();
@@ -360,6 +372,7 @@ impl Daemon {
     }
 
     fn teardown(&mut self) {
+        drop(self.hostpath.take());
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.revalidator.take() {
             h.thread().unpark();

@@ -37,6 +37,7 @@ pub const OVERLAY_KEYS: &[&str] = &[
     "tunnel_udp_checksum",
     "arp_gateways",
     "proxy_arp",
+    "host_port",
 ];
 
 /// Overlay configuration (`[datapath]` keys).
@@ -60,6 +61,11 @@ pub struct OverlayConfig {
     pub arp_gateways: Vec<Ipv4Addr>,
     /// `proxy_arp = 10.244.0.0/16`: prefixes answered by proxy ARP.
     pub proxy_arp: Vec<(Ipv4Addr, u8)>,
+    /// `host_port = host`: the `[port:NAME]` (a `net_tap` port) that
+    /// becomes the host exception path: the node's addresses and routes
+    /// move from the uplink's kernel interface onto it at start and back
+    /// at clean stop (see `hostpath`).
+    pub host_port: Option<String>,
 }
 
 impl Default for OverlayConfig {
@@ -73,6 +79,7 @@ impl Default for OverlayConfig {
             udp_checksum: false,
             arp_gateways: Vec::new(),
             proxy_arp: Vec::new(),
+            host_port: None,
         }
     }
 }
@@ -144,10 +151,50 @@ impl OverlayConfig {
                     .collect::<Result<_, _>>()?
             }
             "proxy_arp" => self.proxy_arp = list(v).map(parse_cidr).collect::<Result<_, _>>()?,
+            "host_port" => {
+                if v.is_empty() {
+                    return Err("give the name of a [port:NAME] section (a net_tap port)".into());
+                }
+                self.host_port = Some(v.to_string())
+            }
             other => return Err(format!("'{other}' is not an overlay key")),
         }
         Ok(())
     }
+}
+
+/// Sets up the host exception path when `host_port` is configured: the
+/// node's addresses move from the uplink's kernel interface to the host
+/// port's. Called by the daemon once the PMDs forward.
+///
+/// # Errors
+/// A sentence when the ports are not configured as needed or a move failed.
+#[cfg(feature = "dpdk")]
+pub fn attach_host_path(
+    cfg: &crate::config::Config,
+) -> Result<Option<crate::hostpath::HostPath>, String> {
+    use crate::hostpath::{devargs_iface, HostPath, HostPathConfig};
+    let Some(host) = &cfg.datapath.overlay.host_port else {
+        return Ok(None);
+    };
+    let port = |name: &str, what: &str| {
+        cfg.ports
+            .iter()
+            .find(|p| p.name == name)
+            .and_then(|p| devargs_iface(&p.devargs).map(str::to_string))
+            .ok_or_else(|| {
+                format!("[datapath] host_port: the {what} port '{name}' must be a [port:{name}] section whose devargs name its kernel interface (iface=...)")
+            })
+    };
+    let uplink = cfg.uplink_port.as_deref().ok_or(
+        "[datapath] host_port needs [nsx_node_agent] ovs_uplink_port (where the node's addresses are now)",
+    )?;
+    let hp = HostPath::attach(HostPathConfig {
+        uplink_if: port(uplink, "uplink")?,
+        host_if: port(host, "host")?,
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(Some(hp))
 }
 
 /// The flow pipeline of one PMD with the overlay wrappers around it.
