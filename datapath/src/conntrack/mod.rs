@@ -418,6 +418,12 @@ impl Conntrack {
         self.inner.zone_counts[usize::from(c.keys[0].zone)].fetch_sub(1, Ordering::Relaxed);
         if let Some(lb) = &c.lb {
             lb.stats.active.fetch_sub(1, Ordering::Relaxed);
+            // Packet counts move to the endpoint when the connection ends
+            // (live ones are added by `dump-services`), so the hit path
+            // touches no shared endpoint counter.
+            lb.stats
+                .packets
+                .fetch_add(c.packets[0] + c.packets[1], Ordering::Relaxed);
         }
     }
 
@@ -584,6 +590,21 @@ impl Conntrack {
     /// Removes the connections matching `filter`; returns how many.
     pub fn flush(&self, filter: &ConnFilter) -> usize {
         self.flush_where(|c| filter.matches(c))
+    }
+
+    /// Packets of live Service connections per `(service, endpoint
+    /// address, endpoint port)` (for `dump-services`).
+    pub fn live_endpoint_packets(
+        &self,
+    ) -> std::collections::HashMap<(Arc<str>, Ipv4Addr, u16), u64> {
+        let mut m = std::collections::HashMap::new();
+        self.for_each(|c| {
+            if let Some(lb) = &c.lb {
+                *m.entry((lb.service.clone(), lb.endpoint.0, lb.endpoint.1))
+                    .or_default() += c.packets[0] + c.packets[1];
+            }
+        });
+        m
     }
 
     /// Connections by state.
@@ -786,9 +807,6 @@ impl ConntrackHandle {
             if let (true, Some((v, m))) = (ct.commit, ct.mark) {
                 c.mark = (c.mark & !m) | (v & m);
             }
-            if let Some(lb) = &c.lb {
-                lb.stats.packets.fetch_add(1, Ordering::Relaxed);
-            }
             let mut st = ct_state::TRK | c.nat;
             st |= if c.replied {
                 ct_state::EST
@@ -964,7 +982,6 @@ impl ConntrackHandle {
         if let Some(lb) = &lb {
             lb.stats.connections.fetch_add(1, Ordering::Relaxed);
             lb.stats.active.fetch_add(1, Ordering::Relaxed);
-            lb.stats.packets.fetch_add(1, Ordering::Relaxed);
         }
         if nat_bits != 0 {
             nat::rewrite(pkt.data_mut(), p, reply.reverse())?;

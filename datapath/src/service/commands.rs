@@ -38,8 +38,14 @@ pub fn register_commands(
     services: Services,
     ct: Option<Conntrack>,
 ) -> Result<(), RegistryError> {
-    let s = services.clone();
-    reg.register("dump-services", "", 0, 0, Arc::new(move |_| Ok(s.dump())))?;
+    let (s, c) = (services.clone(), ct.clone());
+    reg.register(
+        "dump-services",
+        "",
+        0,
+        0,
+        Arc::new(move |_| Ok(s.dump_with(c.as_ref()))),
+    )?;
     let (s, c) = (services.clone(), ct.clone());
     reg.register_method(
         "service-update",

@@ -278,7 +278,8 @@ pub struct EndpointStats {
     pub connections: AtomicU64,
     /// Connections currently tracked.
     pub active: AtomicU64,
-    /// Packets of those connections (both directions).
+    /// Packets of its finished connections (both directions); see
+    /// [`Services::dump_with`] for live ones.
     pub packets: AtomicU64,
 }
 
@@ -887,6 +888,16 @@ impl Services {
     /// `dump-services` text: each Service, its frontends and endpoints
     /// with their counters, sorted by name.
     pub fn dump(&self) -> String {
+        self.dump_with(None)
+    }
+
+    /// [`Services::dump`] adding the packets of live connections from
+    /// `conntrack` to each endpoint's counter (finished connections are
+    /// already in it).
+    pub fn dump_with(&self, conntrack: Option<&Conntrack>) -> String {
+        let live = conntrack
+            .map(|c| c.live_endpoint_packets())
+            .unwrap_or_default();
         let table = self.inner.table.load();
         let mut svcs: BTreeMap<&str, &Arc<Service>> = BTreeMap::new();
         for s in table.by_name.values() {
@@ -953,7 +964,11 @@ impl Services {
                     cond.join(","),
                     e.stats.connections.load(Ordering::Relaxed),
                     e.stats.active.load(Ordering::Relaxed),
-                    e.stats.packets.load(Ordering::Relaxed),
+                    e.stats.packets.load(Ordering::Relaxed)
+                        + live
+                            .get(&(s.name.clone(), sp.ip, sp.port))
+                            .copied()
+                            .unwrap_or(0),
                 );
             }
         }

@@ -561,6 +561,13 @@ fn control_commands_and_lb_trace() {
         d.contains("10.1.0.5:8080 ready,serving connections=1 active=1 packets=1"),
         "{d}"
     );
+    // Counters of finished connections stay with the endpoint.
+    r.ct.flush(&ConnFilter::default());
+    let d = call(&reg, "dump-services", &[]).expect("dump");
+    assert!(
+        d.contains("10.1.0.5:8080 ready,serving connections=1 active=0 packets=1"),
+        "{d}"
+    );
     let t = call(&reg, "lb-trace", &["tcp", "10.0.0.1", "10.96.0.10", "80"]).expect("trace");
     assert!(
         t.contains("service default/web:http frontend ClusterIp traffic internal"),
