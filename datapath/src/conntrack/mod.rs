@@ -36,11 +36,21 @@
 //! unrelated, and RSS or per-port PMD assignment sends them to different
 //! cores, so a per-core table would miss replies. The table is therefore
 //! global and split into [`ConntrackConfig::shards`] shards (a power of two,
-//! default 256) by tuple hash, each behind its own mutex held for one
-//! lookup; entries sit behind their own small mutex (lock order: shard, then
-//! entry). With 256 shards two PMDs meet on a shard rarely, so adding cores
-//! scales until the memory bandwidth does, as in OVS's userspace conntrack.
-//! Allocation happens only when a connection is created.
+//! default 256) by tuple hash, each behind its own mutex; entries sit
+//! behind their own small mutex (lock order: shard, then entry). A packet
+//! of a known connection takes its shard's lock and its entry's lock for
+//! the lookup and the state update only (tens of nanoseconds, never across
+//! the NAT rewrite), uncontended unless two PMDs hit the same shard at the
+//! same instant: with 256 shards that is rare, so adding cores scales until
+//! memory bandwidth does, like the per-bucket locks of OVS's userspace
+//! conntrack. This is the one lock on the fast path and it is deliberate:
+//! a lock-free table with two keys per entry and in-place state updates
+//! was not worth its complexity here. Allocation happens only when a
+//! connection is created.
+//!
+//! Not supported: IPv6 (`+inv`), fragment reassembly (`+inv`), TCP
+//! mid-stream pickup (a non-SYN without an entry is `+inv`), `ct_label`,
+//! ALGs (FTP/TFTP helpers).
 //!
 //! Expiry runs on the caller's clock (`now`): an expired entry is ignored
 //! and removed when looked up, and [`ConntrackHandle`] sweeps one shard per
