@@ -352,6 +352,33 @@ fn two_sluiced_nodes_carry_pod_traffic_over_geneve() {
         );
     }
 
+    // MTU: with the pod MTU raised to 1500, a DF packet too big for the
+    // tunnel gets ICMP fragmentation-needed with the tunnel's inner MTU
+    // (1500 - 50 - 8 bytes of option = 1442) from the VTEP address.
+    sh(&[
+        "ip", "-n", &pod_a.0, "link", "set", "slo-pa-i", "mtu", "1500",
+    ]);
+    let out = pod_a.exec(&[
+        "ping",
+        "-M",
+        "do",
+        "-s",
+        "1460",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "10.244.2.7",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("Frag needed") && text.contains("mtu = 1442"),
+        "no ICMP fragmentation-needed for a too-big DF packet:\n{text}"
+    );
+    sh(&[
+        "ip", "-n", &pod_a.0, "link", "set", "slo-pa-i", "mtu", "1400",
+    ]);
+
     let tunnels = appctl(PREFIX_A, &["dump-tunnels"]);
     assert!(
         tunnels.contains("remote node-b vtep 192.168.77.2"),

@@ -12,7 +12,9 @@
 //! which answers ARP and ICMP echo like a host; anything else is dropped
 //! under `local_not_for_us`. Frames smoltcp and the neighbour cache send
 //! (replies, ARP requests for the tunnels' next hops, the gratuitous ARP
-//! announcing the VTEP at start) are staged on the uplink port.
+//! announcing the VTEP at start) are staged on the uplink port; the ICMP
+//! fragmentation-needed answers the tunnels queue for too-big DF packets
+//! go back out of the port the packet came from.
 //!
 //! The local stack is the exception path: it may allocate (smoltcp copies
 //! frames through its device queues), and the neighbour cache sits behind a
@@ -28,6 +30,8 @@ use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
+use crossbeam::queue::ArrayQueue;
+
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
@@ -40,6 +44,7 @@ use crate::neigh::table::NeighTable;
 use crate::packet::{BufAlloc, Burst, Output, PacketBuf, PortNo};
 use crate::pipeline::{Nanos, Pipeline};
 use crate::stats::Counter;
+use crate::tunnel::geneve::IcmpReply;
 
 /// The local stack's address and where it is reachable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,6 +219,8 @@ pub struct LocalStack<P, A> {
     sockets: SocketSet<'static>,
     control: StackControl,
     announced: bool,
+    /// ICMP fragmentation-needed answers from the tunnels, to send.
+    icmp: Option<Arc<ArrayQueue<IcmpReply>>>,
 }
 
 impl<P, A> std::fmt::Debug for LocalStack<P, A> {
@@ -283,7 +290,15 @@ impl<P, A> LocalStack<P, A> {
             sockets: SocketSet::new(Vec::new()),
             control,
             announced: false,
+            icmp: None,
         })
+    }
+
+    /// Sends the ICMP fragmentation-needed answers the tunnels queue
+    /// (see `tunnel::geneve`), drained after every burst and in
+    /// `maintain`.
+    pub fn set_icmp_source(&mut self, queue: Arc<ArrayQueue<IcmpReply>>) {
+        self.icmp = Some(queue);
     }
 
     /// The shared handle for control commands.
@@ -341,6 +356,28 @@ impl<P, A> LocalStack<P, A> {
     where
         A: BufAlloc<B>,
     {
+        let uplink = self.config.uplink;
+        self.emit_to(uplink, frame, out);
+    }
+
+    /// Sends queued ICMP fragmentation-needed answers.
+    fn send_icmp<B: PacketBuf>(&mut self, out: &mut Output<B>)
+    where
+        A: BufAlloc<B>,
+    {
+        let Some(q) = self.icmp.clone() else {
+            return;
+        };
+        while let Some(r) = q.pop() {
+            self.emit_to(r.port, &r.frame[..r.len.min(r.frame.len())], out);
+        }
+    }
+
+    /// Sends one originated frame on `port`.
+    fn emit_to<B: PacketBuf>(&mut self, port: PortNo, frame: &[u8], out: &mut Output<B>)
+    where
+        A: BufAlloc<B>,
+    {
         let Some(mut b) = self.alloc.alloc() else {
             out.drops.inc(DropReason::NoBuffer);
             return;
@@ -349,7 +386,7 @@ impl<P, A> LocalStack<P, A> {
             Some(d) => {
                 d.copy_from_slice(frame);
                 self.control.stats.tx.inc();
-                out.send(self.config.uplink, b);
+                out.send(port, b);
             }
             None => out.drop(DropReason::NoBuffer, b),
         }
@@ -411,6 +448,9 @@ impl<B: PacketBuf, P: Pipeline<B>, A: BufAlloc<B> + Send> Pipeline<B> for LocalS
         if !out.local.is_empty() {
             self.deliver(now, out);
         }
+        if self.icmp.as_ref().is_some_and(|q| !q.is_empty()) {
+            self.send_icmp(out);
+        }
     }
 
     fn maintain(&mut self, now: Nanos, out: &mut Output<B>) {
@@ -431,6 +471,7 @@ impl<B: PacketBuf, P: Pipeline<B>, A: BufAlloc<B> + Send> Pipeline<B> for LocalS
         for f in &frames {
             self.emit(f, out);
         }
+        self.send_icmp(out);
         self.iface
             .poll(instant(now), &mut self.device, &mut self.sockets);
         while let Some(f) = self.device.tx.pop_front() {

@@ -337,7 +337,7 @@ impl Overlay {
         let ingress = Ingress::new(inner, self.ingress.clone());
         match (pmd, self.config.vtep, self.uplink) {
             (0, Some((ip, prefix_len)), Some((uplink, mac))) => {
-                let s = LocalStack::new(
+                let mut s = LocalStack::new(
                     ingress,
                     alloc,
                     StackConfig {
@@ -351,6 +351,7 @@ impl Overlay {
                     NeighConfig::default(),
                 )
                 .map_err(|e| e.to_string())?;
+                s.set_icmp_source(self.tunnels.icmp_queue());
                 self.stack = Some(s.control());
                 Ok(OverlayPipeline::Stack(Box::new(s)))
             }

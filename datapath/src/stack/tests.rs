@@ -218,3 +218,25 @@ fn uplink_arp_and_ping_bypass_the_flow_program() {
     );
     assert_eq!(out.take(UPLINK).len(), 1, "ARP answered by the stack");
 }
+
+#[test]
+fn queued_icmp_answers_go_out_of_their_port() {
+    let (mut s, _) = stack();
+    let q = Arc::new(ArrayQueue::new(4));
+    s.set_icmp_source(q.clone());
+    let mut frame = [0u8; crate::tunnel::geneve::ICMP_REPLY_MAX];
+    frame[..3].copy_from_slice(&[1, 2, 3]);
+    q.push(IcmpReply {
+        port: PortNo(5),
+        len: 3,
+        frame,
+    })
+    .expect("queue");
+    let mut out = Output::new(8);
+    let mut b = Burst::new(PortNo(5));
+    s.process(0, &mut b, &mut out);
+    let sent = out.take(PortNo(5));
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].data(), &[1, 2, 3]);
+    assert!(q.is_empty());
+}

@@ -12,9 +12,11 @@
 //! destination MAC is the underlay next hop's, read from the neighbour
 //! snapshot; a miss asks the neighbour cache to resolve it and drops the
 //! packet under `neigh_unresolved`. A packet that would exceed the uplink
-//! MTU once encapsulated is dropped under `tunnel_too_big` (or
-//! `tunnel_too_big_df` when the inner packet has DF set; [`frag_needed`]
-//! builds the ICMP answer for whoever can send it).
+//! MTU once encapsulated is dropped under `tunnel_too_big`, or, when the
+//! inner packet has DF set, under `tunnel_too_big_df` with an ICMP
+//! fragmentation-needed answer ([`frag_needed`], next-hop MTU = the largest
+//! inner packet that fits) queued for the local stack to send back out of
+//! the ingress port (bounded queue; exception path only).
 //!
 //! Option value encoding: `tun_metadata0` holds the option data as a
 //! big-endian integer. Encap emits 4 data bytes when the value fits in 32
@@ -39,10 +41,12 @@
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
+use crossbeam::queue::ArrayQueue;
+
 use crate::drop::DropReason;
 use crate::flow::key::{Field, FlowKey};
 use crate::neigh::table::{NeighReader, NeighTable};
-use crate::packet::PacketBuf;
+use crate::packet::{PacketBuf, PortNo};
 use crate::pipeline::hooks::TunnelHook;
 use crate::pipeline::Nanos;
 use crate::stats::{Counter, DropCounters};
@@ -139,6 +143,25 @@ impl TunnelConfig {
     }
 }
 
+/// Largest ICMP fragmentation-needed frame (Ethernet + IPv4 + ICMP + the
+/// quoted IP header with options + 8 bytes).
+pub const ICMP_REPLY_MAX: usize = 128;
+
+/// Fragmentation-needed answers waiting for the local stack to send them.
+pub const ICMP_QUEUE: usize = 64;
+
+/// An ICMP fragmentation-needed frame to send out of `port` (where the
+/// too-big packet came from).
+#[derive(Debug, Clone, Copy)]
+pub struct IcmpReply {
+    /// The port the too-big packet arrived on.
+    pub port: PortNo,
+    /// Frame length.
+    pub len: usize,
+    /// The frame.
+    pub frame: [u8; ICMP_REPLY_MAX],
+}
+
 /// Per-PMD tunnel counters.
 #[derive(Debug, Default)]
 pub struct TunnelStats {
@@ -161,6 +184,7 @@ pub struct Tunnels {
     /// Resolved underlay neighbours.
     pub neigh: NeighTable,
     stats: Arc<Mutex<Vec<Arc<TunnelStats>>>>,
+    icmp: Arc<ArrayQueue<IcmpReply>>,
 }
 
 impl Tunnels {
@@ -171,6 +195,7 @@ impl Tunnels {
             vteps: VtepTable::new(n_pmds),
             neigh,
             stats: Arc::default(),
+            icmp: Arc::new(ArrayQueue::new(ICMP_QUEUE)),
         }
     }
 
@@ -188,7 +213,14 @@ impl Tunnels {
             pmd,
             ident: 0,
             stats,
+            icmp: self.icmp.clone(),
         }
+    }
+
+    /// The queue of ICMP fragmentation-needed answers the hooks build for
+    /// DF packets too big for the tunnel; the local stack drains it.
+    pub fn icmp_queue(&self) -> Arc<ArrayQueue<IcmpReply>> {
+        self.icmp.clone()
     }
 
     /// Counters of every hook handed out.
@@ -207,6 +239,7 @@ pub struct GeneveTunnels {
     /// IPv4 identification for outer headers without DF.
     ident: u16,
     stats: Arc<TunnelStats>,
+    icmp: Arc<ArrayQueue<IcmpReply>>,
 }
 
 /// A 64-bit mix (MurmurHash3 finaliser).
@@ -290,11 +323,23 @@ impl GeneveTunnels {
             let inner_df = key.dl_type() == 0x0800
                 && d.get(ETH_LEN + 6).is_some_and(|b| b & 0x40 != 0)
                 && d.get(12..14) == Some(&[0x08, 0x00][..]);
-            return self.fail(if inner_df {
-                DropReason::TunnelTooBigDf
-            } else {
-                DropReason::TunnelTooBig
-            });
+            if inner_df {
+                // The largest inner IP packet that fits this tunnel.
+                let mtu = usize::from(cfg.uplink_mtu)
+                    .saturating_sub(IP_LEN + UDP_LEN + geneve::HEADER_LEN + opt_len + ETH_LEN);
+                let mut r = IcmpReply {
+                    port: key.in_port(),
+                    len: 0,
+                    frame: [0; ICMP_REPLY_MAX],
+                };
+                if let Some(n) = frag_needed(d, mtu as u16, cfg.local_ip, &mut r.frame) {
+                    r.len = n;
+                    // A full queue drops the answer; the sender retries.
+                    let _ = self.icmp.push(r);
+                }
+                return self.fail(DropReason::TunnelTooBigDf);
+            }
+            return self.fail(DropReason::TunnelTooBig);
         }
         let sport = entropy_port(key);
         let hdr_len = OUTER_LEN + opt_len;

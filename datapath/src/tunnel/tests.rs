@@ -393,6 +393,20 @@ fn mtu_too_big_is_dropped_and_df_distinguished() {
         push(&mut h, &mut pkt, &push_key(&big_df, 1)),
         Err(DropReason::TunnelTooBigDf)
     );
+    let q = t.icmp_queue();
+    let r = q.pop().expect("an ICMP answer is queued");
+    assert_eq!(r.port, PortNo(1));
+    assert!(q.pop().is_none());
+    let s = SlicedPacket::from_ethernet(&r.frame[..r.len]).expect("parse queued icmp");
+    let Some(TransportSlice::Icmpv4(icmp)) = &s.transport else {
+        panic!("not ICMP")
+    };
+    assert!(matches!(
+        icmp.icmp_type(),
+        etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1450 }
+        )
+    ));
     let big = inner_frame(1451 - 28, false);
     let mut pkt = HeapBuf::from_frame(&big);
     assert_eq!(
