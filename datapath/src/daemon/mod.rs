@@ -139,7 +139,13 @@ impl Daemon {
             self.ports.push((p.clone(), dev));
         }
         self.pool = Some(pool);
-        let keep: Vec<caps::Cap> = need.keys().copied().collect();
+        // Keep what the configured ports need, plus CAP_NET_ADMIN when we
+        // have it: pod TAP ports are added at run time and the host
+        // exception path moves addresses and routes back at stop.
+        let mut keep: Vec<caps::Cap> = need.keys().copied().collect();
+        if !keep.contains(&caps::Cap::NetAdmin) {
+            keep.push(caps::Cap::NetAdmin);
+        }
         if let Err(e) = caps::drop_all_except(&keep) {
             tracing::warn!("{e}");
         }
