@@ -214,6 +214,7 @@ impl Tunnels {
             ident: 0,
             stats,
             icmp: self.icmp.clone(),
+            live: true,
         }
     }
 
@@ -221,6 +222,21 @@ impl Tunnels {
     /// DF packets too big for the tunnel; the local stack drains it.
     pub fn icmp_queue(&self) -> Arc<ArrayQueue<IcmpReply>> {
         self.icmp.clone()
+    }
+
+    /// A hook for `tunnel/trace`: it runs the same code but counts nothing
+    /// and queues no ICMP answer.
+    pub fn tracer(&self) -> GeneveTunnels {
+        GeneveTunnels {
+            config: self.config.clone(),
+            vteps: self.vteps.reader(),
+            neigh: self.neigh.reader(),
+            pmd: 0,
+            ident: 0,
+            stats: Arc::new(TunnelStats::default()),
+            icmp: Arc::new(ArrayQueue::new(1)),
+            live: false,
+        }
     }
 
     /// Counters of every hook handed out.
@@ -240,6 +256,8 @@ pub struct GeneveTunnels {
     ident: u16,
     stats: Arc<TunnelStats>,
     icmp: Arc<ArrayQueue<IcmpReply>>,
+    /// False for a tracing hook: nothing is counted or queued.
+    live: bool,
 }
 
 /// A 64-bit mix (MurmurHash3 finaliser).
@@ -335,7 +353,9 @@ impl GeneveTunnels {
                 if let Some(n) = frag_needed(d, mtu as u16, cfg.local_ip, &mut r.frame) {
                     r.len = n;
                     // A full queue drops the answer; the sender retries.
-                    let _ = self.icmp.push(r);
+                    if self.live {
+                        let _ = self.icmp.push(r);
+                    }
                 }
                 return self.fail(DropReason::TunnelTooBigDf);
             }
@@ -402,9 +422,11 @@ impl GeneveTunnels {
             let c = crate::wire::checksum::udp_nonzero(crate::wire::checksum::finish(sum));
             f[u + 6..u + 8].copy_from_slice(&c.to_be_bytes());
         }
-        let c = vtep.counters(self.pmd);
-        c.tx_packets.inc();
-        c.tx_bytes.add((hdr_len + inner_len) as u64);
+        if self.live {
+            let c = vtep.counters(self.pmd);
+            c.tx_packets.inc();
+            c.tx_bytes.add((hdr_len + inner_len) as u64);
+        }
         self.stats.encap.inc();
         Ok(())
     }
@@ -489,7 +511,7 @@ impl GeneveTunnels {
         // Strip trailing Ethernet padding, then the outer headers.
         pkt.trim(frame_len - inner_end);
         pkt.adj(outer_len);
-        if let Some(v) = vtep {
+        if let Some(v) = vtep.filter(|_| self.live) {
             let c = v.counters(self.pmd);
             c.rx_packets.inc();
             c.rx_bytes.add(frame_len as u64);

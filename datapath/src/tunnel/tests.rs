@@ -538,3 +538,32 @@ table=0,priority=0,actions=drop";
     assert_eq!(got.len(), 1, "drops: {:?}", out.drops.nonzero());
     assert_eq!(got[0].data(), &inner[..]);
 }
+
+#[test]
+fn trace_shows_decap_and_encap_steps_without_counting() {
+    let t = tunnels(config());
+    let p = peer();
+    let inner = inner_frame(20, true);
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let enc = super::commands::trace(&t, &["100".into(), REMOTE.to_string(), hex(&inner)])
+        .expect("encap trace");
+    assert!(enc.contains("tnl_push: +50 bytes"), "{enc}");
+    // A frame node-b would receive from node-a.
+    let mut h = t.hook(0);
+    let mut pkt = HeapBuf::from_frame(&inner);
+    push(&mut h, &mut pkt, &push_key(&inner, 0x64)).expect("encap");
+    let dec = super::commands::trace(&p, &[hex(pkt.data())]).expect("decap trace");
+    assert!(
+        dec.contains("tnl_pop: tun_id=0x64 tun_src=192.168.50.1"),
+        "{dec}"
+    );
+    assert!(dec.contains("inner (62 bytes)"), "{dec}");
+    let bad = super::commands::trace(&p, &[hex(&inner)]).expect("trace");
+    assert!(bad.contains("tnl_pop: drop"), "{bad}");
+    assert_eq!(
+        p.vteps.entries()[0].totals(),
+        (0, 0, 0, 0),
+        "tracing counts nothing"
+    );
+    assert!(super::commands::trace(&p, &["zz".into()]).is_err());
+}
