@@ -90,7 +90,7 @@ pub fn control_plane(cfg: &RunConfig) -> Vec<ControlTiming> {
             path: dir.clone(),
             source,
         })?;
-        Sluiced::start(&cfg.sluiced, &dir, &pcap, frames, &cfg.cores)
+        Sluiced::start(&cfg.sluiced, &dir, &pcap, frames, &cfg.cores, "")
     });
     let mut s = match started {
         Ok(s) => s,

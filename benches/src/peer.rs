@@ -223,6 +223,7 @@ impl Sluiced {
         pcap: &Path,
         frames: usize,
         cores: &Cores,
+        extra_config: &str,
     ) -> Result<Self, PeerError> {
         let socket = dir.join("sluiced.ctl");
         let config = dir.join("sluiced.ini");
@@ -230,7 +231,7 @@ impl Sluiced {
         let text = format!(
             "[coe]\nnode_type = BAREMETAL\n\n[nsx_node_agent]\novs_bridge = br-bench\n\n\
              [datapath]\ncores = {pmd}\nmain_core = {main}\nfile_prefix = {prefix}\n\
-             hugepages = auto\nmbufs = {mbufs}\npipeline = flow\nctl_socket = {socket}\n\n\
+             hugepages = auto\nmbufs = {mbufs}\npipeline = flow\nctl_socket = {socket}\n{extra_config}\n\
              [port:pcap]\ndevargs = {pcap}\nofport = {IN_PORT}\n\n\
              [port:null]\ndevargs = {NULL_DEVARGS}\nofport = {OUT_PORT}\n",
             pmd = cores.pmd,
@@ -312,6 +313,24 @@ impl Sluiced {
             done,
             total,
         })
+    }
+
+    /// Runs text command `command` with `args`.
+    ///
+    /// # Errors
+    /// [`PeerError::Pending`] if sluiced refuses it (the feature is
+    /// missing), [`PeerError::Ctl`] if it cannot be asked.
+    pub fn command(&mut self, command: &str, args: &[String]) -> Result<String, PeerError> {
+        match self.ctl.call(command, args) {
+            Ok(s) => Ok(s),
+            Err(e @ sluice_control::ctl_client::ClientError::Server { .. }) => {
+                Err(PeerError::Pending(format!(
+                    "sluiced refused `{command} {}`: {e}",
+                    args.join(" ")
+                )))
+            }
+            Err(e) => Err(PeerError::Ctl(e.to_string())),
+        }
     }
 
     /// Runs a control-socket method with JSON params and times it.

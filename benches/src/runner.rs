@@ -361,7 +361,17 @@ fn try_run(
     let until_warm = scenario.kind != crate::scenario::Kind::DnatNew;
     match peer {
         PeerKind::Sluiced => {
-            let mut s = Sluiced::start(&cfg.sluiced, &dir, &pcap, frames, &cfg.cores)?;
+            let mut s = Sluiced::start(
+                &cfg.sluiced,
+                &dir,
+                &pcap,
+                frames,
+                &cfg.cores,
+                &scenario.sluice_config(),
+            )?;
+            for (command, args) in scenario.sluice_setup() {
+                s.command(command, &args)?;
+            }
             outcome.program_seconds = Some(s.program(&scenario.sluice_program())?.as_secs_f64());
             outcome.record(measure(&mut s, cfg, until_warm, true)?);
         }

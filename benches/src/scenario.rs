@@ -361,9 +361,9 @@ impl Scenario {
     }
 
     /// The OVN-style Service program (conntrack zone 1, one select group
-    /// per Service, ct_mark bit 1 for connections we DNATed). `exec` adds
-    /// OVS's `exec(set_field:1->ct_mark)`, which the Sluice flow syntax does
-    /// not have yet.
+    /// per Service, ct_mark bit 1 for connections we DNATed, so that a
+    /// replayed segment that conntrack still calls `+new` is forwarded).
+    /// `exec` adds the `exec(set_field:1->ct_mark)`.
     fn service_program(&self, exec: bool) -> FlowProgram {
         let mut p = FlowProgram::default();
         let mark = if exec {
@@ -400,11 +400,32 @@ impl Scenario {
         p
     }
 
-    /// The program for Sluice's flow pipeline (ovs-ofctl syntax).
+    /// The program for Sluice's flow pipeline (ovs-ofctl syntax): the
+    /// same as OVS's.
     pub fn sluice_program(&self) -> FlowProgram {
         match self.kind {
-            Kind::Dnat | Kind::DnatNew => self.service_program(false),
+            Kind::Dnat | Kind::DnatNew => self.service_program(true),
             _ => self.common_program(),
+        }
+    }
+
+    /// Extra `[datapath]` configuration lines Sluice needs for the
+    /// scenario (the local VTEP for the overlay kinds).
+    pub fn sluice_config(&self) -> String {
+        match self.kind {
+            Kind::Encap | Kind::Decap => format!("vtep_ip = {LOCAL_VTEP}/24\n"),
+            _ => String::new(),
+        }
+    }
+
+    /// Control-socket commands (command, arguments) to run before the flow
+    /// program (the remote VTEP for the overlay kinds).
+    pub fn sluice_setup(&self) -> Vec<(&'static str, Vec<String>)> {
+        match self.kind {
+            Kind::Encap | Kind::Decap => {
+                vec![("add-vtep", vec!["node-b".into(), REMOTE_VTEP.to_string()])]
+            }
+            _ => Vec::new(),
         }
     }
 
@@ -516,7 +537,7 @@ mod tests {
         let prog = sc.ovs_program().unwrap();
         assert_eq!(prog.groups.len(), 10);
         assert!(prog.groups[0].contains("exec(set_field:1->ct_mark)"));
-        assert!(!sc.sluice_program().groups[0].contains("exec"));
+        assert_eq!(sc.sluice_program(), prog);
     }
 
     #[test]
@@ -555,6 +576,8 @@ mod tests {
     #[test]
     fn decap_frames_are_geneve_with_inner_frame() {
         let sc = Scenario::new(Kind::Decap, 3, 0);
+        assert!(sc.sluice_config().contains("vtep_ip = 172.16.0.1/24"));
+        assert_eq!(sc.sluice_setup()[0].0, "add-vtep");
         let f = sc.frame(2);
         let p = parse(&f);
         let Some(TransportSlice::Udp(u)) = &p.transport else {
