@@ -432,6 +432,13 @@ fn two_sluiced_nodes_carry_pod_traffic_over_geneve() {
     appctl(PREFIX_A, &["flush-neighbours"]);
     ping_until_stable(&pod_a, "10.244.2.7");
 
+    // Moving node B's VTEP at run time: the stack serves the new address.
+    appctl(PREFIX_B, &["set-vtep", "192.168.77.3/24"]);
+    let deadline = Instant::now() + WAIT;
+    while !ping_ok(&ul, "192.168.77.3", 1) {
+        assert!(Instant::now() < deadline, "moved VTEP never answered ping");
+    }
+
     let ev_a = da.stop();
     let ev_b = db.stop();
     for ev in [&ev_a, &ev_b] {

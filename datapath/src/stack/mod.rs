@@ -12,7 +12,8 @@
 //! which answers ARP and ICMP echo like a host; anything else is dropped
 //! under `local_not_for_us`. Frames smoltcp and the neighbour cache send
 //! (replies, ARP requests for the tunnels' next hops, the gratuitous ARP
-//! announcing the VTEP at start) are staged on the uplink port; the ICMP
+//! announcing the VTEP at start and after [`StackControl::set_address`])
+//! are staged on the uplink port; the ICMP
 //! fragmentation-needed answers the tunnels queue for too-big DF packets
 //! go back out of the port the packet came from.
 //!
@@ -30,6 +31,7 @@ use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use crossbeam::queue::ArrayQueue;
 
 use smoltcp::iface::{Config, Interface, SocketSet};
@@ -92,8 +94,10 @@ pub struct StackControl {
     pub neigh: Arc<Mutex<NeighCache<()>>>,
     /// Counters.
     pub stats: Arc<StackStats>,
-    /// The configuration.
-    pub config: Arc<StackConfig>,
+    /// The current configuration.
+    pub config: Arc<ArcSwap<StackConfig>>,
+    /// An address change the stack applies at its next `maintain`.
+    pending: Arc<Mutex<Option<(Ipv4Addr, u8)>>>,
 }
 
 impl StackControl {
@@ -108,6 +112,18 @@ impl StackControl {
             .iter()
             .map(|n| format!("{n}\n"))
             .collect()
+    }
+
+    /// Moves the local address to `ip`/`prefix_len`: applied by the stack's
+    /// PMD at its next `maintain`, which flushes the neighbour cache and
+    /// sends a gratuitous ARP for the new address.
+    ///
+    /// # Errors
+    /// [`StackError::BadAddress`] when the address cannot be used.
+    pub fn set_address(&self, ip: Ipv4Addr, prefix_len: u8) -> Result<(), StackError> {
+        check_address(ip, prefix_len)?;
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some((ip, prefix_len));
+        Ok(())
     }
 
     /// Forgets every neighbour (`flush-neighbours`).
@@ -147,12 +163,13 @@ pub fn register_commands(registry: &Registry, control: &StackControl) -> Result<
         0,
         0,
         Arc::new(move |_| {
+            let cfg = c.config.load();
             Ok(format!(
                 "address {}/{} mac {} uplink {}\nrx {} tx {} arp replies learned {}\n",
-                c.config.ip,
-                c.config.prefix_len,
-                crate::wire::ethernet::Address(c.config.mac),
-                c.config.uplink,
+                cfg.ip,
+                cfg.prefix_len,
+                crate::wire::ethernet::Address(cfg.mac),
+                cfg.uplink,
                 c.stats.rx.get(),
                 c.stats.tx.get(),
                 c.stats.arp_replies.get()
@@ -231,6 +248,18 @@ impl<P, A> std::fmt::Debug for LocalStack<P, A> {
     }
 }
 
+fn check_address(ip: Ipv4Addr, prefix_len: u8) -> Result<(), StackError> {
+    if ip.is_unspecified()
+        || ip.is_multicast()
+        || ip.is_broadcast()
+        || prefix_len == 0
+        || prefix_len > 32
+    {
+        return Err(StackError::BadAddress { ip, prefix_len });
+    }
+    Ok(())
+}
+
 fn instant(now: Nanos) -> Instant {
     Instant::from_micros(i64::try_from(now / 1000).unwrap_or(i64::MAX))
 }
@@ -248,17 +277,7 @@ impl<P, A> LocalStack<P, A> {
         neigh: NeighTable,
         neigh_config: NeighConfig,
     ) -> Result<Self, StackError> {
-        if config.ip.is_unspecified()
-            || config.ip.is_multicast()
-            || config.ip.is_broadcast()
-            || config.prefix_len == 0
-            || config.prefix_len > 32
-        {
-            return Err(StackError::BadAddress {
-                ip: config.ip,
-                prefix_len: config.prefix_len,
-            });
-        }
+        check_address(config.ip, config.prefix_len)?;
         let mut device = QueueDevice {
             mtu: usize::from(config.mtu),
             ..QueueDevice::default()
@@ -279,7 +298,8 @@ impl<P, A> LocalStack<P, A> {
         let control = StackControl {
             neigh: Arc::new(Mutex::new(NeighCache::new(neigh_config, neigh))),
             stats: Arc::default(),
-            config: config.clone(),
+            config: Arc::new(ArcSwap::new(config.clone())),
+            pending: Arc::default(),
         };
         Ok(LocalStack {
             inner,
@@ -358,6 +378,36 @@ impl<P, A> LocalStack<P, A> {
     {
         let uplink = self.config.uplink;
         self.emit_to(uplink, frame, out);
+    }
+
+    /// Applies an address change requested through [`StackControl`].
+    fn apply_address_change(&mut self) {
+        let change = self
+            .control
+            .pending
+            .try_lock()
+            .ok()
+            .and_then(|mut p| p.take());
+        let Some((ip, prefix_len)) = change else {
+            return;
+        };
+        let mut cfg = (*self.config).clone();
+        cfg.ip = ip;
+        cfg.prefix_len = prefix_len;
+        let cfg = Arc::new(cfg);
+        self.config = cfg.clone();
+        self.control.config.store(cfg);
+        let cidr = IpCidr::new(IpAddress::Ipv4(ip), prefix_len);
+        self.iface.update_ip_addrs(|a| {
+            a.clear();
+            let _ = a.push(cidr);
+        });
+        let mut cache = self.control.lock();
+        cache.set_local(ip, self.config.mac);
+        cache.flush();
+        drop(cache);
+        // Announce the new address at once (below, in `maintain`).
+        self.announced = false;
     }
 
     /// Sends queued ICMP fragmentation-needed answers.
@@ -458,6 +508,7 @@ impl<B: PacketBuf, P: Pipeline<B>, A: BufAlloc<B> + Send> Pipeline<B> for LocalS
         if !out.local.is_empty() {
             self.deliver(now, out);
         }
+        self.apply_address_change();
         let mut frames: Vec<[u8; 42]> = Vec::new();
         if !self.announced {
             self.announced = true;

@@ -360,7 +360,8 @@ impl Overlay {
     }
 
     /// Registers the overlay commands: `dump-tunnels`, `add-vtep`,
-    /// `del-vtep`, `tunnel-mtu`, `dump-neighbours`, `flush-neighbours`,
+    /// `del-vtep`, `tunnel-mtu`, `tunnel/trace`, `set-vtep IP/LEN` (moves
+    /// the local VTEP; announced by gratuitous ARP), `dump-neighbours`, `flush-neighbours`,
     /// `local-stack/show` (with a local stack), `dump-port-security`,
     /// `set-port-security PORT MAC IP[,IP...]`, `del-port-security PORT`.
     ///
@@ -371,6 +372,21 @@ impl Overlay {
         if let Some(s) = &self.stack {
             crate::stack::register_commands(registry, s)?;
         }
+        let (t, st) = (self.tunnels.clone(), self.stack.clone());
+        registry.register(
+            "set-vtep",
+            "IP/PREFIXLEN",
+            1,
+            1,
+            Arc::new(move |a| {
+                let (ip, len) = parse_cidr(&a[0])?;
+                if let Some(st) = &st {
+                    st.set_address(ip, len).map_err(|e| e.to_string())?;
+                }
+                t.set_local(ip, len);
+                Ok(String::new())
+            }),
+        )?;
         let c = self.ingress.clone();
         registry.register(
             "dump-port-security",

@@ -240,3 +240,37 @@ fn queued_icmp_answers_go_out_of_their_port() {
     assert_eq!(sent[0].data(), &[1, 2, 3]);
     assert!(q.is_empty());
 }
+
+#[test]
+fn address_change_is_announced_and_served() {
+    let (mut s, _) = stack();
+    let mut out = Output::new(8);
+    s.maintain(0, &mut out);
+    assert_eq!(out.take(UPLINK).len(), 1, "gratuitous ARP at start");
+    let new_ip = Ipv4Addr::new(192, 168, 50, 9);
+    let c = s.control();
+    assert!(c.set_address(Ipv4Addr::UNSPECIFIED, 24).is_err());
+    c.set_address(new_ip, 24).expect("set");
+    s.maintain(1, &mut out);
+    let sent = out.take(UPLINK);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        parse_arp(sent[0].data()),
+        Some((1, MAC, new_ip, [0; 6], new_ip)),
+        "gratuitous ARP for the new address"
+    );
+    assert_eq!(c.config.load().ip, new_ip);
+    // The new address answers ARP, the old one no longer does.
+    let mut out = rx(
+        &mut s,
+        2,
+        &arp_frame(1, [0xff; 6], PEER_MAC, PEER, [0; 6], new_ip),
+    );
+    assert_eq!(out.take(UPLINK).len(), 1);
+    let mut out = rx(
+        &mut s,
+        3,
+        &arp_frame(1, [0xff; 6], PEER_MAC, PEER, [0; 6], VTEP),
+    );
+    assert!(out.take(UPLINK).is_empty());
+}

@@ -18,7 +18,7 @@ use crate::tunnel::geneve::{Tunnels, OVERHEAD_IPV4};
 
 /// The text of `dump-tunnels`.
 pub fn dump_tunnels(t: &Tunnels) -> String {
-    let c = &t.config;
+    let c = t.config();
     let mut s = format!(
         "local vtep {}/{} mac {} dst_port {} ttl {} df {} udp_csum {}\n",
         c.local_ip,
@@ -159,9 +159,9 @@ pub fn trace(t: &Tunnels, args: &[String]) -> Result<String, String> {
 pub fn tunnel_mtu(t: &Tunnels) -> String {
     format!(
         "uplink mtu {}\ngeneve overhead {} bytes (IPv4 20 + UDP 8 + Geneve 8 + inner Ethernet 14) plus up to 12 bytes of options\npod mtu {}\n",
-        t.config.uplink_mtu,
+        t.config().uplink_mtu,
         OVERHEAD_IPV4,
-        t.config.pod_mtu()
+        t.config().pod_mtu()
     )
 }
 

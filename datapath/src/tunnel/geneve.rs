@@ -39,7 +39,10 @@
 //! logging per packet.
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 
 use crossbeam::queue::ArrayQueue;
 
@@ -177,8 +180,10 @@ pub struct TunnelStats {
 /// snapshot, and the per-PMD counters for introspection.
 #[derive(Debug, Clone)]
 pub struct Tunnels {
-    /// Local VTEP configuration.
-    pub config: Arc<TunnelConfig>,
+    /// Local VTEP configuration (replaced by [`Tunnels::set_local`]).
+    config: Arc<ArcSwap<TunnelConfig>>,
+    /// Bumped on every configuration change.
+    generation: Arc<AtomicU64>,
     /// Remote VTEPs.
     pub vteps: VtepTable,
     /// Resolved underlay neighbours.
@@ -191,7 +196,8 @@ impl Tunnels {
     /// Shared state for `n_pmds` PMDs.
     pub fn new(config: TunnelConfig, n_pmds: usize, neigh: NeighTable) -> Self {
         Tunnels {
-            config: Arc::new(config),
+            config: Arc::new(ArcSwap::from_pointee(config)),
+            generation: Arc::new(AtomicU64::new(1)),
             vteps: VtepTable::new(n_pmds),
             neigh,
             stats: Arc::default(),
@@ -207,7 +213,10 @@ impl Tunnels {
             .unwrap_or_else(|p| p.into_inner())
             .push(stats.clone());
         GeneveTunnels {
-            config: self.config.clone(),
+            config: self.config.load_full(),
+            shared: self.config.clone(),
+            generation: self.generation.clone(),
+            seen: self.generation.load(Ordering::Acquire),
             vteps: self.vteps.reader(),
             neigh: self.neigh.reader(),
             pmd,
@@ -228,7 +237,10 @@ impl Tunnels {
     /// and queues no ICMP answer.
     pub fn tracer(&self) -> GeneveTunnels {
         GeneveTunnels {
-            config: self.config.clone(),
+            config: self.config.load_full(),
+            shared: self.config.clone(),
+            generation: self.generation.clone(),
+            seen: self.generation.load(Ordering::Acquire),
             vteps: self.vteps.reader(),
             neigh: self.neigh.reader(),
             pmd: 0,
@@ -237,6 +249,21 @@ impl Tunnels {
             icmp: Arc::new(ArrayQueue::new(1)),
             live: false,
         }
+    }
+
+    /// The current local VTEP configuration.
+    pub fn config(&self) -> Arc<TunnelConfig> {
+        self.config.load_full()
+    }
+
+    /// Moves the local VTEP to `ip`/`prefix_len` (PMDs pick it up at their
+    /// next packet; the local stack announces it with a gratuitous ARP).
+    pub fn set_local(&self, ip: Ipv4Addr, prefix_len: u8) {
+        let mut c = (*self.config.load_full()).clone();
+        c.local_ip = ip;
+        c.prefix_len = prefix_len;
+        self.config.store(Arc::new(c));
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Counters of every hook handed out.
@@ -248,7 +275,11 @@ impl Tunnels {
 /// The Geneve [`TunnelHook`] of one PMD.
 #[derive(Debug)]
 pub struct GeneveTunnels {
+    /// The configuration this PMD uses (refreshed when `generation` moves).
     config: Arc<TunnelConfig>,
+    shared: Arc<ArcSwap<TunnelConfig>>,
+    generation: Arc<AtomicU64>,
+    seen: u64,
     vteps: VtepReader,
     neigh: NeighReader,
     pmd: usize,
@@ -290,6 +321,16 @@ fn ip_checksum(hdr: &[u8]) -> u16 {
 }
 
 impl GeneveTunnels {
+    /// Picks up a changed configuration (one relaxed load otherwise).
+    #[inline]
+    fn refresh(&mut self) {
+        let g = self.generation.load(Ordering::Acquire);
+        if g != self.seen {
+            self.seen = g;
+            self.config = self.shared.load_full();
+        }
+    }
+
     /// Counts and returns `reason`.
     #[inline]
     fn fail(&self, reason: DropReason) -> Result<(), DropReason> {
@@ -298,6 +339,7 @@ impl GeneveTunnels {
     }
 
     fn encap<B: PacketBuf>(&mut self, pkt: &mut B, key: &FlowKey) -> Result<(), DropReason> {
+        self.refresh();
         let cfg = &*self.config;
         let vni = key.get(Field::TunId);
         if vni > u128::from(geneve::MAX_VNI) {
@@ -432,6 +474,7 @@ impl GeneveTunnels {
     }
 
     fn decap<B: PacketBuf>(&mut self, pkt: &mut B, key: &mut FlowKey) -> Result<(), DropReason> {
+        self.refresh();
         let cfg = &*self.config;
         let d = pkt.data();
         let frame_len = d.len();

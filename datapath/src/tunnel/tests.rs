@@ -380,7 +380,7 @@ fn mtu_too_big_is_dropped_and_df_distinguished() {
         ..config()
     });
     let mut h = t.hook(0);
-    assert_eq!(t.config.pod_mtu(), 1500 - 50 - 12);
+    assert_eq!(t.config().pod_mtu(), 1500 - 50 - 12);
     // Inner IP packet of 1450 bytes fits exactly (1450 + 50 = 1500 on the wire IP MTU).
     let fits = inner_frame(1450 - 28, true);
     let mut pkt = HeapBuf::from_frame(&fits);
@@ -415,7 +415,7 @@ fn mtu_too_big_is_dropped_and_df_distinguished() {
     );
     // The ICMP answer for the DF case, checked by etherparse.
     let mut buf = [0u8; 128];
-    let n = frag_needed(&big_df, t.config.pod_mtu(), LOCAL, &mut buf).expect("icmp");
+    let n = frag_needed(&big_df, t.config().pod_mtu(), LOCAL, &mut buf).expect("icmp");
     let s = SlicedPacket::from_ethernet(&buf[..n]).expect("parse icmp");
     let Some(TransportSlice::Icmpv4(icmp)) = &s.transport else {
         panic!("not ICMP")
@@ -566,4 +566,22 @@ fn trace_shows_decap_and_encap_steps_without_counting() {
         "tracing counts nothing"
     );
     assert!(super::commands::trace(&p, &["zz".into()]).is_err());
+}
+
+#[test]
+fn local_vtep_change_is_picked_up_by_running_hooks() {
+    let t = Tunnels::new(config(), 1, NeighTable::new());
+    t.vteps.add("node-b", REMOTE).expect("vtep");
+    let mut h = t.hook(0);
+    let inner = inner_frame(20, true);
+    let plain = [0x00, 0x00, 0x65, 0x58, 0, 0, 1, 0];
+    let new_ip = Ipv4Addr::new(192, 168, 50, 9);
+    let mut pkt = HeapBuf::from_frame(&outer(&plain, &inner, new_ip));
+    assert_eq!(
+        pop(&mut h, &mut pkt, &mut FlowKey::default()),
+        Err(DropReason::TunnelNotLocal)
+    );
+    t.set_local(new_ip, 24);
+    pop(&mut h, &mut pkt, &mut FlowKey::default()).expect("decap at the new address");
+    assert_eq!(t.config().local_ip, new_ip);
 }
