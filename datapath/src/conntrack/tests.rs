@@ -619,9 +619,131 @@ fn untrackable_packets_are_invalid_not_panics() {
     assert_eq!(ct.len(), 0);
 }
 
+#[test]
+fn window_scaling_from_syn_options_widens_the_window() {
+    use etherparse::TcpOptionElement;
+    let syn = |src: [u8; 4], dst: [u8; 4], sp: u16, dp: u16, seq: u32, ack: Option<u32>| {
+        let mut b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+            .ipv4(src, dst, 64)
+            .tcp(sp, dp, seq, 100)
+            .syn();
+        if let Some(a) = ack {
+            b = b.ack(a);
+        }
+        let b = b
+            .options(&[TcpOptionElement::WindowScale(8)])
+            .expect("options");
+        let mut v = Vec::new();
+        b.write(&mut v, b"").expect("syn");
+        v
+    };
+    let ct = Conntrack::new(ConntrackConfig::default());
+    let mut h = ct.handle(1);
+    let (c, s) = ([10, 0, 0, 1], [10, 0, 0, 2]);
+    hook_state(&mut h, 0, &commit(0), syn(c, s, 1, 2, 1000, None));
+    hook_state(&mut h, 0, &commit(0), syn(s, c, 2, 1, 5000, Some(1001)));
+    // Both SYNs carried scale 8; the SYN windows themselves are unscaled
+    // (100 bytes). The server's first ACK advertises 100 << 8 = 25600
+    // bytes: 20000 bytes of data fit only because of the scale factor.
+    let mut ack = tcp(c, s, 1, 2, 1001, 5001, fl::ACK, b"");
+    ack[48..50].copy_from_slice(&100u16.to_be_bytes());
+    let st = hook_state(&mut h, 0, &commit(0), ack);
+    assert_eq!(st, ct_state::TRK | ct_state::EST);
+    let mut sack = tcp(s, c, 2, 1, 5001, 1001, fl::ACK, b"");
+    sack[48..50].copy_from_slice(&100u16.to_be_bytes());
+    let st = hook_state(&mut h, 0, &commit(0), sack);
+    assert_eq!(st, ct_state::TRK | ct_state::EST | ct_state::RPL);
+    let big = vec![0u8; 1400];
+    let mut seq = 1001u32;
+    while seq < 1001 + 20_000 {
+        let st = hook_state(
+            &mut h,
+            0,
+            &commit(0),
+            tcp(c, s, 1, 2, seq, 5001, fl::ACK, &big),
+        );
+        assert_eq!(
+            st,
+            ct_state::TRK | ct_state::EST,
+            "in the scaled window at {seq}"
+        );
+        seq += 1400;
+    }
+    // Beyond 25600 bytes past the server's ack: invalid.
+    let st = hook_state(
+        &mut h,
+        0,
+        &commit(0),
+        tcp(c, s, 1, 2, 1001 + 26_000, 5001, fl::ACK, &big),
+    );
+    assert_eq!(st, ct_state::TRK | ct_state::INV);
+}
+
 mod fuzz {
     use super::*;
     use proptest::prelude::*;
+
+    fn frame(kind: u8, a: [u8; 4], b: [u8; 4], sp: u16, dp: u16) -> Vec<u8> {
+        match kind {
+            0 => tcp(a, b, sp, dp, 7, 9, fl::ACK, b"payload!"),
+            1 => udp(a, b, sp, dp, b"odd"),
+            2 => {
+                let mut f = udp(a, b, sp, dp, b"nocsum");
+                f[40] = 0;
+                f[41] = 0;
+                f
+            }
+            3 => echo(a, b, sp, true),
+            _ => sctp(a, b, sp, dp),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Any rewrite of any tuple leaves every checksum valid, and the
+        /// rewrite of the packet inside an ICMP error too.
+        #[test]
+        fn rewrites_keep_checksums_valid(
+            kind in 0u8..5,
+            a in any::<[u8; 4]>(), b in any::<[u8; 4]>(),
+            sp in 1u16.., dp in 1u16..,
+            ta in any::<[u8; 4]>(), tb in any::<[u8; 4]>(),
+            tsp in 1u16.., tdp in 1u16..,
+        ) {
+            let mut f = frame(kind, a, b, sp, dp);
+            let p = nat::parse(&f).expect("parse");
+            let mut to = Tuple {
+                src: u32::from_be_bytes(ta),
+                dst: u32::from_be_bytes(tb),
+                sport: tsp,
+                dport: tdp,
+            };
+            if kind == 3 {
+                to.dport = to.sport;
+            }
+            nat::rewrite(&mut f, &p, to).expect("rewrite");
+            let s = seen(&f);
+            prop_assert_eq!((s.src, s.dst), (Ipv4Addr::from(ta), Ipv4Addr::from(tb)));
+            prop_assert_eq!(s.sport, to.sport);
+            if kind == 2 {
+                prop_assert_eq!(&f[40..42], &[0u8, 0][..]);
+            }
+            if kind != 4 {
+                // The same packet quoted in an ICMP error, rewritten back.
+                let mut e = icmp_error(b, a, &f);
+                let outer = nat::parse(&e).expect("outer");
+                let inner = nat::parse_embedded(&e, &outer).expect("inner");
+                let back = p.tuple;
+                nat::rewrite_icmp_error(&mut e, &outer, &inner, back).expect("rewrite error");
+                let s = seen(&e);
+                let (src, dst, isp, idp) = s.inner.expect("inner");
+                prop_assert_eq!((src, dst), (Ipv4Addr::from(a), Ipv4Addr::from(b)));
+                if kind != 3 {
+                    prop_assert_eq!((isp, idp), (sp, dp));
+                }
+            }
+        }
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
