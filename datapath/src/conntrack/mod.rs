@@ -482,12 +482,13 @@ impl Conntrack {
     }
 
     /// Inserts `slot` under `k` unless a live entry holds it.
-    fn try_insert(&self, now: Nanos, k: ConnKey, slot: &Slot) -> bool {
+    /// Fails with the live entry that holds `k`.
+    fn try_insert(&self, now: Nanos, k: ConnKey, slot: &Slot) -> Result<(), Arc<Mutex<Conn>>> {
         let mut shard = lock(self.shard_of(&k));
         if let Some(old) = shard.get(&k) {
             let mut c = lock(&old.conn);
             if !c.dead && c.expires > now {
-                return false;
+                return Err(old.conn.clone());
             }
             if !c.dead {
                 self.kill(&mut c);
@@ -495,7 +496,7 @@ impl Conntrack {
             }
         }
         shard.insert(k, slot.clone());
-        true
+        Ok(())
     }
 
     fn remove_key(&self, k: &ConnKey, conn: &Arc<Mutex<Conn>>) {
@@ -709,6 +710,51 @@ pub struct ConntrackHandle {
     retrying: bool,
 }
 
+/// The hit path on a locked entry: tracks a packet of direction `dir`.
+#[allow(clippy::too_many_arguments)]
+fn hit_entry(
+    cfg: &ConntrackConfig,
+    now: Nanos,
+    ct: &CtAction,
+    seg: Option<&tcp::Segment>,
+    len: u64,
+    dir: usize,
+    conn: &Arc<Mutex<Conn>>,
+    c: &mut Conn,
+) -> Hit {
+    if let (ProtoState::Tcp(t), Some(seg)) = (&mut c.proto, seg) {
+        let reopen = dir == 0
+            && TcpConn::is_syn(seg)
+            && matches!(t.state, TcpState::TimeWait | TcpState::Close);
+        if reopen {
+            return Hit::Reopen(conn.clone());
+        }
+        if !t.track(dir, seg) {
+            return Hit::Invalid;
+        }
+    }
+    if dir == 1 {
+        c.replied = true;
+    }
+    c.packets[dir] += 1;
+    c.bytes[dir] += len;
+    c.expires = now + c.timeout(&cfg.timeouts);
+    if let (true, Some((v, m))) = (ct.commit, ct.mark) {
+        c.mark = (c.mark & !m) | (v & m);
+    }
+    let mut st = ct_state::TRK | c.nat;
+    st |= if c.replied {
+        ct_state::EST
+    } else {
+        ct_state::NEW
+    };
+    if dir == 1 {
+        st |= ct_state::RPL;
+    }
+    let target = (c.nat != 0 && ct.nat.is_some()).then(|| c.keys[1 - dir].tuple.reverse());
+    Hit::Tracked(st, c.mark, target)
+}
+
 /// What the hit path found.
 enum Hit {
     /// Tracked: state bits, mark, NAT target.
@@ -796,62 +842,19 @@ impl ConntrackHandle {
         // traffic, no allocation.
         let cfg = &self.ct.inner.config;
         let hit = self.ct.with_entry(now, &key, |slot, c| {
-            let dir = usize::from(slot.dir);
-            if let (ProtoState::Tcp(t), Some(seg)) = (&mut c.proto, &seg) {
-                let reopen = dir == 0
-                    && TcpConn::is_syn(seg)
-                    && matches!(t.state, TcpState::TimeWait | TcpState::Close);
-                if reopen {
-                    return Hit::Reopen(slot.conn.clone());
-                }
-                if !t.track(dir, seg) {
-                    return Hit::Invalid;
-                }
-            }
-            if dir == 1 {
-                c.replied = true;
-            }
-            c.packets[dir] += 1;
-            c.bytes[dir] += len;
-            c.expires = now + c.timeout(&cfg.timeouts);
-            if let (true, Some((v, m))) = (ct.commit, ct.mark) {
-                c.mark = (c.mark & !m) | (v & m);
-            }
-            let mut st = ct_state::TRK | c.nat;
-            st |= if c.replied {
-                ct_state::EST
-            } else {
-                ct_state::NEW
-            };
-            if dir == 1 {
-                st |= ct_state::RPL;
-            }
-            let target = (c.nat != 0 && ct.nat.is_some()).then(|| c.keys[1 - dir].tuple.reverse());
-            Hit::Tracked(st, c.mark, target)
+            hit_entry(
+                cfg,
+                now,
+                ct,
+                seg.as_ref(),
+                len,
+                usize::from(slot.dir),
+                &slot.conn,
+                c,
+            )
         });
-        match hit {
-            Some(Hit::Tracked(st, mark, target)) => {
-                if let Some(target) = target {
-                    nat::rewrite(pkt.data_mut(), &p, target)?;
-                }
-                return Ok((st, mark, Verdict::Tracked));
-            }
-            Some(Hit::Invalid) => {
-                self.ct.inner.stats.invalid.fetch_add(1, Ordering::Relaxed);
-                return inv;
-            }
-            Some(Hit::Reopen(conn)) => {
-                // A new SYN on a closed connection's tuple: replace it.
-                let keys = {
-                    let mut c = lock(&conn);
-                    self.ct.kill(&mut c);
-                    c.keys
-                };
-                self.ct.remove_key(&keys[0], &conn);
-                self.ct.remove_key(&keys[1], &conn);
-                return self.create(now, ct, pkt, &p, key, seg);
-            }
-            None => {}
+        if let Some(hit) = hit {
+            return self.finish_hit(now, ct, pkt, &p, key, seg, hit);
         }
         // No entry: a new connection.
         if p.proto == ipproto::TCP && !seg.as_ref().is_some_and(TcpConn::is_syn) {
@@ -866,6 +869,43 @@ impl ConntrackHandle {
             return Ok((ct_state::TRK | ct_state::NEW, 0, Verdict::Tracked));
         }
         self.create(now, ct, pkt, &p, key, seg)
+    }
+
+    /// Applies what the hit path decided.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_hit<B: PacketBuf>(
+        &mut self,
+        now: Nanos,
+        ct: &CtAction,
+        pkt: &mut B,
+        p: &Parsed,
+        key: ConnKey,
+        seg: Option<tcp::Segment>,
+        hit: Hit,
+    ) -> Result<(u8, u32, Verdict), DropReason> {
+        match hit {
+            Hit::Tracked(st, mark, target) => {
+                if let Some(target) = target {
+                    nat::rewrite(pkt.data_mut(), p, target)?;
+                }
+                Ok((st, mark, Verdict::Tracked))
+            }
+            Hit::Invalid => {
+                self.ct.inner.stats.invalid.fetch_add(1, Ordering::Relaxed);
+                Ok((ct_state::TRK | ct_state::INV, 0, Verdict::Tracked))
+            }
+            Hit::Reopen(conn) => {
+                // A new SYN on a closed connection's tuple: replace it.
+                let keys = {
+                    let mut c = lock(&conn);
+                    self.ct.kill(&mut c);
+                    c.keys
+                };
+                self.ct.remove_key(&keys[0], &conn);
+                self.ct.remove_key(&keys[1], &conn);
+                self.create(now, ct, pkt, p, key, seg)
+            }
+        }
     }
 
     /// Commits a new connection for `p` (key `key`), applying NAT.
@@ -893,6 +933,7 @@ impl ConntrackHandle {
             }
         };
         self.ct.make_room(now, &key)?;
+        let bytes = (p.end - p.l3) as u64;
         let proto = match seg {
             Some(s) => ProtoState::Tcp(TcpConn::new(&s)),
             None if p.proto == ipproto::ICMP => ProtoState::Icmp,
@@ -914,7 +955,7 @@ impl ConntrackHandle {
             nat: plan.nat,
             lb: plan.lb,
             packets: [1, 0],
-            bytes: [(p.end - p.l3) as u64, 0],
+            bytes: [bytes, 0],
             dead: false,
         };
         conn.expires = now + conn.timeout(&self.ct.inner.config.timeouts);
@@ -945,7 +986,7 @@ impl ConntrackHandle {
                 tuple: reply,
             };
             lock(&arc).keys[1] = rk;
-            if self.ct.try_insert(
+            match self.ct.try_insert(
                 now,
                 rk,
                 &Slot {
@@ -953,8 +994,30 @@ impl ConntrackHandle {
                     dir: 1,
                 },
             ) {
-                reserved = true;
-                break;
+                Ok(()) => {
+                    reserved = true;
+                    break;
+                }
+                Err(other) => {
+                    // Another PMD is committing this very connection:
+                    // track the packet against its entry.
+                    let hit = {
+                        let mut c = lock(&other);
+                        (c.keys[0] == key).then(|| {
+                            let cfg = &self.ct.inner.config;
+                            hit_entry(cfg, now, ct, seg.as_ref(), bytes, 0, &other, &mut c)
+                        })
+                    };
+                    if let Some(hit) = hit {
+                        if matches!(hit, Hit::Reopen(_)) || self.retrying {
+                            return Err(DropReason::CtLimit);
+                        }
+                        self.retrying = true;
+                        let r = self.finish_hit(now, ct, pkt, p, key, seg, hit);
+                        self.retrying = false;
+                        return r;
+                    }
+                }
             }
         }
         if !reserved {
@@ -966,14 +1029,18 @@ impl ConntrackHandle {
                 return Ok((ct_state::TRK | ct_state::INV, 0, Verdict::Tracked));
             });
         }
-        if !self.ct.try_insert(
-            now,
-            key,
-            &Slot {
-                conn: arc.clone(),
-                dir: 0,
-            },
-        ) {
+        if self
+            .ct
+            .try_insert(
+                now,
+                key,
+                &Slot {
+                    conn: arc.clone(),
+                    dir: 0,
+                },
+            )
+            .is_err()
+        {
             // Another PMD committed the same connection a moment ago:
             // withdraw ours and track the packet against theirs (once).
             let rk = lock(&arc).keys[1];

@@ -824,3 +824,105 @@ pub(crate) fn call(
     reg.dispatch(cmd, &serde_json::json!(args), &ctx)
         .map(|v| v.as_str().unwrap_or_default().to_string())
 }
+
+#[test]
+fn pmds_share_the_table_and_commit_races_leave_one_entry() {
+    let ct = Conntrack::new(ConntrackConfig {
+        shards: 8,
+        ..ConntrackConfig::default()
+    });
+    let dnat = CtAction {
+        nat: Some(NatSpec {
+            kind: Some(NatKind::Dst),
+            addrs: Some((Ipv4Addr::new(10, 1, 0, 5), Ipv4Addr::new(10, 1, 0, 5))),
+            ports: Some((8080, 8080)),
+        }),
+        ..commit(4)
+    };
+    const N: u16 = 2000;
+    let q = |i: u16| {
+        udp(
+            [10, 0, (i >> 8) as u8, i as u8],
+            [10, 96, 0, 1],
+            1000,
+            53,
+            b"q",
+        )
+    };
+    // Two PMDs commit the same connections at the same time.
+    std::thread::scope(|s| {
+        for seed in [1, 2] {
+            let (ct, dnat) = (ct.clone(), dnat.clone());
+            s.spawn(move || {
+                let mut h = ct.handle(seed);
+                for i in 0..N {
+                    let mut b = HeapBuf::from_frame(&q(i));
+                    let mut key = FlowKey::default();
+                    ConntrackHook::<HeapBuf>::conntrack(&mut h, 0, &dnat, &mut b, &mut key)
+                        .expect("tracked");
+                    assert_eq!(
+                        key.get(Field::CtState) as u8,
+                        ct_state::TRK | ct_state::NEW | ct_state::DNAT
+                    );
+                    assert_eq!(seen(b.data()).dst, ip("10.1.0.5"));
+                }
+            });
+        }
+    });
+    assert_eq!(ct.len(), usize::from(N), "one entry per connection");
+    // Replies arrive on the other PMD and are translated back.
+    let mut h = ct.handle(3);
+    for i in 0..N {
+        let r = udp(
+            [10, 1, 0, 5],
+            [10, 0, (i >> 8) as u8, i as u8],
+            8080,
+            1000,
+            b"a",
+        );
+        let mut b = HeapBuf::from_frame(&r);
+        let mut key = FlowKey::default();
+        ConntrackHook::<HeapBuf>::conntrack(&mut h, 1, &dnat, &mut b, &mut key).expect("reply");
+        assert_eq!(
+            key.get(Field::CtState) as u8,
+            ct_state::TRK | ct_state::EST | ct_state::RPL | ct_state::DNAT
+        );
+        let s = seen(b.data());
+        assert_eq!((s.src, s.sport), (ip("10.96.0.1"), 53));
+    }
+}
+
+#[test]
+fn global_limit_evicts_then_drops() {
+    let ct = Conntrack::new(ConntrackConfig {
+        max_connections: 3,
+        shards: 1,
+        ..ConntrackConfig::default()
+    });
+    let mut h = ct.handle(1);
+    let q = |i: u8| udp([10, 0, 0, i], [10, 0, 0, 99], 1, 2, b"");
+    let a = |i: u8| udp([10, 0, 0, 99], [10, 0, 0, i], 2, 1, b"");
+    let peek = CtAction {
+        commit: false,
+        ..commit(0)
+    };
+    hook_state(&mut h, 0, &commit(0), q(1));
+    hook_state(&mut h, 0, &commit(0), q(2));
+    hook_state(&mut h, 0, &commit(0), q(3));
+    hook_state(&mut h, 0, &peek, a(3));
+    // Full: an unreplied entry makes room.
+    hook_state(&mut h, 0, &commit(0), q(4));
+    assert_eq!(ct.len(), 3);
+    assert_eq!(ct.stats().evictions.load(Ordering::Relaxed), 1);
+    for i in [1, 2, 4] {
+        hook_state(&mut h, 0, &peek, a(i));
+    }
+    assert_eq!(ct.state_counts().by_state, vec![("REPLIED".to_string(), 3)]);
+    let mut b = HeapBuf::from_frame(&q(5));
+    let mut key = FlowKey::default();
+    assert_eq!(
+        ConntrackHook::<HeapBuf>::conntrack(&mut h, 0, &commit(0), &mut b, &mut key),
+        Err(DropReason::CtLimit)
+    );
+    assert_eq!(ct.stats().limit_hits.load(Ordering::Relaxed), 1);
+}
