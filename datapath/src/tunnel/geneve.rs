@@ -331,25 +331,33 @@ impl GeneveTunnels {
         }
     }
 
-    /// Counts and returns `reason`.
-    #[inline]
-    fn fail(&self, reason: DropReason) -> Result<(), DropReason> {
-        self.stats.drops.inc(reason);
-        Err(reason)
-    }
-
     fn encap<B: PacketBuf>(&mut self, pkt: &mut B, key: &FlowKey) -> Result<(), DropReason> {
         self.refresh();
-        let cfg = &*self.config;
+        let GeneveTunnels {
+            config,
+            vteps,
+            neigh,
+            pmd,
+            ident,
+            stats,
+            icmp,
+            live,
+            ..
+        } = self;
+        let fail = |r: DropReason| -> Result<(), DropReason> {
+            stats.drops.inc(r);
+            Err(r)
+        };
+        let cfg = &**config;
         let vni = key.get(Field::TunId);
         if vni > u128::from(geneve::MAX_VNI) {
-            return self.fail(DropReason::TunnelBadVni);
+            return fail(DropReason::TunnelBadVni);
         }
         let dst = Ipv4Addr::from(key.get(Field::TunDst) as u32);
-        let Some(vtep) = self.vteps.get(dst) else {
-            return self.fail(DropReason::TunnelUnknownVtep);
+        // Borrowed, not cloned: no shared reference count per packet.
+        let Some(vtep) = vteps.get(dst) else {
+            return fail(DropReason::TunnelUnknownVtep);
         };
-        let vtep = vtep.clone();
         let src = match key.get(Field::TunSrc) as u32 {
             0 => cfg.local_ip,
             s => Ipv4Addr::from(s),
@@ -359,10 +367,10 @@ impl GeneveTunnels {
         } else if let Some(gw) = cfg.gateway {
             gw
         } else {
-            return self.fail(DropReason::TunnelNoRoute);
+            return fail(DropReason::TunnelNoRoute);
         };
-        let Some(dst_mac) = self.neigh.resolve(next_hop) else {
-            return self.fail(DropReason::NeighUnresolved);
+        let Some(dst_mac) = neigh.resolve(next_hop) else {
+            return fail(DropReason::NeighUnresolved);
         };
         // The option slot.
         let class = key.get(Field::TunGnvClass) as u16;
@@ -395,24 +403,24 @@ impl GeneveTunnels {
                 if let Some(n) = frag_needed(d, mtu as u16, cfg.local_ip, &mut r.frame) {
                     r.len = n;
                     // A full queue drops the answer; the sender retries.
-                    if self.live {
-                        let _ = self.icmp.push(r);
+                    if *live {
+                        let _ = icmp.push(r);
                     }
                 }
-                return self.fail(DropReason::TunnelTooBigDf);
+                return fail(DropReason::TunnelTooBigDf);
             }
-            return self.fail(DropReason::TunnelTooBig);
+            return fail(DropReason::TunnelTooBig);
         }
         let sport = entropy_port(key);
         let hdr_len = OUTER_LEN + opt_len;
         let ident = if cfg.df {
             0
         } else {
-            self.ident = self.ident.wrapping_add(1);
-            self.ident
+            *ident = ident.wrapping_add(1);
+            *ident
         };
         let Some(f) = pkt.prepend(hdr_len) else {
-            return self.fail(DropReason::TunnelNoHeadroom);
+            return fail(DropReason::TunnelNoHeadroom);
         };
         // Ethernet.
         f[0..6].copy_from_slice(&dst_mac);
@@ -464,22 +472,34 @@ impl GeneveTunnels {
             let c = crate::wire::checksum::udp_nonzero(crate::wire::checksum::finish(sum));
             f[u + 6..u + 8].copy_from_slice(&c.to_be_bytes());
         }
-        if self.live {
-            let c = vtep.counters(self.pmd);
+        if *live {
+            let c = vtep.counters(*pmd);
             c.tx_packets.inc();
             c.tx_bytes.add((hdr_len + inner_len) as u64);
         }
-        self.stats.encap.inc();
+        stats.encap.inc();
         Ok(())
     }
 
     fn decap<B: PacketBuf>(&mut self, pkt: &mut B, key: &mut FlowKey) -> Result<(), DropReason> {
         self.refresh();
-        let cfg = &*self.config;
+        let GeneveTunnels {
+            config,
+            vteps,
+            pmd,
+            stats,
+            live,
+            ..
+        } = self;
+        let fail = |r: DropReason| -> Result<(), DropReason> {
+            stats.drops.inc(r);
+            Err(r)
+        };
+        let cfg = &**config;
         let d = pkt.data();
         let frame_len = d.len();
         if frame_len < ETH_LEN + IP_LEN || d[12..14] != [0x08, 0x00] {
-            return self.fail(DropReason::GeneveMalformed);
+            return fail(DropReason::GeneveMalformed);
         }
         let ip = &d[ETH_LEN..];
         let ihl = usize::from(ip[0] & 0x0f) * 4;
@@ -493,12 +513,12 @@ impl GeneveTunnels {
             || frag & 0x3fff != 0
             || ip_checksum(&ip[..ihl]) != 0
         {
-            return self.fail(DropReason::GeneveMalformed);
+            return fail(DropReason::GeneveMalformed);
         }
         let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
         let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
         if dst != cfg.local_ip {
-            return self.fail(DropReason::TunnelNotLocal);
+            return fail(DropReason::TunnelNotLocal);
         }
         let udp = &ip[ihl..ip_total];
         let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
@@ -506,25 +526,25 @@ impl GeneveTunnels {
             || udp_len < UDP_LEN + geneve::HEADER_LEN
             || udp_len > udp.len()
         {
-            return self.fail(DropReason::GeneveMalformed);
+            return fail(DropReason::GeneveMalformed);
         }
         let Ok(gnv) = geneve::Packet::new_checked(&udp[UDP_LEN..udp_len]) else {
-            return self.fail(DropReason::GeneveMalformed);
+            return fail(DropReason::GeneveMalformed);
         };
         if gnv.oam() {
-            return self.fail(DropReason::GeneveOam);
+            return fail(DropReason::GeneveOam);
         }
         if u16::from(gnv.protocol()) != ETHERTYPE_TEB {
-            return self.fail(DropReason::GeneveNotEthernet);
+            return fail(DropReason::GeneveNotEthernet);
         }
         let mut slot: Option<(u16, u8, u64)> = None;
         for opt in gnv.options() {
             let Ok(opt) = opt else {
-                return self.fail(DropReason::GeneveMalformed);
+                return fail(DropReason::GeneveMalformed);
             };
             let known = cfg.known_critical.contains(&(opt.class, opt.kind));
             if opt.is_critical() && !known {
-                return self.fail(DropReason::GeneveUnknownCritical);
+                return fail(DropReason::GeneveUnknownCritical);
             }
             if slot.is_none() {
                 let n = opt.data.len().min(8);
@@ -538,11 +558,11 @@ impl GeneveTunnels {
         let outer_len = ETH_LEN + ihl + UDP_LEN + gnv.header_len();
         let inner_end = ETH_LEN + ihl + udp_len;
         if inner_end - outer_len < ETH_LEN {
-            return self.fail(DropReason::GeneveMalformed);
+            return fail(DropReason::GeneveMalformed);
         }
-        let vtep = self.vteps.get(src).cloned();
+        let vtep = vteps.get(src);
         if vtep.is_none() && !cfg.accept_unknown_vtep {
-            return self.fail(DropReason::TunnelUnknownVtep);
+            return fail(DropReason::TunnelUnknownVtep);
         }
         key.set(Field::TunId, u128::from(vni));
         key.set(Field::TunSrc, u128::from(u32::from(src)));
@@ -554,12 +574,12 @@ impl GeneveTunnels {
         // Strip trailing Ethernet padding, then the outer headers.
         pkt.trim(frame_len - inner_end);
         pkt.adj(outer_len);
-        if let Some(v) = vtep.filter(|_| self.live) {
-            let c = v.counters(self.pmd);
+        if let Some(v) = vtep.filter(|_| *live) {
+            let c = v.counters(*pmd);
             c.rx_packets.inc();
             c.rx_bytes.add(frame_len as u64);
         }
-        self.stats.decap.inc();
+        stats.decap.inc();
         Ok(())
     }
 }
