@@ -618,6 +618,21 @@ impl Conntrack {
         m
     }
 
+    /// The `dump-conntrack` line of the live connection `key` belongs to,
+    /// with the direction it names (`lb-trace`).
+    pub fn describe(&self, key: &ConnKey, now: Nanos) -> Option<String> {
+        let shard = lock(self.shard_of(key));
+        let slot = shard.get(key)?;
+        let c = lock(&slot.conn);
+        (!c.dead && c.expires > now).then(|| {
+            format!(
+                "{} ({} direction)",
+                format_conn(&c, now),
+                if slot.dir == 0 { "original" } else { "reply" }
+            )
+        })
+    }
+
     /// Connections by state.
     pub fn state_counts(&self) -> StateCounts {
         let mut m: std::collections::BTreeMap<&'static str, u64> = Default::default();

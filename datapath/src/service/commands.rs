@@ -1,8 +1,9 @@
 //! Control commands of the Service table: `dump-services`, the
 //! `service-update` structured method (a JSON [`ServiceUpdate`] batch, the
 //! control agent's interface; also a text command taking the JSON as one
-//! argument) and `lb-trace`, which shows the decision a new connection
-//! would get without changing any state.
+//! argument) and `lb-trace`, which shows, without changing any state,
+//! the conntrack decision (an existing connection and its translation) and
+//! the load-balancing decision a new connection would get.
 //!
 //! Thread-safety: handlers hold [`Services`] / [`Conntrack`] handles.
 
@@ -12,8 +13,10 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::{ServiceError, ServiceUpdate, Services};
-use crate::conntrack::Conntrack;
+use crate::conntrack::nat::Tuple;
+use crate::conntrack::{ConnKey, Conntrack};
 use crate::ctl::registry::{Registry, RegistryError};
+use crate::pmd::clock_ns;
 
 /// Applies a JSON update (`params` is the batch object, or an array whose
 /// first element is).
@@ -65,9 +68,9 @@ pub fn register_commands(
     )?;
     reg.register(
         "lb-trace",
-        "tcp|udp|sctp SRC DST PORT",
+        "tcp|udp|sctp SRC[:SPORT] DST PORT [zone=N]",
         4,
-        4,
+        5,
         Arc::new(move |a| {
             let proto = match a[0].as_str() {
                 "tcp" => 6,
@@ -80,10 +83,45 @@ pub fn register_commands(
                     .map(u32::from)
                     .map_err(|_| format!("invalid address {s:?}: use A.B.C.D"))
             };
-            let port: u16 = a[3]
-                .parse()
-                .map_err(|_| format!("invalid port {:?}: use 1-65535", a[3]))?;
-            Ok(services.trace(proto, ip(&a[1])?, ip(&a[2])?, port))
+            let port = |s: &str| {
+                s.parse::<u16>()
+                    .map_err(|_| format!("invalid port {s:?}: use 1-65535"))
+            };
+            let (src, sport) = match a[1].split_once(':') {
+                Some((s, p)) => (ip(s)?, Some(port(p)?)),
+                None => (ip(&a[1])?, None),
+            };
+            let (dst, dport) = (ip(&a[2])?, port(&a[3])?);
+            let zone = match a.get(4) {
+                None => 0,
+                Some(z) => z
+                    .strip_prefix("zone=")
+                    .and_then(|z| z.parse::<u16>().ok())
+                    .ok_or_else(|| format!("invalid {z:?}: use zone=N"))?,
+            };
+            let mut out = String::new();
+            if let (Some(ct), Some(sport)) = (&ct, sport) {
+                let key = ConnKey {
+                    zone,
+                    proto,
+                    tuple: Tuple {
+                        src,
+                        dst,
+                        sport,
+                        dport,
+                    },
+                };
+                match ct.describe(&key, clock_ns()) {
+                    Some(line) => {
+                        return Ok(format!(
+                            "conntrack: existing connection, translated by its entry:\n  {line}\n"
+                        ))
+                    }
+                    None => out += "conntrack: no entry, a new connection:\n",
+                }
+            }
+            out += &services.trace(proto, src, dst, dport);
+            Ok(out)
         }),
     )
 }

@@ -574,6 +574,27 @@ fn control_commands_and_lb_trace() {
         "{t}"
     );
     assert!(t.contains("candidates (uniform): 10.1.0.5:8080"), "{t}");
+    let t = call(
+        &reg,
+        "lb-trace",
+        &["tcp", "10.0.0.1:1000", "10.96.0.10", "80", "zone=1"],
+    )
+    .expect("trace");
+    assert!(t.contains("conntrack: no entry"), "flushed above: {t}");
+    let out = r.expect(1, 1, tcp(CLIENT, VIP, 1001, 80, 1, 0, fl::SYN, b""), 2);
+    seen(&out);
+    let t = call(
+        &reg,
+        "lb-trace",
+        &["tcp", "10.0.0.1:1001", "10.96.0.10", "80", "zone=1"],
+    )
+    .expect("trace");
+    assert!(
+        t.contains("existing connection")
+            && t.contains("reply=(src=10.1.0.5")
+            && t.contains("(original direction)"),
+        "{t}"
+    );
     let t = call(&reg, "lb-trace", &["udp", "10.0.0.1", "10.96.0.10", "80"]).expect("trace");
     assert!(t.contains("not a Service frontend"), "{t}");
     let t = call(
