@@ -72,7 +72,13 @@ pub fn register_commands(
         "[zone=N] [ip=A.B.C.D]",
         0,
         2,
-        Arc::new(move |a| Ok(c.dump(&parse_filter(a)?, clock()))),
+        Arc::new(move |a| {
+            let f = parse_filter(a)?;
+            let now = clock();
+            // PMDs sweep as traffic flows; an idle datapath is swept here.
+            c.sweep(now);
+            Ok(c.dump(&f, now))
+        }),
     )?;
     let c = ct.clone();
     reg.register(
@@ -90,6 +96,9 @@ pub fn register_commands(
         "",
         0,
         0,
-        Arc::new(move |_| Ok(stats_text(&ct))),
+        Arc::new(move |_| {
+            ct.sweep(clock());
+            Ok(stats_text(&ct))
+        }),
     )
 }
