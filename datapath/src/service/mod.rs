@@ -37,6 +37,28 @@
 //!   otherwise the packet is answered with ICMP port unreachable, for TCP,
 //!   UDP and SCTP alike (as kube-proxy's iptables `REJECT`).
 //!
+//! A flow program using it (pods behind port 2, the rest on port 1):
+//!
+//! ```text
+//! table=0,priority=10,ip actions=ct(commit,zone=1,nat,table=1)
+//! table=1,priority=20,ct_state=+trk+inv actions=drop
+//! table=1,priority=10,ip,nw_dst=10.244.0.0/16 actions=output:2
+//! table=1,priority=5,ip actions=output:1
+//! ```
+//!
+//! and an update (`sluicectl call service-update '<json>'`, or the
+//! `service-update` JSON-RPC method with the object as `params`):
+//!
+//! ```text
+//! {"upsert": [{"name": "default/web:http", "protocol": "tcp", "port": 80,
+//!   "cluster_ips": ["10.96.0.10"], "node_port": 30080,
+//!   "session_affinity_seconds": 10800, "external_traffic_policy": "Local",
+//!   "endpoints": [{"ip": "10.244.1.5", "port": 8080, "node_local": true},
+//!                 {"ip": "10.244.2.7", "port": 8080, "ready": false,
+//!                  "serving": true, "terminating": true}]}],
+//!  "delete": ["default/old:http"], "flush_removed_endpoints": false}
+//! ```
+//!
 //! Updates: [`Services::apply`] takes a [`ServiceUpdate`] batch, validates
 //! all of it, builds a new table and publishes it in one atomic swap
 //! (`ArcSwap`): PMDs see either the old or the new table, never a mix. The
