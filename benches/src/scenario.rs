@@ -37,6 +37,8 @@ pub const MAX_FRAMES: usize = 1 << 20;
 pub const L3_ROUTES: u32 = 10_000;
 /// Endpoints per Service.
 pub const ENDPOINTS_PER_SERVICE: u32 = 10;
+/// Segments per connection in the `dnat` pcap: its SYN, then ACKs.
+pub const DNAT_SEGMENTS: usize = 8;
 /// Frame length without FCS (64 bytes on the wire).
 pub const FRAME_LEN: usize = 60;
 
@@ -67,9 +69,10 @@ pub enum Kind {
     L2,
     /// Routing by destination prefix over [`L3_ROUTES`] routes.
     L3,
-    /// Pod → ClusterIP TCP, established connections: client → VIP ACKs
-    /// only, since which endpoint a switch picks is its own hash, so the
-    /// endpoints' replies cannot be built in advance.
+    /// Pod → ClusterIP TCP connections: each connection's SYN, then
+    /// [`DNAT_SEGMENTS`]` - 1` ACKs per connection, client direction only
+    /// (which endpoint a switch picks is its own hash, so the endpoints'
+    /// replies cannot be built in advance).
     Dnat,
     /// Pod → ClusterIP TCP SYNs, every packet a new connection.
     DnatNew,
@@ -275,7 +278,11 @@ impl Scenario {
 
     /// Number of frames in the pcap.
     pub fn frame_count(&self) -> usize {
-        (self.flows as usize).clamp(1, MAX_FRAMES)
+        let n = match self.kind {
+            Kind::Dnat => self.flows as usize * DNAT_SEGMENTS,
+            _ => self.flows as usize,
+        };
+        n.clamp(1, MAX_FRAMES)
     }
 
     /// Frame `j` of the scenario.
@@ -291,7 +298,19 @@ impl Scenario {
                 5001,
             ),
             Kind::L3 => self.l3_frame(j),
-            Kind::Dnat => tcp(src, vip(j % self.services), sport, 80, false, ROUTER_MAC),
+            Kind::Dnat => {
+                // The SYN of every connection first, then its ACKs.
+                let c = j % self.flows;
+                let (src, sport) = client(c);
+                tcp(
+                    src,
+                    vip(c % self.services),
+                    sport,
+                    80,
+                    j < self.flows,
+                    ROUTER_MAC,
+                )
+            }
             Kind::DnatNew => tcp(src, vip(j % self.services), sport, 80, true, ROUTER_MAC),
             Kind::Encap => udp(
                 POD_A_MAC,
@@ -520,8 +539,14 @@ mod tests {
     #[test]
     fn dnat_frames_are_established_client_segments() {
         let sc = Scenario::new(Kind::Dnat, 100, 10);
-        assert_eq!(sc.frame_count(), 100);
-        let f = sc.frame(13);
+        assert_eq!(sc.frame_count(), 100 * DNAT_SEGMENTS);
+        let syn = sc.frame(13);
+        let p = parse(&syn);
+        let Some(TransportSlice::Tcp(t)) = &p.transport else {
+            panic!("not TCP")
+        };
+        assert!(t.syn() && !t.ack());
+        let f = sc.frame(113);
         let p = parse(&f);
         let Some(TransportSlice::Tcp(t)) = &p.transport else {
             panic!("not TCP")
