@@ -124,9 +124,10 @@ struct RunArgs {
     /// Keep the work directory (pcaps, peer logs).
     #[arg(long)]
     keep_work_dir: bool,
-    /// Free-text conditions to record (e.g. "machine shared with builds").
-    #[arg(long, default_value = "")]
-    conditions: String,
+    /// Free-text conditions to record (e.g. "machine shared with builds");
+    /// given several times, they are joined.
+    #[arg(long)]
+    conditions: Vec<String>,
 }
 
 fn kind(name: &str) -> Result<Kind, String> {
@@ -239,7 +240,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         warmup_s: warmup,
         interval_s: interval,
         runs,
-        conditions: args.conditions.clone(),
+        conditions: args.conditions.join("; "),
         ..Report::default()
     };
     for sc in &scenarios {
