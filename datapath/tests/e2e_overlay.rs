@@ -50,6 +50,16 @@ fn appctl(prefix: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A child process killed (and reaped) when the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn ping_ok(ns: &Netns, dst: &str, count: u32) -> bool {
     ns.exec(&[
         "ping",
@@ -904,6 +914,64 @@ fn host_exception_path_moves_node_addresses_to_the_tap_and_back() {
     ]);
     assert!(ping_ok(&node, "192.168.79.1", 1), "baseline ping failed");
 
+    // "API server" in the gateway namespace: a TCP echo server. The node
+    // opens a connection before sluiced takes the uplink, and must still
+    // use it afterwards (the kernel retransmits across the move).
+    let work = tempfile::tempdir().expect("tempdir");
+    let go = work.path().join("go");
+    let server = std::process::Command::new("ip")
+        .args(["netns", "exec", &gw.0, "python3", "-c"])
+        .arg(
+            "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+             s.bind(('192.168.79.1',6443))\ns.listen(1)\nc,_=s.accept()\n\
+             while True:\n  d=c.recv(64)\n  if not d: break\n  c.sendall(d)\n",
+        )
+        .spawn()
+        .expect("python3 server");
+    let _server = KillOnDrop(server);
+    let client_script = format!(
+        "import socket,time,os\n\
+         for _ in range(3000):\n  \
+           try:\n    c=socket.create_connection(('192.168.79.1',6443),timeout=2); break\n  \
+           except OSError: time.sleep(0.01)\n\
+         c.settimeout(60)\nc.sendall(b'before');print(c.recv(64).decode(),flush=True)\n\
+         while not os.path.exists('{go}'): time.sleep(0.01)\n\
+         c.sendall(b'after');print(c.recv(64).decode(),flush=True)\n",
+        go = go.display()
+    );
+    let client = std::process::Command::new("ip")
+        .args(["netns", "exec", &node.0, "python3", "-c", &client_script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 client");
+    let mut client = KillOnDrop(client);
+    let mut client_out = std::io::BufReader::new(client.0.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    use std::io::BufRead;
+    client_out.read_line(&mut line).expect("client output");
+    assert_eq!(
+        line.trim(),
+        "before",
+        "TCP connection to the API server before the move"
+    );
+    // Measure the gap: the gateway pings the node every 10 ms across the move.
+    let pinger = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &gw.0,
+            "ping",
+            "-i",
+            "0.01",
+            "-W",
+            "1",
+            "192.168.79.10",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ping");
+    let pinger = KillOnDrop(pinger);
+
     let cfg = format!(
         "[coe]\nnode_type = 'BAREMETAL'\n[nsx_node_agent]\novs_bridge = br-int\novs_uplink_port = uplink\n[datapath]\ncores = {}\nmain_core = 0\nfile_prefix = {prefix}\nhugepages = auto\nmbufs = 8192\nctl_socket = {}\nhost_port = host\n[port:uplink]\ndevargs = net_af_packet0,iface=slh-up\nofport = 1\n[port:host]\ndevargs = net_tap0,iface=slh-host\nofport = 2\n",
         pmd_core(),
@@ -932,6 +1000,33 @@ fn host_exception_path_moves_node_addresses_to_the_tap_and_back() {
     // The node's traffic now crosses sluiced (learning switch: TAP ↔ uplink).
     ping_until_stable(&node, "192.168.79.1");
     ping_until_stable(&gw, "192.168.79.10");
+    // The connection opened before the move still carries data.
+    std::fs::write(&go, b"1").expect("signal client");
+    line.clear();
+    client_out.read_line(&mut line).expect("client output");
+    assert_eq!(
+        line.trim(),
+        "after",
+        "TCP connection to the API server after the move"
+    );
+    // Stop the pinger (SIGINT prints its summary) and report the gap.
+    let mut pinger = pinger;
+    sh(&["kill", "-INT", &pinger.0.id().to_string()]);
+    let mut ptext = String::new();
+    use std::io::Read;
+    pinger
+        .0
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut ptext)
+        .expect("ping output");
+    let summary = ptext
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or("no ping summary")
+        .to_string();
+    println!("host path move, node IP pinged every 10 ms from the gateway: {summary}");
 
     let ev = d.stop();
     assert!(sum_pmds(&ev, "rx_packets") >= 6, "{ev}");
