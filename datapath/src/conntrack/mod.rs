@@ -333,11 +333,16 @@ pub struct StateCounts {
     pub total: u64,
 }
 
-/// What happened to the packet, as `trace` shows it.
+/// How the packet's headers changed, so the hook can update the key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
+    /// Headers unchanged.
     Tracked,
-    Reject,
+    /// NAT rewrote addresses and ports to this tuple.
+    Rewritten(Tuple),
+    /// The packet was rebuilt or rewritten deeply (Service reject, NATed
+    /// ICMP error): extract the key again.
+    Reextract,
 }
 
 impl Conntrack {
@@ -899,12 +904,13 @@ impl ConntrackHandle {
         hit: Hit,
     ) -> Result<(u8, u32, Verdict), DropReason> {
         match hit {
-            Hit::Tracked(st, mark, target) => {
-                if let Some(target) = target {
+            Hit::Tracked(st, mark, target) => match target {
+                Some(target) => {
                     nat::rewrite(pkt.data_mut(), p, target)?;
+                    Ok((st, mark, Verdict::Rewritten(target)))
                 }
-                Ok((st, mark, Verdict::Tracked))
-            }
+                None => Ok((st, mark, Verdict::Tracked)),
+            },
             Hit::Invalid => {
                 self.ct.inner.stats.invalid.fetch_add(1, Ordering::Relaxed);
                 Ok((ct_state::TRK | ct_state::INV, 0, Verdict::Tracked))
@@ -943,7 +949,7 @@ impl ConntrackHandle {
                 return Ok((
                     ct_state::TRK | ct_state::REL | ct_state::RPL,
                     0,
-                    Verdict::Reject,
+                    Verdict::Reextract,
                 ));
             }
         };
@@ -1075,15 +1081,13 @@ impl ConntrackHandle {
             lb.stats.connections.fetch_add(1, Ordering::Relaxed);
             lb.stats.active.fetch_add(1, Ordering::Relaxed);
         }
+        let mut verdict = Verdict::Tracked;
         if nat_bits != 0 {
             nat::rewrite(pkt.data_mut(), p, reply.reverse())?;
+            verdict = Verdict::Rewritten(reply.reverse());
         }
         let mark = ct.mark.map_or(0, |(v, m)| v & m);
-        Ok((
-            ct_state::TRK | ct_state::NEW | nat_bits,
-            mark,
-            Verdict::Tracked,
-        ))
+        Ok((ct_state::TRK | ct_state::NEW | nat_bits, mark, verdict))
     }
 
     /// Decides the reply tuple of a new connection. `Err(None)` asks for
@@ -1201,6 +1205,7 @@ impl ConntrackHandle {
         self.ct.inner.stats.related.fetch_add(1, Ordering::Relaxed);
         if nat {
             nat::rewrite_icmp_error(pkt.data_mut(), p, &inner, inner_to)?;
+            return Ok((st, mark, Verdict::Reextract));
         }
         Ok((st, mark, Verdict::Tracked))
     }
@@ -1236,15 +1241,26 @@ impl<B: PacketBuf> ConntrackHook<B> for ConntrackHandle {
     ) -> Result<(), DropReason> {
         self.maybe_sweep(now);
         let (st, mark, verdict) = self.track(now, ct, pkt)?;
-        // NAT or a reject changed the headers: refresh the key from the
-        // packet, keeping its metadata.
-        if st & (ct_state::SNAT | ct_state::DNAT) != 0 || verdict == Verdict::Reject {
-            let (mut k, _) = extract_with_layout(pkt.data(), key.in_port());
-            for f in META_FIELDS {
-                k.set(f, key.get(f));
+        match verdict {
+            Verdict::Tracked => {}
+            // NAT: patch the translated fields (no second parse).
+            Verdict::Rewritten(t) => {
+                key.set(Field::NwSrc, u128::from(t.src));
+                key.set(Field::NwDst, u128::from(t.dst));
+                if matches!(key.nw_proto(), ipproto::TCP | ipproto::UDP | ipproto::SCTP) {
+                    key.set(Field::TpSrc, u128::from(t.sport));
+                    key.set(Field::TpDst, u128::from(t.dport));
+                }
             }
-            k.set(Field::Metadata, key.get(Field::Metadata));
-            *key = k;
+            // A rebuilt packet: extract again, keeping the metadata.
+            Verdict::Reextract => {
+                let (mut k, _) = extract_with_layout(pkt.data(), key.in_port());
+                for f in META_FIELDS {
+                    k.set(f, key.get(f));
+                }
+                k.set(Field::Metadata, key.get(Field::Metadata));
+                *key = k;
+            }
         }
         key.set(Field::CtState, u128::from(st));
         key.set(Field::CtZone, u128::from(ct.zone));

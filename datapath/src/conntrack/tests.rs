@@ -926,3 +926,40 @@ fn global_limit_evicts_then_drops() {
     );
     assert_eq!(ct.stats().limit_hits.load(Ordering::Relaxed), 1);
 }
+
+#[test]
+fn key_after_nat_equals_a_fresh_parse() {
+    let ct = Conntrack::new(ConntrackConfig::default());
+    let mut h = ct.handle(1);
+    let act = CtAction {
+        nat: Some(NatSpec {
+            kind: Some(NatKind::Src),
+            addrs: Some((Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 1))),
+            ports: Some((5000, 5999)),
+        }),
+        ..commit(0)
+    };
+    let (a, b) = ([10, 0, 0, 1], [10, 0, 0, 2]);
+    for f in [
+        tcp(a, b, 1, 2, 0, 0, fl::SYN, b""),
+        udp(a, b, 1, 2, b"x"),
+        sctp(a, b, 1, 2),
+        echo(a, b, 9, true),
+    ] {
+        for _ in 0..2 {
+            let mut buf = HeapBuf::from_frame(&f);
+            let mut key = crate::flow::key::extract(&f, PortNo(1));
+            ConntrackHook::<HeapBuf>::conntrack(&mut h, 0, &act, &mut buf, &mut key).expect("ct");
+            let fresh = crate::flow::key::extract(buf.data(), PortNo(1));
+            for field in [Field::NwSrc, Field::NwDst, Field::TpSrc, Field::TpDst] {
+                assert_eq!(
+                    key.get(field),
+                    fresh.get(field),
+                    "{field} of {:?}",
+                    seen(buf.data())
+                );
+            }
+            assert_eq!(key.get(Field::NwSrc), 0xc000_0201);
+        }
+    }
+}
