@@ -442,7 +442,16 @@ impl Scenario {
     pub fn sluice_setup(&self) -> Vec<(&'static str, Vec<String>)> {
         match self.kind {
             Kind::Encap | Kind::Decap => {
-                vec![("add-vtep", vec!["node-b".into(), REMOTE_VTEP.to_string()])]
+                let mac = REMOTE_VTEP_MAC
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":");
+                vec![
+                    ("add-vtep", vec!["node-b".into(), REMOTE_VTEP.to_string()]),
+                    // net_null answers no ARP: pin the remote VTEP's MAC.
+                    ("neigh/set", vec![REMOTE_VTEP.to_string(), mac]),
+                ]
             }
             _ => Vec::new(),
         }
@@ -603,6 +612,13 @@ mod tests {
         let sc = Scenario::new(Kind::Decap, 3, 0);
         assert!(sc.sluice_config().contains("vtep_ip = 172.16.0.1/24"));
         assert_eq!(sc.sluice_setup()[0].0, "add-vtep");
+        assert_eq!(
+            sc.sluice_setup()[1],
+            (
+                "neigh/set",
+                vec!["172.16.0.2".to_string(), "02:00:00:00:02:02".to_string()]
+            )
+        );
         let f = sc.frame(2);
         let p = parse(&f);
         let Some(TransportSlice::Udp(u)) = &p.transport else {

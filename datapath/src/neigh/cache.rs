@@ -75,6 +75,9 @@ pub enum NeighState {
     Reachable,
     /// Known, being re-confirmed.
     Probe,
+    /// Configured by the operator (`neigh/set`): never probed, expired or
+    /// changed by ARP, like `ip neigh add ... nud permanent`.
+    Permanent,
 }
 
 impl NeighState {
@@ -83,6 +86,7 @@ impl NeighState {
             NeighState::Incomplete => "INCOMPLETE",
             NeighState::Reachable => "REACHABLE",
             NeighState::Probe => "PROBE",
+            NeighState::Permanent => "PERMANENT",
         }
     }
 }
@@ -295,6 +299,9 @@ impl<P> NeighCache<P> {
         let Some(e) = self.entries.get_mut(&spa) else {
             return out;
         };
+        if e.state == NeighState::Permanent {
+            return out;
+        }
         if e.mac != sha || e.state != NeighState::Reachable {
             self.dirty = true;
         }
@@ -369,12 +376,49 @@ impl<P> NeighCache<P> {
         }
     }
 
+    /// Installs a permanent binding of `ip` to `mac` (`neigh/set`), replacing
+    /// any learned entry; packets queued for it are returned ready to send.
+    pub fn set_permanent(&mut self, ip: Ipv4Addr, mac: [u8; 6]) -> Vec<P> {
+        let queued = self
+            .entries
+            .remove(&ip)
+            .map(|e| e.queue.into_iter().collect())
+            .unwrap_or_default();
+        self.entries.insert(
+            ip,
+            Entry {
+                state: NeighState::Permanent,
+                mac,
+                probes: 0,
+                deadline: Nanos::MAX,
+                queue: VecDeque::new(),
+            },
+        );
+        self.dirty = true;
+        self.publish_if_dirty();
+        queued
+    }
+
+    /// Removes the entry for `ip`, learned or permanent (`neigh/del`);
+    /// returns whether it existed and its queued packets.
+    pub fn remove(&mut self, ip: Ipv4Addr) -> Option<Vec<P>> {
+        let e = self.entries.remove(&ip)?;
+        self.dirty = true;
+        self.publish_if_dirty();
+        Some(e.queue.into_iter().collect())
+    }
+
     /// Forgets every entry (`flush-neighbours`); returns the queued packets.
     pub fn flush(&mut self) -> Vec<P> {
         let mut failed = Vec::new();
-        for (_, e) in self.entries.drain() {
-            failed.extend(e.queue);
-        }
+        // Operator-configured bindings survive a flush, as with `ip neigh flush`.
+        self.entries.retain(|_, e| {
+            if e.state == NeighState::Permanent {
+                return true;
+            }
+            failed.extend(e.queue.drain(..));
+            false
+        });
         self.dirty = true;
         self.publish_if_dirty();
         failed
@@ -394,6 +438,41 @@ impl<P> NeighCache<P> {
             .collect();
         v.sort_by_key(|i| i.ip);
         v
+    }
+}
+
+#[cfg(test)]
+mod permanent_tests {
+    use super::*;
+
+    #[test]
+    fn permanent_entries_are_published_never_probed_and_survive_flush() {
+        let table = NeighTable::new();
+        let mut c: NeighCache<u32> = NeighCache::new(NeighConfig::default(), table.clone());
+        let ip = Ipv4Addr::new(192, 0, 2, 7);
+        let mac = [2, 0, 0, 0, 0, 7];
+        assert!(c.set_permanent(ip, mac).is_empty());
+        assert_eq!(table.get(ip), Some(mac));
+        let mut sent = 0;
+        assert!(c.poll(u64::MAX - 1, |_| sent += 1).is_empty());
+        assert_eq!(sent, 0, "a permanent entry is never probed");
+        // An ARP reply cannot change it.
+        let reply = arp_frame(
+            2,
+            [0; 6],
+            [2, 0, 0, 0, 0, 9],
+            ip,
+            [0; 6],
+            c.config().local_ip,
+        );
+        c.on_arp(1, &reply);
+        assert_eq!(c.lookup(ip), Some(mac));
+        c.flush();
+        assert_eq!(table.get(ip), Some(mac), "flush keeps permanent entries");
+        assert_eq!(c.dump()[0].state, NeighState::Permanent);
+        assert!(c.remove(ip).is_some());
+        assert_eq!(table.get(ip), None);
+        assert!(c.remove(ip).is_none());
     }
 }
 

@@ -130,6 +130,17 @@ impl StackControl {
     pub fn flush_neighbours(&self) {
         self.lock().flush();
     }
+
+    /// `neigh/set IP MAC`: a permanent underlay neighbour (like OVS's
+    /// `tnl/neigh/set`), for next hops that do not answer ARP.
+    pub fn set_neighbour(&self, ip: Ipv4Addr, mac: [u8; 6]) {
+        self.lock().set_permanent(ip, mac);
+    }
+
+    /// `neigh/del IP`: removes a neighbour entry; false when there was none.
+    pub fn del_neighbour(&self, ip: Ipv4Addr) -> bool {
+        self.lock().remove(ip).is_some()
+    }
 }
 
 /// Registers `dump-neighbours`, `flush-neighbours` and `local-stack/show`.
@@ -154,6 +165,40 @@ pub fn register_commands(registry: &Registry, control: &StackControl) -> Result<
         Arc::new(move |_| {
             c.flush_neighbours();
             Ok(String::new())
+        }),
+    )?;
+    let c = control.clone();
+    registry.register(
+        "neigh/set",
+        "IP MAC",
+        2,
+        2,
+        Arc::new(move |a| {
+            let ip: Ipv4Addr = a[0]
+                .parse()
+                .map_err(|_| format!("'{}' is not an IPv4 address", a[0]))?;
+            let mac: crate::wire::ethernet::Address = a[1]
+                .parse()
+                .map_err(|_| format!("'{}' is not a MAC address (aa:bb:cc:dd:ee:ff)", a[1]))?;
+            c.set_neighbour(ip, mac.0);
+            Ok(format!("{ip} lladdr {mac} PERMANENT\n"))
+        }),
+    )?;
+    let c = control.clone();
+    registry.register(
+        "neigh/del",
+        "IP",
+        1,
+        1,
+        Arc::new(move |a| {
+            let ip: Ipv4Addr = a[0]
+                .parse()
+                .map_err(|_| format!("'{}' is not an IPv4 address", a[0]))?;
+            if c.del_neighbour(ip) {
+                Ok(String::new())
+            } else {
+                Err(format!("no neighbour entry for {ip}"))
+            }
         }),
     )?;
     let c = control.clone();
