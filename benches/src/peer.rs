@@ -229,7 +229,7 @@ impl Sluiced {
         let config = dir.join("sluiced.ini");
         let prefix = format!("sluice-bench-{}", std::process::id());
         let text = format!(
-            "[coe]\nnode_type = BAREMETAL\n\n[nsx_node_agent]\novs_bridge = br-bench\n\n\
+            "[coe]\nnode_type = BAREMETAL\n\n[nsx_node_agent]\novs_bridge = br-bench\novs_uplink_port = null\n\n\
              [datapath]\ncores = {pmd}\nmain_core = {main}\nfile_prefix = {prefix}\n\
              hugepages = auto\nmbufs = {mbufs}\npipeline = flow\nctl_socket = {socket}\n{extra_config}\n\
              [port:pcap]\ndevargs = {pcap}\nofport = {IN_PORT}\n\n\
