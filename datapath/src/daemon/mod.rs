@@ -233,8 +233,11 @@ impl Daemon {
                         .as_ref()
                         .and_then(|p| p.alloc())
                         .ok_or("the mbuf pool is exhausted at start: raise [datapath] mbufs")?;
-                    let pl =
-                        overlay.wrap(spec.index, pl, crate::stack::overlay::SeedAlloc::new(seed))?;
+                    let pl = overlay.wrap(
+                        spec.index,
+                        pl,
+                        crate::stack::overlay::SeedAlloc::new(seed),
+                    )?;
                     let t = pmd::spawn(spec, handles, pl, self.stop.clone(), init);
                     t.inspect(|t| {
                         views.push(PmdView {
