@@ -672,11 +672,11 @@ fn interop_with_open_vswitch_userspace_geneve() {
         return;
     }
     match kernel_geneve_skip_reason() {
-        Some(why) => println!(
+        Some(why) => report_skip(&format!(
             "SKIP kernel Geneve peer: this kernel cannot create Geneve devices ({why}); OVS userspace is the peer"
-        ),
-        None => println!(
-            "NOTE kernel Geneve is available, but only the OVS userspace peer is exercised by this test"
+        )),
+        None => report_skip(
+            "NOTE kernel Geneve is available, but only the OVS userspace peer is exercised by this test",
         ),
     }
     let prefix = "slx-s";

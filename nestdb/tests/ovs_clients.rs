@@ -199,7 +199,7 @@ fn python_idl_round_trip() {
         .args(["-c", "import ovs.db.idl"])
         .status();
     if !probe.map(|s| s.success()).unwrap_or(false) {
-        println!("SKIPPED: the Python 'ovs' package is not installed (pip install ovs)");
+        common::report_skip("SKIPPED: the Python 'ovs' package is not installed (pip install ovs)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -252,7 +252,7 @@ fn python_idl_resyncs_after_server_restart() {
         .args(["-c", "import ovs.db.idl"])
         .status();
     if !probe.map(|s| s.success()).unwrap_or(false) {
-        println!("SKIPPED: the Python 'ovs' package is not installed (pip install ovs)");
+        common::report_skip("SKIPPED: the Python 'ovs' package is not installed (pip install ovs)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

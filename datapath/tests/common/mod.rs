@@ -21,9 +21,27 @@ pub fn can_use_netns(test: &str) -> bool {
         })
         .unwrap_or(false);
     if !ok {
-        println!("SKIP {test}: needs root to create network namespaces and DPDK ports");
+        report_skip(&format!(
+            "SKIP {test}: needs root to create network namespaces and DPDK ports"
+        ));
     }
     ok
+}
+
+/// Prints a skip (or note) line and appends it to `target/tmp/skips.txt`,
+/// which `scripts/test.sh` prints at the end: cargo hides the output of
+/// passing tests, and a skip must never be silent.
+pub fn report_skip(line: &str) {
+    println!("{line}");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("skips.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        use std::io::Write;
+        let _ = writeln!(f, "{line}");
+    }
 }
 
 /// Runs a command, panicking with its stderr when it fails.

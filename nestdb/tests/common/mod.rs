@@ -27,9 +27,26 @@ pub fn have(tool: &str) -> bool {
         .map(|s| s.success())
         .unwrap_or(false);
     if !ok {
-        println!("SKIPPED: {tool} is not installed (Debian package openvswitch-common)");
+        report_skip(&format!(
+            "SKIPPED: {tool} is not installed (Debian package openvswitch-common)"
+        ));
     }
     ok
+}
+
+/// Prints a skip line and appends it to `target/tmp/skips.txt`, which
+/// `scripts/test.sh` prints at the end (cargo hides passing tests' output).
+pub fn report_skip(line: &str) {
+    println!("{line}");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("skips.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        use std::io::Write;
+        let _ = writeln!(f, "{line}");
+    }
 }
 
 /// A child process killed and reaped on drop.
