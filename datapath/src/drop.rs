@@ -40,6 +40,11 @@ drop_reasons! {
     NoSuchPort => "no_such_port", "output to a port that does not exist";
     /// The tx queue was full after retries.
     TxQueueFull => "tx_queue_full", "transmit queue full";
+    /// A packet for the datapath's own IP stack (`local`) when no stack is
+    /// configured on this core.
+    LocalNoStack => "local_no_stack", "sent to the local IP stack, but none runs here (configure vtep_ip and ovs_uplink_port)";
+    /// A packet-in (`controller`) with no controller attached.
+    NoController => "no_controller", "sent to the controller, but no packet-in listener is attached";
     /// No free packet buffer to copy a packet into (flood, mirror, reply).
     NoBuffer => "no_buffer", "packet buffer pool exhausted";
     // --- L2 switching ---

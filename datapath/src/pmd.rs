@@ -293,18 +293,46 @@ fn flush<P: Port>(
             st.tx_packets.add(sent as u64);
         }
     });
-    // No local stack or controller queue yet: count what was sent there.
-    let extra = out.local.len() + out.controller.len();
-    if extra > 0 {
-        out.local.clear();
-        out.controller.clear();
+    // What a pipeline left for the local stack (none runs on this core:
+    // the stack wrapper drains `local` itself) or for a controller (no
+    // packet-in listener exists yet) is dropped, each under its own reason.
+    drop_unserved(out);
+}
+
+/// Drops, with their reasons, packets left in `out.local` and
+/// `out.controller` after a burst.
+#[inline]
+fn drop_unserved<B>(out: &mut Output<B>) {
+    use crate::drop::DropReason;
+    if !out.local.is_empty() {
         out.drops
-            .add(crate::drop::DropReason::NoSuchPort, extra as u64);
+            .add(DropReason::LocalNoStack, out.local.len() as u64);
+        out.local.clear();
+    }
+    if !out.controller.is_empty() {
+        out.drops
+            .add(DropReason::NoController, out.controller.len() as u64);
+        out.controller.clear();
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn unserved_local_and_controller_packets_are_dropped_by_reason() {
+        use crate::drop::DropReason;
+        use crate::packet::HeapBuf;
+        let mut out: Output<HeapBuf> = Output::new(1);
+        out.send(PortNo::LOCAL, HeapBuf::from_frame(&[0; 60]));
+        out.send(PortNo::CONTROLLER, HeapBuf::from_frame(&[0; 60]));
+        out.send(PortNo::CONTROLLER, HeapBuf::from_frame(&[0; 60]));
+        super::drop_unserved(&mut out);
+        assert!(out.local.is_empty() && out.controller.is_empty());
+        assert_eq!(out.drops.get(DropReason::LocalNoStack), 1);
+        assert_eq!(out.drops.get(DropReason::NoController), 2);
+        assert_eq!(out.drops.get(DropReason::NoSuchPort), 0);
+    }
+
     use super::*;
     use crate::pipeline::l2::L2Pipeline;
     use crate::port::memory::MemPort;
