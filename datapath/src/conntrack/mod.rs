@@ -20,8 +20,9 @@
 //! the entry translates. `ct(commit)` stores the connection; without
 //! `commit` a new connection is reported `+new` and forgotten. NAT is
 //! applied only by a `ct` action that has `nat`. A committing action's
-//! `exec(set_field:V/M->ct_mark)` writes the entry's mark, which later
-//! packets see in `ct_mark`.
+//! `exec(set_field:V/M->ct_mark,set_field:V/M->ct_label)` writes the
+//! entry's 32-bit mark and 128-bit label, which later packets see in
+//! `ct_mark` and `ct_label`.
 //!
 //! Services: a bare `nat` (no `src=`/`dst=`) on a new, committed
 //! connection asks the [`crate::service::Services`] table installed with
@@ -49,7 +50,7 @@
 //! connection is created.
 //!
 //! Not supported: IPv6 (`+inv`), fragment reassembly (`+inv`), TCP
-//! mid-stream pickup (a non-SYN without an entry is `+inv`), `ct_label`,
+//! mid-stream pickup (a non-SYN without an entry is `+inv`),
 //! ALGs (FTP/TFTP helpers).
 //!
 //! Expiry runs on the caller's clock (`now`): an expired entry is ignored
@@ -204,6 +205,20 @@ pub enum ProtoState {
     Other,
 }
 
+/// A connection's `ct_mark` and `ct_label`, as the flow key sees them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CtMarks {
+    /// `ct_mark`.
+    pub mark: u32,
+    /// `ct_label`.
+    pub label: u128,
+}
+
+impl CtMarks {
+    /// No mark, no label.
+    pub const ZERO: CtMarks = CtMarks { mark: 0, label: 0 };
+}
+
 /// One tracked connection.
 #[derive(Debug)]
 pub struct Conn {
@@ -218,6 +233,8 @@ pub struct Conn {
     pub expires: Nanos,
     /// `ct_mark`.
     pub mark: u32,
+    /// `ct_label`.
+    pub label: u128,
     /// `ct_state::SNAT` / `ct_state::DNAT` bits.
     pub nat: u8,
     /// The Service endpoint this connection was balanced to.
@@ -232,6 +249,13 @@ pub struct Conn {
 }
 
 impl Conn {
+    fn marks(&self) -> CtMarks {
+        CtMarks {
+            mark: self.mark,
+            label: self.label,
+        }
+    }
+
     fn established(&self) -> bool {
         match self.proto {
             ProtoState::Tcp(t) => t.state == TcpState::Established,
@@ -703,6 +727,9 @@ fn format_conn(c: &Conn, now: Nanos) -> String {
     if c.mark != 0 {
         let _ = write!(s, ",mark={}", c.mark);
     }
+    if c.label != 0 {
+        let _ = write!(s, ",labels={:#x}", c.label);
+    }
     let _ = write!(
         s,
         ",timeout={},packets=({},{})",
@@ -762,6 +789,9 @@ fn hit_entry(
     if let (true, Some((v, m))) = (ct.commit, ct.mark) {
         c.mark = (c.mark & !m) | (v & m);
     }
+    if let (true, Some((v, m))) = (ct.commit, ct.label) {
+        c.label = (c.label & !m) | (v & m);
+    }
     let mut st = ct_state::TRK | c.nat;
     st |= if c.replied {
         ct_state::EST
@@ -772,13 +802,13 @@ fn hit_entry(
         st |= ct_state::RPL;
     }
     let target = (c.nat != 0 && ct.nat.is_some()).then(|| c.keys[1 - dir].tuple.reverse());
-    Hit::Tracked(st, c.mark, target)
+    Hit::Tracked(st, c.marks(), target)
 }
 
 /// What the hit path found.
 enum Hit {
-    /// Tracked: state bits, mark, NAT target.
-    Tracked(u8, u32, Option<Tuple>),
+    /// Tracked: state bits, mark and label, NAT target.
+    Tracked(u8, CtMarks, Option<Tuple>),
     /// Out of window or otherwise invalid.
     Invalid,
     /// A SYN reopening a closed TCP connection.
@@ -829,8 +859,12 @@ impl ConntrackHandle {
         now: Nanos,
         ct: &CtAction,
         pkt: &mut B,
-    ) -> Result<(u8, u32, Verdict), DropReason> {
-        let inv = Ok((ct_state::TRK | ct_state::INV, 0, Verdict::Tracked));
+    ) -> Result<(u8, CtMarks, Verdict), DropReason> {
+        let inv = Ok((
+            ct_state::TRK | ct_state::INV,
+            CtMarks::ZERO,
+            Verdict::Tracked,
+        ));
         let p = match nat::parse(pkt.data()) {
             Ok(p) => p,
             Err(_) => {
@@ -886,7 +920,11 @@ impl ConntrackHandle {
             return inv;
         }
         if !ct.commit {
-            return Ok((ct_state::TRK | ct_state::NEW, 0, Verdict::Tracked));
+            return Ok((
+                ct_state::TRK | ct_state::NEW,
+                CtMarks::ZERO,
+                Verdict::Tracked,
+            ));
         }
         self.create(now, ct, pkt, &p, key, seg)
     }
@@ -902,7 +940,7 @@ impl ConntrackHandle {
         key: ConnKey,
         seg: Option<tcp::Segment>,
         hit: Hit,
-    ) -> Result<(u8, u32, Verdict), DropReason> {
+    ) -> Result<(u8, CtMarks, Verdict), DropReason> {
         match hit {
             Hit::Tracked(st, mark, target) => match target {
                 Some(target) => {
@@ -913,7 +951,11 @@ impl ConntrackHandle {
             },
             Hit::Invalid => {
                 self.ct.inner.stats.invalid.fetch_add(1, Ordering::Relaxed);
-                Ok((ct_state::TRK | ct_state::INV, 0, Verdict::Tracked))
+                Ok((
+                    ct_state::TRK | ct_state::INV,
+                    CtMarks::ZERO,
+                    Verdict::Tracked,
+                ))
             }
             Hit::Reopen(conn) => {
                 // A new SYN on a closed connection's tuple: replace it.
@@ -938,7 +980,7 @@ impl ConntrackHandle {
         p: &Parsed,
         key: ConnKey,
         seg: Option<tcp::Segment>,
-    ) -> Result<(u8, u32, Verdict), DropReason> {
+    ) -> Result<(u8, CtMarks, Verdict), DropReason> {
         let plan = match self.plan(now, ct, p) {
             Ok(plan) => plan,
             Err(Some(reason)) => return Err(reason),
@@ -948,7 +990,7 @@ impl ConntrackHandle {
                 nat::make_port_unreachable(pkt, p).ok_or(DropReason::ServiceReject)?;
                 return Ok((
                     ct_state::TRK | ct_state::REL | ct_state::RPL,
-                    0,
+                    CtMarks::ZERO,
                     Verdict::Reextract,
                 ));
             }
@@ -973,6 +1015,7 @@ impl ConntrackHandle {
             replied: false,
             expires: 0,
             mark: ct.mark.map_or(0, |(v, m)| v & m),
+            label: ct.label.map_or(0, |(v, m)| v & m),
             nat: plan.nat,
             lb: plan.lb,
             packets: [1, 0],
@@ -1047,7 +1090,11 @@ impl ConntrackHandle {
             } else {
                 // The reply tuple is taken by another connection.
                 self.ct.inner.stats.invalid.fetch_add(1, Ordering::Relaxed);
-                return Ok((ct_state::TRK | ct_state::INV, 0, Verdict::Tracked));
+                return Ok((
+                    ct_state::TRK | ct_state::INV,
+                    CtMarks::ZERO,
+                    Verdict::Tracked,
+                ));
             });
         }
         if self
@@ -1086,8 +1133,11 @@ impl ConntrackHandle {
             nat::rewrite(pkt.data_mut(), p, reply.reverse())?;
             verdict = Verdict::Rewritten(reply.reverse());
         }
-        let mark = ct.mark.map_or(0, |(v, m)| v & m);
-        Ok((ct_state::TRK | ct_state::NEW | nat_bits, mark, verdict))
+        let marks = CtMarks {
+            mark: ct.mark.map_or(0, |(v, m)| v & m),
+            label: ct.label.map_or(0, |(v, m)| v & m),
+        };
+        Ok((ct_state::TRK | ct_state::NEW | nat_bits, marks, verdict))
     }
 
     /// Decides the reply tuple of a new connection. `Err(None)` asks for
@@ -1175,8 +1225,12 @@ impl ConntrackHandle {
         ct: &CtAction,
         pkt: &mut B,
         p: &Parsed,
-    ) -> Result<(u8, u32, Verdict), DropReason> {
-        let inv = Ok((ct_state::TRK | ct_state::INV, 0, Verdict::Tracked));
+    ) -> Result<(u8, CtMarks, Verdict), DropReason> {
+        let inv = Ok((
+            ct_state::TRK | ct_state::INV,
+            CtMarks::ZERO,
+            Verdict::Tracked,
+        ));
         let Ok(inner) = nat::parse_embedded(pkt.data(), p) else {
             self.ct.inner.stats.invalid.fetch_add(1, Ordering::Relaxed);
             return inv;
@@ -1200,7 +1254,7 @@ impl ConntrackHandle {
         }
         // The embedded packet becomes what its sender originally sent.
         let inner_to = c.keys[1 - dir].tuple;
-        let (mark, nat) = (c.mark, c.nat != 0 && ct.nat.is_some());
+        let (mark, nat) = (c.marks(), c.nat != 0 && ct.nat.is_some());
         drop(c);
         self.ct.inner.stats.related.fetch_add(1, Ordering::Relaxed);
         if nat {
@@ -1264,7 +1318,8 @@ impl<B: PacketBuf> ConntrackHook<B> for ConntrackHandle {
         }
         key.set(Field::CtState, u128::from(st));
         key.set(Field::CtZone, u128::from(ct.zone));
-        key.set(Field::CtMark, u128::from(mark));
+        key.set(Field::CtMark, u128::from(mark.mark));
+        key.set(Field::CtLabel, mark.label);
         Ok(())
     }
 }

@@ -451,6 +451,7 @@ fn commit(zone: u16) -> CtAction {
         table: None,
         nat: None,
         mark: None,
+        label: None,
     }
 }
 
@@ -519,6 +520,49 @@ table=1,priority=10,ct_state=+trk,in_port=1 actions=output:2
     let mut b = HeapBuf::from_frame(&f);
     ConntrackHook::<HeapBuf>::conntrack(&mut h, 0, &commit(0), &mut b, &mut key).expect("ct");
     assert_eq!(key.get(Field::CtMark), 0xf1);
+}
+
+#[test]
+fn commit_sets_ct_label_and_flows_match_it() {
+    // The label is 128 bits wide: a flow matches its high bits, and the
+    // mark written in the same exec() is independent of it.
+    let flows = "\
+table=0,priority=10,udp,in_port=1 actions=ct(commit,zone=2,exec(set_field:0x7->ct_mark,set_field:0xabcd0000000000000000000000000001->ct_label),table=1)
+table=0,priority=10,udp,in_port=2 actions=ct(zone=2,table=1)
+table=1,priority=10,ct_state=+trk+est+rpl,ct_label=0xabcd0000000000000000000000000000/0xffff0000000000000000000000000000 actions=output:1
+table=1,priority=10,ct_state=+trk,in_port=1 actions=output:2
+";
+    let mut r = Rig::new(flows, Conntrack::new(ConntrackConfig::default()));
+    r.expect(0, 1, udp([10, 0, 0, 1], [10, 0, 0, 2], 7, 9, b"q"), 2);
+    r.expect(0, 2, udp([10, 0, 0, 2], [10, 0, 0, 1], 9, 7, b"a"), 1);
+    let dump = r.ct.dump(&ConnFilter::default(), 0);
+    assert!(dump.contains("mark=7"), "{dump}");
+    assert!(
+        dump.contains("labels=0xabcd0000000000000000000000000001"),
+        "{dump}"
+    );
+    // Masked writes keep the other bits; the key carries all 128 bits.
+    let ct = Conntrack::new(ConntrackConfig::default());
+    let mut h = ct.handle(1);
+    let f = udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, b"");
+    for (v, m) in [(1u128 << 127, 1u128 << 127), (0x5, 0xf)] {
+        let act = CtAction {
+            label: Some((v, m)),
+            ..commit(0)
+        };
+        let mut b = HeapBuf::from_frame(&f);
+        let mut key = FlowKey::default();
+        ConntrackHook::<HeapBuf>::conntrack(&mut h, 0, &act, &mut b, &mut key).expect("ct");
+    }
+    let mut key = FlowKey::default();
+    let mut b = HeapBuf::from_frame(&f);
+    ConntrackHook::<HeapBuf>::conntrack(&mut h, 0, &commit(0), &mut b, &mut key).expect("ct");
+    assert_eq!(key.get(Field::CtLabel), 1u128 << 127 | 0x5);
+    assert_eq!(
+        key.get(Field::CtMark),
+        0,
+        "label writes leave the mark alone"
+    );
 }
 
 #[test]
@@ -767,6 +811,7 @@ mod fuzz {
                     ports: Some((1000, 1001)),
                 }),
                 mark: Some((7, 0xff)),
+                label: Some((1 << 100, 1 << 100)),
             };
             for now in 0..2 {
                 let mut b = HeapBuf::from_frame(&f);

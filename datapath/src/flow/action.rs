@@ -56,6 +56,9 @@ pub struct CtAction {
     /// `exec(set_field:V[/M]->ct_mark)`: (value, mask) written into the
     /// committed connection's mark.
     pub mark: Option<(u32, u32)>,
+    /// `exec(set_field:V[/M]->ct_label)`: (value, mask) written into the
+    /// committed connection's 128-bit label.
+    pub label: Option<(u128, u128)>,
 }
 
 /// A group's type.

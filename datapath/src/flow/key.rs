@@ -23,7 +23,7 @@ use std::fmt;
 use crate::packet::PortNo;
 
 /// Number of 64-bit words in a [`FlowKey`].
-pub const KEY_WORDS: usize = 21;
+pub const KEY_WORDS: usize = 24;
 const _: () = assert!(
     KEY_WORDS.is_multiple_of(3),
     "hash lanes need a multiple of 3 words"
@@ -266,6 +266,8 @@ fields! {
     CtZone = "ct_zone", 4, 32, 16, Decimal, None, false;
     /// Connection tracking mark.
     CtMark = "ct_mark", 9, 32, 32, Hex, None, false;
+    /// Connection tracking label (128 bits).
+    CtLabel = "ct_label", 21, 0, 128, Hex, None, false;
     /// Register 0.
     Reg0 = "reg0", 12, 0, 32, Hex, None, true;
     /// Register 1.

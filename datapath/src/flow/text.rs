@@ -16,7 +16,7 @@
 //!            | nw_proto | nw_tos | nw_ttl | ip_frag | ipv6_src | ipv6_dst | tp_src | tp_dst
 //!            | tcp_flags | icmp_type | icmp_code | arp_op | arp_spa | arp_tpa | arp_sha
 //!            | arp_tha | tun_id | tun_src | tun_dst | tun_gnv_class | tun_gnv_type
-//!            | tun_metadata0 | ct_state | ct_zone | ct_mark | reg0..reg7 | metadata
+//!            | tun_metadata0 | ct_state | ct_zone | ct_mark | ct_label | reg0..reg7 | metadata
 //!              (aliases: eth_src, eth_dst, eth_type, ip_src, ip_dst, tcp_src, udp_dst, ...)
 //! value     := MAC "aa:bb:cc:dd:ee:ff" ["/" MAC]  | IPv4 "a.b.c.d" ["/" prefix | "/" a.b.c.d]
 //!            | IPv6 ["/" prefix] | N ["/" N] | port (N, LOCAL, CONTROLLER, IN_PORT)
@@ -31,7 +31,8 @@
 //!            | "dec_ttl" | "group:" N | "tnl_push" | "tnl_pop"
 //!            | "ct" ["(" ctarg ("," ctarg)* ")"]
 //! ctarg     := "commit" | "zone=" N | "table=" N | "nat" ["(" ("src"|"dst") "=" IPv4 ["-" IPv4]
-//!              [":" N ["-" N]] ")"] | "exec(set_field:" N ["/" N] "->ct_mark)"
+//!              [":" N ["-" N]] ")"] | "exec(" setct ("," setct)* ")"
+//! setct     := "set_field:" N ["/" N] "->" ("ct_mark" | "ct_label")
 //! group     := "group_id=" N "," "type=" ("all"|"select") ["," "selection_method=hash"]
 //!              ["," "fields(" field ("," field)* ")"] ("," "bucket=" bucket)*
 //! bucket    := ["bucket_id:" N ","] ["weight:" N ","] ["actions="] action ("," action)*
@@ -869,19 +870,41 @@ fn parse_ct(tok: Tok<'_>) -> Result<CtAction, ParseError> {
                 });
             }
             _ if arg.s.starts_with("exec(") => {
-                let what = "exec(set_field:V[/M]->ct_mark)";
-                let v = arg.s["exec(".len()..]
-                    .strip_suffix("->ct_mark)")
-                    .and_then(|b| b.strip_prefix("set_field:"))
+                let what = "exec(set_field:V[/M]->ct_mark or ct_label, ...)";
+                let body = arg.s["exec(".len()..]
+                    .strip_suffix(')')
                     .ok_or_else(|| bad(what))?;
-                let (v, m) = match v.split_once('/') {
-                    Some((v, m)) => (v, m),
-                    None => (v, "0xffffffff"),
-                };
-                let int =
-                    |s: &str| parse_int(s.trim(), u128::from(u32::MAX)).ok_or_else(|| bad(what));
-                let m = int(m)? as u32;
-                ct.mark = Some((int(v)? as u32 & m, m));
+                for item in body.split(',') {
+                    let v = item
+                        .trim()
+                        .strip_prefix("set_field:")
+                        .ok_or_else(|| bad(what))?;
+                    let (v, field) = v.rsplit_once("->").ok_or_else(|| bad(what))?;
+                    let (v, m) = match v.split_once('/') {
+                        Some((v, m)) => (v.trim(), Some(m.trim())),
+                        None => (v.trim(), None),
+                    };
+                    match field.trim() {
+                        "ct_mark" => {
+                            let int = |s: &str| {
+                                parse_int(s, u128::from(u32::MAX))
+                                    .map(|x| x as u32)
+                                    .ok_or_else(|| bad("a 32-bit ct_mark value[/mask]"))
+                            };
+                            let m = m.map_or(Ok(u32::MAX), int)?;
+                            ct.mark = Some((int(v)? & m, m));
+                        }
+                        "ct_label" => {
+                            let int = |s: &str| {
+                                parse_int(s, u128::MAX)
+                                    .ok_or_else(|| bad("a 128-bit ct_label value[/mask]"))
+                            };
+                            let m = m.map_or(Ok(u128::MAX), int)?;
+                            ct.label = Some((int(v)? & m, m));
+                        }
+                        _ => return Err(bad(what)),
+                    }
+                }
             }
             _ => return Err(bad("commit, zone=N, table=N, nat or exec(...)")),
         }
@@ -1090,12 +1113,23 @@ fn format_ct(ct: &CtAction) -> String {
             _ => args.push("nat".into()),
         }
     }
+    let mut exec = Vec::new();
     if let Some((v, m)) = ct.mark {
         if m == u32::MAX {
-            args.push(format!("exec(set_field:{v:#x}->ct_mark)"));
+            exec.push(format!("set_field:{v:#x}->ct_mark"));
         } else {
-            args.push(format!("exec(set_field:{v:#x}/{m:#x}->ct_mark)"));
+            exec.push(format!("set_field:{v:#x}/{m:#x}->ct_mark"));
         }
+    }
+    if let Some((v, m)) = ct.label {
+        if m == u128::MAX {
+            exec.push(format!("set_field:{v:#x}->ct_label"));
+        } else {
+            exec.push(format!("set_field:{v:#x}/{m:#x}->ct_label"));
+        }
+    }
+    if !exec.is_empty() {
+        args.push(format!("exec({})", exec.join(",")));
     }
     if args.is_empty() {
         "ct".into()
@@ -1342,6 +1376,8 @@ mod tests {
             "ct_state=+trk+est-new",
             "ct_state=0x21/0x21",
             "ct_zone=7,ct_mark=0x1/0x1",
+            "ct_label=0x1/0x1",
+            "ct_label=0xffeeddccbbaa99887766554433221100",
             "reg0=0x5/0xff,reg1=1,reg2=2,reg3=3,reg4=4,reg5=5,reg6=6,reg7=0xffffffff",
             "metadata=0xabcdef",
         ];
@@ -1387,6 +1423,8 @@ mod tests {
             "ct(commit,nat(src=1.1.1.1-1.1.1.9:100-200))",
             "ct(commit,zone=3,exec(set_field:0x2a->ct_mark))",
             "ct(commit,exec(set_field:0x1/0xf->ct_mark))",
+            "ct(commit,exec(set_field:0x1234567890abcdef1122->ct_label))",
+            "ct(commit,exec(set_field:0x2->ct_mark,set_field:0x10/0xf0->ct_label))",
             "ct(nat(dst=10.0.0.1:80))",
             "tnl_push",
             "tnl_pop",
@@ -1452,6 +1490,11 @@ mod tests {
         assert_eq!(e.kind, ParseErrorKind::DropNotAlone);
         let e = parse_flow("actions=ct(commit,zone=x)").expect_err("ct");
         assert_eq!(e.column, 19);
+        let e = parse_flow("actions=ct(commit,exec(set_field:1->reg0))").expect_err("exec");
+        assert!(e.to_string().contains("ct_mark or ct_label"), "{e}");
+        let e = parse_flow("actions=ct(commit,exec(set_field:0x100000000->ct_mark))")
+            .expect_err("mark width");
+        assert!(e.to_string().contains("32-bit ct_mark"), "{e}");
     }
 
     #[test]
@@ -1611,6 +1654,7 @@ mod tests {
                                         table: (v & 2 == 2).then_some((v >> 8) as u8 % 255),
                                         nat: None,
                                         mark: None,
+                                        label: (v & 4 == 4).then_some((u128::from(v), u128::MAX)),
                                     }),
                                     6 => Action::DecTtl,
                                     _ => Action::Normal,

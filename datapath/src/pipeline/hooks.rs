@@ -111,6 +111,7 @@ mod tests {
             table: None,
             nat: None,
             mark: None,
+            label: None,
         };
         assert_eq!(
             ActionHooks::<HeapBuf>::conntrack(&mut h, 0, &ct, &mut pkt, &mut key),
