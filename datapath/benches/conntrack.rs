@@ -111,6 +111,7 @@ fn lb_action() -> CtAction {
             ports: None,
         }),
         mark: None,
+        label: None,
     }
 }
 

@@ -191,6 +191,23 @@ fn cluster_ip_tcp_through_conntrack_dnat() {
         .filter_map(|v| v.split(' ').next()?.parse::<u64>().ok())
         .sum();
     assert_eq!(conns, 24, "{svc}");
+    // `sluicectl trace` follows the packet through conntrack and the
+    // Service table: a new connection is DNATed to one of the endpoints
+    // and the trace resumes in table 1 with the translated key.
+    let trace = ctl(
+        prefix,
+        &[
+            "trace",
+            "in_port=1,tcp,tcp_flags=+syn,nw_src=10.202.0.1,nw_dst=10.96.0.10,tp_src=40000,tp_dst=80",
+        ],
+    );
+    for want in [
+        "lb: service default/web:http -> endpoint 10.202.0.",
+        "ct_state=new|trk|dnat",
+        "Resuming from table 1",
+    ] {
+        assert!(trace.contains(want), "missing {want:?} in\n{trace}");
+    }
     let stats = ctl(prefix, &["call", "conntrack-stats"]);
     let created: u64 = stats
         .lines()

@@ -68,6 +68,7 @@ pub mod nat;
 pub mod tcp;
 #[cfg(test)]
 pub(crate) mod tests;
+pub mod trace;
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -346,6 +347,23 @@ impl ConnFilter {
         }
         true
     }
+}
+
+/// A read-only view of a connection, for `trace` ([`Conntrack::peek`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnPeek {
+    /// 0: the key is the original direction's; 1: the reply's.
+    pub dir: u8,
+    /// The `ct_state` bits the packet would get.
+    pub state: u8,
+    /// `ct_mark` and `ct_label`.
+    pub marks: CtMarks,
+    /// `ct_state::SNAT`/`DNAT` bits of the entry.
+    pub nat: u8,
+    /// The tuple a `ct(nat)` rewrites this direction's packets to.
+    pub target: Tuple,
+    /// The `dump-conntrack` line.
+    pub line: String,
 }
 
 /// Counts by state for `conntrack-stats`.
@@ -659,6 +677,37 @@ impl Conntrack {
                 format_conn(&c, now),
                 if slot.dir == 0 { "original" } else { "reply" }
             )
+        })
+    }
+
+    /// What the next packet with `key` would find, without changing any
+    /// state (`trace`): direction, `ct_state` bits, marks, the tuple a
+    /// NATing `ct` rewrites it to, and the `dump-conntrack` line. TCP
+    /// window checks are not evaluated (a key has no sequence numbers).
+    pub fn peek(&self, now: Nanos, key: &ConnKey) -> Option<ConnPeek> {
+        let shard = lock(self.shard_of(key));
+        let slot = shard.get(key)?;
+        let c = lock(&slot.conn);
+        if c.dead || c.expires <= now {
+            return None;
+        }
+        let dir = usize::from(slot.dir);
+        let mut st = ct_state::TRK | c.nat;
+        st |= if c.replied || dir == 1 {
+            ct_state::EST
+        } else {
+            ct_state::NEW
+        };
+        if dir == 1 {
+            st |= ct_state::RPL;
+        }
+        Some(ConnPeek {
+            dir: slot.dir,
+            state: st,
+            marks: c.marks(),
+            nat: c.nat,
+            target: c.keys[1 - dir].tuple.reverse(),
+            line: format_conn(&c, now),
         })
     }
 

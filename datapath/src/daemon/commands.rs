@@ -388,7 +388,11 @@ fn summary(s: crate::flow::program::BundleSummary) -> String {
 /// Registers the flow-program commands (`add-flow`, `add-flows`,
 /// `del-flows`, `mod-flows`, `dump-flows`, `replace-flows`, `add-group`,
 /// `dump-groups`, `trace`) and the `flow-bundle` method.
-pub fn register_flows(reg: &Registry, tables: FlowTables) -> Result<(), RegistryError> {
+pub fn register_flows(
+    reg: &Registry,
+    tables: FlowTables,
+    oracle: Option<Arc<dyn crate::flow::tables::TraceOracle>>,
+) -> Result<(), RegistryError> {
     type Apply =
         fn(
             &FlowTables,
@@ -480,7 +484,10 @@ pub fn register_flows(reg: &Registry, tables: FlowTables) -> Result<(), Registry
         "FLOW|HEXPACKET",
         1,
         2,
-        Arc::new(move |a| t.trace(&a.join(" ")).map_err(|e| e.to_string())),
+        Arc::new(move |a| {
+            t.trace_with(&a.join(" "), oracle.as_deref())
+                .map_err(|e| e.to_string())
+        }),
     )?;
     reg.register_method(
         "flow-bundle",
@@ -588,7 +595,7 @@ mod tests {
     fn flow_commands_program_and_dump() {
         let reg = Registry::new();
         let tables = FlowTables::new();
-        register_flows(&reg, tables.clone()).unwrap();
+        register_flows(&reg, tables.clone(), None).unwrap();
         call(
             &reg,
             "add-flow",

@@ -291,7 +291,11 @@ impl Daemon {
             .collect();
         commands::register_capture(&registry, capture, names).map_err(reg_err)?;
         if let Some(t) = &flows {
-            commands::register_flows(&registry, t.clone()).map_err(reg_err)?;
+            let oracle = Arc::new(crate::conntrack::trace::CtTracer::new(
+                conntrack.clone(),
+                clock_ns,
+            ));
+            commands::register_flows(&registry, t.clone(), Some(oracle)).map_err(reg_err)?;
         }
         if flows.is_some() {
             overlay.register_commands(&registry).map_err(reg_err)?;

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+use super::action::{CtAction, DpAction};
 use super::key::{extract, Field, FlowKey};
 use super::matches::Match;
 use super::program::{
@@ -252,15 +253,91 @@ impl FlowTables {
     /// (`in_port=1,tcp,nw_dst=10.0.0.1,tp_dst=80`) or a hex frame, optionally
     /// preceded by `in_port=N `.
     pub fn trace(&self, packet: &str) -> Result<String, FlowTablesError> {
-        let key = trace_key(packet)?;
+        self.trace_with(packet, None)
+    }
+
+    /// [`FlowTables::trace`] that also asks `oracle` what each `ct` action
+    /// decides (connection found or new, the Service endpoint, NAT, the
+    /// `ct_state` the next table sees) and, for `ct(table=N)`, resumes the
+    /// trace in table N with that state, as the datapath recirculates.
+    /// Nothing is committed and no counter moves.
+    pub fn trace_with(
+        &self,
+        packet: &str,
+        oracle: Option<&dyn TraceOracle>,
+    ) -> Result<String, FlowTablesError> {
+        let mut key = trace_key(packet)?;
         let p = self.program();
         let mut out = format!(
             "Flow: {}\n\nbridge(\"sluice\")\n----------------\n",
             format_key(&key)
         );
-        translate(&p, &key, Some(&mut out));
+        for pass in 0..=MAX_TRACE_RECIRC {
+            let tr = translate(&p, &key, Some(&mut out));
+            let Some(oracle) = oracle else {
+                break;
+            };
+            // Replay the datapath actions on the key, as the PMD would.
+            let mut resume = None;
+            for a in tr.xlate.actions.iter() {
+                match a {
+                    DpAction::Set { field, value, mask } => key.set_masked(*field, *value, *mask),
+                    DpAction::Ct(ct) => {
+                        let _ = writeln!(out, "\nConntrack: {}", text::format_ct(ct));
+                        match oracle.conntrack(ct, &key, &mut out) {
+                            CtTrace::Continue(k) => key = k,
+                            CtTrace::Stop => return Ok(out),
+                        }
+                        let _ = writeln!(
+                            out,
+                            "    => ct_state={},ct_zone={},ct_mark={:#x},ct_label={:#x}",
+                            text::format_ct_state(key.get(Field::CtState) as u8),
+                            key.get(Field::CtZone),
+                            key.get(Field::CtMark),
+                            key.get(Field::CtLabel)
+                        );
+                        resume = ct.table;
+                    }
+                    _ => {}
+                }
+            }
+            let Some(t) = resume else {
+                break;
+            };
+            if pass == MAX_TRACE_RECIRC {
+                let _ = writeln!(out, "\n>>>> recirculation limit: dropped <<<<");
+                break;
+            }
+            key.set(Field::RecircId, u128::from(t) + 1);
+            let _ = write!(
+                out,
+                "\nResuming from table {t} (recirc_id={:#x})\n\nFlow: {}\n\nbridge(\"sluice\")\n----------------\n",
+                u128::from(t) + 1,
+                format_key(&key)
+            );
+        }
         Ok(out)
     }
+}
+
+/// How many times `trace` follows `ct(table=N)` (the datapath's limit).
+const MAX_TRACE_RECIRC: usize = crate::pipeline::flow::MAX_RECIRC;
+
+/// What a `ct` action decides for a traced packet.
+#[derive(Debug, Clone, Copy)]
+pub enum CtTrace {
+    /// Processing goes on with this key (`ct_*` fields set, NAT applied).
+    Continue(FlowKey),
+    /// The packet ends here (dropped or answered), as explained.
+    Stop,
+}
+
+/// The stateful features `trace` consults, without changing their state
+/// (implemented by the conntrack for `ct` and Service decisions).
+pub trait TraceOracle: Send + Sync {
+    /// Explains into `out` what `ct` would do to a packet with `key`, and
+    /// returns the key the following actions and tables see.
+    fn conntrack(&self, ct: &CtAction, key: &FlowKey, out: &mut String) -> CtTrace;
 }
 
 fn trace_key(packet: &str) -> Result<FlowKey, FlowTablesError> {

@@ -1083,7 +1083,22 @@ pub fn format_action(a: &Action) -> String {
     }
 }
 
-fn format_ct(ct: &CtAction) -> String {
+/// Prints `ct_state` bits the way OVS's trace does (`new|trk|dnat`).
+pub fn format_ct_state(st: u8) -> String {
+    let names: Vec<&str> = crate::flow::key::ct_state::NAMES
+        .iter()
+        .filter(|(_, b)| st & b != 0)
+        .map(|(n, _)| *n)
+        .collect();
+    if names.is_empty() {
+        "0".into()
+    } else {
+        names.join("|")
+    }
+}
+
+/// Prints a `ct(...)` action.
+pub fn format_ct(ct: &CtAction) -> String {
     let mut args = Vec::new();
     if ct.commit {
         args.push("commit".to_string());
@@ -1654,7 +1669,7 @@ mod tests {
                                         table: (v & 2 == 2).then_some((v >> 8) as u8 % 255),
                                         nat: None,
                                         mark: None,
-                                        label: (v & 4 == 4).then_some((u128::from(v), u128::MAX)),
+                                        label: (v & 4 == 4).then_some((v, u128::MAX)),
                                     }),
                                     6 => Action::DecTtl,
                                     _ => Action::Normal,

@@ -769,6 +769,34 @@ impl Services {
         dport: u16,
         rand: u64,
     ) -> LbDecision {
+        self.choose(now, proto, src, dst, dport, rand, true)
+    }
+
+    /// [`Services::select`] without recording the client's affinity: what
+    /// a new connection would get (`trace`). Changes no state.
+    pub fn preview(
+        &self,
+        now: Nanos,
+        proto: u8,
+        src: u32,
+        dst: u32,
+        dport: u16,
+        rand: u64,
+    ) -> LbDecision {
+        self.choose(now, proto, src, dst, dport, rand, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn choose(
+        &self,
+        now: Nanos,
+        proto: u8,
+        src: u32,
+        dst: u32,
+        dport: u16,
+        rand: u64,
+        record: bool,
+    ) -> LbDecision {
         let table = self.inner.table.load();
         let Some(fe) = table.frontends.get(&FrontendKey {
             ip: dst,
@@ -814,8 +842,10 @@ impl Services {
                     }
                 }
             }
-            let e = &svc.endpoints[idx as usize];
-            m.insert((svc.id, src), (e.ip, e.spec.port, now + timeout));
+            if record {
+                let e = &svc.endpoints[idx as usize];
+                m.insert((svc.id, src), (e.ip, e.spec.port, now + timeout));
+            }
         }
         let e = &svc.endpoints[idx as usize];
         let hairpin = e.ip == src;

@@ -605,3 +605,99 @@ fn control_commands_and_lb_trace() {
     .expect("text form");
     assert!(t.contains("\"services\":0"), "{t}");
 }
+
+#[test]
+fn trace_shows_the_conntrack_and_service_decisions() {
+    use crate::conntrack::trace::CtTracer;
+    use crate::flow::tables::FlowTables;
+    fn epoch() -> Nanos {
+        0
+    }
+    let (mut r, s) = rig();
+    apply(&s, &r.ct, json!({"upsert": [web(vec![ep("10.1.0.5")])]}));
+    let tables = FlowTables::new();
+    tables.add_flows(FLOWS, 0).expect("flows");
+    let oracle = CtTracer::new(r.ct.clone(), epoch);
+    let last_actions = |t: &str| {
+        t.lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("Datapath actions: "))
+            .map(str::to_string)
+    };
+
+    // A new connection to the ClusterIP: the Service decision, the DNAT,
+    // and the trace resumes in table 1 with the translated key.
+    let t = tables
+        .trace_with(
+            "in_port=1,tcp,tcp_flags=+syn,nw_src=10.0.0.1,nw_dst=10.96.0.10,tp_src=1000,tp_dst=80",
+            Some(&oracle),
+        )
+        .expect("trace");
+    for want in [
+        "no connection for tcp 10.0.0.1:1000 -> 10.96.0.10:80",
+        "lb: service default/web:http -> endpoint 10.1.0.5:8080",
+        "nat: 10.0.0.1:1000 -> 10.96.0.10:80 => 10.0.0.1:1000 -> 10.1.0.5:8080",
+        "ct_state=new|trk|dnat,ct_zone=1",
+        "Resuming from table 1 (recirc_id=0x2)",
+    ] {
+        assert!(t.contains(want), "missing {want:?} in\n{t}");
+    }
+    assert_eq!(last_actions(&t).as_deref(), Some("output:2"), "{t}");
+    assert_eq!(r.ct.len(), 0, "trace commits nothing");
+
+    // A real connection, then its reply traced: found in the reply
+    // direction and reverse-translated back to the ClusterIP.
+    r.expect(0, 1, tcp(CLIENT, VIP, 1000, 80, 100, 0, fl::SYN, b""), 2);
+    let t = tables
+        .trace_with(
+            "in_port=2,tcp,tcp_flags=+syn+ack,nw_src=10.1.0.5,nw_dst=10.0.0.1,tp_src=8080,tp_dst=1000",
+            Some(&oracle),
+        )
+        .expect("trace");
+    for want in [
+        "existing connection, reply direction",
+        "nat: 10.1.0.5:8080 -> 10.0.0.1:1000 => 10.96.0.10:80 -> 10.0.0.1:1000",
+        "ct_state=est|rpl|trk|dnat",
+    ] {
+        assert!(t.contains(want), "missing {want:?} in\n{t}");
+    }
+    assert_eq!(last_actions(&t).as_deref(), Some("output:1"), "{t}");
+
+    // TCP without SYN and no connection: +inv, dropped by table 1.
+    let t = tables
+        .trace_with(
+            "in_port=1,tcp,tcp_flags=+ack,nw_src=10.0.0.1,nw_dst=10.96.0.10,tp_src=2000,tp_dst=80",
+            Some(&oracle),
+        )
+        .expect("trace");
+    assert!(t.contains("ct_state=inv|trk"), "{t}");
+    assert_eq!(last_actions(&t).as_deref(), Some("drop(flow_drop)"), "{t}");
+
+    // No endpoint left: the reject is explained and the trace stops.
+    apply(&s, &r.ct, json!({"upsert": [web(vec![])]}));
+    let t = tables
+        .trace_with(
+            "in_port=1,udp,nw_src=10.0.0.1,nw_dst=10.96.0.10,tp_src=3000,tp_dst=80",
+            Some(&oracle),
+        )
+        .expect("trace");
+    assert!(
+        t.contains("not a Service frontend"),
+        "udp/80 is not the Service: {t}"
+    );
+    let t = tables
+        .trace_with(
+            "in_port=1,tcp,tcp_flags=+syn,nw_src=10.0.0.1,nw_dst=10.96.0.10,tp_src=3000,tp_dst=80",
+            Some(&oracle),
+        )
+        .expect("trace");
+    assert!(t.contains("ICMP port unreachable"), "{t}");
+    assert!(!t.contains("Resuming"), "{t}");
+
+    // Without an oracle, trace stops at the recirculation as before.
+    let t = tables
+        .trace("in_port=1,tcp,nw_src=10.0.0.1,nw_dst=10.96.0.10,tp_src=1,tp_dst=80")
+        .expect("trace");
+    assert!(t.contains("(recirculates after conntrack)"), "{t}");
+    assert!(!t.contains("Resuming"), "{t}");
+}
