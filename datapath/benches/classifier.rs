@@ -160,6 +160,42 @@ fn bench_pipeline(c: &mut Criterion) {
             assert_eq!(burst.pkts.len(), 32);
         })
     });
+    // 1024 flows cycling through the EMC (the pktgen l2/l3 shape): the
+    // slots no longer fit in L1/L2, so this measures memory latency and
+    // what the burst-wide prefetch hides of it.
+    let many: Vec<Vec<HeapBuf>> = (0..32u16)
+        .map(|b| {
+            (0..32u16)
+                .map(|i| {
+                    let n = b * 32 + i;
+                    HeapBuf::from_frame(&tcp_frame(
+                        [10, 0, (n >> 8) as u8, n as u8],
+                        [10, 5, 0, 9],
+                        1000 + n,
+                        130,
+                    ))
+                })
+                .collect()
+        })
+        .collect();
+    let mut bursts: Vec<Burst<HeapBuf>> = many
+        .into_iter()
+        .map(|pkts| {
+            let mut b = Burst::new(PortNo(1));
+            b.pkts = pkts;
+            b
+        })
+        .collect();
+    let mut next = 0;
+    g.bench_function("burst32_emc_hit_1k_flows", |b| {
+        b.iter(|| {
+            let burst = &mut bursts[next];
+            next = (next + 1) % 32;
+            p.process(1, burst, &mut out);
+            out.flush(|_, q| burst.pkts.append(q));
+            assert_eq!(burst.pkts.len(), 32);
+        })
+    });
     g.finish();
 }
 

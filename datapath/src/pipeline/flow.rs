@@ -433,6 +433,17 @@ pub struct FlowPipeline<H = NoHooks> {
     /// Rule-counter updates not yet applied: consecutive packets with the
     /// same translation are counted once per run (fewer shared atomics).
     pending: Option<(Arc<Xlate>, u64, u64)>,
+    /// The parsed keys of the burst being processed (stage one of
+    /// [`Pipeline::process`]); capacity reserved once.
+    parsed: Vec<Parsed>,
+}
+
+/// A packet's key, header offsets and key hash, from the parse stage.
+#[derive(Clone, Copy)]
+struct Parsed {
+    key: FlowKey,
+    layout: Layout,
+    hash: u64,
 }
 
 impl<H> std::fmt::Debug for FlowPipeline<H> {
@@ -479,6 +490,7 @@ impl<H> FlowPipeline<H> {
             stats,
             last_housekeeping: 0,
             pending: None,
+            parsed: Vec::with_capacity(crate::packet::BURST_SIZE),
         }
     }
 
@@ -570,8 +582,9 @@ impl<H> FlowPipeline<H> {
         }
     }
 
-    /// Classifies and executes one packet, recirculating as asked.
-    fn one_packet<B: PacketBuf>(&mut self, now: Nanos, in_port: PortNo, pkt: B, out: &mut Output<B>)
+    /// Classifies and executes one packet (parsed as `first`),
+    /// recirculating as asked.
+    fn one_packet<B: PacketBuf>(&mut self, now: Nanos, first: &Parsed, pkt: B, out: &mut Output<B>)
     where
         H: ActionHooks<B>,
     {
@@ -579,13 +592,13 @@ impl<H> FlowPipeline<H> {
             out.drop(DropReason::RxTooShort, pkt);
             return;
         }
-        let mut key = FlowKey::ZERO;
-        let mut layout = extract_into(pkt.data(), in_port, &mut key);
+        let mut key = first.key;
+        let mut layout = first.layout;
         let mut pkt = pkt;
         for pass in 0..=MAX_RECIRC {
             // Borrow the cached translation in place (no refcount traffic
             // on a cache hit); only a slow-path result is owned here.
-            let hash = key.hash();
+            let hash = if pass == 0 { first.hash } else { key.hash() };
             let mut owned: Option<Arc<Xlate>> = None;
             let xlate: &Arc<Xlate> = match self.emc.lookup(&key, hash) {
                 Some(x) => x,
@@ -668,10 +681,27 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
     fn process(&mut self, now: Nanos, burst: &mut Burst<B>, out: &mut Output<B>) {
         self.check_program();
         let in_port = burst.in_port;
-        for pkt in burst.pkts.drain(..) {
-            self.stats.packets.inc();
-            self.one_packet(now, in_port, pkt, out);
+        // Stage one: parse the whole burst and prefetch each packet's EMC
+        // slots; stage two classifies and executes in arrival order, by
+        // which time the slots of later packets are (mostly) in cache.
+        let mut parsed = std::mem::take(&mut self.parsed);
+        parsed.clear();
+        for pkt in burst.pkts.iter() {
+            let mut key = FlowKey::ZERO;
+            let layout = if pkt.len() < 14 {
+                Layout::default()
+            } else {
+                extract_into(pkt.data(), in_port, &mut key)
+            };
+            let hash = key.hash();
+            self.emc.prefetch(hash);
+            parsed.push(Parsed { key, layout, hash });
         }
+        for (pkt, p) in burst.pkts.drain(..).zip(parsed.iter()) {
+            self.stats.packets.inc();
+            self.one_packet(now, p, pkt, out);
+        }
+        self.parsed = parsed;
         self.flush_counts(now);
     }
 
