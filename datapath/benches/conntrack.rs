@@ -82,8 +82,10 @@ fn service(i: u32, endpoints: u32, generation: u32) -> ServiceSpec {
                 terminating: false,
                 node_local: false,
                 zone: None,
+                for_zones: Vec::new(),
             })
             .collect(),
+        topology_aware: false,
     }
 }
 

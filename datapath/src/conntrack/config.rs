@@ -9,6 +9,7 @@
 //! service_node_port_range = 30000-32767
 //! service_masquerade_ip = 169.254.169.1
 //! service_cluster_cidrs = 10.244.0.0/16,10.96.0.0/12
+//! service_node_zone = zone-a               ; topology.kubernetes.io/zone
 //! ```
 //!
 //! Plain data, parsed once at start-up.
@@ -28,6 +29,7 @@ pub const STATEFUL_KEYS: &[&str] = &[
     "service_node_port_range",
     "service_masquerade_ip",
     "service_cluster_cidrs",
+    "service_node_zone",
 ];
 
 /// Conntrack and Service settings of the daemon.
@@ -124,6 +126,20 @@ impl StatefulConfig {
                 self.services.node_port_range = (a, b);
             }
             "service_masquerade_ip" => self.services.masquerade_ip = addr(v)?,
+            "service_node_zone" => {
+                let z = v.trim();
+                let label_ok = z.len() <= 63
+                    && z.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                    && z.starts_with(|c: char| c.is_ascii_alphanumeric())
+                    && z.ends_with(|c: char| c.is_ascii_alphanumeric());
+                if !z.is_empty() && !label_ok {
+                    return Err(format!(
+                        "'{z}' is not a zone label value (up to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)"
+                    ));
+                }
+                self.services.node_zone = (!z.is_empty()).then(|| z.to_string());
+            }
             "service_cluster_cidrs" => {
                 self.services.cluster_cidrs = list(v)
                     .map(|c| {

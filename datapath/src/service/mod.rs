@@ -21,6 +21,11 @@
 //! is stored. Semantics:
 //!
 //! - endpoints are chosen uniformly at random among the candidates;
+//! - topology-aware routing (`topology_aware`, kube-proxy's zone hints):
+//!   when the node has a zone ([`ServiceConfig::node_zone`]), every ready
+//!   endpoint carries `for_zones` hints and one of them names this zone,
+//!   cluster-wide candidates are the ready endpoints hinted for this zone;
+//!   otherwise hints are ignored (as kube-proxy does);
 //! - `sessionAffinity: ClientIP` pins a client address to its endpoint for
 //!   `timeout_seconds` (default 10800, 1–86400) after its last new
 //!   connection, while that endpoint stays a candidate;
@@ -106,6 +111,9 @@ pub struct ServiceConfig {
     pub masquerade_ip: Ipv4Addr,
     /// Pod CIDRs (`(network, prefix length)`): sources inside are internal.
     pub cluster_cidrs: Vec<(Ipv4Addr, u8)>,
+    /// This node's `topology.kubernetes.io/zone`, for topology-aware
+    /// routing (zone hints); `None` disables it.
+    pub node_zone: Option<String>,
 }
 
 impl Default for ServiceConfig {
@@ -115,6 +123,7 @@ impl Default for ServiceConfig {
             node_port_range: (30000, 32767),
             masquerade_ip: Ipv4Addr::UNSPECIFIED,
             cluster_cidrs: Vec::new(),
+            node_zone: None,
         }
     }
 }
@@ -175,9 +184,13 @@ pub struct EndpointSpec {
     /// The endpoint runs on this node.
     #[serde(default)]
     pub node_local: bool,
-    /// Topology zone hint (informational).
+    /// The endpoint's own zone (informational).
     #[serde(default)]
     pub zone: Option<String>,
+    /// `hints.forZones`: the zones this endpoint should serve under
+    /// topology-aware routing.
+    #[serde(default)]
+    pub for_zones: Vec<String>,
 }
 
 /// One Service port, as the control agent sends it.
@@ -212,6 +225,11 @@ pub struct ServiceSpec {
     /// `externalTrafficPolicy`.
     #[serde(default)]
     pub external_traffic_policy: TrafficPolicy,
+    /// Topology-aware routing is on for this Service
+    /// (`service.kubernetes.io/topology-mode: Auto` or
+    /// `trafficDistribution: PreferClose`): zone hints are honoured.
+    #[serde(default)]
+    pub topology_aware: bool,
     /// Endpoints.
     #[serde(default)]
     pub endpoints: Vec<EndpointSpec>,
@@ -723,6 +741,22 @@ impl Services {
                 }
             })
             .collect();
+        // Topology-aware routing (kube-proxy's CategorizeEndpoints): zone
+        // hints narrow the cluster-wide candidates only when the Service
+        // asks for it, the node has a zone, every ready endpoint carries
+        // hints and at least one is hinted for this node's zone.
+        let is_ready = |e: &EndpointSpec| e.ready && !e.terminating;
+        let zone = self.inner.config.node_zone.as_deref();
+        let hint_zone = zone.filter(|z| {
+            s.topology_aware
+                && s.endpoints
+                    .iter()
+                    .filter(|e| is_ready(e))
+                    .all(|e| !e.for_zones.is_empty())
+                && s.endpoints
+                    .iter()
+                    .any(|e| is_ready(e) && e.for_zones.iter().any(|h| h == z))
+        });
         let candidates = |local_only: bool| -> Vec<u32> {
             let pick = |f: &dyn Fn(&EndpointSpec) -> bool| -> Vec<u32> {
                 endpoints
@@ -732,7 +766,10 @@ impl Services {
                     .map(|(i, _)| i as u32)
                     .collect()
             };
-            let ready = pick(&|e| e.ready && !e.terminating);
+            let ready = pick(&|e| {
+                is_ready(e)
+                    && (local_only || hint_zone.is_none_or(|z| e.for_zones.iter().any(|h| h == z)))
+            });
             if !ready.is_empty() {
                 return ready;
             }
@@ -976,7 +1013,7 @@ impl Services {
                 .collect();
             fes.sort();
             out += &format!(
-                "{name} {} {}{}{}{}\n",
+                "{name} {} {}{}{}{}{}\n",
                 proto_name(s.spec.protocol.ipproto()),
                 fes.join(","),
                 match s.affinity {
@@ -990,6 +1027,11 @@ impl Services {
                 },
                 if s.spec.external_traffic_policy == TrafficPolicy::Local {
                     " etp=Local"
+                } else {
+                    ""
+                },
+                if s.spec.topology_aware {
+                    " topology=Auto"
                 } else {
                     ""
                 },
@@ -1009,8 +1051,13 @@ impl Services {
                 if sp.node_local {
                     cond.push("local");
                 }
+                let zones = if sp.for_zones.is_empty() {
+                    String::new()
+                } else {
+                    format!(" zones={}", sp.for_zones.join(","))
+                };
                 out += &format!(
-                    "  {}:{} {} connections={} active={} packets={}\n",
+                    "  {}:{} {}{zones} connections={} active={} packets={}\n",
                     sp.ip,
                     sp.port,
                     cond.join(","),

@@ -31,6 +31,7 @@ fn services() -> Services {
         node_port_range: (30000, 32767),
         masquerade_ip: ip(MASQ),
         cluster_cidrs: vec![(ip("10.0.0.0"), 16), (ip("10.1.0.0"), 16)],
+        node_zone: Some("zone-a".into()),
     })
 }
 
@@ -700,4 +701,67 @@ fn trace_shows_the_conntrack_and_service_decisions() {
         .expect("trace");
     assert!(t.contains("(recirculates after conntrack)"), "{t}");
     assert!(!t.contains("Resuming"), "{t}");
+}
+
+#[test]
+fn zone_hints_narrow_cluster_endpoints_only_when_kube_proxy_would() {
+    // This node is in zone-a (see `services()`).
+    let s = services();
+    let ct = Conntrack::with_services(ConntrackConfig::default(), s.clone());
+    let chosen = |s: &Services| {
+        let mut seen = std::collections::BTreeSet::new();
+        for r in 0..64u64 {
+            let rand = r.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            match s.select(
+                0,
+                ipproto::TCP,
+                u32::from(ip("10.0.0.1")),
+                u32::from(ip("10.96.0.10")),
+                80,
+                rand,
+            ) {
+                LbDecision::Forward(t) => {
+                    seen.insert(Ipv4Addr::from(t.ip).to_string());
+                }
+                other => panic!("expected a forward, got {other:?}"),
+            }
+        }
+        seen.into_iter().collect::<Vec<_>>()
+    };
+    let hinted = |a: &[&str], b: &[&str], aware: bool| {
+        let mut w = web(vec![
+            json!({"ip": "10.1.0.5", "port": 8080, "for_zones": a}),
+            json!({"ip": "10.1.0.6", "port": 8080, "for_zones": b}),
+        ]);
+        w["topology_aware"] = json!(aware);
+        json!({"upsert": [w]})
+    };
+    // Every ready endpoint hinted, one for this zone: only that one.
+    apply(&s, &ct, hinted(&["zone-a"], &["zone-b"], true));
+    assert_eq!(chosen(&s), ["10.1.0.5"]);
+    let dump = s.dump();
+    assert!(dump.contains(" topology=Auto"), "{dump}");
+    assert!(
+        dump.contains("10.1.0.6:8080 ready,serving zones=zone-b "),
+        "{dump}"
+    );
+    // The Service did not ask for topology-aware routing: hints ignored.
+    apply(&s, &ct, hinted(&["zone-a"], &["zone-b"], false));
+    assert_eq!(chosen(&s), ["10.1.0.5", "10.1.0.6"]);
+    // One ready endpoint without hints: hints ignored.
+    apply(&s, &ct, hinted(&["zone-a"], &[], true));
+    assert_eq!(chosen(&s), ["10.1.0.5", "10.1.0.6"]);
+    // No endpoint hinted for this zone: hints ignored (no black hole).
+    apply(&s, &ct, hinted(&["zone-b"], &["zone-c"], true));
+    assert_eq!(chosen(&s), ["10.1.0.5", "10.1.0.6"]);
+    // An endpoint may serve several zones.
+    apply(&s, &ct, hinted(&["zone-b", "zone-a"], &["zone-a"], true));
+    assert_eq!(chosen(&s), ["10.1.0.5", "10.1.0.6"]);
+    // A node without a zone ignores hints.
+    let nozone = Services::new(ServiceConfig {
+        node_zone: None,
+        ..s.config().clone()
+    });
+    apply(&nozone, &ct, hinted(&["zone-a"], &["zone-b"], true));
+    assert_eq!(chosen(&nozone), ["10.1.0.5", "10.1.0.6"]);
 }
