@@ -199,8 +199,44 @@ fn bench_pipeline(c: &mut Criterion) {
     g.finish();
 }
 
+/// Programming cost: 100k rules added as ten bundles of 10k (how a
+/// controller pushes a large program), distinct priorities in ascending
+/// order (the worst case for sorted insertion).
+fn bench_program(c: &mut Criterion) {
+    let chunks: Vec<String> = (0..10u32)
+        .map(|c| {
+            (0..10_000u32)
+                .map(|i| {
+                    let n = c * 10_000 + i;
+                    format!(
+                        "priority={},ip,nw_dst=10.{}.{}.{}/32 actions=output:{}\n",
+                        n % 60_000,
+                        n >> 16,
+                        (n >> 8) & 255,
+                        n & 255,
+                        n % 4 + 1
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let mut g = c.benchmark_group("flow_program");
+    g.sample_size(10);
+    g.bench_function("add_100k_rules_in_10_bundles", |b| {
+        b.iter(|| {
+            let t = FlowTables::new();
+            for chunk in &chunks {
+                t.add_flows(chunk, 0).expect("bundle");
+            }
+            assert_eq!(t.program().n_rules(), 100_000);
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    bench_program,
     bench_extract,
     bench_emc,
     bench_megaflow,
