@@ -5,6 +5,7 @@
 //! conntrack_zone_limit = 0                 ; default per-zone limit (0: none)
 //! conntrack_zone_limits = 1:50000,2:1000   ; zone:limit pairs
 //! conntrack_timeouts = tcp_established=86400,udp_first=30   ; seconds
+//! conntrack_cache_entries = 65536          ; per-PMD connection cache (0: none)
 //! service_node_addresses = 192.168.1.10    ; NodePort frontends
 //! service_node_port_range = 30000-32767
 //! service_masquerade_ip = 169.254.169.1
@@ -25,6 +26,7 @@ pub const STATEFUL_KEYS: &[&str] = &[
     "conntrack_zone_limit",
     "conntrack_zone_limits",
     "conntrack_timeouts",
+    "conntrack_cache_entries",
     "service_node_addresses",
     "service_node_port_range",
     "service_masquerade_ip",
@@ -49,6 +51,7 @@ impl PartialEq for StatefulConfig {
             && a.default_zone_limit == b.default_zone_limit
             && a.timeouts == b.timeouts
             && a.shards == b.shards
+            && a.cache_entries == b.cache_entries
             && a.masquerade_ports == b.masquerade_ports
             && self.services == o.services
     }
@@ -86,6 +89,9 @@ impl StatefulConfig {
                         Ok((num(z, "a zone (0-65535)")?, num(l, "a limit")?))
                     })
                     .collect::<Result<_, String>>()?
+            }
+            "conntrack_cache_entries" => {
+                self.conntrack.cache_entries = num(v, "a number of cache entries")?
             }
             "conntrack_timeouts" => {
                 for p in list(v) {
@@ -168,6 +174,7 @@ mod tests {
     fn keys_parse_and_errors_are_sentences() {
         let mut c = StatefulConfig::default();
         c.set("conntrack_max", "1000").expect("max");
+        c.set("conntrack_cache_entries", "0").expect("cache");
         c.set("conntrack_zone_limits", "1:50, 2:7").expect("zones");
         c.set("conntrack_timeouts", "udp_first=5,tcp_established=60")
             .expect("timeouts");
@@ -180,6 +187,7 @@ mod tests {
         c.set("service_cluster_cidrs", "10.244.0.0/16")
             .expect("cidrs");
         assert_eq!(c.conntrack.max_connections, 1000);
+        assert_eq!(c.conntrack.cache_entries, 0);
         assert_eq!(c.conntrack.zone_limits, vec![(1, 50), (2, 7)]);
         assert_eq!(c.conntrack.timeouts.udp_first, 5_000_000_000);
         assert_eq!(c.services.node_addresses.len(), 2);

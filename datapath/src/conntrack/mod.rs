@@ -33,21 +33,74 @@
 //! carries the decision, so its cost does not depend on the number of
 //! Services.
 //!
-//! Sharding (why not per-core): NAT makes the two directions' tuples
-//! unrelated, and RSS or per-port PMD assignment sends them to different
-//! cores, so a per-core table would miss replies. The table is therefore
-//! global and split into [`ConntrackConfig::shards`] shards (a power of two,
-//! default 256) by tuple hash, each behind its own mutex; entries sit
-//! behind their own small mutex (lock order: shard, then entry). A packet
-//! of a known connection takes its shard's lock and its entry's lock for
-//! the lookup and the state update only (tens of nanoseconds, never across
-//! the NAT rewrite), uncontended unless two PMDs hit the same shard at the
-//! same instant: with 256 shards that is rare, so adding cores scales until
-//! memory bandwidth does, like the per-bucket locks of OVS's userspace
-//! conntrack. This is the one lock on the fast path and it is deliberate:
-//! a lock-free table with two keys per entry and in-place state updates
-//! was not worth its complexity here. Allocation happens only when a
-//! connection is created.
+//! Layout: a shared sharded table behind per-PMD caches. The table is the
+//! authority; each PMD's [`cache`] serves its steady traffic without a
+//! lock.
+//!
+//! - Shared table (why not per-core): NAT makes the two directions'
+//!   tuples unrelated, and RSS or per-port PMD assignment sends them to
+//!   different cores, so a per-core table would miss replies. The table is
+//!   global, split into [`ConntrackConfig::shards`] shards (a power of
+//!   two, default 256) by tuple hash, each a `Mutex<HashMap<ConnKey,
+//!   Slot>>`; both keys of a connection point at one `Arc<Conn>`. Create,
+//!   insert, remove, expiry, eviction, flush, dump and `peek` lock a
+//!   shard; so does a packet whose key is not in its PMD's cache.
+//! - Per-PMD connection cache (`cache::ConnCache`, why per-core): a
+//!   fixed set-associative array of `(tag, direction, Arc<Conn>)`
+//!   allocated when the [`ConntrackHandle`] is created
+//!   ([`ConntrackConfig::cache_entries`], default 64Ki entries, 1 MiB). A
+//!   hit borrows the `Arc`: no lock, no refcount traffic, no allocation,
+//!   one cache line of lookup. Per-core because a PMD's connections are
+//!   what it sees again; both directions of a connection may be cached on
+//!   different PMDs and still share one `Conn`, so the state stays one.
+//!   A miss locks the key's shard and fills the cache (an `Arc` clone).
+//!
+//! A connection (`Conn`) is immutable after publication except for its
+//! hot state, which is atomic: the keys, zone, NAT bits, protocol kind
+//! and Service endpoint never change; the dead flag, expiry, per-direction
+//! packet and byte counters (relaxed `fetch_add`), `replied`, the TCP
+//! state and each direction's window (`end`, `maxend`, `maxwin`: monotone
+//! CAS/max in sequence space, see [`tcp`]) are atomics; `ct_mark` and
+//! `ct_label` sit behind a sequence lock (read lock-free, never torn).
+//!
+//! The hit path ([`ConntrackHandle`]): a packet that changes no state —
+//! TCP ESTABLISHED without SYN/FIN/RST and in window; UDP, SCTP, ICMP
+//! after the first reply (or any original-direction packet); a commit
+//! whose mark/label write changes nothing — is tracked without any lock.
+//! Anything else takes the entry's own mutex (`Conn::lock`): TCP
+//! handshake and close transitions, reopen, the first reply, a mark or
+//! label write, and every packet the lock-free window check would call
+//! out of window, which is re-checked there before it is reported `+inv`.
+//! Window fields only grow and are read and written in an order that
+//! makes the lock-free check see values of some serial order of the
+//! concurrent segments, so two PMDs on the two directions never produce a
+//! false `+inv` (`cache_tests`). The steady path writes the expiry only
+//! when it moves by [`EXPIRES_REFRESH_NS`] (1 s) or more, so a busy
+//! connection does not dirty that line per packet and an idle one may
+//! expire up to 1 s early; a transition racing with that write is fixed
+//! up under the entry's lock (the packet counts as after it).
+//!
+//! Invalidation: flush, expiry, eviction and reopen kill the connection
+//! (set `dead`, then close both packet counters, see `COUNT_DEAD`) and
+//! remove its keys; nothing is pushed to the caches. A cache hit on a
+//! dead or expired connection, or a packet whose count finds the counter
+//! closed, falls back to the shared table: it never gets the old
+//! connection's state or translation. A cache entry may keep a killed
+//! connection's memory until it is overwritten or looked up (at most
+//! `cache_entries` per PMD); dropping that last `Arc`, a free, then
+//! happens on the PMD on a miss.
+//!
+//! Locks that remain: shard mutexes (control commands, creation, cache
+//! misses, sweeps: one shard per [`SWEEP_INTERVAL_NS`] per PMD) and entry
+//! mutexes (transitions, as above; lock order shard then entry). None on
+//! an established packet that hits its PMD's cache. Allocation happens
+//! only when a connection is created.
+//!
+//! Stats stay exact: per-direction counters are atomics read by
+//! `dump-conntrack`; an endpoint's finished-connection packet count is
+//! taken by the kill in the same atomic step that closes the counters, so
+//! a packet is counted in exactly one connection, live or finished
+//! (`dump-services` adds the live ones).
 //!
 //! Not supported: IPv6 (`+inv`), fragment reassembly (`+inv`), TCP
 //! mid-stream pickup (a non-SYN without an entry is `+inv`),
@@ -60,8 +113,12 @@
 //! evicted early, otherwise the packet is dropped under `ct_limit`.
 //!
 //! Thread-safety: [`Conntrack`] is a cheap `Clone` handle (`Arc`), `Send +
-//! Sync`; each PMD owns one [`ConntrackHandle`] (its `ConntrackHook`).
+//! Sync`; each PMD owns one [`ConntrackHandle`] (its `ConntrackHook` and
+//! its connection cache), `Send`, never shared.
 
+pub mod cache;
+#[cfg(test)]
+mod cache_tests;
 pub mod commands;
 pub mod config;
 pub mod nat;
@@ -72,7 +129,7 @@ pub mod trace;
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hashbrown::HashMap;
@@ -84,11 +141,18 @@ use crate::packet::PacketBuf;
 use crate::pipeline::hooks::ConntrackHook;
 use crate::pipeline::Nanos;
 use crate::service::{LbDecision, LbRef, Services};
+use cache::{CacheStats, ConnCache};
 use nat::{Parsed, Tuple, L4};
 use tcp::{TcpConn, TcpState};
 
 /// How often a [`ConntrackHandle`] sweeps one shard for expired entries.
 pub const SWEEP_INTERVAL_NS: Nanos = 10_000_000;
+
+/// The lock-free hit path moves a connection's expiry only when it
+/// advances by at least this much (like Linux's `nf_ct_refresh` did with
+/// `HZ`), so a busy connection writes it about once a second, not per
+/// packet. An idle connection may thus expire up to this much early.
+pub const EXPIRES_REFRESH_NS: Nanos = 1_000_000_000;
 
 const SEC: Nanos = 1_000_000_000;
 
@@ -148,6 +212,9 @@ pub struct ConntrackConfig {
     pub timeouts: Timeouts,
     /// Number of shards (rounded up to a power of two).
     pub shards: usize,
+    /// Entries of each PMD's connection cache (rounded up to a power of
+    /// two; 0: no cache, every packet looks in the shared table).
+    pub cache_entries: usize,
     /// Source ports for masquerading (Service hairpin, NodePort).
     pub masquerade_ports: (u16, u16),
 }
@@ -160,6 +227,7 @@ impl Default for ConntrackConfig {
             default_zone_limit: 0,
             timeouts: Timeouts::default(),
             shards: 256,
+            cache_entries: cache::CACHE_ENTRIES,
             masquerade_ports: (32768, 60999),
         }
     }
@@ -195,8 +263,8 @@ pub struct ConnKey {
     pub tuple: Tuple,
 }
 
-/// Protocol state of a connection.
-#[derive(Debug, Clone, Copy)]
+/// Protocol state of a connection (the kind is fixed at creation).
+#[derive(Debug)]
 pub enum ProtoState {
     /// TCP with its state machine.
     Tcp(TcpConn),
@@ -218,78 +286,233 @@ pub struct CtMarks {
 impl CtMarks {
     /// No mark, no label.
     pub const ZERO: CtMarks = CtMarks { mark: 0, label: 0 };
+
+    /// The marks after `ct`'s `exec(set_field...)` writes (a committing
+    /// action only).
+    fn apply(self, ct: &CtAction) -> CtMarks {
+        if !ct.commit {
+            return self;
+        }
+        CtMarks {
+            mark: ct
+                .mark
+                .map_or(self.mark, |(v, m)| (self.mark & !m) | (v & m)),
+            label: ct
+                .label
+                .map_or(self.label, |(v, m)| (self.label & !m) | (v & m)),
+        }
+    }
 }
 
-/// One tracked connection.
+/// `ct_mark` and `ct_label` behind a sequence lock: written (rarely: a
+/// commit that changes them) under the entry's lock, read on every packet
+/// without a lock and never torn.
+#[derive(Debug, Default)]
+struct Marks {
+    /// Odd while a writer is storing.
+    seq: AtomicU32,
+    mark: AtomicU32,
+    label: [AtomicU64; 2],
+}
+
+impl Marks {
+    fn new(m: CtMarks) -> Marks {
+        Marks {
+            seq: AtomicU32::new(0),
+            mark: AtomicU32::new(m.mark),
+            label: [
+                AtomicU64::new((m.label >> 64) as u64),
+                AtomicU64::new(m.label as u64),
+            ],
+        }
+    }
+
+    fn load(&self) -> CtMarks {
+        CtMarks {
+            mark: self.mark.load(Ordering::Relaxed),
+            label: u128::from(self.label[0].load(Ordering::Relaxed)) << 64
+                | u128::from(self.label[1].load(Ordering::Relaxed)),
+        }
+    }
+
+    /// A consistent snapshot, or `None` while a writer is storing.
+    fn try_read(&self) -> Option<CtMarks> {
+        let s1 = self.seq.load(Ordering::Acquire);
+        if s1 & 1 != 0 {
+            return None;
+        }
+        let m = self.load();
+        fence(Ordering::Acquire);
+        (self.seq.load(Ordering::Relaxed) == s1).then_some(m)
+    }
+
+    /// Stores `m`; the caller holds the entry's lock (one writer).
+    fn write(&self, m: CtMarks) {
+        let s = self.seq.load(Ordering::Relaxed);
+        self.seq.store(s.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        self.mark.store(m.mark, Ordering::Relaxed);
+        self.label[0].store((m.label >> 64) as u64, Ordering::Relaxed);
+        self.label[1].store(m.label as u64, Ordering::Relaxed);
+        self.seq.store(s.wrapping_add(2), Ordering::Release);
+    }
+}
+
+/// Set in a direction's packet counter when the connection is killed:
+/// the kill reads the counter and sets this bit in one atomic step, so a
+/// packet counted before it is in the endpoint's total and a packet that
+/// finds it set knows it was not counted (and treats the entry as gone).
+const COUNT_DEAD: u64 = 1 << 63;
+
+/// One tracked connection, shared (`Arc`) by the table's two keys and
+/// the PMDs' connection caches.
+///
+/// What never changes after the entry is published: both keys, the zone,
+/// the NAT bits, the protocol kind and the Service endpoint. Everything a
+/// packet updates is atomic (see the module doc); `lock` serialises state
+/// transitions and mark/label writes, never the steady hit path.
 #[derive(Debug)]
 pub struct Conn {
     /// Tuples of the original (0) and reply (1) direction, as on the wire
     /// before translation.
     pub keys: [ConnKey; 2],
-    /// Protocol state.
-    pub proto: ProtoState,
-    /// A reply has been seen.
-    pub replied: bool,
-    /// Expiry time.
-    pub expires: Nanos,
-    /// `ct_mark`.
-    pub mark: u32,
-    /// `ct_label`.
-    pub label: u128,
     /// `ct_state::SNAT` / `ct_state::DNAT` bits.
     pub nat: u8,
     /// The Service endpoint this connection was balanced to.
     pub lb: Option<LbRef>,
-    /// Packets per direction.
-    pub packets: [u64; 2],
+    /// Protocol state.
+    pub proto: ProtoState,
+    /// Removed from the table (the other direction's key, and PMD
+    /// caches, may hold it until swept or overwritten).
+    dead: AtomicBool,
+    /// A reply has been seen.
+    replied: AtomicBool,
+    /// Expiry time (refreshed by at most [`EXPIRES_REFRESH_NS`] less
+    /// than the exact value, see the module doc).
+    expires: AtomicU64,
+    /// Packets per direction (bit 63: [`COUNT_DEAD`]).
+    packets: [AtomicU64; 2],
     /// Bytes per direction.
-    pub bytes: [u64; 2],
-    /// Removed from the table (the other direction's key may linger until
-    /// swept).
-    dead: bool,
+    bytes: [AtomicU64; 2],
+    /// `ct_mark`, `ct_label`.
+    marks: Marks,
+    /// Serialises TCP state transitions, the first reply and mark/label
+    /// writes.
+    lock: Mutex<()>,
 }
 
 impl Conn {
-    fn marks(&self) -> CtMarks {
-        CtMarks {
-            mark: self.mark,
-            label: self.label,
+    /// `ct_mark` and `ct_label`.
+    pub fn marks(&self) -> CtMarks {
+        self.marks.try_read().unwrap_or_else(|| {
+            // A writer is mid-store: wait for it.
+            let _g = lock(&self.lock);
+            self.marks.load()
+        })
+    }
+
+    /// `ct_mark`.
+    pub fn mark(&self) -> u32 {
+        self.marks().mark
+    }
+
+    /// `ct_label`.
+    pub fn label(&self) -> u128 {
+        self.marks().label
+    }
+
+    /// A reply has been seen.
+    pub fn replied(&self) -> bool {
+        self.replied.load(Ordering::SeqCst)
+    }
+
+    /// Expiry time.
+    pub fn expires(&self) -> Nanos {
+        self.expires.load(Ordering::SeqCst)
+    }
+
+    /// Packets per direction.
+    pub fn packets(&self) -> [u64; 2] {
+        [0, 1].map(|d| self.packets[d].load(Ordering::Relaxed) & !COUNT_DEAD)
+    }
+
+    /// Bytes per direction.
+    pub fn bytes(&self) -> [u64; 2] {
+        [0, 1].map(|d| self.bytes[d].load(Ordering::Relaxed))
+    }
+
+    /// Removed from the table.
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::SeqCst)
+    }
+
+    /// The TCP state, for TCP connections.
+    pub fn tcp_state(&self) -> Option<TcpState> {
+        match &self.proto {
+            ProtoState::Tcp(t) => Some(t.state()),
+            _ => None,
         }
     }
 
     fn established(&self) -> bool {
-        match self.proto {
-            ProtoState::Tcp(t) => t.state == TcpState::Established,
-            _ => self.replied,
+        match &self.proto {
+            ProtoState::Tcp(t) => t.state() == TcpState::Established,
+            _ => self.replied(),
+        }
+    }
+
+    /// What the idle timeout depends on: the TCP state, or whether a
+    /// reply was seen.
+    fn timeout_class(&self) -> u8 {
+        match &self.proto {
+            ProtoState::Tcp(t) => t.state() as u8,
+            _ => u8::from(self.replied()),
         }
     }
 
     fn timeout(&self, t: &Timeouts) -> Nanos {
-        match self.proto {
-            ProtoState::Tcp(c) => c.state.timeout(t),
+        match &self.proto {
+            ProtoState::Tcp(c) => c.state().timeout(t),
             ProtoState::Icmp => t.icmp,
-            ProtoState::Other if self.replied => t.udp_stream,
+            ProtoState::Other if self.replied() => t.udp_stream,
             ProtoState::Other => t.udp_first,
         }
     }
 
+    /// Live at `now`: not killed, not expired.
+    fn live(&self, now: Nanos) -> bool {
+        !self.is_dead() && self.expires() > now
+    }
+
     /// State name for dumps and stats.
     pub fn state_name(&self) -> &'static str {
-        match self.proto {
-            ProtoState::Tcp(c) => c.state.name(),
-            _ if self.replied => "REPLIED",
+        match &self.proto {
+            ProtoState::Tcp(c) => c.state().name(),
+            _ if self.replied() => "REPLIED",
             _ => "UNREPLIED",
         }
     }
 }
 
+/// A table key's target: the connection and the direction the key names.
 #[derive(Debug, Clone)]
 struct Slot {
-    conn: Arc<Mutex<Conn>>,
+    conn: Arc<Conn>,
     dir: u8,
 }
 
 type Shard = HashMap<ConnKey, Slot>;
+
+/// The hash of a key: its shard in the table, its set in a PMD's cache.
+#[inline]
+fn key_hash(k: &ConnKey) -> u64 {
+    let mut h = u64::from(k.tuple.src) << 32 | u64::from(k.tuple.dst);
+    h ^= (u64::from(k.tuple.sport) << 32 | u64::from(k.tuple.dport) << 16)
+        ^ u64::from(k.zone) << 8
+        ^ u64::from(k.proto);
+    h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^ h >> 29
+}
 
 struct Inner {
     shards: Box<[Mutex<Shard>]>,
@@ -427,12 +650,20 @@ impl Conntrack {
             next_shard: 0,
             rng: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
             retrying: false,
+            cache: ConnCache::new(self.inner.config.cache_entries),
         }
     }
 
     /// Number of live connections.
     pub fn len(&self) -> usize {
-        self.inner.count.load(Ordering::Relaxed)
+        // A kill racing with a commit may decrement before the commit's
+        // increment lands: read a transient "-1" as 0.
+        let n = self.inner.count.load(Ordering::Relaxed);
+        if n > isize::MAX as usize {
+            0
+        } else {
+            n
+        }
     }
 
     /// True when no connection is tracked.
@@ -455,99 +686,88 @@ impl Conntrack {
         self.inner.services.as_ref()
     }
 
-    fn shard_of(&self, k: &ConnKey) -> &Mutex<Shard> {
-        let mut h = u64::from(k.tuple.src) << 32 | u64::from(k.tuple.dst);
-        h ^= (u64::from(k.tuple.sport) << 32 | u64::from(k.tuple.dport) << 16)
-            ^ u64::from(k.zone) << 8
-            ^ u64::from(k.proto);
-        h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        h ^= h >> 29;
-        &self.inner.shards[(h as usize >> 7) & self.inner.mask]
+    fn shard_of(&self, hash: u64) -> &Mutex<Shard> {
+        &self.inner.shards[(hash as usize >> 7) & self.inner.mask]
     }
 
-    /// Marks `c` removed and releases its counts (once).
-    fn kill(&self, c: &mut Conn) {
-        if c.dead {
+    /// Marks `c` removed and releases its counts (once). Callers hold the
+    /// shard lock of one of its keys.
+    fn kill(&self, c: &Conn) {
+        if c.dead.swap(true, Ordering::SeqCst) {
             return;
         }
-        c.dead = true;
-        self.inner.count.fetch_sub(1, Ordering::Relaxed);
-        self.inner.zone_counts[usize::from(c.keys[0].zone)].fetch_sub(1, Ordering::Relaxed);
+        // Close the packet counters: a packet counted before this is in
+        // the endpoint's total; one counted after sees `COUNT_DEAD`.
+        let packets: u64 = c
+            .packets
+            .iter()
+            .map(|p| p.fetch_or(COUNT_DEAD, Ordering::AcqRel) & !COUNT_DEAD)
+            .sum();
+        self.count_in(c, -1);
         if let Some(lb) = &c.lb {
-            lb.stats.active.fetch_sub(1, Ordering::Relaxed);
             // Packet counts move to the endpoint when the connection ends
             // (live ones are added by `dump-services`), so the hit path
             // touches no shared endpoint counter.
-            lb.stats
-                .packets
-                .fetch_add(c.packets[0] + c.packets[1], Ordering::Relaxed);
+            lb.stats.packets.fetch_add(packets, Ordering::Relaxed);
         }
     }
 
-    /// Looks `k` up; expired or dead entries are removed and not returned.
-    fn lookup(&self, now: Nanos, k: &ConnKey) -> Option<Slot> {
-        let mut shard = lock(self.shard_of(k));
-        let slot = shard.get(k)?;
-        let live = {
-            let mut c = lock(&slot.conn);
-            if !c.dead && c.expires <= now {
-                self.kill(&mut c);
-                self.inner.stats.expired.fetch_add(1, Ordering::Relaxed);
-            }
-            !c.dead
-        };
-        if live {
-            Some(slot.clone())
-        } else {
-            shard.remove(k);
-            None
-        }
-    }
-
-    /// Runs `f` on the live entry found by `k`, holding its shard's and
-    /// its own lock; expired or dead entries are removed and `None`
-    /// returned.
-    fn with_entry<R>(
-        &self,
-        now: Nanos,
-        k: &ConnKey,
-        f: impl FnOnce(&Slot, &mut Conn) -> R,
-    ) -> Option<R> {
-        let mut shard = lock(self.shard_of(k));
-        let slot = shard.get(k)?;
-        let mut c = lock(&slot.conn);
-        if !c.dead && c.expires <= now {
-            self.kill(&mut c);
+    /// Kills `c` when it expired at `now`; true when it is (now) dead.
+    fn reap(&self, now: Nanos, c: &Conn) -> bool {
+        if !c.is_dead() && c.expires() <= now {
+            self.kill(c);
             self.inner.stats.expired.fetch_add(1, Ordering::Relaxed);
         }
-        if !c.dead {
-            return Some(f(slot, &mut c));
+        c.is_dead()
+    }
+
+    /// Adds `n` (1 or -1) to the live counts `c` is part of (global,
+    /// zone, its endpoint's active connections).
+    fn count_in(&self, c: &Conn, n: isize) {
+        let zone = &self.inner.zone_counts[usize::from(c.keys[0].zone)];
+        if n > 0 {
+            self.inner.count.fetch_add(1, Ordering::Relaxed);
+            zone.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.inner.count.fetch_sub(1, Ordering::Relaxed);
+            zone.fetch_sub(1, Ordering::Relaxed);
         }
-        drop(c);
+        if let Some(lb) = &c.lb {
+            if n > 0 {
+                lb.stats.active.fetch_add(1, Ordering::Relaxed);
+            } else {
+                lb.stats.active.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Looks `k` (hash `hash`) up in the shared table; expired or dead
+    /// entries are removed and not returned.
+    fn lookup(&self, now: Nanos, hash: u64, k: &ConnKey) -> Option<Slot> {
+        let mut shard = lock(self.shard_of(hash));
+        let slot = shard.get(k)?;
+        if !self.reap(now, &slot.conn) {
+            return Some(slot.clone());
+        }
         shard.remove(k);
         None
     }
 
     /// Inserts `slot` under `k` unless a live entry holds it.
     /// Fails with the live entry that holds `k`.
-    fn try_insert(&self, now: Nanos, k: ConnKey, slot: &Slot) -> Result<(), Arc<Mutex<Conn>>> {
-        let mut shard = lock(self.shard_of(&k));
+    fn try_insert(&self, now: Nanos, k: ConnKey, slot: &Slot) -> Result<(), Arc<Conn>> {
+        let mut shard = lock(self.shard_of(key_hash(&k)));
         if let Some(old) = shard.get(&k) {
-            let mut c = lock(&old.conn);
-            if !c.dead && c.expires > now {
+            if !self.reap(now, &old.conn) {
                 return Err(old.conn.clone());
-            }
-            if !c.dead {
-                self.kill(&mut c);
-                self.inner.stats.expired.fetch_add(1, Ordering::Relaxed);
             }
         }
         shard.insert(k, slot.clone());
         Ok(())
     }
 
-    fn remove_key(&self, k: &ConnKey, conn: &Arc<Mutex<Conn>>) {
-        let mut shard = lock(self.shard_of(k));
+    fn remove_key(&self, k: &ConnKey, conn: &Arc<Conn>) {
+        let mut shard = lock(self.shard_of(key_hash(k)));
         if shard.get(k).is_some_and(|s| Arc::ptr_eq(&s.conn, conn)) {
             shard.remove(k);
         }
@@ -555,28 +775,29 @@ impl Conntrack {
 
     /// Makes room for one connection in `zone`: evicts a non-established
     /// entry of the shard of `k` (same zone when the zone is full).
-    fn make_room(&self, now: Nanos, k: &ConnKey) -> Result<(), DropReason> {
+    fn make_room(&self, now: Nanos, hash: u64, k: &ConnKey) -> Result<(), DropReason> {
         let zone = usize::from(k.zone);
         let zone_full = self.inner.zone_limit[zone] != 0
-            && self.inner.zone_counts[zone].load(Ordering::Relaxed) >= self.inner.zone_limit[zone];
+            && (self.inner.zone_counts[zone].load(Ordering::Relaxed) as i32).max(0) as u32
+                >= self.inner.zone_limit[zone];
         let global_full = self.len() >= self.inner.config.max_connections;
         if !zone_full && !global_full {
             return Ok(());
         }
-        let mut shard = lock(self.shard_of(k));
+        let mut shard = lock(self.shard_of(hash));
         let victim = shard
             .iter()
             .take(64)
             .find(|(_, s)| {
-                let c = lock(&s.conn);
-                !c.dead
-                    && (c.expires <= now || !c.established())
+                let c = &s.conn;
+                !c.is_dead()
+                    && (c.expires() <= now || !c.established())
                     && (!zone_full || c.keys[0].zone == k.zone)
             })
             .map(|(key, s)| (*key, s.conn.clone()));
         match victim {
             Some((key, conn)) => {
-                self.kill(&mut lock(&conn));
+                self.kill(&conn);
                 shard.remove(&key);
                 self.inner.stats.evictions.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -595,14 +816,7 @@ impl Conntrack {
         };
         let mut shard = lock(m);
         let before = shard.len();
-        shard.retain(|_, s| {
-            let mut c = lock(&s.conn);
-            if !c.dead && c.expires <= now {
-                self.kill(&mut c);
-                self.inner.stats.expired.fetch_add(1, Ordering::Relaxed);
-            }
-            !c.dead
-        });
+        shard.retain(|_, s| !self.reap(now, &s.conn));
         before - shard.len()
     }
 
@@ -618,11 +832,8 @@ impl Conntrack {
         for m in self.inner.shards.iter() {
             let shard = lock(m);
             for s in shard.values() {
-                if s.dir == 0 {
-                    let c = lock(&s.conn);
-                    if !c.dead {
-                        f(&c);
-                    }
+                if s.dir == 0 && !s.conn.is_dead() {
+                    f(&s.conn);
                 }
             }
         }
@@ -634,12 +845,12 @@ impl Conntrack {
         for m in self.inner.shards.iter() {
             let mut shard = lock(m);
             shard.retain(|_, s| {
-                let mut c = lock(&s.conn);
-                if !c.dead && pred(&c) {
-                    self.kill(&mut c);
+                let c = &s.conn;
+                if !c.is_dead() && pred(c) {
+                    self.kill(c);
                     n += 1;
                 }
-                !c.dead
+                !c.is_dead()
             });
         }
         n
@@ -658,8 +869,9 @@ impl Conntrack {
         let mut m = std::collections::HashMap::new();
         self.for_each(|c| {
             if let Some(lb) = &c.lb {
+                let [p0, p1] = c.packets();
                 *m.entry((lb.service.clone(), lb.endpoint.0, lb.endpoint.1))
-                    .or_default() += c.packets[0] + c.packets[1];
+                    .or_default() += p0 + p1;
             }
         });
         m
@@ -668,13 +880,13 @@ impl Conntrack {
     /// The `dump-conntrack` line of the live connection `key` belongs to,
     /// with the direction it names (`lb-trace`).
     pub fn describe(&self, key: &ConnKey, now: Nanos) -> Option<String> {
-        let shard = lock(self.shard_of(key));
+        let shard = lock(self.shard_of(key_hash(key)));
         let slot = shard.get(key)?;
-        let c = lock(&slot.conn);
-        (!c.dead && c.expires > now).then(|| {
+        let c = &slot.conn;
+        c.live(now).then(|| {
             format!(
                 "{} ({} direction)",
-                format_conn(&c, now),
+                format_conn(c, now),
                 if slot.dir == 0 { "original" } else { "reply" }
             )
         })
@@ -685,15 +897,15 @@ impl Conntrack {
     /// NATing `ct` rewrites it to, and the `dump-conntrack` line. TCP
     /// window checks are not evaluated (a key has no sequence numbers).
     pub fn peek(&self, now: Nanos, key: &ConnKey) -> Option<ConnPeek> {
-        let shard = lock(self.shard_of(key));
+        let shard = lock(self.shard_of(key_hash(key)));
         let slot = shard.get(key)?;
-        let c = lock(&slot.conn);
-        if c.dead || c.expires <= now {
+        let c = &slot.conn;
+        if !c.live(now) {
             return None;
         }
         let dir = usize::from(slot.dir);
         let mut st = ct_state::TRK | c.nat;
-        st |= if c.replied || dir == 1 {
+        st |= if c.replied() || dir == 1 {
             ct_state::EST
         } else {
             ct_state::NEW
@@ -707,7 +919,7 @@ impl Conntrack {
             marks: c.marks(),
             nat: c.nat,
             target: c.keys[1 - dir].tuple.reverse(),
-            line: format_conn(&c, now),
+            line: format_conn(c, now),
         })
     }
 
@@ -729,7 +941,7 @@ impl Conntrack {
     pub fn dump(&self, filter: &ConnFilter, now: Nanos) -> String {
         let mut lines = Vec::new();
         self.for_each(|c| {
-            if filter.matches(c) && c.expires > now {
+            if filter.matches(c) && c.expires() > now {
                 lines.push(format_conn(c, now));
             }
         });
@@ -773,21 +985,23 @@ fn format_conn(c: &Conn, now: Nanos) -> String {
     if c.keys[0].zone != 0 {
         let _ = write!(s, ",zone={}", c.keys[0].zone);
     }
-    if c.mark != 0 {
-        let _ = write!(s, ",mark={}", c.mark);
+    let marks = c.marks();
+    if marks.mark != 0 {
+        let _ = write!(s, ",mark={}", marks.mark);
     }
-    if c.label != 0 {
-        let _ = write!(s, ",labels={:#x}", c.label);
+    if marks.label != 0 {
+        let _ = write!(s, ",labels={:#x}", marks.label);
     }
+    let packets = c.packets();
     let _ = write!(
         s,
         ",timeout={},packets=({},{})",
-        (c.expires.saturating_sub(now)) / SEC,
-        c.packets[0],
-        c.packets[1]
+        (c.expires().saturating_sub(now)) / SEC,
+        packets[0],
+        packets[1]
     );
-    if let ProtoState::Tcp(t) = c.proto {
-        let _ = write!(s, ",protoinfo=(state={})", t.state.name());
+    if let Some(state) = c.tcp_state() {
+        let _ = write!(s, ",protoinfo=(state={})", state.name());
     }
     if let Some(lb) = &c.lb {
         let _ = write!(s, ",service={}", lb.service);
@@ -795,7 +1009,8 @@ fn format_conn(c: &Conn, now: Nanos) -> String {
     s
 }
 
-/// A PMD's handle on the connection table: the `ct(...)` hook.
+/// A PMD's handle on the connection table: the `ct(...)` hook, with the
+/// PMD's connection cache.
 #[derive(Debug)]
 pub struct ConntrackHandle {
     ct: Conntrack,
@@ -804,54 +1019,7 @@ pub struct ConntrackHandle {
     rng: u64,
     /// Re-tracking a packet after losing a commit race.
     retrying: bool,
-}
-
-/// The hit path on a locked entry: tracks a packet of direction `dir`.
-#[allow(clippy::too_many_arguments)]
-fn hit_entry(
-    cfg: &ConntrackConfig,
-    now: Nanos,
-    ct: &CtAction,
-    seg: Option<&tcp::Segment>,
-    len: u64,
-    dir: usize,
-    conn: &Arc<Mutex<Conn>>,
-    c: &mut Conn,
-) -> Hit {
-    if let (ProtoState::Tcp(t), Some(seg)) = (&mut c.proto, seg) {
-        let reopen = dir == 0
-            && TcpConn::is_syn(seg)
-            && matches!(t.state, TcpState::TimeWait | TcpState::Close);
-        if reopen {
-            return Hit::Reopen(conn.clone());
-        }
-        if !t.track(dir, seg) {
-            return Hit::Invalid;
-        }
-    }
-    if dir == 1 {
-        c.replied = true;
-    }
-    c.packets[dir] += 1;
-    c.bytes[dir] += len;
-    c.expires = now + c.timeout(&cfg.timeouts);
-    if let (true, Some((v, m))) = (ct.commit, ct.mark) {
-        c.mark = (c.mark & !m) | (v & m);
-    }
-    if let (true, Some((v, m))) = (ct.commit, ct.label) {
-        c.label = (c.label & !m) | (v & m);
-    }
-    let mut st = ct_state::TRK | c.nat;
-    st |= if c.replied {
-        ct_state::EST
-    } else {
-        ct_state::NEW
-    };
-    if dir == 1 {
-        st |= ct_state::RPL;
-    }
-    let target = (c.nat != 0 && ct.nat.is_some()).then(|| c.keys[1 - dir].tuple.reverse());
-    Hit::Tracked(st, c.marks(), target)
+    cache: ConnCache,
 }
 
 /// What the hit path found.
@@ -861,7 +1029,150 @@ enum Hit {
     /// Out of window or otherwise invalid.
     Invalid,
     /// A SYN reopening a closed TCP connection.
-    Reopen(Arc<Mutex<Conn>>),
+    Reopen(Arc<Conn>),
+    /// The connection was killed or expired: look again in the table.
+    Gone,
+}
+
+/// The `ct_state` bits and NAT target of a tracked packet.
+fn tracked(c: &Conn, ct: &CtAction, dir: usize, replied: bool, marks: CtMarks) -> Hit {
+    let mut st = ct_state::TRK | c.nat;
+    st |= if replied {
+        ct_state::EST
+    } else {
+        ct_state::NEW
+    };
+    if dir == 1 {
+        st |= ct_state::RPL;
+    }
+    let target = (c.nat != 0 && ct.nat.is_some()).then(|| c.keys[1 - dir].tuple.reverse());
+    Hit::Tracked(st, marks, target)
+}
+
+/// Tracks a packet of direction `dir` of `conn`: lock-free when it
+/// changes no state, else under the entry's lock.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn hit_conn(
+    cfg: &ConntrackConfig,
+    now: Nanos,
+    ct: &CtAction,
+    seg: Option<&tcp::Segment>,
+    len: u64,
+    dir: usize,
+    conn: &Arc<Conn>,
+) -> Hit {
+    match hit_fast(cfg, now, ct, seg, len, dir, conn) {
+        Some(hit) => hit,
+        None => hit_locked(cfg, now, ct, seg, len, dir, conn),
+    }
+}
+
+/// The lock-free hit path. `None` (having changed nothing) when the packet
+/// needs the locked path: a TCP state transition or a segment it would
+/// call out of window, the first reply, or a mark/label write.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn hit_fast(
+    cfg: &ConntrackConfig,
+    now: Nanos,
+    ct: &CtAction,
+    seg: Option<&tcp::Segment>,
+    len: u64,
+    dir: usize,
+    c: &Conn,
+) -> Option<Hit> {
+    if !c.live(now) {
+        return Some(Hit::Gone);
+    }
+    let replied = dir == 1 || c.replied();
+    if dir == 1 && !c.replied() {
+        return None;
+    }
+    let marks = c.marks.try_read()?;
+    let new_marks = marks.apply(ct);
+    if new_marks != marks {
+        return None;
+    }
+    let class = c.timeout_class();
+    if let ProtoState::Tcp(t) = &c.proto {
+        // Changes the window only when it returns true.
+        if !seg.is_some_and(|seg| t.track_established(dir, seg)) {
+            return None;
+        }
+    }
+    // Count the packet; a kill that closed the counter first means the
+    // connection is gone (and this packet was not counted).
+    if c.packets[dir].fetch_add(1, Ordering::AcqRel) & COUNT_DEAD != 0 {
+        return Some(Hit::Gone);
+    }
+    c.bytes[dir].fetch_add(len, Ordering::Relaxed);
+    refresh(cfg, now, c, class);
+    Some(tracked(c, ct, dir, replied, marks))
+}
+
+/// Moves the expiry of `c` (timeout class `class` when the packet was
+/// checked) forward, when it moves by at least [`EXPIRES_REFRESH_NS`].
+#[inline]
+fn refresh(cfg: &ConntrackConfig, now: Nanos, c: &Conn, class: u8) {
+    let e = now + c.timeout(&cfg.timeouts);
+    if e < c.expires().saturating_add(EXPIRES_REFRESH_NS) {
+        return;
+    }
+    c.expires.fetch_max(e, Ordering::SeqCst);
+    if c.timeout_class() != class {
+        // A transition (FIN, RST, first reply) raced with this packet and
+        // may have set a shorter expiry that `fetch_max` overwrote: the
+        // packet counts as after it, so recompute under the lock.
+        let _g = lock(&c.lock);
+        c.expires
+            .store(now + c.timeout(&cfg.timeouts), Ordering::SeqCst);
+    }
+}
+
+/// The locked hit path: TCP transitions and the full window check, the
+/// first reply, mark and label writes.
+#[allow(clippy::too_many_arguments)]
+fn hit_locked(
+    cfg: &ConntrackConfig,
+    now: Nanos,
+    ct: &CtAction,
+    seg: Option<&tcp::Segment>,
+    len: u64,
+    dir: usize,
+    conn: &Arc<Conn>,
+) -> Hit {
+    let c = &**conn;
+    let _g = lock(&c.lock);
+    if !c.live(now) {
+        return Hit::Gone;
+    }
+    if let (ProtoState::Tcp(t), Some(seg)) = (&c.proto, seg) {
+        let reopen = dir == 0
+            && TcpConn::is_syn(seg)
+            && matches!(t.state(), TcpState::TimeWait | TcpState::Close);
+        if reopen {
+            return Hit::Reopen(conn.clone());
+        }
+        if !t.track(dir, seg) {
+            return Hit::Invalid;
+        }
+    }
+    if dir == 1 {
+        c.replied.store(true, Ordering::SeqCst);
+    }
+    if c.packets[dir].fetch_add(1, Ordering::AcqRel) & COUNT_DEAD != 0 {
+        return Hit::Gone;
+    }
+    c.bytes[dir].fetch_add(len, Ordering::Relaxed);
+    c.expires
+        .store(now + c.timeout(&cfg.timeouts), Ordering::SeqCst);
+    let marks = c.marks.load();
+    let new_marks = marks.apply(ct);
+    if new_marks != marks {
+        c.marks.write(new_marks);
+    }
+    tracked(c, ct, dir, c.replied(), new_marks)
 }
 
 /// NAT plan for a new connection.
@@ -877,6 +1188,16 @@ impl ConntrackHandle {
     /// The shared table.
     pub fn conntrack(&self) -> &Conntrack {
         &self.ct
+    }
+
+    /// Hits and misses of this PMD's connection cache.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    /// Entries of this PMD's connection cache.
+    pub fn cache_capacity(&self) -> usize {
+        self.cache.capacity()
     }
 
     fn next_rand(&mut self) -> u64 {
@@ -941,11 +1262,24 @@ impl ConntrackHandle {
             None
         };
         let len = (p.end - p.l3) as u64;
-        // The hit path: one shard lock and the entry's lock, no refcount
-        // traffic, no allocation.
+        let hash = key_hash(&key);
+        // The hit path: the PMD's cache, then the shared table (which
+        // fills the cache). No allocation; no lock unless the packet
+        // changes the connection's state or misses the cache.
         let cfg = &self.ct.inner.config;
-        let hit = self.ct.with_entry(now, &key, |slot, c| {
-            hit_entry(
+        if let Some((conn, dir)) = self.cache.lookup(&key, hash) {
+            match hit_conn(cfg, now, ct, seg.as_ref(), len, dir, conn) {
+                Hit::Gone => self.cache.forget(&key, hash),
+                hit => {
+                    self.cache.count(true);
+                    return self.finish_hit(now, ct, pkt, &p, key, seg, hit);
+                }
+            }
+        }
+        self.cache.count(false);
+        if let Some(slot) = self.ct.lookup(now, hash, &key) {
+            self.cache.insert(&key, hash, &slot);
+            let hit = hit_conn(
                 cfg,
                 now,
                 ct,
@@ -953,11 +1287,11 @@ impl ConntrackHandle {
                 len,
                 usize::from(slot.dir),
                 &slot.conn,
-                c,
-            )
-        });
-        if let Some(hit) = hit {
-            return self.finish_hit(now, ct, pkt, &p, key, seg, hit);
+            );
+            // `Gone`: killed since the lookup, so it counts as not found.
+            if !matches!(hit, Hit::Gone) {
+                return self.finish_hit(now, ct, pkt, &p, key, seg, hit);
+            }
         }
         // No entry: a new connection.
         if p.proto == ipproto::TCP && !seg.as_ref().is_some_and(TcpConn::is_syn) {
@@ -998,7 +1332,8 @@ impl ConntrackHandle {
                 }
                 None => Ok((st, mark, Verdict::Tracked)),
             },
-            Hit::Invalid => {
+            // `Gone` never reaches here: callers look again instead.
+            Hit::Invalid | Hit::Gone => {
                 self.ct.inner.stats.invalid.fetch_add(1, Ordering::Relaxed);
                 Ok((
                     ct_state::TRK | ct_state::INV,
@@ -1008,13 +1343,10 @@ impl ConntrackHandle {
             }
             Hit::Reopen(conn) => {
                 // A new SYN on a closed connection's tuple: replace it.
-                let keys = {
-                    let mut c = lock(&conn);
-                    self.ct.kill(&mut c);
-                    c.keys
-                };
-                self.ct.remove_key(&keys[0], &conn);
-                self.ct.remove_key(&keys[1], &conn);
+                // Killed first: caches holding it fall back to the table.
+                self.ct.kill(&conn);
+                self.ct.remove_key(&conn.keys[0], &conn);
+                self.ct.remove_key(&conn.keys[1], &conn);
                 self.create(now, ct, pkt, p, key, seg)
             }
         }
@@ -1044,14 +1376,16 @@ impl ConntrackHandle {
                 ));
             }
         };
-        self.ct.make_room(now, &key)?;
+        let hash = key_hash(&key);
+        self.ct.make_room(now, hash, &key)?;
         let bytes = (p.end - p.l3) as u64;
         let proto = match seg {
             Some(s) => ProtoState::Tcp(TcpConn::new(&s)),
             None if p.proto == ipproto::ICMP => ProtoState::Icmp,
             None => ProtoState::Other,
         };
-        let mut conn = Conn {
+        let marks = CtMarks::ZERO.apply(ct);
+        let conn = Conn {
             keys: [
                 key,
                 ConnKey {
@@ -1060,20 +1394,25 @@ impl ConntrackHandle {
                     tuple: plan.reply,
                 },
             ],
-            proto,
-            replied: false,
-            expires: 0,
-            mark: ct.mark.map_or(0, |(v, m)| v & m),
-            label: ct.label.map_or(0, |(v, m)| v & m),
             nat: plan.nat,
             lb: plan.lb,
-            packets: [1, 0],
-            bytes: [bytes, 0],
-            dead: false,
+            proto,
+            dead: AtomicBool::new(false),
+            replied: AtomicBool::new(false),
+            expires: AtomicU64::new(0),
+            packets: [AtomicU64::new(1), AtomicU64::new(0)],
+            bytes: [AtomicU64::new(bytes), AtomicU64::new(0)],
+            marks: Marks::new(marks),
+            lock: Mutex::new(()),
         };
-        conn.expires = now + conn.timeout(&self.ct.inner.config.timeouts);
-        let (nat_bits, lb) = (conn.nat, conn.lb.clone());
-        let arc = Arc::new(Mutex::new(conn));
+        conn.expires.store(
+            now + conn.timeout(&self.ct.inner.config.timeouts),
+            Ordering::Relaxed,
+        );
+        let nat_bits = conn.nat;
+        // Unpublished until a key is inserted: uniquely owned, so the
+        // reply key can still be changed in place (`Arc::get_mut`).
+        let mut arc = Arc::new(conn);
         // Reserve the reply key first (allocating a port when asked), then
         // publish the original key.
         let mut reply = plan.reply;
@@ -1098,7 +1437,11 @@ impl ConntrackHandle {
                 proto: key.proto,
                 tuple: reply,
             };
-            lock(&arc).keys[1] = rk;
+            // A failed attempt leaves no clone behind, so this succeeds.
+            let Some(unpublished) = Arc::get_mut(&mut arc) else {
+                return Err(DropReason::CtLimit);
+            };
+            unpublished.keys[1] = rk;
             match self.ct.try_insert(
                 now,
                 rk,
@@ -1114,19 +1457,20 @@ impl ConntrackHandle {
                 Err(other) => {
                     // Another PMD is committing this very connection:
                     // track the packet against its entry.
-                    let hit = {
-                        let mut c = lock(&other);
-                        (c.keys[0] == key).then(|| {
-                            let cfg = &self.ct.inner.config;
-                            hit_entry(cfg, now, ct, seg.as_ref(), bytes, 0, &other, &mut c)
-                        })
-                    };
+                    let hit = (other.keys[0] == key).then(|| {
+                        let cfg = &self.ct.inner.config;
+                        hit_conn(cfg, now, ct, seg.as_ref(), bytes, 0, &other)
+                    });
                     if let Some(hit) = hit {
                         if matches!(hit, Hit::Reopen(_)) || self.retrying {
                             return Err(DropReason::CtLimit);
                         }
                         self.retrying = true;
-                        let r = self.finish_hit(now, ct, pkt, p, key, seg, hit);
+                        let r = match hit {
+                            // Killed meanwhile: track the packet afresh.
+                            Hit::Gone => self.track(now, ct, pkt),
+                            hit => self.finish_hit(now, ct, pkt, p, key, seg, hit),
+                        };
                         self.retrying = false;
                         return r;
                     }
@@ -1146,6 +1490,9 @@ impl ConntrackHandle {
                 ));
             });
         }
+        // Published under the reply key: count it now, so that a kill
+        // (flush) finding it there balances these counts whenever it runs.
+        self.ct.count_in(&arc, 1);
         if self
             .ct
             .try_insert(
@@ -1160,32 +1507,39 @@ impl ConntrackHandle {
         {
             // Another PMD committed the same connection a moment ago:
             // withdraw ours and track the packet against theirs (once).
-            let rk = lock(&arc).keys[1];
-            self.ct.remove_key(&rk, &arc);
-            if self.retrying {
-                return Err(DropReason::CtLimit);
+            self.ct.remove_key(&arc.keys[1], &arc);
+            if !arc.dead.swap(true, Ordering::SeqCst) {
+                self.ct.count_in(&arc, -1);
+                if self.retrying {
+                    return Err(DropReason::CtLimit);
+                }
+                self.retrying = true;
+                let r = self.track(now, ct, pkt);
+                self.retrying = false;
+                return r;
             }
-            self.retrying = true;
-            let r = self.track(now, ct, pkt);
-            self.retrying = false;
-            return r;
+            // A flush killed ours first, through its reply key, and took
+            // this packet's count with it: the packet was tracked by a
+            // connection created and removed at once; do not count it
+            // again against theirs.
         }
-        self.ct.inner.count.fetch_add(1, Ordering::Relaxed);
-        self.ct.inner.zone_counts[usize::from(key.zone)].fetch_add(1, Ordering::Relaxed);
         self.ct.inner.stats.created.fetch_add(1, Ordering::Relaxed);
-        if let Some(lb) = &lb {
+        if let Some(lb) = &arc.lb {
             lb.stats.connections.fetch_add(1, Ordering::Relaxed);
-            lb.stats.active.fetch_add(1, Ordering::Relaxed);
         }
+        self.cache.insert(
+            &key,
+            hash,
+            &Slot {
+                conn: arc.clone(),
+                dir: 0,
+            },
+        );
         let mut verdict = Verdict::Tracked;
         if nat_bits != 0 {
             nat::rewrite(pkt.data_mut(), p, reply.reverse())?;
             verdict = Verdict::Rewritten(reply.reverse());
         }
-        let marks = CtMarks {
-            mark: ct.mark.map_or(0, |(v, m)| v & m),
-            label: ct.label.map_or(0, |(v, m)| v & m),
-        };
         Ok((ct_state::TRK | ct_state::NEW | nat_bits, marks, verdict))
     }
 
@@ -1291,12 +1645,12 @@ impl ConntrackHandle {
             proto: inner.proto,
             tuple: inner.tuple.reverse(),
         };
-        let Some(slot) = self.ct.lookup(now, &key) else {
+        let Some(slot) = self.ct.lookup(now, key_hash(&key), &key) else {
             self.ct.inner.stats.invalid.fetch_add(1, Ordering::Relaxed);
             return inv;
         };
         let dir = usize::from(slot.dir);
-        let c = lock(&slot.conn);
+        let c = &slot.conn;
         let mut st = ct_state::TRK | ct_state::REL | c.nat;
         if dir == 1 {
             st |= ct_state::RPL;
@@ -1304,7 +1658,6 @@ impl ConntrackHandle {
         // The embedded packet becomes what its sender originally sent.
         let inner_to = c.keys[1 - dir].tuple;
         let (mark, nat) = (c.marks(), c.nat != 0 && ct.nat.is_some());
-        drop(c);
         self.ct.inner.stats.related.fetch_add(1, Ordering::Relaxed);
         if nat {
             nat::rewrite_icmp_error(pkt.data_mut(), p, &inner, inner_to)?;

@@ -15,7 +15,12 @@
 //! Checks start once both directions have been seen (the first segment of
 //! each direction initialises it), as the kernel does.
 //!
-//! Thread-safety: plain data owned by its conntrack entry.
+//! Thread-safety: the state and both sides are atomics inside the shared
+//! conntrack entry. State transitions ([`TcpConn::track`]) are serialised
+//! by the entry's lock; segments of an ESTABLISHED connection that change
+//! no state ([`TcpConn::track_established`]) are tracked without it.
+
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
 use super::Timeouts;
 use crate::pipeline::Nanos;
@@ -34,6 +39,7 @@ pub mod flags {
 
 /// Connection states (kernel names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
 pub enum TcpState {
     /// SYN seen from the originator.
     SynSent,
@@ -96,22 +102,71 @@ pub struct Segment {
     pub wscale: Option<u8>,
 }
 
-/// One direction's window tracking.
-#[derive(Debug, Clone, Copy, Default)]
+/// `Side::bits`: the window scale (low four bits), then flags.
+const SIDE_INIT: u8 = 0x10;
+const SIDE_FIN: u8 = 0x20;
+const SCALE_MASK: u8 = 0x0f;
+
+/// One direction's window tracking. Every field only grows (in sequence
+/// space for `end` and `maxend`) once the side is initialised, so updates
+/// are monotone `max` operations that commute: concurrent updaters reach
+/// the state any serial order reaches.
+#[derive(Debug, Default)]
 struct Side {
-    init: bool,
-    end: u32,
-    maxend: u32,
-    maxwin: u32,
-    scale: u8,
-    fin: bool,
+    end: AtomicU32,
+    maxend: AtomicU32,
+    maxwin: AtomicU32,
+    /// Scale, `SIDE_INIT`, `SIDE_FIN`; written only under the entry lock.
+    bits: AtomicU8,
+}
+
+impl Side {
+    fn bits(&self) -> u8 {
+        self.bits.load(Ordering::Acquire)
+    }
+
+    fn init(&self) -> bool {
+        self.bits() & SIDE_INIT != 0
+    }
+
+    fn scale(&self) -> u8 {
+        self.bits() & SCALE_MASK
+    }
+
+    fn set_bits(&self, f: impl FnOnce(u8) -> u8) {
+        self.bits.store(f(self.bits()), Ordering::Release);
+    }
+}
+
+/// Advances `a` to `v` when `v` is after it in sequence space.
+fn advance_seq(a: &AtomicU32, v: u32) {
+    let mut cur = a.load(Ordering::Acquire);
+    while after(v, cur) {
+        match a.compare_exchange_weak(cur, v, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return,
+            Err(x) => cur = x,
+        }
+    }
+}
+
+/// Raises `a` to `v` (plain numeric maximum); no write when it would not
+/// change.
+fn raise(a: &AtomicU32, v: u32) {
+    if v > a.load(Ordering::Acquire) {
+        a.fetch_max(v, Ordering::AcqRel);
+    }
 }
 
 /// The tracked TCP state of a connection.
-#[derive(Debug, Clone, Copy)]
+///
+/// Thread-safety: [`TcpConn::track`] (state transitions, handshake) must
+/// be serialised by the caller (the conntrack entry's lock);
+/// [`TcpConn::track_established`] may run concurrently with it and with
+/// itself, on any thread, without a lock.
+#[derive(Debug)]
 pub struct TcpConn {
-    /// Current state.
-    pub state: TcpState,
+    /// `TcpState` as `u8`.
+    state: AtomicU8,
     sides: [Side; 2],
 }
 
@@ -125,25 +180,47 @@ fn after(a: u32, b: u32) -> bool {
     before(b, a)
 }
 
+const STATES: [TcpState; 7] = [
+    TcpState::SynSent,
+    TcpState::SynRecv,
+    TcpState::Established,
+    TcpState::FinWait,
+    TcpState::LastAck,
+    TcpState::TimeWait,
+    TcpState::Close,
+];
+
 impl TcpConn {
     /// A connection opened by `seg`, a SYN without ACK from the originator.
     pub fn new(seg: &Segment) -> TcpConn {
-        let mut c = TcpConn {
-            state: TcpState::SynSent,
-            sides: [Side::default(); 2],
+        let c = TcpConn {
+            state: AtomicU8::new(TcpState::SynSent as u8),
+            sides: [Side::default(), Side::default()],
         };
         c.init_side(0, seg);
         c
     }
 
-    fn init_side(&mut self, d: usize, seg: &Segment) {
+    /// Current state.
+    pub fn state(&self) -> TcpState {
+        STATES[usize::from(self.state.load(Ordering::SeqCst)).min(STATES.len() - 1)]
+    }
+
+    fn set_state(&self, s: TcpState) {
+        self.state.store(s as u8, Ordering::SeqCst);
+    }
+
+    fn init_side(&self, d: usize, seg: &Segment) {
         let end = seg_end(seg);
-        let s = &mut self.sides[d];
-        s.init = true;
-        s.end = end;
-        s.scale = seg.wscale.unwrap_or(0).min(14);
-        s.maxwin = u32::from(seg.win).max(1);
-        s.maxend = end.wrapping_add(s.maxwin);
+        let s = &self.sides[d];
+        let maxwin = u32::from(seg.win).max(1);
+        s.end.store(end, Ordering::Release);
+        s.maxwin.store(maxwin, Ordering::Release);
+        s.maxend.store(end.wrapping_add(maxwin), Ordering::Release);
+        s.bits.store(
+            SIDE_INIT | seg.wscale.unwrap_or(0).min(14),
+            Ordering::Release,
+        );
     }
 
     /// True when `seg` may open a new connection (SYN without ACK).
@@ -153,85 +230,124 @@ impl TcpConn {
 
     /// Tracks `seg` sent in direction `d` (0 original, 1 reply). Returns
     /// false when the segment is out of window or makes no sense in the
-    /// current state (the caller marks it invalid).
-    pub fn track(&mut self, d: usize, seg: &Segment) -> bool {
+    /// current state (the caller marks it invalid). Callers serialise
+    /// calls of `track` on one connection (the entry lock).
+    pub fn track(&self, d: usize, seg: &Segment) -> bool {
         let f = seg.flags;
-        if !self.sides[d].init {
+        let state = self.state();
+        if !self.sides[d].init() {
             // First segment of the reply direction: must be SYN-ACK (or RST).
+            let orig_end = self.sides[0].end.load(Ordering::Acquire);
             if d == 1 && f & flags::SYN != 0 && f & flags::ACK != 0 {
-                if seg.ack != self.sides[0].end {
+                if seg.ack != orig_end {
                     return false;
                 }
                 self.init_side(1, seg);
                 // Window scaling is used only when both SYNs carried it.
                 if seg.wscale.is_none() {
-                    self.sides[0].scale = 0;
+                    self.sides[0].set_bits(|b| b & !SCALE_MASK);
                 }
-                if self.sides[0].scale == 0 {
-                    self.sides[1].scale = 0;
+                if self.sides[0].scale() == 0 {
+                    self.sides[1].set_bits(|b| b & !SCALE_MASK);
                 }
                 let ack_end = seg.ack.wrapping_add(u32::from(seg.win).max(1));
-                self.sides[0].maxend = ack_end;
-                self.state = TcpState::SynRecv;
+                self.sides[0].maxend.store(ack_end, Ordering::Release);
+                self.set_state(TcpState::SynRecv);
                 return true;
             }
-            if f & flags::RST != 0 && d == 1 && seg.ack == self.sides[0].end {
-                self.state = TcpState::Close;
+            if f & flags::RST != 0 && d == 1 && seg.ack == orig_end {
+                self.set_state(TcpState::Close);
                 return true;
             }
             return false;
         }
         if f & flags::SYN != 0 && f & flags::ACK == 0 {
             // A retransmitted SYN from the originator.
-            return d == 0 && self.state == TcpState::SynSent;
+            return d == 0 && state == TcpState::SynSent;
         }
-        let (sender, receiver) = (self.sides[d], self.sides[1 - d]);
-        let end = seg_end(seg);
-        if receiver.init {
-            let ack = if f & flags::ACK != 0 {
-                seg.ack
-            } else {
-                receiver.end
-            };
-            let maxackwin = sender.maxwin.max(66_000);
-            let in_window = !after(end, sender.maxend)
-                && !before(seg.seq, sender.end.wrapping_sub(receiver.maxwin.max(1)))
-                && !after(ack, receiver.end)
-                && !before(ack, receiver.end.wrapping_sub(maxackwin));
-            if !in_window {
-                return false;
-            }
+        if self.sides[1 - d].init() && !self.in_window(d, seg) {
+            return false;
         }
-        // Update window tracking.
-        let win = u32::from(seg.win) << if f & flags::SYN != 0 { 0 } else { sender.scale };
-        let s = &mut self.sides[d];
-        if after(end, s.end) {
-            s.end = end;
-        }
-        s.maxwin = s.maxwin.max(win.max(1));
-        if f & flags::ACK != 0 {
-            let allowed = seg.ack.wrapping_add(win.max(1));
-            let r = &mut self.sides[1 - d];
-            if after(allowed, r.maxend) {
-                r.maxend = allowed;
-            }
-        }
+        self.advance(d, seg);
         if f & flags::FIN != 0 {
-            self.sides[d].fin = true;
+            self.sides[d].set_bits(|b| b | SIDE_FIN);
         }
-        self.state = self.next_state(d, f);
+        self.set_state(self.next_state(state, d, f));
         true
     }
 
-    fn next_state(&self, d: usize, f: u8) -> TcpState {
+    /// The lock-free path: tracks `seg` when the connection is
+    /// ESTABLISHED, the segment carries no SYN, FIN or RST (so the state
+    /// cannot change) and it is in window. Returns false, having changed
+    /// nothing, when the caller must use [`TcpConn::track`] under the
+    /// entry lock instead (including every out-of-window verdict, which
+    /// the locked path re-checks).
+    ///
+    /// Races: window fields only grow, the sender updates `maxwin` before
+    /// `end` (release) and the check loads `end` before `maxwin`
+    /// (acquire), so every condition is evaluated on values some serial
+    /// order of the concurrent segments produces. A segment that is in
+    /// window in every such order is therefore never refused here.
+    pub fn track_established(&self, d: usize, seg: &Segment) -> bool {
+        if seg.flags & (flags::SYN | flags::FIN | flags::RST) != 0
+            || self.state() != TcpState::Established
+            || !self.in_window(d, seg)
+        {
+            return false;
+        }
+        self.advance(d, seg);
+        true
+    }
+
+    /// The window checks of segment `seg` in direction `d` (both sides
+    /// initialised).
+    fn in_window(&self, d: usize, seg: &Segment) -> bool {
+        let (sender, receiver) = (&self.sides[d], &self.sides[1 - d]);
+        // Order matters (see `track_established`): `end` before `maxwin`.
+        let s_end = sender.end.load(Ordering::Acquire);
+        let s_maxwin = sender.maxwin.load(Ordering::Acquire);
+        let s_maxend = sender.maxend.load(Ordering::Acquire);
+        let r_end = receiver.end.load(Ordering::Acquire);
+        let r_maxwin = receiver.maxwin.load(Ordering::Acquire);
+        let end = seg_end(seg);
+        let ack = if seg.flags & flags::ACK != 0 {
+            seg.ack
+        } else {
+            r_end
+        };
+        let maxackwin = s_maxwin.max(66_000);
+        !after(end, s_maxend)
+            && !before(seg.seq, s_end.wrapping_sub(r_maxwin.max(1)))
+            && !after(ack, r_end)
+            && !before(ack, r_end.wrapping_sub(maxackwin))
+    }
+
+    /// Window tracking updates of an accepted segment: monotone, `maxwin`
+    /// before `end`.
+    fn advance(&self, d: usize, seg: &Segment) {
+        let f = seg.flags;
+        let s = &self.sides[d];
+        let end = seg_end(seg);
+        let win = u32::from(seg.win) << if f & flags::SYN != 0 { 0 } else { s.scale() };
+        raise(&s.maxwin, win.max(1));
+        advance_seq(&s.end, end);
+        if f & flags::ACK != 0 {
+            advance_seq(&self.sides[1 - d].maxend, seg.ack.wrapping_add(win.max(1)));
+        }
+    }
+
+    fn next_state(&self, state: TcpState, d: usize, f: u8) -> TcpState {
         use TcpState::*;
         if f & flags::RST != 0 {
             return Close;
         }
-        let fins = (self.sides[0].fin, self.sides[1].fin);
-        match self.state {
+        let fins = (
+            self.sides[0].bits() & SIDE_FIN != 0,
+            self.sides[1].bits() & SIDE_FIN != 0,
+        );
+        match state {
             SynRecv if d == 0 && f & flags::ACK != 0 && f & flags::FIN == 0 => Established,
-            SynRecv | SynSent => self.state,
+            SynRecv | SynSent => state,
             Established | FinWait if fins.0 && fins.1 => LastAck,
             Established if fins.0 || fins.1 => FinWait,
             LastAck if f & flags::ACK != 0 && f & flags::FIN == 0 => TimeWait,
@@ -270,12 +386,12 @@ mod tests {
     #[test]
     fn handshake_data_and_close() {
         use flags::*;
-        let mut c = TcpConn::new(&seg(100, 0, SYN, 0));
-        assert_eq!(c.state, TcpState::SynSent);
+        let c = TcpConn::new(&seg(100, 0, SYN, 0));
+        assert_eq!(c.state(), TcpState::SynSent);
         assert!(c.track(1, &seg(500, 101, SYN | ACK, 0)));
-        assert_eq!(c.state, TcpState::SynRecv);
+        assert_eq!(c.state(), TcpState::SynRecv);
         assert!(c.track(0, &seg(101, 501, ACK, 0)));
-        assert_eq!(c.state, TcpState::Established);
+        assert_eq!(c.state(), TcpState::Established);
         assert!(c.track(0, &seg(101, 501, ACK, 10)));
         assert!(c.track(1, &seg(501, 111, ACK, 0)));
         // Far beyond the receiver's window: invalid, state unchanged.
@@ -283,20 +399,20 @@ mod tests {
         // Acknowledging data never sent: invalid.
         assert!(!c.track(1, &seg(501, 5000, ACK, 0)));
         assert!(c.track(0, &seg(111, 501, FIN | ACK, 0)));
-        assert_eq!(c.state, TcpState::FinWait);
+        assert_eq!(c.state(), TcpState::FinWait);
         assert!(c.track(1, &seg(501, 112, FIN | ACK, 0)));
-        assert_eq!(c.state, TcpState::LastAck);
+        assert_eq!(c.state(), TcpState::LastAck);
         assert!(c.track(0, &seg(112, 502, ACK, 0)));
-        assert_eq!(c.state, TcpState::TimeWait);
+        assert_eq!(c.state(), TcpState::TimeWait);
     }
 
     #[test]
     fn bad_synack_and_reset() {
         use flags::*;
-        let mut c = TcpConn::new(&seg(100, 0, SYN, 0));
+        let c = TcpConn::new(&seg(100, 0, SYN, 0));
         assert!(!c.track(1, &seg(500, 7, SYN | ACK, 0)), "wrong ack");
         assert!(c.track(1, &seg(500, 101, SYN | ACK, 0)));
         assert!(c.track(1, &seg(501, 101, RST | ACK, 0)));
-        assert_eq!(c.state, TcpState::Close);
+        assert_eq!(c.state(), TcpState::Close);
     }
 }

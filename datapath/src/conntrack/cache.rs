@@ -1,0 +1,194 @@
+//! The per-PMD connection cache: the first conntrack tier, in front of
+//! the shared sharded table.
+//!
+//! Size: a fixed power-of-two number of entries
+//! ([`super::ConntrackConfig::cache_entries`], default
+//! [`CACHE_ENTRIES`]; 0 disables the cache), allocated once when the
+//! [`super::ConntrackHandle`] is created, in sets of [`WAYS`] entries that
+//! fill one 64-byte cache line. An entry holds a 32-bit hash tag, the
+//! direction its key names and an `Arc` of the shared connection (whose
+//! immutable keys confirm a tag match, so a collision costs a compare,
+//! never a wrong answer). 16 bytes per entry: 1 MiB per PMD at the
+//! default size.
+//!
+//! Lookup: the key's hash picks one set; the four tags are compared and a
+//! matching entry's key checked. A hit borrows the `Arc` (no refcount
+//! traffic, no lock). Fill (after a miss found the key in the shared
+//! table): the entry already holding this key, else an empty one, else one
+//! whose connection is dead, else the next of the set in a per-handle
+//! round-robin, so two hot connections sharing a set do not evict each
+//! other forever.
+//!
+//! Invalidation: none is pushed to the cache. The table kills a
+//! connection (flush, expiry, eviction, reopen) by setting its dead flag;
+//! a hit on a dead or expired connection is treated as a miss and the
+//! entry dropped (`ConnCache::forget`). An entry may therefore keep a
+//! killed connection's memory alive until it is overwritten or looked up
+//! again: at most `cache_entries` connections per PMD, and dropping that
+//! last `Arc` (a free, on the PMD) happens on a miss, never on a hit.
+//!
+//! Thread-safety: owned by one PMD (`&mut self` to fill); `Send`, not
+//! shared. The connections it points to are shared and safe to read and
+//! update concurrently (atomics, see the module doc of `conntrack`).
+
+use std::sync::Arc;
+
+use super::{Conn, ConnKey, Slot};
+
+/// Default number of cache entries per PMD.
+pub const CACHE_ENTRIES: usize = 1 << 16;
+
+/// Entries per set (one cache line).
+pub const WAYS: usize = 4;
+
+#[derive(Debug, Default)]
+struct Entry {
+    conn: Option<Arc<Conn>>,
+    tag: u32,
+    dir: u8,
+}
+
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Set([Entry; WAYS]);
+
+/// Hit and miss counts of one cache.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Packets whose live connection was found in the cache.
+    pub hits: u64,
+    /// Packets that went to the shared table (not cached, or cached but
+    /// dead or expired).
+    pub misses: u64,
+}
+
+/// A per-PMD set-associative cache of connections.
+pub(super) struct ConnCache {
+    sets: Box<[Set]>,
+    mask: usize,
+    victim: usize,
+    stats: CacheStats,
+}
+
+impl std::fmt::Debug for ConnCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnCache")
+            .field("entries", &(self.sets.len() * WAYS))
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Set index and tag from the table hash (a second mix, so that the set
+/// does not follow the shard).
+#[inline]
+fn place(hash: u64) -> (usize, u32) {
+    let mut h = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    (h as usize, (h >> 32) as u32)
+}
+
+impl ConnCache {
+    /// A cache of `entries` entries rounded up to a power of two (and to
+    /// at least one set); 0 gives a cache that never hits.
+    pub(super) fn new(entries: usize) -> ConnCache {
+        let sets = if entries == 0 {
+            0
+        } else {
+            (entries.next_power_of_two() / WAYS).max(1)
+        };
+        ConnCache {
+            sets: (0..sets).map(|_| Set::default()).collect(),
+            mask: sets.saturating_sub(1),
+            victim: 0,
+            stats: CacheStats::default(),
+        }
+    }
+
+    /// Number of entries.
+    pub(super) fn capacity(&self) -> usize {
+        self.sets.len() * WAYS
+    }
+
+    pub(super) fn stats(&self) -> CacheStats {
+        self.stats
+    }
+
+    /// The connection `key` (table hash `hash`) names and its direction.
+    #[inline]
+    pub(super) fn lookup(&self, key: &ConnKey, hash: u64) -> Option<(&Arc<Conn>, usize)> {
+        let (i, tag) = place(hash);
+        let set = self.sets.get(i & self.mask)?;
+        for e in &set.0 {
+            if e.tag != tag {
+                continue;
+            }
+            if let Some(c) = &e.conn {
+                let dir = usize::from(e.dir);
+                if c.keys[dir] == *key {
+                    return Some((c, dir));
+                }
+            }
+        }
+        None
+    }
+
+    /// Counts a packet served by the cache (`true`) or not.
+    #[inline]
+    pub(super) fn count(&mut self, hit: bool) {
+        if hit {
+            self.stats.hits += 1;
+        } else {
+            self.stats.misses += 1;
+        }
+    }
+
+    /// Drops the entry of `key`, if any (its connection is gone).
+    pub(super) fn forget(&mut self, key: &ConnKey, hash: u64) {
+        let (i, tag) = place(hash);
+        if let Some(set) = self.sets.get_mut(i & self.mask) {
+            for e in &mut set.0 {
+                if e.tag == tag
+                    && e.conn
+                        .as_ref()
+                        .is_some_and(|c| c.keys[usize::from(e.dir)] == *key)
+                {
+                    e.conn = None;
+                }
+            }
+        }
+    }
+
+    /// Caches `slot` for `key`.
+    pub(super) fn insert(&mut self, key: &ConnKey, hash: u64, slot: &Slot) {
+        let (i, tag) = place(hash);
+        let Some(set) = self.sets.get_mut(i & self.mask) else {
+            return;
+        };
+        let same = |e: &Entry| {
+            e.tag == tag
+                && e.conn
+                    .as_ref()
+                    .is_some_and(|c| c.keys[usize::from(e.dir)] == *key)
+        };
+        let way = set
+            .0
+            .iter()
+            .position(same)
+            .or_else(|| set.0.iter().position(|e| e.conn.is_none()))
+            .or_else(|| {
+                set.0
+                    .iter()
+                    .position(|e| e.conn.as_ref().is_some_and(|c| c.is_dead()))
+            })
+            .unwrap_or_else(|| {
+                self.victim = self.victim.wrapping_add(1);
+                self.victim % WAYS
+            });
+        set.0[way] = Entry {
+            conn: Some(slot.conn.clone()),
+            tag,
+            dir: slot.dir,
+        };
+    }
+}
