@@ -34,6 +34,7 @@
 use std::sync::Arc;
 
 use super::{Conn, ConnKey, Slot};
+use crate::stats::Counter;
 
 /// Default number of cache entries per PMD.
 pub const CACHE_ENTRIES: usize = 1 << 16;
@@ -52,6 +53,16 @@ struct Entry {
 #[repr(align(64))]
 struct Set([Entry; WAYS]);
 
+/// The counters of one cache, written by its PMD only and read by
+/// `conntrack-stats` (single-writer [`Counter`]s, no atomic RMW).
+#[derive(Debug, Default)]
+pub struct CacheCounters {
+    /// Packets whose live connection was found in the cache.
+    pub hits: Counter,
+    /// Packets that went to the shared table.
+    pub misses: Counter,
+}
+
 /// Hit and miss counts of one cache.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CacheStats {
@@ -67,7 +78,7 @@ pub(super) struct ConnCache {
     sets: Box<[Set]>,
     mask: usize,
     victim: usize,
-    stats: CacheStats,
+    stats: Arc<CacheCounters>,
 }
 
 impl std::fmt::Debug for ConnCache {
@@ -101,7 +112,7 @@ impl ConnCache {
             sets: (0..sets).map(|_| Set::default()).collect(),
             mask: sets.saturating_sub(1),
             victim: 0,
-            stats: CacheStats::default(),
+            stats: Arc::new(CacheCounters::default()),
         }
     }
 
@@ -111,7 +122,15 @@ impl ConnCache {
     }
 
     pub(super) fn stats(&self) -> CacheStats {
-        self.stats
+        CacheStats {
+            hits: self.stats.hits.get(),
+            misses: self.stats.misses.get(),
+        }
+    }
+
+    /// The shared counters, for `conntrack-stats`.
+    pub(super) fn counters(&self) -> Arc<CacheCounters> {
+        self.stats.clone()
     }
 
     /// The connection `key` (table hash `hash`) names and its direction.
@@ -137,9 +156,9 @@ impl ConnCache {
     #[inline]
     pub(super) fn count(&mut self, hit: bool) {
         if hit {
-            self.stats.hits += 1;
+            self.stats.hits.inc();
         } else {
-            self.stats.misses += 1;
+            self.stats.misses.inc();
         }
     }
 

@@ -57,6 +57,22 @@ pub fn stats_text(ct: &Conntrack) -> String {
     ] {
         out += &format!("{name}: {}\n", v.load(Ordering::Relaxed));
     }
+    // One connection cache per PMD: hits are established packets served
+    // without a lock; misses went to the shared table.
+    for (i, c) in ct.cache_counts().iter().enumerate() {
+        let total = c.hits + c.misses;
+        let pct = if total == 0 {
+            0.0
+        } else {
+            100.0 * c.hits as f64 / total as f64
+        };
+        out += &format!(
+            "connection cache pmd {i}: hits {} misses {} ({pct:.1}% hits, {} entries)\n",
+            c.hits,
+            c.misses,
+            ct.config().cache_entries
+        );
+    }
     out
 }
 

@@ -523,6 +523,8 @@ struct Inner {
     zone_counts: Box<[AtomicU32]>,
     stats: ConntrackStats,
     services: Option<Services>,
+    /// Counters of the per-PMD connection caches (`conntrack-stats`).
+    caches: Mutex<Vec<Arc<cache::CacheCounters>>>,
 }
 
 /// The connection table, shared by all PMDs and the control thread.
@@ -636,6 +638,7 @@ impl Conntrack {
                 zone_counts: (0..1 << 16).map(|_| AtomicU32::new(0)).collect(),
                 count: AtomicUsize::new(0),
                 stats: ConntrackStats::default(),
+                caches: Mutex::new(Vec::new()),
                 config,
                 services,
             }),
@@ -650,8 +653,24 @@ impl Conntrack {
             next_shard: 0,
             rng: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
             retrying: false,
-            cache: ConnCache::new(self.inner.config.cache_entries),
+            cache: {
+                let c = ConnCache::new(self.inner.config.cache_entries);
+                lock(&self.inner.caches).push(c.counters());
+                c
+            },
         }
+    }
+
+    /// Hits and misses of every handle's connection cache, in the order
+    /// the handles were made (one per PMD in `sluiced`).
+    pub fn cache_counts(&self) -> Vec<CacheStats> {
+        lock(&self.inner.caches)
+            .iter()
+            .map(|c| CacheStats {
+                hits: c.hits.get(),
+                misses: c.misses.get(),
+            })
+            .collect()
     }
 
     /// Number of live connections.
