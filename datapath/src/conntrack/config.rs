@@ -5,6 +5,7 @@
 //! conntrack_zone_limit = 0                 ; default per-zone limit (0: none)
 //! conntrack_zone_limits = 1:50000,2:1000   ; zone:limit pairs
 //! conntrack_timeouts = tcp_established=86400,udp_first=30   ; seconds
+//! conntrack_tcp_loose = false              ; pick up mid-stream TCP (Linux's tcp_loose)
 //! conntrack_cache_entries = 65536          ; per-PMD connection cache (0: none)
 //! service_node_addresses = 192.168.1.10    ; NodePort frontends
 //! service_node_port_range = 30000-32767
@@ -26,6 +27,7 @@ pub const STATEFUL_KEYS: &[&str] = &[
     "conntrack_zone_limit",
     "conntrack_zone_limits",
     "conntrack_timeouts",
+    "conntrack_tcp_loose",
     "conntrack_cache_entries",
     "service_node_addresses",
     "service_node_port_range",
@@ -53,6 +55,7 @@ impl PartialEq for StatefulConfig {
             && a.shards == b.shards
             && a.cache_entries == b.cache_entries
             && a.masquerade_ports == b.masquerade_ports
+            && a.tcp_loose == b.tcp_loose
             && self.services == o.services
     }
 }
@@ -89,6 +92,13 @@ impl StatefulConfig {
                         Ok((num(z, "a zone (0-65535)")?, num(l, "a limit")?))
                     })
                     .collect::<Result<_, String>>()?
+            }
+            "conntrack_tcp_loose" => {
+                self.conntrack.tcp_loose = match v.trim() {
+                    "true" | "yes" | "on" | "1" => true,
+                    "false" | "no" | "off" | "0" => false,
+                    _ => return Err(format!("'{v}' is not true or false")),
+                }
             }
             "conntrack_cache_entries" => {
                 self.conntrack.cache_entries = num(v, "a number of cache entries")?

@@ -102,9 +102,13 @@
 //! a packet is counted in exactly one connection, live or finished
 //! (`dump-services` adds the live ones).
 //!
-//! Not supported: IPv6 (`+inv`), fragment reassembly (`+inv`), TCP
-//! mid-stream pickup (a non-SYN without an entry is `+inv`),
-//! ALGs (FTP/TFTP helpers).
+//! TCP mid-stream pickup is off by default (a non-SYN without an entry is
+//! `+inv`, as in OVS); [`ConntrackConfig::tcp_loose`] turns it on (Linux's
+//! `nf_conntrack_tcp_loose`): a plain ACK with no entry starts an
+//! ESTABLISHED connection without window checks.
+//!
+//! Not supported: IPv6 (`+inv`), fragment reassembly (`+inv`), ALGs
+//! (FTP/TFTP helpers).
 //!
 //! Expiry runs on the caller's clock (`now`): an expired entry is ignored
 //! and removed when looked up, and [`ConntrackHandle`] sweeps one shard per
@@ -217,6 +221,11 @@ pub struct ConntrackConfig {
     pub cache_entries: usize,
     /// Source ports for masquerading (Service hairpin, NodePort).
     pub masquerade_ports: (u16, u16),
+    /// Pick up TCP connections whose handshake was not seen (a plain ACK
+    /// with no entry), as Linux's `nf_conntrack_tcp_loose`: they start
+    /// ESTABLISHED without window checks, so traffic survives a datapath
+    /// restart. Off by default, like OVS (such a packet is `+inv`).
+    pub tcp_loose: bool,
 }
 
 impl Default for ConntrackConfig {
@@ -229,6 +238,7 @@ impl Default for ConntrackConfig {
             shards: 256,
             cache_entries: cache::CACHE_ENTRIES,
             masquerade_ports: (32768, 60999),
+            tcp_loose: false,
         }
     }
 }
@@ -1313,7 +1323,12 @@ impl ConntrackHandle {
             }
         }
         // No entry: a new connection.
-        if p.proto == ipproto::TCP && !seg.as_ref().is_some_and(TcpConn::is_syn) {
+        let loose = self.ct.inner.config.tcp_loose;
+        if p.proto == ipproto::TCP
+            && !seg
+                .as_ref()
+                .is_some_and(|s| TcpConn::is_syn(s) || loose && TcpConn::can_pick_up(s))
+        {
             self.ct.inner.stats.invalid.fetch_add(1, Ordering::Relaxed);
             return inv;
         }
@@ -1399,7 +1414,8 @@ impl ConntrackHandle {
         self.ct.make_room(now, hash, &key)?;
         let bytes = (p.end - p.l3) as u64;
         let proto = match seg {
-            Some(s) => ProtoState::Tcp(TcpConn::new(&s)),
+            Some(s) if TcpConn::is_syn(&s) => ProtoState::Tcp(TcpConn::new(&s)),
+            Some(s) => ProtoState::Tcp(TcpConn::picked_up(&s)),
             None if p.proto == ipproto::ICMP => ProtoState::Icmp,
             None => ProtoState::Other,
         };

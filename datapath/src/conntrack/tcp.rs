@@ -168,6 +168,10 @@ pub struct TcpConn {
     /// `TcpState` as `u8`.
     state: AtomicU8,
     sides: [Side; 2],
+    /// Picked up mid-stream: the window scale of either side is unknown,
+    /// so window checks are skipped for the connection's life (Linux's
+    /// "be liberal" after a loose pickup). Set at creation only.
+    liberal: bool,
 }
 
 #[inline]
@@ -196,9 +200,35 @@ impl TcpConn {
         let c = TcpConn {
             state: AtomicU8::new(TcpState::SynSent as u8),
             sides: [Side::default(), Side::default()],
+            liberal: false,
         };
         c.init_side(0, seg);
         c
+    }
+
+    /// True when `seg` may start a connection picked up mid-stream (loose
+    /// mode): an ACK without SYN, FIN or RST, as Linux's
+    /// `nf_conntrack_tcp_loose` accepts.
+    pub fn can_pick_up(seg: &Segment) -> bool {
+        seg.flags & (flags::SYN | flags::FIN | flags::RST | flags::ACK) == flags::ACK
+    }
+
+    /// A connection whose handshake was not seen, picked up from `seg`
+    /// (see [`TcpConn::can_pick_up`]) in the original direction: ESTABLISHED,
+    /// no window checks (the scale is unknown), state transitions tracked.
+    pub fn picked_up(seg: &Segment) -> TcpConn {
+        let c = TcpConn {
+            state: AtomicU8::new(TcpState::Established as u8),
+            sides: [Side::default(), Side::default()],
+            liberal: true,
+        };
+        c.init_side(0, seg);
+        c
+    }
+
+    /// Picked up mid-stream (window checks skipped).
+    pub fn is_liberal(&self) -> bool {
+        self.liberal
     }
 
     /// Current state.
@@ -235,6 +265,15 @@ impl TcpConn {
     pub fn track(&self, d: usize, seg: &Segment) -> bool {
         let f = seg.flags;
         let state = self.state();
+        if !self.sides[d].init() && self.liberal {
+            // The first reply of a picked-up connection: any segment.
+            self.init_side(d, seg);
+            if f & flags::FIN != 0 {
+                self.sides[d].set_bits(|b| b | SIDE_FIN);
+            }
+            self.set_state(self.next_state(state, d, f));
+            return true;
+        }
         if !self.sides[d].init() {
             // First segment of the reply direction: must be SYN-ACK (or RST).
             let orig_end = self.sides[0].end.load(Ordering::Acquire);
@@ -302,6 +341,9 @@ impl TcpConn {
     /// The window checks of segment `seg` in direction `d` (both sides
     /// initialised).
     fn in_window(&self, d: usize, seg: &Segment) -> bool {
+        if self.liberal {
+            return true;
+        }
         let (sender, receiver) = (&self.sides[d], &self.sides[1 - d]);
         // Order matters (see `track_established`): `end` before `maxwin`.
         let s_end = sender.end.load(Ordering::Acquire);
@@ -404,6 +446,29 @@ mod tests {
         assert_eq!(c.state(), TcpState::LastAck);
         assert!(c.track(0, &seg(112, 502, ACK, 0)));
         assert_eq!(c.state(), TcpState::TimeWait);
+    }
+
+    #[test]
+    fn mid_stream_pickup_is_liberal_and_tracks_the_close() {
+        use flags::*;
+        assert!(TcpConn::can_pick_up(&seg(7, 9, ACK, 10)));
+        for f in [SYN, SYN | ACK, FIN | ACK, RST, RST | ACK, 0] {
+            assert!(!TcpConn::can_pick_up(&seg(7, 9, f, 0)), "flags {f:#x}");
+        }
+        let c = TcpConn::picked_up(&seg(1_000, 5_000, ACK, 100));
+        assert_eq!(c.state(), TcpState::Established);
+        assert!(c.is_liberal());
+        // The reply side starts with whatever it sends first; sequence
+        // numbers far apart are accepted (the window scale is unknown).
+        assert!(c.track(1, &seg(5_000, 1_100, ACK, 0)));
+        assert!(c.track_established(0, &seg(900_000, 5_000, ACK, 10)));
+        assert!(c.track(0, &seg(900_010, 5_000, FIN | ACK, 0)));
+        assert_eq!(c.state(), TcpState::FinWait);
+        assert!(c.track(1, &seg(5_000, 900_011, RST, 0)));
+        assert_eq!(c.state(), TcpState::Close);
+        // A normal connection keeps its window checks.
+        let n = TcpConn::new(&seg(100, 0, SYN, 0));
+        assert!(!n.is_liberal());
     }
 
     #[test]

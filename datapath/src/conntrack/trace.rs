@@ -25,6 +25,7 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 use super::nat::Tuple;
+use super::tcp::{flags, Segment, TcpConn};
 use super::{ConnKey, Conntrack, CtMarks};
 use crate::flow::action::{CtAction, NatKind, NatSpec};
 use crate::flow::key::{ct_state, ethertype, frag, ipproto, Field, FlowKey};
@@ -147,11 +148,22 @@ impl TraceOracle for CtTracer {
             super::proto_name(proto),
             tuple_text(&tuple)
         );
-        if proto == ipproto::TCP && key.get(Field::TcpFlags) as u16 & 0x002 == 0 {
-            return inv(
+        let tcp_flags = key.get(Field::TcpFlags) as u8;
+        if proto == ipproto::TCP && tcp_flags & flags::SYN == 0 {
+            let seg = Segment {
+                flags: tcp_flags,
+                ..Segment::default()
+            };
+            if !(self.ct.config().tcp_loose && TcpConn::can_pick_up(&seg)) {
+                return inv(
+                    out,
+                    "TCP without SYN and no connection (mid-stream pickup is off or the flags are \
+                     not a plain ACK; trace with tcp_flags=+syn for a connection setup)",
+                );
+            }
+            let _ = writeln!(
                 out,
-                "TCP without SYN and no connection (no mid-stream pickup; trace with tcp_flags=+syn \
-                 for a connection setup)",
+                "    picked up mid-stream (conntrack_tcp_loose): ESTABLISHED, no window checks"
             );
         }
         if proto == ipproto::ICMP && icmp_type == 0 {

@@ -765,3 +765,60 @@ fn zone_hints_narrow_cluster_endpoints_only_when_kube_proxy_would() {
     apply(&nozone, &ct, hinted(&["zone-a"], &["zone-b"], true));
     assert_eq!(chosen(&nozone), ["10.1.0.5", "10.1.0.6"]);
 }
+
+#[test]
+fn mid_stream_tcp_is_picked_up_only_in_loose_mode() {
+    let s = services();
+    let ack = |sport| tcp(CLIENT, VIP, sport, 80, 7_000, 9_000, fl::ACK, b"mid");
+    // Default (OVS semantics): an ACK with no connection is +inv and the
+    // program drops it.
+    let ct = Conntrack::with_services(ConntrackConfig::default(), s.clone());
+    let mut r = Rig::new(FLOWS, ct);
+    apply(&s, &r.ct, json!({"upsert": [web(vec![ep("10.1.0.5")])]}));
+    let out = r.send(0, 1, ack(4000));
+    assert_eq!(out.drops.get(DropReason::FlowDrop), 1, "+inv is dropped");
+    assert!(r.ct.is_empty());
+
+    // Loose (Linux's nf_conntrack_tcp_loose): picked up, balanced to the
+    // endpoint, and the reply is translated back; a far-away sequence
+    // number is accepted (no window checks without the handshake).
+    let ct = Conntrack::with_services(
+        ConntrackConfig {
+            tcp_loose: true,
+            ..ConntrackConfig::default()
+        },
+        s.clone(),
+    );
+    let mut r = Rig::new(FLOWS, ct);
+    let out = r.expect(0, 1, ack(4001), 2);
+    let there = seen(&out);
+    assert_eq!((there.dst, there.dport), (ip("10.1.0.5"), 8080));
+    let back = r.expect(
+        0,
+        2,
+        tcp(
+            [10, 1, 0, 5],
+            CLIENT,
+            8080,
+            4001,
+            9_000,
+            7_003,
+            fl::ACK,
+            b"",
+        ),
+        1,
+    );
+    let back = seen(&back);
+    assert_eq!((back.src, back.sport), (ip("10.96.0.10"), 80));
+    r.expect(
+        0,
+        1,
+        tcp(CLIENT, VIP, 4001, 80, 3_000_000, 9_000, fl::ACK, b"x"),
+        2,
+    );
+    let dump = r.ct.dump(&ConnFilter::default(), 0);
+    assert!(dump.contains("state=ESTABLISHED"), "{dump}");
+    // A FIN or RST alone never starts a connection.
+    let out = r.send(0, 1, tcp(CLIENT, VIP, 4002, 80, 1, 1, fl::FINACK, b""));
+    assert_eq!(out.drops.get(DropReason::FlowDrop), 1);
+}
