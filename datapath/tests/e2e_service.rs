@@ -208,6 +208,14 @@ fn cluster_ip_tcp_through_conntrack_dnat() {
     ] {
         assert!(trace.contains(want), "missing {want:?} in\n{trace}");
     }
+    // Established packets were served by the PMD's connection cache.
+    let pmd = ctl(prefix, &["pmd-stats-show"]);
+    let hits: u64 = pmd
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("conntrack cache hits: "))
+        .and_then(|v| v.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no conntrack cache line in {pmd}"));
+    assert!(hits > 0, "{pmd}");
     let stats = ctl(prefix, &["call", "conntrack-stats"]);
     let created: u64 = stats
         .lines()

@@ -145,6 +145,7 @@ use crate::packet::PacketBuf;
 use crate::pipeline::hooks::ConntrackHook;
 use crate::pipeline::Nanos;
 use crate::service::{LbDecision, LbRef, Services};
+pub use cache::CacheCounters;
 use cache::{CacheStats, ConnCache};
 use nat::{Parsed, Tuple, L4};
 use tcp::{TcpConn, TcpState};
@@ -1217,6 +1218,11 @@ impl ConntrackHandle {
     /// The shared table.
     pub fn conntrack(&self) -> &Conntrack {
         &self.ct
+    }
+
+    /// This PMD's connection-cache counters, shared with `pmd-stats-show`.
+    pub fn cache_counters(&self) -> Arc<CacheCounters> {
+        self.cache.counters()
     }
 
     /// Hits and misses of this PMD's connection cache.

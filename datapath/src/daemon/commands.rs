@@ -25,7 +25,12 @@ pub struct PmdView {
     pub pmd: Arc<PmdStats>,
     /// Flow pipeline counters, when the PMD runs the flow pipeline.
     pub flow: Option<Arc<FlowPipelineStats>>,
+    /// This PMD's connection-cache counters, when it tracks connections.
+    pub ct_cache: Option<Arc<crate::conntrack::CacheCounters>>,
 }
+
+/// Where the drop counters start in a [`snapshot`].
+const DROPS_AT: usize = 14;
 
 /// Counters of one PMD in a fixed order, so that a baseline can be
 /// subtracted.
@@ -49,6 +54,10 @@ fn snapshot(v: &PmdView) -> Vec<u64> {
             f.packet_ins.get(),
         ]),
         None => s.extend([0; 7]),
+    }
+    match &v.ct_cache {
+        Some(c) => s.extend([c.hits.get(), c.misses.get()]),
+        None => s.extend([0; 2]),
     }
     s.extend(DropReason::ALL.iter().map(|&r| p.drops.get(r)));
     s
@@ -92,6 +101,14 @@ fn render(v: &PmdView, base: &[u64]) -> String {
         s += &format!("  miss with success upcall: {upcalls}\n");
         s += &format!("  packet-ins: {packet_ins}\n");
     }
+    if v.ct_cache.is_some() {
+        let (hits, misses) = (d[12], d[13]);
+        s += &format!(
+            "  conntrack cache hits: {hits} ({:.2}% of lookups, no lock)\n",
+            100.0 * hits as f64 / (hits + misses).max(1) as f64
+        );
+        s += &format!("  conntrack cache misses: {misses}\n");
+    }
     s += &format!(
         "  idle cycles: {idle} ({:.2}%)\n",
         100.0 * idle as f64 / total
@@ -112,7 +129,7 @@ fn render(v: &PmdView, base: &[u64]) -> String {
     }
     let drops: Vec<(DropReason, u64)> = DropReason::ALL
         .iter()
-        .zip(&d[12..])
+        .zip(&d[DROPS_AT..])
         .filter(|(_, &n)| n > 0)
         .map(|(&r, &n)| (r, n))
         .collect();
@@ -132,7 +149,7 @@ fn json_view(v: &PmdView, base: &[u64]) -> Value {
         .collect();
     let drops: serde_json::Map<String, Value> = DropReason::ALL
         .iter()
-        .zip(&d[12..])
+        .zip(&d[DROPS_AT..])
         .filter(|(_, &n)| n > 0)
         .map(|(r, &n)| (r.key().to_string(), json!(n)))
         .collect();
@@ -142,6 +159,7 @@ fn json_view(v: &PmdView, base: &[u64]) -> Value {
         "busy_cycles": d[3], "idle_cycles": d[4],
         "emc_hits": d[5], "megaflow_hits": d[6], "megaflow_misses": d[7],
         "upcalls": d[9], "recirculations": d[10], "packet_ins": d[11],
+        "ct_cache_hits": d[12], "ct_cache_misses": d[13],
         "drops": drops,
     })
 }
@@ -573,6 +591,7 @@ mod tests {
             vec![PmdView {
                 pmd: pmd.clone(),
                 flow: None,
+                ct_cache: None,
             }],
         )
         .unwrap();

@@ -214,6 +214,8 @@ impl Daemon {
             let init = || dpdk::register_thread();
             let t = match &flows {
                 Some(tables) => {
+                    let ct = conntrack.handle(spec.index as u64 + 1);
+                    let ct_cache = ct.cache_counters();
                     let pl = FlowPipeline::with_hooks(
                         tables.clone(),
                         FlowPipelineConfig {
@@ -223,7 +225,7 @@ impl Daemon {
                             ..Default::default()
                         },
                         crate::pipeline::hooks::Hooks {
-                            ct: conntrack.handle(spec.index as u64 + 1),
+                            ct,
                             tunnels: overlay.tunnel_hook(spec.index),
                         },
                     );
@@ -243,6 +245,7 @@ impl Daemon {
                         views.push(PmdView {
                             pmd: t.stats.clone(),
                             flow: Some(fstats),
+                            ct_cache: Some(ct_cache),
                         });
                     })
                 }
@@ -256,6 +259,7 @@ impl Daemon {
                         views.push(PmdView {
                             pmd: t.stats.clone(),
                             flow: None,
+                            ct_cache: None,
                         });
                     })
                 }
