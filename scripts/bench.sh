@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command that reproduces benches/results/: Sluice side by side
 # with OVS-DPDK and dpdk-testpmd (io, macswap), scale curves, control-plane
-# timings, table, JSON and PNG plots.
+# timings, latency over net_memif (memif-gen; skip with --no-latency),
+# table, JSON and PNG plots.
 #
 #   sudo scripts/bench.sh                 # the whole comparison (~15 min on 2 cores)
 #   sudo scripts/bench.sh --quick --no-scale --scenarios l2:1000
@@ -59,14 +60,15 @@ fi
 echo "==> hugepages: $(awk '/HugePages_Free/ {print $2}' /proc/meminfo) free of $(cat /proc/sys/vm/nr_hugepages)"
 
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-echo "==> building sluiced and pktgen (release)"
-cargo build --release -p sluice-datapath --bin sluiced -p sluice-benches --bin pktgen
+echo "==> building sluiced, pktgen and memif-gen (release)"
+cargo build --release -p sluice-datapath --bin sluiced -p sluice-benches --bin pktgen --bin memif-gen
 
 echo "==> running (results in benches/results/)"
 mkdir -p benches/results
 exec "$TARGET/release/pktgen" run \
     --sluiced "$TARGET/release/sluiced" \
     --testpmd "$(command -v dpdk-testpmd)" \
+    --memif-gen "$TARGET/release/memif-gen" \
     --out-dir benches/results \
     --conditions "nproc=$(nproc); $(uptime | sed 's/.*load/load/')" \
     "$@"

@@ -7,7 +7,9 @@
 //!   under test (`sluiced`, `dpdk-testpmd`, OVS-DPDK), with bounded waits
 //!   and kill-on-drop of exactly the processes we started;
 //! - [`report`]: the JSON results, the table and the ratios;
-//! - [`plot`]: PNG plots of the scale curves.
+//! - [`plot`]: PNG plots of the scale curves;
+//! - [`latency`]: the latency mode, a generator and sink in another
+//!   process (`memif-gen`) connected to the peer over `net_memif`.
 //!
 //! Every figure is measured from the datapath's own counters over a fixed
 //! interval and compared only within one run, because the machine may be
@@ -15,6 +17,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod latency;
 pub mod pcap;
 pub mod peer;
 pub mod plot;
@@ -173,8 +176,12 @@ pub fn finish(report: &mut Report) {
             }
         }
     }
+    if report.latency.is_none() {
+        report
+            .not_done
+            .push("latency percentiles (run without --no-latency)".to_string());
+    }
     report.not_done.extend([
-        "latency percentiles (generator and sink in another process over net_memif)".to_string(),
         "memory per flow and per connection".to_string(),
         "OVS-DPDK encap/decap (userspace Geneve port + br-phy + tnl/neigh)".to_string(),
     ]);

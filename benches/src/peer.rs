@@ -225,20 +225,46 @@ impl Sluiced {
         cores: &Cores,
         extra_config: &str,
     ) -> Result<Self, PeerError> {
+        let ports = format!(
+            "[port:pcap]\ndevargs = {pcap}\nofport = {IN_PORT}\n\n\
+             [port:null]\ndevargs = {NULL_DEVARGS}\nofport = {OUT_PORT}\n",
+            pcap = pcap_devargs(pcap),
+        );
+        Self::start_with_ports(
+            binary,
+            dir,
+            &ports,
+            "null",
+            mbufs_for(frames),
+            cores,
+            extra_config,
+        )
+    }
+
+    /// As [`Sluiced::start`] with other ports: `ports` is the config's
+    /// `[port:NAME]` sections, `uplink` one of their names.
+    ///
+    /// # Errors
+    /// As [`Sluiced::start`].
+    pub fn start_with_ports(
+        binary: &Path,
+        dir: &Path,
+        ports: &str,
+        uplink: &str,
+        mbufs: usize,
+        cores: &Cores,
+        extra_config: &str,
+    ) -> Result<Self, PeerError> {
         let socket = dir.join("sluiced.ctl");
         let config = dir.join("sluiced.ini");
         let prefix = format!("sluice-bench-{}", std::process::id());
         let text = format!(
-            "[coe]\nnode_type = BAREMETAL\n\n[nsx_node_agent]\novs_bridge = br-bench\novs_uplink_port = null\n\n\
+            "[coe]\nnode_type = BAREMETAL\n\n[nsx_node_agent]\novs_bridge = br-bench\novs_uplink_port = {uplink}\n\n\
              [datapath]\ncores = {pmd}\nmain_core = {main}\nfile_prefix = {prefix}\n\
-             hugepages = auto\nmbufs = {mbufs}\npipeline = flow\nctl_socket = {socket}\n{extra_config}\n\
-             [port:pcap]\ndevargs = {pcap}\nofport = {IN_PORT}\n\n\
-             [port:null]\ndevargs = {NULL_DEVARGS}\nofport = {OUT_PORT}\n",
+             hugepages = auto\nmbufs = {mbufs}\npipeline = flow\nctl_socket = {socket}\n{extra_config}\n{ports}",
             pmd = cores.pmd,
             main = cores.main,
-            mbufs = mbufs_for(frames),
             socket = socket.display(),
-            pcap = pcap_devargs(pcap),
         );
         write(&config, &text)?;
         let mut cmd = Command::new(binary);

@@ -112,6 +112,9 @@ pub struct Report {
     pub scale: Vec<Outcome>,
     /// Control-plane timings.
     pub control: Vec<ControlTiming>,
+    /// Latency over net_memif (absent when run with `--no-latency`).
+    #[serde(default)]
+    pub latency: Option<crate::latency::LatencyReport>,
     /// What the runner did not measure and why.
     pub not_done: Vec<String>,
 }
@@ -260,6 +263,9 @@ impl Report {
                     cache_cell(Some(o))
                 );
             }
+        }
+        if let Some(l) = &self.latency {
+            s.push_str(&l.table());
         }
         if !self.control.is_empty() {
             let _ = writeln!(s, "\nControl plane:\n");

@@ -4,6 +4,7 @@
 //! pktgen pcap --scenario l3 --flows 10000 --out /tmp/l3.pcap
 //! pktgen run --sluiced target/release/sluiced --out-dir benches/results
 //! pktgen run --quick --peers sluiced --scenarios l2:1000 --no-scale
+//! pktgen run --no-latency            # skip the memif latency mode
 //! pktgen plot --results benches/results/results.json
 //! ```
 //!
@@ -124,6 +125,19 @@ struct RunArgs {
     /// Keep the work directory (pcaps, peer logs).
     #[arg(long)]
     keep_work_dir: bool,
+    /// Skip the latency mode (memif-gen over net_memif).
+    #[arg(long)]
+    no_latency: bool,
+    /// The memif-gen binary (default: beside pktgen).
+    #[arg(long)]
+    memif_gen: Option<PathBuf>,
+    /// Latency mode: offered rates in Mpps, or `max`, comma-separated.
+    #[arg(long, default_value = "0.1,1,max", value_delimiter = ',')]
+    latency_rates: Vec<String>,
+    /// Latency mode: scenarios as KIND[:FLOWS[:SERVICES]] (sluiced runs
+    /// each, testpmd-io the first).
+    #[arg(long, default_value = "l2:1000,dnat:1000:10", value_delimiter = ',')]
+    latency_scenarios: Vec<String>,
     /// Free-text conditions to record (e.g. "machine shared with builds");
     /// given several times, they are joined.
     #[arg(long)]
@@ -179,6 +193,51 @@ fn scale_points(peers: &[PeerKind]) -> Vec<(PeerKind, Scenario)> {
         }
     }
     v
+}
+
+/// The latency mode's settings: 0.5 s warm-up and 3 x 1.5 s per rate
+/// (0.3 s and 3 x 0.5 s with --quick); about 100 s for sluiced (l2,
+/// dnat), testpmd-io (l2) and OVS-DPDK (l2, dnat) at three rates.
+fn latency_config(
+    args: &RunArgs,
+    peers: &[PeerKind],
+    cfg: &RunConfig,
+) -> Result<sluice_benches::latency::LatencyConfig, String> {
+    let (warmup, interval) = if args.quick { (0.3, 0.5) } else { (0.5, 1.5) };
+    Ok(sluice_benches::latency::LatencyConfig {
+        memif_gen: args
+            .memif_gen
+            .clone()
+            .unwrap_or_else(sluice_benches::latency::LatencyConfig::default_memif_gen),
+        sluiced: cfg.sluiced.clone(),
+        testpmd: cfg.testpmd.clone(),
+        work_dir: cfg.work_dir.clone(),
+        cores: cfg.cores.clone(),
+        rates: args
+            .latency_rates
+            .iter()
+            .map(|r| sluice_benches::latency::parse_rate(r))
+            .collect::<Result<_, _>>()?,
+        warmup: Duration::from_secs_f64(warmup),
+        interval: Duration::from_secs_f64(interval),
+        runs: 3,
+        peers: peers
+            .iter()
+            .copied()
+            .filter(|p| {
+                matches!(
+                    p,
+                    PeerKind::Sluiced | PeerKind::TestpmdIo | PeerKind::OvsDpdk
+                )
+            })
+            .collect(),
+        scenarios: args
+            .latency_scenarios
+            .iter()
+            .map(|s| parse_scenario(s))
+            .collect::<Result<_, _>>()?,
+        gen_prefix: format!("sluice-bench-memif-gen-{}", std::process::id()),
+    })
 }
 
 fn run(args: RunArgs) -> Result<(), String> {
@@ -249,6 +308,11 @@ fn run(args: RunArgs) -> Result<(), String> {
                 .comparison
                 .push(sluice_benches::runner::run_one(p, sc, &cfg));
         }
+    }
+    if !args.no_latency {
+        report.latency = Some(sluice_benches::latency::run_all(&latency_config(
+            &args, &peers, &cfg,
+        )?));
     }
     if !args.no_scale {
         for (p, sc) in scale_points(&peers) {

@@ -1,0 +1,103 @@
+//! Smoke test of the latency mode: `memif-gen` against `sluiced` over
+//! two net_memif links for a couple of seconds.
+//!
+//! Needs root (DPDK) and a built `sluiced` (`$SLUICED`, else
+//! `$CARGO_TARGET_DIR` or the workspace `target/`, release then debug);
+//! without them it prints why it is skipped and passes. It uses its own
+//! DPDK file prefixes and a private directory; both daemons are children
+//! stopped on drop. No timing thresholds: only that frames came back and
+//! the percentiles are ordered.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sluice_benches::latency::{run_all, LatencyConfig};
+use sluice_benches::peer::Cores;
+use sluice_benches::runner::{PeerKind, Status};
+use sluice_benches::scenario::{Kind, Scenario};
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn sluiced() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("SLUICED") {
+        return Some(PathBuf::from(p));
+    }
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let targets = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([workspace.join("target")]);
+    targets
+        .flat_map(|t| [t.join("release/sluiced"), t.join("debug/sluiced")])
+        .find(|p| p.exists())
+}
+
+/// Prints the skip and appends it to `target/tmp/skips.txt`, which
+/// `scripts/test.sh` prints at the end (a skip is never silent).
+fn skip(why: &str) {
+    let line = format!("SKIP memif_latency_smoke_on_sluiced: {why}");
+    println!("{line}");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("skips.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        use std::io::Write as _;
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+#[test]
+fn memif_latency_smoke_on_sluiced() {
+    if !is_root() {
+        skip("the memif latency smoke needs root (DPDK)");
+        return;
+    }
+    let Some(bin) = sluiced() else {
+        skip("no sluiced binary (set SLUICED or build it with `cargo build -p sluice-datapath --bin sluiced`)");
+        return;
+    };
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let cfg = LatencyConfig {
+        memif_gen: PathBuf::from(env!("CARGO_BIN_EXE_memif-gen")),
+        sluiced: bin,
+        testpmd: "/usr/bin/dpdk-testpmd".into(),
+        work_dir: work.path().to_path_buf(),
+        cores: Cores { main: 0, pmd: 1 },
+        rates: vec![Some(100_000), None],
+        warmup: Duration::from_millis(300),
+        interval: Duration::from_millis(500),
+        runs: 3,
+        peers: vec![PeerKind::Sluiced],
+        scenarios: vec![Scenario::new(Kind::L2, 64, 0)],
+        gen_prefix: format!("sluice-test-memif-gen-{}", std::process::id()),
+    };
+    let rep = run_all(&cfg);
+    assert_eq!(rep.outcomes.len(), 2, "{rep:?}");
+    for o in &rep.outcomes {
+        assert_eq!(o.status, Status::Ok, "{:?}", o.reason);
+        assert_eq!(o.runs.len(), 3);
+        for r in &o.runs {
+            assert!(r.sent > 0 && r.received > 0, "nothing came back: {r:?}");
+            assert!(r.received <= r.sent, "{r:?}");
+            let p = [r.min_ns, r.p50_ns, r.p90_ns, r.p99_ns, r.p999_ns, r.max_ns]
+                .map(|x| x.expect("a percentile"));
+            assert!(p.windows(2).all(|w| w[0] <= w[1]), "unordered: {p:?}");
+            assert!(p[0] > 0.0);
+        }
+    }
+    assert!(rep.tsc_hz.is_some_and(|h| h > 0));
+    let table = rep.table();
+    println!("{table}");
+    assert!(table.contains("| sluiced | l2/64f | 0.1 Mpps |"), "{table}");
+}
