@@ -579,6 +579,12 @@ pub struct LatencyReport {
     /// Wall-clock seconds the latency mode took (starts included).
     #[serde(default)]
     pub wall_s: f64,
+    /// Load average when it ended (the machine may be shared).
+    #[serde(default)]
+    pub loadavg: String,
+    /// Free-text conditions of a latency-only run.
+    #[serde(default)]
+    pub conditions: String,
 }
 
 fn cell(s: Option<Summary>) -> String {
@@ -638,11 +644,13 @@ impl LatencyReport {
         }
         let _ = writeln!(
             s,
-            "\nLatency = TSC at receipt - TSC stamped in the frame at send, both read by the generator (TSC {} Hz; constant_tsc: {}, nonstop_tsc: {}); percentiles from a log-linear histogram (buckets 1.6% wide); \"max\" is unpaced, so its latency is mostly queueing in the memif rings; \"sent Mpps\" below the offered rate means the generator lost its core for a while (slots are skipped, not bunched). Loss: frames sent but not back after a drain. testpmd-io is the floor of the memif hop. {:.0} s in all.",
+            "\nLatency = TSC at receipt - TSC stamped in the frame at send, both read by the generator (TSC {} Hz; constant_tsc: {}, nonstop_tsc: {}); percentiles from a log-linear histogram (buckets 1.6% wide); \"max\" is unpaced, so its latency is mostly queueing in the memif rings; \"sent Mpps\" below the offered rate means the generator lost its core for a while (slots are skipped, not bunched). Loss: frames sent but not back after a drain. testpmd-io is the floor of the memif hop. {:.0} s in all; load {} at the end. {}",
             self.tsc_hz.map_or_else(|| "unknown".into(), |h| h.to_string()),
             if self.constant_tsc { "yes" } else { "no" },
             if self.nonstop_tsc { "yes" } else { "no" },
             self.wall_s,
+            self.loadavg,
+            self.conditions,
         );
         for n in &self.not_run {
             let _ = writeln!(s, "- not run: {n}");
@@ -775,13 +783,8 @@ pub fn run_generator(
     let mut runs = Vec::new();
     loop {
         let left = timeout.saturating_sub(start.elapsed());
-        let line = gen.wait_line("its results", left, |l| GenEvent::parse(l).is_some());
-        let line = match line {
-            Ok(l) => l,
-            // A generator that printed `done` and exited is fine; any
-            // other exit is an error with its output.
-            Err(e) => return Err(e.into()),
-        };
+        // An exit before `done` is an error carrying its output.
+        let line = gen.wait_line("its results", left, |l| GenEvent::parse(l).is_some())?;
         match GenEvent::parse(&line.text) {
             Some(GenEvent::Ready { tsc_hz: hz, .. }) => tsc_hz = hz,
             Some(GenEvent::Run { run }) => runs.push(run),
@@ -855,11 +858,17 @@ pub fn start_sluiced(
 /// # Errors
 /// [`PeerError`] if it does not start in [`START_TIMEOUT`].
 pub fn start_testpmd(cfg: &LatencyConfig, dir: &Path) -> Result<Daemon, PeerError> {
-    let prefix = format!("sluice-bench-lat-testpmd-{}", std::process::id());
+    let prefix = testpmd_prefix();
     let mut cmd = Command::new(&cfg.testpmd);
     cmd.arg("-l")
         .arg(format!("{},{}", cfg.cores.main, cfg.cores.pmd))
-        .args(["--no-pci", "--file-prefix", &prefix, "--vdev"])
+        .args([
+            "--no-pci",
+            "--huge-unlink",
+            "--file-prefix",
+            &prefix,
+            "--vdev",
+        ])
         .arg(memif_devargs(0, "server", dir, "in"))
         .arg("--vdev")
         .arg(memif_devargs(1, "server", dir, "out"))
@@ -878,6 +887,20 @@ pub fn start_testpmd(cfg: &LatencyConfig, dir: &Path) -> Result<Daemon, PeerErro
     Ok(d)
 }
 
+/// Removes the DPDK runtime directory of `prefix` (a stopped peer of ours
+/// that did not clean up after SIGTERM).
+fn remove_runtime_dir(prefix: &str) {
+    let _ = std::fs::remove_dir_all(Path::new("/var/run/dpdk").join(prefix));
+}
+
+fn testpmd_prefix() -> String {
+    format!("sluice-bench-lat-testpmd-{}", std::process::id())
+}
+
+fn ovs_prefix() -> String {
+    format!("sluice-bench-lat-ovs-{}", std::process::id())
+}
+
 /// Measures one peer on one scenario at every rate.
 fn measure(
     cfg: &LatencyConfig,
@@ -893,9 +916,13 @@ fn measure(
             r
         }
         PeerKind::TestpmdIo => {
-            let t = start_testpmd(cfg, &dir)?;
-            let r = run_generator(cfg, &dir, sc, 1);
-            drop(t);
+            let t = start_testpmd(cfg, &dir);
+            let r = t.and_then(|t| {
+                let r = run_generator(cfg, &dir, sc, 1);
+                drop(t);
+                r
+            });
+            remove_runtime_dir(&testpmd_prefix());
             r
         }
         PeerKind::OvsDpdk => {
@@ -905,12 +932,16 @@ fn measure(
                     sc.kind.name()
                 ))
             })?;
-            let o = OvsMemif::start(cfg, &dir)?;
-            o.program(&program)?;
-            // OVS's PMD transmits on tx queue 1 (queue 0 is the main
-            // thread's): the generator's receiving link needs two queues.
-            let r = run_generator(cfg, &dir, sc, 2);
-            drop(o);
+            let r = OvsMemif::start(cfg, &dir).and_then(|o| {
+                o.program(&program)?;
+                // OVS's PMD transmits on tx queue 1 (queue 0 is the main
+                // thread's): the generator's receiving link needs two
+                // queues.
+                let r = run_generator(cfg, &dir, sc, 2);
+                drop(o);
+                r
+            });
+            remove_runtime_dir(&ovs_prefix());
             r
         }
         other => Err(PeerError::Pending(format!(
@@ -1002,8 +1033,8 @@ impl OvsMemif {
                 1u64 << cfg.cores.pmd
             ))
             .arg(format!(
-                "other_config:dpdk-extra=--no-pci --file-prefix=sluice-bench-lat-ovs-{}",
-                std::process::id()
+                "other_config:dpdk-extra=--no-pci --huge-unlink --file-prefix={}",
+                ovs_prefix()
             ));
         crate::process::run(c, Duration::from_secs(40))?;
         let mut c = Command::new(&paths.vswitchd);

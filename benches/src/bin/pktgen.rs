@@ -5,6 +5,7 @@
 //! pktgen run --sluiced target/release/sluiced --out-dir benches/results
 //! pktgen run --quick --peers sluiced --scenarios l2:1000 --no-scale
 //! pktgen run --no-latency            # skip the memif latency mode
+//! pktgen latency --out-dir benches/results   # only the latency mode
 //! pktgen plot --results benches/results/results.json
 //! ```
 //!
@@ -51,7 +52,11 @@ enum Command {
         out: PathBuf,
     },
     /// Runs the comparison (and the scale curves) and writes the results.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Runs only the latency mode (memif-gen over net_memif) and puts it
+    /// into the results.json and results.md in --out-dir, keeping the
+    /// other figures.
+    Latency(Box<RunArgs>),
     /// Redraws the plots from a results.json.
     Plot {
         /// The results file.
@@ -201,7 +206,7 @@ fn scale_points(peers: &[PeerKind]) -> Vec<(PeerKind, Scenario)> {
 fn latency_config(
     args: &RunArgs,
     peers: &[PeerKind],
-    cfg: &RunConfig,
+    work_dir: &std::path::Path,
 ) -> Result<sluice_benches::latency::LatencyConfig, String> {
     let (warmup, interval) = if args.quick { (0.3, 0.5) } else { (0.5, 1.5) };
     Ok(sluice_benches::latency::LatencyConfig {
@@ -209,10 +214,13 @@ fn latency_config(
             .memif_gen
             .clone()
             .unwrap_or_else(sluice_benches::latency::LatencyConfig::default_memif_gen),
-        sluiced: cfg.sluiced.clone(),
-        testpmd: cfg.testpmd.clone(),
-        work_dir: cfg.work_dir.clone(),
-        cores: cfg.cores.clone(),
+        sluiced: args.sluiced.clone(),
+        testpmd: args.testpmd.clone(),
+        work_dir: work_dir.to_path_buf(),
+        cores: Cores {
+            main: args.main_core,
+            pmd: args.pmd_core,
+        },
         rates: args
             .latency_rates
             .iter()
@@ -240,9 +248,8 @@ fn latency_config(
     })
 }
 
-fn run(args: RunArgs) -> Result<(), String> {
-    let peers = args
-        .peers
+fn peers_of(names: &[String]) -> Result<Vec<PeerKind>, String> {
+    names
         .iter()
         .map(|p| {
             PeerKind::from_name(p).ok_or_else(|| {
@@ -252,7 +259,62 @@ fn run(args: RunArgs) -> Result<(), String> {
                 )
             })
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect()
+}
+
+/// `pktgen latency`: only the latency mode, put into the results.json in
+/// `--out-dir` (the other figures are kept) and rendered into results.md.
+fn latency_only(args: RunArgs) -> Result<(), String> {
+    let peers = peers_of(&args.peers)?;
+    let work_dir = args.work_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()))
+    });
+    let cfg = latency_config(&args, &peers, &work_dir)?;
+    std::fs::create_dir_all(&work_dir)
+        .map_err(|e| format!("cannot create {}: {e}", work_dir.display()))?;
+    let json_path = args.out_dir.join("results.json");
+    let mut report = match std::fs::read_to_string(&json_path) {
+        Ok(t) => serde_json::from_str::<Report>(&t)
+            .map_err(|e| format!("{} is not a results file: {e}", json_path.display()))?,
+        Err(_) => Report {
+            machine: Machine::detect(),
+            started: sluice_benches::utc_now(),
+            conditions: args.conditions.join("; "),
+            ..Report::default()
+        },
+    };
+    let mut latency = sluice_benches::latency::run_all(&cfg);
+    if !args.conditions.is_empty() {
+        latency.conditions = args.conditions.join("; ");
+    }
+    latency.loadavg = loadavg();
+    report.latency = Some(latency);
+    report
+        .not_done
+        .retain(|n| !n.starts_with("latency percentiles"));
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    std::fs::write(&json_path, json + "\n")
+        .map_err(|e| format!("cannot write {}: {e}", json_path.display()))?;
+    let table = report.table();
+    let md_path = args.out_dir.join("results.md");
+    std::fs::write(&md_path, &table)
+        .map_err(|e| format!("cannot write {}: {e}", md_path.display()))?;
+    if let Some(l) = &report.latency {
+        println!("{}", l.table());
+    }
+    eprintln!(
+        "pktgen: wrote the latency results into {} and {}",
+        json_path.display(),
+        md_path.display()
+    );
+    if !args.keep_work_dir {
+        let _ = std::fs::remove_dir_all(&work_dir);
+    }
+    Ok(())
+}
+
+fn run(args: RunArgs) -> Result<(), String> {
+    let peers = peers_of(&args.peers)?;
     let scenarios = args
         .scenarios
         .iter()
@@ -293,6 +355,11 @@ fn run(args: RunArgs) -> Result<(), String> {
             pmd: args.pmd_core,
         },
     };
+    let latency = if args.no_latency {
+        None
+    } else {
+        Some(latency_config(&args, &peers, &work_dir)?)
+    };
     let mut report = Report {
         machine: Machine::detect(),
         started: sluice_benches::utc_now(),
@@ -309,10 +376,10 @@ fn run(args: RunArgs) -> Result<(), String> {
                 .push(sluice_benches::runner::run_one(p, sc, &cfg));
         }
     }
-    if !args.no_latency {
-        report.latency = Some(sluice_benches::latency::run_all(&latency_config(
-            &args, &peers, &cfg,
-        )?));
+    if let Some(l) = &latency {
+        let mut r = sluice_benches::latency::run_all(l);
+        r.loadavg = loadavg();
+        report.latency = Some(r);
     }
     if !args.no_scale {
         for (p, sc) in scale_points(&peers) {
@@ -380,7 +447,8 @@ fn main() -> ExitCode {
             println!("{}: {n} frames written to {}", sc.label(), out.display());
             Ok(())
         }),
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
+        Command::Latency(args) => latency_only(*args),
         Command::Plot { results, out_dir } => std::fs::read_to_string(&results)
             .map_err(|e| format!("cannot read {}: {e}", results.display()))
             .and_then(|t| {
