@@ -910,8 +910,11 @@ fn measure(
     let dir = private_dir(cfg, peer, sc)?;
     match peer {
         PeerKind::Sluiced => {
-            let s = start_sluiced(cfg, &dir, sc)?;
+            let mut s = start_sluiced(cfg, &dir, sc)?;
             let r = run_generator(cfg, &dir, sc, 1);
+            // Frames that did not come back because sluiced died are its
+            // exit, not loss.
+            crate::peer::Peer::alive(&mut s)?;
             drop(s);
             r
         }
