@@ -480,6 +480,9 @@ pub struct LatencyOutcome {
     pub status: Status,
     /// Why it failed or was not run.
     pub reason: Option<String>,
+    /// Minimum latency (the floor when nothing interfered), µs.
+    #[serde(default)]
+    pub min_us: Option<Summary>,
     /// Median (min-max) over the runs of each figure, in microseconds.
     pub p50_us: Option<Summary>,
     /// 90th percentile, µs.
@@ -515,6 +518,7 @@ impl LatencyOutcome {
             offered_pps,
             status,
             reason: Some(reason),
+            min_us: None,
             p50_us: None,
             p90_us: None,
             p99_us: None,
@@ -539,6 +543,7 @@ impl LatencyOutcome {
         };
         let mut o = Self::failed(peer, scenario, offered_pps, Status::Ok, String::new());
         o.reason = None;
+        o.min_us = us(|r| r.min_ns);
         o.p50_us = us(|r| r.p50_ns);
         o.p90_us = us(|r| r.p90_ns);
         o.p99_us = us(|r| r.p99_ns);
@@ -602,14 +607,14 @@ impl LatencyReport {
         );
         let _ = writeln!(
             s,
-            "| peer | scenario | offered | sent Mpps | p50 | p90 | p99 | p99.9 | max | loss | reordered |"
+            "| peer | scenario | offered | sent Mpps | min | p50 | p90 | p99 | p99.9 | max | loss | reordered |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
         for o in &self.outcomes {
             if o.status != Status::Ok {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {:?}: {} | | | | | | | |",
+                    "| {} | {} | {} | {:?}: {} | | | | | | | | |",
                     o.peer.name(),
                     o.scenario.label(),
                     rate_label(o.offered_pps),
@@ -626,12 +631,13 @@ impl LatencyReport {
             }
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 o.peer.name(),
                 o.scenario.label(),
                 rate_label(o.offered_pps),
                 o.sent_mpps
                     .map_or_else(|| "-".into(), |m| format!("{:.2}", m.median)),
+                cell(o.min_us),
                 cell(o.p50_us),
                 cell(o.p90_us),
                 cell(o.p99_us),
@@ -644,7 +650,7 @@ impl LatencyReport {
         }
         let _ = writeln!(
             s,
-            "\nLatency = TSC at receipt - TSC stamped in the frame at send, both read by the generator (TSC {} Hz; constant_tsc: {}, nonstop_tsc: {}); percentiles from a log-linear histogram (buckets 1.6% wide); \"max\" is unpaced, so its latency is mostly queueing in the memif rings; \"sent Mpps\" below the offered rate means the generator lost its core for a while (slots are skipped, not bunched). Loss: frames sent but not back after a drain. testpmd-io is the floor of the memif hop. {:.0} s in all; load {} at the end. {}",
+            "\nmin is the floor when neither side was descheduled; on a shared machine the higher percentiles include time either busy-polling side spent off its CPU (compare sent Mpps with the offered rate). Latency = TSC at receipt - TSC stamped in the frame at send, both read by the generator (TSC {} Hz; constant_tsc: {}, nonstop_tsc: {}); percentiles from a log-linear histogram (buckets 1.6% wide); \"max\" is unpaced, so its latency is mostly queueing in the memif rings; \"sent Mpps\" below the offered rate means the generator lost its core for a while (slots are skipped, not bunched). Loss: frames sent but not back after a drain. testpmd-io is the floor of the memif hop. {:.0} s in all; load {} at the end. {}",
             self.tsc_hz.map_or_else(|| "unknown".into(), |h| h.to_string()),
             if self.constant_tsc { "yes" } else { "no" },
             if self.nonstop_tsc { "yes" } else { "no" },
@@ -1459,7 +1465,7 @@ mod tests {
             ..LatencyReport::default()
         };
         let t = rep.table();
-        assert!(t.contains("| sluiced | l2/1000f | 0.1 Mpps | 0.10 | 3.0 | 6.0 | 9.0 | 12.0 | 30.0 | 0.010% | 0 |"), "{t}");
+        assert!(t.contains("| sluiced | l2/1000f | 0.1 Mpps | 0.10 | 1.0 | 3.0 | 6.0 | 9.0 | 12.0 | 30.0 | 0.010% | 0 |"), "{t}");
         assert!(
             t.contains("| testpmd-io | l2/1000f | max | Failed: boom |"),
             "{t}"
