@@ -742,15 +742,20 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PeerError + '_ {
 }
 
 /// Starts `memif-gen` for `scenario` against the memif servers in `dir`
-/// and collects its runs per rate.
+/// and collects its runs per rate. Once it has printed `done`,
+/// `stop_peer` runs (check and stop the peer) before the generator
+/// disconnects: DPDK 22.11's memif server can crash when its client goes
+/// away under a polling core, and that crash is not the peer's result.
 ///
 /// # Errors
-/// [`PeerError`] when it cannot start, reports an error, dies or times out.
+/// [`PeerError`] when it cannot start, reports an error, dies or times
+/// out, or from `stop_peer`.
 pub fn run_generator(
     cfg: &LatencyConfig,
     dir: &Path,
     scenario: &Scenario,
     out_queues: u16,
+    stop_peer: impl FnOnce() -> Result<(), PeerError>,
 ) -> Result<(u64, Vec<LatencyRun>), PeerError> {
     let rates: Vec<String> = cfg
         .rates
@@ -806,6 +811,7 @@ pub fn run_generator(
             None => {}
         }
     }
+    stop_peer()?;
     // It exits by itself after `done`, once its EAL has cleaned up its
     // runtime directory; Drop stops it if it does not.
     let exit_by = std::time::Instant::now() + Duration::from_secs(10);
@@ -917,19 +923,21 @@ fn measure(
     match peer {
         PeerKind::Sluiced => {
             let mut s = start_sluiced(cfg, &dir, sc)?;
-            let r = run_generator(cfg, &dir, sc, 1);
-            // Frames that did not come back because sluiced died are its
-            // exit, not loss.
-            crate::peer::Peer::alive(&mut s)?;
-            drop(s);
-            r
+            run_generator(cfg, &dir, sc, 1, move || {
+                // Frames that did not come back because sluiced died are
+                // its exit, not loss.
+                crate::peer::Peer::alive(&mut s)?;
+                drop(s);
+                Ok(())
+            })
         }
         PeerKind::TestpmdIo => {
             let t = start_testpmd(cfg, &dir);
             let r = t.and_then(|t| {
-                let r = run_generator(cfg, &dir, sc, 1);
-                drop(t);
-                r
+                run_generator(cfg, &dir, sc, 1, move || {
+                    drop(t);
+                    Ok(())
+                })
             });
             remove_runtime_dir(&testpmd_prefix());
             r
@@ -946,9 +954,10 @@ fn measure(
                 // OVS's PMD transmits on tx queue 1 (queue 0 is the main
                 // thread's): the generator's receiving link needs two
                 // queues.
-                let r = run_generator(cfg, &dir, sc, 2);
-                drop(o);
-                r
+                run_generator(cfg, &dir, sc, 2, move || {
+                    drop(o);
+                    Ok(())
+                })
             });
             remove_runtime_dir(&ovs_prefix());
             r
