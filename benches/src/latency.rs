@@ -282,6 +282,10 @@ pub struct RunStats {
     /// Frames received that carry no stamp (too short) or came back on
     /// the sending link.
     pub stray: u64,
+    /// Frames of an earlier run that arrived after its drain (not
+    /// counted as received in this one).
+    pub late: u64,
+    first: Option<u16>,
     newest: Option<u16>,
 }
 
@@ -291,20 +295,30 @@ impl RunStats {
         Self::default()
     }
 
-    /// Clears everything (no allocation).
-    pub fn reset(&mut self) {
+    /// Clears everything (no allocation); the run's first frame will
+    /// carry sequence number `first`.
+    pub fn reset(&mut self, first: u16) {
         self.hist.reset();
         self.sent = 0;
         self.tx_refused = 0;
         self.received = 0;
         self.reordered = 0;
         self.stray = 0;
+        self.late = 0;
+        self.first = Some(first);
         self.newest = None;
     }
 
     /// Accounts one received frame stamped `stamp`, read at TSC `now`.
     #[inline]
     pub fn receive(&mut self, stamp: Stamp, now: u64) {
+        if self
+            .first
+            .is_some_and(|f| (stamp.seq.wrapping_sub(f) as i16) < 0)
+        {
+            self.late += 1;
+            return;
+        }
         self.received += 1;
         self.hist.record(stamp.cycles_until(now));
         match self.newest {
@@ -326,6 +340,7 @@ impl RunStats {
             lost: self.sent.saturating_sub(self.received),
             reordered: self.reordered,
             stray: self.stray,
+            late: self.late,
             sent_mpps: self.sent as f64 / seconds / 1e6,
             min_ns: ns(self.hist.min()),
             mean_ns: self.hist.mean().map(|c| c * 1e9 / tsc_hz.max(1) as f64),
@@ -357,6 +372,9 @@ pub struct LatencyRun {
     pub reordered: u64,
     /// Unstamped frames, or frames on the wrong link.
     pub stray: u64,
+    /// Frames of the previous run that came back after its drain.
+    #[serde(default)]
+    pub late: u64,
     /// Million frames per second actually sent.
     pub sent_mpps: f64,
     /// Latency minimum, ns.
@@ -650,7 +668,7 @@ impl LatencyReport {
         }
         let _ = writeln!(
             s,
-            "\nmin is the floor when neither side was descheduled; on a shared machine the higher percentiles include time either busy-polling side spent off its CPU (compare sent Mpps with the offered rate). Latency = TSC at receipt - TSC stamped in the frame at send, both read by the generator (TSC {} Hz; constant_tsc: {}, nonstop_tsc: {}); percentiles from a log-linear histogram (buckets 1.6% wide); \"max\" is unpaced, so its latency is mostly queueing in the memif rings; \"sent Mpps\" below the offered rate means the generator lost its core for a while (slots are skipped, not bunched). Loss: frames sent but not back after a drain. testpmd-io is the floor of the memif hop. {:.0} s in all; load {} at the end. {}",
+            "\nmin is the floor when neither side was descheduled; on a shared machine the higher percentiles include time either busy-polling side spent off its CPU (compare sent Mpps with the offered rate). Latency = TSC at receipt - TSC stamped in the frame at send, both read by the generator (TSC {} Hz; constant_tsc: {}, nonstop_tsc: {}); percentiles from a log-linear histogram (buckets 1.6% wide); \"max\" is unpaced, so its latency is mostly queueing in the memif rings; \"sent Mpps\" below the offered rate means the generator lost its core for a while (slots are skipped, not bunched). Loss: frames sent but not back after a drain (100 ms without a frame, at most 1 s; later ones are counted as late in the next run). testpmd-io is the floor of the memif hop. {:.0} s in all; load {} at the end. {}",
             self.tsc_hz.map_or_else(|| "unknown".into(), |h| h.to_string()),
             if self.constant_tsc { "yes" } else { "no" },
             if self.nonstop_tsc { "yes" } else { "no" },
@@ -721,8 +739,9 @@ impl LatencyConfig {
 pub const LINK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest drain after a run (it ends earlier once the link is quiet).
 pub const DRAIN_MAX: Duration = Duration::from_secs(1);
-/// A drain ends after this long without a frame.
-pub const DRAIN_QUIET: Duration = Duration::from_millis(20);
+/// A drain ends after this long without a frame (long enough for a peer
+/// that lost its core for a scheduler slice on a shared machine).
+pub const DRAIN_QUIET: Duration = Duration::from_millis(100);
 
 /// The memif devargs of one side of link `name` (`in` or `out`): a
 /// socket file in the private directory (not DPDK's default abstract
@@ -1380,8 +1399,10 @@ mod tests {
     #[test]
     fn run_stats_count_loss_and_reordering() {
         let mut r = RunStats::new();
+        r.reset(65_534);
         r.sent = 6;
         let at = |seq, tsc| Stamp { seq, tsc };
+        r.receive(at(65_533, 100), 5_000); // the previous run's: late
         r.receive(at(65_534, 100), 110);
         r.receive(at(65_535, 100), 120);
         r.receive(at(1, 100), 130); // 0 is late: wrapped, still newer
@@ -1389,6 +1410,7 @@ mod tests {
         r.receive(at(2, 100), 150);
         assert_eq!(r.received, 5);
         assert_eq!(r.reordered, 1);
+        assert_eq!(r.late, 1);
         let s = r.summary(Some(100_000), 2.0, 1_000_000_000);
         assert_eq!(s.lost, 1);
         assert!((s.loss_pct() - 100.0 / 6.0).abs() < 1e-9);
@@ -1398,8 +1420,8 @@ mod tests {
         assert_eq!(s.min_ns, Some(10.0));
         assert_eq!(s.mean_ns, Some(30.0));
         assert!((s.sent_mpps - 3e-6).abs() < 1e-12);
-        r.reset();
-        assert_eq!((r.received, r.sent, r.hist.count()), (0, 0, 0));
+        r.reset(3);
+        assert_eq!((r.received, r.sent, r.late, r.hist.count()), (0, 0, 0, 0));
     }
 
     #[test]
@@ -1436,6 +1458,7 @@ mod tests {
             lost: 10,
             reordered: 0,
             stray: 0,
+            late: 0,
             sent_mpps: 0.1,
             min_ns: Some(1_000.0),
             mean_ns: Some(p50),

@@ -301,11 +301,11 @@ fn run(args: &Args, eal: &Eal) -> Result<(), String> {
     let warmup = Duration::from_secs_f64(args.warmup.max(0.0));
     let interval = Duration::from_secs_f64(args.interval.max(0.001));
     for pps in rates {
-        stats.reset();
+        stats.reset(g.seq);
         g.phase(pps, warmup, &mut stats);
         g.drain(&mut stats);
         for _ in 0..args.runs.max(1) {
-            stats.reset();
+            stats.reset(g.seq);
             let seconds = g.phase(pps, interval, &mut stats);
             g.drain(&mut stats);
             emit(&GenEvent::Run {
