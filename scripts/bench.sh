@@ -4,7 +4,7 @@
 # timings, latency over net_memif (memif-gen; skip with --no-latency),
 # table, JSON and PNG plots.
 #
-#   sudo scripts/bench.sh                 # the whole comparison (~15 min on 2 cores)
+#   sudo scripts/bench.sh                 # the whole comparison (< 13 min on 2 cores, build included)
 #   sudo scripts/bench.sh --quick --no-scale --scenarios l2:1000
 #
 # Extra arguments go to `pktgen run` (see `pktgen run --help`). It
@@ -18,6 +18,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+T0=$(date +%s.%N)
 
 if [ "$(id -u)" != 0 ]; then
     echo "$0: run as root (DPDK and hugepages need it): sudo $0 $*" >&2
@@ -40,6 +41,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+T1=$(date +%s.%N)
 if ! command -v cargo >/dev/null; then
     echo "$0: cargo not found: install Rust (>= 1.80) with rustup first" >&2
     exit 2
@@ -62,6 +64,7 @@ echo "==> hugepages: $(awk '/HugePages_Free/ {print $2}' /proc/meminfo) free of 
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 echo "==> building sluiced, pktgen and memif-gen (release)"
 cargo build --release -p sluice-datapath --bin sluiced -p sluice-benches --bin pktgen --bin memif-gen
+T2=$(date +%s.%N)
 
 echo "==> running (results in benches/results/)"
 mkdir -p benches/results
@@ -71,4 +74,7 @@ exec "$TARGET/release/pktgen" run \
     --memif-gen "$TARGET/release/memif-gen" \
     --out-dir benches/results \
     --conditions "nproc=$(nproc); $(uptime | sed 's/.*load/load/')" \
+    --started-at "$T0" \
+    --install-seconds "$(awk "BEGIN {print $T1 - $T0}")" \
+    --build-seconds "$(awk "BEGIN {print $T2 - $T1}")" \
     "$@"

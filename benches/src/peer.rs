@@ -3,20 +3,25 @@
 //! `net_null,no-rx=1` as the sink (port 2), with one forwarding core.
 //!
 //! - [`Sluiced`]: our daemon, programmed and measured through its control
-//!   socket (`flow-bundle`, `pmd-stats-show` as JSON);
+//!   socket (`flow-bundle`, `service-update`, `pmd-stats-show` as JSON);
 //! - [`Testpmd`]: `dpdk-testpmd --forward-mode=io|macswap`, the I/O
 //!   ceiling, measured from its periodic port statistics;
 //! - [`Ovs`]: Open vSwitch's DPDK datapath (`ovs-vswitchd-dpdk` with its
-//!   own `ovsdb-server`), programmed with `ovs-ofctl` and measured with
-//!   `dpif-netdev/pmd-stats-show`.
+//!   own `ovsdb-server`, in a private network namespace), laid out per
+//!   scenario by [`ovs_layout`] (one bridge, or `br-int` + `br-phy` with a
+//!   userspace Geneve port), programmed with `ovs-ofctl` and measured with
+//!   `dpif-netdev/pmd-stats-show` and `dpctl/show -s`.
 //!
 //! Each peer runs in a private directory (config, sockets, database, logs)
 //! with its own DPDK file prefix, as children of the runner; dropping a
-//! peer stops exactly the processes it started (see [`crate::process`]).
+//! peer stops exactly the processes it started (see [`crate::process`])
+//! and removes the `/var/run/dpdk/PREFIX` directory of the prefix it made
+//! up. Memory is read as `VmRSS` from `/proc/PID/status`.
 //! A [`Counters`] snapshot is cumulative; a measurement is the difference
 //! of two snapshots over a wall-clock interval.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,8 +32,11 @@ use serde_json::{json, Value};
 use sluice_control::ctl_client::CtlClient;
 use thiserror::Error;
 
-use crate::process::{self, Daemon, ProcessError};
-use crate::scenario::{FlowProgram, IN_PORT, OUT_PORT};
+use crate::process::{self, Daemon, DpdkRuntimeDir, ProcessError};
+use crate::scenario::{
+    FlowProgram, Kind, GENEVE_PORT, IN_PORT, LOCAL_VTEP, OUT_PORT, OVS_TUNNEL_PORT, POD_A_MAC,
+    REMOTE_VTEP, REMOTE_VTEP_MAC, ROUTER_MAC, VNI,
+};
 
 /// How long a daemon may take to start forwarding.
 pub const START_TIMEOUT: Duration = Duration::from_secs(90);
@@ -36,6 +44,9 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(90);
 pub const BUNDLE_BYTES: usize = 512 * 1024;
 /// How long programming may take.
 pub const PROGRAM_TIMEOUT: Duration = Duration::from_secs(300);
+/// Most frames the OVS peer's pcap may have: OVS 3.1 preloads them into
+/// its shared pool of 262,144 mbufs, which its rx/tx rings also use.
+pub const OVS_MAX_FRAMES: usize = 240_000;
 
 /// Why a peer could not be run or measured.
 #[derive(Debug, Error)]
@@ -57,6 +68,9 @@ pub enum PeerError {
     /// The datapath does not support what the scenario needs yet.
     #[error("pending: {0}")]
     Pending(String),
+    /// Deliberately not run: a limit of the peer or a time bound.
+    #[error("not run: {0}")]
+    NotRun(String),
     /// Most packets were dropped during warm-up: the peer cannot forward
     /// this scenario.
     #[error("dropped {dropped} of {received} packets during warm-up ({reasons})")]
@@ -206,6 +220,8 @@ pub struct Programmed {
 #[derive(Debug)]
 pub struct Sluiced {
     daemon: Daemon,
+    // After the daemon: removed once it has stopped.
+    _runtime: Option<DpdkRuntimeDir>,
     ctl: CtlClient,
     /// The control socket.
     pub socket: PathBuf,
@@ -278,8 +294,70 @@ impl Sluiced {
             .map_err(|e| PeerError::Ctl(e.to_string()))?;
         Ok(Self {
             daemon,
+            _runtime: DpdkRuntimeDir::new(&prefix),
             ctl,
             socket,
+        })
+    }
+
+    /// Sends `batches` (`service-update` objects) one after the other,
+    /// stopping once `budget` has passed; says how far it got (`done` and
+    /// `total` count batches).
+    ///
+    /// # Errors
+    /// [`PeerError::Pending`] if sluiced refuses a batch,
+    /// [`PeerError::Ctl`] if it cannot be asked.
+    pub fn service_update(
+        &mut self,
+        batches: &[Value],
+        budget: Option<Duration>,
+    ) -> Result<Programmed, PeerError> {
+        let start = Instant::now();
+        let mut done = 0;
+        for b in batches {
+            if budget.is_some_and(|b| start.elapsed() >= b) {
+                break;
+            }
+            match self.ctl.call_method("service-update", b.clone()) {
+                Ok(_) => done += 1,
+                Err(e @ sluice_control::ctl_client::ClientError::Server { .. }) => {
+                    return Err(PeerError::Pending(format!(
+                        "sluiced refused a service-update batch: {e}"
+                    )))
+                }
+                Err(e) => return Err(PeerError::Ctl(e.to_string())),
+            }
+        }
+        Ok(Programmed {
+            elapsed: start.elapsed(),
+            done,
+            total: batches.len(),
+        })
+    }
+
+    /// Resident memory of the daemon in bytes.
+    ///
+    /// # Errors
+    /// [`PeerError::Counters`] if `/proc` cannot be read.
+    pub fn rss(&self) -> Result<u64, PeerError> {
+        process::rss_bytes(self.daemon.pid()).map_err(|detail| PeerError::Counters {
+            peer: "sluiced".into(),
+            detail,
+        })
+    }
+
+    /// Tracked connections (`conntrack-stats`).
+    ///
+    /// # Errors
+    /// [`PeerError::Ctl`] or [`PeerError::Counters`].
+    pub fn connections(&mut self) -> Result<u64, PeerError> {
+        let text = self
+            .ctl
+            .call::<&str>("conntrack-stats", &[])
+            .map_err(|e| PeerError::Ctl(e.to_string()))?;
+        parse_conntrack_connections(&text).ok_or_else(|| PeerError::Counters {
+            peer: "sluiced".into(),
+            detail: format!("no `connections: N` in conntrack-stats: {text}"),
         })
     }
 
@@ -377,6 +455,16 @@ impl Sluiced {
     }
 }
 
+/// The `N` of sluiced's `conntrack-stats` line `connections: N (limit M)`.
+pub fn parse_conntrack_connections(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("connections:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Parses the JSON of sluiced's structured `pmd-stats-show` (summed over
 /// PMDs).
 pub fn parse_sluiced_stats(v: &Value) -> Result<Counters, String> {
@@ -440,6 +528,8 @@ impl Peer for Sluiced {
 #[derive(Debug)]
 pub struct Testpmd {
     daemon: Daemon,
+    // After the daemon: testpmd leaves /var/run/dpdk/PREFIX behind.
+    _runtime: Option<DpdkRuntimeDir>,
     name: String,
     /// Latest (time, cumulative RX-packets of port 0, TX-packets of port 1).
     latest: Option<(Instant, u64, u64)>,
@@ -478,6 +568,7 @@ impl Testpmd {
         let daemon = Daemon::spawn(&format!("testpmd-{mode}"), cmd)?;
         let mut t = Self {
             daemon,
+            _runtime: DpdkRuntimeDir::new(&prefix),
             name: format!("testpmd-{mode}"),
             latest: None,
             in_port0: false,
@@ -588,16 +679,225 @@ impl Default for OvsPaths {
     }
 }
 
-/// OVS-DPDK: a private `ovsdb-server` and `ovs-vswitchd` with one bridge.
+/// An OVS bridge port of the peer: a DPDK port with its devargs, or the
+/// userspace Geneve tunnel port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OvsPort {
+    /// Bridge it is on.
+    pub bridge: &'static str,
+    /// Port (and interface) name.
+    pub name: &'static str,
+    /// OpenFlow port number requested.
+    pub ofport: u16,
+    /// `Interface` columns (`type=...`, `options:...`).
+    pub interface: Vec<String>,
+}
+
+/// How the OVS peer is laid out for one scenario kind: its bridges and
+/// ports, the commands that complete a userspace tunnel, the flows per
+/// bridge, where packets leave, and what `ofproto/trace` must show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OvsLayout {
+    /// Bridges (all `datapath_type=netdev`) with extra `Bridge` columns.
+    pub bridges: Vec<(&'static str, Vec<String>)>,
+    /// Ports.
+    pub ports: Vec<OvsPort>,
+    /// Commands in vswitchd's network namespace (`ip ...`), then
+    /// `ovs-appctl` commands, after the ports exist.
+    pub netns_commands: Vec<Vec<String>>,
+    /// `ovs-appctl` commands.
+    pub appctl_commands: Vec<Vec<String>>,
+    /// Extra flows per bridge (the scenario's program goes to
+    /// [`OvsLayout::program_bridge`]).
+    pub extra_flows: Vec<(&'static str, String)>,
+    /// The bridge that gets the scenario's program.
+    pub program_bridge: &'static str,
+    /// `ofproto/trace BRIDGE FLOW` must contain the string.
+    pub trace: Option<(&'static str, String, &'static str)>,
+}
+
+/// Bridge of the plain (non-tunnel) OVS layout.
+pub const OVS_BRIDGE: &str = "br-bench";
+
+fn dpdk_port(bridge: &'static str, name: &'static str, ofport: u16, devargs: &str) -> OvsPort {
+    OvsPort {
+        bridge,
+        name,
+        ofport,
+        interface: vec![
+            "type=dpdk".into(),
+            format!("options:dpdk-devargs={devargs}"),
+        ],
+    }
+}
+
+fn fmt_mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The OVS layout of scenario `kind` with `pcap` as the traffic source.
+///
+/// Plain kinds: one bridge, pcap port 1 → null port 2. `encap`: pod frames
+/// enter `br-int` on the pcap port and go out its Geneve port (remote
+/// VTEP [`REMOTE_VTEP`], key [`VNI`]); OVS's native tunnelling routes them
+/// through `br-phy`, which holds the local VTEP address on its internal
+/// port, and pushes the headers with the neighbour pinned by
+/// `tnl/neigh/set`; `br-phy` sends what its internal port emits to the
+/// null port. `decap`: Geneve frames enter `br-phy` on the pcap port
+/// (addressed to `br-phy`'s MAC, [`ROUTER_MAC`], and the local VTEP), go
+/// to its internal port, where OVS pops the tunnel and hands the inner
+/// frame to `br-int`'s Geneve port, then out `br-int`'s null port.
+pub fn ovs_layout(kind: Kind, pcap: &Path) -> OvsLayout {
+    let pcap_args = pcap_devargs(pcap);
+    if !matches!(kind, Kind::Encap | Kind::Decap) {
+        return OvsLayout {
+            bridges: vec![(OVS_BRIDGE, Vec::new())],
+            ports: vec![
+                dpdk_port(OVS_BRIDGE, "pcap0", IN_PORT, &pcap_args),
+                dpdk_port(OVS_BRIDGE, "null0", OUT_PORT, NULL_DEVARGS),
+            ],
+            netns_commands: Vec::new(),
+            appctl_commands: Vec::new(),
+            extra_flows: Vec::new(),
+            program_bridge: OVS_BRIDGE,
+            trace: None,
+        };
+    }
+    let (int, phy) = ("br-int", "br-phy");
+    let geneve = OvsPort {
+        bridge: int,
+        name: "gnv0",
+        ofport: OVS_TUNNEL_PORT,
+        interface: vec![
+            "type=geneve".into(),
+            format!("options:remote_ip={REMOTE_VTEP}"),
+            format!("options:key={VNI}"),
+        ],
+    };
+    let vtep_net = Ipv4Addr::from(u32::from(LOCAL_VTEP) & 0xffff_ff00);
+    let netns_commands = vec![
+        // No IPv6 chatter from the internal port into the measurement.
+        vec![
+            "sysctl".into(),
+            "-qw".into(),
+            format!("net.ipv6.conf.{phy}.disable_ipv6=1"),
+        ],
+        vec![
+            "ip".into(),
+            "addr".into(),
+            "add".into(),
+            format!("{LOCAL_VTEP}/24"),
+            "dev".into(),
+            phy.into(),
+        ],
+        vec![
+            "ip".into(),
+            "link".into(),
+            "set".into(),
+            phy.into(),
+            "up".into(),
+        ],
+    ];
+    let appctl_commands = vec![
+        vec![
+            "ovs/route/add".into(),
+            format!("{vtep_net}/24"),
+            phy.into(),
+        ],
+        vec![
+            "tnl/neigh/set".into(),
+            phy.into(),
+            REMOTE_VTEP.to_string(),
+            fmt_mac(REMOTE_VTEP_MAC),
+        ],
+    ];
+    let bridges = vec![
+        (int, Vec::new()),
+        (phy, vec![format!("other-config:hwaddr={}", fmt_mac(ROUTER_MAC))]),
+    ];
+    if kind == Kind::Encap {
+        OvsLayout {
+            bridges,
+            ports: vec![
+                dpdk_port(int, "pcap0", IN_PORT, &pcap_args),
+                geneve,
+                dpdk_port(phy, "null0", OUT_PORT, NULL_DEVARGS),
+            ],
+            netns_commands,
+            appctl_commands,
+            extra_flows: vec![(
+                phy,
+                format!("priority=100,in_port=LOCAL actions=output:{OUT_PORT}"),
+            )],
+            program_bridge: int,
+            trace: Some((
+                int,
+                format!(
+                    "in_port={IN_PORT},udp,dl_src={},dl_dst={},nw_src=10.244.0.1,nw_dst=10.246.0.2,nw_ttl=64,udp_src=1024,udp_dst=5001",
+                    fmt_mac(POD_A_MAC),
+                    fmt_mac(ROUTER_MAC)
+                ),
+                "tnl_push(",
+            )),
+        }
+    } else {
+        OvsLayout {
+            bridges,
+            ports: vec![
+                dpdk_port(phy, "pcap0", IN_PORT, &pcap_args),
+                geneve,
+                dpdk_port(int, "null0", OUT_PORT, NULL_DEVARGS),
+            ],
+            netns_commands,
+            appctl_commands,
+            extra_flows: vec![(phy, format!("priority=100,in_port={IN_PORT} actions=LOCAL"))],
+            program_bridge: int,
+            trace: Some((
+                phy,
+                format!(
+                    "in_port={IN_PORT},udp,dl_src={},dl_dst={},nw_src={REMOTE_VTEP},nw_dst={LOCAL_VTEP},nw_ttl=64,udp_src=1024,udp_dst={GENEVE_PORT}",
+                    fmt_mac(REMOTE_VTEP_MAC),
+                    fmt_mac(ROUTER_MAC)
+                ),
+                "tnl_pop(",
+            )),
+        }
+    }
+}
+
+impl OvsLayout {
+    /// The one `ovs-vsctl` command line (after `--db`) that adds the
+    /// bridges and ports.
+    pub fn vsctl_args(&self) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        for (b, extra) in &self.bridges {
+            a.extend(["--", "add-br", b, "--", "set", "bridge", b, "datapath_type=netdev"].map(String::from));
+            a.extend(extra.iter().cloned());
+        }
+        for p in &self.ports {
+            a.extend(["--", "add-port", p.bridge, p.name, "--", "set", "Interface", p.name].map(String::from));
+            a.extend(p.interface.iter().cloned());
+            a.push(format!("ofport_request={}", p.ofport));
+        }
+        a
+    }
+}
+
+/// OVS-DPDK: a private `ovsdb-server` and `ovs-vswitchd` (in a private
+/// network namespace, so that its bridges' internal ports and the VTEP
+/// address never touch the host's network) with the bridges of an
+/// [`OvsLayout`].
 #[derive(Debug)]
 pub struct Ovs {
     // Field order is drop order: vswitchd stops before its database.
     vswitchd: Daemon,
     _ovsdb: Daemon,
     dir: PathBuf,
+    layout: OvsLayout,
 }
-
-const BRIDGE: &str = "br-bench";
 
 impl Ovs {
     fn env(cmd: &mut Command, dir: &Path) {
@@ -619,15 +919,25 @@ impl Ovs {
         c
     }
 
-    fn vsctl(&self, args: &[&str]) -> Result<String, PeerError> {
+    fn vsctl(&self, args: &[String]) -> Result<String, PeerError> {
         let mut c = self.tool("ovs-vsctl");
         c.args(args);
         Ok(process::run(c, Duration::from_secs(90))?)
     }
 
-    /// Starts ovsdb-server and ovs-vswitchd in `dir`, adds the bridge with
-    /// the pcap and null ports, and waits until `ovs-ofctl show` answers
-    /// and both ports have their OpenFlow numbers.
+    /// Runs `ovs-appctl ARGS` on the private vswitchd.
+    ///
+    /// # Errors
+    /// [`PeerError::Process`] if it fails.
+    pub fn appctl(&self, args: &[&str]) -> Result<String, PeerError> {
+        let mut c = self.tool("ovs-appctl");
+        c.args(args);
+        Ok(process::run(c, Duration::from_secs(30))?)
+    }
+
+    /// Starts ovsdb-server and ovs-vswitchd in `dir` with the layout of
+    /// `kind`, completes the tunnel set-up, and waits until `ovs-ofctl
+    /// show` lists every port with its OpenFlow number.
     ///
     /// # Errors
     /// [`PeerError`] if a step fails or times out.
@@ -636,7 +946,9 @@ impl Ovs {
         dir: &Path,
         pcap: &Path,
         cores: &Cores,
+        kind: Kind,
     ) -> Result<Self, PeerError> {
+        let layout = ovs_layout(kind, pcap);
         let db = dir.join("conf.db");
         let _ = std::fs::remove_file(&db);
         let mut c = Command::new("ovsdb-tool");
@@ -684,9 +996,14 @@ impl Ovs {
             ))
             .arg("other_config:dpdk-extra=--no-pci");
         process::run(c, Duration::from_secs(40))?;
-        let mut c = Command::new(&paths.vswitchd);
+        // `unshare --net` execs vswitchd in a new network namespace (same
+        // pid, so the Daemon still owns exactly it).
+        let mut c = Command::new("unshare");
         Self::env(&mut c, dir);
-        c.arg(format!("unix:{}", sock.display()))
+        c.arg("--net")
+            .arg("--")
+            .arg(&paths.vswitchd)
+            .arg(format!("unix:{}", sock.display()))
             .arg(format!(
                 "--unixctl={}",
                 dir.join("ovs-vswitchd.ctl").display()
@@ -701,65 +1018,36 @@ impl Ovs {
             vswitchd,
             _ovsdb: ovsdb,
             dir: dir.to_path_buf(),
+            layout,
         };
-        let pcap_args = format!("options:dpdk-devargs={}", pcap_devargs(pcap));
-        let null_args = format!("options:dpdk-devargs={NULL_DEVARGS}");
-        let in_port = format!("ofport_request={IN_PORT}");
-        let out_port = format!("ofport_request={OUT_PORT}");
-        ovs.vsctl(&[
-            "--",
-            "add-br",
-            BRIDGE,
-            "--",
-            "set",
-            "bridge",
-            BRIDGE,
-            "datapath_type=netdev",
-            "--",
-            "add-port",
-            BRIDGE,
-            "pcap0",
-            "--",
-            "set",
-            "Interface",
-            "pcap0",
-            "type=dpdk",
-            &pcap_args,
-            &in_port,
-            "--",
-            "add-port",
-            BRIDGE,
-            "null0",
-            "--",
-            "set",
-            "Interface",
-            "null0",
-            "type=dpdk",
-            &null_args,
-            &out_port,
-        ])?;
+        ovs.vsctl(&ovs.layout.vsctl_args())?;
         let probe = |o: &Ovs| {
-            let mut c = o.tool("ovs-ofctl");
-            c.args(["show", BRIDGE]);
-            process::run(c, Duration::from_secs(10))
-                .map(|s| {
-                    s.contains(&format!(" {IN_PORT}(pcap0)"))
-                        && s.contains(&format!(" {OUT_PORT}(null0)"))
-                })
-                .unwrap_or(false)
+            o.layout.bridges.iter().all(|(b, _)| {
+                let mut c = o.tool("ovs-ofctl");
+                c.args(["show", b]);
+                process::run(c, Duration::from_secs(10))
+                    .map(|s| {
+                        o.layout
+                            .ports
+                            .iter()
+                            .filter(|p| p.bridge == *b)
+                            .all(|p| s.contains(&format!(" {}({})", p.ofport, p.name)))
+                    })
+                    .unwrap_or(false)
+            })
         };
         let start = Instant::now();
         while !probe(&ovs) {
             alive(&mut ovs.vswitchd)?;
             if start.elapsed() > START_TIMEOUT {
                 let err = ovs
-                    .vsctl(&["get", "Interface", "pcap0", "error"])
+                    .vsctl(&["get", "Interface", "pcap0", "error"].map(String::from))
                     .unwrap_or_default();
                 return Err(ovs
                     .vswitchd
                     .timeout_error(
                         &format!(
-                            "`ovs-ofctl show` to list both DPDK ports (pcap0 error: {})",
+                            "`ovs-ofctl show` to list every port (pcap0 error: {})",
                             err.trim()
                         ),
                         START_TIMEOUT,
@@ -768,34 +1056,165 @@ impl Ovs {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
+        let netns = format!("--net=/proc/{}/ns/net", ovs.vswitchd.pid());
+        for cmd in &ovs.layout.netns_commands {
+            let mut c = Command::new("nsenter");
+            c.arg(&netns).arg("--").args(cmd);
+            process::run(c, Duration::from_secs(10))?;
+        }
+        for cmd in &ovs.layout.appctl_commands {
+            let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+            if let Err(e) = ovs.appctl(&args) {
+                // The kernel route of the VTEP address may already be in
+                // OVS's table; what matters is that the lookup finds it.
+                let ok = cmd.first().is_some_and(|c| c == "ovs/route/add")
+                    && ovs
+                        .appctl(&["ovs/route/lookup", &REMOTE_VTEP.to_string()])
+                        .is_ok_and(|s| s.contains("br-phy"));
+                if !ok {
+                    return Err(e);
+                }
+            }
+        }
         Ok(ovs)
     }
 
-    /// Installs `program` with `ovs-ofctl -O OpenFlow15 add-groups/add-flows`;
-    /// returns how long it took.
+    /// Installs `program` on the layout's program bridge (and the layout's
+    /// extra flows) with `ovs-ofctl -O OpenFlow15 add-groups/add-flows`,
+    /// each call bounded by `budget`; returns how long it took, then checks
+    /// with `ofproto/trace` that a tunnel scenario's packets really take
+    /// the tunnel.
     ///
     /// # Errors
-    /// [`PeerError`] if ovs-ofctl fails.
-    pub fn program(&mut self, program: &FlowProgram) -> Result<Duration, PeerError> {
+    /// [`PeerError`] if ovs-ofctl fails or takes longer than `budget`, or
+    /// the trace does not show the tunnel action.
+    pub fn program(
+        &mut self,
+        program: &FlowProgram,
+        budget: Duration,
+    ) -> Result<Duration, PeerError> {
         let start = Instant::now();
-        for (what, lines) in [
-            ("add-groups", &program.groups),
-            ("add-flows", &program.flows),
-        ] {
-            if lines.is_empty() {
-                continue;
+        let mut per_bridge: Vec<(&str, Vec<String>, Vec<String>)> = vec![(
+            self.layout.program_bridge,
+            program.groups.clone(),
+            program.flows.clone(),
+        )];
+        for (b, f) in &self.layout.extra_flows {
+            match per_bridge.iter_mut().find(|(x, _, _)| x == b) {
+                Some(e) => e.2.push(f.clone()),
+                None => per_bridge.push((b, Vec::new(), vec![f.clone()])),
             }
-            let file = self.dir.join(format!("{what}.txt"));
-            let mut text = String::new();
-            for l in lines {
-                let _ = writeln!(text, "{l}");
-            }
-            write(&file, &text)?;
-            let mut c = self.tool("ovs-ofctl");
-            c.args(["-O", "OpenFlow15", what, BRIDGE]).arg(&file);
-            process::run(c, PROGRAM_TIMEOUT)?;
         }
-        Ok(start.elapsed())
+        for (bridge, groups, flows) in &per_bridge {
+            for (what, lines) in [("add-groups", groups), ("add-flows", flows)] {
+                if lines.is_empty() {
+                    continue;
+                }
+                let file = self.dir.join(format!("{bridge}-{what}.txt"));
+                let mut text = String::new();
+                for l in lines {
+                    let _ = writeln!(text, "{l}");
+                }
+                write(&file, &text)?;
+                let mut c = self.tool("ovs-ofctl");
+                c.args(["-O", "OpenFlow15", what, bridge]).arg(&file);
+                let left = budget.saturating_sub(start.elapsed());
+                if let Err(e) = process::run(c, left.max(Duration::from_secs(1))) {
+                    if start.elapsed() < budget {
+                        return Err(e.into());
+                    }
+                    let t = start.elapsed().as_secs_f64();
+                    let installed = self.count_installed(bridge, what);
+                    return Err(PeerError::NotRun(match installed {
+                        Some(n) if n > 0 => format!(
+                            "`ovs-ofctl {what}` had installed {n} of {} in {t:.0} s (about {:.0}/s, so all would take about {:.0} s); bounded at {:.0} s",
+                            lines.len(),
+                            n as f64 / t,
+                            lines.len() as f64 * t / n as f64,
+                            budget.as_secs_f64()
+                        ),
+                        _ => format!(
+                            "`ovs-ofctl {what}` of {} lines did not finish within {:.0} s",
+                            lines.len(),
+                            budget.as_secs_f64()
+                        ),
+                    }));
+                }
+            }
+        }
+        let elapsed = start.elapsed();
+        if let Some((bridge, flow, expect)) = self.layout.trace.clone() {
+            let t = self.appctl(&["ofproto/trace", bridge, &flow])?;
+            if !t.contains(expect) || t.contains("Datapath actions: drop") {
+                return Err(PeerError::Counters {
+                    peer: "ovs-dpdk".into(),
+                    detail: format!(
+                        "`ofproto/trace {bridge} {flow}` does not show {expect}:\n{}",
+                        t.lines().rev().take(6).collect::<Vec<_>>().join("\n")
+                    ),
+                });
+            }
+        }
+        Ok(elapsed)
+    }
+
+    /// How many groups (`add-groups`) or flows (`add-flows`) `bridge` has.
+    fn count_installed(&self, bridge: &str, what: &str) -> Option<usize> {
+        let mut c = self.tool("ovs-ofctl");
+        let (cmd, key) = if what == "add-groups" {
+            ("dump-groups", "group_id=")
+        } else {
+            ("dump-flows", "actions=")
+        };
+        c.args(["-O", "OpenFlow15", cmd, bridge]);
+        let text = process::run(c, Duration::from_secs(60)).ok()?;
+        Some(text.lines().filter(|l| l.contains(key)).count())
+    }
+
+    /// Checks that the datapath flows installed while forwarding use the
+    /// tunnel action (`tnl_push(` / `tnl_pop(`) a tunnel layout expects.
+    ///
+    /// # Errors
+    /// [`PeerError::Counters`] if none does.
+    pub fn check_datapath_tunnel(&self) -> Result<(), PeerError> {
+        let Some((_, _, expect)) = &self.layout.trace else {
+            return Ok(());
+        };
+        let flows = self.appctl(&["dpctl/dump-flows"])?;
+        if flows.contains(expect) {
+            Ok(())
+        } else {
+            Err(PeerError::Counters {
+                peer: "ovs-dpdk".into(),
+                detail: format!(
+                    "no datapath flow uses {expect} after forwarding; dpctl/dump-flows:\n{}",
+                    flows.lines().take(6).collect::<Vec<_>>().join("\n")
+                ),
+            })
+        }
+    }
+
+    /// Resident memory of ovs-vswitchd in bytes.
+    ///
+    /// # Errors
+    /// [`PeerError::Counters`] if `/proc` cannot be read.
+    pub fn rss(&self) -> Result<u64, PeerError> {
+        process::rss_bytes(self.vswitchd.pid()).map_err(|detail| PeerError::Counters {
+            peer: "ovs-dpdk".into(),
+            detail,
+        })
+    }
+
+    /// Connections in OVS's userspace conntrack (`dpctl/ct-get-nconns`).
+    ///
+    /// # Errors
+    /// [`PeerError`] if it cannot be asked or answers no number.
+    pub fn connections(&self) -> Result<u64, PeerError> {
+        let t = self.appctl(&["dpctl/ct-get-nconns"])?;
+        t.trim().parse().map_err(|_| PeerError::Counters {
+            peer: "ovs-dpdk".into(),
+            detail: format!("dpctl/ct-get-nconns answered {t:?}"),
+        })
     }
 
     /// The vswitchd pid.
@@ -850,13 +1269,34 @@ pub fn parse_ovs_stats(text: &str) -> Counters {
     c
 }
 
-/// The `tx pkts=N` of `ovs-ofctl dump-ports BRIDGE PORT`.
-pub fn parse_dump_ports_tx(text: &str) -> Option<u64> {
-    let rest = text.split("tx pkts=").nth(1)?;
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
+/// Per datapath port name: (RX packets, TX packets) from `ovs-appctl
+/// dpctl/show -s`.
+pub fn parse_dpctl_show(text: &str) -> BTreeMap<String, (u64, u64)> {
+    let mut out = BTreeMap::new();
+    let mut port: Option<String> = None;
+    let num = |l: &str, key: &str| -> Option<u64> {
+        l.split(key).nth(1)?.split_whitespace().next()?.parse().ok()
+    };
+    for line in text.lines() {
+        let l = line.trim();
+        if let Some(rest) = l.strip_prefix("port ") {
+            port = rest
+                .split_once(": ")
+                .and_then(|(_, r)| r.split_whitespace().next())
+                .map(str::to_string);
+        } else if let Some(p) = &port {
+            if l.starts_with("RX packets:") {
+                if let Some(n) = num(l, "RX packets:") {
+                    out.entry(p.clone()).or_insert((0, 0)).0 = n;
+                }
+            } else if l.starts_with("TX packets:") {
+                if let Some(n) = num(l, "TX packets:") {
+                    out.entry(p.clone()).or_insert((0, 0)).1 = n;
+                }
+            }
+        }
+    }
+    out
 }
 
 impl Peer for Ovs {
@@ -870,13 +1310,20 @@ impl Peer for Ovs {
         let text = process::run(c, Duration::from_secs(10))?;
         let at = Instant::now();
         let mut counters = parse_ovs_stats(&text);
-        // Packets the sink port accepted, live from the datapath (the
-        // database's statistics column lags by up to 5 s).
-        let mut c = self.tool("ovs-ofctl");
-        c.args(["dump-ports", BRIDGE, &OUT_PORT.to_string()]);
-        counters.tx_packets = process::run(c, Duration::from_secs(10))
-            .ok()
-            .and_then(|s| parse_dump_ports_tx(&s));
+        // Packets the source port received and the sink port sent, from
+        // one `dpctl/show -s` (one snapshot, so their difference is exact;
+        // the database's statistics column lags by up to 5 s): what was
+        // received and not sent was dropped.
+        let text = self.appctl(&["dpctl/show", "-s"])?;
+        let ports = parse_dpctl_show(&text);
+        let (Some(input), Some(sink)) = (ports.get("pcap0"), ports.get("null0")) else {
+            return Err(PeerError::Counters {
+                peer: "ovs-dpdk".into(),
+                detail: format!("no pcap0 and null0 ports in dpctl/show -s:\n{text}"),
+            });
+        };
+        let not_sent = input.0.saturating_sub(sink.1);
+        counters.tx_packets = Some(counters.rx_packets.saturating_sub(not_sent));
         Ok((counters, at))
     }
 
@@ -925,10 +1372,98 @@ mod tests {
     }
 
     #[test]
-    fn ovs_dump_ports_tx() {
-        let t = "OFPST_PORT reply (xid=0x2): 1 ports\n  port  2: rx pkts=0, bytes=0, drop=0, errs=0, frame=0, over=0, crc=0\n           tx pkts=12345, bytes=740700, drop=0, errs=0, coll=0\n";
-        assert_eq!(parse_dump_ports_tx(t), Some(12345));
-        assert_eq!(parse_dump_ports_tx("nothing"), None);
+    fn ovs_dpctl_show_ports() {
+        let t = "netdev@ovs-netdev:\n  lookups: hit:8905282 missed:4 lost:18944\n  flows: 3\n\
+            \x20 port 0: ovs-netdev (tap)\n    RX packets:0 errors:0 dropped:0 overruns:0 frame:0\n\
+            \x20   TX packets:0 errors:0 dropped:0 aborted:0 carrier:0\n\
+            \x20 port 1: pcap0 (dpdk: configured_rx_queues=1, mtu=1500)\n\
+            \x20   RX packets:8924352 errors:0 dropped:0 overruns:? frame:?\n\
+            \x20   TX packets:0 errors:0 dropped:0 aborted:? carrier:?\n    collisions:?\n\
+            \x20   RX bytes:535461120 (510.7 MiB)  TX bytes:0\n\
+            \x20 port 4: null0 (dpdk: configured_rx_queues=1)\n\
+            \x20   RX packets:0 errors:0 dropped:0 overruns:? frame:?\n\
+            \x20   TX packets:8770793 errors:0 dropped:0 aborted:? carrier:?\n";
+        let p = parse_dpctl_show(t);
+        assert_eq!(p["pcap0"], (8_924_352, 0));
+        assert_eq!(p["null0"], (0, 8_770_793));
+        assert_eq!(p["ovs-netdev"], (0, 0));
+        assert!(parse_dpctl_show("nothing").is_empty());
+    }
+
+    #[test]
+    fn conntrack_stats_connections() {
+        let t = "connections: 1000 (limit 1048576)\n  SYN_SENT: 1000\ncreated: 1000\n";
+        assert_eq!(parse_conntrack_connections(t), Some(1000));
+        assert_eq!(parse_conntrack_connections("created: 5\n"), None);
+    }
+
+    #[test]
+    fn ovs_plain_layout_is_one_bridge() {
+        let l = ovs_layout(Kind::L3, Path::new("/w/l3.pcap"));
+        assert_eq!(l.bridges, vec![(OVS_BRIDGE, Vec::new())]);
+        assert!(l.netns_commands.is_empty() && l.appctl_commands.is_empty());
+        let a = l.vsctl_args().join(" ");
+        assert_eq!(
+            a,
+            "-- add-br br-bench -- set bridge br-bench datapath_type=netdev \
+             -- add-port br-bench pcap0 -- set Interface pcap0 type=dpdk \
+             options:dpdk-devargs=net_pcap0,rx_pcap=/w/l3.pcap,infinite_rx=1 ofport_request=1 \
+             -- add-port br-bench null0 -- set Interface null0 type=dpdk \
+             options:dpdk-devargs=net_null0,no-rx=1 ofport_request=2"
+        );
+    }
+
+    #[test]
+    fn ovs_geneve_layouts() {
+        let enc = ovs_layout(Kind::Encap, Path::new("/w/e.pcap"));
+        let a = enc.vsctl_args().join(" ");
+        assert!(a.contains("-- add-br br-int -- set bridge br-int datapath_type=netdev"), "{a}");
+        assert!(
+            a.contains("-- add-br br-phy -- set bridge br-phy datapath_type=netdev other-config:hwaddr=02:00:00:00:00:fe"),
+            "{a}"
+        );
+        assert!(
+            a.contains("-- add-port br-int gnv0 -- set Interface gnv0 type=geneve options:remote_ip=172.16.0.2 options:key=5001 ofport_request=3"),
+            "{a}"
+        );
+        assert!(a.contains("-- add-port br-int pcap0 "), "{a}");
+        assert!(a.contains("-- add-port br-phy null0 "), "{a}");
+        let ns: Vec<String> = enc.netns_commands.iter().map(|c| c.join(" ")).collect();
+        assert_eq!(
+            ns,
+            [
+                "sysctl -qw net.ipv6.conf.br-phy.disable_ipv6=1",
+                "ip addr add 172.16.0.1/24 dev br-phy",
+                "ip link set br-phy up"
+            ]
+        );
+        let app: Vec<String> = enc.appctl_commands.iter().map(|c| c.join(" ")).collect();
+        assert_eq!(
+            app,
+            [
+                "ovs/route/add 172.16.0.0/24 br-phy",
+                "tnl/neigh/set br-phy 172.16.0.2 02:00:00:00:02:02"
+            ]
+        );
+        assert_eq!(enc.program_bridge, "br-int");
+        assert_eq!(
+            enc.extra_flows,
+            vec![("br-phy", "priority=100,in_port=LOCAL actions=output:2".to_string())]
+        );
+        assert_eq!(enc.trace.as_ref().map(|t| (t.0, t.2)), Some(("br-int", "tnl_push(")));
+
+        let dec = ovs_layout(Kind::Decap, Path::new("/w/d.pcap"));
+        let a = dec.vsctl_args().join(" ");
+        assert!(a.contains("-- add-port br-phy pcap0 "), "{a}");
+        assert!(a.contains("-- add-port br-int null0 "), "{a}");
+        assert_eq!(
+            dec.extra_flows,
+            vec![("br-phy", "priority=100,in_port=1 actions=LOCAL".to_string())]
+        );
+        let (bridge, flow, expect) = dec.trace.clone().unwrap();
+        assert_eq!((bridge, expect), ("br-phy", "tnl_pop("));
+        assert!(flow.contains("dl_dst=02:00:00:00:00:fe,nw_src=172.16.0.2,nw_dst=172.16.0.1"), "{flow}");
+        assert!(flow.contains("udp_dst=6081"), "{flow}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! - `comparison.png`: median Mpps per scenario and peer (bars);
 //! - `scale_flows.png`: l3 Mpps against the number of flows (log x);
-//! - `scale_services.png`: dnat Mpps against the number of Services.
+//! - `scale_services.png`: dnat Mpps against the number of Services;
+//! - `scale_connections.png`: dnat Mpps against client connections.
 //!
 //! Text needs a TrueType font: we register DejaVu Sans (Debian
 //! `fonts-dejavu-core`, which `scripts/bench.sh` installs). Without it the
@@ -140,7 +141,7 @@ fn comparison(report: &Report, path: &Path) -> DrawResult {
 fn curve(
     report: &Report,
     path: &Path,
-    kind: Kind,
+    filter: fn(&Outcome) -> bool,
     x_of: fn(&Outcome) -> u32,
     title: &str,
     x_desc: &str,
@@ -148,7 +149,7 @@ fn curve(
     let points: Vec<(PeerKind, f64, f64)> = report
         .scale
         .iter()
-        .filter(|o| o.scenario.kind == kind)
+        .filter(|o| filter(o))
         .filter_map(|o| Some((o.peer, x_of(o) as f64, ok_median(o)?)))
         .collect();
     if points.is_empty() {
@@ -212,24 +213,39 @@ pub fn draw_all(report: &Report, dir: &Path) -> Vec<String> {
         Ok(()) => format!("wrote {}", p.display()),
         Err(e) => format!("could not draw {}: {e}", p.display()),
     });
-    for (name, kind, x_of, title, x_desc) in [
+    type Curve = (
+        &'static str,
+        fn(&Outcome) -> bool,
+        fn(&Outcome) -> u32,
+        &'static str,
+        &'static str,
+    );
+    let curves: [Curve; 3] = [
         (
             "scale_flows.png",
-            Kind::L3,
-            (|o: &Outcome| o.scenario.flows) as fn(&Outcome) -> u32,
+            |o| o.scenario.kind == Kind::L3,
+            |o| o.scenario.flows,
             "l3 (10k routes): Mpps vs distinct flows",
             "distinct flows (log)",
         ),
         (
             "scale_services.png",
-            Kind::Dnat,
-            |o: &Outcome| o.scenario.services,
-            "dnat (1k client flows): Mpps vs Services",
+            |o| o.scenario.kind == Kind::Dnat && o.scenario.flows == 1_000,
+            |o| o.scenario.services,
+            "dnat (1k client connections): Mpps vs Services",
             "Services (log)",
         ),
-    ] {
+        (
+            "scale_connections.png",
+            |o| o.scenario.kind == Kind::Dnat && o.scenario.services == 10,
+            |o| o.scenario.flows,
+            "dnat (10 Services): Mpps vs client connections",
+            "client connections (log)",
+        ),
+    ];
+    for (name, filter, x_of, title, x_desc) in curves {
         let p = dir.join(name);
-        msgs.push(match curve(report, &p, kind, x_of, title, x_desc) {
+        msgs.push(match curve(report, &p, filter, x_of, title, x_desc) {
             Ok(true) => format!("wrote {}", p.display()),
             Ok(false) => format!("{name} skipped: no measured point"),
             Err(e) => format!("could not draw {}: {e}", p.display()),

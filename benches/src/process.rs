@@ -374,6 +374,60 @@ pub fn run(mut cmd: Command, timeout: Duration) -> Result<String, ProcessError> 
     }
 }
 
+/// Resident memory (`VmRSS`) in bytes from the text of `/proc/PID/status`.
+pub fn parse_vmrss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let mut it = line["VmRSS:".len()..].split_whitespace();
+    let n: u64 = it.next()?.parse().ok()?;
+    match it.next() {
+        Some("kB") | None => Some(n * 1024),
+        _ => None,
+    }
+}
+
+/// Resident memory of process `pid` in bytes (`VmRSS` of
+/// `/proc/PID/status`; DPDK's hugepage memory is not included).
+///
+/// # Errors
+/// A sentence naming the file when it cannot be read or has no `VmRSS`.
+pub fn rss_bytes(pid: u32) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/status");
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    parse_vmrss(&text).ok_or_else(|| format!("{path} has no VmRSS line"))
+}
+
+/// The runtime directory DPDK leaves for a `--file-prefix`
+/// (`/var/run/dpdk/PREFIX`), removed on drop. Declare it after the
+/// [`Daemon`] that uses the prefix, so that it is dropped once that daemon
+/// has stopped. Only prefixes the runner made up are ever given to it.
+#[derive(Debug)]
+pub struct DpdkRuntimeDir {
+    path: std::path::PathBuf,
+}
+
+impl DpdkRuntimeDir {
+    /// Guards the runtime directory of `prefix` (which must not be empty
+    /// or contain a `/`).
+    pub fn new(prefix: &str) -> Option<Self> {
+        (!prefix.is_empty() && !prefix.contains('/') && prefix != "." && prefix != "..")
+            .then(|| Self {
+                path: std::path::Path::new("/var/run/dpdk").join(prefix),
+            })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for DpdkRuntimeDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,5 +479,25 @@ mod tests {
         let mut c = Command::new("sleep");
         c.arg("10");
         assert!(run(c, Duration::from_millis(200)).is_err());
+    }
+
+    #[test]
+    fn vmrss_is_parsed_in_bytes() {
+        let status = "Name:\tsluiced\nVmPeak:\t  900 kB\nVmRSS:\t   123456 kB\nRssAnon:\t 1 kB\n";
+        assert_eq!(parse_vmrss(status), Some(123_456 * 1024));
+        assert_eq!(parse_vmrss("Name: x\n"), None);
+        assert_eq!(parse_vmrss("VmRSS: lots kB\n"), None);
+        let own = rss_bytes(std::process::id()).unwrap();
+        assert!(own > 0);
+        assert!(rss_bytes(u32::MAX).is_err());
+    }
+
+    #[test]
+    fn dpdk_runtime_dir_only_for_plain_prefixes() {
+        assert!(DpdkRuntimeDir::new("").is_none());
+        assert!(DpdkRuntimeDir::new("a/b").is_none());
+        assert!(DpdkRuntimeDir::new("..").is_none());
+        let d = DpdkRuntimeDir::new("sluice-bench-unit-test-none").unwrap();
+        assert_eq!(d.path(), std::path::Path::new("/var/run/dpdk/sluice-bench-unit-test-none"));
     }
 }

@@ -91,6 +91,34 @@ pub struct ControlTiming {
     pub note: Option<String>,
 }
 
+/// A memory figure: bytes per flow, connection or Service endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemoryFigure {
+    /// What was measured.
+    pub what: String,
+    /// Peer.
+    pub peer: PeerKind,
+    /// Bytes per item, when measured.
+    pub bytes: Option<f64>,
+    /// The RSS figures it comes from.
+    pub detail: Option<String>,
+    /// Why not measured.
+    pub note: Option<String>,
+}
+
+/// Wall-clock times of the whole comparison (`scripts/bench.sh`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WallTimes {
+    /// Installing packages (0 when all were there).
+    pub install_s: Option<f64>,
+    /// `cargo build --release` of sluiced and pktgen.
+    pub build_s: Option<f64>,
+    /// `pktgen run`.
+    pub run_s: f64,
+    /// From the start of `scripts/bench.sh` to the end of the run.
+    pub total_s: Option<f64>,
+}
+
 /// Everything one `pktgen run` produced.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
@@ -115,6 +143,12 @@ pub struct Report {
     /// Latency over net_memif (absent when run with `--no-latency`).
     #[serde(default)]
     pub latency: Option<crate::latency::LatencyReport>,
+    /// Memory per flow, connection and Service endpoint.
+    #[serde(default)]
+    pub memory: Vec<MemoryFigure>,
+    /// Wall-clock times.
+    #[serde(default)]
+    pub wall: WallTimes,
     /// What the runner did not measure and why.
     pub not_done: Vec<String>,
 }
@@ -137,6 +171,7 @@ fn mpps_cell(o: Option<&Outcome>) -> String {
             None => "-".into(),
         },
         Some(o) if o.status == Status::Pending => "pending".into(),
+        Some(o) if o.status == Status::NotRun => "not run".into(),
         Some(_) => "failed".into(),
         None => "-".into(),
     }
@@ -196,6 +231,23 @@ fn drops_cell(o: Option<&Outcome>) -> String {
     }
 }
 
+fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Ok => "ok",
+        Status::Pending => "pending",
+        Status::Failed => "failed",
+        Status::NotRun => "not run",
+    }
+}
+
+fn secs(x: Option<f64>) -> String {
+    match x {
+        Some(x) if x >= 60.0 => format!("{}m{:02.0}s", (x / 60.0).floor(), x % 60.0),
+        Some(x) => format!("{x:.1} s"),
+        None => "-".into(),
+    }
+}
+
 fn cpp_cell(o: Option<&Outcome>) -> String {
     o.filter(|o| o.status == Status::Ok)
         .and_then(|o| o.cycles_per_packet)
@@ -249,18 +301,25 @@ impl Report {
             );
             let _ = writeln!(
                 s,
-                "| peer | scenario | Mpps | cyc/pkt | EMC/megaflow/upcall % |"
+                "| peer | scenario | Mpps | cyc/pkt | EMC/megaflow/upcall % | drops | programming s | connections |"
             );
-            let _ = writeln!(s, "|---|---|---|---|---|");
+            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
             for o in &self.scale {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} |",
                     o.peer.name(),
                     o.scenario.label(),
                     mpps_cell(Some(o)),
                     cpp_cell(Some(o)),
-                    cache_cell(Some(o))
+                    cache_cell(Some(o)),
+                    drops_cell(Some(o)),
+                    o.program_seconds
+                        .map(|x| format!("{x:.2}"))
+                        .unwrap_or_else(|| "-".into()),
+                    o.memory
+                        .map(|m| m.connections.to_string())
+                        .unwrap_or_else(|| "-".into()),
                 );
             }
         }
@@ -282,6 +341,30 @@ impl Report {
                 );
             }
         }
+        if !self.memory.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nMemory (VmRSS of /proc/PID/status, delta over the items; DPDK hugepages not included):\n"
+            );
+            let _ = writeln!(s, "| peer | figure | bytes | from |");
+            let _ = writeln!(s, "|---|---|---|---|");
+            for m in &self.memory {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} |",
+                    m.peer.name(),
+                    m.what,
+                    m.bytes
+                        .map(|b| format!("{b:.0}"))
+                        .unwrap_or_else(|| "-".into()),
+                    m.detail
+                        .clone()
+                        .or_else(|| m.note.clone())
+                        .unwrap_or_default()
+                        .replace('\n', " ")
+                );
+            }
+        }
         let notes: Vec<String> = self
             .comparison
             .iter()
@@ -289,10 +372,10 @@ impl Report {
             .filter(|o| o.status != Status::Ok)
             .map(|o| {
                 format!(
-                    "- {} on {}: {:?}: {}",
+                    "- {} on {}: {}: {}",
                     o.scenario.label(),
                     o.peer.name(),
-                    o.status,
+                    status_name(o.status),
                     o.reason
                         .as_deref()
                         .unwrap_or("")
@@ -304,14 +387,23 @@ impl Report {
             .chain(self.not_done.iter().map(|n| format!("- not done: {n}")))
             .collect();
         if !notes.is_empty() {
-            let _ = writeln!(s, "\nPending, failed and not done:\n");
+            let _ = writeln!(s, "\nPending, failed, not run and not done:\n");
             for n in notes {
                 let _ = writeln!(s, "{n}");
             }
         }
+        let w = &self.wall;
         let _ = writeln!(
             s,
-            "\nMpps: median (min-max) of the runs, from the datapath's own counters; \"cold\": upcalls were still 1% or more of packets when the warm-up limit ran out. Cache columns: % of packets received (OVS counts recirculated passes too). cyc/pkt for testpmd: TSC rate / pps. Every figure includes net_pcap's copy of each packet into a fresh mbuf (about 25-45 cycles per packet).\n\nMachine: {} x {} ({}), kernel {}, {}; load {} at start, {} at end. At least {} s warm-up, {} x {} s per figure. {}",
+            "\nWall time: {} total (install {}, release build {}, run {}).",
+            secs(w.total_s),
+            secs(w.install_s),
+            secs(w.build_s),
+            secs(Some(w.run_s)),
+        );
+        let _ = writeln!(
+            s,
+            "\nMpps: median (min-max) of the runs, from the datapath's own counters; \"cold\": upcalls were still 1% or more of packets when the warm-up limit ran out. Cache columns: % of packets received (OVS counts recirculated passes too). cyc/pkt for testpmd: TSC rate / pps. Every figure includes net_pcap's copy of each packet into a fresh mbuf (about 25-45 cycles per packet). Services: sluiced sends every TCP packet through `ct(zone=1,commit,table=1,nat)` with a bare `nat` (new connections pick their endpoint from the Service table, programmed with `service-update`); OVS-DPDK runs the OVN pattern (one select group per Service, `ct(commit,nat(dst=...))` per bucket). dnat pcaps: each connection's SYN then up to 7 ACKs, at most 240k frames (100k connections: SYN + 1 ACK; 1M: the SYN only, replayed). OVS encap/decap: userspace Geneve port on br-int, VTEP address on br-phy's internal port (OVS runs in a private network namespace), checked with ofproto/trace and dpctl/dump-flows (tnl_push/tnl_pop); OVS drops: packets received on pcap0 minus sent on null0 (dpctl/show -s).\n\nMachine: {} x {} ({}), kernel {}, {}; load {} at start, {} at end. At least {} s warm-up, {} x {} s per figure. {}",
             self.machine.nproc,
             self.machine.cpu_model,
             self.started,
@@ -357,6 +449,7 @@ mod tests {
             status: Status::Ok,
             reason: None,
             program_seconds: None,
+            memory: None,
             warmup_seconds: None,
             warm: None,
             mpps: Summary::of([mpps]),
@@ -392,7 +485,7 @@ mod tests {
             "{t}"
         );
         assert!(
-            t.contains("dnat/1f/10svc on sluiced: Pending: no conntrack yet"),
+            t.contains("dnat/1f/10svc on sluiced: pending: no conntrack yet"),
             "{t}"
         );
         let json = serde_json::to_string(&r).unwrap();

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::peer::{Cores, Counters, Ovs, OvsPaths, Peer, PeerError, Sluiced, Testpmd};
+use crate::peer::{
+    Cores, Counters, Ovs, OvsPaths, Peer, PeerError, Sluiced, Testpmd, OVS_MAX_FRAMES,
+};
 use crate::scenario::Scenario;
 
 /// The datapaths the runner knows.
@@ -74,6 +76,9 @@ pub struct RunConfig {
     pub testpmd: PathBuf,
     /// Open vSwitch programs.
     pub ovs: OvsPaths,
+    /// Longest time programming one scenario may take (OVS with 100k
+    /// select groups); beyond it the point is reported as not run.
+    pub program_budget: Duration,
     /// Cores.
     pub cores: Cores,
 }
@@ -169,6 +174,28 @@ pub enum Status {
     Pending,
     /// Something failed; see the reason.
     Failed,
+    /// Deliberately not run (a peer's limit, a time bound); see the reason.
+    NotRun,
+}
+
+/// Resident memory of a peer before programming a scenario and after
+/// measuring it, with the number of tracked connections then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemorySample {
+    /// `VmRSS` in bytes after start, before programming.
+    pub rss_before: u64,
+    /// `VmRSS` in bytes after the last measurement.
+    pub rss_after: u64,
+    /// Connections in the conntrack table after the last measurement.
+    pub connections: u64,
+}
+
+impl MemorySample {
+    /// RSS growth per tracked connection (`None` without connections).
+    pub fn bytes_per_connection(&self) -> Option<f64> {
+        (self.connections > 0)
+            .then(|| self.rss_after.saturating_sub(self.rss_before) as f64 / self.connections as f64)
+    }
 }
 
 /// Results of one (scenario, peer).
@@ -184,8 +211,12 @@ pub struct Outcome {
     pub status: Status,
     /// Why it is pending or failed.
     pub reason: Option<String>,
-    /// Seconds to install the flow program.
+    /// Seconds to install the flow program (and, on sluiced, the
+    /// Service table).
     pub program_seconds: Option<f64>,
+    /// Memory before programming and after measuring (Service kinds).
+    #[serde(default)]
+    pub memory: Option<MemorySample>,
     /// Seconds of warm-up before the first measurement.
     pub warmup_seconds: Option<f64>,
     /// Whether the caches were warm (upcalls under 1%) when measuring.
@@ -209,6 +240,7 @@ impl Outcome {
             status: Status::Failed,
             reason: None,
             program_seconds: None,
+            memory: None,
             warmup_seconds: None,
             warm: None,
             mpps: None,
@@ -359,6 +391,7 @@ fn try_run(
     // Connection setup is measured while connections are being set up,
     // not after the caches have learned them all.
     let until_warm = scenario.kind != crate::scenario::Kind::DnatNew;
+    let services = scenario.kind.uses_services();
     match peer {
         PeerKind::Sluiced => {
             let mut s = Sluiced::start(
@@ -369,22 +402,59 @@ fn try_run(
                 &cfg.cores,
                 &scenario.sluice_config(),
             )?;
+            let rss_before = s.rss()?;
             for (command, args) in scenario.sluice_setup() {
                 s.command(command, &args)?;
             }
-            outcome.program_seconds = Some(s.program(&scenario.sluice_program())?.as_secs_f64());
+            let mut took = s.program(&scenario.sluice_program())?;
+            let batches = scenario.service_update();
+            if !batches.is_empty() {
+                let p = s.service_update(&batches, Some(cfg.program_budget))?;
+                took += p.elapsed;
+                if p.done < p.total {
+                    return Err(PeerError::NotRun(format!(
+                        "{} of {} service-update batches applied in {:.0} s",
+                        p.done,
+                        p.total,
+                        p.elapsed.as_secs_f64()
+                    )));
+                }
+            }
+            outcome.program_seconds = Some(took.as_secs_f64());
             outcome.record(measure(&mut s, cfg, until_warm, true)?);
+            if services {
+                outcome.memory = Some(MemorySample {
+                    rss_before,
+                    rss_after: s.rss()?,
+                    connections: s.connections()?,
+                });
+            }
         }
         PeerKind::OvsDpdk => {
             let program = scenario.ovs_program().ok_or_else(|| {
                 PeerError::Pending(format!(
-                    "the runner has no OVS configuration for {} yet (needs a userspace Geneve port and br-phy)",
+                    "the runner has no OVS configuration for {}",
                     scenario.kind.name()
                 ))
             })?;
-            let mut o = Ovs::start(&cfg.ovs, &dir, &pcap, &cfg.cores)?;
-            outcome.program_seconds = Some(o.program(&program)?.as_secs_f64());
+            if frames > OVS_MAX_FRAMES {
+                return Err(PeerError::NotRun(format!(
+                    "the pcap has {frames} frames; OVS preloads them into its shared pool of 262,144 mbufs (not configurable in OVS 3.1), so it takes at most {OVS_MAX_FRAMES}"
+                )));
+            }
+            let mut o = Ovs::start(&cfg.ovs, &dir, &pcap, &cfg.cores, scenario.kind)?;
+            let rss_before = o.rss()?;
+            outcome.program_seconds =
+                Some(o.program(&program, cfg.program_budget)?.as_secs_f64());
             outcome.record(measure(&mut o, cfg, until_warm, false)?);
+            o.check_datapath_tunnel()?;
+            if services {
+                outcome.memory = Some(MemorySample {
+                    rss_before,
+                    rss_after: o.rss()?,
+                    connections: o.connections()?,
+                });
+            }
         }
         PeerKind::TestpmdIo | PeerKind::TestpmdMacswap => {
             let mode = if peer == PeerKind::TestpmdIo {
@@ -433,6 +503,10 @@ pub fn run_one(peer: PeerKind, scenario: &Scenario, cfg: &RunConfig) -> Outcome 
         }
         Err(PeerError::Pending(r)) => {
             outcome.status = Status::Pending;
+            outcome.reason = Some(r);
+        }
+        Err(PeerError::NotRun(r)) => {
+            outcome.status = Status::NotRun;
             outcome.reason = Some(r);
         }
         Err(e @ PeerError::Dropping { .. }) => {

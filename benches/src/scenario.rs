@@ -26,6 +26,7 @@ use std::net::Ipv4Addr;
 
 use etherparse::PacketBuilder;
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
 /// OpenFlow port of the traffic source in every peer.
 pub const IN_PORT: u16 = 1;
@@ -37,8 +38,17 @@ pub const MAX_FRAMES: usize = 1 << 20;
 pub const L3_ROUTES: u32 = 10_000;
 /// Endpoints per Service.
 pub const ENDPOINTS_PER_SERVICE: u32 = 10;
-/// Segments per connection in the `dnat` pcap: its SYN, then ACKs.
+/// Most segments per connection in the `dnat` pcap: its SYN, then ACKs.
 pub const DNAT_SEGMENTS: usize = 8;
+/// Most frames of a `dnat` pcap while a connection still gets more than
+/// its SYN: OVS preloads the pcap into its shared pool of 262,144 mbufs,
+/// so with many connections each gets fewer ACKs (100k connections: SYN +
+/// 1 ACK; 1M: the SYN only, which only Sluice can preload).
+pub const DNAT_FRAME_BUDGET: usize = 240_000;
+/// OpenFlow port of the Geneve tunnel port in the OVS peer's `br-int`.
+pub const OVS_TUNNEL_PORT: u16 = 3;
+/// Conntrack zone of the Service scenarios.
+pub const SERVICE_ZONE: u16 = 1;
 /// Frame length without FCS (64 bytes on the wire).
 pub const FRAME_LEN: usize = 60;
 
@@ -252,6 +262,76 @@ pub fn geneve(inner: &[u8], src_port: u16) -> Vec<u8> {
     f
 }
 
+/// Largest `service-update` request the runner sends: sluiced's control
+/// socket refuses requests over 1 MiB, so 10k Services x 10 endpoints
+/// (about 3.5 MB of JSON) take several batches.
+pub const SERVICE_BATCH_BYTES: usize = 900 * 1024;
+
+/// The name of Service `s` in the Service table.
+pub fn service_name(s: u32) -> String {
+    format!("bench/svc-{s}:http")
+}
+
+/// Service `s` as a `service-update` upsert entry: ClusterIP [`vip`]`(s)`
+/// TCP port 80, [`ENDPOINTS_PER_SERVICE`] endpoints [`endpoint`]`(s, e)`
+/// port 8080; `replace` swaps endpoint 9 for `10.255.255.254` (one
+/// endpoint change).
+pub fn service_spec(s: u32, replace: bool) -> Value {
+    let endpoints: Vec<Value> = (0..ENDPOINTS_PER_SERVICE)
+        .map(|e| {
+            let ip = if replace && e + 1 == ENDPOINTS_PER_SERVICE {
+                Ipv4Addr::new(10, 255, 255, 254)
+            } else {
+                endpoint(s, e)
+            };
+            json!({"ip": ip.to_string(), "port": 8080})
+        })
+        .collect();
+    json!({
+        "name": service_name(s),
+        "protocol": "tcp",
+        "port": 80,
+        "cluster_ips": [vip(s).to_string()],
+        "endpoints": endpoints,
+    })
+}
+
+/// `service-update` batches (`{"upsert": [...]}`) for Services `range`,
+/// each at most `max_bytes` of JSON (at least one Service per batch).
+pub fn service_batches(range: std::ops::Range<u32>, max_bytes: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cur: Vec<Value> = Vec::new();
+    let mut size = 0;
+    for s in range {
+        let spec = service_spec(s, false);
+        let len = spec.to_string().len() + 1;
+        if !cur.is_empty() && size + len + 16 > max_bytes {
+            out.push(json!({ "upsert": std::mem::take(&mut cur) }));
+            size = 0;
+        }
+        size += len;
+        cur.push(spec);
+    }
+    if !cur.is_empty() {
+        out.push(json!({ "upsert": cur }));
+    }
+    out
+}
+
+/// `n` distinct /32 host routes (l3 flows), for measuring the memory a flow
+/// takes.
+pub fn host_route_flows(n: u32) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            format!(
+                "priority=32,ip,nw_dst={} actions=mod_dl_dst:{},output:{OUT_PORT}",
+                add(Ipv4Addr::new(10, 128, 0, 0), i),
+                mac(NEXT_HOP_MAC)
+            )
+        })
+        .collect()
+}
+
 impl Scenario {
     /// A scenario with `flows` flows and, for Service kinds, `services`
     /// Services (clamped to at least 1 each).
@@ -276,10 +356,16 @@ impl Scenario {
         }
     }
 
+    /// Segments per connection in a `dnat` pcap: [`DNAT_SEGMENTS`], fewer
+    /// when that would exceed [`DNAT_FRAME_BUDGET`] frames, at least 1.
+    pub fn dnat_segments(&self) -> usize {
+        (DNAT_FRAME_BUDGET / self.flows.max(1) as usize).clamp(1, DNAT_SEGMENTS)
+    }
+
     /// Number of frames in the pcap.
     pub fn frame_count(&self) -> usize {
         let n = match self.kind {
-            Kind::Dnat => self.flows as usize * DNAT_SEGMENTS,
+            Kind::Dnat => self.flows as usize * self.dnat_segments(),
             _ => self.flows as usize,
         };
         n.clamp(1, MAX_FRAMES)
@@ -299,7 +385,8 @@ impl Scenario {
             ),
             Kind::L3 => self.l3_frame(j),
             Kind::Dnat => {
-                // The SYN of every connection first, then its ACKs.
+                // The SYN of every connection first, then its ACKs
+                // (frame_count() is flows x dnat_segments()).
                 let c = j % self.flows;
                 let (src, sport) = client(c);
                 tcp(
@@ -419,12 +506,34 @@ impl Scenario {
         p
     }
 
-    /// The program for Sluice's flow pipeline (ovs-ofctl syntax): the
-    /// same as OVS's.
+    /// The program for Sluice's flow pipeline (ovs-ofctl syntax). For the
+    /// Service kinds it is Sluice's own pattern: every TCP packet through
+    /// `ct(commit,nat)` with a *bare* `nat`, which makes the conntrack ask
+    /// the Service table (programmed with [`Scenario::service_update`]) for
+    /// a new connection's endpoint; the rest is the same as OVS's.
     pub fn sluice_program(&self) -> FlowProgram {
         match self.kind {
-            Kind::Dnat | Kind::DnatNew => self.service_program(true),
+            Kind::Dnat | Kind::DnatNew => FlowProgram {
+                groups: Vec::new(),
+                flows: vec![
+                    format!(
+                        "table=0,priority=100,tcp actions=ct(zone={SERVICE_ZONE},commit,table=1,nat)"
+                    ),
+                    format!("table=1,priority=0 actions=output:{OUT_PORT}"),
+                ],
+            },
             _ => self.common_program(),
+        }
+    }
+
+    /// The `service-update` batches that install this scenario's Services
+    /// in Sluice's Service table (none for other kinds); see
+    /// [`service_batches`].
+    pub fn service_update(&self) -> Vec<Value> {
+        if self.kind.uses_services() {
+            service_batches(0..self.services, SERVICE_BATCH_BYTES)
+        } else {
+            Vec::new()
         }
     }
 
@@ -457,12 +566,27 @@ impl Scenario {
         }
     }
 
-    /// The equivalent program for OVS (`ovs-ofctl -O OpenFlow15`), or
-    /// `None` when the runner has no OVS configuration for the kind yet.
+    /// The equivalent program for OVS (`ovs-ofctl -O OpenFlow15`): the
+    /// OVN pattern for Services; for the overlay kinds the flows of
+    /// `br-int` (the tunnel itself is OVS's Geneve port, see
+    /// [`crate::peer::ovs_layout`]). `None` when the runner has no OVS
+    /// configuration for the kind.
     pub fn ovs_program(&self) -> Option<FlowProgram> {
         match self.kind {
             Kind::Dnat | Kind::DnatNew => Some(self.service_program(true)),
-            Kind::Encap | Kind::Decap => None,
+            Kind::Encap => Some(FlowProgram {
+                groups: Vec::new(),
+                flows: vec![format!(
+                    "priority=100,in_port={IN_PORT},ip,nw_dst=10.246.0.0/16 actions=output:{OVS_TUNNEL_PORT}"
+                )],
+            }),
+            Kind::Decap => Some(FlowProgram {
+                groups: Vec::new(),
+                flows: vec![format!(
+                    "priority=100,in_port={OVS_TUNNEL_PORT},tun_id={VNI},dl_dst={} actions=output:{OUT_PORT}",
+                    mac(POD_A_MAC)
+                )],
+            }),
             _ => Some(self.common_program()),
         }
     }
@@ -571,7 +695,75 @@ mod tests {
         let prog = sc.ovs_program().unwrap();
         assert_eq!(prog.groups.len(), 10);
         assert!(prog.groups[0].contains("exec(set_field:1->ct_mark)"));
-        assert_eq!(sc.sluice_program(), prog);
+        // Sluice: no groups, a bare `nat` that consults the Service table.
+        let sl = sc.sluice_program();
+        assert!(sl.groups.is_empty());
+        assert_eq!(
+            sl.flows[0],
+            "table=0,priority=100,tcp actions=ct(zone=1,commit,table=1,nat)"
+        );
+        assert_eq!(sc.service_update().len(), 1);
+        assert!(Scenario::new(Kind::L3, 10, 0).service_update().is_empty());
+    }
+
+    #[test]
+    fn dnat_segments_shrink_with_connections() {
+        assert_eq!(Scenario::new(Kind::Dnat, 1_000, 10).frame_count(), 8_000);
+        assert_eq!(Scenario::new(Kind::Dnat, 100_000, 10).dnat_segments(), 2);
+        assert_eq!(Scenario::new(Kind::Dnat, 100_000, 10).frame_count(), 200_000);
+        let big = Scenario::new(Kind::Dnat, 1_000_000, 10);
+        assert_eq!(big.dnat_segments(), 1);
+        assert_eq!(big.frame_count(), 1_000_000);
+        // With one segment every frame is its connection's SYN.
+        let f = big.frame(999_999);
+        let p = parse(&f);
+        let Some(TransportSlice::Tcp(t)) = &p.transport else {
+            panic!("not TCP")
+        };
+        assert!(t.syn());
+    }
+
+    #[test]
+    fn service_update_batches_follow_the_table_format() {
+        let spec = service_spec(7, false);
+        assert_eq!(spec["name"], "bench/svc-7:http");
+        assert_eq!(spec["protocol"], "tcp");
+        assert_eq!(spec["port"], 80);
+        assert_eq!(spec["cluster_ips"], json!(["10.96.0.7"]));
+        let eps = spec["endpoints"].as_array().unwrap();
+        assert_eq!(eps.len(), ENDPOINTS_PER_SERVICE as usize);
+        assert_eq!(eps[0], json!({"ip": "10.245.0.70", "port": 8080}));
+        let changed = service_spec(7, true);
+        assert_eq!(changed["endpoints"][9]["ip"], "10.255.255.254");
+        assert_eq!(changed["endpoints"][8], spec["endpoints"][8]);
+
+        // 10k Services split under the limit, every Service exactly once,
+        // in order.
+        let batches = service_batches(0..10_000, SERVICE_BATCH_BYTES);
+        assert!(batches.len() > 1);
+        let mut next = 0;
+        for b in &batches {
+            assert!(b.to_string().len() <= SERVICE_BATCH_BYTES, "batch too large");
+            assert_eq!(b.as_object().unwrap().len(), 1, "only upsert");
+            for spec in b["upsert"].as_array().unwrap() {
+                assert_eq!(spec["name"], json!(service_name(next)));
+                next += 1;
+            }
+        }
+        assert_eq!(next, 10_000);
+        // A limit smaller than one Service still sends each one.
+        assert_eq!(service_batches(5..8, 10).len(), 3);
+        assert!(service_batches(0..0, 100).is_empty());
+    }
+
+    #[test]
+    fn host_routes_are_distinct() {
+        let f = host_route_flows(70_000);
+        assert_eq!(f.len(), 70_000);
+        assert!(f[0].contains("nw_dst=10.128.0.0 "));
+        assert!(f[69_999].contains("nw_dst=10.129.17.111 "));
+        let set: std::collections::HashSet<_> = f.iter().collect();
+        assert_eq!(set.len(), f.len());
     }
 
     #[test]

@@ -59,6 +59,7 @@ fn l2_smoke_on_sluiced() {
         testpmd: "/usr/bin/dpdk-testpmd".into(),
         ovs: OvsPaths::default(),
         cores: Cores { main: 0, pmd: 1 },
+        program_budget: Duration::from_secs(60),
     };
     let o = run_one(PeerKind::Sluiced, &Scenario::new(Kind::L2, 64, 0), &cfg);
     assert_eq!(o.status, Status::Ok, "{:?}", o.reason);

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use sluice_benches::peer::{Cores, OvsPaths};
-use sluice_benches::report::{loadavg, Machine, Report};
+use sluice_benches::report::{loadavg, Machine, Report, WallTimes};
 use sluice_benches::runner::{PeerKind, RunConfig, Status};
 use sluice_benches::scenario::{Kind, Scenario};
 
@@ -100,19 +100,19 @@ struct RunArgs {
     #[arg(long)]
     no_scale: bool,
     /// Seconds of warm-up after programming.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 1.0)]
     warmup: f64,
     /// Most seconds of warm-up while upcalls are still 1% or more of the
     /// packets.
     #[arg(long, default_value_t = 15.0)]
     max_warmup: f64,
     /// Seconds per measurement.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 1.0)]
     interval: f64,
     /// Measurements per (scenario, peer).
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// A few seconds in all: 1 s warm-up, 3 x 1 s.
+    /// A few seconds per point: 0.5 s warm-up, 3 x 0.5 s.
     #[arg(long)]
     quick: bool,
     /// EAL main core.
@@ -147,6 +147,19 @@ struct RunArgs {
     /// given several times, they are joined.
     #[arg(long)]
     conditions: Vec<String>,
+    /// Most seconds programming one scenario may take (OVS with 100k
+    /// select groups); longer is reported as not run.
+    #[arg(long, default_value_t = 30.0)]
+    program_budget: f64,
+    /// Seconds scripts/bench.sh spent installing packages (recorded).
+    #[arg(long)]
+    install_seconds: Option<f64>,
+    /// Seconds scripts/bench.sh spent building (recorded).
+    #[arg(long)]
+    build_seconds: Option<f64>,
+    /// Unix time scripts/bench.sh started (for the total wall time).
+    #[arg(long)]
+    started_at: Option<f64>,
 }
 
 fn kind(name: &str) -> Result<Kind, String> {
@@ -173,27 +186,30 @@ fn parse_scenario(s: &str) -> Result<Scenario, String> {
     Ok(Scenario::new(k, flows, services))
 }
 
-/// The scale curves: l3 over flow counts, dnat over Service counts.
+/// The scale curves: l3 over flow counts; dnat over client connections
+/// (10 Services) and over Services (1k connections), for sluiced and
+/// OVS-DPDK (issue 4: cost flat as Services grow, compared in one run).
 fn scale_points(peers: &[PeerKind]) -> Vec<(PeerKind, Scenario)> {
     let mut v = Vec::new();
     for &p in peers {
         if !matches!(p, PeerKind::Sluiced | PeerKind::OvsDpdk) {
             continue;
         }
-        // OVS's shared mbuf pool (262,144 mbufs) cannot preload 1M frames,
-        // and each OVS point re-installs 10k routes with ovs-ofctl (slow),
-        // so it gets fewer points.
+        // OVS's shared mbuf pool cannot preload 1M frames (the runner
+        // reports it as not run), and each OVS point re-installs 10k
+        // routes with ovs-ofctl, so it gets fewer l3 points.
         let flows: &[u32] = if p == PeerKind::OvsDpdk {
             &[1, 10_000, 100_000]
         } else {
-            &[1, 1_000, 10_000, 100_000, 1_000_000]
+            &[1, 10_000, 100_000, 1_000_000]
         };
         for &f in flows {
             v.push((p, Scenario::new(Kind::L3, f, 0)));
         }
-        // 100k Services take minutes to install through the control
-        // socket: that figure is a bounded control-plane timing instead.
-        for s in [10, 1_000, 10_000] {
+        for c in [1_000, 100_000, 1_000_000] {
+            v.push((p, Scenario::new(Kind::Dnat, c, 10)));
+        }
+        for s in [10_000, 100_000] {
             v.push((p, Scenario::new(Kind::Dnat, 1_000, s)));
         }
     }
@@ -327,7 +343,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         ));
     }
     let (warmup, interval, runs) = if args.quick {
-        (1.0, 1.0, 3)
+        (0.5, 0.5, 3)
     } else {
         (args.warmup, args.interval, args.runs.max(1))
     };
@@ -354,12 +370,14 @@ fn run(args: RunArgs) -> Result<(), String> {
             main: args.main_core,
             pmd: args.pmd_core,
         },
+        program_budget: Duration::from_secs_f64(args.program_budget.max(1.0)),
     };
     let latency = if args.no_latency {
         None
     } else {
         Some(latency_config(&args, &peers, &work_dir)?)
     };
+    let run_start = std::time::Instant::now();
     let mut report = Report {
         machine: Machine::detect(),
         started: sluice_benches::utc_now(),
@@ -385,12 +403,21 @@ fn run(args: RunArgs) -> Result<(), String> {
         for (p, sc) in scale_points(&peers) {
             // Once a curve is pending (a missing feature), its larger
             // points would be too: skip them rather than program them.
+            // A point the comparison already measured is not run twice.
+            let same = report
+                .comparison
+                .iter()
+                .find(|o| o.peer == p && o.scenario == sc)
+                .cloned();
+            // Once a curve is pending (a missing feature), its larger
+            // points would be too: skip them rather than program them.
             let pending = report
                 .scale
                 .iter()
                 .find(|o| o.peer == p && o.scenario.kind == sc.kind && o.status == Status::Pending);
-            let outcome = match pending {
-                Some(first) => sluice_benches::runner::Outcome::skipped(
+            let outcome = match (same, pending) {
+                (Some(o), _) => o,
+                (None, Some(first)) => sluice_benches::runner::Outcome::skipped(
                     p,
                     sc,
                     Status::Pending,
@@ -400,15 +427,34 @@ fn run(args: RunArgs) -> Result<(), String> {
                         first.reason.as_deref().unwrap_or("")
                     ),
                 ),
-                None => sluice_benches::runner::run_one(p, &sc, &cfg),
+                (None, None) => sluice_benches::runner::run_one(p, &sc, &cfg),
             };
             report.scale.push(outcome);
         }
     }
     if peers.contains(&PeerKind::Sluiced) && !args.no_scale {
-        report.control = sluice_benches::control_plane(&cfg);
+        let (control, memory) = sluice_benches::control_plane(&cfg);
+        report.control = control;
+        report.memory = memory;
+    }
+    if peers.contains(&PeerKind::OvsDpdk) && !args.no_scale {
+        let (timing, memory) = sluice_benches::ovs_flow_memory(&cfg);
+        report.control.extend(timing);
+        report.memory.push(memory);
     }
     sluice_benches::finish(&mut report);
+    report.wall = WallTimes {
+        install_s: args.install_seconds,
+        build_s: args.build_seconds,
+        run_s: run_start.elapsed().as_secs_f64(),
+        total_s: args.started_at.and_then(|t0| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?
+                .as_secs_f64();
+            Some(now - t0)
+        }),
+    };
     report.machine.loadavg_end = loadavg();
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
     let json_path = args.out_dir.join("results.json");
