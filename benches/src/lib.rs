@@ -78,8 +78,9 @@ fn timing(what: &str, peer: PeerKind, r: Result<Duration, PeerError>) -> Control
 
 /// Longest time growing the Service table to 100k Services may take.
 pub const CONTROL_BUDGET: Duration = Duration::from_secs(90);
-/// Flows installed to measure the memory a flow takes.
-pub const MEMORY_FLOWS: u32 = 100_000;
+/// Flows installed to measure the memory a flow takes (sluiced's
+/// flow-bundle takes about 100 s for 100k, so fewer).
+pub const MEMORY_FLOWS: u32 = 20_000;
 /// Services in the small and the large control-plane table.
 pub const CONTROL_SERVICES: (u32, u32) = (10_000, 100_000);
 
@@ -151,11 +152,17 @@ pub fn control_plane(cfg: &RunConfig) -> (Vec<ControlTiming>, Vec<MemoryFigure>)
     let mut s = match started {
         Ok(s) => s,
         Err(e) => {
-            out.push(timing("start sluiced for control-plane timings", sl, Err(e)));
+            out.push(timing(
+                "start sluiced for control-plane timings",
+                sl,
+                Err(e),
+            ));
             return (out, mem);
         }
     };
-    eprintln!("pktgen: control plane (sluiced): {MEMORY_FLOWS} flows, then 10k and 100k Services ...");
+    eprintln!(
+        "pktgen: control plane (sluiced): {MEMORY_FLOWS} flows, then 10k and 100k Services ..."
+    );
     let flows_what = format!("bytes per flow ({MEMORY_FLOWS} /32 routes)");
     match s.rss().and_then(|before| {
         let prog = FlowProgram {
@@ -166,9 +173,16 @@ pub fn control_plane(cfg: &RunConfig) -> (Vec<ControlTiming>, Vec<MemoryFigure>)
         Ok((before, s.rss()?, took))
     }) {
         Ok((before, after, took)) => {
-            mem.push(memory_figure(&flows_what, sl, before, after, MEMORY_FLOWS.into(), "flows"));
+            mem.push(memory_figure(
+                &flows_what,
+                sl,
+                before,
+                after,
+                MEMORY_FLOWS.into(),
+                "flows",
+            ));
             out.push(timing(
-                &format!("install {MEMORY_FLOWS} flows (flow-bundles of 512 KiB)"),
+                &format!("install {MEMORY_FLOWS} flows (flow-bundles of <= 900 KiB)"),
                 sl,
                 Ok(took),
             ));
@@ -255,7 +269,8 @@ pub fn ovs_flow_memory(cfg: &RunConfig) -> (Option<ControlTiming>, MemoryFigure)
     let op = PeerKind::OvsDpdk;
     eprintln!("pktgen: memory (ovs-dpdk): {MEMORY_FLOWS} flows ...");
     let r = (|| {
-        let (pcap, _) = runner::pcap_for(&Scenario::new(Kind::L2, 1, 0), &cfg.work_dir.join("pcap"))?;
+        let (pcap, _) =
+            runner::pcap_for(&Scenario::new(Kind::L2, 1, 0), &cfg.work_dir.join("pcap"))?;
         let dir = control_dir(cfg, "ovs-memory")?;
         let mut o = Ovs::start(&cfg.ovs, &dir, &pcap, &cfg.cores, Kind::L2)?;
         let before = o.rss()?;
@@ -269,7 +284,7 @@ pub fn ovs_flow_memory(cfg: &RunConfig) -> (Option<ControlTiming>, MemoryFigure)
     match r {
         Ok((before, after, took)) => (
             Some(timing(
-                &format!("install {MEMORY_FLOWS} flows (ovs-ofctl add-flows)"),
+                &format!("install {MEMORY_FLOWS} flows (ovs-ofctl --bundle add-flows)"),
                 op,
                 Ok(took),
             )),
@@ -279,8 +294,8 @@ pub fn ovs_flow_memory(cfg: &RunConfig) -> (Option<ControlTiming>, MemoryFigure)
     }
 }
 
-/// Bytes per connection of each peer, from its Service scenario with the
-/// most tracked connections (RSS after measuring minus RSS before
+/// Bytes per connection of each peer, from its `dnat` (established
+/// connections) scenario with the most tracked connections (RSS after measuring minus RSS before
 /// programming, over the connections then tracked; caches included).
 pub fn connection_memory(report: &Report) -> Vec<MemoryFigure> {
     let mut v = Vec::new();
@@ -289,12 +304,15 @@ pub fn connection_memory(report: &Report) -> Vec<MemoryFigure> {
             .comparison
             .iter()
             .chain(&report.scale)
-            .filter(|o| o.peer == peer && o.status == Status::Ok)
+            .filter(|o| o.peer == peer && o.status == Status::Ok && o.scenario.kind == Kind::Dnat)
             .filter_map(|o| o.memory.map(|m| (o, m)))
             .max_by_key(|(_, m)| m.connections);
         if let Some((o, m)) = best {
             let mut f = memory_figure(
-                &format!("bytes per connection ({}, caches included)", o.scenario.label()),
+                &format!(
+                    "bytes per connection ({}, caches included)",
+                    o.scenario.label()
+                ),
                 peer,
                 m.rss_before,
                 m.rss_after,

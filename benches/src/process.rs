@@ -303,6 +303,18 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// SIGKILLs the child at once and reaps it: for daemons that leave
+    /// nothing behind (DPDK `--in-memory`) and take seconds to stop.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        if let Some(s) = self.exited() {
+            return Some(s);
+        }
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
@@ -392,8 +404,7 @@ pub fn parse_vmrss(status: &str) -> Option<u64> {
 /// A sentence naming the file when it cannot be read or has no `VmRSS`.
 pub fn rss_bytes(pid: u32) -> Result<u64, String> {
     let path = format!("/proc/{pid}/status");
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
     parse_vmrss(&text).ok_or_else(|| format!("{path} has no VmRSS line"))
 }
 
@@ -410,10 +421,11 @@ impl DpdkRuntimeDir {
     /// Guards the runtime directory of `prefix` (which must not be empty
     /// or contain a `/`).
     pub fn new(prefix: &str) -> Option<Self> {
-        (!prefix.is_empty() && !prefix.contains('/') && prefix != "." && prefix != "..")
-            .then(|| Self {
+        (!prefix.is_empty() && !prefix.contains('/') && prefix != "." && prefix != "..").then(
+            || Self {
                 path: std::path::Path::new("/var/run/dpdk").join(prefix),
-            })
+            },
+        )
     }
 
     /// The directory.
@@ -498,6 +510,9 @@ mod tests {
         assert!(DpdkRuntimeDir::new("a/b").is_none());
         assert!(DpdkRuntimeDir::new("..").is_none());
         let d = DpdkRuntimeDir::new("sluice-bench-unit-test-none").unwrap();
-        assert_eq!(d.path(), std::path::Path::new("/var/run/dpdk/sluice-bench-unit-test-none"));
+        assert_eq!(
+            d.path(),
+            std::path::Path::new("/var/run/dpdk/sluice-bench-unit-test-none")
+        );
     }
 }

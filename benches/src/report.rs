@@ -450,6 +450,7 @@ mod tests {
             reason: None,
             program_seconds: None,
             memory: None,
+            wall_seconds: None,
             warmup_seconds: None,
             warm: None,
             mpps: Summary::of([mpps]),

@@ -193,8 +193,9 @@ pub struct MemorySample {
 impl MemorySample {
     /// RSS growth per tracked connection (`None` without connections).
     pub fn bytes_per_connection(&self) -> Option<f64> {
-        (self.connections > 0)
-            .then(|| self.rss_after.saturating_sub(self.rss_before) as f64 / self.connections as f64)
+        (self.connections > 0).then(|| {
+            self.rss_after.saturating_sub(self.rss_before) as f64 / self.connections as f64
+        })
     }
 }
 
@@ -217,6 +218,10 @@ pub struct Outcome {
     /// Memory before programming and after measuring (Service kinds).
     #[serde(default)]
     pub memory: Option<MemorySample>,
+    /// Wall-clock seconds the whole point took (pcap, start, programming,
+    /// warm-up, runs, stop).
+    #[serde(default)]
+    pub wall_seconds: Option<f64>,
     /// Seconds of warm-up before the first measurement.
     pub warmup_seconds: Option<f64>,
     /// Whether the caches were warm (upcalls under 1%) when measuring.
@@ -241,6 +246,7 @@ impl Outcome {
             reason: None,
             program_seconds: None,
             memory: None,
+            wall_seconds: None,
             warmup_seconds: None,
             warm: None,
             mpps: None,
@@ -308,7 +314,8 @@ pub fn measure(
     peer.alive()?;
     let mut prev = peer.counters()?;
     let warm = loop {
-        if !until_warm {
+        // Peers without a classifier (no upcall counter) are warm at once.
+        if !until_warm || prev.0.upcalls.is_none() {
             break true;
         }
         if start.elapsed() >= cfg.max_warmup {
@@ -444,8 +451,7 @@ fn try_run(
             }
             let mut o = Ovs::start(&cfg.ovs, &dir, &pcap, &cfg.cores, scenario.kind)?;
             let rss_before = o.rss()?;
-            outcome.program_seconds =
-                Some(o.program(&program, cfg.program_budget)?.as_secs_f64());
+            outcome.program_seconds = Some(o.program(&program, cfg.program_budget)?.as_secs_f64());
             outcome.record(measure(&mut o, cfg, until_warm, false)?);
             o.check_datapath_tunnel()?;
             if services {
@@ -474,7 +480,10 @@ fn try_run(
 pub fn run_one(peer: PeerKind, scenario: &Scenario, cfg: &RunConfig) -> Outcome {
     let mut outcome = Outcome::new(peer, *scenario, scenario.frame_count());
     eprintln!("pktgen: {} on {} ...", scenario.label(), peer.name());
-    match try_run(peer, scenario, cfg, &mut outcome) {
+    let started = Instant::now();
+    let result = try_run(peer, scenario, cfg, &mut outcome);
+    outcome.wall_seconds = Some(started.elapsed().as_secs_f64());
+    match result {
         Ok(()) => {
             outcome.status = Status::Ok;
             outcome.summarise();
@@ -522,8 +531,11 @@ pub fn run_one(peer: PeerKind, scenario: &Scenario, cfg: &RunConfig) -> Outcome 
     }
     match (&outcome.status, &outcome.mpps) {
         (Status::Ok, Some(m)) => eprintln!(
-            "pktgen:   {:.3} Mpps (min {:.3}, max {:.3})",
-            m.median, m.min, m.max
+            "pktgen:   {:.3} Mpps (min {:.3}, max {:.3}) [{:.1} s]",
+            m.median,
+            m.min,
+            m.max,
+            outcome.wall_seconds.unwrap_or(0.0)
         ),
         _ => eprintln!(
             "pktgen:   {:?}: {}",

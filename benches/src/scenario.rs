@@ -710,7 +710,10 @@ mod tests {
     fn dnat_segments_shrink_with_connections() {
         assert_eq!(Scenario::new(Kind::Dnat, 1_000, 10).frame_count(), 8_000);
         assert_eq!(Scenario::new(Kind::Dnat, 100_000, 10).dnat_segments(), 2);
-        assert_eq!(Scenario::new(Kind::Dnat, 100_000, 10).frame_count(), 200_000);
+        assert_eq!(
+            Scenario::new(Kind::Dnat, 100_000, 10).frame_count(),
+            200_000
+        );
         let big = Scenario::new(Kind::Dnat, 1_000_000, 10);
         assert_eq!(big.dnat_segments(), 1);
         assert_eq!(big.frame_count(), 1_000_000);
@@ -743,7 +746,10 @@ mod tests {
         assert!(batches.len() > 1);
         let mut next = 0;
         for b in &batches {
-            assert!(b.to_string().len() <= SERVICE_BATCH_BYTES, "batch too large");
+            assert!(
+                b.to_string().len() <= SERVICE_BATCH_BYTES,
+                "batch too large"
+            );
             assert_eq!(b.as_object().unwrap().len(), 1, "only upsert");
             for spec in b["upsert"].as_array().unwrap() {
                 assert_eq!(spec["name"], json!(service_name(next)));
