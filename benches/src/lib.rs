@@ -344,6 +344,24 @@ pub fn finish(report: &mut Report) {
             }
         }
     }
+    // OVS's control-plane figures come from its Service scale points
+    // (one OpenFlow bundle of groups, one of flows, while forwarding).
+    let ovs: Vec<ControlTiming> = report
+        .scale
+        .iter()
+        .filter(|o| o.peer == PeerKind::OvsDpdk && o.scenario.kind == Kind::Dnat)
+        .filter(|o| o.scenario.services >= 10_000)
+        .map(|o| ControlTiming {
+            what: format!(
+                "program {} Services x 10 endpoints ({0} select groups + {0} flows, ovs-ofctl --bundle)",
+                o.scenario.services
+            ),
+            peer: PeerKind::OvsDpdk,
+            seconds: o.program_seconds.filter(|_| o.status == Status::Ok),
+            note: o.reason.clone(),
+        })
+        .collect();
+    report.control.extend(ovs);
     report.memory.extend(connection_memory(report));
     if report.latency.is_none() {
         report
