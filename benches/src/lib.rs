@@ -78,9 +78,8 @@ fn timing(what: &str, peer: PeerKind, r: Result<Duration, PeerError>) -> Control
 
 /// Longest time growing the Service table to 100k Services may take.
 pub const CONTROL_BUDGET: Duration = Duration::from_secs(90);
-/// Flows installed to measure the memory a flow takes (sluiced's
-/// flow-bundle takes about 100 s for 100k, so fewer).
-pub const MEMORY_FLOWS: u32 = 20_000;
+/// Flows installed to measure the memory a flow takes.
+pub const MEMORY_FLOWS: u32 = 100_000;
 /// Services in the small and the large control-plane table.
 pub const CONTROL_SERVICES: (u32, u32) = (10_000, 100_000);
 
