@@ -136,8 +136,8 @@ fn control_dir(cfg: &RunConfig, name: &str) -> Result<std::path::PathBuf, PeerEr
 
 /// Control-plane and memory figures of `sluiced` on an idle datapath:
 /// bytes per flow ([`MEMORY_FLOWS`] /32 routes), then the Service table:
-/// 10k Services x 10 endpoints applied with `service-update` (in batches
-/// under the control socket's 1 MiB request limit), one endpoint change,
+/// 10k Services x 10 endpoints applied with one `service-update`, one
+/// endpoint change,
 /// growth to 100k Services (within [`CONTROL_BUDGET`]; bytes per endpoint
 /// from it) and one endpoint change with 100k installed.
 pub fn control_plane(cfg: &RunConfig) -> (Vec<ControlTiming>, Vec<MemoryFigure>) {
@@ -198,7 +198,7 @@ pub fn control_plane(cfg: &RunConfig) -> (Vec<ControlTiming>, Vec<MemoryFigure>)
     };
     let first = scenario::service_batches(0..small, scenario::SERVICE_BATCH_BYTES);
     let what = format!(
-        "apply 10k Services x 10 endpoints with service-update ({} batches of <= 900 KiB: the control socket takes requests of at most 1 MiB)",
+        "apply 10k Services x 10 endpoints with service-update ({} atomic update(s))",
         first.len()
     );
     match s.service_update(&first, None) {
@@ -221,7 +221,7 @@ pub fn control_plane(cfg: &RunConfig) -> (Vec<ControlTiming>, Vec<MemoryFigure>)
     ));
     let rest = scenario::service_batches(small..large, scenario::SERVICE_BATCH_BYTES);
     let what = format!(
-        "grow to 100k Services x 10 endpoints ({} more batches)",
+        "grow to 100k Services x 10 endpoints ({} more update(s))",
         rest.len()
     );
     match s.service_update(&rest, Some(CONTROL_BUDGET)) {

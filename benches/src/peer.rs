@@ -40,8 +40,9 @@ use crate::scenario::{
 
 /// How long a daemon may take to start forwarding.
 pub const START_TIMEOUT: Duration = Duration::from_secs(90);
-/// Largest `flow-bundle` request we send (sluiced takes requests of at
-/// most 1 MiB).
+/// Largest `flow-bundle` request we send (sluiced takes requests of up
+/// to 64 MiB; 1M flows would not fit in one, so large programs go in
+/// chunks of this size, each an atomic bundle).
 pub const BUNDLE_BYTES: usize = 900 * 1024;
 /// How long programming may take.
 pub const PROGRAM_TIMEOUT: Duration = Duration::from_secs(300);
@@ -363,8 +364,8 @@ impl Sluiced {
     }
 
     /// Installs `program` with `flow-bundle` calls of at most
-    /// [`BUNDLE_BYTES`] each (the control socket accepts messages up to
-    /// 1 MiB), groups before flows; returns how long the calls took.
+    /// [`BUNDLE_BYTES`] each, groups before flows; returns how long the
+    /// calls took.
     ///
     /// # Errors
     /// [`PeerError::Pending`] if sluiced rejects the program (a feature the

@@ -10,7 +10,8 @@
 //! flushes the EMC and revalidates (or, when large, flushes) the megaflow
 //! cache before its next burst.
 //!
-//! Memory per PMD: an EMC slot is 256 bytes (4096 slots: 1 MiB); a megaflow
+//! Memory per PMD: an EMC slot is 208 bytes, a 16-byte tag and a 192-byte
+//! key (4096 slots: 832 KiB); a megaflow
 //! entry is about 210 bytes plus its `Xlate` (shared by the EMC).
 
 pub mod emc;

@@ -47,7 +47,10 @@ pub const DEFAULT_SOCKET_PATH: &str = "/var/run/sluice/sluiced.ctl";
 pub struct ServerConfig {
     /// Where the socket is created.
     pub path: PathBuf,
-    /// Largest accepted request, in bytes.
+    /// Largest accepted request, in bytes (default 64 MiB: one
+    /// `service-update` of 100k Services x 10 endpoints is about 35 MB of
+    /// JSON and must fit in one atomic request). The socket is open to root
+    /// and the daemon's own uid only.
     pub max_message_bytes: usize,
     /// How long a client may stall in the middle of a request.
     pub read_timeout: Duration,
@@ -66,7 +69,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from(DEFAULT_SOCKET_PATH),
-            max_message_bytes: 1 << 20,
+            max_message_bytes: 64 << 20,
             read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             write_timeout: Duration::from_secs(10),
