@@ -84,6 +84,14 @@ impl Framer {
         self.start.is_some()
     }
 
+    /// Drops consumed bytes and gives back the buffer's memory beyond
+    /// 64 KiB (after a large message, so a long-lived connection does not
+    /// keep its size).
+    pub fn compact(&mut self) {
+        self.push(&[]);
+        self.buf.shrink_to(64 * 1024);
+    }
+
     /// Appends bytes received from the stream.
     pub fn push(&mut self, data: &[u8]) {
         if self.consumed > 0 {
@@ -257,6 +265,27 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn compact_gives_back_a_large_message_buffer_and_keeps_a_partial_one() {
+        let mut f = Framer::new(8 << 20);
+        let big = format!(r#"{{"id":1,"params":["{}"]}}"#, "x".repeat(4 << 20));
+        let partial = br#"{"id":2,"#;
+        f.push(big.as_bytes());
+        f.push(partial);
+        assert_eq!(
+            f.next_frame().expect("frame").map(|b| b.len()),
+            Some(big.len())
+        );
+        assert!(f.next_frame().expect("partial").is_none());
+        f.compact();
+        assert!(f.buf.capacity() <= 64 * 1024, "{}", f.buf.capacity());
+        f.push(br#""params":[]}"#);
+        assert_eq!(
+            f.next_frame().expect("frame").as_deref(),
+            Some(&br#"{"id":2,"params":[]}"#[..])
+        );
     }
 
     #[test]

@@ -42,6 +42,10 @@ use super::sys;
 /// Default path of the control socket.
 pub const DEFAULT_SOCKET_PATH: &str = "/var/run/sluice/sluiced.ctl";
 
+/// Requests at least this large are followed by returning freed heap to
+/// the kernel ([`super::sys::release_free_heap`]).
+const LARGE_REQUEST_BYTES: usize = 1 << 20;
+
 /// Settings of a [`CtlServer`].
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -556,6 +560,11 @@ fn serve_connection(shared: &Shared, mut stream: UnixStream) {
                 }
             };
             let (id, outcome) = handle_frame(shared, &admission, &ctx, &frame);
+            if frame.len() >= LARGE_REQUEST_BYTES {
+                drop(frame);
+                framer.compact();
+                super::sys::release_free_heap();
+            }
             if let Err(e) = stream.write_all(&encode_reply(&id, &outcome)) {
                 tracing::debug!(error = %e, "control reply could not be written");
                 return;
