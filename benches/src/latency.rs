@@ -1007,9 +1007,7 @@ const OVS_BRIDGE: &str = "br-lat";
 
 impl OvsMemif {
     fn env(cmd: &mut Command, dir: &Path) {
-        for v in ["OVS_RUNDIR", "OVS_DBDIR", "OVS_LOGDIR", "OVS_SYSCONFDIR"] {
-            cmd.env(v, dir);
-        }
+        crate::peer::ovs_env(cmd, dir);
     }
 
     fn tool(&self, program: &str) -> Command {
@@ -1029,67 +1027,15 @@ impl OvsMemif {
     /// [`PeerError`] if a step fails or times out.
     pub fn start(cfg: &LatencyConfig, dir: &Path) -> Result<Self, PeerError> {
         let paths = crate::peer::OvsPaths::default();
-        let db = dir.join("conf.db");
-        let mut c = Command::new("ovsdb-tool");
-        c.arg("create").arg(&db).arg(&paths.schema);
-        crate::process::run(c, Duration::from_secs(30))?;
-        let sock = dir.join("db.sock");
-        let mut c = Command::new(&paths.ovsdb_server);
-        Self::env(&mut c, dir);
-        c.arg(&db)
-            .arg(format!("--remote=punix:{}", sock.display()))
-            .arg(format!(
-                "--unixctl={}",
-                dir.join("ovsdb-server.ctl").display()
-            ))
-            .arg(format!(
-                "--log-file={}",
-                dir.join("ovsdb-server.log").display()
-            ))
-            .args(["--no-chdir", "-vconsole:off"]);
-        let mut ovsdb = Daemon::spawn("ovsdb-server", c)?;
-        ovsdb.wait_until("its database socket", Duration::from_secs(20), || {
-            sock.exists()
-        })?;
-        let mut c = Command::new("ovs-vsctl");
-        Self::env(&mut c, dir);
-        c.arg(format!("--db=unix:{}", sock.display()))
-            .args([
-                "--no-wait",
-                "--timeout=30",
-                "--",
-                "init",
-                "--",
-                "set",
-                "Open_vSwitch",
-                ".",
-            ])
-            .arg("other_config:dpdk-init=true")
-            .arg(format!(
-                "other_config:dpdk-lcore-mask={:#x}",
-                1u64 << cfg.cores.main
-            ))
-            .arg(format!(
-                "other_config:pmd-cpu-mask={:#x}",
-                1u64 << cfg.cores.pmd
-            ))
-            .arg(format!(
-                "other_config:dpdk-extra=--no-pci --huge-unlink --file-prefix={}",
-                ovs_prefix()
-            ));
-        crate::process::run(c, Duration::from_secs(40))?;
+        let (ovsdb, sock) = crate::peer::start_ovsdb(
+            &paths,
+            dir,
+            &cfg.cores,
+            &format!("--no-pci --huge-unlink --file-prefix={}", ovs_prefix()),
+        )?;
         let mut c = Command::new(&paths.vswitchd);
         Self::env(&mut c, dir);
-        c.arg(format!("unix:{}", sock.display()))
-            .arg(format!(
-                "--unixctl={}",
-                dir.join("ovs-vswitchd.ctl").display()
-            ))
-            .arg(format!(
-                "--log-file={}",
-                dir.join("ovs-vswitchd.log").display()
-            ))
-            .args(["--no-chdir", "-vconsole:err"]);
+        c.args(crate::peer::vswitchd_args(dir, &sock));
         let vswitchd = Daemon::spawn("ovs-vswitchd", c)?;
         let mut ovs = Self {
             vswitchd,

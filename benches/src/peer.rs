@@ -680,6 +680,89 @@ impl Peer for Testpmd {
 
 // ---------------------------------------------------------------- OVS
 
+/// Points every OVS tool and daemon at `dir` (run, database, log and
+/// configuration directories), so a peer never touches the system's OVS.
+pub fn ovs_env(cmd: &mut Command, dir: &Path) {
+    for v in ["OVS_RUNDIR", "OVS_DBDIR", "OVS_LOGDIR", "OVS_SYSCONFDIR"] {
+        cmd.env(v, dir);
+    }
+}
+
+/// Creates a fresh database in `dir`, starts `ovsdb-server` on
+/// `dir/db.sock` and initialises `Open_vSwitch` for DPDK: `dpdk-init`, the
+/// EAL main core and the one PMD core of `cores`, and `dpdk_extra` EAL
+/// arguments. Returns the server (stopped on drop) and its socket.
+///
+/// # Errors
+/// [`PeerError`] if a step fails or times out.
+pub fn start_ovsdb(
+    paths: &OvsPaths,
+    dir: &Path,
+    cores: &Cores,
+    dpdk_extra: &str,
+) -> Result<(Daemon, PathBuf), PeerError> {
+    let db = dir.join("conf.db");
+    let _ = std::fs::remove_file(&db);
+    let mut c = Command::new("ovsdb-tool");
+    c.arg("create").arg(&db).arg(&paths.schema);
+    process::run(c, Duration::from_secs(30))?;
+    let sock = dir.join("db.sock");
+    let mut c = Command::new(&paths.ovsdb_server);
+    ovs_env(&mut c, dir);
+    c.arg(&db)
+        .arg(format!("--remote=punix:{}", sock.display()))
+        .arg(format!(
+            "--unixctl={}",
+            dir.join("ovsdb-server.ctl").display()
+        ))
+        .arg(format!(
+            "--log-file={}",
+            dir.join("ovsdb-server.log").display()
+        ))
+        .args(["--no-chdir", "-vconsole:off"]);
+    let mut ovsdb = Daemon::spawn("ovsdb-server", c)?;
+    ovsdb.wait_until("its database socket", Duration::from_secs(20), || {
+        sock.exists()
+    })?;
+    let mut c = Command::new("ovs-vsctl");
+    ovs_env(&mut c, dir);
+    c.arg(format!("--db=unix:{}", sock.display()))
+        .args([
+            "--no-wait",
+            "--timeout=30",
+            "--",
+            "init",
+            "--",
+            "set",
+            "Open_vSwitch",
+            ".",
+        ])
+        .arg("other_config:dpdk-init=true")
+        .arg(format!(
+            "other_config:dpdk-lcore-mask={:#x}",
+            1u64 << cores.main
+        ))
+        .arg(format!(
+            "other_config:pmd-cpu-mask={:#x}",
+            1u64 << cores.pmd
+        ))
+        .arg(format!("other_config:dpdk-extra={dpdk_extra}"));
+    process::run(c, Duration::from_secs(40))?;
+    Ok((ovsdb, sock))
+}
+
+/// The arguments of an `ovs-vswitchd` working in `dir` on the database at
+/// `sock`.
+pub fn vswitchd_args(dir: &Path, sock: &Path) -> Vec<String> {
+    vec![
+        format!("unix:{}", sock.display()),
+        format!("--unixctl={}", dir.join("ovs-vswitchd.ctl").display()),
+        format!("--log-file={}", dir.join("ovs-vswitchd.log").display()),
+        "--no-chdir".into(),
+        "-vconsole:err".into(),
+    ]
+}
+
 /// Paths of the Open vSwitch programs.
 #[derive(Debug, Clone)]
 pub struct OvsPaths {
@@ -946,9 +1029,7 @@ pub struct Ovs {
 
 impl Ovs {
     fn env(cmd: &mut Command, dir: &Path) {
-        for v in ["OVS_RUNDIR", "OVS_DBDIR", "OVS_LOGDIR", "OVS_SYSCONFDIR"] {
-            cmd.env(v, dir);
-        }
+        ovs_env(cmd, dir);
     }
 
     fn tool(&self, program: &str) -> Command {
@@ -994,53 +1075,7 @@ impl Ovs {
         kind: Kind,
     ) -> Result<Self, PeerError> {
         let layout = ovs_layout(kind, pcap);
-        let db = dir.join("conf.db");
-        let _ = std::fs::remove_file(&db);
-        let mut c = Command::new("ovsdb-tool");
-        c.arg("create").arg(&db).arg(&paths.schema);
-        process::run(c, Duration::from_secs(30))?;
-        let sock = dir.join("db.sock");
-        let mut c = Command::new(&paths.ovsdb_server);
-        Self::env(&mut c, dir);
-        c.arg(&db)
-            .arg(format!("--remote=punix:{}", sock.display()))
-            .arg(format!(
-                "--unixctl={}",
-                dir.join("ovsdb-server.ctl").display()
-            ))
-            .arg(format!(
-                "--log-file={}",
-                dir.join("ovsdb-server.log").display()
-            ))
-            .args(["--no-chdir", "-vconsole:off"]);
-        let mut ovsdb = Daemon::spawn("ovsdb-server", c)?;
-        ovsdb.wait_until("its database socket", Duration::from_secs(20), || {
-            sock.exists()
-        })?;
-        let mut c = Command::new("ovs-vsctl");
-        Self::env(&mut c, dir);
-        c.arg(format!("--db=unix:{}", sock.display()))
-            .args([
-                "--no-wait",
-                "--timeout=30",
-                "--",
-                "init",
-                "--",
-                "set",
-                "Open_vSwitch",
-                ".",
-            ])
-            .arg("other_config:dpdk-init=true")
-            .arg(format!(
-                "other_config:dpdk-lcore-mask={:#x}",
-                1u64 << cores.main
-            ))
-            .arg(format!(
-                "other_config:pmd-cpu-mask={:#x}",
-                1u64 << cores.pmd
-            ))
-            .arg("other_config:dpdk-extra=--no-pci");
-        process::run(c, Duration::from_secs(40))?;
+        let (ovsdb, sock) = start_ovsdb(paths, dir, cores, "--no-pci")?;
         // `unshare --net` execs vswitchd in a new network namespace (same
         // pid, so the Daemon still owns exactly it).
         let mut c = Command::new("unshare");
@@ -1048,16 +1083,7 @@ impl Ovs {
         c.arg("--net")
             .arg("--")
             .arg(&paths.vswitchd)
-            .arg(format!("unix:{}", sock.display()))
-            .arg(format!(
-                "--unixctl={}",
-                dir.join("ovs-vswitchd.ctl").display()
-            ))
-            .arg(format!(
-                "--log-file={}",
-                dir.join("ovs-vswitchd.log").display()
-            ))
-            .args(["--no-chdir", "-vconsole:err"]);
+            .args(vswitchd_args(dir, &sock));
         let vswitchd = Daemon::spawn("ovs-vswitchd", c)?;
         let mut ovs = Self {
             vswitchd,
