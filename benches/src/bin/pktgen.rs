@@ -211,7 +211,7 @@ fn scale_points(peers: &[PeerKind]) -> Vec<(PeerKind, Scenario)> {
         for &f in flows {
             v.push((p, Scenario::new(Kind::L3, f, 0)));
         }
-        for c in [1_000, 100_000, 1_000_000] {
+        for c in [1, 1_000, 100_000, 1_000_000] {
             v.push((p, Scenario::new(Kind::Dnat, c, 10)));
         }
         for s in [10_000, 100_000] {
