@@ -320,21 +320,31 @@ impl Sluiced {
             if budget.is_some_and(|b| start.elapsed() >= b) {
                 break;
             }
-            match self.ctl.call_method("service-update", b.clone()) {
-                Ok(_) => done += 1,
-                Err(e @ sluice_control::ctl_client::ClientError::Server { .. }) => {
-                    return Err(PeerError::Pending(format!(
-                        "sluiced refused a service-update batch: {e}"
-                    )))
-                }
-                Err(e) => return Err(PeerError::Ctl(e.to_string())),
-            }
+            self.call_program(
+                "service-update",
+                b.clone(),
+                "refused a service-update batch",
+            )?;
+            done += 1;
         }
         Ok(Programmed {
             elapsed: start.elapsed(),
             done,
             total: batches.len(),
         })
+    }
+
+    /// One programming call: sluiced's refusal (a server error) is
+    /// reported as pending with `what`, a transport failure as a control
+    /// error.
+    fn call_program(&mut self, method: &str, params: Value, what: &str) -> Result<(), PeerError> {
+        match self.ctl.call_method(method, params) {
+            Ok(_) => Ok(()),
+            Err(e @ sluice_control::ctl_client::ClientError::Server { .. }) => {
+                Err(PeerError::Pending(format!("sluiced {what}: {e}")))
+            }
+            Err(e) => Err(PeerError::Ctl(e.to_string())),
+        }
     }
 
     /// Resident memory of the daemon in bytes.
@@ -404,15 +414,12 @@ impl Sluiced {
                 break;
             }
             let n = ops.len();
-            match self.ctl.call_method("flow-bundle", Value::Array(ops)) {
-                Ok(_) => done += n,
-                Err(e @ sluice_control::ctl_client::ClientError::Server { .. }) => {
-                    return Err(PeerError::Pending(format!(
-                        "sluiced rejected the flow program: {e}"
-                    )))
-                }
-                Err(e) => return Err(PeerError::Ctl(e.to_string())),
-            }
+            self.call_program(
+                "flow-bundle",
+                Value::Array(ops),
+                "rejected the flow program",
+            )?;
+            done += n;
         }
         Ok(Programmed {
             elapsed: start.elapsed(),

@@ -8,6 +8,9 @@
 //! stopped on drop. No timing thresholds: only that frames came back and
 //! the percentiles are ordered.
 
+mod common;
+
+use common::{is_root, skip, sluiced};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -16,55 +19,17 @@ use sluice_benches::peer::Cores;
 use sluice_benches::runner::{PeerKind, Status};
 use sluice_benches::scenario::{Kind, Scenario};
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-fn sluiced() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("SLUICED") {
-        return Some(PathBuf::from(p));
-    }
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let targets = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([workspace.join("target")]);
-    targets
-        .flat_map(|t| [t.join("release/sluiced"), t.join("debug/sluiced")])
-        .find(|p| p.exists())
-}
-
-/// Prints the skip and appends it to `target/tmp/skips.txt`, which
-/// `scripts/test.sh` prints at the end (a skip is never silent).
-fn skip(why: &str) {
-    let line = format!("SKIP memif_latency_smoke_on_sluiced: {why}");
-    println!("{line}");
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("skips.txt");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        use std::io::Write as _;
-        let _ = writeln!(f, "{line}");
-    }
-}
-
 #[test]
 fn memif_latency_smoke_on_sluiced() {
     if !is_root() {
-        skip("the memif latency smoke needs root (DPDK)");
+        skip(
+            "memif_latency_smoke_on_sluiced",
+            "the memif latency smoke needs root (DPDK)",
+        );
         return;
     }
     let Some(bin) = sluiced() else {
-        skip("no sluiced binary (set SLUICED or build it with `cargo build -p sluice-datapath --bin sluiced`)");
+        skip("memif_latency_smoke_on_sluiced", "no sluiced binary (set SLUICED or build it with `cargo build -p sluice-datapath --bin sluiced`)");
         return;
     };
     let work = tempfile::tempdir().expect("a temporary directory");

@@ -4,47 +4,28 @@
 //! `$CARGO_TARGET_DIR` or the workspace `target/`, release then debug);
 //! without them it prints why it is skipped and passes.
 
-use std::path::PathBuf;
+mod common;
+
+use common::{is_root, skip, sluiced};
 use std::time::Duration;
 
 use sluice_benches::peer::{Cores, OvsPaths};
 use sluice_benches::runner::{run_one, PeerKind, RunConfig, Status};
 use sluice_benches::scenario::{Kind, Scenario};
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-fn sluiced() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("SLUICED") {
-        return Some(PathBuf::from(p));
-    }
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let targets = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([workspace.join("target")]);
-    targets
-        .flat_map(|t| [t.join("release/sluiced"), t.join("debug/sluiced")])
-        .find(|p| p.exists())
-}
-
 #[test]
 fn l2_smoke_on_sluiced() {
     if !is_root() {
-        eprintln!("skipped: the smoke benchmark needs root (DPDK, hugepages)");
+        skip(
+            "l2_smoke_on_sluiced",
+            "the smoke benchmark needs root (DPDK, hugepages)",
+        );
         return;
     }
     let Some(bin) = sluiced() else {
-        eprintln!(
-            "skipped: no sluiced binary (set SLUICED or build it with `cargo build -p sluice-datapath --bin sluiced`)"
+        skip(
+            "l2_smoke_on_sluiced",
+            "no sluiced binary (set SLUICED or build it with `cargo build -p sluice-datapath --bin sluiced`)",
         );
         return;
     };

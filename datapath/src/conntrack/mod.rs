@@ -1205,6 +1205,30 @@ fn hit_locked(
     tracked(c, ct, dir, c.replied(), new_marks)
 }
 
+/// What an explicit `nat(src=|dst=ADDRS[:PORTS])` picks for a new
+/// connection whose original tuple is `t`: an address of the range and,
+/// for DNAT, a port, both by a hash of the source (so a retransmitted
+/// first packet gets the same answer). SNAT ports are not picked here:
+/// they are allocated from the range at commit. Shared by the datapath
+/// and `trace`, which must agree.
+pub(crate) fn nat_pick(
+    t: &Tuple,
+    kind: NatKind,
+    addrs: Option<(Ipv4Addr, Ipv4Addr)>,
+    ports: Option<(u16, u16)>,
+) -> (Option<u32>, Option<u16>) {
+    let h = (u64::from(t.src) << 16 | u64::from(t.sport)).wrapping_mul(0x9e37_79b9);
+    let ip = addrs.map(|(a, b)| {
+        let (a, b) = (u32::from(a), u32::from(b.max(a)));
+        a + (h % (u64::from(b - a) + 1)) as u32
+    });
+    let port = match (kind, ports) {
+        (NatKind::Dst, Some((a, b))) => Some(a + (h % (u64::from(b.saturating_sub(a)) + 1)) as u16),
+        _ => None,
+    };
+    (ip, port)
+}
+
 /// NAT plan for a new connection.
 struct Plan {
     reply: Tuple,
@@ -1603,26 +1627,19 @@ impl ConntrackHandle {
                 addrs,
                 ports,
             } => {
-                let pick = |r: Option<(Ipv4Addr, Ipv4Addr)>, h: u64| {
-                    r.map(|(a, b)| {
-                        let (a, b) = (u32::from(a), u32::from(b.max(a)));
-                        a + (h % (u64::from(b - a) + 1)) as u32
-                    })
-                };
-                let h = (u64::from(t.src) << 16 | u64::from(t.sport)).wrapping_mul(0x9e37_79b9);
+                let (ip, port) = nat_pick(&t, *kind, *addrs, *ports);
                 match kind {
                     NatKind::Dst => {
-                        if let Some(ip) = pick(*addrs, h) {
+                        if let Some(ip) = ip {
                             plan.reply.src = ip;
                         }
-                        if let Some((a, b)) = ports {
-                            let span = u64::from(b.saturating_sub(*a)) + 1;
-                            plan.reply.sport = a + (h % span) as u16;
+                        if let Some(port) = port {
+                            plan.reply.sport = port;
                         }
                         plan.nat = ct_state::DNAT;
                     }
                     NatKind::Src => {
-                        if let Some(ip) = pick(*addrs, h) {
+                        if let Some(ip) = ip {
                             plan.reply.dst = ip;
                         }
                         if let Some((a, b)) = ports {

@@ -1019,3 +1019,37 @@ fn key_after_nat_equals_a_fresh_parse() {
         }
     }
 }
+
+#[test]
+fn trace_predicts_the_datapaths_explicit_dnat_choice() {
+    // `trace` and the datapath pick the address and port of a range the
+    // same way, so the trace shows what the packet really gets.
+    let flows = "\
+table=0,priority=10,tcp actions=ct(commit,nat(dst=10.9.0.1-10.9.0.50:8000-8099),table=1)
+table=1,priority=10,ip actions=output:2
+";
+    let tables = FlowTables::new();
+    tables.add_flows(flows, 0).expect("flows");
+    let ct = Conntrack::new(ConntrackConfig::default());
+    let mut r = Rig::new(flows, ct.clone());
+    let oracle = super::trace::CtTracer::new(ct, || 0);
+    for sport in [1000u16, 2345, 40000, 65000] {
+        let t = tables
+            .trace_with(
+                &format!(
+                    "in_port=1,tcp,tcp_flags=+syn,nw_src=10.0.0.7,nw_dst=10.0.0.99,tp_src={sport},tp_dst=80"
+                ),
+                Some(&oracle),
+            )
+            .expect("trace");
+        let out = r.expect(
+            0,
+            1,
+            tcp([10, 0, 0, 7], [10, 0, 0, 99], sport, 80, 1, 0, fl::SYN, b""),
+            2,
+        );
+        let got = seen(&out);
+        let want = format!("=> 10.0.0.7:{sport} -> {}:{}", got.dst, got.dport);
+        assert!(t.contains(&want), "missing {want:?} in\n{t}");
+    }
+}

@@ -195,28 +195,17 @@ impl TraceOracle for CtTracer {
                 addrs,
                 ports,
             }) => {
-                // The same choice as the datapath's: a hash of the source.
-                let h =
-                    (u64::from(tuple.src) << 16 | u64::from(tuple.sport)).wrapping_mul(0x9e37_79b9);
-                let pick = |(a, b): (Ipv4Addr, Ipv4Addr)| {
-                    let (a, b) = (u32::from(a), u32::from(b.max(a)));
-                    a + (h % (u64::from(b - a) + 1)) as u32
-                };
+                // The datapath's own choice (a hash of the source).
+                let (ip, port) = super::nat_pick(&tuple, *kind, *addrs, *ports);
                 let mut to = tuple;
                 let nat = match kind {
                     NatKind::Dst => {
-                        if let Some(r) = addrs {
-                            to.dst = pick(*r);
-                        }
-                        if let Some((a, b)) = ports {
-                            to.dport = a + (h % (u64::from(b.saturating_sub(*a)) + 1)) as u16;
-                        }
+                        to.dst = ip.unwrap_or(to.dst);
+                        to.dport = port.unwrap_or(to.dport);
                         ct_state::DNAT
                     }
                     NatKind::Src => {
-                        if let Some(r) = addrs {
-                            to.src = pick(*r);
-                        }
+                        to.src = ip.unwrap_or(to.src);
                         if let Some((a, b)) = ports {
                             let _ = writeln!(
                                 out,
