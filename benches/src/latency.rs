@@ -883,6 +883,17 @@ pub fn start_sluiced(
     for (command, args) in scenario.sluice_setup() {
         s.command(command, &args)?;
     }
+    // Sluice's Service flows use a bare `nat`: without the Service table
+    // its conntrack would commit the connections untranslated, so the
+    // Services go in before the flows.
+    let batches = scenario.service_update();
+    let p = s.service_update(&batches, None)?;
+    if p.done < p.total {
+        return Err(PeerError::NotRun(format!(
+            "{} of {} service-update batches applied",
+            p.done, p.total
+        )));
+    }
     s.program(&scenario.sluice_program())?;
     Ok(s)
 }
@@ -1149,9 +1160,9 @@ pub fn run_all(cfg: &LatencyConfig) -> LatencyReport {
             PeerKind::TestpmdMacswap => continue,
         };
         for sc in scenarios {
-            if sc.kind == Kind::Decap || sc.kind == Kind::DnatNew {
+            if matches!(sc.kind, Kind::Decap | Kind::Mixed | Kind::DnatNew) {
                 report.not_run.push(format!(
-                    "{} on {}: its frames are not 60-byte frames the stamp fits (decap) or every frame is a new connection (dnat-new)",
+                    "{} on {}: its frames are not all 60-byte frames the stamp fits (decap, mixed: Geneve) or every frame is a new connection (dnat-new)",
                     sc.label(),
                     peer.name()
                 ));

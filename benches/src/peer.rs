@@ -34,8 +34,8 @@ use thiserror::Error;
 
 use crate::process::{self, Daemon, DpdkRuntimeDir, ProcessError};
 use crate::scenario::{
-    FlowProgram, Kind, GENEVE_PORT, IN_PORT, LOCAL_VTEP, OUT_PORT, OVS_TUNNEL_PORT, POD_A_MAC,
-    REMOTE_VTEP, REMOTE_VTEP_MAC, ROUTER_MAC, VNI,
+    FlowProgram, Kind, GENEVE_PORT, IN_PORT, LOCAL_VTEP, OUT_PORT, OVS_PATCH_PORT, OVS_TUNNEL_PORT,
+    POD_A_MAC, REMOTE_VTEP, REMOTE_VTEP_MAC, ROUTER_MAC, VNI,
 };
 
 /// How long a daemon may take to start forwarding.
@@ -275,7 +275,11 @@ impl Sluiced {
     ) -> Result<Self, PeerError> {
         let socket = dir.join("sluiced.ctl");
         let config = dir.join("sluiced.ini");
-        let prefix = format!("sluice-bench-{}", std::process::id());
+        // Unique per start, so that two in one process (tests) never share
+        // a DPDK runtime directory.
+        static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = format!("sluice-bench-{}-{n}", std::process::id());
         let text = format!(
             "[coe]\nnode_type = BAREMETAL\n\n[nsx_node_agent]\novs_bridge = br-bench\novs_uplink_port = {uplink}\n\n\
              [datapath]\ncores = {pmd}\nmain_core = {main}\nfile_prefix = {prefix}\n\
@@ -363,14 +367,25 @@ impl Sluiced {
     /// # Errors
     /// [`PeerError::Ctl`] or [`PeerError::Counters`].
     pub fn connections(&mut self) -> Result<u64, PeerError> {
+        self.conntrack_counts().map(|(total, _)| total)
+    }
+
+    /// Tracked connections and how many of them are DNATed
+    /// (`conntrack-stats`).
+    ///
+    /// # Errors
+    /// [`PeerError::Ctl`] or [`PeerError::Counters`].
+    pub fn conntrack_counts(&mut self) -> Result<(u64, u64), PeerError> {
         let text = self
             .ctl
             .call::<&str>("conntrack-stats", &[])
             .map_err(|e| PeerError::Ctl(e.to_string()))?;
-        parse_conntrack_connections(&text).ok_or_else(|| PeerError::Counters {
-            peer: "sluiced".into(),
-            detail: format!("no `connections: N` in conntrack-stats: {text}"),
-        })
+        parse_conntrack_connections(&text)
+            .zip(conntrack_stat(&text, "dnat"))
+            .ok_or_else(|| PeerError::Counters {
+                peer: "sluiced".into(),
+                detail: format!("no `connections: N` and `dnat: N` in conntrack-stats: {text}"),
+            })
     }
 
     /// Installs `program` with `flow-bundle` calls of at most
@@ -466,8 +481,13 @@ impl Sluiced {
 
 /// The `N` of sluiced's `conntrack-stats` line `connections: N (limit M)`.
 pub fn parse_conntrack_connections(text: &str) -> Option<u64> {
+    conntrack_stat(text, "connections")
+}
+
+/// The number after `key:` on a line of sluiced's `conntrack-stats`.
+fn conntrack_stat(text: &str, key: &str) -> Option<u64> {
     text.lines()
-        .find_map(|l| l.trim().strip_prefix("connections:"))?
+        .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix(':'))?
         .split_whitespace()
         .next()?
         .parse()
@@ -824,8 +844,9 @@ pub struct OvsLayout {
     pub extra_flows: Vec<(&'static str, String)>,
     /// The bridge that gets the scenario's program.
     pub program_bridge: &'static str,
-    /// `ofproto/trace BRIDGE FLOW` must contain the string.
-    pub trace: Option<(&'static str, String, &'static str)>,
+    /// `ofproto/trace BRIDGE FLOW` must contain the string (and the
+    /// datapath flows must use it once traffic ran).
+    pub trace: Vec<(&'static str, String, &'static str)>,
 }
 
 /// Bridge of the plain (non-tunnel) OVS layout.
@@ -864,7 +885,7 @@ fn fmt_mac(m: [u8; 6]) -> String {
 /// frame to `br-int`'s Geneve port, then out `br-int`'s null port.
 pub fn ovs_layout(kind: Kind, pcap: &Path) -> OvsLayout {
     let pcap_args = pcap_devargs(pcap);
-    if !matches!(kind, Kind::Encap | Kind::Decap) {
+    if !kind.uses_overlay() {
         return OvsLayout {
             bridges: vec![(OVS_BRIDGE, Vec::new())],
             ports: vec![
@@ -875,7 +896,7 @@ pub fn ovs_layout(kind: Kind, pcap: &Path) -> OvsLayout {
             appctl_commands: Vec::new(),
             extra_flows: Vec::new(),
             program_bridge: OVS_BRIDGE,
-            trace: None,
+            trace: Vec::new(),
         };
     }
     let (int, phy) = ("br-int", "br-phy");
@@ -929,6 +950,69 @@ pub fn ovs_layout(kind: Kind, pcap: &Path) -> OvsLayout {
             vec![format!("other-config:hwaddr={}", fmt_mac(ROUTER_MAC))],
         ),
     ];
+    // What a pod's frame to the remote pod and a Geneve frame from the
+    // remote VTEP entering on the pcap port must show.
+    let push_trace = (
+        int,
+        format!(
+            "in_port={IN_PORT},udp,dl_src={},dl_dst={},nw_src=10.244.0.1,nw_dst=10.246.0.2,nw_ttl=64,udp_src=1024,udp_dst=5001",
+            fmt_mac(POD_A_MAC),
+            fmt_mac(ROUTER_MAC)
+        ),
+        "tnl_push(",
+    );
+    let pop_trace = |bridge| {
+        (
+            bridge,
+            format!(
+                "in_port={IN_PORT},udp,dl_src={},dl_dst={},nw_src={REMOTE_VTEP},nw_dst={LOCAL_VTEP},nw_ttl=64,udp_src=1024,udp_dst={GENEVE_PORT}",
+                fmt_mac(REMOTE_VTEP_MAC),
+                fmt_mac(ROUTER_MAC)
+            ),
+            "tnl_pop(",
+        )
+    };
+    if kind == Kind::Mixed {
+        // Everything enters `br-int` on the pcap port and leaves on its
+        // null port; `br-phy` is reached over a patch port pair: Geneve
+        // frames for the local VTEP go to `br-phy`'s internal port (where
+        // OVS pops them), and what OVS pushes towards the remote VTEP
+        // comes back over the patch to the null port.
+        let patch = |bridge, name, ofport, peer: &str| OvsPort {
+            bridge,
+            name,
+            ofport,
+            interface: vec!["type=patch".into(), format!("options:peer={peer}")],
+        };
+        return OvsLayout {
+            bridges,
+            ports: vec![
+                dpdk_port(int, "pcap0", IN_PORT, &pcap_args),
+                dpdk_port(int, "null0", OUT_PORT, NULL_DEVARGS),
+                geneve,
+                patch(int, "patch-phy", OVS_PATCH_PORT, "patch-int"),
+                patch(phy, "patch-int", 1, "patch-phy"),
+            ],
+            netns_commands,
+            appctl_commands,
+            extra_flows: vec![
+                (
+                    int,
+                    format!(
+                        "priority=1000,in_port={IN_PORT},udp,nw_dst={LOCAL_VTEP},tp_dst={GENEVE_PORT} actions=output:{OVS_PATCH_PORT}"
+                    ),
+                ),
+                (
+                    int,
+                    format!("priority=1000,in_port={OVS_PATCH_PORT} actions=output:{OUT_PORT}"),
+                ),
+                (phy, "priority=100,in_port=1 actions=LOCAL".to_string()),
+                (phy, "priority=100,in_port=LOCAL actions=output:1".to_string()),
+            ],
+            program_bridge: int,
+            trace: vec![push_trace, pop_trace(int)],
+        };
+    }
     if kind == Kind::Encap {
         OvsLayout {
             bridges,
@@ -944,15 +1028,7 @@ pub fn ovs_layout(kind: Kind, pcap: &Path) -> OvsLayout {
                 format!("priority=100,in_port=LOCAL actions=output:{OUT_PORT}"),
             )],
             program_bridge: int,
-            trace: Some((
-                int,
-                format!(
-                    "in_port={IN_PORT},udp,dl_src={},dl_dst={},nw_src=10.244.0.1,nw_dst=10.246.0.2,nw_ttl=64,udp_src=1024,udp_dst=5001",
-                    fmt_mac(POD_A_MAC),
-                    fmt_mac(ROUTER_MAC)
-                ),
-                "tnl_push(",
-            )),
+            trace: vec![push_trace],
         }
     } else {
         OvsLayout {
@@ -966,15 +1042,7 @@ pub fn ovs_layout(kind: Kind, pcap: &Path) -> OvsLayout {
             appctl_commands,
             extra_flows: vec![(phy, format!("priority=100,in_port={IN_PORT} actions=LOCAL"))],
             program_bridge: int,
-            trace: Some((
-                phy,
-                format!(
-                    "in_port={IN_PORT},udp,dl_src={},dl_dst={},nw_src={REMOTE_VTEP},nw_dst={LOCAL_VTEP},nw_ttl=64,udp_src=1024,udp_dst={GENEVE_PORT}",
-                    fmt_mac(REMOTE_VTEP_MAC),
-                    fmt_mac(ROUTER_MAC)
-                ),
-                "tnl_pop(",
-            )),
+            trace: vec![pop_trace(phy)],
         }
     }
 }
@@ -1225,7 +1293,7 @@ impl Ovs {
             }
         }
         let elapsed = start.elapsed();
-        if let Some((bridge, flow, expect)) = self.layout.trace.clone() {
+        for (bridge, flow, expect) in self.layout.trace.clone() {
             let t = self.appctl(&["ofproto/trace", bridge, &flow])?;
             if !t.contains(expect) || t.contains("Datapath actions: drop") {
                 return Err(PeerError::Counters {
@@ -1254,26 +1322,27 @@ impl Ovs {
     }
 
     /// Checks that the datapath flows installed while forwarding use the
-    /// tunnel action (`tnl_push(` / `tnl_pop(`) a tunnel layout expects.
+    /// tunnel actions (`tnl_push(`, `tnl_pop(`) a tunnel layout expects.
     ///
     /// # Errors
-    /// [`PeerError::Counters`] if none does.
+    /// [`PeerError::Counters`] if one of them is used by none.
     pub fn check_datapath_tunnel(&self) -> Result<(), PeerError> {
-        let Some((_, _, expect)) = &self.layout.trace else {
+        if self.layout.trace.is_empty() {
             return Ok(());
-        };
-        let flows = self.appctl(&["dpctl/dump-flows"])?;
-        if flows.contains(expect) {
-            Ok(())
-        } else {
-            Err(PeerError::Counters {
-                peer: "ovs-dpdk".into(),
-                detail: format!(
-                    "no datapath flow uses {expect} after forwarding; dpctl/dump-flows:\n{}",
-                    flows.lines().take(6).collect::<Vec<_>>().join("\n")
-                ),
-            })
         }
+        let flows = self.appctl(&["dpctl/dump-flows"])?;
+        for (_, _, expect) in &self.layout.trace {
+            if !flows.contains(expect) {
+                return Err(PeerError::Counters {
+                    peer: "ovs-dpdk".into(),
+                    detail: format!(
+                        "no datapath flow uses {expect} after forwarding; dpctl/dump-flows:\n{}",
+                        flows.lines().take(6).collect::<Vec<_>>().join("\n")
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Resident memory of ovs-vswitchd in bytes.
@@ -1474,8 +1543,10 @@ mod tests {
 
     #[test]
     fn conntrack_stats_connections() {
-        let t = "connections: 1000 (limit 1048576)\n  SYN_SENT: 1000\ncreated: 1000\n";
+        let t = "connections: 1000 (limit 1048576)\n  SYN_SENT: 1000\n  dnat: 998\n  snat: 0\ncreated: 1000\n";
         assert_eq!(parse_conntrack_connections(t), Some(1000));
+        assert_eq!(conntrack_stat(t, "dnat"), Some(998));
+        assert_eq!(conntrack_stat(t, "snat"), Some(0));
         assert_eq!(parse_conntrack_connections("created: 5\n"), None);
     }
 
@@ -1539,8 +1610,8 @@ mod tests {
             )]
         );
         assert_eq!(
-            enc.trace.as_ref().map(|t| (t.0, t.2)),
-            Some(("br-int", "tnl_push("))
+            enc.trace.iter().map(|t| (t.0, t.2)).collect::<Vec<_>>(),
+            [("br-int", "tnl_push(")]
         );
 
         let dec = ovs_layout(Kind::Decap, Path::new("/w/d.pcap"));
@@ -1551,13 +1622,41 @@ mod tests {
             dec.extra_flows,
             vec![("br-phy", "priority=100,in_port=1 actions=LOCAL".to_string())]
         );
-        let (bridge, flow, expect) = dec.trace.clone().unwrap();
+        let [(bridge, flow, expect)] = dec.trace.clone().try_into().unwrap();
         assert_eq!((bridge, expect), ("br-phy", "tnl_pop("));
         assert!(
             flow.contains("dl_dst=02:00:00:00:00:fe,nw_src=172.16.0.2,nw_dst=172.16.0.1"),
             "{flow}"
         );
         assert!(flow.contains("udp_dst=6081"), "{flow}");
+    }
+
+    #[test]
+    fn ovs_mixed_layout_patches_br_int_to_br_phy() {
+        let m = ovs_layout(Kind::Mixed, Path::new("/w/m.pcap"));
+        let a = m.vsctl_args().join(" ");
+        for want in [
+            "-- add-port br-int pcap0 ",
+            "-- add-port br-int null0 ",
+            "-- add-port br-int gnv0 -- set Interface gnv0 type=geneve",
+            "-- add-port br-int patch-phy -- set Interface patch-phy type=patch options:peer=patch-int ofport_request=4",
+            "-- add-port br-phy patch-int -- set Interface patch-int type=patch options:peer=patch-phy ofport_request=1",
+        ] {
+            assert!(a.contains(want), "{want} not in {a}");
+        }
+        assert_eq!(m.program_bridge, "br-int");
+        assert!(m.extra_flows.contains(&(
+            "br-int",
+            "priority=1000,in_port=1,udp,nw_dst=172.16.0.1,tp_dst=6081 actions=output:4"
+                .to_string()
+        )));
+        assert!(m.extra_flows.contains(&(
+            "br-phy",
+            "priority=100,in_port=LOCAL actions=output:1".to_string()
+        )));
+        let traces: Vec<(&str, &str)> = m.trace.iter().map(|t| (t.0, t.2)).collect();
+        assert_eq!(traces, [("br-int", "tnl_push("), ("br-int", "tnl_pop(")]);
+        assert_eq!(m.appctl_commands.len(), 2);
     }
 
     #[test]

@@ -47,8 +47,15 @@ pub const DNAT_SEGMENTS: usize = 8;
 pub const DNAT_FRAME_BUDGET: usize = 240_000;
 /// OpenFlow port of the Geneve tunnel port in the OVS peer's `br-int`.
 pub const OVS_TUNNEL_PORT: u16 = 3;
+/// OpenFlow port of the patch port to `br-phy` in the OVS peer's `br-int`
+/// (the `mixed` layout).
+pub const OVS_PATCH_PORT: u16 = 4;
 /// Conntrack zone of the Service scenarios.
 pub const SERVICE_ZONE: u16 = 1;
+/// The remote node's pod CIDR (reached over Geneve).
+pub const OVERLAY_PODS: &str = "10.246.0.0/16";
+/// Table-0 entry of the Services in `mixed`: TCP to the Service CIDR only.
+const MIXED_SERVICE_ENTRY: &str = "priority=150,tcp,nw_dst=10.96.0.0/12";
 /// Frame length without FCS (64 bytes on the wire).
 pub const FRAME_LEN: usize = 60;
 
@@ -90,7 +97,11 @@ pub enum Kind {
     Encap,
     /// Geneve from the remote VTEP → local pod.
     Decap,
-    /// l2 + l3 + ARP + ICMP (no overlay, no Services).
+    /// A node's realistic mix, every 20 frames (see [`mixed_slot`]):
+    /// 5 Service connections (`dnat`: each connection's SYN before its
+    /// ACKs), 4 pod → pod on the node (`l2`), 4 routed out (`l3`), 3 pod →
+    /// remote pod (`encap`), 2 remote pod → pod (`decap`), 1 ARP request
+    /// and 1 ICMP echo.
     Mixed,
 }
 
@@ -126,8 +137,62 @@ impl Kind {
 
     /// Whether the scenario needs Services (conntrack + NAT).
     pub fn uses_services(self) -> bool {
-        matches!(self, Kind::Dnat | Kind::DnatNew)
+        matches!(self, Kind::Dnat | Kind::DnatNew | Kind::Mixed)
     }
+
+    /// Whether the scenario needs the Geneve overlay (VTEPs).
+    pub fn uses_overlay(self) -> bool {
+        matches!(self, Kind::Encap | Kind::Decap | Kind::Mixed)
+    }
+}
+
+/// What frame `j` of the `mixed` scenario is, and its index among the
+/// frames of that part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MixedPart {
+    /// An ARP request.
+    Arp,
+    /// An ICMP echo request, routed.
+    Icmp,
+    /// Pod → pod on the node.
+    L2,
+    /// Routed out by prefix.
+    L3,
+    /// Frame `k` of the Service connections.
+    Dnat(u32),
+    /// Pod → remote pod over Geneve.
+    Encap,
+    /// Geneve from the remote VTEP.
+    Decap,
+}
+
+/// Frames per round of the `mixed` scenario.
+pub const MIXED_ROUND: u32 = 20;
+/// Service frames per round of the `mixed` scenario.
+const MIXED_DNAT: u32 = 5;
+/// Slot of the first Service frame in a round.
+const MIXED_DNAT_FIRST: u32 = 10;
+
+/// The part frame `j` of the `mixed` scenario belongs to.
+pub fn mixed_slot(j: u32) -> MixedPart {
+    let slot = j % MIXED_ROUND;
+    match slot {
+        0 => MixedPart::Arp,
+        1 => MixedPart::Icmp,
+        2..=5 => MixedPart::L2,
+        6..=9 => MixedPart::L3,
+        10..=14 => MixedPart::Dnat((j / MIXED_ROUND) * MIXED_DNAT + slot - MIXED_DNAT_FIRST),
+        15..=17 => MixedPart::Encap,
+        _ => MixedPart::Decap,
+    }
+}
+
+/// Number of Service frames among the first `n` frames of `mixed`.
+fn mixed_dnat_frames(n: u32) -> u32 {
+    (n / MIXED_ROUND) * MIXED_DNAT
+        + (n % MIXED_ROUND)
+            .saturating_sub(MIXED_DNAT_FIRST)
+            .min(MIXED_DNAT)
 }
 
 /// One scenario: a kind with its scale parameters.
@@ -400,30 +465,12 @@ impl Scenario {
                 )
             }
             Kind::DnatNew => tcp(src, vip(j % self.services), sport, 80, true, ROUTER_MAC),
-            Kind::Encap => udp(
-                POD_A_MAC,
-                ROUTER_MAC,
-                src,
-                Ipv4Addr::new(10, 246, 0, 2),
-                sport,
-                5001,
-            ),
-            Kind::Decap => {
-                let inner = udp(
-                    [2, 0, 0, 0, 3, 3],
-                    POD_A_MAC,
-                    Ipv4Addr::new(10, 246, 0, 2),
-                    add(Ipv4Addr::new(10, 244, 0, 1), j / 60_000),
-                    sport,
-                    5001,
-                );
-                geneve(&inner, sport)
-            }
-            Kind::Mixed => match j % 20 {
-                // 1/20 ARP, 1/20 ICMP, 6/20 l2, 12/20 l3.
-                0 => arp_request(src, Ipv4Addr::new(10, 244, 0, 254)),
-                1 => icmp_echo(j, route(j % L3_ROUTES)),
-                2..=7 => udp(
+            Kind::Encap => self.encap_frame(j),
+            Kind::Decap => self.decap_frame(j),
+            Kind::Mixed => match mixed_slot(j) {
+                MixedPart::Arp => arp_request(src, Ipv4Addr::new(10, 244, 0, 254)),
+                MixedPart::Icmp => icmp_echo(j, route(j % L3_ROUTES)),
+                MixedPart::L2 => udp(
                     POD_A_MAC,
                     POD_B_MAC,
                     src,
@@ -431,9 +478,58 @@ impl Scenario {
                     sport,
                     5001,
                 ),
-                _ => self.l3_frame(j),
+                MixedPart::L3 => self.l3_frame(j),
+                MixedPart::Dnat(k) => {
+                    // Every connection's SYN comes before its ACKs: the
+                    // first `conns` Service frames are the SYNs.
+                    let conns = self.mixed_connections();
+                    let c = k % conns;
+                    let (src, sport) = client(c);
+                    tcp(
+                        src,
+                        vip(c % self.services),
+                        sport,
+                        80,
+                        k < conns,
+                        ROUTER_MAC,
+                    )
+                }
+                MixedPart::Encap => self.encap_frame(j),
+                MixedPart::Decap => self.decap_frame(j),
             },
         }
+    }
+
+    fn encap_frame(&self, j: u32) -> Vec<u8> {
+        let (src, sport) = client(j);
+        udp(
+            POD_A_MAC,
+            ROUTER_MAC,
+            src,
+            Ipv4Addr::new(10, 246, 0, 2),
+            sport,
+            5001,
+        )
+    }
+
+    fn decap_frame(&self, j: u32) -> Vec<u8> {
+        let (_, sport) = client(j);
+        let inner = udp(
+            [2, 0, 0, 0, 3, 3],
+            POD_A_MAC,
+            Ipv4Addr::new(10, 246, 0, 2),
+            add(Ipv4Addr::new(10, 244, 0, 1), j / 60_000),
+            sport,
+            5001,
+        );
+        geneve(&inner, sport)
+    }
+
+    /// Service connections of a `mixed` pcap: its Service frames are each
+    /// connection's SYN and then ACKs, [`DNAT_SEGMENTS`] frames per
+    /// connection (at least one connection).
+    pub fn mixed_connections(&self) -> u32 {
+        (mixed_dnat_frames(self.frame_count() as u32) / DNAT_SEGMENTS as u32).max(1)
     }
 
     fn l3_frame(&self, j: u32) -> Vec<u8> {
@@ -472,6 +568,12 @@ impl Scenario {
     /// replayed segment that conntrack still calls `+new` is forwarded).
     /// `exec` adds the `exec(set_field:1->ct_mark)`.
     fn service_program(&self, exec: bool) -> FlowProgram {
+        self.service_program_for(exec, "priority=100,tcp")
+    }
+
+    /// [`Scenario::service_program`] sending the packets `entry` matches
+    /// (`priority=...,match`) in table 0 through conntrack.
+    fn service_program_for(&self, exec: bool, entry: &str) -> FlowProgram {
         let mut p = FlowProgram::default();
         let mark = if exec {
             ",exec(set_field:1->ct_mark)"
@@ -495,7 +597,7 @@ impl Scenario {
             ));
         }
         p.flows
-            .push("table=0,priority=100,tcp actions=ct(zone=1,table=1,nat)".to_string());
+            .push(format!("table=0,{entry} actions=ct(zone=1,table=1,nat)"));
         p.flows.push(format!(
             "table=1,priority=200,ct_state=+est+trk,tcp actions=output:{OUT_PORT}"
         ));
@@ -514,16 +616,29 @@ impl Scenario {
     /// a new connection's endpoint; the rest is the same as OVS's.
     pub fn sluice_program(&self) -> FlowProgram {
         match self.kind {
-            Kind::Dnat | Kind::DnatNew => FlowProgram {
-                groups: Vec::new(),
-                flows: vec![
-                    format!(
-                        "table=0,priority=100,tcp actions=ct(zone={SERVICE_ZONE},commit,table=1,nat)"
-                    ),
-                    format!("table=1,priority=0 actions=output:{OUT_PORT}"),
-                ],
-            },
+            Kind::Dnat | Kind::DnatNew => Self::sluice_service_flows("priority=100,tcp"),
+            Kind::Mixed => {
+                let mut p = Self::sluice_service_flows(MIXED_SERVICE_ENTRY);
+                Self::l2_flows(&mut p.flows);
+                Self::l3_flows(&mut p.flows);
+                Self::arp_flows(&mut p.flows);
+                Self::sluice_encap_flows(&mut p.flows);
+                Self::sluice_decap_flows(&mut p.flows);
+                p
+            }
             _ => self.common_program(),
+        }
+    }
+
+    /// Sluice's Service pattern: what `entry` matches through
+    /// `ct(commit,nat)` with a bare `nat`, then out.
+    fn sluice_service_flows(entry: &str) -> FlowProgram {
+        FlowProgram {
+            groups: Vec::new(),
+            flows: vec![
+                format!("table=0,{entry} actions=ct(zone={SERVICE_ZONE},commit,table=1,nat)"),
+                format!("table=1,priority=0 actions=output:{OUT_PORT}"),
+            ],
         }
     }
 
@@ -541,30 +656,27 @@ impl Scenario {
     /// Extra `[datapath]` configuration lines Sluice needs for the
     /// scenario (the local VTEP for the overlay kinds).
     pub fn sluice_config(&self) -> String {
-        match self.kind {
-            Kind::Encap | Kind::Decap => format!("vtep_ip = {LOCAL_VTEP}/24\n"),
-            _ => String::new(),
+        if self.kind.uses_overlay() {
+            format!("vtep_ip = {LOCAL_VTEP}/24\n")
+        } else {
+            String::new()
         }
     }
 
     /// Control-socket commands (command, arguments) to run before the flow
     /// program (the remote VTEP for the overlay kinds).
     pub fn sluice_setup(&self) -> Vec<(&'static str, Vec<String>)> {
-        match self.kind {
-            Kind::Encap | Kind::Decap => {
-                let mac = REMOTE_VTEP_MAC
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<Vec<_>>()
-                    .join(":");
-                vec![
-                    ("add-vtep", vec!["node-b".into(), REMOTE_VTEP.to_string()]),
-                    // net_null answers no ARP: pin the remote VTEP's MAC.
-                    ("neigh/set", vec![REMOTE_VTEP.to_string(), mac]),
-                ]
-            }
-            _ => Vec::new(),
+        if !self.kind.uses_overlay() {
+            return Vec::new();
         }
+        vec![
+            ("add-vtep", vec!["node-b".into(), REMOTE_VTEP.to_string()]),
+            // net_null answers no ARP: pin the remote VTEP's MAC.
+            (
+                "neigh/set",
+                vec![REMOTE_VTEP.to_string(), mac(REMOTE_VTEP_MAC)],
+            ),
+        ]
     }
 
     /// The equivalent program for OVS (`ovs-ofctl -O OpenFlow15`): the
@@ -573,23 +685,50 @@ impl Scenario {
     /// [`crate::peer::ovs_layout`]). `None` when the runner has no OVS
     /// configuration for the kind.
     pub fn ovs_program(&self) -> Option<FlowProgram> {
-        match self.kind {
-            Kind::Dnat | Kind::DnatNew => Some(self.service_program(true)),
-            Kind::Encap => Some(FlowProgram {
-                groups: Vec::new(),
-                flows: vec![format!(
-                    "priority=100,in_port={IN_PORT},ip,nw_dst=10.246.0.0/16 actions=output:{OVS_TUNNEL_PORT}"
-                )],
-            }),
-            Kind::Decap => Some(FlowProgram {
-                groups: Vec::new(),
-                flows: vec![format!(
-                    "priority=100,in_port={OVS_TUNNEL_PORT},tun_id={VNI},dl_dst={} actions=output:{OUT_PORT}",
-                    mac(POD_A_MAC)
-                )],
-            }),
-            _ => Some(self.common_program()),
+        let mut p = match self.kind {
+            Kind::Dnat | Kind::DnatNew => return Some(self.service_program(true)),
+            Kind::Mixed => {
+                let mut p = self.service_program_for(true, MIXED_SERVICE_ENTRY);
+                Self::l2_flows(&mut p.flows);
+                Self::l3_flows(&mut p.flows);
+                Self::arp_flows(&mut p.flows);
+                p
+            }
+            Kind::Encap | Kind::Decap => FlowProgram::default(),
+            _ => return Some(self.common_program()),
+        };
+        if matches!(self.kind, Kind::Encap | Kind::Mixed) {
+            p.flows.push(format!(
+                "priority=100,in_port={IN_PORT},ip,nw_dst={OVERLAY_PODS} actions=output:{OVS_TUNNEL_PORT}"
+            ));
         }
+        if matches!(self.kind, Kind::Decap | Kind::Mixed) {
+            p.flows.push(format!(
+                "priority=100,in_port={OVS_TUNNEL_PORT},tun_id={VNI},dl_dst={} actions=output:{OUT_PORT}",
+                mac(POD_A_MAC)
+            ));
+        }
+        Some(p)
+    }
+
+    fn arp_flows(out: &mut Vec<String>) {
+        out.push(format!("priority=50,arp actions=output:{OUT_PORT}"));
+    }
+
+    fn sluice_encap_flows(out: &mut Vec<String>) {
+        out.push(format!(
+            "priority=100,ip,nw_dst={OVERLAY_PODS} actions=set_field:{VNI}->tun_id,set_field:{REMOTE_VTEP}->tun_dst,tnl_push,output:{OUT_PORT}"
+        ));
+    }
+
+    fn sluice_decap_flows(out: &mut Vec<String>) {
+        out.push(format!(
+            "priority=200,udp,nw_dst={LOCAL_VTEP},tp_dst={GENEVE_PORT} actions=tnl_pop"
+        ));
+        out.push(format!(
+            "priority=90,tun_id={VNI},dl_dst={} actions=output:{OUT_PORT}",
+            mac(POD_A_MAC)
+        ));
     }
 
     fn common_program(&self) -> FlowProgram {
@@ -597,25 +736,9 @@ impl Scenario {
         match self.kind {
             Kind::L2 => Self::l2_flows(&mut p.flows),
             Kind::L3 => Self::l3_flows(&mut p.flows),
-            Kind::Mixed => {
-                Self::l2_flows(&mut p.flows);
-                Self::l3_flows(&mut p.flows);
-                p.flows
-                    .push(format!("priority=50,arp actions=output:{OUT_PORT}"));
-            }
-            Kind::Encap => p.flows.push(format!(
-                "priority=100,ip,nw_dst=10.246.0.0/16 actions=set_field:{VNI}->tun_id,set_field:{REMOTE_VTEP}->tun_dst,tnl_push,output:{OUT_PORT}"
-            )),
-            Kind::Decap => {
-                p.flows.push(format!(
-                    "priority=100,udp,nw_dst={LOCAL_VTEP},tp_dst={GENEVE_PORT} actions=tnl_pop"
-                ));
-                p.flows.push(format!(
-                    "priority=90,tun_id={VNI},dl_dst={} actions=output:{OUT_PORT}",
-                    mac(POD_A_MAC)
-                ));
-            }
-            Kind::Dnat | Kind::DnatNew => {}
+            Kind::Encap => Self::sluice_encap_flows(&mut p.flows),
+            Kind::Decap => Self::sluice_decap_flows(&mut p.flows),
+            Kind::Mixed | Kind::Dnat | Kind::DnatNew => {}
         }
         p
     }
@@ -788,21 +911,140 @@ mod tests {
     }
 
     #[test]
-    fn mixed_has_arp_icmp_l2_l3() {
-        let sc = Scenario::new(Kind::Mixed, 40, 0);
-        let f = sc.frame(0);
-        assert_eq!(f.len(), FRAME_LEN);
-        assert_eq!(&f[12..14], &[0x08, 0x06]);
-        let eth = etherparse::Ethernet2Header::from_slice(&f).unwrap().0;
-        assert_eq!(eth.destination, [0xff; 6]);
-        let f1 = sc.frame(1);
-        assert!(matches!(
-            parse(&f1).transport,
-            Some(TransportSlice::Icmpv4(_))
-        ));
-        let f10 = sc.frame(10);
-        let p = parse(&f10);
-        assert!(matches!(p.transport, Some(TransportSlice::Udp(_))));
+    fn mixed_round_has_every_part_in_its_share() {
+        let sc = Scenario::new(Kind::Mixed, 400, 7);
+        assert_eq!(sc.services, 7);
+        assert_eq!(sc.label(), "mixed/400f/7svc");
+        let (mut arp, mut icmp, mut l2, mut l3, mut dnat, mut enc, mut dec) = (0, 0, 0, 0, 0, 0, 0);
+        for (j, f) in sc.frames().enumerate() {
+            let p = parse(&f);
+            let eth = etherparse::Ethernet2Header::from_slice(&f).unwrap().0;
+            match mixed_slot(j as u32) {
+                MixedPart::Arp => {
+                    assert_eq!(&f[12..14], &[0x08, 0x06]);
+                    assert_eq!(eth.destination, [0xff; 6]);
+                    arp += 1;
+                }
+                MixedPart::Icmp => {
+                    assert!(matches!(p.transport, Some(TransportSlice::Icmpv4(_))));
+                    icmp += 1;
+                }
+                MixedPart::L2 => {
+                    assert_eq!(eth.destination, POD_B_MAC);
+                    l2 += 1;
+                }
+                MixedPart::L3 => {
+                    let Some(NetSlice::Ipv4(ip)) = &p.net else {
+                        panic!("not IPv4")
+                    };
+                    assert_eq!(ip.header().destination_addr().octets()[0], 10);
+                    assert!(ip.header().destination_addr().octets()[1] <= 40);
+                    l3 += 1;
+                }
+                MixedPart::Dnat(_) => {
+                    let Some(NetSlice::Ipv4(ip)) = &p.net else {
+                        panic!("not IPv4")
+                    };
+                    assert_eq!(ip.header().destination_addr().octets()[..2], [10, 96]);
+                    assert!(matches!(p.transport, Some(TransportSlice::Tcp(_))));
+                    dnat += 1;
+                }
+                MixedPart::Encap => {
+                    let Some(NetSlice::Ipv4(ip)) = &p.net else {
+                        panic!("not IPv4")
+                    };
+                    assert_eq!(ip.header().destination_addr(), Ipv4Addr::new(10, 246, 0, 2));
+                    enc += 1;
+                }
+                MixedPart::Decap => {
+                    let Some(TransportSlice::Udp(u)) = &p.transport else {
+                        panic!("not UDP")
+                    };
+                    assert_eq!(u.destination_port(), GENEVE_PORT);
+                    dec += 1;
+                }
+            }
+        }
+        assert_eq!(
+            (arp, icmp, l2, l3, dnat, enc, dec),
+            (20, 20, 80, 80, 100, 60, 40)
+        );
+        assert_eq!(mixed_dnat_frames(400), 100);
+        assert_eq!(mixed_dnat_frames(13), 3);
+        assert_eq!(mixed_dnat_frames(39), 10);
+    }
+
+    #[test]
+    fn mixed_connections_send_their_syn_before_their_acks() {
+        let sc = Scenario::new(Kind::Mixed, 1000, 3);
+        let conns = sc.mixed_connections();
+        assert_eq!(conns, 250 / DNAT_SEGMENTS as u32);
+        let mut seen: std::collections::HashMap<(Ipv4Addr, u16), (bool, u32)> =
+            std::collections::HashMap::new();
+        for (j, f) in sc.frames().enumerate() {
+            if !matches!(mixed_slot(j as u32), MixedPart::Dnat(_)) {
+                continue;
+            }
+            let p = parse(&f);
+            let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(t))) = (&p.net, &p.transport)
+            else {
+                panic!("frame {j} is not IPv4/TCP")
+            };
+            let key = (ip.header().source_addr(), t.source_port());
+            let e = seen.entry(key).or_insert((false, 0));
+            if t.syn() {
+                assert!(
+                    !e.0 && e.1 == 0,
+                    "frame {j}: a second SYN or a SYN after ACKs"
+                );
+                e.0 = true;
+            } else {
+                assert!(e.0, "frame {j}: an ACK before its connection's SYN");
+                e.1 += 1;
+            }
+            // The connection's Service never changes.
+            let s = u32::from(ip.header().destination_addr()) - u32::from(vip(0));
+            assert!(s < 3);
+        }
+        assert_eq!(seen.len() as u32, conns);
+        assert!(
+            seen.values().all(|&(syn, acks)| syn && acks >= 6),
+            "{seen:?}"
+        );
+    }
+
+    #[test]
+    fn mixed_programs_have_services_overlay_and_routes() {
+        let sc = Scenario::new(Kind::Mixed, 100, 4);
+        assert!(sc.sluice_config().contains("vtep_ip = 172.16.0.1/24"));
+        assert_eq!(sc.sluice_setup().len(), 2);
+        let upd = sc.service_update();
+        assert_eq!(upd.len(), 1);
+        assert_eq!(upd[0]["upsert"].as_array().map(Vec::len), Some(4));
+        let sl = sc.sluice_program().flows.join("\n");
+        for want in [
+            "table=0,priority=150,tcp,nw_dst=10.96.0.0/12 actions=ct(zone=1,commit,table=1,nat)",
+            "tnl_push,output:2",
+            "actions=tnl_pop",
+            "priority=90,tun_id=5001,dl_dst=02:00:00:00:00:01 actions=output:2",
+            "priority=50,arp actions=output:2",
+            "dl_dst=02:00:00:00:00:02 actions=output:2",
+            "nw_dst=10.40.15.0/24",
+        ] {
+            assert!(sl.contains(want), "sluice program lacks {want}");
+        }
+        let ovs = sc.ovs_program().unwrap();
+        assert_eq!(ovs.groups.len(), 4);
+        let o = ovs.flows.join("\n");
+        for want in [
+            "table=0,priority=150,tcp,nw_dst=10.96.0.0/12 actions=ct(zone=1,table=1,nat)",
+            "in_port=1,ip,nw_dst=10.246.0.0/16 actions=output:3",
+            "in_port=3,tun_id=5001,dl_dst=02:00:00:00:00:01 actions=output:2",
+            "priority=50,arp actions=output:2",
+        ] {
+            assert!(o.contains(want), "ovs program lacks {want}");
+        }
+        assert!(!o.contains("tnl_pop") && !o.contains("tnl_push"));
     }
 
     #[test]

@@ -53,7 +53,7 @@ struct Args {
     #[arg(long)]
     out_devargs: String,
     /// Scenario kind whose frames are sent (60-byte frames: l2, l3,
-    /// mixed, dnat, encap).
+    /// dnat, encap; mixed and decap carry Geneve frames).
     #[arg(long, default_value = "l2")]
     scenario: String,
     /// Distinct flows.

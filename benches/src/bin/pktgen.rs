@@ -92,7 +92,7 @@ struct RunArgs {
     /// Comparison scenarios as KIND[:FLOWS[:SERVICES]], comma-separated.
     #[arg(
         long,
-        default_value = "l2:1000,l3:10000,mixed:10000,dnat:1000:10,dnat-new:200000:10,encap:10000,decap:10000",
+        default_value = "l2:1000,l3:10000,mixed:10000:100,dnat:1000:10,dnat-new:200000:10,encap:10000,decap:10000",
         value_delimiter = ','
     )]
     scenarios: Vec<String>,

@@ -46,6 +46,7 @@ pub fn stats_text(ct: &Conntrack) -> String {
     for (state, n) in &counts.by_state {
         out += &format!("  {state}: {n}\n");
     }
+    out += &format!("  dnat: {}\n  snat: {}\n", counts.dnat, counts.snat);
     for (name, v) in [
         ("created", &s.created),
         ("expired", &s.expired),

@@ -609,6 +609,10 @@ pub struct StateCounts {
     pub by_state: Vec<(String, u64)>,
     /// Connections in total.
     pub total: u64,
+    /// Connections with a destination translation (Services, `nat(dst)`).
+    pub dnat: u64,
+    /// Connections with a source translation.
+    pub snat: u64,
 }
 
 /// How the packet's headers changed, so the hook can update the key.
@@ -956,14 +960,18 @@ impl Conntrack {
     /// Connections by state.
     pub fn state_counts(&self) -> StateCounts {
         let mut m: std::collections::BTreeMap<&'static str, u64> = Default::default();
-        let mut total = 0;
+        let (mut total, mut dnat, mut snat) = (0, 0, 0);
         self.for_each(|c| {
             *m.entry(c.state_name()).or_default() += 1;
             total += 1;
+            dnat += u64::from(c.nat & ct_state::DNAT != 0);
+            snat += u64::from(c.nat & ct_state::SNAT != 0);
         });
         StateCounts {
             by_state: m.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             total,
+            dnat,
+            snat,
         }
     }
 

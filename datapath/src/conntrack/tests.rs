@@ -293,6 +293,8 @@ fn tcp_dnat_both_directions_states_and_checksums() {
         "tcp,orig=(src=10.0.0.1,dst=10.96.0.10,sport=1000,dport=80),reply=(src=10.1.0.5,dst=10.0.0.1,sport=8080,dport=1000),zone=5"
     ));
     assert!(r.ct.dump(&ConnFilter::default(), 2).contains("ESTABLISHED"));
+    let counts = r.ct.state_counts();
+    assert_eq!((counts.total, counts.dnat, counts.snat), (1, 1, 0));
     // Out of window: far ahead of what the server allowed.
     r.expect_drop(
         3,
@@ -364,6 +366,8 @@ fn udp_snat_port_range_and_zero_checksum() {
     assert_eq!(s.src, ip("192.0.2.1"));
     assert!((40000..=40009).contains(&s.sport), "port {}", s.sport);
     let port = s.sport;
+    let counts = r.ct.state_counts();
+    assert_eq!((counts.total, counts.dnat, counts.snat), (1, 0, 1));
     let out = r.expect(1, 2, udp(srv, [192, 0, 2, 1], 53, port, b"answer"), 1);
     let s = seen(&out);
     assert_eq!((s.dst, s.dport), (ip("10.0.0.1"), 5353));
@@ -856,7 +860,9 @@ fn control_commands() {
     );
     let s = call("conntrack-stats", &[]).expect("stats");
     assert!(
-        s.contains("UNREPLIED: 1") && s.contains("created: 1"),
+        s.contains("UNREPLIED: 1")
+            && s.contains("dnat: 0\n  snat: 0\n")
+            && s.contains("created: 1"),
         "{s}"
     );
     assert!(

@@ -109,12 +109,11 @@ impl Daemon {
         on_exit: impl Fn() + Send + Sync + 'static,
     ) -> Result<(), String> {
         let n_pmds = cfg.datapath.cores.len();
-        let pool = mempool::Mempool::new(
-            &format!("{}_mbufs", cfg.datapath.file_prefix),
-            cfg.datapath.mbufs,
-            256,
-        )
-        .map_err(|e| e.to_string())?;
+        // Memzone names live in the process's own file prefix, and DPDK
+        // caps them at 25 characters: a fixed name, not one built from a
+        // prefix of any length.
+        let pool = mempool::Mempool::new("sluiced_mbufs", cfg.datapath.mbufs, 256)
+            .map_err(|e| e.to_string())?;
         for p in &cfg.ports {
             let dev = ethdev::Ethdev::open(
                 &ethdev::EthdevConfig {
