@@ -162,6 +162,18 @@ pub trait Peer {
     /// # Errors
     /// [`PeerError::Process`] if it exited.
     fn alive(&mut self) -> Result<(), PeerError>;
+    /// Forgets every tracked connection (so that the next packet of each
+    /// is a new connection again).
+    ///
+    /// # Errors
+    /// [`PeerError::Pending`] when the peer has no conntrack, others when
+    /// it cannot be asked.
+    fn flush_connections(&mut self) -> Result<(), PeerError> {
+        Err(PeerError::Pending(format!(
+            "{} has no connection tracking to flush",
+            self.name()
+        )))
+    }
 }
 
 fn write(path: &Path, text: &str) -> Result<(), PeerError> {
@@ -548,6 +560,10 @@ impl Peer for Sluiced {
 
     fn alive(&mut self) -> Result<(), PeerError> {
         alive(&mut self.daemon)
+    }
+
+    fn flush_connections(&mut self) -> Result<(), PeerError> {
+        self.command("flush-conntrack", &[]).map(drop)
     }
 }
 
@@ -1480,6 +1496,10 @@ impl Peer for Ovs {
 
     fn alive(&mut self) -> Result<(), PeerError> {
         alive(&mut self.vswitchd)
+    }
+
+    fn flush_connections(&mut self) -> Result<(), PeerError> {
+        self.appctl(&["dpctl/flush-conntrack"]).map(drop)
     }
 }
 

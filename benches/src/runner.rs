@@ -356,6 +356,76 @@ pub fn measure(
     Ok((out, warmup, warm))
 }
 
+/// Most windows tried per run of [`measure_new`] before it gives up.
+const NEW_TRIES: usize = 4;
+/// Shortest window of [`measure_new`].
+const NEW_MIN_WINDOW: Duration = Duration::from_millis(20);
+
+/// Measures connection setup (`dnat-new`) where every packet counted
+/// really is a new connection. A replayed pcap of `frames` SYNs would
+/// otherwise be new only on its first pass: from the second on, each SYN
+/// meets the connection its earlier copy made. So each run flushes the
+/// peer's conntrack and measures a window that ends before `frames`
+/// packets have passed since the flush (every 5-tuple of the pcap occurs
+/// once per `frames` packets, wherever the replay stands). The window
+/// is sized from the rate seen so far; a run whose packets since the
+/// flush exceed `frames` is discarded and retried with a shorter window
+/// (at most [`NEW_TRIES`] times).
+///
+/// # Errors
+/// [`PeerError`] from the peer, or [`PeerError::Counters`] when no window
+/// short enough could be measured.
+pub fn measure_new(
+    peer: &mut dyn Peer,
+    cfg: &RunConfig,
+    frames: usize,
+) -> Result<(Vec<Measurement>, Duration, bool), PeerError> {
+    let start = Instant::now();
+    let first = peer.counters()?;
+    std::thread::sleep(cfg.warmup);
+    peer.alive()?;
+    let warm = peer.counters()?;
+    let warmup = start.elapsed();
+    let mut mpps = Measurement::between(&first, &warm).mpps.max(0.01);
+    let frames = frames as u64;
+    let mut out = Vec::with_capacity(cfg.runs);
+    for _ in 0..cfg.runs {
+        let mut tries = 0;
+        let m = loop {
+            tries += 1;
+            let before = peer.counters()?;
+            peer.flush_connections()?;
+            let flushed = peer.counters()?;
+            let used = flushed.0.rx_packets.saturating_sub(before.0.rx_packets);
+            let left = frames.saturating_sub(used) as f64;
+            // Half of what is left at the rate seen so far.
+            let window = Duration::from_secs_f64(0.5 * left / (mpps * 1e6))
+                .min(cfg.interval)
+                .max(NEW_MIN_WINDOW);
+            std::thread::sleep(window);
+            peer.alive()?;
+            let after = peer.counters()?;
+            let m = Measurement::between(&flushed, &after);
+            mpps = mpps.max(m.mpps);
+            if after.0.rx_packets.saturating_sub(before.0.rx_packets) <= frames {
+                break m;
+            }
+            if tries == NEW_TRIES {
+                return Err(PeerError::Counters {
+                    peer: peer.name().into(),
+                    detail: format!(
+                        "no window ended within one pass of the {frames}-frame pcap after a conntrack flush ({:.2} Mpps over the last {:.0} ms)",
+                        m.mpps,
+                        m.seconds * 1e3
+                    ),
+                });
+            }
+        };
+        out.push(m);
+    }
+    Ok((out, warmup, true))
+}
+
 /// Writes (or reuses) the pcap of `scenario` under `dir`.
 ///
 /// # Errors
@@ -397,7 +467,8 @@ fn try_run(
     let dir = run_dir(cfg, peer)?;
     // Connection setup is measured while connections are being set up,
     // not after the caches have learned them all.
-    let until_warm = scenario.kind != crate::scenario::Kind::DnatNew;
+    let new_connections = scenario.kind == crate::scenario::Kind::DnatNew;
+    let until_warm = !new_connections;
     let services = scenario.kind.uses_services();
     match peer {
         PeerKind::Sluiced => {
@@ -432,7 +503,11 @@ fn try_run(
             }
             took += s.program(&scenario.sluice_program())?;
             outcome.program_seconds = Some(took.as_secs_f64());
-            outcome.record(measure(&mut s, cfg, until_warm, true)?);
+            outcome.record(if new_connections {
+                measure_new(&mut s, cfg, frames)?
+            } else {
+                measure(&mut s, cfg, until_warm, true)?
+            });
             if services {
                 // Every connection of a Service scenario goes to a VIP: one
                 // left untranslated means the figure measured less work.
@@ -469,7 +544,11 @@ fn try_run(
             let mut o = Ovs::start(&cfg.ovs, &dir, &pcap, &cfg.cores, scenario.kind)?;
             let rss_before = o.rss()?;
             outcome.program_seconds = Some(o.program(&program, cfg.program_budget)?.as_secs_f64());
-            outcome.record(measure(&mut o, cfg, until_warm, false)?);
+            outcome.record(if new_connections {
+                measure_new(&mut o, cfg, frames)?
+            } else {
+                measure(&mut o, cfg, until_warm, false)?
+            });
             o.check_datapath_tunnel()?;
             if services {
                 outcome.memory = Some(MemorySample {
@@ -597,6 +676,99 @@ mod tests {
         assert_eq!(m.busy_cycles_per_packet, Some(75.0));
         assert_eq!(m.drops(), 1000);
         assert_eq!(m.cycles_hz(), Some(100_000_000.0));
+    }
+
+    /// A peer whose receive counter grows by `step` at every reading
+    /// (whatever the time), so what `measure_new` decides depends only on
+    /// the calls it makes.
+    struct Replaying {
+        rx: u64,
+        step: u64,
+        flushes: usize,
+    }
+
+    impl Peer for Replaying {
+        fn name(&self) -> &str {
+            "replaying"
+        }
+        fn counters(&mut self) -> Result<(Counters, Instant), PeerError> {
+            self.rx += self.step;
+            Ok((
+                Counters {
+                    rx_packets: self.rx,
+                    ..Counters::default()
+                },
+                Instant::now(),
+            ))
+        }
+        fn alive(&mut self) -> Result<(), PeerError> {
+            Ok(())
+        }
+        fn flush_connections(&mut self) -> Result<(), PeerError> {
+            self.flushes += 1;
+            Ok(())
+        }
+    }
+
+    fn quick_cfg() -> RunConfig {
+        RunConfig {
+            warmup: Duration::ZERO,
+            max_warmup: Duration::ZERO,
+            interval: Duration::from_millis(20),
+            runs: 3,
+            work_dir: PathBuf::new(),
+            sluiced: PathBuf::new(),
+            testpmd: PathBuf::new(),
+            ovs: crate::peer::OvsPaths::default(),
+            cores: crate::peer::Cores { main: 0, pmd: 1 },
+            program_budget: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn new_connection_windows_stay_within_one_pass_after_a_flush() {
+        // Three readings per window (before, after the flush, at its end):
+        // 2 x 100 packets from before the flush to the end fit a
+        // 1000-frame pcap, so each run is taken at its first try, measured
+        // from the flush.
+        let mut p = Replaying {
+            rx: 0,
+            step: 100,
+            flushes: 0,
+        };
+        let (runs, _, warm) = measure_new(&mut p, &quick_cfg(), 1000).expect("measured");
+        assert!(warm);
+        assert_eq!(runs.len(), 3);
+        assert_eq!(p.flushes, 3);
+        assert!(runs.iter().all(|m| m.counters.rx_packets == 100));
+
+        // 2 x 100 packets never fit a 150-frame pcap: every window would
+        // count repeats, so it gives up after NEW_TRIES flushes.
+        let mut p = Replaying {
+            rx: 0,
+            step: 100,
+            flushes: 0,
+        };
+        let e = measure_new(&mut p, &quick_cfg(), 150).expect_err("repeats");
+        assert_eq!(p.flushes, NEW_TRIES);
+        assert!(e.to_string().contains("150-frame pcap"), "{e}");
+
+        // A peer without conntrack cannot be measured this way.
+        struct NoCt(u64);
+        impl Peer for NoCt {
+            fn name(&self) -> &str {
+                "no-ct"
+            }
+            fn counters(&mut self) -> Result<(Counters, Instant), PeerError> {
+                self.0 += 1;
+                Ok((Counters::default(), Instant::now()))
+            }
+            fn alive(&mut self) -> Result<(), PeerError> {
+                Ok(())
+            }
+        }
+        let e = measure_new(&mut NoCt(0), &quick_cfg(), 1000).expect_err("no conntrack");
+        assert!(matches!(e, PeerError::Pending(_)), "{e}");
     }
 
     #[test]

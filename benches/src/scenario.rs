@@ -564,8 +564,11 @@ impl Scenario {
     }
 
     /// The OVN-style Service program (conntrack zone 1, one select group
-    /// per Service, ct_mark bit 1 for connections we DNATed, so that a
-    /// replayed segment that conntrack still calls `+new` is forwarded).
+    /// per Service with `selection_method=dp_hash` as OVN's load balancers
+    /// use: the datapath hashes and recirculates, so a new connection is a
+    /// megaflow hit, not an upcall as with `hash`, whose megaflows match
+    /// the whole 5-tuple; ct_mark bit 1 for connections we DNATed, so that
+    /// a replayed segment that conntrack still calls `+new` is forwarded).
     /// `exec` adds the `exec(set_field:1->ct_mark)`.
     fn service_program(&self, exec: bool) -> FlowProgram {
         self.service_program_for(exec, "priority=100,tcp")
@@ -581,7 +584,7 @@ impl Scenario {
             ""
         };
         for s in 0..self.services {
-            let mut g = format!("group_id={},type=select,selection_method=hash", s + 1);
+            let mut g = format!("group_id={},type=select,selection_method=dp_hash", s + 1);
             for e in 0..ENDPOINTS_PER_SERVICE {
                 let _ = write!(
                     g,
