@@ -450,20 +450,8 @@ impl Scenario {
                 5001,
             ),
             Kind::L3 => self.l3_frame(j),
-            Kind::Dnat => {
-                // The SYN of every connection first, then its ACKs
-                // (frame_count() is flows x dnat_segments()).
-                let c = j % self.flows;
-                let (src, sport) = client(c);
-                tcp(
-                    src,
-                    vip(c % self.services),
-                    sport,
-                    80,
-                    j < self.flows,
-                    ROUTER_MAC,
-                )
-            }
+            // frame_count() is flows x dnat_segments().
+            Kind::Dnat => self.service_segment(j, self.flows),
             Kind::DnatNew => tcp(src, vip(j % self.services), sport, 80, true, ROUTER_MAC),
             Kind::Encap => self.encap_frame(j),
             Kind::Decap => self.decap_frame(j),
@@ -479,25 +467,26 @@ impl Scenario {
                     5001,
                 ),
                 MixedPart::L3 => self.l3_frame(j),
-                MixedPart::Dnat(k) => {
-                    // Every connection's SYN comes before its ACKs: the
-                    // first `conns` Service frames are the SYNs.
-                    let conns = self.mixed_connections();
-                    let c = k % conns;
-                    let (src, sport) = client(c);
-                    tcp(
-                        src,
-                        vip(c % self.services),
-                        sport,
-                        80,
-                        k < conns,
-                        ROUTER_MAC,
-                    )
-                }
+                MixedPart::Dnat(k) => self.service_segment(k, self.mixed_connections()),
                 MixedPart::Encap => self.encap_frame(j),
                 MixedPart::Decap => self.decap_frame(j),
             },
         }
+    }
+
+    /// Service frame `k` of `conns` client connections: the SYN of every
+    /// connection first (`k < conns`), then their ACKs, round-robin.
+    fn service_segment(&self, k: u32, conns: u32) -> Vec<u8> {
+        let c = k % conns;
+        let (src, sport) = client(c);
+        tcp(
+            src,
+            vip(c % self.services),
+            sport,
+            80,
+            k < conns,
+            ROUTER_MAC,
+        )
     }
 
     fn encap_frame(&self, j: u32) -> Vec<u8> {
