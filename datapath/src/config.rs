@@ -20,6 +20,7 @@
 //! ctl_socket = /var/run/sluice/sluiced.ctl
 //! mac_table_size = 8192
 //! mac_aging_s = 300
+//! emc_insert_inv_prob = 100        ; EMC insert 1 in N misses; 1 always, 0 off
 //!
 //! [port:uplink]
 //! devargs = net_af_packet0,iface=eth1
@@ -79,6 +80,10 @@ pub struct DatapathConfig {
     pub mac_table_size: usize,
     /// MAC aging in seconds.
     pub mac_aging_s: u64,
+    /// Exact-match cache insertion: a classifier miss caches its key with
+    /// probability 1 / N (OVS `emc-insert-inv-prob`); 1 = always, 0 = the
+    /// EMC is off. See `classifier::emc`.
+    pub emc_insert_inv_prob: u32,
     /// Overlay keys (`vtep_ip`, `vtep_gateway`, `uplink_mtu`, `tunnel_*`,
     /// `arp_gateways`, `proxy_arp`), see `stack::overlay`.
     pub overlay: crate::stack::overlay::OverlayConfig,
@@ -101,6 +106,7 @@ impl Default for DatapathConfig {
             ctl_socket: "/var/run/sluice/sluiced.ctl".into(),
             mac_table_size: crate::pipeline::l2::DEFAULT_MAC_CAPACITY,
             mac_aging_s: 300,
+            emc_insert_inv_prob: crate::classifier::emc::EMC_INSERT_INV_PROB,
             overlay: crate::stack::overlay::OverlayConfig::default(),
             stateful: Default::default(),
         }
@@ -173,6 +179,7 @@ const DATAPATH_KEYS: &[&str] = &[
     "ctl_socket",
     "mac_table_size",
     "mac_aging_s",
+    "emc_insert_inv_prob",
 ];
 const PORT_KEYS: &[&str] = &["devargs", "ofport", "rx_queues"];
 const OUR_SECTIONS: &[&str] = &["coe", "nsx_node_agent", "datapath", "port"];
@@ -369,6 +376,18 @@ impl Config {
                         dp.mac_table_size = parse_num("a number of entries")? as usize
                     }
                     "mac_aging_s" => dp.mac_aging_s = parse_num("a number of seconds")?,
+                    "emc_insert_inv_prob" => {
+                        dp.emc_insert_inv_prob = v.parse::<u32>().map_err(|_| {
+                            key_err(
+                                "datapath",
+                                k,
+                                format!(
+                                    "'{v}' is not an inverse probability (0..{}: 1 = insert on every miss, N = on 1 in N, 0 = EMC off)",
+                                    u32::MAX
+                                ),
+                            )
+                        })?
+                    }
                     k if crate::stack::overlay::OVERLAY_KEYS.contains(&k) => {
                         dp.overlay
                             .set(k, v)
@@ -662,6 +681,37 @@ devargs = net_tap0,iface=p1
             let e = Config::parse(&text, "x.ini").unwrap_err().to_string();
             assert_eq!(e, format!("config x.ini: {want}"));
         }
+    }
+
+    #[test]
+    fn emc_insert_inv_prob() {
+        let c = Config::parse(GOOD, "x.ini").unwrap();
+        assert_eq!(c.datapath.emc_insert_inv_prob, 100, "OVS's default");
+        for (v, want) in [("1", 1), ("0", 0), ("'250'", 250), ("4294967295", u32::MAX)] {
+            let text = GOOD.replace(
+                "cores = 1",
+                &format!("cores = 1\nemc_insert_inv_prob = {v}"),
+            );
+            let c = Config::parse(&text, "x.ini").unwrap();
+            assert_eq!(c.datapath.emc_insert_inv_prob, want, "{v}");
+        }
+        for v in ["-1", "0.5", "4294967296", "often", ""] {
+            let text = GOOD.replace(
+                "cores = 1",
+                &format!("cores = 1\nemc_insert_inv_prob = {v}"),
+            );
+            let e = Config::parse(&text, "x.ini").unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!("config x.ini: [datapath] emc_insert_inv_prob: '{v}' is not an inverse probability (0..4294967295: 1 = insert on every miss, N = on 1 in N, 0 = EMC off)")
+            );
+        }
+        let text = GOOD.replace("cores = 1", "cores = 1\nemc_insert_inv_prb = 5");
+        let e = Config::parse(&text, "x.ini").unwrap_err().to_string();
+        assert!(
+            e.ends_with("unknown key (did you mean 'emc_insert_inv_prob'?)"),
+            "{e}"
+        );
     }
 
     #[test]

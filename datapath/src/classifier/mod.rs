@@ -4,14 +4,15 @@
 //! [`emc::Emc`] (one hash probe, full-key compare), then in its
 //! [`megaflow::MegaflowCache`] (one probe per distinct mask), and only then
 //! runs [`slowpath::translate`] over the whole program, installing the
-//! resulting megaflow (and EMC entry). All three tiers are per PMD: no
+//! resulting megaflow (and, with probability 1 / `emc_insert_inv_prob`,
+//! an EMC entry: see [`emc`]). All three tiers are per PMD: no
 //! sharing, no locks. Cached results are `Arc<slowpath::Xlate>` built from
 //! one program generation; when a new program is published the pipeline
 //! flushes the EMC and revalidates (or, when large, flushes) the megaflow
 //! cache before its next burst.
 //!
 //! Memory per PMD: an EMC slot is 208 bytes, a 16-byte tag and a 192-byte
-//! key (4096 slots: 832 KiB); a megaflow
+//! key (8192 slots: 1.6 MiB; none when the EMC is disabled); a megaflow
 //! entry is about 210 bytes plus its `Xlate` (shared by the EMC).
 
 pub mod emc;
@@ -27,4 +28,20 @@ pub struct TierStats {
     pub hit: Counter,
     /// Lookups passed on to the next tier.
     pub miss: Counter,
+}
+
+/// A read prefetch of the cache line holding `*p` (no-op off x86-64).
+#[inline(always)]
+#[allow(unsafe_code)]
+pub(crate) fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: SSE, which `_mm_prefetch` needs, is part of the x86-64
+        // baseline; a prefetch is a hint that never faults, whatever the
+        // address (callers pass pointers to live data anyway).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }

@@ -221,6 +221,7 @@ impl Daemon {
                             ports: ofports.clone(),
                             mac_capacity: cfg.datapath.mac_table_size,
                             mac_aging_ns: cfg.datapath.mac_aging_s.saturating_mul(1_000_000_000),
+                            emc_insert_inv_prob: cfg.datapath.emc_insert_inv_prob,
                             ..Default::default()
                         },
                         crate::pipeline::hooks::Hooks {

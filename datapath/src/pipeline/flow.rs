@@ -31,7 +31,7 @@
 
 use std::sync::Arc;
 
-use crate::classifier::emc::{Emc, EMC_ENTRIES};
+use crate::classifier::emc::{Emc, EMC_ENTRIES, EMC_INSERT_INV_PROB};
 use crate::classifier::megaflow::{MegaflowCache, MegaflowStats, MEGAFLOW_CAPACITY};
 use crate::classifier::slowpath::{translate, Xlate};
 use crate::classifier::TierStats;
@@ -87,6 +87,9 @@ pub struct FlowPipelineConfig {
     pub ports: Vec<PortNo>,
     /// EMC slots.
     pub emc_entries: usize,
+    /// A megaflow hit or upcall caches its key in the EMC with probability
+    /// 1 / this (0: EMC disabled; see `classifier::emc`).
+    pub emc_insert_inv_prob: u32,
     /// Megaflow cache capacity.
     pub megaflow_capacity: usize,
     /// MAC table capacity for `normal`.
@@ -104,6 +107,7 @@ impl Default for FlowPipelineConfig {
         FlowPipelineConfig {
             ports: Vec::new(),
             emc_entries: EMC_ENTRIES,
+            emc_insert_inv_prob: EMC_INSERT_INV_PROB,
             megaflow_capacity: MEGAFLOW_CAPACITY,
             mac_capacity: 8192,
             mac_aging_ns: 300_000_000_000,
@@ -466,7 +470,7 @@ impl<H> FlowPipeline<H> {
     /// A pipeline over `tables` whose ct/tunnel actions call `hooks`.
     pub fn with_hooks(tables: FlowTables, config: FlowPipelineConfig, hooks: H) -> Self {
         let program = tables.program();
-        let emc = Emc::new(config.emc_entries);
+        let emc = Emc::new(config.emc_entries, config.emc_insert_inv_prob);
         let megaflow = MegaflowCache::new(config.megaflow_capacity);
         let stats = Arc::new(FlowPipelineStats {
             packets: Counter::default(),
@@ -554,7 +558,7 @@ impl<H> FlowPipeline<H> {
         self.stats.upcalls.inc();
         let t = translate(&self.program, key, None);
         self.megaflow.insert(key, &t.mask, t.xlate.clone());
-        self.emc.insert(key, hash, t.xlate.clone());
+        self.emc.offer(key, hash, &t.xlate);
         t.xlate
     }
 
@@ -567,7 +571,7 @@ impl<H> FlowPipeline<H> {
         }
         if let Some(x) = self.megaflow.lookup(key) {
             let x = x.clone();
-            self.emc.insert(key, hash, x.clone());
+            self.emc.offer(key, hash, &x);
             return x;
         }
         self.upcall(key, hash)
@@ -604,7 +608,7 @@ impl<H> FlowPipeline<H> {
                 Some(x) => x,
                 None => match self.megaflow.lookup(&key) {
                     Some(x) => {
-                        self.emc.insert(&key, hash, x.clone());
+                        self.emc.offer(&key, hash, x);
                         x
                     }
                     None => owned.insert(self.upcall(&key, hash)),
@@ -669,8 +673,18 @@ impl<H> FlowPipeline<H> {
 
 impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
     fn dump_caches(&self) -> String {
+        let emc = if self.emc.enabled() {
+            format!(
+                "emc: {} of {} slots, insert probability 1/{}\n",
+                self.emc.len(),
+                self.emc.capacity(),
+                self.emc.insert_inv_prob()
+            )
+        } else {
+            "emc: disabled (emc_insert_inv_prob = 0)\n".to_string()
+        };
         format!(
-            "megaflows: {} in {} subtables\n{}{}",
+            "{emc}megaflows: {} in {} subtables\n{}{}",
             self.megaflow.len(),
             self.megaflow.n_masks(),
             self.megaflow.describe(),
@@ -731,6 +745,8 @@ mod tests {
                 ports: (1..=4).map(PortNo).collect(),
                 controller_rate: 10,
                 controller_burst: 2,
+                // Tests count EMC hits from the second packet of a flow.
+                emc_insert_inv_prob: 1,
                 ..FlowPipelineConfig::default()
             },
         );
@@ -778,6 +794,45 @@ mod tests {
         let out = run(&mut p, 0, 1, &[arp_request([1, 1, 1, 1], [2, 2, 2, 2])]);
         assert_eq!(out.drops.get(DropReason::FlowDrop), 1);
         assert!(s.show().contains("megaflow hits: 1"));
+    }
+
+    #[test]
+    fn emc_insertion_probability() {
+        let f = tcp4([10, 0, 0, 1], [10, 0, 0, 9], 1000, 80, 64);
+        for (inv_prob, emc_line) in [
+            (0, "emc: disabled (emc_insert_inv_prob = 0)\n"),
+            (1, "emc: 1 of 8192 slots, insert probability 1/1\n"),
+            (100, "emc: 1 of 8192 slots, insert probability 1/100\n"),
+        ] {
+            let t = FlowTables::new();
+            t.add_flows("priority=1,ip actions=output:2", 0)
+                .expect("flows");
+            let mut p = FlowPipeline::new(
+                t.clone(),
+                FlowPipelineConfig {
+                    emc_insert_inv_prob: inv_prob,
+                    ..FlowPipelineConfig::default()
+                },
+            );
+            let burst = vec![f.clone(); 32];
+            for now in 0..32 {
+                let mut out = run(&mut p, now, 1, &burst);
+                assert_eq!(out.take(PortNo(2)).len(), 32, "all forwarded");
+            }
+            let s = p.stats();
+            let (emc, mf) = (s.emc.hit.get(), s.megaflow.tier.hit.get());
+            assert_eq!((s.upcalls.get(), emc + mf), (1, 1023), "{inv_prob}");
+            match inv_prob {
+                0 => assert_eq!(emc, 0, "disabled"),
+                1 => assert_eq!(mf, 0, "cached by the upcall"),
+                // Cached after a few dozen megaflow hits (fixed seed).
+                _ => assert!(mf > 1 && emc > 500, "{mf} megaflow, {emc} emc hits"),
+            }
+            let dump = <FlowPipeline as Pipeline<HeapBuf>>::dump_caches(&p);
+            assert!(dump.starts_with(emc_line), "{dump}");
+            let rules = t.dump_flows("", 0).expect("dump");
+            assert!(rules.contains("n_packets=1024,"), "{rules}");
+        }
     }
 
     #[test]
