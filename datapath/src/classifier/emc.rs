@@ -7,9 +7,11 @@
 //! tag's hash matches. Lookup: the key's hash picks two candidate slots
 //! (low and high hash bits); a hit needs an equal hash and an equal key, so
 //! collisions cost a compare, never a wrong answer. The pipeline parses a
-//! whole burst first and [`Emc::prefetch`]es each packet's slots, so the
+//! whole burst first and [`Emc::prefetch`]es each packet's tags, so the
 //! memory of later packets loads while earlier ones are processed (OVS's
-//! EMC processing does the same over its batches).
+//! EMC processing does the same over its batches); a few packets ahead,
+//! [`Emc::prefetch_hit`] and [`Emc::prefetch_actions`] follow a matching
+//! tag to its key, translation and action list.
 //!
 //! Insertion is probabilistic ([`Emc::offer`]): a megaflow hit or an upcall
 //! caches its key with probability 1 / `insert_inv_prob` (default
@@ -124,9 +126,11 @@ impl Emc {
         [hash as usize & self.mask, (hash >> 32) as usize & self.mask]
     }
 
-    /// Starts loading what a lookup of `hash` will read (both tags and the
-    /// first candidate's key), so that the lookup of a burst's later
-    /// packets does not wait for memory. A hint only: no effect on results.
+    /// Starts loading the two candidate tags of `hash`, so that the
+    /// lookup of a burst's later packets does not wait for memory (the
+    /// keys follow in [`Emc::prefetch_hit`], only for a tag that matches:
+    /// when most packets miss, loading keys would only pollute the cache).
+    /// A hint only: no effect on results.
     #[inline]
     pub fn prefetch(&self, hash: u64) {
         if !self.enabled() {
@@ -135,10 +139,51 @@ impl Emc {
         let [a, b] = self.candidates(hash);
         prefetch(&self.tags[a]);
         prefetch(&self.tags[b]);
-        let k = &self.keys[a];
-        prefetch(k);
-        prefetch(&k.w[8]);
-        prefetch(&k.w[16]);
+    }
+
+    /// Second prefetch stage, a little before the lookup of `hash` (once
+    /// [`Emc::prefetch`]'s tag lines have arrived): for a candidate whose
+    /// tag has this hash, starts loading its key and the translation the
+    /// tag points to. A hint only.
+    #[inline]
+    pub fn prefetch_hit(&self, hash: u64) {
+        if !self.enabled() {
+            return;
+        }
+        for i in self.candidates(hash) {
+            let t = &self.tags[i];
+            if t.hash != hash {
+                continue;
+            }
+            if let Some(x) = &t.xlate {
+                prefetch(Arc::as_ptr(x));
+                let k = &self.keys[i];
+                prefetch(k);
+                prefetch(&k.w[8]);
+                prefetch(&k.w[16]);
+            }
+        }
+    }
+
+    /// Third prefetch stage, after [`Emc::prefetch_hit`]: the action list
+    /// and rule-counter list of the translation a hit on `hash` will
+    /// return (separate allocations: with thousands of flows each is a
+    /// cache miss that would otherwise stall the packet). A hint only.
+    #[inline]
+    pub fn prefetch_actions(&self, hash: u64) {
+        if !self.enabled() {
+            return;
+        }
+        for i in self.candidates(hash) {
+            let t = &self.tags[i];
+            if t.hash != hash {
+                continue;
+            }
+            if let Some(x) = &t.xlate {
+                prefetch(x.actions.as_ptr());
+                prefetch(x.rules.as_ptr());
+            }
+        }
     }
 
     /// The cached translation of `key` (whose full hash is `hash`).
