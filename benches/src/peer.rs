@@ -1029,37 +1029,35 @@ pub fn ovs_layout(kind: Kind, pcap: &Path) -> OvsLayout {
             trace: vec![push_trace, pop_trace(int)],
         };
     }
-    if kind == Kind::Encap {
-        OvsLayout {
-            bridges,
-            ports: vec![
-                dpdk_port(int, "pcap0", IN_PORT, &pcap_args),
-                geneve,
-                dpdk_port(phy, "null0", OUT_PORT, NULL_DEVARGS),
-            ],
-            netns_commands,
-            appctl_commands,
-            extra_flows: vec![(
-                phy,
-                format!("priority=100,in_port=LOCAL actions=output:{OUT_PORT}"),
-            )],
-            program_bridge: int,
-            trace: vec![push_trace],
-        }
+    // encap: pods on br-int, the pushed frames leave br-phy; decap: the
+    // Geneve frames enter br-phy and go to its internal port to be popped.
+    let (pcap_on, null_on, extra, trace) = if kind == Kind::Encap {
+        (
+            int,
+            phy,
+            format!("priority=100,in_port=LOCAL actions=output:{OUT_PORT}"),
+            push_trace,
+        )
     } else {
-        OvsLayout {
-            bridges,
-            ports: vec![
-                dpdk_port(phy, "pcap0", IN_PORT, &pcap_args),
-                geneve,
-                dpdk_port(int, "null0", OUT_PORT, NULL_DEVARGS),
-            ],
-            netns_commands,
-            appctl_commands,
-            extra_flows: vec![(phy, format!("priority=100,in_port={IN_PORT} actions=LOCAL"))],
-            program_bridge: int,
-            trace: vec![pop_trace(phy)],
-        }
+        (
+            phy,
+            int,
+            format!("priority=100,in_port={IN_PORT} actions=LOCAL"),
+            pop_trace(phy),
+        )
+    };
+    OvsLayout {
+        bridges,
+        ports: vec![
+            dpdk_port(pcap_on, "pcap0", IN_PORT, &pcap_args),
+            geneve,
+            dpdk_port(null_on, "null0", OUT_PORT, NULL_DEVARGS),
+        ],
+        netns_commands,
+        appctl_commands,
+        extra_flows: vec![(phy, extra)],
+        program_bridge: int,
+        trace: vec![trace],
     }
 }
 

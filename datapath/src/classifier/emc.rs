@@ -150,19 +150,23 @@ impl Emc {
         if !self.enabled() {
             return;
         }
-        for i in self.candidates(hash) {
-            let t = &self.tags[i];
-            if t.hash != hash {
-                continue;
-            }
-            if let Some(x) = &t.xlate {
-                prefetch(Arc::as_ptr(x));
-                let k = &self.keys[i];
-                prefetch(k);
-                prefetch(&k.w[8]);
-                prefetch(&k.w[16]);
-            }
+        for (i, x) in self.tagged(hash) {
+            prefetch(Arc::as_ptr(x));
+            let k = &self.keys[i];
+            prefetch(k);
+            prefetch(&k.w[8]);
+            prefetch(&k.w[16]);
         }
+    }
+
+    /// The candidate slots of `hash` whose tag has that hash, with their
+    /// translations (what a lookup will compare and return).
+    #[inline]
+    fn tagged(&self, hash: u64) -> impl Iterator<Item = (usize, &Arc<Xlate>)> {
+        self.candidates(hash).into_iter().filter_map(move |i| {
+            let t = &self.tags[i];
+            t.xlate.as_ref().filter(|_| t.hash == hash).map(|x| (i, x))
+        })
     }
 
     /// Third prefetch stage, after [`Emc::prefetch_hit`]: the action list
@@ -174,15 +178,9 @@ impl Emc {
         if !self.enabled() {
             return;
         }
-        for i in self.candidates(hash) {
-            let t = &self.tags[i];
-            if t.hash != hash {
-                continue;
-            }
-            if let Some(x) = &t.xlate {
-                prefetch(x.actions.as_ptr());
-                prefetch(x.rules.as_ptr());
-            }
+        for (_, x) in self.tagged(hash) {
+            prefetch(x.actions.as_ptr());
+            prefetch(x.rules.as_ptr());
         }
     }
 
