@@ -124,16 +124,6 @@ fn failed_memory(what: &str, peer: PeerKind, e: &PeerError) -> MemoryFigure {
     }
 }
 
-fn control_dir(cfg: &RunConfig, name: &str) -> Result<std::path::PathBuf, PeerError> {
-    let dir = cfg.work_dir.join("run").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|source| PeerError::Io {
-        path: dir.clone(),
-        source,
-    })?;
-    Ok(dir)
-}
-
 /// Control-plane and memory figures of `sluiced` on an idle datapath:
 /// bytes per flow ([`MEMORY_FLOWS`] /32 routes), then the Service table:
 /// 10k Services x 10 endpoints applied with one `service-update`, one
@@ -145,7 +135,7 @@ pub fn control_plane(cfg: &RunConfig) -> (Vec<ControlTiming>, Vec<MemoryFigure>)
     let sl = PeerKind::Sluiced;
     let idle = Scenario::new(Kind::L2, 1, 0);
     let started = runner::pcap_for(&idle, &cfg.work_dir.join("pcap")).and_then(|(pcap, frames)| {
-        let dir = control_dir(cfg, "control-plane")?;
+        let dir = runner::run_dir(cfg, "control-plane")?;
         Sluiced::start(&cfg.sluiced, &dir, &pcap, frames, &cfg.cores, "")
     });
     let mut s = match started {
@@ -270,7 +260,7 @@ pub fn ovs_flow_memory(cfg: &RunConfig) -> (Option<ControlTiming>, MemoryFigure)
     let r = (|| {
         let (pcap, _) =
             runner::pcap_for(&Scenario::new(Kind::L2, 1, 0), &cfg.work_dir.join("pcap"))?;
-        let dir = control_dir(cfg, "ovs-memory")?;
+        let dir = runner::run_dir(cfg, "ovs-memory")?;
         let mut o = Ovs::start(&cfg.ovs, &dir, &pcap, &cfg.cores, Kind::L2)?;
         let before = o.rss()?;
         let prog = FlowProgram {

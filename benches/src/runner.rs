@@ -447,8 +447,13 @@ pub fn pcap_for(scenario: &Scenario, dir: &Path) -> Result<(PathBuf, usize), Pee
     Ok((path, frames))
 }
 
-fn run_dir(cfg: &RunConfig, peer: PeerKind) -> Result<PathBuf, PeerError> {
-    let dir = cfg.work_dir.join("run").join(peer.name());
+/// A fresh private directory `run/NAME` in the work directory (emptied
+/// if a previous run left one).
+///
+/// # Errors
+/// [`PeerError::Io`] if it cannot be made.
+pub(crate) fn run_dir(cfg: &RunConfig, name: &str) -> Result<PathBuf, PeerError> {
+    let dir = cfg.work_dir.join("run").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|source| PeerError::Io {
         path: dir.clone(),
@@ -464,7 +469,7 @@ fn try_run(
     outcome: &mut Outcome,
 ) -> Result<(), PeerError> {
     let (pcap, frames) = pcap_for(scenario, &cfg.work_dir.join("pcap"))?;
-    let dir = run_dir(cfg, peer)?;
+    let dir = run_dir(cfg, peer.name())?;
     // Connection setup is measured while connections are being set up,
     // not after the caches have learned them all.
     let new_connections = scenario.kind == crate::scenario::Kind::DnatNew;

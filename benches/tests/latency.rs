@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{is_root, skip, sluiced};
+use common::sluiced_for;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -21,15 +21,7 @@ use sluice_benches::scenario::{Kind, Scenario};
 
 #[test]
 fn memif_latency_smoke_on_sluiced() {
-    if !is_root() {
-        skip(
-            "memif_latency_smoke_on_sluiced",
-            "the memif latency smoke needs root (DPDK)",
-        );
-        return;
-    }
-    let Some(bin) = sluiced() else {
-        skip("memif_latency_smoke_on_sluiced", "no sluiced binary (set SLUICED or build it with `cargo build -p sluice-datapath --bin sluiced`)");
+    let Some(bin) = sluiced_for("memif_latency_smoke_on_sluiced") else {
         return;
     };
     let work = tempfile::tempdir().expect("a temporary directory");

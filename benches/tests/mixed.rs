@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{is_root, skip, sluiced};
+use common::sluiced_for;
 use std::time::{Duration, Instant};
 
 use sluice_benches::peer::{Cores, Peer, Sluiced};
@@ -31,15 +31,7 @@ fn n_packets(dump: &str, parts: &[&str]) -> Option<u64> {
 #[test]
 fn mixed_parts_take_their_flows_on_sluiced() {
     const NAME: &str = "mixed_parts_take_their_flows_on_sluiced";
-    if !is_root() {
-        skip(NAME, "needs root (DPDK, hugepages)");
-        return;
-    }
-    let Some(bin) = sluiced() else {
-        skip(
-            NAME,
-            "no sluiced binary (set SLUICED or build it with `cargo build -p sluice-datapath --bin sluiced`)",
-        );
+    let Some(bin) = sluiced_for(NAME) else {
         return;
     };
     let work = tempfile::tempdir().expect("a temporary directory");

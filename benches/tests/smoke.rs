@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{is_root, skip, sluiced};
+use common::sluiced_for;
 use std::time::Duration;
 
 use sluice_benches::peer::{Cores, OvsPaths};
@@ -15,18 +15,7 @@ use sluice_benches::scenario::{Kind, Scenario};
 
 #[test]
 fn l2_smoke_on_sluiced() {
-    if !is_root() {
-        skip(
-            "l2_smoke_on_sluiced",
-            "the smoke benchmark needs root (DPDK, hugepages)",
-        );
-        return;
-    }
-    let Some(bin) = sluiced() else {
-        skip(
-            "l2_smoke_on_sluiced",
-            "no sluiced binary (set SLUICED or build it with `cargo build -p sluice-datapath --bin sluiced`)",
-        );
+    let Some(bin) = sluiced_for("l2_smoke_on_sluiced") else {
         return;
     };
     let work = tempfile::tempdir().expect("a temporary directory");

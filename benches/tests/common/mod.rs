@@ -46,3 +46,20 @@ pub fn skip(test: &str, why: &str) {
         let _ = writeln!(f, "{line}");
     }
 }
+
+/// The `sluiced` binary when `test` can run (root, a built binary);
+/// otherwise records why it is skipped and returns `None`.
+pub fn sluiced_for(test: &str) -> Option<PathBuf> {
+    if !is_root() {
+        skip(test, "needs root (DPDK, hugepages)");
+        return None;
+    }
+    let bin = sluiced();
+    if bin.is_none() {
+        skip(
+            test,
+            "no sluiced binary (set SLUICED or build it with `cargo build -p sluice-datapath --bin sluiced`)",
+        );
+    }
+    bin
+}
