@@ -880,8 +880,8 @@ pub fn start_sluiced(
         &cfg.cores,
         &scenario.sluice_config(),
     )?;
-    for (command, args) in scenario.sluice_setup() {
-        s.command(command, &args)?;
+    for call in scenario.sluice_setup() {
+        s.setup(&call)?;
     }
     // Sluice's Service flows use a bare `nat`: without the Service table
     // its conntrack would commit the connections untranslated, so the

@@ -31,8 +31,6 @@ use std::io::BufWriter;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::json;
-
 use peer::{Ovs, PeerError, Sluiced};
 use report::{ControlTiming, MemoryFigure, Report};
 use runner::{PeerKind, RunConfig, Status, Summary};
@@ -199,10 +197,7 @@ pub fn control_plane(cfg: &RunConfig) -> (Vec<ControlTiming>, Vec<MemoryFigure>)
         }
     }
     let change = |s: &mut Sluiced| {
-        s.timed_call(
-            "service-update",
-            json!({ "upsert": [scenario::service_spec(0, true)] }),
-        )
+        s.timed_service_update(&scenario::upsert(vec![scenario::service_spec(0, true)]))
     };
     out.push(timing(
         "change one endpoint with 10k Services installed (one service-update)",

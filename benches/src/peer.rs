@@ -28,14 +28,22 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
-use sluice_control::ctl_client::CtlClient;
+use sluice_api::conntrack::{ConnDump, ConnFilter, ConntrackStats, DumpConntrack, FlushConntrack};
+use sluice_api::flows::{
+    DumpFlows, DumpFlowsRequest, FlowBundle, FlowBundleRequest, FlowDump, FlowOp,
+};
+use sluice_api::pmd::{PmdStatsReply, PmdStatsShow};
+use sluice_api::service::{ServiceUpdate, UpdateServices};
+use sluice_api::stack::NeighSet;
+use sluice_api::tunnel::AddVtep;
+use sluice_api::{Empty, Method};
+use sluice_control::{Client, ClientError};
 use thiserror::Error;
 
 use crate::process::{self, Daemon, DpdkRuntimeDir, ProcessError};
 use crate::scenario::{
-    FlowProgram, Kind, GENEVE_PORT, IN_PORT, LOCAL_VTEP, OUT_PORT, OVS_PATCH_PORT, OVS_TUNNEL_PORT,
-    POD_A_MAC, REMOTE_VTEP, REMOTE_VTEP_MAC, ROUTER_MAC, VNI,
+    FlowProgram, Kind, Setup, GENEVE_PORT, IN_PORT, LOCAL_VTEP, OUT_PORT, OVS_PATCH_PORT,
+    OVS_TUNNEL_PORT, POD_A_MAC, REMOTE_VTEP, REMOTE_VTEP_MAC, ROUTER_MAC, VNI,
 };
 
 /// How long a daemon may take to start forwarding.
@@ -236,7 +244,7 @@ pub struct Sluiced {
     daemon: Daemon,
     // After the daemon: removed once it has stopped.
     _runtime: Option<DpdkRuntimeDir>,
-    ctl: CtlClient,
+    ctl: Client,
     /// The control socket.
     pub socket: PathBuf,
 }
@@ -307,7 +315,7 @@ impl Sluiced {
         daemon.wait_line("{\"event\":\"ready\"", START_TIMEOUT, |l| {
             l.contains("\"event\":\"ready\"")
         })?;
-        let mut ctl = CtlClient::connect(&socket).map_err(|e| PeerError::Ctl(e.to_string()))?;
+        let mut ctl = Client::connect(&socket).map_err(|e| PeerError::Ctl(e.to_string()))?;
         ctl.set_timeout(Some(PROGRAM_TIMEOUT))
             .map_err(|e| PeerError::Ctl(e.to_string()))?;
         Ok(Self {
@@ -327,7 +335,7 @@ impl Sluiced {
     /// [`PeerError::Ctl`] if it cannot be asked.
     pub fn service_update(
         &mut self,
-        batches: &[Value],
+        batches: &[ServiceUpdate],
         budget: Option<Duration>,
     ) -> Result<Programmed, PeerError> {
         let start = Instant::now();
@@ -336,11 +344,7 @@ impl Sluiced {
             if budget.is_some_and(|b| start.elapsed() >= b) {
                 break;
             }
-            self.call_program(
-                "service-update",
-                b.clone(),
-                "refused a service-update batch",
-            )?;
+            self.call::<UpdateServices>(b, "refused a service-update batch")?;
             done += 1;
         }
         Ok(Programmed {
@@ -350,17 +354,51 @@ impl Sluiced {
         })
     }
 
-    /// One programming call: sluiced's refusal (a server error) is
-    /// reported as pending with `what`, a transport failure as a control
-    /// error.
-    fn call_program(&mut self, method: &str, params: Value, what: &str) -> Result<(), PeerError> {
-        match self.ctl.call_method(method, params) {
-            Ok(_) => Ok(()),
-            Err(e @ sluice_control::ctl_client::ClientError::Server { .. }) => {
-                Err(PeerError::Pending(format!("sluiced {what}: {e}")))
-            }
+    /// One call of `M`: sluiced's refusal (a server error) is reported as
+    /// pending with `what`, a transport failure as a control error.
+    fn call<M: Method>(&mut self, request: &M::Request, what: &str) -> Result<M::Reply, PeerError> {
+        match self.ctl.call::<M>(request) {
+            Ok(reply) => Ok(reply),
+            Err(e @ ClientError::Api(_)) => Err(PeerError::Pending(format!("sluiced {what}: {e}"))),
             Err(e) => Err(PeerError::Ctl(e.to_string())),
         }
+    }
+
+    /// Makes one of the scenario's set-up calls.
+    ///
+    /// # Errors
+    /// As [`Sluiced::service_update`].
+    pub fn setup(&mut self, call: &Setup) -> Result<(), PeerError> {
+        match call {
+            Setup::Vtep(r) => self.call::<AddVtep>(r, "refused add-vtep").map(drop),
+            Setup::Neighbour(r) => self.call::<NeighSet>(r, "refused neigh/set").map(drop),
+        }
+    }
+
+    /// The flow program with its counters.
+    ///
+    /// # Errors
+    /// [`PeerError::Ctl`] or [`PeerError::Pending`].
+    pub fn dump_flows(&mut self) -> Result<FlowDump, PeerError> {
+        self.call::<DumpFlows>(&DumpFlowsRequest::default(), "refused dump-flows")
+    }
+
+    /// The tracked connections.
+    ///
+    /// # Errors
+    /// [`PeerError::Ctl`] or [`PeerError::Pending`].
+    pub fn dump_conntrack(&mut self) -> Result<ConnDump, PeerError> {
+        self.call::<DumpConntrack>(&ConnFilter::default(), "refused dump-conntrack")
+    }
+
+    /// Applies one `service-update` and times it.
+    ///
+    /// # Errors
+    /// [`PeerError::Ctl`] or [`PeerError::Pending`].
+    pub fn timed_service_update(&mut self, update: &ServiceUpdate) -> Result<Duration, PeerError> {
+        let start = Instant::now();
+        self.call::<UpdateServices>(update, "refused a service-update")?;
+        Ok(start.elapsed())
     }
 
     /// Resident memory of the daemon in bytes.
@@ -386,18 +424,10 @@ impl Sluiced {
     /// (`conntrack-stats`).
     ///
     /// # Errors
-    /// [`PeerError::Ctl`] or [`PeerError::Counters`].
+    /// [`PeerError::Ctl`] or [`PeerError::Pending`].
     pub fn conntrack_counts(&mut self) -> Result<(u64, u64), PeerError> {
-        let text = self
-            .ctl
-            .call::<&str>("conntrack-stats", &[])
-            .map_err(|e| PeerError::Ctl(e.to_string()))?;
-        parse_conntrack_connections(&text)
-            .zip(conntrack_stat(&text, "dnat"))
-            .ok_or_else(|| PeerError::Counters {
-                peer: "sluiced".into(),
-                detail: format!("no `connections: N` and `dnat: N` in conntrack-stats: {text}"),
-            })
+        let st = self.call::<ConntrackStats>(&Empty {}, "refused conntrack-stats")?;
+        Ok((st.connections, st.dnat))
     }
 
     /// Installs `program` with `flow-bundle` calls of at most
@@ -421,7 +451,7 @@ impl Sluiced {
         program: &FlowProgram,
         budget: Option<Duration>,
     ) -> Result<Programmed, PeerError> {
-        let mut bundles: Vec<Vec<Value>> = vec![Vec::new()];
+        let mut bundles: Vec<Vec<FlowOp>> = vec![Vec::new()];
         let mut size = 0;
         for f in program.groups.iter().chain(&program.flows) {
             if size + f.len() + 32 > BUNDLE_BYTES && size > 0 {
@@ -430,7 +460,7 @@ impl Sluiced {
             }
             size += f.len() + 32;
             if let Some(b) = bundles.last_mut() {
-                b.push(json!({"op": "add", "flow": f}));
+                b.push(FlowOp::Add { flow: f.clone() });
             }
         }
         let total = program.groups.len() + program.flows.len();
@@ -441,11 +471,7 @@ impl Sluiced {
                 break;
             }
             let n = ops.len();
-            self.call_program(
-                "flow-bundle",
-                Value::Array(ops),
-                "rejected the flow program",
-            )?;
+            self.call::<FlowBundle>(&FlowBundleRequest { ops }, "rejected the flow program")?;
             done += n;
         }
         Ok(Programmed {
@@ -455,63 +481,14 @@ impl Sluiced {
         })
     }
 
-    /// Runs text command `command` with `args`.
-    ///
-    /// # Errors
-    /// [`PeerError::Pending`] if sluiced refuses it (the feature is
-    /// missing), [`PeerError::Ctl`] if it cannot be asked.
-    pub fn command(&mut self, command: &str, args: &[String]) -> Result<String, PeerError> {
-        match self.ctl.call(command, args) {
-            Ok(s) => Ok(s),
-            Err(e @ sluice_control::ctl_client::ClientError::Server { .. }) => {
-                Err(PeerError::Pending(format!(
-                    "sluiced refused `{command} {}`: {e}",
-                    args.join(" ")
-                )))
-            }
-            Err(e) => Err(PeerError::Ctl(e.to_string())),
-        }
-    }
-
-    /// Runs a control-socket method with JSON params and times it.
-    ///
-    /// # Errors
-    /// [`PeerError::Ctl`].
-    pub fn timed_call(&mut self, method: &str, params: Value) -> Result<Duration, PeerError> {
-        let start = Instant::now();
-        self.ctl
-            .call_method(method, params)
-            .map_err(|e| PeerError::Ctl(e.to_string()))?;
-        Ok(start.elapsed())
-    }
-
     /// The daemon's pid.
     pub fn pid(&self) -> u32 {
         self.daemon.pid()
     }
 }
 
-/// The `N` of sluiced's `conntrack-stats` line `connections: N (limit M)`.
-pub fn parse_conntrack_connections(text: &str) -> Option<u64> {
-    conntrack_stat(text, "connections")
-}
-
-/// The number after `key:` on a line of sluiced's `conntrack-stats`.
-fn conntrack_stat(text: &str, key: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix(':'))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// Parses the JSON of sluiced's structured `pmd-stats-show` (summed over
-/// PMDs).
-pub fn parse_sluiced_stats(v: &Value) -> Result<Counters, String> {
-    let pmds = v
-        .as_array()
-        .ok_or_else(|| format!("expected an array of PMDs, got {v}"))?;
+/// Sums sluiced's `pmd-stats-show` over its PMDs.
+pub fn sluiced_counters(stats: &PmdStatsReply) -> Counters {
     let mut c = Counters {
         tx_packets: Some(0),
         busy_cycles: Some(0),
@@ -521,23 +498,20 @@ pub fn parse_sluiced_stats(v: &Value) -> Result<Counters, String> {
         upcalls: Some(0),
         ..Counters::default()
     };
-    let get = |p: &Value, k: &str| p.get(k).and_then(Value::as_u64).unwrap_or(0);
-    for p in pmds {
-        c.rx_packets += get(p, "rx_packets");
-        let add = |slot: &mut Option<u64>, k: &str| *slot = Some(slot.unwrap_or(0) + get(p, k));
-        add(&mut c.tx_packets, "tx_packets");
-        add(&mut c.busy_cycles, "busy_cycles");
-        add(&mut c.idle_cycles, "idle_cycles");
-        add(&mut c.emc_hits, "emc_hits");
-        add(&mut c.megaflow_hits, "megaflow_hits");
-        add(&mut c.upcalls, "upcalls");
-        if let Some(d) = p.get("drops").and_then(Value::as_object) {
-            for (k, n) in d {
-                *c.drops.entry(k.clone()).or_default() += n.as_u64().unwrap_or(0);
-            }
+    let add = |slot: &mut Option<u64>, n: u64| *slot = Some(slot.unwrap_or(0) + n);
+    for p in &stats.pmds {
+        c.rx_packets += p.rx_packets;
+        add(&mut c.tx_packets, p.tx_packets);
+        add(&mut c.busy_cycles, p.busy_cycles);
+        add(&mut c.idle_cycles, p.idle_cycles);
+        add(&mut c.emc_hits, p.emc_hits);
+        add(&mut c.megaflow_hits, p.megaflow_hits);
+        add(&mut c.upcalls, p.upcalls);
+        for d in &p.drops {
+            *c.drops.entry(d.reason.clone()).or_default() += d.packets;
         }
     }
-    Ok(c)
+    c
 }
 
 impl Peer for Sluiced {
@@ -546,16 +520,9 @@ impl Peer for Sluiced {
     }
 
     fn counters(&mut self) -> Result<(Counters, Instant), PeerError> {
-        let v = self
-            .ctl
-            .call_json::<&str>("pmd-stats-show", &[])
-            .map_err(|e| PeerError::Ctl(e.to_string()))?;
+        let stats = self.call::<PmdStatsShow>(&Empty {}, "refused pmd-stats-show")?;
         let at = Instant::now();
-        let c = parse_sluiced_stats(&v).map_err(|detail| PeerError::Counters {
-            peer: "sluiced".into(),
-            detail,
-        })?;
-        Ok((c, at))
+        Ok((sluiced_counters(&stats), at))
     }
 
     fn alive(&mut self) -> Result<(), PeerError> {
@@ -563,7 +530,8 @@ impl Peer for Sluiced {
     }
 
     fn flush_connections(&mut self) -> Result<(), PeerError> {
-        self.command("flush-conntrack", &[]).map(drop)
+        self.call::<FlushConntrack>(&ConnFilter::default(), "refused flush-conntrack")
+            .map(drop)
     }
 }
 
@@ -1522,22 +1490,32 @@ mod tests {
     }
 
     #[test]
-    fn sluiced_stats_json_and_difference() {
-        let v = json!([{"index":0,"core":1,"rx_packets":100,"tx_packets":90,"rx_bursts":4,
-            "busy_cycles":1000,"idle_cycles":10,"emc_hits":80,"megaflow_hits":15,
-            "megaflow_misses":5,"upcalls":5,"recirculations":0,"packet_ins":0,
-            "drops":{"no_match":10}}]);
-        let a = parse_sluiced_stats(&v).unwrap();
-        assert_eq!(a.tx_packets, Some(90));
-        assert_eq!(a.drops["no_match"], 10);
+    fn sluiced_stats_sum_and_difference() {
+        let pmd = |rx, emc, drops: u64| sluice_api::pmd::PmdStats {
+            rx_packets: rx,
+            tx_packets: rx - drops,
+            emc_hits: emc,
+            drops: vec![sluice_api::pmd::DropCount {
+                reason: "table_miss".into(),
+                description: String::new(),
+                packets: drops,
+            }],
+            ..Default::default()
+        };
+        let a = sluiced_counters(&PmdStatsReply {
+            pmds: vec![pmd(100, 80, 10), pmd(50, 40, 2)],
+        });
+        assert_eq!(a.rx_packets, 150);
+        assert_eq!(a.tx_packets, Some(138));
+        assert_eq!(a.emc_hits, Some(120));
+        assert_eq!(a.drops["table_miss"], 12);
         let mut b = a.clone();
         b.rx_packets += 50;
-        b.drops.insert("no_match".into(), 12);
+        b.drops.insert("table_miss".into(), 14);
         let d = b.since(&a);
         assert_eq!(d.rx_packets, 50);
         assert_eq!(d.emc_hits, Some(0));
-        assert_eq!(d.drops["no_match"], 2);
-        assert!(parse_sluiced_stats(&json!("text")).is_err());
+        assert_eq!(d.drops["table_miss"], 2);
     }
 
     #[test]
@@ -1557,15 +1535,6 @@ mod tests {
         assert_eq!(p["null0"], (0, 8_770_793));
         assert_eq!(p["ovs-netdev"], (0, 0));
         assert!(parse_dpctl_show("nothing").is_empty());
-    }
-
-    #[test]
-    fn conntrack_stats_connections() {
-        let t = "connections: 1000 (limit 1048576)\n  SYN_SENT: 1000\n  dnat: 998\n  snat: 0\ncreated: 1000\n";
-        assert_eq!(parse_conntrack_connections(t), Some(1000));
-        assert_eq!(conntrack_stat(t, "dnat"), Some(998));
-        assert_eq!(conntrack_stat(t, "snat"), Some(0));
-        assert_eq!(parse_conntrack_connections("created: 5\n"), None);
     }
 
     #[test]

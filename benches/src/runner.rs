@@ -486,8 +486,8 @@ fn try_run(
                 &scenario.sluice_config(),
             )?;
             let rss_before = s.rss()?;
-            for (command, args) in scenario.sluice_setup() {
-                s.command(command, &args)?;
+            for call in scenario.sluice_setup() {
+                s.setup(&call)?;
             }
             // The Service table first: the pcap is already replaying, and
             // a connection that `ct(commit,nat)` sees before its Service

@@ -26,7 +26,18 @@ use std::net::Ipv4Addr;
 
 use etherparse::PacketBuilder;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use sluice_api::service::{EndpointSpec, Protocol, ServiceSpec, ServiceUpdate, TrafficPolicy};
+use sluice_api::stack::NeighSetRequest;
+use sluice_api::tunnel::AddVtepRequest;
+
+/// A control call the scenario needs before its program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Setup {
+    /// `add-vtep`.
+    Vtep(AddVtepRequest),
+    /// `neigh/set`.
+    Neighbour(NeighSetRequest),
+}
 
 /// OpenFlow port of the traffic source in every peer.
 pub const IN_PORT: u16 = 1;
@@ -342,44 +353,68 @@ pub fn service_name(s: u32) -> String {
 /// TCP port 80, [`ENDPOINTS_PER_SERVICE`] endpoints [`endpoint`]`(s, e)`
 /// port 8080; `replace` swaps endpoint 9 for `10.255.255.254` (one
 /// endpoint change).
-pub fn service_spec(s: u32, replace: bool) -> Value {
-    let endpoints: Vec<Value> = (0..ENDPOINTS_PER_SERVICE)
+pub fn service_spec(s: u32, replace: bool) -> ServiceSpec {
+    let endpoints = (0..ENDPOINTS_PER_SERVICE)
         .map(|e| {
             let ip = if replace && e + 1 == ENDPOINTS_PER_SERVICE {
                 Ipv4Addr::new(10, 255, 255, 254)
             } else {
                 endpoint(s, e)
             };
-            json!({"ip": ip.to_string(), "port": 8080})
+            EndpointSpec {
+                ip,
+                port: 8080,
+                ready: true,
+                serving: None,
+                terminating: false,
+                node_local: false,
+                zone: None,
+                for_zones: Vec::new(),
+            }
         })
         .collect();
-    json!({
-        "name": service_name(s),
-        "protocol": "tcp",
-        "port": 80,
-        "cluster_ips": [vip(s).to_string()],
-        "endpoints": endpoints,
-    })
+    ServiceSpec {
+        name: service_name(s),
+        protocol: Protocol::Tcp,
+        port: 80,
+        cluster_ips: vec![vip(s)],
+        node_port: None,
+        external_ips: Vec::new(),
+        load_balancer_ips: Vec::new(),
+        session_affinity_seconds: None,
+        internal_traffic_policy: TrafficPolicy::Cluster,
+        external_traffic_policy: TrafficPolicy::Cluster,
+        topology_aware: false,
+        endpoints,
+    }
 }
 
-/// `service-update` batches (`{"upsert": [...]}`) for Services `range`,
-/// each at most `max_bytes` of JSON (at least one Service per batch).
-pub fn service_batches(range: std::ops::Range<u32>, max_bytes: usize) -> Vec<Value> {
+/// One `service-update` batch that upserts `specs`.
+pub fn upsert(specs: Vec<ServiceSpec>) -> ServiceUpdate {
+    ServiceUpdate {
+        upsert: specs,
+        ..ServiceUpdate::default()
+    }
+}
+
+/// `service-update` batches for Services `range`, each at most
+/// `max_bytes` of JSON (at least one Service per batch).
+pub fn service_batches(range: std::ops::Range<u32>, max_bytes: usize) -> Vec<ServiceUpdate> {
     let mut out = Vec::new();
-    let mut cur: Vec<Value> = Vec::new();
+    let mut cur: Vec<ServiceSpec> = Vec::new();
     let mut size = 0;
     for s in range {
         let spec = service_spec(s, false);
-        let len = spec.to_string().len() + 1;
+        let len = serde_json::to_string(&spec).map_or(0, |t| t.len()) + 1;
         if !cur.is_empty() && size + len + 16 > max_bytes {
-            out.push(json!({ "upsert": std::mem::take(&mut cur) }));
+            out.push(upsert(std::mem::take(&mut cur)));
             size = 0;
         }
         size += len;
         cur.push(spec);
     }
     if !cur.is_empty() {
-        out.push(json!({ "upsert": cur }));
+        out.push(upsert(cur));
     }
     out
 }
@@ -637,7 +672,7 @@ impl Scenario {
     /// The `service-update` batches that install this scenario's Services
     /// in Sluice's Service table (none for other kinds); see
     /// [`service_batches`].
-    pub fn service_update(&self) -> Vec<Value> {
+    pub fn service_update(&self) -> Vec<ServiceUpdate> {
         if self.kind.uses_services() {
             service_batches(0..self.services, SERVICE_BATCH_BYTES)
         } else {
@@ -655,19 +690,22 @@ impl Scenario {
         }
     }
 
-    /// Control-socket commands (command, arguments) to run before the flow
-    /// program (the remote VTEP for the overlay kinds).
-    pub fn sluice_setup(&self) -> Vec<(&'static str, Vec<String>)> {
+    /// Control-socket calls to make before the flow program (the remote
+    /// VTEP for the overlay kinds).
+    pub fn sluice_setup(&self) -> Vec<Setup> {
         if !self.kind.uses_overlay() {
             return Vec::new();
         }
         vec![
-            ("add-vtep", vec!["node-b".into(), REMOTE_VTEP.to_string()]),
+            Setup::Vtep(AddVtepRequest {
+                node: "node-b".into(),
+                ip: REMOTE_VTEP,
+            }),
             // net_null answers no ARP: pin the remote VTEP's MAC.
-            (
-                "neigh/set",
-                vec![REMOTE_VTEP.to_string(), mac(REMOTE_VTEP_MAC)],
-            ),
+            Setup::Neighbour(NeighSetRequest {
+                ip: REMOTE_VTEP,
+                mac: REMOTE_VTEP_MAC,
+            }),
         ]
     }
 
@@ -845,16 +883,17 @@ mod tests {
     #[test]
     fn service_update_batches_follow_the_table_format() {
         let spec = service_spec(7, false);
-        assert_eq!(spec["name"], "bench/svc-7:http");
-        assert_eq!(spec["protocol"], "tcp");
-        assert_eq!(spec["port"], 80);
-        assert_eq!(spec["cluster_ips"], json!(["10.96.0.7"]));
-        let eps = spec["endpoints"].as_array().unwrap();
-        assert_eq!(eps.len(), ENDPOINTS_PER_SERVICE as usize);
-        assert_eq!(eps[0], json!({"ip": "10.245.0.70", "port": 8080}));
+        let j = serde_json::to_value(&spec).unwrap();
+        assert_eq!(j["name"], "bench/svc-7:http");
+        assert_eq!(j["protocol"], "tcp");
+        assert_eq!(j["port"], 80);
+        assert_eq!(j["cluster_ips"], serde_json::json!(["10.96.0.7"]));
+        assert_eq!(spec.endpoints.len(), ENDPOINTS_PER_SERVICE as usize);
+        assert_eq!(j["endpoints"][0]["ip"], "10.245.0.70");
+        assert_eq!(j["endpoints"][0]["port"], 8080);
         let changed = service_spec(7, true);
-        assert_eq!(changed["endpoints"][9]["ip"], "10.255.255.254");
-        assert_eq!(changed["endpoints"][8], spec["endpoints"][8]);
+        assert_eq!(changed.endpoints[9].ip, Ipv4Addr::new(10, 255, 255, 254));
+        assert_eq!(changed.endpoints[8], spec.endpoints[8]);
 
         // 10k Services are one update; under a small limit they split,
         // every Service exactly once, in order.
@@ -864,10 +903,13 @@ mod tests {
         assert!(batches.len() > 1);
         let mut next = 0;
         for b in &batches {
-            assert!(b.to_string().len() <= small, "batch too large");
-            assert_eq!(b.as_object().unwrap().len(), 1, "only upsert");
-            for spec in b["upsert"].as_array().unwrap() {
-                assert_eq!(spec["name"], json!(service_name(next)));
+            assert!(
+                serde_json::to_string(b).unwrap().len() <= small,
+                "batch too large"
+            );
+            assert!(b.delete.is_empty(), "only upsert");
+            for spec in &b.upsert {
+                assert_eq!(spec.name, service_name(next));
                 next += 1;
             }
         }
@@ -1012,7 +1054,7 @@ mod tests {
         assert_eq!(sc.sluice_setup().len(), 2);
         let upd = sc.service_update();
         assert_eq!(upd.len(), 1);
-        assert_eq!(upd[0]["upsert"].as_array().map(Vec::len), Some(4));
+        assert_eq!(upd[0].upsert.len(), 4);
         let sl = sc.sluice_program().flows.join("\n");
         for want in [
             "table=0,priority=150,tcp,nw_dst=10.96.0.0/12 actions=ct(zone=1,commit,table=1,nat)",
@@ -1043,13 +1085,13 @@ mod tests {
     fn decap_frames_are_geneve_with_inner_frame() {
         let sc = Scenario::new(Kind::Decap, 3, 0);
         assert!(sc.sluice_config().contains("vtep_ip = 172.16.0.1/24"));
-        assert_eq!(sc.sluice_setup()[0].0, "add-vtep");
+        assert!(matches!(&sc.sluice_setup()[0], Setup::Vtep(v) if v.node == "node-b"));
         assert_eq!(
             sc.sluice_setup()[1],
-            (
-                "neigh/set",
-                vec!["172.16.0.2".to_string(), "02:00:00:00:02:02".to_string()]
-            )
+            Setup::Neighbour(NeighSetRequest {
+                ip: Ipv4Addr::new(172, 16, 0, 2),
+                mac: [2, 0, 0, 0, 2, 2],
+            })
         );
         let f = sc.frame(2);
         let p = parse(&f);

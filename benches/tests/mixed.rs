@@ -12,6 +12,7 @@ mod common;
 use common::sluiced_for;
 use std::time::{Duration, Instant};
 
+use sluice_api::flows::FlowDump;
 use sluice_benches::peer::{Cores, Peer, Sluiced};
 use sluice_benches::runner::pcap_for;
 use sluice_benches::scenario::{Kind, Scenario};
@@ -21,11 +22,14 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `n_packets` of the first `dump-flows` line containing every one of
 /// `parts`.
-fn n_packets(dump: &str, parts: &[&str]) -> Option<u64> {
-    let line = dump.lines().find(|l| parts.iter().all(|p| l.contains(p)))?;
-    line.split(|c: char| c == ',' || c.is_whitespace())
-        .find_map(|f| f.strip_prefix("n_packets="))
-        .and_then(|n| n.parse().ok())
+fn n_packets(dump: &FlowDump, parts: &[&str]) -> Option<u64> {
+    dump.flows
+        .iter()
+        .find(|f| {
+            let line = f.line();
+            parts.iter().all(|p| line.contains(p))
+        })
+        .map(|f| f.n_packets)
 }
 
 #[test]
@@ -46,8 +50,8 @@ fn mixed_parts_take_their_flows_on_sluiced() {
         &sc.sluice_config(),
     )
     .expect("sluiced starts");
-    for (command, args) in sc.sluice_setup() {
-        s.command(command, &args).expect("overlay setup");
+    for call in sc.sluice_setup() {
+        s.setup(&call).expect("overlay setup");
     }
     // Services before flows, as the runner does (see `runner::try_run`).
     let p = s
@@ -79,7 +83,7 @@ fn mixed_parts_take_their_flows_on_sluiced() {
         counters.drops
     );
 
-    let dump = s.command("dump-flows", &[]).expect("dump-flows");
+    let dump = s.dump_flows().expect("dump-flows");
     for (what, parts) in [
         ("ARP", &["priority=50,arp"][..]),
         ("l2", &["dl_dst=02:00:00:00:00:02"][..]),
@@ -96,9 +100,17 @@ fn mixed_parts_take_their_flows_on_sluiced() {
             &["tun_id=0x1389", "dl_dst=02:00:00:00:00:01"][..],
         ),
     ] {
-        let n = n_packets(&dump, parts)
-            .unwrap_or_else(|| panic!("no {what} flow with {parts:?} in dump-flows:\n{dump}"));
-        assert!(n > 0, "the {what} flow forwarded nothing:\n{dump}");
+        let n = n_packets(&dump, parts).unwrap_or_else(|| {
+            panic!(
+                "no {what} flow with {parts:?} in dump-flows:\n{}",
+                sluice_api::Render::render(&dump)
+            )
+        });
+        assert!(
+            n > 0,
+            "the {what} flow forwarded nothing:\n{}",
+            sluice_api::Render::render(&dump)
+        );
     }
     let conns = u64::from(sc.mixed_connections());
     assert_eq!(
@@ -106,9 +118,12 @@ fn mixed_parts_take_their_flows_on_sluiced() {
         (conns, conns),
         "every Service connection of the pcap is tracked and DNATed, no other"
     );
-    let ct = s.command("dump-conntrack", &[]).expect("dump-conntrack");
+    let ct = s.dump_conntrack().expect("dump-conntrack");
     assert!(
-        ct.contains("10.245.0."),
-        "the Service connections are DNATed to endpoints:\n{ct}"
+        ct.connections
+            .iter()
+            .any(|c| c.reply.src.octets()[..3] == [10, 245, 0]),
+        "the Service connections are DNATed to endpoints:\n{}",
+        sluice_api::Render::render(&ct)
     );
 }

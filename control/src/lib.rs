@@ -1,6 +1,5 @@
-//! Sluice control plane: agent, sluicectl, CNI plugin.
-//!
-//! - [`ctl_client`]: client of the `sluiced` control socket, used by the
-//!   `sluicectl` binary and by the agent.
+//! Sluice control plane: the operator's CLI (`sluicectl`), and the agent
+//! and CNI plugin to come. Every call to `sluiced` goes through the typed
+//! client of [`sluice_api`].
 
-pub mod ctl_client;
+pub use sluice_api::client::{io_error_text, Client, ClientError, DEFAULT_SOCKET};

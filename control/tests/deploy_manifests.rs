@@ -248,7 +248,7 @@ fn apparmor_profile_matches_the_daemonset() {
 #[test]
 fn sockets_and_probes_use_the_default_paths() {
     // The defaults of the binaries.
-    assert_eq!(sluice_control::ctl_client::DEFAULT_SOCKET, CTL_SOCKET);
+    assert_eq!(sluice_api::paths::SLUICED_CTL, CTL_SOCKET);
     assert_eq!(DatapathConfig::default().ctl_socket, CTL_SOCKET);
     // nestdb is not a dependency of this crate: read its constant.
     assert!(read("nestdb/src/server.rs").contains(&format!(

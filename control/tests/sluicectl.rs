@@ -31,85 +31,79 @@ fn stderr(out: &Output) -> String {
     String::from_utf8(out.stderr.clone()).expect("utf-8 stderr")
 }
 
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
-}
-
 #[test]
-fn every_subcommand_sends_its_unixctl_command_and_prints_the_reply() {
+fn every_subcommand_prints_what_ovs_appctl_prints() {
     let daemon = TestDaemon::start();
-    let cases: &[(&[&str], &str, &[&str])] = &[
-        (
-            &["add-flow", "table=0,priority=5,ip,actions=drop"],
-            "add-flow",
-            &["table=0,priority=5,ip,actions=drop"],
-        ),
-        (&["del-flows"], "del-flows", &[]),
-        (
-            &["del-flows", "--strict", "priority=5,ip"],
-            "del-flows",
-            &["--strict", "priority=5,ip"],
-        ),
-        (
-            &["mod-flows", "ip,actions=output:2"],
-            "mod-flows",
-            &["ip,actions=output:2"],
-        ),
-        (&["dump-flows"], "dump-flows", &[]),
-        (
-            &["dump-flows", "table=2", "tcp"],
-            "dump-flows",
-            &["table=2", "tcp"],
-        ),
-        (
-            &["trace", "in_port=1,tcp,tp_dst=80"],
-            "trace",
-            &["in_port=1,tcp,tp_dst=80"],
-        ),
-        (
-            &["trace", "ffffffffffff0000000000010806"],
-            "trace",
-            &["ffffffffffff0000000000010806"],
-        ),
-        (&["dump-ports"], "dump-ports", &[]),
-        (&["dump-ports", "uplink"], "dump-ports", &["uplink"]),
-        (&["pmd-stats-show"], "pmd-stats-show", &[]),
-        (&["pmd-stats-clear"], "pmd-stats-clear", &[]),
-        (&["dump-cache"], "dump-cache", &[]),
-        (
-            &["capture", "uplink", "-c", "10", "-w", "/tmp/u.pcap"],
-            "capture",
-            &["uplink", "/tmp/u.pcap", "10"],
-        ),
-        (&["dump-conntrack"], "dump-conntrack", &[]),
-        (&["dump-conntrack", "zone=3"], "dump-conntrack", &["zone=3"]),
-        (&["flush-conntrack"], "flush-conntrack", &[]),
-        (&["conntrack-stats"], "conntrack-stats", &[]),
-        (&["dump-services"], "dump-services", &[]),
-        (&["dump-tunnels"], "dump-tunnels", &[]),
-        (&["dump-neighbours"], "dump-neighbours", &[]),
-        (&["flush-neighbours"], "flush-neighbours", &[]),
-        (
-            &["call", "echo", "a", "--b", "c d"],
-            "echo",
-            &["a", "--b", "c d"],
-        ),
-    ];
-    for (args, command, sent) in cases {
+    let ok = |args: &[&str]| {
         let out = sluicectl(&daemon, args);
         assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-        assert_eq!(
-            daemon.last_call(),
-            Some(Call::Command(command.to_string(), strings(sent))),
-            "{args:?}"
-        );
-        assert_eq!(
-            stdout(&out),
-            format!("{command}({})\n", sent.join("|")),
-            "{args:?}"
-        );
         assert_eq!(stderr(&out), "", "{args:?}");
+        stdout(&out)
+    };
+    ok(&[
+        "add-flow",
+        "table=0,priority=5,in_port=1,tcp,actions=output:2",
+    ]);
+    ok(&["add-group", "group_id=7,type=all,bucket=output:1"]);
+    ok(&["add-vtep", "node-b", "192.168.50.2"]);
+    ok(&["set-port-security", "3", "0a:58:0a:f4:01:05", "10.244.1.5"]);
+    // (sluicectl arguments, the same request as ovs-appctl text arguments)
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["dump-flows"], &["dump-flows"]),
+        (
+            &["dump-flows", "table=0", "tcp"],
+            &["dump-flows", "table=0", "tcp"],
+        ),
+        (&["dump-groups"], &["dump-groups"]),
+        (
+            &["trace", "in_port=1,tcp,tp_dst=80"],
+            &["trace", "in_port=1,tcp,tp_dst=80"],
+        ),
+        (&["dump-ports"], &["dump-ports"]),
+        (&["dump-ports", "uplink"], &["dump-ports", "uplink"]),
+        (&["pmd-stats-show"], &["pmd-stats-show"]),
+        (&["pmd-rxq-show"], &["pmd-rxq-show"]),
+        (&["dump-cache"], &["dump-cache"]),
+        (&["dump-conntrack"], &["dump-conntrack"]),
+        (&["dump-conntrack", "zone=3"], &["dump-conntrack", "zone=3"]),
+        (&["conntrack-stats"], &["conntrack-stats"]),
+        (&["dump-services"], &["dump-services"]),
+        (
+            &["lb-trace", "tcp", "10.0.0.1", "10.96.0.1", "80"],
+            &["lb-trace", "tcp", "10.0.0.1", "10.96.0.1", "80"],
+        ),
+        (&["dump-tunnels"], &["dump-tunnels"]),
+        (&["tunnel-mtu"], &["tunnel-mtu"]),
+        (&["dump-neighbours"], &["dump-neighbours"]),
+        (&["dump-port-security"], &["dump-port-security"]),
+        (&["capture-status"], &["capture-status"]),
+        (&["list-commands"], &["list-commands"]),
+        (&["version"], &["version"]),
+    ];
+    for (args, text) in cases {
+        let typed = ok(args);
+        let mut raw = vec!["call"];
+        raw.extend_from_slice(text);
+        assert_eq!(
+            common::timeless(&typed),
+            common::timeless(&ok(&raw)),
+            "{args:?}"
+        );
+        // Empty tables print nothing, as in OVS.
+        let may_be_empty = ["dump-conntrack", "dump-services", "dump-neighbours"];
+        assert!(
+            !typed.is_empty() || may_be_empty.contains(&args[0]),
+            "{args:?} printed nothing"
+        );
     }
+    assert!(
+        ok(&["dump-flows"]).contains("priority=5,tcp,in_port=1 actions=output:2")
+            || ok(&["dump-flows"]).contains("priority=5,in_port=1,tcp actions=output:2")
+    );
+    assert!(ok(&["dump-groups"]).contains("group_id=7,type=all"));
+    assert!(ok(&["dump-tunnels"]).contains("remote node-b vtep 192.168.50.2"));
+    assert!(ok(&["dump-port-security"]).contains("port 3: mac 0a:58:0a:f4:01:05 ips 10.244.1.5"));
+    assert!(ok(&["pmd-rxq-show"]).contains("port: uplink"));
 }
 
 #[test]
@@ -119,12 +113,13 @@ fn list_commands_and_version_print_the_server_text() {
     assert!(out.status.success());
     assert_eq!(stdout(&out), daemon.registry.list_commands());
     assert!(stdout(&out).contains("\n  capture                 PORT FILE [COUNT]\n"));
+    assert!(stdout(&out).contains("\n  dpctl/dump-flows        [table=N] [MATCH]\n"));
     let out = sluicectl(&daemon, &["version"]);
     assert_eq!(stdout(&out), "sluiced (Sluice) e2e\n");
 }
 
 #[test]
-fn add_flows_and_replace_flows_send_one_bundle() {
+fn flow_changes_reach_the_program() {
     let daemon = TestDaemon::start();
     let file = daemon.dir().join("flows.txt");
     std::fs::write(
@@ -134,30 +129,54 @@ fn add_flows_and_replace_flows_send_one_bundle() {
     )
     .unwrap();
     let file = file.to_str().unwrap();
-
     let out = sluicectl(&daemon, &["add-flows", file]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let adds = json!([
-        {"op": "add", "flow": "table=0,priority=10,tcp,tp_dst=80,actions=output:2"},
-        {"op": "add", "flow": "table=0,priority=0,actions=drop"},
-    ]);
-    assert_eq!(
-        daemon.last_call(),
-        Some(Call::Method("flow-bundle".into(), adds.clone()))
-    );
-    // A structured result is printed as JSON even in text format.
-    let printed: Value = serde_json::from_str(&stdout(&out)).unwrap();
-    assert_eq!(printed, json!({"method": "flow-bundle", "params": adds}));
+    assert_eq!(stdout(&out), "added 2, modified 0, deleted 0, groups 0\n");
+    assert_eq!(daemon.flows.program().rules().count(), 2);
 
+    let out = sluicectl(
+        &daemon,
+        &[
+            "mod-flows",
+            "--strict",
+            "table=0,priority=0,actions=output:9",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "added 0, modified 1, deleted 0, groups 0\n");
+
+    // replace-flows: one bundle that deletes everything and adds the file.
     let out = sluicectl(&daemon, &["replace-flows", file]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let Some(Call::Method(name, Value::Array(ops))) = daemon.last_call() else {
-        panic!("no bundle recorded");
-    };
-    assert_eq!(name, "flow-bundle");
-    assert_eq!(ops[0], json!({"op": "del", "match": ""}));
-    assert_eq!(Value::Array(ops[1..].to_vec()), adds);
-    assert_eq!(daemon.call_count(), 2);
+    assert_eq!(daemon.flows.program().rules().count(), 2);
+    let dump = daemon.flows.dump_flows("", 0).unwrap();
+    assert!(dump.contains("actions=drop"), "replaced: {dump}");
+
+    let out = sluicectl(&daemon, &["del-flows", "--strict", "table=0,priority=0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "added 0, modified 0, deleted 1, groups 0\n");
+
+    // A bad line refuses the whole bundle.
+    std::fs::write(
+        daemon.dir().join("bad.txt"),
+        "priority=1,actions=drop\nip,nw_dst=1.2.3.400,actions=drop\n",
+    )
+    .unwrap();
+    let out = sluicectl(
+        &daemon,
+        &["add-flows", daemon.dir().join("bad.txt").to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).starts_with("sluicectl: operation 1:"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        daemon.flows.program().rules().count(),
+        1,
+        "nothing of the bad bundle applied"
+    );
 }
 
 #[test]
@@ -180,12 +199,63 @@ fn add_flows_reads_standard_input() {
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(daemon
+        .flows
+        .dump_flows("", 0)
+        .unwrap()
+        .contains("priority=1 actions=drop"));
+}
+
+#[test]
+fn services_tunnels_and_neighbours_through_sluicectl() {
+    let daemon = TestDaemon::start();
+    let batch = daemon.dir().join("svc.json");
+    std::fs::write(
+        &batch,
+        r#"{"upsert":[{"name":"default/web:http","protocol":"tcp","port":80,"cluster_ips":["10.96.0.10"],"endpoints":[{"ip":"10.244.1.5","port":8080}]}]}"#,
+    )
+    .unwrap();
+    let out = sluicectl(&daemon, &["service-update", batch.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = sluicectl(&daemon, &["--format", "json", "dump-services"]);
+    let dump: sluice_api::service::ServiceDump = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(dump.services.len(), 1);
+    assert_eq!(dump.services[0].endpoints[0].port, 8080);
+    let out = sluicectl(
+        &daemon,
+        &["lb-trace", "tcp", "10.0.0.1", "10.96.0.10", "80"],
+    );
+    assert!(stdout(&out).contains("10.244.1.5:8080"), "{}", stdout(&out));
+    // A bad batch is refused with the server's sentence, exit 1.
+    std::fs::write(&batch, r#"{"upsert":[{"name":"x","protocol":"tcp"}]}"#).unwrap();
+    let out = sluicectl(&daemon, &["service-update", batch.to_str().unwrap()]);
     assert_eq!(
-        daemon.last_call(),
-        Some(Call::Method(
-            "flow-bundle".into(),
-            json!([{"op": "add", "flow": "priority=1,actions=drop"}])
-        ))
+        out.status.code(),
+        Some(2),
+        "refused locally: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("invalid service update"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = sluicectl(&daemon, &["del-vtep", "nobody"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = sluicectl(&daemon, &["neigh-set", "192.168.50.9", "02:00:00:00:00:09"]);
+    assert_eq!(
+        stdout(&out),
+        "192.168.50.9 lladdr 02:00:00:00:00:09 PERMANENT\n"
+    );
+    let out = sluicectl(&daemon, &["--format", "json", "dump-neighbours"]);
+    let n: sluice_api::stack::NeighbourDump = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(n.neighbours[0].state, "PERMANENT");
+    let out = sluicectl(&daemon, &["neigh-del", "192.168.50.10"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "sluicectl: no neighbour entry for 192.168.50.10\n"
     );
 }
 
@@ -228,6 +298,14 @@ fn server_error_exits_1_with_one_line_on_stderr() {
     assert_eq!(
         stderr(&out),
         "sluicectl: \"add-flow\" command requires at least 1 arguments\n"
+    );
+
+    let out = sluicectl(&daemon, &["add-flow", "ip,nw_dst=10.0.0.300,actions=drop"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("invalid IPv4 address"),
+        "{}",
+        stderr(&out)
     );
 }
 
@@ -281,20 +359,21 @@ fn socket_path_comes_from_sluice_ctl_env() {
 }
 
 #[test]
-fn json_format_uses_the_method_or_wraps_the_text() {
+fn json_format_prints_the_typed_reply() {
     let daemon = TestDaemon::start();
-    // dump-ports has a structured method: it gets {"args": [...]}.
     let out = sluicectl(&daemon, &["--format", "json", "dump-ports", "uplink"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let printed: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let printed: sluice_api::ports::PortDump = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(printed.ports[0].name, "uplink");
+    assert_eq!(printed.ports[0].stats.rx_packets, 5);
     assert_eq!(
-        printed,
-        json!({"method": "dump-ports", "params": {"args": ["uplink"]}})
+        daemon.last_call(),
+        Some(Call("dump-ports".into(), json!({"port": "uplink"})))
     );
-    // dump-tunnels has only text: it comes back as a JSON string.
-    let out = sluicectl(&daemon, &["--format", "json", "dump-tunnels"]);
+    let out = sluicectl(&daemon, &["--format", "json", "tunnel-mtu"]);
     let printed: Value = serde_json::from_str(&stdout(&out)).unwrap();
-    assert_eq!(printed, json!("dump-tunnels()\n"));
+    assert_eq!(printed["uplink_mtu"], 1500);
+    assert_eq!(printed["pod_mtu"], 1438, "1500 - 50 - 12 bytes of options");
 }
 
 #[test]
@@ -311,9 +390,9 @@ fn capture_file_is_made_absolute() {
     let expected = daemon.dir().join("out.pcap");
     assert_eq!(
         daemon.last_call(),
-        Some(Call::Command(
+        Some(Call(
             "capture".into(),
-            vec!["pod1".into(), expected.to_string_lossy().into_owned()]
+            json!({"port": "pod1", "file": expected.to_string_lossy(), "count": null})
         ))
     );
 }

@@ -128,6 +128,17 @@ drop_reasons! {
     LocalNotForUs => "local_not_for_us", "a packet for the local IP stack that it does not serve";
 }
 
+impl DropReason {
+    /// `packets` drops for this reason, as the control API shows them.
+    pub fn count(self, packets: u64) -> sluice_api::pmd::DropCount {
+        sluice_api::pmd::DropCount {
+            reason: self.key().to_string(),
+            description: self.description().to_string(),
+            packets,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

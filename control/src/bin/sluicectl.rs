@@ -1,11 +1,12 @@
 //! `sluicectl`: command-line client of the `sluiced` control socket.
 //!
-//! Every subcommand sends one unixctl command with string arguments, so
-//! `sluicectl X ARGS` is the same request as `ovs-appctl -t SOCK X ARGS`
-//! (the names are listed in the datapath's `ctl` module documentation).
-//! `add-flows` and `replace-flows` read a flow file locally and send it as
-//! one atomic `flow-bundle`. `--format json` asks the server for structured
-//! output (falling back to the command's text as a JSON string).
+//! Every subcommand makes one typed call of a `sluice-api` method and
+//! prints the typed reply: as text rendered by the same code `sluiced` uses
+//! for `ovs-appctl` (so `sluicectl X ARGS` prints what
+//! `ovs-appctl -t SOCK X ARGS` prints), or with `--format json` as the
+//! reply's JSON. `add-flows` and `replace-flows` read a flow file locally
+//! and send it as one atomic `flow-bundle`. `call` sends a raw text command
+//! and `call-method` raw JSON, for commands this sluicectl does not know.
 //!
 //! Exit status: 0 on success, 1 if `sluiced` answered with an error (printed
 //! to stderr as one line), 2 if it could not be asked (cannot connect, usage
@@ -17,8 +18,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use serde_json::{json, Value};
-use sluice_control::ctl_client::{io_error_text, ClientError, CtlClient, DEFAULT_SOCKET};
+use serde_json::Value;
+use sluice_api::flows::FlowOp;
+use sluice_api::{ApiError, Empty, FromArgs, Method, Render};
+use sluice_control::{io_error_text, Client, ClientError, DEFAULT_SOCKET};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,9 +45,9 @@ struct Cli {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
-    /// The server's text, exactly as ovs-appctl prints it.
+    /// The reply as text, exactly as ovs-appctl prints it.
     Text,
-    /// JSON: the feature's structured output, or its text as a JSON string.
+    /// The reply as JSON (the sluice-api reply type).
     Json,
 }
 
@@ -122,25 +125,113 @@ enum Command {
     },
     /// Print connection tracking entries.
     DumpConntrack {
-        /// Only this zone, as "zone=N".
-        zone: Option<String>,
+        /// Filters: "zone=N" and/or "ip=A.B.C.D".
+        #[arg(num_args = 0..=2, value_name = "[zone=N] [ip=A.B.C.D]")]
+        filter: Vec<String>,
     },
     /// Delete connection tracking entries.
     FlushConntrack {
-        /// Only this zone, as "zone=N".
-        zone: Option<String>,
+        /// Filters: "zone=N" and/or "ip=A.B.C.D".
+        #[arg(num_args = 0..=2, value_name = "[zone=N] [ip=A.B.C.D]")]
+        filter: Vec<String>,
     },
     /// Print connection tracking counters.
     ConntrackStats,
     /// Print the service table (VIPs and endpoints).
     DumpServices,
+    /// Apply a Service update batch (JSON, see sluice-api's ServiceUpdate) from FILE.
+    ServiceUpdate {
+        /// The JSON file, or "-" for standard input.
+        file: PathBuf,
+    },
+    /// Explain which endpoint a connection to a Service gets.
+    LbTrace {
+        /// tcp, udp or sctp.
+        protocol: String,
+        /// Client address, optionally with its port (A.B.C.D[:PORT]).
+        src: String,
+        /// Service address.
+        dst: String,
+        /// Service port.
+        port: String,
+        /// "zone=N".
+        zone: Option<String>,
+    },
     /// Print the remote tunnel endpoints.
     DumpTunnels,
+    /// Add or move a remote VTEP.
+    AddVtep {
+        /// Node name.
+        node: String,
+        /// Its underlay IPv4 address.
+        ip: String,
+    },
+    /// Remove a remote VTEP.
+    DelVtep {
+        /// Node name.
+        node: String,
+    },
+    /// Move the local VTEP address.
+    SetVtep {
+        /// A.B.C.D/N.
+        cidr: String,
+    },
+    /// Print the Geneve overhead and the pod MTU.
+    TunnelMtu,
+    /// Show the encap (VNI VTEP_IP HEX) or decap (HEX) steps for a frame.
+    TunnelTrace {
+        /// [VNI VTEP_IP] HEX.
+        #[arg(num_args = 1..=3, value_name = "[VNI VTEP_IP] HEX")]
+        args: Vec<String>,
+    },
     /// Print the neighbour (ARP) cache.
     DumpNeighbours,
     /// Empty the neighbour (ARP) cache.
     FlushNeighbours,
-    /// Send any command with string arguments (like ovs-appctl).
+    /// Add a permanent neighbour.
+    NeighSet {
+        /// Its IPv4 address.
+        ip: String,
+        /// Its MAC address.
+        mac: String,
+    },
+    /// Remove a neighbour.
+    NeighDel {
+        /// Its IPv4 address.
+        ip: String,
+    },
+    /// Print the local stack's address and counters.
+    LocalStackShow,
+    /// Print pod port bindings (port security).
+    DumpPortSecurity,
+    /// Bind a pod port to its MAC and addresses.
+    SetPortSecurity {
+        /// OpenFlow port number.
+        port: String,
+        /// MAC address.
+        mac: String,
+        /// IPv4 addresses, comma separated.
+        ips: String,
+    },
+    /// Remove a pod port's binding.
+    DelPortSecurity {
+        /// OpenFlow port number.
+        port: String,
+    },
+    /// Print which PMD polls which rx queue.
+    PmdRxqShow,
+    /// Stop the packet capture.
+    CaptureStop,
+    /// Print the packet capture's progress.
+    CaptureStatus,
+    /// Add or replace a group (ovs-ofctl syntax).
+    AddGroup {
+        /// E.g. "group_id=1,type=select,bucket=output:1,bucket=output:2".
+        group: String,
+    },
+    /// Print the groups.
+    DumpGroups,
+    /// Send any command with string arguments (like ovs-appctl) and print its text.
     Call {
         /// The command name.
         command: String,
@@ -148,44 +239,85 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Call a structured method with JSON params.
+    /// Call a structured method with JSON params and print its JSON result.
     CallMethod {
         /// The method name.
         method: String,
-        /// The params as JSON (default: []).
+        /// The params as JSON (default: {}).
         params: Option<String>,
     },
-}
-
-/// What to send: a text command or a structured method call.
-#[derive(Debug, PartialEq)]
-enum Request {
-    Command { name: String, args: Vec<String> },
-    Method { name: String, params: Value },
 }
 
 /// A problem found before contacting the server (exit status 2).
 #[derive(Debug, thiserror::Error)]
 enum InputError {
-    #[error("cannot read flow file {}: {}", path.display(), io_error_text(source))]
-    ReadFile { path: PathBuf, source: io::Error },
+    #[error("cannot read {} {}: {}", what, path.display(), io_error_text(source))]
+    ReadFile {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("cannot make capture file path {} absolute: {}", path.display(), io_error_text(source))]
     CapturePath { path: PathBuf, source: io::Error },
     #[error("params of call-method are not valid JSON: {0}")]
     Params(serde_json::Error),
+    #[error("{0}")]
+    Api(ApiError),
 }
 
-fn command(name: &str, args: impl IntoIterator<Item = String>) -> Request {
-    Request::Command {
-        name: name.to_owned(),
-        args: args.into_iter().collect(),
+impl From<ApiError> for InputError {
+    fn from(e: ApiError) -> Self {
+        InputError::Api(e)
     }
 }
 
-/// Reads flow lines like `ovs-ofctl`: everything from `#` to the end of a
-/// line is a comment; blank lines are skipped; the rest is trimmed.
-fn read_flows(path: &Path) -> Result<Vec<String>, InputError> {
+type Exec = Box<dyn FnOnce(&mut Client, Format) -> Result<String, ClientError>>;
+
+/// One request to send: its method name and params (for tests and
+/// `--dry-run`-like inspection) and how to run it and print the reply.
+struct Call {
+    method: &'static str,
+    params: Value,
+    exec: Exec,
+}
+
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.method, self.params)
+    }
+}
+
+/// A typed call of `M`: the reply is rendered as the server's text, or
+/// printed as the reply's JSON.
+fn typed<M: Method>(request: M::Request) -> Call {
+    let params = serde_json::to_value(&request).unwrap_or(Value::Null);
+    Call {
+        method: M::NAME,
+        params,
+        exec: Box::new(move |client, format| {
+            let reply = client.call::<M>(&request)?;
+            Ok(match format {
+                Format::Text => reply.render(),
+                Format::Json => json_text(&reply),
+            })
+        }),
+    }
+}
+
+/// `M`'s request read from command-line strings, exactly as sluiced reads
+/// `ovs-appctl` arguments.
+fn from_args<M: Method>(args: &[String]) -> Result<Call, InputError> {
+    Ok(typed::<M>(M::Request::from_args(args)?))
+}
+
+fn json_text<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
+}
+
+/// Reads a file, or standard input for "-".
+fn read_input(path: &Path, what: &'static str) -> Result<String, InputError> {
     let read_err = |source| InputError::ReadFile {
+        what,
         path: path.to_path_buf(),
         source,
     };
@@ -195,7 +327,13 @@ fn read_flows(path: &Path) -> Result<Vec<String>, InputError> {
     } else {
         text = std::fs::read_to_string(path).map_err(read_err)?;
     }
-    Ok(text
+    Ok(text)
+}
+
+/// Reads flow lines like `ovs-ofctl`: everything from `#` to the end of a
+/// line is a comment; blank lines are skipped; the rest is trimmed.
+fn read_flows(path: &Path) -> Result<Vec<String>, InputError> {
+    Ok(read_input(path, "flow file")?
         .lines()
         .map(|line| line.split('#').next().unwrap_or_default().trim())
         .filter(|line| !line.is_empty())
@@ -203,93 +341,116 @@ fn read_flows(path: &Path) -> Result<Vec<String>, InputError> {
         .collect())
 }
 
-fn flow_adds(flows: Vec<String>) -> impl Iterator<Item = Value> {
-    flows
-        .into_iter()
-        .map(|flow| json!({"op": "add", "flow": flow}))
+fn flow_adds(flows: Vec<String>) -> impl Iterator<Item = FlowOp> {
+    flows.into_iter().map(|flow| FlowOp::Add { flow })
 }
 
-/// Maps a subcommand to the request it sends.
-fn request_for(cmd: Command) -> Result<Request, InputError> {
-    let strict_flag = |strict: bool| strict.then(|| "--strict".to_owned());
+fn strings<I: IntoIterator<Item = S>, S: Into<String>>(v: I) -> Vec<String> {
+    v.into_iter().map(Into::into).collect()
+}
+
+/// Maps a subcommand to the call it makes.
+fn call_for(cmd: Command) -> Result<Call, InputError> {
+    use sluice_api::{conntrack as ct, flows, pmd, ports, service, stack, system, tunnel};
+    let empty = Empty {};
     Ok(match cmd {
-        Command::ListCommands => command("list-commands", []),
-        Command::Version => command("version", []),
-        Command::AddFlow { flow } => command("add-flow", [flow]),
-        Command::AddFlows { file } => Request::Method {
-            name: "flow-bundle".to_owned(),
-            params: Value::Array(flow_adds(read_flows(&file)?).collect()),
-        },
-        Command::DelFlows { strict, match_ } => {
-            command("del-flows", strict_flag(strict).into_iter().chain(match_))
+        Command::ListCommands => typed::<system::ListCommands>(empty),
+        Command::Version => typed::<system::Version>(empty),
+        Command::AddFlow { flow } => typed::<flows::AddFlow>(flows::FlowText { flow }),
+        Command::AddGroup { group } => typed::<flows::AddGroup>(flows::FlowText { flow: group }),
+        Command::AddFlows { file } => typed::<flows::FlowBundle>(flows::FlowBundleRequest {
+            ops: flow_adds(read_flows(&file)?).collect(),
+        }),
+        Command::DelFlows { strict, match_ } => typed::<flows::DelFlows>(flows::DelFlowsRequest {
+            strict,
+            filter: match_.unwrap_or_default(),
+        }),
+        Command::ModFlows { strict, flow } => {
+            typed::<flows::ModFlows>(flows::ModFlowsRequest { strict, flow })
         }
-        Command::ModFlows { strict, flow } => command(
-            "mod-flows",
-            strict_flag(strict).into_iter().chain(Some(flow)),
-        ),
-        Command::DumpFlows { spec } => command("dump-flows", spec),
+        Command::DumpFlows { spec } => from_args::<flows::DumpFlows>(&spec)?,
+        Command::DumpGroups => typed::<flows::DumpGroups>(empty),
         Command::ReplaceFlows { file } => {
             let flows = read_flows(&file)?;
-            let ops = std::iter::once(json!({"op": "del", "match": ""}))
+            typed::<flows::FlowBundle>(flows::FlowBundleRequest {
+                ops: std::iter::once(FlowOp::Del {
+                    match_: String::new(),
+                    strict: false,
+                })
                 .chain(flow_adds(flows))
-                .collect();
-            Request::Method {
-                name: "flow-bundle".to_owned(),
-                params: Value::Array(ops),
-            }
+                .collect(),
+            })
         }
-        Command::Trace { target } => command("trace", [target]),
-        Command::DumpPorts { port } => command("dump-ports", port),
-        Command::PmdStatsShow => command("pmd-stats-show", []),
-        Command::PmdStatsClear => command("pmd-stats-clear", []),
-        Command::DumpCache => command("dump-cache", []),
+        Command::Trace { target } => typed::<flows::Trace>(flows::TraceRequest { target }),
+        Command::DumpPorts { port } => typed::<ports::DumpPorts>(ports::DumpPortsRequest { port }),
+        Command::PmdStatsShow => typed::<pmd::PmdStatsShow>(empty),
+        Command::PmdStatsClear => typed::<pmd::PmdStatsClear>(empty),
+        Command::PmdRxqShow => typed::<pmd::PmdRxqShow>(empty),
+        Command::DumpCache => typed::<pmd::DumpCache>(empty),
         Command::Capture { port, count, file } => {
             // sluiced has its own working directory.
             let file = std::path::absolute(&file).map_err(|source| InputError::CapturePath {
                 path: file.clone(),
                 source,
             })?;
-            let mut args = vec![port, file.to_string_lossy().into_owned()];
-            args.extend(count.map(|n| n.to_string()));
-            command("capture", args)
+            let request = ports::CaptureRequest {
+                port,
+                file: file.to_string_lossy().into_owned(),
+                count,
+            };
+            request.check()?;
+            typed::<ports::Capture>(request)
         }
-        Command::DumpConntrack { zone } => command("dump-conntrack", zone),
-        Command::FlushConntrack { zone } => command("flush-conntrack", zone),
-        Command::ConntrackStats => command("conntrack-stats", []),
-        Command::DumpServices => command("dump-services", []),
-        Command::DumpTunnels => command("dump-tunnels", []),
-        Command::DumpNeighbours => command("dump-neighbours", []),
-        Command::FlushNeighbours => command("flush-neighbours", []),
-        Command::Call {
-            command: name,
-            args,
-        } => command(&name, args),
-        Command::CallMethod { method, params } => Request::Method {
-            name: method,
-            params: match params {
-                Some(text) => serde_json::from_str(&text).map_err(InputError::Params)?,
-                None => json!([]),
-            },
+        Command::CaptureStop => typed::<ports::CaptureStop>(empty),
+        Command::CaptureStatus => typed::<ports::CaptureStatus>(empty),
+        Command::DumpConntrack { filter } => from_args::<ct::DumpConntrack>(&filter)?,
+        Command::FlushConntrack { filter } => from_args::<ct::FlushConntrack>(&filter)?,
+        Command::ConntrackStats => typed::<ct::ConntrackStats>(empty),
+        Command::DumpServices => typed::<service::DumpServices>(empty),
+        Command::ServiceUpdate { file } => {
+            let text = read_input(&file, "service update file")?;
+            from_args::<service::UpdateServices>(&[text])?
+        }
+        Command::LbTrace {
+            protocol,
+            src,
+            dst,
+            port,
+            zone,
+        } => from_args::<service::LbTrace>(&strings(
+            [protocol, src, dst, port].into_iter().chain(zone),
+        ))?,
+        Command::DumpTunnels => typed::<tunnel::DumpTunnels>(empty),
+        Command::AddVtep { node, ip } => from_args::<tunnel::AddVtep>(&[node, ip])?,
+        Command::DelVtep { node } => typed::<tunnel::DelVtep>(tunnel::DelVtepRequest { node }),
+        Command::SetVtep { cidr } => from_args::<tunnel::SetVtep>(&[cidr])?,
+        Command::TunnelMtu => typed::<tunnel::TunnelMtu>(empty),
+        Command::TunnelTrace { args } => from_args::<tunnel::TunnelTrace>(&args)?,
+        Command::DumpNeighbours => typed::<stack::DumpNeighbours>(empty),
+        Command::FlushNeighbours => typed::<stack::FlushNeighbours>(empty),
+        Command::NeighSet { ip, mac } => from_args::<stack::NeighSet>(&[ip, mac])?,
+        Command::NeighDel { ip } => from_args::<stack::NeighDel>(&[ip])?,
+        Command::LocalStackShow => typed::<stack::LocalStackShow>(empty),
+        Command::DumpPortSecurity => typed::<stack::DumpPortSecurity>(empty),
+        Command::SetPortSecurity { port, mac, ips } => {
+            from_args::<stack::SetPortSecurity>(&[port, mac, ips])?
+        }
+        Command::DelPortSecurity { port } => from_args::<stack::DelPortSecurity>(&[port])?,
+        Command::Call { command, args } => Call {
+            method: "(text)",
+            params: Value::Array(args.iter().cloned().map(Value::String).collect()),
+            exec: Box::new(move |client, _| client.call_text(&command, &args)),
         },
-    })
-}
-
-/// Sends `request` and renders the reply for stdout.
-fn execute(
-    client: &mut CtlClient,
-    request: &Request,
-    format: Format,
-) -> Result<String, ClientError> {
-    let render_json = |value: &Value| format!("{value:#}\n");
-    Ok(match (request, format) {
-        (Request::Command { name, args }, Format::Text) => client.call(name, args)?,
-        (Request::Command { name, args }, Format::Json) => {
-            render_json(&client.call_json(name, args)?)
-        }
-        (Request::Method { name, params }, format) => {
-            match (client.call_method(name, params.clone())?, format) {
-                (Value::String(text), Format::Text) => text,
-                (value, _) => render_json(&value),
+        Command::CallMethod { method, params } => {
+            let params = match params {
+                Some(text) => serde_json::from_str(&text).map_err(InputError::Params)?,
+                None => Value::Object(Default::default()),
+            };
+            let p = params.clone();
+            Call {
+                method: "(method)",
+                params,
+                exec: Box::new(move |client, _| Ok(json_text(&client.call_raw(&method, p)?))),
             }
         }
     })
@@ -315,13 +476,14 @@ fn main() -> ExitCode {
     let Ok(timeout) = Duration::try_from_secs_f64(cli.timeout) else {
         return fail("--timeout must be a non-negative number of seconds", 2);
     };
-    let request = match request_for(cli.command) {
-        Ok(request) => request,
+    let call = match call_for(cli.command) {
+        Ok(call) => call,
         Err(e) => return fail(&e.to_string(), 2),
     };
-    let outcome = CtlClient::connect(&cli.socket).and_then(|mut client| {
+    let format = cli.format;
+    let outcome = Client::connect(&cli.socket).and_then(|mut client| {
         client.set_timeout(Some(timeout))?;
-        execute(&mut client, &request, cli.format)
+        (call.exec)(&mut client, format)
     });
     match outcome {
         Ok(output) => {
@@ -343,59 +505,96 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
-    fn parse(args: &[&str]) -> Request {
+    fn parse(args: &[&str]) -> Call {
         let cli = Cli::try_parse_from(std::iter::once("sluicectl").chain(args.iter().copied()))
             .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-        request_for(cli.command).unwrap()
-    }
-
-    fn cmd(name: &str, args: &[&str]) -> Request {
-        command(name, args.iter().map(|s| s.to_string()))
+        call_for(cli.command).unwrap_or_else(|e| panic!("{args:?}: {e}"))
     }
 
     #[test]
-    fn subcommands_map_to_unixctl_commands() {
-        let cases: &[(&[&str], Request)] = &[
-            (&["list-commands"], cmd("list-commands", &[])),
+    fn subcommands_map_to_typed_requests() {
+        let cases: &[(&[&str], &str, Value)] = &[
+            (&["list-commands"], "list-commands", json!({})),
             (
                 &["add-flow", "priority=1,actions=drop"],
-                cmd("add-flow", &["priority=1,actions=drop"]),
+                "add-flow",
+                json!({"flow": "priority=1,actions=drop"}),
             ),
-            (&["del-flows"], cmd("del-flows", &[])),
+            (
+                &["del-flows"],
+                "del-flows",
+                json!({"strict": false, "filter": ""}),
+            ),
             (
                 &["del-flows", "--strict", "ip"],
-                cmd("del-flows", &["--strict", "ip"]),
-            ),
-            (
-                &["mod-flows", "ip,actions=drop"],
-                cmd("mod-flows", &["ip,actions=drop"]),
+                "del-flows",
+                json!({"strict": true, "filter": "ip"}),
             ),
             (
                 &["mod-flows", "--strict", "ip,actions=drop"],
-                cmd("mod-flows", &["--strict", "ip,actions=drop"]),
+                "mod-flows",
+                json!({"strict": true, "flow": "ip,actions=drop"}),
             ),
             (
                 &["dump-flows", "table=3", "ip"],
-                cmd("dump-flows", &["table=3", "ip"]),
+                "dump-flows",
+                json!({"filter": "table=3,ip"}),
             ),
-            (&["trace", "00ff"], cmd("trace", &["00ff"])),
-            (&["dump-ports", "p1"], cmd("dump-ports", &["p1"])),
+            (&["trace", "00ff"], "trace", json!({"target": "00ff"})),
+            (&["dump-ports", "p1"], "dump-ports", json!({"port": "p1"})),
             (
                 &["capture", "p1", "-w", "/tmp/x.pcap", "-c", "5"],
-                cmd("capture", &["p1", "/tmp/x.pcap", "5"]),
+                "capture",
+                json!({"port": "p1", "file": "/tmp/x.pcap", "count": 5}),
             ),
             (
                 &["flush-conntrack", "zone=4"],
-                cmd("flush-conntrack", &["zone=4"]),
+                "flush-conntrack",
+                json!({"zone": 4, "ip": null}),
+            ),
+            (
+                &["lb-trace", "tcp", "10.0.0.1:4000", "10.96.0.1", "80"],
+                "lb-trace",
+                json!({"protocol": "tcp", "src": "10.0.0.1", "sport": 4000, "dst": "10.96.0.1", "dport": 80, "zone": 0}),
+            ),
+            (
+                &["add-vtep", "node-b", "192.168.1.2"],
+                "add-vtep",
+                json!({"node": "node-b", "ip": "192.168.1.2"}),
+            ),
+            (
+                &["set-port-security", "3", "0a:58:0a:f4:01:05", "10.244.1.5"],
+                "set-port-security",
+                json!({"port": 3, "mac": [10, 88, 10, 244, 1, 5], "ips": ["10.244.1.5"]}),
             ),
             (
                 &["call", "vlog/set", "-x", "y"],
-                cmd("vlog/set", &["-x", "y"]),
+                "(text)",
+                json!(["-x", "y"]),
             ),
         ];
-        for (args, expected) in cases {
-            assert_eq!(&parse(args), expected, "{args:?}");
+        for (args, method, params) in cases {
+            let call = parse(args);
+            assert_eq!(call.method, *method, "{args:?}");
+            assert_eq!(&call.params, params, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn bad_arguments_are_refused_before_contacting_the_server() {
+        for args in [
+            &["dump-conntrack", "zone=x"][..],
+            &["add-vtep", "n", "300.0.0.1"],
+            &["neigh-set", "10.0.0.1", "zz:00:00:00:00:00"],
+            &["set-vtep", "10.0.0.1"],
+            &["lb-trace", "icmp", "10.0.0.1", "10.0.0.2", "80"],
+        ] {
+            let cli = Cli::try_parse_from(std::iter::once("sluicectl").chain(args.iter().copied()))
+                .unwrap();
+            let e = call_for(cli.command).unwrap_err();
+            assert!(matches!(e, InputError::Api(_)), "{args:?}: {e}");
         }
     }
 
@@ -408,18 +607,15 @@ mod tests {
     #[test]
     fn call_method_params_must_be_json() {
         let cli = Cli::try_parse_from(["sluicectl", "call-method", "m", "{nope"]).unwrap();
-        let err = request_for(cli.command).unwrap_err();
+        let err = call_for(cli.command).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("params of call-method are not valid JSON"),
             "{err}"
         );
         assert_eq!(
-            parse(&["call-method", "m", r#"{"a":1}"#]),
-            Request::Method {
-                name: "m".into(),
-                params: json!({"a": 1})
-            }
+            parse(&["call-method", "m", r#"{"a":1}"#]).params,
+            json!({"a": 1})
         );
     }
 

@@ -1,121 +1,122 @@
-//! Control commands of connection tracking: `dump-conntrack`,
-//! `flush-conntrack` and `conntrack-stats`, registered next to the feature.
+//! Control methods of connection tracking: `dump-conntrack`,
+//! `flush-conntrack` and `conntrack-stats` (with their OVS names
+//! `dpctl/dump-conntrack`, `dpctl/flush-conntrack`, `dpctl/ct-stats-show`),
+//! served as [`sluice_api::conntrack`] types next to the feature.
 //!
 //! Thread-safety: the handlers hold a [`Conntrack`] handle and take shard
 //! locks one at a time, as the PMDs do.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
-use super::{ConnFilter, Conntrack};
+use sluice_api::conntrack::{
+    ConnCacheStats, ConnDump, ConnEntry, ConnTuple, ConntrackStats, ConntrackStatsReply,
+    DumpConntrack, FlushConntrack, Flushed,
+};
+
+use super::{Conn, ConnFilter, ConnKey, Conntrack, SEC};
 use crate::ctl::registry::{Registry, RegistryError};
+use crate::ctl::typed::register;
 use crate::pipeline::Nanos;
 
-/// Parses `zone=N` and `ip=A.B.C.D` arguments.
-pub fn parse_filter(args: &[String]) -> Result<ConnFilter, String> {
-    let mut f = ConnFilter::default();
-    for a in args {
-        if let Some(z) = a.strip_prefix("zone=") {
-            f.zone = Some(z.parse().map_err(|_| {
-                format!("invalid zone {z:?}: use zone=N with N between 0 and 65535")
-            })?);
-        } else if let Some(ip) = a.strip_prefix("ip=") {
-            f.ip = Some(
-                ip.parse::<Ipv4Addr>()
-                    .map_err(|_| format!("invalid address {ip:?}: use ip=A.B.C.D"))?,
-            );
-        } else {
-            return Err(format!(
-                "unknown argument {a:?}: expected zone=N and/or ip=A.B.C.D"
-            ));
-        }
+fn filter(f: &sluice_api::conntrack::ConnFilter) -> ConnFilter {
+    ConnFilter {
+        zone: f.zone,
+        ip: f.ip,
     }
-    Ok(f)
 }
 
-/// `conntrack-stats` text.
-pub fn stats_text(ct: &Conntrack) -> String {
+fn tuple(k: &ConnKey) -> ConnTuple {
+    ConnTuple {
+        src: Ipv4Addr::from(k.tuple.src),
+        dst: Ipv4Addr::from(k.tuple.dst),
+        sport: k.tuple.sport,
+        dport: k.tuple.dport,
+    }
+}
+
+/// One connection as the API shows it.
+pub fn entry(c: &Conn, now: Nanos) -> ConnEntry {
+    let marks = c.marks();
+    ConnEntry {
+        proto: c.keys[0].proto,
+        orig: tuple(&c.keys[0]),
+        reply: tuple(&c.keys[1]),
+        zone: c.keys[0].zone,
+        mark: marks.mark,
+        label: marks.label,
+        timeout_s: c.expires().saturating_sub(now) / SEC,
+        packets: c.packets(),
+        tcp_state: c.tcp_state().map(|s| s.name().to_string()),
+        service: c.lb.as_ref().map(|lb| lb.service.to_string()),
+    }
+}
+
+/// The live connections selected by `f`, sorted by their dump line.
+pub fn dump(ct: &Conntrack, f: &ConnFilter, now: Nanos) -> ConnDump {
+    let mut connections = Vec::new();
+    ct.for_each(|c| {
+        if f.matches(c) && c.expires() > now {
+            connections.push(entry(c, now));
+        }
+    });
+    connections.sort_by_cached_key(ConnEntry::line);
+    ConnDump { connections }
+}
+
+/// The `conntrack-stats` counters.
+pub fn stats(ct: &Conntrack) -> ConntrackStatsReply {
     let s = ct.stats();
     let counts = ct.state_counts();
-    let mut out = format!(
-        "connections: {} (limit {})\n",
-        counts.total,
-        ct.config().max_connections
-    );
-    for (state, n) in &counts.by_state {
-        out += &format!("  {state}: {n}\n");
+    let get = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+    ConntrackStatsReply {
+        connections: counts.total,
+        limit: ct.config().max_connections as u64,
+        by_state: counts.by_state,
+        dnat: counts.dnat,
+        snat: counts.snat,
+        created: get(&s.created),
+        expired: get(&s.expired),
+        evictions: get(&s.evictions),
+        limit_hits: get(&s.limit_hits),
+        invalid: get(&s.invalid),
+        related: get(&s.related),
+        rejects: get(&s.rejects),
+        caches: ct
+            .cache_counts()
+            .iter()
+            .map(|c| ConnCacheStats {
+                hits: c.hits,
+                misses: c.misses,
+                entries: ct.config().cache_entries as u64,
+            })
+            .collect(),
     }
-    out += &format!("  dnat: {}\n  snat: {}\n", counts.dnat, counts.snat);
-    for (name, v) in [
-        ("created", &s.created),
-        ("expired", &s.expired),
-        ("evictions", &s.evictions),
-        ("limit hits", &s.limit_hits),
-        ("invalid", &s.invalid),
-        ("related", &s.related),
-        ("rejects", &s.rejects),
-    ] {
-        out += &format!("{name}: {}\n", v.load(Ordering::Relaxed));
-    }
-    // One connection cache per PMD: hits are established packets served
-    // without a lock; misses went to the shared table.
-    for (i, c) in ct.cache_counts().iter().enumerate() {
-        let total = c.hits + c.misses;
-        let pct = if total == 0 {
-            0.0
-        } else {
-            100.0 * c.hits as f64 / total as f64
-        };
-        out += &format!(
-            "connection cache pmd {i}: hits {} misses {} ({pct:.1}% hits, {} entries)\n",
-            c.hits,
-            c.misses,
-            ct.config().cache_entries
-        );
-    }
-    out
 }
 
-/// Registers the conntrack commands; `clock` gives the datapath's time.
+/// Registers the conntrack methods; `clock` gives "now" for ageing.
+///
+/// # Errors
+/// [`RegistryError`] if a name is already registered.
 pub fn register_commands(
     reg: &Registry,
     ct: Conntrack,
     clock: fn() -> Nanos,
 ) -> Result<(), RegistryError> {
     let c = ct.clone();
-    reg.register(
-        "dump-conntrack",
-        "[zone=N] [ip=A.B.C.D]",
-        0,
-        2,
-        Arc::new(move |a| {
-            let f = parse_filter(a)?;
-            let now = clock();
-            // PMDs sweep as traffic flows; an idle datapath is swept here.
-            c.sweep(now);
-            Ok(c.dump(&f, now))
-        }),
-    )?;
+    register::<DumpConntrack>(reg, move |f| {
+        let now = clock();
+        c.sweep(now);
+        Ok(dump(&c, &filter(&f), now))
+    })?;
     let c = ct.clone();
-    reg.register(
-        "flush-conntrack",
-        "[zone=N] [ip=A.B.C.D]",
-        0,
-        2,
-        Arc::new(move |a| {
-            let n = c.flush(&parse_filter(a)?);
-            Ok(format!("flushed {n} connections"))
-        }),
-    )?;
-    reg.register(
-        "conntrack-stats",
-        "",
-        0,
-        0,
-        Arc::new(move |_| {
-            ct.sweep(clock());
-            Ok(stats_text(&ct))
-        }),
-    )
+    register::<FlushConntrack>(reg, move |f| {
+        Ok(Flushed {
+            connections: c.flush(&filter(&f)) as u64,
+        })
+    })?;
+    register::<ConntrackStats>(reg, move |_| {
+        ct.sweep(clock());
+        Ok(stats(&ct))
+    })
 }

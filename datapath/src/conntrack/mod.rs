@@ -568,7 +568,8 @@ pub struct ConnFilter {
 }
 
 impl ConnFilter {
-    fn matches(&self, c: &Conn) -> bool {
+    /// Whether `c` is selected.
+    pub fn matches(&self, c: &Conn) -> bool {
         if let Some(z) = self.zone {
             if c.keys[0].zone != z {
                 return false;

@@ -92,6 +92,7 @@ pub mod jsonrpc;
 pub mod registry;
 pub mod server;
 mod sys;
+pub mod typed;
 
 pub use registry::{CommandHandler, MethodHandler, Registry, RegistryError};
 pub use server::{CtlError, CtlServer, ServerConfig, DEFAULT_SOCKET_PATH};

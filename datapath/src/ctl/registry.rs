@@ -226,8 +226,9 @@ impl Registry {
         names
     }
 
-    /// The `list-commands` text, in OVS's format.
-    pub fn list_commands(&self) -> String {
+    /// Every command and method with its usage, sorted by name (methods
+    /// without a text form say `(JSON params)`).
+    pub fn usages(&self) -> Vec<(String, String)> {
         let table = self.read();
         let mut entries: BTreeMap<&str, &str> = table
             .commands
@@ -237,8 +238,21 @@ impl Registry {
         for name in table.methods.keys() {
             entries.entry(name.as_str()).or_insert("(JSON params)");
         }
+        entries
+            .into_iter()
+            .map(|(n, u)| (n.to_owned(), u.to_owned()))
+            .collect()
+    }
+
+    /// The daemon's version text.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The `list-commands` text, in OVS's format.
+    pub fn list_commands(&self) -> String {
         let mut out = String::from("The available commands are:\n");
-        for (name, usage) in entries {
+        for (name, usage) in self.usages() {
             out.push_str(&format!("  {name:<23} {usage}\n"));
         }
         out

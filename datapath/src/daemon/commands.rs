@@ -1,19 +1,20 @@
-//! Control-socket commands of the running daemon: PMD statistics, ports
-//! and the flow program.
+//! Control methods of the running daemon, served as [`sluice_api`] types:
+//! PMD statistics and rx-queue assignment, ports, per-PMD cache dumps and
+//! packet capture. (The flow program's methods live in `flow::commands`,
+//! the features' next to each feature.)
 //!
 //! Every handler runs on a control thread. PMD state is read through the
 //! single-writer counters; `pmd-stats-clear` records a baseline (a
 //! snapshot under a mutex only control threads take) instead of writing
-//! counters a PMD owns. Flow changes publish a new immutable program that
-//! PMDs pick up between bursts.
+//! counters a PMD owns.
 
 use std::sync::{Arc, Mutex};
 
-use serde_json::{json, Value};
+use sluice_api::{self as api, ApiError, Empty, ErrorCode};
 
 use crate::ctl::registry::{Registry, RegistryError};
+use crate::ctl::typed::register;
 use crate::drop::DropReason;
-use crate::flow::tables::FlowTables;
 use crate::pipeline::flow::FlowPipelineStats;
 use crate::pmd::{clock_ns, PmdStats};
 use crate::port::{LinkState, PortStats};
@@ -63,150 +64,69 @@ fn snapshot(v: &PmdView) -> Vec<u64> {
     s
 }
 
-/// Renders one PMD's counters minus `base`, in the layout of OVS's
-/// `dpif-netdev/pmd-stats-show`.
-fn render(v: &PmdView, base: &[u64]) -> String {
+/// One PMD's counters minus `base`, as the control API shows them.
+fn view(v: &PmdView, base: &[u64]) -> api::pmd::PmdStats {
     let cur = snapshot(v);
     let d: Vec<u64> = cur
         .iter()
         .zip(base.iter().chain(std::iter::repeat(&0)))
         .map(|(c, b)| c.saturating_sub(*b))
         .collect();
-    let (rx, tx, bursts, busy, idle) = (d[0], d[1], d[2], d[3], d[4]);
-    let (emc, mf_hit, mf_miss, probes, upcalls, recirc, packet_ins) =
-        (d[5], d[6], d[7], d[8], d[9], d[10], d[11]);
-    let total = (busy + idle).max(1) as f64;
-    let mut s = format!(
-        "pmd thread index {}{}:\n",
-        v.pmd.index,
-        v.pmd
-            .core
-            .map(|c| format!(" core_id {c}"))
-            .unwrap_or_default()
-    );
-    s += &format!("  packets received: {rx}\n");
-    s += &format!("  packets sent: {tx}\n");
-    s += &format!("  packet recirculations: {recirc}\n");
-    s += &format!(
-        "  avg. packets per rx burst: {:.2}\n",
-        rx as f64 / bursts.max(1) as f64
-    );
-    if v.flow.is_some() {
-        s += &format!("  emc hits: {emc}\n");
-        s += &format!("  megaflow hits: {mf_hit}\n");
-        s += &format!(
-            "  avg. subtable lookups per megaflow lookup: {:.2}\n",
-            probes as f64 / (mf_hit + mf_miss).max(1) as f64
-        );
-        s += &format!("  miss with success upcall: {upcalls}\n");
-        s += &format!("  packet-ins: {packet_ins}\n");
+    api::pmd::PmdStats {
+        index: v.pmd.index,
+        core: v.pmd.core,
+        rx_packets: d[0],
+        tx_packets: d[1],
+        rx_bursts: d[2],
+        busy_cycles: d[3],
+        idle_cycles: d[4],
+        flow_pipeline: v.flow.is_some(),
+        emc_hits: d[5],
+        megaflow_hits: d[6],
+        megaflow_misses: d[7],
+        megaflow_probes: d[8],
+        upcalls: d[9],
+        recirculations: d[10],
+        packet_ins: d[11],
+        conntrack: v.ct_cache.is_some(),
+        ct_cache_hits: d[12],
+        ct_cache_misses: d[13],
+        drops: DropReason::ALL
+            .iter()
+            .zip(&d[DROPS_AT..])
+            .filter(|(_, &n)| n > 0)
+            .map(|(&r, &n)| r.count(n))
+            .collect(),
     }
-    if v.ct_cache.is_some() {
-        let (hits, misses) = (d[12], d[13]);
-        s += &format!(
-            "  conntrack cache hits: {hits} ({:.2}% of lookups, no lock)\n",
-            100.0 * hits as f64 / (hits + misses).max(1) as f64
-        );
-        s += &format!("  conntrack cache misses: {misses}\n");
-    }
-    s += &format!(
-        "  idle cycles: {idle} ({:.2}%)\n",
-        100.0 * idle as f64 / total
-    );
-    s += &format!(
-        "  processing cycles: {busy} ({:.2}%)\n",
-        100.0 * busy as f64 / total
-    );
-    if rx > 0 {
-        s += &format!(
-            "  avg cycles per packet: {:.2} ({busy}/{rx})\n",
-            (busy + idle) as f64 / rx as f64
-        );
-        s += &format!(
-            "  avg processing cycles per packet: {:.2} ({busy}/{rx})\n",
-            busy as f64 / rx as f64
-        );
-    }
-    let drops: Vec<(DropReason, u64)> = DropReason::ALL
-        .iter()
-        .zip(&d[DROPS_AT..])
-        .filter(|(_, &n)| n > 0)
-        .map(|(&r, &n)| (r, n))
-        .collect();
-    s += &format!("  dropped: {}\n", drops.iter().map(|x| x.1).sum::<u64>());
-    for (r, n) in drops {
-        s += &format!("    {}: {n} ({})\n", r.key(), r.description());
-    }
-    s
 }
 
-fn json_view(v: &PmdView, base: &[u64]) -> Value {
-    let cur = snapshot(v);
-    let d: Vec<u64> = cur
-        .iter()
-        .zip(base.iter().chain(std::iter::repeat(&0)))
-        .map(|(c, b)| c.saturating_sub(*b))
-        .collect();
-    let drops: serde_json::Map<String, Value> = DropReason::ALL
-        .iter()
-        .zip(&d[DROPS_AT..])
-        .filter(|(_, &n)| n > 0)
-        .map(|(r, &n)| (r.key().to_string(), json!(n)))
-        .collect();
-    json!({
-        "index": v.pmd.index, "core": v.pmd.core,
-        "rx_packets": d[0], "tx_packets": d[1], "rx_bursts": d[2],
-        "busy_cycles": d[3], "idle_cycles": d[4],
-        "emc_hits": d[5], "megaflow_hits": d[6], "megaflow_misses": d[7],
-        "upcalls": d[9], "recirculations": d[10], "packet_ins": d[11],
-        "ct_cache_hits": d[12], "ct_cache_misses": d[13],
-        "drops": drops,
-    })
-}
-
-/// Registers `pmd-stats-show` and `pmd-stats-clear`.
+/// Registers `pmd-stats-show` and `pmd-stats-clear` (and their
+/// `dpif-netdev/` names).
 pub fn register_pmd(reg: &Registry, pmds: Vec<PmdView>) -> Result<(), RegistryError> {
     let base: Arc<Mutex<Vec<Vec<u64>>>> = Arc::new(Mutex::new(vec![Vec::new(); pmds.len()]));
     let pmds = Arc::new(pmds);
     let (p, b) = (pmds.clone(), base.clone());
-    reg.register(
-        "pmd-stats-show",
-        "",
-        0,
-        0,
-        Arc::new(move |_| {
-            let base = b.lock().unwrap_or_else(|e| e.into_inner());
-            Ok(p.iter()
-                .zip(base.iter())
-                .map(|(v, b)| render(v, b))
-                .collect::<String>())
-        }),
-    )?;
-    let (p, b) = (pmds.clone(), base.clone());
-    reg.register_method(
-        "pmd-stats-show",
-        Arc::new(move |_| {
-            let base = b.lock().unwrap_or_else(|e| e.into_inner());
-            Ok(json!(p
-                .iter()
-                .zip(base.iter())
-                .map(|(v, b)| json_view(v, b))
-                .collect::<Vec<_>>()))
-        }),
-    )?;
-    reg.register(
-        "pmd-stats-clear",
-        "",
-        0,
-        0,
-        Arc::new(move |_| {
-            let mut base = base.lock().unwrap_or_else(|e| e.into_inner());
-            for (v, b) in pmds.iter().zip(base.iter_mut()) {
-                *b = snapshot(v);
-            }
-            Ok(String::new())
-        }),
-    )
+    register::<api::pmd::PmdStatsShow>(reg, move |_| {
+        let base = b.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(api::pmd::PmdStatsReply {
+            pmds: p.iter().zip(base.iter()).map(|(v, b)| view(v, b)).collect(),
+        })
+    })?;
+    register::<api::pmd::PmdStatsClear>(reg, move |_| {
+        let mut base = base.lock().unwrap_or_else(|e| e.into_inner());
+        for (v, b) in pmds.iter().zip(base.iter_mut()) {
+            *b = snapshot(v);
+        }
+        Ok(Empty {})
+    })
+}
+
+/// Registers `pmd-rxq-show` (and `dpif-netdev/pmd-rxq-show`): which PMD
+/// polls which rx queue of which port.
+pub fn register_rxqs(reg: &Registry, rxqs: Vec<api::pmd::PmdRxqs>) -> Result<(), RegistryError> {
+    register::<api::pmd::PmdRxqShow>(reg, move |_| {
+        Ok(api::pmd::PmdRxqReply { pmds: rxqs.clone() })
+    })
 }
 
 /// What `dump-ports` shows for one port.
@@ -233,75 +153,51 @@ impl std::fmt::Debug for PortView {
     }
 }
 
-/// Registers `dump-ports [PORT]` (text like `ovs-ofctl dump-ports`, and a
-/// structured method of the same name).
+/// Registers `dump-ports [PORT]` (like `ovs-ofctl dump-ports`).
 pub fn register_ports(
     reg: &Registry,
     bridge: &str,
     ports: Vec<PortView>,
 ) -> Result<(), RegistryError> {
-    let ports = Arc::new(ports);
-    let select = |ports: &Arc<Vec<PortView>>, args: &[String]| -> Result<Vec<usize>, String> {
-        match args.first() {
-            None => Ok((0..ports.len()).collect()),
-            Some(a) => ports
+    let bridge = bridge.to_string();
+    register::<api::ports::DumpPorts>(reg, move |r| {
+        let sel: Vec<&PortView> = match &r.port {
+            None => ports.iter().collect(),
+            Some(a) => vec![ports
                 .iter()
-                .position(|p| &p.name == a || p.ofport.to_string() == *a)
-                .map(|i| vec![i])
-                .ok_or_else(|| format!("no port named or numbered '{a}'")),
-        }
-    };
-    let (p, br) = (ports.clone(), bridge.to_string());
-    reg.register(
-        "dump-ports",
-        "[PORT]",
-        0,
-        1,
-        Arc::new(move |args| {
-            let sel = select(&p, args)?;
-            let mut s = format!("{br}: {} ports\n", sel.len());
-            for i in sel {
-                let v = &p[i];
-                let st = (v.stats)();
-                let l = (v.link)();
-                s += &format!(
-                    "  port {:>2} ({}): {} {}, driver {} ({})\n           rx pkts={}, bytes={}, drop={}, errs={}\n           tx pkts={}, bytes={}, errs={}\n",
-                    v.ofport,
-                    v.name,
-                    if l.up { "link up" } else { "link down" },
-                    if l.speed_mbps > 0 { format!("{} Mbps", l.speed_mbps) } else { "speed unknown".into() },
-                    v.driver,
-                    v.devargs,
-                    st.rx_packets, st.rx_bytes, st.rx_dropped, st.rx_errors,
-                    st.tx_packets, st.tx_bytes, st.tx_errors,
-                );
-            }
-            Ok(s)
-        }),
-    )?;
-    reg.register_method(
-        "dump-ports",
-        Arc::new(move |params| {
-            let args: Vec<String> = params
-                .get("args")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let sel = select(&ports, &args)?;
-            Ok(json!(sel
+                .find(|p| &p.name == a || p.ofport.to_string() == *a)
+                .ok_or_else(|| ApiError::not_found(format!("no port named or numbered '{a}'")))?],
+        };
+        Ok(api::ports::PortDump {
+            bridge: bridge.clone(),
+            ports: sel
                 .into_iter()
-                .map(|i| {
-                    let v = &ports[i];
-                    json!({"name": v.name, "ofport": v.ofport, "driver": v.driver,
-                           "devargs": v.devargs, "link": (v.link)(), "stats": (v.stats)()})
+                .map(|v| {
+                    let (st, l) = ((v.stats)(), (v.link)());
+                    api::ports::PortInfo {
+                        name: v.name.clone(),
+                        ofport: v.ofport,
+                        driver: v.driver.clone(),
+                        devargs: v.devargs.clone(),
+                        link: api::ports::LinkState {
+                            up: l.up,
+                            speed_mbps: l.speed_mbps,
+                            full_duplex: l.full_duplex,
+                        },
+                        stats: api::ports::PortCounters {
+                            rx_packets: st.rx_packets,
+                            rx_bytes: st.rx_bytes,
+                            rx_dropped: st.rx_dropped,
+                            rx_errors: st.rx_errors,
+                            tx_packets: st.tx_packets,
+                            tx_bytes: st.tx_bytes,
+                            tx_errors: st.tx_errors,
+                        },
+                    }
                 })
-                .collect::<Vec<_>>()))
-        }),
-    )
+                .collect(),
+        })
+    })
 }
 
 /// Registers `dump-cache`: each PMD describes its EMC/megaflow caches
@@ -311,20 +207,16 @@ pub fn register_cache_dump(
     reg: &Registry,
     mailboxes: Vec<Arc<crate::pmd::Mailbox>>,
 ) -> Result<(), RegistryError> {
-    reg.register(
-        "dump-cache",
-        "",
-        0,
-        0,
-        Arc::new(move |_| {
-            let mut s = String::new();
-            for (i, m) in mailboxes.iter().enumerate() {
-                s += &format!("pmd thread index {i}:\n");
-                s += &m.ask(std::time::Duration::from_secs(5))?;
-            }
-            Ok(s)
-        }),
-    )
+    register::<api::pmd::DumpCache>(reg, move |_| {
+        let pmds = mailboxes
+            .iter()
+            .map(|m| {
+                m.ask(std::time::Duration::from_secs(5))
+                    .map_err(|e| ApiError::new(ErrorCode::Unavailable, e))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(api::pmd::CacheDump { pmds })
+    })
 }
 
 /// Registers `capture PORT FILE [COUNT]`, `capture-stop` and
@@ -335,242 +227,48 @@ pub fn register_capture(
     ports: Vec<(String, u16)>,
 ) -> Result<(), RegistryError> {
     let c = capture.clone();
-    reg.register(
-        "capture",
-        "PORT FILE [COUNT]",
-        2,
-        3,
-        Arc::new(move |a| {
-            let ofport = ports
-                .iter()
-                .find(|(n, o)| n == &a[0] || o.to_string() == a[0])
-                .map(|(_, o)| *o)
-                .ok_or_else(|| format!("no port named or numbered '{}'", a[0]))?;
-            let count = match a.get(2) {
-                None => None,
-                Some(n) => Some(
-                    n.parse::<u64>()
-                        .ok()
-                        .filter(|&n| n > 0)
-                        .ok_or_else(|| format!("COUNT '{n}' is not a positive number"))?,
-                ),
-            };
-            c.start(
-                crate::packet::PortNo(ofport),
-                std::path::Path::new(&a[1]),
-                count,
-                clock_ns(),
-            )?;
-            Ok(format!(
-                "capturing port {} (rx and tx) into {}{}; stop with capture-stop\n",
-                a[0],
-                a[1],
-                count
-                    .map(|n| format!(", at most {n} packets"))
-                    .unwrap_or_default()
-            ))
-        }),
-    )?;
-    let c = capture.clone();
-    reg.register(
-        "capture-stop",
-        "",
-        0,
-        0,
-        Arc::new(move |_| {
-            let st = c.stop()?;
-            Ok(format!(
-                "{} packets written to {}, {} not captured (writer behind)\n",
-                st.written,
-                st.file.map(|f| f.display().to_string()).unwrap_or_default(),
-                st.missed
-            ))
-        }),
-    )?;
-    reg.register(
-        "capture-status",
-        "",
-        0,
-        0,
-        Arc::new(move |_| serde_json::to_string(&capture.status()).map_err(|e| e.to_string())),
-    )
-}
-
-fn summary(s: crate::flow::program::BundleSummary) -> String {
-    format!(
-        "added {}, modified {}, deleted {}, groups {}\n",
-        s.added, s.modified, s.deleted, s.groups
-    )
-}
-
-/// Registers the flow-program commands (`add-flow`, `add-flows`,
-/// `del-flows`, `mod-flows`, `dump-flows`, `replace-flows`, `add-group`,
-/// `dump-groups`, `trace`) and the `flow-bundle` method.
-pub fn register_flows(
-    reg: &Registry,
-    tables: FlowTables,
-    oracle: Option<Arc<dyn crate::flow::tables::TraceOracle>>,
-) -> Result<(), RegistryError> {
-    type Apply =
-        fn(
-            &FlowTables,
-            &str,
-            crate::pipeline::Nanos,
+    register::<api::ports::Capture>(reg, move |r| {
+        r.check()?;
+        let ofport = api::ports::find_port(ports.iter().map(|(n, o)| (n.as_str(), *o)), &r.port)?;
+        c.start(
+            crate::packet::PortNo(ofport),
+            std::path::Path::new(&r.file),
+            r.count,
+            clock_ns(),
         )
-            -> Result<crate::flow::program::BundleSummary, crate::flow::tables::FlowTablesError>;
-    let one_text: [(&str, &str, Apply); 4] = [
-        ("add-flow", "FLOW", FlowTables::add_flow),
-        ("add-flows", "FLOWS (one per line)", FlowTables::add_flows),
-        (
-            "replace-flows",
-            "FLOWS (one per line)",
-            FlowTables::replace_flows,
-        ),
-        ("add-group", "GROUP", FlowTables::add_group),
-    ];
-    for (name, usage, apply) in one_text {
-        let t = tables.clone();
-        reg.register(
-            name,
-            usage,
-            1,
-            1,
-            Arc::new(move |a| {
-                apply(&t, &a[0], clock_ns())
-                    .map(summary)
-                    .map_err(|e| e.to_string())
-            }),
-        )?;
-    }
-    let t = tables.clone();
-    reg.register(
-        "del-flows",
-        "[--strict] [MATCH]",
-        0,
-        2,
-        Arc::new(move |a| {
-            let strict = a.iter().any(|x| x == "--strict");
-            let filter: Vec<&str> = a
-                .iter()
-                .filter(|x| *x != "--strict")
-                .map(String::as_str)
-                .collect();
-            t.del_flows(filter.first().copied().unwrap_or(""), strict, clock_ns())
-                .map(summary)
-                .map_err(|e| e.to_string())
-        }),
-    )?;
-    let t = tables.clone();
-    reg.register(
-        "mod-flows",
-        "[--strict] FLOW",
-        1,
-        2,
-        Arc::new(move |a| {
-            let strict = a.iter().any(|x| x == "--strict");
-            let flow = a
-                .iter()
-                .find(|x| *x != "--strict")
-                .ok_or("mod-flows needs a FLOW")?;
-            t.mod_flows(flow, strict, clock_ns())
-                .map(summary)
-                .map_err(|e| e.to_string())
-        }),
-    )?;
-    let t = tables.clone();
-    reg.register(
-        "dump-flows",
-        "[table=N] [MATCH]",
-        0,
-        2,
-        Arc::new(move |a| {
-            let filter = a.join(",");
-            t.dump_flows(&filter, clock_ns()).map_err(|e| e.to_string())
-        }),
-    )?;
-    let t = tables.clone();
-    reg.register(
-        "dump-groups",
-        "",
-        0,
-        0,
-        Arc::new(move |_| Ok(t.dump_groups())),
-    )?;
-    let t = tables.clone();
-    reg.register(
-        "trace",
-        "FLOW|HEXPACKET",
-        1,
-        2,
-        Arc::new(move |a| {
-            t.trace_with(&a.join(" "), oracle.as_deref())
-                .map_err(|e| e.to_string())
-        }),
-    )?;
-    reg.register_method(
-        "flow-bundle",
-        Arc::new(move |params| {
-            let ops = params
-                .as_array()
-                .ok_or("flow-bundle takes an array of operations")?;
-            let mut mods = Vec::with_capacity(ops.len());
-            for (i, op) in ops.iter().enumerate() {
-                let kind = op.get("op").and_then(Value::as_str).unwrap_or("");
-                let strict = op.get("strict").and_then(Value::as_bool).unwrap_or(false);
-                let text = |k: &str| {
-                    op.get(k)
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| format!("operation {i}: missing string field '{k}'"))
-                };
-                let m = match kind {
-                    "add" => {
-                        let f = text("flow")?;
-                        if f.trim_start().starts_with("group_id=") {
-                            crate::flow::program::FlowMod::AddGroup(
-                                crate::flow::text::parse_group(f)
-                                    .map_err(|e| format!("operation {i}: {e}"))?,
-                            )
-                        } else {
-                            crate::flow::program::FlowMod::Add(
-                                crate::flow::text::parse_flow(f)
-                                    .map_err(|e| format!("operation {i}: {e}"))?,
-                            )
-                        }
-                    }
-                    "del" => crate::flow::program::FlowMod::Delete {
-                        filter: crate::flow::text::parse_filter(text("match")?)
-                            .map_err(|e| format!("operation {i}: {e}"))?,
-                        strict,
-                    },
-                    "mod" => {
-                        let (filter, actions) = crate::flow::text::parse_mod(text("flow")?)
-                            .map_err(|e| format!("operation {i}: {e}"))?;
-                        crate::flow::program::FlowMod::Modify {
-                            filter,
-                            strict,
-                            actions,
-                        }
-                    }
-                    other => {
-                        return Err(format!(
-                            "operation {i}: unknown op '{other}' (expected add, del or mod)"
-                        ))
-                    }
-                };
-                mods.push(m);
-            }
-            let s = tables
-                .apply_bundle(&mods, clock_ns())
-                .map_err(|e| e.to_string())?;
-            Ok(json!({"added": s.added, "modified": s.modified, "deleted": s.deleted, "groups": s.groups}))
-        }),
-    )
+        .map_err(ApiError::failed)?;
+        Ok(api::ports::CaptureStarted {
+            port: r.port,
+            file: r.file,
+            count: r.count,
+        })
+    })?;
+    let c = capture.clone();
+    register::<api::ports::CaptureStop>(reg, move |_| {
+        let st = c.stop().map_err(ApiError::failed)?;
+        Ok(api::ports::CaptureStopped {
+            written: st.written,
+            file: st.file.map(|f| f.display().to_string()),
+            missed: st.missed,
+        })
+    })?;
+    register::<api::ports::CaptureStatus>(reg, move |_| {
+        let st = capture.status();
+        Ok(api::ports::CaptureProgress {
+            port: st.port,
+            file: st.file.map(|f| f.display().to_string()),
+            written: st.written,
+            missed: st.missed,
+            remaining: st.remaining,
+        })
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ctl::registry::Registry;
+    use serde_json::json;
 
     fn call(reg: &Registry, cmd: &str, args: &[&str]) -> Result<String, String> {
         let ctx = crate::ctl::registry::DispatchContext { on_exit: &|| {} };
@@ -608,29 +306,5 @@ mod tests {
             15,
             "the PMD's own counter is untouched"
         );
-    }
-
-    #[test]
-    fn flow_commands_program_and_dump() {
-        let reg = Registry::new();
-        let tables = FlowTables::new();
-        register_flows(&reg, tables.clone(), None).unwrap();
-        call(
-            &reg,
-            "add-flow",
-            &["table=0,priority=10,ip,nw_dst=10.0.0.0/24 actions=output:2"],
-        )
-        .unwrap();
-        let dump = call(&reg, "dump-flows", &[]).unwrap();
-        assert!(
-            dump.contains("priority=10,ip,nw_dst=10.0.0.0/24 actions=output:2"),
-            "{dump}"
-        );
-        let e = call(&reg, "add-flow", &["ip,nw_dst=10.0.0.300 actions=drop"]).unwrap_err();
-        assert!(e.contains("invalid IPv4 address"), "{e}");
-        call(&reg, "del-flows", &[]).unwrap();
-        assert!(!call(&reg, "dump-flows", &[])
-            .unwrap()
-            .contains("priority=10"));
     }
 }

@@ -150,6 +150,8 @@ impl Daemon {
         }
 
         let registry = Registry::new();
+        crate::ctl::typed::register_builtins(&registry)
+            .map_err(|e| format!("cannot register commands: {e}"))?;
         let ctl = CtlServer::start(
             ServerConfig::with_path(&cfg.datapath.ctl_socket),
             registry.clone(),
@@ -205,6 +207,27 @@ impl Daemon {
         let mut views = Vec::new();
         let mailboxes: Vec<Arc<pmd::Mailbox>> =
             specs.iter().filter_map(|s| s.mailbox.clone()).collect();
+        let rxqs: Vec<sluice_api::pmd::PmdRxqs> = specs
+            .iter()
+            .map(|s| sluice_api::pmd::PmdRxqs {
+                index: s.index,
+                core: s.core,
+                queues: s
+                    .rx
+                    .iter()
+                    .map(|&(port, queue)| sluice_api::pmd::RxQueue {
+                        port: self
+                            .ports
+                            .iter()
+                            .find(|(p, _)| p.ofport == port.0)
+                            .map(|(p, _)| p.name.clone())
+                            .unwrap_or_default(),
+                        ofport: port.0,
+                        queue,
+                    })
+                    .collect(),
+            })
+            .collect();
         for spec in specs {
             let mut handles: Vec<Option<ethdev::DpdkPort>> = vec![None; max_ofport + 1];
             for (p, dev) in &self.ports {
@@ -271,6 +294,7 @@ impl Daemon {
         let reg_err = |e: crate::ctl::RegistryError| format!("cannot register commands: {e}");
         commands::register_pmd(&registry, views).map_err(reg_err)?;
         commands::register_cache_dump(&registry, mailboxes).map_err(reg_err)?;
+        commands::register_rxqs(&registry, rxqs).map_err(reg_err)?;
         let port_views = self
             .ports
             .iter()
@@ -299,7 +323,8 @@ impl Daemon {
                 conntrack.clone(),
                 clock_ns,
             ));
-            commands::register_flows(&registry, t.clone(), Some(oracle)).map_err(reg_err)?;
+            crate::flow::commands::register_flows(&registry, t.clone(), Some(oracle))
+                .map_err(reg_err)?;
         }
         if flows.is_some() {
             overlay.register_commands(&registry).map_err(reg_err)?;

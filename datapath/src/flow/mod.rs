@@ -8,9 +8,13 @@
 //! - [`tables`]: [`tables::FlowTables`], the control-side handle that
 //!   publishes programs to the PMDs and answers dump/replace/trace.
 //!
+//! - [`commands`]: the control methods (`add-flow`, `dump-flows`,
+//!   `flow-bundle`, `trace`, ...).
+//!
 //! The caches that make lookups fast live in `crate::classifier`.
 
 pub mod action;
+pub mod commands;
 pub mod key;
 pub mod matches;
 pub mod program;

@@ -194,24 +194,44 @@ impl FlowTables {
     /// `dump-flows [filter]`: one line per rule selected (loosely) by the
     /// filter, in table then priority order.
     pub fn dump_flows(&self, filter: &str, now: Nanos) -> Result<String, FlowTablesError> {
+        Ok(self
+            .dump_entries(filter, now)?
+            .iter()
+            .map(|e| e.line() + "\n")
+            .collect())
+    }
+
+    /// The rules selected (loosely) by `filter` with their counters, in
+    /// table then priority order.
+    pub fn dump_entries(
+        &self,
+        filter: &str,
+        now: Nanos,
+    ) -> Result<Vec<sluice_api::flows::FlowEntry>, FlowTablesError> {
         let f = if filter.trim().is_empty() {
             FlowFilter::default()
         } else {
             text::parse_filter(filter).map_err(parse_err(1))?
         };
         let p = self.program();
-        let mut out = String::new();
-        for r in p.rules() {
-            let s = &r.spec;
-            if f.table.is_none_or(|t| t == s.table)
-                && (s.cookie & f.cookie_mask) == (f.cookie & f.cookie_mask)
-                && s.m.is_within(&f.m)
-            {
-                out.push_str(&text::format_rule(r, now));
-                out.push('\n');
-            }
-        }
-        Ok(out)
+        Ok(p.rules()
+            .filter(|r| {
+                let s = &r.spec;
+                f.table.is_none_or(|t| t == s.table)
+                    && (s.cookie & f.cookie_mask) == (f.cookie & f.cookie_mask)
+                    && s.m.is_within(&f.m)
+            })
+            .map(|r| text::flow_entry(r, now))
+            .collect())
+    }
+
+    /// The groups in `add-group` syntax.
+    pub fn group_texts(&self) -> Vec<String> {
+        self.program()
+            .groups
+            .values()
+            .map(|g| text::format_group(g))
+            .collect()
     }
 
     /// `dump-groups`.

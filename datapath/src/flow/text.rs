@@ -1190,37 +1190,27 @@ pub fn format_spec(s: &FlowSpec) -> String {
 
 /// Prints a rule as a `dump-flows` line at time `now`.
 pub fn format_rule(r: &Rule, now: Nanos) -> String {
+    flow_entry(r, now).line()
+}
+
+/// A rule and its counters as the control API shows them (`dump-flows`).
+pub fn flow_entry(r: &Rule, now: Nanos) -> sluice_api::flows::FlowEntry {
     let s = &r.spec;
     let age = now.saturating_sub(r.created);
     let idle = now.saturating_sub(r.created.max(r.stats.last_hit()));
-    let mut out = format!(
-        " cookie={:#x}, duration={}.{:03}s, table={}, n_packets={}, n_bytes={}, ",
-        s.cookie,
-        age / 1_000_000_000,
-        (age / 1_000_000) % 1000,
-        s.table,
-        r.stats.packets(),
-        r.stats.bytes()
-    );
-    if s.idle_timeout != 0 {
-        let _ = write!(out, "idle_timeout={}, ", s.idle_timeout);
+    sluice_api::flows::FlowEntry {
+        table: s.table,
+        priority: s.priority,
+        cookie: s.cookie,
+        n_packets: r.stats.packets(),
+        n_bytes: r.stats.bytes(),
+        duration_ms: age / 1_000_000,
+        idle_age_s: idle / 1_000_000_000,
+        idle_timeout: s.idle_timeout,
+        hard_timeout: s.hard_timeout,
+        match_: format_match(&s.m),
+        actions: format_actions(&s.actions),
     }
-    if s.hard_timeout != 0 {
-        let _ = write!(out, "hard_timeout={}, ", s.hard_timeout);
-    }
-    let _ = write!(
-        out,
-        "idle_age={}, priority={}",
-        idle / 1_000_000_000,
-        s.priority
-    );
-    let m = format_match(&s.m);
-    if !m.is_empty() {
-        out.push(',');
-        out.push_str(&m);
-    }
-    let _ = write!(out, " actions={}", format_actions(&s.actions));
-    out
 }
 
 /// Prints a group in `add-group`/`dump-groups` syntax.

@@ -81,7 +81,8 @@ pub enum NeighState {
 }
 
 impl NeighState {
-    fn name(self) -> &'static str {
+    /// The state as `ip neigh` prints it.
+    pub fn name(self) -> &'static str {
         match self {
             NeighState::Incomplete => "INCOMPLETE",
             NeighState::Reachable => "REACHABLE",

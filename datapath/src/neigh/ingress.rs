@@ -158,31 +158,28 @@ impl IngressControl {
 
     /// The `dump-port-security` text.
     pub fn dump(&self) -> String {
+        sluice_api::Render::render(&self.view())
+    }
+
+    /// Every port's binding and drop counters, by port.
+    pub fn view(&self) -> sluice_api::stack::PortSecurityDump {
         let cfg = self.config();
-        let mut s = String::new();
-        for (p, c) in self.counters() {
-            let bound = cfg.ports.get(&p).map_or_else(
-                || "unbound".to_owned(),
-                |b| {
-                    format!(
-                        "mac {} ips {}",
-                        crate::wire::ethernet::Address(b.mac),
-                        b.ips
-                            .iter()
-                            .map(|i| i.to_string())
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    )
-                },
-            );
-            s += &format!(
-                "port {p}: {bound}; drops mac {} ip {} arp {}\n",
-                c.mac.get(),
-                c.ip.get(),
-                c.arp.get()
-            );
-        }
-        s
+        let ports = self
+            .counters()
+            .into_iter()
+            .map(|(p, c)| sluice_api::stack::PortSecurityState {
+                port: p.0,
+                binding: cfg.ports.get(&p).map(|b| sluice_api::stack::PortSecurity {
+                    port: p.0,
+                    mac: b.mac,
+                    ips: b.ips.clone(),
+                }),
+                mac_drops: c.mac.get(),
+                ip_drops: c.ip.get(),
+                arp_drops: c.arp.get(),
+            })
+            .collect();
+        sluice_api::stack::PortSecurityDump { ports }
     }
 }
 

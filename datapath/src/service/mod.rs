@@ -128,128 +128,11 @@ impl Default for ServiceConfig {
     }
 }
 
-/// Service protocols.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-    /// SCTP.
-    Sctp,
-}
-
-impl Protocol {
-    fn ipproto(self) -> u8 {
-        match self {
-            Protocol::Tcp => ipproto::TCP,
-            Protocol::Udp => ipproto::UDP,
-            Protocol::Sctp => ipproto::SCTP,
-        }
-    }
-}
-
-/// `internalTrafficPolicy` / `externalTrafficPolicy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-pub enum TrafficPolicy {
-    /// Any endpoint of the cluster.
-    #[default]
-    Cluster,
-    /// Only node-local endpoints.
-    Local,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// One endpoint of a Service, as the control agent sends it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EndpointSpec {
-    /// Endpoint address.
-    pub ip: Ipv4Addr,
-    /// Endpoint (target) port.
-    pub port: u16,
-    /// `conditions.ready` (default true).
-    #[serde(default = "yes")]
-    pub ready: bool,
-    /// `conditions.serving` (default: equal to `ready`).
-    #[serde(default)]
-    pub serving: Option<bool>,
-    /// `conditions.terminating`.
-    #[serde(default)]
-    pub terminating: bool,
-    /// The endpoint runs on this node.
-    #[serde(default)]
-    pub node_local: bool,
-    /// The endpoint's own zone (informational).
-    #[serde(default)]
-    pub zone: Option<String>,
-    /// `hints.forZones`: the zones this endpoint should serve under
-    /// topology-aware routing.
-    #[serde(default)]
-    pub for_zones: Vec<String>,
-}
-
-/// One Service port, as the control agent sends it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceSpec {
-    /// Unique name, e.g. `namespace/name:port-name`.
-    pub name: String,
-    /// Protocol.
-    pub protocol: Protocol,
-    /// Service port.
-    pub port: u16,
-    /// Every clusterIP.
-    #[serde(default)]
-    pub cluster_ips: Vec<Ipv4Addr>,
-    /// NodePort, if any.
-    #[serde(default)]
-    pub node_port: Option<u16>,
-    /// externalIPs.
-    #[serde(default)]
-    pub external_ips: Vec<Ipv4Addr>,
-    /// LoadBalancer ingress IPs.
-    #[serde(default)]
-    pub load_balancer_ips: Vec<Ipv4Addr>,
-    /// `sessionAffinity: ClientIP` timeout in seconds; `None` for `None`
-    /// affinity. `Some(0)` means the default (10800).
-    #[serde(default)]
-    pub session_affinity_seconds: Option<u32>,
-    /// `internalTrafficPolicy`.
-    #[serde(default)]
-    pub internal_traffic_policy: TrafficPolicy,
-    /// `externalTrafficPolicy`.
-    #[serde(default)]
-    pub external_traffic_policy: TrafficPolicy,
-    /// Topology-aware routing is on for this Service
-    /// (`service.kubernetes.io/topology-mode: Auto` or
-    /// `trafficDistribution: PreferClose`): zone hints are honoured.
-    #[serde(default)]
-    pub topology_aware: bool,
-    /// Endpoints.
-    #[serde(default)]
-    pub endpoints: Vec<EndpointSpec>,
-}
-
-/// One atomic batch of Service changes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceUpdate {
-    /// Services added or replaced (by name).
-    #[serde(default)]
-    pub upsert: Vec<ServiceSpec>,
-    /// Names of Services removed.
-    #[serde(default)]
-    pub delete: Vec<String>,
-    /// Remove the tracked connections of endpoints that this batch removes
-    /// (default: keep them until they end or expire).
-    #[serde(default)]
-    pub flush_removed_endpoints: bool,
-}
+// The agent's model of a Service (what `service-update` carries) is the
+// control API's: one definition, in `sluice-api`.
+pub use sluice_api::service::{
+    EndpointSpec, Protocol, ServiceSpec, ServiceUpdate, TrafficPolicy, UpdateSummary,
+};
 
 /// Why a Service update was refused (nothing was applied).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -486,21 +369,6 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct Services {
     inner: Arc<Inner>,
-}
-
-/// Summary of an applied update.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct UpdateSummary {
-    /// Services added or replaced.
-    pub upserted: usize,
-    /// Services removed.
-    pub deleted: usize,
-    /// Services installed after the update.
-    pub services: usize,
-    /// Frontends installed after the update.
-    pub frontends: usize,
-    /// Connections removed with their endpoints.
-    pub flushed: usize,
 }
 
 fn in_cidr(ip: u32, (net, len): (Ipv4Addr, u8)) -> bool {
@@ -984,6 +852,15 @@ impl Services {
     /// `conntrack` to each endpoint's counter (finished connections are
     /// already in it).
     pub fn dump_with(&self, conntrack: Option<&Conntrack>) -> String {
+        use sluice_api::Render as _;
+        self.view(conntrack).render()
+    }
+
+    /// The table as [`sluice_api::service::ServiceDump`]: each Service,
+    /// sorted by name, with its frontends and its endpoints' counters
+    /// (live connections' packets from `conntrack` included).
+    pub fn view(&self, conntrack: Option<&Conntrack>) -> sluice_api::service::ServiceDump {
+        use sluice_api::service as api;
         let live = conntrack
             .map(|c| c.live_endpoint_packets())
             .unwrap_or_default();
@@ -992,86 +869,59 @@ impl Services {
         for s in table.by_name.values() {
             svcs.insert(&s.name, s);
         }
-        let mut out = String::new();
+        let mut services = Vec::with_capacity(svcs.len());
         for (name, s) in svcs {
-            let mut fes: Vec<String> = self
+            let mut frontends: Vec<api::Frontend> = self
                 .frontends_of(&s.spec)
                 .into_iter()
-                .map(|(k, kind)| {
-                    format!(
-                        "{}:{}({})",
-                        Ipv4Addr::from(k.ip),
-                        k.port,
-                        match kind {
-                            FrontendKind::ClusterIp => "cluster",
-                            FrontendKind::NodePort => "nodeport",
-                            FrontendKind::ExternalIp => "external",
-                            FrontendKind::LoadBalancer => "lb",
-                        }
-                    )
+                .map(|(k, kind)| api::Frontend {
+                    ip: Ipv4Addr::from(k.ip),
+                    port: k.port,
+                    kind: match kind {
+                        FrontendKind::ClusterIp => api::FrontendKind::Cluster,
+                        FrontendKind::NodePort => api::FrontendKind::NodePort,
+                        FrontendKind::ExternalIp => api::FrontendKind::External,
+                        FrontendKind::LoadBalancer => api::FrontendKind::Lb,
+                    },
                 })
                 .collect();
-            fes.sort();
-            out += &format!(
-                "{name} {} {}{}{}{}{}\n",
-                proto_name(s.spec.protocol.ipproto()),
-                fes.join(","),
-                match s.affinity {
-                    Some(t) => format!(" affinity=ClientIP/{}s", t / SEC),
-                    None => String::new(),
-                },
-                if s.spec.internal_traffic_policy == TrafficPolicy::Local {
-                    " itp=Local"
-                } else {
-                    ""
-                },
-                if s.spec.external_traffic_policy == TrafficPolicy::Local {
-                    " etp=Local"
-                } else {
-                    ""
-                },
-                if s.spec.topology_aware {
-                    " topology=Auto"
-                } else {
-                    ""
-                },
-            );
-            for e in &s.endpoints {
-                let sp = &e.spec;
-                let mut cond = Vec::new();
-                if sp.ready {
-                    cond.push("ready");
-                }
-                if sp.serving.unwrap_or(sp.ready) {
-                    cond.push("serving");
-                }
-                if sp.terminating {
-                    cond.push("terminating");
-                }
-                if sp.node_local {
-                    cond.push("local");
-                }
-                let zones = if sp.for_zones.is_empty() {
-                    String::new()
-                } else {
-                    format!(" zones={}", sp.for_zones.join(","))
-                };
-                out += &format!(
-                    "  {}:{} {}{zones} connections={} active={} packets={}\n",
-                    sp.ip,
-                    sp.port,
-                    cond.join(","),
-                    e.stats.connections.load(Ordering::Relaxed),
-                    e.stats.active.load(Ordering::Relaxed),
-                    e.stats.packets.load(Ordering::Relaxed)
-                        + live
-                            .get(&(s.name.clone(), sp.ip, sp.port))
-                            .copied()
-                            .unwrap_or(0),
-                );
-            }
+            // Sorted as their text ("ip:port(kind)"), as dumps always were.
+            frontends.sort_by_cached_key(|f| format!("{}:{}({:?})", f.ip, f.port, f.kind));
+            let endpoints = s
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let sp = &e.spec;
+                    api::EndpointInfo {
+                        ip: sp.ip,
+                        port: sp.port,
+                        ready: sp.ready,
+                        serving: sp.serving.unwrap_or(sp.ready),
+                        terminating: sp.terminating,
+                        node_local: sp.node_local,
+                        for_zones: sp.for_zones.clone(),
+                        connections: e.stats.connections.load(Ordering::Relaxed),
+                        active: e.stats.active.load(Ordering::Relaxed),
+                        packets: e.stats.packets.load(Ordering::Relaxed)
+                            + live
+                                .get(&(s.name.clone(), sp.ip, sp.port))
+                                .copied()
+                                .unwrap_or(0),
+                    }
+                })
+                .collect();
+            services.push(api::ServiceInfo {
+                name: name.to_string(),
+                protocol: s.spec.protocol,
+                frontends,
+                affinity_seconds: s.affinity.map(|t| t / SEC),
+                internal_traffic_policy: s.spec.internal_traffic_policy,
+                external_traffic_policy: s.spec.external_traffic_policy,
+                topology_aware: s.spec.topology_aware,
+                endpoints,
+            });
         }
-        out
+        api::ServiceDump { services }
     }
 }
 

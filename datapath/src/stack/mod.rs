@@ -40,6 +40,7 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 
 use crate::ctl::registry::{Registry, RegistryError};
+use crate::ctl::typed::register;
 use crate::drop::DropReason;
 use crate::neigh::cache::{gratuitous_arp, parse_arp, NeighCache, NeighConfig};
 use crate::neigh::table::NeighTable;
@@ -47,6 +48,7 @@ use crate::packet::{BufAlloc, Burst, Output, PacketBuf, PortNo};
 use crate::pipeline::{Nanos, Pipeline};
 use crate::stats::Counter;
 use crate::tunnel::geneve::IcmpReply;
+use sluice_api::stack::{Neighbour, NeighbourDump};
 
 /// The local stack's address and where it is reachable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,13 +107,21 @@ impl StackControl {
         self.neigh.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The `dump-neighbours` text.
-    pub fn dump_neighbours(&self) -> String {
-        self.lock()
-            .dump()
-            .iter()
-            .map(|n| format!("{n}\n"))
-            .collect()
+    /// The neighbour cache, as `dump-neighbours` shows it.
+    pub fn dump_neighbours(&self) -> NeighbourDump {
+        NeighbourDump {
+            neighbours: self
+                .lock()
+                .dump()
+                .iter()
+                .map(|n| Neighbour {
+                    ip: n.ip,
+                    mac: n.mac,
+                    state: n.state.name().to_string(),
+                    queued: n.queued as u64,
+                })
+                .collect(),
+        }
     }
 
     /// Moves the local address to `ip`/`prefix_len`: applied by the stack's
@@ -143,84 +153,52 @@ impl StackControl {
     }
 }
 
-/// Registers `dump-neighbours`, `flush-neighbours` and `local-stack/show`.
+/// Registers `dump-neighbours`, `flush-neighbours`, `neigh/set`,
+/// `neigh/del` (with OVS's `tnl/neigh/*` names) and `local-stack/show`.
 ///
 /// # Errors
 /// [`RegistryError`] if a name is already registered.
 pub fn register_commands(registry: &Registry, control: &StackControl) -> Result<(), RegistryError> {
+    use sluice_api::stack::{
+        DumpNeighbours, FlushNeighbours, LocalStackReply, LocalStackShow, NeighDel, NeighSet,
+    };
+    use sluice_api::{ApiError, Empty};
     let c = control.clone();
-    registry.register(
-        "dump-neighbours",
-        "",
-        0,
-        0,
-        Arc::new(move |_| Ok(c.dump_neighbours())),
-    )?;
+    register::<DumpNeighbours>(registry, move |_| Ok(c.dump_neighbours()))?;
     let c = control.clone();
-    registry.register(
-        "flush-neighbours",
-        "",
-        0,
-        0,
-        Arc::new(move |_| {
-            c.flush_neighbours();
-            Ok(String::new())
-        }),
-    )?;
+    register::<FlushNeighbours>(registry, move |_| {
+        c.flush_neighbours();
+        Ok(Empty {})
+    })?;
     let c = control.clone();
-    registry.register(
-        "neigh/set",
-        "IP MAC",
-        2,
-        2,
-        Arc::new(move |a| {
-            let ip: Ipv4Addr = a[0]
-                .parse()
-                .map_err(|_| format!("'{}' is not an IPv4 address", a[0]))?;
-            let mac: crate::wire::ethernet::Address = a[1]
-                .parse()
-                .map_err(|_| format!("'{}' is not a MAC address (aa:bb:cc:dd:ee:ff)", a[1]))?;
-            c.set_neighbour(ip, mac.0);
-            Ok(format!("{ip} lladdr {mac} PERMANENT\n"))
-        }),
-    )?;
+    register::<NeighSet>(registry, move |r| {
+        c.set_neighbour(r.ip, r.mac);
+        Ok(r)
+    })?;
     let c = control.clone();
-    registry.register(
-        "neigh/del",
-        "IP",
-        1,
-        1,
-        Arc::new(move |a| {
-            let ip: Ipv4Addr = a[0]
-                .parse()
-                .map_err(|_| format!("'{}' is not an IPv4 address", a[0]))?;
-            if c.del_neighbour(ip) {
-                Ok(String::new())
-            } else {
-                Err(format!("no neighbour entry for {ip}"))
-            }
-        }),
-    )?;
+    register::<NeighDel>(registry, move |r| {
+        if c.del_neighbour(r.ip) {
+            Ok(Empty {})
+        } else {
+            Err(ApiError::not_found(format!(
+                "no neighbour entry for {}",
+                r.ip
+            )))
+        }
+    })?;
     let c = control.clone();
-    registry.register(
-        "local-stack/show",
-        "",
-        0,
-        0,
-        Arc::new(move |_| {
-            let cfg = c.config.load();
-            Ok(format!(
-                "address {}/{} mac {} uplink {}\nrx {} tx {} arp replies learned {}\n",
-                cfg.ip,
-                cfg.prefix_len,
-                crate::wire::ethernet::Address(cfg.mac),
-                cfg.uplink,
-                c.stats.rx.get(),
-                c.stats.tx.get(),
-                c.stats.arp_replies.get()
-            ))
-        }),
-    )?;
+    register::<LocalStackShow>(registry, move |_| {
+        let cfg = c.config.load();
+        Ok(LocalStackReply {
+            ip: cfg.ip,
+            prefix_len: cfg.prefix_len,
+            mac: cfg.mac,
+            uplink: cfg.uplink.0,
+            rx: c.stats.rx.get(),
+            tx: c.stats.tx.get(),
+            arp_replies: c.stats.arp_replies.get(),
+        })
+    })?;
     Ok(())
 }
 

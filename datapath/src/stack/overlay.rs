@@ -16,9 +16,9 @@
 //! thread; the values it hands out are per-PMD or shared handles.
 
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 
 use crate::ctl::registry::{Registry, RegistryError};
+use crate::ctl::typed::register;
 use crate::neigh::cache::NeighConfig;
 use crate::neigh::ingress::{Ingress, IngressControl, PortBinding};
 use crate::neigh::table::NeighTable;
@@ -372,68 +372,36 @@ impl Overlay {
         if let Some(s) = &self.stack {
             crate::stack::register_commands(registry, s)?;
         }
+        use sluice_api::stack::{DelPortSecurity, DumpPortSecurity, SetPortSecurity};
+        use sluice_api::tunnel::SetVtep;
+        use sluice_api::{ApiError, Empty};
         let (t, st) = (self.tunnels.clone(), self.stack.clone());
-        registry.register(
-            "set-vtep",
-            "IP/PREFIXLEN",
-            1,
-            1,
-            Arc::new(move |a| {
-                let (ip, len) = parse_cidr(&a[0])?;
-                if let Some(st) = &st {
-                    st.set_address(ip, len).map_err(|e| e.to_string())?;
-                }
-                t.set_local(ip, len);
-                Ok(String::new())
-            }),
-        )?;
+        register::<SetVtep>(registry, move |r| {
+            if let Some(st) = &st {
+                st.set_address(r.ip, r.prefix_len)
+                    .map_err(|e| ApiError::invalid(e.to_string()))?;
+            }
+            t.set_local(r.ip, r.prefix_len);
+            Ok(Empty {})
+        })?;
         let c = self.ingress.clone();
-        registry.register(
-            "dump-port-security",
-            "",
-            0,
-            0,
-            Arc::new(move |_| Ok(c.dump())),
-        )?;
+        register::<DumpPortSecurity>(registry, move |_| Ok(c.view()))?;
         let c = self.ingress.clone();
-        registry.register(
-            "set-port-security",
-            "PORT MAC IP[,IP...]",
-            3,
-            3,
-            Arc::new(move |a| {
-                let port: u16 = a[0]
-                    .parse()
-                    .map_err(|_| format!("{:?} is not an OpenFlow port number", a[0]))?;
-                let mac: crate::wire::ethernet::Address = a[1].parse().map_err(|_| {
-                    format!("{:?} is not a MAC address (e.g. 0a:58:0a:f4:01:05)", a[1])
-                })?;
-                let ips = a[2]
-                    .split(',')
-                    .map(|s| {
-                        s.trim()
-                            .parse::<Ipv4Addr>()
-                            .map_err(|_| format!("{s:?} is not an IPv4 address"))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                c.bind_port(PortNo(port), PortBinding { mac: mac.0, ips });
-                Ok(String::new())
-            }),
-        )?;
+        register::<SetPortSecurity>(registry, move |r| {
+            c.bind_port(
+                PortNo(r.port),
+                PortBinding {
+                    mac: r.mac,
+                    ips: r.ips,
+                },
+            );
+            Ok(Empty {})
+        })?;
         let c = self.ingress.clone();
-        registry.register(
-            "del-port-security",
-            "PORT",
-            1,
-            1,
-            Arc::new(move |a| {
-                let port: u16 = a[0]
-                    .parse()
-                    .map_err(|_| format!("{:?} is not an OpenFlow port number", a[0]))?;
-                c.unbind_port(PortNo(port));
-                Ok(String::new())
-            }),
-        )?;
+        register::<DelPortSecurity>(registry, move |r| {
+            c.unbind_port(PortNo(r.port));
+            Ok(Empty {})
+        })?;
         Ok(())
     }
 }

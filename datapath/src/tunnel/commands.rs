@@ -8,51 +8,57 @@
 //! frame given in hex (the datapath's own code on a copy, nothing counted). Handlers run on control threads and only read
 //! single-writer counters or publish new VTEP snapshots.
 
+use sluice_api::tunnel::{
+    AddVtep, DelVtep, DumpTunnels, RemoteVtep, TunnelDump, TunnelMtu, TunnelMtuReply, TunnelTrace,
+    TunnelTraceRequest,
+};
+use sluice_api::{ApiError, Empty, Text};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 
 use crate::ctl::registry::{Registry, RegistryError};
+use crate::ctl::typed::register;
 use crate::drop::DropReason;
 use crate::tunnel::geneve::{Tunnels, OVERHEAD_IPV4};
 
-/// The text of `dump-tunnels`.
-pub fn dump_tunnels(t: &Tunnels) -> String {
+/// The `dump-tunnels` view: the local VTEP, every remote VTEP with packets
+/// and bytes each way (summed over PMDs), encap/decap drops by reason.
+pub fn dump_tunnels(t: &Tunnels) -> TunnelDump {
     let c = t.config();
-    let mut s = format!(
-        "local vtep {}/{} mac {} dst_port {} ttl {} df {} udp_csum {}\n",
-        c.local_ip,
-        c.prefix_len,
-        crate::wire::ethernet::Address(c.local_mac),
-        c.dst_port,
-        c.ttl,
-        c.df,
-        c.udp_checksum,
-    );
     let stats = t.stats();
-    let encap: u64 = stats.iter().map(|s| s.encap.get()).sum();
-    let decap: u64 = stats.iter().map(|s| s.decap.get()).sum();
-    let _ = writeln!(s, "encapsulated {encap} decapsulated {decap}");
-    for v in t.vteps.entries() {
-        let (txp, txb, rxp, rxb) = v.totals();
-        let _ = writeln!(
-            s,
-            "  remote {} vtep {}: tx {} packets {} bytes, rx {} packets {} bytes",
-            v.node, v.ip, txp, txb, rxp, rxb
-        );
+    TunnelDump {
+        local_ip: c.local_ip,
+        prefix_len: c.prefix_len,
+        local_mac: crate::wire::ethernet::Address(c.local_mac).to_string(),
+        dst_port: c.dst_port,
+        ttl: c.ttl,
+        df: c.df,
+        udp_checksum: c.udp_checksum,
+        encapsulated: stats.iter().map(|s| s.encap.get()).sum(),
+        decapsulated: stats.iter().map(|s| s.decap.get()).sum(),
+        remotes: t
+            .vteps
+            .entries()
+            .iter()
+            .map(|v| {
+                let (tx_packets, tx_bytes, rx_packets, rx_bytes) = v.totals();
+                RemoteVtep {
+                    node: v.node.to_string(),
+                    ip: v.ip,
+                    tx_packets,
+                    tx_bytes,
+                    rx_packets,
+                    rx_bytes,
+                }
+            })
+            .collect(),
+        drops: DropReason::ALL
+            .iter()
+            .map(|&r| (r, stats.iter().map(|st| st.drops.get(r)).sum::<u64>()))
+            .filter(|&(_, n)| n > 0)
+            .map(|(r, packets)| r.count(packets))
+            .collect(),
     }
-    let mut any = false;
-    for &r in DropReason::ALL {
-        let n: u64 = stats.iter().map(|st| st.drops.get(r)).sum();
-        if n > 0 {
-            if !any {
-                s.push_str("drops:\n");
-                any = true;
-            }
-            let _ = writeln!(s, "  {}: {n} ({})", r.key(), r.description());
-        }
-    }
-    s
 }
 
 /// Parses hex bytes (whitespace and a leading `0x` allowed).
@@ -78,16 +84,16 @@ fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
 /// The text of `tunnel/trace`: the decapsulation steps for a Geneve frame
 /// (or the drop reason), or, with `VNI DST`, the encapsulation steps for an
 /// inner frame. Runs the datapath's own code on a copy; counts nothing.
-pub fn trace(t: &Tunnels, args: &[String]) -> Result<String, String> {
+pub fn trace(t: &Tunnels, req: &TunnelTraceRequest) -> Result<String, ApiError> {
     use crate::flow::key::{extract, Field, FlowKey};
     use crate::packet::{HeapBuf, PacketBuf, PortNo};
     use crate::pipeline::hooks::TunnelHook;
     use crate::wire::pretty::PrettyFrame;
     let mut h = t.tracer();
     let mut s = String::new();
-    match args {
-        [hex] => {
-            let f = parse_hex(hex)?;
+    let f = parse_hex(&req.hex).map_err(ApiError::invalid)?;
+    match req.encap {
+        None => {
             let _ = writeln!(s, "input: {}", PrettyFrame(&f));
             let mut pkt = HeapBuf::from_frame(&f);
             let mut key = FlowKey::default();
@@ -116,17 +122,7 @@ pub fn trace(t: &Tunnels, args: &[String]) -> Result<String, String> {
                 }
             }
         }
-        [vni, dst, hex] => {
-            let vni: u32 = vni
-                .trim_start_matches("0x")
-                .parse::<u32>()
-                .ok()
-                .or_else(|| u32::from_str_radix(vni.trim_start_matches("0x"), 16).ok())
-                .ok_or_else(|| format!("{vni:?} is not a VNI"))?;
-            let dst: Ipv4Addr = dst
-                .parse()
-                .map_err(|_| format!("{dst:?} is not the remote VTEP's IPv4 address"))?;
-            let f = parse_hex(hex)?;
+        Some((vni, dst)) => {
             let _ = writeln!(s, "input: {}", PrettyFrame(&f));
             let mut pkt = HeapBuf::from_frame(&f);
             let mut key = extract(&f, PortNo(0));
@@ -146,78 +142,47 @@ pub fn trace(t: &Tunnels, args: &[String]) -> Result<String, String> {
                 }
             }
         }
-        _ => {
-            return Err(
-                "usage: tunnel/trace HEX (decap) or tunnel/trace VNI VTEP_IP HEX (encap)".into(),
-            )
-        }
     }
     Ok(s)
 }
 
 /// The text of `tunnel-mtu`.
-pub fn tunnel_mtu(t: &Tunnels) -> String {
-    format!(
-        "uplink mtu {}\ngeneve overhead {} bytes (IPv4 20 + UDP 8 + Geneve 8 + inner Ethernet 14) plus up to 12 bytes of options\npod mtu {}\n",
-        t.config().uplink_mtu,
-        OVERHEAD_IPV4,
-        t.config().pod_mtu()
-    )
+pub fn tunnel_mtu(t: &Tunnels) -> TunnelMtuReply {
+    TunnelMtuReply {
+        uplink_mtu: t.config().uplink_mtu,
+        overhead: OVERHEAD_IPV4,
+        pod_mtu: t.config().pod_mtu(),
+    }
 }
 
-/// Registers `dump-tunnels`, `add-vtep`, `del-vtep` and `tunnel-mtu`.
+/// Registers `dump-tunnels`, `add-vtep`, `del-vtep`, `tunnel/trace` and
+/// `tunnel-mtu`.
 ///
 /// # Errors
 /// [`RegistryError`] if a name is already registered.
 pub fn register_commands(registry: &Registry, tunnels: &Tunnels) -> Result<(), RegistryError> {
     let t = tunnels.clone();
-    registry.register(
-        "dump-tunnels",
-        "",
-        0,
-        0,
-        Arc::new(move |_| Ok(dump_tunnels(&t))),
-    )?;
+    register::<DumpTunnels>(registry, move |_| Ok(dump_tunnels(&t)))?;
     let t = tunnels.clone();
-    registry.register(
-        "add-vtep",
-        "NODE IP",
-        2,
-        2,
-        Arc::new(move |a| {
-            let ip: Ipv4Addr = a[1].parse().map_err(|_| {
-                format!("{:?} is not an IPv4 address: give the node's underlay address, e.g. 192.168.1.2", a[1])
-            })?;
-            t.vteps.add(&a[0], ip).map_err(|e| e.to_string())?;
-            Ok(String::new())
-        }),
-    )?;
+    register::<AddVtep>(registry, move |r| {
+        t.vteps
+            .add(&r.node, r.ip)
+            .map(|_| Empty {})
+            .map_err(|e| ApiError::invalid(e.to_string()))
+    })?;
     let t = tunnels.clone();
-    registry.register(
-        "del-vtep",
-        "NODE",
-        1,
-        1,
-        Arc::new(move |a| {
-            t.vteps.remove(&a[0]).map_err(|e| e.to_string())?;
-            Ok(String::new())
-        }),
-    )?;
+    register::<DelVtep>(registry, move |r| {
+        t.vteps
+            .remove(&r.node)
+            .map(|_| Empty {})
+            .map_err(|e| ApiError::not_found(e.to_string()))
+    })?;
     let t = tunnels.clone();
-    registry.register(
-        "tunnel/trace",
-        "[VNI VTEP_IP] HEX",
-        1,
-        3,
-        Arc::new(move |a| trace(&t, a)),
-    )?;
+    register::<TunnelTrace>(registry, move |r| {
+        Ok(Text {
+            text: trace(&t, &r)?,
+        })
+    })?;
     let t = tunnels.clone();
-    registry.register(
-        "tunnel-mtu",
-        "",
-        0,
-        0,
-        Arc::new(move |_| Ok(tunnel_mtu(&t))),
-    )?;
-    Ok(())
+    register::<TunnelMtu>(registry, move |_| Ok(tunnel_mtu(&t)))
 }

@@ -484,7 +484,7 @@ fn encap_failures_are_counted() {
         &inner[..],
         "failed encap leaves the frame unchanged"
     );
-    let text = super::commands::dump_tunnels(&t);
+    let text = sluice_api::Render::render(&super::commands::dump_tunnels(&t));
     assert!(text.contains("tunnel_bad_vni: 1"), "{text}");
     assert!(text.contains("remote node-b vtep 192.168.50.2"), "{text}");
 }
@@ -539,33 +539,39 @@ table=0,priority=0,actions=drop";
     assert_eq!(got[0].data(), &inner[..]);
 }
 
+/// `tunnel/trace` with its text arguments.
+fn trace_args(t: &Tunnels, args: &[String]) -> Result<String, sluice_api::ApiError> {
+    use sluice_api::FromArgs as _;
+    super::commands::trace(t, &sluice_api::tunnel::TunnelTraceRequest::from_args(args)?)
+}
+
 #[test]
 fn trace_shows_decap_and_encap_steps_without_counting() {
     let t = tunnels(config());
     let p = peer();
     let inner = inner_frame(20, true);
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    let enc = super::commands::trace(&t, &["100".into(), REMOTE.to_string(), hex(&inner)])
-        .expect("encap trace");
+    let enc =
+        trace_args(&t, &["100".into(), REMOTE.to_string(), hex(&inner)]).expect("encap trace");
     assert!(enc.contains("tnl_push: +50 bytes"), "{enc}");
     // A frame node-b would receive from node-a.
     let mut h = t.hook(0);
     let mut pkt = HeapBuf::from_frame(&inner);
     push(&mut h, &mut pkt, &push_key(&inner, 0x64)).expect("encap");
-    let dec = super::commands::trace(&p, &[hex(pkt.data())]).expect("decap trace");
+    let dec = trace_args(&p, &[hex(pkt.data())]).expect("decap trace");
     assert!(
         dec.contains("tnl_pop: tun_id=0x64 tun_src=192.168.50.1"),
         "{dec}"
     );
     assert!(dec.contains("inner (62 bytes)"), "{dec}");
-    let bad = super::commands::trace(&p, &[hex(&inner)]).expect("trace");
+    let bad = trace_args(&p, &[hex(&inner)]).expect("trace");
     assert!(bad.contains("tnl_pop: drop"), "{bad}");
     assert_eq!(
         p.vteps.entries()[0].totals(),
         (0, 0, 0, 0),
         "tracing counts nothing"
     );
-    assert!(super::commands::trace(&p, &["zz".into()]).is_err());
+    assert!(trace_args(&p, &["zz".into()]).is_err());
 }
 
 #[test]

@@ -1,31 +1,30 @@
-//! Client of the `sluiced` control socket (`sluiced.ctl`).
+//! The typed client of the `sluiced` control socket (`sluiced.ctl`).
 //!
 //! Speaks the unixctl JSON-RPC dialect that `sluiced` serves (and that
 //! `ovs-appctl` speaks): one JSON object per request,
-//! `{"id":N,"method":"<command>","params":[…]}`, answered by
-//! `{"id":N,"result":…,"error":…}`. Three kinds of call:
+//! `{"id":N,"method":"<command>","params":…}`, answered by
+//! `{"id":N,"result":…,"error":…}`. Two kinds of call:
 //!
-//! - [`CtlClient::call`]: a text command with string arguments, exactly what
-//!   `ovs-appctl -t SOCK <command> <args…>` sends; returns the reply text.
-//! - [`CtlClient::call_json`]: the same command asking for JSON (`params` is
-//!   `{"args":[…]}`); returns the feature's structured output, or its text as
-//!   a JSON string if it has none.
-//! - [`CtlClient::call_method`]: a structured method (such as `flow-bundle`)
-//!   with any JSON `params`, returning any JSON.
+//! - [`Client::call`]: a typed [`Method`]: the request goes out as a JSON
+//!   object, the reply comes back as `M::Reply`, a failure as an
+//!   [`ApiError`] with its code. This is what every Sluice program uses.
+//! - [`Client::call_text`]: a text command with string arguments, exactly
+//!   what `ovs-appctl -t SOCK <command> <args…>` sends; returns the reply
+//!   text. For commands a newer or older `sluiced` has that this crate does
+//!   not know, and for tests of the text interface.
 //!
-//! The command names `sluiced` registers are listed in the datapath's `ctl`
-//! module documentation. The server is trusted (it runs as root and the
-//! socket is root-only), but every malformed or mismatched reply is still
-//! reported as a [`ClientError`] rather than a panic.
+//! The server is trusted (it runs as root and the socket is root-only), but
+//! every malformed or mismatched reply is still reported as a
+//! [`ClientError`] rather than a panic.
 //!
-//! A [`CtlClient`] can be kept open (the agent does): `sluiced` closes
+//! A [`Client`] can be kept open (the agent does): `sluiced` closes
 //! connections that stay idle for minutes, so a call on a long-idle client
 //! may fail with [`ClientError::Closed`] or [`ClientError::Io`]. After such a
 //! failure (or a timeout) the client reconnects before its next call; it
 //! never re-sends a request by itself, because it cannot know whether the
 //! server ran it.
 //!
-//! Thread-safety: a [`CtlClient`] is one connection used by one thread at a
+//! Thread-safety: a [`Client`] is one connection used by one thread at a
 //! time (`&mut self`); open one per thread.
 
 use std::io::{self, BufReader, Write};
@@ -36,8 +35,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::{ApiError, Method};
+
 /// Where `sluiced` listens unless told otherwise.
-pub const DEFAULT_SOCKET: &str = "/var/run/sluice/sluiced.ctl";
+pub const DEFAULT_SOCKET: &str = crate::paths::SLUICED_CTL;
 
 /// Why a control call failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,11 +52,8 @@ pub enum ClientError {
         source: io::Error,
     },
     /// `sluiced` processed the request and answered with an error.
-    #[error("{}", message.trim_end())]
-    Server {
-        /// The server's error text.
-        message: String,
-    },
+    #[error("{0}")]
+    Api(ApiError),
     /// No reply arrived in time.
     #[error("no reply from {} within {} s; sluiced may be overloaded or stuck (raise --timeout to wait longer)", path.display(), timeout.as_secs_f64())]
     Timeout {
@@ -93,7 +91,7 @@ impl ClientError {
     /// answered with an error, 2 when it could not be asked.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Server { .. } => 1,
+            Self::Api(_) => 1,
             _ => 2,
         }
     }
@@ -118,7 +116,7 @@ fn connect_hint(error: &io::Error) -> &'static str {
 
 /// One connection to the control socket.
 #[derive(Debug)]
-pub struct CtlClient {
+pub struct Client {
     path: PathBuf,
     writer: UnixStream,
     reader: BufReader<UnixStream>,
@@ -127,9 +125,9 @@ pub struct CtlClient {
     broken: bool,
 }
 
-impl CtlClient {
+impl Client {
     /// Connects to the control socket at `path`. Calls wait for their reply
-    /// without limit until [`CtlClient::set_timeout`] sets one.
+    /// without limit until [`Client::set_timeout`] sets one.
     ///
     /// # Errors
     /// [`ClientError::Connect`] if nothing listens there.
@@ -171,13 +169,47 @@ impl CtlClient {
         Ok(())
     }
 
+    /// Calls method `M` with `request` and returns its typed reply.
+    ///
+    /// # Errors
+    /// [`ClientError::Api`] with the server's code and sentence if it
+    /// refused or failed the request; [`ClientError::Protocol`] if the reply
+    /// is not an `M::Reply`; other variants if the server could not be
+    /// asked.
+    pub fn call<M: Method>(&mut self, request: &M::Request) -> Result<M::Reply, ClientError> {
+        let params = serde_json::to_value(request)
+            .map_err(|e| self.protocol(format!("cannot encode the {} request: {e}", M::NAME)))?;
+        let params = match params {
+            // A request with no fields is `{}`: the structured form.
+            Value::Null => json!({}),
+            p => p,
+        };
+        let result = self.transact(M::NAME, params)?;
+        M::Reply::deserialize(&result).map_err(|e| {
+            self.protocol(format!(
+                "the reply to {} is not what this client expects ({e}); are sluicectl and sluiced the same version?",
+                M::NAME
+            ))
+        })
+    }
+
+    /// Calls `method` with raw JSON `params` and returns the raw JSON
+    /// result: the escape hatch for methods this crate does not define
+    /// (`sluicectl call-method`). Programs use [`Client::call`].
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub fn call_raw(&mut self, method: &str, params: Value) -> Result<Value, ClientError> {
+        self.transact(method, params)
+    }
+
     /// Runs text command `command` with string arguments and returns its
     /// reply text (a non-text result is returned as pretty-printed JSON).
     ///
     /// # Errors
-    /// [`ClientError::Server`] with the server's text if the command failed;
+    /// [`ClientError::Api`] with the server's text if the command failed;
     /// other variants if the server could not be asked.
-    pub fn call<S: AsRef<str>>(
+    pub fn call_text<S: AsRef<str>>(
         &mut self,
         command: &str,
         args: &[S],
@@ -187,30 +219,6 @@ impl CtlClient {
             Value::String(text) => Ok(text),
             other => Ok(format!("{other:#}\n")),
         }
-    }
-
-    /// Runs `command` asking for machine-readable output: the structured
-    /// method of that name if the feature has one, else the text command's
-    /// output as a JSON string.
-    ///
-    /// # Errors
-    /// As [`CtlClient::call`].
-    pub fn call_json<S: AsRef<str>>(
-        &mut self,
-        command: &str,
-        args: &[S],
-    ) -> Result<Value, ClientError> {
-        let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
-        self.transact(command, json!({ "args": args }))
-    }
-
-    /// Calls structured method `method` with `params` (a JSON array or
-    /// object) and returns its JSON result.
-    ///
-    /// # Errors
-    /// As [`CtlClient::call`].
-    pub fn call_method(&mut self, method: &str, params: Value) -> Result<Value, ClientError> {
-        self.transact(method, params)
     }
 
     fn io_error(&self, source: io::Error) -> ClientError {
@@ -255,7 +263,7 @@ impl CtlClient {
         // After anything but a clean reply the stream may hold a partial or
         // late reply, or be closed: never reuse it.
         if let Err(e) = &outcome {
-            if !matches!(e, ClientError::Server { .. }) {
+            if !matches!(e, ClientError::Api(_)) {
                 self.broken = true;
             }
         }
@@ -298,10 +306,11 @@ impl CtlClient {
         }
         match error {
             Value::Null => Ok(result),
-            Value::String(message) => Err(ClientError::Server { message }),
-            other => Err(ClientError::Server {
-                message: other.to_string(),
-            }),
+            Value::String(message) => Err(ClientError::Api(ApiError::from_wire(&message))),
+            other => match ApiError::deserialize(&other) {
+                Ok(e) => Err(ClientError::Api(e)),
+                Err(_) => Err(ClientError::Api(ApiError::failed(other.to_string()))),
+            },
         }
     }
 }
@@ -349,10 +358,10 @@ mod tests {
             Some(r#"{"id":{id},"result":"ok\n","error":null}"#),
             false,
         );
-        let mut client = CtlClient::connect(&path).unwrap();
+        let mut client = Client::connect(&path).unwrap();
         assert_eq!(
             client
-                .call("add-flow", &["priority=1,actions=drop"])
+                .call_text("add-flow", &["priority=1,actions=drop"])
                 .unwrap(),
             "ok\n"
         );
@@ -363,21 +372,59 @@ mod tests {
     }
 
     #[test]
-    fn call_json_sends_object_params() {
+    fn typed_call_sends_the_request_object_and_reads_the_reply() {
         let dir = tempfile::tempdir().unwrap();
         let (path, server) = fake_server(
             dir.path(),
             Some(r#"{"id":{id},"result":{"flows":[]},"error":null}"#),
             false,
         );
-        let mut client = CtlClient::connect(&path).unwrap();
-        assert_eq!(
-            client.call_json("dump-flows", &["table=0"]).unwrap(),
-            json!({"flows": []})
+        let mut client = Client::connect(&path).unwrap();
+        let reply = client
+            .call::<crate::flows::DumpFlows>(&crate::flows::DumpFlowsRequest {
+                filter: "table=0".into(),
+            })
+            .unwrap();
+        assert!(reply.flows.is_empty());
+        let req = server.join().unwrap();
+        assert_eq!(req["method"], "dump-flows");
+        assert_eq!(req["params"], json!({"filter": "table=0"}));
+    }
+
+    #[test]
+    fn typed_call_keeps_the_error_code_and_refuses_a_foreign_reply() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _server) = fake_server(
+            dir.path(),
+            Some(
+                r#"{"id":{id},"result":null,"error":"{\"code\":\"not-found\",\"message\":\"no port named 'x'\"}"}"#,
+            ),
+            false,
         );
-        assert_eq!(
-            server.join().unwrap()["params"],
-            json!({"args": ["table=0"]})
+        let mut client = Client::connect(&path).unwrap();
+        let err = client
+            .call::<crate::ports::DumpPorts>(&crate::ports::DumpPortsRequest {
+                port: Some("x".into()),
+            })
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Api(e) if e.code == crate::ErrorCode::NotFound),
+            "{err:?}"
+        );
+        assert_eq!(err.exit_code(), 1);
+        let dir2 = tempfile::tempdir().unwrap();
+        let (path, _server) = fake_server(
+            dir2.path(),
+            Some(r#"{"id":{id},"result":{"flows":"not a list"},"error":null}"#),
+            false,
+        );
+        let mut client = Client::connect(&path).unwrap();
+        let err = client
+            .call::<crate::flows::DumpFlows>(&Default::default())
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Protocol { detail, .. } if detail.contains("dump-flows")),
+            "{err:?}"
         );
     }
 
@@ -389,11 +436,13 @@ mod tests {
             Some(r#"{"id":{id},"result":null,"error":"bad flow\n"}"#),
             false,
         );
-        let err = CtlClient::connect(&path)
+        let err = Client::connect(&path)
             .unwrap()
-            .call::<&str>("add-flow", &[])
+            .call_text::<&str>("add-flow", &[])
             .unwrap_err();
-        assert!(matches!(&err, ClientError::Server { message } if message == "bad flow\n"));
+        assert!(
+            matches!(&err, ClientError::Api(e) if e.message == "bad flow" && e.code == crate::ErrorCode::Failed)
+        );
         assert_eq!(err.to_string(), "bad flow");
         assert_eq!(err.exit_code(), 1);
     }
@@ -406,9 +455,9 @@ mod tests {
             Some(r#"{"id":null,"result":null,"error":"permission denied: uid 1000\n"}"#),
             false,
         );
-        let err = CtlClient::connect(&path)
+        let err = Client::connect(&path)
             .unwrap()
-            .call::<&str>("version", &[])
+            .call_text::<&str>("version", &[])
             .unwrap_err();
         assert_eq!(err.to_string(), "permission denied: uid 1000");
     }
@@ -421,9 +470,9 @@ mod tests {
             Some(r#"{"id":77,"result":"x","error":null}"#),
             false,
         );
-        let err = CtlClient::connect(&path)
+        let err = Client::connect(&path)
             .unwrap()
-            .call::<&str>("version", &[])
+            .call_text::<&str>("version", &[])
             .unwrap_err();
         assert!(
             err.to_string().contains("expected reply id 0, got 77"),
@@ -433,9 +482,9 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let (path, _server) = fake_server(dir.path(), Some("[1,2]"), false);
-        let err = CtlClient::connect(&path)
+        let err = Client::connect(&path)
             .unwrap()
-            .call::<&str>("version", &[])
+            .call_text::<&str>("version", &[])
             .unwrap_err();
         assert!(err.to_string().contains("not a JSON object"), "{err}");
     }
@@ -444,9 +493,9 @@ mod tests {
     fn closed_without_reply() {
         let dir = tempfile::tempdir().unwrap();
         let (path, _server) = fake_server(dir.path(), None, false);
-        let err = CtlClient::connect(&path)
+        let err = Client::connect(&path)
             .unwrap()
-            .call::<&str>("version", &[])
+            .call_text::<&str>("version", &[])
             .unwrap_err();
         assert!(matches!(err, ClientError::Closed { .. }), "{err}");
         assert!(err
@@ -458,11 +507,11 @@ mod tests {
     fn timeout_is_reported_not_hung() {
         let dir = tempfile::tempdir().unwrap();
         let (path, server) = fake_server(dir.path(), Some(""), true);
-        let mut client = CtlClient::connect(&path).unwrap();
+        let mut client = Client::connect(&path).unwrap();
         client
             .set_timeout(Some(Duration::from_millis(100)))
             .unwrap();
-        let err = client.call::<&str>("version", &[]).unwrap_err();
+        let err = client.call_text::<&str>("version", &[]).unwrap_err();
         assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
         assert!(err.to_string().starts_with("no reply from"), "{err}");
         drop(client);
@@ -490,11 +539,11 @@ mod tests {
             second.write_all(reply.to_string().as_bytes()).unwrap();
             (first_request, request)
         });
-        let mut client = CtlClient::connect(&path).unwrap();
+        let mut client = Client::connect(&path).unwrap();
         client.set_timeout(Some(Duration::from_secs(60))).unwrap();
-        let err = client.call("version", &["x"]).unwrap_err();
+        let err = client.call_text("version", &["x"]).unwrap_err();
         assert!(matches!(err, ClientError::Closed { .. }), "{err}");
-        assert_eq!(client.call("version", &["y"]).unwrap(), "again\n");
+        assert_eq!(client.call_text("version", &["y"]).unwrap(), "again\n");
         let (first, second) = server.join().unwrap();
         assert_eq!(first["params"], json!(["x"]));
         // Only the new request went over the new connection, with a fresh id.
@@ -506,7 +555,7 @@ mod tests {
     fn connect_error_names_the_path_and_the_likely_cause() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("missing.ctl");
-        let err = CtlClient::connect(&path).unwrap_err();
+        let err = Client::connect(&path).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!(

@@ -1,0 +1,223 @@
+//! Poll-mode-driver threads: per-PMD statistics (OVS's
+//! `dpif-netdev/pmd-stats-show`), their rx-queue assignment
+//! (`pmd-rxq-show`) and their per-core cache contents (`dump-cache`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{method, Empty, Render};
+
+/// Packets dropped for one reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropCount {
+    /// The reason's key (`table_miss`, `ct_limit`, ...).
+    pub reason: String,
+    /// What the reason means, for people.
+    pub description: String,
+    /// Packets dropped for it.
+    pub packets: u64,
+}
+
+/// Counters of one PMD since start or the last `pmd-stats-clear`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PmdStats {
+    /// PMD index.
+    pub index: usize,
+    /// CPU it is pinned to.
+    pub core: Option<usize>,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Non-empty rx bursts.
+    pub rx_bursts: u64,
+    /// TSC cycles spent on bursts that carried packets.
+    pub busy_cycles: u64,
+    /// TSC cycles spent polling empty queues.
+    pub idle_cycles: u64,
+    /// Whether the PMD runs the flow pipeline (the next fields mean something).
+    pub flow_pipeline: bool,
+    /// Exact-match cache hits.
+    pub emc_hits: u64,
+    /// Megaflow cache hits.
+    pub megaflow_hits: u64,
+    /// Megaflow cache misses.
+    pub megaflow_misses: u64,
+    /// Subtables probed by megaflow lookups.
+    pub megaflow_probes: u64,
+    /// Slow-path classifications.
+    pub upcalls: u64,
+    /// Recirculations (`ct(table=N)`, tunnel pop).
+    pub recirculations: u64,
+    /// Packets sent to the controller.
+    pub packet_ins: u64,
+    /// Whether the PMD tracks connections (the next two mean something).
+    pub conntrack: bool,
+    /// Connection-cache hits (no lock).
+    pub ct_cache_hits: u64,
+    /// Connection-cache misses (shared table).
+    pub ct_cache_misses: u64,
+    /// Drops by reason (only reasons with drops).
+    pub drops: Vec<DropCount>,
+}
+
+impl PmdStats {
+    /// Total packets dropped.
+    pub fn dropped(&self) -> u64 {
+        self.drops.iter().map(|d| d.packets).sum()
+    }
+}
+
+/// `pmd-stats-show` reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PmdStatsReply {
+    /// One entry per PMD.
+    pub pmds: Vec<PmdStats>,
+}
+
+impl Render for PmdStatsReply {
+    fn render(&self) -> String {
+        let mut s = String::new();
+        for p in &self.pmds {
+            let total = (p.busy_cycles + p.idle_cycles).max(1) as f64;
+            s += &format!(
+                "pmd thread index {}{}:\n",
+                p.index,
+                p.core.map(|c| format!(" core_id {c}")).unwrap_or_default()
+            );
+            s += &format!("  packets received: {}\n", p.rx_packets);
+            s += &format!("  packets sent: {}\n", p.tx_packets);
+            s += &format!("  packet recirculations: {}\n", p.recirculations);
+            s += &format!(
+                "  avg. packets per rx burst: {:.2}\n",
+                p.rx_packets as f64 / p.rx_bursts.max(1) as f64
+            );
+            if p.flow_pipeline {
+                s += &format!("  emc hits: {}\n", p.emc_hits);
+                s += &format!("  megaflow hits: {}\n", p.megaflow_hits);
+                s += &format!(
+                    "  avg. subtable lookups per megaflow lookup: {:.2}\n",
+                    p.megaflow_probes as f64 / (p.megaflow_hits + p.megaflow_misses).max(1) as f64
+                );
+                s += &format!("  miss with success upcall: {}\n", p.upcalls);
+                s += &format!("  packet-ins: {}\n", p.packet_ins);
+            }
+            if p.conntrack {
+                let (hits, misses) = (p.ct_cache_hits, p.ct_cache_misses);
+                s += &format!(
+                    "  conntrack cache hits: {hits} ({:.2}% of lookups, no lock)\n",
+                    100.0 * hits as f64 / (hits + misses).max(1) as f64
+                );
+                s += &format!("  conntrack cache misses: {misses}\n");
+            }
+            s += &format!(
+                "  idle cycles: {} ({:.2}%)\n",
+                p.idle_cycles,
+                100.0 * p.idle_cycles as f64 / total
+            );
+            s += &format!(
+                "  processing cycles: {} ({:.2}%)\n",
+                p.busy_cycles,
+                100.0 * p.busy_cycles as f64 / total
+            );
+            let (busy, idle, rx) = (p.busy_cycles, p.idle_cycles, p.rx_packets);
+            if rx > 0 {
+                s += &format!(
+                    "  avg cycles per packet: {:.2} ({busy}/{rx})\n",
+                    (busy + idle) as f64 / rx as f64
+                );
+                s += &format!(
+                    "  avg processing cycles per packet: {:.2} ({busy}/{rx})\n",
+                    busy as f64 / rx as f64
+                );
+            }
+            s += &format!("  dropped: {}\n", p.dropped());
+            for d in &p.drops {
+                s += &format!("    {}: {} ({})\n", d.reason, d.packets, d.description);
+            }
+        }
+        s
+    }
+}
+
+/// One rx queue a PMD polls.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RxQueue {
+    /// Port name.
+    pub port: String,
+    /// OpenFlow port number.
+    pub ofport: u16,
+    /// Queue id on the port.
+    pub queue: u16,
+}
+
+/// The rx queues of one PMD.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PmdRxqs {
+    /// PMD index.
+    pub index: usize,
+    /// CPU it is pinned to.
+    pub core: Option<usize>,
+    /// Its queues.
+    pub queues: Vec<RxQueue>,
+}
+
+/// `pmd-rxq-show` reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PmdRxqReply {
+    /// One entry per PMD.
+    pub pmds: Vec<PmdRxqs>,
+}
+
+impl Render for PmdRxqReply {
+    fn render(&self) -> String {
+        let mut s = String::new();
+        for p in &self.pmds {
+            s += &format!(
+                "pmd thread index {}{}:\n",
+                p.index,
+                p.core.map(|c| format!(" core_id {c}")).unwrap_or_default()
+            );
+            for q in &p.queues {
+                s += &format!(
+                    "  port: {:<16} queue-id: {:>2} (ofport {})\n",
+                    q.port, q.queue, q.ofport
+                );
+            }
+        }
+        s
+    }
+}
+
+/// `dump-cache` reply: each PMD's description of its caches.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheDump {
+    /// One text per PMD, in PMD order.
+    pub pmds: Vec<String>,
+}
+
+impl Render for CacheDump {
+    fn render(&self) -> String {
+        let mut s = String::new();
+        for (i, t) in self.pmds.iter().enumerate() {
+            s += &format!("pmd thread index {i}:\n");
+            s += t;
+        }
+        s
+    }
+}
+
+method!(
+    /// Per-PMD statistics.
+    PmdStatsShow, "pmd-stats-show", "", (0, 0), Empty => PmdStatsReply,
+    aliases = ["dpif-netdev/pmd-stats-show"]);
+method!(
+    /// Resets the per-PMD statistics (to a baseline; the PMDs' counters are untouched).
+    PmdStatsClear, "pmd-stats-clear", "", (0, 0), Empty => Empty,
+    aliases = ["dpif-netdev/pmd-stats-clear"]);
+method!(
+    /// Which PMD polls which rx queue.
+    PmdRxqShow, "pmd-rxq-show", "", (0, 0), Empty => PmdRxqReply,
+    aliases = ["dpif-netdev/pmd-rxq-show"]);
+method!(
+    /// Exact-match and megaflow cache contents of every PMD.
+    DumpCache, "dump-cache", "", (0, 0), Empty => CacheDump);
