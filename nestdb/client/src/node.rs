@@ -15,8 +15,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use crate::datum::{Atom, Datum, Row, Uuid};
 use crate::error::{Error, Result};
+use ovsdb_core::{Atom, Datum, Row, Uuid};
 
 /// Name of the node database.
 pub const DB: &str = "Sluice_Node";
@@ -648,8 +648,8 @@ impl TableRow for RemoteNode {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::schema::Schema;
     use crate::transaction::Transaction;
+    use ovsdb_core::Schema;
 
     pub(crate) fn samples() -> (
         NodeConfig,
@@ -741,8 +741,13 @@ pub(crate) mod tests {
             .validate(schema)
             .unwrap_or_else(|e| panic!("{} does not follow the schema: {e}", T::TABLE));
         // And every schema column is covered by the struct.
-        let cols: Vec<&String> = schema.table(T::TABLE).unwrap().columns.keys().collect();
-        assert_eq!(row.keys().collect::<Vec<_>>(), cols, "{} columns", T::TABLE);
+        let cols: Vec<&str> = schema.table(T::TABLE).unwrap().column_names().collect();
+        assert_eq!(
+            row.keys().map(String::as_str).collect::<Vec<_>>(),
+            cols,
+            "{} columns",
+            T::TABLE
+        );
     }
 
     #[test]
