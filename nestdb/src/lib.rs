@@ -1,20 +1,18 @@
 //! nestdb: an OVSDB-protocol (RFC 7047) node database server.
 //!
 //! The crate mirrors the layout of Open vSwitch's `ovsdb/` directory: [`jsonrpc`]
-//! framing, [`types`]/[`datum`] values, [`schema`], [`table`] rows, [`transaction`]
-//! execution and commit, [`condition`]s, [`monitor`]s, the on-disk [`log`] and
-//! [`storage`], the [`server`] event loop, and the [`unixctl`] control socket.
+//! framing, [`table`] rows, [`transaction`] execution and commit, [`monitor`]s, the
+//! on-disk [`log`] and [`storage`], the [`server`] event loop, and the [`unixctl`]
+//! control socket.  The data model (atoms, data, types, schemas, conditions,
+//! mutations, error objects) is [`ovsdb_core`], shared with nestdb-client.
 
-pub mod condition;
-pub mod datum;
-pub mod error;
+pub use ovsdb_core;
+
 pub mod jsonrpc;
 pub mod log;
 pub mod monitor;
-pub mod schema;
 pub mod server;
 pub mod storage;
 pub mod table;
 pub mod transaction;
-pub mod types;
 pub mod unixctl;

@@ -4,18 +4,16 @@
 //! A [`Monitor`] belongs to one client session and one database.  It holds, per
 //! monitored table, the selected columns, which kinds of change are reported
 //! (`initial`/`insert`/`delete`/`modify`) and, for conditional monitors, a
-//! [`Condition`].  [`Monitor::compose`] turns a committed [`Changes`] into the
+//! [`Where`].  [`Monitor::compose`] turns a committed [`Changes`] into the
 //! `<table-updates>` (v1) or `<table-updates2>` (v2/v3) object the client is sent;
 //! a row that starts or stops matching the condition is reported as an insert or a
 //! delete.  Plain data owned by the server thread.
 
-use crate::condition::Condition;
-use crate::error::OvsdbError;
 use crate::table::{Changes, Database, Row, RowChange};
+use ovsdb_core::{OvsdbError, Uuid, Where};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use uuid::Uuid;
 
 /// Notification format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +51,7 @@ pub struct TableMonitor {
     /// Whether the implicit `_version` column was requested.
     pub version_column: bool,
     /// Row filter (empty: all rows).
-    pub condition: Condition,
+    pub condition: Where,
 }
 
 /// One client monitor.
@@ -111,7 +109,7 @@ impl Monitor {
         for (tname, req) in o {
             let (ti, ts) = db
                 .schema
-                .table(tname)
+                .table_with_index(tname)
                 .ok_or_else(|| OvsdbError::syntax(format!("no table named {tname}")))?;
             let reqs: Vec<&Value> = match req {
                 Value::Array(a) => a.iter().collect(),
@@ -126,7 +124,7 @@ impl Monitor {
                     delete: false,
                     modify: false,
                 },
-                condition: Condition::default(),
+                condition: Where::default(),
                 version_column: false,
             };
             for r in reqs {
@@ -165,7 +163,7 @@ impl Monitor {
                             "\"where\" is only allowed in monitor_cond requests",
                         ));
                     }
-                    tm.condition = Condition::from_json(w, ts, None, true)?;
+                    tm.condition = Where::from_json(w, ts, None, true)?;
                 }
             }
             tm.columns.sort_unstable();
@@ -194,7 +192,7 @@ impl Monitor {
         for (tname, req) in o {
             let (ti, ts) = db
                 .schema
-                .table(tname)
+                .table_with_index(tname)
                 .ok_or_else(|| OvsdbError::syntax(format!("no table named {tname}")))?;
             if !self.tables.iter().any(|t| t.table == ti) {
                 return Err(OvsdbError::syntax(format!(
@@ -207,7 +205,7 @@ impl Monitor {
             };
             for r in reqs {
                 if let Some(w) = r.get("where") {
-                    new_conds.push((ti, Condition::from_json(w, ts, None, true)?));
+                    new_conds.push((ti, Where::from_json(w, ts, None, true)?));
                 }
             }
         }
@@ -220,8 +218,8 @@ impl Monitor {
             let mut rows = Map::new();
             for (u, r) in &db.tables[ti].rows {
                 let tm = &self.tables[k];
-                let was = tm.condition.matches(*u, r);
-                let is = cond.matches(*u, r);
+                let was = tm.condition.matches(*u, r.version, &r.data);
+                let is = cond.matches(*u, r.version, &r.data);
                 let v = match (was, is) {
                     (false, true) => json_obj("insert", self.row_json(tm, ts, r, true)),
                     (true, false) => json_obj("delete", Value::Null),
@@ -247,7 +245,7 @@ impl Monitor {
             let ts = &db.schema.tables[tm.table];
             let mut rows = Map::new();
             for (u, r) in &db.tables[tm.table].rows {
-                if tm.condition.matches(*u, r) {
+                if tm.condition.matches(*u, r.version, &r.data) {
                     let body = self.row_json(tm, ts, r, true);
                     let v = match self.version {
                         Version::V1 => json_obj("new", body),
@@ -266,7 +264,7 @@ impl Monitor {
     fn row_json(
         &self,
         tm: &TableMonitor,
-        ts: &crate::schema::TableSchema,
+        ts: &ovsdb_core::TableSchema,
         r: &Row,
         insert: bool,
     ) -> Value {
@@ -281,7 +279,7 @@ impl Monitor {
         if tm.version_column {
             o.insert(
                 "_version".into(),
-                crate::datum::Atom::Uuid(r.version).to_json(),
+                ovsdb_core::Atom::Uuid(r.version).to_json(),
             );
         }
         Value::Object(o)
@@ -301,11 +299,11 @@ impl Monitor {
                 let old_m = ch
                     .old
                     .as_ref()
-                    .is_some_and(|r| tm.condition.matches(ch.uuid, r));
+                    .is_some_and(|r| tm.condition.matches(ch.uuid, r.version, &r.data));
                 let new_m = ch
                     .new
                     .as_ref()
-                    .is_some_and(|r| tm.condition.matches(ch.uuid, r));
+                    .is_some_and(|r| tm.condition.matches(ch.uuid, r.version, &r.data));
                 let (sel_ins, sel_del) = (tm.select.insert, tm.select.delete);
                 let v = match (old_m, new_m, &ch.old, &ch.new) {
                     (false, true, _, Some(new)) if sel_ins => {
@@ -331,8 +329,8 @@ impl Monitor {
                         }
                         let version = tm.version_column.then(|| {
                             (
-                                crate::datum::Atom::Uuid(old.version),
-                                crate::datum::Atom::Uuid(new.version),
+                                ovsdb_core::Atom::Uuid(old.version),
+                                ovsdb_core::Atom::Uuid(new.version),
                             )
                         });
                         match self.version {
@@ -355,7 +353,7 @@ impl Monitor {
                                     let ty = &ts.columns[c].ty;
                                     o.insert(
                                         ts.columns[c].name.clone(),
-                                        crate::datum::Datum::diff(&old.data[c], &new.data[c], ty)
+                                        ovsdb_core::Datum::diff(&old.data[c], &new.data[c], ty)
                                             .to_json(),
                                     );
                                 }
@@ -407,13 +405,13 @@ pub fn merge_changes<'a>(entries: impl Iterator<Item = &'a Arc<Changes>>) -> Cha
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::DatabaseSchema;
     use crate::transaction::{execute, ExecContext, Outcome};
+    use ovsdb_core::Schema;
     use serde_json::json;
 
     fn db() -> Database {
         Database::new(Arc::new(
-            DatabaseSchema::parse(
+            Schema::from_json_str(
                 r#"{"name":"T","tables":{"A":{"columns":{"n":{"type":"integer"},
                 "s":{"type":{"key":"string","min":0,"max":"unlimited"}}}}}}"#,
             )

@@ -11,13 +11,12 @@
 //! oversize input gets an error (or is disconnected) without affecting other sessions.
 //! Sessions on the unixctl listener speak the ovs-appctl protocol (see [`crate::unixctl`]).
 
-use crate::error::OvsdbError;
 use crate::jsonrpc::{Message, StreamParser};
 use crate::monitor::{merge_changes, Monitor, Version};
-use crate::schema::DatabaseSchema;
 use crate::storage::{now_ms, Storage, StorageError};
 use crate::table::Changes;
 use crate::transaction::{execute, ExecContext, Outcome};
+use ovsdb_core::{OvsdbError, Schema, Uuid};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
@@ -28,7 +27,6 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use uuid::Uuid;
 
 /// Default client socket.
 pub const DEFAULT_REMOTE: &str = "punix:/var/run/nestdb/nestdb-server.sock";
@@ -295,7 +293,7 @@ impl Server {
     pub fn new(config: Config) -> Result<Self, ServerError> {
         let mut dbs = vec![Db {
             name: "_Server".into(),
-            storage: Storage::in_memory(DatabaseSchema::server_schema()),
+            storage: Storage::in_memory(Schema::server_schema()),
             dirty: false,
         }];
         for path in &config.databases {

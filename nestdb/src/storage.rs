@@ -11,14 +11,13 @@
 //! snapshot record once the log has grown past a threshold.  Owned by the server thread.
 
 use crate::log::{encode_record, Log, LogError};
-use crate::schema::DatabaseSchema;
 use crate::table::{Changes, Database};
+use ovsdb_core::{Schema, Uuid};
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
-use uuid::Uuid;
 
 /// Errors opening or writing a database.
 #[derive(Debug, thiserror::Error)]
@@ -90,12 +89,12 @@ fn next_id(prev: Uuid, record: &[u8]) -> Uuid {
     let d = h.finalize();
     let mut b = [0u8; 16];
     b.copy_from_slice(&d[..16]);
-    uuid::Builder::from_sha1_bytes(b).into_uuid()
+    Uuid(uuid::Builder::from_sha1_bytes(b).into_uuid())
 }
 
 impl Storage {
     /// An in-memory database (used for `_Server`).
-    pub fn in_memory(schema: DatabaseSchema) -> Self {
+    pub fn in_memory(schema: Schema) -> Self {
         Self {
             db: Database::new(Arc::new(schema)),
             log: None,
@@ -123,9 +122,9 @@ impl Storage {
                 path: sf.display().to_string(),
                 reason: e.to_string(),
             })?;
-            let schema = DatabaseSchema::parse(&text).map_err(|e| StorageError::Schema {
+            let schema = Schema::from_json_str(&text).map_err(|e| StorageError::Schema {
                 path: sf.display().to_string(),
-                reason: e.details,
+                reason: e.details().to_owned(),
             })?;
             Log::create(path, std::slice::from_ref(&schema.json))?;
         }
@@ -137,11 +136,10 @@ impl Storage {
                 scan.file_len - scan.valid_len
             );
         }
-        let schema =
-            DatabaseSchema::from_json(&scan.records[0]).map_err(|e| StorageError::Schema {
-                path: p.clone(),
-                reason: e.details,
-            })?;
+        let schema = Schema::from_json(&scan.records[0]).map_err(|e| StorageError::Schema {
+            path: p.clone(),
+            reason: e.details().to_owned(),
+        })?;
         let mut s = Self {
             db: Database::new(Arc::new(schema)),
             log: None,
@@ -158,7 +156,7 @@ impl Storage {
                     .map_err(|e| StorageError::Replay {
                         path: p.clone(),
                         index,
-                        reason: e.details,
+                        reason: e.details().to_owned(),
                     })?;
             s.db.apply(&ch);
             s.remember(&encode_record(rec), ch);

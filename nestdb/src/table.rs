@@ -7,14 +7,10 @@
 //! referential integrity and garbage collection) and one ordered map per schema index
 //! (for uniqueness checks).  Owned by the server thread; not shared.
 
-use crate::datum::{Atom, Datum};
-use crate::error::OvsdbError;
-use crate::schema::{DatabaseSchema, TableSchema};
-use crate::types::RefType;
+use ovsdb_core::{Atom, Datum, OvsdbError, RefType, Schema, TableSchema, Uuid};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use uuid::Uuid;
 
 /// One row: its version and one datum per schema column (in column order).
 #[derive(Debug, Clone, PartialEq)]
@@ -125,7 +121,7 @@ impl Table {
 #[derive(Debug, Clone)]
 pub struct Database {
     /// The schema.
-    pub schema: Arc<DatabaseSchema>,
+    pub schema: Arc<Schema>,
     /// Tables in schema order.
     pub tables: Vec<Table>,
     /// Strong reference count per referenced row.
@@ -134,7 +130,7 @@ pub struct Database {
 
 impl Database {
     /// An empty database.
-    pub fn new(schema: Arc<DatabaseSchema>) -> Self {
+    pub fn new(schema: Arc<Schema>) -> Self {
         let tables = schema
             .tables
             .iter()
@@ -204,7 +200,7 @@ impl Database {
             }
             let (ti, ts) = self
                 .schema
-                .table(tname)
+                .table_with_index(tname)
                 .ok_or_else(|| OvsdbError::syntax(format!("record names unknown table {tname}")))?;
             let tobj = tv.as_object().ok_or_else(|| {
                 OvsdbError::syntax(format!("record for table {tname} must be an object"))
@@ -233,9 +229,9 @@ impl Database {
                             let ty = &ts.columns[ci].ty;
                             if diff {
                                 let d = Datum::diff_from_json(cv, ty)?;
-                                row.data[ci] = row.data[ci].apply_diff(&d, ty);
+                                row.data[ci].apply_diff(&d, ty)?;
                             } else {
-                                row.data[ci] = Datum::from_json(cv, ty, None)?;
+                                row.data[ci] = Datum::from_json_typed(cv, ty, None)?;
                             }
                         }
                         Some(Arc::new(row))
@@ -332,7 +328,7 @@ mod tests {
     use serde_json::json;
 
     fn db() -> Database {
-        let s = DatabaseSchema::parse(
+        let s = Schema::from_json_str(
             r#"{"name":"T","tables":{"A":{"isRoot":true,"columns":{"n":{"type":"integer"},
             "s":{"type":{"key":"string","min":0,"max":"unlimited"}},
             "r":{"type":{"key":{"type":"uuid","refTable":"B"},"min":0,"max":1}}},"indexes":[["n"]]},

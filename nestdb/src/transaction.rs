@@ -9,16 +9,14 @@
 //! reference clean-up, strong reference targets, column sizes, `maxRows`, then index
 //! uniqueness.  Any failure discards the overlay.  Single-threaded by construction.
 
-use crate::condition::Condition;
-use crate::datum::{Atom, Datum, SymbolTable};
-use crate::error::OvsdbError;
-use crate::schema::TableSchema;
 use crate::table::{Changes, Database, Row, RowChange};
-use crate::types::{AtomicType, RefType, Type};
+use ovsdb_core::{
+    apply_mutation, Atom, AtomicType, ColumnType, Datum, Mutator, OvsdbError, RefType, SymbolTable,
+    TableSchema, Uuid, Where,
+};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use uuid::Uuid;
 
 /// What the caller knows about the requesting session.
 pub struct ExecContext<'a> {
@@ -159,7 +157,7 @@ impl<'a> Txn<'a> {
             .ok_or_else(|| OvsdbError::syntax(format!("\"table\" must be a string, not {v}")))?;
         self.db
             .schema
-            .table(name)
+            .table_with_index(name)
             .map(|(i, t)| (i, t.clone()))
             .ok_or_else(|| OvsdbError::syntax(format!("No table named {name}.")))
     }
@@ -179,11 +177,11 @@ impl<'a> Txn<'a> {
     }
 
     /// Rows of table `t` matching `cond`, in UUID order.
-    fn matching(&self, t: usize, cond: &Condition) -> Vec<(Uuid, Arc<Row>)> {
+    fn matching(&self, t: usize, cond: &Where) -> Vec<(Uuid, Arc<Row>)> {
         if let Some(u) = cond.pinned_uuid() {
             return self
                 .get(t, u)
-                .filter(|r| cond.matches(u, r))
+                .filter(|r| cond.matches(u, r.version, &r.data))
                 .map(|r| vec![(u, r)])
                 .unwrap_or_default();
         }
@@ -192,14 +190,14 @@ impl<'a> Txn<'a> {
             if self.overlay.contains_key(&(t, *u)) {
                 continue;
             }
-            if cond.matches(*u, r) {
+            if cond.matches(*u, r.version, &r.data) {
                 out.push((*u, r.clone()));
             }
         }
         for ((ot, u), r) in self.overlay.range((t, Uuid::nil())..=(t, Uuid::max())) {
             debug_assert_eq!(*ot, t);
             if let Some(r) = r {
-                if cond.matches(*u, r) {
+                if cond.matches(*u, r.version, &r.data) {
                     out.push((*u, r.clone()));
                 }
             }
@@ -213,9 +211,9 @@ impl<'a> Txn<'a> {
         o: &Map<String, Value>,
         ts: &TableSchema,
         opname: &str,
-    ) -> Result<Condition, OvsdbError> {
+    ) -> Result<Where, OvsdbError> {
         let w = member(o, "where", opname)?;
-        Condition::from_json(w, ts, Some(&mut self.symtab), false)
+        Where::from_json(w, ts, Some(&mut self.symtab), false)
     }
 
     /// Parses a `row` object into (column index, datum) pairs.
@@ -231,7 +229,7 @@ impl<'a> Txn<'a> {
         let mut out = Vec::with_capacity(o.len());
         for (name, val) in o {
             let Some(i) = ts.column(name) else {
-                if crate::schema::is_implicit_column(name) {
+                if ovsdb_core::schema::is_implicit_column(name) {
                     return Err(OvsdbError::constraint(format!(
                         "Cannot update immutable column {name} in table {}.",
                         ts.name
@@ -249,7 +247,7 @@ impl<'a> Txn<'a> {
                     ts.name
                 )));
             }
-            let d = Datum::from_json(val, &col.ty, Some(&mut self.symtab))?;
+            let d = Datum::from_json_typed(val, &col.ty, Some(&mut self.symtab))?;
             out.push((i, d));
         }
         Ok(out)
@@ -367,11 +365,11 @@ impl<'a> Txn<'a> {
         // too (e.g. "" is not a valid value of a required enum column).
         for (c, d) in ts.columns.iter().zip(&row.data) {
             for a in d.keys() {
-                c.ty.key.check_constraints(a)?;
+                c.ty.key.check(a)?;
             }
             if let Some(vt) = &c.ty.value {
                 for a in d.values() {
-                    vt.check_constraints(a)?;
+                    vt.check(a)?;
                 }
             }
         }
@@ -452,7 +450,7 @@ impl<'a> Txn<'a> {
             .ok_or_else(|| OvsdbError::syntax(format!("mutation {m}: column must be a string")))?;
         let ci = match ts.column(cname) {
             Some(i) => i,
-            None if crate::schema::is_implicit_column(cname) => {
+            None if ovsdb_core::schema::is_implicit_column(cname) => {
                 return Err(OvsdbError::constraint(format!(
                     "Cannot mutate immutable column {cname} in table {}.",
                     ts.name
@@ -481,18 +479,18 @@ impl<'a> Txn<'a> {
             Mutator::Insert | Mutator::Delete => {
                 // As in ovsdb-server, the argument may be smaller than the column's
                 // minimum but not larger than its maximum.
-                let relaxed = Type {
+                let relaxed = ColumnType {
                     min: 0,
                     ..ty.clone()
                 };
                 if ty.is_map() && mutator == Mutator::Delete && !is_map_json(&parts[2]) {
-                    let keys = Type {
+                    let keys = ColumnType {
                         value: None,
                         ..relaxed
                     };
-                    Datum::from_json(&parts[2], &keys, Some(&mut self.symtab))?
+                    Datum::from_json_typed(&parts[2], &keys, Some(&mut self.symtab))?
                 } else {
-                    Datum::from_json(&parts[2], &relaxed, Some(&mut self.symtab))?
+                    Datum::from_json_typed(&parts[2], &relaxed, Some(&mut self.symtab))?
                 }
             }
             _ => {
@@ -506,13 +504,13 @@ impl<'a> Txn<'a> {
                         ty.to_json()
                     )));
                 }
-                let scalar = Type {
-                    key: crate::types::BaseType::plain(ty.key.atomic),
+                let scalar = ColumnType {
+                    key: ovsdb_core::BaseType::plain(ty.key.atomic),
                     value: None,
                     min: 1,
-                    max: 1,
+                    max: Some(1),
                 };
-                Datum::from_json(&parts[2], &scalar, Some(&mut self.symtab))?
+                Datum::from_json_typed(&parts[2], &scalar, Some(&mut self.symtab))?
             }
         };
         Ok((ci, mutator, arg))
@@ -594,17 +592,13 @@ impl<'a> Txn<'a> {
             let ts = self.db.schema.tables[t].clone();
             for (c, d) in ts.columns.iter().zip(&row.data) {
                 let n = d.len() as u64;
-                if n < c.ty.min || n > c.ty.max {
+                if n < c.ty.min || c.ty.max.is_some_and(|max| n > max) {
                     return Err(OvsdbError::constraint(format!(
                         "Column {}.{} of row {u} has {n} elements but must have between {} and {}.",
                         ts.name,
                         c.name,
                         c.ty.min,
-                        if c.ty.max == u64::MAX {
-                            "unlimited".to_string()
-                        } else {
-                            c.ty.max.to_string()
-                        }
+                        c.ty.max_text()
                     )));
                 }
                 for (b, atoms) in [
@@ -615,7 +609,7 @@ impl<'a> Txn<'a> {
                         continue;
                     };
                     let (rti, _) =
-                        self.db.schema.table(rt).ok_or_else(|| {
+                        self.db.schema.table_with_index(rt).ok_or_else(|| {
                             OvsdbError::referential(format!("unknown table {rt}"))
                         })?;
                     for a in atoms {
@@ -778,12 +772,12 @@ impl<'a> Txn<'a> {
             let mut new = (*row).clone();
             let mut changed = false;
             for (ci, c) in ts.columns.iter().enumerate() {
-                let weak_target = |b: &crate::types::BaseType| {
+                let weak_target = |b: &ovsdb_core::BaseType| {
                     (b.ref_type == RefType::Weak)
                         .then(|| {
                             b.ref_table
                                 .as_deref()
-                                .and_then(|r| self.db.schema.table(r))
+                                .and_then(|r| self.db.schema.table_with_index(r))
                                 .map(|(i, _)| i)
                         })
                         .flatten()
@@ -903,7 +897,7 @@ fn parse_columns(v: Option<&Value>, ts: &TableSchema) -> Result<Option<Vec<Strin
         let n = c
             .as_str()
             .ok_or_else(|| OvsdbError::syntax("\"columns\" must be an array of column names"))?;
-        if ts.column(n).is_none() && !crate::schema::is_implicit_column(n) {
+        if ts.column(n).is_none() && !ovsdb_core::schema::is_implicit_column(n) {
             return Err(OvsdbError::new(
                 "unknown column",
                 format!("No column {n} in table {}.", ts.name),
@@ -914,171 +908,10 @@ fn parse_columns(v: Option<&Value>, ts: &TableSchema) -> Result<Option<Vec<Strin
     Ok(Some(out))
 }
 
-/// A `mutate` mutator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mutator {
-    /// `+=`
-    Add,
-    /// `-=`
-    Sub,
-    /// `*=`
-    Mul,
-    /// `/=`
-    Div,
-    /// `%=`
-    Mod,
-    /// `insert`
-    Insert,
-    /// `delete`
-    Delete,
-}
-
-impl Mutator {
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "+=" => Self::Add,
-            "-=" => Self::Sub,
-            "*=" => Self::Mul,
-            "/=" => Self::Div,
-            "%=" => Self::Mod,
-            "insert" => Self::Insert,
-            "delete" => Self::Delete,
-            _ => return None,
-        })
-    }
-}
-
-fn arith(a: &Atom, m: Mutator, b: &Atom) -> Result<Atom, OvsdbError> {
-    let range = || {
-        OvsdbError::new(
-            "range error",
-            "Result of arithmetic operation is out of range.",
-        )
-    };
-    match (a, b) {
-        (Atom::Integer(x), Atom::Integer(y)) => {
-            let r = match m {
-                Mutator::Add => x.checked_add(*y),
-                Mutator::Sub => x.checked_sub(*y),
-                Mutator::Mul => x.checked_mul(*y),
-                Mutator::Div | Mutator::Mod if *y == 0 => {
-                    return Err(OvsdbError::new("domain error", "Division by zero."))
-                }
-                Mutator::Div => x.checked_div(*y),
-                Mutator::Mod => x.checked_rem(*y),
-                _ => None,
-            };
-            r.map(Atom::Integer).ok_or_else(range)
-        }
-        (Atom::Real(x), Atom::Real(y)) => {
-            let r = match m {
-                Mutator::Add => x + y,
-                Mutator::Sub => x - y,
-                Mutator::Mul => x * y,
-                Mutator::Div if *y == 0.0 => {
-                    return Err(OvsdbError::new("domain error", "Division by zero."))
-                }
-                Mutator::Div => x / y,
-                _ => return Err(range()),
-            };
-            if r.is_finite() {
-                Ok(Atom::Real(r))
-            } else {
-                Err(range())
-            }
-        }
-        _ => Err(OvsdbError::syntax("mutation argument has the wrong type")),
-    }
-}
-
-/// Applies one mutation to a datum, checking the result against the column type.
-pub fn apply_mutation(
-    d: &Datum,
-    m: Mutator,
-    arg: &Datum,
-    ty: &Type,
-    cname: &str,
-) -> Result<Datum, OvsdbError> {
-    let out = match m {
-        Mutator::Insert => match (d, arg) {
-            (Datum::Set(s), Datum::Set(a)) => Datum::Set(s.union(a).cloned().collect()),
-            (Datum::Map(s), Datum::Map(a)) => {
-                let mut n = s.clone();
-                for (k, v) in a {
-                    n.entry(k.clone()).or_insert_with(|| v.clone());
-                }
-                Datum::Map(n)
-            }
-            _ => {
-                return Err(OvsdbError::syntax(
-                    "insert mutation argument has the wrong type",
-                ))
-            }
-        },
-        Mutator::Delete => match (d, arg) {
-            (Datum::Set(s), Datum::Set(a)) => Datum::Set(s.difference(a).cloned().collect()),
-            (Datum::Map(s), Datum::Map(a)) => Datum::Map(
-                s.iter()
-                    .filter(|(k, v)| a.get(*k) != Some(*v))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            ),
-            (Datum::Map(s), Datum::Set(keys)) => Datum::Map(
-                s.iter()
-                    .filter(|(k, _)| !keys.contains(*k))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            ),
-            _ => {
-                return Err(OvsdbError::syntax(
-                    "delete mutation argument has the wrong type",
-                ))
-            }
-        },
-        _ => {
-            let b = arg
-                .first()
-                .ok_or_else(|| OvsdbError::syntax("arithmetic mutation needs one argument"))?;
-            let Datum::Set(s) = d else {
-                return Err(OvsdbError::constraint(
-                    "arithmetic mutation does not apply to maps",
-                ));
-            };
-            let mut n = BTreeSet::new();
-            for a in s {
-                let r = arith(a, m, b)?;
-                ty.key.check_constraints(&r)?;
-                if !n.insert(r) {
-                    return Err(OvsdbError::constraint(format!(
-                        "Result of \"{cname}\" mutation contains duplicate values."
-                    )));
-                }
-            }
-            Datum::Set(n)
-        }
-    };
-    let n = out.len() as u64;
-    if n > ty.max {
-        return Err(OvsdbError::constraint(format!(
-            "Attempted to store {n} elements in {} column {cname}, but the schema allows at most {}.",
-            if ty.is_map() { "map" } else { "set" },
-            ty.max
-        )));
-    }
-    if n < ty.min {
-        return Err(OvsdbError::constraint(format!(
-            "Attempted to store {n} elements in {} column {cname}, but the schema requires at least {}.",
-            if ty.is_map() { "map" } else { "set" },
-            ty.min
-        )));
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::DatabaseSchema;
+    use ovsdb_core::Schema;
 
     const SCHEMA: &str = r#"{"name":"T","tables":{
       "A":{"isRoot":true,"indexes":[["name"]],"columns":{
@@ -1092,7 +925,7 @@ mod tests {
       "B":{"columns":{"x":{"type":"integer"}}}}}"#;
 
     fn db() -> Database {
-        Database::new(Arc::new(DatabaseSchema::parse(SCHEMA).unwrap()))
+        Database::new(Arc::new(Schema::from_json_str(SCHEMA).unwrap()))
     }
 
     fn run(db: &mut Database, ops: Value) -> Vec<Value> {

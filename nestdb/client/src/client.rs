@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::jsonrpc::{Connection, Notification, Remote};
-use crate::schema::Schema;
 use crate::transaction::{Transaction, TransactionOutcome};
+use ovsdb_core::Schema;
 
 /// Default bound on how long a request may wait for its reply.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -79,7 +79,7 @@ impl Client {
     /// Fetch and parse the schema of `db`.
     pub fn get_schema(&self, db: &str) -> Result<Schema> {
         let v = self.conn.call("get_schema", json!([db]))?;
-        Schema::from_json(&v)
+        Schema::from_json(&v).map_err(|e| Error::Schema(e.to_string()))
     }
 
     /// Run a transaction. Operation failures and commit failures come back

@@ -2,42 +2,18 @@
 //!
 //! One enum, [`Error`], covers every failure the client can report: bad
 //! remotes, I/O, protocol violations by the peer, JSON-RPC errors, OVSDB
-//! transaction errors (with the server's `error` and `details` strings) and
+//! transaction errors (the server's RFC 7047 error object, an
+//! [`OvsdbError`] from `ovsdb-core`, and the failing operation) and
 //! malformed data. Messages are sentences that say what went wrong and, where
 //! possible, what to do about it. The type is `Send + Sync` so it can cross
 //! the client's reader and monitor threads.
 
 use std::time::Duration;
 
+use ovsdb_core::OvsdbError;
+
 /// The result type used throughout this crate.
 pub type Result<T> = std::result::Result<T, Error>;
-
-/// An error reported by the OVSDB server inside a transaction result or as a
-/// JSON-RPC error object (RFC 7047 §3.1 `<error>`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OvsdbError {
-    /// The short error tag, e.g. `"constraint violation"` or `"timed out"`.
-    pub error: String,
-    /// The server's human-readable explanation, if it sent one.
-    pub details: Option<String>,
-    /// Index of the operation that failed, or `None` when the failure is
-    /// about the transaction as a whole (e.g. a referential integrity check
-    /// at commit time).
-    pub op_index: Option<usize>,
-}
-
-impl std::fmt::Display for OvsdbError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.op_index {
-            Some(i) => write!(f, "operation {i} failed with \"{}\"", self.error)?,
-            None => write!(f, "the transaction failed with \"{}\"", self.error)?,
-        }
-        if let Some(details) = &self.details {
-            write!(f, ": {details}")?;
-        }
-        Ok(())
-    }
-}
 
 /// Everything that can go wrong while talking to an OVSDB server.
 #[derive(Debug, thiserror::Error)]
@@ -95,12 +71,16 @@ pub enum Error {
     },
 
     /// An OVSDB transaction failed; see RFC 7047 §4.1.3 for error tags.
-    #[error("transaction on database \"{db}\" failed: {error}")]
+    #[error("transaction on database \"{db}\" failed: {}", describe_failure(*op_index, error))]
     Transaction {
         /// The database the transaction targeted.
         db: String,
-        /// The server's error (tag, details and failing operation).
+        /// The server's error (tag and details).
         error: OvsdbError,
+        /// Index of the operation that failed, or `None` when the failure is
+        /// about the transaction as a whole (e.g. a referential integrity check
+        /// at commit time).
+        op_index: Option<usize>,
     },
 
     /// A transaction could not be built (caught before sending).
@@ -142,7 +122,34 @@ pub enum Error {
     LockNotHeld(String),
 }
 
+fn describe_failure(op_index: Option<usize>, error: &OvsdbError) -> String {
+    let what = match op_index {
+        Some(i) => format!("operation {i} failed with \"{}\"", error.tag),
+        None => format!("the transaction failed with \"{}\"", error.tag),
+    };
+    match &error.details {
+        Some(details) => format!("{what}: {details}"),
+        None => what,
+    }
+}
+
+/// Data that does not follow RFC 7047 notation or the schema's types.
+impl From<OvsdbError> for Error {
+    fn from(e: OvsdbError) -> Self {
+        Error::Data(e.to_string())
+    }
+}
+
 impl Error {
+    /// The error for a table the schema of database `db` does not have.
+    pub(crate) fn unknown_table(db: &str, name: &str) -> Self {
+        Error::UnknownName {
+            kind: "table",
+            name: name.to_owned(),
+            db: db.to_owned(),
+        }
+    }
+
     /// Build a [`Error::Data`] error from anything printable.
     pub(crate) fn data(msg: impl Into<String>) -> Self {
         Error::Data(msg.into())

@@ -31,7 +31,8 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 use serde_json::{json, Value};
 
-use crate::error::{Error, OvsdbError, Result};
+use crate::error::{Error, Result};
+use ovsdb_core::OvsdbError;
 
 /// Where the server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,26 +173,7 @@ struct Pending {
 /// Parse a JSON-RPC `error` member (a string, or an object with `error` and
 /// `details`) into an [`OvsdbError`].
 pub(crate) fn parse_rpc_error(v: &Value) -> OvsdbError {
-    match v {
-        Value::String(s) => OvsdbError {
-            error: s.clone(),
-            details: None,
-            op_index: None,
-        },
-        Value::Object(o) => OvsdbError {
-            error: o
-                .get("error")
-                .and_then(Value::as_str)
-                .map_or_else(|| v.to_string(), str::to_owned),
-            details: o.get("details").and_then(Value::as_str).map(str::to_owned),
-            op_index: None,
-        },
-        other => OvsdbError {
-            error: other.to_string(),
-            details: None,
-            op_index: None,
-        },
-    }
+    OvsdbError::from_json(v)
 }
 
 /// A live JSON-RPC connection. See the module docs.

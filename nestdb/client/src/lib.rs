@@ -6,9 +6,10 @@
 //! react to [`RowChange`]s, and the CNI plugin uses [`Client::transact`] to
 //! record logical ports. It is built on std threads (no async runtime):
 //!
-//! - [`datum`]: the data model ([`Atom`], [`Datum`], [`Uuid`], [`Row`]) with
-//!   RFC 7047 §5.1 JSON notation;
-//! - [`schema`]: typed database schemas;
+//! - the data model ([`Atom`], [`Datum`], [`Uuid`], [`Row`]), database
+//!   [`Schema`]s, [`Condition`]s, [`Mutation`]s and the RFC 7047 error object
+//!   ([`OvsdbError`]) come from [`ovsdb_core`], shared with nestdb-server, and
+//!   are re-exported here;
 //! - [`transaction`]: the typed `transact` builder and results;
 //! - [`jsonrpc`]: framing, request matching and `echo` handling on one
 //!   connection;
@@ -40,28 +41,27 @@
 //! # Ok(()) }
 //! ```
 
+pub use ovsdb_core;
+
 pub mod client;
-pub mod datum;
 pub mod error;
 pub mod jsonrpc;
 pub mod monitor;
 pub mod node;
 pub mod replica;
-pub mod schema;
 pub mod transaction;
 
 pub use client::{Client, LockEvent, DEFAULT_REQUEST_TIMEOUT};
-pub use datum::{Atom, Datum, Row, Uuid};
-pub use error::{Error, OvsdbError, Result};
+pub use error::{Error, Result};
 pub use jsonrpc::{Connection, Notification, Remote};
 pub use monitor::{
     Backoff, BackoffConfig, Monitor, MonitorConfig, MonitorEvent, MonitorMethod, MonitorStatus,
     TableMonitor,
 };
 pub use node::TableRow;
-pub use replica::{ChangeKind, Replica, RowChange};
-pub use schema::{AtomicType, BaseType, ColumnSchema, ColumnType, RefType, Schema, TableSchema};
-pub use transaction::{
-    row, Condition, Function, Mutation, Mutator, OpResult, Transaction, TransactionOutcome,
-    WaitUntil,
+pub use ovsdb_core::{
+    Atom, AtomicType, BaseType, ColumnSchema, ColumnType, Condition, Datum, Function, Mutation,
+    Mutator, OvsdbError, RefType, Row, Schema, TableSchema, Uuid,
 };
+pub use replica::{ChangeKind, Replica, RowChange};
+pub use transaction::{row, OpResult, Transaction, TransactionOutcome, WaitUntil};

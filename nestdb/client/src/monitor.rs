@@ -33,12 +33,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, unbounded, Receiver, Sender};
 use serde_json::{json, Map, Value};
 
-use crate::datum::Uuid;
 use crate::error::{Error, Result};
 use crate::jsonrpc::{Connection, Notification, Remote};
 use crate::replica::{Replica, RowChange};
-use crate::schema::Schema;
-use crate::transaction::{conditions_to_json, Condition};
+use ovsdb_core::{Condition, Schema, Uuid};
 
 /// The monitor id this client uses on every connection.
 const MONITOR_ID: &str = "nestdb-client";
@@ -536,7 +534,7 @@ impl Worker {
     fn execute(&mut self, conn: &Connection, cmd: Command) -> Result<()> {
         let Command::SetConditions { table, conditions } = &cmd;
         let request = json!({ table.clone(): [{
-            "where": conditions.as_deref().map_or_else(|| json!([true]), conditions_to_json)
+            "where": conditions.as_deref().map_or_else(|| json!([true]), Condition::all_to_json)
         }]});
         self.record(cmd);
         if self.method == MonitorMethod::Plain {
@@ -639,7 +637,7 @@ impl Worker {
                         "table {t} has monitor conditions but the server only supports plain \"monitor\""
                     )));
                 }
-                r.insert("where".into(), conditions_to_json(conds));
+                r.insert("where".into(), Condition::all_to_json(conds));
             }
             reqs.insert(t.clone(), Value::Array(vec![Value::Object(r)]));
         }
@@ -649,7 +647,7 @@ impl Worker {
     fn start_monitor(&mut self, conn: &Connection) -> Result<()> {
         let schema = Arc::new(
             conn.call("get_schema", json!([self.config.db]))
-                .and_then(|v| Schema::from_json(&v))?,
+                .and_then(|v| Schema::from_json(&v).map_err(|e| Error::Schema(e.to_string())))?,
         );
         let tables: BTreeMap<String, Option<Vec<String>>> = self
             .config
@@ -670,7 +668,7 @@ impl Worker {
                 _ => json!([db, MONITOR_ID, reqs]),
             };
             let reply = match conn.call(method.name(), params) {
-                Err(Error::Rpc { error, .. }) if error.error.contains("unknown method") => {
+                Err(Error::Rpc { error, .. }) if error.tag.contains("unknown method") => {
                     match method.older() {
                         Some(older) => {
                             tracing::info!(

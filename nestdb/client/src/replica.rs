@@ -18,9 +18,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::datum::{Datum, Row, Uuid};
 use crate::error::{Error, Result};
-use crate::schema::{Schema, TableSchema};
+use ovsdb_core::{Datum, Row, Schema, TableSchema, Uuid};
 
 /// What happened to a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -77,7 +76,9 @@ impl Replica {
     ) -> Result<()> {
         let mut columns = BTreeMap::new();
         for (t, cols) in tables {
-            let ts = schema.table(t)?;
+            let ts = schema
+                .table(t)
+                .ok_or_else(|| Error::unknown_table(&schema.name, t))?;
             let cols = match cols {
                 Some(c) => {
                     for name in c {
@@ -91,7 +92,7 @@ impl Replica {
                     }
                     c.clone()
                 }
-                None => ts.columns.keys().cloned().collect(),
+                None => ts.column_names().map(str::to_owned).collect(),
             };
             columns.insert(t.clone(), cols);
         }
@@ -158,7 +159,10 @@ impl Replica {
                 "an update names table \"{table}\", which is not monitored"
             ))
         })?;
-        Ok((schema.table(table)?, cols))
+        let ts = schema
+            .table(table)
+            .ok_or_else(|| Error::unknown_table(&schema.name, table))?;
+        Ok((ts, cols))
     }
 
     /// Parse a full row as sent in `initial`/`insert`/`new`, filling in
@@ -173,7 +177,7 @@ impl Replica {
             let ty = ts.column_type(c).ok_or_else(|| {
                 Error::Protocol(format!("update for {table} has unknown column \"{c}\""))
             })?;
-            let d = Datum::from_json_shaped(val, ty)
+            let d = Datum::diff_from_json(val, ty)
                 .map_err(|e| Error::Protocol(format!("column {table}.{c}: {e}")))?;
             row.insert(c.clone(), d);
         }
@@ -198,7 +202,7 @@ impl Replica {
             let ty = ts.column_type(c).ok_or_else(|| {
                 Error::Protocol(format!("modify for {table} has unknown column \"{c}\""))
             })?;
-            let d = Datum::from_json_shaped(val, ty)
+            let d = Datum::diff_from_json(val, ty)
                 .map_err(|e| Error::Protocol(format!("diff of {table}.{c}: {e}")))?;
             let cur = row.entry(c.clone()).or_insert_with(|| ty.default_datum());
             cur.apply_diff(&d, ty)

@@ -17,156 +17,16 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::datum::{row_from_json, row_to_json, Datum, Row, Uuid};
-use crate::error::{Error, OvsdbError, Result};
-use crate::schema::Schema;
+use ovsdb_core::{
+    row_from_json, row_to_json, Condition, Datum, Mutation, OvsdbError, Row, Schema, SymbolTable,
+    Uuid,
+};
+
+use crate::error::{Error, Result};
 
 /// Build a [`Row`] from `(column, value)` pairs.
 pub fn row<K: Into<String>>(pairs: impl IntoIterator<Item = (K, Datum)>) -> Row {
     pairs.into_iter().map(|(k, v)| (k.into(), v)).collect()
-}
-
-/// Comparison functions for conditions (RFC 7047 §5.1 `<function>`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Function {
-    /// `<`
-    Lt,
-    /// `<=`
-    Le,
-    /// `==`
-    Eq,
-    /// `!=`
-    Ne,
-    /// `>=`
-    Ge,
-    /// `>`
-    Gt,
-    /// `includes`
-    Includes,
-    /// `excludes`
-    Excludes,
-}
-
-impl Function {
-    fn as_str(self) -> &'static str {
-        match self {
-            Function::Lt => "<",
-            Function::Le => "<=",
-            Function::Eq => "==",
-            Function::Ne => "!=",
-            Function::Ge => ">=",
-            Function::Gt => ">",
-            Function::Includes => "includes",
-            Function::Excludes => "excludes",
-        }
-    }
-}
-
-/// One `[column, function, value]` condition.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Condition {
-    /// Column compared.
-    pub column: String,
-    /// Comparison.
-    pub function: Function,
-    /// Right-hand side.
-    pub value: Datum,
-}
-
-impl Condition {
-    /// A condition with any function.
-    pub fn new(column: impl Into<String>, function: Function, value: impl Into<Datum>) -> Self {
-        Condition {
-            column: column.into(),
-            function,
-            value: value.into(),
-        }
-    }
-
-    /// `column == value`
-    pub fn eq(column: impl Into<String>, value: impl Into<Datum>) -> Self {
-        Self::new(column, Function::Eq, value)
-    }
-
-    /// `column != value`
-    pub fn ne(column: impl Into<String>, value: impl Into<Datum>) -> Self {
-        Self::new(column, Function::Ne, value)
-    }
-
-    /// `column includes value`
-    pub fn includes(column: impl Into<String>, value: impl Into<Datum>) -> Self {
-        Self::new(column, Function::Includes, value)
-    }
-
-    /// `_uuid == uuid`: selects one row.
-    pub fn uuid(uuid: Uuid) -> Self {
-        Self::eq("_uuid", uuid)
-    }
-
-    /// JSON notation.
-    pub fn to_json(&self) -> Value {
-        json!([self.column, self.function.as_str(), self.value.to_json()])
-    }
-}
-
-/// Mutators (RFC 7047 §5.1 `<mutator>`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mutator {
-    /// `+=`
-    Add,
-    /// `-=`
-    Sub,
-    /// `*=`
-    Mul,
-    /// `/=`
-    Div,
-    /// `%=`
-    Mod,
-    /// `insert`: add elements to a set or pairs to a map.
-    Insert,
-    /// `delete`: remove elements from a set, or keys/pairs from a map.
-    Delete,
-}
-
-impl Mutator {
-    fn as_str(self) -> &'static str {
-        match self {
-            Mutator::Add => "+=",
-            Mutator::Sub => "-=",
-            Mutator::Mul => "*=",
-            Mutator::Div => "/=",
-            Mutator::Mod => "%=",
-            Mutator::Insert => "insert",
-            Mutator::Delete => "delete",
-        }
-    }
-}
-
-/// One `[column, mutator, value]` mutation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Mutation {
-    /// Column mutated.
-    pub column: String,
-    /// Mutator.
-    pub mutator: Mutator,
-    /// Operand.
-    pub value: Datum,
-}
-
-impl Mutation {
-    /// A mutation.
-    pub fn new(column: impl Into<String>, mutator: Mutator, value: impl Into<Datum>) -> Self {
-        Mutation {
-            column: column.into(),
-            mutator,
-            value: value.into(),
-        }
-    }
-
-    /// JSON notation.
-    pub fn to_json(&self) -> Value {
-        json!([self.column, self.mutator.as_str(), self.value.to_json()])
-    }
 }
 
 /// The `until` of a wait operation.
@@ -220,10 +80,6 @@ enum Op {
     Assert(String),
 }
 
-fn conditions_json(c: &[Condition]) -> Value {
-    Value::Array(c.iter().map(Condition::to_json).collect())
-}
-
 impl Op {
     fn to_json(&self) -> Value {
         match self {
@@ -243,8 +99,7 @@ impl Op {
                 conditions,
                 columns,
             } => {
-                let mut o =
-                    json!({"op": "select", "table": table, "where": conditions_json(conditions)});
+                let mut o = json!({"op": "select", "table": table, "where": Condition::all_to_json(conditions)});
                 if let (Some(c), Some(m)) = (columns, o.as_object_mut()) {
                     m.insert("columns".into(), json!(c));
                 }
@@ -254,16 +109,20 @@ impl Op {
                 table,
                 conditions,
                 row,
-            } => json!({"op": "update", "table": table, "where": conditions_json(conditions),
-                        "row": row_to_json(row)}),
+            } => {
+                json!({"op": "update", "table": table, "where": Condition::all_to_json(conditions),
+                        "row": row_to_json(row)})
+            }
             Op::Mutate {
                 table,
                 conditions,
                 mutations,
-            } => json!({"op": "mutate", "table": table, "where": conditions_json(conditions),
-                        "mutations": mutations.iter().map(Mutation::to_json).collect::<Vec<_>>()}),
+            } => {
+                json!({"op": "mutate", "table": table, "where": Condition::all_to_json(conditions),
+                        "mutations": mutations.iter().map(Mutation::to_json).collect::<Vec<_>>()})
+            }
             Op::Delete { table, conditions } => {
-                json!({"op": "delete", "table": table, "where": conditions_json(conditions)})
+                json!({"op": "delete", "table": table, "where": Condition::all_to_json(conditions)})
             }
             Op::Wait {
                 table,
@@ -273,7 +132,7 @@ impl Op {
                 rows,
                 timeout,
             } => {
-                let mut o = json!({"op": "wait", "table": table, "where": conditions_json(conditions),
+                let mut o = json!({"op": "wait", "table": table, "where": Condition::all_to_json(conditions),
                     "columns": columns,
                     "until": if *until == WaitUntil::Equal { "==" } else { "!=" },
                     "rows": rows.iter().map(row_to_json).collect::<Vec<_>>()});
@@ -502,7 +361,9 @@ impl Transaction {
         }
         for (i, op) in self.ops.iter().enumerate() {
             let Some(tname) = op.table() else { continue };
-            let table = schema.table(tname)?;
+            let table = schema
+                .table(tname)
+                .ok_or_else(|| Error::unknown_table(&schema.name, tname))?;
             let col = |name: &str| {
                 table.column_type(name).ok_or_else(|| Error::UnknownName {
                     kind: "column",
@@ -512,9 +373,15 @@ impl Transaction {
             };
             let check_row = |row: &Row| -> Result<()> {
                 for (c, d) in row {
-                    Datum::from_json_typed(&d.to_json(), col(c)?).map_err(|e| {
-                        Error::InvalidTransaction(format!("operation {i}, column {tname}.{c}: {e}"))
-                    })?;
+                    // Named UUIDs stand for rows of this transaction: any UUID will do.
+                    let mut names = SymbolTable::default();
+                    Datum::from_json_typed(&d.to_json(), col(c)?, Some(&mut names)).map_err(
+                        |e| {
+                            Error::InvalidTransaction(format!(
+                                "operation {i}, column {tname}.{c}: {e}"
+                            ))
+                        },
+                    )?;
                 }
                 Ok(())
             };
@@ -578,13 +445,16 @@ impl Transaction {
                 return Err(Error::Transaction {
                     db: self.db.clone(),
                     error: OvsdbError {
-                        error: err.as_str().map_or_else(|| err.to_string(), str::to_owned),
+                        tag: err
+                            .as_str()
+                            .map_or_else(|| err.to_string(), str::to_owned)
+                            .into(),
                         details: item
                             .get("details")
                             .and_then(Value::as_str)
                             .map(str::to_owned),
-                        op_index: (i < self.ops.len()).then_some(i),
                     },
+                    op_index: (i < self.ops.len()).then_some(i),
                 });
             }
         }
@@ -620,7 +490,7 @@ impl Transaction {
                             Error::Protocol(format!("expected {{\"rows\": […]}}, got {item}"))
                         })?
                         .iter()
-                        .map(row_from_json)
+                        .map(|r| row_from_json(r).map_err(Error::from))
                         .collect::<Result<Vec<_>>>()?;
                     OpResult::Select(rows)
                 }
@@ -694,14 +564,10 @@ impl TransactionOutcome {
     }
 }
 
-/// Serialise a list of conditions (used by monitor `where` clauses).
-pub(crate) fn conditions_to_json(c: &[Condition]) -> Value {
-    conditions_json(c)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ovsdb_core::Mutator;
 
     fn schema() -> Schema {
         Schema::from_json_str(include_str!("../../../deploy/nestdb/sluice.ovsschema")).unwrap()
@@ -772,16 +638,18 @@ mod tests {
         let txn = Transaction::new("D").insert("T", Row::new()).comment("c");
         let reply = json!([{"uuid": Uuid::new_v4().to_json()}, {}, {"error": "referential integrity violation", "details": "row is referenced"}]);
         match txn.parse_reply(&reply) {
-            Err(Error::Transaction { error, .. }) => {
-                assert_eq!(error.error, "referential integrity violation");
+            Err(Error::Transaction {
+                error, op_index, ..
+            }) => {
+                assert_eq!(error.tag, "referential integrity violation");
                 assert_eq!(error.details.as_deref(), Some("row is referenced"));
-                assert_eq!(error.op_index, None, "an extra element is a commit failure");
+                assert_eq!(op_index, None, "an extra element is a commit failure");
             }
             other => panic!("expected a transaction error, got {other:?}"),
         }
         let reply = json!([{"error": "constraint violation", "details": "bad"}, null]);
         match txn.parse_reply(&reply) {
-            Err(Error::Transaction { error, .. }) => assert_eq!(error.op_index, Some(0)),
+            Err(Error::Transaction { op_index, .. }) => assert_eq!(op_index, Some(0)),
             other => panic!("expected a transaction error, got {other:?}"),
         }
         assert!(matches!(

@@ -116,7 +116,7 @@ fn assert_converged(monitor: &Monitor, c: &Client, schema: &Schema, table: &str)
                 .into_iter()
                 .map(|(k, v)| {
                     let ty = ts.column_type(&k).unwrap();
-                    (k, Datum::from_json_typed(&v.to_json(), ty).unwrap())
+                    (k, Datum::from_json_typed(&v.to_json(), ty, None).unwrap())
                 })
                 .collect();
             (u, typed)
@@ -173,7 +173,7 @@ fn list_dbs_and_get_schema_match_the_file() {
     assert_eq!(from_server.tables, from_file.tables);
     assert_eq!(from_server.version, from_file.version);
     match c.get_schema("NoSuchDb") {
-        Err(Error::Rpc { error, .. }) => assert_eq!(error.error, "unknown database"),
+        Err(Error::Rpc { error, .. }) => assert_eq!(error.tag, "unknown database"),
         other => panic!("expected an unknown database error, got {other:?}"),
     }
 }
@@ -304,9 +304,11 @@ fn transact_errors_carry_the_servers_error_and_details() {
     let server = TestServer::start(Mode::Standalone);
     let c = Client::connect(&server.remote()).unwrap();
     let expect_err = |txn: Transaction, tag: &str| match c.transact(&txn) {
-        Err(Error::Transaction { error, .. }) => {
-            assert_eq!(error.error, tag, "details: {:?}", error.details);
-            error
+        Err(Error::Transaction {
+            error, op_index, ..
+        }) => {
+            assert_eq!(error.tag, tag, "details: {:?}", error.details);
+            (error, op_index)
         }
         other => panic!("expected \"{tag}\", got {other:?}"),
     };
@@ -321,8 +323,8 @@ fn transact_errors_carry_the_servers_error_and_details() {
         ),
         "constraint violation",
     );
-    assert_eq!(e.op_index, Some(1));
-    assert!(e.details.is_some());
+    assert_eq!(e.1, Some(1));
+    assert!(e.0.details.is_some());
     // Duplicate natural key violates the index at commit time.
     insert_port(&c, "pod-a", "0a:58:0a:f4:00:05", &["10.244.0.5"]);
     let e = expect_err(
@@ -330,7 +332,7 @@ fn transact_errors_carry_the_servers_error_and_details() {
         "constraint violation",
     );
     assert_eq!(
-        e.op_index, None,
+        e.1, None,
         "index violations are reported for the whole transaction"
     );
     // A dangling strong reference.
@@ -749,7 +751,7 @@ fn lock_contention_between_two_clients() {
         |c: &Client| c.transact(&Transaction::new(DB).assert_lock("agent").comment("guarded"));
     guarded(&a).expect("the holder passes assert");
     match guarded(&b) {
-        Err(Error::Transaction { error, .. }) => assert_eq!(error.error, "not owner"),
+        Err(Error::Transaction { error, .. }) => assert_eq!(error.tag, "not owner"),
         other => panic!("a waiter must fail assert, got {other:?}"),
     }
     // Release: the queued client is granted the lock.
@@ -910,7 +912,7 @@ fn typed_node_rows_round_trip_through_the_server() {
 
     // Node_Config holds at most one row.
     match c.transact(&Transaction::new(DB).insert(NodeConfig::TABLE, node.to_row())) {
-        Err(Error::Transaction { error, .. }) => assert_eq!(error.error, "constraint violation"),
+        Err(Error::Transaction { error, .. }) => assert_eq!(error.tag, "constraint violation"),
         other => panic!("a second Node_Config must be refused, got {other:?}"),
     }
     // A Service_Port nobody references is not kept (non-root table).

@@ -1,18 +1,28 @@
-//! Database schemas (RFC 7047 §3.2, ovsdb(5)).
+//! Database schemas (RFC 7047 §3.2, ovsdb(5)): the `.ovsschema` JSON, parsed and
+//! printed.
 //!
-//! Owns the parsed form of an OVSDB schema: tables, columns with their [`Type`]s and
-//! mutability, `isRoot`, `maxRows` and `indexes`.  Columns are numbered in name order;
-//! rows store their data in that order.  The original schema JSON is kept so that
-//! `get_schema` and the on-disk log return exactly what the operator wrote.
-//! Immutable after parsing; shared via `Arc` between threads.
+//! Owns the parsed form of an OVSDB schema: name, optional `x.y.z` version and
+//! checksum, tables, columns with their [`ColumnType`]s and mutability, `isRoot`,
+//! `maxRows` and `indexes`.  Invariants after parsing: names are identifiers and no
+//! user column starts with `_`; every `refTable` names a table of the schema; every
+//! index names non-ephemeral columns of its table.  Columns are numbered in name order
+//! and a server stores row data in that order; the implicit `_uuid` and `_version`
+//! columns are not in [`TableSchema::columns`] but [`TableSchema::column_type`] knows
+//! them.  As in ovsdb(5), a schema without any root table makes every table a root.
+//! The original schema JSON is kept in [`Schema::json`] so that `get_schema` and a
+//! server's log return exactly what the operator wrote; [`Schema::to_json`] prints the
+//! parsed model.  Immutable after parsing; shared via `Arc` between threads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock};
+
+use serde_json::{json, Map, Value};
 
 use crate::error::OvsdbError;
-use crate::types::{AtomicType, Type};
-use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use crate::types::{AtomicType, ColumnType};
 
-/// The schema of the `_Server` database that clients read before any other.
+/// The schema of the `_Server` database (ovsdb-server(5)) that clients read before
+/// any other.
 pub const SERVER_SCHEMA: &str = r#"{"name": "_Server", "version": "1.2.0",
  "tables": {"Database": {"isRoot": true, "columns": {
    "name": {"type": "string"},
@@ -30,7 +40,7 @@ pub struct ColumnSchema {
     /// Column name.
     pub name: String,
     /// Declared type.
-    pub ty: Type,
+    pub ty: ColumnType,
     /// False when `update`/`mutate` may not change the column after insertion.
     pub mutable: bool,
     /// True when the column need not be persisted.
@@ -46,11 +56,12 @@ pub struct TableSchema {
     pub columns: Vec<ColumnSchema>,
     /// Column name → index into `columns`.
     pub column_index: HashMap<String, usize>,
-    /// Root tables are never garbage collected.
+    /// Root tables keep rows that nothing references (never garbage collected).
     pub is_root: bool,
     /// Maximum number of rows, if limited.
     pub max_rows: Option<u64>,
-    /// Sets of columns whose combined values must be unique across rows.
+    /// Sets of columns (indexes into `columns`) whose combined values must be unique
+    /// across rows.
     pub indexes: Vec<Vec<usize>>,
 }
 
@@ -59,16 +70,71 @@ impl TableSchema {
     pub fn column(&self, name: &str) -> Option<usize> {
         self.column_index.get(name).copied()
     }
+
+    /// A column by name (not the implicit ones).
+    pub fn column_schema(&self, name: &str) -> Option<&ColumnSchema> {
+        self.column(name).map(|i| &self.columns[i])
+    }
+
+    /// The type of a column, including the implicit `_uuid` and `_version`.
+    pub fn column_type(&self, name: &str) -> Option<&ColumnType> {
+        static UUID_COLUMN: OnceLock<ColumnType> = OnceLock::new();
+        if is_implicit_column(name) {
+            return Some(UUID_COLUMN.get_or_init(implicit_column_type));
+        }
+        self.column_schema(name).map(|c| &c.ty)
+    }
+
+    /// The column names, in column order (excluding `_uuid` and `_version`).
+    pub fn column_names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.columns.iter().map(|c| c.name.as_str())
+    }
+
+    /// The indexes as lists of column names.
+    pub fn index_names(&self) -> Vec<Vec<&str>> {
+        self.indexes
+            .iter()
+            .map(|ix| ix.iter().map(|&i| self.columns[i].name.as_str()).collect())
+            .collect()
+    }
+
+    /// The schema JSON of this table.
+    pub fn to_json(&self) -> Value {
+        let mut cols = Map::new();
+        for c in &self.columns {
+            let mut o = Map::new();
+            o.insert("type".into(), c.ty.to_json());
+            if !c.mutable {
+                o.insert("mutable".into(), json!(false));
+            }
+            if c.ephemeral {
+                o.insert("ephemeral".into(), json!(true));
+            }
+            cols.insert(c.name.clone(), Value::Object(o));
+        }
+        let mut o = Map::new();
+        o.insert("columns".into(), Value::Object(cols));
+        if self.is_root {
+            o.insert("isRoot".into(), json!(true));
+        }
+        if let Some(m) = self.max_rows {
+            o.insert("maxRows".into(), json!(m));
+        }
+        if !self.indexes.is_empty() {
+            o.insert("indexes".into(), json!(self.index_names()));
+        }
+        Value::Object(o)
+    }
 }
 
-/// A database schema.
+/// A database schema (`<database-schema>`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct DatabaseSchema {
-    /// Database name.
+pub struct Schema {
+    /// Database name, e.g. `"Sluice_Node"`.
     pub name: String,
-    /// Schema version `x.y.z`.
-    pub version: String,
-    /// Optional checksum string.
+    /// Schema version `x.y.z`, if given.
+    pub version: Option<String>,
+    /// Schema checksum, if given.
     pub cksum: Option<String>,
     /// Tables in name order.
     pub tables: Vec<Arc<TableSchema>>,
@@ -84,9 +150,9 @@ fn is_id(s: &str) -> bool {
         && s.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
 }
 
-impl DatabaseSchema {
-    /// Parses schema JSON text.
-    pub fn parse(text: &str) -> Result<Self, OvsdbError> {
+impl Schema {
+    /// Parses schema JSON text (an `.ovsschema` file or a `get_schema` reply).
+    pub fn from_json_str(text: &str) -> Result<Self, OvsdbError> {
         let v: Value = serde_json::from_str(text)
             .map_err(|e| OvsdbError::syntax(format!("schema is not valid JSON: {e}")))?;
         Self::from_json(&v)
@@ -104,14 +170,17 @@ impl DatabaseSchema {
             .ok_or_else(|| OvsdbError::syntax("schema must have a \"name\" that is an identifier"))?
             .to_owned();
         let version = match o.get("version") {
-            None => "0.0.0".to_owned(),
-            Some(v) => v
-                .as_str()
-                .filter(|s| {
-                    s.split('.').count() == 3 && s.split('.').all(|p| p.parse::<u32>().is_ok())
-                })
-                .ok_or_else(|| OvsdbError::syntax("schema \"version\" must look like \"x.y.z\""))?
-                .to_owned(),
+            None => None,
+            Some(v) => Some(
+                v.as_str()
+                    .filter(|s| {
+                        s.split('.').count() == 3 && s.split('.').all(|p| p.parse::<u32>().is_ok())
+                    })
+                    .ok_or_else(|| {
+                        OvsdbError::syntax("schema \"version\" must look like \"x.y.z\"")
+                    })?
+                    .to_owned(),
+            ),
         };
         let cksum = o.get("cksum").and_then(Value::as_str).map(str::to_owned);
         let tables_json = o
@@ -158,15 +227,40 @@ impl DatabaseSchema {
         })
     }
 
+    /// The schema JSON of the parsed model (equivalent to, not necessarily the same
+    /// text as, [`Schema::json`]).
+    pub fn to_json(&self) -> Value {
+        let mut o = Map::new();
+        o.insert("name".into(), json!(self.name));
+        if let Some(v) = &self.version {
+            o.insert("version".into(), json!(v));
+        }
+        if let Some(c) = &self.cksum {
+            o.insert("cksum".into(), json!(c));
+        }
+        let tables: Map<String, Value> = self
+            .tables
+            .iter()
+            .map(|t| (t.name.clone(), t.to_json()))
+            .collect();
+        o.insert("tables".into(), Value::Object(tables));
+        Value::Object(o)
+    }
+
     /// Looks up a table by name.
-    pub fn table(&self, name: &str) -> Option<(usize, &Arc<TableSchema>)> {
+    pub fn table(&self, name: &str) -> Option<&Arc<TableSchema>> {
+        self.table_with_index(name).map(|(_, t)| t)
+    }
+
+    /// Looks up a table by name, with its index into [`Schema::tables`].
+    pub fn table_with_index(&self, name: &str) -> Option<(usize, &Arc<TableSchema>)> {
         self.table_index.get(name).map(|&i| (i, &self.tables[i]))
     }
 
     /// The `_Server` schema.
     pub fn server_schema() -> Self {
         // The constant is valid by construction; covered by a unit test.
-        Self::parse(SERVER_SCHEMA)
+        Self::from_json_str(SERVER_SCHEMA)
             .unwrap_or_else(|e| panic!("built-in _Server schema is invalid: {e}"))
     }
 }
@@ -188,17 +282,17 @@ fn parse_table(name: &str, v: &Value) -> Result<TableSchema, OvsdbError> {
     for (cname, cv) in sorted {
         if !is_id(cname) || cname.starts_with('_') {
             return Err(OvsdbError::syntax(format!(
-                "{name}.{cname} is not a valid column name"
+                "{name}.{cname} is not a valid column name (names starting with _ are reserved)"
             )));
         }
         let co: &Map<String, Value> = cv.as_object().ok_or_else(|| {
             OvsdbError::syntax(format!("column {name}.{cname} must be a JSON object"))
         })?;
         let ty =
-            Type::from_json(co.get("type").ok_or_else(|| {
+            ColumnType::from_json(co.get("type").ok_or_else(|| {
                 OvsdbError::syntax(format!("column {name}.{cname} has no \"type\""))
             })?)
-            .map_err(|e| OvsdbError::syntax(format!("column {name}.{cname}: {}", e.details)))?;
+            .map_err(|e| OvsdbError::syntax(format!("column {name}.{cname}: {}", e.details())))?;
         let flag = |k: &str, d: bool| -> Result<bool, OvsdbError> {
             match co.get(k) {
                 None => Ok(d),
@@ -280,30 +374,34 @@ pub fn is_implicit_column(name: &str) -> bool {
 }
 
 /// The type of the implicit `_uuid` / `_version` columns.
-pub fn implicit_column_type() -> Type {
-    Type::scalar(AtomicType::Uuid)
+pub fn implicit_column_type() -> ColumnType {
+    ColumnType::scalar(AtomicType::Uuid)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datum::{Atom, Datum};
+    use crate::types::RefType;
+
+    // From nestdb.
 
     #[test]
     fn server_schema_parses() {
-        let s = DatabaseSchema::server_schema();
+        let s = Schema::server_schema();
         assert_eq!(s.name, "_Server");
-        let (_, t) = s.table("Database").unwrap();
+        let t = s.table("Database").unwrap();
         assert!(t.is_root);
         assert!(t.column("schema").is_some());
     }
 
     #[test]
     fn no_root_tables_means_all_root_and_indexes_resolve() {
-        let s = DatabaseSchema::parse(
+        let s = Schema::from_json_str(
             r#"{"name":"X","tables":{"A":{"columns":{"n":{"type":"integer"}},"indexes":[["n"]]}}}"#,
         )
         .unwrap();
-        let (_, a) = s.table("A").unwrap();
+        let a = s.table("A").unwrap();
         assert!(a.is_root);
         assert_eq!(a.indexes, vec![vec![0]]);
     }
@@ -318,7 +416,64 @@ mod tests {
             r#"{"name":"X","tables":{"A":{"columns":{"_n":{"type":"integer"}}}}}"#,
             r#"{"name":"X","version":"1.x","tables":{}}"#,
         ] {
-            assert!(DatabaseSchema::parse(bad).is_err(), "{bad} accepted");
+            assert!(Schema::from_json_str(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    // From nestdb-client.
+
+    #[test]
+    fn rejects_dangling_references() {
+        let err = Schema::from_json(&json!({"name": "D", "tables": {"A": {"columns": {
+            "r": {"type": {"key": {"type": "uuid", "refTable": "Nope"}}}}}}}))
+        .unwrap_err();
+        assert!(err.to_string().contains("Nope"), "{err}");
+    }
+
+    #[test]
+    fn node_schema_parses() {
+        let text = include_str!("../../../deploy/nestdb/sluice.ovsschema");
+        let s = Schema::from_json_str(text).unwrap();
+        assert_eq!(s.name, "Sluice_Node");
+        assert!(s.version.is_some());
+        let sp = s.table("Service_Port").unwrap();
+        assert!(!sp.is_root, "Service_Port rows are owned by Service");
+        let svc = s.table("Service").unwrap();
+        assert_eq!(svc.index_names(), vec![vec!["namespace", "name"]]);
+        let ports = &svc.column_schema("ports").unwrap().ty;
+        assert_eq!(ports.key.ref_table.as_deref(), Some("Service_Port"));
+        assert_eq!(ports.key.ref_type, RefType::Strong);
+        let to = &svc.column_schema("affinity_timeout").unwrap().ty.key;
+        assert!(to.check(&Atom::Integer(86400)).is_ok());
+        assert!(to.check(&Atom::Integer(86401)).is_err());
+        let nt = &s
+            .table("Node_Config")
+            .unwrap()
+            .column_schema("node_type")
+            .unwrap()
+            .ty
+            .key;
+        assert!(nt.check(&Atom::from("BAREMETAL")).is_ok());
+        assert!(s.table("Nope").is_none());
+    }
+
+    #[test]
+    fn prints_what_it_parsed() {
+        let text = include_str!("../../../deploy/nestdb/sluice.ovsschema");
+        let s = Schema::from_json_str(text).unwrap();
+        let printed = s.to_json();
+        let again = Schema::from_json(&printed).unwrap();
+        assert_eq!(again.tables, s.tables);
+        assert_eq!((&again.version, &again.cksum), (&s.version, &s.cksum));
+        let svc = s.table("Service").unwrap();
+        assert_eq!(
+            svc.column_type("_uuid").unwrap().key.atomic,
+            AtomicType::Uuid
+        );
+        assert!(svc.column_names().any(|c| c == "ports"));
+        assert_eq!(
+            svc.column_type("ports").unwrap().default_datum(),
+            Datum::empty_set()
+        );
     }
 }

@@ -1,0 +1,113 @@
+//! OVSDB UUIDs (RFC 7047 §5.1 `<uuid>`): row identities and references.
+//!
+//! Owns [`Uuid`], a thin wrapper around [`uuid::Uuid`] that reads and writes the
+//! protocol's notation, `["uuid", "<36 characters>"]`.  Invariant: parsing accepts only
+//! the 36-character hyphenated 8-4-4-4-12 form that RFC 7047 (and `ovsdb-server`'s
+//! `uuid_from_string`) require, and printing always produces it in lower case.  Named
+//! UUIDs (`["named-uuid", name]`) are atoms, see [`crate::Atom::NamedUuid`] and
+//! [`crate::SymbolTable`].  A plain `Copy` value: `Send + Sync`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde_json::{json, Value};
+
+use crate::error::OvsdbError;
+
+/// An OVSDB row UUID (`["uuid", "…"]` on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Uuid(pub uuid::Uuid);
+
+impl Uuid {
+    /// The all-zero UUID, the default value of a `uuid` column.
+    pub const NIL: Uuid = Uuid(uuid::Uuid::nil());
+
+    /// The all-zero UUID (same as [`Uuid::NIL`]).
+    pub const fn nil() -> Self {
+        Self::NIL
+    }
+
+    /// The all-ones UUID, the largest value in UUID order.
+    pub const fn max() -> Self {
+        Uuid(uuid::Uuid::max())
+    }
+
+    /// A fresh random (version 4) UUID.
+    pub fn new_v4() -> Self {
+        Uuid(uuid::Uuid::new_v4())
+    }
+
+    /// Parses the 36-character hyphenated form (`8-4-4-4-12` hex digits).
+    pub fn parse_str(s: &str) -> Result<Self, OvsdbError> {
+        s.parse()
+    }
+
+    /// True for the all-zero UUID.
+    pub fn is_nil(&self) -> bool {
+        self.0.is_nil()
+    }
+
+    /// The 16 bytes of the UUID, most significant first.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
+    /// JSON notation: `["uuid", "<36 hex digits and dashes>"]`.
+    pub fn to_json(&self) -> Value {
+        json!(["uuid", self.to_string()])
+    }
+
+    /// Parses `["uuid", "…"]`.
+    pub fn from_json(v: &Value) -> Result<Self, OvsdbError> {
+        match v.as_array().map(Vec::as_slice) {
+            Some([tag, Value::String(s)]) if tag == "uuid" => s.parse(),
+            _ => Err(OvsdbError::syntax(format!(
+                "expected [\"uuid\", \"…\"] but found {v}"
+            ))),
+        }
+    }
+}
+
+impl From<uuid::Uuid> for Uuid {
+    fn from(u: uuid::Uuid) -> Self {
+        Uuid(u)
+    }
+}
+
+impl fmt::Display for Uuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+impl FromStr for Uuid {
+    type Err = OvsdbError;
+
+    fn from_str(s: &str) -> Result<Self, OvsdbError> {
+        // RFC 7047 requires the 36-character hyphenated form; the uuid crate would also
+        // accept the simple, braced and URN forms.
+        if s.len() != 36 {
+            return Err(OvsdbError::syntax(format!(
+                "\"{s}\" is not a UUID in 8-4-4-4-12 hex form"
+            )));
+        }
+        uuid::Uuid::parse_str(s)
+            .map(Uuid)
+            .map_err(|e| OvsdbError::syntax(format!("\"{s}\" is not a valid UUID: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_hyphenated_form_parses() {
+        let u = Uuid::new_v4();
+        assert_eq!(u.to_string().parse::<Uuid>().unwrap(), u);
+        assert_eq!(Uuid::from_json(&u.to_json()).unwrap(), u);
+        assert!(u.0.simple().to_string().parse::<Uuid>().is_err());
+        assert!(Uuid::from_json(&json!(["named-uuid", u.to_string()])).is_err());
+        assert!(Uuid::nil().is_nil() && Uuid::NIL < Uuid::max());
+    }
+}
