@@ -863,6 +863,44 @@ mod tests {
     }
 
     #[test]
+    fn too_deep_requests_close_the_connection_and_limits_are_configurable() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = start(dir.path(), |c| {
+            c.max_depth = 4;
+            c.socket_mode = 0o660;
+            c.allowed_peers = AllowedPeers::Any;
+            c.program = "testd".to_owned();
+        });
+        let mode = fs::metadata(server.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o660, "socket mode is {mode:o}");
+        let mut s = UnixStream::connect(server.path()).unwrap();
+        assert_eq!(
+            call(&mut s, 1, "echo", json!({"args": ["x"]}))["result"],
+            "x\n"
+        );
+        s.write_all(br#"{"id":2,"method":"echo","params":[[[["x"]]]]}"#)
+            .unwrap();
+        let reply = read_reply(&mut s);
+        assert!(
+            reply["error"].as_str().unwrap().contains("4 levels deep"),
+            "{reply}"
+        );
+        assert_closed(&mut s);
+        for bad in [0o1600, 0o400] {
+            let err = CtlServer::start(
+                ServerConfig {
+                    socket_mode: bad,
+                    ..ServerConfig::with_path(dir.path().join("bad.ctl"))
+                },
+                Registry::new(),
+                || {},
+            )
+            .unwrap_err();
+            assert!(matches!(err, CtlError::InvalidConfig { .. }), "{err}");
+        }
+    }
+
+    #[test]
     fn silent_and_half_message_clients_do_not_block_others_and_time_out() {
         let dir = tempfile::tempdir().unwrap();
         let server = start(dir.path(), |c| {
