@@ -419,34 +419,22 @@ fn reader_loop(
     notify: &Sender<Notification>,
 ) {
     let mut framer = Framer::with_limits(limits);
-    let mut buf = vec![0u8; 64 * 1024];
-    'read: loop {
-        let n = match read_half.read(&mut buf) {
-            Ok(0) => {
+    loop {
+        let value = match framer.read_value(&mut read_half) {
+            Ok(Some(value)) => value,
+            Ok(None) => {
                 tracing::debug!(remote, "connection closed");
                 break;
             }
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                tracing::debug!(remote, error = %e, "connection closed");
+                // Includes framing errors (too large, too deep, not JSON).
+                tracing::warn!(remote, error = %e, "closing the connection");
                 break;
             }
         };
-        framer.push(&buf[..n]);
-        loop {
-            let value = match framer.next_value() {
-                Ok(Some(value)) => value,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(remote, error = %e, "closing the connection");
-                    break 'read;
-                }
-            };
-            if let Err(e) = dispatch(value, remote, writer, pending, notify) {
-                tracing::warn!(remote, error = %e, "closing the connection");
-                break 'read;
-            }
+        if let Err(e) = dispatch(value, remote, writer, pending, notify) {
+            tracing::warn!(remote, error = %e, "closing the connection");
+            break;
         }
     }
     let waiting = {
@@ -505,6 +493,18 @@ fn dispatch(
 mod tests {
     use super::*;
 
+    /// A peer on a fresh Unix socket that runs `script` on the first
+    /// connection; returns where to connect and the script's outcome.
+    fn scripted_peer<T: Send + 'static>(
+        script: impl FnOnce(UnixStream) -> T + Send + 'static,
+    ) -> (tempfile::TempDir, Endpoint, std::thread::JoinHandle<T>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peer.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let peer = std::thread::spawn(move || script(listener.accept().unwrap().0));
+        (dir, Endpoint::Unix(path), peer)
+    }
+
     fn options(max_message_bytes: usize) -> ConnectOptions {
         ConnectOptions {
             timeout: Some(Duration::from_secs(30)),
@@ -514,11 +514,7 @@ mod tests {
 
     #[test]
     fn oversized_messages_close_the_connection() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("peer.sock");
-        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let peer = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
+        let (_dir, endpoint, peer) = scripted_peer(|mut s| {
             let small = json!({"method": "update", "params": ["x".repeat(100)], "id": null});
             let big = json!({"method": "update", "params": ["x".repeat(5000)], "id": null});
             s.write_all(format!("{small}{small}{big}{small}").as_bytes())
@@ -527,7 +523,7 @@ mod tests {
             let mut sink = Vec::new();
             let _ = s.read_to_end(&mut sink);
         });
-        let (conn, notes) = Connection::open(&Endpoint::Unix(path), options(1024)).unwrap();
+        let (conn, notes) = Connection::open(&endpoint, options(1024)).unwrap();
         for _ in 0..2 {
             let n = notes.recv_timeout(Duration::from_secs(30)).unwrap();
             assert_eq!(n.params[0].as_str().map(str::len), Some(100));
@@ -561,24 +557,14 @@ mod tests {
     /// pending requests.
     #[test]
     fn framing_echo_errors_and_disconnect() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("peer.sock");
-        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let peer = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
+        let (_dir, endpoint, peer) = scripted_peer(|mut s| {
             // Two messages back to back in one write, then a request.
             s.write_all(br#"{"method":"update","params":[1],"id":null}{"method":"echo","params":["x"],"id":"e1"}{"method":"other","params":[],"id":"o1"}"#)
                 .unwrap();
             let mut framer = Framer::new(1 << 20);
-            let mut got = Vec::new();
-            let mut buf = [0u8; 4096];
-            while got.len() < 3 {
-                let n = s.read(&mut buf).unwrap();
-                framer.push(&buf[..n]);
-                while let Some(v) = framer.next_value().unwrap() {
-                    got.push(v);
-                }
-            }
+            let mut got: Vec<Value> = (0..3)
+                .map(|_| framer.read_value(&mut s).unwrap().unwrap())
+                .collect();
             // The echo reply, the refusal and our request may arrive in
             // any order.
             let take = |got: &mut Vec<Value>, f: &dyn Fn(&Value) -> bool| {
@@ -590,22 +576,14 @@ mod tests {
             let req = got.remove(0);
             let reply = json!({"id": req["id"], "result": ["Sluice_Node"], "error": null});
             s.write_all(reply.to_string().as_bytes()).unwrap();
-            let req = {
-                let mut next = None;
-                while next.is_none() {
-                    let n = s.read(&mut buf).unwrap();
-                    framer.push(&buf[..n]);
-                    next = framer.next_value().unwrap();
-                }
-                next.unwrap()
-            };
+            let req = framer.read_value(&mut s).unwrap().unwrap();
             let error = json!({"id": req["id"], "result": null, "error": {"error": "nope"}});
             s.write_all(error.to_string().as_bytes()).unwrap();
             // Half a message, then hang up.
             s.write_all(br#"{"id": 99, "res"#).unwrap();
             (echo_reply, refusal)
         });
-        let (conn, notes) = Connection::open(&Endpoint::Unix(path), options(1 << 20)).unwrap();
+        let (conn, notes) = Connection::open(&endpoint, options(1 << 20)).unwrap();
         let n = notes.recv_timeout(Duration::from_secs(30)).unwrap();
         assert_eq!(n.method, "update");
         let r = conn.call("list_dbs", json!([])).unwrap();

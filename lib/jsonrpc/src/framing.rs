@@ -21,6 +21,8 @@
 //! Thread-safety: plain values without I/O; each connection owns its own
 //! [`Framer`].
 
+use std::io::{self, Read};
+
 use serde_json::Value;
 
 /// The default bound on nesting depth. `serde_json` itself refuses to parse
@@ -107,6 +109,8 @@ pub struct Framer {
     escape: bool,
     limits: Limits,
     failed: Option<FrameError>,
+    /// Scratch space for [`Framer::read_value`], allocated on first use.
+    chunk: Vec<u8>,
 }
 
 impl Framer {
@@ -128,6 +132,7 @@ impl Framer {
             escape: false,
             limits,
             failed: None,
+            chunk: Vec::new(),
         }
     }
 
@@ -160,6 +165,50 @@ impl Framer {
             self.consumed = 0;
         }
         self.buf.extend_from_slice(data);
+    }
+
+    /// Reads from `reader` (blocking, in chunks of up to 64 KiB) until the
+    /// next message is complete and returns it decoded; `Ok(None)` at a
+    /// clean end of stream. Bytes read beyond that message stay buffered
+    /// for the next call, so use one framer per stream.
+    ///
+    /// # Errors
+    /// The reader's I/O errors (`Interrupted` is retried); a
+    /// [`FrameError`] as `InvalidData`; `UnexpectedEof` if the stream ends
+    /// inside a message.
+    pub fn read_value(&mut self, reader: &mut impl Read) -> io::Result<Option<Value>> {
+        let mut chunk = std::mem::take(&mut self.chunk);
+        chunk.resize(64 * 1024, 0);
+        let outcome = self.read_value_with(reader, &mut chunk);
+        self.chunk = chunk;
+        outcome
+    }
+
+    fn read_value_with(
+        &mut self,
+        reader: &mut impl Read,
+        chunk: &mut [u8],
+    ) -> io::Result<Option<Value>> {
+        loop {
+            if let Some(value) = self
+                .next_value()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+            {
+                return Ok(Some(value));
+            }
+            match reader.read(chunk) {
+                Ok(0) if self.has_partial() => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the stream ended in the middle of a message",
+                    ))
+                }
+                Ok(0) => return Ok(None),
+                Ok(n) => self.push(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The next complete message, decoded.
@@ -385,6 +434,21 @@ mod tests {
         f.push(b"[[[[");
         assert_eq!(f.next_frame(), Err(FrameError::TooDeep { limit: 3 }));
         assert!(FrameError::TooDeep { limit: 3 }.is_fatal());
+    }
+
+    #[test]
+    fn read_value_reads_one_message_at_a_time_from_a_stream() {
+        let mut f = Framer::new(1024);
+        let mut stream: &[u8] = br#"{"a":1} [2] {"b":"#;
+        assert_eq!(f.read_value(&mut stream).unwrap(), Some(json!({"a": 1})));
+        assert_eq!(f.read_value(&mut stream).unwrap(), Some(json!([2])));
+        let err = f.read_value(&mut stream).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        let mut f = Framer::new(1024);
+        assert_eq!(f.read_value(&mut &b" \n"[..]).unwrap(), None);
+        let err = f.read_value(&mut &b"x"[..]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("not speaking JSON-RPC"), "{err}");
     }
 
     #[test]

@@ -57,12 +57,9 @@ impl std::str::FromStr for Remote {
 }
 
 impl std::fmt::Display for Remote {
+    /// The same syntax as parsed, as `sluice_jsonrpc` writes endpoints.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Remote::Unix(p) => write!(f, "unix:{}", p.display()),
-            Remote::Tcp(h, p) if h.contains(':') => write!(f, "tcp:[{h}]:{p}"),
-            Remote::Tcp(h, p) => write!(f, "tcp:{h}:{p}"),
-        }
+        Endpoint::from(self).fmt(f)
     }
 }
 
@@ -197,7 +194,6 @@ impl Connection {
 mod tests {
     use super::*;
     use serde_json::json;
-    use std::io::{Read, Write};
 
     #[test]
     fn parses_remotes() {
@@ -227,51 +223,59 @@ mod tests {
         }
     }
 
-    /// The shared connection's outcomes arrive as this crate's errors: an
-    /// OVSDB error object becomes an [`OvsdbError`], an oversize message
-    /// closes the connection.
+    /// The shared connection's errors arrive as this crate's: an OVSDB
+    /// error object becomes an [`OvsdbError`], transport failures keep
+    /// their kind. (Framing, limits and disconnects are tested with the
+    /// connection in `sluice-jsonrpc`.)
     #[test]
-    fn errors_and_limits_map_to_ovsdb_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("peer.sock");
-        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let peer = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut framer = sluice_jsonrpc::Framer::new(1 << 20);
-            let mut buf = [0u8; 4096];
-            let req = loop {
-                if let Some(v) = framer.next_value().unwrap() {
-                    break v;
-                }
-                let n = s.read(&mut buf).unwrap();
-                framer.push(&buf[..n]);
-            };
-            let reply = json!({"id": req["id"], "result": null,
-                "error": {"error": "unknown database", "details": "no Foo"}});
-            s.write_all(reply.to_string().as_bytes()).unwrap();
-            let big = json!({"method": "update", "params": ["x".repeat(5000)], "id": null});
-            s.write_all(big.to_string().as_bytes()).unwrap();
-            let mut sink = Vec::new();
-            let _ = s.read_to_end(&mut sink);
-        });
-        let (conn, notes) =
-            Connection::open_with_limit(&Remote::Unix(path), Duration::from_secs(30), 1024)
-                .unwrap();
-        match conn.call("get_schema", json!(["Foo"])) {
-            Err(Error::Rpc { method, error }) => {
+    fn client_errors_map_to_ovsdb_errors() {
+        let rpc = |error| {
+            Error::from(ClientError::Rpc {
+                method: "get_schema".into(),
+                error,
+            })
+        };
+        match rpc(json!({"error": "unknown database", "details": "no Foo"})) {
+            Error::Rpc { method, error } => {
                 assert_eq!(method, "get_schema");
                 assert_eq!(error.error, "unknown database");
                 assert_eq!(error.details.as_deref(), Some("no Foo"));
             }
             other => panic!("expected an RPC error, got {other:?}"),
         }
-        assert!(notes.recv_timeout(Duration::from_secs(30)).is_err());
-        assert!(conn.is_closed());
+        match rpc(json!("unknown method")) {
+            Error::Rpc { error, .. } => assert_eq!(error.error, "unknown method"),
+            other => panic!("expected an RPC error, got {other:?}"),
+        }
         assert!(matches!(
-            conn.call("list_dbs", json!([])),
-            Err(Error::Disconnected(_))
+            Error::from(ClientError::Disconnected("unix:/x".into())),
+            Error::Disconnected(r) if r == "unix:/x"
         ));
-        drop(conn);
-        peer.join().unwrap();
+        assert!(matches!(
+            Error::from(ClientError::Timeout {
+                method: "echo".into(),
+                after: Duration::from_secs(1)
+            }),
+            Error::Timeout { .. }
+        ));
+        assert!(matches!(
+            Error::from(ClientError::Protocol("bad".into())),
+            Error::Protocol(p) if p == "bad"
+        ));
+        let io = || std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert!(matches!(
+            Error::from(ClientError::Io {
+                remote: "r".into(),
+                source: io()
+            }),
+            Error::Io { .. }
+        ));
+        assert!(matches!(
+            Error::from(ClientError::Connect {
+                remote: "r".into(),
+                source: io()
+            }),
+            Error::Connect { .. }
+        ));
     }
 }
