@@ -7,7 +7,7 @@
 //! Run: `cargo bench -p nestdb --bench nestdb_vs_ovsdb` (set NESTDB_BENCH_TXNS to change
 //! the transaction count).
 
-use nestdb::jsonrpc::{Message, StreamParser};
+use nestdb::jsonrpc::{Framer, Message};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -72,7 +72,7 @@ fn start(which: &str, dir: &Path) -> Server {
 
 struct Client {
     s: UnixStream,
-    p: StreamParser,
+    p: Framer,
     id: u64,
 }
 
@@ -80,7 +80,7 @@ impl Client {
     fn new(path: &Path) -> Self {
         Self {
             s: UnixStream::connect(path).unwrap(),
-            p: StreamParser::new(1 << 30),
+            p: Framer::new(1 << 30),
             id: 0,
         }
     }
@@ -102,7 +102,7 @@ impl Client {
             }
             let n = self.s.read(&mut buf).unwrap();
             assert!(n > 0, "server closed the connection");
-            self.p.feed(&buf[..n]);
+            self.p.push(&buf[..n]);
         }
     }
     fn call(&mut self, method: &str, params: Value) -> Value {

@@ -9,13 +9,15 @@
 //! Output is buffered per session up to a backlog limit; a client that stops reading
 //! is disconnected rather than blocking the server.  A peer that sends malformed or
 //! oversize input gets an error (or is disconnected) without affecting other sessions.
-//! Sessions on the unixctl listener speak the ovs-appctl protocol (see [`crate::unixctl`]).
+//! The control socket ([`crate::unixctl`]) runs its connections on its own threads and
+//! posts commands to this loop, which polls its wake-up descriptor and runs them here.
 
-use crate::jsonrpc::{Message, StreamParser};
+use crate::jsonrpc::{parse_message, Framer, Message};
 use crate::monitor::{merge_changes, Monitor, Version};
 use crate::storage::{now_ms, Storage, StorageError};
 use crate::table::Changes;
 use crate::transaction::{execute, ExecContext, Outcome};
+use crate::unixctl::{Control, ControlSocket};
 use ovsdb_core::{OvsdbError, Schema, Uuid};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -54,6 +56,9 @@ pub enum ServerError {
     /// Two database files hold databases with the same name.
     #[error("database {0} is served twice; each database file must have a distinct schema name")]
     DuplicateDb(String),
+    /// The control socket could not be started.
+    #[error(transparent)]
+    Control(#[from] sluice_jsonrpc::unixctl::CtlError),
     /// Durable write failed: the server cannot keep its promise and stops.
     #[error("cannot write the database log, stopping so no change is acknowledged without being durable: {0}")]
     Io(String),
@@ -156,23 +161,20 @@ impl Conn {
 }
 
 enum Listener {
-    Unix(UnixListener, PathBuf, bool),
+    Unix(UnixListener, PathBuf),
     Tcp(TcpListener),
 }
 
 impl Listener {
     fn fd(&self) -> RawFd {
         match self {
-            Listener::Unix(l, _, _) => l.as_raw_fd(),
+            Listener::Unix(l, _) => l.as_raw_fd(),
             Listener::Tcp(l) => l.as_raw_fd(),
         }
     }
-    fn is_unixctl(&self) -> bool {
-        matches!(self, Listener::Unix(_, _, true))
-    }
     fn accept(&self) -> std::io::Result<Conn> {
         match self {
-            Listener::Unix(l, _, _) => {
+            Listener::Unix(l, _) => {
                 let (s, _) = l.accept()?;
                 s.set_nonblocking(true)?;
                 Ok(Conn::Unix(s))
@@ -189,11 +191,10 @@ impl Listener {
 
 struct Session {
     conn: Conn,
-    parser: StreamParser,
+    parser: Framer,
     out: Vec<u8>,
     out_pos: usize,
     monitors: Vec<Monitor>,
-    unixctl: bool,
     closing: bool,
     last_input: Instant,
     probe_sent: bool,
@@ -245,6 +246,7 @@ pub struct Server {
     config: Config,
     dbs: Vec<Db>,
     listeners: Vec<Listener>,
+    control: Option<ControlSocket>,
     sessions: BTreeMap<u64, Session>,
     next_session: u64,
     locks: HashMap<String, VecDeque<u64>>,
@@ -264,7 +266,7 @@ impl std::fmt::Debug for Server {
     }
 }
 
-fn bind_unix(path: &Path, unixctl: bool) -> Result<Listener, ServerError> {
+fn bind_unix(path: &Path) -> Result<Listener, ServerError> {
     let err = |source| ServerError::Listen {
         what: path.display().to_string(),
         source,
@@ -285,7 +287,7 @@ fn bind_unix(path: &Path, unixctl: bool) -> Result<Listener, ServerError> {
     let l = UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
     l.set_nonblocking(true).map_err(err)?;
-    Ok(Listener::Unix(l, path.to_owned(), unixctl))
+    Ok(Listener::Unix(l, path.to_owned()))
 }
 
 impl Server {
@@ -311,7 +313,7 @@ impl Server {
         let mut listeners = Vec::new();
         for r in &config.remotes {
             listeners.push(match r {
-                Remote::Punix(p) => bind_unix(p, false)?,
+                Remote::Punix(p) => bind_unix(p)?,
                 Remote::Ptcp(a) => {
                     let l = TcpListener::bind(a).map_err(|source| ServerError::Listen {
                         what: a.to_string(),
@@ -326,13 +328,15 @@ impl Server {
                 }
             });
         }
-        if let Some(p) = &config.unixctl {
-            listeners.push(bind_unix(p, true)?);
-        }
+        let control = match &config.unixctl {
+            Some(p) => Some(ControlSocket::start(p, config.max_message_size)?),
+            None => None,
+        };
         let mut s = Self {
             config,
             dbs,
             listeners,
+            control,
             sessions: BTreeMap::new(),
             next_session: 1,
             locks: HashMap::new(),
@@ -395,6 +399,14 @@ impl Server {
                     revents: 0,
                 });
             }
+            if let Some(c) = &self.control {
+                fds.push(libc::pollfd {
+                    fd: c.wake_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+            let nl = fds.len();
             let ids: Vec<u64> = self.sessions.keys().copied().collect();
             for id in &ids {
                 let s = &self.sessions[id];
@@ -419,11 +431,13 @@ impl Server {
                 }
                 return Err(ServerError::Poll(e));
             }
-            let nl = self.listeners.len();
-            for (i, fd) in fds.iter().enumerate().take(nl) {
+            for (i, fd) in fds.iter().enumerate().take(self.listeners.len()) {
                 if fd.revents & libc::POLLIN != 0 {
                     self.accept_all(i);
                 }
+            }
+            if nl > self.listeners.len() && fds[nl - 1].revents != 0 {
+                self.run_control_commands();
             }
             for (k, id) in ids.iter().enumerate() {
                 let re = fds[nl + k].revents;
@@ -477,7 +491,6 @@ impl Server {
         for _ in 0..64 {
             match self.listeners[li].accept() {
                 Ok(conn) => {
-                    let unixctl = self.listeners[li].is_unixctl();
                     let probes =
                         matches!(conn, Conn::Tcp(_)) && self.config.inactivity_probe.is_some();
                     let id = self.next_session;
@@ -487,11 +500,10 @@ impl Server {
                         id,
                         Session {
                             conn,
-                            parser: StreamParser::new(self.config.max_message_size),
+                            parser: Framer::new(self.config.max_message_size),
                             out: Vec::new(),
                             out_pos: 0,
                             monitors: Vec::new(),
-                            unixctl,
                             closing: false,
                             last_input: Instant::now(),
                             probe_sent: false,
@@ -528,7 +540,7 @@ impl Server {
                     Ok(n) => {
                         s.last_input = Instant::now();
                         s.probe_sent = false;
-                        s.parser.feed(&buf[..n]);
+                        s.parser.push(&buf[..n]);
                         if n < buf.len() {
                             break;
                         }
@@ -543,10 +555,10 @@ impl Server {
             }
             loop {
                 match s.parser.next_value() {
-                    Ok(Some(v)) => match Message::from_json(v) {
+                    Ok(Some(v)) => match parse_message(v) {
                         Ok(m) => msgs.push(Ok(m)),
                         Err(e) => {
-                            msgs.push(Err(e.to_string()));
+                            msgs.push(Err(e));
                             break;
                         }
                     },
@@ -566,12 +578,7 @@ impl Server {
                     return;
                 }
             };
-            let unixctl = self.sessions.get(&id).is_some_and(|s| s.unixctl);
-            if unixctl {
-                self.handle_unixctl(id, m);
-            } else {
-                self.handle(id, m);
-            }
+            self.handle(id, m);
         }
     }
 
@@ -936,9 +943,6 @@ impl Server {
         let name = d.name.clone();
         let dbref = &self.dbs[db].storage.db;
         for s in self.sessions.values_mut() {
-            if s.unixctl {
-                continue;
-            }
             let mut notes = Vec::new();
             for m in s.monitors.iter().filter(|m| m.db == name) {
                 let u = m.compose(dbref, &entry.changes);
@@ -1104,34 +1108,16 @@ impl Server {
 
     // ---- control socket ----
 
-    fn handle_unixctl(&mut self, sid: u64, m: Message) {
-        let Message::Request { method, params, id } = m else {
-            return;
+    /// Runs the commands the control socket posted and answers them.
+    fn run_control_commands(&mut self) {
+        let posted = match &self.control {
+            Some(c) => c.take_posted(),
+            None => return,
         };
-        let args: Vec<String> = params
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|v| {
-                        v.as_str()
-                            .map(str::to_owned)
-                            .unwrap_or_else(|| v.to_string())
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let r = crate::unixctl::dispatch(self, &method, &args);
-        let msg = match r {
-            Ok(text) => Message::Reply {
-                result: json!(text),
-                id,
-            },
-            Err(text) => Message::Error {
-                error: json!(text),
-                id,
-            },
-        };
-        self.send(sid, msg);
+        for p in posted {
+            let outcome = p.command.run(self);
+            p.answer(outcome);
+        }
     }
 
     /// Requests a clean exit after this loop iteration.
@@ -1166,7 +1152,7 @@ impl Server {
     pub fn stats_text(&self) -> String {
         let mut t = format!(
             "sessions:{} commits:{} failed-transactions:{} syncs:{} accepted:{} protocol-errors:{} backlog-drops:{} pending-waits:{}\n",
-            self.sessions.iter().filter(|(_, s)| !s.unixctl).count(),
+            self.sessions.len(),
             self.stats.commits,
             self.stats.failed_txns,
             self.stats.syncs,
@@ -1190,12 +1176,28 @@ impl Server {
         t
     }
 
-    /// Removes socket files this server created.
+    /// Stops the control socket and removes socket files this server created.
     pub fn cleanup(&mut self) {
+        self.control = None;
         for l in &self.listeners {
-            if let Listener::Unix(_, p, _) = l {
+            if let Listener::Unix(_, p) = l {
                 let _ = std::fs::remove_file(p);
             }
         }
+    }
+}
+
+impl Control for Server {
+    fn request_exit(&mut self) {
+        Server::request_exit(self);
+    }
+    fn compact(&mut self, db: Option<&str>) -> Result<(), String> {
+        Server::compact(self, db)
+    }
+    fn db_names(&self) -> Vec<String> {
+        Server::db_names(self)
+    }
+    fn stats_text(&self) -> String {
+        Server::stats_text(self)
     }
 }

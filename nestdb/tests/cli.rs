@@ -5,7 +5,7 @@
 mod common;
 
 use common::{have, nestdb_bin, run_ok, wait_until, Proc, Rpc, SCHEMA};
-use nestdb::jsonrpc::{Message, StreamParser};
+use nestdb::jsonrpc::{Framer, Message};
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -70,7 +70,7 @@ fn tcp_remote_pidfile_logfile_socket_mode_and_sigterm() {
     // A silent TCP client is probed with echo and dropped when it never answers.
     let mut t = TcpStream::connect(("127.0.0.1", port)).unwrap();
     t.set_read_timeout(Some(common::WAIT)).unwrap();
-    let mut parser = StreamParser::new(1 << 20);
+    let mut parser = Framer::new(1 << 20);
     let mut buf = [0u8; 4096];
     let first = loop {
         if let Some(v) = parser.next_value().unwrap() {
@@ -78,7 +78,7 @@ fn tcp_remote_pidfile_logfile_socket_mode_and_sigterm() {
         }
         let n = t.read(&mut buf).expect("server sends an inactivity probe");
         assert!(n > 0, "disconnected before any probe");
-        parser.feed(&buf[..n]);
+        parser.push(&buf[..n]);
     };
     match Message::from_json(first).unwrap() {
         Message::Request { method, id, .. } => {
@@ -100,12 +100,12 @@ fn tcp_remote_pidfile_logfile_socket_mode_and_sigterm() {
     // An answering TCP client stays connected across probes.
     let mut t = TcpStream::connect(("127.0.0.1", port)).unwrap();
     t.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-    let mut parser = StreamParser::new(1 << 20);
+    let mut parser = Framer::new(1 << 20);
     let mut answered = 0;
     wait_until("three answered probes", || {
         match t.read(&mut buf) {
             Ok(0) => panic!("answering client was disconnected"),
-            Ok(n) => parser.feed(&buf[..n]),
+            Ok(n) => parser.push(&buf[..n]),
             Err(_) => {}
         }
         while let Some(v) = parser.next_value().unwrap() {

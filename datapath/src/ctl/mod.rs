@@ -9,13 +9,15 @@
 //! `{"id":N,"result":null,"error":"<text>"}`. Programs such as the agent also
 //! call structured *methods* whose `params` and `result` are any JSON.
 //!
+//! The server itself is the shared unixctl server of the `sluice-jsonrpc`
+//! crate (also used by `nestdb-server`); this module re-exports it under
+//! the names sluiced's features use:
+//!
 //! - [`registry`]: the shared command table ([`Registry`]); features register
 //!   their commands next to their own code, at any time.
 //! - [`server`]: the socket, its permissions and lifetime, one thread per
 //!   client, peer credential checks ([`CtlServer`], [`ServerConfig`]).
-//! - [`jsonrpc`]: stream framing and message validation.
-//! - `sys`: the three system calls std lacks (`SO_PEERCRED`, `geteuid`,
-//!   `poll`), the only `unsafe` code here.
+//! - [`jsonrpc`]: stream framing ([`jsonrpc::Framer`]) and messages.
 //!
 //! Wiring it into a daemon:
 //!
@@ -88,12 +90,10 @@
 //! text then comes back as a JSON string. `sluicectl --format json` uses
 //! this, so a feature can add JSON output without a new command name.
 
-pub mod jsonrpc;
-pub mod registry;
-pub mod server;
-mod sys;
+pub use sluice_jsonrpc as jsonrpc;
+pub use sluice_jsonrpc::unixctl::{registry, server};
 pub mod typed;
 
 pub use registry::{CommandHandler, MethodHandler, Registry, RegistryError};
 pub use server::{CtlError, CtlServer, ServerConfig, DEFAULT_SOCKET_PATH};
-pub use sys::PeerCred;
+pub use sluice_jsonrpc::unixctl::PeerCred;

@@ -11,8 +11,8 @@
 //!   ([`OvsdbError`]) come from [`ovsdb_core`], shared with nestdb-server, and
 //!   are re-exported here;
 //! - [`transaction`]: the typed `transact` builder and results;
-//! - [`jsonrpc`]: framing, request matching and `echo` handling on one
-//!   connection;
+//! - [`jsonrpc`]: OVSDB remotes and one connection (framing, request
+//!   matching and `echo` handling are the shared `sluice-jsonrpc` crate's);
 //! - [`client`]: `list_dbs`, `get_schema`, `transact`, locks;
 //! - [`replica`] and [`monitor`]: `monitor_cond_since` with resume, update
 //!   application and automatic reconnect;

@@ -2,7 +2,7 @@
 //! killed on drop, bounded waits, a raw JSON-RPC client and wrappers for OVS tools.
 #![allow(dead_code)]
 
-use nestdb::jsonrpc::{Message, StreamParser};
+use nestdb::jsonrpc::{Framer, Message};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -205,7 +205,7 @@ impl ServerProc {
 /// A minimal JSON-RPC client over a Unix socket.
 pub struct Rpc {
     pub stream: UnixStream,
-    parser: StreamParser,
+    parser: Framer,
     pub notifications: VecDeque<(String, Value)>,
     next_id: u64,
 }
@@ -218,7 +218,7 @@ impl Rpc {
             .unwrap();
         Self {
             stream,
-            parser: StreamParser::new(1 << 30),
+            parser: Framer::new(1 << 30),
             notifications: VecDeque::new(),
             next_id: 1,
         }
@@ -238,7 +238,7 @@ impl Rpc {
             }
             match self.stream.read(&mut buf) {
                 Ok(0) => return None,
-                Ok(n) => self.parser.feed(&buf[..n]),
+                Ok(n) => self.parser.push(&buf[..n]),
                 Err(e)
                     if matches!(
                         e.kind(),

@@ -35,27 +35,49 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::jsonrpc::{encode_reply, Framer, Request};
+use super::protocol::{encode_reply, Request};
 use super::registry::{DispatchContext, Registry};
 use super::sys;
+use crate::framing::{Framer, Limits, DEFAULT_MAX_DEPTH};
 
-/// Default path of the control socket.
+/// Default path of the control socket (`sluiced`'s; other programs set
+/// [`ServerConfig::path`]).
 pub const DEFAULT_SOCKET_PATH: &str = "/var/run/sluice/sluiced.ctl";
 
 /// Requests at least this large are followed by returning freed heap to
 /// the kernel ([`super::sys::release_free_heap`]).
 const LARGE_REQUEST_BYTES: usize = 1 << 20;
 
+/// Which peers may run commands, checked with `SO_PEERCRED` on accept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AllowedPeers {
+    /// Root and this process's effective uid (the default).
+    #[default]
+    RootAndSelf,
+    /// Exactly these uids.
+    Uids(Vec<u32>),
+    /// Anyone who can open the socket file (its mode is then the only
+    /// access control, as in OVS's own unixctl).
+    Any,
+}
+
 /// Settings of a [`CtlServer`].
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Where the socket is created.
     pub path: PathBuf,
+    /// The program's name, used in error texts ("see the sluiced log").
+    pub program: String,
+    /// Mode of the socket file (default `0600`).
+    pub socket_mode: u32,
     /// Largest accepted request, in bytes (default 64 MiB: one
     /// `service-update` of 100k Services x 10 endpoints is about 35 MB of
-    /// JSON and must fit in one atomic request). The socket is open to root
-    /// and the daemon's own uid only.
+    /// JSON and must fit in one atomic request). By default the socket is
+    /// open to root and the daemon's own uid only.
     pub max_message_bytes: usize,
+    /// Deepest accepted nesting of a request (default
+    /// [`DEFAULT_MAX_DEPTH`]).
+    pub max_depth: usize,
     /// How long a client may stall in the middle of a request.
     pub read_timeout: Duration,
     /// How long a connection may stay open without sending anything.
@@ -64,21 +86,23 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Most connections served at once.
     pub max_connections: usize,
-    /// Uids allowed to connect; `None` means root and this process's
-    /// effective uid.
-    pub allowed_uids: Option<Vec<u32>>,
+    /// Peers allowed to run commands.
+    pub allowed_peers: AllowedPeers,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from(DEFAULT_SOCKET_PATH),
+            program: "sluiced".to_owned(),
+            socket_mode: 0o600,
             max_message_bytes: 64 << 20,
+            max_depth: DEFAULT_MAX_DEPTH,
             read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             write_timeout: Duration::from_secs(10),
             max_connections: 64,
-            allowed_uids: None,
+            allowed_peers: AllowedPeers::RootAndSelf,
         }
     }
 }
@@ -90,8 +114,11 @@ impl ServerConfig {
                 reason: reason.to_owned(),
             })
         };
-        if self.max_message_bytes == 0 {
-            return invalid("max_message_bytes must be at least 1");
+        if self.max_message_bytes == 0 || self.max_depth == 0 {
+            return invalid("max_message_bytes and max_depth must be at least 1");
+        }
+        if self.socket_mode & !0o777 != 0 || self.socket_mode & 0o600 != 0o600 {
+            return invalid("socket_mode must be permission bits (at most 0777) including 0600");
         }
         if self.max_connections == 0 {
             return invalid("max_connections must be at least 1");
@@ -169,7 +196,7 @@ struct Shared {
     registry: Registry,
     on_exit: ExitCallback,
     config: ServerConfig,
-    allowed_uids: Vec<u32>,
+    allowed_uids: Option<Vec<u32>>,
     stopping: AtomicBool,
     next_conn: AtomicU64,
     conns: Mutex<HashMap<u64, Connection>>,
@@ -217,7 +244,7 @@ impl CtlServer {
         on_exit: impl Fn() + Send + Sync + 'static,
     ) -> Result<Self, CtlError> {
         config.validate()?;
-        let (listener, socket_id) = bind_socket(&config.path)?;
+        let (listener, socket_id) = bind_socket(&config.path, config.socket_mode)?;
         let set_nonblocking = |e| CtlError::Socket {
             action: "configure",
             path: config.path.clone(),
@@ -225,10 +252,11 @@ impl CtlServer {
         };
         listener.set_nonblocking(true).map_err(set_nonblocking)?;
         let (wake, wake_rx) = UnixStream::pair().map_err(set_nonblocking)?;
-        let allowed_uids = config
-            .allowed_uids
-            .clone()
-            .unwrap_or_else(|| vec![0, sys::effective_uid()]);
+        let allowed_uids = match &config.allowed_peers {
+            AllowedPeers::RootAndSelf => Some(vec![0, sys::effective_uid()]),
+            AllowedPeers::Uids(uids) => Some(uids.clone()),
+            AllowedPeers::Any => None,
+        };
         let path = config.path.clone();
         let shared = Arc::new(Shared {
             registry,
@@ -316,9 +344,9 @@ fn remove_if_ours(path: &Path, socket_id: (u64, u64)) {
     }
 }
 
-/// Creates the listening socket at `path` with mode 0600; returns it with
+/// Creates the listening socket at `path` with `mode`; returns it with
 /// the (device, inode) of the socket file.
-fn bind_socket(path: &Path) -> Result<(UnixListener, (u64, u64)), CtlError> {
+fn bind_socket(path: &Path, mode: u32) -> Result<(UnixListener, (u64, u64)), CtlError> {
     let sock_err = |action: &'static str, p: &Path| {
         let p = p.to_path_buf();
         move |source| CtlError::Socket {
@@ -363,7 +391,7 @@ fn bind_socket(path: &Path) -> Result<(UnixListener, (u64, u64)), CtlError> {
     }
 
     // Bind inside a private directory so the socket is never reachable
-    // before it has mode 0600, then move it into place.
+    // before it has its mode, then move it into place.
     static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
     let private = parent.join(format!(
         ".ctl{}.{}",
@@ -377,8 +405,8 @@ fn bind_socket(path: &Path) -> Result<(UnixListener, (u64, u64)), CtlError> {
     let tmp = private.join("s");
     let placed = (|| {
         let listener = UnixListener::bind(&tmp).map_err(sock_err("bind", path))?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))
-            .map_err(sock_err("set mode 0600 on", path))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
+            .map_err(sock_err("set the mode of", path))?;
         fs::rename(&tmp, path).map_err(sock_err("move into place", path))?;
         let meta = fs::symlink_metadata(path).map_err(sock_err("inspect", path))?;
         Ok((listener, (meta.dev(), meta.ino())))
@@ -469,13 +497,16 @@ enum Admission {
 }
 
 fn admission(shared: &Shared, stream: &UnixStream) -> Admission {
+    let Some(allowed_uids) = &shared.allowed_uids else {
+        return Admission::Allowed;
+    };
     match sys::peer_cred(stream) {
-        Ok(cred) if shared.allowed_uids.contains(&cred.uid) => Admission::Allowed,
+        Ok(cred) if allowed_uids.contains(&cred.uid) => Admission::Allowed,
         Ok(cred) => {
             tracing::warn!(uid = cred.uid, pid = cred.pid, "control client refused");
             Admission::Denied(format!(
-                "permission denied: uid {} may not use the sluiced control socket; run the command as root or as the daemon's user\n",
-                cred.uid
+                "permission denied: uid {} may not use the {} control socket; run the command as root or as the daemon's user\n",
+                cred.uid, shared.config.program
             ))
         }
         Err(e) => Admission::Denied(format!(
@@ -501,8 +532,8 @@ fn dispatch_guarded(
         Err(_) => {
             tracing::error!(command = %request.method, "control command handler panicked");
             Err(format!(
-                "internal error: the \"{}\" handler panicked; see the sluiced log\n",
-                request.method
+                "internal error: the \"{}\" handler panicked; see the {} log\n",
+                request.method, shared.config.program
             ))
         }
     }
@@ -514,7 +545,10 @@ fn serve_connection(shared: &Shared, mut stream: UnixStream) {
     let ctx = DispatchContext {
         on_exit: &*shared.on_exit,
     };
-    let mut framer = Framer::new(config.max_message_bytes);
+    let mut framer = Framer::with_limits(Limits {
+        max_message_bytes: config.max_message_bytes,
+        max_depth: config.max_depth,
+    });
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let timeout = match (&admission, framer.has_partial()) {
@@ -829,6 +863,44 @@ mod tests {
     }
 
     #[test]
+    fn too_deep_requests_close_the_connection_and_limits_are_configurable() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = start(dir.path(), |c| {
+            c.max_depth = 4;
+            c.socket_mode = 0o660;
+            c.allowed_peers = AllowedPeers::Any;
+            c.program = "testd".to_owned();
+        });
+        let mode = fs::metadata(server.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o660, "socket mode is {mode:o}");
+        let mut s = UnixStream::connect(server.path()).unwrap();
+        assert_eq!(
+            call(&mut s, 1, "echo", json!({"args": ["x"]}))["result"],
+            "x\n"
+        );
+        s.write_all(br#"{"id":2,"method":"echo","params":[[[["x"]]]]}"#)
+            .unwrap();
+        let reply = read_reply(&mut s);
+        assert!(
+            reply["error"].as_str().unwrap().contains("4 levels deep"),
+            "{reply}"
+        );
+        assert_closed(&mut s);
+        for bad in [0o1600, 0o400] {
+            let err = CtlServer::start(
+                ServerConfig {
+                    socket_mode: bad,
+                    ..ServerConfig::with_path(dir.path().join("bad.ctl"))
+                },
+                Registry::new(),
+                || {},
+            )
+            .unwrap_err();
+            assert!(matches!(err, CtlError::InvalidConfig { .. }), "{err}");
+        }
+    }
+
+    #[test]
     fn silent_and_half_message_clients_do_not_block_others_and_time_out() {
         let dir = tempfile::tempdir().unwrap();
         let server = start(dir.path(), |c| {
@@ -872,7 +944,7 @@ mod tests {
         let me = sys::effective_uid();
         let other = if me == 4242 { 4243 } else { 4242 };
         let mut cfg = ServerConfig::with_path(dir.path().join("c.ctl"));
-        cfg.allowed_uids = Some(vec![other]);
+        cfg.allowed_peers = AllowedPeers::Uids(vec![other]);
         let server = CtlServer::start(cfg, r, || {}).unwrap();
         let mut s = UnixStream::connect(server.path()).unwrap();
         let reply = call(&mut s, 5, "touch", json!([]));

@@ -107,14 +107,15 @@ impl Default for Registry {
 }
 
 /// What the server provides to built-in commands while dispatching.
-pub(crate) struct DispatchContext<'a> {
+pub struct DispatchContext<'a> {
     /// Called by the `exit` command.
     pub on_exit: &'a (dyn Fn() + Send + Sync),
 }
 
 impl Registry {
     /// A registry holding the built-ins `list-commands`, `version` (reporting
-    /// `sluiced (Sluice) <crate version>`) and `exit`.
+    /// `sluiced (Sluice) <crate version>`, the daemon this default is for)
+    /// and `exit`.
     pub fn new() -> Self {
         Self::with_version(format!("sluiced (Sluice) {}", env!("CARGO_PKG_VERSION")))
     }
@@ -259,8 +260,9 @@ impl Registry {
     }
 
     /// Runs request `method` with `params` and returns the JSON result or
-    /// the error text.
-    pub(crate) fn dispatch(
+    /// the error text. The server calls this for every request; tests of
+    /// command owners call it directly.
+    pub fn dispatch(
         &self,
         method: &str,
         params: &Value,

@@ -1,0 +1,104 @@
+//! What the unixctl server accepts and sends: validation of one decoded
+//! message as a request ([`Request::from_value`]: `method` is a string, `id`
+//! is present, it is not a reply) and the reply encoding ([`encode_reply`]:
+//! a text error becomes a JSON string).
+//!
+//! Thread-safety: plain values without I/O.
+
+use serde_json::Value;
+
+/// A validated JSON-RPC request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// The request id, echoed in the reply; `Value::Null` for a notification.
+    pub id: Value,
+    /// The command or method name.
+    pub method: String,
+    /// `params` as sent; a missing or null `params` becomes an empty array.
+    pub params: Value,
+}
+
+impl Request {
+    /// Validates a decoded message.
+    ///
+    /// # Errors
+    /// A sentence describing why the message is not a usable request, and
+    /// the message's id if it had one (so the error reply can carry it).
+    pub fn from_value(value: Value) -> Result<Self, (Value, String)> {
+        let Value::Object(mut object) = value else {
+            return Err((Value::Null, "message is not a JSON object".to_owned()));
+        };
+        let id = object.remove("id").unwrap_or(Value::Null);
+        let result = object.remove("result").unwrap_or(Value::Null);
+        let error = object.remove("error").unwrap_or(Value::Null);
+        if !result.is_null() || !error.is_null() {
+            return Err((
+                id,
+                "received a reply, but the control socket only accepts requests".to_owned(),
+            ));
+        }
+        let method = match object.remove("method") {
+            Some(Value::String(method)) => method,
+            Some(_) => return Err((id, "\"method\" is not a JSON string".to_owned())),
+            None => return Err((id, "request has no \"method\"".to_owned())),
+        };
+        if id.is_null() {
+            return Err((
+                id,
+                format!("\"{method}\" was sent as a notification (null id); send it with an id to get a reply"),
+            ));
+        }
+        let params = match object.remove("params") {
+            None | Some(Value::Null) => Value::Array(Vec::new()),
+            Some(params) => params,
+        };
+        Ok(Self { id, method, params })
+    }
+}
+
+/// Encodes the reply to request `id`: `Ok` fills `result`, `Err` fills
+/// `error` (as a JSON string), the other is null.
+pub fn encode_reply(id: &Value, outcome: &Result<Value, String>) -> Vec<u8> {
+    match outcome {
+        Ok(result) => crate::message::encode_reply(id, Ok(result)),
+        Err(message) => crate::message::encode_reply(id, Err(&Value::String(message.clone()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn request_validation() {
+        let ok = Request::from_value(json!({"id": 3, "method": "version", "params": []})).unwrap();
+        assert_eq!(ok.method, "version");
+        assert_eq!(ok.id, json!(3));
+        let no_params = Request::from_value(json!({"id": "x", "method": "m"})).unwrap();
+        assert_eq!(no_params.params, json!([]));
+
+        let (id, err) = Request::from_value(json!([1, 2])).unwrap_err();
+        assert_eq!(
+            (id, err.as_str()),
+            (Value::Null, "message is not a JSON object")
+        );
+        let (id, err) = Request::from_value(json!({"id": 4, "method": 5})).unwrap_err();
+        assert_eq!(id, json!(4));
+        assert!(err.contains("not a JSON string"), "{err}");
+        let (_, err) =
+            Request::from_value(json!({"id": 4, "result": "x", "error": null})).unwrap_err();
+        assert!(err.contains("only accepts requests"), "{err}");
+        let (_, err) =
+            Request::from_value(json!({"id": null, "method": "m", "params": []})).unwrap_err();
+        assert!(err.contains("notification"), "{err}");
+    }
+
+    #[test]
+    fn reply_encoding_matches_unixctl() {
+        let ok = encode_reply(&json!(0), &Ok(json!("hello\n")));
+        assert_eq!(ok, br#"{"id":0,"result":"hello\n","error":null}"#);
+        let err = encode_reply(&json!(1), &Err("boom\n".to_owned()));
+        assert_eq!(err, br#"{"id":1,"result":null,"error":"boom\n"}"#);
+    }
+}
