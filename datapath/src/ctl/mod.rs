@@ -6,8 +6,9 @@
 //! back on a unix stream socket, requests
 //! `{"id":N,"method":"<command>","params":["arg",…]}` and replies
 //! `{"id":N,"result":"<text>","error":null}` or
-//! `{"id":N,"result":null,"error":"<text>"}`. Programs such as the agent also
-//! call structured *methods* whose `params` and `result` are any JSON.
+//! `{"id":N,"result":null,"error":"<text>"}`. Programs such as the agent
+//! call the same names as structured *methods* whose `params` and `result`
+//! are the typed `sluice-api` request and reply.
 //!
 //! The server itself is the shared unixctl server of the `sluice-jsonrpc`
 //! crate (also used by `nestdb-server`); this module re-exports it under
@@ -49,46 +50,19 @@
 //! needs PMD state reads shared counters or publishes a new program (RCU);
 //! it never blocks a PMD.
 //!
-//! # Command names
+//! # Methods
 //!
-//! `sluicectl` sends exactly these unixctl commands with string arguments, so
-//! each `sluicectl X ARGS` equals `ovs-appctl -t SOCK X ARGS`. Feature owners
-//! register these names (usage strings as shown) so both tools reach them:
-//!
-//! | command | arguments | owner |
-//! | --- | --- | --- |
-//! | `list-commands`, `version`, `exit` | none | built in |
-//! | `add-flow` | `FLOW` | flow |
-//! | `del-flows` | `[--strict] [MATCH]` (no MATCH: every flow) | flow |
-//! | `mod-flows` | `[--strict] FLOW` | flow |
-//! | `dump-flows` | `[table=N] [MATCH]` (at most 2 strings) | flow |
-//! | `trace` | `FLOW` or `HEXPACKET` | flow/pipeline |
-//! | `dump-ports` | `[PORT]` | port |
-//! | `pmd-stats-show`, `pmd-stats-clear` | none | pmd |
-//! | `dump-cache` | none | classifier |
-//! | `capture` | `PORT FILE [COUNT]` (FILE absolute, pcap) | port |
-//! | `dump-conntrack`, `flush-conntrack` | `[zone=N]` | conntrack |
-//! | `conntrack-stats` | none | conntrack |
-//! | `dump-services` | none | service |
-//! | `dump-tunnels` | none | tunnel |
-//! | `dump-neighbours`, `flush-neighbours` | none | neigh |
-//!
-//! Structured method `flow-bundle` (owner: flow) applies a list of flow
-//! operations atomically (all or none, one program publication). `params` is
-//! an array of `{"op":"add","flow":"<ovs-ofctl flow>"}`,
-//! `{"op":"del","match":"<match>","strict":false}` (an empty match deletes
-//! every flow) and `{"op":"mod","flow":"<flow>","strict":false}`.
-//! `sluicectl add-flows FILE` sends one `add` per flow line;
-//! `sluicectl replace-flows FILE` sends `{"op":"del","match":""}` followed by
-//! the adds. The result is free-form JSON (e.g. counts).
-//!
-//! # Machine-readable output
-//!
-//! A request whose `params` is an object (`{"args":["…"]}`) asks for JSON:
-//! it goes to the structured method of that name if the feature registered
-//! one (with [`Registry::register_method`]), else to the text command, whose
-//! text then comes back as a JSON string. `sluicectl --format json` uses
-//! this, so a feature can add JSON output without a new command name.
+//! Every method sluiced serves is a `sluice_api::Method` (its name, OVS
+//! aliases, usage, request and reply types live in the `sluice-api`
+//! crate, the one place they are defined). Features serve them with
+//! [`typed::register`], next to their own code: each method answers both
+//! as a structured method (`params` the request object, `result` the reply
+//! object, errors an `ApiError` with its code) and as a unixctl text
+//! command (string arguments parsed by the request's `FromArgs`, the reply
+//! rendered by its `Render`), so `sluicectl X ARGS` prints exactly what
+//! `ovs-appctl -t SOCK X ARGS` prints. The OVS names (`ofproto/trace`,
+//! `dpctl/dump-flows`, `dpif-netdev/pmd-stats-show`, `tnl/neigh/show`, ...)
+//! are aliases of the same handlers. `list-commands` lists them all.
 
 pub use sluice_jsonrpc as jsonrpc;
 pub use sluice_jsonrpc::unixctl::{registry, server};

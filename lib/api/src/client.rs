@@ -27,7 +27,7 @@
 //! Thread-safety: a [`Client`] is one connection used by one thread at a
 //! time (`&mut self`); open one per thread.
 
-use std::io::{self, BufReader, Write};
+use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,7 +35,14 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use sluice_jsonrpc::framing::{Framer, Limits};
+use sluice_jsonrpc::message::Message;
+
 use crate::{ApiError, Method};
+
+/// The largest reply accepted: a full flow dump of a large program is tens
+/// of MiB; this only stops a runaway peer.
+pub const MAX_REPLY_BYTES: usize = 256 << 20;
 
 /// Where `sluiced` listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = crate::paths::SLUICED_CTL;
@@ -119,7 +126,8 @@ fn connect_hint(error: &io::Error) -> &'static str {
 pub struct Client {
     path: PathBuf,
     writer: UnixStream,
-    reader: BufReader<UnixStream>,
+    reader: UnixStream,
+    framer: Framer,
     timeout: Option<Duration>,
     next_id: u64,
     broken: bool,
@@ -142,7 +150,8 @@ impl Client {
         Ok(Self {
             path,
             writer,
-            reader: BufReader::new(reader),
+            reader,
+            framer: Framer::with_limits(Limits::new(MAX_REPLY_BYTES)),
             timeout: None,
             next_id: 0,
             broken: false,
@@ -273,39 +282,51 @@ impl Client {
     fn exchange(&mut self, method: &str, params: Value) -> Result<Value, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        let request = json!({"id": id, "method": method, "params": params});
+        let request = Message::Request {
+            method: method.to_owned(),
+            params,
+            id: json!(id),
+        };
         self.writer
-            .write_all(request.to_string().as_bytes())
+            .write_all(&request.to_bytes())
             .map_err(|source| self.io_error(source))?;
 
-        let mut de = serde_json::Deserializer::from_reader(&mut self.reader);
-        let reply = match Value::deserialize(&mut de) {
-            Ok(reply) => reply,
-            Err(e) if e.is_eof() => {
+        let reply = match self.framer.read_value(&mut self.reader) {
+            Ok(Some(reply)) => reply,
+            Ok(None) => {
                 return Err(ClientError::Closed {
                     path: self.path.clone(),
                 })
             }
-            Err(e) if e.is_io() => {
-                let source = io::Error::from(e);
-                return Err(self.io_error(source));
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return Err(self.protocol(format!("malformed reply ({e})")))
             }
-            Err(e) => return Err(self.protocol(format!("malformed JSON ({e})"))),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(ClientError::Closed {
+                    path: self.path.clone(),
+                })
+            }
+            Err(e) => return Err(self.io_error(e)),
         };
-        let Value::Object(mut reply) = reply else {
-            return Err(self.protocol("the reply is not a JSON object"));
+        let (reply_id, outcome) = match Message::from_json(reply) {
+            Ok(Message::Reply { result, id }) => (id, Ok(result)),
+            Ok(Message::Error { error, id }) => (id, Err(error)),
+            Ok(other) => {
+                return Err(self.protocol(format!("expected a reply, got {}", other.to_json())))
+            }
+            Err(e) => return Err(self.protocol(e.to_string())),
         };
-        let reply_id = reply.remove("id").unwrap_or(Value::Null);
-        let error = reply.remove("error").unwrap_or(Value::Null);
-        let result = reply.remove("result").unwrap_or(Value::Null);
         // A null id is the server refusing the connection before it could
         // read a request (permission, connection limit, framing).
-        let refusal = reply_id.is_null() && !error.is_null();
+        let refusal = reply_id.is_null() && outcome.is_err();
         if reply_id != json!(id) && !refusal {
             return Err(self.protocol(format!("expected reply id {id}, got {reply_id}")));
         }
+        let error = match outcome {
+            Ok(result) => return Ok(result),
+            Err(error) => error,
+        };
         match error {
-            Value::Null => Ok(result),
             Value::String(message) => Err(ClientError::Api(ApiError::from_wire(&message))),
             other => match ApiError::deserialize(&other) {
                 Ok(e) => Err(ClientError::Api(e)),
@@ -486,7 +507,7 @@ mod tests {
             .unwrap()
             .call_text::<&str>("version", &[])
             .unwrap_err();
-        assert!(err.to_string().contains("not a JSON object"), "{err}");
+        assert!(err.to_string().contains("not a JSON-RPC message"), "{err}");
     }
 
     #[test]
