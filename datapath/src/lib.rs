@@ -36,5 +36,6 @@ pub mod port;
 pub mod service;
 pub mod stack;
 pub mod stats;
+pub mod time;
 pub mod tunnel;
 pub mod wire;

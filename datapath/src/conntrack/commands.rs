@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::{ConnFilter, Conntrack};
 use crate::ctl::registry::{Registry, RegistryError};
-use crate::pipeline::Nanos;
+use crate::time::Nanos;
 
 /// Parses `zone=N` and `ip=A.B.C.D` arguments.
 pub fn parse_filter(args: &[String]) -> Result<ConnFilter, String> {

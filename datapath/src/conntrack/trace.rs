@@ -30,8 +30,8 @@ use super::{ConnKey, Conntrack, CtMarks};
 use crate::flow::action::{CtAction, NatKind, NatSpec};
 use crate::flow::key::{ct_state, ethertype, frag, ipproto, Field, FlowKey};
 use crate::flow::tables::{CtTrace, TraceOracle};
-use crate::pipeline::Nanos;
 use crate::service::LbDecision;
+use crate::time::Nanos;
 
 /// The `trace` oracle over a connection table and its Service table.
 pub struct CtTracer {

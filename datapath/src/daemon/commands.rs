@@ -15,8 +15,9 @@ use crate::ctl::registry::{Registry, RegistryError};
 use crate::drop::DropReason;
 use crate::flow::tables::FlowTables;
 use crate::pipeline::flow::FlowPipelineStats;
-use crate::pmd::{clock_ns, PmdStats};
+use crate::pmd::PmdStats;
 use crate::port::{LinkState, PortStats};
+use crate::time::clock_ns;
 
 /// What `pmd-stats-show` reads for one PMD.
 #[derive(Debug, Clone)]
@@ -415,7 +416,7 @@ pub fn register_flows(
         fn(
             &FlowTables,
             &str,
-            crate::pipeline::Nanos,
+            crate::time::Nanos,
         )
             -> Result<crate::flow::program::BundleSummary, crate::flow::tables::FlowTablesError>;
     let one_text: [(&str, &str, Apply); 4] = [

@@ -24,8 +24,9 @@ use crate::flow::tables::FlowTables;
 use crate::packet::PortNo;
 use crate::pipeline::flow::{FlowPipeline, FlowPipelineConfig};
 use crate::pipeline::l2::L2Pipeline;
-use crate::pmd::{self, clock_ns, PmdSpec, PmdThread};
+use crate::pmd::{self, PmdSpec, PmdThread};
 use crate::port::Port;
+use crate::time::clock_ns;
 
 use commands::{PmdView, PortView};
 

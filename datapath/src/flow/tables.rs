@@ -35,7 +35,7 @@ use super::program::{
 use super::text::{self, ParseError};
 use crate::classifier::slowpath::{format_key, translate};
 use crate::packet::PortNo;
-use crate::pipeline::Nanos;
+use crate::time::Nanos;
 
 /// Errors of the control-side flow operations.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

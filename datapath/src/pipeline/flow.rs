@@ -43,8 +43,9 @@ use crate::flow::tables::FlowTables;
 use crate::packet::{Burst, Output, PacketBuf, PortNo};
 use crate::pipeline::hooks::{Hooks, NoConntrack, NoTunnels};
 use crate::pipeline::l2::{flood, MacTable};
-use crate::pipeline::{Nanos, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::stats::Counter;
+use crate::time::Nanos;
 
 /// Maximum recirculations per packet.
 pub const MAX_RECIRC: usize = 4;

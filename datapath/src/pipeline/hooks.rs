@@ -16,7 +16,7 @@ use crate::flow::action::CtAction;
 use crate::flow::key::FlowKey;
 use crate::packet::PacketBuf;
 use crate::pipeline::flow::ActionHooks;
-use crate::pipeline::Nanos;
+use crate::time::Nanos;
 
 /// The `ct(...)` action.
 pub trait ConntrackHook<B: PacketBuf>: Send {

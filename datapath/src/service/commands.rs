@@ -17,7 +17,7 @@ use super::{ServiceError, ServiceUpdate, Services};
 use crate::conntrack::nat::Tuple;
 use crate::conntrack::{ConnKey, Conntrack};
 use crate::ctl::registry::{Registry, RegistryError};
-use crate::pmd::clock_ns;
+use crate::time::clock_ns;
 
 /// Applies a JSON update (`params` is the batch object, or an array whose
 /// first element is).

@@ -92,7 +92,7 @@ use serde::{Deserialize, Serialize};
 use crate::conntrack::Conntrack;
 use crate::drop::DropReason;
 use crate::flow::key::ipproto;
-use crate::pipeline::Nanos;
+use crate::time::Nanos;
 
 const SHARDS: usize = 256;
 const AFFINITY_SHARDS: usize = 64;

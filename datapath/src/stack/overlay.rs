@@ -23,8 +23,9 @@ use crate::neigh::cache::NeighConfig;
 use crate::neigh::ingress::{Ingress, IngressControl, PortBinding};
 use crate::neigh::table::NeighTable;
 use crate::packet::{BufAlloc, Burst, Output, PacketBuf, PortNo};
-use crate::pipeline::{Nanos, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::stack::{LocalStack, StackConfig, StackControl};
+use crate::time::Nanos;
 use crate::tunnel::{GeneveTunnels, TunnelConfig, Tunnels};
 
 /// The overlay keys of `[datapath]`.
