@@ -19,7 +19,37 @@
 use std::net::Ipv4Addr;
 
 use super::{ConntrackConfig, Timeouts};
-use crate::service::ServiceConfig;
+use serde::{Deserialize, Serialize};
+
+/// Node-wide settings of the Service table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Local node addresses: NodePort frontends, and sources that are
+    /// masqueraded.
+    pub node_addresses: Vec<Ipv4Addr>,
+    /// Allowed node ports (inclusive).
+    pub node_port_range: (u16, u16),
+    /// Source address for masqueraded connections.
+    pub masquerade_ip: Ipv4Addr,
+    /// Pod CIDRs (`(network, prefix length)`): sources inside are internal.
+    pub cluster_cidrs: Vec<(Ipv4Addr, u8)>,
+    /// This node's `topology.kubernetes.io/zone`, for topology-aware
+    /// routing (zone hints); `None` disables it.
+    pub node_zone: Option<String>,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            node_addresses: Vec::new(),
+            node_port_range: (30000, 32767),
+            masquerade_ip: Ipv4Addr::UNSPECIFIED,
+            cluster_cidrs: Vec::new(),
+            node_zone: None,
+        }
+    }
+}
 
 /// The keys this module understands.
 pub const STATEFUL_KEYS: &[&str] = &[

@@ -25,7 +25,7 @@
 //! `ct_mark` and `ct_label`.
 //!
 //! Services: a bare `nat` (no `src=`/`dst=`) on a new, committed
-//! connection asks the [`crate::service::Services`] table installed with
+//! connection asks the [`lb::LoadBalancer`] (the Service table) installed with
 //! [`Conntrack::with_services`]: if the destination is a Service frontend
 //! the connection is DNATed to the chosen endpoint (and masqueraded when
 //! the Service semantics say so); otherwise it is committed untranslated.
@@ -125,6 +125,7 @@ pub mod cache;
 mod cache_tests;
 pub mod commands;
 pub mod config;
+pub mod lb;
 pub mod nat;
 pub mod tcp;
 #[cfg(test)]
@@ -143,10 +144,10 @@ use crate::flow::action::{CtAction, NatKind, NatSpec};
 use crate::flow::key::{ct_state, extract_with_layout, ipproto, Field, FlowKey};
 use crate::packet::PacketBuf;
 use crate::pipeline::hooks::ConntrackHook;
-use crate::service::{LbDecision, LbRef, Services};
 use crate::time::Nanos;
 pub use cache::CacheCounters;
 use cache::{CacheStats, ConnCache};
+use lb::{LbDecision, LbRef, LoadBalancer};
 use nat::{Parsed, Tuple, L4};
 use tcp::{TcpConn, TcpState};
 
@@ -533,7 +534,7 @@ struct Inner {
     count: AtomicUsize,
     zone_counts: Box<[AtomicU32]>,
     stats: ConntrackStats,
-    services: Option<Services>,
+    services: Option<Box<dyn LoadBalancer>>,
     /// Counters of the per-PMD connection caches (`conntrack-stats`).
     caches: Mutex<Vec<Arc<cache::CacheCounters>>>,
 }
@@ -635,11 +636,14 @@ impl Conntrack {
 
     /// An empty table whose bare `nat` consults `services` for new
     /// connections.
-    pub fn with_services(config: ConntrackConfig, services: Services) -> Conntrack {
-        Self::build(config, Some(services))
+    pub fn with_services(
+        config: ConntrackConfig,
+        services: impl LoadBalancer + 'static,
+    ) -> Conntrack {
+        Self::build(config, Some(Box::new(services)))
     }
 
-    fn build(config: ConntrackConfig, services: Option<Services>) -> Conntrack {
+    fn build(config: ConntrackConfig, services: Option<Box<dyn LoadBalancer>>) -> Conntrack {
         let n = config.shards.max(1).next_power_of_two();
         let mut zone_limit = vec![config.default_zone_limit; 1 << 16];
         for &(z, l) in &config.zone_limits {
@@ -716,8 +720,8 @@ impl Conntrack {
     }
 
     /// The Service table, if installed.
-    pub fn services(&self) -> Option<&Services> {
-        self.inner.services.as_ref()
+    pub fn services(&self) -> Option<&dyn LoadBalancer> {
+        self.inner.services.as_deref()
     }
 
     fn shard_of(&self, hash: u64) -> &Mutex<Shard> {

@@ -82,13 +82,16 @@ mod tests;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
+pub use crate::conntrack::config::ServiceConfig;
+use crate::conntrack::lb::LoadBalancer;
+pub use crate::conntrack::lb::{EndpointStats, LbDecision, LbRef, LbTarget};
 use crate::conntrack::Conntrack;
 use crate::drop::DropReason;
 use crate::flow::key::ipproto;
@@ -97,36 +100,6 @@ use crate::time::Nanos;
 const SHARDS: usize = 256;
 const AFFINITY_SHARDS: usize = 64;
 const SEC: Nanos = 1_000_000_000;
-
-/// Node-wide settings of the Service table.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceConfig {
-    /// Local node addresses: NodePort frontends, and sources that are
-    /// masqueraded.
-    pub node_addresses: Vec<Ipv4Addr>,
-    /// Allowed node ports (inclusive).
-    pub node_port_range: (u16, u16),
-    /// Source address for masqueraded connections.
-    pub masquerade_ip: Ipv4Addr,
-    /// Pod CIDRs (`(network, prefix length)`): sources inside are internal.
-    pub cluster_cidrs: Vec<(Ipv4Addr, u8)>,
-    /// This node's `topology.kubernetes.io/zone`, for topology-aware
-    /// routing (zone hints); `None` disables it.
-    pub node_zone: Option<String>,
-}
-
-impl Default for ServiceConfig {
-    fn default() -> Self {
-        ServiceConfig {
-            node_addresses: Vec::new(),
-            node_port_range: (30000, 32767),
-            masquerade_ip: Ipv4Addr::UNSPECIFIED,
-            cluster_cidrs: Vec::new(),
-            node_zone: None,
-        }
-    }
-}
 
 /// Service protocols.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -308,56 +281,6 @@ pub enum ServiceError {
     /// Bad JSON.
     #[error("invalid service update: {0}; expected {{\"upsert\": [...], \"delete\": [...], \"flush_removed_endpoints\": bool}}")]
     Json(String),
-}
-
-/// Per-endpoint counters (shared by the table versions and by the
-/// connections balanced to it).
-#[derive(Debug, Default)]
-pub struct EndpointStats {
-    /// Connections balanced to the endpoint.
-    pub connections: AtomicU64,
-    /// Connections currently tracked.
-    pub active: AtomicU64,
-    /// Packets of its finished connections (both directions); see
-    /// [`Services::dump_with`] for live ones.
-    pub packets: AtomicU64,
-}
-
-/// What a conntrack entry remembers of its Service decision.
-#[derive(Debug, Clone)]
-pub struct LbRef {
-    /// Service name.
-    pub service: Arc<str>,
-    /// Endpoint address and port.
-    pub endpoint: (Ipv4Addr, u16),
-    /// Endpoint counters.
-    pub stats: Arc<EndpointStats>,
-}
-
-/// A chosen endpoint.
-#[derive(Debug, Clone)]
-pub struct LbTarget {
-    /// Endpoint address.
-    pub ip: u32,
-    /// Endpoint port.
-    pub port: u16,
-    /// SNAT source address, when the connection is masqueraded.
-    pub masquerade: Option<u32>,
-    /// What the connection remembers.
-    pub lb: LbRef,
-}
-
-/// The answer for a new connection.
-#[derive(Debug, Clone)]
-pub enum LbDecision {
-    /// The destination is no Service frontend.
-    NotService,
-    /// Forward to this endpoint.
-    Forward(LbTarget),
-    /// No endpoint: answer with ICMP port unreachable.
-    Reject,
-    /// Drop under this reason.
-    Drop(DropReason),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -1081,5 +1004,39 @@ fn proto_name(p: u8) -> &'static str {
         ipproto::UDP => "udp",
         ipproto::SCTP => "sctp",
         _ => "ip",
+    }
+}
+
+impl LoadBalancer for Services {
+    fn select(
+        &self,
+        now: Nanos,
+        proto: u8,
+        src: u32,
+        dst: u32,
+        dport: u16,
+        rand: u64,
+    ) -> LbDecision {
+        Services::select(self, now, proto, src, dst, dport, rand)
+    }
+
+    fn preview(
+        &self,
+        now: Nanos,
+        proto: u8,
+        src: u32,
+        dst: u32,
+        dport: u16,
+        rand: u64,
+    ) -> LbDecision {
+        Services::preview(self, now, proto, src, dst, dport, rand)
+    }
+
+    fn trace(&self, proto: u8, src: u32, dst: u32, dport: u16) -> String {
+        Services::trace(self, proto, src, dst, dport)
+    }
+
+    fn expire_affinity(&self, now: Nanos, shard: usize) {
+        Services::expire_affinity(self, now, shard)
     }
 }
