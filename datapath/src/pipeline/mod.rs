@@ -9,6 +9,7 @@
 pub mod flow;
 pub mod hooks;
 pub mod l2;
+pub mod trace;
 
 use crate::packet::{Burst, Output, PacketBuf};
 use crate::time::Nanos;
