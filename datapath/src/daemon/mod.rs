@@ -329,7 +329,7 @@ impl Daemon {
 
         // Last: move the node's addresses onto the exception port once
         // the PMDs forward.
-        self.hostpath = crate::stack::overlay::attach_host_path(cfg)?;
+        self.hostpath = attach_host_path(cfg)?;
         let eal = self.eal.as_ref().ok_or("EAL not running")?;
         self.ready = json!({
             "event": "ready",
@@ -412,4 +412,37 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.teardown();
     }
+}
+
+/// Sets up the host exception path when `host_port` is configured: the
+/// node's addresses move from the uplink's kernel interface to the host
+/// port's. Called by the daemon once the PMDs forward.
+///
+/// # Errors
+/// A sentence when the ports are not configured as needed or a move failed.
+fn attach_host_path(
+    cfg: &crate::config::Config,
+) -> Result<Option<crate::hostpath::HostPath>, String> {
+    use crate::hostpath::{devargs_iface, HostPath, HostPathConfig};
+    let Some(host) = &cfg.datapath.overlay.host_port else {
+        return Ok(None);
+    };
+    let port = |name: &str, what: &str| {
+        cfg.ports
+            .iter()
+            .find(|p| p.name == name)
+            .and_then(|p| devargs_iface(&p.devargs).map(str::to_string))
+            .ok_or_else(|| {
+                format!("[datapath] host_port: the {what} port '{name}' must be a [port:{name}] section whose devargs name its kernel interface (iface=...)")
+            })
+    };
+    let uplink = cfg.uplink_port.as_deref().ok_or(
+        "[datapath] host_port needs [nsx_node_agent] ovs_uplink_port (where the node's addresses are now)",
+    )?;
+    let hp = HostPath::attach(HostPathConfig {
+        uplink_if: port(uplink, "uplink")?,
+        host_if: port(host, "host")?,
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(Some(hp))
 }
