@@ -28,6 +28,7 @@ pub mod dpdk;
 pub mod drop;
 pub mod flow;
 pub mod hostpath;
+pub mod hugepages;
 pub mod neigh;
 pub mod packet;
 pub mod pipeline;

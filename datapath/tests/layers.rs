@@ -35,7 +35,10 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["ctl"],
     ),
     ("drop reasons and counters", &["drop", "stats"]),
-    ("packet buffers and ports", &["packet", "port", "dpdk"]),
+    (
+        "packet buffers, ports and their memory",
+        &["packet", "port", "dpdk", "hugepages"],
+    ),
     ("flow program", &["flow"]),
     ("classifier", &["classifier"]),
     ("pipeline", &["pipeline"]),
