@@ -127,7 +127,8 @@ fn configmap_ini_is_accepted_by_sluiceds_parser() {
     assert_eq!(cfg.uplink_port.as_deref(), Some("uplink"));
     assert_eq!(cfg.datapath.ctl_socket, CTL_SOCKET);
     assert_eq!(
-        cfg.datapath.hugepages, "required",
+        cfg.datapath.hugepages.name(),
+        "required",
         "the pod mounts hugepages"
     );
     let uplink = cfg.ports.iter().find(|p| p.name == "uplink").unwrap();

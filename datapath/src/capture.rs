@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crossbeam::queue::ArrayQueue;
 
 use crate::packet::{PacketBuf, PortNo};
-use crate::pipeline::Nanos;
+use crate::time::Nanos;
 
 /// Bytes kept of each frame.
 pub const SNAPLEN: usize = 2048;

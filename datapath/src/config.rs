@@ -39,6 +39,8 @@ use std::path::Path;
 
 use thiserror::Error;
 
+pub use crate::hugepages::HugepageMode;
+
 /// Everything `sluiced` needs to start.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -63,17 +65,16 @@ pub struct DatapathConfig {
     pub main_core: usize,
     /// DPDK `--file-prefix`.
     pub file_prefix: String,
-    /// `auto`, `required` or `never`.
-    pub hugepages: String,
+    /// Hugepage policy (`auto`, `required` or `never`).
+    pub hugepages: HugepageMode,
     /// `-m` when running without hugepages.
     pub no_huge_memory_mb: u32,
     /// Extra EAL arguments (whitespace-separated).
     pub eal_args: Vec<String>,
     /// mbufs in the pool.
     pub mbufs: u32,
-    /// Pipeline kind: `flow` (flow tables, starting with one `normal`
-    /// flow) or `l2` (the plain learning switch).
-    pub pipeline: String,
+    /// Pipeline kind (`flow` or `l2`).
+    pub pipeline: PipelineKind,
     /// Control socket path.
     pub ctl_socket: String,
     /// MAC table entries per core.
@@ -98,17 +99,38 @@ impl Default for DatapathConfig {
             cores: vec![1],
             main_core: 0,
             file_prefix: "sluice".into(),
-            hugepages: "auto".into(),
+            hugepages: HugepageMode::Auto,
             no_huge_memory_mb: 512,
             eal_args: Vec::new(),
             mbufs: 16384,
-            pipeline: "flow".into(),
+            pipeline: PipelineKind::Flow,
             ctl_socket: "/var/run/sluice/sluiced.ctl".into(),
             mac_table_size: crate::pipeline::l2::DEFAULT_MAC_CAPACITY,
             mac_aging_s: 300,
             emc_insert_inv_prob: crate::classifier::emc::EMC_INSERT_INV_PROB,
             overlay: crate::stack::overlay::OverlayConfig::default(),
             stateful: Default::default(),
+        }
+    }
+}
+
+/// Which pipeline the PMDs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PipelineKind {
+    /// The flow tables, starting with one `normal` flow, with the
+    /// conntrack, Service and overlay features.
+    #[default]
+    Flow,
+    /// The plain learning switch.
+    L2,
+}
+
+impl PipelineKind {
+    /// The kind's name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            PipelineKind::Flow => "flow",
+            PipelineKind::L2 => "l2",
         }
     }
 }
@@ -329,14 +351,18 @@ impl Config {
                         dp.file_prefix = v.into()
                     }
                     "hugepages" => {
-                        if !["auto", "required", "never"].contains(&v) {
-                            return Err(key_err(
-                                "datapath",
-                                k,
-                                format!("'{v}' is not one of auto, required, never"),
-                            ));
+                        dp.hugepages = match v {
+                            "auto" => HugepageMode::Auto,
+                            "required" => HugepageMode::Required,
+                            "never" => HugepageMode::Never,
+                            _ => {
+                                return Err(key_err(
+                                    "datapath",
+                                    k,
+                                    format!("'{v}' is not one of auto, required, never"),
+                                ))
+                            }
                         }
-                        dp.hugepages = v.into()
                     }
                     "no_huge_memory_mb" => {
                         let n = parse_num("a size in MiB")?;
@@ -362,14 +388,17 @@ impl Config {
                         dp.mbufs = n as u32
                     }
                     "pipeline" => {
-                        if !["l2", "flow"].contains(&v) {
-                            return Err(key_err(
-                                "datapath",
-                                k,
-                                format!("'{v}' is not a pipeline (expected l2 or flow)"),
-                            ));
+                        dp.pipeline = match v {
+                            "flow" => PipelineKind::Flow,
+                            "l2" => PipelineKind::L2,
+                            _ => {
+                                return Err(key_err(
+                                    "datapath",
+                                    k,
+                                    format!("'{v}' is not a pipeline (expected l2 or flow)"),
+                                ))
+                            }
                         }
-                        dp.pipeline = v.into()
                     }
                     "ctl_socket" => dp.ctl_socket = v.into(),
                     "mac_table_size" => {

@@ -22,36 +22,13 @@ use std::time::Instant;
 
 use crate::capture::Capture;
 use crate::packet::{Burst, Output, PortNo, BURST_SIZE};
-use crate::pipeline::{Nanos, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::port::Port;
 use crate::stats::{Counter, DropCounters};
+use crate::time::{clock_ns, cycles, Nanos};
 
 /// Iterations between two `maintain` calls.
 const MAINTAIN_EVERY: u64 = 1024;
-
-/// Reads the CPU's cycle counter (TSC on x86_64; nanoseconds elsewhere).
-#[inline]
-pub fn cycles() -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: RDTSC has no preconditions on x86_64.
-        #[allow(unsafe_code, unused_unsafe)]
-        unsafe {
-            core::arch::x86_64::_rdtsc()
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        clock_ns()
-    }
-}
-
-/// Monotonic nanoseconds since the first call in this process.
-#[inline]
-pub fn clock_ns() -> Nanos {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as Nanos
-}
 
 /// Counters of one PMD thread, readable from any thread.
 #[derive(Debug, Default)]

@@ -31,8 +31,8 @@ use sluice_datapath::dpdk::ethdev::{DpdkPort, Ethdev, EthdevConfig};
 use sluice_datapath::dpdk::mbuf::Mbuf;
 use sluice_datapath::dpdk::mempool::Mempool;
 use sluice_datapath::packet::PacketBuf;
-use sluice_datapath::pmd::cycles;
 use sluice_datapath::port::Port;
+use sluice_datapath::time::cycles;
 
 #[derive(Parser)]
 #[command(

@@ -88,9 +88,9 @@ fn load_config(args: &Args) -> Result<Config, String> {
         cfg.datapath.file_prefix = p.clone();
     }
     if let Some(h) = &args.hugepages {
-        h.parse::<eal::HugepageMode>()
+        cfg.datapath.hugepages = h
+            .parse::<eal::HugepageMode>()
             .map_err(|e| format!("--hugepages: {e}"))?;
-        cfg.datapath.hugepages = h.clone();
     }
     if let Some(s) = &args.ctl_socket {
         cfg.datapath.ctl_socket = s.clone();

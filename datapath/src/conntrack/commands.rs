@@ -14,10 +14,11 @@ use sluice_api::conntrack::{
     DumpConntrack, FlushConntrack, Flushed,
 };
 
-use super::{Conn, ConnFilter, ConnKey, Conntrack, SEC};
+use super::config::SEC;
+use super::{Conn, ConnFilter, ConnKey, Conntrack};
 use crate::ctl::registry::{Registry, RegistryError};
 use crate::ctl::typed::register;
-use crate::pipeline::Nanos;
+use crate::time::Nanos;
 
 fn filter(f: &sluice_api::conntrack::ConnFilter) -> ConnFilter {
     ConnFilter {

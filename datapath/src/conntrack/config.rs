@@ -1,4 +1,6 @@
-//! `[datapath]` configuration keys of connection tracking and Services.
+//! Configuration of connection tracking and Services: the table's
+//! [`ConntrackConfig`] with its per-state [`Timeouts`], the Service table's
+//! [`ServiceConfig`], and the `[datapath]` keys that set them.
 //!
 //! ```text
 //! conntrack_max = 1048576                  ; global connection limit
@@ -18,8 +20,125 @@
 
 use std::net::Ipv4Addr;
 
-use super::{ConntrackConfig, Timeouts};
-use crate::service::ServiceConfig;
+use super::cache;
+use crate::time::Nanos;
+
+use serde::{Deserialize, Serialize};
+
+pub(super) const SEC: Nanos = 1_000_000_000;
+
+/// Per-state idle timeouts (Linux defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP SYN_SENT (120 s).
+    pub tcp_syn_sent: Nanos,
+    /// TCP SYN_RECV (60 s).
+    pub tcp_syn_recv: Nanos,
+    /// TCP ESTABLISHED (5 days).
+    pub tcp_established: Nanos,
+    /// TCP FIN_WAIT (120 s).
+    pub tcp_fin_wait: Nanos,
+    /// TCP LAST_ACK (30 s).
+    pub tcp_last_ack: Nanos,
+    /// TCP TIME_WAIT (120 s).
+    pub tcp_time_wait: Nanos,
+    /// TCP CLOSE (10 s).
+    pub tcp_close: Nanos,
+    /// UDP/SCTP/other before a reply (30 s).
+    pub udp_first: Nanos,
+    /// UDP/SCTP/other after a reply (120 s, the kernel's "stream").
+    pub udp_stream: Nanos,
+    /// ICMP echo (30 s).
+    pub icmp: Nanos,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_syn_sent: 120 * SEC,
+            tcp_syn_recv: 60 * SEC,
+            tcp_established: 432_000 * SEC,
+            tcp_fin_wait: 120 * SEC,
+            tcp_last_ack: 30 * SEC,
+            tcp_time_wait: 120 * SEC,
+            tcp_close: 10 * SEC,
+            udp_first: 30 * SEC,
+            udp_stream: 120 * SEC,
+            icmp: 30 * SEC,
+        }
+    }
+}
+
+/// Sizes, limits and timeouts of the connection table.
+#[derive(Debug, Clone)]
+pub struct ConntrackConfig {
+    /// Global connection limit.
+    pub max_connections: usize,
+    /// Per-zone limits (`(zone, limit)`); zones not listed use
+    /// `default_zone_limit`.
+    pub zone_limits: Vec<(u16, u32)>,
+    /// Limit for zones not in `zone_limits` (0: only the global limit).
+    pub default_zone_limit: u32,
+    /// Idle timeouts.
+    pub timeouts: Timeouts,
+    /// Number of shards (rounded up to a power of two).
+    pub shards: usize,
+    /// Entries of each PMD's connection cache (rounded up to a power of
+    /// two; 0: no cache, every packet looks in the shared table).
+    pub cache_entries: usize,
+    /// Source ports for masquerading (Service hairpin, NodePort).
+    pub masquerade_ports: (u16, u16),
+    /// Pick up TCP connections whose handshake was not seen (a plain ACK
+    /// with no entry), as Linux's `nf_conntrack_tcp_loose`: they start
+    /// ESTABLISHED without window checks, so traffic survives a datapath
+    /// restart. Off by default, like OVS (such a packet is `+inv`).
+    pub tcp_loose: bool,
+}
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        ConntrackConfig {
+            max_connections: 1 << 20,
+            zone_limits: Vec::new(),
+            default_zone_limit: 0,
+            timeouts: Timeouts::default(),
+            shards: 256,
+            cache_entries: cache::CACHE_ENTRIES,
+            masquerade_ports: (32768, 60999),
+            tcp_loose: false,
+        }
+    }
+}
+
+/// Node-wide settings of the Service table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Local node addresses: NodePort frontends, and sources that are
+    /// masqueraded.
+    pub node_addresses: Vec<Ipv4Addr>,
+    /// Allowed node ports (inclusive).
+    pub node_port_range: (u16, u16),
+    /// Source address for masqueraded connections.
+    pub masquerade_ip: Ipv4Addr,
+    /// Pod CIDRs (`(network, prefix length)`): sources inside are internal.
+    pub cluster_cidrs: Vec<(Ipv4Addr, u8)>,
+    /// This node's `topology.kubernetes.io/zone`, for topology-aware
+    /// routing (zone hints); `None` disables it.
+    pub node_zone: Option<String>,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            node_addresses: Vec::new(),
+            node_port_range: (30000, 32767),
+            masquerade_ip: Ipv4Addr::UNSPECIFIED,
+            cluster_cidrs: Vec::new(),
+            node_zone: None,
+        }
+    }
+}
 
 /// The keys this module understands.
 pub const STATEFUL_KEYS: &[&str] = &[

@@ -23,7 +23,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
 use super::Timeouts;
-use crate::pipeline::Nanos;
+use crate::time::Nanos;
 
 /// TCP flag bits.
 pub mod flags {

@@ -5,7 +5,7 @@
 //! it looks the packet's tuple up with [`Conntrack::peek`] (an existing
 //! connection: its direction, state, marks and the NAT it applies) or, for a
 //! new connection, explains the commit: an explicit `nat(src=|dst=)`, or the
-//! Service decision of a bare `nat` through [`Services::preview`] (which
+//! Service decision of a bare `nat` through [`LoadBalancer::preview`] (which
 //! records no client affinity). The key it returns carries `ct_state`,
 //! `ct_zone`, `ct_mark`, `ct_label` and the translated addresses and ports,
 //! so the trace resumes in `ct(table=N)`'s table exactly as the datapath
@@ -24,14 +24,14 @@
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
+use super::lb::LbDecision;
 use super::nat::Tuple;
 use super::tcp::{flags, Segment, TcpConn};
 use super::{ConnKey, Conntrack, CtMarks};
 use crate::flow::action::{CtAction, NatKind, NatSpec};
 use crate::flow::key::{ct_state, ethertype, frag, ipproto, Field, FlowKey};
 use crate::flow::tables::{CtTrace, TraceOracle};
-use crate::pipeline::Nanos;
-use crate::service::LbDecision;
+use crate::time::Nanos;
 
 /// The `trace` oracle over a connection table and its Service table.
 pub struct CtTracer {

@@ -16,8 +16,9 @@ use crate::ctl::registry::{Registry, RegistryError};
 use crate::ctl::typed::register;
 use crate::drop::DropReason;
 use crate::pipeline::flow::FlowPipelineStats;
-use crate::pmd::{clock_ns, PmdStats};
+use crate::pmd::PmdStats;
 use crate::port::{LinkState, PortStats};
+use crate::time::clock_ns;
 
 /// What `pmd-stats-show` reads for one PMD.
 #[derive(Debug, Clone)]

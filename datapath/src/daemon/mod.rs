@@ -2,13 +2,22 @@
 //! pipelines and the control socket together, and tears them down in the
 //! right order.
 //!
-//! Start-up: capabilities → EAL → mbuf pool → ports → (drop unneeded
-//! capabilities) → control socket → PMD threads. Shutdown: stop and join
-//! the PMDs, stop the control socket, close the ports (their mbufs return
-//! to the pool), free the pool, clean up the EAL.
+//! Start-up, one function per stage: capabilities → EAL → mbuf pool and
+//! ports → drop unneeded capabilities → control socket → flow tables → PMD
+//! threads (with the shared conntrack, Service and overlay features) →
+//! control commands → revalidator → host exception path → "ready" event.
+//! The pipeline kind and the hugepage mode arrive parsed, as
+//! [`PipelineKind`] and [`crate::hugepages::HugepageMode`]. Shutdown: stop
+//! and join the PMDs, stop the control socket, close the ports (their mbufs
+//! return to the pool), free the pool, clean up the EAL.
+//!
+//! Thread-safety: a [`Daemon`] is owned by the main thread; the threads it
+//! starts share only the stop flag, the PMD counters and the feature
+//! handles, each documented in its module.
 
 pub mod commands;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,15 +26,16 @@ use serde_json::{json, Value};
 
 use crate::caps;
 use crate::capture::Capture;
-use crate::config::{Config, PortConfig};
+use crate::config::{Config, PipelineKind, PortConfig};
 use crate::ctl::{CtlServer, Registry, ServerConfig};
 use crate::dpdk::{self, eal, ethdev, mempool};
 use crate::flow::tables::FlowTables;
 use crate::packet::PortNo;
 use crate::pipeline::flow::{FlowPipeline, FlowPipelineConfig};
 use crate::pipeline::l2::L2Pipeline;
-use crate::pmd::{self, clock_ns, PmdSpec, PmdThread};
+use crate::pmd::{self, PmdSpec, PmdThread};
 use crate::port::Port;
+use crate::time::clock_ns;
 
 use commands::{PmdView, PortView};
 
@@ -37,11 +47,62 @@ pub const DEFAULT_FLOW: &str = "table=0,priority=0 actions=normal";
 pub fn eal_config(cfg: &Config) -> Result<eal::EalConfig, String> {
     Ok(eal::EalConfig {
         file_prefix: cfg.datapath.file_prefix.clone(),
-        hugepages: cfg.datapath.hugepages.parse()?,
+        hugepages: cfg.datapath.hugepages,
         no_huge_memory_mb: cfg.datapath.no_huge_memory_mb,
         main_core: cfg.datapath.main_core,
         extra_args: cfg.datapath.eal_args.clone(),
     })
+}
+
+/// Stage: the capabilities this configuration needs, or the one line
+/// that says which are missing.
+fn check_capabilities(
+    cfg: &Config,
+    ecfg: &eal::EalConfig,
+) -> Result<BTreeMap<caps::Cap, Vec<String>>, String> {
+    let (_, hugepages) = eal::Eal::args_for(ecfg).map_err(|e| e.to_string())?;
+    let need = caps::required(cfg, hugepages);
+    if let Some(line) = caps::missing(&need, caps::effective()?) {
+        return Err(line);
+    }
+    Ok(need)
+}
+
+/// Stage: the DPDK EAL, and how long its initialisation took (ms).
+fn init_eal(ecfg: &eal::EalConfig) -> Result<(eal::Eal, f64), String> {
+    let t0 = Instant::now();
+    let eal = eal::Eal::init(ecfg).map_err(|e| e.to_string())?;
+    let eal_ms = t0.elapsed().as_secs_f64() * 1e3;
+    tracing::info!(
+        hugepages = eal.hugepages,
+        "DPDK EAL initialised in {eal_ms:.1} ms ({})",
+        dpdk::version()
+    );
+    Ok((eal, eal_ms))
+}
+
+/// Stage: keep only the capabilities the configured ports need, plus
+/// CAP_NET_ADMIN when we have it: pod TAP ports are added at run time and
+/// the host exception path moves addresses and routes back at stop.
+fn keep_capabilities(need: &BTreeMap<caps::Cap, Vec<String>>) {
+    let mut keep: Vec<caps::Cap> = need.keys().copied().collect();
+    if !keep.contains(&caps::Cap::NetAdmin) {
+        keep.push(caps::Cap::NetAdmin);
+    }
+    if let Err(e) = caps::drop_all_except(&keep) {
+        tracing::warn!("{e}");
+    }
+}
+
+/// Stage: the flow program when the flow pipeline runs, holding
+/// [`DEFAULT_FLOW`].
+fn flow_tables(cfg: &Config) -> Result<Option<FlowTables>, String> {
+    let flows = (cfg.datapath.pipeline == PipelineKind::Flow).then(FlowTables::new);
+    if let Some(t) = &flows {
+        t.add_flow(DEFAULT_FLOW, clock_ns())
+            .map_err(|e| format!("cannot install the default flow: {e}"))?;
+    }
+    Ok(flows)
 }
 
 /// A running datapath.
@@ -63,27 +124,32 @@ pub struct Daemon {
     hostpath: Option<crate::hostpath::HostPath>,
 }
 
+/// The stateful and overlay features the flow pipeline's PMDs share.
+struct Features {
+    /// Geneve tunnels, port security, ARP responder and, on PMD 0, the
+    /// local stack for the VTEP (see `stack::overlay`).
+    overlay: crate::stack::overlay::Overlay,
+    /// The Service table (see `service`).
+    services: crate::service::Services,
+    /// The connection table, consulting `services` (see `conntrack`); each
+    /// PMD gets its own handle.
+    conntrack: crate::conntrack::Conntrack,
+}
+
 impl Daemon {
     /// Starts everything. `on_exit` is called by the control socket's
     /// `exit` command (it should wake the main thread).
+    ///
+    /// Stages, in order: capabilities, EAL, mbuf pool and ports, dropping
+    /// unneeded capabilities, control socket, flow tables, PMD threads,
+    /// control commands, revalidator, host exception path, "ready" event.
     pub fn start(
         cfg: &Config,
         on_exit: impl Fn() + Send + Sync + 'static,
     ) -> Result<Daemon, String> {
         let ecfg = eal_config(cfg)?;
-        let (_, hugepages) = eal::Eal::args_for(&ecfg).map_err(|e| e.to_string())?;
-        let need = caps::required(cfg, hugepages);
-        if let Some(line) = caps::missing(&need, caps::effective()?) {
-            return Err(line);
-        }
-        let t0 = Instant::now();
-        let eal = eal::Eal::init(&ecfg).map_err(|e| e.to_string())?;
-        let eal_ms = t0.elapsed().as_secs_f64() * 1e3;
-        tracing::info!(
-            hugepages = eal.hugepages,
-            "DPDK EAL initialised in {eal_ms:.1} ms ({})",
-            dpdk::version()
-        );
+        let need = check_capabilities(cfg, &ecfg)?;
+        let (eal, eal_ms) = init_eal(&ecfg)?;
         let mut d = Daemon {
             pmds: Vec::new(),
             ctl: None,
@@ -104,10 +170,45 @@ impl Daemon {
     fn start_rest(
         &mut self,
         cfg: &Config,
-        need: std::collections::BTreeMap<caps::Cap, Vec<String>>,
+        need: BTreeMap<caps::Cap, Vec<String>>,
         eal_ms: f64,
         on_exit: impl Fn() + Send + Sync + 'static,
     ) -> Result<(), String> {
+        self.open_ports(cfg)?;
+        keep_capabilities(&need);
+        let registry = self.start_control(cfg, on_exit)?;
+        let flows = flow_tables(cfg)?;
+        let capture = Capture::new();
+        let specs = self.pmd_specs(cfg, &capture);
+        let mut features = self.features(cfg);
+        let mailboxes: Vec<Arc<pmd::Mailbox>> =
+            specs.iter().filter_map(|s| s.mailbox.clone()).collect();
+        let rxqs = self.rx_queues(&specs);
+        let views = self.spawn_pmds(cfg, specs, flows.as_ref(), &mut features)?;
+        self.register_commands(
+            cfg,
+            &registry,
+            views,
+            mailboxes,
+            rxqs,
+            capture,
+            flows.as_ref(),
+            features,
+        )?;
+        if let Some(t) = &flows {
+            self.start_revalidator(t)?;
+        }
+        self.flows = flows;
+
+        // Last: move the node's addresses onto the exception port once
+        // the PMDs forward.
+        self.hostpath = attach_host_path(cfg)?;
+        self.ready = self.ready_event(cfg, eal_ms)?;
+        Ok(())
+    }
+
+    /// Stage: the mbuf pool and every configured port, started.
+    fn open_ports(&mut self, cfg: &Config) -> Result<(), String> {
         let n_pmds = cfg.datapath.cores.len();
         // Memzone names live in the process's own file prefix, and DPDK
         // caps them at 25 characters: a fixed name, not one built from a
@@ -138,17 +239,15 @@ impl Daemon {
             self.ports.push((p.clone(), dev));
         }
         self.pool = Some(pool);
-        // Keep what the configured ports need, plus CAP_NET_ADMIN when we
-        // have it: pod TAP ports are added at run time and the host
-        // exception path moves addresses and routes back at stop.
-        let mut keep: Vec<caps::Cap> = need.keys().copied().collect();
-        if !keep.contains(&caps::Cap::NetAdmin) {
-            keep.push(caps::Cap::NetAdmin);
-        }
-        if let Err(e) = caps::drop_all_except(&keep) {
-            tracing::warn!("{e}");
-        }
+        Ok(())
+    }
 
+    /// Stage: the control socket, serving an (as yet empty) registry.
+    fn start_control(
+        &mut self,
+        cfg: &Config,
+        on_exit: impl Fn() + Send + Sync + 'static,
+    ) -> Result<Registry, String> {
         let registry = Registry::new();
         crate::ctl::typed::register_builtins(&registry)
             .map_err(|e| format!("cannot register commands: {e}"))?;
@@ -159,14 +258,13 @@ impl Daemon {
         )
         .map_err(|e| e.to_string())?;
         self.ctl = Some(ctl);
+        Ok(registry)
+    }
 
-        let ofports: Vec<PortNo> = self.ports.iter().map(|(p, _)| PortNo(p.ofport)).collect();
-        let flows = (cfg.datapath.pipeline == "flow").then(FlowTables::new);
-        if let Some(t) = &flows {
-            t.add_flow(DEFAULT_FLOW, clock_ns())
-                .map_err(|e| format!("cannot install the default flow: {e}"))?;
-        }
-        let capture = Capture::new();
+    /// One PMD spec per configured core, with the ports' rx queues dealt
+    /// out round-robin.
+    fn pmd_specs(&self, cfg: &Config, capture: &Arc<Capture>) -> Vec<PmdSpec> {
+        let n_pmds = cfg.datapath.cores.len();
         let mut specs: Vec<PmdSpec> = cfg
             .datapath
             .cores
@@ -187,27 +285,37 @@ impl Daemon {
                 k += 1;
             }
         }
-        let max_ofport = self.ports.iter().map(|(p, _)| p.ofport).max().unwrap_or(0) as usize;
-        // Overlay: Geneve tunnels, port security, ARP responder, and the
-        // local stack for the VTEP on PMD 0 (see `stack::overlay`).
+        specs
+    }
+
+    /// The overlay, Service and conntrack features, built once and shared
+    /// by the PMDs.
+    fn features(&self, cfg: &Config) -> Features {
         let uplink = cfg
             .uplink_port
             .as_ref()
             .and_then(|n| self.ports.iter().find(|(p, _)| &p.name == n))
             .map(|(p, d)| (PortNo(p.ofport), d.mac()));
-        let mut overlay =
-            crate::stack::overlay::Overlay::new(&cfg.datapath.overlay, n_pmds, uplink);
-        // Connection tracking and the Service table, shared by the PMDs
-        // (see `conntrack`); each PMD gets its own handle.
+        let overlay = crate::stack::overlay::Overlay::new(
+            &cfg.datapath.overlay,
+            cfg.datapath.cores.len(),
+            uplink,
+        );
         let services = crate::service::Services::new(cfg.datapath.stateful.services.clone());
         let conntrack = crate::conntrack::Conntrack::with_services(
             cfg.datapath.stateful.conntrack.clone(),
             services.clone(),
         );
-        let mut views = Vec::new();
-        let mailboxes: Vec<Arc<pmd::Mailbox>> =
-            specs.iter().filter_map(|s| s.mailbox.clone()).collect();
-        let rxqs: Vec<sluice_api::pmd::PmdRxqs> = specs
+        Features {
+            overlay,
+            services,
+            conntrack,
+        }
+    }
+
+    /// Which PMD polls which rx queue (`pmd-rxq-show`).
+    fn rx_queues(&self, specs: &[PmdSpec]) -> Vec<sluice_api::pmd::PmdRxqs> {
+        specs
             .iter()
             .map(|s| sluice_api::pmd::PmdRxqs {
                 index: s.index,
@@ -227,16 +335,29 @@ impl Daemon {
                     })
                     .collect(),
             })
-            .collect();
+            .collect()
+    }
+
+    /// Stage: one PMD thread per spec, running the configured pipeline.
+    fn spawn_pmds(
+        &mut self,
+        cfg: &Config,
+        specs: Vec<PmdSpec>,
+        flows: Option<&FlowTables>,
+        features: &mut Features,
+    ) -> Result<Vec<PmdView>, String> {
+        let ofports: Vec<PortNo> = self.ports.iter().map(|(p, _)| PortNo(p.ofport)).collect();
+        let max_ofport = self.ports.iter().map(|(p, _)| p.ofport).max().unwrap_or(0) as usize;
+        let mut views = Vec::new();
         for spec in specs {
             let mut handles: Vec<Option<ethdev::DpdkPort>> = vec![None; max_ofport + 1];
             for (p, dev) in &self.ports {
                 handles[p.ofport as usize] = Some(dev.handle());
             }
             let init = || dpdk::register_thread();
-            let t = match &flows {
+            let t = match flows {
                 Some(tables) => {
-                    let ct = conntrack.handle(spec.index as u64 + 1);
+                    let ct = features.conntrack.handle(spec.index as u64 + 1);
                     let ct_cache = ct.cache_counters();
                     let pl = FlowPipeline::with_hooks(
                         tables.clone(),
@@ -249,7 +370,7 @@ impl Daemon {
                         },
                         crate::pipeline::hooks::Hooks {
                             ct,
-                            tunnels: overlay.tunnel_hook(spec.index),
+                            tunnels: features.overlay.tunnel_hook(spec.index),
                         },
                     );
                     let fstats = pl.stats();
@@ -258,7 +379,7 @@ impl Daemon {
                         .as_ref()
                         .and_then(|p| p.alloc())
                         .ok_or("the mbuf pool is exhausted at start: raise [datapath] mbufs")?;
-                    let pl = overlay.wrap(
+                    let pl = features.overlay.wrap(
                         spec.index,
                         pl,
                         crate::stack::overlay::SeedAlloc::new(seed),
@@ -290,11 +411,26 @@ impl Daemon {
             .map_err(|e| format!("cannot start PMD thread: {e}"))?;
             self.pmds.push(t);
         }
+        Ok(views)
+    }
 
+    /// Stage: every control command, registered next to what it shows.
+    #[allow(clippy::too_many_arguments)]
+    fn register_commands(
+        &self,
+        cfg: &Config,
+        registry: &Registry,
+        views: Vec<PmdView>,
+        mailboxes: Vec<Arc<pmd::Mailbox>>,
+        rxqs: Vec<sluice_api::pmd::PmdRxqs>,
+        capture: Arc<Capture>,
+        flows: Option<&FlowTables>,
+        features: Features,
+    ) -> Result<(), String> {
         let reg_err = |e: crate::ctl::RegistryError| format!("cannot register commands: {e}");
-        commands::register_pmd(&registry, views).map_err(reg_err)?;
-        commands::register_cache_dump(&registry, mailboxes).map_err(reg_err)?;
-        commands::register_rxqs(&registry, rxqs).map_err(reg_err)?;
+        commands::register_pmd(registry, views).map_err(reg_err)?;
+        commands::register_cache_dump(registry, mailboxes).map_err(reg_err)?;
+        commands::register_rxqs(registry, rxqs).map_err(reg_err)?;
         let port_views = self
             .ports
             .iter()
@@ -311,63 +447,69 @@ impl Daemon {
                 }
             })
             .collect();
-        commands::register_ports(&registry, &cfg.bridge, port_views).map_err(reg_err)?;
+        commands::register_ports(registry, &cfg.bridge, port_views).map_err(reg_err)?;
         let names: Vec<(String, u16)> = self
             .ports
             .iter()
             .map(|(p, _)| (p.name.clone(), p.ofport))
             .collect();
-        commands::register_capture(&registry, capture, names).map_err(reg_err)?;
-        if let Some(t) = &flows {
+        commands::register_capture(registry, capture, names).map_err(reg_err)?;
+        let Features {
+            overlay,
+            services,
+            conntrack,
+        } = features;
+        if let Some(t) = flows {
             let oracle = Arc::new(crate::conntrack::trace::CtTracer::new(
                 conntrack.clone(),
                 clock_ns,
             ));
-            crate::flow::commands::register_flows(&registry, t.clone(), Some(oracle))
+            crate::flow::commands::register_flows(registry, t.clone(), Some(oracle))
+                .map_err(reg_err)?;
+            overlay.register_commands(registry).map_err(reg_err)?;
+            crate::conntrack::commands::register_commands(registry, conntrack.clone(), clock_ns)
+                .map_err(reg_err)?;
+            crate::service::commands::register_commands(registry, services, Some(conntrack))
                 .map_err(reg_err)?;
         }
-        if flows.is_some() {
-            overlay.register_commands(&registry).map_err(reg_err)?;
-            crate::conntrack::commands::register_commands(&registry, conntrack.clone(), clock_ns)
-                .map_err(reg_err)?;
-            crate::service::commands::register_commands(&registry, services, Some(conntrack))
-                .map_err(reg_err)?;
-        }
-        if let Some(t) = &flows {
-            let (t, stop) = (t.clone(), self.stop.clone());
-            let h = std::thread::Builder::new()
-                .name("revalidator".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::park_timeout(std::time::Duration::from_secs(1));
-                        let n = t.expire(clock_ns());
-                        if n > 0 {
-                            tracing::debug!("{n} flows expired");
-                        }
-                    }
-                })
-                .map_err(|e| format!("cannot start the revalidator thread: {e}"))?;
-            self.revalidator = Some(h);
-        }
-        self.flows = flows;
+        Ok(())
+    }
 
-        // Last: move the node's addresses onto the exception port once
-        // the PMDs forward.
-        self.hostpath = crate::stack::overlay::attach_host_path(cfg)?;
+    /// Stage: the thread that expires flows whose idle or hard timeout
+    /// passed, about once a second.
+    fn start_revalidator(&mut self, tables: &FlowTables) -> Result<(), String> {
+        let (t, stop) = (tables.clone(), self.stop.clone());
+        let h = std::thread::Builder::new()
+            .name("revalidator".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::park_timeout(std::time::Duration::from_secs(1));
+                    let n = t.expire(clock_ns());
+                    if n > 0 {
+                        tracing::debug!("{n} flows expired");
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the revalidator thread: {e}"))?;
+        self.revalidator = Some(h);
+        Ok(())
+    }
+
+    /// The "ready" event printed on stdout.
+    fn ready_event(&self, cfg: &Config, eal_ms: f64) -> Result<Value, String> {
         let eal = self.eal.as_ref().ok_or("EAL not running")?;
-        self.ready = json!({
+        Ok(json!({
             "event": "ready",
             "eal_init_ms": (eal_ms * 10.0).round() / 10.0,
             "hugepages": eal.hugepages,
-            "pipeline": cfg.datapath.pipeline,
+            "pipeline": cfg.datapath.pipeline.name(),
             "pmd_cores": cfg.datapath.cores,
             "ctl_socket": cfg.datapath.ctl_socket,
             "ports": self.ports.iter().map(|(p, d)| json!({
                 "name": p.name, "ofport": p.ofport, "devargs": p.devargs,
                 "driver": d.driver(), "dpdk_port_id": d.port_id(),
             })).collect::<Vec<_>>(),
-        });
-        Ok(())
+        }))
     }
 
     /// Stops forwarding and tears everything down; returns the "stopped"
@@ -436,4 +578,37 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.teardown();
     }
+}
+
+/// Sets up the host exception path when `host_port` is configured: the
+/// node's addresses move from the uplink's kernel interface to the host
+/// port's. Called by the daemon once the PMDs forward.
+///
+/// # Errors
+/// A sentence when the ports are not configured as needed or a move failed.
+fn attach_host_path(
+    cfg: &crate::config::Config,
+) -> Result<Option<crate::hostpath::HostPath>, String> {
+    use crate::hostpath::{devargs_iface, HostPath, HostPathConfig};
+    let Some(host) = &cfg.datapath.overlay.host_port else {
+        return Ok(None);
+    };
+    let port = |name: &str, what: &str| {
+        cfg.ports
+            .iter()
+            .find(|p| p.name == name)
+            .and_then(|p| devargs_iface(&p.devargs).map(str::to_string))
+            .ok_or_else(|| {
+                format!("[datapath] host_port: the {what} port '{name}' must be a [port:{name}] section whose devargs name its kernel interface (iface=...)")
+            })
+    };
+    let uplink = cfg.uplink_port.as_deref().ok_or(
+        "[datapath] host_port needs [nsx_node_agent] ovs_uplink_port (where the node's addresses are now)",
+    )?;
+    let hp = HostPath::attach(HostPathConfig {
+        uplink_if: port(uplink, "uplink")?,
+        host_if: port(host, "host")?,
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(Some(hp))
 }

@@ -23,32 +23,7 @@ use std::sync::Mutex;
 use thiserror::Error;
 
 use super::log;
-
-/// Whether to use hugepages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum HugepageMode {
-    /// Use hugepages when available, else `--no-huge`.
-    #[default]
-    Auto,
-    /// Refuse to start without free hugepages.
-    Required,
-    /// Never use hugepages (`--no-huge`).
-    Never,
-}
-
-impl std::str::FromStr for HugepageMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(HugepageMode::Auto),
-            "required" | "yes" | "true" => Ok(HugepageMode::Required),
-            "never" | "no" | "false" => Ok(HugepageMode::Never),
-            _ => Err(format!(
-                "invalid hugepages mode '{s}' (expected auto, required or never)"
-            )),
-        }
-    }
-}
+pub use crate::hugepages::HugepageMode;
 
 /// How to initialise the EAL.
 #[derive(Debug, Clone)]

@@ -15,7 +15,7 @@ use crate::ctl::typed::register;
 use crate::flow::program::FlowMod;
 use crate::flow::tables::FlowTables;
 use crate::flow::text;
-use crate::pmd::clock_ns;
+use crate::time::clock_ns;
 
 fn summary(s: crate::flow::program::BundleSummary) -> api::flows::BundleSummary {
     api::flows::BundleSummary {

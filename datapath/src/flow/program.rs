@@ -26,7 +26,7 @@ use std::sync::Arc;
 use super::action::{Action, GroupType};
 use super::key::Field;
 use super::matches::{Match, MatchError};
-use crate::pipeline::Nanos;
+use crate::time::Nanos;
 
 /// Number of flow tables (0–254; 255 means "all tables" in filters).
 pub const N_TABLES: usize = 255;

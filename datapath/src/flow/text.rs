@@ -54,7 +54,7 @@ use super::key::{ct_state, ethertype, ipproto, Field, FieldFormat, FlowKey, TCP_
 use super::matches::{Match, MatchError};
 use super::program::{Bucket, FlowFilter, FlowMod, FlowSpec, Group, Rule};
 use crate::packet::PortNo;
-use crate::pipeline::Nanos;
+use crate::time::Nanos;
 
 /// What was wrong at a position of a flow string.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -28,7 +28,7 @@ use std::net::Ipv4Addr;
 use hashbrown::HashMap;
 
 use super::table::{NeighMap, NeighTable};
-use crate::pipeline::Nanos;
+use crate::time::Nanos;
 
 /// Length of an Ethernet/ARP frame without padding.
 pub const ARP_FRAME_LEN: usize = 42;

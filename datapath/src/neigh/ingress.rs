@@ -32,8 +32,9 @@ use hashbrown::HashMap;
 use super::cache::parse_arp;
 use crate::drop::DropReason;
 use crate::packet::{Burst, Output, PacketBuf, PortNo};
-use crate::pipeline::{Nanos, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::stats::Counter;
+use crate::time::Nanos;
 
 /// The addresses a pod port may use.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -36,15 +36,16 @@ use crate::classifier::megaflow::{MegaflowCache, MegaflowStats, MEGAFLOW_CAPACIT
 use crate::classifier::slowpath::{translate, Xlate};
 use crate::classifier::{prefetch, TierStats};
 use crate::drop::DropReason;
-use crate::flow::action::{rewrite, CtAction, DpAction};
+use crate::flow::action::{rewrite, DpAction};
 use crate::flow::key::{extract_into, Field, FlowKey, Layout};
 use crate::flow::program::FlowProgram;
 use crate::flow::tables::FlowTables;
 use crate::packet::{Burst, Output, PacketBuf, PortNo};
-use crate::pipeline::hooks::{Hooks, NoConntrack, NoTunnels};
+use crate::pipeline::hooks::{ActionHooks, NoHooks};
 use crate::pipeline::l2::{flood, MacTable};
-use crate::pipeline::{Nanos, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::stats::Counter;
+use crate::time::Nanos;
 
 /// Maximum recirculations per packet.
 pub const MAX_RECIRC: usize = 4;
@@ -55,30 +56,6 @@ pub const REVALIDATE_LIMIT: usize = 1024;
 
 /// How often `maintain` re-sorts megaflow subtables and ages MAC entries.
 const HOUSEKEEPING_NS: u64 = 1_000_000_000;
-
-/// What `ct(...)` and tunnel actions do; filled in by the conntrack and
-/// tunnel features. Each hook either succeeds (having updated the packet
-/// and key) or returns the reason to drop the packet.
-pub trait ActionHooks<B: PacketBuf>: Send {
-    /// Runs connection tracking; on success sets `ct_state`/`ct_zone`/
-    /// `ct_mark` in `key` (and applies NAT to `pkt`).
-    fn conntrack(
-        &mut self,
-        now: Nanos,
-        ct: &CtAction,
-        pkt: &mut B,
-        key: &mut FlowKey,
-    ) -> Result<(), DropReason>;
-    /// Encapsulates `pkt` using the key's `tun_*` fields.
-    fn tunnel_push(&mut self, now: Nanos, pkt: &mut B, key: &FlowKey) -> Result<(), DropReason>;
-    /// Decapsulates `pkt`, writing the outer header's fields into `key`'s
-    /// `tun_*` fields.
-    fn tunnel_pop(&mut self, now: Nanos, pkt: &mut B, key: &mut FlowKey) -> Result<(), DropReason>;
-}
-
-/// Hooks for a datapath without conntrack or tunnels: every such action
-/// drops the packet with a reason that says so.
-pub type NoHooks = Hooks<NoConntrack, NoTunnels>;
 
 /// Sizes and limits of one flow pipeline.
 #[derive(Debug, Clone)]

@@ -1,7 +1,9 @@
 //! Composition of the flow pipeline's extension points.
 //!
 //! The flow pipeline calls one [`ActionHooks`] value for `ct(...)` and for
-//! tunnel push/pop. Connection tracking (the `conntrack` feature) and
+//! tunnel push/pop; the trait is defined here, with the per-feature traits
+//! it is composed of, so the pipeline depends on its hooks and not the
+//! reverse. Connection tracking (the `conntrack` feature) and
 //! tunnels (the `tunnel` feature) are separate features owned by separate
 //! modules, each implementing its own small trait; [`Hooks`] joins them so
 //! that `sluiced` can run with either, both or neither. A feature that is
@@ -15,8 +17,31 @@ use crate::drop::DropReason;
 use crate::flow::action::CtAction;
 use crate::flow::key::FlowKey;
 use crate::packet::PacketBuf;
-use crate::pipeline::flow::ActionHooks;
-use crate::pipeline::Nanos;
+use crate::time::Nanos;
+
+/// What `ct(...)` and tunnel actions do; filled in by the conntrack and
+/// tunnel features. Each hook either succeeds (having updated the packet
+/// and key) or returns the reason to drop the packet.
+pub trait ActionHooks<B: PacketBuf>: Send {
+    /// Runs connection tracking; on success sets `ct_state`/`ct_zone`/
+    /// `ct_mark` in `key` (and applies NAT to `pkt`).
+    fn conntrack(
+        &mut self,
+        now: Nanos,
+        ct: &CtAction,
+        pkt: &mut B,
+        key: &mut FlowKey,
+    ) -> Result<(), DropReason>;
+    /// Encapsulates `pkt` using the key's `tun_*` fields.
+    fn tunnel_push(&mut self, now: Nanos, pkt: &mut B, key: &FlowKey) -> Result<(), DropReason>;
+    /// Decapsulates `pkt`, writing the outer header's fields into `key`'s
+    /// `tun_*` fields.
+    fn tunnel_pop(&mut self, now: Nanos, pkt: &mut B, key: &mut FlowKey) -> Result<(), DropReason>;
+}
+
+/// Hooks for a datapath without conntrack or tunnels: every such action
+/// drops the packet with a reason that says so.
+pub type NoHooks = Hooks<NoConntrack, NoTunnels>;
 
 /// The `ct(...)` action.
 pub trait ConntrackHook<B: PacketBuf>: Send {

@@ -16,10 +16,11 @@ use std::sync::Arc;
 
 use hashbrown::HashMap;
 
-use super::{Nanos, Pipeline};
+use super::Pipeline;
 use crate::drop::DropReason;
 use crate::packet::{Burst, Output, PacketBuf, PortNo};
 use crate::stats::Counter;
+use crate::time::Nanos;
 
 /// Default number of MAC entries per core (as OVS's `mac-table-size`).
 pub const DEFAULT_MAC_CAPACITY: usize = 8192;

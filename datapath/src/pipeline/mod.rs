@@ -9,11 +9,10 @@
 pub mod flow;
 pub mod hooks;
 pub mod l2;
+pub mod trace;
 
 use crate::packet::{Burst, Output, PacketBuf};
-
-/// Monotonic time in nanoseconds, supplied by the caller.
-pub type Nanos = u64;
+use crate::time::Nanos;
 
 /// Packet processing for one core.
 pub trait Pipeline<B: PacketBuf>: Send {

@@ -1,7 +1,8 @@
 //! Ports: where bursts come from and go to.
 //!
 //! The pipeline never knows which implementation it is fed by. [`Port`] is
-//! implemented by the DPDK ethdev port ([`DpdkPort`], any PMD, in `dpdk::ethdev`) and by
+//! implemented by the DPDK ethdev port (`dpdk::ethdev::DpdkPort`, any PMD, which
+//! depends on this module, not the reverse) and by
 //! [`memory::MemPort`] for unit tests. A port value is a handle that a PMD
 //! thread owns for the queues it serves; several handles to one DPDK port
 //! may exist, one per thread, each using its own queue ids.
@@ -63,6 +64,3 @@ pub trait Port: Send {
     /// Link state.
     fn link(&self) -> LinkState;
 }
-
-#[cfg(feature = "dpdk")]
-pub use crate::dpdk::ethdev::DpdkPort;

@@ -15,7 +15,7 @@ use crate::conntrack::nat::Tuple;
 use crate::conntrack::{ConnKey, Conntrack};
 use crate::ctl::registry::{Registry, RegistryError};
 use crate::ctl::typed::register;
-use crate::pmd::clock_ns;
+use crate::time::clock_ns;
 
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {

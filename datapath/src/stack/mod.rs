@@ -45,8 +45,9 @@ use crate::drop::DropReason;
 use crate::neigh::cache::{gratuitous_arp, parse_arp, NeighCache, NeighConfig};
 use crate::neigh::table::NeighTable;
 use crate::packet::{BufAlloc, Burst, Output, PacketBuf, PortNo};
-use crate::pipeline::{Nanos, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::stats::Counter;
+use crate::time::Nanos;
 use crate::tunnel::geneve::IcmpReply;
 use sluice_api::stack::{Neighbour, NeighbourDump};
 

@@ -23,8 +23,9 @@ use crate::neigh::cache::NeighConfig;
 use crate::neigh::ingress::{Ingress, IngressControl, PortBinding};
 use crate::neigh::table::NeighTable;
 use crate::packet::{BufAlloc, Burst, Output, PacketBuf, PortNo};
-use crate::pipeline::{Nanos, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::stack::{LocalStack, StackConfig, StackControl};
+use crate::time::Nanos;
 use crate::tunnel::{GeneveTunnels, TunnelConfig, Tunnels};
 
 /// The overlay keys of `[datapath]`.
@@ -161,40 +162,6 @@ impl OverlayConfig {
         }
         Ok(())
     }
-}
-
-/// Sets up the host exception path when `host_port` is configured: the
-/// node's addresses move from the uplink's kernel interface to the host
-/// port's. Called by the daemon once the PMDs forward.
-///
-/// # Errors
-/// A sentence when the ports are not configured as needed or a move failed.
-#[cfg(feature = "dpdk")]
-pub fn attach_host_path(
-    cfg: &crate::config::Config,
-) -> Result<Option<crate::hostpath::HostPath>, String> {
-    use crate::hostpath::{devargs_iface, HostPath, HostPathConfig};
-    let Some(host) = &cfg.datapath.overlay.host_port else {
-        return Ok(None);
-    };
-    let port = |name: &str, what: &str| {
-        cfg.ports
-            .iter()
-            .find(|p| p.name == name)
-            .and_then(|p| devargs_iface(&p.devargs).map(str::to_string))
-            .ok_or_else(|| {
-                format!("[datapath] host_port: the {what} port '{name}' must be a [port:{name}] section whose devargs name its kernel interface (iface=...)")
-            })
-    };
-    let uplink = cfg.uplink_port.as_deref().ok_or(
-        "[datapath] host_port needs [nsx_node_agent] ovs_uplink_port (where the node's addresses are now)",
-    )?;
-    let hp = HostPath::attach(HostPathConfig {
-        uplink_if: port(uplink, "uplink")?,
-        host_if: port(host, "host")?,
-    })
-    .map_err(|e| e.to_string())?;
-    Ok(Some(hp))
 }
 
 /// The flow pipeline of one PMD with the overlay wrappers around it.

@@ -51,8 +51,8 @@ use crate::flow::key::{Field, FlowKey};
 use crate::neigh::table::{NeighReader, NeighTable};
 use crate::packet::{PacketBuf, PortNo};
 use crate::pipeline::hooks::TunnelHook;
-use crate::pipeline::Nanos;
 use crate::stats::{Counter, DropCounters};
+use crate::time::Nanos;
 use crate::tunnel::vtep::{VtepReader, VtepTable};
 use crate::wire::geneve;
 

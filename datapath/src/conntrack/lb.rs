@@ -1,0 +1,105 @@
+//! The load-balancing contract of connection tracking.
+//!
+//! A bare `nat` on a new, committed connection asks the [`LoadBalancer`]
+//! installed with [`super::Conntrack::with_services`] (the Service table of
+//! `crate::service` implements it) for an [`LbDecision`]; the connection
+//! entry then remembers the endpoint in an [`LbRef`] and keeps its
+//! [`EndpointStats`] current (active connections while it lives, its packets
+//! when it ends). The trait is defined here, below its implementation, so
+//! that conntrack does not depend on the Service table.
+//!
+//! Thread-safety: a [`LoadBalancer`] is shared by every PMD and the control
+//! thread (`Send + Sync`); [`EndpointStats`] are atomics updated with
+//! relaxed ordering (counters, not synchronisation).
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use crate::drop::DropReason;
+use crate::time::Nanos;
+
+/// What conntrack asks of a load balancer for new connections.
+pub trait LoadBalancer: Send + Sync {
+    /// Chooses the endpoint for a new connection from `src` to
+    /// `dst:dport` over `proto`; `rand` is a uniformly random number.
+    fn select(
+        &self,
+        now: Nanos,
+        proto: u8,
+        src: u32,
+        dst: u32,
+        dport: u16,
+        rand: u64,
+    ) -> LbDecision;
+
+    /// [`LoadBalancer::select`] without recording any state (client
+    /// affinity): what a new connection would get (`trace`).
+    fn preview(
+        &self,
+        now: Nanos,
+        proto: u8,
+        src: u32,
+        dst: u32,
+        dport: u16,
+        rand: u64,
+    ) -> LbDecision;
+
+    /// Explains, without changing any state, what a new connection from
+    /// `src` to `dst:dport` would get, as text lines.
+    fn trace(&self, proto: u8, src: u32, dst: u32, dport: u16) -> String;
+
+    /// Removes expired client-affinity state of one shard (`shard` modulo
+    /// the shard count); called by each PMD's periodic sweep.
+    fn expire_affinity(&self, now: Nanos, shard: usize);
+}
+
+/// Per-endpoint counters (shared by the table versions and by the
+/// connections balanced to it).
+#[derive(Debug, Default)]
+pub struct EndpointStats {
+    /// Connections balanced to the endpoint.
+    pub connections: AtomicU64,
+    /// Connections currently tracked.
+    pub active: AtomicU64,
+    /// Packets of its finished connections (both directions); the
+    /// Service table's dump adds the live ones.
+    pub packets: AtomicU64,
+}
+
+/// What a conntrack entry remembers of its Service decision.
+#[derive(Debug, Clone)]
+pub struct LbRef {
+    /// Service name.
+    pub service: Arc<str>,
+    /// Endpoint address and port.
+    pub endpoint: (Ipv4Addr, u16),
+    /// Endpoint counters.
+    pub stats: Arc<EndpointStats>,
+}
+
+/// A chosen endpoint.
+#[derive(Debug, Clone)]
+pub struct LbTarget {
+    /// Endpoint address.
+    pub ip: u32,
+    /// Endpoint port.
+    pub port: u16,
+    /// SNAT source address, when the connection is masqueraded.
+    pub masquerade: Option<u32>,
+    /// What the connection remembers.
+    pub lb: LbRef,
+}
+
+/// The answer for a new connection.
+#[derive(Debug, Clone)]
+pub enum LbDecision {
+    /// The destination is no Service frontend.
+    NotService,
+    /// Forward to this endpoint.
+    Forward(LbTarget),
+    /// No endpoint: answer with ICMP port unreachable.
+    Reject,
+    /// Drop under this reason.
+    Drop(DropReason),
+}

@@ -1,0 +1,384 @@
+//! The shared connection table ([`Conntrack`]): shards, limits, expiry,
+//! eviction and flush.
+//!
+//! What it owns: [`ConntrackConfig::shards`] shards (a power of two), each a
+//! `Mutex<HashMap<ConnKey, Slot>>` in which both keys of a connection point
+//! at one `Arc<Conn>`; the global and per-zone live counts; the
+//! [`ConntrackStats`]; the counters of every per-PMD cache; and the load
+//! balancer bare `nat` consults.
+//!
+//! Invariants: a live connection is in the shards under both its keys; a
+//! killed one is removed from both and never revived; counts move with
+//! `count_in` exactly once up (commit) and once down (kill).
+//!
+//! Thread-safety: [`Conntrack`] is a cheap `Clone` handle (`Arc`), `Send +
+//! Sync`. Create, insert, remove, expiry, eviction, flush and dumps lock one
+//! shard at a time (lock order: shard, then entry); poisoning is ignored
+//! because every update under a lock is a plain store.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use hashbrown::HashMap;
+
+use super::cache;
+use super::cache::CacheStats;
+use super::config::ConntrackConfig;
+use super::entry::{Conn, ConnKey, COUNT_DEAD};
+use super::lb::LoadBalancer;
+use super::lock;
+use crate::drop::DropReason;
+use crate::time::Nanos;
+
+/// Conntrack counters shared with `conntrack-stats`.
+#[derive(Debug, Default)]
+pub struct ConntrackStats {
+    /// Connections created.
+    pub created: AtomicU64,
+    /// Connections removed because they expired.
+    pub expired: AtomicU64,
+    /// Non-established entries evicted early at a limit.
+    pub evictions: AtomicU64,
+    /// New connections refused at a limit.
+    pub limit_hits: AtomicU64,
+    /// Packets found invalid.
+    pub invalid: AtomicU64,
+    /// ICMP errors found related to a connection.
+    pub related: AtomicU64,
+    /// Service rejects (ICMP port unreachable generated).
+    pub rejects: AtomicU64,
+}
+
+/// A table key's target: the connection and the direction the key names.
+#[derive(Debug, Clone)]
+pub(super) struct Slot {
+    pub(super) conn: Arc<Conn>,
+    pub(super) dir: u8,
+}
+
+pub(super) type Shard = HashMap<ConnKey, Slot>;
+
+/// The hash of a key: its shard in the table, its set in a PMD's cache.
+#[inline]
+pub(super) fn key_hash(k: &ConnKey) -> u64 {
+    let mut h = u64::from(k.tuple.src) << 32 | u64::from(k.tuple.dst);
+    h ^= (u64::from(k.tuple.sport) << 32 | u64::from(k.tuple.dport) << 16)
+        ^ u64::from(k.zone) << 8
+        ^ u64::from(k.proto);
+    h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^ h >> 29
+}
+
+pub(super) struct Inner {
+    pub(super) shards: Box<[Mutex<Shard>]>,
+    pub(super) mask: usize,
+    pub(super) config: ConntrackConfig,
+    pub(super) zone_limit: Box<[u32]>,
+    pub(super) count: AtomicUsize,
+    pub(super) zone_counts: Box<[AtomicU32]>,
+    pub(super) stats: ConntrackStats,
+    pub(super) services: Option<Box<dyn LoadBalancer>>,
+    /// Counters of the per-PMD connection caches (`conntrack-stats`).
+    pub(super) caches: Mutex<Vec<Arc<cache::CacheCounters>>>,
+}
+
+/// The connection table, shared by all PMDs and the control thread.
+#[derive(Clone)]
+pub struct Conntrack {
+    pub(super) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Conntrack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conntrack")
+            .field("connections", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A filter for [`Conntrack::dump`] and [`Conntrack::flush`].
+#[derive(Debug, Clone, Default)]
+pub struct ConnFilter {
+    /// Only this zone.
+    pub zone: Option<u16>,
+    /// Only connections with this address in either tuple.
+    pub ip: Option<Ipv4Addr>,
+}
+
+impl ConnFilter {
+    pub(super) fn matches(&self, c: &Conn) -> bool {
+        if let Some(z) = self.zone {
+            if c.keys[0].zone != z {
+                return false;
+            }
+        }
+        if let Some(ip) = self.ip {
+            let ip = u32::from(ip);
+            return c
+                .keys
+                .iter()
+                .any(|k| k.tuple.src == ip || k.tuple.dst == ip);
+        }
+        true
+    }
+}
+
+impl Conntrack {
+    /// An empty table.
+    pub fn new(config: ConntrackConfig) -> Conntrack {
+        Self::build(config, None)
+    }
+
+    /// An empty table whose bare `nat` consults `services` for new
+    /// connections.
+    pub fn with_services(
+        config: ConntrackConfig,
+        services: impl LoadBalancer + 'static,
+    ) -> Conntrack {
+        Self::build(config, Some(Box::new(services)))
+    }
+
+    pub(super) fn build(
+        config: ConntrackConfig,
+        services: Option<Box<dyn LoadBalancer>>,
+    ) -> Conntrack {
+        let n = config.shards.max(1).next_power_of_two();
+        let mut zone_limit = vec![config.default_zone_limit; 1 << 16];
+        for &(z, l) in &config.zone_limits {
+            zone_limit[usize::from(z)] = l;
+        }
+        Conntrack {
+            inner: Arc::new(Inner {
+                shards: (0..n).map(|_| Mutex::new(Shard::new())).collect(),
+                mask: n - 1,
+                zone_limit: zone_limit.into_boxed_slice(),
+                zone_counts: (0..1 << 16).map(|_| AtomicU32::new(0)).collect(),
+                count: AtomicUsize::new(0),
+                stats: ConntrackStats::default(),
+                caches: Mutex::new(Vec::new()),
+                config,
+                services,
+            }),
+        }
+    }
+
+    /// Hits and misses of every handle's connection cache, in the order
+    /// the handles were made (one per PMD in `sluiced`).
+    pub fn cache_counts(&self) -> Vec<CacheStats> {
+        lock(&self.inner.caches)
+            .iter()
+            .map(|c| CacheStats {
+                hits: c.hits.get(),
+                misses: c.misses.get(),
+            })
+            .collect()
+    }
+
+    /// Number of live connections.
+    pub fn len(&self) -> usize {
+        // A kill racing with a commit may decrement before the commit's
+        // increment lands: read a transient "-1" as 0.
+        let n = self.inner.count.load(Ordering::Relaxed);
+        if n > isize::MAX as usize {
+            0
+        } else {
+            n
+        }
+    }
+
+    /// True when no connection is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &ConntrackStats {
+        &self.inner.stats
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ConntrackConfig {
+        &self.inner.config
+    }
+
+    /// The Service table, if installed.
+    pub fn services(&self) -> Option<&dyn LoadBalancer> {
+        self.inner.services.as_deref()
+    }
+
+    pub(super) fn shard_of(&self, hash: u64) -> &Mutex<Shard> {
+        &self.inner.shards[(hash as usize >> 7) & self.inner.mask]
+    }
+
+    /// Marks `c` removed and releases its counts (once). Callers hold the
+    /// shard lock of one of its keys.
+    pub(super) fn kill(&self, c: &Conn) {
+        if c.dead.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Close the packet counters: a packet counted before this is in
+        // the endpoint's total; one counted after sees `COUNT_DEAD`.
+        let packets: u64 = c
+            .packets
+            .iter()
+            .map(|p| p.fetch_or(COUNT_DEAD, Ordering::AcqRel) & !COUNT_DEAD)
+            .sum();
+        self.count_in(c, -1);
+        if let Some(lb) = &c.lb {
+            // Packet counts move to the endpoint when the connection ends
+            // (live ones are added by `dump-services`), so the hit path
+            // touches no shared endpoint counter.
+            lb.stats.packets.fetch_add(packets, Ordering::Relaxed);
+        }
+    }
+
+    /// Kills `c` when it expired at `now`; true when it is (now) dead.
+    pub(super) fn reap(&self, now: Nanos, c: &Conn) -> bool {
+        if !c.is_dead() && c.expires() <= now {
+            self.kill(c);
+            self.inner.stats.expired.fetch_add(1, Ordering::Relaxed);
+        }
+        c.is_dead()
+    }
+
+    /// Adds `n` (1 or -1) to the live counts `c` is part of (global,
+    /// zone, its endpoint's active connections).
+    pub(super) fn count_in(&self, c: &Conn, n: isize) {
+        let zone = &self.inner.zone_counts[usize::from(c.keys[0].zone)];
+        if n > 0 {
+            self.inner.count.fetch_add(1, Ordering::Relaxed);
+            zone.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.inner.count.fetch_sub(1, Ordering::Relaxed);
+            zone.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(lb) = &c.lb {
+            if n > 0 {
+                lb.stats.active.fetch_add(1, Ordering::Relaxed);
+            } else {
+                lb.stats.active.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Looks `k` (hash `hash`) up in the shared table; expired or dead
+    /// entries are removed and not returned.
+    pub(super) fn lookup(&self, now: Nanos, hash: u64, k: &ConnKey) -> Option<Slot> {
+        let mut shard = lock(self.shard_of(hash));
+        let slot = shard.get(k)?;
+        if !self.reap(now, &slot.conn) {
+            return Some(slot.clone());
+        }
+        shard.remove(k);
+        None
+    }
+
+    /// Inserts `slot` under `k` unless a live entry holds it.
+    /// Fails with the live entry that holds `k`.
+    pub(super) fn try_insert(&self, now: Nanos, k: ConnKey, slot: &Slot) -> Result<(), Arc<Conn>> {
+        let mut shard = lock(self.shard_of(key_hash(&k)));
+        if let Some(old) = shard.get(&k) {
+            if !self.reap(now, &old.conn) {
+                return Err(old.conn.clone());
+            }
+        }
+        shard.insert(k, slot.clone());
+        Ok(())
+    }
+
+    pub(super) fn remove_key(&self, k: &ConnKey, conn: &Arc<Conn>) {
+        let mut shard = lock(self.shard_of(key_hash(k)));
+        if shard.get(k).is_some_and(|s| Arc::ptr_eq(&s.conn, conn)) {
+            shard.remove(k);
+        }
+    }
+
+    /// Makes room for one connection in `zone`: evicts a non-established
+    /// entry of the shard of `k` (same zone when the zone is full).
+    pub(super) fn make_room(&self, now: Nanos, hash: u64, k: &ConnKey) -> Result<(), DropReason> {
+        let zone = usize::from(k.zone);
+        let zone_full = self.inner.zone_limit[zone] != 0
+            && (self.inner.zone_counts[zone].load(Ordering::Relaxed) as i32).max(0) as u32
+                >= self.inner.zone_limit[zone];
+        let global_full = self.len() >= self.inner.config.max_connections;
+        if !zone_full && !global_full {
+            return Ok(());
+        }
+        let mut shard = lock(self.shard_of(hash));
+        let victim = shard
+            .iter()
+            .take(64)
+            .find(|(_, s)| {
+                let c = &s.conn;
+                !c.is_dead()
+                    && (c.expires() <= now || !c.established())
+                    && (!zone_full || c.keys[0].zone == k.zone)
+            })
+            .map(|(key, s)| (*key, s.conn.clone()));
+        match victim {
+            Some((key, conn)) => {
+                self.kill(&conn);
+                shard.remove(&key);
+                self.inner.stats.evictions.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            None => {
+                self.inner.stats.limit_hits.fetch_add(1, Ordering::Relaxed);
+                Err(DropReason::CtLimit)
+            }
+        }
+    }
+
+    /// Removes expired entries of shard `i`; returns how many keys went.
+    pub fn sweep_shard(&self, now: Nanos, i: usize) -> usize {
+        let Some(m) = self.inner.shards.get(i) else {
+            return 0;
+        };
+        let mut shard = lock(m);
+        let before = shard.len();
+        shard.retain(|_, s| !self.reap(now, &s.conn));
+        before - shard.len()
+    }
+
+    /// Removes every expired entry.
+    pub fn sweep(&self, now: Nanos) -> usize {
+        (0..self.inner.shards.len())
+            .map(|i| self.sweep_shard(now, i))
+            .sum()
+    }
+
+    /// Visits every live connection once (through its original key).
+    pub fn for_each(&self, mut f: impl FnMut(&Conn)) {
+        for m in self.inner.shards.iter() {
+            let shard = lock(m);
+            for s in shard.values() {
+                if s.dir == 0 && !s.conn.is_dead() {
+                    f(&s.conn);
+                }
+            }
+        }
+    }
+
+    /// Removes the connections `pred` selects; returns how many.
+    pub fn flush_where(&self, pred: impl Fn(&Conn) -> bool) -> usize {
+        let mut n = 0;
+        for m in self.inner.shards.iter() {
+            let mut shard = lock(m);
+            shard.retain(|_, s| {
+                let c = &s.conn;
+                if !c.is_dead() && pred(c) {
+                    self.kill(c);
+                    n += 1;
+                }
+                !c.is_dead()
+            });
+        }
+        n
+    }
+
+    /// Removes the connections matching `filter`; returns how many.
+    pub fn flush(&self, filter: &ConnFilter) -> usize {
+        self.flush_where(|c| filter.matches(c))
+    }
+}

@@ -1,0 +1,182 @@
+//! Endpoint selection for new connections: [`Services::select`] (which
+//! records client affinity), [`Services::preview`] (which records nothing),
+//! and the conntrack [`LoadBalancer`] contract they implement.
+//!
+//! Invariants: one frontend lookup and one random index per new connection,
+//! whatever the number of Services and endpoints; the semantics (topology
+//! hints, affinity, traffic policies, masquerading, reject or drop when no
+//! candidate) are the ones described in the module overview.
+//!
+//! Thread-safety: called by every PMD concurrently; reads the current table
+//! version lock-free and locks one affinity shard only for Services with
+//! session affinity.
+
+use std::net::Ipv4Addr;
+
+use super::api::TrafficPolicy;
+use super::table::{FrontendKey, FrontendKind, Services};
+use super::{lock, AFFINITY_SHARDS};
+use crate::conntrack::lb::LoadBalancer;
+use crate::conntrack::lb::{LbDecision, LbRef, LbTarget};
+use crate::drop::DropReason;
+use crate::time::Nanos;
+
+pub(super) fn in_cidr(ip: u32, (net, len): (Ipv4Addr, u8)) -> bool {
+    let len = u32::from(len.min(32));
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    ip & mask == u32::from(net) & mask
+}
+
+impl Services {
+    pub(super) fn is_internal(&self, ip: u32) -> bool {
+        let c = &self.inner.config;
+        c.cluster_cidrs.iter().any(|&n| in_cidr(ip, n))
+            || c.node_addresses.iter().any(|&a| u32::from(a) == ip)
+    }
+
+    /// Chooses the endpoint for a new connection from `src` to
+    /// `dst:dport` over `proto`; `rand` is a uniformly random number.
+    pub fn select(
+        &self,
+        now: Nanos,
+        proto: u8,
+        src: u32,
+        dst: u32,
+        dport: u16,
+        rand: u64,
+    ) -> LbDecision {
+        self.choose(now, proto, src, dst, dport, rand, true)
+    }
+
+    /// [`Services::select`] without recording the client's affinity: what
+    /// a new connection would get (`trace`). Changes no state.
+    pub fn preview(
+        &self,
+        now: Nanos,
+        proto: u8,
+        src: u32,
+        dst: u32,
+        dport: u16,
+        rand: u64,
+    ) -> LbDecision {
+        self.choose(now, proto, src, dst, dport, rand, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn choose(
+        &self,
+        now: Nanos,
+        proto: u8,
+        src: u32,
+        dst: u32,
+        dport: u16,
+        rand: u64,
+        record: bool,
+    ) -> LbDecision {
+        let table = self.inner.table.load();
+        let Some(fe) = table.frontends.get(&FrontendKey {
+            ip: dst,
+            port: dport,
+            proto,
+        }) else {
+            return LbDecision::NotService;
+        };
+        let svc = &fe.svc;
+        let from_node = self
+            .inner
+            .config
+            .node_addresses
+            .iter()
+            .any(|&a| u32::from(a) == src);
+        let external = fe.kind != FrontendKind::ClusterIp && !self.is_internal(src);
+        let policy = if external {
+            svc.spec.external_traffic_policy
+        } else {
+            svc.spec.internal_traffic_policy
+        };
+        let cands = match policy {
+            TrafficPolicy::Local => &svc.local,
+            TrafficPolicy::Cluster => &svc.cluster,
+        };
+        if cands.is_empty() {
+            return match policy {
+                TrafficPolicy::Local => LbDecision::Drop(DropReason::ServiceNoLocalEndpoint),
+                TrafficPolicy::Cluster => LbDecision::Reject,
+            };
+        }
+        let mut idx = cands[((u128::from(rand) * cands.len() as u128) >> 64) as usize];
+        if let Some(timeout) = svc.affinity {
+            let shard = &self.inner.affinity[(src as usize ^ svc.id as usize) % AFFINITY_SHARDS];
+            let mut m = lock(shard);
+            if let Some(&(ip, port, expires)) = m.get(&(svc.id, src)) {
+                if expires > now {
+                    if let Some(&i) = cands.iter().find(|&&i| {
+                        let e = &svc.endpoints[i as usize];
+                        e.ip == ip && e.spec.port == port
+                    }) {
+                        idx = i;
+                    }
+                }
+            }
+            if record {
+                let e = &svc.endpoints[idx as usize];
+                m.insert((svc.id, src), (e.ip, e.spec.port, now + timeout));
+            }
+        }
+        let e = &svc.endpoints[idx as usize];
+        let hairpin = e.ip == src;
+        let masq = policy == TrafficPolicy::Cluster && external || hairpin || from_node;
+        LbDecision::Forward(LbTarget {
+            ip: e.ip,
+            port: e.spec.port,
+            masquerade: masq.then_some(u32::from(self.inner.config.masquerade_ip)),
+            lb: LbRef {
+                service: svc.name.clone(),
+                endpoint: (e.spec.ip, e.spec.port),
+                stats: e.stats.clone(),
+            },
+        })
+    }
+}
+
+impl Services {
+    /// Removes expired affinity entries of one shard (`i` modulo the
+    /// shard count).
+    pub fn expire_affinity(&self, now: Nanos, i: usize) {
+        lock(&self.inner.affinity[i % AFFINITY_SHARDS]).retain(|_, v| v.2 > now);
+    }
+}
+
+impl LoadBalancer for Services {
+    fn select(
+        &self,
+        now: Nanos,
+        proto: u8,
+        src: u32,
+        dst: u32,
+        dport: u16,
+        rand: u64,
+    ) -> LbDecision {
+        Services::select(self, now, proto, src, dst, dport, rand)
+    }
+
+    fn preview(
+        &self,
+        now: Nanos,
+        proto: u8,
+        src: u32,
+        dst: u32,
+        dport: u16,
+        rand: u64,
+    ) -> LbDecision {
+        Services::preview(self, now, proto, src, dst, dport, rand)
+    }
+
+    fn trace(&self, proto: u8, src: u32, dst: u32, dport: u16) -> String {
+        Services::trace(self, proto, src, dst, dport)
+    }
+
+    fn expire_affinity(&self, now: Nanos, shard: usize) {
+        Services::expire_affinity(self, now, shard)
+    }
+}
