@@ -6,16 +6,13 @@
 //! Thread-safety: the handlers hold a [`Conntrack`] handle and take shard
 //! locks one at a time, as the PMDs do.
 
-use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 
 use sluice_api::conntrack::{
-    ConnCacheStats, ConnDump, ConnEntry, ConnTuple, ConntrackStats, ConntrackStatsReply,
-    DumpConntrack, FlushConntrack, Flushed,
+    ConnCacheStats, ConntrackStats, ConntrackStatsReply, DumpConntrack, FlushConntrack, Flushed,
 };
 
-use super::config::SEC;
-use super::{Conn, ConnFilter, ConnKey, Conntrack};
+use super::{ConnFilter, Conntrack};
 use crate::ctl::registry::{Registry, RegistryError};
 use crate::ctl::typed::register;
 use crate::time::Nanos;
@@ -25,44 +22,6 @@ fn filter(f: &sluice_api::conntrack::ConnFilter) -> ConnFilter {
         zone: f.zone,
         ip: f.ip,
     }
-}
-
-fn tuple(k: &ConnKey) -> ConnTuple {
-    ConnTuple {
-        src: Ipv4Addr::from(k.tuple.src),
-        dst: Ipv4Addr::from(k.tuple.dst),
-        sport: k.tuple.sport,
-        dport: k.tuple.dport,
-    }
-}
-
-/// One connection as the API shows it.
-pub fn entry(c: &Conn, now: Nanos) -> ConnEntry {
-    let marks = c.marks();
-    ConnEntry {
-        proto: c.keys[0].proto,
-        orig: tuple(&c.keys[0]),
-        reply: tuple(&c.keys[1]),
-        zone: c.keys[0].zone,
-        mark: marks.mark,
-        label: marks.label,
-        timeout_s: c.expires().saturating_sub(now) / SEC,
-        packets: c.packets(),
-        tcp_state: c.tcp_state().map(|s| s.name().to_string()),
-        service: c.lb.as_ref().map(|lb| lb.service.to_string()),
-    }
-}
-
-/// The live connections selected by `f`, sorted by their dump line.
-pub fn dump(ct: &Conntrack, f: &ConnFilter, now: Nanos) -> ConnDump {
-    let mut connections = Vec::new();
-    ct.for_each(|c| {
-        if f.matches(c) && c.expires() > now {
-            connections.push(entry(c, now));
-        }
-    });
-    connections.sort_by_cached_key(ConnEntry::line);
-    ConnDump { connections }
 }
 
 /// The `conntrack-stats` counters.
@@ -108,7 +67,7 @@ pub fn register_commands(
     register::<DumpConntrack>(reg, move |f| {
         let now = clock();
         c.sweep(now);
-        Ok(dump(&c, &filter(&f), now))
+        Ok(c.view(&filter(&f), now))
     })?;
     let c = ct.clone();
     register::<FlushConntrack>(reg, move |f| {

@@ -9,7 +9,6 @@
 //! Thread-safety: runs on the control thread; each view locks one shard at
 //! a time, so a dump is per-shard consistent, not a global snapshot.
 
-use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -18,6 +17,8 @@ use super::entry::{Conn, ConnKey, CtMarks};
 use super::lock;
 use super::nat::Tuple;
 use super::table::{key_hash, ConnFilter, Conntrack};
+use sluice_api::conntrack::{ConnDump, ConnEntry, ConnTuple};
+
 use crate::flow::key::{ct_state, ipproto};
 use crate::time::Nanos;
 
@@ -134,19 +135,20 @@ impl Conntrack {
 
     /// `dump-conntrack` lines (OVS `dpctl/dump-conntrack` style), sorted.
     pub fn dump(&self, filter: &ConnFilter, now: Nanos) -> String {
-        let mut lines = Vec::new();
+        sluice_api::Render::render(&self.view(filter, now))
+    }
+
+    /// The live connections selected by `filter`, sorted by their dump
+    /// line, as the control API shows them.
+    pub fn view(&self, filter: &ConnFilter, now: Nanos) -> ConnDump {
+        let mut connections = Vec::new();
         self.for_each(|c| {
             if filter.matches(c) && c.expires() > now {
-                lines.push(format_conn(c, now));
+                connections.push(entry(c, now));
             }
         });
-        lines.sort();
-        let mut s = String::new();
-        for l in lines {
-            s.push_str(&l);
-            s.push('\n');
-        }
-        s
+        connections.sort_by_cached_key(ConnEntry::line);
+        ConnDump { connections }
     }
 }
 
@@ -160,46 +162,33 @@ pub(super) fn proto_name(p: u8) -> String {
     }
 }
 
-pub(super) fn format_tuple(k: &ConnKey) -> String {
-    let t = k.tuple;
-    let (s, d) = (Ipv4Addr::from(t.src), Ipv4Addr::from(t.dst));
-    if k.proto == ipproto::ICMP {
-        format!("src={s},dst={d},id={}", t.sport)
-    } else {
-        format!("src={s},dst={d},sport={},dport={}", t.sport, t.dport)
+fn tuple(k: &ConnKey) -> ConnTuple {
+    ConnTuple {
+        src: Ipv4Addr::from(k.tuple.src),
+        dst: Ipv4Addr::from(k.tuple.dst),
+        sport: k.tuple.sport,
+        dport: k.tuple.dport,
     }
 }
 
-pub(super) fn format_conn(c: &Conn, now: Nanos) -> String {
-    let mut s = format!(
-        "{},orig=({}),reply=({})",
-        proto_name(c.keys[0].proto),
-        format_tuple(&c.keys[0]),
-        format_tuple(&c.keys[1])
-    );
-    if c.keys[0].zone != 0 {
-        let _ = write!(s, ",zone={}", c.keys[0].zone);
-    }
+/// One connection as the control API shows it.
+pub fn entry(c: &Conn, now: Nanos) -> ConnEntry {
     let marks = c.marks();
-    if marks.mark != 0 {
-        let _ = write!(s, ",mark={}", marks.mark);
+    ConnEntry {
+        proto: c.keys[0].proto,
+        orig: tuple(&c.keys[0]),
+        reply: tuple(&c.keys[1]),
+        zone: c.keys[0].zone,
+        mark: marks.mark,
+        label: marks.label,
+        timeout_s: c.expires().saturating_sub(now) / SEC,
+        packets: c.packets(),
+        tcp_state: c.tcp_state().map(|s| s.name().to_string()),
+        service: c.lb.as_ref().map(|lb| lb.service.to_string()),
     }
-    if marks.label != 0 {
-        let _ = write!(s, ",labels={:#x}", marks.label);
-    }
-    let packets = c.packets();
-    let _ = write!(
-        s,
-        ",timeout={},packets=({},{})",
-        (c.expires().saturating_sub(now)) / SEC,
-        packets[0],
-        packets[1]
-    );
-    if let Some(state) = c.tcp_state() {
-        let _ = write!(s, ",protoinfo=(state={})", state.name());
-    }
-    if let Some(lb) = &c.lb {
-        let _ = write!(s, ",service={}", lb.service);
-    }
-    s
+}
+
+/// The `dump-conntrack` line of `c`.
+pub(super) fn format_conn(c: &Conn, now: Nanos) -> String {
+    entry(c, now).line()
 }
