@@ -180,20 +180,8 @@ pub fn register_ports(
                         ofport: v.ofport,
                         driver: v.driver.clone(),
                         devargs: v.devargs.clone(),
-                        link: api::ports::LinkState {
-                            up: l.up,
-                            speed_mbps: l.speed_mbps,
-                            full_duplex: l.full_duplex,
-                        },
-                        stats: api::ports::PortCounters {
-                            rx_packets: st.rx_packets,
-                            rx_bytes: st.rx_bytes,
-                            rx_dropped: st.rx_dropped,
-                            rx_errors: st.rx_errors,
-                            tx_packets: st.tx_packets,
-                            tx_bytes: st.tx_bytes,
-                            tx_errors: st.tx_errors,
-                        },
+                        link: l,
+                        stats: st,
                     }
                 })
                 .collect(),

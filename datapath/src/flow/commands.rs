@@ -61,41 +61,26 @@ pub fn register_flows(
     tables: FlowTables,
     oracle: Option<Arc<dyn crate::flow::tables::TraceOracle>>,
 ) -> Result<(), RegistryError> {
-    let t = tables.clone();
-    register::<api::flows::AddFlow>(reg, move |r| {
-        t.add_flow(&r.flow, clock_ns())
-            .map(summary)
-            .map_err(invalid)
-    })?;
-    let t = tables.clone();
-    register::<api::flows::AddGroup>(reg, move |r| {
-        t.add_group(&r.flow, clock_ns())
-            .map(summary)
-            .map_err(invalid)
-    })?;
-    let t = tables.clone();
-    register::<api::flows::AddFlows>(reg, move |r| {
-        t.add_flows(&r.flows, clock_ns())
-            .map(summary)
-            .map_err(invalid)
-    })?;
-    let t = tables.clone();
-    register::<api::flows::ReplaceFlows>(reg, move |r| {
-        t.replace_flows(&r.flows, clock_ns())
-            .map(summary)
-            .map_err(invalid)
-    })?;
-    let t = tables.clone();
-    register::<api::flows::DelFlows>(reg, move |r| {
+    type Change = crate::flow::program::BundleSummary;
+    type Outcome = Result<Change, crate::flow::tables::FlowTablesError>;
+    /// Serves a method that changes the program and answers what changed.
+    fn change<M: api::Method<Reply = api::flows::BundleSummary>>(
+        reg: &Registry,
+        tables: &FlowTables,
+        apply: fn(&FlowTables, &M::Request) -> Outcome,
+    ) -> Result<(), RegistryError> {
+        let t = tables.clone();
+        register::<M>(reg, move |r| apply(&t, &r).map(summary).map_err(invalid))
+    }
+    change::<api::flows::AddFlow>(reg, &tables, |t, r| t.add_flow(&r.flow, clock_ns()))?;
+    change::<api::flows::AddGroup>(reg, &tables, |t, r| t.add_group(&r.flow, clock_ns()))?;
+    change::<api::flows::AddFlows>(reg, &tables, |t, r| t.add_flows(&r.flows, clock_ns()))?;
+    change::<api::flows::ReplaceFlows>(reg, &tables, |t, r| t.replace_flows(&r.flows, clock_ns()))?;
+    change::<api::flows::DelFlows>(reg, &tables, |t, r| {
         t.del_flows(&r.filter, r.strict, clock_ns())
-            .map(summary)
-            .map_err(invalid)
     })?;
-    let t = tables.clone();
-    register::<api::flows::ModFlows>(reg, move |r| {
+    change::<api::flows::ModFlows>(reg, &tables, |t, r| {
         t.mod_flows(&r.flow, r.strict, clock_ns())
-            .map(summary)
-            .map_err(invalid)
     })?;
     let t = tables.clone();
     register::<api::flows::DumpFlows>(reg, move |r| {

@@ -11,35 +11,9 @@ pub mod memory;
 
 use crate::packet::PacketBuf;
 
-/// Link state as reported by the device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-pub struct LinkState {
-    /// Carrier up.
-    pub up: bool,
-    /// Speed in Mbit/s (0 when unknown).
-    pub speed_mbps: u32,
-    /// Full duplex.
-    pub full_duplex: bool,
-}
-
-/// Basic port counters, as the device reports them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-pub struct PortStats {
-    /// Packets received.
-    pub rx_packets: u64,
-    /// Bytes received.
-    pub rx_bytes: u64,
-    /// Packets dropped on receive (no buffer, queue full).
-    pub rx_dropped: u64,
-    /// Receive errors.
-    pub rx_errors: u64,
-    /// Packets sent.
-    pub tx_packets: u64,
-    /// Bytes sent.
-    pub tx_bytes: u64,
-    /// Transmit errors.
-    pub tx_errors: u64,
-}
+/// Link state and device counters are the control API's own types
+/// (`dump-ports` shows them as they are).
+pub use sluice_api::ports::{LinkState, PortCounters as PortStats};
 
 /// A source and sink of packet bursts.
 pub trait Port: Send {
