@@ -107,7 +107,21 @@ pub enum ParseErrorKind {
     /// The match misses a prerequisite.
     #[error("{0}")]
     Prereq(MatchError),
+    /// A match field or flow keyword given twice with different values.
+    #[error("conflicts with an earlier {0} in the same flow; give each field once")]
+    Conflict(String),
+    /// More actions than one flow may carry.
+    #[error("{count} actions in one list; at most {MAX_ACTIONS} are allowed (OVS caps an action list at 64 KiB)")]
+    TooManyActions {
+        /// How many were given.
+        count: usize,
+    },
 }
+
+/// Most actions one action list (a flow's, or a group bucket's) may hold:
+/// OVS caps an encoded action list at 64 KiB, 4096 of its 16-byte
+/// `output` actions.
+pub const MAX_ACTIONS: usize = 4096;
 
 /// A flow string error: the item, the reason and the 1-based column.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -499,6 +513,9 @@ fn parse_items(s: &str, allow_cookie_mask: bool) -> Result<(Parsed, ActionsPart<
     let mut cookie_mask = 0u64;
     let mut table = None;
     let mut field_toks: Vec<(Field, Tok<'_>)> = Vec::new();
+    // Keywords seen, with their value text: a keyword repeated with
+    // another value is refused rather than the last one silently winning.
+    let mut keywords: Vec<(&str, &str)> = Vec::new();
     for tok in split_top(mpart, 0) {
         let (name, value) = match tok.s.split_once('=') {
             Some((n, v)) => (n.trim(), Some(v.trim())),
@@ -509,6 +526,16 @@ fn parse_items(s: &str, allow_cookie_mask: bool) -> Result<(Parsed, ActionsPart<
                 .and_then(|v| parse_int(v, max))
                 .ok_or(tok.err(ParseErrorKind::InvalidNumber { max }))
         };
+        if let ("table" | "priority" | "idle_timeout" | "hard_timeout" | "cookie", Some(v)) =
+            (name, value)
+        {
+            match keywords.iter().find(|(n, _)| *n == name) {
+                Some((_, old)) if *old != v => {
+                    return Err(tok.err(ParseErrorKind::Conflict(format!("{name}={old}"))))
+                }
+                _ => keywords.push((name, v)),
+            }
+        }
         match (name, value) {
             ("table", Some(_)) => {
                 let t = num(254)? as u8;
@@ -542,15 +569,15 @@ fn parse_items(s: &str, allow_cookie_mask: bool) -> Result<(Parsed, ActionsPart<
                     .iter()
                     .find(|(n, _, _)| *n == name)
                     .ok_or(tok.err(ParseErrorKind::UnknownField))?;
-                spec.m.set_exact(Field::DlType, u128::from(*ty));
+                set_once(&mut spec.m, Field::DlType, u128::from(*ty), u128::MAX, tok)?;
                 if let Some(p) = proto {
-                    spec.m.set_exact(Field::NwProto, u128::from(*p));
+                    set_once(&mut spec.m, Field::NwProto, u128::from(*p), u128::MAX, tok)?;
                 }
             }
             (_, Some(v)) => {
                 let field = Field::from_name(name).ok_or(tok.err(ParseErrorKind::UnknownField))?;
                 let (val, mask) = parse_value(field, v).map_err(|k| tok.err(k))?;
-                spec.m.set(field, val, mask);
+                set_once(&mut spec.m, field, val, mask, tok)?;
                 field_toks.push((field, tok));
             }
         }
@@ -575,6 +602,26 @@ fn parse_items(s: &str, allow_cookie_mask: bool) -> Result<(Parsed, ActionsPart<
         },
         apart,
     ))
+}
+
+/// Sets `field` in `m` unless an earlier item set it to something else
+/// (`reg0=1,reg0=2`, `ip,arp`): the same value twice (`ip,dl_type=0x0800`)
+/// is fine.
+fn set_once(
+    m: &mut Match,
+    field: Field,
+    val: u128,
+    mask: u128,
+    tok: Tok<'_>,
+) -> Result<(), ParseError> {
+    let full = field.max_value();
+    let (mask, val) = (mask & full, val & mask & full);
+    let (old_val, old_mask) = m.get(field);
+    if old_mask != 0 && (old_val & old_mask, old_mask) != (val, mask) {
+        return Err(tok.err(ParseErrorKind::Conflict(field.name().to_string())));
+    }
+    m.set(field, val, mask);
+    Ok(())
 }
 
 /// Parses an `add-flow` string (also accepts `dump-flows` lines).
@@ -656,6 +703,9 @@ pub fn parse_actions(s: &str, off: usize) -> Result<Vec<Action>, ParseError> {
 }
 
 fn parse_action_toks(toks: &[Tok<'_>]) -> Result<Vec<Action>, ParseError> {
+    if toks.len() > MAX_ACTIONS {
+        return Err(toks[MAX_ACTIONS].err(ParseErrorKind::TooManyActions { count: toks.len() }));
+    }
     let mut out = Vec::with_capacity(toks.len());
     for &tok in toks {
         if tok.s.eq_ignore_ascii_case("drop") {
@@ -1466,6 +1516,58 @@ mod tests {
             " cookie=0x1f, duration=2.234s, table=3, n_packets=2, n_bytes=120, idle_timeout=10, idle_age=1, priority=100,ip,nw_dst=10.0.0.0/24 actions=output:2"
         );
         assert_eq!(parse_flow(&line).expect("dump line parses"), spec);
+    }
+
+    #[test]
+    fn contradictory_flows_are_refused_and_consistent_repeats_accepted() {
+        let e = parse_flow("reg0=1,reg0=2 actions=drop").expect_err("reg0 twice");
+        assert_eq!(e.kind, ParseErrorKind::Conflict("reg0".into()));
+        assert_eq!(e.column, 8, "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("reg0=2: conflicts with an earlier reg0"),
+            "{e}"
+        );
+        let e = parse_flow("ip,arp actions=drop").expect_err("two ethertypes");
+        assert_eq!(e.kind, ParseErrorKind::Conflict("dl_type".into()));
+        let e = parse_flow("ip,nw_dst=10.0.0.0/8,nw_dst=10.1.0.0/16 actions=drop")
+            .expect_err("two masks");
+        assert!(matches!(e.kind, ParseErrorKind::Conflict(_)), "{e}");
+        let e = parse_flow("priority=1,priority=2,ip actions=drop").expect_err("priority twice");
+        assert_eq!(e.kind, ParseErrorKind::Conflict("priority=1".into()));
+        let e = parse_flow("table=1,ip,table=2 actions=drop").expect_err("table twice");
+        assert_eq!(e.kind, ParseErrorKind::Conflict("table=1".into()));
+        // The same constraint twice is not a contradiction.
+        let f = parse_flow("ip,dl_type=0x0800,reg0=1,reg0=1,priority=5,priority=5 actions=drop")
+            .expect("consistent repeats");
+        assert_eq!(f.priority, 5);
+        assert!(f.m.is_exact(Field::DlType, 0x0800));
+        let f = parse_flow("tcp,ip actions=drop").expect("tcp implies ip");
+        assert!(f.m.is_exact(Field::NwProto, 6));
+    }
+
+    #[test]
+    fn action_lists_are_bounded() {
+        let many = |n: usize| {
+            (0..n)
+                .map(|i| format!("output:{}", i % 60 + 1))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let f = parse_flow(&format!("ip actions={}", many(MAX_ACTIONS))).expect("at the limit");
+        assert_eq!(f.actions.len(), MAX_ACTIONS);
+        let e = parse_flow(&format!("ip actions={}", many(20_001))).expect_err("over the limit");
+        assert_eq!(e.kind, ParseErrorKind::TooManyActions { count: 20_001 });
+        assert!(e.to_string().contains("at most 4096"), "{e}");
+        let e = parse_group(&format!(
+            "group_id=1,type=all,bucket={}",
+            many(MAX_ACTIONS + 1)
+        ))
+        .expect_err("a bucket over the limit");
+        assert!(
+            matches!(e.kind, ParseErrorKind::TooManyActions { .. }),
+            "{e}"
+        );
     }
 
     #[test]
