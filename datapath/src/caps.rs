@@ -94,15 +94,34 @@ pub fn required(cfg: &Config, hugepages: bool) -> BTreeMap<Cap, Vec<String>> {
     need
 }
 
+/// Why this process's capabilities cannot be read or lowered.
+#[derive(Debug, thiserror::Error)]
+pub enum CapsError {
+    /// `/proc/self/status` is unreadable.
+    #[error("cannot read /proc/self/status: {0}")]
+    Status(#[source] std::io::Error),
+    /// It has no `CapEff` line.
+    #[error("no CapEff line in /proc/self/status")]
+    NoCapEff,
+    /// Its `CapEff` is not hexadecimal.
+    #[error("bad CapEff value: {0}")]
+    BadCapEff(#[source] std::num::ParseIntError),
+    /// The kernel refused to report a capability set.
+    #[error("cannot read capabilities: {0}")]
+    Read(#[source] caps::errors::CapsError),
+    /// The kernel refused to lower a capability set.
+    #[error("cannot drop capabilities: {0}")]
+    Drop(#[source] caps::errors::CapsError),
+}
+
 /// The effective capability bits of this process, from /proc/self/status.
-pub fn effective() -> Result<u64, String> {
-    let status = std::fs::read_to_string("/proc/self/status")
-        .map_err(|e| format!("cannot read /proc/self/status: {e}"))?;
+pub fn effective() -> Result<u64, CapsError> {
+    let status = std::fs::read_to_string("/proc/self/status").map_err(CapsError::Status)?;
     let hex = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
-        .ok_or("no CapEff line in /proc/self/status")?;
-    u64::from_str_radix(hex.trim(), 16).map_err(|e| format!("bad CapEff value: {e}"))
+        .ok_or(CapsError::NoCapEff)?;
+    u64::from_str_radix(hex.trim(), 16).map_err(CapsError::BadCapEff)
 }
 
 /// The one-line report of missing capabilities, or `None` when all are
@@ -124,18 +143,16 @@ pub fn missing(need: &BTreeMap<Cap, Vec<String>>, effective: u64) -> Option<Stri
 /// Clears every capability not in `keep` from the effective, permitted and
 /// inheritable sets of the calling thread, so that threads spawned later
 /// inherit only `keep`. Call from the main thread before spawning.
-pub fn drop_all_except(keep: &[Cap]) -> Result<(), String> {
+pub fn drop_all_except(keep: &[Cap]) -> Result<(), CapsError> {
     let keep: caps::CapsHashSet = keep.iter().map(|c| c.to_caps()).collect();
     for set in [caps::CapSet::Effective, caps::CapSet::Inheritable] {
-        let cur = caps::read(None, set).map_err(|e| format!("cannot read capabilities: {e}"))?;
+        let cur = caps::read(None, set).map_err(CapsError::Read)?;
         let new: caps::CapsHashSet = cur.intersection(&keep).copied().collect();
-        caps::set(None, set, &new).map_err(|e| format!("cannot drop capabilities: {e}"))?;
+        caps::set(None, set, &new).map_err(CapsError::Drop)?;
     }
-    let cur = caps::read(None, caps::CapSet::Permitted)
-        .map_err(|e| format!("cannot read capabilities: {e}"))?;
+    let cur = caps::read(None, caps::CapSet::Permitted).map_err(CapsError::Read)?;
     let new: caps::CapsHashSet = cur.intersection(&keep).copied().collect();
-    caps::set(None, caps::CapSet::Permitted, &new)
-        .map_err(|e| format!("cannot drop capabilities: {e}"))
+    caps::set(None, caps::CapSet::Permitted, &new).map_err(CapsError::Drop)
 }
 
 #[cfg(test)]

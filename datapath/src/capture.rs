@@ -28,6 +28,49 @@ use crossbeam::queue::ArrayQueue;
 use crate::packet::{PacketBuf, PortNo};
 use crate::time::Nanos;
 
+/// Why a capture could not start, stop or complete its file.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// Another capture is running.
+    #[error("a capture into {} is already running; stop it with capture-stop", .0.display())]
+    Running(PathBuf),
+    /// The file name is relative.
+    #[error("capture file '{}' must be an absolute path", .0.display())]
+    Relative(PathBuf),
+    /// The file cannot be created.
+    #[error("cannot create {}: {source}", path.display())]
+    Create {
+        /// The capture file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Writing the file failed.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The capture file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The writer thread cannot be started.
+    #[error("cannot start the capture writer: {0}")]
+    Thread(#[source] std::io::Error),
+    /// `capture-stop` without a capture.
+    #[error("no capture is running")]
+    NotRunning,
+    /// The writer thread panicked.
+    #[error("the capture writer panicked")]
+    Panicked,
+}
+
+/// The control registry's handlers answer with text.
+impl From<CaptureError> for String {
+    fn from(e: CaptureError) -> String {
+        e.to_string()
+    }
+}
+
 /// Bytes kept of each frame.
 pub const SNAPLEN: usize = 2048;
 /// Slots in the pool.
@@ -60,7 +103,7 @@ pub struct CaptureStatus {
 struct Running {
     file: PathBuf,
     stop: Arc<AtomicBool>,
-    writer: JoinHandle<Result<(), String>>,
+    writer: JoinHandle<Result<(), CaptureError>>,
 }
 
 /// The capture tap shared by all PMDs and the control socket.
@@ -154,27 +197,23 @@ impl Capture {
         file: &Path,
         count: Option<u64>,
         now: Nanos,
-    ) -> Result<(), String> {
+    ) -> Result<(), CaptureError> {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = running.as_ref() {
             if !r.writer.is_finished() {
-                return Err(format!(
-                    "a capture into {} is already running; stop it with capture-stop",
-                    r.file.display()
-                ));
+                return Err(CaptureError::Running(r.file.clone()));
             }
         }
         if let Some(r) = running.take() {
             let _ = r.writer.join();
         }
         if !file.is_absolute() {
-            return Err(format!(
-                "capture file '{}' must be an absolute path",
-                file.display()
-            ));
+            return Err(CaptureError::Relative(file.to_path_buf()));
         }
-        let out =
-            File::create(file).map_err(|e| format!("cannot create {}: {e}", file.display()))?;
+        let out = File::create(file).map_err(|source| CaptureError::Create {
+            path: file.to_path_buf(),
+            source,
+        })?;
         let mut out = BufWriter::new(out);
         // Classic pcap, nanosecond timestamps, Ethernet.
         let mut hdr = Vec::with_capacity(24);
@@ -185,8 +224,10 @@ impl Capture {
         hdr.extend_from_slice(&0u32.to_le_bytes());
         hdr.extend_from_slice(&(SNAPLEN as u32).to_le_bytes());
         hdr.extend_from_slice(&1u32.to_le_bytes());
-        out.write_all(&hdr)
-            .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        out.write_all(&hdr).map_err(|source| CaptureError::Write {
+            path: file.to_path_buf(),
+            source,
+        })?;
         // Fill the pool once per capture.
         while self.free.pop().is_some() {}
         while self.full.pop().is_some() {}
@@ -214,7 +255,10 @@ impl Capture {
         let writer = std::thread::Builder::new()
             .name("capture".into())
             .spawn(move || {
-                let werr = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+                let werr = |source: std::io::Error| CaptureError::Write {
+                    path: path.clone(),
+                    source,
+                };
                 loop {
                     let mut did = false;
                     while let Some(slot) = full.pop() {
@@ -241,7 +285,7 @@ impl Capture {
                 }
                 out.flush().map_err(werr)
             })
-            .map_err(|e| format!("cannot start the capture writer: {e}"))?;
+            .map_err(CaptureError::Thread)?;
         *running = Some(Running {
             file: file.to_path_buf(),
             stop,
@@ -253,17 +297,14 @@ impl Capture {
 
     /// Stops the running capture, waits for the file to be complete, and
     /// returns the final status.
-    pub fn stop(&self) -> Result<CaptureStatus, String> {
+    pub fn stop(&self) -> Result<CaptureStatus, CaptureError> {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        let r = running.take().ok_or("no capture is running")?;
+        let r = running.take().ok_or(CaptureError::NotRunning)?;
         let port = self.port.swap(NO_PORT, Ordering::AcqRel);
         self.remaining.store(0, Ordering::Relaxed);
         r.stop.store(true, Ordering::Relaxed);
         r.writer.thread().unpark();
-        let result = r
-            .writer
-            .join()
-            .map_err(|_| "the capture writer panicked".to_string())?;
+        let result = r.writer.join().map_err(|_| CaptureError::Panicked)?;
         let st = CaptureStatus {
             port: (port != NO_PORT).then_some(port as u16),
             file: Some(r.file),
@@ -362,16 +403,17 @@ mod tests {
     #[test]
     fn errors_are_sentences() {
         let cap = Capture::new();
-        assert_eq!(cap.stop().unwrap_err(), "no capture is running");
+        assert_eq!(cap.stop().unwrap_err().to_string(), "no capture is running");
         let e = cap
             .start(PortNo(0), Path::new("rel.pcap"), None, 0)
             .unwrap_err();
-        assert!(e.contains("must be an absolute path"), "{e}");
+        assert!(e.to_string().contains("must be an absolute path"), "{e}");
         let e = cap
             .start(PortNo(0), Path::new("/nonexistent-dir/x.pcap"), None, 0)
             .unwrap_err();
         assert!(
-            e.starts_with("cannot create /nonexistent-dir/x.pcap"),
+            e.to_string()
+                .starts_with("cannot create /nonexistent-dir/x.pcap"),
             "{e}"
         );
     }

@@ -135,6 +135,24 @@ impl PipelineKind {
     }
 }
 
+/// The configuration does not fit this machine.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum HostCheckError {
+    /// `[coe] node_type` is not bare metal.
+    #[error("node_type is '{0}': sluiced replaces kernel Open vSwitch only on BAREMETAL nodes ([coe] node_type = BAREMETAL)")]
+    NotBaremetal(String),
+    /// A configured core is not usable.
+    #[error(
+        "core {core} does not exist or is not allowed for this process (usable cores: {usable})"
+    )]
+    NoSuchCore {
+        /// The configured core.
+        core: usize,
+        /// The usable cores, as a list or range.
+        usable: String,
+    },
+}
+
 /// One `[port:NAME]` section.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PortConfig {
@@ -555,19 +573,16 @@ impl Config {
     }
 
     /// Refuses to run on a node that is not bare metal.
-    pub fn check_node_type(&self) -> Result<(), String> {
+    pub fn check_node_type(&self) -> Result<(), HostCheckError> {
         if self.node_type.eq_ignore_ascii_case("BAREMETAL") {
             Ok(())
         } else {
-            Err(format!(
-                "node_type is '{}': sluiced replaces kernel Open vSwitch only on BAREMETAL nodes ([coe] node_type = BAREMETAL)",
-                self.node_type
-            ))
+            Err(HostCheckError::NotBaremetal(self.node_type.clone()))
         }
     }
 
     /// Checks that every configured core exists on this machine.
-    pub fn check_cores(&self, available: &[usize]) -> Result<(), String> {
+    pub fn check_cores(&self, available: &[usize]) -> Result<(), HostCheckError> {
         let describe = || {
             let mut v = available.to_vec();
             v.sort_unstable();
@@ -582,10 +597,10 @@ impl Config {
         };
         for &c in self.datapath.cores.iter().chain([&self.datapath.main_core]) {
             if !available.contains(&c) {
-                return Err(format!(
-                    "core {c} does not exist or is not allowed for this process (usable cores: {})",
-                    describe()
-                ));
+                return Err(HostCheckError::NoSuchCore {
+                    core: c,
+                    usable: describe(),
+                });
             }
         }
         Ok(())
@@ -674,7 +689,7 @@ devargs = net_tap0,iface=p1
         let text = GOOD.replace("'BAREMETAL'", "'HOSTVM'");
         let c = Config::parse(&text, "x.ini").unwrap();
         let e = c.check_node_type().unwrap_err();
-        assert!(e.starts_with("node_type is 'HOSTVM'"), "{e}");
+        assert!(e.to_string().starts_with("node_type is 'HOSTVM'"), "{e}");
     }
 
     #[test]
@@ -762,7 +777,7 @@ devargs = net_tap0,iface=p1
             .check_cores(&[0, 1])
             .unwrap_err();
         assert_eq!(
-            e,
+            e.to_string(),
             "core 7 does not exist or is not allowed for this process (usable cores: 0-1)"
         );
     }

@@ -88,6 +88,35 @@ impl PmdStats {
     }
 }
 
+/// Why a PMD thread failed, or did not answer the control thread.
+#[derive(Debug, thiserror::Error)]
+pub enum PmdError {
+    /// [`Mailbox::ask`] timed out.
+    #[error("the PMD thread did not answer in time (is it stuck or stopped?)")]
+    NoAnswer,
+    /// The thread could not be pinned to its core.
+    #[error("PMD {index}: cannot pin to core {core}")]
+    Pin {
+        /// PMD index.
+        index: usize,
+        /// The configured core.
+        core: usize,
+    },
+    /// The thread's `init` (DPDK thread registration) failed.
+    #[error(transparent)]
+    Init(Box<dyn std::error::Error + Send + Sync>),
+    /// The thread panicked.
+    #[error("PMD thread {0} panicked")]
+    Panicked(usize),
+}
+
+/// The control registry's handlers answer with text.
+impl From<PmdError> for String {
+    fn from(e: PmdError) -> String {
+        e.to_string()
+    }
+}
+
 /// What one PMD thread serves.
 #[derive(Debug, Clone, Default)]
 pub struct PmdSpec {
@@ -116,7 +145,7 @@ pub struct Mailbox {
 
 impl Mailbox {
     /// Asks the PMD and waits at most `timeout` for its answer.
-    pub fn ask(&self, timeout: std::time::Duration) -> Result<String, String> {
+    pub fn ask(&self, timeout: std::time::Duration) -> Result<String, PmdError> {
         let mut ans = self.answer.lock().unwrap_or_else(|e| e.into_inner());
         *ans = None;
         self.requested.store(true, Ordering::Release);
@@ -125,9 +154,7 @@ impl Mailbox {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 self.requested.store(false, Ordering::Relaxed);
-                return Err(
-                    "the PMD thread did not answer in time (is it stuck or stopped?)".into(),
-                );
+                return Err(PmdError::NoAnswer);
             }
             ans = self
                 .ready
@@ -152,17 +179,17 @@ impl Mailbox {
 /// A running PMD thread.
 #[derive(Debug)]
 pub struct PmdThread {
-    join: Option<JoinHandle<Result<(), String>>>,
+    join: Option<JoinHandle<Result<(), PmdError>>>,
     /// Its counters.
     pub stats: Arc<PmdStats>,
 }
 
 impl PmdThread {
     /// Waits for the thread to finish (after the stop flag is set).
-    pub fn join(mut self) -> Result<(), String> {
+    pub fn join(mut self) -> Result<(), PmdError> {
         match self.join.take().map(JoinHandle::join) {
             Some(Ok(r)) => r,
-            Some(Err(_)) => Err(format!("PMD thread {} panicked", self.stats.index)),
+            Some(Err(_)) => Err(PmdError::Panicked(self.stats.index)),
             None => Ok(()),
         }
     }
@@ -173,16 +200,17 @@ impl PmdThread {
 /// `ports` is indexed by port number (`None` for unused numbers); each PMD
 /// gets its own handles. `init` runs first on the new thread (DPDK thread
 /// registration) and its guard lives as long as the loop.
-pub fn spawn<P, L, G>(
+pub fn spawn<P, L, G, E>(
     spec: PmdSpec,
     mut ports: Vec<Option<P>>,
     mut pipeline: L,
     stop: Arc<AtomicBool>,
-    init: impl FnOnce() -> Result<G, String> + Send + 'static,
+    init: impl FnOnce() -> Result<G, E> + Send + 'static,
 ) -> std::io::Result<PmdThread>
 where
     P: Port + 'static,
     L: Pipeline<P::Buf> + 'static,
+    E: std::error::Error + Send + Sync + 'static,
 {
     let stats = Arc::new(PmdStats {
         index: spec.index,
@@ -195,10 +223,13 @@ where
         .spawn(move || {
             if let Some(core) = spec.core {
                 if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-                    return Err(format!("PMD {}: cannot pin to core {core}", spec.index));
+                    return Err(PmdError::Pin {
+                        index: spec.index,
+                        core,
+                    });
                 }
             }
-            let _guard = init()?;
+            let _guard = init().map_err(|e| PmdError::Init(Box::new(e)))?;
             let txq = spec.index as u16;
             let mut out = Output::new(ports.len());
             out.drops = st.drops.clone();
@@ -349,7 +380,7 @@ mod tests {
             vec![Some(p0), Some(p1)],
             pipeline,
             stop.clone(),
-            || Ok(()),
+            || Ok::<(), std::convert::Infallible>(()),
         )
         .unwrap();
         let a = [2, 0, 0, 0, 0, 0xa];

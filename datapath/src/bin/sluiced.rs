@@ -21,9 +21,53 @@ use clap::{Parser, ValueEnum};
 use serde_json::json;
 
 use sluice_datapath::caps;
-use sluice_datapath::config::{parse_cpu_list, Config};
-use sluice_datapath::daemon::{self, Daemon};
+use sluice_datapath::config::{parse_cpu_list, Config, ConfigError, HostCheckError};
+use sluice_datapath::daemon::{self, Daemon, DaemonError};
 use sluice_datapath::dpdk::eal;
+
+/// Why `sluiced` exits with an error: the line after `sluiced: error:`.
+#[derive(Debug, thiserror::Error)]
+enum SluicedError {
+    /// `--log` does not parse.
+    #[error("invalid --log filter '{filter}': {source}")]
+    LogFilter {
+        filter: String,
+        source: tracing_subscriber::filter::ParseError,
+    },
+    /// The configuration file.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `--cores`.
+    #[error("--cores: {0}")]
+    Cores(String),
+    /// `--hugepages`.
+    #[error("--hugepages: {0}")]
+    Hugepages(String),
+    /// The configuration does not fit this machine.
+    #[error(transparent)]
+    Host(#[from] HostCheckError),
+    /// No port is configured.
+    #[error("config {0}: no [port:NAME] section: sluiced needs at least one port")]
+    NoPorts(String),
+    /// The EAL arguments (`--check-config`).
+    #[error(transparent)]
+    Eal(#[from] eal::EalError),
+    /// Reading the capabilities (`--check-config`).
+    #[error(transparent)]
+    Caps(#[from] caps::CapsError),
+    /// Missing capabilities (`--check-config`).
+    #[error("{0}")]
+    MissingCaps(String),
+    /// The signal handling thread.
+    #[error("cannot {what}: {source}")]
+    Signals {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    /// Starting or stopping the datapath.
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+}
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -66,9 +110,13 @@ struct Args {
     log: String,
 }
 
-fn init_logging(args: &Args) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
-        .map_err(|e| format!("invalid --log filter '{}': {e}", args.log))?;
+fn init_logging(args: &Args) -> Result<(), SluicedError> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log).map_err(|source| {
+        SluicedError::LogFilter {
+            filter: args.log.clone(),
+            source,
+        }
+    })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -79,10 +127,10 @@ fn init_logging(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-fn load_config(args: &Args) -> Result<Config, String> {
-    let mut cfg = Config::load(&args.config).map_err(|e| e.to_string())?;
+fn load_config(args: &Args) -> Result<Config, SluicedError> {
+    let mut cfg = Config::load(&args.config)?;
     if let Some(c) = &args.cores {
-        cfg.datapath.cores = parse_cpu_list(c).map_err(|e| format!("--cores: {e}"))?;
+        cfg.datapath.cores = parse_cpu_list(c).map_err(SluicedError::Cores)?;
     }
     if let Some(p) = &args.file_prefix {
         cfg.datapath.file_prefix = p.clone();
@@ -90,7 +138,7 @@ fn load_config(args: &Args) -> Result<Config, String> {
     if let Some(h) = &args.hugepages {
         cfg.datapath.hugepages = h
             .parse::<eal::HugepageMode>()
-            .map_err(|e| format!("--hugepages: {e}"))?;
+            .map_err(SluicedError::Hugepages)?;
     }
     if let Some(s) = &args.ctl_socket {
         cfg.datapath.ctl_socket = s.clone();
@@ -103,22 +151,19 @@ fn load_config(args: &Args) -> Result<Config, String> {
         .collect();
     cfg.check_cores(&available)?;
     if cfg.ports.is_empty() {
-        return Err(format!(
-            "config {}: no [port:NAME] section: sluiced needs at least one port",
-            args.config.display()
-        ));
+        return Err(SluicedError::NoPorts(args.config.display().to_string()));
     }
     Ok(cfg)
 }
 
-fn run(args: &Args) -> Result<(), String> {
+fn run(args: &Args) -> Result<(), SluicedError> {
     let cfg = load_config(args)?;
     if args.check_config {
-        let ecfg = daemon::eal_config(&cfg)?;
-        let (eal_args, huge) = eal::Eal::args_for(&ecfg).map_err(|e| e.to_string())?;
+        let ecfg = daemon::eal_config(&cfg);
+        let (eal_args, huge) = eal::Eal::args_for(&ecfg)?;
         let need = caps::required(&cfg, huge);
         if let Some(line) = caps::missing(&need, caps::effective()?) {
-            return Err(line);
+            return Err(SluicedError::MissingCaps(line));
         }
         println!(
             "{}",
@@ -133,7 +178,10 @@ fn run(args: &Args) -> Result<(), String> {
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
     ])
-    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    .map_err(|source| SluicedError::Signals {
+        what: "install signal handlers",
+        source,
+    })?;
     let sig_tx = wake_tx.clone();
     std::thread::Builder::new()
         .name("signals".into())
@@ -146,7 +194,10 @@ fn run(args: &Args) -> Result<(), String> {
                 });
             }
         })
-        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+        .map_err(|source| SluicedError::Signals {
+            what: "start the signal thread",
+            source,
+        })?;
     let daemon = Daemon::start(&cfg, move || {
         let _ = wake_tx.try_send("exit command");
     })?;

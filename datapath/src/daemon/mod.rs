@@ -44,14 +44,79 @@ use commands::{PmdView, PortView};
 pub const DEFAULT_FLOW: &str = "table=0,priority=0 actions=normal";
 
 /// The EAL configuration of a daemon configuration.
-pub fn eal_config(cfg: &Config) -> Result<eal::EalConfig, String> {
-    Ok(eal::EalConfig {
+pub fn eal_config(cfg: &Config) -> eal::EalConfig {
+    eal::EalConfig {
         file_prefix: cfg.datapath.file_prefix.clone(),
         hugepages: cfg.datapath.hugepages,
         no_huge_memory_mb: cfg.datapath.no_huge_memory_mb,
         main_core: cfg.datapath.main_core,
         extra_args: cfg.datapath.eal_args.clone(),
-    })
+    }
+}
+
+/// Why the daemon could not start or stop cleanly. Each variant's text is
+/// the sentence `sluiced` prints after `sluiced: error:`.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The EAL refused its arguments or failed to initialise.
+    #[error(transparent)]
+    Eal(#[from] eal::EalError),
+    /// The process's capabilities cannot be read or lowered.
+    #[error(transparent)]
+    Caps(#[from] caps::CapsError),
+    /// Capabilities the configuration needs are missing (one line naming
+    /// them and what each is for).
+    #[error("{0}")]
+    MissingCaps(String),
+    /// The mbuf pool cannot be created.
+    #[error(transparent)]
+    Mempool(#[from] mempool::MempoolError),
+    /// A port cannot be opened or started.
+    #[error(transparent)]
+    Port(#[from] ethdev::EthdevError),
+    /// The control socket cannot be served.
+    #[error(transparent)]
+    Ctl(#[from] crate::ctl::CtlError),
+    /// The flow program refused its first flow.
+    #[error("cannot install the default flow: {0}")]
+    DefaultFlow(#[source] crate::flow::tables::FlowTablesError),
+    /// No mbuf is left for a PMD's local-stack allocator.
+    #[error("the mbuf pool is exhausted at start: raise [datapath] mbufs")]
+    PoolExhausted,
+    /// The local stack of PMD 0 cannot be built.
+    #[error(transparent)]
+    Stack(#[from] crate::stack::StackError),
+    /// The OS refused a thread.
+    #[error("cannot start {what}: {source}")]
+    Thread {
+        /// Which thread.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A control command name is taken twice.
+    #[error("cannot register commands: {0}")]
+    Register(#[source] crate::ctl::RegistryError),
+    /// `host_port` names a port that is not usable as one.
+    #[error("[datapath] host_port: the {what} port '{name}' must be a [port:{name}] section whose devargs name its kernel interface (iface=...)")]
+    HostPort {
+        /// "uplink" or "host".
+        what: &'static str,
+        /// The configured port name.
+        name: String,
+    },
+    /// `host_port` without an uplink to take the addresses from.
+    #[error("[datapath] host_port needs [nsx_node_agent] ovs_uplink_port (where the node's addresses are now)")]
+    HostPortNoUplink,
+    /// Moving the node's addresses failed.
+    #[error(transparent)]
+    HostPath(#[from] crate::hostpath::HostPathError),
+    /// The EAL is gone (a stage ran after teardown).
+    #[error("EAL not running")]
+    NoEal,
+    /// PMD threads failed while stopping.
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Pmds(Vec<crate::pmd::PmdError>),
 }
 
 /// Stage: the capabilities this configuration needs, or the one line
@@ -59,19 +124,19 @@ pub fn eal_config(cfg: &Config) -> Result<eal::EalConfig, String> {
 fn check_capabilities(
     cfg: &Config,
     ecfg: &eal::EalConfig,
-) -> Result<BTreeMap<caps::Cap, Vec<String>>, String> {
-    let (_, hugepages) = eal::Eal::args_for(ecfg).map_err(|e| e.to_string())?;
+) -> Result<BTreeMap<caps::Cap, Vec<String>>, DaemonError> {
+    let (_, hugepages) = eal::Eal::args_for(ecfg)?;
     let need = caps::required(cfg, hugepages);
     if let Some(line) = caps::missing(&need, caps::effective()?) {
-        return Err(line);
+        return Err(DaemonError::MissingCaps(line));
     }
     Ok(need)
 }
 
 /// Stage: the DPDK EAL, and how long its initialisation took (ms).
-fn init_eal(ecfg: &eal::EalConfig) -> Result<(eal::Eal, f64), String> {
+fn init_eal(ecfg: &eal::EalConfig) -> Result<(eal::Eal, f64), DaemonError> {
     let t0 = Instant::now();
-    let eal = eal::Eal::init(ecfg).map_err(|e| e.to_string())?;
+    let eal = eal::Eal::init(ecfg)?;
     let eal_ms = t0.elapsed().as_secs_f64() * 1e3;
     tracing::info!(
         hugepages = eal.hugepages,
@@ -96,11 +161,11 @@ fn keep_capabilities(need: &BTreeMap<caps::Cap, Vec<String>>) {
 
 /// Stage: the flow program when the flow pipeline runs, holding
 /// [`DEFAULT_FLOW`].
-fn flow_tables(cfg: &Config) -> Result<Option<FlowTables>, String> {
+fn flow_tables(cfg: &Config) -> Result<Option<FlowTables>, DaemonError> {
     let flows = (cfg.datapath.pipeline == PipelineKind::Flow).then(FlowTables::new);
     if let Some(t) = &flows {
         t.add_flow(DEFAULT_FLOW, clock_ns())
-            .map_err(|e| format!("cannot install the default flow: {e}"))?;
+            .map_err(DaemonError::DefaultFlow)?;
     }
     Ok(flows)
 }
@@ -146,8 +211,8 @@ impl Daemon {
     pub fn start(
         cfg: &Config,
         on_exit: impl Fn() + Send + Sync + 'static,
-    ) -> Result<Daemon, String> {
-        let ecfg = eal_config(cfg)?;
+    ) -> Result<Daemon, DaemonError> {
+        let ecfg = eal_config(cfg);
         let need = check_capabilities(cfg, &ecfg)?;
         let (eal, eal_ms) = init_eal(&ecfg)?;
         let mut d = Daemon {
@@ -173,7 +238,7 @@ impl Daemon {
         need: BTreeMap<caps::Cap, Vec<String>>,
         eal_ms: f64,
         on_exit: impl Fn() + Send + Sync + 'static,
-    ) -> Result<(), String> {
+    ) -> Result<(), DaemonError> {
         self.open_ports(cfg)?;
         keep_capabilities(&need);
         let registry = self.start_control(cfg, on_exit)?;
@@ -208,13 +273,12 @@ impl Daemon {
     }
 
     /// Stage: the mbuf pool and every configured port, started.
-    fn open_ports(&mut self, cfg: &Config) -> Result<(), String> {
+    fn open_ports(&mut self, cfg: &Config) -> Result<(), DaemonError> {
         let n_pmds = cfg.datapath.cores.len();
         // Memzone names live in the process's own file prefix, and DPDK
         // caps them at 25 characters: a fixed name, not one built from a
         // prefix of any length.
-        let pool = mempool::Mempool::new("sluiced_mbufs", cfg.datapath.mbufs, 256)
-            .map_err(|e| e.to_string())?;
+        let pool = mempool::Mempool::new("sluiced_mbufs", cfg.datapath.mbufs, 256)?;
         for p in &cfg.ports {
             let dev = ethdev::Ethdev::open(
                 &ethdev::EthdevConfig {
@@ -226,8 +290,7 @@ impl Daemon {
                     tx_desc: 1024,
                 },
                 &pool,
-            )
-            .map_err(|e| e.to_string())?;
+            )?;
             tracing::info!(
                 port = %p.name,
                 ofport = p.ofport,
@@ -247,7 +310,7 @@ impl Daemon {
         &mut self,
         cfg: &Config,
         on_exit: impl Fn() + Send + Sync + 'static,
-    ) -> Result<Registry, String> {
+    ) -> Result<Registry, DaemonError> {
         let registry = Registry::new();
         crate::ctl::typed::register_builtins(&registry)
             .map_err(|e| format!("cannot register commands: {e}"))?;
@@ -255,8 +318,7 @@ impl Daemon {
             ServerConfig::with_path(&cfg.datapath.ctl_socket),
             registry.clone(),
             on_exit,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         self.ctl = Some(ctl);
         Ok(registry)
     }
@@ -345,7 +407,7 @@ impl Daemon {
         specs: Vec<PmdSpec>,
         flows: Option<&FlowTables>,
         features: &mut Features,
-    ) -> Result<Vec<PmdView>, String> {
+    ) -> Result<Vec<PmdView>, DaemonError> {
         let ofports: Vec<PortNo> = self.ports.iter().map(|(p, _)| PortNo(p.ofport)).collect();
         let max_ofport = self.ports.iter().map(|(p, _)| p.ofport).max().unwrap_or(0) as usize;
         let mut views = Vec::new();
@@ -378,7 +440,7 @@ impl Daemon {
                         .pool
                         .as_ref()
                         .and_then(|p| p.alloc())
-                        .ok_or("the mbuf pool is exhausted at start: raise [datapath] mbufs")?;
+                        .ok_or(DaemonError::PoolExhausted)?;
                     let pl = features.overlay.wrap(
                         spec.index,
                         pl,
@@ -408,7 +470,10 @@ impl Daemon {
                     })
                 }
             }
-            .map_err(|e| format!("cannot start PMD thread: {e}"))?;
+            .map_err(|source| DaemonError::Thread {
+                what: "PMD thread",
+                source,
+            })?;
             self.pmds.push(t);
         }
         Ok(views)
@@ -426,8 +491,8 @@ impl Daemon {
         capture: Arc<Capture>,
         flows: Option<&FlowTables>,
         features: Features,
-    ) -> Result<(), String> {
-        let reg_err = |e: crate::ctl::RegistryError| format!("cannot register commands: {e}");
+    ) -> Result<(), DaemonError> {
+        let reg_err = DaemonError::Register;
         commands::register_pmd(registry, views).map_err(reg_err)?;
         commands::register_cache_dump(registry, mailboxes).map_err(reg_err)?;
         commands::register_rxqs(registry, rxqs).map_err(reg_err)?;
@@ -477,7 +542,7 @@ impl Daemon {
 
     /// Stage: the thread that expires flows whose idle or hard timeout
     /// passed, about once a second.
-    fn start_revalidator(&mut self, tables: &FlowTables) -> Result<(), String> {
+    fn start_revalidator(&mut self, tables: &FlowTables) -> Result<(), DaemonError> {
         let (t, stop) = (tables.clone(), self.stop.clone());
         let h = std::thread::Builder::new()
             .name("revalidator".into())
@@ -490,14 +555,17 @@ impl Daemon {
                     }
                 }
             })
-            .map_err(|e| format!("cannot start the revalidator thread: {e}"))?;
+            .map_err(|source| DaemonError::Thread {
+                what: "the revalidator thread",
+                source,
+            })?;
         self.revalidator = Some(h);
         Ok(())
     }
 
     /// The "ready" event printed on stdout.
-    fn ready_event(&self, cfg: &Config, eal_ms: f64) -> Result<Value, String> {
-        let eal = self.eal.as_ref().ok_or("EAL not running")?;
+    fn ready_event(&self, cfg: &Config, eal_ms: f64) -> Result<Value, DaemonError> {
+        let eal = self.eal.as_ref().ok_or(DaemonError::NoEal)?;
         Ok(json!({
             "event": "ready",
             "eal_init_ms": (eal_ms * 10.0).round() / 10.0,
@@ -514,7 +582,7 @@ impl Daemon {
 
     /// Stops forwarding and tears everything down; returns the "stopped"
     /// event with final counters.
-    pub fn shutdown(mut self) -> Result<Value, String> {
+    pub fn shutdown(mut self) -> Result<Value, DaemonError> {
         // First: give the node's addresses back to the uplink.
         if let Some(h) = self.hostpath.take() {
             if let Err(e) = h.detach() {
@@ -551,7 +619,7 @@ impl Daemon {
         if errors.is_empty() {
             Ok(json!({"event": "stopped", "pmds": pmd_stats, "ports": ports}))
         } else {
-            Err(errors.join("; "))
+            Err(DaemonError::Pmds(errors))
         }
     }
 
@@ -585,30 +653,33 @@ impl Drop for Daemon {
 /// port's. Called by the daemon once the PMDs forward.
 ///
 /// # Errors
-/// A sentence when the ports are not configured as needed or a move failed.
+/// [`DaemonError::HostPort`], [`DaemonError::HostPortNoUplink`] when the
+/// ports are not configured as needed, [`DaemonError::HostPath`] when a move
+/// failed.
 fn attach_host_path(
     cfg: &crate::config::Config,
-) -> Result<Option<crate::hostpath::HostPath>, String> {
+) -> Result<Option<crate::hostpath::HostPath>, DaemonError> {
     use crate::hostpath::{devargs_iface, HostPath, HostPathConfig};
     let Some(host) = &cfg.datapath.overlay.host_port else {
         return Ok(None);
     };
-    let port = |name: &str, what: &str| {
+    let port = |name: &str, what: &'static str| {
         cfg.ports
             .iter()
             .find(|p| p.name == name)
             .and_then(|p| devargs_iface(&p.devargs).map(str::to_string))
-            .ok_or_else(|| {
-                format!("[datapath] host_port: the {what} port '{name}' must be a [port:{name}] section whose devargs name its kernel interface (iface=...)")
+            .ok_or_else(|| DaemonError::HostPort {
+                what,
+                name: name.to_string(),
             })
     };
-    let uplink = cfg.uplink_port.as_deref().ok_or(
-        "[datapath] host_port needs [nsx_node_agent] ovs_uplink_port (where the node's addresses are now)",
-    )?;
+    let uplink = cfg
+        .uplink_port
+        .as_deref()
+        .ok_or(DaemonError::HostPortNoUplink)?;
     let hp = HostPath::attach(HostPathConfig {
         uplink_if: port(uplink, "uplink")?,
         host_if: port(host, "host")?,
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     Ok(Some(hp))
 }

@@ -62,7 +62,7 @@ pub enum EalError {
     AlreadyInitialized,
     /// Hugepages were required but are not usable.
     #[error("hugepages are required (hugepages = required) but {0}")]
-    NoHugepages(String),
+    NoHugepages(HugepagesUnavailable),
     /// Another primary process holds the file prefix.
     #[error("another DPDK process already uses file prefix '{prefix}' (stop it or choose another file_prefix)")]
     PrefixInUse {
@@ -89,27 +89,38 @@ enum State {
 
 static STATE: Mutex<State> = Mutex::new(State::Fresh);
 
+/// Why hugepages cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HugepagesUnavailable {
+    /// `/proc/meminfo` is unreadable.
+    #[error("/proc/meminfo cannot be read ({0})")]
+    Meminfo(String),
+    /// None is free.
+    #[error("no hugepages are free (HugePages_Free is 0 in /proc/meminfo; reserve some with `echo 1024 > /proc/sys/vm/nr_hugepages`)")]
+    NoneFree,
+    /// No hugetlbfs mount.
+    #[error("no hugetlbfs is mounted (mount one with `mount -t hugetlbfs nodev /dev/hugepages`)")]
+    NotMounted,
+}
+
 /// Free hugepages and whether a hugetlbfs is mounted, or why not usable.
-pub fn hugepages_available() -> Result<u64, String> {
+pub fn hugepages_available() -> Result<u64, HugepagesUnavailable> {
     let meminfo = std::fs::read_to_string("/proc/meminfo")
-        .map_err(|e| format!("/proc/meminfo cannot be read ({e})"))?;
+        .map_err(|e| HugepagesUnavailable::Meminfo(e.to_string()))?;
     let free = meminfo
         .lines()
         .find_map(|l| l.strip_prefix("HugePages_Free:"))
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(0);
     if free == 0 {
-        return Err("no hugepages are free (HugePages_Free is 0 in /proc/meminfo; reserve some with `echo 1024 > /proc/sys/vm/nr_hugepages`)".into());
+        return Err(HugepagesUnavailable::NoneFree);
     }
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     if !mounts
         .lines()
         .any(|l| l.split_whitespace().nth(2) == Some("hugetlbfs"))
     {
-        return Err(
-            "no hugetlbfs is mounted (mount one with `mount -t hugetlbfs nodev /dev/hugepages`)"
-                .into(),
-        );
+        return Err(HugepagesUnavailable::NotMounted);
     }
     Ok(free)
 }

@@ -52,19 +52,21 @@ pub fn version() -> String {
 /// Registers the calling (non-EAL) thread with DPDK so that it gets an
 /// lcore id and its own mempool cache. Call once at the start of every PMD
 /// thread spawned after EAL init; the guard unregisters on drop.
-pub fn register_thread() -> Result<ThreadRegistration, String> {
+pub fn register_thread() -> Result<ThreadRegistration, RegisterThreadError> {
     // SAFETY: rte_thread_register is safe to call from any thread after
     // rte_eal_init; it fails (returns -1, sets rte_errno) when no lcore id
     // is free.
     let rc = unsafe { dpdk_sys::rte_thread_register() };
     if rc != 0 {
-        return Err(format!(
-            "cannot register thread with DPDK: {}",
-            strerror(errno())
-        ));
+        return Err(RegisterThreadError(strerror(errno())));
     }
     Ok(ThreadRegistration(std::marker::PhantomData))
 }
+
+/// DPDK refused to register a thread (usually: no free lcore id).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot register thread with DPDK: {0}")]
+pub struct RegisterThreadError(pub String);
 
 /// Keeps a thread registered with DPDK; unregisters on drop. Not `Send`:
 /// it belongs to the thread that registered.

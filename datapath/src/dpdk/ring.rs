@@ -25,19 +25,35 @@ unsafe impl Send for Ring {}
 // SAFETY: as above.
 unsafe impl Sync for Ring {}
 
+/// Why a ring could not be created.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RingError {
+    /// The name cannot be passed to C.
+    #[error("ring name {0:?} contains NUL")]
+    Nul(String),
+    /// DPDK refused (name taken, no memory, count not a power of two).
+    #[error("cannot create ring '{name}': {reason}")]
+    Create {
+        /// The ring's name.
+        name: String,
+        /// DPDK's reason.
+        reason: String,
+    },
+}
+
 impl Ring {
     /// Creates a ring of `count` slots (a power of two; one slot is kept
     /// empty, so it holds `count - 1` mbufs).
-    pub fn new(name: &str, count: u32) -> Result<Ring, String> {
-        let cname = CString::new(name).map_err(|_| format!("ring name {name:?} contains NUL"))?;
+    pub fn new(name: &str, count: u32) -> Result<Ring, RingError> {
+        let cname = CString::new(name).map_err(|_| RingError::Nul(name.to_string()))?;
         // SAFETY: valid name; EAL initialised; flags 0 = MP/MC.
         let p = unsafe { dpdk_sys::rte_ring_create(cname.as_ptr(), count, -1, 0) };
-        NonNull::new(p).map(|ptr| Ring { ptr }).ok_or_else(|| {
-            format!(
-                "cannot create ring '{name}': {}",
-                super::strerror(super::errno())
-            )
-        })
+        NonNull::new(p)
+            .map(|ptr| Ring { ptr })
+            .ok_or_else(|| RingError::Create {
+                name: name.to_string(),
+                reason: super::strerror(super::errno()),
+            })
     }
 
     /// The raw pointer.

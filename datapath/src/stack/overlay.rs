@@ -24,7 +24,7 @@ use crate::neigh::ingress::{Ingress, IngressControl, PortBinding};
 use crate::neigh::table::NeighTable;
 use crate::packet::{BufAlloc, Burst, Output, PacketBuf, PortNo};
 use crate::pipeline::Pipeline;
-use crate::stack::{LocalStack, StackConfig, StackControl};
+use crate::stack::{LocalStack, StackConfig, StackControl, StackError};
 use crate::time::Nanos;
 use crate::tunnel::{GeneveTunnels, TunnelConfig, Tunnels};
 
@@ -300,7 +300,7 @@ impl Overlay {
         pmd: usize,
         inner: P,
         alloc: A,
-    ) -> Result<OverlayPipeline<P, A>, String> {
+    ) -> Result<OverlayPipeline<P, A>, StackError> {
         let ingress = Ingress::new(inner, self.ingress.clone());
         match (pmd, self.config.vtep, self.uplink) {
             (0, Some((ip, prefix_len)), Some((uplink, mac))) => {
@@ -316,8 +316,7 @@ impl Overlay {
                     },
                     self.tunnels.neigh.clone(),
                     NeighConfig::default(),
-                )
-                .map_err(|e| e.to_string())?;
+                )?;
                 s.set_icmp_source(self.tunnels.icmp_queue());
                 self.stack = Some(s.control());
                 Ok(OverlayPipeline::Stack(Box::new(s)))
