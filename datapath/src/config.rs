@@ -153,6 +153,13 @@ pub enum HostCheckError {
     },
 }
 
+/// Compares with the kind's name in the configuration (`"flow"`, `"l2"`).
+impl PartialEq<&str> for PipelineKind {
+    fn eq(&self, name: &&str) -> bool {
+        self.name() == *name
+    }
+}
+
 /// One `[port:NAME]` section.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PortConfig {

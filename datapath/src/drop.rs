@@ -1,8 +1,15 @@
 //! Why packets are dropped: one definition list, VPP style.
 //!
 //! Every drop in the datapath is counted per core under one of these
-//! reasons; `sluicectl pmd-stats-show` and the Prometheus metrics print them
-//! by name. Features add their reasons here, grouped by feature.
+//! reasons (`stats::DropCounters`); `pmd-stats-show` (`sluicectl` or
+//! `ovs-appctl`) prints the non-zero ones by key with their description,
+//! its JSON form and `sluiced`'s "stopped" event carry them by key, and the
+//! tunnel and conntrack traces name the reason a packet would be dropped
+//! for. Features add their reasons here, grouped by feature.
+//!
+//! Invariants: keys are unique and `ALL` lists every reason in definition
+//! order (`reason as usize` indexes the counters). Thread-safety: plain
+//! `Copy` data.
 
 macro_rules! drop_reasons {
     ($($(#[$doc:meta])* $name:ident => $key:literal, $text:literal;)*) => {
@@ -19,7 +26,7 @@ macro_rules! drop_reasons {
             /// Number of reasons.
             pub const COUNT: usize = [$(DropReason::$name,)*].len();
 
-            /// Short machine-readable key (metrics label, stats output).
+            /// Short machine-readable key (stats output, JSON keys).
             pub fn key(self) -> &'static str {
                 match self { $(DropReason::$name => $key,)* }
             }

@@ -31,6 +31,13 @@ impl HugepageMode {
     }
 }
 
+/// Compares with the policy's name in the configuration (`"auto"`, ...).
+impl PartialEq<&str> for HugepageMode {
+    fn eq(&self, name: &&str) -> bool {
+        self.name() == *name
+    }
+}
+
 impl std::str::FromStr for HugepageMode {
     /// A sentence naming the accepted words. (A `String`, not a typed
     /// error, because `memif-gen` in the benches crate forwards it as one.)

@@ -1,17 +1,30 @@
 //! Sluice datapath: the packet engine behind `sluiced`.
 //!
-//! Layers, bottom up (see `shared/DESIGN.md`):
+//! Modules depend only downward. The layers, bottom up (the table
+//! `datapath/tests/layers.rs` checks, together with the absence of import
+//! cycles):
+//! - [`time`]: [`time::Nanos`] and the clocks; depends on nothing.
 //! - [`wire`]: zero-copy header views over untrusted bytes.
-//! - [`packet`] and [`port`]: packet buffers with encapsulation headroom and the
-//!   `Port` trait that hides where packets come from (DPDK ethdev or memory).
-//! - [`pipeline`]: sans-IO packet processing over bursts, with per-core state
-//!   and drops counted by [`drop::DropReason`].
-//! - [`flow`] and [`classifier`]: the OpenFlow-like program and its
-//!   EMC → megaflow → slow-path cascade.
-//! - [`pmd`]: poll-mode threads, one per core.
-//! - [`ctl`]: the unixctl-compatible control socket.
+//! - [`ctl`]: the unixctl-compatible control socket and its command
+//!   registry, infrastructure every feature registers its commands with.
+//! - [`mod@drop`] and [`stats`]: the named drop reasons and per-core counters.
+//! - [`packet`], [`port`], [`dpdk`] and [`hugepages`]: packet buffers with
+//!   encapsulation headroom, the `Port` trait that hides where packets come
+//!   from (DPDK ethdev or memory), and the DPDK glue.
+//! - [`flow`]: the OpenFlow-like program, its text syntax and its
+//!   publication to the PMDs.
+//! - [`classifier`]: the EMC → megaflow → slow-path cascade.
+//! - [`pipeline`]: sans-IO packet processing over bursts, with the hooks
+//!   features plug into, and `trace`.
+//! - Features: [`conntrack`], [`service`], [`tunnel`], [`neigh`],
+//!   [`stack`], [`hostpath`], [`capture`].
+//! - [`pmd`] (poll-mode threads, one per core) and [`config`].
+//! - [`daemon`] and [`caps`]: start-up, shutdown and capabilities.
 //!
-//! Only the DPDK glue (`dpdk`, `port::dpdk`) contains `unsafe` code.
+//! `unsafe` code is denied crate-wide and allowed only where it is needed,
+//! each block with a `// SAFETY:` comment: the DPDK glue ([`dpdk`]), the
+//! cycle counter ([`time::cycles`]), the classifier's prefetch and the
+//! control socket's peer-credential syscalls (`ctl::sys`).
 #![deny(unsafe_code)]
 
 pub mod caps;

@@ -5,7 +5,7 @@
 //! it looks the packet's tuple up with [`Conntrack::peek`] (an existing
 //! connection: its direction, state, marks and the NAT it applies) or, for a
 //! new connection, explains the commit: an explicit `nat(src=|dst=)`, or the
-//! Service decision of a bare `nat` through [`LoadBalancer::preview`] (which
+//! Service decision of a bare `nat` through [`super::lb::LoadBalancer::preview`] (which
 //! records no client affinity). The key it returns carries `ct_state`,
 //! `ct_zone`, `ct_mark`, `ct_label` and the translated addresses and ports,
 //! so the trace resumes in `ct(table=N)`'s table exactly as the datapath

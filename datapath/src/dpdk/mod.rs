@@ -9,8 +9,9 @@
 //! - [`ethdev`]: ports (probe from devargs, configure N queues, start,
 //!   stop, link state, stats) implementing [`crate::port::Port`].
 //!
-//! This is the only module tree (with `port::dpdk`) that contains `unsafe`;
-//! every block states why it is sound.
+//! Most of the crate's `unsafe` code is here (the rest: the cycle counter,
+//! the classifier's prefetch and the control socket's syscalls); every
+//! block states why it is sound.
 
 pub mod eal;
 pub mod ethdev;
