@@ -266,23 +266,40 @@ fn unquote(v: &str) -> &str {
     v
 }
 
+/// What is wrong with a CPU list.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CpuListError {
+    /// An item is not a number.
+    #[error("'{0}' is not a CPU number")]
+    NotANumber(String),
+    /// A range `A-B` with A > B.
+    #[error("range '{0}' is backwards")]
+    Backwards(String),
+    /// A range of more than 4096 CPUs.
+    #[error("range '{0}' is too large")]
+    TooLarge(String),
+    /// No CPU at all.
+    #[error("the list is empty")]
+    Empty,
+}
+
 /// Parses a CPU list such as `1`, `1,3` or `2-5,7`.
-pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
+pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, CpuListError> {
     let mut cpus = BTreeSet::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let num = |t: &str| {
             t.trim()
                 .parse::<usize>()
-                .map_err(|_| format!("'{t}' is not a CPU number"))
+                .map_err(|_| CpuListError::NotANumber(t.to_string()))
         };
         match part.split_once('-') {
             Some((a, b)) => {
                 let (a, b) = (num(a)?, num(b)?);
                 if a > b {
-                    return Err(format!("range '{part}' is backwards"));
+                    return Err(CpuListError::Backwards(part.to_string()));
                 }
                 if b - a > 4096 {
-                    return Err(format!("range '{part}' is too large"));
+                    return Err(CpuListError::TooLarge(part.to_string()));
                 }
                 cpus.extend(a..=b);
             }
@@ -292,7 +309,7 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
         }
     }
     if cpus.is_empty() {
-        return Err("the list is empty".into());
+        return Err(CpuListError::Empty);
     }
     Ok(cpus.into_iter().collect())
 }
@@ -362,7 +379,7 @@ impl Config {
                 };
                 match k {
                     "cores" => {
-                        dp.cores = parse_cpu_list(v).map_err(|e| key_err("datapath", k, e))?
+                        dp.cores = parse_cpu_list(v).map_err(|e| key_err("datapath", k, e.to_string()))?
                     }
                     "main_core" => dp.main_core = parse_num("a CPU number")? as usize,
                     "file_prefix" => {
@@ -445,12 +462,12 @@ impl Config {
                     k if crate::stack::overlay::OVERLAY_KEYS.contains(&k) => {
                         dp.overlay
                             .set(k, v)
-                            .map_err(|e| key_err("datapath", k, e))?
+                            .map_err(|e| key_err("datapath", k, e.to_string()))?
                     }
                     k if crate::conntrack::config::STATEFUL_KEYS.contains(&k) => dp
                         .stateful
                         .set(k, v)
-                        .map_err(|e| key_err("datapath", k, e))?,
+                        .map_err(|e| key_err("datapath", k, e.to_string()))?,
                     other => {
                         return Err(key_err(
                             "datapath",

@@ -21,7 +21,7 @@ use clap::{Parser, ValueEnum};
 use serde_json::json;
 
 use sluice_datapath::caps;
-use sluice_datapath::config::{parse_cpu_list, Config, ConfigError, HostCheckError};
+use sluice_datapath::config::{parse_cpu_list, Config, ConfigError, CpuListError, HostCheckError};
 use sluice_datapath::daemon::{self, Daemon, DaemonError};
 use sluice_datapath::dpdk::eal;
 
@@ -39,7 +39,7 @@ enum SluicedError {
     Config(#[from] ConfigError),
     /// `--cores`.
     #[error("--cores: {0}")]
-    Cores(String),
+    Cores(#[source] CpuListError),
     /// `--hugepages`.
     #[error("--hugepages: {0}")]
     Hugepages(String),

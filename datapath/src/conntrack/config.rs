@@ -179,11 +179,46 @@ impl PartialEq for StatefulConfig {
     }
 }
 
-fn num<T: std::str::FromStr>(v: &str, what: &str) -> Result<T, String> {
-    v.trim().parse().map_err(|_| format!("'{v}' is not {what}"))
+/// What is wrong with the value of a conntrack or Service key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatefulKeyError {
+    /// The value does not have the expected form.
+    #[error("'{value}' is not {what}")]
+    NotA {
+        /// The value as given.
+        value: String,
+        /// What it should be.
+        what: &'static str,
+    },
+    /// A `conntrack_timeouts` name that is no timeout.
+    #[error("unknown timeout '{0}' (use tcp_syn_sent, tcp_syn_recv, tcp_established, tcp_fin_wait, tcp_last_ack, tcp_time_wait, tcp_close, udp_first, udp_stream or icmp)")]
+    UnknownTimeout(String),
+    /// A port range whose first port exceeds its last.
+    #[error("'{0}' is empty: FIRST must not exceed LAST")]
+    EmptyRange(String),
+    /// A zone that is not a label value.
+    #[error("'{0}' is not a zone label value (up to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)")]
+    ZoneLabel(String),
+    /// A CIDR with a prefix longer than 32.
+    #[error("'{0}' has a prefix length above 32")]
+    PrefixTooLong(String),
+    /// A key this module does not own.
+    #[error("unknown key '{0}'")]
+    UnknownKey(String),
 }
 
-fn addr(v: &str) -> Result<Ipv4Addr, String> {
+fn not_a(value: &str, what: &'static str) -> StatefulKeyError {
+    StatefulKeyError::NotA {
+        value: value.to_string(),
+        what,
+    }
+}
+
+fn num<T: std::str::FromStr>(v: &str, what: &'static str) -> Result<T, StatefulKeyError> {
+    v.trim().parse().map_err(|_| not_a(v, what))
+}
+
+fn addr(v: &str) -> Result<Ipv4Addr, StatefulKeyError> {
     num(v, "an IPv4 address (a.b.c.d)")
 }
 
@@ -195,8 +230,8 @@ impl StatefulConfig {
     /// Sets key `k` (one of [`STATEFUL_KEYS`]) from the text `v`.
     ///
     /// # Errors
-    /// A sentence saying what is wrong with the value.
-    pub fn set(&mut self, k: &str, v: &str) -> Result<(), String> {
+    /// [`StatefulKeyError`]: what is wrong with the value.
+    pub fn set(&mut self, k: &str, v: &str) -> Result<(), StatefulKeyError> {
         match k {
             "conntrack_max" => self.conntrack.max_connections = num(v, "a number of connections")?,
             "conntrack_zone_limit" => {
@@ -205,18 +240,16 @@ impl StatefulConfig {
             "conntrack_zone_limits" => {
                 self.conntrack.zone_limits = list(v)
                     .map(|p| {
-                        let (z, l) = p
-                            .split_once(':')
-                            .ok_or_else(|| format!("'{p}' is not ZONE:LIMIT"))?;
+                        let (z, l) = p.split_once(':').ok_or_else(|| not_a(p, "ZONE:LIMIT"))?;
                         Ok((num(z, "a zone (0-65535)")?, num(l, "a limit")?))
                     })
-                    .collect::<Result<_, String>>()?
+                    .collect::<Result<_, StatefulKeyError>>()?
             }
             "conntrack_tcp_loose" => {
                 self.conntrack.tcp_loose = match v.trim() {
                     "true" | "yes" | "on" | "1" => true,
                     "false" | "no" | "off" | "0" => false,
-                    _ => return Err(format!("'{v}' is not true or false")),
+                    _ => return Err(not_a(v, "true or false")),
                 }
             }
             "conntrack_cache_entries" => {
@@ -224,9 +257,7 @@ impl StatefulConfig {
             }
             "conntrack_timeouts" => {
                 for p in list(v) {
-                    let (name, secs) = p
-                        .split_once('=')
-                        .ok_or_else(|| format!("'{p}' is not NAME=SECONDS"))?;
+                    let (name, secs) = p.split_once('=').ok_or_else(|| not_a(p, "NAME=SECONDS"))?;
                     let ns = num::<u64>(secs, "a number of seconds")?.saturating_mul(1_000_000_000);
                     let t: &mut Timeouts = &mut self.conntrack.timeouts;
                     let slot = match name.trim() {
@@ -240,9 +271,7 @@ impl StatefulConfig {
                         "udp_first" => &mut t.udp_first,
                         "udp_stream" => &mut t.udp_stream,
                         "icmp" => &mut t.icmp,
-                        other => return Err(format!(
-                            "unknown timeout '{other}' (use tcp_syn_sent, tcp_syn_recv, tcp_established, tcp_fin_wait, tcp_last_ack, tcp_time_wait, tcp_close, udp_first, udp_stream or icmp)"
-                        )),
+                        other => return Err(StatefulKeyError::UnknownTimeout(other.to_string())),
                     };
                     *slot = ns;
                 }
@@ -253,10 +282,10 @@ impl StatefulConfig {
             "service_node_port_range" => {
                 let (a, b) = v
                     .split_once('-')
-                    .ok_or_else(|| format!("'{v}' is not a port range FIRST-LAST"))?;
+                    .ok_or_else(|| not_a(v, "a port range FIRST-LAST"))?;
                 let (a, b) = (num(a, "a port")?, num(b, "a port")?);
                 if a > b {
-                    return Err(format!("'{v}' is empty: FIRST must not exceed LAST"));
+                    return Err(StatefulKeyError::EmptyRange(v.to_string()));
                 }
                 self.services.node_port_range = (a, b);
             }
@@ -269,9 +298,7 @@ impl StatefulConfig {
                     && z.starts_with(|c: char| c.is_ascii_alphanumeric())
                     && z.ends_with(|c: char| c.is_ascii_alphanumeric());
                 if !z.is_empty() && !label_ok {
-                    return Err(format!(
-                        "'{z}' is not a zone label value (up to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)"
-                    ));
+                    return Err(StatefulKeyError::ZoneLabel(z.to_string()));
                 }
                 self.services.node_zone = (!z.is_empty()).then(|| z.to_string());
             }
@@ -280,16 +307,16 @@ impl StatefulConfig {
                     .map(|c| {
                         let (a, l) = c
                             .split_once('/')
-                            .ok_or_else(|| format!("'{c}' is not a CIDR a.b.c.d/N"))?;
+                            .ok_or_else(|| not_a(c, "a CIDR a.b.c.d/N"))?;
                         let l: u8 = num(l, "a prefix length (0-32)")?;
                         if l > 32 {
-                            return Err(format!("'{c}' has a prefix length above 32"));
+                            return Err(StatefulKeyError::PrefixTooLong(c.to_string()));
                         }
                         Ok((addr(a)?, l))
                     })
-                    .collect::<Result<_, String>>()?
+                    .collect::<Result<_, StatefulKeyError>>()?
             }
-            other => return Err(format!("unknown key '{other}'")),
+            other => return Err(StatefulKeyError::UnknownKey(other.to_string())),
         }
         Ok(())
     }
@@ -324,14 +351,17 @@ mod tests {
         assert!(c
             .set("conntrack_timeouts", "tcp_forever=1")
             .unwrap_err()
+            .to_string()
             .contains("unknown timeout"));
         assert!(c
             .set("service_node_port_range", "9-1")
             .unwrap_err()
+            .to_string()
             .contains("must not exceed"));
         assert!(c
             .set("service_cluster_cidrs", "10.0.0.0/40")
             .unwrap_err()
+            .to_string()
             .contains("above 32"));
         for k in STATEFUL_KEYS {
             assert!(c.set(k, "garbage!").is_err(), "{k}");

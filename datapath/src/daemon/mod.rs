@@ -312,8 +312,7 @@ impl Daemon {
         on_exit: impl Fn() + Send + Sync + 'static,
     ) -> Result<Registry, DaemonError> {
         let registry = Registry::new();
-        crate::ctl::typed::register_builtins(&registry)
-            .map_err(|e| format!("cannot register commands: {e}"))?;
+        crate::ctl::typed::register_builtins(&registry).map_err(DaemonError::Register)?;
         let ctl = CtlServer::start(
             ServerConfig::with_path(&cfg.datapath.ctl_socket),
             registry.clone(),

@@ -85,18 +85,47 @@ impl Default for OverlayConfig {
     }
 }
 
-fn parse_cidr(v: &str) -> Result<(Ipv4Addr, u8), String> {
+/// What is wrong with the value of an overlay key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OverlayKeyError {
+    /// The value does not have the expected form.
+    #[error("'{value}' is not {what}")]
+    NotA {
+        /// The value as given.
+        value: String,
+        /// What it should be.
+        what: &'static str,
+    },
+    /// A prefix length outside 1..32.
+    #[error("'{0}' has a prefix length outside 1..32")]
+    PrefixLength(String),
+    /// `host_port` without a port name.
+    #[error("give the name of a [port:NAME] section (a net_tap port)")]
+    NoHostPort,
+    /// A key this module does not own.
+    #[error("'{0}' is not an overlay key")]
+    UnknownKey(String),
+}
+
+fn not_a(value: &str, what: &'static str) -> OverlayKeyError {
+    OverlayKeyError::NotA {
+        value: value.to_string(),
+        what,
+    }
+}
+
+fn parse_cidr(v: &str) -> Result<(Ipv4Addr, u8), OverlayKeyError> {
     let (a, l) = v.split_once('/').unwrap_or((v, "32"));
     let ip: Ipv4Addr = a
         .trim()
         .parse()
-        .map_err(|_| format!("'{v}' is not an IPv4 address with a prefix (e.g. 192.168.1.5/24)"))?;
+        .map_err(|_| not_a(v, "an IPv4 address with a prefix (e.g. 192.168.1.5/24)"))?;
     let len: u8 = l
         .trim()
         .parse()
         .ok()
         .filter(|&n| (1..=32).contains(&n))
-        .ok_or_else(|| format!("'{v}' has a prefix length outside 1..32"))?;
+        .ok_or_else(|| OverlayKeyError::PrefixLength(v.to_string()))?;
     Ok((ip, len))
 }
 
@@ -104,11 +133,11 @@ fn list(v: &str) -> impl Iterator<Item = &str> {
     v.split(',').map(str::trim).filter(|s| !s.is_empty())
 }
 
-fn parse_bool(v: &str) -> Result<bool, String> {
+fn parse_bool(v: &str) -> Result<bool, OverlayKeyError> {
     match v {
         "true" | "yes" | "on" | "1" => Ok(true),
         "false" | "no" | "off" | "0" => Ok(false),
-        _ => Err(format!("'{v}' is not true or false")),
+        _ => Err(not_a(v, "true or false")),
     }
 }
 
@@ -116,49 +145,43 @@ impl OverlayConfig {
     /// Sets key `k` (one of [`OVERLAY_KEYS`]) from the text `v`.
     ///
     /// # Errors
-    /// A sentence saying what is wrong with the value.
-    pub fn set(&mut self, k: &str, v: &str) -> Result<(), String> {
+    /// [`OverlayKeyError`]: what is wrong with the value.
+    pub fn set(&mut self, k: &str, v: &str) -> Result<(), OverlayKeyError> {
         let v = v.trim();
         match k {
             "vtep_ip" => self.vtep = Some(parse_cidr(v)?),
             "vtep_gateway" => {
-                self.gateway = Some(
-                    v.parse()
-                        .map_err(|_| format!("'{v}' is not an IPv4 address"))?,
-                )
+                self.gateway = Some(v.parse().map_err(|_| not_a(v, "an IPv4 address"))?)
             }
             "uplink_mtu" => {
                 self.uplink_mtu = v
                     .parse()
                     .ok()
                     .filter(|&n| (576..=9216).contains(&n))
-                    .ok_or_else(|| format!("'{v}' is not an MTU in 576..9216"))?
+                    .ok_or_else(|| not_a(v, "an MTU in 576..9216"))?
             }
             "tunnel_ttl" => {
                 self.ttl = v
                     .parse()
                     .ok()
                     .filter(|&n| n > 0)
-                    .ok_or_else(|| format!("'{v}' is not a TTL in 1..255"))?
+                    .ok_or_else(|| not_a(v, "a TTL in 1..255"))?
             }
             "tunnel_df" => self.df = parse_bool(v)?,
             "tunnel_udp_checksum" => self.udp_checksum = parse_bool(v)?,
             "arp_gateways" => {
                 self.arp_gateways = list(v)
-                    .map(|s| {
-                        s.parse()
-                            .map_err(|_| format!("'{s}' is not an IPv4 address"))
-                    })
+                    .map(|s| s.parse().map_err(|_| not_a(s, "an IPv4 address")))
                     .collect::<Result<_, _>>()?
             }
             "proxy_arp" => self.proxy_arp = list(v).map(parse_cidr).collect::<Result<_, _>>()?,
             "host_port" => {
                 if v.is_empty() {
-                    return Err("give the name of a [port:NAME] section (a net_tap port)".into());
+                    return Err(OverlayKeyError::NoHostPort);
                 }
                 self.host_port = Some(v.to_string())
             }
-            other => return Err(format!("'{other}' is not an overlay key")),
+            other => return Err(OverlayKeyError::UnknownKey(other.to_string())),
         }
         Ok(())
     }
@@ -390,14 +413,17 @@ mod tests {
         assert!(c
             .set("uplink_mtu", "100")
             .unwrap_err()
+            .to_string()
             .contains("576..9216"));
         assert!(c
             .set("vtep_ip", "1.2.3.4/40")
             .unwrap_err()
+            .to_string()
             .contains("prefix length"));
         assert!(c
             .set("tunnel_df", "maybe")
             .unwrap_err()
+            .to_string()
             .contains("true or false"));
         // Every key but the free-text port name refuses garbage.
         for k in OVERLAY_KEYS.iter().filter(|k| **k != "host_port") {
