@@ -22,7 +22,7 @@ use super::cache::CacheCounters;
 use super::cache::{CacheStats, ConnCache};
 use super::entry::{Conn, ConnKey, CtMarks, Marks, ProtoState};
 use super::hit::{hit_conn, Hit, Verdict};
-use super::lb::{LbDecision, LbRef};
+use super::lb::{LbDecision, LbQuery, LbRef};
 use super::lock;
 use super::nat::{Parsed, Tuple, L4};
 use super::table::{key_hash, Conntrack, Slot};
@@ -507,7 +507,13 @@ impl ConntrackHandle {
                 if !matches!(p.kind, L4::Ports) {
                     return Ok(plan);
                 }
-                match services.select(now, p.proto, t.src, t.dst, t.dport, r) {
+                let q = LbQuery {
+                    proto: p.proto,
+                    src: t.src,
+                    dst: t.dst,
+                    dport: t.dport,
+                };
+                match services.choose(now, q, r, true) {
                     LbDecision::NotService => Ok(plan),
                     LbDecision::Reject => Err(None),
                     LbDecision::Drop(reason) => Err(Some(reason)),

@@ -19,35 +19,30 @@ use std::sync::Arc;
 use crate::drop::DropReason;
 use crate::time::Nanos;
 
+/// A new connection as the load balancer sees it: from `src` to
+/// `dst:dport` over `proto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LbQuery {
+    /// IP protocol.
+    pub proto: u8,
+    /// Client address.
+    pub src: u32,
+    /// Frontend address.
+    pub dst: u32,
+    /// Frontend port.
+    pub dport: u16,
+}
+
 /// What conntrack asks of a load balancer for new connections.
 pub trait LoadBalancer: Send + Sync {
-    /// Chooses the endpoint for a new connection from `src` to
-    /// `dst:dport` over `proto`; `rand` is a uniformly random number.
-    fn select(
-        &self,
-        now: Nanos,
-        proto: u8,
-        src: u32,
-        dst: u32,
-        dport: u16,
-        rand: u64,
-    ) -> LbDecision;
+    /// Chooses the endpoint for the new connection `q`; `rand` is a
+    /// uniformly random number. With `record` the client's affinity is
+    /// remembered; without it nothing changes (what `trace` shows).
+    fn choose(&self, now: Nanos, q: LbQuery, rand: u64, record: bool) -> LbDecision;
 
-    /// [`LoadBalancer::select`] without recording any state (client
-    /// affinity): what a new connection would get (`trace`).
-    fn preview(
-        &self,
-        now: Nanos,
-        proto: u8,
-        src: u32,
-        dst: u32,
-        dport: u16,
-        rand: u64,
-    ) -> LbDecision;
-
-    /// Explains, without changing any state, what a new connection from
-    /// `src` to `dst:dport` would get, as text lines.
-    fn trace(&self, proto: u8, src: u32, dst: u32, dport: u16) -> String;
+    /// Explains, without changing any state, what the new connection `q`
+    /// would get, as text lines.
+    fn trace(&self, q: LbQuery) -> String;
 
     /// Removes expired client-affinity state of one shard (`shard` modulo
     /// the shard count); called by each PMD's periodic sweep.

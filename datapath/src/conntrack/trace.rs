@@ -24,7 +24,7 @@
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
-use super::lb::LbDecision;
+use super::lb::{LbDecision, LbQuery};
 use super::nat::Tuple;
 use super::tcp::{flags, Segment, TcpConn};
 use super::{ConnKey, Conntrack, CtMarks};
@@ -226,16 +226,19 @@ impl TraceOracle for CtTracer {
                 if !matches!(proto, ipproto::TCP | ipproto::UDP | ipproto::SCTP) {
                     return commit(out, 0, None);
                 }
-                for l in services
-                    .trace(proto, tuple.src, tuple.dst, tuple.dport)
-                    .lines()
-                {
+                let q = LbQuery {
+                    proto,
+                    src: tuple.src,
+                    dst: tuple.dst,
+                    dport: tuple.dport,
+                };
+                for l in services.trace(q).lines() {
                     let _ = writeln!(out, "    lb: {l}");
                 }
                 // One possible pick: the datapath draws at random.
                 let rand = (u64::from(tuple.src) << 32 | u64::from(tuple.sport))
                     .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-                match services.preview(now, proto, tuple.src, tuple.dst, tuple.dport, rand) {
+                match services.choose(now, q, rand, false) {
                     LbDecision::NotService => commit(out, 0, None),
                     LbDecision::Reject => {
                         let _ = writeln!(

@@ -12,7 +12,7 @@
 //! with the number of Services or endpoints.
 //!
 //! How the datapath uses it: a `ct(commit,nat)` action (a *bare* `nat`,
-//! without `src=`/`dst=`) on a new connection asks [`Services::select`];
+//! without `src=`/`dst=`) on a new connection asks [`Services::choose`];
 //! the conntrack entry then remembers the endpoint (DNAT, plus SNAT to the
 //! masquerade address when needed), so a connection keeps its endpoint for
 //! its whole life and established traffic never consults this table. We

@@ -1,5 +1,5 @@
-//! Endpoint selection for new connections: [`Services::select`] (which
-//! records client affinity), [`Services::preview`] (which records nothing),
+//! Endpoint selection for new connections: [`Services::choose`] (which
+//! records client affinity, or with `record` false records nothing),
 //! and the conntrack [`LoadBalancer`] contract they implement.
 //!
 //! Invariants: one frontend lookup and one random index per new connection,
@@ -16,8 +16,7 @@ use std::net::Ipv4Addr;
 use super::api::TrafficPolicy;
 use super::table::{FrontendKey, FrontendKind, Services};
 use super::{lock, AFFINITY_SHARDS};
-use crate::conntrack::lb::LoadBalancer;
-use crate::conntrack::lb::{LbDecision, LbRef, LbTarget};
+use crate::conntrack::lb::{LbDecision, LbQuery, LbRef, LbTarget, LoadBalancer};
 use crate::drop::DropReason;
 use crate::time::Nanos;
 
@@ -34,45 +33,16 @@ impl Services {
             || c.node_addresses.iter().any(|&a| u32::from(a) == ip)
     }
 
-    /// Chooses the endpoint for a new connection from `src` to
-    /// `dst:dport` over `proto`; `rand` is a uniformly random number.
-    pub fn select(
-        &self,
-        now: Nanos,
-        proto: u8,
-        src: u32,
-        dst: u32,
-        dport: u16,
-        rand: u64,
-    ) -> LbDecision {
-        self.choose(now, proto, src, dst, dport, rand, true)
-    }
-
-    /// [`Services::select`] without recording the client's affinity: what
-    /// a new connection would get (`trace`). Changes no state.
-    pub fn preview(
-        &self,
-        now: Nanos,
-        proto: u8,
-        src: u32,
-        dst: u32,
-        dport: u16,
-        rand: u64,
-    ) -> LbDecision {
-        self.choose(now, proto, src, dst, dport, rand, false)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn choose(
-        &self,
-        now: Nanos,
-        proto: u8,
-        src: u32,
-        dst: u32,
-        dport: u16,
-        rand: u64,
-        record: bool,
-    ) -> LbDecision {
+    /// Chooses the endpoint for the new connection `q`; `rand` is a
+    /// uniformly random number. With `record` the client's affinity is
+    /// remembered; without it (`trace`'s preview) no state changes.
+    pub fn choose(&self, now: Nanos, q: LbQuery, rand: u64, record: bool) -> LbDecision {
+        let LbQuery {
+            proto,
+            src,
+            dst,
+            dport,
+        } = q;
         let table = self.inner.table.load();
         let Some(fe) = table.frontends.get(&FrontendKey {
             ip: dst,
@@ -148,32 +118,12 @@ impl Services {
 }
 
 impl LoadBalancer for Services {
-    fn select(
-        &self,
-        now: Nanos,
-        proto: u8,
-        src: u32,
-        dst: u32,
-        dport: u16,
-        rand: u64,
-    ) -> LbDecision {
-        Services::select(self, now, proto, src, dst, dport, rand)
+    fn choose(&self, now: Nanos, q: LbQuery, rand: u64, record: bool) -> LbDecision {
+        Services::choose(self, now, q, rand, record)
     }
 
-    fn preview(
-        &self,
-        now: Nanos,
-        proto: u8,
-        src: u32,
-        dst: u32,
-        dport: u16,
-        rand: u64,
-    ) -> LbDecision {
-        Services::preview(self, now, proto, src, dst, dport, rand)
-    }
-
-    fn trace(&self, proto: u8, src: u32, dst: u32, dport: u16) -> String {
-        Services::trace(self, proto, src, dst, dport)
+    fn trace(&self, q: LbQuery) -> String {
+        Services::trace(self, q.proto, q.src, q.dst, q.dport)
     }
 
     fn expire_affinity(&self, now: Nanos, shard: usize) {

@@ -726,14 +726,13 @@ fn zone_hints_narrow_cluster_endpoints_only_when_kube_proxy_would() {
         let mut seen = std::collections::BTreeSet::new();
         for r in 0..64u64 {
             let rand = r.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            match s.select(
-                0,
-                ipproto::TCP,
-                u32::from(ip("10.0.0.1")),
-                u32::from(ip("10.96.0.10")),
-                80,
-                rand,
-            ) {
+            let q = crate::conntrack::lb::LbQuery {
+                proto: ipproto::TCP,
+                src: u32::from(ip("10.0.0.1")),
+                dst: u32::from(ip("10.96.0.10")),
+                dport: 80,
+            };
+            match s.choose(0, q, rand, true) {
                 LbDecision::Forward(t) => {
                     seen.insert(Ipv4Addr::from(t.ip).to_string());
                 }
