@@ -85,20 +85,8 @@ struct Slot {
     data: Box<[u8; SNAPLEN]>,
 }
 
-/// Progress of a capture.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct CaptureStatus {
-    /// Port captured (None: no capture running).
-    pub port: Option<u16>,
-    /// Output file.
-    pub file: Option<PathBuf>,
-    /// Frames written to the file.
-    pub written: u64,
-    /// Frames not captured because the slot pool was empty.
-    pub missed: u64,
-    /// Frames still wanted (u64::MAX: unlimited).
-    pub remaining: u64,
-}
+/// Progress of a capture: the control API's `capture-status` reply.
+pub use sluice_api::ports::CaptureProgress as CaptureStatus;
 
 struct Running {
     file: PathBuf,
@@ -307,7 +295,7 @@ impl Capture {
         let result = r.writer.join().map_err(|_| CaptureError::Panicked)?;
         let st = CaptureStatus {
             port: (port != NO_PORT).then_some(port as u16),
-            file: Some(r.file),
+            file: Some(r.file.display().to_string()),
             written: self.written.load(Ordering::Relaxed),
             missed: self.missed.load(Ordering::Relaxed),
             remaining: 0,
@@ -321,7 +309,7 @@ impl Capture {
         let port = self.port.load(Ordering::Relaxed);
         CaptureStatus {
             port: (port != NO_PORT).then_some(port as u16),
-            file: running.as_ref().map(|r| r.file.clone()),
+            file: running.as_ref().map(|r| r.file.display().to_string()),
             written: self.written.load(Ordering::Relaxed),
             missed: self.missed.load(Ordering::Relaxed),
             remaining: self.remaining.load(Ordering::Relaxed),

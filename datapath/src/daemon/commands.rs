@@ -237,20 +237,11 @@ pub fn register_capture(
         let st = c.stop().map_err(ApiError::failed)?;
         Ok(api::ports::CaptureStopped {
             written: st.written,
-            file: st.file.map(|f| f.display().to_string()),
+            file: st.file,
             missed: st.missed,
         })
     })?;
-    register::<api::ports::CaptureStatus>(reg, move |_| {
-        let st = capture.status();
-        Ok(api::ports::CaptureProgress {
-            port: st.port,
-            file: st.file.map(|f| f.display().to_string()),
-            written: st.written,
-            missed: st.missed,
-            remaining: st.remaining,
-        })
-    })
+    register::<api::ports::CaptureStatus>(reg, move |_| Ok(capture.status()))
 }
 
 #[cfg(test)]
