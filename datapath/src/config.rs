@@ -214,6 +214,47 @@ pub enum ConfigError {
     },
 }
 
+/// One rule for repeats: a section or a key given twice is an error that
+/// names both lines (the INI parser would silently keep the first section
+/// and the last value). Comments (`;`, `#`) and blank lines are skipped;
+/// keys before any section belong to the unnamed section.
+fn check_duplicates(text: &str) -> Result<(), String> {
+    let mut sections: Vec<(&str, usize)> = Vec::new();
+    let mut keys: Vec<(&str, usize)> = Vec::new();
+    let mut section = "";
+    for (i, line) in text.lines().enumerate() {
+        let (n, line) = (i + 1, line.trim());
+        if line.is_empty() || line.starts_with(';') || line.starts_with('#') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+            let name = name.trim();
+            if let Some(&(_, first)) = sections.iter().find(|(s, _)| *s == name) {
+                return Err(format!(
+                    "section [{name}] appears twice (lines {first} and {n}); merge them into one"
+                ));
+            }
+            sections.push((name, n));
+            section = name;
+            keys.clear();
+        } else if let Some((key, _)) = line.split_once('=') {
+            let key = key.trim();
+            if let Some(&(_, first)) = keys.iter().find(|(k, _)| *k == key) {
+                let at = if section.is_empty() {
+                    String::new()
+                } else {
+                    format!(" in [{section}]")
+                };
+                return Err(format!(
+                    "{key} is given twice{at} (lines {first} and {n}); keep one"
+                ));
+            }
+            keys.push((key, n));
+        }
+    }
+    Ok(())
+}
+
 const DATAPATH_KEYS: &[&str] = &[
     "cores",
     "main_core",
@@ -326,6 +367,10 @@ impl Config {
 
     /// Parses and validates config text; `path` is used in messages.
     pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
+        check_duplicates(text).map_err(|reason| ConfigError::Invalid {
+            path: path.into(),
+            reason,
+        })?;
         let ini = ini::Ini::load_from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.into(),
             reason: e.to_string(),
@@ -673,6 +718,39 @@ devargs = net_tap0,iface=p1
         assert_eq!(c.ports[0].ofport, 1);
         assert_eq!(c.ports[1].ofport, 2, "lowest free port number from 1");
         c.check_node_type().unwrap();
+    }
+
+    #[test]
+    fn repeated_sections_and_keys_are_refused_with_their_lines() {
+        let base = "[coe]\nnode_type = BAREMETAL\n[datapath]\ncores = 1\n";
+        let e = Config::parse(&format!("{base}[datapath]\ncores = 99\n"), "x.ini")
+            .expect_err("second [datapath]");
+        assert_eq!(
+            e.to_string(),
+            "config x.ini: section [datapath] appears twice (lines 3 and 5); merge them into one"
+        );
+        let e = Config::parse(&format!("{base}; a comment\ncores = 2\n"), "x.ini")
+            .expect_err("cores twice");
+        assert_eq!(
+            e.to_string(),
+            "config x.ini: cores is given twice in [datapath] (lines 4 and 6); keep one"
+        );
+        let e = Config::parse(
+            &format!("{base}[port:p]\ndevargs = net_null0\n[port:p]\ndevargs = net_null1\n"),
+            "x.ini",
+        )
+        .expect_err("port twice");
+        assert!(
+            e.to_string()
+                .contains("section [port:p] appears twice (lines 5 and 7)"),
+            "{e}"
+        );
+        // The same key in two sections is fine.
+        Config::parse(
+            &format!("{base}[port:a]\ndevargs = net_null0\nofport = 1\n[port:b]\ndevargs = net_null1\nofport = 2\n"),
+            "x.ini",
+        )
+        .expect("distinct sections");
     }
 
     #[test]
