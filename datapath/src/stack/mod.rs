@@ -383,14 +383,30 @@ impl<P, A> LocalStack<P, A> {
         out.local.extend(burst.pkts.drain(keep..));
     }
 
+    /// What the stack serves besides ARP replies: ARP requests for its
+    /// address, and ICMP echo requests to its address (sent to its MAC, or
+    /// broadcast/multicast). Anything else handed to it is counted as
+    /// `local_not_for_us`, never silently consumed.
     fn is_for_us(&self, f: &[u8]) -> bool {
+        use crate::wire::icmpv4::{Message, Packet as Icmp};
+        use crate::wire::ip::IpProtocol;
+        use crate::wire::ipv4::Packet as Ipv4;
         if let Some((op, _, _, _, tpa)) = parse_arp(f) {
             return op == 1 && tpa == self.config.ip;
         }
-        f.len() >= 34
-            && f[12..14] == [0x08, 0x00]
-            && f[30..34] == self.config.ip.octets()
-            && (f[0..6] == self.config.mac || f[0] & 1 != 0)
+        if f.len() < 14 || f[12..14] != [0x08, 0x00] {
+            return false;
+        }
+        if f[0..6] != self.config.mac && f[0] & 1 == 0 {
+            return false;
+        }
+        let Ok(ip) = Ipv4::new_checked(&f[14..]) else {
+            return false;
+        };
+        ip.dst_addr() == self.config.ip
+            && ip.next_header() == IpProtocol::Icmp
+            && Icmp::new_checked(ip.payload())
+                .is_ok_and(|icmp| icmp.msg_type() == Message::EchoRequest)
     }
 }
 

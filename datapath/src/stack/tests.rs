@@ -112,6 +112,59 @@ fn answers_icmp_echo_like_a_host() {
     assert_eq!(s.control().stats.rx.get(), 2);
 }
 
+/// Issue 18, defect 2: a frame for the VTEP address with a broadcast or
+/// multicast MAC that is not an echo request (here TCP, UDP, an ICMP echo
+/// reply) used to be handed to smoltcp and freed, counted nowhere. Every
+/// one must now end counted.
+#[test]
+fn broadcast_frames_the_stack_does_not_serve_are_counted() {
+    let (mut s, _) = stack();
+    let l3 = |dst_mac: [u8; 6]| {
+        PacketBuilder::ethernet2(PEER_MAC, dst_mac).ipv4(PEER.octets(), VTEP.octets(), 64)
+    };
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    for mac in [[0xff; 6], [0x01, 0x00, 0x5e, 0, 0, 1]] {
+        let mut f = Vec::new();
+        l3(mac)
+            .tcp(1000, 80, 1, 1024)
+            .write(&mut f, b"")
+            .expect("tcp");
+        frames.push(f);
+        let mut f = Vec::new();
+        l3(mac).udp(1000, 53).write(&mut f, b"q").expect("udp");
+        frames.push(f);
+        let mut f = Vec::new();
+        l3(mac)
+            .icmpv4_echo_reply(1, 1)
+            .write(&mut f, b"x")
+            .expect("icmp");
+        frames.push(f);
+    }
+    for (i, f) in frames.iter().enumerate() {
+        let mut out = rx(&mut s, i as u64, f);
+        let sent = out.take(UPLINK).len();
+        let dropped = out.drops.get(DropReason::LocalNotForUs);
+        assert_eq!(
+            (sent, dropped),
+            (0, 1),
+            "frame {i} must be counted, not swallowed"
+        );
+    }
+    // A broadcast echo request to the VTEP address is still answered.
+    rx(
+        &mut s,
+        10,
+        &arp_frame(1, [0xff; 6], PEER_MAC, PEER, [0; 6], VTEP),
+    );
+    let mut ping = Vec::new();
+    l3([0xff; 6])
+        .icmpv4_echo_request(9, 1)
+        .write(&mut ping, b"p")
+        .expect("ping");
+    let mut out = rx(&mut s, 11, &ping);
+    assert_eq!(out.take(UPLINK).len(), 1, "drops {:?}", out.drops.nonzero());
+}
+
 #[test]
 fn gratuitous_arp_at_start_and_neighbour_resolution_for_tunnels() {
     let (mut s, t) = stack();
