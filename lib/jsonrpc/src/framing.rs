@@ -217,9 +217,9 @@ impl Framer {
     /// As [`Framer::next_frame`], plus [`FrameError::InvalidJson`] for a
     /// delimited message that does not parse (the stream stays in sync).
     pub fn next_value(&mut self) -> Result<Option<Value>, FrameError> {
-        match self.next_frame()? {
+        match self.next_frame_ref()? {
             None => Ok(None),
-            Some(frame) => serde_json::from_slice(&frame)
+            Some(frame) => serde_json::from_slice(frame)
                 .map(Some)
                 .map_err(|e| FrameError::InvalidJson(e.to_string())),
         }
@@ -232,6 +232,22 @@ impl Framer {
     /// holds something other than JSON objects; the stream is then out of
     /// sync and every later call returns the same error.
     pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        Ok(self.next_frame_ref()?.map(<[u8]>::to_vec))
+    }
+
+    /// Bytes received and held that do not belong to a message already
+    /// returned (the partial message and anything after it).
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.consumed
+    }
+
+    /// As [`Framer::next_frame`], but borrows the message from the
+    /// framer's buffer instead of copying it (it stays valid until the next
+    /// call that takes `&mut self`).
+    ///
+    /// # Errors
+    /// As [`Framer::next_frame`].
+    pub fn next_frame_ref(&mut self) -> Result<Option<&[u8]>, FrameError> {
         if let Some(error) = &self.failed {
             return Err(error.clone());
         }
@@ -278,7 +294,7 @@ impl Framer {
                     if self.depth == 0 {
                         self.start = None;
                         self.consumed = self.scan;
-                        return Ok(Some(self.buf[start..self.scan].to_vec()));
+                        return Ok(Some(&self.buf[start..self.scan]));
                     }
                 }
                 _ => {}

@@ -21,6 +21,7 @@
 //! lives on one event loop (nestdb-server) registers handlers that post the
 //! command to that loop and wait, bounded, for its answer.
 
+mod args;
 pub mod protocol;
 pub mod registry;
 pub mod server;

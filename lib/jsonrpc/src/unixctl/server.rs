@@ -35,9 +35,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::protocol::{encode_reply, Request};
+use super::protocol::{encode_reply, RawRequest};
 use super::registry::{DispatchContext, Registry};
 use super::sys;
+use crate::budget::{decoded_size_estimate, Charge, MemoryBudget};
 use crate::framing::{Framer, Limits, DEFAULT_MAX_DEPTH};
 
 /// Default path of the control socket (`sluiced`'s; other programs set
@@ -86,6 +87,17 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Most connections served at once.
     pub max_connections: usize,
+    /// Most bytes held for requests by all connections together: the raw
+    /// bytes buffered while a request arrives plus the estimated size of
+    /// what is decoded from it ([`crate::budget::decoded_size_estimate`];
+    /// only structured methods and ids are decoded, text commands read their
+    /// arguments from the raw text). A connection whose request would pass
+    /// it gets an error reply (and is closed if the request was still
+    /// arriving); the others keep being served. Default 512 MiB: the
+    /// largest request (64 MiB) decoded as a structured method of typical
+    /// shape, with room to spare for the other connections. At least
+    /// `max_message_bytes`.
+    pub max_bytes_in_flight: usize,
     /// Peers allowed to run commands.
     pub allowed_peers: AllowedPeers,
 }
@@ -102,6 +114,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(300),
             write_timeout: Duration::from_secs(10),
             max_connections: 64,
+            max_bytes_in_flight: 512 << 20,
             allowed_peers: AllowedPeers::RootAndSelf,
         }
     }
@@ -119,6 +132,9 @@ impl ServerConfig {
         }
         if self.socket_mode & !0o777 != 0 || self.socket_mode & 0o600 != 0o600 {
             return invalid("socket_mode must be permission bits (at most 0777) including 0600");
+        }
+        if self.max_bytes_in_flight < self.max_message_bytes {
+            return invalid("max_bytes_in_flight must be at least max_message_bytes");
         }
         if self.max_connections == 0 {
             return invalid("max_connections must be at least 1");
@@ -197,6 +213,7 @@ struct Shared {
     on_exit: ExitCallback,
     config: ServerConfig,
     allowed_uids: Option<Vec<u32>>,
+    budget: Arc<MemoryBudget>,
     stopping: AtomicBool,
     next_conn: AtomicU64,
     conns: Mutex<HashMap<u64, Connection>>,
@@ -258,7 +275,9 @@ impl CtlServer {
             AllowedPeers::Any => None,
         };
         let path = config.path.clone();
+        let budget = MemoryBudget::new(config.max_bytes_in_flight);
         let shared = Arc::new(Shared {
+            budget,
             registry,
             on_exit: Box::new(on_exit),
             config,
@@ -519,21 +538,19 @@ fn admission(shared: &Shared, stream: &UnixStream) -> Admission {
 /// the connection (and its slot in the connection limit) survives.
 fn dispatch_guarded(
     shared: &Shared,
-    request: &Request,
+    method: &str,
+    params: Option<&serde_json::value::RawValue>,
     ctx: &DispatchContext<'_>,
+    decode: &mut dyn FnMut(&serde_json::value::RawValue) -> Result<Value, String>,
 ) -> Result<Value, String> {
-    let run = || {
-        shared
-            .registry
-            .dispatch(&request.method, &request.params, ctx)
-    };
+    let run = || shared.registry.dispatch_raw(method, params, ctx, decode);
     match panic::catch_unwind(AssertUnwindSafe(run)) {
         Ok(outcome) => outcome,
         Err(_) => {
-            tracing::error!(command = %request.method, "control command handler panicked");
+            tracing::error!(command = %method, "control command handler panicked");
             Err(format!(
                 "internal error: the \"{}\" handler panicked; see the {} log\n",
-                request.method, shared.config.program
+                method, shared.config.program
             ))
         }
     }
@@ -550,6 +567,9 @@ fn serve_connection(shared: &Shared, mut stream: UnixStream) {
         max_depth: config.max_depth,
     });
     let mut buf = vec![0u8; 64 * 1024];
+    // The bytes this connection holds in its framer, charged to the
+    // server-wide budget before they are buffered.
+    let mut buffered = shared.budget.empty_charge();
     loop {
         let timeout = match (&admission, framer.has_partial()) {
             (Admission::Allowed, false) => config.idle_timeout,
@@ -583,22 +603,30 @@ fn serve_connection(shared: &Shared, mut stream: UnixStream) {
                 return;
             }
         };
+        if let Err(e) = buffered.resize(framer.buffered() + n) {
+            tracing::warn!(error = %e, "control request refused for lack of memory; closing the connection");
+            let _ = stream.write_all(&encode_reply(&Value::Null, &Err(format!("{e}; closing the connection\n"))));
+            return;
+        }
         framer.push(&buf[..n]);
         loop {
-            let frame = match framer.next_frame() {
-                Ok(Some(frame)) => frame,
+            let (frame_len, id, outcome) = match framer.next_frame_ref() {
+                Ok(Some(frame)) => {
+                    let (id, outcome) = handle_frame(shared, &admission, &ctx, frame);
+                    (frame.len(), id, outcome)
+                }
                 Ok(None) => break,
                 Err(e) => {
                     let _ = stream.write_all(&encode_reply(&Value::Null, &Err(format!("{e}\n"))));
                     return;
                 }
             };
-            let (id, outcome) = handle_frame(shared, &admission, &ctx, &frame);
-            if frame.len() >= LARGE_REQUEST_BYTES {
-                drop(frame);
+            if frame_len >= LARGE_REQUEST_BYTES {
                 framer.compact();
                 super::sys::release_free_heap();
             }
+            // Shrinking a charge cannot fail.
+            let _ = buffered.resize(framer.buffered());
             if let Err(e) = stream.write_all(&encode_reply(&id, &outcome)) {
                 tracing::debug!(error = %e, "control reply could not be written");
                 return;
@@ -610,7 +638,9 @@ fn serve_connection(shared: &Shared, mut stream: UnixStream) {
     }
 }
 
-/// Decodes, validates and runs one message; returns the reply's id and
+/// Validates and runs one message, decoding only what must be decoded
+/// (the id, and `params` for a structured method) after charging its
+/// estimated size to the server's budget; returns the reply's id and
 /// outcome.
 fn handle_frame(
     shared: &Shared,
@@ -618,8 +648,9 @@ fn handle_frame(
     ctx: &DispatchContext<'_>,
     frame: &[u8],
 ) -> (Value, Result<Value, String>) {
-    let value = match serde_json::from_slice::<Value>(frame) {
-        Ok(value) => value,
+    let raw = match RawRequest::parse(frame) {
+        Ok(Some(raw)) => raw,
+        Ok(None) => return (Value::Null, Err("message is not a JSON object\n".to_owned())),
         Err(e) => {
             return (
                 Value::Null,
@@ -627,15 +658,29 @@ fn handle_frame(
             )
         }
     };
-    match Request::from_value(value) {
-        Err((id, message)) => (id, Err(format!("{message}\n"))),
-        Ok(request) => match admission {
-            Admission::Denied(message) => (request.id, Err(message.clone())),
-            Admission::Allowed => {
-                let outcome = dispatch_guarded(shared, &request, ctx);
-                (request.id, outcome)
-            }
-        },
+    // Held until the decoded values are dropped, after the handler ran.
+    let mut charges: Vec<Charge> = Vec::new();
+    let mut decode = |raw: &serde_json::value::RawValue| -> Result<Value, String> {
+        let estimate = decoded_size_estimate(raw.get().as_bytes());
+        let charge = shared.budget.try_charge(estimate).map_err(|e| {
+            tracing::warn!(error = %e, "control request refused for lack of memory");
+            e.to_string()
+        })?;
+        let value = serde_json::from_str(raw.get())
+            .map_err(|e| format!("malformed JSON in request: {e}"))?;
+        charges.push(charge);
+        Ok(value)
+    };
+    let request = match raw.validate(&mut decode) {
+        Ok(request) => request,
+        Err((id, message)) => return (id, Err(format!("{message}\n"))),
+    };
+    match admission {
+        Admission::Denied(message) => (request.id, Err(message.clone())),
+        Admission::Allowed => {
+            let outcome = dispatch_guarded(shared, &request.method, request.params, ctx, &mut decode);
+            (request.id, outcome)
+        }
     }
 }
 
