@@ -54,16 +54,18 @@ fn main() {
                 let chunk = "0,".repeat(32 * 1024);
                 let body = size_mib * (1 << 20) - head.len() - tail.len();
                 let mut sent = 0;
-                let _ = s.write_all(head.as_bytes());
-                while sent + chunk.len() <= body {
-                    if s.write_all(chunk.as_bytes()).is_err() {
-                        break;
-                    }
+                // A write fails when the server refused the request and
+                // closed the connection; its error reply is then read.
+                let mut ok = s.write_all(head.as_bytes()).is_ok();
+                while ok && sent + chunk.len() <= body {
+                    ok = s.write_all(chunk.as_bytes()).is_ok();
                     sent += chunk.len();
                 }
-                let rest = body - sent;
-                let _ = s.write_all(&chunk.as_bytes()[..rest - rest % 2]);
-                let _ = s.write_all(tail);
+                if ok {
+                    let rest = body - sent;
+                    let _ = s.write_all(&chunk.as_bytes()[..rest - rest % 2]);
+                    let _ = s.write_all(tail);
+                }
                 let reply = sluice_jsonrpc::Framer::new(1 << 20).read_value(&mut s);
                 let text = format!("{reply:?}");
                 text[..text.len().min(300)].to_owned()

@@ -206,6 +206,16 @@ type ExitCallback = Box<dyn Fn() + Send + Sync>;
 struct Connection {
     stream: UnixStream,
     thread: JoinHandle<()>,
+    activity: Arc<Activity>,
+}
+
+/// What the accept thread needs to pick an idle connection to evict.
+#[derive(Default)]
+struct Activity {
+    /// A request is arriving or running.
+    busy: AtomicBool,
+    /// Value of [`Shared::clock`] at this connection's last input.
+    last_input: AtomicU64,
 }
 
 struct Shared {
@@ -216,6 +226,9 @@ struct Shared {
     budget: Arc<MemoryBudget>,
     stopping: AtomicBool,
     next_conn: AtomicU64,
+    /// A logical clock ticked by every read, ordering connections by
+    /// their last input.
+    clock: AtomicU64,
     conns: Mutex<HashMap<u64, Connection>>,
 }
 
@@ -284,6 +297,7 @@ impl CtlServer {
             allowed_uids,
             stopping: AtomicBool::new(false),
             next_conn: AtomicU64::new(0),
+            clock: AtomicU64::new(0),
             conns: Mutex::new(HashMap::new()),
         });
         let accept_shared = shared.clone();
@@ -477,6 +491,9 @@ fn spawn_connection(shared: &Arc<Shared>, mut stream: UnixStream) {
     // to remove its entry before it exists.
     let mut conns = shared.conns();
     if conns.len() >= shared.config.max_connections {
+        evict_idle(&mut conns);
+    }
+    if conns.len() >= shared.config.max_connections {
         let reply = encode_reply(
             &Value::Null,
             &Err(format!(
@@ -489,10 +506,15 @@ fn spawn_connection(shared: &Arc<Shared>, mut stream: UnixStream) {
     }
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let conn_shared = shared.clone();
+    let activity = Arc::new(Activity::default());
+    activity
+        .last_input
+        .store(shared.clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+    let conn_activity = activity.clone();
     let spawned = thread::Builder::new()
         .name(format!("sluice-ctl-{id}"))
         .spawn(move || {
-            serve_connection(&conn_shared, stream);
+            serve_connection(&conn_shared, stream, &conn_activity);
             conn_shared.conns().remove(&id);
         });
     match spawned {
@@ -502,10 +524,27 @@ fn spawn_connection(shared: &Arc<Shared>, mut stream: UnixStream) {
                 Connection {
                     stream: clone,
                     thread,
+                    activity,
                 },
             );
         }
         Err(e) => tracing::warn!(error = %e, "cannot spawn control connection thread"),
+    }
+}
+
+/// Makes room for a new connection by closing the one whose last input is
+/// the oldest among those with no request arriving or running, so idle
+/// clients cannot hold every slot while others wait. Its thread sees the
+/// end of its stream and exits on its own.
+fn evict_idle(conns: &mut HashMap<u64, Connection>) {
+    let idle = conns
+        .iter()
+        .filter(|(_, c)| !c.activity.busy.load(Ordering::Acquire))
+        .min_by_key(|(_, c)| c.activity.last_input.load(Ordering::Relaxed))
+        .map(|(id, _)| *id);
+    if let Some(conn) = idle.and_then(|id| conns.remove(&id)) {
+        tracing::info!("control connection limit reached; closing the connection idle the longest");
+        let _ = conn.stream.shutdown(std::net::Shutdown::Both);
     }
 }
 
@@ -556,7 +595,7 @@ fn dispatch_guarded(
     }
 }
 
-fn serve_connection(shared: &Shared, mut stream: UnixStream) {
+fn serve_connection(shared: &Shared, mut stream: UnixStream, activity: &Activity) {
     let config = &shared.config;
     let admission = admission(shared, &stream);
     let ctx = DispatchContext {
@@ -578,9 +617,16 @@ fn serve_connection(shared: &Shared, mut stream: UnixStream) {
         if stream.set_read_timeout(Some(timeout)).is_err() {
             return;
         }
+        activity.busy.store(framer.has_partial(), Ordering::Release);
         let n = match stream.read(&mut buf) {
             Ok(0) => return,
-            Ok(n) => n,
+            Ok(n) => {
+                activity.busy.store(true, Ordering::Release);
+                activity
+                    .last_input
+                    .store(shared.clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+                n
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e)
                 if matches!(
@@ -1153,13 +1199,43 @@ mod tests {
         assert!(!path.exists(), "no socket is created for a refused config");
     }
 
+    /// A registry with `block`, whose handler signals `started` and waits
+    /// for `release` (bounded, so a failing test cannot hang).
+    fn blocking_registry() -> (Registry, crossbeam_channel::Receiver<()>, crossbeam_channel::Sender<()>) {
+        let r = test_registry();
+        let (started_tx, started_rx) = crossbeam_channel::unbounded();
+        let (release_tx, release_rx) = crossbeam_channel::unbounded::<()>();
+        r.register(
+            "block",
+            "",
+            0,
+            0,
+            Arc::new(move |_: &[String]| {
+                let _ = started_tx.send(());
+                release_rx
+                    .recv_timeout(Duration::from_secs(60))
+                    .map_err(|_| "never released".to_owned())?;
+                Ok("released".to_owned())
+            }),
+        )
+        .unwrap();
+        (r, started_rx, release_tx)
+    }
+
     #[test]
-    fn connection_limit_rejects_with_an_error() {
+    fn connection_limit_rejects_with_an_error_when_no_connection_is_idle() {
         let dir = tempfile::tempdir().unwrap();
-        let server = start(dir.path(), |c| c.max_connections = 1);
+        let (r, started, release) = blocking_registry();
+        let mut cfg = ServerConfig::with_path(dir.path().join("s.ctl"));
+        cfg.max_connections = 1;
+        let server = CtlServer::start(cfg, r, || {}).unwrap();
         let mut first = UnixStream::connect(server.path()).unwrap();
-        // Ensure the first connection is registered before the second.
-        assert_eq!(call(&mut first, 1, "echo", json!([]))["result"], "");
+        first
+            .write_all(br#"{"id":1,"method":"block","params":[]}"#)
+            .unwrap();
+        started
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the blocking request did not start within 30 s");
         let mut second = UnixStream::connect(server.path()).unwrap();
         let reply = read_reply(&mut second);
         assert!(reply["error"]
@@ -1167,5 +1243,123 @@ mod tests {
             .unwrap()
             .contains("too many control connections"));
         assert_closed(&mut second);
+        release.send(()).unwrap();
+        assert_eq!(read_reply(&mut first)["result"], "released\n");
+    }
+
+    #[test]
+    fn the_connection_idle_the_longest_makes_room_for_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = start(dir.path(), |c| c.max_connections = 2);
+        let mut oldest = UnixStream::connect(server.path()).unwrap();
+        assert_eq!(call(&mut oldest, 1, "echo", json!(["a"]))["result"], "a\n");
+        let mut recent = UnixStream::connect(server.path()).unwrap();
+        assert_eq!(call(&mut recent, 1, "echo", json!(["b"]))["result"], "b\n");
+        let mut newcomer = UnixStream::connect(server.path()).unwrap();
+        assert_eq!(call(&mut newcomer, 1, "echo", json!(["c"]))["result"], "c\n");
+        assert_closed(&mut oldest);
+        assert_eq!(call(&mut recent, 2, "echo", json!(["d"]))["result"], "d\n");
+    }
+
+    fn budget_registry() -> Registry {
+        let r = test_registry();
+        r.register_method(
+            "count",
+            Arc::new(|p: &Value| Ok(json!(p.as_array().map_or(0, Vec::len)))),
+        )
+        .unwrap();
+        r
+    }
+
+    #[test]
+    fn a_method_request_beyond_the_memory_budget_gets_an_error_and_the_connection_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ServerConfig::with_path(dir.path().join("s.ctl"));
+        cfg.max_message_bytes = 1 << 20;
+        cfg.max_bytes_in_flight = 4 << 20;
+        let server = CtlServer::start(cfg, budget_registry(), || {}).unwrap();
+        let mut s = UnixStream::connect(server.path()).unwrap();
+        // 500k zeros: under the message limit, but ~32 MB once decoded.
+        let zeros = vec![0u8; 500_000];
+        let reply = call(&mut s, 1, "count", json!(zeros));
+        assert_eq!(reply["id"], 1);
+        assert!(
+            reply["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("the server is out of request memory"),
+            "{reply}"
+        );
+        // The same request as a text command never decodes its params.
+        let reply = call(&mut s, 2, "version", json!(zeros));
+        assert_eq!(
+            reply["error"],
+            "\"version\" command takes at most 0 arguments\n"
+        );
+        assert_eq!(call(&mut s, 3, "count", json!([1, 2, 3]))["result"], 3);
+        assert_eq!(server.shared.budget.in_use(), 0);
+    }
+
+    #[test]
+    fn buffered_bytes_beyond_the_budget_close_that_connection_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ServerConfig::with_path(dir.path().join("s.ctl"));
+        cfg.max_message_bytes = 1 << 20;
+        cfg.max_bytes_in_flight = 1 << 20;
+        let server = CtlServer::start(cfg, budget_registry(), || {}).unwrap();
+        let budget = server.shared.budget.clone();
+        // A partial request of 900 kB holds most of the budget.
+        let mut holder = UnixStream::connect(server.path()).unwrap();
+        let head = br#"{"id":1,"method":"echo","params":[""#;
+        holder.write_all(head).unwrap();
+        holder.write_all(&vec![b'x'; 900_000]).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while budget.in_use() < 900_000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not buffer the partial request within 30 s"
+            );
+            thread::yield_now();
+        }
+        // Another 200 kB partial request does not fit: error and close.
+        let mut greedy = UnixStream::connect(server.path()).unwrap();
+        let _ = greedy.write_all(head);
+        let _ = greedy.write_all(&vec![b'y'; 200_000]);
+        let reply = read_reply(&mut greedy);
+        assert!(
+            reply["error"]
+                .as_str()
+                .unwrap()
+                .contains("out of request memory"),
+            "{reply}"
+        );
+        assert_closed(&mut greedy);
+        // Small requests still fit and are served.
+        let mut small = UnixStream::connect(server.path()).unwrap();
+        assert_eq!(call(&mut small, 1, "echo", json!(["ok"]))["result"], "ok\n");
+        // The holder completes its request and the budget is given back.
+        holder.write_all(br#""]}"#).unwrap();
+        let reply = read_reply(&mut holder);
+        assert_eq!(reply["result"].as_str().unwrap().len(), 900_001);
+        drop(holder);
+        drop(small);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while budget.in_use() != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} bytes still charged 30 s after every request completed",
+                budget.in_use()
+            );
+            thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn budget_smaller_than_a_message_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ServerConfig::with_path(dir.path().join("s.ctl"));
+        cfg.max_bytes_in_flight = cfg.max_message_bytes - 1;
+        let err = CtlServer::start(cfg, Registry::new(), || {}).unwrap_err();
+        assert!(err.to_string().contains("max_bytes_in_flight"), "{err}");
     }
 }
