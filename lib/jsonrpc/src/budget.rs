@@ -146,12 +146,18 @@ impl Drop for Charge {
 /// Heap bytes charged per array element: the 32-byte `Value` and as much
 /// again for the vector's spare capacity after doubling.
 const PER_ARRAY_ELEMENT: usize = 2 * std::mem::size_of::<serde_json::Value>();
-/// Heap bytes charged per object member: a B-tree slot (24-byte key
-/// `String` + 32-byte `Value`), a share of the node's spare slots, and the
-/// key's own allocation header.
+/// Heap bytes charged per array with elements: a vector's first
+/// allocation holds 4 values.
+const PER_ARRAY: usize = 4 * std::mem::size_of::<serde_json::Value>();
+/// Heap bytes charged per object member beyond the first node's 11: a
+/// B-tree slot (24-byte key `String` + 32-byte `Value`) and a share of
+/// further nodes, which splitting leaves about half full.
 const PER_OBJECT_MEMBER: usize = 128;
-/// Heap bytes charged per object: one B-tree leaf node (11 keys and values
-/// plus links) whatever its number of members.
+/// Members that fit in an object's first B-tree node.
+const MEMBERS_IN_FIRST_NODE: u32 = 11;
+/// Heap bytes charged per object with members: one B-tree leaf node (11
+/// keys and values plus links) whatever its number of members (an empty
+/// object allocates nothing).
 const PER_OBJECT: usize = 640;
 /// Heap bytes charged per string beyond its text: allocator header and
 /// rounding.
@@ -165,6 +171,8 @@ pub fn decoded_size_estimate(json: &[u8]) -> usize {
     // Whether each open container is an object (bit set) or an array; the
     // framer limits nesting, deeper levels count as arrays.
     let mut objects: u128 = 0;
+    // Members seen so far in each open object.
+    let mut members = [0u32; 128];
     let mut depth: u32 = 0;
     let mut in_string = false;
     let mut escape = false;
@@ -186,7 +194,7 @@ pub fn decoded_size_estimate(json: &[u8]) -> usize {
         if array_open && !matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
             array_open = false;
             if byte != b']' {
-                total = total.saturating_add(PER_ARRAY_ELEMENT);
+                total = total.saturating_add(PER_ARRAY + PER_ARRAY_ELEMENT);
             }
         }
         let in_object = depth > 0 && depth <= 128 && objects & (1 << (depth - 1)) != 0;
@@ -203,17 +211,22 @@ pub fn decoded_size_estimate(json: &[u8]) -> usize {
                     } else {
                         objects &= !bit;
                     }
+                    members[depth as usize] = 0;
                 }
                 depth = depth.saturating_add(1);
-                if byte == b'{' {
-                    total = total.saturating_add(PER_OBJECT);
-                } else {
-                    array_open = true;
-                }
+                array_open = byte == b'[';
             }
             b'}' | b']' => depth = depth.saturating_sub(1),
             b',' if !in_object => total = total.saturating_add(PER_ARRAY_ELEMENT),
-            b':' if in_object => total = total.saturating_add(PER_OBJECT_MEMBER),
+            b':' if in_object => {
+                let seen = &mut members[depth as usize - 1];
+                *seen = seen.saturating_add(1);
+                if *seen == 1 {
+                    total = total.saturating_add(PER_OBJECT);
+                } else if *seen > MEMBERS_IN_FIRST_NODE {
+                    total = total.saturating_add(PER_OBJECT_MEMBER);
+                }
+            }
             _ => {}
         }
     }
@@ -257,20 +270,27 @@ mod tests {
         let v = std::mem::size_of::<serde_json::Value>();
         assert_eq!(decoded_size_estimate(b"[]"), 2);
         assert_eq!(decoded_size_estimate(b"[ ]"), 3);
-        assert_eq!(decoded_size_estimate(b"[0]"), 3 + 2 * v);
-        assert_eq!(decoded_size_estimate(b"[0,0]"), 5 + 4 * v);
+        assert_eq!(decoded_size_estimate(b"[0]"), 3 + 6 * v);
+        assert_eq!(decoded_size_estimate(b"[0,0]"), 5 + 8 * v);
+        assert_eq!(decoded_size_estimate(b"[{},{}]"), 7 + 8 * v);
         assert_eq!(
             decoded_size_estimate(br#"{"a":1}"#),
-            7 + PER_OBJECT + PER_OBJECT_MEMBER + PER_STRING
+            7 + PER_OBJECT + PER_STRING
+        );
+        let twelve: String = (0..12).map(|i| format!(r#","k{i}":0"#)).collect();
+        let twelve = format!("{{{}}}", &twelve[1..]);
+        assert_eq!(
+            decoded_size_estimate(twelve.as_bytes()),
+            twelve.len() + PER_OBJECT + PER_OBJECT_MEMBER + 12 * PER_STRING
         );
         // Commas and colons inside strings and objects are not elements.
         assert_eq!(
             decoded_size_estimate(br#"[",:[{"]"#),
-            8 + 2 * v + PER_STRING
+            8 + 6 * v + PER_STRING
         );
         assert_eq!(
             decoded_size_estimate(br#"{"a":1,"b":[]}"#),
-            14 + PER_OBJECT + 2 * PER_OBJECT_MEMBER + 2 * PER_STRING
+            14 + PER_OBJECT + 2 * PER_STRING
         );
         // Garbage still yields a finite value.
         assert!(decoded_size_estimate(b"]]]]{{{{,,,,::::") >= 16);

@@ -16,7 +16,16 @@
 //! than `read_timeout`, is disconnected; at most `max_connections` are served
 //! at once and further ones get an error reply. Peer credentials are checked
 //! on accept: a client whose uid is not allowed gets one error reply and is
-//! disconnected without any command running.
+//! disconnected without any command running. When every slot is taken, the
+//! connection idle the longest (no request arriving or running) is closed to
+//! make room, so idle clients cannot lock others out.
+//!
+//! Memory: every connection charges the bytes it buffers, and the estimated
+//! size of what it decodes, to one [`MemoryBudget`] of
+//! `max_bytes_in_flight` bytes; a request that does not fit gets an error
+//! reply. Text commands take their arguments from the raw request text and
+//! never decode `params`, so a hostile 64 MiB request to one costs 64 MiB,
+//! not the ~1.1 GB its decoded `Value` would.
 //!
 //! Thread-safety: [`CtlServer`] is owned by the thread that started it;
 //! handlers run on the connection threads, never on PMD threads.
@@ -93,10 +102,11 @@ pub struct ServerConfig {
     /// only structured methods and ids are decoded, text commands read their
     /// arguments from the raw text). A connection whose request would pass
     /// it gets an error reply (and is closed if the request was still
-    /// arriving); the others keep being served. Default 512 MiB: the
-    /// largest request (64 MiB) decoded as a structured method of typical
-    /// shape, with room to spare for the other connections. At least
-    /// `max_message_bytes`.
+    /// arriving); the others keep being served. Default 1 GiB: a
+    /// `service-update` of 100k Services x 10 endpoints (~35 MB of JSON)
+    /// decodes to ~340 MB, estimated at ~500 MB, and must fit with room for
+    /// the other connections; without the budget, 64 connections could make
+    /// the daemon hold 64 x 1.1 GB. At least `max_message_bytes`.
     pub max_bytes_in_flight: usize,
     /// Peers allowed to run commands.
     pub allowed_peers: AllowedPeers,
@@ -114,7 +124,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(300),
             write_timeout: Duration::from_secs(10),
             max_connections: 64,
-            max_bytes_in_flight: 512 << 20,
+            max_bytes_in_flight: 1 << 30,
             allowed_peers: AllowedPeers::RootAndSelf,
         }
     }
