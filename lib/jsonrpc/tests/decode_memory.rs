@@ -11,7 +11,6 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
 use serde_json::{json, Value};
 use sluice_jsonrpc::decoded_size_estimate;
@@ -95,19 +94,24 @@ fn service_update(services: usize, endpoints: usize) -> Value {
 #[test]
 fn decode_estimates_bound_real_allocation_and_text_commands_do_not_decode() {
     let zeros = format!("[{}0]", "0,".repeat(200_000));
-    let many_keys = Value::Object(
-        (0..5_000)
-            .map(|i| (format!("key{i}"), json!(i)))
-            .collect(),
-    )
-    .to_string();
+    let many_keys =
+        Value::Object((0..5_000).map(|i| (format!("key{i}"), json!(i))).collect()).to_string();
     let shapes: Vec<(&str, String)> = vec![
         ("zeros", zeros),
         ("empty arrays", format!("[{}[]]", "[],".repeat(100_000))),
         ("empty objects", format!("[{}{{}}]", "{},".repeat(100_000))),
-        ("one-member objects", format!("[{}{{\"a\":1}}]", "{\"a\":1},".repeat(50_000))),
-        ("short strings", format!("[{}\"\"]", "\"\",".repeat(100_000))),
-        ("escaped strings", format!("[{}]", vec![r#""a\"b\\c\u00e9""#; 20_000].join(","))),
+        (
+            "one-member objects",
+            format!("[{}{{\"a\":1}}]", "{\"a\":1},".repeat(50_000)),
+        ),
+        (
+            "short strings",
+            format!("[{}\"\"]", "\"\",".repeat(100_000)),
+        ),
+        (
+            "escaped strings",
+            format!("[{}]", vec![r#""a\"b\\c\u00e9""#; 20_000].join(",")),
+        ),
         ("nested", format!("{}0{}", "[".repeat(120), "]".repeat(120))),
         ("many keys", many_keys),
         ("service update", service_update(500, 10).to_string()),

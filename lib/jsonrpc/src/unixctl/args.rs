@@ -215,7 +215,9 @@ impl<'de> Visitor<'de> for ArgsMemberSeed {
         Ok(ObjectArgs::Missing)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<ObjectArgs, A::Error> {
-        ArgsSeed { keep: self.keep }.visit_seq(seq).map(ObjectArgs::List)
+        ArgsSeed { keep: self.keep }
+            .visit_seq(seq)
+            .map(ObjectArgs::List)
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ObjectArgs, A::Error> {
         IgnoredAny.visit_map(map)?;
@@ -267,7 +269,10 @@ mod tests {
     fn object_args_member() {
         let scan = |t: &str| scan_object_args(&raw(t), 4).unwrap();
         assert!(matches!(scan(r#"{}"#), ObjectArgs::Missing));
-        assert!(matches!(scan(r#"{"args":null,"x":[1]}"#), ObjectArgs::Missing));
+        assert!(matches!(
+            scan(r#"{"args":null,"x":[1]}"#),
+            ObjectArgs::Missing
+        ));
         assert!(matches!(scan(r#"{"args":"x"}"#), ObjectArgs::NotAList));
         assert!(matches!(scan(r#"{"args":{"a":1}}"#), ObjectArgs::NotAList));
         match scan(r#"{"args":["no"],"other":{"args":3},"args":["a","b"]}"#) {

@@ -517,9 +517,10 @@ fn spawn_connection(shared: &Arc<Shared>, mut stream: UnixStream) {
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let conn_shared = shared.clone();
     let activity = Arc::new(Activity::default());
-    activity
-        .last_input
-        .store(shared.clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+    activity.last_input.store(
+        shared.clock.fetch_add(1, Ordering::Relaxed),
+        Ordering::Relaxed,
+    );
     let conn_activity = activity.clone();
     let spawned = thread::Builder::new()
         .name(format!("sluice-ctl-{id}"))
@@ -632,9 +633,10 @@ fn serve_connection(shared: &Shared, mut stream: UnixStream, activity: &Activity
             Ok(0) => return,
             Ok(n) => {
                 activity.busy.store(true, Ordering::Release);
-                activity
-                    .last_input
-                    .store(shared.clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+                activity.last_input.store(
+                    shared.clock.fetch_add(1, Ordering::Relaxed),
+                    Ordering::Relaxed,
+                );
                 n
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -661,7 +663,10 @@ fn serve_connection(shared: &Shared, mut stream: UnixStream, activity: &Activity
         };
         if let Err(e) = buffered.resize(framer.buffered() + n) {
             tracing::warn!(error = %e, "control request refused for lack of memory; closing the connection");
-            let _ = stream.write_all(&encode_reply(&Value::Null, &Err(format!("{e}; closing the connection\n"))));
+            let _ = stream.write_all(&encode_reply(
+                &Value::Null,
+                &Err(format!("{e}; closing the connection\n")),
+            ));
             return;
         }
         framer.push(&buf[..n]);
@@ -706,7 +711,12 @@ fn handle_frame(
 ) -> (Value, Result<Value, String>) {
     let raw = match RawRequest::parse(frame) {
         Ok(Some(raw)) => raw,
-        Ok(None) => return (Value::Null, Err("message is not a JSON object\n".to_owned())),
+        Ok(None) => {
+            return (
+                Value::Null,
+                Err("message is not a JSON object\n".to_owned()),
+            )
+        }
         Err(e) => {
             return (
                 Value::Null,
@@ -734,7 +744,8 @@ fn handle_frame(
     match admission {
         Admission::Denied(message) => (request.id, Err(message.clone())),
         Admission::Allowed => {
-            let outcome = dispatch_guarded(shared, &request.method, request.params, ctx, &mut decode);
+            let outcome =
+                dispatch_guarded(shared, &request.method, request.params, ctx, &mut decode);
             (request.id, outcome)
         }
     }
@@ -1211,7 +1222,11 @@ mod tests {
 
     /// A registry with `block`, whose handler signals `started` and waits
     /// for `release` (bounded, so a failing test cannot hang).
-    fn blocking_registry() -> (Registry, crossbeam_channel::Receiver<()>, crossbeam_channel::Sender<()>) {
+    fn blocking_registry() -> (
+        Registry,
+        crossbeam_channel::Receiver<()>,
+        crossbeam_channel::Sender<()>,
+    ) {
         let r = test_registry();
         let (started_tx, started_rx) = crossbeam_channel::unbounded();
         let (release_tx, release_rx) = crossbeam_channel::unbounded::<()>();
@@ -1266,7 +1281,10 @@ mod tests {
         let mut recent = UnixStream::connect(server.path()).unwrap();
         assert_eq!(call(&mut recent, 1, "echo", json!(["b"]))["result"], "b\n");
         let mut newcomer = UnixStream::connect(server.path()).unwrap();
-        assert_eq!(call(&mut newcomer, 1, "echo", json!(["c"]))["result"], "c\n");
+        assert_eq!(
+            call(&mut newcomer, 1, "echo", json!(["c"]))["result"],
+            "c\n"
+        );
         assert_closed(&mut oldest);
         assert_eq!(call(&mut recent, 2, "echo", json!(["d"]))["result"], "d\n");
     }
