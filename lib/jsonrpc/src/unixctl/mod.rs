@@ -29,4 +29,4 @@ mod sys;
 
 pub use registry::{CommandHandler, DispatchContext, MethodHandler, Registry, RegistryError};
 pub use server::{AllowedPeers, CtlError, CtlServer, ServerConfig, DEFAULT_SOCKET_PATH};
-pub use sys::PeerCred;
+pub use sys::{effective_uid, peer_cred, PeerCred};
