@@ -7,7 +7,8 @@
 //! valid prefix ends; [`Log::open`] truncates anything after it (a torn or corrupt tail
 //! left by a crash).  [`Log`] appends records and makes them durable with `fdatasync`
 //! before [`Log::commit`] returns.  [`Log::replace`] atomically rewrites the file
-//! (write temporary, fsync, rename, fsync directory) for compaction.  A `Log` holds an
+//! (write temporary, fsync, rename, fsync directory) for compaction.  Files are created
+//! with mode [`DB_FILE_MODE`] (0640).  A `Log` holds an
 //! exclusive `flock` on its file so two servers never write one database.  Owned by one
 //! thread.
 

@@ -7,8 +7,14 @@
 //! a client never sees a transaction acknowledged, nor a monitor update, before it is
 //! durable, and transactions arriving together share one fsync (group commit).
 //! Output is buffered per session up to a backlog limit; a client that stops reading
-//! is disconnected rather than blocking the server.  A peer that sends malformed or
-//! oversize input gets an error (or is disconnected) without affecting other sessions.
+//! is disconnected rather than blocking the server.  What all sessions hold together
+//! (output backlogs and unparsed input) is bounded by `max_memory`: past it the session
+//! holding the most is disconnected.  A peer that sends malformed or oversize input, or
+//! a message whose estimated decoded cost passes `max_message_memory` (which bounds
+//! how long one message can hold up this single loop), gets an error and is
+//! disconnected without affecting other sessions.  Unix peers are identified with
+//! `SO_PEERCRED` on accept: only root and the server's own uid may write; other peers
+//! may only read (see `Server::refusal`).
 //! The control socket ([`crate::unixctl`]) runs its connections on its own threads and
 //! posts commands to this loop, which polls its wake-up descriptor and runs them here.
 

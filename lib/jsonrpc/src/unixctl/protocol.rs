@@ -1,7 +1,9 @@
 //! What the unixctl server accepts and sends: validation of one decoded
 //! message as a request ([`Request::from_value`]: `method` is a string, `id`
-//! is present, it is not a reply) and the reply encoding ([`encode_reply`]:
-//! a text error becomes a JSON string).
+//! is present, it is not a reply), the same validation over the message's
+//! raw text (`RawRequest`, which the server uses so that nothing is decoded
+//! before it is charged to the memory budget), and the reply encoding
+//! ([`encode_reply`]: a text error becomes a JSON string).
 //!
 //! Thread-safety: plain values without I/O.
 
@@ -200,6 +202,50 @@ mod tests {
         let (_, err) =
             Request::from_value(json!({"id": null, "method": "m", "params": []})).unwrap_err();
         assert!(err.contains("notification"), "{err}");
+    }
+
+    #[test]
+    fn raw_validation_matches_decoded_validation() {
+        for text in [
+            r#"{"id":3,"method":"version","params":[]}"#,
+            r#"{"id":"x","method":"m"}"#,
+            r#"{"id":"x","method":"m","params":null}"#,
+            r#"{"id":1,"method":"m","params":{"args":["a"]}}"#,
+            r#"{"id":4,"method":5}"#,
+            r#"{"id":4,"result":"x","error":null}"#,
+            r#"{"id":4,"result":null,"error":"e"}"#,
+            r#"{"id":null,"method":"m","params":[]}"#,
+            r#"{"method":"m","params":[]}"#,
+            r#"{"id":[1,{"a":2}],"params":[]}"#,
+            r#"{"id":1,"method":"a","method":"b","extra":{"x":[1,2]}}"#,
+        ] {
+            let decoded = Request::from_value(serde_json::from_str(text).unwrap());
+            let raw = RawRequest::parse(text.as_bytes())
+                .unwrap()
+                .expect("an object")
+                .validate(&mut |r| Ok(serde_json::from_str(r.get()).unwrap()));
+            match (decoded, raw) {
+                (Ok(d), Ok(r)) => {
+                    assert_eq!(d.id, r.id, "{text}");
+                    assert_eq!(d.method, r.method, "{text}");
+                    let params: Value = r
+                        .params
+                        .map_or(json!([]), |p| serde_json::from_str(p.get()).unwrap());
+                    assert_eq!(d.params, params, "{text}");
+                }
+                (Err(d), Err(r)) => assert_eq!(d, r, "{text}"),
+                (d, r) => panic!("{text}: decoded {d:?}, raw {r:?}"),
+            }
+        }
+        assert!(RawRequest::parse(b"[1,2]").unwrap().is_none());
+        assert!(RawRequest::parse(b"{\"a\":tru}").is_err());
+        // A refused id decode is reported with a null id.
+        let (id, err) = RawRequest::parse(br#"{"id":[0,0],"method":"m"}"#)
+            .unwrap()
+            .unwrap()
+            .validate(&mut |_| Err("no memory".to_owned()))
+            .unwrap_err();
+        assert_eq!((id, err.as_str()), (Value::Null, "no memory"));
     }
 
     #[test]
