@@ -19,7 +19,6 @@
 //! posts commands to this loop, which polls its wake-up descriptor and runs them here.
 
 use crate::jsonrpc::{parse_message, FrameError, Framer, Message};
-use sluice_jsonrpc::{decoded_size_estimate, unixctl};
 use crate::monitor::{merge_changes, Monitor, Version};
 use crate::storage::{now_ms, Storage, StorageError};
 use crate::table::Changes;
@@ -27,6 +26,7 @@ use crate::transaction::{execute, ExecContext, Outcome};
 use crate::unixctl::{Control, ControlSocket};
 use ovsdb_core::{OvsdbError, Schema, Uuid};
 use serde_json::{json, Value};
+use sluice_jsonrpc::{decoded_size_estimate, unixctl};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -740,7 +740,9 @@ impl Server {
         if let Message::Request { method, params, id } = &m {
             if let Some(error) = self.refusal(sid, method, params) {
                 self.stats.permission_denied += 1;
-                tracing::info!("session {sid}: refused {method} from a peer without write permission");
+                tracing::info!(
+                    "session {sid}: refused {method} from a peer without write permission"
+                );
                 self.reply(sid, id.clone(), Err(error));
                 return;
             }

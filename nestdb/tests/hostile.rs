@@ -65,7 +65,9 @@ fn read_to_close(stream: &mut UnixStream, what: &str) -> Vec<u8> {
             Ok(0) => return out,
             Ok(n) => out.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return out,
-            Err(e) => panic!("{what}: the server did not close the connection within {WAIT:?}: {e}"),
+            Err(e) => {
+                panic!("{what}: the server did not close the connection within {WAIT:?}: {e}")
+            }
         }
     }
 }
@@ -96,7 +98,10 @@ fn protocol_error_text(bytes: &[u8]) -> String {
         .next_value()
         .expect("valid JSON")
         .expect("an error reply before the close");
-    v["error"]["details"].as_str().unwrap_or_default().to_owned()
+    v["error"]["details"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[test]
@@ -118,7 +123,10 @@ fn never_reading_monitors_cannot_take_more_than_the_memory_bound() {
             break;
         }
     }
-    assert!(dropped, "the never-reading monitors were never disconnected");
+    assert!(
+        dropped,
+        "the never-reading monitors were never disconnected"
+    );
     assert_eq!(stat(&s, "backlog-drops"), 0);
     echo_is_answered(&s, "never-reading monitors");
     let log = std::fs::read_to_string(s.dir.join("Nestdb.stderr")).unwrap();
@@ -158,7 +166,9 @@ fn truncated_and_oversize_frames_get_an_error_or_a_close() {
     });
     // Half a message, then silence: it holds only its bytes, others go on.
     let mut stalled = UnixStream::connect(&s.sock).unwrap();
-    stalled.write_all(br#"{"id":1,"method":"echo","params":["#).unwrap();
+    stalled
+        .write_all(br#"{"id":1,"method":"echo","params":["#)
+        .unwrap();
     echo_is_answered(&s, "a stalled half frame");
     // One byte over the message limit (32 MiB by default).
     let limit = 32 << 20;
@@ -169,7 +179,9 @@ fn truncated_and_oversize_frames_get_an_error_or_a_close() {
     assert!(text.contains(&format!("{limit}-byte limit")), "{text}");
     // Garbage.
     let mut garbage = UnixStream::connect(&s.sock).unwrap();
-    garbage.write_all(b"\x00\x01GET / HTTP/1.0\r\n\r\n").unwrap();
+    garbage
+        .write_all(b"\x00\x01GET / HTTP/1.0\r\n\r\n")
+        .unwrap();
     let text = protocol_error_text(&read_to_close(&mut garbage, "garbage"));
     assert!(text.contains("not speaking JSON-RPC"), "{text}");
     echo_is_answered(&s, "truncated, oversize and garbage frames");
@@ -264,7 +276,10 @@ fn non_root_peer_may_read_but_not_write() {
     assert_eq!(got["list_dbs"], true, "{got}");
     assert_eq!(got["get_schema"], true, "{got}");
     assert_eq!(got["monitor"], true, "{got}");
-    assert_eq!(got["select"]["Ok"][0]["rows"][0]["name"], "from-root", "{got}");
+    assert_eq!(
+        got["select"]["Ok"][0]["rows"][0]["name"], "from-root",
+        "{got}"
+    );
     for refused in ["insert", "lock"] {
         assert_eq!(got[refused]["Err"]["error"], "permission error", "{got}");
         assert!(
