@@ -241,6 +241,24 @@ impl Framer {
         self.buf.len() - self.consumed
     }
 
+    /// Bytes of memory the framer's buffer has reserved.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// The buffer's capacity after [`Framer::push`] of `n` more bytes
+    /// (consumed bytes are dropped first; a full buffer doubles), so a
+    /// caller can account for the memory before it is taken.
+    pub fn capacity_after_push(&self, n: usize) -> usize {
+        let needed = self.buf.len() - self.consumed + n;
+        let capacity = self.buf.capacity();
+        if needed <= capacity {
+            capacity
+        } else {
+            needed.max(capacity.saturating_mul(2)).max(8)
+        }
+    }
+
     /// As [`Framer::next_frame`], but borrows the message from the
     /// framer's buffer instead of copying it (it stays valid until the next
     /// call that takes `&mut self`).
@@ -345,6 +363,17 @@ mod tests {
             f.next_frame().expect("frame").as_deref(),
             Some(&br#"{"id":2,"params":[]}"#[..])
         );
+    }
+
+    #[test]
+    fn capacity_after_push_predicts_the_buffer_growth() {
+        let mut f = Framer::new(1 << 30);
+        for n in [0, 1, 7, 100, 64 * 1024, 64 * 1024, 1 << 20, 3, 5 << 20] {
+            let predicted = f.capacity_after_push(n);
+            f.push(&vec![b' '; n]);
+            assert_eq!(f.capacity(), predicted, "after pushing {n}");
+            assert!(f.next_frame().unwrap().is_none());
+        }
     }
 
     #[test]

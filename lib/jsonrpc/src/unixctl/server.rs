@@ -617,8 +617,9 @@ fn serve_connection(shared: &Shared, mut stream: UnixStream, activity: &Activity
         max_depth: config.max_depth,
     });
     let mut buf = vec![0u8; 64 * 1024];
-    // The bytes this connection holds in its framer, charged to the
-    // server-wide budget before they are buffered.
+    // The memory this connection's framer holds (its buffer's capacity,
+    // which is what it really reserves), charged to the server-wide budget
+    // before the buffer grows.
     let mut buffered = shared.budget.empty_charge();
     loop {
         let timeout = match (&admission, framer.has_partial()) {
@@ -661,7 +662,7 @@ fn serve_connection(shared: &Shared, mut stream: UnixStream, activity: &Activity
                 return;
             }
         };
-        if let Err(e) = buffered.resize(framer.buffered() + n) {
+        if let Err(e) = buffered.resize(framer.capacity_after_push(n)) {
             tracing::warn!(error = %e, "control request refused for lack of memory; closing the connection");
             let _ = stream.write_all(&encode_reply(
                 &Value::Null,
@@ -686,8 +687,9 @@ fn serve_connection(shared: &Shared, mut stream: UnixStream, activity: &Activity
                 framer.compact();
                 super::sys::release_free_heap();
             }
-            // Shrinking a charge cannot fail.
-            let _ = buffered.resize(framer.buffered());
+            // The capacity only shrinks here, and shrinking a charge
+            // cannot fail.
+            let _ = buffered.resize(framer.capacity().min(buffered.bytes()));
             if let Err(e) = stream.write_all(&encode_reply(&id, &outcome)) {
                 tracing::debug!(error = %e, "control reply could not be written");
                 return;
@@ -1325,34 +1327,45 @@ mod tests {
             "\"version\" command takes at most 0 arguments\n"
         );
         assert_eq!(call(&mut s, 3, "count", json!([1, 2, 3]))["result"], 3);
-        assert_eq!(server.shared.budget.in_use(), 0);
+        // Between requests only the connection's buffer stays charged.
+        assert!(server.shared.budget.in_use() <= 1 << 20);
+        drop(s);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while server.shared.budget.in_use() != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the closed connection's charge was not released within 30 s"
+            );
+            thread::yield_now();
+        }
     }
 
     #[test]
     fn buffered_bytes_beyond_the_budget_close_that_connection_only() {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = ServerConfig::with_path(dir.path().join("s.ctl"));
-        cfg.max_message_bytes = 1 << 20;
-        cfg.max_bytes_in_flight = 1 << 20;
+        cfg.max_message_bytes = 4 << 20;
+        cfg.max_bytes_in_flight = 4 << 20;
         let server = CtlServer::start(cfg, budget_registry(), || {}).unwrap();
         let budget = server.shared.budget.clone();
-        // A partial request of 900 kB holds most of the budget.
+        // A partial request of 1.5 MB holds half the budget (its buffer
+        // has grown to 2 MiB).
         let mut holder = UnixStream::connect(server.path()).unwrap();
         let head = br#"{"id":1,"method":"echo","params":[""#;
         holder.write_all(head).unwrap();
-        holder.write_all(&vec![b'x'; 900_000]).unwrap();
+        holder.write_all(&vec![b'x'; 1_500_000]).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while budget.in_use() < 900_000 {
+        while budget.in_use() < 2 << 20 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the server did not buffer the partial request within 30 s"
             );
             thread::yield_now();
         }
-        // Another 200 kB partial request does not fit: error and close.
+        // Another 2.5 MB partial request does not fit: error and close.
         let mut greedy = UnixStream::connect(server.path()).unwrap();
         let _ = greedy.write_all(head);
-        let _ = greedy.write_all(&vec![b'y'; 200_000]);
+        let _ = greedy.write_all(&vec![b'y'; 2_500_000]);
         let reply = read_reply(&mut greedy);
         assert!(
             reply["error"]
@@ -1368,7 +1381,7 @@ mod tests {
         // The holder completes its request and the budget is given back.
         holder.write_all(br#""]}"#).unwrap();
         let reply = read_reply(&mut holder);
-        assert_eq!(reply["result"].as_str().unwrap().len(), 900_001);
+        assert_eq!(reply["result"].as_str().unwrap().len(), 1_500_001);
         drop(holder);
         drop(small);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
