@@ -7,7 +7,8 @@
 //! valid prefix ends; [`Log::open`] truncates anything after it (a torn or corrupt tail
 //! left by a crash).  [`Log`] appends records and makes them durable with `fdatasync`
 //! before [`Log::commit`] returns.  [`Log::replace`] atomically rewrites the file
-//! (write temporary, fsync, rename, fsync directory) for compaction.  A `Log` holds an
+//! (write temporary, fsync, rename, fsync directory) for compaction.  Files are created
+//! with mode [`DB_FILE_MODE`] (0640).  A `Log` holds an
 //! exclusive `flock` on its file so two servers never write one database.  Owned by one
 //! thread.
 
@@ -320,8 +321,24 @@ fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Mode of database files: the owner (the server, root) reads and writes,
+/// its group may read (backups, `ovsdb-tool`), other users nothing, as the
+/// node's configuration (VTEPs, Services, port security) is not theirs to
+/// read.
+pub const DB_FILE_MODE: u32 = 0o640;
+
 fn write_file(path: &Path, records: &[Value]) -> Result<(), LogError> {
-    let mut f = File::create(path).map_err(io(path))?;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(DB_FILE_MODE)
+        .open(path)
+        .map_err(io(path))?;
+    // A leftover temporary keeps its old mode through `create`; set it.
+    f.set_permissions(std::fs::Permissions::from_mode(DB_FILE_MODE))
+        .map_err(io(path))?;
     for r in records {
         f.write_all(&encode_record(r)).map_err(io(path))?;
     }
@@ -332,6 +349,23 @@ fn write_file(path: &Path, records: &[Value]) -> Result<(), LogError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn database_files_are_not_world_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("conf.db");
+        let mut log = Log::create(&p, &[json!({"name": "s"})]).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&p), DB_FILE_MODE);
+        // Compaction rewrites the file with the same mode, even over a
+        // world-readable leftover temporary.
+        let tmp = tmp_path(&p);
+        std::fs::write(&tmp, b"stale").unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o666)).unwrap();
+        log.replace(&[json!({"name": "s"})]).unwrap();
+        assert_eq!(mode(&p), DB_FILE_MODE);
+    }
 
     #[test]
     fn record_format_matches_ovsdb_tool() {

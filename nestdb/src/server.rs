@@ -7,12 +7,18 @@
 //! a client never sees a transaction acknowledged, nor a monitor update, before it is
 //! durable, and transactions arriving together share one fsync (group commit).
 //! Output is buffered per session up to a backlog limit; a client that stops reading
-//! is disconnected rather than blocking the server.  A peer that sends malformed or
-//! oversize input gets an error (or is disconnected) without affecting other sessions.
+//! is disconnected rather than blocking the server.  What all sessions hold together
+//! (output backlogs and unparsed input) is bounded by `max_memory`: past it the session
+//! holding the most is disconnected.  A peer that sends malformed or oversize input, or
+//! a message whose estimated decoded cost passes `max_message_memory` (which bounds
+//! how long one message can hold up this single loop), gets an error and is
+//! disconnected without affecting other sessions.  Unix peers are identified with
+//! `SO_PEERCRED` on accept: only root and the server's own uid may write; other peers
+//! may only read (see `Server::refusal`).
 //! The control socket ([`crate::unixctl`]) runs its connections on its own threads and
 //! posts commands to this loop, which polls its wake-up descriptor and runs them here.
 
-use crate::jsonrpc::{parse_message, Framer, Message};
+use crate::jsonrpc::{parse_message, FrameError, Framer, Message};
 use crate::monitor::{merge_changes, Monitor, Version};
 use crate::storage::{now_ms, Storage, StorageError};
 use crate::table::Changes;
@@ -20,6 +26,7 @@ use crate::transaction::{execute, ExecContext, Outcome};
 use crate::unixctl::{Control, ControlSocket};
 use ovsdb_core::{OvsdbError, Schema, Uuid};
 use serde_json::{json, Value};
+use sluice_jsonrpc::{decoded_size_estimate, unixctl};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -113,6 +120,15 @@ pub struct Config {
     pub max_message_size: usize,
     /// Largest per-client output backlog before disconnecting it, bytes.
     pub max_backlog: usize,
+    /// Most bytes all sessions together may hold in output backlogs and
+    /// unparsed input; past it the session holding the most is disconnected.
+    pub max_memory: usize,
+    /// Largest estimated size of one decoded message
+    /// ([`sluice_jsonrpc::decoded_size_estimate`]), bytes; a larger message
+    /// is a protocol error. This, not the byte size, bounds how long one
+    /// message can hold up the event loop: decoding time follows the number
+    /// of JSON values, which the estimate counts.
+    pub max_message_memory: usize,
     /// Log size that triggers automatic compaction, bytes.
     pub compact_threshold: u64,
     /// Idle time after which a TCP client is probed with `echo` (None: never).
@@ -128,6 +144,8 @@ impl Default for Config {
             unixctl: None,
             max_message_size: 32 << 20,
             max_backlog: 64 << 20,
+            max_memory: 512 << 20,
+            max_message_memory: 128 << 20,
             compact_threshold: 10 << 20,
             inactivity_probe: Some(Duration::from_secs(5)),
         }
@@ -199,6 +217,11 @@ struct Session {
     last_input: Instant,
     probe_sent: bool,
     probes: bool,
+    /// The peer may change databases and take locks: a Unix peer whose
+    /// `SO_PEERCRED` uid is root or the server's own, or any TCP peer.
+    privileged: bool,
+    /// The peer's uid, for messages (Unix peers).
+    peer_uid: Option<u32>,
 }
 
 impl Session {
@@ -208,7 +231,16 @@ impl Session {
     fn backlog(&self) -> usize {
         self.out.len() - self.out_pos
     }
+    /// Bytes this session makes the server hold: output not yet written and
+    /// input not yet parsed.
+    fn held(&self) -> usize {
+        self.backlog() + self.parser.buffered()
+    }
 }
+
+/// Transaction operations that only read, which peers without write
+/// permission may run.
+const READ_ONLY_OPS: &[&str] = &["select", "wait", "comment", "assert", "abort"];
 
 struct Db {
     name: String,
@@ -239,6 +271,11 @@ pub struct Stats {
     pub protocol_errors: u64,
     /// Sessions dropped for exceeding the backlog.
     pub backlog_drops: u64,
+    /// Sessions dropped because all sessions together held more than
+    /// `max_memory`.
+    pub memory_drops: u64,
+    /// Requests refused because the peer may not write.
+    pub permission_denied: u64,
 }
 
 /// The nestdb server.
@@ -263,6 +300,43 @@ impl std::fmt::Debug for Server {
         f.debug_struct("Server")
             .field("sessions", &self.sessions.len())
             .finish()
+    }
+}
+
+/// Decodes one delimited message after checking that its estimated decoded
+/// size is within `max_decoded` bytes.
+fn decode_frame(frame: &[u8], max_decoded: usize) -> Result<Message, String> {
+    let estimate = decoded_size_estimate(frame);
+    if estimate > max_decoded {
+        return Err(format!(
+            "a {}-byte message would take about {} MiB of memory and time to decode, more than the {} MiB limit (--max-message-memory); send smaller transactions",
+            frame.len(),
+            estimate >> 20,
+            max_decoded >> 20
+        ));
+    }
+    let value = serde_json::from_slice(frame)
+        .map_err(|e| FrameError::InvalidJson(e.to_string()).to_string())?;
+    parse_message(value)
+}
+
+/// Whether a new connection's peer may write, and its uid: Unix peers are
+/// checked with `SO_PEERCRED` (root and the server's own uid may write);
+/// TCP peers carry no credentials and get full access, as with
+/// ovsdb-server, so a TCP remote must only be reachable by trusted peers.
+fn peer_rights(conn: &Conn) -> (bool, Option<u32>) {
+    match conn {
+        Conn::Tcp(_) => (true, None),
+        Conn::Unix(stream) => match unixctl::peer_cred(stream) {
+            Ok(cred) => (
+                cred.uid == 0 || cred.uid == unixctl::effective_uid(),
+                Some(cred.uid),
+            ),
+            Err(e) => {
+                tracing::warn!("cannot read a client's credentials ({e}); it may only read");
+                (false, None)
+            }
+        },
     }
 }
 
@@ -449,6 +523,7 @@ impl Server {
             self.check_probes();
             self.sync()?;
             self.flush_all();
+            self.bound_memory();
             self.maybe_compact();
             self.reap();
         }
@@ -493,6 +568,7 @@ impl Server {
                 Ok(conn) => {
                     let probes =
                         matches!(conn, Conn::Tcp(_)) && self.config.inactivity_probe.is_some();
+                    let (privileged, peer_uid) = peer_rights(&conn);
                     let id = self.next_session;
                     self.next_session += 1;
                     self.stats.sessions_accepted += 1;
@@ -508,6 +584,8 @@ impl Server {
                             last_input: Instant::now(),
                             probe_sent: false,
                             probes,
+                            privileged,
+                            peer_uid,
                         },
                     );
                 }
@@ -553,9 +631,10 @@ impl Server {
                     }
                 }
             }
+            let max_decoded = self.config.max_message_memory;
             loop {
-                match s.parser.next_value() {
-                    Ok(Some(v)) => match parse_message(v) {
+                match s.parser.next_frame_ref() {
+                    Ok(Some(frame)) => match decode_frame(frame, max_decoded) {
                         Ok(m) => msgs.push(Ok(m)),
                         Err(e) => {
                             msgs.push(Err(e));
@@ -621,7 +700,53 @@ impl Server {
             .ok_or_else(|| json!("unknown database"))
     }
 
+    /// Why session `sid` may not run `method` with `params`, if it may not:
+    /// a peer without write permission may read (`list_dbs`, `get_schema`,
+    /// monitors, `transact` with only read operations) but not change a
+    /// database or take a lock.
+    fn refusal(&self, sid: u64, method: &str, params: &Value) -> Option<Value> {
+        let s = self.sessions.get(&sid)?;
+        if s.privileged {
+            return None;
+        }
+        let what = match method {
+            "lock" | "steal" | "unlock" => format!("\"{method}\""),
+            "transact" => {
+                let writes = params.as_array().into_iter().flatten().skip(1).find(|op| {
+                    !op.get("op")
+                        .and_then(Value::as_str)
+                        .is_some_and(|name| READ_ONLY_OPS.contains(&name))
+                })?;
+                match writes.get("op").and_then(Value::as_str) {
+                    Some(op) => format!("a transaction with a \"{op}\" operation"),
+                    None => "a transaction with an operation that is not a read".to_owned(),
+                }
+            }
+            _ => return None,
+        };
+        let uid = s
+            .peer_uid
+            .map_or_else(|| "unknown".to_owned(), |u| u.to_string());
+        Some(json!({
+            "error": "permission error",
+            "details": format!(
+                "{what} needs write permission, which only root and the server's own user have; \
+                 this connection (uid {uid}) may only read (select, wait, monitors); connect as root"
+            ),
+        }))
+    }
+
     fn handle(&mut self, sid: u64, m: Message) {
+        if let Message::Request { method, params, id } = &m {
+            if let Some(error) = self.refusal(sid, method, params) {
+                self.stats.permission_denied += 1;
+                tracing::info!(
+                    "session {sid}: refused {method} from a peer without write permission"
+                );
+                self.reply(sid, id.clone(), Err(error));
+                return;
+            }
+        }
         let (method, params, id) = match m {
             Message::Request { method, params, id } => (method, params, id),
             Message::Notification { method, params } => {
@@ -1072,6 +1197,42 @@ impl Server {
         }
     }
 
+    /// Keeps what all sessions hold (output backlogs and unparsed input)
+    /// within `max_memory` by disconnecting, one at a time, the session
+    /// holding the most, with the reason logged.
+    fn bound_memory(&mut self) {
+        let max = self.config.max_memory;
+        let mut total: usize = self
+            .sessions
+            .values()
+            .filter(|s| !s.closing)
+            .map(Session::held)
+            .sum();
+        while total > max {
+            let Some((&id, s)) = self
+                .sessions
+                .iter_mut()
+                .filter(|(_, s)| !s.closing)
+                .max_by_key(|(_, s)| s.held())
+            else {
+                return;
+            };
+            let held = s.held();
+            tracing::warn!(
+                "session {id}: all sessions hold {total} bytes, over the {max}-byte limit (--max-memory); \
+                 disconnecting this one, which holds the most ({} bytes of output it has not read, {} bytes of unparsed input)",
+                s.backlog(),
+                s.parser.buffered()
+            );
+            self.stats.memory_drops += 1;
+            s.closing = true;
+            s.out = Vec::new();
+            s.out_pos = 0;
+            s.parser = Framer::new(self.config.max_message_size);
+            total -= held;
+        }
+    }
+
     fn maybe_compact(&mut self) {
         for d in &mut self.dbs {
             if d.storage.should_compact() {
@@ -1151,7 +1312,7 @@ impl Server {
     /// Human-readable statistics.
     pub fn stats_text(&self) -> String {
         let mut t = format!(
-            "sessions:{} commits:{} failed-transactions:{} syncs:{} accepted:{} protocol-errors:{} backlog-drops:{} pending-waits:{}\n",
+            "sessions:{} commits:{} failed-transactions:{} syncs:{} accepted:{} protocol-errors:{} backlog-drops:{} memory-drops:{} permission-denied:{} pending-waits:{}\n",
             self.sessions.len(),
             self.stats.commits,
             self.stats.failed_txns,
@@ -1159,6 +1320,8 @@ impl Server {
             self.stats.sessions_accepted,
             self.stats.protocol_errors,
             self.stats.backlog_drops,
+            self.stats.memory_drops,
+            self.stats.permission_denied,
             self.pending.len()
         );
         let monitors: usize = self.sessions.values().map(|s| s.monitors.len()).sum();

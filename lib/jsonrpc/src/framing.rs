@@ -217,9 +217,9 @@ impl Framer {
     /// As [`Framer::next_frame`], plus [`FrameError::InvalidJson`] for a
     /// delimited message that does not parse (the stream stays in sync).
     pub fn next_value(&mut self) -> Result<Option<Value>, FrameError> {
-        match self.next_frame()? {
+        match self.next_frame_ref()? {
             None => Ok(None),
-            Some(frame) => serde_json::from_slice(&frame)
+            Some(frame) => serde_json::from_slice(frame)
                 .map(Some)
                 .map_err(|e| FrameError::InvalidJson(e.to_string())),
         }
@@ -232,6 +232,40 @@ impl Framer {
     /// holds something other than JSON objects; the stream is then out of
     /// sync and every later call returns the same error.
     pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        Ok(self.next_frame_ref()?.map(<[u8]>::to_vec))
+    }
+
+    /// Bytes received and held that do not belong to a message already
+    /// returned (the partial message and anything after it).
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.consumed
+    }
+
+    /// Bytes of memory the framer's buffer has reserved.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// The buffer's capacity after [`Framer::push`] of `n` more bytes
+    /// (consumed bytes are dropped first; a full buffer doubles), so a
+    /// caller can account for the memory before it is taken.
+    pub fn capacity_after_push(&self, n: usize) -> usize {
+        let needed = self.buf.len() - self.consumed + n;
+        let capacity = self.buf.capacity();
+        if needed <= capacity {
+            capacity
+        } else {
+            needed.max(capacity.saturating_mul(2)).max(8)
+        }
+    }
+
+    /// As [`Framer::next_frame`], but borrows the message from the
+    /// framer's buffer instead of copying it (it stays valid until the next
+    /// call that takes `&mut self`).
+    ///
+    /// # Errors
+    /// As [`Framer::next_frame`].
+    pub fn next_frame_ref(&mut self) -> Result<Option<&[u8]>, FrameError> {
         if let Some(error) = &self.failed {
             return Err(error.clone());
         }
@@ -278,7 +312,7 @@ impl Framer {
                     if self.depth == 0 {
                         self.start = None;
                         self.consumed = self.scan;
-                        return Ok(Some(self.buf[start..self.scan].to_vec()));
+                        return Ok(Some(&self.buf[start..self.scan]));
                     }
                 }
                 _ => {}
@@ -329,6 +363,17 @@ mod tests {
             f.next_frame().expect("frame").as_deref(),
             Some(&br#"{"id":2,"params":[]}"#[..])
         );
+    }
+
+    #[test]
+    fn capacity_after_push_predicts_the_buffer_growth() {
+        let mut f = Framer::new(1 << 30);
+        for n in [0, 1, 7, 100, 64 * 1024, 64 * 1024, 1 << 20, 3, 5 << 20] {
+            let predicted = f.capacity_after_push(n);
+            f.push(&vec![b' '; n]);
+            assert_eq!(f.capacity(), predicted, "after pushing {n}");
+            assert!(f.next_frame().unwrap().is_none());
+        }
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //!   depth) and [`FrameError`]s a user can act on.
 //! - [`message`]: [`Message`] (request, notification, reply, error reply),
 //!   its classification and its encoding.
+//! - [`budget`]: the memory cap shared by all connections of a server
+//!   ([`MemoryBudget`]) and the estimate of what decoding a message costs.
 //! - [`client`]: a blocking [`Connection`] over a Unix or TCP socket: send a
 //!   request, wait (bounded) for the matching reply, receive notifications.
 //! - [`unixctl`]: the control-socket server (command registry, one thread
@@ -14,11 +16,13 @@
 //!
 //! No DPDK and no async runtime: blocking I/O on plain threads.
 
+pub mod budget;
 pub mod client;
 pub mod framing;
 pub mod message;
 pub mod unixctl;
 
+pub use budget::{decoded_size_estimate, BudgetExceeded, Charge, MemoryBudget};
 pub use client::{ClientError, Connection, Endpoint, Notification};
 pub use framing::{FrameError, Framer, Limits};
 pub use message::{Message, MessageError};

@@ -50,6 +50,15 @@ struct Args {
     /// Output backlog, in bytes, after which a client that does not read is disconnected.
     #[arg(long, default_value_t = 64 << 20)]
     max_backlog: usize,
+    /// Bytes all clients together may make the server hold (output they have
+    /// not read, input not yet parsed); past it the client holding the most
+    /// is disconnected.
+    #[arg(long, default_value_t = 512 << 20)]
+    max_memory: usize,
+    /// Largest estimated memory, in bytes, one decoded message may take; it
+    /// also bounds how long one message can hold up other clients.
+    #[arg(long, default_value_t = 128 << 20)]
+    max_message_memory: usize,
     /// Log size, in bytes, beyond which the database is compacted automatically.
     #[arg(long, default_value_t = 10 << 20)]
     compact_threshold: u64,
@@ -132,6 +141,8 @@ fn main() -> ExitCode {
         unixctl: Some(args.unixctl.clone()),
         max_message_size: args.max_message_size,
         max_backlog: args.max_backlog,
+        max_memory: args.max_memory,
+        max_message_memory: args.max_message_memory,
         compact_threshold: args.compact_threshold,
         inactivity_probe: (args.inactivity_probe > 0)
             .then(|| Duration::from_millis(args.inactivity_probe)),

@@ -21,6 +21,7 @@
 //! lives on one event loop (nestdb-server) registers handlers that post the
 //! command to that loop and wait, bounded, for its answer.
 
+mod args;
 pub mod protocol;
 pub mod registry;
 pub mod server;
@@ -28,4 +29,4 @@ mod sys;
 
 pub use registry::{CommandHandler, DispatchContext, MethodHandler, Registry, RegistryError};
 pub use server::{AllowedPeers, CtlError, CtlServer, ServerConfig, DEFAULT_SOCKET_PATH};
-pub use sys::PeerCred;
+pub use sys::{effective_uid, peer_cred, PeerCred};

@@ -25,7 +25,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use serde_json::value::RawValue;
 use serde_json::Value;
+
+use super::args::{self, ArgScan, ObjectArgs};
 
 /// A text command: receives the arguments (without the command name) and
 /// returns the reply text or an error text.
@@ -302,6 +305,71 @@ impl Registry {
         }
     }
 
+    /// Like [`Registry::dispatch`], with `params` as the request's raw JSON
+    /// text (`None`: no params, an empty array). Text commands read their
+    /// string arguments straight from the text (at most `max_args` of them
+    /// are kept, the rest only counted), unknown names are refused without
+    /// reading `params`, and only a structured method gets a decoded
+    /// [`Value`], from `decode`, which may refuse (e.g. for lack of memory)
+    /// with the error text to reply. Replies are the same as `dispatch`'s
+    /// for the decoded request.
+    pub fn dispatch_raw(
+        &self,
+        method: &str,
+        params: Option<&RawValue>,
+        ctx: &DispatchContext<'_>,
+        decode: &mut dyn FnMut(&RawValue) -> Result<Value, String>,
+    ) -> Result<Value, String> {
+        let (command, handler) = {
+            let table = self.read();
+            (
+                table.commands.get(method).cloned(),
+                table.methods.get(method).cloned(),
+            )
+        };
+        let kind = params.map_or(b'[', |raw| {
+            raw.get().trim_start().bytes().next().unwrap_or(b' ')
+        });
+        let keep = |command: &Command| command.max_args.saturating_add(1);
+        match (kind, command, handler) {
+            (_, None, None) => Err(terminate(format!(
+                "\"{method}\" is not a valid command (use \"list-commands\" to see a list of valid commands)"
+            ))),
+            (b'[', Some(command), _) => {
+                let scan = match params {
+                    None => ArgScan::default(),
+                    Some(raw) => args::scan_array(raw, keep(&command)).map_err(terminate)?,
+                };
+                self.run_scanned(method, &command, scan, ctx)
+                    .map(Value::String)
+            }
+            (b'[' | b'{', _, Some(handler)) => {
+                let value = match params {
+                    None => Value::Array(Vec::new()),
+                    Some(raw) => decode(raw).map_err(terminate)?,
+                };
+                handler(&value)
+            }
+            (b'{', Some(command), None) => {
+                let raw = params.expect("an object kind comes from present params");
+                let scan = match args::scan_object_args(raw, keep(&command)).map_err(terminate)? {
+                    ObjectArgs::Missing => ArgScan::default(),
+                    ObjectArgs::List(scan) => scan,
+                    ObjectArgs::NotAList => {
+                        return Err(terminate(format!(
+                            "\"{method}\" command expects \"args\" to be a list of strings"
+                        )))
+                    }
+                };
+                self.run_scanned(method, &command, scan, ctx)
+                    .map(Value::String)
+            }
+            _ => Err(terminate(format!(
+                "\"{method}\" request has params that are neither a JSON array nor a JSON object"
+            ))),
+        }
+    }
+
     fn run_command(
         &self,
         method: &str,
@@ -309,29 +377,35 @@ impl Registry {
         args: &[Value],
         ctx: &DispatchContext<'_>,
     ) -> Result<String, String> {
-        if args.len() < command.min_args {
+        let scan = ArgScan::from_values(args, command.max_args.saturating_add(1));
+        self.run_scanned(method, command, scan, ctx)
+    }
+
+    fn run_scanned(
+        &self,
+        method: &str,
+        command: &Command,
+        scan: ArgScan,
+        ctx: &DispatchContext<'_>,
+    ) -> Result<String, String> {
+        if scan.len < command.min_args {
             return Err(terminate(format!(
                 "\"{method}\" command requires at least {} arguments",
                 command.min_args
             )));
         }
-        if args.len() > command.max_args {
+        if scan.len > command.max_args {
             return Err(terminate(format!(
                 "\"{method}\" command takes at most {} arguments",
                 command.max_args
             )));
         }
-        let mut strings = Vec::with_capacity(args.len());
-        for arg in args {
-            match arg {
-                Value::String(s) => strings.push(s.clone()),
-                _ => {
-                    return Err(terminate(format!(
-                        "\"{method}\" command has non-string argument"
-                    )))
-                }
-            }
+        if scan.non_string {
+            return Err(terminate(format!(
+                "\"{method}\" command has non-string argument"
+            )));
         }
+        let strings = scan.strings;
         let outcome = match &command.action {
             Action::ListCommands => Ok(self.list_commands()),
             Action::Version => Ok(self.version.to_string()),

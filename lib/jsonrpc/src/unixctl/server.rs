@@ -16,7 +16,16 @@
 //! than `read_timeout`, is disconnected; at most `max_connections` are served
 //! at once and further ones get an error reply. Peer credentials are checked
 //! on accept: a client whose uid is not allowed gets one error reply and is
-//! disconnected without any command running.
+//! disconnected without any command running. When every slot is taken, the
+//! connection idle the longest (no request arriving or running) is closed to
+//! make room, so idle clients cannot lock others out.
+//!
+//! Memory: every connection charges the bytes it buffers, and the estimated
+//! size of what it decodes, to one [`MemoryBudget`] of
+//! `max_bytes_in_flight` bytes; a request that does not fit gets an error
+//! reply. Text commands take their arguments from the raw request text and
+//! never decode `params`, so a hostile 64 MiB request to one costs 64 MiB,
+//! not the ~1.1 GB its decoded `Value` would.
 //!
 //! Thread-safety: [`CtlServer`] is owned by the thread that started it;
 //! handlers run on the connection threads, never on PMD threads.
@@ -35,9 +44,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::protocol::{encode_reply, Request};
+use super::protocol::{encode_reply, RawRequest};
 use super::registry::{DispatchContext, Registry};
 use super::sys;
+use crate::budget::{decoded_size_estimate, Charge, MemoryBudget};
 use crate::framing::{Framer, Limits, DEFAULT_MAX_DEPTH};
 
 /// Default path of the control socket (`sluiced`'s; other programs set
@@ -86,6 +96,18 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Most connections served at once.
     pub max_connections: usize,
+    /// Most bytes held for requests by all connections together: the raw
+    /// bytes buffered while a request arrives plus the estimated size of
+    /// what is decoded from it ([`crate::budget::decoded_size_estimate`];
+    /// only structured methods and ids are decoded, text commands read their
+    /// arguments from the raw text). A connection whose request would pass
+    /// it gets an error reply (and is closed if the request was still
+    /// arriving); the others keep being served. Default 1 GiB: a
+    /// `service-update` of 100k Services x 10 endpoints (~35 MB of JSON)
+    /// decodes to ~340 MB, estimated at ~500 MB, and must fit with room for
+    /// the other connections; without the budget, 64 connections could make
+    /// the daemon hold 64 x 1.1 GB. At least `max_message_bytes`.
+    pub max_bytes_in_flight: usize,
     /// Peers allowed to run commands.
     pub allowed_peers: AllowedPeers,
 }
@@ -102,6 +124,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(300),
             write_timeout: Duration::from_secs(10),
             max_connections: 64,
+            max_bytes_in_flight: 1 << 30,
             allowed_peers: AllowedPeers::RootAndSelf,
         }
     }
@@ -119,6 +142,9 @@ impl ServerConfig {
         }
         if self.socket_mode & !0o777 != 0 || self.socket_mode & 0o600 != 0o600 {
             return invalid("socket_mode must be permission bits (at most 0777) including 0600");
+        }
+        if self.max_bytes_in_flight < self.max_message_bytes {
+            return invalid("max_bytes_in_flight must be at least max_message_bytes");
         }
         if self.max_connections == 0 {
             return invalid("max_connections must be at least 1");
@@ -190,6 +216,16 @@ type ExitCallback = Box<dyn Fn() + Send + Sync>;
 struct Connection {
     stream: UnixStream,
     thread: JoinHandle<()>,
+    activity: Arc<Activity>,
+}
+
+/// What the accept thread needs to pick an idle connection to evict.
+#[derive(Default)]
+struct Activity {
+    /// A request is arriving or running.
+    busy: AtomicBool,
+    /// Value of [`Shared::clock`] at this connection's last input.
+    last_input: AtomicU64,
 }
 
 struct Shared {
@@ -197,8 +233,12 @@ struct Shared {
     on_exit: ExitCallback,
     config: ServerConfig,
     allowed_uids: Option<Vec<u32>>,
+    budget: Arc<MemoryBudget>,
     stopping: AtomicBool,
     next_conn: AtomicU64,
+    /// A logical clock ticked by every read, ordering connections by
+    /// their last input.
+    clock: AtomicU64,
     conns: Mutex<HashMap<u64, Connection>>,
 }
 
@@ -258,13 +298,16 @@ impl CtlServer {
             AllowedPeers::Any => None,
         };
         let path = config.path.clone();
+        let budget = MemoryBudget::new(config.max_bytes_in_flight);
         let shared = Arc::new(Shared {
+            budget,
             registry,
             on_exit: Box::new(on_exit),
             config,
             allowed_uids,
             stopping: AtomicBool::new(false),
             next_conn: AtomicU64::new(0),
+            clock: AtomicU64::new(0),
             conns: Mutex::new(HashMap::new()),
         });
         let accept_shared = shared.clone();
@@ -458,6 +501,9 @@ fn spawn_connection(shared: &Arc<Shared>, mut stream: UnixStream) {
     // to remove its entry before it exists.
     let mut conns = shared.conns();
     if conns.len() >= shared.config.max_connections {
+        evict_idle(&mut conns);
+    }
+    if conns.len() >= shared.config.max_connections {
         let reply = encode_reply(
             &Value::Null,
             &Err(format!(
@@ -470,10 +516,16 @@ fn spawn_connection(shared: &Arc<Shared>, mut stream: UnixStream) {
     }
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let conn_shared = shared.clone();
+    let activity = Arc::new(Activity::default());
+    activity.last_input.store(
+        shared.clock.fetch_add(1, Ordering::Relaxed),
+        Ordering::Relaxed,
+    );
+    let conn_activity = activity.clone();
     let spawned = thread::Builder::new()
         .name(format!("sluice-ctl-{id}"))
         .spawn(move || {
-            serve_connection(&conn_shared, stream);
+            serve_connection(&conn_shared, stream, &conn_activity);
             conn_shared.conns().remove(&id);
         });
     match spawned {
@@ -483,10 +535,27 @@ fn spawn_connection(shared: &Arc<Shared>, mut stream: UnixStream) {
                 Connection {
                     stream: clone,
                     thread,
+                    activity,
                 },
             );
         }
         Err(e) => tracing::warn!(error = %e, "cannot spawn control connection thread"),
+    }
+}
+
+/// Makes room for a new connection by closing the one whose last input is
+/// the oldest among those with no request arriving or running, so idle
+/// clients cannot hold every slot while others wait. Its thread sees the
+/// end of its stream and exits on its own.
+fn evict_idle(conns: &mut HashMap<u64, Connection>) {
+    let idle = conns
+        .iter()
+        .filter(|(_, c)| !c.activity.busy.load(Ordering::Acquire))
+        .min_by_key(|(_, c)| c.activity.last_input.load(Ordering::Relaxed))
+        .map(|(id, _)| *id);
+    if let Some(conn) = idle.and_then(|id| conns.remove(&id)) {
+        tracing::info!("control connection limit reached; closing the connection idle the longest");
+        let _ = conn.stream.shutdown(std::net::Shutdown::Both);
     }
 }
 
@@ -519,27 +588,25 @@ fn admission(shared: &Shared, stream: &UnixStream) -> Admission {
 /// the connection (and its slot in the connection limit) survives.
 fn dispatch_guarded(
     shared: &Shared,
-    request: &Request,
+    method: &str,
+    params: Option<&serde_json::value::RawValue>,
     ctx: &DispatchContext<'_>,
+    decode: &mut dyn FnMut(&serde_json::value::RawValue) -> Result<Value, String>,
 ) -> Result<Value, String> {
-    let run = || {
-        shared
-            .registry
-            .dispatch(&request.method, &request.params, ctx)
-    };
+    let run = || shared.registry.dispatch_raw(method, params, ctx, decode);
     match panic::catch_unwind(AssertUnwindSafe(run)) {
         Ok(outcome) => outcome,
         Err(_) => {
-            tracing::error!(command = %request.method, "control command handler panicked");
+            tracing::error!(command = %method, "control command handler panicked");
             Err(format!(
                 "internal error: the \"{}\" handler panicked; see the {} log\n",
-                request.method, shared.config.program
+                method, shared.config.program
             ))
         }
     }
 }
 
-fn serve_connection(shared: &Shared, mut stream: UnixStream) {
+fn serve_connection(shared: &Shared, mut stream: UnixStream, activity: &Activity) {
     let config = &shared.config;
     let admission = admission(shared, &stream);
     let ctx = DispatchContext {
@@ -550,6 +617,10 @@ fn serve_connection(shared: &Shared, mut stream: UnixStream) {
         max_depth: config.max_depth,
     });
     let mut buf = vec![0u8; 64 * 1024];
+    // The memory this connection's framer holds (its buffer's capacity,
+    // which is what it really reserves), charged to the server-wide budget
+    // before the buffer grows.
+    let mut buffered = shared.budget.empty_charge();
     loop {
         let timeout = match (&admission, framer.has_partial()) {
             (Admission::Allowed, false) => config.idle_timeout,
@@ -558,9 +629,17 @@ fn serve_connection(shared: &Shared, mut stream: UnixStream) {
         if stream.set_read_timeout(Some(timeout)).is_err() {
             return;
         }
+        activity.busy.store(framer.has_partial(), Ordering::Release);
         let n = match stream.read(&mut buf) {
             Ok(0) => return,
-            Ok(n) => n,
+            Ok(n) => {
+                activity.busy.store(true, Ordering::Release);
+                activity.last_input.store(
+                    shared.clock.fetch_add(1, Ordering::Relaxed),
+                    Ordering::Relaxed,
+                );
+                n
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e)
                 if matches!(
@@ -583,22 +662,34 @@ fn serve_connection(shared: &Shared, mut stream: UnixStream) {
                 return;
             }
         };
+        if let Err(e) = buffered.resize(framer.capacity_after_push(n)) {
+            tracing::warn!(error = %e, "control request refused for lack of memory; closing the connection");
+            let _ = stream.write_all(&encode_reply(
+                &Value::Null,
+                &Err(format!("{e}; closing the connection\n")),
+            ));
+            return;
+        }
         framer.push(&buf[..n]);
         loop {
-            let frame = match framer.next_frame() {
-                Ok(Some(frame)) => frame,
+            let (frame_len, id, outcome) = match framer.next_frame_ref() {
+                Ok(Some(frame)) => {
+                    let (id, outcome) = handle_frame(shared, &admission, &ctx, frame);
+                    (frame.len(), id, outcome)
+                }
                 Ok(None) => break,
                 Err(e) => {
                     let _ = stream.write_all(&encode_reply(&Value::Null, &Err(format!("{e}\n"))));
                     return;
                 }
             };
-            let (id, outcome) = handle_frame(shared, &admission, &ctx, &frame);
-            if frame.len() >= LARGE_REQUEST_BYTES {
-                drop(frame);
+            if frame_len >= LARGE_REQUEST_BYTES {
                 framer.compact();
                 super::sys::release_free_heap();
             }
+            // The capacity only shrinks here, and shrinking a charge
+            // cannot fail.
+            let _ = buffered.resize(framer.capacity().min(buffered.bytes()));
             if let Err(e) = stream.write_all(&encode_reply(&id, &outcome)) {
                 tracing::debug!(error = %e, "control reply could not be written");
                 return;
@@ -610,7 +701,9 @@ fn serve_connection(shared: &Shared, mut stream: UnixStream) {
     }
 }
 
-/// Decodes, validates and runs one message; returns the reply's id and
+/// Validates and runs one message, decoding only what must be decoded
+/// (the id, and `params` for a structured method) after charging its
+/// estimated size to the server's budget; returns the reply's id and
 /// outcome.
 fn handle_frame(
     shared: &Shared,
@@ -618,8 +711,14 @@ fn handle_frame(
     ctx: &DispatchContext<'_>,
     frame: &[u8],
 ) -> (Value, Result<Value, String>) {
-    let value = match serde_json::from_slice::<Value>(frame) {
-        Ok(value) => value,
+    let raw = match RawRequest::parse(frame) {
+        Ok(Some(raw)) => raw,
+        Ok(None) => {
+            return (
+                Value::Null,
+                Err("message is not a JSON object\n".to_owned()),
+            )
+        }
         Err(e) => {
             return (
                 Value::Null,
@@ -627,15 +726,30 @@ fn handle_frame(
             )
         }
     };
-    match Request::from_value(value) {
-        Err((id, message)) => (id, Err(format!("{message}\n"))),
-        Ok(request) => match admission {
-            Admission::Denied(message) => (request.id, Err(message.clone())),
-            Admission::Allowed => {
-                let outcome = dispatch_guarded(shared, &request, ctx);
-                (request.id, outcome)
-            }
-        },
+    // Held until the decoded values are dropped, after the handler ran.
+    let mut charges: Vec<Charge> = Vec::new();
+    let mut decode = |raw: &serde_json::value::RawValue| -> Result<Value, String> {
+        let estimate = decoded_size_estimate(raw.get().as_bytes());
+        let charge = shared.budget.try_charge(estimate).map_err(|e| {
+            tracing::warn!(error = %e, "control request refused for lack of memory");
+            e.to_string()
+        })?;
+        let value = serde_json::from_str(raw.get())
+            .map_err(|e| format!("malformed JSON in request: {e}"))?;
+        charges.push(charge);
+        Ok(value)
+    };
+    let request = match raw.validate(&mut decode) {
+        Ok(request) => request,
+        Err((id, message)) => return (id, Err(format!("{message}\n"))),
+    };
+    match admission {
+        Admission::Denied(message) => (request.id, Err(message.clone())),
+        Admission::Allowed => {
+            let outcome =
+                dispatch_guarded(shared, &request.method, request.params, ctx, &mut decode);
+            (request.id, outcome)
+        }
     }
 }
 
@@ -1108,13 +1222,47 @@ mod tests {
         assert!(!path.exists(), "no socket is created for a refused config");
     }
 
+    /// A registry with `block`, whose handler signals `started` and waits
+    /// for `release` (bounded, so a failing test cannot hang).
+    fn blocking_registry() -> (
+        Registry,
+        crossbeam_channel::Receiver<()>,
+        crossbeam_channel::Sender<()>,
+    ) {
+        let r = test_registry();
+        let (started_tx, started_rx) = crossbeam_channel::unbounded();
+        let (release_tx, release_rx) = crossbeam_channel::unbounded::<()>();
+        r.register(
+            "block",
+            "",
+            0,
+            0,
+            Arc::new(move |_: &[String]| {
+                let _ = started_tx.send(());
+                release_rx
+                    .recv_timeout(Duration::from_secs(60))
+                    .map_err(|_| "never released".to_owned())?;
+                Ok("released".to_owned())
+            }),
+        )
+        .unwrap();
+        (r, started_rx, release_tx)
+    }
+
     #[test]
-    fn connection_limit_rejects_with_an_error() {
+    fn connection_limit_rejects_with_an_error_when_no_connection_is_idle() {
         let dir = tempfile::tempdir().unwrap();
-        let server = start(dir.path(), |c| c.max_connections = 1);
+        let (r, started, release) = blocking_registry();
+        let mut cfg = ServerConfig::with_path(dir.path().join("s.ctl"));
+        cfg.max_connections = 1;
+        let server = CtlServer::start(cfg, r, || {}).unwrap();
         let mut first = UnixStream::connect(server.path()).unwrap();
-        // Ensure the first connection is registered before the second.
-        assert_eq!(call(&mut first, 1, "echo", json!([]))["result"], "");
+        first
+            .write_all(br#"{"id":1,"method":"block","params":[]}"#)
+            .unwrap();
+        started
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the blocking request did not start within 30 s");
         let mut second = UnixStream::connect(server.path()).unwrap();
         let reply = read_reply(&mut second);
         assert!(reply["error"]
@@ -1122,5 +1270,137 @@ mod tests {
             .unwrap()
             .contains("too many control connections"));
         assert_closed(&mut second);
+        release.send(()).unwrap();
+        assert_eq!(read_reply(&mut first)["result"], "released\n");
+    }
+
+    #[test]
+    fn the_connection_idle_the_longest_makes_room_for_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = start(dir.path(), |c| c.max_connections = 2);
+        let mut oldest = UnixStream::connect(server.path()).unwrap();
+        assert_eq!(call(&mut oldest, 1, "echo", json!(["a"]))["result"], "a\n");
+        let mut recent = UnixStream::connect(server.path()).unwrap();
+        assert_eq!(call(&mut recent, 1, "echo", json!(["b"]))["result"], "b\n");
+        let mut newcomer = UnixStream::connect(server.path()).unwrap();
+        assert_eq!(
+            call(&mut newcomer, 1, "echo", json!(["c"]))["result"],
+            "c\n"
+        );
+        assert_closed(&mut oldest);
+        assert_eq!(call(&mut recent, 2, "echo", json!(["d"]))["result"], "d\n");
+    }
+
+    fn budget_registry() -> Registry {
+        let r = test_registry();
+        r.register_method(
+            "count",
+            Arc::new(|p: &Value| Ok(json!(p.as_array().map_or(0, Vec::len)))),
+        )
+        .unwrap();
+        r
+    }
+
+    #[test]
+    fn a_method_request_beyond_the_memory_budget_gets_an_error_and_the_connection_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ServerConfig::with_path(dir.path().join("s.ctl"));
+        cfg.max_message_bytes = 1 << 20;
+        cfg.max_bytes_in_flight = 4 << 20;
+        let server = CtlServer::start(cfg, budget_registry(), || {}).unwrap();
+        let mut s = UnixStream::connect(server.path()).unwrap();
+        // 500k zeros: under the message limit, but ~32 MB once decoded.
+        let zeros = vec![0u8; 500_000];
+        let reply = call(&mut s, 1, "count", json!(zeros));
+        assert_eq!(reply["id"], 1);
+        assert!(
+            reply["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("the server is out of request memory"),
+            "{reply}"
+        );
+        // The same request as a text command never decodes its params.
+        let reply = call(&mut s, 2, "version", json!(zeros));
+        assert_eq!(
+            reply["error"],
+            "\"version\" command takes at most 0 arguments\n"
+        );
+        assert_eq!(call(&mut s, 3, "count", json!([1, 2, 3]))["result"], 3);
+        // Between requests only the connection's buffer stays charged.
+        assert!(server.shared.budget.in_use() <= 1 << 20);
+        drop(s);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while server.shared.budget.in_use() != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the closed connection's charge was not released within 30 s"
+            );
+            thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn buffered_bytes_beyond_the_budget_close_that_connection_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ServerConfig::with_path(dir.path().join("s.ctl"));
+        cfg.max_message_bytes = 4 << 20;
+        cfg.max_bytes_in_flight = 4 << 20;
+        let server = CtlServer::start(cfg, budget_registry(), || {}).unwrap();
+        let budget = server.shared.budget.clone();
+        // A partial request of 1.5 MB holds half the budget (its buffer
+        // has grown to 2 MiB).
+        let mut holder = UnixStream::connect(server.path()).unwrap();
+        let head = br#"{"id":1,"method":"echo","params":[""#;
+        holder.write_all(head).unwrap();
+        holder.write_all(&vec![b'x'; 1_500_000]).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while budget.in_use() < 2 << 20 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not buffer the partial request within 30 s"
+            );
+            thread::yield_now();
+        }
+        // Another 2.5 MB partial request does not fit: error and close.
+        let mut greedy = UnixStream::connect(server.path()).unwrap();
+        let _ = greedy.write_all(head);
+        let _ = greedy.write_all(&vec![b'y'; 2_500_000]);
+        let reply = read_reply(&mut greedy);
+        assert!(
+            reply["error"]
+                .as_str()
+                .unwrap()
+                .contains("out of request memory"),
+            "{reply}"
+        );
+        assert_closed(&mut greedy);
+        // Small requests still fit and are served.
+        let mut small = UnixStream::connect(server.path()).unwrap();
+        assert_eq!(call(&mut small, 1, "echo", json!(["ok"]))["result"], "ok\n");
+        // The holder completes its request and the budget is given back.
+        holder.write_all(br#""]}"#).unwrap();
+        let reply = read_reply(&mut holder);
+        assert_eq!(reply["result"].as_str().unwrap().len(), 1_500_001);
+        drop(holder);
+        drop(small);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while budget.in_use() != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} bytes still charged 30 s after every request completed",
+                budget.in_use()
+            );
+            thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn budget_smaller_than_a_message_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ServerConfig::with_path(dir.path().join("s.ctl"));
+        cfg.max_bytes_in_flight = cfg.max_message_bytes - 1;
+        let err = CtlServer::start(cfg, Registry::new(), || {}).unwrap_err();
+        assert!(err.to_string().contains("max_bytes_in_flight"), "{err}");
     }
 }
