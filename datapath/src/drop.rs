@@ -85,6 +85,9 @@ drop_reasons! {
     /// The global or per-zone connection limit was reached and no
     /// non-established entry could be evicted to make room.
     CtLimit => "ct_limit", "connection tracking table full (global or zone limit)";
+    /// A new connection whose reply direction is its original direction
+    /// (source address and port equal to the destination's).
+    CtSelfAddressed => "ct_self_addressed", "a new connection addressed to its own source (same address and port both ways) cannot be tracked";
     /// No free NAT address/port in the configured range for a new connection.
     CtNatExhausted => "ct_nat_exhausted", "no free NAT port for a new connection";
     /// A Service with externalTrafficPolicy=Local had no node-local endpoint

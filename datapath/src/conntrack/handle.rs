@@ -346,6 +346,11 @@ impl ConntrackHandle {
                 proto: key.proto,
                 tuple: reply,
             };
+            if rk == key && plan.sport_range.is_none() {
+                // Both directions would be one table key: not a full
+                // table, a packet sent to itself.
+                return Err(DropReason::CtSelfAddressed);
+            }
             // A failed attempt leaves no clone behind, so this succeeds.
             let Some(unpublished) = Arc::get_mut(&mut arc) else {
                 return Err(DropReason::CtLimit);

@@ -1059,3 +1059,34 @@ table=1,priority=10,ip actions=output:2
         assert!(t.contains(&want), "missing {want:?} in\n{t}");
     }
 }
+
+/// Issue 18, defect 3: a packet whose source equals its destination used to
+/// be dropped as `ct_limit` (table full) with an empty table, so any pod
+/// could raise table-full alerts.
+#[test]
+fn self_addressed_packets_have_their_own_drop_reason() {
+    let ct = Conntrack::new(ConntrackConfig::default());
+    let mut h = ct.handle(1);
+    let me = [10, 0, 0, 7];
+    for f in [
+        tcp(me, me, 4000, 4000, 1, 0, fl::SYN, b""),
+        udp(me, me, 53, 53, b"x"),
+    ] {
+        let mut b = HeapBuf::from_frame(&f);
+        let mut key = crate::flow::key::extract(&f, PortNo(1));
+        assert_eq!(
+            ConntrackHook::<HeapBuf>::conntrack(&mut h, 0, &commit(0), &mut b, &mut key),
+            Err(DropReason::CtSelfAddressed)
+        );
+    }
+    assert_eq!(ct.stats().limit_hits.load(Ordering::Relaxed), 0);
+    assert_eq!(ct.len(), 0);
+    // Same address, different ports: an ordinary connection.
+    hook_state(
+        &mut h,
+        0,
+        &commit(0),
+        tcp(me, me, 4000, 80, 1, 0, fl::SYN, b""),
+    );
+    assert_eq!(ct.len(), 1);
+}
