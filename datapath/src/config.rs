@@ -218,7 +218,11 @@ pub enum ConfigError {
 /// names both lines (the INI parser would silently keep the first section
 /// and the last value). Comments (`;`, `#`) and blank lines are skipped;
 /// keys before any section belong to the unnamed section.
-fn check_duplicates(text: &str) -> Result<(), String> {
+fn check_duplicates(text: &str, path: &str) -> Result<(), ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        path: path.into(),
+        reason,
+    };
     let mut sections: Vec<(&str, usize)> = Vec::new();
     let mut keys: Vec<(&str, usize)> = Vec::new();
     let mut section = "";
@@ -230,9 +234,9 @@ fn check_duplicates(text: &str) -> Result<(), String> {
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
             let name = name.trim();
             if let Some(&(_, first)) = sections.iter().find(|(s, _)| *s == name) {
-                return Err(format!(
+                return Err(invalid(format!(
                     "section [{name}] appears twice (lines {first} and {n}); merge them into one"
-                ));
+                )));
             }
             sections.push((name, n));
             section = name;
@@ -245,9 +249,9 @@ fn check_duplicates(text: &str) -> Result<(), String> {
                 } else {
                     format!(" in [{section}]")
                 };
-                return Err(format!(
+                return Err(invalid(format!(
                     "{key} is given twice{at} (lines {first} and {n}); keep one"
-                ));
+                )));
             }
             keys.push((key, n));
         }
@@ -367,10 +371,7 @@ impl Config {
 
     /// Parses and validates config text; `path` is used in messages.
     pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
-        check_duplicates(text).map_err(|reason| ConfigError::Invalid {
-            path: path.into(),
-            reason,
-        })?;
+        check_duplicates(text, path)?;
         let ini = ini::Ini::load_from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.into(),
             reason: e.to_string(),
