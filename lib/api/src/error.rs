@@ -24,6 +24,9 @@ pub enum ErrorCode {
     Unavailable,
     /// A limit would be exceeded (table size, request size).
     LimitExceeded,
+    /// The request names something new whose name or number is already in
+    /// use (a port name, an OpenFlow port number). Nothing was changed.
+    AlreadyExists,
     /// The request was valid but applying it failed; the message says why.
     Failed,
     /// The method does not exist in this `sluiced` (older version?).
@@ -38,6 +41,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not-found",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::LimitExceeded => "limit-exceeded",
+            ErrorCode::AlreadyExists => "already-exists",
             ErrorCode::Failed => "failed",
             ErrorCode::UnknownMethod => "unknown-method",
         }

@@ -158,6 +158,8 @@ pub fn all_methods() -> Vec<(&'static str, &'static [&'static str])> {
         m::<pmd::PmdRxqShow>(),
         m::<pmd::DumpCache>(),
         m::<ports::DumpPorts>(),
+        m::<ports::PortAdd>(),
+        m::<ports::PortDel>(),
         m::<ports::Capture>(),
         m::<ports::CaptureStop>(),
         m::<ports::CaptureStatus>(),

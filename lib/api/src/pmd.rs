@@ -148,6 +148,9 @@ pub struct RxQueue {
     pub ofport: u16,
     /// Queue id on the port.
     pub queue: u16,
+    /// How the port was created (`config`, `pod`, `devargs`).
+    #[serde(default)]
+    pub kind: String,
 }
 
 /// The rx queues of one PMD.
@@ -179,8 +182,15 @@ impl Render for PmdRxqReply {
             );
             for q in &p.queues {
                 s += &format!(
-                    "  port: {:<16} queue-id: {:>2} (ofport {})\n",
-                    q.port, q.queue, q.ofport
+                    "  port: {:<16} queue-id: {:>2} (ofport {}{})\n",
+                    q.port,
+                    q.queue,
+                    q.ofport,
+                    if q.kind.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {}", q.kind)
+                    }
                 );
             }
         }

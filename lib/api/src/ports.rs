@@ -1,5 +1,6 @@
-//! Ports: state and counters (`dump-ports`), and packet capture into pcap
-//! files (`capture`, `capture-stop`, `capture-status`).
+//! Ports: state and counters (`dump-ports`), ports added and removed while
+//! `sluiced` forwards (`port-add`, `port-del`), and packet capture into
+//! pcap files (`capture`, `capture-stop`, `capture-status`).
 
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +51,16 @@ pub struct PortInfo {
     pub link: LinkState,
     /// Counters.
     pub stats: PortCounters,
+    /// How the port was created: `config` for a `[port:NAME]` section,
+    /// else the [`PortKind`] name it was added with (`pod`, `devargs`).
+    #[serde(default)]
+    pub kind: String,
+    /// Rx queues.
+    #[serde(default)]
+    pub rx_queues: u16,
+    /// The PMD polling each rx queue, in queue order.
+    #[serde(default)]
+    pub pmds: Vec<usize>,
 }
 
 /// `dump-ports`: all ports, or one by name or number.
@@ -94,8 +105,267 @@ impl Render for PortDump {
                 st.rx_packets, st.rx_bytes, st.rx_dropped, st.rx_errors,
                 st.tx_packets, st.tx_bytes, st.tx_errors,
             );
+            if !p.kind.is_empty() {
+                s += &format!(
+                    "           kind {}, {} rx queue(s) polled by pmd {}\n",
+                    p.kind,
+                    p.rx_queues,
+                    join_pmds(&p.pmds)
+                );
+            }
         }
         s
+    }
+}
+
+fn join_pmds(pmds: &[usize]) -> String {
+    if pmds.is_empty() {
+        return "(none)".into();
+    }
+    pmds.iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The DPDK driver a pod port (a veth host end) is opened with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PodDriver {
+    /// `net_af_packet`: a PACKET_MMAP socket on the interface.
+    AfPacket,
+    /// `net_af_xdp`: an AF_XDP socket on the interface (generic XDP on a
+    /// veth).
+    AfXdp,
+}
+
+impl PodDriver {
+    /// The default for pod ports, chosen by measurement (iperf3 TCP
+    /// between two pod namespaces through sluiced; see
+    /// `scripts/pod-port-bench.sh`).
+    pub const DEFAULT: PodDriver = PodDriver::AfPacket;
+
+    /// The name on the wire and in the text form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodDriver::AfPacket => "af-packet",
+            PodDriver::AfXdp => "af-xdp",
+        }
+    }
+
+    /// Reads [`PodDriver::as_str`]'s form.
+    pub fn parse(s: &str) -> Result<Self, ApiError> {
+        match s {
+            "af-packet" | "af_packet" => Ok(PodDriver::AfPacket),
+            "af-xdp" | "af_xdp" => Ok(PodDriver::AfXdp),
+            _ => Err(ApiError::invalid(format!(
+                "driver '{s}' is not a pod port driver: use af-packet or af-xdp"
+            ))),
+        }
+    }
+}
+
+/// How a port added at run time reaches its device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum PortKind {
+    /// The host end of a pod's veth pair, by Linux interface name; the
+    /// interface must exist (the CNI plugin creates it).
+    Pod {
+        /// The Linux interface.
+        iface: String,
+        /// The driver (default: [`PodDriver::DEFAULT`]).
+        #[serde(default)]
+        driver: Option<PodDriver>,
+    },
+    /// Raw DPDK devargs (`net_tap_x,iface=...`, `virtio_user0,path=...`);
+    /// the device name (before the first comma) must be unused.
+    Devargs {
+        /// The devargs.
+        devargs: String,
+    },
+}
+
+impl PortKind {
+    /// `pod` or `devargs` (what `dump-ports` shows).
+    pub fn name(&self) -> &'static str {
+        match self {
+            PortKind::Pod { .. } => "pod",
+            PortKind::Devargs { .. } => "devargs",
+        }
+    }
+}
+
+/// `port-add NAME iface=IFACE|devargs=DEVARGS [driver=D] [ofport=N] [rxq=N]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortAddRequest {
+    /// The port's name (unique).
+    pub name: String,
+    /// The OpenFlow port number; the lowest free one when absent.
+    #[serde(default)]
+    pub ofport: Option<u16>,
+    /// What to open.
+    pub kind: PortKind,
+    /// Rx queues (default 1); spread over the least-loaded PMDs.
+    #[serde(default = "one")]
+    pub rx_queues: u16,
+}
+
+fn one() -> u16 {
+    1
+}
+
+impl PortAddRequest {
+    /// Checks what needs no daemon state: a non-empty name without
+    /// whitespace, a usable ofport, 1..=16 rx queues, a non-empty
+    /// interface or devargs.
+    pub fn check(&self) -> Result<(), ApiError> {
+        if self.name.is_empty() || self.name.contains(char::is_whitespace) {
+            return Err(ApiError::invalid(format!(
+                "port name {:?} must be non-empty and contain no whitespace",
+                self.name
+            )));
+        }
+        if let Some(o) = self.ofport {
+            if o == 0 || o >= 0xff00 {
+                return Err(ApiError::invalid(format!(
+                    "ofport {o} is not usable: pick 1..65279"
+                )));
+            }
+        }
+        if !(1..=16).contains(&self.rx_queues) {
+            return Err(ApiError::invalid(format!(
+                "rx queues {} out of range: pick 1..16",
+                self.rx_queues
+            )));
+        }
+        match &self.kind {
+            PortKind::Pod { iface, .. } if iface.is_empty() || iface.len() > 15 => Err(
+                ApiError::invalid(format!("interface name {iface:?} is not a Linux interface name")),
+            ),
+            PortKind::Devargs { devargs } if devargs.is_empty() => {
+                Err(ApiError::invalid("devargs must not be empty"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl FromArgs for PortAddRequest {
+    fn from_args(a: &[String]) -> Result<Self, ApiError> {
+        let name = a.first().cloned().unwrap_or_default();
+        let (mut iface, mut devargs, mut driver, mut ofport, mut rxq) = (None, None, None, None, 1);
+        for arg in &a[1.min(a.len())..] {
+            let (k, v) = arg.split_once('=').ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "argument '{arg}' is not KEY=VALUE (iface, devargs, driver, ofport, rxq)"
+                ))
+            })?;
+            let num = |what: &str| {
+                v.parse::<u16>()
+                    .map_err(|_| ApiError::invalid(format!("{what} '{v}' is not a number")))
+            };
+            match k {
+                "iface" => iface = Some(v.to_string()),
+                "devargs" => devargs = Some(v.to_string()),
+                "driver" => driver = Some(PodDriver::parse(v)?),
+                "ofport" => ofport = Some(num("ofport")?),
+                "rxq" => rxq = num("rxq")?,
+                _ => {
+                    return Err(ApiError::invalid(format!(
+                        "unknown argument '{k}': use iface, devargs, driver, ofport or rxq"
+                    )))
+                }
+            }
+        }
+        let kind = match (iface, devargs) {
+            (Some(iface), None) => PortKind::Pod { iface, driver },
+            (None, Some(devargs)) if driver.is_none() => PortKind::Devargs { devargs },
+            (None, Some(_)) => {
+                return Err(ApiError::invalid(
+                    "driver= applies to iface= (pod) ports only; devargs name their driver",
+                ))
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    "give exactly one of iface=IFACE (a pod veth host end) or devargs=DEVARGS",
+                ))
+            }
+        };
+        Ok(PortAddRequest {
+            name,
+            ofport,
+            kind,
+            rx_queues: rxq,
+        })
+    }
+}
+
+/// A port that was added.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortAdded {
+    /// Its name.
+    pub name: String,
+    /// Its OpenFlow port number.
+    pub ofport: u16,
+    /// The DPDK driver.
+    pub driver: String,
+    /// The devargs it was opened with.
+    pub devargs: String,
+    /// The PMD polling each rx queue.
+    pub pmds: Vec<usize>,
+}
+
+impl Render for PortAdded {
+    fn render(&self) -> String {
+        format!(
+            "port {} added as ofport {} (driver {}, {}), rx polled by pmd {}\n",
+            self.name,
+            self.ofport,
+            self.driver,
+            self.devargs,
+            join_pmds(&self.pmds)
+        )
+    }
+}
+
+/// `port-del PORT`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortDelRequest {
+    /// Port name or OpenFlow number.
+    pub port: String,
+}
+
+impl FromArgs for PortDelRequest {
+    fn from_args(a: &[String]) -> Result<Self, ApiError> {
+        Ok(PortDelRequest {
+            port: a.first().cloned().unwrap_or_default(),
+        })
+    }
+}
+
+/// A port that was deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortDeleted {
+    /// Its name.
+    pub name: String,
+    /// Its OpenFlow port number (free again).
+    pub ofport: u16,
+    /// Rules removed with it (those matching `in_port` = the port; rules
+    /// that output to it stay, as in OVS, and drop until it returns).
+    pub flows_removed: u64,
+    /// Its counters at deletion.
+    pub stats: PortCounters,
+}
+
+impl Render for PortDeleted {
+    fn render(&self) -> String {
+        format!(
+            "port {} (ofport {}) deleted; {} in_port rule(s) removed; final rx pkts={}, tx pkts={}\n",
+            self.name, self.ofport, self.flows_removed, self.stats.rx_packets, self.stats.tx_packets
+        )
     }
 }
 
@@ -223,6 +493,14 @@ method!(
     /// Port state and counters.
     DumpPorts, "dump-ports", "[PORT]", (0, 1), DumpPortsRequest => PortDump);
 method!(
+    /// Adds a port while forwarding.
+    PortAdd, "port-add", "NAME iface=IFACE|devargs=DEVARGS [driver=af-packet|af-xdp] [ofport=N] [rxq=N]", (2, 5), PortAddRequest => PortAdded,
+    aliases = ["dpif/add-port"]);
+method!(
+    /// Deletes a port while forwarding.
+    PortDel, "port-del", "PORT", (1, 1), PortDelRequest => PortDeleted,
+    aliases = ["dpif/del-port"]);
+method!(
     /// Starts capturing a port into a pcap file.
     Capture, "capture", "PORT FILE [COUNT]", (2, 3), CaptureRequest => CaptureStarted);
 method!(
@@ -231,3 +509,95 @@ method!(
 method!(
     /// The capture's progress.
     CaptureStatus, "capture-status", "", (0, 0), Empty => CaptureProgress);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn port_add_text_form() {
+        let r = PortAddRequest::from_args(&args(&["p1", "iface=veth1", "rxq=2"])).unwrap();
+        assert_eq!(
+            r,
+            PortAddRequest {
+                name: "p1".into(),
+                ofport: None,
+                kind: PortKind::Pod {
+                    iface: "veth1".into(),
+                    driver: None
+                },
+                rx_queues: 2,
+            }
+        );
+        let r = PortAddRequest::from_args(&args(&[
+            "t",
+            "devargs=net_tap_t,iface=t0",
+            "ofport=9",
+        ]))
+        .unwrap();
+        assert_eq!(r.ofport, Some(9));
+        assert_eq!(
+            r.kind,
+            PortKind::Devargs {
+                devargs: "net_tap_t,iface=t0".into()
+            }
+        );
+        let e = PortAddRequest::from_args(&args(&["p", "bogus=1"])).unwrap_err();
+        assert!(e.message.contains("unknown argument"), "{e}");
+        let e = PortAddRequest::from_args(&args(&["p", "ofport=1"])).unwrap_err();
+        assert!(e.message.contains("exactly one"), "{e}");
+        let e = PortAddRequest::from_args(&args(&["p", "iface=x", "driver=tap"])).unwrap_err();
+        assert!(e.message.contains("af-packet"), "{e}");
+    }
+
+    #[test]
+    fn port_add_json_form_and_checks() {
+        let r: PortAddRequest = serde_json::from_value(serde_json::json!({
+            "name": "pod-a",
+            "kind": {"type": "pod", "iface": "vethA", "driver": "af-xdp"}
+        }))
+        .unwrap();
+        assert_eq!(r.rx_queues, 1);
+        assert_eq!(
+            r.kind,
+            PortKind::Pod {
+                iface: "vethA".into(),
+                driver: Some(PodDriver::AfXdp)
+            }
+        );
+        r.check().unwrap();
+        let mut bad = r.clone();
+        bad.ofport = Some(0);
+        assert_eq!(bad.check().unwrap_err().code, crate::ErrorCode::InvalidArgument);
+        let mut bad = r.clone();
+        bad.rx_queues = 0;
+        assert!(bad.check().is_err());
+        let mut bad = r;
+        bad.name = "a b".into();
+        assert!(bad.check().is_err());
+    }
+
+    #[test]
+    fn dump_ports_shows_kind_queues_and_pmds() {
+        let d = PortDump {
+            bridge: "br".into(),
+            ports: vec![PortInfo {
+                name: "p".into(),
+                ofport: 3,
+                kind: "pod".into(),
+                rx_queues: 2,
+                pmds: vec![0, 1],
+                ..Default::default()
+            }],
+        };
+        assert!(
+            d.render().contains("kind pod, 2 rx queue(s) polled by pmd 0,1"),
+            "{}",
+            d.render()
+        );
+    }
+}
