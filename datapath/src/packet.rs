@@ -246,6 +246,15 @@ impl<B> Output<B> {
         }
     }
 
+    /// Makes room for ports `0..n_ports` (never shrinks: a queue of a
+    /// removed port stays empty). Allocates; called when the port table
+    /// changes, not per burst.
+    pub fn grow(&mut self, n_ports: usize) {
+        while self.queues.len() < n_ports {
+            self.queues.push(Vec::with_capacity(BURST_SIZE));
+        }
+    }
+
     /// Number of ports this output can stage for.
     pub fn n_ports(&self) -> usize {
         self.queues.len()

@@ -12,13 +12,32 @@
 //! program updates). It stops when the shared stop flag is set (SIGTERM,
 //! SIGINT, `exit` on the control socket), flushing what it holds.
 //!
-//! Thread-safety: the only shared state is [`PmdStats`] (single-writer
-//! counters) and the stop flag; nothing on the hot path locks.
+//! Ports come and go while the PMDs run (`port-add`, `port-del`): the
+//! port handles, every PMD's rx queues and the list of ports to flood to
+//! are one immutable [`PortTable`], published RCU-style through
+//! [`SharedPorts`]. A PMD compares the published generation with its own
+//! (one relaxed load) at the start of every iteration, that is between
+//! bursts, and only when it changed loads the new table, clones its
+//! handles and tells the pipeline the new port list
+//! ([`Pipeline::set_ports`]); it then records the generation it runs as
+//! its epoch. A writer that removes a port waits
+//! ([`SharedPorts::wait_for_pmds`]) until every PMD's epoch reached the
+//! generation without it: from then on no burst that started with the old
+//! table is in flight and the device can be stopped. The hot path takes no
+//! lock and allocates nothing; a reload allocates (it is not per burst).
+//!
+//! Thread-safety: the shared state is [`PmdStats`] (single-writer
+//! counters), the stop flag and [`SharedPorts`] (an `ArcSwap` plus atomic
+//! generation and epochs; writers serialise on a mutex); nothing on the
+//! hot path locks.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use crossbeam::utils::CachePadded;
 
 use crate::capture::Capture;
 use crate::packet::{Burst, Output, PortNo, BURST_SIZE};
@@ -117,6 +136,199 @@ impl From<PmdError> for String {
     }
 }
 
+/// The ports every PMD uses, as one immutable value (see the module
+/// documentation). `ports[n]` is the handle of ofport `n`; `rx[i]` the
+/// (ofport, rx queue) pairs PMD `i` polls; `ofports` every port, in
+/// order, for flooding.
+#[derive(Debug, Clone)]
+pub struct PortTable<P> {
+    /// Increases with every publication.
+    pub generation: u64,
+    /// Handles by OpenFlow port number (`None`: no port).
+    pub ports: Vec<Option<P>>,
+    /// Each PMD's rx queues, by PMD index.
+    pub rx: Vec<Vec<(PortNo, u16)>>,
+    /// Every port number in the table.
+    pub ofports: Vec<PortNo>,
+}
+
+impl<P> PortTable<P> {
+    /// An empty table for `n_pmds` PMDs.
+    pub fn empty(n_pmds: usize) -> Self {
+        PortTable {
+            generation: 0,
+            ports: Vec::new(),
+            rx: (0..n_pmds).map(|_| Vec::new()).collect(),
+            ofports: Vec::new(),
+        }
+    }
+
+    /// Adds (or replaces) port `no` whose rx queue `q` is polled by PMD
+    /// `pmds[q]`.
+    pub fn insert(&mut self, no: PortNo, port: P, pmds: &[usize]) {
+        self.remove(no);
+        let i = no.0 as usize;
+        if self.ports.len() <= i {
+            self.ports.resize_with(i + 1, || None);
+        }
+        self.ports[i] = Some(port);
+        for (q, &pmd) in pmds.iter().enumerate() {
+            if self.rx.len() <= pmd {
+                self.rx.resize_with(pmd + 1, Vec::new);
+            }
+            self.rx[pmd].push((no, q as u16));
+        }
+        self.ofports.push(no);
+        self.ofports.sort_unstable();
+    }
+
+    /// Removes port `no` (its handle and every rx queue); whether it was
+    /// there.
+    pub fn remove(&mut self, no: PortNo) -> bool {
+        let had = matches!(self.ports.get(no.0 as usize), Some(Some(_)));
+        if let Some(slot) = self.ports.get_mut(no.0 as usize) {
+            *slot = None;
+        }
+        while matches!(self.ports.last(), Some(None)) {
+            self.ports.pop();
+        }
+        for r in &mut self.rx {
+            r.retain(|&(p, _)| p != no);
+        }
+        self.ofports.retain(|&p| p != no);
+        had
+    }
+}
+
+/// The published [`PortTable`], the generation PMDs compare against, and
+/// each PMD's epoch (the generation it runs, `u64::MAX` once it stopped).
+#[derive(Debug)]
+pub struct SharedPorts<P> {
+    table: ArcSwap<PortTable<P>>,
+    published: AtomicU64,
+    epochs: Box<[CachePadded<AtomicU64>]>,
+    writer: Mutex<()>,
+}
+
+/// A PMD did not pick up a port table in time.
+#[derive(Debug, thiserror::Error)]
+#[error("PMD thread {pmd} did not pass a burst boundary within {waited:?} (is it stuck?); the port table generation {generation} is published but the old ports may still be in use")]
+pub struct PmdWaitError {
+    /// The PMD index.
+    pub pmd: usize,
+    /// The generation waited for.
+    pub generation: u64,
+    /// How long we waited.
+    pub waited: Duration,
+}
+
+impl<P: Clone> SharedPorts<P> {
+    /// Publishes `table` (its generation is set to 0 then increased by
+    /// every [`SharedPorts::update`]) for `n_pmds` PMDs.
+    pub fn new(n_pmds: usize, mut table: PortTable<P>) -> Self {
+        table.generation = 0;
+        if table.rx.len() < n_pmds {
+            table.rx.resize_with(n_pmds, Vec::new);
+        }
+        SharedPorts {
+            table: ArcSwap::from_pointee(table),
+            published: AtomicU64::new(0),
+            epochs: (0..n_pmds)
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
+                .collect(),
+            writer: Mutex::new(()),
+        }
+    }
+
+    /// The table in force.
+    pub fn load(&self) -> Arc<PortTable<P>> {
+        self.table.load_full()
+    }
+
+    /// Number of PMDs the table serves.
+    pub fn n_pmds(&self) -> usize {
+        self.epochs.len()
+    }
+
+    /// Publishes a copy of the current table changed by `f` (writers are
+    /// serialised); returns what `f` returned and the new generation.
+    /// PMDs pick it up at their next burst boundary.
+    pub fn update<R>(&self, f: impl FnOnce(&mut PortTable<P>) -> R) -> (R, u64) {
+        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut t = PortTable::clone(&self.table.load());
+        let r = f(&mut t);
+        t.generation += 1;
+        let g = t.generation;
+        self.table.store(Arc::new(t));
+        self.published.store(g, Ordering::Release);
+        (r, g)
+    }
+
+    /// Waits until every PMD runs generation `generation` or later (or has
+    /// stopped): no burst that began with an older table is still in
+    /// flight. Polls the epochs (a control-thread wait, never a PMD's).
+    ///
+    /// # Errors
+    /// [`PmdWaitError`] when a PMD did not get there within `timeout`.
+    pub fn wait_for_pmds(&self, generation: u64, timeout: Duration) -> Result<(), PmdWaitError> {
+        let t0 = Instant::now();
+        for (pmd, e) in self.epochs.iter().enumerate() {
+            while e.load(Ordering::Acquire) < generation {
+                if t0.elapsed() > timeout {
+                    return Err(PmdWaitError {
+                        pmd,
+                        generation,
+                        waited: timeout,
+                    });
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        Ok(())
+    }
+
+    /// The generation PMD `pmd` runs (`u64::MAX`: stopped).
+    pub fn epoch(&self, pmd: usize) -> u64 {
+        self.epochs
+            .get(pmd)
+            .map_or(u64::MAX, |e| e.load(Ordering::Acquire))
+    }
+
+    #[inline]
+    fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+}
+
+/// One PMD's private copy of what it needs from the [`PortTable`].
+struct LocalPorts<P> {
+    generation: u64,
+    ports: Vec<Option<P>>,
+    rx: Vec<(PortNo, u16)>,
+}
+
+impl<P: Clone> LocalPorts<P> {
+    /// Takes the published table (on a generation change; allocates).
+    #[cold]
+    fn reload<B: crate::packet::PacketBuf, L: Pipeline<B>>(
+        &mut self,
+        shared: &SharedPorts<P>,
+        index: usize,
+        pipeline: &mut L,
+        out: &mut Output<B>,
+    ) {
+        let t = shared.load();
+        self.generation = t.generation;
+        self.ports.clone_from(&t.ports);
+        self.rx.clone_from(t.rx.get(index).unwrap_or(&Vec::new()));
+        out.grow(t.ports.len());
+        pipeline.set_ports(&t.ofports);
+        if let Some(e) = shared.epochs.get(index) {
+            e.store(self.generation, Ordering::Release);
+        }
+    }
+}
+
 /// What one PMD thread serves.
 #[derive(Debug, Clone, Default)]
 pub struct PmdSpec {
@@ -124,7 +336,8 @@ pub struct PmdSpec {
     pub index: usize,
     /// CPU to pin to (None: do not pin, for tests).
     pub core: Option<usize>,
-    /// (port number, rx queue) pairs this PMD polls.
+    /// (port number, rx queue) pairs this PMD polls, for [`spawn`] (fixed
+    /// ports); [`spawn_shared`] reads them from the [`PortTable`].
     pub rx: Vec<(PortNo, u16)>,
     /// The capture tap (`capture PORT FILE`), shared by all PMDs.
     pub capture: Option<Arc<Capture>>,
@@ -195,20 +408,51 @@ impl PmdThread {
     }
 }
 
-/// Starts a PMD thread.
+/// Starts a PMD thread over a fixed set of ports.
 ///
 /// `ports` is indexed by port number (`None` for unused numbers); each PMD
 /// gets its own handles. `init` runs first on the new thread (DPDK thread
 /// registration) and its guard lives as long as the loop.
 pub fn spawn<P, L, G, E>(
     spec: PmdSpec,
-    mut ports: Vec<Option<P>>,
+    ports: Vec<Option<P>>,
+    pipeline: L,
+    stop: Arc<AtomicBool>,
+    init: impl FnOnce() -> Result<G, E> + Send + 'static,
+) -> std::io::Result<PmdThread>
+where
+    P: Port + Clone + Sync + 'static,
+    L: Pipeline<P::Buf> + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let mut table = PortTable::empty(spec.index + 1);
+    table.ofports = (0..ports.len())
+        .filter(|&i| ports[i].is_some())
+        .map(|i| PortNo(i as u16))
+        .collect();
+    table.ports = ports;
+    table.rx[spec.index] = spec.rx.clone();
+    let shared = Arc::new(SharedPorts::new(spec.index + 1, table));
+    // Every other PMD of this table is absent: mark it stopped.
+    for (i, e) in shared.epochs.iter().enumerate() {
+        if i != spec.index {
+            e.store(u64::MAX, Ordering::Release);
+        }
+    }
+    spawn_shared(spec, shared, pipeline, stop, init)
+}
+
+/// Starts a PMD thread whose ports are the published [`PortTable`] of
+/// `shared` (PMD `spec.index` of it); see the module documentation.
+pub fn spawn_shared<P, L, G, E>(
+    spec: PmdSpec,
+    shared: Arc<SharedPorts<P>>,
     mut pipeline: L,
     stop: Arc<AtomicBool>,
     init: impl FnOnce() -> Result<G, E> + Send + 'static,
 ) -> std::io::Result<PmdThread>
 where
-    P: Port + 'static,
+    P: Port + Clone + Sync + 'static,
     L: Pipeline<P::Buf> + 'static,
     E: std::error::Error + Send + Sync + 'static,
 {
@@ -229,16 +473,27 @@ where
                     });
                 }
             }
+            let _stopped = EpochOnExit(&shared, spec.index);
             let _guard = init().map_err(|e| PmdError::Init(Box::new(e)))?;
             let txq = spec.index as u16;
-            let mut out = Output::new(ports.len());
+            let mut out = Output::new(0);
             out.drops = st.drops.clone();
+            let mut local = LocalPorts {
+                generation: u64::MAX,
+                ports: Vec::new(),
+                rx: Vec::new(),
+            };
             let mut burst = Burst::new(PortNo(0));
             let mut iter: u64 = 0;
             while !stop.load(Ordering::Relaxed) {
+                // A burst boundary: pick up a new port table.
+                if shared.published() != local.generation {
+                    local.reload(&shared, spec.index, &mut pipeline, &mut out);
+                }
+                let LocalPorts { ports, rx, .. } = &mut local;
                 let t0 = cycles();
                 let mut got = 0usize;
-                for &(port_no, q) in &spec.rx {
+                for &(port_no, q) in rx.iter() {
                     let Some(Some(port)) = ports.get_mut(port_no.0 as usize) else {
                         continue;
                     };
@@ -254,7 +509,7 @@ where
                     }
                     burst.in_port = port_no;
                     pipeline.process(now, &mut burst, &mut out);
-                    flush(&mut out, &mut ports, txq, &st, spec.capture.as_deref(), now);
+                    flush(&mut out, ports, txq, &st, spec.capture.as_deref(), now);
                 }
                 iter += 1;
                 if iter.is_multiple_of(MAINTAIN_EVERY) {
@@ -263,7 +518,7 @@ where
                     if let Some(m) = &spec.mailbox {
                         m.serve(|| pipeline.dump_caches());
                     }
-                    flush(&mut out, &mut ports, txq, &st, spec.capture.as_deref(), now);
+                    flush(&mut out, ports, txq, &st, spec.capture.as_deref(), now);
                     st.iterations.add(MAINTAIN_EVERY);
                 }
                 let dt = cycles().wrapping_sub(t0);
@@ -281,6 +536,18 @@ where
         join: Some(join),
         stats,
     })
+}
+
+/// Marks a PMD stopped in its table's epochs when its thread ends (also
+/// on an early error), so that writers never wait for it.
+struct EpochOnExit<'a, P>(&'a SharedPorts<P>, usize);
+
+impl<P> Drop for EpochOnExit<'_, P> {
+    fn drop(&mut self) {
+        if let Some(e) = self.0.epochs.get(self.1) {
+            e.store(u64::MAX, Ordering::Release);
+        }
+    }
 }
 
 #[inline]

@@ -66,6 +66,7 @@ fn sample_ports() -> ports::PortDump {
                 rx_packets: 5,
                 ..Default::default()
             },
+            ..Default::default()
         }],
     }
 }
@@ -123,6 +124,7 @@ impl TestDaemon {
                         port: "uplink".into(),
                         ofport: 1,
                         queue: 0,
+                        ..Default::default()
                     }],
                 }],
             },

@@ -1,6 +1,8 @@
 //! Control methods of the running daemon, served as [`sluice_api`] types:
 //! PMD statistics and rx-queue assignment, ports, per-PMD cache dumps and
-//! packet capture. (The flow program's methods live in `flow::commands`,
+//! packet capture. The port-related ones read the current port set through
+//! a closure at every call, so ports added at run time (`port-add`, see
+//! `daemon::ports`) appear in them. (The flow program's methods live in `flow::commands`,
 //! the features' next to each feature.)
 //!
 //! Every handler runs on a control thread. PMD state is read through the
@@ -123,11 +125,12 @@ pub fn register_pmd(reg: &Registry, pmds: Vec<PmdView>) -> Result<(), RegistryEr
 }
 
 /// Registers `pmd-rxq-show` (and `dpif-netdev/pmd-rxq-show`): which PMD
-/// polls which rx queue of which port.
-pub fn register_rxqs(reg: &Registry, rxqs: Vec<api::pmd::PmdRxqs>) -> Result<(), RegistryError> {
-    register::<api::pmd::PmdRxqShow>(reg, move |_| {
-        Ok(api::pmd::PmdRxqReply { pmds: rxqs.clone() })
-    })
+/// polls which rx queue of which port, as `rxqs` says at each call.
+pub fn register_rxqs(
+    reg: &Registry,
+    rxqs: impl Fn() -> Vec<api::pmd::PmdRxqs> + Send + Sync + 'static,
+) -> Result<(), RegistryError> {
+    register::<api::pmd::PmdRxqShow>(reg, move |_| Ok(api::pmd::PmdRxqReply { pmds: rxqs() }))
 }
 
 /// What `dump-ports` shows for one port.
@@ -140,6 +143,10 @@ pub struct PortView {
     pub driver: String,
     /// Devargs.
     pub devargs: String,
+    /// `config`, `pod` or `devargs`.
+    pub kind: String,
+    /// The PMD polling each rx queue.
+    pub pmds: Vec<usize>,
     /// Reads counters.
     pub stats: Box<dyn Fn() -> PortStats + Send + Sync>,
     /// Reads link state.
@@ -154,14 +161,16 @@ impl std::fmt::Debug for PortView {
     }
 }
 
-/// Registers `dump-ports [PORT]` (like `ovs-ofctl dump-ports`).
+/// Registers `dump-ports [PORT]` (like `ovs-ofctl dump-ports`) over the
+/// ports `ports` returns at each call.
 pub fn register_ports(
     reg: &Registry,
     bridge: &str,
-    ports: Vec<PortView>,
+    ports: impl Fn() -> Vec<PortView> + Send + Sync + 'static,
 ) -> Result<(), RegistryError> {
     let bridge = bridge.to_string();
     register::<api::ports::DumpPorts>(reg, move |r| {
+        let ports = ports();
         let sel: Vec<&PortView> = match &r.port {
             None => ports.iter().collect(),
             Some(a) => vec![ports
@@ -180,6 +189,9 @@ pub fn register_ports(
                         ofport: v.ofport,
                         driver: v.driver.clone(),
                         devargs: v.devargs.clone(),
+                        kind: v.kind.clone(),
+                        rx_queues: v.pmds.len() as u16,
+                        pmds: v.pmds.clone(),
                         link: l,
                         stats: st,
                     }
@@ -213,11 +225,12 @@ pub fn register_cache_dump(
 pub fn register_capture(
     reg: &Registry,
     capture: Arc<crate::capture::Capture>,
-    ports: Vec<(String, u16)>,
+    ports: impl Fn() -> Vec<(String, u16)> + Send + Sync + 'static,
 ) -> Result<(), RegistryError> {
     let c = capture.clone();
     register::<api::ports::Capture>(reg, move |r| {
         r.check()?;
+        let ports = ports();
         let ofport = api::ports::find_port(ports.iter().map(|(n, o)| (n.as_str(), *o)), &r.port)?;
         c.start(
             crate::packet::PortNo(ofport),

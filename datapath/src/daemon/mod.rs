@@ -11,11 +11,15 @@
 //! and join the PMDs, stop the control socket, close the ports (their mbufs
 //! return to the pool), free the pool, clean up the EAL.
 //!
+//! Ports live in [`ports::Ports`], which also serves `port-add` and
+//! `port-del` while the PMDs forward.
+//!
 //! Thread-safety: a [`Daemon`] is owned by the main thread; the threads it
-//! starts share only the stop flag, the PMD counters and the feature
-//! handles, each documented in its module.
+//! starts share only the stop flag, the PMD counters, the port set and the
+//! feature handles, each documented in its module.
 
 pub mod commands;
+pub mod ports;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +30,7 @@ use serde_json::{json, Value};
 
 use crate::caps;
 use crate::capture::Capture;
-use crate::config::{Config, PipelineKind, PortConfig};
+use crate::config::{Config, PipelineKind};
 use crate::ctl::{CtlServer, Registry, ServerConfig};
 use crate::dpdk::{self, eal, ethdev, mempool};
 use crate::flow::tables::FlowTables;
@@ -35,6 +39,7 @@ use crate::pipeline::flow::{FlowPipeline, FlowPipelineConfig};
 use crate::pipeline::l2::L2Pipeline;
 use crate::pmd::{self, PmdSpec, PmdThread};
 use crate::port::Port;
+use ports::Ports;
 use crate::time::clock_ns;
 
 use commands::{PmdView, PortView};
@@ -74,6 +79,10 @@ pub enum DaemonError {
     /// A port cannot be opened or started.
     #[error(transparent)]
     Port(#[from] ethdev::EthdevError),
+    /// A configured port cannot be opened or started (the daemon's port
+    /// set).
+    #[error(transparent)]
+    Ports(#[from] ports::PortError),
     /// The control socket cannot be served.
     #[error(transparent)]
     Ctl(#[from] crate::ctl::CtlError),
@@ -114,6 +123,9 @@ pub enum DaemonError {
     /// The EAL is gone (a stage ran after teardown).
     #[error("EAL not running")]
     NoEal,
+    /// The ports are not open (a stage ran before the ports stage).
+    #[error("the ports are not open")]
+    NoPorts,
     /// PMD threads failed while stopping.
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Pmds(Vec<crate::pmd::PmdError>),
@@ -175,8 +187,8 @@ fn flow_tables(cfg: &Config) -> Result<Option<FlowTables>, DaemonError> {
 pub struct Daemon {
     pmds: Vec<PmdThread>,
     ctl: Option<CtlServer>,
-    ports: Vec<(PortConfig, ethdev::Ethdev)>,
-    pool: Option<mempool::Mempool>,
+    /// The ports and the mbuf pool (set by the ports stage).
+    ports: Option<Arc<Ports>>,
     eal: Option<eal::Eal>,
     stop: Arc<AtomicBool>,
     /// The flow program, when the flow pipeline runs.
@@ -218,8 +230,7 @@ impl Daemon {
         let mut d = Daemon {
             pmds: Vec::new(),
             ctl: None,
-            ports: Vec::new(),
-            pool: None,
+            ports: None,
             eal: Some(eal),
             stop: Arc::new(AtomicBool::new(false)),
             flows: None,
@@ -248,14 +259,12 @@ impl Daemon {
         let mut features = self.features(cfg);
         let mailboxes: Vec<Arc<pmd::Mailbox>> =
             specs.iter().filter_map(|s| s.mailbox.clone()).collect();
-        let rxqs = self.rx_queues(&specs);
         let views = self.spawn_pmds(cfg, specs, flows.as_ref(), &mut features)?;
         self.register_commands(
             cfg,
             &registry,
             views,
             mailboxes,
-            rxqs,
             capture,
             flows.as_ref(),
             features,
@@ -272,37 +281,37 @@ impl Daemon {
         Ok(())
     }
 
-    /// Stage: the mbuf pool and every configured port, started.
+    /// Stage: the mbuf pool and every configured port, started, their rx
+    /// queues dealt out to the PMDs round-robin.
     fn open_ports(&mut self, cfg: &Config) -> Result<(), DaemonError> {
-        let n_pmds = cfg.datapath.cores.len();
+        let n_pmds = cfg.datapath.cores.len().max(1);
         // Memzone names live in the process's own file prefix, and DPDK
         // caps them at 25 characters: a fixed name, not one built from a
         // prefix of any length.
         let pool = mempool::Mempool::new("sluiced_mbufs", cfg.datapath.mbufs, 256)?;
+        let ports = Arc::new(Ports::new(
+            pool,
+            cfg.datapath.cores.iter().map(|&c| Some(c)).collect(),
+        ));
+        self.ports = Some(ports.clone());
+        let mut k = 0;
         for p in &cfg.ports {
-            let dev = ethdev::Ethdev::open(
-                &ethdev::EthdevConfig {
-                    name: p.name.clone(),
-                    devargs: p.devargs.clone(),
-                    rx_queues: p.rx_queues,
-                    tx_queues: n_pmds as u16,
-                    rx_desc: 1024,
-                    tx_desc: 1024,
-                },
-                &pool,
-            )?;
+            let pmds = (0..p.rx_queues).map(|q| (k + q as usize) % n_pmds).collect();
+            k += p.rx_queues as usize;
+            ports.open_config(p, pmds)?;
             tracing::info!(
                 port = %p.name,
                 ofport = p.ofport,
-                driver = %dev.driver(),
                 "port {} up ({})",
                 p.name,
                 p.devargs
             );
-            self.ports.push((p.clone(), dev));
         }
-        self.pool = Some(pool);
         Ok(())
+    }
+
+    fn port_set(&self) -> Result<&Arc<Ports>, DaemonError> {
+        self.ports.as_ref().ok_or(DaemonError::NoPorts)
     }
 
     /// Stage: the control socket, serving an (as yet empty) registry.
@@ -322,11 +331,10 @@ impl Daemon {
         Ok(registry)
     }
 
-    /// One PMD spec per configured core, with the ports' rx queues dealt
-    /// out round-robin.
+    /// One PMD spec per configured core (their rx queues are in the
+    /// port table).
     fn pmd_specs(&self, cfg: &Config, capture: &Arc<Capture>) -> Vec<PmdSpec> {
-        let n_pmds = cfg.datapath.cores.len();
-        let mut specs: Vec<PmdSpec> = cfg
+        let specs: Vec<PmdSpec> = cfg
             .datapath
             .cores
             .iter()
@@ -339,24 +347,18 @@ impl Daemon {
                 mailbox: Some(Arc::new(pmd::Mailbox::default())),
             })
             .collect();
-        let mut k = 0;
-        for (p, _) in &self.ports {
-            for q in 0..p.rx_queues {
-                specs[k % n_pmds].rx.push((PortNo(p.ofport), q));
-                k += 1;
-            }
-        }
         specs
     }
 
     /// The overlay, Service and conntrack features, built once and shared
     /// by the PMDs.
     fn features(&self, cfg: &Config) -> Features {
+        let list = self.ports.as_ref().map(|p| p.list()).unwrap_or_default();
         let uplink = cfg
             .uplink_port
             .as_ref()
-            .and_then(|n| self.ports.iter().find(|(p, _)| &p.name == n))
-            .map(|(p, d)| (PortNo(p.ofport), d.mac()));
+            .and_then(|n| list.iter().find(|p| &p.name == n))
+            .map(|p| (PortNo(p.ofport), ethdev::mac_of(p.handle.port_id())));
         let overlay = crate::stack::overlay::Overlay::new(
             &cfg.datapath.overlay,
             cfg.datapath.cores.len(),
@@ -374,31 +376,6 @@ impl Daemon {
         }
     }
 
-    /// Which PMD polls which rx queue (`pmd-rxq-show`).
-    fn rx_queues(&self, specs: &[PmdSpec]) -> Vec<sluice_api::pmd::PmdRxqs> {
-        specs
-            .iter()
-            .map(|s| sluice_api::pmd::PmdRxqs {
-                index: s.index,
-                core: s.core,
-                queues: s
-                    .rx
-                    .iter()
-                    .map(|&(port, queue)| sluice_api::pmd::RxQueue {
-                        port: self
-                            .ports
-                            .iter()
-                            .find(|(p, _)| p.ofport == port.0)
-                            .map(|(p, _)| p.name.clone())
-                            .unwrap_or_default(),
-                        ofport: port.0,
-                        queue,
-                    })
-                    .collect(),
-            })
-            .collect()
-    }
-
     /// Stage: one PMD thread per spec, running the configured pipeline.
     fn spawn_pmds(
         &mut self,
@@ -407,14 +384,12 @@ impl Daemon {
         flows: Option<&FlowTables>,
         features: &mut Features,
     ) -> Result<Vec<PmdView>, DaemonError> {
-        let ofports: Vec<PortNo> = self.ports.iter().map(|(p, _)| PortNo(p.ofport)).collect();
-        let max_ofport = self.ports.iter().map(|(p, _)| p.ofport).max().unwrap_or(0) as usize;
+        let ports = self.port_set()?.clone();
+        let shared = ports.shared();
+        let ofports: Vec<PortNo> = shared.load().ofports.clone();
         let mut views = Vec::new();
         for spec in specs {
-            let mut handles: Vec<Option<ethdev::DpdkPort>> = vec![None; max_ofport + 1];
-            for (p, dev) in &self.ports {
-                handles[p.ofport as usize] = Some(dev.handle());
-            }
+            let handles = shared.clone();
             let init = || dpdk::register_thread();
             let t = match flows {
                 Some(tables) => {
@@ -435,17 +410,16 @@ impl Daemon {
                         },
                     );
                     let fstats = pl.stats();
-                    let seed = self
-                        .pool
-                        .as_ref()
-                        .and_then(|p| p.alloc())
+                    let seed = ports
+                        .with_pool(|p| p.alloc())
+                        .flatten()
                         .ok_or(DaemonError::PoolExhausted)?;
                     let pl = features.overlay.wrap(
                         spec.index,
                         pl,
                         crate::stack::overlay::SeedAlloc::new(seed),
                     )?;
-                    let t = pmd::spawn(spec, handles, pl, self.stop.clone(), init);
+                    let t = pmd::spawn_shared(spec, handles, pl, self.stop.clone(), init);
                     t.inspect(|t| {
                         views.push(PmdView {
                             pmd: t.stats.clone(),
@@ -460,7 +434,7 @@ impl Daemon {
                         cfg.datapath.mac_table_size,
                         cfg.datapath.mac_aging_s.saturating_mul(1_000_000_000),
                     );
-                    pmd::spawn(spec, handles, pl, self.stop.clone(), init).inspect(|t| {
+                    pmd::spawn_shared(spec, handles, pl, self.stop.clone(), init).inspect(|t| {
                         views.push(PmdView {
                             pmd: t.stats.clone(),
                             flow: None,
@@ -486,7 +460,6 @@ impl Daemon {
         registry: &Registry,
         views: Vec<PmdView>,
         mailboxes: Vec<Arc<pmd::Mailbox>>,
-        rxqs: Vec<sluice_api::pmd::PmdRxqs>,
         capture: Arc<Capture>,
         flows: Option<&FlowTables>,
         features: Features,
@@ -494,30 +467,46 @@ impl Daemon {
         let reg_err = DaemonError::Register;
         commands::register_pmd(registry, views).map_err(reg_err)?;
         commands::register_cache_dump(registry, mailboxes).map_err(reg_err)?;
-        commands::register_rxqs(registry, rxqs).map_err(reg_err)?;
-        let port_views = self
-            .ports
-            .iter()
-            .map(|(p, d)| {
-                let h = d.handle();
-                let h2 = d.handle();
-                PortView {
-                    name: p.name.clone(),
-                    ofport: p.ofport,
-                    driver: d.driver(),
-                    devargs: p.devargs.clone(),
-                    stats: Box::new(move || h.stats()),
-                    link: Box::new(move || h2.link()),
-                }
-            })
-            .collect();
-        commands::register_ports(registry, &cfg.bridge, port_views).map_err(reg_err)?;
-        let names: Vec<(String, u16)> = self
-            .ports
-            .iter()
-            .map(|(p, _)| (p.name.clone(), p.ofport))
-            .collect();
-        commands::register_capture(registry, capture, names).map_err(reg_err)?;
+        let ports = self.port_set()?.clone();
+        let p = ports.clone();
+        commands::register_rxqs(registry, move || p.rx_queues()).map_err(reg_err)?;
+        let p = ports.clone();
+        commands::register_ports(registry, &cfg.bridge, move || {
+            p.list()
+                .into_iter()
+                .map(|s| {
+                    let (h, h2) = (s.handle.clone(), s.handle);
+                    PortView {
+                        name: s.name,
+                        ofport: s.ofport,
+                        driver: s.driver,
+                        devargs: s.devargs,
+                        kind: s.kind,
+                        pmds: s.pmds,
+                        stats: Box::new(move || h.stats()),
+                        link: Box::new(move || h2.link()),
+                    }
+                })
+                .collect()
+        })
+        .map_err(reg_err)?;
+        let p = ports.clone();
+        commands::register_capture(registry, capture, move || {
+            p.list().into_iter().map(|s| (s.name, s.ofport)).collect()
+        })
+        .map_err(reg_err)?;
+        ports.set_owners(ports::PortOwners {
+            flows: flows.cloned(),
+            ingress: flows.map(|_| features.overlay.ingress.clone()),
+        });
+        let p = ports.clone();
+        crate::ctl::typed::register::<sluice_api::ports::PortAdd>(registry, move |r| p.add(&r))
+            .map_err(reg_err)?;
+        let p = ports;
+        crate::ctl::typed::register::<sluice_api::ports::PortDel>(registry, move |r| {
+            p.del(&r.port)
+        })
+        .map_err(reg_err)?;
         let Features {
             overlay,
             services,
@@ -572,9 +561,9 @@ impl Daemon {
             "pipeline": cfg.datapath.pipeline.name(),
             "pmd_cores": cfg.datapath.cores,
             "ctl_socket": cfg.datapath.ctl_socket,
-            "ports": self.ports.iter().map(|(p, d)| json!({
+            "ports": self.ports.iter().flat_map(|p| p.list()).map(|p| json!({
                 "name": p.name, "ofport": p.ofport, "devargs": p.devargs,
-                "driver": d.driver(), "dpdk_port_id": d.port_id(),
+                "driver": p.driver, "dpdk_port_id": p.handle.port_id(),
             })).collect::<Vec<_>>(),
         }))
     }
@@ -612,7 +601,8 @@ impl Daemon {
         let ports: Vec<Value> = self
             .ports
             .iter()
-            .map(|(p, d)| json!({"name": p.name, "ofport": p.ofport, "stats": d.handle().stats()}))
+            .flat_map(|p| p.list())
+            .map(|p| json!({"name": p.name, "ofport": p.ofport, "stats": p.handle.stats()}))
             .collect();
         self.teardown();
         if errors.is_empty() {
@@ -635,8 +625,10 @@ impl Daemon {
         if let Some(mut c) = self.ctl.take() {
             c.stop();
         }
-        self.ports.clear();
-        self.pool = None;
+        // Ports close before the pool is freed (their queues hold mbufs).
+        if let Some(p) = self.ports.take() {
+            p.close_all();
+        }
         self.eal = None;
     }
 }

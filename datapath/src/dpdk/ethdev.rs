@@ -10,6 +10,11 @@
 //!
 //! Scatter is off and the MTU fits one mbuf, so received mbufs are single
 //! segment, as [`super::mbuf::Mbuf`] requires.
+//!
+//! A port opened at run time (`port-add`) is marked with
+//! [`Ethdev::detach_on_close`]: dropping it also removes the device from
+//! its bus (`rte_dev_remove`, DPDK hot-unplug), so that its name (a vdev's
+//! `net_af_packet_x`, `net_tap_x`) can be probed again.
 
 use std::ffi::{CStr, CString};
 use std::sync::Arc;
@@ -104,9 +109,16 @@ pub struct Ethdev {
     devargs: String,
     rx_queues: u16,
     tx_queues: u16,
+    detach: bool,
 }
 
 impl Ethdev {
+    /// Makes the drop also hot-unplug the device (see the module
+    /// documentation).
+    pub fn detach_on_close(&mut self) {
+        self.detach = true;
+    }
+
     /// Probes, configures and starts a port whose rx queues take mbufs
     /// from `pool`.
     pub fn open(cfg: &EthdevConfig, pool: &Mempool) -> Result<Ethdev, EthdevError> {
@@ -171,6 +183,7 @@ impl Ethdev {
             devargs: cfg.devargs.clone(),
             rx_queues: cfg.rx_queues,
             tx_queues: cfg.tx_queues,
+            detach: false,
         };
         dev.setup(cfg, pool)?;
         Ok(dev)
@@ -312,13 +325,33 @@ impl Ethdev {
 
 impl Drop for Ethdev {
     fn drop(&mut self) {
+        let mut info = dpdk_sys::rte_eth_dev_info::default();
         // SAFETY: we opened the port; no PMD uses it any more (PMD threads
-        // are joined before ports are dropped). Stop releases the queues'
-        // mbufs back to the pool; close frees the device (a TAP interface
-        // disappears).
+        // are joined, or passed a burst boundary without it, before ports
+        // are dropped). Stop releases the queues' mbufs back to the pool;
+        // close frees the device (a TAP interface disappears). The
+        // rte_device read before close belongs to its bus and outlives the
+        // ethdev; removing it unplugs the (already closed) device.
         unsafe {
+            let dev = if self.detach
+                && dpdk_sys::rte_eth_dev_info_get(self.port_id, &mut info) == 0
+            {
+                info.device
+            } else {
+                std::ptr::null_mut()
+            };
             dpdk_sys::rte_eth_dev_stop(self.port_id);
             dpdk_sys::rte_eth_dev_close(self.port_id);
+            if !dev.is_null() {
+                let rc = dpdk_sys::rte_dev_remove(dev);
+                if rc < 0 {
+                    tracing::warn!(
+                        "port '{}': the device was closed but not unplugged ({}); its name cannot be reused until sluiced restarts",
+                        self.name,
+                        super::strerror(-rc)
+                    );
+                }
+            }
         }
     }
 }
@@ -335,6 +368,14 @@ impl DpdkPort {
     pub fn port_id(&self) -> u16 {
         self.port_id
     }
+}
+
+/// The MAC address of a DPDK port.
+pub fn mac_of(port_id: u16) -> [u8; 6] {
+    let mut a = dpdk_sys::rte_ether_addr::default();
+    // SAFETY: out-pointer valid; an invalid port id leaves zeros.
+    unsafe { dpdk_sys::rte_eth_macaddr_get(port_id, &mut a) };
+    a.addr_bytes
 }
 
 /// Reads stats of a DPDK port.

@@ -310,6 +310,10 @@ impl<B: PacketBuf, P: Pipeline<B>> Pipeline<B> for Ingress<P> {
         self.inner.dump_caches()
     }
 
+    fn set_ports(&mut self, ports: &[PortNo]) {
+        self.inner.set_ports(ports);
+    }
+
     fn process(&mut self, now: Nanos, burst: &mut Burst<B>, out: &mut Output<B>) {
         self.refresh();
         let in_port = burst.in_port;

@@ -653,6 +653,21 @@ impl<H> FlowPipeline<H> {
 }
 
 impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
+    /// Takes the new port list (for `normal`/`flood`), forgets MAC entries
+    /// on removed ports and flushes both caches: a cached translation may
+    /// flood to the old set or output to a removed port.
+    fn set_ports(&mut self, ports: &[PortNo]) {
+        for &p in &self.ports {
+            if !ports.contains(&p) {
+                self.mac.flush_port(p);
+            }
+        }
+        self.ports.clear();
+        self.ports.extend_from_slice(ports);
+        self.emc.flush();
+        self.megaflow.flush();
+    }
+
     fn dump_caches(&self) -> String {
         let emc = if self.emc.enabled() {
             format!(

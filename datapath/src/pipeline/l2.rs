@@ -220,7 +220,8 @@ pub fn flood<B: PacketBuf>(ports: &[PortNo], in_port: PortNo, pkt: B, out: &mut 
     out.send(prev, pkt);
 }
 
-/// The L2 learning switch pipeline over a fixed set of ports.
+/// The L2 learning switch pipeline over a set of ports (changed between
+/// bursts by [`Pipeline::set_ports`]).
 #[derive(Debug)]
 pub struct L2Pipeline {
     ports: Vec<PortNo>,
@@ -296,6 +297,16 @@ impl<B: PacketBuf> Pipeline<B> for L2Pipeline {
         for pkt in burst.pkts.drain(..) {
             self.forward(now, in_port, pkt, out);
         }
+    }
+
+    fn set_ports(&mut self, ports: &[PortNo]) {
+        for &p in &self.ports {
+            if !ports.contains(&p) {
+                self.table.flush_port(p);
+            }
+        }
+        self.ports.clear();
+        self.ports.extend_from_slice(ports);
     }
 
     fn maintain(&mut self, now: Nanos, _out: &mut Output<B>) {

@@ -11,7 +11,7 @@ pub mod hooks;
 pub mod l2;
 pub mod trace;
 
-use crate::packet::{Burst, Output, PacketBuf};
+use crate::packet::{Burst, Output, PacketBuf, PortNo};
 use crate::time::Nanos;
 
 /// Packet processing for one core.
@@ -24,6 +24,13 @@ pub trait Pipeline<B: PacketBuf>: Send {
     /// picking up a new program). Called by the PMD at least every few
     /// milliseconds; must be cheap when there is nothing to do.
     fn maintain(&mut self, _now: Nanos, _out: &mut Output<B>) {}
+
+    /// The datapath's ports changed (`port-add`, `port-del`): `ports` is
+    /// every port now, for flooding. Called by the PMD between bursts when
+    /// it picks up a new port table, before any packet of a new port; a
+    /// pipeline forgets what it learnt about removed ports (MAC entries,
+    /// cached translations). May allocate.
+    fn set_ports(&mut self, _ports: &[PortNo]) {}
 
     /// A text dump of this core's caches (`dump-cache`). Runs on the PMD
     /// thread between bursts, when the control socket asks for it; may

@@ -18,7 +18,7 @@ struct Queues {
 
 /// A port backed by memory. Clone the [`MemPortHandle`] to inject and
 /// collect frames from the test.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct MemPort {
     name: String,
     q: Arc<Mutex<Queues>>,

@@ -530,6 +530,10 @@ impl<B: PacketBuf, P: Pipeline<B>, A: BufAlloc<B> + Send> Pipeline<B> for LocalS
         self.inner.dump_caches()
     }
 
+    fn set_ports(&mut self, ports: &[PortNo]) {
+        self.inner.set_ports(ports);
+    }
+
     fn process(&mut self, now: Nanos, burst: &mut Burst<B>, out: &mut Output<B>) {
         if burst.in_port == self.config.uplink {
             self.intercept(burst, out);

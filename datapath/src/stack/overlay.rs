@@ -230,6 +230,13 @@ where
             OverlayPipeline::Stack(p) => p.maintain(now, out),
         }
     }
+
+    fn set_ports(&mut self, ports: &[PortNo]) {
+        match self {
+            OverlayPipeline::Ingress(p) => p.set_ports(ports),
+            OverlayPipeline::Stack(p) => p.set_ports(ports),
+        }
+    }
 }
 
 /// An allocator that makes new buffers by cloning a seed buffer (for mbufs:

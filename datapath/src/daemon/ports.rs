@@ -1,0 +1,488 @@
+//! The ports of a running daemon: those of the `[port:NAME]` sections,
+//! opened at start, and those added and removed while the PMDs forward
+//! (`port-add`, `port-del`).
+//!
+//! [`Ports`] owns every open [`Ethdev`] and the mbuf pool their rx queues
+//! fill from, and publishes the PMDs' view of them, a
+//! [`PortTable`], through [`SharedPorts`] (RCU-style; see `pmd`). Adding a
+//! port probes the device (DPDK vdev hot-plug for `net_af_packet`,
+//! `net_af_xdp`, `net_tap`, `virtio_user`), configures and starts it on
+//! the shared pool, deals its rx queues to the least-loaded PMDs and then
+//! publishes the new table; no PMD sees the port before it is started.
+//! Deleting one publishes a table without it, waits until every PMD passed
+//! a burst boundary (their epochs), then removes what belongs to the port:
+//! the rules matching `in_port` = the port (rules that output to it stay,
+//! as in OVS: they drop, counted as `no_such_port`, until a port takes the
+//! number again), its port-security binding, its MAC entries and the PMDs'
+//! cached translations (`Pipeline::set_ports`), and finally stops, closes
+//! and unplugs the device, whose counters go with it. Other ports are not
+//! touched: their queues keep being polled throughout.
+//!
+//! Thread-safety: control threads call [`Ports`] concurrently; a mutex
+//! serialises adds and deletes (and covers the pool), never taken by a PMD.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use sluice_api::ports::{PodDriver, PortAddRequest, PortAdded, PortDeleted, PortKind};
+use sluice_api::{ApiError, ErrorCode};
+use thiserror::Error;
+
+use crate::config::PortConfig;
+use crate::dpdk::ethdev::{self, DpdkPort, Ethdev, EthdevError};
+use crate::dpdk::mempool::Mempool;
+use crate::flow::tables::FlowTables;
+use crate::packet::PortNo;
+use crate::pmd::{PortTable, SharedPorts};
+use crate::port::Port;
+use crate::time::clock_ns;
+
+/// The kind `dump-ports` shows for a `[port:NAME]` port.
+pub const CONFIG_KIND: &str = "config";
+
+/// How long `port-del` waits for the PMDs to pass a burst boundary.
+const PMD_WAIT: Duration = Duration::from_secs(5);
+
+/// Why a port could not be added or deleted.
+#[derive(Debug, Error)]
+pub enum PortError {
+    /// The name is in use.
+    #[error("a port named '{0}' already exists: pick another name or port-del it first")]
+    NameTaken(String),
+    /// The number is in use.
+    #[error("ofport {ofport} is already port '{by}': pick another number or leave ofport out to get the lowest free one")]
+    OfportTaken {
+        /// The number.
+        ofport: u16,
+        /// The port that has it.
+        by: String,
+    },
+    /// Every number is in use.
+    #[error("no OpenFlow port number is free")]
+    NoFreeOfport,
+    /// The pod's interface does not exist.
+    #[error("interface '{0}' does not exist in sluiced's network namespace: create the veth pair first (the CNI plugin does)")]
+    InterfaceMissing(String),
+    /// The device could not be created or started.
+    #[error("{0}")]
+    Device(#[from] EthdevError),
+    /// No such port.
+    #[error("no port named or numbered '{0}'")]
+    NotFound(String),
+    /// The daemon is stopping.
+    #[error("sluiced is stopping: ports can no longer be added")]
+    Closed,
+    /// A PMD did not let go of the port.
+    #[error("port '{port}' was removed from the PMDs' table but not closed: {source}")]
+    PmdWait {
+        /// The port.
+        port: String,
+        /// The wait that failed.
+        source: crate::pmd::PmdWaitError,
+    },
+}
+
+impl From<PortError> for ApiError {
+    fn from(e: PortError) -> Self {
+        let code = match &e {
+            PortError::NameTaken(_) | PortError::OfportTaken { .. } => ErrorCode::AlreadyExists,
+            PortError::NoFreeOfport => ErrorCode::LimitExceeded,
+            PortError::InterfaceMissing(_) | PortError::NotFound(_) => ErrorCode::NotFound,
+            PortError::Closed => ErrorCode::Unavailable,
+            PortError::Device(_) | PortError::PmdWait { .. } => ErrorCode::Failed,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+/// One open port.
+#[derive(Debug)]
+struct Entry {
+    name: String,
+    kind: String,
+    devargs: String,
+    driver: String,
+    pmds: Vec<usize>,
+    dev: Ethdev,
+}
+
+#[derive(Debug)]
+struct Inner {
+    entries: BTreeMap<u16, Entry>,
+    pool: Option<Mempool>,
+    /// Numbers the vdevs this process creates (`net_af_packet_sl7`), so
+    /// that a name is never probed twice.
+    seq: u32,
+}
+
+/// What `port-del` removes besides the device.
+#[derive(Debug, Clone, Default)]
+pub struct PortOwners {
+    /// The flow program (rules matching `in_port`).
+    pub flows: Option<FlowTables>,
+    /// Port security bindings.
+    pub ingress: Option<crate::neigh::ingress::IngressControl>,
+}
+
+/// The daemon's ports (see the module documentation).
+#[derive(Debug)]
+pub struct Ports {
+    shared: Arc<SharedPorts<DpdkPort>>,
+    inner: Mutex<Inner>,
+    cores: Vec<Option<usize>>,
+    owners: Mutex<PortOwners>,
+}
+
+/// One port as the control methods show it.
+#[derive(Debug, Clone)]
+pub struct PortSummary {
+    /// Name.
+    pub name: String,
+    /// OpenFlow number.
+    pub ofport: u16,
+    /// `config`, `pod` or `devargs`.
+    pub kind: String,
+    /// Devargs.
+    pub devargs: String,
+    /// Driver.
+    pub driver: String,
+    /// The PMD of each rx queue.
+    pub pmds: Vec<usize>,
+    /// A handle (counters, link, MAC).
+    pub handle: DpdkPort,
+}
+
+impl Ports {
+    /// No ports yet, for PMDs pinned to `cores`, filling rx queues from
+    /// `pool`.
+    pub fn new(pool: Mempool, cores: Vec<Option<usize>>) -> Self {
+        let n = cores.len().max(1);
+        Ports {
+            shared: Arc::new(SharedPorts::new(n, PortTable::empty(n))),
+            inner: Mutex::new(Inner {
+                entries: BTreeMap::new(),
+                pool: Some(pool),
+                seq: 0,
+            }),
+            cores,
+            owners: Mutex::new(PortOwners::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the PMDs load.
+    pub fn shared(&self) -> Arc<SharedPorts<DpdkPort>> {
+        self.shared.clone()
+    }
+
+    /// Sets what `port-del` cleans up besides the device.
+    pub fn set_owners(&self, owners: PortOwners) {
+        *self.owners.lock().unwrap_or_else(|e| e.into_inner()) = owners;
+    }
+
+    /// Runs `f` on the mbuf pool (None once closed).
+    pub fn with_pool<R>(&self, f: impl FnOnce(&Mempool) -> R) -> Option<R> {
+        self.lock().pool.as_ref().map(f)
+    }
+
+    fn n_pmds(&self) -> usize {
+        self.shared.n_pmds()
+    }
+
+    /// Opens a `[port:NAME]` port; its rx queues go to `pmds`.
+    pub fn open_config(&self, p: &PortConfig, pmds: Vec<usize>) -> Result<(), PortError> {
+        let mut inner = self.lock();
+        let dev = open(&inner, &p.name, &p.devargs, p.rx_queues, self.n_pmds())?;
+        self.publish(&mut inner, p.ofport, &p.name, CONFIG_KIND, dev, pmds);
+        Ok(())
+    }
+
+    fn publish(
+        &self,
+        inner: &mut Inner,
+        ofport: u16,
+        name: &str,
+        kind: &str,
+        dev: Ethdev,
+        pmds: Vec<usize>,
+    ) -> PortSummary {
+        let handle = dev.handle();
+        let h = handle.clone();
+        let p = pmds.clone();
+        self.shared
+            .update(move |t| t.insert(PortNo(ofport), h, &p));
+        let e = Entry {
+            name: name.to_string(),
+            kind: kind.to_string(),
+            devargs: dev.devargs().to_string(),
+            driver: dev.driver(),
+            pmds,
+            dev,
+        };
+        let s = summary(ofport, &e);
+        inner.entries.insert(ofport, e);
+        s
+    }
+
+    /// `port-add`.
+    ///
+    /// # Errors
+    /// [`PortError`]: the name or number is taken, the interface missing,
+    /// the device failed to probe or start.
+    pub fn add(&self, r: &PortAddRequest) -> Result<PortAdded, ApiError> {
+        r.check()?;
+        let mut inner = self.lock();
+        if inner.pool.is_none() {
+            return Err(PortError::Closed.into());
+        }
+        if inner.entries.values().any(|e| e.name == r.name) {
+            return Err(PortError::NameTaken(r.name.clone()).into());
+        }
+        let ofport = match r.ofport {
+            Some(o) => {
+                if let Some(e) = inner.entries.get(&o) {
+                    return Err(PortError::OfportTaken {
+                        ofport: o,
+                        by: e.name.clone(),
+                    }
+                    .into());
+                }
+                o
+            }
+            None => (1..0xff00u16)
+                .find(|o| !inner.entries.contains_key(o))
+                .ok_or(PortError::NoFreeOfport)?,
+        };
+        inner.seq += 1;
+        let devargs = match &r.kind {
+            PortKind::Pod { iface, driver } => {
+                if !std::path::Path::new("/sys/class/net").join(iface).exists() {
+                    return Err(PortError::InterfaceMissing(iface.clone()).into());
+                }
+                pod_devargs(
+                    driver.unwrap_or(PodDriver::DEFAULT),
+                    iface,
+                    inner.seq,
+                    r.rx_queues.max(self.n_pmds() as u16),
+                )
+            }
+            PortKind::Devargs { devargs } => devargs.clone(),
+        };
+        let mut dev = open(&inner, &r.name, &devargs, r.rx_queues, self.n_pmds())?;
+        dev.detach_on_close();
+        let pmds = self.least_loaded(r.rx_queues);
+        let s = self.publish(&mut inner, ofport, &r.name, r.kind.name(), dev, pmds);
+        tracing::info!(port = %s.name, ofport, driver = %s.driver, "port {} added ({})", s.name, s.devargs);
+        Ok(PortAdded {
+            name: s.name,
+            ofport,
+            driver: s.driver,
+            devargs: s.devargs,
+            pmds: s.pmds,
+        })
+    }
+
+    /// PMDs for `n` new rx queues: each to the PMD polling fewest queues
+    /// (lowest index on ties).
+    fn least_loaded(&self, n: u16) -> Vec<usize> {
+        let t = self.shared.load();
+        let mut load: Vec<usize> = (0..self.n_pmds())
+            .map(|i| t.rx.get(i).map_or(0, Vec::len))
+            .collect();
+        (0..n)
+            .map(|_| {
+                let (i, _) = load
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|&(i, l)| (*l, i))
+                    .unwrap_or((0, &0));
+                load[i] += 1;
+                i
+            })
+            .collect()
+    }
+
+    /// `port-del`.
+    ///
+    /// # Errors
+    /// [`PortError::NotFound`]; [`PortError::PmdWait`] when a PMD did not
+    /// pass a burst boundary (the device then stays open, unpolled).
+    pub fn del(&self, port: &str) -> Result<PortDeleted, ApiError> {
+        let mut inner = self.lock();
+        let ofport = inner
+            .entries
+            .iter()
+            .find(|(o, e)| e.name == port || o.to_string() == port)
+            .map(|(o, _)| *o)
+            .ok_or_else(|| PortError::NotFound(port.to_string()))?;
+        let name = inner.entries[&ofport].name.clone();
+        // 1. Stop polling: no PMD loads the port from the next burst on.
+        let (_, generation) = self.shared.update(|t| {
+            t.remove(PortNo(ofport));
+        });
+        // 2. Let in-flight bursts finish.
+        self.shared
+            .wait_for_pmds(generation, PMD_WAIT)
+            .map_err(|source| PortError::PmdWait {
+                port: name.clone(),
+                source,
+            })?;
+        // 3. What belongs to the port.
+        let owners = self
+            .owners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let flows_removed = match &owners.flows {
+            Some(t) => t
+                .del_flows(&format!("in_port={ofport}"), false, clock_ns())
+                .map(|s| s.deleted as u64)
+                .unwrap_or_else(|e| {
+                    tracing::warn!("port '{name}': its in_port rules stay: {e}");
+                    0
+                }),
+            None => 0,
+        };
+        if let Some(i) = &owners.ingress {
+            i.unbind_port(PortNo(ofport));
+        }
+        // 4. The device.
+        let Some(e) = inner.entries.remove(&ofport) else {
+            return Err(PortError::NotFound(port.to_string()).into());
+        };
+        let st = e.dev.handle().stats();
+        drop(e);
+        tracing::info!(port = %name, ofport, "port {name} deleted");
+        Ok(PortDeleted {
+            name,
+            ofport,
+            flows_removed,
+            stats: sluice_api::ports::PortCounters {
+                rx_packets: st.rx_packets,
+                rx_bytes: st.rx_bytes,
+                rx_dropped: st.rx_dropped,
+                rx_errors: st.rx_errors,
+                tx_packets: st.tx_packets,
+                tx_bytes: st.tx_bytes,
+                tx_errors: st.tx_errors,
+            },
+        })
+    }
+
+    /// Every port, by OpenFlow number.
+    pub fn list(&self) -> Vec<PortSummary> {
+        self.lock()
+            .entries
+            .iter()
+            .map(|(&o, e)| summary(o, e))
+            .collect()
+    }
+
+    /// `pmd-rxq-show`: the published table's queues per PMD.
+    pub fn rx_queues(&self) -> Vec<sluice_api::pmd::PmdRxqs> {
+        let t = self.shared.load();
+        let inner = self.lock();
+        (0..self.n_pmds())
+            .map(|i| sluice_api::pmd::PmdRxqs {
+                index: i,
+                core: self.cores.get(i).copied().flatten(),
+                queues: t
+                    .rx
+                    .get(i)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|&(p, queue)| {
+                        let e = inner.entries.get(&p.0);
+                        sluice_api::pmd::RxQueue {
+                            port: e.map(|e| e.name.clone()).unwrap_or_default(),
+                            ofport: p.0,
+                            queue,
+                            kind: e.map(|e| e.kind.clone()).unwrap_or_default(),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Closes every port, then frees the pool (after the PMDs stopped).
+    pub fn close_all(&self) {
+        let mut inner = self.lock();
+        inner.entries.clear();
+        inner.pool = None;
+    }
+}
+
+fn summary(ofport: u16, e: &Entry) -> PortSummary {
+    PortSummary {
+        name: e.name.clone(),
+        ofport,
+        kind: e.kind.clone(),
+        devargs: e.devargs.clone(),
+        driver: e.driver.clone(),
+        pmds: e.pmds.clone(),
+        handle: e.dev.handle(),
+    }
+}
+
+/// Devargs of a pod port on `iface` with `queues` queue pairs; `seq` makes
+/// the vdev name unique in this process.
+pub fn pod_devargs(driver: PodDriver, iface: &str, seq: u32, queues: u16) -> String {
+    match driver {
+        PodDriver::AfPacket => {
+            format!("net_af_packet_sl{seq},iface={iface},qpairs={queues}")
+        }
+        PodDriver::AfXdp => {
+            format!("net_af_xdp_sl{seq},iface={iface},start_queue=0,queue_count={queues}")
+        }
+    }
+}
+
+fn open(
+    inner: &Inner,
+    name: &str,
+    devargs: &str,
+    rx_queues: u16,
+    n_pmds: usize,
+) -> Result<Ethdev, PortError> {
+    let pool = inner.pool.as_ref().ok_or(PortError::Closed)?;
+    Ok(Ethdev::open(
+        &ethdev::EthdevConfig {
+            name: name.to_string(),
+            devargs: devargs.to_string(),
+            rx_queues,
+            tx_queues: n_pmds as u16,
+            rx_desc: 1024,
+            tx_desc: 1024,
+        },
+        pool,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_devargs_name_unique_vdevs() {
+        assert_eq!(
+            pod_devargs(PodDriver::AfPacket, "veth1", 3, 2),
+            "net_af_packet_sl3,iface=veth1,qpairs=2"
+        );
+        assert!(pod_devargs(PodDriver::AfXdp, "v", 4, 1).starts_with("net_af_xdp_sl4,iface=v,"));
+    }
+
+    #[test]
+    fn errors_carry_their_codes() {
+        let e: ApiError = PortError::NameTaken("a".into()).into();
+        assert_eq!(e.code, ErrorCode::AlreadyExists);
+        let e: ApiError = PortError::InterfaceMissing("v".into()).into();
+        assert_eq!(e.code, ErrorCode::NotFound);
+        assert!(e.message.contains("does not exist"), "{e}");
+    }
+}
