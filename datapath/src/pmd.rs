@@ -677,4 +677,107 @@ mod tests {
         assert_eq!(stats.drops.total(), 0);
         assert!(stats.render().contains("packets received: 2"));
     }
+
+    fn frame(dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+        let mut f = dst.to_vec();
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&[0x08, 0x00]);
+        f.resize(60, 0);
+        f
+    }
+
+    /// The port table is republished while a PMD runs: an added port is
+    /// polled and flooded to from the next burst boundary on, a deleted
+    /// one is neither, and the writer's wait returns only once the PMD
+    /// runs the new generation. Waits are bounded by packet counts and
+    /// epochs, not time.
+    #[test]
+    fn pmd_sees_ports_added_and_deleted_between_bursts() {
+        let (p1, h1) = MemPort::new("a");
+        let (p2, h2) = MemPort::new("b");
+        let (p3, h3) = MemPort::new("c");
+        let mut table = PortTable::empty(1);
+        table.insert(PortNo(1), p1, &[0]);
+        let shared = Arc::new(SharedPorts::new(1, table));
+        let stop = Arc::new(AtomicBool::new(false));
+        let pipeline = L2Pipeline::new(vec![PortNo(1)], 64, u64::MAX);
+        let pmd = spawn_shared(
+            PmdSpec {
+                index: 0,
+                ..Default::default()
+            },
+            shared.clone(),
+            pipeline,
+            stop.clone(),
+            || Ok(()),
+        )
+        .unwrap();
+        let wait = |g| shared.wait_for_pmds(g, std::time::Duration::from_secs(60));
+
+        // Add ports 2 and 3 (3 with its queue on the only PMD too).
+        let (_, g) = shared.update(|t| t.insert(PortNo(2), p2, &[0]));
+        let (_, g3) = shared.update(|t| t.insert(PortNo(3), p3, &[0]));
+        assert!(g3 > g);
+        wait(g3).unwrap();
+        assert_eq!(shared.epoch(0), g3);
+        let (a, b, c) = ([2, 0, 0, 0, 0, 0xa], [2, 0, 0, 0, 0, 0xb], [2, 0, 0, 0, 0, 0xc]);
+        // A broadcast from the new port 2 floods to 1 and 3.
+        h2.inject(&frame([0xff; 6], b));
+        assert_eq!(wait_for_frames(&h1, "flood on 1"), vec![frame([0xff; 6], b)]);
+        assert_eq!(wait_for_frames(&h3, "flood on 3"), vec![frame([0xff; 6], b)]);
+        h3.inject(&frame([0xff; 6], c));
+        wait_for_frames(&h1, "flood from 3 on 1");
+        wait_for_frames(&h2, "flood from 3 on 2");
+
+        // Delete port 2: after the wait the PMD no longer holds it.
+        let (had, g) = shared.update(|t| t.remove(PortNo(2)));
+        assert!(had);
+        wait(g).unwrap();
+        assert!(shared.load().ports.get(2).is_none_or(Option::is_none));
+        // A frame queued on the deleted port is never received...
+        h2.inject(&frame([0xff; 6], b));
+        // ...a unicast to b's learnt MAC (flushed with the port) floods to
+        // the remaining port only, and port 1's broadcast reaches 3, not 2.
+        h1.inject(&frame(b, a));
+        assert_eq!(wait_for_frames(&h3, "flood of unknown b on 3"), vec![frame(b, a)]);
+        h1.inject(&frame([0xff; 6], a));
+        assert_eq!(wait_for_frames(&h3, "broadcast on 3"), vec![frame([0xff; 6], a)]);
+        assert!(h2.collect().is_empty(), "nothing is sent to a deleted port");
+
+        // Re-add number 2 as a new port: it works.
+        let (p4, h4) = MemPort::new("d");
+        let (_, g) = shared.update(|t| t.insert(PortNo(2), p4, &[0]));
+        wait(g).unwrap();
+        h3.inject(&frame([0xff; 6], c));
+        assert_eq!(wait_for_frames(&h4, "flood on the re-added port"), vec![frame([0xff; 6], c)]);
+        wait_for_frames(&h1, "flood from 3 on 1 again");
+        assert!(h2.collect().is_empty(), "the old port got nothing");
+        stop.store(true, Ordering::Relaxed);
+        let stats = pmd.stats.clone();
+        pmd.join().unwrap();
+        assert_eq!(shared.epoch(0), u64::MAX, "a stopped PMD is never waited for");
+        shared
+            .wait_for_pmds(u64::MAX - 1, std::time::Duration::ZERO)
+            .unwrap();
+        // b, c, a (unicast), a (broadcast), c: the frame queued on the
+        // deleted port was never received.
+        assert_eq!(stats.rx_packets.get(), 5);
+        assert_eq!(stats.drops.total(), 0);
+    }
+
+    #[test]
+    fn port_table_insert_and_remove_keep_queues_and_flood_list() {
+        let mut t: PortTable<u8> = PortTable::empty(2);
+        t.insert(PortNo(5), 5, &[1, 0]);
+        t.insert(PortNo(2), 2, &[0]);
+        assert_eq!(t.ofports, vec![PortNo(2), PortNo(5)]);
+        assert_eq!(t.rx[0], vec![(PortNo(5), 1), (PortNo(2), 0)]);
+        assert_eq!(t.rx[1], vec![(PortNo(5), 0)]);
+        assert_eq!(t.ports.len(), 6);
+        assert!(t.remove(PortNo(5)));
+        assert!(!t.remove(PortNo(5)));
+        assert_eq!(t.ports.len(), 3, "trailing empty slots are trimmed");
+        assert_eq!(t.rx[1], vec![]);
+        assert_eq!(t.ofports, vec![PortNo(2)]);
+    }
 }
