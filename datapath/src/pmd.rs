@@ -720,11 +720,21 @@ mod tests {
         assert!(g3 > g);
         wait(g3).unwrap();
         assert_eq!(shared.epoch(0), g3);
-        let (a, b, c) = ([2, 0, 0, 0, 0, 0xa], [2, 0, 0, 0, 0, 0xb], [2, 0, 0, 0, 0, 0xc]);
+        let (a, b, c) = (
+            [2, 0, 0, 0, 0, 0xa],
+            [2, 0, 0, 0, 0, 0xb],
+            [2, 0, 0, 0, 0, 0xc],
+        );
         // A broadcast from the new port 2 floods to 1 and 3.
         h2.inject(&frame([0xff; 6], b));
-        assert_eq!(wait_for_frames(&h1, "flood on 1"), vec![frame([0xff; 6], b)]);
-        assert_eq!(wait_for_frames(&h3, "flood on 3"), vec![frame([0xff; 6], b)]);
+        assert_eq!(
+            wait_for_frames(&h1, "flood on 1"),
+            vec![frame([0xff; 6], b)]
+        );
+        assert_eq!(
+            wait_for_frames(&h3, "flood on 3"),
+            vec![frame([0xff; 6], b)]
+        );
         h3.inject(&frame([0xff; 6], c));
         wait_for_frames(&h1, "flood from 3 on 1");
         wait_for_frames(&h2, "flood from 3 on 2");
@@ -739,9 +749,15 @@ mod tests {
         // ...a unicast to b's learnt MAC (flushed with the port) floods to
         // the remaining port only, and port 1's broadcast reaches 3, not 2.
         h1.inject(&frame(b, a));
-        assert_eq!(wait_for_frames(&h3, "flood of unknown b on 3"), vec![frame(b, a)]);
+        assert_eq!(
+            wait_for_frames(&h3, "flood of unknown b on 3"),
+            vec![frame(b, a)]
+        );
         h1.inject(&frame([0xff; 6], a));
-        assert_eq!(wait_for_frames(&h3, "broadcast on 3"), vec![frame([0xff; 6], a)]);
+        assert_eq!(
+            wait_for_frames(&h3, "broadcast on 3"),
+            vec![frame([0xff; 6], a)]
+        );
         assert!(h2.collect().is_empty(), "nothing is sent to a deleted port");
 
         // Re-add number 2 as a new port: it works.
@@ -749,13 +765,20 @@ mod tests {
         let (_, g) = shared.update(|t| t.insert(PortNo(2), p4, &[0]));
         wait(g).unwrap();
         h3.inject(&frame([0xff; 6], c));
-        assert_eq!(wait_for_frames(&h4, "flood on the re-added port"), vec![frame([0xff; 6], c)]);
+        assert_eq!(
+            wait_for_frames(&h4, "flood on the re-added port"),
+            vec![frame([0xff; 6], c)]
+        );
         wait_for_frames(&h1, "flood from 3 on 1 again");
         assert!(h2.collect().is_empty(), "the old port got nothing");
         stop.store(true, Ordering::Relaxed);
         let stats = pmd.stats.clone();
         pmd.join().unwrap();
-        assert_eq!(shared.epoch(0), u64::MAX, "a stopped PMD is never waited for");
+        assert_eq!(
+            shared.epoch(0),
+            u64::MAX,
+            "a stopped PMD is never waited for"
+        );
         shared
             .wait_for_pmds(u64::MAX - 1, std::time::Duration::ZERO)
             .unwrap();

@@ -39,8 +39,8 @@ use crate::pipeline::flow::{FlowPipeline, FlowPipelineConfig};
 use crate::pipeline::l2::L2Pipeline;
 use crate::pmd::{self, PmdSpec, PmdThread};
 use crate::port::Port;
-use ports::Ports;
 use crate::time::clock_ns;
+use ports::Ports;
 
 use commands::{PmdView, PortView};
 
@@ -159,12 +159,15 @@ fn init_eal(ecfg: &eal::EalConfig) -> Result<(eal::Eal, f64), DaemonError> {
 }
 
 /// Stage: keep only the capabilities the configured ports need, plus
-/// CAP_NET_ADMIN when we have it: pod TAP ports are added at run time and
-/// the host exception path moves addresses and routes back at stop.
+/// CAP_NET_ADMIN and CAP_NET_RAW when we have them: pod ports (TAP,
+/// af_packet on a veth) are added at run time (`port-add`) and the host
+/// exception path moves addresses and routes back at stop.
 fn keep_capabilities(need: &BTreeMap<caps::Cap, Vec<String>>) {
     let mut keep: Vec<caps::Cap> = need.keys().copied().collect();
-    if !keep.contains(&caps::Cap::NetAdmin) {
-        keep.push(caps::Cap::NetAdmin);
+    for c in [caps::Cap::NetAdmin, caps::Cap::NetRaw] {
+        if !keep.contains(&c) {
+            keep.push(c);
+        }
     }
     if let Err(e) = caps::drop_all_except(&keep) {
         tracing::warn!("{e}");
@@ -296,7 +299,9 @@ impl Daemon {
         self.ports = Some(ports.clone());
         let mut k = 0;
         for p in &cfg.ports {
-            let pmds = (0..p.rx_queues).map(|q| (k + q as usize) % n_pmds).collect();
+            let pmds = (0..p.rx_queues)
+                .map(|q| (k + q as usize) % n_pmds)
+                .collect();
             k += p.rx_queues as usize;
             ports.open_config(p, pmds)?;
             tracing::info!(

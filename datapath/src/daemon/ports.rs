@@ -213,8 +213,7 @@ impl Ports {
         let handle = dev.handle();
         let h = handle.clone();
         let p = pmds.clone();
-        self.shared
-            .update(move |t| t.insert(PortNo(ofport), h, &p));
+        self.shared.update(move |t| t.insert(PortNo(ofport), h, &p));
         let e = Entry {
             name: name.to_string(),
             kind: kind.to_string(),

@@ -333,8 +333,7 @@ impl Drop for Ethdev {
         // rte_device read before close belongs to its bus and outlives the
         // ethdev; removing it unplugs the (already closed) device.
         unsafe {
-            let dev = if self.detach
-                && dpdk_sys::rte_eth_dev_info_get(self.port_id, &mut info) == 0
+            let dev = if self.detach && dpdk_sys::rte_eth_dev_info_get(self.port_id, &mut info) == 0
             {
                 info.device
             } else {

@@ -241,9 +241,11 @@ impl PortAddRequest {
             )));
         }
         match &self.kind {
-            PortKind::Pod { iface, .. } if iface.is_empty() || iface.len() > 15 => Err(
-                ApiError::invalid(format!("interface name {iface:?} is not a Linux interface name")),
-            ),
+            PortKind::Pod { iface, .. } if iface.is_empty() || iface.len() > 15 => {
+                Err(ApiError::invalid(format!(
+                    "interface name {iface:?} is not a Linux interface name"
+                )))
+            }
             PortKind::Devargs { devargs } if devargs.is_empty() => {
                 Err(ApiError::invalid("devargs must not be empty"))
             }
@@ -533,12 +535,8 @@ mod tests {
                 rx_queues: 2,
             }
         );
-        let r = PortAddRequest::from_args(&args(&[
-            "t",
-            "devargs=net_tap_t,iface=t0",
-            "ofport=9",
-        ]))
-        .unwrap();
+        let r = PortAddRequest::from_args(&args(&["t", "devargs=net_tap_t,iface=t0", "ofport=9"]))
+            .unwrap();
         assert_eq!(r.ofport, Some(9));
         assert_eq!(
             r.kind,
@@ -572,7 +570,10 @@ mod tests {
         r.check().unwrap();
         let mut bad = r.clone();
         bad.ofport = Some(0);
-        assert_eq!(bad.check().unwrap_err().code, crate::ErrorCode::InvalidArgument);
+        assert_eq!(
+            bad.check().unwrap_err().code,
+            crate::ErrorCode::InvalidArgument
+        );
         let mut bad = r.clone();
         bad.rx_queues = 0;
         assert!(bad.check().is_err());
@@ -595,7 +596,8 @@ mod tests {
             }],
         };
         assert!(
-            d.render().contains("kind pod, 2 rx queue(s) polled by pmd 0,1"),
+            d.render()
+                .contains("kind pod, 2 rx queue(s) polled by pmd 0,1"),
             "{}",
             d.render()
         );
