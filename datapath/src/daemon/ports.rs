@@ -73,8 +73,9 @@ pub enum PortError {
     /// The daemon is stopping.
     #[error("sluiced is stopping: ports can no longer be added")]
     Closed,
-    /// A PMD did not let go of the port.
-    #[error("port '{port}' was removed from the PMDs' table but not closed: {source}")]
+    /// A PMD did not pick up a new port table in time (after a delete:
+    /// the port is unpolled but still open).
+    #[error("port '{port}': the PMDs did not pick up the new port table: {source}")]
     PmdWait {
         /// The port.
         port: String,
@@ -209,11 +210,10 @@ impl Ports {
         kind: &str,
         dev: Ethdev,
         pmds: Vec<usize>,
-    ) -> PortSummary {
-        let handle = dev.handle();
-        let h = handle.clone();
+    ) -> (PortSummary, u64) {
+        let h = dev.handle();
         let p = pmds.clone();
-        self.shared.update(move |t| t.insert(PortNo(ofport), h, &p));
+        let (_, generation) = self.shared.update(move |t| t.insert(PortNo(ofport), h, &p));
         let e = Entry {
             name: name.to_string(),
             kind: kind.to_string(),
@@ -224,14 +224,15 @@ impl Ports {
         };
         let s = summary(ofport, &e);
         inner.entries.insert(ofport, e);
-        s
+        (s, generation)
     }
 
     /// `port-add`.
     ///
     /// # Errors
     /// [`PortError`]: the name or number is taken, the interface missing,
-    /// the device failed to probe or start.
+    /// the device failed to probe or start. Returns once every PMD
+    /// forwards with the port.
     pub fn add(&self, r: &PortAddRequest) -> Result<PortAdded, ApiError> {
         r.check()?;
         let mut inner = self.lock();
@@ -274,7 +275,15 @@ impl Ports {
         let mut dev = open(&inner, &r.name, &devargs, r.rx_queues, self.n_pmds())?;
         dev.detach_on_close();
         let pmds = self.least_loaded(r.rx_queues);
-        let s = self.publish(&mut inner, ofport, &r.name, r.kind.name(), dev, pmds);
+        let (s, generation) = self.publish(&mut inner, ofport, &r.name, r.kind.name(), dev, pmds);
+        // The reply means "forwarding": every PMD runs the table with the
+        // port (a rule sending to it no longer finds no port).
+        self.shared
+            .wait_for_pmds(generation, PMD_WAIT)
+            .map_err(|source| PortError::PmdWait {
+                port: s.name.clone(),
+                source,
+            })?;
         tracing::info!(port = %s.name, ofport, driver = %s.driver, "port {} added ({})", s.name, s.devargs);
         Ok(PortAdded {
             name: s.name,
