@@ -359,10 +359,13 @@ impl Ports {
             i.unbind_port(PortNo(ofport));
         }
         // 4. The device.
-        let Some(e) = inner.entries.remove(&ofport) else {
+        let Some(mut e) = inner.entries.remove(&ofport) else {
             return Err(PortError::NotFound(port.to_string()).into());
         };
         let st = e.dev.handle().stats();
+        // Also a `[port:NAME]` port: unplugged, so that its devargs can be
+        // added again.
+        e.dev.detach_on_close();
         drop(e);
         tracing::info!(port = %name, ofport, "port {name} deleted");
         Ok(PortDeleted {
