@@ -69,10 +69,11 @@ EOF
     ip netns exec slb-node "$SLUICED" --config "$DIR/sluiced.ini" >"$DIR/out.log" 2>"$DIR/err.log" &
     PID=$!
     for _ in $(seq 1 600); do
-        grep -q '"ready"' "$DIR/out.log" 2>/dev/null && break
+        grep -q '"ready"' "$DIR/out.log" 2>/dev/null && [ -S "$CTL" ] && break
         kill -0 "$PID" 2>/dev/null || { echo "skip: sluiced exited: $(tail -1 "$DIR/err.log")"; return; }
         sleep 0.1
     done
+    [ -S "$CTL" ] || { echo "skip: sluiced not ready after 60 s: $(tail -1 "$DIR/err.log")"; return; }
     local i
     for p in a b; do
         case $kind in
@@ -83,12 +84,12 @@ EOF
             ip -n slb-node link set "slb-$p-o" up
             [ "$p" = a ] && i=10.210.0.1/24 || i=10.210.0.2/24
             pod_addr "slb-$p" "slb-$p-i" "$i"
-            appctl port-add "pod-$p" "iface=slb-$p-o" "driver=$kind" >/dev/null \
-                || { echo "skip: port-add failed"; return; }
+            appctl port-add "pod-$p" "iface=slb-$p-o" "driver=$kind" >"$DIR/add.log" 2>&1 \
+                || { echo "skip: port-add failed: $(tr "\n" " " <"$DIR/add.log")"; return; }
             ;;
         tap)
             appctl port-add "pod-$p" "devargs=net_tap_$p,iface=slb-$p-t" >/dev/null \
-                || { echo "skip: port-add failed"; return; }
+                || { echo "skip: port-add failed: $(tail -2 "$DIR/err.log" | tr "\n" " ")"; return; }
             ip -n slb-node link set "slb-$p-t" netns "slb-$p"
             [ "$p" = a ] && i=10.210.0.1/24 || i=10.210.0.2/24
             pod_addr "slb-$p" "slb-$p-t" "$i"
@@ -96,7 +97,7 @@ EOF
         virtio-user)
             [ -c /dev/vhost-net ] || { echo "skip: no /dev/vhost-net (vhost_net module not available)"; return; }
             appctl port-add "pod-$p" "devargs=virtio_user_$p,path=/dev/vhost-net,iface=slb-$p-v,queue_size=1024" >/dev/null \
-                || { echo "skip: port-add failed"; return; }
+                || { echo "skip: port-add failed: $(tail -2 "$DIR/err.log" | tr "\n" " ")"; return; }
             ip -n slb-node link set "slb-$p-v" netns "slb-$p"
             [ "$p" = a ] && i=10.210.0.1/24 || i=10.210.0.2/24
             pod_addr "slb-$p" "slb-$p-v" "$i"
