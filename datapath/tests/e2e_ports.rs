@@ -184,6 +184,14 @@ fn pod_ports_added_and_deleted_while_a_stream_forwards() {
     assert!(rxq_names(&mut c).contains(&("pod-b".into(), "pod".into())));
     assert!(text(&mut c, "dump-ports", &[]).contains("kind pod, 1 rx queue(s) polled by pmd 0"));
 
+    // Port security on pod-b (its own MAC and IP: traffic still passes).
+    let mac = String::from_utf8_lossy(&b.exec(&["cat", "/sys/class/net/slt-rpb-i/address"]).stdout)
+        .trim()
+        .to_string();
+    text(&mut c, "set-port-security", &["4", &mac, "10.203.0.2"]);
+    ping_ok(&a, "10.203.0.2");
+    assert!(text(&mut c, "dump-port-security", &[]).contains("port 4: mac"));
+
     // Refusals, with their codes; nothing changes.
     assert_eq!(
         code(add(&mut c, "pod-a", "slt-rpb-o")),
@@ -225,6 +233,11 @@ fn pod_ports_added_and_deleted_while_a_stream_forwards() {
     assert!(ports(&mut c).ports.iter().all(|p| p.name != "pod-b"));
     assert!(rxq_names(&mut c).iter().all(|(n, _)| n != "pod-b"));
     assert!(!text(&mut c, "dump-flows", &[]).contains("in_port=4"));
+    let ps = text(&mut c, "dump-port-security", &[]);
+    assert!(
+        !ps.contains("port 4:"),
+        "pod-b's binding and counters stay: {ps}"
+    );
     let e = c
         .call::<PortDel>(&PortDelRequest {
             port: "pod-b".into(),

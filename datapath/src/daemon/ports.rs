@@ -356,7 +356,7 @@ impl Ports {
             None => 0,
         };
         if let Some(i) = &owners.ingress {
-            i.unbind_port(PortNo(ofport));
+            i.forget_port(PortNo(ofport));
         }
         // 4. The device.
         let Some(mut e) = inner.entries.remove(&ofport) else {

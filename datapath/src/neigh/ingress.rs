@@ -133,6 +133,16 @@ impl IngressControl {
         });
     }
 
+    /// Forgets `port` entirely (`port-del`): its binding and its drop
+    /// counters go; a port that later takes the number starts unbound,
+    /// with fresh counters.
+    pub fn forget_port(&self, port: PortNo) {
+        let mut counters = (**self.counters.load()).clone();
+        counters.remove(&port);
+        self.counters.store(Arc::new(counters));
+        self.unbind_port(port);
+    }
+
     /// Answers ARP for `ip` with `mac`.
     pub fn add_address(&self, ip: Ipv4Addr, mac: [u8; 6]) {
         self.update(|c| {
@@ -488,5 +498,23 @@ mod tests {
         frames.push(arp);
         let _ = run(&mut p, 1, &frames);
         let _ = run(&mut p, 2, &frames);
+    }
+
+    #[test]
+    fn forget_port_drops_binding_and_counters() {
+        let ctl = IngressControl::default();
+        let b = PortBinding {
+            mac: [2, 0, 0, 0, 0, 1],
+            ips: vec![Ipv4Addr::new(10, 0, 0, 1)],
+        };
+        ctl.bind_port(PortNo(3), b.clone());
+        ctl.bind_port(PortNo(4), b);
+        ctl.forget_port(PortNo(3));
+        assert_eq!(
+            ctl.counters().iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+            vec![PortNo(4)]
+        );
+        assert!(!ctl.config().ports.contains_key(&PortNo(3)));
+        assert!(ctl.config().ports.contains_key(&PortNo(4)));
     }
 }
