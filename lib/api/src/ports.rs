@@ -140,9 +140,13 @@ pub enum PodDriver {
 }
 
 impl PodDriver {
-    /// The default for pod ports, chosen by measurement (iperf3 TCP
-    /// between two pod namespaces through sluiced; see
-    /// `scripts/pod-port-bench.sh`).
+    /// The default for pod ports. Measured with `scripts/pod-port-bench.sh`
+    /// (iperf3 TCP between two pod namespaces through sluiced) on the
+    /// 2-core development VM, `net_af_packet` and `net_af_xdp` tied within
+    /// the run-to-run noise (about 1 Gbit/s each, debug build); af_packet
+    /// is the default because it also works with any number of PMDs (one
+    /// socket per queue pair, where af_xdp needs as many veth queues as
+    /// PMDs) and needs only CAP_NET_RAW (af_xdp loads an XDP program).
     pub const DEFAULT: PodDriver = PodDriver::AfPacket;
 
     /// The name on the wire and in the text form.
@@ -496,12 +500,10 @@ method!(
     DumpPorts, "dump-ports", "[PORT]", (0, 1), DumpPortsRequest => PortDump);
 method!(
     /// Adds a port while forwarding.
-    PortAdd, "port-add", "NAME iface=IFACE|devargs=DEVARGS [driver=af-packet|af-xdp] [ofport=N] [rxq=N]", (2, 5), PortAddRequest => PortAdded,
-    aliases = ["dpif/add-port"]);
+    PortAdd, "port-add", "NAME iface=IFACE|devargs=DEVARGS [driver=af-packet|af-xdp] [ofport=N] [rxq=N]", (2, 5), PortAddRequest => PortAdded);
 method!(
     /// Deletes a port while forwarding.
-    PortDel, "port-del", "PORT", (1, 1), PortDelRequest => PortDeleted,
-    aliases = ["dpif/del-port"]);
+    PortDel, "port-del", "PORT", (1, 1), PortDelRequest => PortDeleted);
 method!(
     /// Starts capturing a port into a pcap file.
     Capture, "capture", "PORT FILE [COUNT]", (2, 3), CaptureRequest => CaptureStarted);
