@@ -709,7 +709,7 @@ mod tests {
             shared.clone(),
             pipeline,
             stop.clone(),
-            || Ok(()),
+            || Ok::<(), std::convert::Infallible>(()),
         )
         .unwrap();
         let wait = |g| shared.wait_for_pmds(g, std::time::Duration::from_secs(60));

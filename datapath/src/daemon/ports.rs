@@ -372,15 +372,7 @@ impl Ports {
             name,
             ofport,
             flows_removed,
-            stats: sluice_api::ports::PortCounters {
-                rx_packets: st.rx_packets,
-                rx_bytes: st.rx_bytes,
-                rx_dropped: st.rx_dropped,
-                rx_errors: st.rx_errors,
-                tx_packets: st.tx_packets,
-                tx_bytes: st.tx_bytes,
-                tx_errors: st.tx_errors,
-            },
+            stats: st,
         })
     }
 
