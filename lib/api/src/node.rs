@@ -133,7 +133,9 @@ pub enum PortKind {
 }
 
 /// Which DPDK driver `sluiced` should attach a port with.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum DriverHint {
     /// `sluiced` chooses (its measured best for the kind).
@@ -402,8 +404,9 @@ pub fn canonical_service(s: &mut ServiceSpec) {
         e.for_zones.sort();
         e.for_zones.dedup();
     }
-    s.endpoints.sort_by(|a, b| (a.ip, a.port).cmp(&(b.ip, b.port)));
-    s.endpoints.dedup_by(|a, b| (a.ip, a.port) == (b.ip, b.port));
+    s.endpoints.sort_by_key(|e| (e.ip, e.port));
+    s.endpoints
+        .dedup_by(|a, b| (a.ip, a.port) == (b.ip, b.port));
 }
 
 impl NodeProgram {
@@ -414,7 +417,10 @@ impl NodeProgram {
     pub fn canonicalize(&mut self) {
         let mut by_key: BTreeMap<(u8, std::cmp::Reverse<u16>, String), Flow> = BTreeMap::new();
         for f in std::mem::take(&mut self.flows) {
-            by_key.insert((f.table, std::cmp::Reverse(f.priority), f.match_.clone()), f);
+            by_key.insert(
+                (f.table, std::cmp::Reverse(f.priority), f.match_.clone()),
+                f,
+            );
         }
         self.flows = by_key.into_values().collect();
         for (id, g) in &mut self.groups {
@@ -958,9 +964,12 @@ mod tests {
             flow(0, 100, "in_port=3", 7, "goto_table:10"),
             flow(10, 50, "ip,nw_dst=10.244.1.5", 7, "output:3"),
         ];
-        p.services
-            .insert("default/web:http".into(), svc("", [10, 96, 0, 10], &[[10, 244, 1, 5]]));
-        p.vteps.insert("node-b".into(), Ipv4Addr::new(192, 0, 2, 11));
+        p.services.insert(
+            "default/web:http".into(),
+            svc("", [10, 96, 0, 10], &[[10, 244, 1, 5]]),
+        );
+        p.vteps
+            .insert("node-b".into(), Ipv4Addr::new(192, 0, 2, 11));
         p.port_security.insert(
             3,
             PortSecurity {
@@ -978,7 +987,13 @@ mod tests {
 
     #[test]
     fn flow_text_round_trips() {
-        let f = flow(10, 50, "ip,nw_dst=10.244.1.5", 0x2a, "ct(commit,zone=1,nat,table=20)");
+        let f = flow(
+            10,
+            50,
+            "ip,nw_dst=10.244.1.5",
+            0x2a,
+            "ct(commit,zone=1,nat,table=20)",
+        );
         assert_eq!(
             f.text(),
             "cookie=0x2a,table=10,priority=50,ip,nw_dst=10.244.1.5,actions=ct(commit,zone=1,nat,table=20)"
@@ -1000,7 +1015,8 @@ mod tests {
         b.ports.remove("pod-a");
         b.port_security.clear();
         b.services.clear();
-        b.vteps.insert("node-b".into(), Ipv4Addr::new(192, 0, 2, 12));
+        b.vteps
+            .insert("node-b".into(), Ipv4Addr::new(192, 0, 2, 12));
         b.canonicalize();
         let d = diff(&a, &b);
         assert_eq!(d.ports_removed, vec!["pod-a".to_string()]);
@@ -1021,7 +1037,10 @@ mod tests {
         );
         assert_eq!(apply(&a, &d), b);
         let back = diff(&b, &a);
-        assert!(back.flow_ops.iter().any(|o| matches!(o, FlowOp::Del { strict: true, .. })));
+        assert!(back
+            .flow_ops
+            .iter()
+            .any(|o| matches!(o, FlowOp::Del { strict: true, .. })));
         assert_eq!(apply(&b, &back), a);
     }
 
@@ -1103,7 +1122,9 @@ mod tests {
             e.message,
             "node-commit refused at flow operation 2 (table=0,bogus=1,actions=drop): bogus=1: unknown match field; nothing was applied"
         );
-        assert!(generation_conflict(5, 4).message.contains("holds generation 5"));
+        assert!(generation_conflict(5, 4)
+            .message
+            .contains("holds generation 5"));
     }
 
     #[test]
@@ -1129,7 +1150,11 @@ mod tests {
                 (1u16..4).prop_map(|p| format!("in_port={p}")),
             ],
             0u64..3,
-            prop_oneof![Just("drop"), Just("output:1"), Just("ct(commit,zone=1,nat,table=2)")],
+            prop_oneof![
+                Just("drop"),
+                Just("output:1"),
+                Just("ct(commit,zone=1,nat,table=2)")
+            ],
         )
             .prop_map(|(t, p, m, c, a)| flow(t, p, &m, c, a))
     }
