@@ -529,11 +529,23 @@ fn bad_rows() -> NodeRows {
     let mut outside = lp("outside", 22, None);
     outside.ips = BTreeSet::from(["10.9.9.9".into()]);
     let dup = lp("z-dup", 5, None); // 10.244.1.5 is default_web-0's
+    let reserved = lp("uplink", 23, None);
+    let mut veth1 = lp("veth-1", 24, None);
+    veth1
+        .external_ids
+        .insert("host_interface".into(), "vethA".into());
+    let mut veth2 = lp("veth-2", 25, None);
+    veth2
+        .external_ids
+        .insert("host_interface".into(), "vethA".into());
     rows.logical_ports.extend([
         (uuid(12), bad_mac),
         (uuid(13), bad_ip),
         (uuid(14), outside),
         (uuid(15), dup),
+        (uuid(16), reserved),
+        (uuid(17), veth1),
+        (uuid(18), veth2),
     ]);
     // VIP conflict: `web2` wants web's clusterIP and port.
     rows.services.push((
@@ -554,6 +566,14 @@ fn bad_rows() -> NodeRows {
         uuid(37),
         service("orphan", ServiceType::ClusterIp, "10.96.0.12", &[99]),
     ));
+    // `web:http` (Service `web`, port `http`) collides with Service
+    // `web:http`'s unnamed port, in names Kubernetes would refuse.
+    rows.services.push((
+        uuid(38),
+        service("web:http", ServiceType::ClusterIp, "10.96.0.13", &[39]),
+    ));
+    rows.service_ports
+        .push((uuid(39), sport(None, 80, Some(80), None)));
     // An endpoint of an unknown Service.
     rows.endpoints.push((
         uuid(43),
@@ -584,6 +604,8 @@ fn golden_bad_rows() {
         ("Logical_Port bad-ip", "ips holds \"10.244.1.300\", which is not an IP address; write A.B.C.D or A.B.C.D/N"),
         ("Logical_Port bad-mac", "mac \"0a:58:zz:f4:01:14\" is not a MAC address; write it as aa:bb:cc:dd:ee:ff"),
         ("Logical_Port outside", "address 10.9.9.9 is outside this node's pod CIDRs (10.244.1.0/24); give the pod an address from them"),
+        ("Logical_Port uplink", "the port name \"uplink\" is reserved for the node's own port; rename the Logical_Port"),
+        ("Logical_Port veth-2", "its host interface vethA is already port veth-1's; give each pod its own veth"),
         ("Logical_Port z-dup", "address 10.244.1.5 is already used by port default_web-0"),
         ("Remote_Node node-a", "it names this node (node-a); a node is not its own remote"),
         ("Remote_Node node-c", "pod CIDR 10.244.2.128/25 overlaps 10.244.2.0/24, already routed elsewhere; pod CIDRs of nodes must be disjoint"),
@@ -593,6 +615,7 @@ fn golden_bad_rows() {
         ("Service default/np", "port 80/TCP has nodePort 80, outside the node-port range 30000-32767 of Node_Config; pick a node port inside it"),
         ("Service default/orphan", &*format!("it references Service_Port {}, which does not exist; write the Service and its ports in one transaction", uuid(99))),
         ("Service default/web2", "its frontend 10.96.0.10:80/tcp is already Service default/web's; give each address, port and protocol to one Service"),
+        ("Service default/web:http", "its port's Service name \"default/web:http\" is already another Service's; Kubernetes names contain no ':'"),
     ];
     let want: Vec<(String, String)> = want
         .iter()
@@ -600,7 +623,13 @@ fn golden_bad_rows() {
         .collect();
     assert_eq!(got, want);
     // Every good row still compiles exactly as without the bad ones.
-    let good = compile(&with_service(ServiceType::NodePort));
+    let mut good = with_service(ServiceType::NodePort);
+    let mut veth1 = lp("veth-1", 24, None);
+    veth1
+        .external_ids
+        .insert("host_interface".into(), "vethA".into());
+    good.logical_ports.push((uuid(17), veth1));
+    let good = compile(&good);
     assert!(good.errors.is_empty());
     assert_eq!(c.program, good.program);
 }

@@ -473,15 +473,15 @@ fn parse_mac(s: &str) -> Option<Mac> {
     sluice_api::args::mac(s).ok()
 }
 
+fn ipv6_vtep(v: std::net::Ipv6Addr) -> String {
+    format!("vtep_ip {v} is IPv6; the pod overlay is IPv4: give the node's IPv4 underlay address")
+}
+
 fn node_settings(cfg: &NodeConfig) -> Result<Node, String> {
     let ids = &cfg.external_ids;
     let vtep = match cfg.vtep_ip {
         IpAddr::V4(v) => v,
-        IpAddr::V6(v) => {
-            return Err(format!(
-            "vtep_ip {v} is IPv6; the pod overlay is IPv4: give the node's IPv4 underlay address"
-        ))
-        }
+        IpAddr::V6(v) => return Err(ipv6_vtep(v)),
     };
     let vni = match ext(ids, "vni") {
         None => DEFAULT_VNI,
@@ -721,11 +721,7 @@ fn remote_node(
     }
     let vtep = match r.vtep_ip {
         IpAddr::V4(v) => v,
-        IpAddr::V6(v) => {
-            return Err(format!(
-            "vtep_ip {v} is IPv6; the pod overlay is IPv4: give the node's IPv4 underlay address"
-        ))
-        }
+        IpAddr::V6(v) => return Err(ipv6_vtep(v)),
     };
     if vtep == n.vtep {
         return Err(format!("vtep_ip {vtep} is this node's own VTEP address"));
@@ -758,8 +754,15 @@ fn pods(cx: &mut Ctx, n: &Node, rows: &[(Uuid, LogicalPort)], limits: &Limits) -
     rows.sort_by(|a, b| a.name.cmp(&b.name));
     let mut ok: Vec<Pod> = Vec::new();
     let mut owner: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+    let mut iface_owner: BTreeMap<String, String> = BTreeMap::new();
     for lp in rows {
         let check = || -> Result<Pod, String> {
+            if lp.name == UPLINK_NAME || lp.name == HOST_NAME {
+                return Err(format!(
+                    "the port name {:?} is reserved for the node's own port; rename the Logical_Port",
+                    lp.name
+                ));
+            }
             let mac = parse_mac(&lp.mac).ok_or_else(|| {
                 format!(
                     "mac {:?} is not a MAC address; write it as aa:bb:cc:dd:ee:ff",
@@ -812,6 +815,11 @@ fn pods(cx: &mut Ctx, n: &Node, rows: &[(Uuid, LogicalPort)], limits: &Limits) -
                 }
                 None => host_interface_name(&lp.name),
             };
+            if let Some(o) = iface_owner.get(&interface) {
+                return Err(format!(
+                    "its host interface {interface} is already port {o}'s; give each pod its own veth"
+                ));
+            }
             Ok(Pod {
                 name: lp.name.clone(),
                 ofport: 0,
@@ -826,6 +834,7 @@ fn pods(cx: &mut Ctx, n: &Node, rows: &[(Uuid, LogicalPort)], limits: &Limits) -
                 for ip in &p.ips {
                     owner.insert(*ip, p.name.clone());
                 }
+                iface_owner.insert(p.interface.clone(), p.name.clone());
                 ok.push(p)
             }
             Err(s) => cx.error("Logical_Port", lp.name.clone(), s),
@@ -1066,6 +1075,7 @@ fn services(cx: &mut Ctx, n: &Node, rows: &NodeRows) -> Vec<ServiceSpec> {
     svcs.sort_by(|a, b| (&a.1.namespace, &a.1.name).cmp(&(&b.1.namespace, &b.1.name)));
     let mut owner: BTreeMap<(Ipv4Addr, u16, u8), String> = BTreeMap::new();
     let mut reply_ips: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    let mut names: BTreeSet<String> = BTreeSet::new();
     let mut out = Vec::new();
     for (u, s) in svcs {
         let key = format!("{}/{}", s.namespace, s.name);
@@ -1090,10 +1100,17 @@ fn services(cx: &mut Ctx, n: &Node, rows: &NodeRows) -> Vec<ServiceSpec> {
                 mine.insert(k, spec.protocol.name());
             }
         }
+        if let Some(dup) = specs.iter().find(|s| names.contains(&s.name)) {
+            conflict = Some(format!(
+                "its port's Service name {:?} is already another Service's; Kubernetes names contain no ':'",
+                dup.name
+            ));
+        }
         if let Some(c) = conflict {
             cx.error("Service", key, c);
             continue;
         }
+        names.extend(specs.iter().map(|s| s.name.clone()));
         let c = cookie("Service", &key);
         for (&(ip, port, proto), &p) in &mine {
             cx.flow(
