@@ -722,6 +722,16 @@ method!(
     /// The generation in force, the instance id and the ports' state.
     QueryNodeStatus, "node-status", "", (0, 0), Empty => NodeStatus);
 
+/// The canonical order of flows: table, descending priority, match.
+fn order(f: &Flow) -> (u8, std::cmp::Reverse<u16>, &str) {
+    (f.table, std::cmp::Reverse(f.priority), &f.match_)
+}
+
+/// Sorted in canonical order, one flow per identity.
+fn is_canonical(flows: &[Flow]) -> bool {
+    flows.windows(2).all(|w| order(&w[0]) < order(&w[1]))
+}
+
 /// Entries of `new` not equal in `old` (set) and keys of `old` not in
 /// `new` (removed).
 fn map_diff<K: Ord + Clone, V: PartialEq + Clone>(
@@ -768,22 +778,62 @@ pub fn diff(old: &NodeProgram, new: &NodeProgram) -> NodeChanges {
     let (gs, gr) = map_diff(&old.groups, &new.groups);
     c.groups_set = gs.into_values().collect();
     c.groups_removed = gr;
-    // Flows: strict deletes of identities that went away, then adds.
-    let old_f: BTreeMap<_, &Flow> = old.flows.iter().map(|f| (f.key(), f)).collect();
-    let new_f: BTreeMap<_, &Flow> = new.flows.iter().map(|f| (f.key(), f)).collect();
-    for f in &old.flows {
-        if !new_f.contains_key(&f.key()) {
-            c.flow_ops.push(FlowOp::Del {
-                match_: f.key_text(),
-                strict: true,
-            });
+    // Flows: strict deletes of identities that went away, then adds. A
+    // merge of the two sorted lists (linear, no allocation) when both are
+    // canonical, else through maps.
+    let (mut dels, mut adds): (Vec<&Flow>, Vec<&Flow>) = (Vec::new(), Vec::new());
+    if is_canonical(&old.flows) && is_canonical(&new.flows) {
+        let (mut i, mut j) = (0, 0);
+        while i < old.flows.len() || j < new.flows.len() {
+            match (old.flows.get(i), new.flows.get(j)) {
+                (Some(a), Some(b)) => match order(a).cmp(&order(b)) {
+                    std::cmp::Ordering::Less => {
+                        dels.push(a);
+                        i += 1;
+                    }
+                    std::cmp::Ordering::Greater => {
+                        adds.push(b);
+                        j += 1;
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if a != b {
+                            adds.push(b);
+                        }
+                        i += 1;
+                        j += 1;
+                    }
+                },
+                (Some(a), None) => {
+                    dels.push(a);
+                    i += 1;
+                }
+                (None, Some(b)) => {
+                    adds.push(b);
+                    j += 1;
+                }
+                (None, None) => break,
+            }
         }
+    } else {
+        let old_f: BTreeMap<_, &Flow> = old.flows.iter().map(|f| (f.key(), f)).collect();
+        let new_f: BTreeMap<_, &Flow> = new.flows.iter().map(|f| (f.key(), f)).collect();
+        dels = old_f
+            .iter()
+            .filter(|(k, _)| !new_f.contains_key(*k))
+            .map(|(_, f)| *f)
+            .collect();
+        adds = new_f
+            .iter()
+            .filter(|(k, f)| old_f.get(*k) != Some(*f))
+            .map(|(_, f)| *f)
+            .collect();
     }
-    for f in &new.flows {
-        if old_f.get(&f.key()) != Some(&f) {
-            c.flow_ops.push(FlowOp::Add { flow: f.text() });
-        }
-    }
+    c.flow_ops.extend(dels.into_iter().map(|f| FlowOp::Del {
+        match_: f.key_text(),
+        strict: true,
+    }));
+    c.flow_ops
+        .extend(adds.into_iter().map(|f| FlowOp::Add { flow: f.text() }));
     let (su, sd) = map_diff(&old.services, &new.services);
     c.services.upsert = su.into_values().collect();
     c.services.delete = sd;
@@ -851,6 +901,16 @@ pub fn apply(old: &NodeProgram, changes: &NodeChanges) -> NodeProgram {
     for g in &changes.groups_set {
         p.groups.insert(g.id, g.clone());
     }
+    let mut flows: BTreeMap<(u8, std::cmp::Reverse<u16>, String), Flow> =
+        std::mem::take(&mut p.flows)
+            .into_iter()
+            .map(|f| {
+                (
+                    (f.table, std::cmp::Reverse(f.priority), f.match_.clone()),
+                    f,
+                )
+            })
+            .collect();
     for op in &changes.flow_ops {
         match op {
             FlowOp::Add { flow } => {
@@ -867,14 +927,27 @@ pub fn apply(old: &NodeProgram, changes: &NodeChanges) -> NodeProgram {
                         );
                     }
                 } else if let Some(f) = Flow::parse(flow) {
-                    p.flows.retain(|o| o.key() != f.key());
-                    p.flows.push(f);
+                    flows.insert(
+                        (f.table, std::cmp::Reverse(f.priority), f.match_.clone()),
+                        f,
+                    );
                 }
             }
-            FlowOp::Del { match_, strict } => p.flows.retain(|f| !selects(f, match_, *strict)),
+            FlowOp::Del { match_, strict } => {
+                // The exact identity first (what `diff` sends), else a scan.
+                let h = split_head(match_);
+                let exact = (
+                    h.table.unwrap_or(0),
+                    std::cmp::Reverse(h.priority.unwrap_or(32768)),
+                    h.items.join(","),
+                );
+                if !(*strict && flows.remove(&exact).is_some()) {
+                    flows.retain(|_, f| !selects(f, match_, *strict));
+                }
+            }
             FlowOp::Mod { flow, strict } => {
                 if let Some((head, actions)) = split_actions(flow) {
-                    for f in p.flows.iter_mut() {
+                    for f in flows.values_mut() {
                         if selects(f, head, *strict) {
                             f.actions = actions.trim().to_string();
                         }
@@ -883,6 +956,7 @@ pub fn apply(old: &NodeProgram, changes: &NodeChanges) -> NodeProgram {
             }
         }
     }
+    p.flows = flows.into_values().collect();
     for n in &changes.services.delete {
         p.services.remove(n);
     }
@@ -1036,6 +1110,11 @@ mod tests {
             ]
         );
         assert_eq!(apply(&a, &d), b);
+        // Non-canonical input (flows out of order) takes the map path and
+        // reaches the same program.
+        let mut unsorted = b.clone();
+        unsorted.flows.reverse();
+        assert_eq!(apply(&a, &diff(&a, &unsorted)), b);
         let back = diff(&b, &a);
         assert!(back
             .flow_ops
