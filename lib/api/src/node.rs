@@ -115,7 +115,7 @@ impl TryFrom<String> for Cidr {
 
 /// What a datapath port is attached to.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum PortKind {
     /// A pod: the host end of the veth pair the CNI plugin created.
     Pod {
