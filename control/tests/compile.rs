@@ -194,6 +194,12 @@ fn line_diff(expected: &str, actual: &str) -> String {
     out
 }
 
+#[test]
+fn golden_mismatches_show_a_line_diff() {
+    assert_eq!(line_diff("a\nb\nc\n", "a\nb\nc\n"), "");
+    assert_eq!(line_diff("a\nb\nc\n", "a\nx\nc\nd\n"), "+ x\n- b\n+ d\n");
+}
+
 /// Compiles `rows`, checks the datapath accepts the program, and compares
 /// its rendering with `tests/golden/NAME.txt`.
 fn golden(name: &str, rows: &NodeRows) -> Compiled {
