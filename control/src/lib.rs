@@ -1,5 +1,8 @@
-//! Sluice control plane: the operator's CLI (`sluicectl`), and the agent
-//! and CNI plugin to come. Every call to `sluiced` goes through the typed
+//! Sluice control plane: the operator's CLI (`sluicectl`), the agent's
+//! pure core ([`agent`]: rows to program, and the diff), and the CNI plugin
+//! to come. Every call to `sluiced` goes through the typed
 //! client of [`sluice_api`].
 
 pub use sluice_api::client::{io_error_text, Client, ClientError, DEFAULT_SOCKET};
+
+pub mod agent;

@@ -144,6 +144,15 @@ enum Command {
         /// The JSON file, or "-" for standard input.
         file: PathBuf,
     },
+    /// Print the node program's generation in force, sluiced's instance id
+    /// and the ports' state.
+    NodeStatus,
+    /// Apply a node change set (JSON, see sluice-api's NodeChanges) from
+    /// FILE in one atomic step.
+    NodeCommit {
+        /// The JSON file, or "-" for standard input.
+        file: PathBuf,
+    },
     /// Explain which endpoint a connection to a Service gets.
     LbTrace {
         /// tcp, udp or sctp.
@@ -351,7 +360,7 @@ fn strings<I: IntoIterator<Item = S>, S: Into<String>>(v: I) -> Vec<String> {
 
 /// Maps a subcommand to the call it makes.
 fn call_for(cmd: Command) -> Result<Call, InputError> {
-    use sluice_api::{conntrack as ct, flows, pmd, ports, service, stack, system, tunnel};
+    use sluice_api::{conntrack as ct, flows, node, pmd, ports, service, stack, system, tunnel};
     let empty = Empty {};
     Ok(match cmd {
         Command::ListCommands => typed::<system::ListCommands>(empty),
@@ -410,6 +419,11 @@ fn call_for(cmd: Command) -> Result<Call, InputError> {
         Command::ServiceUpdate { file } => {
             let text = read_input(&file, "service update file")?;
             from_args::<service::UpdateServices>(&[text])?
+        }
+        Command::NodeStatus => typed::<node::QueryNodeStatus>(empty),
+        Command::NodeCommit { file } => {
+            let text = read_input(&file, "node change file")?;
+            from_args::<node::NodeCommit>(&[text])?
         }
         Command::LbTrace {
             protocol,
@@ -569,6 +583,7 @@ mod tests {
                 "set-port-security",
                 json!({"port": 3, "mac": [10, 88, 10, 244, 1, 5], "ips": ["10.244.1.5"]}),
             ),
+            (&["node-status"], "node-status", json!({})),
             (
                 &["call", "vlog/set", "-x", "y"],
                 "(text)",
@@ -617,6 +632,28 @@ mod tests {
             parse(&["call-method", "m", r#"{"a":1}"#]).params,
             json!({"a": 1})
         );
+    }
+
+    #[test]
+    fn node_commit_reads_the_change_set_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("changes.json");
+        std::fs::write(
+            &path,
+            r#"{"generation": 7, "expected_generation": 6, "vteps_set": {"node-b": "192.0.2.11"}}"#,
+        )
+        .unwrap();
+        let call = parse(&["node-commit", path.to_str().unwrap()]);
+        assert_eq!(call.method, "node-commit");
+        assert_eq!(call.params["generation"], json!(7));
+        assert_eq!(call.params["expected_generation"], json!(6));
+        assert_eq!(call.params["vteps_set"], json!({"node-b": "192.0.2.11"}));
+        std::fs::write(&path, r#"{"generation": 7, "bogus": 1}"#).unwrap();
+        let cli =
+            Cli::try_parse_from(["sluicectl", "node-commit", path.to_str().unwrap()]).unwrap();
+        let e = call_for(cli.command).unwrap_err();
+        assert!(matches!(e, InputError::Api(_)), "{e}");
+        assert!(e.to_string().contains("bogus"), "{e}");
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod client;
 pub mod conntrack;
 pub mod error;
 pub mod flows;
+pub mod node;
 pub mod pmd;
 pub mod ports;
 pub mod service;
@@ -183,6 +184,8 @@ pub fn all_methods() -> Vec<(&'static str, &'static [&'static str])> {
         m::<stack::DumpPortSecurity>(),
         m::<stack::SetPortSecurity>(),
         m::<stack::DelPortSecurity>(),
+        m::<node::NodeCommit>(),
+        m::<node::QueryNodeStatus>(),
     ]
 }
 
