@@ -183,6 +183,18 @@ fn pod_ports_added_and_deleted_while_a_stream_forwards() {
     assert!(pod_b.stats.rx_packets >= 3, "{pod_b:?}");
     assert!(rxq_names(&mut c).contains(&("pod-b".into(), "pod".into())));
     assert!(text(&mut c, "dump-ports", &[]).contains("kind pod, 1 rx queue(s) polled by pmd 0"));
+    // node-status: this instance, no generation committed yet, the pods
+    // forwarding.
+    let st = c
+        .call::<sluice_api::node::QueryNodeStatus>(&Empty {})
+        .expect("node-status");
+    assert_eq!(st.generation, 0);
+    assert_eq!(st.instance_id.len(), 36, "a UUID: {st:?}");
+    assert!(
+        st.ports["pod-a"].forwarding && st.ports["pod-b"].forwarding,
+        "{st:?}"
+    );
+    assert_eq!(st.ports["pod-b"].ofport, 4);
 
     // Port security on pod-b (its own MAC and IP: traffic still passes).
     let mac = String::from_utf8_lossy(&b.exec(&["cat", "/sys/class/net/slt-rpb-i/address"]).stdout)

@@ -507,9 +507,35 @@ impl Daemon {
         let p = ports.clone();
         crate::ctl::typed::register::<sluice_api::ports::PortAdd>(registry, move |r| p.add(&r))
             .map_err(reg_err)?;
-        let p = ports;
+        let p = ports.clone();
         crate::ctl::typed::register::<sluice_api::ports::PortDel>(registry, move |r| {
             p.del(&r.port)
+        })
+        .map_err(reg_err)?;
+        // `node-status`: which sluiced this is (new at every start, so the
+        // agent knows when to push everything again) and the generation in
+        // force (0 until a node-commit is applied).
+        let instance_id = uuid::Uuid::new_v4().to_string();
+        let started = std::time::Instant::now();
+        let p = ports;
+        crate::ctl::typed::register::<sluice_api::node::QueryNodeStatus>(registry, move |_| {
+            Ok(sluice_api::node::NodeStatus {
+                generation: 0,
+                instance_id: instance_id.clone(),
+                uptime_ms: started.elapsed().as_millis() as u64,
+                ports: p
+                    .list()
+                    .into_iter()
+                    .map(|s| {
+                        let status = sluice_api::node::PortStatus {
+                            ofport: s.ofport,
+                            up: s.handle.link().up,
+                            forwarding: !s.pmds.is_empty(),
+                        };
+                        (s.name, status)
+                    })
+                    .collect(),
+            })
         })
         .map_err(reg_err)?;
         let Features {
