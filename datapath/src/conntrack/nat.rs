@@ -15,7 +15,11 @@
 use crate::drop::DropReason;
 use crate::flow::key::ipproto;
 use crate::packet::PacketBuf;
-use crate::wire::checksum;
+use crate::wire::checksum::{self, L4Checksum};
+use crate::wire::{
+    ethernet, icmpv4, ipv4, sctp, tcp, udp, vlan, EtherType, EthernetFrame, Icmpv4DstUnreachable,
+    Icmpv4Message, Icmpv4Packet, IpProtocol, Ipv4Packet, TcpPacket, UdpPacket, VlanPacket,
+};
 
 /// The tuple of a packet or connection direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -84,28 +88,20 @@ pub enum Untrackable {
     Malformed,
 }
 
-pub(crate) fn rd16(f: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([*f.get(off)?, *f.get(off + 1)?]))
-}
-
-pub(crate) fn rd32(f: &[u8], off: usize) -> Option<u32> {
-    let b = f.get(off..off + 4)?;
-    Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-}
-
-fn wr16(f: &mut [u8], off: usize, v: u16) -> Option<()> {
-    f.get_mut(off..off + 2)?.copy_from_slice(&v.to_be_bytes());
-    Some(())
-}
-
 /// Offset of the IPv4 header after up to two VLAN tags, or `None` when
 /// the frame is not IPv4.
 fn l3_offset(f: &[u8]) -> Option<usize> {
-    let mut off = 12;
+    let eth = EthernetFrame::new_unchecked(f.get(..ethernet::HEADER_LEN)?);
+    let mut ty = eth.ethertype();
+    let mut off = ethernet::HEADER_LEN;
     for _ in 0..3 {
-        match rd16(f, off)? {
-            0x0800 => return Some(off + 2),
-            0x8100 | 0x88a8 => off += 4,
+        match ty {
+            EtherType::Ipv4 => return Some(off),
+            EtherType::Vlan | EtherType::QinQ => {
+                let tag = VlanPacket::new_unchecked(f.get(off..off + vlan::HEADER_LEN)?);
+                ty = tag.ethertype();
+                off += vlan::HEADER_LEN;
+            }
             _ => return None,
         }
     }
@@ -116,17 +112,29 @@ fn is_icmp_error(ty: u8) -> bool {
     matches!(ty, 3 | 4 | 5 | 11 | 12)
 }
 
+/// The two ports at the start of a TCP, UDP or SCTP header (`b` holds at
+/// least [`PORTS_LEN`] bytes). The UDP view reads them: the three share
+/// the layout.
+#[inline]
+fn ports(b: &[u8]) -> (u16, u16) {
+    let p = UdpPacket::new_unchecked(b);
+    (p.src_port(), p.dst_port())
+}
+
+/// The two port fields at the start of a TCP, UDP or SCTP header.
+const PORTS_LEN: usize = 4;
+
 /// Parses the IPv4 header at `l3` (`limit` bounds it) and its L4 ports.
 /// `embedded` relaxes the length checks for the truncated packet inside
 /// an ICMP error (only 8 bytes of L4 are guaranteed).
 fn parse_ip(f: &[u8], l3: usize, embedded: bool) -> Result<Parsed, Untrackable> {
     use Untrackable::Malformed;
-    let b0 = *f.get(l3).ok_or(Malformed)?;
-    let ihl = usize::from(b0 & 0x0f) * 4;
-    if b0 >> 4 != 4 || ihl < 20 || f.len() < l3 + ihl {
+    let ip = Ipv4Packet::new_unchecked(f.get(l3..l3 + ipv4::HEADER_LEN).ok_or(Malformed)?);
+    let ihl = usize::from(ip.header_len());
+    if ip.version() != 4 || ihl < ipv4::HEADER_LEN || f.len() < l3 + ihl {
         return Err(Malformed);
     }
-    let total = usize::from(rd16(f, l3 + 2).ok_or(Malformed)?);
+    let total = usize::from(ip.total_len());
     let end = if embedded {
         f.len()
     } else {
@@ -135,18 +143,15 @@ fn parse_ip(f: &[u8], l3: usize, embedded: bool) -> Result<Parsed, Untrackable> 
         }
         l3 + total
     };
-    let frag = rd16(f, l3 + 6).ok_or(Malformed)?;
-    if frag & 0x3fff != 0 {
+    if ip.more_frags() || ip.frag_offset() != 0 {
         // Fragments are not reassembled: untrackable.
         return Err(Malformed);
     }
-    let proto = f[l3 + 9];
-    let src = rd32(f, l3 + 12).ok_or(Malformed)?;
-    let dst = rd32(f, l3 + 16).ok_or(Malformed)?;
+    let proto = u8::from(ip.next_header());
     let l4 = l3 + ihl;
     let mut tuple = Tuple {
-        src,
-        dst,
+        src: ip.src_addr().into(),
+        dst: ip.dst_addr().into(),
         sport: 0,
         dport: 0,
     };
@@ -160,29 +165,30 @@ fn parse_ip(f: &[u8], l3: usize, embedded: bool) -> Result<Parsed, Untrackable> 
     let kind = match proto {
         ipproto::TCP | ipproto::UDP | ipproto::SCTP => {
             let min = match (embedded, proto) {
-                (true, _) => 4,
-                (false, ipproto::TCP) => 20,
-                (false, ipproto::UDP) => 8,
-                _ => 12,
+                (true, _) => PORTS_LEN,
+                (false, ipproto::TCP) => tcp::HEADER_LEN,
+                (false, ipproto::UDP) => udp::HEADER_LEN,
+                _ => sctp::HEADER_LEN,
             };
             need(min)?;
-            tuple.sport = rd16(f, l4).ok_or(Malformed)?;
-            tuple.dport = rd16(f, l4 + 2).ok_or(Malformed)?;
+            (tuple.sport, tuple.dport) = ports(&f[l4..l4 + PORTS_LEN]);
             L4::Ports
         }
         ipproto::ICMP => {
-            need(8)?;
-            let ty = f[l4];
-            match ty {
-                0 | 8 => {
-                    let id = rd16(f, l4 + 4).ok_or(Malformed)?;
+            need(icmpv4::HEADER_LEN)?;
+            let icmp = Icmpv4Packet::new_unchecked(&f[l4..l4 + icmpv4::HEADER_LEN]);
+            match u8::from(icmp.msg_type()) {
+                ty @ (0 | 8) => {
+                    let id = icmp.echo_ident();
                     tuple.sport = id;
                     tuple.dport = id;
                     L4::Echo(ty == 8)
                 }
                 t if is_icmp_error(t) && !embedded => {
-                    need(8 + 20)?;
-                    L4::IcmpError { inner: l4 + 8 }
+                    need(icmpv4::HEADER_LEN + ipv4::HEADER_LEN)?;
+                    L4::IcmpError {
+                        inner: l4 + icmpv4::HEADER_LEN,
+                    }
                 }
                 _ => L4::Other,
             }
@@ -216,25 +222,36 @@ pub fn parse_embedded(f: &[u8], outer: &Parsed) -> Result<Parsed, Untrackable> {
 /// TCP segment fields for the state machine.
 pub fn tcp_segment(f: &[u8], p: &Parsed) -> Option<super::tcp::Segment> {
     let l4 = p.l4;
-    let doff = usize::from(*f.get(l4 + 12)? >> 4) * 4;
-    if doff < 20 || l4 + doff > p.end {
+    let tcp = TcpPacket::new_unchecked(f.get(l4..)?.get(..tcp::HEADER_LEN)?);
+    let doff = usize::from(tcp.header_len());
+    if doff < tcp::HEADER_LEN || l4 + doff > p.end {
         return None;
     }
-    let flags = *f.get(l4 + 13)?;
+    let flags = tcp.flags().bits() as u8;
     let mut wscale = None;
     if flags & super::tcp::flags::SYN != 0 {
-        let mut i = l4 + 20;
-        while i < l4 + doff {
-            match f[i] {
+        let opts = TcpPacket::new_unchecked(&f[l4..l4 + doff]);
+        let opts = opts.options();
+        let mut i = 0;
+        while i < opts.len() {
+            match opts[i] {
                 0 => break,
                 1 => i += 1,
                 kind => {
-                    let len = usize::from(*f.get(i + 1)?);
-                    if len < 2 || i + len > l4 + doff {
+                    let Some(&len) = opts.get(i + 1) else {
+                        // A lone kind byte at the end of the options: its
+                        // length byte would be the first payload byte,
+                        // which cannot fit either; a frame that ends here
+                        // is not a segment.
+                        f.get(l4 + doff)?;
+                        break;
+                    };
+                    let len = usize::from(len);
+                    if len < 2 || i + len > opts.len() {
                         break;
                     }
                     if kind == 3 && len == 3 {
-                        wscale = Some(f[i + 2]);
+                        wscale = Some(opts[i + 2]);
                     }
                     i += len;
                 }
@@ -242,95 +259,123 @@ pub fn tcp_segment(f: &[u8], p: &Parsed) -> Option<super::tcp::Segment> {
         }
     }
     Some(super::tcp::Segment {
-        seq: rd32(f, l4 + 4)?,
-        ack: rd32(f, l4 + 8)?,
+        seq: tcp.seq_number(),
+        ack: tcp.ack_number(),
         flags,
-        win: rd16(f, l4 + 14)?,
+        win: tcp.window_len(),
         len: (p.end - l4 - doff) as u32,
         wscale,
     })
 }
 
-/// Writes 16-bit words and keeps checksums right.
-struct Patcher<'a> {
-    f: &'a mut [u8],
-    /// Offset of a checksum that covers every word written (the ICMP
-    /// checksum when patching an embedded packet).
-    cover: Option<usize>,
+/// The checksum that covers every word a rewrite changes (the ICMP
+/// checksum of an error quoting the packet being patched), updated word by
+/// word as the old code patched it in place, skipping unchanged words.
+struct Cover(Option<u16>);
+
+impl Cover {
+    #[inline]
+    fn word(&mut self, old: u16, new: u16) {
+        if old != new {
+            if let Some(c) = &mut self.0 {
+                *c = checksum::update16(*c, old, new);
+            }
+        }
+    }
+
+    #[inline]
+    fn addr(&mut self, old: u32, new: u32) {
+        self.word((old >> 16) as u16, (new >> 16) as u16);
+        self.word(old as u16, new as u16);
+    }
 }
 
-impl Patcher<'_> {
-    /// Writes `new` at `off`, updating the covering checksum; returns the
-    /// old value.
-    fn set16(&mut self, off: usize, new: u16) -> Option<u16> {
-        let old = rd16(self.f, off)?;
+/// Rewrites the packet at `p` (its headers up to `avail` bytes) to carry
+/// `to`, keeping the IPv4 and transport checksums and `cover` right.
+/// Transport checksums beyond `avail` are left alone (the truncated packet
+/// inside an ICMP error).
+fn retarget(f: &mut [u8], p: &Parsed, to: Tuple, avail: usize, cover: &mut Cover) -> Option<()> {
+    let from = p.tuple;
+    // Where the transport checksum ends, when it is there to patch.
+    let l4ck_end = match (p.proto, p.kind) {
+        (ipproto::TCP, L4::Ports) => p.l4 + tcp::CHECKSUM_END,
+        (ipproto::UDP, L4::Ports) => p.l4 + udp::HEADER_LEN,
+        _ => usize::MAX,
+    };
+    let mut l4ck = if l4ck_end <= avail {
+        let b = f.get(p.l4..l4ck_end)?;
+        if p.proto == ipproto::TCP {
+            L4Checksum::Tcp(TcpPacket::new_unchecked(b).checksum())
+        } else {
+            L4Checksum::Udp(UdpPacket::new_unchecked(b).checksum())
+        }
+    } else {
+        L4Checksum::None
+    };
+    let mut l4_changed = false;
+    // Updates the transport checksum and the cover with it.
+    let mut fix_l4 = |l4ck: &mut L4Checksum, cover: &mut Cover, next: L4Checksum| {
+        if let (Some(old), Some(new)) = (l4ck.value(), next.value()) {
+            cover.word(old, new);
+        }
+        *l4ck = next;
+        l4_changed = true;
+    };
+    let mut ip = Ipv4Packet::new_unchecked(f.get_mut(p.l3..p.l3 + ipv4::HEADER_LEN)?);
+    for (is_src, old, new) in [(true, from.src, to.src), (false, from.dst, to.dst)] {
         if old == new {
-            return Some(old);
+            continue;
         }
-        wr16(self.f, off, new)?;
-        if let Some(c) = self.cover {
-            let ck = rd16(self.f, c)?;
-            wr16(self.f, c, checksum::update16(ck, old, new))?;
+        if is_src {
+            ip.set_src_addr(new.into());
+        } else {
+            ip.set_dst_addr(new.into());
         }
-        Some(old)
+        cover.addr(old, new);
+        let ck = ip.checksum();
+        let n = checksum::update32(ck, old, new);
+        ip.set_checksum(n);
+        cover.word(ck, n);
+        let next = l4ck.update32(old, new);
+        fix_l4(&mut l4ck, cover, next);
     }
-
-    /// Applies an update to the checksum at `off` (`udp`: keep 0, avoid 0).
-    fn fix(&mut self, off: usize, udp: bool, update: impl Fn(u16) -> u16) -> Option<()> {
-        let ck = rd16(self.f, off)?;
-        if udp && ck == 0 {
-            return Some(());
-        }
-        let mut n = update(ck);
-        if udp {
-            n = checksum::udp_nonzero(n);
-        }
-        self.set16(off, n).map(|_| ())
-    }
-
-    /// Rewrites the packet at `p` (its headers up to `avail` bytes) to
-    /// carry `to`. Transport checksums beyond `avail` are left alone (the
-    /// truncated packet inside an ICMP error).
-    fn retarget(&mut self, p: &Parsed, to: Tuple, avail: usize) -> Option<()> {
-        let from = p.tuple;
-        let l4ck = match (p.proto, p.kind) {
-            (ipproto::TCP, L4::Ports) if p.l4 + 18 <= avail => Some((p.l4 + 16, false)),
-            (ipproto::UDP, L4::Ports) if p.l4 + 8 <= avail => Some((p.l4 + 6, true)),
-            _ => None,
-        };
-        for (off, old, new) in [(12, from.src, to.src), (16, from.dst, to.dst)] {
-            if old == new {
-                continue;
-            }
-            self.set16(p.l3 + off, (new >> 16) as u16)?;
-            self.set16(p.l3 + off + 2, new as u16)?;
-            self.fix(p.l3 + 10, false, |c| checksum::update32(c, old, new))?;
-            if let Some((ck, udp)) = l4ck {
-                self.fix(ck, udp, |c| checksum::update32(c, old, new))?;
-            }
-        }
-        match p.kind {
-            L4::Ports => {
-                for (off, old, new) in [(0, from.sport, to.sport), (2, from.dport, to.dport)] {
-                    if old == new {
-                        continue;
-                    }
-                    self.set16(p.l4 + off, new)?;
-                    if let Some((ck, udp)) = l4ck {
-                        self.fix(ck, udp, |c| checksum::update16(c, old, new))?;
-                    }
+    match p.kind {
+        L4::Ports => {
+            let mut hdr = UdpPacket::new_unchecked(f.get_mut(p.l4..p.l4 + PORTS_LEN)?);
+            for (is_src, old, new) in [(true, from.sport, to.sport), (false, from.dport, to.dport)]
+            {
+                if old == new {
+                    continue;
                 }
+                if is_src {
+                    hdr.set_src_port(new);
+                } else {
+                    hdr.set_dst_port(new);
+                }
+                cover.word(old, new);
+                let next = l4ck.update16(old, new);
+                fix_l4(&mut l4ck, cover, next);
             }
-            L4::Echo(_) if from.sport != to.sport && p.l4 + 8 <= avail => {
-                self.set16(p.l4 + 4, to.sport)?;
-                self.fix(p.l4 + 2, false, |c| {
-                    checksum::update16(c, from.sport, to.sport)
-                })?;
-            }
-            _ => {}
         }
-        Some(())
+        L4::Echo(_) if from.sport != to.sport && p.l4 + icmpv4::HEADER_LEN <= avail => {
+            let mut icmp = Icmpv4Packet::new_unchecked(f.get_mut(p.l4..p.l4 + icmpv4::HEADER_LEN)?);
+            icmp.set_echo_ident(to.sport);
+            cover.word(from.sport, to.sport);
+            let ck = icmp.checksum();
+            let n = checksum::update16(ck, from.sport, to.sport);
+            icmp.set_checksum(n);
+            cover.word(ck, n);
+        }
+        _ => {}
     }
+    if l4_changed {
+        match l4ck {
+            L4Checksum::Tcp(c) => TcpPacket::new_unchecked(&mut f[p.l4..l4ck_end]).set_checksum(c),
+            L4Checksum::Udp(c) => UdpPacket::new_unchecked(&mut f[p.l4..l4ck_end]).set_checksum(c),
+            L4Checksum::None => {}
+        }
+    }
+    Some(())
 }
 
 /// Recomputes the SCTP CRC32c after a port rewrite.
@@ -347,9 +392,7 @@ pub fn rewrite(f: &mut [u8], p: &Parsed, to: Tuple) -> Result<(), DropReason> {
     if p.tuple == to {
         return Ok(());
     }
-    Patcher { f, cover: None }
-        .retarget(p, to, p.end)
-        .ok_or(DropReason::Malformed)?;
+    retarget(f, p, to, p.end, &mut Cover(None)).ok_or(DropReason::Malformed)?;
     if p.proto == ipproto::SCTP && (p.tuple.sport != to.sport || p.tuple.dport != to.dport) {
         fill_sctp(f, p);
     }
@@ -366,13 +409,17 @@ pub fn rewrite_icmp_error(
     inner: &Parsed,
     inner_to: Tuple,
 ) -> Result<(), DropReason> {
-    let icmp_ck = outer.l4 + 2;
-    let mut pt = Patcher {
-        f: &mut f[..outer.end],
-        cover: Some(icmp_ck),
-    };
-    pt.retarget(inner, inner_to, outer.end)
+    let f = f.get_mut(..outer.end).ok_or(DropReason::Malformed)?;
+    let icmp = f
+        .get(outer.l4..outer.l4 + icmpv4::HEADER_LEN)
+        .map(|b| Icmpv4Packet::new_unchecked(b).checksum())
         .ok_or(DropReason::Malformed)?;
+    let mut cover = Cover(Some(icmp));
+    retarget(f, inner, inner_to, outer.end, &mut cover).ok_or(DropReason::Malformed)?;
+    if let Some(c) = cover.0 {
+        Icmpv4Packet::new_unchecked(&mut f[outer.l4..outer.l4 + icmpv4::HEADER_LEN])
+            .set_checksum(c);
+    }
     // The error travels opposite to the embedded packet: its destination
     // is the embedded source and, when the endpoint itself reported the
     // error, its source is the embedded destination.
@@ -383,10 +430,12 @@ pub fn rewrite_icmp_error(
     if outer.tuple.src == inner.tuple.dst {
         to.src = inner_to.dst;
     }
-    Patcher { f, cover: None }
-        .retarget(outer, to, outer.end)
-        .ok_or(DropReason::Malformed)
+    retarget(f, outer, to, outer.end, &mut Cover(None)).ok_or(DropReason::Malformed)
 }
+
+/// Bytes of the offending datagram's payload an ICMP error quotes after
+/// its IP header (RFC 792).
+const QUOTED_L4: usize = 8;
 
 /// Turns the packet `p` into an ICMP destination-unreachable / port-
 /// unreachable reply from its destination to its source (Ethernet
@@ -394,10 +443,10 @@ pub fn rewrite_icmp_error(
 /// cannot be resized.
 pub fn make_port_unreachable<B: PacketBuf>(pkt: &mut B, p: &Parsed) -> Option<()> {
     let ihl = p.l4 - p.l3;
-    let quoted = (ihl + 8).min(p.end - p.l3);
-    let mut quote = [0u8; 68];
+    let quoted = (ihl + QUOTED_L4).min(p.end - p.l3);
+    let mut quote = [0u8; ipv4::MAX_HEADER_LEN + QUOTED_L4];
     quote[..quoted].copy_from_slice(pkt.data().get(p.l3..p.l3 + quoted)?);
-    let ip_len = 20 + 8 + quoted;
+    let ip_len = ipv4::HEADER_LEN + icmpv4::HEADER_LEN + quoted;
     let want = p.l3 + ip_len;
     let have = pkt.len();
     if want > have {
@@ -406,24 +455,24 @@ pub fn make_port_unreachable<B: PacketBuf>(pkt: &mut B, p: &Parsed) -> Option<()
         return None;
     }
     let f = pkt.data_mut();
-    let mut macs = [0u8; 12];
-    macs.copy_from_slice(f.get(0..12)?);
-    f[0..6].copy_from_slice(&macs[6..12]);
-    f[6..12].copy_from_slice(&macs[0..6]);
-    let ip = f.get_mut(p.l3..p.l3 + ip_len)?;
-    ip.fill(0);
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
-    ip[8] = 64;
-    ip[9] = ipproto::ICMP;
-    ip[12..16].copy_from_slice(&p.tuple.dst.to_be_bytes());
-    ip[16..20].copy_from_slice(&p.tuple.src.to_be_bytes());
-    let ck = checksum::finish(checksum::data(&ip[..20]));
-    ip[10..12].copy_from_slice(&ck.to_be_bytes());
-    ip[20] = 3;
-    ip[21] = 3;
-    ip[28..28 + quoted].copy_from_slice(&quote[..quoted]);
-    let ck = checksum::finish(checksum::data(&ip[20..]));
-    ip[22..24].copy_from_slice(&ck.to_be_bytes());
+    let mut eth = EthernetFrame::new_unchecked(f.get_mut(..ethernet::HEADER_LEN)?);
+    let (src, dst) = (eth.src_addr(), eth.dst_addr());
+    eth.set_dst_addr(src);
+    eth.set_src_addr(dst);
+    let buf = f.get_mut(p.l3..p.l3 + ip_len)?;
+    buf.fill(0);
+    let mut ip = Ipv4Packet::new_unchecked(&mut *buf);
+    ip.set_version_and_header_len(ipv4::HEADER_LEN as u8);
+    ip.set_total_len(ip_len as u16);
+    ip.set_hop_limit(64);
+    ip.set_next_header(IpProtocol::Icmp);
+    ip.set_src_addr(p.tuple.dst.into());
+    ip.set_dst_addr(p.tuple.src.into());
+    ip.fill_checksum();
+    let mut icmp = Icmpv4Packet::new_unchecked(&mut buf[ipv4::HEADER_LEN..]);
+    icmp.set_msg_type(Icmpv4Message::DstUnreachable);
+    icmp.set_msg_code(u8::from(Icmpv4DstUnreachable::PortUnreachable));
+    icmp.data_mut()[..quoted].copy_from_slice(&quote[..quoted]);
+    icmp.fill_checksum();
     Some(())
 }

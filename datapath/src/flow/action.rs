@@ -19,6 +19,14 @@ use std::net::Ipv4Addr;
 use super::key::{ethertype, ipproto, Field, FlowKey, Layout};
 use crate::drop::DropReason;
 use crate::packet::PortNo;
+use crate::wire::checksum::{self as wire_checksum, L4Checksum};
+use crate::wire::{
+    ethernet, ipv4, ipv6, tcp, udp, EthernetAddress, EthernetFrame, Ipv4Packet, Ipv6Packet,
+    TcpPacket, UdpPacket,
+};
+
+/// The two port fields at the start of a TCP, UDP or SCTP header.
+const PORTS_LEN: usize = 4;
 
 /// Source or destination NAT in a `ct` action (an extension point: the
 /// conntrack issue implements it).
@@ -153,83 +161,53 @@ pub enum DpAction {
     Drop(DropReason),
 }
 
-/// The Internet checksum of `data` (RFC 1071), ready to store.
+/// The Internet checksum of `data` (RFC 1071), ready to store
+/// ([`wire::checksum::data`] then [`wire::checksum::finish`]).
 pub fn checksum(data: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    wire_checksum::finish(wire_checksum::data(data))
 }
 
-/// RFC 1624 eqn. 3: the checksum after one 16-bit word changes.
+/// The transport checksum of the packet described by `key`/`layout`, read
+/// through a TCP or UDP view, or `None` when the frame is too short to hold
+/// it. Protocols without a pseudo-header checksum give
+/// [`L4Checksum::None`].
 #[inline]
-fn csum_replace16(ck: u16, old: u16, new: u16) -> u16 {
-    let mut sum = u32::from(!ck) + u32::from(!old) + u32::from(new);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
-}
-
-#[inline]
-fn csum_replace32(ck: u16, old: u32, new: u32) -> u16 {
-    let ck = csum_replace16(ck, (old >> 16) as u16, (new >> 16) as u16);
-    csum_replace16(ck, old as u16, new as u16)
-}
-
-fn rd16(f: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([*f.get(off)?, *f.get(off + 1)?]))
-}
-
-fn wr16(f: &mut [u8], off: usize, v: u16) -> Option<()> {
-    f.get_mut(off..off + 2)?.copy_from_slice(&v.to_be_bytes());
-    Some(())
-}
-
-/// Offset of the L4 checksum and whether zero means "none" (UDP).
-fn l4_csum(key: &FlowKey, layout: Layout) -> Option<(usize, bool)> {
+fn l4_checksum(frame: &[u8], key: &FlowKey, layout: Layout) -> Option<L4Checksum> {
     if layout.l4 == 0 {
-        return None;
+        return Some(L4Checksum::None);
     }
-    let l4 = usize::from(layout.l4);
-    match key.nw_proto() {
-        ipproto::TCP => Some((l4 + 16, false)),
-        ipproto::UDP => Some((l4 + 6, true)),
-        _ => None,
+    let l4 = frame.get(usize::from(layout.l4)..)?;
+    Some(match key.nw_proto() {
+        ipproto::TCP if l4.len() >= tcp::HEADER_LEN => {
+            L4Checksum::Tcp(TcpPacket::new_unchecked(l4).checksum())
+        }
+        ipproto::UDP if l4.len() >= udp::HEADER_LEN => {
+            L4Checksum::Udp(UdpPacket::new_unchecked(l4).checksum())
+        }
+        ipproto::TCP | ipproto::UDP => return None,
+        _ => L4Checksum::None,
+    })
+}
+
+/// Stores an updated transport checksum (the frame length was checked by
+/// [`l4_checksum`]).
+#[inline]
+fn store_l4_checksum(frame: &mut [u8], layout: Layout, c: L4Checksum) {
+    let l4 = &mut frame[usize::from(layout.l4)..];
+    match c {
+        L4Checksum::Tcp(c) => TcpPacket::new_unchecked(l4).set_checksum(c),
+        L4Checksum::Udp(c) => UdpPacket::new_unchecked(l4).set_checksum(c),
+        L4Checksum::None => {}
     }
 }
 
-fn fix_l4(
-    frame: &mut [u8],
-    key: &FlowKey,
-    layout: Layout,
-    old: u32,
-    new: u32,
-    wide: bool,
-) -> Option<()> {
-    if let Some((off, udp)) = l4_csum(key, layout) {
-        let ck = rd16(frame, off)?;
-        if udp && ck == 0 {
-            return Some(());
-        }
-        let mut n = if wide {
-            csum_replace32(ck, old, new)
-        } else {
-            csum_replace16(ck, old as u16, new as u16)
-        };
-        if udp && n == 0 {
-            n = 0xffff;
-        }
-        wr16(frame, off, n)?;
-    }
-    Some(())
+/// The IPv4 header at `layout.l3`, when the frame holds all 20 bytes.
+#[inline]
+fn ipv4_at(frame: &mut [u8], layout: Layout) -> Option<Ipv4Packet<&mut [u8]>> {
+    let l3 = usize::from(layout.l3);
+    frame
+        .get_mut(l3..l3 + ipv4::HEADER_LEN)
+        .map(Ipv4Packet::new_unchecked)
 }
 
 /// True when the packet described by `key` carries the header `field`
@@ -264,47 +242,57 @@ pub fn rewrite(
     mask: u128,
 ) -> Result<(), DropReason> {
     let new = (key.get(field) & !mask) | (value & mask);
-    let l3 = usize::from(layout.l3);
     let ok = match field {
-        Field::DlDst | Field::DlSrc => {
-            let off = if field == Field::DlDst { 0 } else { 6 };
-            frame
-                .get_mut(off..off + 6)
-                .map(|b| b.copy_from_slice(&(new as u64).to_be_bytes()[2..]))
-        }
-        Field::NwSrc | Field::NwDst if layout.l3 != 0 => {
-            let off = l3 + if field == Field::NwSrc { 12 } else { 16 };
-            (|| {
-                let b = frame.get(off..off + 4)?;
-                let old = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-                let new = new as u32;
-                frame
-                    .get_mut(off..off + 4)?
-                    .copy_from_slice(&new.to_be_bytes());
-                let ck = rd16(frame, l3 + 10)?;
-                wr16(frame, l3 + 10, csum_replace32(ck, old, new))?;
-                fix_l4(frame, key, layout, old, new, true)
-            })()
-        }
-        Field::NwTtl if layout.l3 != 0 => (|| {
-            if key.dl_type() == ethertype::IPV6 {
-                *frame.get_mut(l3 + 7)? = new as u8;
-                return Some(());
+        Field::DlDst | Field::DlSrc => frame.get_mut(..ethernet::HEADER_LEN).map(|eth| {
+            let mut eth = EthernetFrame::new_unchecked(eth);
+            let mac = EthernetAddress::from_u64(new as u64);
+            if field == Field::DlDst {
+                eth.set_dst_addr(mac);
+            } else {
+                eth.set_src_addr(mac);
             }
-            let old = rd16(frame, l3 + 8)?;
-            let new = (old & 0x00ff) | ((new as u16) << 8);
-            wr16(frame, l3 + 8, new)?;
-            let ck = rd16(frame, l3 + 10)?;
-            wr16(frame, l3 + 10, csum_replace16(ck, old, new))
+        }),
+        Field::NwSrc | Field::NwDst if layout.l3 != 0 => (|| {
+            let l4 = l4_checksum(frame, key, layout)?;
+            let mut ip = ipv4_at(frame, layout)?;
+            let new = Ipv4Addr::from(new as u32);
+            let old = if field == Field::NwSrc {
+                ip.rewrite_src_addr(new)
+            } else {
+                ip.rewrite_dst_addr(new)
+            };
+            store_l4_checksum(frame, layout, l4.update32(old.into(), new.into()));
+            Some(())
         })(),
-        Field::TpSrc | Field::TpDst if layout.l4 != 0 => {
-            let off = usize::from(layout.l4) + if field == Field::TpSrc { 0 } else { 2 };
-            (|| {
-                let old = rd16(frame, off)?;
-                wr16(frame, off, new as u16)?;
-                fix_l4(frame, key, layout, u32::from(old), new as u32, false)
-            })()
+        Field::NwTtl if layout.l3 != 0 => {
+            let l3 = usize::from(layout.l3);
+            if key.dl_type() == ethertype::IPV6 {
+                frame
+                    .get_mut(l3..l3 + ipv6::HEADER_LEN)
+                    .map(|h| Ipv6Packet::new_unchecked(h).set_hop_limit(new as u8))
+            } else {
+                ipv4_at(frame, layout).map(|mut ip| ip.rewrite_hop_limit(new as u8))
+            }
         }
+        Field::TpSrc | Field::TpDst if layout.l4 != 0 => (|| {
+            let l4 = l4_checksum(frame, key, layout)?;
+            let at = usize::from(layout.l4);
+            // TCP, UDP and SCTP all start with the two ports; the UDP view
+            // reads and writes them for any of the three.
+            let mut ports = UdpPacket::new_unchecked(frame.get_mut(at..at + PORTS_LEN)?);
+            let new = new as u16;
+            let old = if field == Field::TpSrc {
+                let old = ports.src_port();
+                ports.set_src_port(new);
+                old
+            } else {
+                let old = ports.dst_port();
+                ports.set_dst_port(new);
+                old
+            };
+            store_l4_checksum(frame, layout, l4.update16(old, new));
+            Some(())
+        })(),
         Field::NwSrc | Field::NwDst | Field::NwTtl | Field::TpSrc | Field::TpDst => None,
         _ => Some(()),
     };

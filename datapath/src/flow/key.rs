@@ -21,6 +21,10 @@
 use std::fmt;
 
 use crate::packet::PortNo;
+use crate::wire::{
+    arp, ethernet, ipv4, ipv6, sctp, tcp, udp, vlan, ArpPacket, EtherType, EthernetFrame,
+    Icmpv4Packet, Ipv4Packet, Ipv6Packet, SctpPacket, TcpPacket, UdpPacket, VlanPacket,
+};
 
 /// Number of 64-bit words in a [`FlowKey`].
 pub const KEY_WORDS: usize = 24;
@@ -574,29 +578,6 @@ impl FlowKey {
     }
 }
 
-#[inline]
-fn be16(b: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([*b.get(off)?, *b.get(off + 1)?]))
-}
-
-#[inline]
-fn be32(b: &[u8], off: usize) -> Option<u32> {
-    let s = b.get(off..off + 4)?;
-    Some(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
-}
-
-#[inline]
-fn mac48(b: &[u8], off: usize) -> Option<u64> {
-    let s = b.get(off..off + 6)?;
-    Some(s.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
-}
-
-#[inline]
-fn be128(b: &[u8], off: usize) -> Option<u128> {
-    let s = b.get(off..off + 16)?;
-    Some(s.iter().fold(0u128, |acc, &x| (acc << 8) | u128::from(x)))
-}
-
 /// Parses `frame` (untrusted bytes) into a flow key with `in_port` set.
 ///
 /// One tagged VLAN (802.1Q or 802.1ad) is understood; IPv4 options are
@@ -618,25 +599,31 @@ pub fn extract_with_layout(frame: &[u8], in_port: PortNo) -> (FlowKey, Layout) {
 /// [`extract`] into a caller-owned key (overwritten entirely), returning
 /// where the L3 and L4 headers start. The hot path uses this to avoid
 /// moving the 192-byte key around.
+///
+/// Headers are read through `wire` views built with `new_unchecked` over
+/// sub-slices whose length was checked first (the checks this function
+/// has always made), so no getter can panic and no length is re-checked.
 #[inline]
 pub fn extract_into(frame: &[u8], in_port: PortNo, k: &mut FlowKey) -> Layout {
     *k = FlowKey::ZERO;
     let mut layout = Layout::default();
     k.set(Field::InPort, u128::from(in_port.0));
-    let (Some(dst), Some(src), Some(mut ty)) = (mac48(frame, 0), mac48(frame, 6), be16(frame, 12))
-    else {
+    let Some(eth) = frame.get(..ethernet::HEADER_LEN) else {
         return layout;
     };
-    k.set(Field::DlDst, u128::from(dst));
-    k.set(Field::DlSrc, u128::from(src));
-    let mut off = 14usize;
+    let eth = EthernetFrame::new_unchecked(eth);
+    k.set(Field::DlDst, u128::from(eth.dst_addr().to_u64()));
+    k.set(Field::DlSrc, u128::from(eth.src_addr().to_u64()));
+    let mut ty = u16::from(eth.ethertype());
+    let mut off = ethernet::HEADER_LEN;
     if ty == ethertype::VLAN || ty == ethertype::QINQ {
-        let (Some(tci), Some(inner)) = (be16(frame, 14), be16(frame, 16)) else {
+        let Some(tag) = frame.get(off..off + vlan::HEADER_LEN) else {
             return layout;
         };
-        k.set(Field::VlanTci, u128::from(tci | VLAN_CFI));
-        ty = inner;
-        off = 18;
+        let tag = VlanPacket::new_unchecked(tag);
+        k.set(Field::VlanTci, u128::from(tag.tci() | VLAN_CFI));
+        ty = u16::from(tag.ethertype());
+        off += vlan::HEADER_LEN;
     }
     k.set(Field::DlType, u128::from(ty));
     match ty {
@@ -649,116 +636,136 @@ pub fn extract_into(frame: &[u8], in_port: PortNo, k: &mut FlowKey) -> Layout {
 }
 
 fn extract_ipv4(frame: &[u8], off: usize, k: &mut FlowKey, layout: &mut Layout) {
-    let Some(hdr) = frame.get(off..off + 20) else {
+    let Some(hdr) = frame.get(off..off + ipv4::HEADER_LEN) else {
         return;
     };
-    let ihl = usize::from(hdr[0] & 0x0f) * 4;
-    if hdr[0] >> 4 != 4 || ihl < 20 || frame.len() < off + ihl {
+    let ip = Ipv4Packet::new_unchecked(hdr);
+    let ihl = usize::from(ip.header_len());
+    if ip.version() != 4 || ihl < ipv4::HEADER_LEN || frame.len() < off + ihl {
         return;
     }
     layout.l3 = off as u16;
-    let proto = hdr[9];
-    k.set(Field::NwTos, u128::from(hdr[1]));
-    k.set(Field::NwTtl, u128::from(hdr[8]));
+    let proto = u8::from(ip.next_header());
+    k.set(Field::NwTos, u128::from(ip.tos()));
+    k.set(Field::NwTtl, u128::from(ip.hop_limit()));
     k.set(Field::NwProto, u128::from(proto));
-    k.set(
-        Field::NwSrc,
-        u128::from(u32::from_be_bytes([hdr[12], hdr[13], hdr[14], hdr[15]])),
-    );
-    k.set(
-        Field::NwDst,
-        u128::from(u32::from_be_bytes([hdr[16], hdr[17], hdr[18], hdr[19]])),
-    );
-    let frag_word = u16::from_be_bytes([hdr[6], hdr[7]]);
-    let more = frag_word & 0x2000 != 0;
-    let offset = frag_word & 0x1fff;
+    k.set(Field::NwSrc, u128::from(u32::from(ip.src_addr())));
+    k.set(Field::NwDst, u128::from(u32::from(ip.dst_addr())));
+    let later = ip.frag_offset() != 0;
     let mut frag_bits = 0u8;
-    if more || offset != 0 {
+    if ip.more_frags() || later {
         frag_bits |= frag::ANY;
     }
-    if offset != 0 {
+    if later {
         frag_bits |= frag::LATER;
     }
     k.set(Field::IpFrag, u128::from(frag_bits));
-    if offset == 0 {
+    if !later {
         extract_l4(frame, off + ihl, proto, ipproto::ICMP, k, layout);
     }
 }
 
 fn extract_ipv6(frame: &[u8], off: usize, k: &mut FlowKey, layout: &mut Layout) {
-    let Some(hdr) = frame.get(off..off + 40) else {
+    let Some(hdr) = frame.get(off..off + ipv6::HEADER_LEN) else {
         return;
     };
-    if hdr[0] >> 4 != 6 {
+    let ip = Ipv6Packet::new_unchecked(hdr);
+    if ip.version() != 6 {
         return;
     }
     layout.l3 = off as u16;
-    let tclass = ((hdr[0] & 0x0f) << 4) | (hdr[1] >> 4);
-    let next = hdr[6];
-    k.set(Field::NwTos, u128::from(tclass));
+    let next = u8::from(ip.next_header());
+    k.set(Field::NwTos, u128::from(ip.traffic_class()));
     k.set(Field::NwProto, u128::from(next));
-    k.set(Field::NwTtl, u128::from(hdr[7]));
-    k.set(Field::Ipv6Src, be128(frame, off + 8).unwrap_or(0));
-    k.set(Field::Ipv6Dst, be128(frame, off + 24).unwrap_or(0));
-    extract_l4(frame, off + 40, next, ipproto::ICMPV6, k, layout);
+    k.set(Field::NwTtl, u128::from(ip.hop_limit()));
+    k.set(Field::Ipv6Src, u128::from(ip.src_addr()));
+    k.set(Field::Ipv6Dst, u128::from(ip.dst_addr()));
+    extract_l4(
+        frame,
+        off + ipv6::HEADER_LEN,
+        next,
+        ipproto::ICMPV6,
+        k,
+        layout,
+    );
 }
 
 fn extract_l4(frame: &[u8], off: usize, proto: u8, icmp: u8, k: &mut FlowKey, layout: &mut Layout) {
     match proto {
         ipproto::TCP => {
-            if let (Some(sp), Some(dp), Some(flags)) = (
-                be16(frame, off),
-                be16(frame, off + 2),
-                be16(frame, off + 12),
-            ) {
-                if frame.len() >= off + 20 {
-                    layout.l4 = off as u16;
-                    k.set(Field::TpSrc, u128::from(sp));
-                    k.set(Field::TpDst, u128::from(dp));
-                    k.set(Field::TcpFlags, u128::from(flags & 0x0fff));
-                }
+            if let Some(hdr) = frame.get(off..off + tcp::HEADER_LEN) {
+                let tcp = TcpPacket::new_unchecked(hdr);
+                layout.l4 = off as u16;
+                k.set(Field::TpSrc, u128::from(tcp.src_port()));
+                k.set(Field::TpDst, u128::from(tcp.dst_port()));
+                k.set(Field::TcpFlags, u128::from(tcp.flags_bits()));
             }
         }
-        ipproto::UDP | ipproto::SCTP => {
-            let need = if proto == ipproto::UDP { 8 } else { 12 };
-            if let (Some(sp), Some(dp)) = (be16(frame, off), be16(frame, off + 2)) {
-                if frame.len() >= off + need {
-                    layout.l4 = off as u16;
-                    k.set(Field::TpSrc, u128::from(sp));
-                    k.set(Field::TpDst, u128::from(dp));
-                }
+        ipproto::UDP => {
+            if let Some(hdr) = frame.get(off..off + udp::HEADER_LEN) {
+                let udp = UdpPacket::new_unchecked(hdr);
+                layout.l4 = off as u16;
+                k.set(Field::TpSrc, u128::from(udp.src_port()));
+                k.set(Field::TpDst, u128::from(udp.dst_port()));
+            }
+        }
+        ipproto::SCTP => {
+            if let Some(hdr) = frame.get(off..off + sctp::HEADER_LEN) {
+                let sctp = SctpPacket::new_unchecked(hdr);
+                layout.l4 = off as u16;
+                k.set(Field::TpSrc, u128::from(sctp.src_port()));
+                k.set(Field::TpDst, u128::from(sctp.dst_port()));
             }
         }
         p if p == icmp => {
-            if let (Some(&ty), Some(&code)) = (frame.get(off), frame.get(off + 1)) {
-                if frame.len() >= off + 4 {
-                    layout.l4 = off as u16;
-                    k.set(Field::IcmpType, u128::from(ty));
-                    k.set(Field::IcmpCode, u128::from(code));
-                }
+            // ICMPv6 (RFC 4443) puts type and code where ICMPv4 does; only
+            // those two bytes are read.
+            if let Some(hdr) = frame.get(off..off + ICMP_TYPE_CODE_CHECKSUM) {
+                let icmp = Icmpv4Packet::new_unchecked(hdr);
+                layout.l4 = off as u16;
+                k.set(Field::IcmpType, u128::from(u8::from(icmp.msg_type())));
+                k.set(Field::IcmpCode, u128::from(icmp.msg_code()));
             }
         }
         _ => {}
     }
 }
 
+/// Bytes of an ICMP header the key needs present (type, code, checksum),
+/// OVS's minimum for filling `icmp_type`/`icmp_code`.
+const ICMP_TYPE_CODE_CHECKSUM: usize = 4;
+
 fn extract_arp(frame: &[u8], off: usize, k: &mut FlowKey, layout: &mut Layout) {
     // Ethernet/IPv4 ARP only: htype 1, ptype 0x0800, hlen 6, plen 4.
-    let Some(hdr) = frame.get(off..off + 28) else {
+    let Some(hdr) = frame.get(off..off + arp::PACKET_LEN) else {
         return;
     };
-    if hdr[0..6] != [0, 1, 8, 0, 6, 4] {
+    let arp = ArpPacket::new_unchecked(hdr);
+    if arp.hardware_type() != arp::HTYPE_ETHERNET
+        || arp.protocol_type() != EtherType::Ipv4
+        || arp.hardware_len() != 6
+        || arp.protocol_len() != 4
+    {
         return;
     }
     layout.l3 = off as u16;
+    k.set(Field::ArpOp, u128::from(u16::from(arp.operation())));
     k.set(
-        Field::ArpOp,
-        u128::from(u16::from_be_bytes([hdr[6], hdr[7]])),
+        Field::ArpSha,
+        u128::from(arp.source_hardware_addr().to_u64()),
     );
-    k.set(Field::ArpSha, u128::from(mac48(hdr, 8).unwrap_or(0)));
-    k.set(Field::ArpSpa, u128::from(be32(hdr, 14).unwrap_or(0)));
-    k.set(Field::ArpTha, u128::from(mac48(hdr, 18).unwrap_or(0)));
-    k.set(Field::ArpTpa, u128::from(be32(hdr, 24).unwrap_or(0)));
+    k.set(
+        Field::ArpSpa,
+        u128::from(u32::from(arp.source_protocol_addr())),
+    );
+    k.set(
+        Field::ArpTha,
+        u128::from(arp.target_hardware_addr().to_u64()),
+    );
+    k.set(
+        Field::ArpTpa,
+        u128::from(u32::from(arp.target_protocol_addr())),
+    );
 }
 
 /// Test frames shared by the flow and classifier tests.

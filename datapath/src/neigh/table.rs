@@ -99,6 +99,14 @@ pub struct NeighReader {
 }
 
 impl NeighReader {
+    /// The generation of the newest published bindings (one atomic load):
+    /// anything derived from a binding (a tunnel's outer header template)
+    /// is stale once this moves.
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.table.inner.generation.load(Ordering::Acquire)
+    }
+
     /// The MAC of `ip`, or `None` after asking for resolution.
     #[inline]
     pub fn resolve(&mut self, ip: Ipv4Addr) -> Option<[u8; 6]> {

@@ -47,6 +47,7 @@ use arc_swap::ArcSwap;
 use crossbeam::queue::ArrayQueue;
 
 use crate::drop::DropReason;
+use crate::flow::key::ethertype;
 use crate::flow::key::{Field, FlowKey};
 use crate::neigh::table::{NeighReader, NeighTable};
 use crate::packet::{PacketBuf, PortNo};
@@ -54,16 +55,16 @@ use crate::pipeline::hooks::TunnelHook;
 use crate::stats::{Counter, DropCounters};
 use crate::time::Nanos;
 use crate::tunnel::vtep::{VtepReader, VtepTable};
-use crate::wire::geneve;
+use crate::wire::{
+    geneve, icmpv4, EtherType, EthernetFrame, Icmpv4DstUnreachable, Icmpv4Message, Icmpv4Packet,
+    IpProtocol, Ipv4Packet, UdpPacket,
+};
 
-/// Outer Ethernet header length.
-const ETH_LEN: usize = 14;
-/// Outer IPv4 header length (no options).
-const IP_LEN: usize = 20;
-/// Outer UDP header length.
-const UDP_LEN: usize = 8;
-/// Outer headers without Geneve options, Ethernet included: 50 bytes.
-pub const OUTER_LEN: usize = ETH_LEN + IP_LEN + UDP_LEN + geneve::HEADER_LEN;
+pub use super::template::OUTER_LEN;
+use super::template::{
+    CachedVtep, OptionData, OuterTemplate, PerPacket, TemplateCache, TemplateParams, ETH_LEN,
+    IP_LEN, UDP_LEN,
+};
 
 /// Bytes encapsulation adds to an inner *IP* packet as the uplink's IP MTU
 /// sees it: outer IPv4 20 + UDP 8 + Geneve 8 + inner Ethernet 14 = 50
@@ -75,9 +76,6 @@ pub const OVERHEAD_IPV4: u16 = (IP_LEN + UDP_LEN + geneve::HEADER_LEN + ETH_LEN)
 
 /// Largest option this datapath emits (4-byte option header + 8 data bytes).
 pub const MAX_EMITTED_OPTION: u16 = 12;
-
-/// Transparent Ethernet Bridging, the Geneve protocol for Ethernet payloads.
-const ETHERTYPE_TEB: u16 = 0x6558;
 
 /// Configuration of the local VTEP.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,6 +222,7 @@ impl Tunnels {
             stats,
             icmp: self.icmp.clone(),
             live: true,
+            templates: TemplateCache::default(),
         }
     }
 
@@ -248,6 +247,7 @@ impl Tunnels {
             stats: Arc::new(TunnelStats::default()),
             icmp: Arc::new(ArrayQueue::new(1)),
             live: false,
+            templates: TemplateCache::default(),
         }
     }
 
@@ -289,6 +289,8 @@ pub struct GeneveTunnels {
     icmp: Arc<ArrayQueue<IcmpReply>>,
     /// False for a tracing hook: nothing is counted or queued.
     live: bool,
+    /// Outer header templates per remote VTEP.
+    templates: TemplateCache,
 }
 
 /// A 64-bit mix (MurmurHash3 finaliser).
@@ -314,12 +316,6 @@ pub fn entropy_port(key: &FlowKey) -> u16 {
     0xc000 | (h as u16 & 0x3fff)
 }
 
-/// Ones-complement sum helper for headers written here.
-#[inline]
-fn ip_checksum(hdr: &[u8]) -> u16 {
-    crate::wire::checksum::finish(crate::wire::checksum::data(hdr))
-}
-
 impl GeneveTunnels {
     /// Picks up a changed configuration (one relaxed load otherwise).
     #[inline]
@@ -335,6 +331,7 @@ impl GeneveTunnels {
         self.refresh();
         let GeneveTunnels {
             config,
+            seen,
             vteps,
             neigh,
             pmd,
@@ -342,6 +339,7 @@ impl GeneveTunnels {
             stats,
             icmp,
             live,
+            templates,
             ..
         } = self;
         let fail = |r: DropReason| -> Result<(), DropReason> {
@@ -354,43 +352,70 @@ impl GeneveTunnels {
             return fail(DropReason::TunnelBadVni);
         }
         let dst = Ipv4Addr::from(key.get(Field::TunDst) as u32);
-        // Borrowed, not cloned: no shared reference count per packet.
-        let Some(vtep) = vteps.get(dst) else {
-            return fail(DropReason::TunnelUnknownVtep);
+        templates.validate(*seen, vteps.generation(), neigh.generation());
+        let cached = match templates.get(dst) {
+            Some(c) => c,
+            None => {
+                // Miss path: the VTEP, its next hop and the next hop's MAC,
+                // then the template, cached until one of them changes.
+                let Some(vtep) = vteps.get(dst) else {
+                    return fail(DropReason::TunnelUnknownVtep);
+                };
+                let next_hop = if cfg.same_subnet(dst) {
+                    dst
+                } else if let Some(gw) = cfg.gateway {
+                    gw
+                } else {
+                    return fail(DropReason::TunnelNoRoute);
+                };
+                let Some(dst_mac) = neigh.resolve(next_hop) else {
+                    return fail(DropReason::NeighUnresolved);
+                };
+                let template = OuterTemplate::new(&TemplateParams {
+                    dst_mac,
+                    src_mac: cfg.local_mac,
+                    src: cfg.local_ip,
+                    dst,
+                    ttl: cfg.ttl,
+                    df: cfg.df,
+                    dst_port: cfg.dst_port,
+                    udp_checksum: cfg.udp_checksum,
+                });
+                let vtep = vtep.clone();
+                templates.insert(dst, CachedVtep { vtep, template })
+            }
         };
         let src = match key.get(Field::TunSrc) as u32 {
             0 => cfg.local_ip,
             s => Ipv4Addr::from(s),
         };
-        let next_hop = if cfg.same_subnet(dst) {
-            dst
-        } else if let Some(gw) = cfg.gateway {
-            gw
-        } else {
-            return fail(DropReason::TunnelNoRoute);
-        };
-        let Some(dst_mac) = neigh.resolve(next_hop) else {
-            return fail(DropReason::NeighUnresolved);
-        };
         // The option slot.
         let class = key.get(Field::TunGnvClass) as u16;
         let kind = key.get(Field::TunGnvType) as u8;
         let md = key.get(Field::TunMetadata0) as u64;
-        let opt_data_len = if class == 0 && kind == 0 {
+        let option = if class == 0 && kind == 0 {
             None
-        } else if md <= u64::from(u32::MAX) {
-            Some(4usize)
         } else {
-            Some(8usize)
+            Some((class, kind, OptionData::from_metadata(md)))
         };
-        let opt_len = opt_data_len.map_or(0, |d| 4 + d);
-        let inner_len = pkt.len();
-        let ip_total = IP_LEN + UDP_LEN + geneve::HEADER_LEN + opt_len + inner_len;
+        let mut pp = PerPacket {
+            src,
+            ident: 0,
+            inner_len: pkt.len(),
+            sport: 0,
+            vni: vni as u32,
+            option,
+        };
+        let opt_len = pp.option_len();
+        let ip_total = pp.ip_total();
         if ip_total > usize::from(cfg.uplink_mtu) {
             let d = pkt.data();
-            let inner_df = key.dl_type() == 0x0800
-                && d.get(ETH_LEN + 6).is_some_and(|b| b & 0x40 != 0)
-                && d.get(12..14) == Some(&[0x08, 0x00][..]);
+            let inner_df = key.dl_type() == ethertype::IPV4
+                && d.get(..ETH_LEN + IP_LEN).is_some_and(|f| {
+                    let eth = EthernetFrame::new_unchecked(f);
+                    eth.ethertype() == EtherType::Ipv4
+                        && Ipv4Packet::new_unchecked(&f[ETH_LEN..]).dont_frag()
+                });
             if inner_df {
                 // The largest inner IP packet that fits this tunnel.
                 let mtu = usize::from(cfg.uplink_mtu)
@@ -411,71 +436,22 @@ impl GeneveTunnels {
             }
             return fail(DropReason::TunnelTooBig);
         }
-        let sport = entropy_port(key);
-        let hdr_len = OUTER_LEN + opt_len;
-        let ident = if cfg.df {
+        pp.sport = entropy_port(key);
+        pp.ident = if cfg.df {
             0
         } else {
             *ident = ident.wrapping_add(1);
             *ident
         };
+        let hdr_len = pp.header_len();
         let Some(f) = pkt.prepend(hdr_len) else {
             return fail(DropReason::TunnelNoHeadroom);
         };
-        // Ethernet.
-        f[0..6].copy_from_slice(&dst_mac);
-        f[6..12].copy_from_slice(&cfg.local_mac);
-        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        // IPv4.
-        let ip = &mut f[ETH_LEN..ETH_LEN + IP_LEN];
-        ip[0] = 0x45;
-        ip[1] = 0;
-        ip[2..4].copy_from_slice(&(ip_total as u16).to_be_bytes());
-        ip[4..6].copy_from_slice(&ident.to_be_bytes());
-        ip[6..8].copy_from_slice(&(if cfg.df { 0x4000u16 } else { 0 }).to_be_bytes());
-        ip[8] = cfg.ttl;
-        ip[9] = 17;
-        ip[10..12].copy_from_slice(&[0, 0]);
-        ip[12..16].copy_from_slice(&src.octets());
-        ip[16..20].copy_from_slice(&dst.octets());
-        let c = ip_checksum(ip);
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
-        // UDP.
-        let u = ETH_LEN + IP_LEN;
-        let udp_len = (ip_total - IP_LEN) as u16;
-        f[u..u + 2].copy_from_slice(&sport.to_be_bytes());
-        f[u + 2..u + 4].copy_from_slice(&cfg.dst_port.to_be_bytes());
-        f[u + 4..u + 6].copy_from_slice(&udp_len.to_be_bytes());
-        f[u + 6..u + 8].copy_from_slice(&[0, 0]);
-        // Geneve.
-        let g = u + UDP_LEN;
-        let critical = opt_data_len.is_some() && kind & geneve::OPTION_TYPE_CRITICAL != 0;
-        f[g] = (opt_len / 4) as u8;
-        f[g + 1] = if critical { 0x40 } else { 0 };
-        f[g + 2..g + 4].copy_from_slice(&ETHERTYPE_TEB.to_be_bytes());
-        f[g + 4..g + 8].copy_from_slice(&((vni as u32) << 8).to_be_bytes());
-        if let Some(dlen) = opt_data_len {
-            let o = g + geneve::HEADER_LEN;
-            f[o..o + 2].copy_from_slice(&class.to_be_bytes());
-            f[o + 2] = kind;
-            f[o + 3] = (dlen / 4) as u8;
-            if dlen == 4 {
-                f[o + 4..o + 8].copy_from_slice(&(md as u32).to_be_bytes());
-            } else {
-                f[o + 4..o + 12].copy_from_slice(&md.to_be_bytes());
-            }
-        }
-        if cfg.udp_checksum {
-            let pseudo = crate::wire::checksum::pseudo_header_v4(src, dst, 17, udp_len);
-            let sum =
-                crate::wire::checksum::combine(&[pseudo, crate::wire::checksum::data(&f[u..])]);
-            let c = crate::wire::checksum::udp_nonzero(crate::wire::checksum::finish(sum));
-            f[u + 6..u + 8].copy_from_slice(&c.to_be_bytes());
-        }
+        cached.template.write(f, &pp);
         if *live {
-            let c = vtep.counters(*pmd);
+            let c = cached.vtep.counters(*pmd);
             c.tx_packets.inc();
-            c.tx_bytes.add((hdr_len + inner_len) as u64);
+            c.tx_bytes.add((hdr_len + pp.inner_len) as u64);
         }
         stats.encap.inc();
         Ok(())
@@ -498,31 +474,35 @@ impl GeneveTunnels {
         let cfg = &**config;
         let d = pkt.data();
         let frame_len = d.len();
-        if frame_len < ETH_LEN + IP_LEN || d[12..14] != [0x08, 0x00] {
-            return fail(DropReason::GeneveMalformed);
-        }
-        let ip = &d[ETH_LEN..];
-        let ihl = usize::from(ip[0] & 0x0f) * 4;
-        let ip_total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-        let frag = u16::from_be_bytes([ip[6], ip[7]]);
-        if ip[0] >> 4 != 4
-            || ihl < IP_LEN
-            || ip_total < ihl + UDP_LEN + geneve::HEADER_LEN
-            || ip_total > ip.len()
-            || ip[9] != 17
-            || frag & 0x3fff != 0
-            || ip_checksum(&ip[..ihl]) != 0
+        if frame_len < ETH_LEN + IP_LEN
+            || EthernetFrame::new_unchecked(d).ethertype() != EtherType::Ipv4
         {
             return fail(DropReason::GeneveMalformed);
         }
-        let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-        let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+        let ip = Ipv4Packet::new_unchecked(&d[ETH_LEN..]);
+        let ihl = usize::from(ip.header_len());
+        let ip_total = usize::from(ip.total_len());
+        // Evaluated in order: the checksum is read only once the header
+        // is known to be inside the frame.
+        if ip.version() != 4
+            || ihl < IP_LEN
+            || ip_total < ihl + UDP_LEN + geneve::HEADER_LEN
+            || ip_total > frame_len - ETH_LEN
+            || ip.next_header() != IpProtocol::Udp
+            || ip.more_frags()
+            || ip.frag_offset() != 0
+            || !ip.verify_checksum()
+        {
+            return fail(DropReason::GeneveMalformed);
+        }
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
         if dst != cfg.local_ip {
             return fail(DropReason::TunnelNotLocal);
         }
-        let udp = &ip[ihl..ip_total];
-        let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
-        if u16::from_be_bytes([udp[2], udp[3]]) != cfg.dst_port
+        let udp = &d[ETH_LEN + ihl..ETH_LEN + ip_total];
+        let udp_hdr = UdpPacket::new_unchecked(udp);
+        let udp_len = usize::from(udp_hdr.len());
+        if udp_hdr.dst_port() != cfg.dst_port
             || udp_len < UDP_LEN + geneve::HEADER_LEN
             || udp_len > udp.len()
         {
@@ -534,7 +514,7 @@ impl GeneveTunnels {
         if gnv.oam() {
             return fail(DropReason::GeneveOam);
         }
-        if u16::from(gnv.protocol()) != ETHERTYPE_TEB {
+        if gnv.protocol() != EtherType::TransparentEthernet {
             return fail(DropReason::GeneveNotEthernet);
         }
         let mut slot: Option<(u16, u8, u64)> = None;
@@ -606,38 +586,48 @@ impl<B: PacketBuf> TunnelHook<B> for GeneveTunnels {
 /// frame length, or `None` when `inner` is not an IPv4 frame or `out` is
 /// too small.
 pub fn frag_needed(inner: &[u8], mtu: u16, from: Ipv4Addr, out: &mut [u8]) -> Option<usize> {
-    if inner.len() < ETH_LEN + IP_LEN || inner[12..14] != [0x08, 0x00] {
+    if inner.len() < ETH_LEN + IP_LEN
+        || EthernetFrame::new_unchecked(inner).ethertype() != EtherType::Ipv4
+    {
         return None;
     }
+    let eth = EthernetFrame::new_unchecked(inner);
     let ip = &inner[ETH_LEN..];
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    if ip[0] >> 4 != 4 || ihl < IP_LEN || ip.len() < ihl {
+    let hdr = Ipv4Packet::new_unchecked(ip);
+    let ihl = usize::from(hdr.header_len());
+    if hdr.version() != 4 || ihl < IP_LEN || ip.len() < ihl {
         return None;
     }
-    let quote = (ihl + 8).min(ip.len());
-    let icmp_len = 8 + quote;
+    let quote = (ihl + QUOTED_L4).min(ip.len());
+    let icmp_len = icmpv4::HEADER_LEN + quote;
     let total = ETH_LEN + IP_LEN + icmp_len;
     let f = out.get_mut(..total)?;
-    f[0..6].copy_from_slice(&inner[6..12]);
-    f[6..12].copy_from_slice(&inner[0..6]);
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    let h = &mut f[ETH_LEN..ETH_LEN + IP_LEN];
-    h.fill(0);
-    h[0] = 0x45;
-    h[2..4].copy_from_slice(&((IP_LEN + icmp_len) as u16).to_be_bytes());
-    h[8] = 64;
-    h[9] = 1;
-    h[12..16].copy_from_slice(&from.octets());
-    h[16..20].copy_from_slice(&ip[12..16]);
-    let c = ip_checksum(h);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
-    let m = &mut f[ETH_LEN + IP_LEN..];
-    m[0] = 3;
-    m[1] = 4;
-    m[2..6].fill(0);
-    m[6..8].copy_from_slice(&mtu.to_be_bytes());
-    m[8..].copy_from_slice(&ip[..quote]);
-    let c = ip_checksum(m);
-    m[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut reply = EthernetFrame::new_unchecked(&mut *f);
+    reply.set_dst_addr(eth.src_addr());
+    reply.set_src_addr(eth.dst_addr());
+    reply.set_ethertype(EtherType::Ipv4);
+    let (_, rest) = f.split_at_mut(ETH_LEN);
+    // Header fields not set below (TOS, ident, flags, ICMP's unused
+    // word) are zero.
+    rest[..IP_LEN + icmpv4::HEADER_LEN].fill(0);
+    let (h, m) = rest.split_at_mut(IP_LEN);
+    let mut h = Ipv4Packet::new_unchecked(h);
+    h.set_version_and_header_len(IP_LEN as u8);
+    h.set_total_len((IP_LEN + icmp_len) as u16);
+    h.set_hop_limit(64);
+    h.set_next_header(IpProtocol::Icmp);
+    h.set_src_addr(from);
+    h.set_dst_addr(hdr.src_addr());
+    h.fill_checksum();
+    let mut m = Icmpv4Packet::new_unchecked(m);
+    m.set_msg_type(Icmpv4Message::DstUnreachable);
+    m.set_msg_code(u8::from(Icmpv4DstUnreachable::FragRequired));
+    m.set_next_hop_mtu(mtu);
+    m.data_mut().copy_from_slice(&ip[..quote]);
+    m.fill_checksum();
     Some(total)
 }
+
+/// Bytes of the offending datagram's payload an ICMP error quotes after
+/// its IP header (RFC 792).
+const QUOTED_L4: usize = 8;

@@ -6,6 +6,9 @@
 //!   the shared [`geneve::Tunnels`] state it is built from, MTU arithmetic
 //!   ([`geneve::OVERHEAD_IPV4`]: 50 bytes over IPv4 without options) and the
 //!   ICMP fragmentation-needed builder.
+//! - [`template`]: per-VTEP outer header templates (built once per VTEP
+//!   and next-hop MAC, copied per packet with only lengths, checksum,
+//!   source port, VNI and option patched) and the per-PMD cache of them.
 //! - [`vtep`]: the runtime-programmable node → VTEP IP table with per-VTEP
 //!   traffic counters.
 //! - [`commands`]: `dump-tunnels`, `add-vtep`, `del-vtep`, `tunnel-mtu`.
@@ -18,6 +21,7 @@
 
 pub mod commands;
 pub mod geneve;
+pub mod template;
 pub mod vtep;
 
 #[cfg(test)]

@@ -222,6 +222,14 @@ pub struct VtepReader {
 }
 
 impl VtepReader {
+    /// The generation of the newest published table (one atomic load):
+    /// anything derived from an entry (its outer header template) is stale
+    /// once this moves.
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.table.inner.generation.load(Ordering::Acquire)
+    }
+
     /// Looks up the VTEP at `ip` in the newest published snapshot.
     #[inline]
     pub fn get(&mut self, ip: Ipv4Addr) -> Option<&Arc<Vtep>> {

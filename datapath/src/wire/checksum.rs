@@ -134,6 +134,41 @@ pub enum L4Checksum {
     None,
 }
 
+impl L4Checksum {
+    /// The field's value, or `None` when there is no such checksum.
+    #[inline]
+    pub fn value(self) -> Option<u16> {
+        match self {
+            L4Checksum::Tcp(c) | L4Checksum::Udp(c) => Some(c),
+            L4Checksum::None => None,
+        }
+    }
+
+    /// The checksum after one 16-bit word it covers (a port, an echo id)
+    /// changed from `old` to `new`: [`update16`] for TCP, [`update_udp16`]
+    /// for UDP (0 stays 0, a result of 0 is sent as `0xffff`).
+    #[inline]
+    pub fn update16(self, old: u16, new: u16) -> L4Checksum {
+        match self {
+            L4Checksum::Tcp(c) => L4Checksum::Tcp(update16(c, old, new)),
+            L4Checksum::Udp(c) => L4Checksum::Udp(update_udp16(c, old, new)),
+            L4Checksum::None => L4Checksum::None,
+        }
+    }
+
+    /// [`L4Checksum::update16`] for a 32-bit field (an IPv4 address in the
+    /// pseudo-header).
+    #[inline]
+    pub fn update32(self, old: u32, new: u32) -> L4Checksum {
+        match self {
+            L4Checksum::Tcp(c) => L4Checksum::Tcp(update32(c, old, new)),
+            L4Checksum::Udp(0) => L4Checksum::Udp(0),
+            L4Checksum::Udp(c) => L4Checksum::Udp(udp_nonzero(update32(c, old, new))),
+            L4Checksum::None => L4Checksum::None,
+        }
+    }
+}
+
 /// Updates both the IPv4 header checksum and the transport checksum after
 /// a NAT rewrite of one IPv4 address from `old` to `new`. Returns the new
 /// IP checksum and the new transport checksum (same variant as given).
@@ -145,14 +180,7 @@ pub fn update_ipv4_address(
     new: Ipv4Addr,
 ) -> (u16, L4Checksum) {
     let (o, n) = (u32::from(old), u32::from(new));
-    let ip = update32(ip_checksum, o, n);
-    let l4 = match l4 {
-        L4Checksum::Tcp(c) => L4Checksum::Tcp(update32(c, o, n)),
-        L4Checksum::Udp(0) => L4Checksum::Udp(0),
-        L4Checksum::Udp(c) => L4Checksum::Udp(udp_nonzero(update32(c, o, n))),
-        L4Checksum::None => L4Checksum::None,
-    };
-    (ip, l4)
+    (update32(ip_checksum, o, n), l4.update32(o, n))
 }
 
 /// Maps a computed UDP checksum of 0 to `0xffff` (RFC 768).

@@ -34,6 +34,22 @@ impl Address {
         &self.0
     }
 
+    /// The address as the low 48 bits of a `u64`, first octet most
+    /// significant (how flow keys hold MAC addresses).
+    #[inline]
+    pub const fn to_u64(&self) -> u64 {
+        let b = self.0;
+        u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
+    }
+
+    /// The inverse of [`Address::to_u64`]; bits above the low 48 are
+    /// ignored.
+    #[inline]
+    pub const fn from_u64(value: u64) -> Address {
+        let b = value.to_be_bytes();
+        Address([b[2], b[3], b[4], b[5], b[6], b[7]])
+    }
+
     /// True for `ff:ff:ff:ff:ff:ff`.
     pub fn is_broadcast(&self) -> bool {
         *self == Self::BROADCAST

@@ -144,6 +144,13 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.buffer.as_ref()[field::DSCP_ECN] & 0x03
     }
 
+    /// The DSCP and ECN bits together, as one byte (the old TOS byte, OVS
+    /// `nw_tos`).
+    #[inline]
+    pub fn tos(&self) -> u8 {
+        self.buffer.as_ref()[field::DSCP_ECN]
+    }
+
     /// Total length (header + payload) in bytes.
     #[inline]
     pub fn total_len(&self) -> u16 {
@@ -244,6 +251,39 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     #[inline]
     pub fn set_version_and_header_len(&mut self, header_len: u8) {
         self.buffer.as_mut()[field::VER_IHL] = 0x40 | ((header_len / 4) & 0x0f);
+    }
+
+    /// Rewrites the source address and patches the header checksum
+    /// incrementally (RFC 1624); returns the old address so the caller can
+    /// patch the transport checksum (see [`checksum::update_ipv4_address`]).
+    #[inline]
+    pub fn rewrite_src_addr(&mut self, value: Ipv4Addr) -> Ipv4Addr {
+        let old = self.src_addr();
+        let c = checksum::update32(self.checksum(), old.into(), value.into());
+        self.set_src_addr(value);
+        self.set_checksum(c);
+        old
+    }
+
+    /// [`Packet::rewrite_src_addr`] for the destination address.
+    #[inline]
+    pub fn rewrite_dst_addr(&mut self, value: Ipv4Addr) -> Ipv4Addr {
+        let old = self.dst_addr();
+        let c = checksum::update32(self.checksum(), old.into(), value.into());
+        self.set_dst_addr(value);
+        self.set_checksum(c);
+        old
+    }
+
+    /// Sets the TTL and patches the header checksum incrementally through
+    /// the 16-bit word the TTL shares with the protocol.
+    #[inline]
+    pub fn rewrite_hop_limit(&mut self, value: u8) {
+        let old = read_u16(self.buffer.as_ref(), field::TTL);
+        let new = (old & 0x00ff) | (u16::from(value) << 8);
+        let c = checksum::update16(self.checksum(), old, new);
+        self.set_hop_limit(value);
+        self.set_checksum(c);
     }
 
     /// Sets the DSCP (6 bits) keeping ECN.

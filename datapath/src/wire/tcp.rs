@@ -30,6 +30,10 @@ mod field {
 }
 
 /// Length of a TCP header without options.
+/// Bytes a view needs to reach the end of the checksum field (the
+/// checksum of a TCP header quoted in an ICMP error may be cut off).
+pub const CHECKSUM_END: usize = field::CHECKSUM + 2;
+
 pub const HEADER_LEN: usize = 20;
 
 /// Largest TCP header (data offset 15).
@@ -223,6 +227,13 @@ impl<T: AsRef<[u8]>> Packet<T> {
     #[inline]
     pub fn flags(&self) -> Flags {
         Flags::from_bits_truncate(read_u16(self.buffer.as_ref(), field::FLAGS))
+    }
+
+    /// The 12 bits after the data offset (the 9 defined flags and the 3
+    /// reserved bits), as OVS's `tcp_flags` match field holds them.
+    #[inline]
+    pub fn flags_bits(&self) -> u16 {
+        read_u16(self.buffer.as_ref(), field::FLAGS) & 0x0fff
     }
 
     /// Window size.
