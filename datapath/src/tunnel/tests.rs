@@ -591,3 +591,53 @@ fn local_vtep_change_is_picked_up_by_running_hooks() {
     pop(&mut h, &mut pkt, &mut FlowKey::default()).expect("decap at the new address");
     assert_eq!(t.config().local_ip, new_ip);
 }
+
+/// The per-VTEP template follows the neighbour MAC, the local VTEP and the
+/// VTEP table: every change is visible on the next packet.
+#[test]
+fn templates_follow_neighbour_config_and_vtep_changes() {
+    let t = tunnels(config());
+    let mut h = t.hook(0);
+    let inner = inner_frame(20, true);
+    let k = push_key(&inner, 7);
+    let encap = |h: &mut GeneveTunnels| {
+        let mut pkt = HeapBuf::from_frame(&inner);
+        push(h, &mut pkt, &k).map(|()| pkt.data().to_vec())
+    };
+    let first = encap(&mut h).expect("encap");
+    assert_eq!(&first[0..6], &REMOTE_MAC);
+    assert_eq!(
+        encap(&mut h).expect("cached"),
+        first,
+        "same packet, same bytes"
+    );
+    // The next hop's MAC changes.
+    let moved = [0x02, 0xcc, 0, 0, 0, 9];
+    let mut m = NeighMap::new();
+    m.insert(REMOTE, moved);
+    t.neigh.publish(m);
+    let f = encap(&mut h).expect("encap");
+    assert_eq!(&f[0..6], &moved);
+    // The next hop is forgotten: the packet waits for resolution again.
+    t.neigh.publish(NeighMap::new());
+    assert_eq!(encap(&mut h), Err(DropReason::NeighUnresolved));
+    let mut m = NeighMap::new();
+    m.insert(REMOTE, REMOTE_MAC);
+    t.neigh.publish(m);
+    // The local VTEP moves.
+    let new_ip = Ipv4Addr::new(192, 168, 50, 9);
+    t.set_local(new_ip, 24);
+    let f = encap(&mut h).expect("encap");
+    let p = SlicedPacket::from_ethernet(&f).expect("parse");
+    let Some(NetSlice::Ipv4(ip)) = p.net else {
+        panic!("not ipv4");
+    };
+    assert_eq!(ip.header().source_addr(), new_ip);
+    assert_eq!(
+        ip.header().to_header().header_checksum,
+        ip.header().to_header().calc_header_checksum()
+    );
+    // The VTEP goes away.
+    t.vteps.remove("node-b").expect("remove");
+    assert_eq!(encap(&mut h), Err(DropReason::TunnelUnknownVtep));
+}

@@ -330,5 +330,38 @@ mod tests {
             let cut = (cut * 2).min(bytes.len() & !1);
             prop_assert_eq!(combine(&[data(&bytes[..cut]), data(&bytes[cut..])]), data(&bytes));
         }
+
+        /// `update32` is exactly two sequential `update16`s (what the
+        /// fast path did before it used these helpers), for any input.
+        #[test]
+        fn update32_is_two_update16s(ck in any::<u16>(), old in any::<u32>(), new in any::<u32>()) {
+            let two = update16(update16(ck, (old >> 16) as u16, (new >> 16) as u16), old as u16, new as u16);
+            prop_assert_eq!(update32(ck, old, new), two);
+        }
+
+        #[test]
+        fn l4_updates_equal_recomputation(
+            words in any::<[u16; 9]>(), idx in 0usize..8, new in any::<u32>(), udp in any::<bool>(),
+        ) {
+            // A transport checksum over a header-like buffer (first word
+            // never zero), updated for a 16-bit and a 32-bit change.
+            let full = |w: &[u16; 9]| {
+                let c = finish(data(&header_with(w)));
+                if udp { udp_nonzero(c) } else { c }
+            };
+            let wrap = |c: u16| if udp { L4Checksum::Udp(c) } else { L4Checksum::Tcp(c) };
+            let mut w16 = words;
+            w16[idx] = new as u16;
+            prop_assert_eq!(wrap(full(&words)).update16(words[idx], new as u16), wrap(full(&w16)));
+            let old32 = (u32::from(words[idx]) << 16) | u32::from(words[idx + 1]);
+            let mut w32 = words;
+            w32[idx] = (new >> 16) as u16;
+            w32[idx + 1] = new as u16;
+            prop_assert_eq!(wrap(full(&words)).update32(old32, new), wrap(full(&w32)));
+            // No checksum stays none.
+            prop_assert_eq!(L4Checksum::Udp(0).update16(1, 2), L4Checksum::Udp(0));
+            prop_assert_eq!(L4Checksum::Udp(0).update32(1, 2), L4Checksum::Udp(0));
+            prop_assert_eq!(L4Checksum::None.update32(1, 2).value(), None);
+        }
     }
 }

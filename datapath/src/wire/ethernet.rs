@@ -329,6 +329,14 @@ impl Repr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn address_as_u64_round_trips() {
+        let a: Address = "02:ab:cd:ef:01:23".parse().unwrap();
+        assert_eq!(a.to_u64(), 0x02ab_cdef_0123);
+        assert_eq!(Address::from_u64(0xffff_02ab_cdef_0123), a);
+        assert_eq!(Address::from_u64(a.to_u64()), a);
+    }
     use crate::wire::Error;
     use proptest::prelude::*;
 

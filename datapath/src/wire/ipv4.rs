@@ -964,5 +964,32 @@ mod tests {
             let (h, _) = etherparse::Ipv4Header::from_slice(&buf).unwrap();
             prop_assert_eq!(h.header_checksum, h.calc_header_checksum());
         }
+
+        #[test]
+        fn rewrites_patch_the_checksum_like_recomputation(
+            src in any::<u32>(), dst in any::<u32>(), ttl in any::<u8>(),
+            new_src in any::<u32>(), new_dst in any::<u32>(), new_ttl in any::<u8>(),
+        ) {
+            let r = Repr {
+                src_addr: src.into(), dst_addr: dst.into(), next_header: IpProtocol::Tcp,
+                payload_len: 0, hop_limit: ttl, dscp: 0, ecn: 0, ident: 7, dont_frag: true,
+                more_frags: false, frag_offset: 0,
+            };
+            let mut buf = [0u8; 20];
+            r.emit(&mut Packet::new_unchecked(&mut buf[..])).unwrap();
+            let mut p = Packet::new_unchecked(&mut buf[..]);
+            prop_assert_eq!(p.rewrite_src_addr(new_src.into()), Ipv4Addr::from(src));
+            prop_assert_eq!(p.rewrite_dst_addr(new_dst.into()), Ipv4Addr::from(dst));
+            p.rewrite_hop_limit(new_ttl);
+            let mut want = buf;
+            let mut w = Packet::new_unchecked(&mut want[..]);
+            w.fill_checksum();
+            prop_assert_eq!(buf, want);
+            let p = Packet::new_unchecked(&buf[..]);
+            prop_assert_eq!(p.src_addr(), Ipv4Addr::from(new_src));
+            prop_assert_eq!(p.dst_addr(), Ipv4Addr::from(new_dst));
+            prop_assert_eq!(p.hop_limit(), new_ttl);
+            prop_assert_eq!(p.tos(), 0);
+        }
     }
 }
