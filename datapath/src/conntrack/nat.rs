@@ -476,3 +476,162 @@ pub fn make_port_unreachable<B: PacketBuf>(pkt: &mut B, p: &Parsed) -> Option<()
     icmp.fill_checksum();
     Some(())
 }
+
+#[cfg(test)]
+#[path = "nat_oracle.rs"]
+mod oracle;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::HeapBuf;
+    use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type, PacketBuilder};
+    use proptest::prelude::*;
+
+    /// An Ethernet/IPv4 frame: `kind` 0 TCP, 1 UDP, 2 UDP without checksum,
+    /// 3 ICMP echo request, 4 another protocol; `tags` VLAN tags inserted.
+    fn frame(kind: u8, tags: usize, t: Tuple, payload: &[u8]) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4(
+            t.src.to_be_bytes(),
+            t.dst.to_be_bytes(),
+            64,
+        );
+        let mut v = Vec::new();
+        match kind {
+            0 => b.tcp(t.sport, t.dport, 7, 1024).write(&mut v, payload),
+            1 | 2 => b.udp(t.sport, t.dport).write(&mut v, payload),
+            3 => b.icmpv4_echo_request(t.sport, 1).write(&mut v, payload),
+            _ => b.write(&mut v, 99.into(), payload),
+        }
+        .expect("build");
+        if kind == 2 {
+            v[40..42].fill(0);
+        }
+        for i in 0..tags {
+            let tpid: [u8; 2] = if i == 0 { [0x88, 0xa8] } else { [0x81, 0x00] };
+            v.splice(12..12, [tpid[0], tpid[1], 0x20, i as u8 + 1]);
+        }
+        v
+    }
+
+    fn tuple() -> impl Strategy<Value = Tuple> {
+        (any::<u32>(), any::<u32>(), any::<u16>(), any::<u16>()).prop_map(
+            |(src, dst, sport, dport)| Tuple {
+                src,
+                dst,
+                sport,
+                dport,
+            },
+        )
+    }
+
+    /// Optionally overwrites one byte, so malformed and badly-checksummed
+    /// inputs are compared too.
+    fn mutate(f: &mut [u8], m: Option<(usize, u8)>) {
+        if let Some((at, v)) = m {
+            if !f.is_empty() {
+                let n = f.len();
+                f[at % n] = v;
+            }
+        }
+    }
+
+    fn same_parse(a: &Result<Parsed, Untrackable>, b: &Result<Parsed, Untrackable>) -> bool {
+        format!("{a:?}") == format!("{b:?}")
+    }
+
+    proptest! {
+        #[test]
+        fn parse_rewrite_and_segment_match_the_offset_code(
+            kind in 0u8..5, tags in 0usize..3, t in tuple(), to in tuple(),
+            keep in proptest::collection::vec(any::<bool>(), 4),
+            payload in proptest::collection::vec(any::<u8>(), 0..40),
+            m in proptest::option::of((any::<usize>(), any::<u8>())),
+            cut in proptest::option::of(any::<usize>()),
+        ) {
+            let mut f = frame(kind, tags, t, &payload);
+            mutate(&mut f, m);
+            if let Some(c) = cut {
+                let n = f.len();
+                f.truncate(c % (n + 1));
+            }
+            let (new, old) = (parse(&f), oracle::parse(&f));
+            prop_assert!(same_parse(&new, &old), "{:?} vs {:?}", new, old);
+            prop_assert!(new.is_ok() || m.is_some() || cut.is_some(), "intact frames parse");
+            let Ok(p) = new else { return Ok(()) };
+            prop_assert_eq!(
+                format!("{:?}", tcp_segment(&f, &p)),
+                format!("{:?}", oracle::tcp_segment(&f, &p))
+            );
+            // Keep some fields so partial rewrites are covered.
+            let to = Tuple {
+                src: if keep[0] { p.tuple.src } else { to.src },
+                dst: if keep[1] { p.tuple.dst } else { to.dst },
+                sport: if keep[2] { p.tuple.sport } else { to.sport },
+                dport: if keep[3] { p.tuple.dport } else { to.dport },
+            };
+            let (mut a, mut b) = (f.clone(), f.clone());
+            prop_assert_eq!(rewrite(&mut a, &p, to), oracle::rewrite(&mut b, &p, to));
+            prop_assert_eq!(a, b);
+            let (mut a, mut b) = (HeapBuf::from_frame(&f), HeapBuf::from_frame(&f));
+            prop_assert_eq!(make_port_unreachable(&mut a, &p), oracle::make_port_unreachable(&mut b, &p));
+            prop_assert_eq!(a.data(), b.data());
+        }
+
+        #[test]
+        fn icmp_error_rewrite_matches_the_offset_code(
+            kind in 0u8..3, t in tuple(), to in tuple(), same_src in any::<bool>(),
+            payload in proptest::collection::vec(any::<u8>(), 0..16),
+            m in proptest::option::of((any::<usize>(), any::<u8>())),
+        ) {
+            // The embedded packet (whose IP header and 8 bytes are quoted)
+            // and the error about it, sent back towards its source.
+            let inner = frame(kind, 0, t, &payload);
+            let quoted = &inner[14..(14 + 20 + 8).min(inner.len())];
+            let reporter = if same_src { t.dst } else { 0x0a00_00fe };
+            let mut f = Vec::new();
+            PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+                .ipv4(reporter.to_be_bytes(), t.src.to_be_bytes(), 64)
+                .icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port))
+                .write(&mut f, quoted)
+                .expect("build");
+            mutate(&mut f, m);
+            let (new, old) = (parse(&f), oracle::parse(&f));
+            prop_assert!(same_parse(&new, &old));
+            prop_assert!(new.is_ok() || m.is_some(), "intact errors parse");
+            let Ok(outer) = new else { return Ok(()) };
+            let (new, old) = (parse_embedded(&f, &outer), oracle::parse_embedded(&f, &outer));
+            prop_assert!(same_parse(&new, &old));
+            prop_assert!(new.is_ok() || m.is_some(), "intact errors parse");
+            let Ok(inner) = new else { return Ok(()) };
+            let (mut a, mut b) = (f.clone(), f.clone());
+            prop_assert_eq!(
+                rewrite_icmp_error(&mut a, &outer, &inner, to),
+                oracle::rewrite_icmp_error(&mut b, &outer, &inner, to)
+            );
+            prop_assert_eq!(a, b);
+        }
+
+        #[test]
+        fn arbitrary_bytes_parse_like_the_offset_code(
+            bytes in proptest::collection::vec(any::<u8>(), 0..120), ty in 0usize..3,
+        ) {
+            let mut f = bytes;
+            if f.len() >= 14 {
+                let tpid = [0x0800u16, 0x8100, 0x88a8][ty];
+                f[12..14].copy_from_slice(&tpid.to_be_bytes());
+                if f.len() > 14 && ty == 0 {
+                    f[14] = 0x45;
+                }
+            }
+            let (new, old) = (parse(&f), oracle::parse(&f));
+            prop_assert!(same_parse(&new, &old));
+            if let Ok(p) = new {
+                prop_assert_eq!(
+                    format!("{:?}", tcp_segment(&f, &p)),
+                    format!("{:?}", oracle::tcp_segment(&f, &p))
+                );
+            }
+        }
+    }
+}

@@ -641,3 +641,66 @@ fn templates_follow_neighbour_config_and_vtep_changes() {
     t.vteps.remove("node-b").expect("remove");
     assert_eq!(encap(&mut h), Err(DropReason::TunnelUnknownVtep));
 }
+
+/// `frag_needed` as it was before it used `wire` views, the oracle.
+fn frag_needed_offsets(inner: &[u8], mtu: u16, from: Ipv4Addr, out: &mut [u8]) -> Option<usize> {
+    if inner.len() < 14 + 20 || inner[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &inner[14..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ip[0] >> 4 != 4 || ihl < 20 || ip.len() < ihl {
+        return None;
+    }
+    let quote = (ihl + 8).min(ip.len());
+    let icmp_len = 8 + quote;
+    let total = 14 + 20 + icmp_len;
+    let f = out.get_mut(..total)?;
+    f[0..6].copy_from_slice(&inner[6..12]);
+    f[6..12].copy_from_slice(&inner[0..6]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let h = &mut f[14..14 + 20];
+    h.fill(0);
+    h[0] = 0x45;
+    h[2..4].copy_from_slice(&((20 + icmp_len) as u16).to_be_bytes());
+    h[8] = 64;
+    h[9] = 1;
+    h[12..16].copy_from_slice(&from.octets());
+    h[16..20].copy_from_slice(&ip[12..16]);
+    let c = crate::wire::checksum::finish(crate::wire::checksum::data(h));
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    let m = &mut f[14 + 20..];
+    m[0] = 3;
+    m[1] = 4;
+    m[2..6].fill(0);
+    m[6..8].copy_from_slice(&mtu.to_be_bytes());
+    m[8..].copy_from_slice(&ip[..quote]);
+    let c = crate::wire::checksum::finish(crate::wire::checksum::data(m));
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    Some(total)
+}
+
+proptest::proptest! {
+    /// The view-based ICMP fragmentation-needed builder writes the same
+    /// bytes as the offset-based one, for any frame.
+    #[test]
+    fn frag_needed_matches_the_offset_code(
+        bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120),
+        ipv4 in proptest::prelude::any::<bool>(),
+        mtu in proptest::prelude::any::<u16>(),
+        garbage in proptest::prelude::any::<u8>(),
+    ) {
+        let mut f = bytes;
+        if ipv4 && f.len() >= 15 {
+            f[12..14].copy_from_slice(&[0x08, 0x00]);
+            f[14] = 0x40 | (f[14] & 0x0f);
+        }
+        let (mut a, mut b) = ([garbage; 128], [garbage; 128]);
+        let ra = frag_needed(&f, mtu, LOCAL, &mut a);
+        let rb = frag_needed_offsets(&f, mtu, LOCAL, &mut b);
+        proptest::prop_assert_eq!(ra, rb);
+        if let Some(n) = ra {
+            proptest::prop_assert_eq!(&a[..n], &b[..n]);
+        }
+    }
+}

@@ -184,6 +184,15 @@ mod field {
 /// Length of an Ethernet II header.
 pub const HEADER_LEN: usize = field::PAYLOAD.start;
 
+/// Bytes a [`Frame`] view needs for [`Frame::dst_addr`] and
+/// [`Frame::set_dst_addr`] (a runt frame may hold the addresses but not
+/// the EtherType).
+pub const DST_ADDR_END: usize = field::DESTINATION.end;
+
+/// Bytes a [`Frame`] view needs for [`Frame::src_addr`] and
+/// [`Frame::set_src_addr`].
+pub const SRC_ADDR_END: usize = field::SOURCE.end;
+
 /// A view of an Ethernet II frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Frame<T: AsRef<[u8]>> {
