@@ -3,7 +3,8 @@
 //! NAT with incremental checksum updates, and turning a packet into an ICMP
 //! port-unreachable reply (the Service reject).
 //!
-//! Checksums (RFC 1624): every rewritten 16-bit word updates the IPv4 header
+//! Headers are read and written through `wire` views and patched with
+//! `wire::checksum` (RFC 1624): every rewritten 16-bit word updates the IPv4 header
 //! checksum and the transport checksum that covers it (TCP, UDP unless its
 //! checksum is 0, ICMP for the echo id and for every word of an embedded
 //! packet). SCTP's CRC32c cannot be patched and is recomputed after a port

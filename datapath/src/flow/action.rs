@@ -8,9 +8,10 @@
 //! fields added to the megaflow mask), which the caches store and the
 //! pipeline executes per packet.
 //!
-//! Header rewrites ([`rewrite`]) patch bytes in place and fix the IPv4 header
-//! checksum and the TCP/UDP checksum incrementally (RFC 1624), so a rewrite
-//! costs a few instructions, never a pass over the payload.
+//! Header rewrites ([`rewrite`]) patch bytes in place through `wire` views
+//! and fix the IPv4 header checksum and the TCP/UDP checksum incrementally
+//! with `wire::checksum` (RFC 1624), so a rewrite costs a few
+//! instructions, never a pass over the payload.
 //!
 //! Thread-safety: plain data; `rewrite` works on the caller's buffer.
 

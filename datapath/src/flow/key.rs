@@ -14,7 +14,8 @@
 //! keys produced by [`extract`] and in masks built from fields, so word-wise
 //! equality is field-wise equality. [`extract`] never panics and never reads
 //! out of bounds: a truncated header leaves the fields it would have filled
-//! at zero (OVS behaviour), so malformed packets still classify.
+//! at zero (OVS behaviour), so malformed packets still classify. Headers
+//! are read through `wire` views over length-checked sub-slices.
 //!
 //! Thread-safety: `FlowKey` is `Copy` data with no interior mutability.
 

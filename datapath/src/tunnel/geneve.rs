@@ -3,15 +3,19 @@
 //!
 //! Encap ([`GeneveTunnels::tunnel_push`]) prepends outer Ethernet, IPv4
 //! (20 bytes, no options), UDP (destination 6081) and Geneve headers in the
-//! buffer's headroom: VNI from `tun_id`, destination from `tun_dst` (which
+//! buffer's headroom by copying the remote VTEP's precomputed
+//! [`OuterTemplate`](super::template::OuterTemplate) and patching the
+//! per-packet fields (see [`super::template`]): VNI from `tun_id`, destination from `tun_dst` (which
 //! must be a programmed remote VTEP), source from `tun_src` or the local
 //! VTEP, one option TLV from `tun_gnv_class`/`tun_gnv_type`/`tun_metadata0`
 //! when the class or type is non-zero, the UDP source port from a hash of
 //! the inner flow (ECMP/RSS entropy, 49152–65535), outer TTL/DF from the
 //! [`TunnelConfig`], UDP checksum off unless configured. The outer
 //! destination MAC is the underlay next hop's, read from the neighbour
-//! snapshot; a miss asks the neighbour cache to resolve it and drops the
-//! packet under `neigh_unresolved`. A packet that would exceed the uplink
+//! snapshot when the template is built (first packet towards the VTEP
+//! after any configuration, VTEP or neighbour change); a miss asks the
+//! neighbour cache to resolve it and drops the packet under
+//! `neigh_unresolved`. A packet that would exceed the uplink
 //! MTU once encapsulated is dropped under `tunnel_too_big`, or, when the
 //! inner packet has DF set, under `tunnel_too_big_df` with an ICMP
 //! fragmentation-needed answer ([`frag_needed`], next-hop MTU = the largest
@@ -34,9 +38,13 @@
 //! headers and Ethernet padding; the pipeline then recirculates on the
 //! inner frame.
 //!
+//! Headers are read and written through `wire` views; no offset is
+//! spelled out here.
+//!
 //! Thread-safety: one [`GeneveTunnels`] per PMD (`Send`); shared state
-//! ([`Tunnels`]) is read through cached snapshots. No lock, allocation or
-//! logging per packet.
+//! ([`Tunnels`]) is read through cached snapshots, and each PMD keeps its
+//! own template cache. No lock, allocation or logging per packet (the
+//! template cache allocates only when a VTEP is first seen).
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
