@@ -144,7 +144,7 @@ fn parse_ip(f: &[u8], l3: usize, embedded: bool) -> Result<Parsed, Untrackable> 
         }
         l3 + total
     };
-    if ip.more_frags() || ip.frag_offset() != 0 {
+    if ip.is_fragment() {
         // Fragments are not reassembled: untrackable.
         return Err(Malformed);
     }

@@ -64,8 +64,8 @@ use crate::stats::{Counter, DropCounters};
 use crate::time::Nanos;
 use crate::tunnel::vtep::{VtepReader, VtepTable};
 use crate::wire::{
-    geneve, icmpv4, EtherType, EthernetFrame, Icmpv4DstUnreachable, Icmpv4Message, Icmpv4Packet,
-    IpProtocol, Ipv4Packet, UdpPacket,
+    checksum, geneve, icmpv4, EtherType, EthernetFrame, Icmpv4DstUnreachable, Icmpv4Message,
+    Icmpv4Packet, IpProtocol, Ipv4Packet, UdpPacket,
 };
 
 pub use super::template::OUTER_LEN;
@@ -326,7 +326,7 @@ pub fn entropy_port(key: &FlowKey) -> u16 {
 
 impl GeneveTunnels {
     /// Picks up a changed configuration (one relaxed load otherwise).
-    #[inline]
+    #[inline(always)]
     fn refresh(&mut self) {
         let g = self.generation.load(Ordering::Acquire);
         if g != self.seen {
@@ -497,9 +497,8 @@ impl GeneveTunnels {
             || ip_total < ihl + UDP_LEN + geneve::HEADER_LEN
             || ip_total > frame_len - ETH_LEN
             || ip.next_header() != IpProtocol::Udp
-            || ip.more_frags()
-            || ip.frag_offset() != 0
-            || !ip.verify_checksum()
+            || ip.is_fragment()
+            || checksum::data(&d[ETH_LEN..ETH_LEN + ihl]) != 0xffff
         {
             return fail(DropReason::GeneveMalformed);
         }

@@ -119,37 +119,37 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// Hardware type (1 = Ethernet).
-    #[inline]
+    #[inline(always)]
     pub fn hardware_type(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::HTYPE)
     }
 
     /// Protocol type (an EtherType; IPv4 here).
-    #[inline]
+    #[inline(always)]
     pub fn protocol_type(&self) -> EtherType {
         EtherType::from(read_u16(self.buffer.as_ref(), field::PTYPE))
     }
 
     /// Hardware address length.
-    #[inline]
+    #[inline(always)]
     pub fn hardware_len(&self) -> u8 {
         self.buffer.as_ref()[field::HLEN]
     }
 
     /// Protocol address length.
-    #[inline]
+    #[inline(always)]
     pub fn protocol_len(&self) -> u8 {
         self.buffer.as_ref()[field::PLEN]
     }
 
     /// Operation.
-    #[inline]
+    #[inline(always)]
     pub fn operation(&self) -> Operation {
         Operation::from(read_u16(self.buffer.as_ref(), field::OPER))
     }
 
     /// Sender hardware address.
-    #[inline]
+    #[inline(always)]
     pub fn source_hardware_addr(&self) -> EthernetAddress {
         let mut a = [0u8; 6];
         a.copy_from_slice(&self.buffer.as_ref()[field::SHA]);
@@ -157,13 +157,13 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// Sender protocol address.
-    #[inline]
+    #[inline(always)]
     pub fn source_protocol_addr(&self) -> Ipv4Addr {
         ipv4_at(self.buffer.as_ref(), field::SPA.start)
     }
 
     /// Target hardware address.
-    #[inline]
+    #[inline(always)]
     pub fn target_hardware_addr(&self) -> EthernetAddress {
         let mut a = [0u8; 6];
         a.copy_from_slice(&self.buffer.as_ref()[field::THA]);
@@ -171,7 +171,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// Target protocol address.
-    #[inline]
+    #[inline(always)]
     pub fn target_protocol_addr(&self) -> Ipv4Addr {
         ipv4_at(self.buffer.as_ref(), field::TPA.start)
     }
@@ -183,55 +183,55 @@ fn ipv4_at(b: &[u8], at: usize) -> Ipv4Addr {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// Sets the hardware type.
-    #[inline]
+    #[inline(always)]
     pub fn set_hardware_type(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::HTYPE, value);
     }
 
     /// Sets the protocol type.
-    #[inline]
+    #[inline(always)]
     pub fn set_protocol_type(&mut self, value: EtherType) {
         write_u16(self.buffer.as_mut(), field::PTYPE, value.into());
     }
 
     /// Sets the hardware address length.
-    #[inline]
+    #[inline(always)]
     pub fn set_hardware_len(&mut self, value: u8) {
         self.buffer.as_mut()[field::HLEN] = value;
     }
 
     /// Sets the protocol address length.
-    #[inline]
+    #[inline(always)]
     pub fn set_protocol_len(&mut self, value: u8) {
         self.buffer.as_mut()[field::PLEN] = value;
     }
 
     /// Sets the operation.
-    #[inline]
+    #[inline(always)]
     pub fn set_operation(&mut self, value: Operation) {
         write_u16(self.buffer.as_mut(), field::OPER, value.into());
     }
 
     /// Sets the sender hardware address.
-    #[inline]
+    #[inline(always)]
     pub fn set_source_hardware_addr(&mut self, value: EthernetAddress) {
         self.buffer.as_mut()[field::SHA].copy_from_slice(&value.0);
     }
 
     /// Sets the sender protocol address.
-    #[inline]
+    #[inline(always)]
     pub fn set_source_protocol_addr(&mut self, value: Ipv4Addr) {
         self.buffer.as_mut()[field::SPA].copy_from_slice(&value.octets());
     }
 
     /// Sets the target hardware address.
-    #[inline]
+    #[inline(always)]
     pub fn set_target_hardware_addr(&mut self, value: EthernetAddress) {
         self.buffer.as_mut()[field::THA].copy_from_slice(&value.0);
     }
 
     /// Sets the target protocol address.
-    #[inline]
+    #[inline(always)]
     pub fn set_target_protocol_addr(&mut self, value: Ipv4Addr) {
         self.buffer.as_mut()[field::TPA].copy_from_slice(&value.octets());
     }

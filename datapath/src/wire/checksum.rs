@@ -54,13 +54,13 @@ pub fn data(data: &[u8]) -> u16 {
 }
 
 /// Ones-complement sum of several folded sums.
-#[inline]
+#[inline(always)]
 pub fn combine(sums: &[u16]) -> u16 {
     fold(sums.iter().map(|&s| u64::from(s)).sum())
 }
 
 /// Turns a folded sum into the value carried in a checksum field.
-#[inline]
+#[inline(always)]
 pub fn finish(sum: u16) -> u16 {
     !sum
 }
@@ -94,7 +94,7 @@ pub fn pseudo_header_v6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, length: u
 
 /// RFC 1624 eqn. 3: the checksum after one 16-bit word covered by
 /// `checksum` changed from `old` to `new`.
-#[inline]
+#[inline(always)]
 pub fn update16(checksum: u16, old: u16, new: u16) -> u16 {
     !fold(u64::from(!checksum) + u64::from(!old) + u64::from(new))
 }

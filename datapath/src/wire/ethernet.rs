@@ -36,7 +36,7 @@ impl Address {
 
     /// The address as the low 48 bits of a `u64`, first octet most
     /// significant (how flow keys hold MAC addresses).
-    #[inline]
+    #[inline(always)]
     pub const fn to_u64(&self) -> u64 {
         let b = self.0;
         u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
@@ -44,7 +44,7 @@ impl Address {
 
     /// The inverse of [`Address::to_u64`]; bits above the low 48 are
     /// ignored.
-    #[inline]
+    #[inline(always)]
     pub const fn from_u64(value: u64) -> Address {
         let b = value.to_be_bytes();
         Address([b[2], b[3], b[4], b[5], b[6], b[7]])
@@ -252,7 +252,7 @@ impl<T: AsRef<[u8]>> Frame<T> {
     }
 
     /// The EtherType field.
-    #[inline]
+    #[inline(always)]
     pub fn ethertype(&self) -> EtherType {
         EtherType::from(read_u16(self.buffer.as_ref(), field::ETHERTYPE))
     }
@@ -260,7 +260,7 @@ impl<T: AsRef<[u8]>> Frame<T> {
 
 impl<'a, T: AsRef<[u8]> + ?Sized> Frame<&'a T> {
     /// The bytes after the header, borrowed for the buffer's lifetime.
-    #[inline]
+    #[inline(always)]
     pub fn payload(&self) -> &'a [u8] {
         &self.buffer.as_ref()[field::PAYLOAD]
     }
@@ -268,25 +268,25 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Frame<&'a T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
     /// Sets the destination MAC address.
-    #[inline]
+    #[inline(always)]
     pub fn set_dst_addr(&mut self, value: Address) {
         self.buffer.as_mut()[field::DESTINATION].copy_from_slice(&value.0);
     }
 
     /// Sets the source MAC address.
-    #[inline]
+    #[inline(always)]
     pub fn set_src_addr(&mut self, value: Address) {
         self.buffer.as_mut()[field::SOURCE].copy_from_slice(&value.0);
     }
 
     /// Sets the EtherType.
-    #[inline]
+    #[inline(always)]
     pub fn set_ethertype(&mut self, value: EtherType) {
         write_u16(self.buffer.as_mut(), field::ETHERTYPE, value.into());
     }
 
     /// The bytes after the header, writable.
-    #[inline]
+    #[inline(always)]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[field::PAYLOAD]
     }

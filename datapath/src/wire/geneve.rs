@@ -210,50 +210,50 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// Version (0 is the only one defined).
-    #[inline]
+    #[inline(always)]
     pub fn version(&self) -> u8 {
         self.buffer.as_ref()[field::VER_OPTLEN] >> 6
     }
 
     /// Length of the options area in bytes.
-    #[inline]
+    #[inline(always)]
     pub fn options_len(&self) -> usize {
         usize::from(self.buffer.as_ref()[field::VER_OPTLEN] & 0x3f) * 4
     }
 
     /// Header length: fixed part plus options.
-    #[inline]
+    #[inline(always)]
     pub fn header_len(&self) -> usize {
         HEADER_LEN + self.options_len()
     }
 
     /// O bit: an OAM (control) packet, not data.
-    #[inline]
+    #[inline(always)]
     pub fn oam(&self) -> bool {
         self.buffer.as_ref()[field::FLAGS] & FLAG_OAM != 0
     }
 
     /// C bit: critical options are present.
-    #[inline]
+    #[inline(always)]
     pub fn critical(&self) -> bool {
         self.buffer.as_ref()[field::FLAGS] & FLAG_CRITICAL != 0
     }
 
     /// Protocol type of the payload (usually
     /// [`EtherType::TransparentEthernet`]).
-    #[inline]
+    #[inline(always)]
     pub fn protocol(&self) -> EtherType {
         EtherType::from(read_u16(self.buffer.as_ref(), field::PROTOCOL))
     }
 
     /// Virtual network identifier (24 bits).
-    #[inline]
+    #[inline(always)]
     pub fn vni(&self) -> u32 {
         read_u32(self.buffer.as_ref(), field::VNI_RSVD) >> 8
     }
 
     /// The raw options area, clamped to the buffer.
-    #[inline]
+    #[inline(always)]
     pub fn options_bytes(&self) -> &[u8] {
         let b = self.buffer.as_ref();
         let end = self.header_len().min(b.len());
@@ -261,7 +261,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// Iterates the options.
-    #[inline]
+    #[inline(always)]
     pub fn options(&self) -> GeneveOptions<'_> {
         GeneveOptions::new(self.options_bytes())
     }
@@ -269,7 +269,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
 impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
     /// The encapsulated payload after the options.
-    #[inline]
+    #[inline(always)]
     pub fn payload(&self) -> &'a [u8] {
         &self.buffer.as_ref()[self.header_len()..]
     }
@@ -278,7 +278,7 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// Sets version 0 and the options length in bytes (a multiple of 4,
     /// at most [`MAX_OPTIONS_LEN`]; larger values are truncated to 6 bits).
-    #[inline]
+    #[inline(always)]
     pub fn set_version_and_options_len(&mut self, options_len: usize) {
         self.buffer.as_mut()[field::VER_OPTLEN] = ((options_len / 4) & 0x3f) as u8;
     }
@@ -297,7 +297,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     }
 
     /// Sets the protocol type.
-    #[inline]
+    #[inline(always)]
     pub fn set_protocol(&mut self, value: EtherType) {
         write_u16(self.buffer.as_mut(), field::PROTOCOL, value.into());
     }
@@ -313,14 +313,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     }
 
     /// The options area, writable (length from the Opt Len field).
-    #[inline]
+    #[inline(always)]
     pub fn options_mut(&mut self) -> &mut [u8] {
         let end = self.header_len();
         &mut self.buffer.as_mut()[HEADER_LEN..end]
     }
 
     /// The payload after the options, writable.
-    #[inline]
+    #[inline(always)]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let start = self.header_len();
         &mut self.buffer.as_mut()[start..]

@@ -215,43 +215,43 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// Message type.
-    #[inline]
+    #[inline(always)]
     pub fn msg_type(&self) -> Message {
         Message::from(self.buffer.as_ref()[field::TYPE])
     }
 
     /// Message code (meaning depends on the type).
-    #[inline]
+    #[inline(always)]
     pub fn msg_code(&self) -> u8 {
         self.buffer.as_ref()[field::CODE]
     }
 
     /// Checksum field.
-    #[inline]
+    #[inline(always)]
     pub fn checksum(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::CHECKSUM)
     }
 
     /// Echo identifier (echo request/reply).
-    #[inline]
+    #[inline(always)]
     pub fn echo_ident(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::ECHO_IDENT)
     }
 
     /// Echo sequence number (echo request/reply).
-    #[inline]
+    #[inline(always)]
     pub fn echo_seq_no(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::ECHO_SEQNO)
     }
 
     /// Next-hop MTU (destination unreachable, fragmentation needed).
-    #[inline]
+    #[inline(always)]
     pub fn next_hop_mtu(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::MTU)
     }
 
     /// True when the checksum over the whole message is correct.
-    #[inline]
+    #[inline(always)]
     pub fn verify_checksum(&self) -> bool {
         checksum::data(self.buffer.as_ref()) == 0xffff
     }
@@ -260,7 +260,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
     /// Everything after the 8-byte header: echo data, or the quoted
     /// datagram of an error message.
-    #[inline]
+    #[inline(always)]
     pub fn data(&self) -> &'a [u8] {
         &self.buffer.as_ref()[HEADER_LEN..]
     }
@@ -282,44 +282,44 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// Sets the message type.
-    #[inline]
+    #[inline(always)]
     pub fn set_msg_type(&mut self, value: Message) {
         self.buffer.as_mut()[field::TYPE] = value.into();
     }
 
     /// Sets the message code.
-    #[inline]
+    #[inline(always)]
     pub fn set_msg_code(&mut self, value: u8) {
         self.buffer.as_mut()[field::CODE] = value;
     }
 
     /// Sets the checksum field.
-    #[inline]
+    #[inline(always)]
     pub fn set_checksum(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::CHECKSUM, value);
     }
 
     /// Sets the echo identifier.
-    #[inline]
+    #[inline(always)]
     pub fn set_echo_ident(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::ECHO_IDENT, value);
     }
 
     /// Sets the echo sequence number.
-    #[inline]
+    #[inline(always)]
     pub fn set_echo_seq_no(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::ECHO_SEQNO, value);
     }
 
     /// Sets the 4 type-specific bytes to zero then the next-hop MTU.
-    #[inline]
+    #[inline(always)]
     pub fn set_next_hop_mtu(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::ECHO_IDENT, 0);
         write_u16(self.buffer.as_mut(), field::MTU, value);
     }
 
     /// Recomputes the checksum over the whole buffer.
-    #[inline]
+    #[inline(always)]
     pub fn fill_checksum(&mut self) {
         self.set_checksum(0);
         let c = checksum::finish(checksum::data(self.buffer.as_ref()));
@@ -327,7 +327,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     }
 
     /// The data after the header, writable.
-    #[inline]
+    #[inline(always)]
     pub fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[HEADER_LEN..]
     }

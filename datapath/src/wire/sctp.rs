@@ -95,26 +95,26 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// Source port.
-    #[inline]
+    #[inline(always)]
     pub fn src_port(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::SRC_PORT)
     }
 
     /// Destination port.
-    #[inline]
+    #[inline(always)]
     pub fn dst_port(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::DST_PORT)
     }
 
     /// Verification tag.
-    #[inline]
+    #[inline(always)]
     pub fn verification_tag(&self) -> u32 {
         read_u32(self.buffer.as_ref(), field::VERIFICATION_TAG)
     }
 
     /// The checksum field, decoded (it is stored least-significant byte
     /// first).
-    #[inline]
+    #[inline(always)]
     pub fn checksum(&self) -> u32 {
         let b = &self.buffer.as_ref()[field::CHECKSUM];
         u32::from_le_bytes([b[0], b[1], b[2], b[3]])
@@ -130,7 +130,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// True when the checksum is correct.
-    #[inline]
+    #[inline(always)]
     pub fn verify_checksum(&self) -> bool {
         self.checksum() == self.compute_checksum()
     }
@@ -138,7 +138,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
 impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
     /// The chunks after the common header, opaque.
-    #[inline]
+    #[inline(always)]
     pub fn chunks(&self) -> &'a [u8] {
         &self.buffer.as_ref()[HEADER_LEN..]
     }
@@ -146,39 +146,39 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// Sets the source port (call [`Packet::fill_checksum`] afterwards).
-    #[inline]
+    #[inline(always)]
     pub fn set_src_port(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::SRC_PORT, value);
     }
 
     /// Sets the destination port (call [`Packet::fill_checksum`]
     /// afterwards).
-    #[inline]
+    #[inline(always)]
     pub fn set_dst_port(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::DST_PORT, value);
     }
 
     /// Sets the verification tag.
-    #[inline]
+    #[inline(always)]
     pub fn set_verification_tag(&mut self, value: u32) {
         write_u32(self.buffer.as_mut(), field::VERIFICATION_TAG, value);
     }
 
     /// Stores `value` in the checksum field (least-significant byte first).
-    #[inline]
+    #[inline(always)]
     pub fn set_checksum(&mut self, value: u32) {
         self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&value.to_le_bytes());
     }
 
     /// Computes and stores the CRC32c over the whole packet.
-    #[inline]
+    #[inline(always)]
     pub fn fill_checksum(&mut self) {
         let c = self.compute_checksum();
         self.set_checksum(c);
     }
 
     /// The chunks after the common header, writable.
-    #[inline]
+    #[inline(always)]
     pub fn chunks_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[HEADER_LEN..]
     }

@@ -194,68 +194,68 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// Source port.
-    #[inline]
+    #[inline(always)]
     pub fn src_port(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::SRC_PORT)
     }
 
     /// Destination port.
-    #[inline]
+    #[inline(always)]
     pub fn dst_port(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::DST_PORT)
     }
 
     /// Sequence number.
-    #[inline]
+    #[inline(always)]
     pub fn seq_number(&self) -> u32 {
         read_u32(self.buffer.as_ref(), field::SEQ_NUM)
     }
 
     /// Acknowledgment number.
-    #[inline]
+    #[inline(always)]
     pub fn ack_number(&self) -> u32 {
         read_u32(self.buffer.as_ref(), field::ACK_NUM)
     }
 
     /// Header length in bytes, options included (data offset × 4).
-    #[inline]
+    #[inline(always)]
     pub fn header_len(&self) -> u8 {
         (self.buffer.as_ref()[field::FLAGS] >> 4) * 4
     }
 
     /// Control flags.
-    #[inline]
+    #[inline(always)]
     pub fn flags(&self) -> Flags {
         Flags::from_bits_truncate(read_u16(self.buffer.as_ref(), field::FLAGS))
     }
 
     /// The 12 bits after the data offset (the 9 defined flags and the 3
     /// reserved bits), as OVS's `tcp_flags` match field holds them.
-    #[inline]
+    #[inline(always)]
     pub fn flags_bits(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::FLAGS) & 0x0fff
     }
 
     /// Window size.
-    #[inline]
+    #[inline(always)]
     pub fn window_len(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::WIN_SIZE)
     }
 
     /// Checksum field.
-    #[inline]
+    #[inline(always)]
     pub fn checksum(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::CHECKSUM)
     }
 
     /// Urgent pointer.
-    #[inline]
+    #[inline(always)]
     pub fn urgent_at(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::URGENT)
     }
 
     /// The options bytes, opaque.
-    #[inline]
+    #[inline(always)]
     pub fn options(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..usize::from(self.header_len())]
     }
@@ -276,7 +276,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
 impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
     /// The segment data after the header.
-    #[inline]
+    #[inline(always)]
     pub fn payload(&self) -> &'a [u8] {
         &self.buffer.as_ref()[usize::from(self.header_len())..]
     }
@@ -284,38 +284,38 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// Sets the source port (checksum untouched).
-    #[inline]
+    #[inline(always)]
     pub fn set_src_port(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::SRC_PORT, value);
     }
 
     /// Sets the destination port (checksum untouched).
-    #[inline]
+    #[inline(always)]
     pub fn set_dst_port(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::DST_PORT, value);
     }
 
     /// Sets the sequence number.
-    #[inline]
+    #[inline(always)]
     pub fn set_seq_number(&mut self, value: u32) {
         write_u32(self.buffer.as_mut(), field::SEQ_NUM, value);
     }
 
     /// Sets the acknowledgment number.
-    #[inline]
+    #[inline(always)]
     pub fn set_ack_number(&mut self, value: u32) {
         write_u32(self.buffer.as_mut(), field::ACK_NUM, value);
     }
 
     /// Sets the header length in bytes (multiple of 4), keeping flags.
-    #[inline]
+    #[inline(always)]
     pub fn set_header_len(&mut self, value: u8) {
         let b = &mut self.buffer.as_mut()[field::FLAGS];
         *b = (*b & 0x0f) | (((value / 4) & 0x0f) << 4);
     }
 
     /// Sets the control flags, keeping the data offset.
-    #[inline]
+    #[inline(always)]
     pub fn set_flags(&mut self, value: Flags) {
         let b = self.buffer.as_mut();
         let cur = read_u16(b, field::FLAGS);
@@ -323,25 +323,25 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     }
 
     /// Sets the window size.
-    #[inline]
+    #[inline(always)]
     pub fn set_window_len(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::WIN_SIZE, value);
     }
 
     /// Sets the checksum field.
-    #[inline]
+    #[inline(always)]
     pub fn set_checksum(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::CHECKSUM, value);
     }
 
     /// Sets the urgent pointer.
-    #[inline]
+    #[inline(always)]
     pub fn set_urgent_at(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::URGENT, value);
     }
 
     /// Rewrites the source port and patches the checksum incrementally.
-    #[inline]
+    #[inline(always)]
     pub fn rewrite_src_port(&mut self, value: u16) {
         let c = checksum::update16(self.checksum(), self.src_port(), value);
         self.set_src_port(value);
@@ -350,7 +350,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 
     /// Rewrites the destination port and patches the checksum
     /// incrementally.
-    #[inline]
+    #[inline(always)]
     pub fn rewrite_dst_port(&mut self, value: u16) {
         let c = checksum::update16(self.checksum(), self.dst_port(), value);
         self.set_dst_port(value);
@@ -377,14 +377,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     }
 
     /// The options bytes, writable.
-    #[inline]
+    #[inline(always)]
     pub fn options_mut(&mut self) -> &mut [u8] {
         let hl = usize::from(self.header_len());
         &mut self.buffer.as_mut()[HEADER_LEN..hl]
     }
 
     /// The segment data, writable.
-    #[inline]
+    #[inline(always)]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let hl = usize::from(self.header_len());
         &mut self.buffer.as_mut()[hl..]

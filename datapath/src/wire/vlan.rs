@@ -55,31 +55,31 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// The raw 16-bit tag control information.
-    #[inline]
+    #[inline(always)]
     pub fn tci(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::TCI)
     }
 
     /// Priority code point (802.1p class, 0..=7).
-    #[inline]
+    #[inline(always)]
     pub fn pcp(&self) -> u8 {
         (self.tci() >> 13) as u8
     }
 
     /// Drop-eligible indicator.
-    #[inline]
+    #[inline(always)]
     pub fn dei(&self) -> bool {
         self.tci() & 0x1000 != 0
     }
 
     /// VLAN identifier (0..=4095).
-    #[inline]
+    #[inline(always)]
     pub fn vid(&self) -> u16 {
         self.tci() & MAX_VID
     }
 
     /// The EtherType of what follows the tag.
-    #[inline]
+    #[inline(always)]
     pub fn ethertype(&self) -> EtherType {
         EtherType::from(read_u16(self.buffer.as_ref(), field::ETHERTYPE))
     }
@@ -87,7 +87,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
 impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
     /// The bytes after the tag.
-    #[inline]
+    #[inline(always)]
     pub fn payload(&self) -> &'a [u8] {
         &self.buffer.as_ref()[field::PAYLOAD]
     }
@@ -95,40 +95,40 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// Sets the raw TCI.
-    #[inline]
+    #[inline(always)]
     pub fn set_tci(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::TCI, value);
     }
 
     /// Sets the priority code point; only the low 3 bits are used.
-    #[inline]
+    #[inline(always)]
     pub fn set_pcp(&mut self, value: u8) {
         let tci = (self.tci() & 0x1fff) | (u16::from(value & 0x7) << 13);
         self.set_tci(tci);
     }
 
     /// Sets the drop-eligible indicator.
-    #[inline]
+    #[inline(always)]
     pub fn set_dei(&mut self, value: bool) {
         let tci = (self.tci() & !0x1000) | if value { 0x1000 } else { 0 };
         self.set_tci(tci);
     }
 
     /// Sets the VLAN ID; only the low 12 bits are used.
-    #[inline]
+    #[inline(always)]
     pub fn set_vid(&mut self, value: u16) {
         let tci = (self.tci() & !MAX_VID) | (value & MAX_VID);
         self.set_tci(tci);
     }
 
     /// Sets the inner EtherType.
-    #[inline]
+    #[inline(always)]
     pub fn set_ethertype(&mut self, value: EtherType) {
         write_u16(self.buffer.as_mut(), field::ETHERTYPE, value.into());
     }
 
     /// The bytes after the tag, writable.
-    #[inline]
+    #[inline(always)]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[field::PAYLOAD]
     }
