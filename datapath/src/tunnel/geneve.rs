@@ -5,8 +5,9 @@
 //! (20 bytes, no options), UDP (destination 6081) and Geneve headers in the
 //! buffer's headroom by copying the remote VTEP's precomputed
 //! [`OuterTemplate`](super::template::OuterTemplate) and patching the
-//! per-packet fields (see [`super::template`]): VNI from `tun_id`, destination from `tun_dst` (which
-//! must be a programmed remote VTEP), source from `tun_src` or the local
+//! per-packet fields (see [`super::template`]): VNI from `tun_id`,
+//! destination from `tun_dst` (which must be a programmed remote VTEP),
+//! source from `tun_src` or the local
 //! VTEP, one option TLV from `tun_gnv_class`/`tun_gnv_type`/`tun_metadata0`
 //! when the class or type is non-zero, the UDP source port from a hash of
 //! the inner flow (ECMP/RSS entropy, 49152–65535), outer TTL/DF from the

@@ -128,7 +128,8 @@ impl PerPacket {
     /// Bytes of the option TLV (0 without one).
     #[inline]
     pub fn option_len(&self) -> usize {
-        self.option.map_or(0, |(_, _, d)| 4 + d.len)
+        self.option
+            .map_or(0, |(_, _, d)| geneve::OPTION_HEADER_LEN + d.len)
     }
 
     /// Bytes the outer headers take: [`OUTER_LEN`] plus the option.

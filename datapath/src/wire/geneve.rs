@@ -40,6 +40,9 @@ pub const MAX_VNI: u32 = 0x00ff_ffff;
 const FLAG_OAM: u8 = 0x80;
 const FLAG_CRITICAL: u8 = 0x40;
 
+/// Length of an option TLV's header (class, type, length).
+pub const OPTION_HEADER_LEN: usize = 4;
+
 /// Bit of an option's type that marks it critical.
 pub const OPTION_TYPE_CRITICAL: u8 = 0x80;
 
@@ -64,7 +67,7 @@ impl GeneveOption<'_> {
 
     /// Bytes this option occupies on the wire (4-byte header + data).
     pub const fn buffer_len(&self) -> usize {
-        4 + self.data.len()
+        OPTION_HEADER_LEN + self.data.len()
     }
 
     /// Writes this option at the front of `buf`; returns the bytes written.
