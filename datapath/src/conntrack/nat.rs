@@ -272,19 +272,19 @@ pub fn tcp_segment(f: &[u8], p: &Parsed) -> Option<super::tcp::Segment> {
 /// The checksum that covers every word a rewrite changes (the ICMP
 /// checksum of an error quoting the packet being patched), updated word by
 /// word as the old code patched it in place, skipping unchanged words.
-struct Cover(Option<u16>);
+/// `ON` is false for a plain rewrite, where nothing covers the packet and
+/// the bookkeeping compiles away.
+struct Cover<const ON: bool>(u16);
 
-impl Cover {
-    #[inline]
+impl<const ON: bool> Cover<ON> {
+    #[inline(always)]
     fn word(&mut self, old: u16, new: u16) {
-        if old != new {
-            if let Some(c) = &mut self.0 {
-                *c = checksum::update16(*c, old, new);
-            }
+        if ON && old != new {
+            self.0 = checksum::update16(self.0, old, new);
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn addr(&mut self, old: u32, new: u32) {
         self.word((old >> 16) as u16, (new >> 16) as u16);
         self.word(old as u16, new as u16);
@@ -295,7 +295,13 @@ impl Cover {
 /// `to`, keeping the IPv4 and transport checksums and `cover` right.
 /// Transport checksums beyond `avail` are left alone (the truncated packet
 /// inside an ICMP error).
-fn retarget(f: &mut [u8], p: &Parsed, to: Tuple, avail: usize, cover: &mut Cover) -> Option<()> {
+fn retarget<const COVER: bool>(
+    f: &mut [u8],
+    p: &Parsed,
+    to: Tuple,
+    avail: usize,
+    cover: &mut Cover<COVER>,
+) -> Option<()> {
     let from = p.tuple;
     // Where the transport checksum ends, when it is there to patch.
     let l4ck_end = match (p.proto, p.kind) {
@@ -315,19 +321,22 @@ fn retarget(f: &mut [u8], p: &Parsed, to: Tuple, avail: usize, cover: &mut Cover
     };
     let mut l4_changed = false;
     // Updates the transport checksum and the cover with it.
-    let mut fix_l4 = |l4ck: &mut L4Checksum, cover: &mut Cover, next: L4Checksum| {
-        if let (Some(old), Some(new)) = (l4ck.value(), next.value()) {
+    let mut fix_l4 = |l4ck: &mut L4Checksum, cover: &mut Cover<COVER>, next: L4Checksum| {
+        if let (true, Some(old), Some(new)) = (COVER, l4ck.value(), next.value()) {
             cover.word(old, new);
         }
         *l4ck = next;
         l4_changed = true;
     };
     let mut ip = Ipv4Packet::new_unchecked(f.get_mut(p.l3..p.l3 + ipv4::HEADER_LEN)?);
-    for (is_src, old, new) in [(true, from.src, to.src), (false, from.dst, to.dst)] {
-        if old == new {
-            continue;
-        }
-        if is_src {
+    // One address (`src`: source, else destination) from `old` to `new`.
+    let mut addr = |ip: &mut Ipv4Packet<&mut [u8]>,
+                    l4ck: &mut L4Checksum,
+                    cover: &mut Cover<COVER>,
+                    src: bool,
+                    old: u32,
+                    new: u32| {
+        if src {
             ip.set_src_addr(new.into());
         } else {
             ip.set_dst_addr(new.into());
@@ -338,23 +347,27 @@ fn retarget(f: &mut [u8], p: &Parsed, to: Tuple, avail: usize, cover: &mut Cover
         ip.set_checksum(n);
         cover.word(ck, n);
         let next = l4ck.update32(old, new);
-        fix_l4(&mut l4ck, cover, next);
+        fix_l4(l4ck, cover, next);
+    };
+    if from.src != to.src {
+        addr(&mut ip, &mut l4ck, cover, true, from.src, to.src);
+    }
+    if from.dst != to.dst {
+        addr(&mut ip, &mut l4ck, cover, false, from.dst, to.dst);
     }
     match p.kind {
         L4::Ports => {
             let mut hdr = UdpPacket::new_unchecked(f.get_mut(p.l4..p.l4 + PORTS_LEN)?);
-            for (is_src, old, new) in [(true, from.sport, to.sport), (false, from.dport, to.dport)]
-            {
-                if old == new {
-                    continue;
-                }
-                if is_src {
-                    hdr.set_src_port(new);
-                } else {
-                    hdr.set_dst_port(new);
-                }
-                cover.word(old, new);
-                let next = l4ck.update16(old, new);
+            if from.sport != to.sport {
+                hdr.set_src_port(to.sport);
+                cover.word(from.sport, to.sport);
+                let next = l4ck.update16(from.sport, to.sport);
+                fix_l4(&mut l4ck, cover, next);
+            }
+            if from.dport != to.dport {
+                hdr.set_dst_port(to.dport);
+                cover.word(from.dport, to.dport);
+                let next = l4ck.update16(from.dport, to.dport);
                 fix_l4(&mut l4ck, cover, next);
             }
         }
@@ -393,7 +406,7 @@ pub fn rewrite(f: &mut [u8], p: &Parsed, to: Tuple) -> Result<(), DropReason> {
     if p.tuple == to {
         return Ok(());
     }
-    retarget(f, p, to, p.end, &mut Cover(None)).ok_or(DropReason::Malformed)?;
+    retarget(f, p, to, p.end, &mut Cover::<false>(0)).ok_or(DropReason::Malformed)?;
     if p.proto == ipproto::SCTP && (p.tuple.sport != to.sport || p.tuple.dport != to.dport) {
         fill_sctp(f, p);
     }
@@ -415,12 +428,10 @@ pub fn rewrite_icmp_error(
         .get(outer.l4..outer.l4 + icmpv4::HEADER_LEN)
         .map(|b| Icmpv4Packet::new_unchecked(b).checksum())
         .ok_or(DropReason::Malformed)?;
-    let mut cover = Cover(Some(icmp));
+    let mut cover = Cover::<true>(icmp);
     retarget(f, inner, inner_to, outer.end, &mut cover).ok_or(DropReason::Malformed)?;
-    if let Some(c) = cover.0 {
-        Icmpv4Packet::new_unchecked(&mut f[outer.l4..outer.l4 + icmpv4::HEADER_LEN])
-            .set_checksum(c);
-    }
+    Icmpv4Packet::new_unchecked(&mut f[outer.l4..outer.l4 + icmpv4::HEADER_LEN])
+        .set_checksum(cover.0);
     // The error travels opposite to the embedded packet: its destination
     // is the embedded source and, when the endpoint itself reported the
     // error, its source is the embedded destination.
@@ -431,7 +442,7 @@ pub fn rewrite_icmp_error(
     if outer.tuple.src == inner.tuple.dst {
         to.src = inner_to.dst;
     }
-    retarget(f, outer, to, outer.end, &mut Cover(None)).ok_or(DropReason::Malformed)
+    retarget(f, outer, to, outer.end, &mut Cover::<false>(0)).ok_or(DropReason::Malformed)
 }
 
 /// Bytes of the offending datagram's payload an ICMP error quotes after
