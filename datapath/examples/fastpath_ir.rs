@@ -1,0 +1,348 @@
+//! Deterministic fast-path workloads for instruction counting under
+//! callgrind (`--toggle-collect='*work_*'`): Ir / iterations = cost.
+use std::hint::black_box;
+use std::net::Ipv4Addr;
+
+use sluice_datapath::conntrack::nat;
+use sluice_datapath::flow::action::rewrite;
+use sluice_datapath::flow::key::{extract, extract_with_layout, Field};
+use sluice_datapath::neigh::table::{NeighMap, NeighTable};
+use sluice_datapath::packet::{HeapBuf, PacketBuf, PortNo};
+use sluice_datapath::pipeline::hooks::TunnelHook;
+use sluice_datapath::tunnel::{TunnelConfig, Tunnels};
+
+const LOCAL: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 2);
+
+fn tcp_frame() -> Vec<u8> {
+    let mut v = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .tcp(1234, 80, 1, 4096)
+        .write(&mut v, &[0u8; 10])
+        .unwrap();
+    v
+}
+
+fn udp_frame() -> Vec<u8> {
+    let mut v = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([10, 0, 0, 1], [10, 96, 0, 1], 64)
+        .udp(1000, 53)
+        .write(&mut v, &[0u8; 18])
+        .unwrap();
+    v
+}
+
+fn tunnels(local: Ipv4Addr, remote: Ipv4Addr, csum: bool) -> Tunnels {
+    let neigh = NeighTable::new();
+    let mut m = NeighMap::new();
+    m.insert(remote, [2, 0xbb, 0, 0, 0, 2]);
+    neigh.publish(m);
+    let t = Tunnels::new(
+        TunnelConfig {
+            local_ip: local,
+            udp_checksum: csum,
+            ..TunnelConfig::default()
+        },
+        1,
+        neigh,
+    );
+    t.vteps.add("peer", remote).expect("vtep");
+    t
+}
+
+#[inline(never)]
+fn work_extract(n: u32, f: &[u8]) {
+    for i in 0..n {
+        black_box(extract(black_box(f), PortNo(i as u16)));
+    }
+}
+
+#[inline(never)]
+fn work_rewrite(n: u32, f: &mut [u8]) {
+    for i in 0..n {
+        let (k, l) = extract_with_layout(f, PortNo(0));
+        rewrite(
+            f,
+            l,
+            &k,
+            Field::NwDst,
+            u128::from(0x0a00_0000 | (i & 0xff)),
+            0xffff_ffff,
+        )
+        .unwrap();
+        rewrite(f, l, &k, Field::TpDst, u128::from(i as u16), 0xffff).unwrap();
+        rewrite(f, l, &k, Field::NwTtl, u128::from(i as u8 | 1), 0xff).unwrap();
+        black_box(&f);
+    }
+}
+
+#[inline(never)]
+fn work_nat(n: u32, f: &mut [u8]) {
+    let a = nat::Tuple {
+        src: 0x0a00_0001,
+        dst: 0x0a60_0001,
+        sport: 1000,
+        dport: 53,
+    };
+    let b = nat::Tuple {
+        dst: 0x0a80_0007,
+        dport: 5353,
+        ..a
+    };
+    for i in 0..n {
+        let p = nat::parse(f).expect("parse");
+        nat::rewrite(f, &p, if i & 1 == 0 { b } else { a }).expect("rewrite");
+        black_box(&f);
+    }
+}
+
+#[inline(never)]
+fn work_encap(n: u32, opt: bool, csum: bool) {
+    let t = tunnels(LOCAL, REMOTE, csum);
+    let mut h = t.hook(0);
+    let inner = udp_frame();
+    let mut b = HeapBuf::from_frame(&inner);
+    let mut k = extract(&inner, PortNo(1));
+    k.set(Field::TunId, 0x64);
+    k.set(Field::TunDst, u128::from(u32::from(REMOTE)));
+    if opt {
+        k.set(Field::TunGnvClass, 0x0102);
+        k.set(Field::TunGnvType, 0x03);
+        k.set(Field::TunMetadata0, 0xdead_beef);
+    }
+    for i in 0..n {
+        k.set(Field::TpSrc, u128::from(i as u16));
+        let before = b.len();
+        TunnelHook::<HeapBuf>::tunnel_push(&mut h, 0, &mut b, &k).expect("encap");
+        let added = b.len() - before;
+        black_box(b.data());
+        b.adj(added);
+    }
+}
+
+#[inline(never)]
+fn work_decap(n: u32) {
+    let inner = udp_frame();
+    let outer: Vec<u8> = {
+        let s = tunnels(REMOTE, LOCAL, false);
+        let mut h = s.hook(0);
+        let mut b = HeapBuf::from_frame(&inner);
+        let mut k = extract(&inner, PortNo(1));
+        k.set(Field::TunId, 0x64);
+        k.set(Field::TunDst, u128::from(u32::from(LOCAL)));
+        TunnelHook::<HeapBuf>::tunnel_push(&mut h, 0, &mut b, &k).expect("encap");
+        b.data()[..50].to_vec()
+    };
+    let t = tunnels(LOCAL, REMOTE, false);
+    let mut h = t.hook(0);
+    let mut b = HeapBuf::from_frame(&[outer.clone(), inner].concat());
+    for _ in 0..n {
+        let mut k = extract(b.data(), PortNo(2));
+        TunnelHook::<HeapBuf>::tunnel_pop(&mut h, 0, &mut b, &mut k).expect("decap");
+        black_box(&k);
+        b.prepend(50).unwrap()[..50].copy_from_slice(&outer);
+    }
+}
+
+/// One burst of 32 64-byte frames through the flow pipeline, as in
+/// `benches/tunnel.rs` (1k flows): L3 forwarding, Geneve encap, decap.
+#[inline(never)]
+fn work_pipeline(n: u32, case: u8) {
+    use sluice_datapath::flow::tables::FlowTables;
+    use sluice_datapath::packet::{Burst, Output};
+    use sluice_datapath::pipeline::flow::{FlowPipeline, FlowPipelineConfig};
+    use sluice_datapath::pipeline::hooks::{Hooks, NoConntrack};
+    use sluice_datapath::pipeline::Pipeline;
+    let (program, in_port) = match case {
+        0 => ("priority=10,in_port=1,ip actions=mod_dl_src:02:00:00:00:00:aa,mod_dl_dst:02:00:00:00:00:bb,output:2\npriority=0 actions=drop", 1u16),
+        1 => ("priority=10,in_port=1,ip actions=set_field:0x64->tun_id,set_field:192.168.50.2->tun_dst,tnl_push,output:2\npriority=0 actions=drop", 1),
+        _ => ("priority=10,in_port=2,udp,tp_dst=6081 actions=tnl_pop\npriority=5,tun_id=0x64,ip actions=output:1\npriority=0 actions=drop", 2),
+    };
+    let inner = udp_frame();
+    let outer_hdr: Vec<u8> = {
+        let sender = tunnels(REMOTE, LOCAL, false);
+        let mut h = sender.hook(0);
+        let mut b = HeapBuf::from_frame(&inner);
+        let mut k = extract(&inner, PortNo(1));
+        k.set(Field::TunId, 0x64);
+        k.set(Field::TunDst, u128::from(u32::from(LOCAL)));
+        TunnelHook::<HeapBuf>::tunnel_push(&mut h, 0, &mut b, &k).expect("encap");
+        b.data()[..50].to_vec()
+    };
+    let t = tunnels(LOCAL, REMOTE, false);
+    let tables = FlowTables::new();
+    tables.add_flows(program, 0).expect("flows");
+    let mut p = FlowPipeline::with_hooks(
+        tables,
+        FlowPipelineConfig {
+            ports: vec![PortNo(1), PortNo(2)],
+            ..FlowPipelineConfig::default()
+        },
+        Hooks {
+            ct: NoConntrack,
+            tunnels: t.hook(0),
+        },
+    );
+    let mut burst = Burst::new(PortNo(in_port));
+    for _ in 0..32 {
+        let f = if case == 2 {
+            [outer_hdr.clone(), inner.clone()].concat()
+        } else {
+            inner.clone()
+        };
+        burst.pkts.push(HeapBuf::from_frame(&f));
+    }
+    let mut out: Output<HeapBuf> = Output::new(4);
+    let inner_at = if case == 2 { 50 } else { 0 };
+    let mut next = 0u32;
+    for _ in 0..n {
+        for pkt in burst.pkts.iter_mut() {
+            let f = pkt.data_mut();
+            f[inner_at + 26..inner_at + 30]
+                .copy_from_slice(&(0x0af4_0000u32 | (next >> 8)).to_be_bytes());
+            f[inner_at + 34..inner_at + 36]
+                .copy_from_slice(&(1024 + (next & 0xff) as u16).to_be_bytes());
+            next = (next + 1) % 1000;
+        }
+        p.process(1, &mut burst, &mut out);
+        out.flush(|_, q| burst.pkts.append(q));
+        assert_eq!(burst.pkts.len(), 32);
+        for pkt in burst.pkts.iter_mut() {
+            match case {
+                0 => {}
+                1 => {
+                    pkt.adj(50);
+                }
+                _ => {
+                    pkt.prepend(50).unwrap()[..50].copy_from_slice(&outer_hdr);
+                }
+            }
+        }
+    }
+}
+
+mod wire_bench {
+    //! The parse functions of `benches/wire.rs`, verbatim.
+    use sluice_datapath::wire::{
+        self, ChecksumMode, EtherType, EthernetFrame, GeneveOption, GenevePacket, GeneveRepr,
+        IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket, TcpRepr,
+    };
+    pub fn eth_ipv4_tcp_frame() -> Vec<u8> {
+        let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(40000, 80, 1, 65535)
+            .ack(7);
+        let mut pkt = Vec::new();
+        builder
+            .write(&mut pkt, &[0x5a; 64])
+            .expect("building the benchmark frame");
+        pkt
+    }
+
+    /// Parses one Eth/IPv4/TCP frame; returns the ports so nothing is elided.
+    #[inline]
+    pub fn parse_eth_ipv4_tcp(frame: &[u8], l4: ChecksumMode) -> wire::Result<(u16, u16)> {
+        let eth = EthernetFrame::new_checked(frame)?;
+        if eth.ethertype() != EtherType::Ipv4 {
+            return Ok((0, 0));
+        }
+        let ip = Ipv4Packet::new_checked(eth.payload())?;
+        let ip_repr = Ipv4Repr::parse(&ip, ChecksumMode::Verify)?;
+        if ip_repr.next_header != IpProtocol::Tcp {
+            return Ok((0, 0));
+        }
+        let tcp = TcpPacket::new_checked(ip.payload())?;
+        let tcp_repr = TcpRepr::parse(&tcp, ip_repr.src_addr, ip_repr.dst_addr, l4)?;
+        Ok((tcp_repr.src_port, tcp_repr.dst_port))
+    }
+
+    pub fn geneve_payload() -> Vec<u8> {
+        let mut opts = [0u8; 24];
+        let n = wire::geneve::emit_options(
+            &mut opts,
+            &[
+                GeneveOption {
+                    class: 0x0104,
+                    kind: 0x01,
+                    data: &[0, 0, 0, 42],
+                },
+                GeneveOption {
+                    class: 0x0105,
+                    kind: 0x02,
+                    data: &[1, 2, 3, 4, 5, 6, 7, 8],
+                },
+            ],
+        )
+        .expect("emitting benchmark options");
+        let repr = GeneveRepr {
+            oam: false,
+            critical: false,
+            protocol: EtherType::TransparentEthernet,
+            vni: 5001,
+            options: &opts[..n],
+        };
+        let inner = eth_ipv4_tcp_frame();
+        let mut buf = vec![0u8; repr.buffer_len() + inner.len()];
+        repr.emit(&mut GenevePacket::new_unchecked(&mut buf[..]))
+            .expect("emitting the benchmark Geneve header");
+        buf[repr.buffer_len()..].copy_from_slice(&inner);
+        buf
+    }
+
+    #[inline]
+    pub fn parse_geneve(buf: &[u8]) -> wire::Result<u32> {
+        let g = GenevePacket::new_checked(buf)?;
+        let mut acc = g.vni();
+        for opt in g.options() {
+            let opt = opt?;
+            acc ^= u32::from(opt.class) ^ u32::from(opt.kind);
+        }
+        let inner = EthernetFrame::new_checked(g.payload())?;
+        acc ^= u32::from(u16::from(inner.ethertype()));
+        Ok(acc)
+    }
+}
+
+#[inline(never)]
+fn work_wire(n: u32, what: u8) {
+    use sluice_datapath::wire::ChecksumMode;
+    let f = wire_bench::eth_ipv4_tcp_frame();
+    let g = wire_bench::geneve_payload();
+    for _ in 0..n {
+        match what {
+            0 => drop(black_box(wire_bench::parse_eth_ipv4_tcp(
+                black_box(&f),
+                ChecksumMode::Trust,
+            ))),
+            1 => drop(black_box(wire_bench::parse_eth_ipv4_tcp(
+                black_box(&f),
+                ChecksumMode::Verify,
+            ))),
+            _ => drop(black_box(wire_bench::parse_geneve(black_box(&g)))),
+        }
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let what = args.next().unwrap_or_default();
+    let n: u32 = args.next().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    match what.as_str() {
+        "extract" => work_extract(n, &tcp_frame()),
+        "rewrite" => work_rewrite(n, &mut tcp_frame()),
+        "nat" => work_nat(n, &mut udp_frame()),
+        "encap" => work_encap(n, false, false),
+        "encap_opt" => work_encap(n, true, false),
+        "encap_csum" => work_encap(n, false, true),
+        "decap" => work_decap(n),
+        "wire_parse" => work_wire(n, 0),
+        "wire_parse_verify_l4" => work_wire(n, 1),
+        "wire_geneve_parse" => work_wire(n, 2),
+        "pl_l3" => work_pipeline(n, 0),
+        "pl_encap" => work_pipeline(n, 1),
+        "pl_decap" => work_pipeline(n, 2),
+        _ => panic!("workload?"),
+    }
+}
