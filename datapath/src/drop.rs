@@ -45,6 +45,9 @@ drop_reasons! {
     RxTooShort => "rx_too_short", "frame shorter than an Ethernet header";
     /// The pipeline addressed a port that does not exist.
     NoSuchPort => "no_such_port", "output to a port that does not exist";
+    /// A received frame spread over several mbufs (jumbo frames on a port
+    /// whose mbufs are smaller than the MTU).
+    RxMultiSegment => "rx_multi_segment", "received frame spans several buffers (larger than one mbuf: raise the mbuf size or lower the port MTU)";
     /// The tx queue was full after retries.
     TxQueueFull => "tx_queue_full", "transmit queue full";
     /// A packet for the datapath's own IP stack (`local`) when no stack is

@@ -86,6 +86,13 @@ pub trait PacketBuf: Sized + Send {
     fn rss_hash(&self) -> Option<u32> {
         None
     }
+    /// True when the frame spans several buffers (a DPDK mbuf chain, e.g.
+    /// a jumbo frame larger than one mbuf's data room). The pipeline only
+    /// handles contiguous frames: the PMD drops chained ones at receive,
+    /// counted as `rx_multi_segment`.
+    fn is_chained(&self) -> bool {
+        false
+    }
 }
 
 /// Something that hands out empty packet buffers (an mbuf pool, or the heap

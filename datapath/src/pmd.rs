@@ -40,7 +40,7 @@ use arc_swap::ArcSwap;
 use crossbeam::utils::CachePadded;
 
 use crate::capture::Capture;
-use crate::packet::{Burst, Output, PortNo, BURST_SIZE};
+use crate::packet::{Burst, Output, PacketBuf, PortNo, BURST_SIZE};
 use crate::pipeline::Pipeline;
 use crate::port::Port;
 use crate::stats::{Counter, DropCounters};
@@ -503,6 +503,7 @@ where
                     }
                     got += n;
                     st.rx_bursts.inc();
+                    drop_chained(&mut burst, &mut out);
                     let now = clock_ns();
                     if let Some(c) = &spec.capture {
                         c.tap(port_no, &burst.pkts, now);
@@ -574,6 +575,20 @@ fn flush<P: Port>(
     drop_unserved(out);
 }
 
+/// Drops and counts (`rx_multi_segment`) received frames that span several
+/// buffers, keeping the others in order: the pipeline reads frames as one
+/// contiguous slice. One flag test per packet; nothing moves unless a
+/// chained frame is present.
+#[inline]
+fn drop_chained<B: PacketBuf>(burst: &mut Burst<B>, out: &mut Output<B>) {
+    if !burst.pkts.iter().any(PacketBuf::is_chained) {
+        return;
+    }
+    for p in burst.pkts.extract_if(.., |p| p.is_chained()) {
+        out.drop(crate::drop::DropReason::RxMultiSegment, p);
+    }
+}
+
 /// Drops, with their reasons, packets left in `out.local` and
 /// `out.controller` after a burst.
 #[inline]
@@ -593,6 +608,66 @@ fn drop_unserved<B>(out: &mut Output<B>) {
 
 #[cfg(test)]
 mod tests {
+    /// Issue 18, defect 7: chained (multi-segment) frames are dropped and
+    /// counted at receive, the others keep their order.
+    #[test]
+    fn chained_frames_are_dropped_and_counted() {
+        use crate::drop::DropReason;
+        use crate::packet::HeapBuf;
+        /// A heap buffer that says whether it is chained.
+        struct Seg(HeapBuf, bool);
+        impl PacketBuf for Seg {
+            fn data(&self) -> &[u8] {
+                self.0.data()
+            }
+            fn data_mut(&mut self) -> &mut [u8] {
+                self.0.data_mut()
+            }
+            fn headroom(&self) -> usize {
+                self.0.headroom()
+            }
+            fn tailroom(&self) -> usize {
+                self.0.tailroom()
+            }
+            fn prepend(&mut self, n: usize) -> Option<&mut [u8]> {
+                self.0.prepend(n)
+            }
+            fn adj(&mut self, n: usize) -> bool {
+                self.0.adj(n)
+            }
+            fn append(&mut self, n: usize) -> Option<&mut [u8]> {
+                self.0.append(n)
+            }
+            fn trim(&mut self, n: usize) -> bool {
+                self.0.trim(n)
+            }
+            fn try_clone(&self) -> Option<Self> {
+                self.0.try_clone().map(|b| Seg(b, self.1))
+            }
+            fn is_chained(&self) -> bool {
+                self.1
+            }
+        }
+        let frame = |i: u8, chained| Seg(HeapBuf::from_frame(&[i; 60]), chained);
+        let mut burst = Burst::new(PortNo(1));
+        burst.pkts.extend([
+            frame(1, false),
+            frame(2, true),
+            frame(3, false),
+            frame(4, true),
+            frame(5, false),
+        ]);
+        let mut out: Output<Seg> = Output::new(2);
+        super::drop_chained(&mut burst, &mut out);
+        let kept: Vec<u8> = burst.pkts.iter().map(|p| p.data()[0]).collect();
+        assert_eq!(kept, [1, 3, 5], "the others keep their order");
+        assert_eq!(out.drops.get(DropReason::RxMultiSegment), 2);
+        // A burst without chained frames is left alone.
+        super::drop_chained(&mut burst, &mut out);
+        assert_eq!(burst.pkts.len(), 3);
+        assert_eq!(out.drops.get(DropReason::RxMultiSegment), 2);
+    }
+
     #[test]
     fn unserved_local_and_controller_packets_are_dropped_by_reason() {
         use crate::drop::DropReason;

@@ -8,8 +8,9 @@
 //! [`DpdkPort`] handle (a port id and a name: cheap, `Send`) and uses only
 //! its own queue ids, which DPDK allows without locking.
 //!
-//! Scatter is off and the MTU fits one mbuf, so received mbufs are single
-//! segment, as [`super::mbuf::Mbuf`] requires.
+//! Scatter is off; a driver that still chains mbufs for a large frame has
+//! the chain dropped and counted (`rx_multi_segment`) by the PMD right after
+//! `rx_burst`, so the pipeline only ever sees single-segment mbufs.
 //!
 //! A port opened at run time (`port-add`) is marked with
 //! [`Ethdev::detach_on_close`]: dropping it also removes the device from

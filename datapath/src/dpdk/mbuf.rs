@@ -1,8 +1,11 @@
 //! [`Mbuf`]: an owned, single-segment DPDK mbuf as a [`PacketBuf`].
 //!
-//! Ports are configured without scatter, so every received frame is one
-//! segment of at most [`crate::packet::MAX_FRAME`] bytes; multi-segment
-//! mbufs are refused at receive (see `ethdev`). Headroom is DPDK's
+//! Ports are configured without scatter, but some drivers still chain
+//! mbufs for frames larger than one mbuf's data room (net_pcap on a live
+//! interface with a 9000-byte MTU does): such chains are reported by
+//! [`PacketBuf::is_chained`] and the PMD drops them at receive, counted as
+//! `rx_multi_segment`, so every mbuf that reaches the pipeline is one
+//! contiguous segment. Headroom is DPDK's
 //! `RTE_PKTMBUF_HEADROOM` (128 bytes). Dropping an `Mbuf` returns it to its
 //! pool.
 
@@ -48,7 +51,8 @@ impl Mbuf {
         unsafe { self.0.as_mut() }
     }
 
-    /// Number of segments (always 1 for mbufs that reach the pipeline).
+    /// Number of segments (1 for every mbuf that reaches the pipeline: the
+    /// PMD drops chains at receive).
     pub fn nb_segs(&self) -> u16 {
         self.raw().nb_segs
     }
@@ -72,6 +76,11 @@ impl Drop for Mbuf {
 }
 
 impl PacketBuf for Mbuf {
+    #[inline]
+    fn is_chained(&self) -> bool {
+        self.raw().nb_segs > 1
+    }
+
     #[inline]
     fn data(&self) -> &[u8] {
         let m = self.raw();
