@@ -144,6 +144,21 @@ enum Command {
         /// The JSON file, or "-" for standard input.
         file: PathBuf,
     },
+    /// Attach a port while sluiced forwards (a pod's veth host end with
+    /// iface=NAME, or any DPDK device with devargs=...).
+    PortAdd {
+        /// Port name.
+        name: String,
+        /// iface=IFACE or devargs=DEVARGS, then optionally driver=af-packet|af-xdp,
+        /// ofport=N, rxq=N.
+        #[arg(num_args = 1..=4, value_name = "iface=IFACE|devargs=DEVARGS [driver=..] [ofport=N] [rxq=N]")]
+        args: Vec<String>,
+    },
+    /// Detach a port (by name or number) while sluiced forwards.
+    PortDel {
+        /// Port name or OpenFlow number.
+        port: String,
+    },
     /// Print the node program's generation in force, sluiced's instance id
     /// and the ports' state.
     NodeStatus,
@@ -420,6 +435,10 @@ fn call_for(cmd: Command) -> Result<Call, InputError> {
             let text = read_input(&file, "service update file")?;
             from_args::<service::UpdateServices>(&[text])?
         }
+        Command::PortAdd { name, args } => {
+            from_args::<ports::PortAdd>(&[vec![name], args].concat())?
+        }
+        Command::PortDel { port } => from_args::<ports::PortDel>(&[port])?,
         Command::NodeStatus => typed::<node::QueryNodeStatus>(empty),
         Command::NodeCommit { file } => {
             let text = read_input(&file, "node change file")?;
@@ -595,6 +614,17 @@ mod tests {
             assert_eq!(call.method, *method, "{args:?}");
             assert_eq!(&call.params, params, "{args:?}");
         }
+    }
+
+    #[test]
+    fn port_add_reads_its_arguments_like_ovs_appctl() {
+        let call = parse(&["port-add", "pod-a", "iface=veth-a", "ofport=5", "rxq=2"]);
+        assert_eq!(call.method, "port-add");
+        assert_eq!(call.params["name"], "pod-a");
+        assert_eq!(call.params["ofport"], 5);
+        assert_eq!(call.params["rx_queues"], 2);
+        let cli = Cli::try_parse_from(["sluicectl", "port-add", "pod-a", "ofport=x"]).unwrap();
+        assert!(matches!(call_for(cli.command), Err(InputError::Api(_))));
     }
 
     #[test]
