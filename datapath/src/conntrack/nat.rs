@@ -231,32 +231,18 @@ pub fn tcp_segment(f: &[u8], p: &Parsed) -> Option<super::tcp::Segment> {
     let flags = tcp.flags().bits() as u8;
     let mut wscale = None;
     if flags & super::tcp::flags::SYN != 0 {
-        let opts = TcpPacket::new_unchecked(&f[l4..l4 + doff]);
-        let opts = opts.options();
-        let mut i = 0;
-        while i < opts.len() {
-            match opts[i] {
-                0 => break,
-                1 => i += 1,
-                kind => {
-                    let Some(&len) = opts.get(i + 1) else {
-                        // A lone kind byte at the end of the options: its
-                        // length byte would be the first payload byte,
-                        // which cannot fit either; a frame that ends here
-                        // is not a segment.
-                        f.get(l4 + doff)?;
-                        break;
-                    };
-                    let len = usize::from(len);
-                    if len < 2 || i + len > opts.len() {
-                        break;
-                    }
-                    if kind == 3 && len == 3 {
-                        wscale = Some(opts[i + 2]);
-                    }
-                    i += len;
-                }
+        let header = TcpPacket::new_unchecked(&f[l4..l4 + doff]);
+        let mut opts = tcp::OptionIter::new(header.options());
+        for (kind, data) in opts.by_ref() {
+            if let (3, &[shift]) = (kind, data) {
+                wscale = Some(shift);
             }
+        }
+        if opts.lone_kind() {
+            // A lone kind byte at the end of the options: its length byte
+            // would be the first payload byte, which cannot fit either; a
+            // frame that ends here is not a segment.
+            f.get(l4 + doff)?;
         }
     }
     Some(super::tcp::Segment {

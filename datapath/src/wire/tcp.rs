@@ -502,6 +502,91 @@ impl<'a> Repr<'a> {
     }
 }
 
+/// Walks the TLV options of a TCP header (RFC 9293 §3.1): yields
+/// `(kind, data)` for each option with a length, skips NOPs, and stops at
+/// End of Option List, at a malformed length (below 2 or past the end) or
+/// at a kind byte with no room for its length. [`OptionIter::lone_kind`]
+/// says whether it stopped on the last reason, which a caller may treat
+/// differently (the length would be the first payload byte).
+#[derive(Debug, Clone)]
+pub struct OptionIter<'a> {
+    opts: &'a [u8],
+    at: usize,
+    lone_kind: bool,
+}
+
+impl<'a> OptionIter<'a> {
+    /// The options of `opts` (the bytes [`Packet::options`] returns).
+    pub fn new(opts: &'a [u8]) -> Self {
+        OptionIter {
+            opts,
+            at: 0,
+            lone_kind: false,
+        }
+    }
+
+    /// True when the walk stopped at a kind byte that ends the options.
+    pub fn lone_kind(&self) -> bool {
+        self.lone_kind
+    }
+}
+
+impl<'a> Iterator for OptionIter<'a> {
+    type Item = (u8, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let kind = *self.opts.get(self.at)?;
+            match kind {
+                0 => {
+                    self.at = self.opts.len();
+                    return None;
+                }
+                1 => self.at += 1,
+                kind => {
+                    let Some(&len) = self.opts.get(self.at + 1) else {
+                        self.lone_kind = true;
+                        self.at = self.opts.len();
+                        return None;
+                    };
+                    let len = usize::from(len);
+                    if len < 2 || self.at + len > self.opts.len() {
+                        self.at = self.opts.len();
+                        return None;
+                    }
+                    let data = &self.opts[self.at + 2..self.at + len];
+                    self.at += len;
+                    return Some((kind, data));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod option_tests {
+    use super::OptionIter;
+
+    #[test]
+    fn options_walk_like_rfc_9293() {
+        // MSS 1460, NOP, window scale 7, SACK permitted, EOL, garbage.
+        let o = [2, 4, 0x05, 0xb4, 1, 3, 3, 7, 4, 2, 0, 9, 9];
+        let got: Vec<_> = OptionIter::new(&o).collect();
+        assert_eq!(
+            got,
+            vec![(2, &[0x05, 0xb4][..]), (3, &[7][..]), (4, &[][..])]
+        );
+        // A length below 2 or past the end stops the walk.
+        assert_eq!(OptionIter::new(&[3, 1, 7]).count(), 0);
+        assert_eq!(OptionIter::new(&[1, 3, 9, 7]).count(), 0);
+        // A kind byte with no room for its length.
+        let mut it = OptionIter::new(&[1, 1, 3]);
+        assert_eq!(it.next(), None);
+        assert!(it.lone_kind());
+        assert!(!OptionIter::new(&[0, 3]).lone_kind());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
