@@ -195,6 +195,31 @@ fn pod_ports_added_and_deleted_while_a_stream_forwards() {
         "{st:?}"
     );
     assert_eq!(st.ports["pod-b"].ofport, 4);
+    // The contract: sluiced serves every method sluice-api defines, under
+    // its name and its OVS aliases, except node-commit (not built yet).
+    let served: Vec<String> = c
+        .call::<sluice_api::system::ListCommands>(&Empty {})
+        .expect("list-commands")
+        .commands
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    for (name, aliases) in sluice_api::all_methods() {
+        if name == "node-commit" {
+            continue;
+        }
+        for n in std::iter::once(name).chain(aliases.iter().copied()) {
+            assert!(served.iter().any(|s| s == n), "sluiced does not serve {n}");
+        }
+    }
+    // Without a VTEP there is no local stack: its methods say so.
+    let e = c
+        .call::<sluice_api::stack::DumpNeighbours>(&Empty {})
+        .expect_err("no local stack here");
+    assert!(
+        matches!(&e, ClientError::Api(e) if e.code == ErrorCode::Unavailable && e.message.contains("vtep_ip")),
+        "{e}"
+    );
 
     // Port security on pod-b (its own MAC and IP: traffic still passes).
     let mac = String::from_utf8_lossy(&b.exec(&["cat", "/sys/class/net/slt-rpb-i/address"]).stdout)

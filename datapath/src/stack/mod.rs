@@ -203,6 +203,28 @@ pub fn register_commands(registry: &Registry, control: &StackControl) -> Result<
     Ok(())
 }
 
+/// Registers the local stack's methods for a datapath that runs none
+/// (no `vtep_ip`, or no uplink): each answers with an `unavailable` error
+/// that says what to configure, instead of the command not existing.
+///
+/// # Errors
+/// [`RegistryError`] if a name is already registered.
+pub fn register_unavailable(registry: &Registry) -> Result<(), RegistryError> {
+    use sluice_api::stack::{DumpNeighbours, FlushNeighbours, LocalStackShow, NeighDel, NeighSet};
+    use sluice_api::{ApiError, ErrorCode};
+    fn none<T>() -> Result<T, ApiError> {
+        Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "no local IP stack runs in this sluiced: set vtep_ip in [datapath] and ovs_uplink_port in [nsx_node_agent]",
+        ))
+    }
+    register::<DumpNeighbours>(registry, |_| none())?;
+    register::<FlushNeighbours>(registry, |_| none())?;
+    register::<NeighSet>(registry, |_| none())?;
+    register::<NeighDel>(registry, |_| none())?;
+    register::<LocalStackShow>(registry, |_| none())
+}
+
 /// smoltcp's view of the local port: frames in, frames out.
 #[derive(Debug, Default)]
 struct QueueDevice {

@@ -365,8 +365,9 @@ impl Overlay {
     /// [`RegistryError`] if a name is already registered.
     pub fn register_commands(&self, registry: &Registry) -> Result<(), RegistryError> {
         crate::tunnel::commands::register_commands(registry, &self.tunnels)?;
-        if let Some(s) = &self.stack {
-            crate::stack::register_commands(registry, s)?;
+        match &self.stack {
+            Some(s) => crate::stack::register_commands(registry, s)?,
+            None => crate::stack::register_unavailable(registry)?,
         }
         use sluice_api::stack::{DelPortSecurity, DumpPortSecurity, SetPortSecurity};
         use sluice_api::tunnel::SetVtep;
