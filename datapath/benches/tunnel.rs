@@ -19,12 +19,11 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 
 use sluice_datapath::flow::key::{extract, Field};
 use sluice_datapath::flow::tables::FlowTables;
-use sluice_datapath::neigh::table::{NeighMap, NeighTable};
 use sluice_datapath::packet::{Burst, HeapBuf, Output, PacketBuf, PortNo};
 use sluice_datapath::pipeline::flow::{FlowPipeline, FlowPipelineConfig};
 use sluice_datapath::pipeline::hooks::{Hooks, NoConntrack, TunnelHook};
 use sluice_datapath::pipeline::Pipeline;
-use sluice_datapath::tunnel::{TunnelConfig, Tunnels};
+use sluice_datapath::tunnel::Tunnels;
 
 const LOCAL: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 2);
@@ -48,22 +47,9 @@ fn inner_frame() -> Vec<u8> {
     f
 }
 
-fn tunnels(local: Ipv4Addr, remote: Ipv4Addr) -> Tunnels {
-    let neigh = NeighTable::new();
-    let mut m = NeighMap::new();
-    m.insert(remote, [2, 0xbb, 0, 0, 0, 2]);
-    neigh.publish(m);
-    let t = Tunnels::new(
-        TunnelConfig {
-            local_ip: local,
-            ..TunnelConfig::default()
-        },
-        1,
-        neigh,
-    );
-    t.vteps.add("peer", remote).expect("vtep");
-    t
-}
+#[path = "common/tunnel_work.rs"]
+mod tunnel_work;
+use tunnel_work::tunnels;
 
 type Pl = FlowPipeline<Hooks<NoConntrack, sluice_datapath::tunnel::GeneveTunnels>>;
 
@@ -119,7 +105,7 @@ fn run_case(c: &mut Criterion, case: Case, flows: u32) {
     // VTEP is REMOTE, so that the measured side (LOCAL) accepts it.
     let inner = inner_frame();
     let outer_hdr: Vec<u8> = {
-        let sender = tunnels(REMOTE, LOCAL);
+        let sender = tunnels(REMOTE, LOCAL, false);
         let mut h = sender.hook(0);
         let mut b = HeapBuf::from_frame(&inner);
         let mut k = extract(&inner, PortNo(1));
@@ -128,7 +114,7 @@ fn run_case(c: &mut Criterion, case: Case, flows: u32) {
         TunnelHook::<HeapBuf>::tunnel_push(&mut h, 0, &mut b, &k).expect("encap");
         b.data()[..OUTER].to_vec()
     };
-    let t = tunnels(LOCAL, REMOTE);
+    let t = tunnels(LOCAL, REMOTE, false);
     let mut p = pipeline(program, &t);
     let mut burst = Burst::new(PortNo(in_port));
     for _ in 0..32 {

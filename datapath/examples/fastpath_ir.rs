@@ -6,10 +6,8 @@ use std::net::Ipv4Addr;
 use sluice_datapath::conntrack::nat;
 use sluice_datapath::flow::action::rewrite;
 use sluice_datapath::flow::key::{extract, extract_with_layout, Field};
-use sluice_datapath::neigh::table::{NeighMap, NeighTable};
 use sluice_datapath::packet::{HeapBuf, PacketBuf, PortNo};
 use sluice_datapath::pipeline::hooks::TunnelHook;
-use sluice_datapath::tunnel::{TunnelConfig, Tunnels};
 
 const LOCAL: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 2);
@@ -34,23 +32,9 @@ fn udp_frame() -> Vec<u8> {
     v
 }
 
-fn tunnels(local: Ipv4Addr, remote: Ipv4Addr, csum: bool) -> Tunnels {
-    let neigh = NeighTable::new();
-    let mut m = NeighMap::new();
-    m.insert(remote, [2, 0xbb, 0, 0, 0, 2]);
-    neigh.publish(m);
-    let t = Tunnels::new(
-        TunnelConfig {
-            local_ip: local,
-            udp_checksum: csum,
-            ..TunnelConfig::default()
-        },
-        1,
-        neigh,
-    );
-    t.vteps.add("peer", remote).expect("vtep");
-    t
-}
+#[path = "../benches/common/tunnel_work.rs"]
+mod tunnel_work;
+use tunnel_work::tunnels;
 
 #[inline(never)]
 fn work_extract(n: u32, f: &[u8]) {
@@ -122,19 +106,23 @@ fn work_encap(n: u32, opt: bool, csum: bool) {
     }
 }
 
+/// The 50-byte outer header the remote node puts in front of `inner`
+/// (VNI 0x64, to this node's VTEP).
+fn outer_header(inner: &[u8]) -> Vec<u8> {
+    let sender = tunnels(REMOTE, LOCAL, false);
+    let mut h = sender.hook(0);
+    let mut b = HeapBuf::from_frame(inner);
+    let mut k = extract(inner, PortNo(1));
+    k.set(Field::TunId, 0x64);
+    k.set(Field::TunDst, u128::from(u32::from(LOCAL)));
+    TunnelHook::<HeapBuf>::tunnel_push(&mut h, 0, &mut b, &k).expect("encap");
+    b.data()[..50].to_vec()
+}
+
 #[inline(never)]
 fn work_decap(n: u32) {
     let inner = udp_frame();
-    let outer: Vec<u8> = {
-        let s = tunnels(REMOTE, LOCAL, false);
-        let mut h = s.hook(0);
-        let mut b = HeapBuf::from_frame(&inner);
-        let mut k = extract(&inner, PortNo(1));
-        k.set(Field::TunId, 0x64);
-        k.set(Field::TunDst, u128::from(u32::from(LOCAL)));
-        TunnelHook::<HeapBuf>::tunnel_push(&mut h, 0, &mut b, &k).expect("encap");
-        b.data()[..50].to_vec()
-    };
+    let outer = outer_header(&inner);
     let t = tunnels(LOCAL, REMOTE, false);
     let mut h = t.hook(0);
     let mut b = HeapBuf::from_frame(&[outer.clone(), inner].concat());
@@ -161,16 +149,7 @@ fn work_pipeline(n: u32, case: u8) {
         _ => ("priority=10,in_port=2,udp,tp_dst=6081 actions=tnl_pop\npriority=5,tun_id=0x64,ip actions=output:1\npriority=0 actions=drop", 2),
     };
     let inner = udp_frame();
-    let outer_hdr: Vec<u8> = {
-        let sender = tunnels(REMOTE, LOCAL, false);
-        let mut h = sender.hook(0);
-        let mut b = HeapBuf::from_frame(&inner);
-        let mut k = extract(&inner, PortNo(1));
-        k.set(Field::TunId, 0x64);
-        k.set(Field::TunDst, u128::from(u32::from(LOCAL)));
-        TunnelHook::<HeapBuf>::tunnel_push(&mut h, 0, &mut b, &k).expect("encap");
-        b.data()[..50].to_vec()
-    };
+    let outer_hdr = outer_header(&inner);
     let t = tunnels(LOCAL, REMOTE, false);
     let tables = FlowTables::new();
     tables.add_flows(program, 0).expect("flows");
@@ -223,87 +202,9 @@ fn work_pipeline(n: u32, case: u8) {
     }
 }
 
-mod wire_bench {
-    //! The parse functions of `benches/wire.rs`, verbatim.
-    use sluice_datapath::wire::{
-        self, ChecksumMode, EtherType, EthernetFrame, GeneveOption, GenevePacket, GeneveRepr,
-        IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket, TcpRepr,
-    };
-    pub fn eth_ipv4_tcp_frame() -> Vec<u8> {
-        let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
-            .tcp(40000, 80, 1, 65535)
-            .ack(7);
-        let mut pkt = Vec::new();
-        builder
-            .write(&mut pkt, &[0x5a; 64])
-            .expect("building the benchmark frame");
-        pkt
-    }
-
-    /// Parses one Eth/IPv4/TCP frame; returns the ports so nothing is elided.
-    #[inline]
-    pub fn parse_eth_ipv4_tcp(frame: &[u8], l4: ChecksumMode) -> wire::Result<(u16, u16)> {
-        let eth = EthernetFrame::new_checked(frame)?;
-        if eth.ethertype() != EtherType::Ipv4 {
-            return Ok((0, 0));
-        }
-        let ip = Ipv4Packet::new_checked(eth.payload())?;
-        let ip_repr = Ipv4Repr::parse(&ip, ChecksumMode::Verify)?;
-        if ip_repr.next_header != IpProtocol::Tcp {
-            return Ok((0, 0));
-        }
-        let tcp = TcpPacket::new_checked(ip.payload())?;
-        let tcp_repr = TcpRepr::parse(&tcp, ip_repr.src_addr, ip_repr.dst_addr, l4)?;
-        Ok((tcp_repr.src_port, tcp_repr.dst_port))
-    }
-
-    pub fn geneve_payload() -> Vec<u8> {
-        let mut opts = [0u8; 24];
-        let n = wire::geneve::emit_options(
-            &mut opts,
-            &[
-                GeneveOption {
-                    class: 0x0104,
-                    kind: 0x01,
-                    data: &[0, 0, 0, 42],
-                },
-                GeneveOption {
-                    class: 0x0105,
-                    kind: 0x02,
-                    data: &[1, 2, 3, 4, 5, 6, 7, 8],
-                },
-            ],
-        )
-        .expect("emitting benchmark options");
-        let repr = GeneveRepr {
-            oam: false,
-            critical: false,
-            protocol: EtherType::TransparentEthernet,
-            vni: 5001,
-            options: &opts[..n],
-        };
-        let inner = eth_ipv4_tcp_frame();
-        let mut buf = vec![0u8; repr.buffer_len() + inner.len()];
-        repr.emit(&mut GenevePacket::new_unchecked(&mut buf[..]))
-            .expect("emitting the benchmark Geneve header");
-        buf[repr.buffer_len()..].copy_from_slice(&inner);
-        buf
-    }
-
-    #[inline]
-    pub fn parse_geneve(buf: &[u8]) -> wire::Result<u32> {
-        let g = GenevePacket::new_checked(buf)?;
-        let mut acc = g.vni();
-        for opt in g.options() {
-            let opt = opt?;
-            acc ^= u32::from(opt.class) ^ u32::from(opt.kind);
-        }
-        let inner = EthernetFrame::new_checked(g.payload())?;
-        acc ^= u32::from(u16::from(inner.ethertype()));
-        Ok(acc)
-    }
-}
+/// The parse functions of `benches/wire.rs` (one definition, shared).
+#[path = "../benches/common/wire_work.rs"]
+mod wire_bench;
 
 #[inline(never)]
 fn work_wire(n: u32, what: u8) {
@@ -343,6 +244,11 @@ fn main() {
         "pl_l3" => work_pipeline(n, 0),
         "pl_encap" => work_pipeline(n, 1),
         "pl_decap" => work_pipeline(n, 2),
-        _ => panic!("workload?"),
+        other => {
+            eprintln!(
+                "fastpath_ir: unknown workload {other:?}; usage: fastpath_ir WORKLOAD [N] with WORKLOAD one of extract, rewrite, nat, encap, encap_opt, encap_csum, decap, wire_parse, wire_parse_verify_l4, wire_geneve_parse, pl_l3, pl_encap, pl_decap"
+            );
+            std::process::exit(2);
+        }
     }
 }
