@@ -14,7 +14,7 @@
 use std::net::Ipv4Addr;
 
 use super::api::TrafficPolicy;
-use super::table::{FrontendKey, FrontendKind, Services};
+use super::table::{Frontend, FrontendKey, FrontendKind, Services};
 use super::{lock, AFFINITY_SHARDS};
 use crate::conntrack::lb::{LbDecision, LbQuery, LbRef, LbTarget, LoadBalancer};
 use crate::drop::DropReason;
@@ -27,10 +27,37 @@ pub(super) fn in_cidr(ip: u32, (net, len): (Ipv4Addr, u8)) -> bool {
 }
 
 impl Services {
+    /// Which endpoints a new connection to frontend `fe` may get, from a
+    /// source that is `internal` (a pod or this node) or not: whether the
+    /// traffic counts as external, the traffic policy in force and the
+    /// candidate endpoint indexes. One rule for the datapath and `lb-trace`.
+    pub(super) fn candidates(fe: &Frontend, internal: bool) -> (bool, TrafficPolicy, &[u32]) {
+        let svc = &fe.svc;
+        let external = fe.kind != FrontendKind::ClusterIp && !internal;
+        let policy = if external {
+            svc.spec.external_traffic_policy
+        } else {
+            svc.spec.internal_traffic_policy
+        };
+        let cands = match policy {
+            TrafficPolicy::Local => &svc.local,
+            TrafficPolicy::Cluster => &svc.cluster,
+        };
+        (external, policy, cands)
+    }
+
+    /// True when `ip` is one of this node's addresses.
+    pub(super) fn is_node_address(&self, ip: u32) -> bool {
+        self.inner
+            .config
+            .node_addresses
+            .iter()
+            .any(|&a| u32::from(a) == ip)
+    }
+
     pub(super) fn is_internal(&self, ip: u32) -> bool {
         let c = &self.inner.config;
-        c.cluster_cidrs.iter().any(|&n| in_cidr(ip, n))
-            || c.node_addresses.iter().any(|&a| u32::from(a) == ip)
+        c.cluster_cidrs.iter().any(|&n| in_cidr(ip, n)) || self.is_node_address(ip)
     }
 
     /// Chooses the endpoint for the new connection `q`; `rand` is a
@@ -52,22 +79,8 @@ impl Services {
             return LbDecision::NotService;
         };
         let svc = &fe.svc;
-        let from_node = self
-            .inner
-            .config
-            .node_addresses
-            .iter()
-            .any(|&a| u32::from(a) == src);
-        let external = fe.kind != FrontendKind::ClusterIp && !self.is_internal(src);
-        let policy = if external {
-            svc.spec.external_traffic_policy
-        } else {
-            svc.spec.internal_traffic_policy
-        };
-        let cands = match policy {
-            TrafficPolicy::Local => &svc.local,
-            TrafficPolicy::Cluster => &svc.cluster,
-        };
+        let from_node = self.is_node_address(src);
+        let (external, policy, cands) = Self::candidates(fe, self.is_internal(src));
         if cands.is_empty() {
             return match policy {
                 TrafficPolicy::Local => LbDecision::Drop(DropReason::ServiceNoLocalEndpoint),

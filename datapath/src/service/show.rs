@@ -34,16 +34,7 @@ impl Services {
             );
         };
         let svc = &fe.svc;
-        let external = fe.kind != FrontendKind::ClusterIp && !self.is_internal(src);
-        let policy = if external {
-            svc.spec.external_traffic_policy
-        } else {
-            svc.spec.internal_traffic_policy
-        };
-        let cands = match policy {
-            TrafficPolicy::Local => &svc.local,
-            TrafficPolicy::Cluster => &svc.cluster,
-        };
+        let (external, policy, cands) = Self::candidates(fe, self.is_internal(src));
         let mut out = format!(
             "service {} frontend {:?} traffic {} policy {:?}\n",
             svc.name,
@@ -69,12 +60,7 @@ impl Services {
         if let Some(t) = svc.affinity {
             out += &format!("session affinity ClientIP, {} s\n", t / SEC);
         }
-        let from_node = self
-            .inner
-            .config
-            .node_addresses
-            .iter()
-            .any(|&a| u32::from(a) == src);
+        let from_node = self.is_node_address(src);
         let hairpin = cands.iter().any(|&i| svc.endpoints[i as usize].ip == src);
         if policy == TrafficPolicy::Cluster && external || from_node {
             out += &format!("masquerade to {}\n", self.inner.config.masquerade_ip);
