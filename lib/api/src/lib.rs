@@ -186,6 +186,7 @@ pub fn all_methods() -> Vec<(&'static str, &'static [&'static str])> {
         m::<stack::DelPortSecurity>(),
         m::<node::NodeCommit>(),
         m::<node::QueryNodeStatus>(),
+        m::<node::QueryNodeProgram>(),
     ]
 }
 

@@ -721,6 +721,34 @@ method!(
 method!(
     /// The generation in force, the instance id and the ports' state.
     QueryNodeStatus, "node-status", "", (0, 0), Empty => NodeStatus);
+method!(
+    /// The program `sluiced` holds: every committed change applied, in
+    /// canonical form (what the agent diffs against after its own restart).
+    QueryNodeProgram, "node-program", "", (0, 0), Empty => NodeProgram);
+
+impl Render for NodeProgram {
+    fn render(&self) -> String {
+        let mut s = format!(
+            "node {}: {} ports, {} flows, {} groups, {} Services, {} VTEPs, {} port-security bindings, {} neighbours, {} ARP responder addresses\n",
+            self.settings.node_name,
+            self.ports.len(),
+            self.flows.len(),
+            self.groups.len(),
+            self.services.len(),
+            self.vteps.len(),
+            self.port_security.len(),
+            self.neighbours.len(),
+            self.arp_responder.len()
+        );
+        for (name, p) in &self.ports {
+            s += &format!("  port {:>3} {name}: {:?}\n", p.ofport, p.kind);
+        }
+        for (node, ip) in &self.vteps {
+            s += &format!("  vtep {node}: {ip}\n");
+        }
+        s
+    }
+}
 
 /// The canonical order of flows: table, descending priority, match.
 fn order(f: &Flow) -> (u8, std::cmp::Reverse<u16>, &str) {
