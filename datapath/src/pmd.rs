@@ -26,6 +26,12 @@
 //! table is in flight and the device can be stopped. The hot path takes no
 //! lock and allocates nothing; a reload allocates (it is not per burst).
 //!
+//! A node commit (`node-commit`) changes several of the structures PMDs
+//! read (port table, flow program, Service table, VTEPs, ingress) and must
+//! be seen whole: [`SharedPorts::barrier`] parks every PMD at a burst
+//! boundary while the prepared parts are stored (VPP's worker barrier).
+//! Outside a commit it costs one relaxed load per iteration.
+//!
 //! Thread-safety: the shared state is [`PmdStats`] (single-writer
 //! counters), the stop flag and [`SharedPorts`] (an `ArcSwap` plus atomic
 //! generation and epochs; writers serialise on a mutex); nothing on the
@@ -208,6 +214,35 @@ pub struct SharedPorts<P> {
     published: AtomicU64,
     epochs: Box<[CachePadded<AtomicU64>]>,
     writer: Mutex<()>,
+    /// The commit barrier (see [`SharedPorts::barrier`]).
+    barrier: CommitBarrier,
+}
+
+/// The workers' barrier of a node commit (VPP's
+/// `vlib_worker_thread_barrier_sync`): the writer raises `hold`; each PMD,
+/// at its next burst boundary, sets its `parked` flag and spins (yielding)
+/// until `hold` drops; the writer waits until every PMD is parked or
+/// stopped, publishes every part of the commit, and drops `hold`. No PMD
+/// processes a packet while the parts are swapped, and every PMD resumes
+/// with all of them: a commit is seen whole or not at all. Packets that
+/// arrive meanwhile wait in the rx rings (the barrier lasts as long as a
+/// few pointer stores; everything expensive is prepared before it).
+#[derive(Debug)]
+struct CommitBarrier {
+    hold: AtomicBool,
+    parked: Box<[CachePadded<AtomicBool>]>,
+    /// Serialises barrier holders.
+    holder: Mutex<()>,
+}
+
+/// The PMDs did not all reach a burst boundary in time.
+#[derive(Debug, thiserror::Error)]
+#[error("PMD thread {pmd} did not reach a burst boundary within {waited:?} (is it stuck?); nothing was changed")]
+pub struct BarrierError {
+    /// The PMD that did not park.
+    pub pmd: usize,
+    /// How long we waited.
+    pub waited: Duration,
 }
 
 /// A PMD did not pick up a port table in time.
@@ -237,7 +272,84 @@ impl<P: Clone> SharedPorts<P> {
                 .map(|_| CachePadded::new(AtomicU64::new(0)))
                 .collect(),
             writer: Mutex::new(()),
+            barrier: CommitBarrier {
+                hold: AtomicBool::new(false),
+                parked: (0..n_pmds)
+                    .map(|_| CachePadded::new(AtomicBool::new(false)))
+                    .collect(),
+                holder: Mutex::new(()),
+            },
         }
+    }
+
+    /// Runs `f` while every PMD is parked between bursts (or stopped): the
+    /// changes `f` publishes (port table, flow program, Service table,
+    /// VTEPs, ingress, settings) become visible to every PMD at once, when
+    /// they resume. `f` must only store what was prepared before: the PMDs
+    /// wait for it. Polls the parked flags (a control-thread wait, never a
+    /// PMD's); yields while waiting, so it also works when a PMD shares
+    /// the control thread's core.
+    ///
+    /// # Errors
+    /// [`BarrierError`] when a PMD did not park within `timeout`; then `f`
+    /// did not run and the PMDs resume unchanged.
+    pub fn barrier<R>(&self, timeout: Duration, f: impl FnOnce() -> R) -> Result<R, BarrierError> {
+        let b = &self.barrier;
+        let _one = b.holder.lock().unwrap_or_else(|e| e.into_inner());
+        b.hold.store(true, Ordering::SeqCst);
+        // Dropped on every path (also if `f` panics): the PMDs resume.
+        struct Release<'a>(&'a AtomicBool);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let release = Release(&b.hold);
+        let t0 = Instant::now();
+        for (pmd, parked) in b.parked.iter().enumerate() {
+            loop {
+                if parked.load(Ordering::Acquire)
+                    || self.epochs[pmd].load(Ordering::Acquire) == u64::MAX
+                {
+                    break;
+                }
+                if t0.elapsed() > timeout {
+                    return Err(BarrierError {
+                        pmd,
+                        waited: timeout,
+                    });
+                }
+                std::thread::yield_now();
+            }
+        }
+        let r = f();
+        drop(release);
+        Ok(r)
+    }
+
+    /// Called by PMD `index` at a burst boundary: parks while a barrier is
+    /// held. One relaxed load when none is.
+    #[inline]
+    fn park_if_held(&self, index: usize) {
+        let b = &self.barrier;
+        if !b.hold.load(Ordering::Relaxed) {
+            return;
+        }
+        self.park(index);
+    }
+
+    #[cold]
+    fn park(&self, index: usize) {
+        let b = &self.barrier;
+        let Some(parked) = b.parked.get(index) else {
+            return;
+        };
+        parked.store(true, Ordering::Release);
+        while b.hold.load(Ordering::Acquire) {
+            std::hint::spin_loop();
+            std::thread::yield_now();
+        }
+        parked.store(false, Ordering::Release);
     }
 
     /// The table in force.
@@ -486,7 +598,9 @@ where
             let mut burst = Burst::new(PortNo(0));
             let mut iter: u64 = 0;
             while !stop.load(Ordering::Relaxed) {
-                // A burst boundary: pick up a new port table.
+                // A burst boundary: wait out a node commit, then pick up a
+                // new port table.
+                shared.park_if_held(spec.index);
                 if shared.published() != local.generation {
                     local.reload(&shared, spec.index, &mut pipeline, &mut out);
                 }
@@ -861,6 +975,134 @@ mod tests {
         // deleted port was never received.
         assert_eq!(stats.rx_packets.get(), 5);
         assert_eq!(stats.drops.total(), 0);
+    }
+
+    /// Reads two values a commit always sets together; counts the bursts
+    /// that saw them differ, and sends every packet back out.
+    struct PairReader {
+        pair: Arc<(AtomicU64, AtomicU64)>,
+        torn: Arc<AtomicU64>,
+        gate: Option<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl<B: PacketBuf> Pipeline<B> for PairReader {
+        fn process(&mut self, _now: Nanos, burst: &mut Burst<B>, out: &mut Output<B>) {
+            if let Some(g) = &self.gate {
+                // Stuck until the test releases it.
+                let _ = g.recv();
+            }
+            let a = self.pair.0.load(Ordering::Acquire);
+            for p in burst.pkts.drain(..) {
+                // Spread the two reads over the burst.
+                std::hint::black_box(p.data().len());
+                out.send(burst.in_port, p);
+            }
+            if self.pair.1.load(Ordering::Acquire) != a {
+                self.torn.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A commit published under the barrier is seen whole: while a PMD
+    /// forwards, 500 barriers each store two values; no burst ever sees
+    /// them differ, and inside the barrier the PMD is parked. Bounded by
+    /// packet counts, not time.
+    #[test]
+    fn barrier_commits_are_seen_whole_by_the_pmd() {
+        let (p1, h1) = MemPort::new("a");
+        let mut table = PortTable::empty(1);
+        table.insert(PortNo(1), p1, &[0]);
+        let shared = Arc::new(SharedPorts::new(1, table));
+        let stop = Arc::new(AtomicBool::new(false));
+        let pair = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+        let torn = Arc::new(AtomicU64::new(0));
+        let pmd = spawn_shared(
+            PmdSpec::default(),
+            shared.clone(),
+            PairReader {
+                pair: pair.clone(),
+                torn: torn.clone(),
+                gate: None,
+            },
+            stop.clone(),
+            || Ok::<(), std::convert::Infallible>(()),
+        )
+        .unwrap();
+        let f = frame([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        let mut sent = 0;
+        for i in 1..=500u64 {
+            h1.inject(&f);
+            sent += 1;
+            let parked = shared
+                .barrier(Duration::from_secs(60), || {
+                    pair.0.store(i, Ordering::Release);
+                    // The PMD is parked: nothing reads between the stores.
+                    let parked = shared.barrier.parked[0].load(Ordering::Acquire);
+                    pair.1.store(i, Ordering::Release);
+                    parked
+                })
+                .expect("the PMD parks");
+            assert!(parked, "barrier {i}: the PMD was not parked");
+        }
+        let mut got = 0;
+        while got < sent {
+            got += wait_for_frames(&h1, "the frames sent back").len();
+        }
+        stop.store(true, Ordering::Relaxed);
+        pmd.join().unwrap();
+        assert_eq!(got, sent);
+        assert_eq!(torn.load(Ordering::Relaxed), 0, "a burst saw half a commit");
+    }
+
+    /// A PMD stuck in a burst makes the barrier fail with its index, the
+    /// commit does not run, and the PMD carries on once unstuck.
+    #[test]
+    fn barrier_fails_cleanly_when_a_pmd_is_stuck() {
+        let (p1, h1) = MemPort::new("a");
+        let mut table = PortTable::empty(1);
+        table.insert(PortNo(1), p1, &[0]);
+        let shared = Arc::new(SharedPorts::new(1, table));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (release, gate) = std::sync::mpsc::channel();
+        let pmd = spawn_shared(
+            PmdSpec::default(),
+            shared.clone(),
+            PairReader {
+                pair: Arc::default(),
+                torn: Arc::default(),
+                gate: Some(gate),
+            },
+            stop.clone(),
+            || Ok::<(), std::convert::Infallible>(()),
+        )
+        .unwrap();
+        // Let the PMD start, then make it take one burst and get stuck.
+        shared
+            .wait_for_pmds(0, Duration::from_secs(60))
+            .expect("the PMD starts");
+        h1.inject(&frame([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]));
+        // The queue is drained once the PMD holds the burst.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while h1.pending() > 0 {
+            assert!(Instant::now() < deadline, "the PMD never took the frame");
+            std::thread::yield_now();
+        }
+        let mut ran = false;
+        let e = shared
+            .barrier(Duration::from_millis(200), || ran = true)
+            .expect_err("a stuck PMD fails the barrier");
+        assert_eq!(e.pmd, 0);
+        assert!(!ran, "the commit ran without the PMD parked");
+        assert!(e.to_string().contains("nothing was changed"), "{e}");
+        release.send(()).unwrap();
+        let _ = wait_for_frames(&h1, "the frame once unstuck");
+        // And a barrier works again.
+        shared
+            .barrier(Duration::from_secs(60), || ())
+            .expect("the PMD parks once unstuck");
+        stop.store(true, Ordering::Relaxed);
+        drop(release);
+        pmd.join().unwrap();
     }
 
     #[test]

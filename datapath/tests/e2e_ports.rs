@@ -196,7 +196,7 @@ fn pod_ports_added_and_deleted_while_a_stream_forwards() {
     );
     assert_eq!(st.ports["pod-b"].ofport, 4);
     // The contract: sluiced serves every method sluice-api defines, under
-    // its name and its OVS aliases, except node-commit and node-program (not built yet).
+    // its name and its OVS aliases.
     let served: Vec<String> = c
         .call::<sluice_api::system::ListCommands>(&Empty {})
         .expect("list-commands")
@@ -205,9 +205,6 @@ fn pod_ports_added_and_deleted_while_a_stream_forwards() {
         .map(|c| c.name)
         .collect();
     for (name, aliases) in sluice_api::all_methods() {
-        if name == "node-commit" || name == "node-program" {
-            continue;
-        }
         for n in std::iter::once(name).chain(aliases.iter().copied()) {
             assert!(served.iter().any(|s| s == n), "sluiced does not serve {n}");
         }

@@ -162,6 +162,9 @@ enum Command {
     /// Print the node program's generation in force, sluiced's instance id
     /// and the ports' state.
     NodeStatus,
+    /// Print the node program sluiced holds (every commit applied; with
+    /// --format json, the whole program).
+    NodeProgram,
     /// Apply a node change set (JSON, see sluice-api's NodeChanges) from
     /// FILE in one atomic step.
     NodeCommit {
@@ -440,6 +443,7 @@ fn call_for(cmd: Command) -> Result<Call, InputError> {
         }
         Command::PortDel { port } => from_args::<ports::PortDel>(&[port])?,
         Command::NodeStatus => typed::<node::QueryNodeStatus>(empty),
+        Command::NodeProgram => typed::<node::QueryNodeProgram>(empty),
         Command::NodeCommit { file } => {
             let text = read_input(&file, "node change file")?;
             from_args::<node::NodeCommit>(&[text])?

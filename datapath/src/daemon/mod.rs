@@ -19,6 +19,7 @@
 //! feature handles, each documented in its module.
 
 pub mod commands;
+pub mod node;
 pub mod ports;
 
 use std::collections::BTreeMap;
@@ -512,37 +513,34 @@ impl Daemon {
             p.del(&r.port)
         })
         .map_err(reg_err)?;
-        // `node-status`: which sluiced this is (new at every start, so the
-        // agent knows when to push everything again) and the generation in
-        // force (0 until a node-commit is applied).
-        let instance_id = uuid::Uuid::new_v4().to_string();
-        let started = std::time::Instant::now();
-        let p = ports;
-        crate::ctl::typed::register::<sluice_api::node::QueryNodeStatus>(registry, move |_| {
-            Ok(sluice_api::node::NodeStatus {
-                generation: 0,
-                instance_id: instance_id.clone(),
-                uptime_ms: started.elapsed().as_millis() as u64,
-                ports: p
-                    .list()
-                    .into_iter()
-                    .map(|s| {
-                        let status = sluice_api::node::PortStatus {
-                            ofport: s.ofport,
-                            up: s.handle.link().up,
-                            forwarding: !s.pmds.is_empty(),
-                        };
-                        (s.name, status)
-                    })
-                    .collect(),
-            })
-        })
-        .map_err(reg_err)?;
         let Features {
             overlay,
             services,
             conntrack,
         } = features;
+        // `node-commit`, `node-status`, `node-program`: the program the
+        // agent drives (see `node`).
+        let fixed_port = |name: Option<&String>| {
+            let n = name?;
+            cfg.ports
+                .iter()
+                .find(|p| &p.name == n)
+                .map(|p| (p.name.clone(), p.ofport))
+        };
+        let state = Arc::new(node::NodeState::new(node::Parts {
+            ports,
+            flows: flows.cloned(),
+            services: services.clone(),
+            conntrack: conntrack.clone(),
+            tunnels: overlay.tunnels.clone(),
+            ingress: overlay.ingress.clone(),
+            stack: overlay.stack().cloned(),
+            fixed: node::FixedPorts {
+                uplink: fixed_port(cfg.uplink_port.as_ref()),
+                host: fixed_port(cfg.datapath.overlay.host_port.as_ref()),
+            },
+        }));
+        node::register(registry, state).map_err(reg_err)?;
         if let Some(t) = flows {
             let oracle = Arc::new(crate::conntrack::trace::CtTracer::new(
                 conntrack.clone(),

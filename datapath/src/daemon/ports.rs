@@ -297,21 +297,7 @@ impl Ports {
     /// PMDs for `n` new rx queues: each to the PMD polling fewest queues
     /// (lowest index on ties).
     fn least_loaded(&self, n: u16) -> Vec<usize> {
-        let t = self.shared.load();
-        let mut load: Vec<usize> = (0..self.n_pmds())
-            .map(|i| t.rx.get(i).map_or(0, Vec::len))
-            .collect();
-        (0..n)
-            .map(|_| {
-                let (i, _) = load
-                    .iter()
-                    .enumerate()
-                    .min_by_key(|&(i, l)| (*l, i))
-                    .unwrap_or((0, &0));
-                load[i] += 1;
-                i
-            })
-            .collect()
+        pick_least_loaded(&mut self.rx_load(), n)
     }
 
     /// `port-del`.
@@ -376,6 +362,168 @@ impl Ports {
         })
     }
 
+    /// Prepares a node commit's port changes without publishing them:
+    /// checks that every port in `removed` exists (by name) and that the
+    /// names and numbers of `added` are free once `removed` are gone, then
+    /// opens and starts each added pod port's device (not yet polled).
+    /// [`Ports::publish_stage`] makes them all visible in one port-table
+    /// generation (under the PMD barrier); dropping the stage instead
+    /// closes what it opened.
+    ///
+    /// # Errors
+    /// The first port that cannot be removed or added, by name, with why.
+    pub fn stage(
+        &self,
+        removed: &[String],
+        added: &[StagedPortSpec],
+    ) -> Result<PortStage, (String, PortError)> {
+        let mut inner = self.lock();
+        if inner.pool.is_none() {
+            return Err((String::new(), PortError::Closed));
+        }
+        let mut gone = Vec::new();
+        for name in removed {
+            let o = inner
+                .entries
+                .iter()
+                .find(|(_, e)| &e.name == name)
+                .map(|(o, _)| *o)
+                .ok_or_else(|| (name.clone(), PortError::NotFound(name.clone())))?;
+            gone.push(o);
+        }
+        let mut stage = PortStage {
+            removed: gone,
+            added: Vec::new(),
+            generation: None,
+        };
+        let mut load = self.rx_load();
+        for a in added {
+            let err = |e| (a.name.clone(), e);
+            let taken_by = |o: u16| {
+                inner
+                    .entries
+                    .get(&o)
+                    .filter(|_| !stage.removed.contains(&o))
+                    .map(|e| e.name.clone())
+                    .or_else(|| {
+                        stage
+                            .added
+                            .iter()
+                            .find(|s| s.ofport == o)
+                            .map(|s| s.name.clone())
+                    })
+            };
+            if inner
+                .entries
+                .iter()
+                .any(|(o, e)| e.name == a.name && !stage.removed.contains(o))
+                || stage.added.iter().any(|s| s.name == a.name)
+            {
+                return Err(err(PortError::NameTaken(a.name.clone())));
+            }
+            if let Some(by) = taken_by(a.ofport) {
+                return Err(err(PortError::OfportTaken {
+                    ofport: a.ofport,
+                    by,
+                }));
+            }
+            if !std::path::Path::new("/sys/class/net")
+                .join(&a.interface)
+                .exists()
+            {
+                return Err(err(PortError::InterfaceMissing(a.interface.clone())));
+            }
+            inner.seq += 1;
+            let devargs = pod_devargs(a.driver, &a.interface, inner.seq, self.n_pmds() as u16);
+            let mut dev = open(&inner, &a.name, &devargs, 1, self.n_pmds()).map_err(err)?;
+            dev.detach_on_close();
+            let pmds = pick_least_loaded(&mut load, 1);
+            stage.added.push(StagedPort {
+                name: a.name.clone(),
+                ofport: a.ofport,
+                pmds,
+                dev: Some(dev),
+            });
+        }
+        Ok(stage)
+    }
+
+    /// Publishes a stage's removals and additions as one port-table
+    /// generation. Call it inside [`SharedPorts::barrier`]; afterwards,
+    /// outside it, [`Ports::finish_stage`].
+    pub fn publish_stage(&self, stage: &mut PortStage) {
+        let mut inner = self.lock();
+        let adds: Vec<(u16, DpdkPort, Vec<usize>)> = stage
+            .added
+            .iter()
+            .filter_map(|s| {
+                s.dev
+                    .as_ref()
+                    .map(|d| (s.ofport, d.handle(), s.pmds.clone()))
+            })
+            .collect();
+        let removed = stage.removed.clone();
+        let (_, generation) = self.shared.update(move |t| {
+            for o in &removed {
+                t.remove(PortNo(*o));
+            }
+            for (o, h, pmds) in adds {
+                t.insert(PortNo(o), h, &pmds);
+            }
+        });
+        stage.generation = Some(generation);
+        for s in &mut stage.added {
+            if let Some(dev) = s.dev.take() {
+                let e = Entry {
+                    name: s.name.clone(),
+                    kind: "pod".to_string(),
+                    devargs: dev.devargs().to_string(),
+                    driver: dev.driver(),
+                    pmds: s.pmds.clone(),
+                    dev,
+                };
+                inner.entries.insert(s.ofport, e);
+            }
+        }
+    }
+
+    /// After a published stage: waits until no PMD runs a table with the
+    /// removed ports, then stops and closes their devices; returns the
+    /// names of the ports closed.
+    ///
+    /// # Errors
+    /// [`PortError::PmdWait`] when a PMD did not pass a burst boundary
+    /// (the removed devices then stay open, unpolled).
+    pub fn finish_stage(&self, stage: PortStage) -> Result<Vec<String>, PortError> {
+        let Some(generation) = stage.generation else {
+            return Ok(Vec::new());
+        };
+        self.shared
+            .wait_for_pmds(generation, PMD_WAIT)
+            .map_err(|source| PortError::PmdWait {
+                port: format!("{} removed", stage.removed.len()),
+                source,
+            })?;
+        let mut inner = self.lock();
+        let mut closed = Vec::new();
+        for o in &stage.removed {
+            if let Some(mut e) = inner.entries.remove(o) {
+                e.dev.detach_on_close();
+                closed.push(e.name.clone());
+                drop(e);
+            }
+        }
+        Ok(closed)
+    }
+
+    /// The published number of rx queues per PMD.
+    fn rx_load(&self) -> Vec<usize> {
+        let t = self.shared.load();
+        (0..self.n_pmds())
+            .map(|i| t.rx.get(i).map_or(0, Vec::len))
+            .collect()
+    }
+
     /// Every port, by OpenFlow number.
     pub fn list(&self) -> Vec<PortSummary> {
         self.lock()
@@ -430,6 +578,58 @@ fn summary(ofport: u16, e: &Entry) -> PortSummary {
         driver: e.driver.clone(),
         pmds: e.pmds.clone(),
         handle: e.dev.handle(),
+    }
+}
+
+/// `n` PMDs for new rx queues: each to the PMD polling fewest queues
+/// (lowest index on ties); `load` is updated.
+fn pick_least_loaded(load: &mut [usize], n: u16) -> Vec<usize> {
+    (0..n)
+        .map(|_| {
+            let i = (0..load.len()).min_by_key(|&i| (load[i], i)).unwrap_or(0);
+            if let Some(l) = load.get_mut(i) {
+                *l += 1;
+            }
+            i
+        })
+        .collect()
+}
+
+/// A pod port a node commit adds.
+#[derive(Debug, Clone)]
+pub struct StagedPortSpec {
+    /// Its name (the `Logical_Port`'s).
+    pub name: String,
+    /// Its OpenFlow number.
+    pub ofport: u16,
+    /// The host end of the pod's veth.
+    pub interface: String,
+    /// The driver.
+    pub driver: PodDriver,
+}
+
+#[derive(Debug)]
+struct StagedPort {
+    name: String,
+    ofport: u16,
+    pmds: Vec<usize>,
+    /// Open and started; taken when published.
+    dev: Option<Ethdev>,
+}
+
+/// A node commit's port changes, prepared by [`Ports::stage`]. Dropped
+/// unpublished, it closes the devices it opened.
+#[derive(Debug)]
+pub struct PortStage {
+    removed: Vec<u16>,
+    added: Vec<StagedPort>,
+    generation: Option<u64>,
+}
+
+impl PortStage {
+    /// Nothing to publish.
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.added.is_empty()
     }
 }
 

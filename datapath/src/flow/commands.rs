@@ -31,7 +31,7 @@ fn invalid(e: impl std::fmt::Display) -> ApiError {
 }
 
 /// One `flow-bundle` operation as a [`FlowMod`].
-fn flow_mod(i: usize, op: &api::flows::FlowOp) -> Result<FlowMod, ApiError> {
+pub(crate) fn flow_mod(i: usize, op: &api::flows::FlowOp) -> Result<FlowMod, ApiError> {
     let at = |e: crate::flow::text::ParseError| ApiError::invalid(format!("operation {i}: {e}"));
     Ok(match op {
         api::flows::FlowOp::Add { flow } if flow.trim_start().starts_with("group_id=") => {

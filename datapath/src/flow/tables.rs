@@ -64,6 +64,32 @@ struct Inner {
     writer: Mutex<()>,
 }
 
+/// A flow program prepared by [`FlowTables::stage`], not yet visible.
+#[derive(Debug)]
+pub struct StagedFlows<'a> {
+    tables: &'a FlowTables,
+    _writer: std::sync::MutexGuard<'a, ()>,
+    next: FlowProgram,
+    summary: BundleSummary,
+}
+
+impl StagedFlows<'_> {
+    /// What publishing will change.
+    pub fn summary(&self) -> BundleSummary {
+        self.summary
+    }
+
+    /// Makes the prepared program the one in force (PMDs pick it up at
+    /// their next burst).
+    pub fn publish(self) -> BundleSummary {
+        let inner = &self.tables.inner;
+        let generation = self.next.generation;
+        inner.program.store(Arc::new(self.next));
+        inner.generation.store(generation, Ordering::Release);
+        self.summary
+    }
+}
+
 /// The control-side handle on the flow program (cheap to clone).
 #[derive(Debug, Clone)]
 pub struct FlowTables {
@@ -116,6 +142,26 @@ impl FlowTables {
         self.inner.program.store(Arc::new(next));
         self.inner.generation.store(generation, Ordering::Release);
         Ok(out)
+    }
+
+    /// Prepares `mods` as one bundle without publishing it: the result
+    /// holds the writer lock (no other change interleaves) until
+    /// [`StagedFlows::publish`] stores it or it is dropped (nothing
+    /// changes). Used by `node-commit`, which publishes every part of a
+    /// commit under one PMD barrier.
+    ///
+    /// # Errors
+    /// [`BundleError`]: the first mod that does not apply.
+    pub fn stage(&self, mods: &[FlowMod], now: Nanos) -> Result<StagedFlows<'_>, BundleError> {
+        let w = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = self.inner.program.load_full();
+        let (next, summary) = cur.apply(mods, now, text::format_flow_mod)?;
+        Ok(StagedFlows {
+            tables: self,
+            _writer: w,
+            next,
+            summary,
+        })
     }
 
     /// Applies `mods` as one atomic bundle at time `now`.

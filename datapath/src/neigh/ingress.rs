@@ -95,6 +95,13 @@ pub struct IngressConfig {
     pub arp: ArpResponder,
 }
 
+/// An ingress configuration prepared for a node commit.
+#[derive(Debug)]
+pub struct PreparedIngress {
+    config: Arc<IngressConfig>,
+    counters: Arc<HashMap<PortNo, Arc<PortSecurityCounters>>>,
+}
+
 /// Shared handle for control threads: publish bindings and responder
 /// addresses, read counters.
 #[derive(Debug, Clone, Default)]
@@ -117,6 +124,27 @@ impl IngressControl {
         }
         self.counters.store(Arc::new(counters));
         self.config.store(Arc::new(c));
+    }
+
+    /// The configuration `f` would publish, and the counters to publish
+    /// with it, without publishing them ([`IngressControl::publish`]).
+    pub fn prepare(&self, f: impl FnOnce(&mut IngressConfig)) -> PreparedIngress {
+        let mut c = (**self.config.load()).clone();
+        f(&mut c);
+        let mut counters = (**self.counters.load()).clone();
+        for p in c.ports.keys() {
+            counters.entry(*p).or_default();
+        }
+        PreparedIngress {
+            config: Arc::new(c),
+            counters: Arc::new(counters),
+        }
+    }
+
+    /// Publishes what [`IngressControl::prepare`] built.
+    pub fn publish(&self, p: PreparedIngress) {
+        self.counters.store(p.counters);
+        self.config.store(p.config);
     }
 
     /// Secures `port`: only `binding`'s MAC and IPs may be sent from it.

@@ -62,6 +62,10 @@ impl MemPortHandle {
             .map(|b| b.data().to_vec())
             .collect()
     }
+    /// Frames queued for the port that it has not received yet.
+    pub fn pending(&self) -> usize {
+        lock(&self.q).rx.len()
+    }
     /// Limits how many packets one tx burst accepts.
     pub fn set_tx_limit(&self, limit: Option<usize>) {
         lock(&self.q).tx_limit = limit;

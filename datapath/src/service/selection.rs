@@ -50,13 +50,14 @@ impl Services {
     pub(super) fn is_node_address(&self, ip: u32) -> bool {
         self.inner
             .config
+            .load()
             .node_addresses
             .iter()
             .any(|&a| u32::from(a) == ip)
     }
 
     pub(super) fn is_internal(&self, ip: u32) -> bool {
-        let c = &self.inner.config;
+        let c = self.inner.config.load();
         c.cluster_cidrs.iter().any(|&n| in_cidr(ip, n)) || self.is_node_address(ip)
     }
 
@@ -112,7 +113,7 @@ impl Services {
         LbDecision::Forward(LbTarget {
             ip: e.ip,
             port: e.spec.port,
-            masquerade: masq.then_some(u32::from(self.inner.config.masquerade_ip)),
+            masquerade: masq.then_some(u32::from(self.inner.config.load().masquerade_ip)),
             lb: LbRef {
                 service: svc.name.clone(),
                 endpoint: (e.spec.ip, e.spec.port),

@@ -63,11 +63,11 @@ impl Services {
         let from_node = self.is_node_address(src);
         let hairpin = cands.iter().any(|&i| svc.endpoints[i as usize].ip == src);
         if policy == TrafficPolicy::Cluster && external || from_node {
-            out += &format!("masquerade to {}\n", self.inner.config.masquerade_ip);
+            out += &format!("masquerade to {}\n", self.inner.config.load().masquerade_ip);
         } else if hairpin {
             out += &format!(
                 "masquerade to {} if the client's own endpoint is chosen (hairpin)\n",
-                self.inner.config.masquerade_ip
+                self.inner.config.load().masquerade_ip
             );
         }
         out

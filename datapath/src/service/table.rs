@@ -205,10 +205,73 @@ pub(super) type AffinityMap = HashMap<(u64, u32), (u32, u16, Nanos)>;
 
 #[derive(Debug)]
 pub(super) struct Inner {
-    pub(super) config: ServiceConfig,
+    /// The node settings (node addresses, NodePort range, masquerade
+    /// address, cluster CIDRs, zone); replaced with the table when a node
+    /// commit changes them.
+    pub(super) config: ArcSwap<ServiceConfig>,
     pub(super) table: ArcSwap<Table>,
     pub(super) writer: Mutex<u64>,
     pub(super) affinity: Box<[Mutex<AffinityMap>]>,
+}
+
+/// A Service table prepared by [`Services::stage`], not yet visible.
+#[derive(Debug)]
+pub struct StagedServices<'a> {
+    services: &'a Services,
+    _writer: std::sync::MutexGuard<'a, u64>,
+    table: Table,
+    config: Option<Arc<ServiceConfig>>,
+    removed: HashSet<(Arc<str>, Ipv4Addr, u16)>,
+    summary: UpdateSummary,
+}
+
+/// A published Service update whose removed endpoints' connections may
+/// still need flushing ([`Published::flush`], outside any PMD barrier).
+#[derive(Debug)]
+#[must_use = "flush the removed endpoints' connections"]
+pub struct Published {
+    removed: HashSet<(Arc<str>, Ipv4Addr, u16)>,
+    summary: UpdateSummary,
+}
+
+impl StagedServices<'_> {
+    /// What publishing will change.
+    pub fn summary(&self) -> UpdateSummary {
+        self.summary.clone()
+    }
+
+    /// Makes the prepared table (and settings) the ones in force.
+    pub fn publish(self) -> Published {
+        let inner = &self.services.inner;
+        if let Some(c) = self.config {
+            inner.config.store(c);
+        }
+        inner.table.store(Arc::new(self.table));
+        Published {
+            removed: self.removed,
+            summary: self.summary,
+        }
+    }
+}
+
+impl Published {
+    /// Flushes the connections of removed endpoints from `conntrack` (when
+    /// the batch asked for it); returns the summary with the count.
+    pub fn flush(self, conntrack: Option<&Conntrack>) -> UpdateSummary {
+        let removed = self.removed;
+        let flushed = match conntrack {
+            Some(ct) if !removed.is_empty() => ct.flush_where(|c| {
+                c.lb.as_ref().is_some_and(|lb| {
+                    removed.contains(&(lb.service.clone(), lb.endpoint.0, lb.endpoint.1))
+                })
+            }),
+            _ => 0,
+        };
+        UpdateSummary {
+            flushed,
+            ..self.summary
+        }
+    }
 }
 
 /// The Service table handle.
@@ -222,7 +285,7 @@ impl Services {
     pub fn new(config: ServiceConfig) -> Services {
         Services {
             inner: Arc::new(Inner {
-                config,
+                config: ArcSwap::from_pointee(config),
                 table: ArcSwap::from_pointee(Table {
                     frontends: Sharded::new(),
                     by_name: Sharded::new(),
@@ -235,9 +298,9 @@ impl Services {
         }
     }
 
-    /// The node settings.
-    pub fn config(&self) -> &ServiceConfig {
-        &self.inner.config
+    /// The node settings in force.
+    pub fn config(&self) -> Arc<ServiceConfig> {
+        self.inner.config.load_full()
     }
 
     /// Number of Services.
@@ -256,6 +319,13 @@ impl Services {
     }
 
     pub(super) fn frontends_of(&self, s: &ServiceSpec) -> Vec<(FrontendKey, FrontendKind)> {
+        frontends_of(&self.inner.config.load(), s)
+    }
+}
+
+/// Every frontend of `s` under the node settings `config`.
+fn frontends_of(config: &ServiceConfig, s: &ServiceSpec) -> Vec<(FrontendKey, FrontendKind)> {
+    {
         let proto = s.protocol.ipproto();
         let fk = |ip: Ipv4Addr, port| FrontendKey {
             ip: u32::from(ip),
@@ -270,8 +340,7 @@ impl Services {
         );
         if let Some(np) = s.node_port {
             v.extend(
-                self.inner
-                    .config
+                config
                     .node_addresses
                     .iter()
                     .map(|&ip| (fk(ip, np), FrontendKind::NodePort)),
@@ -289,8 +358,10 @@ impl Services {
         );
         v
     }
+}
 
-    pub(super) fn validate(&self, s: &ServiceSpec) -> Result<(), ServiceError> {
+impl Services {
+    pub(super) fn validate(config: &ServiceConfig, s: &ServiceSpec) -> Result<(), ServiceError> {
         if s.port == 0 {
             return Err(ServiceError::ZeroPort(s.name.clone()));
         }
@@ -309,7 +380,7 @@ impl Services {
             }
         }
         if let Some(np) = s.node_port {
-            let (lo, hi) = self.inner.config.node_port_range;
+            let (lo, hi) = config.node_port_range;
             if np < lo || np > hi {
                 return Err(ServiceError::NodePortRange {
                     name: s.name.clone(),
@@ -329,15 +400,35 @@ impl Services {
         update: &ServiceUpdate,
         conntrack: Option<&Conntrack>,
     ) -> Result<UpdateSummary, ServiceError> {
+        Ok(self.stage(update, None)?.publish().flush(conntrack))
+    }
+
+    /// Prepares `update` (and, when given and different, new node
+    /// settings: every Service's frontends are rebuilt for them) without
+    /// publishing it. The result holds the writer lock until it is
+    /// published or dropped (then nothing changes). `node-commit` stages
+    /// the Services with the other parts of a commit and publishes them
+    /// all under one PMD barrier.
+    ///
+    /// # Errors
+    /// [`ServiceError`]: the first problem of the batch; nothing changes.
+    pub fn stage(
+        &self,
+        update: &ServiceUpdate,
+        config: Option<ServiceConfig>,
+    ) -> Result<StagedServices<'_>, ServiceError> {
         let mut next_id = lock(&self.inner.writer);
         let old = self.inner.table.load_full();
+        let old_cfg = self.inner.config.load_full();
+        let new_cfg = config.filter(|c| *c != *old_cfg).map(Arc::new);
+        let cfg: &ServiceConfig = new_cfg.as_deref().unwrap_or(&old_cfg);
         let mut t: Table = (*old).clone();
         let mut seen = HashSet::new();
         for s in &update.upsert {
             if !seen.insert(s.name.as_str()) {
                 return Err(ServiceError::Duplicate(s.name.clone()));
             }
-            self.validate(s)?;
+            Self::validate(cfg, s)?;
         }
         for name in &update.delete {
             if !seen.insert(name.as_str()) {
@@ -347,9 +438,26 @@ impl Services {
                 return Err(ServiceError::NoSuchService(name.clone()));
             }
         }
+        // New settings change frontends (NodePorts on the node addresses)
+        // and candidates (zone): every other Service is upserted again
+        // with its own spec (ids and endpoint counters are kept).
+        let mut upserts: Vec<&ServiceSpec> = update.upsert.iter().collect();
+        if new_cfg.is_some() {
+            let mut rest: Vec<&Arc<Service>> = old
+                .by_name
+                .values()
+                .filter(|s| !seen.contains(&*s.name))
+                .collect();
+            rest.sort_by(|a, b| a.name.cmp(&b.name));
+            for s in rest {
+                Self::validate(cfg, &s.spec)?;
+                upserts.push(&s.spec);
+            }
+        }
         let mut removed: HashSet<(Arc<str>, Ipv4Addr, u16)> = HashSet::new();
+        // Frontends of a Service in force were built with the old settings.
         let mut unlink = |t: &mut Table, old: &Arc<Service>, keep: &HashSet<(Ipv4Addr, u16)>| {
-            for (k, _) in self.frontends_of(&old.spec) {
+            for (k, _) in frontends_of(&old_cfg, &old.spec) {
                 if t.frontends
                     .get(&k)
                     .is_some_and(|f| Arc::ptr_eq(&f.svc, old))
@@ -368,15 +476,21 @@ impl Services {
                 unlink(&mut t, &old, &HashSet::new());
             }
         }
-        for s in &update.upsert {
+        // Unlink everything being replaced first, so that a frontend moving
+        // from one Service to another in the same batch is not a conflict.
+        let mut prevs = Vec::with_capacity(upserts.len());
+        for s in &upserts {
             let prev = t.by_name.get(s.name.as_str()).cloned();
             let keep: HashSet<(Ipv4Addr, u16)> =
                 s.endpoints.iter().map(|e| (e.ip, e.port)).collect();
             if let Some(old) = &prev {
                 unlink(&mut t, old, &keep);
             }
-            let svc = Arc::new(self.build(s, prev.as_deref(), &mut next_id));
-            for (k, kind) in self.frontends_of(s) {
+            prevs.push(prev);
+        }
+        for (s, prev) in upserts.iter().zip(prevs) {
+            let svc = Arc::new(self.build(cfg, s, prev.as_deref(), &mut next_id));
+            for (k, kind) in frontends_of(cfg, s) {
                 if let Some(other) = t.frontends.get(&k) {
                     return Err(ServiceError::FrontendConflict {
                         frontend: format!(
@@ -406,23 +520,23 @@ impl Services {
             frontends: t.frontends.len(),
             flushed: 0,
         };
-        self.inner.table.store(Arc::new(t));
-        drop(next_id);
-        let flushed = match conntrack {
-            Some(ct) if update.flush_removed_endpoints && !removed.is_empty() => {
-                ct.flush_where(|c| {
-                    c.lb.as_ref().is_some_and(|lb| {
-                        removed.contains(&(lb.service.clone(), lb.endpoint.0, lb.endpoint.1))
-                    })
-                })
-            }
-            _ => 0,
-        };
-        Ok(UpdateSummary { flushed, ..summary })
+        Ok(StagedServices {
+            services: self,
+            _writer: next_id,
+            table: t,
+            config: new_cfg,
+            removed: if update.flush_removed_endpoints {
+                removed
+            } else {
+                HashSet::new()
+            },
+            summary,
+        })
     }
 
     pub(super) fn build(
         &self,
+        config: &ServiceConfig,
         s: &ServiceSpec,
         prev: Option<&Service>,
         next_id: &mut u64,
@@ -455,7 +569,7 @@ impl Services {
         // asks for it, the node has a zone, every ready endpoint carries
         // hints and at least one is hinted for this node's zone.
         let is_ready = |e: &EndpointSpec| e.ready && !e.terminating;
-        let zone = self.inner.config.node_zone.as_deref();
+        let zone = config.node_zone.as_deref();
         let hint_zone = zone.filter(|z| {
             s.topology_aware
                 && s.endpoints

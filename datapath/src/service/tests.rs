@@ -773,7 +773,7 @@ fn zone_hints_narrow_cluster_endpoints_only_when_kube_proxy_would() {
     // A node without a zone ignores hints.
     let nozone = Services::new(ServiceConfig {
         node_zone: None,
-        ..s.config().clone()
+        ..(*s.config()).clone()
     });
     apply(&nozone, &ct, hinted(&["zone-a"], &["zone-b"], true));
     assert_eq!(chosen(&nozone), ["10.1.0.5", "10.1.0.6"]);

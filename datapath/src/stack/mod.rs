@@ -15,7 +15,10 @@
 //! announcing the VTEP at start and after [`StackControl::set_address`])
 //! are staged on the uplink port; the ICMP
 //! fragmentation-needed answers the tunnels queue for too-big DF packets
-//! go back out of the port the packet came from.
+//! go back out of the port the packet came from. A stack built with the
+//! address 0.0.0.0 (sluiced.ini has no VTEP; a node commit will bring it)
+//! is dormant until [`StackControl::set_address`]: it intercepts, serves
+//! and announces nothing, and counts what reaches it.
 //!
 //! The local stack is the exception path: it may allocate (smoltcp copies
 //! frames through its device queues), and the neighbour cache sits behind a
@@ -323,7 +326,11 @@ impl<P, A> LocalStack<P, A> {
         neigh: NeighTable,
         neigh_config: NeighConfig,
     ) -> Result<Self, StackError> {
-        check_address(config.ip, config.prefix_len)?;
+        // 0.0.0.0: dormant until `set_address` (a node commit carries the
+        // VTEP): nothing is intercepted, served or announced.
+        if !config.ip.is_unspecified() {
+            check_address(config.ip, config.prefix_len)?;
+        }
         let mut device = QueueDevice {
             mtu: usize::from(config.mtu),
             ..QueueDevice::default()
@@ -331,10 +338,12 @@ impl<P, A> LocalStack<P, A> {
         let iface_cfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(config.mac)));
         let mut iface = Interface::new(iface_cfg, &mut device, Instant::from_micros(0));
         let cidr = IpCidr::new(IpAddress::Ipv4(config.ip), config.prefix_len);
-        iface.update_ip_addrs(|a| {
-            // One address in an empty list always fits.
-            let _ = a.push(cidr);
-        });
+        if !config.ip.is_unspecified() {
+            iface.update_ip_addrs(|a| {
+                // One address in an empty list always fits.
+                let _ = a.push(cidr);
+            });
+        }
         let neigh_config = NeighConfig {
             local_ip: config.ip,
             local_mac: config.mac,
@@ -387,6 +396,9 @@ impl<P, A> LocalStack<P, A> {
     /// the VTEP answers ARP and ping like a host. Geneve (UDP) to the VTEP
     /// stays with the flow tables (`tnl_pop`). Packets keep their order.
     fn intercept<B: PacketBuf>(&self, burst: &mut Burst<B>, out: &mut Output<B>) {
+        if self.config.ip.is_unspecified() {
+            return;
+        }
         let ip = self.config.ip.octets();
         let n = burst.pkts.len();
         let mut keep = 0;
@@ -413,6 +425,9 @@ impl<P, A> LocalStack<P, A> {
         use crate::wire::icmpv4::{Message, Packet as Icmp};
         use crate::wire::ip::IpProtocol;
         use crate::wire::ipv4::Packet as Ipv4;
+        if self.config.ip.is_unspecified() {
+            return false;
+        }
         if let Some((op, _, _, _, tpa)) = parse_arp(f) {
             return op == 1 && tpa == self.config.ip;
         }
@@ -576,7 +591,7 @@ impl<B: PacketBuf, P: Pipeline<B>, A: BufAlloc<B> + Send> Pipeline<B> for LocalS
         }
         self.apply_address_change();
         let mut frames: Vec<[u8; 42]> = Vec::new();
-        if !self.announced {
+        if !self.announced && !self.config.ip.is_unspecified() {
             self.announced = true;
             frames.push(gratuitous_arp(self.config.mac, self.config.ip));
         }

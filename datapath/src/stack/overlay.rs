@@ -315,6 +315,12 @@ impl Overlay {
         }
     }
 
+    /// The local stack's control handle (PMD 0 runs the stack when an
+    /// uplink is configured; set once the pipelines are wrapped).
+    pub fn stack(&self) -> Option<&StackControl> {
+        self.stack.as_ref()
+    }
+
     /// The tunnel hook for PMD `pmd`.
     pub fn tunnel_hook(&self, pmd: usize) -> GeneveTunnels {
         self.tunnels.hook(pmd)
@@ -332,8 +338,12 @@ impl Overlay {
         alloc: A,
     ) -> Result<OverlayPipeline<P, A>, StackError> {
         let ingress = Ingress::new(inner, self.ingress.clone());
+        // With an uplink, PMD 0 always runs the stack: without a VTEP in
+        // sluiced.ini it is dormant until a node commit (or `set-vtep`)
+        // gives it one.
         match (pmd, self.config.vtep, self.uplink) {
-            (0, Some((ip, prefix_len)), Some((uplink, mac))) => {
+            (0, vtep, Some((uplink, mac))) => {
+                let (ip, prefix_len) = vtep.unwrap_or((Ipv4Addr::UNSPECIFIED, 24));
                 let mut s = LocalStack::new(
                     ingress,
                     alloc,

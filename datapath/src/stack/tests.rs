@@ -213,7 +213,7 @@ fn bad_address_is_refused_with_a_sentence() {
         ToLocal,
         HeapAlloc,
         StackConfig {
-            ip: Ipv4Addr::UNSPECIFIED,
+            ip: Ipv4Addr::new(224, 0, 0, 1),
             prefix_len: 24,
             mac: MAC,
             uplink: UPLINK,
@@ -325,4 +325,44 @@ fn address_change_is_announced_and_served() {
         &arp_frame(1, [0xff; 6], PEER_MAC, PEER, [0; 6], VTEP),
     );
     assert!(out.take(UPLINK).is_empty());
+}
+
+/// Without an address (sluiced.ini has no VTEP; a node commit brings it)
+/// the stack is dormant: nothing is intercepted or answered, nothing is
+/// announced, what reaches it is counted; once given an address it serves
+/// it.
+#[test]
+fn a_stack_without_an_address_is_dormant_until_given_one() {
+    let t = NeighTable::new();
+    let mut s = LocalStack::new(
+        ToLocal,
+        HeapAlloc,
+        StackConfig {
+            ip: Ipv4Addr::UNSPECIFIED,
+            prefix_len: 24,
+            mac: MAC,
+            uplink: UPLINK,
+            mtu: 1500,
+        },
+        t,
+        NeighConfig::default(),
+    )
+    .expect("a dormant stack");
+    let mut out = Output::new(8);
+    s.maintain(0, &mut out);
+    assert!(out.take(UPLINK).is_empty(), "no gratuitous ARP for 0.0.0.0");
+    let probe = arp_frame(1, [0xff; 6], PEER_MAC, PEER, [0; 6], Ipv4Addr::UNSPECIFIED);
+    let mut out = rx(&mut s, 1, &probe);
+    assert!(out.take(UPLINK).is_empty());
+    assert_eq!(out.drops.get(DropReason::LocalNotForUs), 1);
+    s.control().set_address(VTEP, 24).expect("set");
+    let mut out = Output::new(8);
+    s.maintain(2, &mut out);
+    assert_eq!(out.take(UPLINK).len(), 1, "announced once given an address");
+    let mut out = rx(
+        &mut s,
+        3,
+        &arp_frame(1, [0xff; 6], PEER_MAC, PEER, [0; 6], VTEP),
+    );
+    assert_eq!(out.take(UPLINK).len(), 1, "answers ARP for it");
 }

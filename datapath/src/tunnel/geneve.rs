@@ -275,6 +275,15 @@ impl Tunnels {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
+    /// Changes the local VTEP configuration with `f` (PMDs pick it up at
+    /// their next packet).
+    pub fn update_config(&self, f: impl FnOnce(&mut TunnelConfig)) {
+        let mut c = (*self.config.load_full()).clone();
+        f(&mut c);
+        self.config.store(Arc::new(c));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
     /// Counters of every hook handed out.
     pub fn stats(&self) -> Vec<Arc<TunnelStats>> {
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()

@@ -92,6 +92,23 @@ pub enum VtepError {
 }
 
 /// The shared, runtime-programmable remote VTEP table.
+/// VTEP changes prepared by [`VtepTable::stage`], not yet visible.
+#[derive(Debug)]
+pub struct StagedVteps<'a> {
+    table: &'a VtepTable,
+    _guard: std::sync::MutexGuard<'a, ()>,
+    next: VtepMap,
+}
+
+impl StagedVteps<'_> {
+    /// Makes the prepared map the one in force.
+    pub fn publish(self) {
+        let inner = &self.table.inner;
+        inner.map.store(Arc::new(self.next));
+        inner.generation.fetch_add(1, Ordering::Release);
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct VtepTable {
     inner: Arc<Shared>,
@@ -166,6 +183,68 @@ impl VtepTable {
                 }),
             );
             Ok(())
+        })
+    }
+
+    /// Prepares a node commit's VTEP changes (`removed` nodes go, `set`
+    /// nodes are added or moved) without publishing them; the result
+    /// holds the writer lock until [`StagedVteps::publish`] or drop.
+    ///
+    /// # Errors
+    /// The first node whose change is refused, with why.
+    pub fn stage<'a>(
+        &'a self,
+        removed: &[String],
+        set: &std::collections::BTreeMap<String, Ipv4Addr>,
+    ) -> Result<StagedVteps<'a>, (String, VtepError)> {
+        let guard = self
+            .inner
+            .write
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut next: VtepMap = (**self.inner.map.load()).clone();
+        for node in removed {
+            let before = next.len();
+            next.retain(|_, v| &v.node != node);
+            if next.len() == before {
+                return Err((node.clone(), VtepError::NoSuchNode(node.clone())));
+            }
+        }
+        // Moves first, then additions: two nodes may swap addresses.
+        for node in set.keys() {
+            next.retain(|_, v| &v.node != node || set.get(node) == Some(&v.ip));
+        }
+        for (node, &ip) in set {
+            if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+                return Err((node.clone(), VtepError::NotUnicast(ip)));
+            }
+            if let Some(v) = next.get(&ip) {
+                if &v.node == node {
+                    continue;
+                }
+                return Err((
+                    node.clone(),
+                    VtepError::InUse {
+                        ip,
+                        node: v.node.clone(),
+                    },
+                ));
+            }
+            next.insert(
+                ip,
+                Arc::new(Vtep {
+                    node: node.to_owned(),
+                    ip,
+                    counters: (0..self.inner.n_pmds)
+                        .map(|_| VtepCounters::default())
+                        .collect(),
+                }),
+            );
+        }
+        Ok(StagedVteps {
+            table: self,
+            _guard: guard,
+            next,
         })
     }
 

@@ -1,0 +1,528 @@
+//! `node-commit`, `node-status` and `node-program`: the datapath driven as
+//! one program by `sluice-agent`.
+//!
+//! [`NodeState`] holds the [`NodeProgram`] last committed (every change
+//! applied with `sluice_api::node::apply`) and its generation; both start
+//! empty and at 0 with every `sluiced` process, whose instance id is new.
+//!
+//! A commit is all or nothing, and seen whole by the PMDs:
+//! 1. under the commit lock, check `expected_generation` and that the
+//!    generation grows;
+//! 2. **prepare** every part without publishing anything: the flow program
+//!    (groups set, flow operations, groups removed, as one bundle), the
+//!    Service table (with the new node settings when they change), the VTEP
+//!    map, the ingress configuration (ARP responder and port security) and
+//!    the ports (each added pod port's device opened and started, not yet
+//!    polled). The first item that does not check out fails the commit
+//!    with its name and why; the prepared parts are dropped (the devices
+//!    opened are closed) and nothing changed;
+//! 3. **publish** every part inside the PMD barrier
+//!    (`SharedPorts::barrier`): each PMD is parked at a burst boundary
+//!    while the prepared versions are stored, so no packet is processed
+//!    with half a commit; the barrier lasts as long as a few pointer
+//!    stores;
+//! 4. after it: wait until no PMD polls the removed ports, close them, and
+//!    flush the connections of removed endpoints when the Service changes
+//!    ask for it.
+//!
+//! The first commit of a process replaces the flow program `sluiced`
+//! started with (the learning-switch default): the agent's program is the
+//! whole program. Uplink and host ports are `sluiced.ini`'s (their devices
+//! are process-local): a program's `uplink`/`host` port binds to the
+//! configured one, which must carry the same OpenFlow number.
+//!
+//! Which node settings apply at run time: the node addresses, NodePort
+//! range, masquerade address, cluster CIDRs and zone (the Service table),
+//! the VTEP address (tunnels and the local stack) and the uplink MTU
+//! (tunnels). The VNI lives in the flows. They replace what `sluiced.ini`
+//! set, which is logged once.
+//!
+//! Thread-safety: control threads call [`NodeState`] concurrently; one
+//! mutex serialises commits (and the other writers of each part keep their
+//! own locks, taken while preparing).
+
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sluice_api::node::{
+    self as api, item_error, CommitItem, NodeChanges, NodeCommitReply, NodeProgram, NodeStatus,
+    PortKind, PortStatus,
+};
+use sluice_api::ports::PodDriver;
+use sluice_api::{ApiError, ErrorCode};
+
+use super::ports::{Ports, StagedPortSpec};
+use crate::conntrack::Conntrack;
+use crate::flow::program::FlowMod;
+use crate::flow::tables::FlowTables;
+use crate::neigh::ingress::{IngressControl, PortBinding};
+use crate::packet::PortNo;
+use crate::service::{ServiceConfig, Services};
+use crate::stack::StackControl;
+use crate::time::clock_ns;
+use crate::tunnel::Tunnels;
+
+/// How long a commit waits for every PMD to park.
+const BARRIER_WAIT: Duration = Duration::from_secs(5);
+
+/// The configured ports a program's `uplink` and `host` ports bind to.
+#[derive(Debug, Clone, Default)]
+pub struct FixedPorts {
+    /// `[nsx_node_agent] ovs_uplink_port`'s `[port:NAME]`: name, ofport.
+    pub uplink: Option<(String, u16)>,
+    /// `[datapath] host_port`'s `[port:NAME]`: name, ofport.
+    pub host: Option<(String, u16)>,
+}
+
+/// What a commit changes, by part.
+#[derive(Debug)]
+pub struct Parts {
+    /// The ports.
+    pub ports: Arc<Ports>,
+    /// The flow program (None: the L2 pipeline runs; commits are refused).
+    pub flows: Option<FlowTables>,
+    /// The Service table.
+    pub services: Services,
+    /// The connection table (flushes of removed endpoints).
+    pub conntrack: Conntrack,
+    /// Tunnels and their VTEP map.
+    pub tunnels: Tunnels,
+    /// ARP responder and port security.
+    pub ingress: IngressControl,
+    /// The local stack (permanent neighbours, the VTEP address).
+    pub stack: Option<StackControl>,
+    /// The uplink and host ports of `sluiced.ini`.
+    pub fixed: FixedPorts,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    generation: u64,
+    program: NodeProgram,
+    /// `sluiced.ini`'s settings were replaced (logged once).
+    settings_replaced: bool,
+}
+
+/// The node program `sluiced` holds, and how commits change it.
+#[derive(Debug)]
+pub struct NodeState {
+    parts: Parts,
+    held: Mutex<Held>,
+    instance_id: String,
+    started: Instant,
+}
+
+fn port_err(name: &str, e: impl std::fmt::Display, code: ErrorCode) -> ApiError {
+    item_error(code, &CommitItem::Port(name.to_string()), &e.to_string())
+}
+
+impl NodeState {
+    /// A fresh state: generation 0, empty program, a new instance id.
+    pub fn new(parts: Parts) -> Self {
+        NodeState {
+            parts,
+            held: Mutex::new(Held::default()),
+            instance_id: uuid::Uuid::new_v4().to_string(),
+            started: Instant::now(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `node-status`.
+    pub fn status(&self) -> NodeStatus {
+        let generation = self.lock().generation;
+        NodeStatus {
+            generation,
+            instance_id: self.instance_id.clone(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            ports: self
+                .parts
+                .ports
+                .list()
+                .into_iter()
+                .map(|s| {
+                    let status = PortStatus {
+                        ofport: s.ofport,
+                        up: crate::port::Port::link(&s.handle).up,
+                        forwarding: !s.pmds.is_empty(),
+                    };
+                    (s.name, status)
+                })
+                .collect(),
+        }
+    }
+
+    /// `node-program`.
+    pub fn program(&self) -> NodeProgram {
+        self.lock().program.clone()
+    }
+
+    /// `node-commit` (see the module documentation).
+    ///
+    /// # Errors
+    /// [`ApiError`]: a generation conflict, or the first item refused and
+    /// why; nothing was applied.
+    pub fn commit(&self, c: &NodeChanges) -> Result<NodeCommitReply, ApiError> {
+        let p = &self.parts;
+        let Some(flows) = &p.flows else {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "node-commit needs the flow pipeline: set [datapath] pipeline = flow in sluiced.ini",
+            ));
+        };
+        let mut held = self.lock();
+        if let Some(e) = c.expected_generation {
+            if e != held.generation {
+                return Err(api::generation_conflict(held.generation, e));
+            }
+        }
+        if c.generation <= held.generation {
+            return Err(ApiError::invalid(format!(
+                "node-commit refused: generation {} does not follow the generation in force ({}); nothing was applied",
+                c.generation, held.generation
+            )));
+        }
+        let next = api::apply(&held.program, c);
+        let now = clock_ns();
+
+        // 1. Ports (devices opened, not polled).
+        let mut pods_removed = Vec::new();
+        for name in &c.ports_removed {
+            match held.program.ports.get(name).map(|s| &s.kind) {
+                Some(PortKind::Pod { .. }) => pods_removed.push(name.clone()),
+                Some(_) => {}
+                None => {
+                    return Err(port_err(
+                        name,
+                        "the program holds no such port",
+                        ErrorCode::NotFound,
+                    ))
+                }
+            }
+        }
+        let mut pods_added = Vec::new();
+        for (name, spec) in &c.ports_added {
+            match &spec.kind {
+                PortKind::Pod { interface } => pods_added.push(StagedPortSpec {
+                    name: name.clone(),
+                    ofport: spec.ofport,
+                    interface: interface.clone(),
+                    driver: match spec.driver {
+                        api::DriverHint::AfXdp => PodDriver::AfXdp,
+                        api::DriverHint::AfPacket => PodDriver::AfPacket,
+                        _ => PodDriver::DEFAULT,
+                    },
+                }),
+                PortKind::Uplink { .. } => self.check_fixed(name, spec.ofport, true)?,
+                PortKind::Host => self.check_fixed(name, spec.ofport, false)?,
+            }
+        }
+        let mut port_stage = p
+            .ports
+            .stage(&pods_removed, &pods_added)
+            .map_err(|(name, e)| {
+                let api: ApiError = e.into();
+                port_err(&name, api.message, api.code)
+            })?;
+
+        // 2. Settings.
+        let svc_config = c.settings.as_ref().map(service_config);
+        // 3. VTEPs.
+        let vteps = p
+            .tunnels
+            .vteps
+            .stage(&c.vteps_removed, &c.vteps_set)
+            .map_err(|(node, e)| {
+                item_error(
+                    ErrorCode::InvalidArgument,
+                    &CommitItem::Vtep(node),
+                    &e.to_string(),
+                )
+            })?;
+        // 4. Neighbours need the local stack.
+        if p.stack.is_none() {
+            if let Some(ip) = c
+                .neighbours_set
+                .keys()
+                .chain(c.neighbours_removed.iter())
+                .next()
+            {
+                return Err(item_error(
+                    ErrorCode::Unavailable,
+                    &CommitItem::Neighbour(*ip),
+                    "sluiced runs no local stack (configure the uplink port in sluiced.ini)",
+                ));
+            }
+        }
+        // 5. Ingress: ARP responder and port security.
+        for ps in &c.port_security_set {
+            if !next.ports.values().any(|s| s.ofport == ps.port) {
+                return Err(item_error(
+                    ErrorCode::NotFound,
+                    &CommitItem::PortSecurity(ps.port),
+                    "no port of the program has this number",
+                ));
+            }
+        }
+        let ingress = p.ingress.prepare(|cfg| {
+            for ip in &c.arp_removed {
+                cfg.arp.addresses.remove(ip);
+            }
+            for (ip, mac) in &c.arp_set {
+                cfg.arp.addresses.insert(*ip, *mac);
+            }
+            for port in &c.port_security_removed {
+                cfg.ports.remove(&PortNo(*port));
+            }
+            for ps in &c.port_security_set {
+                cfg.ports.insert(
+                    PortNo(ps.port),
+                    PortBinding {
+                        mac: ps.mac,
+                        ips: ps.ips.clone(),
+                    },
+                );
+            }
+        });
+        // 6. Flows and groups, one bundle; the first commit replaces the
+        // start-up program.
+        let mut mods: Vec<FlowMod> = Vec::new();
+        let mut item_of: Vec<CommitItem> = Vec::new();
+        if held.generation == 0 {
+            mods.push(FlowMod::Delete {
+                filter: crate::flow::program::FlowFilter::default(),
+                strict: false,
+            });
+            item_of.push(CommitItem::FlowOp(0, "(the start-up program)".into()));
+        }
+        for g in &c.groups_set {
+            let m = crate::flow::text::parse_group(&g.text()).map_err(|e| {
+                item_error(
+                    ErrorCode::InvalidArgument,
+                    &CommitItem::Group(g.id),
+                    &e.to_string(),
+                )
+            })?;
+            mods.push(FlowMod::AddGroup(m));
+            item_of.push(CommitItem::Group(g.id));
+        }
+        for (i, op) in c.flow_ops.iter().enumerate() {
+            let m = crate::flow::commands::flow_mod(i, op)
+                .map_err(|e| item_error(e.code, &CommitItem::FlowOp(i, op_text(op)), &e.message))?;
+            mods.push(m);
+            item_of.push(CommitItem::FlowOp(i, op_text(op)));
+        }
+        for id in &c.groups_removed {
+            mods.push(FlowMod::DeleteGroup(*id));
+            item_of.push(CommitItem::Group(*id));
+        }
+        let staged_flows = flows.stage(&mods, now).map_err(|e| {
+            let item = item_of
+                .get(e.index)
+                .cloned()
+                .unwrap_or(CommitItem::FlowOp(e.index, e.summary.clone()));
+            item_error(ErrorCode::InvalidArgument, &item, &e.error.to_string())
+        })?;
+        // 7. Services (with the new settings).
+        let staged_services = p
+            .services
+            .stage(&c.services, svc_config.clone())
+            .map_err(|e| {
+                let name = match &e {
+                    crate::service::ServiceError::FrontendConflict { b, .. } => b.clone(),
+                    other => service_error_name(other),
+                };
+                item_error(
+                    ErrorCode::InvalidArgument,
+                    &CommitItem::Service(name),
+                    &e.to_string(),
+                )
+            })?;
+
+        // Publish everything at once.
+        let settings = c.settings.clone();
+        let published = p
+            .ports
+            .shared()
+            .barrier(BARRIER_WAIT, || {
+                p.ports.publish_stage(&mut port_stage);
+                let flows = staged_flows.publish();
+                let services = staged_services.publish();
+                vteps.publish();
+                p.ingress.publish(ingress);
+                if let Some(s) = &settings {
+                    self.apply_settings(s);
+                }
+                if let Some(st) = &p.stack {
+                    for ip in &c.neighbours_removed {
+                        st.del_neighbour(*ip);
+                    }
+                    for (ip, mac) in &c.neighbours_set {
+                        st.set_neighbour(*ip, *mac);
+                    }
+                }
+                (flows, services)
+            })
+            .map_err(|e| ApiError::failed(format!("node-commit refused: {e}")))?;
+        // `port_stage` dropped unpublished on the error above closes the
+        // devices it opened.
+        let (_flows, services) = published;
+        let flushed = services.flush(Some(&p.conntrack));
+        if flushed.flushed > 0 {
+            tracing::info!(
+                "node-commit {}: {} connections of removed endpoints flushed",
+                c.generation,
+                flushed.flushed
+            );
+        }
+        if let Err(e) = p.ports.finish_stage(port_stage) {
+            tracing::warn!("node-commit {}: {e}", c.generation);
+        }
+        for port in &c.port_security_removed {
+            if !next.ports.values().any(|s| s.ofport == *port) {
+                p.ingress.forget_port(PortNo(*port));
+            }
+        }
+        if settings.is_some() && !held.settings_replaced {
+            held.settings_replaced = true;
+            tracing::info!("node settings from node-commit replace sluiced.ini's ([services] node addresses, NodePort range, masquerade address, cluster CIDRs, zone; [datapath] vtep_ip, uplink_mtu)");
+        }
+        held.program = next;
+        held.generation = c.generation;
+        let counts = c.counts();
+        tracing::info!(
+            "node-commit: generation {} in force ({})",
+            c.generation,
+            sluice_api::Render::render(&NodeCommitReply {
+                generation: c.generation,
+                counts
+            })
+            .trim_end()
+        );
+        Ok(NodeCommitReply {
+            generation: c.generation,
+            counts,
+        })
+    }
+
+    /// A program's uplink or host port must be the configured one, with
+    /// the same OpenFlow number.
+    fn check_fixed(&self, name: &str, ofport: u16, uplink: bool) -> Result<(), ApiError> {
+        let (fixed, what, how) = if uplink {
+            (
+                &self.parts.fixed.uplink,
+                "uplink",
+                "[nsx_node_agent] ovs_uplink_port",
+            )
+        } else {
+            (
+                &self.parts.fixed.host,
+                "host exception",
+                "[datapath] host_port",
+            )
+        };
+        match fixed {
+            None => Err(port_err(
+                name,
+                format!("sluiced has no {what} port: name its [port:NAME] section in sluiced.ini's {how}"),
+                ErrorCode::NotFound,
+            )),
+            Some((n, o)) if *o != ofport => Err(port_err(
+                name,
+                format!("the program puts the {what} port on ofport {ofport}, but sluiced.ini's [port:{n}] has ofport {o}: make them equal"),
+                ErrorCode::InvalidArgument,
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Stores the node settings the tunnels and the local stack use
+    /// (inside the barrier; the Service table's are in its stage).
+    fn apply_settings(&self, s: &api::NodeSettings) {
+        let p = &self.parts;
+        let cur = p.tunnels.config();
+        let vtep = s.vtep.map(|v| (v.ip, v.prefix_len));
+        let mtu = (s.mtu >= 576).then_some(s.mtu);
+        let vtep_changed =
+            vtep.is_some_and(|(ip, len)| (ip, len) != (cur.local_ip, cur.prefix_len));
+        if vtep_changed || mtu.is_some_and(|m| m != cur.uplink_mtu) {
+            p.tunnels.update_config(|t| {
+                if let Some((ip, len)) = vtep {
+                    t.local_ip = ip;
+                    t.prefix_len = len;
+                }
+                if let Some(m) = mtu {
+                    t.uplink_mtu = m;
+                }
+            });
+        }
+        if let (true, Some((ip, len)), Some(st)) = (vtep_changed, vtep, &p.stack) {
+            if let Err(e) = st.set_address(ip, len) {
+                tracing::warn!("the local stack keeps its address: {e}");
+            }
+        }
+    }
+}
+
+/// The Service table's settings from the node settings.
+fn service_config(s: &api::NodeSettings) -> ServiceConfig {
+    ServiceConfig {
+        node_addresses: s.node_ips.clone(),
+        node_port_range: s.node_port_range,
+        masquerade_ip: s.masquerade_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        cluster_cidrs: s
+            .cluster_cidrs
+            .iter()
+            .map(|c| (c.network(), c.prefix_len))
+            .collect(),
+        node_zone: s.zone.clone(),
+    }
+}
+
+/// The Service a Service error is about.
+fn service_error_name(e: &crate::service::ServiceError) -> String {
+    use crate::service::ServiceError as E;
+    match e {
+        E::Duplicate(n) | E::NoSuchService(n) | E::ZeroPort(n) => n.clone(),
+        E::EndpointZeroPort { name, .. }
+        | E::AffinityRange { name, .. }
+        | E::NodePortRange { name, .. } => name.clone(),
+        E::FrontendConflict { b, .. } => b.clone(),
+        E::Json(_) => String::new(),
+    }
+}
+
+/// A flow operation's text, for error messages.
+fn op_text(op: &sluice_api::flows::FlowOp) -> String {
+    use sluice_api::flows::FlowOp;
+    match op {
+        FlowOp::Add { flow } => format!("add {flow}"),
+        FlowOp::Del { match_, strict } => {
+            format!("del{} {match_}", if *strict { " --strict" } else { "" })
+        }
+        FlowOp::Mod { flow, strict } => {
+            format!("mod{} {flow}", if *strict { " --strict" } else { "" })
+        }
+    }
+}
+
+/// Registers `node-commit`, `node-status` and `node-program`.
+///
+/// # Errors
+/// A name is already registered.
+pub fn register(
+    registry: &crate::ctl::Registry,
+    state: Arc<NodeState>,
+) -> Result<(), crate::ctl::RegistryError> {
+    use crate::ctl::typed::register;
+    let s = state.clone();
+    register::<api::NodeCommit>(registry, move |c| s.commit(&c))?;
+    let s = state.clone();
+    register::<api::QueryNodeStatus>(registry, move |_| Ok(s.status()))?;
+    register::<api::QueryNodeProgram>(registry, move |_| Ok(state.program()))?;
+    Ok(())
+}

@@ -1,0 +1,312 @@
+//! End to end: `node-commit` against a real sluiced while a stream
+//! forwards. sluiced starts with a stream sink from sluiced.ini (`net_null`,
+//! no rx, ofport 1); an operator's rule sends port 2 to it and the stream
+//! source (`net_null`, ofport 2) is added with `port-add`. Two pod
+//! namespaces behind veths exist but are not ports yet. Commits then:
+//!
+//! 1. add both pods, their rules and port security in one step (the first
+//!    commit also replaces the start-up program): they ping each other;
+//!    `node-status` shows generation 1 and the pods forwarding;
+//!    `node-program` is exactly the program committed;
+//! 2. a commit whose second flow operation is bad (and which also removes
+//!    a pod and adds a port whose interface is missing) is refused, naming
+//!    the item; nothing of it applies (generation, program, ports, pings
+//!    unchanged);
+//! 3. a stale `expected_generation` is refused;
+//! 4. removing pod b (port, rules, binding) in one commit: the ping stops,
+//!    the port is gone;
+//! 5. adding it back: the ping works again.
+//!
+//! Across all of it, the stream source's packets all leave through the
+//! sink (port counters at stop): commits lose no packet of other ports.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+use sluice_api::flows::FlowOp;
+use sluice_api::node::{
+    apply, Flow, NodeChanges, NodeCommit, NodeProgram, PortKind, PortSpec, QueryNodeProgram,
+    QueryNodeStatus,
+};
+use sluice_api::stack::PortSecurity;
+use sluice_api::{Client, ClientError, Empty, ErrorCode};
+
+const PREFIX: &str = "slt-nc";
+
+fn client() -> Client {
+    let mut c = Client::connect(ctl_path(PREFIX)).expect("connect to sluiced's control socket");
+    c.set_timeout(Some(WAIT)).expect("timeout");
+    c
+}
+
+fn ping_ok(ns: &Netns, dst: &str) {
+    let out = ns.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "5", dst]);
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && t.contains("3 received"),
+        "ping {dst}: {t}"
+    );
+}
+
+fn ping_fails(ns: &Netns, dst: &str) {
+    let out = ns.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", dst]);
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && t.contains(" 0 received"),
+        "ping {dst} should fail: {t}"
+    );
+}
+
+fn mac_of(ns: &Netns, iface: &str) -> [u8; 6] {
+    let out = ns.exec(&["cat", &format!("/sys/class/net/{iface}/address")]);
+    let t = String::from_utf8_lossy(&out.stdout);
+    sluice_api::args::mac(t.trim()).unwrap_or_else(|e| panic!("MAC of {iface}: {t}: {e}"))
+}
+
+fn flow(priority: u16, m: &str, actions: &str) -> Flow {
+    Flow {
+        table: 0,
+        priority,
+        match_: m.to_string(),
+        cookie: 0x5c,
+        actions: actions.to_string(),
+    }
+}
+
+fn add_ops(flows: &[Flow]) -> Vec<FlowOp> {
+    flows
+        .iter()
+        .map(|f| FlowOp::Add { flow: f.text() })
+        .collect()
+}
+
+fn pod(ofport: u16, iface: &str) -> PortSpec {
+    PortSpec {
+        ofport,
+        kind: PortKind::Pod {
+            interface: iface.into(),
+        },
+        driver: Default::default(),
+    }
+}
+
+fn api_err(r: Result<impl std::fmt::Debug, ClientError>) -> sluice_api::ApiError {
+    match r {
+        Err(ClientError::Api(e)) => e,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[test]
+fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
+    if !can_use_netns("node_commits_apply_whole_or_not_at_all_while_a_stream_forwards") {
+        return;
+    }
+    let node = Netns::new("slt-nc-node");
+    let a = Netns::new("slt-nc-a");
+    let b = Netns::new("slt-nc-b");
+    let _va = Veth::new_in(&node, "slt-nca-o", "slt-nca-i", &a, "10.204.0.1/24");
+    let _vb = Veth::new_in(&node, "slt-ncb-o", "slt-ncb-i", &b, "10.204.0.2/24");
+    let (d, _ready) = Sluiced::start_in(
+        &node,
+        &config(
+            PREFIX,
+            "[port:sink]\ndevargs = net_null0,no-rx=1\nofport = 1\n",
+        ),
+    );
+    let mut c = client();
+    // The stream (src, 2 -> sink, 1) is in place before src exists, as an
+    // operator's rule: the first commit replaces it with the program's
+    // own copy, in the same step as everything else.
+    c.call_text::<&str>("del-flows", &[]).expect("del-flows");
+    c.call_text("add-flow", &["priority=100,in_port=2 actions=output:1"])
+        .expect("add-flow");
+    c.call::<sluice_api::ports::PortAdd>(&sluice_api::ports::PortAddRequest {
+        name: "src".into(),
+        ofport: Some(2),
+        kind: sluice_api::ports::PortKind::Devargs {
+            devargs: "net_null_src".into(),
+        },
+        rx_queues: 1,
+    })
+    .expect("port-add src");
+    let st0 = c.call::<QueryNodeStatus>(&Empty {}).expect("node-status");
+    assert_eq!(st0.generation, 0);
+    assert_eq!(
+        c.call::<QueryNodeProgram>(&Empty {}).expect("node-program"),
+        NodeProgram::default()
+    );
+
+    // 1. Both pods, their rules and port security, in one commit.
+    let (mac_a, mac_b) = (mac_of(&a, "slt-nca-i"), mac_of(&b, "slt-ncb-i"));
+    let stream = flow(100, "in_port=2", "output:1");
+    let a_to_b = flow(10, "in_port=3", "output:4");
+    let b_to_a = flow(10, "in_port=4", "output:3");
+    let rest = flow(0, "", "drop");
+    let binding = |port, mac, ip: &str| PortSecurity {
+        port,
+        mac,
+        ips: vec![ip.parse().unwrap()],
+    };
+    let first = NodeChanges {
+        generation: 1,
+        expected_generation: Some(0),
+        ports_added: BTreeMap::from([
+            ("pod-a".to_string(), pod(3, "slt-nca-o")),
+            ("pod-b".to_string(), pod(4, "slt-ncb-o")),
+        ]),
+        port_security_set: vec![
+            binding(3, mac_a, "10.204.0.1"),
+            binding(4, mac_b, "10.204.0.2"),
+        ],
+        flow_ops: add_ops(&[stream.clone(), a_to_b.clone(), b_to_a.clone(), rest.clone()]),
+        ..Default::default()
+    };
+    let r = c.call::<NodeCommit>(&first).expect("the first commit");
+    assert_eq!(r.generation, 1);
+    assert_eq!((r.counts.ports_added, r.counts.flow_ops), (2, 4), "{r:?}");
+    ping_ok(&a, "10.204.0.2");
+    ping_ok(&b, "10.204.0.1");
+    let st1 = c.call::<QueryNodeStatus>(&Empty {}).expect("node-status");
+    assert_eq!(st1.generation, 1);
+    assert_eq!(st1.instance_id, st0.instance_id);
+    assert!(
+        st1.ports["pod-a"].forwarding && st1.ports["pod-b"].forwarding,
+        "{st1:?}"
+    );
+    let expect1 = apply(&NodeProgram::default(), &first);
+    let held1 = c.call::<QueryNodeProgram>(&Empty {}).expect("node-program");
+    assert_eq!(held1, expect1);
+    // The start-up learning-switch rule is gone: the program is the whole
+    // program.
+    let dump = c.call_text::<&str>("dump-flows", &[]).expect("dump-flows");
+    assert!(!dump.contains("normal"), "{dump}");
+    assert_eq!(dump.matches("cookie=0x5c").count(), 4, "{dump}");
+
+    // 2. Refused at its second flow operation: nothing applies.
+    let bad = NodeChanges {
+        generation: 2,
+        expected_generation: Some(1),
+        ports_removed: vec!["pod-b".into()],
+        flow_ops: vec![
+            FlowOp::Del {
+                match_: "in_port=4".into(),
+                strict: false,
+            },
+            FlowOp::Add {
+                flow: "priority=5,in_port=3 actions=output:nowhere".into(),
+            },
+        ],
+        ..Default::default()
+    };
+    let e = api_err(c.call::<NodeCommit>(&bad));
+    assert_eq!(e.code, ErrorCode::InvalidArgument, "{e}");
+    assert!(
+        e.message.contains("flow operation 1") && e.message.contains("nothing was applied"),
+        "{e}"
+    );
+    let missing = NodeChanges {
+        generation: 2,
+        expected_generation: Some(1),
+        ports_added: BTreeMap::from([("pod-c".to_string(), pod(5, "slt-nc-none"))]),
+        flow_ops: add_ops(&[flow(5, "in_port=5", "output:3")]),
+        ..Default::default()
+    };
+    let e = api_err(c.call::<NodeCommit>(&missing));
+    assert_eq!(e.code, ErrorCode::NotFound, "{e}");
+    assert!(
+        e.message.contains("port \"pod-c\"") && e.message.contains("does not exist"),
+        "{e}"
+    );
+    let st = c.call::<QueryNodeStatus>(&Empty {}).expect("node-status");
+    assert_eq!(st.generation, 1);
+    assert_eq!(
+        st.ports.keys().collect::<Vec<_>>(),
+        ["pod-a", "pod-b", "sink", "src"],
+        "{st:?}"
+    );
+    assert_eq!(
+        c.call::<QueryNodeProgram>(&Empty {}).expect("node-program"),
+        expect1
+    );
+    ping_ok(&a, "10.204.0.2");
+
+    // 3. A stale expected generation.
+    let stale = NodeChanges {
+        generation: 2,
+        expected_generation: Some(0),
+        ..Default::default()
+    };
+    let e = api_err(c.call::<NodeCommit>(&stale));
+    assert!(
+        e.message.contains("holds generation 1, not the expected 0"),
+        "{e}"
+    );
+
+    // 4. Pod b leaves: port, rules and binding in one commit.
+    let remove_b = NodeChanges {
+        generation: 2,
+        expected_generation: Some(1),
+        ports_removed: vec!["pod-b".into()],
+        port_security_removed: vec![4],
+        flow_ops: vec![
+            FlowOp::Del {
+                match_: b_to_a.key_text(),
+                strict: true,
+            },
+            FlowOp::Del {
+                match_: a_to_b.key_text(),
+                strict: true,
+            },
+        ],
+        ..Default::default()
+    };
+    c.call::<NodeCommit>(&remove_b).expect("remove pod b");
+    ping_fails(&a, "10.204.0.2");
+    let st2 = c.call::<QueryNodeStatus>(&Empty {}).expect("node-status");
+    assert_eq!(st2.generation, 2);
+    assert!(!st2.ports.contains_key("pod-b"), "{st2:?}");
+    let expect2 = apply(&expect1, &remove_b);
+    assert_eq!(
+        c.call::<QueryNodeProgram>(&Empty {}).expect("node-program"),
+        expect2
+    );
+    let ps = c
+        .call_text::<&str>("dump-port-security", &[])
+        .expect("dump");
+    assert!(!ps.contains("port 4:"), "{ps}");
+
+    // 5. And back.
+    let back = NodeChanges {
+        generation: 3,
+        expected_generation: Some(2),
+        ports_added: BTreeMap::from([("pod-b".to_string(), pod(4, "slt-ncb-o"))]),
+        port_security_set: vec![binding(4, mac_b, "10.204.0.2")],
+        flow_ops: add_ops(&[a_to_b, b_to_a]),
+        ..Default::default()
+    };
+    c.call::<NodeCommit>(&back).expect("pod b again");
+    ping_ok(&a, "10.204.0.2");
+    assert_eq!(
+        c.call::<QueryNodeProgram>(&Empty {}).expect("node-program"),
+        apply(&expect2, &back)
+    );
+
+    let ev = d.stop();
+    let stat = |name: &str, key: &str| {
+        ev["ports"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+            .and_then(|p| p["stats"][key].as_u64())
+            .unwrap_or_else(|| panic!("no {name}.{key} in {ev}"))
+    };
+    let (sent, got) = (stat("src", "rx_packets"), stat("sink", "tx_packets"));
+    assert!(sent > 0, "{ev}");
+    assert_eq!(
+        sent, got,
+        "stream packets lost across the node commits: {ev}"
+    );
+    println!("stream: {sent} packets delivered by src, {got} sent by sink, across 3 commits and 3 refusals");
+}
