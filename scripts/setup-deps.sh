@@ -17,6 +17,7 @@ install_packages() {
         iproute2 iputils-ping ethtool util-linux procps
         openvswitch-common openvswitch-switch openvswitch-switch-dpdk python3-pip
         tshark netcat-openbsd
+        prometheus
     )
     local missing=()
     for p in "${pkgs[@]}"; do

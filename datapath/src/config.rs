@@ -18,6 +18,7 @@
 //! mbufs = 16384
 //! pipeline = flow                ; flow (flow tables, default) or l2
 //! ctl_socket = /var/run/sluice/sluiced.ctl
+//! metrics_address = 0.0.0.0:9476  ; Prometheus /metrics (off when absent)
 //! mac_table_size = 8192
 //! mac_aging_s = 300
 //! emc_insert_inv_prob = 100        ; EMC insert 1 in N misses; 1 always, 0 off
@@ -77,6 +78,8 @@ pub struct DatapathConfig {
     pub pipeline: PipelineKind,
     /// Control socket path.
     pub ctl_socket: String,
+    /// Where `/metrics` is served (None: no metrics endpoint).
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// MAC table entries per core.
     pub mac_table_size: usize,
     /// MAC aging in seconds.
@@ -105,6 +108,7 @@ impl Default for DatapathConfig {
             mbufs: 16384,
             pipeline: PipelineKind::Flow,
             ctl_socket: "/var/run/sluice/sluiced.ctl".into(),
+            metrics_address: None,
             mac_table_size: crate::pipeline::l2::DEFAULT_MAC_CAPACITY,
             mac_aging_s: 300,
             emc_insert_inv_prob: crate::classifier::emc::EMC_INSERT_INV_PROB,
@@ -269,6 +273,7 @@ const DATAPATH_KEYS: &[&str] = &[
     "mbufs",
     "pipeline",
     "ctl_socket",
+    "metrics_address",
     "mac_table_size",
     "mac_aging_s",
     "emc_insert_inv_prob",
@@ -489,6 +494,15 @@ impl Config {
                         }
                     }
                     "ctl_socket" => dp.ctl_socket = v.into(),
+                    "metrics_address" => {
+                        dp.metrics_address = Some(v.parse().map_err(|_| {
+                            key_err(
+                                "datapath",
+                                k,
+                                format!("'{v}' is not an address and port (e.g. 0.0.0.0:9476 or 127.0.0.1:9476)"),
+                            )
+                        })?)
+                    }
                     "mac_table_size" => {
                         dp.mac_table_size = parse_num("a number of entries")? as usize
                     }

@@ -99,6 +99,68 @@ fn api_err(r: Result<impl std::fmt::Debug, ClientError>) -> sluice_api::ApiError
     }
 }
 
+/// GET the metrics over plain HTTP/1.0 from inside the node's namespace
+/// (where sluiced listens), with bash's /dev/tcp.
+fn scrape(node: &Netns, url: &str) -> String {
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics");
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    let script = format!(
+        "exec 3<>/dev/tcp/{host}/{port} && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && timeout 60 cat <&3"
+    );
+    let out = node.exec(&["bash", "-c", &script]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| {
+        panic!(
+            "not an HTTP reply: {text:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// The value of the sample whose name and labels are `series`.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+}
+
+/// `promtool check metrics` (Debian's prometheus package) accepts it.
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut child = match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            report_skip(&format!(
+                "e2e_node_commit: promtool check metrics not run: {e} (install Debian's prometheus package)"
+            ));
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
     if !can_use_netns("node_commits_apply_whole_or_not_at_all_while_a_stream_forwards") {
@@ -109,13 +171,17 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
     let b = Netns::new("slt-nc-b");
     let _va = Veth::new_in(&node, "slt-nca-o", "slt-nca-i", &a, "10.204.0.1/24");
     let _vb = Veth::new_in(&node, "slt-ncb-o", "slt-ncb-i", &b, "10.204.0.2/24");
-    let (d, _ready) = Sluiced::start_in(
+    let (d, ready) = Sluiced::start_in(
         &node,
         &config(
             PREFIX,
-            "[port:sink]\ndevargs = net_null0,no-rx=1\nofport = 1\n",
+            "metrics_address = 127.0.0.1:0\n[port:sink]\ndevargs = net_null0,no-rx=1\nofport = 1\n",
         ),
     );
+    let metrics_url = ready["metrics"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no metrics address in {ready}"))
+        .to_string();
     let mut c = client();
     // The stream (src, 2 -> sink, 1) is in place before src exists, as an
     // operator's rule: the first commit replaces it with the program's
@@ -184,6 +250,31 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
     let dump = c.call_text::<&str>("dump-flows", &[]).expect("dump-flows");
     assert!(!dump.contains("normal"), "{dump}");
     assert_eq!(dump.matches("cookie=0x5c").count(), 4, "{dump}");
+
+    // The metrics: valid for promtool, the generation, and counters that
+    // move with traffic.
+    let m1 = scrape(&node, &metrics_url);
+    assert!(m1.contains("sluice_node_generation 1\n"), "{m1}");
+    let rx = |m: &str| {
+        sample(
+            m,
+            "sluice_port_rx_packets_total{port=\"pod-a\",ofport=\"3\"}",
+        )
+    };
+    let before = rx(&m1);
+    ping_ok(&a, "10.204.0.2");
+    let m2 = scrape(&node, &metrics_url);
+    assert!(
+        rx(&m2) >= before + 3.0,
+        "pod-a rx {} -> {}",
+        before,
+        rx(&m2)
+    );
+    assert!(
+        sample(&m2, "sluice_pmd_rx_packets_total{pmd=\"0\"}") > 0.0,
+        "{m2}"
+    );
+    promtool_check(&m2);
 
     // 2. Refused at its second flow operation: nothing applies.
     let bad = NodeChanges {

@@ -67,6 +67,11 @@ fn snapshot(v: &PmdView) -> Vec<u64> {
     s
 }
 
+/// One PMD's counters since start (the metrics: no clear baseline).
+pub fn absolute_pmd_stats(v: &PmdView) -> api::pmd::PmdStats {
+    view(v, &[])
+}
+
 /// One PMD's counters minus `base`, as the control API shows them.
 fn view(v: &PmdView, base: &[u64]) -> api::pmd::PmdStats {
     let cur = snapshot(v);

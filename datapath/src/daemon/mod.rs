@@ -19,6 +19,7 @@
 //! feature handles, each documented in its module.
 
 pub mod commands;
+pub mod metrics;
 pub mod node;
 pub mod ports;
 
@@ -104,6 +105,9 @@ pub enum DaemonError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The metrics endpoint cannot start.
+    #[error("[datapath] metrics_address: {0}")]
+    Metrics(#[from] sluice_metrics::ServerError),
     /// A control command name is taken twice.
     #[error("cannot register commands: {0}")]
     Register(#[source] crate::ctl::RegistryError),
@@ -203,6 +207,8 @@ pub struct Daemon {
     pub ready: Value,
     /// The host exception path (node addresses moved onto the TAP).
     hostpath: Option<crate::hostpath::HostPath>,
+    /// The Prometheus endpoint (`[datapath] metrics_address`).
+    metrics: std::sync::Mutex<Option<sluice_metrics::MetricsServer>>,
 }
 
 /// The stateful and overlay features the flow pipeline's PMDs share.
@@ -241,6 +247,7 @@ impl Daemon {
             revalidator: None,
             ready: Value::Null,
             hostpath: None,
+            metrics: std::sync::Mutex::new(None),
         };
         // From here on, an error drops `d`, which tears down what started.
         d.start_rest(cfg, need, eal_ms, on_exit)?;
@@ -471,6 +478,7 @@ impl Daemon {
         features: Features,
     ) -> Result<(), DaemonError> {
         let reg_err = DaemonError::Register;
+        let metric_views = views.clone();
         commands::register_pmd(registry, views).map_err(reg_err)?;
         commands::register_cache_dump(registry, mailboxes).map_err(reg_err)?;
         let ports = self.port_set()?.clone();
@@ -540,7 +548,18 @@ impl Daemon {
                 host: fixed_port(cfg.datapath.overlay.host_port.as_ref()),
             },
         }));
-        node::register(registry, state).map_err(reg_err)?;
+        node::register(registry, state.clone()).map_err(reg_err)?;
+        if let Some(addr) = cfg.datapath.metrics_address {
+            let sources = metrics::Sources {
+                pmds: metric_views,
+                ports: self.port_set()?.clone(),
+                node: state,
+                features: flows
+                    .map(|_| (conntrack.clone(), services.clone(), overlay.tunnels.clone())),
+            };
+            let server = sluice_metrics::MetricsServer::start(addr, move || sources.render())?;
+            *self.metrics.lock().unwrap_or_else(|e| e.into_inner()) = Some(server);
+        }
         if let Some(t) = flows {
             let oracle = Arc::new(crate::conntrack::trace::CtTracer::new(
                 conntrack.clone(),
@@ -590,6 +609,8 @@ impl Daemon {
             "pipeline": cfg.datapath.pipeline.name(),
             "pmd_cores": cfg.datapath.cores,
             "ctl_socket": cfg.datapath.ctl_socket,
+            "metrics": self.metrics.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
+                .map(|m| format!("http://{}/metrics", m.addr())),
             "ports": self.ports.iter().flat_map(|p| p.list()).map(|p| json!({
                 "name": p.name, "ofport": p.ofport, "devargs": p.devargs,
                 "driver": p.driver, "dpdk_port_id": p.handle.port_id(),
@@ -643,6 +664,14 @@ impl Daemon {
 
     fn teardown(&mut self) {
         drop(self.hostpath.take());
+        if let Some(mut m) = self
+            .metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            m.stop();
+        }
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.revalidator.take() {
             h.thread().unpark();
