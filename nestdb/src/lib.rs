@@ -2,14 +2,15 @@
 //!
 //! The crate mirrors the layout of Open vSwitch's `ovsdb/` directory: [`jsonrpc`]
 //! framing, [`table`] rows, [`transaction`] execution and commit, [`monitor`]s, the
-//! on-disk [`log`] and [`storage`], the [`server`] event loop, and the [`unixctl`]
-//! control socket.  The data model (atoms, data, types, schemas, conditions,
+//! on-disk [`log`] and [`storage`], the [`server`] event loop, the [`unixctl`]
+//! control socket and the Prometheus [`metrics`].  The data model (atoms, data, types, schemas, conditions,
 //! mutations, error objects) is [`ovsdb_core`], shared with nestdb-client.
 
 pub use ovsdb_core;
 
 pub mod jsonrpc;
 pub mod log;
+pub mod metrics;
 pub mod monitor;
 pub mod server;
 pub mod storage;

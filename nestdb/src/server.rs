@@ -35,6 +35,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Default client socket.
@@ -72,6 +73,9 @@ pub enum ServerError {
     /// poll() failed.
     #[error("poll failed: {0}")]
     Poll(std::io::Error),
+    /// The metrics endpoint could not start.
+    #[error("--metrics-address: {0}")]
+    Metrics(#[from] sluice_metrics::ServerError),
 }
 
 /// A listening address.
@@ -133,6 +137,8 @@ pub struct Config {
     pub compact_threshold: u64,
     /// Idle time after which a TCP client is probed with `echo` (None: never).
     pub inactivity_probe: Option<Duration>,
+    /// Where Prometheus metrics are served (None: nowhere).
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -148,6 +154,7 @@ impl Default for Config {
             max_message_memory: 128 << 20,
             compact_threshold: 10 << 20,
             inactivity_probe: Some(Duration::from_secs(5)),
+            metrics_address: None,
         }
     }
 }
@@ -246,6 +253,8 @@ struct Db {
     name: String,
     storage: Storage,
     dirty: bool,
+    /// When each transaction staged since the last sync arrived.
+    staged: Vec<Instant>,
 }
 
 struct PendingTxn {
@@ -293,6 +302,8 @@ pub struct Server {
     exit_requested: bool,
     stats: Stats,
     accept_paused_until: Option<Instant>,
+    /// What the metrics endpoint shows (None: no endpoint).
+    metrics: Option<(Arc<crate::metrics::Metrics>, sluice_metrics::MetricsServer)>,
 }
 
 impl std::fmt::Debug for Server {
@@ -371,6 +382,7 @@ impl Server {
             name: "_Server".into(),
             storage: Storage::in_memory(Schema::server_schema()),
             dirty: false,
+            staged: Vec::new(),
         }];
         for path in &config.databases {
             let storage = Storage::open(path, config.schema.as_deref(), config.compact_threshold)?;
@@ -382,6 +394,7 @@ impl Server {
                 name,
                 storage,
                 dirty: false,
+                staged: Vec::new(),
             });
         }
         let mut listeners = Vec::new();
@@ -420,7 +433,14 @@ impl Server {
             exit_requested: false,
             stats: Stats::default(),
             accept_paused_until: None,
+            metrics: None,
         };
+        if let Some(addr) = s.config.metrics_address {
+            let m = Arc::new(crate::metrics::Metrics::default());
+            let r = m.clone();
+            let server = sluice_metrics::MetricsServer::start(addr, move || r.render())?;
+            s.metrics = Some((m, server));
+        }
         s.populate_server_db();
         Ok(s)
     }
@@ -1063,6 +1083,7 @@ impl Server {
     fn commit(&mut self, db: usize, changes: Changes) {
         self.stats.commits += 1;
         let d = &mut self.dbs[db];
+        d.staged.push(Instant::now());
         let entry = d.storage.stage(changes, now_ms());
         d.dirty = true;
         let name = d.name.clone();
@@ -1149,8 +1170,41 @@ impl Server {
                 d.dirty = false;
                 self.stats.syncs += 1;
             }
+            if let Some((m, _)) = &self.metrics {
+                let now = Instant::now();
+                for t in d.staged.drain(..) {
+                    m.commit_seconds
+                        .observe(now.duration_since(t).as_secs_f64());
+                }
+            } else {
+                d.staged.clear();
+            }
         }
+        self.publish_metrics();
         Ok(())
+    }
+
+    /// Copies what the metrics show (once per loop iteration; cheap).
+    fn publish_metrics(&self) {
+        let Some((m, _)) = &self.metrics else {
+            return;
+        };
+        let snap = crate::metrics::Snapshot {
+            stats: self.stats.clone(),
+            sessions: self.sessions.len(),
+            monitors: self.sessions.values().map(|s| s.monitors.len()).sum(),
+            dbs: self
+                .dbs
+                .iter()
+                .filter(|d| d.name != "_Server")
+                .map(|d| crate::metrics::DbSnapshot {
+                    name: d.name.clone(),
+                    log_bytes: d.storage.log_len(),
+                    rows: d.storage.db.tables.iter().map(|t| t.rows.len()).sum(),
+                })
+                .collect(),
+        };
+        m.publish(snap);
     }
 
     fn flush_all(&mut self) {

@@ -65,6 +65,9 @@ struct Args {
     /// Idle time in milliseconds before probing a TCP client with echo (0 disables).
     #[arg(long, default_value_t = 5000)]
     inactivity_probe: u64,
+    /// Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 0.0.0.0:9477).
+    #[arg(long, value_name = "ADDRESS")]
+    metrics_address: Option<std::net::SocketAddr>,
 }
 
 extern "C" fn on_signal(_: libc::c_int) {
@@ -146,6 +149,7 @@ fn main() -> ExitCode {
         compact_threshold: args.compact_threshold,
         inactivity_probe: (args.inactivity_probe > 0)
             .then(|| Duration::from_millis(args.inactivity_probe)),
+        metrics_address: args.metrics_address,
     };
     install_signal_handlers();
     let mut server = match Server::new(config) {
