@@ -19,6 +19,8 @@
 //! pipeline = flow                ; flow (flow tables, default) or l2
 //! ctl_socket = /var/run/sluice/sluiced.ctl
 //! metrics_address = 0.0.0.0:9476  ; Prometheus /metrics (off when absent)
+//! state_file = /var/run/sluice/conntrack.state ; connections saved for a restart
+//! state_interval_ms = 1000         ; how often state_file is rewritten
 //! mac_table_size = 8192
 //! mac_aging_s = 300
 //! emc_insert_inv_prob = 100        ; EMC insert 1 in N misses; 1 always, 0 off
@@ -80,6 +82,11 @@ pub struct DatapathConfig {
     pub ctl_socket: String,
     /// Where `/metrics` is served (None: no metrics endpoint).
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Where the connections are saved for the next sluiced (None: not
+    /// saved; a restart starts with an empty table).
+    pub state_file: Option<String>,
+    /// How often `state_file` is rewritten, ms.
+    pub state_interval_ms: u64,
     /// MAC table entries per core.
     pub mac_table_size: usize,
     /// MAC aging in seconds.
@@ -109,6 +116,8 @@ impl Default for DatapathConfig {
             pipeline: PipelineKind::Flow,
             ctl_socket: "/var/run/sluice/sluiced.ctl".into(),
             metrics_address: None,
+            state_file: None,
+            state_interval_ms: 1000,
             mac_table_size: crate::pipeline::l2::DEFAULT_MAC_CAPACITY,
             mac_aging_s: 300,
             emc_insert_inv_prob: crate::classifier::emc::EMC_INSERT_INV_PROB,
@@ -274,6 +283,8 @@ const DATAPATH_KEYS: &[&str] = &[
     "pipeline",
     "ctl_socket",
     "metrics_address",
+    "state_file",
+    "state_interval_ms",
     "mac_table_size",
     "mac_aging_s",
     "emc_insert_inv_prob",
@@ -494,6 +505,10 @@ impl Config {
                         }
                     }
                     "ctl_socket" => dp.ctl_socket = v.into(),
+                    "state_file" => dp.state_file = Some(v.into()),
+                    "state_interval_ms" => {
+                        dp.state_interval_ms = parse_num("a number of milliseconds")?.max(10)
+                    }
                     "metrics_address" => {
                         dp.metrics_address = Some(v.parse().map_err(|_| {
                             key_err(

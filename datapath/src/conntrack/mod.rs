@@ -139,6 +139,7 @@ mod hit;
 pub mod lb;
 pub mod nat;
 mod show;
+pub mod state;
 mod table;
 pub mod tcp;
 #[cfg(test)]

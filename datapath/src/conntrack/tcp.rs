@@ -157,6 +157,30 @@ fn raise(a: &AtomicU32, v: u32) {
     }
 }
 
+/// One side's window tracking, saved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SideSnapshot {
+    /// Highest sequence number sent plus length.
+    pub end: u32,
+    /// Highest acknowledged window edge.
+    pub maxend: u32,
+    /// Largest window seen.
+    pub maxwin: u32,
+    /// Window scale and flags.
+    pub bits: u8,
+}
+
+/// A TCP tracker's whole state, saved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpSnapshot {
+    /// `TcpState` as a number.
+    pub state: u8,
+    /// Both directions.
+    pub sides: [SideSnapshot; 2],
+    /// Picked up mid-stream.
+    pub liberal: bool,
+}
+
 /// The tracked TCP state of a connection.
 ///
 /// Thread-safety: [`TcpConn::track`] (state transitions, handshake) must
@@ -224,6 +248,40 @@ impl TcpConn {
         };
         c.init_side(0, seg);
         c
+    }
+
+    /// Everything the tracker holds, for saving (`conntrack::state`).
+    pub fn snapshot(&self) -> TcpSnapshot {
+        let side = |s: &Side| SideSnapshot {
+            end: s.end.load(Ordering::Acquire),
+            maxend: s.maxend.load(Ordering::Acquire),
+            maxwin: s.maxwin.load(Ordering::Acquire),
+            bits: s.bits(),
+        };
+        TcpSnapshot {
+            state: self.state.load(Ordering::SeqCst),
+            sides: [side(&self.sides[0]), side(&self.sides[1])],
+            liberal: self.liberal,
+        }
+    }
+
+    /// A tracker continuing from a saved snapshot; None when the saved
+    /// state is not one this version knows.
+    pub fn restore(s: &TcpSnapshot) -> Option<TcpConn> {
+        if usize::from(s.state) >= STATES.len() {
+            return None;
+        }
+        let side = |x: &SideSnapshot| Side {
+            end: AtomicU32::new(x.end),
+            maxend: AtomicU32::new(x.maxend),
+            maxwin: AtomicU32::new(x.maxwin),
+            bits: AtomicU8::new(x.bits),
+        };
+        Some(TcpConn {
+            state: AtomicU8::new(s.state),
+            sides: [side(&s.sides[0]), side(&s.sides[1])],
+            liberal: s.liberal,
+        })
     }
 
     /// Picked up mid-stream (window checks skipped).

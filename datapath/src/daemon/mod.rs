@@ -22,6 +22,7 @@ pub mod commands;
 pub mod metrics;
 pub mod node;
 pub mod ports;
+pub mod state;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -207,6 +208,12 @@ pub struct Daemon {
     pub ready: Value,
     /// The host exception path (node addresses moved onto the TAP).
     hostpath: Option<crate::hostpath::HostPath>,
+    /// The connection saver (`[datapath] state_file`): thread, file, table.
+    saver: Option<(
+        std::thread::JoinHandle<()>,
+        std::path::PathBuf,
+        crate::conntrack::Conntrack,
+    )>,
     /// The Prometheus endpoint (`[datapath] metrics_address`).
     metrics: std::sync::Mutex<Option<sluice_metrics::MetricsServer>>,
 }
@@ -248,6 +255,7 @@ impl Daemon {
             ready: Value::Null,
             hostpath: None,
             metrics: std::sync::Mutex::new(None),
+            saver: None,
         };
         // From here on, an error drops `d`, which tears down what started.
         d.start_rest(cfg, need, eal_ms, on_exit)?;
@@ -268,9 +276,14 @@ impl Daemon {
         let capture = Capture::new();
         let specs = self.pmd_specs(cfg, &capture);
         let mut features = self.features(cfg);
+        // Saved connections go back in before any PMD forwards.
+        if let (Some(path), Some(_)) = (&cfg.datapath.state_file, &flows) {
+            state::restore(std::path::Path::new(path), &features.conntrack);
+        }
         let mailboxes: Vec<Arc<pmd::Mailbox>> =
             specs.iter().filter_map(|s| s.mailbox.clone()).collect();
         let views = self.spawn_pmds(cfg, specs, flows.as_ref(), &mut features)?;
+        let saved_ct = flows.as_ref().map(|_| features.conntrack.clone());
         self.register_commands(
             cfg,
             &registry,
@@ -282,6 +295,19 @@ impl Daemon {
         )?;
         if let Some(t) = &flows {
             self.start_revalidator(t)?;
+        }
+        if let (Some(path), Some(ct)) = (&cfg.datapath.state_file, saved_ct) {
+            let h = state::spawn_saver(
+                path.into(),
+                ct.clone(),
+                std::time::Duration::from_millis(cfg.datapath.state_interval_ms),
+                self.stop.clone(),
+            )
+            .map_err(|source| DaemonError::Thread {
+                what: "the state saver thread",
+                source,
+            })?;
+            self.saver = Some((h, path.into(), ct));
         }
         self.flows = flows;
 
@@ -648,6 +674,16 @@ impl Daemon {
             }));
             tracing::info!("{}", st.render().trim_end());
         }
+        // The PMDs are stopped: save the connections one last time, so a
+        // clean restart loses none.
+        if let Some((h, path, ct)) = self.saver.take() {
+            h.thread().unpark();
+            let _ = h.join();
+            match state::save(&path, &ct) {
+                Ok(n) => tracing::info!("saved {n} connections to {}", path.display()),
+                Err(e) => tracing::error!("cannot save connections to {}: {e}", path.display()),
+            }
+        }
         let ports: Vec<Value> = self
             .ports
             .iter()
@@ -674,6 +710,10 @@ impl Daemon {
         }
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.revalidator.take() {
+            h.thread().unpark();
+            let _ = h.join();
+        }
+        if let Some((h, _, _)) = self.saver.take() {
             h.thread().unpark();
             let _ = h.join();
         }

@@ -1,0 +1,633 @@
+//! Saved connection state: what lets connections survive a sluiced
+//! restart (a crash, or a hand-over to a new process). Each live
+//! connection is saved with both tuples, its NAT, its Service endpoint, its
+//! protocol state (TCP window tracking included), its remaining lifetime,
+//! its counters and its mark and label; [`Conntrack::restore`] puts them
+//! back in a new table, where the next packet of each connection finds it
+//! exactly as before (same translation, same endpoint, same TCP state).
+//!
+//! # Format (versioned, little-endian)
+//!
+//! | field | bytes |
+//! |---|---|
+//! | magic `SLCTSTAT` | 8 |
+//! | version | 4 |
+//! | record size | 4 |
+//! | saved at (Unix ns) | 8 |
+//! | records | 8 |
+//! | names length, then the Service names joined by NUL | 4 + n |
+//! | records | records × record size |
+//! | CRC-32 of everything before | 4 |
+//!
+//! A record (version 2, [`RECORD_V2`] bytes): both keys (zone u16, proto
+//! u8, pad, src u32, dst u32, sport u16, dport u16), NAT bits, protocol
+//! kind (0 other, 1 ICMP, 2 TCP), replied, TCP state and liberal flag, the
+//! two TCP sides (end, maxend, maxwin u32, bits u8), remaining lifetime in
+//! ns (u64), packets and bytes per direction (u64), mark (u32), label
+//! (u128), Service name index (u32, `u32::MAX`: none), endpoint address and
+//! port. Version 1 (sluice 0.1.0's first format, [`RECORD_V1`] bytes) had
+//! no byte counters and no label; it is still read (they restore as 0), so
+//! a newer sluiced takes over from an older one. A version this build does
+//! not know, a bad magic, a length or CRC mismatch or an impossible value
+//! fails [`decode`] with a [`StateError`] saying which; the caller discards
+//! the file with one log line and starts empty, never trusting it half.
+//!
+//! Lifetimes are saved as time remaining, since the monotonic clock of the
+//! next process has another origin. A restored TCP connection skips window
+//! checks from then on (Linux's "be liberal"): the saved windows may be an
+//! interval older than its latest segments.
+//!
+//! Thread-safety: [`save`] reads the shared table shard by shard (as the
+//! dumps do); [`Conntrack::restore`] inserts as PMDs would.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+
+use super::entry::{Conn, ConnKey, CtMarks, Marks, ProtoState};
+use super::lb::{EndpointStats, LbRef};
+use super::nat::Tuple;
+use super::table::{key_hash, Slot};
+use super::tcp::{SideSnapshot, TcpConn, TcpSnapshot};
+use super::Conntrack;
+use crate::time::Nanos;
+
+/// File magic.
+pub const MAGIC: &[u8; 8] = b"SLCTSTAT";
+/// The version this build writes.
+pub const VERSION: u32 = 2;
+/// Record size of version 1.
+pub const RECORD_V1: usize = 32 + 4 + 2 + 2 * 13 + 8 + 16 + 4 + 10 + 4;
+/// Record size of version 2.
+pub const RECORD_V2: usize = RECORD_V1 + 16 + 16;
+const HEADER: usize = 8 + 4 + 4 + 8 + 8 + 4;
+
+/// Why saved state was not used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// Not a state file.
+    #[error("not a sluiced conntrack state file (bad magic)")]
+    Magic,
+    /// Written by a version this build does not read.
+    #[error("written in format version {0}; this sluiced reads versions 1 to {VERSION}")]
+    Version(u32),
+    /// Shorter or longer than its header says.
+    #[error("truncated or padded: {0}")]
+    Length(String),
+    /// The checksum does not match.
+    #[error("checksum mismatch: the file is corrupt")]
+    Checksum,
+    /// A record holds a value no sluiced writes.
+    #[error("record {index}: {why}")]
+    Record {
+        /// Which record.
+        index: usize,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// One saved connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedConn {
+    /// Original and reply keys.
+    pub keys: [ConnKey; 2],
+    /// NAT bits.
+    pub nat: u8,
+    /// Protocol state.
+    pub proto: SavedProto,
+    /// A reply was seen.
+    pub replied: bool,
+    /// Lifetime left when saved, ns.
+    pub remaining: Nanos,
+    /// Packets per direction.
+    pub packets: [u64; 2],
+    /// Bytes per direction.
+    pub bytes: [u64; 2],
+    /// `ct_mark`.
+    pub mark: u32,
+    /// `ct_label`.
+    pub label: u128,
+    /// Service and endpoint.
+    pub lb: Option<(String, Ipv4Addr, u16)>,
+}
+
+/// A saved protocol state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SavedProto {
+    /// UDP, SCTP, others.
+    Other,
+    /// ICMP echo.
+    Icmp,
+    /// TCP with its tracker.
+    Tcp(TcpSnapshot),
+}
+
+/// What was saved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SavedState {
+    /// Unix time of the save, ns.
+    pub saved_at_unix_ns: u64,
+    /// The connections.
+    pub conns: Vec<SavedConn>,
+}
+
+/// The live connections of `ct` at `now` (each once).
+pub fn save(ct: &Conntrack, now: Nanos) -> SavedState {
+    let mut conns = Vec::with_capacity(ct.len());
+    ct.for_each(|c| {
+        if c.is_dead() || !c.live(now) {
+            return;
+        }
+        let marks = c.marks();
+        conns.push(SavedConn {
+            keys: c.keys,
+            nat: c.nat,
+            proto: match &c.proto {
+                ProtoState::Tcp(t) => SavedProto::Tcp(t.snapshot()),
+                ProtoState::Icmp => SavedProto::Icmp,
+                ProtoState::Other => SavedProto::Other,
+            },
+            replied: c.replied(),
+            remaining: c.expires().saturating_sub(now),
+            packets: c.packets(),
+            bytes: c.bytes(),
+            mark: marks.mark,
+            label: marks.label,
+            lb: c
+                .lb
+                .as_ref()
+                .map(|l| (l.service.to_string(), l.endpoint.0, l.endpoint.1)),
+        });
+    });
+    SavedState {
+        saved_at_unix_ns: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+        conns,
+    }
+}
+
+fn put_key(out: &mut Vec<u8>, k: &ConnKey) {
+    out.extend_from_slice(&k.zone.to_le_bytes());
+    out.push(k.proto);
+    out.push(0);
+    out.extend_from_slice(&k.tuple.src.to_le_bytes());
+    out.extend_from_slice(&k.tuple.dst.to_le_bytes());
+    out.extend_from_slice(&k.tuple.sport.to_le_bytes());
+    out.extend_from_slice(&k.tuple.dport.to_le_bytes());
+}
+
+/// Encodes `s` in format `version` (1 or [`VERSION`]; 1 exists to test
+/// upgrades).
+pub fn encode_version(s: &SavedState, version: u32) -> Vec<u8> {
+    let record = if version == 1 { RECORD_V1 } else { RECORD_V2 };
+    let mut names: Vec<&str> = s
+        .conns
+        .iter()
+        .filter_map(|c| c.lb.as_ref().map(|l| l.0.as_str()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let joined = names.join("\0");
+    let mut out = Vec::with_capacity(HEADER + joined.len() + s.conns.len() * record + 4);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&(record as u32).to_le_bytes());
+    out.extend_from_slice(&s.saved_at_unix_ns.to_le_bytes());
+    out.extend_from_slice(&(s.conns.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(joined.len() as u32).to_le_bytes());
+    out.extend_from_slice(joined.as_bytes());
+    for c in &s.conns {
+        let start = out.len();
+        put_key(&mut out, &c.keys[0]);
+        put_key(&mut out, &c.keys[1]);
+        let (kind, tcp) = match c.proto {
+            SavedProto::Other => (0u8, TcpSnapshot::default()),
+            SavedProto::Icmp => (1, TcpSnapshot::default()),
+            SavedProto::Tcp(t) => (2, t),
+        };
+        out.extend_from_slice(&[c.nat, kind, u8::from(c.replied), tcp.state]);
+        out.push(u8::from(tcp.liberal));
+        out.push(0);
+        for side in &tcp.sides {
+            out.extend_from_slice(&side.end.to_le_bytes());
+            out.extend_from_slice(&side.maxend.to_le_bytes());
+            out.extend_from_slice(&side.maxwin.to_le_bytes());
+            out.push(side.bits);
+        }
+        out.extend_from_slice(&c.remaining.to_le_bytes());
+        for p in c.packets {
+            out.extend_from_slice(&p.to_le_bytes());
+        }
+        out.extend_from_slice(&c.mark.to_le_bytes());
+        let (idx, ip, port) = match &c.lb {
+            Some((name, ip, port)) => (
+                names
+                    .binary_search(&name.as_str())
+                    .map_or(u32::MAX, |i| i as u32),
+                u32::from(*ip),
+                *port,
+            ),
+            None => (u32::MAX, 0, 0),
+        };
+        out.extend_from_slice(&idx.to_le_bytes());
+        out.extend_from_slice(&ip.to_le_bytes());
+        out.extend_from_slice(&port.to_le_bytes());
+        // 4 bytes of padding keep version 1 records at their size.
+        out.extend_from_slice(&[0; 4]);
+        if version >= 2 {
+            for b in c.bytes {
+                out.extend_from_slice(&b.to_le_bytes());
+            }
+            out.extend_from_slice(&c.label.to_le_bytes());
+        }
+        debug_assert_eq!(out.len() - start, record);
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Encodes `s` in the current format.
+pub fn encode(s: &SavedState) -> Vec<u8> {
+    encode_version(s, VERSION)
+}
+
+/// A little-endian reader over a checked slice.
+struct Rd<'a>(&'a [u8]);
+
+impl Rd<'_> {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let mut a = [0; N];
+        let n = N.min(self.0.len());
+        a[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        a
+    }
+    fn u8(&mut self) -> u8 {
+        self.take::<1>()[0]
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes(self.take())
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.take())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.take())
+    }
+    fn u128(&mut self) -> u128 {
+        u128::from_le_bytes(self.take())
+    }
+    fn key(&mut self) -> ConnKey {
+        let zone = self.u16();
+        let proto = self.u8();
+        self.u8();
+        ConnKey {
+            zone,
+            proto,
+            tuple: Tuple {
+                src: self.u32(),
+                dst: self.u32(),
+                sport: self.u16(),
+                dport: self.u16(),
+            },
+        }
+    }
+}
+
+/// Decodes a state file (any version this build reads).
+///
+/// # Errors
+/// [`StateError`]: what is wrong; nothing of the file should be used.
+pub fn decode(data: &[u8]) -> Result<SavedState, StateError> {
+    if data.len() < HEADER + 4 || &data[..8] != MAGIC {
+        return Err(StateError::Magic);
+    }
+    let (body, crc) = data.split_at(data.len() - 4);
+    let mut r = Rd(&body[8..]);
+    let version = r.u32();
+    let record = r.u32() as usize;
+    let want = match version {
+        1 => RECORD_V1,
+        2 => RECORD_V2,
+        v => return Err(StateError::Version(v)),
+    };
+    if record != want {
+        return Err(StateError::Length(format!(
+            "version {version} records are {want} bytes, the header says {record}"
+        )));
+    }
+    if crc32fast::hash(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+        return Err(StateError::Checksum);
+    }
+    let saved_at_unix_ns = r.u64();
+    let count = r.u64();
+    let names_len = r.u32() as usize;
+    let expect = (HEADER as u64)
+        .checked_add(names_len as u64)
+        .and_then(|n| n.checked_add(count.checked_mul(record as u64)?));
+    if expect != Some(body.len() as u64) {
+        return Err(StateError::Length(format!(
+            "{count} records and {names_len} bytes of names do not make {} bytes",
+            body.len()
+        )));
+    }
+    let names_raw = &r.0[..names_len];
+    let names: Vec<&str> = if names_len == 0 {
+        Vec::new()
+    } else {
+        std::str::from_utf8(names_raw)
+            .map_err(|_| StateError::Length("the Service names are not UTF-8".into()))?
+            .split('\0')
+            .collect()
+    };
+    r.0 = &r.0[names_len..];
+    let mut conns = Vec::with_capacity(count as usize);
+    for index in 0..count as usize {
+        let bad = |why: String| StateError::Record { index, why };
+        let keys = [r.key(), r.key()];
+        let [nat, kind, replied, tcp_state] = r.take::<4>();
+        let liberal = r.u8() != 0;
+        r.u8();
+        let mut sides = [SideSnapshot::default(); 2];
+        for s in &mut sides {
+            *s = SideSnapshot {
+                end: r.u32(),
+                maxend: r.u32(),
+                maxwin: r.u32(),
+                bits: r.u8(),
+            };
+        }
+        let remaining = r.u64();
+        let packets = [r.u64(), r.u64()];
+        let mark = r.u32();
+        let (idx, ip, port) = (r.u32(), r.u32(), r.u16());
+        r.take::<4>();
+        let (bytes, label) = if version >= 2 {
+            ([r.u64(), r.u64()], r.u128())
+        } else {
+            ([0, 0], 0)
+        };
+        let proto = match kind {
+            0 => SavedProto::Other,
+            1 => SavedProto::Icmp,
+            2 => {
+                let t = TcpSnapshot {
+                    state: tcp_state,
+                    sides,
+                    liberal,
+                };
+                if TcpConn::restore(&t).is_none() {
+                    return Err(bad(format!("TCP state {tcp_state} is not one sluiced has")));
+                }
+                SavedProto::Tcp(t)
+            }
+            k => return Err(bad(format!("protocol kind {k} is not one sluiced has"))),
+        };
+        if keys[0].zone != keys[1].zone || keys[0].proto != keys[1].proto {
+            return Err(bad("its two keys differ in zone or protocol".into()));
+        }
+        let lb = match idx {
+            u32::MAX => None,
+            i => Some((
+                names
+                    .get(i as usize)
+                    .ok_or_else(|| bad(format!("Service name {i} does not exist")))?
+                    .to_string(),
+                Ipv4Addr::from(ip),
+                port,
+            )),
+        };
+        conns.push(SavedConn {
+            keys,
+            nat,
+            proto,
+            replied: replied != 0,
+            remaining,
+            packets,
+            bytes,
+            mark,
+            label,
+            lb,
+        });
+    }
+    Ok(SavedState {
+        saved_at_unix_ns,
+        conns,
+    })
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Connections put back.
+    pub restored: usize,
+    /// Skipped: a key already taken, or the table full.
+    pub skipped: usize,
+}
+
+impl Conntrack {
+    /// Puts saved connections back at time `now` (each expires after the
+    /// lifetime it had left). A connection whose key is taken, or that the
+    /// table has no room for, is skipped.
+    pub fn restore(&self, s: &SavedState, now: Nanos) -> Restored {
+        let mut out = Restored::default();
+        for c in &s.conns {
+            let proto = match c.proto {
+                SavedProto::Other => ProtoState::Other,
+                SavedProto::Icmp => ProtoState::Icmp,
+                // Window checks are skipped from now on (as after a loose
+                // pickup): the save may be up to an interval older than the
+                // connection's last segment, whose sequence numbers are
+                // then beyond the saved windows.
+                SavedProto::Tcp(t) => match TcpConn::restore(&TcpSnapshot { liberal: true, ..t }) {
+                    Some(t) => ProtoState::Tcp(t),
+                    None => {
+                        out.skipped += 1;
+                        continue;
+                    }
+                },
+            };
+            let conn = Arc::new(Conn {
+                keys: c.keys,
+                nat: c.nat,
+                lb: c.lb.as_ref().map(|(name, ip, port)| LbRef {
+                    service: Arc::from(name.as_str()),
+                    endpoint: (*ip, *port),
+                    stats: Arc::new(EndpointStats::default()),
+                }),
+                proto,
+                dead: AtomicBool::new(false),
+                replied: AtomicBool::new(c.replied),
+                expires: AtomicU64::new(now.saturating_add(c.remaining)),
+                packets: c.packets.map(AtomicU64::new),
+                bytes: c.bytes.map(AtomicU64::new),
+                marks: Marks::new(CtMarks {
+                    mark: c.mark,
+                    label: c.label,
+                }),
+                lock: Mutex::new(()),
+            });
+            if self
+                .make_room(now, key_hash(&c.keys[0]), &c.keys[0])
+                .is_err()
+            {
+                out.skipped += 1;
+                continue;
+            }
+            let slot = |dir| Slot {
+                conn: conn.clone(),
+                dir,
+            };
+            if self.try_insert(now, c.keys[0], &slot(0)).is_err() {
+                out.skipped += 1;
+                continue;
+            }
+            if c.keys[1] != c.keys[0] && self.try_insert(now, c.keys[1], &slot(1)).is_err() {
+                self.remove_key(&c.keys[0], &conn);
+                out.skipped += 1;
+                continue;
+            }
+            self.count_in(&conn, 1);
+            out.restored += 1;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conntrack::tests::{fl, ip, seen, tcp, Rig};
+    use crate::conntrack::{ConnFilter, ConntrackConfig};
+
+    const FLOWS: &str = "\
+table=0,priority=10,tcp,in_port=1,nw_dst=10.96.0.10 actions=ct(commit,zone=5,nat(dst=10.1.0.5:8080),table=1)
+table=0,priority=5,ip,in_port=1 actions=ct(zone=5,nat,table=1)
+table=0,priority=5,ip,in_port=2 actions=ct(zone=5,nat,table=1)
+table=1,priority=20,ct_state=+trk+inv actions=drop
+table=1,priority=10,ct_state=+trk,in_port=1 actions=output:2
+table=1,priority=10,ct_state=+trk+est+rpl,in_port=2 actions=output:1
+table=1,priority=1 actions=drop
+";
+    const SEC: Nanos = 1_000_000_000;
+
+    /// A DNATed TCP connection, established, mid-stream.
+    fn established() -> Rig {
+        let mut r = Rig::new(FLOWS, Conntrack::new(ConntrackConfig::default()));
+        let (c, vip, ep) = ([10, 0, 0, 1], [10, 96, 0, 10], [10, 1, 0, 5]);
+        r.expect(0, 1, tcp(c, vip, 1000, 80, 100, 0, fl::SYN, b""), 2);
+        r.expect(SEC, 2, tcp(ep, c, 8080, 1000, 500, 101, fl::SYNACK, b""), 1);
+        r.expect(
+            2 * SEC,
+            1,
+            tcp(c, vip, 1000, 80, 101, 501, fl::ACK, b"hello"),
+            2,
+        );
+        r
+    }
+
+    /// Saved, encoded, decoded and restored into a new process's table
+    /// (another clock origin), the connection carries on: mid-stream
+    /// segments both ways pass with the same translation, and it is still
+    /// ESTABLISHED with its counters; a mid-stream segment of a connection
+    /// that was never saved is still invalid.
+    #[test]
+    fn a_restored_connection_carries_on_with_its_nat() {
+        let r = established();
+        let saved = save(&r.ct, 3 * SEC);
+        assert_eq!(saved.conns.len(), 1);
+        let bytes = encode(&saved);
+        let back = decode(&bytes).expect("decodes");
+        assert_eq!(back, saved);
+        let mut n = Rig::new(FLOWS, Conntrack::new(ConntrackConfig::default()));
+        let t0 = 500 * SEC;
+        let done = n.ct.restore(&back, t0);
+        assert_eq!(
+            done,
+            Restored {
+                restored: 1,
+                skipped: 0
+            }
+        );
+        assert_eq!(n.ct.len(), 1);
+        let dump = n.ct.dump(&ConnFilter::default(), t0);
+        assert!(dump.contains("ESTABLISHED"), "{dump}");
+        let (c, vip, ep) = ([10, 0, 0, 1], [10, 96, 0, 10], [10, 1, 0, 5]);
+        let out = n.expect(t0, 1, tcp(c, vip, 1000, 80, 106, 501, fl::ACK, b"more"), 2);
+        assert_eq!((seen(&out).dst, seen(&out).dport), (ip("10.1.0.5"), 8080));
+        let out = n.expect(t0, 2, tcp(ep, c, 8080, 1000, 501, 110, fl::ACK, b"ok"), 1);
+        assert_eq!((seen(&out).src, seen(&out).sport), (ip("10.96.0.10"), 80));
+        n.expect_drop(
+            t0,
+            1,
+            tcp(c, vip, 1001, 80, 5, 5, fl::ACK, b""),
+            crate::drop::DropReason::FlowDrop,
+        );
+        // It keeps the lifetime it had left, on the new clock.
+        let left = saved.conns[0].remaining;
+        assert!(left > 0);
+        assert_eq!(n.ct.len(), 1);
+    }
+
+    #[test]
+    fn corrupt_truncated_and_unknown_files_are_refused() {
+        let bytes = encode(&save(&established().ct, 3 * SEC));
+        let mut flipped = bytes.clone();
+        flipped[HEADER + 3] ^= 0x40;
+        assert_eq!(decode(&flipped), Err(StateError::Checksum));
+        assert_eq!(decode(&bytes[..bytes.len() - 7]), Err(StateError::Checksum));
+        assert_eq!(
+            decode(b"not a state file at all, no"),
+            Err(StateError::Magic)
+        );
+        assert_eq!(decode(&bytes[..10]), Err(StateError::Magic));
+        let mut v9 = bytes.clone();
+        v9[8..12].copy_from_slice(&9u32.to_le_bytes());
+        assert_eq!(decode(&v9), Err(StateError::Version(9)));
+        // A valid checksum over an impossible value.
+        let mut bad = bytes[..bytes.len() - 4].to_vec();
+        // The first record's protocol kind: after the names and both keys
+        // and the NAT byte.
+        let names_len = u32::from_le_bytes(bad[32..36].try_into().unwrap()) as usize;
+        bad[HEADER + names_len + 33] = 7;
+        let crc = crc32fast::hash(&bad);
+        bad.extend_from_slice(&crc.to_le_bytes());
+        assert!(
+            matches!(decode(&bad), Err(StateError::Record { index: 0, .. })),
+            "{:?}",
+            decode(&bad)
+        );
+    }
+
+    /// A file in the previous format (version 1: no byte counters, no
+    /// label) is read by this build: an upgrade keeps the connections.
+    #[test]
+    fn version_1_files_are_read() {
+        let saved = save(&established().ct, 3 * SEC);
+        let v1 = encode_version(&saved, 1);
+        assert_eq!(
+            v1.len(),
+            HEADER
+                + 4
+                + RECORD_V1 * saved.conns.len()
+                + u32::from_le_bytes(v1[32..36].try_into().unwrap()) as usize
+        );
+        let back = decode(&v1).expect("version 1 decodes");
+        assert_eq!(back.conns[0].keys, saved.conns[0].keys);
+        assert_eq!(back.conns[0].proto, saved.conns[0].proto);
+        assert_eq!(back.conns[0].bytes, [0, 0]);
+        let n = Conntrack::new(ConntrackConfig::default());
+        assert_eq!(n.restore(&back, 0).restored, 1);
+    }
+
+    proptest::proptest! {
+        /// Arbitrary bytes never panic the decoder.
+        #[test]
+        fn arbitrary_bytes_decode_or_fail_cleanly(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = decode(&data);
+        }
+    }
+}
