@@ -260,8 +260,9 @@ fn sockets_and_probes_use_the_default_paths() {
     let nestdb = list_item(&ds, "nestdb-server").join("\n");
     assert!(nestdb.contains(&format!("--remote=punix:{NESTDB_SOCKET}")));
     assert!(nestdb.contains("/usr/share/sluice/sluice.ovsschema"));
-    assert!(read("deploy/image/Containerfile")
-        .contains("deploy/nestdb/sluice.ovsschema /usr/share/sluice/sluice.ovsschema"));
+    // The image's root filesystem carries the schema at that path.
+    assert!(read("deploy/image/rootfs.sh")
+        .contains("deploy/nestdb/sluice.ovsschema\" \"$R/usr/share/sluice/sluice.ovsschema\""));
 
     let sluiced = list_item(&ds, "sluiced");
     let probe =

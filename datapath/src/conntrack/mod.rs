@@ -134,6 +134,8 @@ mod cache_tests;
 pub mod commands;
 pub mod config;
 mod entry;
+#[cfg(test)]
+mod flood_tests;
 mod handle;
 mod hit;
 pub mod lb;
