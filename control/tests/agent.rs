@@ -29,9 +29,10 @@ use nestdb_client::node::{LogicalPort, NodeConfig, NodeStatus as StatusRow, Node
 use nestdb_client::TableRow;
 use nestdb_client::{Client as DbClient, Condition, Datum, Transaction};
 use sluice_api::node::{
-    apply, generation_conflict, NodeChanges, NodeCommit, NodeCommitReply, NodeProgram,
-    NodeStatus, PortStatus, QueryNodeProgram, QueryNodeStatus,
+    apply, generation_conflict, item_error, CommitItem, NodeChanges, NodeCommit, NodeCommitReply,
+    NodeProgram, NodeStatus, PortStatus, QueryNodeProgram, QueryNodeStatus,
 };
+use sluice_api::ErrorCode;
 use sluice_datapath::ctl::typed::register;
 use sluice_datapath::ctl::{CtlServer, Registry, ServerConfig};
 
@@ -137,7 +138,10 @@ impl NestDb {
             .arg("--schema")
             .arg(schema_path())
             .arg(format!("--remote=punix:{}", self.sock().display()))
-            .arg(format!("--unixctl={}", self.dir.join("nestdb.ctl").display()))
+            .arg(format!(
+                "--unixctl={}",
+                self.dir.join("nestdb.ctl").display()
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -170,6 +174,9 @@ struct Held {
     program: NodeProgram,
     commits: Vec<NodeChanges>,
     forwarding: bool,
+    /// A port name whose addition is refused, as sluiced refuses a port
+    /// whose interface does not exist.
+    refuse: Option<String>,
 }
 
 static INSTANCES: AtomicU64 = AtomicU64::new(1);
@@ -200,10 +207,7 @@ impl StandIn {
 
     fn serve(&mut self, forwarding: bool) {
         *self.held.lock().unwrap() = Held {
-            instance_id: format!(
-                "stand-in-{}",
-                INSTANCES.fetch_add(1, Ordering::Relaxed)
-            ),
+            instance_id: format!("stand-in-{}", INSTANCES.fetch_add(1, Ordering::Relaxed)),
             forwarding,
             ..Held::default()
         };
@@ -216,6 +220,13 @@ impl StandIn {
                     return Err(generation_conflict(h.generation, g));
                 }
             }
+            if let Some(name) = h.refuse.as_ref().filter(|n| c.ports_added.contains_key(*n)) {
+                return Err(item_error(
+                    ErrorCode::NotFound,
+                    &CommitItem::Port(name.clone()),
+                    "there is no interface sl0000 on this host; create the pod's veth first",
+                ));
+            }
             h.program = apply(&h.program, &c);
             h.generation = c.generation;
             let counts = c.counts();
@@ -226,7 +237,11 @@ impl StandIn {
             })
         })
         .unwrap();
-        let (held, gate, calls) = (self.held.clone(), self.gate.clone(), self.status_calls.clone());
+        let (held, gate, calls) = (
+            self.held.clone(),
+            self.gate.clone(),
+            self.status_calls.clone(),
+        );
         register::<QueryNodeStatus>(&reg, move |_| {
             calls.fetch_add(1, Ordering::SeqCst);
             let _open = gate.lock().unwrap();
@@ -425,7 +440,9 @@ impl Node {
             sluiced,
             agent,
         };
-        n.wait("the first commit", |n| (n.sluiced.commits() == 1).then_some(()));
+        n.wait("the first commit", |n| {
+            (n.sluiced.commits() == 1).then_some(())
+        });
         Some(n)
     }
 
@@ -580,7 +597,7 @@ fn agent_sigkilled_and_restarted_sends_nothing() {
     n.restart_agent();
     n.wait("the restarted agent to find nothing to change", |n| {
         let log = n.agent.log();
-        let second = log.rmatch_indices("sluice-agent started").nth(0)?.0;
+        let second = log.rmatch_indices("sluice-agent started").next()?.0;
         (log.matches("sluice-agent started").count() == 2
             && log[second..].contains("nothing to send"))
         .then_some(())
@@ -643,7 +660,12 @@ fn nestdb_restart_resumes_from_the_last_transaction_and_applies_only_changes() {
     let h = n.sluiced.held();
     assert_eq!(h.commits.len(), before + 1);
     assert_eq!(
-        h.commits.last().unwrap().ports_added.keys().collect::<Vec<_>>(),
+        h.commits
+            .last()
+            .unwrap()
+            .ports_added
+            .keys()
+            .collect::<Vec<_>>(),
         ["pod-c"]
     );
     drop(h);
@@ -653,6 +675,43 @@ fn nestdb_restart_resumes_from_the_last_transaction_and_applies_only_changes() {
         "logged once per state change: {}",
         n.agent.log()
     );
+}
+
+#[test]
+fn a_port_sluiced_refuses_is_left_out_and_the_rest_applies() {
+    let Some(n) = Node::start() else { return };
+    let c = n.db.client();
+    n.sluiced.held().refuse = Some("pod-x".into());
+    c.transact(
+        &Transaction::new(DB)
+            .insert("Logical_Port", pod("pod-x", 7).to_row())
+            .insert("Logical_Port", pod("pod-y", 8).to_row()),
+    )
+    .unwrap();
+    n.wait_pods(&["pod-a", "pod-b", "pod-y"]);
+    let st = n.wait("pod-x's error in Node_Status", |_| {
+        node_status(&c).filter(|s| s.row_errors.contains_key("Logical_Port pod-x"))
+    });
+    assert!(
+        st.row_errors["Logical_Port pod-x"].contains("no interface sl0000"),
+        "{:?}",
+        st.row_errors
+    );
+    assert_eq!(st.commit_error, None, "the rest was applied");
+    assert_eq!(ports(&c)["pod-x"], (None, false));
+    // The port can be attached now and its row is written again.
+    n.sluiced.held().refuse = None;
+    c.transact(&Transaction::new(DB).update(
+        "Logical_Port",
+        vec![Condition::eq("name", Datum::from("pod-x"))],
+        nestdb_client::row([("mac", Datum::from("0a:58:0a:f4:01:77"))]),
+    ))
+    .unwrap();
+    n.wait_pods(&["pod-a", "pod-b", "pod-x", "pod-y"]);
+    n.wait("pod-x's error cleared", |_| {
+        node_status(&c).filter(|s| s.row_errors.is_empty())
+    });
+    assert_eq!(n.agent.count("row skipped"), 1, "{}", n.agent.log());
 }
 
 /// `ovsdb-client transact` of `ops` (JSON objects) on `db`.
@@ -762,7 +821,12 @@ fn bad_rows_are_recorded_once_and_the_rest_applies() {
         .collect();
     assert_eq!(ep_err.len(), 1, "{:?}", st.row_errors);
     assert!(ep_err[0].1.contains("10.0.0.300"), "{:?}", ep_err);
-    assert_eq!(st.row_errors.len(), want_errors.len() + 1, "{:?}", st.row_errors);
+    assert_eq!(
+        st.row_errors.len(),
+        want_errors.len() + 1,
+        "{:?}",
+        st.row_errors
+    );
     for (k, s) in &st.row_errors {
         assert!(!s.is_empty(), "{k} has no sentence");
     }
@@ -771,9 +835,12 @@ fn bad_rows_are_recorded_once_and_the_rest_applies() {
     n.wait_pods(&["pod-a", "pod-b"]);
     n.wait("web and node-c applied", |n| {
         let h = n.sluiced.held();
-        (h.program.services.keys().any(|k| k.starts_with("default/web"))
+        (h.program
+            .services
+            .keys()
+            .any(|k| k.starts_with("default/web"))
             && h.program.vteps.keys().collect::<Vec<_>>() == ["node-c"])
-            .then_some(())
+        .then_some(())
     });
     // Another update: the errors are not logged again.
     insert(&c, &pod("pod-d", 9));
@@ -786,12 +853,23 @@ fn bad_rows_are_recorded_once_and_the_rest_applies() {
             .agent
             .log()
             .lines()
-            .filter(|l| l.contains("row skipped") && l.contains(sentence.as_str()) && l.contains(row))
+            .filter(|l| {
+                l.contains("row skipped") && l.contains(sentence.as_str()) && l.contains(row)
+            })
             .count();
-        assert_eq!(in_log, 1, "{line} logged {in_log} times:\n{}", n.agent.log());
+        assert_eq!(
+            in_log,
+            1,
+            "{line} logged {in_log} times:\n{}",
+            n.agent.log()
+        );
     }
     assert_eq!(n.agent.count("external_ids:cores"), 1, "{}", n.agent.log());
-    assert_eq!(ports(&c)["pod-badmac"].0, None, "a skipped port gets no number");
+    assert_eq!(
+        ports(&c)["pod-badmac"].0,
+        None,
+        "a skipped port gets no number"
+    );
 }
 
 #[test]
@@ -801,20 +879,32 @@ fn agent_started_before_its_sockets_waits_for_them() {
     let ctl = dir.path().join("sluiced.ctl");
     let remote = format!("unix:{}", dir.path().join("nestdb.sock").display());
     let agent = Agent::start(&remote, &ctl, &dir.path().join("agent.log"));
-    wait_for("both socket warnings", || agent.log(), || {
-        let l = agent.log();
-        (l.contains("nestdb-server socket") && l.contains("sluiced control socket") && l.contains("ENOENT"))
+    wait_for(
+        "both socket warnings",
+        || agent.log(),
+        || {
+            let l = agent.log();
+            (l.contains("nestdb-server socket")
+                && l.contains("sluiced control socket")
+                && l.contains("ENOENT"))
             .then_some(())
-    });
-    assert!(agent.log().contains("capabilities: dropped all"), "{}", agent.log());
+        },
+    );
+    assert!(
+        agent.log().contains("capabilities: dropped all"),
+        "{}",
+        agent.log()
+    );
     let db = NestDb::start(bin, dir.path());
     let c = db.client();
     insert(&c, &node_config());
     insert(&c, &pod("pod-a", 5));
     let sluiced = StandIn::start(ctl);
-    wait_for("the first commit", || agent.log(), || {
-        (sluiced.commits() == 1).then_some(())
-    });
+    wait_for(
+        "the first commit",
+        || agent.log(),
+        || (sluiced.commits() == 1).then_some(()),
+    );
     assert!(sluiced.held().program.ports.contains_key("pod-a"));
 }
 
@@ -832,7 +922,10 @@ fn a_socket_that_denies_the_agent_ends_it_with_what_to_do() {
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_sluice-agent"))
-        .args(["--db", &format!("unix:{}", private.join("nestdb.sock").display())])
+        .args([
+            "--db",
+            &format!("unix:{}", private.join("nestdb.sock").display()),
+        ])
         .arg("--ctl")
         .arg(dir.path().join("sluiced.ctl"))
         .uid(65534)

@@ -115,10 +115,11 @@ fn write_back(s: &mut Snapshot, writes: &[StatusWrite]) {
 fn nothing_is_planned_before_sluiced_is_known_and_everything_on_an_empty_sluiced() {
     let mut r = Reconciler::new();
     let s = snap(&[(10, lp("pod-a", 5))]);
-    assert!(r.plan(&s).commit.is_none(), "no commit without a held state");
-    assert!(r
-        .status_writes(&s, &status("i1", 0, &[]))
-        .is_empty());
+    assert!(
+        r.plan(&s).commit.is_none(),
+        "no commit without a held state"
+    );
+    assert!(r.status_writes(&s, &status("i1", 0, &[])).is_empty());
     r.set_held(&status("i1", 0, &[]), NodeProgram::default(), None);
     let c = r.plan(&s).commit.expect("a first push");
     assert_eq!((c.generation, c.expected_generation), (1, Some(0)));
@@ -192,7 +193,11 @@ fn status_is_written_once_and_up_only_when_forwarding() {
         })
         .expect("Node_Status inserted");
     assert_eq!(
-        (row.generation, row.instance_id.as_str(), row.node_name.as_str()),
+        (
+            row.generation,
+            row.instance_id.as_str(),
+            row.node_name.as_str()
+        ),
         (1, "i1", "node-a")
     );
     assert_eq!(row.txn_id, Some(uuid(0xabc).to_string()));
@@ -207,12 +212,19 @@ fn status_is_written_once_and_up_only_when_forwarding() {
         })
         .collect();
     assert_eq!(ports["pod-a"], (Some(Some(3)), Some(true)));
-    assert_eq!(ports["pod-b"], (Some(Some(4)), None), "not forwarding: stays down");
+    assert_eq!(
+        ports["pod-b"],
+        (Some(Some(4)), None),
+        "not forwarding: stays down"
+    );
     // Once written, nothing more to write and nothing to commit, even
     // though the writes are new transactions.
     write_back(&mut s, &w);
     s.txn_id = Some(uuid(0xdef));
-    assert!(r.plan(&s).commit.is_none(), "dp_port written back changes no port number");
+    assert!(
+        r.plan(&s).commit.is_none(),
+        "dp_port written back changes no port number"
+    );
     assert_eq!(r.status_writes(&s, &st), []);
     // pod-b starts forwarding: only its `up` is written.
     let st2 = status("i1", 1, &[("pod-a", 3, true), ("pod-b", 4, true)]);
@@ -290,12 +302,17 @@ fn txn_id_survives_an_agent_restart_and_changes_only_with_a_commit() {
     assert!(r.plan(&s2).commit.is_none());
     let w = r.status_writes(&s2, &status("i1", 4, &[]));
     assert!(
-        !w.iter().any(|w| matches!(w, StatusWrite::NodeStatus { .. })),
+        !w.iter()
+            .any(|w| matches!(w, StatusWrite::NodeStatus { .. })),
         "the status row is still true: {w:?}"
     );
     // A different sluiced: the old txn id says nothing about it.
     let mut r2 = Reconciler::new();
-    r2.set_held(&status("i2", 0, &[]), NodeProgram::default(), Some(&existing));
+    r2.set_held(
+        &status("i2", 0, &[]),
+        NodeProgram::default(),
+        Some(&existing),
+    );
     let w = r2.status_writes(&s2, &status("i2", 0, &[]));
     let row = w
         .iter()
@@ -356,4 +373,46 @@ fn ignored_node_config_settings_are_named() {
     s.rows.node_config[0].1 = c;
     assert_eq!(r.plan(&s).new_ignored.len(), 5);
     assert!(r.plan(&s).new_ignored.is_empty());
+}
+
+#[test]
+fn a_port_sluiced_refuses_is_left_out_until_its_row_changes() {
+    use sluice_api::node::{item_error, CommitItem};
+    use sluice_api::ErrorCode;
+    use sluice_control::agent::reconcile::refused_port;
+    let e = item_error(
+        ErrorCode::NotFound,
+        &CommitItem::Port("pod-b".into()),
+        "no interface sl0123 on this host",
+    );
+    assert_eq!(refused_port(&e.message).as_deref(), Some("pod-b"));
+    assert_eq!(
+        refused_port("node-commit refused at the node settings: x"),
+        None
+    );
+
+    let mut r = Reconciler::new();
+    r.set_held(&status("i1", 0, &[]), NodeProgram::default(), None);
+    let mut s = snap(&[(10, lp("pod-a", 5)), (11, lp("pod-b", 6))]);
+    assert!(r.plan(&s).commit.unwrap().ports_added.contains_key("pod-b"));
+    assert!(r.refuse_port("pod-b", &e.message));
+    assert!(!r.refuse_port("pod-b", &e.message), "already left out");
+    assert!(!r.refuse_port("uplink", &e.message), "not a Logical_Port");
+    let p = r.plan(&s);
+    let c = p.commit.expect("the rest applies");
+    assert!(c.ports_added.contains_key("pod-a") && !c.ports_added.contains_key("pod-b"));
+    assert_eq!(p.new_errors.len(), 1);
+    assert!(p.new_errors[0].sentence.contains("no interface sl0123"));
+    r.committed(&NodeCommitReply {
+        generation: 1,
+        ..Default::default()
+    });
+    // The agent's own writes to the row do not bring it back...
+    s.rows.logical_ports[1].1.dp_port = Some(9);
+    assert!(r.plan(&s).commit.is_none());
+    // ...a change of the row does.
+    s.rows.logical_ports[1].1.mac = "0a:58:0a:f4:01:66".into();
+    let p = r.plan(&s);
+    assert!(p.commit.unwrap().ports_added.contains_key("pod-b"));
+    assert_eq!(p.resolved.len(), 1);
 }

@@ -39,7 +39,7 @@ use sluice_api::node::{NodeCommit, QueryNodeProgram, QueryNodeStatus};
 use sluice_api::{Client, ClientError, Empty, Method};
 use tracing::{debug, info, warn};
 
-use crate::agent::reconcile::{Reconciler, Snapshot, StatusWrite};
+use crate::agent::reconcile::{refused_port, Reconciler, Snapshot, StatusWrite};
 use crate::agent::startup::AgentError;
 
 /// The tables the agent monitors.
@@ -101,6 +101,7 @@ fn backoff(max: Duration) -> Backoff {
 struct Sluiced {
     path: PathBuf,
     timeout: Duration,
+    retry_max: Duration,
     client: Option<Client>,
     /// `None` before the first call.
     reachable: Option<bool>,
@@ -132,7 +133,7 @@ impl Sluiced {
     }
 
     fn backoff_max(&self) -> Duration {
-        self.timeout.min(Duration::from_secs(5))
+        self.retry_max
     }
 
     fn try_call<M: Method>(&mut self, req: &M::Request) -> Result<M::Reply, ClientError> {
@@ -226,6 +227,7 @@ pub fn run(config: AgentConfig, stop: &AtomicBool) -> Result<(), AgentError> {
         sluiced: Sluiced {
             path: config.ctl.clone(),
             timeout: config.call_timeout,
+            retry_max: config.retry_max,
             client: None,
             reachable: None,
             backoff: backoff(config.retry_max),
@@ -457,6 +459,14 @@ impl Loop {
                         return;
                     }
                 }
+                if let Some(port) = refused_port(&e.message) {
+                    if rec.refuse_port(&port, &e.message) {
+                        // Left out: re-plan now without it (its row error
+                        // is logged by that plan).
+                        self.commit_retry_at = Instant::now();
+                        return;
+                    }
+                }
                 if self.last_refusal.as_deref() != Some(e.message.as_str()) {
                     warn!(
                         "sluiced refused the commit of generation {}: {}; retrying with backoff",
@@ -486,10 +496,7 @@ impl Loop {
                 StatusWrite::NodeStatus { uuid: None, row } => {
                     txn = txn.insert(StatusRow::TABLE, row.to_row());
                 }
-                StatusWrite::NodeStatus {
-                    uuid: Some(u),
-                    row,
-                } => {
+                StatusWrite::NodeStatus { uuid: Some(u), row } => {
                     txn = txn.update(StatusRow::TABLE, vec![uuid_is(*u)], row.to_row());
                 }
                 StatusWrite::LogicalPort {
@@ -535,19 +542,20 @@ fn uuid_is(u: Uuid) -> Condition {
 fn reflected(replica: &Replica, writes: &[StatusWrite]) -> bool {
     writes.iter().all(|w| match w {
         StatusWrite::NodeStatus { row, .. } => replica.typed::<StatusRow>().any(|(_, r)| {
-            r.is_ok_and(|r| StatusRow {
-                external_ids: row.external_ids.clone(),
-                ..r
-            } == *row)
+            r.is_ok_and(|r| {
+                StatusRow {
+                    external_ids: row.external_ids.clone(),
+                    ..r
+                } == *row
+            })
         }),
         StatusWrite::LogicalPort {
             uuid, dp_port, up, ..
         } => match replica.row("Logical_Port", uuid) {
             None => true,
             Some(r) => {
-                let dp_ok = dp_port.is_none_or(|d| {
-                    r.get("dp_port").and_then(Datum::as_i64) == d.map(i64::from)
-                });
+                let dp_ok = dp_port
+                    .is_none_or(|d| r.get("dp_port").and_then(Datum::as_i64) == d.map(i64::from));
                 let up_ok = up.is_none_or(|u| r.get("up").and_then(Datum::as_bool) == Some(u));
                 dp_ok && up_ok
             }

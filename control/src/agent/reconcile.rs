@@ -123,6 +123,12 @@ pub struct Reconciler {
     planned_txn: Option<Uuid>,
     /// Why the last commit was refused, until one succeeds.
     commit_error: Option<String>,
+    /// Pod ports `sluiced` refused, left out of the program until their
+    /// row changes or `sluiced` restarts: name to (the row as refused,
+    /// sluiced's sentence).
+    refused_ports: BTreeMap<String, (LogicalPort, String)>,
+    /// The `Logical_Port` rows of the last plan, by name.
+    last_ports: BTreeMap<String, LogicalPort>,
 }
 
 impl Reconciler {
@@ -165,9 +171,19 @@ impl Reconciler {
         let same = self.held.as_ref().is_some_and(|h| {
             h.instance_id == status.instance_id && h.generation == status.generation
         });
+        if self
+            .held
+            .as_ref()
+            .is_some_and(|h| h.instance_id != status.instance_id)
+        {
+            // A new sluiced may accept what the old one refused.
+            self.refused_ports.clear();
+        }
         if !same {
             self.applied_txn = existing
-                .filter(|r| r.instance_id == status.instance_id && r.generation == status.generation)
+                .filter(|r| {
+                    r.instance_id == status.instance_id && r.generation == status.generation
+                })
                 .and_then(|r| r.txn_id.as_deref())
                 .and_then(|t| t.parse().ok());
         }
@@ -181,12 +197,34 @@ impl Reconciler {
     /// Compiles `snap` and plans the commit that moves the held program to
     /// it. Without a held state, only the errors are computed.
     pub fn plan(&mut self, snap: &Snapshot) -> Plan {
-        let compiled = compile(&snap.rows);
+        self.last_ports = snap
+            .rows
+            .logical_ports
+            .iter()
+            .map(|(_, p)| (p.name.clone(), p.clone()))
+            .collect();
+        let last = &self.last_ports;
+        self.refused_ports
+            .retain(|name, (row, _)| last.get(name).is_some_and(|now| same_port(now, row)));
+        let compiled = if self.refused_ports.is_empty() {
+            compile(&snap.rows)
+        } else {
+            let mut rows = snap.rows.clone();
+            rows.logical_ports
+                .retain(|(_, p)| !self.refused_ports.contains_key(&p.name));
+            compile(&rows)
+        };
+        let refused = self.refused_ports.iter().map(|(name, (_, why))| RowError {
+            table: "Logical_Port",
+            key: name.clone(),
+            sentence: format!("sluiced refused the port, so it is left out until its row changes or sluiced restarts: {why}"),
+        });
         let errors: BTreeSet<RowError> = compiled
             .errors
             .iter()
             .chain(&snap.conversion_errors)
             .cloned()
+            .chain(refused)
             .collect();
         let mut plan = Plan {
             new_errors: errors.difference(&self.errors).cloned().collect(),
@@ -231,6 +269,23 @@ impl Reconciler {
         self.commit_error = Some(why);
     }
 
+    /// `sluiced` refused the planned commit at pod port `name`: leave that
+    /// `Logical_Port` out (recorded as its row error) until its row changes
+    /// or `sluiced` restarts, so the rest of the program applies. False
+    /// when `name` is not a `Logical_Port` of the last plan (or is already
+    /// left out): then the refusal is about something else.
+    pub fn refuse_port(&mut self, name: &str, why: &str) -> bool {
+        let Some(row) = self.last_ports.get(name) else {
+            return false;
+        };
+        if self.refused_ports.contains_key(name) {
+            return false;
+        }
+        self.refused_ports
+            .insert(name.to_owned(), (row.clone(), why.to_owned()));
+        true
+    }
+
     /// The row errors of the last plan.
     pub fn errors(&self) -> &BTreeSet<RowError> {
         &self.errors
@@ -244,7 +299,8 @@ impl Reconciler {
                 .ports
                 .iter()
                 .filter(|(name, spec)| {
-                    matches!(spec.kind, PortKind::Pod { .. }) && !forwarding(status, name, spec.ofport)
+                    matches!(spec.kind, PortKind::Pod { .. })
+                        && !forwarding(status, name, spec.ofport)
                 })
                 .count()
         })
@@ -298,6 +354,27 @@ impl Reconciler {
         }
         out
     }
+}
+
+/// The same port row, leaving out what the agent itself writes.
+fn same_port(a: &LogicalPort, b: &LogicalPort) -> bool {
+    LogicalPort {
+        dp_port: None,
+        up: false,
+        ..a.clone()
+    } == LogicalPort {
+        dp_port: None,
+        up: false,
+        ..b.clone()
+    }
+}
+
+/// The pod port a `node-commit` refusal names: `node-commit refused at
+/// port "NAME": ...` (see `sluice_api::node::item_error`).
+pub fn refused_port(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("node-commit refused at port \"")?;
+    let end = rest.find("\": ")?;
+    Some(rest[..end].replace("\\\"", "\""))
 }
 
 /// True when `status` shows port `name` at `ofport`, link up and forwarding.
