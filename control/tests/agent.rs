@@ -105,14 +105,20 @@ impl Drop for Proc {
 struct NestDb {
     bin: PathBuf,
     dir: PathBuf,
+    schema: PathBuf,
     proc: Option<Proc>,
 }
 
 impl NestDb {
     fn start(bin: PathBuf, dir: &Path) -> Self {
+        Self::start_with_schema(bin, dir, schema_path())
+    }
+
+    fn start_with_schema(bin: PathBuf, dir: &Path, schema: PathBuf) -> Self {
         let mut s = NestDb {
             bin,
             dir: dir.to_owned(),
+            schema,
             proc: None,
         };
         s.launch();
@@ -136,7 +142,7 @@ impl NestDb {
         let child = Command::new(&self.bin)
             .arg(self.dir.join("node.db"))
             .arg("--schema")
-            .arg(schema_path())
+            .arg(&self.schema)
             .arg(format!("--remote=punix:{}", self.sock().display()))
             .arg(format!(
                 "--unixctl={}",
@@ -906,6 +912,36 @@ fn agent_started_before_its_sockets_waits_for_them() {
         || (sluiced.commits() == 1).then_some(()),
     );
     assert!(sluiced.held().program.ports.contains_key("pod-a"));
+}
+
+#[test]
+fn a_database_without_the_status_table_ends_the_agent_with_how_to_upgrade() {
+    let Some(bin) = nestdb_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // The 1.0.0 schema: the current one without Node_Status.
+    let mut schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(schema_path()).unwrap()).unwrap();
+    schema["version"] = "1.0.0".into();
+    schema["tables"]
+        .as_object_mut()
+        .unwrap()
+        .remove("Node_Status");
+    let old = dir.path().join("old.ovsschema");
+    std::fs::write(&old, schema.to_string()).unwrap();
+    let db = NestDb::start_with_schema(bin, dir.path(), old);
+    let _sluiced = StandIn::start(dir.path().join("sluiced.ctl"));
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice-agent"))
+        .args(["--db", &db.remote(), "--ctl"])
+        .arg(dir.path().join("sluiced.ctl"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("schema version 1.0.0") && err.contains("ovsdb-tool convert"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -36,6 +36,14 @@ pub enum AgentError {
     /// The `--db` remote is not `unix:PATH` or `tcp:HOST:PORT`.
     #[error("--db {0:?} is not a nestdb remote; give unix:PATH (e.g. unix:/var/run/nestdb/nestdb-server.sock) or tcp:HOST:PORT")]
     BadRemote(String),
+    /// The node database predates the status table.
+    #[error("the node database {db} has schema version {version}, without the Node_Status table sluice-agent reports into; stop nestdb-server, run `ovsdb-tool convert DBFILE /usr/share/sluice/sluice.ovsschema` (1.1.0 or later) and start it again")]
+    OldSchema {
+        /// The remote.
+        db: String,
+        /// Its schema version.
+        version: String,
+    },
     /// The monitor could not be started.
     #[error("cannot start the nestdb monitor: {0}")]
     Monitor(#[from] nestdb_client::Error),
@@ -112,6 +120,24 @@ pub fn check_socket(what: &'static str, path: &Path) -> Result<SocketState, Agen
             path.display()
         ))),
     }
+}
+
+/// Checks that the node database at `remote` has the tables the agent
+/// uses. `Ok` also when it cannot be asked now (the monitor retries).
+pub fn check_schema(remote: &str) -> Result<(), AgentError> {
+    let Ok(client) = nestdb_client::Client::connect(remote) else {
+        return Ok(());
+    };
+    let Ok(schema) = client.get_schema(nestdb_client::node::DB) else {
+        return Ok(());
+    };
+    if schema.table("Node_Status").is_some() {
+        return Ok(());
+    }
+    Err(AgentError::OldSchema {
+        db: remote.to_owned(),
+        version: schema.version.unwrap_or_else(|| "(none)".into()),
+    })
 }
 
 /// What [`drop_capabilities`] did.

@@ -20,7 +20,7 @@ use clap::Parser;
 use sluice_api::paths;
 use sluice_control::agent::daemon::{run, AgentConfig};
 use sluice_control::agent::startup::{
-    check_socket, drop_capabilities, unix_path, AgentError, SocketState,
+    check_schema, check_socket, drop_capabilities, unix_path, AgentError, SocketState,
 };
 use tracing::{error, info, warn};
 
@@ -75,6 +75,7 @@ fn start(args: &Args) -> Result<(), AgentError> {
             SocketState::NotYet(why) => warn!("{why}"),
         }
     }
+    check_schema(&args.db)?;
     let mut config = AgentConfig::new(args.db.clone(), args.ctl.clone());
     config.status_interval = Duration::from_millis(args.status_interval_ms.max(10));
     config.retry_max = Duration::from_millis(args.retry_max_ms.max(100));
