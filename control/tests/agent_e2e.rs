@@ -1,0 +1,490 @@
+//! End to end with real processes only: `nestdb-server` (node schema),
+//! `sluiced` (DPDK, its own `--file-prefix`, in a node network namespace:
+//! uplink `net_af_packet` on a veth to a gateway namespace, host exception
+//! port `net_tap`) and `sluice-agent`. Pods are network namespaces behind
+//! veths whose host ends are in the node namespace; the desired state is
+//! written with the real `ovsdb-client transact`.
+//!
+//! 1. `Node_Config`, pod-a (veth present) and pod-b (veth not created yet)
+//!    written; the agent starts: pod-a is committed and `Logical_Port.up`
+//!    turns true only when sluiced's node-status shows it forwarding;
+//!    sluiced refuses pod-b (no interface), which is left out and recorded
+//!    in `Node_Status.row_errors` while the rest applies;
+//! 2. pod-b's veth is created and its row rewritten (its real MAC): it is
+//!    committed, comes up, and the pods ping each other through sluiced;
+//! 3. the agent is SIGKILLed and restarted: sluiced's generation does not
+//!    move (nothing sent) and the pods still ping;
+//! 4. sluiced is restarted (new instance id, empty program): the agent
+//!    pushes the whole program in one commit (generation 1) and the pods
+//!    ping again; the time from sluiced's restart to pod-b up is printed.
+//!
+//! Needs root, `ovsdb-client` (openvswitch-common), and the `sluiced` and
+//! `nestdb-server` binaries of this build (`cargo build --workspace`);
+//! skips with the reason recorded otherwise.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nestdb_client::node::{LogicalPort, NodeStatus as StatusRow, DB};
+use nestdb_client::{Client as DbClient, TableRow, Transaction};
+use sluice_api::node::{NodeStatus, QueryNodeStatus};
+use sluice_api::{Client, Empty};
+
+const WAIT: Duration = Duration::from_secs(90);
+const PREFIX: &str = "slt-agent";
+
+fn report_skip(line: &str) {
+    println!("{line}");
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skips.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+/// A binary of this build next to the test binary's directory.
+fn built(name: &str, how: &str) -> Option<PathBuf> {
+    let p = std::env::current_exe().ok()?.parent()?.parent()?.join(name);
+    if p.exists() {
+        Some(p)
+    } else {
+        report_skip(&format!(
+            "SKIPPED control/tests/agent_e2e.rs: {} is not built ({how})",
+            p.display()
+        ));
+        None
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    })
+}
+
+fn have(tool: &str, package: &str) -> bool {
+    let ok = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        report_skip(&format!(
+            "SKIPPED control/tests/agent_e2e.rs: {tool} is not installed (Debian package {package})"
+        ));
+    }
+    ok
+}
+
+fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sh_quiet(args: &[&str]) {
+    let _ = Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A network namespace, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: &str) -> Netns {
+        sh_quiet(&["ip", "netns", "del", name]);
+        sh(&["ip", "netns", "add", name]);
+        sh(&["ip", "-n", name, "link", "set", "lo", "up"]);
+        Netns(name.to_string())
+    }
+
+    fn exec(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(args)
+            .output()
+            .expect("ip netns exec")
+    }
+
+    fn mac(&self, iface: &str) -> String {
+        let out = self.exec(&["cat", &format!("/sys/class/net/{iface}/address")]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        sh_quiet(&["ip", "netns", "del", &self.0]);
+    }
+}
+
+/// A veth pair: `outer` in `node`, `inner` in `ns` with `addr`; checksum
+/// offload off inside (af_packet copies frames as they are). Deleted on
+/// drop.
+struct Veth {
+    node: String,
+    outer: String,
+}
+
+impl Veth {
+    fn new(node: &Netns, outer: &str, inner: &str, ns: &Netns, addr: &str) -> Veth {
+        sh_quiet(&["ip", "-n", &node.0, "link", "del", outer]);
+        sh(&[
+            "ip", "link", "add", outer, "type", "veth", "peer", "name", inner,
+        ]);
+        let v = Veth {
+            node: node.0.clone(),
+            outer: outer.to_string(),
+        };
+        sh(&["ip", "link", "set", inner, "netns", &ns.0]);
+        sh(&["ip", "link", "set", outer, "netns", &node.0]);
+        sh(&["ip", "-n", &node.0, "link", "set", outer, "up"]);
+        sh(&["ip", "-n", &ns.0, "addr", "add", addr, "dev", inner]);
+        sh(&["ip", "-n", &ns.0, "link", "set", inner, "up"]);
+        sh_quiet(&[
+            "ip", "netns", "exec", &ns.0, "ethtool", "-K", inner, "tx", "off",
+        ]);
+        v
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        sh_quiet(&["ip", "-n", &self.node, "link", "del", &self.outer]);
+    }
+}
+
+/// A child process SIGKILLed and reaped on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for<T>(what: &str, log: impl Fn() -> String, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "timed out after {WAIT:?} waiting for {what}; logs:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ctl_path() -> PathBuf {
+    std::env::temp_dir().join(format!("{PREFIX}.ctl"))
+}
+
+/// The last CPU this process may use (the PMD core).
+fn pmd_core() -> usize {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap_or("0")
+        .trim()
+        .split(',')
+        .filter_map(|p| p.rsplit('-').next()?.parse::<usize>().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// sluiced in the node namespace, from `dir/sluiced.ini`.
+fn start_sluiced(bin: &Path, node: &Netns, dir: &Path, n: u32) -> Proc {
+    let cfg = dir.join("sluiced.ini");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[coe]\nnode_type = 'BAREMETAL'\n[nsx_node_agent]\novs_bridge = br-int\novs_uplink_port = uplink\n\
+             [datapath]\ncores = {}\nmain_core = 0\nfile_prefix = {PREFIX}\nhugepages = auto\nmbufs = 8192\n\
+             ctl_socket = {}\nhost_port = host\n\
+             [port:uplink]\ndevargs = net_af_packet0,iface=slt-agu-o\nofport = 1\n\
+             [port:host]\ndevargs = net_tap0,iface=slt-agh\nofport = 2\n",
+            pmd_core(),
+            ctl_path().display()
+        ),
+    )
+    .unwrap();
+    let out = std::fs::File::create(dir.join(format!("sluiced-{n}.out"))).unwrap();
+    let err = std::fs::File::create(dir.join(format!("sluiced-{n}.err"))).unwrap();
+    let child = Command::new("ip")
+        .args(["netns", "exec", &node.0])
+        .arg(bin)
+        .arg("--config")
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("spawn sluiced");
+    let mut p = Proc(child);
+    let errf = dir.join(format!("sluiced-{n}.err"));
+    wait_for(
+        "sluiced to answer node-status",
+        || std::fs::read_to_string(&errf).unwrap_or_default(),
+        || {
+            if let Ok(Some(st)) = p.0.try_wait() {
+                panic!(
+                    "sluiced exited with {st}: {}",
+                    std::fs::read_to_string(&errf).unwrap_or_default()
+                );
+            }
+            node_status()
+        },
+    );
+    p
+}
+
+fn node_status() -> Option<NodeStatus> {
+    let mut c = Client::connect(ctl_path()).ok()?;
+    c.set_timeout(Some(WAIT)).ok()?;
+    c.call::<QueryNodeStatus>(&Empty {}).ok()
+}
+
+/// SIGTERM and a bounded wait for the exit (sluiced restores the host
+/// path on a clean stop).
+fn stop_sluiced(mut p: Proc) {
+    sh(&["kill", "-TERM", &p.0.id().to_string()]);
+    let start = Instant::now();
+    while p.0.try_wait().ok().flatten().is_none() {
+        assert!(start.elapsed() < WAIT, "sluiced did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start_agent(dir: &Path, db: &str) -> Proc {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("agent.log"))
+        .unwrap();
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_sluice-agent"))
+            .args(["--db", db, "--ctl"])
+            .arg(ctl_path())
+            .args(["--status-interval-ms", "200", "--retry-max-ms", "1000"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn sluice-agent"),
+    )
+}
+
+fn ovsdb_transact(remote: &str, ops: &[serde_json::Value]) {
+    let mut txn = vec![serde_json::json!(DB)];
+    txn.extend(ops.iter().cloned());
+    let out = Command::new("ovsdb-client")
+        .args(["transact", remote])
+        .arg(serde_json::Value::Array(txn).to_string())
+        .output()
+        .expect("run ovsdb-client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !text.contains("\"error\""),
+        "ovsdb-client transact: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ports(db: &DbClient) -> BTreeMap<String, (Option<u32>, bool)> {
+    let out = db
+        .transact(&Transaction::new(DB).select("Logical_Port", vec![]))
+        .unwrap();
+    out.results[0]
+        .rows()
+        .unwrap()
+        .iter()
+        .map(|r| LogicalPort::from_row(r).unwrap())
+        .map(|p| (p.name, (p.dp_port, p.up)))
+        .collect()
+}
+
+fn status_row(db: &DbClient) -> Option<StatusRow> {
+    let out = db
+        .transact(&Transaction::new(DB).select("Node_Status", vec![]))
+        .ok()?;
+    out.results[0]
+        .rows()?
+        .first()
+        .and_then(|r| StatusRow::from_row(r).ok())
+}
+
+fn ping(ns: &Netns, dst: &str) -> bool {
+    let out = ns.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", dst]);
+    out.status.success() && String::from_utf8_lossy(&out.stdout).contains("3 received")
+}
+
+fn pod_row(name: &str, mac: &str, ip: &str, host_if: &str) -> serde_json::Value {
+    serde_json::json!({"op": "insert", "table": "Logical_Port", "row": {
+        "name": name, "mac": mac, "ips": ip, "interface_name": "eth0", "up": false,
+        "external_ids": ["map", [["host_interface", host_if]]]}})
+}
+
+#[test]
+fn agent_programs_real_sluiced_from_nestdb_through_restarts() {
+    if !is_root() {
+        report_skip("SKIPPED control/tests/agent_e2e.rs: needs root (namespaces, DPDK)");
+        return;
+    }
+    if !have("ovsdb-client", "openvswitch-common") {
+        return;
+    }
+    let Some(nestdb) = built("nestdb-server", "cargo build -p nestdb --bin nestdb-server") else {
+        return;
+    };
+    let Some(sluiced) = built("sluiced", "cargo build -p sluice-datapath --bin sluiced") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let logs = || {
+        let mut s = String::new();
+        for f in ["agent.log", "sluiced-1.err", "sluiced-2.err", "nestdb.log"] {
+            s += &format!(
+                "--- {f}\n{}\n",
+                std::fs::read_to_string(d.join(f)).unwrap_or_default()
+            );
+        }
+        s
+    };
+
+    // The node: uplink to a gateway namespace, pods a (now) and b (later).
+    let node = Netns::new("slt-ag-node");
+    let gw = Netns::new("slt-ag-gw");
+    let a = Netns::new("slt-ag-a");
+    let b = Netns::new("slt-ag-b");
+    let _up = Veth::new(&node, "slt-agu-o", "slt-agu-i", &gw, "192.0.2.1/24");
+    sh(&[
+        "ip", "-n", &node.0, "addr", "add", "192.0.2.10/24", "dev", "slt-agu-o",
+    ]);
+    let _va = Veth::new(&node, "slt-aga-o", "slt-aga-i", &a, "10.244.1.5/24");
+
+    // nestdb-server with the node schema.
+    let sock = d.join("nestdb.sock");
+    let remote = format!("unix:{}", sock.display());
+    let _db = Proc(
+        Command::new(&nestdb)
+            .arg(d.join("node.db"))
+            .arg("--schema")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nestdb/sluice.ovsschema"))
+            .arg(format!("--remote=punix:{}", sock.display()))
+            .arg(format!("--unixctl={}", d.join("nestdb.ctl").display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("nestdb.log")).unwrap())
+            .spawn()
+            .expect("spawn nestdb-server"),
+    );
+    wait_for("nestdb-server", logs, || UnixStream::connect(&sock).ok());
+    let mut sluiced_proc = start_sluiced(&sluiced, &node, d, 1);
+    let first_instance = node_status().unwrap().instance_id;
+
+    // 1. The desired state, written with ovsdb-client.
+    ovsdb_transact(
+        &remote,
+        &[
+            serde_json::json!({"op": "insert", "table": "Node_Config", "row": {
+                "node_name": "node-a", "node_type": "BAREMETAL", "uplink_port": "uplink",
+                "vtep_ip": "192.0.2.10", "pod_cidrs": "10.244.1.0/24",
+                "node_ips": "192.0.2.10", "nodeport_min": 30000, "nodeport_max": 32767,
+                "mtu": 1500}}),
+            pod_row("pod-a", &a.mac("slt-aga-i"), "10.244.1.5", "slt-aga-o"),
+            pod_row("pod-b", "0a:58:0a:f4:01:06", "10.244.1.6", "slt-agb-o"),
+        ],
+    );
+    let mut agent = start_agent(d, &remote);
+    let db = DbClient::connect(&remote).unwrap();
+    wait_for("pod-a up", logs, || {
+        (ports(&db)["pod-a"].1).then_some(())
+    });
+    let st = node_status().unwrap();
+    assert!(
+        st.ports["pod-a"].up && st.ports["pod-a"].forwarding,
+        "Logical_Port.up is true but sluiced does not forward: {st:?}"
+    );
+    assert_eq!(ports(&db)["pod-a"].0, Some(u32::from(st.ports["pod-a"].ofport)));
+    let row = wait_for("pod-b's refusal in Node_Status", logs, || {
+        status_row(&db).filter(|s| s.row_errors.contains_key("Logical_Port pod-b"))
+    });
+    println!("pod-b without its veth: {}", row.row_errors["Logical_Port pod-b"]);
+    assert_eq!(ports(&db)["pod-b"], (None, false));
+    assert!(!st.ports.contains_key("pod-b"));
+
+    // 2. pod-b's veth exists now; its row is written again.
+    let _vb = Veth::new(&node, "slt-agb-o", "slt-agb-i", &b, "10.244.1.6/24");
+    let mac_b = b.mac("slt-agb-i");
+    ovsdb_transact(
+        &remote,
+        &[serde_json::json!({"op": "update", "table": "Logical_Port",
+            "where": [["name", "==", "pod-b"]], "row": {"mac": mac_b}})],
+    );
+    wait_for("pod-b up", logs, || ports(&db)["pod-b"].1.then_some(()));
+    wait_for("pod-b's error cleared", logs, || {
+        status_row(&db).filter(|s| s.row_errors.is_empty())
+    });
+    assert!(ping(&a, "10.244.1.6"), "a -> b through sluiced\n{}", logs());
+    assert!(ping(&b, "10.244.1.5"), "b -> a through sluiced\n{}", logs());
+
+    // 3. Agent SIGKILLed and restarted: nothing sent.
+    let gen = node_status().unwrap().generation;
+    drop(agent);
+    agent = start_agent(d, &remote);
+    wait_for("the restarted agent to find nothing to change", logs, || {
+        let l = std::fs::read_to_string(d.join("agent.log")).unwrap_or_default();
+        let second = l.rmatch_indices("sluice-agent started").next()?.0;
+        (l.matches("sluice-agent started").count() == 2 && l[second..].contains("nothing to send"))
+            .then_some(())
+    });
+    assert_eq!(node_status().unwrap().generation, gen, "the restarted agent committed");
+    assert!(ping(&a, "10.244.1.6"), "a -> b after the agent restart");
+
+    // 4. sluiced restarted: the whole program in one commit.
+    stop_sluiced(sluiced_proc);
+    let t0 = Instant::now();
+    sluiced_proc = start_sluiced(&sluiced, &node, d, 2);
+    let st = wait_for("the program pushed to the new sluiced", logs, || {
+        node_status().filter(|s| {
+            s.instance_id != first_instance
+                && s.ports.get("pod-b").is_some_and(|p| p.forwarding)
+                && s.ports.get("pod-a").is_some_and(|p| p.forwarding)
+        })
+    });
+    println!(
+        "sluiced restart to both pods forwarding again: {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(st.generation, 1, "one commit for the whole program");
+    assert!(ping(&a, "10.244.1.6"), "a -> b after the sluiced restart\n{}", logs());
+    let row = wait_for("Node_Status of the new sluiced", logs, || {
+        status_row(&db).filter(|s| s.instance_id == st.instance_id)
+    });
+    assert_eq!(row.generation, 1);
+    stop_sluiced(sluiced_proc);
+    drop(agent);
+}
