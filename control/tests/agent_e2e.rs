@@ -12,11 +12,15 @@
 //!    in `Node_Status.row_errors` while the rest applies;
 //! 2. pod-b's veth is created and its row rewritten (its real MAC): it is
 //!    committed, comes up, and the pods ping each other through sluiced;
-//! 3. the agent is SIGKILLed and restarted: sluiced's generation does not
-//!    move (nothing sent) and the pods still ping;
-//! 4. sluiced is restarted (new instance id, empty program): the agent
-//!    pushes the whole program in one commit (generation 1) and the pods
-//!    ping again; the time from sluiced's restart to pod-b up is printed.
+//! 3. under a 10 ms ping from pod-a to pod-b, the agent is SIGKILLed and
+//!    restarted (sluiced's generation does not move: nothing sent), then
+//!    nestdb-server is SIGKILLed and restarted (the monitor resumes from its
+//!    last transaction id) and a `Remote_Node` written after it is
+//!    committed: not one ping is lost;
+//! 4. sluiced is restarted (SIGTERM, start; new instance id, empty
+//!    program): the agent pushes the whole program in one commit
+//!    (generation 1) and the pods ping again; the time to forwarding and
+//!    the ping gap are printed.
 //!
 //! Needs root, `ovsdb-client` (openvswitch-common), and the `sluiced` and
 //! `nestdb-server` binaries of this build (`cargo build --workspace`);
@@ -340,6 +344,48 @@ fn ping(ns: &Netns, dst: &str) -> bool {
     out.status.success() && String::from_utf8_lossy(&out.stdout).contains("3 received")
 }
 
+/// A 10 ms ping in a pod namespace; [`Pinger::stop`] sends SIGINT and
+/// reads its summary.
+struct Pinger(Option<Proc>);
+
+impl Pinger {
+    fn start(ns: &Netns, dst: &str) -> Pinger {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.0, "ping", "-i", "0.01", "-W", "1", dst])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ping");
+        Pinger(Some(Proc(child)))
+    }
+
+    /// (transmitted, received).
+    fn stop(mut self) -> (u64, u64) {
+        use std::io::Read as _;
+        let mut p = self.0.take().expect("running");
+        sh(&["kill", "-INT", &p.0.id().to_string()]);
+        let mut text = String::new();
+        p.0.stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut text)
+            .expect("ping output");
+        let line = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or_else(|| panic!("no ping summary: {text}"));
+        let n = |word: &str| -> u64 {
+            line.split(',')
+                .find(|f| f.contains(word))
+                .and_then(|f| f.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no '{word}' in {line}"))
+        };
+        (n("transmitted"), n("received"))
+    }
+}
+
 fn pod_row(name: &str, mac: &str, ip: &str, host_if: &str) -> serde_json::Value {
     serde_json::json!({"op": "insert", "table": "Logical_Port", "row": {
         "name": name, "mac": mac, "ips": ip, "interface_name": "eth0", "up": false,
@@ -381,27 +427,46 @@ fn agent_programs_real_sluiced_from_nestdb_through_restarts() {
     let b = Netns::new("slt-ag-b");
     let _up = Veth::new(&node, "slt-agu-o", "slt-agu-i", &gw, "192.0.2.1/24");
     sh(&[
-        "ip", "-n", &node.0, "addr", "add", "192.0.2.10/24", "dev", "slt-agu-o",
+        "ip",
+        "-n",
+        &node.0,
+        "addr",
+        "add",
+        "192.0.2.10/24",
+        "dev",
+        "slt-agu-o",
     ]);
     let _va = Veth::new(&node, "slt-aga-o", "slt-aga-i", &a, "10.244.1.5/24");
 
     // nestdb-server with the node schema.
     let sock = d.join("nestdb.sock");
     let remote = format!("unix:{}", sock.display());
-    let _db = Proc(
-        Command::new(&nestdb)
-            .arg(d.join("node.db"))
-            .arg("--schema")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nestdb/sluice.ovsschema"))
-            .arg(format!("--remote=punix:{}", sock.display()))
-            .arg(format!("--unixctl={}", d.join("nestdb.ctl").display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(d.join("nestdb.log")).unwrap())
-            .spawn()
-            .expect("spawn nestdb-server"),
-    );
-    wait_for("nestdb-server", logs, || UnixStream::connect(&sock).ok());
+    let start_db = || {
+        let p = Proc(
+            Command::new(&nestdb)
+                .arg(d.join("node.db"))
+                .arg("--schema")
+                .arg(
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nestdb/sluice.ovsschema"),
+                )
+                .arg(format!("--remote=punix:{}", sock.display()))
+                .arg(format!("--unixctl={}", d.join("nestdb.ctl").display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(d.join("nestdb.log"))
+                        .unwrap(),
+                )
+                .spawn()
+                .expect("spawn nestdb-server"),
+        );
+        wait_for("nestdb-server", logs, || UnixStream::connect(&sock).ok());
+        p
+    };
+    let mut db_proc = start_db();
     let mut sluiced_proc = start_sluiced(&sluiced, &node, d, 1);
     let first_instance = node_status().unwrap().instance_id;
 
@@ -420,19 +485,23 @@ fn agent_programs_real_sluiced_from_nestdb_through_restarts() {
     );
     let mut agent = start_agent(d, &remote);
     let db = DbClient::connect(&remote).unwrap();
-    wait_for("pod-a up", logs, || {
-        (ports(&db)["pod-a"].1).then_some(())
-    });
+    wait_for("pod-a up", logs, || (ports(&db)["pod-a"].1).then_some(()));
     let st = node_status().unwrap();
     assert!(
         st.ports["pod-a"].up && st.ports["pod-a"].forwarding,
         "Logical_Port.up is true but sluiced does not forward: {st:?}"
     );
-    assert_eq!(ports(&db)["pod-a"].0, Some(u32::from(st.ports["pod-a"].ofport)));
+    assert_eq!(
+        ports(&db)["pod-a"].0,
+        Some(u32::from(st.ports["pod-a"].ofport))
+    );
     let row = wait_for("pod-b's refusal in Node_Status", logs, || {
         status_row(&db).filter(|s| s.row_errors.contains_key("Logical_Port pod-b"))
     });
-    println!("pod-b without its veth: {}", row.row_errors["Logical_Port pod-b"]);
+    println!(
+        "pod-b without its veth: {}",
+        row.row_errors["Logical_Port pod-b"]
+    );
     assert_eq!(ports(&db)["pod-b"], (None, false));
     assert!(!st.ports.contains_key("pod-b"));
 
@@ -451,20 +520,64 @@ fn agent_programs_real_sluiced_from_nestdb_through_restarts() {
     assert!(ping(&a, "10.244.1.6"), "a -> b through sluiced\n{}", logs());
     assert!(ping(&b, "10.244.1.5"), "b -> a through sluiced\n{}", logs());
 
-    // 3. Agent SIGKILLed and restarted: nothing sent.
+    // 3. Agent SIGKILLed and restarted, then nestdb-server SIGKILLed and
+    // restarted, under a 10 ms ping: nothing sent, no packet lost.
+    let pinger = Pinger::start(&a, "10.244.1.6");
     let gen = node_status().unwrap().generation;
     drop(agent);
     agent = start_agent(d, &remote);
-    wait_for("the restarted agent to find nothing to change", logs, || {
+    wait_for(
+        "the restarted agent to find nothing to change",
+        logs,
+        || {
+            let l = std::fs::read_to_string(d.join("agent.log")).unwrap_or_default();
+            let second = l.rmatch_indices("sluice-agent started").next()?.0;
+            (l.matches("sluice-agent started").count() == 2
+                && l[second..].contains("nothing to send"))
+            .then_some(())
+        },
+    );
+    assert_eq!(
+        node_status().unwrap().generation,
+        gen,
+        "the restarted agent committed"
+    );
+    drop(db_proc);
+    wait_for("the agent to notice nestdb-server went", logs, || {
         let l = std::fs::read_to_string(d.join("agent.log")).unwrap_or_default();
-        let second = l.rmatch_indices("sluice-agent started").next()?.0;
-        (l.matches("sluice-agent started").count() == 2 && l[second..].contains("nothing to send"))
+        l.contains("lost nestdb-server").then_some(())
+    });
+    db_proc = start_db();
+    wait_for("the agent's monitor to resume", logs, || {
+        let l = std::fs::read_to_string(d.join("agent.log")).unwrap_or_default();
+        l.contains("nestdb monitor resumed from the last transaction id")
             .then_some(())
     });
-    assert_eq!(node_status().unwrap().generation, gen, "the restarted agent committed");
-    assert!(ping(&a, "10.244.1.6"), "a -> b after the agent restart");
+    // A change after the restart is applied (and only it).
+    let db = DbClient::connect(&remote).unwrap();
+    ovsdb_transact(
+        &remote,
+        &[
+            serde_json::json!({"op": "insert", "table": "Remote_Node", "row": {
+            "name": "node-b", "vtep_ip": "192.0.2.11", "pod_cidrs": "10.244.2.0/24"}}),
+        ],
+    );
+    wait_for("the Remote_Node committed", logs, || {
+        node_status().filter(|s| s.generation == gen + 1)
+    });
+    let (sent, received) = pinger.stop();
+    println!(
+        "10 ms ping a -> b across an agent SIGKILL/restart and a nestdb-server restart: {sent} sent, {received} received"
+    );
+    // The probe in flight when SIGINT stops ping counts as sent, not
+    // received: at most that one may be missing.
+    assert!(
+        sent > 0 && received + 1 >= sent,
+        "{sent} sent, {received} received"
+    );
 
     // 4. sluiced restarted: the whole program in one commit.
+    let pinger = Pinger::start(&a, "10.244.1.6");
     stop_sluiced(sluiced_proc);
     let t0 = Instant::now();
     sluiced_proc = start_sluiced(&sluiced, &node, d, 2);
@@ -480,11 +593,30 @@ fn agent_programs_real_sluiced_from_nestdb_through_restarts() {
         t0.elapsed().as_secs_f64()
     );
     assert_eq!(st.generation, 1, "one commit for the whole program");
-    assert!(ping(&a, "10.244.1.6"), "a -> b after the sluiced restart\n{}", logs());
+    // The pinger sees replies again, then stops.
+    let t1 = Instant::now();
+    while !ping(&b, "10.244.1.5") {
+        assert!(t1.elapsed() < WAIT, "no traffic after the sluiced restart");
+    }
+    let (sent, received) = pinger.stop();
+    println!(
+        "10 ms ping a -> b across a sluiced restart: {sent} sent, {received} received, gap ~{} ms",
+        (sent - received) * 10
+    );
+    assert!(
+        received > 0 && received < sent,
+        "{sent} sent, {received} received"
+    );
+    assert!(
+        ping(&a, "10.244.1.6"),
+        "a -> b after the sluiced restart\n{}",
+        logs()
+    );
     let row = wait_for("Node_Status of the new sluiced", logs, || {
         status_row(&db).filter(|s| s.instance_id == st.instance_id)
     });
     assert_eq!(row.generation, 1);
     stop_sluiced(sluiced_proc);
     drop(agent);
+    drop(db_proc);
 }
