@@ -183,6 +183,8 @@ struct Held {
     /// A port name whose addition is refused, as sluiced refuses a port
     /// whose interface does not exist.
     refuse: Option<String>,
+    /// node-status answers this error (a sluiced without the method).
+    status_error: Option<String>,
 }
 
 static INSTANCES: AtomicU64 = AtomicU64::new(1);
@@ -252,6 +254,12 @@ impl StandIn {
             calls.fetch_add(1, Ordering::SeqCst);
             let _open = gate.lock().unwrap();
             let h = held.lock().unwrap();
+            if let Some(e) = &h.status_error {
+                return Err(sluice_api::ApiError::new(
+                    ErrorCode::UnknownMethod,
+                    e.clone(),
+                ));
+            }
             Ok(NodeStatus {
                 generation: h.generation,
                 instance_id: h.instance_id.clone(),
@@ -912,6 +920,39 @@ fn agent_started_before_its_sockets_waits_for_them() {
         || (sluiced.commits() == 1).then_some(()),
     );
     assert!(sluiced.held().program.ports.contains_key("pod-a"));
+}
+
+#[test]
+fn a_sluiced_without_node_status_is_logged_once_and_retried() {
+    let Some(bin) = nestdb_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let db = NestDb::start(bin, dir.path());
+    let c = db.client();
+    insert(&c, &node_config());
+    insert(&c, &pod("pod-a", 5));
+    let ctl = dir.path().join("sluiced.ctl");
+    let sluiced = StandIn::start(ctl.clone());
+    let unknown = "\"node-status\" is not a valid command";
+    sluiced.held().status_error = Some(unknown.into());
+    let agent = Agent::start(&db.remote(), &ctl, &dir.path().join("agent.log"));
+    wait_for(
+        "three node-status attempts",
+        || agent.log(),
+        || (sluiced.status_calls.load(Ordering::SeqCst) >= 3).then_some(()),
+    );
+    assert_eq!(
+        agent.count("sluiced cannot answer node-status"),
+        1,
+        "{}",
+        agent.log()
+    );
+    assert_eq!(sluiced.commits(), 0);
+    sluiced.held().status_error = None;
+    wait_for(
+        "the first commit",
+        || agent.log(),
+        || (sluiced.commits() == 1).then_some(()),
+    );
 }
 
 #[test]

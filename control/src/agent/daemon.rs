@@ -207,6 +207,8 @@ struct Loop {
     commit_retry_at: Instant,
     commit_backoff: Backoff,
     last_refusal: Option<String>,
+    /// The last error answer to a query (logged once).
+    last_query_error: Option<String>,
     /// Logged "up to date" for this held state.
     said_up_to_date: bool,
 }
@@ -250,6 +252,7 @@ pub fn run(config: AgentConfig, stop: &AtomicBool) -> Result<(), AgentError> {
         commit_retry_at: now,
         commit_backoff: backoff(config.retry_max),
         last_refusal: None,
+        last_query_error: None,
         said_up_to_date: false,
         config,
     };
@@ -354,16 +357,19 @@ impl Loop {
 
     /// `node-status`, and `node-program` when the held state is stale.
     fn poll(&mut self, rec: &mut Reconciler) {
-        let Ok(status) = self.sluiced.call::<QueryNodeStatus>(&Empty {}) else {
+        // Whatever happens, not again before the next interval (an
+        // unreachable socket also waits for `retry_at`).
+        self.next_poll = Instant::now() + self.config.status_interval;
+        let Some(status) = self.read::<QueryNodeStatus>() else {
             return;
         };
         if rec.is_stale(&status) {
-            let Ok(program) = self.sluiced.call::<QueryNodeProgram>(&Empty {}) else {
+            let Some(program) = self.read::<QueryNodeProgram>() else {
                 return;
             };
             // The program may have moved between the two reads: read the
             // status again and retry at the next round if it did.
-            let Ok(again) = self.sluiced.call::<QueryNodeStatus>(&Empty {}) else {
+            let Some(again) = self.read::<QueryNodeStatus>() else {
                 return;
             };
             if again.generation != status.generation || again.instance_id != status.instance_id {
@@ -401,6 +407,29 @@ impl Loop {
         };
         self.status = Some(status);
         self.next_poll = Instant::now() + interval;
+    }
+
+    /// One query of `sluiced`. An answer that is an error (a `sluiced`
+    /// without the node methods) is logged once per distinct sentence.
+    fn read<M: Method<Request = Empty>>(&mut self) -> Option<M::Reply> {
+        match self.sluiced.call::<M>(&Empty {}) {
+            Ok(r) => {
+                self.last_query_error = None;
+                Some(r)
+            }
+            Err(ClientError::Api(e)) => {
+                if self.last_query_error.as_deref() != Some(e.message.as_str()) {
+                    warn!(
+                        "sluiced cannot answer {}: {}; is it older than this agent? retrying",
+                        M::NAME,
+                        e.message
+                    );
+                    self.last_query_error = Some(e.message);
+                }
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     fn plan(&mut self, rec: &mut Reconciler) {
