@@ -12,6 +12,9 @@
 //!    in `Node_Status.row_errors` while the rest applies;
 //! 2. pod-b's veth is created and its row rewritten (its real MAC): it is
 //!    committed, comes up, and the pods ping each other through sluiced;
+//!    A Service (ClusterIP, one endpoint on pod-b) is added: a kernel TCP
+//!    connection from pod-a to the ClusterIP reaches it; the endpoint is
+//!    deleted: a new connection does not;
 //! 3. under a 10 ms ping from pod-a to pod-b, the agent is SIGKILLed and
 //!    restarted (sluiced's generation does not move: nothing sent), then
 //!    nestdb-server is SIGKILLed and restarted (the monitor resumes from its
@@ -520,6 +523,93 @@ fn agent_programs_real_sluiced_from_nestdb_through_restarts() {
     assert!(ping(&a, "10.244.1.6"), "a -> b through sluiced\n{}", logs());
     assert!(ping(&b, "10.244.1.5"), "b -> a through sluiced\n{}", logs());
 
+    // 2b. A Service: a kernel TCP connection from pod-a to its ClusterIP
+    // reaches the endpoint on pod-b; once the endpoint is deleted, new
+    // connections do not.
+    let _server = Proc(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &b.0,
+                "python3",
+                "-m",
+                "http.server",
+                "8080",
+            ])
+            .args(["--bind", "10.244.1.6"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 http.server"),
+    );
+    sh(&[
+        "ip",
+        "-n",
+        &a.0,
+        "route",
+        "add",
+        "10.96.0.0/12",
+        "via",
+        "10.244.1.1",
+    ]);
+    let gen_before = node_status().unwrap().generation;
+    ovsdb_transact(
+        &remote,
+        &[
+            serde_json::json!({"op": "insert", "table": "Service_Port", "uuid-name": "p80",
+                "row": {"protocol": "TCP", "port": 80, "target_port": 8080}}),
+            serde_json::json!({"op": "insert", "table": "Service", "uuid-name": "web", "row": {
+                "name": "web", "namespace": "default", "type": "ClusterIP",
+                "cluster_ips": "10.96.0.10", "ports": ["named-uuid", "p80"],
+                "session_affinity": "None", "internal_traffic_policy": "Cluster",
+                "external_traffic_policy": "Cluster"}}),
+            serde_json::json!({"op": "insert", "table": "Endpoint", "row": {
+                "service": ["named-uuid", "web"], "ip": "10.244.1.6", "ready": true,
+                "serving": true, "terminating": false, "is_local": true}}),
+        ],
+    );
+    wait_for("the Service committed", logs, || {
+        node_status().filter(|s| s.generation > gen_before)
+    });
+    let get = |url: &str| -> bool {
+        a.exec(&[
+            "python3",
+            "-c",
+            &format!("import urllib.request; urllib.request.urlopen('{url}', timeout=2).read()"),
+        ])
+        .status
+        .success()
+    };
+    // The server may still be starting: retry (bounded) until it answers
+    // directly, then through the ClusterIP once.
+    wait_for("the endpoint's HTTP server", logs, || {
+        get("http://10.244.1.6:8080/").then_some(())
+    });
+    assert!(
+        get("http://10.96.0.10/"),
+        "TCP to the ClusterIP did not reach the endpoint\n{}",
+        logs()
+    );
+    let gen_svc = node_status().unwrap().generation;
+    ovsdb_transact(
+        &remote,
+        &[serde_json::json!({"op": "delete", "table": "Endpoint",
+            "where": [["ip", "==", "10.244.1.6"]]})],
+    );
+    wait_for("the endpoint's removal committed", logs, || {
+        node_status().filter(|s| s.generation > gen_svc)
+    });
+    assert!(
+        !get("http://10.96.0.10/"),
+        "a new connection reached a deleted endpoint"
+    );
+    assert!(
+        get("http://10.244.1.6:8080/"),
+        "the pod itself still answers"
+    );
+
     // 3. Agent SIGKILLed and restarted, then nestdb-server SIGKILLed and
     // restarted, under a 10 ms ping: nothing sent, no packet lost.
     let pinger = Pinger::start(&a, "10.244.1.6");
@@ -619,4 +709,7 @@ fn agent_programs_real_sluiced_from_nestdb_through_restarts() {
     stop_sluiced(sluiced_proc);
     drop(agent);
     drop(db_proc);
+    if std::env::var_os("SLUICE_E2E_LOGS").is_some() {
+        println!("{}", logs());
+    }
 }

@@ -201,7 +201,8 @@ struct Loop {
     db_changed: bool,
     snap: Option<Snapshot>,
     need_plan: bool,
-    /// The last `node-status`.
+    /// The last `node-status`; `None` also right after a commit, until it
+    /// is read again (so no port state from before the commit is written).
     status: Option<sluice_api::node::NodeStatus>,
     next_poll: Instant,
     commit_retry_at: Instant,
@@ -347,7 +348,7 @@ impl Loop {
         if rec.held().is_none() {
             return;
         }
-        if self.need_plan && now >= self.commit_retry_at {
+        if self.need_plan && Instant::now() >= self.commit_retry_at {
             self.plan(rec);
         }
         if self.db_reachable && Instant::now() >= self.writer.retry_at {
@@ -471,7 +472,9 @@ impl Loop {
                 self.said_up_to_date = true;
                 self.last_refusal = None;
                 self.commit_backoff.reset();
-                // Ports just added: read their state now.
+                // Ports just added: read their state now, and write none
+                // from before the commit.
+                self.status = None;
                 self.next_poll = Instant::now();
             }
             Err(ClientError::Api(e)) => {
