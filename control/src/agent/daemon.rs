@@ -342,7 +342,7 @@ impl Loop {
             self.db_changed = false;
             self.need_plan = true;
         }
-        if (rec.held().is_none() || now >= self.next_poll) && now >= self.sluiced.retry_at {
+        if now >= self.next_poll && now >= self.sluiced.retry_at {
             self.poll(rec);
         }
         if rec.held().is_none() {
