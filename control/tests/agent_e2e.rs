@@ -706,6 +706,16 @@ fn agent_programs_real_sluiced_from_nestdb_through_restarts() {
         status_row(&db).filter(|s| s.instance_id == st.instance_id)
     });
     assert_eq!(row.generation, 1);
+    // Logged once per state change, however often it retried meanwhile.
+    let l = std::fs::read_to_string(d.join("agent.log")).unwrap_or_default();
+    assert_eq!(
+        (
+            l.matches("sluiced is unreachable").count(),
+            l.matches("sluiced is reachable again").count()
+        ),
+        (1, 1),
+        "{l}"
+    );
     stop_sluiced(sluiced_proc);
     drop(agent);
     drop(db_proc);
