@@ -416,3 +416,73 @@ fn a_port_sluiced_refuses_is_left_out_until_its_row_changes() {
     assert!(p.commit.unwrap().ports_added.contains_key("pod-b"));
     assert_eq!(p.resolved.len(), 1);
 }
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One step of a random history.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// The database now holds these pods (by index, 0..8).
+        Rows(Vec<u8>),
+        /// sluiced restarts (empty program, generation 0, new instance).
+        Restart,
+        /// The agent restarts (reads what sluiced holds).
+        AgentRestart,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            6 => proptest::collection::vec(0u8..8, 0..8).prop_map(Step::Rows),
+            1 => Just(Step::Restart),
+            1 => Just(Step::AgentRestart),
+        ]
+    }
+
+    proptest! {
+        /// Whatever happens, after each round sluiced holds exactly the
+        /// compiled program, every commit is against the held generation,
+        /// and a second round with nothing new plans nothing.
+        #[test]
+        fn sluiced_always_ends_up_with_the_compiled_program(
+            steps in proptest::collection::vec(step(), 1..20)
+        ) {
+            let mut instance = 1u32;
+            let (mut gen, mut held) = (0u64, NodeProgram::default());
+            let mut r = Reconciler::new();
+            let mut pods: Vec<(u64, LogicalPort)> = Vec::new();
+            for st in steps {
+                match st {
+                    Step::Rows(ix) => {
+                        let set: BTreeSet<u8> = ix.into_iter().collect();
+                        pods = set
+                            .iter()
+                            .map(|i| (100 + u64::from(*i), lp(&format!("pod-{i}"), 10 + i)))
+                            .collect();
+                    }
+                    Step::Restart => {
+                        instance += 1;
+                        gen = 0;
+                        held = NodeProgram::default();
+                    }
+                    Step::AgentRestart => r = Reconciler::new(),
+                }
+                let s = snap(&pods);
+                let status = status(&format!("i{instance}"), gen, &[]);
+                if r.is_stale(&status) {
+                    r.set_held(&status, held.clone(), None);
+                }
+                if let Some(c) = r.plan(&s).commit {
+                    prop_assert_eq!(c.expected_generation, Some(gen));
+                    prop_assert_eq!(c.generation, gen + 1);
+                    held = apply(&held, &c);
+                    gen = c.generation;
+                    r.committed(&NodeCommitReply { generation: gen, ..Default::default() });
+                }
+                prop_assert_eq!(&held, &compile(&s.rows).program);
+                prop_assert!(r.plan(&s).commit.is_none());
+            }
+        }
+    }
+}
