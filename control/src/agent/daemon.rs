@@ -12,11 +12,14 @@
 //! 3. plan: compile, diff against the held program, send the difference as
 //!    one `node-commit` (nothing when it is empty). A refused commit whose
 //!    `node-status` shows another generation or instance is a conflict: read
-//!    again and re-plan. Any other refusal is recorded in `Node_Status` and
-//!    retried with backoff;
+//!    again and re-plan. A refusal at a pod port leaves that
+//!    `Logical_Port` out (its row error says why) and re-plans at once, so
+//!    the rest applies. Any other refusal is recorded in
+//!    `Node_Status.commit_error` and retried with backoff;
 //! 4. write back the status rows that differ (`Node_Status`,
-//!    `Logical_Port.dp_port`/`up`) and wait (bounded) until the monitor
-//!    shows them, so the next round does not write them again.
+//!    `Logical_Port.dp_port`/`up`; nothing between a commit and the next
+//!    `node-status`) and wait (bounded) until the monitor shows them, so
+//!    the next round does not write them again.
 //!
 //! Unreachable sockets never end the loop: each state change is logged
 //! once and the call retried with capped backoff. The monitor reconnects to
