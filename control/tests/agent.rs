@@ -809,6 +809,13 @@ fn bad_rows_are_recorded_once_and_the_rest_applies() {
             svc("zz-clash", "p2"),
             ep("10.244.1.5"),
             ep("10.0.0.300"),
+            serde_json::json!({"op": "insert", "table": "Service_Port", "uuid-name": "p3",
+                "row": {"protocol": "TCP", "port": 80, "target_port": 8080, "node_port": 8080}}),
+            serde_json::json!({"op": "insert", "table": "Service", "row": {
+                "name": "np-outside", "namespace": "default", "type": "NodePort",
+                "cluster_ips": "10.96.0.11", "ports": ["named-uuid", "p3"],
+                "session_affinity": "None", "internal_traffic_policy": "Cluster",
+                "external_traffic_policy": "Cluster"}}),
             rn("node-b", "192.0.2.11", "10.244.1.0/25"),
             rn("node-c", "192.0.2.12", "10.244.3.0/24"),
             serde_json::json!({"op": "mutate", "table": "Node_Config", "where": [],
@@ -822,6 +829,7 @@ fn bad_rows_are_recorded_once_and_the_rest_applies() {
         "Logical_Port pod-outside",
         "Logical_Port pod-dupip",
         "Service default/zz-clash",
+        "Service default/np-outside",
         "Remote_Node node-b",
     ];
     let st = n.wait("the row errors in Node_Status", |_| {
@@ -845,6 +853,7 @@ fn bad_rows_are_recorded_once_and_the_rest_applies() {
         assert!(!s.is_empty(), "{k} has no sentence");
     }
     assert!(st.row_errors["Service default/zz-clash"].contains("already Service"));
+    assert!(st.row_errors["Service default/np-outside"].contains("outside the node-port range"));
     // The rest applied.
     n.wait_pods(&["pod-a", "pod-b"]);
     n.wait("web and node-c applied", |n| {
@@ -920,6 +929,50 @@ fn agent_started_before_its_sockets_waits_for_them() {
         || (sluiced.commits() == 1).then_some(()),
     );
     assert!(sluiced.held().program.ports.contains_key("pod-a"));
+}
+
+#[test]
+fn a_refusal_not_about_a_pod_is_recorded_and_retried() {
+    let Some(bin) = nestdb_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let db = NestDb::start(bin, dir.path());
+    let c = db.client();
+    insert(&c, &node_config());
+    insert(&c, &pod("pod-a", 5));
+    let ctl = dir.path().join("sluiced.ctl");
+    let sluiced = StandIn::start(ctl.clone());
+    // As sluiced refuses a program whose uplink it does not have.
+    sluiced.held().refuse = Some("uplink".into());
+    let agent = Agent::start(&db.remote(), &ctl, &dir.path().join("agent.log"));
+    let st = wait_for(
+        "the commit error in Node_Status",
+        || agent.log(),
+        || node_status(&c).filter(|s| s.commit_error.is_some()),
+    );
+    let e = st.commit_error.unwrap();
+    assert!(
+        e.contains("port \"uplink\"") && e.contains("nothing was applied"),
+        "{e}"
+    );
+    assert_eq!((st.generation, sluiced.commits()), (0, 0));
+    assert!(st.row_errors.is_empty(), "{:?}", st.row_errors);
+    sluiced.held().refuse = None;
+    wait_for(
+        "the retried commit",
+        || agent.log(),
+        || (sluiced.commits() == 1).then_some(()),
+    );
+    wait_for(
+        "the commit error cleared",
+        || agent.log(),
+        || node_status(&c).filter(|s| s.commit_error.is_none() && s.generation == 1),
+    );
+    assert_eq!(
+        agent.count("sluiced refused the commit"),
+        1,
+        "{}",
+        agent.log()
+    );
 }
 
 #[test]
