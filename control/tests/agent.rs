@@ -8,9 +8,11 @@
 //! expected generation like sluiced, holds the program, counts the commits,
 //! reports every port of its program present and (when the test says so)
 //! forwarding, and "restarts" with a new instance id, generation 0 and an
-//! empty program. It stands in for sluiced until sluiced serves
-//! `node-commit`; the end-to-end test with the real sluiced, pods in network
-//! namespaces and traffic is separate.
+//! empty program. It stands in for sluiced's control socket so that these
+//! tests need no DPDK, run in about a second, and can make sluiced refuse
+//! a port, refuse a commit, block, or lack `node-status` at will; the
+//! end-to-end test with the real sluiced, pods in network namespaces and
+//! traffic is `agent_e2e.rs`.
 //!
 //! Each test has its own directory, nestdb-server, stand-in and agent, all
 //! stopped on drop. Waits are bounded ([`WAIT`]) and fail with the agent's
