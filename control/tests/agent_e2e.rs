@@ -25,6 +25,11 @@
 //!    (generation 1) and the pods ping again; the time to forwarding and
 //!    the ping gap are printed.
 //!
+//! A second test runs two full node stacks (nestdb-server, sluiced and
+//! agent each) whose uplinks share an underlay veth: the `Remote_Node` rows
+//! send each node's pod CIDR to the other over Geneve and the pods ping
+//! each other through the tunnel flows.
+//!
 //! Needs root, `ovsdb-client` (openvswitch-common), and the `sluiced` and
 //! `nestdb-server` binaries of this build (`cargo build --workspace`);
 //! skips with the reason recorded otherwise.
@@ -205,8 +210,27 @@ fn wait_for<T>(what: &str, log: impl Fn() -> String, mut f: impl FnMut() -> Opti
 }
 
 fn ctl_path() -> PathBuf {
-    std::env::temp_dir().join(format!("{PREFIX}.ctl"))
+    ctl_of(PREFIX)
 }
+
+/// The control socket of the sluiced with DPDK prefix `prefix`.
+fn ctl_of(prefix: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{prefix}.ctl"))
+}
+
+/// One sluiced's settings: DPDK prefix (also names its control socket and
+/// files), and the kernel interfaces of its uplink and host ports.
+struct SluicedSpec<'a> {
+    prefix: &'a str,
+    uplink_if: &'a str,
+    host_if: &'a str,
+}
+
+const NODE: SluicedSpec<'static> = SluicedSpec {
+    prefix: PREFIX,
+    uplink_if: "slt-agu-o",
+    host_if: "slt-agh",
+};
 
 /// The last CPU this process may use (the PMD core).
 fn pmd_core() -> usize {
@@ -223,22 +247,31 @@ fn pmd_core() -> usize {
 
 /// sluiced in the node namespace, from `dir/sluiced.ini`.
 fn start_sluiced(bin: &Path, node: &Netns, dir: &Path, n: u32) -> Proc {
-    let cfg = dir.join("sluiced.ini");
+    start_sluiced_as(bin, node, dir, &format!("sluiced-{n}"), &NODE)
+}
+
+/// sluiced `spec` in namespace `node`; its files are `dir/NAME.*`.
+fn start_sluiced_as(bin: &Path, node: &Netns, dir: &Path, name: &str, spec: &SluicedSpec) -> Proc {
+    let cfg = dir.join(format!("{name}.ini"));
     std::fs::write(
         &cfg,
         format!(
             "[coe]\nnode_type = 'BAREMETAL'\n[nsx_node_agent]\novs_bridge = br-int\novs_uplink_port = uplink\n\
-             [datapath]\ncores = {}\nmain_core = 0\nfile_prefix = {PREFIX}\nhugepages = auto\nmbufs = 8192\n\
+             [datapath]\ncores = {}\nmain_core = 0\nfile_prefix = {}\nhugepages = auto\nmbufs = 8192\n\
              ctl_socket = {}\nhost_port = host\n\
-             [port:uplink]\ndevargs = net_af_packet0,iface=slt-agu-o\nofport = 1\n\
-             [port:host]\ndevargs = net_tap0,iface=slt-agh\nofport = 2\n",
+             [port:uplink]\ndevargs = net_af_packet0,iface={}\nofport = 1\n\
+             [port:host]\ndevargs = net_tap0,iface={}\nofport = 2\n",
             pmd_core(),
-            ctl_path().display()
+            spec.prefix,
+            ctl_of(spec.prefix).display(),
+            spec.uplink_if,
+            spec.host_if,
         ),
     )
     .unwrap();
-    let out = std::fs::File::create(dir.join(format!("sluiced-{n}.out"))).unwrap();
-    let err = std::fs::File::create(dir.join(format!("sluiced-{n}.err"))).unwrap();
+    let out = std::fs::File::create(dir.join(format!("{name}.out"))).unwrap();
+    let errf = dir.join(format!("{name}.err"));
+    let err = std::fs::File::create(&errf).unwrap();
     let child = Command::new("ip")
         .args(["netns", "exec", &node.0])
         .arg(bin)
@@ -250,7 +283,7 @@ fn start_sluiced(bin: &Path, node: &Netns, dir: &Path, n: u32) -> Proc {
         .spawn()
         .expect("spawn sluiced");
     let mut p = Proc(child);
-    let errf = dir.join(format!("sluiced-{n}.err"));
+    let ctl = ctl_of(spec.prefix);
     wait_for(
         "sluiced to answer node-status",
         || std::fs::read_to_string(&errf).unwrap_or_default(),
@@ -261,14 +294,18 @@ fn start_sluiced(bin: &Path, node: &Netns, dir: &Path, n: u32) -> Proc {
                     std::fs::read_to_string(&errf).unwrap_or_default()
                 );
             }
-            node_status()
+            node_status_at(&ctl)
         },
     );
     p
 }
 
 fn node_status() -> Option<NodeStatus> {
-    let mut c = Client::connect(ctl_path()).ok()?;
+    node_status_at(&ctl_path())
+}
+
+fn node_status_at(ctl: &Path) -> Option<NodeStatus> {
+    let mut c = Client::connect(ctl).ok()?;
     c.set_timeout(Some(WAIT)).ok()?;
     c.call::<QueryNodeStatus>(&Empty {}).ok()
 }
@@ -285,15 +322,20 @@ fn stop_sluiced(mut p: Proc) {
 }
 
 fn start_agent(dir: &Path, db: &str) -> Proc {
+    start_agent_as(dir, "agent", db, &ctl_path())
+}
+
+/// The agent for `db` and `ctl`, logging to `dir/NAME.log`.
+fn start_agent_as(dir: &Path, name: &str, db: &str, ctl: &Path) -> Proc {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.join("agent.log"))
+        .open(dir.join(format!("{name}.log")))
         .unwrap();
     Proc(
         Command::new(env!("CARGO_BIN_EXE_sluice-agent"))
             .args(["--db", db, "--ctl"])
-            .arg(ctl_path())
+            .arg(ctl)
             .args(["--status-interval-ms", "200", "--retry-max-ms", "1000"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -302,6 +344,35 @@ fn start_agent(dir: &Path, db: &str) -> Proc {
             .expect("spawn sluice-agent"),
     )
 }
+
+/// nestdb-server with the node schema in `dir`, files named `NAME.*`.
+fn start_nestdb(bin: &Path, dir: &Path, name: &str) -> (Proc, String) {
+    let sock = dir.join(format!("{name}.sock"));
+    let p = Proc(
+        Command::new(bin)
+            .arg(dir.join(format!("{name}.db")))
+            .arg("--schema")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nestdb/sluice.ovsschema"))
+            .arg(format!("--remote=punix:{}", sock.display()))
+            .arg(format!(
+                "--unixctl={}",
+                dir.join(format!("{name}.ctl")).display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+            .spawn()
+            .expect("spawn nestdb-server"),
+    );
+    wait_for("nestdb-server", String::new, || {
+        UnixStream::connect(&sock).ok()
+    });
+    (p, format!("unix:{}", sock.display()))
+}
+
+/// One DPDK test at a time in this binary: each runs sluiced processes
+/// polling on the same core.
+static DPDK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn ovsdb_transact(remote: &str, ops: &[serde_json::Value]) {
     let mut txn = vec![serde_json::json!(DB)];
@@ -397,6 +468,9 @@ fn pod_row(name: &str, mac: &str, ip: &str, host_if: &str) -> serde_json::Value 
 
 #[test]
 fn agent_programs_real_sluiced_from_nestdb_through_restarts() {
+    let _one = DPDK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if !is_root() {
         report_skip("SKIPPED control/tests/agent_e2e.rs: needs root (namespaces, DPDK)");
         return;
@@ -722,4 +796,202 @@ fn agent_programs_real_sluiced_from_nestdb_through_restarts() {
     if std::env::var_os("SLUICE_E2E_LOGS").is_some() {
         println!("{}", logs());
     }
+}
+
+/// Rows of one node: its `Node_Config`, its pod, and the other node.
+fn node_rows(
+    name: &str,
+    vtep: &str,
+    cidr: &str,
+    pod: (&str, &str, &str, &str),
+    other: (&str, &str, &str),
+) -> Vec<serde_json::Value> {
+    let (pname, mac, ip, host_if) = pod;
+    let (oname, ovtep, ocidr) = other;
+    vec![
+        serde_json::json!({"op": "insert", "table": "Node_Config", "row": {
+            "node_name": name, "node_type": "BAREMETAL", "uplink_port": "uplink",
+            "vtep_ip": vtep, "pod_cidrs": cidr, "node_ips": vtep,
+            "nodeport_min": 30000, "nodeport_max": 32767, "mtu": 1500}}),
+        pod_row(pname, mac, ip, host_if),
+        serde_json::json!({"op": "insert", "table": "Remote_Node", "row": {
+            "name": oname, "vtep_ip": ovtep, "pod_cidrs": ocidr}}),
+    ]
+}
+
+/// Two full node stacks (nestdb-server, sluiced, agent each) whose uplinks
+/// share an underlay veth: a `Remote_Node` row on each sends the other
+/// node's pod CIDR over Geneve, and the pods ping each other across it.
+#[test]
+fn two_nodes_reach_each_other_over_geneve() {
+    let _one = DPDK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !is_root() {
+        report_skip("SKIPPED agent_e2e two nodes: needs root (namespaces, DPDK)");
+        return;
+    }
+    if !have("ovsdb-client", "openvswitch-common") {
+        return;
+    }
+    let Some(nestdb) = built("nestdb-server", "cargo build -p nestdb --bin nestdb-server") else {
+        return;
+    };
+    let Some(sluiced) = built("sluiced", "cargo build -p sluice-datapath --bin sluiced") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let logs = || {
+        let mut s = String::new();
+        for f in [
+            "agent-a.log",
+            "agent-b.log",
+            "sluiced-a.err",
+            "sluiced-b.err",
+        ] {
+            s += &format!(
+                "--- {f}\n{}\n",
+                std::fs::read_to_string(d.join(f)).unwrap_or_default()
+            );
+        }
+        s
+    };
+    let node_a = Netns::new("slt-ag2-na");
+    let node_b = Netns::new("slt-ag2-nb");
+    let pod_a = Netns::new("slt-ag2-a");
+    let pod_b = Netns::new("slt-ag2-b");
+    // The underlay: one veth between the two nodes' uplinks.
+    sh_quiet(&["ip", "-n", &node_a.0, "link", "del", "slt-ag2-ua"]);
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        "slt-ag2-ua",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "slt-ag2-ub",
+    ]);
+    sh(&["ip", "link", "set", "slt-ag2-ua", "netns", &node_a.0]);
+    sh(&["ip", "link", "set", "slt-ag2-ub", "netns", &node_b.0]);
+    for (ns, ifc, addr) in [
+        (&node_a, "slt-ag2-ua", "192.0.2.10/24"),
+        (&node_b, "slt-ag2-ub", "192.0.2.11/24"),
+    ] {
+        sh(&["ip", "-n", &ns.0, "addr", "add", addr, "dev", ifc]);
+        sh(&["ip", "-n", &ns.0, "link", "set", ifc, "up"]);
+    }
+    let _va = Veth::new(&node_a, "slt-ag2-pa", "slt-ag2-ia", &pod_a, "10.244.1.5/24");
+    let _vb = Veth::new(&node_b, "slt-ag2-pb", "slt-ag2-ib", &pod_b, "10.244.2.5/24");
+    sh(&[
+        "ip",
+        "-n",
+        &pod_a.0,
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.244.1.1",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &pod_b.0,
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.244.2.1",
+    ]);
+
+    let (spec_a, spec_b) = (
+        SluicedSpec {
+            prefix: "slt-ag2a",
+            uplink_if: "slt-ag2-ua",
+            host_if: "slt-ag2-ha",
+        },
+        SluicedSpec {
+            prefix: "slt-ag2b",
+            uplink_if: "slt-ag2-ub",
+            host_if: "slt-ag2-hb",
+        },
+    );
+    let (_db_a, remote_a) = start_nestdb(&nestdb, d, "nestdb-a");
+    let (_db_b, remote_b) = start_nestdb(&nestdb, d, "nestdb-b");
+    let s_a = start_sluiced_as(&sluiced, &node_a, d, "sluiced-a", &spec_a);
+    let s_b = start_sluiced_as(&sluiced, &node_b, d, "sluiced-b", &spec_b);
+    ovsdb_transact(
+        &remote_a,
+        &node_rows(
+            "node-a",
+            "192.0.2.10",
+            "10.244.1.0/24",
+            (
+                "pod-a",
+                &pod_a.mac("slt-ag2-ia"),
+                "10.244.1.5",
+                "slt-ag2-pa",
+            ),
+            ("node-b", "192.0.2.11", "10.244.2.0/24"),
+        ),
+    );
+    ovsdb_transact(
+        &remote_b,
+        &node_rows(
+            "node-b",
+            "192.0.2.11",
+            "10.244.2.0/24",
+            (
+                "pod-b",
+                &pod_b.mac("slt-ag2-ib"),
+                "10.244.2.5",
+                "slt-ag2-pb",
+            ),
+            ("node-a", "192.0.2.10", "10.244.1.0/24"),
+        ),
+    );
+    let agent_a = start_agent_as(d, "agent-a", &remote_a, &ctl_of(spec_a.prefix));
+    let agent_b = start_agent_as(d, "agent-b", &remote_b, &ctl_of(spec_b.prefix));
+    let (db_a, db_b) = (
+        DbClient::connect(&remote_a).unwrap(),
+        DbClient::connect(&remote_b).unwrap(),
+    );
+    wait_for("both pods up", logs, || {
+        (ports(&db_a)["pod-a"].1 && ports(&db_b)["pod-b"].1).then_some(())
+    });
+    for (db, name) in [(&db_a, "node-a"), (&db_b, "node-b")] {
+        let st = status_row(db).expect("Node_Status");
+        assert!(st.row_errors.is_empty(), "{name}: {:?}", st.row_errors);
+        assert_eq!(st.node_name, name);
+    }
+    // The first packets also resolve the other VTEP: allow a few rounds.
+    let t0 = Instant::now();
+    while !ping(&pod_a, "10.244.2.5") {
+        assert!(
+            t0.elapsed() < WAIT,
+            "pod-a -> pod-b over Geneve\n{}",
+            logs()
+        );
+    }
+    assert!(
+        ping(&pod_b, "10.244.1.5"),
+        "pod-b -> pod-a over Geneve\n{}",
+        logs()
+    );
+    // They went through the tunnel flows the Remote_Node rows made.
+    for (spec, cidr) in [(&spec_a, "10.244.2.0/24"), (&spec_b, "10.244.1.0/24")] {
+        let mut c = Client::connect(ctl_of(spec.prefix)).unwrap();
+        let dump = c.call_text::<&str>("dump-flows", &[]).unwrap();
+        let line = dump
+            .lines()
+            .find(|l| l.contains(&format!("nw_dst={cidr}")) && l.contains("tnl_push"))
+            .unwrap_or_else(|| panic!("no tunnel flow to {cidr}:\n{dump}"));
+        assert!(!line.contains("n_packets=0,"), "{line}");
+    }
+    stop_sluiced(s_a);
+    stop_sluiced(s_b);
+    drop((agent_a, agent_b));
+    sh_quiet(&["ip", "-n", &node_a.0, "link", "del", "slt-ag2-ua"]);
 }
