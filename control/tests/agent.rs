@@ -337,7 +337,10 @@ impl Agent {
             .args(["--db", db, "--ctl"])
             .arg(ctl)
             .args(["--status-interval-ms", "100", "--retry-max-ms", "500"])
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("SLUICE_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -1086,4 +1089,79 @@ fn euid() -> u32 {
                 .and_then(|u| u.parse().ok())
         })
         .unwrap_or(u32::MAX)
+}
+
+/// A size probe, not run by default (`--ignored`): N Services of one port
+/// and 10 endpoints each, inserted in one transaction; prints the time
+/// from the transaction's reply to the stand-in holding them all.
+#[test]
+#[ignore = "a size probe; run with --ignored and SLUICE_AGENT_PROBE_SERVICES=N"]
+fn probe_many_services_in_one_transaction() {
+    let Some(n) = Node::start() else { return };
+    let count: usize = std::env::var("SLUICE_AGENT_PROBE_SERVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let mut txn = Transaction::new(DB);
+    for i in 0..count {
+        let (hi, lo) = ((i / 250) as u8, (i % 250) as u8 + 1);
+        let sp = format!("p{i}");
+        let sv = format!("s{i}");
+        txn = txn
+            .insert(
+                "Service_Port",
+                nestdb_client::row([
+                    ("protocol", Datum::from("TCP")),
+                    ("port", Datum::from(80i64)),
+                    ("target_port", Datum::from(8080i64)),
+                ]),
+            )
+            .named(&sp);
+        txn = txn
+            .insert(
+                "Service",
+                nestdb_client::row([
+                    ("name", Datum::from(format!("svc-{i}"))),
+                    ("namespace", Datum::from("default")),
+                    ("type", Datum::from("ClusterIP")),
+                    ("cluster_ips", Datum::from(format!("10.96.{hi}.{lo}"))),
+                    ("ports", Datum::named_uuid(&sp)),
+                    ("session_affinity", Datum::from("None")),
+                    ("internal_traffic_policy", Datum::from("Cluster")),
+                    ("external_traffic_policy", Datum::from("Cluster")),
+                ]),
+            )
+            .named(&sv);
+        for e in 0..10u8 {
+            txn = txn.insert(
+                "Endpoint",
+                nestdb_client::row([
+                    ("service", Datum::named_uuid(&sv)),
+                    ("ip", Datum::from(format!("10.{}.{hi}.{}", 100 + e, lo))),
+                    ("ready", Datum::from(true)),
+                    ("serving", Datum::from(true)),
+                    ("terminating", Datum::from(false)),
+                    ("is_local", Datum::from(false)),
+                ]),
+            );
+        }
+    }
+    let c = n.db.client();
+    c.transact_with_timeout(&txn, WAIT).unwrap();
+    let t0 = Instant::now();
+    n.wait("all Services held", |n| {
+        (n.sluiced.held().program.services.len() >= count).then_some(())
+    });
+    println!(
+        "{count} Services x 10 endpoints in one transaction: held by the stand-in {:.3} s after the reply",
+        t0.elapsed().as_secs_f64()
+    );
+    n.wait("the agent's log of the commit", |n| {
+        (n.agent.count("committed:") >= 2).then_some(())
+    });
+    for l in n.agent.log().lines().filter(|l| {
+        l.contains("committed:") || l.contains("snapshot taken") || l.contains("status written")
+    }) {
+        println!("  {l}");
+    }
 }

@@ -341,7 +341,9 @@ impl Loop {
     fn round(&mut self, monitor: &Monitor, rec: &mut Reconciler) {
         let now = Instant::now();
         if self.db_changed || self.snap.is_none() {
+            let t = Instant::now();
             self.snap = Some(snapshot(monitor));
+            debug!(ms = t.elapsed().as_secs_f64() * 1e3, "snapshot taken");
             self.db_changed = false;
             self.need_plan = true;
         }
@@ -438,7 +440,9 @@ impl Loop {
 
     fn plan(&mut self, rec: &mut Reconciler) {
         let Some(snap) = &self.snap else { return };
+        let t_plan = Instant::now();
         let plan = rec.plan(snap);
+        let plan_ms = t_plan.elapsed().as_secs_f64() * 1e3;
         for e in &plan.new_errors {
             warn!(table = e.table, row = %e.key, "row skipped: {}", e.sentence);
         }
@@ -459,13 +463,17 @@ impl Loop {
             self.need_plan = false;
             return;
         };
+        let t_commit = Instant::now();
         match self.sluiced.call::<NodeCommit>(&changes) {
             Ok(reply) => {
+                let commit_ms = t_commit.elapsed().as_secs_f64() * 1e3;
                 rec.committed(&reply);
                 let c = reply.counts;
                 info!(
                     generation = reply.generation,
                     txn = %snap.txn_id.map_or_else(|| "none".into(), |t: Uuid| t.to_string()),
+                    plan_ms = format!("{plan_ms:.1}"),
+                    commit_ms = format!("{commit_ms:.1}"),
                     "committed: ports +{} -{}, flow ops {}, Services +{} -{}, VTEPs {}, port security {}, ARP {}, neighbours {}, groups {}, settings {}",
                     c.ports_added, c.ports_removed, c.flow_ops, c.services_upserted,
                     c.services_deleted, c.vteps, c.port_security, c.arp, c.neighbours, c.groups,
