@@ -312,6 +312,20 @@ macro_rules! int_columns {
 
 int_columns!(u16, u32);
 
+// OVSDB integers are i64: a u64 column is bounded to 0..=i64::MAX by its
+// `in` range, so the conversion back cannot fail for values read from a row.
+impl FromIntColumn for u64 {
+    fn read_in(row: &Row, t: &str, c: &str, lo: i64, hi: i64) -> Result<Self> {
+        ranged(int(row, t, c)?, t, c, lo, hi)
+    }
+}
+
+impl ToDatum for u64 {
+    fn to_datum(&self) -> Datum {
+        Datum::from(i64::try_from(*self).unwrap_or(i64::MAX))
+    }
+}
+
 macro_rules! string_enum {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$doc])*
@@ -615,6 +629,32 @@ table_row!(
     }
 );
 
+table_row!(
+    /// The `Node_Status` row: what `sluice-agent` applied to this node's
+    /// datapath, written by the agent only (see `deploy/nestdb/README.md`).
+    NodeStatus = "Node_Status" {
+        /// The node the agent programs (`Node_Config.node_name`; empty
+        /// before there is a usable `Node_Config`).
+        node_name: String = "node_name",
+        /// The generation `sluiced` holds (0: nothing committed since it
+        /// started).
+        generation: u64 = "generation" in 0..=i64::MAX,
+        /// The nestdb transaction id of the database state the program was
+        /// compiled from (`monitor_cond_since`'s last-txn-id).
+        txn_id: Option<String> = "txn_id",
+        /// `sluiced`'s instance id (new at every start of `sluiced`).
+        instance_id: String = "instance_id",
+        /// Rows that were not compiled: `"TABLE KEY"` to the sentence that
+        /// says what is wrong.
+        row_errors: BTreeMap<String, String> = "row_errors",
+        /// Why the last `node-commit` was refused, while it keeps being
+        /// refused (nothing of it was applied).
+        commit_error: Option<String> = "commit_error",
+        /// Free-form identifiers.
+        external_ids: BTreeMap<String, String> = "external_ids",
+    }
+);
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -731,6 +771,21 @@ pub(crate) mod tests {
         round_trip(&sp, &schema);
         round_trip(&ep, &schema);
         round_trip(&rn, &schema);
+        round_trip(
+            &NodeStatus {
+                node_name: "node-a".into(),
+                generation: 7,
+                txn_id: Some("2b1c6f0e-3d5a-4f1e-9c1a-7e2f3b4c5d6e".into()),
+                instance_id: "4f1e9c1a".into(),
+                row_errors: BTreeMap::from([(
+                    "Logical_Port pod-b".to_string(),
+                    "mac \"zz\" is not a MAC address".to_string(),
+                )]),
+                commit_error: None,
+                external_ids: BTreeMap::new(),
+            },
+            &schema,
+        );
     }
 
     #[test]

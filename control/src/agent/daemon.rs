@@ -1,0 +1,607 @@
+//! `sluice-agent`'s loop: the I/O around the [`Reconciler`].
+//!
+//! One thread owns everything. It waits for the nestdb [`Monitor`]'s events
+//! (or a timer), and then runs one round:
+//!
+//! 1. the database changed: take one consistent snapshot (rows and the
+//!    transaction id they reflect) — a burst of updates is drained first,
+//!    so the round works from the latest state, not every intermediate one;
+//! 2. poll `sluiced`'s `node-status` (every `status_interval`, faster while
+//!    a pod port is not forwarding yet); when its instance id or generation
+//!    is not the held one, read `node-program` and hold that;
+//! 3. plan: compile, diff against the held program, send the difference as
+//!    one `node-commit` (nothing when it is empty). A refused commit whose
+//!    `node-status` shows another generation or instance is a conflict: read
+//!    again and re-plan. A refusal at a pod port leaves that
+//!    `Logical_Port` out (its row error says why) and re-plans at once, so
+//!    the rest applies. Any other refusal is recorded in
+//!    `Node_Status.commit_error` and retried with backoff;
+//! 4. write back the status rows that differ (`Node_Status`,
+//!    `Logical_Port.dp_port`/`up`; nothing between a commit and the next
+//!    `node-status`) and wait (bounded) until the monitor shows them, so
+//!    the next round does not write them again.
+//!
+//! Unreachable sockets never end the loop: each state change is logged
+//! once and the call retried with capped backoff. The monitor reconnects to
+//! nestdb-server by itself and resumes from its last transaction id.
+//!
+//! Thread-safety: [`run`] blocks its thread; the monitor runs its own.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::RecvTimeoutError;
+use nestdb_client::node::{NodeStatus as StatusRow, DB};
+use nestdb_client::{
+    Backoff, BackoffConfig, Client as DbClient, Condition, Datum, Monitor, MonitorConfig,
+    MonitorEvent, Replica, TableRow, Transaction, Uuid,
+};
+use sluice_api::node::{NodeCommit, QueryNodeProgram, QueryNodeStatus};
+use sluice_api::{Client, ClientError, Empty, Method};
+use tracing::{debug, info, warn};
+
+use crate::agent::reconcile::{refused_port, Reconciler, Snapshot, StatusWrite};
+use crate::agent::startup::AgentError;
+
+/// The tables the agent monitors.
+pub const TABLES: &[&str] = &[
+    "Node_Config",
+    "Logical_Port",
+    "Service",
+    "Service_Port",
+    "Endpoint",
+    "Remote_Node",
+    "Node_Status",
+];
+
+/// Settings of the loop.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// nestdb remote (`unix:PATH` or `tcp:HOST:PORT`).
+    pub db: String,
+    /// `sluiced`'s control socket.
+    pub ctl: PathBuf,
+    /// How often `node-status` is polled.
+    pub status_interval: Duration,
+    /// How often while a pod port is not forwarding yet.
+    pub pending_interval: Duration,
+    /// The longest wait between retries of an unreachable socket or a
+    /// refused commit.
+    pub retry_max: Duration,
+    /// Bound on one `sluiced` call.
+    pub call_timeout: Duration,
+    /// Bound on waiting for the monitor to show the agent's own writes.
+    pub write_settle: Duration,
+}
+
+impl AgentConfig {
+    /// The defaults for `db` and `ctl`.
+    pub fn new(db: impl Into<String>, ctl: impl Into<PathBuf>) -> Self {
+        AgentConfig {
+            db: db.into(),
+            ctl: ctl.into(),
+            status_interval: Duration::from_secs(1),
+            pending_interval: Duration::from_millis(100),
+            retry_max: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(30),
+            write_settle: Duration::from_secs(5),
+        }
+    }
+}
+
+fn backoff(max: Duration) -> Backoff {
+    Backoff::new(BackoffConfig {
+        initial: Duration::from_millis(100),
+        max,
+        seed: None,
+    })
+}
+
+/// `sluiced`'s control socket: one kept connection, reachability logged
+/// once per change, retries with backoff.
+struct Sluiced {
+    path: PathBuf,
+    timeout: Duration,
+    retry_max: Duration,
+    client: Option<Client>,
+    /// `None` before the first call.
+    reachable: Option<bool>,
+    backoff: Backoff,
+    retry_at: Instant,
+}
+
+impl Sluiced {
+    fn call<M: Method>(&mut self, req: &M::Request) -> Result<M::Reply, ClientError> {
+        let r = self.try_call::<M>(req);
+        match &r {
+            Ok(_) | Err(ClientError::Api(_)) => {
+                if self.reachable == Some(false) {
+                    info!(socket = %self.path.display(), "sluiced is reachable again");
+                }
+                self.reachable = Some(true);
+                self.backoff.reset();
+            }
+            Err(e) => {
+                self.client = None;
+                if self.reachable != Some(false) {
+                    warn!(socket = %self.path.display(), "sluiced is unreachable: {e}; retrying with backoff (up to {:?})", self.backoff_max());
+                }
+                self.reachable = Some(false);
+                self.retry_at = Instant::now() + self.backoff.next_delay();
+            }
+        }
+        r
+    }
+
+    fn backoff_max(&self) -> Duration {
+        self.retry_max
+    }
+
+    fn try_call<M: Method>(&mut self, req: &M::Request) -> Result<M::Reply, ClientError> {
+        if self.client.is_none() {
+            let mut c = Client::connect(&self.path)?;
+            c.set_timeout(Some(self.timeout))?;
+            self.client = Some(c);
+        }
+        let Some(c) = self.client.as_mut() else {
+            unreachable!("connected just above")
+        };
+        c.call::<M>(req)
+    }
+}
+
+/// The nestdb connection used for status writes.
+struct Writer {
+    remote: String,
+    client: Option<DbClient>,
+    reachable: Option<bool>,
+    retry_at: Instant,
+    backoff: Backoff,
+}
+
+impl Writer {
+    fn transact(&mut self, txn: &Transaction) -> Result<(), String> {
+        let r = (|| {
+            if self.client.as_ref().is_none_or(DbClient::is_closed) {
+                self.client = Some(DbClient::connect(&self.remote).map_err(|e| e.to_string())?);
+            }
+            let c = self.client.as_ref().ok_or("not connected")?;
+            c.transact(txn).map_err(|e| e.to_string())?;
+            Ok::<(), String>(())
+        })();
+        match &r {
+            Ok(()) => {
+                if self.reachable == Some(false) {
+                    info!(remote = %self.remote, "status writes to nestdb work again");
+                }
+                self.reachable = Some(true);
+                self.backoff.reset();
+            }
+            Err(e) => {
+                self.client = None;
+                if self.reachable != Some(false) {
+                    warn!(remote = %self.remote, "cannot write the status into nestdb: {e}; retrying");
+                }
+                self.reachable = Some(false);
+                self.retry_at = Instant::now() + self.backoff.next_delay();
+            }
+        }
+        r
+    }
+}
+
+/// The loop's state besides the reconciler.
+struct Loop {
+    config: AgentConfig,
+    sluiced: Sluiced,
+    writer: Writer,
+    /// In sync with nestdb at least once.
+    synced: bool,
+    db_reachable: bool,
+    /// Monitor events since the last snapshot.
+    db_changed: bool,
+    snap: Option<Snapshot>,
+    need_plan: bool,
+    /// The last `node-status`; `None` also right after a commit, until it
+    /// is read again (so no port state from before the commit is written).
+    status: Option<sluice_api::node::NodeStatus>,
+    next_poll: Instant,
+    commit_retry_at: Instant,
+    commit_backoff: Backoff,
+    last_refusal: Option<String>,
+    /// The last error answer to a query (logged once).
+    last_query_error: Option<String>,
+    /// Logged "up to date" for this held state.
+    said_up_to_date: bool,
+}
+
+/// Runs the agent until `stop` is set (checked at least every
+/// `status_interval`). Transient failures never end it.
+pub fn run(config: AgentConfig, stop: &AtomicBool) -> Result<(), AgentError> {
+    let mut mc = MonitorConfig::new(config.db.clone(), DB, TABLES);
+    mc.backoff = BackoffConfig {
+        initial: Duration::from_millis(100),
+        max: config.retry_max,
+        seed: None,
+    };
+    let monitor = Monitor::start(mc)?;
+    let events = monitor.subscribe();
+    let now = Instant::now();
+    let mut lp = Loop {
+        sluiced: Sluiced {
+            path: config.ctl.clone(),
+            timeout: config.call_timeout,
+            retry_max: config.retry_max,
+            client: None,
+            reachable: None,
+            backoff: backoff(config.retry_max),
+            retry_at: now,
+        },
+        writer: Writer {
+            remote: config.db.clone(),
+            client: None,
+            reachable: None,
+            retry_at: now,
+            backoff: backoff(config.retry_max),
+        },
+        synced: false,
+        db_reachable: true,
+        db_changed: true,
+        snap: None,
+        need_plan: true,
+        status: None,
+        next_poll: now,
+        commit_retry_at: now,
+        commit_backoff: backoff(config.retry_max),
+        last_refusal: None,
+        last_query_error: None,
+        said_up_to_date: false,
+        config,
+    };
+    let mut rec = Reconciler::new();
+    info!(db = %lp.config.db, ctl = %lp.config.ctl.display(), "sluice-agent started: monitoring the node database");
+    while !stop.load(Ordering::Relaxed) {
+        let wait = lp
+            .next_wake()
+            .saturating_duration_since(Instant::now())
+            .min(lp.config.status_interval);
+        match events.recv_timeout(wait) {
+            Ok(ev) => {
+                lp.on_event(ev, &monitor);
+                while let Ok(ev) = events.try_recv() {
+                    lp.on_event(ev, &monitor);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Err(AgentError::MonitorStopped),
+        }
+        if lp.synced {
+            lp.round(&monitor, &mut rec);
+        }
+    }
+    Ok(())
+}
+
+/// The replica and the transaction id it reflects, read under one lock.
+fn snapshot(monitor: &Monitor) -> Snapshot {
+    let mut out = None;
+    // A zero timeout evaluates the predicate once, under the monitor's lock.
+    let _ = monitor.wait_until(Duration::ZERO, |r, s| {
+        out = Some(Snapshot::from_replica(r, s.last_txn_id));
+        true
+    });
+    out.unwrap_or_default()
+}
+
+impl Loop {
+    fn next_wake(&self) -> Instant {
+        let mut t = self.next_poll.max(self.sluiced.retry_at);
+        if self.need_plan {
+            t = t.min(self.commit_retry_at.max(self.sluiced.retry_at));
+        }
+        t
+    }
+
+    fn on_event(&mut self, ev: MonitorEvent, monitor: &Monitor) {
+        match ev {
+            MonitorEvent::Changes(_) => self.db_changed = true,
+            MonitorEvent::Synced { resumed } => {
+                let st = monitor.status();
+                let txn = st
+                    .last_txn_id
+                    .map_or_else(|| "none".to_owned(), |t| t.to_string());
+                if resumed {
+                    info!(
+                        "nestdb monitor resumed from the last transaction id {txn}: only the changes since arrive"
+                    );
+                } else {
+                    info!("nestdb monitor in sync (full dump, last transaction id {txn})");
+                }
+                if !self.db_reachable {
+                    info!("nestdb-server is reachable again");
+                }
+                self.db_reachable = true;
+                self.synced = true;
+                self.db_changed = true;
+            }
+            MonitorEvent::Disconnected { reason } => {
+                if self.db_reachable {
+                    warn!(
+                        "lost nestdb-server ({reason}); reconnecting with backoff (up to {:?}), then resuming from the last transaction id",
+                        self.config.retry_max
+                    );
+                }
+                self.db_reachable = false;
+            }
+        }
+    }
+
+    fn round(&mut self, monitor: &Monitor, rec: &mut Reconciler) {
+        let now = Instant::now();
+        if self.db_changed || self.snap.is_none() {
+            let t = Instant::now();
+            self.snap = Some(snapshot(monitor));
+            debug!(ms = t.elapsed().as_secs_f64() * 1e3, "snapshot taken");
+            self.db_changed = false;
+            self.need_plan = true;
+        }
+        if now >= self.next_poll && now >= self.sluiced.retry_at {
+            self.poll(rec);
+        }
+        if rec.held().is_none() {
+            return;
+        }
+        if self.need_plan && Instant::now() >= self.commit_retry_at {
+            self.plan(rec);
+        }
+        if self.db_reachable && Instant::now() >= self.writer.retry_at {
+            self.write_status(monitor, rec);
+        }
+    }
+
+    /// `node-status`, and `node-program` when the held state is stale.
+    fn poll(&mut self, rec: &mut Reconciler) {
+        // Whatever happens, not again before the next interval (an
+        // unreachable socket also waits for `retry_at`).
+        self.next_poll = Instant::now() + self.config.status_interval;
+        let Some(status) = self.read::<QueryNodeStatus>() else {
+            return;
+        };
+        if rec.is_stale(&status) {
+            let Some(program) = self.read::<QueryNodeProgram>() else {
+                return;
+            };
+            // The program may have moved between the two reads: read the
+            // status again and retry at the next round if it did.
+            let Some(again) = self.read::<QueryNodeStatus>() else {
+                return;
+            };
+            if again.generation != status.generation || again.instance_id != status.instance_id {
+                self.next_poll = Instant::now();
+                return;
+            }
+            match rec.held() {
+                None => info!(
+                    instance = %status.instance_id,
+                    "sluiced holds generation {}: {} ports, {} flows, {} Services",
+                    status.generation,
+                    program.ports.len(),
+                    program.flows.len(),
+                    program.services.len()
+                ),
+                Some(h) if h.instance_id != status.instance_id => warn!(
+                    "sluiced restarted (instance {} is now {}, generation {}): pushing the whole program",
+                    h.instance_id, status.instance_id, status.generation
+                ),
+                Some(h) => warn!(
+                    "sluiced holds generation {}, not the {} this agent left it at: diffing against what it holds",
+                    status.generation, h.generation
+                ),
+            }
+            let existing = self.snap.as_ref().and_then(|s| s.status.first());
+            rec.set_held(&status, program, existing.map(|(_, r)| r));
+            self.need_plan = true;
+            self.commit_retry_at = Instant::now();
+            self.said_up_to_date = false;
+        }
+        let interval = if rec.ports_pending(&status) > 0 {
+            self.config.pending_interval
+        } else {
+            self.config.status_interval
+        };
+        self.status = Some(status);
+        self.next_poll = Instant::now() + interval;
+    }
+
+    /// One query of `sluiced`. An answer that is an error (a `sluiced`
+    /// without the node methods) is logged once per distinct sentence.
+    fn read<M: Method<Request = Empty>>(&mut self) -> Option<M::Reply> {
+        match self.sluiced.call::<M>(&Empty {}) {
+            Ok(r) => {
+                self.last_query_error = None;
+                Some(r)
+            }
+            Err(ClientError::Api(e)) => {
+                if self.last_query_error.as_deref() != Some(e.message.as_str()) {
+                    warn!(
+                        "sluiced cannot answer {}: {}; is it older than this agent? retrying",
+                        M::NAME,
+                        e.message
+                    );
+                    self.last_query_error = Some(e.message);
+                }
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn plan(&mut self, rec: &mut Reconciler) {
+        let Some(snap) = &self.snap else { return };
+        let t_plan = Instant::now();
+        let plan = rec.plan(snap);
+        let plan_ms = t_plan.elapsed().as_secs_f64() * 1e3;
+        for e in &plan.new_errors {
+            warn!(table = e.table, row = %e.key, "row skipped: {}", e.sentence);
+        }
+        for e in &plan.resolved {
+            info!(table = e.table, row = %e.key, "row compiles again");
+        }
+        for s in &plan.new_ignored {
+            warn!("{s}");
+        }
+        let Some(changes) = plan.commit else {
+            if !self.said_up_to_date {
+                info!(
+                    generation = rec.held().map_or(0, |h| h.generation),
+                    "sluiced's program is up to date: nothing to send"
+                );
+                self.said_up_to_date = true;
+            }
+            self.need_plan = false;
+            return;
+        };
+        let t_commit = Instant::now();
+        match self.sluiced.call::<NodeCommit>(&changes) {
+            Ok(reply) => {
+                let commit_ms = t_commit.elapsed().as_secs_f64() * 1e3;
+                rec.committed(&reply);
+                let c = reply.counts;
+                info!(
+                    generation = reply.generation,
+                    txn = %snap.txn_id.map_or_else(|| "none".into(), |t: Uuid| t.to_string()),
+                    plan_ms = format!("{plan_ms:.1}"),
+                    commit_ms = format!("{commit_ms:.1}"),
+                    "committed: ports +{} -{}, flow ops {}, Services +{} -{}, VTEPs {}, port security {}, ARP {}, neighbours {}, groups {}, settings {}",
+                    c.ports_added, c.ports_removed, c.flow_ops, c.services_upserted,
+                    c.services_deleted, c.vteps, c.port_security, c.arp, c.neighbours, c.groups,
+                    if c.settings { "changed" } else { "unchanged" }
+                );
+                self.need_plan = false;
+                self.said_up_to_date = true;
+                self.last_refusal = None;
+                self.commit_backoff.reset();
+                // Ports just added: read their state now, and write none
+                // from before the commit.
+                self.status = None;
+                self.next_poll = Instant::now();
+            }
+            Err(ClientError::Api(e)) => {
+                // A conflict shows in node-status; anything else is a
+                // refusal of this change set.
+                if let Ok(st) = self.sluiced.call::<QueryNodeStatus>(&Empty {}) {
+                    if rec.is_stale(&st) {
+                        warn!(
+                            "node-commit of generation {} conflicted ({}); re-reading what sluiced holds",
+                            changes.generation, e.message
+                        );
+                        rec.forget_held();
+                        self.next_poll = Instant::now();
+                        return;
+                    }
+                }
+                if let Some(port) = refused_port(&e.message) {
+                    if rec.refuse_port(&port, &e.message) {
+                        // Left out: re-plan now without it (its row error
+                        // is logged by that plan).
+                        self.commit_retry_at = Instant::now();
+                        return;
+                    }
+                }
+                if self.last_refusal.as_deref() != Some(e.message.as_str()) {
+                    warn!(
+                        "sluiced refused the commit of generation {}: {}; retrying with backoff",
+                        changes.generation, e.message
+                    );
+                    self.last_refusal = Some(e.message.clone());
+                }
+                rec.refused(e.message);
+                self.commit_retry_at = Instant::now() + self.commit_backoff.next_delay();
+            }
+            // Unreachable: logged by `call`; retried at `retry_at`.
+            Err(_) => {}
+        }
+    }
+
+    fn write_status(&mut self, monitor: &Monitor, rec: &Reconciler) {
+        let (Some(snap), Some(status)) = (&self.snap, &self.status) else {
+            return;
+        };
+        let writes = rec.status_writes(snap, status);
+        if writes.is_empty() {
+            return;
+        }
+        let mut txn = Transaction::new(DB);
+        for w in &writes {
+            match w {
+                StatusWrite::NodeStatus { uuid: None, row } => {
+                    txn = txn.insert(StatusRow::TABLE, row.to_row());
+                }
+                StatusWrite::NodeStatus { uuid: Some(u), row } => {
+                    txn = txn.update(StatusRow::TABLE, vec![uuid_is(*u)], row.to_row());
+                }
+                StatusWrite::LogicalPort {
+                    uuid,
+                    name,
+                    dp_port,
+                    up,
+                } => {
+                    let mut cols = BTreeMap::new();
+                    if let Some(d) = dp_port {
+                        cols.insert(
+                            "dp_port".to_owned(),
+                            d.map_or_else(Datum::empty_set, |d| Datum::from(i64::from(d))),
+                        );
+                    }
+                    if let Some(u) = up {
+                        cols.insert("up".to_owned(), Datum::from(*u));
+                        info!(port = %name, "Logical_Port.up := {u}");
+                    }
+                    txn = txn.update("Logical_Port", vec![uuid_is(*uuid)], cols);
+                }
+            }
+        }
+        if self.writer.transact(&txn).is_err() {
+            return;
+        }
+        debug!(writes = writes.len(), "status written");
+        // Wait until the monitor shows the writes, so the next round does
+        // not write them again from a stale snapshot.
+        let settled = monitor.wait_until(self.config.write_settle, |r, _| reflected(r, &writes));
+        if settled.is_err() {
+            debug!("the monitor did not show the status writes in time");
+        }
+    }
+}
+
+fn uuid_is(u: Uuid) -> Condition {
+    Condition::uuid(u)
+}
+
+/// True when `replica` shows every write (a row written and since deleted
+/// counts as shown).
+fn reflected(replica: &Replica, writes: &[StatusWrite]) -> bool {
+    writes.iter().all(|w| match w {
+        StatusWrite::NodeStatus { row, .. } => replica.typed::<StatusRow>().any(|(_, r)| {
+            r.is_ok_and(|r| {
+                StatusRow {
+                    external_ids: row.external_ids.clone(),
+                    ..r
+                } == *row
+            })
+        }),
+        StatusWrite::LogicalPort {
+            uuid, dp_port, up, ..
+        } => match replica.row("Logical_Port", uuid) {
+            None => true,
+            Some(r) => {
+                let dp_ok = dp_port
+                    .is_none_or(|d| r.get("dp_port").and_then(Datum::as_i64) == d.map(i64::from));
+                let up_ok = up.is_none_or(|u| r.get("up").and_then(Datum::as_bool) == Some(u));
+                dp_ok && up_ok
+            }
+        },
+    })
+}

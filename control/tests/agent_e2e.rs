@@ -1,0 +1,997 @@
+//! End to end with real processes only: `nestdb-server` (node schema),
+//! `sluiced` (DPDK, its own `--file-prefix`, in a node network namespace:
+//! uplink `net_af_packet` on a veth to a gateway namespace, host exception
+//! port `net_tap`) and `sluice-agent`. Pods are network namespaces behind
+//! veths whose host ends are in the node namespace; the desired state is
+//! written with the real `ovsdb-client transact`.
+//!
+//! 1. `Node_Config`, pod-a (veth present) and pod-b (veth not created yet)
+//!    written; the agent starts: pod-a is committed and `Logical_Port.up`
+//!    turns true only when sluiced's node-status shows it forwarding;
+//!    sluiced refuses pod-b (no interface), which is left out and recorded
+//!    in `Node_Status.row_errors` while the rest applies;
+//! 2. pod-b's veth is created and its row rewritten (its real MAC): it is
+//!    committed, comes up, and the pods ping each other through sluiced;
+//!    A Service (ClusterIP, one endpoint on pod-b) is added: a kernel TCP
+//!    connection from pod-a to the ClusterIP reaches it; the endpoint is
+//!    deleted: a new connection does not;
+//! 3. under a 10 ms ping from pod-a to pod-b, the agent is SIGKILLed and
+//!    restarted (sluiced's generation does not move: nothing sent), then
+//!    nestdb-server is SIGKILLed and restarted (the monitor resumes from its
+//!    last transaction id) and a `Remote_Node` written after it is
+//!    committed: not one ping is lost;
+//! 4. sluiced is restarted (SIGTERM, start; new instance id, empty
+//!    program): the agent pushes the whole program in one commit
+//!    (generation 1) and the pods ping again; the time to forwarding and
+//!    the ping gap are printed.
+//!
+//! A second test runs two full node stacks (nestdb-server, sluiced and
+//! agent each) whose uplinks share an underlay veth: the `Remote_Node` rows
+//! send each node's pod CIDR to the other over Geneve and the pods ping
+//! each other through the tunnel flows.
+//!
+//! Needs root, `ovsdb-client` (openvswitch-common), and the `sluiced` and
+//! `nestdb-server` binaries of this build (`cargo build --workspace`);
+//! skips with the reason recorded otherwise.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nestdb_client::node::{LogicalPort, NodeStatus as StatusRow, DB};
+use nestdb_client::{Client as DbClient, TableRow, Transaction};
+use sluice_api::node::{NodeStatus, QueryNodeStatus};
+use sluice_api::{Client, Empty};
+
+const WAIT: Duration = Duration::from_secs(90);
+const PREFIX: &str = "slt-agent";
+
+fn report_skip(line: &str) {
+    println!("{line}");
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skips.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+/// A binary of this build next to the test binary's directory.
+fn built(name: &str, how: &str) -> Option<PathBuf> {
+    let p = std::env::current_exe().ok()?.parent()?.parent()?.join(name);
+    if p.exists() {
+        Some(p)
+    } else {
+        report_skip(&format!(
+            "SKIPPED control/tests/agent_e2e.rs: {} is not built ({how})",
+            p.display()
+        ));
+        None
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    })
+}
+
+fn have(tool: &str, package: &str) -> bool {
+    let ok = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        report_skip(&format!(
+            "SKIPPED control/tests/agent_e2e.rs: {tool} is not installed (Debian package {package})"
+        ));
+    }
+    ok
+}
+
+fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sh_quiet(args: &[&str]) {
+    let _ = Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A network namespace, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: &str) -> Netns {
+        sh_quiet(&["ip", "netns", "del", name]);
+        sh(&["ip", "netns", "add", name]);
+        sh(&["ip", "-n", name, "link", "set", "lo", "up"]);
+        Netns(name.to_string())
+    }
+
+    fn exec(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(args)
+            .output()
+            .expect("ip netns exec")
+    }
+
+    fn mac(&self, iface: &str) -> String {
+        let out = self.exec(&["cat", &format!("/sys/class/net/{iface}/address")]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        sh_quiet(&["ip", "netns", "del", &self.0]);
+    }
+}
+
+/// A veth pair: `outer` in `node`, `inner` in `ns` with `addr`; checksum
+/// offload off inside (af_packet copies frames as they are). Deleted on
+/// drop.
+struct Veth {
+    node: String,
+    outer: String,
+}
+
+impl Veth {
+    fn new(node: &Netns, outer: &str, inner: &str, ns: &Netns, addr: &str) -> Veth {
+        sh_quiet(&["ip", "-n", &node.0, "link", "del", outer]);
+        sh(&[
+            "ip", "link", "add", outer, "type", "veth", "peer", "name", inner,
+        ]);
+        let v = Veth {
+            node: node.0.clone(),
+            outer: outer.to_string(),
+        };
+        sh(&["ip", "link", "set", inner, "netns", &ns.0]);
+        sh(&["ip", "link", "set", outer, "netns", &node.0]);
+        sh(&["ip", "-n", &node.0, "link", "set", outer, "up"]);
+        sh(&["ip", "-n", &ns.0, "addr", "add", addr, "dev", inner]);
+        sh(&["ip", "-n", &ns.0, "link", "set", inner, "up"]);
+        sh_quiet(&[
+            "ip", "netns", "exec", &ns.0, "ethtool", "-K", inner, "tx", "off",
+        ]);
+        v
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        sh_quiet(&["ip", "-n", &self.node, "link", "del", &self.outer]);
+    }
+}
+
+/// A child process SIGKILLed and reaped on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for<T>(what: &str, log: impl Fn() -> String, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "timed out after {WAIT:?} waiting for {what}; logs:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ctl_path() -> PathBuf {
+    ctl_of(PREFIX)
+}
+
+/// The control socket of the sluiced with DPDK prefix `prefix`.
+fn ctl_of(prefix: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{prefix}.ctl"))
+}
+
+/// One sluiced's settings: DPDK prefix (also names its control socket and
+/// files), and the kernel interfaces of its uplink and host ports.
+struct SluicedSpec<'a> {
+    prefix: &'a str,
+    uplink_if: &'a str,
+    host_if: &'a str,
+}
+
+const NODE: SluicedSpec<'static> = SluicedSpec {
+    prefix: PREFIX,
+    uplink_if: "slt-agu-o",
+    host_if: "slt-agh",
+};
+
+/// The last CPU this process may use (the PMD core).
+fn pmd_core() -> usize {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap_or("0")
+        .trim()
+        .split(',')
+        .filter_map(|p| p.rsplit('-').next()?.parse::<usize>().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// sluiced in the node namespace, from `dir/sluiced.ini`.
+fn start_sluiced(bin: &Path, node: &Netns, dir: &Path, n: u32) -> Proc {
+    start_sluiced_as(bin, node, dir, &format!("sluiced-{n}"), &NODE)
+}
+
+/// sluiced `spec` in namespace `node`; its files are `dir/NAME.*`.
+fn start_sluiced_as(bin: &Path, node: &Netns, dir: &Path, name: &str, spec: &SluicedSpec) -> Proc {
+    let cfg = dir.join(format!("{name}.ini"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[coe]\nnode_type = 'BAREMETAL'\n[nsx_node_agent]\novs_bridge = br-int\novs_uplink_port = uplink\n\
+             [datapath]\ncores = {}\nmain_core = 0\nfile_prefix = {}\nhugepages = auto\nmbufs = 8192\n\
+             ctl_socket = {}\nhost_port = host\n\
+             [port:uplink]\ndevargs = net_af_packet0,iface={}\nofport = 1\n\
+             [port:host]\ndevargs = net_tap0,iface={}\nofport = 2\n",
+            pmd_core(),
+            spec.prefix,
+            ctl_of(spec.prefix).display(),
+            spec.uplink_if,
+            spec.host_if,
+        ),
+    )
+    .unwrap();
+    let out = std::fs::File::create(dir.join(format!("{name}.out"))).unwrap();
+    let errf = dir.join(format!("{name}.err"));
+    let err = std::fs::File::create(&errf).unwrap();
+    let child = Command::new("ip")
+        .args(["netns", "exec", &node.0])
+        .arg(bin)
+        .arg("--config")
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("spawn sluiced");
+    let mut p = Proc(child);
+    let ctl = ctl_of(spec.prefix);
+    wait_for(
+        "sluiced to answer node-status",
+        || std::fs::read_to_string(&errf).unwrap_or_default(),
+        || {
+            if let Ok(Some(st)) = p.0.try_wait() {
+                panic!(
+                    "sluiced exited with {st}: {}",
+                    std::fs::read_to_string(&errf).unwrap_or_default()
+                );
+            }
+            node_status_at(&ctl)
+        },
+    );
+    p
+}
+
+fn node_status() -> Option<NodeStatus> {
+    node_status_at(&ctl_path())
+}
+
+fn node_status_at(ctl: &Path) -> Option<NodeStatus> {
+    let mut c = Client::connect(ctl).ok()?;
+    c.set_timeout(Some(WAIT)).ok()?;
+    c.call::<QueryNodeStatus>(&Empty {}).ok()
+}
+
+/// SIGTERM and a bounded wait for the exit (sluiced restores the host
+/// path on a clean stop).
+fn stop_sluiced(mut p: Proc) {
+    sh(&["kill", "-TERM", &p.0.id().to_string()]);
+    let start = Instant::now();
+    while p.0.try_wait().ok().flatten().is_none() {
+        assert!(start.elapsed() < WAIT, "sluiced did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start_agent(dir: &Path, db: &str) -> Proc {
+    start_agent_as(dir, "agent", db, &ctl_path())
+}
+
+/// The agent for `db` and `ctl`, logging to `dir/NAME.log`.
+fn start_agent_as(dir: &Path, name: &str, db: &str, ctl: &Path) -> Proc {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))
+        .unwrap();
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_sluice-agent"))
+            .args(["--db", db, "--ctl"])
+            .arg(ctl)
+            .args(["--status-interval-ms", "200", "--retry-max-ms", "1000"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn sluice-agent"),
+    )
+}
+
+/// nestdb-server with the node schema in `dir`, files named `NAME.*`.
+fn start_nestdb(bin: &Path, dir: &Path, name: &str) -> (Proc, String) {
+    let sock = dir.join(format!("{name}.sock"));
+    let p = Proc(
+        Command::new(bin)
+            .arg(dir.join(format!("{name}.db")))
+            .arg("--schema")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nestdb/sluice.ovsschema"))
+            .arg(format!("--remote=punix:{}", sock.display()))
+            .arg(format!(
+                "--unixctl={}",
+                dir.join(format!("{name}.ctl")).display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+            .spawn()
+            .expect("spawn nestdb-server"),
+    );
+    wait_for("nestdb-server", String::new, || {
+        UnixStream::connect(&sock).ok()
+    });
+    (p, format!("unix:{}", sock.display()))
+}
+
+/// One DPDK test at a time in this binary: each runs sluiced processes
+/// polling on the same core.
+static DPDK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn ovsdb_transact(remote: &str, ops: &[serde_json::Value]) {
+    let mut txn = vec![serde_json::json!(DB)];
+    txn.extend(ops.iter().cloned());
+    let out = Command::new("ovsdb-client")
+        .args(["transact", remote])
+        .arg(serde_json::Value::Array(txn).to_string())
+        .output()
+        .expect("run ovsdb-client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !text.contains("\"error\""),
+        "ovsdb-client transact: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ports(db: &DbClient) -> BTreeMap<String, (Option<u32>, bool)> {
+    let out = db
+        .transact(&Transaction::new(DB).select("Logical_Port", vec![]))
+        .unwrap();
+    out.results[0]
+        .rows()
+        .unwrap()
+        .iter()
+        .map(|r| LogicalPort::from_row(r).unwrap())
+        .map(|p| (p.name, (p.dp_port, p.up)))
+        .collect()
+}
+
+fn status_row(db: &DbClient) -> Option<StatusRow> {
+    let out = db
+        .transact(&Transaction::new(DB).select("Node_Status", vec![]))
+        .ok()?;
+    out.results[0]
+        .rows()?
+        .first()
+        .and_then(|r| StatusRow::from_row(r).ok())
+}
+
+fn ping(ns: &Netns, dst: &str) -> bool {
+    let out = ns.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", dst]);
+    out.status.success() && String::from_utf8_lossy(&out.stdout).contains("3 received")
+}
+
+/// A 10 ms ping in a pod namespace; [`Pinger::stop`] sends SIGINT and
+/// reads its summary.
+struct Pinger(Option<Proc>);
+
+impl Pinger {
+    fn start(ns: &Netns, dst: &str) -> Pinger {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.0, "ping", "-i", "0.01", "-W", "1", dst])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ping");
+        Pinger(Some(Proc(child)))
+    }
+
+    /// (transmitted, received).
+    fn stop(mut self) -> (u64, u64) {
+        use std::io::Read as _;
+        let mut p = self.0.take().expect("running");
+        sh(&["kill", "-INT", &p.0.id().to_string()]);
+        let mut text = String::new();
+        p.0.stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut text)
+            .expect("ping output");
+        let line = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or_else(|| panic!("no ping summary: {text}"));
+        let n = |word: &str| -> u64 {
+            line.split(',')
+                .find(|f| f.contains(word))
+                .and_then(|f| f.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no '{word}' in {line}"))
+        };
+        (n("transmitted"), n("received"))
+    }
+}
+
+fn pod_row(name: &str, mac: &str, ip: &str, host_if: &str) -> serde_json::Value {
+    serde_json::json!({"op": "insert", "table": "Logical_Port", "row": {
+        "name": name, "mac": mac, "ips": ip, "interface_name": "eth0", "up": false,
+        "external_ids": ["map", [["host_interface", host_if]]]}})
+}
+
+#[test]
+fn agent_programs_real_sluiced_from_nestdb_through_restarts() {
+    let _one = DPDK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !is_root() {
+        report_skip("SKIPPED control/tests/agent_e2e.rs: needs root (namespaces, DPDK)");
+        return;
+    }
+    if !have("ovsdb-client", "openvswitch-common") {
+        return;
+    }
+    let Some(nestdb) = built("nestdb-server", "cargo build -p nestdb --bin nestdb-server") else {
+        return;
+    };
+    let Some(sluiced) = built("sluiced", "cargo build -p sluice-datapath --bin sluiced") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let logs = || {
+        let mut s = String::new();
+        for f in ["agent.log", "sluiced-1.err", "sluiced-2.err", "nestdb.log"] {
+            s += &format!(
+                "--- {f}\n{}\n",
+                std::fs::read_to_string(d.join(f)).unwrap_or_default()
+            );
+        }
+        s
+    };
+
+    // The node: uplink to a gateway namespace, pods a (now) and b (later).
+    let node = Netns::new("slt-ag-node");
+    let gw = Netns::new("slt-ag-gw");
+    let a = Netns::new("slt-ag-a");
+    let b = Netns::new("slt-ag-b");
+    let _up = Veth::new(&node, "slt-agu-o", "slt-agu-i", &gw, "192.0.2.1/24");
+    sh(&[
+        "ip",
+        "-n",
+        &node.0,
+        "addr",
+        "add",
+        "192.0.2.10/24",
+        "dev",
+        "slt-agu-o",
+    ]);
+    let _va = Veth::new(&node, "slt-aga-o", "slt-aga-i", &a, "10.244.1.5/24");
+
+    // nestdb-server with the node schema.
+    let sock = d.join("nestdb.sock");
+    let remote = format!("unix:{}", sock.display());
+    let start_db = || {
+        let p = Proc(
+            Command::new(&nestdb)
+                .arg(d.join("node.db"))
+                .arg("--schema")
+                .arg(
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nestdb/sluice.ovsschema"),
+                )
+                .arg(format!("--remote=punix:{}", sock.display()))
+                .arg(format!("--unixctl={}", d.join("nestdb.ctl").display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(d.join("nestdb.log"))
+                        .unwrap(),
+                )
+                .spawn()
+                .expect("spawn nestdb-server"),
+        );
+        wait_for("nestdb-server", logs, || UnixStream::connect(&sock).ok());
+        p
+    };
+    let mut db_proc = start_db();
+    let mut sluiced_proc = start_sluiced(&sluiced, &node, d, 1);
+    let first_instance = node_status().unwrap().instance_id;
+
+    // 1. The desired state, written with ovsdb-client.
+    ovsdb_transact(
+        &remote,
+        &[
+            serde_json::json!({"op": "insert", "table": "Node_Config", "row": {
+                "node_name": "node-a", "node_type": "BAREMETAL", "uplink_port": "uplink",
+                "vtep_ip": "192.0.2.10", "pod_cidrs": "10.244.1.0/24",
+                "node_ips": "192.0.2.10", "nodeport_min": 30000, "nodeport_max": 32767,
+                "mtu": 1500}}),
+            pod_row("pod-a", &a.mac("slt-aga-i"), "10.244.1.5", "slt-aga-o"),
+            pod_row("pod-b", "0a:58:0a:f4:01:06", "10.244.1.6", "slt-agb-o"),
+        ],
+    );
+    let mut agent = start_agent(d, &remote);
+    let db = DbClient::connect(&remote).unwrap();
+    wait_for("pod-a up", logs, || (ports(&db)["pod-a"].1).then_some(()));
+    let st = node_status().unwrap();
+    assert!(
+        st.ports["pod-a"].up && st.ports["pod-a"].forwarding,
+        "Logical_Port.up is true but sluiced does not forward: {st:?}"
+    );
+    assert_eq!(
+        ports(&db)["pod-a"].0,
+        Some(u32::from(st.ports["pod-a"].ofport))
+    );
+    let row = wait_for("pod-b's refusal in Node_Status", logs, || {
+        status_row(&db).filter(|s| s.row_errors.contains_key("Logical_Port pod-b"))
+    });
+    println!(
+        "pod-b without its veth: {}",
+        row.row_errors["Logical_Port pod-b"]
+    );
+    assert_eq!(ports(&db)["pod-b"], (None, false));
+    assert!(!st.ports.contains_key("pod-b"));
+
+    // 2. pod-b's veth exists now; its row is written again.
+    let _vb = Veth::new(&node, "slt-agb-o", "slt-agb-i", &b, "10.244.1.6/24");
+    let mac_b = b.mac("slt-agb-i");
+    ovsdb_transact(
+        &remote,
+        &[serde_json::json!({"op": "update", "table": "Logical_Port",
+            "where": [["name", "==", "pod-b"]], "row": {"mac": mac_b}})],
+    );
+    wait_for("pod-b up", logs, || ports(&db)["pod-b"].1.then_some(()));
+    wait_for("pod-b's error cleared", logs, || {
+        status_row(&db).filter(|s| s.row_errors.is_empty())
+    });
+    assert!(ping(&a, "10.244.1.6"), "a -> b through sluiced\n{}", logs());
+    assert!(ping(&b, "10.244.1.5"), "b -> a through sluiced\n{}", logs());
+
+    // 2b. A Service: a kernel TCP connection from pod-a to its ClusterIP
+    // reaches the endpoint on pod-b; once the endpoint is deleted, new
+    // connections do not.
+    let _server = Proc(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &b.0,
+                "python3",
+                "-m",
+                "http.server",
+                "8080",
+            ])
+            .args(["--bind", "10.244.1.6"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 http.server"),
+    );
+    sh(&[
+        "ip",
+        "-n",
+        &a.0,
+        "route",
+        "add",
+        "10.96.0.0/12",
+        "via",
+        "10.244.1.1",
+    ]);
+    let gen_before = node_status().unwrap().generation;
+    ovsdb_transact(
+        &remote,
+        &[
+            serde_json::json!({"op": "insert", "table": "Service_Port", "uuid-name": "p80",
+                "row": {"protocol": "TCP", "port": 80, "target_port": 8080}}),
+            serde_json::json!({"op": "insert", "table": "Service", "uuid-name": "web", "row": {
+                "name": "web", "namespace": "default", "type": "ClusterIP",
+                "cluster_ips": "10.96.0.10", "ports": ["named-uuid", "p80"],
+                "session_affinity": "None", "internal_traffic_policy": "Cluster",
+                "external_traffic_policy": "Cluster"}}),
+            serde_json::json!({"op": "insert", "table": "Endpoint", "row": {
+                "service": ["named-uuid", "web"], "ip": "10.244.1.6", "ready": true,
+                "serving": true, "terminating": false, "is_local": true}}),
+        ],
+    );
+    wait_for("the Service committed", logs, || {
+        node_status().filter(|s| s.generation > gen_before)
+    });
+    let get = |url: &str| -> bool {
+        a.exec(&[
+            "python3",
+            "-c",
+            &format!("import urllib.request; urllib.request.urlopen('{url}', timeout=2).read()"),
+        ])
+        .status
+        .success()
+    };
+    // The server may still be starting: retry (bounded) until it answers
+    // directly, then through the ClusterIP once.
+    wait_for("the endpoint's HTTP server", logs, || {
+        get("http://10.244.1.6:8080/").then_some(())
+    });
+    assert!(
+        get("http://10.96.0.10/"),
+        "TCP to the ClusterIP did not reach the endpoint\n{}",
+        logs()
+    );
+    let gen_svc = node_status().unwrap().generation;
+    ovsdb_transact(
+        &remote,
+        &[serde_json::json!({"op": "delete", "table": "Endpoint",
+            "where": [["ip", "==", "10.244.1.6"]]})],
+    );
+    wait_for("the endpoint's removal committed", logs, || {
+        node_status().filter(|s| s.generation > gen_svc)
+    });
+    assert!(
+        !get("http://10.96.0.10/"),
+        "a new connection reached a deleted endpoint"
+    );
+    assert!(
+        get("http://10.244.1.6:8080/"),
+        "the pod itself still answers"
+    );
+
+    // 3. Agent SIGKILLed and restarted, then nestdb-server SIGKILLed and
+    // restarted, under a 10 ms ping: nothing sent, no packet lost.
+    let pinger = Pinger::start(&a, "10.244.1.6");
+    let gen = node_status().unwrap().generation;
+    drop(agent);
+    agent = start_agent(d, &remote);
+    wait_for(
+        "the restarted agent to find nothing to change",
+        logs,
+        || {
+            let l = std::fs::read_to_string(d.join("agent.log")).unwrap_or_default();
+            let second = l.rmatch_indices("sluice-agent started").next()?.0;
+            (l.matches("sluice-agent started").count() == 2
+                && l[second..].contains("nothing to send"))
+            .then_some(())
+        },
+    );
+    assert_eq!(
+        node_status().unwrap().generation,
+        gen,
+        "the restarted agent committed"
+    );
+    drop(db_proc);
+    wait_for("the agent to notice nestdb-server went", logs, || {
+        let l = std::fs::read_to_string(d.join("agent.log")).unwrap_or_default();
+        l.contains("lost nestdb-server").then_some(())
+    });
+    db_proc = start_db();
+    wait_for("the agent's monitor to resume", logs, || {
+        let l = std::fs::read_to_string(d.join("agent.log")).unwrap_or_default();
+        l.contains("nestdb monitor resumed from the last transaction id")
+            .then_some(())
+    });
+    // A change after the restart is applied (and only it).
+    let db = DbClient::connect(&remote).unwrap();
+    ovsdb_transact(
+        &remote,
+        &[
+            serde_json::json!({"op": "insert", "table": "Remote_Node", "row": {
+            "name": "node-b", "vtep_ip": "192.0.2.11", "pod_cidrs": "10.244.2.0/24"}}),
+        ],
+    );
+    wait_for("the Remote_Node committed", logs, || {
+        node_status().filter(|s| s.generation == gen + 1)
+    });
+    let (sent, received) = pinger.stop();
+    println!(
+        "10 ms ping a -> b across an agent SIGKILL/restart and a nestdb-server restart: {sent} sent, {received} received"
+    );
+    // The probe in flight when SIGINT stops ping counts as sent, not
+    // received: at most that one may be missing.
+    assert!(
+        sent > 0 && received + 1 >= sent,
+        "{sent} sent, {received} received"
+    );
+
+    // 4. sluiced restarted: the whole program in one commit.
+    let pinger = Pinger::start(&a, "10.244.1.6");
+    stop_sluiced(sluiced_proc);
+    let t0 = Instant::now();
+    sluiced_proc = start_sluiced(&sluiced, &node, d, 2);
+    let st = wait_for("the program pushed to the new sluiced", logs, || {
+        node_status().filter(|s| {
+            s.instance_id != first_instance
+                && s.ports.get("pod-b").is_some_and(|p| p.forwarding)
+                && s.ports.get("pod-a").is_some_and(|p| p.forwarding)
+        })
+    });
+    println!(
+        "sluiced restart to both pods forwarding again: {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(st.generation, 1, "one commit for the whole program");
+    // The pinger sees replies again, then stops.
+    let t1 = Instant::now();
+    while !ping(&b, "10.244.1.5") {
+        assert!(t1.elapsed() < WAIT, "no traffic after the sluiced restart");
+    }
+    let (sent, received) = pinger.stop();
+    println!(
+        "10 ms ping a -> b across a sluiced restart: {sent} sent, {received} received, gap ~{} ms",
+        (sent - received) * 10
+    );
+    assert!(
+        received > 0 && received < sent,
+        "{sent} sent, {received} received"
+    );
+    assert!(
+        ping(&a, "10.244.1.6"),
+        "a -> b after the sluiced restart\n{}",
+        logs()
+    );
+    let row = wait_for("Node_Status of the new sluiced", logs, || {
+        status_row(&db).filter(|s| s.instance_id == st.instance_id)
+    });
+    assert_eq!(row.generation, 1);
+    // Logged once per state change, however often it retried meanwhile.
+    let l = std::fs::read_to_string(d.join("agent.log")).unwrap_or_default();
+    assert_eq!(
+        (
+            l.matches("sluiced is unreachable").count(),
+            l.matches("sluiced is reachable again").count()
+        ),
+        (1, 1),
+        "{l}"
+    );
+    stop_sluiced(sluiced_proc);
+    drop(agent);
+    drop(db_proc);
+    if std::env::var_os("SLUICE_E2E_LOGS").is_some() {
+        println!("{}", logs());
+    }
+}
+
+/// Rows of one node: its `Node_Config`, its pod, and the other node.
+fn node_rows(
+    name: &str,
+    vtep: &str,
+    cidr: &str,
+    pod: (&str, &str, &str, &str),
+    other: (&str, &str, &str),
+) -> Vec<serde_json::Value> {
+    let (pname, mac, ip, host_if) = pod;
+    let (oname, ovtep, ocidr) = other;
+    vec![
+        serde_json::json!({"op": "insert", "table": "Node_Config", "row": {
+            "node_name": name, "node_type": "BAREMETAL", "uplink_port": "uplink",
+            "vtep_ip": vtep, "pod_cidrs": cidr, "node_ips": vtep,
+            "nodeport_min": 30000, "nodeport_max": 32767, "mtu": 1500}}),
+        pod_row(pname, mac, ip, host_if),
+        serde_json::json!({"op": "insert", "table": "Remote_Node", "row": {
+            "name": oname, "vtep_ip": ovtep, "pod_cidrs": ocidr}}),
+    ]
+}
+
+/// Two full node stacks (nestdb-server, sluiced, agent each) whose uplinks
+/// share an underlay veth: a `Remote_Node` row on each sends the other
+/// node's pod CIDR over Geneve, and the pods ping each other across it.
+#[test]
+fn two_nodes_reach_each_other_over_geneve() {
+    let _one = DPDK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !is_root() {
+        report_skip("SKIPPED agent_e2e two nodes: needs root (namespaces, DPDK)");
+        return;
+    }
+    if !have("ovsdb-client", "openvswitch-common") {
+        return;
+    }
+    let Some(nestdb) = built("nestdb-server", "cargo build -p nestdb --bin nestdb-server") else {
+        return;
+    };
+    let Some(sluiced) = built("sluiced", "cargo build -p sluice-datapath --bin sluiced") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let logs = || {
+        let mut s = String::new();
+        for f in [
+            "agent-a.log",
+            "agent-b.log",
+            "sluiced-a.err",
+            "sluiced-b.err",
+        ] {
+            s += &format!(
+                "--- {f}\n{}\n",
+                std::fs::read_to_string(d.join(f)).unwrap_or_default()
+            );
+        }
+        s
+    };
+    let node_a = Netns::new("slt-ag2-na");
+    let node_b = Netns::new("slt-ag2-nb");
+    let pod_a = Netns::new("slt-ag2-a");
+    let pod_b = Netns::new("slt-ag2-b");
+    // The underlay: one veth between the two nodes' uplinks.
+    sh_quiet(&["ip", "-n", &node_a.0, "link", "del", "slt-ag2-ua"]);
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        "slt-ag2-ua",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "slt-ag2-ub",
+    ]);
+    sh(&["ip", "link", "set", "slt-ag2-ua", "netns", &node_a.0]);
+    sh(&["ip", "link", "set", "slt-ag2-ub", "netns", &node_b.0]);
+    for (ns, ifc, addr) in [
+        (&node_a, "slt-ag2-ua", "192.0.2.10/24"),
+        (&node_b, "slt-ag2-ub", "192.0.2.11/24"),
+    ] {
+        sh(&["ip", "-n", &ns.0, "addr", "add", addr, "dev", ifc]);
+        sh(&["ip", "-n", &ns.0, "link", "set", ifc, "up"]);
+    }
+    let _va = Veth::new(&node_a, "slt-ag2-pa", "slt-ag2-ia", &pod_a, "10.244.1.5/24");
+    let _vb = Veth::new(&node_b, "slt-ag2-pb", "slt-ag2-ib", &pod_b, "10.244.2.5/24");
+    sh(&[
+        "ip",
+        "-n",
+        &pod_a.0,
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.244.1.1",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &pod_b.0,
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.244.2.1",
+    ]);
+
+    let (spec_a, spec_b) = (
+        SluicedSpec {
+            prefix: "slt-ag2a",
+            uplink_if: "slt-ag2-ua",
+            host_if: "slt-ag2-ha",
+        },
+        SluicedSpec {
+            prefix: "slt-ag2b",
+            uplink_if: "slt-ag2-ub",
+            host_if: "slt-ag2-hb",
+        },
+    );
+    let (_db_a, remote_a) = start_nestdb(&nestdb, d, "nestdb-a");
+    let (_db_b, remote_b) = start_nestdb(&nestdb, d, "nestdb-b");
+    let s_a = start_sluiced_as(&sluiced, &node_a, d, "sluiced-a", &spec_a);
+    let s_b = start_sluiced_as(&sluiced, &node_b, d, "sluiced-b", &spec_b);
+    ovsdb_transact(
+        &remote_a,
+        &node_rows(
+            "node-a",
+            "192.0.2.10",
+            "10.244.1.0/24",
+            (
+                "pod-a",
+                &pod_a.mac("slt-ag2-ia"),
+                "10.244.1.5",
+                "slt-ag2-pa",
+            ),
+            ("node-b", "192.0.2.11", "10.244.2.0/24"),
+        ),
+    );
+    ovsdb_transact(
+        &remote_b,
+        &node_rows(
+            "node-b",
+            "192.0.2.11",
+            "10.244.2.0/24",
+            (
+                "pod-b",
+                &pod_b.mac("slt-ag2-ib"),
+                "10.244.2.5",
+                "slt-ag2-pb",
+            ),
+            ("node-a", "192.0.2.10", "10.244.1.0/24"),
+        ),
+    );
+    let agent_a = start_agent_as(d, "agent-a", &remote_a, &ctl_of(spec_a.prefix));
+    let agent_b = start_agent_as(d, "agent-b", &remote_b, &ctl_of(spec_b.prefix));
+    let (db_a, db_b) = (
+        DbClient::connect(&remote_a).unwrap(),
+        DbClient::connect(&remote_b).unwrap(),
+    );
+    wait_for("both pods up", logs, || {
+        (ports(&db_a)["pod-a"].1 && ports(&db_b)["pod-b"].1).then_some(())
+    });
+    for (db, name) in [(&db_a, "node-a"), (&db_b, "node-b")] {
+        let st = status_row(db).expect("Node_Status");
+        assert!(st.row_errors.is_empty(), "{name}: {:?}", st.row_errors);
+        assert_eq!(st.node_name, name);
+    }
+    // The first packets also resolve the other VTEP: allow a few rounds.
+    let t0 = Instant::now();
+    while !ping(&pod_a, "10.244.2.5") {
+        assert!(
+            t0.elapsed() < WAIT,
+            "pod-a -> pod-b over Geneve\n{}",
+            logs()
+        );
+    }
+    assert!(
+        ping(&pod_b, "10.244.1.5"),
+        "pod-b -> pod-a over Geneve\n{}",
+        logs()
+    );
+    // They went through the tunnel flows the Remote_Node rows made.
+    for (spec, cidr) in [(&spec_a, "10.244.2.0/24"), (&spec_b, "10.244.1.0/24")] {
+        let mut c = Client::connect(ctl_of(spec.prefix)).unwrap();
+        let dump = c.call_text::<&str>("dump-flows", &[]).unwrap();
+        let line = dump
+            .lines()
+            .find(|l| l.contains(&format!("nw_dst={cidr}")) && l.contains("tnl_push"))
+            .unwrap_or_else(|| panic!("no tunnel flow to {cidr}:\n{dump}"));
+        assert!(!line.contains("n_packets=0,"), "{line}");
+    }
+    stop_sluiced(s_a);
+    stop_sluiced(s_b);
+    drop((agent_a, agent_b));
+    sh_quiet(&["ip", "-n", &node_a.0, "link", "del", "slt-ag2-ua"]);
+}
