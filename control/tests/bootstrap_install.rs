@@ -41,7 +41,11 @@ impl Node {
         fs::create_dir_all(n.inputs().join("plugins")).unwrap();
         fs::write(n.inputs().join("sluice-cni"), PLUGIN).unwrap();
         for p in ["loopback", "host-local"] {
-            fs::write(n.inputs().join("plugins").join(p), format!("#!/bin/sh\n# {p}\n")).unwrap();
+            fs::write(
+                n.inputs().join("plugins").join(p),
+                format!("#!/bin/sh\n# {p}\n"),
+            )
+            .unwrap();
         }
         fs::create_dir(n.root()).unwrap();
         n
@@ -74,7 +78,8 @@ impl Node {
         cmd.arg("--root").arg(self.root());
         // The stand-ins, unless the test names others.
         if !args.contains(&"--cni-plugin") {
-            cmd.arg("--cni-plugin").arg(self.inputs().join("sluice-cni"));
+            cmd.arg("--cni-plugin")
+                .arg(self.inputs().join("sluice-cni"));
         }
         if !args.contains(&"--plugins-dir") {
             cmd.arg("--plugins-dir").arg(self.inputs().join("plugins"));
@@ -89,7 +94,10 @@ impl Node {
     fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
         let log = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "sluice-bootstrap {args:?} failed:\n{log}");
+        assert!(
+            out.status.success(),
+            "sluice-bootstrap {args:?} failed:\n{log}"
+        );
         log
     }
 
@@ -145,8 +153,16 @@ fn installs_every_file_with_its_mode_and_a_rerun_changes_nothing() {
     n.ok(&[]);
     for (rel, mode, want) in [
         ("opt/cni/bin/sluice", 0o755, PLUGIN.to_vec()),
-        ("opt/cni/bin/loopback", 0o755, b"#!/bin/sh\n# loopback\n".to_vec()),
-        ("opt/cni/bin/host-local", 0o755, b"#!/bin/sh\n# host-local\n".to_vec()),
+        (
+            "opt/cni/bin/loopback",
+            0o755,
+            b"#!/bin/sh\n# loopback\n".to_vec(),
+        ),
+        (
+            "opt/cni/bin/host-local",
+            0o755,
+            b"#!/bin/sh\n# host-local\n".to_vec(),
+        ),
         ("etc/apparmor.d/sluiced", 0o644, PROFILE.as_bytes().to_vec()),
     ] {
         assert_eq!(n.mode(rel), mode, "mode of {rel}");
@@ -155,7 +171,10 @@ fn installs_every_file_with_its_mode_and_a_rerun_changes_nothing() {
     assert_eq!(n.mode(CONFLIST), 0o644);
     assert_eq!(n.mode(LOOPBACK), 0o644);
     let conf: Value = serde_json::from_str(&fs::read_to_string(n.path(CONFLIST)).unwrap()).unwrap();
-    assert_eq!(conf["sluiceBuildVersion"], Value::String(bootstrap_version()));
+    assert_eq!(
+        conf["sluiceBuildVersion"],
+        Value::String(bootstrap_version())
+    );
     assert_eq!(conf["plugins"][0]["type"], "sluice");
     let lo: Value = serde_json::from_str(&fs::read_to_string(n.path(LOOPBACK)).unwrap()).unwrap();
     assert_eq!(lo["type"], "loopback");
@@ -163,7 +182,10 @@ fn installs_every_file_with_its_mode_and_a_rerun_changes_nothing() {
     assert_eq!(n.mode("opt/cni/bin"), 0o755);
     for (p, _) in n.tree() {
         assert!(
-            !p.file_name().unwrap().to_string_lossy().starts_with(".sluice-bootstrap."),
+            !p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".sluice-bootstrap."),
             "temporary file left: {}",
             p.display()
         );
@@ -171,14 +193,22 @@ fn installs_every_file_with_its_mode_and_a_rerun_changes_nothing() {
     // A given conflist is installed (stamped), not the built-in one.
     let before = n.tree();
     let log = n.ok(&[]);
-    assert_eq!(n.tree(), before, "a second install changed the tree:\n{log}");
-    assert!(log.contains("up to date") && log.contains("left alone"), "{log}");
+    assert_eq!(
+        n.tree(),
+        before,
+        "a second install changed the tree:\n{log}"
+    );
+    assert!(
+        log.contains("up to date") && log.contains("left alone"),
+        "{log}"
+    );
 }
 
 #[test]
 fn the_conflist_is_replaced_only_by_a_newer_version() {
     let ours = bootstrap_version();
-    let given = r#"{"cniVersion":"1.0.0","name":"sluice","plugins":[{"type":"sluice","mtu":1400}]}"#;
+    let given =
+        r#"{"cniVersion":"1.0.0","name":"sluice","plugins":[{"type":"sluice","mtu":1400}]}"#;
     for (theirs, replaced, said) in [
         (Some("0.0.1"), true, "with the newer"),
         (Some(ours.as_str()), false, "the same as"),
@@ -200,9 +230,16 @@ fn the_conflist_is_replaced_only_by_a_newer_version() {
         let now = fs::read_to_string(n.path(CONFLIST)).unwrap();
         assert!(log.contains(said), "installed {theirs:?}: log says:\n{log}");
         if replaced {
-            assert_eq!(conflist_version(&now), Some(ours.clone()), "installed {theirs:?}");
+            assert_eq!(
+                conflist_version(&now),
+                Some(ours.clone()),
+                "installed {theirs:?}"
+            );
             let v: Value = serde_json::from_str(&now).unwrap();
-            assert_eq!(v["plugins"][0]["mtu"], 1400, "the given conflist is installed");
+            assert_eq!(
+                v["plugins"][0]["mtu"], 1400,
+                "the given conflist is installed"
+            );
             assert_eq!(n.mode(CONFLIST), 0o644);
         } else {
             assert_eq!(now, old, "installed {theirs:?} was changed");
@@ -210,7 +247,11 @@ fn the_conflist_is_replaced_only_by_a_newer_version() {
         }
         // Uninstall puts back the replaced file, exactly.
         n.ok(&["--uninstall"]);
-        assert_eq!(n.tree(), before, "installed {theirs:?}: uninstall did not restore the tree");
+        assert_eq!(
+            n.tree(),
+            before,
+            "installed {theirs:?}: uninstall did not restore the tree"
+        );
     }
 }
 
@@ -219,7 +260,11 @@ fn an_existing_loopback_conf_and_reference_plugins_are_kept() {
     let n = Node::new();
     let mine = "{\"cniVersion\":\"0.4.0\",\"name\":\"mine\",\"type\":\"loopback\"}\n";
     n.put(LOOPBACK, mine, 0o600);
-    n.put("opt/cni/bin/host-local", "#!/bin/sh\n# the node's own\n", 0o700);
+    n.put(
+        "opt/cni/bin/host-local",
+        "#!/bin/sh\n# the node's own\n",
+        0o700,
+    );
     let log = n.ok(&[]);
     assert_eq!(fs::read_to_string(n.path(LOOPBACK)).unwrap(), mine);
     assert_eq!(n.mode(LOOPBACK), 0o600);
@@ -232,7 +277,10 @@ fn an_existing_loopback_conf_and_reference_plugins_are_kept() {
         fs::read_to_string(n.path("opt/cni/bin/loopback")).unwrap(),
         "#!/bin/sh\n# loopback\n"
     );
-    assert!(log.contains("99-loopback.conf: present, left alone"), "{log}");
+    assert!(
+        log.contains("99-loopback.conf: present, left alone"),
+        "{log}"
+    );
     n.ok(&["uninstall"]);
     assert_eq!(fs::read_to_string(n.path(LOOPBACK)).unwrap(), mine);
     assert!(n.path("opt/cni/bin/host-local").exists());
@@ -245,7 +293,11 @@ fn uninstall_leaves_the_tree_exactly_as_before() {
     for populated in [false, true] {
         let n = Node::new();
         if populated {
-            n.put("etc/cni/net.d/05-other.conflist", "{\"plugins\":[]}\n", 0o644);
+            n.put(
+                "etc/cni/net.d/05-other.conflist",
+                "{\"plugins\":[]}\n",
+                0o644,
+            );
             n.put(LOOPBACK, "{\"type\":\"loopback\"}\n", 0o644);
             n.put("opt/cni/bin/host-local", "node's own\n", 0o755);
             n.put("opt/cni/bin/sluice", "an old sluice\n", 0o755);
@@ -271,13 +323,22 @@ fn uninstall_leaves_a_file_changed_since_the_install_alone() {
     n.ok(&[]);
     n.put("opt/cni/bin/sluice", "replaced by hand\n", 0o755);
     let log = n.ok(&["--uninstall"]);
-    assert!(log.contains("changed since sluice-bootstrap installed it"), "{log}");
+    assert!(
+        log.contains("changed since sluice-bootstrap installed it"),
+        "{log}"
+    );
     assert_eq!(
         fs::read_to_string(n.path("opt/cni/bin/sluice")).unwrap(),
         "replaced by hand\n"
     );
-    assert!(!n.path(CONFLIST).exists(), "the unchanged files are removed");
-    assert!(!n.path("etc/apparmor.d").exists(), "its empty directories are removed");
+    assert!(
+        !n.path(CONFLIST).exists(),
+        "the unchanged files are removed"
+    );
+    assert!(
+        !n.path("etc/apparmor.d").exists(),
+        "its empty directories are removed"
+    );
 }
 
 #[test]
@@ -288,7 +349,10 @@ fn bad_inputs_fail_with_a_sentence_and_change_nothing() {
     let out = n.run(&["--cni-plugin", missing.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("sluice-cni binary not found") && err.contains("--cni-plugin"), "{err}");
+    assert!(
+        err.contains("sluice-cni binary not found") && err.contains("--cni-plugin"),
+        "{err}"
+    );
     assert_eq!(n.tree(), before);
 
     fs::write(n.inputs().join("bad.conflist"), "{\"type\":\"sluice\"}").unwrap();
@@ -306,7 +370,11 @@ fn bad_inputs_fail_with_a_sentence_and_change_nothing() {
     assert!(err.contains("containernetworking-plugins"), "{err}");
 
     let out = n.run(&["move"]);
-    assert_eq!(out.status.code(), Some(2), "move without interfaces is a usage error");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "move without interfaces is a usage error"
+    );
 }
 
 #[test]
@@ -337,7 +405,11 @@ fn the_installed_apparmor_profile_is_accepted_by_apparmor_parser() {
         String::from_utf8_lossy(&out.stderr)
     );
     // The same parser rejects a broken profile, so the check means something.
-    n.put("broken", "profile sluiced {\n  capability no_such_cap,\n}\n", 0o644);
+    n.put(
+        "broken",
+        "profile sluiced {\n  capability no_such_cap,\n}\n",
+        0o644,
+    );
     assert!(!check(&n.path("broken")).status.success());
 }
 
@@ -354,7 +426,10 @@ fn the_real_reference_plugins_are_installed_and_run() {
     n.ok(&["--plugins-dir", "/usr/lib/cni"]);
     for p in ["host-local", "loopback"] {
         let installed = n.path("opt/cni/bin").join(p);
-        assert_eq!(fs::read(&installed).unwrap(), fs::read(dir.join(p)).unwrap());
+        assert_eq!(
+            fs::read(&installed).unwrap(),
+            fs::read(dir.join(p)).unwrap()
+        );
         assert_eq!(n.mode(&format!("opt/cni/bin/{p}")), 0o755);
         let out = Command::new(&installed)
             .env("CNI_COMMAND", "VERSION")

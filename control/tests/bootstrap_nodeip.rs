@@ -161,7 +161,15 @@ impl Lab {
         node.ip(&["addr", "add", NODE_IP, "dev", "node-if"]);
         node.ip(&["link", "set", "node-if", "up"]);
         node.ip(&[
-            "route", "add", "default", "via", "192.0.2.1", "dev", "node-if", "metric", "100",
+            "route",
+            "add",
+            "default",
+            "via",
+            "192.0.2.1",
+            "dev",
+            "node-if",
+            "metric",
+            "100",
         ]);
         node.ip(&[
             "route",
@@ -234,7 +242,10 @@ impl Lab {
     fn ok(&self, args: &[&str]) -> String {
         let out = self.bootstrap(args);
         let log = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "sluice-bootstrap {args:?} failed:\n{log}");
+        assert!(
+            out.status.success(),
+            "sluice-bootstrap {args:?} failed:\n{log}"
+        );
         log
     }
 
@@ -261,7 +272,8 @@ impl Lab {
     }
 
     fn mac(&self, dev: &str) -> String {
-        let v: Value = serde_json::from_str(&self.node.ip(&["-j", "link", "show", "dev", dev])).unwrap();
+        let v: Value =
+            serde_json::from_str(&self.node.ip(&["-j", "link", "show", "dev", dev])).unwrap();
         v[0]["address"].as_str().unwrap().to_string()
     }
 
@@ -283,16 +295,30 @@ impl Lab {
     /// The node as it is with everything on the host port.
     fn assert_on_host(&self, when: &str) {
         assert_eq!(self.addrs("host0"), [NODE_IP], "{when}");
-        assert!(self.addrs("node-if").is_empty(), "{when}: {:?}", self.addrs("node-if"));
+        assert!(
+            self.addrs("node-if").is_empty(),
+            "{when}: {:?}",
+            self.addrs("node-if")
+        );
         let routes = self.routes();
         for want in [
             "default via 192.0.2.1 dev host0 metric 100",
             "203.0.113.0/24 via 192.0.2.1 dev host0 proto static",
         ] {
-            assert!(routes.iter().any(|r| r == want), "{when}: no `{want}` in {routes:#?}");
+            assert!(
+                routes.iter().any(|r| r == want),
+                "{when}: no `{want}` in {routes:#?}"
+            );
         }
-        assert!(!routes.iter().any(|r| r.contains("node-if")), "{when}: {routes:#?}");
-        assert_eq!(self.mac("host0"), self.mac("node-if"), "{when}: the host port takes the uplink's MAC");
+        assert!(
+            !routes.iter().any(|r| r.contains("node-if")),
+            "{when}: {routes:#?}"
+        );
+        assert_eq!(
+            self.mac("host0"),
+            self.mac("node-if"),
+            "{when}: the host port takes the uplink's MAC"
+        );
         assert_eq!(self.route_dev("198.51.100.1"), "host0", "{when}");
         assert_eq!(self.route_dev("203.0.113.1"), "host0", "{when}");
     }
@@ -311,7 +337,10 @@ fn the_node_ip_moves_to_the_host_port_and_back_under_a_live_connection() {
     let log = lab.ok(&["move", "--node-if", "node-if", "--host-if", "host0"]);
     lab.assert_on_host("after the move");
     lab.exchange("after the move");
-    assert!(lab.rx_packets("host0") > rx, "the API traffic does not reach host0:\n{log}");
+    assert!(
+        lab.rx_packets("host0") > rx,
+        "the API traffic does not reach host0:\n{log}"
+    );
 
     // A re-run changes nothing.
     lab.ok(&["move", "--node-if", "node-if", "--host-if", "host0"]);
@@ -342,7 +371,9 @@ fn the_node_ip_moves_to_the_host_port_and_back_under_a_live_connection() {
 
 #[test]
 fn a_move_or_move_back_stopped_after_any_step_keeps_the_node_reachable_and_a_rerun_finishes() {
-    if !can_use_netns("a_move_or_move_back_stopped_after_any_step_keeps_the_node_reachable_and_a_rerun_finishes") {
+    if !can_use_netns(
+        "a_move_or_move_back_stopped_after_any_step_keeps_the_node_reachable_and_a_rerun_finishes",
+    ) {
         return;
     }
     let mut lab = Lab::new("cr");
@@ -384,8 +415,14 @@ fn a_move_or_move_back_stopped_after_any_step_keeps_the_node_reachable_and_a_rer
         let log = lab.ok(&["--uninstall", "--root", lab.state.path().to_str().unwrap()]);
         assert_eq!(lab.addrs("node-if"), addrs0, "{log}");
         assert!(lab.addrs("host0").is_empty(), "{log}");
-        assert_eq!(lab.routes(), routes0, "after a re-run of a move back stopped after {m} steps:\n{log}");
-        lab.exchange(&format!("after a re-run of a move back stopped after {m} steps"));
+        assert_eq!(
+            lab.routes(),
+            routes0,
+            "after a re-run of a move back stopped after {m} steps:\n{log}"
+        );
+        lab.exchange(&format!(
+            "after a re-run of a move back stopped after {m} steps"
+        ));
     }
     // One more run of each stop count is not a crash: with the count at the
     // total, the move simply completes.

@@ -14,8 +14,10 @@
 //!
 //! Thread-safety: used by the daemon's start-up/shutdown thread only.
 
-pub use sluice_hostnet::{Addr, HostNetError as HostPathError, Interfaces as HostPathConfig, Route};
 use sluice_hostnet::{move_steps, Plan};
+pub use sluice_hostnet::{
+    Addr, HostNetError as HostPathError, Interfaces as HostPathConfig, Route,
+};
 
 /// The node's addresses and routes, moved onto the exception port until
 /// [`HostPath::detach`].

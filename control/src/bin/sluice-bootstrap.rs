@@ -15,9 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sluice_control::bootstrap::{
-    apparmor, install, nodeip, version, BootstrapError, Layout,
-};
+use sluice_control::bootstrap::{apparmor, install, nodeip, version, BootstrapError, Layout};
 use sluice_hostnet::Interfaces;
 
 #[derive(Debug, Parser)]
@@ -60,7 +58,12 @@ struct Cli {
     cni_plugin: Option<PathBuf>,
     /// Where `loopback` and `host-local` are taken from when the CNI plugin
     /// directory has none (Debian's containernetworking-plugins).
-    #[arg(long, global = true, default_value = "/usr/lib/cni", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "/usr/lib/cni",
+        value_name = "DIR"
+    )]
     plugins_dir: PathBuf,
     /// The conflist to install as 10-sluice.conflist (deploy/cni/)
     /// [default: a built-in one].
@@ -124,15 +127,14 @@ fn layout(cli: &Cli) -> Layout {
 }
 
 fn read(path: &PathBuf, what: &'static str) -> Result<String, CliError> {
-    std::fs::read_to_string(path)
-        .map_err(|source| {
-            BootstrapError::Io {
-                what,
-                path: path.clone(),
-                source,
-            }
-            .into()
-        })
+    std::fs::read_to_string(path).map_err(|source| {
+        BootstrapError::Io {
+            what,
+            path: path.clone(),
+            source,
+        }
+        .into()
+    })
 }
 
 fn sources(cli: &Cli) -> Result<install::Sources, CliError> {
@@ -199,7 +201,11 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             install::install(&l, &sources(cli)?)?;
             if let Some(ifs) = interfaces(cli) {
                 if ifs.exists(&ifs.host_if) {
-                    stopped(nodeip::move_to_host(&ifs, &l.state_dir, cli.stop_after_step)?)?;
+                    stopped(nodeip::move_to_host(
+                        &ifs,
+                        &l.state_dir,
+                        cli.stop_after_step,
+                    )?)?;
                 } else {
                     tracing::info!(
                         "the host port {} does not exist yet: the node IP stays on {}; sluiced moves it when it creates the port, or run `sluice-bootstrap move` then",
@@ -218,7 +224,11 @@ fn run(cli: &Cli) -> Result<(), CliError> {
             let ifs = interfaces(cli).ok_or_else(|| {
                 CliError::Usage("move needs --node-if IF and --host-if IF".into())
             })?;
-            stopped(nodeip::move_to_host(&ifs, &l.state_dir, cli.stop_after_step)?)?;
+            stopped(nodeip::move_to_host(
+                &ifs,
+                &l.state_dir,
+                cli.stop_after_step,
+            )?)?;
         }
         Command::MoveBack => {
             let (out, dirs) = nodeip::move_back(&l.state_dir, cli.stop_after_step)?;

@@ -263,7 +263,11 @@ impl Installer<'_> {
     }
 }
 
-fn read_source(what: &'static str, path: &Path, hint: &'static str) -> Result<Vec<u8>, BootstrapError> {
+fn read_source(
+    what: &'static str,
+    path: &Path,
+    hint: &'static str,
+) -> Result<Vec<u8>, BootstrapError> {
     match fs::read(path) {
         Ok(b) => Ok(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BootstrapError::MissingSource {
@@ -310,7 +314,11 @@ pub fn install(layout: &Layout, sources: &Sources) -> Result<(), BootstrapError>
         tracing::info!("{}: up to date", target.display());
     } else {
         inst.put(&target, &plugin, 0o755)?;
-        tracing::info!("{}: installed from {}", target.display(), sources.cni_plugin.display());
+        tracing::info!(
+            "{}: installed from {}",
+            target.display(),
+            sources.cni_plugin.display()
+        );
     }
 
     // The reference plugins, only where the node has none.
@@ -389,12 +397,9 @@ pub fn install(layout: &Layout, sources: &Sources) -> Result<(), BootstrapError>
         inst.put(&target, sources.apparmor_profile.as_bytes(), 0o644)?;
         tracing::info!("{}: installed", target.display());
     }
-    match apparmor::load_if_enabled(sources.apparmor, &target)? {
-        true => {
-            inst.manifest.apparmor_loaded = Some(target);
-            inst.manifest.save(&layout.state_dir)?;
-        }
-        false => {}
+    if apparmor::load_if_enabled(sources.apparmor, &target)? {
+        inst.manifest.apparmor_loaded = Some(target);
+        inst.manifest.save(&layout.state_dir)?;
     }
     tracing::info!(
         "install done; the record of what was installed is {}",

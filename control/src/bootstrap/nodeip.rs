@@ -160,7 +160,11 @@ pub fn move_to_host(
     record.save(state_dir)?;
     tracing::info!(
         "{} {} address(es) and {} route(s) from {} to {} (recorded in {})",
-        if resumed { "finishing the move of" } else { "moving" },
+        if resumed {
+            "finishing the move of"
+        } else {
+            "moving"
+        },
         record.plan.addrs.len(),
         record.plan.routes.len(),
         ifs.uplink_if,
@@ -227,7 +231,10 @@ pub fn move_back(
     if out == Outcome::Done {
         let path = MoveRecord::path(state_dir);
         fs::remove_file(&path).map_err(BootstrapError::io("remove", &path))?;
-        tracing::info!("the node's addresses and routes are back on {}", ifs.uplink_if);
+        tracing::info!(
+            "the node's addresses and routes are back on {}",
+            ifs.uplink_if
+        );
     }
     Ok((out, record.created_dirs))
 }

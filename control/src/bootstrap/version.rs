@@ -118,7 +118,11 @@ mod tests {
 
     #[test]
     fn stamp_sets_the_version_and_refuses_what_is_no_conflist() {
-        let s = stamp(r#"{"cniVersion":"1.0.0","name":"sluice","plugins":[]}"#, "0.2.0").unwrap();
+        let s = stamp(
+            r#"{"cniVersion":"1.0.0","name":"sluice","plugins":[]}"#,
+            "0.2.0",
+        )
+        .unwrap();
         assert_eq!(of_conflist(&s).as_deref(), Some("0.2.0"));
         let again = stamp(&s, "0.3.0").unwrap();
         assert_eq!(of_conflist(&again).as_deref(), Some("0.3.0"));
