@@ -256,6 +256,30 @@ fn the_conflist_is_replaced_only_by_a_newer_version() {
 }
 
 #[test]
+fn a_newer_installed_sluice_keeps_its_plugin_too() {
+    let n = Node::new();
+    let newer = "{\"plugins\":[],\"sluiceBuildVersion\":\"999.0.0\"}\n";
+    n.put(CONFLIST, newer, 0o644);
+    n.put("opt/cni/bin/sluice", "the newer plugin\n", 0o755);
+    let log = n.ok(&[]);
+    assert_eq!(
+        fs::read_to_string(n.path("opt/cni/bin/sluice")).unwrap(),
+        "the newer plugin\n",
+        "{log}"
+    );
+    assert_eq!(fs::read_to_string(n.path(CONFLIST)).unwrap(), newer);
+    assert!(log.contains("newer version 999.0.0"), "{log}");
+    // With an older conflist installed, the plugin is replaced with ours.
+    n.put(
+        CONFLIST,
+        "{\"plugins\":[],\"sluiceBuildVersion\":\"0.0.1\"}\n",
+        0o644,
+    );
+    n.ok(&[]);
+    assert_eq!(fs::read(n.path("opt/cni/bin/sluice")).unwrap(), PLUGIN);
+}
+
+#[test]
 fn an_existing_loopback_conf_and_reference_plugins_are_kept() {
     let n = Node::new();
     let mine = "{\"cniVersion\":\"0.4.0\",\"name\":\"mine\",\"type\":\"loopback\"}\n";

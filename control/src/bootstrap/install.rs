@@ -308,10 +308,27 @@ pub fn install(layout: &Layout, sources: &Sources) -> Result<(), BootstrapError>
     inst.note_dirs(created)?;
     inst.manifest.save(&layout.state_dir)?;
 
-    // The plugin: the one this bootstrap ships, whenever it differs.
+    // The version of the installed conflist, if a sluice-bootstrap wrote it.
+    let conflist_target = layout.cni_conf_dir.join(CONFLIST_NAME);
+    let installed_version = fs::read_to_string(&conflist_target)
+        .ok()
+        .and_then(|t| version::of_conflist(&t));
+    let newer_installed = installed_version
+        .as_deref()
+        .filter(|v| version::compare(&sources.build_version, v).is_lt());
+
+    // The plugin: the one this bootstrap ships, whenever it differs, unless
+    // a newer sluice is installed (the plugin goes with its conflist: a
+    // rolled-back bootstrap leaves a newer pair alone).
     let target = layout.cni_bin_dir.join(PLUGIN_NAME);
     if fs::read(&target).ok().as_deref() == Some(&plugin[..]) {
         tracing::info!("{}: up to date", target.display());
+    } else if let (Some(v), true) = (newer_installed, target.exists()) {
+        tracing::info!(
+            "{}: left alone, it goes with the installed conflist of the newer version {v} (this build: {})",
+            target.display(),
+            sources.build_version
+        );
     } else {
         inst.put(&target, &plugin, 0o755)?;
         tracing::info!(
@@ -342,7 +359,7 @@ pub fn install(layout: &Layout, sources: &Sources) -> Result<(), BootstrapError>
     }
 
     // The conflist, only when this build is newer than the installed one.
-    let target = layout.cni_conf_dir.join(CONFLIST_NAME);
+    let target = conflist_target;
     let ours = &sources.build_version;
     match fs::read_to_string(&target) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
