@@ -469,3 +469,86 @@ fn the_real_reference_plugins_are_installed_and_run() {
         );
     }
 }
+
+#[test]
+fn the_plugin_is_taken_from_beside_the_binary_and_each_path_can_be_overridden() {
+    let n = Node::new();
+    // A copy of the bootstrap with a sluice-cni beside it.
+    let bin = n.inputs().join("bin");
+    fs::create_dir(&bin).unwrap();
+    fs::copy(BIN, bin.join("sluice-bootstrap")).unwrap();
+    fs::write(bin.join("sluice-cni"), b"beside\n").unwrap();
+    let bins = n.dir.path().join("elsewhere/bin");
+    let out = Command::new(bin.join("sluice-bootstrap"))
+        .arg("--root")
+        .arg(n.root())
+        .arg("--cni-bin-dir")
+        .arg(&bins)
+        .arg("--plugins-dir")
+        .arg(n.inputs().join("plugins"))
+        .args(["--apparmor", "never"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(bins.join("sluice")).unwrap(), b"beside\n");
+    assert!(bins.join("host-local").exists());
+    assert!(
+        !n.path("opt").exists(),
+        "--cni-bin-dir replaces ROOT/opt/cni/bin"
+    );
+    assert!(
+        n.path(CONFLIST).exists(),
+        "the other paths stay under --root"
+    );
+    // Without one beside it, the error names the option.
+    fs::remove_file(bin.join("sluice-cni")).unwrap();
+    fs::remove_file(bins.join("sluice")).unwrap();
+    let out = Command::new(bin.join("sluice-bootstrap"))
+        .arg("--root")
+        .arg(n.root())
+        .args(["--apparmor", "never"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--cni-plugin"), "{err}");
+}
+
+#[test]
+fn with_apparmor_off_the_profile_is_installed_and_the_log_says_it_is_not_loaded() {
+    let enabled = fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|s| s.trim() == "Y");
+    if enabled {
+        // Loading would change this machine's kernel policy.
+        report_skip(
+            "SKIP bootstrap_install::with_apparmor_off_the_profile_is_installed_and_the_log_says_it_is_not_loaded: AppArmor is enabled here, and the test must not load a profile",
+        );
+        return;
+    }
+    let n = Node::new();
+    let out = Command::new(BIN)
+        .arg("--root")
+        .arg(n.root())
+        .arg("--cni-plugin")
+        .arg(n.inputs().join("sluice-cni"))
+        .arg("--plugins-dir")
+        .arg(n.inputs().join("plugins"))
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("AppArmor is not enabled") && log.contains("installed but not loaded"),
+        "{log}"
+    );
+    assert!(n.path("etc/apparmor.d/sluiced").exists());
+    let manifest: Value = serde_json::from_slice(
+        &fs::read(n.path("var/lib/sluice/bootstrap/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["apparmor_loaded"], Value::Null);
+}

@@ -453,3 +453,55 @@ fn a_move_back_after_the_host_port_vanished_restores_the_recorded_addresses() {
     assert_eq!(lab.routes(), routes0, "{log}");
     lab.exchange("after the restore");
 }
+
+#[test]
+fn install_moves_the_node_ip_when_the_host_port_exists_and_uninstall_undoes_everything() {
+    if !can_use_netns(
+        "install_moves_the_node_ip_when_the_host_port_exists_and_uninstall_undoes_everything",
+    ) {
+        return;
+    }
+    let mut lab = Lab::new("in");
+    let routes0 = lab.routes();
+    let root = lab.state.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let plugin = lab.state.path().join("sluice-cni");
+    std::fs::write(&plugin, b"stand-in\n").unwrap();
+    let plugins = lab.state.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    for p in ["loopback", "host-local"] {
+        std::fs::write(plugins.join(p), p).unwrap();
+    }
+    let base = [
+        "--root",
+        root.to_str().unwrap(),
+        "--cni-plugin",
+        plugin.to_str().unwrap(),
+        "--plugins-dir",
+        plugins.to_str().unwrap(),
+        "--apparmor",
+        "never",
+        "--node-if",
+        "node-if",
+    ];
+    // The host port does not exist yet (the init container runs before
+    // sluiced): files only, the node IP stays.
+    let mut args = base.to_vec();
+    args.extend(["--host-if", "nosuch0", "install"]);
+    let log = lab.ok(&args);
+    assert!(log.contains("does not exist yet"), "{log}");
+    assert_eq!(lab.routes(), routes0);
+    assert!(root.join("etc/cni/net.d/10-sluice.conflist").exists());
+    // Now it does.
+    let mut args = base.to_vec();
+    args.extend(["--host-if", "host0", "install"]);
+    lab.ok(&args);
+    lab.assert_on_host("after install with the host port present");
+    lab.exchange("after install");
+    let log = lab.ok(&["--root", root.to_str().unwrap(), "--uninstall"]);
+    assert_eq!(lab.routes(), routes0, "{log}");
+    assert_eq!(lab.addrs("node-if"), [NODE_IP]);
+    lab.exchange("after uninstall");
+    let left: Vec<_> = std::fs::read_dir(&root).unwrap().collect();
+    assert!(left.is_empty(), "uninstall left {left:?}:\n{log}");
+}
