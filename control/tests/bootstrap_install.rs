@@ -552,3 +552,28 @@ fn with_apparmor_off_the_profile_is_installed_and_the_log_says_it_is_not_loaded(
     .unwrap();
     assert_eq!(manifest["apparmor_loaded"], Value::Null);
 }
+
+#[test]
+fn an_install_made_under_one_root_is_uninstalled_under_another() {
+    // The init container installs under /host; an operator uninstalls on
+    // the host under /.
+    let n = Node::new();
+    n.put(LOOPBACK, "{\"type\":\"loopback\"}\n", 0o644);
+    n.put("opt/cni/bin/sluice", "an old sluice\n", 0o755);
+    let before = n.tree();
+    n.ok(&[]);
+    let moved = n.dir.path().join("moved");
+    fs::rename(n.root(), &moved).unwrap();
+    fs::create_dir(n.root()).unwrap();
+    let out = Command::new(BIN)
+        .arg("--root")
+        .arg(&moved)
+        .arg("--uninstall")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    fs::remove_dir(n.root()).unwrap();
+    fs::rename(&moved, n.root()).unwrap();
+    assert_eq!(n.tree(), before, "{log}");
+}

@@ -95,6 +95,9 @@ pub struct FileEntry {
 pub struct Manifest {
     /// The version of the bootstrap that last changed it.
     pub version: String,
+    /// The root the paths below were written under ([`Layout::root`]).
+    #[serde(default)]
+    pub root: Option<PathBuf>,
     /// Directories it created, outermost first.
     pub dirs: Vec<PathBuf>,
     /// Files it wrote, in order.
@@ -305,6 +308,9 @@ pub fn install(layout: &Layout, sources: &Sources) -> Result<(), BootstrapError>
         manifest: Manifest::load(&layout.state_dir)?,
     };
     inst.manifest.version = sources.build_version.clone();
+    if inst.manifest.root.is_none() {
+        inst.manifest.root = Some(layout.root.clone());
+    }
     inst.note_dirs(created)?;
     inst.manifest.save(&layout.state_dir)?;
 
@@ -433,7 +439,31 @@ pub fn install(layout: &Layout, sources: &Sources) -> Result<(), BootstrapError>
 /// # Errors
 /// [`BootstrapError`] naming the file that could not be removed.
 pub fn uninstall(layout: &Layout, extra_dirs: &[PathBuf]) -> Result<(), BootstrapError> {
-    let manifest = Manifest::load(&layout.state_dir)?;
+    let mut manifest = Manifest::load(&layout.state_dir)?;
+    if let Some(old) = manifest.root.clone() {
+        if old != layout.root {
+            tracing::info!(
+                "the install was made under {}; removing it under {}",
+                old.display(),
+                layout.root.display()
+            );
+            let remap = |p: &mut PathBuf| {
+                if let Ok(rel) = p.strip_prefix(&old) {
+                    *p = layout.root.join(rel);
+                }
+            };
+            for f in &mut manifest.files {
+                remap(&mut f.path);
+                if let Some(b) = &mut f.backup {
+                    remap(b);
+                }
+            }
+            manifest.dirs.iter_mut().for_each(remap);
+            if let Some(p) = &mut manifest.apparmor_loaded {
+                remap(p);
+            }
+        }
+    }
     if manifest.files.is_empty() && manifest.dirs.is_empty() {
         tracing::info!(
             "nothing recorded in {}: nothing to uninstall",

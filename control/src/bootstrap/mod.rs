@@ -36,6 +36,11 @@ use std::path::{Path, PathBuf};
 /// Where the bootstrap puts things.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
+    /// The node's root as seen by this process (`/`, or `/host` in a
+    /// container). The manifest records it, so that an uninstall under
+    /// another root (by hand on the host after the init container
+    /// installed under `/host`) finds the same files.
+    pub root: PathBuf,
     /// The CNI plugin directory (kubelet's `--cni-bin-dir`).
     pub cni_bin_dir: PathBuf,
     /// The CNI configuration directory (kubelet's `--cni-conf-dir`).
@@ -51,6 +56,7 @@ impl Layout {
     /// The standard paths under `root`.
     pub fn under(root: &Path) -> Layout {
         Layout {
+            root: root.to_path_buf(),
             cni_bin_dir: root.join("opt/cni/bin"),
             cni_conf_dir: root.join("etc/cni/net.d"),
             apparmor_dir: root.join("etc/apparmor.d"),
