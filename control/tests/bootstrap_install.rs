@@ -577,3 +577,20 @@ fn an_install_made_under_one_root_is_uninstalled_under_another() {
     fs::rename(&moved, n.root()).unwrap();
     assert_eq!(n.tree(), before, "{log}");
 }
+
+#[test]
+fn the_repository_conflist_template_installs_as_is_with_the_version_added() {
+    let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/cni/10-sluice.conflist");
+    if !template.exists() {
+        report_skip(
+            "SKIP bootstrap_install::the_repository_conflist_template_installs_as_is_with_the_version_added: deploy/cni/10-sluice.conflist is not in this tree",
+        );
+        return;
+    }
+    let n = Node::new();
+    n.ok(&["--conflist", template.to_str().unwrap()]);
+    let mut want: Value = serde_json::from_str(&fs::read_to_string(&template).unwrap()).unwrap();
+    want["sluiceBuildVersion"] = Value::String(bootstrap_version());
+    let got: Value = serde_json::from_str(&fs::read_to_string(n.path(CONFLIST)).unwrap()).unwrap();
+    assert_eq!(got, want);
+}

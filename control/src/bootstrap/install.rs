@@ -37,16 +37,22 @@ pub const PROFILE_NAME: &str = "sluiced";
 /// CNI bin directory has none.
 pub const REFERENCE_PLUGINS: [&str; 2] = ["loopback", "host-local"];
 
-/// The conflist installed when none is given: the sluice plugin with
-/// host-local IPAM on the node's pod CIDR (`deploy/cni/` holds the
-/// maintained template; pass it with `--conflist`).
+/// The conflist installed when none is given: the same as the template
+/// `deploy/cni/10-sluice.conflist` (sluice-cni's configuration: nestdb
+/// socket, port-up timeout, host-local IPAM); pass the template, or a
+/// node's own, with `--conflist`.
 pub const DEFAULT_CONFLIST: &str = r#"{
   "cniVersion": "1.0.0",
   "name": "sluice",
   "plugins": [
     {
       "type": "sluice",
-      "ipam": { "type": "host-local" }
+      "nestdb": "unix:/var/run/nestdb/nestdb-server.sock",
+      "portUpTimeoutMs": 30000,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": "/var/lib/cni/networks"
+      }
     }
   ]
 }
