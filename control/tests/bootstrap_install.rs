@@ -594,3 +594,22 @@ fn the_repository_conflist_template_installs_as_is_with_the_version_added() {
     let got: Value = serde_json::from_str(&fs::read_to_string(n.path(CONFLIST)).unwrap()).unwrap();
     assert_eq!(got, want);
 }
+
+#[test]
+fn a_second_bootstrap_at_the_same_time_is_refused() {
+    use std::os::fd::AsRawFd;
+    let n = Node::new();
+    n.ok(&[]);
+    let state = n.path("var/lib/sluice/bootstrap");
+    let held = fs::File::open(&state).unwrap();
+    // SAFETY: flock(2) on a descriptor this test owns.
+    assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let before = n.tree();
+    let out = n.run(&["--uninstall"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("another sluice-bootstrap is running"), "{err}");
+    assert_eq!(n.tree(), before);
+    drop(held);
+    n.ok(&["--uninstall"]);
+}

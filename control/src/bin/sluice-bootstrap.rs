@@ -185,6 +185,7 @@ fn stopped(o: nodeip::Outcome) -> Result<(), CliError> {
 
 fn run(cli: &Cli) -> Result<(), CliError> {
     let l = layout(cli);
+    let _lock = sluice_control::bootstrap::lock(&l.state_dir)?;
     let command = match (&cli.command, cli.uninstall) {
         (None, true) | (Some(Command::Uninstall), _) => Command::Uninstall,
         (Some(_), true) => {

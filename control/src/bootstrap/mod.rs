@@ -23,8 +23,10 @@
 //! Paths are a [`Layout`], all under one root (`/` on a node, `/host` in a
 //! container with the host mounted there, a temporary directory in tests).
 //!
-//! Thread-safety: none needed; one bootstrap runs at a time per node
-//! (nothing here locks against a second one).
+//! Thread-safety: one bootstrap runs at a time per node: [`lock`] takes an
+//! exclusive `flock` on the state directory (or its nearest existing
+//! ancestor, before the first install creates it), and a second bootstrap
+//! fails at once saying so.
 
 pub mod apparmor;
 pub mod install;
@@ -110,9 +112,39 @@ pub enum BootstrapError {
     /// An interface needed for the node-IP move is missing or wrong.
     #[error("{0}")]
     Interface(String),
+    /// Another bootstrap is running.
+    #[error("another sluice-bootstrap is running on this node (it holds the lock on {}): wait for it to finish", .0.display())]
+    Busy(PathBuf),
     /// A step of the node-IP move failed.
     #[error(transparent)]
     HostNet(#[from] sluice_hostnet::HostNetError),
+}
+
+/// Takes the per-node bootstrap lock: an exclusive, non-blocking `flock`
+/// on `state_dir`, or on its nearest existing ancestor. Held until the
+/// returned file is dropped (or the process ends).
+///
+/// # Errors
+/// [`BootstrapError::Busy`] when another bootstrap holds it,
+/// [`BootstrapError::Io`] when the directory cannot be opened.
+pub fn lock(state_dir: &Path) -> Result<std::fs::File, BootstrapError> {
+    use std::os::fd::AsRawFd;
+    let dir = state_dir
+        .ancestors()
+        .find(|d| d.is_dir())
+        .unwrap_or(Path::new("/"));
+    let f = std::fs::File::open(dir).map_err(BootstrapError::io("open", dir))?;
+    // SAFETY: flock(2) on a file descriptor this function owns; no memory
+    // is passed.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(BootstrapError::Busy(dir.to_path_buf()));
+        }
+        return Err(BootstrapError::io("lock", dir)(e));
+    }
+    Ok(f)
 }
 
 impl BootstrapError {
