@@ -391,7 +391,11 @@ fn bad_inputs_fail_with_a_sentence_and_change_nothing() {
     let out = n.run(&[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("containernetworking-plugins"), "{err}");
+    assert!(
+        err.contains("no CNI plugin host-local") && err.contains("containernetworking-plugins"),
+        "{err}"
+    );
+    assert_eq!(n.tree(), before);
 
     let out = n.run(&["move"]);
     assert_eq!(

@@ -57,14 +57,11 @@ struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     cni_plugin: Option<PathBuf>,
     /// Where `loopback` and `host-local` are taken from when the CNI plugin
-    /// directory has none (Debian's containernetworking-plugins).
-    #[arg(
-        long,
-        global = true,
-        default_value = "/usr/lib/cni",
-        value_name = "DIR"
-    )]
-    plugins_dir: PathBuf,
+    /// directory has none [default: /usr/lib/cni (Debian's
+    /// containernetworking-plugins), then /opt/cni/bin of this program's
+    /// file system (the node image)].
+    #[arg(long, global = true, value_name = "DIR")]
+    plugins_dir: Option<PathBuf>,
     /// The conflist to install as 10-sluice.conflist (deploy/cni/)
     /// [default: a built-in one].
     #[arg(long, global = true, value_name = "FILE")]
@@ -160,7 +157,10 @@ fn sources(cli: &Cli) -> Result<install::Sources, CliError> {
     };
     Ok(install::Sources {
         cni_plugin,
-        plugins_dir: cli.plugins_dir.clone(),
+        plugins_dirs: match &cli.plugins_dir {
+            Some(d) => vec![d.clone()],
+            None => vec![PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")],
+        },
         conflist,
         conflist_origin,
         apparmor_profile,

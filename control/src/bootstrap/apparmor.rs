@@ -49,7 +49,7 @@ fn parser(args: &[&str], profile: &Path) -> Result<(), BootstrapError> {
         .output()
         .map_err(|e| {
             BootstrapError::AppArmor(format!(
-                "cannot run apparmor_parser ({e}): install Debian's apparmor package"
+                "AppArmor is enabled on this node but apparmor_parser cannot run ({e}): install Debian's apparmor package (in the node image too), or use --apparmor never and load the profile on the host (deploy/bootstrap.sh)"
             ))
         })?;
     if !out.status.success() {

@@ -70,9 +70,10 @@ const BACKUP_DIR: &str = "replaced";
 pub struct Sources {
     /// The `sluice-cni` binary.
     pub cni_plugin: PathBuf,
-    /// Where `loopback` and `host-local` come from (Debian's
-    /// `containernetworking-plugins`: `/usr/lib/cni`).
-    pub plugins_dir: PathBuf,
+    /// Where `loopback` and `host-local` come from, first match wins
+    /// (Debian's `containernetworking-plugins`: `/usr/lib/cni`; the node
+    /// image: its own `/opt/cni/bin`).
+    pub plugins_dirs: Vec<PathBuf>,
     /// The conflist text, before the version stamp.
     pub conflist: String,
     /// Where the conflist came from, for messages.
@@ -308,6 +309,33 @@ pub fn install(layout: &Layout, sources: &Sources) -> Result<(), BootstrapError>
         }
     })?;
 
+    let mut reference = Vec::new();
+    for name in REFERENCE_PLUGINS {
+        let target = layout.cni_bin_dir.join(name);
+        if target.exists() {
+            tracing::info!("{}: present, left alone", target.display());
+            continue;
+        }
+        let Some(source) = sources
+            .plugins_dirs
+            .iter()
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+        else {
+            return Err(BootstrapError::MissingReferencePlugin {
+                name,
+                dirs: sources
+                    .plugins_dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        let data = fs::read(&source).map_err(BootstrapError::io("read", &source))?;
+        reference.push((target, source, data));
+    }
+
     let created = ensure_dir(&layout.state_dir)?;
     let mut inst = Installer {
         layout,
@@ -351,23 +379,9 @@ pub fn install(layout: &Layout, sources: &Sources) -> Result<(), BootstrapError>
     }
 
     // The reference plugins, only where the node has none.
-    for name in REFERENCE_PLUGINS {
-        let target = layout.cni_bin_dir.join(name);
-        if target.exists() {
-            tracing::info!("{}: present, left alone", target.display());
-            continue;
-        }
-        let data = read_source(
-            "a reference CNI plugin",
-            &sources.plugins_dir.join(name),
-            "install Debian's containernetworking-plugins (it puts them in /usr/lib/cni) or pass --plugins-dir",
-        )?;
+    for (target, source, data) in reference {
         inst.put(&target, &data, 0o755)?;
-        tracing::info!(
-            "{}: installed from {}",
-            target.display(),
-            sources.plugins_dir.display()
-        );
+        tracing::info!("{}: installed from {}", target.display(), source.display());
     }
 
     // The conflist, only when this build is newer than the installed one.

@@ -90,6 +90,14 @@ pub enum BootstrapError {
         /// What to do.
         hint: &'static str,
     },
+    /// A reference plugin is needed and none of the directories has it.
+    #[error("the node has no CNI plugin {name} and none of {dirs} has one to install: install Debian's containernetworking-plugins (it puts them in /usr/lib/cni) or pass --plugins-dir")]
+    MissingReferencePlugin {
+        /// The plugin.
+        name: &'static str,
+        /// Where it was looked for.
+        dirs: String,
+    },
     /// The conflist to install is not a conflist.
     #[error("the CNI configuration {origin} cannot be installed: {reason}")]
     BadConflist {
