@@ -569,6 +569,28 @@ fn an_install_made_under_one_root_is_uninstalled_under_another() {
     let moved = n.dir.path().join("moved");
     fs::rename(n.root(), &moved).unwrap();
     fs::create_dir(n.root()).unwrap();
+    // A re-run under the new root, with a new plugin, replaces its own
+    // file: the copy of the node's old one stays the one to put back.
+    fs::write(n.inputs().join("sluice-cni"), b"a newer sluice-cni\n").unwrap();
+    let out = Command::new(BIN)
+        .arg("--root")
+        .arg(&moved)
+        .arg("--cni-plugin")
+        .arg(n.inputs().join("sluice-cni"))
+        .arg("--plugins-dir")
+        .arg(n.inputs().join("plugins"))
+        .args(["--apparmor", "never"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fs::read(moved.join("opt/cni/bin/sluice")).unwrap(),
+        b"a newer sluice-cni\n"
+    );
     let out = Command::new(BIN)
         .arg("--root")
         .arg(&moved)

@@ -139,6 +139,35 @@ impl Manifest {
         }
     }
 
+    /// Moves every recorded path from the root it was written under to
+    /// `root` (an install made under `/host` by the init container, seen
+    /// under `/` on the host), and records `root`.
+    pub fn rebase(&mut self, root: &Path) {
+        if let Some(old) = self.root.clone().filter(|old| old != root) {
+            tracing::info!(
+                "the install was recorded under {}; this run works under {}",
+                old.display(),
+                root.display()
+            );
+            let remap = |p: &mut PathBuf| {
+                if let Ok(rel) = p.strip_prefix(&old) {
+                    *p = root.join(rel);
+                }
+            };
+            for f in &mut self.files {
+                remap(&mut f.path);
+                if let Some(b) = &mut f.backup {
+                    remap(b);
+                }
+            }
+            self.dirs.iter_mut().for_each(remap);
+            if let Some(p) = &mut self.apparmor_loaded {
+                remap(p);
+            }
+        }
+        self.root = Some(root.to_path_buf());
+    }
+
     fn save(&self, state_dir: &Path) -> Result<(), BootstrapError> {
         let mut text = serde_json::to_vec_pretty(self).map_err(|e| BootstrapError::Record {
             path: Self::path(state_dir),
@@ -342,9 +371,7 @@ pub fn install(layout: &Layout, sources: &Sources) -> Result<(), BootstrapError>
         manifest: Manifest::load(&layout.state_dir)?,
     };
     inst.manifest.version = sources.build_version.clone();
-    if inst.manifest.root.is_none() {
-        inst.manifest.root = Some(layout.root.clone());
-    }
+    inst.manifest.rebase(&layout.root);
     inst.note_dirs(created)?;
     inst.manifest.save(&layout.state_dir)?;
 
@@ -460,30 +487,7 @@ pub fn install(layout: &Layout, sources: &Sources) -> Result<(), BootstrapError>
 /// [`BootstrapError`] naming the file that could not be removed.
 pub fn uninstall(layout: &Layout, extra_dirs: &[PathBuf]) -> Result<(), BootstrapError> {
     let mut manifest = Manifest::load(&layout.state_dir)?;
-    if let Some(old) = manifest.root.clone() {
-        if old != layout.root {
-            tracing::info!(
-                "the install was made under {}; removing it under {}",
-                old.display(),
-                layout.root.display()
-            );
-            let remap = |p: &mut PathBuf| {
-                if let Ok(rel) = p.strip_prefix(&old) {
-                    *p = layout.root.join(rel);
-                }
-            };
-            for f in &mut manifest.files {
-                remap(&mut f.path);
-                if let Some(b) = &mut f.backup {
-                    remap(b);
-                }
-            }
-            manifest.dirs.iter_mut().for_each(remap);
-            if let Some(p) = &mut manifest.apparmor_loaded {
-                remap(p);
-            }
-        }
-    }
+    manifest.rebase(&layout.root);
     if manifest.files.is_empty() && manifest.dirs.is_empty() {
         tracing::info!(
             "nothing recorded in {}: nothing to uninstall",
@@ -563,6 +567,28 @@ mod tests {
         assert_eq!(lo["type"], "loopback");
         assert!(version::stamp(DEFAULT_CONFLIST, "0.1.0").is_ok());
         assert!(APPARMOR_PROFILE.contains("profile sluiced"));
+    }
+
+    #[test]
+    fn rebase_moves_recorded_paths_to_the_new_root() {
+        let mut m = Manifest {
+            root: Some("/host".into()),
+            dirs: vec!["/host/etc/cni".into(), "/elsewhere".into()],
+            files: vec![FileEntry {
+                path: "/host/opt/cni/bin/sluice".into(),
+                sha1: String::new(),
+                backup: Some("/host/var/lib/sluice/bootstrap/replaced/0-sluice".into()),
+            }],
+            ..Manifest::default()
+        };
+        m.rebase(Path::new("/"));
+        assert_eq!(m.root.as_deref(), Some(Path::new("/")));
+        assert_eq!(m.dirs, [PathBuf::from("/etc/cni"), "/elsewhere".into()]);
+        assert_eq!(m.files[0].path, PathBuf::from("/opt/cni/bin/sluice"));
+        assert_eq!(
+            m.files[0].backup.as_deref(),
+            Some(Path::new("/var/lib/sluice/bootstrap/replaced/0-sluice"))
+        );
     }
 
     #[test]
