@@ -15,7 +15,9 @@ Prepares this node for sluiced (run as root, on the node):
   1. reserves 2 MiB hugepages (vm.nr_hugepages, persisted in /etc/sysctl.d)
   2. mounts hugetlbfs on /dev/hugepages
   3. loads vfio-pci and binds the uplink NIC PCI_ADDRESS to it (dpdk-devbind.py)
-  4. loads the AppArmor profile deploy/apparmor/sluiced (when AppArmor is on)
+  4. runs sluice-bootstrap install: the CNI plugin and configuration, the
+     AppArmor profile deploy/apparmor/sluiced (loaded when AppArmor is on);
+     without sluice-bootstrap, only the AppArmor profile
   5. labels the Kubernetes node sluice.io/node-type=baremetal (kubectl)
 
 PCI_ADDRESS is the uplink NIC, e.g. 0000:01:00.0 (see: dpdk-devbind.py --status).
@@ -177,19 +179,38 @@ else
     run "$devbind" --bind=vfio-pci "$PCI"
 fi
 
-# 4. AppArmor profile --------------------------------------------------------
-profile_src=$HERE/apparmor/sluiced
-if [ -d /sys/kernel/security/apparmor ] && command -v apparmor_parser >/dev/null; then
-    if [ -f /etc/apparmor.d/sluiced ] && cmp -s "$profile_src" /etc/apparmor.d/sluiced \
-        && grep -qx 'sluiced (enforce)' /sys/kernel/security/apparmor/profiles 2>/dev/null; then
-        note "apparmor: profile sluiced loaded: ok"
-    else
-        note "apparmor: installing and loading profile sluiced"
-        run install -m 0644 "$profile_src" /etc/apparmor.d/sluiced
-        run apparmor_parser -r -W /etc/apparmor.d/sluiced
-    fi
+# 4. CNI plugin, CNI configuration, AppArmor profile -------------------------
+# sluice-bootstrap does this (the DaemonSet's init container runs the same
+# binary): /opt/cni/bin/sluice (+ loopback, host-local if absent),
+# /etc/cni/net.d/10-sluice.conflist when its version is newer,
+# 99-loopback.conf if absent, the AppArmor profile (loaded when AppArmor is
+# on); recorded for `sluice-bootstrap --uninstall`. Without the binary,
+# only the AppArmor profile is handled here.
+sb=${SLUICE_BOOTSTRAP:-}
+if [ -z "$sb" ]; then
+    for c in "$HERE/../target/release/sluice-bootstrap" "$HERE/../target/debug/sluice-bootstrap"; do
+        [ -x "$c" ] && { sb=$c; break; }
+    done
+fi
+[ -n "$sb" ] || sb=$(command -v sluice-bootstrap || true)
+if [ -n "$sb" ]; then
+    note "cni + apparmor: $sb install (sluice-cni taken from beside it)"
+    run "$sb" install
 else
-    note "apparmor: not enabled on this node; remove the apparmor annotation from the DaemonSet, or enable AppArmor"
+    note "cni: sluice-bootstrap not found (build it: cargo build --release -p sluice-control, or set SLUICE_BOOTSTRAP); the DaemonSet's init container installs the CNI files"
+    profile_src=$HERE/apparmor/sluiced
+    if [ -d /sys/kernel/security/apparmor ] && command -v apparmor_parser >/dev/null; then
+        if [ -f /etc/apparmor.d/sluiced ] && cmp -s "$profile_src" /etc/apparmor.d/sluiced \
+            && grep -qx 'sluiced (enforce)' /sys/kernel/security/apparmor/profiles 2>/dev/null; then
+            note "apparmor: profile sluiced loaded: ok"
+        else
+            note "apparmor: installing and loading profile sluiced"
+            run install -m 0644 "$profile_src" /etc/apparmor.d/sluiced
+            run apparmor_parser -r -W /etc/apparmor.d/sluiced
+        fi
+    else
+        note "apparmor: not enabled on this node; remove the apparmor annotation from the DaemonSet, or enable AppArmor"
+    fi
 fi
 
 # 5. Node label --------------------------------------------------------------

@@ -18,6 +18,7 @@ install_packages() {
         openvswitch-common openvswitch-switch openvswitch-switch-dpdk python3-pip
         tshark netcat-openbsd
         prometheus
+        apparmor containernetworking-plugins
     )
     local missing=()
     for p in "${pkgs[@]}"; do

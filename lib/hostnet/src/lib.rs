@@ -1,0 +1,550 @@
+//! sluice-hostnet: moves the node's IPv4 addresses and routes between two
+//! kernel interfaces, the uplink (`node-if`) and the host exception port
+//! (the TAP that `sluiced` switches like any other port, OVS's bridge
+//! internal port). `sluiced` (`datapath/src/hostpath.rs`) and
+//! `sluice-bootstrap` both use it, so there is one implementation.
+//!
+//! A move is a [`Plan`] (the addresses, the non-kernel routes and the MAC
+//! to carry) turned into an ordered list of [`Step`]s by [`move_steps`].
+//! The order keeps the node reachable after every step: the destination
+//! is brought up and given the addresses before the routes are replaced
+//! onto it, and only then are the addresses removed from the source (the
+//! kernel flushes the routes of an interface that loses its last address,
+//! so routes must already be elsewhere). Routes the kernel made for an
+//! address (`proto kernel`) follow the address; every other IPv4 route of
+//! the main table through the source (the default route, static routes)
+//! is replaced with the same destination, gateway, metric, source,
+//! protocol and `onlink` flag.
+//!
+//! Every step is idempotent ([`Interfaces::run`]): adding an address or
+//! replacing a route that is already there changes nothing, deleting one
+//! that is already gone succeeds. So a move interrupted after any step
+//! (a crash) is finished by running the same plan again, and a plan run
+//! twice does nothing the second time.
+//!
+//! It drives `ip -j` (iproute2) rather than netlink: the work happens once
+//! at start and stop, and every step can be replayed by an operator from
+//! the log ([`Step`]'s `Display` is the `ip` command). Errors say which
+//! command failed and how to recover by hand.
+//!
+//! Thread-safety: no shared state; each call runs `ip` child processes.
+//! Two movers working on the same interfaces at once would interleave
+//! their steps: callers run one at a time (start-up/shutdown thread, or
+//! one bootstrap process).
+
+use std::fmt;
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The two interfaces the node's addresses move between.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interfaces {
+    /// The uplink's kernel interface (holds the node IP before the move).
+    pub uplink_if: String,
+    /// The host exception port's kernel interface (the TAP).
+    pub host_if: String,
+}
+
+/// Why reading or moving the node's addresses failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostNetError {
+    /// An `ip` command failed.
+    #[error("`ip {args}` failed: {stderr}; the node's addresses may be split between {uplink} and {host}: check `ip -4 addr` and `ip -4 route` and move them back by hand")]
+    Command {
+        /// The arguments.
+        args: String,
+        /// Its error output.
+        stderr: String,
+        /// The uplink interface.
+        uplink: String,
+        /// The exception interface.
+        host: String,
+    },
+    /// `ip -j` printed something that is not the expected JSON.
+    #[error(
+        "cannot read the output of `ip -j {0}`: is iproute2 recent enough for JSON output (-j)?"
+    )]
+    Json(String),
+}
+
+/// One IPv4 address with its prefix length.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Addr {
+    /// `a.b.c.d/len`.
+    pub cidr: String,
+}
+
+/// One route moved between the interfaces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// `default` or `a.b.c.d/len`.
+    pub dst: String,
+    /// Gateway, if any.
+    pub via: Option<String>,
+    /// Metric, if any.
+    pub metric: Option<u64>,
+    /// Preferred source, if any.
+    pub src: Option<String>,
+    /// Routing protocol (`static`, `dhcp`…), if not the default `boot`.
+    #[serde(default)]
+    pub proto: Option<String>,
+    /// The gateway is reached without a connected route (`onlink`).
+    #[serde(default)]
+    pub onlink: bool,
+}
+
+impl Route {
+    /// The `ip` arguments that put this route on `dev`.
+    fn replace_args(&self, dev: &str) -> Vec<String> {
+        let mut a = strings(&["-4", "route", "replace", &self.dst]);
+        if let Some(v) = &self.via {
+            a.extend(strings(&["via", v]));
+        }
+        a.extend(strings(&["dev", dev]));
+        if self.onlink {
+            a.push("onlink".into());
+        }
+        if let Some(m) = self.metric {
+            a.extend(strings(&["metric", &m.to_string()]));
+        }
+        if let Some(s) = &self.src {
+            a.extend(strings(&["src", s]));
+        }
+        if let Some(p) = &self.proto {
+            a.extend(strings(&["proto", p]));
+        }
+        a
+    }
+
+    /// The `ip` arguments that delete this route from `dev`.
+    fn del_args(&self, dev: &str) -> Vec<String> {
+        let mut a = strings(&["-4", "route", "del", &self.dst, "dev", dev]);
+        if let Some(m) = self.metric {
+            a.extend(strings(&["metric", &m.to_string()]));
+        }
+        a
+    }
+
+    /// Same route (destination and metric: the kernel's key in one table).
+    fn same_key(&self, other: &Route) -> bool {
+        self.dst == other.dst && self.metric == other.metric
+    }
+}
+
+/// What a move carries: the addresses, the non-kernel routes and the MAC
+/// the destination takes (the uplink's, so that neighbours' ARP caches
+/// stay valid).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// IPv4 addresses.
+    pub addrs: Vec<Addr>,
+    /// IPv4 routes of the main table that are not `proto kernel`.
+    pub routes: Vec<Route>,
+    /// The MAC to give the destination, if any.
+    pub mac: Option<String>,
+}
+
+impl Plan {
+    /// Adds what `other` has and `self` lacks (addresses by CIDR, routes by
+    /// destination and metric); `self` wins where both have one. Used to
+    /// resume an interrupted move: the addresses already moved are in the
+    /// recorded plan, the ones not moved yet are still on the source.
+    pub fn merge(&mut self, other: Plan) {
+        for a in other.addrs {
+            if !self.addrs.contains(&a) {
+                self.addrs.push(a);
+            }
+        }
+        for r in other.routes {
+            if !self.routes.iter().any(|x| x.same_key(&r)) {
+                self.routes.push(r);
+            }
+        }
+        if self.mac.is_none() {
+            self.mac = other.mac;
+        }
+    }
+
+    /// True when there is nothing to move.
+    pub fn is_empty(&self) -> bool {
+        self.addrs.is_empty() && self.routes.is_empty()
+    }
+}
+
+/// One idempotent step of a move; `Display` prints it as the `ip` command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Give `dev` the MAC `mac` (skipped when it has it already).
+    SetMac {
+        /// Interface.
+        dev: String,
+        /// `aa:bb:cc:dd:ee:ff`.
+        mac: String,
+    },
+    /// Bring `dev` up.
+    Up {
+        /// Interface.
+        dev: String,
+    },
+    /// Add (or keep) an address on `dev`.
+    AddAddr {
+        /// Interface.
+        dev: String,
+        /// The address.
+        addr: Addr,
+    },
+    /// Put a route on `dev`, replacing the one with the same key.
+    ReplaceRoute {
+        /// Interface.
+        dev: String,
+        /// The route.
+        route: Route,
+    },
+    /// Remove an address from `dev` (success when it is not there).
+    DelAddr {
+        /// Interface.
+        dev: String,
+        /// The address.
+        addr: Addr,
+    },
+    /// Remove a route from `dev` if it is still there.
+    DelRoute {
+        /// Interface.
+        dev: String,
+        /// The route.
+        route: Route,
+    },
+}
+
+impl Step {
+    fn args(&self) -> Vec<String> {
+        match self {
+            Step::SetMac { dev, mac } => strings(&["link", "set", "dev", dev, "address", mac]),
+            Step::Up { dev } => strings(&["link", "set", "dev", dev, "up"]),
+            Step::AddAddr { dev, addr } => {
+                strings(&["-4", "addr", "replace", &addr.cidr, "dev", dev])
+            }
+            Step::ReplaceRoute { dev, route } => route.replace_args(dev),
+            Step::DelAddr { dev, addr } => strings(&["-4", "addr", "del", &addr.cidr, "dev", dev]),
+            Step::DelRoute { dev, route } => route.del_args(dev),
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ip {}", self.args().join(" "))
+    }
+}
+
+/// The steps that move `plan` from `from` to `to`, in an order that keeps
+/// the node reachable after each one (see the module documentation).
+/// `set_mac` gives `to` the plan's MAC first. When `from` is `None` (the
+/// source interface is gone, and its addresses with it) the plan is only
+/// put on `to`.
+pub fn move_steps(plan: &Plan, from: Option<&str>, to: &str, set_mac: bool) -> Vec<Step> {
+    let to = to.to_string();
+    let mut steps = Vec::new();
+    if set_mac {
+        if let Some(mac) = &plan.mac {
+            steps.push(Step::SetMac {
+                dev: to.clone(),
+                mac: mac.clone(),
+            });
+        }
+    }
+    steps.push(Step::Up { dev: to.clone() });
+    for a in &plan.addrs {
+        steps.push(Step::AddAddr {
+            dev: to.clone(),
+            addr: a.clone(),
+        });
+    }
+    for r in &plan.routes {
+        steps.push(Step::ReplaceRoute {
+            dev: to.clone(),
+            route: r.clone(),
+        });
+    }
+    if let Some(from) = from {
+        for a in &plan.addrs {
+            steps.push(Step::DelAddr {
+                dev: from.to_string(),
+                addr: a.clone(),
+            });
+        }
+        // Routes through `from` that were not replaced or removed with its
+        // addresses.
+        for r in &plan.routes {
+            steps.push(Step::DelRoute {
+                dev: from.to_string(),
+                route: r.clone(),
+            });
+        }
+    }
+    steps
+}
+
+impl Interfaces {
+    /// Runs `ip ARGS`, returning its standard output.
+    ///
+    /// # Errors
+    /// [`HostNetError::Command`] when `ip` cannot run or fails.
+    pub fn ip(&self, args: &[String]) -> Result<String, HostNetError> {
+        let fail = |stderr: String| HostNetError::Command {
+            args: args.join(" "),
+            stderr,
+            uplink: self.uplink_if.clone(),
+            host: self.host_if.clone(),
+        };
+        let out = Command::new("ip")
+            .args(args)
+            .output()
+            .map_err(|e| fail(format!("cannot run ip (is iproute2 installed?): {e}")))?;
+        if !out.status.success() {
+            return Err(fail(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn ip_json(&self, args: &[&str]) -> Result<Value, HostNetError> {
+        let mut a = vec!["-j".to_string()];
+        a.extend(strings(args));
+        let out = self.ip(&a)?;
+        serde_json::from_str(&out).map_err(|_| HostNetError::Json(args.join(" ")))
+    }
+
+    /// True when the kernel has an interface called `dev`.
+    pub fn exists(&self, dev: &str) -> bool {
+        self.ip(&strings(&["link", "show", "dev", dev])).is_ok()
+    }
+
+    /// The MAC of `dev`.
+    ///
+    /// # Errors
+    /// [`HostNetError`] when `ip` fails or prints unexpected output.
+    pub fn mac(&self, dev: &str) -> Result<Option<String>, HostNetError> {
+        let v = self.ip_json(&["link", "show", "dev", dev])?;
+        Ok(v.as_array()
+            .and_then(|l| l.first())
+            .and_then(|l| l["address"].as_str())
+            .map(str::to_string))
+    }
+
+    /// The IPv4 addresses of `dev`.
+    ///
+    /// # Errors
+    /// [`HostNetError`] when `ip` fails or prints unexpected output.
+    pub fn addrs(&self, dev: &str) -> Result<Vec<Addr>, HostNetError> {
+        let v = self.ip_json(&["-4", "addr", "show", "dev", dev])?;
+        let mut addrs = Vec::new();
+        for link in v.as_array().into_iter().flatten() {
+            for a in link["addr_info"].as_array().into_iter().flatten() {
+                if let (Some(local), Some(len)) = (a["local"].as_str(), a["prefixlen"].as_u64()) {
+                    addrs.push(Addr {
+                        cidr: format!("{local}/{len}"),
+                    });
+                }
+            }
+        }
+        Ok(addrs)
+    }
+
+    /// The IPv4 routes of the main table through `dev` that are not
+    /// `proto kernel` (those follow their address).
+    ///
+    /// # Errors
+    /// [`HostNetError`] when `ip` fails or prints unexpected output.
+    pub fn routes(&self, dev: &str) -> Result<Vec<Route>, HostNetError> {
+        let v = self.ip_json(&["-4", "route", "show", "dev", dev])?;
+        Ok(v.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["protocol"].as_str() != Some("kernel"))
+            .filter(|r| r["type"].as_str().is_none_or(|t| t == "unicast"))
+            .filter_map(|r| {
+                Some(Route {
+                    dst: r["dst"].as_str()?.to_string(),
+                    via: r["gateway"].as_str().map(str::to_string),
+                    metric: r["metric"].as_u64(),
+                    src: r["prefsrc"].as_str().map(str::to_string),
+                    proto: r["protocol"]
+                        .as_str()
+                        .filter(|p| *p != "boot")
+                        .map(str::to_string),
+                    onlink: r["flags"]
+                        .as_array()
+                        .is_some_and(|f| f.iter().any(|x| x.as_str() == Some("onlink"))),
+                })
+            })
+            .collect())
+    }
+
+    /// What moving `dev`'s configuration elsewhere would carry: its
+    /// addresses, routes and MAC.
+    ///
+    /// # Errors
+    /// [`HostNetError`] when `ip` fails or prints unexpected output.
+    pub fn read_plan(&self, dev: &str) -> Result<Plan, HostNetError> {
+        Ok(Plan {
+            addrs: self.addrs(dev)?,
+            routes: self.routes(dev)?,
+            mac: self.mac(dev)?,
+        })
+    }
+
+    /// Runs one step; idempotent (see [`Step`]).
+    ///
+    /// # Errors
+    /// [`HostNetError`] naming the failed command.
+    pub fn run(&self, step: &Step) -> Result<(), HostNetError> {
+        match step {
+            Step::SetMac { dev, mac } => {
+                if self.mac(dev)?.as_deref() == Some(mac.as_str()) {
+                    return Ok(());
+                }
+                if self.ip(&step.args()).is_ok() {
+                    return Ok(());
+                }
+                // Some drivers refuse a new MAC while the link is up.
+                self.ip(&strings(&["link", "set", "dev", dev, "down"]))?;
+                let set = self.ip(&step.args());
+                self.ip(&strings(&["link", "set", "dev", dev, "up"]))?;
+                set.map(|_| ())
+            }
+            Step::DelAddr { dev, addr } => match self.ip(&step.args()) {
+                Ok(_) => Ok(()),
+                // Already gone (or the interface with it): done.
+                Err(_) if !self.exists(dev) || !self.addrs(dev)?.contains(addr) => Ok(()),
+                Err(e) => Err(e),
+            },
+            Step::DelRoute { .. } => {
+                // Usually already gone: replaced onto the other interface,
+                // or flushed with the last address.
+                let _ = self.ip(&step.args());
+                Ok(())
+            }
+            _ => self.ip(&step.args()).map(|_| ()),
+        }
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route() -> Route {
+        Route {
+            dst: "default".into(),
+            via: Some("192.0.2.1".into()),
+            metric: Some(100),
+            src: Some("192.0.2.5".into()),
+            proto: None,
+            onlink: false,
+        }
+    }
+
+    #[test]
+    fn route_arguments_keep_gateway_metric_and_source() {
+        assert_eq!(
+            route().replace_args("host0").join(" "),
+            "-4 route replace default via 192.0.2.1 dev host0 metric 100 src 192.0.2.5"
+        );
+        let r = Route {
+            proto: Some("dhcp".into()),
+            onlink: true,
+            ..route()
+        };
+        assert_eq!(
+            r.replace_args("host0").join(" "),
+            "-4 route replace default via 192.0.2.1 dev host0 onlink metric 100 src 192.0.2.5 proto dhcp"
+        );
+        assert_eq!(
+            r.del_args("eth1").join(" "),
+            "-4 route del default dev eth1 metric 100"
+        );
+    }
+
+    #[test]
+    fn steps_add_before_they_remove() {
+        let plan = Plan {
+            addrs: vec![Addr {
+                cidr: "192.0.2.5/24".into(),
+            }],
+            routes: vec![route()],
+            mac: Some("02:00:00:00:00:01".into()),
+        };
+        let text: Vec<String> = move_steps(&plan, Some("eth1"), "host0", true)
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "ip link set dev host0 address 02:00:00:00:00:01",
+                "ip link set dev host0 up",
+                "ip -4 addr replace 192.0.2.5/24 dev host0",
+                "ip -4 route replace default via 192.0.2.1 dev host0 metric 100 src 192.0.2.5",
+                "ip -4 addr del 192.0.2.5/24 dev eth1",
+                "ip -4 route del default dev eth1 metric 100",
+            ]
+        );
+        // Back, without touching the MAC; without a source, only the adds.
+        let back = move_steps(&plan, Some("host0"), "eth1", false);
+        assert!(!back.iter().any(|s| matches!(s, Step::SetMac { .. })));
+        let restore = move_steps(&plan, None, "eth1", false);
+        assert_eq!(restore.len(), 3);
+        assert!(restore
+            .iter()
+            .all(|s| !matches!(s, Step::DelAddr { .. } | Step::DelRoute { .. })));
+    }
+
+    #[test]
+    fn merge_keeps_recorded_items_and_adds_new_ones() {
+        let a = |c: &str| Addr { cidr: c.into() };
+        let mut recorded = Plan {
+            addrs: vec![a("192.0.2.5/24")],
+            routes: vec![route()],
+            mac: Some("02:00:00:00:00:01".into()),
+        };
+        let current = Plan {
+            addrs: vec![a("192.0.2.5/24"), a("198.51.100.7/24")],
+            routes: vec![
+                Route {
+                    src: None,
+                    ..route()
+                },
+                Route {
+                    dst: "203.0.113.0/24".into(),
+                    ..route()
+                },
+            ],
+            mac: Some("02:00:00:00:00:99".into()),
+        };
+        recorded.merge(current);
+        assert_eq!(recorded.addrs, [a("192.0.2.5/24"), a("198.51.100.7/24")]);
+        assert_eq!(recorded.routes.len(), 2);
+        assert_eq!(recorded.routes[0], route(), "the recorded route wins");
+        assert_eq!(recorded.mac.as_deref(), Some("02:00:00:00:00:01"));
+    }
+
+    #[test]
+    fn errors_say_how_to_recover() {
+        let e = HostNetError::Command {
+            args: "addr del".into(),
+            stderr: "no such device".into(),
+            uplink: "eth1".into(),
+            host: "host0".into(),
+        };
+        let t = e.to_string();
+        assert!(t.contains("eth1") && t.contains("host0") && t.contains("move them back"));
+    }
+}
