@@ -7,3 +7,4 @@ pub use sluice_api::client::{io_error_text, Client, ClientError, DEFAULT_SOCKET}
 
 pub mod agent;
 pub mod bootstrap;
+pub mod probe;

@@ -53,6 +53,17 @@ enum Format {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Health probe (exit 0 healthy, 1 not, with one line saying why):
+    /// sluiced answers, forwards a committed program, the agent applied
+    /// the database to it, nestdb-server serves Sluice_Node.
+    Probe {
+        /// What to probe.
+        #[arg(value_enum)]
+        what: sluice_control::probe::Probe,
+        /// nestdb-server (for agent and nestdb).
+        #[arg(long, env = "SLUICE_DB", default_value_t = format!("unix:{}", sluice_api::paths::NESTDB_SOCK), value_name = "REMOTE")]
+        db: String,
+    },
     /// List the commands the server supports.
     ListCommands,
     /// Print the server's version.
@@ -381,6 +392,12 @@ fn call_for(cmd: Command) -> Result<Call, InputError> {
     use sluice_api::{conntrack as ct, flows, node, pmd, ports, service, stack, system, tunnel};
     let empty = Empty {};
     Ok(match cmd {
+        // Answered by `main` (it is not one control-socket call).
+        Command::Probe { .. } => {
+            return Err(InputError::Api(ApiError::invalid(
+                "probe is not a control-socket method",
+            )))
+        }
         Command::ListCommands => typed::<system::ListCommands>(empty),
         Command::Version => typed::<system::Version>(empty),
         Command::AddFlow { flow } => typed::<flows::AddFlow>(flows::FlowText { flow }),
@@ -513,11 +530,21 @@ fn main() -> ExitCode {
     let Ok(timeout) = Duration::try_from_secs_f64(cli.timeout) else {
         return fail("--timeout must be a non-negative number of seconds", 2);
     };
+    let format = cli.format;
+    if let Command::Probe { what, db } = &cli.command {
+        let t = if timeout.is_zero() { Duration::from_secs(5) } else { timeout };
+        return match sluice_control::probe::run(*what, &cli.socket, db, t) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(why) => fail(&why, 1),
+        };
+    }
     let call = match call_for(cli.command) {
         Ok(call) => call,
         Err(e) => return fail(&e.to_string(), 2),
     };
-    let format = cli.format;
     let outcome = Client::connect(&cli.socket).and_then(|mut client| {
         client.set_timeout(Some(timeout))?;
         (call.exec)(&mut client, format)
