@@ -258,7 +258,7 @@ struct Pod {
 }
 
 /// The node settings once `Node_Config` checked out.
-#[derive(Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Node {
     name: String,
     settings: NodeSettings,
@@ -303,36 +303,8 @@ pub fn compile_with(rows: &NodeRows, limits: &Limits) -> Compiled {
         flows: Vec::new(),
     };
     let mut program = NodeProgram::default();
-    let node = match rows.node_config.as_slice() {
-        [] => {
-            cx.error(
-                "Node_Config",
-                "-",
-                "there is no Node_Config row; nothing is programmed until the node's configuration is written".into(),
-            );
-            None
-        }
-        [(_, cfg)] => match node_settings(cfg) {
-            Ok(n) => Some(n),
-            Err(s) => {
-                cx.error("Node_Config", cfg.node_name.clone(), s);
-                None
-            }
-        },
-        many => {
-            for (_, cfg) in many {
-                cx.error(
-                    "Node_Config",
-                    cfg.node_name.clone(),
-                    format!(
-                        "there are {} Node_Config rows; keep exactly one",
-                        many.len()
-                    ),
-                );
-            }
-            None
-        }
-    };
+    let (node, errors) = compile_node(rows.node_config.iter().map(|(_, c)| c).collect());
+    cx.errors.extend(errors);
     let Some(node) = node else {
         return finish(program, cx);
     };
@@ -357,6 +329,40 @@ pub fn compile_with(rows: &NodeRows, limits: &Limits) -> Compiled {
         program.services.insert(spec.name.clone(), spec);
     }
     finish(program, cx)
+}
+
+/// The node from the `Node_Config` rows (exactly one, which checks out),
+/// or the errors that stop everything.
+pub(crate) fn compile_node(configs: Vec<&NodeConfig>) -> (Option<Node>, Vec<RowError>) {
+    let err = |key: String, sentence: String| RowError {
+        table: "Node_Config",
+        key,
+        sentence,
+    };
+    match configs.as_slice() {
+        [] => (
+            None,
+            vec![err(
+                "-".into(),
+                "there is no Node_Config row; nothing is programmed until the node's configuration is written".into(),
+            )],
+        ),
+        [cfg] => match node_settings(cfg) {
+            Ok(n) => (Some(n), Vec::new()),
+            Err(s) => (None, vec![err(cfg.node_name.clone(), s)]),
+        },
+        many => (
+            None,
+            many.iter()
+                .map(|cfg| {
+                    err(
+                        cfg.node_name.clone(),
+                        format!("there are {} Node_Config rows; keep exactly one", many.len()),
+                    )
+                })
+                .collect(),
+        ),
+    }
 }
 
 /// What one part of the rows contributes to the program besides the
@@ -543,7 +549,7 @@ fn ipv6_vtep(v: std::net::Ipv6Addr) -> String {
     format!("vtep_ip {v} is IPv6; the pod overlay is IPv4: give the node's IPv4 underlay address")
 }
 
-pub(crate) fn node_settings(cfg: &NodeConfig) -> Result<Node, String> {
+fn node_settings(cfg: &NodeConfig) -> Result<Node, String> {
     let ids = &cfg.external_ids;
     let vtep = match cfg.vtep_ip {
         IpAddr::V4(v) => v,
@@ -991,16 +997,16 @@ fn policy(p: DbPolicy) -> TrafficPolicy {
 }
 
 /// The Service specs of one Service row (one per Service port).
-pub(crate) fn service_specs(
+pub(crate) fn service_specs<'a>(
     n: &Node,
     s: &Service,
-    ports: &BTreeMap<Uuid, &ServicePort>,
+    port_of: &dyn Fn(&Uuid) -> Option<&'a ServicePort>,
     eps: &[&Endpoint],
 ) -> Result<Vec<ServiceSpec>, String> {
     let base = format!("{}/{}", s.namespace, s.name);
     let mut sps: Vec<&ServicePort> = Vec::new();
     for u in &s.ports {
-        sps.push(ports.get(u).copied().ok_or_else(|| {
+        sps.push(port_of(u).ok_or_else(|| {
             format!("it references Service_Port {u}, which does not exist; write the Service and its ports in one transaction")
         })?);
     }
@@ -1201,7 +1207,12 @@ fn services(cx: &mut Ctx, n: &Node, rows: &NodeRows) -> Vec<ServiceSpec> {
     let mut out = Vec::new();
     for (u, s) in svcs {
         let key = format!("{}/{}", s.namespace, s.name);
-        let specs = match service_specs(n, s, &ports, eps.get(u).map_or(&[][..], Vec::as_slice)) {
+        let specs = match service_specs(
+            n,
+            s,
+            &|u| ports.get(u).copied(),
+            eps.get(u).map_or(&[][..], Vec::as_slice),
+        ) {
             Ok(v) => v,
             Err(e) => {
                 cx.error("Service", key, e);
