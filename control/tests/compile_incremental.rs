@@ -336,6 +336,7 @@ proptest! {
             check_equal(&inc, &rows)?;
             let now = compile(&rows).program;
             prop_assert_eq!(&changes, &diff(&before, &now));
+            prop_assert_eq!(&apply(&before, &changes), &now);
             before = now;
         }
         check_equal(&inc, &b)?;
@@ -709,4 +710,67 @@ fn golden_incremental_conflicts_and_node() {
     out += "## Node_Config deleted: nothing is programmed\n";
     out += &step(&mut inc, vec![RowUpdate::NodeConfig(uuid(1), None)]);
     golden("incremental_conflicts_and_node", &out);
+}
+
+#[test]
+fn a_replica_snapshot_loads_with_its_bad_rows_reported() {
+    use nestdb_client::{Replica, Schema};
+    use std::sync::Arc;
+    let schema =
+        Schema::from_json_str(include_str!("../../deploy/nestdb/sluice.ovsschema")).unwrap();
+    let tables: BTreeMap<String, Option<Vec<String>>> = [
+        "Node_Config",
+        "Logical_Port",
+        "Service",
+        "Service_Port",
+        "Endpoint",
+        "Remote_Node",
+    ]
+    .iter()
+    .map(|t| (t.to_string(), None))
+    .collect();
+    let mut replica = Replica::new(Arc::new(schema), &tables).unwrap();
+    let rows = web();
+    let mut dump = serde_json::Map::new();
+    fn put<T: TableRow>(dump: &mut serde_json::Map<String, serde_json::Value>, rows: &[(Uuid, T)]) {
+        let t = dump
+            .entry(T::TABLE)
+            .or_insert_with(|| serde_json::json!({}))
+            .as_object_mut()
+            .unwrap();
+        for (u, r) in rows {
+            let cols: serde_json::Map<String, serde_json::Value> = r
+                .to_row()
+                .iter()
+                .map(|(k, d)| (k.clone(), d.to_json()))
+                .collect();
+            t.insert(u.to_string(), serde_json::json!({ "initial": cols }));
+        }
+    }
+    put(&mut dump, &rows.node_config);
+    put(&mut dump, &rows.logical_ports);
+    put(&mut dump, &rows.services);
+    put(&mut dump, &rows.service_ports);
+    put(&mut dump, &rows.endpoints);
+    let mut bad = rows.endpoints[0].1.to_row();
+    bad.insert("ip".into(), nestdb_client::Datum::from("10.244.1.300"));
+    dump["Endpoint"].as_object_mut().unwrap().insert(
+        uuid(77).to_string(),
+        serde_json::json!({ "initial": bad.iter().map(|(k, d)| (k.clone(), d.to_json())).collect::<serde_json::Map<_, _>>() }),
+    );
+    let changes = replica
+        .replace_with_dump(&serde_json::Value::Object(dump), false)
+        .unwrap();
+    let inc = IncrementalCompiler::from_replica(&replica, Limits::default());
+    assert_eq!(inc.compiled(), compile(&rows));
+    assert_eq!(inc.conversion_errors().len(), 1);
+    assert_eq!(inc.conversion_errors()[0].key, uuid(77).to_string());
+    // The dump's own change batch gives the same compiler state.
+    let mut from_batch = IncrementalCompiler::new(Limits::default());
+    let c = from_batch.update_from_changes(&changes);
+    assert_eq!(from_batch.compiled(), inc.compiled());
+    assert_eq!(from_batch.conversion_errors(), inc.conversion_errors());
+    assert_eq!(apply(&NodeProgram::default(), &c), inc.program());
+    // Replaying the batch changes nothing.
+    assert!(from_batch.update_from_changes(&changes).is_empty());
 }

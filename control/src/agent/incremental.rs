@@ -26,6 +26,10 @@
 //!   change costs O(log n) map operations plus its Service's size, not
 //!   O(number of Services).
 //!
+//! Updates carry whole rows, so they are idempotent: a batch applied twice
+//! (e.g. a monitor batch that overlaps a snapshot) changes nothing the
+//! second time.
+//!
 //! The program is held in maps (flows keyed by table, descending priority
 //! and match), each write journaled with the value it replaced, so the
 //! changes come from the touched keys only; [`IncrementalCompiler::program`]
@@ -38,7 +42,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use nestdb_client::node::{Endpoint, LogicalPort, NodeConfig, RemoteNode, Service, ServicePort};
-use nestdb_client::{RowChange, TableRow, Uuid};
+use nestdb_client::{Replica, RowChange, TableRow, Uuid};
 use sluice_api::flows::FlowOp;
 use sluice_api::node::{Flow, Mac, NodeChanges, NodeProgram, NodeSettings, PortSpec};
 use sluice_api::service::ServiceSpec;
@@ -505,6 +509,45 @@ impl IncrementalCompiler {
     pub fn from_rows(rows: &NodeRows, limits: Limits) -> Self {
         let mut c = IncrementalCompiler::new(limits);
         c.load(RowUpdate::between(&NodeRows::default(), rows));
+        c
+    }
+
+    /// A compiler holding the node tables of `replica` (a monitor's
+    /// snapshot); rows that do not convert are left out and reported by
+    /// [`Self::conversion_errors`], as [`Self::update_from_changes`] does.
+    pub fn from_replica(replica: &Replica, limits: Limits) -> Self {
+        fn take<T: TableRow>(
+            replica: &Replica,
+            make: fn(Uuid, Option<T>) -> RowUpdate,
+            out: &mut Vec<RowUpdate>,
+            conversion: &mut BTreeMap<(&'static str, Uuid), RowError>,
+        ) {
+            for (u, r) in replica.typed::<T>() {
+                match r {
+                    Ok(v) => out.push(make(u, Some(v))),
+                    Err(e) => {
+                        conversion.insert(
+                            (T::TABLE, u),
+                            RowError {
+                                table: T::TABLE,
+                                key: u.to_string(),
+                                sentence: e.to_string(),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        let mut c = IncrementalCompiler::new(limits);
+        let mut v = Vec::new();
+        let conv = &mut c.conversion;
+        take(replica, RowUpdate::NodeConfig, &mut v, conv);
+        take(replica, RowUpdate::LogicalPort, &mut v, conv);
+        take(replica, RowUpdate::Service, &mut v, conv);
+        take(replica, RowUpdate::ServicePort, &mut v, conv);
+        take(replica, RowUpdate::Endpoint, &mut v, conv);
+        take(replica, RowUpdate::RemoteNode, &mut v, conv);
+        c.load(v);
         c
     }
 
