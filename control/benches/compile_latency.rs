@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use sluice_api::node::diff;
-use sluice_control::agent::{compile, IncrementalCompiler, Limits};
+use sluice_control::agent::{compile, IncrementalCompiler, Limits, NodeRows, RowUpdate};
 
 /// The system allocator, counting the bytes allocated and not yet freed.
 struct Counting;
@@ -52,6 +52,28 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
+/// CPU time this thread has used: the machine is shared, so wall-clock
+/// figures include time spent waiting for a core; CPU time does not.
+fn cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Wall-clock and CPU time of `f`.
+fn timed<R>(f: impl FnOnce() -> R) -> (R, Duration, Duration) {
+    let (w, c) = (Instant::now(), cpu());
+    let r = f();
+    (r, w.elapsed(), cpu() - c)
+}
+
 fn mib(b: usize) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }
@@ -79,6 +101,24 @@ fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
+fn both(w: Duration, c: Duration) -> String {
+    format!("{} wall, {} cpu", ms(w), ms(c))
+}
+
+fn percentiles(name: &str, wall: &mut [Duration], cpu: &mut [Duration]) {
+    wall.sort();
+    cpu.sort();
+    println!(
+        "  {name}: wall p50 {} p99 {} max {} | cpu p50 {} p99 {} max {}",
+        ms(pct(wall, 0.5)),
+        ms(pct(wall, 0.99)),
+        ms(*wall.last().expect("samples")),
+        ms(pct(cpu, 0.5)),
+        ms(pct(cpu, 0.99)),
+        ms(*cpu.last().expect("samples")),
+    );
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; take the numbers only.
     let nums: Vec<u64> = std::env::args().filter_map(|a| a.parse().ok()).collect();
@@ -87,26 +127,36 @@ fn main() {
     let n_changes = nums.get(2).copied().unwrap_or(1_000) as usize;
 
     let small = common::rows(10_000, eps);
-    let t = Instant::now();
-    let c = compile(&small);
+    let (c, w, t) = timed(|| compile(&small));
     println!(
         "compile (from scratch) 10000 Services x {eps}: {} ({} flows, {} errors)",
-        ms(t.elapsed()),
+        both(w, t),
         c.program.flows.len(),
         c.errors.len()
     );
-    drop((small, c));
+    let batch = RowUpdate::between(&NodeRows::default(), &small);
+    let mut inc = IncrementalCompiler::new(Limits::default());
+    let (changes, w, t) = timed(|| inc.update(batch));
+    let (json, jw, jt) = timed(|| serde_json::to_string(&changes).unwrap_or_default());
+    println!(
+        "10000 Services x {eps} in one batch into an empty incremental compiler: update + NodeChanges {}; JSON {} ({:.1} MiB)",
+        both(w, t),
+        both(jw, jt),
+        mib(json.len())
+    );
+    drop((small, c, inc, changes, json));
 
     let rows = common::rows(services, eps);
     let before = LIVE.load(Ordering::Relaxed);
-    let t = Instant::now();
-    let mut inc = IncrementalCompiler::from_rows(&rows, Limits::default());
-    let load = t.elapsed();
+    let (mut inc, w, t) = timed(|| IncrementalCompiler::from_rows(&rows, Limits::default()));
     let held = LIVE.load(Ordering::Relaxed) - before;
     let rows_bytes = before;
     drop(rows);
     let (rss_now, hwm) = rss();
-    println!("incremental load {services} Services x {eps}: {}", ms(load));
+    println!(
+        "incremental load {services} Services x {eps}: {}",
+        both(w, t)
+    );
     println!(
         "memory: compiler holds {:.1} MiB of heap (rows + indexes + program); the input rows were {:.1} MiB; process RSS {:.1} MiB, peak RSS {:.1} MiB",
         mib(held),
@@ -116,73 +166,55 @@ fn main() {
     );
 
     let mut changes = common::Changes::new(services, eps);
-    let (mut update, mut encode) = (Vec::new(), Vec::new());
-    let mut kinds: std::collections::BTreeMap<&str, Vec<Duration>> = Default::default();
+    let (mut wall, mut cpus) = (Vec::new(), Vec::new());
+    let (mut enc_w, mut enc_c) = (Vec::new(), Vec::new());
+    let mut kinds: std::collections::BTreeMap<&str, (Vec<Duration>, Vec<Duration>)> =
+        Default::default();
     let mut ops = 0usize;
     for _ in 0..n_changes {
         let (u, kind) = changes.next_change();
-        let t = Instant::now();
-        let c = inc.update([u]);
-        let d = t.elapsed();
-        let t = Instant::now();
-        let text = serde_json::to_string(&c).unwrap_or_default();
-        encode.push(t.elapsed());
-        ops += c.flow_ops.len() + c.services.upsert.len() + c.services.delete.len();
+        let (c, w, t) = timed(|| inc.update([u]));
+        let (text, ew, et) = timed(|| serde_json::to_string(&c).unwrap_or_default());
         std::hint::black_box(text);
-        update.push(d);
-        kinds.entry(kind).or_default().push(d);
-        assert!(inc.last_stats().services_checked <= 1 && !inc.last_stats().full);
+        ops += c.flow_ops.len() + c.services.upsert.len() + c.services.delete.len();
+        wall.push(w);
+        cpus.push(t);
+        enc_w.push(ew);
+        enc_c.push(et);
+        let k = kinds.entry(kind).or_default();
+        k.0.push(w);
+        k.1.push(t);
+        let s = inc.last_stats();
+        assert!(s.services_checked <= 1 && !s.full, "{s:?}");
     }
-    update.sort();
-    encode.sort();
     println!(
         "one endpoint change, {services} Services x {eps} installed, {n_changes} changes ({ops} items in the change sets):"
     );
-    println!(
-        "  update + NodeChanges: p50 {}  p99 {}  max {}",
-        ms(pct(&update, 0.5)),
-        ms(pct(&update, 0.99)),
-        ms(*update.last().expect("changes"))
-    );
-    for (k, mut v) in kinds {
-        v.sort();
-        println!(
-            "    {k:6} ({:4}): p50 {}  p99 {}",
-            v.len(),
-            ms(pct(&v, 0.5)),
-            ms(pct(&v, 0.99))
-        );
+    percentiles("update + NodeChanges", &mut wall, &mut cpus);
+    for (k, (mut w, mut c)) in kinds {
+        percentiles(&format!("  {k:6} ({:4})", w.len()), &mut w, &mut c);
     }
-    println!(
-        "  JSON encoding of the change set: p50 {}  p99 {}",
-        ms(pct(&encode, 0.5)),
-        ms(pct(&encode, 0.99))
-    );
+    percentiles("JSON encoding of the change set", &mut enc_w, &mut enc_c);
 
     // Without the incremental compiler: rebuild and diff the whole program.
-    let t = Instant::now();
-    let old = inc.program();
-    let materialize = t.elapsed();
+    let (old, mw, mt) = timed(|| inc.program());
     let (u, _) = changes.next_change();
     let quick = inc.update([u]);
     let new = inc.program();
-    let t = Instant::now();
-    let full = diff(&old, &new);
-    let diff_t = t.elapsed();
+    let (full, dw, dt) = timed(|| diff(&old, &new));
     assert_eq!(full, quick, "the journal's changes equal the full diff");
     println!(
-        "for comparison at {services} Services: program() {}  full diff {}  ({} flows)",
-        ms(materialize),
-        ms(diff_t),
+        "for comparison at {services} Services: program() {}; full diff {} ({} flows)",
+        both(mw, mt),
+        both(dw, dt),
         new.flows.len()
     );
     drop((old, new));
     let rows = inc.rows();
-    let t = Instant::now();
-    let c = compile(&rows);
+    let (c, w, t) = timed(|| compile(&rows));
     println!(
         "compile (from scratch) {services} Services x {eps}: {}",
-        ms(t.elapsed())
+        both(w, t)
     );
     assert_eq!(c, inc.compiled(), "incremental equals from scratch");
     println!("peak heap {:.1} MiB", mib(PEAK.load(Ordering::Relaxed)));

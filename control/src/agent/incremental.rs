@@ -35,6 +35,19 @@
 //! changes come from the touched keys only; [`IncrementalCompiler::program`]
 //! builds the canonical [`NodeProgram`] (O(program)) for a full push.
 //!
+//! # Use in the agent
+//!
+//! Subscribe to the monitor, then seed with [`IncrementalCompiler::from_replica`]
+//! of its snapshot (or feed every `MonitorEvent::Changes` batch from the
+//! start, a full dump included, to [`IncrementalCompiler::update_from_changes`]).
+//! After a start of the agent or of `sluiced`, commit
+//! `diff(&node_program_of_sluiced, &compiler.program())`; then for each
+//! batch commit the [`NodeChanges`] that `update_from_changes` returns,
+//! stamped with the generation, unless it is empty. Rewrite the status
+//! table's errors ([`IncrementalCompiler::errors`] and
+//! [`IncrementalCompiler::conversion_errors`]) when
+//! [`IncrementalCompiler::errors_epoch`] moved.
+//!
 //! Thread-safety: a plain value (`Send + Sync`); `&mut self` to update.
 
 use std::cmp::Reverse;
@@ -198,6 +211,8 @@ struct Out {
     flows: BTreeMap<FlowKey, (u64, String)>,
     services: BTreeMap<String, ServiceSpec>,
     journal: Journal,
+    /// Journal writes (off while loading: nobody asks for the changes).
+    recording: bool,
 }
 
 /// First-touch values of every key written since the last take.
@@ -212,13 +227,22 @@ struct Journal {
     services: BTreeMap<String, Option<ServiceSpec>>,
 }
 
-/// Writes `v` (None: removes) at `k`, journaling the first old value.
+/// Writes `v` (None: removes) at `k`, journaling the first old value
+/// when `record`.
 fn put<K: Ord + Clone, V>(
     map: &mut BTreeMap<K, V>,
     journal: &mut BTreeMap<K, Option<V>>,
+    record: bool,
     k: K,
     v: Option<V>,
 ) {
+    if !record {
+        match v {
+            Some(v) => map.insert(k, v),
+            None => map.remove(&k),
+        };
+        return;
+    }
     let old = match v {
         Some(v) => map.insert(k.clone(), v),
         None => map.remove(&k),
@@ -263,6 +287,7 @@ impl Out {
         put(
             &mut self.flows,
             &mut self.journal.flows,
+            self.recording,
             k.clone(),
             Some((f.cookie, f.actions)),
         );
@@ -270,13 +295,21 @@ impl Out {
     }
 
     fn unflow(&mut self, k: FlowKey) {
-        put(&mut self.flows, &mut self.journal.flows, k, None);
+        put(
+            &mut self.flows,
+            &mut self.journal.flows,
+            self.recording,
+            k,
+            None,
+        );
     }
 
     fn set_settings(&mut self, s: NodeSettings) {
         if self.settings != s {
             let old = std::mem::replace(&mut self.settings, s);
-            self.journal.settings.get_or_insert(old);
+            if self.recording {
+                self.journal.settings.get_or_insert(old);
+            }
         }
     }
 
@@ -501,14 +534,28 @@ impl IncrementalCompiler {
             ..Default::default()
         });
         c.out.journal = Journal::default();
+        c.out.recording = true;
         c
     }
 
     /// A compiler holding `rows` (as [`compile_with`](super::compile::compile_with)
     /// would compile them).
     pub fn from_rows(rows: &NodeRows, limits: Limits) -> Self {
+        fn all<'a, T: Clone + 'a>(
+            rows: &'a [(Uuid, T)],
+            make: fn(Uuid, Option<T>) -> RowUpdate,
+        ) -> impl Iterator<Item = RowUpdate> + 'a {
+            rows.iter().map(move |(u, r)| make(*u, Some(r.clone())))
+        }
         let mut c = IncrementalCompiler::new(limits);
-        c.load(RowUpdate::between(&NodeRows::default(), rows));
+        c.load(
+            all(&rows.node_config, RowUpdate::NodeConfig)
+                .chain(all(&rows.logical_ports, RowUpdate::LogicalPort))
+                .chain(all(&rows.services, RowUpdate::Service))
+                .chain(all(&rows.service_ports, RowUpdate::ServicePort))
+                .chain(all(&rows.endpoints, RowUpdate::Endpoint))
+                .chain(all(&rows.remote_nodes, RowUpdate::RemoteNode)),
+        );
         c
     }
 
@@ -563,8 +610,10 @@ impl IncrementalCompiler {
     /// a resynchronisation, after which the caller diffs [`Self::program`]
     /// against what `sluiced` holds).
     pub fn load(&mut self, updates: impl IntoIterator<Item = RowUpdate>) {
-        self.apply_updates(updates);
         self.out.journal = Journal::default();
+        self.out.recording = false;
+        self.apply_updates(updates);
+        self.out.recording = true;
     }
 
     /// Applies a monitor batch ([`RowChange`]s of the node tables; other
@@ -880,19 +929,20 @@ impl IncrementalCompiler {
     /// Replaces section `i`'s contribution.
     fn replace_section(&mut self, i: usize, s: Section) {
         let old = std::mem::take(&mut self.sections[i]);
+        let rec = self.out.recording;
         let o = &mut self.out;
         let j = &mut o.journal;
         for k in old.ports {
-            put(&mut o.ports, &mut j.ports, k, None);
+            put(&mut o.ports, &mut j.ports, rec, k, None);
         }
         for k in old.port_security {
-            put(&mut o.port_security, &mut j.port_security, k, None);
+            put(&mut o.port_security, &mut j.port_security, rec, k, None);
         }
         for k in old.arp {
-            put(&mut o.arp, &mut j.arp, k, None);
+            put(&mut o.arp, &mut j.arp, rec, k, None);
         }
         for k in old.vteps {
-            put(&mut o.vteps, &mut j.vteps, k, None);
+            put(&mut o.vteps, &mut j.vteps, rec, k, None);
         }
         for k in old.flows {
             o.unflow(k);
@@ -905,19 +955,19 @@ impl IncrementalCompiler {
         let j = &mut o.journal;
         for (k, v) in s.ports {
             w.ports.push(k.clone());
-            put(&mut o.ports, &mut j.ports, k, Some(v));
+            put(&mut o.ports, &mut j.ports, rec, k, Some(v));
         }
         for (k, v) in s.port_security {
             w.port_security.push(k);
-            put(&mut o.port_security, &mut j.port_security, k, Some(v));
+            put(&mut o.port_security, &mut j.port_security, rec, k, Some(v));
         }
         for (k, v) in s.arp_responder {
             w.arp.push(k);
-            put(&mut o.arp, &mut j.arp, k, Some(v));
+            put(&mut o.arp, &mut j.arp, rec, k, Some(v));
         }
         for (k, v) in s.vteps {
             w.vteps.push(k.clone());
-            put(&mut o.vteps, &mut j.vteps, k, Some(v));
+            put(&mut o.vteps, &mut j.vteps, rec, k, Some(v));
         }
         for f in s.cx.flows {
             w.flows.push(o.flow(f));
@@ -1024,15 +1074,22 @@ impl IncrementalCompiler {
             work.insert(new_key);
         }
         // Every claimant of a claim that changed hands is looked at again.
+        let push = |work: &mut BTreeSet<SvcKey>, set: &BTreeSet<SvcKey>| {
+            for k in set {
+                if !work.contains(k) {
+                    work.insert(k.clone());
+                }
+            }
+        };
         for (fes, names) in std::mem::take(&mut d.old_claims) {
             for f in &fes {
                 if let Some(set) = self.fe_claims.get(f) {
-                    work.extend(set.iter().cloned());
+                    push(&mut work, set);
                 }
             }
             for n in &names {
                 if let Some(set) = self.name_claims.get(n) {
-                    work.extend(set.iter().cloned());
+                    push(&mut work, set);
                 }
             }
         }
@@ -1127,6 +1184,7 @@ impl IncrementalCompiler {
             put(
                 &mut self.out.services,
                 &mut self.out.journal.services,
+                self.out.recording,
                 name,
                 None,
             );
@@ -1190,6 +1248,7 @@ impl IncrementalCompiler {
                 put(
                     &mut self.out.services,
                     &mut self.out.journal.services,
+                    self.out.recording,
                     spec.name.clone(),
                     Some(spec),
                 );
