@@ -30,8 +30,8 @@
 //! (e.g. a monitor batch that overlaps a snapshot) changes nothing the
 //! second time.
 //!
-//! The program is held in maps (flows keyed by table, descending priority
-//! and match), each write journaled with the value it replaced, so the
+//! The program is held in maps (flows hashed by table, priority and match,
+//! sorted when needed), each write journaled with the value it replaced, so the
 //! changes come from the touched keys only; [`IncrementalCompiler::program`]
 //! builds the canonical [`NodeProgram`] (O(program)) for a full push.
 //!
@@ -51,7 +51,7 @@
 //! Thread-safety: a plain value (`Send + Sync`); `&mut self` to update.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 use nestdb_client::node::{Endpoint, LogicalPort, NodeConfig, RemoteNode, Service, ServicePort};
@@ -208,7 +208,9 @@ struct Out {
     arp: BTreeMap<Ipv4Addr, Mac>,
     vteps: BTreeMap<String, Ipv4Addr>,
     settings: NodeSettings,
-    flows: BTreeMap<FlowKey, (u64, String)>,
+    /// Hashed (the most numerous items): sorted only when the program is
+    /// built or the changes are taken.
+    flows: HashMap<FlowKey, (u64, String)>,
     services: BTreeMap<String, ServiceSpec>,
     journal: Journal,
     /// Journal writes (off while loading: nobody asks for the changes).
@@ -223,7 +225,7 @@ struct Journal {
     arp: BTreeMap<Ipv4Addr, Option<Mac>>,
     vteps: BTreeMap<String, Option<Ipv4Addr>>,
     settings: Option<NodeSettings>,
-    flows: BTreeMap<FlowKey, Option<(u64, String)>>,
+    flows: HashMap<FlowKey, Option<(u64, String)>>,
     services: BTreeMap<String, Option<ServiceSpec>>,
 }
 
@@ -284,24 +286,18 @@ fn flow_of(k: &FlowKey, body: &(u64, String)) -> Flow {
 impl Out {
     fn flow(&mut self, f: Flow) -> FlowKey {
         let k = flow_key(&f);
-        put(
-            &mut self.flows,
-            &mut self.journal.flows,
-            self.recording,
-            k.clone(),
-            Some((f.cookie, f.actions)),
-        );
+        let old = self.flows.insert(k.clone(), (f.cookie, f.actions));
+        if self.recording {
+            self.journal.flows.entry(k.clone()).or_insert(old);
+        }
         k
     }
 
     fn unflow(&mut self, k: FlowKey) {
-        put(
-            &mut self.flows,
-            &mut self.journal.flows,
-            self.recording,
-            k,
-            None,
-        );
+        let old = self.flows.remove(&k);
+        if self.recording {
+            self.journal.flows.entry(k).or_insert(old);
+        }
     }
 
     fn set_settings(&mut self, s: NodeSettings) {
@@ -344,7 +340,9 @@ impl Out {
         c.port_security_set = set.into_iter().map(|(_, v)| v).collect();
         c.port_security_removed = removed;
         let mut adds = Vec::new();
-        for (k, old) in j.flows {
+        let mut touched: Vec<(FlowKey, Option<(u64, String)>)> = j.flows.into_iter().collect();
+        touched.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (k, old) in touched {
             match (old, self.flows.get(&k)) {
                 (Some(_), None) => c.flow_ops.push(FlowOp::Del {
                     match_: flow_of(&k, &(0, String::new())).key_text(),
@@ -651,7 +649,11 @@ impl IncrementalCompiler {
         let o = &self.out;
         NodeProgram {
             ports: o.ports.clone(),
-            flows: o.flows.iter().map(|(k, b)| flow_of(k, b)).collect(),
+            flows: {
+                let mut v: Vec<(&FlowKey, &(u64, String))> = o.flows.iter().collect();
+                v.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                v.into_iter().map(|(k, b)| flow_of(k, b)).collect()
+            },
             services: o.services.clone(),
             vteps: o.vteps.clone(),
             port_security: o.port_security.clone(),
