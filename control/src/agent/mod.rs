@@ -24,5 +24,5 @@ pub mod reconcile;
 pub mod startup;
 
 pub use compile::{compile, compile_with, Compiled, Limits, NodeRows, RowError};
-pub use incremental::{IncrementalCompiler, RowUpdate};
+pub use incremental::{IncrementalCompiler, RowUpdate, UpdateStats};
 pub use reconcile::{Held, Plan, Reconciler, Snapshot, StatusWrite};
