@@ -75,10 +75,10 @@ type Frontend = (Ipv4Addr, u16, u8);
 /// A Service's place in name order: namespace, name, UUID.
 type SvcKey = (String, String, Uuid);
 
-/// The multiplicative word hash of rustc's `FxHasher`: several times
-/// faster than SipHash on the short flow texts and addresses hashed here.
-/// Not resistant to chosen collisions, which is fine for keys that come
-/// from the cluster's own node database.
+/// The multiplicative word hash of rustc's `FxHasher`, a word at a time
+/// (SipHash, the default, works harder per byte). Not resistant to chosen
+/// collisions, which is fine for keys that come from the cluster's own
+/// node database.
 #[derive(Default, Clone, Copy)]
 struct WordHasher(u64);
 
