@@ -258,7 +258,8 @@ struct Pod {
 }
 
 /// The node settings once `Node_Config` checked out.
-struct Node {
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Node {
     name: String,
     settings: NodeSettings,
     /// Local pod CIDRs, gateway address form.
@@ -269,9 +270,10 @@ struct Node {
     uplink_return: Option<Mac>,
 }
 
-struct Ctx {
-    errors: Vec<RowError>,
-    flows: Vec<Flow>,
+#[derive(Default)]
+pub(crate) struct Ctx {
+    pub(crate) errors: Vec<RowError>,
+    pub(crate) flows: Vec<Flow>,
 }
 
 impl Ctx {
@@ -301,41 +303,88 @@ pub fn compile_with(rows: &NodeRows, limits: &Limits) -> Compiled {
         flows: Vec::new(),
     };
     let mut program = NodeProgram::default();
-    let node = match rows.node_config.as_slice() {
-        [] => {
-            cx.error(
-                "Node_Config",
-                "-",
-                "there is no Node_Config row; nothing is programmed until the node's configuration is written".into(),
-            );
-            None
-        }
-        [(_, cfg)] => match node_settings(cfg) {
-            Ok(n) => Some(n),
-            Err(s) => {
-                cx.error("Node_Config", cfg.node_name.clone(), s);
-                None
-            }
-        },
-        many => {
-            for (_, cfg) in many {
-                cx.error(
-                    "Node_Config",
-                    cfg.node_name.clone(),
-                    format!(
-                        "there are {} Node_Config rows; keep exactly one",
-                        many.len()
-                    ),
-                );
-            }
-            None
-        }
-    };
+    let (node, errors) = compile_node(rows.node_config.iter().map(|(_, c)| c).collect());
+    cx.errors.extend(errors);
     let Some(node) = node else {
         return finish(program, cx);
     };
-    node_flows(&mut cx, &node);
-    program.ports.insert(
+    let (settings, sections) = sections(
+        &node,
+        rows.remote_nodes.iter().map(|(_, r)| r).collect(),
+        rows.logical_ports.iter().map(|(_, r)| r).collect(),
+        limits,
+    );
+    program.settings = settings;
+    for section in sections {
+        program.ports.extend(section.ports);
+        program.port_security.extend(section.port_security);
+        program.arp_responder.extend(section.arp_responder);
+        program.vteps.extend(section.vteps);
+        cx.flows.extend(section.cx.flows);
+        cx.errors.extend(section.cx.errors);
+    }
+
+    // Services.
+    for spec in services(&mut cx, &node, rows) {
+        program.services.insert(spec.name.clone(), spec);
+    }
+    finish(program, cx)
+}
+
+/// The node from the `Node_Config` rows (exactly one, which checks out),
+/// or the errors that stop everything.
+pub(crate) fn compile_node(configs: Vec<&NodeConfig>) -> (Option<Node>, Vec<RowError>) {
+    let err = |key: String, sentence: String| RowError {
+        table: "Node_Config",
+        key,
+        sentence,
+    };
+    match configs.as_slice() {
+        [] => (
+            None,
+            vec![err(
+                "-".into(),
+                "there is no Node_Config row; nothing is programmed until the node's configuration is written".into(),
+            )],
+        ),
+        [cfg] => match node_settings(cfg) {
+            Ok(n) => (Some(n), Vec::new()),
+            Err(s) => (None, vec![err(cfg.node_name.clone(), s)]),
+        },
+        many => (
+            None,
+            many.iter()
+                .map(|cfg| {
+                    err(
+                        cfg.node_name.clone(),
+                        format!("there are {} Node_Config rows; keep exactly one", many.len()),
+                    )
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// What one part of the rows contributes to the program besides the
+/// Services: the node's own part, the remote nodes, the pods. Sections
+/// never share a key (reserved port names, disjoint addresses), so the
+/// program is their union; the incremental compiler recomputes and
+/// replaces them one by one.
+#[derive(Default)]
+pub(crate) struct Section {
+    pub(crate) ports: BTreeMap<String, PortSpec>,
+    pub(crate) port_security: BTreeMap<u16, PortSecurity>,
+    pub(crate) arp_responder: BTreeMap<Ipv4Addr, Mac>,
+    pub(crate) vteps: BTreeMap<String, Ipv4Addr>,
+    pub(crate) cx: Ctx,
+}
+
+/// The node's own section: its flows, the uplink and host ports, the
+/// gateways' ARP answers.
+pub(crate) fn node_section(node: &Node) -> Section {
+    let mut s = Section::default();
+    node_flows(&mut s.cx, node);
+    s.ports.insert(
         UPLINK_NAME.into(),
         PortSpec {
             ofport: UPLINK,
@@ -345,7 +394,7 @@ pub fn compile_with(rows: &NodeRows, limits: &Limits) -> Compiled {
             driver: DriverHint::Auto,
         },
     );
-    program.ports.insert(
+    s.ports.insert(
         HOST_NAME.into(),
         PortSpec {
             ofport: HOST,
@@ -354,16 +403,21 @@ pub fn compile_with(rows: &NodeRows, limits: &Limits) -> Compiled {
         },
     );
     for g in &node.gateways {
-        program.arp_responder.insert(g.ip, node.gw_mac);
+        s.arp_responder.insert(g.ip, node.gw_mac);
     }
+    s
+}
 
-    // Remote nodes: before pods so that cluster CIDRs are known.
+/// The remote nodes' section (in name order, each checked against the
+/// ones before it) and the cluster's pod CIDRs, sorted.
+pub(crate) fn remote_section(node: &Node, mut remotes: Vec<&RemoteNode>) -> (Section, Vec<Cidr>) {
+    let mut s = Section::default();
+    let cx = &mut s.cx;
     let mut cluster: Vec<Cidr> = node.gateways.iter().map(|g| net(*g)).collect();
-    let mut remotes: Vec<&RemoteNode> = rows.remote_nodes.iter().map(|(_, r)| r).collect();
     remotes.sort_by(|a, b| a.name.cmp(&b.name));
     let mut vtep_owner: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
     for r in remotes {
-        match remote_node(&node, r, &cluster, &vtep_owner) {
+        match remote_node(node, r, &cluster, &vtep_owner) {
             Ok((vtep, cidrs)) => {
                 let c = cookie("Remote_Node", &r.name);
                 for cidr in &cidrs {
@@ -380,21 +434,22 @@ pub fn compile_with(rows: &NodeRows, limits: &Limits) -> Compiled {
                 }
                 cluster.extend(cidrs);
                 vtep_owner.insert(vtep, r.name.clone());
-                program.vteps.insert(r.name.clone(), vtep);
+                s.vteps.insert(r.name.clone(), vtep);
             }
-            Err(s) => cx.error("Remote_Node", r.name.clone(), s),
+            Err(e) => cx.error("Remote_Node", r.name.clone(), e),
         }
     }
     cluster.sort();
-    program.settings = NodeSettings {
-        cluster_cidrs: cluster,
-        ..node.settings.clone()
-    };
+    (s, cluster)
+}
 
-    // Pods.
-    for pod in pods(&mut cx, &node, &rows.logical_ports, limits) {
+/// The pods' section: ports, port security and flows of every pod that
+/// checks out, numbered (see the module documentation).
+pub(crate) fn pod_section(node: &Node, lps: Vec<&LogicalPort>, limits: &Limits) -> Section {
+    let mut s = Section::default();
+    for pod in pods(&mut s.cx, node, lps, limits) {
         let c = cookie("Logical_Port", &pod.name);
-        program.ports.insert(
+        s.ports.insert(
             pod.name.clone(),
             PortSpec {
                 ofport: pod.ofport,
@@ -404,7 +459,7 @@ pub fn compile_with(rows: &NodeRows, limits: &Limits) -> Compiled {
                 driver: DriverHint::Auto,
             },
         );
-        program.port_security.insert(
+        s.port_security.insert(
             pod.ofport,
             PortSecurity {
                 port: pod.ofport,
@@ -412,7 +467,7 @@ pub fn compile_with(rows: &NodeRows, limits: &Limits) -> Compiled {
                 ips: pod.ips.clone(),
             },
         );
-        cx.flow(
+        s.cx.flow(
             c,
             table::CLASSIFY,
             50,
@@ -420,7 +475,7 @@ pub fn compile_with(rows: &NodeRows, limits: &Limits) -> Compiled {
             format!("goto_table:{}", table::REPLIES),
         );
         for ip in &pod.ips {
-            cx.flow(
+            s.cx.flow(
                 c,
                 table::L3,
                 300,
@@ -432,7 +487,7 @@ pub fn compile_with(rows: &NodeRows, limits: &Limits) -> Compiled {
                     pod.ofport
                 ),
             );
-            cx.flow(
+            s.cx.flow(
                 c,
                 table::ARP,
                 100,
@@ -441,12 +496,29 @@ pub fn compile_with(rows: &NodeRows, limits: &Limits) -> Compiled {
             );
         }
     }
+    s
+}
 
-    // Services.
-    for spec in services(&mut cx, &node, rows) {
-        program.services.insert(spec.name.clone(), spec);
+/// The node settings with the cluster's pod CIDRs.
+pub(crate) fn settings_of(node: &Node, cluster: Vec<Cidr>) -> NodeSettings {
+    NodeSettings {
+        cluster_cidrs: cluster,
+        ..node.settings.clone()
     }
-    finish(program, cx)
+}
+
+/// The settings and the three sections (node, remote nodes, pods).
+fn sections(
+    node: &Node,
+    remotes: Vec<&RemoteNode>,
+    lps: Vec<&LogicalPort>,
+    limits: &Limits,
+) -> (NodeSettings, [Section; 3]) {
+    let (remote, cluster) = remote_section(node, remotes);
+    (
+        settings_of(node, cluster),
+        [node_section(node), remote, pod_section(node, lps, limits)],
+    )
 }
 
 fn finish(mut program: NodeProgram, mut cx: Ctx) -> Compiled {
@@ -749,8 +821,7 @@ fn remote_node(
 }
 
 /// Checks the logical ports and gives them OpenFlow numbers.
-fn pods(cx: &mut Ctx, n: &Node, rows: &[(Uuid, LogicalPort)], limits: &Limits) -> Vec<Pod> {
-    let mut rows: Vec<&LogicalPort> = rows.iter().map(|(_, r)| r).collect();
+fn pods(cx: &mut Ctx, n: &Node, mut rows: Vec<&LogicalPort>, limits: &Limits) -> Vec<Pod> {
     rows.sort_by(|a, b| a.name.cmp(&b.name));
     let mut ok: Vec<Pod> = Vec::new();
     let mut owner: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
@@ -885,7 +956,7 @@ fn number(cx: &mut Ctx, pods: Vec<Pod>, limits: &Limits) -> Vec<Pod> {
 }
 
 /// The frontends of a spec: `(address, port)` pairs.
-fn frontends_of(n: &Node, s: &ServiceSpec) -> Vec<(Ipv4Addr, u16)> {
+pub(crate) fn frontends_of(n: &Node, s: &ServiceSpec) -> Vec<(Ipv4Addr, u16)> {
     let mut v: Vec<(Ipv4Addr, u16)> = s
         .cluster_ips
         .iter()
@@ -926,16 +997,16 @@ fn policy(p: DbPolicy) -> TrafficPolicy {
 }
 
 /// The Service specs of one Service row (one per Service port).
-fn service_specs(
+pub(crate) fn service_specs<'a>(
     n: &Node,
     s: &Service,
-    ports: &BTreeMap<Uuid, &ServicePort>,
+    port_of: &dyn Fn(&Uuid) -> Option<&'a ServicePort>,
     eps: &[&Endpoint],
 ) -> Result<Vec<ServiceSpec>, String> {
     let base = format!("{}/{}", s.namespace, s.name);
     let mut sps: Vec<&ServicePort> = Vec::new();
     for u in &s.ports {
-        sps.push(ports.get(u).copied().ok_or_else(|| {
+        sps.push(port_of(u).ok_or_else(|| {
             format!("it references Service_Port {u}, which does not exist; write the Service and its ports in one transaction")
         })?);
     }
@@ -1054,6 +1125,67 @@ fn service_specs(
     Ok(out)
 }
 
+/// The error of a Service whose frontend an earlier Service (in name
+/// order) holds.
+pub(crate) fn frontend_conflict(ip: Ipv4Addr, port: u16, proto: &str, owner: &str) -> String {
+    format!(
+        "its frontend {ip}:{port}/{proto} is already Service {owner}'s; give each address, port and protocol to one Service"
+    )
+}
+
+/// The error of a Service one of whose port's Service names an earlier
+/// Service (in name order) holds.
+pub(crate) fn name_conflict(name: &str) -> String {
+    format!(
+        "its port's Service name {name:?} is already another Service's; Kubernetes names contain no ':'"
+    )
+}
+
+/// The error of an Endpoint whose Service does not exist.
+pub(crate) fn dangling_endpoint(service: Uuid) -> String {
+    format!("it references Service {service}, which does not exist")
+}
+
+/// The flows of one accepted Service's frontends (`PROTO` name per
+/// address, port and IP protocol number).
+pub(crate) fn frontend_flows(
+    cx: &mut Ctx,
+    key: &str,
+    frontends: &BTreeMap<(Ipv4Addr, u16, u8), &'static str>,
+) {
+    let c = cookie("Service", key);
+    for (&(ip, port, _), &p) in frontends {
+        cx.flow(
+            c,
+            table::SERVICES,
+            110,
+            format!("{p},in_port={UPLINK},tun_id=0,nw_dst={ip},tp_dst={port}"),
+            format!(
+                "ct(commit,zone={CT_ZONE},table={},nat,exec(set_field:0x1->ct_mark))",
+                table::L3
+            ),
+        );
+        cx.flow(
+            c,
+            table::SERVICES,
+            100,
+            format!("{p},nw_dst={ip},tp_dst={port}"),
+            format!("ct(commit,zone={CT_ZONE},table={},nat)", table::L3),
+        );
+    }
+}
+
+/// The reply flow of a Service endpoint's address.
+pub(crate) fn reply_flow(ip: Ipv4Addr) -> Flow {
+    Flow {
+        table: table::REPLIES,
+        priority: 100,
+        match_: format!("ip,nw_src={ip}"),
+        cookie: cookie("Endpoint", &ip.to_string()),
+        actions: format!("ct(zone={CT_ZONE},table={},nat)", table::SERVICES),
+    }
+}
+
 /// The Services: specs, frontend flows, reply flows.
 fn services(cx: &mut Ctx, n: &Node, rows: &NodeRows) -> Vec<ServiceSpec> {
     let ports: BTreeMap<Uuid, &ServicePort> =
@@ -1064,11 +1196,7 @@ fn services(cx: &mut Ctx, n: &Node, rows: &NodeRows) -> Vec<ServiceSpec> {
         match e.service {
             None => {} // its Service was deleted (weak reference)
             Some(s) if by_uuid.contains_key(&s) => eps.entry(s).or_default().push(e),
-            Some(s) => cx.error(
-                "Endpoint",
-                u.to_string(),
-                format!("it references Service {s}, which does not exist"),
-            ),
+            Some(s) => cx.error("Endpoint", u.to_string(), dangling_endpoint(s)),
         }
     }
     let mut svcs: Vec<(&Uuid, &Service)> = rows.services.iter().map(|(u, s)| (u, s)).collect();
@@ -1079,7 +1207,12 @@ fn services(cx: &mut Ctx, n: &Node, rows: &NodeRows) -> Vec<ServiceSpec> {
     let mut out = Vec::new();
     for (u, s) in svcs {
         let key = format!("{}/{}", s.namespace, s.name);
-        let specs = match service_specs(n, s, &ports, eps.get(u).map_or(&[][..], Vec::as_slice)) {
+        let specs = match service_specs(
+            n,
+            s,
+            &|u| ports.get(u).copied(),
+            eps.get(u).map_or(&[][..], Vec::as_slice),
+        ) {
             Ok(v) => v,
             Err(e) => {
                 cx.error("Service", key, e);
@@ -1092,60 +1225,29 @@ fn services(cx: &mut Ctx, n: &Node, rows: &NodeRows) -> Vec<ServiceSpec> {
             for (ip, port) in frontends_of(n, spec) {
                 let k = (ip, port, spec.protocol.ipproto());
                 if let Some(o) = owner.get(&k) {
-                    conflict = Some(format!(
-                        "its frontend {ip}:{port}/{} is already Service {o}'s; give each address, port and protocol to one Service",
-                        spec.protocol.name()
-                    ));
+                    conflict = Some(frontend_conflict(ip, port, spec.protocol.name(), o));
                 }
                 mine.insert(k, spec.protocol.name());
             }
         }
         if let Some(dup) = specs.iter().find(|s| names.contains(&s.name)) {
-            conflict = Some(format!(
-                "its port's Service name {:?} is already another Service's; Kubernetes names contain no ':'",
-                dup.name
-            ));
+            conflict = Some(name_conflict(&dup.name));
         }
         if let Some(c) = conflict {
             cx.error("Service", key, c);
             continue;
         }
         names.extend(specs.iter().map(|s| s.name.clone()));
-        let c = cookie("Service", &key);
-        for (&(ip, port, proto), &p) in &mine {
-            cx.flow(
-                c,
-                table::SERVICES,
-                110,
-                format!("{p},in_port={UPLINK},tun_id=0,nw_dst={ip},tp_dst={port}"),
-                format!(
-                    "ct(commit,zone={CT_ZONE},table={},nat,exec(set_field:0x1->ct_mark))",
-                    table::L3
-                ),
-            );
-            cx.flow(
-                c,
-                table::SERVICES,
-                100,
-                format!("{p},nw_dst={ip},tp_dst={port}"),
-                format!("ct(commit,zone={CT_ZONE},table={},nat)", table::L3),
-            );
-            owner.insert((ip, port, proto), key.clone());
+        frontend_flows(cx, &key, &mine);
+        for k in mine.keys() {
+            owner.insert(*k, key.clone());
         }
         for spec in specs {
             reply_ips.extend(spec.endpoints.iter().map(|e| e.ip));
             out.push(spec);
         }
     }
-    for ip in reply_ips {
-        cx.flow(
-            cookie("Endpoint", &ip.to_string()),
-            table::REPLIES,
-            100,
-            format!("ip,nw_src={ip}"),
-            format!("ct(zone={CT_ZONE},table={},nat)", table::SERVICES),
-        );
-    }
+    cx.flows.extend(reply_ips.into_iter().map(reply_flow));
     out
 }
 

@@ -3,6 +3,9 @@
 //!
 //! - [`compile`]: the pure compiler, rows ([`compile::NodeRows`]) to a
 //!   [`sluice_api::node::NodeProgram`] and the rows it skipped;
+//! - [`incremental`]: the same kept up to date row change by row change
+//!   ([`IncrementalCompiler`]): the `NodeChanges` of a change come from the
+//!   rows it touched, not from a diff of whole programs;
 //! - [`reconcile`]: the [`Reconciler`], the agent's decisions without I/O:
 //!   what `sluiced` holds, the one `node-commit` that moves it to the
 //!   compiled program (`sluice_api::node::diff`), the status rows to write
@@ -11,13 +14,15 @@
 //!   control socket, retries, status writes;
 //! - [`startup`]: socket checks and dropping capabilities at start.
 //!
-//! Thread-safety: [`compile`] and [`reconcile`] are plain functions and
-//! values; [`daemon::run`] owns one thread (plus the monitor's).
+//! Thread-safety: [`compile`], [`incremental`] and [`reconcile`] are plain
+//! functions and values; [`daemon::run`] owns one thread (plus the monitor's).
 
 pub mod compile;
 pub mod daemon;
+pub mod incremental;
 pub mod reconcile;
 pub mod startup;
 
 pub use compile::{compile, compile_with, Compiled, Limits, NodeRows, RowError};
+pub use incremental::{IncrementalCompiler, RowUpdate, UpdateStats};
 pub use reconcile::{Held, Plan, Reconciler, Snapshot, StatusWrite};
