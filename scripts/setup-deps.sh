@@ -32,6 +32,12 @@ install_packages() {
         echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
         apt-get install -y -q --no-install-recommends "${missing[@]}"
     fi
+    if ! command -v kubernetes-validate >/dev/null; then
+        echo "==> installing kubernetes-validate (PyPI)"
+        python3 -m pip install --quiet --break-system-packages kubernetes-validate ||
+            python3 -m pip install --quiet kubernetes-validate ||
+            echo "warning: pip install kubernetes-validate failed; the manifest test will record the skip"
+    fi
     if ! python3 -c 'import ovs' 2>/dev/null; then
         echo "==> installing the Python ovs IDL (PyPI: ovs)"
         python3 -m pip install --quiet ovs || echo "warning: pip install ovs failed; the Python IDL interop test will say so"

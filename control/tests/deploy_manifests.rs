@@ -131,13 +131,29 @@ fn configmap_ini_is_accepted_by_sluiceds_parser() {
         "required",
         "the pod mounts hugepages"
     );
+    // The uplink keeps a kernel interface (node-if) by default; the host
+    // exception port takes the node's addresses; connections are saved;
+    // metrics are on.
     let uplink = cfg.ports.iter().find(|p| p.name == "uplink").unwrap();
+    assert_eq!(uplink.devargs, "net_af_packet0,iface=eth1");
+    assert_eq!(uplink.ofport, 1, "the compiled program's uplink number");
+    let host = cfg.ports.iter().find(|p| p.name == "host").unwrap();
+    assert_eq!(host.ofport, 2, "the compiled program's host port number");
+    assert_eq!(cfg.datapath.overlay.host_port.as_deref(), Some("host"));
     assert_eq!(
-        uplink.devargs, "0000:01:00.0",
-        "a vfio-pci NIC by PCI address"
+        cfg.datapath.state_file.as_deref(),
+        Some("/var/run/sluice/conntrack.state")
     );
-    // The example address is the one bootstrap.sh's help and README use.
+    assert_eq!(
+        cfg.datapath.metrics_address,
+        Some("0.0.0.0:9476".parse().unwrap())
+    );
+    // The vfio-pci alternative's address is the one bootstrap.sh's help and
+    // README use, and it parses too.
     assert!(read("deploy/bootstrap.sh").contains("0000:01:00.0"));
+    let vfio = ini.replace("devargs = net_af_packet0,iface=eth1", "devargs = 0000:01:00.0");
+    assert_ne!(vfio, ini);
+    Config::parse(&vfio, "vfio variant").unwrap();
 
     // The parser is strict about [datapath] and [port:*] keys, so the check
     // above is meaningful: a key it does not know fails.
@@ -178,10 +194,7 @@ fn daemonset_grants_exactly_the_capability_table() {
     let ini = sluiced_ini();
     let variants = [
         ini.clone(),
-        ini.replace(
-            "devargs = 0000:01:00.0",
-            "devargs = net_af_packet0,iface=eth1",
-        ),
+        ini.replace("devargs = net_af_packet0,iface=eth1", "devargs = 0000:01:00.0"),
         format!("{ini}\n[port:pod1]\ndevargs = net_tap1,iface=pod1\n"),
     ];
     for text in variants {
@@ -192,12 +205,14 @@ fn daemonset_grants_exactly_the_capability_table() {
         }
     }
 
-    // The other containers get no capability at all.
-    for c in ["nestdb-server", "sluice-agent"] {
-        let item = list_item(&ds, c);
-        assert!(!item.iter().any(|l| l.trim().starts_with("add:")), "{c}");
-        assert_eq!(flow_list(&item, "drop"), set(&["ALL"]), "{c}");
-    }
+    // The agent gets no capability at all; the bootstrap only MAC_ADMIN
+    // (loading the AppArmor profile).
+    let agent = list_item(&ds, "sluice-agent");
+    assert!(!agent.iter().any(|l| l.trim().starts_with("add:")));
+    assert_eq!(flow_list(&agent, "drop"), set(&["ALL"]));
+    let boot = list_item(&ds, "sluice-bootstrap");
+    assert_eq!(flow_list(&boot, "add"), set(&["MAC_ADMIN"]));
+    assert_eq!(flow_list(&boot, "drop"), set(&["ALL"]));
 }
 
 #[test]
@@ -257,17 +272,36 @@ fn sockets_and_probes_use_the_default_paths() {
     )));
 
     let ds = daemonset();
-    let nestdb = list_item(&ds, "nestdb-server").join("\n");
-    assert!(nestdb.contains(&format!("--remote=punix:{NESTDB_SOCKET}")));
-    assert!(nestdb.contains("/usr/share/sluice/sluice.ovsschema"));
+    // nestdb-server runs on the host (its systemd unit) at the default
+    // socket, which the pod mounts as a Socket hostPath for the agent.
+    let unit = read("deploy/systemd/nestdb-server.service");
+    assert!(unit.contains(&format!("--remote=punix:{NESTDB_SOCKET}")));
+    assert!(unit.contains("/usr/share/sluice/sluice.ovsschema"));
     // The image's root filesystem carries the schema at that path.
     assert!(read("deploy/image/rootfs.sh")
         .contains("deploy/nestdb/sluice.ovsschema\" \"$R/usr/share/sluice/sluice.ovsschema\""));
+    let vol = ds
+        .lines()
+        .skip_while(|l| l.trim() != format!("path: {NESTDB_SOCKET}"))
+        .nth(1)
+        .expect("the nestdb socket volume");
+    assert_eq!(vol.trim(), "type: Socket");
+    let agent = list_item(&ds, "sluice-agent").join("\n");
+    assert!(agent.contains(&format!("unix:{NESTDB_SOCKET}")), "{agent}");
+    assert!(agent.contains(CTL_SOCKET), "{agent}");
+    assert!(agent.contains(&format!("mountPath: {NESTDB_SOCKET}")), "{agent}");
 
+    // sluiced: alive when its socket answers, ready when it forwards a
+    // committed program.
     let sluiced = list_item(&ds, "sluiced");
-    let probe =
-        format!(r#"["sluicectl", "--socket", "{CTL_SOCKET}", "--timeout", "2", "version"]"#);
-    for kind in ["livenessProbe:", "readinessProbe:", "startupProbe:"] {
+    let probe = |what: &str| {
+        format!(r#"["sluicectl", "--socket", "{CTL_SOCKET}", "--timeout", "2", "probe", "{what}"]"#)
+    };
+    for (kind, what) in [
+        ("livenessProbe:", "sluiced"),
+        ("readinessProbe:", "forwarding"),
+        ("startupProbe:", "sluiced"),
+    ] {
         let at = sluiced
             .iter()
             .position(|l| l.trim() == kind)
@@ -276,24 +310,20 @@ fn sockets_and_probes_use_the_default_paths() {
             .iter()
             .find_map(|l| l.trim().strip_prefix("command: "))
             .unwrap();
-        assert_eq!(cmd, probe, "{kind}");
+        assert_eq!(cmd, probe(what), "{kind}");
     }
+    assert!(agent.contains(r#""probe", "agent", "--db", "unix:/var/run/nestdb/nestdb-server.sock""#));
 
-    // Socket directories are host directories shared by the containers; no
-    // Socket-type hostPath (it would have to exist before the pod that
-    // creates it starts).
-    for dir in ["/var/run/nestdb", "/var/run/sluice"] {
-        let vol = ds
-            .lines()
-            .skip_while(|l| l.trim() != format!("path: {dir}"))
-            .nth(1)
-            .unwrap_or_else(|| panic!("no hostPath {dir}"));
-        assert_eq!(vol.trim(), "type: DirectoryOrCreate", "{dir}");
-    }
-    assert!(!ds.lines().any(|l| l.trim() == "type: Socket"));
-    for c in ["nestdb-server", "sluiced", "sluice-agent"] {
+    // sluiced's directory is shared with the host and the agent.
+    let vol = ds
+        .lines()
+        .skip_while(|l| l.trim() != "path: /var/run/sluice")
+        .nth(1)
+        .expect("no hostPath /var/run/sluice");
+    assert_eq!(vol.trim(), "type: DirectoryOrCreate");
+    for c in ["sluiced", "sluice-agent"] {
         let item = list_item(&ds, c).join("\n");
-        assert!(item.contains("mountPath: /var/run/nestdb"), "{c}");
+        assert!(item.contains("mountPath: /var/run/sluice"), "{c}");
     }
 }
 
@@ -302,15 +332,26 @@ fn sockets_and_probes_use_the_default_paths() {
 #[test]
 fn probe_command_succeeds_against_a_control_socket() {
     let daemon = common::TestDaemon::start();
-    let out = Command::new(env!("CARGO_BIN_EXE_sluicectl"))
-        .arg("--socket")
-        .arg(daemon.socket())
-        .args(["--timeout", "2", "version"])
-        .env_remove("SLUICE_CTL")
-        .output()
-        .unwrap();
+    let run = |what: &str| {
+        Command::new(env!("CARGO_BIN_EXE_sluicectl"))
+            .arg("--socket")
+            .arg(daemon.socket())
+            .args(["--timeout", "2", "probe", what])
+            .env_remove("SLUICE_CTL")
+            .output()
+            .unwrap()
+    };
+    let out = run("sluiced");
     assert!(
         out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The stand-in holds generation 0: not ready, and it says why.
+    let out = run("forwarding");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("generation 0"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -346,10 +387,14 @@ fn daemonset_node_settings() {
     assert_eq!(huge[0], huge[1]);
     // The label bootstrap.sh sets is the one the DaemonSet selects.
     assert!(read("deploy/bootstrap.sh").contains("sluice.io/node-type=baremetal"));
-    // The agent is a placeholder and says so.
-    assert!(list_item(&ds, "sluice-agent")
-        .join("\n")
-        .contains("DOES NOT EXIST YET"));
+    // The namespace comes first, in the file applied first.
+    let cfgmap = read("deploy/kubernetes/sluice-config.yaml");
+    let kinds: Vec<&str> = cfgmap
+        .lines()
+        .filter_map(|l| l.strip_prefix("kind: "))
+        .collect();
+    assert_eq!(kinds, ["Namespace", "ConfigMap"]);
+    assert!(!ds.lines().any(|l| l == "kind: Namespace"));
     // The ConfigMap is mounted read-only at /etc/sluice.
     let sluiced = list_item(&ds, "sluiced").join("\n");
     assert!(sluiced.contains("mountPath: /etc/sluice\n              readOnly: true"));
@@ -443,10 +488,10 @@ fn manifests_parse_as_yaml_when_pyyaml_is_available() {
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
     assert_eq!(
         kinds,
-        ["ConfigMap", "Namespace", "ServiceAccount", "DaemonSet"]
+        ["Namespace", "ConfigMap", "ServiceAccount", "DaemonSet"]
     );
     assert_eq!(
-        docs[0]["data"]["sluiced.ini"].as_str().unwrap(),
+        docs[1]["data"]["sluiced.ini"].as_str().unwrap(),
         sluiced_ini()
     );
     for d in &docs[1..] {
@@ -454,7 +499,7 @@ fn manifests_parse_as_yaml_when_pyyaml_is_available() {
             assert_eq!(d["metadata"]["namespace"], "sluice-system");
         }
     }
-    assert_eq!(docs[0]["metadata"]["namespace"], "sluice-system");
+    assert_eq!(docs[1]["metadata"]["namespace"], "sluice-system");
 
     let spec = &docs[3]["spec"]["template"]["spec"];
     assert_eq!(spec["hostNetwork"], true);
@@ -464,8 +509,8 @@ fn manifests_parse_as_yaml_when_pyyaml_is_available() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["nestdb-server", "sluiced", "sluice-agent"]);
-    let sluiced = &containers[1];
+    assert_eq!(names, ["sluiced", "sluice-agent"]);
+    let sluiced = &containers[0];
     let caps = &sluiced["securityContext"]["capabilities"];
     let add: BTreeSet<String> = caps["add"]
         .as_array()
@@ -487,7 +532,9 @@ fn manifests_parse_as_yaml_when_pyyaml_is_available() {
         .iter()
         .map(|v| v["name"].as_str().unwrap())
         .collect();
-    for c in containers {
+    let inits = spec["initContainers"].as_array().unwrap();
+    assert_eq!(inits[0]["name"], "sluice-bootstrap");
+    for c in containers.iter().chain(inits) {
         for m in c["volumeMounts"].as_array().unwrap() {
             assert!(volumes.contains(m["name"].as_str().unwrap()), "{m}");
         }
@@ -498,7 +545,38 @@ fn manifests_parse_as_yaml_when_pyyaml_is_available() {
         .iter()
         .find(|v| v["name"] == "config")
         .unwrap();
-    assert_eq!(config["configMap"]["name"], docs[0]["metadata"]["name"]);
+    assert_eq!(config["configMap"]["name"], docs[1]["metadata"]["name"]);
     let probe = &sluiced["livenessProbe"]["exec"]["command"];
     assert_eq!(probe[2], CTL_SOCKET);
+}
+
+/// `kubernetes-validate --strict` (PyPI; scripts/setup-deps.sh installs it)
+/// accepts every manifest for three Kubernetes minor versions.
+#[test]
+fn manifests_validate_strictly_for_three_kubernetes_versions() {
+    let files = [
+        repo().join("deploy/kubernetes/sluice-config.yaml"),
+        repo().join("deploy/kubernetes/sluice-daemonset.yaml"),
+    ];
+    for v in ["1.28.0", "1.30.0", "1.32.0"] {
+        let out = match Command::new("kubernetes-validate")
+            .args(["--strict", "--quiet", "-k", v])
+            .args(&files)
+            .output()
+        {
+            Ok(o) => o,
+            Err(e) => {
+                common::report_skip(&format!(
+                    "deploy_manifests: kubernetes-validate not run ({e}): pip install kubernetes-validate"
+                ));
+                return;
+            }
+        };
+        assert!(
+            out.status.success(),
+            "kubernetes-validate -k {v}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

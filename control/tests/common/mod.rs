@@ -139,6 +139,14 @@ impl TestDaemon {
         stand_in::<ports::Capture>(&registry, &calls, ports::CaptureStarted::default());
         stand_in::<ports::CaptureStop>(&registry, &calls, ports::CaptureStopped::default());
         stand_in::<ports::CaptureStatus>(&registry, &calls, ports::CaptureProgress::default());
+        stand_in::<sluice_api::node::QueryNodeStatus>(
+            &registry,
+            &calls,
+            sluice_api::node::NodeStatus {
+                instance_id: "00000000-0000-4000-8000-000000000001".into(),
+                ..Default::default()
+            },
+        );
         // Text-only commands for the raw `call` path.
         registry
             .register(
@@ -207,5 +215,21 @@ pub fn timeless(text: &str) -> String {
             Some(end) => rest = &rest[end + 2..],
             None => rest = "",
         }
+    }
+}
+
+/// Prints a skip line and appends it to `target/tmp/skips.txt`, which
+/// scripts/test.sh prints at the end (a skip is never silent).
+#[allow(dead_code)]
+pub fn report_skip(line: &str) {
+    println!("{line}");
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skips.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        use std::io::Write;
+        let _ = writeln!(f, "{line}");
     }
 }
