@@ -151,7 +151,10 @@ fn configmap_ini_is_accepted_by_sluiceds_parser() {
     // The vfio-pci alternative's address is the one bootstrap.sh's help and
     // README use, and it parses too.
     assert!(read("deploy/bootstrap.sh").contains("0000:01:00.0"));
-    let vfio = ini.replace("devargs = net_af_packet0,iface=eth1", "devargs = 0000:01:00.0");
+    let vfio = ini.replace(
+        "devargs = net_af_packet0,iface=eth1",
+        "devargs = 0000:01:00.0",
+    );
     assert_ne!(vfio, ini);
     Config::parse(&vfio, "vfio variant").unwrap();
 
@@ -194,7 +197,10 @@ fn daemonset_grants_exactly_the_capability_table() {
     let ini = sluiced_ini();
     let variants = [
         ini.clone(),
-        ini.replace("devargs = net_af_packet0,iface=eth1", "devargs = 0000:01:00.0"),
+        ini.replace(
+            "devargs = net_af_packet0,iface=eth1",
+            "devargs = 0000:01:00.0",
+        ),
         format!("{ini}\n[port:pod1]\ndevargs = net_tap1,iface=pod1\n"),
     ];
     for text in variants {
@@ -289,7 +295,10 @@ fn sockets_and_probes_use_the_default_paths() {
     let agent = list_item(&ds, "sluice-agent").join("\n");
     assert!(agent.contains(&format!("unix:{NESTDB_SOCKET}")), "{agent}");
     assert!(agent.contains(CTL_SOCKET), "{agent}");
-    assert!(agent.contains(&format!("mountPath: {NESTDB_SOCKET}")), "{agent}");
+    assert!(
+        agent.contains(&format!("mountPath: {NESTDB_SOCKET}")),
+        "{agent}"
+    );
 
     // sluiced: alive when its socket answers, ready when it forwards a
     // committed program.
@@ -312,7 +321,9 @@ fn sockets_and_probes_use_the_default_paths() {
             .unwrap();
         assert_eq!(cmd, probe(what), "{kind}");
     }
-    assert!(agent.contains(r#""probe", "agent", "--db", "unix:/var/run/nestdb/nestdb-server.sock""#));
+    assert!(
+        agent.contains(r#""probe", "agent", "--db", "unix:/var/run/nestdb/nestdb-server.sock""#)
+    );
 
     // sluiced's directory is shared with the host and the agent.
     let vol = ds

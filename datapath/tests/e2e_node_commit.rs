@@ -15,7 +15,9 @@
 //! 3. a stale `expected_generation` is refused;
 //! 4. removing pod b (port, rules, binding) in one commit: the ping stops,
 //!    the port is gone;
-//! 5. adding it back: the ping works again.
+//! 5. adding it back: the ping works again;
+//! 6. replacing it by another port on the same number in one commit: the
+//!    new port forwards.
 //!
 //! Across all of it, the stream source's packets all leave through the
 //! sink (port counters at stop): commits lose no packet of other ports.
@@ -380,10 +382,33 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
     };
     c.call::<NodeCommit>(&back).expect("pod b again");
     ping_ok(&a, "10.204.0.2");
+    let expect3 = apply(&expect2, &back);
     assert_eq!(
         c.call::<QueryNodeProgram>(&Empty {}).expect("node-program"),
-        apply(&expect2, &back)
+        expect3
     );
+
+    // 6. One port replaced by another on the same number in one commit
+    // (the CNI deleted a pod and added one, the agent renumbered): the new
+    // one forwards.
+    let renumber = NodeChanges {
+        generation: 4,
+        expected_generation: Some(3),
+        ports_removed: vec!["pod-b".into()],
+        ports_added: BTreeMap::from([("pod-b2".to_string(), pod(4, "slt-ncb-o"))]),
+        ..Default::default()
+    };
+    c.call::<NodeCommit>(&renumber)
+        .expect("pod-b2 replaces pod-b at 4");
+    let st4 = c.call::<QueryNodeStatus>(&Empty {}).expect("node-status");
+    assert!(!st4.ports.contains_key("pod-b"), "{st4:?}");
+    assert!(
+        st4.ports
+            .get("pod-b2")
+            .is_some_and(|p| p.ofport == 4 && p.forwarding),
+        "{st4:?}"
+    );
+    ping_ok(&a, "10.204.0.2");
 
     let ev = d.stop();
     let stat = |name: &str, key: &str| {

@@ -532,7 +532,11 @@ fn main() -> ExitCode {
     };
     let format = cli.format;
     if let Command::Probe { what, db } = &cli.command {
-        let t = if timeout.is_zero() { Duration::from_secs(5) } else { timeout };
+        let t = if timeout.is_zero() {
+            Duration::from_secs(5)
+        } else {
+            timeout
+        };
         return match sluice_control::probe::run(*what, &cli.socket, db, t) {
             Ok(line) => {
                 println!("{line}");

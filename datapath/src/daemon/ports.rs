@@ -394,6 +394,7 @@ impl Ports {
         let mut stage = PortStage {
             removed: gone,
             added: Vec::new(),
+            closing: Vec::new(),
             generation: None,
         };
         let mut load = self.rx_load();
@@ -463,6 +464,7 @@ impl Ports {
             })
             .collect();
         let removed = stage.removed.clone();
+        let removed_nos = removed.clone();
         let (_, generation) = self.shared.update(move |t| {
             for o in &removed {
                 t.remove(PortNo(*o));
@@ -472,6 +474,14 @@ impl Ports {
             }
         });
         stage.generation = Some(generation);
+        // The removed ports' entries leave the set now (a port added in the
+        // same commit may take the same number); their devices close in
+        // `finish_stage`, once no PMD polls them.
+        for o in &removed_nos {
+            if let Some(e) = inner.entries.remove(o) {
+                stage.closing.push(e);
+            }
+        }
         for s in &mut stage.added {
             if let Some(dev) = s.dev.take() {
                 let e = Entry {
@@ -504,14 +514,11 @@ impl Ports {
                 port: format!("{} removed", stage.removed.len()),
                 source,
             })?;
-        let mut inner = self.lock();
         let mut closed = Vec::new();
-        for o in &stage.removed {
-            if let Some(mut e) = inner.entries.remove(o) {
-                e.dev.detach_on_close();
-                closed.push(e.name.clone());
-                drop(e);
-            }
+        for mut e in stage.closing {
+            e.dev.detach_on_close();
+            closed.push(e.name.clone());
+            drop(e);
         }
         Ok(closed)
     }
@@ -623,6 +630,9 @@ struct StagedPort {
 pub struct PortStage {
     removed: Vec<u16>,
     added: Vec<StagedPort>,
+    /// The removed ports' entries once published, closed by
+    /// [`Ports::finish_stage`].
+    closing: Vec<Entry>,
     generation: Option<u64>,
 }
 
