@@ -21,6 +21,9 @@ set -euo pipefail
 
 LAB_NODES=(a b)
 declare -A LAB_NODE_IP=([a]=192.168.60.1 [b]=192.168.60.2)
+# The VTEPs have their own addresses on the underlay (NSX's TEP IPs): the
+# node's address lives on the host port, where the kernel answers for it.
+declare -A LAB_VTEP_IP=([a]=192.168.60.11 [b]=192.168.60.12)
 declare -A LAB_POD_CIDR=([a]=10.244.1.0/24 [b]=10.244.2.0/24)
 declare -A LAB_POD=([a]=a1 [b]=b1)
 declare -A LAB_POD_IP=([a]=10.244.1.5 [b]=10.244.2.7)
@@ -149,13 +152,13 @@ INI
         gw=${LAB_POD_CIDR[$n]%.0/24}.1
         lab_ovsdb "$n" "{\"op\": \"insert\", \"table\": \"Node_Config\", \"row\": {
             \"node_name\": \"$n\", \"node_type\": \"BAREMETAL\", \"uplink_port\": \"uplink\",
-            \"vtep_ip\": \"${LAB_NODE_IP[$n]}\", \"pod_cidrs\": \"${gw}/24\",
+            \"vtep_ip\": \"${LAB_VTEP_IP[$n]}\", \"pod_cidrs\": \"${gw}/24\",
             \"node_ips\": \"${LAB_NODE_IP[$n]}\", \"nodeport_min\": 30000, \"nodeport_max\": 32767,
             \"mtu\": 1500, \"external_ids\": [\"map\", [[\"node_mac\", \"$mac\"], [\"vni\", \"1\"]]]}}" >/dev/null
         for other in "${LAB_NODES[@]}"; do
             [ "$other" = "$n" ] && continue
             lab_ovsdb "$n" "{\"op\": \"insert\", \"table\": \"Remote_Node\", \"row\": {
-                \"name\": \"$other\", \"vtep_ip\": \"${LAB_NODE_IP[$other]}\",
+                \"name\": \"$other\", \"vtep_ip\": \"${LAB_VTEP_IP[$other]}\",
                 \"pod_cidrs\": \"${LAB_POD_CIDR[$other]}\", \"node_ips\": \"${LAB_NODE_IP[$other]}\"}}" >/dev/null
         done
     done
@@ -213,14 +216,17 @@ c['ipam']['ranges'][0][0]['rangeStart'] = c['ipam']['ranges'][0][0]['rangeEnd'] 
 print(json.dumps(c))")
     echo "$conf" | ip netns exec "sllab-$n" env CNI_COMMAND=ADD CNI_CONTAINERID="lab-$pod" \
         CNI_NETNS="/var/run/netns/$ns" CNI_IFNAME=eth0 CNI_PATH="$LAB_BIN:/usr/lib/cni" \
-        CNI_ARGS="K8S_POD_NAMESPACE=default;K8S_POD_NAME=$pod" \
+        CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=$pod" \
         "$LAB_BIN/sluice-cni" >"$w/cni-$pod.json"
 }
 
 lab_check() {
     lab_log "pod a1 -> pod b1 (${LAB_POD_IP[b]}): across the nodes over Geneve"
+    # The first packets wait for the VTEPs' neighbour resolution.
+    lab_wait "a first answer from b1" ip netns exec sllab-a-a1 ping -c 1 -W 1 "${LAB_POD_IP[b]}"
     ip netns exec sllab-a-a1 ping -c 3 -i 0.2 -W 5 "${LAB_POD_IP[b]}"
     lab_log "node a -> node b (${LAB_NODE_IP[b]}): the nodes' own addresses through the host ports"
+    lab_wait "a first answer from node b" ip netns exec sllab-a ping -c 1 -W 1 "${LAB_NODE_IP[b]}"
     ip netns exec sllab-a ping -c 3 -i 0.2 -W 5 "${LAB_NODE_IP[b]}"
     lab_log "pod a1 -> Service web ($LAB_SVC_IP:$LAB_SVC_PORT): served by b1 over Geneve"
     local reply
@@ -241,7 +247,7 @@ lab_show() {
     "$LAB_BIN/sluicectl" --socket "$ctl" dump-services
     lab_log "node a: sluicectl trace of a1 -> $LAB_SVC_IP:$LAB_SVC_PORT"
     "$LAB_BIN/sluicectl" --socket "$ctl" trace \
-        "in_port=3,tcp,nw_src=${LAB_POD_IP[a]},nw_dst=$LAB_SVC_IP,tp_src=40000,tp_dst=$LAB_SVC_PORT" || true
+        "in_port=3,tcp,tcp_flags=+syn,nw_src=${LAB_POD_IP[a]},nw_dst=$LAB_SVC_IP,tp_src=40000,tp_dst=$LAB_SVC_PORT" || true
     lab_log "node a: sluicectl dump-tunnels"
     "$LAB_BIN/sluicectl" --socket "$ctl" dump-tunnels
     lab_log "node a: sluicectl pmd-stats-show"
