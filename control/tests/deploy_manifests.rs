@@ -148,6 +148,14 @@ fn configmap_ini_is_accepted_by_sluiceds_parser() {
         cfg.datapath.metrics_address,
         Some("0.0.0.0:9476".parse().unwrap())
     );
+    // The supervisor of the sluiced container names the same interfaces.
+    let ds = daemonset();
+    let args = list_item(&ds, "sluiced").join("\n");
+    assert!(
+        args.contains(r#"["--node-if", "eth1", "--host-if", "sluice-host", "supervise", "--","#),
+        "{args}"
+    );
+    assert!(ini.contains("devargs = net_tap0,iface=sluice-host"));
     // The vfio-pci alternative's address is the one bootstrap.sh's help and
     // README use, and it parses too.
     assert!(read("deploy/bootstrap.sh").contains("0000:01:00.0"));

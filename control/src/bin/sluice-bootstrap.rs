@@ -94,6 +94,14 @@ enum Command {
     Move,
     /// Move the recorded addresses and routes back to the uplink.
     MoveBack,
+    /// Run COMMAND (sluiced) and put the node's addresses back on
+    /// --node-if whenever it exits, however it exits (and at start, if a
+    /// previous run left them recorded). Exits with COMMAND's status.
+    Supervise {
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +112,9 @@ enum CliError {
     Usage(String),
     #[error("stopped after step {0}, as asked")]
     Stopped(usize),
+    /// The supervised command's exit code.
+    #[error("the supervised command exited with {0}")]
+    Exit(i32),
 }
 
 fn layout(cli: &Cli) -> Layout {
@@ -185,6 +196,13 @@ fn stopped(o: nodeip::Outcome) -> Result<(), CliError> {
 
 fn run(cli: &Cli) -> Result<(), CliError> {
     let l = layout(cli);
+    if let Some(Command::Supervise { command }) = &cli.command {
+        let ifs = interfaces(cli).ok_or_else(|| {
+            CliError::Usage("supervise needs --node-if IF and --host-if IF".into())
+        })?;
+        let code = sluice_control::bootstrap::supervise::supervise(&ifs, &l.state_dir, command)?;
+        return Err(CliError::Exit(code));
+    }
     let _lock = sluice_control::bootstrap::lock(&l.state_dir)?;
     let command = match (&cli.command, cli.uninstall) {
         (None, true) | (Some(Command::Uninstall), _) => Command::Uninstall,
@@ -196,6 +214,9 @@ fn run(cli: &Cli) -> Result<(), CliError> {
         (None, false) | (Some(Command::Install), false) => Command::Install,
         (Some(Command::Move), false) => Command::Move,
         (Some(Command::MoveBack), false) => Command::MoveBack,
+        (Some(Command::Supervise { .. }), false) => {
+            return Err(CliError::Usage("supervise runs alone".into()))
+        }
     };
     match command {
         Command::Install => {
@@ -238,6 +259,8 @@ fn run(cli: &Cli) -> Result<(), CliError> {
                 let _ = std::fs::remove_dir(d);
             }
         }
+        // Handled before the lock is taken.
+        Command::Supervise { .. } => {}
     }
     Ok(())
 }
@@ -260,6 +283,7 @@ fn main() -> ExitCode {
             eprintln!("sluice-bootstrap: stopped after step {n}, as asked; run it again to finish");
             ExitCode::from(3)
         }
+        Err(CliError::Exit(code)) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(CliError::Usage(m)) => {
             eprintln!("sluice-bootstrap: {m}");
             ExitCode::from(2)

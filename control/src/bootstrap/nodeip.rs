@@ -183,6 +183,44 @@ pub fn move_to_host(
     Ok(out)
 }
 
+/// Records what is on the uplink now (addresses, routes, MAC), without
+/// moving anything: `sluiced` moves them itself (its `host_port`), and the
+/// record lets [`move_back`] put them back if it dies with them on its
+/// host port (`sluice-bootstrap supervise`). Returns false when the uplink
+/// holds nothing to record.
+///
+/// # Errors
+/// [`BootstrapError::Interface`] when the uplink is missing or another
+/// move is recorded; I/O errors writing the record.
+pub fn record_uplink(ifs: &Interfaces, state_dir: &Path) -> Result<bool, BootstrapError> {
+    if let Some(r) = MoveRecord::load(state_dir)? {
+        return Err(BootstrapError::Interface(format!(
+            "{} already records a move from {} to {}: run `sluice-bootstrap move-back` first",
+            MoveRecord::path(state_dir).display(),
+            r.interfaces.uplink_if,
+            r.interfaces.host_if
+        )));
+    }
+    if !ifs.exists(&ifs.uplink_if) {
+        return Err(BootstrapError::Interface(format!(
+            "the uplink interface {} does not exist",
+            ifs.uplink_if
+        )));
+    }
+    let plan = ifs.read_plan(&ifs.uplink_if)?;
+    if plan.is_empty() {
+        return Ok(false);
+    }
+    let created = ensure_dir(state_dir)?;
+    MoveRecord {
+        interfaces: ifs.clone(),
+        plan,
+        created_dirs: created,
+    }
+    .save(state_dir)?;
+    Ok(true)
+}
+
 /// Puts the recorded addresses and routes back on the uplink and deletes
 /// the record; returns the directories the record had created (for the
 /// caller to remove when empty). Nothing recorded: nothing to do.
