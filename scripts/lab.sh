@@ -16,6 +16,7 @@
 #   lab_up BIN_DIR WORK_DIR   bring it up (WORK_DIR holds configs, logs, sockets)
 #   lab_check                  assert pod-to-pod, cross-node and Service traffic
 #   lab_show                   print the datapath's view (services, trace, tunnels, PMDs, metrics)
+#   lab_crash                  SIGKILL node a's sluiced: its address comes back on eth1
 #   lab_down                   tear it down
 set -euo pipefail
 
@@ -65,6 +66,12 @@ lab_down() {
         kill -KILL "$pid" 2>/dev/null || true
         rm -f "$f"
     done
+    # A datapath whose supervisor was killed: stop it too.
+    if [ -n "${LAB_WORK:-}" ]; then
+        pkill -TERM -f "sluiced --config $LAB_WORK/" 2>/dev/null || true
+        for _ in $(seq 100); do pgrep -f "sluiced --config $LAB_WORK/" >/dev/null || break; sleep 0.1; done
+        pkill -KILL -f "sluiced --config $LAB_WORK/" 2>/dev/null || true
+    fi
     for n in "${LAB_NODES[@]}"; do
         ip netns del "sllab-$n-${LAB_POD[$n]}" 2>/dev/null || true
         ip netns del "sllab-$n" 2>/dev/null || true
@@ -138,7 +145,11 @@ ofport = 1
 devargs = net_tap0,iface=slhost
 ofport = 2
 INI
-        lab_spawn "$n/sluiced" ip netns exec "sllab-$n" "$LAB_BIN/sluiced" --config "$w/sluiced.ini"
+        # As in the DaemonSet: under sluice-bootstrap supervise, which puts
+        # the node's address back on eth1 whenever sluiced exits.
+        lab_spawn "$n/sluiced" ip netns exec "sllab-$n" "$LAB_BIN/sluice-bootstrap" \
+            --state-dir "$w/bootstrap" --node-if eth1 --host-if slhost supervise -- \
+            "$LAB_BIN/sluiced" --config "$w/sluiced.ini"
         lab_wait "sluiced of $n to be ready" grep -q '"event":"ready"' "$w/sluiced.out"
 
         lab_log "node $n: sluice-agent"
@@ -255,4 +266,20 @@ lab_show() {
     lab_log "node a: metrics excerpt (http://127.0.0.1:9476/metrics in sllab-a)"
     ip netns exec sllab-a bash -c 'exec 3<>/dev/tcp/127.0.0.1/9476; printf "GET /metrics HTTP/1.0\r\n\r\n" >&3; cat <&3' |
         grep -E '^sluice_(node_generation|vtep_tx_packets_total|service_endpoint_connections_total|pmd_rx_packets_total)' || true
+}
+
+lab_crash() {
+    local pid
+    pid=$(pgrep -f "^$LAB_BIN/sluiced --config $LAB_WORK/a/sluiced.ini" | head -1)
+    [ -n "$pid" ] || { echo "lab: node a's sluiced is not running" >&2; return 1; }
+    lab_log "SIGKILL node a's sluiced (pid $pid): its host port dies with the node's address on it"
+    local t0
+    t0=$(date +%s%N)
+    kill -KILL "$pid"
+    lab_wait "node a's address back on eth1" \
+        bash -c "ip -n sllab-a -4 addr show dev eth1 | grep -q '${LAB_NODE_IP[a]}/'"
+    echo "    back on eth1 after $((($(date +%s%N) - t0) / 1000000)) ms"
+    lab_log "node b -> node a (${LAB_NODE_IP[a]}) from the underlay"
+    lab_wait "node a answering from the underlay" ip netns exec sllab-b ping -c 1 -W 1 "${LAB_NODE_IP[a]}"
+    ip netns exec sllab-b ping -c 3 -i 0.2 -W 5 "${LAB_NODE_IP[a]}"
 }
