@@ -515,3 +515,17 @@ fn the_pod_mtu_overhead_is_the_datapaths() {
         t.pod_mtu()
     );
 }
+
+#[test]
+fn the_deploy_conflist_is_accepted() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/cni/10-sluice.conflist");
+    let text = std::fs::read(&path).unwrap();
+    let conf = sluice_control::cni::spec::parse_conf(&text, "/elsewhere.sock").unwrap();
+    assert_eq!((conf.name.as_str(), conf.version), ("sluice", "1.0.0"));
+    assert_eq!(
+        conf.nestdb,
+        format!("unix:{}", sluice_api::paths::NESTDB_SOCK)
+    );
+    assert_eq!(conf.ipam.unwrap()["type"], "host-local");
+}

@@ -27,8 +27,8 @@
 //! `cni.dev/valid-attachments`.
 //!
 //! MTU: `Node_Config.mtu` minus [`POD_MTU_OVERHEAD`] (62), the exact
-//! IPv4 Geneve overhead the datapath adds (outer IPv4 20 + UDP 8 + Geneve 8
-//! + inner Ethernet 14) plus the largest option it emits (12), the same
+//! IPv4 Geneve overhead the datapath adds (outer IPv4 20, UDP 8, Geneve 8,
+//! inner Ethernet 14) plus the largest option it emits (12), the same
 //! figure as sluiced's `tunnel-mtu`. Not OVN-Kubernetes' flat 100: that
 //! budget covers an IPv6 underlay and OVN's options, neither of which
 //! Sluice has, and would cost every pod 38 bytes per packet. OVN-Kubernetes
@@ -54,8 +54,8 @@ use db::{key, Db};
 use ipam::Ipam;
 use spec::{code, Attachment, CniError, Command, Env, Ipv4Cidr, NetConf, Route};
 
-/// IPv4 Geneve overhead without options (outer IPv4 20 + UDP 8 + Geneve 8
-/// + inner Ethernet 14), as sluiced's `OVERHEAD_IPV4`.
+/// IPv4 Geneve overhead without options (outer IPv4 20, UDP 8, Geneve 8,
+/// inner Ethernet 14), as sluiced's `OVERHEAD_IPV4`.
 pub const GENEVE_OVERHEAD_IPV4: u16 = 50;
 /// Largest Geneve option sluiced emits (4-byte header + 8 data bytes).
 pub const MAX_GENEVE_OPTION: u16 = 12;
