@@ -2,7 +2,7 @@
 //! 1.1.0 accepted): the versions, the `CNI_*` environment, the network
 //! configuration read from stdin, the error object and the result JSON.
 //!
-//! Invariants: a [`Request`] only exists when the variables the command
+//! Invariants: an [`Env`] and a [`NetConf`] only exist when the variables the command
 //! needs are present and well formed and the configuration's `cniVersion`
 //! is one of [`SUPPORTED`]; every failure is a [`CniError`] carrying one of
 //! the spec's well-known codes (or a plugin-specific code ≥ 100), rendered
