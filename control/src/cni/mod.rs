@@ -19,6 +19,9 @@
 //! 4. the `Logical_Port` row ([`db`]);
 //! 5. wait until the agent sets `up` (bounded by `portUpTimeoutMs`).
 //!
+//! After other plugins in a list, ADD passes their `prevResult` on with its
+//! own interfaces, IPs and routes appended.
+//!
 //! DEL deletes the row, the veth and the lease, each absent one counting
 //! as done. CHECK compares the interface, its addresses and routes and the
 //! row with `prevResult`, then delegates CHECK to IPAM. STATUS (1.1.0)
@@ -101,13 +104,53 @@ fn dispatch(
     }
     let conf = spec::parse_conf(stdin, sluice_api::paths::NESTDB_SOCK)?;
     match env.command {
-        Command::Add => add(&env, &conf).map(|a| Some(a.to_result(conf.version))),
+        Command::Add => add(&env, &conf)
+            .map(|a| Some(chain(a.to_result(conf.version), conf.prev_result.as_ref()))),
         Command::Del => del(&env, &conf).map(|()| None),
         Command::Check => check(&env, &conf).map(|()| None),
         Command::Status => status(&env, &conf).map(|()| None),
         Command::Gc => gc(&env, &conf).map(|()| None),
         Command::Version => Ok(None),
     }
+}
+
+/// ADD's result when the plugin runs after others in a list: the spec
+/// has a plugin pass `prevResult` on or change it explicitly, so the
+/// earlier plugins' interfaces, IPs and routes come first and this
+/// plugin's follow (its IPs' interface indices shifted accordingly); DNS
+/// is this plugin's when it has one.
+fn chain(mut mine: Value, prev: Option<&Value>) -> Value {
+    let Some(prev) = prev else {
+        return mine;
+    };
+    let list = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let prev_ifaces = list(prev, "interfaces");
+    let shift = prev_ifaces.len() as u64;
+    let mut ips = list(prev, "ips");
+    for mut ip in list(&mine, "ips") {
+        if let Some(i) = ip.get("interface").and_then(Value::as_u64) {
+            ip["interface"] = json!(i + shift);
+        }
+        ips.push(ip);
+    }
+    let mut interfaces = prev_ifaces;
+    interfaces.extend(list(&mine, "interfaces"));
+    let mut routes = list(prev, "routes");
+    routes.extend(list(&mine, "routes"));
+    mine["interfaces"] = Value::Array(interfaces);
+    mine["ips"] = Value::Array(ips);
+    mine["routes"] = Value::Array(routes);
+    if mine.get("dns").is_none() {
+        if let Some(d) = prev.get("dns") {
+            mine["dns"] = d.clone();
+        }
+    }
+    mine
 }
 
 /// The pod CIDRs (IPv4) of the node.
@@ -590,6 +633,26 @@ mod tests {
     #[test]
     fn pod_mac_carries_the_address() {
         assert_eq!(mac_of("10.244.1.5".parse().unwrap()), "0a:58:0a:f4:01:05");
+    }
+
+    #[test]
+    fn a_chained_add_passes_the_previous_result_on() {
+        let mine = json!({"cniVersion": "1.0.0",
+            "interfaces": [{"name": "slx"}, {"name": "eth0", "sandbox": "/run/netns/p"}],
+            "ips": [{"address": "10.0.0.5/24", "interface": 1}],
+            "routes": [{"dst": "0.0.0.0/0", "gw": "10.0.0.1"}]});
+        assert_eq!(chain(mine.clone(), None), mine);
+        let prev = json!({"cniVersion": "1.0.0", "interfaces": [{"name": "lo", "sandbox": "/run/netns/p"}],
+            "ips": [{"address": "127.0.0.1/8", "interface": 0}], "dns": {"nameservers": ["1.1.1.1"]}});
+        let c = chain(mine, Some(&prev));
+        assert_eq!(c["interfaces"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            c["ips"][1],
+            json!({"address": "10.0.0.5/24", "interface": 2})
+        );
+        assert_eq!(c["dns"], prev["dns"]);
+        let p = spec::parse_prev_result(&c, "eth0").unwrap();
+        assert_eq!(p.ips, vec![Ipv4Cidr::parse("10.0.0.5/24").unwrap()]);
     }
 
     #[test]
