@@ -529,3 +529,43 @@ fn the_deploy_conflist_is_accepted() {
     );
     assert_eq!(conf.ipam.unwrap()["type"], "host-local");
 }
+
+#[test]
+fn a_failed_veth_rolls_back_the_lease() {
+    if !ready("cni a_failed_veth_rolls_back_the_lease") {
+        return;
+    }
+    let db = Nestdb::start(true);
+    let _agent = Agent::start(&db);
+    let ns = Netns::new("cni-taken");
+    let id = container_id("taken");
+    // Something else already holds eth0 in the namespace: the veth cannot
+    // be created there.
+    let st = std::process::Command::new("ip")
+        .args([
+            "-n", &ns.name, "link", "add", "eth0", "type", "veth", "peer", "name", "other0",
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let conf = db.conf("tk", "1.0.0");
+    let r = Invocation::new("ADD", &id, Some(&ns.path())).run(&conf);
+    assert_eq!(r.code(), 5, "{}", r.stdout);
+    assert!(
+        r.stdout["msg"].as_str().unwrap().contains("veth"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        db.leases("tk").is_empty(),
+        "lease kept: {:?}",
+        db.leases("tk")
+    );
+    assert!(db.ports().is_empty());
+    assert!(host_link(&host_interface_name(&port_name(&id))).is_none());
+    // The namespace's own eth0 is untouched (still paired with other0).
+    assert_eq!(
+        ns.ip_json(&["link", "show", "dev", "eth0"])[0]["link"],
+        "other0"
+    );
+}
