@@ -63,6 +63,14 @@ fn add_and_verify(db: &Nestdb, ns: &Netns, id: &str, conf: &Value) -> Value {
     assert_eq!(addrs[0]["prefixlen"], 24);
     let routes = ns.ip_json(&["-4", "route", "show", "default"]);
     assert_eq!(routes[0]["gateway"], GW, "{routes}");
+    // Transmit checksum offload off (sluiced reads the frames through
+    // af_packet).
+    let k = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "ethtool", "-k", "eth0"])
+        .output()
+        .unwrap();
+    let k = String::from_utf8_lossy(&k.stdout);
+    assert!(k.contains("tx-checksumming: off"), "{k}");
     // The host end, up, with the same MTU.
     let h = host_link(&host).expect("host end of the veth");
     assert_eq!(h["mtu"], 1438);

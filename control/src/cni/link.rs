@@ -13,6 +13,10 @@
 //! messages are what an operator would see. The cost is a handful of
 //! process spawns per ADD.
 //!
+//! The container end's transmit checksum offload is turned off (`ethtool
+//! -K IFNAME tx off`): sluiced reads pod frames from the host end through
+//! af_packet, where an offloaded checksum is still unfinished.
+//!
 //! Invariants: the host end is created first, together with its peer, so a
 //! failure leaves either nothing or a pair that [`delete_host`] removes
 //! whole (deleting one end of a veth deletes both).
@@ -98,9 +102,10 @@ pub fn netns_exists(netns: &str) -> bool {
 }
 
 /// Creates the pair with its container end in the namespace, configures
-/// the container end (MAC, MTU, address, routes, up) and brings the host
-/// end up. Returns the host end's MAC. On error the pair may exist: the
-/// caller removes it with [`delete_host`].
+/// the container end (MAC, MTU, address, routes, up, transmit checksum
+/// offload off) and brings the host end up. Returns the host end's MAC.
+/// On error the pair may exist: the caller removes it with
+/// [`delete_host`].
 pub fn create(plan: &VethPlan<'_>) -> Result<String, CniError> {
     let mtu = plan.mtu.to_string();
     let out = run(
@@ -149,6 +154,25 @@ pub fn create(plan: &VethPlan<'_>) -> Result<String, CniError> {
     if !out.status.success() {
         return Err(io_error(
             format!("could not configure {} inside {}", plan.ifname, plan.netns),
+            &out,
+        ));
+    }
+    // The datapath reads the pod's frames from the host end with an
+    // af_packet socket, which sees a checksum the pod left to offload as
+    // unfinished: the receiving pod would drop such TCP/UDP segments (ICMP
+    // is checksummed in software and would still work). The pod computes
+    // its checksums itself instead, as with other userspace datapaths.
+    let mut ethtool = Command::new("nsenter");
+    ethtool
+        .arg(format!("--net={}", plan.netns))
+        .args(["ethtool", "-K", plan.ifname, "tx", "off"]);
+    let out = run(&mut ethtool, None)?;
+    if !out.status.success() {
+        return Err(io_error(
+            format!(
+                "could not turn checksum offload off on {} inside {} (is ethtool installed?)",
+                plan.ifname, plan.netns
+            ),
             &out,
         ));
     }

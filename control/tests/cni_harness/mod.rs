@@ -11,6 +11,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
+pub mod podman;
+
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
