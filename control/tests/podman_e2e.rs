@@ -17,233 +17,15 @@
 
 mod cni_harness;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
-use std::time::{Duration, Instant};
-
 use cni_harness::podman::Podman;
+use cni_harness::stack::*;
 use cni_harness::*;
 use nestdb_client::node::{
     Endpoint, Protocol, Service, ServicePort, ServiceType, SessionAffinity, TrafficPolicy, DB,
 };
 use nestdb_client::{Datum, TableRow, Transaction};
-use sluice_api::node::{NodeProgram, NodeStatus, QueryNodeProgram, QueryNodeStatus};
-use sluice_api::Empty;
 
-const PREFIX: &str = "slt-cni-e2e";
 const VIP: &str = "10.96.0.50";
-/// The uplink: one end of a veth pair the test owns, without addresses
-/// (sluiced's host path finds nothing to move off it).
-const UPLINK: &str = "slce-up";
-
-/// The uplink veth pair, deleted on drop.
-struct UplinkVeth;
-
-impl UplinkVeth {
-    fn new() -> UplinkVeth {
-        let _ = Command::new("ip")
-            .args(["link", "del", UPLINK])
-            .stderr(Stdio::null())
-            .status();
-        let st = Command::new("ip")
-            .args([
-                "link", "add", UPLINK, "type", "veth", "peer", "name", "slce-upp",
-            ])
-            .status()
-            .unwrap();
-        assert!(st.success(), "create the uplink veth");
-        for dev in [UPLINK, "slce-upp"] {
-            let st = Command::new("ip")
-                .args(["link", "set", dev, "up"])
-                .status()
-                .unwrap();
-            assert!(st.success());
-        }
-        UplinkVeth
-    }
-}
-
-impl Drop for UplinkVeth {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", UPLINK])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// A binary cargo built beside this test.
-fn built(name: &str) -> Option<PathBuf> {
-    let p = std::env::current_exe().ok()?.parent()?.parent()?.join(name);
-    p.is_file().then_some(p)
-}
-
-/// The last CPU this process may use (the PMD core).
-fn pmd_core() -> usize {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .unwrap_or("0")
-        .trim()
-        .split(',')
-        .filter_map(|p| p.rsplit('-').next()?.parse::<usize>().ok())
-        .max()
-        .unwrap_or(0)
-}
-
-/// A daemon child process: SIGTERM, then SIGKILL, on drop.
-struct Daemon {
-    child: Child,
-    what: &'static str,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Panics with the log if the process has exited.
-    fn alive(&mut self) {
-        if let Ok(Some(st)) = self.child.try_wait() {
-            panic!("{} exited with {st}:\n{}", self.what, self.log());
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid; a stale pid is harmless
-        // because the child is not reaped until wait below.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts sluiced and waits for its `ready` event.
-fn start_sluiced(dir: &Path, ctl: &Path) -> Daemon {
-    let ini = dir.join("sluiced.ini");
-    std::fs::write(
-        &ini,
-        format!(
-            "[coe]\nnode_type = 'BAREMETAL'\n[nsx_node_agent]\novs_bridge = br-int\novs_uplink_port = uplink\n\
-             [datapath]\ncores = {}\nmain_core = 0\nfile_prefix = {PREFIX}\nhugepages = auto\nmbufs = 8192\n\
-             ctl_socket = {}\nhost_port = host\n\
-             [port:uplink]\ndevargs = net_af_packet0,iface={UPLINK}\nofport = 1\n\
-             [port:host]\ndevargs = net_tap0,iface=slce-host\nofport = 2\n",
-            pmd_core(),
-            ctl.display()
-        ),
-    )
-    .unwrap();
-    let log = dir.join("sluiced.log");
-    let mut child = Command::new(built("sluiced").unwrap())
-        .arg("--config")
-        .arg(&ini)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start sluiced");
-    let (tx, rx) = channel::<String>();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut d = Daemon {
-        child,
-        what: "sluiced",
-        log,
-    };
-    wait_ready(&mut d, &rx);
-    d
-}
-
-fn wait_ready(d: &mut Daemon, rx: &Receiver<String>) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                if v["event"] == "ready" {
-                    return;
-                }
-            }
-            Err(_) => {
-                d.alive();
-                panic!("sluiced gave no ready event within {WAIT:?}:\n{}", d.log());
-            }
-        }
-    }
-}
-
-fn start_agent(dir: &Path, db: &Nestdb, ctl: &Path) -> Daemon {
-    let log = dir.join("agent.log");
-    let child = Command::new(built("sluice-agent").unwrap())
-        .arg("--db")
-        .arg(db.remote())
-        .arg("--ctl")
-        .arg(ctl)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start sluice-agent");
-    Daemon {
-        child,
-        what: "sluice-agent",
-        log,
-    }
-}
-
-fn ctl_client(ctl: &Path) -> sluice_api::Client {
-    let mut c = sluice_api::Client::connect(ctl).expect("connect to sluiced's control socket");
-    c.set_timeout(Some(WAIT)).unwrap();
-    c
-}
-
-fn program(ctl: &Path) -> NodeProgram {
-    ctl_client(ctl)
-        .call::<QueryNodeProgram>(&Empty {})
-        .expect("node-program")
-}
-
-fn status(ctl: &Path) -> NodeStatus {
-    ctl_client(ctl)
-        .call::<QueryNodeStatus>(&Empty {})
-        .expect("node-status")
-}
-
-fn ready_e2e(test: &str) -> bool {
-    if !Podman::ready(test) {
-        return false;
-    }
-    for b in ["sluiced", "sluice-agent"] {
-        if built(b).is_none() {
-            report_skip(&format!(
-                "SKIPPED: control {test}: needs the {b} binary beside the tests (cargo build -p sluice-datapath -p sluice-control)"
-            ));
-            return false;
-        }
-    }
-    true
-}
 
 /// Waits until `port` listens (TCP over IPv4 or IPv6, any address) inside
 /// container `name`.
@@ -275,7 +57,8 @@ fn serve(pm: &Podman, name: &str, port: u16, text: &str) {
 
 #[test]
 fn pods_ping_talk_tcp_and_reach_a_cluster_ip_through_sluiced() {
-    if !ready_e2e("podman_e2e pods_ping_talk_tcp_and_reach_a_cluster_ip_through_sluiced") {
+    let test = "podman_e2e pods_ping_talk_tcp_and_reach_a_cluster_ip_through_sluiced";
+    if !Podman::ready(test) || !ready_stack(test) {
         return;
     }
     let db = Nestdb::start(true);
@@ -285,7 +68,7 @@ fn pods_ping_talk_tcp_and_reach_a_cluster_ip_through_sluiced() {
         .tempdir()
         .unwrap();
     let ctl = dir.path().join("sluiced.ctl");
-    let mut sluiced = start_sluiced(dir.path(), &ctl);
+    let mut sluiced = start_sluiced(dir.path(), &ctl, "slt-cni-e2e");
     let mut agent = start_agent(dir.path(), &db, &ctl);
     let pm = Podman::new(&db);
 

@@ -12,6 +12,7 @@
 #![allow(dead_code)] // Each test binary uses a different subset.
 
 pub mod podman;
+pub mod stack;
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
