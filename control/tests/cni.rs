@@ -571,6 +571,10 @@ fn a_failed_veth_rolls_back_the_lease() {
     );
     assert!(db.ports().is_empty());
     assert!(host_link(&host_interface_name(&port_name(&id))).is_none());
+    // The runtime's DEL after the failed ADD leaves that eth0 alone too.
+    Invocation::new("DEL", &id, Some(&ns.path()))
+        .run(&conf)
+        .ok();
     // The namespace's own eth0 is untouched (still paired with other0).
     assert_eq!(
         ns.ip_json(&["link", "show", "dev", "eth0"])[0]["link"],

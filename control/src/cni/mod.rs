@@ -397,8 +397,16 @@ fn detach(
         .unwrap_or_else(|| host_interface_name(name));
     db.delete(name)?;
     link::delete_host(&host)?;
-    if let Some(ns) = &env.netns {
-        link::delete_in_netns(ns, &env.ifname)?;
+    // Deleting the host end deleted the container end with it. An
+    // interface of that name still in the namespace is only ours to delete
+    // if it wears our MAC: after a failed ADD (say, the name was taken) the
+    // runtime sends DEL, and another plugin's interface must stay.
+    if let (Some(ns), Some(row)) = (&env.netns, row) {
+        if link::netns_exists(ns)
+            && link::link_mac(Some(ns), &env.ifname)?.as_deref() == Some(row.mac.as_str())
+        {
+            link::delete_in_netns(ns, &env.ifname)?;
+        }
     }
     let node = match db.node_config() {
         Ok(n) => Some(n),
