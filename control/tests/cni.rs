@@ -581,3 +581,34 @@ fn a_failed_veth_rolls_back_the_lease() {
         "other0"
     );
 }
+
+#[test]
+fn a_node_with_two_pod_cidrs_gives_a_pod_one_address() {
+    use nestdb_client::node::{NodeConfig, DB};
+    use nestdb_client::{row, Datum, TableRow, Transaction};
+    if !ready("cni a_node_with_two_pod_cidrs_gives_a_pod_one_address") {
+        return;
+    }
+    let db = Nestdb::start(true);
+    db.client()
+        .transact(&Transaction::new(DB).update(
+            NodeConfig::TABLE,
+            vec![],
+            row([("pod_cidrs", Datum::set(["10.250.0.0/24", "10.251.0.0/24"]))]),
+        ))
+        .unwrap();
+    let _agent = Agent::start(&db);
+    let ns = Netns::new("cni-two");
+    let id = container_id("two");
+    let conf = db.conf("two", "1.0.0");
+    let r = Invocation::new("ADD", &id, Some(&ns.path()))
+        .run(&conf)
+        .ok();
+    assert_eq!(r["ips"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(db.port(&port_name(&id)).unwrap().ips.len(), 1);
+    assert_eq!(db.leases("two").len(), 1);
+    Invocation::new("DEL", &id, Some(&ns.path()))
+        .run(&with_prev(&conf, &r))
+        .ok();
+    assert_detached(&db, "two", &id, &addr_of(&r));
+}

@@ -180,9 +180,11 @@ fn delegate(env: &Env, conf: &NetConf, node: Option<&NodeConfig>) -> Result<Ipam
                 "no Node_Config row gives the pod CIDRs IPAM needs",
             )
         })?;
+        // One range set: host-local leases one address per set, so every
+        // IPv4 pod CIDR goes in the same set and the pod gets one address.
         let ranges: Vec<Value> = pod_cidrs(node)
             .iter()
-            .map(|c| json!([{"subnet": format!("{}/{}", c.network(), c.len)}]))
+            .map(|c| json!({"subnet": format!("{}/{}", c.network(), c.len)}))
             .collect();
         if ranges.is_empty() {
             return Err(CniError::new(
@@ -191,7 +193,7 @@ fn delegate(env: &Env, conf: &NetConf, node: Option<&NodeConfig>) -> Result<Ipam
                 "Node_Config.pod_cidrs holds no IPv4 prefix for host-local to lease from",
             ));
         }
-        ipam.insert("ranges".into(), Value::Array(ranges));
+        ipam.insert("ranges".into(), json!([ranges]));
     }
     let mut raw = conf.raw.clone();
     raw.insert("ipam".into(), Value::Object(ipam));
