@@ -8,20 +8,26 @@
 //! (the namespace is per thread), while `ip link add ... peer ... netns
 //! PATH` creates the container end directly inside the namespace and
 //! `nsenter --net=PATH ip -batch -` configures it in one process, leaving
-//! this process in the host namespace throughout. iproute2 is on every
+//! this process's threads in the host namespace (but the one below).
+//! iproute2 is on every
 //! node already (sluiced's host path drives `ip -j` the same way) and its
 //! messages are what an operator would see. The cost is a handful of
 //! process spawns per ADD.
 //!
-//! The container end's transmit checksum offload is turned off (`ethtool
-//! -K IFNAME tx off`): sluiced reads pod frames from the host end through
-//! af_packet, where an offloaded checksum is still unfinished.
+//! The container end's transmit checksum offload is turned off (what
+//! `ethtool -K IFNAME tx off` does, here with the `SIOCETHTOOL` ioctl from
+//! a short-lived thread that enters the namespace, so that ethtool, not
+//! installed on every node, is not needed): sluiced reads pod frames from
+//! the host end through af_packet, where an offloaded checksum is still
+//! unfinished. That thread is the only one that ever leaves the host
+//! namespace, and it ends right after.
 //!
 //! Invariants: the host end is created first, together with its peer, so a
 //! failure leaves either nothing or a pair that [`delete_host`] removes
 //! whole (deleting one end of a veth deletes both).
 //!
-//! Thread-safety: each function spawns and reaps its own processes.
+//! Thread-safety: each function spawns and reaps its own processes (and
+//! [`tx_checksum_off`] its own thread).
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -162,20 +168,7 @@ pub fn create(plan: &VethPlan<'_>) -> Result<String, CniError> {
     // unfinished: the receiving pod would drop such TCP/UDP segments (ICMP
     // is checksummed in software and would still work). The pod computes
     // its checksums itself instead, as with other userspace datapaths.
-    let mut ethtool = Command::new("nsenter");
-    ethtool
-        .arg(format!("--net={}", plan.netns))
-        .args(["ethtool", "-K", plan.ifname, "tx", "off"]);
-    let out = run(&mut ethtool, None)?;
-    if !out.status.success() {
-        return Err(io_error(
-            format!(
-                "could not turn checksum offload off on {} inside {} (is ethtool installed?)",
-                plan.ifname, plan.netns
-            ),
-            &out,
-        ));
-    }
+    tx_checksum_off(plan.netns, plan.ifname)?;
     let out = run(
         Command::new("ip").args(["link", "set", plan.host, "up"]),
         None,
@@ -196,6 +189,78 @@ pub fn create(plan: &VethPlan<'_>) -> Result<String, CniError> {
 /// host bits).
 fn net(c: Ipv4Cidr) -> String {
     format!("{}/{}", c.network(), c.len)
+}
+
+/// `ETHTOOL_STXCSUM` (linux/ethtool.h): set transmit checksumming.
+const ETHTOOL_STXCSUM: u32 = 0x17;
+
+/// `struct ethtool_value` (linux/ethtool.h).
+#[repr(C)]
+struct EthtoolValue {
+    cmd: u32,
+    data: u32,
+}
+
+/// Turns transmit checksum offload off on `ifname` inside `netns`
+/// (`ethtool -K IFNAME tx off`; the segmentation offloads that need it
+/// follow).
+pub fn tx_checksum_off(netns: &str, ifname: &str) -> Result<(), CniError> {
+    let failed = |e: std::io::Error| {
+        CniError::new(
+            code::IO,
+            format!("could not turn checksum offload off on {ifname} inside {netns}"),
+            e.to_string(),
+        )
+    };
+    let ns = std::fs::File::open(netns).map_err(failed)?;
+    let mut name = [0 as libc::c_char; libc::IFNAMSIZ];
+    if ifname.len() >= libc::IFNAMSIZ {
+        return Err(failed(std::io::Error::from_raw_os_error(
+            libc::ENAMETOOLONG,
+        )));
+    }
+    for (d, b) in name.iter_mut().zip(ifname.bytes()) {
+        *d = b as libc::c_char;
+    }
+    let worker = std::thread::spawn(move || -> std::io::Result<()> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: setns(2) with a file descriptor this closure owns (`ns`
+        // is open for the call); it moves only this thread, which ends
+        // when the closure returns and runs nothing else.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: socket(2) has no memory preconditions.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by socket(2) and is owned by
+        // nothing else.
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut value = EthtoolValue {
+            cmd: ETHTOOL_STXCSUM,
+            data: 0,
+        };
+        // SAFETY: ifreq is plain data (a name array and a union of plain
+        // fields and a pointer); all zeroes is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        req.ifr_name = name;
+        req.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+        // SAFETY: SIOCETHTOOL reads `req` (a NUL-terminated name, checked
+        // above) and the `ethtool_value` its data points to, both alive
+        // until the call returns.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    });
+    match worker.join() {
+        Ok(r) => r.map_err(failed),
+        Err(_) => Err(failed(std::io::Error::other(
+            "the namespace thread panicked",
+        ))),
+    }
 }
 
 /// Deletes the host end (and with it the container end). Absent is fine.
