@@ -277,7 +277,8 @@ pub struct NetConf {
     pub name: String,
     /// The nestdb remote (`nestdb`), `unix:PATH` or `tcp:HOST:PORT`.
     pub nestdb: String,
-    /// How long ADD waits for the agent to set `up` (`portUpTimeoutMs`).
+    /// How long ADD waits for the agent to set `up` (`portUpTimeoutMs`, or
+    /// `portUpTimeoutSeconds`).
     pub up_timeout_ms: u64,
     /// An MTU forced by the configuration (`mtu`), else derived from
     /// `Node_Config.mtu`.
@@ -380,9 +381,9 @@ pub fn parse_conf(stdin: &[u8], default_nestdb: &str) -> Result<NetConf, CniErro
             )))
         }
     };
-    let up_timeout_ms = match raw.get("portUpTimeoutMs") {
-        None => DEFAULT_UP_TIMEOUT_MS,
-        Some(x) => x
+    let up_timeout_ms = match (raw.get("portUpTimeoutMs"), raw.get("portUpTimeoutSeconds")) {
+        (None, None) => DEFAULT_UP_TIMEOUT_MS,
+        (Some(x), None) => x
             .as_u64()
             .filter(|t| (1..=3_600_000).contains(t))
             .ok_or_else(|| {
@@ -390,6 +391,21 @@ pub fn parse_conf(stdin: &[u8], default_nestdb: &str) -> Result<NetConf, CniErro
                     "portUpTimeoutMs is {x}; give milliseconds between 1 and 3600000"
                 ))
             })?,
+        (None, Some(x)) => {
+            x.as_u64()
+                .filter(|t| (1..=3_600).contains(t))
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "portUpTimeoutSeconds is {x}; give seconds between 1 and 3600"
+                    ))
+                })?
+                * 1000
+        }
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "give portUpTimeoutMs or portUpTimeoutSeconds, not both",
+            ))
+        }
     };
     let mtu = match raw.get("mtu") {
         None => None,
@@ -740,6 +756,14 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.code, code::INVALID_CONFIG);
+        let secs =
+            br#"{"cniVersion":"1.0.0","name":"n","type":"sluice","portUpTimeoutSeconds":45}"#;
+        assert_eq!(parse_conf(secs, "/s").unwrap().up_timeout_ms, 45_000);
+        let both = br#"{"cniVersion":"1.0.0","name":"n","type":"sluice","portUpTimeoutSeconds":4,"portUpTimeoutMs":4}"#;
+        assert_eq!(
+            parse_conf(both, "/s").unwrap_err().code,
+            code::INVALID_CONFIG
+        );
     }
 
     #[test]
