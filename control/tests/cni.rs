@@ -1,9 +1,10 @@
 //! CNI conformance of `sluice-cni`, driven through the built binary the way
 //! a runtime drives it: real network namespaces, Debian's real host-local
-//! IPAM plugin, a real nestdb-server with the node schema. Until
-//! sluice-agent exists, a test thread stands in for it by setting
-//! `Logical_Port.up = true` when a row appears (`cni_harness::Agent`); the
-//! timeout test runs without it.
+//! IPAM plugin, a real nestdb-server with the node schema. A test thread
+//! stands in for sluice-agent by setting `Logical_Port.up = true` when a
+//! row appears (`cni_harness::Agent`), so these tests are about the plugin
+//! alone and need no DPDK (`podman_e2e.rs` runs the real agent and
+//! sluiced); the timeout test runs without it.
 
 mod cni_harness;
 

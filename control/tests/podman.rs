@@ -5,7 +5,7 @@
 //! filesystem imported locally (no registry is reachable). The setup is the
 //! one `control/README.md` documents.
 //!
-//! Until sluice-agent exists, a test thread stands in for it by setting
+//! A test thread stands in for sluice-agent by setting
 //! `Logical_Port.up = true` when a row appears (`cni_harness::Agent`), so
 //! these tests check the attachment (addresses, routes, MTU, rows) and the
 //! detachment on `podman rm` without sluiced; `podman_e2e.rs` runs the

@@ -4,8 +4,8 @@
 //! runtime runs it (a clean environment with the `CNI_*` variables, the
 //! configuration on stdin).
 //!
-//! The stand-in agent: until sluice-agent exists, a thread does the one
-//! thing ADD waits for, setting `Logical_Port.up = true` on every row that
+//! The stand-in agent, for the tests of the plugin alone (no sluiced): a
+//! thread does the one thing ADD waits for, setting `Logical_Port.up = true` on every row that
 //! is not up yet. It blocks in an OVSDB `wait` (no polling) and stops when
 //! dropped.
 
