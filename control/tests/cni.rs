@@ -537,6 +537,11 @@ fn the_deploy_conflist_is_accepted() {
         format!("unix:{}", sluice_api::paths::NESTDB_SOCK)
     );
     assert_eq!(conf.ipam.unwrap()["type"], "host-local");
+    // sluice-bootstrap installs the same configuration when given none.
+    let template: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    let built_in: serde_json::Value =
+        serde_json::from_str(sluice_control::bootstrap::install::DEFAULT_CONFLIST).unwrap();
+    assert_eq!(template, built_in);
 }
 
 #[test]
