@@ -14,6 +14,7 @@ install_packages() {
     local pkgs=(
         build-essential pkg-config libclang-dev clang
         libdpdk-dev dpdk
+        containernetworking-plugins podman runc busybox-static
         iproute2 iputils-ping ethtool util-linux procps
         openvswitch-common openvswitch-switch openvswitch-switch-dpdk python3-pip
         tshark netcat-openbsd
