@@ -13,6 +13,9 @@
 #   af-xdp     veth pair, host end opened with net_af_xdp     (port-add iface=... driver=af-xdp)
 #   tap        net_tap interface created by sluiced, moved into the pod (port-add devargs=net_tap...)
 #   virtio-user  virtio_user with vhost-kernel (needs /dev/vhost-net; skipped without it)
+#   bridge     the baseline: the same two namespaces and veth pairs (pod end
+#              set up as sluice-cni does: transmit checksum offload off),
+#              their host ends joined by a Linux bridge instead of sluiced
 #
 # Not a test: numbers depend on the machine's load. Needs root, iperf3,
 # ovs-appctl and a built sluiced (SLUICED=..., default target/debug/sluiced).
@@ -24,7 +27,7 @@ cd "$(dirname "$0")/.."
 SLUICED=${SLUICED:-target/debug/sluiced}
 ROUNDS=${1:-2}
 DUR=${DUR:-5}
-KINDS=${KINDS:-"af-packet af-xdp tap virtio-user"}
+KINDS=${KINDS:-"af-packet af-xdp tap virtio-user bridge"}
 CORE=${CORE:-$(awk '/Cpus_allowed_list/ {n=split($2,a,/[-,]/); print a[n]}' /proc/self/status)}
 CTL=/tmp/slbench.ctl
 DIR=$(mktemp -d /tmp/slbench.XXXXXX)
@@ -46,10 +49,35 @@ pod_addr() { # NS IFACE ADDR
     ip netns exec "$1" ethtool -K "$2" tx off >/dev/null 2>&1 || true
 }
 
+iperf() { # -> prints Gbit/s from pod a to pod b, or "skip: reason"
+    ip netns exec slb-a ping -c 2 -W 5 10.210.0.2 >/dev/null || { echo "skip: no ping between the pods"; return; }
+    ip netns exec slb-b iperf3 -s -1 -D -p 5399 >/dev/null
+    sleep 0.5 # iperf3 -D returns before the server listens
+    ip netns exec slb-a iperf3 -c 10.210.0.2 -p 5399 -t "$DUR" -J >"$DIR/iperf.json" 2>&1 \
+        || { echo "skip: iperf3 failed: $(jq -r .error "$DIR/iperf.json" 2>/dev/null)"; return; }
+    jq -r '.end.sum_received.bits_per_second / 1e9 | . * 100 | round / 100' "$DIR/iperf.json"
+}
+
+bridge() { # the Linux bridge baseline
+    ip -n slb-node link add slb-br type bridge
+    ip -n slb-node link set slb-br up
+    local i
+    for p in a b; do
+        ip link add "slb-$p-o" type veth peer name "slb-$p-i"
+        ip link set "slb-$p-i" netns "slb-$p"
+        ip link set "slb-$p-o" netns slb-node
+        ip -n slb-node link set "slb-$p-o" master slb-br up
+        [ "$p" = a ] && i=10.210.0.1/24 || i=10.210.0.2/24
+        pod_addr "slb-$p" "slb-$p-i" "$i"
+    done
+    iperf
+}
+
 run() { # KIND -> prints Gbit/s or "skip: reason"
     local kind=$1
     cleanup
     for n in slb-node slb-a slb-b; do ip netns add "$n"; ip -n "$n" link set lo up; done
+    if [ "$kind" = bridge ]; then bridge; return; fi
     cat >"$DIR/sluiced.ini" <<EOF
 [coe]
 node_type = 'BAREMETAL'
@@ -107,12 +135,7 @@ EOF
     appctl del-flows >/dev/null
     appctl add-flow "priority=10,in_port=2 actions=output:3" >/dev/null
     appctl add-flow "priority=10,in_port=3 actions=output:2" >/dev/null
-    ip netns exec slb-a ping -c 2 -W 5 10.210.0.2 >/dev/null || { echo "skip: no ping through sluiced"; return; }
-    ip netns exec slb-b iperf3 -s -1 -D -p 5399 >/dev/null
-    sleep 0.5 # iperf3 -D returns before the server listens
-    ip netns exec slb-a iperf3 -c 10.210.0.2 -p 5399 -t "$DUR" -J >"$DIR/iperf.json" 2>&1 \
-        || { echo "skip: iperf3 failed: $(jq -r .error "$DIR/iperf.json" 2>/dev/null)"; return; }
-    jq -r '.end.sum_received.bits_per_second / 1e9 | . * 100 | round / 100' "$DIR/iperf.json"
+    iperf
 }
 
 printf '%-12s' kind; for r in $(seq 1 "$ROUNDS"); do printf ' %12s' "run $r Gbit/s"; done; echo
