@@ -483,16 +483,28 @@ fn the_plugin_is_taken_from_beside_the_binary_and_each_path_can_be_overridden() 
     fs::copy(BIN, bin.join("sluice-bootstrap")).unwrap();
     fs::write(bin.join("sluice-cni"), b"beside\n").unwrap();
     let bins = n.dir.path().join("elsewhere/bin");
-    let out = Command::new(bin.join("sluice-bootstrap"))
-        .arg("--root")
-        .arg(n.root())
-        .arg("--cni-bin-dir")
-        .arg(&bins)
-        .arg("--plugins-dir")
-        .arg(n.inputs().join("plugins"))
-        .args(["--apparmor", "never"])
-        .output()
-        .unwrap();
+    // Executing a file just written can fail with ETXTBSY while another
+    // test thread's fork still holds the writing descriptor (until that
+    // child execs): retry, a bounded number of times.
+    let mut tries = 0;
+    let out = loop {
+        match Command::new(bin.join("sluice-bootstrap"))
+            .arg("--root")
+            .arg(n.root())
+            .arg("--cni-bin-dir")
+            .arg(&bins)
+            .arg("--plugins-dir")
+            .arg(n.inputs().join("plugins"))
+            .args(["--apparmor", "never"])
+            .output()
+        {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => break r.unwrap(),
+        }
+    };
     assert!(
         out.status.success(),
         "{}",
