@@ -34,6 +34,7 @@ pub mod pretty;
 pub mod sctp;
 pub mod tcp;
 pub mod udp;
+mod view;
 pub mod vlan;
 
 pub use arp::{Operation as ArpOperation, Packet as ArpPacket, Repr as ArpRepr};
@@ -240,39 +241,35 @@ pub(crate) fn check_len(layer: Layer, buf: &[u8], needed: usize) -> Result<()> {
 /// Returns `Err(BufferTooSmall)` when `buf` is shorter than `needed`.
 #[inline]
 pub(crate) fn check_room(layer: Layer, buf: &[u8], needed: usize) -> Result<()> {
-    if buf.len() < needed {
-        Err(Error::BufferTooSmall {
-            layer,
-            needed,
-            available: buf.len(),
-        })
-    } else {
-        Ok(())
-    }
+    check_len(layer, buf, needed).map_err(|_| Error::BufferTooSmall {
+        layer,
+        needed,
+        available: buf.len(),
+    })
 }
 
 /// Reads a big-endian u16 at `at`. The caller guarantees the bounds.
 #[inline]
 pub(crate) fn read_u16(buf: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([buf[at], buf[at + 1]])
+    view::FieldValue::read(buf, at)
 }
 
 /// Reads a big-endian u32 at `at`. The caller guarantees the bounds.
 #[inline]
 pub(crate) fn read_u32(buf: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
+    view::FieldValue::read(buf, at)
 }
 
 /// Writes a big-endian u16 at `at`. The caller guarantees the bounds.
 #[inline]
 pub(crate) fn write_u16(buf: &mut [u8], at: usize, value: u16) {
-    buf[at..at + 2].copy_from_slice(&value.to_be_bytes());
+    view::FieldValue::write(value, buf, at)
 }
 
 /// Writes a big-endian u32 at `at`. The caller guarantees the bounds.
 #[inline]
 pub(crate) fn write_u32(buf: &mut [u8], at: usize, value: u32) {
-    buf[at..at + 4].copy_from_slice(&value.to_be_bytes());
+    view::FieldValue::write(value, buf, at)
 }
 
 #[cfg(test)]

@@ -13,14 +13,10 @@ use std::net::Ipv4Addr;
 
 use super::checksum;
 use super::ip::IpProtocol;
-use super::{
-    check_len, check_room, read_u16, read_u32, write_u16, write_u32, ChecksumMode, Error, Layer,
-    Result,
-};
+use super::{check_len, check_room, read_u16, write_u16, ChecksumMode, Error, Layer, Result};
 
 mod field {
-    pub const SRC_PORT: usize = 0;
-    pub const DST_PORT: usize = 2;
+    // Ports at 0 and 2: `view::transport_ports!`.
     pub const SEQ_NUM: usize = 4;
     pub const ACK_NUM: usize = 8;
     pub const FLAGS: usize = 12;
@@ -153,26 +149,27 @@ impl fmt::Debug for Flags {
     }
 }
 
-/// A view of a TCP segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+super::view::header_view! {
+    /// A view of a TCP segment.
+    ///
+    /// - [`Packet::new_unchecked`]: Wraps `buffer` without checking it. Getters panic if it is
+    ///   shorter than the header (options included).
+    /// - [`Packet::new_checked`]: Wraps untrusted bytes, checking the header and data offset.
+    pub struct Packet: check_len;
+    @transport_ports;
+    /// Sequence number.
+    seq_number, set_seq_number: u32 @ field::SEQ_NUM;
+    /// Acknowledgment number.
+    ack_number, set_ack_number: u32 @ field::ACK_NUM;
+    /// Window size.
+    window_len, set_window_len: u16 @ field::WIN_SIZE;
+    /// Checksum field.
+    checksum, set_checksum: u16 @ field::CHECKSUM;
+    /// Urgent pointer.
+    urgent_at, set_urgent_at: u16 @ field::URGENT;
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps `buffer` without checking it. Getters panic if it is shorter
-    /// than the header (options included).
-    pub const fn new_unchecked(buffer: T) -> Packet<T> {
-        Packet { buffer }
-    }
-
-    /// Wraps untrusted bytes, checking the header and data offset.
-    pub fn new_checked(buffer: T) -> Result<Packet<T>> {
-        let p = Self::new_unchecked(buffer);
-        p.check_len()?;
-        Ok(p)
-    }
-
     /// Checks the fixed header, the data offset and the options' length.
     pub fn check_len(&self) -> Result<()> {
         let b = self.buffer.as_ref();
@@ -186,35 +183,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
             });
         }
         check_len(Layer::Tcp, b, hl)
-    }
-
-    /// Returns the underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    /// Source port.
-    #[inline(always)]
-    pub fn src_port(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::SRC_PORT)
-    }
-
-    /// Destination port.
-    #[inline(always)]
-    pub fn dst_port(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::DST_PORT)
-    }
-
-    /// Sequence number.
-    #[inline(always)]
-    pub fn seq_number(&self) -> u32 {
-        read_u32(self.buffer.as_ref(), field::SEQ_NUM)
-    }
-
-    /// Acknowledgment number.
-    #[inline(always)]
-    pub fn ack_number(&self) -> u32 {
-        read_u32(self.buffer.as_ref(), field::ACK_NUM)
     }
 
     /// Header length in bytes, options included (data offset × 4).
@@ -236,24 +204,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
         read_u16(self.buffer.as_ref(), field::FLAGS) & 0x0fff
     }
 
-    /// Window size.
-    #[inline(always)]
-    pub fn window_len(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::WIN_SIZE)
-    }
-
-    /// Checksum field.
-    #[inline(always)]
-    pub fn checksum(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::CHECKSUM)
-    }
-
-    /// Urgent pointer.
-    #[inline(always)]
-    pub fn urgent_at(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::URGENT)
-    }
-
     /// The options bytes, opaque.
     #[inline(always)]
     pub fn options(&self) -> &[u8] {
@@ -267,10 +217,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         let Ok(len) = u16::try_from(b.len()) else {
             return false;
         };
-        checksum::combine(&[
-            checksum::pseudo_header_v4(src, dst, IpProtocol::Tcp.into(), len),
-            checksum::data(b),
-        ]) == 0xffff
+        checksum::ipv4_segment(src, dst, IpProtocol::Tcp.into(), len, b) == 0xffff
     }
 }
 
@@ -283,30 +230,6 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// Sets the source port (checksum untouched).
-    #[inline(always)]
-    pub fn set_src_port(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::SRC_PORT, value);
-    }
-
-    /// Sets the destination port (checksum untouched).
-    #[inline(always)]
-    pub fn set_dst_port(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::DST_PORT, value);
-    }
-
-    /// Sets the sequence number.
-    #[inline(always)]
-    pub fn set_seq_number(&mut self, value: u32) {
-        write_u32(self.buffer.as_mut(), field::SEQ_NUM, value);
-    }
-
-    /// Sets the acknowledgment number.
-    #[inline(always)]
-    pub fn set_ack_number(&mut self, value: u32) {
-        write_u32(self.buffer.as_mut(), field::ACK_NUM, value);
-    }
-
     /// Sets the header length in bytes (multiple of 4), keeping flags.
     #[inline(always)]
     pub fn set_header_len(&mut self, value: u8) {
@@ -320,24 +243,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         let b = self.buffer.as_mut();
         let cur = read_u16(b, field::FLAGS);
         write_u16(b, field::FLAGS, (cur & 0xf000) | value.bits());
-    }
-
-    /// Sets the window size.
-    #[inline(always)]
-    pub fn set_window_len(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::WIN_SIZE, value);
-    }
-
-    /// Sets the checksum field.
-    #[inline(always)]
-    pub fn set_checksum(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::CHECKSUM, value);
-    }
-
-    /// Sets the urgent pointer.
-    #[inline(always)]
-    pub fn set_urgent_at(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::URGENT, value);
     }
 
     /// Rewrites the source port and patches the checksum incrementally.
@@ -368,10 +273,13 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
             max: u16::MAX.into(),
         })?;
         self.set_checksum(0);
-        let sum = checksum::combine(&[
-            checksum::pseudo_header_v4(src, dst, IpProtocol::Tcp.into(), len16),
-            checksum::data(self.buffer.as_ref()),
-        ]);
+        let sum = checksum::ipv4_segment(
+            src,
+            dst,
+            IpProtocol::Tcp.into(),
+            len16,
+            self.buffer.as_ref(),
+        );
         self.set_checksum(checksum::finish(sum));
         Ok(())
     }

@@ -14,8 +14,7 @@ use super::ip::IpProtocol;
 use super::{check_len, check_room, read_u16, write_u16, ChecksumMode, Error, Layer, Result};
 
 mod field {
-    pub const SRC_PORT: usize = 0;
-    pub const DST_PORT: usize = 2;
+    // Ports at 0 and 2: `view::transport_ports!`.
     pub const LENGTH: usize = 4;
     pub const CHECKSUM: usize = 6;
 }
@@ -23,27 +22,27 @@ mod field {
 /// Length of a UDP header.
 pub const HEADER_LEN: usize = 8;
 
-/// A view of a UDP datagram.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+super::view::header_view! {
+    /// A view of a UDP datagram.
+    ///
+    /// - [`Packet::new_unchecked`]: Wraps `buffer` without checking it. Getters panic if it is
+    ///   shorter than the header; [`Packet::payload`] panics if the length field is inconsistent.
+    /// - [`Packet::new_checked`]: Wraps untrusted bytes, checking the header and the length field.
+    pub struct Packet: check_len;
+    @transport_ports;
+    /// Checksum field (0 = none).
+    checksum, set_checksum: u16 @ field::CHECKSUM;
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+    /// Sets the length field.
+    #[inline(always)]
+    pub fn set_len(&mut self, value: u16) {
+        write_u16(self.buffer.as_mut(), field::LENGTH, value);
+    }
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps `buffer` without checking it. Getters panic if it is shorter
-    /// than the header; [`Packet::payload`] panics if the length field is
-    /// inconsistent.
-    pub const fn new_unchecked(buffer: T) -> Packet<T> {
-        Packet { buffer }
-    }
-
-    /// Wraps untrusted bytes, checking the header and the length field.
-    pub fn new_checked(buffer: T) -> Result<Packet<T>> {
-        let p = Self::new_unchecked(buffer);
-        p.check_len()?;
-        Ok(p)
-    }
-
     /// Checks the header and the length field against the buffer.
     pub fn check_len(&self) -> Result<()> {
         let b = self.buffer.as_ref();
@@ -59,34 +58,11 @@ impl<T: AsRef<[u8]>> Packet<T> {
         check_len(Layer::Udp, b, len)
     }
 
-    /// Returns the underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    /// Source port.
-    #[inline(always)]
-    pub fn src_port(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::SRC_PORT)
-    }
-
-    /// Destination port.
-    #[inline(always)]
-    pub fn dst_port(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::DST_PORT)
-    }
-
     /// Length field: header plus payload.
     #[inline]
     #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::LENGTH)
-    }
-
-    /// Checksum field (0 = none).
-    #[inline(always)]
-    pub fn checksum(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::CHECKSUM)
     }
 
     /// True when the checksum is absent (0) or correct for the given IPv4
@@ -97,10 +73,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         }
         let len = self.len();
         let b = &self.buffer.as_ref()[..usize::from(len)];
-        checksum::combine(&[
-            checksum::pseudo_header_v4(src, dst, IpProtocol::Udp.into(), len),
-            checksum::data(b),
-        ]) == 0xffff
+        checksum::ipv4_segment(src, dst, IpProtocol::Udp.into(), len, b) == 0xffff
     }
 }
 
@@ -113,30 +86,6 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// Sets the source port (checksum untouched).
-    #[inline(always)]
-    pub fn set_src_port(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::SRC_PORT, value);
-    }
-
-    /// Sets the destination port (checksum untouched).
-    #[inline(always)]
-    pub fn set_dst_port(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::DST_PORT, value);
-    }
-
-    /// Sets the length field.
-    #[inline(always)]
-    pub fn set_len(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::LENGTH, value);
-    }
-
-    /// Sets the checksum field.
-    #[inline(always)]
-    pub fn set_checksum(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::CHECKSUM, value);
-    }
-
     /// Rewrites a port and patches the checksum incrementally; a zero
     /// ("none") checksum stays zero.
     #[inline(always)]
@@ -160,10 +109,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn fill_checksum(&mut self, src: Ipv4Addr, dst: Ipv4Addr) {
         self.set_checksum(0);
         let len = self.len();
-        let sum = checksum::combine(&[
-            checksum::pseudo_header_v4(src, dst, IpProtocol::Udp.into(), len),
-            checksum::data(&self.buffer.as_ref()[..usize::from(len)]),
-        ]);
+        let b = &self.buffer.as_ref()[..usize::from(len)];
+        let sum = checksum::ipv4_segment(src, dst, IpProtocol::Udp.into(), len, b);
         self.set_checksum(checksum::udp_nonzero(checksum::finish(sum)));
     }
 
