@@ -444,14 +444,19 @@ impl Drop for DpdkRuntimeDir {
 mod tests {
     use super::*;
 
+    /// Spawns `sh -c script` and waits (5 s at most) for a line `ready`.
+    fn sh_until_ready(script: &str) -> (Daemon, Result<Line, ProcessError>) {
+        let mut c = Command::new("sh");
+        c.args(["-c", script]);
+        let mut d = Daemon::spawn("sh", c).unwrap();
+        let l = d.wait_line("ready", Duration::from_secs(5), |l| l == "ready");
+        (d, l)
+    }
+
     #[test]
     fn wait_line_and_stop() {
-        let mut c = Command::new("sh");
-        c.args(["-c", "echo hello; echo ready; exec sleep 30"]);
-        let mut d = Daemon::spawn("sh", c).unwrap();
-        let l = d
-            .wait_line("ready", Duration::from_secs(5), |l| l == "ready")
-            .unwrap();
+        let (mut d, l) = sh_until_ready("echo hello; echo ready; exec sleep 30");
+        let l = l.unwrap();
         assert_eq!(l.text, "ready");
         let s = d.stop().unwrap();
         assert!(!s.success());
@@ -459,12 +464,7 @@ mod tests {
 
     #[test]
     fn early_exit_and_timeout_are_errors() {
-        let mut c = Command::new("sh");
-        c.args(["-c", "echo boom >&2; exit 3"]);
-        let mut d = Daemon::spawn("sh", c).unwrap();
-        let e = d
-            .wait_line("ready", Duration::from_secs(5), |l| l == "ready")
-            .unwrap_err();
+        let e = sh_until_ready("echo boom >&2; exit 3").1.unwrap_err();
         assert!(e.to_string().contains("boom"), "{e}");
         let mut c = Command::new("sleep");
         c.arg("30");

@@ -43,28 +43,9 @@ fn client() -> Client {
     c
 }
 
-fn ping_ok(ns: &Netns, dst: &str) {
-    let out = ns.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "5", dst]);
-    let t = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && t.contains("3 received"),
-        "ping {dst}: {t}"
-    );
-}
-
-fn ping_fails(ns: &Netns, dst: &str) {
-    let out = ns.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", dst]);
-    let t = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !out.status.success() && t.contains(" 0 received"),
-        "ping {dst} should fail: {t}"
-    );
-}
-
 fn mac_of(ns: &Netns, iface: &str) -> [u8; 6] {
-    let out = ns.exec(&["cat", &format!("/sys/class/net/{iface}/address")]);
-    let t = String::from_utf8_lossy(&out.stdout);
-    sluice_api::args::mac(t.trim()).unwrap_or_else(|e| panic!("MAC of {iface}: {t}: {e}"))
+    let t = ns.mac_of(iface);
+    sluice_api::args::mac(&t).unwrap_or_else(|e| panic!("MAC of {iface}: {t}: {e}"))
 }
 
 fn flow(priority: u16, m: &str, actions: &str) -> Flow {
@@ -168,11 +149,8 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
     if !can_use_netns("node_commits_apply_whole_or_not_at_all_while_a_stream_forwards") {
         return;
     }
-    let node = Netns::new("slt-nc-node");
-    let a = Netns::new("slt-nc-a");
-    let b = Netns::new("slt-nc-b");
-    let _va = Veth::new_in(&node, "slt-nca-o", "slt-nca-i", &a, "10.204.0.1/24");
-    let _vb = Veth::new_in(&node, "slt-ncb-o", "slt-ncb-i", &b, "10.204.0.2/24");
+    let pods = TwoPods::new("slt-nc", "slt-nc", "10.204.0");
+    let (node, a, b) = (&pods.node, &pods.a, &pods.b);
     let (d, ready) = Sluiced::start_in(
         &node,
         &config(
@@ -235,8 +213,8 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
     let r = c.call::<NodeCommit>(&first).expect("the first commit");
     assert_eq!(r.generation, 1);
     assert_eq!((r.counts.ports_added, r.counts.flow_ops), (2, 4), "{r:?}");
-    ping_ok(&a, "10.204.0.2");
-    ping_ok(&b, "10.204.0.1");
+    a.assert_ping("10.204.0.2");
+    b.assert_ping("10.204.0.1");
     let st1 = c.call::<QueryNodeStatus>(&Empty {}).expect("node-status");
     assert_eq!(st1.generation, 1);
     assert_eq!(st1.instance_id, st0.instance_id);
@@ -264,7 +242,7 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
         )
     };
     let before = rx(&m1);
-    ping_ok(&a, "10.204.0.2");
+    a.assert_ping("10.204.0.2");
     let m2 = scrape(&node, &metrics_url);
     assert!(
         rx(&m2) >= before + 3.0,
@@ -324,7 +302,7 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
         c.call::<QueryNodeProgram>(&Empty {}).expect("node-program"),
         expect1
     );
-    ping_ok(&a, "10.204.0.2");
+    a.assert_ping("10.204.0.2");
 
     // 3. A stale expected generation.
     let stale = NodeChanges {
@@ -357,7 +335,7 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
         ..Default::default()
     };
     c.call::<NodeCommit>(&remove_b).expect("remove pod b");
-    ping_fails(&a, "10.204.0.2");
+    a.assert_no_ping("10.204.0.2");
     let st2 = c.call::<QueryNodeStatus>(&Empty {}).expect("node-status");
     assert_eq!(st2.generation, 2);
     assert!(!st2.ports.contains_key("pod-b"), "{st2:?}");
@@ -381,7 +359,7 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
         ..Default::default()
     };
     c.call::<NodeCommit>(&back).expect("pod b again");
-    ping_ok(&a, "10.204.0.2");
+    a.assert_ping("10.204.0.2");
     let expect3 = apply(&expect2, &back);
     assert_eq!(
         c.call::<QueryNodeProgram>(&Empty {}).expect("node-program"),
@@ -408,7 +386,7 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
             .is_some_and(|p| p.ofport == 4 && p.forwarding),
         "{st4:?}"
     );
-    ping_ok(&a, "10.204.0.2");
+    a.assert_ping("10.204.0.2");
 
     let ev = d.stop();
     let stat = |name: &str, key: &str| {

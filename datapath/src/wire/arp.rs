@@ -174,6 +174,7 @@ impl Repr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::test_support::assert_prefixes_truncated;
     use proptest::prelude::*;
 
     static REQUEST_BYTES: [u8; 28] = [
@@ -232,15 +233,7 @@ mod tests {
 
     #[test]
     fn every_truncation_is_rejected() {
-        for len in 0..PACKET_LEN {
-            assert!(
-                matches!(
-                    Packet::new_checked(&REQUEST_BYTES[..len]),
-                    Err(Error::Truncated { .. })
-                ),
-                "{len}"
-            );
-        }
+        assert_prefixes_truncated(&REQUEST_BYTES, PACKET_LEN, Packet::new_checked);
     }
 
     #[test]

@@ -309,6 +309,7 @@ impl Repr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::test_support::assert_prefixes_truncated;
 
     #[test]
     fn address_as_u64_round_trips() {
@@ -373,15 +374,11 @@ mod tests {
 
     #[test]
     fn every_truncation_is_rejected() {
-        for len in 0..HEADER_LEN {
-            assert!(
-                matches!(
-                    Frame::new_checked(&FRAME_BYTES[..len]),
-                    Err(Error::Truncated { needed: 14, .. })
-                ),
-                "prefix of {len} bytes accepted"
-            );
-        }
+        assert_prefixes_truncated(&FRAME_BYTES, HEADER_LEN, Frame::new_checked);
+        assert!(matches!(
+            Frame::new_checked(&FRAME_BYTES[..HEADER_LEN - 1]),
+            Err(Error::Truncated { needed: 14, .. })
+        ));
         assert!(Frame::new_checked(&FRAME_BYTES[..HEADER_LEN]).is_ok());
     }
 

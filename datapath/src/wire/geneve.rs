@@ -377,6 +377,7 @@ impl<'a> Repr<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::test_support::assert_prefixes_truncated;
     use proptest::prelude::*;
 
     // Geneve with one 8-byte option (class 0x0102, type 0x80 critical,
@@ -480,15 +481,7 @@ mod tests {
 
     #[test]
     fn every_truncation_is_rejected() {
-        for len in 0..16 {
-            assert!(
-                matches!(
-                    Packet::new_checked(&GENEVE_BYTES[..len]),
-                    Err(Error::Truncated { .. })
-                ),
-                "{len}"
-            );
-        }
+        assert_prefixes_truncated(&GENEVE_BYTES, 16, Packet::new_checked);
         assert!(Packet::new_checked(&GENEVE_BYTES[..16]).is_ok());
     }
 

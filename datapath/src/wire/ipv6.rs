@@ -287,6 +287,7 @@ impl Repr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::test_support::assert_prefixes_truncated;
     use proptest::prelude::*;
 
     fn repr(next: IpProtocol, payload_len: usize) -> Repr {
@@ -352,15 +353,7 @@ mod tests {
 
     #[test]
     fn every_truncation_and_bad_version_rejected() {
-        for len in 0..HEADER_BYTES.len() {
-            assert!(
-                matches!(
-                    Packet::new_checked(&HEADER_BYTES[..len]),
-                    Err(Error::Truncated { .. })
-                ),
-                "{len}"
-            );
-        }
+        assert_prefixes_truncated(&HEADER_BYTES, HEADER_BYTES.len(), Packet::new_checked);
         let mut b = HEADER_BYTES;
         b[0] = 0x4b;
         assert_eq!(

@@ -178,6 +178,7 @@ impl Repr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::test_support::{assert_checksum_checked, assert_prefixes_truncated};
     use proptest::prelude::*;
 
     #[test]
@@ -251,12 +252,9 @@ mod tests {
         );
         let mut bad = b;
         bad[31] ^= 0x80;
-        let p = Packet::new_checked(&bad[..]).unwrap();
-        assert_eq!(
-            Repr::parse(&p, ChecksumMode::Verify),
-            Err(Error::Checksum { layer: Layer::Sctp })
-        );
-        assert!(Repr::parse(&p, ChecksumMode::Trust).is_ok());
+        assert_checksum_checked(Layer::Sctp, &bad, |b, mode| {
+            Repr::parse(&Packet::new_checked(b).unwrap(), mode).map(|_| ())
+        });
     }
 
     #[test]
@@ -273,9 +271,7 @@ mod tests {
     #[test]
     fn every_truncation_is_rejected() {
         let b = init_packet();
-        for len in 0..HEADER_LEN {
-            assert!(Packet::new_checked(&b[..len]).is_err(), "{len}");
-        }
+        assert_prefixes_truncated(&b, HEADER_LEN, Packet::new_checked);
         let mut small = [0u8; 11];
         assert!(Repr {
             src_port: 1,

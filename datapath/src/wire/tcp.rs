@@ -13,7 +13,10 @@ use std::net::Ipv4Addr;
 
 use super::checksum;
 use super::ip::IpProtocol;
-use super::{check_len, check_room, read_u16, write_u16, ChecksumMode, Error, Layer, Result};
+use super::{
+    check_declared_len, check_room, read_u16, write_u16, ChecksumMode, Error, Layer,
+    Result,
+};
 
 mod field {
     // Ports at 0 and 2: `view::transport_ports!`.
@@ -172,17 +175,14 @@ super::view::header_view! {
 impl<T: AsRef<[u8]>> Packet<T> {
     /// Checks the fixed header, the data offset and the options' length.
     pub fn check_len(&self) -> Result<()> {
-        let b = self.buffer.as_ref();
-        check_len(Layer::Tcp, b, HEADER_LEN)?;
-        let hl = usize::from(self.header_len());
-        if hl < HEADER_LEN {
-            return Err(Error::Malformed {
-                layer: Layer::Tcp,
-                field: "data offset",
-                reason: "it is below the minimum of 5 words",
-            });
-        }
-        check_len(Layer::Tcp, b, hl)
+        check_declared_len(
+            Layer::Tcp,
+            self.buffer.as_ref(),
+            HEADER_LEN,
+            || usize::from(self.header_len()),
+            "data offset",
+            "it is below the minimum of 5 words",
+        )
     }
 
     /// Header length in bytes, options included (data offset × 4).
@@ -498,6 +498,7 @@ mod option_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::test_support::{assert_checksum_checked, assert_prefixes_truncated};
     use proptest::prelude::*;
 
     const SRC: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -524,6 +525,19 @@ mod tests {
             options: &MSS,
             payload_len: 3,
         }
+    }
+
+    /// [`repr`] emitted with payload `abc` and its checksum for SRC → DST.
+    fn emitted() -> [u8; 27] {
+        let mut buf = [0u8; 27];
+        repr()
+            .emit(
+                &mut Packet::new_unchecked(&mut buf[..]),
+                b"abc",
+                Some((SRC, DST)),
+            )
+            .unwrap();
+        buf
     }
 
     #[test]
@@ -560,14 +574,7 @@ mod tests {
 
     #[test]
     fn parse_and_emit() {
-        let mut buf = [0u8; 27];
-        repr()
-            .emit(
-                &mut Packet::new_unchecked(&mut buf[..]),
-                b"abc",
-                Some((SRC, DST)),
-            )
-            .unwrap();
+        let buf = emitted();
         let p = Packet::new_checked(&buf[..]).unwrap();
         assert!(p.verify_checksum(SRC, DST));
         assert_eq!(
@@ -580,12 +587,9 @@ mod tests {
 
         let mut bad = buf;
         bad[26] ^= 1;
-        let p = Packet::new_checked(&bad[..]).unwrap();
-        assert_eq!(
-            Repr::parse(&p, SRC, DST, ChecksumMode::Verify),
-            Err(Error::Checksum { layer: Layer::Tcp })
-        );
-        assert!(Repr::parse(&p, SRC, DST, ChecksumMode::Trust).is_ok());
+        assert_checksum_checked(Layer::Tcp, &bad, |b, mode| {
+            Repr::parse(&Packet::new_checked(b).unwrap(), SRC, DST, mode).map(|_| ())
+        });
     }
 
     #[test]
@@ -610,15 +614,7 @@ mod tests {
 
     #[test]
     fn every_truncation_is_rejected() {
-        for len in 0..24 {
-            assert!(
-                matches!(
-                    Packet::new_checked(&SEGMENT_BYTES[..len]),
-                    Err(Error::Truncated { .. })
-                ),
-                "{len}"
-            );
-        }
+        assert_prefixes_truncated(&SEGMENT_BYTES, 24, Packet::new_checked);
         // Data is optional: every length from the header on is a segment.
         for len in 24..=SEGMENT_BYTES.len() {
             assert_eq!(
@@ -663,14 +659,7 @@ mod tests {
 
     #[test]
     fn port_rewrite_keeps_checksum_valid() {
-        let mut buf = [0u8; 27];
-        repr()
-            .emit(
-                &mut Packet::new_unchecked(&mut buf[..]),
-                b"abc",
-                Some((SRC, DST)),
-            )
-            .unwrap();
+        let mut buf = emitted();
         let mut p = Packet::new_unchecked(&mut buf[..]);
         p.rewrite_src_port(1);
         p.rewrite_dst_port(65535);
@@ -693,14 +682,7 @@ mod tests {
             repr()
         );
 
-        let mut buf = [0u8; 27];
-        repr()
-            .emit(
-                &mut Packet::new_unchecked(&mut buf[..]),
-                b"abc",
-                Some((SRC, DST)),
-            )
-            .unwrap();
+        let buf = emitted();
         assert_eq!(&buf[..], &pkt[20..], "byte-identical to etherparse");
         let t = etherparse::TcpSlice::from_slice(&buf).unwrap();
         assert!(t.syn() && t.ack() && !t.fin());

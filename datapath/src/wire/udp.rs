@@ -11,7 +11,10 @@ use std::net::Ipv4Addr;
 
 use super::checksum;
 use super::ip::IpProtocol;
-use super::{check_len, check_room, read_u16, write_u16, ChecksumMode, Error, Layer, Result};
+use super::{
+    check_declared_len, check_room, read_u16, write_u16, ChecksumMode, Error, Layer,
+    Result,
+};
 
 mod field {
     // Ports at 0 and 2: `view::transport_ports!`.
@@ -45,17 +48,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 impl<T: AsRef<[u8]>> Packet<T> {
     /// Checks the header and the length field against the buffer.
     pub fn check_len(&self) -> Result<()> {
-        let b = self.buffer.as_ref();
-        check_len(Layer::Udp, b, HEADER_LEN)?;
-        let len = usize::from(self.len());
-        if len < HEADER_LEN {
-            return Err(Error::Malformed {
-                layer: Layer::Udp,
-                field: "length",
-                reason: "it is smaller than the 8-byte header",
-            });
-        }
-        check_len(Layer::Udp, b, len)
+        check_declared_len(
+            Layer::Udp,
+            self.buffer.as_ref(),
+            HEADER_LEN,
+            || usize::from(self.len()),
+            "length",
+            "it is smaller than the 8-byte header",
+        )
     }
 
     /// Length field: header plus payload.
@@ -204,6 +204,7 @@ impl Repr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::test_support::{assert_checksum_checked, assert_prefixes_truncated};
     use proptest::prelude::*;
 
     const SRC: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
@@ -281,25 +282,14 @@ mod tests {
         );
         let mut bad = b;
         bad[11] ^= 0xff;
-        let p = Packet::new_checked(&bad[..]).unwrap();
-        assert_eq!(
-            Repr::parse(&p, SRC, DST, ChecksumMode::Verify),
-            Err(Error::Checksum { layer: Layer::Udp })
-        );
-        assert!(Repr::parse(&p, SRC, DST, ChecksumMode::Trust).is_ok());
+        assert_checksum_checked(Layer::Udp, &bad, |b, mode| {
+            Repr::parse(&Packet::new_checked(b).unwrap(), SRC, DST, mode).map(|_| ())
+        });
     }
 
     #[test]
     fn every_truncation_is_rejected() {
-        for len in 0..PACKET_BYTES.len() {
-            assert!(
-                matches!(
-                    Packet::new_checked(&PACKET_BYTES[..len]),
-                    Err(Error::Truncated { .. })
-                ),
-                "{len}"
-            );
-        }
+        assert_prefixes_truncated(&PACKET_BYTES, PACKET_BYTES.len(), Packet::new_checked);
     }
 
     #[test]

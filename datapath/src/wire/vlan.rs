@@ -159,6 +159,7 @@ impl Repr {
 mod tests {
     use super::*;
     use crate::wire::ethernet;
+    use crate::wire::test_support::assert_prefixes_truncated;
     use proptest::prelude::*;
 
     // PCP 5, DEI 1, VID 0x123, inner IPv4, then two payload bytes.
@@ -218,9 +219,7 @@ mod tests {
 
     #[test]
     fn every_truncation_is_rejected() {
-        for len in 0..HEADER_LEN {
-            assert!(Packet::new_checked(&TAG_BYTES[..len]).is_err(), "{len}");
-        }
+        assert_prefixes_truncated(&TAG_BYTES, HEADER_LEN, Packet::new_checked);
     }
 
     #[test]

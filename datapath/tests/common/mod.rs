@@ -1,6 +1,7 @@
-//! Shared helpers for sluiced's end-to-end tests: network namespaces and
-//! veth pairs that clean up after themselves, and a `sluiced` child process
-//! whose stdout events are read with bounded waits.
+//! Shared helpers for sluiced's end-to-end tests: a `sluiced` child process
+//! whose stdout events are read with bounded waits, its config and control
+//! socket; network namespaces, veth pairs and skip recording come from
+//! `sluice-testkit`.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
@@ -12,14 +13,11 @@ use std::time::{Duration, Instant};
 /// Generous bound for anything on a loaded 2-core machine.
 pub const WAIT: Duration = Duration::from_secs(90);
 
-/// True when the tests can create namespaces (root). Prints why not.
+pub use sluice_testkit::{sh, sh_quiet, Netns, TwoPods, Veth};
+
+/// True when the tests can create namespaces (root). Records why not.
 pub fn can_use_netns(test: &str) -> bool {
-    let ok = std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
+    let ok = sluice_testkit::is_root();
     if !ok {
         report_skip(&format!(
             "SKIP {test}: needs root to create network namespaces and DPDK ports"
@@ -28,130 +26,10 @@ pub fn can_use_netns(test: &str) -> bool {
     ok
 }
 
-/// Prints a skip (or note) line and appends it to `target/tmp/skips.txt`,
-/// which `scripts/test.sh` prints at the end: cargo hides the output of
-/// passing tests, and a skip must never be silent.
+/// Prints a skip (or note) line and records it in `target/tmp/skips.txt`
+/// ([`sluice_testkit::report_skip!`]).
 pub fn report_skip(line: &str) {
-    println!("{line}");
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("skips.txt");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        use std::io::Write;
-        let _ = writeln!(f, "{line}");
-    }
-}
-
-/// Runs a command, panicking with its stderr when it fails.
-pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs a command, ignoring failure (cleanup).
-pub fn sh_quiet(args: &[&str]) {
-    let _ = Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// A network namespace, deleted on drop.
-pub struct Netns(pub String);
-
-impl Netns {
-    pub fn new(name: &str) -> Netns {
-        sh_quiet(&["ip", "netns", "del", name]);
-        sh(&["ip", "netns", "add", name]);
-        sh(&["ip", "-n", name, "link", "set", "lo", "up"]);
-        Netns(name.to_string())
-    }
-
-    /// Runs a command inside the namespace.
-    pub fn exec(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .args(args)
-            .output()
-            .expect("ip netns exec")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        sh_quiet(&["ip", "netns", "del", &self.0]);
-    }
-}
-
-/// A veth pair: `outer` stays in the root namespace (or goes into `node`,
-/// see [`Veth::new_in`]), `inner` goes into `ns` with `addr` (CIDR),
-/// checksum offload off so that frames copied by af_packet carry complete
-/// checksums. Deleted on drop.
-pub struct Veth {
-    pub outer: String,
-    node: Option<String>,
-}
-
-impl Veth {
-    pub fn new(outer: &str, inner: &str, ns: &Netns, addr: &str) -> Veth {
-        Self::create(None, outer, inner, ns, addr)
-    }
-
-    /// Like [`Veth::new`] with the outer end in the `node` namespace, where
-    /// sluiced runs ([`Sluiced::start_in`]). DPDK's af_packet PMD joins a
-    /// PACKET_FANOUT group whose id is `pid ^ ifindex`: two sluiced processes
-    /// in one namespace can collide on it (EINVAL/EPERM at start), while
-    /// fanout groups never match across namespaces.
-    pub fn new_in(node: &Netns, outer: &str, inner: &str, ns: &Netns, addr: &str) -> Veth {
-        Self::create(Some(node), outer, inner, ns, addr)
-    }
-
-    fn create(node: Option<&Netns>, outer: &str, inner: &str, ns: &Netns, addr: &str) -> Veth {
-        sh_quiet(&["ip", "link", "del", outer]);
-        sh(&[
-            "ip", "link", "add", outer, "type", "veth", "peer", "name", inner,
-        ]);
-        let v = Veth {
-            outer: outer.to_string(),
-            node: node.map(|n| n.0.clone()),
-        };
-        sh(&["ip", "link", "set", inner, "netns", &ns.0]);
-        match node {
-            Some(n) => {
-                sh(&["ip", "link", "set", outer, "netns", &n.0]);
-                sh(&["ip", "-n", &n.0, "link", "set", outer, "up"]);
-            }
-            None => {
-                sh(&["ip", "link", "set", outer, "up"]);
-            }
-        }
-        sh(&["ip", "-n", &ns.0, "addr", "add", addr, "dev", inner]);
-        sh(&["ip", "-n", &ns.0, "link", "set", inner, "up"]);
-        sh_quiet(&[
-            "ip", "netns", "exec", &ns.0, "ethtool", "-K", inner, "tx", "off",
-        ]);
-        v
-    }
-}
-
-impl Drop for Veth {
-    fn drop(&mut self) {
-        match &self.node {
-            Some(n) => sh_quiet(&["ip", "-n", n, "link", "del", &self.outer]),
-            None => sh_quiet(&["ip", "link", "del", &self.outer]),
-        }
-    }
+    sluice_testkit::report_skip!("{line}");
 }
 
 /// Path of the sluiced binary under test.
@@ -318,6 +196,22 @@ pub fn config(prefix: &str, ports: &str) -> String {
 /// The control socket of the test daemon with DPDK prefix `prefix`.
 pub fn ctl_path(prefix: &str) -> PathBuf {
     std::env::temp_dir().join(format!("{prefix}.ctl"))
+}
+
+/// `ovs-appctl -t <sluiced ctl> ARGS`, asserting success.
+pub fn appctl(prefix: &str, args: &[&str]) -> String {
+    let out = Command::new("ovs-appctl")
+        .arg("-t")
+        .arg(ctl_path(prefix))
+        .args(args)
+        .output()
+        .expect("ovs-appctl (Debian openvswitch-common) must be installed");
+    assert!(
+        out.status.success(),
+        "ovs-appctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Runs `sluicectl --socket <ctl> ARGS`; returns (success, stdout, stderr).
