@@ -140,12 +140,7 @@ impl Daemon {
                 Ok(())
             });
         }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| ProcessError::Spawn { program, source })?;
+        let mut child = spawn_piped(&mut cmd, program)?;
         let (tx, lines) = mpsc::channel();
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         if let Some(out) = child.stdout.take() {
@@ -330,12 +325,7 @@ impl Drop for Daemon {
 pub fn run(mut cmd: Command, timeout: Duration) -> Result<String, ProcessError> {
     let text = format!("{cmd:?}").replace('"', "");
     let program = cmd.get_program().to_string_lossy().into_owned();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| ProcessError::Spawn { program, source })?;
+    let mut child = spawn_piped(&mut cmd, program)?;
     let read = |r: Option<Box<dyn Read + Send>>| {
         thread::spawn(move || {
             let mut s = String::new();
@@ -438,6 +428,15 @@ impl Drop for DpdkRuntimeDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+/// Starts `cmd` with stdin closed and stdout and stderr piped.
+fn spawn_piped(cmd: &mut Command, program: String) -> Result<Child, ProcessError> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| ProcessError::Spawn { program, source })
 }
 
 #[cfg(test)]

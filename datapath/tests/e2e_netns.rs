@@ -23,10 +23,9 @@ fn assert_counters_match(ev: &serde_json::Value, min_packets: u64) {
 
 #[test]
 fn af_packet_ports_forward_ping_between_namespaces() {
-    if !can_use_netns("af_packet_ports_forward_ping_between_namespaces") {
+    let Some(pods) = two_pods("af_packet_ports_forward_ping_between_namespaces", "slt-afp", "slt-af", "10.201.0") else {
         return;
-    }
-    let pods = TwoPods::new("slt-afp", "slt-af", "10.201.0");
+    };
     let (node, a, b) = (&pods.node, &pods.a, &pods.b);
     let (d, ready) = Sluiced::start_in(&node, &config(
         "slt-afp",
@@ -116,11 +115,10 @@ fn tap_ports_moved_into_namespaces_forward_ping() {
 /// are counted; deleting it restores forwarding.
 #[test]
 fn ovs_appctl_and_flow_changes_on_a_running_datapath() {
-    if !can_use_netns("ovs_appctl_and_flow_changes_on_a_running_datapath") {
-        return;
-    }
     let prefix = "slt-ofp";
-    let pods = TwoPods::new("slt-ofp", "slt-of", "10.203.0");
+    let Some(pods) = two_pods("ovs_appctl_and_flow_changes_on_a_running_datapath", "slt-ofp", "slt-of", "10.203.0") else {
+        return;
+    };
     let (node, a, b) = (&pods.node, &pods.a, &pods.b);
     let (d, ready) = Sluiced::start_in(&node, &config(
         prefix,

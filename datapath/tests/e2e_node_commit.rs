@@ -146,10 +146,9 @@ fn promtool_check(text: &str) {
 
 #[test]
 fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
-    if !can_use_netns("node_commits_apply_whole_or_not_at_all_while_a_stream_forwards") {
+    let Some(pods) = two_pods("node_commits_apply_whole_or_not_at_all_while_a_stream_forwards", "slt-nc", "slt-nc", "10.204.0") else {
         return;
-    }
-    let pods = TwoPods::new("slt-nc", "slt-nc", "10.204.0");
+    };
     let (node, a, b) = (&pods.node, &pods.a, &pods.b);
     let (d, ready) = Sluiced::start_in(
         &node,

@@ -95,10 +95,9 @@ fn rxq_names(c: &mut Client) -> Vec<(String, String)> {
 
 #[test]
 fn pod_ports_added_and_deleted_while_a_stream_forwards() {
-    if !can_use_netns("pod_ports_added_and_deleted_while_a_stream_forwards") {
+    let Some(pods) = two_pods("pod_ports_added_and_deleted_while_a_stream_forwards", "slt-rp", "slt-rp", "10.203.0") else {
         return;
-    }
-    let pods = TwoPods::new("slt-rp", "slt-rp", "10.203.0");
+    };
     let (node, a, b) = (&pods.node, &pods.a, &pods.b);
     let (d, ready) = Sluiced::start_in(
         &node,

@@ -217,6 +217,23 @@ fn run_all(which: Impl) -> Vec<Value> {
     out
 }
 
+/// Asserts that ovsdb-server's and nestdb's answers agree pairwise, listing
+/// every difference.
+fn assert_same(theirs: &[Value], ours: &[Value]) {
+    let diffs: Vec<String> = theirs
+        .iter()
+        .zip(ours)
+        .filter(|(t, o)| t != o)
+        .map(|(t, o)| format!("ovsdb-server: {t}\nnestdb:       {o}"))
+        .collect();
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n\n")
+    );
+}
+
 #[test]
 fn same_results_as_ovsdb_server() {
     if !have("ovsdb-server") || !have("ovsdb-tool") {
@@ -226,18 +243,7 @@ fn same_results_as_ovsdb_server() {
     let ours = run_all(Impl::Nestdb);
     assert_eq!(theirs.len(), ours.len());
     println!("compared {} transaction results", ours.len());
-    let mut diffs = Vec::new();
-    for (t, o) in theirs.iter().zip(&ours) {
-        if t != o {
-            diffs.push(format!("ovsdb-server: {t}\nnestdb:       {o}"));
-        }
-    }
-    assert!(
-        diffs.is_empty(),
-        "{} differences:\n{}",
-        diffs.len(),
-        diffs.join("\n\n")
-    );
+    assert_same(&theirs, &ours);
 }
 
 /// Monitor notifications for a script of transactions on one connection.  After each
@@ -315,19 +321,8 @@ fn same_monitor_updates_as_ovsdb_server() {
     }
     let theirs = monitor_run(Impl::OvsdbServer);
     let ours = monitor_run(Impl::Nestdb);
-    let mut diffs = Vec::new();
-    for (t, o) in theirs.iter().zip(&ours) {
-        if t != o {
-            diffs.push(format!("ovsdb-server: {t}\nnestdb:       {o}"));
-        }
-    }
+    assert_same(&theirs, &ours);
     assert_eq!(theirs.len(), ours.len());
-    assert!(
-        diffs.is_empty(),
-        "{} differences:\n{}",
-        diffs.len(),
-        diffs.join("\n\n")
-    );
 }
 
 /// Lock requests from three sessions; returns every reply and notification in order.

@@ -61,20 +61,8 @@ fn read_to_close(stream: &mut UnixStream, what: &str) -> Vec<u8> {
 /// Streams a message of exactly `len` bytes, `{"id":1,"method":"echo","params":[…]}`
 /// whose params are `fill` repeated; stops quietly if the server closes.
 fn stream_message(stream: &mut UnixStream, len: usize, fill: &[u8]) {
-    let head = br#"{"id":1,"method":"echo","params":["#;
-    let tail = b"0]}";
-    let body = len - head.len() - tail.len();
-    let chunk: Vec<u8> = fill.iter().copied().cycle().take(1 << 16).collect();
-    let mut ok = stream.write_all(head).is_ok();
-    let mut sent = 0;
-    while ok && sent < body {
-        let n = chunk.len().min(body - sent);
-        ok = stream.write_all(&chunk[..n]).is_ok();
-        sent += n;
-    }
-    if ok {
-        let _ = stream.write_all(tail);
-    }
+    let (head, tail) = (br#"{"id":1,"method":"echo","params":["#, b"0]}");
+    hostile::stream_message(stream, len, head, fill, tail);
 }
 
 fn protocol_error_text(bytes: &[u8]) -> String {

@@ -14,6 +14,7 @@ use core::str::FromStr;
 use std::net::Ipv4Addr;
 
 use super::checksum;
+use super::view::FieldValue;
 use super::ip::IpProtocol;
 use super::{
     check_len, check_room, read_u16, write_u16, AddressParseError, ChecksumMode, Error, Layer,
@@ -208,19 +209,22 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// patch the transport checksum (see [`checksum::update_ipv4_address`]).
     #[inline]
     pub fn rewrite_src_addr(&mut self, value: Ipv4Addr) -> Ipv4Addr {
-        let old = self.src_addr();
-        let c = checksum::update32(self.checksum(), old.into(), value.into());
-        self.set_src_addr(value);
-        self.set_checksum(c);
-        old
+        self.rewrite_addr(field::SRC_ADDR.start, value)
     }
 
     /// [`Packet::rewrite_src_addr`] for the destination address.
     #[inline]
     pub fn rewrite_dst_addr(&mut self, value: Ipv4Addr) -> Ipv4Addr {
-        let old = self.dst_addr();
+        self.rewrite_addr(field::DST_ADDR.start, value)
+    }
+
+    /// Writes the address at `at` and patches the header checksum; returns
+    /// the old address.
+    #[inline(always)]
+    fn rewrite_addr(&mut self, at: usize, value: Ipv4Addr) -> Ipv4Addr {
+        let old: Ipv4Addr = FieldValue::read(self.buffer.as_ref(), at);
         let c = checksum::update32(self.checksum(), old.into(), value.into());
-        self.set_dst_addr(value);
+        value.write(self.buffer.as_mut(), at);
         self.set_checksum(c);
         old
     }

@@ -25,74 +25,40 @@ pub(crate) trait FieldValue: Sized {
     fn write(self, buf: &mut [u8], at: usize);
 }
 
-impl FieldValue for u8 {
-    #[inline(always)]
-    fn read(buf: &[u8], at: usize) -> u8 {
-        buf[at]
-    }
-    #[inline(always)]
-    fn write(self, buf: &mut [u8], at: usize) {
-        buf[at] = self;
-    }
+/// The `N` bytes at `at`. The caller guarantees the bounds.
+#[inline(always)]
+fn bytes_at<const N: usize>(buf: &[u8], at: usize) -> [u8; N] {
+    let mut a = [0u8; N];
+    a.copy_from_slice(&buf[at..at + N]);
+    a
 }
 
-impl FieldValue for u16 {
-    #[inline(always)]
-    fn read(buf: &[u8], at: usize) -> u16 {
-        u16::from_be_bytes([buf[at], buf[at + 1]])
-    }
-    #[inline(always)]
-    fn write(self, buf: &mut [u8], at: usize) {
-        buf[at..at + 2].copy_from_slice(&self.to_be_bytes());
-    }
+/// Implements [`FieldValue`] for a type stored as `N` bytes, from and to
+/// its network-order byte array.
+macro_rules! field_value_bytes {
+    ($($ty:ty: $n:literal, |$b:ident| $from:expr, |$v:ident| $to:expr;)+) => {$(
+        impl FieldValue for $ty {
+            #[inline(always)]
+            fn read(buf: &[u8], at: usize) -> $ty {
+                let $b = bytes_at::<$n>(buf, at);
+                $from
+            }
+            #[inline(always)]
+            fn write(self, buf: &mut [u8], at: usize) {
+                let $v = self;
+                buf[at..at + $n].copy_from_slice(&$to);
+            }
+        }
+    )+};
 }
 
-impl FieldValue for u32 {
-    #[inline(always)]
-    fn read(buf: &[u8], at: usize) -> u32 {
-        u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
-    }
-    #[inline(always)]
-    fn write(self, buf: &mut [u8], at: usize) {
-        buf[at..at + 4].copy_from_slice(&self.to_be_bytes());
-    }
-}
-
-impl FieldValue for Ipv4Addr {
-    #[inline(always)]
-    fn read(buf: &[u8], at: usize) -> Ipv4Addr {
-        Ipv4Addr::new(buf[at], buf[at + 1], buf[at + 2], buf[at + 3])
-    }
-    #[inline(always)]
-    fn write(self, buf: &mut [u8], at: usize) {
-        buf[at..at + 4].copy_from_slice(&self.octets());
-    }
-}
-
-impl FieldValue for Ipv6Addr {
-    #[inline(always)]
-    fn read(buf: &[u8], at: usize) -> Ipv6Addr {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&buf[at..at + 16]);
-        Ipv6Addr::from(a)
-    }
-    #[inline(always)]
-    fn write(self, buf: &mut [u8], at: usize) {
-        buf[at..at + 16].copy_from_slice(&self.octets());
-    }
-}
-
-impl FieldValue for super::ethernet::Address {
-    #[inline(always)]
-    fn read(buf: &[u8], at: usize) -> Self {
-        let mut a = [0u8; 6];
-        a.copy_from_slice(&buf[at..at + 6]);
-        Self(a)
-    }
-    #[inline(always)]
-    fn write(self, buf: &mut [u8], at: usize) {
-        buf[at..at + 6].copy_from_slice(&self.0);
-    }
+field_value_bytes! {
+    u8: 1, |b| b[0], |v| [v];
+    u16: 2, |b| u16::from_be_bytes(b), |v| v.to_be_bytes();
+    u32: 4, |b| u32::from_be_bytes(b), |v| v.to_be_bytes();
+    Ipv4Addr: 4, |b| Ipv4Addr::from(b), |v| v.octets();
+    Ipv6Addr: 16, |b| Ipv6Addr::from(b), |v| v.octets();
+    super::ethernet::Address: 6, |b| super::ethernet::Address(b), |v| v.0;
 }
 
 /// Implements [`FieldValue`] for protocol-number enums stored as a plain

@@ -26,6 +26,12 @@ pub fn can_use_netns(test: &str) -> bool {
     ok
 }
 
+/// The two-pod topology of `test` ([`TwoPods::new`]), or `None` with the
+/// skip recorded when the test cannot create namespaces.
+pub fn two_pods(test: &str, tag: &str, veths: &str, net: &str) -> Option<TwoPods> {
+    can_use_netns(test).then(|| TwoPods::new(tag, veths, net))
+}
+
 /// Prints a skip (or note) line and records it in `target/tmp/skips.txt`
 /// ([`sluice_testkit::report_skip!`]).
 pub fn report_skip(line: &str) {

@@ -213,21 +213,9 @@ fn a_request_of_64_mib_plus_one_byte_is_refused() {
     let limit = ServerConfig::default().max_message_bytes;
     assert_eq!(limit, 64 << 20);
     let mut s = UnixStream::connect(server.path()).unwrap();
-    let head = br#"{"id":1,"method":"echo","params":[""#;
-    let tail = br#""]}"#;
-    let chunk = vec![b'a'; 1 << 16];
-    let body = limit + 1 - head.len() - tail.len();
     // The server closes as soon as the limit is crossed; writes then fail.
-    let mut ok = s.write_all(head).is_ok();
-    let mut sent = 0;
-    while ok && sent < body {
-        let n = chunk.len().min(body - sent);
-        ok = s.write_all(&chunk[..n]).is_ok();
-        sent += n;
-    }
-    if ok {
-        let _ = s.write_all(tail);
-    }
+    let (head, tail) = (br#"{"id":1,"method":"echo","params":[""#, br#""]}"#);
+    hostile::stream_message(&mut s, limit + 1, head, b"a", tail);
     let reply = read_reply(&mut s);
     assert!(
         reply["error"]

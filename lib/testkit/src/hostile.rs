@@ -1,10 +1,10 @@
 //! Helpers of the hostile-client tests (a server must answer a peer that
 //! misbehaves with an error or a close and keep serving the others): a
-//! non-root peer played by the test binary itself, and reading until the
-//! server hangs up. Every read has a bound and fails naming what it waited
+//! non-root peer played by the test binary itself, streaming an oversized
+//! message, and reading until the server hangs up. Every read has a bound and fails naming what it waited
 //! for. Thread-safety: plain functions.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
@@ -54,5 +54,23 @@ pub fn read_to_close(stream: &mut UnixStream, what: &str, limit: Duration) -> Ve
                 panic!("{what}: the server did not close the connection within {limit:?}: {e}")
             }
         }
+    }
+}
+
+/// Streams a message of exactly `len` bytes — `head`, then `fill` repeated,
+/// then `tail` — in 64 KiB writes, and stops quietly as soon as a write
+/// fails (the server closed the connection, as it should past its limit).
+pub fn stream_message(stream: &mut UnixStream, len: usize, head: &[u8], fill: &[u8], tail: &[u8]) {
+    let body = len - head.len() - tail.len();
+    let chunk: Vec<u8> = fill.iter().copied().cycle().take(1 << 16).collect();
+    let mut ok = stream.write_all(head).is_ok();
+    let mut sent = 0;
+    while ok && sent < body {
+        let n = chunk.len().min(body - sent);
+        ok = stream.write_all(&chunk[..n]).is_ok();
+        sent += n;
+    }
+    if ok {
+        let _ = stream.write_all(tail);
     }
 }

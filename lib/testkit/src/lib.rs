@@ -266,3 +266,47 @@ impl TwoPods {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skips_are_appended_to_skips_txt() {
+        let dir = std::env::temp_dir().join(format!("sluice-testkit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = dir.to_str().unwrap();
+        record_skip(tmp, "SKIP one: why");
+        record_skip(tmp, "SKIP two: why");
+        let text = std::fs::read_to_string(dir.join("skips.txt")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(text, "SKIP one: why\nSKIP two: why\n");
+    }
+
+    #[test]
+    fn wait_until_returns_the_first_value() {
+        let mut n = 0;
+        let got = wait_until("n to reach 3", Duration::from_secs(60), || {
+            n += 1;
+            (n == 3).then_some(n)
+        });
+        assert_eq!(got, 3);
+    }
+
+    #[test]
+    #[should_panic(expected = "waiting for something that never happens")]
+    fn wait_until_fails_naming_what_it_waited_for() {
+        wait_until::<()>(
+            "something that never happens",
+            Duration::from_millis(1),
+            || None,
+        );
+    }
+
+    #[test]
+    fn sh_returns_stdout_and_have_tool_finds_sh() {
+        assert_eq!(sh(&["echo", "hi"]), "hi\n");
+        assert!(have_tool("sh"));
+        assert!(!have_tool("no-such-tool-sluice"));
+    }
+}
