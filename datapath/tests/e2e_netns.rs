@@ -119,7 +119,7 @@ fn ovs_appctl_and_flow_changes_on_a_running_datapath() {
     let Some(pods) = two_pods("ovs_appctl_and_flow_changes_on_a_running_datapath", "slt-ofp", "slt-of", "10.203.0") else {
         return;
     };
-    let (node, a, b) = (&pods.node, &pods.a, &pods.b);
+    let (node, a) = (&pods.node, &pods.a);
     let (d, ready) = Sluiced::start_in(&node, &config(
         prefix,
         "[port:a]\ndevargs = net_af_packet0,iface=slt-ofa-o\nofport = 1\n[port:b]\ndevargs = net_af_packet1,iface=slt-ofb-o\nofport = 2\n",

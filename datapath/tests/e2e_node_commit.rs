@@ -388,14 +388,10 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
     a.assert_ping("10.204.0.2");
 
     let ev = d.stop();
-    let stat = |name: &str, key: &str| {
-        ev["ports"]
-            .as_array()
-            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
-            .and_then(|p| p["stats"][key].as_u64())
-            .unwrap_or_else(|| panic!("no {name}.{key} in {ev}"))
-    };
-    let (sent, got) = (stat("src", "rx_packets"), stat("sink", "tx_packets"));
+    let (sent, got) = (
+        port_stat(&ev, "src", "rx_packets"),
+        port_stat(&ev, "sink", "tx_packets"),
+    );
     assert!(sent > 0, "{ev}");
     assert_eq!(
         sent, got,

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 /// Generous bound for anything on a loaded 2-core machine.
 pub const WAIT: Duration = Duration::from_secs(90);
 
+// Each test binary uses its own subset.
+#[allow(unused_imports)]
 pub use sluice_testkit::{sh, sh_quiet, Netns, TwoPods, Veth};
 
 /// True when the tests can create namespaces (root). Records why not.
@@ -178,6 +180,15 @@ pub fn sum_ports(ev: &serde_json::Value, key: &str) -> u64 {
         .iter()
         .map(|p| p["stats"][key].as_u64().expect("stat"))
         .sum()
+}
+
+/// Stat `key` of port `name` in the stopped event.
+pub fn port_stat(ev: &serde_json::Value, name: &str, key: &str) -> u64 {
+    ev["ports"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+        .and_then(|p| p["stats"][key].as_u64())
+        .unwrap_or_else(|| panic!("no {name}.{key} in {ev}"))
 }
 
 /// Sum of a per-PMD stat over the stopped event's PMDs.
