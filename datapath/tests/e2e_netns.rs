@@ -23,7 +23,12 @@ fn assert_counters_match(ev: &serde_json::Value, min_packets: u64) {
 
 #[test]
 fn af_packet_ports_forward_ping_between_namespaces() {
-    let Some(pods) = two_pods("af_packet_ports_forward_ping_between_namespaces", "slt-afp", "slt-af", "10.201.0") else {
+    let Some(pods) = two_pods(
+        "af_packet_ports_forward_ping_between_namespaces",
+        "slt-afp",
+        "slt-af",
+        "10.201.0",
+    ) else {
         return;
     };
     let (node, a, b) = (&pods.node, &pods.a, &pods.b);
@@ -116,7 +121,12 @@ fn tap_ports_moved_into_namespaces_forward_ping() {
 #[test]
 fn ovs_appctl_and_flow_changes_on_a_running_datapath() {
     let prefix = "slt-ofp";
-    let Some(pods) = two_pods("ovs_appctl_and_flow_changes_on_a_running_datapath", "slt-ofp", "slt-of", "10.203.0") else {
+    let Some(pods) = two_pods(
+        "ovs_appctl_and_flow_changes_on_a_running_datapath",
+        "slt-ofp",
+        "slt-of",
+        "10.203.0",
+    ) else {
         return;
     };
     let (node, a) = (&pods.node, &pods.a);

@@ -34,6 +34,7 @@ use sluice_api::node::{
 };
 use sluice_api::stack::PortSecurity;
 use sluice_api::{Client, ClientError, Empty, ErrorCode};
+use sluice_testkit::prometheus::{promtool_check, sample};
 
 const PREFIX: &str = "slt-nc";
 
@@ -104,49 +105,14 @@ fn scrape(node: &Netns, url: &str) -> String {
     body.to_string()
 }
 
-/// The value of the sample whose name and labels are `series`.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
-}
-
-/// `promtool check metrics` (Debian's prometheus package) accepts it.
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    let mut child = match std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            report_skip(&format!(
-                "e2e_node_commit: promtool check metrics not run: {e} (install Debian's prometheus package)"
-            ));
-            return;
-        }
-    };
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
-    let Some(pods) = two_pods("node_commits_apply_whole_or_not_at_all_while_a_stream_forwards", "slt-nc", "slt-nc", "10.204.0") else {
+    let Some(pods) = two_pods(
+        "node_commits_apply_whole_or_not_at_all_while_a_stream_forwards",
+        "slt-nc",
+        "slt-nc",
+        "10.204.0",
+    ) else {
         return;
     };
     let (node, a, b) = (&pods.node, &pods.a, &pods.b);
@@ -253,7 +219,9 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
         sample(&m2, "sluice_pmd_rx_packets_total{pmd=\"0\"}") > 0.0,
         "{m2}"
     );
-    promtool_check(&m2);
+    if let Err(why) = promtool_check(&m2) {
+        report_skip(&format!("e2e_node_commit: {why}"));
+    }
 
     // 2. Refused at its second flow operation: nothing applies.
     let bad = NodeChanges {

@@ -95,7 +95,12 @@ fn rxq_names(c: &mut Client) -> Vec<(String, String)> {
 
 #[test]
 fn pod_ports_added_and_deleted_while_a_stream_forwards() {
-    let Some(pods) = two_pods("pod_ports_added_and_deleted_while_a_stream_forwards", "slt-rp", "slt-rp", "10.203.0") else {
+    let Some(pods) = two_pods(
+        "pod_ports_added_and_deleted_while_a_stream_forwards",
+        "slt-rp",
+        "slt-rp",
+        "10.203.0",
+    ) else {
         return;
     };
     let (node, a, b) = (&pods.node, &pods.a, &pods.b);

@@ -217,6 +217,15 @@ fn run_all(which: Impl) -> Vec<Value> {
     out
 }
 
+/// Runs `script` against ovsdb-server, then against nestdb; `None` (the
+/// skip recorded) when the OVS tools are not installed.
+fn on_both(script: fn(Impl) -> Vec<Value>) -> Option<(Vec<Value>, Vec<Value>)> {
+    if !have("ovsdb-server") || !have("ovsdb-tool") {
+        return None;
+    }
+    Some((script(Impl::OvsdbServer), script(Impl::Nestdb)))
+}
+
 /// Asserts that ovsdb-server's and nestdb's answers agree pairwise, listing
 /// every difference.
 fn assert_same(theirs: &[Value], ours: &[Value]) {
@@ -236,11 +245,9 @@ fn assert_same(theirs: &[Value], ours: &[Value]) {
 
 #[test]
 fn same_results_as_ovsdb_server() {
-    if !have("ovsdb-server") || !have("ovsdb-tool") {
+    let Some((theirs, ours)) = on_both(run_all) else {
         return;
-    }
-    let theirs = run_all(Impl::OvsdbServer);
-    let ours = run_all(Impl::Nestdb);
+    };
     assert_eq!(theirs.len(), ours.len());
     println!("compared {} transaction results", ours.len());
     assert_same(&theirs, &ours);
@@ -316,11 +323,9 @@ fn monitor_run(which: Impl) -> Vec<Value> {
 
 #[test]
 fn same_monitor_updates_as_ovsdb_server() {
-    if !have("ovsdb-server") || !have("ovsdb-tool") {
+    let Some((theirs, ours)) = on_both(monitor_run) else {
         return;
-    }
-    let theirs = monitor_run(Impl::OvsdbServer);
-    let ours = monitor_run(Impl::Nestdb);
+    };
     assert_same(&theirs, &ours);
     assert_eq!(theirs.len(), ours.len());
 }
@@ -368,11 +373,9 @@ fn lock_run(which: Impl) -> Vec<Value> {
 
 #[test]
 fn same_lock_behaviour_as_ovsdb_server() {
-    if !have("ovsdb-server") || !have("ovsdb-tool") {
+    let Some((theirs, ours)) = on_both(lock_run) else {
         return;
-    }
-    let theirs = lock_run(Impl::OvsdbServer);
-    let ours = lock_run(Impl::Nestdb);
+    };
     let show = |v: &[Value]| {
         v.iter()
             .map(|x| x.to_string())

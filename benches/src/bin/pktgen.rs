@@ -308,8 +308,16 @@ fn write_results(report: &Report, out_dir: &Path) -> Result<(PathBuf, PathBuf, S
 /// Says where the results went (`what`: what they are, may be empty) and
 /// removes the work directory unless `--keep-work-dir`.
 fn finish(args: &RunArgs, work_dir: &Path, what: &str, json: &Path, md: &Path) {
-    let what = if what.is_empty() { String::new() } else { format!("{what} ") };
-    eprintln!("pktgen: wrote {what}{} and {}", json.display(), md.display());
+    let what = if what.is_empty() {
+        String::new()
+    } else {
+        format!("{what} ")
+    };
+    eprintln!(
+        "pktgen: wrote {what}{} and {}",
+        json.display(),
+        md.display()
+    );
     if !args.keep_work_dir {
         let _ = std::fs::remove_dir_all(work_dir);
     }
@@ -347,7 +355,13 @@ fn latency_only(args: RunArgs) -> Result<(), String> {
     if let Some(l) = &report.latency {
         println!("{}", l.table());
     }
-    finish(&args, &work_dir, "the latency results into", &json_path, &md_path);
+    finish(
+        &args,
+        &work_dir,
+        "the latency results into",
+        &json_path,
+        &md_path,
+    );
     Ok(())
 }
 

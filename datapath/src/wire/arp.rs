@@ -171,6 +171,10 @@ impl Repr {
     }
 }
 
+super::view::field_value_as! {
+    Operation => u16,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

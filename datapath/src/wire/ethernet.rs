@@ -306,6 +306,14 @@ impl Repr {
     }
 }
 
+super::view::field_value_bytes! {
+    Address: 6, |b| Address(b), |v| v.0;
+}
+
+super::view::field_value_as! {
+    EtherType => u16,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -434,6 +434,10 @@ impl<'a> Repr<'a> {
     }
 }
 
+super::view::field_value_as! {
+    Message => u8,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,8 +14,8 @@ use core::str::FromStr;
 use std::net::Ipv4Addr;
 
 use super::checksum;
-use super::view::FieldValue;
 use super::ip::IpProtocol;
+use super::view::FieldValue;
 use super::{
     check_len, check_room, read_u16, write_u16, AddressParseError, ChecksumMode, Error, Layer,
     Result,

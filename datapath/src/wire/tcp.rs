@@ -14,8 +14,7 @@ use std::net::Ipv4Addr;
 use super::checksum;
 use super::ip::IpProtocol;
 use super::{
-    check_declared_len, check_room, read_u16, write_u16, ChecksumMode, Error, Layer,
-    Result,
+    check_declared_len, check_room, read_u16, write_u16, ChecksumMode, Error, Layer, Result,
 };
 
 mod field {

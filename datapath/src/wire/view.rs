@@ -11,6 +11,10 @@
 //! values into one field (flags, lengths in words, bit fields) stay
 //! hand-written in their protocol's file.
 //!
+//! Protocol files implement [`FieldValue`] for their own types (with
+//! [`field_value_as!`] or [`field_value_bytes!`]), so this module depends
+//! on none of them.
+//!
 //! Invariants: getters and setters index the buffer at constant offsets and
 //! panic only on a buffer shorter than the field, which `new_checked`
 //! rules out. Thread-safety: no state; plain functions and macros.
@@ -27,7 +31,7 @@ pub(crate) trait FieldValue: Sized {
 
 /// The `N` bytes at `at`. The caller guarantees the bounds.
 #[inline(always)]
-fn bytes_at<const N: usize>(buf: &[u8], at: usize) -> [u8; N] {
+pub(crate) fn bytes_at<const N: usize>(buf: &[u8], at: usize) -> [u8; N] {
     let mut a = [0u8; N];
     a.copy_from_slice(&buf[at..at + N]);
     a
@@ -37,10 +41,10 @@ fn bytes_at<const N: usize>(buf: &[u8], at: usize) -> [u8; N] {
 /// its network-order byte array.
 macro_rules! field_value_bytes {
     ($($ty:ty: $n:literal, |$b:ident| $from:expr, |$v:ident| $to:expr;)+) => {$(
-        impl FieldValue for $ty {
+        impl $crate::wire::view::FieldValue for $ty {
             #[inline(always)]
             fn read(buf: &[u8], at: usize) -> $ty {
-                let $b = bytes_at::<$n>(buf, at);
+                let $b = $crate::wire::view::bytes_at::<$n>(buf, at);
                 $from
             }
             #[inline(always)]
@@ -58,31 +62,23 @@ field_value_bytes! {
     u32: 4, |b| u32::from_be_bytes(b), |v| v.to_be_bytes();
     Ipv4Addr: 4, |b| Ipv4Addr::from(b), |v| v.octets();
     Ipv6Addr: 16, |b| Ipv6Addr::from(b), |v| v.octets();
-    super::ethernet::Address: 6, |b| super::ethernet::Address(b), |v| v.0;
 }
 
 /// Implements [`FieldValue`] for protocol-number enums stored as a plain
 /// integer (`From` both ways, every value representable).
 macro_rules! field_value_as {
     ($($ty:ty => $raw:ty),+ $(,)?) => {$(
-        impl FieldValue for $ty {
+        impl $crate::wire::view::FieldValue for $ty {
             #[inline(always)]
             fn read(buf: &[u8], at: usize) -> $ty {
-                <$ty>::from(<$raw as FieldValue>::read(buf, at))
+                <$ty>::from(<$raw as $crate::wire::view::FieldValue>::read(buf, at))
             }
             #[inline(always)]
             fn write(self, buf: &mut [u8], at: usize) {
-                <$raw as FieldValue>::write(self.into(), buf, at)
+                <$raw as $crate::wire::view::FieldValue>::write(self.into(), buf, at)
             }
         }
     )+};
-}
-
-field_value_as! {
-    super::ethernet::EtherType => u16,
-    super::ip::IpProtocol => u8,
-    super::arp::Operation => u16,
-    super::icmpv4::Message => u8,
 }
 
 /// Declares a view struct over `T: AsRef<[u8]>` with `new_unchecked`,
@@ -197,4 +193,4 @@ macro_rules! transport_ports {
     };
 }
 
-pub(crate) use {header_view, transport_ports};
+pub(crate) use {field_value_as, field_value_bytes, header_view, transport_ports};

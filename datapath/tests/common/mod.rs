@@ -34,6 +34,77 @@ pub fn two_pods(test: &str, tag: &str, veths: &str, net: &str) -> Option<TwoPods
     can_use_netns(test).then(|| TwoPods::new(tag, veths, net))
 }
 
+/// A ClusterIP topology: a node namespace (where sluiced runs), a client
+/// `c` and two endpoints `a` and `b`, each joined to the node by a veth
+/// pair `{tag}-Xo` (node) / `{tag}-Xi` (pod) with address `{net}.1`, `.5`
+/// and `.6` (/24) and MAC `{mac}:01`, `:05` and `:06`. The client reaches
+/// the Service network 10.96.0.0/16 on-link, through a fixed next-hop MAC
+/// for 10.96.0.10 (`{mac}:99`; the flows rewrite it per endpoint).
+/// Everything is removed on drop (veths first).
+pub struct ServiceNet {
+    _veths: [Veth; 3],
+    /// The client.
+    pub c: Netns,
+    /// The first endpoint.
+    pub a: Netns,
+    /// The second endpoint.
+    pub b: Netns,
+    /// The node.
+    pub node: Netns,
+}
+
+impl ServiceNet {
+    /// Namespaces `{tag}-node`, `{tag}-c`, `{tag}-a` and `{tag}-b`.
+    pub fn new(tag: &str, net: &str, mac: &str) -> ServiceNet {
+        let node = Netns::new(&format!("{tag}-node"));
+        let pods = ["c", "a", "b"].map(|p| Netns::new(&format!("{tag}-{p}")));
+        let veths = [(0, "c", 1), (1, "a", 5), (2, "b", 6)].map(|(i, p, host)| {
+            let (outer, inner) = (format!("{tag}-{p}o"), format!("{tag}-{p}i"));
+            let pod = &pods[i];
+            let v = Veth::new_in(&node, &outer, &inner, pod, &format!("{net}.{host}/24"));
+            let mac = format!("{mac}:{host:02}");
+            sh(&[
+                "ip", "-n", &pod.0, "link", "set", "dev", &inner, "address", &mac,
+            ]);
+            v
+        });
+        let [c, a, b] = pods;
+        let client_dev = format!("{tag}-ci");
+        sh(&[
+            "ip",
+            "-n",
+            &c.0,
+            "route",
+            "add",
+            "10.96.0.0/16",
+            "dev",
+            &client_dev,
+        ]);
+        let next_hop = format!("{mac}:99");
+        sh(&[
+            "ip",
+            "-n",
+            &c.0,
+            "neigh",
+            "replace",
+            "10.96.0.10",
+            "lladdr",
+            &next_hop,
+            "dev",
+            &client_dev,
+            "nud",
+            "permanent",
+        ]);
+        ServiceNet {
+            _veths: veths,
+            c,
+            a,
+            b,
+            node,
+        }
+    }
+}
+
 /// Prints a skip (or note) line and records it in `target/tmp/skips.txt`
 /// ([`sluice_testkit::report_skip!`]).
 pub fn report_skip(line: &str) {

@@ -68,6 +68,19 @@ fn assert_closed(s: &mut UnixStream, what: &str) {
     hostile::read_to_close(s, what, Duration::from_secs(60));
 }
 
+/// The next reply on `s` is an error whose text contains `expected`, and
+/// then the server closes `s`.
+fn assert_error_then_closed(s: &mut UnixStream, expected: &str, what: &str) {
+    let reply = read_reply(s);
+    assert!(
+        reply["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(expected)),
+        "{what}: expected an error containing {expected:?}, got {reply}"
+    );
+    assert_closed(s, what);
+}
+
 /// A well-behaved client: one fresh connection, one echo.
 fn good_client_is_answered(path: &Path, after: &str) {
     let mut s =
@@ -181,26 +194,13 @@ fn truncated_frames_get_a_close_or_an_error() {
     s.write_all(br#"{"id":1,"method":"echo","params":["#)
         .unwrap();
     good_client_is_answered(server.path(), "a stalled half frame (while it stalls)");
-    let reply = read_reply(&mut s);
-    assert!(
-        reply["error"].as_str().unwrap().contains("timed out"),
-        "{reply}"
-    );
-    assert_closed(&mut s, "stalled half frame");
+    assert_error_then_closed(&mut s, "timed out", "stalled half frame");
     // A complete request cut by garbage.
     let mut s = UnixStream::connect(server.path()).unwrap();
     s.write_all(b"{\"id\":1,\"method\":\"echo\",\"params\":[\"a\"]}\x00\x01")
         .unwrap();
     assert_eq!(read_reply(&mut s)["result"], "a\n");
-    let reply = read_reply(&mut s);
-    assert!(
-        reply["error"]
-            .as_str()
-            .unwrap()
-            .contains("not speaking JSON-RPC"),
-        "{reply}"
-    );
-    assert_closed(&mut s, "garbage");
+    assert_error_then_closed(&mut s, "not speaking JSON-RPC", "garbage");
     good_client_is_answered(server.path(), "garbage");
 }
 
@@ -216,15 +216,8 @@ fn a_request_of_64_mib_plus_one_byte_is_refused() {
     // The server closes as soon as the limit is crossed; writes then fail.
     let (head, tail) = (br#"{"id":1,"method":"echo","params":[""#, br#""]}"#);
     hostile::stream_message(&mut s, limit + 1, head, b"a", tail);
-    let reply = read_reply(&mut s);
-    assert!(
-        reply["error"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("{limit}-byte limit")),
-        "{reply}"
-    );
-    assert_closed(&mut s, "oversize request");
+    let expected = format!("{limit}-byte limit");
+    assert_error_then_closed(&mut s, &expected, "oversize request");
     good_client_is_answered(server.path(), "a 64 MiB + 1 request");
 }
 

@@ -17,6 +17,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod hostile;
+pub mod prometheus;
 
 /// Prints a skip (or note) line and appends it to `target/tmp/skips.txt`,
 /// which `scripts/test.sh` prints at the end: cargo hides the output of
@@ -89,6 +90,15 @@ pub fn sh_quiet(args: &[&str]) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (the kernel picked
+/// it for a listener that is closed again).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
 }
 
 /// Polls `f` until it returns `Some`, failing the test with `what` after
