@@ -32,7 +32,7 @@ fn af_packet_ports_forward_ping_between_namespaces() {
         return;
     };
     let (node, a, b) = (&pods.node, &pods.a, &pods.b);
-    let (d, ready) = Sluiced::start_in(&node, &config(
+    let (d, ready) = Sluiced::start_in(node, &config(
         "slt-afp",
         "[port:a]\ndevargs = net_af_packet0,iface=slt-afa-o\n[port:b]\ndevargs = net_af_packet1,iface=slt-afb-o\n",
     ));
@@ -130,7 +130,7 @@ fn ovs_appctl_and_flow_changes_on_a_running_datapath() {
         return;
     };
     let (node, a) = (&pods.node, &pods.a);
-    let (d, ready) = Sluiced::start_in(&node, &config(
+    let (d, ready) = Sluiced::start_in(node, &config(
         prefix,
         "[port:a]\ndevargs = net_af_packet0,iface=slt-ofa-o\nofport = 1\n[port:b]\ndevargs = net_af_packet1,iface=slt-ofb-o\nofport = 2\n",
     ));

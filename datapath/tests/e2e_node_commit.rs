@@ -117,7 +117,7 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
     };
     let (node, a, b) = (&pods.node, &pods.a, &pods.b);
     let (d, ready) = Sluiced::start_in(
-        &node,
+        node,
         &config(
             PREFIX,
             "metrics_address = 127.0.0.1:0\n[port:sink]\ndevargs = net_null0,no-rx=1\nofport = 1\n",
@@ -151,7 +151,7 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
     );
 
     // 1. Both pods, their rules and port security, in one commit.
-    let (mac_a, mac_b) = (mac_of(&a, "slt-nca-i"), mac_of(&b, "slt-ncb-i"));
+    let (mac_a, mac_b) = (mac_of(a, "slt-nca-i"), mac_of(b, "slt-ncb-i"));
     let stream = flow(100, "in_port=2", "output:1");
     let a_to_b = flow(10, "in_port=3", "output:4");
     let b_to_a = flow(10, "in_port=4", "output:3");
@@ -198,7 +198,7 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
 
     // The metrics: valid for promtool, the generation, and counters that
     // move with traffic.
-    let m1 = scrape(&node, &metrics_url);
+    let m1 = scrape(node, &metrics_url);
     assert!(m1.contains("sluice_node_generation 1\n"), "{m1}");
     let rx = |m: &str| {
         sample(
@@ -208,7 +208,7 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
     };
     let before = rx(&m1);
     a.assert_ping("10.204.0.2");
-    let m2 = scrape(&node, &metrics_url);
+    let m2 = scrape(node, &metrics_url);
     assert!(
         rx(&m2) >= before + 3.0,
         "pod-a rx {} -> {}",

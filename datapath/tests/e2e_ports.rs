@@ -105,7 +105,7 @@ fn pod_ports_added_and_deleted_while_a_stream_forwards() {
     };
     let (node, a, b) = (&pods.node, &pods.a, &pods.b);
     let (d, ready) = Sluiced::start_in(
-        &node,
+        node,
         &config(PREFIX, "[port:sink]\ndevargs = net_null0,no-rx=1\n"),
     );
     assert_eq!(ready["ports"].as_array().map(Vec::len), Some(1), "{ready}");

@@ -171,12 +171,12 @@ fn connections_survive_a_sluiced_crash_with_their_nat() {
             state.display()
         ),
     );
-    let _ea = Echo::start(&a, "a");
-    let _eb = Echo::start(&b, "b");
+    let _ea = Echo::start(a, "a");
+    let _eb = Echo::start(b, "b");
 
-    let (d, _) = Sluiced::start_in(&node, &cfg);
+    let (d, _) = Sluiced::start_in(node, &cfg);
     program();
-    let mut conn = Conn::open(&c);
+    let mut conn = Conn::open(c);
     let first = conn.say("one");
     let (server, _) = first
         .split_once(' ')
@@ -186,7 +186,7 @@ fn connections_survive_a_sluiced_crash_with_their_nat() {
 
     // Crash, restart, re-push: the connection carries on.
     drop(d);
-    let (d, _) = Sluiced::start_in(&node, &cfg);
+    let (d, _) = Sluiced::start_in(node, &cfg);
     program();
     let ct = ctl(&["call", "dump-conntrack", "zone=1"]);
     assert!(ct.contains("dst=10.96.0.10"), "restored: {ct}");
@@ -206,7 +206,7 @@ fn connections_survive_a_sluiced_crash_with_their_nat() {
     let n = data.len();
     data[n / 2] ^= 0xff;
     std::fs::write(&state, &data).expect("corrupt it");
-    let (_d, _) = Sluiced::start_in(&node, &cfg);
+    let (_d, _) = Sluiced::start_in(node, &cfg);
     program();
     let bad = state_dir.path().join("conntrack.state.bad");
     assert!(bad.exists(), "the corrupt file is moved aside");

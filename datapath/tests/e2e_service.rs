@@ -98,7 +98,7 @@ fn cluster_ip_tcp_through_conntrack_dnat() {
     let net = ServiceNet::new("slt-svc", "10.202.0", "02:00:00:02:02");
     let (node, c, a, b) = (&net.node, &net.c, &net.a, &net.b);
     let (d, _ready) = Sluiced::start_in(
-        &node,
+        node,
         &config(
             prefix,
             "[port:c]\ndevargs = net_af_packet0,iface=slt-svc-co\nofport = 1\n\
@@ -122,11 +122,11 @@ fn cluster_ip_tcp_through_conntrack_dnat() {
     let out = ctl(prefix, &["call", "service-update", update]);
     assert!(out.contains("\"services\":1"), "{out}");
 
-    let _sa = Server::start(&a, "a");
-    let _sb = Server::start(&b, "b");
+    let _sa = Server::start(a, "a");
+    let _sb = Server::start(b, "b");
     let mut seen = std::collections::BTreeMap::new();
     for _ in 0..24 {
-        let answer = connect(&c);
+        let answer = connect(c);
         let (addr, server) = answer
             .split_once(' ')
             .unwrap_or_else(|| panic!("unexpected answer {answer:?}"));
