@@ -84,8 +84,9 @@ pub fn pseudo_header_v4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, length: u16)
 /// Folded sum of a TCP or UDP segment over IPv4 with its pseudo-header:
 /// what [`finish`] turns into the segment's checksum, and `0xffff` when the
 /// checksum the segment carries is correct. `length` is the L4 length the
-/// pseudo-header carries (the length of `segment`).
-#[inline]
+/// pseudo-header carries (the length of `segment`). Always inlined, like
+/// the sums it combines were where they were written out.
+#[inline(always)]
 pub fn ipv4_segment(
     src: Ipv4Addr,
     dst: Ipv4Addr,
