@@ -140,12 +140,7 @@ impl Daemon {
                 Ok(())
             });
         }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| ProcessError::Spawn { program, source })?;
+        let mut child = spawn_piped(&mut cmd, program)?;
         let (tx, lines) = mpsc::channel();
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         if let Some(out) = child.stdout.take() {
@@ -330,12 +325,7 @@ impl Drop for Daemon {
 pub fn run(mut cmd: Command, timeout: Duration) -> Result<String, ProcessError> {
     let text = format!("{cmd:?}").replace('"', "");
     let program = cmd.get_program().to_string_lossy().into_owned();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| ProcessError::Spawn { program, source })?;
+    let mut child = spawn_piped(&mut cmd, program)?;
     let read = |r: Option<Box<dyn Read + Send>>| {
         thread::spawn(move || {
             let mut s = String::new();
@@ -440,18 +430,32 @@ impl Drop for DpdkRuntimeDir {
     }
 }
 
+/// Starts `cmd` with stdin closed and stdout and stderr piped.
+fn spawn_piped(cmd: &mut Command, program: String) -> Result<Child, ProcessError> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| ProcessError::Spawn { program, source })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Spawns `sh -c script` and waits (5 s at most) for a line `ready`.
+    fn sh_until_ready(script: &str) -> (Daemon, Result<Line, ProcessError>) {
+        let mut c = Command::new("sh");
+        c.args(["-c", script]);
+        let mut d = Daemon::spawn("sh", c).unwrap();
+        let l = d.wait_line("ready", Duration::from_secs(5), |l| l == "ready");
+        (d, l)
+    }
+
     #[test]
     fn wait_line_and_stop() {
-        let mut c = Command::new("sh");
-        c.args(["-c", "echo hello; echo ready; exec sleep 30"]);
-        let mut d = Daemon::spawn("sh", c).unwrap();
-        let l = d
-            .wait_line("ready", Duration::from_secs(5), |l| l == "ready")
-            .unwrap();
+        let (mut d, l) = sh_until_ready("echo hello; echo ready; exec sleep 30");
+        let l = l.unwrap();
         assert_eq!(l.text, "ready");
         let s = d.stop().unwrap();
         assert!(!s.success());
@@ -459,12 +463,7 @@ mod tests {
 
     #[test]
     fn early_exit_and_timeout_are_errors() {
-        let mut c = Command::new("sh");
-        c.args(["-c", "echo boom >&2; exit 3"]);
-        let mut d = Daemon::spawn("sh", c).unwrap();
-        let e = d
-            .wait_line("ready", Duration::from_secs(5), |l| l == "ready")
-            .unwrap_err();
+        let e = sh_until_ready("echo boom >&2; exit 3").1.unwrap_err();
         assert!(e.to_string().contains("boom"), "{e}");
         let mut c = Command::new("sleep");
         c.arg("30");

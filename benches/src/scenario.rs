@@ -476,14 +476,7 @@ impl Scenario {
     pub fn frame(&self, j: u32) -> Vec<u8> {
         let (src, sport) = client(j);
         match self.kind {
-            Kind::L2 => udp(
-                POD_A_MAC,
-                POD_B_MAC,
-                src,
-                Ipv4Addr::new(10, 244, 255, 2),
-                sport,
-                5001,
-            ),
+            Kind::L2 => l2_frame(src, sport),
             Kind::L3 => self.l3_frame(j),
             // frame_count() is flows x dnat_segments().
             Kind::Dnat => self.service_segment(j, self.flows),
@@ -493,14 +486,7 @@ impl Scenario {
             Kind::Mixed => match mixed_slot(j) {
                 MixedPart::Arp => arp_request(src, Ipv4Addr::new(10, 244, 0, 254)),
                 MixedPart::Icmp => icmp_echo(j, route(j % L3_ROUTES)),
-                MixedPart::L2 => udp(
-                    POD_A_MAC,
-                    POD_B_MAC,
-                    src,
-                    Ipv4Addr::new(10, 244, 255, 2),
-                    sport,
-                    5001,
-                ),
+                MixedPart::L2 => l2_frame(src, sport),
                 MixedPart::L3 => self.l3_frame(j),
                 MixedPart::Dnat(k) => self.service_segment(k, self.mixed_connections()),
                 MixedPart::Encap => self.encap_frame(j),
@@ -772,6 +758,19 @@ impl Scenario {
         }
         p
     }
+}
+
+/// The L2 workload's frame: UDP from pod A's MAC and `src:sport` to pod B
+/// (10.244.255.2:5001).
+fn l2_frame(src: Ipv4Addr, sport: u16) -> Vec<u8> {
+    udp(
+        POD_A_MAC,
+        POD_B_MAC,
+        src,
+        Ipv4Addr::new(10, 244, 255, 2),
+        sport,
+        5001,
+    )
 }
 
 #[cfg(test)]

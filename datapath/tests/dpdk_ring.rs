@@ -91,6 +91,18 @@ fn rig(tag: &str, tx_slots: u32) -> Rig {
 }
 
 fn run_pmd(r: &Rig, stop: &Arc<AtomicBool>) -> pmd::PmdThread {
+    run_pmd_with(
+        r,
+        stop,
+        L2Pipeline::new(vec![PortNo(0), PortNo(1)], 1024, u64::MAX),
+    )
+}
+
+/// One PMD polling both ring ports through `pipeline`.
+fn run_pmd_with<L>(r: &Rig, stop: &Arc<AtomicBool>, pipeline: L) -> pmd::PmdThread
+where
+    L: sluice_datapath::pipeline::Pipeline<<DpdkPort as Port>::Buf> + 'static,
+{
     let handles: Vec<Option<DpdkPort>> = r.ports.iter().map(|p| Some(p.handle())).collect();
     pmd::spawn(
         PmdSpec {
@@ -101,7 +113,7 @@ fn run_pmd(r: &Rig, stop: &Arc<AtomicBool>) -> pmd::PmdThread {
             mailbox: None,
         },
         handles,
-        L2Pipeline::new(vec![PortNo(0), PortNo(1)], 1024, u64::MAX),
+        pipeline,
         stop.clone(),
         dpdk::register_thread,
     )
@@ -232,21 +244,7 @@ fn program_updates_under_traffic_lose_nothing() {
     );
     let fstats = pipeline.stats();
     let stop = Arc::new(AtomicBool::new(false));
-    let handles: Vec<Option<DpdkPort>> = r.ports.iter().map(|p| Some(p.handle())).collect();
-    let pmd = pmd::spawn(
-        PmdSpec {
-            index: 0,
-            core: None,
-            rx: vec![(PortNo(0), 0), (PortNo(1), 0)],
-            capture: None,
-            mailbox: None,
-        },
-        handles,
-        pipeline,
-        stop.clone(),
-        dpdk::register_thread,
-    )
-    .expect("spawn pmd");
+    let pmd = run_pmd_with(&r, &stop, pipeline);
     const N: u32 = 20_000;
     const UPDATES: usize = 300;
     let updater = {

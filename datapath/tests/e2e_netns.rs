@@ -21,30 +21,18 @@ fn assert_counters_match(ev: &serde_json::Value, min_packets: u64) {
     );
 }
 
-fn ping(ns: &Netns, dst: &str) {
-    let out = ns.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "5", dst]);
-    assert!(
-        out.status.success(),
-        "ping {dst} from {} failed:\n{}{}",
-        ns.0,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("3 received"), "{text}");
-}
-
 #[test]
 fn af_packet_ports_forward_ping_between_namespaces() {
-    if !can_use_netns("af_packet_ports_forward_ping_between_namespaces") {
+    let Some(pods) = two_pods(
+        "af_packet_ports_forward_ping_between_namespaces",
+        "slt-afp",
+        "slt-af",
+        "10.201.0",
+    ) else {
         return;
-    }
-    let node = Netns::new("slt-afp-node");
-    let a = Netns::new("slt-afp-a");
-    let b = Netns::new("slt-afp-b");
-    let _va = Veth::new_in(&node, "slt-afa-o", "slt-afa-i", &a, "10.201.0.1/24");
-    let _vb = Veth::new_in(&node, "slt-afb-o", "slt-afb-i", &b, "10.201.0.2/24");
-    let (d, ready) = Sluiced::start_in(&node, &config(
+    };
+    let (node, a, b) = (&pods.node, &pods.a, &pods.b);
+    let (d, ready) = Sluiced::start_in(node, &config(
         "slt-afp",
         "[port:a]\ndevargs = net_af_packet0,iface=slt-afa-o\n[port:b]\ndevargs = net_af_packet1,iface=slt-afb-o\n",
     ));
@@ -57,8 +45,8 @@ fn af_packet_ports_forward_ping_between_namespaces() {
         &["call", "capture", "a", pcap.to_str().unwrap(), "1000"],
     );
     assert!(ok, "capture failed: {out}{err}");
-    ping(&a, "10.201.0.2");
-    ping(&b, "10.201.0.1");
+    a.assert_ping("10.201.0.2");
+    b.assert_ping("10.201.0.1");
     let (ok, out, err) = sluicectl("slt-afp", &["call", "capture-stop"]);
     assert!(ok, "capture-stop failed: {out}{err}");
     let decoded = sh(&[
@@ -115,7 +103,7 @@ fn tap_ports_moved_into_namespaces_forward_ping() {
         sh(&["ip", "-n", &ns.0, "addr", "add", addr, "dev", ifname]);
         sh(&["ip", "-n", &ns.0, "link", "set", ifname, "up"]);
     }
-    ping(&a, "10.202.0.2");
+    a.assert_ping("10.202.0.2");
     let ev = d.stop();
     assert_counters_match(&ev, 6);
     // Closing the TAP ports removed the interfaces.
@@ -126,37 +114,23 @@ fn tap_ports_moved_into_namespaces_forward_ping() {
     );
 }
 
-fn appctl(prefix: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new("ovs-appctl")
-        .arg("-t")
-        .arg(ctl_path(prefix))
-        .args(args)
-        .output()
-        .expect("ovs-appctl (Debian openvswitch-common) must be installed");
-    assert!(
-        out.status.success(),
-        "ovs-appctl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Operators' tools against a running sluiced: the real `ovs-appctl`
 /// lists the commands and dumps flows whose counters move with traffic;
 /// a flow added at run time takes effect on live traffic and its drops
 /// are counted; deleting it restores forwarding.
 #[test]
 fn ovs_appctl_and_flow_changes_on_a_running_datapath() {
-    if !can_use_netns("ovs_appctl_and_flow_changes_on_a_running_datapath") {
-        return;
-    }
     let prefix = "slt-ofp";
-    let node = Netns::new("slt-ofp-node");
-    let a = Netns::new("slt-ofp-a");
-    let b = Netns::new("slt-ofp-b");
-    let _va = Veth::new_in(&node, "slt-ofa-o", "slt-ofa-i", &a, "10.203.0.1/24");
-    let _vb = Veth::new_in(&node, "slt-ofb-o", "slt-ofb-i", &b, "10.203.0.2/24");
-    let (d, ready) = Sluiced::start_in(&node, &config(
+    let Some(pods) = two_pods(
+        "ovs_appctl_and_flow_changes_on_a_running_datapath",
+        "slt-ofp",
+        "slt-of",
+        "10.203.0",
+    ) else {
+        return;
+    };
+    let (node, a) = (&pods.node, &pods.a);
+    let (d, ready) = Sluiced::start_in(node, &config(
         prefix,
         "[port:a]\ndevargs = net_af_packet0,iface=slt-ofa-o\nofport = 1\n[port:b]\ndevargs = net_af_packet1,iface=slt-ofb-o\nofport = 2\n",
     ));
@@ -171,7 +145,7 @@ fn ovs_appctl_and_flow_changes_on_a_running_datapath() {
     ] {
         assert!(cmds.contains(c), "list-commands lacks {c}:\n{cmds}");
     }
-    ping(&a, "10.203.0.2");
+    a.assert_ping("10.203.0.2");
     let flows = appctl(prefix, &["dump-flows"]);
     let normal = flows
         .lines()
@@ -238,7 +212,7 @@ fn ovs_appctl_and_flow_changes_on_a_running_datapath() {
         ],
     );
     assert!(ok, "del-flows failed: {err}");
-    ping(&a, "10.203.0.2");
+    a.assert_ping("10.203.0.2");
     // A flow with a hard timeout is removed by the daemon's revalidator.
     let (ok, _, err) = sluicectl(
         prefix,

@@ -34,6 +34,7 @@ use sluice_api::node::{
 };
 use sluice_api::stack::PortSecurity;
 use sluice_api::{Client, ClientError, Empty, ErrorCode};
+use sluice_testkit::prometheus::{promtool_check, sample};
 
 const PREFIX: &str = "slt-nc";
 
@@ -43,28 +44,9 @@ fn client() -> Client {
     c
 }
 
-fn ping_ok(ns: &Netns, dst: &str) {
-    let out = ns.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "5", dst]);
-    let t = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && t.contains("3 received"),
-        "ping {dst}: {t}"
-    );
-}
-
-fn ping_fails(ns: &Netns, dst: &str) {
-    let out = ns.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", dst]);
-    let t = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !out.status.success() && t.contains(" 0 received"),
-        "ping {dst} should fail: {t}"
-    );
-}
-
 fn mac_of(ns: &Netns, iface: &str) -> [u8; 6] {
-    let out = ns.exec(&["cat", &format!("/sys/class/net/{iface}/address")]);
-    let t = String::from_utf8_lossy(&out.stdout);
-    sluice_api::args::mac(t.trim()).unwrap_or_else(|e| panic!("MAC of {iface}: {t}: {e}"))
+    let t = ns.mac_of(iface);
+    sluice_api::args::mac(&t).unwrap_or_else(|e| panic!("MAC of {iface}: {t}: {e}"))
 }
 
 fn flow(priority: u16, m: &str, actions: &str) -> Flow {
@@ -123,58 +105,19 @@ fn scrape(node: &Netns, url: &str) -> String {
     body.to_string()
 }
 
-/// The value of the sample whose name and labels are `series`.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
-}
-
-/// `promtool check metrics` (Debian's prometheus package) accepts it.
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    let mut child = match std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            report_skip(&format!(
-                "e2e_node_commit: promtool check metrics not run: {e} (install Debian's prometheus package)"
-            ));
-            return;
-        }
-    };
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
-    if !can_use_netns("node_commits_apply_whole_or_not_at_all_while_a_stream_forwards") {
+    let Some(pods) = two_pods(
+        "node_commits_apply_whole_or_not_at_all_while_a_stream_forwards",
+        "slt-nc",
+        "slt-nc",
+        "10.204.0",
+    ) else {
         return;
-    }
-    let node = Netns::new("slt-nc-node");
-    let a = Netns::new("slt-nc-a");
-    let b = Netns::new("slt-nc-b");
-    let _va = Veth::new_in(&node, "slt-nca-o", "slt-nca-i", &a, "10.204.0.1/24");
-    let _vb = Veth::new_in(&node, "slt-ncb-o", "slt-ncb-i", &b, "10.204.0.2/24");
+    };
+    let (node, a, b) = (&pods.node, &pods.a, &pods.b);
     let (d, ready) = Sluiced::start_in(
-        &node,
+        node,
         &config(
             PREFIX,
             "metrics_address = 127.0.0.1:0\n[port:sink]\ndevargs = net_null0,no-rx=1\nofport = 1\n",
@@ -208,7 +151,7 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
     );
 
     // 1. Both pods, their rules and port security, in one commit.
-    let (mac_a, mac_b) = (mac_of(&a, "slt-nca-i"), mac_of(&b, "slt-ncb-i"));
+    let (mac_a, mac_b) = (mac_of(a, "slt-nca-i"), mac_of(b, "slt-ncb-i"));
     let stream = flow(100, "in_port=2", "output:1");
     let a_to_b = flow(10, "in_port=3", "output:4");
     let b_to_a = flow(10, "in_port=4", "output:3");
@@ -235,8 +178,8 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
     let r = c.call::<NodeCommit>(&first).expect("the first commit");
     assert_eq!(r.generation, 1);
     assert_eq!((r.counts.ports_added, r.counts.flow_ops), (2, 4), "{r:?}");
-    ping_ok(&a, "10.204.0.2");
-    ping_ok(&b, "10.204.0.1");
+    a.assert_ping("10.204.0.2");
+    b.assert_ping("10.204.0.1");
     let st1 = c.call::<QueryNodeStatus>(&Empty {}).expect("node-status");
     assert_eq!(st1.generation, 1);
     assert_eq!(st1.instance_id, st0.instance_id);
@@ -255,7 +198,7 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
 
     // The metrics: valid for promtool, the generation, and counters that
     // move with traffic.
-    let m1 = scrape(&node, &metrics_url);
+    let m1 = scrape(node, &metrics_url);
     assert!(m1.contains("sluice_node_generation 1\n"), "{m1}");
     let rx = |m: &str| {
         sample(
@@ -264,8 +207,8 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
         )
     };
     let before = rx(&m1);
-    ping_ok(&a, "10.204.0.2");
-    let m2 = scrape(&node, &metrics_url);
+    a.assert_ping("10.204.0.2");
+    let m2 = scrape(node, &metrics_url);
     assert!(
         rx(&m2) >= before + 3.0,
         "pod-a rx {} -> {}",
@@ -276,7 +219,9 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
         sample(&m2, "sluice_pmd_rx_packets_total{pmd=\"0\"}") > 0.0,
         "{m2}"
     );
-    promtool_check(&m2);
+    if let Err(why) = promtool_check(&m2) {
+        report_skip(&format!("e2e_node_commit: {why}"));
+    }
 
     // 2. Refused at its second flow operation: nothing applies.
     let bad = NodeChanges {
@@ -324,7 +269,7 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
         c.call::<QueryNodeProgram>(&Empty {}).expect("node-program"),
         expect1
     );
-    ping_ok(&a, "10.204.0.2");
+    a.assert_ping("10.204.0.2");
 
     // 3. A stale expected generation.
     let stale = NodeChanges {
@@ -357,7 +302,7 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
         ..Default::default()
     };
     c.call::<NodeCommit>(&remove_b).expect("remove pod b");
-    ping_fails(&a, "10.204.0.2");
+    a.assert_no_ping("10.204.0.2");
     let st2 = c.call::<QueryNodeStatus>(&Empty {}).expect("node-status");
     assert_eq!(st2.generation, 2);
     assert!(!st2.ports.contains_key("pod-b"), "{st2:?}");
@@ -381,7 +326,7 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
         ..Default::default()
     };
     c.call::<NodeCommit>(&back).expect("pod b again");
-    ping_ok(&a, "10.204.0.2");
+    a.assert_ping("10.204.0.2");
     let expect3 = apply(&expect2, &back);
     assert_eq!(
         c.call::<QueryNodeProgram>(&Empty {}).expect("node-program"),
@@ -408,17 +353,13 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
             .is_some_and(|p| p.ofport == 4 && p.forwarding),
         "{st4:?}"
     );
-    ping_ok(&a, "10.204.0.2");
+    a.assert_ping("10.204.0.2");
 
     let ev = d.stop();
-    let stat = |name: &str, key: &str| {
-        ev["ports"]
-            .as_array()
-            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
-            .and_then(|p| p["stats"][key].as_u64())
-            .unwrap_or_else(|| panic!("no {name}.{key} in {ev}"))
-    };
-    let (sent, got) = (stat("src", "rx_packets"), stat("sink", "tx_packets"));
+    let (sent, got) = (
+        port_stat(&ev, "src", "rx_packets"),
+        port_stat(&ev, "sink", "tx_packets"),
+    );
     assert!(sent > 0, "{ev}");
     assert_eq!(
         sent, got,

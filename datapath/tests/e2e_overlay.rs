@@ -34,22 +34,6 @@ fn node_config(prefix: &str, vtep: &str, pod_if: &str, uplink_if: &str) -> Strin
     )
 }
 
-/// `ovs-appctl -t <sluiced ctl> ARGS`, asserting success.
-fn appctl(prefix: &str, args: &[&str]) -> String {
-    let out = Command::new("ovs-appctl")
-        .arg("-t")
-        .arg(ctl_path(prefix))
-        .args(args)
-        .output()
-        .expect("ovs-appctl (Debian openvswitch-common) must be installed");
-    assert!(
-        out.status.success(),
-        "ovs-appctl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A child process killed (and reaped) when the test ends.
 struct KillOnDrop(std::process::Child);
 
@@ -132,11 +116,6 @@ fn tcp_round_trip(server: &Netns, client: &Netns, server_ip: &str, port: u16) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn mac_of(ns: &Netns, ifname: &str) -> String {
-    let out = ns.exec(&["cat", &format!("/sys/class/net/{ifname}/address")]);
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Waits (bounded) until `dump-neighbours` on `prefix` shows `ip` reachable.
@@ -283,8 +262,8 @@ fn two_sluiced_nodes_carry_pod_traffic_over_geneve() {
     for (p, i) in [(&pod_a, "slo-pa-i"), (&pod_b, "slo-pb-i")] {
         sh(&["ip", "-n", &p.0, "link", "set", i, "mtu", "1400"]);
     }
-    let mac_a = mac_of(&pod_a, "slo-pa-i");
-    let mac_b = mac_of(&pod_b, "slo-pb-i");
+    let mac_a = pod_a.mac_of("slo-pa-i");
+    let mac_b = pod_b.mac_of("slo-pb-i");
 
     let (da, ready_a) = Sluiced::start_in(
         &node_a,
@@ -706,9 +685,9 @@ fn interop_with_open_vswitch_userspace_geneve() {
     sh(&[
         "ip", "-n", &pod_o.0, "link", "set", "slx-po-i", "mtu", "1400",
     ]);
-    let mac_s = mac_of(&pod_s, "slx-ps-i");
-    let mac_o = mac_of(&pod_o, "slx-po-i");
-    let uplink_mac = mac_of(&node_s, "slx-uls");
+    let mac_s = pod_s.mac_of("slx-ps-i");
+    let mac_o = pod_o.mac_of("slx-po-i");
+    let uplink_mac = node_s.mac_of("slx-uls");
     // The OVS pod reaches the Sluice pod through a fixed gateway MAC.
     sh(&[
         "ip",
@@ -993,8 +972,8 @@ fn host_exception_path_moves_node_addresses_to_the_tap_and_back() {
         "default route not moved:\n{routes}"
     );
     assert_eq!(
-        mac_of(&node, "slh-host"),
-        mac_of(&node, "slh-up"),
+        node.mac_of("slh-host"),
+        node.mac_of("slh-up"),
         "the TAP takes the uplink's MAC"
     );
     // The node's traffic now crosses sluiced (learning switch: TAP ↔ uplink).

@@ -61,24 +61,6 @@ fn stream_moves(c: &mut Client, after: u64) -> u64 {
     }
 }
 
-fn ping_ok(ns: &Netns, dst: &str) {
-    let out = ns.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "5", dst]);
-    let t = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && t.contains("3 received"),
-        "ping {dst}: {t}"
-    );
-}
-
-fn ping_fails(ns: &Netns, dst: &str) {
-    let out = ns.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", dst]);
-    let t = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !out.status.success() && t.contains(" 0 received"),
-        "ping {dst} should fail: {t}"
-    );
-}
-
 fn add(c: &mut Client, name: &str, iface: &str) -> Result<u16, ClientError> {
     c.call::<PortAdd>(&PortAddRequest {
         name: name.into(),
@@ -113,16 +95,17 @@ fn rxq_names(c: &mut Client) -> Vec<(String, String)> {
 
 #[test]
 fn pod_ports_added_and_deleted_while_a_stream_forwards() {
-    if !can_use_netns("pod_ports_added_and_deleted_while_a_stream_forwards") {
+    let Some(pods) = two_pods(
+        "pod_ports_added_and_deleted_while_a_stream_forwards",
+        "slt-rp",
+        "slt-rp",
+        "10.203.0",
+    ) else {
         return;
-    }
-    let node = Netns::new("slt-rp-node");
-    let a = Netns::new("slt-rp-a");
-    let b = Netns::new("slt-rp-b");
-    let _va = Veth::new_in(&node, "slt-rpa-o", "slt-rpa-i", &a, "10.203.0.1/24");
-    let _vb = Veth::new_in(&node, "slt-rpb-o", "slt-rpb-i", &b, "10.203.0.2/24");
+    };
+    let (node, a, b) = (&pods.node, &pods.a, &pods.b);
     let (d, ready) = Sluiced::start_in(
-        &node,
+        node,
         &config(PREFIX, "[port:sink]\ndevargs = net_null0,no-rx=1\n"),
     );
     assert_eq!(ready["ports"].as_array().map(Vec::len), Some(1), "{ready}");
@@ -167,8 +150,8 @@ fn pod_ports_added_and_deleted_while_a_stream_forwards() {
             &[&format!("priority=10,in_port={i} actions=output:{o}")],
         );
     }
-    ping_ok(&a, "10.203.0.2");
-    ping_ok(&b, "10.203.0.1");
+    a.assert_ping("10.203.0.2");
+    b.assert_ping("10.203.0.1");
     let d1 = ports(&mut c);
     let pod_b = d1
         .ports
@@ -223,7 +206,7 @@ fn pod_ports_added_and_deleted_while_a_stream_forwards() {
         .trim()
         .to_string();
     text(&mut c, "set-port-security", &["4", &mac, "10.203.0.2"]);
-    ping_ok(&a, "10.203.0.2");
+    a.assert_ping("10.203.0.2");
     assert!(text(&mut c, "dump-port-security", &[]).contains("port 4: mac"));
 
     // Refusals, with their codes; nothing changes.
@@ -263,7 +246,7 @@ fn pod_ports_added_and_deleted_while_a_stream_forwards() {
         .expect("port-del pod-b");
     assert_eq!((del.ofport, del.flows_removed), (4, 1), "{del:?}");
     seen = stream_moves(&mut c, seen);
-    ping_fails(&a, "10.203.0.2");
+    a.assert_no_ping("10.203.0.2");
     assert!(ports(&mut c).ports.iter().all(|p| p.name != "pod-b"));
     assert!(rxq_names(&mut c).iter().all(|(n, _)| n != "pod-b"));
     assert!(!text(&mut c, "dump-flows", &[]).contains("in_port=4"));
@@ -290,19 +273,15 @@ fn pod_ports_added_and_deleted_while_a_stream_forwards() {
         "add-flow",
         &["priority=10,in_port=4 actions=output:3"],
     );
-    ping_ok(&a, "10.203.0.2");
+    a.assert_ping("10.203.0.2");
     seen = stream_moves(&mut c, seen);
     assert!(seen > 0);
 
     let ev = d.stop();
-    let stat = |name: &str, key: &str| {
-        ev["ports"]
-            .as_array()
-            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
-            .and_then(|p| p["stats"][key].as_u64())
-            .unwrap_or_else(|| panic!("no {name}.{key} in {ev}"))
-    };
-    let (sent, got) = (stat("src", "rx_packets"), stat("sink", "tx_packets"));
+    let (sent, got) = (
+        port_stat(&ev, "src", "rx_packets"),
+        port_stat(&ev, "sink", "tx_packets"),
+    );
     assert!(sent >= seen, "{ev}");
     assert_eq!(
         sent, got,

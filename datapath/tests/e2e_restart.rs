@@ -157,44 +157,8 @@ fn connections_survive_a_sluiced_crash_with_their_nat() {
     if !can_use_netns("connections_survive_a_sluiced_crash_with_their_nat") {
         return;
     }
-    let node = Netns::new("slt-rs-node");
-    let c = Netns::new("slt-rs-c");
-    let a = Netns::new("slt-rs-a");
-    let b = Netns::new("slt-rs-b");
-    let _vc = Veth::new_in(&node, "slt-rs-co", "slt-rs-ci", &c, "10.205.0.1/24");
-    let _va = Veth::new_in(&node, "slt-rs-ao", "slt-rs-ai", &a, "10.205.0.5/24");
-    let _vb = Veth::new_in(&node, "slt-rs-bo", "slt-rs-bi", &b, "10.205.0.6/24");
-    for (ns, dev, mac) in [
-        (&c, "slt-rs-ci", "02:00:00:02:05:01"),
-        (&a, "slt-rs-ai", "02:00:00:02:05:05"),
-        (&b, "slt-rs-bi", "02:00:00:02:05:06"),
-    ] {
-        sh(&["ip", "-n", &ns.0, "link", "set", "dev", dev, "address", mac]);
-    }
-    sh(&[
-        "ip",
-        "-n",
-        &c.0,
-        "route",
-        "add",
-        "10.96.0.0/16",
-        "dev",
-        "slt-rs-ci",
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &c.0,
-        "neigh",
-        "replace",
-        "10.96.0.10",
-        "lladdr",
-        "02:00:00:02:05:99",
-        "dev",
-        "slt-rs-ci",
-        "nud",
-        "permanent",
-    ]);
+    let net = ServiceNet::new("slt-rs", "10.205.0", "02:00:00:02:05");
+    let (node, c, a, b) = (&net.node, &net.c, &net.a, &net.b);
     let state_dir = tempfile::tempdir().expect("tempdir");
     let state = state_dir.path().join("conntrack.state");
     let cfg = config(
@@ -207,12 +171,12 @@ fn connections_survive_a_sluiced_crash_with_their_nat() {
             state.display()
         ),
     );
-    let _ea = Echo::start(&a, "a");
-    let _eb = Echo::start(&b, "b");
+    let _ea = Echo::start(a, "a");
+    let _eb = Echo::start(b, "b");
 
-    let (d, _) = Sluiced::start_in(&node, &cfg);
+    let (d, _) = Sluiced::start_in(node, &cfg);
     program();
-    let mut conn = Conn::open(&c);
+    let mut conn = Conn::open(c);
     let first = conn.say("one");
     let (server, _) = first
         .split_once(' ')
@@ -222,7 +186,7 @@ fn connections_survive_a_sluiced_crash_with_their_nat() {
 
     // Crash, restart, re-push: the connection carries on.
     drop(d);
-    let (d, _) = Sluiced::start_in(&node, &cfg);
+    let (d, _) = Sluiced::start_in(node, &cfg);
     program();
     let ct = ctl(&["call", "dump-conntrack", "zone=1"]);
     assert!(ct.contains("dst=10.96.0.10"), "restored: {ct}");
@@ -242,7 +206,7 @@ fn connections_survive_a_sluiced_crash_with_their_nat() {
     let n = data.len();
     data[n / 2] ^= 0xff;
     std::fs::write(&state, &data).expect("corrupt it");
-    let (_d, _) = Sluiced::start_in(&node, &cfg);
+    let (_d, _) = Sluiced::start_in(node, &cfg);
     program();
     let bad = state_dir.path().join("conntrack.state.bad");
     assert!(bad.exists(), "the corrupt file is moved aside");

@@ -95,48 +95,10 @@ fn cluster_ip_tcp_through_conntrack_dnat() {
         return;
     }
     let prefix = "slt-svc";
-    let node = Netns::new("slt-svc-node");
-    let c = Netns::new("slt-svc-c");
-    let a = Netns::new("slt-svc-a");
-    let b = Netns::new("slt-svc-b");
-    let _vc = Veth::new_in(&node, "slt-svc-co", "slt-svc-ci", &c, "10.202.0.1/24");
-    let _va = Veth::new_in(&node, "slt-svc-ao", "slt-svc-ai", &a, "10.202.0.5/24");
-    let _vb = Veth::new_in(&node, "slt-svc-bo", "slt-svc-bi", &b, "10.202.0.6/24");
-    for (ns, dev, mac) in [
-        (&c, "slt-svc-ci", "02:00:00:02:02:01"),
-        (&a, "slt-svc-ai", "02:00:00:02:02:05"),
-        (&b, "slt-svc-bi", "02:00:00:02:02:06"),
-    ] {
-        sh(&["ip", "-n", &ns.0, "link", "set", "dev", dev, "address", mac]);
-    }
-    // The client reaches the Service network on-link, through a fixed
-    // next-hop MAC (the flows rewrite it per endpoint).
-    sh(&[
-        "ip",
-        "-n",
-        &c.0,
-        "route",
-        "add",
-        "10.96.0.0/16",
-        "dev",
-        "slt-svc-ci",
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &c.0,
-        "neigh",
-        "replace",
-        "10.96.0.10",
-        "lladdr",
-        "02:00:00:02:02:99",
-        "dev",
-        "slt-svc-ci",
-        "nud",
-        "permanent",
-    ]);
+    let net = ServiceNet::new("slt-svc", "10.202.0", "02:00:00:02:02");
+    let (node, c, a, b) = (&net.node, &net.c, &net.a, &net.b);
     let (d, _ready) = Sluiced::start_in(
-        &node,
+        node,
         &config(
             prefix,
             "[port:c]\ndevargs = net_af_packet0,iface=slt-svc-co\nofport = 1\n\
@@ -160,11 +122,11 @@ fn cluster_ip_tcp_through_conntrack_dnat() {
     let out = ctl(prefix, &["call", "service-update", update]);
     assert!(out.contains("\"services\":1"), "{out}");
 
-    let _sa = Server::start(&a, "a");
-    let _sb = Server::start(&b, "b");
+    let _sa = Server::start(a, "a");
+    let _sb = Server::start(b, "b");
     let mut seen = std::collections::BTreeMap::new();
     for _ in 0..24 {
-        let answer = connect(&c);
+        let answer = connect(c);
         let (addr, server) = answer
             .split_once(' ')
             .unwrap_or_else(|| panic!("unexpected answer {answer:?}"));

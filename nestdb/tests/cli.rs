@@ -13,13 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use sluice_testkit::free_port;
 
 #[test]
 fn tcp_remote_pidfile_logfile_socket_mode_and_sigterm() {

@@ -217,27 +217,40 @@ fn run_all(which: Impl) -> Vec<Value> {
     out
 }
 
-#[test]
-fn same_results_as_ovsdb_server() {
+/// Runs `script` against ovsdb-server, then against nestdb; `None` (the
+/// skip recorded) when the OVS tools are not installed.
+fn on_both(script: fn(Impl) -> Vec<Value>) -> Option<(Vec<Value>, Vec<Value>)> {
     if !have("ovsdb-server") || !have("ovsdb-tool") {
-        return;
+        return None;
     }
-    let theirs = run_all(Impl::OvsdbServer);
-    let ours = run_all(Impl::Nestdb);
-    assert_eq!(theirs.len(), ours.len());
-    println!("compared {} transaction results", ours.len());
-    let mut diffs = Vec::new();
-    for (t, o) in theirs.iter().zip(&ours) {
-        if t != o {
-            diffs.push(format!("ovsdb-server: {t}\nnestdb:       {o}"));
-        }
-    }
+    Some((script(Impl::OvsdbServer), script(Impl::Nestdb)))
+}
+
+/// Asserts that ovsdb-server's and nestdb's answers agree pairwise, listing
+/// every difference.
+fn assert_same(theirs: &[Value], ours: &[Value]) {
+    let diffs: Vec<String> = theirs
+        .iter()
+        .zip(ours)
+        .filter(|(t, o)| t != o)
+        .map(|(t, o)| format!("ovsdb-server: {t}\nnestdb:       {o}"))
+        .collect();
     assert!(
         diffs.is_empty(),
         "{} differences:\n{}",
         diffs.len(),
         diffs.join("\n\n")
     );
+}
+
+#[test]
+fn same_results_as_ovsdb_server() {
+    let Some((theirs, ours)) = on_both(run_all) else {
+        return;
+    };
+    assert_eq!(theirs.len(), ours.len());
+    println!("compared {} transaction results", ours.len());
+    assert_same(&theirs, &ours);
 }
 
 /// Monitor notifications for a script of transactions on one connection.  After each
@@ -310,24 +323,11 @@ fn monitor_run(which: Impl) -> Vec<Value> {
 
 #[test]
 fn same_monitor_updates_as_ovsdb_server() {
-    if !have("ovsdb-server") || !have("ovsdb-tool") {
+    let Some((theirs, ours)) = on_both(monitor_run) else {
         return;
-    }
-    let theirs = monitor_run(Impl::OvsdbServer);
-    let ours = monitor_run(Impl::Nestdb);
-    let mut diffs = Vec::new();
-    for (t, o) in theirs.iter().zip(&ours) {
-        if t != o {
-            diffs.push(format!("ovsdb-server: {t}\nnestdb:       {o}"));
-        }
-    }
+    };
+    assert_same(&theirs, &ours);
     assert_eq!(theirs.len(), ours.len());
-    assert!(
-        diffs.is_empty(),
-        "{} differences:\n{}",
-        diffs.len(),
-        diffs.join("\n\n")
-    );
 }
 
 /// Lock requests from three sessions; returns every reply and notification in order.
@@ -373,11 +373,9 @@ fn lock_run(which: Impl) -> Vec<Value> {
 
 #[test]
 fn same_lock_behaviour_as_ovsdb_server() {
-    if !have("ovsdb-server") || !have("ovsdb-tool") {
+    let Some((theirs, ours)) = on_both(lock_run) else {
         return;
-    }
-    let theirs = lock_run(Impl::OvsdbServer);
-    let ours = lock_run(Impl::Nestdb);
+    };
     let show = |v: &[Value]| {
         v.iter()
             .map(|x| x.to_string())

@@ -11,14 +11,12 @@ mod common;
 use common::{Impl, Rpc, ServerProc, WAIT};
 use nestdb::jsonrpc::Message;
 use serde_json::{json, Value};
+use sluice_testkit::hostile::{self, NOBODY};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::time::Instant;
 
-/// The uid of `nobody`, which the non-root peer runs as.
-const NOBODY: u32 = 65534;
 /// Set in the child process that plays the non-root peer.
 const CHILD_ENV: &str = "NESTDB_HOSTILE_CHILD_SOCKET";
 
@@ -57,38 +55,14 @@ fn echo_is_answered(s: &ServerProc, after: &str) {
 
 /// Reads until the server closes the connection; returns what it sent.
 fn read_to_close(stream: &mut UnixStream, what: &str) -> Vec<u8> {
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return out,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return out,
-            Err(e) => {
-                panic!("{what}: the server did not close the connection within {WAIT:?}: {e}")
-            }
-        }
-    }
+    hostile::read_to_close(stream, what, WAIT)
 }
 
 /// Streams a message of exactly `len` bytes, `{"id":1,"method":"echo","params":[…]}`
 /// whose params are `fill` repeated; stops quietly if the server closes.
 fn stream_message(stream: &mut UnixStream, len: usize, fill: &[u8]) {
-    let head = br#"{"id":1,"method":"echo","params":["#;
-    let tail = b"0]}";
-    let body = len - head.len() - tail.len();
-    let chunk: Vec<u8> = fill.iter().copied().cycle().take(1 << 16).collect();
-    let mut ok = stream.write_all(head).is_ok();
-    let mut sent = 0;
-    while ok && sent < body {
-        let n = chunk.len().min(body - sent);
-        ok = stream.write_all(&chunk[..n]).is_ok();
-        sent += n;
-    }
-    if ok {
-        let _ = stream.write_all(tail);
-    }
+    let (head, tail) = (br#"{"id":1,"method":"echo","params":["#, b"0]}");
+    hostile::stream_message(stream, len, head, fill, tail);
 }
 
 fn protocol_error_text(bytes: &[u8]) -> String {
@@ -239,10 +213,8 @@ fn child_peer() {
 }
 
 #[test]
-#[allow(unsafe_code)]
 fn non_root_peer_may_read_but_not_write() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !sluice_testkit::is_root() {
         common::report_skip("SKIPPED: running a peer as uid 65534 needs root");
         return;
     }
@@ -254,25 +226,13 @@ fn non_root_peer_may_read_but_not_write() {
     let mut root = s.client();
     let r = root.transact(json!([{"op": "insert", "table": "Node", "row": {"name": "from-root"}}]));
     assert!(r[0]["uuid"].is_array(), "{r:?}");
-    let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_peer", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, &s.sock)
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .output()
-        .expect("run the test binary as nobody");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "child failed: {}\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
+    let line = hostile::run_as_nobody(
+        "child_peer",
+        CHILD_ENV,
+        &s.sock.to_string_lossy(),
+        "CHILD-RESULT ",
     );
-    let line = stdout
-        .lines()
-        .find_map(|l| l.split_once("CHILD-RESULT ").map(|(_, r)| r))
-        .unwrap_or_else(|| panic!("the child printed no result:\n{stdout}"));
-    let got: Value = serde_json::from_str(line).unwrap();
+    let got: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(got["list_dbs"], true, "{got}");
     assert_eq!(got["get_schema"], true, "{got}");
     assert_eq!(got["monitor"], true, "{got}");

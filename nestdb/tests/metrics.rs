@@ -9,13 +9,8 @@ use common::{wait_until, Impl, ServerProc};
 use serde_json::json;
 use std::io::{Read, Write};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use sluice_testkit::free_port;
+use sluice_testkit::prometheus::{promtool_check, sample};
 
 fn scrape(port: u16) -> Option<String> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -26,12 +21,6 @@ fn scrape(port: u16) -> Option<String> {
     let (head, body) = out.split_once("\r\n\r\n")?;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     Some(body.to_string())
-}
-
-fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
 }
 
 #[test]
@@ -45,7 +34,7 @@ fn transactions_latency_and_size_are_exposed() {
     );
     let before = wait_until("the metrics endpoint", || scrape(port));
     assert_eq!(
-        value(&before, "nestdb_transactions_total "),
+        sample(&before, "nestdb_transactions_total "),
         0.0,
         "{before}"
     );
@@ -62,60 +51,24 @@ fn transactions_latency_and_size_are_exposed() {
     ]));
     assert!(r.iter().any(|x| x.get("error").is_some()), "{r:?}");
     let after = scrape(port).expect("scrape");
-    assert_eq!(value(&after, "nestdb_transactions_total "), 5.0, "{after}");
+    assert_eq!(sample(&after, "nestdb_transactions_total "), 5.0, "{after}");
     assert_eq!(
-        value(&after, "nestdb_transactions_failed_total "),
+        sample(&after, "nestdb_transactions_failed_total "),
         1.0,
         "{after}"
     );
     assert_eq!(
-        value(&after, "nestdb_commit_seconds_count "),
+        sample(&after, "nestdb_commit_seconds_count "),
         5.0,
         "{after}"
     );
-    assert_eq!(value(&after, "nestdb_rows{db=\"Test\"} "), 5.0, "{after}");
+    assert_eq!(sample(&after, "nestdb_rows{db=\"Test\"} "), 5.0, "{after}");
     assert!(
-        value(&after, "nestdb_log_bytes{db=\"Test\"} ") > 0.0,
+        sample(&after, "nestdb_log_bytes{db=\"Test\"} ") > 0.0,
         "{after}"
     );
-    assert_eq!(value(&after, "nestdb_sessions "), 1.0, "{after}");
-    if common::have("promtool") {
-        std::process::Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .output_with_stdin(&after);
-    } else {
-        common::report_skip(
-            "nestdb metrics: promtool check metrics not run (install Debian's prometheus package)",
-        );
-    }
-}
-
-trait OutputWithStdin {
-    fn output_with_stdin(&mut self, input: &str) -> std::process::Output;
-}
-
-impl OutputWithStdin for std::process::Command {
-    /// Runs the command with `input` on stdin; asserts it succeeded.
-    fn output_with_stdin(&mut self, input: &str) -> std::process::Output {
-        let mut child = self
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-            .expect("write");
-        let out = child.wait_with_output().expect("wait");
-        assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+    assert_eq!(sample(&after, "nestdb_sessions "), 1.0, "{after}");
+    if let Err(why) = promtool_check(&after) {
+        common::report_skip(&format!("nestdb metrics: {why}"));
     }
 }

@@ -190,16 +190,25 @@ fn ovsdb_client_lock_and_steal() {
     assert_eq!(b.line(), r#"["L"]"#);
 }
 
-#[test]
-fn python_idl_round_trip() {
+/// True when python3 and its `ovs` package (the OVS Python IDL) are
+/// installed; otherwise records why the test is skipped.
+fn have_python_ovs() -> bool {
     if !have("python3") {
-        return;
+        return false;
     }
     let probe = Command::new("python3")
         .args(["-c", "import ovs.db.idl"])
         .status();
-    if !probe.map(|s| s.success()).unwrap_or(false) {
+    let ok = probe.map(|s| s.success()).unwrap_or(false);
+    if !ok {
         common::report_skip("SKIPPED: the Python 'ovs' package is not installed (pip install ovs)");
+    }
+    ok
+}
+
+#[test]
+fn python_idl_round_trip() {
+    if !have_python_ovs() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -245,14 +254,7 @@ fn python_idl_round_trip() {
 
 #[test]
 fn python_idl_resyncs_after_server_restart() {
-    if !have("python3") {
-        return;
-    }
-    let probe = Command::new("python3")
-        .args(["-c", "import ovs.db.idl"])
-        .status();
-    if !probe.map(|s| s.success()).unwrap_or(false) {
-        common::report_skip("SKIPPED: the Python 'ovs' package is not installed (pip install ovs)");
+    if !have_python_ovs() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

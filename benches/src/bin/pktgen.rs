@@ -14,7 +14,7 @@
 //! its pcaps and per-peer run directories in a private work directory that
 //! it removes at the end unless `--keep-work-dir`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -283,13 +283,51 @@ fn peers_of(names: &[String]) -> Result<Vec<PeerKind>, String> {
         .collect()
 }
 
+/// The work directory: `--work-dir`, else one per process in the temp
+/// directory.
+fn work_dir_of(args: &RunArgs) -> PathBuf {
+    args.work_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()))
+    })
+}
+
+/// Writes `report` into `results.json` and its table into `results.md`
+/// in `out_dir`; returns both paths and the table.
+fn write_results(report: &Report, out_dir: &Path) -> Result<(PathBuf, PathBuf, String), String> {
+    let json = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+    let json_path = out_dir.join("results.json");
+    std::fs::write(&json_path, json + "\n")
+        .map_err(|e| format!("cannot write {}: {e}", json_path.display()))?;
+    let table = report.table();
+    let md_path = out_dir.join("results.md");
+    std::fs::write(&md_path, &table)
+        .map_err(|e| format!("cannot write {}: {e}", md_path.display()))?;
+    Ok((json_path, md_path, table))
+}
+
+/// Says where the results went (`what`: what they are, may be empty) and
+/// removes the work directory unless `--keep-work-dir`.
+fn finish(args: &RunArgs, work_dir: &Path, what: &str, json: &Path, md: &Path) {
+    let what = if what.is_empty() {
+        String::new()
+    } else {
+        format!("{what} ")
+    };
+    eprintln!(
+        "pktgen: wrote {what}{} and {}",
+        json.display(),
+        md.display()
+    );
+    if !args.keep_work_dir {
+        let _ = std::fs::remove_dir_all(work_dir);
+    }
+}
+
 /// `pktgen latency`: only the latency mode, put into the results.json in
 /// `--out-dir` (the other figures are kept) and rendered into results.md.
 fn latency_only(args: RunArgs) -> Result<(), String> {
     let peers = peers_of(&args.peers)?;
-    let work_dir = args.work_dir.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()))
-    });
+    let work_dir = work_dir_of(&args);
     let cfg = latency_config(&args, &peers, &work_dir)?;
     std::fs::create_dir_all(&work_dir)
         .map_err(|e| format!("cannot create {}: {e}", work_dir.display()))?;
@@ -313,24 +351,17 @@ fn latency_only(args: RunArgs) -> Result<(), String> {
     report
         .not_done
         .retain(|n| !n.starts_with("latency percentiles"));
-    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-    std::fs::write(&json_path, json + "\n")
-        .map_err(|e| format!("cannot write {}: {e}", json_path.display()))?;
-    let table = report.table();
-    let md_path = args.out_dir.join("results.md");
-    std::fs::write(&md_path, &table)
-        .map_err(|e| format!("cannot write {}: {e}", md_path.display()))?;
+    let (json_path, md_path, _) = write_results(&report, &args.out_dir)?;
     if let Some(l) = &report.latency {
         println!("{}", l.table());
     }
-    eprintln!(
-        "pktgen: wrote the latency results into {} and {}",
-        json_path.display(),
-        md_path.display()
+    finish(
+        &args,
+        &work_dir,
+        "the latency results into",
+        &json_path,
+        &md_path,
     );
-    if !args.keep_work_dir {
-        let _ = std::fs::remove_dir_all(&work_dir);
-    }
     Ok(())
 }
 
@@ -352,9 +383,7 @@ fn run(args: RunArgs) -> Result<(), String> {
     } else {
         (args.warmup, args.interval, args.runs.max(1))
     };
-    let work_dir = args.work_dir.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()))
-    });
+    let work_dir = work_dir_of(&args);
     std::fs::create_dir_all(&work_dir)
         .map_err(|e| format!("cannot create {}: {e}", work_dir.display()))?;
     std::fs::create_dir_all(&args.out_dir)
@@ -472,26 +501,12 @@ fn run(args: RunArgs) -> Result<(), String> {
         }),
     };
     report.machine.loadavg_end = loadavg();
-    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-    let json_path = args.out_dir.join("results.json");
-    std::fs::write(&json_path, json + "\n")
-        .map_err(|e| format!("cannot write {}: {e}", json_path.display()))?;
-    let table = report.table();
-    let md_path = args.out_dir.join("results.md");
-    std::fs::write(&md_path, &table)
-        .map_err(|e| format!("cannot write {}: {e}", md_path.display()))?;
+    let (json_path, md_path, table) = write_results(&report, &args.out_dir)?;
     for msg in sluice_benches::plot::draw_all(&report, &args.out_dir) {
         eprintln!("pktgen: {msg}");
     }
     println!("{table}");
-    eprintln!(
-        "pktgen: wrote {} and {}",
-        json_path.display(),
-        md_path.display()
-    );
-    if !args.keep_work_dir {
-        let _ = std::fs::remove_dir_all(&work_dir);
-    }
+    finish(&args, &work_dir, "", &json_path, &md_path);
     Ok(())
 }
 

@@ -19,6 +19,13 @@ fn run(h: &mut ConntrackHandle, now: Nanos, ct: &CtAction, f: &[u8]) -> (u8, Vec
     (key.get(Field::CtState) as u8, b.data().to_vec())
 }
 
+/// A default table, a handle on it, and zone 0's commit and peek actions.
+fn zone0() -> (Conntrack, ConntrackHandle, CtAction, CtAction) {
+    let ct = Conntrack::new(ConntrackConfig::default());
+    let h = ct.handle(1);
+    (ct, h, act(0, true, None), act(0, false, None))
+}
+
 fn act(zone: u16, commit: bool, dnat: Option<[u8; 4]>) -> CtAction {
     CtAction {
         commit,
@@ -190,11 +197,8 @@ fn endpoint_packet_counts_stay_exact_under_concurrent_flushes() {
 
 #[test]
 fn flushed_connections_are_not_found_through_the_cache() {
-    let ct = Conntrack::new(ConntrackConfig::default());
-    let mut h = ct.handle(1);
+    let (ct, mut h, commit, peek) = zone0();
     let (c, s) = ([10, 0, 0, 1], [10, 0, 0, 2]);
-    let commit = act(0, true, None);
-    let peek = act(0, false, None);
     // UDP: created (and cached) by the first packet, replied, then hit.
     run(&mut h, 0, &commit, &udp(c, s, 1, 2, b"q"));
     assert_eq!(run(&mut h, 0, &peek, &udp(s, c, 2, 1, b"a")).0, EST_RPL);
@@ -250,11 +254,8 @@ fn flushed_connections_are_not_found_through_the_cache() {
 #[test]
 fn expiry_through_the_cache_follows_the_fake_clock() {
     let t = Timeouts::default();
-    let ct = Conntrack::new(ConntrackConfig::default());
-    let mut h = ct.handle(1);
+    let (ct, mut h, commit, peek) = zone0();
     let (c, s) = ([10, 0, 0, 1], [10, 0, 0, 2]);
-    let commit = act(0, true, None);
-    let peek = act(0, false, None);
     run(&mut h, 0, &commit, &udp(c, s, 1, 2, b"q"));
     run(&mut h, 0, &commit, &udp(s, c, 2, 1, b"a"));
     // Busy traffic within a second does not move the expiry (no write):

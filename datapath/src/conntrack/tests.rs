@@ -508,22 +508,27 @@ table=1,priority=10,ct_state=+trk,in_port=1 actions=output:2
     r.expect(0, 2, udp([10, 0, 0, 2], [10, 0, 0, 1], 9, 7, b"a"), 1);
     assert!(r.ct.dump(&ConnFilter::default(), 0).contains("mark=42"));
     // A masked write keeps the other bits.
+    let key = key_after_commits([(0xf0u32, 0xffu32), (0x1, 0xf)].map(|(v, m)| CtAction {
+        mark: Some((v, m)),
+        ..commit(0)
+    }));
+    assert_eq!(key.get(Field::CtMark), 0xf1);
+}
+
+/// Commits one UDP connection with each of `writes` in turn (a fresh copy
+/// of its first packet each time), then once more with a plain commit, and
+/// returns the flow key that last pass leaves: what the writes stored.
+fn key_after_commits(writes: impl IntoIterator<Item = CtAction>) -> FlowKey {
     let ct = Conntrack::new(ConntrackConfig::default());
     let mut h = ct.handle(1);
     let f = udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, b"");
-    for (v, m) in [(0xf0u32, 0xffu32), (0x1, 0xf)] {
-        let act = CtAction {
-            mark: Some((v, m)),
-            ..commit(0)
-        };
+    let mut key = FlowKey::default();
+    for act in writes.into_iter().chain([commit(0)]) {
         let mut b = HeapBuf::from_frame(&f);
-        let mut key = FlowKey::default();
+        key = FlowKey::default();
         ConntrackHook::<HeapBuf>::conntrack(&mut h, 0, &act, &mut b, &mut key).expect("ct");
     }
-    let mut key = FlowKey::default();
-    let mut b = HeapBuf::from_frame(&f);
-    ConntrackHook::<HeapBuf>::conntrack(&mut h, 0, &commit(0), &mut b, &mut key).expect("ct");
-    assert_eq!(key.get(Field::CtMark), 0xf1);
+    key
 }
 
 #[test]
@@ -546,21 +551,11 @@ table=1,priority=10,ct_state=+trk,in_port=1 actions=output:2
         "{dump}"
     );
     // Masked writes keep the other bits; the key carries all 128 bits.
-    let ct = Conntrack::new(ConntrackConfig::default());
-    let mut h = ct.handle(1);
-    let f = udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, b"");
-    for (v, m) in [(1u128 << 127, 1u128 << 127), (0x5, 0xf)] {
-        let act = CtAction {
-            label: Some((v, m)),
-            ..commit(0)
-        };
-        let mut b = HeapBuf::from_frame(&f);
-        let mut key = FlowKey::default();
-        ConntrackHook::<HeapBuf>::conntrack(&mut h, 0, &act, &mut b, &mut key).expect("ct");
-    }
-    let mut key = FlowKey::default();
-    let mut b = HeapBuf::from_frame(&f);
-    ConntrackHook::<HeapBuf>::conntrack(&mut h, 0, &commit(0), &mut b, &mut key).expect("ct");
+    let writes = [(1u128 << 127, 1u128 << 127), (0x5, 0xf)].map(|(v, m)| CtAction {
+        label: Some((v, m)),
+        ..commit(0)
+    });
+    let key = key_after_commits(writes);
     assert_eq!(key.get(Field::CtLabel), 1u128 << 127 | 0x5);
     assert_eq!(
         key.get(Field::CtMark),

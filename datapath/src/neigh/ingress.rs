@@ -475,19 +475,16 @@ mod tests {
         assert!(ctl.dump().contains("drops mac 1 ip 1 arp 1"));
     }
 
+    /// A broadcast ARP request from the pod for `target`.
+    fn pod_asks_for(target: Ipv4Addr) -> Vec<u8> {
+        arp_frame(1, [0xff; 6], POD_MAC, POD_IP, [0; 6], target).to_vec()
+    }
+
     #[test]
     fn arp_for_gateway_is_answered_on_the_ingress_port() {
         let (mut p, _) = setup();
-        let req = arp_frame(1, [0xff; 6], POD_MAC, POD_IP, [0; 6], GW).to_vec();
-        let other = arp_frame(
-            1,
-            [0xff; 6],
-            POD_MAC,
-            POD_IP,
-            [0; 6],
-            Ipv4Addr::new(10, 244, 1, 77),
-        )
-        .to_vec();
+        let req = pod_asks_for(GW);
+        let other = pod_asks_for(Ipv4Addr::new(10, 244, 1, 77));
         let mut out = run(&mut p, 1, &[req, other]);
         let replies = out.take(PortNo(1));
         assert_eq!(replies.len(), 1);
@@ -502,16 +499,8 @@ mod tests {
     fn proxy_arp_answers_a_prefix_but_not_the_asker_itself() {
         let (mut p, ctl) = setup();
         ctl.update(|c| c.arp.proxy.push((Ipv4Addr::new(10, 244, 0, 0), 16, GW_MAC)));
-        let req = arp_frame(
-            1,
-            [0xff; 6],
-            POD_MAC,
-            POD_IP,
-            [0; 6],
-            Ipv4Addr::new(10, 244, 9, 9),
-        )
-        .to_vec();
-        let garp = arp_frame(1, [0xff; 6], POD_MAC, POD_IP, [0; 6], POD_IP).to_vec();
+        let req = pod_asks_for(Ipv4Addr::new(10, 244, 9, 9));
+        let garp = pod_asks_for(POD_IP);
         let mut out = run(&mut p, 1, &[req, garp]);
         assert_eq!(out.take(PortNo(1)).len(), 1);
         assert_eq!(out.take(PortNo(9)).len(), 1);
@@ -521,7 +510,7 @@ mod tests {
     fn short_and_malformed_frames_never_panic() {
         let (mut p, _) = setup();
         let mut frames: Vec<Vec<u8>> = (0..60).map(|n| vec![0xffu8; n]).collect();
-        let mut arp = arp_frame(1, [0xff; 6], POD_MAC, POD_IP, [0; 6], GW).to_vec();
+        let mut arp = pod_asks_for(GW);
         arp.truncate(30);
         frames.push(arp);
         let _ = run(&mut p, 1, &frames);

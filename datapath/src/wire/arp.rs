@@ -11,7 +11,7 @@ use core::fmt;
 use std::net::Ipv4Addr;
 
 use super::ethernet::{Address as EthernetAddress, EtherType};
-use super::{check_len, check_room, read_u16, write_u16, Error, Layer, Result};
+use super::{check_len, check_room, Error, Layer, Result};
 
 mod field {
     use core::ops::Range;
@@ -73,27 +73,35 @@ impl fmt::Display for Operation {
     }
 }
 
-/// A view of an Ethernet/IPv4 ARP packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+super::view::header_view! {
+    /// A view of an Ethernet/IPv4 ARP packet.
+    ///
+    /// - [`Packet::new_unchecked`]: Wraps `buffer` without checking it. Getters panic if it is
+    ///   shorter than [`PACKET_LEN`].
+    /// - [`Packet::new_checked`]: Wraps untrusted bytes, checking the length and that this is
+    ///   Ethernet/IPv4 ARP.
+    pub struct Packet: check;
+    /// Hardware type (1 = Ethernet).
+    hardware_type, set_hardware_type: u16 @ field::HTYPE;
+    /// Protocol type (an EtherType; IPv4 here).
+    protocol_type, set_protocol_type: EtherType @ field::PTYPE;
+    /// Hardware address length.
+    hardware_len, set_hardware_len: u8 @ field::HLEN;
+    /// Protocol address length.
+    protocol_len, set_protocol_len: u8 @ field::PLEN;
+    /// Operation.
+    operation, set_operation: Operation @ field::OPER;
+    /// Sender hardware address.
+    source_hardware_addr, set_source_hardware_addr: EthernetAddress @ field::SHA.start;
+    /// Sender protocol address.
+    source_protocol_addr, set_source_protocol_addr: Ipv4Addr @ field::SPA.start;
+    /// Target hardware address.
+    target_hardware_addr, set_target_hardware_addr: EthernetAddress @ field::THA.start;
+    /// Target protocol address.
+    target_protocol_addr, set_target_protocol_addr: Ipv4Addr @ field::TPA.start;
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps `buffer` without checking it. Getters panic if it is shorter
-    /// than [`PACKET_LEN`].
-    pub const fn new_unchecked(buffer: T) -> Packet<T> {
-        Packet { buffer }
-    }
-
-    /// Wraps untrusted bytes, checking the length and that this is
-    /// Ethernet/IPv4 ARP.
-    pub fn new_checked(buffer: T) -> Result<Packet<T>> {
-        let p = Self::new_unchecked(buffer);
-        p.check()?;
-        Ok(p)
-    }
-
     /// Checks length, hardware/protocol types and address lengths.
     pub fn check(&self) -> Result<()> {
         let b = self.buffer.as_ref();
@@ -111,129 +119,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
             });
         }
         check_len(Layer::Arp, b, PACKET_LEN)
-    }
-
-    /// Returns the underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    /// Hardware type (1 = Ethernet).
-    #[inline(always)]
-    pub fn hardware_type(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::HTYPE)
-    }
-
-    /// Protocol type (an EtherType; IPv4 here).
-    #[inline(always)]
-    pub fn protocol_type(&self) -> EtherType {
-        EtherType::from(read_u16(self.buffer.as_ref(), field::PTYPE))
-    }
-
-    /// Hardware address length.
-    #[inline(always)]
-    pub fn hardware_len(&self) -> u8 {
-        self.buffer.as_ref()[field::HLEN]
-    }
-
-    /// Protocol address length.
-    #[inline(always)]
-    pub fn protocol_len(&self) -> u8 {
-        self.buffer.as_ref()[field::PLEN]
-    }
-
-    /// Operation.
-    #[inline(always)]
-    pub fn operation(&self) -> Operation {
-        Operation::from(read_u16(self.buffer.as_ref(), field::OPER))
-    }
-
-    /// Sender hardware address.
-    #[inline(always)]
-    pub fn source_hardware_addr(&self) -> EthernetAddress {
-        let mut a = [0u8; 6];
-        a.copy_from_slice(&self.buffer.as_ref()[field::SHA]);
-        EthernetAddress(a)
-    }
-
-    /// Sender protocol address.
-    #[inline(always)]
-    pub fn source_protocol_addr(&self) -> Ipv4Addr {
-        ipv4_at(self.buffer.as_ref(), field::SPA.start)
-    }
-
-    /// Target hardware address.
-    #[inline(always)]
-    pub fn target_hardware_addr(&self) -> EthernetAddress {
-        let mut a = [0u8; 6];
-        a.copy_from_slice(&self.buffer.as_ref()[field::THA]);
-        EthernetAddress(a)
-    }
-
-    /// Target protocol address.
-    #[inline(always)]
-    pub fn target_protocol_addr(&self) -> Ipv4Addr {
-        ipv4_at(self.buffer.as_ref(), field::TPA.start)
-    }
-}
-
-fn ipv4_at(b: &[u8], at: usize) -> Ipv4Addr {
-    Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3])
-}
-
-impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// Sets the hardware type.
-    #[inline(always)]
-    pub fn set_hardware_type(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::HTYPE, value);
-    }
-
-    /// Sets the protocol type.
-    #[inline(always)]
-    pub fn set_protocol_type(&mut self, value: EtherType) {
-        write_u16(self.buffer.as_mut(), field::PTYPE, value.into());
-    }
-
-    /// Sets the hardware address length.
-    #[inline(always)]
-    pub fn set_hardware_len(&mut self, value: u8) {
-        self.buffer.as_mut()[field::HLEN] = value;
-    }
-
-    /// Sets the protocol address length.
-    #[inline(always)]
-    pub fn set_protocol_len(&mut self, value: u8) {
-        self.buffer.as_mut()[field::PLEN] = value;
-    }
-
-    /// Sets the operation.
-    #[inline(always)]
-    pub fn set_operation(&mut self, value: Operation) {
-        write_u16(self.buffer.as_mut(), field::OPER, value.into());
-    }
-
-    /// Sets the sender hardware address.
-    #[inline(always)]
-    pub fn set_source_hardware_addr(&mut self, value: EthernetAddress) {
-        self.buffer.as_mut()[field::SHA].copy_from_slice(&value.0);
-    }
-
-    /// Sets the sender protocol address.
-    #[inline(always)]
-    pub fn set_source_protocol_addr(&mut self, value: Ipv4Addr) {
-        self.buffer.as_mut()[field::SPA].copy_from_slice(&value.octets());
-    }
-
-    /// Sets the target hardware address.
-    #[inline(always)]
-    pub fn set_target_hardware_addr(&mut self, value: EthernetAddress) {
-        self.buffer.as_mut()[field::THA].copy_from_slice(&value.0);
-    }
-
-    /// Sets the target protocol address.
-    #[inline(always)]
-    pub fn set_target_protocol_addr(&mut self, value: Ipv4Addr) {
-        self.buffer.as_mut()[field::TPA].copy_from_slice(&value.octets());
     }
 }
 
@@ -286,9 +171,14 @@ impl Repr {
     }
 }
 
+super::view::field_value_as! {
+    Operation => u16,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::test_support::assert_prefixes_truncated;
     use proptest::prelude::*;
 
     static REQUEST_BYTES: [u8; 28] = [
@@ -347,15 +237,7 @@ mod tests {
 
     #[test]
     fn every_truncation_is_rejected() {
-        for len in 0..PACKET_LEN {
-            assert!(
-                matches!(
-                    Packet::new_checked(&REQUEST_BYTES[..len]),
-                    Err(Error::Truncated { .. })
-                ),
-                "{len}"
-            );
-        }
+        assert_prefixes_truncated(&REQUEST_BYTES, PACKET_LEN, Packet::new_checked);
     }
 
     #[test]

@@ -81,6 +81,22 @@ pub fn pseudo_header_v4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, length: u16)
     )
 }
 
+/// Folded sum of a TCP or UDP segment over IPv4 with its pseudo-header:
+/// what [`finish`] turns into the segment's checksum, and `0xffff` when the
+/// checksum the segment carries is correct. `length` is the L4 length the
+/// pseudo-header carries (the length of `segment`). Always inlined, like
+/// the sums it combines were where they were written out.
+#[inline(always)]
+pub fn ipv4_segment(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    protocol: u8,
+    length: u16,
+    segment: &[u8],
+) -> u16 {
+    combine(&[pseudo_header_v4(src, dst, protocol, length), data(segment)])
+}
+
 /// Folded sum of the IPv6 pseudo-header (RFC 8200 section 8.1).
 #[inline]
 pub fn pseudo_header_v6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, length: u32) -> u16 {

@@ -10,7 +10,8 @@
 use core::fmt;
 use core::str::FromStr;
 
-use super::{check_len, check_room, read_u16, write_u16, AddressParseError, Layer, Result};
+use super::view::FieldValue;
+use super::{check_len, check_room, AddressParseError, Layer, Result};
 
 /// A 48-bit IEEE 802 MAC address.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -193,34 +194,34 @@ pub const DST_ADDR_END: usize = field::DESTINATION.end;
 /// [`Frame::set_src_addr`].
 pub const SRC_ADDR_END: usize = field::SOURCE.end;
 
-/// A view of an Ethernet II frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Frame<T: AsRef<[u8]>> {
-    buffer: T,
+super::view::header_view! {
+    /// A view of an Ethernet II frame.
+    ///
+    /// - [`Frame::new_unchecked`]: Wraps `buffer` without checking it. Getters panic if it is
+    ///   shorter than [`HEADER_LEN`].
+    /// - [`Frame::new_checked`]: Wraps untrusted bytes, checking that they hold a whole header.
+    pub struct Frame: check_len;
+    /// The EtherType field.
+    ethertype, set_ethertype: EtherType @ field::ETHERTYPE;
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
+    /// Sets the destination MAC address.
+    #[inline(always)]
+    pub fn set_dst_addr(&mut self, value: Address) {
+        FieldValue::write(value, self.buffer.as_mut(), field::DESTINATION.start);
+    }
+    /// Sets the source MAC address.
+    #[inline(always)]
+    pub fn set_src_addr(&mut self, value: Address) {
+        FieldValue::write(value, self.buffer.as_mut(), field::SOURCE.start);
+    }
 }
 
 impl<T: AsRef<[u8]>> Frame<T> {
-    /// Wraps `buffer` without checking it. Getters panic if it is shorter
-    /// than [`HEADER_LEN`].
-    pub const fn new_unchecked(buffer: T) -> Frame<T> {
-        Frame { buffer }
-    }
-
-    /// Wraps untrusted bytes, checking that they hold a whole header.
-    pub fn new_checked(buffer: T) -> Result<Frame<T>> {
-        let frame = Self::new_unchecked(buffer);
-        frame.check_len()?;
-        Ok(frame)
-    }
-
     /// Checks that the buffer holds a whole header.
     pub fn check_len(&self) -> Result<()> {
         check_len(Layer::Ethernet, self.buffer.as_ref(), HEADER_LEN)
-    }
-
-    /// Returns the underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     /// Header length (always [`HEADER_LEN`]).
@@ -236,25 +237,13 @@ impl<T: AsRef<[u8]>> Frame<T> {
     /// Destination MAC address.
     #[inline]
     pub fn dst_addr(&self) -> Address {
-        let b = self.buffer.as_ref();
-        let mut a = [0u8; 6];
-        a.copy_from_slice(&b[field::DESTINATION]);
-        Address(a)
+        FieldValue::read(self.buffer.as_ref(), field::DESTINATION.start)
     }
 
     /// Source MAC address.
     #[inline]
     pub fn src_addr(&self) -> Address {
-        let b = self.buffer.as_ref();
-        let mut a = [0u8; 6];
-        a.copy_from_slice(&b[field::SOURCE]);
-        Address(a)
-    }
-
-    /// The EtherType field.
-    #[inline(always)]
-    pub fn ethertype(&self) -> EtherType {
-        EtherType::from(read_u16(self.buffer.as_ref(), field::ETHERTYPE))
+        FieldValue::read(self.buffer.as_ref(), field::SOURCE.start)
     }
 }
 
@@ -267,24 +256,6 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Frame<&'a T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
-    /// Sets the destination MAC address.
-    #[inline(always)]
-    pub fn set_dst_addr(&mut self, value: Address) {
-        self.buffer.as_mut()[field::DESTINATION].copy_from_slice(&value.0);
-    }
-
-    /// Sets the source MAC address.
-    #[inline(always)]
-    pub fn set_src_addr(&mut self, value: Address) {
-        self.buffer.as_mut()[field::SOURCE].copy_from_slice(&value.0);
-    }
-
-    /// Sets the EtherType.
-    #[inline(always)]
-    pub fn set_ethertype(&mut self, value: EtherType) {
-        write_u16(self.buffer.as_mut(), field::ETHERTYPE, value.into());
-    }
-
     /// The bytes after the header, writable.
     #[inline(always)]
     pub fn payload_mut(&mut self) -> &mut [u8] {
@@ -335,9 +306,18 @@ impl Repr {
     }
 }
 
+super::view::field_value_bytes! {
+    Address: 6, |b| Address(b), |v| v.0;
+}
+
+super::view::field_value_as! {
+    EtherType => u16,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::test_support::assert_prefixes_truncated;
 
     #[test]
     fn address_as_u64_round_trips() {
@@ -402,15 +382,11 @@ mod tests {
 
     #[test]
     fn every_truncation_is_rejected() {
-        for len in 0..HEADER_LEN {
-            assert!(
-                matches!(
-                    Frame::new_checked(&FRAME_BYTES[..len]),
-                    Err(Error::Truncated { needed: 14, .. })
-                ),
-                "prefix of {len} bytes accepted"
-            );
-        }
+        assert_prefixes_truncated(&FRAME_BYTES, HEADER_LEN, Frame::new_checked);
+        assert!(matches!(
+            Frame::new_checked(&FRAME_BYTES[..HEADER_LEN - 1]),
+            Err(Error::Truncated { needed: 14, .. })
+        ));
         assert!(Frame::new_checked(&FRAME_BYTES[..HEADER_LEN]).is_ok());
     }
 

@@ -173,26 +173,20 @@ impl<'a> Iterator for GeneveOptions<'a> {
     }
 }
 
-/// A view of a Geneve header (the UDP payload of a Geneve packet).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+super::view::header_view! {
+    /// A view of a Geneve header (the UDP payload of a Geneve packet).
+    ///
+    /// - [`Packet::new_unchecked`]: Wraps `buffer` without checking it. Getters panic if it is
+    ///   shorter than the header; [`Packet::options`] never panics.
+    /// - [`Packet::new_checked`]: Wraps untrusted bytes, checking version, lengths and every
+    ///   option.
+    pub struct Packet: check;
+    /// Protocol type of the payload (usually
+    /// [`EtherType::TransparentEthernet`]).
+    protocol, set_protocol: EtherType @ field::PROTOCOL;
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps `buffer` without checking it. Getters panic if it is shorter
-    /// than the header; [`Packet::options`] never panics.
-    pub const fn new_unchecked(buffer: T) -> Packet<T> {
-        Packet { buffer }
-    }
-
-    /// Wraps untrusted bytes, checking version, lengths and every option.
-    pub fn new_checked(buffer: T) -> Result<Packet<T>> {
-        let p = Self::new_unchecked(buffer);
-        p.check()?;
-        Ok(p)
-    }
-
     /// Checks version, the options area and every option's length.
     pub fn check(&self) -> Result<()> {
         let b = self.buffer.as_ref();
@@ -205,11 +199,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
         }
         check_len(Layer::Geneve, b, self.header_len())?;
         GeneveOptions::validate(&b[HEADER_LEN..self.header_len()]).map(|_| ())
-    }
-
-    /// Returns the underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     /// Version (0 is the only one defined).
@@ -240,13 +229,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
     #[inline(always)]
     pub fn critical(&self) -> bool {
         self.buffer.as_ref()[field::FLAGS] & FLAG_CRITICAL != 0
-    }
-
-    /// Protocol type of the payload (usually
-    /// [`EtherType::TransparentEthernet`]).
-    #[inline(always)]
-    pub fn protocol(&self) -> EtherType {
-        EtherType::from(read_u16(self.buffer.as_ref(), field::PROTOCOL))
     }
 
     /// Virtual network identifier (24 bits).
@@ -297,12 +279,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
             f |= FLAG_CRITICAL;
         }
         self.buffer.as_mut()[field::FLAGS] = f;
-    }
-
-    /// Sets the protocol type.
-    #[inline(always)]
-    pub fn set_protocol(&mut self, value: EtherType) {
-        write_u16(self.buffer.as_mut(), field::PROTOCOL, value.into());
     }
 
     /// Sets the VNI (low 24 bits) and clears the reserved byte.
@@ -401,6 +377,7 @@ impl<'a> Repr<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::test_support::assert_prefixes_truncated;
     use proptest::prelude::*;
 
     // Geneve with one 8-byte option (class 0x0102, type 0x80 critical,
@@ -504,15 +481,7 @@ mod tests {
 
     #[test]
     fn every_truncation_is_rejected() {
-        for len in 0..16 {
-            assert!(
-                matches!(
-                    Packet::new_checked(&GENEVE_BYTES[..len]),
-                    Err(Error::Truncated { .. })
-                ),
-                "{len}"
-            );
-        }
+        assert_prefixes_truncated(&GENEVE_BYTES, 16, Packet::new_checked);
         assert!(Packet::new_checked(&GENEVE_BYTES[..16]).is_ok());
     }
 

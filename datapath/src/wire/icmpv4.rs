@@ -13,7 +13,7 @@ use core::fmt;
 
 use super::checksum;
 use super::ipv4;
-use super::{check_len, check_room, read_u16, write_u16, ChecksumMode, Error, Layer, Result};
+use super::{check_len, check_room, write_u16, ChecksumMode, Error, Layer, Result};
 
 mod field {
     pub const TYPE: usize = 0;
@@ -184,70 +184,31 @@ impl From<TimeExceeded> for u8 {
     }
 }
 
-/// A view of an ICMPv4 message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+super::view::header_view! {
+    /// A view of an ICMPv4 message.
+    ///
+    /// - [`Packet::new_unchecked`]: Wraps `buffer` without checking it. Getters panic if it is
+    ///   shorter than [`HEADER_LEN`].
+    /// - [`Packet::new_checked`]: Wraps untrusted bytes, checking that the header is present.
+    pub struct Packet: check_len;
+    /// Message type.
+    msg_type, set_msg_type: Message @ field::TYPE;
+    /// Message code (meaning depends on the type).
+    msg_code, set_msg_code: u8 @ field::CODE;
+    /// Checksum field.
+    checksum, set_checksum: u16 @ field::CHECKSUM;
+    /// Echo identifier (echo request/reply).
+    echo_ident, set_echo_ident: u16 @ field::ECHO_IDENT;
+    /// Echo sequence number (echo request/reply).
+    echo_seq_no, set_echo_seq_no: u16 @ field::ECHO_SEQNO;
+    /// Next-hop MTU (destination unreachable, fragmentation needed).
+    next_hop_mtu: u16 @ field::MTU;
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps `buffer` without checking it. Getters panic if it is shorter
-    /// than [`HEADER_LEN`].
-    pub const fn new_unchecked(buffer: T) -> Packet<T> {
-        Packet { buffer }
-    }
-
-    /// Wraps untrusted bytes, checking that the header is present.
-    pub fn new_checked(buffer: T) -> Result<Packet<T>> {
-        let p = Self::new_unchecked(buffer);
-        p.check_len()?;
-        Ok(p)
-    }
-
     /// Checks that the header is present.
     pub fn check_len(&self) -> Result<()> {
         check_len(Layer::Icmpv4, self.buffer.as_ref(), HEADER_LEN)
-    }
-
-    /// Returns the underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    /// Message type.
-    #[inline(always)]
-    pub fn msg_type(&self) -> Message {
-        Message::from(self.buffer.as_ref()[field::TYPE])
-    }
-
-    /// Message code (meaning depends on the type).
-    #[inline(always)]
-    pub fn msg_code(&self) -> u8 {
-        self.buffer.as_ref()[field::CODE]
-    }
-
-    /// Checksum field.
-    #[inline(always)]
-    pub fn checksum(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::CHECKSUM)
-    }
-
-    /// Echo identifier (echo request/reply).
-    #[inline(always)]
-    pub fn echo_ident(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::ECHO_IDENT)
-    }
-
-    /// Echo sequence number (echo request/reply).
-    #[inline(always)]
-    pub fn echo_seq_no(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::ECHO_SEQNO)
-    }
-
-    /// Next-hop MTU (destination unreachable, fragmentation needed).
-    #[inline(always)]
-    pub fn next_hop_mtu(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::MTU)
     }
 
     /// True when the checksum over the whole message is correct.
@@ -281,36 +242,6 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// Sets the message type.
-    #[inline(always)]
-    pub fn set_msg_type(&mut self, value: Message) {
-        self.buffer.as_mut()[field::TYPE] = value.into();
-    }
-
-    /// Sets the message code.
-    #[inline(always)]
-    pub fn set_msg_code(&mut self, value: u8) {
-        self.buffer.as_mut()[field::CODE] = value;
-    }
-
-    /// Sets the checksum field.
-    #[inline(always)]
-    pub fn set_checksum(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::CHECKSUM, value);
-    }
-
-    /// Sets the echo identifier.
-    #[inline(always)]
-    pub fn set_echo_ident(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::ECHO_IDENT, value);
-    }
-
-    /// Sets the echo sequence number.
-    #[inline(always)]
-    pub fn set_echo_seq_no(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::ECHO_SEQNO, value);
-    }
-
     /// Sets the 4 type-specific bytes to zero then the next-hop MTU.
     #[inline(always)]
     pub fn set_next_hop_mtu(&mut self, value: u16) {
@@ -503,10 +434,15 @@ impl<'a> Repr<'a> {
     }
 }
 
+super::view::field_value_as! {
+    Message => u8,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::wire::ip::IpProtocol;
+    use crate::wire::test_support::assert_prefixes_truncated;
     use proptest::prelude::*;
     use std::net::Ipv4Addr;
 
@@ -678,9 +614,7 @@ mod tests {
 
     #[test]
     fn every_truncation_is_rejected() {
-        for len in 0..HEADER_LEN {
-            assert!(Packet::new_checked(&ECHO_BYTES[..len]).is_err(), "{len}");
-        }
+        assert_prefixes_truncated(&ECHO_BYTES, HEADER_LEN, Packet::new_checked);
     }
 
     #[test]

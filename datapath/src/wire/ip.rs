@@ -107,6 +107,10 @@ impl fmt::Display for IpProtocol {
     }
 }
 
+super::view::field_value_as! {
+    IpProtocol => u8,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

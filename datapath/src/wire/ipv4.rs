@@ -15,6 +15,7 @@ use std::net::Ipv4Addr;
 
 use super::checksum;
 use super::ip::IpProtocol;
+use super::view::FieldValue;
 use super::{
     check_len, check_room, read_u16, write_u16, AddressParseError, ChecksumMode, Error, Layer,
     Result,
@@ -44,29 +45,35 @@ const FLAG_DF: u16 = 0x4000;
 const FLAG_MF: u16 = 0x2000;
 const FRAG_OFFSET_MASK: u16 = 0x1fff;
 
-/// A view of an IPv4 packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+super::view::header_view! {
+    /// A view of an IPv4 packet.
+    ///
+    /// - [`Packet::new_unchecked`]: Wraps `buffer` without checking it. Getters panic if it is
+    ///   shorter than the header; [`Packet::payload`] panics if the total length field is
+    ///   inconsistent.
+    /// - [`Packet::new_checked`]: Wraps untrusted bytes, checking version, header length and total
+    ///   length against the buffer.
+    pub struct Packet: check_header, check_total_len;
+    /// The DSCP and ECN bits together, as one byte (the old TOS byte, OVS
+    /// `nw_tos`).
+    tos: u8 @ field::DSCP_ECN;
+    /// Total length (header + payload) in bytes.
+    total_len, set_total_len: u16 @ field::LENGTH;
+    /// Identification.
+    ident, set_ident: u16 @ field::IDENT;
+    /// Time to live.
+    hop_limit, set_hop_limit: u8 @ field::TTL;
+    /// The upper-layer protocol.
+    next_header, set_next_header: IpProtocol @ field::PROTOCOL;
+    /// The header checksum field.
+    checksum, set_checksum: u16 @ field::CHECKSUM;
+    /// Source address.
+    src_addr, set_src_addr: Ipv4Addr @ field::SRC_ADDR.start;
+    /// Destination address.
+    dst_addr, set_dst_addr: Ipv4Addr @ field::DST_ADDR.start;
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps `buffer` without checking it. Getters panic if it is shorter
-    /// than the header; [`Packet::payload`] panics if the total length
-    /// field is inconsistent.
-    pub const fn new_unchecked(buffer: T) -> Packet<T> {
-        Packet { buffer }
-    }
-
-    /// Wraps untrusted bytes, checking version, header length and total
-    /// length against the buffer.
-    pub fn new_checked(buffer: T) -> Result<Packet<T>> {
-        let p = Self::new_unchecked(buffer);
-        p.check_header()?;
-        p.check_total_len()?;
-        Ok(p)
-    }
-
     /// Wraps the (possibly cut short) copy of a datagram quoted inside an
     /// ICMP error: checks the header only, not that the whole datagram is
     /// present. [`Packet::payload`] must not be used on such a view; use
@@ -109,11 +116,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
         check_len(Layer::Ipv4, self.buffer.as_ref(), total)
     }
 
-    /// Returns the underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
     /// Version field (4 for a checked packet).
     #[inline(always)]
     pub fn version(&self) -> u8 {
@@ -144,25 +146,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
         self.buffer.as_ref()[field::DSCP_ECN] & 0x03
     }
 
-    /// The DSCP and ECN bits together, as one byte (the old TOS byte, OVS
-    /// `nw_tos`).
-    #[inline(always)]
-    pub fn tos(&self) -> u8 {
-        self.buffer.as_ref()[field::DSCP_ECN]
-    }
-
-    /// Total length (header + payload) in bytes.
-    #[inline(always)]
-    pub fn total_len(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::LENGTH)
-    }
-
-    /// Identification.
-    #[inline(always)]
-    pub fn ident(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::IDENT)
-    }
-
     /// Don't-fragment flag.
     #[inline(always)]
     pub fn dont_frag(&self) -> bool {
@@ -185,38 +168,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
     #[inline(always)]
     pub fn is_fragment(&self) -> bool {
         self.more_frags() || self.frag_offset() != 0
-    }
-
-    /// Time to live.
-    #[inline(always)]
-    pub fn hop_limit(&self) -> u8 {
-        self.buffer.as_ref()[field::TTL]
-    }
-
-    /// The upper-layer protocol.
-    #[inline(always)]
-    pub fn next_header(&self) -> IpProtocol {
-        IpProtocol::from(self.buffer.as_ref()[field::PROTOCOL])
-    }
-
-    /// The header checksum field.
-    #[inline(always)]
-    pub fn checksum(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::CHECKSUM)
-    }
-
-    /// Source address.
-    #[inline(always)]
-    pub fn src_addr(&self) -> Ipv4Addr {
-        let b = self.buffer.as_ref();
-        Ipv4Addr::new(b[12], b[13], b[14], b[15])
-    }
-
-    /// Destination address.
-    #[inline(always)]
-    pub fn dst_addr(&self) -> Ipv4Addr {
-        let b = self.buffer.as_ref();
-        Ipv4Addr::new(b[16], b[17], b[18], b[19])
     }
 
     /// True when the header checksum is correct.
@@ -258,19 +209,22 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// patch the transport checksum (see [`checksum::update_ipv4_address`]).
     #[inline]
     pub fn rewrite_src_addr(&mut self, value: Ipv4Addr) -> Ipv4Addr {
-        let old = self.src_addr();
-        let c = checksum::update32(self.checksum(), old.into(), value.into());
-        self.set_src_addr(value);
-        self.set_checksum(c);
-        old
+        self.rewrite_addr(field::SRC_ADDR.start, value)
     }
 
     /// [`Packet::rewrite_src_addr`] for the destination address.
     #[inline]
     pub fn rewrite_dst_addr(&mut self, value: Ipv4Addr) -> Ipv4Addr {
-        let old = self.dst_addr();
+        self.rewrite_addr(field::DST_ADDR.start, value)
+    }
+
+    /// Writes the address at `at` and patches the header checksum; returns
+    /// the old address.
+    #[inline(always)]
+    fn rewrite_addr(&mut self, at: usize, value: Ipv4Addr) -> Ipv4Addr {
+        let old: Ipv4Addr = FieldValue::read(self.buffer.as_ref(), at);
         let c = checksum::update32(self.checksum(), old.into(), value.into());
-        self.set_dst_addr(value);
+        value.write(self.buffer.as_mut(), at);
         self.set_checksum(c);
         old
     }
@@ -300,18 +254,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         *b = (*b & !0x03) | (value & 0x03);
     }
 
-    /// Sets the total length.
-    #[inline(always)]
-    pub fn set_total_len(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::LENGTH, value);
-    }
-
-    /// Sets the identification.
-    #[inline(always)]
-    pub fn set_ident(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::IDENT, value);
-    }
-
     /// Sets flags and fragment offset together (offset in bytes, multiple
     /// of 8).
     #[inline]
@@ -324,12 +266,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
             v |= FLAG_MF;
         }
         write_u16(self.buffer.as_mut(), field::FLG_OFF, v);
-    }
-
-    /// Sets the TTL.
-    #[inline(always)]
-    pub fn set_hop_limit(&mut self, value: u8) {
-        self.buffer.as_mut()[field::TTL] = value;
     }
 
     /// Decrements the TTL by one and patches the header checksum
@@ -349,30 +285,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         self.set_hop_limit(ttl - 1);
         self.set_checksum(csum);
         Some(ttl - 1)
-    }
-
-    /// Sets the upper-layer protocol.
-    #[inline(always)]
-    pub fn set_next_header(&mut self, value: IpProtocol) {
-        self.buffer.as_mut()[field::PROTOCOL] = value.into();
-    }
-
-    /// Sets the checksum field.
-    #[inline(always)]
-    pub fn set_checksum(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::CHECKSUM, value);
-    }
-
-    /// Sets the source address (does not touch checksums).
-    #[inline(always)]
-    pub fn set_src_addr(&mut self, value: Ipv4Addr) {
-        self.buffer.as_mut()[field::SRC_ADDR].copy_from_slice(&value.octets());
-    }
-
-    /// Sets the destination address (does not touch checksums).
-    #[inline(always)]
-    pub fn set_dst_addr(&mut self, value: Ipv4Addr) {
-        self.buffer.as_mut()[field::DST_ADDR].copy_from_slice(&value.octets());
     }
 
     /// Recomputes the header checksum from scratch.
@@ -624,6 +536,7 @@ impl FromStr for Cidr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::test_support::{assert_checksum_checked, assert_prefixes_truncated};
     use proptest::prelude::*;
 
     // 20-byte header + 4-byte payload: UDP, 10.0.0.1 → 10.0.0.2, TTL 64,
@@ -710,25 +623,14 @@ mod tests {
     fn bad_checksum_rejected_unless_trusted() {
         let mut b = PACKET_BYTES;
         b[11] ^= 1;
-        let p = Packet::new_checked(&b[..]).unwrap();
-        assert_eq!(
-            Repr::parse(&p, ChecksumMode::Verify),
-            Err(Error::Checksum { layer: Layer::Ipv4 })
-        );
-        assert!(Repr::parse(&p, ChecksumMode::Trust).is_ok());
+        assert_checksum_checked(Layer::Ipv4, &b, |b, mode| {
+            Repr::parse(&Packet::new_checked(b).unwrap(), mode).map(|_| ())
+        });
     }
 
     #[test]
     fn every_truncation_is_rejected() {
-        for len in 0..PACKET_BYTES.len() {
-            assert!(
-                matches!(
-                    Packet::new_checked(&PACKET_BYTES[..len]),
-                    Err(Error::Truncated { .. })
-                ),
-                "prefix of {len} bytes accepted"
-            );
-        }
+        assert_prefixes_truncated(&PACKET_BYTES, PACKET_BYTES.len(), Packet::new_checked);
     }
 
     #[test]

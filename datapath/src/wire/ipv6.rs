@@ -14,9 +14,7 @@
 use std::net::Ipv6Addr;
 
 use super::ip::IpProtocol;
-use super::{
-    check_len, check_room, read_u16, read_u32, write_u16, write_u32, Error, Layer, Result,
-};
+use super::{check_len, check_room, read_u16, read_u32, write_u32, Error, Layer, Result};
 
 mod field {
     use core::ops::Range;
@@ -67,26 +65,26 @@ impl UpperLayer {
     }
 }
 
-/// A view of an IPv6 packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+super::view::header_view! {
+    /// A view of an IPv6 packet.
+    ///
+    /// - [`Packet::new_unchecked`]: Wraps `buffer` without checking it. Getters panic if it is
+    ///   shorter than [`HEADER_LEN`].
+    /// - [`Packet::new_checked`]: Wraps untrusted bytes, checking version and payload length.
+    pub struct Packet: check;
+    /// Payload length (extension headers included).
+    payload_len, set_payload_len: u16 @ field::LENGTH;
+    /// The Next Header field of the fixed header.
+    next_header, set_next_header: IpProtocol @ field::NXT_HDR;
+    /// Hop limit.
+    hop_limit, set_hop_limit: u8 @ field::HOP_LIMIT;
+    /// Source address.
+    src_addr, set_src_addr: Ipv6Addr @ field::SRC_ADDR.start;
+    /// Destination address.
+    dst_addr, set_dst_addr: Ipv6Addr @ field::DST_ADDR.start;
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps `buffer` without checking it. Getters panic if it is shorter
-    /// than [`HEADER_LEN`].
-    pub const fn new_unchecked(buffer: T) -> Packet<T> {
-        Packet { buffer }
-    }
-
-    /// Wraps untrusted bytes, checking version and payload length.
-    pub fn new_checked(buffer: T) -> Result<Packet<T>> {
-        let p = Self::new_unchecked(buffer);
-        p.check()?;
-        Ok(p)
-    }
-
     /// Checks version and payload length against the buffer.
     pub fn check(&self) -> Result<()> {
         let b = self.buffer.as_ref();
@@ -98,11 +96,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
             });
         }
         check_len(Layer::Ipv6, b, HEADER_LEN + usize::from(self.payload_len()))
-    }
-
-    /// Returns the underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 
     /// Version field.
@@ -121,40 +114,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
     #[inline(always)]
     pub fn flow_label(&self) -> u32 {
         read_u32(self.buffer.as_ref(), field::VER_TC_FLOW) & 0x000f_ffff
-    }
-
-    /// Payload length (extension headers included).
-    #[inline(always)]
-    pub fn payload_len(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::LENGTH)
-    }
-
-    /// The Next Header field of the fixed header.
-    #[inline(always)]
-    pub fn next_header(&self) -> IpProtocol {
-        IpProtocol::from(self.buffer.as_ref()[field::NXT_HDR])
-    }
-
-    /// Hop limit.
-    #[inline(always)]
-    pub fn hop_limit(&self) -> u8 {
-        self.buffer.as_ref()[field::HOP_LIMIT]
-    }
-
-    /// Source address.
-    #[inline(always)]
-    pub fn src_addr(&self) -> Ipv6Addr {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&self.buffer.as_ref()[field::SRC_ADDR]);
-        Ipv6Addr::from(a)
-    }
-
-    /// Destination address.
-    #[inline(always)]
-    pub fn dst_addr(&self) -> Ipv6Addr {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&self.buffer.as_ref()[field::DST_ADDR]);
-        Ipv6Addr::from(a)
     }
 
     /// Walks extension headers to the upper-layer protocol. Safe on any
@@ -251,36 +210,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         write_u32(self.buffer.as_mut(), field::VER_TC_FLOW, v);
     }
 
-    /// Sets the payload length.
-    #[inline(always)]
-    pub fn set_payload_len(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::LENGTH, value);
-    }
-
-    /// Sets the Next Header field.
-    #[inline(always)]
-    pub fn set_next_header(&mut self, value: IpProtocol) {
-        self.buffer.as_mut()[field::NXT_HDR] = value.into();
-    }
-
-    /// Sets the hop limit.
-    #[inline(always)]
-    pub fn set_hop_limit(&mut self, value: u8) {
-        self.buffer.as_mut()[field::HOP_LIMIT] = value;
-    }
-
-    /// Sets the source address.
-    #[inline(always)]
-    pub fn set_src_addr(&mut self, value: Ipv6Addr) {
-        self.buffer.as_mut()[field::SRC_ADDR].copy_from_slice(&value.octets());
-    }
-
-    /// Sets the destination address.
-    #[inline(always)]
-    pub fn set_dst_addr(&mut self, value: Ipv6Addr) {
-        self.buffer.as_mut()[field::DST_ADDR].copy_from_slice(&value.octets());
-    }
-
     /// The payload up to the payload length, writable.
     #[inline(always)]
     pub fn payload_mut(&mut self) -> &mut [u8] {
@@ -358,6 +287,7 @@ impl Repr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::test_support::assert_prefixes_truncated;
     use proptest::prelude::*;
 
     fn repr(next: IpProtocol, payload_len: usize) -> Repr {
@@ -423,15 +353,7 @@ mod tests {
 
     #[test]
     fn every_truncation_and_bad_version_rejected() {
-        for len in 0..HEADER_BYTES.len() {
-            assert!(
-                matches!(
-                    Packet::new_checked(&HEADER_BYTES[..len]),
-                    Err(Error::Truncated { .. })
-                ),
-                "{len}"
-            );
-        }
+        assert_prefixes_truncated(&HEADER_BYTES, HEADER_BYTES.len(), Packet::new_checked);
         let mut b = HEADER_BYTES;
         b[0] = 0x4b;
         assert_eq!(

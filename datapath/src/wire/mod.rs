@@ -34,6 +34,7 @@ pub mod pretty;
 pub mod sctp;
 pub mod tcp;
 pub mod udp;
+mod view;
 pub mod vlan;
 
 pub use arp::{Operation as ArpOperation, Packet as ArpPacket, Repr as ArpRepr};
@@ -237,42 +238,103 @@ pub(crate) fn check_len(layer: Layer, buf: &[u8], needed: usize) -> Result<()> {
     }
 }
 
+/// Checks a header whose length is declared in one of its fields: `buf`
+/// must hold the `min`-byte fixed part, the declared length (`declared`,
+/// read once the fixed part is known present) must be at least `min`
+/// (else `Malformed` on `field` with `reason`), and `buf` must hold it.
+#[inline]
+pub(crate) fn check_declared_len(
+    layer: Layer,
+    buf: &[u8],
+    min: usize,
+    declared: impl FnOnce() -> usize,
+    field: &'static str,
+    reason: &'static str,
+) -> Result<()> {
+    check_len(layer, buf, min)?;
+    let len = declared();
+    if len < min {
+        return Err(Error::Malformed {
+            layer,
+            field,
+            reason,
+        });
+    }
+    check_len(layer, buf, len)
+}
+
 /// Returns `Err(BufferTooSmall)` when `buf` is shorter than `needed`.
 #[inline]
 pub(crate) fn check_room(layer: Layer, buf: &[u8], needed: usize) -> Result<()> {
-    if buf.len() < needed {
-        Err(Error::BufferTooSmall {
-            layer,
-            needed,
-            available: buf.len(),
-        })
-    } else {
-        Ok(())
-    }
+    check_len(layer, buf, needed).map_err(|_| Error::BufferTooSmall {
+        layer,
+        needed,
+        available: buf.len(),
+    })
 }
 
 /// Reads a big-endian u16 at `at`. The caller guarantees the bounds.
 #[inline]
 pub(crate) fn read_u16(buf: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([buf[at], buf[at + 1]])
+    view::FieldValue::read(buf, at)
 }
 
 /// Reads a big-endian u32 at `at`. The caller guarantees the bounds.
 #[inline]
 pub(crate) fn read_u32(buf: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
+    view::FieldValue::read(buf, at)
 }
 
 /// Writes a big-endian u16 at `at`. The caller guarantees the bounds.
 #[inline]
 pub(crate) fn write_u16(buf: &mut [u8], at: usize, value: u16) {
-    buf[at..at + 2].copy_from_slice(&value.to_be_bytes());
+    view::FieldValue::write(value, buf, at)
 }
 
 /// Writes a big-endian u32 at `at`. The caller guarantees the bounds.
 #[inline]
 pub(crate) fn write_u32(buf: &mut [u8], at: usize, value: u32) {
-    buf[at..at + 4].copy_from_slice(&value.to_be_bytes());
+    view::FieldValue::write(value, buf, at)
+}
+
+/// Assertions the protocol files' tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::{ChecksumMode, Error, Layer, Result};
+
+    /// Asserts that `check` reports every prefix of `bytes` shorter than
+    /// `up_to` bytes as [`Error::Truncated`].
+    pub(crate) fn assert_prefixes_truncated<'a, V>(
+        bytes: &'a [u8],
+        up_to: usize,
+        check: impl Fn(&'a [u8]) -> Result<V>,
+    ) {
+        for len in 0..up_to {
+            assert!(
+                matches!(check(&bytes[..len]), Err(Error::Truncated { .. })),
+                "a prefix of {len} bytes was not reported as truncated"
+            );
+        }
+    }
+
+    /// Asserts that `parse` rejects `bad` (bytes with a wrong `layer`
+    /// checksum) under [`ChecksumMode::Verify`] and accepts it under
+    /// [`ChecksumMode::Trust`].
+    pub(crate) fn assert_checksum_checked<R>(
+        layer: Layer,
+        bad: &[u8],
+        parse: impl Fn(&[u8], ChecksumMode) -> Result<R>,
+    ) {
+        assert_eq!(
+            parse(bad, ChecksumMode::Verify).err(),
+            Some(Error::Checksum { layer }),
+            "a bad {layer} checksum was not reported"
+        );
+        assert!(
+            parse(bad, ChecksumMode::Trust).is_ok(),
+            "a bad {layer} checksum was checked under ChecksumMode::Trust"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -10,15 +10,11 @@
 //! rewrite call [`Packet::fill_checksum`]. Plain data, no state, no
 //! allocation.
 
-use super::{
-    check_len, check_room, read_u16, read_u32, write_u16, write_u32, ChecksumMode, Error, Layer,
-    Result,
-};
+use super::{check_len, check_room, ChecksumMode, Error, Layer, Result};
 
 mod field {
     use core::ops::Range;
-    pub const SRC_PORT: usize = 0;
-    pub const DST_PORT: usize = 2;
+    // Ports at 0 and 2: `view::transport_ports!`.
     pub const VERIFICATION_TAG: usize = 4;
     pub const CHECKSUM: Range<usize> = 8..12;
 }
@@ -64,52 +60,23 @@ pub fn crc32c(data: &[u8]) -> u32 {
     !crc32c_update(!0, data)
 }
 
-/// A view of an SCTP packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+super::view::header_view! {
+    /// A view of an SCTP packet.
+    ///
+    /// - [`Packet::new_unchecked`]: Wraps `buffer` without checking it. Getters panic if it is
+    ///   shorter than [`HEADER_LEN`].
+    /// - [`Packet::new_checked`]: Wraps untrusted bytes, checking that the common header is
+    ///   present.
+    pub struct Packet: check_len;
+    @transport_ports;
+    /// Verification tag.
+    verification_tag, set_verification_tag: u32 @ field::VERIFICATION_TAG;
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps `buffer` without checking it. Getters panic if it is shorter
-    /// than [`HEADER_LEN`].
-    pub const fn new_unchecked(buffer: T) -> Packet<T> {
-        Packet { buffer }
-    }
-
-    /// Wraps untrusted bytes, checking that the common header is present.
-    pub fn new_checked(buffer: T) -> Result<Packet<T>> {
-        let p = Self::new_unchecked(buffer);
-        p.check_len()?;
-        Ok(p)
-    }
-
     /// Checks that the common header is present.
     pub fn check_len(&self) -> Result<()> {
         check_len(Layer::Sctp, self.buffer.as_ref(), HEADER_LEN)
-    }
-
-    /// Returns the underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    /// Source port.
-    #[inline(always)]
-    pub fn src_port(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::SRC_PORT)
-    }
-
-    /// Destination port.
-    #[inline(always)]
-    pub fn dst_port(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::DST_PORT)
-    }
-
-    /// Verification tag.
-    #[inline(always)]
-    pub fn verification_tag(&self) -> u32 {
-        read_u32(self.buffer.as_ref(), field::VERIFICATION_TAG)
     }
 
     /// The checksum field, decoded (it is stored least-significant byte
@@ -145,25 +112,6 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// Sets the source port (call [`Packet::fill_checksum`] afterwards).
-    #[inline(always)]
-    pub fn set_src_port(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::SRC_PORT, value);
-    }
-
-    /// Sets the destination port (call [`Packet::fill_checksum`]
-    /// afterwards).
-    #[inline(always)]
-    pub fn set_dst_port(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::DST_PORT, value);
-    }
-
-    /// Sets the verification tag.
-    #[inline(always)]
-    pub fn set_verification_tag(&mut self, value: u32) {
-        write_u32(self.buffer.as_mut(), field::VERIFICATION_TAG, value);
-    }
-
     /// Stores `value` in the checksum field (least-significant byte first).
     #[inline(always)]
     pub fn set_checksum(&mut self, value: u32) {
@@ -230,6 +178,7 @@ impl Repr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::test_support::{assert_checksum_checked, assert_prefixes_truncated};
     use proptest::prelude::*;
 
     #[test]
@@ -303,12 +252,9 @@ mod tests {
         );
         let mut bad = b;
         bad[31] ^= 0x80;
-        let p = Packet::new_checked(&bad[..]).unwrap();
-        assert_eq!(
-            Repr::parse(&p, ChecksumMode::Verify),
-            Err(Error::Checksum { layer: Layer::Sctp })
-        );
-        assert!(Repr::parse(&p, ChecksumMode::Trust).is_ok());
+        assert_checksum_checked(Layer::Sctp, &bad, |b, mode| {
+            Repr::parse(&Packet::new_checked(b).unwrap(), mode).map(|_| ())
+        });
     }
 
     #[test]
@@ -325,9 +271,7 @@ mod tests {
     #[test]
     fn every_truncation_is_rejected() {
         let b = init_packet();
-        for len in 0..HEADER_LEN {
-            assert!(Packet::new_checked(&b[..len]).is_err(), "{len}");
-        }
+        assert_prefixes_truncated(&b, HEADER_LEN, Packet::new_checked);
         let mut small = [0u8; 11];
         assert!(Repr {
             src_port: 1,

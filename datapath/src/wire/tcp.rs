@@ -14,13 +14,11 @@ use std::net::Ipv4Addr;
 use super::checksum;
 use super::ip::IpProtocol;
 use super::{
-    check_len, check_room, read_u16, read_u32, write_u16, write_u32, ChecksumMode, Error, Layer,
-    Result,
+    check_declared_len, check_room, read_u16, write_u16, ChecksumMode, Error, Layer, Result,
 };
 
 mod field {
-    pub const SRC_PORT: usize = 0;
-    pub const DST_PORT: usize = 2;
+    // Ports at 0 and 2: `view::transport_ports!`.
     pub const SEQ_NUM: usize = 4;
     pub const ACK_NUM: usize = 8;
     pub const FLAGS: usize = 12;
@@ -153,68 +151,37 @@ impl fmt::Debug for Flags {
     }
 }
 
-/// A view of a TCP segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+super::view::header_view! {
+    /// A view of a TCP segment.
+    ///
+    /// - [`Packet::new_unchecked`]: Wraps `buffer` without checking it. Getters panic if it is
+    ///   shorter than the header (options included).
+    /// - [`Packet::new_checked`]: Wraps untrusted bytes, checking the header and data offset.
+    pub struct Packet: check_len;
+    @transport_ports;
+    /// Sequence number.
+    seq_number, set_seq_number: u32 @ field::SEQ_NUM;
+    /// Acknowledgment number.
+    ack_number, set_ack_number: u32 @ field::ACK_NUM;
+    /// Window size.
+    window_len, set_window_len: u16 @ field::WIN_SIZE;
+    /// Checksum field.
+    checksum, set_checksum: u16 @ field::CHECKSUM;
+    /// Urgent pointer.
+    urgent_at, set_urgent_at: u16 @ field::URGENT;
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps `buffer` without checking it. Getters panic if it is shorter
-    /// than the header (options included).
-    pub const fn new_unchecked(buffer: T) -> Packet<T> {
-        Packet { buffer }
-    }
-
-    /// Wraps untrusted bytes, checking the header and data offset.
-    pub fn new_checked(buffer: T) -> Result<Packet<T>> {
-        let p = Self::new_unchecked(buffer);
-        p.check_len()?;
-        Ok(p)
-    }
-
     /// Checks the fixed header, the data offset and the options' length.
     pub fn check_len(&self) -> Result<()> {
-        let b = self.buffer.as_ref();
-        check_len(Layer::Tcp, b, HEADER_LEN)?;
-        let hl = usize::from(self.header_len());
-        if hl < HEADER_LEN {
-            return Err(Error::Malformed {
-                layer: Layer::Tcp,
-                field: "data offset",
-                reason: "it is below the minimum of 5 words",
-            });
-        }
-        check_len(Layer::Tcp, b, hl)
-    }
-
-    /// Returns the underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    /// Source port.
-    #[inline(always)]
-    pub fn src_port(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::SRC_PORT)
-    }
-
-    /// Destination port.
-    #[inline(always)]
-    pub fn dst_port(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::DST_PORT)
-    }
-
-    /// Sequence number.
-    #[inline(always)]
-    pub fn seq_number(&self) -> u32 {
-        read_u32(self.buffer.as_ref(), field::SEQ_NUM)
-    }
-
-    /// Acknowledgment number.
-    #[inline(always)]
-    pub fn ack_number(&self) -> u32 {
-        read_u32(self.buffer.as_ref(), field::ACK_NUM)
+        check_declared_len(
+            Layer::Tcp,
+            self.buffer.as_ref(),
+            HEADER_LEN,
+            || usize::from(self.header_len()),
+            "data offset",
+            "it is below the minimum of 5 words",
+        )
     }
 
     /// Header length in bytes, options included (data offset × 4).
@@ -236,24 +203,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
         read_u16(self.buffer.as_ref(), field::FLAGS) & 0x0fff
     }
 
-    /// Window size.
-    #[inline(always)]
-    pub fn window_len(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::WIN_SIZE)
-    }
-
-    /// Checksum field.
-    #[inline(always)]
-    pub fn checksum(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::CHECKSUM)
-    }
-
-    /// Urgent pointer.
-    #[inline(always)]
-    pub fn urgent_at(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::URGENT)
-    }
-
     /// The options bytes, opaque.
     #[inline(always)]
     pub fn options(&self) -> &[u8] {
@@ -267,10 +216,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         let Ok(len) = u16::try_from(b.len()) else {
             return false;
         };
-        checksum::combine(&[
-            checksum::pseudo_header_v4(src, dst, IpProtocol::Tcp.into(), len),
-            checksum::data(b),
-        ]) == 0xffff
+        checksum::ipv4_segment(src, dst, IpProtocol::Tcp.into(), len, b) == 0xffff
     }
 }
 
@@ -283,30 +229,6 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// Sets the source port (checksum untouched).
-    #[inline(always)]
-    pub fn set_src_port(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::SRC_PORT, value);
-    }
-
-    /// Sets the destination port (checksum untouched).
-    #[inline(always)]
-    pub fn set_dst_port(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::DST_PORT, value);
-    }
-
-    /// Sets the sequence number.
-    #[inline(always)]
-    pub fn set_seq_number(&mut self, value: u32) {
-        write_u32(self.buffer.as_mut(), field::SEQ_NUM, value);
-    }
-
-    /// Sets the acknowledgment number.
-    #[inline(always)]
-    pub fn set_ack_number(&mut self, value: u32) {
-        write_u32(self.buffer.as_mut(), field::ACK_NUM, value);
-    }
-
     /// Sets the header length in bytes (multiple of 4), keeping flags.
     #[inline(always)]
     pub fn set_header_len(&mut self, value: u8) {
@@ -320,24 +242,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         let b = self.buffer.as_mut();
         let cur = read_u16(b, field::FLAGS);
         write_u16(b, field::FLAGS, (cur & 0xf000) | value.bits());
-    }
-
-    /// Sets the window size.
-    #[inline(always)]
-    pub fn set_window_len(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::WIN_SIZE, value);
-    }
-
-    /// Sets the checksum field.
-    #[inline(always)]
-    pub fn set_checksum(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::CHECKSUM, value);
-    }
-
-    /// Sets the urgent pointer.
-    #[inline(always)]
-    pub fn set_urgent_at(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::URGENT, value);
     }
 
     /// Rewrites the source port and patches the checksum incrementally.
@@ -368,10 +272,13 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
             max: u16::MAX.into(),
         })?;
         self.set_checksum(0);
-        let sum = checksum::combine(&[
-            checksum::pseudo_header_v4(src, dst, IpProtocol::Tcp.into(), len16),
-            checksum::data(self.buffer.as_ref()),
-        ]);
+        let sum = checksum::ipv4_segment(
+            src,
+            dst,
+            IpProtocol::Tcp.into(),
+            len16,
+            self.buffer.as_ref(),
+        );
         self.set_checksum(checksum::finish(sum));
         Ok(())
     }
@@ -590,6 +497,7 @@ mod option_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::test_support::{assert_checksum_checked, assert_prefixes_truncated};
     use proptest::prelude::*;
 
     const SRC: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -616,6 +524,19 @@ mod tests {
             options: &MSS,
             payload_len: 3,
         }
+    }
+
+    /// [`repr`] emitted with payload `abc` and its checksum for SRC → DST.
+    fn emitted() -> [u8; 27] {
+        let mut buf = [0u8; 27];
+        repr()
+            .emit(
+                &mut Packet::new_unchecked(&mut buf[..]),
+                b"abc",
+                Some((SRC, DST)),
+            )
+            .unwrap();
+        buf
     }
 
     #[test]
@@ -652,14 +573,7 @@ mod tests {
 
     #[test]
     fn parse_and_emit() {
-        let mut buf = [0u8; 27];
-        repr()
-            .emit(
-                &mut Packet::new_unchecked(&mut buf[..]),
-                b"abc",
-                Some((SRC, DST)),
-            )
-            .unwrap();
+        let buf = emitted();
         let p = Packet::new_checked(&buf[..]).unwrap();
         assert!(p.verify_checksum(SRC, DST));
         assert_eq!(
@@ -672,12 +586,9 @@ mod tests {
 
         let mut bad = buf;
         bad[26] ^= 1;
-        let p = Packet::new_checked(&bad[..]).unwrap();
-        assert_eq!(
-            Repr::parse(&p, SRC, DST, ChecksumMode::Verify),
-            Err(Error::Checksum { layer: Layer::Tcp })
-        );
-        assert!(Repr::parse(&p, SRC, DST, ChecksumMode::Trust).is_ok());
+        assert_checksum_checked(Layer::Tcp, &bad, |b, mode| {
+            Repr::parse(&Packet::new_checked(b).unwrap(), SRC, DST, mode).map(|_| ())
+        });
     }
 
     #[test]
@@ -702,15 +613,7 @@ mod tests {
 
     #[test]
     fn every_truncation_is_rejected() {
-        for len in 0..24 {
-            assert!(
-                matches!(
-                    Packet::new_checked(&SEGMENT_BYTES[..len]),
-                    Err(Error::Truncated { .. })
-                ),
-                "{len}"
-            );
-        }
+        assert_prefixes_truncated(&SEGMENT_BYTES, 24, Packet::new_checked);
         // Data is optional: every length from the header on is a segment.
         for len in 24..=SEGMENT_BYTES.len() {
             assert_eq!(
@@ -755,14 +658,7 @@ mod tests {
 
     #[test]
     fn port_rewrite_keeps_checksum_valid() {
-        let mut buf = [0u8; 27];
-        repr()
-            .emit(
-                &mut Packet::new_unchecked(&mut buf[..]),
-                b"abc",
-                Some((SRC, DST)),
-            )
-            .unwrap();
+        let mut buf = emitted();
         let mut p = Packet::new_unchecked(&mut buf[..]);
         p.rewrite_src_port(1);
         p.rewrite_dst_port(65535);
@@ -785,14 +681,7 @@ mod tests {
             repr()
         );
 
-        let mut buf = [0u8; 27];
-        repr()
-            .emit(
-                &mut Packet::new_unchecked(&mut buf[..]),
-                b"abc",
-                Some((SRC, DST)),
-            )
-            .unwrap();
+        let buf = emitted();
         assert_eq!(&buf[..], &pkt[20..], "byte-identical to etherparse");
         let t = etherparse::TcpSlice::from_slice(&buf).unwrap();
         assert!(t.syn() && t.ack() && !t.fin());

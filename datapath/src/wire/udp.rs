@@ -11,11 +11,12 @@ use std::net::Ipv4Addr;
 
 use super::checksum;
 use super::ip::IpProtocol;
-use super::{check_len, check_room, read_u16, write_u16, ChecksumMode, Error, Layer, Result};
+use super::{
+    check_declared_len, check_room, read_u16, write_u16, ChecksumMode, Error, Layer, Result,
+};
 
 mod field {
-    pub const SRC_PORT: usize = 0;
-    pub const DST_PORT: usize = 2;
+    // Ports at 0 and 2: `view::transport_ports!`.
     pub const LENGTH: usize = 4;
     pub const CHECKSUM: usize = 6;
 }
@@ -23,57 +24,37 @@ mod field {
 /// Length of a UDP header.
 pub const HEADER_LEN: usize = 8;
 
-/// A view of a UDP datagram.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+super::view::header_view! {
+    /// A view of a UDP datagram.
+    ///
+    /// - [`Packet::new_unchecked`]: Wraps `buffer` without checking it. Getters panic if it is
+    ///   shorter than the header; [`Packet::payload`] panics if the length field is inconsistent.
+    /// - [`Packet::new_checked`]: Wraps untrusted bytes, checking the header and the length field.
+    pub struct Packet: check_len;
+    @transport_ports;
+    /// Checksum field (0 = none).
+    checksum, set_checksum: u16 @ field::CHECKSUM;
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+    /// Sets the length field.
+    #[inline(always)]
+    pub fn set_len(&mut self, value: u16) {
+        write_u16(self.buffer.as_mut(), field::LENGTH, value);
+    }
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps `buffer` without checking it. Getters panic if it is shorter
-    /// than the header; [`Packet::payload`] panics if the length field is
-    /// inconsistent.
-    pub const fn new_unchecked(buffer: T) -> Packet<T> {
-        Packet { buffer }
-    }
-
-    /// Wraps untrusted bytes, checking the header and the length field.
-    pub fn new_checked(buffer: T) -> Result<Packet<T>> {
-        let p = Self::new_unchecked(buffer);
-        p.check_len()?;
-        Ok(p)
-    }
-
     /// Checks the header and the length field against the buffer.
     pub fn check_len(&self) -> Result<()> {
-        let b = self.buffer.as_ref();
-        check_len(Layer::Udp, b, HEADER_LEN)?;
-        let len = usize::from(self.len());
-        if len < HEADER_LEN {
-            return Err(Error::Malformed {
-                layer: Layer::Udp,
-                field: "length",
-                reason: "it is smaller than the 8-byte header",
-            });
-        }
-        check_len(Layer::Udp, b, len)
-    }
-
-    /// Returns the underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    /// Source port.
-    #[inline(always)]
-    pub fn src_port(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::SRC_PORT)
-    }
-
-    /// Destination port.
-    #[inline(always)]
-    pub fn dst_port(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::DST_PORT)
+        check_declared_len(
+            Layer::Udp,
+            self.buffer.as_ref(),
+            HEADER_LEN,
+            || usize::from(self.len()),
+            "length",
+            "it is smaller than the 8-byte header",
+        )
     }
 
     /// Length field: header plus payload.
@@ -81,12 +62,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
     #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::LENGTH)
-    }
-
-    /// Checksum field (0 = none).
-    #[inline(always)]
-    pub fn checksum(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::CHECKSUM)
     }
 
     /// True when the checksum is absent (0) or correct for the given IPv4
@@ -97,10 +72,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         }
         let len = self.len();
         let b = &self.buffer.as_ref()[..usize::from(len)];
-        checksum::combine(&[
-            checksum::pseudo_header_v4(src, dst, IpProtocol::Udp.into(), len),
-            checksum::data(b),
-        ]) == 0xffff
+        checksum::ipv4_segment(src, dst, IpProtocol::Udp.into(), len, b) == 0xffff
     }
 }
 
@@ -113,30 +85,6 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// Sets the source port (checksum untouched).
-    #[inline(always)]
-    pub fn set_src_port(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::SRC_PORT, value);
-    }
-
-    /// Sets the destination port (checksum untouched).
-    #[inline(always)]
-    pub fn set_dst_port(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::DST_PORT, value);
-    }
-
-    /// Sets the length field.
-    #[inline(always)]
-    pub fn set_len(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::LENGTH, value);
-    }
-
-    /// Sets the checksum field.
-    #[inline(always)]
-    pub fn set_checksum(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::CHECKSUM, value);
-    }
-
     /// Rewrites a port and patches the checksum incrementally; a zero
     /// ("none") checksum stays zero.
     #[inline(always)]
@@ -160,10 +108,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn fill_checksum(&mut self, src: Ipv4Addr, dst: Ipv4Addr) {
         self.set_checksum(0);
         let len = self.len();
-        let sum = checksum::combine(&[
-            checksum::pseudo_header_v4(src, dst, IpProtocol::Udp.into(), len),
-            checksum::data(&self.buffer.as_ref()[..usize::from(len)]),
-        ]);
+        let b = &self.buffer.as_ref()[..usize::from(len)];
+        let sum = checksum::ipv4_segment(src, dst, IpProtocol::Udp.into(), len, b);
         self.set_checksum(checksum::udp_nonzero(checksum::finish(sum)));
     }
 
@@ -257,6 +203,7 @@ impl Repr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::test_support::{assert_checksum_checked, assert_prefixes_truncated};
     use proptest::prelude::*;
 
     const SRC: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
@@ -334,25 +281,14 @@ mod tests {
         );
         let mut bad = b;
         bad[11] ^= 0xff;
-        let p = Packet::new_checked(&bad[..]).unwrap();
-        assert_eq!(
-            Repr::parse(&p, SRC, DST, ChecksumMode::Verify),
-            Err(Error::Checksum { layer: Layer::Udp })
-        );
-        assert!(Repr::parse(&p, SRC, DST, ChecksumMode::Trust).is_ok());
+        assert_checksum_checked(Layer::Udp, &bad, |b, mode| {
+            Repr::parse(&Packet::new_checked(b).unwrap(), SRC, DST, mode).map(|_| ())
+        });
     }
 
     #[test]
     fn every_truncation_is_rejected() {
-        for len in 0..PACKET_BYTES.len() {
-            assert!(
-                matches!(
-                    Packet::new_checked(&PACKET_BYTES[..len]),
-                    Err(Error::Truncated { .. })
-                ),
-                "{len}"
-            );
-        }
+        assert_prefixes_truncated(&PACKET_BYTES, PACKET_BYTES.len(), Packet::new_checked);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! the policy belongs to the caller. Plain data, no state, no allocation.
 
 use super::ethernet::EtherType;
-use super::{check_len, check_room, read_u16, write_u16, Error, Layer, Result};
+use super::{check_len, check_room, Error, Layer, Result};
 
 mod field {
     use core::ops::RangeFrom;
@@ -24,40 +24,23 @@ pub const HEADER_LEN: usize = field::PAYLOAD.start;
 /// Largest VLAN ID (4095, reserved).
 pub const MAX_VID: u16 = 0x0fff;
 
-/// A view of a VLAN tag (TCI and inner EtherType).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+super::view::header_view! {
+    /// A view of a VLAN tag (TCI and inner EtherType).
+    ///
+    /// - [`Packet::new_unchecked`]: Wraps `buffer` without checking it. Getters panic if it is
+    ///   shorter than [`HEADER_LEN`].
+    /// - [`Packet::new_checked`]: Wraps untrusted bytes, checking that they hold a whole tag.
+    pub struct Packet: check_len;
+    /// The raw 16-bit tag control information.
+    tci, set_tci: u16 @ field::TCI;
+    /// The EtherType of what follows the tag.
+    ethertype, set_ethertype: EtherType @ field::ETHERTYPE;
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps `buffer` without checking it. Getters panic if it is shorter
-    /// than [`HEADER_LEN`].
-    pub const fn new_unchecked(buffer: T) -> Packet<T> {
-        Packet { buffer }
-    }
-
-    /// Wraps untrusted bytes, checking that they hold a whole tag.
-    pub fn new_checked(buffer: T) -> Result<Packet<T>> {
-        let p = Self::new_unchecked(buffer);
-        p.check_len()?;
-        Ok(p)
-    }
-
     /// Checks that the buffer holds a whole tag.
     pub fn check_len(&self) -> Result<()> {
         check_len(Layer::Vlan, self.buffer.as_ref(), HEADER_LEN)
-    }
-
-    /// Returns the underlying buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
-
-    /// The raw 16-bit tag control information.
-    #[inline(always)]
-    pub fn tci(&self) -> u16 {
-        read_u16(self.buffer.as_ref(), field::TCI)
     }
 
     /// Priority code point (802.1p class, 0..=7).
@@ -77,12 +60,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
     pub fn vid(&self) -> u16 {
         self.tci() & MAX_VID
     }
-
-    /// The EtherType of what follows the tag.
-    #[inline(always)]
-    pub fn ethertype(&self) -> EtherType {
-        EtherType::from(read_u16(self.buffer.as_ref(), field::ETHERTYPE))
-    }
 }
 
 impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
@@ -94,12 +71,6 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// Sets the raw TCI.
-    #[inline(always)]
-    pub fn set_tci(&mut self, value: u16) {
-        write_u16(self.buffer.as_mut(), field::TCI, value);
-    }
-
     /// Sets the priority code point; only the low 3 bits are used.
     #[inline(always)]
     pub fn set_pcp(&mut self, value: u8) {
@@ -119,12 +90,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn set_vid(&mut self, value: u16) {
         let tci = (self.tci() & !MAX_VID) | (value & MAX_VID);
         self.set_tci(tci);
-    }
-
-    /// Sets the inner EtherType.
-    #[inline(always)]
-    pub fn set_ethertype(&mut self, value: EtherType) {
-        write_u16(self.buffer.as_mut(), field::ETHERTYPE, value.into());
     }
 
     /// The bytes after the tag, writable.
@@ -194,6 +159,7 @@ impl Repr {
 mod tests {
     use super::*;
     use crate::wire::ethernet;
+    use crate::wire::test_support::assert_prefixes_truncated;
     use proptest::prelude::*;
 
     // PCP 5, DEI 1, VID 0x123, inner IPv4, then two payload bytes.
@@ -253,9 +219,7 @@ mod tests {
 
     #[test]
     fn every_truncation_is_rejected() {
-        for len in 0..HEADER_LEN {
-            assert!(Packet::new_checked(&TAG_BYTES[..len]).is_err(), "{len}");
-        }
+        assert_prefixes_truncated(&TAG_BYTES, HEADER_LEN, Packet::new_checked);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Shared helpers for sluiced's end-to-end tests: network namespaces and
-//! veth pairs that clean up after themselves, and a `sluiced` child process
-//! whose stdout events are read with bounded waits.
+//! Shared helpers for sluiced's end-to-end tests: a `sluiced` child process
+//! whose stdout events are read with bounded waits, its config and control
+//! socket; network namespaces, veth pairs and skip recording come from
+//! `sluice-testkit`.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
@@ -12,14 +13,13 @@ use std::time::{Duration, Instant};
 /// Generous bound for anything on a loaded 2-core machine.
 pub const WAIT: Duration = Duration::from_secs(90);
 
-/// True when the tests can create namespaces (root). Prints why not.
+// Each test binary uses its own subset.
+#[allow(unused_imports)]
+pub use sluice_testkit::{sh, sh_quiet, Netns, TwoPods, Veth};
+
+/// True when the tests can create namespaces (root). Records why not.
 pub fn can_use_netns(test: &str) -> bool {
-    let ok = std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
+    let ok = sluice_testkit::is_root();
     if !ok {
         report_skip(&format!(
             "SKIP {test}: needs root to create network namespaces and DPDK ports"
@@ -28,130 +28,87 @@ pub fn can_use_netns(test: &str) -> bool {
     ok
 }
 
-/// Prints a skip (or note) line and appends it to `target/tmp/skips.txt`,
-/// which `scripts/test.sh` prints at the end: cargo hides the output of
-/// passing tests, and a skip must never be silent.
-pub fn report_skip(line: &str) {
-    println!("{line}");
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("skips.txt");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        use std::io::Write;
-        let _ = writeln!(f, "{line}");
-    }
+/// The two-pod topology of `test` ([`TwoPods::new`]), or `None` with the
+/// skip recorded when the test cannot create namespaces.
+pub fn two_pods(test: &str, tag: &str, veths: &str, net: &str) -> Option<TwoPods> {
+    can_use_netns(test).then(|| TwoPods::new(tag, veths, net))
 }
 
-/// Runs a command, panicking with its stderr when it fails.
-pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// A ClusterIP topology: a node namespace (where sluiced runs), a client
+/// `c` and two endpoints `a` and `b`, each joined to the node by a veth
+/// pair `{tag}-Xo` (node) / `{tag}-Xi` (pod) with address `{net}.1`, `.5`
+/// and `.6` (/24) and MAC `{mac}:01`, `:05` and `:06`. The client reaches
+/// the Service network 10.96.0.0/16 on-link, through a fixed next-hop MAC
+/// for 10.96.0.10 (`{mac}:99`; the flows rewrite it per endpoint).
+/// Everything is removed on drop (veths first).
+pub struct ServiceNet {
+    _veths: [Veth; 3],
+    /// The client.
+    pub c: Netns,
+    /// The first endpoint.
+    pub a: Netns,
+    /// The second endpoint.
+    pub b: Netns,
+    /// The node.
+    pub node: Netns,
 }
 
-/// Runs a command, ignoring failure (cleanup).
-pub fn sh_quiet(args: &[&str]) {
-    let _ = Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// A network namespace, deleted on drop.
-pub struct Netns(pub String);
-
-impl Netns {
-    pub fn new(name: &str) -> Netns {
-        sh_quiet(&["ip", "netns", "del", name]);
-        sh(&["ip", "netns", "add", name]);
-        sh(&["ip", "-n", name, "link", "set", "lo", "up"]);
-        Netns(name.to_string())
-    }
-
-    /// Runs a command inside the namespace.
-    pub fn exec(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .args(args)
-            .output()
-            .expect("ip netns exec")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        sh_quiet(&["ip", "netns", "del", &self.0]);
-    }
-}
-
-/// A veth pair: `outer` stays in the root namespace (or goes into `node`,
-/// see [`Veth::new_in`]), `inner` goes into `ns` with `addr` (CIDR),
-/// checksum offload off so that frames copied by af_packet carry complete
-/// checksums. Deleted on drop.
-pub struct Veth {
-    pub outer: String,
-    node: Option<String>,
-}
-
-impl Veth {
-    pub fn new(outer: &str, inner: &str, ns: &Netns, addr: &str) -> Veth {
-        Self::create(None, outer, inner, ns, addr)
-    }
-
-    /// Like [`Veth::new`] with the outer end in the `node` namespace, where
-    /// sluiced runs ([`Sluiced::start_in`]). DPDK's af_packet PMD joins a
-    /// PACKET_FANOUT group whose id is `pid ^ ifindex`: two sluiced processes
-    /// in one namespace can collide on it (EINVAL/EPERM at start), while
-    /// fanout groups never match across namespaces.
-    pub fn new_in(node: &Netns, outer: &str, inner: &str, ns: &Netns, addr: &str) -> Veth {
-        Self::create(Some(node), outer, inner, ns, addr)
-    }
-
-    fn create(node: Option<&Netns>, outer: &str, inner: &str, ns: &Netns, addr: &str) -> Veth {
-        sh_quiet(&["ip", "link", "del", outer]);
+impl ServiceNet {
+    /// Namespaces `{tag}-node`, `{tag}-c`, `{tag}-a` and `{tag}-b`.
+    pub fn new(tag: &str, net: &str, mac: &str) -> ServiceNet {
+        let node = Netns::new(&format!("{tag}-node"));
+        let pods = ["c", "a", "b"].map(|p| Netns::new(&format!("{tag}-{p}")));
+        let veths = [(0, "c", 1), (1, "a", 5), (2, "b", 6)].map(|(i, p, host)| {
+            let (outer, inner) = (format!("{tag}-{p}o"), format!("{tag}-{p}i"));
+            let pod = &pods[i];
+            let v = Veth::new_in(&node, &outer, &inner, pod, &format!("{net}.{host}/24"));
+            let mac = format!("{mac}:{host:02}");
+            sh(&[
+                "ip", "-n", &pod.0, "link", "set", "dev", &inner, "address", &mac,
+            ]);
+            v
+        });
+        let [c, a, b] = pods;
+        let client_dev = format!("{tag}-ci");
         sh(&[
-            "ip", "link", "add", outer, "type", "veth", "peer", "name", inner,
+            "ip",
+            "-n",
+            &c.0,
+            "route",
+            "add",
+            "10.96.0.0/16",
+            "dev",
+            &client_dev,
         ]);
-        let v = Veth {
-            outer: outer.to_string(),
-            node: node.map(|n| n.0.clone()),
-        };
-        sh(&["ip", "link", "set", inner, "netns", &ns.0]);
-        match node {
-            Some(n) => {
-                sh(&["ip", "link", "set", outer, "netns", &n.0]);
-                sh(&["ip", "-n", &n.0, "link", "set", outer, "up"]);
-            }
-            None => {
-                sh(&["ip", "link", "set", outer, "up"]);
-            }
+        let next_hop = format!("{mac}:99");
+        sh(&[
+            "ip",
+            "-n",
+            &c.0,
+            "neigh",
+            "replace",
+            "10.96.0.10",
+            "lladdr",
+            &next_hop,
+            "dev",
+            &client_dev,
+            "nud",
+            "permanent",
+        ]);
+        ServiceNet {
+            _veths: veths,
+            c,
+            a,
+            b,
+            node,
         }
-        sh(&["ip", "-n", &ns.0, "addr", "add", addr, "dev", inner]);
-        sh(&["ip", "-n", &ns.0, "link", "set", inner, "up"]);
-        sh_quiet(&[
-            "ip", "netns", "exec", &ns.0, "ethtool", "-K", inner, "tx", "off",
-        ]);
-        v
     }
 }
 
-impl Drop for Veth {
-    fn drop(&mut self) {
-        match &self.node {
-            Some(n) => sh_quiet(&["ip", "-n", n, "link", "del", &self.outer]),
-            None => sh_quiet(&["ip", "link", "del", &self.outer]),
-        }
-    }
+/// Prints a skip (or note) line and records it in `target/tmp/skips.txt`
+/// ([`sluice_testkit::report_skip!`]).
+pub fn report_skip(line: &str) {
+    sluice_testkit::report_skip!("{line}");
 }
 
 /// Path of the sluiced binary under test.
@@ -296,6 +253,15 @@ pub fn sum_ports(ev: &serde_json::Value, key: &str) -> u64 {
         .sum()
 }
 
+/// Stat `key` of port `name` in the stopped event.
+pub fn port_stat(ev: &serde_json::Value, name: &str, key: &str) -> u64 {
+    ev["ports"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+        .and_then(|p| p["stats"][key].as_u64())
+        .unwrap_or_else(|| panic!("no {name}.{key} in {ev}"))
+}
+
 /// Sum of a per-PMD stat over the stopped event's PMDs.
 pub fn sum_pmds(ev: &serde_json::Value, key: &str) -> u64 {
     ev["pmds"]
@@ -318,6 +284,22 @@ pub fn config(prefix: &str, ports: &str) -> String {
 /// The control socket of the test daemon with DPDK prefix `prefix`.
 pub fn ctl_path(prefix: &str) -> PathBuf {
     std::env::temp_dir().join(format!("{prefix}.ctl"))
+}
+
+/// `ovs-appctl -t <sluiced ctl> ARGS`, asserting success.
+pub fn appctl(prefix: &str, args: &[&str]) -> String {
+    let out = Command::new("ovs-appctl")
+        .arg("-t")
+        .arg(ctl_path(prefix))
+        .args(args)
+        .output()
+        .expect("ovs-appctl (Debian openvswitch-common) must be installed");
+    assert!(
+        out.status.success(),
+        "ovs-appctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Runs `sluicectl --socket <ctl> ARGS`; returns (success, stdout, stderr).

@@ -10,7 +10,6 @@
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,9 +18,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sluice_jsonrpc::unixctl::{AllowedPeers, CtlServer, Registry, ServerConfig};
 use sluice_jsonrpc::Framer;
+use sluice_testkit::hostile::{self, NOBODY};
 
-/// The uid of `nobody`, which the refused client runs as.
-const NOBODY: u32 = 65534;
 /// Set in the child process that plays the non-root client.
 const CHILD_ENV: &str = "SLUICE_HOSTILE_CTL_CHILD_SOCKET";
 
@@ -67,16 +65,20 @@ fn call(s: &mut UnixStream, id: u64, method: &str, params: Value) -> Value {
 
 /// Reads until the server closes `s` (any data before is skipped).
 fn assert_closed(s: &mut UnixStream, what: &str) {
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return,
-            Err(e) => panic!("{what}: the server did not close the connection within 60 s: {e}"),
-        }
-    }
+    hostile::read_to_close(s, what, Duration::from_secs(60));
+}
+
+/// The next reply on `s` is an error whose text contains `expected`, and
+/// then the server closes `s`.
+fn assert_error_then_closed(s: &mut UnixStream, expected: &str, what: &str) {
+    let reply = read_reply(s);
+    assert!(
+        reply["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(expected)),
+        "{what}: expected an error containing {expected:?}, got {reply}"
+    );
+    assert_closed(s, what);
 }
 
 /// A well-behaved client: one fresh connection, one echo.
@@ -140,11 +142,9 @@ fn child_client() {
 }
 
 #[test]
-#[allow(unsafe_code)]
 fn non_root_peer_is_refused() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: running a client as uid {NOBODY} needs root");
+    if !sluice_testkit::is_root() {
+        sluice_testkit::report_skip!("SKIPPED: running a client as uid {NOBODY} needs root");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -155,25 +155,13 @@ fn non_root_peer_is_refused() {
         c.socket_mode = 0o666;
         c.allowed_peers = AllowedPeers::RootAndSelf;
     });
-    let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_client", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, server.path())
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .output()
-        .expect("run the test binary as nobody");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "child failed: {}\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
+    let line = hostile::run_as_nobody(
+        "child_client",
+        CHILD_ENV,
+        &server.path().to_string_lossy(),
+        "CHILD-REPLY ",
     );
-    let line = stdout
-        .lines()
-        .find_map(|l| l.split_once("CHILD-REPLY ").map(|(_, r)| r))
-        .unwrap_or_else(|| panic!("the child printed no reply:\n{stdout}"));
-    let reply: Value = serde_json::from_str(line).unwrap();
+    let reply: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(reply["id"], 3);
     assert!(
         reply["error"]
@@ -206,26 +194,13 @@ fn truncated_frames_get_a_close_or_an_error() {
     s.write_all(br#"{"id":1,"method":"echo","params":["#)
         .unwrap();
     good_client_is_answered(server.path(), "a stalled half frame (while it stalls)");
-    let reply = read_reply(&mut s);
-    assert!(
-        reply["error"].as_str().unwrap().contains("timed out"),
-        "{reply}"
-    );
-    assert_closed(&mut s, "stalled half frame");
+    assert_error_then_closed(&mut s, "timed out", "stalled half frame");
     // A complete request cut by garbage.
     let mut s = UnixStream::connect(server.path()).unwrap();
     s.write_all(b"{\"id\":1,\"method\":\"echo\",\"params\":[\"a\"]}\x00\x01")
         .unwrap();
     assert_eq!(read_reply(&mut s)["result"], "a\n");
-    let reply = read_reply(&mut s);
-    assert!(
-        reply["error"]
-            .as_str()
-            .unwrap()
-            .contains("not speaking JSON-RPC"),
-        "{reply}"
-    );
-    assert_closed(&mut s, "garbage");
+    assert_error_then_closed(&mut s, "not speaking JSON-RPC", "garbage");
     good_client_is_answered(server.path(), "garbage");
 }
 
@@ -238,30 +213,11 @@ fn a_request_of_64_mib_plus_one_byte_is_refused() {
     let limit = ServerConfig::default().max_message_bytes;
     assert_eq!(limit, 64 << 20);
     let mut s = UnixStream::connect(server.path()).unwrap();
-    let head = br#"{"id":1,"method":"echo","params":[""#;
-    let tail = br#""]}"#;
-    let chunk = vec![b'a'; 1 << 16];
-    let body = limit + 1 - head.len() - tail.len();
     // The server closes as soon as the limit is crossed; writes then fail.
-    let mut ok = s.write_all(head).is_ok();
-    let mut sent = 0;
-    while ok && sent < body {
-        let n = chunk.len().min(body - sent);
-        ok = s.write_all(&chunk[..n]).is_ok();
-        sent += n;
-    }
-    if ok {
-        let _ = s.write_all(tail);
-    }
-    let reply = read_reply(&mut s);
-    assert!(
-        reply["error"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("{limit}-byte limit")),
-        "{reply}"
-    );
-    assert_closed(&mut s, "oversize request");
+    let (head, tail) = (br#"{"id":1,"method":"echo","params":[""#, br#""]}"#);
+    hostile::stream_message(&mut s, limit + 1, head, b"a", tail);
+    let expected = format!("{limit}-byte limit");
+    assert_error_then_closed(&mut s, &expected, "oversize request");
     good_client_is_answered(server.path(), "a 64 MiB + 1 request");
 }
 

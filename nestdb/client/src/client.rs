@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde_json::{json, Value};
 
-use crate::error::{Error, Result};
+use crate::error::{ClientError, Error, Result};
 use crate::jsonrpc::{Connection, Notification, Remote};
 use crate::transaction::{Transaction, TransactionOutcome};
 use ovsdb_core::Schema;
@@ -143,7 +143,9 @@ impl Client {
                 Ok(n) => n,
                 Err(RecvTimeoutError::Timeout) => return Ok(None),
                 Err(RecvTimeoutError::Disconnected) => {
-                    return Err(Error::Disconnected(self.remote().to_owned()))
+                    return Err(Error::Connection(ClientError::Disconnected(
+                        self.remote().to_owned(),
+                    )))
                 }
             };
             let name = || {
@@ -202,7 +204,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let remote = format!("unix:{}", dir.path().join("nobody-here.sock").display());
         let err = Client::connect(&remote).unwrap_err();
-        assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+        assert!(
+            matches!(err, Error::Connection(ClientError::Connect { .. })),
+            "{err:?}"
+        );
         let msg = err.to_string();
         assert!(
             msg.contains("nobody-here.sock") && msg.contains("is running"),

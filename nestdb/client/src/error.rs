@@ -1,7 +1,9 @@
 //! Errors returned by the nestdb client.
 //!
 //! One enum, [`Error`], covers every failure the client can report: bad
-//! remotes, I/O, protocol violations by the peer, JSON-RPC errors, OVSDB
+//! remotes, connection failures (the shared `sluice_jsonrpc` client's
+//! [`ClientError`], carried as is), protocol violations by the peer,
+//! JSON-RPC errors, OVSDB
 //! transaction errors (the server's RFC 7047 error object, an
 //! [`OvsdbError`] from `ovsdb-core`, and the failing operation) and
 //! malformed data. Messages are sentences that say what went wrong and, where
@@ -11,6 +13,7 @@
 use std::time::Duration;
 
 use ovsdb_core::OvsdbError;
+pub use sluice_jsonrpc::client::ClientError;
 
 /// The result type used throughout this crate.
 pub type Result<T> = std::result::Result<T, Error>;
@@ -22,40 +25,11 @@ pub enum Error {
     #[error("invalid remote \"{0}\": expected \"unix:PATH\" or \"tcp:HOST:PORT\"")]
     InvalidRemote(String),
 
-    /// Connecting to the server failed.
-    #[error("could not connect to {remote}: {source}; check that the server is running and listening there")]
-    Connect {
-        /// The remote we tried.
-        remote: String,
-        /// The underlying OS error.
-        #[source]
-        source: std::io::Error,
-    },
-
-    /// Reading from or writing to the connection failed.
-    #[error("I/O error on the connection to {remote}: {source}")]
-    Io {
-        /// The remote the connection goes to.
-        remote: String,
-        /// The underlying OS error.
-        #[source]
-        source: std::io::Error,
-    },
-
-    /// The connection closed (or was closed by us) before a reply arrived.
-    #[error("the connection to {0} is closed; reconnect and retry the request")]
-    Disconnected(String),
-
-    /// No reply arrived in time.
-    #[error(
-        "the server did not answer \"{method}\" within {after:?}; it may be overloaded or hung"
-    )]
-    Timeout {
-        /// The JSON-RPC method that timed out.
-        method: String,
-        /// How long we waited.
-        after: Duration,
-    },
+    /// The connection failed: connecting, I/O, a closed connection, a
+    /// reply that did not come in time, or a peer that broke JSON-RPC. The
+    /// shared client's error, with its sentence, unchanged.
+    #[error(transparent)]
+    Connection(ClientError),
 
     /// The peer sent something that is not valid JSON-RPC/OVSDB.
     #[error("the server sent a malformed message: {0}")]
@@ -160,10 +134,12 @@ impl Error {
     pub fn is_connection_error(&self) -> bool {
         matches!(
             self,
-            Error::Connect { .. }
-                | Error::Io { .. }
-                | Error::Disconnected(_)
-                | Error::Timeout { .. }
+            Error::Connection(
+                ClientError::Connect { .. }
+                    | ClientError::Io { .. }
+                    | ClientError::Disconnected(_)
+                    | ClientError::Timeout { .. }
+            )
         )
     }
 }

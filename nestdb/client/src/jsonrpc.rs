@@ -82,15 +82,11 @@ pub(crate) fn parse_rpc_error(v: &Value) -> OvsdbError {
 impl From<ClientError> for Error {
     fn from(e: ClientError) -> Self {
         match e {
-            ClientError::Connect { remote, source } => Error::Connect { remote, source },
-            ClientError::Io { remote, source } => Error::Io { remote, source },
-            ClientError::Disconnected(remote) => Error::Disconnected(remote),
-            ClientError::Timeout { method, after } => Error::Timeout { method, after },
             ClientError::Rpc { method, error } => Error::Rpc {
                 method,
                 error: parse_rpc_error(&error),
             },
-            ClientError::Protocol(detail) => Error::Protocol(detail),
+            other => Error::Connection(other),
         }
     }
 }
@@ -166,7 +162,7 @@ impl Connection {
     }
 
     /// Shut the socket down; pending and future requests fail with
-    /// [`Error::Disconnected`] and the notification channel closes.
+    /// [`ClientError::Disconnected`] and the notification channel closes.
     pub fn close(&self) {
         self.inner.close();
     }
@@ -231,18 +227,18 @@ mod tests {
         }
         assert!(matches!(
             Error::from(ClientError::Disconnected("unix:/x".into())),
-            Error::Disconnected(r) if r == "unix:/x"
+            Error::Connection(ClientError::Disconnected(r)) if r == "unix:/x"
         ));
         assert!(matches!(
             Error::from(ClientError::Timeout {
                 method: "echo".into(),
                 after: Duration::from_secs(1)
             }),
-            Error::Timeout { .. }
+            Error::Connection(ClientError::Timeout { .. })
         ));
         assert!(matches!(
             Error::from(ClientError::Protocol("bad".into())),
-            Error::Protocol(p) if p == "bad"
+            Error::Connection(ClientError::Protocol(p)) if p == "bad"
         ));
         let io = || std::io::Error::from(std::io::ErrorKind::BrokenPipe);
         assert!(matches!(
@@ -250,14 +246,14 @@ mod tests {
                 remote: "r".into(),
                 source: io()
             }),
-            Error::Io { .. }
+            Error::Connection(ClientError::Io { .. })
         ));
         assert!(matches!(
             Error::from(ClientError::Connect {
                 remote: "r".into(),
                 source: io()
             }),
-            Error::Connect { .. }
+            Error::Connection(ClientError::Connect { .. })
         ));
     }
 }

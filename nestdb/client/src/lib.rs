@@ -52,7 +52,7 @@ pub mod replica;
 pub mod transaction;
 
 pub use client::{Client, LockEvent, DEFAULT_REQUEST_TIMEOUT};
-pub use error::{Error, Result};
+pub use error::{ClientError, Error, Result};
 pub use jsonrpc::{Connection, Notification, Remote};
 pub use monitor::{
     Backoff, BackoffConfig, Monitor, MonitorConfig, MonitorEvent, MonitorMethod, MonitorStatus,

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, unbounded, Receiver, Sender};
 use serde_json::{json, Map, Value};
 
-use crate::error::{Error, Result};
+use crate::error::{ClientError, Error, Result};
 use crate::jsonrpc::{Connection, Notification, Remote};
 use crate::replica::{Replica, RowChange};
 use ovsdb_core::{Condition, Schema, Uuid};
@@ -309,9 +309,11 @@ impl Monitor {
             std::thread::Builder::new()
                 .name("nestdb-monitor".into())
                 .spawn(move || Worker::new(config, remote, shared, stop_rx, cmd_rx).run())
-                .map_err(|source| Error::Io {
-                    remote: "monitor thread".into(),
-                    source,
+                .map_err(|source| {
+                    Error::Connection(ClientError::Io {
+                        remote: "monitor thread".into(),
+                        source,
+                    })
                 })?
         };
         Ok(Monitor {
@@ -340,7 +342,11 @@ impl Monitor {
                 table: table.to_owned(),
                 conditions,
             })
-            .map_err(|_| Error::Disconnected("the monitor thread (it was stopped)".into()))
+            .map_err(|_| {
+                Error::Connection(ClientError::Disconnected(
+                    "the monitor thread (it was stopped)".into(),
+                ))
+            })
     }
 
     /// A new channel of events from now on. Subscribe before the first

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use nestdb_client::{
-    row, BackoffConfig, ChangeKind, Client, Condition, Datum, Error, LockEvent, Monitor,
-    MonitorConfig, MonitorEvent, MonitorMethod, Mutation, Mutator, Replica, Row, Schema,
+    row, BackoffConfig, ChangeKind, Client, ClientError, Condition, Datum, Error, LockEvent,
+    Monitor, MonitorConfig, MonitorEvent, MonitorMethod, Mutation, Mutator, Replica, Row, Schema,
     TableMonitor, Transaction, Uuid, WaitUntil,
 };
 
@@ -378,7 +378,9 @@ fn transact_errors_carry_the_servers_error_and_details() {
         None,
     );
     match c.transact_with_timeout(&blocked, Duration::from_millis(200)) {
-        Err(e @ Error::Timeout { .. }) => assert!(e.to_string().contains("transact"), "{e}"),
+        Err(e @ Error::Connection(ClientError::Timeout { .. })) => {
+            assert!(e.to_string().contains("transact"), "{e}")
+        }
         other => panic!("expected a client-side timeout, got {other:?}"),
     }
     // The connection stays usable for other requests.

@@ -17,15 +17,9 @@ pub const SCHEMA: &str = include_str!("../data/test.ovsschema");
 /// How long any single wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(30);
 
-/// True if `tool` is on PATH; otherwise prints why the test is skipped.
+/// True if `tool` is on PATH; otherwise records why the test is skipped.
 pub fn have(tool: &str) -> bool {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+    let ok = sluice_testkit::have_tool(tool);
     if !ok {
         report_skip(&format!(
             "SKIPPED: {tool} is not installed (Debian package openvswitch-common)"
@@ -34,19 +28,10 @@ pub fn have(tool: &str) -> bool {
     ok
 }
 
-/// Prints a skip line and appends it to `target/tmp/skips.txt`, which
-/// `scripts/test.sh` prints at the end (cargo hides passing tests' output).
+/// Prints a skip line and records it in `target/tmp/skips.txt`
+/// ([`sluice_testkit::report_skip!`]).
 pub fn report_skip(line: &str) {
-    println!("{line}");
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("skips.txt");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        use std::io::Write;
-        let _ = writeln!(f, "{line}");
-    }
+    sluice_testkit::report_skip!("{line}");
 }
 
 /// A child process killed and reaped on drop.
@@ -69,18 +54,8 @@ impl Drop for Proc {
 }
 
 /// Polls `f` until it returns Some, failing the test with `what` after [`WAIT`].
-pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "timed out after {WAIT:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+pub fn wait_until<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    sluice_testkit::wait_until(what, WAIT, f)
 }
 
 pub fn nestdb_bin() -> &'static str {

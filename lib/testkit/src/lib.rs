@@ -1,0 +1,322 @@
+//! What Sluice's end-to-end tests share (a dev-dependency of sluice-datapath,
+//! nestdb and sluice-jsonrpc): skip recording ([`report_skip!`]), root and
+//! tool detection, shell commands, network namespaces and veth pairs that
+//! remove themselves on drop ([`Netns`], [`Veth`]), bounded waits that fail
+//! with a message ([`wait_until`]) and the helpers of the hostile-client
+//! tests ([`hostile`]).
+//!
+//! Invariants: nothing here sleeps to synchronise, every wait has a bound
+//! and panics naming what it waited for, and every namespace or device it
+//! creates is deleted when its guard drops. Thread-safety: plain functions
+//! and owned guards; two tests must use different namespace and device
+//! names.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub mod hostile;
+pub mod prometheus;
+
+/// Prints a skip (or note) line and appends it to `target/tmp/skips.txt`,
+/// which `scripts/test.sh` prints at the end: cargo hides the output of
+/// passing tests, and a skip must never be silent. Takes `format!`
+/// arguments; expands `env!("CARGO_TARGET_TMPDIR")` in the calling test.
+#[macro_export]
+macro_rules! report_skip {
+    ($($arg:tt)*) => {
+        $crate::record_skip(env!("CARGO_TARGET_TMPDIR"), &format!($($arg)*))
+    };
+}
+
+/// What [`report_skip!`] does, with the target's tmp directory given.
+pub fn record_skip(target_tmpdir: &str, line: &str) {
+    println!("{line}");
+    let path = Path::new(target_tmpdir).join("skips.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+/// True when this process runs as root (uid 0).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// True when `tool` is on PATH.
+pub fn have_tool(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Runs a command and returns its output; panics if it cannot be started.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
+}
+
+/// Runs a command, panicking with its stderr when it fails; returns stdout.
+pub fn sh(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command, ignoring failure (cleanup).
+pub fn sh_quiet(args: &[&str]) {
+    let _ = Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (the kernel picked
+/// it for a listener that is closed again).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Polls `f` until it returns `Some`, failing the test with `what` after
+/// `limit`. Between polls it yields for 10 ms: the bound, not the pause,
+/// is what the test relies on.
+pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A network namespace with its loopback up, deleted on drop.
+pub struct Netns(pub String);
+
+impl Netns {
+    /// Creates namespace `name` (removing a stale one of that name first).
+    pub fn new(name: &str) -> Netns {
+        sh_quiet(&["ip", "netns", "del", name]);
+        sh(&["ip", "netns", "add", name]);
+        sh(&["ip", "-n", name, "link", "set", "lo", "up"]);
+        Netns(name.to_string())
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(args)
+            .output()
+            .expect("ip netns exec")
+    }
+
+    /// Pings `dst` 3 times from the namespace and asserts that all three
+    /// echoes came back (each waits at most 5 s).
+    pub fn assert_ping(&self, dst: &str) {
+        let out = self.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "5", dst]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("3 received"),
+            "ping {dst} from {} failed:\n{text}{}",
+            self.0,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Pings `dst` twice from the namespace and asserts that no echo came
+    /// back (each waits at most 1 s).
+    pub fn assert_no_ping(&self, dst: &str) {
+        let out = self.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", dst]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !out.status.success() && text.contains(" 0 received"),
+            "ping {dst} from {} should fail: {text}",
+            self.0
+        );
+    }
+
+    /// The MAC address of `iface` in the namespace, as the kernel writes
+    /// it (`02:00:…`).
+    pub fn mac_of(&self, iface: &str) -> String {
+        let out = self.exec(&["cat", &format!("/sys/class/net/{iface}/address")]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        sh_quiet(&["ip", "netns", "del", &self.0]);
+    }
+}
+
+/// A veth pair: `outer` stays in the root namespace (or goes into `node`,
+/// see [`Veth::new_in`]), `inner` goes into `ns` with `addr` (CIDR),
+/// checksum offload off so that frames copied by af_packet carry complete
+/// checksums. Deleted on drop.
+pub struct Veth {
+    /// The end the datapath (or the test) uses.
+    pub outer: String,
+    node: Option<String>,
+}
+
+impl Veth {
+    /// A pair with its outer end in the root namespace.
+    pub fn new(outer: &str, inner: &str, ns: &Netns, addr: &str) -> Veth {
+        Self::create(None, outer, inner, ns, addr)
+    }
+
+    /// Like [`Veth::new`] with the outer end in the `node` namespace, where
+    /// sluiced runs. DPDK's af_packet PMD joins a PACKET_FANOUT group whose
+    /// id is `pid ^ ifindex`: two sluiced processes in one namespace can
+    /// collide on it (EINVAL/EPERM at start), while fanout groups never
+    /// match across namespaces.
+    pub fn new_in(node: &Netns, outer: &str, inner: &str, ns: &Netns, addr: &str) -> Veth {
+        Self::create(Some(node), outer, inner, ns, addr)
+    }
+
+    fn create(node: Option<&Netns>, outer: &str, inner: &str, ns: &Netns, addr: &str) -> Veth {
+        sh_quiet(&["ip", "link", "del", outer]);
+        sh(&[
+            "ip", "link", "add", outer, "type", "veth", "peer", "name", inner,
+        ]);
+        let v = Veth {
+            outer: outer.to_string(),
+            node: node.map(|n| n.0.clone()),
+        };
+        sh(&["ip", "link", "set", inner, "netns", &ns.0]);
+        match node {
+            Some(n) => {
+                sh(&["ip", "link", "set", outer, "netns", &n.0]);
+                sh(&["ip", "-n", &n.0, "link", "set", outer, "up"]);
+            }
+            None => {
+                sh(&["ip", "link", "set", outer, "up"]);
+            }
+        }
+        sh(&["ip", "-n", &ns.0, "addr", "add", addr, "dev", inner]);
+        sh(&["ip", "-n", &ns.0, "link", "set", inner, "up"]);
+        sh_quiet(&[
+            "ip", "netns", "exec", &ns.0, "ethtool", "-K", inner, "tx", "off",
+        ]);
+        v
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        match &self.node {
+            Some(n) => sh_quiet(&["ip", "-n", n, "link", "del", &self.outer]),
+            None => sh_quiet(&["ip", "link", "del", &self.outer]),
+        }
+    }
+}
+
+/// A node namespace (where sluiced runs) and two pod namespaces `a` and
+/// `b`, each joined to the node by a veth pair: `{veths}a-o` in the node
+/// and `{veths}a-i` in pod `a` with address `{net}.1/24`, likewise `b` with
+/// `{net}.2/24`. Everything is removed on drop (veths first).
+pub struct TwoPods {
+    _va: Veth,
+    _vb: Veth,
+    /// Pod `a`.
+    pub a: Netns,
+    /// Pod `b`.
+    pub b: Netns,
+    /// The node.
+    pub node: Netns,
+}
+
+impl TwoPods {
+    /// Namespaces `{tag}-node`, `{tag}-a`, `{tag}-b`; veth names from
+    /// `veths` (at most 11 characters: interface names have 15); `net` is
+    /// the first three octets of the pods' /24.
+    pub fn new(tag: &str, veths: &str, net: &str) -> TwoPods {
+        let node = Netns::new(&format!("{tag}-node"));
+        let a = Netns::new(&format!("{tag}-a"));
+        let b = Netns::new(&format!("{tag}-b"));
+        let pair = |pod: &Netns, side: &str, host: u8| {
+            let (outer, inner) = (format!("{veths}{side}-o"), format!("{veths}{side}-i"));
+            Veth::new_in(&node, &outer, &inner, pod, &format!("{net}.{host}/24"))
+        };
+        TwoPods {
+            _va: pair(&a, "a", 1),
+            _vb: pair(&b, "b", 2),
+            a,
+            b,
+            node,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skips_are_appended_to_skips_txt() {
+        let dir = std::env::temp_dir().join(format!("sluice-testkit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = dir.to_str().unwrap();
+        record_skip(tmp, "SKIP one: why");
+        record_skip(tmp, "SKIP two: why");
+        let text = std::fs::read_to_string(dir.join("skips.txt")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(text, "SKIP one: why\nSKIP two: why\n");
+    }
+
+    #[test]
+    fn wait_until_returns_the_first_value() {
+        let mut n = 0;
+        let got = wait_until("n to reach 3", Duration::from_secs(60), || {
+            n += 1;
+            (n == 3).then_some(n)
+        });
+        assert_eq!(got, 3);
+    }
+
+    #[test]
+    #[should_panic(expected = "waiting for something that never happens")]
+    fn wait_until_fails_naming_what_it_waited_for() {
+        wait_until::<()>(
+            "something that never happens",
+            Duration::from_millis(1),
+            || None,
+        );
+    }
+
+    #[test]
+    fn sh_returns_stdout_and_have_tool_finds_sh() {
+        assert_eq!(sh(&["echo", "hi"]), "hi\n");
+        assert!(have_tool("sh"));
+        assert!(!have_tool("no-such-tool-sluice"));
+    }
+}
