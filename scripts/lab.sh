@@ -153,7 +153,10 @@ INI
         lab_wait "sluiced of $n to be ready" grep -q '"event":"ready"' "$w/sluiced.out"
 
         lab_log "node $n: sluice-agent"
-        lab_spawn "$n/agent" "$LAB_BIN/sluice-agent" --db "unix:$w/nestdb.sock" --ctl "$w/sluiced.ctl"
+        local mport=9478
+        [ "$n" = b ] && mport=9479
+        lab_spawn "$n/agent" "$LAB_BIN/sluice-agent" --db "unix:$w/nestdb.sock" --ctl "$w/sluiced.ctl" \
+            --metrics-address "127.0.0.1:$mport"
     done
 
     lab_log "cluster writer: Nodes into both nestdbs"
@@ -266,6 +269,13 @@ lab_show() {
     lab_log "node a: metrics excerpt (http://127.0.0.1:9476/metrics in sllab-a)"
     ip netns exec sllab-a bash -c 'exec 3<>/dev/tcp/127.0.0.1/9476; printf "GET /metrics HTTP/1.0\r\n\r\n" >&3; cat <&3' |
         grep -E '^sluice_(node_generation|vtep_tx_packets_total|service_endpoint_connections_total|pmd_rx_packets_total)' || true
+    lab_log "node a: sluice-agent metrics excerpt (http://127.0.0.1:9478/metrics)"
+    local agent
+    agent=$(bash -c 'exec 3<>/dev/tcp/127.0.0.1/9478; printf "GET /metrics HTTP/1.0\r\n\r\n" >&3; cat <&3' | sed '1,/^\r$/d')
+    echo "$agent" | grep -E '^sluice_agent_(commits_total|generation|row_errors|sync_seconds_count)' || true
+    if command -v promtool >/dev/null; then
+        echo "$agent" | promtool check metrics && echo "    promtool check metrics: the agent's exposition is valid"
+    fi
 }
 
 lab_crash() {

@@ -74,6 +74,8 @@ pub struct AgentConfig {
     pub call_timeout: Duration,
     /// Bound on waiting for the monitor to show the agent's own writes.
     pub write_settle: Duration,
+    /// Where the metrics go (the endpoint renders them).
+    pub metrics: std::sync::Arc<super::metrics::AgentMetrics>,
 }
 
 impl AgentConfig {
@@ -87,6 +89,7 @@ impl AgentConfig {
             retry_max: Duration::from_secs(5),
             call_timeout: Duration::from_secs(30),
             write_settle: Duration::from_secs(5),
+            metrics: Default::default(),
         }
     }
 }
@@ -215,6 +218,8 @@ struct Loop {
     last_query_error: Option<String>,
     /// Logged "up to date" for this held state.
     said_up_to_date: bool,
+    /// When the first database change not yet committed arrived.
+    dirty_since: Option<Instant>,
 }
 
 /// Runs the agent until `stop` is set (checked at least every
@@ -258,6 +263,7 @@ pub fn run(config: AgentConfig, stop: &AtomicBool) -> Result<(), AgentError> {
         last_refusal: None,
         last_query_error: None,
         said_up_to_date: false,
+        dirty_since: None,
         config,
     };
     let mut rec = Reconciler::new();
@@ -306,7 +312,10 @@ impl Loop {
 
     fn on_event(&mut self, ev: MonitorEvent, monitor: &Monitor) {
         match ev {
-            MonitorEvent::Changes(_) => self.db_changed = true,
+            MonitorEvent::Changes(_) => {
+                self.db_changed = true;
+                self.dirty_since.get_or_insert_with(Instant::now);
+            }
             MonitorEvent::Synced { resumed } => {
                 let st = monitor.status();
                 let txn = st
@@ -452,7 +461,13 @@ impl Loop {
         for s in &plan.new_ignored {
             warn!("{s}");
         }
+        let m = &self.config.metrics;
+        m.row_errors.store(
+            rec.row_error_count() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let Some(changes) = plan.commit else {
+            self.dirty_since = None;
             if !self.said_up_to_date {
                 info!(
                     generation = rec.held().map_or(0, |h| h.generation),
@@ -468,6 +483,17 @@ impl Loop {
             Ok(reply) => {
                 let commit_ms = t_commit.elapsed().as_secs_f64() * 1e3;
                 rec.committed(&reply);
+                {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    let m = &self.config.metrics;
+                    m.plan_seconds.observe(plan_ms / 1e3);
+                    m.commit_seconds.observe(commit_ms / 1e3);
+                    if let Some(t) = self.dirty_since.take() {
+                        m.sync_seconds.observe(t.elapsed().as_secs_f64());
+                    }
+                    m.commits.fetch_add(1, Relaxed);
+                    m.generation.store(reply.generation, Relaxed);
+                }
                 let c = reply.counts;
                 info!(
                     generation = reply.generation,
@@ -517,6 +543,10 @@ impl Loop {
                     );
                     self.last_refusal = Some(e.message.clone());
                 }
+                self.config
+                    .metrics
+                    .refusals
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 rec.refused(e.message);
                 self.commit_retry_at = Instant::now() + self.commit_backoff.next_delay();
             }

@@ -12,7 +12,8 @@
 //!   back;
 //! - [`daemon`]: the loop around it: the nestdb monitor, the `sluiced`
 //!   control socket, retries, status writes;
-//! - [`startup`]: socket checks and dropping capabilities at start.
+//! - [`startup`]: socket checks and dropping capabilities at start;
+//! - [`metrics`]: the Prometheus counters of the loop.
 //!
 //! Thread-safety: [`compile`], [`incremental`] and [`reconcile`] are plain
 //! functions and values; [`daemon::run`] owns one thread (plus the monitor's).
@@ -20,6 +21,7 @@
 pub mod compile;
 pub mod daemon;
 pub mod incremental;
+pub mod metrics;
 pub mod reconcile;
 pub mod startup;
 

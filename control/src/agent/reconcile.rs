@@ -252,6 +252,11 @@ impl Reconciler {
         plan
     }
 
+    /// Rows skipped with an error in the last plan.
+    pub fn row_error_count(&self) -> usize {
+        self.errors.len()
+    }
+
     /// The planned commit was applied: `sluiced` now holds the planned
     /// program at `reply.generation`.
     pub fn committed(&mut self, reply: &NodeCommitReply) {

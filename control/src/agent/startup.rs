@@ -50,6 +50,9 @@ pub enum AgentError {
     /// The monitor thread stopped by itself.
     #[error("the nestdb monitor stopped unexpectedly; restart sluice-agent")]
     MonitorStopped,
+    /// The metrics endpoint cannot start.
+    #[error("--metrics-address: {0}")]
+    Metrics(#[from] sluice_metrics::ServerError),
 }
 
 /// A socket that can be retried.

@@ -45,6 +45,9 @@ struct Args {
     /// commit, in milliseconds.
     #[arg(long, default_value_t = 5000, value_name = "MS")]
     retry_max_ms: u64,
+    /// Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 0.0.0.0:9478).
+    #[arg(long, value_name = "ADDRESS")]
+    metrics_address: Option<std::net::SocketAddr>,
 }
 
 fn start(args: &Args) -> Result<(), AgentError> {
@@ -79,6 +82,15 @@ fn start(args: &Args) -> Result<(), AgentError> {
     let mut config = AgentConfig::new(args.db.clone(), args.ctl.clone());
     config.status_interval = Duration::from_millis(args.status_interval_ms.max(10));
     config.retry_max = Duration::from_millis(args.retry_max_ms.max(100));
+    let _metrics = match args.metrics_address {
+        Some(addr) => {
+            let m = config.metrics.clone();
+            Some(sluice_metrics::MetricsServer::start(addr, move || {
+                m.render()
+            })?)
+        }
+        None => None,
+    };
     run(config, &AtomicBool::new(false))
 }
 
