@@ -365,5 +365,5 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
         sent, got,
         "stream packets lost across the node commits: {ev}"
     );
-    println!("stream: {sent} packets delivered by src, {got} sent by sink, across 3 commits and 3 refusals");
+    println!("stream: {sent} packets delivered by src, {got} sent by sink, across 4 commits and 3 refusals");
 }
