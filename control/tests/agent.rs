@@ -19,7 +19,6 @@
 //! log.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -42,15 +41,7 @@ use sluice_datapath::ctl::{CtlServer, Registry, ServerConfig};
 const WAIT: Duration = Duration::from_secs(60);
 
 fn report_skip(line: &str) {
-    println!("{line}");
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skips.txt");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        let _ = writeln!(f, "{line}");
-    }
+    sluice_testkit::record_skip(env!("CARGO_TARGET_TMPDIR"), line);
 }
 
 /// `nestdb-server` of this build: `NESTDB_TEST_SERVER`, else next to the

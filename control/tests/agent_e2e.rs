@@ -35,7 +35,6 @@
 //! skips with the reason recorded otherwise.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -50,15 +49,7 @@ const WAIT: Duration = Duration::from_secs(90);
 const PREFIX: &str = "slt-agent";
 
 fn report_skip(line: &str) {
-    println!("{line}");
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skips.txt");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        let _ = writeln!(f, "{line}");
-    }
+    sluice_testkit::record_skip(env!("CARGO_TARGET_TMPDIR"), line);
 }
 
 /// A binary of this build next to the test binary's directory.

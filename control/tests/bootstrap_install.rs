@@ -20,12 +20,7 @@ const PROFILE: &str = include_str!("../../deploy/apparmor/sluiced");
 /// Prints a skip line and appends it to `target/tmp/skips.txt`, which
 /// `scripts/test.sh` prints at the end: a skip must never be silent.
 fn report_skip(line: &str) {
-    println!("{line}");
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skips.txt");
-    if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(path) {
-        use std::io::Write;
-        let _ = writeln!(f, "{line}");
-    }
+    sluice_testkit::record_skip(env!("CARGO_TARGET_TMPDIR"), line);
 }
 
 /// A temporary node root, a stand-in sluice-cni and a stand-in plugin

@@ -22,7 +22,6 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -35,15 +34,7 @@ const NODE_IP: &str = "192.0.2.10/24";
 const API: &str = "198.51.100.1:6443";
 
 fn report_skip(line: &str) {
-    println!("{line}");
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skips.txt");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        let _ = writeln!(f, "{line}");
-    }
+    sluice_testkit::record_skip(env!("CARGO_TARGET_TMPDIR"), line);
 }
 
 fn can_use_netns(test: &str) -> bool {

@@ -14,16 +14,7 @@ use std::time::{Duration, Instant};
 const WAIT: Duration = Duration::from_secs(60);
 
 fn report_skip(line: &str) {
-    println!("{line}");
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skips.txt");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        use std::io::Write;
-        let _ = writeln!(f, "{line}");
-    }
+    sluice_testkit::record_skip(env!("CARGO_TARGET_TMPDIR"), line);
 }
 
 fn sh(args: &[&str]) -> String {

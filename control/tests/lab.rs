@@ -12,16 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn report_skip(line: &str) {
-    println!("{line}");
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skips.txt");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        use std::io::Write;
-        let _ = writeln!(f, "{line}");
-    }
+    sluice_testkit::record_skip(env!("CARGO_TARGET_TMPDIR"), line);
 }
 
 #[test]

@@ -37,16 +37,7 @@ pub const POD_CIDR: &str = "10.250.0.0/24";
 
 /// Prints a skip line and appends it to `target/tmp/skips.txt`.
 pub fn report_skip(line: &str) {
-    println!("{line}");
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skips.txt");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        use std::io::Write;
-        let _ = writeln!(f, "{line}");
-    }
+    sluice_testkit::record_skip(env!("CARGO_TARGET_TMPDIR"), line);
 }
 
 fn have(tool: &str) -> bool {

@@ -222,14 +222,5 @@ pub fn timeless(text: &str) -> String {
 /// scripts/test.sh prints at the end (a skip is never silent).
 #[allow(dead_code)]
 pub fn report_skip(line: &str) {
-    println!("{line}");
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skips.txt");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        use std::io::Write;
-        let _ = writeln!(f, "{line}");
-    }
+    sluice_testkit::record_skip(env!("CARGO_TARGET_TMPDIR"), line);
 }
