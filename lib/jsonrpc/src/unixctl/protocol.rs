@@ -64,9 +64,11 @@ impl Request {
 
 /// A request's members as raw JSON text borrowed from the message, so that
 /// nothing is decoded before the server knows what it is for (and has
-/// charged its memory budget for what must be decoded).
+/// charged its memory budget for what must be decoded). Public for the
+/// fuzz targets (`fuzz/src/control_rpc.rs`), which replay the server's
+/// request path.
 #[derive(Debug, Default)]
-pub(crate) struct RawRequest<'a> {
+pub struct RawRequest<'a> {
     id: Option<&'a RawValue>,
     method: Option<&'a RawValue>,
     params: Option<&'a RawValue>,
@@ -77,7 +79,7 @@ pub(crate) struct RawRequest<'a> {
 /// A validated request whose `params` are still raw text (`None`: absent
 /// or null, which means no arguments).
 #[derive(Debug)]
-pub(crate) struct RawValidated<'a> {
+pub struct RawValidated<'a> {
     pub id: Value,
     pub method: String,
     pub params: Option<&'a RawValue>,

@@ -1,0 +1,565 @@
+//! Target `packet_path`: bursts of arbitrary frames through the whole
+//! sans-IO packet path of one PMD, as `sluiced` assembles it for PMD 0 of a
+//! node with a VTEP: the local stack (`LocalStack`: VTEP ARP/ICMP, the
+//! underlay neighbour cache) around port security and the ARP responder
+//! (`Ingress`) around the flow pipeline (`FlowPipeline`) whose hooks are
+//! conntrack/NAT with the Service table and the Geneve tunnels. The flow
+//! program, Services, VTEPs, port security bindings and responder
+//! addresses are what `sluice-agent` compiles (`control::agent::compile`)
+//! for a representative node: two pods, a remote node, a NodePort Service
+//! to a remote endpoint and a ClusterIP UDP Service to a local pod. The
+//! conntrack table is small (64 connections) so that limits are reached.
+//! No DPDK: buffers are heap buffers whose creation and release are
+//! counted.
+//!
+//! Input: byte 0 holds flags (bit 0: keep the frames' checksums as given
+//! instead of fixing them). Then records: a header byte (bits 0-2: the
+//! ingress port, bit 3: start a new burst, bits 4-7: how far the clock
+//! moves first, in powers of 16 ns, with `maintain` run when it moves),
+//! a little-endian u16 length and that many frame bytes. Consecutive
+//! records on one port form a burst of up to 32 frames. A fresh datapath
+//! is built for every input, so a finding replays alone.
+//!
+//! Invariants, checked after every burst and every `maintain`:
+//! - nothing panics;
+//! - every buffer is accounted for: each one released was sent (staged on
+//!   a port, or punted to the controller queue, which the PMD drops and
+//!   counts), counted under a drop reason, or consumed by the local stack
+//!   (its `rx` less its `local_not_for_us` drops); none is held between
+//!   bursts, and the local-stack queue is empty;
+//! - with fixed input checksums, every emitted IPv4 header, TCP, UDP and
+//!   ICMP checksum (also inside Geneve) is valid;
+//! - counters agree: the per-port anti-spoofing counters add up to the
+//!   `port_security_*` drop reasons, and the stack's `tx` never exceeds
+//!   the frames sent.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use nestdb_client::node::{
+    Endpoint, LogicalPort, NodeConfig, NodeType, Protocol, RemoteNode, Service, ServicePort,
+    ServiceType, SessionAffinity, TrafficPolicy,
+};
+use nestdb_client::Uuid;
+use sluice_api::node::NodeProgram;
+use sluice_control::agent::compile::{compile, NodeRows};
+use sluice_datapath::conntrack::{Conntrack, ConntrackConfig, ConntrackHandle};
+use sluice_datapath::drop::DropReason;
+use sluice_datapath::flow::tables::FlowTables;
+use sluice_datapath::neigh::ingress::PortBinding;
+use sluice_datapath::neigh::table::NeighMap;
+use sluice_datapath::packet::{BufAlloc, Burst, HeapBuf, Output, PacketBuf, PortNo};
+use sluice_datapath::pipeline::flow::{FlowPipeline, FlowPipelineConfig};
+use sluice_datapath::pipeline::hooks::Hooks;
+use sluice_datapath::pipeline::Pipeline;
+use sluice_datapath::service::{ServiceConfig, Services};
+use sluice_datapath::stack::overlay::{Overlay, OverlayConfig, OverlayPipeline};
+use sluice_datapath::tunnel::GeneveTunnels;
+
+use crate::checksum;
+
+/// The node's MAC (uplink and pod gateways).
+pub const NODE_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0a];
+/// The remote node's VTEP MAC.
+pub const PEER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0b];
+/// The local VTEP address.
+pub const VTEP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+/// The remote node's VTEP address.
+pub const PEER_VTEP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
+/// Pod `a-client`: MAC and address.
+pub const CLIENT: ([u8; 6], Ipv4Addr) = ([0x0a, 0x58, 10, 244, 1, 5], Ipv4Addr::new(10, 244, 1, 5));
+/// Pod `a-peer`: MAC and address.
+pub const PEER: ([u8; 6], Ipv4Addr) = ([0x0a, 0x58, 10, 244, 1, 6], Ipv4Addr::new(10, 244, 1, 6));
+/// The remote endpoint of the NodePort Service.
+pub const SERVER: ([u8; 6], Ipv4Addr) = ([0x0a, 0x58, 10, 244, 2, 7], Ipv4Addr::new(10, 244, 2, 7));
+
+thread_local! {
+    static CREATED: Cell<u64> = const { Cell::new(0) };
+    static FREED: Cell<u64> = const { Cell::new(0) };
+    static PROGRAM: NodeProgram = program();
+    /// `SLUICE_FUZZ_VERBOSE` set: print what each input did (replays).
+    static VERBOSE: bool = std::env::var_os("SLUICE_FUZZ_VERBOSE").is_some();
+}
+
+/// A heap buffer whose creation and release are counted (per thread).
+#[derive(Debug)]
+pub struct CountedBuf(HeapBuf);
+
+impl CountedBuf {
+    fn new(b: HeapBuf) -> Self {
+        CREATED.with(|c| c.set(c.get() + 1));
+        CountedBuf(b)
+    }
+}
+
+impl Drop for CountedBuf {
+    fn drop(&mut self) {
+        FREED.with(|c| c.set(c.get() + 1));
+    }
+}
+
+impl PacketBuf for CountedBuf {
+    fn data(&self) -> &[u8] {
+        self.0.data()
+    }
+    fn data_mut(&mut self) -> &mut [u8] {
+        self.0.data_mut()
+    }
+    fn headroom(&self) -> usize {
+        self.0.headroom()
+    }
+    fn tailroom(&self) -> usize {
+        self.0.tailroom()
+    }
+    fn prepend(&mut self, n: usize) -> Option<&mut [u8]> {
+        self.0.prepend(n)
+    }
+    fn adj(&mut self, n: usize) -> bool {
+        self.0.adj(n)
+    }
+    fn append(&mut self, n: usize) -> Option<&mut [u8]> {
+        self.0.append(n)
+    }
+    fn trim(&mut self, n: usize) -> bool {
+        self.0.trim(n)
+    }
+    fn try_clone(&self) -> Option<Self> {
+        Some(CountedBuf::new(self.0.clone()))
+    }
+}
+
+/// Counted heap allocation.
+#[derive(Debug, Default)]
+pub struct CountedAlloc;
+
+impl BufAlloc<CountedBuf> for CountedAlloc {
+    fn alloc(&mut self) -> Option<CountedBuf> {
+        Some(CountedBuf::new(HeapBuf::empty()))
+    }
+}
+
+fn uuid(n: u64) -> Uuid {
+    Uuid::parse_str(&format!("00000000-0000-4000-8000-{n:012x}")).expect("a UUID")
+}
+
+fn mac(m: [u8; 6]) -> String {
+    sluice_api::args::fmt_mac(&m)
+}
+
+fn pod(name: &str, (m, ip): ([u8; 6], Ipv4Addr)) -> LogicalPort {
+    LogicalPort {
+        name: name.into(),
+        mac: mac(m),
+        ips: BTreeSet::from([ip.to_string()]),
+        netns: None,
+        interface_name: "eth0".into(),
+        pod_namespace: None,
+        pod_name: None,
+        dp_port: None,
+        up: false,
+        external_ids: BTreeMap::new(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn service(
+    rows: &mut NodeRows,
+    n: u64,
+    name: &str,
+    kind: ServiceType,
+    cluster_ip: &str,
+    proto: Protocol,
+    port: u16,
+    target: u16,
+    node_port: Option<u16>,
+    endpoint: Ipv4Addr,
+    local: bool,
+) {
+    rows.services.push((
+        uuid(n),
+        Service {
+            name: name.into(),
+            namespace: "default".into(),
+            service_type: kind,
+            cluster_ips: BTreeSet::from([cluster_ip.parse().expect("an address")]),
+            external_ips: BTreeSet::new(),
+            load_balancer_ips: BTreeSet::new(),
+            ports: BTreeSet::from([uuid(n + 1)]),
+            session_affinity: SessionAffinity::None,
+            affinity_timeout: None,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            external_traffic_policy: TrafficPolicy::Cluster,
+            external_ids: BTreeMap::new(),
+        },
+    ));
+    rows.service_ports.push((
+        uuid(n + 1),
+        ServicePort {
+            name: Some("p".into()),
+            protocol: proto,
+            port,
+            target_port: Some(target),
+            node_port,
+        },
+    ));
+    rows.endpoints.push((
+        uuid(n + 2),
+        Endpoint {
+            service: Some(uuid(n)),
+            ip: endpoint.into(),
+            ports: BTreeMap::from([("p".to_string(), target)]),
+            ready: true,
+            serving: true,
+            terminating: false,
+            node_name: Some(if local { "node-a" } else { "node-b" }.into()),
+            is_local: local,
+            zone_hints: BTreeSet::new(),
+            external_ids: BTreeMap::new(),
+        },
+    ));
+}
+
+/// The rows of the representative node, as sluice-agent reads them.
+pub fn rows() -> NodeRows {
+    let mut r = NodeRows {
+        node_config: vec![(
+            uuid(1),
+            NodeConfig {
+                node_name: "node-a".into(),
+                node_type: NodeType::Baremetal,
+                uplink_port: "net_null0".into(),
+                ovs_bridge: None,
+                vtep_ip: VTEP.into(),
+                pod_cidrs: BTreeSet::from(["10.244.1.0/24".to_string()]),
+                node_ips: BTreeSet::from([VTEP.into()]),
+                nodeport_min: 30000,
+                nodeport_max: 32767,
+                mtu: 1500,
+                external_ids: BTreeMap::from([
+                    ("node_mac".to_string(), mac(NODE_MAC)),
+                    ("underlay_gateway_mac".to_string(), mac([2, 0, 0, 0, 0, 0xfe])),
+                ]),
+            },
+        )],
+        logical_ports: vec![
+            (uuid(10), pod("a-client", CLIENT)),
+            (uuid(11), pod("a-peer", PEER)),
+        ],
+        remote_nodes: vec![(
+            uuid(20),
+            RemoteNode {
+                name: "node-b".into(),
+                vtep_ip: PEER_VTEP.into(),
+                pod_cidrs: BTreeSet::from(["10.244.2.0/24".to_string()]),
+                node_ips: BTreeSet::new(),
+                external_ids: BTreeMap::new(),
+            },
+        )],
+        ..Default::default()
+    };
+    service(
+        &mut r,
+        30,
+        "web",
+        ServiceType::NodePort,
+        "10.96.0.10",
+        Protocol::Tcp,
+        80,
+        8080,
+        Some(30080),
+        SERVER.1,
+        false,
+    );
+    service(
+        &mut r,
+        40,
+        "dns",
+        ServiceType::ClusterIp,
+        "10.96.0.53",
+        Protocol::Udp,
+        53,
+        5353,
+        None,
+        PEER.1,
+        true,
+    );
+    r
+}
+
+fn program() -> NodeProgram {
+    let c = compile(&rows());
+    assert!(c.errors.is_empty(), "the fuzz node does not compile: {:?}", c.errors);
+    c.program
+}
+
+type Flow = FlowPipeline<Hooks<ConntrackHandle, GeneveTunnels>>;
+
+/// One PMD's datapath built from the program as sluiced builds PMD 0.
+pub struct Datapath {
+    /// The wrapped pipeline.
+    pub pipe: OverlayPipeline<Flow, CountedAlloc>,
+    /// The overlay's shared state (tunnels, port security).
+    pub overlay: Overlay,
+    /// The ports, by OpenFlow number.
+    pub ports: Vec<PortNo>,
+    /// The uplink.
+    pub uplink: PortNo,
+}
+
+impl Datapath {
+    /// Builds the datapath of `p`.
+    pub fn new(p: &NodeProgram) -> Datapath {
+        let tables = FlowTables::new();
+        for g in p.groups.values() {
+            tables.add_group(&g.text(), 0).expect("a group loads");
+        }
+        tables
+            .add_flows(&p.flow_lines().join("\n"), 0)
+            .expect("the program loads");
+        let s = &p.settings;
+        let services = Services::new(ServiceConfig {
+            node_addresses: s.node_ips.clone(),
+            node_port_range: s.node_port_range,
+            masquerade_ip: s.masquerade_ip.expect("a masquerade address"),
+            cluster_cidrs: s.cluster_cidrs.iter().map(|c| (c.ip, c.prefix_len)).collect(),
+            node_zone: s.zone.clone(),
+        });
+        services
+            .apply(
+                &sluice_api::service::ServiceUpdate {
+                    upsert: p.services.values().cloned().collect(),
+                    delete: vec![],
+                    flush_removed_endpoints: false,
+                },
+                None,
+            )
+            .expect("Services apply");
+        let ct = Conntrack::with_services(
+            ConntrackConfig {
+                max_connections: 64,
+                ..ConntrackConfig::default()
+            },
+            services,
+        );
+        let vtep = s.vtep.expect("a VTEP");
+        let mut oc = OverlayConfig::default();
+        oc.set("vtep_ip", &format!("{}/{}", vtep.ip, vtep.prefix_len))
+            .expect("vtep_ip");
+        let ports: Vec<PortNo> = p.ports.values().map(|s| PortNo(s.ofport)).collect();
+        let uplink = PortNo(sluice_control::agent::compile::UPLINK);
+        let mut overlay = Overlay::new(&oc, 1, Some((uplink, NODE_MAC)));
+        overlay.tunnels.neigh.publish(NeighMap::from_iter([(PEER_VTEP, PEER_MAC)]));
+        for (node, ip) in &p.vteps {
+            overlay.tunnels.vteps.add(node, *ip).expect("a VTEP");
+        }
+        for (port, sec) in &p.port_security {
+            overlay.ingress.bind_port(
+                PortNo(*port),
+                PortBinding {
+                    mac: sec.mac,
+                    ips: sec.ips.clone(),
+                },
+            );
+        }
+        for (ip, m) in &p.arp_responder {
+            overlay.ingress.add_address(*ip, *m);
+        }
+        let flow = FlowPipeline::with_hooks(
+            tables,
+            FlowPipelineConfig {
+                ports: ports.clone(),
+                ..FlowPipelineConfig::default()
+            },
+            Hooks {
+                ct: ct.handle(1),
+                tunnels: overlay.tunnel_hook(0),
+            },
+        );
+        let pipe = overlay.wrap(0, flow, CountedAlloc).expect("the local stack");
+        Datapath {
+            pipe,
+            overlay,
+            ports,
+            uplink,
+        }
+    }
+}
+
+/// What has happened to buffers so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Ledger {
+    created: u64,
+    freed: u64,
+    sent: u64,
+    dropped: u64,
+    consumed: u64,
+}
+
+struct Run {
+    dp: Datapath,
+    out: Output<CountedBuf>,
+    now: u64,
+    fixed: bool,
+    sent: u64,
+    punted: u64,
+    stack_tx: u64,
+}
+
+impl Run {
+    fn ledger(&self) -> Ledger {
+        let (rx, tx) = match &self.dp.pipe {
+            OverlayPipeline::Stack(s) => {
+                let st = s.control().stats;
+                (st.rx.get(), st.tx.get())
+            }
+            OverlayPipeline::Ingress(_) => (0, 0),
+        };
+        let _ = tx;
+        let not_for_us = self.out.drops.get(DropReason::LocalNotForUs);
+        Ledger {
+            created: CREATED.with(Cell::get),
+            freed: FREED.with(Cell::get),
+            sent: self.sent + self.punted,
+            dropped: self.out.drops.total(),
+            consumed: rx - not_for_us,
+        }
+    }
+
+    fn stack_tx(&self) -> u64 {
+        match &self.dp.pipe {
+            OverlayPipeline::Stack(s) => s.control().stats.tx.get(),
+            OverlayPipeline::Ingress(_) => 0,
+        }
+    }
+
+    /// Transmits what is staged (checking each frame) and checks the
+    /// books against `before`.
+    fn settle(&mut self, before: Ledger, what: &str) {
+        let n = self.out.n_ports();
+        for p in 0..n {
+            for b in self.out.take(PortNo(p as u16)) {
+                if VERBOSE.with(|v| *v) {
+                    eprintln!("  {what}: sent {} bytes on port {p}", b.data().len());
+                }
+                if self.fixed {
+                    if let Err(e) = checksum::check(b.data()) {
+                        panic!("{what}: frame sent on port {p}: {e}: {:02x?}", b.data());
+                    }
+                }
+                self.sent += 1;
+            }
+        }
+        self.punted += self.out.controller.len() as u64;
+        self.out.controller.clear();
+        assert!(self.out.local.is_empty(), "{what}: frames left for the local stack");
+        let after = self.ledger();
+        let d = |a: u64, b: u64| a - b;
+        let freed = d(after.freed, before.freed);
+        let fates = d(after.sent, before.sent)
+            + d(after.dropped, before.dropped)
+            + d(after.consumed, before.consumed);
+        assert_eq!(
+            freed, fates,
+            "{what}: {freed} buffers released but {fates} accounted for (sent, dropped, consumed): {:?} → {:?}; drops {:?}",
+            before, after, self.out.drops.nonzero()
+        );
+        assert_eq!(
+            after.created, after.freed,
+            "{what}: {} buffers held after the burst",
+            after.created - after.freed
+        );
+        let tx = self.stack_tx();
+        assert!(
+            tx - self.stack_tx <= d(after.sent, before.sent),
+            "{what}: the local stack counted {} frames sent, only {} were",
+            tx - self.stack_tx,
+            d(after.sent, before.sent)
+        );
+        self.stack_tx = tx;
+        let mut sec = [0u64; 3];
+        for (_, c) in self.dp.overlay.ingress.counters() {
+            sec[0] += c.mac.get();
+            sec[1] += c.ip.get();
+            sec[2] += c.arp.get();
+        }
+        let drops = [
+            self.out.drops.get(DropReason::PortSecurityMac),
+            self.out.drops.get(DropReason::PortSecurityIp),
+            self.out.drops.get(DropReason::PortSecurityArp),
+        ];
+        assert_eq!(sec, drops, "{what}: per-port security counters disagree with the drop reasons");
+    }
+
+    fn burst(&mut self, port: PortNo, frames: Vec<Vec<u8>>) {
+        let before = self.ledger();
+        let mut burst = Burst::new(port);
+        for mut f in frames {
+            if self.fixed {
+                checksum::fix(&mut f);
+            }
+            burst.pkts.push(CountedBuf::new(HeapBuf::from_frame(&f)));
+        }
+        self.dp.pipe.process(self.now, &mut burst, &mut self.out);
+        assert!(burst.pkts.is_empty(), "the pipeline left packets in the burst");
+        self.settle(before, "burst");
+    }
+
+    fn maintain(&mut self) {
+        let before = self.ledger();
+        self.dp.pipe.maintain(self.now, &mut self.out);
+        self.settle(before, "maintain");
+    }
+}
+
+/// Runs the packet path on `data`.
+pub fn run(data: &[u8]) {
+    let Some((&flags, mut rest)) = data.split_first() else {
+        return;
+    };
+    let dp = PROGRAM.with(Datapath::new);
+    let n_ports = dp.ports.iter().map(|p| p.0 as usize + 1).max().unwrap_or(1) + 1;
+    let mut sel: Vec<PortNo> = dp.ports.clone();
+    sel.sort();
+    // One port the datapath does not have.
+    sel.push(PortNo(n_ports as u16 + 3));
+    let mut run = Run {
+        dp,
+        out: Output::new(n_ports),
+        now: 1_000_000_000,
+        fixed: flags & 1 == 0,
+        sent: 0,
+        punted: 0,
+        stack_tx: 0,
+    };
+    let mut pending: Option<(PortNo, Vec<Vec<u8>>)> = None;
+    while rest.len() >= 3 {
+        let h = rest[0];
+        let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])) % 2048;
+        let len = len.min(rest.len() - 3);
+        let frame = rest[3..3 + len].to_vec();
+        rest = &rest[3 + len..];
+        let port = sel[usize::from(h & 7) % sel.len()];
+        let advance = h >> 4;
+        let new_burst = h & 8 != 0 || advance != 0;
+        if let Some((p, frames)) = pending.take() {
+            if new_burst || p != port || frames.len() >= 32 {
+                run.burst(p, frames);
+            } else {
+                pending = Some((p, frames));
+            }
+        }
+        if advance != 0 {
+            run.now += 1u64 << (4 * u32::from(advance));
+            run.maintain();
+        }
+        pending.get_or_insert_with(|| (port, Vec::new())).1.push(frame);
+    }
+    if let Some((p, frames)) = pending {
+        run.burst(p, frames);
+    }
+    run.maintain();
+    if VERBOSE.with(|v| *v) {
+        eprintln!("  drops: {:?}", run.out.drops.nonzero());
+    }
+}

@@ -1,0 +1,37 @@
+//! Replays every committed corpus input (`corpus/<target>/*`) and every
+//! crash reproducer (`regressions/<target>/*`) through its target, without
+//! instrumentation: what the fuzzer found stays fixed in a plain
+//! `cargo test`.
+
+use std::path::Path;
+
+fn replay(dir: &str) -> usize {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut n = 0;
+    for target in sluice_fuzz::TARGETS {
+        let d = root.join(target);
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        let mut files: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        files.sort();
+        for f in files {
+            let data = std::fs::read(&f).unwrap();
+            eprintln!("{target}: {}", f.display());
+            assert!(sluice_fuzz::run_target(target, &data));
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn corpora_replay_without_a_finding() {
+    let n = replay("corpus");
+    assert!(n > 0, "no corpus found under fuzz/corpus");
+}
+
+#[test]
+fn crash_reproducers_stay_fixed() {
+    replay("regressions");
+}

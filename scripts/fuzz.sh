@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Coverage-guided fuzzing of Sluice on the stable toolchain: libFuzzer
+# (from the libfuzzer-sys crate, which builds it from source with the C++
+# compiler) linked into binaries whose Rust code is instrumented with
+# LLVM's SanitizerCoverage through stable rustc flags (-C passes=sancov-module
+# and -C llvm-args=-sanitizer-coverage-*), the flags cargo-fuzz passes, but
+# without cargo-fuzz, whose default address sanitizer needs nightly.
+#
+# Usage:
+#   scripts/fuzz.sh build                  build every target (fuzz/target/)
+#   scripts/fuzz.sh run TARGET [ARGS...]   fuzz one target; ARGS go to libFuzzer,
+#                                          e.g. -runs=100000000 or -max_total_time=600
+#   scripts/fuzz.sh ci [SECONDS]           build, then every target for SECONDS (20) each,
+#                                          starting from the committed corpus; any crash fails
+#   scripts/fuzz.sh merge TARGET           minimise fuzz/corpus-work/TARGET into fuzz/corpus/TARGET
+#   scripts/fuzz.sh list                   the targets
+#
+# New inputs go to fuzz/corpus-work/TARGET (not committed); crashes to
+# fuzz/artifacts/TARGET/. Each crash becomes a unit test in the crate with
+# the bug, and its input a file in fuzz/regressions/TARGET/ (replayed by
+# `cargo test --manifest-path fuzz/Cargo.toml`).
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+export CARGO_INCREMENTAL=0
+TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
+BIN=target/$TRIPLE/release
+TARGETS=(packet_path control_rpc nestdb_rpc ini_config ofctl_flow)
+
+build() {
+    # The triple is explicit so that RUSTFLAGS reach only the target code,
+    # not build scripts and proc macros.
+    RUSTFLAGS="-C passes=sancov-module \
+        -C llvm-args=-sanitizer-coverage-level=4 \
+        -C llvm-args=-sanitizer-coverage-inline-8bit-counters \
+        -C llvm-args=-sanitizer-coverage-pc-table \
+        -C llvm-args=-sanitizer-coverage-trace-compares \
+        --cfg fuzzing -C debug-assertions -C overflow-checks -C codegen-units=4" \
+        cargo build --release --locked --features libfuzzer --bins --target "$TRIPLE"
+}
+
+run() {
+    local t=$1
+    shift
+    mkdir -p "corpus-work/$t" "artifacts/$t"
+    local dict=()
+    [ -f "dict/$t.dict" ] && dict=(-dict="dict/$t.dict")
+    # New inputs land in the first directory; the committed corpus is read.
+    "$BIN/$t" -artifact_prefix="artifacts/$t/" -rss_limit_mb=2048 -max_len=8192 \
+        -print_final_stats=1 ${dict[@]+"${dict[@]}"} "$@" "corpus-work/$t" "corpus/$t"
+}
+
+case "${1:-}" in
+    build) build ;;
+    run)
+        [ $# -ge 2 ] || { echo "usage: $0 run TARGET [libFuzzer args]" >&2; exit 2; }
+        shift
+        run "$@"
+        ;;
+    ci)
+        secs=${2:-20}
+        build
+        for t in "${TARGETS[@]}"; do
+            echo "==> fuzz $t for ${secs}s"
+            run "$t" -max_total_time="$secs" 2>&1 | tail -n 12
+        done
+        ;;
+    merge)
+        [ $# -eq 2 ] || { echo "usage: $0 merge TARGET" >&2; exit 2; }
+        mkdir -p "corpus-work/$2"
+        tmp=$(mktemp -d)
+        "$BIN/$2" -merge=1 -max_len=8192 "$tmp" "corpus/$2" "corpus-work/$2"
+        rm -rf "corpus/$2" && mv "$tmp" "corpus/$2"
+        ;;
+    list) printf '%s\n' "${TARGETS[@]}" ;;
+    *)
+        sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
+        exit 2
+        ;;
+esac
