@@ -180,6 +180,12 @@ fn handle_frame(reg: &Registry, frame: &[u8]) -> (Value, Result<Value, String>) 
     (request.id, outcome)
 }
 
+#[derive(serde::Deserialize)]
+struct ReplyId<'a> {
+    #[serde(borrow)]
+    id: &'a RawValue,
+}
+
 /// Feeds `data` to the control socket's request path.
 pub fn run(data: &[u8]) {
     let Some((&cut, stream)) = data.split_first() else {
@@ -196,7 +202,15 @@ pub fn run(data: &[u8]) {
             let v: Value = serde_json::from_slice(&reply).unwrap_or_else(|e| {
                 panic!("reply is not JSON ({e}): {}", String::from_utf8_lossy(&reply))
             });
-            assert_eq!(v["id"], id, "reply carries another id");
+            // The id's text, not its decoded value: serde_json's default
+            // float parser is not exact, so decoding would compare two
+            // roundings rather than what was sent.
+            let raw: ReplyId<'_> = serde_json::from_slice(&reply).expect("a reply object");
+            assert_eq!(
+                raw.id.get(),
+                serde_json::to_string(&id).expect("an id encodes"),
+                "reply carries another id"
+            );
             match &outcome {
                 Ok(result) => {
                     assert_eq!(&v["result"], result, "reply result differs");

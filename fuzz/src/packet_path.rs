@@ -8,7 +8,8 @@
 //! addresses are what `sluice-agent` compiles (`control::agent::compile`)
 //! for a representative node: two pods, a remote node, a NodePort Service
 //! to a remote endpoint and a ClusterIP UDP Service to a local pod. The
-//! conntrack table is small (64 connections) so that limits are reached.
+//! conntrack table (64 connections) and the caches are small so that
+//! limits are reached.
 //! No DPDK: buffers are heap buffers whose creation and release are
 //! counted.
 //!
@@ -338,6 +339,8 @@ impl Datapath {
         let ct = Conntrack::with_services(
             ConntrackConfig {
                 max_connections: 64,
+                shards: 4,
+                cache_entries: 16,
                 ..ConntrackConfig::default()
             },
             services,
@@ -369,6 +372,11 @@ impl Datapath {
             tables,
             FlowPipelineConfig {
                 ports: ports.clone(),
+                // Small caches: cheap to build for every input, and full
+                // (eviction paths) after a few flows.
+                emc_entries: 16,
+                megaflow_capacity: 32,
+                mac_capacity: 16,
                 ..FlowPipelineConfig::default()
             },
             Hooks {

@@ -320,7 +320,10 @@ impl<P> Ingress<P> {
             match r {
                 DropReason::PortSecurityMac => c.mac.inc(),
                 DropReason::PortSecurityIp => c.ip.inc(),
-                _ => c.arp.inc(),
+                DropReason::PortSecurityArp => c.arp.inc(),
+                // Not spoofing (a malformed ARP): the drop reason alone
+                // counts it.
+                _ => {}
             }
         }
     }
@@ -534,4 +537,20 @@ mod tests {
         assert!(!ctl.config().ports.contains_key(&PortNo(3)));
         assert!(ctl.config().ports.contains_key(&PortNo(4)));
     }
+
+    /// Found by the packet_path fuzz target: a truncated ARP frame from a
+    /// secured port is dropped as `arp_malformed`, and was also counted
+    /// as that port's `port_security_arp` (a spoofing attempt it is not),
+    /// so `dump-port-security` disagreed with the drop reasons.
+    #[test]
+    fn malformed_arp_is_not_counted_as_spoofing() {
+        let (mut p, ctl) = setup();
+        let good = arp_frame(1, [0xff; 6], POD_MAC, POD_IP, [0; 6], GW);
+        let out = run(&mut p, 1, &[good[..30].to_vec()]);
+        assert_eq!(out.drops.get(DropReason::ArpMalformed), 1);
+        assert_eq!(out.drops.get(DropReason::PortSecurityArp), 0);
+        let c = &ctl.counters()[0].1;
+        assert_eq!((c.mac.get(), c.ip.get(), c.arp.get()), (0, 0, 0));
+    }
+
 }
