@@ -10,7 +10,8 @@
 #   scripts/fuzz.sh build                  build every target (fuzz/target/)
 #   scripts/fuzz.sh run TARGET [ARGS...]   fuzz one target; ARGS go to libFuzzer,
 #                                          e.g. -runs=100000000 or -max_total_time=600
-#   scripts/fuzz.sh ci [SECONDS]           build, then every target for SECONDS (20) each,
+#   scripts/fuzz.sh ci [SECONDS]           build, then every target for SECONDS (20) each
+#                                          (a fixed seed: CI tries the same mutations each time, not new ground),
 #                                          starting from the committed corpus; any crash fails
 #   scripts/fuzz.sh merge TARGET           minimise fuzz/corpus-work/TARGET into fuzz/corpus/TARGET
 #   scripts/fuzz.sh list                   the targets
@@ -59,10 +60,21 @@ case "${1:-}" in
     ci)
         secs=${2:-20}
         build
+        failed=0
         for t in "${TARGETS[@]}"; do
             echo "==> fuzz $t for ${secs}s"
-            run "$t" -max_total_time="$secs" 2>&1 | tail -n 12
+            mkdir -p "artifacts/$t"
+            log="artifacts/$t/ci.log"
+            if run "$t" -seed=1 -max_total_time="$secs" >"$log" 2>&1; then
+                grep -E '^#[0-9]+ +DONE|stat::(number_of_executed_units|average_exec_per_sec|new_units_added)' "$log" || true
+            else
+                echo "fuzz target $t FAILED (full log: fuzz/$log):"
+                grep -A25 -E 'panicked|ERROR: libFuzzer' "$log" | head -n 60
+                grep 'Test unit written' "$log" || true
+                failed=1
+            fi
         done
+        exit "$failed"
         ;;
     merge)
         [ $# -eq 2 ] || { echo "usage: $0 merge TARGET" >&2; exit 2; }

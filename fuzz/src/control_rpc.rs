@@ -36,9 +36,8 @@ const ANSWER: &str = "fuzz: request decoded";
 fn round_trips<R: Serialize + DeserializeOwned>(name: &str, r: &R) {
     let v = serde_json::to_value(r)
         .unwrap_or_else(|e| panic!("{name}: a decoded request does not serialise: {e}"));
-    let back: R = serde_json::from_value(v.clone()).unwrap_or_else(|e| {
-        panic!("{name}: the serialised request {v} does not deserialise: {e}")
-    });
+    let back: R = serde_json::from_value(v.clone())
+        .unwrap_or_else(|e| panic!("{name}: the serialised request {v} does not deserialise: {e}"));
     let again = serde_json::to_value(&back).expect("serialises");
     assert_eq!(v, again, "{name}: request changed in a JSON round trip");
 }
@@ -148,7 +147,12 @@ fn handle_frame(reg: &Registry, frame: &[u8]) -> (Value, Result<Value, String>) 
     let raw = match RawRequest::parse(frame) {
         Ok(Some(raw)) => raw,
         Ok(None) => return (Value::Null, Err("message is not a JSON object\n".into())),
-        Err(e) => return (Value::Null, Err(format!("malformed JSON in request: {e}\n"))),
+        Err(e) => {
+            return (
+                Value::Null,
+                Err(format!("malformed JSON in request: {e}\n")),
+            )
+        }
     };
     let mut decode = |raw: &RawValue| -> Result<Value, String> {
         serde_json::from_str(raw.get()).map_err(|e| format!("malformed JSON in request: {e}"))
@@ -166,7 +170,8 @@ fn handle_frame(reg: &Registry, frame: &[u8]) -> (Value, Result<Value, String>) 
                 assert_eq!(req.id, request.id, "id differs");
                 let decoded = reg.dispatch(&req.method, &req.params, &ctx);
                 assert_eq!(
-                    outcome, decoded,
+                    outcome,
+                    decoded,
                     "dispatch_raw and dispatch disagree on {}",
                     String::from_utf8_lossy(frame)
                 );
@@ -200,7 +205,10 @@ pub fn run(data: &[u8]) {
             let (id, outcome) = handle_frame(reg, f);
             let reply = encode_reply(&id, &outcome);
             let v: Value = serde_json::from_slice(&reply).unwrap_or_else(|e| {
-                panic!("reply is not JSON ({e}): {}", String::from_utf8_lossy(&reply))
+                panic!(
+                    "reply is not JSON ({e}): {}",
+                    String::from_utf8_lossy(&reply)
+                )
             });
             // The id's text, not its decoded value: serde_json's default
             // float parser is not exact, so decoding would compare two
@@ -217,7 +225,11 @@ pub fn run(data: &[u8]) {
                     assert!(v["error"].is_null(), "a result with an error: {v}");
                 }
                 Err(message) => {
-                    assert_eq!(v["error"], Value::String(message.clone()), "reply error differs");
+                    assert_eq!(
+                        v["error"],
+                        Value::String(message.clone()),
+                        "reply error differs"
+                    );
                     assert!(v["result"].is_null(), "an error with a result: {v}");
                 }
             }

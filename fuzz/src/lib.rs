@@ -19,12 +19,12 @@
 //! Thread-safety: each target keeps its state in thread-locals; libFuzzer
 //! and the replay tests call `run` from one thread at a time per target.
 
+pub mod checksum;
 pub mod control_rpc;
 pub mod ini_config;
 pub mod nestdb_rpc;
 pub mod ofctl_flow;
 pub mod packet_path;
-pub mod checksum;
 
 /// The names of every target (the directories under `corpus/`).
 pub const TARGETS: &[&str] = &[

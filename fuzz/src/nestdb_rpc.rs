@@ -90,7 +90,10 @@ pub fn run(data: &[u8]) {
             let for_us = params.get(0).and_then(Value::as_str) == Some(DB);
             match method.as_str() {
                 "transact" if for_us => {
-                    let ops: Vec<Value> = params.as_array().map(|a| a[1..].to_vec()).unwrap_or_default();
+                    let ops: Vec<Value> = params
+                        .as_array()
+                        .map(|a| a[1..].to_vec())
+                        .unwrap_or_default();
                     transact(&mut storage, &mut monitors, &ops);
                 }
                 "monitor" | "monitor_cond" | "monitor_cond_since" if for_us => {
@@ -165,7 +168,11 @@ fn transact(storage: &mut Storage, monitors: &mut [Monitor], ops: &[Value]) {
                     }
                     storage.sync().expect("the log syncs");
                 }
-                None => assert_eq!(contents(storage), before, "no changes, yet the rows changed"),
+                None => assert_eq!(
+                    contents(storage),
+                    before,
+                    "no changes, yet the rows changed"
+                ),
             }
         }
     }

@@ -239,7 +239,10 @@ pub fn rows() -> NodeRows {
                 mtu: 1500,
                 external_ids: BTreeMap::from([
                     ("node_mac".to_string(), mac(NODE_MAC)),
-                    ("underlay_gateway_mac".to_string(), mac([2, 0, 0, 0, 0, 0xfe])),
+                    (
+                        "underlay_gateway_mac".to_string(),
+                        mac([2, 0, 0, 0, 0, 0xfe]),
+                    ),
                 ]),
             },
         )],
@@ -290,7 +293,11 @@ pub fn rows() -> NodeRows {
 
 fn program() -> NodeProgram {
     let c = compile(&rows());
-    assert!(c.errors.is_empty(), "the fuzz node does not compile: {:?}", c.errors);
+    assert!(
+        c.errors.is_empty(),
+        "the fuzz node does not compile: {:?}",
+        c.errors
+    );
     c.program
 }
 
@@ -323,7 +330,11 @@ impl Datapath {
             node_addresses: s.node_ips.clone(),
             node_port_range: s.node_port_range,
             masquerade_ip: s.masquerade_ip.expect("a masquerade address"),
-            cluster_cidrs: s.cluster_cidrs.iter().map(|c| (c.ip, c.prefix_len)).collect(),
+            cluster_cidrs: s
+                .cluster_cidrs
+                .iter()
+                .map(|c| (c.ip, c.prefix_len))
+                .collect(),
             node_zone: s.zone.clone(),
         });
         services
@@ -352,7 +363,10 @@ impl Datapath {
         let ports: Vec<PortNo> = p.ports.values().map(|s| PortNo(s.ofport)).collect();
         let uplink = PortNo(sluice_control::agent::compile::UPLINK);
         let mut overlay = Overlay::new(&oc, 1, Some((uplink, NODE_MAC)));
-        overlay.tunnels.neigh.publish(NeighMap::from_iter([(PEER_VTEP, PEER_MAC)]));
+        overlay
+            .tunnels
+            .neigh
+            .publish(NeighMap::from_iter([(PEER_VTEP, PEER_MAC)]));
         for (node, ip) in &p.vteps {
             overlay.tunnels.vteps.add(node, *ip).expect("a VTEP");
         }
@@ -384,7 +398,9 @@ impl Datapath {
                 tunnels: overlay.tunnel_hook(0),
             },
         );
-        let pipe = overlay.wrap(0, flow, CountedAlloc).expect("the local stack");
+        let pipe = overlay
+            .wrap(0, flow, CountedAlloc)
+            .expect("the local stack");
         Datapath {
             pipe,
             overlay,
@@ -416,14 +432,10 @@ struct Run {
 
 impl Run {
     fn ledger(&self) -> Ledger {
-        let (rx, tx) = match &self.dp.pipe {
-            OverlayPipeline::Stack(s) => {
-                let st = s.control().stats;
-                (st.rx.get(), st.tx.get())
-            }
-            OverlayPipeline::Ingress(_) => (0, 0),
+        let rx = match &self.dp.pipe {
+            OverlayPipeline::Stack(s) => s.control().stats.rx.get(),
+            OverlayPipeline::Ingress(_) => 0,
         };
-        let _ = tx;
         let not_for_us = self.out.drops.get(DropReason::LocalNotForUs);
         Ledger {
             created: CREATED.with(Cell::get),
@@ -460,7 +472,10 @@ impl Run {
         }
         self.punted += self.out.controller.len() as u64;
         self.out.controller.clear();
-        assert!(self.out.local.is_empty(), "{what}: frames left for the local stack");
+        assert!(
+            self.out.local.is_empty(),
+            "{what}: frames left for the local stack"
+        );
         let after = self.ledger();
         let d = |a: u64, b: u64| a - b;
         let freed = d(after.freed, before.freed);
@@ -473,7 +488,8 @@ impl Run {
             before, after, self.out.drops.nonzero()
         );
         assert_eq!(
-            after.created, after.freed,
+            after.created,
+            after.freed,
             "{what}: {} buffers held after the burst",
             after.created - after.freed
         );
@@ -496,7 +512,10 @@ impl Run {
             self.out.drops.get(DropReason::PortSecurityIp),
             self.out.drops.get(DropReason::PortSecurityArp),
         ];
-        assert_eq!(sec, drops, "{what}: per-port security counters disagree with the drop reasons");
+        assert_eq!(
+            sec, drops,
+            "{what}: per-port security counters disagree with the drop reasons"
+        );
     }
 
     fn burst(&mut self, port: PortNo, frames: Vec<Vec<u8>>) {
@@ -509,7 +528,10 @@ impl Run {
             burst.pkts.push(CountedBuf::new(HeapBuf::from_frame(&f)));
         }
         self.dp.pipe.process(self.now, &mut burst, &mut self.out);
-        assert!(burst.pkts.is_empty(), "the pipeline left packets in the burst");
+        assert!(
+            burst.pkts.is_empty(),
+            "the pipeline left packets in the burst"
+        );
         self.settle(before, "burst");
     }
 
@@ -561,7 +583,10 @@ pub fn run(data: &[u8]) {
             run.now += 1u64 << (4 * u32::from(advance));
             run.maintain();
         }
-        pending.get_or_insert_with(|| (port, Vec::new())).1.push(frame);
+        pending
+            .get_or_insert_with(|| (port, Vec::new()))
+            .1
+            .push(frame);
     }
     if let Some((p, frames)) = pending {
         run.burst(p, frames);

@@ -12,12 +12,20 @@ use serde_json::json;
 use sluice_fuzz::packet_path::{self, CLIENT, NODE_MAC, PEER, PEER_MAC, PEER_VTEP, SERVER, VTEP};
 
 fn write(target: &str, name: &str, data: &[u8]) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(target);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join(format!("seed-{}", name.replace('/', "_"))), data).unwrap();
 }
 
-fn tcp(src: ([u8; 6], Ipv4Addr), dst: ([u8; 6], Ipv4Addr), ports: (u16, u16), syn: bool, ack: bool) -> Vec<u8> {
+fn tcp(
+    src: ([u8; 6], Ipv4Addr),
+    dst: ([u8; 6], Ipv4Addr),
+    ports: (u16, u16),
+    syn: bool,
+    ack: bool,
+) -> Vec<u8> {
     let mut b = PacketBuilder::ethernet2(src.0, dst.0)
         .ipv4(src.1.octets(), dst.1.octets(), 64)
         .tcp(ports.0, ports.1, if ack { 5000 } else { 1000 }, 64000);
@@ -32,7 +40,12 @@ fn tcp(src: ([u8; 6], Ipv4Addr), dst: ([u8; 6], Ipv4Addr), ports: (u16, u16), sy
     v
 }
 
-fn udp(src: ([u8; 6], Ipv4Addr), dst: ([u8; 6], Ipv4Addr), ports: (u16, u16), payload: &[u8]) -> Vec<u8> {
+fn udp(
+    src: ([u8; 6], Ipv4Addr),
+    dst: ([u8; 6], Ipv4Addr),
+    ports: (u16, u16),
+    payload: &[u8],
+) -> Vec<u8> {
     let mut v = Vec::new();
     PacketBuilder::ethernet2(src.0, dst.0)
         .ipv4(src.1.octets(), dst.1.octets(), 64)
@@ -68,7 +81,12 @@ fn arp(op: u16, sha: [u8; 6], spa: Ipv4Addr, tha: [u8; 6], tpa: Ipv4Addr, dst: [
 fn geneve(inner: &[u8]) -> Vec<u8> {
     let mut payload = vec![0, 0, 0x65, 0x58, 0, 0, 1, 0];
     payload.extend_from_slice(inner);
-    udp((PEER_MAC, PEER_VTEP), (NODE_MAC, VTEP), (50000, 6081), &payload)
+    udp(
+        (PEER_MAC, PEER_VTEP),
+        (NODE_MAC, VTEP),
+        (50000, 6081),
+        &payload,
+    )
 }
 
 /// One record of the packet-path input.
@@ -94,7 +112,12 @@ fn write_seed_corpora() {
     let p = sluice_control::agent::compile::compile(&packet_path::rows()).program;
     let mut ports: Vec<u16> = p.ports.values().map(|s| s.ofport).collect();
     ports.sort();
-    let sel = |name: &str| ports.iter().position(|&o| o == p.ports[name].ofport).unwrap() as u8;
+    let sel = |name: &str| {
+        ports
+            .iter()
+            .position(|&o| o == p.ports[name].ofport)
+            .unwrap() as u8
+    };
     let (up, host, cl, pe) = (sel("uplink"), sel("host"), sel("a-client"), sel("a-peer"));
     let gw = Ipv4Addr::new(10, 244, 1, 1);
     let router = ([2, 0, 0, 0, 0, 0xfe], Ipv4Addr::new(192, 0, 2, 1));
@@ -103,33 +126,169 @@ fn write_seed_corpora() {
     let dns = (NODE_MAC, Ipv4Addr::new(10, 96, 0, 53));
     let bcast = [0xff; 6];
     let seeds: Vec<(&str, Vec<u8>)> = vec![
-        ("arp-gateway", input(&[rec(cl, false, 0, &arp(1, CLIENT.0, CLIENT.1, [0; 6], gw, bcast))])),
-        ("arp-vtep", input(&[rec(up, false, 0, &arp(1, router.0, router.1, [0; 6], VTEP, bcast))])),
-        ("arp-reply-peer", input(&[rec(up, false, 0, &arp(2, PEER_MAC, PEER_VTEP, NODE_MAC, VTEP, NODE_MAC))])),
-        ("pod-to-pod", input(&[
-            rec(cl, false, 0, &tcp(CLIENT, (NODE_MAC, PEER.1), (4000, 80), true, false)),
-            rec(pe, true, 1, &tcp(PEER, (NODE_MAC, CLIENT.1), (80, 4000), true, true)),
-        ])),
-        ("clusterip-remote", input(&[
-            rec(cl, false, 0, &tcp(CLIENT, svc, (4001, 80), true, false)),
-            rec(up, true, 2, &geneve(&tcp((SERVER.0, SERVER.1), (NODE_MAC, CLIENT.1), (8080, 4001), true, true))),
-            rec(cl, true, 2, &tcp(CLIENT, svc, (4001, 80), false, true)),
-        ])),
-        ("clusterip-local-udp", input(&[
-            rec(cl, false, 0, &udp(CLIENT, dns, (5000, 53), b"query")),
-            rec(pe, true, 1, &udp(PEER, (NODE_MAC, CLIENT.1), (5353, 5000), b"answer")),
-        ])),
-        ("nodeport", input(&[rec(up, false, 0, &tcp(router, node, (40000, 30080), true, false))])),
-        ("geneve-to-pod", input(&[rec(up, false, 0, &geneve(&tcp(SERVER, (NODE_MAC, PEER.1), (9, 80), true, false)))])),
-        ("ping-vtep", input(&[rec(up, false, 0, &icmp_echo(router, node))])),
-        ("ping-vtep-broadcast", input(&[rec(up, false, 0, &icmp_echo(router, (bcast, VTEP)))])),
-        ("spoofed", input(&[
-            rec(cl, false, 0, &tcp(([2, 9, 9, 9, 9, 9], CLIENT.1), (NODE_MAC, PEER.1), (1, 2), true, false)),
-            rec(cl, false, 0, &tcp((CLIENT.0, Ipv4Addr::new(10, 244, 1, 99)), (NODE_MAC, PEER.1), (1, 2), true, false)),
-        ])),
-        ("host", input(&[rec(host, false, 0, &tcp((NODE_MAC, VTEP), (CLIENT.0, CLIENT.1), (22, 3000), true, false))])),
-        ("self-addressed", input(&[rec(cl, false, 0, &tcp(CLIENT, (NODE_MAC, CLIENT.1), (7, 7), true, false))])),
-        ("big-df", input(&[rec(cl, false, 0, &udp(CLIENT, (NODE_MAC, SERVER.1), (1, 2), &[0u8; 1480]))])),
+        (
+            "arp-gateway",
+            input(&[rec(
+                cl,
+                false,
+                0,
+                &arp(1, CLIENT.0, CLIENT.1, [0; 6], gw, bcast),
+            )]),
+        ),
+        (
+            "arp-vtep",
+            input(&[rec(
+                up,
+                false,
+                0,
+                &arp(1, router.0, router.1, [0; 6], VTEP, bcast),
+            )]),
+        ),
+        (
+            "arp-reply-peer",
+            input(&[rec(
+                up,
+                false,
+                0,
+                &arp(2, PEER_MAC, PEER_VTEP, NODE_MAC, VTEP, NODE_MAC),
+            )]),
+        ),
+        (
+            "pod-to-pod",
+            input(&[
+                rec(
+                    cl,
+                    false,
+                    0,
+                    &tcp(CLIENT, (NODE_MAC, PEER.1), (4000, 80), true, false),
+                ),
+                rec(
+                    pe,
+                    true,
+                    1,
+                    &tcp(PEER, (NODE_MAC, CLIENT.1), (80, 4000), true, true),
+                ),
+            ]),
+        ),
+        (
+            "clusterip-remote",
+            input(&[
+                rec(cl, false, 0, &tcp(CLIENT, svc, (4001, 80), true, false)),
+                rec(
+                    up,
+                    true,
+                    2,
+                    &geneve(&tcp(
+                        (SERVER.0, SERVER.1),
+                        (NODE_MAC, CLIENT.1),
+                        (8080, 4001),
+                        true,
+                        true,
+                    )),
+                ),
+                rec(cl, true, 2, &tcp(CLIENT, svc, (4001, 80), false, true)),
+            ]),
+        ),
+        (
+            "clusterip-local-udp",
+            input(&[
+                rec(cl, false, 0, &udp(CLIENT, dns, (5000, 53), b"query")),
+                rec(
+                    pe,
+                    true,
+                    1,
+                    &udp(PEER, (NODE_MAC, CLIENT.1), (5353, 5000), b"answer"),
+                ),
+            ]),
+        ),
+        (
+            "nodeport",
+            input(&[rec(
+                up,
+                false,
+                0,
+                &tcp(router, node, (40000, 30080), true, false),
+            )]),
+        ),
+        (
+            "geneve-to-pod",
+            input(&[rec(
+                up,
+                false,
+                0,
+                &geneve(&tcp(SERVER, (NODE_MAC, PEER.1), (9, 80), true, false)),
+            )]),
+        ),
+        (
+            "ping-vtep",
+            input(&[rec(up, false, 0, &icmp_echo(router, node))]),
+        ),
+        (
+            "ping-vtep-broadcast",
+            input(&[rec(up, false, 0, &icmp_echo(router, (bcast, VTEP)))]),
+        ),
+        (
+            "spoofed",
+            input(&[
+                rec(
+                    cl,
+                    false,
+                    0,
+                    &tcp(
+                        ([2, 9, 9, 9, 9, 9], CLIENT.1),
+                        (NODE_MAC, PEER.1),
+                        (1, 2),
+                        true,
+                        false,
+                    ),
+                ),
+                rec(
+                    cl,
+                    false,
+                    0,
+                    &tcp(
+                        (CLIENT.0, Ipv4Addr::new(10, 244, 1, 99)),
+                        (NODE_MAC, PEER.1),
+                        (1, 2),
+                        true,
+                        false,
+                    ),
+                ),
+            ]),
+        ),
+        (
+            "host",
+            input(&[rec(
+                host,
+                false,
+                0,
+                &tcp(
+                    (NODE_MAC, VTEP),
+                    (CLIENT.0, CLIENT.1),
+                    (22, 3000),
+                    true,
+                    false,
+                ),
+            )]),
+        ),
+        (
+            "self-addressed",
+            input(&[rec(
+                cl,
+                false,
+                0,
+                &tcp(CLIENT, (NODE_MAC, CLIENT.1), (7, 7), true, false),
+            )]),
+        ),
+        (
+            "big-df",
+            input(&[rec(
+                cl,
+                false,
+                0,
+                &udp(CLIENT, (NODE_MAC, SERVER.1), (1, 2), &[0u8; 1480]),
+            )]),
+        ),
     ];
     for (name, data) in &seeds {
         write("packet_path", name, data);
@@ -234,5 +393,4 @@ fn write_seed_corpora() {
         d.extend_from_slice(text.as_bytes());
         write("ofctl_flow", &format!("extra-{i}"), &d);
     }
-    let _ = (PEER, PEER_MAC);
 }
