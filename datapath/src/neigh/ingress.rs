@@ -552,5 +552,4 @@ mod tests {
         let c = &ctl.counters()[0].1;
         assert_eq!((c.mac.get(), c.ip.get(), c.arp.get()), (0, 0, 0));
     }
-
 }
