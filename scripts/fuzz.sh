@@ -7,7 +7,7 @@
 # without cargo-fuzz, whose default address sanitizer needs nightly.
 #
 # Usage:
-#   scripts/fuzz.sh build                  build every target (fuzz/target/)
+#   scripts/fuzz.sh build                  build every target (into fuzz/target/)
 #   scripts/fuzz.sh run TARGET [ARGS...]   fuzz one target; ARGS go to libFuzzer,
 #                                          e.g. -runs=100000000 or -max_total_time=600
 #   scripts/fuzz.sh ci [SECONDS]           build, then every target for SECONDS (20) each
@@ -19,7 +19,7 @@
 # New inputs go to fuzz/corpus-work/TARGET (not committed); crashes to
 # fuzz/artifacts/TARGET/. Each crash becomes a unit test in the crate with
 # the bug, and its input a file in fuzz/regressions/TARGET/ (replayed by
-# `cargo test --manifest-path fuzz/Cargo.toml`).
+# `cargo test -p sluice-fuzz`).
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 export CARGO_INCREMENTAL=0
@@ -36,7 +36,8 @@ build() {
         -C llvm-args=-sanitizer-coverage-pc-table \
         -C llvm-args=-sanitizer-coverage-trace-compares \
         --cfg fuzzing -C debug-assertions -C overflow-checks -C codegen-units=4" \
-        cargo build --release --locked --features libfuzzer --bins --target "$TRIPLE"
+        cargo build --release --locked -p sluice-fuzz --features libfuzzer --bins \
+        --target "$TRIPLE" --target-dir target
 }
 
 run() {

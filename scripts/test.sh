@@ -17,8 +17,7 @@ cargo test --workspace --locked "$@" 2>&1 | tee target/test.log
 echo "==> nestdb-client end-to-end tests against nestdb-server (they ran against ovsdb-server above)"
 NESTDB_TEST_SERVER="$PWD/target/debug/nestdb-server" \
     cargo test --locked -p nestdb-client --test ovsdb_e2e 2>&1 | tee -a target/test.log
-echo "==> fuzz targets: every corpus input and crash reproducer replayed as a plain test"
-cargo test --locked --manifest-path fuzz/Cargo.toml 2>&1 | tee -a target/test.log
+# (The fuzz corpora and crash reproducers were replayed above as sluice-fuzz's plain tests.)
 echo "==> fuzz targets: a short coverage-guided run of each (regression run)"
 bash scripts/fuzz.sh ci "${FUZZ_SECONDS:-20}" 2>&1 | tee -a target/test.log
 # Tests skip (with a printed reason) only when a prerequisite is missing.
