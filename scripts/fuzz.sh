@@ -81,7 +81,8 @@ case "${1:-}" in
         [ $# -eq 2 ] || { echo "usage: $0 merge TARGET" >&2; exit 2; }
         mkdir -p "corpus-work/$2"
         tmp=$(mktemp -d)
-        "$BIN/$2" -merge=1 -max_len=8192 "$tmp" "corpus/$2" "corpus-work/$2"
+        # Edge coverage only (no hit-count buckets): a few hundred inputs, not thousands.
+        "$BIN/$2" -merge=1 -use_counters=0 -max_len=2048 "$tmp" "corpus/$2" "corpus-work/$2"
         rm -rf "corpus/$2" && mv "$tmp" "corpus/$2"
         ;;
     list) printf '%s\n' "${TARGETS[@]}" ;;
