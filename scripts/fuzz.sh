@@ -70,7 +70,7 @@ case "${1:-}" in
             mkdir -p "artifacts/$t"
             log="artifacts/$t/ci.log"
             if run "$t" -seed=1 -max_total_time="$secs" >"$log" 2>&1; then
-                grep -E '^#[0-9]+ +DONE|stat::(number_of_executed_units|average_exec_per_sec|new_units_added)' "$log" || true
+                grep -E '^#[0-9]+[[:space:]]+DONE|stat::(number_of_executed_units|average_exec_per_sec|new_units_added)' "$log" || true
             else
                 echo "fuzz target $t FAILED (full log: fuzz/$log):"
                 grep -A25 -E 'panicked|ERROR: libFuzzer' "$log" | head -n 60
