@@ -1091,8 +1091,12 @@ impl IncrementalCompiler {
             let local = match &specs {
                 None => Local::NoNode,
                 Some(Err(e)) => Local::Bad(e.clone()),
+                // Specs exist only with a node (`specs_of`).
+                Some(Ok(_)) if self.node.is_none() => Local::NoNode,
                 Some(Ok(specs)) => {
-                    let n = self.node.as_ref().expect("specs need the node");
+                    let Some(n) = self.node.as_ref() else {
+                        continue;
+                    };
                     Local::Good {
                         frontends: specs
                             .iter()
@@ -1127,7 +1131,9 @@ impl IncrementalCompiler {
                 });
             }
             recompiled.insert(u);
-            let svc = self.services.get_mut(&u).expect("present");
+            let Some(svc) = self.services.get_mut(&u) else {
+                continue;
+            };
             svc.key = new_key.clone();
             svc.local = local;
             work.insert(new_key);
@@ -1165,7 +1171,9 @@ impl IncrementalCompiler {
             }
             let (accepted, error) = self.standing(svc);
             self.stats.services_checked += 1;
-            let svc = self.services.get(&u).expect("present");
+            let Some(svc) = self.services.get(&u) else {
+                continue;
+            };
             let moved = accepted != svc.accepted;
             if moved {
                 let (fes, names) = svc.local.claims();
@@ -1180,7 +1188,9 @@ impl IncrementalCompiler {
                     }
                 }
             }
-            let svc = self.services.get_mut(&u).expect("present");
+            let Some(svc) = self.services.get_mut(&u) else {
+                continue;
+            };
             if moved || error != svc.error || recompiled.contains(&u) {
                 touched.push(u);
             }
@@ -1193,8 +1203,10 @@ impl IncrementalCompiler {
             self.retract(e);
         }
         for u in &touched {
-            let e = std::mem::take(&mut self.services.get_mut(u).expect("present").emitted);
-            self.retract(e);
+            if let Some(svc) = self.services.get_mut(u) {
+                let e = std::mem::take(&mut svc.emitted);
+                self.retract(e);
+            }
         }
         self.stats.services_rewritten = touched.len();
         for u in touched {
@@ -1263,7 +1275,9 @@ impl IncrementalCompiler {
     }
 
     fn emit(&mut self, u: Uuid, specs: Vec<ServiceSpec>) {
-        let svc = self.services.get(&u).expect("present");
+        let Some(svc) = self.services.get(&u) else {
+            return;
+        };
         let mut e = Emitted::default();
         let display_key = display(&svc.key);
         if let Some(s) = &svc.error {
@@ -1313,7 +1327,9 @@ impl IncrementalCompiler {
                 );
             }
         }
-        self.services.get_mut(&u).expect("present").emitted = e;
+        if let Some(svc) = self.services.get_mut(&u) {
+            svc.emitted = e;
+        }
     }
 }
 
