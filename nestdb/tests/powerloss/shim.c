@@ -32,22 +32,35 @@
 static const char *dir_env(void) { return getenv("POWERLOSS_DIR"); }
 static const char *state_env(void) { return getenv("POWERLOSS_STATE"); }
 
-static int copy_fd_to(int fd, const char *dst) {
-    char tmp[PATH_MAX];
+/*
+ * Copies what `fd` refers to into `dst`. The copy reads through a fresh
+ * read-only descriptor from /proc/self/fd: the caller's may be write-only
+ * (nestdb writes its compaction temporary with O_WRONLY), and pread on it
+ * fails with EBADF. That failure once went unnoticed here and made the
+ * model forget every compacted log: a copy that cannot be made now stops
+ * the server (the test then fails saying why) instead of recording a lie.
+ */
+static void copy_fd_to(int fd, const char *dst) {
+    char link[64], tmp[PATH_MAX];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
     snprintf(tmp, sizeof tmp, "%s.tmp", dst);
-    int out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (out < 0) return -1;
+    int in = open(link, O_RDONLY | O_CLOEXEC);
+    int out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (in < 0 || out < 0) goto fail;
     char buf[65536];
-    off_t off = 0;
     for (;;) {
-        ssize_t n = pread(fd, buf, sizeof buf, off);
-        if (n < 0) { close(out); return -1; }
+        ssize_t n = read(in, buf, sizeof buf);
+        if (n < 0) goto fail;
         if (n == 0) break;
-        if (write(out, buf, (size_t)n) != n) { close(out); return -1; }
-        off += n;
+        if (write(out, buf, (size_t)n) != n) goto fail;
     }
+    close(in);
     close(out);
-    return rename(tmp, dst);
+    if (rename(tmp, dst) == 0) return;
+fail:
+    fprintf(stderr, "powerloss shim: cannot record %s as durable (%s); stopping\n", dst,
+            strerror(errno));
+    abort();
 }
 
 /* The durable directory map: "inode name" per line. */
