@@ -7,13 +7,13 @@
 //! Golden files live in `tests/golden/*.txt`; `SLUICE_UPDATE_GOLDEN=1
 //! cargo test -p sluice-control --test compile` rewrites them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use nestdb_client::node::{
-    Endpoint, LogicalPort, NodeConfig, NodeType, Protocol, RemoteNode, Service, ServicePort,
-    ServiceType, SessionAffinity, TrafficPolicy,
+    Endpoint, LogicalPort, NodeConfig, Protocol, RemoteNode, Service, ServicePort, ServiceType,
+    SessionAffinity, TrafficPolicy,
 };
 use nestdb_client::Uuid;
 use proptest::prelude::*;
@@ -21,109 +21,43 @@ use sluice_api::node::{apply, diff, NodeProgram};
 use sluice_control::agent::compile::{
     compile, compile_with, cookie, host_interface_name, render, Compiled, Limits, NodeRows,
 };
+use sluice_testkit::rows::{self, service_port as sport, uuid};
 
-fn uuid(n: u64) -> Uuid {
-    Uuid::parse_str(&format!("00000000-0000-4000-8000-{n:012x}")).unwrap()
-}
-
-fn ids(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
+/// Node-a with a second (IPv6) pod CIDR and node address.
 fn node_config() -> NodeConfig {
-    NodeConfig {
-        node_name: "node-a".into(),
-        node_type: NodeType::Baremetal,
-        uplink_port: "0000:01:00.0".into(),
-        ovs_bridge: None,
-        vtep_ip: "192.0.2.10".parse().unwrap(),
-        pod_cidrs: BTreeSet::from(["10.244.1.0/24".into(), "fd00:1::/64".into()]),
-        node_ips: BTreeSet::from([
-            "192.0.2.10".parse().unwrap(),
-            "2001:db8::10".parse().unwrap(),
-        ]),
-        nodeport_min: 30000,
-        nodeport_max: 32767,
-        mtu: 1500,
-        external_ids: ids(&[("node_mac", "02:00:00:00:00:0a")]),
-    }
+    let mut n = rows::node_config();
+    n.pod_cidrs.insert("fd00:1::/64".into());
+    n.node_ips.insert("2001:db8::10".parse().unwrap());
+    n
 }
 
+/// Pod `name` with its namespace path.
 fn lp(name: &str, last: u8, dp_port: Option<u32>) -> LogicalPort {
     LogicalPort {
-        name: name.into(),
-        mac: format!("0a:58:0a:f4:01:{last:02x}"),
-        ips: BTreeSet::from([format!("10.244.1.{last}/24")]),
         netns: Some(format!("/var/run/netns/{name}")),
-        interface_name: "eth0".into(),
-        pod_namespace: Some("default".into()),
-        pod_name: Some(name.into()),
-        dp_port,
-        up: false,
-        external_ids: BTreeMap::new(),
+        ..rows::pod(name, last, dp_port)
     }
 }
 
+/// A remote node whose VTEP is also its node address.
 fn remote(name: &str, vtep: &str, cidr: &str) -> RemoteNode {
     RemoteNode {
-        name: name.into(),
-        vtep_ip: vtep.parse().unwrap(),
-        pod_cidrs: BTreeSet::from([cidr.to_string()]),
         node_ips: BTreeSet::from([vtep.parse().unwrap()]),
-        external_ids: BTreeMap::new(),
+        ..rows::remote_node(name, vtep, cidr)
     }
 }
 
+/// A dual-stack Service (`vip` and fd00:96::a).
 fn service(name: &str, ty: ServiceType, vip: &str, ports: &[u64]) -> Service {
-    Service {
-        name: name.into(),
-        namespace: "default".into(),
-        service_type: ty,
-        cluster_ips: BTreeSet::from([vip.parse().unwrap(), "fd00:96::a".parse().unwrap()]),
-        external_ips: BTreeSet::new(),
-        load_balancer_ips: BTreeSet::new(),
-        ports: ports.iter().map(|&p| uuid(p)).collect(),
-        session_affinity: SessionAffinity::None,
-        affinity_timeout: None,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        external_traffic_policy: TrafficPolicy::Cluster,
-        external_ids: BTreeMap::new(),
-    }
+    let mut s = rows::service(name, ty, vip, ports);
+    s.cluster_ips.insert("fd00:96::a".parse().unwrap());
+    s
 }
 
-fn sport(
-    name: Option<&str>,
-    port: u16,
-    target: Option<u16>,
-    node_port: Option<u16>,
-) -> ServicePort {
-    ServicePort {
-        name: name.map(str::to_string),
-        protocol: Protocol::Tcp,
-        port,
-        target_port: target,
-        node_port,
-    }
-}
-
+/// An endpoint of Service `uuid(svc)` on node-a (`local`) or node-b.
 fn endpoint(svc: u64, ip: &str, port: Option<(&str, u16)>, local: bool) -> Endpoint {
-    Endpoint {
-        service: Some(uuid(svc)),
-        ip: ip.parse().unwrap(),
-        ports: port
-            .map(|(n, p)| BTreeMap::from([(n.to_string(), p)]))
-            .unwrap_or_default(),
-        ready: true,
-        serving: true,
-        terminating: false,
-        node_name: Some(if local { "node-a" } else { "node-b" }.into()),
-        is_local: local,
-        zone_hints: BTreeSet::new(),
-        external_ids: BTreeMap::new(),
-    }
+    let node = if local { "node-a" } else { "node-b" };
+    rows::endpoint(Some(svc), ip, port.as_slice(), node, local)
 }
 
 /// Node-a with one pod, no Services.
@@ -874,56 +808,21 @@ proptest! {
 
 #[test]
 fn rows_come_from_a_replica_and_bad_ones_are_reported() {
-    use nestdb_client::{Replica, Schema, TableRow};
-    use std::sync::Arc;
-    let schema =
-        Schema::from_json_str(include_str!("../../deploy/nestdb/sluice.ovsschema")).unwrap();
-    let tables: BTreeMap<String, Option<Vec<String>>> = [
-        "Node_Config",
-        "Logical_Port",
-        "Service",
-        "Service_Port",
-        "Endpoint",
-        "Remote_Node",
-    ]
-    .iter()
-    .map(|t| (t.to_string(), None))
-    .collect();
-    let mut replica = Replica::new(Arc::new(schema), &tables).unwrap();
+    use nestdb_client::TableRow;
     let rows = with_service(ServiceType::NodePort);
-    let mut dump = serde_json::Map::new();
-    fn put<T: TableRow>(dump: &mut serde_json::Map<String, serde_json::Value>, rows: &[(Uuid, T)]) {
-        let t = dump
-            .entry(T::TABLE)
-            .or_insert_with(|| serde_json::json!({}))
-            .as_object_mut()
-            .unwrap();
-        for (u, r) in rows {
-            let cols: serde_json::Map<String, serde_json::Value> = r
-                .to_row()
-                .iter()
-                .map(|(k, d)| (k.clone(), d.to_json()))
-                .collect();
-            t.insert(u.to_string(), serde_json::json!({ "initial": cols }));
-        }
-    }
-    put(&mut dump, &rows.node_config);
-    put(&mut dump, &rows.logical_ports);
-    put(&mut dump, &rows.services);
-    put(&mut dump, &rows.service_ports);
-    put(&mut dump, &rows.endpoints);
-    put(&mut dump, &rows.remote_nodes);
+    let mut dump = rows::Dump::default();
+    dump.put(&rows.node_config)
+        .put(&rows.logical_ports)
+        .put(&rows.services)
+        .put(&rows.service_ports)
+        .put(&rows.endpoints)
+        .put(&rows.remote_nodes);
     // An Endpoint the schema accepts but the typed rows refuse: its
     // address is no address.
     let mut bad = rows.endpoints[0].1.to_row();
     bad.insert("ip".into(), nestdb_client::Datum::from("10.244.1.300"));
-    dump["Endpoint"].as_object_mut().unwrap().insert(
-        uuid(77).to_string(),
-        serde_json::json!({ "initial": bad.iter().map(|(k, d)| (k.clone(), d.to_json())).collect::<serde_json::Map<_, _>>() }),
-    );
-    replica
-        .replace_with_dump(&serde_json::Value::Object(dump), false)
-        .unwrap();
+    dump.put_row("Endpoint", uuid(77), &bad);
+    let (replica, _) = dump.replica();
     let (read, errors) = NodeRows::from_replica(&replica);
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].table, "Endpoint");

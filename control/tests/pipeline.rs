@@ -9,11 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
-use nestdb_client::node::{
-    Endpoint, LogicalPort, NodeConfig, NodeType, Protocol, RemoteNode, Service, ServicePort,
-    ServiceType, SessionAffinity, TrafficPolicy,
-};
-use nestdb_client::Uuid;
+use nestdb_client::node::{LogicalPort, NodeConfig, ServiceType};
 use sluice_api::node::NodeProgram;
 use sluice_control::agent::compile::{compile, NodeRows};
 use sluice_datapath::conntrack::{Conntrack, ConntrackConfig, ConntrackHandle};
@@ -25,6 +21,7 @@ use sluice_datapath::pipeline::hooks::Hooks;
 use sluice_datapath::pipeline::Pipeline;
 use sluice_datapath::service::{ServiceConfig, Services};
 use sluice_datapath::tunnel::{GeneveTunnels, TunnelConfig, Tunnels};
+use sluice_testkit::rows::{self, remote_node as remote, uuid};
 
 const A_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0a];
 const B_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0b];
@@ -33,95 +30,40 @@ const PEER_MAC: [u8; 6] = [0x0a, 0x58, 10, 244, 1, 6];
 const SERVER_MAC: [u8; 6] = [0x0a, 0x58, 10, 244, 2, 7];
 const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
 
-fn uuid(n: u64) -> Uuid {
-    Uuid::parse_str(&format!("00000000-0000-4000-8000-{n:012x}")).unwrap()
+fn mac(m: [u8; 6]) -> String {
+    sluice_api::args::fmt_mac(&m)
 }
 
-fn config(name: &str, vtep: &str, cidr: &str, mac: [u8; 6]) -> NodeConfig {
+fn config(name: &str, vtep: &str, cidr: &str, node_mac: [u8; 6]) -> NodeConfig {
     NodeConfig {
         node_name: name.into(),
-        node_type: NodeType::Baremetal,
         uplink_port: "net_null0".into(),
-        ovs_bridge: None,
         vtep_ip: vtep.parse().unwrap(),
         pod_cidrs: BTreeSet::from([cidr.to_string()]),
         node_ips: BTreeSet::from([vtep.parse().unwrap()]),
-        nodeport_min: 30000,
-        nodeport_max: 32767,
-        mtu: 1500,
-        external_ids: BTreeMap::from([("node_mac".to_string(), sluice_api::args::fmt_mac(&mac))]),
+        external_ids: BTreeMap::from([("node_mac".to_string(), mac(node_mac))]),
+        ..rows::node_config()
     }
 }
 
-fn pod(name: &str, mac: [u8; 6], ip: &str) -> LogicalPort {
-    LogicalPort {
-        name: name.into(),
-        mac: sluice_api::args::fmt_mac(&mac),
-        ips: BTreeSet::from([ip.to_string()]),
-        netns: None,
-        interface_name: "eth0".into(),
-        pod_namespace: None,
-        pod_name: None,
-        dp_port: None,
-        up: false,
-        external_ids: BTreeMap::new(),
-    }
-}
-
-fn remote(name: &str, vtep: &str, cidr: &str) -> RemoteNode {
-    RemoteNode {
-        name: name.into(),
-        vtep_ip: vtep.parse().unwrap(),
-        pod_cidrs: BTreeSet::from([cidr.to_string()]),
-        node_ips: BTreeSet::new(),
-        external_ids: BTreeMap::new(),
-    }
+fn pod(name: &str, m: [u8; 6], ip: &str) -> LogicalPort {
+    rows::logical_port(name, &mac(m), ip)
 }
 
 /// `default/web`: NodePort, 10.96.0.10:80 and node port 30080, one
 /// endpoint 10.244.2.7:8080 on node B.
-fn web(rows: &mut NodeRows, local: bool) {
-    rows.services.push((
+fn web(r: &mut NodeRows, local: bool) {
+    r.services.push((
         uuid(30),
-        Service {
-            name: "web".into(),
-            namespace: "default".into(),
-            service_type: ServiceType::NodePort,
-            cluster_ips: BTreeSet::from(["10.96.0.10".parse().unwrap()]),
-            external_ips: BTreeSet::new(),
-            load_balancer_ips: BTreeSet::new(),
-            ports: BTreeSet::from([uuid(31)]),
-            session_affinity: SessionAffinity::None,
-            affinity_timeout: None,
-            internal_traffic_policy: TrafficPolicy::Cluster,
-            external_traffic_policy: TrafficPolicy::Cluster,
-            external_ids: BTreeMap::new(),
-        },
+        rows::service("web", ServiceType::NodePort, "10.96.0.10", &[31]),
     ));
-    rows.service_ports.push((
+    r.service_ports.push((
         uuid(31),
-        ServicePort {
-            name: Some("http".into()),
-            protocol: Protocol::Tcp,
-            port: 80,
-            target_port: Some(8080),
-            node_port: Some(30080),
-        },
+        rows::service_port(Some("http"), 80, Some(8080), Some(30080)),
     ));
-    rows.endpoints.push((
+    r.endpoints.push((
         uuid(40),
-        Endpoint {
-            service: Some(uuid(30)),
-            ip: "10.244.2.7".parse().unwrap(),
-            ports: BTreeMap::from([("http".to_string(), 8080)]),
-            ready: true,
-            serving: true,
-            terminating: false,
-            node_name: Some("node-b".into()),
-            is_local: local,
-            zone_hints: BTreeSet::new(),
-            external_ids: BTreeMap::new(),
-        },
+        rows::endpoint(Some(30), "10.244.2.7", &[("http", 8080)], "node-b", local),
     ));
 }
 
@@ -139,10 +81,10 @@ fn rows_a() -> NodeRows {
         ..Default::default()
     };
     web(&mut r, false);
-    r.node_config[0].1.external_ids.insert(
-        "underlay_gateway_mac".into(),
-        sluice_api::args::fmt_mac(&ROUTER_MAC),
-    );
+    r.node_config[0]
+        .1
+        .external_ids
+        .insert("underlay_gateway_mac".into(), mac(ROUTER_MAC));
     r
 }
 

@@ -2,8 +2,9 @@
 //! nestdb and sluice-jsonrpc): skip recording ([`report_skip!`]), root and
 //! tool detection, shell commands, network namespaces and veth pairs that
 //! remove themselves on drop ([`Netns`], [`Veth`]), bounded waits that fail
-//! with a message ([`wait_until`]) and the helpers of the hostile-client
-//! tests ([`hostile`]).
+//! with a message ([`wait_until`]), the helpers of the hostile-client
+//! tests ([`hostile`]) and, with feature `node-rows`, rows of the node
+//! schema (`rows`).
 //!
 //! Invariants: nothing here sleeps to synchronise, every wait has a bound
 //! and panics naming what it waited for, and every namespace or device it
@@ -18,6 +19,8 @@ use std::time::{Duration, Instant};
 
 pub mod hostile;
 pub mod prometheus;
+#[cfg(feature = "node-rows")]
+pub mod rows;
 
 /// Prints a skip (or note) line and appends it to `target/tmp/skips.txt`,
 /// which `scripts/test.sh` prints at the end: cargo hides the output of
