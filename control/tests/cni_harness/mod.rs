@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use nestdb_client::node::{LogicalPort, NodeConfig, NodeType, DB};
+use nestdb_client::node::{LogicalPort, NodeConfig, DB};
 use nestdb_client::{row, Client, Condition, Datum, Error, TableRow, Transaction, WaitUntil};
 use serde_json::{json, Value};
 
@@ -119,17 +119,12 @@ impl Nestdb {
         sluice_testkit::wait_for_listener(&mut db.child, "nestdb-server", &sock, &log, WAIT);
         if configured {
             let cfg = NodeConfig {
-                node_name: "node-a".into(),
-                node_type: NodeType::Baremetal,
                 uplink_port: "net_null0".into(),
-                ovs_bridge: None,
                 vtep_ip: "192.168.50.1".parse().unwrap(),
                 pod_cidrs: [POD_CIDR.to_string()].into(),
                 node_ips: ["192.168.50.1".parse().unwrap()].into(),
-                nodeport_min: 30000,
-                nodeport_max: 32767,
-                mtu: 1500,
                 external_ids: Default::default(),
+                ..sluice_testkit::rows::node_config()
             };
             db.client()
                 .transact(&Transaction::new(DB).insert(NodeConfig::TABLE, cfg.to_row()))

@@ -22,16 +22,6 @@ use serde_json::{json, Map, Value};
 /// The node schema the rows belong to.
 pub const NODE_SCHEMA: &str = include_str!("../../../deploy/nestdb/sluice.ovsschema");
 
-/// The tables of the node schema that `NodeRows` reads.
-pub const NODE_TABLES: [&str; 6] = [
-    "Node_Config",
-    "Logical_Port",
-    "Service",
-    "Service_Port",
-    "Endpoint",
-    "Remote_Node",
-];
-
 /// UUID number `n` (`00000000-0000-4000-8000-00000000000n` in hex): rows
 /// named by small numbers sort in that order.
 pub fn uuid(n: u64) -> Uuid {
@@ -166,7 +156,7 @@ pub fn endpoint(
 }
 
 /// A monitor dump (`{table: {uuid: {"initial": row}}}`) of typed rows,
-/// loaded into a replica of the node schema's [`NODE_TABLES`].
+/// loaded into a replica of every table of the node schema.
 #[derive(Debug, Default)]
 pub struct Dump(Map<String, Value>);
 
@@ -195,8 +185,11 @@ impl Dump {
     /// the load reported.
     pub fn replica(&self) -> (Replica, Vec<RowChange>) {
         let schema = Schema::from_json_str(NODE_SCHEMA).expect("the node schema parses");
-        let tables: BTreeMap<String, Option<Vec<String>>> =
-            NODE_TABLES.iter().map(|t| (t.to_string(), None)).collect();
+        let tables: BTreeMap<String, Option<Vec<String>>> = schema
+            .tables
+            .iter()
+            .map(|t| (t.name.clone(), None))
+            .collect();
         let mut replica = Replica::new(Arc::new(schema), &tables).expect("a node replica");
         let changes = replica
             .replace_with_dump(&Value::Object(self.0.clone()), false)
