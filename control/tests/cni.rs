@@ -115,14 +115,17 @@ fn addr_of(result: &Value) -> String {
         .to_string()
 }
 
+/// The node's nestdb-server (with its `Node_Config` when `configured`), or
+/// None (the skip recorded) when `test` cannot run here.
+fn node(test: &str, configured: bool) -> Option<Nestdb> {
+    ready(test).then(|| Nestdb::start(configured))
+}
+
 /// A configured node's nestdb-server with the stand-in agent running, or
 /// None (the skip recorded) when `test` cannot run here. Bind it as
 /// `let (db, _agent)`: the agent stops before the server.
 fn node_with_agent(test: &str) -> Option<(Nestdb, Agent)> {
-    if !ready(test) {
-        return None;
-    }
-    let db = Nestdb::start(true);
+    let db = node(test, true)?;
     let agent = Agent::start(&db);
     Some((db, agent))
 }
@@ -155,6 +158,19 @@ impl Pod {
         add_and_verify(db, &self.ns, &self.id, &self.conf)
     }
 
+    /// Asserts that the namespace holds no eth0.
+    fn assert_no_eth0(&self) {
+        let links = self.ns.ip_json(&["link", "show"]);
+        assert!(
+            links
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|l| l["ifname"] != "eth0"),
+            "{links}"
+        );
+    }
+
     /// DEL with `prev` as prevResult, then checks that nothing is left.
     fn del(&self, db: &Nestdb, prev: &Value) {
         self.cmd("DEL").run(&with_prev(&self.conf, prev)).ok();
@@ -178,13 +194,7 @@ fn add_check_del_round_trip_in_each_version() {
         let d = pod.cmd("DEL").run(&prev);
         assert_eq!(d.exit, 0, "DEL in {v}: {}", d.stdout);
         assert_detached(&db, "rt", &pod.id, &addr_of(&r));
-        assert!(pod
-            .ns
-            .ip_json(&["link", "show"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|l| l["ifname"] != "eth0"));
+        pod.assert_no_eth0();
         // DEL again: nothing left, still success.
         pod.cmd("DEL").run(&prev).ok();
     }
@@ -222,10 +232,7 @@ fn add_twice_is_refused_and_keeps_the_first_attachment() {
     let r = pod.add(&db);
     let again = pod.cmd("ADD").run(&pod.conf);
     assert_eq!(again.code(), 100, "{}", again.stdout);
-    assert!(again.stdout["msg"]
-        .as_str()
-        .unwrap()
-        .contains("already attached"));
+    again.assert_says("msg", "already attached");
     assert_eq!(again.stdout["cniVersion"], "1.0.0");
     // The first attachment is untouched: one lease, CHECK passes.
     assert_eq!(db.leases("tw"), vec![addr_of(&r)]);
@@ -235,10 +242,9 @@ fn add_twice_is_refused_and_keeps_the_first_attachment() {
 
 #[test]
 fn del_of_something_never_added_succeeds() {
-    if !ready("cni del_of_something_never_added_succeeds") {
+    let Some(db) = node("cni del_of_something_never_added_succeeds", true) else {
         return;
-    }
-    let db = Nestdb::start(true);
+    };
     let conf = db.conf("nv", "1.0.0");
     let id = container_id("never");
     Invocation::new("DEL", &id, Some("/run/netns/sluice-no-such-netns"))
@@ -271,14 +277,7 @@ fn check_with_a_wrong_prev_result_fails() {
     wrong_ip["ips"][0]["address"] = json!("10.250.0.200/24");
     let c = check(&wrong_ip);
     assert_eq!(c.code(), 101);
-    assert!(
-        c.stdout["details"]
-            .as_str()
-            .unwrap()
-            .contains("10.250.0.200/24"),
-        "{}",
-        c.stdout
-    );
+    c.assert_says("details", "10.250.0.200/24");
     let mut wrong_mac = r.clone();
     wrong_mac["interfaces"][1]["mac"] = json!("0a:58:00:00:00:01");
     assert_eq!(check(&wrong_mac).code(), 101);
@@ -302,14 +301,11 @@ fn check_with_a_wrong_prev_result_fails() {
 
 #[test]
 fn bad_inputs_have_their_error_codes() {
-    if !ready("cni bad_inputs_have_their_error_codes") {
+    let Some(db) = node("cni bad_inputs_have_their_error_codes", true) else {
         return;
-    }
-    let db = Nestdb::start(true);
-    let ns = Netns::new("cni-bad");
-    let id = container_id("bad");
-    let conf = db.conf("bd", "1.1.0");
-    let add = Invocation::new("ADD", &id, Some(&ns.path()));
+    };
+    let pod = Pod::new(&db, "bad", "bd", "1.1.0");
+    let (add, conf) = (pod.cmd("ADD"), pod.conf.clone());
     // Failed to decode content.
     let r = add.run_raw(b"{\"cniVersion\": ");
     assert_eq!(r.code(), 6);
@@ -319,10 +315,7 @@ fn bad_inputs_have_their_error_codes() {
     for v in ["0.3.1", "9.9.9"] {
         let r = add.run(&db.conf("bd", v));
         assert_eq!(r.code(), 1, "{v}");
-        assert!(r.stdout["details"]
-            .as_str()
-            .unwrap()
-            .contains("0.4.0, 1.0.0, 1.1.0"));
+        r.assert_says("details", "0.4.0, 1.0.0, 1.1.0");
     }
     // Missing or invalid CNI_* variables.
     for var in [
@@ -334,11 +327,7 @@ fn bad_inputs_have_their_error_codes() {
     ] {
         let r = add.clone().without(var).run(&conf);
         assert_eq!(r.code(), 4, "{var}");
-        assert!(
-            r.stdout["msg"].as_str().unwrap().contains(var),
-            "{}",
-            r.stdout
-        );
+        r.assert_says("msg", var);
         assert_eq!(
             r.stdout["cniVersion"], "1.1.0",
             "errors speak the configuration's version"
@@ -364,37 +353,22 @@ fn bad_inputs_have_their_error_codes() {
     far["nestdb"] = json!(format!("unix:{}/absent.sock", db.dir.path().display()));
     let r = add.run(&far);
     assert_eq!(r.code(), 11);
-    assert!(
-        r.stdout["msg"].as_str().unwrap().contains("nestdb"),
-        "{}",
-        r.stdout
-    );
+    r.assert_says("msg", "nestdb");
     // IPAM plugin missing from CNI_PATH.
     let mut no_ipam = conf.clone();
     no_ipam["ipam"]["type"] = json!("no-such-ipam");
     let r = add.run(&no_ipam);
     assert_eq!(r.code(), 7);
-    assert!(
-        r.stdout["details"].as_str().unwrap().contains("CNI_PATH"),
-        "{}",
-        r.stdout
-    );
+    r.assert_says("details", "CNI_PATH");
     // IPAM failing (host-local refuses a range outside its subnet); its
     // error comes back and nothing is left behind.
     let mut broken = conf.clone();
     broken["ipam"]["ranges"] = json!([[{"subnet": POD_CIDR, "rangeStart": "10.99.0.5"}]]);
     let r = add.run(&broken);
     assert_ne!(r.exit, 0);
-    assert!(
-        r.stdout["msg"]
-            .as_str()
-            .unwrap()
-            .contains("IPAM plugin host-local"),
-        "{}",
-        r.stdout
-    );
+    r.assert_says("msg", "IPAM plugin host-local");
     assert!(db.ports().is_empty());
-    assert!(host_link(&host_interface_name(&port_name(&id))).is_none());
+    assert!(host_link(&host_interface_name(&port_name(&pod.id))).is_none());
     // IPAM leasing outside the node's pod CIDR: refused and rolled back.
     let mut outside = conf.clone();
     outside["ipam"]["ranges"] = json!([[{"subnet": "10.77.0.0/24"}]]);
@@ -406,42 +380,26 @@ fn bad_inputs_have_their_error_codes() {
 
 #[test]
 fn an_unconfigured_node_is_a_transient_error() {
-    if !ready("cni an_unconfigured_node_is_a_transient_error") {
+    let Some(db) = node("cni an_unconfigured_node_is_a_transient_error", false) else {
         return;
-    }
-    let db = Nestdb::start(false);
-    let ns = Netns::new("cni-unconf");
-    let id = container_id("unconf");
-    let r = Invocation::new("ADD", &id, Some(&ns.path())).run(&db.conf("uc", "1.0.0"));
+    };
+    let pod = Pod::new(&db, "unconf", "uc", "1.0.0");
+    let r = pod.cmd("ADD").run(&pod.conf);
     assert_eq!(r.code(), 11);
-    assert!(
-        r.stdout["details"]
-            .as_str()
-            .unwrap()
-            .contains("Node_Config"),
-        "{}",
-        r.stdout
-    );
+    r.assert_says("details", "Node_Config");
 }
 
 #[test]
 fn add_times_out_without_the_agent_and_rolls_back() {
-    if !ready("cni add_times_out_without_the_agent_and_rolls_back") {
-        return;
-    }
     // No stand-in agent: nobody sets up.
-    let db = Nestdb::start(true);
-    let ns = Netns::new("cni-late");
-    let id = container_id("late");
-    let mut conf = db.conf("lt", "1.0.0");
-    conf["portUpTimeoutMs"] = json!(300);
-    let r = Invocation::new("ADD", &id, Some(&ns.path())).run(&conf);
+    let Some(db) = node("cni add_times_out_without_the_agent_and_rolls_back", true) else {
+        return;
+    };
+    let mut pod = Pod::new(&db, "late", "lt", "1.0.0");
+    pod.conf["portUpTimeoutMs"] = json!(300);
+    let r = pod.cmd("ADD").run(&pod.conf);
     assert_eq!(r.code(), 11, "{}", r.stdout);
-    assert!(
-        r.stdout["msg"].as_str().unwrap().contains("timed out"),
-        "{}",
-        r.stdout
-    );
+    r.assert_says("msg", "timed out");
     let details = r.stdout["details"].as_str().unwrap();
     assert!(
         details.contains("300 ms") && details.contains("sluice-agent"),
@@ -449,22 +407,14 @@ fn add_times_out_without_the_agent_and_rolls_back() {
     );
     // Rolled back: no row, no veth (either end), no lease.
     assert!(db.ports().is_empty());
-    assert!(host_link(&host_interface_name(&port_name(&id))).is_none());
-    assert!(ns
-        .ip_json(&["link", "show"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|l| l["ifname"] != "eth0"));
+    assert!(host_link(&host_interface_name(&port_name(&pod.id))).is_none());
+    pod.assert_no_eth0();
     assert!(db.leases("lt").is_empty(), "{:?}", db.leases("lt"));
     // With the agent back, the same ADD works (nothing half-attached in the way).
     let _agent = Agent::start(&db);
-    conf["portUpTimeoutMs"] = json!(30000);
-    let r = add_and_verify(&db, &ns, &id, &conf);
-    Invocation::new("DEL", &id, Some(&ns.path()))
-        .run(&with_prev(&conf, &r))
-        .ok();
-    assert_detached(&db, "lt", &id, &addr_of(&r));
+    pod.conf["portUpTimeoutMs"] = json!(30000);
+    let r = pod.add(&db);
+    pod.del(&db, &r);
 }
 
 #[test]
@@ -584,11 +534,7 @@ fn a_failed_veth_rolls_back_the_lease() {
     ]);
     let r = pod.cmd("ADD").run(&pod.conf);
     assert_eq!(r.code(), 5, "{}", r.stdout);
-    assert!(
-        r.stdout["msg"].as_str().unwrap().contains("veth"),
-        "{}",
-        r.stdout
-    );
+    r.assert_says("msg", "veth");
     assert!(
         db.leases("tk").is_empty(),
         "lease kept: {:?}",

@@ -332,6 +332,17 @@ impl Run {
             .unwrap_or_else(|| panic!("no code in {}", self.stdout))
     }
 
+    /// Asserts that the error's `field` (`msg` or `details`) contains
+    /// `text`.
+    pub fn assert_says(&self, field: &str, text: &str) {
+        let said = self.stdout[field].as_str().unwrap_or_default();
+        assert!(
+            said.contains(text),
+            "{field} lacks {text:?}: {}",
+            self.stdout
+        );
+    }
+
     /// Asserts success and returns stdout.
     pub fn ok(self) -> Value {
         assert_eq!(
