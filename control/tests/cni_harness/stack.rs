@@ -3,10 +3,9 @@
 //! port) and `sluice-agent`, both the binaries cargo built beside the
 //! tests, stopped (SIGTERM, then SIGKILL) on drop ([`Daemon`]).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
 use sluice_api::node::{NodeProgram, NodeStatus, QueryNodeProgram, QueryNodeStatus};
@@ -63,15 +62,7 @@ pub fn start_sluiced(dir: &Path, ctl: &Path, prefix: &str) -> Daemon {
     let mut cmd = Command::new(built("sluiced").unwrap());
     cmd.arg("--config").arg(&ini).stdout(Stdio::piped());
     let mut d = Daemon::spawn(cmd, "sluiced", &log);
-    let (tx, rx) = channel::<String>();
-    let out = d.child().stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = sluice_testkit::lines_of(d.child().stdout.take().unwrap());
     wait_ready(&mut d, &rx);
     d
 }

@@ -14,10 +14,11 @@
 //! and owned guards; two tests must use different namespace and device
 //! names.
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 pub mod hostile;
@@ -161,6 +162,21 @@ pub fn wait_for_listener(child: &mut Child, what: &str, sock: &Path, log: &Path,
             UnixStream::connect(sock).ok().map(|_| ())
         },
     );
+}
+
+/// The lines a child writes to `out` (its stdout, taken from the
+/// `Child`), sent by a thread as they come; the channel closes when the
+/// child closes it, and the thread stops when the receiver is dropped.
+pub fn lines_of(out: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// A daemon child process whose stderr goes to a log file: on drop it gets
