@@ -194,23 +194,27 @@ impl NodeDp {
     }
 }
 
-fn tcp(
-    macs: ([u8; 6], [u8; 6]),
-    src: [u8; 4],
-    dst: [u8; 4],
-    ports: (u16, u16),
-    syn: bool,
-    ack: bool,
-) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(macs.0, macs.1)
-        .ipv4(src, dst, 64)
-        .tcp(ports.0, ports.1, if ack { 5000 } else { 1000 }, 64000);
-    if syn {
-        b = b.syn();
-    }
-    if ack {
-        // Acknowledges a SYN sent with sequence number 1000.
-        b = b.ack(1001);
+/// One end of a TCP segment: Ethernet address, IPv4 address, port.
+type End = ([u8; 6], [u8; 4], u16);
+
+/// A SYN (sequence number 1000) from `src` to `dst`.
+fn syn(src: End, dst: End) -> Vec<u8> {
+    tcp(src, dst, 1000, None)
+}
+
+/// A SYN-ACK (sequence number 5000) acknowledging a SYN sent with
+/// sequence number 1000.
+fn syn_ack(src: End, dst: End) -> Vec<u8> {
+    tcp(src, dst, 5000, Some(1001))
+}
+
+fn tcp(src: End, dst: End, seq: u32, ack: Option<u32>) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(src.0, dst.0)
+        .ipv4(src.1, dst.1, 64)
+        .tcp(src.2, dst.2, seq, 64000)
+        .syn();
+    if let Some(n) = ack {
+        b = b.ack(n);
     }
     let mut v = Vec::new();
     b.write(&mut v, &[]).unwrap();
@@ -258,13 +262,9 @@ fn local_pods_are_routed_and_arp_is_delivered() {
     let (client, peer) = (a.ofport("a-client"), a.ofport("a-peer"));
     let out = a.expect(
         client,
-        &tcp(
-            (CLIENT_MAC, A_MAC),
-            [10, 244, 1, 5],
-            [10, 244, 1, 6],
-            (4000, 80),
-            true,
-            false,
+        &syn(
+            (CLIENT_MAC, [10, 244, 1, 5], 4000),
+            (A_MAC, [10, 244, 1, 6], 80),
         ),
         peer,
     );
@@ -292,13 +292,9 @@ fn remote_pods_are_reached_over_geneve() {
     let (mut a, mut b) = nodes();
     let wire = a.expect(
         a.ofport("a-client"),
-        &tcp(
-            (CLIENT_MAC, A_MAC),
-            [10, 244, 1, 5],
-            [10, 244, 2, 7],
-            (4000, 8080),
-            true,
-            false,
+        &syn(
+            (CLIENT_MAC, [10, 244, 1, 5], 4000),
+            (A_MAC, [10, 244, 2, 7], 8080),
         ),
         1,
     );
@@ -322,13 +318,9 @@ fn cluster_ip_reaches_the_remote_endpoint_and_the_reply_comes_back_from_the_vip(
     let client = a.ofport("a-client");
     let wire = a.expect(
         client,
-        &tcp(
-            (CLIENT_MAC, A_MAC),
-            [10, 244, 1, 5],
-            [10, 96, 0, 10],
-            (4000, 80),
-            true,
-            false,
+        &syn(
+            (CLIENT_MAC, [10, 244, 1, 5], 4000),
+            (A_MAC, [10, 96, 0, 10], 80),
         ),
         1,
     );
@@ -342,13 +334,9 @@ fn cluster_ip_reaches_the_remote_endpoint_and_the_reply_comes_back_from_the_vip(
     // The SYN-ACK goes back over Geneve and node A un-NATs it.
     let wire = b.expect(
         b.ofport("b-server"),
-        &tcp(
-            (SERVER_MAC, B_MAC),
-            [10, 244, 2, 7],
-            [10, 244, 1, 5],
-            (8080, 4000),
-            true,
-            true,
+        &syn_ack(
+            (SERVER_MAC, [10, 244, 2, 7], 8080),
+            (B_MAC, [10, 244, 1, 5], 4000),
         ),
         1,
     );
@@ -366,13 +354,9 @@ fn node_port_from_the_underlay_is_masqueraded_to_the_remote_endpoint() {
     let (mut a, mut b) = nodes();
     let wire = a.expect(
         1,
-        &tcp(
-            (ROUTER_MAC, A_MAC),
-            [198, 51, 100, 9],
-            [192, 0, 2, 10],
-            (5555, 30080),
-            true,
-            false,
+        &syn(
+            (ROUTER_MAC, [198, 51, 100, 9], 5555),
+            (A_MAC, [192, 0, 2, 10], 30080),
         ),
         1,
     );
@@ -390,13 +374,9 @@ fn node_port_from_the_underlay_is_masqueraded_to_the_remote_endpoint() {
     // underlay gateway, from the node port.
     let wire = b.expect(
         b.ofport("b-server"),
-        &tcp(
-            (SERVER_MAC, B_MAC),
-            [10, 244, 2, 7],
-            [10, 244, 1, 1],
-            (8080, s.5),
-            true,
-            true,
+        &syn_ack(
+            (SERVER_MAC, [10, 244, 2, 7], 8080),
+            (B_MAC, [10, 244, 1, 1], s.5),
         ),
         1,
     );
@@ -413,47 +393,28 @@ fn node_port_from_the_underlay_is_masqueraded_to_the_remote_endpoint() {
 fn the_node_own_traffic_goes_through_the_host_port() {
     let (mut a, _) = nodes();
     // SSH to the node from the underlay.
-    let f = tcp(
-        (ROUTER_MAC, A_MAC),
-        [198, 51, 100, 9],
-        [192, 0, 2, 10],
-        (5555, 22),
-        true,
-        false,
+    let f = syn(
+        (ROUTER_MAC, [198, 51, 100, 9], 5555),
+        (A_MAC, [192, 0, 2, 10], 22),
     );
     assert_eq!(a.expect(1, &f, 2), f);
     // The host's own traffic out.
-    let f = tcp(
-        (A_MAC, ROUTER_MAC),
-        [192, 0, 2, 10],
-        [198, 51, 100, 9],
-        (22, 5555),
-        true,
-        true,
+    let f = syn_ack(
+        (A_MAC, [192, 0, 2, 10], 22),
+        (ROUTER_MAC, [198, 51, 100, 9], 5555),
     );
     assert_eq!(a.expect(2, &f, 1), f);
     // A pod's traffic to the world goes to the host (which routes it).
-    let f = tcp(
-        (CLIENT_MAC, A_MAC),
-        [10, 244, 1, 5],
-        [198, 51, 100, 9],
-        (4000, 443),
-        true,
-        false,
+    let f = syn(
+        (CLIENT_MAC, [10, 244, 1, 5], 4000),
+        (A_MAC, [198, 51, 100, 9], 443),
     );
     assert_eq!(
         seen(&a.expect(a.ofport("a-client"), &f, 2)).3,
         ip("198.51.100.9")
     );
     // The host reaches a pod.
-    let f = tcp(
-        (A_MAC, A_MAC),
-        [192, 0, 2, 10],
-        [10, 244, 1, 6],
-        (4000, 80),
-        true,
-        false,
-    );
+    let f = syn((A_MAC, [192, 0, 2, 10], 4000), (A_MAC, [10, 244, 1, 6], 80));
     assert_eq!(seen(&a.expect(2, &f, a.ofport("a-peer"))).1, PEER_MAC);
 }
 
@@ -463,13 +424,9 @@ fn a_pod_reaching_itself_through_its_service_is_masqueraded() {
     let me = b.ofport("b-server");
     let out = b.expect(
         me,
-        &tcp(
-            (SERVER_MAC, B_MAC),
-            [10, 244, 2, 7],
-            [10, 96, 0, 10],
-            (4000, 80),
-            true,
-            false,
+        &syn(
+            (SERVER_MAC, [10, 244, 2, 7], 4000),
+            (B_MAC, [10, 96, 0, 10], 80),
         ),
         me,
     );
@@ -477,13 +434,9 @@ fn a_pod_reaching_itself_through_its_service_is_masqueraded() {
     assert_eq!((s.2, s.3, s.6), (ip("10.244.2.1"), ip("10.244.2.7"), 8080));
     let back = b.expect(
         me,
-        &tcp(
-            (SERVER_MAC, B_MAC),
-            [10, 244, 2, 7],
-            [10, 244, 2, 1],
-            (8080, s.5),
-            true,
-            true,
+        &syn_ack(
+            (SERVER_MAC, [10, 244, 2, 7], 8080),
+            (B_MAC, [10, 244, 2, 1], s.5),
         ),
         me,
     );
