@@ -9,7 +9,6 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 
 use nestdb_client::node::{
     Endpoint, LogicalPort, NodeConfig, Protocol, RemoteNode, Service, ServicePort, ServiceType,
@@ -22,6 +21,9 @@ use sluice_control::agent::compile::{
     compile, compile_with, cookie, host_interface_name, render, Compiled, Limits, NodeRows,
 };
 use sluice_testkit::rows::{self, service_port as sport, uuid};
+
+mod compile_common;
+use compile_common::{check_golden, line_diff, replica_with_a_bad_endpoint};
 
 /// Node-a with a second (IPv6) pod CIDR and node address.
 fn node_config() -> NodeConfig {
@@ -92,42 +94,6 @@ fn with_service(ty: ServiceType) -> NodeRows {
 
 // ---------------------------------------------------------------- goldens
 
-fn golden_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(format!("{name}.txt"))
-}
-
-/// A line diff (longest common subsequence), `-` expected, `+` actual.
-fn line_diff(expected: &str, actual: &str) -> String {
-    let a: Vec<&str> = expected.lines().collect();
-    let b: Vec<&str> = actual.lines().collect();
-    let mut l = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for i in (0..a.len()).rev() {
-        for j in (0..b.len()).rev() {
-            l[i][j] = if a[i] == b[j] {
-                l[i + 1][j + 1] + 1
-            } else {
-                l[i + 1][j].max(l[i][j + 1])
-            };
-        }
-    }
-    let (mut i, mut j, mut out) = (0, 0, String::new());
-    while i < a.len() || j < b.len() {
-        if i < a.len() && j < b.len() && a[i] == b[j] {
-            i += 1;
-            j += 1;
-        } else if j < b.len() && (i == a.len() || l[i][j + 1] >= l[i + 1][j]) {
-            out += &format!("+ {}\n", b[j]);
-            j += 1;
-        } else {
-            out += &format!("- {}\n", a[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
 #[test]
 fn golden_mismatches_show_a_line_diff() {
     assert_eq!(line_diff("a\nb\nc\n", "a\nb\nc\n"), "");
@@ -139,26 +105,7 @@ fn golden_mismatches_show_a_line_diff() {
 fn golden(name: &str, rows: &NodeRows) -> Compiled {
     let c = compile(rows);
     datapath_accepts(&c.program);
-    let text = render(&c);
-    let path = golden_path(name);
-    if std::env::var_os("SLUICE_UPDATE_GOLDEN").is_some_and(|v| v == "1") {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &text).unwrap();
-        return c;
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read {}: {e}; create it with SLUICE_UPDATE_GOLDEN=1 cargo test -p sluice-control --test compile",
-            path.display()
-        )
-    });
-    if want != text {
-        panic!(
-            "{name}: the compiled program differs from {} (- golden, + compiled); if the change is intended, rewrite it with SLUICE_UPDATE_GOLDEN=1:\n{}",
-            path.display(),
-            line_diff(&want, &text)
-        );
-    }
+    check_golden("compile", name, &render(&c));
     c
 }
 
@@ -808,21 +755,8 @@ proptest! {
 
 #[test]
 fn rows_come_from_a_replica_and_bad_ones_are_reported() {
-    use nestdb_client::TableRow;
     let rows = with_service(ServiceType::NodePort);
-    let mut dump = rows::Dump::default();
-    dump.put(&rows.node_config)
-        .put(&rows.logical_ports)
-        .put(&rows.services)
-        .put(&rows.service_ports)
-        .put(&rows.endpoints)
-        .put(&rows.remote_nodes);
-    // An Endpoint the schema accepts but the typed rows refuse: its
-    // address is no address.
-    let mut bad = rows.endpoints[0].1.to_row();
-    bad.insert("ip".into(), nestdb_client::Datum::from("10.244.1.300"));
-    dump.put_row("Endpoint", uuid(77), &bad);
-    let (replica, _) = dump.replica();
+    let (replica, _) = replica_with_a_bad_endpoint(&rows);
     let (read, errors) = NodeRows::from_replica(&replica);
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].table, "Endpoint");

@@ -9,8 +9,6 @@
 //! typical updates (`tests/golden/incremental_*.txt`; rewrite them with
 //! `SLUICE_UPDATE_GOLDEN=1 cargo test -p sluice-control --test compile_incremental`).
 
-use std::path::PathBuf;
-
 use nestdb_client::node::{
     Endpoint, NodeConfig, Service, ServicePort, ServiceType, SessionAffinity,
 };
@@ -22,6 +20,9 @@ use sluice_control::agent::incremental::{IncrementalCompiler, RowUpdate};
 use sluice_testkit::rows::{
     self, node_config, pod as lp, remote_node as remote, service, service_port as sport, uuid,
 };
+
+mod compile_common;
+use compile_common::{check_golden, replica_with_a_bad_endpoint};
 
 /// A ready endpoint of Service `uuid(svc)` on this node, port `http`.
 fn endpoint(svc: Option<u64>, ip: &str, port: u16) -> Endpoint {
@@ -447,12 +448,6 @@ fn monitor_changes_convert_and_bad_rows_are_reported() {
 
 // --------------------------------------------------------------- goldens
 
-fn golden_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(format!("{name}.txt"))
-}
-
 /// A change set as text: one item per line.
 fn render_changes(c: &NodeChanges, errors: &[sluice_control::agent::RowError]) -> String {
     let mut s = String::new();
@@ -497,23 +492,7 @@ fn render_changes(c: &NodeChanges, errors: &[sluice_control::agent::RowError]) -
 }
 
 fn golden(name: &str, text: &str) {
-    let path = golden_path(name);
-    if std::env::var_os("SLUICE_UPDATE_GOLDEN").is_some_and(|v| v == "1") {
-        std::fs::write(&path, text).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read {}: {e}; create it with SLUICE_UPDATE_GOLDEN=1 cargo test -p sluice-control --test compile_incremental",
-            path.display()
-        )
-    });
-    assert_eq!(
-        want,
-        text,
-        "{name}: the change set differs from {}; if intended, rewrite it with SLUICE_UPDATE_GOLDEN=1",
-        path.display()
-    );
+    check_golden("compile_incremental", name, text);
 }
 
 /// A Service `web` with two endpoints and a pod.
@@ -634,16 +613,7 @@ fn golden_incremental_conflicts_and_node() {
 #[test]
 fn a_replica_snapshot_loads_with_its_bad_rows_reported() {
     let rows = web();
-    let mut dump = rows::Dump::default();
-    dump.put(&rows.node_config)
-        .put(&rows.logical_ports)
-        .put(&rows.services)
-        .put(&rows.service_ports)
-        .put(&rows.endpoints);
-    let mut bad = rows.endpoints[0].1.to_row();
-    bad.insert("ip".into(), nestdb_client::Datum::from("10.244.1.300"));
-    dump.put_row("Endpoint", uuid(77), &bad);
-    let (replica, changes) = dump.replica();
+    let (replica, changes) = replica_with_a_bad_endpoint(&rows);
     let inc = IncrementalCompiler::from_replica(&replica, Limits::default());
     assert_eq!(inc.compiled(), compile(&rows));
     assert_eq!(inc.conversion_errors().len(), 1);
