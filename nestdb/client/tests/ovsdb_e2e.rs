@@ -38,6 +38,24 @@ fn insert_port(c: &Client, name: &str, mac: &str, ips: &[&str]) -> Uuid {
     out.uuid_of("lp").expect("the insert returns a uuid")
 }
 
+/// A `Service_Port` row (no name, no node port).
+fn service_port_row(protocol: &str, port: i64, target: i64) -> Row {
+    row([
+        ("protocol", Datum::from(protocol)),
+        ("port", Datum::from(port)),
+        ("target_port", Datum::from(target)),
+    ])
+}
+
+/// Inserts a `Remote_Node` row; returns its UUID.
+fn insert_remote_node(c: &Client, name: &str, vtep: &str) -> Uuid {
+    let row = row([("name", Datum::from(name)), ("vtep_ip", Datum::from(vtep))]);
+    let out = c
+        .transact(&Transaction::new(DB).insert("Remote_Node", row).named("rn"))
+        .expect("insert a remote node");
+    out.uuid_of("rn").expect("the insert returns a uuid")
+}
+
 fn fast_monitor(remote: &str, tables: &[&str], method: MonitorMethod) -> MonitorConfig {
     let mut cfg = MonitorConfig::new(remote, DB, tables);
     cfg.method = method;
@@ -187,23 +205,9 @@ fn transact_round_trips_every_operation() {
 
     // A service with two ports, linked through named uuids.
     let txn = Transaction::new(DB)
-        .insert(
-            "Service_Port",
-            row([
-                ("protocol", Datum::from("TCP")),
-                ("port", Datum::from(80i64)),
-                ("target_port", Datum::from(8080i64)),
-            ]),
-        )
+        .insert("Service_Port", service_port_row("TCP", 80, 8080))
         .named("p80")
-        .insert(
-            "Service_Port",
-            row([
-                ("protocol", Datum::from("UDP")),
-                ("port", Datum::from(53i64)),
-                ("target_port", Datum::from(53i64)),
-            ]),
-        )
+        .insert("Service_Port", service_port_row("UDP", 53, 53))
         .named("p53")
         .insert(
             "Service",
@@ -722,20 +726,7 @@ fn monitor_reconnects_after_server_kill_without_proxy() {
         .expect("monitor notices the server died");
     server.restart();
     let c = Client::connect(&server.remote()).unwrap();
-    let out = c
-        .transact(
-            &Transaction::new(DB)
-                .insert(
-                    "Remote_Node",
-                    row([
-                        ("name", Datum::from("node-b")),
-                        ("vtep_ip", Datum::from("192.0.2.2")),
-                    ]),
-                )
-                .named("rn"),
-        )
-        .unwrap();
-    let rn = out.uuid_of("rn").unwrap();
+    let rn = insert_remote_node(&c, "node-b", "192.0.2.2");
     monitor
         .wait_until(WAIT, |r, s| {
             s.sessions >= 2 && r.row("Remote_Node", &rn).is_some()
@@ -938,21 +929,7 @@ fn tcp_remote_works() {
     let (port, forwarder) = forward_one_tcp_connection(&server.remote());
     let c = Client::connect(&format!("tcp:127.0.0.1:{port}")).unwrap();
     assert_eq!(c.remote(), format!("tcp:127.0.0.1:{port}"));
-    let rn = c
-        .transact(
-            &Transaction::new(DB)
-                .insert(
-                    "Remote_Node",
-                    row([
-                        ("name", Datum::from("tcp-node")),
-                        ("vtep_ip", Datum::from("192.0.2.9")),
-                    ]),
-                )
-                .named("rn"),
-        )
-        .unwrap()
-        .uuid_of("rn")
-        .unwrap();
+    let rn = insert_remote_node(&c, "tcp-node", "192.0.2.9");
     let out = c
         .transact(&Transaction::new(DB).select("Remote_Node", vec![Condition::uuid(rn)]))
         .unwrap();
