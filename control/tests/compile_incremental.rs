@@ -9,9 +9,7 @@
 //! typical updates (`tests/golden/incremental_*.txt`; rewrite them with
 //! `SLUICE_UPDATE_GOLDEN=1 cargo test -p sluice-control --test compile_incremental`).
 
-use nestdb_client::node::{
-    Endpoint, NodeConfig, Service, ServicePort, ServiceType, SessionAffinity,
-};
+use nestdb_client::node::{Endpoint, NodeConfig, ServiceType, SessionAffinity};
 use nestdb_client::{ChangeKind, RowChange, TableRow, Uuid};
 use proptest::prelude::*;
 use sluice_api::node::{apply, diff, NodeChanges, NodeProgram};
@@ -390,34 +388,23 @@ fn a_vip_conflict_chain_settles_in_name_order() {
 fn monitor_changes_convert_and_bad_rows_are_reported() {
     let rows = many_services(1, 1);
     let mut inc = IncrementalCompiler::new(Limits::default());
-    let insert = |table: &str, u: Uuid, row: nestdb_client::Row| RowChange {
-        table: table.into(),
-        uuid: u,
-        kind: ChangeKind::Insert,
-        old: None,
-        new: Some(row),
-    };
+    fn insert(table: &str, uuid: Uuid, row: nestdb_client::Row) -> RowChange {
+        RowChange {
+            table: table.into(),
+            uuid,
+            kind: ChangeKind::Insert,
+            old: None,
+            new: Some(row),
+        }
+    }
+    fn typed<T: TableRow>((u, r): &(Uuid, T)) -> RowChange {
+        insert(T::TABLE, *u, r.to_row())
+    }
     let mut batch = vec![
-        insert(
-            NodeConfig::TABLE,
-            rows.node_config[0].0,
-            rows.node_config[0].1.to_row(),
-        ),
-        insert(
-            Service::TABLE,
-            rows.services[0].0,
-            rows.services[0].1.to_row(),
-        ),
-        insert(
-            ServicePort::TABLE,
-            rows.service_ports[0].0,
-            rows.service_ports[0].1.to_row(),
-        ),
-        insert(
-            Endpoint::TABLE,
-            rows.endpoints[0].0,
-            rows.endpoints[0].1.to_row(),
-        ),
+        typed(&rows.node_config[0]),
+        typed(&rows.services[0]),
+        typed(&rows.service_ports[0]),
+        typed(&rows.endpoints[0]),
         insert("Node_Status", uuid(77), nestdb_client::Row::new()),
     ];
     let mut bad = rows.endpoints[0].1.to_row();
