@@ -684,14 +684,26 @@ fn shuffled(rows: &NodeRows, seed: u64) -> NodeRows {
         let n = u64::from_be_bytes(b[8..16].try_into().unwrap()) & 0xffff_ffff_ffff;
         uuid(n.wrapping_mul(7919).wrapping_add(seed) & 0xffff_ffff_ffff)
     };
-    fn rot<T: Clone>(v: &[T], seed: u64) -> Vec<T> {
+    /// Reversed and rotated by `seed`, each row under its mapped UUID,
+    /// with `refs` mapping the UUIDs it refers to.
+    fn moved<T: Clone>(
+        v: &[(Uuid, T)],
+        seed: u64,
+        map: &dyn Fn(&Uuid) -> Uuid,
+        refs: impl Fn(&mut T),
+    ) -> Vec<(Uuid, T)> {
         let mut v = v.to_vec();
         v.reverse();
         if !v.is_empty() {
             let k = (seed as usize) % v.len();
             v.rotate_left(k);
         }
-        v
+        v.into_iter()
+            .map(|(u, mut r)| {
+                refs(&mut r);
+                (map(&u), r)
+            })
+            .collect()
     }
     NodeRows {
         node_config: rows
@@ -699,32 +711,15 @@ fn shuffled(rows: &NodeRows, seed: u64) -> NodeRows {
             .iter()
             .map(|(u, r)| (map(u), r.clone()))
             .collect(),
-        logical_ports: rot(&rows.logical_ports, seed)
-            .into_iter()
-            .map(|(u, r)| (map(&u), r))
-            .collect(),
-        services: rot(&rows.services, seed)
-            .into_iter()
-            .map(|(u, mut s)| {
-                s.ports = s.ports.iter().map(map).collect();
-                (map(&u), s)
-            })
-            .collect(),
-        service_ports: rot(&rows.service_ports, seed)
-            .into_iter()
-            .map(|(u, r)| (map(&u), r))
-            .collect(),
-        endpoints: rot(&rows.endpoints, seed)
-            .into_iter()
-            .map(|(u, mut e)| {
-                e.service = e.service.as_ref().map(map);
-                (map(&u), e)
-            })
-            .collect(),
-        remote_nodes: rot(&rows.remote_nodes, seed)
-            .into_iter()
-            .map(|(u, r)| (map(&u), r))
-            .collect(),
+        logical_ports: moved(&rows.logical_ports, seed, &map, |_| {}),
+        services: moved(&rows.services, seed, &map, |s| {
+            s.ports = s.ports.iter().map(map).collect()
+        }),
+        service_ports: moved(&rows.service_ports, seed, &map, |_| {}),
+        endpoints: moved(&rows.endpoints, seed, &map, |e| {
+            e.service = e.service.as_ref().map(map)
+        }),
+        remote_nodes: moved(&rows.remote_nodes, seed, &map, |_| {}),
     }
 }
 
