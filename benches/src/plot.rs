@@ -61,6 +61,21 @@ fn ok_median(o: &Outcome) -> Option<f64> {
 
 type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
+/// Draws the chart's legend (the same box on every chart) and writes the
+/// image.
+fn finish<'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, CT>,
+    root: &DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>,
+) -> DrawResult {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
 fn comparison(report: &Report, path: &Path) -> DrawResult {
     let mut labels: Vec<String> = Vec::new();
     for o in &report.comparison {
@@ -129,13 +144,7 @@ fn comparison(report: &Report, path: &Path) -> DrawResult {
             .label(p.name())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color(p).filled()));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    finish(&mut chart, &root)
 }
 
 fn curve(
@@ -192,12 +201,7 @@ fn curve(
                 .map(|(x, y)| Circle::new((x, y), 4, c.filled())),
         )?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
+    finish(&mut chart, &root)?;
     Ok(true)
 }
 

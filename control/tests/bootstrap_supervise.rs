@@ -99,6 +99,23 @@ fn uplink() -> String {
         + &sh(&["ip", "-n", "slsv-node", "-4", "route", "show", "dev", "up0"])
 }
 
+/// The peer namespace pings the node's address on the uplink (one echo,
+/// within 5 s).
+fn peer_reaches_the_node() {
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        "slsv-peer",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "5",
+        "10.78.0.1",
+    ]);
+}
+
 #[test]
 fn addresses_come_back_when_the_datapath_dies() {
     // SAFETY: geteuid has no preconditions.
@@ -173,18 +190,7 @@ fn addresses_come_back_when_the_datapath_dies() {
     let up = uplink();
     assert!(up.contains("10.78.0.1/24"), "{up}");
     assert!(up.contains("10.79.0.0/24 via 10.78.0.2"), "{up}");
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        "slsv-peer",
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "5",
-        "10.78.0.1",
-    ]);
+    peer_reaches_the_node();
     assert!(!state.path().join("node-ip.json").exists(), "record kept");
 
     // 2. Supervisor and datapath both killed: the next supervisor moves the
@@ -207,16 +213,5 @@ fn addresses_come_back_when_the_datapath_dies() {
         up.contains("10.78.0.1/24") && up.contains("10.79.0.0/24"),
         "{up}"
     );
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        "slsv-peer",
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "5",
-        "10.78.0.1",
-    ]);
+    peer_reaches_the_node();
 }

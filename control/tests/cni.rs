@@ -115,46 +115,99 @@ fn addr_of(result: &Value) -> String {
         .to_string()
 }
 
+/// The node's nestdb-server (with its `Node_Config` when `configured`), or
+/// None (the skip recorded) when `test` cannot run here.
+fn node(test: &str, configured: bool) -> Option<Nestdb> {
+    ready(test).then(|| Nestdb::start(configured))
+}
+
+/// A configured node's nestdb-server with the stand-in agent running, or
+/// None (the skip recorded) when `test` cannot run here. Bind it as
+/// `let (db, _agent)`: the agent stops before the server.
+fn node_with_agent(test: &str) -> Option<(Nestdb, Agent)> {
+    let db = node(test, true)?;
+    let agent = Agent::start(&db);
+    Some((db, agent))
+}
+
+/// One container of a test: its namespace (`cni-TAG`), its ID and the
+/// plugin configuration it is attached with.
+struct Pod {
+    ns: Netns,
+    id: String,
+    conf: Value,
+}
+
+impl Pod {
+    /// Container `tag` on network `net` in CNI `version`.
+    fn new(db: &Nestdb, tag: &str, net: &str, version: &str) -> Pod {
+        Pod {
+            ns: Netns::new(&format!("cni-{tag}")),
+            id: container_id(tag),
+            conf: db.conf(net, version),
+        }
+    }
+
+    /// `command` for this container in its namespace.
+    fn cmd(&self, command: &str) -> Invocation {
+        Invocation::new(command, &self.id, Some(&self.ns.path()))
+    }
+
+    /// ADD, checked with [`add_and_verify`]; returns the result.
+    fn add(&self, db: &Nestdb) -> Value {
+        add_and_verify(db, &self.ns, &self.id, &self.conf)
+    }
+
+    /// Asserts that the namespace holds no eth0.
+    fn assert_no_eth0(&self) {
+        let links = self.ns.ip_json(&["link", "show"]);
+        assert!(
+            links
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|l| l["ifname"] != "eth0"),
+            "{links}"
+        );
+    }
+
+    /// DEL with `prev` as prevResult, then checks that nothing is left.
+    fn del(&self, db: &Nestdb, prev: &Value) {
+        self.cmd("DEL").run(&with_prev(&self.conf, prev)).ok();
+        let net = self.conf["name"].as_str().unwrap();
+        assert_detached(db, net, &self.id, &addr_of(prev));
+    }
+}
+
 #[test]
 fn add_check_del_round_trip_in_each_version() {
-    if !ready("cni add_check_del_round_trip_in_each_version") {
+    let Some((db, _agent)) = node_with_agent("cni add_check_del_round_trip_in_each_version") else {
         return;
-    }
-    let db = Nestdb::start(true);
-    let _agent = Agent::start(&db);
+    };
     for (i, v) in ["0.4.0", "1.0.0", "1.1.0"].into_iter().enumerate() {
-        let ns = Netns::new(&format!("cni-rt{i}"));
-        let id = container_id(&format!("rt{i}"));
-        let conf = db.conf("rt", v);
-        let r = add_and_verify(&db, &ns, &id, &conf);
-        let prev = with_prev(&conf, &r);
-        let c = Invocation::new("CHECK", &id, Some(&ns.path())).run(&prev);
+        let pod = Pod::new(&db, &format!("rt{i}"), "rt", v);
+        let r = pod.add(&db);
+        let prev = with_prev(&pod.conf, &r);
+        let c = pod.cmd("CHECK").run(&prev);
         assert_eq!(c.exit, 0, "CHECK in {v}: {}", c.stdout);
         assert_eq!(c.stdout, Value::Null);
-        let d = Invocation::new("DEL", &id, Some(&ns.path())).run(&prev);
+        let d = pod.cmd("DEL").run(&prev);
         assert_eq!(d.exit, 0, "DEL in {v}: {}", d.stdout);
-        assert_detached(&db, "rt", &id, &addr_of(&r));
-        assert!(ns
-            .ip_json(&["link", "show"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|l| l["ifname"] != "eth0"));
+        assert_detached(&db, "rt", &pod.id, &addr_of(&r));
+        pod.assert_no_eth0();
         // DEL again: nothing left, still success.
-        Invocation::new("DEL", &id, Some(&ns.path()))
-            .run(&prev)
-            .ok();
+        pod.cmd("DEL").run(&prev).ok();
     }
     assert!(db.ports().is_empty());
 }
 
 #[test]
 fn add_reads_a_conflist_and_fills_host_local_ranges_from_node_config() {
-    if !ready("cni add_reads_a_conflist_and_fills_host_local_ranges_from_node_config") {
+    let Some((db, _agent)) =
+        node_with_agent("cni add_reads_a_conflist_and_fills_host_local_ranges_from_node_config")
+    else {
         return;
-    }
-    let db = Nestdb::start(true);
-    let _agent = Agent::start(&db);
+    };
     let ns = Netns::new("cni-list");
     let id = container_id("list");
     let plugin = db.conf("lst", "1.0.0");
@@ -170,39 +223,28 @@ fn add_reads_a_conflist_and_fills_host_local_ranges_from_node_config() {
 
 #[test]
 fn add_twice_is_refused_and_keeps_the_first_attachment() {
-    if !ready("cni add_twice_is_refused_and_keeps_the_first_attachment") {
+    let Some((db, _agent)) =
+        node_with_agent("cni add_twice_is_refused_and_keeps_the_first_attachment")
+    else {
         return;
-    }
-    let db = Nestdb::start(true);
-    let _agent = Agent::start(&db);
-    let ns = Netns::new("cni-twice");
-    let id = container_id("twice");
-    let conf = db.conf("tw", "1.0.0");
-    let r = add_and_verify(&db, &ns, &id, &conf);
-    let again = Invocation::new("ADD", &id, Some(&ns.path())).run(&conf);
+    };
+    let pod = Pod::new(&db, "twice", "tw", "1.0.0");
+    let r = pod.add(&db);
+    let again = pod.cmd("ADD").run(&pod.conf);
     assert_eq!(again.code(), 100, "{}", again.stdout);
-    assert!(again.stdout["msg"]
-        .as_str()
-        .unwrap()
-        .contains("already attached"));
+    again.assert_says("msg", "already attached");
     assert_eq!(again.stdout["cniVersion"], "1.0.0");
     // The first attachment is untouched: one lease, CHECK passes.
     assert_eq!(db.leases("tw"), vec![addr_of(&r)]);
-    Invocation::new("CHECK", &id, Some(&ns.path()))
-        .run(&with_prev(&conf, &r))
-        .ok();
-    Invocation::new("DEL", &id, Some(&ns.path()))
-        .run(&with_prev(&conf, &r))
-        .ok();
-    assert_detached(&db, "tw", &id, &addr_of(&r));
+    pod.cmd("CHECK").run(&with_prev(&pod.conf, &r)).ok();
+    pod.del(&db, &r);
 }
 
 #[test]
 fn del_of_something_never_added_succeeds() {
-    if !ready("cni del_of_something_never_added_succeeds") {
+    let Some(db) = node("cni del_of_something_never_added_succeeds", true) else {
         return;
-    }
-    let db = Nestdb::start(true);
+    };
     let conf = db.conf("nv", "1.0.0");
     let id = container_id("never");
     Invocation::new("DEL", &id, Some("/run/netns/sluice-no-such-netns"))
@@ -214,47 +256,28 @@ fn del_of_something_never_added_succeeds() {
 
 #[test]
 fn del_after_the_namespace_is_gone() {
-    if !ready("cni del_after_the_namespace_is_gone") {
+    let Some((db, _agent)) = node_with_agent("cni del_after_the_namespace_is_gone") else {
         return;
-    }
-    let db = Nestdb::start(true);
-    let _agent = Agent::start(&db);
-    let ns = Netns::new("cni-gone");
-    let id = container_id("gone");
-    let conf = db.conf("gn", "1.0.0");
-    let r = add_and_verify(&db, &ns, &id, &conf);
-    ns.delete();
-    Invocation::new("DEL", &id, Some(&ns.path()))
-        .run(&with_prev(&conf, &r))
-        .ok();
-    assert_detached(&db, "gn", &id, &addr_of(&r));
+    };
+    let pod = Pod::new(&db, "gone", "gn", "1.0.0");
+    let r = pod.add(&db);
+    pod.ns.delete();
+    pod.del(&db, &r);
 }
 
 #[test]
 fn check_with_a_wrong_prev_result_fails() {
-    if !ready("cni check_with_a_wrong_prev_result_fails") {
+    let Some((db, _agent)) = node_with_agent("cni check_with_a_wrong_prev_result_fails") else {
         return;
-    }
-    let db = Nestdb::start(true);
-    let _agent = Agent::start(&db);
-    let ns = Netns::new("cni-chk");
-    let id = container_id("chk");
-    let conf = db.conf("ck", "1.0.0");
-    let r = add_and_verify(&db, &ns, &id, &conf);
-    let check =
-        |prev: &Value| Invocation::new("CHECK", &id, Some(&ns.path())).run(&with_prev(&conf, prev));
+    };
+    let pod = Pod::new(&db, "chk", "ck", "1.0.0");
+    let r = pod.add(&db);
+    let check = |prev: &Value| pod.cmd("CHECK").run(&with_prev(&pod.conf, prev));
     let mut wrong_ip = r.clone();
     wrong_ip["ips"][0]["address"] = json!("10.250.0.200/24");
     let c = check(&wrong_ip);
     assert_eq!(c.code(), 101);
-    assert!(
-        c.stdout["details"]
-            .as_str()
-            .unwrap()
-            .contains("10.250.0.200/24"),
-        "{}",
-        c.stdout
-    );
+    c.assert_says("details", "10.250.0.200/24");
     let mut wrong_mac = r.clone();
     wrong_mac["interfaces"][1]["mac"] = json!("0a:58:00:00:00:01");
     assert_eq!(check(&wrong_mac).code(), 101);
@@ -265,29 +288,24 @@ fn check_with_a_wrong_prev_result_fails() {
     wrong_if["interfaces"][1]["name"] = json!("eth9");
     assert_eq!(check(&wrong_if).code(), 101);
     // No prevResult at all: invalid configuration.
-    let c = Invocation::new("CHECK", &id, Some(&ns.path())).run(&conf);
+    let c = pod.cmd("CHECK").run(&pod.conf);
     assert_eq!(c.code(), 7);
     // A container that was never attached.
-    let c = Invocation::new("CHECK", &container_id("other"), Some(&ns.path()))
-        .run(&with_prev(&conf, &r));
+    let c = Invocation::new("CHECK", &container_id("other"), Some(&pod.ns.path()))
+        .run(&with_prev(&pod.conf, &r));
     assert_eq!(c.code(), 3);
     // The right one still passes.
     check(&r).ok();
-    Invocation::new("DEL", &id, Some(&ns.path()))
-        .run(&with_prev(&conf, &r))
-        .ok();
+    pod.del(&db, &r);
 }
 
 #[test]
 fn bad_inputs_have_their_error_codes() {
-    if !ready("cni bad_inputs_have_their_error_codes") {
+    let Some(db) = node("cni bad_inputs_have_their_error_codes", true) else {
         return;
-    }
-    let db = Nestdb::start(true);
-    let ns = Netns::new("cni-bad");
-    let id = container_id("bad");
-    let conf = db.conf("bd", "1.1.0");
-    let add = Invocation::new("ADD", &id, Some(&ns.path()));
+    };
+    let pod = Pod::new(&db, "bad", "bd", "1.1.0");
+    let (add, conf) = (pod.cmd("ADD"), pod.conf.clone());
     // Failed to decode content.
     let r = add.run_raw(b"{\"cniVersion\": ");
     assert_eq!(r.code(), 6);
@@ -297,10 +315,7 @@ fn bad_inputs_have_their_error_codes() {
     for v in ["0.3.1", "9.9.9"] {
         let r = add.run(&db.conf("bd", v));
         assert_eq!(r.code(), 1, "{v}");
-        assert!(r.stdout["details"]
-            .as_str()
-            .unwrap()
-            .contains("0.4.0, 1.0.0, 1.1.0"));
+        r.assert_says("details", "0.4.0, 1.0.0, 1.1.0");
     }
     // Missing or invalid CNI_* variables.
     for var in [
@@ -312,11 +327,7 @@ fn bad_inputs_have_their_error_codes() {
     ] {
         let r = add.clone().without(var).run(&conf);
         assert_eq!(r.code(), 4, "{var}");
-        assert!(
-            r.stdout["msg"].as_str().unwrap().contains(var),
-            "{}",
-            r.stdout
-        );
+        r.assert_says("msg", var);
         assert_eq!(
             r.stdout["cniVersion"], "1.1.0",
             "errors speak the configuration's version"
@@ -342,37 +353,22 @@ fn bad_inputs_have_their_error_codes() {
     far["nestdb"] = json!(format!("unix:{}/absent.sock", db.dir.path().display()));
     let r = add.run(&far);
     assert_eq!(r.code(), 11);
-    assert!(
-        r.stdout["msg"].as_str().unwrap().contains("nestdb"),
-        "{}",
-        r.stdout
-    );
+    r.assert_says("msg", "nestdb");
     // IPAM plugin missing from CNI_PATH.
     let mut no_ipam = conf.clone();
     no_ipam["ipam"]["type"] = json!("no-such-ipam");
     let r = add.run(&no_ipam);
     assert_eq!(r.code(), 7);
-    assert!(
-        r.stdout["details"].as_str().unwrap().contains("CNI_PATH"),
-        "{}",
-        r.stdout
-    );
+    r.assert_says("details", "CNI_PATH");
     // IPAM failing (host-local refuses a range outside its subnet); its
     // error comes back and nothing is left behind.
     let mut broken = conf.clone();
     broken["ipam"]["ranges"] = json!([[{"subnet": POD_CIDR, "rangeStart": "10.99.0.5"}]]);
     let r = add.run(&broken);
     assert_ne!(r.exit, 0);
-    assert!(
-        r.stdout["msg"]
-            .as_str()
-            .unwrap()
-            .contains("IPAM plugin host-local"),
-        "{}",
-        r.stdout
-    );
+    r.assert_says("msg", "IPAM plugin host-local");
     assert!(db.ports().is_empty());
-    assert!(host_link(&host_interface_name(&port_name(&id))).is_none());
+    assert!(host_link(&host_interface_name(&port_name(&pod.id))).is_none());
     // IPAM leasing outside the node's pod CIDR: refused and rolled back.
     let mut outside = conf.clone();
     outside["ipam"]["ranges"] = json!([[{"subnet": "10.77.0.0/24"}]]);
@@ -384,42 +380,26 @@ fn bad_inputs_have_their_error_codes() {
 
 #[test]
 fn an_unconfigured_node_is_a_transient_error() {
-    if !ready("cni an_unconfigured_node_is_a_transient_error") {
+    let Some(db) = node("cni an_unconfigured_node_is_a_transient_error", false) else {
         return;
-    }
-    let db = Nestdb::start(false);
-    let ns = Netns::new("cni-unconf");
-    let id = container_id("unconf");
-    let r = Invocation::new("ADD", &id, Some(&ns.path())).run(&db.conf("uc", "1.0.0"));
+    };
+    let pod = Pod::new(&db, "unconf", "uc", "1.0.0");
+    let r = pod.cmd("ADD").run(&pod.conf);
     assert_eq!(r.code(), 11);
-    assert!(
-        r.stdout["details"]
-            .as_str()
-            .unwrap()
-            .contains("Node_Config"),
-        "{}",
-        r.stdout
-    );
+    r.assert_says("details", "Node_Config");
 }
 
 #[test]
 fn add_times_out_without_the_agent_and_rolls_back() {
-    if !ready("cni add_times_out_without_the_agent_and_rolls_back") {
-        return;
-    }
     // No stand-in agent: nobody sets up.
-    let db = Nestdb::start(true);
-    let ns = Netns::new("cni-late");
-    let id = container_id("late");
-    let mut conf = db.conf("lt", "1.0.0");
-    conf["portUpTimeoutMs"] = json!(300);
-    let r = Invocation::new("ADD", &id, Some(&ns.path())).run(&conf);
+    let Some(db) = node("cni add_times_out_without_the_agent_and_rolls_back", true) else {
+        return;
+    };
+    let mut pod = Pod::new(&db, "late", "lt", "1.0.0");
+    pod.conf["portUpTimeoutMs"] = json!(300);
+    let r = pod.cmd("ADD").run(&pod.conf);
     assert_eq!(r.code(), 11, "{}", r.stdout);
-    assert!(
-        r.stdout["msg"].as_str().unwrap().contains("timed out"),
-        "{}",
-        r.stdout
-    );
+    r.assert_says("msg", "timed out");
     let details = r.stdout["details"].as_str().unwrap();
     assert!(
         details.contains("300 ms") && details.contains("sluice-agent"),
@@ -427,21 +407,14 @@ fn add_times_out_without_the_agent_and_rolls_back() {
     );
     // Rolled back: no row, no veth (either end), no lease.
     assert!(db.ports().is_empty());
-    assert!(host_link(&host_interface_name(&port_name(&id))).is_none());
-    assert!(ns
-        .ip_json(&["link", "show"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|l| l["ifname"] != "eth0"));
+    assert!(host_link(&host_interface_name(&port_name(&pod.id))).is_none());
+    pod.assert_no_eth0();
     assert!(db.leases("lt").is_empty(), "{:?}", db.leases("lt"));
     // With the agent back, the same ADD works (nothing half-attached in the way).
     let _agent = Agent::start(&db);
-    conf["portUpTimeoutMs"] = json!(30000);
-    let r = add_and_verify(&db, &ns, &id, &conf);
-    Invocation::new("DEL", &id, Some(&ns.path()))
-        .run(&with_prev(&conf, &r))
-        .ok();
+    pod.conf["portUpTimeoutMs"] = json!(30000);
+    let r = pod.add(&db);
+    pod.del(&db, &r);
 }
 
 #[test]
@@ -467,11 +440,9 @@ fn version_negotiation() {
 
 #[test]
 fn status_and_gc_in_1_1_0() {
-    if !ready("cni status_and_gc_in_1_1_0") {
+    let Some((db, _agent)) = node_with_agent("cni status_and_gc_in_1_1_0") else {
         return;
-    }
-    let db = Nestdb::start(true);
-    let _agent = Agent::start(&db);
+    };
     let conf = db.conf("gc", "1.1.0");
     let status = Invocation {
         vars: vec![
@@ -489,12 +460,13 @@ fn status_and_gc_in_1_1_0() {
         "STATUS is a 1.1.0 command"
     );
     // Two attachments; GC keeps the valid one only.
-    let (na, nb) = (Netns::new("cni-gca"), Netns::new("cni-gcb"));
-    let (a, b) = (container_id("gca"), container_id("gcb"));
-    let ra = add_and_verify(&db, &na, &a, &conf);
-    let rb = add_and_verify(&db, &nb, &b, &conf);
+    let (a, b) = (
+        Pod::new(&db, "gca", "gc", "1.1.0"),
+        Pod::new(&db, "gcb", "gc", "1.1.0"),
+    );
+    let (ra, rb) = (a.add(&db), b.add(&db));
     let mut gc = conf.clone();
-    gc["cni.dev/valid-attachments"] = json!([{"containerID": a, "ifname": "eth0"}]);
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": a.id, "ifname": "eth0"}]);
     let gc_run = Invocation {
         vars: vec![
             ("CNI_COMMAND".into(), "GC".into()),
@@ -502,14 +474,9 @@ fn status_and_gc_in_1_1_0() {
         ],
     };
     gc_run.run(&gc).ok();
-    assert_detached(&db, "gc", &b, &addr_of(&rb));
-    Invocation::new("CHECK", &a, Some(&na.path()))
-        .run(&with_prev(&conf, &ra))
-        .ok();
-    Invocation::new("DEL", &a, Some(&na.path()))
-        .run(&with_prev(&conf, &ra))
-        .ok();
-    assert_detached(&db, "gc", &a, &addr_of(&ra));
+    assert_detached(&db, "gc", &b.id, &addr_of(&rb));
+    a.cmd("CHECK").run(&with_prev(&conf, &ra)).ok();
+    a.del(&db, &ra);
 }
 
 #[test]
@@ -546,44 +513,40 @@ fn the_deploy_conflist_is_accepted() {
 
 #[test]
 fn a_failed_veth_rolls_back_the_lease() {
-    if !ready("cni a_failed_veth_rolls_back_the_lease") {
+    let Some((db, _agent)) = node_with_agent("cni a_failed_veth_rolls_back_the_lease") else {
         return;
-    }
-    let db = Nestdb::start(true);
-    let _agent = Agent::start(&db);
-    let ns = Netns::new("cni-taken");
-    let id = container_id("taken");
+    };
+    let pod = Pod::new(&db, "taken", "tk", "1.0.0");
     // Something else already holds eth0 in the namespace: the veth cannot
     // be created there.
-    let st = std::process::Command::new("ip")
-        .args([
-            "-n", &ns.name, "link", "add", "eth0", "type", "veth", "peer", "name", "other0",
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let conf = db.conf("tk", "1.0.0");
-    let r = Invocation::new("ADD", &id, Some(&ns.path())).run(&conf);
+    sluice_testkit::sh(&[
+        "ip",
+        "-n",
+        &pod.ns.name,
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "other0",
+    ]);
+    let r = pod.cmd("ADD").run(&pod.conf);
     assert_eq!(r.code(), 5, "{}", r.stdout);
-    assert!(
-        r.stdout["msg"].as_str().unwrap().contains("veth"),
-        "{}",
-        r.stdout
-    );
+    r.assert_says("msg", "veth");
     assert!(
         db.leases("tk").is_empty(),
         "lease kept: {:?}",
         db.leases("tk")
     );
     assert!(db.ports().is_empty());
-    assert!(host_link(&host_interface_name(&port_name(&id))).is_none());
+    assert!(host_link(&host_interface_name(&port_name(&pod.id))).is_none());
     // The runtime's DEL after the failed ADD leaves that eth0 alone too.
-    Invocation::new("DEL", &id, Some(&ns.path()))
-        .run(&conf)
-        .ok();
+    pod.cmd("DEL").run(&pod.conf).ok();
     // The namespace's own eth0 is untouched (still paired with other0).
     assert_eq!(
-        ns.ip_json(&["link", "show", "dev", "eth0"])[0]["link"],
+        pod.ns.ip_json(&["link", "show", "dev", "eth0"])[0]["link"],
         "other0"
     );
 }
@@ -604,17 +567,10 @@ fn a_node_with_two_pod_cidrs_gives_a_pod_one_address() {
         ))
         .unwrap();
     let _agent = Agent::start(&db);
-    let ns = Netns::new("cni-two");
-    let id = container_id("two");
-    let conf = db.conf("two", "1.0.0");
-    let r = Invocation::new("ADD", &id, Some(&ns.path()))
-        .run(&conf)
-        .ok();
+    let pod = Pod::new(&db, "two", "two", "1.0.0");
+    let r = pod.cmd("ADD").run(&pod.conf).ok();
     assert_eq!(r["ips"].as_array().unwrap().len(), 1, "{r}");
-    assert_eq!(db.port(&port_name(&id)).unwrap().ips.len(), 1);
+    assert_eq!(db.port(&port_name(&pod.id)).unwrap().ips.len(), 1);
     assert_eq!(db.leases("two").len(), 1);
-    Invocation::new("DEL", &id, Some(&ns.path()))
-        .run(&with_prev(&conf, &r))
-        .ok();
-    assert_detached(&db, "two", &id, &addr_of(&r));
+    pod.del(&db, &r);
 }

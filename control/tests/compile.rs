@@ -7,13 +7,12 @@
 //! Golden files live in `tests/golden/*.txt`; `SLUICE_UPDATE_GOLDEN=1
 //! cargo test -p sluice-control --test compile` rewrites them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 
 use nestdb_client::node::{
-    Endpoint, LogicalPort, NodeConfig, NodeType, Protocol, RemoteNode, Service, ServicePort,
-    ServiceType, SessionAffinity, TrafficPolicy,
+    Endpoint, LogicalPort, NodeConfig, Protocol, RemoteNode, Service, ServicePort, ServiceType,
+    SessionAffinity, TrafficPolicy,
 };
 use nestdb_client::Uuid;
 use proptest::prelude::*;
@@ -21,109 +20,46 @@ use sluice_api::node::{apply, diff, NodeProgram};
 use sluice_control::agent::compile::{
     compile, compile_with, cookie, host_interface_name, render, Compiled, Limits, NodeRows,
 };
+use sluice_testkit::rows::{self, service_port as sport, uuid};
 
-fn uuid(n: u64) -> Uuid {
-    Uuid::parse_str(&format!("00000000-0000-4000-8000-{n:012x}")).unwrap()
-}
+mod compile_common;
+use compile_common::{check_golden, line_diff, replica_with_a_bad_endpoint};
 
-fn ids(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
+/// Node-a with a second (IPv6) pod CIDR and node address.
 fn node_config() -> NodeConfig {
-    NodeConfig {
-        node_name: "node-a".into(),
-        node_type: NodeType::Baremetal,
-        uplink_port: "0000:01:00.0".into(),
-        ovs_bridge: None,
-        vtep_ip: "192.0.2.10".parse().unwrap(),
-        pod_cidrs: BTreeSet::from(["10.244.1.0/24".into(), "fd00:1::/64".into()]),
-        node_ips: BTreeSet::from([
-            "192.0.2.10".parse().unwrap(),
-            "2001:db8::10".parse().unwrap(),
-        ]),
-        nodeport_min: 30000,
-        nodeport_max: 32767,
-        mtu: 1500,
-        external_ids: ids(&[("node_mac", "02:00:00:00:00:0a")]),
-    }
+    let mut n = rows::node_config();
+    n.pod_cidrs.insert("fd00:1::/64".into());
+    n.node_ips.insert("2001:db8::10".parse().unwrap());
+    n
 }
 
+/// Pod `name` with its namespace path.
 fn lp(name: &str, last: u8, dp_port: Option<u32>) -> LogicalPort {
     LogicalPort {
-        name: name.into(),
-        mac: format!("0a:58:0a:f4:01:{last:02x}"),
-        ips: BTreeSet::from([format!("10.244.1.{last}/24")]),
         netns: Some(format!("/var/run/netns/{name}")),
-        interface_name: "eth0".into(),
-        pod_namespace: Some("default".into()),
-        pod_name: Some(name.into()),
-        dp_port,
-        up: false,
-        external_ids: BTreeMap::new(),
+        ..rows::pod(name, last, dp_port)
     }
 }
 
+/// A remote node whose VTEP is also its node address.
 fn remote(name: &str, vtep: &str, cidr: &str) -> RemoteNode {
     RemoteNode {
-        name: name.into(),
-        vtep_ip: vtep.parse().unwrap(),
-        pod_cidrs: BTreeSet::from([cidr.to_string()]),
         node_ips: BTreeSet::from([vtep.parse().unwrap()]),
-        external_ids: BTreeMap::new(),
+        ..rows::remote_node(name, vtep, cidr)
     }
 }
 
+/// A dual-stack Service (`vip` and fd00:96::a).
 fn service(name: &str, ty: ServiceType, vip: &str, ports: &[u64]) -> Service {
-    Service {
-        name: name.into(),
-        namespace: "default".into(),
-        service_type: ty,
-        cluster_ips: BTreeSet::from([vip.parse().unwrap(), "fd00:96::a".parse().unwrap()]),
-        external_ips: BTreeSet::new(),
-        load_balancer_ips: BTreeSet::new(),
-        ports: ports.iter().map(|&p| uuid(p)).collect(),
-        session_affinity: SessionAffinity::None,
-        affinity_timeout: None,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        external_traffic_policy: TrafficPolicy::Cluster,
-        external_ids: BTreeMap::new(),
-    }
+    let mut s = rows::service(name, ty, vip, ports);
+    s.cluster_ips.insert("fd00:96::a".parse().unwrap());
+    s
 }
 
-fn sport(
-    name: Option<&str>,
-    port: u16,
-    target: Option<u16>,
-    node_port: Option<u16>,
-) -> ServicePort {
-    ServicePort {
-        name: name.map(str::to_string),
-        protocol: Protocol::Tcp,
-        port,
-        target_port: target,
-        node_port,
-    }
-}
-
+/// An endpoint of Service `uuid(svc)` on node-a (`local`) or node-b.
 fn endpoint(svc: u64, ip: &str, port: Option<(&str, u16)>, local: bool) -> Endpoint {
-    Endpoint {
-        service: Some(uuid(svc)),
-        ip: ip.parse().unwrap(),
-        ports: port
-            .map(|(n, p)| BTreeMap::from([(n.to_string(), p)]))
-            .unwrap_or_default(),
-        ready: true,
-        serving: true,
-        terminating: false,
-        node_name: Some(if local { "node-a" } else { "node-b" }.into()),
-        is_local: local,
-        zone_hints: BTreeSet::new(),
-        external_ids: BTreeMap::new(),
-    }
+    let node = if local { "node-a" } else { "node-b" };
+    rows::endpoint(Some(svc), ip, port.as_slice(), node, local)
 }
 
 /// Node-a with one pod, no Services.
@@ -158,42 +94,6 @@ fn with_service(ty: ServiceType) -> NodeRows {
 
 // ---------------------------------------------------------------- goldens
 
-fn golden_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(format!("{name}.txt"))
-}
-
-/// A line diff (longest common subsequence), `-` expected, `+` actual.
-fn line_diff(expected: &str, actual: &str) -> String {
-    let a: Vec<&str> = expected.lines().collect();
-    let b: Vec<&str> = actual.lines().collect();
-    let mut l = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for i in (0..a.len()).rev() {
-        for j in (0..b.len()).rev() {
-            l[i][j] = if a[i] == b[j] {
-                l[i + 1][j + 1] + 1
-            } else {
-                l[i + 1][j].max(l[i][j + 1])
-            };
-        }
-    }
-    let (mut i, mut j, mut out) = (0, 0, String::new());
-    while i < a.len() || j < b.len() {
-        if i < a.len() && j < b.len() && a[i] == b[j] {
-            i += 1;
-            j += 1;
-        } else if j < b.len() && (i == a.len() || l[i][j + 1] >= l[i + 1][j]) {
-            out += &format!("+ {}\n", b[j]);
-            j += 1;
-        } else {
-            out += &format!("- {}\n", a[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
 #[test]
 fn golden_mismatches_show_a_line_diff() {
     assert_eq!(line_diff("a\nb\nc\n", "a\nb\nc\n"), "");
@@ -205,26 +105,7 @@ fn golden_mismatches_show_a_line_diff() {
 fn golden(name: &str, rows: &NodeRows) -> Compiled {
     let c = compile(rows);
     datapath_accepts(&c.program);
-    let text = render(&c);
-    let path = golden_path(name);
-    if std::env::var_os("SLUICE_UPDATE_GOLDEN").is_some_and(|v| v == "1") {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &text).unwrap();
-        return c;
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read {}: {e}; create it with SLUICE_UPDATE_GOLDEN=1 cargo test -p sluice-control --test compile",
-            path.display()
-        )
-    });
-    if want != text {
-        panic!(
-            "{name}: the compiled program differs from {} (- golden, + compiled); if the change is intended, rewrite it with SLUICE_UPDATE_GOLDEN=1:\n{}",
-            path.display(),
-            line_diff(&want, &text)
-        );
-    }
+    check_golden("compile", name, &render(&c));
     c
 }
 
@@ -803,14 +684,26 @@ fn shuffled(rows: &NodeRows, seed: u64) -> NodeRows {
         let n = u64::from_be_bytes(b[8..16].try_into().unwrap()) & 0xffff_ffff_ffff;
         uuid(n.wrapping_mul(7919).wrapping_add(seed) & 0xffff_ffff_ffff)
     };
-    fn rot<T: Clone>(v: &[T], seed: u64) -> Vec<T> {
+    /// Reversed and rotated by `seed`, each row under its mapped UUID,
+    /// with `refs` mapping the UUIDs it refers to.
+    fn moved<T: Clone>(
+        v: &[(Uuid, T)],
+        seed: u64,
+        map: &dyn Fn(&Uuid) -> Uuid,
+        refs: impl Fn(&mut T),
+    ) -> Vec<(Uuid, T)> {
         let mut v = v.to_vec();
         v.reverse();
         if !v.is_empty() {
             let k = (seed as usize) % v.len();
             v.rotate_left(k);
         }
-        v
+        v.into_iter()
+            .map(|(u, mut r)| {
+                refs(&mut r);
+                (map(&u), r)
+            })
+            .collect()
     }
     NodeRows {
         node_config: rows
@@ -818,32 +711,15 @@ fn shuffled(rows: &NodeRows, seed: u64) -> NodeRows {
             .iter()
             .map(|(u, r)| (map(u), r.clone()))
             .collect(),
-        logical_ports: rot(&rows.logical_ports, seed)
-            .into_iter()
-            .map(|(u, r)| (map(&u), r))
-            .collect(),
-        services: rot(&rows.services, seed)
-            .into_iter()
-            .map(|(u, mut s)| {
-                s.ports = s.ports.iter().map(map).collect();
-                (map(&u), s)
-            })
-            .collect(),
-        service_ports: rot(&rows.service_ports, seed)
-            .into_iter()
-            .map(|(u, r)| (map(&u), r))
-            .collect(),
-        endpoints: rot(&rows.endpoints, seed)
-            .into_iter()
-            .map(|(u, mut e)| {
-                e.service = e.service.as_ref().map(map);
-                (map(&u), e)
-            })
-            .collect(),
-        remote_nodes: rot(&rows.remote_nodes, seed)
-            .into_iter()
-            .map(|(u, r)| (map(&u), r))
-            .collect(),
+        logical_ports: moved(&rows.logical_ports, seed, &map, |_| {}),
+        services: moved(&rows.services, seed, &map, |s| {
+            s.ports = s.ports.iter().map(map).collect()
+        }),
+        service_ports: moved(&rows.service_ports, seed, &map, |_| {}),
+        endpoints: moved(&rows.endpoints, seed, &map, |e| {
+            e.service = e.service.as_ref().map(map)
+        }),
+        remote_nodes: moved(&rows.remote_nodes, seed, &map, |_| {}),
     }
 }
 
@@ -874,56 +750,8 @@ proptest! {
 
 #[test]
 fn rows_come_from_a_replica_and_bad_ones_are_reported() {
-    use nestdb_client::{Replica, Schema, TableRow};
-    use std::sync::Arc;
-    let schema =
-        Schema::from_json_str(include_str!("../../deploy/nestdb/sluice.ovsschema")).unwrap();
-    let tables: BTreeMap<String, Option<Vec<String>>> = [
-        "Node_Config",
-        "Logical_Port",
-        "Service",
-        "Service_Port",
-        "Endpoint",
-        "Remote_Node",
-    ]
-    .iter()
-    .map(|t| (t.to_string(), None))
-    .collect();
-    let mut replica = Replica::new(Arc::new(schema), &tables).unwrap();
     let rows = with_service(ServiceType::NodePort);
-    let mut dump = serde_json::Map::new();
-    fn put<T: TableRow>(dump: &mut serde_json::Map<String, serde_json::Value>, rows: &[(Uuid, T)]) {
-        let t = dump
-            .entry(T::TABLE)
-            .or_insert_with(|| serde_json::json!({}))
-            .as_object_mut()
-            .unwrap();
-        for (u, r) in rows {
-            let cols: serde_json::Map<String, serde_json::Value> = r
-                .to_row()
-                .iter()
-                .map(|(k, d)| (k.clone(), d.to_json()))
-                .collect();
-            t.insert(u.to_string(), serde_json::json!({ "initial": cols }));
-        }
-    }
-    put(&mut dump, &rows.node_config);
-    put(&mut dump, &rows.logical_ports);
-    put(&mut dump, &rows.services);
-    put(&mut dump, &rows.service_ports);
-    put(&mut dump, &rows.endpoints);
-    put(&mut dump, &rows.remote_nodes);
-    // An Endpoint the schema accepts but the typed rows refuse: its
-    // address is no address.
-    let mut bad = rows.endpoints[0].1.to_row();
-    bad.insert("ip".into(), nestdb_client::Datum::from("10.244.1.300"));
-    dump["Endpoint"].as_object_mut().unwrap().insert(
-        uuid(77).to_string(),
-        serde_json::json!({ "initial": bad.iter().map(|(k, d)| (k.clone(), d.to_json())).collect::<serde_json::Map<_, _>>() }),
-    );
-    replica
-        .replace_with_dump(&serde_json::Value::Object(dump), false)
-        .unwrap();
+    let (replica, _) = replica_with_a_bad_endpoint(&rows);
     let (read, errors) = NodeRows::from_replica(&replica);
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].table, "Endpoint");

@@ -9,104 +9,22 @@
 //! typical updates (`tests/golden/incremental_*.txt`; rewrite them with
 //! `SLUICE_UPDATE_GOLDEN=1 cargo test -p sluice-control --test compile_incremental`).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-
-use nestdb_client::node::{
-    Endpoint, LogicalPort, NodeConfig, NodeType, Protocol, RemoteNode, Service, ServicePort,
-    ServiceType, SessionAffinity, TrafficPolicy,
-};
+use nestdb_client::node::{Endpoint, NodeConfig, ServiceType, SessionAffinity};
 use nestdb_client::{ChangeKind, RowChange, TableRow, Uuid};
 use proptest::prelude::*;
 use sluice_api::node::{apply, diff, NodeChanges, NodeProgram};
 use sluice_control::agent::compile::{compile, compile_with, Compiled, Limits, NodeRows};
 use sluice_control::agent::incremental::{IncrementalCompiler, RowUpdate};
+use sluice_testkit::rows::{
+    self, node_config, pod as lp, remote_node as remote, service, service_port as sport, uuid,
+};
 
-fn uuid(n: u64) -> Uuid {
-    Uuid::parse_str(&format!("00000000-0000-4000-8000-{n:012x}")).unwrap()
-}
+mod compile_common;
+use compile_common::{check_golden, replica_with_a_bad_endpoint};
 
-fn node_config() -> NodeConfig {
-    NodeConfig {
-        node_name: "node-a".into(),
-        node_type: NodeType::Baremetal,
-        uplink_port: "0000:01:00.0".into(),
-        ovs_bridge: None,
-        vtep_ip: "192.0.2.10".parse().unwrap(),
-        pod_cidrs: BTreeSet::from(["10.244.1.0/24".into()]),
-        node_ips: BTreeSet::from(["192.0.2.10".parse().unwrap()]),
-        nodeport_min: 30000,
-        nodeport_max: 32767,
-        mtu: 1500,
-        external_ids: BTreeMap::from([("node_mac".into(), "02:00:00:00:00:0a".into())]),
-    }
-}
-
-fn lp(name: &str, last: u8, dp_port: Option<u32>) -> LogicalPort {
-    LogicalPort {
-        name: name.into(),
-        mac: format!("0a:58:0a:f4:01:{last:02x}"),
-        ips: BTreeSet::from([format!("10.244.1.{last}/24")]),
-        netns: None,
-        interface_name: "eth0".into(),
-        pod_namespace: Some("default".into()),
-        pod_name: Some(name.into()),
-        dp_port,
-        up: false,
-        external_ids: BTreeMap::new(),
-    }
-}
-
-fn remote(name: &str, vtep: &str, cidr: &str) -> RemoteNode {
-    RemoteNode {
-        name: name.into(),
-        vtep_ip: vtep.parse().unwrap(),
-        pod_cidrs: BTreeSet::from([cidr.to_string()]),
-        node_ips: BTreeSet::new(),
-        external_ids: BTreeMap::new(),
-    }
-}
-
-fn service(name: &str, ty: ServiceType, vip: &str, ports: &[u64]) -> Service {
-    Service {
-        name: name.into(),
-        namespace: "default".into(),
-        service_type: ty,
-        cluster_ips: BTreeSet::from([vip.parse().unwrap()]),
-        external_ips: BTreeSet::new(),
-        load_balancer_ips: BTreeSet::new(),
-        ports: ports.iter().map(|&p| uuid(p)).collect(),
-        session_affinity: SessionAffinity::None,
-        affinity_timeout: None,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        external_traffic_policy: TrafficPolicy::Cluster,
-        external_ids: BTreeMap::new(),
-    }
-}
-
-fn sport(name: Option<&str>, port: u16, target: Option<u16>, np: Option<u16>) -> ServicePort {
-    ServicePort {
-        name: name.map(str::to_string),
-        protocol: Protocol::Tcp,
-        port,
-        target_port: target,
-        node_port: np,
-    }
-}
-
+/// A ready endpoint of Service `uuid(svc)` on this node, port `http`.
 fn endpoint(svc: Option<u64>, ip: &str, port: u16) -> Endpoint {
-    Endpoint {
-        service: svc.map(uuid),
-        ip: ip.parse().unwrap(),
-        ports: BTreeMap::from([("http".to_string(), port)]),
-        ready: true,
-        serving: true,
-        terminating: false,
-        node_name: Some("node-a".into()),
-        is_local: true,
-        zone_hints: BTreeSet::new(),
-        external_ids: BTreeMap::new(),
-    }
+    rows::endpoint(svc, ip, &[("http", port)], "node-a", true)
 }
 
 // ------------------------------------------------------------ strategies
@@ -470,34 +388,23 @@ fn a_vip_conflict_chain_settles_in_name_order() {
 fn monitor_changes_convert_and_bad_rows_are_reported() {
     let rows = many_services(1, 1);
     let mut inc = IncrementalCompiler::new(Limits::default());
-    let insert = |table: &str, u: Uuid, row: nestdb_client::Row| RowChange {
-        table: table.into(),
-        uuid: u,
-        kind: ChangeKind::Insert,
-        old: None,
-        new: Some(row),
-    };
+    fn insert(table: &str, uuid: Uuid, row: nestdb_client::Row) -> RowChange {
+        RowChange {
+            table: table.into(),
+            uuid,
+            kind: ChangeKind::Insert,
+            old: None,
+            new: Some(row),
+        }
+    }
+    fn typed<T: TableRow>((u, r): &(Uuid, T)) -> RowChange {
+        insert(T::TABLE, *u, r.to_row())
+    }
     let mut batch = vec![
-        insert(
-            NodeConfig::TABLE,
-            rows.node_config[0].0,
-            rows.node_config[0].1.to_row(),
-        ),
-        insert(
-            Service::TABLE,
-            rows.services[0].0,
-            rows.services[0].1.to_row(),
-        ),
-        insert(
-            ServicePort::TABLE,
-            rows.service_ports[0].0,
-            rows.service_ports[0].1.to_row(),
-        ),
-        insert(
-            Endpoint::TABLE,
-            rows.endpoints[0].0,
-            rows.endpoints[0].1.to_row(),
-        ),
+        typed(&rows.node_config[0]),
+        typed(&rows.services[0]),
+        typed(&rows.service_ports[0]),
+        typed(&rows.endpoints[0]),
         insert("Node_Status", uuid(77), nestdb_client::Row::new()),
     ];
     let mut bad = rows.endpoints[0].1.to_row();
@@ -527,12 +434,6 @@ fn monitor_changes_convert_and_bad_rows_are_reported() {
 }
 
 // --------------------------------------------------------------- goldens
-
-fn golden_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(format!("{name}.txt"))
-}
 
 /// A change set as text: one item per line.
 fn render_changes(c: &NodeChanges, errors: &[sluice_control::agent::RowError]) -> String {
@@ -578,23 +479,7 @@ fn render_changes(c: &NodeChanges, errors: &[sluice_control::agent::RowError]) -
 }
 
 fn golden(name: &str, text: &str) {
-    let path = golden_path(name);
-    if std::env::var_os("SLUICE_UPDATE_GOLDEN").is_some_and(|v| v == "1") {
-        std::fs::write(&path, text).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read {}: {e}; create it with SLUICE_UPDATE_GOLDEN=1 cargo test -p sluice-control --test compile_incremental",
-            path.display()
-        )
-    });
-    assert_eq!(
-        want,
-        text,
-        "{name}: the change set differs from {}; if intended, rewrite it with SLUICE_UPDATE_GOLDEN=1",
-        path.display()
-    );
+    check_golden("compile_incremental", name, text);
 }
 
 /// A Service `web` with two endpoints and a pod.
@@ -714,53 +599,8 @@ fn golden_incremental_conflicts_and_node() {
 
 #[test]
 fn a_replica_snapshot_loads_with_its_bad_rows_reported() {
-    use nestdb_client::{Replica, Schema};
-    use std::sync::Arc;
-    let schema =
-        Schema::from_json_str(include_str!("../../deploy/nestdb/sluice.ovsschema")).unwrap();
-    let tables: BTreeMap<String, Option<Vec<String>>> = [
-        "Node_Config",
-        "Logical_Port",
-        "Service",
-        "Service_Port",
-        "Endpoint",
-        "Remote_Node",
-    ]
-    .iter()
-    .map(|t| (t.to_string(), None))
-    .collect();
-    let mut replica = Replica::new(Arc::new(schema), &tables).unwrap();
     let rows = web();
-    let mut dump = serde_json::Map::new();
-    fn put<T: TableRow>(dump: &mut serde_json::Map<String, serde_json::Value>, rows: &[(Uuid, T)]) {
-        let t = dump
-            .entry(T::TABLE)
-            .or_insert_with(|| serde_json::json!({}))
-            .as_object_mut()
-            .unwrap();
-        for (u, r) in rows {
-            let cols: serde_json::Map<String, serde_json::Value> = r
-                .to_row()
-                .iter()
-                .map(|(k, d)| (k.clone(), d.to_json()))
-                .collect();
-            t.insert(u.to_string(), serde_json::json!({ "initial": cols }));
-        }
-    }
-    put(&mut dump, &rows.node_config);
-    put(&mut dump, &rows.logical_ports);
-    put(&mut dump, &rows.services);
-    put(&mut dump, &rows.service_ports);
-    put(&mut dump, &rows.endpoints);
-    let mut bad = rows.endpoints[0].1.to_row();
-    bad.insert("ip".into(), nestdb_client::Datum::from("10.244.1.300"));
-    dump["Endpoint"].as_object_mut().unwrap().insert(
-        uuid(77).to_string(),
-        serde_json::json!({ "initial": bad.iter().map(|(k, d)| (k.clone(), d.to_json())).collect::<serde_json::Map<_, _>>() }),
-    );
-    let changes = replica
-        .replace_with_dump(&serde_json::Value::Object(dump), false)
-        .unwrap();
+    let (replica, changes) = replica_with_a_bad_endpoint(&rows);
     let inc = IncrementalCompiler::from_replica(&replica, Limits::default());
     assert_eq!(inc.compiled(), compile(&rows));
     assert_eq!(inc.conversion_errors().len(), 1);

@@ -9,11 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
-use nestdb_client::node::{
-    Endpoint, LogicalPort, NodeConfig, NodeType, Protocol, RemoteNode, Service, ServicePort,
-    ServiceType, SessionAffinity, TrafficPolicy,
-};
-use nestdb_client::Uuid;
+use nestdb_client::node::{LogicalPort, NodeConfig, ServiceType};
 use sluice_api::node::NodeProgram;
 use sluice_control::agent::compile::{compile, NodeRows};
 use sluice_datapath::conntrack::{Conntrack, ConntrackConfig, ConntrackHandle};
@@ -25,6 +21,7 @@ use sluice_datapath::pipeline::hooks::Hooks;
 use sluice_datapath::pipeline::Pipeline;
 use sluice_datapath::service::{ServiceConfig, Services};
 use sluice_datapath::tunnel::{GeneveTunnels, TunnelConfig, Tunnels};
+use sluice_testkit::rows::{self, remote_node as remote, uuid};
 
 const A_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0a];
 const B_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0b];
@@ -33,95 +30,40 @@ const PEER_MAC: [u8; 6] = [0x0a, 0x58, 10, 244, 1, 6];
 const SERVER_MAC: [u8; 6] = [0x0a, 0x58, 10, 244, 2, 7];
 const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
 
-fn uuid(n: u64) -> Uuid {
-    Uuid::parse_str(&format!("00000000-0000-4000-8000-{n:012x}")).unwrap()
+fn mac(m: [u8; 6]) -> String {
+    sluice_api::args::fmt_mac(&m)
 }
 
-fn config(name: &str, vtep: &str, cidr: &str, mac: [u8; 6]) -> NodeConfig {
+fn config(name: &str, vtep: &str, cidr: &str, node_mac: [u8; 6]) -> NodeConfig {
     NodeConfig {
         node_name: name.into(),
-        node_type: NodeType::Baremetal,
         uplink_port: "net_null0".into(),
-        ovs_bridge: None,
         vtep_ip: vtep.parse().unwrap(),
         pod_cidrs: BTreeSet::from([cidr.to_string()]),
         node_ips: BTreeSet::from([vtep.parse().unwrap()]),
-        nodeport_min: 30000,
-        nodeport_max: 32767,
-        mtu: 1500,
-        external_ids: BTreeMap::from([("node_mac".to_string(), sluice_api::args::fmt_mac(&mac))]),
+        external_ids: BTreeMap::from([("node_mac".to_string(), mac(node_mac))]),
+        ..rows::node_config()
     }
 }
 
-fn pod(name: &str, mac: [u8; 6], ip: &str) -> LogicalPort {
-    LogicalPort {
-        name: name.into(),
-        mac: sluice_api::args::fmt_mac(&mac),
-        ips: BTreeSet::from([ip.to_string()]),
-        netns: None,
-        interface_name: "eth0".into(),
-        pod_namespace: None,
-        pod_name: None,
-        dp_port: None,
-        up: false,
-        external_ids: BTreeMap::new(),
-    }
-}
-
-fn remote(name: &str, vtep: &str, cidr: &str) -> RemoteNode {
-    RemoteNode {
-        name: name.into(),
-        vtep_ip: vtep.parse().unwrap(),
-        pod_cidrs: BTreeSet::from([cidr.to_string()]),
-        node_ips: BTreeSet::new(),
-        external_ids: BTreeMap::new(),
-    }
+fn pod(name: &str, m: [u8; 6], ip: &str) -> LogicalPort {
+    rows::logical_port(name, &mac(m), ip)
 }
 
 /// `default/web`: NodePort, 10.96.0.10:80 and node port 30080, one
 /// endpoint 10.244.2.7:8080 on node B.
-fn web(rows: &mut NodeRows, local: bool) {
-    rows.services.push((
+fn web(r: &mut NodeRows, local: bool) {
+    r.services.push((
         uuid(30),
-        Service {
-            name: "web".into(),
-            namespace: "default".into(),
-            service_type: ServiceType::NodePort,
-            cluster_ips: BTreeSet::from(["10.96.0.10".parse().unwrap()]),
-            external_ips: BTreeSet::new(),
-            load_balancer_ips: BTreeSet::new(),
-            ports: BTreeSet::from([uuid(31)]),
-            session_affinity: SessionAffinity::None,
-            affinity_timeout: None,
-            internal_traffic_policy: TrafficPolicy::Cluster,
-            external_traffic_policy: TrafficPolicy::Cluster,
-            external_ids: BTreeMap::new(),
-        },
+        rows::service("web", ServiceType::NodePort, "10.96.0.10", &[31]),
     ));
-    rows.service_ports.push((
+    r.service_ports.push((
         uuid(31),
-        ServicePort {
-            name: Some("http".into()),
-            protocol: Protocol::Tcp,
-            port: 80,
-            target_port: Some(8080),
-            node_port: Some(30080),
-        },
+        rows::service_port(Some("http"), 80, Some(8080), Some(30080)),
     ));
-    rows.endpoints.push((
+    r.endpoints.push((
         uuid(40),
-        Endpoint {
-            service: Some(uuid(30)),
-            ip: "10.244.2.7".parse().unwrap(),
-            ports: BTreeMap::from([("http".to_string(), 8080)]),
-            ready: true,
-            serving: true,
-            terminating: false,
-            node_name: Some("node-b".into()),
-            is_local: local,
-            zone_hints: BTreeSet::new(),
-            external_ids: BTreeMap::new(),
-        },
+        rows::endpoint(Some(30), "10.244.2.7", &[("http", 8080)], "node-b", local),
     ));
 }
 
@@ -139,10 +81,10 @@ fn rows_a() -> NodeRows {
         ..Default::default()
     };
     web(&mut r, false);
-    r.node_config[0].1.external_ids.insert(
-        "underlay_gateway_mac".into(),
-        sluice_api::args::fmt_mac(&ROUTER_MAC),
-    );
+    r.node_config[0]
+        .1
+        .external_ids
+        .insert("underlay_gateway_mac".into(), mac(ROUTER_MAC));
     r
 }
 
@@ -252,23 +194,27 @@ impl NodeDp {
     }
 }
 
-fn tcp(
-    macs: ([u8; 6], [u8; 6]),
-    src: [u8; 4],
-    dst: [u8; 4],
-    ports: (u16, u16),
-    syn: bool,
-    ack: bool,
-) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(macs.0, macs.1)
-        .ipv4(src, dst, 64)
-        .tcp(ports.0, ports.1, if ack { 5000 } else { 1000 }, 64000);
-    if syn {
-        b = b.syn();
-    }
-    if ack {
-        // Acknowledges a SYN sent with sequence number 1000.
-        b = b.ack(1001);
+/// One end of a TCP segment: Ethernet address, IPv4 address, port.
+type End = ([u8; 6], [u8; 4], u16);
+
+/// A SYN (sequence number 1000) from `src` to `dst`.
+fn syn(src: End, dst: End) -> Vec<u8> {
+    tcp(src, dst, 1000, None)
+}
+
+/// A SYN-ACK (sequence number 5000) acknowledging a SYN sent with
+/// sequence number 1000.
+fn syn_ack(src: End, dst: End) -> Vec<u8> {
+    tcp(src, dst, 5000, Some(1001))
+}
+
+fn tcp(src: End, dst: End, seq: u32, ack: Option<u32>) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(src.0, dst.0)
+        .ipv4(src.1, dst.1, 64)
+        .tcp(src.2, dst.2, seq, 64000)
+        .syn();
+    if let Some(n) = ack {
+        b = b.ack(n);
     }
     let mut v = Vec::new();
     b.write(&mut v, &[]).unwrap();
@@ -316,13 +262,9 @@ fn local_pods_are_routed_and_arp_is_delivered() {
     let (client, peer) = (a.ofport("a-client"), a.ofport("a-peer"));
     let out = a.expect(
         client,
-        &tcp(
-            (CLIENT_MAC, A_MAC),
-            [10, 244, 1, 5],
-            [10, 244, 1, 6],
-            (4000, 80),
-            true,
-            false,
+        &syn(
+            (CLIENT_MAC, [10, 244, 1, 5], 4000),
+            (A_MAC, [10, 244, 1, 6], 80),
         ),
         peer,
     );
@@ -350,13 +292,9 @@ fn remote_pods_are_reached_over_geneve() {
     let (mut a, mut b) = nodes();
     let wire = a.expect(
         a.ofport("a-client"),
-        &tcp(
-            (CLIENT_MAC, A_MAC),
-            [10, 244, 1, 5],
-            [10, 244, 2, 7],
-            (4000, 8080),
-            true,
-            false,
+        &syn(
+            (CLIENT_MAC, [10, 244, 1, 5], 4000),
+            (A_MAC, [10, 244, 2, 7], 8080),
         ),
         1,
     );
@@ -380,13 +318,9 @@ fn cluster_ip_reaches_the_remote_endpoint_and_the_reply_comes_back_from_the_vip(
     let client = a.ofport("a-client");
     let wire = a.expect(
         client,
-        &tcp(
-            (CLIENT_MAC, A_MAC),
-            [10, 244, 1, 5],
-            [10, 96, 0, 10],
-            (4000, 80),
-            true,
-            false,
+        &syn(
+            (CLIENT_MAC, [10, 244, 1, 5], 4000),
+            (A_MAC, [10, 96, 0, 10], 80),
         ),
         1,
     );
@@ -400,13 +334,9 @@ fn cluster_ip_reaches_the_remote_endpoint_and_the_reply_comes_back_from_the_vip(
     // The SYN-ACK goes back over Geneve and node A un-NATs it.
     let wire = b.expect(
         b.ofport("b-server"),
-        &tcp(
-            (SERVER_MAC, B_MAC),
-            [10, 244, 2, 7],
-            [10, 244, 1, 5],
-            (8080, 4000),
-            true,
-            true,
+        &syn_ack(
+            (SERVER_MAC, [10, 244, 2, 7], 8080),
+            (B_MAC, [10, 244, 1, 5], 4000),
         ),
         1,
     );
@@ -424,13 +354,9 @@ fn node_port_from_the_underlay_is_masqueraded_to_the_remote_endpoint() {
     let (mut a, mut b) = nodes();
     let wire = a.expect(
         1,
-        &tcp(
-            (ROUTER_MAC, A_MAC),
-            [198, 51, 100, 9],
-            [192, 0, 2, 10],
-            (5555, 30080),
-            true,
-            false,
+        &syn(
+            (ROUTER_MAC, [198, 51, 100, 9], 5555),
+            (A_MAC, [192, 0, 2, 10], 30080),
         ),
         1,
     );
@@ -448,13 +374,9 @@ fn node_port_from_the_underlay_is_masqueraded_to_the_remote_endpoint() {
     // underlay gateway, from the node port.
     let wire = b.expect(
         b.ofport("b-server"),
-        &tcp(
-            (SERVER_MAC, B_MAC),
-            [10, 244, 2, 7],
-            [10, 244, 1, 1],
-            (8080, s.5),
-            true,
-            true,
+        &syn_ack(
+            (SERVER_MAC, [10, 244, 2, 7], 8080),
+            (B_MAC, [10, 244, 1, 1], s.5),
         ),
         1,
     );
@@ -471,47 +393,28 @@ fn node_port_from_the_underlay_is_masqueraded_to_the_remote_endpoint() {
 fn the_node_own_traffic_goes_through_the_host_port() {
     let (mut a, _) = nodes();
     // SSH to the node from the underlay.
-    let f = tcp(
-        (ROUTER_MAC, A_MAC),
-        [198, 51, 100, 9],
-        [192, 0, 2, 10],
-        (5555, 22),
-        true,
-        false,
+    let f = syn(
+        (ROUTER_MAC, [198, 51, 100, 9], 5555),
+        (A_MAC, [192, 0, 2, 10], 22),
     );
     assert_eq!(a.expect(1, &f, 2), f);
     // The host's own traffic out.
-    let f = tcp(
-        (A_MAC, ROUTER_MAC),
-        [192, 0, 2, 10],
-        [198, 51, 100, 9],
-        (22, 5555),
-        true,
-        true,
+    let f = syn_ack(
+        (A_MAC, [192, 0, 2, 10], 22),
+        (ROUTER_MAC, [198, 51, 100, 9], 5555),
     );
     assert_eq!(a.expect(2, &f, 1), f);
     // A pod's traffic to the world goes to the host (which routes it).
-    let f = tcp(
-        (CLIENT_MAC, A_MAC),
-        [10, 244, 1, 5],
-        [198, 51, 100, 9],
-        (4000, 443),
-        true,
-        false,
+    let f = syn(
+        (CLIENT_MAC, [10, 244, 1, 5], 4000),
+        (A_MAC, [198, 51, 100, 9], 443),
     );
     assert_eq!(
         seen(&a.expect(a.ofport("a-client"), &f, 2)).3,
         ip("198.51.100.9")
     );
     // The host reaches a pod.
-    let f = tcp(
-        (A_MAC, A_MAC),
-        [192, 0, 2, 10],
-        [10, 244, 1, 6],
-        (4000, 80),
-        true,
-        false,
-    );
+    let f = syn((A_MAC, [192, 0, 2, 10], 4000), (A_MAC, [10, 244, 1, 6], 80));
     assert_eq!(seen(&a.expect(2, &f, a.ofport("a-peer"))).1, PEER_MAC);
 }
 
@@ -521,13 +424,9 @@ fn a_pod_reaching_itself_through_its_service_is_masqueraded() {
     let me = b.ofport("b-server");
     let out = b.expect(
         me,
-        &tcp(
-            (SERVER_MAC, B_MAC),
-            [10, 244, 2, 7],
-            [10, 96, 0, 10],
-            (4000, 80),
-            true,
-            false,
+        &syn(
+            (SERVER_MAC, [10, 244, 2, 7], 4000),
+            (B_MAC, [10, 96, 0, 10], 80),
         ),
         me,
     );
@@ -535,13 +434,9 @@ fn a_pod_reaching_itself_through_its_service_is_masqueraded() {
     assert_eq!((s.2, s.3, s.6), (ip("10.244.2.1"), ip("10.244.2.7"), 8080));
     let back = b.expect(
         me,
-        &tcp(
-            (SERVER_MAC, B_MAC),
-            [10, 244, 2, 7],
-            [10, 244, 2, 1],
-            (8080, s.5),
-            true,
-            true,
+        &syn_ack(
+            (SERVER_MAC, [10, 244, 2, 7], 8080),
+            (B_MAC, [10, 244, 2, 1], s.5),
         ),
         me,
     );

@@ -31,6 +31,13 @@ fn stderr(out: &Output) -> String {
     String::from_utf8(out.stderr.clone()).expect("utf-8 stderr")
 }
 
+/// Runs sluicectl expecting exit status 1; returns what it wrote on stderr.
+fn fails(daemon: &TestDaemon, args: &[&str]) -> String {
+    let out = sluicectl(daemon, args);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stdout(&out));
+    stderr(&out)
+}
+
 #[test]
 fn every_subcommand_prints_what_ovs_appctl_prints() {
     let daemon = TestDaemon::start();
@@ -241,8 +248,7 @@ fn services_tunnels_and_neighbours_through_sluicectl() {
         stderr(&out)
     );
 
-    let out = sluicectl(&daemon, &["del-vtep", "nobody"]);
-    assert_eq!(out.status.code(), Some(1));
+    fails(&daemon, &["del-vtep", "nobody"]);
     let out = sluicectl(&daemon, &["neigh-set", "192.168.50.9", "02:00:00:00:00:09"]);
     assert_eq!(
         stdout(&out),
@@ -251,10 +257,8 @@ fn services_tunnels_and_neighbours_through_sluicectl() {
     let out = sluicectl(&daemon, &["--format", "json", "dump-neighbours"]);
     let n: sluice_api::stack::NeighbourDump = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(n.neighbours[0].state, "PERMANENT");
-    let out = sluicectl(&daemon, &["neigh-del", "192.168.50.10"]);
-    assert_eq!(out.status.code(), Some(1));
     assert_eq!(
-        stderr(&out),
+        fails(&daemon, &["neigh-del", "192.168.50.10"]),
         "sluicectl: no neighbour entry for 192.168.50.10\n"
     );
 }
@@ -286,27 +290,18 @@ fn server_error_exits_1_with_one_line_on_stderr() {
         "sluicectl: flow table 3 is full; remove flows first\n"
     );
 
-    let out = sluicectl(&daemon, &["call", "no-such-command"]);
-    assert_eq!(out.status.code(), Some(1));
     assert_eq!(
-        stderr(&out),
+        fails(&daemon, &["call", "no-such-command"]),
         "sluicectl: \"no-such-command\" is not a valid command (use \"list-commands\" to see a list of valid commands)\n"
     );
 
-    let out = sluicectl(&daemon, &["call", "add-flow"]);
-    assert_eq!(out.status.code(), Some(1));
     assert_eq!(
-        stderr(&out),
+        fails(&daemon, &["call", "add-flow"]),
         "sluicectl: \"add-flow\" command requires at least 1 arguments\n"
     );
 
-    let out = sluicectl(&daemon, &["add-flow", "ip,nw_dst=10.0.0.300,actions=drop"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("invalid IPv4 address"),
-        "{}",
-        stderr(&out)
-    );
+    let err = fails(&daemon, &["add-flow", "ip,nw_dst=10.0.0.300,actions=drop"]);
+    assert!(err.contains("invalid IPv4 address"), "{err}");
 }
 
 #[test]

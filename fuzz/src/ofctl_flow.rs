@@ -13,6 +13,26 @@ use sluice_datapath::flow::text::{
     parse_flow, parse_group, parse_mod, parse_packet,
 };
 
+/// `value` was parsed from `text`: the text it prints must parse back to
+/// the same value and, when `stable`, print the same text again.
+fn round_trip<T: PartialEq + std::fmt::Debug, E: std::fmt::Display>(
+    what: &str,
+    text: &str,
+    value: T,
+    print: impl Fn(&T) -> String,
+    reparse: impl Fn(&str) -> Result<T, E>,
+    stable: bool,
+) {
+    let printed = print(&value);
+    let again = reparse(&printed).unwrap_or_else(|e| {
+        panic!("printed {what} {printed:?} (from {text:?}) does not parse: {e}")
+    });
+    assert_eq!(value, again, "{what} {text:?} printed as {printed:?}");
+    if stable {
+        assert_eq!(printed, print(&again), "printing is not stable");
+    }
+}
+
 /// Feeds `data` to one of the flow text parsers.
 pub fn run(data: &[u8]) {
     let Some((&sel, rest)) = data.split_first() else {
@@ -22,31 +42,18 @@ pub fn run(data: &[u8]) {
     match sel % 6 {
         0 => {
             if let Ok(spec) = parse_flow(&text) {
-                let printed = format_spec(&spec);
-                let again = parse_flow(&printed).unwrap_or_else(|e| {
-                    panic!("printed flow {printed:?} (from {text:?}) does not parse: {e}")
-                });
-                assert_eq!(spec, again, "flow {text:?} printed as {printed:?}");
-                assert_eq!(printed, format_spec(&again), "printing is not stable");
+                round_trip("flow", &text, spec, format_spec, parse_flow, true);
             }
         }
         1 => {
             if let Ok(g) = parse_group(&text) {
-                let printed = format_group(&g);
-                let again = parse_group(&printed).unwrap_or_else(|e| {
-                    panic!("printed group {printed:?} (from {text:?}) does not parse: {e}")
-                });
-                assert_eq!(g, again, "group {text:?} printed as {printed:?}");
-                assert_eq!(printed, format_group(&again), "printing is not stable");
+                round_trip("group", &text, g, format_group, parse_group, true);
             }
         }
         2 => {
             if let Ok(a) = parse_actions(&text, 0) {
-                let printed = format_actions(&a);
-                let again = parse_actions(&printed, 0).unwrap_or_else(|e| {
-                    panic!("printed actions {printed:?} (from {text:?}) do not parse: {e}")
-                });
-                assert_eq!(a, again, "actions {text:?} printed as {printed:?}");
+                let reparse = |t: &str| parse_actions(t, 0);
+                round_trip("actions", &text, a, |a| format_actions(a), reparse, false);
             }
         }
         3 | 4 => {
@@ -56,11 +63,8 @@ pub fn run(data: &[u8]) {
                 parse_mod(&text).map(|(f, _)| f.m)
             };
             if let Ok(m) = parsed {
-                let printed = format_match(&m);
-                let again = parse_filter(&printed).unwrap_or_else(|e| {
-                    panic!("printed match {printed:?} (from {text:?}) does not parse: {e}")
-                });
-                assert_eq!(m, again.m, "match {text:?} printed as {printed:?}");
+                let reparse = |t: &str| parse_filter(t).map(|f| f.m);
+                round_trip("match", &text, m, format_match, reparse, false);
             }
         }
         _ => {

@@ -38,11 +38,7 @@ use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use nestdb_client::node::{
-    Endpoint, LogicalPort, NodeConfig, NodeType, Protocol, RemoteNode, Service, ServicePort,
-    ServiceType, SessionAffinity, TrafficPolicy,
-};
-use nestdb_client::Uuid;
+use nestdb_client::node::{LogicalPort, NodeConfig, Protocol, ServicePort, ServiceType};
 use sluice_api::node::NodeProgram;
 use sluice_control::agent::compile::{compile, NodeRows};
 use sluice_datapath::conntrack::{Conntrack, ConntrackConfig, ConntrackHandle};
@@ -57,6 +53,7 @@ use sluice_datapath::pipeline::Pipeline;
 use sluice_datapath::service::{ServiceConfig, Services};
 use sluice_datapath::stack::overlay::{Overlay, OverlayConfig, OverlayPipeline};
 use sluice_datapath::tunnel::GeneveTunnels;
+use sluice_testkit::rows::{self, uuid};
 
 use crate::checksum;
 
@@ -140,32 +137,19 @@ impl BufAlloc<CountedBuf> for CountedAlloc {
     }
 }
 
-fn uuid(n: u64) -> Uuid {
-    Uuid::parse_str(&format!("00000000-0000-4000-8000-{n:012x}")).expect("a UUID")
-}
-
 fn mac(m: [u8; 6]) -> String {
     sluice_api::args::fmt_mac(&m)
 }
 
 fn pod(name: &str, (m, ip): ([u8; 6], Ipv4Addr)) -> LogicalPort {
-    LogicalPort {
-        name: name.into(),
-        mac: mac(m),
-        ips: BTreeSet::from([ip.to_string()]),
-        netns: None,
-        interface_name: "eth0".into(),
-        pod_namespace: None,
-        pod_name: None,
-        dp_port: None,
-        up: false,
-        external_ids: BTreeMap::new(),
-    }
+    rows::logical_port(name, &mac(m), &ip.to_string())
 }
 
+/// Service `uuid(n)` with one port `p` (`uuid(n + 1)`) and one endpoint
+/// (`uuid(n + 2)`).
 #[allow(clippy::too_many_arguments)]
 fn service(
-    rows: &mut NodeRows,
+    r: &mut NodeRows,
     n: u64,
     name: &str,
     kind: ServiceType,
@@ -177,47 +161,20 @@ fn service(
     endpoint: Ipv4Addr,
     local: bool,
 ) {
-    rows.services.push((
-        uuid(n),
-        Service {
-            name: name.into(),
-            namespace: "default".into(),
-            service_type: kind,
-            cluster_ips: BTreeSet::from([cluster_ip.parse().expect("an address")]),
-            external_ips: BTreeSet::new(),
-            load_balancer_ips: BTreeSet::new(),
-            ports: BTreeSet::from([uuid(n + 1)]),
-            session_affinity: SessionAffinity::None,
-            affinity_timeout: None,
-            internal_traffic_policy: TrafficPolicy::Cluster,
-            external_traffic_policy: TrafficPolicy::Cluster,
-            external_ids: BTreeMap::new(),
-        },
-    ));
-    rows.service_ports.push((
+    r.services
+        .push((uuid(n), rows::service(name, kind, cluster_ip, &[n + 1])));
+    r.service_ports.push((
         uuid(n + 1),
         ServicePort {
-            name: Some("p".into()),
             protocol: proto,
-            port,
-            target_port: Some(target),
-            node_port,
+            ..rows::service_port(Some("p"), port, Some(target), node_port)
         },
     ));
-    rows.endpoints.push((
+    let node = if local { "node-a" } else { "node-b" };
+    let ip = endpoint.to_string();
+    r.endpoints.push((
         uuid(n + 2),
-        Endpoint {
-            service: Some(uuid(n)),
-            ip: endpoint.into(),
-            ports: BTreeMap::from([("p".to_string(), target)]),
-            ready: true,
-            serving: true,
-            terminating: false,
-            node_name: Some(if local { "node-a" } else { "node-b" }.into()),
-            is_local: local,
-            zone_hints: BTreeSet::new(),
-            external_ids: BTreeMap::new(),
-        },
+        rows::endpoint(Some(n), &ip, &[("p", target)], node, local),
     ));
 }
 
@@ -227,16 +184,9 @@ pub fn rows() -> NodeRows {
         node_config: vec![(
             uuid(1),
             NodeConfig {
-                node_name: "node-a".into(),
-                node_type: NodeType::Baremetal,
                 uplink_port: "net_null0".into(),
-                ovs_bridge: None,
                 vtep_ip: VTEP.into(),
-                pod_cidrs: BTreeSet::from(["10.244.1.0/24".to_string()]),
                 node_ips: BTreeSet::from([VTEP.into()]),
-                nodeport_min: 30000,
-                nodeport_max: 32767,
-                mtu: 1500,
                 external_ids: BTreeMap::from([
                     ("node_mac".to_string(), mac(NODE_MAC)),
                     (
@@ -244,6 +194,7 @@ pub fn rows() -> NodeRows {
                         mac([2, 0, 0, 0, 0, 0xfe]),
                     ),
                 ]),
+                ..rows::node_config()
             },
         )],
         logical_ports: vec![
@@ -252,13 +203,7 @@ pub fn rows() -> NodeRows {
         ],
         remote_nodes: vec![(
             uuid(20),
-            RemoteNode {
-                name: "node-b".into(),
-                vtep_ip: PEER_VTEP.into(),
-                pod_cidrs: BTreeSet::from(["10.244.2.0/24".to_string()]),
-                node_ips: BTreeSet::new(),
-                external_ids: BTreeMap::new(),
-            },
+            rows::remote_node("node-b", &PEER_VTEP.to_string(), "10.244.2.0/24"),
         )],
         ..Default::default()
     };

@@ -6,9 +6,8 @@ mod common;
 
 use common::{have, run_ok, Impl, Proc, ServerProc, WAIT};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::Receiver;
 
 /// A background ovsdb-client whose stdout lines arrive on a channel.
 struct Background {
@@ -24,16 +23,7 @@ impl Background {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn ovsdb-client");
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(l) = line else { break };
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = sluice_testkit::lines_of(child.stdout.take().unwrap());
         Self {
             _proc: Proc {
                 child,
@@ -239,17 +229,7 @@ fn python_idl_round_trip() {
     assert_eq!(report["external_update_seen"], json!(["ext", 9]));
     assert_eq!(report["delete"], "success");
     // The server's view agrees with what the IDL did.
-    let r = c.transact(
-        json!([{"op": "select", "table": "Node", "where": [], "columns": ["name", "cores"]}]),
-    );
-    let mut names: Vec<String> = r[0]["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["name"].as_str().unwrap().to_owned())
-        .collect();
-    names.sort();
-    assert_eq!(names, vec!["ext", "seed"]);
+    assert_eq!(c.node_names(), vec!["ext", "seed"]);
 }
 
 #[test]
@@ -270,15 +250,7 @@ fn python_idl_resyncs_after_server_restart() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run python3");
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = sluice_testkit::lines_of(child.stdout.take().unwrap());
     let mut py = Proc {
         child,
         what: "python3".into(),

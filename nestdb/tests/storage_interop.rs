@@ -8,19 +8,6 @@ use common::{have, run, run_ok, Impl, Rpc, ServerProc};
 use serde_json::{json, Value};
 use std::io::Write;
 
-fn names(c: &mut Rpc) -> Vec<String> {
-    let r =
-        c.transact(json!([{"op": "select", "table": "Node", "where": [], "columns": ["name"]}]));
-    let mut v: Vec<String> = r[0]["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["name"].as_str().unwrap().to_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 fn stop(s: &mut ServerProc) {
     let mut ctl = Rpc::connect(&s.ctl);
     let _ = ctl.call("exit", json!([]));
@@ -75,7 +62,7 @@ fn ovsdb_tool_reads_and_compacts_nestdb_files() {
     run_ok("ovsdb-tool", &["compact", &db]);
     s.launch();
     let mut c = s.client();
-    assert_eq!(names(&mut c), vec!["a", "b"]);
+    assert_eq!(c.node_names(), vec!["a", "b"]);
 }
 
 #[test]
@@ -113,7 +100,7 @@ fn nestdb_opens_files_written_by_ovsdb_server() {
     n.kill();
     o.launch();
     let mut c = o.client();
-    assert_eq!(names(&mut c), vec!["a", "from-nestdb"]);
+    assert_eq!(c.node_names(), vec!["a", "from-nestdb"]);
 }
 
 #[test]
@@ -139,7 +126,7 @@ fn torn_tail_is_truncated_and_complete_records_kept() {
     drop(f);
     s.launch();
     let mut c = s.client();
-    let got = names(&mut c);
+    let got = c.node_names();
     assert_eq!(got.len(), 10, "{got:?}");
     assert!(!got.contains(&"torn".to_string()));
     assert_eq!(
@@ -166,7 +153,7 @@ fn torn_tail_is_truncated_and_complete_records_kept() {
     std::fs::write(&s.db, &data).unwrap();
     s.launch();
     let mut c = s.client();
-    assert_eq!(names(&mut c).len(), 10);
+    assert_eq!(c.node_names().len(), 10);
 }
 
 #[test]
@@ -212,12 +199,12 @@ fn compaction_automatic_and_on_request() {
     }
     let records = nestdb::log::read_records(&s.db).unwrap().records;
     assert_eq!(records.len(), 2, "compaction leaves schema + snapshot");
-    let before = names(&mut c);
+    let before = c.node_names();
     drop(c);
     s.kill();
     s.launch();
     let mut c = s.client();
-    assert_eq!(names(&mut c), before);
+    assert_eq!(c.node_names(), before);
     assert_eq!(before, vec!["n399"]);
 }
 
@@ -244,7 +231,7 @@ fn ovs_tools_respect_nestdbs_lock() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(names(&mut c), vec!["a"]);
+    assert_eq!(c.node_names(), vec!["a"]);
     drop(c);
     s.kill();
     // After nestdb is gone the lock is free again.

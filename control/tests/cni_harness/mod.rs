@@ -14,15 +14,14 @@
 pub mod podman;
 pub mod stack;
 
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nestdb_client::node::{LogicalPort, NodeConfig, NodeType, DB};
+use nestdb_client::node::{LogicalPort, NodeConfig, DB};
 use nestdb_client::{row, Client, Condition, Datum, Error, TableRow, Transaction, WaitUntil};
 use serde_json::{json, Value};
 
@@ -40,33 +39,20 @@ pub fn report_skip(line: &str) {
     sluice_testkit::record_skip(env!("CARGO_TARGET_TMPDIR"), line);
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
 /// The nestdb-server binary: `$SLUICE_NESTDB_SERVER`, or the one cargo
 /// built beside this test (`cargo build -p nestdb` or the workspace build).
 pub fn nestdb_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("SLUICE_NESTDB_SERVER") {
-        return Some(PathBuf::from(p));
+    match std::env::var_os("SLUICE_NESTDB_SERVER") {
+        Some(p) => Some(PathBuf::from(p)),
+        None => sluice_testkit::built_binary("nestdb-server"),
     }
-    let exe = std::env::current_exe().ok()?;
-    let p = exe.parent()?.parent()?.join("nestdb-server");
-    p.is_file().then_some(p)
 }
 
 /// True when the test can run (root, iproute2, nsenter, host-local,
 /// nestdb-server); otherwise records why in skips.txt.
 pub fn ready(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    let why = if !root {
+    use sluice_testkit::have_tool as have;
+    let why = if !sluice_testkit::is_root() {
         Some("needs root (network namespaces, veth pairs)".to_string())
     } else if !have("ip") || !have("nsenter") {
         Some("needs ip (iproute2) and nsenter (util-linux)".to_string())
@@ -92,18 +78,8 @@ pub fn ready(test: &str) -> bool {
 }
 
 /// Polls `f` until it returns Some, failing with `what` after [`WAIT`].
-pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "timed out after {WAIT:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+pub fn wait_until<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    sluice_testkit::wait_until(what, WAIT, f)
 }
 
 /// A nestdb-server with the node schema in a temporary directory; killed
@@ -139,29 +115,16 @@ impl Nestdb {
             .spawn()
             .expect("start nestdb-server");
         let mut db = Nestdb { dir, child };
-        wait_until("nestdb-server to listen", || {
-            if let Ok(Some(st)) = db.child.try_wait() {
-                panic!(
-                    "nestdb-server exited with {st}: {}",
-                    std::fs::read_to_string(db.dir.path().join("nestdb.stderr"))
-                        .unwrap_or_default()
-                );
-            }
-            UnixStream::connect(&sock).ok()
-        });
+        let log = db.dir.path().join("nestdb.stderr");
+        sluice_testkit::wait_for_listener(&mut db.child, "nestdb-server", &sock, &log, WAIT);
         if configured {
             let cfg = NodeConfig {
-                node_name: "node-a".into(),
-                node_type: NodeType::Baremetal,
                 uplink_port: "net_null0".into(),
-                ovs_bridge: None,
                 vtep_ip: "192.168.50.1".parse().unwrap(),
                 pod_cidrs: [POD_CIDR.to_string()].into(),
                 node_ips: ["192.168.50.1".parse().unwrap()].into(),
-                nodeport_min: 30000,
-                nodeport_max: 32767,
-                mtu: 1500,
                 external_ids: Default::default(),
+                ..sluice_testkit::rows::node_config()
             };
             db.client()
                 .transact(&Transaction::new(DB).insert(NodeConfig::TABLE, cfg.to_row()))
@@ -214,16 +177,7 @@ impl Nestdb {
 
     /// The addresses host-local has leased in network `net`.
     pub fn leases(&self, net: &str) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.ipam_dir().join(net))
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+        leases(&self.ipam_dir(), net)
     }
 
     /// A plugin configuration of network `net` in `version` with host-local
@@ -301,24 +255,35 @@ impl Drop for Agent {
     }
 }
 
-/// A network namespace `/run/netns/NAME`, deleted on drop.
+/// The addresses host-local has leased in network `net` of its data
+/// directory `dir`, sorted.
+pub fn leases(dir: &Path, net: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir.join(net))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// A network namespace `/run/netns/NAME-PID` (unique to this process),
+/// deleted on drop.
 pub struct Netns {
     pub name: String,
+    _ns: sluice_testkit::Netns,
 }
 
 impl Netns {
     pub fn new(name: &str) -> Netns {
         let name = format!("{name}-{}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
-        let st = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .unwrap();
-        assert!(st.success(), "ip netns add {name}");
-        Netns { name }
+        Netns {
+            _ns: sluice_testkit::Netns::new(&name),
+            name,
+        }
     }
 
     pub fn path(&self) -> String {
@@ -327,36 +292,13 @@ impl Netns {
 
     /// `ip -j ARGS` inside the namespace, parsed.
     pub fn ip_json(&self, args: &[&str]) -> Value {
-        let out = Command::new("ip")
-            .args(["-n", &self.name, "-j"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip -n {} -j {args:?}: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        let out = sluice_testkit::sh(&[&["ip", "-n", &self.name, "-j"], args].concat());
+        serde_json::from_str(&out).unwrap()
     }
 
     /// Deletes the namespace now.
     pub fn delete(&self) {
-        let st = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
+        sluice_testkit::sh(&["ip", "netns", "del", &self.name]);
     }
 }
 
@@ -388,6 +330,17 @@ impl Run {
         self.stdout["code"]
             .as_u64()
             .unwrap_or_else(|| panic!("no code in {}", self.stdout))
+    }
+
+    /// Asserts that the error's `field` (`msg` or `details`) contains
+    /// `text`.
+    pub fn assert_says(&self, field: &str, text: &str) {
+        let said = self.stdout[field].as_str().unwrap_or_default();
+        assert!(
+            said.contains(text),
+            "{field} lacks {text:?}: {}",
+            self.stdout
+        );
     }
 
     /// Asserts success and returns stdout.

@@ -1,23 +1,30 @@
 //! What Sluice's end-to-end tests share (a dev-dependency of sluice-datapath,
-//! nestdb and sluice-jsonrpc): skip recording ([`report_skip!`]), root and
-//! tool detection, shell commands, network namespaces and veth pairs that
+//! sluice-control, nestdb and sluice-jsonrpc; a dependency of sluice-fuzz): skip recording ([`report_skip!`]), root and
+//! tool detection, shell commands, binaries built beside the test, daemon
+//! processes stopped on drop ([`Daemon`]), network namespaces and veth pairs that
 //! remove themselves on drop ([`Netns`], [`Veth`]), bounded waits that fail
-//! with a message ([`wait_until`]) and the helpers of the hostile-client
-//! tests ([`hostile`]).
+//! with a message ([`wait_until`]), the helpers of the hostile-client
+//! tests ([`hostile`]) and, with feature `node-rows`, rows of the node
+//! schema (`rows`).
 //!
 //! Invariants: nothing here sleeps to synchronise, every wait has a bound
 //! and panics naming what it waited for, and every namespace or device it
-//! creates is deleted when its guard drops. Thread-safety: plain functions
+//! creates is deleted when its guard drops, every process it starts is
+//! stopped and reaped. Thread-safety: plain functions
 //! and owned guards; two tests must use different namespace and device
 //! names.
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 pub mod hostile;
 pub mod prometheus;
+#[cfg(feature = "node-rows")]
+pub mod rows;
 
 /// Prints a skip (or note) line and appends it to `target/tmp/skips.txt`,
 /// which `scripts/test.sh` prints at the end: cargo hides the output of
@@ -115,6 +122,123 @@ pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<
             "timed out after {limit:?} waiting for {what}"
         );
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A binary cargo built beside the running test (`target/<profile>/NAME`,
+/// the test being `target/<profile>/deps/TEST-HASH`), if it is there.
+pub fn built_binary(name: &str) -> Option<PathBuf> {
+    let p = std::env::current_exe().ok()?.parent()?.parent()?.join(name);
+    p.is_file().then_some(p)
+}
+
+/// The last CPU this process may run on (a PMD core for a test sluiced).
+pub fn last_allowed_cpu() -> usize {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap_or("0")
+        .trim()
+        .split(',')
+        .filter_map(|p| p.rsplit('-').next()?.parse::<usize>().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Waits (at most `limit`) until the server `child` accepts connections on
+/// the Unix socket `sock`; fails the test with the server's `log` if it
+/// exits first.
+pub fn wait_for_listener(child: &mut Child, what: &str, sock: &Path, log: &Path, limit: Duration) {
+    wait_until(
+        &format!("{what} to listen on {}", sock.display()),
+        limit,
+        || {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!(
+                    "{what} exited with {st}: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            UnixStream::connect(sock).ok().map(|_| ())
+        },
+    );
+}
+
+/// The lines a child writes to `out` (its stdout, taken from the
+/// `Child`), sent by a thread as they come; the channel closes when the
+/// child closes it, and the thread stops when the receiver is dropped.
+pub fn lines_of(out: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// A daemon child process whose stderr goes to a log file: on drop it gets
+/// SIGTERM and 20 s to exit (it may restore what it changed), then SIGKILL.
+pub struct Daemon {
+    child: Child,
+    what: String,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `cmd` (stdin closed, stderr to `log`); stdout is left as
+    /// `cmd` set it.
+    pub fn spawn(mut cmd: Command, what: &str, log: &Path) -> Daemon {
+        let err =
+            std::fs::File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+        let child = cmd
+            .stdin(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {what}: {e}"));
+        Daemon {
+            child,
+            what: what.to_string(),
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// The process (for its pipes and its exit status).
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    /// What the daemon wrote to its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fails the test with the log if the process has exited.
+    pub fn alive(&mut self) {
+        if let Ok(Some(st)) = self.child.try_wait() {
+            panic!("{} exited with {st}:\n{}", self.what, self.log());
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child's pid; it is not reaped until
+            // the wait below, so the pid cannot name another process.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

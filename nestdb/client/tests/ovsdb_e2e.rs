@@ -15,6 +15,7 @@ use nestdb_client::{
 };
 
 use common::{Mode, Proxy, TestServer, DB, WAIT};
+use sluice_testkit::rows;
 
 fn port_row(name: &str, mac: &str, ips: &[&str]) -> Row {
     row([
@@ -35,6 +36,24 @@ fn insert_port(c: &Client, name: &str, mac: &str, ips: &[&str]) -> Uuid {
         )
         .expect("insert a logical port");
     out.uuid_of("lp").expect("the insert returns a uuid")
+}
+
+/// A `Service_Port` row (no name, no node port).
+fn service_port_row(protocol: &str, port: i64, target: i64) -> Row {
+    row([
+        ("protocol", Datum::from(protocol)),
+        ("port", Datum::from(port)),
+        ("target_port", Datum::from(target)),
+    ])
+}
+
+/// Inserts a `Remote_Node` row; returns its UUID.
+fn insert_remote_node(c: &Client, name: &str, vtep: &str) -> Uuid {
+    let row = row([("name", Datum::from(name)), ("vtep_ip", Datum::from(vtep))]);
+    let out = c
+        .transact(&Transaction::new(DB).insert("Remote_Node", row).named("rn"))
+        .expect("insert a remote node");
+    out.uuid_of("rn").expect("the insert returns a uuid")
 }
 
 fn fast_monitor(remote: &str, tables: &[&str], method: MonitorMethod) -> MonitorConfig {
@@ -186,23 +205,9 @@ fn transact_round_trips_every_operation() {
 
     // A service with two ports, linked through named uuids.
     let txn = Transaction::new(DB)
-        .insert(
-            "Service_Port",
-            row([
-                ("protocol", Datum::from("TCP")),
-                ("port", Datum::from(80i64)),
-                ("target_port", Datum::from(8080i64)),
-            ]),
-        )
+        .insert("Service_Port", service_port_row("TCP", 80, 8080))
         .named("p80")
-        .insert(
-            "Service_Port",
-            row([
-                ("protocol", Datum::from("UDP")),
-                ("port", Datum::from(53i64)),
-                ("target_port", Datum::from(53i64)),
-            ]),
-        )
+        .insert("Service_Port", service_port_row("UDP", 53, 53))
         .named("p53")
         .insert(
             "Service",
@@ -721,20 +726,7 @@ fn monitor_reconnects_after_server_kill_without_proxy() {
         .expect("monitor notices the server died");
     server.restart();
     let c = Client::connect(&server.remote()).unwrap();
-    let out = c
-        .transact(
-            &Transaction::new(DB)
-                .insert(
-                    "Remote_Node",
-                    row([
-                        ("name", Datum::from("node-b")),
-                        ("vtep_ip", Datum::from("192.0.2.2")),
-                    ]),
-                )
-                .named("rn"),
-        )
-        .unwrap();
-    let rn = out.uuid_of("rn").unwrap();
+    let rn = insert_remote_node(&c, "node-b", "192.0.2.2");
     monitor
         .wait_until(WAIT, |r, s| {
             s.sessions >= 2 && r.row("Remote_Node", &rn).is_some()
@@ -806,12 +798,8 @@ fn echo_probe_detects_a_silent_peer_and_reconnects() {
 
 #[test]
 fn typed_node_rows_round_trip_through_the_server() {
-    use nestdb_client::node::{
-        Endpoint, NodeConfig, NodeType, Protocol, Service, ServicePort, ServiceType,
-        SessionAffinity, TrafficPolicy,
-    };
+    use nestdb_client::node::{Endpoint, NodeConfig, Protocol, Service, ServicePort, ServiceType};
     use nestdb_client::TableRow;
-    use std::collections::BTreeSet;
 
     let server = TestServer::start(Mode::Standalone);
     let c = Client::connect(&server.remote()).unwrap();
@@ -821,57 +809,26 @@ fn typed_node_rows_round_trip_through_the_server() {
         MonitorMethod::CondSince,
     ))
     .unwrap();
-    let node = NodeConfig {
-        node_name: "node-a".into(),
-        node_type: NodeType::Baremetal,
+    let mut node = NodeConfig {
         uplink_port: "0000:3b:00.0".into(),
-        ovs_bridge: None,
-        vtep_ip: "192.0.2.10".parse().unwrap(),
-        pod_cidrs: BTreeSet::from(["10.244.1.0/24".into()]),
-        node_ips: BTreeSet::from([
-            "192.0.2.10".parse().unwrap(),
-            "2001:db8::10".parse().unwrap(),
-        ]),
-        nodeport_min: 30000,
-        nodeport_max: 32767,
         mtu: 9000,
         external_ids: BTreeMap::new(),
+        ..rows::node_config()
     };
+    node.node_ips.insert("2001:db8::10".parse().unwrap());
     let port = ServicePort {
         name: Some("dns".into()),
         protocol: Protocol::Udp,
-        port: 53,
-        target_port: None,
-        node_port: None,
+        ..rows::service_port(None, 53, None, None)
     };
     let mut svc = Service {
-        name: "dns".into(),
         namespace: "kube-system".into(),
-        service_type: ServiceType::ClusterIp,
-        cluster_ips: BTreeSet::from(["10.96.0.10".parse().unwrap()]),
-        external_ips: BTreeSet::new(),
-        load_balancer_ips: BTreeSet::new(),
-        ports: BTreeSet::new(),
-        session_affinity: SessionAffinity::None,
-        affinity_timeout: None,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        external_traffic_policy: TrafficPolicy::Cluster,
         external_ids: BTreeMap::from([("k8s-uid".into(), "42".into())]),
+        ..rows::service("dns", ServiceType::ClusterIp, "10.96.0.10", &[])
     };
     let mut svc_row = svc.to_row();
     svc_row.insert("ports".into(), Datum::named_uuid("p"));
-    let mut ep = Endpoint {
-        service: None,
-        ip: "10.244.1.7".parse().unwrap(),
-        ports: BTreeMap::from([("dns".into(), 5353)]),
-        ready: true,
-        serving: true,
-        terminating: false,
-        node_name: Some("node-a".into()),
-        is_local: true,
-        zone_hints: BTreeSet::new(),
-        external_ids: BTreeMap::new(),
-    };
+    let mut ep = rows::endpoint(None, "10.244.1.7", &[("dns", 5353)], "node-a", true);
     let mut ep_row = ep.to_row();
     ep_row.insert("service".into(), Datum::named_uuid("s"));
     let txn = Transaction::new(DB)
@@ -972,21 +929,7 @@ fn tcp_remote_works() {
     let (port, forwarder) = forward_one_tcp_connection(&server.remote());
     let c = Client::connect(&format!("tcp:127.0.0.1:{port}")).unwrap();
     assert_eq!(c.remote(), format!("tcp:127.0.0.1:{port}"));
-    let rn = c
-        .transact(
-            &Transaction::new(DB)
-                .insert(
-                    "Remote_Node",
-                    row([
-                        ("name", Datum::from("tcp-node")),
-                        ("vtep_ip", Datum::from("192.0.2.9")),
-                    ]),
-                )
-                .named("rn"),
-        )
-        .unwrap()
-        .uuid_of("rn")
-        .unwrap();
+    let rn = insert_remote_node(&c, "tcp-node", "192.0.2.9");
     let out = c
         .transact(&Transaction::new(DB).select("Remote_Node", vec![Condition::uuid(rn)]))
         .unwrap();

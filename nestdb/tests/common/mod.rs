@@ -274,6 +274,20 @@ impl Rpc {
             .clone()
     }
 
+    /// The names of every `Node` row of the test database, sorted.
+    pub fn node_names(&mut self) -> Vec<String> {
+        let r = self
+            .transact(json!([{"op": "select", "table": "Node", "where": [], "columns": ["name"]}]));
+        let mut v: Vec<String> = r[0]["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Next notification (method, params), waiting up to [`WAIT`].
     pub fn notification(&mut self) -> (String, Value) {
         loop {
