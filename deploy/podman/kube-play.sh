@@ -67,6 +67,8 @@ cleanup() {
             pm logs "$c" 2>&1 | tail -20 >&2
         done
         tail -5 "$W/nestdb.log" >&2 2>/dev/null
+        pm ps -a --format '{{.Names}} {{.Status}}' >&2
+        pm logs kp-b 2>&1 | tail -5 >&2
     fi
     local t0=$SECONDS
     # The CNI containers first (their DEL needs nestdb), then the pod.
@@ -189,7 +191,8 @@ IP_B=$(pm exec kp-b ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1
 echo "    kp-b has $IP_B"
 pm exec kp-a ping -c 3 -W 5 "$IP_B"
 pm exec -d kp-b sh -c 'echo hello-through-sluiced | nc -l -p 5000'
-listening() { pm exec kp-b cat /proc/net/tcp | grep -q ':1388 00000000:0000 0A'; }
+# (busybox nc may listen on IPv6: both tables.)
+listening() { pm exec kp-b cat /proc/net/tcp /proc/net/tcp6 | awk '$2 ~ /:1388$/ && $4 == "0A" {f=1} END {exit !f}'; }
 wait_for "kp-b listening on :5000" listening
 reply=$(pm exec kp-a sh -c "nc $IP_B 5000 </dev/null")
 echo "    kp-a <- kp-b over TCP: $reply"
