@@ -24,7 +24,14 @@ LAB_NODES=(a b)
 declare -A LAB_NODE_IP=([a]=192.168.60.1 [b]=192.168.60.2)
 # The VTEPs have their own addresses on the underlay (NSX's TEP IPs): the
 # node's address lives on the host port, where the kernel answers for it.
+# LAB_VTEP_IS_NODE_IP=1: each VTEP uses its node's address instead (the
+# local stack answers ARP and ping for it; ARP replies, TCP and UDP other
+# than Geneve still reach the host kernel).
 declare -A LAB_VTEP_IP=([a]=192.168.60.11 [b]=192.168.60.12)
+if [ "${LAB_VTEP_IS_NODE_IP:-0}" = 1 ]; then
+    LAB_VTEP_IP=([a]=192.168.60.1 [b]=192.168.60.2)
+fi
+LAB_NODE_TCP_PORT=7070
 declare -A LAB_POD_CIDR=([a]=10.244.1.0/24 [b]=10.244.2.0/24)
 declare -A LAB_POD=([a]=a1 [b]=b1)
 declare -A LAB_POD_IP=([a]=10.244.1.5 [b]=10.244.2.7)
@@ -199,6 +206,17 @@ INI
                 \"terminating\": false, \"node_name\": \"b\", \"is_local\": $local_ep}}" >/dev/null
     done
 
+    lab_log "node b's kernel serves TCP on ${LAB_NODE_IP[b]}:$LAB_NODE_TCP_PORT (the node's own address, on its host port)"
+    lab_spawn "b/node-tcp" ip netns exec "sllab-b" python3 -c "
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('${LAB_NODE_IP[b]}', $LAB_NODE_TCP_PORT)); s.listen(16)
+while True:
+    c, a = s.accept(); c.sendall(('node b to %s\\n' % a[0]).encode()); c.close()
+"
+    lab_wait "node b's kernel to listen on :$LAB_NODE_TCP_PORT" \
+        bash -c "ip netns exec sllab-b ss -Hltn 'sport = :$LAB_NODE_TCP_PORT' | grep -q LISTEN"
+
     lab_log "pod b1 serves HTTP-ish on :$LAB_TARGET_PORT (answers with the client address it saw)"
     lab_spawn "b/web" ip netns exec "sllab-b-b1" python3 -c "
 import socket
@@ -234,16 +252,37 @@ print(json.dumps(c))")
         "$LAB_BIN/sluice-cni" >"$w/cni-$pod.json"
 }
 
+# ping that fails on duplicate answers (ping itself only reports them).
+lab_ping() { # netns, address
+    local out
+    out=$(ip netns exec "$1" ping -c 3 -i 0.2 -W 5 "$2") || { echo "$out"; return 1; }
+    echo "$out"
+    if grep -q 'DUP!' <<<"$out"; then
+        echo "lab: duplicate answers from $2 (seen in $1)" >&2
+        return 1
+    fi
+}
+
 lab_check() {
+    local reply
     lab_log "pod a1 -> pod b1 (${LAB_POD_IP[b]}): across the nodes over Geneve"
     # The first packets wait for the VTEPs' neighbour resolution.
     lab_wait "a first answer from b1" ip netns exec sllab-a-a1 ping -c 1 -W 1 "${LAB_POD_IP[b]}"
-    ip netns exec sllab-a-a1 ping -c 3 -i 0.2 -W 5 "${LAB_POD_IP[b]}"
+    lab_ping sllab-a-a1 "${LAB_POD_IP[b]}"
     lab_log "node a -> node b (${LAB_NODE_IP[b]}): the nodes' own addresses through the host ports"
     lab_wait "a first answer from node b" ip netns exec sllab-a ping -c 1 -W 1 "${LAB_NODE_IP[b]}"
-    ip netns exec sllab-a ping -c 3 -i 0.2 -W 5 "${LAB_NODE_IP[b]}"
+    lab_ping sllab-a "${LAB_NODE_IP[b]}"
+    lab_log "node a -> node b (${LAB_NODE_IP[b]}:$LAB_NODE_TCP_PORT): TCP to the node's kernel through the host ports"
+    reply=$(ip netns exec sllab-a python3 -c "
+import socket
+s = socket.create_connection(('${LAB_NODE_IP[b]}', $LAB_NODE_TCP_PORT), timeout=$LAB_WAIT)
+print(s.recv(100).decode().strip())")
+    echo "    $reply"
+    [ "$reply" = "node b to ${LAB_NODE_IP[a]}" ] || {
+        echo "lab: unexpected reply from node b's kernel '$reply'" >&2
+        return 1
+    }
     lab_log "pod a1 -> Service web ($LAB_SVC_IP:$LAB_SVC_PORT): served by b1 over Geneve"
-    local reply
     reply=$(ip netns exec sllab-a-a1 python3 -c "
 import socket
 s = socket.create_connection(('$LAB_SVC_IP', $LAB_SVC_PORT), timeout=$LAB_WAIT)
@@ -291,5 +330,9 @@ lab_crash() {
     echo "    back on eth1 after $((($(date +%s%N) - t0) / 1000000)) ms"
     lab_log "node b -> node a (${LAB_NODE_IP[a]}) from the underlay"
     lab_wait "node a answering from the underlay" ip netns exec sllab-b ping -c 1 -W 1 "${LAB_NODE_IP[a]}"
-    ip netns exec sllab-b ping -c 3 -i 0.2 -W 5 "${LAB_NODE_IP[a]}"
+    lab_ping sllab-b "${LAB_NODE_IP[a]}"
+    if ip netns exec sllab-a tc filter show dev eth1 ingress | grep -q 'pref 491[56] bpf'; then
+        echo "lab: node a's eth1 still drops IPv4/ARP at ingress after the move back" >&2
+        return 1
+    fi
 }

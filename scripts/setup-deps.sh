@@ -16,7 +16,7 @@ install_packages() {
         libdpdk-dev dpdk
         containernetworking-plugins podman runc busybox-static
         iproute2 iputils-ping ethtool util-linux procps
-        openvswitch-common openvswitch-switch openvswitch-switch-dpdk python3-pip
+        openvswitch-common openvswitch-switch openvswitch-switch-dpdk python3-pip python3-yaml
         tshark netcat-openbsd
         prometheus
         apparmor containernetworking-plugins

@@ -352,10 +352,11 @@ fn a_move_or_move_back_stopped_after_any_step_keeps_the_node_reachable_and_a_rer
     let routes0 = lab.routes();
     let addrs0 = lab.addrs("node-if");
     let mv = ["move", "--node-if", "node-if", "--host-if", "host0"];
-    // MAC, up, 1 address, 2 routes, 1 address removed, 2 routes removed.
-    let forward_steps = 8;
-    // The same without the MAC.
-    let back_steps = 7;
+    // MAC, up, 1 address, 2 routes, 1 address removed, 2 routes removed,
+    // the uplink isolated from the kernel's IP stack.
+    let forward_steps = 9;
+    // The uplink released, then the same without the MAC.
+    let back_steps = 8;
     for n in 0..forward_steps {
         let stop = n.to_string();
         let mut args = mv.to_vec();

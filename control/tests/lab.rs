@@ -5,8 +5,11 @@
 //! through the host ports, and a kernel TCP connection from a pod on node
 //! a to the ClusterIP answered by the pod on node b; `lab_crash` SIGKILLs
 //! node a's sluiced and asserts its address comes back on its kernel
-//! interface, reachable from the underlay; `lab_down` removes everything
-//! (also after a failure).
+//! interface, reachable from the underlay, with no duplicate answers
+//! (the uplink is isolated from the kernel's IP stack while the node's
+//! address is on the host port, and released after the move back);
+//! `lab_down` removes everything (also after a failure). It runs twice:
+//! with separate VTEP addresses, and with each VTEP on its node's address.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,6 +35,7 @@ fn two_node_lab_service_over_geneve() {
         "sluice-agent",
         "sluicectl",
         "sluice-cni",
+        "sluice-bootstrap",
     ] {
         assert!(
             bin.join(b).exists(),
@@ -45,17 +49,40 @@ fn two_node_lab_service_over_geneve() {
             return;
         }
     }
+    let text = run_lab(&bin, "lab_check; lab_show; lab_crash", false);
+    // The same lab with each VTEP on its node's own address: the local
+    // stack answers ARP and ping for it, the node's kernel still gets its
+    // ARP replies and TCP (lab_check's node-to-node TCP), and nothing is
+    // answered twice (lab_ping refuses DUPs).
+    let same = run_lab(&bin, "lab_check; lab_crash", true);
+    assert!(same.contains("node b to 192.168.60.1"), "{same}");
+    assert!(text.contains("hello from b1 to 10.244.1.5"), "{text}");
+    assert!(
+        text.contains("sluice_service_endpoint_connections_total"),
+        "{text}"
+    );
+    println!("{text}");
+}
+
+/// Runs the lab's steps `steps` after `lab_up` (with the VTEPs on the
+/// nodes' addresses when `vtep_is_node_ip`), tearing it down whatever
+/// happens; returns its output, or panics with it and the logs.
+fn run_lab(bin: &Path, steps: &str, vtep_is_node_ip: bool) -> String {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let work = tempfile::tempdir().expect("tempdir");
     let script = format!(
         "set -euo pipefail; source scripts/lab.sh; trap lab_down EXIT; \
-         lab_up '{}' '{}'; lab_check; lab_show; lab_crash",
+         lab_up '{}' '{}'; {steps}",
         bin.display(),
         work.path().display()
     );
     let out = Command::new("bash")
         .arg("-c")
         .arg(&script)
+        .env(
+            "LAB_VTEP_IS_NODE_IP",
+            if vtep_is_node_ip { "1" } else { "0" },
+        )
         .current_dir(&repo)
         .output()
         .expect("bash");
@@ -80,12 +107,7 @@ fn two_node_lab_service_over_geneve() {
                 }
             }
         }
-        panic!("the lab failed:\n{text}\n{logs}");
+        panic!("the lab (VTEP on the node IP: {vtep_is_node_ip}) failed:\n{text}\n{logs}");
     }
-    assert!(text.contains("hello from b1 to 10.244.1.5"), "{text}");
-    assert!(
-        text.contains("sluice_service_endpoint_connections_total"),
-        "{text}"
-    );
-    println!("{text}");
+    text
 }

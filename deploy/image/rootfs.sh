@@ -24,7 +24,7 @@ PMDS_DIR=/usr/lib/x86_64-linux-gnu/dpdk/pmds-23.0
 PMDS=(bus_pci bus_vdev bus_auxiliary mempool_ring mempool_stack
       net_af_packet net_af_xdp net_tap net_virtio net_memif net_null net_ring net_pcap net_vhost
       net_i40e net_iavf net_ice net_ixgbe net_e1000 net_igc net_bnxt net_mlx5 common_mlx5 net_ena net_vmxnet3)
-TOOLS=(/usr/sbin/ip /usr/bin/ovs-appctl)
+TOOLS=(/usr/sbin/ip /usr/sbin/tc /usr/bin/ovs-appctl)
 CNI=(/usr/lib/cni/host-local /usr/lib/cni/loopback)
 
 for b in "${BINARIES[@]}"; do
@@ -50,9 +50,13 @@ put() {
     [ -e "$dest" ] && return 0
     mkdir -p "$(dirname "$dest")"
     if [ -L "$f" ]; then
-        real=$(readlink -f "$f")
+        # The link's own target first (itself maybe a link: every name of
+        # the chain must exist in the image, e.g. libX.so.23 ->
+        # dpdk/pmds-23.0/libX.so.23 -> libX.so.23.0).
+        real=$(readlink "$f")
+        case "$real" in /*) ;; *) real=$(realpath -s "$(dirname "$f")/$real") ;; esac
         put "$real"
-        ln -sf "$(readlink "$f")" "$dest" 2>/dev/null || cp -a "$real" "$dest"
+        ln -sf "$(readlink "$f")" "$dest" 2>/dev/null || cp -a "$(readlink -f "$f")" "$dest"
     else
         cp -a "$f" "$dest"
     fi

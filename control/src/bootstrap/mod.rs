@@ -31,6 +31,7 @@
 pub mod apparmor;
 pub mod install;
 pub mod nodeip;
+pub mod pci;
 pub mod supervise;
 pub mod version;
 

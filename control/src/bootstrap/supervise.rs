@@ -19,14 +19,57 @@
 //! The node is unreachable only between sluiced's death and the move back
 //! (one `ip` command per address and route).
 //!
+//! A vfio-pci uplink (sluiced's configuration, `--config FILE` in the
+//! command, gives a PCI address as the uplink's `devargs`): while sluiced
+//! runs, the NIC has no kernel interface, so in steps 1 and 3 the NIC is
+//! first given back to its kernel driver through sysfs ([`pci`]:
+//! `driver_override` cleared, unbound from vfio-pci, bound to the driver
+//! recorded when a supervisor saw the NIC on it, or to the kernel's own
+//! match through `drivers_probe`), and the supervisor waits (at most
+//! [`NETDEV_WAIT`]) for its interface before moving the addresses back.
+//! kubelet's restart then starts a new supervisor; the NIC goes back to
+//! vfio-pci by the node's binding (`deploy/bootstrap.sh`, driverctl)
+//! before sluiced can use it again. The sysfs root is `/sys`, or
+//! `$SLUICE_SYSFS_ROOT` (tests point it at a fake tree).
+//!
 //! Thread-safety: one thread forwards signals; the rest is sequential.
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use sluice_hostnet::Interfaces;
 
+use super::pci::{self, NicRecord, Sysfs};
 use super::{lock, nodeip, BootstrapError};
+
+/// How long the supervisor waits for the uplink's kernel interface after
+/// giving a vfio-pci NIC back to its driver.
+pub const NETDEV_WAIT: Duration = Duration::from_secs(30);
+
+/// Gives a vfio-pci uplink back to its kernel driver and waits for its
+/// interface (nothing when the uplink is no PCI device or is not on
+/// vfio-pci).
+fn give_back_nic(sysfs: &Sysfs, nic: Option<&str>, state_dir: &Path) -> Result<(), BootstrapError> {
+    let Some(addr) = nic else {
+        return Ok(());
+    };
+    let driver = NicRecord::load(state_dir, addr).map(|r| r.driver);
+    if sysfs.give_back(addr, driver.as_deref())? {
+        let names = sysfs.wait_netdev(addr, NETDEV_WAIT);
+        if names.is_empty() {
+            tracing::warn!(
+                "{addr} was given back to {} but shows no network interface after {:?}: moving the addresses back anyway (bind it by hand: echo {addr} > {}/bus/pci/drivers/DRIVER/bind)",
+                driver.as_deref().unwrap_or("the kernel's matching driver"),
+                NETDEV_WAIT,
+                sysfs.root.display()
+            );
+        } else {
+            tracing::info!("{addr} is back on its kernel driver as {}", names.join(","));
+        }
+    }
+    Ok(())
+}
 
 /// Runs `command` under supervision; returns the exit code to exit with
 /// (the child's, or 128 + its signal).
@@ -43,16 +86,39 @@ pub fn supervise(
             "supervise needs the command to run after --".into(),
         ));
     };
+    let sysfs = Sysfs::from_env();
+    let nic = pci::uplink_pci_from_command(command);
     {
         let _l = lock(state_dir)?;
+        if let Some(addr) = &nic {
+            match sysfs.driver(addr) {
+                Some(d) if d != pci::VFIO_PCI => {
+                    NicRecord {
+                        pci: addr.clone(),
+                        driver: d,
+                    }
+                    .save(state_dir)?;
+                }
+                _ => {}
+            }
+        }
         if nodeip::MoveRecord::load(state_dir)?.is_some() {
+            give_back_nic(&sysfs, nic.as_deref(), state_dir)?;
             tracing::warn!(
                 "a node-IP move is still recorded (the last sluiced and its supervisor were killed): moving the addresses back to {} first",
                 ifs.uplink_if
             );
             nodeip::move_back(state_dir, None)?;
         }
-        if nodeip::record_uplink(ifs, state_dir)? {
+        if nic.as_deref().and_then(|a| sysfs.driver(a)).as_deref() == Some(pci::VFIO_PCI)
+            && !ifs.exists(&ifs.uplink_if)
+        {
+            tracing::warn!(
+                "the uplink {} is bound to vfio-pci and {} does not exist: no address to record (they were moved before the NIC was bound)",
+                nic.as_deref().unwrap_or_default(),
+                ifs.uplink_if
+            );
+        } else if nodeip::record_uplink(ifs, state_dir)? {
             tracing::info!(
                 "recorded {}'s addresses and routes: they come back there whenever {prog} exits",
                 ifs.uplink_if
@@ -98,6 +164,7 @@ pub fn supervise(
         ifs.uplink_if
     );
     let _l = lock(state_dir)?;
+    give_back_nic(&sysfs, nic.as_deref(), state_dir)?;
     let (_, dirs) = nodeip::move_back(state_dir, None)?;
     for d in dirs.iter().rev() {
         let _ = std::fs::remove_dir(d);

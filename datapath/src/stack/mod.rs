@@ -2,8 +2,19 @@
 //! and the owner of the underlay neighbour cache.
 //!
 //! [`LocalStack`] wraps the PMD's pipeline. On the uplink it first takes
-//! ARP for the local address and non-UDP IPv4 to it (ping) out of the
-//! burst, so the VTEP behaves like a host whatever the flow program says.
+//! ARP requests for the local address and ICMP echo requests to it out of
+//! the burst, so the VTEP answers ARP and ping like a host whatever the
+//! flow program says. It keeps nothing else addressed to the VTEP: ARP
+//! replies to it are copied (the stack learns from the copy, the original
+//! follows the flow program, which sends ARP from the uplink to the host
+//! port), and TCP, UDP other than Geneve, and ICMP other than echo
+//! requests stay with the flow program (Geneve is popped there; the rest
+//! reaches the host port by `nw_dst=NODE_IP`/the default route). So the
+//! VTEP address may also be the node's address on the host port: the host
+//! kernel still gets its ARP replies, NodePort and TCP/UDP to the node,
+//! and the answers to its own pings; only echo requests and ARP requests
+//! for that address are answered by the stack (with the uplink's MAC, where
+//! every frame for the address arrives anyway).
 //! After the inner pipeline ran a burst, the packets it staged for
 //! [`PortNo::LOCAL`] (the `local` flow action) and the intercepted ones are
 //! delivered here instead of being dropped: ARP replies feed
@@ -309,6 +320,17 @@ fn check_address(ip: Ipv4Addr, prefix_len: u8) -> Result<(), StackError> {
     Ok(())
 }
 
+/// An untagged Ethernet frame carrying an ICMP echo request (IPv4, first
+/// fragment or unfragmented).
+fn is_echo_request(f: &[u8]) -> bool {
+    let Some(&vihl) = f.get(14) else {
+        return false;
+    };
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    let first = f.get(20..22).is_some_and(|o| o[0] & 0x1f == 0 && o[1] == 0);
+    f.get(23) == Some(&1) && ihl >= 20 && first && f.get(14 + ihl) == Some(&8)
+}
+
 fn instant(now: Nanos) -> Instant {
     Instant::from_micros(i64::try_from(now / 1000).unwrap_or(i64::MAX))
 }
@@ -391,11 +413,15 @@ impl<P, A> LocalStack<P, A> {
         &mut self.inner
     }
 
-    /// On the uplink, ARP for the local address and non-UDP IPv4 to it
-    /// (ICMP) go straight to the stack, whatever the flow program says, so
-    /// the VTEP answers ARP and ping like a host. Geneve (UDP) to the VTEP
-    /// stays with the flow tables (`tnl_pop`). Packets keep their order.
-    fn intercept<B: PacketBuf>(&self, burst: &mut Burst<B>, out: &mut Output<B>) {
+    /// On the uplink, ARP requests for the local address and ICMP echo
+    /// requests to it go straight to the stack, whatever the flow program
+    /// says, so the VTEP answers ARP and ping like a host. ARP replies to
+    /// the local address are learnt from a copy and stay in the burst for
+    /// the flow program (the host kernel may have asked: the VTEP address
+    /// can be the node's address on the host port). Everything else to the
+    /// VTEP (Geneve, TCP, other UDP, other ICMP) stays with the flow
+    /// tables. Packets keep their order.
+    fn intercept<B: PacketBuf>(&mut self, now: Nanos, burst: &mut Burst<B>, out: &mut Output<B>) {
         if self.config.ip.is_unspecified() {
             return;
         }
@@ -405,8 +431,15 @@ impl<P, A> LocalStack<P, A> {
         for i in 0..n {
             let f = burst.pkts[i].data();
             let ours = match f.get(12..14) {
-                Some([0x08, 0x06]) => f.get(38..42) == Some(&ip[..]),
-                Some([0x08, 0x00]) => f.get(30..34) == Some(&ip[..]) && f.get(23) != Some(&17),
+                Some([0x08, 0x06]) if f.get(38..42) == Some(&ip[..]) => {
+                    if f.get(20..22) == Some(&[0, 2]) {
+                        self.learn_arp_reply(now, f);
+                        false
+                    } else {
+                        true
+                    }
+                }
+                Some([0x08, 0x00]) => f.get(30..34) == Some(&ip[..]) && is_echo_request(f),
                 _ => false,
             };
             if !ours {
@@ -415,6 +448,17 @@ impl<P, A> LocalStack<P, A> {
             }
         }
         out.local.extend(burst.pkts.drain(keep..));
+    }
+
+    /// An ARP reply for the local address: the neighbour cache learns what
+    /// it asked for, smoltcp learns the sender.
+    fn learn_arp_reply(&mut self, now: Nanos, f: &[u8]) {
+        self.control.stats.rx.inc();
+        // Nothing is queued in this cache (the tunnels drop and count on a
+        // miss), so nothing is released here.
+        let _ = self.control.lock().on_arp(now, f);
+        self.control.stats.arp_replies.inc();
+        self.device.rx.push_back(f.to_vec());
     }
 
     /// What the stack serves besides ARP replies: ARP requests for its
@@ -526,15 +570,13 @@ impl<P, A> LocalStack<P, A> {
     {
         let mut local = std::mem::take(&mut out.local);
         for p in local.drain(..) {
-            self.control.stats.rx.inc();
             let f = p.data();
             if let Some((2, ..)) = parse_arp(f) {
-                // Nothing is queued in this cache (the tunnels drop and
-                // count on a miss), so nothing is released here.
-                let _ = self.control.lock().on_arp(now, f);
-                self.control.stats.arp_replies.inc();
-                self.device.rx.push_back(f.to_vec());
-            } else if self.is_for_us(f) {
+                self.learn_arp_reply(now, f);
+                continue;
+            }
+            self.control.stats.rx.inc();
+            if self.is_for_us(f) {
                 self.device.rx.push_back(f.to_vec());
             } else {
                 out.drop(DropReason::LocalNotForUs, p);
@@ -573,10 +615,10 @@ impl<B: PacketBuf, P: Pipeline<B>, A: BufAlloc<B> + Send> Pipeline<B> for LocalS
 
     fn process(&mut self, now: Nanos, burst: &mut Burst<B>, out: &mut Output<B>) {
         if burst.in_port == self.config.uplink {
-            self.intercept(burst, out);
+            self.intercept(now, burst, out);
         }
         self.inner.process(now, burst, out);
-        if !out.local.is_empty() {
+        if !out.local.is_empty() || !self.device.rx.is_empty() {
             self.deliver(now, out);
         }
         if self.icmp.as_ref().is_some_and(|q| !q.is_empty()) {

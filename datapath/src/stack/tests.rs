@@ -366,3 +366,109 @@ fn a_stack_without_an_address_is_dormant_until_given_one() {
     );
     assert_eq!(out.take(UPLINK).len(), 1, "answers ARP for it");
 }
+
+/// Issue 15: the VTEP address may also be the node's address on the host
+/// port. The stack answers ARP requests and echo requests for it, but the
+/// host kernel must still get ARP replies (a copy: the stack learns from
+/// its own), TCP (NodePort, ssh), UDP other than Geneve and the ICMP
+/// answers to its own pings, through the flow program; Geneve stays with
+/// the flow tables for `tnl_pop`.
+#[test]
+fn vtep_equal_to_the_node_ip_leaves_host_traffic_to_the_flow_program() {
+    const HOST: PortNo = PortNo(2);
+    /// Like the compiled program for traffic from the uplink to the node
+    /// IP: everything to the host port.
+    struct ToHost;
+    impl<B: PacketBuf> Pipeline<B> for ToHost {
+        fn process(&mut self, _: Nanos, burst: &mut Burst<B>, out: &mut Output<B>) {
+            for p in burst.pkts.drain(..) {
+                out.send(HOST, p);
+            }
+        }
+    }
+    let t = NeighTable::new();
+    let mut s = LocalStack::new(
+        ToHost,
+        HeapAlloc,
+        StackConfig {
+            ip: VTEP,
+            prefix_len: 24,
+            mac: MAC,
+            uplink: UPLINK,
+            mtu: 1500,
+        },
+        t.clone(),
+        NeighConfig::default(),
+    )
+    .expect("stack");
+    // The tunnels want PEER: the stack sends its ARP request.
+    let mut reader = t.reader();
+    assert_eq!(reader.resolve(PEER), None);
+    let mut out = Output::new(8);
+    s.maintain(0, &mut out);
+    assert_eq!(out.take(UPLINK).len(), 2, "gratuitous ARP + request");
+
+    let l3 = || PacketBuilder::ethernet2(PEER_MAC, MAC).ipv4(PEER.octets(), VTEP.octets(), 64);
+    let mut tcp = Vec::new();
+    l3().tcp(40000, 30080, 1, 1024)
+        .write(&mut tcp, b"")
+        .expect("tcp");
+    let mut udp = Vec::new();
+    l3().udp(5353, 53).write(&mut udp, b"q").expect("udp");
+    let mut geneve = Vec::new();
+    l3().udp(5000, 6081)
+        .write(&mut geneve, &[0u8; 30])
+        .expect("geneve");
+    let mut echo_reply = Vec::new();
+    l3().icmpv4_echo_reply(7, 1)
+        .write(&mut echo_reply, b"r")
+        .expect("icmp");
+    let mut echo_request = Vec::new();
+    l3().icmpv4_echo_request(8, 1)
+        .write(&mut echo_request, b"q")
+        .expect("icmp");
+    let arp_reply = arp_frame(2, MAC, PEER_MAC, PEER, MAC, VTEP).to_vec();
+    let arp_request = arp_frame(1, [0xff; 6], PEER_MAC, PEER, [0; 6], VTEP).to_vec();
+    let to_host = [&arp_reply, &tcp, &udp, &geneve, &echo_reply];
+
+    let mut b = Burst::new(UPLINK);
+    for f in [
+        &arp_reply,
+        &tcp,
+        &arp_request,
+        &udp,
+        &geneve,
+        &echo_request,
+        &echo_reply,
+    ] {
+        b.pkts.push(HeapBuf::from_frame(f));
+    }
+    let mut out = Output::new(16);
+    s.process(1_000_000, &mut b, &mut out);
+
+    let host: Vec<Vec<u8>> = out.take(HOST).iter().map(|p| p.data().to_vec()).collect();
+    assert_eq!(
+        host,
+        to_host.iter().map(|f| f.to_vec()).collect::<Vec<_>>(),
+        "the host port gets the ARP reply, TCP, UDP, Geneve (via the flow tables) and the echo reply, in order"
+    );
+    // The stack learnt PEER from its copy of the reply ...
+    assert_eq!(reader.resolve(PEER), Some(PEER_MAC));
+    assert_eq!(s.control().stats.arp_replies.get(), 1);
+    // ... and answered the ARP request and the echo request (in smoltcp's
+    // order).
+    let sent = out.take(UPLINK);
+    assert_eq!(sent.len(), 2, "drops {:?}", out.drops.nonzero());
+    let arp: Vec<_> = sent.iter().filter_map(|p| parse_arp(p.data())).collect();
+    assert_eq!(arp, vec![(2, MAC, VTEP, PEER_MAC, PEER)]);
+    let echo = sent
+        .iter()
+        .filter_map(|p| SlicedPacket::from_ethernet(p.data()).ok())
+        .filter(|p| {
+            matches!(&p.transport, Some(TransportSlice::Icmpv4(i))
+                if matches!(i.icmp_type(), Icmpv4Type::EchoReply(h) if h.id == 8))
+        })
+        .count();
+    assert_eq!(echo, 1, "one echo reply");
+    assert!(out.drops.nonzero().is_empty(), "{:?}", out.drops.nonzero());
+}

@@ -16,6 +16,24 @@
 //! is replaced with the same destination, gateway, metric, source,
 //! protocol and `onlink` flag.
 //!
+//! While the addresses are on the host port, the uplink's kernel
+//! interface keeps carrying the frames (an af_packet uplink reads them
+//! there), and the kernel would take IPv4 and ARP arriving on it too: the
+//! node's address is still local to it (weak host model), so it answered
+//! ARP and pings, and took TCP, once through the uplink and once through
+//! the host port, and every peer saw duplicates (the two-node lab's
+//! `ping` DUPs, two per crossing). So the move onto the host port ends
+//! with [`Step::IsolateUplink`]: a `clsact` ingress filter on the uplink
+//! drops IPv4 and ARP before the kernel's IP stack, after the packet
+//! sockets (af_packet taps run first) have them; the move back starts
+//! with [`Step::ReleaseUplink`], which removes exactly those filters. The
+//! filter is a one-instruction classic BPF program (`ret #TC_ACT_SHOT`,
+//! direct action): `cls_bpf` is the one classifier kernels without
+//! `cls_matchall`/`act_gact` (this CI's) have. When `tc` cannot add it,
+//! the move goes on and says so: duplicates are a nuisance, not an outage.
+//! A crash leaves the filters on the uplink; the supervisor's move back
+//! removes them before it puts the addresses back.
+//!
 //! Every step is idempotent ([`Interfaces::run`]): adding an address or
 //! replacing a route that is already there changes nothing, deleting one
 //! that is already gone succeeds. So a move interrupted after any step
@@ -61,6 +79,14 @@ pub enum HostNetError {
         uplink: String,
         /// The exception interface.
         host: String,
+    },
+    /// A `tc` command of the uplink isolation failed.
+    #[error("`tc {args}` failed: {stderr}; list the uplink's filters with `tc filter show dev DEV ingress` and delete Sluice's (pref 4915 and 4916) with `tc filter del dev DEV ingress pref N`")]
+    Tc {
+        /// The arguments.
+        args: String,
+        /// Its error output.
+        stderr: String,
     },
     /// `ip -j` printed something that is not the expected JSON.
     #[error(
@@ -216,6 +242,56 @@ pub enum Step {
         /// The route.
         route: Route,
     },
+    /// Drop IPv4 and ARP at `dev`'s ingress, after packet sockets saw
+    /// them (the uplink while the node's addresses are on the host port).
+    IsolateUplink {
+        /// Interface.
+        dev: String,
+    },
+    /// Remove the filters of [`Step::IsolateUplink`] (success when absent).
+    ReleaseUplink {
+        /// Interface.
+        dev: String,
+    },
+}
+
+/// The `tc filter` preferences [`Step::IsolateUplink`] uses, per protocol.
+pub const ISOLATE_FILTERS: [(&str, &str); 2] = [("ip", "4915"), ("arp", "4916")];
+
+impl Step {
+    /// The `tc` commands of the isolation steps (empty for `ip` steps).
+    fn tc_commands(&self) -> Vec<Vec<String>> {
+        match self {
+            Step::IsolateUplink { dev } => {
+                let mut v = vec![strings(&["qdisc", "replace", "dev", dev, "clsact"])];
+                for (proto, pref) in ISOLATE_FILTERS {
+                    v.push(strings(&[
+                        "filter",
+                        "replace",
+                        "dev",
+                        dev,
+                        "ingress",
+                        "pref",
+                        pref,
+                        "handle",
+                        "1",
+                        "protocol",
+                        proto,
+                        "bpf",
+                        "da",
+                        "bytecode",
+                        "1,6 0 0 2",
+                    ]));
+                }
+                v
+            }
+            Step::ReleaseUplink { dev } => ISOLATE_FILTERS
+                .iter()
+                .map(|(_, pref)| strings(&["filter", "del", "dev", dev, "ingress", "pref", pref]))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 impl Step {
@@ -229,13 +305,29 @@ impl Step {
             Step::ReplaceRoute { dev, route } => route.replace_args(dev),
             Step::DelAddr { dev, addr } => strings(&["-4", "addr", "del", &addr.cidr, "dev", dev]),
             Step::DelRoute { dev, route } => route.del_args(dev),
+            Step::IsolateUplink { .. } | Step::ReleaseUplink { .. } => Vec::new(),
         }
     }
 }
 
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ip {}", self.args().join(" "))
+        let tc = self.tc_commands();
+        if tc.is_empty() {
+            return write!(f, "ip {}", self.args().join(" "));
+        }
+        let quote = |a: &String| {
+            if a.contains(' ') {
+                format!("'{a}'")
+            } else {
+                a.clone()
+            }
+        };
+        let text: Vec<String> = tc
+            .iter()
+            .map(|c| format!("tc {}", c.iter().map(quote).collect::<Vec<_>>().join(" ")))
+            .collect();
+        write!(f, "{}", text.join("; "))
     }
 }
 
@@ -244,9 +336,17 @@ impl fmt::Display for Step {
 /// `set_mac` gives `to` the plan's MAC first. When `from` is `None` (the
 /// source interface is gone, and its addresses with it) the plan is only
 /// put on `to`.
+///
+/// `set_mac` also says the direction: it is the move onto the host port
+/// (the only one that carries the MAC), which ends by isolating `from`
+/// ([`Step::IsolateUplink`]); a move without it goes back to the uplink
+/// `to` and starts by releasing it ([`Step::ReleaseUplink`]).
 pub fn move_steps(plan: &Plan, from: Option<&str>, to: &str, set_mac: bool) -> Vec<Step> {
     let to = to.to_string();
     let mut steps = Vec::new();
+    if !set_mac {
+        steps.push(Step::ReleaseUplink { dev: to.clone() });
+    }
     if set_mac {
         if let Some(mac) = &plan.mac {
             steps.push(Step::SetMac {
@@ -281,6 +381,11 @@ pub fn move_steps(plan: &Plan, from: Option<&str>, to: &str, set_mac: bool) -> V
             steps.push(Step::DelRoute {
                 dev: from.to_string(),
                 route: r.clone(),
+            });
+        }
+        if set_mac {
+            steps.push(Step::IsolateUplink {
+                dev: from.to_string(),
             });
         }
     }
@@ -397,6 +502,30 @@ impl Interfaces {
         })
     }
 
+    /// Runs `tc ARGS`.
+    fn tc(&self, args: &[String]) -> Result<String, HostNetError> {
+        let out = Command::new("tc").args(args).output();
+        let fail = |stderr: String| HostNetError::Tc {
+            args: args.join(" "),
+            stderr,
+        };
+        match out {
+            Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
+            Ok(o) => Err(fail(String::from_utf8_lossy(&o.stderr).trim().to_string())),
+            Err(e) => Err(fail(format!("cannot run tc: {e}"))),
+        }
+    }
+
+    /// Whether `dev` carries a filter of [`Step::IsolateUplink`].
+    pub fn isolated(&self, dev: &str) -> bool {
+        self.tc(&strings(&["filter", "show", "dev", dev, "ingress"]))
+            .is_ok_and(|t| {
+                ISOLATE_FILTERS
+                    .iter()
+                    .any(|(_, pref)| t.contains(&format!("pref {pref} bpf")))
+            })
+    }
+
     /// Runs one step; idempotent (see [`Step`]).
     ///
     /// # Errors
@@ -422,6 +551,29 @@ impl Interfaces {
                 Err(_) if !self.exists(dev) || !self.addrs(dev)?.contains(addr) => Ok(()),
                 Err(e) => Err(e),
             },
+            Step::IsolateUplink { dev } => {
+                for c in step.tc_commands() {
+                    if let Err(e) = self.tc(&c) {
+                        tracing::warn!(
+                            "cannot isolate {dev} from the kernel's IP stack ({e}): the kernel still takes IPv4 and ARP arriving on {dev}, so peers may see duplicate answers while the node's addresses are on {}",
+                            self.host_if
+                        );
+                        return Ok(());
+                    }
+                }
+                Ok(())
+            }
+            Step::ReleaseUplink { dev } => {
+                for c in step.tc_commands() {
+                    // Absent (never added, or already removed): done.
+                    if let Err(e) = self.tc(&c) {
+                        if self.isolated(dev) {
+                            return Err(e);
+                        }
+                    }
+                }
+                Ok(())
+            }
             Step::DelRoute { .. } => {
                 // Usually already gone: replaced onto the other interface,
                 // or flushed with the last address.
@@ -495,13 +647,22 @@ mod tests {
                 "ip -4 route replace default via 192.0.2.1 dev host0 metric 100 src 192.0.2.5",
                 "ip -4 addr del 192.0.2.5/24 dev eth1",
                 "ip -4 route del default dev eth1 metric 100",
+                "tc qdisc replace dev eth1 clsact; \
+                 tc filter replace dev eth1 ingress pref 4915 handle 1 protocol ip bpf da bytecode '1,6 0 0 2'; \
+                 tc filter replace dev eth1 ingress pref 4916 handle 1 protocol arp bpf da bytecode '1,6 0 0 2'",
             ]
         );
         // Back, without touching the MAC; without a source, only the adds.
         let back = move_steps(&plan, Some("host0"), "eth1", false);
         assert!(!back.iter().any(|s| matches!(s, Step::SetMac { .. })));
+        // The uplink is released first, and never isolated on the way back.
+        assert_eq!(
+            back[0].to_string(),
+            "tc filter del dev eth1 ingress pref 4915; tc filter del dev eth1 ingress pref 4916"
+        );
+        assert!(!back.iter().any(|s| matches!(s, Step::IsolateUplink { .. })));
         let restore = move_steps(&plan, None, "eth1", false);
-        assert_eq!(restore.len(), 3);
+        assert_eq!(restore.len(), 4);
         assert!(restore
             .iter()
             .all(|s| !matches!(s, Step::DelAddr { .. } | Step::DelRoute { .. })));
