@@ -14,7 +14,7 @@
 //!
 //! Thread-safety: used by the daemon's start-up/shutdown thread only.
 
-use sluice_hostnet::{move_steps, Plan};
+use sluice_hostnet::{move_steps, Direction, Plan};
 pub use sluice_hostnet::{
     Addr, HostNetError as HostPathError, Interfaces as HostPathConfig, Route,
 };
@@ -50,7 +50,7 @@ impl HostPath {
             attached: true,
         };
         let (up, host) = (hp.config.uplink_if.clone(), hp.config.host_if.clone());
-        hp.switch(&up, &host, true)?;
+        hp.switch(&up, &host, Direction::OntoHostPort)?;
         tracing::info!(
             uplink = %up,
             host = %host,
@@ -62,8 +62,8 @@ impl HostPath {
     }
 
     /// Moves everything from `from` to `to`, new side first.
-    fn switch(&mut self, from: &str, to: &str, set_mac: bool) -> Result<(), HostPathError> {
-        for step in move_steps(&self.plan, Some(from), to, set_mac) {
+    fn switch(&mut self, from: &str, to: &str, dir: Direction) -> Result<(), HostPathError> {
+        for step in move_steps(&self.plan, Some(from), to, dir) {
             tracing::debug!("host exception path: {step}");
             self.config.run(&step)?;
         }
@@ -94,7 +94,7 @@ impl HostPath {
         }
         self.attached = false;
         let (up, host) = (self.config.uplink_if.clone(), self.config.host_if.clone());
-        self.switch(&host, &up, false)?;
+        self.switch(&host, &up, Direction::BackToUplink)?;
         tracing::info!(uplink = %up, "host exception path: addresses and routes back on {up}");
         Ok(())
     }

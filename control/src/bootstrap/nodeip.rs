@@ -17,7 +17,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sluice_hostnet::{move_steps, Interfaces, Plan, Step};
+use sluice_hostnet::{move_steps, Direction, Interfaces, Plan, Step};
 
 use super::install::{ensure_dir, write_atomic};
 use super::BootstrapError;
@@ -171,7 +171,12 @@ pub fn move_to_host(
         ifs.host_if,
         MoveRecord::path(state_dir).display()
     );
-    let steps = move_steps(&record.plan, Some(&ifs.uplink_if), &ifs.host_if, true);
+    let steps = move_steps(
+        &record.plan,
+        Some(&ifs.uplink_if),
+        &ifs.host_if,
+        Direction::OntoHostPort,
+    );
     let out = run_steps(ifs, &steps, stop_after)?;
     if out == Outcome::Done {
         tracing::info!(
@@ -264,7 +269,7 @@ pub fn move_back(
         record.plan.routes.len(),
         ifs.uplink_if
     );
-    let steps = move_steps(&record.plan, from, &ifs.uplink_if, false);
+    let steps = move_steps(&record.plan, from, &ifs.uplink_if, Direction::BackToUplink);
     let out = run_steps(ifs, &steps, stop_after)?;
     if out == Outcome::Done {
         let path = MoveRecord::path(state_dir);

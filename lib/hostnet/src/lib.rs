@@ -331,23 +331,29 @@ impl fmt::Display for Step {
     }
 }
 
-/// The steps that move `plan` from `from` to `to`, in an order that keeps
-/// the node reachable after each one (see the module documentation).
-/// `set_mac` gives `to` the plan's MAC first. When `from` is `None` (the
-/// source interface is gone, and its addresses with it) the plan is only
-/// put on `to`.
-///
-/// `set_mac` also says the direction: it is the move onto the host port
-/// (the only one that carries the MAC), which ends by isolating `from`
-/// ([`Step::IsolateUplink`]); a move without it goes back to the uplink
-/// `to` and starts by releasing it ([`Step::ReleaseUplink`]).
-pub fn move_steps(plan: &Plan, from: Option<&str>, to: &str, set_mac: bool) -> Vec<Step> {
+/// Which way a move goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the uplink's kernel interface onto the host port: `to` takes
+    /// the plan's MAC first, and the move ends by isolating the uplink
+    /// `from` from the kernel's IP stack ([`Step::IsolateUplink`]).
+    OntoHostPort,
+    /// Back onto the uplink `to`: the move starts by releasing it
+    /// ([`Step::ReleaseUplink`]); no MAC is set.
+    BackToUplink,
+}
+
+/// The steps that move `plan` from `from` to `to` in `dir`, in an order
+/// that keeps the node reachable after each one (see the module
+/// documentation). When `from` is `None` (the source interface is gone,
+/// and its addresses with it) the plan is only put on `to`.
+pub fn move_steps(plan: &Plan, from: Option<&str>, to: &str, dir: Direction) -> Vec<Step> {
     let to = to.to_string();
     let mut steps = Vec::new();
-    if !set_mac {
+    if dir == Direction::BackToUplink {
         steps.push(Step::ReleaseUplink { dev: to.clone() });
     }
-    if set_mac {
+    if dir == Direction::OntoHostPort {
         if let Some(mac) = &plan.mac {
             steps.push(Step::SetMac {
                 dev: to.clone(),
@@ -383,7 +389,7 @@ pub fn move_steps(plan: &Plan, from: Option<&str>, to: &str, set_mac: bool) -> V
                 route: r.clone(),
             });
         }
-        if set_mac {
+        if dir == Direction::OntoHostPort {
             steps.push(Step::IsolateUplink {
                 dev: from.to_string(),
             });
@@ -634,7 +640,7 @@ mod tests {
             routes: vec![route()],
             mac: Some("02:00:00:00:00:01".into()),
         };
-        let text: Vec<String> = move_steps(&plan, Some("eth1"), "host0", true)
+        let text: Vec<String> = move_steps(&plan, Some("eth1"), "host0", Direction::OntoHostPort)
             .iter()
             .map(|s| s.to_string())
             .collect();
@@ -653,7 +659,7 @@ mod tests {
             ]
         );
         // Back, without touching the MAC; without a source, only the adds.
-        let back = move_steps(&plan, Some("host0"), "eth1", false);
+        let back = move_steps(&plan, Some("host0"), "eth1", Direction::BackToUplink);
         assert!(!back.iter().any(|s| matches!(s, Step::SetMac { .. })));
         // The uplink is released first, and never isolated on the way back.
         assert_eq!(
@@ -661,7 +667,7 @@ mod tests {
             "tc filter del dev eth1 ingress pref 4915; tc filter del dev eth1 ingress pref 4916"
         );
         assert!(!back.iter().any(|s| matches!(s, Step::IsolateUplink { .. })));
-        let restore = move_steps(&plan, None, "eth1", false);
+        let restore = move_steps(&plan, None, "eth1", Direction::BackToUplink);
         assert_eq!(restore.len(), 4);
         assert!(restore
             .iter()
