@@ -43,9 +43,10 @@ use crate::flow::tables::FlowTables;
 use crate::packet::{Burst, Output, PacketBuf, PortNo};
 use crate::pipeline::hooks::{ActionHooks, NoHooks};
 use crate::pipeline::l2::{flood, MacTable};
+use crate::pipeline::perf::{Split, Stage, StageCycles, DEFAULT_SAMPLE_EVERY};
 use crate::pipeline::Pipeline;
 use crate::stats::Counter;
-use crate::time::Nanos;
+use crate::time::{cycles, Nanos};
 
 /// Maximum recirculations per packet.
 pub const MAX_RECIRC: usize = 4;
@@ -77,6 +78,9 @@ pub struct FlowPipelineConfig {
     pub controller_rate: u64,
     /// Packet-in burst allowance.
     pub controller_burst: u64,
+    /// One burst in this many has its cycles split by stage
+    /// (`pmd-perf-show`; 0: never, 1: every burst). See `pipeline::perf`.
+    pub perf_sample_every: u32,
 }
 
 impl Default for FlowPipelineConfig {
@@ -90,6 +94,7 @@ impl Default for FlowPipelineConfig {
             mac_aging_ns: 300_000_000_000,
             controller_rate: 1000,
             controller_burst: 100,
+            perf_sample_every: DEFAULT_SAMPLE_EVERY,
         }
     }
 }
@@ -111,6 +116,8 @@ pub struct FlowPipelineStats {
     pub recirculations: Counter,
     /// Packets sent to the controller queue.
     pub packet_ins: Counter,
+    /// Cycles by stage (`pmd-perf-show`).
+    pub perf: StageCycles,
 }
 
 impl FlowPipelineStats {
@@ -185,6 +192,7 @@ struct Exec<'a, H> {
     ports: &'a [PortNo],
     bucket: &'a mut TokenBucket,
     stats: &'a FlowPipelineStats,
+    split: &'a mut Split,
 }
 
 /// How an action list ended.
@@ -286,7 +294,10 @@ impl<H> Exec<'_, H> {
                     key.set_masked(*field, *value, *mask);
                 }
                 DpAction::Ct(ct) => {
-                    if let Err(r) = self.hooks.conntrack(self.now, ct, p, key) {
+                    self.split.enter(Stage::Conntrack);
+                    let r = self.hooks.conntrack(self.now, ct, p, key);
+                    self.split.enter(Stage::Actions);
+                    if let Err(r) = r {
                         if let Some(p) = pkt.take() {
                             out.drop(r, p);
                         }
@@ -304,7 +315,10 @@ impl<H> Exec<'_, H> {
                     }
                 }
                 DpAction::TunnelPush => {
-                    if let Err(r) = self.hooks.tunnel_push(self.now, p, key) {
+                    self.split.enter(Stage::Tunnel);
+                    let r = self.hooks.tunnel_push(self.now, p, key);
+                    self.split.enter(Stage::Actions);
+                    if let Err(r) = r {
                         if let Some(p) = pkt.take() {
                             out.drop(r, p);
                         }
@@ -312,7 +326,10 @@ impl<H> Exec<'_, H> {
                     }
                 }
                 DpAction::TunnelPop => {
-                    if let Err(r) = self.hooks.tunnel_pop(self.now, p, key) {
+                    self.split.enter(Stage::Tunnel);
+                    let r = self.hooks.tunnel_pop(self.now, p, key);
+                    self.split.enter(Stage::Actions);
+                    if let Err(r) = r {
                         if let Some(p) = pkt.take() {
                             out.drop(r, p);
                         }
@@ -422,6 +439,8 @@ pub struct FlowPipeline<H = NoHooks> {
     /// The parsed keys of the burst being processed (stage one of
     /// [`Pipeline::process`]); capacity reserved once.
     parsed: Vec<Parsed>,
+    /// The per-stage split of sampled bursts (`pipeline::perf`).
+    split: Split,
 }
 
 /// A packet's key, header offsets and key hash, from the parse stage.
@@ -462,6 +481,7 @@ impl<H> FlowPipeline<H> {
             reloads: Counter::default(),
             recirculations: Counter::default(),
             packet_ins: Counter::default(),
+            perf: StageCycles::default(),
         });
         FlowPipeline {
             generation: program.generation,
@@ -477,6 +497,7 @@ impl<H> FlowPipeline<H> {
             last_housekeeping: 0,
             pending: Vec::with_capacity(2 * crate::packet::BURST_SIZE),
             parsed: Vec::with_capacity(crate::packet::BURST_SIZE),
+            split: Split::new(config.perf_sample_every),
         }
     }
 
@@ -590,18 +611,26 @@ impl<H> FlowPipeline<H> {
         for pass in 0..=MAX_RECIRC {
             // Borrow the cached translation in place (no refcount traffic
             // on a cache hit); only a slow-path result is owned here.
+            self.split.enter(Stage::Emc);
             let hash = if pass == 0 { first.hash } else { key.hash() };
             let mut owned: Option<Arc<Xlate>> = None;
             let xlate: &Arc<Xlate> = match self.emc.lookup(&key, hash) {
                 Some(x) => x,
-                None => match self.megaflow.lookup(&key) {
-                    Some(x) => {
-                        self.emc.offer(&key, hash, x);
-                        x
+                None => {
+                    self.split.enter(Stage::Megaflow);
+                    match self.megaflow.lookup(&key) {
+                        Some(x) => {
+                            self.emc.offer(&key, hash, x);
+                            x
+                        }
+                        None => {
+                            self.split.enter(Stage::Upcall);
+                            owned.insert(self.upcall(&key, hash))
+                        }
                     }
-                    None => owned.insert(self.upcall(&key, hash)),
-                },
+                }
             };
+            self.split.enter(Stage::Actions);
             // Rule counters, batched over consecutive packets with the same
             // translation.
             let bytes = pkt.len() as u64;
@@ -619,6 +648,7 @@ impl<H> FlowPipeline<H> {
                 ports: &self.ports,
                 bucket: &mut self.bucket,
                 stats: &self.stats,
+                split: &mut self.split,
             };
             match exec.run(&xlate.actions, pkt, &mut key, layout, out) {
                 Outcome::Done { .. } => return,
@@ -631,6 +661,8 @@ impl<H> FlowPipeline<H> {
                     }
                     self.stats.recirculations.inc();
                     if reparse {
+                        // Decap's re-parse of the inner frame is decap work.
+                        self.split.enter(Stage::Tunnel);
                         let meta = key;
                         layout = extract_into(p.data(), meta.in_port(), &mut key);
                         for f in [
@@ -690,6 +722,8 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
 
     fn process(&mut self, now: Nanos, burst: &mut Burst<B>, out: &mut Output<B>) {
         self.check_program();
+        let t0 = cycles();
+        let n_pkts = burst.pkts.len() as u64;
         let in_port = burst.in_port;
         // Stage one: parse the whole burst and prefetch each packet's EMC
         // slots; stage two classifies and executes in arrival order, by
@@ -707,6 +741,8 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
             self.emc.prefetch(hash);
             parsed.push(Parsed { key, layout, hash });
         }
+        let t1 = cycles();
+        self.split.begin(t1);
         // With more flows than fit in the CPU caches, an EMC hit chases
         // pointers (tag → key and translation → action list), each a miss:
         // start those loads HIT_AHEAD and ACTIONS_AHEAD packets ahead.
@@ -730,6 +766,13 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
         }
         self.parsed = parsed;
         self.flush_counts(now);
+        let t2 = cycles();
+        let perf = &self.stats.perf;
+        self.split.finish(t2, n_pkts, perf);
+        perf.bursts.inc();
+        perf.packets.add(n_pkts);
+        perf.parse.add(t1.wrapping_sub(t0));
+        perf.body.add(t2.wrapping_sub(t1));
     }
 
     fn maintain(&mut self, now: Nanos, _out: &mut Output<B>) {
