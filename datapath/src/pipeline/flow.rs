@@ -1,6 +1,15 @@
 //! The flow-table pipeline: every packet through the classifier cascade
 //! and its datapath actions.
 //!
+//! Keys sized to the program: the pipeline keeps the program's live mask
+//! (`slowpath::live_mask`: every field a rule matches, plus the few actions
+//! decide on, widened by every translation's megaflow mask, so it covers
+//! everything a cached translation depends on). The parse stage hashes
+//! only its non-zero words and the EMC compares only those: an l2 program
+//! hashes 4 words, not 24. Keys equal on the live words get the same
+//! translation, so sharing an EMC entry between them is exact (proptests
+//! `live_word_emc_equals_slow_path`, `keys_equal_on_live_words_translate_alike`).
+//!
 //! Per packet: one [`extract`] into a [`FlowKey`], then the EMC, then the
 //! megaflow cache, then (on a miss) the slow path, which installs the
 //! megaflow and the EMC entry; then the cached [`DpAction`]s run on the
@@ -33,7 +42,7 @@ use std::sync::Arc;
 
 use crate::classifier::emc::{Emc, EMC_ENTRIES, EMC_INSERT_INV_PROB};
 use crate::classifier::megaflow::{MegaflowCache, MegaflowStats, MEGAFLOW_CAPACITY};
-use crate::classifier::slowpath::{translate, Xlate};
+use crate::classifier::slowpath::{live_mask, translate, Xlate};
 use crate::classifier::{prefetch, TierStats};
 use crate::drop::DropReason;
 use crate::flow::action::{rewrite, DpAction};
@@ -441,6 +450,13 @@ pub struct FlowPipeline<H = NoHooks> {
     parsed: Vec<Parsed>,
     /// The per-stage split of sampled bursts (`pipeline::perf`).
     split: Split,
+    /// Every key bit a translation of this program has looked at or may
+    /// look at (`slowpath::live_mask`, widened by each translation's
+    /// megaflow mask): keys equal on it get the same translation.
+    live: FlowKey,
+    /// The non-zero words of `live`: the EMC hashes and compares only
+    /// these (the program's key size).
+    words: Vec<u8>,
 }
 
 /// A packet's key, header offsets and key hash, from the parse stage.
@@ -471,7 +487,10 @@ impl<H> FlowPipeline<H> {
     /// A pipeline over `tables` whose ct/tunnel actions call `hooks`.
     pub fn with_hooks(tables: FlowTables, config: FlowPipelineConfig, hooks: H) -> Self {
         let program = tables.program();
-        let emc = Emc::new(config.emc_entries, config.emc_insert_inv_prob);
+        let live = live_mask(&program);
+        let words = live.nonzero_words();
+        let mut emc = Emc::new(config.emc_entries, config.emc_insert_inv_prob);
+        emc.set_words(&words);
         let megaflow = MegaflowCache::new(config.megaflow_capacity);
         let stats = Arc::new(FlowPipelineStats {
             packets: Counter::default(),
@@ -498,6 +517,8 @@ impl<H> FlowPipeline<H> {
             pending: Vec::with_capacity(2 * crate::packet::BURST_SIZE),
             parsed: Vec::with_capacity(crate::packet::BURST_SIZE),
             split: Split::new(config.perf_sample_every),
+            live,
+            words,
         }
     }
 
@@ -542,16 +563,34 @@ impl<H> FlowPipeline<H> {
         self.program = self.tables.program();
         self.generation = self.program.generation;
         self.emc.flush();
+        let mut live = live_mask(&self.program);
         if self.megaflow.len() <= REVALIDATE_LIMIT {
             let prog = &self.program;
             self.megaflow.revalidate(|masked, mask| {
                 let t = translate(prog, masked, None);
+                live.or_assign(&t.mask);
                 t.mask.is_subset_of(mask).then_some(t.xlate)
             });
         } else {
             self.megaflow.flush();
         }
+        self.set_live(live);
         self.stats.reloads.inc();
+    }
+
+    /// Takes `live` as the live mask: the EMC hashes and compares its
+    /// words from now on (and is flushed if they changed).
+    #[cold]
+    fn set_live(&mut self, live: FlowKey) {
+        self.live = live;
+        self.words = live.nonzero_words();
+        self.emc.set_words(&self.words);
+    }
+
+    /// The word indices of the key the EMC hashes and compares for the
+    /// current program.
+    pub fn live_words(&self) -> &[u8] {
+        &self.words
     }
 
     /// The slow path: translates `key`, installs the megaflow and the EMC
@@ -561,6 +600,16 @@ impl<H> FlowPipeline<H> {
         self.stats.upcalls.inc();
         let t = translate(&self.program, key, None);
         self.megaflow.insert(key, &t.mask, t.xlate.clone());
+        let hash = if t.mask.is_subset_of(&self.live) {
+            hash
+        } else {
+            // A bit the program's rules did not show (a select group's
+            // hash fields...): key the EMC on it too, from now on.
+            let mut live = self.live;
+            live.or_assign(&t.mask);
+            self.set_live(live);
+            key.hash_words(&self.words)
+        };
         self.emc.offer(key, hash, &t.xlate);
         t.xlate
     }
@@ -568,7 +617,7 @@ impl<H> FlowPipeline<H> {
     /// Looks `key` up through EMC → megaflow → slow path (tests).
     #[cfg(test)]
     fn classify(&mut self, key: &FlowKey) -> Arc<Xlate> {
-        let hash = key.hash();
+        let hash = key.hash_words(&self.words);
         if let Some(x) = self.emc.lookup(key, hash) {
             return x.clone();
         }
@@ -612,7 +661,11 @@ impl<H> FlowPipeline<H> {
             // Borrow the cached translation in place (no refcount traffic
             // on a cache hit); only a slow-path result is owned here.
             self.split.enter(Stage::Emc);
-            let hash = if pass == 0 { first.hash } else { key.hash() };
+            let hash = if pass == 0 {
+                first.hash
+            } else {
+                key.hash_words(&self.words)
+            };
             let mut owned: Option<Arc<Xlate>> = None;
             let xlate: &Arc<Xlate> = match self.emc.lookup(&key, hash) {
                 Some(x) => x,
@@ -737,7 +790,7 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
             } else {
                 extract_into(pkt.data(), in_port, &mut key)
             };
-            let hash = key.hash();
+            let hash = key.hash_words(&self.words);
             self.emc.prefetch(hash);
             parsed.push(Parsed { key, layout, hash });
         }
@@ -1074,8 +1127,8 @@ mod tests {
 
     mod equivalence {
         use super::*;
-        use crate::flow::key::extract;
         use crate::flow::key::testpkt::udp4;
+        use crate::flow::key::{extract, KEY_WORDS};
         use proptest::prelude::*;
 
         /// One random rule as flow text; values come from small sets so
@@ -1194,6 +1247,71 @@ mod tests {
                     s.emc.hit.get() + s.megaflow.tier.hit.get() + s.upcalls.get(),
                     4 * pkts.len() as u64
                 );
+            }
+
+            /// The EMC keyed on the program's live words (always-insert, so
+            /// nearly every repeat is an EMC hit): packets that differ only
+            /// in fields no rule matches (MACs, TOS, source port...) share
+            /// entries, and every cached answer still equals the slow path.
+            #[test]
+            fn live_word_emc_equals_slow_path(
+                prog in proptest::collection::vec(rule(), 1..10),
+                pkts in proptest::collection::vec((packet(), any::<[u8; 6]>(), any::<u8>(), 0u16..3), 1..40),
+            ) {
+                let t = FlowTables::new();
+                t.replace_flows(&format!("{GROUP}\n{}", prog.join("\n")), 0).expect("program");
+                let mut p = FlowPipeline::new(t.clone(), FlowPipelineConfig {
+                    emc_insert_inv_prob: 1,
+                    ..FlowPipelineConfig::default()
+                });
+                let prog = t.program();
+                for round in 0..3 {
+                    for ((port, f), mac, tos, sp) in &pkts {
+                        let mut f = f.clone();
+                        if round > 0 {
+                            // Fields this program never matches on.
+                            f[6..12].copy_from_slice(mac);
+                            f[15] = *tos;
+                            f[34..36].copy_from_slice(&sp.to_be_bytes());
+                        }
+                        let key = extract(&f, PortNo(*port));
+                        let cached = p.classify(&key);
+                        let slow = translate(&prog, &key, None);
+                        prop_assert_eq!(&cached.actions, &slow.xlate.actions, "round {} key {:?}", round, key);
+                        prop_assert!(slow.mask.is_subset_of(&p.live), "every cached mask is within the live mask");
+                    }
+                }
+                prop_assert!(p.live_words().len() < KEY_WORDS, "{:?}", p.live_words());
+            }
+
+            /// The structure itself: two keys equal on the live words of a
+            /// program (once widened by the first key's translation, as the
+            /// pipeline does) translate to the same actions, whatever the
+            /// other words hold.
+            #[test]
+            fn keys_equal_on_live_words_translate_alike(
+                prog in proptest::collection::vec(rule(), 1..10),
+                (port, f) in packet(),
+                noise in proptest::collection::vec(any::<u64>(), KEY_WORDS),
+            ) {
+                let t = FlowTables::new();
+                t.replace_flows(&format!("{GROUP}\n{}", prog.join("\n")), 0).expect("program");
+                let prog = t.program();
+                let k1 = extract(&f, PortNo(port));
+                let a = translate(&prog, &k1, None);
+                let mut live = live_mask(&prog);
+                live.or_assign(&a.mask);
+                let words = live.nonzero_words();
+                let mut k2 = k1;
+                for (i, n) in noise.iter().enumerate() {
+                    if !words.contains(&(i as u8)) {
+                        k2.w[i] = *n;
+                    }
+                }
+                prop_assert!(k1.eq_words(&k2, &words));
+                prop_assert_eq!(k1.hash_words(&words), k2.hash_words(&words));
+                let b = translate(&prog, &k2, None);
+                prop_assert_eq!(&a.xlate.actions, &b.xlate.actions);
             }
         }
     }
