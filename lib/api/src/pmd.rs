@@ -288,12 +288,12 @@ impl Render for PmdPerfReply {
                 p.busy_cycles as f64 / rx
             );
             s += &format!(
-                "  {:<32} {:>14} {:>8} {:>7}\n",
+                "  {:<40} {:>14} {:>8} {:>7}\n",
                 "stage", "cycles", "cyc/pkt", "%busy"
             );
             for st in &p.stages {
                 s += &format!(
-                    "  {:<32} {:>14} {:>8.1} {:>6.1}%{}\n",
+                    "  {:<40} {:>14} {:>8.1} {:>6.1}%{}\n",
                     st.name,
                     st.cycles,
                     st.cycles as f64 / rx,
