@@ -6,7 +6,11 @@
 //! for each of its rx queues, receive a burst of up to 32, process it,
 //! flush the staged output to the ports' tx queues. Time spent in
 //! iterations that received packets counts as busy cycles, the rest as
-//! idle, as OVS's `pmd-stats-show` does.
+//! idle, as OVS's `pmd-stats-show` does; busy cycles are further split into
+//! rx, process, tx and other by a chain of cycle-counter reads (a few per
+//! burst, never per packet), whose parts add up to the busy total
+//! (`pmd-perf-show`; the flow pipeline splits `process` itself, see
+//! `pipeline::perf`).
 //!
 //! Every `MAINTAIN_EVERY` iterations it calls `Pipeline::maintain` (aging,
 //! program updates). It stops when the shared stop flag is set (SIGTERM,
@@ -72,6 +76,17 @@ pub struct PmdStats {
     pub busy_cycles: Counter,
     /// Cycles spent in iterations that received nothing.
     pub idle_cycles: Counter,
+    /// Of `busy_cycles`: polling rx queues (`rx_burst`, also of queues
+    /// that were empty in that iteration).
+    pub rx_cycles: Counter,
+    /// Of `busy_cycles`: in [`Pipeline::process`] (with the chained-frame
+    /// check and the capture tap).
+    pub process_cycles: Counter,
+    /// Of `busy_cycles`: flushing staged output to tx queues.
+    pub tx_cycles: Counter,
+    /// Of `busy_cycles`: the rest (loop, port-table and barrier checks,
+    /// `maintain`). `rx + process + tx + other = busy` exactly.
+    pub other_cycles: Counter,
     /// Loop iterations.
     pub iterations: Counter,
     /// Drops by reason (shared with the pipeline's `Output`).
@@ -605,13 +620,24 @@ where
                     local.reload(&shared, spec.index, &mut pipeline, &mut out);
                 }
                 let LocalPorts { ports, rx, .. } = &mut local;
+                // Per-stage cycles (`pmd-perf-show`): a chain of counter
+                // reads, a few per burst, each closing one stage, so the
+                // stages of a busy iteration add up to it exactly.
                 let t0 = cycles();
+                let mut last = t0;
+                let mut lap = |acc: &mut u64| {
+                    let t = cycles();
+                    *acc += t.wrapping_sub(last);
+                    last = t;
+                };
+                let (mut c_rx, mut c_proc, mut c_tx) = (0u64, 0u64, 0u64);
                 let mut got = 0usize;
                 for &(port_no, q) in rx.iter() {
                     let Some(Some(port)) = ports.get_mut(port_no.0 as usize) else {
                         continue;
                     };
                     let n = port.rx_burst(q, &mut burst.pkts, BURST_SIZE);
+                    lap(&mut c_rx);
                     if n == 0 {
                         continue;
                     }
@@ -624,7 +650,9 @@ where
                     }
                     burst.in_port = port_no;
                     pipeline.process(now, &mut burst, &mut out);
+                    lap(&mut c_proc);
                     flush(&mut out, ports, txq, &st, spec.capture.as_deref(), now);
+                    lap(&mut c_tx);
                 }
                 iter += 1;
                 if iter.is_multiple_of(MAINTAIN_EVERY) {
@@ -636,10 +664,15 @@ where
                     flush(&mut out, ports, txq, &st, spec.capture.as_deref(), now);
                     st.iterations.add(MAINTAIN_EVERY);
                 }
-                let dt = cycles().wrapping_sub(t0);
+                let t1 = cycles();
+                let dt = t1.wrapping_sub(t0);
                 if got > 0 {
                     st.rx_packets.add(got as u64);
                     st.busy_cycles.add(dt);
+                    st.rx_cycles.add(c_rx);
+                    st.process_cycles.add(c_proc);
+                    st.tx_cycles.add(c_tx);
+                    st.other_cycles.add(dt.saturating_sub(c_rx + c_proc + c_tx));
                 } else {
                     st.idle_cycles.add(dt);
                 }
@@ -813,6 +846,130 @@ mod tests {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             std::thread::yield_now();
         }
+    }
+
+    /// One PMD running the flow pipeline with every burst sampled: after
+    /// 96 packets (a new flow, then cache hits) the stage counters have
+    /// moved where the packets went (rx, parse, the slow path, the EMC,
+    /// actions, tx), stayed at zero where they did not (conntrack,
+    /// encap/decap, wrappers), and `pmd-perf-show`'s stages add up
+    /// exactly to the busy cycles.
+    #[cfg(feature = "dpdk")]
+    #[test]
+    fn stage_cycles_move_and_add_up_to_busy_cycles() {
+        use crate::daemon::commands::{pmd_perf, PmdView};
+        use crate::flow::key::testpkt::tcp4;
+        use crate::flow::tables::FlowTables;
+        use crate::pipeline::flow::{FlowPipeline, FlowPipelineConfig};
+        let (p0, h0) = MemPort::new("a");
+        let (p1, h1) = MemPort::new("b");
+        let tables = FlowTables::new();
+        tables
+            .add_flows(
+                "priority=10,in_port=0,tcp actions=dec_ttl,output:1\npriority=0 actions=drop",
+                0,
+            )
+            .expect("flows");
+        let pipeline = FlowPipeline::new(
+            tables,
+            FlowPipelineConfig {
+                ports: vec![PortNo(0), PortNo(1)],
+                emc_insert_inv_prob: 1,
+                perf_sample_every: 1,
+                ..Default::default()
+            },
+        );
+        let fstats = pipeline.stats();
+        let stop = Arc::new(AtomicBool::new(false));
+        let pmd = spawn(
+            PmdSpec {
+                index: 0,
+                core: None,
+                rx: vec![(PortNo(0), 0), (PortNo(1), 0)],
+                capture: None,
+                mailbox: None,
+            },
+            vec![Some(p0), Some(p1)],
+            pipeline,
+            stop.clone(),
+            || Ok::<(), std::convert::Infallible>(()),
+        )
+        .unwrap();
+        let f = tcp4([10, 0, 0, 1], [10, 0, 0, 2], 1000, 80, 64);
+        let mut got = 0;
+        for _ in 0..3 {
+            for _ in 0..32 {
+                h0.inject(&f);
+            }
+            let want = got + 32;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while got < want {
+                got += h1.collect().len();
+                assert!(
+                    Instant::now() < deadline,
+                    "timed out: {got} of {want} frames forwarded"
+                );
+                std::thread::yield_now();
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let stats = pmd.stats.clone();
+        pmd.join().unwrap();
+        let perf = &fstats.perf;
+        assert_eq!(perf.packets.get(), 96);
+        assert_eq!(stats.rx_packets.get(), 96);
+        assert_eq!(
+            perf.sampled_bursts.get(),
+            perf.bursts.get(),
+            "every burst sampled"
+        );
+        assert_eq!(perf.sampled_packets.get(), 96);
+        assert_eq!(
+            perf.sampled_total(),
+            perf.body.get(),
+            "sampled split = exact body"
+        );
+        let view = pmd_perf(&PmdView {
+            pmd: stats.clone(),
+            flow: Some(fstats.clone()),
+            ct_cache: None,
+        });
+        let c = |name: &str| {
+            view.stages
+                .iter()
+                .find(|s| s.name == name)
+                .unwrap_or_else(|| panic!("no stage {name} in {view:?}"))
+                .cycles
+        };
+        for moved in [
+            "rx",
+            "parse (key extraction, hash)",
+            "classify: emc",
+            "classify: classifier (upcall)",
+            "actions",
+            "tx",
+        ] {
+            assert!(c(moved) > 0, "{moved} did not move: {view:?}");
+        }
+        for still in ["conntrack", "encap/decap"] {
+            assert_eq!(c(still), 0, "{still} moved: {view:?}");
+        }
+        assert_eq!(
+            view.stages.iter().map(|s| s.cycles).sum::<u64>(),
+            stats.busy_cycles.get(),
+            "stages add up to the busy cycles: {view:?}"
+        );
+        assert_eq!(
+            stats.rx_cycles.get()
+                + stats.process_cycles.get()
+                + stats.tx_cycles.get()
+                + stats.other_cycles.get(),
+            stats.busy_cycles.get()
+        );
+        assert!(perf.parse.get() + perf.body.get() <= stats.process_cycles.get());
+        let text = sluice_api::Render::render(&sluice_api::pmd::PmdPerfReply { pmds: vec![view] });
+        assert!(text.contains("packets received: 96"), "{text}");
+        assert!(text.contains("classify: emc"), "{text}");
     }
 
     /// Two in-memory ports, one unpinned PMD running the L2 pipeline: a

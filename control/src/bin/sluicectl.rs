@@ -121,6 +121,9 @@ enum Command {
     PmdStatsShow,
     /// Reset per-PMD statistics.
     PmdStatsClear,
+    /// Print per-PMD cycles by stage (rx, parse, classifier tiers, actions,
+    /// conntrack, encap/decap, tx).
+    PmdPerfShow,
     /// Print the exact-match and megaflow cache contents.
     DumpCache,
     /// Capture packets of PORT into a pcap file.
@@ -429,6 +432,7 @@ fn call_for(cmd: Command) -> Result<Call, InputError> {
         Command::DumpPorts { port } => typed::<ports::DumpPorts>(ports::DumpPortsRequest { port }),
         Command::PmdStatsShow => typed::<pmd::PmdStatsShow>(empty),
         Command::PmdStatsClear => typed::<pmd::PmdStatsClear>(empty),
+        Command::PmdPerfShow => typed::<pmd::PmdPerfShow>(empty),
         Command::PmdRxqShow => typed::<pmd::PmdRxqShow>(empty),
         Command::DumpCache => typed::<pmd::DumpCache>(empty),
         Command::Capture { port, count, file } => {

@@ -5,7 +5,8 @@
 //! 16-byte tag per slot (the key's hash and the cached translation; four
 //! per cache line) and the full [`FlowKey`] (192 bytes), read only when the
 //! tag's hash matches. Lookup: the key's hash picks two candidate slots
-//! (low and high hash bits); a hit needs an equal hash and an equal key, so
+//! (low and high hash bits); a hit needs an equal hash and a key equal on
+//! the live words (below), so
 //! collisions cost a compare, never a wrong answer. The pipeline parses a
 //! whole burst first and [`Emc::prefetch`]es each packet's tags, so the
 //! memory of later packets loads while earlier ones are processed (OVS's
@@ -29,6 +30,14 @@
 //! cycles, no allocation, no shared state); the seed is fixed, so a given
 //! packet sequence always caches the same flows (tests rely on that).
 //!
+//! Live words: a program can only ever look at some words of the key
+//! (the fields its rules match, plus the few its actions read; see
+//! `FlowPipeline`'s live mask). [`Emc::set_words`] restricts the cache to
+//! those: the caller hashes only them ([`FlowKey::hash_words`]) and a hit
+//! compares only them, so two keys that differ elsewhere share a slot,
+//! which is exact because they get the same translation. A new word set
+//! flushes the cache. Default: every word.
+//!
 //! Eviction: insertion takes an empty candidate or the one already holding
 //! this key; when both hold other flows, one is overwritten, chosen by a
 //! hash bit (pseudo-random, so two hot flows sharing one slot pair do not
@@ -42,7 +51,7 @@ use std::sync::Arc;
 
 use super::slowpath::Xlate;
 use super::{prefetch, TierStats};
-use crate::flow::key::FlowKey;
+use crate::flow::key::{FlowKey, ALL_WORDS};
 
 /// Default number of EMC slots (OVS: 8192 too).
 pub const EMC_ENTRIES: usize = 8192;
@@ -67,8 +76,15 @@ struct Tag {
 pub struct Emc {
     /// Hashes and translations, indexed like `keys`.
     tags: Box<[Tag]>,
-    /// Full keys (three cache lines each), read only when a tag matches.
+    /// Full keys (three cache lines each), read only when a tag matches,
+    /// and then only at `words`.
     keys: Box<[FlowKey]>,
+    /// The word indices hashed by the caller and compared on a hit.
+    words: Vec<u8>,
+    /// Which of a key's three cache lines hold a word of `words`.
+    lines: [bool; 3],
+    /// `words` is every word: compare whole keys (unrolled, no index list).
+    all_words: bool,
     mask: usize,
     /// 0: disabled; 1: always insert; N: insert when the next random
     /// number is at most `u32::MAX / N`.
@@ -92,6 +108,9 @@ impl Emc {
         Emc {
             tags: vec![Tag::default(); n].into_boxed_slice(),
             keys: vec![FlowKey::ZERO; n].into_boxed_slice(),
+            words: ALL_WORDS.to_vec(),
+            lines: [true; 3],
+            all_words: true,
             mask: n - 1,
             insert_inv_prob,
             insert_threshold: u32::MAX / insert_inv_prob.max(1),
@@ -119,6 +138,41 @@ impl Emc {
     /// The hit/miss counters.
     pub fn stats(&self) -> Arc<TierStats> {
         self.stats.clone()
+    }
+
+    /// Restricts hits to keys equal on `words` (sorted word indices; the
+    /// caller hashes with [`FlowKey::hash_words`] over the same words) and
+    /// flushes the cache when they change. Allocates only then.
+    pub fn set_words(&mut self, words: &[u8]) {
+        if self.words == words {
+            return;
+        }
+        self.flush();
+        self.words.clear();
+        self.words.extend_from_slice(words);
+        self.all_words = self.words == ALL_WORDS;
+        self.lines = [false; 3];
+        for &w in words {
+            // Eight 64-bit words per cache line.
+            if let Some(l) = self.lines.get_mut(usize::from(w) / 8) {
+                *l = true;
+            }
+        }
+    }
+
+    /// The word indices hits compare.
+    pub fn words(&self) -> &[u8] {
+        &self.words
+    }
+
+    /// True when the key in slot `i` equals `key` on the live words.
+    #[inline(always)]
+    fn same_key(&self, i: usize, key: &FlowKey) -> bool {
+        if self.all_words {
+            self.keys[i] == *key
+        } else {
+            self.keys[i].eq_words(key, &self.words)
+        }
     }
 
     #[inline]
@@ -153,9 +207,11 @@ impl Emc {
         for (i, x) in self.tagged(hash) {
             prefetch(Arc::as_ptr(x));
             let k = &self.keys[i];
-            prefetch(k);
-            prefetch(&k.w[8]);
-            prefetch(&k.w[16]);
+            for (line, &live) in self.lines.iter().enumerate() {
+                if live {
+                    prefetch(&k.w[line * 8]);
+                }
+            }
         }
     }
 
@@ -193,7 +249,7 @@ impl Emc {
         }
         for i in self.candidates(hash) {
             let t = &self.tags[i];
-            if t.hash == hash && t.xlate.is_some() && self.keys[i] == *key {
+            if t.hash == hash && t.xlate.is_some() && self.same_key(i, key) {
                 self.stats.hit.inc();
                 return t.xlate.as_ref();
             }
@@ -232,7 +288,7 @@ impl Emc {
         let [a, b] = self.candidates(hash);
         let free = |i: usize| {
             let t = &self.tags[i];
-            t.xlate.is_none() || (t.hash == hash && self.keys[i] == *key)
+            t.xlate.is_none() || (t.hash == hash && self.same_key(i, key))
         };
         let i = if free(a) {
             a
@@ -303,6 +359,32 @@ mod tests {
         assert!(emc.is_empty());
         assert_eq!(emc.stats().hit.get(), 2);
         assert_eq!(emc.stats().miss.get(), 2);
+    }
+
+    #[test]
+    fn live_words_share_slots_and_a_new_word_set_flushes() {
+        const WORDS: [u8; 2] = [0, 3];
+        let mut emc = Emc::new(64, 1);
+        emc.set_words(&WORDS);
+        let x = Arc::new(Xlate::default());
+        let k1 = key(1);
+        emc.insert(&k1, k1.hash_words(&WORDS), x);
+        // A key differing only in a dead word (tp_dst, word 4) hits.
+        let mut k2 = k1;
+        k2.set(Field::TpDst, 80);
+        assert_eq!(k1.hash_words(&WORDS), k2.hash_words(&WORDS));
+        assert!(emc.lookup(&k2, k2.hash_words(&WORDS)).is_some());
+        // One differing in a live word (nw_dst, word 3) misses, even when
+        // presented with the first key's hash.
+        let k3 = key(2);
+        assert!(emc.lookup(&k3, k1.hash_words(&WORDS)).is_none());
+        // The same set keeps the entries; a different set flushes.
+        emc.set_words(&WORDS);
+        assert_eq!(emc.len(), 1);
+        emc.set_words(&[0, 3, 4]);
+        assert!(emc.is_empty());
+        assert_eq!(emc.words(), &[0, 3, 4]);
+        assert!(emc.lookup(&k2, k2.hash_words(&[0, 3, 4])).is_none());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The classifier cascade: exact-match cache → megaflow cache → slow path.
 //!
 //! Per packet, a PMD looks the [`crate::flow::key::FlowKey`] up in its
-//! [`emc::Emc`] (one hash probe, full-key compare), then in its
+//! [`emc::Emc`] (one hash probe, a compare of the key words the program
+//! can look at), then in its
 //! [`megaflow::MegaflowCache`] (one probe per distinct mask), and only then
 //! runs [`slowpath::translate`] over the whole program, installing the
 //! resulting megaflow (and, with probability 1 / `emc_insert_inv_prob`,

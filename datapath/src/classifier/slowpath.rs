@@ -342,6 +342,33 @@ impl Ctx<'_> {
     }
 }
 
+/// The bits of a key that translations through `prog` look at, as far as
+/// the rules tell: the match mask of every rule of every table, the
+/// recirculation id, and the fields actions commonly decide on (`in_port`,
+/// `dl_type`, `nw_proto`, `nw_ttl`). Any other bit a translation's mask
+/// holds (a select group's hash fields, a partial `set_field`) is found
+/// when that translation happens: a cache keyed on this mask's words must
+/// widen it by every [`Translation::mask`] it caches (the flow pipeline
+/// does). Linear in the number of rules; runs once per program.
+pub fn live_mask(prog: &FlowProgram) -> FlowKey {
+    let mut m = FlowKey::ZERO;
+    for f in [
+        Field::RecircId,
+        Field::InPort,
+        Field::DlType,
+        Field::NwProto,
+        Field::NwTtl,
+    ] {
+        m.or_assign(&FlowKey::field_mask(f));
+    }
+    for t in &prog.tables {
+        for r in &t.rules {
+            m.or_assign(r.spec.m.mask());
+        }
+    }
+    m
+}
+
 /// Translates `key` through `prog`. When `trace` is given, a human-readable
 /// account of every table, rule and action is appended to it.
 pub fn translate(prog: &FlowProgram, key: &FlowKey, trace: Option<&mut String>) -> Translation {

@@ -1,5 +1,5 @@
 //! Control methods of the running daemon, served as [`sluice_api`] types:
-//! PMD statistics and rx-queue assignment, ports, per-PMD cache dumps and
+//! PMD statistics, cycles by stage and rx-queue assignment, ports, per-PMD cache dumps and
 //! packet capture. The port-related ones read the current port set through
 //! a closure at every call, so ports added at run time (`port-add`, see
 //! `daemon::ports`) appear in them. (The flow program's methods live in `flow::commands`,
@@ -108,11 +108,68 @@ fn view(v: &PmdView, base: &[u64]) -> api::pmd::PmdStats {
     }
 }
 
-/// Registers `pmd-stats-show` and `pmd-stats-clear` (and their
-/// `dpif-netdev/` names).
+/// One PMD's busy cycles by stage (`pmd-perf-show`): the PMD's own chain
+/// (rx, process, tx, other) with `process` split by the flow pipeline into
+/// parse (exact), the classifier tiers, actions, conntrack and encap/decap
+/// (its exact body total in sampled proportions, see `pipeline::perf`),
+/// and what wrappers around it (overlay, local stack) spent.
+pub fn pmd_perf(v: &PmdView) -> api::pmd::PmdPerf {
+    use crate::pipeline::perf::Stage;
+    let p = &v.pmd;
+    let stage = |name: &str, cycles: u64, estimated: bool| api::pmd::PerfStage {
+        name: name.to_string(),
+        cycles,
+        estimated,
+    };
+    let mut stages = vec![stage("rx", p.rx_cycles.get(), false)];
+    let process = p.process_cycles.get();
+    let mut sampled_bursts = 0;
+    match &v.flow {
+        Some(f) => {
+            let perf = &f.perf;
+            let (parse, body) = (perf.parse.get(), perf.body.get());
+            stages.push(stage("parse (key extraction, hash)", parse, false));
+            match perf.estimated_split() {
+                Some(split) => {
+                    sampled_bursts = perf.sampled_bursts.get();
+                    for (s, c) in Stage::ALL.iter().zip(split) {
+                        stages.push(stage(s.name(), c, true));
+                    }
+                }
+                None => stages.push(stage("classify and actions (not sampled yet)", body, false)),
+            }
+            stages.push(stage(
+                "other processing (overlay, local stack)",
+                process.saturating_sub(parse + body),
+                false,
+            ));
+        }
+        None => stages.push(stage("process (l2 pipeline)", process, false)),
+    }
+    stages.push(stage("tx", p.tx_cycles.get(), false));
+    stages.push(stage("loop and housekeeping", p.other_cycles.get(), false));
+    api::pmd::PmdPerf {
+        index: p.index,
+        core: p.core,
+        rx_packets: p.rx_packets.get(),
+        rx_bursts: p.rx_bursts.get(),
+        busy_cycles: p.busy_cycles.get(),
+        sampled_bursts,
+        stages,
+    }
+}
+
+/// Registers `pmd-stats-show`, `pmd-stats-clear` and `pmd-perf-show` (and
+/// their `dpif-netdev/` names).
 pub fn register_pmd(reg: &Registry, pmds: Vec<PmdView>) -> Result<(), RegistryError> {
     let base: Arc<Mutex<Vec<Vec<u64>>>> = Arc::new(Mutex::new(vec![Vec::new(); pmds.len()]));
     let pmds = Arc::new(pmds);
+    let perf = pmds.clone();
+    register::<api::pmd::PmdPerfShow>(reg, move |_| {
+        Ok(api::pmd::PmdPerfReply {
+            pmds: perf.iter().map(pmd_perf).collect(),
+        })
+    })?;
     let (p, b) = (pmds.clone(), base.clone());
     register::<api::pmd::PmdStatsShow>(reg, move |_| {
         let base = b.lock().unwrap_or_else(|e| e.into_inner());

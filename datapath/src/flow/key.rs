@@ -5,7 +5,9 @@
 //! A [`FlowKey`] is plain data: a mask is the same struct, `key & mask` is
 //! word-wise, and hashing and masked comparison loop over words with no
 //! per-field branches (the layout of OVS's `struct flow`, without the
-//! miniflow compression). Each field lives at a fixed `(word, shift, bits)`
+//! miniflow compression). The hot path hashes and compares only the words
+//! the current program can look at ([`FlowKey::hash_words`],
+//! [`FlowKey::eq_words`]): a few words instead of [`KEY_WORDS`]. Each field lives at a fixed `(word, shift, bits)`
 //! place described by [`Field`]; values are read and written through
 //! [`FlowKey::get`] and [`FlowKey::set`]. Fields wider than 64 bits (IPv6
 //! addresses) span two consecutive words, high word first.
@@ -512,6 +514,38 @@ impl FlowKey {
         fmix64(a ^ b.rotate_left(21) ^ c.rotate_left(42))
     }
 
+    /// The hash of the words of `self` at the indices in `words` (the live
+    /// words of a program: the non-zero words of its live mask, see
+    /// `classifier::slowpath::live_mask`): two keys equal on those
+    /// words hash alike. Two independent lanes keep the multiply chain
+    /// short; a program that matches few fields hashes a few words
+    /// instead of [`KEY_WORDS`].
+    #[inline]
+    pub fn hash_words(&self, words: &[u8]) -> u64 {
+        let (mut a, mut b) = (HASH_SEED0, HASH_SEED1);
+        let mut pairs = words.chunks_exact(2);
+        for p in &mut pairs {
+            a = (a.rotate_left(23) ^ self.w[usize::from(p[0])]).wrapping_mul(HASH_MUL);
+            b = (b.rotate_left(23) ^ self.w[usize::from(p[1])]).wrapping_mul(HASH_MUL);
+        }
+        if let [i] = pairs.remainder() {
+            a = (a.rotate_left(23) ^ self.w[usize::from(*i)]).wrapping_mul(HASH_MUL);
+        }
+        fmix64(a ^ b.rotate_left(32) ^ words.len() as u64)
+    }
+
+    /// True when `self` and `other` are equal on the words at the indices
+    /// in `words`.
+    #[inline]
+    pub fn eq_words(&self, other: &FlowKey, words: &[u8]) -> bool {
+        let mut diff = 0u64;
+        for &i in words {
+            let i = usize::from(i);
+            diff |= self.w[i] ^ other.w[i];
+        }
+        diff == 0
+    }
+
     /// The hash of `self & mask`, equal to `self.and(mask).hash()`.
     #[inline]
     pub fn hash_masked(&self, mask: &FlowKey) -> u64 {
@@ -578,6 +612,18 @@ impl FlowKey {
         self.get(Field::NwProto) as u8
     }
 }
+
+/// Every word index of a key, in order: the live words of a program that
+/// could look at anything.
+pub const ALL_WORDS: [u8; KEY_WORDS] = {
+    let mut w = [0u8; KEY_WORDS];
+    let mut i = 0;
+    while i < KEY_WORDS {
+        w[i] = i as u8;
+        i += 1;
+    }
+    w
+};
 
 /// Parses `frame` (untrusted bytes) into a flow key with `in_port` set.
 ///

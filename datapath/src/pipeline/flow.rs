@@ -1,6 +1,15 @@
 //! The flow-table pipeline: every packet through the classifier cascade
 //! and its datapath actions.
 //!
+//! Keys sized to the program: the pipeline keeps the program's live mask
+//! (`slowpath::live_mask`: every field a rule matches, plus the few actions
+//! decide on, widened by every translation's megaflow mask, so it covers
+//! everything a cached translation depends on). The parse stage hashes
+//! only its non-zero words and the EMC compares only those: an l2 program
+//! hashes 4 words, not 24. Keys equal on the live words get the same
+//! translation, so sharing an EMC entry between them is exact (proptests
+//! `live_word_emc_equals_slow_path`, `keys_equal_on_live_words_translate_alike`).
+//!
 //! Per packet: one [`extract`] into a [`FlowKey`], then the EMC, then the
 //! megaflow cache, then (on a miss) the slow path, which installs the
 //! megaflow and the EMC entry; then the cached [`DpAction`]s run on the
@@ -33,7 +42,7 @@ use std::sync::Arc;
 
 use crate::classifier::emc::{Emc, EMC_ENTRIES, EMC_INSERT_INV_PROB};
 use crate::classifier::megaflow::{MegaflowCache, MegaflowStats, MEGAFLOW_CAPACITY};
-use crate::classifier::slowpath::{translate, Xlate};
+use crate::classifier::slowpath::{live_mask, translate, Xlate};
 use crate::classifier::{prefetch, TierStats};
 use crate::drop::DropReason;
 use crate::flow::action::{rewrite, DpAction};
@@ -43,9 +52,10 @@ use crate::flow::tables::FlowTables;
 use crate::packet::{Burst, Output, PacketBuf, PortNo};
 use crate::pipeline::hooks::{ActionHooks, NoHooks};
 use crate::pipeline::l2::{flood, MacTable};
+use crate::pipeline::perf::{Split, Stage, StageCycles, DEFAULT_SAMPLE_EVERY};
 use crate::pipeline::Pipeline;
 use crate::stats::Counter;
-use crate::time::Nanos;
+use crate::time::{cycles, Nanos};
 
 /// Maximum recirculations per packet.
 pub const MAX_RECIRC: usize = 4;
@@ -77,6 +87,9 @@ pub struct FlowPipelineConfig {
     pub controller_rate: u64,
     /// Packet-in burst allowance.
     pub controller_burst: u64,
+    /// One burst in this many has its cycles split by stage
+    /// (`pmd-perf-show`; 0: never, 1: every burst). See `pipeline::perf`.
+    pub perf_sample_every: u32,
 }
 
 impl Default for FlowPipelineConfig {
@@ -90,6 +103,7 @@ impl Default for FlowPipelineConfig {
             mac_aging_ns: 300_000_000_000,
             controller_rate: 1000,
             controller_burst: 100,
+            perf_sample_every: DEFAULT_SAMPLE_EVERY,
         }
     }
 }
@@ -111,6 +125,8 @@ pub struct FlowPipelineStats {
     pub recirculations: Counter,
     /// Packets sent to the controller queue.
     pub packet_ins: Counter,
+    /// Cycles by stage (`pmd-perf-show`).
+    pub perf: StageCycles,
 }
 
 impl FlowPipelineStats {
@@ -185,6 +201,7 @@ struct Exec<'a, H> {
     ports: &'a [PortNo],
     bucket: &'a mut TokenBucket,
     stats: &'a FlowPipelineStats,
+    split: &'a mut Split,
 }
 
 /// How an action list ended.
@@ -286,7 +303,10 @@ impl<H> Exec<'_, H> {
                     key.set_masked(*field, *value, *mask);
                 }
                 DpAction::Ct(ct) => {
-                    if let Err(r) = self.hooks.conntrack(self.now, ct, p, key) {
+                    self.split.enter(Stage::Conntrack);
+                    let r = self.hooks.conntrack(self.now, ct, p, key);
+                    self.split.enter(Stage::Actions);
+                    if let Err(r) = r {
                         if let Some(p) = pkt.take() {
                             out.drop(r, p);
                         }
@@ -304,7 +324,10 @@ impl<H> Exec<'_, H> {
                     }
                 }
                 DpAction::TunnelPush => {
-                    if let Err(r) = self.hooks.tunnel_push(self.now, p, key) {
+                    self.split.enter(Stage::Tunnel);
+                    let r = self.hooks.tunnel_push(self.now, p, key);
+                    self.split.enter(Stage::Actions);
+                    if let Err(r) = r {
                         if let Some(p) = pkt.take() {
                             out.drop(r, p);
                         }
@@ -312,7 +335,10 @@ impl<H> Exec<'_, H> {
                     }
                 }
                 DpAction::TunnelPop => {
-                    if let Err(r) = self.hooks.tunnel_pop(self.now, p, key) {
+                    self.split.enter(Stage::Tunnel);
+                    let r = self.hooks.tunnel_pop(self.now, p, key);
+                    self.split.enter(Stage::Actions);
+                    if let Err(r) = r {
                         if let Some(p) = pkt.take() {
                             out.drop(r, p);
                         }
@@ -422,6 +448,15 @@ pub struct FlowPipeline<H = NoHooks> {
     /// The parsed keys of the burst being processed (stage one of
     /// [`Pipeline::process`]); capacity reserved once.
     parsed: Vec<Parsed>,
+    /// The per-stage split of sampled bursts (`pipeline::perf`).
+    split: Split,
+    /// Every key bit a translation of this program has looked at or may
+    /// look at (`slowpath::live_mask`, widened by each translation's
+    /// megaflow mask): keys equal on it get the same translation.
+    live: FlowKey,
+    /// The non-zero words of `live`: the EMC hashes and compares only
+    /// these (the program's key size).
+    words: Vec<u8>,
 }
 
 /// A packet's key, header offsets and key hash, from the parse stage.
@@ -452,7 +487,10 @@ impl<H> FlowPipeline<H> {
     /// A pipeline over `tables` whose ct/tunnel actions call `hooks`.
     pub fn with_hooks(tables: FlowTables, config: FlowPipelineConfig, hooks: H) -> Self {
         let program = tables.program();
-        let emc = Emc::new(config.emc_entries, config.emc_insert_inv_prob);
+        let live = live_mask(&program);
+        let words = live.nonzero_words();
+        let mut emc = Emc::new(config.emc_entries, config.emc_insert_inv_prob);
+        emc.set_words(&words);
         let megaflow = MegaflowCache::new(config.megaflow_capacity);
         let stats = Arc::new(FlowPipelineStats {
             packets: Counter::default(),
@@ -462,6 +500,7 @@ impl<H> FlowPipeline<H> {
             reloads: Counter::default(),
             recirculations: Counter::default(),
             packet_ins: Counter::default(),
+            perf: StageCycles::default(),
         });
         FlowPipeline {
             generation: program.generation,
@@ -477,6 +516,9 @@ impl<H> FlowPipeline<H> {
             last_housekeeping: 0,
             pending: Vec::with_capacity(2 * crate::packet::BURST_SIZE),
             parsed: Vec::with_capacity(crate::packet::BURST_SIZE),
+            split: Split::new(config.perf_sample_every),
+            live,
+            words,
         }
     }
 
@@ -521,16 +563,34 @@ impl<H> FlowPipeline<H> {
         self.program = self.tables.program();
         self.generation = self.program.generation;
         self.emc.flush();
+        let mut live = live_mask(&self.program);
         if self.megaflow.len() <= REVALIDATE_LIMIT {
             let prog = &self.program;
             self.megaflow.revalidate(|masked, mask| {
                 let t = translate(prog, masked, None);
+                live.or_assign(&t.mask);
                 t.mask.is_subset_of(mask).then_some(t.xlate)
             });
         } else {
             self.megaflow.flush();
         }
+        self.set_live(live);
         self.stats.reloads.inc();
+    }
+
+    /// Takes `live` as the live mask: the EMC hashes and compares its
+    /// words from now on (and is flushed if they changed).
+    #[cold]
+    fn set_live(&mut self, live: FlowKey) {
+        self.live = live;
+        self.words = live.nonzero_words();
+        self.emc.set_words(&self.words);
+    }
+
+    /// The word indices of the key the EMC hashes and compares for the
+    /// current program.
+    pub fn live_words(&self) -> &[u8] {
+        &self.words
     }
 
     /// The slow path: translates `key`, installs the megaflow and the EMC
@@ -540,6 +600,16 @@ impl<H> FlowPipeline<H> {
         self.stats.upcalls.inc();
         let t = translate(&self.program, key, None);
         self.megaflow.insert(key, &t.mask, t.xlate.clone());
+        let hash = if t.mask.is_subset_of(&self.live) {
+            hash
+        } else {
+            // A bit the program's rules did not show (a select group's
+            // hash fields...): key the EMC on it too, from now on.
+            let mut live = self.live;
+            live.or_assign(&t.mask);
+            self.set_live(live);
+            key.hash_words(&self.words)
+        };
         self.emc.offer(key, hash, &t.xlate);
         t.xlate
     }
@@ -547,7 +617,7 @@ impl<H> FlowPipeline<H> {
     /// Looks `key` up through EMC → megaflow → slow path (tests).
     #[cfg(test)]
     fn classify(&mut self, key: &FlowKey) -> Arc<Xlate> {
-        let hash = key.hash();
+        let hash = key.hash_words(&self.words);
         if let Some(x) = self.emc.lookup(key, hash) {
             return x.clone();
         }
@@ -590,18 +660,30 @@ impl<H> FlowPipeline<H> {
         for pass in 0..=MAX_RECIRC {
             // Borrow the cached translation in place (no refcount traffic
             // on a cache hit); only a slow-path result is owned here.
-            let hash = if pass == 0 { first.hash } else { key.hash() };
+            self.split.enter(Stage::Emc);
+            let hash = if pass == 0 {
+                first.hash
+            } else {
+                key.hash_words(&self.words)
+            };
             let mut owned: Option<Arc<Xlate>> = None;
             let xlate: &Arc<Xlate> = match self.emc.lookup(&key, hash) {
                 Some(x) => x,
-                None => match self.megaflow.lookup(&key) {
-                    Some(x) => {
-                        self.emc.offer(&key, hash, x);
-                        x
+                None => {
+                    self.split.enter(Stage::Megaflow);
+                    match self.megaflow.lookup(&key) {
+                        Some(x) => {
+                            self.emc.offer(&key, hash, x);
+                            x
+                        }
+                        None => {
+                            self.split.enter(Stage::Upcall);
+                            owned.insert(self.upcall(&key, hash))
+                        }
                     }
-                    None => owned.insert(self.upcall(&key, hash)),
-                },
+                }
             };
+            self.split.enter(Stage::Actions);
             // Rule counters, batched over consecutive packets with the same
             // translation.
             let bytes = pkt.len() as u64;
@@ -619,6 +701,7 @@ impl<H> FlowPipeline<H> {
                 ports: &self.ports,
                 bucket: &mut self.bucket,
                 stats: &self.stats,
+                split: &mut self.split,
             };
             match exec.run(&xlate.actions, pkt, &mut key, layout, out) {
                 Outcome::Done { .. } => return,
@@ -631,6 +714,8 @@ impl<H> FlowPipeline<H> {
                     }
                     self.stats.recirculations.inc();
                     if reparse {
+                        // Decap's re-parse of the inner frame is decap work.
+                        self.split.enter(Stage::Tunnel);
                         let meta = key;
                         layout = extract_into(p.data(), meta.in_port(), &mut key);
                         for f in [
@@ -690,6 +775,8 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
 
     fn process(&mut self, now: Nanos, burst: &mut Burst<B>, out: &mut Output<B>) {
         self.check_program();
+        let t0 = cycles();
+        let n_pkts = burst.pkts.len() as u64;
         let in_port = burst.in_port;
         // Stage one: parse the whole burst and prefetch each packet's EMC
         // slots; stage two classifies and executes in arrival order, by
@@ -703,10 +790,12 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
             } else {
                 extract_into(pkt.data(), in_port, &mut key)
             };
-            let hash = key.hash();
+            let hash = key.hash_words(&self.words);
             self.emc.prefetch(hash);
             parsed.push(Parsed { key, layout, hash });
         }
+        let t1 = cycles();
+        self.split.begin(t1);
         // With more flows than fit in the CPU caches, an EMC hit chases
         // pointers (tag → key and translation → action list), each a miss:
         // start those loads HIT_AHEAD and ACTIONS_AHEAD packets ahead.
@@ -730,6 +819,13 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
         }
         self.parsed = parsed;
         self.flush_counts(now);
+        let t2 = cycles();
+        let perf = &self.stats.perf;
+        self.split.finish(t2, n_pkts, perf);
+        perf.bursts.inc();
+        perf.packets.add(n_pkts);
+        perf.parse.add(t1.wrapping_sub(t0));
+        perf.body.add(t2.wrapping_sub(t1));
     }
 
     fn maintain(&mut self, now: Nanos, _out: &mut Output<B>) {
@@ -1031,8 +1127,8 @@ mod tests {
 
     mod equivalence {
         use super::*;
-        use crate::flow::key::extract;
         use crate::flow::key::testpkt::udp4;
+        use crate::flow::key::{extract, KEY_WORDS};
         use proptest::prelude::*;
 
         /// One random rule as flow text; values come from small sets so
@@ -1151,6 +1247,71 @@ mod tests {
                     s.emc.hit.get() + s.megaflow.tier.hit.get() + s.upcalls.get(),
                     4 * pkts.len() as u64
                 );
+            }
+
+            /// The EMC keyed on the program's live words (always-insert, so
+            /// nearly every repeat is an EMC hit): packets that differ only
+            /// in fields no rule matches (MACs, TOS, source port...) share
+            /// entries, and every cached answer still equals the slow path.
+            #[test]
+            fn live_word_emc_equals_slow_path(
+                prog in proptest::collection::vec(rule(), 1..10),
+                pkts in proptest::collection::vec((packet(), any::<[u8; 6]>(), any::<u8>(), 0u16..3), 1..40),
+            ) {
+                let t = FlowTables::new();
+                t.replace_flows(&format!("{GROUP}\n{}", prog.join("\n")), 0).expect("program");
+                let mut p = FlowPipeline::new(t.clone(), FlowPipelineConfig {
+                    emc_insert_inv_prob: 1,
+                    ..FlowPipelineConfig::default()
+                });
+                let prog = t.program();
+                for round in 0..3 {
+                    for ((port, f), mac, tos, sp) in &pkts {
+                        let mut f = f.clone();
+                        if round > 0 {
+                            // Fields this program never matches on.
+                            f[6..12].copy_from_slice(mac);
+                            f[15] = *tos;
+                            f[34..36].copy_from_slice(&sp.to_be_bytes());
+                        }
+                        let key = extract(&f, PortNo(*port));
+                        let cached = p.classify(&key);
+                        let slow = translate(&prog, &key, None);
+                        prop_assert_eq!(&cached.actions, &slow.xlate.actions, "round {} key {:?}", round, key);
+                        prop_assert!(slow.mask.is_subset_of(&p.live), "every cached mask is within the live mask");
+                    }
+                }
+                prop_assert!(p.live_words().len() < KEY_WORDS, "{:?}", p.live_words());
+            }
+
+            /// The structure itself: two keys equal on the live words of a
+            /// program (once widened by the first key's translation, as the
+            /// pipeline does) translate to the same actions, whatever the
+            /// other words hold.
+            #[test]
+            fn keys_equal_on_live_words_translate_alike(
+                prog in proptest::collection::vec(rule(), 1..10),
+                (port, f) in packet(),
+                noise in proptest::collection::vec(any::<u64>(), KEY_WORDS),
+            ) {
+                let t = FlowTables::new();
+                t.replace_flows(&format!("{GROUP}\n{}", prog.join("\n")), 0).expect("program");
+                let prog = t.program();
+                let k1 = extract(&f, PortNo(port));
+                let a = translate(&prog, &k1, None);
+                let mut live = live_mask(&prog);
+                live.or_assign(&a.mask);
+                let words = live.nonzero_words();
+                let mut k2 = k1;
+                for (i, n) in noise.iter().enumerate() {
+                    if !words.contains(&(i as u8)) {
+                        k2.w[i] = *n;
+                    }
+                }
+                prop_assert!(k1.eq_words(&k2, &words));
+                prop_assert_eq!(k1.hash_words(&words), k2.hash_words(&words));
+                let b = translate(&prog, &k2, None);
+                prop_assert_eq!(&a.xlate.actions, &b.xlate.actions);
             }
         }
     }

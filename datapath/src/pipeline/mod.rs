@@ -2,13 +2,16 @@
 //!
 //! A [`Pipeline`] owns one core's state (MAC table, caches, conntrack shard)
 //! and never reads a clock, touches a device or allocates per packet: `now`
-//! comes in as an argument, packets go out through [`Output`]. A PMD thread
+//! comes in as an argument, packets go out through [`Output`]. (The one
+//! exception is the CPU cycle counter, read for cycle accounting only and
+//! never for a decision: see [`perf`].) A PMD thread
 //! owns one pipeline instance; tests drive it directly with in-memory
 //! buffers and a fake clock.
 
 pub mod flow;
 pub mod hooks;
 pub mod l2;
+pub mod perf;
 pub mod trace;
 
 use crate::packet::{Burst, Output, PacketBuf, PortNo};

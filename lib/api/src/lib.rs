@@ -156,6 +156,7 @@ pub fn all_methods() -> Vec<(&'static str, &'static [&'static str])> {
         m::<flows::Trace>(),
         m::<pmd::PmdStatsShow>(),
         m::<pmd::PmdStatsClear>(),
+        m::<pmd::PmdPerfShow>(),
         m::<pmd::PmdRxqShow>(),
         m::<pmd::DumpCache>(),
         m::<ports::DumpPorts>(),

@@ -1,6 +1,7 @@
 //! Poll-mode-driver threads: per-PMD statistics (OVS's
-//! `dpif-netdev/pmd-stats-show`), their rx-queue assignment
-//! (`pmd-rxq-show`) and their per-core cache contents (`dump-cache`).
+//! `dpif-netdev/pmd-stats-show`), where their cycles go by stage
+//! (`pmd-perf-show`), their rx-queue assignment (`pmd-rxq-show`) and their
+//! per-core cache contents (`dump-cache`).
 
 use serde::{Deserialize, Serialize};
 
@@ -224,6 +225,98 @@ method!(
     /// Resets the per-PMD statistics (to a baseline; the PMDs' counters are untouched).
     PmdStatsClear, "pmd-stats-clear", "", (0, 0), Empty => Empty,
     aliases = ["dpif-netdev/pmd-stats-clear"]);
+/// Cycles one PMD spent in one stage of its busy iterations.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PerfStage {
+    /// The stage (`rx`, `parse`, `classify: emc`, `conntrack`, `tx`...).
+    pub name: String,
+    /// TSC cycles since start.
+    pub cycles: u64,
+    /// True when the figure is the PMD's exact total for the stage split
+    /// in the proportions of sampled bursts (see `sampled_bursts`).
+    pub estimated: bool,
+}
+
+/// Where one PMD's busy cycles went, by stage, since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PmdPerf {
+    /// PMD index.
+    pub index: usize,
+    /// CPU it is pinned to.
+    pub core: Option<usize>,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Non-empty rx bursts.
+    pub rx_bursts: u64,
+    /// TSC cycles of iterations that received packets; the stages add up
+    /// to it (up to the counters read while the PMD runs).
+    pub busy_cycles: u64,
+    /// Bursts whose classification and actions were split by stage (one
+    /// in N); 0 when the figures marked `estimated` are absent.
+    pub sampled_bursts: u64,
+    /// The stages, in pipeline order.
+    pub stages: Vec<PerfStage>,
+}
+
+/// `pmd-perf-show` reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PmdPerfReply {
+    /// One entry per PMD.
+    pub pmds: Vec<PmdPerf>,
+}
+
+impl Render for PmdPerfReply {
+    fn render(&self) -> String {
+        let mut s = String::new();
+        for p in &self.pmds {
+            s += &format!(
+                "pmd thread index {}{}:\n",
+                p.index,
+                p.core.map(|c| format!(" core_id {c}")).unwrap_or_default()
+            );
+            let rx = p.rx_packets.max(1) as f64;
+            let busy = p.busy_cycles.max(1) as f64;
+            s += &format!(
+                "  packets received: {} in {} bursts ({:.1} packets/burst)\n",
+                p.rx_packets,
+                p.rx_bursts,
+                p.rx_packets as f64 / p.rx_bursts.max(1) as f64
+            );
+            s += &format!(
+                "  busy cycles: {} ({:.1} cycles/packet)\n",
+                p.busy_cycles,
+                p.busy_cycles as f64 / rx
+            );
+            s += &format!(
+                "  {:<40} {:>14} {:>8} {:>7}\n",
+                "stage", "cycles", "cyc/pkt", "%busy"
+            );
+            for st in &p.stages {
+                s += &format!(
+                    "  {:<40} {:>14} {:>8.1} {:>6.1}%{}\n",
+                    st.name,
+                    st.cycles,
+                    st.cycles as f64 / rx,
+                    100.0 * st.cycles as f64 / busy,
+                    if st.estimated { " *" } else { "" }
+                );
+            }
+            if p.stages.iter().any(|st| st.estimated) {
+                s += &format!(
+                    "  * exact total of classification and actions, split in the proportions of {} sampled bursts\n",
+                    p.sampled_bursts
+                );
+            }
+        }
+        s
+    }
+}
+
+method!(
+    /// Per-PMD cycles by stage (rx, parse, classifier tiers, actions,
+    /// conntrack, encap/decap, tx), OVS's `dpif-netdev/pmd-perf-show`.
+    PmdPerfShow, "pmd-perf-show", "", (0, 0), Empty => PmdPerfReply,
+    aliases = ["dpif-netdev/pmd-perf-show"]);
 method!(
     /// Which PMD polls which rx queue.
     PmdRxqShow, "pmd-rxq-show", "", (0, 0), Empty => PmdRxqReply,
