@@ -7,6 +7,9 @@
 //! disappear), free the pool and clean up the EAL (no hugepage file or
 //! runtime directory is left behind).
 //!
+//! `--take-over` starts a hand-over restart from the sluiced running on the
+//! same control socket (see `daemon::handover`).
+//!
 //! The control socket (`[datapath] ctl_socket`) serves `sluicectl` and
 //! `ovs-appctl -t SOCKET`; its `exit` command stops the daemon like SIGTERM.
 //!
@@ -101,6 +104,13 @@ struct Args {
     /// Control socket path, overriding [datapath] ctl_socket.
     #[arg(long)]
     ctl_socket: Option<String>,
+    /// Take over from the sluiced serving the control socket, if one
+    /// does: its connections, NAT, Service affinity and node program
+    /// move here while it forwards, then its ports, then it exits (a
+    /// hand-over restart; a plain start when nothing answers). A failed
+    /// hand-over leaves the running one forwarding.
+    #[arg(long)]
+    take_over: bool,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "human")]
     log_format: LogFormat,
@@ -198,9 +208,15 @@ fn run(args: &Args) -> Result<(), SluicedError> {
             what: "start the signal thread",
             source,
         })?;
-    let daemon = Daemon::start(&cfg, move || {
-        let _ = wake_tx.try_send("exit command");
-    })?;
+    let daemon = Daemon::start_with(
+        &cfg,
+        move || {
+            let _ = wake_tx.try_send("exit command");
+        },
+        daemon::StartOptions {
+            take_over: args.take_over,
+        },
+    )?;
     println!("{}", daemon.ready);
     let why = wake_rx.recv().unwrap_or("shutdown");
     tracing::info!("{why} received, stopping");

@@ -17,6 +17,7 @@
 //! | records | 8 |
 //! | names length, then the Service names joined by NUL | 4 + n |
 //! | records | records × record size |
+//! | (version 3) affinity entries, then each entry | 8 + n × 24 |
 //! | CRC-32 of everything before | 4 |
 //!
 //! A record (version 2, [`RECORD_V2`] bytes): both keys (zone u16, proto
@@ -27,7 +28,11 @@
 //! (u128), Service name index (u32, `u32::MAX`: none), endpoint address and
 //! port. Version 1 (sluice 0.1.0's first format, [`RECORD_V1`] bytes) had
 //! no byte counters and no label; it is still read (they restore as 0), so
-//! a newer sluiced takes over from an older one. A version this build does
+//! a newer sluiced takes over from an older one. Version 3 adds the
+//! Services' session-affinity entries after the records: Service name
+//! index (u32, into the same names), client address (u32), endpoint
+//! address (u32) and port (u16), 2 bytes of padding, remaining lifetime in
+//! ns (u64); versions 1 and 2 decode with no affinity entries. A version this build does
 //! not know, a bad magic, a length or CRC mismatch or an impossible value
 //! fails [`decode`] with a [`StateError`] saying which; the caller discards
 //! the file with one log line and starts empty, never trusting it half.
@@ -50,16 +55,21 @@ use super::nat::Tuple;
 use super::table::{key_hash, Slot};
 use super::tcp::{SideSnapshot, TcpConn, TcpSnapshot};
 use super::Conntrack;
+use crate::service::AffinityEntry;
 use crate::time::Nanos;
 
 /// File magic.
 pub const MAGIC: &[u8; 8] = b"SLCTSTAT";
 /// The version this build writes.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Record size of version 1.
 pub const RECORD_V1: usize = 32 + 4 + 2 + 2 * 13 + 8 + 16 + 4 + 10 + 4;
 /// Record size of version 2.
 pub const RECORD_V2: usize = RECORD_V1 + 16 + 16;
+/// Record size of version 3 (its connection records are version 2's).
+pub const RECORD_V3: usize = RECORD_V2;
+/// Size of one affinity entry (version 3).
+pub const AFFINITY_RECORD: usize = 4 + 4 + 4 + 2 + 2 + 8;
 const HEADER: usize = 8 + 4 + 4 + 8 + 8 + 4;
 
 /// Why saved state was not used.
@@ -130,6 +140,8 @@ pub struct SavedState {
     pub saved_at_unix_ns: u64,
     /// The connections.
     pub conns: Vec<SavedConn>,
+    /// The Services' session-affinity entries (version 3 on).
+    pub affinity: Vec<AffinityEntry>,
 }
 
 /// The live connections of `ct` at `now` (each once).
@@ -165,6 +177,7 @@ pub fn save(ct: &Conntrack, now: Nanos) -> SavedState {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64),
         conns,
+        affinity: Vec::new(),
     }
 }
 
@@ -178,14 +191,21 @@ fn put_key(out: &mut Vec<u8>, k: &ConnKey) {
     out.extend_from_slice(&k.tuple.dport.to_le_bytes());
 }
 
-/// Encodes `s` in format `version` (1 or [`VERSION`]; 1 exists to test
-/// upgrades).
+/// Encodes `s` in format `version` (1 to [`VERSION`]; the older ones
+/// exist to test upgrades: version 1 drops byte counters and labels,
+/// versions 1 and 2 drop the affinity entries).
 pub fn encode_version(s: &SavedState, version: u32) -> Vec<u8> {
     let record = if version == 1 { RECORD_V1 } else { RECORD_V2 };
     let mut names: Vec<&str> = s
         .conns
         .iter()
         .filter_map(|c| c.lb.as_ref().map(|l| l.0.as_str()))
+        .chain(
+            s.affinity
+                .iter()
+                .filter(|_| version >= 3)
+                .map(|a| a.service.as_str()),
+        )
         .collect();
     names.sort_unstable();
     names.dedup();
@@ -243,6 +263,20 @@ pub fn encode_version(s: &SavedState, version: u32) -> Vec<u8> {
             out.extend_from_slice(&c.label.to_le_bytes());
         }
         debug_assert_eq!(out.len() - start, record);
+    }
+    if version >= 3 {
+        out.extend_from_slice(&(s.affinity.len() as u64).to_le_bytes());
+        for a in &s.affinity {
+            let idx = names
+                .binary_search(&a.service.as_str())
+                .map_or(u32::MAX, |i| i as u32);
+            out.extend_from_slice(&idx.to_le_bytes());
+            out.extend_from_slice(&u32::from(a.client).to_le_bytes());
+            out.extend_from_slice(&u32::from(a.endpoint.0).to_le_bytes());
+            out.extend_from_slice(&a.endpoint.1.to_le_bytes());
+            out.extend_from_slice(&[0; 2]);
+            out.extend_from_slice(&a.remaining.to_le_bytes());
+        }
     }
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -312,6 +346,7 @@ pub fn decode(data: &[u8]) -> Result<SavedState, StateError> {
     let want = match version {
         1 => RECORD_V1,
         2 => RECORD_V2,
+        3 => RECORD_V3,
         v => return Err(StateError::Version(v)),
     };
     if record != want {
@@ -325,9 +360,28 @@ pub fn decode(data: &[u8]) -> Result<SavedState, StateError> {
     let saved_at_unix_ns = r.u64();
     let count = r.u64();
     let names_len = r.u32() as usize;
-    let expect = (HEADER as u64)
+    let records_end = (HEADER as u64)
         .checked_add(names_len as u64)
         .and_then(|n| n.checked_add(count.checked_mul(record as u64)?));
+    // Version 3: the affinity count follows the records.
+    let affinity_count = match records_end {
+        Some(end) if version >= 3 => {
+            let at = usize::try_from(end).unwrap_or(usize::MAX);
+            match body.get(at..at.saturating_add(8)) {
+                Some(b) => u64::from_le_bytes(b.try_into().unwrap_or([0xff; 8])),
+                None => return Err(StateError::Length("the affinity section is missing".into())),
+            }
+        }
+        _ => 0,
+    };
+    let expect = if version >= 3 {
+        records_end.and_then(|n| {
+            n.checked_add(8)?
+                .checked_add(affinity_count.checked_mul(AFFINITY_RECORD as u64)?)
+        })
+    } else {
+        records_end
+    };
     if expect != Some(body.len() as u64) {
         return Err(StateError::Length(format!(
             "{count} records and {names_len} bytes of names do not make {} bytes",
@@ -413,9 +467,32 @@ pub fn decode(data: &[u8]) -> Result<SavedState, StateError> {
             lb,
         });
     }
+    let mut affinity = Vec::with_capacity(affinity_count as usize);
+    if version >= 3 {
+        r.u64();
+        for index in 0..affinity_count as usize {
+            let (idx, client, ip, port) = (r.u32(), r.u32(), r.u32(), r.u16());
+            r.u16();
+            let remaining = r.u64();
+            let service = names
+                .get(idx as usize)
+                .ok_or_else(|| StateError::Record {
+                    index: count as usize + index,
+                    why: format!("affinity entry {index}: Service name {idx} does not exist"),
+                })?
+                .to_string();
+            affinity.push(AffinityEntry {
+                service,
+                client: Ipv4Addr::from(client),
+                endpoint: (Ipv4Addr::from(ip), port),
+                remaining,
+            });
+        }
+    }
     Ok(SavedState {
         saved_at_unix_ns,
         conns,
+        affinity,
     })
 }
 
@@ -621,6 +698,34 @@ table=1,priority=1 actions=drop
         assert_eq!(back.conns[0].bytes, [0, 0]);
         let n = Conntrack::new(ConntrackConfig::default());
         assert_eq!(n.restore(&back, 0).restored, 1);
+    }
+
+    /// Version 3 carries the affinity entries; a version 2 file (the
+    /// previous format) still decodes, with none.
+    #[test]
+    fn affinity_entries_round_trip_and_version_2_is_read() {
+        let mut saved = save(&established().ct, 3 * SEC);
+        saved.affinity = vec![AffinityEntry {
+            service: "default/web:http".into(),
+            client: Ipv4Addr::new(10, 0, 0, 1),
+            endpoint: (Ipv4Addr::new(10, 1, 0, 5), 8080),
+            remaining: 9 * SEC,
+        }];
+        let back = decode(&encode(&saved)).expect("version 3 decodes");
+        assert_eq!(back, saved);
+        let v2 = decode(&encode_version(&saved, 2)).expect("version 2 decodes");
+        assert_eq!(v2.conns, saved.conns);
+        assert!(v2.affinity.is_empty());
+        // A truncated affinity section is refused, not half read.
+        let bytes = encode(&saved);
+        let mut cut = bytes[..bytes.len() - 4 - AFFINITY_RECORD].to_vec();
+        let crc = crc32fast::hash(&cut);
+        cut.extend_from_slice(&crc.to_le_bytes());
+        assert!(
+            matches!(decode(&cut), Err(StateError::Length(_))),
+            "{:?}",
+            decode(&cut)
+        );
     }
 
     proptest::proptest! {

@@ -14,11 +14,21 @@
 //! Ports live in [`ports::Ports`], which also serves `port-add` and
 //! `port-del` while the PMDs forward.
 //!
+//! With `--take-over` ([`StartOptions::take_over`]) and a sluiced running
+//! on the configured control socket, start-up is a hand-over (see
+//! [`handover`]): the EAL gets another file prefix, the control socket is
+//! served at a temporary path, the flow table starts empty, the PMDs start
+//! with no port, the old process's connections are restored while it
+//! forwards; then the ports move, the program is committed, the control
+//! socket moves into place and the old process exits. Every sluiced serves
+//! the old side of the protocol and `restart-report`.
+//!
 //! Thread-safety: a [`Daemon`] is owned by the main thread; the threads it
 //! starts share only the stop flag, the PMD counters, the port set and the
 //! feature handles, each documented in its module.
 
 pub mod commands;
+pub mod handover;
 pub mod metrics;
 pub mod node;
 pub mod ports;
@@ -132,6 +142,13 @@ pub enum DaemonError {
     /// The ports are not open (a stage ran before the ports stage).
     #[error("the ports are not open")]
     NoPorts,
+    /// The hand-over could not start or read the old process's state.
+    #[error(transparent)]
+    Handover(#[from] handover::HandoverError),
+    /// A hand-over step after the ports were released failed (this
+    /// process exits; the old one takes its ports back).
+    #[error("hand-over failed after the ports were released: {0}; the running sluiced takes its ports back")]
+    HandoverLate(String),
     /// PMD threads failed while stopping.
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Pmds(Vec<crate::pmd::PmdError>),
@@ -181,10 +198,11 @@ fn keep_capabilities(need: &BTreeMap<caps::Cap, Vec<String>>) {
 }
 
 /// Stage: the flow program when the flow pipeline runs, holding
-/// [`DEFAULT_FLOW`].
-fn flow_tables(cfg: &Config) -> Result<Option<FlowTables>, DaemonError> {
+/// [`DEFAULT_FLOW`] (or nothing in a hand-over: a miss drops until the
+/// program is committed).
+fn flow_tables(cfg: &Config, default_flow: bool) -> Result<Option<FlowTables>, DaemonError> {
     let flows = (cfg.datapath.pipeline == PipelineKind::Flow).then(FlowTables::new);
-    if let Some(t) = &flows {
+    if let Some(t) = flows.as_ref().filter(|_| default_flow) {
         t.add_flow(DEFAULT_FLOW, clock_ns())
             .map_err(DaemonError::DefaultFlow)?;
     }
@@ -206,14 +224,23 @@ pub struct Daemon {
     revalidator: Option<std::thread::JoinHandle<()>>,
     /// The "ready" event printed on stdout.
     pub ready: Value,
-    /// The host exception path (node addresses moved onto the TAP).
-    hostpath: Option<crate::hostpath::HostPath>,
-    /// The connection saver (`[datapath] state_file`): thread, file, table.
+    /// The host exception path (node addresses moved onto the TAP);
+    /// shared with the hand-over's old side, which gives it up.
+    hostpath: Arc<std::sync::Mutex<Option<crate::hostpath::HostPath>>>,
+    /// The connection saver (`[datapath] state_file`): thread, file,
+    /// table, Services.
     saver: Option<(
         std::thread::JoinHandle<()>,
         std::path::PathBuf,
         crate::conntrack::Conntrack,
+        crate::service::Services,
     )>,
+    /// Set while a hand-over has the ports: the saver skips its rounds.
+    saver_paused: Arc<AtomicBool>,
+    /// A hand-over committed: stop without the final save.
+    handed_over: Arc<AtomicBool>,
+    /// The last restart (`restart-report`).
+    report: handover::ReportCell,
     /// The Prometheus endpoint (`[datapath] metrics_address`).
     metrics: std::sync::Mutex<Option<sluice_metrics::MetricsServer>>,
 }
@@ -230,6 +257,21 @@ struct Features {
     conntrack: crate::conntrack::Conntrack,
 }
 
+/// How to start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartOptions {
+    /// Take over from the sluiced serving the configured control socket,
+    /// if one does (a plain start otherwise).
+    pub take_over: bool,
+}
+
+/// The parts the hand-over's old side and the new side's last steps use.
+struct Held {
+    node: Arc<node::NodeState>,
+    conntrack: crate::conntrack::Conntrack,
+    services: crate::service::Services,
+}
+
 impl Daemon {
     /// Starts everything. `on_exit` is called by the control socket's
     /// `exit` command (it should wake the main thread).
@@ -241,6 +283,32 @@ impl Daemon {
         cfg: &Config,
         on_exit: impl Fn() + Send + Sync + 'static,
     ) -> Result<Daemon, DaemonError> {
+        Self::start_with(cfg, on_exit, StartOptions::default())
+    }
+
+    /// [`Daemon::start`], taking over from a running sluiced when
+    /// `opts.take_over` and one serves the configured control socket.
+    pub fn start_with(
+        cfg: &Config,
+        on_exit: impl Fn() + Send + Sync + 'static,
+        opts: StartOptions,
+    ) -> Result<Daemon, DaemonError> {
+        let peer = if opts.take_over {
+            handover::Peer::connect(std::path::Path::new(&cfg.datapath.ctl_socket))?
+        } else {
+            None
+        };
+        let mut cfg = cfg.clone();
+        if let Some(p) = &peer {
+            let prefix =
+                handover::take_over_prefix(&cfg.datapath.file_prefix, &p.prepared.file_prefix);
+            tracing::info!(
+                "--take-over: the running sluiced uses DPDK file prefix '{}'; this one uses '{prefix}'",
+                p.prepared.file_prefix
+            );
+            cfg.datapath.file_prefix = prefix;
+        }
+        let cfg = &cfg;
         let ecfg = eal_config(cfg);
         let need = check_capabilities(cfg, &ecfg)?;
         let (eal, eal_ms) = init_eal(&ecfg)?;
@@ -253,12 +321,20 @@ impl Daemon {
             flows: None,
             revalidator: None,
             ready: Value::Null,
-            hostpath: None,
+            hostpath: Arc::new(std::sync::Mutex::new(None)),
             metrics: std::sync::Mutex::new(None),
             saver: None,
+            saver_paused: Arc::new(AtomicBool::new(false)),
+            handed_over: Arc::new(AtomicBool::new(false)),
+            report: Arc::new(std::sync::Mutex::new(sluice_api::handover::RestartReport {
+                at_unix_ms: handover::unix_ms(),
+                ..Default::default()
+            })),
         };
-        // From here on, an error drops `d`, which tears down what started.
-        d.start_rest(cfg, need, eal_ms, on_exit)?;
+        // From here on, an error drops `d`, which tears down what started
+        // (and a hand-over peer's lease closes: the old process keeps or
+        // takes back its ports).
+        d.start_rest(cfg, need, eal_ms, Arc::new(on_exit), peer)?;
         Ok(d)
     }
 
@@ -267,24 +343,52 @@ impl Daemon {
         cfg: &Config,
         need: BTreeMap<caps::Cap, Vec<String>>,
         eal_ms: f64,
-        on_exit: impl Fn() + Send + Sync + 'static,
+        on_exit: Arc<dyn Fn() + Send + Sync>,
+        mut peer: Option<handover::Peer>,
     ) -> Result<(), DaemonError> {
-        self.open_ports(cfg)?;
+        self.make_pool(cfg)?;
+        if peer.is_none() {
+            self.open_ports(cfg)?;
+        }
         keep_capabilities(&need);
-        let registry = self.start_control(cfg, on_exit)?;
-        let flows = flow_tables(cfg)?;
+        // In a hand-over the control socket moves into place at the end.
+        let real_ctl = std::path::PathBuf::from(&cfg.datapath.ctl_socket);
+        let ctl_path = match &peer {
+            Some(_) => {
+                let mut p = real_ctl.as_os_str().to_owned();
+                p.push(format!(".new{}", std::process::id()));
+                std::path::PathBuf::from(p)
+            }
+            None => real_ctl.clone(),
+        };
+        let e = on_exit.clone();
+        let registry = self.start_control(&ctl_path, move || e())?;
+        let flows = flow_tables(cfg, peer.is_none())?;
         let capture = Capture::new();
         let specs = self.pmd_specs(cfg, &capture);
-        let mut features = self.features(cfg);
+        let mut features = self.features(cfg, peer.is_some());
         // Saved connections go back in before any PMD forwards.
-        if let (Some(path), Some(_)) = (&cfg.datapath.state_file, &flows) {
-            state::restore(std::path::Path::new(path), &features.conntrack);
+        let mut pending_affinity = Vec::new();
+        if let Some(p) = peer.as_mut() {
+            let path = p.state_path.clone();
+            p.restore(&path, &features.conntrack)?;
+        } else if let (Some(path), Some(_)) = (&cfg.datapath.state_file, &flows) {
+            if let Some(r) = state::restore(std::path::Path::new(path), &features.conntrack) {
+                let mut rep = self.report.lock().unwrap_or_else(|e| e.into_inner());
+                rep.kind = sluice_api::handover::RestartKind::CrashRestore;
+                rep.duration_ms = r.took_ms;
+                rep.conns_carried = r.restored.restored as u64;
+                rep.conns_skipped = r.restored.skipped as u64;
+                rep.affinity_carried = r.affinity.len() as u64;
+                rep.state_bytes = r.bytes as u64;
+                rep.state_age_ms = Some(r.age_ms);
+                pending_affinity = r.affinity;
+            }
         }
         let mailboxes: Vec<Arc<pmd::Mailbox>> =
             specs.iter().filter_map(|s| s.mailbox.clone()).collect();
         let views = self.spawn_pmds(cfg, specs, flows.as_ref(), &mut features)?;
-        let saved_ct = flows.as_ref().map(|_| features.conntrack.clone());
-        self.register_commands(
+        let held = self.register_commands(
             cfg,
             &registry,
             views,
@@ -293,35 +397,159 @@ impl Daemon {
             flows.as_ref(),
             features,
         )?;
+        let c = cfg.clone();
+        let old = handover::OldSide::new(handover::OldParts {
+            ports: self.port_set()?.clone(),
+            node: held.node.clone(),
+            conntrack: held.conntrack.clone(),
+            services: held.services.clone(),
+            file_prefix: cfg.datapath.file_prefix.clone(),
+            hostpath: self.hostpath.clone(),
+            attach_hostpath: Box::new(move || {
+                attach_host_path(&c).unwrap_or_else(|e| {
+                    tracing::error!("cannot attach the host path again: {e}");
+                    None
+                })
+            }),
+            saver_paused: self.saver_paused.clone(),
+            handed_over: self.handed_over.clone(),
+            on_exit,
+        });
+        handover::register(&registry, old, self.report.clone()).map_err(DaemonError::Register)?;
         if let Some(t) = &flows {
             self.start_revalidator(t)?;
         }
-        if let (Some(path), Some(ct)) = (&cfg.datapath.state_file, saved_ct) {
-            let h = state::spawn_saver(
-                path.into(),
-                ct.clone(),
-                std::time::Duration::from_millis(cfg.datapath.state_interval_ms),
-                self.stop.clone(),
-            )
+        if let (Some(path), Some(_)) = (&cfg.datapath.state_file, &flows) {
+            let h = state::spawn_saver(state::Saver {
+                path: path.into(),
+                ct: held.conntrack.clone(),
+                services: held.services.clone(),
+                every: std::time::Duration::from_millis(cfg.datapath.state_interval_ms),
+                stop: self.stop.clone(),
+                paused: self.saver_paused.clone(),
+                pending: pending_affinity,
+            })
             .map_err(|source| DaemonError::Thread {
                 what: "the state saver thread",
                 source,
             })?;
-            self.saver = Some((h, path.into(), ct));
+            self.saver = Some((
+                h,
+                path.into(),
+                held.conntrack.clone(),
+                held.services.clone(),
+            ));
         }
         self.flows = flows;
 
-        // Last: move the node's addresses onto the exception port once
-        // the PMDs forward.
-        self.hostpath = attach_host_path(cfg)?;
+        match peer {
+            Some(p) => self.take_over(cfg, p, &held, &ctl_path, &real_ctl)?,
+            // Last: move the node's addresses onto the exception port
+            // once the PMDs forward.
+            None => {
+                *self.hostpath.lock().unwrap_or_else(|e| e.into_inner()) = attach_host_path(cfg)?
+            }
+        }
         self.ready = self.ready_event(cfg, eal_ms)?;
         Ok(())
     }
 
-    /// Stage: the mbuf pool and every configured port, started, their rx
-    /// queues dealt out to the PMDs round-robin.
-    fn open_ports(&mut self, cfg: &Config) -> Result<(), DaemonError> {
-        let n_pmds = cfg.datapath.cores.len().max(1);
+    /// The hand-over's last steps (see [`handover`]): the old process
+    /// releases its ports, the delta of connections is restored, the ports
+    /// open here, the program is committed, the affinity entries restored,
+    /// the host path attached, the control socket moved into place, and
+    /// the old process told to exit.
+    fn take_over(
+        &mut self,
+        cfg: &Config,
+        mut peer: handover::Peer,
+        held: &Held,
+        ctl_path: &std::path::Path,
+        real_ctl: &std::path::Path,
+    ) -> Result<(), DaemonError> {
+        let late = |e: String| DaemonError::HandoverLate(e);
+        let t_release = Instant::now();
+        let rel = peer.release()?;
+        // From here on the old process does not forward; any error makes
+        // this process exit, its lease close, and the old one take back
+        // its ports.
+        let delta_path = peer.delta_path.clone();
+        let before = peer.report.conns_carried;
+        let delta = peer
+            .restore(&delta_path, &held.conntrack)
+            .map_err(|e| late(e.to_string()))?;
+        peer.report.conns_delta = peer.report.conns_carried - before;
+        self.open_config_ports(cfg)
+            .map_err(|e| late(e.to_string()))?;
+        let ports = self.port_set()?.clone();
+        let program = peer.prepared.program.clone();
+        let n = cfg.datapath.cores.len().max(1);
+        for p in &peer.prepared.ports {
+            let configured = cfg.ports.iter().any(|c| c.name == p.name);
+            if configured || program.ports.contains_key(&p.name) {
+                continue;
+            }
+            let r = ports::ReleasedPort {
+                name: p.name.clone(),
+                ofport: p.ofport,
+                kind: p.kind.clone(),
+                devargs: p.devargs.clone(),
+                pmds: (0..p.rx_queues.max(1) as usize).map(|q| q % n).collect(),
+                stats: Default::default(),
+            };
+            ports
+                .reopen(&r)
+                .map_err(|e| late(format!("port {}: {e}", p.name)))?;
+        }
+        if peer.prepared.generation > 0 {
+            let mut changes = sluice_api::node::diff(&Default::default(), &program);
+            changes.generation = peer.prepared.generation;
+            changes.expected_generation = Some(0);
+            held.node
+                .commit(&changes)
+                .map_err(|e| late(format!("the node program does not commit here: {e}")))?;
+        }
+        let kept = held
+            .services
+            .restore_affinity(&delta.affinity, crate::time::clock_ns());
+        peer.report.affinity_carried = kept as u64;
+        *self.hostpath.lock().unwrap_or_else(|e| e.into_inner()) =
+            attach_host_path(cfg).map_err(|e| late(e.to_string()))?;
+        let gap = t_release.elapsed();
+        std::fs::rename(ctl_path, real_ctl).map_err(|e| {
+            late(format!(
+                "cannot move the control socket {} to {}: {e}",
+                ctl_path.display(),
+                real_ctl.display()
+            ))
+        })?;
+        peer.report.gap_ms = gap.as_secs_f64() * 1e3;
+        peer.report.frames_lost += ports
+            .list()
+            .iter()
+            .map(|s| {
+                let c = crate::port::Port::stats(&s.handle);
+                c.rx_dropped + c.rx_errors + c.tx_errors
+            })
+            .sum::<u64>();
+        let mut report = peer.commit()?;
+        report.previous_pid = None;
+        tracing::info!(
+            "hand-over done in {:.1} ms: ports moved in {:.1} ms, {} connections carried over ({} from the delta), {} bytes of state, {} frames lost by the old ports; the old sluiced ({} rx frames) exits",
+            report.duration_ms,
+            report.gap_ms,
+            report.conns_carried,
+            report.conns_delta,
+            report.state_bytes,
+            rel.frames_lost,
+            rel.rx_packets,
+        );
+        *self.report.lock().unwrap_or_else(|e| e.into_inner()) = report;
+        Ok(())
+    }
+
+    /// Stage: the mbuf pool, and the (empty) port set over it.
+    fn make_pool(&mut self, cfg: &Config) -> Result<(), DaemonError> {
         // Memzone names live in the process's own file prefix, and DPDK
         // caps them at 25 characters: a fixed name, not one built from a
         // prefix of any length.
@@ -330,7 +558,19 @@ impl Daemon {
             pool,
             cfg.datapath.cores.iter().map(|&c| Some(c)).collect(),
         ));
-        self.ports = Some(ports.clone());
+        self.ports = Some(ports);
+        Ok(())
+    }
+
+    /// Stage: every configured port, started, their rx queues dealt out
+    /// to the PMDs round-robin.
+    fn open_ports(&mut self, cfg: &Config) -> Result<(), DaemonError> {
+        self.open_config_ports(cfg)
+    }
+
+    fn open_config_ports(&self, cfg: &Config) -> Result<(), DaemonError> {
+        let n_pmds = cfg.datapath.cores.len().max(1);
+        let ports = self.port_set()?.clone();
         let mut k = 0;
         for p in &cfg.ports {
             let pmds = (0..p.rx_queues)
@@ -353,19 +593,16 @@ impl Daemon {
         self.ports.as_ref().ok_or(DaemonError::NoPorts)
     }
 
-    /// Stage: the control socket, serving an (as yet empty) registry.
+    /// Stage: the control socket at `path`, serving an (as yet empty)
+    /// registry.
     fn start_control(
         &mut self,
-        cfg: &Config,
+        path: &std::path::Path,
         on_exit: impl Fn() + Send + Sync + 'static,
     ) -> Result<Registry, DaemonError> {
         let registry = Registry::new();
         crate::ctl::typed::register_builtins(&registry).map_err(DaemonError::Register)?;
-        let ctl = CtlServer::start(
-            ServerConfig::with_path(&cfg.datapath.ctl_socket),
-            registry.clone(),
-            on_exit,
-        )?;
+        let ctl = CtlServer::start(ServerConfig::with_path(path), registry.clone(), on_exit)?;
         self.ctl = Some(ctl);
         Ok(registry)
     }
@@ -390,14 +627,27 @@ impl Daemon {
     }
 
     /// The overlay, Service and conntrack features, built once and shared
-    /// by the PMDs.
-    fn features(&self, cfg: &Config) -> Features {
+    /// by the PMDs. In a hand-over (`ports_later`) the uplink is not open
+    /// yet: its MAC is its kernel interface's.
+    fn features(&self, cfg: &Config, ports_later: bool) -> Features {
         let list = self.ports.as_ref().map(|p| p.list()).unwrap_or_default();
-        let uplink = cfg
-            .uplink_port
-            .as_ref()
-            .and_then(|n| list.iter().find(|p| &p.name == n))
-            .map(|p| (PortNo(p.ofport), ethdev::mac_of(p.handle.port_id())));
+        let uplink = if ports_later {
+            cfg.uplink_port
+                .as_ref()
+                .and_then(|n| cfg.ports.iter().find(|p| &p.name == n))
+                .and_then(|p| {
+                    let iface = crate::hostpath::devargs_iface(&p.devargs)?;
+                    let text =
+                        std::fs::read_to_string(format!("/sys/class/net/{iface}/address")).ok()?;
+                    let mac = parse_mac(text.trim())?;
+                    Some((PortNo(p.ofport), mac))
+                })
+        } else {
+            cfg.uplink_port
+                .as_ref()
+                .and_then(|n| list.iter().find(|p| &p.name == n))
+                .map(|p| (PortNo(p.ofport), ethdev::mac_of(p.handle.port_id())))
+        };
         let overlay = crate::stack::overlay::Overlay::new(
             &cfg.datapath.overlay,
             cfg.datapath.cores.len(),
@@ -502,7 +752,7 @@ impl Daemon {
         capture: Arc<Capture>,
         flows: Option<&FlowTables>,
         features: Features,
-    ) -> Result<(), DaemonError> {
+    ) -> Result<Held, DaemonError> {
         let reg_err = DaemonError::Register;
         let metric_views = views.clone();
         commands::register_pmd(registry, views).map_err(reg_err)?;
@@ -575,6 +825,11 @@ impl Daemon {
             },
         }));
         node::register(registry, state.clone()).map_err(reg_err)?;
+        let held = Held {
+            node: state.clone(),
+            conntrack: conntrack.clone(),
+            services: services.clone(),
+        };
         if let Some(addr) = cfg.datapath.metrics_address {
             let sources = metrics::Sources {
                 pmds: metric_views,
@@ -599,7 +854,7 @@ impl Daemon {
             crate::service::commands::register_commands(registry, services, Some(conntrack))
                 .map_err(reg_err)?;
         }
-        Ok(())
+        Ok(held)
     }
 
     /// Stage: the thread that expires flows whose idle or hard timeout
@@ -648,7 +903,12 @@ impl Daemon {
     /// event with final counters.
     pub fn shutdown(mut self) -> Result<Value, DaemonError> {
         // First: give the node's addresses back to the uplink.
-        if let Some(h) = self.hostpath.take() {
+        let hp = self
+            .hostpath
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = hp {
             if let Err(e) = h.detach() {
                 tracing::error!("{e}");
             }
@@ -675,13 +935,23 @@ impl Daemon {
             tracing::info!("{}", st.render().trim_end());
         }
         // The PMDs are stopped: save the connections one last time, so a
-        // clean restart loses none.
-        if let Some((h, path, ct)) = self.saver.take() {
+        // clean restart loses none (unless a hand-over gave the state to
+        // the next process, which owns the file now).
+        if let Some((h, path, ct, services)) = self.saver.take() {
             h.thread().unpark();
             let _ = h.join();
-            match state::save(&path, &ct) {
-                Ok(n) => tracing::info!("saved {n} connections to {}", path.display()),
-                Err(e) => tracing::error!("cannot save connections to {}: {e}", path.display()),
+            if self.handed_over.load(Ordering::Relaxed) {
+                tracing::info!("handed over: the next sluiced owns {}", path.display());
+            } else {
+                match state::save(&path, &ct, Some(&services)) {
+                    Ok((n, a, _)) => tracing::info!(
+                        "saved {n} connections and {a} affinity entries to {}",
+                        path.display()
+                    ),
+                    Err(e) => {
+                        tracing::error!("cannot save connections to {}: {e}", path.display())
+                    }
+                }
             }
         }
         let ports: Vec<Value> = self
@@ -699,7 +969,12 @@ impl Daemon {
     }
 
     fn teardown(&mut self) {
-        drop(self.hostpath.take());
+        drop(
+            self.hostpath
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         if let Some(mut m) = self
             .metrics
             .lock()
@@ -713,7 +988,7 @@ impl Daemon {
             h.thread().unpark();
             let _ = h.join();
         }
-        if let Some((h, _, _)) = self.saver.take() {
+        if let Some((h, _, _, _)) = self.saver.take() {
             h.thread().unpark();
             let _ = h.join();
         }
@@ -735,6 +1010,16 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.teardown();
     }
+}
+
+/// `aa:bb:cc:dd:ee:ff` as bytes.
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut out {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
 }
 
 /// Sets up the host exception path when `host_port` is configured: the

@@ -576,6 +576,90 @@ impl Ports {
     }
 }
 
+/// A port given up by a hand-over restart ([`Ports::release_all`]), with
+/// what reopens it ([`Ports::reopen`]).
+#[derive(Debug, Clone)]
+pub struct ReleasedPort {
+    /// Name.
+    pub name: String,
+    /// OpenFlow number.
+    pub ofport: u16,
+    /// `config`, `pod` or `devargs`.
+    pub kind: String,
+    /// Devargs.
+    pub devargs: String,
+    /// The PMD of each rx queue.
+    pub pmds: Vec<usize>,
+    /// Its counters when closed.
+    pub stats: sluice_api::ports::PortCounters,
+}
+
+// Hand-over restart (see `daemon::handover`): unlike `port-del`, these
+// leave the flows, port security and MAC entries of the ports alone, since
+// the same ports come back (in the new process, or here on a rollback).
+impl Ports {
+    /// Stops polling every port, waits for the PMDs to pass a burst
+    /// boundary, then stops, closes and unplugs every device (their
+    /// interfaces are free for another process to open).
+    ///
+    /// # Errors
+    /// [`PortError::PmdWait`]: a PMD did not pick up the empty table (the
+    /// devices stay open, unpolled).
+    pub fn release_all(&self) -> Result<Vec<ReleasedPort>, PortError> {
+        let mut inner = self.lock();
+        let all: Vec<u16> = inner.entries.keys().copied().collect();
+        let (_, generation) = self.shared.update(|t| {
+            for &o in &all {
+                t.remove(PortNo(o));
+            }
+        });
+        self.shared
+            .wait_for_pmds(generation, PMD_WAIT)
+            .map_err(|source| PortError::PmdWait {
+                port: "(every port)".into(),
+                source,
+            })?;
+        let mut out = Vec::new();
+        for (ofport, mut e) in std::mem::take(&mut inner.entries) {
+            out.push(ReleasedPort {
+                name: e.name.clone(),
+                ofport,
+                kind: e.kind.clone(),
+                devargs: e.devargs.clone(),
+                pmds: e.pmds.clone(),
+                stats: e.dev.handle().stats(),
+            });
+            e.dev.detach_on_close();
+        }
+        Ok(out)
+    }
+
+    /// Opens a port given up by [`Ports::release_all`] again (in this
+    /// process or another) with its devargs, kind and rx queues' PMDs.
+    ///
+    /// # Errors
+    /// [`PortError`]: the device failed to probe or start.
+    pub fn reopen(&self, p: &ReleasedPort) -> Result<(), PortError> {
+        let mut inner = self.lock();
+        // A vdev name this process makes later (`net_af_packet_slN`) must
+        // not be one reopened here.
+        if let Some(n) = p
+            .devargs
+            .split(',')
+            .next()
+            .and_then(|v| v.rsplit_once("_sl"))
+            .and_then(|(_, n)| n.parse::<u32>().ok())
+        {
+            inner.seq = inner.seq.max(n + 1);
+        }
+        let n = self.n_pmds();
+        let pmds: Vec<usize> = p.pmds.iter().map(|&i| i % n).collect();
+        let dev = open(&inner, &p.name, &p.devargs, pmds.len().max(1) as u16, n)?;
+        self.publish(&mut inner, p.ofport, &p.name, &p.kind, dev, pmds);
+        Ok(())
+    }
+}
+
 fn summary(ofport: u16, e: &Entry) -> PortSummary {
     PortSummary {
         name: e.name.clone(),

@@ -1,15 +1,24 @@
 //! Connections that outlive the process (`[datapath] state_file`): at
 //! start, the saved connections are put back before the PMDs forward; a
 //! thread rewrites the file every `state_interval_ms` (write to a temporary
-//! name, then rename: a reader never sees half a file); a clean stop saves
-//! once more. So after a crash (SIGKILL, OOM) the next sluiced loses at most
-//! the connections opened in the last interval, and after a clean restart
-//! none; established ones keep their NAT, their endpoint and their TCP
-//! state. A file that does not decode (corrupt, truncated, a format this
+//! name private to the process, then rename: a reader never sees half a
+//! file, and two processes during a hand-over never share a temporary);
+//! a clean stop saves once more. So after a crash (SIGKILL, OOM) the next
+//! sluiced loses at most the connections opened in the last interval, and
+//! after a clean restart none; established ones keep their NAT, their
+//! endpoint and their TCP state. The Services' session-affinity entries
+//! are saved too; restored ones wait (with their lifetimes running) until
+//! their Service is programmed again, and the saver thread puts them back
+//! then. A file that does not decode (corrupt, truncated, a format this
 //! build does not read) is moved aside as `FILE.bad` with one log line and
 //! the table starts empty.
 //!
-//! Thread-safety: the saver thread reads the shared table as dumps do.
+//! The same encoding carries the state of a hand-over restart (see
+//! `handover`), written by [`save`] to a file the new process names.
+//!
+//! Thread-safety: the saver thread reads the shared table as dumps do; it
+//! skips its rounds while `paused` (a hand-over released the ports: the
+//! new process owns the file from then on, unless it rolls back).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,10 +27,27 @@ use std::time::{Duration, Instant};
 
 use crate::conntrack::state::{self, Restored};
 use crate::conntrack::Conntrack;
-use crate::time::clock_ns;
+use crate::service::{AffinityEntry, Services};
+use crate::time::{clock_ns, Nanos};
+
+/// What a crash restore did.
+#[derive(Debug, Clone, Default)]
+pub struct CrashRestore {
+    /// Connections restored and skipped.
+    pub restored: Restored,
+    /// Bytes read.
+    pub bytes: usize,
+    /// Age of the file, ms.
+    pub age_ms: u64,
+    /// Time to decode and restore, ms.
+    pub took_ms: f64,
+    /// Affinity entries waiting for their Services, with their deadlines
+    /// on this process's clock.
+    pub affinity: Vec<(AffinityEntry, Nanos)>,
+}
 
 /// Puts back the connections saved in `path`, if any.
-pub fn restore(path: &Path, ct: &Conntrack) -> Option<Restored> {
+pub fn restore(path: &Path, ct: &Conntrack) -> Option<CrashRestore> {
     let data = match std::fs::read(path) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
@@ -36,21 +62,36 @@ pub fn restore(path: &Path, ct: &Conntrack) -> Option<Restored> {
     let t0 = Instant::now();
     match state::decode(&data) {
         Ok(saved) => {
-            let r = ct.restore(&saved, clock_ns());
+            let now = clock_ns();
+            let r = ct.restore(&saved, now);
             let age_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64)
                 .saturating_sub(saved.saved_at_unix_ns)
                 / 1_000_000;
+            let took_ms = t0.elapsed().as_secs_f64() * 1e3;
             tracing::info!(
-                "restored {} connections ({} skipped) from {} ({} bytes, saved {age_ms} ms ago) in {:.1} ms",
+                "restored {} connections ({} skipped) from {} ({} bytes, saved {age_ms} ms ago) in {took_ms:.1} ms; {} affinity entries wait for their Services",
                 r.restored,
                 r.skipped,
                 path.display(),
                 data.len(),
-                t0.elapsed().as_secs_f64() * 1e3
+                saved.affinity.len()
             );
-            Some(r)
+            Some(CrashRestore {
+                restored: r,
+                bytes: data.len(),
+                age_ms,
+                took_ms,
+                affinity: saved
+                    .affinity
+                    .into_iter()
+                    .map(|a| {
+                        let d = now.saturating_add(a.remaining);
+                        (a, d)
+                    })
+                    .collect(),
+            })
         }
         Err(e) => {
             let bad = bad_path(path);
@@ -71,42 +112,100 @@ fn bad_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Writes the live connections of `ct` to `path` (atomically).
+/// The live connections of `ct` and the affinity entries of `services`.
+pub fn snapshot(ct: &Conntrack, services: Option<&Services>) -> state::SavedState {
+    let now = clock_ns();
+    let mut saved = state::save(ct, now);
+    if let Some(s) = services {
+        saved.affinity = s.affinity_entries(now);
+    }
+    saved
+}
+
+/// Writes the live connections of `ct` (and the affinity entries of
+/// `services`) to `path` atomically; returns (connections, affinity
+/// entries, bytes).
 ///
 /// # Errors
 /// The I/O error.
-pub fn save(path: &Path, ct: &Conntrack) -> std::io::Result<usize> {
-    let saved = state::save(ct, clock_ns());
+pub fn save(
+    path: &Path,
+    ct: &Conntrack,
+    services: Option<&Services>,
+) -> std::io::Result<(usize, usize, usize)> {
+    let saved = snapshot(ct, services);
     let bytes = state::encode(&saved);
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    tmp.push(format!(".tmp{}", std::process::id()));
     let tmp = PathBuf::from(tmp);
     std::fs::write(&tmp, &bytes)?;
     std::fs::rename(&tmp, path)?;
-    Ok(saved.conns.len())
+    Ok((saved.conns.len(), saved.affinity.len(), bytes.len()))
+}
+
+/// Puts back the affinity entries whose Service exists; keeps the others
+/// (until their deadline passes).
+pub fn restore_pending(pending: &mut Vec<(AffinityEntry, Nanos)>, services: &Services) -> usize {
+    let now = clock_ns();
+    let mut done = 0;
+    pending.retain_mut(|(a, deadline)| {
+        if *deadline <= now {
+            return false;
+        }
+        a.remaining = *deadline - now;
+        if services.restore_affinity(std::slice::from_ref(a), now) == 1 {
+            done += 1;
+            return false;
+        }
+        true
+    });
+    done
+}
+
+/// The saver thread's inputs.
+#[derive(Debug)]
+pub struct Saver {
+    /// The file.
+    pub path: PathBuf,
+    /// The connections.
+    pub ct: Conntrack,
+    /// The Services (affinity).
+    pub services: Services,
+    /// How often.
+    pub every: Duration,
+    /// Stops the thread.
+    pub stop: Arc<AtomicBool>,
+    /// Skips rounds while set.
+    pub paused: Arc<AtomicBool>,
+    /// Restored affinity entries waiting for their Services.
+    pub pending: Vec<(AffinityEntry, Nanos)>,
 }
 
 /// The saver thread.
-pub fn spawn_saver(
-    path: PathBuf,
-    ct: Conntrack,
-    every: Duration,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub fn spawn_saver(mut s: Saver) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("state-saver".into())
         .spawn(move || {
             let mut failing = false;
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::park_timeout(every);
-                if stop.load(Ordering::Relaxed) {
+            while !s.stop.load(Ordering::Relaxed) {
+                std::thread::park_timeout(s.every);
+                if s.stop.load(Ordering::Relaxed) {
                     break;
                 }
-                match save(&path, &ct) {
+                if !s.pending.is_empty() {
+                    let n = restore_pending(&mut s.pending, &s.services);
+                    if n > 0 {
+                        tracing::info!("restored {n} Service affinity entries");
+                    }
+                }
+                if s.paused.load(Ordering::Relaxed) {
+                    continue;
+                }
+                match save(&s.path, &s.ct, Some(&s.services)) {
                     Ok(_) => failing = false,
                     Err(e) if !failing => {
                         failing = true;
-                        tracing::warn!("cannot save connections to {}: {e}", path.display());
+                        tracing::warn!("cannot save connections to {}: {e}", s.path.display());
                     }
                     Err(_) => {}
                 }

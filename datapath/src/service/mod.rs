@@ -83,7 +83,9 @@
 
 pub mod api;
 pub mod commands;
+mod saved;
 mod selection;
+pub use saved::AffinityEntry;
 mod show;
 mod table;
 #[cfg(test)]

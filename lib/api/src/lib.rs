@@ -26,6 +26,7 @@ pub mod client;
 pub mod conntrack;
 pub mod error;
 pub mod flows;
+pub mod handover;
 pub mod node;
 pub mod pmd;
 pub mod ports;
@@ -188,6 +189,10 @@ pub fn all_methods() -> Vec<(&'static str, &'static [&'static str])> {
         m::<node::NodeCommit>(),
         m::<node::QueryNodeStatus>(),
         m::<node::QueryNodeProgram>(),
+        m::<handover::HandoverPrepare>(),
+        m::<handover::HandoverRelease>(),
+        m::<handover::HandoverCommit>(),
+        m::<handover::QueryRestartReport>(),
     ]
 }
 
