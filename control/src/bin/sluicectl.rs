@@ -176,6 +176,10 @@ enum Command {
     /// Print the node program's generation in force, sluiced's instance id
     /// and the ports' state.
     NodeStatus,
+    /// Print what the last restart of sluiced cost: hand-over or crash
+    /// restore, duration, port gap, frames lost, connections carried over,
+    /// state bytes.
+    RestartReport,
     /// Print the node program sluiced holds (every commit applied; with
     /// --format json, the whole program).
     NodeProgram,
@@ -465,6 +469,7 @@ fn call_for(cmd: Command) -> Result<Call, InputError> {
         Command::PortDel { port } => from_args::<ports::PortDel>(&[port])?,
         Command::NodeStatus => typed::<node::QueryNodeStatus>(empty),
         Command::NodeProgram => typed::<node::QueryNodeProgram>(empty),
+        Command::RestartReport => typed::<sluice_api::handover::QueryRestartReport>(empty),
         Command::NodeCommit { file } => {
             let text = read_input(&file, "node change file")?;
             from_args::<node::NodeCommit>(&[text])?
@@ -642,6 +647,7 @@ mod tests {
                 json!({"port": 3, "mac": [10, 88, 10, 244, 1, 5], "ips": ["10.244.1.5"]}),
             ),
             (&["node-status"], "node-status", json!({})),
+            (&["restart-report"], "restart-report", json!({})),
             (
                 &["call", "vlog/set", "-x", "y"],
                 "(text)",

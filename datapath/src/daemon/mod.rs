@@ -470,6 +470,12 @@ impl Daemon {
         let late = |e: String| DaemonError::HandoverLate(e);
         let t_release = Instant::now();
         let rel = peer.release()?;
+        // Fault injection for the tests: this process dies with the ports
+        // released (the old one must take them back).
+        if std::env::var_os("SLUICED_TEST_HANDOVER_ABORT").is_some_and(|v| v == "after-release") {
+            tracing::error!("SLUICED_TEST_HANDOVER_ABORT=after-release: aborting mid hand-over");
+            std::process::abort();
+        }
         // From here on the old process does not forward; any error makes
         // this process exit, its lease close, and the old one take back
         // its ports.

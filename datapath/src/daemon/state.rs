@@ -134,7 +134,14 @@ pub fn save(
     services: Option<&Services>,
 ) -> std::io::Result<(usize, usize, usize)> {
     let saved = snapshot(ct, services);
-    let bytes = state::encode(&saved);
+    // `SLUICED_TEST_STATE_VERSION` makes this build write an older format
+    // (what the previous release writes), to test upgrades end to end.
+    let version = std::env::var("SLUICED_TEST_STATE_VERSION")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|v| (1..=state::VERSION).contains(v))
+        .unwrap_or(state::VERSION);
+    let bytes = state::encode_version(&saved, version);
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".tmp{}", std::process::id()));
     let tmp = PathBuf::from(tmp);

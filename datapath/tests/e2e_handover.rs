@@ -1,0 +1,597 @@
+//! End to end: sluiced is replaced while 100 kernel TCP connections
+//! stream through it, without a reset.
+//!
+//! Namespaces (prefix `slho-`): a client `c` and two endpoints `a` and
+//! `b`, each on a veth whose host end is a *pod port* of the node program
+//! (opened by `node-commit`, as the agent does). The program DNATs the
+//! ClusterIP 10.96.0.10:80 to a:8080 / b:8080 through conntrack (zone 1)
+//! and routes pod to pod. The client holds 50 connections to the ClusterIP
+//! (NATed) and 50 straight to the endpoints' pod addresses (port 9090),
+//! each sending a line and reading its echo about every 20 ms, and sends
+//! one UDP datagram per millisecond to `a`, whose receiver records the
+//! longest silence (the gap) and the datagrams lost.
+//!
+//! 1. Hand-over from an *older-format* sluiced (it writes conntrack state
+//!    format 2, `SLUICED_TEST_STATE_VERSION=2`, as the previous release
+//!    does) to a new one with `--take-over`: the old one exits; every
+//!    connection carries on; `restart-report` says hand-over and counts
+//!    the connections carried; the gap is printed.
+//! 2. A second hand-over (current format), the same checks.
+//! 3. SIGKILL and a plain restart with the same `state_file`, the program
+//!    pushed again (as the agent does for a new instance): per the design
+//!    every connection saved before the kill survives — here all 100,
+//!    established long before the last save — NATed ones with their
+//!    endpoint; the gap (now including the EAL start and the re-push) is
+//!    printed.
+//!
+//! `a_hand_over_whose_new_process_dies_halfway_leaves_the_old_forwarding`:
+//! the new process aborts right after the old one released its ports
+//! (`SLUICED_TEST_HANDOVER_ABORT=after-release`); the old one takes them
+//! back and every connection carries on through it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use common::*;
+use sluice_api::flows::FlowOp;
+use sluice_api::node::{Flow, NodeChanges, PortKind, PortSpec};
+
+const N_SVC: usize = 50;
+const N_POD: usize = 50;
+
+/// The endpoints' server: TCP echo on 8080 and 9090, a UDP receiver on
+/// 7000; on stdin `udp` prints {received, lost, max_gap_ms} since the last
+/// `reset`.
+const SERVER: &str = r#"
+import socket, sys, threading, time, json
+def echo(port):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(('0.0.0.0', port)); s.listen(256)
+    def serve(c):
+        while True:
+            try:
+                d = c.recv(4096)
+            except Exception:
+                return
+            if not d:
+                return
+            c.sendall(d)
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+st = {'received': 0, 'lost': 0, 'max_gap_ms': 0.0, 'last': None, 'seq': None}
+lock = threading.Lock()
+def udp():
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('0.0.0.0', 7000))
+    while True:
+        d, _ = u.recvfrom(64)
+        now = time.monotonic(); seq = int(d)
+        with lock:
+            if st['last'] is not None:
+                st['max_gap_ms'] = max(st['max_gap_ms'], (now - st['last']) * 1e3)
+            if st['seq'] is not None and seq > st['seq'] + 1:
+                st['lost'] += seq - st['seq'] - 1
+            st['last'] = now; st['seq'] = seq; st['received'] += 1
+for p in (8080, 9090):
+    threading.Thread(target=echo, args=(p,), daemon=True).start()
+threading.Thread(target=udp, daemon=True).start()
+print('listening', flush=True)
+for line in sys.stdin:
+    with lock:
+        if line.strip() == 'reset':
+            st.update(received=0, lost=0, max_gap_ms=0.0)
+            print('ok', flush=True)
+        else:
+            print(json.dumps({k: st[k] for k in ('received', 'lost', 'max_gap_ms')}), flush=True)
+"#;
+
+/// The client: N_SVC connections to the ClusterIP, N_POD to the pods,
+/// each a line every ~20 ms; UDP to a:7000 every ms. On stdin `status`
+/// prints {rounds: [...], errors: {...}}.
+fn client_script(net: &str) -> String {
+    format!(
+        r#"
+import socket, sys, threading, time, json, selectors
+targets = [('10.96.0.10', 80)] * {N_SVC} + [('{net}.5' if i % 2 == 0 else '{net}.6', 9090) for i in range({N_POD})]
+socks = []
+for t in targets:
+    s = socket.create_connection(t, timeout=10); s.setblocking(False); socks.append(s)
+n = len(socks)
+rounds = [0] * n; errors = {{}}; sent_at = [0.0] * n; waiting = [False] * n
+lock = threading.Lock()
+sel = selectors.DefaultSelector()
+for i, s in enumerate(socks):
+    sel.register(s, selectors.EVENT_READ, i)
+def tcp():
+    while True:
+        now = time.monotonic()
+        with lock:
+            for i, s in enumerate(socks):
+                if i in errors:
+                    continue
+                if waiting[i] and now - sent_at[i] > 20:
+                    errors[i] = 'stalled 20 s'
+                elif not waiting[i] and now - sent_at[i] > 0.02:
+                    try:
+                        s.send(b'x\n'); sent_at[i] = now; waiting[i] = True
+                    except Exception as e:
+                        errors[i] = repr(e)
+        for key, _ in sel.select(timeout=0.005):
+            i = key.data
+            try:
+                d = key.fileobj.recv(4096)
+            except BlockingIOError:
+                continue
+            except Exception as e:
+                with lock: errors[i] = repr(e)
+                sel.unregister(key.fileobj); continue
+            with lock:
+                if not d:
+                    errors[i] = 'closed'; sel.unregister(key.fileobj); continue
+                rounds[i] += d.count(b'\n'); waiting[i] = False
+def udp():
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); seq = 0
+    nxt = time.monotonic()
+    while True:
+        try:
+            u.sendto(str(seq).encode(), ('{net}.5', 7000))
+        except Exception:
+            pass
+        seq += 1; nxt += 0.001
+        d = nxt - time.monotonic()
+        if d > 0: time.sleep(d)
+        else: nxt = time.monotonic()
+threading.Thread(target=tcp, daemon=True).start()
+threading.Thread(target=udp, daemon=True).start()
+print('connected', flush=True)
+for line in sys.stdin:
+    with lock:
+        print(json.dumps({{'rounds': rounds, 'errors': {{str(k): v for k, v in errors.items()}}}}), flush=True)
+"#
+    )
+}
+
+/// A python helper in a namespace, driven line by line; killed on drop.
+struct Py {
+    child: Child,
+    to: ChildStdin,
+    from: BufReader<ChildStdout>,
+}
+
+impl Py {
+    fn start(ns: &Netns, script: &str, ready: &str) -> Py {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns.0, "python3", "-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let to = child.stdin.take().expect("stdin");
+        let mut from = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        from.read_line(&mut line).expect("python output");
+        assert_eq!(line.trim(), ready, "python helper in {} failed", ns.0);
+        Py { child, to, from }
+    }
+
+    fn ask(&mut self, q: &str) -> serde_json::Value {
+        writeln!(self.to, "{q}").expect("to python");
+        let mut r = String::new();
+        self.from.read_line(&mut r).expect("from python");
+        serde_json::from_str(r.trim()).unwrap_or(serde_json::Value::String(r))
+    }
+}
+
+impl Drop for Py {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A sluiced process started with extra arguments and environment.
+struct Proc {
+    child: Option<Child>,
+    events: Receiver<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Proc {
+    fn start(node: &Netns, config: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("sluiced.ini");
+        std::fs::write(&cfg, config).expect("config");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &node.0])
+            .arg(sluiced_bin())
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn sluiced");
+        let (tx, rx) = channel();
+        let out = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child: Some(child),
+            events: rx,
+            _dir: dir,
+        }
+    }
+
+    /// Waits (bounded) for event `name`; None if the process exited first.
+    fn event(&mut self, name: &str) -> Option<serde_json::Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self
+                .events
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
+                Ok(l) => {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) {
+                        if v["event"] == name {
+                            return Some(v);
+                        }
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
+                Err(_) => assert!(
+                    Instant::now() < deadline,
+                    "sluiced gave no '{name}' event within {WAIT:?}"
+                ),
+            }
+        }
+    }
+
+    /// Waits (bounded) for the exit; its status.
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let c = self.child.as_mut().expect("child");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(st) = c.try_wait().expect("wait") {
+                self.child = None;
+                return st;
+            }
+            assert!(Instant::now() < deadline, "sluiced did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            // `ip netns exec` execs sluiced: the child is sluiced itself.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.child = None;
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn flow(table: u8, priority: u16, m: &str, actions: &str) -> Flow {
+    Flow {
+        table,
+        priority,
+        match_: m.to_string(),
+        cookie: 0x40,
+        actions: actions.to_string(),
+    }
+}
+
+/// The program the agent commits: three pod ports, the Service, the rules.
+fn program(tag: &str, net: &str, mac: &str) -> NodeChanges {
+    let pod = |ofport, p: &str| PortSpec {
+        ofport,
+        kind: PortKind::Pod {
+            interface: format!("{tag}-{p}o"),
+        },
+        driver: Default::default(),
+    };
+    let mut flows = vec![
+        flow(0, 100, "arp", "normal"),
+        flow(0, 10, "ip", "ct(commit,zone=1,nat,table=1)"),
+        flow(1, 20, "ct_state=+trk+inv", "drop"),
+    ];
+    for (host, port) in [(1, 1), (5, 2), (6, 3)] {
+        flows.push(flow(
+            1,
+            10,
+            &format!("ip,nw_dst={net}.{host}"),
+            &format!("mod_dl_dst:{mac}:{host:02},output:{port}"),
+        ));
+    }
+    NodeChanges {
+        generation: 1,
+        expected_generation: Some(0),
+        ports_added: BTreeMap::from([
+            ("pod-c".to_string(), pod(1, "c")),
+            ("pod-a".to_string(), pod(2, "a")),
+            ("pod-b".to_string(), pod(3, "b")),
+        ]),
+        flow_ops: flows
+            .iter()
+            .map(|f| FlowOp::Add { flow: f.text() })
+            .collect(),
+        services: serde_json::from_value(serde_json::json!({"upsert": [{
+            "name": "default/web:http", "protocol": "tcp", "port": 80,
+            "cluster_ips": ["10.96.0.10"],
+            "endpoints": [{"ip": format!("{net}.5"), "port": 8080},
+                          {"ip": format!("{net}.6"), "port": 8080}]}]}))
+        .expect("service update"),
+        ..Default::default()
+    }
+}
+
+fn commit(prefix: &str, changes: &NodeChanges) {
+    let mut c = sluice_api::Client::connect(ctl_path(prefix)).expect("control socket");
+    c.call::<sluice_api::node::NodeCommit>(changes)
+        .expect("node-commit");
+}
+
+fn report(prefix: &str) -> sluice_api::handover::RestartReport {
+    let mut c = sluice_api::Client::connect(ctl_path(prefix)).expect("control socket");
+    c.call::<sluice_api::handover::QueryRestartReport>(&sluice_api::Empty {})
+        .expect("restart-report")
+}
+
+fn rounds(client: &mut Py) -> Vec<u64> {
+    let st = client.ask("status");
+    let errors = st["errors"].as_object().cloned().unwrap_or_default();
+    assert!(
+        errors.is_empty(),
+        "connections failed (index: error; 0..{N_SVC} NATed, then pod to pod): {errors:?}"
+    );
+    st["rounds"]
+        .as_array()
+        .expect("rounds")
+        .iter()
+        .map(|v| v.as_u64().unwrap_or(0))
+        .collect()
+}
+
+/// Waits (bounded) until every connection has made `more` round trips
+/// past `since`, none failing.
+fn all_carry_on(client: &mut Py, since: &[u64], more: u64, what: &str) -> Vec<u64> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = rounds(client);
+        if now.iter().zip(since).all(|(n, s)| *n >= s + more) {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: connections stopped making progress: {:?}",
+            now.iter()
+                .zip(since)
+                .enumerate()
+                .filter(|(_, (n, s))| **n < **s + more)
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Rig {
+    net: ServiceNet,
+    cfg: String,
+    _state_dir: tempfile::TempDir,
+    server_a: Py,
+    _server_b: Py,
+    client: Py,
+}
+
+fn rig(
+    tag: &'static str,
+    net: &str,
+    mac: &str,
+    prefix: &str,
+    first: &mut Option<Proc>,
+    env: &[(&str, &str)],
+) -> Rig {
+    let sn = ServiceNet::new(tag, net, mac);
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(
+        prefix,
+        &format!(
+            "state_file = {}\nstate_interval_ms = 100\n[port:sink]\ndevargs = net_null0,no-rx=1\nofport = 9\n",
+            state_dir.path().join("conntrack.state").display()
+        ),
+    );
+    let mut p = Proc::start(&sn.node, &cfg, &[], env);
+    p.event("ready").expect("the first sluiced is ready");
+    *first = Some(p);
+    commit(prefix, &program(tag, net, mac));
+    let server_a = Py::start(&sn.a, SERVER, "listening");
+    let server_b = Py::start(&sn.b, SERVER, "listening");
+    let mut client = Py::start(&sn.c, &client_script(net), "connected");
+    let zero = vec![0; N_SVC + N_POD];
+    all_carry_on(&mut client, &zero, 3, "before any restart");
+    Rig {
+        net: sn,
+        cfg,
+        _state_dir: state_dir,
+        server_a,
+        _server_b: server_b,
+        client,
+    }
+}
+
+fn udp_gap(server: &mut Py) -> (f64, u64, u64) {
+    let u = server.ask("udp");
+    (
+        u["max_gap_ms"].as_f64().unwrap_or(-1.0),
+        u["lost"].as_u64().unwrap_or(0),
+        u["received"].as_u64().unwrap_or(0),
+    )
+}
+
+/// One hand-over: a new sluiced with --take-over; the old one exits 0.
+fn hand_over(r: &mut Rig, prefix: &str, old: &mut Proc, label: &str) -> Proc {
+    assert_eq!(
+        r.server_a.ask("reset"),
+        serde_json::Value::String("ok\n".into())
+    );
+    let mut new = Proc::start(&r.net.node, &r.cfg, &["--take-over"], &[]);
+    new.event("ready").expect("the new sluiced is ready");
+    let stopped = old.event("stopped");
+    assert!(
+        stopped.is_some(),
+        "{label}: the old sluiced printed no stopped event"
+    );
+    assert!(
+        old.wait_exit().success(),
+        "{label}: the old sluiced exits 0"
+    );
+    // Progress counted from here: only the new process forwards.
+    let before = rounds(&mut r.client);
+    all_carry_on(&mut r.client, &before, 5, label);
+    let rep = report(prefix);
+    let (gap, lost, received) = udp_gap(&mut r.server_a);
+    println!(
+        "{label}: UDP gap {gap:.1} ms, {lost} datagrams lost of {received}; restart-report: {}",
+        serde_json::to_string(&rep).unwrap_or_default()
+    );
+    assert_eq!(
+        rep.kind,
+        sluice_api::handover::RestartKind::HandOver,
+        "{rep:?}"
+    );
+    // Each TCP connection is one entry (plus UDP and ARP-free ICMP-free
+    // others): all 100 were carried.
+    assert!(
+        rep.conns_carried >= (N_SVC + N_POD) as u64,
+        "{label}: {rep:?}"
+    );
+    assert!(rep.gap_ms > 0.0 && rep.state_bytes > 0, "{rep:?}");
+    assert!(received > 0, "{label}: the UDP stream is measured");
+    new
+}
+
+#[test]
+fn connections_survive_hand_overs_and_a_sigkill() {
+    if !can_use_netns("connections_survive_hand_overs_and_a_sigkill") {
+        return;
+    }
+    let prefix = "slho-e2e";
+    let (net, mac) = ("10.207.0", "02:00:00:02:07");
+    let mut first = None;
+    // 1. The first sluiced writes the previous state format.
+    let mut r = rig(
+        "slho-e2",
+        net,
+        mac,
+        prefix,
+        &mut first,
+        &[("SLUICED_TEST_STATE_VERSION", "2")],
+    );
+    let mut old = first.take().expect("first");
+    let mut new = hand_over(
+        &mut r,
+        prefix,
+        &mut old,
+        "hand-over from a format-2 sluiced",
+    );
+    drop(old);
+    // 2. Current format.
+    let new2 = hand_over(&mut r, prefix, &mut new, "hand-over (format 3)");
+    drop(new);
+    // 3. SIGKILL: a plain start restores the state file; the agent's
+    // re-push is the commit.
+    let mut dead = new2;
+    assert_eq!(
+        r.server_a.ask("reset"),
+        serde_json::Value::String("ok\n".into())
+    );
+    dead.kill9();
+    let mut fresh = Proc::start(&r.net.node, &r.cfg, &[], &[]);
+    fresh
+        .event("ready")
+        .expect("the restarted sluiced is ready");
+    commit(prefix, &program("slho-e2", net, mac));
+    let before = rounds(&mut r.client);
+    all_carry_on(
+        &mut r.client,
+        &before,
+        5,
+        "after SIGKILL and a state-file restore",
+    );
+    let rep = report(prefix);
+    let (gap, lost, received) = udp_gap(&mut r.server_a);
+    println!(
+        "SIGKILL + restart: UDP gap {gap:.1} ms, {lost} datagrams lost of {received}; all {} TCP connections survived ({N_SVC} NATed through the ClusterIP, {N_POD} pod to pod); restart-report: {}",
+        N_SVC + N_POD,
+        serde_json::to_string(&rep).unwrap_or_default()
+    );
+    assert_eq!(
+        rep.kind,
+        sluice_api::handover::RestartKind::CrashRestore,
+        "{rep:?}"
+    );
+    assert!(rep.conns_carried >= (N_SVC + N_POD) as u64, "{rep:?}");
+    let text = sluicectl(prefix, &["restart-report"]);
+    assert!(text.0 && text.1.contains("crash restore"), "{text:?}");
+    println!("{}", text.1);
+}
+
+#[test]
+fn a_hand_over_whose_new_process_dies_halfway_leaves_the_old_forwarding() {
+    if !can_use_netns("a_hand_over_whose_new_process_dies_halfway_leaves_the_old_forwarding") {
+        return;
+    }
+    let prefix = "slho-die";
+    let (net, mac) = ("10.208.0", "02:00:00:02:08");
+    let mut first = None;
+    let mut r = rig("slho-di", net, mac, prefix, &mut first, &[]);
+    let mut old = first.take().expect("first");
+    let mut new = Proc::start(
+        &r.net.node,
+        &r.cfg,
+        &["--take-over"],
+        &[("SLUICED_TEST_HANDOVER_ABORT", "after-release")],
+    );
+    assert!(
+        new.event("ready").is_none(),
+        "the new sluiced must die before ready"
+    );
+    let st = new.wait_exit();
+    assert!(!st.success(), "the new sluiced aborted: {st}");
+    let before = rounds(&mut r.client);
+    // The old one takes its ports back: every connection carries on
+    // through it, and it still answers on its socket.
+    all_carry_on(&mut r.client, &before, 5, "after the failed hand-over");
+    let status = sluicectl(prefix, &["node-status"]);
+    println!("{}\n{}", status.1, sluicectl(prefix, &["dump-ports"]).1);
+    assert!(status.0 && status.1.contains("generation 1"), "{status:?}");
+    assert!(
+        status.1.contains("pod-a") && status.1.contains("forwarding"),
+        "the old sluiced polls its pod ports again: {}",
+        status.1
+    );
+    assert_eq!(
+        report(prefix).kind,
+        sluice_api::handover::RestartKind::Fresh
+    );
+    old.kill9();
+}
