@@ -104,6 +104,9 @@ fn lost(c: &sluice_api::ports::PortCounters) -> u64 {
 #[derive(Debug)]
 struct Session {
     pid: u32,
+    /// Closes the released af_packet devices after the reply (joined
+    /// before a rollback reopens them).
+    closing: Option<std::thread::JoinHandle<()>>,
     /// Set by `release`: what to reopen on a rollback.
     released: Option<Vec<ReleasedPort>>,
     committed: bool,
@@ -209,6 +212,7 @@ impl OldSide {
         let status = p.node.status();
         *s = Some(Session {
             pid: r.pid,
+            closing: None,
             released: None,
             committed: false,
             lost_at_prepare,
@@ -266,6 +270,9 @@ impl OldSide {
                 tracing::warn!(
                     "hand-over to pid {pid} failed after the ports were released (its lease closed): taking the ports back"
                 );
+                if let Some(h) = sess.closing {
+                    let _ = h.join();
+                }
                 self.rollback(&ports);
             }
         }
@@ -324,7 +331,7 @@ impl OldSide {
                 tracing::error!("hand-over: {e}");
             }
         }
-        let released = match p.ports.release_all() {
+        let (released, mut unpolled) = match p.ports.release_all() {
             Ok(r) => r,
             Err(e) => {
                 let hp = (p.attach_hostpath)();
@@ -341,6 +348,16 @@ impl OldSide {
             .sum();
         let rx_packets = released.iter().map(|x| x.stats.rx_packets).sum();
         sess.released = Some(released);
+        // Several af_packet sockets may share an interface (each in its
+        // own fanout group), so the new process opens its own while these
+        // close in the background: nothing polls them any more. Any
+        // other device (a TAP, a NIC) closes before the reply.
+        let background = unpolled.split(|d| d.starts_with("net_af_packet"));
+        unpolled.close();
+        sess.closing = std::thread::Builder::new()
+            .name("handover-close".into())
+            .spawn(move || background.close())
+            .ok();
         let (conns, _, bytes) =
             match super::state::save(Path::new(&r.delta_path), &p.conntrack, Some(&p.services)) {
                 Ok(x) => x,

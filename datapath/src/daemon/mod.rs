@@ -479,12 +479,17 @@ impl Daemon {
         // From here on the old process does not forward; any error makes
         // this process exit, its lease close, and the old one take back
         // its ports.
+        let t_released = Instant::now();
         let delta_path = peer.delta_path.clone();
-        let before = peer.report.conns_carried;
+        let (carried, skipped) = (peer.report.conns_carried, peer.report.conns_skipped);
         let delta = peer
             .restore(&delta_path, &held.conntrack)
             .map_err(|e| late(e.to_string()))?;
-        peer.report.conns_delta = peer.report.conns_carried - before;
+        // The delta holds every connection again: those already restored
+        // are skipped (their key is taken), not lost.
+        peer.report.conns_delta = peer.report.conns_carried - carried;
+        peer.report.conns_skipped = skipped;
+        let t_delta = Instant::now();
         self.open_config_ports(cfg)
             .map_err(|e| late(e.to_string()))?;
         let ports = self.port_set()?.clone();
@@ -507,6 +512,7 @@ impl Daemon {
                 .reopen(&r)
                 .map_err(|e| late(format!("port {}: {e}", p.name)))?;
         }
+        let t_ports = Instant::now();
         if peer.prepared.generation > 0 {
             let mut changes = sluice_api::node::diff(&Default::default(), &program);
             changes.generation = peer.prepared.generation;
@@ -515,6 +521,7 @@ impl Daemon {
                 .commit(&changes)
                 .map_err(|e| late(format!("the node program does not commit here: {e}")))?;
         }
+        let t_commit = Instant::now();
         let kept = held
             .services
             .restore_affinity(&delta.affinity, crate::time::clock_ns());
@@ -522,6 +529,17 @@ impl Daemon {
         *self.hostpath.lock().unwrap_or_else(|e| e.into_inner()) =
             attach_host_path(cfg).map_err(|e| late(e.to_string()))?;
         let gap = t_release.elapsed();
+        let ms = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64() * 1e3;
+        tracing::info!(
+            "hand-over gap {:.1} ms: release {:.1} ms (old side {:.1} ms), delta {:.1} ms, configured ports {:.1} ms, program commit {:.1} ms, affinity and host path {:.1} ms",
+            gap.as_secs_f64() * 1e3,
+            ms(t_release, t_released),
+            rel.release_us as f64 / 1e3,
+            ms(t_released, t_delta),
+            ms(t_delta, t_ports),
+            ms(t_ports, t_commit),
+            ms(t_commit, Instant::now()),
+        );
         std::fs::rename(ctl_path, real_ctl).map_err(|e| {
             late(format!(
                 "cannot move the control socket {} to {}: {e}",

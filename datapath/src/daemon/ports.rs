@@ -576,6 +576,26 @@ impl Ports {
     }
 }
 
+/// Devices no PMD polls any more, still open ([`Ports::release_all`]).
+#[derive(Debug)]
+pub struct UnpolledPorts(Vec<Entry>);
+
+impl UnpolledPorts {
+    /// Splits off the devices `f` selects (by devargs).
+    pub fn split(&mut self, f: impl Fn(&str) -> bool) -> UnpolledPorts {
+        let (yes, no) = std::mem::take(&mut self.0)
+            .into_iter()
+            .partition(|e| f(&e.devargs));
+        self.0 = no;
+        UnpolledPorts(yes)
+    }
+
+    /// Stops, closes and unplugs them.
+    pub fn close(self) {
+        drop(self);
+    }
+}
+
 /// A port given up by a hand-over restart ([`Ports::release_all`]), with
 /// what reopens it ([`Ports::reopen`]).
 #[derive(Debug, Clone)]
@@ -598,14 +618,15 @@ pub struct ReleasedPort {
 // leave the flows, port security and MAC entries of the ports alone, since
 // the same ports come back (in the new process, or here on a rollback).
 impl Ports {
-    /// Stops polling every port, waits for the PMDs to pass a burst
-    /// boundary, then stops, closes and unplugs every device (their
-    /// interfaces are free for another process to open).
+    /// Stops polling every port and waits for the PMDs to pass a burst
+    /// boundary; the devices are still open, returned in
+    /// [`UnpolledPorts`] for the caller to close (their interfaces are
+    /// free for another process to open once closed).
     ///
     /// # Errors
     /// [`PortError::PmdWait`]: a PMD did not pick up the empty table (the
     /// devices stay open, unpolled).
-    pub fn release_all(&self) -> Result<Vec<ReleasedPort>, PortError> {
+    pub fn release_all(&self) -> Result<(Vec<ReleasedPort>, UnpolledPorts), PortError> {
         let mut inner = self.lock();
         let all: Vec<u16> = inner.entries.keys().copied().collect();
         let (_, generation) = self.shared.update(|t| {
@@ -620,6 +641,7 @@ impl Ports {
                 source,
             })?;
         let mut out = Vec::new();
+        let mut open = Vec::new();
         for (ofport, mut e) in std::mem::take(&mut inner.entries) {
             out.push(ReleasedPort {
                 name: e.name.clone(),
@@ -630,8 +652,9 @@ impl Ports {
                 stats: e.dev.handle().stats(),
             });
             e.dev.detach_on_close();
+            open.push(e);
         }
-        Ok(out)
+        Ok((out, UnpolledPorts(open)))
     }
 
     /// Opens a port given up by [`Ports::release_all`] again (in this
