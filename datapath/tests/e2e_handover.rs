@@ -595,3 +595,203 @@ fn a_hand_over_whose_new_process_dies_halfway_leaves_the_old_forwarding() {
     );
     old.kill9();
 }
+
+/// The figures of issue 17 (not run in CI: `cargo test -p sluice-datapath
+/// --test e2e_handover -- --ignored --nocapture handover_figures`).
+/// `SLHO_CONNS` (default `1000,100000`) tracked connections, synthetic
+/// UDP entries restored from a state file by the first sluiced, then
+/// `SLHO_ROUNDS` (default 20) hand-overs and as many SIGKILL restarts,
+/// each measured by the 1 kHz UDP stream (the longest silence at the
+/// receiver) and by `restart-report`. `SLUICED_BIN` picks the sluiced
+/// binary (a release build for figures).
+#[test]
+#[ignore]
+fn handover_figures() {
+    use sluice_datapath::conntrack::nat::Tuple;
+    use sluice_datapath::conntrack::state::{encode, SavedConn, SavedProto, SavedState};
+    use sluice_datapath::conntrack::ConnKey;
+    if !can_use_netns("handover_figures") {
+        return;
+    }
+    let sizes: Vec<usize> = std::env::var("SLHO_CONNS")
+        .unwrap_or_else(|_| "1000,100000".into())
+        .split(',')
+        .filter_map(|x| x.trim().parse().ok())
+        .collect();
+    let n_rounds: usize = std::env::var("SLHO_ROUNDS")
+        .ok()
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(20);
+    let bin = std::env::var("SLUICED_BIN").map_or_else(|_| sluiced_bin(), std::path::PathBuf::from);
+    let prefix = "slho-fig";
+    let (tag, net, mac) = ("slho-fg", "10.209.0", "02:00:00:02:09");
+    let sn = ServiceNet::new(tag, net, mac);
+    let server = Py::start(&sn.a, SERVER, "listening");
+    let mut server = server;
+    let _b = Py::start(&sn.b, SERVER, "listening");
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    };
+    let start = |cfg: &str, args: &[&str]| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sluiced.ini");
+        std::fs::write(&path, cfg).expect("config");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &sn.node.0])
+            .arg(&bin)
+            .arg("--config")
+            .arg(&path)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn sluiced");
+        let (tx, rx) = channel();
+        let out = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child: Some(child),
+            events: rx,
+            _dir: dir,
+        }
+    };
+    // Waits (bounded) until the UDP stream arrives again after a restart.
+    let flowing = |server: &mut Py| {
+        let deadline = Instant::now() + WAIT;
+        let first = server.ask("udp")["received"].as_u64().unwrap_or(0);
+        loop {
+            std::thread::sleep(Duration::from_millis(20));
+            if server.ask("udp")["received"].as_u64().unwrap_or(0) > first + 5 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the UDP stream did not come back"
+            );
+        }
+    };
+    let client = Py::start(&sn.c, &client_script(net).replace(&format!("[('10.96.0.10', 80)] * {N_SVC} + [('{net}.5' if i % 2 == 0 else '{net}.6', 9090) for i in range({N_POD})]"), "[]"), "connected");
+    let mut lines = Vec::new();
+    for &n in &sizes {
+        let state_dir = tempfile::tempdir().expect("tempdir");
+        let state = state_dir.path().join("conntrack.state");
+        let conns = (0..n)
+            .map(|i| {
+                let t = Tuple {
+                    src: 0xac10_0000 | (i as u32 >> 8),
+                    dst: 0x0a01_0001,
+                    sport: 1024 + (i & 0xff) as u16,
+                    dport: 53,
+                };
+                let r = Tuple {
+                    src: t.dst,
+                    dst: t.src,
+                    sport: t.dport,
+                    dport: t.sport,
+                };
+                SavedConn {
+                    keys: [
+                        ConnKey {
+                            zone: 1,
+                            proto: 17,
+                            tuple: t,
+                        },
+                        ConnKey {
+                            zone: 1,
+                            proto: 17,
+                            tuple: r,
+                        },
+                    ],
+                    nat: 0,
+                    proto: SavedProto::Other,
+                    replied: true,
+                    remaining: 3_600_000_000_000,
+                    packets: [1, 1],
+                    bytes: [64, 64],
+                    mark: 0,
+                    label: 0,
+                    lb: None,
+                }
+            })
+            .collect();
+        std::fs::write(
+            &state,
+            encode(&SavedState {
+                saved_at_unix_ns: 0,
+                conns,
+                affinity: Vec::new(),
+            }),
+        )
+        .expect("state");
+        let cfg = config(
+            prefix,
+            &format!(
+                "state_file = {}\nstate_interval_ms = 1000\nconntrack_max = {}\nmbufs = 16384\n[port:sink]\ndevargs = net_null0,no-rx=1\nofport = 9\n",
+                state.display(),
+                n + 100_000
+            ),
+        )
+        .replace("mbufs = 8192\n", "");
+        let mut cur = start(&cfg, &[]);
+        cur.event("ready").expect("ready");
+        commit(prefix, &program(tag, net, mac));
+        flowing(&mut server);
+        let (mut udp, mut port_gap, mut bytes, mut state_ms, mut total) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..n_rounds {
+            server.ask("reset");
+            let mut new = start(&cfg, &["--take-over"]);
+            new.event("ready").expect("the new sluiced is ready");
+            assert!(cur.wait_exit().success());
+            flowing(&mut server);
+            let rep = report(prefix);
+            assert!(rep.conns_carried as usize >= n, "{rep:?}");
+            udp.push(server.ask("udp")["max_gap_ms"].as_f64().unwrap_or(-1.0));
+            port_gap.push(rep.gap_ms);
+            bytes.push(rep.state_bytes as f64);
+            state_ms.push(rep.state_ms);
+            total.push(rep.duration_ms);
+            cur = new;
+        }
+        let l = format!(
+            "{n} conns, {n_rounds} hand-overs: UDP gap p50 {:.1} ms max {:.1} ms; port gap p50 {:.1} ms max {:.1} ms; state {:.0} bytes, write+restore p50 {:.1} ms max {:.1} ms; hand-over total p50 {:.1} ms",
+            pct(&mut udp, 0.5), pct(&mut udp, 1.0), pct(&mut port_gap, 0.5), pct(&mut port_gap, 1.0),
+            pct(&mut bytes, 0.5), pct(&mut state_ms, 0.5), pct(&mut state_ms, 1.0), pct(&mut total, 0.5)
+        );
+        println!("{l}");
+        lines.push(l);
+        let (mut udp, mut restore_ms, mut bytes, mut kept) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..n_rounds {
+            // Let a save pass after the last restart.
+            std::thread::sleep(Duration::from_millis(1100));
+            server.ask("reset");
+            cur.kill9();
+            cur = start(&cfg, &[]);
+            cur.event("ready").expect("ready after SIGKILL");
+            commit(prefix, &program(tag, net, mac));
+            flowing(&mut server);
+            let rep = report(prefix);
+            udp.push(server.ask("udp")["max_gap_ms"].as_f64().unwrap_or(-1.0));
+            restore_ms.push(rep.state_ms);
+            bytes.push(rep.state_bytes as f64);
+            kept.push(rep.conns_carried as f64);
+        }
+        let l = format!(
+            "{n} conns, {n_rounds} SIGKILL restarts: UDP gap p50 {:.1} ms max {:.1} ms (EAL start and the program re-push included); state file {:.0} bytes, restore p50 {:.1} ms max {:.1} ms; connections restored min {:.0}",
+            pct(&mut udp, 0.5), pct(&mut udp, 1.0), pct(&mut bytes, 0.5),
+            pct(&mut restore_ms, 0.5), pct(&mut restore_ms, 1.0), pct(&mut kept, 0.0)
+        );
+        println!("{l}");
+        lines.push(l);
+        cur.kill9();
+    }
+    drop(client);
+    println!("\nFIGURES\n{}", lines.join("\n"));
+}

@@ -146,9 +146,15 @@ pub struct SavedState {
 
 /// The live connections of `ct` at `now` (each once).
 pub fn save(ct: &Conntrack, now: Nanos) -> SavedState {
-    let mut conns = Vec::with_capacity(ct.len());
+    save_where(ct, now, |_| true)
+}
+
+/// The live connections of `ct` at `now` whose original key `keep`
+/// accepts (a hand-over's delta: those not in the snapshot).
+pub fn save_where(ct: &Conntrack, now: Nanos, keep: impl Fn(&ConnKey) -> bool) -> SavedState {
+    let mut conns = Vec::new();
     ct.for_each(|c| {
-        if c.is_dead() || !c.live(now) {
+        if c.is_dead() || !c.live(now) || !keep(&c.keys[0]) {
             return;
         }
         let marks = c.marks();

@@ -11,7 +11,10 @@
 //! its lease socket; a watcher thread reads the lease until it closes.
 //! `release` pauses the state saver, takes the node's addresses back from
 //! the host port (TAP devices die with their process), stops polling and
-//! closes every port, and writes the connections again (the delta);
+//! closes every port, and writes the connections opened since the
+//! snapshot (the delta; their state changes during the copy are not sent:
+//! a restored TCP connection is tracked liberally, and one closed during
+//! the copy lingers until its timeout);
 //! `commit` marks the hand-over done and asks the main thread to exit,
 //! without the final state save (the new process owns the state file from
 //! then on). If the lease closes before `commit` (the new process died, or
@@ -110,6 +113,9 @@ struct Session {
     /// Set by `release`: what to reopen on a rollback.
     released: Option<Vec<ReleasedPort>>,
     committed: bool,
+    /// The original keys of the connections in the snapshot: the delta
+    /// is every other one.
+    known: std::collections::HashSet<crate::conntrack::ConnKey>,
     /// Lost-frame counters at `prepare`, by port name.
     lost_at_prepare: std::collections::BTreeMap<String, u64>,
 }
@@ -184,9 +190,11 @@ impl OldSide {
         }
         let t0 = Instant::now();
         let p = &self.parts;
-        let (conns, affinity, bytes) =
-            super::state::save(Path::new(&r.state_path), &p.conntrack, Some(&p.services))
-                .map_err(|e| refused(format!("cannot write the state to {}: {e}", r.state_path)))?;
+        let saved = super::state::snapshot(&p.conntrack, Some(&p.services));
+        let known = saved.conns.iter().map(|c| c.keys[0]).collect();
+        let (conns, affinity, bytes) = super::state::write(Path::new(&r.state_path), &saved)
+            .map_err(|e| refused(format!("cannot write the state to {}: {e}", r.state_path)))?;
+        drop(saved);
         let save_us = t0.elapsed().as_micros() as u64;
         let lease = UnixStream::connect(&r.lease_path).map_err(|e| {
             refused(format!(
@@ -213,6 +221,7 @@ impl OldSide {
         *s = Some(Session {
             pid: r.pid,
             closing: None,
+            known,
             released: None,
             committed: false,
             lost_at_prepare,
@@ -358,18 +367,21 @@ impl OldSide {
             .name("handover-close".into())
             .spawn(move || background.close())
             .ok();
-        let (conns, _, bytes) =
-            match super::state::save(Path::new(&r.delta_path), &p.conntrack, Some(&p.services)) {
-                Ok(x) => x,
-                Err(e) => {
-                    // The new process cannot have the delta: it gives up,
-                    // closes the lease, and the watcher rolls back.
-                    return Err(refused(format!(
-                        "cannot write the delta to {}: {e}",
-                        r.delta_path
-                    )));
-                }
-            };
+        let known = std::mem::take(&mut sess.known);
+        let delta =
+            super::state::snapshot_where(&p.conntrack, Some(&p.services), |k| !known.contains(k));
+        drop(known);
+        let (conns, _, bytes) = match super::state::write(Path::new(&r.delta_path), &delta) {
+            Ok(x) => x,
+            Err(e) => {
+                // The new process cannot have the delta: it gives up,
+                // closes the lease, and the watcher rolls back.
+                return Err(refused(format!(
+                    "cannot write the delta to {}: {e}",
+                    r.delta_path
+                )));
+            }
+        };
         tracing::info!(
             "hand-over to pid {}: ports released, {conns} connections in the delta",
             r.pid
@@ -521,6 +533,7 @@ impl Peer {
             delta_path,
             report: RestartReport {
                 kind: RestartKind::HandOver,
+                state_ms: prepared.save_us as f64 / 1e3,
                 previous_version: Some(prepared.version.clone()),
                 at_unix_ms: unix_ms(),
                 ..Default::default()
@@ -544,11 +557,13 @@ impl Peer {
             path: path.to_path_buf(),
             why,
         };
+        let t0 = Instant::now();
         let data = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
         let _ = std::fs::remove_file(path);
         let saved = crate::conntrack::state::decode(&data).map_err(|e| bad(e.to_string()))?;
         let r = ct.restore(&saved, crate::time::clock_ns());
         self.report.state_bytes += data.len() as u64;
+        self.report.state_ms += t0.elapsed().as_secs_f64() * 1e3;
         self.report.conns_carried += r.restored as u64;
         self.report.conns_skipped += r.skipped as u64;
         Ok(saved)
@@ -570,6 +585,7 @@ impl Peer {
                 source,
             })?;
         self.report.frames_lost += r.frames_lost;
+        self.report.state_ms += r.release_us as f64 / 1e3;
         Ok(r)
     }
 

@@ -381,6 +381,7 @@ impl Daemon {
                 rep.conns_skipped = r.restored.skipped as u64;
                 rep.affinity_carried = r.affinity.len() as u64;
                 rep.state_bytes = r.bytes as u64;
+                rep.state_ms = r.took_ms;
                 rep.state_age_ms = Some(r.age_ms);
                 pending_affinity = r.affinity;
             }

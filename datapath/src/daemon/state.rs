@@ -114,8 +114,17 @@ fn bad_path(path: &Path) -> PathBuf {
 
 /// The live connections of `ct` and the affinity entries of `services`.
 pub fn snapshot(ct: &Conntrack, services: Option<&Services>) -> state::SavedState {
+    snapshot_where(ct, services, |_| true)
+}
+
+/// [`snapshot`] of the connections whose original key `keep` accepts.
+pub fn snapshot_where(
+    ct: &Conntrack,
+    services: Option<&Services>,
+    keep: impl Fn(&crate::conntrack::ConnKey) -> bool,
+) -> state::SavedState {
     let now = clock_ns();
-    let mut saved = state::save(ct, now);
+    let mut saved = state::save_where(ct, now, keep);
     if let Some(s) = services {
         saved.affinity = s.affinity_entries(now);
     }
@@ -133,7 +142,15 @@ pub fn save(
     ct: &Conntrack,
     services: Option<&Services>,
 ) -> std::io::Result<(usize, usize, usize)> {
-    let saved = snapshot(ct, services);
+    write(path, &snapshot(ct, services))
+}
+
+/// Writes `saved` to `path` atomically; returns (connections, affinity
+/// entries, bytes).
+///
+/// # Errors
+/// The I/O error.
+pub fn write(path: &Path, saved: &state::SavedState) -> std::io::Result<(usize, usize, usize)> {
     // `SLUICED_TEST_STATE_VERSION` makes this build write an older format
     // (what the previous release writes), to test upgrades end to end.
     let version = std::env::var("SLUICED_TEST_STATE_VERSION")
@@ -141,7 +158,7 @@ pub fn save(
         .and_then(|v| v.parse::<u32>().ok())
         .filter(|v| (1..=state::VERSION).contains(v))
         .unwrap_or(state::VERSION);
-    let bytes = state::encode_version(&saved, version);
+    let bytes = state::encode_version(saved, version);
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".tmp{}", std::process::id()));
     let tmp = PathBuf::from(tmp);

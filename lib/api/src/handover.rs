@@ -12,7 +12,8 @@
 //!    it: the connection closing before step 3 means the new process died.
 //! 2. [`HandoverRelease`]: the old process stops polling its ports, closes
 //!    them (the host port's addresses go back to the uplink), writes the
-//!    connections again (the delta: what opened during the copy) and
+//!    connections opened since step 1 (the delta; the snapshot's keys
+//!    are remembered for this) and
 //!    answers with its port counters. The new one opens the ports,
 //!    commits the program, restores the delta and forwards.
 //! 3. [`HandoverCommit`]: the old process exits.
@@ -186,6 +187,10 @@ pub struct RestartReport {
     pub affinity_carried: u64,
     /// Bytes of state read (snapshot plus delta, or the state file).
     pub state_bytes: u64,
+    /// Time spent on the state: writing it (old process), reading and
+    /// restoring it (this one), snapshot plus delta, ms.
+    #[serde(default)]
+    pub state_ms: f64,
     /// Age of the saved state when restored, ms (crash restore).
     pub state_age_ms: Option<u64>,
     /// Unix time of the restart, ms.
@@ -219,7 +224,10 @@ impl Render for RestartReport {
             "  affinity entries carried over: {}\n",
             self.affinity_carried
         );
-        s += &format!("  state bytes: {}\n", self.state_bytes);
+        s += &format!(
+            "  state: {} bytes, {:.1} ms to write and restore\n",
+            self.state_bytes, self.state_ms
+        );
         if let Some(a) = self.state_age_ms {
             s += &format!("  state age: {a} ms\n");
         }
