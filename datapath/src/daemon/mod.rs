@@ -420,7 +420,19 @@ impl Daemon {
         if let Some(t) = &flows {
             self.start_revalidator(t)?;
         }
-        if let (Some(path), Some(_)) = (&cfg.datapath.state_file, &flows) {
+        self.flows = flows;
+
+        match peer {
+            Some(p) => self.take_over(cfg, p, &held, &ctl_path, &real_ctl)?,
+            // Last: move the node's addresses onto the exception port
+            // once the PMDs forward.
+            None => {
+                *self.hostpath.lock().unwrap_or_else(|e| e.into_inner()) = attach_host_path(cfg)?
+            }
+        }
+        // The saver starts last: in a hand-over it would compete with the
+        // steps for the CPU (and the old process owns the file until then).
+        if let (Some(path), Some(_)) = (&cfg.datapath.state_file, &self.flows) {
             let h = state::spawn_saver(state::Saver {
                 path: path.into(),
                 ct: held.conntrack.clone(),
@@ -440,16 +452,6 @@ impl Daemon {
                 held.conntrack.clone(),
                 held.services.clone(),
             ));
-        }
-        self.flows = flows;
-
-        match peer {
-            Some(p) => self.take_over(cfg, p, &held, &ctl_path, &real_ctl)?,
-            // Last: move the node's addresses onto the exception port
-            // once the PMDs forward.
-            None => {
-                *self.hostpath.lock().unwrap_or_else(|e| e.into_inner()) = attach_host_path(cfg)?
-            }
         }
         self.ready = self.ready_event(cfg, eal_ms)?;
         Ok(())
