@@ -289,6 +289,28 @@ impl Drop for Proc {
     }
 }
 
+/// Removes what killed or aborted processes of `prefix` leave behind:
+/// control sockets at their temporary hand-over paths and the DPDK runtime
+/// directories of both file prefixes.
+fn clean_up(prefix: &str) {
+    let ctl = ctl_path(prefix);
+    let name = ctl
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Ok(dir) = std::fs::read_dir(ctl.parent().unwrap_or(std::path::Path::new("/tmp"))) {
+        for e in dir.flatten() {
+            let f = e.file_name().to_string_lossy().into_owned();
+            if f == name || f.starts_with(&format!("{name}.new")) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    for p in [prefix.to_string(), format!("{prefix}-b")] {
+        let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{p}"));
+    }
+}
+
 fn flow(table: u8, priority: u16, m: &str, actions: &str) -> Flow {
     Flow {
         table,
@@ -553,6 +575,8 @@ fn connections_survive_hand_overs_and_a_sigkill() {
     let text = sluicectl(prefix, &["restart-report"]);
     assert!(text.0 && text.1.contains("crash restore"), "{text:?}");
     println!("{}", text.1);
+    drop(fresh);
+    clean_up(prefix);
 }
 
 #[test]
@@ -594,6 +618,7 @@ fn a_hand_over_whose_new_process_dies_halfway_leaves_the_old_forwarding() {
         sluice_api::handover::RestartKind::Fresh
     );
     old.kill9();
+    clean_up(prefix);
 }
 
 /// The figures of issue 17 (not run in CI: `cargo test -p sluice-datapath
@@ -793,5 +818,6 @@ fn handover_figures() {
         cur.kill9();
     }
     drop(client);
+    clean_up(prefix);
     println!("\nFIGURES\n{}", lines.join("\n"));
 }
