@@ -126,8 +126,13 @@ fn state(s: &ServerProc) -> (BTreeSet<String>, i64) {
 /// One writer: pipelines transactions until the server dies; returns the
 /// names it saw acknowledged.
 fn writer(sock: PathBuf, w: usize, start: u64, total: Arc<AtomicU64>) -> Vec<String> {
-    let mut c = common::Rpc::connect(&sock);
     let mut acked = Vec::new();
+    // A server that is already gone shows in the round's liveness check,
+    // with its stderr.
+    if std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        return acked;
+    }
+    let mut c = common::Rpc::connect(&sock);
     let (mut sent, mut got) = (start, start);
     loop {
         while sent < got + 4 {
@@ -152,6 +157,18 @@ fn writer(sock: PathBuf, w: usize, start: u64, total: Arc<AtomicU64>) -> Vec<Str
             }
             _ => return acked,
         }
+    }
+}
+
+/// Fails the test with the server's stderr (where the shim says why it
+/// stopped) if the server under the model exited by itself.
+fn assert_running(s: &mut common::ServerProc, round: usize) {
+    let p = s.proc.as_mut().expect("a launched server");
+    if let Ok(Some(st)) = p.child.try_wait() {
+        panic!(
+            "round {round}: nestdb-server exited by itself ({st}): {}",
+            std::fs::read_to_string(s.dir.join("Nestdb.stderr")).unwrap_or_default()
+        );
     }
 }
 
@@ -203,6 +220,7 @@ fn power_cuts_never_lose_acknowledged_transactions() {
         if rng.gen_bool(0.5) {
             let at = rng.gen_range(0..target);
             common::wait_until("the acknowledgements before the compaction", || {
+                assert_running(&mut s, round);
                 (total.load(Ordering::Relaxed) >= at).then_some(())
             });
             let ino = std::fs::metadata(&s.db).map(|m| m.ino());
@@ -213,8 +231,10 @@ fn power_cuts_never_lose_acknowledged_transactions() {
                 usize::from(ino.ok() != std::fs::metadata(&s.db).ok().map(|m| m.ino()));
         }
         common::wait_until("the writers' acknowledgements", || {
+            assert_running(&mut s, round);
             (total.load(Ordering::Relaxed) >= target).then_some(())
         });
+        assert_running(&mut s, round);
         s.kill();
         for (w, h) in handles.into_iter().enumerate() {
             let acked = h.join().expect("writer");
