@@ -451,9 +451,10 @@ fn run(test: &str, tag: &str, sizes: Sizes) {
             4 => {
                 if vteps.len() < 64 {
                     let name = format!("node-{u}");
+                    // Unique per update: an address is never reused.
                     ch.vteps_set.insert(
                         name.clone(),
-                        Ipv4Addr::new(192, 168, 1, 20 + vteps.len() as u8),
+                        Ipv4Addr::new(192, 168, 2 + (u / 250 % 200) as u8, (u % 250) as u8 + 1),
                     );
                     vteps.push(name);
                 } else {
