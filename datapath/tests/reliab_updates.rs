@@ -256,7 +256,9 @@ fn run(test: &str, tag: &str, sizes: Sizes) {
     // thread. Warnings only.
     std::env::set_var("SLUICE_LOG", "warn");
     let prefix = format!("{tag}-dp");
-    let pcap = std::env::temp_dir().join(format!("{tag}-stream.pcap"));
+    // Removed on drop, also when the test fails.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pcap = dir.path().join("stream.pcap");
     write_pcap(&pcap, &cycle());
     let vdev = tag.replace('-', "_");
     let mut sinks = String::new();
@@ -510,7 +512,6 @@ fn run(test: &str, tag: &str, sizes: Sizes) {
     drop(c);
     let ev = d.stop();
     drop(veths);
-    let _ = std::fs::remove_file(&pcap);
 
     // Figures.
     let r = port_stat(&ev, "src", "rx_packets");
