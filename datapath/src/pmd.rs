@@ -91,6 +91,22 @@ pub struct PmdStats {
     pub iterations: Counter,
     /// Drops by reason (shared with the pipeline's `Output`).
     pub drops: DropCounters,
+    /// Loop iterations by wall-clock length, parking in a commit barrier
+    /// and port-table reloads included: bucket 0 counts those under
+    /// 1,024 ns, bucket `k` those in [2^(9+k), 2^(10+k)) ns, the last one
+    /// everything longer. The longest is the PMD's longest stall.
+    pub iteration_ns_log2: [Counter; ITERATION_BUCKETS],
+    /// The longest loop iteration (ns), as in `iteration_ns_log2`.
+    pub longest_iteration_ns: Counter,
+}
+
+/// Buckets of [`PmdStats::iteration_ns_log2`].
+pub const ITERATION_BUCKETS: usize = 24;
+
+/// The [`PmdStats::iteration_ns_log2`] bucket of an iteration of `ns`.
+#[inline]
+pub fn iteration_bucket(ns: u64) -> usize {
+    ((64 - (ns >> 10).leading_zeros()) as usize).min(ITERATION_BUCKETS - 1)
 }
 
 impl PmdStats {
@@ -119,6 +135,10 @@ impl PmdStats {
                 busy as f64 / rx as f64
             );
         }
+        s += &format!(
+            "  longest iteration: {} ns\n",
+            self.longest_iteration_ns.get()
+        );
         let drops = self.drops.nonzero();
         s += &format!("  dropped: {}\n", drops.iter().map(|d| d.1).sum::<u64>());
         for (r, n) in drops {
@@ -613,6 +633,7 @@ where
             let mut burst = Burst::new(PortNo(0));
             let mut iter: u64 = 0;
             while !stop.load(Ordering::Relaxed) {
+                let started = clock_ns();
                 // A burst boundary: wait out a node commit, then pick up a
                 // new port table.
                 shared.park_if_held(spec.index);
@@ -675,6 +696,11 @@ where
                     st.other_cycles.add(dt.saturating_sub(c_rx + c_proc + c_tx));
                 } else {
                     st.idle_cycles.add(dt);
+                }
+                let ns = clock_ns().saturating_sub(started);
+                st.iteration_ns_log2[iteration_bucket(ns)].inc();
+                if ns > st.longest_iteration_ns.get() {
+                    st.longest_iteration_ns.set(ns);
                 }
             }
             st.iterations.add(iter % MAINTAIN_EVERY);
@@ -755,6 +781,19 @@ fn drop_unserved<B>(out: &mut Output<B>) {
 
 #[cfg(test)]
 mod tests {
+    /// Iteration lengths land in power-of-two buckets of 1,024 ns.
+    #[test]
+    fn iteration_buckets() {
+        use super::{iteration_bucket, ITERATION_BUCKETS};
+        assert_eq!(iteration_bucket(0), 0);
+        assert_eq!(iteration_bucket(1023), 0);
+        assert_eq!(iteration_bucket(1024), 1);
+        assert_eq!(iteration_bucket(2047), 1);
+        assert_eq!(iteration_bucket(2048), 2);
+        assert_eq!(iteration_bucket(1 << 20), 11);
+        assert_eq!(iteration_bucket(u64::MAX), ITERATION_BUCKETS - 1);
+    }
+
     /// Issue 18, defect 7: chained (multi-segment) frames are dropped and
     /// counted at receive, the others keep their order.
     #[test]

@@ -955,6 +955,8 @@ impl Daemon {
                 "rx_packets": rx, "tx_packets": st.tx_packets.get(),
                 "busy_cycles": busy, "idle_cycles": st.idle_cycles.get(),
                 "cycles_per_packet": if rx > 0 { busy as f64 / rx as f64 } else { 0.0 },
+                "longest_iteration_ns": st.longest_iteration_ns.get(),
+                "iteration_ns_log2": st.iteration_ns_log2.iter().map(|c| c.get()).collect::<Vec<_>>(),
                 "drops": st.drops.nonzero().into_iter()
                     .map(|(r, n)| (r.key().to_string(), json!(n)))
                     .collect::<serde_json::Map<_, _>>(),

@@ -142,6 +142,11 @@ impl MacTable {
         self.entries.len()
     }
 
+    /// The most entries it holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// True when the table holds no entry.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
