@@ -4,7 +4,7 @@
 //! `sluice-testkit`.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
@@ -148,11 +148,14 @@ impl Sluiced {
             }
             None => Command::new(sluiced_bin()),
         };
+        // stderr goes to a file, never a pipe: a pipe nobody reads fills
+        // after 64 KiB of log lines and then blocks sluiced's threads.
+        let stderr = std::fs::File::create(dir.path().join("sluiced.stderr")).expect("stderr file");
         let mut child = cmd
             .arg("--config")
             .arg(&cfg)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(stderr)
             .spawn()
             .expect("spawn sluiced");
         let (tx, rx) = channel();
@@ -174,13 +177,7 @@ impl Sluiced {
     }
 
     fn stderr_text(&mut self) -> String {
-        let mut err = String::new();
-        if let Some(c) = self.child.as_mut() {
-            if let Some(mut e) = c.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-        }
-        err
+        std::fs::read_to_string(self.dir.path().join("sluiced.stderr")).unwrap_or_default()
     }
 
     /// Waits (bounded) for the next stdout event named `name`.
