@@ -224,6 +224,13 @@ fn power_cuts_never_lose_acknowledged_transactions() {
                 (total.load(Ordering::Relaxed) >= at).then_some(())
             });
             let ino = std::fs::metadata(&s.db).map(|m| m.ino());
+            // The launch waited for the database socket only; the control
+            // socket's file may still be the killed server's.
+            let ctl = s.ctl.clone();
+            common::wait_until("the control socket", || {
+                assert_running(&mut s, round);
+                std::os::unix::net::UnixStream::connect(&ctl).ok()
+            });
             common::Rpc::connect(&s.ctl)
                 .call("compact", json!([]))
                 .unwrap_or_else(|e| panic!("round {round}: compaction refused: {e}"));
