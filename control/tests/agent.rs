@@ -290,9 +290,8 @@ impl StandIn {
         if let Some(m) = self.max_message {
             cfg.max_message_bytes = m;
         }
-        self.server = Some(
-            CtlServer::start(cfg, reg, || {}).expect("start the stand-in control socket"),
-        );
+        self.server =
+            Some(CtlServer::start(cfg, reg, || {}).expect("start the stand-in control socket"));
     }
 
     /// A new start: new instance id, generation 0, empty program.
@@ -1231,10 +1230,7 @@ fn row_changes_are_compiled_incrementally_and_end_equal_to_a_fresh_compile() {
     let c = n.db.client();
     let uuid_of = |table: &str, col: &str, v: &str| -> Option<Uuid> {
         let out = c
-            .transact(&Transaction::new(DB).select(
-                table,
-                vec![Condition::eq(col, Datum::from(v))],
-            ))
+            .transact(&Transaction::new(DB).select(table, vec![Condition::eq(col, Datum::from(v))]))
             .unwrap();
         out.results[0]
             .rows()
@@ -1292,10 +1288,7 @@ fn row_changes_are_compiled_incrementally_and_end_equal_to_a_fresh_compile() {
                     "Endpoint",
                     nestdb_client::row([
                         ("service", Datum::from(u)),
-                        (
-                            "ip",
-                            Datum::from(format!("10.244.2.{}", 1 + rng.below(40))),
-                        ),
+                        ("ip", Datum::from(format!("10.244.2.{}", 1 + rng.below(40)))),
                         ("ready", Datum::from(rng.below(4) != 0)),
                         ("serving", Datum::from(true)),
                         ("terminating", Datum::from(false)),
@@ -1306,10 +1299,8 @@ fn row_changes_are_compiled_incrementally_and_end_equal_to_a_fresh_compile() {
             5 => {
                 let ip = format!("10.244.2.{}", 1 + rng.below(40));
                 if rng.below(2) == 0 {
-                    Transaction::new(DB).delete(
-                        "Endpoint",
-                        vec![Condition::eq("ip", Datum::from(ip))],
-                    )
+                    Transaction::new(DB)
+                        .delete("Endpoint", vec![Condition::eq("ip", Datum::from(ip))])
                 } else {
                     Transaction::new(DB).update(
                         "Endpoint",
@@ -1358,7 +1349,8 @@ fn row_changes_are_compiled_incrementally_and_end_equal_to_a_fresh_compile() {
     });
     let incremental = metric(port, "sluice_agent_incremental_updates_total").unwrap_or(0.0);
     assert_eq!(
-        full, 1.0,
+        full,
+        1.0,
         "every row compiled from scratch more than once; log:\n{}",
         n.agent.log()
     );
@@ -1383,10 +1375,10 @@ fn row_changes_are_compiled_incrementally_and_end_equal_to_a_fresh_compile() {
 /// agent runs in-process with `max_commit_bytes` under the socket's limit.
 #[test]
 fn a_program_bigger_than_the_socket_limit_goes_in_parts() {
-    use std::sync::atomic::AtomicBool;
     use sluice_control::agent::chunk::json_len;
     use sluice_control::agent::compile::{compile, NodeRows};
     use sluice_control::agent::daemon::{run, AgentConfig};
+    use std::sync::atomic::AtomicBool;
     let Some(bin) = nestdb_bin() else { return };
     let dir = tempfile::tempdir().unwrap();
     let db = NestDb::start(bin, dir.path());
@@ -1480,7 +1472,11 @@ fn a_program_bigger_than_the_socket_limit_goes_in_parts() {
     assert!(h.commits.len() >= 4, "{} commits", h.commits.len());
     let mut prev = Some(0);
     for (i, c) in h.commits.iter().enumerate() {
-        assert!(json_len(c) <= limit / 2, "commit {i}: {} bytes", json_len(c));
+        assert!(
+            json_len(c) <= limit / 2,
+            "commit {i}: {} bytes",
+            json_len(c)
+        );
         assert_eq!(c.expected_generation, prev, "commit {i}");
         prev = Some(c.generation);
     }

@@ -92,8 +92,25 @@ fn pmd_core() -> usize {
 fn veth(outer: &str, inner: &str, queues: u16) {
     let q = queues.to_string();
     sh(&[
-        "ip", "-n", NS, "link", "add", outer, "numtxqueues", &q, "numrxqueues", &q, "type",
-        "veth", "peer", "name", inner, "numtxqueues", &q, "numrxqueues", &q,
+        "ip",
+        "-n",
+        NS,
+        "link",
+        "add",
+        outer,
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        inner,
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
     ]);
     sh(&["ip", "-n", NS, "link", "set", outer, "up"]);
     sh(&["ip", "-n", NS, "link", "set", inner, "up"]);

@@ -512,7 +512,11 @@ fn row_changes_plan_their_difference_and_a_refusal_reads_the_program_again() {
         new: Some(lp("pod-b", 6).to_row()),
     };
     let c2 = r
-        .plan_changes(std::slice::from_ref(&change), &s2.rows.logical_ports, s2.txn_id)
+        .plan_changes(
+            std::slice::from_ref(&change),
+            &s2.rows.logical_ports,
+            s2.txn_id,
+        )
         .commit
         .expect("pod-b's commit");
     assert_eq!((c2.generation, c2.expected_generation), (2, Some(1)));

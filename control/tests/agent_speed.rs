@@ -346,9 +346,11 @@ impl Stack {
             agent,
             remote,
         };
-        wait_for("the agent's first commit", || s.logs(), || {
-            status().filter(|st| st.generation >= 1)
-        });
+        wait_for(
+            "the agent's first commit",
+            || s.logs(),
+            || status().filter(|st| st.generation >= 1),
+        );
         s
     }
 
@@ -462,16 +464,22 @@ fn commit_to_generation_in_force() {
             );
             first += n;
         }
-        wait_for("all Services in force", || s.logs(), || {
-            (services_held() >= n_b as usize).then_some(())
-        });
+        wait_for(
+            "all Services in force",
+            || s.logs(),
+            || (services_held() >= n_b as usize).then_some(()),
+        );
         println!(
             "(b) {n_b} Services x 1 endpoint installed in {:.1} s ({} transactions of {chunk}); agent RSS {} MiB",
             t0.elapsed().as_secs_f64(),
             n_b.div_ceil(chunk),
             rss_kib(s.agent.0.id()) / 1024
         );
-        assert_eq!(endpoints.len(), n_b as usize, "an endpoint UUID per Service");
+        assert_eq!(
+            endpoints.len(),
+            n_b as usize,
+            "an endpoint UUID per Service"
+        );
         let mut lat = Vec::with_capacity(changes as usize);
         let mut rtt = Vec::with_capacity(changes as usize);
         let mut g = st.call::<QueryNodeStatus>(&Empty {}).unwrap().generation;

@@ -258,7 +258,10 @@ mod tests {
         whole.generation = 8;
         whole.expected_generation = Some(7);
         let max = 20_000;
-        assert!(json_len(&whole) > 10 * max, "the test needs a big change set");
+        assert!(
+            json_len(&whole) > 10 * max,
+            "the test needs a big change set"
+        );
         let parts = split(whole.clone(), max);
         assert!(parts.len() > 10, "{} parts", parts.len());
         let mut p = old.clone();

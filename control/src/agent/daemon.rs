@@ -42,14 +42,16 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Receiver;
 use crossbeam_channel::RecvTimeoutError;
 use nestdb_client::node::{NodeStatus as StatusRow, DB};
-use crossbeam_channel::Receiver;
 use nestdb_client::{
     Backoff, BackoffConfig, Client as DbClient, Condition, Datum, Monitor, MonitorConfig,
     MonitorEvent, Replica, RowChange, TableRow, Transaction, Uuid,
 };
-use sluice_api::node::{NodeChanges, NodeCommit, NodeCommitReply, QueryNodeProgram, QueryNodeStatus};
+use sluice_api::node::{
+    NodeChanges, NodeCommit, NodeCommitReply, QueryNodeProgram, QueryNodeStatus,
+};
 use sluice_api::{Client, ClientError, Empty, Method};
 use tracing::{debug, info, warn};
 
@@ -225,8 +227,12 @@ struct Loop {
     /// The `Logical_Port` and `Node_Status` rows and the transaction id,
     /// as of the last drain.
     snap: Option<Snapshot>,
-    /// Row-change batches drained and not yet given to the reconciler.
+    /// Row-change batches drained and not yet given to the reconciler
+    /// (kept only once the rows were loaded: before that the whole
+    /// snapshot of the first plan holds them).
     pending: Vec<RowChange>,
+    /// The first plan loaded every row.
+    loaded: bool,
     events: Receiver<MonitorEvent>,
     need_plan: bool,
     /// The last `node-status`; `None` also right after a commit, until it
@@ -278,6 +284,7 @@ pub fn run(config: AgentConfig, stop: &AtomicBool) -> Result<(), AgentError> {
         db_changed: true,
         snap: None,
         pending: Vec::new(),
+        loaded: false,
         events,
         need_plan: true,
         status: None,
@@ -349,7 +356,9 @@ impl Loop {
     fn on_event(&mut self, ev: MonitorEvent, monitor: &Monitor) {
         match ev {
             MonitorEvent::Changes(batch) => {
-                self.pending.extend(batch);
+                if self.loaded {
+                    self.pending.extend(batch);
+                }
                 self.db_changed = true;
                 self.dirty_since.get_or_insert_with(Instant::now);
             }
@@ -395,10 +404,7 @@ impl Loop {
         if full {
             self.pending.clear();
         }
-        debug!(
-            ms = t.elapsed().as_secs_f64() * 1e3,
-            full, "snapshot taken"
-        );
+        debug!(ms = t.elapsed().as_secs_f64() * 1e3, full, "snapshot taken");
         self.db_changed = false;
         self.need_plan = true;
         self.snap = Some(Snapshot {
@@ -534,6 +540,7 @@ impl Loop {
         } else {
             let full = self.refresh(monitor, true);
             let p = rec.plan(&full);
+            self.loaded = true;
             info!(
                 ms = format!("{:.1}", t_plan.elapsed().as_secs_f64() * 1e3),
                 services = full.rows.services.len(),

@@ -305,10 +305,8 @@ impl Reconciler {
         self.settle_unreported();
         self.set_last_ports(&snap.rows.logical_ports);
         let last = &self.last_ports;
-        self.refused_ports.retain(|name, (row, _)| {
-            last.get(name)
-                .is_some_and(|(_, now)| same_port(now, row))
-        });
+        self.refused_ports
+            .retain(|name, (row, _)| last.get(name).is_some_and(|(_, now)| same_port(now, row)));
         // While in sync, the held program is the compiler's: keep it to
         // diff against before the compiler is replaced.
         if self.held.is_some() && self.held_program.is_none() && !self.need_read {

@@ -870,8 +870,12 @@ pub fn missing_af_xdp_caps(cap_eff: u64) -> Option<String> {
 /// The number of rx queues of Linux interface `iface` (`None` when
 /// sysfs does not say).
 fn veth_queues(iface: &str) -> Option<u16> {
-    let dir = std::fs::read_dir(std::path::Path::new("/sys/class/net").join(iface).join("queues"))
-        .ok()?;
+    let dir = std::fs::read_dir(
+        std::path::Path::new("/sys/class/net")
+            .join(iface)
+            .join("queues"),
+    )
+    .ok()?;
     let n = dir
         .filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
@@ -934,7 +938,10 @@ mod tests {
         let m = missing_af_xdp_caps(bit(12) | bit(13)).unwrap();
         assert!(m.contains("CAP_BPF"), "{m}");
         let m = missing_af_xdp_caps(0).unwrap();
-        assert!(m.contains("CAP_NET_RAW") && m.contains("CAP_NET_ADMIN"), "{m}");
+        assert!(
+            m.contains("CAP_NET_RAW") && m.contains("CAP_NET_ADMIN"),
+            "{m}"
+        );
     }
 
     #[test]
@@ -944,7 +951,10 @@ mod tests {
             return;
         }
         let why = af_xdp_blocker("lo", 2).expect("two queues on a one-queue interface");
-        assert!(why.contains("1 rx queue(s)") && why.contains("needs 2"), "{why}");
+        assert!(
+            why.contains("1 rx queue(s)") && why.contains("needs 2"),
+            "{why}"
+        );
     }
 
     #[test]
