@@ -256,7 +256,7 @@ fn pod_ports_default_to_af_xdp_and_fall_back_to_af_packet_per_port() {
     c.call::<NodeCommit>(&changes)
         .unwrap_or_else(|e| panic!("node-commit: {e}\n{}", log()));
     let dump = c
-        .call_text("dump-ports", &[])
+        .call_text::<&str>("dump-ports", &[])
         .unwrap_or_else(|e| panic!("dump-ports: {e}"));
     let line = dump
         .lines()

@@ -486,7 +486,7 @@ fn commit_to_generation_in_force() {
         for k in 0..changes {
             // Spread over the Services; the address flips between two values.
             let i = (k as u64 * 7919 % u64::from(n_b)) as usize;
-            let flip = (k / n_b.max(1)) % 2 == 0;
+            let flip = (k / n_b.max(1)).is_multiple_of(2);
             let (hi, lo) = (i / 250, i % 250 + 1);
             let ip = format!("10.{}.{}.{lo}", if flip { 200 } else { 128 }, hi % 250);
             let txn = Transaction::new(DB).update(
