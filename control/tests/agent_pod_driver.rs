@@ -150,6 +150,7 @@ fn pod_ports_default_to_af_xdp_and_fall_back_to_af_packet_per_port() {
     sh(&["ip", "netns", "add", NS]);
     let _ns = Netns;
     sh(&["ip", "-n", NS, "link", "set", "lo", "up"]);
+    veth("slpd-up", "slpd-up-p", 1);
     veth("slpd-one", "slpd-one-p", 1);
     veth("slpd-few", "slpd-few-p", 1);
     veth("slpd-two", "slpd-two-p", 2);
@@ -163,7 +164,7 @@ fn pod_ports_default_to_af_xdp_and_fall_back_to_af_packet_per_port() {
             "[coe]\nnode_type = 'BAREMETAL'\n[nsx_node_agent]\novs_bridge = br-int\novs_uplink_port = uplink\n\
              [datapath]\ncores = {}\nmain_core = 0\nfile_prefix = {PREFIX}\nhugepages = auto\nmbufs = 8192\n\
              ctl_socket = {}\nhost_port = host\n\
-             [port:uplink]\ndevargs = net_null0\nofport = 1\n\
+             [port:uplink]\ndevargs = net_af_packet0,iface=slpd-up\nofport = 1\n\
              [port:host]\ndevargs = net_tap0,iface=slpd-host\nofport = 2\n",
             pmd_core(),
             ctl().display(),

@@ -1,7 +1,7 @@
 //! The end-to-end speed probe of issue 13, with real processes only:
 //! `nestdb-server` (node schema), `sluiced` (DPDK, its own
-//! `--file-prefix`, in its own network namespace: uplink `net_null`, host
-//! port `net_tap`) and `sluice-agent`. The probe stamps a nestdb
+//! `--file-prefix`, in its own network namespace: uplink `net_af_packet` on an
+//! idle veth, host port `net_tap`) and `sluice-agent`. The probe stamps a nestdb
 //! transaction and polls `sluiced`'s `node-status` until the generation
 //! that carries it is in force:
 //!
@@ -83,6 +83,22 @@ impl Netns {
         sh_quiet(&["ip", "netns", "del", NS]);
         sh(&["ip", "netns", "add", NS]);
         sh(&["ip", "-n", NS, "link", "set", "lo", "up"]);
+        // The uplink: a veth whose far end stays unused in the namespace.
+        sh(&[
+            "ip",
+            "-n",
+            NS,
+            "link",
+            "add",
+            "slt-spd-u",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "slt-spd-g",
+        ]);
+        sh(&["ip", "-n", NS, "link", "set", "slt-spd-u", "up"]);
+        sh(&["ip", "-n", NS, "link", "set", "slt-spd-g", "up"]);
         Netns
     }
 }
@@ -133,7 +149,7 @@ fn start_sluiced(bin: &Path, dir: &Path) -> Proc {
             "[coe]\nnode_type = 'BAREMETAL'\n[nsx_node_agent]\novs_bridge = br-int\novs_uplink_port = uplink\n\
              [datapath]\ncores = {}\nmain_core = 0\nfile_prefix = {PREFIX}\nhugepages = auto\nmbufs = 8192\n\
              ctl_socket = {}\nhost_port = host\n\
-             [port:uplink]\ndevargs = net_null0\nofport = 1\n\
+             [port:uplink]\ndevargs = net_af_packet0,iface=slt-spd-u\nofport = 1\n\
              [port:host]\ndevargs = net_tap0,iface=slt-speed-h\nofport = 2\n",
             pmd_core(),
             ctl().display(),
