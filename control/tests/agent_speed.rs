@@ -316,6 +316,12 @@ impl Stack {
                 )
                 .arg(format!("--remote=punix:{}", sock.display()))
                 .arg(format!("--unixctl={}", d.join("nestdb.ctl").display()))
+                // 10k Services x 10 endpoints is one ~30 MB transaction.
+                .args([
+                    "--max-message-size=268435456",
+                    "--max-message-memory=2147483648",
+                    "--max-memory=4294967296",
+                ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(d.join("nestdb.log")).unwrap())
