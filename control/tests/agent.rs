@@ -191,16 +191,24 @@ struct StandIn {
     /// `node-status` calls that reached the gate.
     status_calls: Arc<AtomicU64>,
     server: Option<CtlServer>,
+    /// The control socket's request limit (`None`: sluiced's default).
+    max_message: Option<usize>,
 }
 
 impl StandIn {
     fn start(path: PathBuf) -> Self {
+        Self::start_limited(path, None)
+    }
+
+    /// A stand-in whose socket refuses requests over `max_message` bytes.
+    fn start_limited(path: PathBuf, max_message: Option<usize>) -> Self {
         let mut s = StandIn {
             path,
             held: Arc::default(),
             gate: Arc::default(),
             status_calls: Arc::default(),
             server: None,
+            max_message,
         };
         s.serve(false);
         s
@@ -278,10 +286,12 @@ impl StandIn {
         let held = self.held.clone();
         register::<QueryNodeProgram>(&reg, move |_| Ok(held.lock().unwrap().program.clone()))
             .unwrap();
-        self.server = Some(
-            CtlServer::start(ServerConfig::with_path(&self.path), reg, || {})
-                .expect("start the stand-in control socket"),
-        );
+        let mut cfg = ServerConfig::with_path(&self.path);
+        if let Some(m) = self.max_message {
+            cfg.max_message_bytes = m;
+        }
+        self.server =
+            Some(CtlServer::start(cfg, reg, || {}).expect("start the stand-in control socket"));
     }
 
     /// A new start: new instance id, generation 0, empty program.
@@ -306,13 +316,16 @@ impl StandIn {
 struct Agent {
     proc: Option<Proc>,
     log: PathBuf,
+    /// Arguments added to every launch.
+    extra: Vec<String>,
 }
 
 impl Agent {
-    fn start(db: &str, ctl: &Path, log: &Path) -> Self {
+    fn start(db: &str, ctl: &Path, log: &Path, extra: &[&str]) -> Self {
         let mut a = Agent {
             proc: None,
             log: log.to_owned(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         a.launch(db, ctl);
         a
@@ -328,6 +341,7 @@ impl Agent {
             .args(["--db", db, "--ctl"])
             .arg(ctl)
             .args(["--status-interval-ms", "100", "--retry-max-ms", "500"])
+            .args(&self.extra)
             .env(
                 "RUST_LOG",
                 std::env::var("SLUICE_AGENT_LOG").unwrap_or_else(|_| "info".into()),
@@ -429,6 +443,11 @@ impl Node {
     /// Everything started; `Node_Config` and pods `pod-a`, `pod-b` written;
     /// the first commit applied. `None` when nestdb-server is not built.
     fn start() -> Option<Node> {
+        Self::start_with(&[])
+    }
+
+    /// As [`Node::start`], the agent launched with `extra` arguments.
+    fn start_with(extra: &[&str]) -> Option<Node> {
         let bin = nestdb_bin()?;
         let dir = tempfile::tempdir().unwrap();
         let db = NestDb::start(bin, dir.path());
@@ -443,6 +462,7 @@ impl Node {
             &db.remote(),
             &dir.path().join("sluiced.ctl"),
             &dir.path().join("agent.log"),
+            extra,
         );
         let n = Node {
             dir,
@@ -897,7 +917,7 @@ fn agent_started_before_its_sockets_waits_for_them() {
     let dir = tempfile::tempdir().unwrap();
     let ctl = dir.path().join("sluiced.ctl");
     let remote = format!("unix:{}", dir.path().join("nestdb.sock").display());
-    let agent = Agent::start(&remote, &ctl, &dir.path().join("agent.log"));
+    let agent = Agent::start(&remote, &ctl, &dir.path().join("agent.log"), &[]);
     wait_for(
         "both socket warnings",
         || agent.log(),
@@ -939,7 +959,7 @@ fn a_refusal_not_about_a_pod_is_recorded_and_retried() {
     let sluiced = StandIn::start(ctl.clone());
     // As sluiced refuses a program whose uplink it does not have.
     sluiced.held().refuse = Some("uplink".into());
-    let agent = Agent::start(&db.remote(), &ctl, &dir.path().join("agent.log"));
+    let agent = Agent::start(&db.remote(), &ctl, &dir.path().join("agent.log"), &[]);
     let st = wait_for(
         "the commit error in Node_Status",
         || agent.log(),
@@ -983,7 +1003,7 @@ fn a_sluiced_without_node_status_is_logged_once_and_retried() {
     let sluiced = StandIn::start(ctl.clone());
     let unknown = "\"node-status\" is not a valid command";
     sluiced.held().status_error = Some(unknown.into());
-    let agent = Agent::start(&db.remote(), &ctl, &dir.path().join("agent.log"));
+    let agent = Agent::start(&db.remote(), &ctl, &dir.path().join("agent.log"), &[]);
     wait_for(
         "three node-status attempts",
         || agent.log(),
@@ -1155,4 +1175,313 @@ fn probe_many_services_in_one_transaction() {
     }) {
         println!("  {l}");
     }
+}
+
+/// A TCP port nothing listens on now (for the agent's metrics endpoint).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The value of metric `name` (no labels) from `http://127.0.0.1:PORT/metrics`.
+fn metric(port: u16, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(WAIT)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A small deterministic generator (xorshift64*), so the history is the
+/// same at every run.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) % n
+    }
+}
+
+/// Row changes of every kind the Services part has (Services with VIP
+/// conflicts, ports, endpoints added, changed, removed, left dangling by a
+/// deleted Service) and pods, one transaction each, against the real
+/// nestdb-server: the agent compiles every row once at start and then
+/// only incrementally (its metrics say so), and what the stand-in holds
+/// at the end equals a from-scratch compile of the database's rows.
+#[test]
+fn row_changes_are_compiled_incrementally_and_end_equal_to_a_fresh_compile() {
+    use nestdb_client::{Monitor, MonitorConfig, Uuid};
+    use sluice_control::agent::compile::{compile, NodeRows};
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let Some(n) = Node::start_with(&["--metrics-address", &addr]) else {
+        return;
+    };
+    let c = n.db.client();
+    let uuid_of = |table: &str, col: &str, v: &str| -> Option<Uuid> {
+        let out = c
+            .transact(&Transaction::new(DB).select(table, vec![Condition::eq(col, Datum::from(v))]))
+            .unwrap();
+        out.results[0]
+            .rows()
+            .unwrap()
+            .first()
+            .and_then(|r| r.get("_uuid"))
+            .and_then(|d| d.uuids().next())
+    };
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let ops = 150;
+    for step in 0..ops {
+        let k = rng.below(12);
+        let svc = format!("svc-{k}");
+        let vip = format!("10.96.0.{}", 1 + rng.below(8));
+        let txn = match rng.below(7) {
+            0 | 1 => match uuid_of("Service", "name", &svc) {
+                None => Transaction::new(DB)
+                    .insert(
+                        "Service_Port",
+                        nestdb_client::row([
+                            ("protocol", Datum::from("TCP")),
+                            ("port", Datum::from(80i64 + rng.below(2) as i64)),
+                            ("target_port", Datum::from(8080i64)),
+                        ]),
+                    )
+                    .named("sp")
+                    .insert(
+                        "Service",
+                        nestdb_client::row([
+                            ("name", Datum::from(svc.clone())),
+                            ("namespace", Datum::from("default")),
+                            ("type", Datum::from("ClusterIP")),
+                            ("cluster_ips", Datum::from(vip)),
+                            ("ports", Datum::named_uuid("sp")),
+                            ("session_affinity", Datum::from("None")),
+                            ("internal_traffic_policy", Datum::from("Cluster")),
+                            ("external_traffic_policy", Datum::from("Cluster")),
+                        ]),
+                    ),
+                Some(u) => Transaction::new(DB).update(
+                    "Service",
+                    vec![Condition::uuid(u)],
+                    nestdb_client::row([("cluster_ips", Datum::from(vip))]),
+                ),
+            },
+            2 => Transaction::new(DB).delete(
+                "Service",
+                vec![Condition::eq("name", Datum::from(svc.clone()))],
+            ),
+            3 | 4 => {
+                let Some(u) = uuid_of("Service", "name", &svc) else {
+                    continue;
+                };
+                Transaction::new(DB).insert(
+                    "Endpoint",
+                    nestdb_client::row([
+                        ("service", Datum::from(u)),
+                        ("ip", Datum::from(format!("10.244.2.{}", 1 + rng.below(40)))),
+                        ("ready", Datum::from(rng.below(4) != 0)),
+                        ("serving", Datum::from(true)),
+                        ("terminating", Datum::from(false)),
+                        ("is_local", Datum::from(false)),
+                    ]),
+                )
+            }
+            5 => {
+                let ip = format!("10.244.2.{}", 1 + rng.below(40));
+                if rng.below(2) == 0 {
+                    Transaction::new(DB)
+                        .delete("Endpoint", vec![Condition::eq("ip", Datum::from(ip))])
+                } else {
+                    Transaction::new(DB).update(
+                        "Endpoint",
+                        vec![Condition::eq("ip", Datum::from(ip))],
+                        nestdb_client::row([("ready", Datum::from(rng.below(2) == 0))]),
+                    )
+                }
+            }
+            _ => {
+                let name = format!("pod-r{}", rng.below(4));
+                if uuid_of("Logical_Port", "name", &name).is_some() {
+                    Transaction::new(DB).delete(
+                        "Logical_Port",
+                        vec![Condition::eq("name", Datum::from(name))],
+                    )
+                } else {
+                    Transaction::new(DB)
+                        .insert("Logical_Port", pod(&name, 20 + (step % 200) as u8).to_row())
+                }
+            }
+        };
+        c.transact(&txn)
+            .unwrap_or_else(|e| panic!("step {step}: {e}"));
+    }
+    // The database's rows, compiled from scratch, against what the agent
+    // made the stand-in hold.
+    let monitor = Monitor::start(MonitorConfig::new(
+        n.db.remote(),
+        DB,
+        sluice_control::agent::daemon::TABLES,
+    ))
+    .unwrap();
+    let converged = n.wait("the stand-in to hold the fresh compile of the rows", |n| {
+        let (rows, _) = NodeRows::from_replica(&monitor.snapshot());
+        let fresh = compile(&rows).program;
+        let held = n.sluiced.held().program.clone();
+        (fresh == held && !rows.services.is_empty()).then_some(rows)
+    });
+    assert!(
+        converged.endpoints.len() > 5,
+        "the history left too few endpoints to mean anything: {}",
+        converged.endpoints.len()
+    );
+    let full = n.wait("the metrics endpoint", |_| {
+        metric(port, "sluice_agent_full_compiles_total")
+    });
+    let incremental = metric(port, "sluice_agent_incremental_updates_total").unwrap_or(0.0);
+    assert_eq!(
+        full,
+        1.0,
+        "every row compiled from scratch more than once; log:\n{}",
+        n.agent.log()
+    );
+    assert!(
+        incremental >= 10.0,
+        "only {incremental} incremental updates for {ops} transactions"
+    );
+    assert!(
+        n.sluiced.commits() > 10,
+        "{} commits for {ops} transactions",
+        n.sluiced.commits()
+    );
+    println!(
+        "{ops} transactions: {} commits, 1 full compile, {incremental} incremental updates",
+        n.sluiced.commits()
+    );
+}
+
+/// A program whose JSON is several times the control socket's request
+/// limit reaches the stand-in as several commits, each under the limit and
+/// each applied on top of the one before, ending in the whole program; the
+/// agent runs in-process with `max_commit_bytes` under the socket's limit.
+#[test]
+fn a_program_bigger_than_the_socket_limit_goes_in_parts() {
+    use sluice_control::agent::chunk::json_len;
+    use sluice_control::agent::compile::{compile, NodeRows};
+    use sluice_control::agent::daemon::{run, AgentConfig};
+    use std::sync::atomic::AtomicBool;
+    let Some(bin) = nestdb_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let db = NestDb::start(bin, dir.path());
+    let limit = 64 << 10;
+    let ctl = dir.path().join("sluiced.ctl");
+    let sluiced = StandIn::start_limited(ctl.clone(), Some(limit));
+    let c = db.client();
+    insert(&c, &node_config());
+    insert(&c, &pod("pod-a", 5));
+    let mut txn = Transaction::new(DB);
+    for i in 0..400u32 {
+        let (sp, sv) = (format!("p{i}"), format!("s{i}"));
+        txn = txn
+            .insert(
+                "Service_Port",
+                nestdb_client::row([
+                    ("protocol", Datum::from("TCP")),
+                    ("port", Datum::from(80i64)),
+                    ("target_port", Datum::from(8080i64)),
+                ]),
+            )
+            .named(&sp)
+            .insert(
+                "Service",
+                nestdb_client::row([
+                    ("name", Datum::from(format!("svc-{i}"))),
+                    ("namespace", Datum::from("default")),
+                    ("type", Datum::from("ClusterIP")),
+                    (
+                        "cluster_ips",
+                        Datum::from(format!("10.96.{}.{}", i / 200, 1 + i % 200)),
+                    ),
+                    ("ports", Datum::named_uuid(&sp)),
+                    ("session_affinity", Datum::from("None")),
+                    ("internal_traffic_policy", Datum::from("Cluster")),
+                    ("external_traffic_policy", Datum::from("Cluster")),
+                ]),
+            )
+            .named(&sv);
+        for e in 0..4u32 {
+            txn = txn.insert(
+                "Endpoint",
+                nestdb_client::row([
+                    ("service", Datum::named_uuid(&sv)),
+                    (
+                        "ip",
+                        Datum::from(format!("10.{}.{}.{}", 100 + e, i / 200, 1 + i % 200)),
+                    ),
+                    ("ready", Datum::from(true)),
+                    ("serving", Datum::from(true)),
+                    ("terminating", Datum::from(false)),
+                    ("is_local", Datum::from(false)),
+                ]),
+            );
+        }
+    }
+    c.transact_with_timeout(&txn, WAIT).unwrap();
+    let mut config = AgentConfig::new(db.remote(), ctl.clone());
+    config.status_interval = Duration::from_millis(100);
+    config.retry_max = Duration::from_millis(500);
+    config.max_commit_bytes = limit / 2;
+    let stop = Arc::new(AtomicBool::new(false));
+    let agent = {
+        let stop = stop.clone();
+        std::thread::spawn(move || run(config, &stop))
+    };
+    let log = || format!("{} commits", sluiced.commits());
+    let want = {
+        let monitor = nestdb_client::Monitor::start(nestdb_client::MonitorConfig::new(
+            db.remote(),
+            DB,
+            sluice_control::agent::daemon::TABLES,
+        ))
+        .unwrap();
+        wait_for("the test's monitor to see the 400 Services", log, || {
+            let (rows, _) = NodeRows::from_replica(&monitor.snapshot());
+            (rows.services.len() == 400).then(|| compile(&rows).program)
+        })
+    };
+    assert!(
+        json_len(&want) > 4 * limit,
+        "the program ({} bytes) must be several times the limit ({limit})",
+        json_len(&want)
+    );
+    wait_for("the stand-in to hold the whole program", log, || {
+        (sluiced.held().program == want).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    agent.join().unwrap().unwrap();
+    let h = sluiced.held();
+    assert!(h.commits.len() >= 4, "{} commits", h.commits.len());
+    let mut prev = Some(0);
+    for (i, c) in h.commits.iter().enumerate() {
+        assert!(
+            json_len(c) <= limit / 2,
+            "commit {i}: {} bytes",
+            json_len(c)
+        );
+        assert_eq!(c.expected_generation, prev, "commit {i}");
+        prev = Some(c.generation);
+    }
+    assert!(
+        h.commits[0].ports_added.contains_key("pod-a"),
+        "ports come first"
+    );
 }

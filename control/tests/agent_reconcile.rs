@@ -486,3 +486,71 @@ mod prop {
         }
     }
 }
+
+/// After the first plan, row changes are compiled incrementally: the
+/// commit is exactly their difference (no second full compile). A refused
+/// commit leaves sluiced's program unknown to the reconciler: nothing is
+/// planned until it is read again, then the diff against it goes.
+#[test]
+fn row_changes_plan_their_difference_and_a_refusal_reads_the_program_again() {
+    use nestdb_client::{ChangeKind, RowChange, TableRow};
+    let mut r = Reconciler::new();
+    let s1 = snap(&[(10, lp("pod-a", 5))]);
+    r.set_held(&status("i1", 0, &[]), NodeProgram::default(), None);
+    let c1 = r.plan(&s1).commit.expect("a first push");
+    r.committed(&NodeCommitReply {
+        generation: c1.generation,
+        ..Default::default()
+    });
+    assert_eq!((r.full_compiles(), r.incremental_updates()), (1, 0));
+    let s2 = snap(&[(10, lp("pod-a", 5)), (11, lp("pod-b", 6))]);
+    let change = RowChange {
+        table: "Logical_Port".into(),
+        uuid: uuid(11),
+        kind: ChangeKind::Insert,
+        old: None,
+        new: Some(lp("pod-b", 6).to_row()),
+    };
+    let c2 = r
+        .plan_changes(
+            std::slice::from_ref(&change),
+            &s2.rows.logical_ports,
+            s2.txn_id,
+        )
+        .commit
+        .expect("pod-b's commit");
+    assert_eq!((c2.generation, c2.expected_generation), (2, Some(1)));
+    let (p1, p2) = (compile(&s1.rows).program, compile(&s2.rows).program);
+    assert_eq!(c2, {
+        let mut d = sluice_api::node::diff(&p1, &p2);
+        d.generation = 2;
+        d.expected_generation = Some(1);
+        d
+    });
+    assert_eq!((r.full_compiles(), r.incremental_updates()), (1, 1));
+    // Refused: sluiced still holds p1, which the reconciler no longer has.
+    r.refused("no".into());
+    assert!(r.needs_read());
+    assert!(r.is_stale(&status("i1", 1, &[])));
+    assert!(r
+        .plan_changes(&[], &s2.rows.logical_ports, s2.txn_id)
+        .commit
+        .is_none());
+    r.set_held(&status("i1", 1, &[]), p1.clone(), None);
+    let again = r
+        .plan_changes(&[], &s2.rows.logical_ports, s2.txn_id)
+        .commit
+        .expect("the diff against what sluiced holds");
+    assert_eq!(apply(&p1, &again), p2);
+    r.committed(&NodeCommitReply {
+        generation: again.generation,
+        ..Default::default()
+    });
+    // The same change again (a batch overlapping what was applied):
+    // nothing to send.
+    assert!(r
+        .plan_changes(&[change], &s2.rows.logical_ports, s2.txn_id)
+        .commit
+        .is_none());
+    assert_eq!(r.full_compiles(), 1);
+}

@@ -3,14 +3,24 @@
 //! One thread owns everything. It waits for the nestdb [`Monitor`]'s events
 //! (or a timer), and then runs one round:
 //!
-//! 1. the database changed: take one consistent snapshot (rows and the
-//!    transaction id they reflect) — a burst of updates is drained first,
-//!    so the round works from the latest state, not every intermediate one;
+//! 1. the database changed: under the monitor's lock, drain the row-change
+//!    batches that reached the replica and read the `Logical_Port` and
+//!    `Node_Status` rows and the transaction id they reflect (O(pods)); a
+//!    burst of updates is drained at once, so the round works from the
+//!    latest state, not every intermediate one. Only the first plan takes
+//!    a whole snapshot of the rows (and drops the batches it contains);
 //! 2. poll `sluiced`'s `node-status` (every `status_interval`, faster while
 //!    a pod port is not forwarding yet); when its instance id or generation
 //!    is not the held one, read `node-program` and hold that;
-//! 3. plan: compile, diff against the held program, send the difference as
-//!    one `node-commit` (nothing when it is empty). A refused commit whose
+//! 3. plan: the first time, compile every row and diff against the held
+//!    program; after that, feed the drained batches to the reconciler's
+//!    incremental compiler, whose changes are the commit while `sluiced`
+//!    holds what the agent last committed (a diff against `node-program`
+//!    only after a `sluiced` restart, a foreign generation or a failed
+//!    commit). The commit is one `node-commit`, or, when its JSON passes
+//!    [`AgentConfig::max_commit_bytes`], several that are each valid on
+//!    their own ([`super::chunk`]). Nothing is sent when it is empty. A
+//!    refused commit whose
 //!    `node-status` shows another generation or instance is a conflict: read
 //!    again and re-plan. A refusal at a pod port leaves that
 //!    `Logical_Port` out (its row error says why) and re-plans at once, so
@@ -32,13 +42,16 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Receiver;
 use crossbeam_channel::RecvTimeoutError;
 use nestdb_client::node::{NodeStatus as StatusRow, DB};
 use nestdb_client::{
     Backoff, BackoffConfig, Client as DbClient, Condition, Datum, Monitor, MonitorConfig,
-    MonitorEvent, Replica, TableRow, Transaction, Uuid,
+    MonitorEvent, Replica, RowChange, TableRow, Transaction, Uuid,
 };
-use sluice_api::node::{NodeCommit, QueryNodeProgram, QueryNodeStatus};
+use sluice_api::node::{
+    NodeChanges, NodeCommit, NodeCommitReply, QueryNodeProgram, QueryNodeStatus,
+};
 use sluice_api::{Client, ClientError, Empty, Method};
 use tracing::{debug, info, warn};
 
@@ -74,6 +87,11 @@ pub struct AgentConfig {
     pub call_timeout: Duration,
     /// Bound on waiting for the monitor to show the agent's own writes.
     pub write_settle: Duration,
+    /// Largest JSON a single `node-commit` may carry; a bigger change set
+    /// is sent as several commits ([`super::chunk::split`]). Default
+    /// [`super::chunk::DEFAULT_MAX_COMMIT_BYTES`], half of `sluiced`'s
+    /// request limit.
+    pub max_commit_bytes: usize,
     /// Where the metrics go (the endpoint renders them).
     pub metrics: std::sync::Arc<super::metrics::AgentMetrics>,
 }
@@ -89,6 +107,7 @@ impl AgentConfig {
             retry_max: Duration::from_secs(5),
             call_timeout: Duration::from_secs(30),
             write_settle: Duration::from_secs(5),
+            max_commit_bytes: super::chunk::DEFAULT_MAX_COMMIT_BYTES,
             metrics: Default::default(),
         }
     }
@@ -205,7 +224,16 @@ struct Loop {
     db_reachable: bool,
     /// Monitor events since the last snapshot.
     db_changed: bool,
+    /// The `Logical_Port` and `Node_Status` rows and the transaction id,
+    /// as of the last drain.
     snap: Option<Snapshot>,
+    /// Row-change batches drained and not yet given to the reconciler
+    /// (kept only once the rows were loaded: before that the whole
+    /// snapshot of the first plan holds them).
+    pending: Vec<RowChange>,
+    /// The first plan loaded every row.
+    loaded: bool,
+    events: Receiver<MonitorEvent>,
     need_plan: bool,
     /// The last `node-status`; `None` also right after a commit, until it
     /// is read again (so no port state from before the commit is written).
@@ -255,6 +283,9 @@ pub fn run(config: AgentConfig, stop: &AtomicBool) -> Result<(), AgentError> {
         db_reachable: true,
         db_changed: true,
         snap: None,
+        pending: Vec::new(),
+        loaded: false,
+        events,
         need_plan: true,
         status: None,
         next_poll: now,
@@ -273,10 +304,10 @@ pub fn run(config: AgentConfig, stop: &AtomicBool) -> Result<(), AgentError> {
             .next_wake()
             .saturating_duration_since(Instant::now())
             .min(lp.config.status_interval);
-        match events.recv_timeout(wait) {
+        match lp.events.recv_timeout(wait) {
             Ok(ev) => {
                 lp.on_event(ev, &monitor);
-                while let Ok(ev) = events.try_recv() {
+                while let Ok(ev) = lp.events.try_recv() {
                     lp.on_event(ev, &monitor);
                 }
             }
@@ -290,15 +321,27 @@ pub fn run(config: AgentConfig, stop: &AtomicBool) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// The replica and the transaction id it reflects, read under one lock.
-fn snapshot(monitor: &Monitor) -> Snapshot {
+/// Under the monitor's lock: the events that reached `events` (so exactly
+/// the batches the replica holds) and the snapshot of the replica (whole
+/// when `full`, else only ports and status) with the transaction id.
+fn drain_and_snapshot(
+    monitor: &Monitor,
+    events: &Receiver<MonitorEvent>,
+    full: bool,
+) -> (Vec<MonitorEvent>, Snapshot) {
     let mut out = None;
+    let mut evs = Vec::new();
     // A zero timeout evaluates the predicate once, under the monitor's lock.
     let _ = monitor.wait_until(Duration::ZERO, |r, s| {
-        out = Some(Snapshot::from_replica(r, s.last_txn_id));
+        evs.extend(events.try_iter());
+        out = Some(if full {
+            Snapshot::from_replica(r, s.last_txn_id)
+        } else {
+            Snapshot::ports_of_replica(r, s.last_txn_id)
+        });
         true
     });
-    out.unwrap_or_default()
+    (evs, out.unwrap_or_default())
 }
 
 impl Loop {
@@ -312,7 +355,10 @@ impl Loop {
 
     fn on_event(&mut self, ev: MonitorEvent, monitor: &Monitor) {
         match ev {
-            MonitorEvent::Changes(_) => {
+            MonitorEvent::Changes(batch) => {
+                if self.loaded {
+                    self.pending.extend(batch);
+                }
                 self.db_changed = true;
                 self.dirty_since.get_or_insert_with(Instant::now);
             }
@@ -347,23 +393,50 @@ impl Loop {
         }
     }
 
+    /// Drains the monitor's events and refreshes the snapshot (whole
+    /// when `full`: the batches drained are then in it and dropped).
+    fn refresh(&mut self, monitor: &Monitor, full: bool) -> Snapshot {
+        let t = Instant::now();
+        let (evs, snap) = drain_and_snapshot(monitor, &self.events, full);
+        for ev in evs {
+            self.on_event(ev, monitor);
+        }
+        if full {
+            self.pending.clear();
+        }
+        debug!(ms = t.elapsed().as_secs_f64() * 1e3, full, "snapshot taken");
+        self.db_changed = false;
+        self.need_plan = true;
+        self.snap = Some(Snapshot {
+            rows: crate::agent::compile::NodeRows {
+                logical_ports: snap.rows.logical_ports.clone(),
+                ..Default::default()
+            },
+            conversion_errors: Vec::new(),
+            status: snap.status.clone(),
+            txn_id: snap.txn_id,
+        });
+        snap
+    }
+
     fn round(&mut self, monitor: &Monitor, rec: &mut Reconciler) {
         let now = Instant::now();
         if self.db_changed || self.snap.is_none() {
-            let t = Instant::now();
-            self.snap = Some(snapshot(monitor));
-            debug!(ms = t.elapsed().as_secs_f64() * 1e3, "snapshot taken");
-            self.db_changed = false;
-            self.need_plan = true;
+            self.refresh(monitor, false);
         }
         if now >= self.next_poll && now >= self.sluiced.retry_at {
             self.poll(rec);
         }
         if rec.held().is_none() {
+            // Keep the compiler current (and the queue short) while
+            // sluiced is not known: its program is read before a commit.
+            if rec.loaded() && self.pending.len() >= PENDING_MAX {
+                self.plan(monitor, rec);
+            }
             return;
         }
         if self.need_plan && Instant::now() >= self.commit_retry_at {
-            self.plan(rec);
+            self.plan(monitor, rec);
         }
         if self.db_reachable && Instant::now() >= self.writer.retry_at {
             self.write_status(monitor, rec);
@@ -404,15 +477,26 @@ impl Loop {
                     "sluiced restarted (instance {} is now {}, generation {}): pushing the whole program",
                     h.instance_id, status.instance_id, status.generation
                 ),
-                Some(h) => warn!(
+                Some(h) if h.generation != status.generation => warn!(
                     "sluiced holds generation {}, not the {} this agent left it at: diffing against what it holds",
                     status.generation, h.generation
                 ),
+                Some(_) => debug!(
+                    generation = status.generation,
+                    "read sluiced's program again after a commit that did not apply"
+                ),
             }
             let existing = self.snap.as_ref().and_then(|s| s.status.first());
+            // A read only because a refused commit left the program unknown
+            // keeps the refusal's backoff.
+            let moved = rec.held().is_none_or(|h| {
+                h.instance_id != status.instance_id || h.generation != status.generation
+            });
             rec.set_held(&status, program, existing.map(|(_, r)| r));
             self.need_plan = true;
-            self.commit_retry_at = Instant::now();
+            if moved {
+                self.commit_retry_at = Instant::now();
+            }
             self.said_up_to_date = false;
         }
         let interval = if rec.ports_pending(&status) > 0 {
@@ -447,11 +531,27 @@ impl Loop {
         }
     }
 
-    fn plan(&mut self, rec: &mut Reconciler) {
-        let Some(snap) = &self.snap else { return };
+    fn plan(&mut self, monitor: &Monitor, rec: &mut Reconciler) {
         let t_plan = Instant::now();
-        let plan = rec.plan(snap);
+        let plan = if rec.loaded() {
+            let Some(snap) = &self.snap else { return };
+            let batch = std::mem::take(&mut self.pending);
+            rec.plan_changes(&batch, &snap.rows.logical_ports, snap.txn_id)
+        } else {
+            let full = self.refresh(monitor, true);
+            let p = rec.plan(&full);
+            self.loaded = true;
+            info!(
+                ms = format!("{:.1}", t_plan.elapsed().as_secs_f64() * 1e3),
+                services = full.rows.services.len(),
+                endpoints = full.rows.endpoints.len(),
+                ports = full.rows.logical_ports.len(),
+                "compiled every row (from here on only the rows that change are compiled)"
+            );
+            p
+        };
         let plan_ms = t_plan.elapsed().as_secs_f64() * 1e3;
+        let txn_id = self.snap.as_ref().and_then(|s| s.txn_id);
         for e in &plan.new_errors {
             warn!(table = e.table, row = %e.key, "row skipped: {}", e.sentence);
         }
@@ -462,15 +562,25 @@ impl Loop {
             warn!("{s}");
         }
         let m = &self.config.metrics;
-        m.row_errors.store(
-            rec.row_error_count() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            m.row_errors.store(rec.row_error_count() as u64, Relaxed);
+            m.full_compiles.store(rec.full_compiles(), Relaxed);
+            m.incremental_updates
+                .store(rec.incremental_updates(), Relaxed);
+        }
+        let Some(held_generation) = rec.held().map(|h| h.generation) else {
+            return;
+        };
         let Some(changes) = plan.commit else {
+            if rec.needs_read() {
+                // The program must be read first (next poll).
+                return;
+            }
             self.dirty_since = None;
             if !self.said_up_to_date {
                 info!(
-                    generation = rec.held().map_or(0, |h| h.generation),
+                    generation = held_generation,
                     "sluiced's program is up to date: nothing to send"
                 );
                 self.said_up_to_date = true;
@@ -479,7 +589,8 @@ impl Loop {
             return;
         };
         let t_commit = Instant::now();
-        match self.sluiced.call::<NodeCommit>(&changes) {
+        let generation = changes.generation;
+        match self.send(changes) {
             Ok(reply) => {
                 let commit_ms = t_commit.elapsed().as_secs_f64() * 1e3;
                 rec.committed(&reply);
@@ -497,7 +608,7 @@ impl Loop {
                 let c = reply.counts;
                 info!(
                     generation = reply.generation,
-                    txn = %snap.txn_id.map_or_else(|| "none".into(), |t: Uuid| t.to_string()),
+                    txn = %txn_id.map_or_else(|| "none".into(), |t: Uuid| t.to_string()),
                     plan_ms = format!("{plan_ms:.1}"),
                     commit_ms = format!("{commit_ms:.1}"),
                     "committed: ports +{} -{}, flow ops {}, Services +{} -{}, VTEPs {}, port security {}, ARP {}, neighbours {}, groups {}, settings {}",
@@ -514,14 +625,14 @@ impl Loop {
                 self.status = None;
                 self.next_poll = Instant::now();
             }
-            Err(ClientError::Api(e)) => {
+            Err(SendError::Whole(ClientError::Api(e))) => {
                 // A conflict shows in node-status; anything else is a
                 // refusal of this change set.
                 if let Ok(st) = self.sluiced.call::<QueryNodeStatus>(&Empty {}) {
                     if rec.is_stale(&st) {
                         warn!(
                             "node-commit of generation {} conflicted ({}); re-reading what sluiced holds",
-                            changes.generation, e.message
+                            generation, e.message
                         );
                         rec.forget_held();
                         self.next_poll = Instant::now();
@@ -531,15 +642,17 @@ impl Loop {
                 if let Some(port) = refused_port(&e.message) {
                     if rec.refuse_port(&port, &e.message) {
                         // Left out: re-plan now without it (its row error
-                        // is logged by that plan).
+                        // is logged by that plan), after reading sluiced's
+                        // program if the reconciler needs it.
                         self.commit_retry_at = Instant::now();
+                        self.next_poll = Instant::now();
                         return;
                     }
                 }
                 if self.last_refusal.as_deref() != Some(e.message.as_str()) {
                     warn!(
                         "sluiced refused the commit of generation {}: {}; retrying with backoff",
-                        changes.generation, e.message
+                        generation, e.message
                     );
                     self.last_refusal = Some(e.message.clone());
                 }
@@ -549,10 +662,57 @@ impl Loop {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 rec.refused(e.message);
                 self.commit_retry_at = Instant::now() + self.commit_backoff.next_delay();
+                self.next_poll = self.next_poll.min(Instant::now());
             }
-            // Unreachable: logged by `call`; retried at `retry_at`.
-            Err(_) => {}
+            Err(SendError::Partial { sent, parts, error }) => {
+                warn!(
+                    "sluiced took {sent} of the {parts} parts of the change set, then: {error}; reading what it holds and sending the rest"
+                );
+                rec.partly_committed(format!(
+                    "sluiced took {sent} of {parts} parts of a commit too big for one request, then: {error}"
+                ));
+                self.commit_retry_at = Instant::now() + self.commit_backoff.next_delay();
+                self.next_poll = Instant::now();
+            }
+            // Unreachable: logged by `call`; retried at `retry_at` (the
+            // reconciler reads the program again before the next commit,
+            // since this one may or may not have applied).
+            Err(SendError::Whole(_)) => {}
         }
+    }
+
+    /// One `node-commit`, or several when the change set's JSON passes
+    /// `max_commit_bytes` (each valid on its own, generations one apart):
+    /// the reply of the last.
+    fn send(&mut self, changes: NodeChanges) -> Result<NodeCommitReply, SendError> {
+        let parts = super::chunk::split(changes, self.config.max_commit_bytes);
+        let n = parts.len();
+        if n > 1 {
+            info!(
+                parts = n,
+                limit = self.config.max_commit_bytes,
+                "the change set is bigger than one request may be: sending it in {n} commits, each valid on its own"
+            );
+        }
+        let mut last = None;
+        for (i, p) in parts.into_iter().enumerate() {
+            match self.sluiced.call::<NodeCommit>(&p) {
+                Ok(r) => last = Some(r),
+                Err(e) if i == 0 => return Err(SendError::Whole(e)),
+                Err(e) => {
+                    return Err(SendError::Partial {
+                        sent: i,
+                        parts: n,
+                        error: e.to_string(),
+                    })
+                }
+            }
+        }
+        last.ok_or(SendError::Partial {
+            sent: 0,
+            parts: 0,
+            error: "there was nothing to send".into(),
+        })
     }
 
     fn write_status(&mut self, monitor: &Monitor, rec: &Reconciler) {
@@ -604,6 +764,23 @@ impl Loop {
             debug!("the monitor did not show the status writes in time");
         }
     }
+}
+
+/// How many drained row changes may wait while `sluiced` is not known
+/// before they are given to the compiler anyway.
+const PENDING_MAX: usize = 10_000;
+
+/// Why [`Loop::send`] failed.
+#[derive(Debug)]
+enum SendError {
+    /// The first (or only) commit failed: nothing applied.
+    Whole(ClientError),
+    /// Some parts applied, then one failed.
+    Partial {
+        sent: usize,
+        parts: usize,
+        error: String,
+    },
 }
 
 fn uuid_is(u: Uuid) -> Condition {

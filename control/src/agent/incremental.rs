@@ -720,6 +720,31 @@ impl IncrementalCompiler {
         }
     }
 
+    /// The ports of the program held (cheap: no program is built).
+    pub fn ports(&self) -> &BTreeMap<String, PortSpec> {
+        &self.out.ports
+    }
+
+    /// The node settings of the program held.
+    pub fn settings(&self) -> &NodeSettings {
+        &self.out.settings
+    }
+
+    /// Records `errors` as the rows of a snapshot that did not convert
+    /// (what [`NodeRows::from_replica`] returns beside the rows given to
+    /// [`Self::from_rows`]), so a later change of such a row clears its
+    /// error as [`Self::update_from_changes`] does. An error whose key is
+    /// not a UUID is ignored.
+    pub fn set_conversion_errors(&mut self, errors: &[RowError]) {
+        self.conversion.clear();
+        for e in errors {
+            if let Ok(u) = e.key.parse::<Uuid>() {
+                self.conversion.insert((e.table, u), e.clone());
+            }
+        }
+        self.errors_epoch += 1;
+    }
+
     /// The rows that were not compiled, sorted (as [`Compiled::errors`]).
     pub fn errors(&self) -> Vec<RowError> {
         self.errors.keys().cloned().collect()

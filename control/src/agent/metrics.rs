@@ -2,7 +2,8 @@
 //! how long the node takes to follow its database (from the first
 //! database change not yet applied to sluiced acknowledging the commit),
 //! the planning and commit times, commits and refusals, the generation in
-//! force and the rows skipped.
+//! force, the rows skipped, and how often rows were compiled from scratch
+//! or incrementally.
 //!
 //! Thread-safety: atomics written by the agent's loop, read by the
 //! endpoint's thread.
@@ -32,6 +33,10 @@ pub struct AgentMetrics {
     pub generation: AtomicU64,
     /// Rows skipped with an error.
     pub row_errors: AtomicU64,
+    /// Times every row was compiled from scratch (once per agent start).
+    pub full_compiles: AtomicU64,
+    /// Row-change batches compiled incrementally.
+    pub incremental_updates: AtomicU64,
 }
 
 impl Default for AgentMetrics {
@@ -44,6 +49,8 @@ impl Default for AgentMetrics {
             refusals: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             row_errors: AtomicU64::new(0),
+            full_compiles: AtomicU64::new(0),
+            incremental_updates: AtomicU64::new(0),
         }
     }
 }
@@ -94,6 +101,18 @@ impl AgentMetrics {
             "Database rows skipped with an error (Node_Status.row_errors).",
         )
         .sample(&[], self.row_errors.load(Relaxed) as f64);
+        e.family(
+            "sluice_agent_full_compiles_total",
+            Kind::Counter,
+            "Times every database row was compiled from scratch (once per agent start; each change after that is compiled incrementally).",
+        )
+        .sample(&[], self.full_compiles.load(Relaxed) as f64);
+        e.family(
+            "sluice_agent_incremental_updates_total",
+            Kind::Counter,
+            "Batches of row changes compiled incrementally.",
+        )
+        .sample(&[], self.incremental_updates.load(Relaxed) as f64);
         e.finish()
             .unwrap_or_else(|err| format!("# metrics error: {err}\n"))
     }

@@ -10,6 +10,8 @@
 //!   what `sluiced` holds, the one `node-commit` that moves it to the
 //!   compiled program (`sluice_api::node::diff`), the status rows to write
 //!   back;
+//! - [`chunk`]: a change set too big for one request split into commits
+//!   that are each valid on their own;
 //! - [`daemon`]: the loop around it: the nestdb monitor, the `sluiced`
 //!   control socket, retries, status writes;
 //! - [`startup`]: socket checks and dropping capabilities at start;
@@ -18,6 +20,7 @@
 //! Thread-safety: [`compile`], [`incremental`] and [`reconcile`] are plain
 //! functions and values; [`daemon::run`] owns one thread (plus the monitor's).
 
+pub mod chunk;
 pub mod compile;
 pub mod daemon;
 pub mod incremental;

@@ -18,10 +18,21 @@
 //! and unplugs the device, whose counters go with it. Other ports are not
 //! touched: their queues keep being polled throughout.
 //!
+//! Pod ports (`port-add` of a pod, a node commit's pod ports) default to
+//! `net_af_xdp` ([`PodDriver::DEFAULT`]) and fall back to `net_af_packet`
+//! per port when af_xdp cannot work there: checked before opening (the
+//! veth has fewer queues than the port needs, or the process lacks
+//! CAP_NET_RAW, CAP_NET_ADMIN and CAP_BPF or CAP_SYS_ADMIN) or learnt by
+//! opening it (no af_xdp PMD in this DPDK, the XDP program refused, ...).
+//! Each fallback is logged with its reason and counted
+//! ([`Ports::pod_driver_fallbacks`]); `dump-ports` shows the driver each
+//! port got.
+//!
 //! Thread-safety: control threads call [`Ports`] concurrently; a mutex
 //! serialises adds and deletes (and covers the pool), never taken by a PMD.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -133,6 +144,8 @@ pub struct Ports {
     inner: Mutex<Inner>,
     cores: Vec<Option<usize>>,
     owners: Mutex<PortOwners>,
+    /// Pod ports opened with af_packet although af_xdp was wanted.
+    fallbacks: AtomicU64,
 }
 
 /// One port as the control methods show it.
@@ -168,7 +181,55 @@ impl Ports {
             }),
             cores,
             owners: Mutex::new(PortOwners::default()),
+            fallbacks: AtomicU64::new(0),
         }
+    }
+
+    /// How many pod ports were opened with af_packet because af_xdp, the
+    /// driver wanted, could not work for them (each logged with why).
+    pub fn pod_driver_fallbacks(&self) -> u64 {
+        self.fallbacks.load(Ordering::Relaxed)
+    }
+
+    /// Opens pod port `name` on `iface` with `queues` queue pairs
+    /// (`rx_queues` of them polled): with `want`, and when that is af_xdp
+    /// and af_xdp cannot work here, with af_packet instead (logged with the
+    /// reason and counted).
+    fn open_pod(
+        &self,
+        inner: &mut Inner,
+        name: &str,
+        iface: &str,
+        want: PodDriver,
+        queues: u16,
+        rx_queues: u16,
+    ) -> Result<Ethdev, PortError> {
+        let why = if want == PodDriver::AfXdp {
+            match af_xdp_blocker(iface, queues) {
+                Some(why) => why,
+                None => {
+                    inner.seq += 1;
+                    let devargs = pod_devargs(PodDriver::AfXdp, iface, inner.seq, queues);
+                    match open(inner, name, &devargs, rx_queues, self.n_pmds()) {
+                        Ok(dev) => return Ok(dev),
+                        Err(e) => format!("opening it with af_xdp failed: {e}"),
+                    }
+                }
+            }
+        } else {
+            String::new()
+        };
+        if want == PodDriver::AfXdp {
+            self.fallbacks.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                port = name,
+                iface,
+                "pod port {name}: af_xdp cannot work here ({why}); using af_packet for this port"
+            );
+        }
+        inner.seq += 1;
+        let devargs = pod_devargs(PodDriver::AfPacket, iface, inner.seq, queues);
+        open(inner, name, &devargs, rx_queues, self.n_pmds())
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -257,22 +318,25 @@ impl Ports {
                 .find(|o| !inner.entries.contains_key(o))
                 .ok_or(PortError::NoFreeOfport)?,
         };
-        inner.seq += 1;
-        let devargs = match &r.kind {
+        let mut dev = match &r.kind {
             PortKind::Pod { iface, driver } => {
                 if !std::path::Path::new("/sys/class/net").join(iface).exists() {
                     return Err(PortError::InterfaceMissing(iface.clone()).into());
                 }
-                pod_devargs(
-                    driver.unwrap_or(PodDriver::DEFAULT),
+                self.open_pod(
+                    &mut inner,
+                    &r.name,
                     iface,
-                    inner.seq,
+                    driver.unwrap_or(PodDriver::DEFAULT),
                     r.rx_queues.max(self.n_pmds() as u16),
-                )
+                    r.rx_queues,
+                )?
             }
-            PortKind::Devargs { devargs } => devargs.clone(),
+            PortKind::Devargs { devargs } => {
+                inner.seq += 1;
+                open(&inner, &r.name, devargs, r.rx_queues, self.n_pmds())?
+            }
         };
-        let mut dev = open(&inner, &r.name, &devargs, r.rx_queues, self.n_pmds())?;
         dev.detach_on_close();
         let pmds = self.least_loaded(r.rx_queues);
         let (s, generation) = self.publish(&mut inner, ofport, &r.name, r.kind.name(), dev, pmds);
@@ -434,9 +498,16 @@ impl Ports {
             {
                 return Err(err(PortError::InterfaceMissing(a.interface.clone())));
             }
-            inner.seq += 1;
-            let devargs = pod_devargs(a.driver, &a.interface, inner.seq, self.n_pmds() as u16);
-            let mut dev = open(&inner, &a.name, &devargs, 1, self.n_pmds()).map_err(err)?;
+            let mut dev = self
+                .open_pod(
+                    &mut inner,
+                    &a.name,
+                    &a.interface,
+                    a.driver,
+                    self.n_pmds() as u16,
+                    1,
+                )
+                .map_err(err)?;
             dev.detach_on_close();
             let pmds = pick_least_loaded(&mut load, 1);
             stage.added.push(StagedPort {
@@ -750,6 +821,68 @@ impl PortStage {
     }
 }
 
+/// Why af_xdp cannot work for a pod port on `iface` with `queues` queue
+/// pairs, checked before opening it: the veth has fewer rx queues than
+/// that (the CNI's veths have one; sluiced needs one tx queue per PMD), or
+/// this process lacks CAP_NET_RAW, CAP_NET_ADMIN and CAP_BPF or
+/// CAP_SYS_ADMIN (loading and attaching the XDP program). `None`: try it.
+pub fn af_xdp_blocker(iface: &str, queues: u16) -> Option<String> {
+    let have = veth_queues(iface);
+    if let Some(have) = have.filter(|&h| h < queues) {
+        return Some(format!(
+            "{iface} has {have} rx queue(s) and the port needs {queues} (one per PMD); create the veth with numrxqueues/numtxqueues {queues} to use af_xdp"
+        ));
+    }
+    let caps = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    missing_af_xdp_caps(caps).map(|m| {
+        format!("sluiced lacks {m}, which af_xdp needs to load and attach its XDP program")
+    })
+}
+
+/// The capabilities af_xdp needs that `cap_eff` (a CapEff mask) lacks, as
+/// text; `None` when it has them.
+pub fn missing_af_xdp_caps(cap_eff: u64) -> Option<String> {
+    const NET_ADMIN: u32 = 12;
+    const NET_RAW: u32 = 13;
+    const SYS_ADMIN: u32 = 21;
+    const BPF: u32 = 39;
+    let has = |c: u32| cap_eff & (1u64 << c) != 0;
+    let mut missing = Vec::new();
+    if !has(NET_RAW) {
+        missing.push("CAP_NET_RAW");
+    }
+    if !has(NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if !has(BPF) && !has(SYS_ADMIN) {
+        missing.push("CAP_BPF (or CAP_SYS_ADMIN)");
+    }
+    (!missing.is_empty()).then(|| missing.join(", "))
+}
+
+/// The number of rx queues of Linux interface `iface` (`None` when
+/// sysfs does not say).
+fn veth_queues(iface: &str) -> Option<u16> {
+    let dir = std::fs::read_dir(
+        std::path::Path::new("/sys/class/net")
+            .join(iface)
+            .join("queues"),
+    )
+    .ok()?;
+    let n = dir
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+        .count();
+    u16::try_from(n).ok()
+}
+
 /// Devargs of a pod port on `iface` with `queues` queue pairs; `seq` makes
 /// the vdev name unique in this process.
 pub fn pod_devargs(driver: PodDriver, iface: &str, seq: u32, queues: u16) -> String {
@@ -795,6 +928,33 @@ mod tests {
             "net_af_packet_sl3,iface=veth1,qpairs=2"
         );
         assert!(pod_devargs(PodDriver::AfXdp, "v", 4, 1).starts_with("net_af_xdp_sl4,iface=v,"));
+    }
+
+    #[test]
+    fn af_xdp_needs_raw_admin_and_bpf_or_sys_admin() {
+        let bit = |c: u32| 1u64 << c;
+        assert_eq!(missing_af_xdp_caps(bit(12) | bit(13) | bit(39)), None);
+        assert_eq!(missing_af_xdp_caps(bit(12) | bit(13) | bit(21)), None);
+        let m = missing_af_xdp_caps(bit(12) | bit(13)).unwrap();
+        assert!(m.contains("CAP_BPF"), "{m}");
+        let m = missing_af_xdp_caps(0).unwrap();
+        assert!(
+            m.contains("CAP_NET_RAW") && m.contains("CAP_NET_ADMIN"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn af_xdp_is_blocked_on_a_veth_with_too_few_queues() {
+        // The loopback interface has one rx queue everywhere.
+        if veth_queues("lo") != Some(1) {
+            return;
+        }
+        let why = af_xdp_blocker("lo", 2).expect("two queues on a one-queue interface");
+        assert!(
+            why.contains("1 rx queue(s)") && why.contains("needs 2"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -144,13 +144,15 @@ impl PodDriver {
     /// (iperf3 TCP between two pod namespaces through sluiced, release
     /// build, idle 2-core VM, 8 s, two rounds): af_xdp 4.08 / 4.12 Gbit/s,
     /// af_packet 3.28 / 3.41, TAP 2.00 / 2.06 (virtio-user: no vhost_net in
-    /// this kernel). af_xdp is faster by about a fifth, but it needs as many
-    /// veth queues as sluiced has PMDs (the CNI creates one-queue veths)
-    /// and CAP_BPF/CAP_SYS_ADMIN to load its XDP program, where af_packet
-    /// works with any queue count and CAP_NET_RAW: af_packet stays the
-    /// default until the CNI creates multi-queue veths and the driver is
-    /// chosen per port from the queue count.
-    pub const DEFAULT: PodDriver = PodDriver::AfPacket;
+    /// this kernel). af_xdp is faster by about a fifth, so it is the
+    /// default; sluiced falls back to af_packet per port, logging and
+    /// counting why, where af_xdp cannot work: the veth has fewer queues
+    /// than sluiced has PMDs (the CNI creates one-queue veths, so on a node
+    /// with several PMDs pod ports get af_packet), sluiced lacks
+    /// CAP_BPF/CAP_SYS_ADMIN (or CAP_NET_RAW, CAP_NET_ADMIN), or opening the
+    /// af_xdp device fails (no such PMD in this DPDK, XDP refused). Asking
+    /// for af_packet explicitly always gets af_packet.
+    pub const DEFAULT: PodDriver = PodDriver::AfXdp;
 
     /// The name on the wire and in the text form.
     pub fn as_str(self) -> &'static str {

@@ -1,0 +1,306 @@
+//! A change set too big for one `node-commit` request, split into several
+//! commits that are each valid on their own.
+//!
+//! `sluiced`'s control socket refuses a request larger than its message
+//! limit (`ServerConfig::max_message_bytes`, 64 MiB by default), and one
+//! `node-commit` is applied all at once, so it must fit. [`split`] keeps a
+//! change set whose JSON fits `max` whole; a bigger one becomes, in order:
+//!
+//! 1. the base: ports removed and added, node settings, VTEPs, neighbours,
+//!    ARP responder, port security, groups added or replaced;
+//! 2. the flow deletions (in their order), in chunks;
+//! 3. the Service upserts and deletions, in chunks;
+//! 4. the flow additions and modifications (in their order), in chunks;
+//! 5. the groups removed.
+//!
+//! Each part refers only to what earlier parts (or the program before)
+//! hold: flows come after the ports, groups and settings they use, and a
+//! group goes only after the flows that used it. Running the parts one
+//! after the other ends in the same program as the whole change set when
+//! its flow deletions and additions name distinct flows, which is what
+//! `sluice_api::node::diff` and the incremental compiler produce (deletions
+//! of identities that went away, additions of the others). In between,
+//! `sluiced` forwards with a program that is part old, part new: the price
+//! of a change set bigger than one request (the initial load of a very big
+//! node; an ordinary change is far below the limit).
+//!
+//! Generations: part `i` carries `generation + i`, the first part the
+//! change set's `expected_generation`, each later part the generation of
+//! the one before, so a part can only apply on top of its predecessor.
+//!
+//! Thread-safety: pure functions.
+
+use std::io;
+
+use serde::Serialize;
+use sluice_api::flows::FlowOp;
+use sluice_api::node::NodeChanges;
+
+/// The default largest commit: half of `sluiced`'s default request limit
+/// (64 MiB), leaving room for the JSON-RPC envelope.
+pub const DEFAULT_MAX_COMMIT_BYTES: usize = 32 << 20;
+
+/// Room kept in each part for its fixed fields (an empty change set) and
+/// the numbers and separators around its items.
+fn fixed_room() -> usize {
+    json_len(&NodeChanges {
+        generation: u64::MAX,
+        expected_generation: Some(u64::MAX),
+        ..NodeChanges::default()
+    }) + 64
+}
+
+/// Counts the bytes written.
+struct Counter(usize);
+
+impl io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The length of `v`'s compact JSON, without building it.
+pub fn json_len<T: Serialize>(v: &T) -> usize {
+    let mut c = Counter(0);
+    // Writing into a counter cannot fail, and the types serialized here
+    // always serialize; a failure counts what was written.
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
+/// `changes` as one or more commits whose JSON each fits `max` bytes (a
+/// single item bigger than that goes alone, and `sluiced` says why it
+/// refuses it). Always at least one part. See the module documentation.
+pub fn split(changes: NodeChanges, max: usize) -> Vec<NodeChanges> {
+    if json_len(&changes) <= max {
+        return vec![changes];
+    }
+    let budget = max.saturating_sub(fixed_room()).max(1);
+    let NodeChanges {
+        generation,
+        expected_generation,
+        ports_removed,
+        ports_added,
+        settings,
+        vteps_removed,
+        vteps_set,
+        neighbours_removed,
+        neighbours_set,
+        arp_removed,
+        arp_set,
+        port_security_removed,
+        port_security_set,
+        groups_removed,
+        groups_set,
+        flow_ops,
+        services,
+    } = changes;
+    let mut parts = vec![NodeChanges {
+        ports_removed,
+        ports_added,
+        settings,
+        vteps_removed,
+        vteps_set,
+        neighbours_removed,
+        neighbours_set,
+        arp_removed,
+        arp_set,
+        port_security_removed,
+        port_security_set,
+        groups_set,
+        ..NodeChanges::default()
+    }];
+    let (dels, adds): (Vec<FlowOp>, Vec<FlowOp>) = flow_ops
+        .into_iter()
+        .partition(|op| matches!(op, FlowOp::Del { .. }));
+    for chunk in chunks(dels, budget) {
+        parts.push(NodeChanges {
+            flow_ops: chunk,
+            ..NodeChanges::default()
+        });
+    }
+    let flush = services.flush_removed_endpoints;
+    for chunk in chunks(services.delete, budget) {
+        let mut p = NodeChanges::default();
+        p.services.delete = chunk;
+        p.services.flush_removed_endpoints = flush;
+        parts.push(p);
+    }
+    for chunk in chunks(services.upsert, budget) {
+        let mut p = NodeChanges::default();
+        p.services.upsert = chunk;
+        p.services.flush_removed_endpoints = flush;
+        parts.push(p);
+    }
+    for chunk in chunks(adds, budget) {
+        parts.push(NodeChanges {
+            flow_ops: chunk,
+            ..NodeChanges::default()
+        });
+    }
+    if !groups_removed.is_empty() {
+        parts.push(NodeChanges {
+            groups_removed,
+            ..NodeChanges::default()
+        });
+    }
+    // An empty base (nothing but Services or flows) is no commit.
+    if parts.len() > 1 && parts[0].is_empty() {
+        parts.remove(0);
+    }
+    let mut prev = expected_generation;
+    for (i, p) in parts.iter_mut().enumerate() {
+        p.generation = generation + i as u64;
+        p.expected_generation = prev;
+        prev = Some(p.generation);
+    }
+    parts
+}
+
+/// `items` in runs whose JSON (with separators) fits `budget`; an item
+/// bigger than the budget forms a run of its own.
+fn chunks<T: Serialize>(items: Vec<T>, budget: usize) -> Vec<Vec<T>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut size = 0;
+    for it in items {
+        let n = json_len(&it) + 1;
+        if !cur.is_empty() && size + n > budget {
+            out.push(std::mem::take(&mut cur));
+            size = 0;
+        }
+        size += n;
+        cur.push(it);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use sluice_api::node::{apply, diff, Flow, NodeProgram, PortKind, PortSpec};
+    use sluice_api::service::{EndpointSpec, Protocol, ServiceSpec};
+
+    use super::*;
+
+    fn service(i: u32, endpoints: u8) -> ServiceSpec {
+        let mut s: ServiceSpec = serde_json::from_value(serde_json::json!({
+            "name": format!("default/svc-{i}:80"),
+            "protocol": serde_json::to_value(Protocol::Tcp).unwrap(),
+            "port": 80,
+        }))
+        .unwrap();
+        s.cluster_ips = vec![Ipv4Addr::from(0x0a60_0000 + i)];
+        s.endpoints = (0..endpoints)
+            .map(|e| {
+                serde_json::from_value::<EndpointSpec>(serde_json::json!({
+                    "ip": Ipv4Addr::from(0x0a64_0000 + i * 16 + u32::from(e)),
+                    "port": 8080,
+                }))
+                .unwrap()
+            })
+            .collect();
+        s
+    }
+
+    fn program(services: u32, flows: u32, tag: &str) -> NodeProgram {
+        let mut p = NodeProgram::default();
+        p.ports.insert(
+            "pod-a".into(),
+            PortSpec {
+                ofport: 10,
+                kind: PortKind::Pod {
+                    interface: "slabc".into(),
+                },
+                driver: Default::default(),
+            },
+        );
+        for i in 0..services {
+            let s = service(i, 3);
+            p.services.insert(s.name.clone(), s);
+        }
+        p.flows = (0..flows)
+            .map(|i| Flow {
+                table: 10,
+                priority: 100,
+                match_: format!("ip,nw_dst=10.244.{}.{}", i / 250, i % 250),
+                cookie: 1,
+                actions: format!("output:{tag}"),
+            })
+            .collect();
+        p.canonicalize();
+        p
+    }
+
+    #[test]
+    fn a_small_change_set_stays_one_commit() {
+        let c = diff(&NodeProgram::default(), &program(10, 10, "10"));
+        let parts = split(c.clone(), DEFAULT_MAX_COMMIT_BYTES);
+        assert_eq!(parts, vec![c]);
+    }
+
+    #[test]
+    fn a_big_change_set_becomes_parts_that_each_fit_and_end_in_the_same_program() {
+        let old = program(300, 200, "10");
+        let mut new = program(2000, 1500, "11");
+        new.ports.clear();
+        new.services.retain(|k, _| !k.ends_with("7:80"));
+        let mut whole = diff(&old, &new);
+        whole.generation = 8;
+        whole.expected_generation = Some(7);
+        let max = 20_000;
+        assert!(
+            json_len(&whole) > 10 * max,
+            "the test needs a big change set"
+        );
+        let parts = split(whole.clone(), max);
+        assert!(parts.len() > 10, "{} parts", parts.len());
+        let mut p = old.clone();
+        let mut prev = Some(7);
+        for (i, part) in parts.iter().enumerate() {
+            assert!(
+                json_len(part) <= max,
+                "part {i} is {} bytes",
+                json_len(part)
+            );
+            assert!(!part.is_empty(), "part {i} is empty");
+            assert_eq!(part.expected_generation, prev);
+            assert_eq!(part.generation, 8 + i as u64);
+            prev = Some(part.generation);
+            // Flows never come before the ports they may use.
+            if i > 0 {
+                assert!(part.ports_added.is_empty() && part.ports_removed.is_empty());
+            }
+            p = apply(&p, part);
+        }
+        assert_eq!(p, new);
+        assert_eq!(p, apply(&old, &whole));
+    }
+
+    #[test]
+    fn an_item_bigger_than_the_limit_goes_alone() {
+        let mut new = NodeProgram::default();
+        for i in 0..3 {
+            let s = service(i, 200);
+            new.services.insert(s.name.clone(), s);
+        }
+        new.canonicalize();
+        let parts = split(diff(&NodeProgram::default(), &new), 1000);
+        assert_eq!(parts.len(), 3);
+        assert!(parts.iter().all(|p| p.services.upsert.len() == 1));
+        let mut p = NodeProgram::default();
+        for part in &parts {
+            p = apply(&p, part);
+        }
+        assert_eq!(p, new);
+    }
+}

@@ -1,0 +1,276 @@
+//! The pod-port driver the agent's ports get, with a real `sluiced` (DPDK,
+//! its own `--file-prefix`, one PMD, in its own network namespace) and
+//! real veths: af_xdp by default where it can work, af_packet per port,
+//! logged with the reason, where it cannot.
+//!
+//! - a one-queue veth (what the CNI creates), one queue asked: af_xdp;
+//! - a one-queue veth, two queues asked: af_xdp cannot work (too few veth
+//!   queues), the port opens with af_packet and sluiced logs why;
+//! - a two-queue veth, two queues asked: af_xdp, or af_packet with the
+//!   af_xdp open's failure logged (this VM's kernel refuses the second
+//!   queue: the fallback learnt by opening);
+//! - af_packet asked for explicitly: af_packet, no fallback logged;
+//! - a node commit's pod port (the agent's path, default driver): af_xdp.
+//!
+//! Needs root and the `sluiced` binary of this build; skips with the
+//! reason recorded otherwise. Everything it makes goes on drop.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice_api::node::{
+    NodeChanges, NodeCommit, NodeProgram, PortKind as NodePortKind, PortSpec, QueryNodeProgram,
+    QueryNodeStatus,
+};
+use sluice_api::ports::{PodDriver, PortAdd, PortAddRequest, PortKind};
+use sluice_api::{Client, Empty};
+use sluice_testkit::{sh, sh_quiet};
+
+const WAIT: Duration = Duration::from_secs(90);
+const PREFIX: &str = "slt-pdrv";
+const NS: &str = "slt-pdrv-node";
+
+fn report_skip(line: &str) {
+    sluice_testkit::record_skip(env!("CARGO_TARGET_TMPDIR"), line);
+}
+
+fn built(name: &str, how: &str) -> Option<PathBuf> {
+    let p = std::env::current_exe().ok()?.parent()?.parent()?.join(name);
+    if p.exists() {
+        Some(p)
+    } else {
+        report_skip(&format!(
+            "SKIPPED control/tests/agent_pod_driver.rs: {} is not built ({how})",
+            p.display()
+        ));
+        None
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    })
+}
+
+/// A child process SIGKILLed and reaped on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The node namespace (its veths go with it), deleted on drop.
+struct Netns;
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        sh_quiet(&["ip", "netns", "del", NS]);
+    }
+}
+
+fn ctl() -> PathBuf {
+    std::env::temp_dir().join(format!("{PREFIX}.ctl"))
+}
+
+fn pmd_core() -> usize {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap_or("0")
+        .trim()
+        .split(',')
+        .filter_map(|p| p.rsplit('-').next()?.parse::<usize>().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// A veth pair inside the node namespace with `queues` queues each way.
+fn veth(outer: &str, inner: &str, queues: u16) {
+    let q = queues.to_string();
+    sh(&[
+        "ip",
+        "-n",
+        NS,
+        "link",
+        "add",
+        outer,
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        inner,
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+    ]);
+    sh(&["ip", "-n", NS, "link", "set", outer, "up"]);
+    sh(&["ip", "-n", NS, "link", "set", inner, "up"]);
+}
+
+fn client() -> Client {
+    let mut c = Client::connect(ctl()).expect("connect to sluiced");
+    c.set_timeout(Some(WAIT)).unwrap();
+    c
+}
+
+fn add(name: &str, iface: &str, driver: Option<PodDriver>, rx_queues: u16) -> String {
+    client()
+        .call::<PortAdd>(&PortAddRequest {
+            name: name.into(),
+            ofport: None,
+            kind: PortKind::Pod {
+                iface: iface.into(),
+                driver,
+            },
+            rx_queues,
+        })
+        .unwrap_or_else(|e| panic!("port-add {name}: {e}"))
+        .driver
+}
+
+#[test]
+fn pod_ports_default_to_af_xdp_and_fall_back_to_af_packet_per_port() {
+    if !is_root() {
+        report_skip("SKIPPED control/tests/agent_pod_driver.rs: needs root (namespace, DPDK)");
+        return;
+    }
+    let Some(bin) = built("sluiced", "cargo build -p sluice-datapath --bin sluiced") else {
+        return;
+    };
+    sh_quiet(&["ip", "netns", "del", NS]);
+    sh(&["ip", "netns", "add", NS]);
+    let _ns = Netns;
+    sh(&["ip", "-n", NS, "link", "set", "lo", "up"]);
+    veth("slpd-up", "slpd-up-p", 1);
+    veth("slpd-one", "slpd-one-p", 1);
+    veth("slpd-few", "slpd-few-p", 1);
+    veth("slpd-two", "slpd-two-p", 2);
+    veth("slpd-pkt", "slpd-pkt-p", 1);
+    veth("slpd-cmt", "slpd-cmt-p", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sluiced.ini");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[coe]\nnode_type = 'BAREMETAL'\n[nsx_node_agent]\novs_bridge = br-int\novs_uplink_port = uplink\n\
+             [datapath]\ncores = {}\nmain_core = 0\nfile_prefix = {PREFIX}\nhugepages = auto\nmbufs = 8192\n\
+             ctl_socket = {}\nhost_port = host\n\
+             [port:uplink]\ndevargs = net_af_packet0,iface=slpd-up\nofport = 1\n\
+             [port:host]\ndevargs = net_tap0,iface=slpd-host\nofport = 2\n",
+            pmd_core(),
+            ctl().display(),
+        ),
+    )
+    .unwrap();
+    let errf = dir.path().join("sluiced.err");
+    let log = || std::fs::read_to_string(&errf).unwrap_or_default();
+    let mut p = Proc(
+        Command::new("ip")
+            .args(["netns", "exec", NS])
+            .arg(&bin)
+            .arg("--config")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&errf).unwrap())
+            .spawn()
+            .expect("spawn sluiced"),
+    );
+    let start = Instant::now();
+    while Client::connect(ctl())
+        .ok()
+        .and_then(|mut c| c.call::<QueryNodeStatus>(&Empty {}).ok())
+        .is_none()
+    {
+        if let Ok(Some(st)) = p.0.try_wait() {
+            panic!("sluiced exited with {st}: {}", log());
+        }
+        assert!(start.elapsed() < WAIT, "sluiced did not start: {}", log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    assert_eq!(PodDriver::DEFAULT, PodDriver::AfXdp);
+    assert_eq!(
+        add("one", "slpd-one", None, 1),
+        "net_af_xdp",
+        "a one-queue veth, one queue: af_xdp; sluiced log:\n{}",
+        log()
+    );
+    assert!(!log().contains("af_xdp cannot work"), "{}", log());
+
+    assert_eq!(
+        add("few", "slpd-few", None, 2),
+        "net_af_packet",
+        "a one-queue veth, two queues: af_packet"
+    );
+    let l = log();
+    assert!(
+        l.contains("pod port few: af_xdp cannot work here")
+            && l.contains("slpd-few has 1 rx queue(s) and the port needs 2"),
+        "the fallback and its reason are logged:\n{l}"
+    );
+
+    // A two-queue veth, two queues: af_xdp, or, where this kernel's
+    // af_xdp refuses a second queue on a veth, af_packet with the open's
+    // failure as the logged reason (the fallback learnt by opening).
+    let two = add("two", "slpd-two", None, 2);
+    let opened_fallback =
+        log().contains("pod port two: af_xdp cannot work here (opening it with af_xdp failed");
+    assert!(
+        two == "net_af_xdp" || (two == "net_af_packet" && opened_fallback),
+        "two: {two}; sluiced log:\n{}",
+        log()
+    );
+    assert_eq!(
+        add("pkt", "slpd-pkt", Some(PodDriver::AfPacket), 1),
+        "net_af_packet"
+    );
+    assert_eq!(
+        log().matches("af_xdp cannot work").count(),
+        1 + usize::from(two == "net_af_packet"),
+        "af_packet asked for is no fallback: {}",
+        log()
+    );
+
+    // The agent's path: a node commit's pod port with the default driver.
+    let mut c = client();
+    let g = c.call::<QueryNodeStatus>(&Empty {}).unwrap().generation;
+    let mut changes = NodeChanges {
+        generation: g + 1,
+        expected_generation: Some(g),
+        ..NodeChanges::default()
+    };
+    changes.ports_added.insert(
+        "pod-c".into(),
+        PortSpec {
+            ofport: 40,
+            kind: NodePortKind::Pod {
+                interface: "slpd-cmt".into(),
+            },
+            driver: Default::default(),
+        },
+    );
+    c.call::<NodeCommit>(&changes)
+        .unwrap_or_else(|e| panic!("node-commit: {e}\n{}", log()));
+    let dump = c
+        .call_text::<&str>("dump-ports", &[])
+        .unwrap_or_else(|e| panic!("dump-ports: {e}"));
+    let line = dump
+        .lines()
+        .find(|l| l.contains("slpd-cmt"))
+        .unwrap_or_else(|| panic!("no pod-c in dump-ports:\n{dump}"));
+    assert!(line.contains("net_af_xdp"), "{line}\n{dump}");
+    let prog: NodeProgram = c.call::<QueryNodeProgram>(&Empty {}).unwrap();
+    assert!(prog.ports.contains_key("pod-c"));
+}

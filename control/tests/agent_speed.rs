@@ -1,0 +1,543 @@
+//! The end-to-end speed probe of issue 13, with real processes only:
+//! `nestdb-server` (node schema), `sluiced` (DPDK, its own
+//! `--file-prefix`, in its own network namespace: uplink `net_af_packet` on an
+//! idle veth, host port `net_tap`) and `sluice-agent`. The probe stamps a nestdb
+//! transaction and polls `sluiced`'s `node-status` until the generation
+//! that carries it is in force:
+//!
+//! (a) 10,000 Services x 10 endpoints written in one transaction: the time
+//!     from sending the transaction to `sluiced` reporting the generation
+//!     that holds all of them (and, separately, nestdb's own commit time);
+//! (b) 100,000 Services (one endpoint each) installed, then 1,000 changes
+//!     of one endpoint's address, one transaction each, one after the
+//!     other: p50, p99 and max of transaction sent → generation in force;
+//!     and the agent's resident memory at 100k Services.
+//!
+//! Not a CI test (it takes a minute and its figures depend on the
+//! machine): `#[ignore]`, run in release mode by one command:
+//!
+//! ```text
+//! cargo build --release -p nestdb --bin nestdb-server -p sluice-datapath --bin sluiced
+//! cargo test --release -p sluice-control --test agent_speed -- --ignored --nocapture
+//! ```
+//!
+//! Needs root (namespace, DPDK); `SLUICE_SPEED_SERVICES` and
+//! `SLUICE_SPEED_BIG` scale (a) and (b) down for a quick look. Every
+//! process, namespace and file it makes goes on drop.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nestdb_client::node::DB;
+use nestdb_client::{Client as DbClient, Condition, Datum, Transaction, Uuid};
+use sluice_api::node::{NodeStatus, QueryNodeProgram, QueryNodeStatus};
+use sluice_api::{Client, Empty};
+use sluice_testkit::{sh, sh_quiet};
+
+const WAIT: Duration = Duration::from_secs(300);
+const PREFIX: &str = "slt-speed";
+const NS: &str = "slt-speed-node";
+
+fn report_skip(line: &str) {
+    sluice_testkit::record_skip(env!("CARGO_TARGET_TMPDIR"), line);
+}
+
+/// A binary of this build next to the test binary's directory.
+fn built(name: &str, how: &str) -> Option<PathBuf> {
+    let p = std::env::current_exe().ok()?.parent()?.parent()?.join(name);
+    if p.exists() {
+        Some(p)
+    } else {
+        report_skip(&format!(
+            "SKIPPED control/tests/agent_speed.rs: {} is not built ({how})",
+            p.display()
+        ));
+        None
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    })
+}
+
+/// A child process SIGKILLed and reaped on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The network namespace, deleted on drop.
+struct Netns;
+
+impl Netns {
+    fn new() -> Netns {
+        sh_quiet(&["ip", "netns", "del", NS]);
+        sh(&["ip", "netns", "add", NS]);
+        sh(&["ip", "-n", NS, "link", "set", "lo", "up"]);
+        // The uplink: a veth whose far end stays unused in the namespace.
+        sh(&[
+            "ip",
+            "-n",
+            NS,
+            "link",
+            "add",
+            "slt-spd-u",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "slt-spd-g",
+        ]);
+        sh(&["ip", "-n", NS, "link", "set", "slt-spd-u", "up"]);
+        sh(&["ip", "-n", NS, "link", "set", "slt-spd-g", "up"]);
+        Netns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        sh_quiet(&["ip", "netns", "del", NS]);
+    }
+}
+
+fn wait_for<T>(what: &str, log: impl Fn() -> String, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "timed out after {WAIT:?} waiting for {what}; logs:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ctl() -> PathBuf {
+    std::env::temp_dir().join(format!("{PREFIX}.ctl"))
+}
+
+/// The last CPU this process may use (the PMD core).
+fn pmd_core() -> usize {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap_or("0")
+        .trim()
+        .split(',')
+        .filter_map(|p| p.rsplit('-').next()?.parse::<usize>().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+fn start_sluiced(bin: &Path, dir: &Path) -> Proc {
+    let cfg = dir.join("sluiced.ini");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[coe]\nnode_type = 'BAREMETAL'\n[nsx_node_agent]\novs_bridge = br-int\novs_uplink_port = uplink\n\
+             [datapath]\ncores = {}\nmain_core = 0\nfile_prefix = {PREFIX}\nhugepages = auto\nmbufs = 8192\n\
+             ctl_socket = {}\nhost_port = host\n\
+             [port:uplink]\ndevargs = net_af_packet0,iface=slt-spd-u\nofport = 1\n\
+             [port:host]\ndevargs = net_tap0,iface=slt-speed-h\nofport = 2\n",
+            pmd_core(),
+            ctl().display(),
+        ),
+    )
+    .unwrap();
+    let errf = dir.join("sluiced.err");
+    let child = Command::new("ip")
+        .args(["netns", "exec", NS])
+        .arg(bin)
+        .arg("--config")
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.join("sluiced.out")).unwrap())
+        .stderr(std::fs::File::create(&errf).unwrap())
+        .spawn()
+        .expect("spawn sluiced");
+    let mut p = Proc(child);
+    wait_for(
+        "sluiced to answer node-status",
+        || std::fs::read_to_string(&errf).unwrap_or_default(),
+        || {
+            if let Ok(Some(st)) = p.0.try_wait() {
+                panic!(
+                    "sluiced exited with {st}: {}",
+                    std::fs::read_to_string(&errf).unwrap_or_default()
+                );
+            }
+            status()
+        },
+    );
+    p
+}
+
+/// sluiced's `node-status` (one connection per call: the probe's cost is
+/// one connect and one request).
+fn status() -> Option<NodeStatus> {
+    let mut c = Client::connect(ctl()).ok()?;
+    c.set_timeout(Some(WAIT)).ok()?;
+    c.call::<QueryNodeStatus>(&Empty {}).ok()
+}
+
+/// Polls `node-status` on one kept connection until the generation passes
+/// `after`; the instant of the reply that showed it. A 100 µs pause
+/// between polls leaves the two cores to the processes measured.
+fn wait_generation(c: &mut Client, after: u64) -> (u64, Instant) {
+    let start = Instant::now();
+    loop {
+        let st = c.call::<QueryNodeStatus>(&Empty {}).expect("node-status");
+        let t = Instant::now();
+        if st.generation > after {
+            return (st.generation, t);
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "sluiced stayed at generation {}",
+            st.generation
+        );
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+fn services_held() -> usize {
+    let mut c = Client::connect(ctl()).unwrap();
+    c.set_timeout(Some(WAIT)).unwrap();
+    c.call::<QueryNodeProgram>(&Empty {})
+        .unwrap()
+        .services
+        .len()
+}
+
+/// `n` Services numbered from `first`, one port, `eps` endpoints each; the
+/// UUIDs of the endpoints come back in the transaction's results.
+fn services_txn(first: u32, n: u32, eps: u32) -> Transaction {
+    let mut txn = Transaction::new(DB);
+    for i in first..first + n {
+        let (sp, sv) = (format!("p{i}"), format!("s{i}"));
+        let (hi, lo) = (i / 250, i % 250 + 1);
+        txn = txn
+            .insert(
+                "Service_Port",
+                nestdb_client::row([
+                    ("protocol", Datum::from("TCP")),
+                    ("port", Datum::from(80i64)),
+                    ("target_port", Datum::from(8080i64)),
+                ]),
+            )
+            .named(&sp)
+            .insert(
+                "Service",
+                nestdb_client::row([
+                    ("name", Datum::from(format!("svc-{i}"))),
+                    ("namespace", Datum::from("default")),
+                    ("type", Datum::from("ClusterIP")),
+                    (
+                        "cluster_ips",
+                        Datum::from(format!("10.{}.{}.{lo}", 96 + hi / 250, hi % 250)),
+                    ),
+                    ("ports", Datum::named_uuid(&sp)),
+                    ("session_affinity", Datum::from("None")),
+                    ("internal_traffic_policy", Datum::from("Cluster")),
+                    ("external_traffic_policy", Datum::from("Cluster")),
+                ]),
+            )
+            .named(&sv);
+        for e in 0..eps {
+            txn = txn.insert(
+                "Endpoint",
+                nestdb_client::row([
+                    ("service", Datum::named_uuid(&sv)),
+                    (
+                        "ip",
+                        Datum::from(format!("10.{}.{}.{lo}", 128 + e, hi % 250)),
+                    ),
+                    ("ready", Datum::from(true)),
+                    ("serving", Datum::from(true)),
+                    ("terminating", Datum::from(false)),
+                    ("is_local", Datum::from(false)),
+                ]),
+            );
+        }
+    }
+    txn
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn env_or(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One node stack: namespace, nestdb-server, sluiced, agent.
+struct Stack {
+    _ns: Netns,
+    dir: tempfile::TempDir,
+    _db: Proc,
+    _sluiced: Proc,
+    agent: Proc,
+    remote: String,
+}
+
+impl Stack {
+    fn start(nestdb: &Path, sluiced: &Path) -> Stack {
+        let ns = Netns::new();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let sock = d.join("nestdb.sock");
+        let db = Proc(
+            Command::new(nestdb)
+                .arg(d.join("node.db"))
+                .arg("--schema")
+                .arg(
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nestdb/sluice.ovsschema"),
+                )
+                .arg(format!("--remote=punix:{}", sock.display()))
+                .arg(format!("--unixctl={}", d.join("nestdb.ctl").display()))
+                // 10k Services x 10 endpoints is one ~30 MB transaction.
+                .args([
+                    "--max-message-size=268435456",
+                    "--max-message-memory=2147483648",
+                    "--max-memory=4294967296",
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(d.join("nestdb.log")).unwrap())
+                .spawn()
+                .expect("spawn nestdb-server"),
+        );
+        wait_for("nestdb-server", String::new, || {
+            UnixStream::connect(&sock).ok()
+        });
+        let remote = format!("unix:{}", sock.display());
+        let c = DbClient::connect(&remote).unwrap();
+        c.transact(&Transaction::new(DB).insert(
+            "Node_Config",
+            nestdb_client::row([
+                ("node_name", Datum::from("speed")),
+                ("node_type", Datum::from("BAREMETAL")),
+                ("uplink_port", Datum::from("uplink")),
+                ("vtep_ip", Datum::from("192.0.2.10")),
+                ("pod_cidrs", Datum::from("10.244.1.0/24")),
+                ("node_ips", Datum::from("192.0.2.10")),
+                ("nodeport_min", Datum::from(30000i64)),
+                ("nodeport_max", Datum::from(32767i64)),
+                ("mtu", Datum::from(1500i64)),
+            ]),
+        ))
+        .unwrap();
+        let sluiced = start_sluiced(sluiced, d);
+        let agent = Proc(
+            Command::new(env!("CARGO_BIN_EXE_sluice-agent"))
+                .args(["--db", &remote, "--ctl"])
+                .arg(ctl())
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(d.join("agent.log")).unwrap())
+                .spawn()
+                .expect("spawn sluice-agent"),
+        );
+        let s = Stack {
+            _ns: ns,
+            dir,
+            _db: db,
+            _sluiced: sluiced,
+            agent,
+            remote,
+        };
+        wait_for(
+            "the agent's first commit",
+            || s.logs(),
+            || status().filter(|st| st.generation >= 1),
+        );
+        s
+    }
+
+    fn logs(&self) -> String {
+        let mut s = String::new();
+        for f in ["agent.log", "sluiced.err", "nestdb.log"] {
+            s += &format!(
+                "--- {f}\n{}\n",
+                std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default()
+            );
+        }
+        s
+    }
+
+    /// The agent's log lines about commits since line `from`.
+    fn commit_lines(&self, from: usize) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("agent.log"))
+            .unwrap_or_default()
+            .lines()
+            .skip(from)
+            .filter(|l| l.contains("committed:") || l.contains("parts"))
+            .map(|l| l.to_owned())
+            .collect()
+    }
+
+    fn log_len(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("agent.log"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    }
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[test]
+#[ignore = "a speed probe with real processes; run in release with --ignored --nocapture (see the module docs)"]
+fn commit_to_generation_in_force() {
+    if !is_root() {
+        report_skip("SKIPPED control/tests/agent_speed.rs: needs root (namespace, DPDK)");
+        return;
+    }
+    let Some(nestdb) = built("nestdb-server", "cargo build -p nestdb --bin nestdb-server") else {
+        return;
+    };
+    let Some(sluiced) = built("sluiced", "cargo build -p sluice-datapath --bin sluiced") else {
+        return;
+    };
+    let n_a = env_or("SLUICE_SPEED_SERVICES", 10_000);
+    let n_b = env_or("SLUICE_SPEED_BIG", 100_000);
+    let changes = env_or("SLUICE_SPEED_CHANGES", 1000);
+
+    // (a) n_a Services x 10 endpoints in one transaction.
+    {
+        let s = Stack::start(&nestdb, &sluiced);
+        let c = DbClient::connect(&s.remote).unwrap();
+        let mut st = Client::connect(ctl()).unwrap();
+        st.set_timeout(Some(WAIT)).unwrap();
+        let g0 = st.call::<QueryNodeStatus>(&Empty {}).unwrap().generation;
+        let from = s.log_len();
+        let txn = services_txn(0, n_a, 10);
+        let t0 = Instant::now();
+        c.transact_with_timeout(&txn, WAIT).unwrap();
+        let t_reply = t0.elapsed();
+        // The generation that holds every Service (the agent may need more
+        // than one commit if the batch arrived in parts).
+        let mut after = g0;
+        let t_in_force = loop {
+            let (g, t) = wait_generation(&mut st, after);
+            if services_held() >= n_a as usize {
+                break t;
+            }
+            after = g;
+        };
+        println!(
+            "(a) {n_a} Services x 10 endpoints in one transaction: nestdb commit (reply) {:.1} ms; \
+             transaction sent -> generation in force in sluiced {:.1} ms",
+            t_reply.as_secs_f64() * 1e3,
+            (t_in_force - t0).as_secs_f64() * 1e3
+        );
+        for l in s.commit_lines(from) {
+            println!("    agent: {l}");
+        }
+    }
+
+    // (b) n_b Services x 1 endpoint, then single-endpoint changes.
+    {
+        let s = Stack::start(&nestdb, &sluiced);
+        let c = DbClient::connect(&s.remote).unwrap();
+        let mut st = Client::connect(ctl()).unwrap();
+        st.set_timeout(Some(WAIT)).unwrap();
+        let mut endpoints: Vec<Uuid> = Vec::new();
+        let chunk = 10_000.min(n_b);
+        let t0 = Instant::now();
+        let mut first = 0;
+        while first < n_b {
+            let n = chunk.min(n_b - first);
+            let out = c
+                .transact_with_timeout(&services_txn(first, n, 1), WAIT)
+                .unwrap();
+            // Results: Service_Port, Service, Endpoint per Service.
+            endpoints.extend(
+                out.results
+                    .iter()
+                    .skip(2)
+                    .step_by(3)
+                    .filter_map(|r| r.uuid()),
+            );
+            first += n;
+        }
+        wait_for(
+            "all Services in force",
+            || s.logs(),
+            || (services_held() >= n_b as usize).then_some(()),
+        );
+        println!(
+            "(b) {n_b} Services x 1 endpoint installed in {:.1} s ({} transactions of {chunk}); agent RSS {} MiB",
+            t0.elapsed().as_secs_f64(),
+            n_b.div_ceil(chunk),
+            rss_kib(s.agent.0.id()) / 1024
+        );
+        assert_eq!(
+            endpoints.len(),
+            n_b as usize,
+            "an endpoint UUID per Service"
+        );
+        let mut lat = Vec::with_capacity(changes as usize);
+        let mut rtt = Vec::with_capacity(changes as usize);
+        let mut g = st.call::<QueryNodeStatus>(&Empty {}).unwrap().generation;
+        for k in 0..changes {
+            // Spread over the Services; the address flips between two values.
+            let i = (k as u64 * 7919 % u64::from(n_b)) as usize;
+            let flip = (k / n_b.max(1)).is_multiple_of(2);
+            let (hi, lo) = (i / 250, i % 250 + 1);
+            let ip = format!("10.{}.{}.{lo}", if flip { 200 } else { 128 }, hi % 250);
+            let txn = Transaction::new(DB).update(
+                "Endpoint",
+                vec![Condition::uuid(endpoints[i])],
+                nestdb_client::row([("ip", Datum::from(ip))]),
+            );
+            let t0 = Instant::now();
+            c.transact(&txn).unwrap();
+            rtt.push(t0.elapsed().as_secs_f64() * 1e3);
+            let (g2, t) = wait_generation(&mut st, g);
+            g = g2;
+            lat.push((t - t0).as_secs_f64() * 1e3);
+        }
+        lat.sort_by(f64::total_cmp);
+        rtt.sort_by(f64::total_cmp);
+        println!(
+            "(b) {changes} single-endpoint changes at {n_b} Services, transaction sent -> generation in force: \
+             p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (nestdb transaction round trip alone: p50 {:.2} ms, p99 {:.2} ms); agent RSS {} MiB",
+            pct(&lat, 0.5),
+            pct(&lat, 0.99),
+            lat[lat.len() - 1],
+            pct(&rtt, 0.5),
+            pct(&rtt, 0.99),
+            rss_kib(s.agent.0.id()) / 1024
+        );
+        let lines = s.commit_lines(0);
+        for l in lines.iter().rev().take(3).rev() {
+            println!("    agent: {l}");
+        }
+    }
+}
