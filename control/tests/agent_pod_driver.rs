@@ -1,7 +1,7 @@
 //! The pod-port driver the agent's ports get, with a real `sluiced` (DPDK,
 //! its own `--file-prefix`, one PMD, in its own network namespace) and
-//! real veths: af_xdp by default where it can work, af_packet per port,
-//! logged with the reason, where it cannot.
+//! real veths: af_packet by default; af_xdp, asked for, where it can
+//! work, and af_packet per port, logged with the reason, where it cannot.
 //!
 //! - a one-queue veth (what the CNI creates), one queue asked: af_xdp;
 //! - a one-queue veth, two queues asked: af_xdp cannot work (too few veth
@@ -10,7 +10,7 @@
 //!   af_xdp open's failure logged (this VM's kernel refuses the second
 //!   queue: the fallback learnt by opening);
 //! - af_packet asked for explicitly: af_packet, no fallback logged;
-//! - a node commit's pod port (the agent's path, default driver): af_xdp.
+//! - a node commit's pod port (the agent's path) asking for af_xdp: af_xdp.
 //!
 //! Needs root and the `sluiced` binary of this build; skips with the
 //! reason recorded otherwise. Everything it makes goes on drop.
@@ -20,8 +20,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice_api::node::{
-    NodeChanges, NodeCommit, NodeProgram, PortKind as NodePortKind, PortSpec, QueryNodeProgram,
-    QueryNodeStatus,
+    DriverHint, NodeChanges, NodeCommit, NodeProgram, PortKind as NodePortKind, PortSpec,
+    QueryNodeProgram, QueryNodeStatus,
 };
 use sluice_api::ports::{PodDriver, PortAdd, PortAddRequest, PortKind};
 use sluice_api::{Client, Empty};
@@ -200,9 +200,10 @@ fn pod_ports_default_to_af_xdp_and_fall_back_to_af_packet_per_port() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    assert_eq!(PodDriver::DEFAULT, PodDriver::AfXdp);
+    assert_eq!(PodDriver::DEFAULT, PodDriver::AfPacket);
+    let xdp = Some(PodDriver::AfXdp);
     assert_eq!(
-        add("one", "slpd-one", None, 1),
+        add("one", "slpd-one", xdp, 1),
         "net_af_xdp",
         "a one-queue veth, one queue: af_xdp; sluiced log:\n{}",
         log()
@@ -210,7 +211,7 @@ fn pod_ports_default_to_af_xdp_and_fall_back_to_af_packet_per_port() {
     assert!(!log().contains("af_xdp cannot work"), "{}", log());
 
     assert_eq!(
-        add("few", "slpd-few", None, 2),
+        add("few", "slpd-few", xdp, 2),
         "net_af_packet",
         "a one-queue veth, two queues: af_packet"
     );
@@ -224,7 +225,7 @@ fn pod_ports_default_to_af_xdp_and_fall_back_to_af_packet_per_port() {
     // A two-queue veth, two queues: af_xdp, or, where this kernel's
     // af_xdp refuses a second queue on a veth, af_packet with the open's
     // failure as the logged reason (the fallback learnt by opening).
-    let two = add("two", "slpd-two", None, 2);
+    let two = add("two", "slpd-two", xdp, 2);
     let opened_fallback =
         log().contains("pod port two: af_xdp cannot work here (opening it with af_xdp failed");
     assert!(
@@ -243,7 +244,7 @@ fn pod_ports_default_to_af_xdp_and_fall_back_to_af_packet_per_port() {
         log()
     );
 
-    // The agent's path: a node commit's pod port with the default driver.
+    // The agent's path: a node commit's pod port asking for af_xdp.
     let mut c = client();
     let g = c.call::<QueryNodeStatus>(&Empty {}).unwrap().generation;
     let mut changes = NodeChanges {
@@ -258,7 +259,7 @@ fn pod_ports_default_to_af_xdp_and_fall_back_to_af_packet_per_port() {
             kind: NodePortKind::Pod {
                 interface: "slpd-cmt".into(),
             },
-            driver: Default::default(),
+            driver: DriverHint::AfXdp,
         },
     );
     c.call::<NodeCommit>(&changes)

@@ -19,8 +19,8 @@
 //! touched: their queues keep being polled throughout.
 //!
 //! Pod ports (`port-add` of a pod, a node commit's pod ports) default to
-//! `net_af_xdp` ([`PodDriver::DEFAULT`]) and fall back to `net_af_packet`
-//! per port when af_xdp cannot work there: checked before opening (the
+//! `net_af_packet` ([`PodDriver::DEFAULT`] says why). Asked for `net_af_xdp`,
+//! a port falls back to `net_af_packet` when af_xdp cannot work there: checked before opening (the
 //! veth has fewer queues than the port needs, or the process lacks
 //! CAP_NET_RAW, CAP_NET_ADMIN and CAP_BPF or CAP_SYS_ADMIN) or learnt by
 //! opening it (no af_xdp PMD in this DPDK, the XDP program refused, ...).

@@ -140,19 +140,22 @@ pub enum PodDriver {
 }
 
 impl PodDriver {
-    /// The default for pod ports. Measured with `scripts/pod-port-bench.sh`
-    /// (iperf3 TCP between two pod namespaces through sluiced, release
-    /// build, idle 2-core VM, 8 s, two rounds): af_xdp 4.08 / 4.12 Gbit/s,
-    /// af_packet 3.28 / 3.41, TAP 2.00 / 2.06 (virtio-user: no vhost_net in
-    /// this kernel). af_xdp is faster by about a fifth, so it is the
-    /// default; sluiced falls back to af_packet per port, logging and
-    /// counting why, where af_xdp cannot work: the veth has fewer queues
-    /// than sluiced has PMDs (the CNI creates one-queue veths, so on a node
-    /// with several PMDs pod ports get af_packet), sluiced lacks
-    /// CAP_BPF/CAP_SYS_ADMIN (or CAP_NET_RAW, CAP_NET_ADMIN), or opening the
-    /// af_xdp device fails (no such PMD in this DPDK, XDP refused). Asking
-    /// for af_packet explicitly always gets af_packet.
-    pub const DEFAULT: PodDriver = PodDriver::AfXdp;
+    /// The default for pod ports: af_packet. Measured with
+    /// `scripts/pod-port-bench.sh` (iperf3 TCP between two pod namespaces
+    /// through sluiced, release build, idle 2-core VM, 8 s, two rounds):
+    /// af_xdp 4.08 / 4.12 Gbit/s, af_packet 3.28 / 3.41, TAP 2.00 / 2.06
+    /// (virtio-user: no vhost_net in this kernel). af_xdp is faster by
+    /// about a fifth but is not the default, because an AF_XDP socket owns
+    /// its queue: during a hand-over restart (`sluiced --take-over`) the
+    /// new process cannot open a pod port until the old one has closed it,
+    /// and after a failed hand-over the old one cannot reopen it (both
+    /// measured by `e2e_handover`: "Failed to configure xdp socket"),
+    /// while several af_packet sockets share an interface. It also needs
+    /// as many veth queues as PMDs and CAP_BPF/CAP_SYS_ADMIN. Asked for
+    /// (`driver=af-xdp`, `DriverHint::AfXdp`), af_xdp is used where it can
+    /// work and a port falls back to af_packet, logged and counted, where
+    /// it cannot (too few queues, a missing capability, the open failing).
+    pub const DEFAULT: PodDriver = PodDriver::AfPacket;
 
     /// The name on the wire and in the text form.
     pub fn as_str(self) -> &'static str {
