@@ -55,8 +55,21 @@ use super::nat::Tuple;
 use super::table::{key_hash, Slot};
 use super::tcp::{SideSnapshot, TcpConn, TcpSnapshot};
 use super::Conntrack;
-use crate::service::AffinityEntry;
 use crate::time::Nanos;
+
+/// One client's affinity to an endpoint of a Service, as saved (the
+/// service layer exports and restores these: `service/saved.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AffinityEntry {
+    /// The Service's name.
+    pub service: String,
+    /// The client address.
+    pub client: Ipv4Addr,
+    /// The endpoint address and port the client is pinned to.
+    pub endpoint: (Ipv4Addr, u16),
+    /// Time left before the affinity expires, ns.
+    pub remaining: Nanos,
+}
 
 /// File magic.
 pub const MAGIC: &[u8; 8] = b"SLCTSTAT";

@@ -13,20 +13,8 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use super::{lock, Services};
+pub use crate::conntrack::state::AffinityEntry;
 use crate::time::Nanos;
-
-/// One client's affinity to an endpoint of a Service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AffinityEntry {
-    /// The Service's name.
-    pub service: String,
-    /// The client address.
-    pub client: Ipv4Addr,
-    /// The endpoint address and port the client is pinned to.
-    pub endpoint: (Ipv4Addr, u16),
-    /// Time left before the affinity expires, ns.
-    pub remaining: Nanos,
-}
 
 impl Services {
     /// The live affinity entries at `now`.
