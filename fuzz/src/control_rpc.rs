@@ -98,6 +98,11 @@ fn registry() -> Registry {
     add::<node::NodeCommit>(&reg);
     add::<node::QueryNodeStatus>(&reg);
     add::<node::QueryNodeProgram>(&reg);
+    add::<pmd::PmdPerfShow>(&reg);
+    add::<handover::HandoverPrepare>(&reg);
+    add::<handover::HandoverRelease>(&reg);
+    add::<handover::HandoverCommit>(&reg);
+    add::<handover::QueryRestartReport>(&reg);
     let names = reg.command_names();
     for (name, aliases) in all_methods() {
         for n in std::iter::once(name).chain(aliases.iter().copied()) {

@@ -451,9 +451,10 @@ impl<P, A> LocalStack<P, A> {
     }
 
     /// An ARP reply for the local address: the neighbour cache learns what
-    /// it asked for, smoltcp learns the sender.
+    /// it asked for, smoltcp learns the sender. Not counted in `rx` (frames
+    /// the stack consumed): from `intercept` it reads a copy and the frame
+    /// goes on.
     fn learn_arp_reply(&mut self, now: Nanos, f: &[u8]) {
-        self.control.stats.rx.inc();
         // Nothing is queued in this cache (the tunnels drop and count on a
         // miss), so nothing is released here.
         let _ = self.control.lock().on_arp(now, f);
@@ -570,12 +571,12 @@ impl<P, A> LocalStack<P, A> {
     {
         let mut local = std::mem::take(&mut out.local);
         for p in local.drain(..) {
+            self.control.stats.rx.inc();
             let f = p.data();
             if let Some((2, ..)) = parse_arp(f) {
                 self.learn_arp_reply(now, f);
                 continue;
             }
-            self.control.stats.rx.inc();
             if self.is_for_us(f) {
                 self.device.rx.push_back(f.to_vec());
             } else {
