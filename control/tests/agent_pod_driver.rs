@@ -25,7 +25,7 @@ use sluice_api::node::{
 };
 use sluice_api::ports::{PodDriver, PortAdd, PortAddRequest, PortKind};
 use sluice_api::{Client, Empty};
-use sluice_testkit::{sh, sh_quiet};
+use sluice_testkit::{is_root, sh, sh_quiet};
 
 const WAIT: Duration = Duration::from_secs(90);
 const PREFIX: &str = "slt-pdrv";
@@ -36,23 +36,13 @@ fn report_skip(line: &str) {
 }
 
 fn built(name: &str, how: &str) -> Option<PathBuf> {
-    let p = std::env::current_exe().ok()?.parent()?.parent()?.join(name);
-    if p.exists() {
-        Some(p)
-    } else {
+    let p = sluice_testkit::built_binary(name);
+    if p.is_none() {
         report_skip(&format!(
-            "SKIPPED control/tests/agent_pod_driver.rs: {} is not built ({how})",
-            p.display()
+            "SKIPPED control/tests/agent_pod_driver.rs: {name} is not built ({how})"
         ));
-        None
     }
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-    })
+    p
 }
 
 /// A child process SIGKILLed and reaped on drop.

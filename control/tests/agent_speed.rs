@@ -34,7 +34,7 @@ use nestdb_client::node::DB;
 use nestdb_client::{Client as DbClient, Condition, Datum, Transaction, Uuid};
 use sluice_api::node::{NodeStatus, QueryNodeProgram, QueryNodeStatus};
 use sluice_api::{Client, Empty};
-use sluice_testkit::{sh, sh_quiet};
+use sluice_testkit::{is_root, sh, sh_quiet};
 
 const WAIT: Duration = Duration::from_secs(300);
 const PREFIX: &str = "slt-speed";
@@ -46,23 +46,13 @@ fn report_skip(line: &str) {
 
 /// A binary of this build next to the test binary's directory.
 fn built(name: &str, how: &str) -> Option<PathBuf> {
-    let p = std::env::current_exe().ok()?.parent()?.parent()?.join(name);
-    if p.exists() {
-        Some(p)
-    } else {
+    let p = sluice_testkit::built_binary(name);
+    if p.is_none() {
         report_skip(&format!(
-            "SKIPPED control/tests/agent_speed.rs: {} is not built ({how})",
-            p.display()
+            "SKIPPED control/tests/agent_speed.rs: {name} is not built ({how})"
         ));
-        None
     }
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-    })
+    p
 }
 
 /// A child process SIGKILLed and reaped on drop.
