@@ -32,7 +32,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -45,25 +44,6 @@ const CONNS: u32 = 1000;
 const FLOOD: u32 = 2048;
 const CT_MAX: usize = 2048;
 const MAC_CAP: usize = 512;
-
-fn write_pcap(path: &std::path::Path, frames: &[Vec<u8>]) {
-    let mut f = std::fs::File::create(path).expect("create pcap");
-    let mut h = Vec::new();
-    h.extend(0xa1b2_c3d4u32.to_le_bytes());
-    h.extend(2u16.to_le_bytes());
-    h.extend(4u16.to_le_bytes());
-    h.extend([0u8; 8]);
-    h.extend(65535u32.to_le_bytes());
-    h.extend(1u32.to_le_bytes());
-    for (i, fr) in frames.iter().enumerate() {
-        h.extend(0u32.to_le_bytes());
-        h.extend((i as u32).to_le_bytes());
-        h.extend((fr.len() as u32).to_le_bytes());
-        h.extend((fr.len() as u32).to_le_bytes());
-        h.extend(fr);
-    }
-    f.write_all(&h).expect("write pcap");
-}
 
 fn csum(data: &[u8]) -> u16 {
     let mut sum = 0u32;
@@ -271,7 +251,7 @@ fn floods_keep_established_traffic_flowing() {
     std::env::set_var("SLUICE_LOG", "warn");
     let dir = tempfile::tempdir().expect("tempdir");
     let est_pcap = dir.path().join("est.pcap");
-    write_pcap(&est_pcap, &established());
+    common::write_pcap(&est_pcap, &established());
     let mut sinks = String::new();
     for n in 15..=18 {
         sinks += &format!("[port:s{n}]\ndevargs = net_null_slrbfl{n},no-rx=1\nofport = {n}\n");
@@ -339,7 +319,7 @@ fn floods_keep_established_traffic_flowing() {
     let mut figures = Vec::new();
     for kind in ["SYN", "ARP", "unknown-MAC"] {
         let pcap = dir.path().join(format!("{kind}.pcap"));
-        write_pcap(&pcap, &flood(kind));
+        common::write_pcap(&pcap, &flood(kind));
         let before = rate(&mut c, window);
         c.call_text::<&str>("pmd-stats-clear", &[])
             .expect("pmd-stats-clear");

@@ -44,7 +44,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -58,26 +57,6 @@ use sluice_api::Client;
 const CYCLE: u64 = 8;
 const VIP: [u8; 4] = [10, 96, 0, 10];
 const E1: &str = "10.1.0.5";
-
-/// A pcap file (microsecond, Ethernet) of `frames`.
-fn write_pcap(path: &std::path::Path, frames: &[Vec<u8>]) {
-    let mut f = std::fs::File::create(path).expect("create pcap");
-    let mut h = Vec::new();
-    h.extend(0xa1b2_c3d4u32.to_le_bytes());
-    h.extend(2u16.to_le_bytes());
-    h.extend(4u16.to_le_bytes());
-    h.extend([0u8; 8]);
-    h.extend(65535u32.to_le_bytes());
-    h.extend(1u32.to_le_bytes());
-    for (i, fr) in frames.iter().enumerate() {
-        h.extend(0u32.to_le_bytes());
-        h.extend((i as u32).to_le_bytes());
-        h.extend((fr.len() as u32).to_le_bytes());
-        h.extend((fr.len() as u32).to_le_bytes());
-        h.extend(fr);
-    }
-    f.write_all(&h).expect("write pcap");
-}
 
 fn csum(data: &[u8], mut sum: u32) -> u16 {
     for c in data.chunks(2) {
@@ -258,7 +237,7 @@ fn run(test: &str, tag: &str, sizes: Sizes) {
     // Removed on drop, also when the test fails.
     let dir = tempfile::tempdir().expect("tempdir");
     let pcap = dir.path().join("stream.pcap");
-    write_pcap(&pcap, &cycle());
+    common::write_pcap(&pcap, &cycle());
     let vdev = tag.replace('-', "_");
     let mut sinks = String::new();
     for n in 11..=18 {

@@ -348,3 +348,23 @@ fn core_affinity_last() -> usize {
         .max()
         .unwrap_or(0)
 }
+
+/// A pcap file (microsecond, Ethernet) of `frames`.
+pub fn write_pcap(path: &std::path::Path, frames: &[Vec<u8>]) {
+    let mut f = std::fs::File::create(path).expect("create pcap");
+    let mut h = Vec::new();
+    h.extend(0xa1b2_c3d4u32.to_le_bytes());
+    h.extend(2u16.to_le_bytes());
+    h.extend(4u16.to_le_bytes());
+    h.extend([0u8; 8]);
+    h.extend(65535u32.to_le_bytes());
+    h.extend(1u32.to_le_bytes());
+    for (i, fr) in frames.iter().enumerate() {
+        h.extend(0u32.to_le_bytes());
+        h.extend((i as u32).to_le_bytes());
+        h.extend((fr.len() as u32).to_le_bytes());
+        h.extend((fr.len() as u32).to_le_bytes());
+        h.extend(fr);
+    }
+    std::io::Write::write_all(&mut f, &h).expect("write pcap");
+}
