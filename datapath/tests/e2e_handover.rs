@@ -750,7 +750,7 @@ fn handover_figures() {
             encode(&SavedState {
                 saved_at_unix_ns: 0,
                 conns,
-                affinity: Vec::new(),
+                ..Default::default()
             }),
         )
         .expect("state");

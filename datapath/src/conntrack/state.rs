@@ -17,7 +17,8 @@
 //! | records | 8 |
 //! | names length, then the Service names joined by NUL | 4 + n |
 //! | records | records × record size |
-//! | (version 3) affinity entries, then each entry | 8 + n × 24 |
+//! | (version 3 on) affinity entries, then each entry | 8 + n × 24 |
+//! | (version 4 on) learned MACs, then each entry | 8 + n × 24 |
 //! | CRC-32 of everything before | 4 |
 //!
 //! A record (version 2, [`RECORD_V2`] bytes): both keys (zone u16, proto
@@ -32,7 +33,11 @@
 //! Services' session-affinity entries after the records: Service name
 //! index (u32, into the same names), client address (u32), endpoint
 //! address (u32) and port (u16), 2 bytes of padding, remaining lifetime in
-//! ns (u64); versions 1 and 2 decode with no affinity entries. A version this build does
+//! ns (u64); versions 1 and 2 decode with no affinity entries. Version 4
+//! adds the PMDs' learned MAC entries after the affinity entries: address
+//! (6 bytes), VLAN (u16), OpenFlow port (u16), 6 bytes of padding, time
+//! since last seen in ns (u64); versions 1 to 3 decode with none (the new
+//! process relearns them, flooding once). A version this build does
 //! not know, a bad magic, a length or CRC mismatch or an impossible value
 //! fails [`decode`] with a [`StateError`] saying which; the caller discards
 //! the file with one log line and starts empty, never trusting it half.
@@ -42,8 +47,13 @@
 //! checks from then on (Linux's "be liberal"): the saved windows may be an
 //! interval older than its latest segments.
 //!
+//! A hand-over's delta (the connections created after the snapshot) comes
+//! from a [`CreationLog`] the table keeps while a hand-over runs, read by
+//! [`save_keys`]: its cost follows the delta, not the table.
+//!
 //! Thread-safety: [`save`] reads the shared table shard by shard (as the
-//! dumps do); [`Conntrack::restore`] inserts as PMDs would.
+//! dumps do); [`Conntrack::restore`] inserts as PMDs would; the creation
+//! log is appended by PMDs under its own mutex, only while on.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -71,18 +81,36 @@ pub struct AffinityEntry {
     pub remaining: Nanos,
 }
 
+/// One learned MAC address, as saved (version 4; the L2 tables export
+/// and import these: `pipeline::l2`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedMac {
+    /// The address.
+    pub mac: [u8; 6],
+    /// Its VLAN (0: none).
+    pub vlan: u16,
+    /// The OpenFlow port it was last seen on.
+    pub port: u16,
+    /// Time since it was last seen, ns.
+    pub idle: Nanos,
+}
+
 /// File magic.
 pub const MAGIC: &[u8; 8] = b"SLCTSTAT";
 /// The version this build writes.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// Record size of version 1.
 pub const RECORD_V1: usize = 32 + 4 + 2 + 2 * 13 + 8 + 16 + 4 + 10 + 4;
 /// Record size of version 2.
 pub const RECORD_V2: usize = RECORD_V1 + 16 + 16;
 /// Record size of version 3 (its connection records are version 2's).
 pub const RECORD_V3: usize = RECORD_V2;
-/// Size of one affinity entry (version 3).
+/// Record size of version 4 (its connection records are version 2's).
+pub const RECORD_V4: usize = RECORD_V2;
+/// Size of one affinity entry (version 3 on).
 pub const AFFINITY_RECORD: usize = 4 + 4 + 4 + 2 + 2 + 8;
+/// Size of one learned MAC entry (version 4 on).
+pub const MAC_RECORD: usize = 6 + 2 + 2 + 6 + 8;
 const HEADER: usize = 8 + 4 + 4 + 8 + 8 + 4;
 
 /// Why saved state was not used.
@@ -155,6 +183,8 @@ pub struct SavedState {
     pub conns: Vec<SavedConn>,
     /// The Services' session-affinity entries (version 3 on).
     pub affinity: Vec<AffinityEntry>,
+    /// Learned MAC addresses (version 4 on).
+    pub macs: Vec<SavedMac>,
 }
 
 /// The live connections of `ct` at `now` (each once).
@@ -162,41 +192,137 @@ pub fn save(ct: &Conntrack, now: Nanos) -> SavedState {
     save_where(ct, now, |_| true)
 }
 
+/// The saved form of one connection.
+fn saved_conn(c: &Conn, now: Nanos) -> SavedConn {
+    let marks = c.marks();
+    SavedConn {
+        keys: c.keys,
+        nat: c.nat,
+        proto: match &c.proto {
+            ProtoState::Tcp(t) => SavedProto::Tcp(t.snapshot()),
+            ProtoState::Icmp => SavedProto::Icmp,
+            ProtoState::Other => SavedProto::Other,
+        },
+        replied: c.replied(),
+        remaining: c.expires().saturating_sub(now),
+        packets: c.packets(),
+        bytes: c.bytes(),
+        mark: marks.mark,
+        label: marks.label,
+        lb: c
+            .lb
+            .as_ref()
+            .map(|l| (l.service.to_string(), l.endpoint.0, l.endpoint.1)),
+    }
+}
+
+fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// The live connections of `ct` at `now` whose original key `keep`
-/// accepts (a hand-over's delta: those not in the snapshot).
+/// accepts.
 pub fn save_where(ct: &Conntrack, now: Nanos, keep: impl Fn(&ConnKey) -> bool) -> SavedState {
     let mut conns = Vec::new();
     ct.for_each(|c| {
         if c.is_dead() || !c.live(now) || !keep(&c.keys[0]) {
             return;
         }
-        let marks = c.marks();
-        conns.push(SavedConn {
-            keys: c.keys,
-            nat: c.nat,
-            proto: match &c.proto {
-                ProtoState::Tcp(t) => SavedProto::Tcp(t.snapshot()),
-                ProtoState::Icmp => SavedProto::Icmp,
-                ProtoState::Other => SavedProto::Other,
-            },
-            replied: c.replied(),
-            remaining: c.expires().saturating_sub(now),
-            packets: c.packets(),
-            bytes: c.bytes(),
-            mark: marks.mark,
-            label: marks.label,
-            lb: c
-                .lb
-                .as_ref()
-                .map(|l| (l.service.to_string(), l.endpoint.0, l.endpoint.1)),
-        });
+        conns.push(saved_conn(c, now));
     });
     SavedState {
-        saved_at_unix_ns: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64),
+        saved_at_unix_ns: unix_now_ns(),
         conns,
-        affinity: Vec::new(),
+        ..Default::default()
+    }
+}
+
+/// The live connections of `ct` at `now` found by the original keys
+/// `keys` (each once, duplicates and dead ones skipped): a hand-over's
+/// delta, from the [`CreationLog`], in time proportional to the delta
+/// instead of the table.
+pub fn save_keys(ct: &Conntrack, now: Nanos, keys: &[ConnKey]) -> SavedState {
+    let mut seen = std::collections::HashSet::with_capacity(keys.len());
+    let mut conns = Vec::new();
+    for k in keys {
+        if !seen.insert(*k) {
+            continue;
+        }
+        let shard = super::lock(ct.shard_of(key_hash(k)));
+        if let Some(s) = shard.get(k) {
+            let c = &s.conn;
+            if s.dir == 0 && !c.is_dead() && c.live(now) {
+                conns.push(saved_conn(c, now));
+            }
+        }
+    }
+    SavedState {
+        saved_at_unix_ns: unix_now_ns(),
+        conns,
+        ..Default::default()
+    }
+}
+
+/// Most keys a [`CreationLog`] holds; past it the log gives up and the
+/// delta is found by a scan of the table (a hand-over that stalls must
+/// not grow memory without bound).
+pub const CREATION_LOG_MAX: usize = 1 << 20;
+
+/// The original keys of the connections created since [`Conntrack::log_creations`]
+/// (the table records each commit while it is on): what a hand-over's
+/// delta holds, without a scan of the table. Off, it costs one relaxed
+/// load per new connection and no memory per connection.
+///
+/// Thread-safety: PMDs append under the mutex (only while on); the
+/// control thread switches it and takes the keys.
+#[derive(Debug, Default)]
+pub struct CreationLog {
+    on: AtomicBool,
+    keys: Mutex<Option<Vec<ConnKey>>>,
+}
+
+impl CreationLog {
+    /// Records a new connection's original key (called by the table).
+    #[inline]
+    pub(super) fn record(&self, k: &ConnKey) {
+        if self.on.load(std::sync::atomic::Ordering::Relaxed) {
+            self.push(k);
+        }
+    }
+
+    #[cold]
+    fn push(&self, k: &ConnKey) {
+        let mut g = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = g.as_mut() {
+            if v.len() < CREATION_LOG_MAX {
+                v.push(*k);
+            } else {
+                // Overflowed: the taker falls back to a scan.
+                *g = None;
+                self.on.store(false, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Conntrack {
+    /// Starts recording the original key of every connection created
+    /// from now on (restarting an earlier log).
+    pub fn log_creations(&self) {
+        let log = &self.inner.created;
+        *log.keys.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+        log.on.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Stops the log and returns its keys; `None` when it was not on or
+    /// overflowed [`CREATION_LOG_MAX`] (then only a scan finds the
+    /// connections created since).
+    pub fn take_creations(&self) -> Option<Vec<ConnKey>> {
+        let log = &self.inner.created;
+        log.on.store(false, std::sync::atomic::Ordering::SeqCst);
+        log.keys.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
@@ -297,6 +423,16 @@ pub fn encode_version(s: &SavedState, version: u32) -> Vec<u8> {
             out.extend_from_slice(&a.remaining.to_le_bytes());
         }
     }
+    if version >= 4 {
+        out.extend_from_slice(&(s.macs.len() as u64).to_le_bytes());
+        for m in &s.macs {
+            out.extend_from_slice(&m.mac);
+            out.extend_from_slice(&m.vlan.to_le_bytes());
+            out.extend_from_slice(&m.port.to_le_bytes());
+            out.extend_from_slice(&[0; 6]);
+            out.extend_from_slice(&m.idle.to_le_bytes());
+        }
+    }
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
@@ -366,6 +502,7 @@ pub fn decode(data: &[u8]) -> Result<SavedState, StateError> {
         1 => RECORD_V1,
         2 => RECORD_V2,
         3 => RECORD_V3,
+        4 => RECORD_V4,
         v => return Err(StateError::Version(v)),
     };
     if record != want {
@@ -393,13 +530,32 @@ pub fn decode(data: &[u8]) -> Result<SavedState, StateError> {
         }
         _ => 0,
     };
-    let expect = if version >= 3 {
+    let affinity_end = if version >= 3 {
         records_end.and_then(|n| {
             n.checked_add(8)?
                 .checked_add(affinity_count.checked_mul(AFFINITY_RECORD as u64)?)
         })
     } else {
         records_end
+    };
+    // Version 4: the learned MACs' count follows the affinity entries.
+    let mac_count = match affinity_end {
+        Some(end) if version >= 4 => {
+            let at = usize::try_from(end).unwrap_or(usize::MAX);
+            match body.get(at..at.saturating_add(8)) {
+                Some(b) => u64::from_le_bytes(b.try_into().unwrap_or([0xff; 8])),
+                None => return Err(StateError::Length("the MAC section is missing".into())),
+            }
+        }
+        _ => 0,
+    };
+    let expect = if version >= 4 {
+        affinity_end.and_then(|n| {
+            n.checked_add(8)?
+                .checked_add(mac_count.checked_mul(MAC_RECORD as u64)?)
+        })
+    } else {
+        affinity_end
     };
     if expect != Some(body.len() as u64) {
         return Err(StateError::Length(format!(
@@ -508,10 +664,26 @@ pub fn decode(data: &[u8]) -> Result<SavedState, StateError> {
             });
         }
     }
+    let mut macs = Vec::with_capacity(mac_count as usize);
+    if version >= 4 {
+        r.u64();
+        for _ in 0..mac_count {
+            let mac = r.take::<6>();
+            let (vlan, port) = (r.u16(), r.u16());
+            r.take::<6>();
+            macs.push(SavedMac {
+                mac,
+                vlan,
+                port,
+                idle: r.u64(),
+            });
+        }
+    }
     Ok(SavedState {
         saved_at_unix_ns,
         conns,
         affinity,
+        macs,
     })
 }
 
@@ -780,6 +952,142 @@ table=1,priority=1 actions=drop
             2,
         );
         assert_eq!((seen(&out).dst, seen(&out).dport), (ip("10.1.0.5"), 8080));
+    }
+
+    /// A hand-over's delta: the creation log names exactly the
+    /// connections created while it was on, and `save_keys` saves those
+    /// (live ones, each once) and nothing of the rest of the table.
+    #[test]
+    fn the_creation_log_names_the_delta() {
+        let mut r = established();
+        assert_eq!(r.ct.take_creations(), None, "off until asked");
+        r.ct.log_creations();
+        let (c, vip) = ([10, 0, 0, 2], [10, 96, 0, 10]);
+        r.expect(4 * SEC, 1, tcp(c, vip, 2000, 80, 7, 0, fl::SYN, b""), 2);
+        // A retransmitted SYN creates nothing new.
+        r.expect(4 * SEC, 1, tcp(c, vip, 2000, 80, 7, 0, fl::SYN, b""), 2);
+        let keys = r.ct.take_creations().expect("the log was on");
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        assert_eq!(keys[0].tuple.src, u32::from_be_bytes(c));
+        let mut dup = keys.clone();
+        dup.extend_from_slice(&keys);
+        let delta = save_keys(&r.ct, 5 * SEC, &dup);
+        assert_eq!(delta.conns.len(), 1);
+        assert_eq!(delta.conns[0].keys[0], keys[0]);
+        assert_eq!(r.ct.len(), 2, "the table holds the older one too");
+        // Off again: nothing is logged.
+        r.expect(
+            6 * SEC,
+            1,
+            tcp([10, 0, 0, 3], vip, 3000, 80, 7, 0, fl::SYN, b""),
+            2,
+        );
+        assert_eq!(r.ct.take_creations(), None);
+        // A key no longer in the table is skipped.
+        r.ct.flush(&ConnFilter::default());
+        assert!(save_keys(&r.ct, 7 * SEC, &keys).conns.is_empty());
+    }
+
+    fn macs() -> Vec<SavedMac> {
+        vec![
+            SavedMac {
+                mac: [0x02, 0, 0, 0, 0, 1],
+                vlan: 0,
+                port: 1,
+                idle: 3 * SEC,
+            },
+            SavedMac {
+                mac: [0x02, 0, 0, 0, 0, 2],
+                vlan: 100,
+                port: 2,
+                idle: 0,
+            },
+        ]
+    }
+
+    /// Version 4 carries the learned MACs; version 3 (the previous
+    /// format) decodes with none, its affinity entries intact.
+    #[test]
+    fn macs_round_trip_and_version_3_is_read() {
+        let mut saved = save(&established().ct, 3 * SEC);
+        saved.affinity = vec![AffinityEntry {
+            service: "default/web:http".into(),
+            client: Ipv4Addr::new(10, 0, 0, 1),
+            endpoint: (Ipv4Addr::new(10, 1, 0, 5), 8080),
+            remaining: 9 * SEC,
+        }];
+        saved.macs = macs();
+        let bytes = encode(&saved);
+        assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 4);
+        assert_eq!(decode(&bytes).expect("version 4 decodes"), saved);
+        let v3 = decode(&encode_version(&saved, 3)).expect("version 3 decodes");
+        assert_eq!(v3.conns, saved.conns);
+        assert_eq!(v3.affinity, saved.affinity);
+        assert!(v3.macs.is_empty());
+        // A MAC section cut short is refused, not half read.
+        let mut cut = bytes[..bytes.len() - 4 - MAC_RECORD].to_vec();
+        let crc = crc32fast::hash(&cut);
+        cut.extend_from_slice(&crc.to_le_bytes());
+        assert!(
+            matches!(decode(&cut), Err(StateError::Length(_))),
+            "{:?}",
+            decode(&cut)
+        );
+    }
+
+    /// The committed version-3 file (the previous release's format, with
+    /// one affinity entry) decodes in this build: its connection carries
+    /// on with its NAT and its affinity entry is kept.
+    #[test]
+    fn the_committed_version_3_fixture_is_read_and_carries_on() {
+        let data = include_bytes!("../../tests/fixtures/conntrack-v3.state");
+        assert_eq!(u32::from_le_bytes(data[8..12].try_into().unwrap()), 3);
+        let saved = decode(data).expect("the version 3 fixture decodes");
+        assert_eq!(saved.conns.len(), 1);
+        assert_eq!(saved.affinity.len(), 1);
+        assert_eq!(saved.affinity[0].service, "default/web:http");
+        assert!(saved.macs.is_empty());
+        let mut n = Rig::new(FLOWS, Conntrack::new(ConntrackConfig::default()));
+        let t0 = 100 * SEC;
+        assert_eq!(n.ct.restore(&saved, t0).restored, 1);
+        let out = n.expect(
+            t0,
+            1,
+            tcp(
+                [10, 0, 0, 1],
+                [10, 96, 0, 10],
+                1000,
+                80,
+                106,
+                501,
+                fl::ACK,
+                b"more",
+            ),
+            2,
+        );
+        assert_eq!((seen(&out).dst, seen(&out).dport), (ip("10.1.0.5"), 8080));
+    }
+
+    /// Writes `tests/fixtures/conntrack-v3.state` (run once, by hand, when
+    /// the fixture must be made again; it is committed).
+    #[test]
+    #[ignore]
+    fn write_the_version_3_fixture() {
+        let mut saved = save(&established().ct, 3 * SEC);
+        saved.affinity = vec![AffinityEntry {
+            service: "default/web:http".into(),
+            client: Ipv4Addr::new(10, 0, 0, 1),
+            endpoint: (Ipv4Addr::new(10, 1, 0, 5), 8080),
+            remaining: 9 * SEC,
+        }];
+        std::fs::write(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/conntrack-v3.state"
+            ),
+            encode_version(&saved, 3),
+        )
+        .expect("write the fixture");
     }
 
     /// Writes `tests/fixtures/conntrack-v2.state` (run once, by hand,

@@ -81,6 +81,9 @@ pub(super) struct Inner {
     pub(super) services: Option<Box<dyn LoadBalancer>>,
     /// Counters of the per-PMD connection caches (`conntrack-stats`).
     pub(super) caches: Mutex<Vec<Arc<cache::CacheCounters>>>,
+    /// Keys of the connections created while a hand-over copies the
+    /// table (off otherwise: one relaxed load per new connection).
+    pub(super) created: super::state::CreationLog,
 }
 
 /// The connection table, shared by all PMDs and the control thread.
@@ -157,6 +160,7 @@ impl Conntrack {
                 count: AtomicUsize::new(0),
                 stats: ConntrackStats::default(),
                 caches: Mutex::new(Vec::new()),
+                created: super::state::CreationLog::default(),
                 config,
                 services,
             }),
@@ -247,6 +251,7 @@ impl Conntrack {
     pub(super) fn count_in(&self, c: &Conn, n: isize) {
         let zone = &self.inner.zone_counts[usize::from(c.keys[0].zone)];
         if n > 0 {
+            self.inner.created.record(&c.keys[0]);
             self.inner.count.fetch_add(1, Ordering::Relaxed);
             zone.fetch_add(1, Ordering::Relaxed);
         } else {

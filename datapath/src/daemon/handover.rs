@@ -6,13 +6,16 @@
 //! module holds both sides.
 //!
 //! **Old side** ([`OldSide`], registered on every `sluiced`): `prepare`
-//! writes the state (conntrack and affinity, in the versioned format of
+//! starts the conntrack's creation log, writes the state (conntrack,
+//! affinity and the PMDs' learned MACs, in the versioned format of
 //! `conntrack::state`) to the file the new process names and connects to
 //! its lease socket; a watcher thread reads the lease until it closes.
 //! `release` pauses the state saver, takes the node's addresses back from
 //! the host port (TAP devices die with their process), stops polling and
 //! closes every port, and writes the connections opened since the
-//! snapshot (the delta; their state changes during the copy are not sent:
+//! snapshot (the delta: those the creation log names, looked up one by
+//! one, not a scan of the table, unless the log overflowed; their state
+//! changes during the copy are not sent:
 //! a restored TCP connection is tracked liberally, and one closed during
 //! the copy lingers until its timeout);
 //! `commit` marks the hand-over done and asks the main thread to exit,
@@ -26,14 +29,23 @@
 //! **New side** ([`Peer`]): connects, picks a DPDK file prefix other than
 //! the old one's (two primaries cannot share one), and drives the steps;
 //! `daemon::Daemon` starts its PMDs with no port, restores the snapshot
-//! while the old process forwards, then after `release` restores the
-//! delta, opens the ports, commits the node program (its pod ports open
-//! with it), restores the affinity entries, attaches the host path, moves
-//! its control socket into place and calls `commit`. In take-over mode the
+//! (its learned MACs go to every PMD's table) while the old process
+//! forwards, opens the ports two processes can hold at once
+//! ([`shareable`]: af_packet, null) unpolled and commits the node program
+//! (its pod ports open with it, PMD barrier included), all before
+//! `release`; then restores the delta, empties the rx rings of the ports
+//! it opened (every frame in them arrived while the old process polled
+//! its own socket on the interface: forwarded by it, or lost in the gap,
+//! so nothing is forwarded twice), starts polling them in one port-table
+//! publication, opens the configured ports that cannot be shared,
+//! restores the affinity entries, attaches the host path, moves its
+//! control socket into place and calls `commit`. With a port that cannot
+//! be shared other than a configured one (af_xdp), the ports open and the
+//! program commits after `release` instead. In take-over mode the
 //! flow table starts empty (a miss drops), so no frame is switched by the
 //! learning-switch default before the program is in.
 //!
-//! What is not carried over: learned MAC entries (per-PMD; relearned from
+//! What is not carried over: MACs learned during the copy (relearned from
 //! the next frame of each host, flooding once) and the local stack's
 //! dynamic ARP entries (the program's permanent neighbours are carried).
 //!
@@ -97,6 +109,15 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Whether a port opened with `devargs` can be open in two processes at
+/// once (each gets every frame: an af_packet socket, a null device), so
+/// that a hand-over's new process opens it before the old one releases
+/// it. An AF_XDP socket owns its queue; a TAP, a NIC or a vhost socket
+/// has one owner.
+pub fn shareable(devargs: &str) -> bool {
+    devargs.starts_with("net_af_packet") || devargs.starts_with("net_null")
+}
+
 /// Frames a port counts as lost.
 fn lost(c: &sluice_api::ports::PortCounters) -> u64 {
     c.rx_dropped + c.rx_errors + c.tx_errors
@@ -113,9 +134,6 @@ struct Session {
     /// Set by `release`: what to reopen on a rollback.
     released: Option<Vec<ReleasedPort>>,
     committed: bool,
-    /// The original keys of the connections in the snapshot: the delta
-    /// is every other one.
-    known: std::collections::HashSet<crate::conntrack::ConnKey>,
     /// Lost-frame counters at `prepare`, by port name.
     lost_at_prepare: std::collections::BTreeMap<String, u64>,
 }
@@ -159,6 +177,10 @@ pub struct OldSide {
     session: Mutex<Option<Session>>,
 }
 
+/// How long `prepare` waits for every PMD to hand over its learned MACs
+/// (a PMD that does not answer in time only costs relearning).
+const MAC_COLLECT_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
 fn refused(msg: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::Failed, msg)
 }
@@ -190,13 +212,24 @@ impl OldSide {
         }
         let t0 = Instant::now();
         let p = &self.parts;
-        let saved = super::state::snapshot(&p.conntrack, Some(&p.services));
-        let known = saved.conns.iter().map(|c| c.keys[0]).collect();
+        // Every connection created from here on is logged: the delta is
+        // the log, not a scan. (One created during the scan may be in
+        // both; the new process skips the second copy.)
+        p.conntrack.log_creations();
+        let mut saved = super::state::snapshot(&p.conntrack, Some(&p.services));
+        let (macs, tables) =
+            crate::pipeline::l2::collect_macs(p.ports.shared().n_pmds(), MAC_COLLECT_WAIT);
+        saved.macs = macs;
+        let n_macs = saved.macs.len();
         let (conns, affinity, bytes) = super::state::write(Path::new(&r.state_path), &saved)
-            .map_err(|e| refused(format!("cannot write the state to {}: {e}", r.state_path)))?;
+            .map_err(|e| {
+                p.conntrack.take_creations();
+                refused(format!("cannot write the state to {}: {e}", r.state_path))
+            })?;
         drop(saved);
         let save_us = t0.elapsed().as_micros() as u64;
         let lease = UnixStream::connect(&r.lease_path).map_err(|e| {
+            p.conntrack.take_creations();
             refused(format!(
                 "cannot connect to the new process's lease {}: {e}",
                 r.lease_path
@@ -221,7 +254,6 @@ impl OldSide {
         *s = Some(Session {
             pid: r.pid,
             closing: None,
-            known,
             released: None,
             committed: false,
             lost_at_prepare,
@@ -234,7 +266,7 @@ impl OldSide {
             .spawn(move || me.watch(lease, pid))
             .map_err(|e| refused(format!("cannot start the lease watcher: {e}")))?;
         tracing::info!(
-            "hand-over to pid {pid} (version {}): wrote {conns} connections and {affinity} affinity entries ({bytes} bytes) in {:.1} ms; still forwarding",
+            "hand-over to pid {pid} (version {}): wrote {conns} connections, {affinity} affinity entries and {n_macs} learned MACs of {tables} PMDs ({bytes} bytes) in {:.1} ms; still forwarding",
             r.version,
             save_us as f64 / 1e3
         );
@@ -271,6 +303,8 @@ impl OldSide {
         if sess.committed {
             return;
         }
+        // The delta will not be asked for: stop logging creations.
+        self.parts.conntrack.take_creations();
         match sess.released {
             None => tracing::warn!(
                 "hand-over to pid {pid} abandoned before the ports moved (its lease closed); still forwarding"
@@ -367,10 +401,20 @@ impl OldSide {
             .name("handover-close".into())
             .spawn(move || background.close())
             .ok();
-        let known = std::mem::take(&mut sess.known);
-        let delta =
-            super::state::snapshot_where(&p.conntrack, Some(&p.services), |k| !known.contains(k));
-        drop(known);
+        let delta = match p.conntrack.take_creations() {
+            Some(keys) => {
+                let mut d = crate::conntrack::state::save_keys(
+                    &p.conntrack,
+                    crate::time::clock_ns(),
+                    &keys,
+                );
+                d.affinity = p.services.affinity_entries(crate::time::clock_ns());
+                d
+            }
+            // The log overflowed: a scan finds them (the new process
+            // skips those it has).
+            None => super::state::snapshot(&p.conntrack, Some(&p.services)),
+        };
         let (conns, _, bytes) = match super::state::write(Path::new(&r.delta_path), &delta) {
             Ok(x) => x,
             Err(e) => {
@@ -562,6 +606,10 @@ impl Peer {
         let _ = std::fs::remove_file(path);
         let saved = crate::conntrack::state::decode(&data).map_err(|e| bad(e.to_string()))?;
         let r = ct.restore(&saved, crate::time::clock_ns());
+        if !saved.macs.is_empty() {
+            self.report.macs_carried += saved.macs.len() as u64;
+            crate::pipeline::l2::import_macs(saved.macs.clone());
+        }
         self.report.state_bytes += data.len() as u64;
         self.report.state_ms += t0.elapsed().as_secs_f64() * 1e3;
         self.report.conns_carried += r.restored as u64;

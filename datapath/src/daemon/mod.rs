@@ -57,6 +57,27 @@ use ports::Ports;
 
 use commands::{PmdView, PortView};
 
+/// Frames a port counts as lost.
+fn port_lost(h: &crate::dpdk::ethdev::DpdkPort) -> u64 {
+    let c = crate::port::Port::stats(h);
+    c.rx_dropped + c.rx_errors + c.tx_errors
+}
+
+/// A hand-over: commits the old process's node program (its generation)
+/// to this one's empty one.
+fn commit_taken_over(held: &Held, peer: &handover::Peer) -> Result<(), DaemonError> {
+    if peer.prepared.generation == 0 {
+        return Ok(());
+    }
+    let mut changes = sluice_api::node::diff(&Default::default(), &peer.prepared.program);
+    changes.generation = peer.prepared.generation;
+    changes.expected_generation = Some(0);
+    held.node.commit(&changes).map_err(|e| {
+        DaemonError::HandoverLate(format!("the node program does not commit here: {e}"))
+    })?;
+    Ok(())
+}
+
 /// The flow a new flow-table datapath starts with, as a new OVS bridge:
 /// behave as a learning switch until programmed.
 pub const DEFAULT_FLOW: &str = "table=0,priority=0 actions=normal";
@@ -471,6 +492,31 @@ impl Daemon {
         real_ctl: &std::path::Path,
     ) -> Result<(), DaemonError> {
         let late = |e: String| DaemonError::HandoverLate(e);
+        let ports = self.port_set()?.clone();
+        let program = peer.prepared.program.clone();
+        // Ports another process can open while the old one polls its own
+        // (af_packet sockets, null devices) open before the release, with
+        // the whole program commit (pod ports, PMD barrier): after the
+        // release this process only starts polling. An AF_XDP socket (or
+        // a NIC, a TAP) cannot be opened twice: with any such port other
+        // than a configured one, everything opens after the release, as
+        // the configured ones that cannot be shared always do.
+        let early = peer
+            .prepared
+            .ports
+            .iter()
+            .all(|p| p.kind == ports::CONFIG_KIND || handover::shareable(&p.devargs));
+        let t_pre = Instant::now();
+        if early {
+            ports.hold_rx();
+            self.open_config_ports_where(cfg, |p| handover::shareable(&p.devargs))
+                .map_err(|e| late(e.to_string()))?;
+            self.reopen_devargs_ports(cfg, &peer, &program)?;
+            commit_taken_over(held, &peer)?;
+        } else {
+            tracing::info!("--take-over: a port of the running sluiced cannot be opened by two processes at once (af_xdp): the ports open and the program commits after the release");
+        }
+        let pre_ms = t_pre.elapsed().as_secs_f64() * 1e3;
         let t_release = Instant::now();
         let rel = peer.release()?;
         // Fault injection for the tests: this process dies with the ports
@@ -488,15 +534,86 @@ impl Daemon {
         let delta = peer
             .restore(&delta_path, &held.conntrack)
             .map_err(|e| late(e.to_string()))?;
-        // The delta holds every connection again: those already restored
-        // are skipped (their key is taken), not lost.
+        // The delta may hold connections already restored (created while
+        // the snapshot was taken): those are skipped (their key is
+        // taken), not lost.
         peer.report.conns_delta = peer.report.conns_carried - carried;
         peer.report.conns_skipped = skipped;
         let t_delta = Instant::now();
-        self.open_config_ports(cfg)
-            .map_err(|e| late(e.to_string()))?;
+        let mut discarded = 0;
+        if early {
+            let (n, d) = ports.start_polling();
+            discarded = d;
+            tracing::debug!("--take-over: polling {n} ports");
+            self.open_config_ports_where(cfg, |p| !handover::shareable(&p.devargs))
+                .map_err(|e| late(e.to_string()))?;
+        } else {
+            self.open_config_ports(cfg)
+                .map_err(|e| late(e.to_string()))?;
+            self.reopen_devargs_ports(cfg, &peer, &program)?;
+            commit_taken_over(held, &peer)?;
+        }
+        let gap = t_release.elapsed();
+        // What the ports count as lost from here on (the drops of the
+        // frames that arrived while the old process polled are not).
+        let lost_base: u64 = ports.list().iter().map(|s| port_lost(&s.handle)).sum();
+        let t_polling = Instant::now();
+        let kept = held
+            .services
+            .restore_affinity(&delta.affinity, crate::time::clock_ns());
+        peer.report.affinity_carried = kept as u64;
+        *self.hostpath.lock().unwrap_or_else(|e| e.into_inner()) =
+            attach_host_path(cfg).map_err(|e| late(e.to_string()))?;
+        let ms = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64() * 1e3;
+        tracing::info!(
+            "hand-over gap {:.1} ms: release {:.1} ms (old side {:.1} ms), delta {:.1} ms, {} {:.1} ms; then affinity and host path {:.1} ms (before the release: ports and program commit {pre_ms:.1} ms; {discarded} frames the old process polled discarded)",
+            gap.as_secs_f64() * 1e3,
+            ms(t_release, t_released),
+            rel.release_us as f64 / 1e3,
+            ms(t_released, t_delta),
+            if early { "start polling" } else { "ports and program commit" },
+            ms(t_delta, t_polling),
+            ms(t_polling, Instant::now()),
+        );
+        std::fs::rename(ctl_path, real_ctl).map_err(|e| {
+            late(format!(
+                "cannot move the control socket {} to {}: {e}",
+                ctl_path.display(),
+                real_ctl.display()
+            ))
+        })?;
+        peer.report.gap_ms = gap.as_secs_f64() * 1e3;
+        peer.report.frames_lost += ports
+            .list()
+            .iter()
+            .map(|s| port_lost(&s.handle))
+            .sum::<u64>()
+            .saturating_sub(lost_base);
+        let mut report = peer.commit()?;
+        report.previous_pid = None;
+        tracing::info!(
+            "hand-over done in {:.1} ms: ports moved in {:.1} ms, {} connections carried over ({} from the delta), {} bytes of state, {} frames lost by the old ports; the old sluiced ({} rx frames) exits",
+            report.duration_ms,
+            report.gap_ms,
+            report.conns_carried,
+            report.conns_delta,
+            report.state_bytes,
+            rel.frames_lost,
+            rel.rx_packets,
+        );
+        *self.report.lock().unwrap_or_else(|e| e.into_inner()) = report;
+        Ok(())
+    }
+
+    /// A hand-over: reopens the old process's ports that are neither
+    /// configured nor in the program (`port-add` with devargs).
+    fn reopen_devargs_ports(
+        &self,
+        cfg: &Config,
+        peer: &handover::Peer,
+        program: &sluice_api::node::NodeProgram,
+    ) -> Result<(), DaemonError> {
         let ports = self.port_set()?.clone();
-        let program = peer.prepared.program.clone();
         let n = cfg.datapath.cores.len().max(1);
         for p in &peer.prepared.ports {
             let configured = cfg.ports.iter().any(|c| c.name == p.name);
@@ -513,65 +630,8 @@ impl Daemon {
             };
             ports
                 .reopen(&r)
-                .map_err(|e| late(format!("port {}: {e}", p.name)))?;
+                .map_err(|e| DaemonError::HandoverLate(format!("port {}: {e}", p.name)))?;
         }
-        let t_ports = Instant::now();
-        if peer.prepared.generation > 0 {
-            let mut changes = sluice_api::node::diff(&Default::default(), &program);
-            changes.generation = peer.prepared.generation;
-            changes.expected_generation = Some(0);
-            held.node
-                .commit(&changes)
-                .map_err(|e| late(format!("the node program does not commit here: {e}")))?;
-        }
-        let t_commit = Instant::now();
-        let kept = held
-            .services
-            .restore_affinity(&delta.affinity, crate::time::clock_ns());
-        peer.report.affinity_carried = kept as u64;
-        *self.hostpath.lock().unwrap_or_else(|e| e.into_inner()) =
-            attach_host_path(cfg).map_err(|e| late(e.to_string()))?;
-        let gap = t_release.elapsed();
-        let ms = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64() * 1e3;
-        tracing::info!(
-            "hand-over gap {:.1} ms: release {:.1} ms (old side {:.1} ms), delta {:.1} ms, configured ports {:.1} ms, program commit {:.1} ms, affinity and host path {:.1} ms",
-            gap.as_secs_f64() * 1e3,
-            ms(t_release, t_released),
-            rel.release_us as f64 / 1e3,
-            ms(t_released, t_delta),
-            ms(t_delta, t_ports),
-            ms(t_ports, t_commit),
-            ms(t_commit, Instant::now()),
-        );
-        std::fs::rename(ctl_path, real_ctl).map_err(|e| {
-            late(format!(
-                "cannot move the control socket {} to {}: {e}",
-                ctl_path.display(),
-                real_ctl.display()
-            ))
-        })?;
-        peer.report.gap_ms = gap.as_secs_f64() * 1e3;
-        peer.report.frames_lost += ports
-            .list()
-            .iter()
-            .map(|s| {
-                let c = crate::port::Port::stats(&s.handle);
-                c.rx_dropped + c.rx_errors + c.tx_errors
-            })
-            .sum::<u64>();
-        let mut report = peer.commit()?;
-        report.previous_pid = None;
-        tracing::info!(
-            "hand-over done in {:.1} ms: ports moved in {:.1} ms, {} connections carried over ({} from the delta), {} bytes of state, {} frames lost by the old ports; the old sluiced ({} rx frames) exits",
-            report.duration_ms,
-            report.gap_ms,
-            report.conns_carried,
-            report.conns_delta,
-            report.state_bytes,
-            rel.frames_lost,
-            rel.rx_packets,
-        );
-        *self.report.lock().unwrap_or_else(|e| e.into_inner()) = report;
         Ok(())
     }
 
@@ -596,6 +656,16 @@ impl Daemon {
     }
 
     fn open_config_ports(&self, cfg: &Config) -> Result<(), DaemonError> {
+        self.open_config_ports_where(cfg, |_| true)
+    }
+
+    /// The configured ports `which` selects (their rx queues dealt as if
+    /// all were opened).
+    fn open_config_ports_where(
+        &self,
+        cfg: &Config,
+        which: impl Fn(&crate::config::PortConfig) -> bool,
+    ) -> Result<(), DaemonError> {
         let n_pmds = cfg.datapath.cores.len().max(1);
         let ports = self.port_set()?.clone();
         let mut k = 0;
@@ -604,6 +674,9 @@ impl Daemon {
                 .map(|q| (k + q as usize) % n_pmds)
                 .collect();
             k += p.rx_queues as usize;
+            if !which(p) {
+                continue;
+            }
             ports.open_config(p, pmds)?;
             tracing::info!(
                 port = %p.name,

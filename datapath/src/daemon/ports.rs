@@ -126,6 +126,11 @@ struct Inner {
     /// Numbers the vdevs this process creates (`net_af_packet_sl7`), so
     /// that a name is never probed twice.
     seq: u32,
+    /// While a hand-over's new process prepares ([`Ports::hold_rx`]): the
+    /// rx queues' PMDs of each port published meanwhile, by OpenFlow
+    /// number; the ports are published with no rx queue (usable for tx,
+    /// polled by no PMD) until [`Ports::start_polling`].
+    held: Option<BTreeMap<u16, Vec<usize>>>,
 }
 
 /// What `port-del` removes besides the device.
@@ -178,6 +183,7 @@ impl Ports {
                 entries: BTreeMap::new(),
                 pool: Some(pool),
                 seq: 0,
+                held: None,
             }),
             cores,
             owners: Mutex::new(PortOwners::default()),
@@ -273,7 +279,13 @@ impl Ports {
         pmds: Vec<usize>,
     ) -> (PortSummary, u64) {
         let h = dev.handle();
-        let p = pmds.clone();
+        let p = match inner.held.as_mut() {
+            Some(held) => {
+                held.insert(ofport, pmds.clone());
+                Vec::new()
+            }
+            None => pmds.clone(),
+        };
         let (_, generation) = self.shared.update(move |t| t.insert(PortNo(ofport), h, &p));
         let e = Entry {
             name: name.to_string(),
@@ -525,7 +537,7 @@ impl Ports {
     /// outside it, [`Ports::finish_stage`].
     pub fn publish_stage(&self, stage: &mut PortStage) {
         let mut inner = self.lock();
-        let adds: Vec<(u16, DpdkPort, Vec<usize>)> = stage
+        let mut adds: Vec<(u16, DpdkPort, Vec<usize>)> = stage
             .added
             .iter()
             .filter_map(|s| {
@@ -534,6 +546,11 @@ impl Ports {
                     .map(|d| (s.ofport, d.handle(), s.pmds.clone()))
             })
             .collect();
+        if let Some(held) = inner.held.as_mut() {
+            for (o, _, pmds) in &mut adds {
+                held.insert(*o, std::mem::take(pmds));
+            }
+        }
         let removed = stage.removed.clone();
         let removed_nos = removed.clone();
         let (_, generation) = self.shared.update(move |t| {
@@ -751,6 +768,57 @@ impl Ports {
         let dev = open(&inner, &p.name, &p.devargs, pmds.len().max(1) as u16, n)?;
         self.publish(&mut inner, p.ofport, &p.name, &p.kind, dev, pmds);
         Ok(())
+    }
+
+    /// From now until [`Ports::start_polling`], ports opened or published
+    /// (config ports, [`Ports::reopen`], a node commit's pod ports) get no
+    /// rx queue in the PMDs' table: a hand-over's new process opens them
+    /// while the old one still polls its own sockets on the same
+    /// interfaces.
+    pub fn hold_rx(&self) {
+        self.lock().held.get_or_insert_with(BTreeMap::new);
+    }
+
+    /// Ends [`Ports::hold_rx`]: empties every held port's rx queues (what
+    /// they hold arrived while another process polled the interface, so
+    /// it was forwarded already, or must count as lost: never twice),
+    /// then publishes every held port's rx queues in one port-table
+    /// generation, which each PMD polls from its next burst on. Returns
+    /// (ports, frames discarded).
+    pub fn start_polling(&self) -> (usize, u64) {
+        let mut inner = self.lock();
+        let Some(held) = inner.held.take() else {
+            return (0, 0);
+        };
+        let mut discarded = 0u64;
+        let mut publish = Vec::new();
+        for (o, pmds) in held {
+            let Some(e) = inner.entries.get(&o) else {
+                continue;
+            };
+            let mut h = e.dev.handle();
+            let mut bufs = Vec::with_capacity(crate::packet::BURST_SIZE);
+            for q in 0..pmds.len() as u16 {
+                // Bounded: a ring holds a few thousand frames at most;
+                // the bound stops a drain racing a line-rate sender.
+                for _ in 0..256 {
+                    let n = h.rx_burst(q, &mut bufs, crate::packet::BURST_SIZE);
+                    discarded += n as u64;
+                    bufs.clear();
+                    if n == 0 {
+                        break;
+                    }
+                }
+            }
+            publish.push((o, h, pmds));
+        }
+        let n = publish.len();
+        self.shared.update(move |t| {
+            for (o, h, pmds) in publish {
+                t.insert(PortNo(o), h, &pmds);
+            }
+        });
+        (n, discarded)
     }
 }
 

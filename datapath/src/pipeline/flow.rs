@@ -832,6 +832,7 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
 
     fn maintain(&mut self, now: Nanos, _out: &mut Output<B>) {
         self.check_program();
+        self.mac.serve_exchange(now);
         if now.saturating_sub(self.last_housekeeping) >= HOUSEKEEPING_NS {
             self.last_housekeeping = now;
             self.megaflow.sort_subtables();

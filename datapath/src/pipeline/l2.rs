@@ -8,13 +8,25 @@
 //! learned (counted in [`L2Stats::learn_full`]) and their frames flood,
 //! which is always correct, only less efficient.
 //!
+//! A hand-over restart carries the learned entries over
+//! ([`collect_macs`] in the old process, [`import_macs`] in the new one,
+//! both through the process's [`MacExchange`], which each table serves
+//! from its pipeline's `maintain`): the new process does not flood to
+//! relearn every host.
+//!
 //! Thread-safety: a `MacTable` belongs to one PMD core. With several cores
 //! each learns from the traffic it receives; a miss floods. Static entries
 //! are installed into every core's table by the owner of the pipelines.
+//! The exchange is the one shared part: control threads post a request,
+//! each PMD answers it between bursts under the exchange's mutex.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
+
+use crate::conntrack::state::SavedMac;
 
 use super::Pipeline;
 use crate::drop::DropReason;
@@ -49,6 +61,9 @@ pub struct MacTable {
     entries: HashMap<u64, MacEntry>,
     capacity: usize,
     aging_ns: u64,
+    /// The [`MacExchange`] requests this table served.
+    served_export: u64,
+    served_import: u64,
 }
 
 impl MacTable {
@@ -59,6 +74,73 @@ impl MacTable {
             entries: HashMap::with_capacity(capacity.min(1 << 20)),
             capacity,
             aging_ns,
+            served_export: 0,
+            served_import: 0,
+        }
+    }
+
+    /// The learned (not static) entries still live at `now`, as a
+    /// hand-over saves them.
+    pub fn export(&self, now: Nanos) -> Vec<SavedMac> {
+        self.entries(now)
+            .into_iter()
+            .filter(|&(_, _, _, is_static, idle)| !is_static && idle < self.aging_ns)
+            .map(|(mac, vlan, port, _, idle)| SavedMac {
+                mac,
+                vlan,
+                port: port.0,
+                idle,
+            })
+            .collect()
+    }
+
+    /// Learns saved entries as if each was last seen `idle` before `now`;
+    /// those already aged out, held by a static entry, or beyond the
+    /// capacity are skipped, an entry learned here already is kept if it
+    /// is fresher. Returns how many were learned.
+    pub fn import(&mut self, saved: &[SavedMac], now: Nanos) -> usize {
+        let mut n = 0;
+        for m in saved {
+            if m.idle >= self.aging_ns {
+                continue;
+            }
+            let seen = now.saturating_sub(m.idle);
+            let key = mac_key(m.mac, m.vlan);
+            if self
+                .entries
+                .get(&key)
+                .is_some_and(|e| e.is_static || e.last_seen >= seen)
+            {
+                continue;
+            }
+            if self.learn(m.mac, m.vlan, PortNo(m.port), seen) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Serves the process's [`MacExchange`]: answers a pending export
+    /// request, learns a pending import. One relaxed load each when
+    /// nothing is pending; pipelines call it from `maintain`.
+    #[inline]
+    pub fn serve_exchange(&mut self, now: Nanos) {
+        let ex = &EXCHANGE;
+        let e = ex.export_gen.load(Ordering::Acquire);
+        if e != self.served_export {
+            self.served_export = e;
+            let mine = self.export(now);
+            let mut g = ex.exported.lock().unwrap_or_else(|p| p.into_inner());
+            if g.0 == e {
+                g.1 += 1;
+                g.2.extend(mine);
+            }
+        }
+        let i = ex.import_gen.load(Ordering::Acquire);
+        if i != self.served_import {
+            self.served_import = i;
+            let g = ex.import.lock().unwrap_or_else(|p| p.into_inner());
+            self.import(&g, now);
         }
     }
 
@@ -173,6 +255,60 @@ impl MacTable {
             })
             .collect()
     }
+}
+
+/// How a hand-over moves the PMDs' learned MAC entries in and out of a
+/// process (one per process: [`collect_macs`], [`import_macs`]).
+#[derive(Debug)]
+pub struct MacExchange {
+    export_gen: AtomicU64,
+    /// (request, answers, entries).
+    exported: Mutex<(u64, usize, Vec<SavedMac>)>,
+    import_gen: AtomicU64,
+    import: Mutex<Vec<SavedMac>>,
+}
+
+static EXCHANGE: MacExchange = MacExchange {
+    export_gen: AtomicU64::new(0),
+    exported: Mutex::new((0, 0, Vec::new())),
+    import_gen: AtomicU64::new(0),
+    import: Mutex::new(Vec::new()),
+};
+
+/// The learned entries of every PMD's table: asks each table (served from
+/// its pipeline's `maintain`) and waits at most `timeout` for `tables`
+/// answers; returns the union (for an address learned by several PMDs,
+/// the freshest) and how many tables answered. Control threads only.
+pub fn collect_macs(tables: usize, timeout: Duration) -> (Vec<SavedMac>, usize) {
+    let ex = &EXCHANGE;
+    let gen = {
+        let mut g = ex.exported.lock().unwrap_or_else(|p| p.into_inner());
+        let gen = g.0 + 1;
+        *g = (gen, 0, Vec::new());
+        ex.export_gen.store(gen, Ordering::Release);
+        gen
+    };
+    let t0 = Instant::now();
+    let (answers, mut all) = loop {
+        {
+            let mut g = ex.exported.lock().unwrap_or_else(|p| p.into_inner());
+            if g.0 == gen && (g.1 >= tables || t0.elapsed() >= timeout) {
+                break (g.1, std::mem::take(&mut g.2));
+            }
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    };
+    all.sort_unstable_by_key(|m| (m.mac, m.vlan, m.idle));
+    all.dedup_by_key(|m| (m.mac, m.vlan));
+    (all, answers)
+}
+
+/// Has every table of this process (those made later too) learn `saved`
+/// (see [`MacTable::import`]) at its next `maintain`.
+pub fn import_macs(saved: Vec<SavedMac>) {
+    let ex = &EXCHANGE;
+    *ex.import.lock().unwrap_or_else(|p| p.into_inner()) = saved;
+    ex.import_gen.fetch_add(1, Ordering::AcqRel);
 }
 
 /// Counters of the L2 pipeline on one core.
@@ -315,6 +451,7 @@ impl<B: PacketBuf> Pipeline<B> for L2Pipeline {
     }
 
     fn maintain(&mut self, now: Nanos, _out: &mut Output<B>) {
+        self.table.serve_exchange(now);
         if now.saturating_sub(self.last_expire) >= EXPIRE_INTERVAL_NS {
             self.last_expire = now;
             let n = self.table.expire(now);
@@ -458,6 +595,61 @@ mod tests {
         );
         assert_eq!(p.stats.learn_full.get(), 1);
         assert_eq!(p.table.lookup(B, 0, 0), None);
+    }
+
+    /// Exported learned entries (not static ones, not aged ones) are
+    /// learned by another table with their age; a static entry or a
+    /// fresher learned one there wins.
+    #[test]
+    fn learned_entries_export_and_import_with_their_age() {
+        let sec = 1_000_000_000;
+        let mut t = MacTable::new(16, 300 * sec);
+        t.learn([2, 0, 0, 0, 0, 1], 0, PortNo(1), 10 * sec);
+        t.learn([2, 0, 0, 0, 0, 2], 7, PortNo(2), 40 * sec);
+        t.learn([2, 0, 0, 0, 0, 3], 0, PortNo(3), 0);
+        t.add_static([2, 0, 0, 0, 0, 4], 0, PortNo(4));
+        let out = t.export(301 * sec);
+        assert_eq!(out.len(), 2, "{out:?}");
+        let two = out.iter().find(|m| m.mac[5] == 2).expect("exported");
+        assert_eq!((two.vlan, two.port, two.idle), (7, 2, 261 * sec));
+        let mut n = MacTable::new(16, 300 * sec);
+        n.add_static([2, 0, 0, 0, 0, 1], 0, PortNo(9));
+        n.learn([2, 0, 0, 0, 0, 2], 7, PortNo(5), 1000 * sec);
+        assert_eq!(n.import(&out, 1000 * sec), 0);
+        assert_eq!(n.lookup([2, 0, 0, 0, 0, 1], 0, 1000 * sec), Some(PortNo(9)));
+        assert_eq!(n.lookup([2, 0, 0, 0, 0, 2], 7, 1000 * sec), Some(PortNo(5)));
+        let mut e = MacTable::new(16, 300 * sec);
+        assert_eq!(e.import(&out, 1000 * sec), 2);
+        assert_eq!(e.lookup([2, 0, 0, 0, 0, 2], 7, 1000 * sec), Some(PortNo(2)));
+        // It ages from when it was last seen in the old table.
+        assert_eq!(e.lookup([2, 0, 0, 0, 0, 2], 7, 1040 * sec), None);
+        assert_eq!(e.lookup([2, 0, 0, 0, 0, 1], 0, 1000 * sec), Some(PortNo(1)));
+    }
+
+    /// `collect_macs` gets the entries of a table served by another
+    /// thread (as a PMD serves it from `maintain`).
+    #[test]
+    fn collect_macs_asks_the_tables_of_other_threads() {
+        use std::sync::atomic::AtomicBool;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let pmd = std::thread::spawn(move || {
+            let mut t = MacTable::new(16, 300_000_000_000);
+            t.learn([0x0e, 0xc0, 0x11, 0xec, 0x7e, 0xd0], 9, PortNo(3), 5);
+            while !s.load(Ordering::Relaxed) {
+                t.serve_exchange(10);
+                std::thread::yield_now();
+            }
+        });
+        let (got, answers) = collect_macs(1, Duration::from_secs(10));
+        stop.store(true, Ordering::Relaxed);
+        pmd.join().expect("join");
+        assert!(answers >= 1);
+        let m = got
+            .iter()
+            .find(|m| m.mac == [0x0e, 0xc0, 0x11, 0xec, 0x7e, 0xd0])
+            .expect("the other thread's entry");
+        assert_eq!((m.vlan, m.port, m.idle), (9, 3, 5));
     }
 
     #[test]

@@ -5,17 +5,21 @@
 //! The steps, each a method the new process calls on the old one's
 //! control socket:
 //! 1. [`HandoverPrepare`]: the old process writes its state (connections
-//!    with NAT and timers, Service affinity, in the versioned conntrack
-//!    state format) to a file the new one names, and answers with its node
+//!    with NAT and timers, Service affinity, learned MACs, in the
+//!    versioned conntrack state format) to a file the new one names, and answers with its node
 //!    program and generation, its ports and its DPDK file prefix. It keeps
 //!    forwarding. It connects to the new one's *lease* socket and watches
 //!    it: the connection closing before step 3 means the new process died.
+//!    The new process then opens the ports that two processes can hold at
+//!    once (af_packet) without polling them, and commits the program.
 //! 2. [`HandoverRelease`]: the old process stops polling its ports, closes
 //!    them (the host port's addresses go back to the uplink), writes the
-//!    connections opened since step 1 (the delta; the snapshot's keys
-//!    are remembered for this) and
-//!    answers with its port counters. The new one opens the ports,
-//!    commits the program, restores the delta and forwards.
+//!    connections opened since step 1 (the delta, from a log of the
+//!    creations since step 1) and answers with its port counters. The new
+//!    one restores the delta, empties its sockets' rx rings (frames the
+//!    old one forwarded, or lost in the gap: never forwarded twice),
+//!    starts polling, opens the ports that could not be shared, and
+//!    forwards.
 //! 3. [`HandoverCommit`]: the old process exits.
 //!
 //! If the lease closes between 1 and 3 (the new process died, or gave up
@@ -185,6 +189,10 @@ pub struct RestartReport {
     pub conns_skipped: u64,
     /// Service affinity entries carried over.
     pub affinity_carried: u64,
+    /// Learned MAC entries carried over (hand-over from a sluiced that
+    /// saves them: state format 4 on).
+    #[serde(default)]
+    pub macs_carried: u64,
     /// Bytes of state read (snapshot plus delta, or the state file).
     pub state_bytes: u64,
     /// Time spent on the state: writing it (old process), reading and
@@ -224,6 +232,9 @@ impl Render for RestartReport {
             "  affinity entries carried over: {}\n",
             self.affinity_carried
         );
+        if self.kind == RestartKind::HandOver {
+            s += &format!("  learned MACs carried over: {}\n", self.macs_carried);
+        }
         s += &format!(
             "  state: {} bytes, {:.1} ms to write and restore\n",
             self.state_bytes, self.state_ms
