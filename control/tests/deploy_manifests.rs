@@ -599,3 +599,97 @@ fn manifests_validate_strictly_for_three_kubernetes_versions() {
         );
     }
 }
+
+/// A rolling update hands the node over: the DaemonSet surges (the new pod
+/// starts next to the old one, none is unavailable), the new pod's
+/// sluiced runs under the supervisor with `--take-over`, the control socket
+/// it takes over through and the saved connections are on the hostPath both
+/// pods share (the supervisor finds the same socket in the ConfigMap), and
+/// no hostPort keeps the surge pod off the node. Parsed with PyYAML (skipped,
+/// and said, without it); `kubernetes-validate` above checks the fields
+/// (`maxSurge` included) against the API schemas.
+#[test]
+fn daemonset_rolling_update_hands_over() {
+    let script = "import json,sys,yaml\n\
+                  print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))";
+    let out = match Command::new("python3")
+        .args(["-c", script])
+        .arg(repo().join("deploy/kubernetes/sluice-daemonset.yaml"))
+        .output()
+    {
+        Ok(o) if o.status.success() => o,
+        Ok(o) if String::from_utf8_lossy(&o.stderr).contains("No module named 'yaml'") => {
+            common::report_skip(
+                "deploy_manifests::daemonset_rolling_update_hands_over: python3 has no PyYAML (apt-get install python3-yaml)",
+            );
+            return;
+        }
+        Ok(o) => panic!(
+            "YAML does not parse: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => {
+            common::report_skip(&format!(
+                "deploy_manifests::daemonset_rolling_update_hands_over: no python3 ({e})"
+            ));
+            return;
+        }
+    };
+    let docs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let strategy = &ds["spec"]["updateStrategy"];
+    assert_eq!(strategy["type"], "RollingUpdate");
+    assert_eq!(strategy["rollingUpdate"]["maxSurge"], 1, "{strategy}");
+    assert_eq!(strategy["rollingUpdate"]["maxUnavailable"], 0, "{strategy}");
+    let spec = &ds["spec"]["template"]["spec"];
+    let sluiced = spec["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "sluiced")
+        .unwrap();
+    assert_eq!(sluiced["command"], serde_json::json!(["sluice-bootstrap"]));
+    let args: Vec<&str> = sluiced["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let dashdash = args.iter().position(|a| *a == "--").expect("supervise --");
+    assert_eq!(args[dashdash - 1], "supervise", "{args:?}");
+    let command: Vec<String> = args[dashdash + 1..].iter().map(|s| s.to_string()).collect();
+    assert_eq!(command[0], "sluiced");
+    assert!(command.iter().any(|a| a == "--take-over"), "{command:?}");
+    // With hostNetwork a containerPort is a hostPort: the surge pod would
+    // never fit on the node beside the old one.
+    assert_eq!(spec["hostNetwork"], true);
+    for c in spec["containers"].as_array().unwrap() {
+        assert!(c.get("ports").is_none(), "{} declares ports", c["name"]);
+    }
+    // The socket both sluiceds meet at, and the state file, live on the
+    // shared hostPath; the supervisor reads the same socket path from the
+    // ConfigMap as sluiced serves.
+    let run = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "sluice-run")
+        .unwrap();
+    assert_eq!(run["hostPath"]["path"], "/var/run/sluice");
+    assert!(sluiced["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["name"] == "sluice-run" && m["mountPath"] == "/var/run/sluice"));
+    let ini = sluiced_ini();
+    let ctl = sluice_control::bootstrap::supervise::ctl_socket_from_ini(&ini)
+        .unwrap_or_else(|| sluice_api::paths::SLUICED_CTL.into());
+    assert_eq!(ctl, Path::new(CTL_SOCKET));
+    let cfg = Config::parse(&ini, "sluice-config.yaml:sluiced.ini")
+        .expect("the ConfigMap's sluiced.ini parses");
+    let state = cfg
+        .datapath
+        .state_file
+        .expect("a state_file for crash restarts");
+    assert!(state.starts_with("/var/run/sluice/"), "{state}");
+}

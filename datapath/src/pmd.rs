@@ -56,6 +56,10 @@ use crate::port::Port;
 use crate::stats::{Counter, DropCounters};
 use crate::time::{clock_ns, cycles, Nanos};
 
+/// How long a PMD with no rx queue sleeps between iterations (it still
+/// passes burst boundaries, serves its mailbox and parks for barriers).
+const NO_RX_SLEEP: Duration = Duration::from_micros(100);
+
 /// Iterations between two `maintain` calls.
 const MAINTAIN_EVERY: u64 = 1024;
 
@@ -701,6 +705,12 @@ where
                 st.iteration_ns_log2[iteration_bucket(ns)].inc();
                 if ns > st.longest_iteration_ns.get() {
                     st.longest_iteration_ns.set(ns);
+                }
+                // No queue to poll (a hand-over's processes before and
+                // after they own the ports, or no port yet): give the core
+                // to whoever polls (another process's PMD pinned to it).
+                if local.rx.is_empty() {
+                    std::thread::sleep(NO_RX_SLEEP);
                 }
             }
             st.iterations.add(iter % MAINTAIN_EVERY);

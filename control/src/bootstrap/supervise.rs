@@ -19,6 +19,21 @@
 //! The node is unreachable only between sluiced's death and the move back
 //! (one `ip` command per address and route).
 //!
+//! Hand-over restarts (a DaemonSet rolling update with surge: the new pod
+//! runs `sluiced --take-over` next to the old one, both sharing the control
+//! socket's hostPath directory):
+//! - a supervisor whose command has `--take-over` and that finds a sluiced
+//!   answering on the command's control socket (`--ctl-socket`, or
+//!   `[datapath] ctl_socket` of its `--config`) neither undoes the move
+//!   recorded by the running one's supervisor nor records the uplink (the
+//!   addresses are on the running sluiced's host port; the record stays,
+//!   and this sluiced inherits it with the port);
+//! - a supervisor whose sluiced exited while another sluiced answers on its
+//!   control socket (it handed over) moves nothing back and does not exit:
+//!   it waits for SIGTERM (the rollout deleting its pod) and then exits 0,
+//!   so that kubelet does not restart the old sluiced, whose `--take-over`
+//!   would take the node back.
+//!
 //! A vfio-pci uplink (sluiced's configuration, `--config FILE` in the
 //! command, gives a PCI address as the uplink's `devargs`): while sluiced
 //! runs, the NIC has no kernel interface, so in steps 1 and 3 the NIC is
@@ -71,6 +86,63 @@ fn give_back_nic(sysfs: &Sysfs, nic: Option<&str>, state_dir: &Path) -> Result<(
     Ok(())
 }
 
+/// The control socket the supervised sluiced serves: `--ctl-socket` of
+/// `command`, else `[datapath] ctl_socket` of its `--config`, else the
+/// default path.
+pub fn ctl_socket_from_command(command: &[String]) -> std::path::PathBuf {
+    let arg = |name: &str| {
+        command
+            .iter()
+            .position(|a| a == name)
+            .and_then(|i| command.get(i + 1))
+            .cloned()
+            .or_else(|| {
+                command
+                    .iter()
+                    .find_map(|a| a.strip_prefix(&format!("{name}=")).map(str::to_string))
+            })
+    };
+    if let Some(s) = arg("--ctl-socket") {
+        return s.into();
+    }
+    arg("--config")
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .and_then(|t| ctl_socket_from_ini(&t))
+        .unwrap_or_else(|| sluice_api::paths::SLUICED_CTL.into())
+}
+
+/// `[datapath] ctl_socket` of a sluiced.ini text.
+pub fn ctl_socket_from_ini(text: &str) -> Option<std::path::PathBuf> {
+    let mut section = "";
+    for line in text.lines().map(str::trim) {
+        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = s.trim();
+        } else if let Some((k, v)) = line.split_once('=') {
+            if section == "datapath" && k.trim() == "ctl_socket" {
+                return Some(v.trim().trim_matches(['\'', '"']).into());
+            }
+        }
+    }
+    None
+}
+
+/// Whether a process listens on the control socket `path` (a socket file
+/// left by a dead sluiced refuses the connection).
+fn sluiced_answers(path: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
+/// Blocks until SIGTERM or SIGINT.
+fn wait_for_term() -> Result<(), BootstrapError> {
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| BootstrapError::Interface(format!("cannot catch signals: {e}")))?;
+    let _ = signals.forever().next();
+    Ok(())
+}
+
 /// Runs `command` under supervision; returns the exit code to exit with
 /// (the child's, or 128 + its signal).
 ///
@@ -88,7 +160,15 @@ pub fn supervise(
     };
     let sysfs = Sysfs::from_env();
     let nic = pci::uplink_pci_from_command(command);
-    {
+    let ctl = ctl_socket_from_command(command);
+    let taking_over = command.iter().any(|a| a == "--take-over") && sluiced_answers(&ctl);
+    if taking_over {
+        tracing::info!(
+            "a sluiced answers on {}: {prog} takes over from it; its supervisor's record of {}'s addresses stays in force",
+            ctl.display(),
+            ifs.uplink_if
+        );
+    } else {
         let _l = lock(state_dir)?;
         if let Some(addr) = &nic {
             match sysfs.driver(addr) {
@@ -159,6 +239,14 @@ pub fn supervise(
             .code()
             .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
     };
+    if code == 0 && sluiced_answers(&ctl) {
+        tracing::info!(
+            "{prog} handed over to the sluiced now answering on {}: the node's addresses stay with it; waiting for SIGTERM",
+            ctl.display()
+        );
+        wait_for_term()?;
+        return Ok(0);
+    }
     tracing::info!(
         "{prog} exited ({status}): the node's addresses go back to {}",
         ifs.uplink_if
@@ -170,4 +258,41 @@ pub fn supervise(
         let _ = std::fs::remove_dir(d);
     }
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_control_socket_comes_from_the_flag_the_config_or_the_default() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ini = dir.path().join("sluiced.ini");
+        std::fs::write(
+            &ini,
+            "[coe]\nnode_type = BAREMETAL\n[datapath]\ncores = 1\nctl_socket = '/run/x/s.ctl'\n[port:p]\nctl_socket = /nope\n",
+        )
+        .expect("ini");
+        let cmd = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cfg = ini.display().to_string();
+        assert_eq!(
+            ctl_socket_from_command(&cmd(&["sluiced", "--config", &cfg, "--take-over"])),
+            Path::new("/run/x/s.ctl")
+        );
+        assert_eq!(
+            ctl_socket_from_command(&cmd(&["sluiced", "--config", &cfg, "--ctl-socket=/a.ctl"])),
+            Path::new("/a.ctl")
+        );
+        assert_eq!(
+            ctl_socket_from_command(&cmd(&["sluiced"])),
+            Path::new(sluice_api::paths::SLUICED_CTL)
+        );
+        // A socket file nobody listens on is no running sluiced.
+        let sock = dir.path().join("dead.ctl");
+        drop(std::os::unix::net::UnixListener::bind(&sock).expect("bind"));
+        assert!(!sluiced_answers(&sock));
+        let live = dir.path().join("live.ctl");
+        let _l = std::os::unix::net::UnixListener::bind(&live).expect("bind");
+        assert!(sluiced_answers(&live));
+    }
 }

@@ -129,7 +129,8 @@ fn lost(c: &sluice_api::ports::PortCounters) -> u64 {
 struct Session {
     pid: u32,
     /// Closes the released af_packet devices after the reply (joined
-    /// before a rollback reopens them).
+    /// before a rollback reopens them, and by `commit` before the process
+    /// exits).
     closing: Option<std::thread::JoinHandle<()>>,
     /// Set by `release`: what to reopen on a rollback.
     released: Option<Vec<ReleasedPort>>,
@@ -445,14 +446,24 @@ impl OldSide {
     /// No released hand-over to this pid.
     pub fn commit(&self, r: &PidRequest) -> Result<Empty, ApiError> {
         let mut s = self.lock();
-        match s.as_mut() {
-            Some(x) if x.pid == r.pid && x.released.is_some() => x.committed = true,
+        let closing = match s.as_mut() {
+            Some(x) if x.pid == r.pid && x.released.is_some() => {
+                x.committed = true;
+                x.closing.take()
+            }
             _ => {
                 return Err(refused(format!(
                     "no released hand-over to pid {}: nothing to commit",
                     r.pid
                 )))
             }
+        };
+        drop(s);
+        // The released devices must be closed before the process tears
+        // down the EAL (closing them concurrently with it crashes in the
+        // af_packet driver).
+        if let Some(h) = closing {
+            let _ = h.join();
         }
         self.parts.handed_over.store(true, Ordering::Relaxed);
         tracing::info!("hand-over to pid {} committed: exiting", r.pid);

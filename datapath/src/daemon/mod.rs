@@ -57,6 +57,10 @@ use ports::Ports;
 
 use commands::{PmdView, PortView};
 
+/// How long a hand-over's new process keeps trying to take the metrics
+/// address from the old one.
+const METRICS_TAKE_OVER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Frames a port counts as lost.
 fn port_lost(h: &crate::dpdk::ethdev::DpdkPort) -> u64 {
     let c = crate::port::Port::stats(h);
@@ -263,7 +267,7 @@ pub struct Daemon {
     /// The last restart (`restart-report`).
     report: handover::ReportCell,
     /// The Prometheus endpoint (`[datapath] metrics_address`).
-    metrics: std::sync::Mutex<Option<sluice_metrics::MetricsServer>>,
+    metrics: Arc<std::sync::Mutex<Option<sluice_metrics::MetricsServer>>>,
 }
 
 /// The stateful and overlay features the flow pipeline's PMDs share.
@@ -343,7 +347,7 @@ impl Daemon {
             revalidator: None,
             ready: Value::Null,
             hostpath: Arc::new(std::sync::Mutex::new(None)),
-            metrics: std::sync::Mutex::new(None),
+            metrics: Arc::new(std::sync::Mutex::new(None)),
             saver: None,
             saver_paused: Arc::new(AtomicBool::new(false)),
             handed_over: Arc::new(AtomicBool::new(false)),
@@ -418,6 +422,7 @@ impl Daemon {
             capture,
             flows.as_ref(),
             features,
+            peer.is_some(),
         )?;
         let c = cfg.clone();
         let old = handover::OldSide::new(handover::OldParts {
@@ -852,6 +857,7 @@ impl Daemon {
         capture: Arc<Capture>,
         flows: Option<&FlowTables>,
         features: Features,
+        take_over: bool,
     ) -> Result<Held, DaemonError> {
         let reg_err = DaemonError::Register;
         let metric_views = views.clone();
@@ -938,8 +944,48 @@ impl Daemon {
                 features: flows
                     .map(|_| (conntrack.clone(), services.clone(), overlay.tunnels.clone())),
             };
-            let server = sluice_metrics::MetricsServer::start(addr, move || sources.render())?;
-            *self.metrics.lock().unwrap_or_else(|e| e.into_inner()) = Some(server);
+            let sources = Arc::new(sources);
+            let start = move || {
+                let s = sources.clone();
+                sluice_metrics::MetricsServer::start(addr, move || s.render())
+            };
+            match start() {
+                Ok(server) => {
+                    *self.metrics.lock().unwrap_or_else(|e| e.into_inner()) = Some(server)
+                }
+                // A hand-over's new process: the old one holds the
+                // address until it exits; take it then.
+                Err(e) if take_over => {
+                    tracing::info!("--take-over: {e}; the metrics endpoint starts once the running sluiced has exited");
+                    let cell = self.metrics.clone();
+                    let stop = self.stop.clone();
+                    std::thread::Builder::new()
+                        .name("metrics-wait".into())
+                        .spawn(move || {
+                            let t0 = Instant::now();
+                            while !stop.load(Ordering::Relaxed) {
+                                std::thread::sleep(std::time::Duration::from_millis(100));
+                                match start() {
+                                    Ok(server) => {
+                                        tracing::info!("metrics endpoint {addr} up");
+                                        *cell.lock().unwrap_or_else(|e| e.into_inner()) = Some(server);
+                                        return;
+                                    }
+                                    Err(e) if t0.elapsed() > METRICS_TAKE_OVER_WAIT => {
+                                        tracing::error!("{e}: no metrics endpoint after {METRICS_TAKE_OVER_WAIT:?}");
+                                        return;
+                                    }
+                                    Err(_) => {}
+                                }
+                            }
+                        })
+                        .map_err(|source| DaemonError::Thread {
+                            what: "the metrics endpoint's start",
+                            source,
+                        })?;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         if let Some(t) = flows {
             let oracle = Arc::new(crate::conntrack::trace::CtTracer::new(
