@@ -129,8 +129,8 @@ fn lost(c: &sluice_api::ports::PortCounters) -> u64 {
 struct Session {
     pid: u32,
     /// Closes the released af_packet devices after the reply (joined
-    /// before a rollback reopens them, and by `commit` before the process
-    /// exits).
+    /// before a rollback reopens them, and after `commit` before the
+    /// process is asked to exit).
     closing: Option<std::thread::JoinHandle<()>>,
     /// Set by `release`: what to reopen on a rollback.
     released: Option<Vec<ReleasedPort>>,
@@ -459,15 +459,36 @@ impl OldSide {
             }
         };
         drop(s);
-        // The released devices must be closed before the process tears
-        // down the EAL (closing them concurrently with it crashes in the
-        // af_packet driver).
-        if let Some(h) = closing {
-            let _ = h.join();
-        }
         self.parts.handed_over.store(true, Ordering::Relaxed);
         tracing::info!("hand-over to pid {} committed: exiting", r.pid);
-        (self.parts.on_exit)();
+        // The released devices must be closed before the process tears
+        // down the EAL (closing them concurrently with it crashes in the
+        // af_packet driver), which can take seconds: the new process,
+        // forwarding already, gets its answer now.
+        let closing = Arc::new(Mutex::new(closing));
+        let exit = {
+            let closing = closing.clone();
+            let on_exit = self.parts.on_exit.clone();
+            move || {
+                let h = closing.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(h) = h {
+                    let _ = h.join();
+                }
+                on_exit();
+            }
+        };
+        if std::thread::Builder::new()
+            .name("handover-exit".into())
+            .spawn(exit)
+            .is_err()
+        {
+            // No thread: close and exit from here (the answer waits).
+            let h = closing.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(h) = h {
+                let _ = h.join();
+            }
+            (self.parts.on_exit)();
+        }
         Ok(Empty {})
     }
 }
