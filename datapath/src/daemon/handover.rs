@@ -18,7 +18,8 @@
 //! changes during the copy are not sent:
 //! a restored TCP connection is tracked liberally, and one closed during
 //! the copy lingers until its timeout);
-//! `commit` marks the hand-over done and asks the main thread to exit,
+//! `commit` marks the hand-over done, answers, and (from a thread, once
+//! the released devices are closed) asks the main thread to exit,
 //! without the final state save (the new process owns the state file from
 //! then on). If the lease closes before `commit` (the new process died, or
 //! gave up), the watcher reopens the ports with their devargs, queues and
