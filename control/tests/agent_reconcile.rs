@@ -6,43 +6,25 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use nestdb_client::node::{LogicalPort, NodeConfig, NodeStatus as StatusRow, NodeType};
-use nestdb_client::Uuid;
 use sluice_api::node::{apply, NodeCommitReply, NodeProgram, NodeStatus, PortStatus};
 use sluice_control::agent::compile::{compile, NodeRows};
 use sluice_control::agent::reconcile::{ignored_settings, Reconciler, Snapshot, StatusWrite};
+use sluice_testkit::rows::{self, uuid};
 
-fn uuid(n: u64) -> Uuid {
-    Uuid::parse_str(&format!("00000000-0000-4000-8000-{n:012x}")).unwrap()
-}
-
+/// Node config of `node-a` without the node MAC (see
+/// [`rows::node_config`]).
 fn node_config() -> NodeConfig {
     NodeConfig {
-        node_name: "node-a".into(),
-        node_type: NodeType::Baremetal,
-        uplink_port: "0000:01:00.0".into(),
-        ovs_bridge: None,
-        vtep_ip: "192.0.2.10".parse().unwrap(),
-        pod_cidrs: BTreeSet::from(["10.244.1.0/24".into()]),
-        node_ips: BTreeSet::from(["192.0.2.10".parse().unwrap()]),
-        nodeport_min: 30000,
-        nodeport_max: 32767,
-        mtu: 1500,
         external_ids: BTreeMap::new(),
+        ..rows::node_config()
     }
 }
 
+/// Port `name` at 10.244.1.`last` (no prefix length), no pod.
 fn lp(name: &str, last: u8) -> LogicalPort {
     LogicalPort {
-        name: name.into(),
-        mac: format!("0a:58:0a:f4:01:{last:02x}"),
         ips: BTreeSet::from([format!("10.244.1.{last}")]),
-        netns: None,
-        interface_name: "eth0".into(),
-        pod_namespace: None,
-        pod_name: None,
-        dp_port: None,
-        up: false,
-        external_ids: BTreeMap::new(),
+        ..rows::logical_port(name, &format!("0a:58:0a:f4:01:{last:02x}"), "")
     }
 }
 
