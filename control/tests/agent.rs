@@ -290,16 +290,16 @@ fn delete_port(db: &DbClient, name: &str) {
     .unwrap();
 }
 
-fn select<T: TableRow>(db: &DbClient) -> Vec<T> {
-    let out = db
-        .transact(&Transaction::new(DB).select(T::TABLE, vec![]))
-        .unwrap();
-    out.results[0]
-        .rows()
-        .unwrap()
-        .iter()
-        .map(|r| T::from_row(r).unwrap())
-        .collect()
+use rows::select;
+
+/// nestdb-server in `dir` holding `Node_Config` and pod `pod-a`, and a
+/// client of it.
+fn db_with_pod_a(bin: &Path, dir: &Path) -> (Nestdb, DbClient) {
+    let db = Nestdb::start(bin, dir, "nestdb");
+    let c = db.client();
+    insert(&c, &node_config());
+    insert(&c, &pod("pod-a", 5));
+    (db, c)
 }
 
 /// `name` → (`dp_port`, `up`).
@@ -629,35 +629,11 @@ fn a_port_sluiced_refuses_is_left_out_and_the_rest_applies() {
 
 /// `ovsdb-client transact` of `ops` (JSON objects) on `db`.
 fn ovsdb_transact(remote: &str, ops: &[serde_json::Value]) -> serde_json::Value {
-    let mut txn = vec![serde_json::json!(DB)];
-    txn.extend(ops.iter().cloned());
-    let out = Command::new("ovsdb-client")
-        .args(["transact", remote])
-        .arg(serde_json::Value::Array(txn).to_string())
-        .output()
-        .expect("run ovsdb-client");
-    assert!(
-        out.status.success(),
-        "ovsdb-client transact failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(
-        v.as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r.get("error").is_none()),
-        "transaction failed: {v}"
-    );
-    v
+    rows::ovsdb_client_transact(remote, ops)
 }
 
 fn have_ovsdb_client() -> bool {
-    let ok = Command::new("ovsdb-client")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let ok = sluice_testkit::have_tool("ovsdb-client");
     if !ok {
         report_skip("SKIPPED agent bad rows: ovsdb-client is not installed (Debian package openvswitch-common)");
     }
@@ -817,10 +793,7 @@ fn agent_started_before_its_sockets_waits_for_them() {
         "{}",
         agent.log()
     );
-    let db = Nestdb::start(&bin, dir.path(), "nestdb");
-    let c = db.client();
-    insert(&c, &node_config());
-    insert(&c, &pod("pod-a", 5));
+    let (_db, _c) = db_with_pod_a(&bin, dir.path());
     let sluiced = StandIn::start(ctl);
     wait_for(
         "the first commit",
@@ -834,10 +807,7 @@ fn agent_started_before_its_sockets_waits_for_them() {
 fn a_refusal_not_about_a_pod_is_recorded_and_retried() {
     let Some(bin) = nestdb_bin() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let db = Nestdb::start(&bin, dir.path(), "nestdb");
-    let c = db.client();
-    insert(&c, &node_config());
-    insert(&c, &pod("pod-a", 5));
+    let (db, c) = db_with_pod_a(&bin, dir.path());
     let ctl = dir.path().join("sluiced.ctl");
     let sluiced = StandIn::start(ctl.clone());
     // As sluiced refuses a program whose uplink it does not have.
@@ -878,10 +848,7 @@ fn a_refusal_not_about_a_pod_is_recorded_and_retried() {
 fn a_sluiced_without_node_status_is_logged_once_and_retried() {
     let Some(bin) = nestdb_bin() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let db = Nestdb::start(&bin, dir.path(), "nestdb");
-    let c = db.client();
-    insert(&c, &node_config());
-    insert(&c, &pod("pod-a", 5));
+    let (db, _c) = db_with_pod_a(&bin, dir.path());
     let ctl = dir.path().join("sluiced.ctl");
     let sluiced = StandIn::start(ctl.clone());
     let unknown = "\"node-status\" is not a valid command";
@@ -1217,13 +1184,10 @@ fn a_program_bigger_than_the_socket_limit_goes_in_parts() {
     use std::sync::atomic::AtomicBool;
     let Some(bin) = nestdb_bin() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let db = Nestdb::start(&bin, dir.path(), "nestdb");
+    let (db, c) = db_with_pod_a(&bin, dir.path());
     let limit = 64 << 10;
     let ctl = dir.path().join("sluiced.ctl");
     let sluiced = StandIn::start_limited(ctl.clone(), Some(limit));
-    let c = db.client();
-    insert(&c, &node_config());
-    insert(&c, &pod("pod-a", 5));
     let txn = rows::services_txn(
         0..400,
         4,

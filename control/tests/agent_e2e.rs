@@ -39,12 +39,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nestdb_client::node::{LogicalPort, NodeStatus as StatusRow, DB};
-use nestdb_client::{Client as DbClient, TableRow, Transaction};
+use nestdb_client::node::{LogicalPort, NodeStatus as StatusRow};
+use nestdb_client::Client as DbClient;
 use sluice_api::node::{NodeStatus, QueryNodeStatus};
 use sluice_api::{Client, Empty};
 use sluice_testkit::node::{start_sluiced, Nestdb, SluicedIni};
-use sluice_testkit::{built_or_skip, have_tool, is_root, sh, sh_quiet, Daemon, Netns, Veth};
+use sluice_testkit::{built_or_skip, have_tool, is_root, rows, sh, sh_quiet, Daemon, Netns, Veth};
 
 const WAIT: Duration = Duration::from_secs(90);
 const PREFIX: &str = "slt-agent";
@@ -53,14 +53,27 @@ fn report_skip(line: &str) {
     sluice_testkit::record_skip(env!("CARGO_TARGET_TMPDIR"), line);
 }
 
-fn have(tool: &str, package: &str) -> bool {
-    let ok = have_tool(tool);
-    if !ok {
+/// The nestdb-server and sluiced binaries, when root with `ovsdb-client`
+/// and both built; `None` with the reason recorded otherwise (`what`
+/// names the test in the skip line).
+fn prerequisites(what: &str) -> Option<[PathBuf; 2]> {
+    let test = "control/tests/agent_e2e.rs";
+    if !is_root() {
         report_skip(&format!(
-            "SKIPPED control/tests/agent_e2e.rs: {tool} is not installed (Debian package {package})"
+            "SKIPPED {test}{what}: needs root (namespaces, DPDK)"
         ));
+        return None;
     }
-    ok
+    if !have_tool("ovsdb-client") {
+        report_skip(&format!(
+            "SKIPPED {test}{what}: ovsdb-client is not installed (Debian package openvswitch-common)"
+        ));
+        return None;
+    }
+    built_or_skip!(
+        ["nestdb-server", "sluiced"],
+        "cargo build -p nestdb --bin nestdb-server -p sluice-datapath --bin sluiced"
+    )
 }
 
 fn wait_for<T>(what: &str, logs: impl Fn() -> String, f: impl FnMut() -> Option<T>) -> T {
@@ -131,42 +144,19 @@ fn start_agent_as(dir: &Path, name: &str, db: &str, ctl: &Path) -> Daemon {
 static DPDK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn ovsdb_transact(remote: &str, ops: &[serde_json::Value]) {
-    let mut txn = vec![serde_json::json!(DB)];
-    txn.extend(ops.iter().cloned());
-    let out = Command::new("ovsdb-client")
-        .args(["transact", remote])
-        .arg(serde_json::Value::Array(txn).to_string())
-        .output()
-        .expect("run ovsdb-client");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && !text.contains("\"error\""),
-        "ovsdb-client transact: {text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rows::ovsdb_client_transact(remote, ops);
 }
 
+/// `name` → (`dp_port`, `up`).
 fn ports(db: &DbClient) -> BTreeMap<String, (Option<u32>, bool)> {
-    let out = db
-        .transact(&Transaction::new(DB).select("Logical_Port", vec![]))
-        .unwrap();
-    out.results[0]
-        .rows()
-        .unwrap()
-        .iter()
-        .map(|r| LogicalPort::from_row(r).unwrap())
+    rows::select::<LogicalPort>(db)
+        .into_iter()
         .map(|p| (p.name, (p.dp_port, p.up)))
         .collect()
 }
 
 fn status_row(db: &DbClient) -> Option<StatusRow> {
-    let out = db
-        .transact(&Transaction::new(DB).select("Node_Status", vec![]))
-        .ok()?;
-    out.results[0]
-        .rows()?
-        .first()
-        .and_then(|r| StatusRow::from_row(r).ok())
+    rows::select::<StatusRow>(db).into_iter().next()
 }
 
 fn ping(ns: &Netns, dst: &str) -> bool {
@@ -223,19 +213,7 @@ fn agent_programs_real_sluiced_from_nestdb_through_restarts() {
     let _one = DPDK
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !is_root() {
-        report_skip("SKIPPED control/tests/agent_e2e.rs: needs root (namespaces, DPDK)");
-        return;
-    }
-    if !have("ovsdb-client", "openvswitch-common") {
-        return;
-    }
-    let Some(nestdb) = built_or_skip!("nestdb-server", "cargo build -p nestdb --bin nestdb-server")
-    else {
-        return;
-    };
-    let Some(sluiced) = built_or_skip!("sluiced", "cargo build -p sluice-datapath --bin sluiced")
-    else {
+    let Some([nestdb, sluiced]) = prerequisites("") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -542,19 +520,7 @@ fn two_nodes_reach_each_other_over_geneve() {
     let _one = DPDK
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !is_root() {
-        report_skip("SKIPPED agent_e2e two nodes: needs root (namespaces, DPDK)");
-        return;
-    }
-    if !have("ovsdb-client", "openvswitch-common") {
-        return;
-    }
-    let Some(nestdb) = built_or_skip!("nestdb-server", "cargo build -p nestdb --bin nestdb-server")
-    else {
-        return;
-    };
-    let Some(sluiced) = built_or_skip!("sluiced", "cargo build -p sluice-datapath --bin sluiced")
-    else {
+    let Some([nestdb, sluiced]) = prerequisites(" two nodes") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -141,16 +141,7 @@ impl Nestdb {
 
     /// Every `Logical_Port`.
     pub fn ports(&self) -> Vec<LogicalPort> {
-        let out = self
-            .client()
-            .transact(&Transaction::new(DB).select(LogicalPort::TABLE, vec![]))
-            .unwrap();
-        out.results[0]
-            .rows()
-            .unwrap()
-            .iter()
-            .map(|r| LogicalPort::from_row(r).unwrap())
-            .collect()
+        sluice_testkit::rows::select(&self.client())
     }
 
     /// The IPAM data directory of this test.

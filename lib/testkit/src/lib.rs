@@ -152,8 +152,16 @@ pub fn built_binary(name: &str) -> Option<PathBuf> {
 /// command that builds it. Expands `file!()` and
 /// `env!("CARGO_TARGET_TMPDIR")` in the calling test:
 /// `let Some(bin) = built_or_skip!("sluiced", "cargo build -p sluice-datapath --bin sluiced") else { return };`
+/// With several names, `built_or_skip!(["nestdb-server", "sluiced"], how)`
+/// gives all their paths or `None` with a skip line for the first one
+/// missing.
 #[macro_export]
 macro_rules! built_or_skip {
+    ([$($name:expr),+ $(,)?], $how:expr) => {
+        (|| Some([$($crate::built_binary_or_skip(
+            env!("CARGO_TARGET_TMPDIR"), file!(), $name, $how
+        )?),+]))()
+    };
     ($name:expr, $how:expr) => {
         $crate::built_binary_or_skip(env!("CARGO_TARGET_TMPDIR"), file!(), $name, $how)
     };

@@ -212,6 +212,48 @@ pub fn services_txn(
     txn
 }
 
+/// Every row of table `T` the server holds, typed.
+pub fn select<T: TableRow>(db: &nestdb_client::Client) -> Vec<T> {
+    let out = db
+        .transact(&Transaction::new(DB).select(T::TABLE, vec![]))
+        .unwrap_or_else(|e| panic!("select {}: {e}", T::TABLE));
+    out.results[0]
+        .rows()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| T::from_row(r).unwrap_or_else(|e| panic!("a {} row: {e}", T::TABLE)))
+        .collect()
+}
+
+/// The real `ovsdb-client transact` of `ops` (JSON operations) on the node
+/// database at `remote`; its reply. Fails the test if the tool fails or an
+/// operation has an error.
+pub fn ovsdb_client_transact(remote: &str, ops: &[Value]) -> Value {
+    let mut txn = vec![json!(DB)];
+    txn.extend(ops.iter().cloned());
+    let out = std::process::Command::new("ovsdb-client")
+        .args(["transact", remote])
+        .arg(Value::Array(txn).to_string())
+        .output()
+        .expect("run ovsdb-client");
+    assert!(
+        out.status.success(),
+        "ovsdb-client transact failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "ovsdb-client transact printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let ok = v
+        .as_array()
+        .is_some_and(|rs| rs.iter().all(|r| r.get("error").is_none()));
+    assert!(ok, "transaction failed: {v}");
+    v
+}
+
 /// A monitor dump (`{table: {uuid: {"initial": row}}}`) of typed rows,
 /// loaded into a replica of every table of the node schema.
 #[derive(Debug, Default)]
