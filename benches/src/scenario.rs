@@ -361,16 +361,7 @@ pub fn service_spec(s: u32, replace: bool) -> ServiceSpec {
             } else {
                 endpoint(s, e)
             };
-            EndpointSpec {
-                ip,
-                port: 8080,
-                ready: true,
-                serving: None,
-                terminating: false,
-                node_local: false,
-                zone: None,
-                for_zones: Vec::new(),
-            }
+            EndpointSpec::ready(ip, 8080)
         })
         .collect();
     ServiceSpec {

@@ -87,15 +87,11 @@ fn service(i: u32, endpoints: u32, generation: u32) -> ServiceSpec {
         internal_traffic_policy: TrafficPolicy::Cluster,
         external_traffic_policy: TrafficPolicy::Cluster,
         endpoints: (0..endpoints)
-            .map(|e| EndpointSpec {
-                ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i * 16 + e),
-                port: 5353 + (generation % 2) as u16,
-                ready: true,
-                serving: None,
-                terminating: false,
-                node_local: false,
-                zone: None,
-                for_zones: Vec::new(),
+            .map(|e| {
+                EndpointSpec::ready(
+                    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i * 16 + e),
+                    5353 + (generation % 2) as u16,
+                )
             })
             .collect(),
         topology_aware: false,

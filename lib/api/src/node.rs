@@ -1027,14 +1027,8 @@ mod tests {
             endpoints: eps
                 .iter()
                 .map(|&ip| EndpointSpec {
-                    ip: ip.into(),
-                    port: 8080,
-                    ready: true,
                     serving: Some(true),
-                    terminating: false,
-                    node_local: false,
-                    zone: None,
-                    for_zones: vec![],
+                    ..EndpointSpec::ready(ip.into(), 8080)
                 })
                 .collect(),
         }

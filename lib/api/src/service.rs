@@ -99,6 +99,23 @@ pub struct EndpointSpec {
     pub for_zones: Vec<String>,
 }
 
+impl EndpointSpec {
+    /// A ready endpoint at `ip`:`port`: serving as it is ready, not
+    /// terminating, not node-local, no zone and no zone hints.
+    pub fn ready(ip: Ipv4Addr, port: u16) -> EndpointSpec {
+        EndpointSpec {
+            ip,
+            port,
+            ready: true,
+            serving: None,
+            terminating: false,
+            node_local: false,
+            zone: None,
+            for_zones: Vec::new(),
+        }
+    }
+}
+
 /// One Service port, as the control agent sends it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
