@@ -302,6 +302,12 @@ fn db_with_pod_a(bin: &Path, dir: &Path) -> (Nestdb, DbClient) {
     (db, c)
 }
 
+/// The agent for `db` and the stand-in `sluiced`, logging to
+/// `dir/agent.log`.
+fn agent_of(db: &Nestdb, sluiced: &StandIn, dir: &Path) -> Agent {
+    Agent::start(&db.remote(), &sluiced.path, &dir.join("agent.log"), &[])
+}
+
 /// `name` → (`dp_port`, `up`).
 fn ports(db: &DbClient) -> BTreeMap<String, (Option<u32>, bool)> {
     select::<LogicalPort>(db)
@@ -808,11 +814,10 @@ fn a_refusal_not_about_a_pod_is_recorded_and_retried() {
     let Some(bin) = nestdb_bin() else { return };
     let dir = tempfile::tempdir().unwrap();
     let (db, c) = db_with_pod_a(&bin, dir.path());
-    let ctl = dir.path().join("sluiced.ctl");
-    let sluiced = StandIn::start(ctl.clone());
+    let sluiced = StandIn::start(dir.path().join("sluiced.ctl"));
     // As sluiced refuses a program whose uplink it does not have.
     sluiced.held().refuse = Some("uplink".into());
-    let agent = Agent::start(&db.remote(), &ctl, &dir.path().join("agent.log"), &[]);
+    let agent = agent_of(&db, &sluiced, dir.path());
     let st = wait_for(
         "the commit error in Node_Status",
         || agent.log(),
@@ -849,11 +854,10 @@ fn a_sluiced_without_node_status_is_logged_once_and_retried() {
     let Some(bin) = nestdb_bin() else { return };
     let dir = tempfile::tempdir().unwrap();
     let (db, _c) = db_with_pod_a(&bin, dir.path());
-    let ctl = dir.path().join("sluiced.ctl");
-    let sluiced = StandIn::start(ctl.clone());
+    let sluiced = StandIn::start(dir.path().join("sluiced.ctl"));
     let unknown = "\"node-status\" is not a valid command";
     sluiced.held().status_error = Some(unknown.into());
-    let agent = Agent::start(&db.remote(), &ctl, &dir.path().join("agent.log"), &[]);
+    let agent = agent_of(&db, &sluiced, dir.path());
     wait_for(
         "three node-status attempts",
         || agent.log(),

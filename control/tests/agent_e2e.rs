@@ -43,7 +43,7 @@ use nestdb_client::node::{LogicalPort, NodeStatus as StatusRow};
 use nestdb_client::Client as DbClient;
 use sluice_api::node::{NodeStatus, QueryNodeStatus};
 use sluice_api::{Client, Empty};
-use sluice_testkit::node::{start_sluiced, Nestdb, SluicedIni};
+use sluice_testkit::node::{ctl_socket, start_sluiced, Nestdb, SluicedIni};
 use sluice_testkit::{built_or_skip, have_tool, is_root, rows, sh, sh_quiet, Daemon, Netns, Veth};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -81,12 +81,7 @@ fn wait_for<T>(what: &str, logs: impl Fn() -> String, f: impl FnMut() -> Option<
 }
 
 fn ctl_path() -> PathBuf {
-    ctl_of(PREFIX)
-}
-
-/// The control socket of the sluiced with DPDK prefix `prefix`.
-fn ctl_of(prefix: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("{prefix}.ctl"))
+    ctl_socket(PREFIX)
 }
 
 /// sluiced in namespace `node` with DPDK prefix `prefix` (which also names
@@ -99,7 +94,7 @@ fn start_sluiced_as(
     name: &str,
     (prefix, uplink_if, host_if): (&str, &str, &str),
 ) -> Daemon {
-    let ctl = ctl_of(prefix);
+    let ctl = ctl_socket(prefix);
     let ini = SluicedIni {
         prefix,
         ctl: &ctl,
@@ -628,8 +623,8 @@ fn two_nodes_reach_each_other_over_geneve() {
             ("node-a", "192.0.2.10", "10.244.1.0/24"),
         ),
     );
-    let agent_a = start_agent_as(d, "agent-a", &remote_a, &ctl_of(spec_a.0));
-    let agent_b = start_agent_as(d, "agent-b", &remote_b, &ctl_of(spec_b.0));
+    let agent_a = start_agent_as(d, "agent-a", &remote_a, &ctl_socket(spec_a.0));
+    let agent_b = start_agent_as(d, "agent-b", &remote_b, &ctl_socket(spec_b.0));
     let (dbc_a, dbc_b) = (
         DbClient::connect(&remote_a).unwrap(),
         DbClient::connect(&remote_b).unwrap(),
@@ -658,7 +653,7 @@ fn two_nodes_reach_each_other_over_geneve() {
     );
     // They went through the tunnel flows the Remote_Node rows made.
     for (spec, cidr) in [(spec_a, "10.244.2.0/24"), (spec_b, "10.244.1.0/24")] {
-        let mut c = Client::connect(ctl_of(spec.0)).unwrap();
+        let mut c = Client::connect(ctl_socket(spec.0)).unwrap();
         let dump = c.call_text::<&str>("dump-flows", &[]).unwrap();
         let line = dump
             .lines()

@@ -24,7 +24,7 @@ use sluice_api::node::{
 };
 use sluice_api::ports::{PodDriver, PortAdd, PortAddRequest, PortKind};
 use sluice_api::{Client, Empty};
-use sluice_testkit::node::{start_sluiced, SluicedIni};
+use sluice_testkit::node::{ctl_socket, start_sluiced, SluicedIni};
 use sluice_testkit::{built_or_skip, is_root, sh, Netns};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -36,7 +36,7 @@ fn report_skip(line: &str) {
 }
 
 fn ctl() -> PathBuf {
-    std::env::temp_dir().join(format!("{PREFIX}.ctl"))
+    ctl_socket(PREFIX)
 }
 
 /// A veth pair inside the node namespace with `queues` queues each way.

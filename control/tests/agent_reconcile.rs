@@ -61,6 +61,17 @@ fn status(instance: &str, generation: u64, ports: &[(&str, u16, bool)]) -> NodeS
     }
 }
 
+/// The `Node_Status` row among `writes` (there must be one).
+fn node_status_row(writes: &[StatusWrite]) -> StatusRow {
+    writes
+        .iter()
+        .find_map(|w| match w {
+            StatusWrite::NodeStatus { row, .. } => Some(row.clone()),
+            _ => None,
+        })
+        .expect("a Node_Status write")
+}
+
 /// Applies status writes to a snapshot, as the monitor would show them.
 fn write_back(s: &mut Snapshot, writes: &[StatusWrite]) {
     for w in writes {
@@ -242,14 +253,7 @@ fn row_errors_are_reported_once_and_recorded_in_the_status() {
     s.rows.logical_ports.push((uuid(13), lp("pod-c", 8)));
     let p2 = r.plan(&s);
     assert!(p2.new_errors.is_empty() && p2.resolved.is_empty());
-    let w = r.status_writes(&s, &status("i1", 1, &[]));
-    let row = w
-        .iter()
-        .find_map(|w| match w {
-            StatusWrite::NodeStatus { row, .. } => Some(row.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let row = node_status_row(&r.status_writes(&s, &status("i1", 1, &[])));
     assert!(
         row.row_errors["Logical_Port pod-bad"].contains("not a MAC address"),
         "{:?}",
@@ -295,14 +299,7 @@ fn txn_id_survives_an_agent_restart_and_changes_only_with_a_commit() {
         NodeProgram::default(),
         Some(&existing),
     );
-    let w = r2.status_writes(&s2, &status("i2", 0, &[]));
-    let row = w
-        .iter()
-        .find_map(|w| match w {
-            StatusWrite::NodeStatus { row, .. } => Some(row.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let row = node_status_row(&r2.status_writes(&s2, &status("i2", 0, &[])));
     assert_eq!((row.txn_id, row.generation), (None, 0));
 }
 

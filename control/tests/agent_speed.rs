@@ -33,7 +33,7 @@ use nestdb_client::node::DB;
 use nestdb_client::{Client as DbClient, Condition, Datum, Transaction, Uuid};
 use sluice_api::node::{NodeStatus, QueryNodeProgram, QueryNodeStatus};
 use sluice_api::{Client, Empty};
-use sluice_testkit::node::{start_sluiced, Nestdb, SluicedIni};
+use sluice_testkit::node::{ctl_socket, start_sluiced, Nestdb, SluicedIni};
 use sluice_testkit::{built_or_skip, is_root, rows, sh, Daemon, Netns};
 
 const WAIT: Duration = Duration::from_secs(300);
@@ -61,7 +61,7 @@ fn wait_for<T>(what: &str, log: impl Fn() -> String, f: impl FnMut() -> Option<T
 }
 
 fn ctl() -> PathBuf {
-    std::env::temp_dir().join(format!("{PREFIX}.ctl"))
+    ctl_socket(PREFIX)
 }
 
 fn start_node_sluiced(bin: &Path, ns: &Netns, dir: &Path) -> Daemon {

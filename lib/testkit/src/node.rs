@@ -122,6 +122,12 @@ impl Nestdb {
     }
 }
 
+/// The control socket of the test sluiced with DPDK prefix `prefix`
+/// (`$TMPDIR/PREFIX.ctl`): unique as the prefix is.
+pub fn ctl_socket(prefix: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{prefix}.ctl"))
+}
+
 /// A test sluiced's configuration: bare-metal node, bridge `br-int`, one
 /// PMD on the last CPU this process may use ([`crate::last_allowed_cpu`]),
 /// main core 0, hugepages `auto`, 8192 mbufs; port `uplink` (ofport 1) is
