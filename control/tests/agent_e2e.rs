@@ -230,16 +230,7 @@ fn agent_programs_real_sluiced_from_nestdb_through_restarts() {
     let a = Netns::new("slt-ag-a");
     let b = Netns::new("slt-ag-b");
     let _up = Veth::new_in(&node, "slt-agu-o", "slt-agu-i", &gw, "192.0.2.1/24");
-    sh(&[
-        "ip",
-        "-n",
-        &node.0,
-        "addr",
-        "add",
-        "192.0.2.10/24",
-        "dev",
-        "slt-agu-o",
-    ]);
+    node.ip(&["addr", "add", "192.0.2.10/24", "dev", "slt-agu-o"]);
     let _va = Veth::new_in(&node, "slt-aga-o", "slt-aga-i", &a, "10.244.1.5/24");
 
     // nestdb-server with the node schema.
@@ -302,20 +293,19 @@ fn agent_programs_real_sluiced_from_nestdb_through_restarts() {
     // reaches the endpoint on pod-b; once the endpoint is deleted, new
     // connections do not.
     let mut http = Command::new("ip");
-    http.args(["netns", "exec", &b.0, "python3", "-m", "http.server", "8080"])
-        .args(["--bind", "10.244.1.6"])
-        .stdout(Stdio::null());
+    http.args([
+        "netns",
+        "exec",
+        &b.0,
+        "python3",
+        "-m",
+        "http.server",
+        "8080",
+    ])
+    .args(["--bind", "10.244.1.6"])
+    .stdout(Stdio::null());
     let _server = Daemon::spawn(http, "python3 http.server", &d.join("http.log"));
-    sh(&[
-        "ip",
-        "-n",
-        &a.0,
-        "route",
-        "add",
-        "10.96.0.0/12",
-        "via",
-        "10.244.1.1",
-    ]);
+    a.ip(&["route", "add", "10.96.0.0/12", "via", "10.244.1.1"]);
     let gen_before = node_status().unwrap().generation;
     ovsdb_transact(
         &remote,
@@ -558,31 +548,13 @@ fn two_nodes_reach_each_other_over_geneve() {
         (&node_a, "slt-ag2-ua", "192.0.2.10/24"),
         (&node_b, "slt-ag2-ub", "192.0.2.11/24"),
     ] {
-        sh(&["ip", "-n", &ns.0, "addr", "add", addr, "dev", ifc]);
-        sh(&["ip", "-n", &ns.0, "link", "set", ifc, "up"]);
+        ns.ip(&["addr", "add", addr, "dev", ifc]);
+        ns.ip(&["link", "set", ifc, "up"]);
     }
     let _va = Veth::new_in(&node_a, "slt-ag2-pa", "slt-ag2-ia", &pod_a, "10.244.1.5/24");
     let _vb = Veth::new_in(&node_b, "slt-ag2-pb", "slt-ag2-ib", &pod_b, "10.244.2.5/24");
-    sh(&[
-        "ip",
-        "-n",
-        &pod_a.0,
-        "route",
-        "add",
-        "default",
-        "via",
-        "10.244.1.1",
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &pod_b.0,
-        "route",
-        "add",
-        "default",
-        "via",
-        "10.244.2.1",
-    ]);
+    pod_a.ip(&["route", "add", "default", "via", "10.244.1.1"]);
+    pod_b.ip(&["route", "add", "default", "via", "10.244.2.1"]);
 
     let (spec_a, spec_b) = (
         ("slt-ag2a", "slt-ag2-ua", "slt-ag2-ha"),

@@ -94,7 +94,8 @@ fn pod_ports_default_to_af_xdp_and_fall_back_to_af_packet_per_port() {
         report_skip("SKIPPED control/tests/agent_pod_driver.rs: needs root (namespace, DPDK)");
         return;
     }
-    let Some(bin) = built_or_skip!("sluiced", "cargo build -p sluice-datapath --bin sluiced") else {
+    let Some(bin) = built_or_skip!("sluiced", "cargo build -p sluice-datapath --bin sluiced")
+    else {
         return;
     };
     let ns = Netns::new(NS);

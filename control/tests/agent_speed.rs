@@ -49,7 +49,17 @@ fn report_skip(line: &str) {
 fn node_netns() -> Netns {
     let ns = Netns::new(NS);
     sh(&[
-        "ip", "-n", NS, "link", "add", "slt-spd-u", "type", "veth", "peer", "name", "slt-spd-g",
+        "ip",
+        "-n",
+        NS,
+        "link",
+        "add",
+        "slt-spd-u",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "slt-spd-g",
     ]);
     sh(&["ip", "-n", NS, "link", "set", "slt-spd-u", "up"]);
     sh(&["ip", "-n", NS, "link", "set", "slt-spd-g", "up"]);
@@ -118,7 +128,14 @@ fn services_txn(first: u32, n: u32, eps: u32) -> Transaction {
     rows::services_txn(
         first..first + n,
         eps,
-        |i| format!("10.{}.{}.{}", 96 + i / 250 / 250, i / 250 % 250, i % 250 + 1),
+        |i| {
+            format!(
+                "10.{}.{}.{}",
+                96 + i / 250 / 250,
+                i / 250 % 250,
+                i % 250 + 1
+            )
+        },
         |i, e| format!("10.{}.{}.{}", 128 + e, i / 250 % 250, i % 250 + 1),
     )
 }

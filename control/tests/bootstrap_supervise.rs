@@ -32,10 +32,7 @@ fn addresses_come_back_when_the_datapath_dies() {
         return;
     }
     let net = Uplink::new("slsv", "10.78.0.1/24", "10.78.0.2/24");
-    sh(&[
-        "ip",
-        "-n",
-        &net.node.0,
+    net.node.ip(&[
         "route",
         "add",
         "10.79.0.0/24",

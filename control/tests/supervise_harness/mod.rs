@@ -48,14 +48,13 @@ impl Uplink {
     pub fn new(tag: &str, node_addr: &str, peer_addr: &str) -> Uplink {
         let node = Netns::new(&format!("{tag}-node"));
         let peer = Netns::new(&format!("{tag}-peer"));
-        sh(&[
-            "ip", "-n", &node.0, "link", "add", "up0", "type", "veth", "peer", "name", "peer0",
-            "netns", &peer.0,
+        node.ip(&[
+            "link", "add", "up0", "type", "veth", "peer", "name", "peer0", "netns", &peer.0,
         ]);
-        sh(&["ip", "-n", &node.0, "addr", "add", node_addr, "dev", "up0"]);
-        sh(&["ip", "-n", &node.0, "link", "set", "up0", "up"]);
-        sh(&["ip", "-n", &peer.0, "addr", "add", peer_addr, "dev", "peer0"]);
-        sh(&["ip", "-n", &peer.0, "link", "set", "peer0", "up"]);
+        node.ip(&["addr", "add", node_addr, "dev", "up0"]);
+        node.ip(&["link", "set", "up0", "up"]);
+        peer.ip(&["addr", "add", peer_addr, "dev", "peer0"]);
+        peer.ip(&["link", "set", "peer0", "up"]);
         Uplink { node, peer }
     }
 
@@ -66,13 +65,22 @@ impl Uplink {
 
     /// The IPv4 routes via `up0` (`ip route show`).
     pub fn routes(&self) -> String {
-        sh(&["ip", "-n", &self.node.0, "-4", "route", "show", "dev", "up0"])
+        self.node.ip(&["-4", "route", "show", "dev", "up0"])
     }
 
     /// The peer pings `addr` on the node (one echo, within 5 s).
     pub fn peer_reaches(&self, addr: &str) {
         sh(&[
-            "ip", "netns", "exec", &self.peer.0, "ping", "-c", "1", "-W", "5", addr,
+            "ip",
+            "netns",
+            "exec",
+            &self.peer.0,
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "5",
+            addr,
         ]);
     }
 

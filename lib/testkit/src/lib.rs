@@ -356,6 +356,14 @@ impl Netns {
         Netns(name.to_string())
     }
 
+    /// Runs `ip -n NAME ARGS…` (an iproute2 command on the namespace),
+    /// panicking with its stderr when it fails; returns stdout.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["ip", "-n", &self.0];
+        all.extend_from_slice(args);
+        sh(&all)
+    }
+
     /// Runs a command inside the namespace.
     pub fn exec(&self, args: &[&str]) -> Output {
         Command::new("ip")
@@ -442,14 +450,14 @@ impl Veth {
         match node {
             Some(n) => {
                 sh(&["ip", "link", "set", outer, "netns", &n.0]);
-                sh(&["ip", "-n", &n.0, "link", "set", outer, "up"]);
+                n.ip(&["link", "set", outer, "up"]);
             }
             None => {
                 sh(&["ip", "link", "set", outer, "up"]);
             }
         }
-        sh(&["ip", "-n", &ns.0, "addr", "add", addr, "dev", inner]);
-        sh(&["ip", "-n", &ns.0, "link", "set", inner, "up"]);
+        ns.ip(&["addr", "add", addr, "dev", inner]);
+        ns.ip(&["link", "set", inner, "up"]);
         sh_quiet(&[
             "ip", "netns", "exec", &ns.0, "ethtool", "-K", inner, "tx", "off",
         ]);

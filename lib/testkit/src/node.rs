@@ -47,13 +47,7 @@ impl Nestdb {
     }
 
     /// `bin` serving `schema`, with `extra` arguments (limits, …).
-    pub fn start_with(
-        bin: &Path,
-        dir: &Path,
-        name: &str,
-        schema: &Path,
-        extra: &[&str],
-    ) -> Nestdb {
+    pub fn start_with(bin: &Path, dir: &Path, name: &str, schema: &Path, extra: &[&str]) -> Nestdb {
         let mut db = Nestdb {
             bin: bin.to_owned(),
             dir: dir.to_owned(),
