@@ -25,15 +25,11 @@ use sluice_api::node::{
 use sluice_api::ports::{PodDriver, PortAdd, PortAddRequest, PortKind};
 use sluice_api::{Client, Empty};
 use sluice_testkit::node::{ctl_socket, start_sluiced, SluicedIni};
-use sluice_testkit::{built_or_skip, is_root, sh, Netns};
+use sluice_testkit::{built_or_skip, is_root, report_skip, sh, Netns};
 
 const WAIT: Duration = Duration::from_secs(90);
 const PREFIX: &str = "slt-pdrv";
 const NS: &str = "slt-pdrv-node";
-
-fn report_skip(line: &str) {
-    sluice_testkit::record_skip(env!("CARGO_TARGET_TMPDIR"), line);
-}
 
 fn ctl() -> PathBuf {
     ctl_socket(PREFIX)
@@ -91,7 +87,7 @@ fn add(name: &str, iface: &str, driver: Option<PodDriver>, rx_queues: u16) -> St
 #[test]
 fn pod_ports_default_to_af_xdp_and_fall_back_to_af_packet_per_port() {
     if !is_root() {
-        report_skip("SKIPPED control/tests/agent_pod_driver.rs: needs root (namespace, DPDK)");
+        report_skip!("SKIPPED control/tests/agent_pod_driver.rs: needs root (namespace, DPDK)");
         return;
     }
     let Some(bin) = built_or_skip!("sluiced", "cargo build -p sluice-datapath --bin sluiced")

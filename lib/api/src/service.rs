@@ -158,6 +158,35 @@ pub struct ServiceSpec {
     pub endpoints: Vec<EndpointSpec>,
 }
 
+impl ServiceSpec {
+    /// A ClusterIP Service `name` at `cluster_ip`:`port` over `protocol`
+    /// with `endpoints`: no node port, external or LoadBalancer addresses,
+    /// no session affinity, both traffic policies `Cluster`, no
+    /// topology-aware routing.
+    pub fn cluster_ip(
+        name: impl Into<String>,
+        protocol: Protocol,
+        cluster_ip: Ipv4Addr,
+        port: u16,
+        endpoints: Vec<EndpointSpec>,
+    ) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            protocol,
+            port,
+            cluster_ips: vec![cluster_ip],
+            node_port: None,
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            session_affinity_seconds: None,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            external_traffic_policy: TrafficPolicy::Cluster,
+            topology_aware: false,
+            endpoints,
+        }
+    }
+}
+
 /// One atomic batch of Service changes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
