@@ -44,30 +44,24 @@ use nestdb_client::Client as DbClient;
 use sluice_api::node::{NodeStatus, QueryNodeStatus};
 use sluice_api::{Client, Empty};
 use sluice_testkit::node::{ctl_socket, start_sluiced, Nestdb, SluicedIni};
-use sluice_testkit::{built_or_skip, have_tool, is_root, rows, sh, sh_quiet, Daemon, Netns, Veth};
+use sluice_testkit::{
+    built_or_skip, have_tool, report_skip, root_or_skip, rows, sh, sh_quiet, Daemon, Netns, Veth,
+};
 
 const WAIT: Duration = Duration::from_secs(90);
 const PREFIX: &str = "slt-agent";
 
-fn report_skip(line: &str) {
-    sluice_testkit::record_skip(env!("CARGO_TARGET_TMPDIR"), line);
-}
-
 /// The nestdb-server and sluiced binaries, when root with `ovsdb-client`
-/// and both built; `None` with the reason recorded otherwise (`what`
-/// names the test in the skip line).
-fn prerequisites(what: &str) -> Option<[PathBuf; 2]> {
-    let test = "control/tests/agent_e2e.rs";
-    if !is_root() {
-        report_skip(&format!(
-            "SKIPPED {test}{what}: needs root (namespaces, DPDK)"
-        ));
+/// and both built; `None` with the reason recorded otherwise.
+fn prerequisites() -> Option<[PathBuf; 2]> {
+    if !root_or_skip!("needs root (namespaces, DPDK)") {
         return None;
     }
     if !have_tool("ovsdb-client") {
-        report_skip(&format!(
-            "SKIPPED {test}{what}: ovsdb-client is not installed (Debian package openvswitch-common)"
-        ));
+        report_skip!(
+            "SKIPPED {}: ovsdb-client is not installed (Debian package openvswitch-common)",
+            file!()
+        );
         return None;
     }
     built_or_skip!(
@@ -208,7 +202,7 @@ fn agent_programs_real_sluiced_from_nestdb_through_restarts() {
     let _one = DPDK
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let Some([nestdb, sluiced]) = prerequisites("") else {
+    let Some([nestdb, sluiced]) = prerequisites() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -505,7 +499,7 @@ fn two_nodes_reach_each_other_over_geneve() {
     let _one = DPDK
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let Some([nestdb, sluiced]) = prerequisites(" two nodes") else {
+    let Some([nestdb, sluiced]) = prerequisites() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

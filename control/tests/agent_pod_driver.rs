@@ -25,7 +25,7 @@ use sluice_api::node::{
 use sluice_api::ports::{PodDriver, PortAdd, PortAddRequest, PortKind};
 use sluice_api::{Client, Empty};
 use sluice_testkit::node::{ctl_socket, start_sluiced, SluicedIni};
-use sluice_testkit::{built_or_skip, is_root, report_skip, sh, Netns};
+use sluice_testkit::{built_or_skip, root_or_skip, sh, Netns};
 
 const WAIT: Duration = Duration::from_secs(90);
 const PREFIX: &str = "slt-pdrv";
@@ -86,8 +86,7 @@ fn add(name: &str, iface: &str, driver: Option<PodDriver>, rx_queues: u16) -> St
 
 #[test]
 fn pod_ports_default_to_af_xdp_and_fall_back_to_af_packet_per_port() {
-    if !is_root() {
-        report_skip!("SKIPPED control/tests/agent_pod_driver.rs: needs root (namespace, DPDK)");
+    if !root_or_skip!("needs root (namespace, DPDK)") {
         return;
     }
     let Some(bin) = built_or_skip!("sluiced", "cargo build -p sluice-datapath --bin sluiced")

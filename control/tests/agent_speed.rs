@@ -34,7 +34,7 @@ use nestdb_client::{Client as DbClient, Condition, Datum, Transaction, Uuid};
 use sluice_api::node::{NodeStatus, QueryNodeProgram, QueryNodeStatus};
 use sluice_api::{Client, Empty};
 use sluice_testkit::node::{ctl_socket, start_sluiced, Nestdb, SluicedIni};
-use sluice_testkit::{built_or_skip, is_root, report_skip, rows, sh, Daemon, Netns};
+use sluice_testkit::{built_or_skip, root_or_skip, rows, sh, Daemon, Netns};
 
 const WAIT: Duration = Duration::from_secs(300);
 const PREFIX: &str = "slt-speed";
@@ -258,8 +258,7 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 #[test]
 #[ignore = "a speed probe with real processes; run in release with --ignored --nocapture (see the module docs)"]
 fn commit_to_generation_in_force() {
-    if !is_root() {
-        report_skip!("SKIPPED control/tests/agent_speed.rs: needs root (namespace, DPDK)");
+    if !root_or_skip!("needs root (namespace, DPDK)") {
         return;
     }
     let Some(nestdb) = built_or_skip!("nestdb-server", "cargo build -p nestdb --bin nestdb-server")

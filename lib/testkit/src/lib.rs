@@ -62,6 +62,26 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// [`is_root`], or false with the skip line `SKIPPED <test file>: <why>`.
+/// Expands `file!()` and `env!("CARGO_TARGET_TMPDIR")` in the calling
+/// test: `if !root_or_skip!("needs root (namespaces, DPDK)") { return; }`
+#[macro_export]
+macro_rules! root_or_skip {
+    ($why:expr) => {
+        $crate::root_or_skip(env!("CARGO_TARGET_TMPDIR"), file!(), $why)
+    };
+}
+
+/// What [`root_or_skip!`] does, with the target's tmp directory and the
+/// test's file given.
+pub fn root_or_skip(target_tmpdir: &str, test: &str, why: &str) -> bool {
+    let root = is_root();
+    if !root {
+        record_skip(target_tmpdir, &format!("SKIPPED {test}: {why}"));
+    }
+    root
+}
+
 /// True when `tool` is on PATH.
 pub fn have_tool(tool: &str) -> bool {
     Command::new("sh")
