@@ -208,14 +208,8 @@ fn agent_programs_real_sluiced_from_nestdb_through_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let logs = || {
-        let mut s = String::new();
-        for f in ["agent.log", "sluiced-1.log", "sluiced-2.log", "nestdb.log"] {
-            s += &format!(
-                "--- {f}\n{}\n",
-                std::fs::read_to_string(d.join(f)).unwrap_or_default()
-            );
-        }
-        s
+        let names = ["agent.log", "sluiced-1.log", "sluiced-2.log", "nestdb.log"];
+        sluice_testkit::logs_of(d, &names)
     };
 
     // The node: uplink to a gateway namespace, pods a (now) and b (later).
@@ -505,19 +499,13 @@ fn two_nodes_reach_each_other_over_geneve() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let logs = || {
-        let mut s = String::new();
-        for f in [
+        let names = [
             "agent-a.log",
             "agent-b.log",
             "sluiced-a.log",
             "sluiced-b.log",
-        ] {
-            s += &format!(
-                "--- {f}\n{}\n",
-                std::fs::read_to_string(d.join(f)).unwrap_or_default()
-            );
-        }
-        s
+        ];
+        sluice_testkit::logs_of(d, &names)
     };
     let node_a = Netns::new("slt-ag2-na");
     let node_b = Netns::new("slt-ag2-nb");

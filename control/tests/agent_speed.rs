@@ -221,14 +221,8 @@ impl Stack {
     }
 
     fn logs(&self) -> String {
-        let mut s = String::new();
-        for f in ["agent.log", "sluiced.log", "nestdb.log"] {
-            s += &format!(
-                "--- {f}\n{}\n",
-                std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default()
-            );
-        }
-        s
+        let names = ["agent.log", "sluiced.log", "nestdb.log"];
+        sluice_testkit::logs_of(self.dir.path(), &names)
     }
 
     /// The agent's log lines about commits since line `from`.

@@ -252,6 +252,19 @@ pub fn lines_of(out: impl Read + Send + 'static) -> Receiver<String> {
     rx
 }
 
+/// The files `names` of `dir` (the logs of the processes under test), each
+/// headed by `--- NAME`, for a failure message; a missing file is empty.
+pub fn logs_of(dir: &Path, names: &[&str]) -> String {
+    let mut s = String::new();
+    for f in names {
+        s += &format!(
+            "--- {f}\n{}\n",
+            std::fs::read_to_string(dir.join(f)).unwrap_or_default()
+        );
+    }
+    s
+}
+
 /// A daemon child process whose stderr goes to a log file: on drop it gets
 /// SIGTERM and 20 s to exit (it may restore what it changed), then SIGKILL.
 pub struct Daemon {
