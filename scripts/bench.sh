@@ -31,16 +31,8 @@ fi
 
 pkgs=(dpdk dpdk-dev libdpdk-dev openvswitch-switch-dpdk openvswitch-common fonts-dejavu-core
       pkg-config libclang-dev clang coreutils)
-missing=()
-for p in "${pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "==> installing Debian packages: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
-    apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+. scripts/setup-deps.sh
+install_missing "${pkgs[@]}"
 T1=$(date +%s.%N)
 if ! command -v cargo >/dev/null; then
     echo "$0: cargo not found: install Rust (>= 1.80) with rustup first" >&2

@@ -12,9 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup-deps.sh
-need_root
-install_packages
-setup_hugepages
+prepare_machine
 
 echo "==> building Sluice (release)"
 cargo build --release --locked \

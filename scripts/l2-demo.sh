@@ -7,9 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup-deps.sh
-need_root
-install_packages
-setup_hugepages
+prepare_machine
 
 echo "==> building sluiced and sluicectl (release)"
 cargo build --release --locked -p sluice-datapath --bin sluiced -p sluice-control --bin sluicectl

@@ -1,12 +1,29 @@
 #!/usr/bin/env bash
 # Installs what Sluice needs on Debian 12 (idempotent) and reserves
-# hugepages when the kernel allows it. Sourced by demo.sh and test.sh.
+# hugepages when the kernel allows it. Sourced by demo.sh, l2-demo.sh,
+# test.sh and bench.sh.
 set -euo pipefail
 
 need_root() {
     if [ "$(id -u)" != 0 ]; then
         echo "$0: run as root (DPDK ports, namespaces and hugepages need it): sudo $0" >&2
         exit 2
+    fi
+}
+
+# Installs those of the Debian packages "$@" that are not installed yet.
+install_missing() {
+    local p missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "==> installing Debian packages: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q
+        # tshark asks whether non-root users may capture: answer no.
+        echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+        apt-get install -y -q --no-install-recommends "${missing[@]}"
     fi
 }
 
@@ -21,18 +38,7 @@ install_packages() {
         prometheus
         apparmor containernetworking-plugins
     )
-    local missing=()
-    for p in "${pkgs[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-        echo "==> installing Debian packages: ${missing[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -q
-        # tshark asks whether non-root users may capture: answer no.
-        echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
-        apt-get install -y -q --no-install-recommends "${missing[@]}"
-    fi
+    install_missing "${pkgs[@]}"
     if ! command -v kubernetes-validate >/dev/null; then
         echo "==> installing kubernetes-validate (PyPI)"
         python3 -m pip install --quiet --break-system-packages kubernetes-validate ||
@@ -63,4 +69,12 @@ setup_hugepages() {
         mount -t hugetlbfs nodev /dev/hugepages 2>/dev/null || true
     fi
     echo "==> hugepages: $(awk '/HugePages_Free/ {print $2}' /proc/meminfo) free of $(cat /proc/sys/vm/nr_hugepages) (DPDK uses --no-huge when none)"
+}
+
+# What every entry point (demo.sh, l2-demo.sh, test.sh) does first: checks
+# it runs as root, installs the packages, reserves hugepages.
+prepare_machine() {
+    need_root
+    install_packages
+    setup_hugepages
 }

@@ -5,9 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup-deps.sh
-need_root
-install_packages
-setup_hugepages
+prepare_machine
 export CARGO_TERM_COLOR=never
 echo "==> cargo build (all targets)"
 cargo build --workspace --all-targets --locked

@@ -26,7 +26,7 @@ use std::net::Ipv4Addr;
 
 use etherparse::PacketBuilder;
 use serde::{Deserialize, Serialize};
-use sluice_api::service::{EndpointSpec, Protocol, ServiceSpec, ServiceUpdate, TrafficPolicy};
+use sluice_api::service::{EndpointSpec, Protocol, ServiceSpec, ServiceUpdate};
 use sluice_api::stack::NeighSetRequest;
 use sluice_api::tunnel::AddVtepRequest;
 
@@ -361,32 +361,10 @@ pub fn service_spec(s: u32, replace: bool) -> ServiceSpec {
             } else {
                 endpoint(s, e)
             };
-            EndpointSpec {
-                ip,
-                port: 8080,
-                ready: true,
-                serving: None,
-                terminating: false,
-                node_local: false,
-                zone: None,
-                for_zones: Vec::new(),
-            }
+            EndpointSpec::ready(ip, 8080)
         })
         .collect();
-    ServiceSpec {
-        name: service_name(s),
-        protocol: Protocol::Tcp,
-        port: 80,
-        cluster_ips: vec![vip(s)],
-        node_port: None,
-        external_ips: Vec::new(),
-        load_balancer_ips: Vec::new(),
-        session_affinity_seconds: None,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        external_traffic_policy: TrafficPolicy::Cluster,
-        topology_aware: false,
-        endpoints,
-    }
+    ServiceSpec::cluster_ip(service_name(s), Protocol::Tcp, vip(s), 80, endpoints)
 }
 
 /// One `service-update` batch that upserts `specs`.

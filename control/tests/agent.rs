@@ -19,14 +19,13 @@
 //! log.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use nestdb_client::node::{LogicalPort, NodeConfig, NodeStatus as StatusRow, NodeType, DB};
+use nestdb_client::node::{LogicalPort, NodeConfig, NodeStatus as StatusRow, DB};
 use nestdb_client::TableRow;
 use nestdb_client::{Client as DbClient, Condition, Datum, Transaction};
 use sluice_api::node::{
@@ -36,6 +35,8 @@ use sluice_api::node::{
 use sluice_api::ErrorCode;
 use sluice_datapath::ctl::typed::register;
 use sluice_datapath::ctl::{CtlServer, Registry, ServerConfig};
+use sluice_testkit::node::{Nestdb, NODE_SCHEMA_PATH};
+use sluice_testkit::{built_or_skip, free_port, rows, Daemon};
 
 /// How long any wait may take before the test fails.
 const WAIT: Duration = Duration::from_secs(60);
@@ -50,119 +51,16 @@ fn nestdb_bin() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("NESTDB_TEST_SERVER") {
         return Some(PathBuf::from(p));
     }
-    let exe = std::env::current_exe().ok()?;
-    let p = exe.parent()?.parent()?.join("nestdb-server");
-    if p.exists() {
-        Some(p)
-    } else {
-        report_skip(&format!(
-            "SKIPPED control/tests/agent.rs: {} is not built (run `cargo build -p nestdb --bin nestdb-server` or set NESTDB_TEST_SERVER)",
-            p.display()
-        ));
-        None
-    }
-}
-
-fn schema_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nestdb/sluice.ovsschema")
+    built_or_skip!(
+        "nestdb-server",
+        "run `cargo build -p nestdb --bin nestdb-server` or set NESTDB_TEST_SERVER"
+    )
 }
 
 /// Polls `f` until it gives a value; fails with `what` and `log` after
 /// [`WAIT`].
-fn wait_for<T>(what: &str, log: impl Fn() -> String, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "timed out after {WAIT:?} waiting for {what}; agent log:\n{}",
-            log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A child process SIGKILLed and reaped on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A real nestdb-server with the node schema.
-struct NestDb {
-    bin: PathBuf,
-    dir: PathBuf,
-    schema: PathBuf,
-    proc: Option<Proc>,
-}
-
-impl NestDb {
-    fn start(bin: PathBuf, dir: &Path) -> Self {
-        Self::start_with_schema(bin, dir, schema_path())
-    }
-
-    fn start_with_schema(bin: PathBuf, dir: &Path, schema: PathBuf) -> Self {
-        let mut s = NestDb {
-            bin,
-            dir: dir.to_owned(),
-            schema,
-            proc: None,
-        };
-        s.launch();
-        s
-    }
-
-    fn sock(&self) -> PathBuf {
-        self.dir.join("nestdb.sock")
-    }
-
-    fn remote(&self) -> String {
-        format!("unix:{}", self.sock().display())
-    }
-
-    fn launch(&mut self) {
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("nestdb.log"))
-            .unwrap();
-        let child = Command::new(&self.bin)
-            .arg(self.dir.join("node.db"))
-            .arg("--schema")
-            .arg(&self.schema)
-            .arg(format!("--remote=punix:{}", self.sock().display()))
-            .arg(format!(
-                "--unixctl={}",
-                self.dir.join("nestdb.ctl").display()
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn nestdb-server");
-        self.proc = Some(Proc(child));
-        let sock = self.sock();
-        let log = self.dir.join("nestdb.log");
-        wait_for(
-            "nestdb-server to listen",
-            || std::fs::read_to_string(&log).unwrap_or_default(),
-            || UnixStream::connect(&sock).ok(),
-        );
-    }
-
-    fn kill(&mut self) {
-        self.proc = None;
-    }
-
-    fn client(&self) -> DbClient {
-        DbClient::connect(&self.remote()).expect("connect to nestdb-server")
-    }
+fn wait_for<T>(what: &str, log: impl Fn() -> String, f: impl FnMut() -> Option<T>) -> T {
+    sluice_testkit::wait_until_logged(what, WAIT, log, f)
 }
 
 /// What the stand-in holds.
@@ -312,9 +210,9 @@ impl StandIn {
     }
 }
 
-/// The agent binary, SIGKILLed on drop, logging to `log`.
+/// The agent binary, stopped on drop, logging to `log`.
 struct Agent {
-    proc: Option<Proc>,
+    proc: Option<Daemon>,
     log: PathBuf,
     /// Arguments added to every launch.
     extra: Vec<String>,
@@ -332,13 +230,8 @@ impl Agent {
     }
 
     fn launch(&mut self, db: &str, ctl: &Path) {
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice-agent"))
-            .args(["--db", db, "--ctl"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice-agent"));
+        cmd.args(["--db", db, "--ctl"])
             .arg(ctl)
             .args(["--status-interval-ms", "100", "--retry-max-ms", "500"])
             .args(&self.extra)
@@ -346,12 +239,15 @@ impl Agent {
                 "RUST_LOG",
                 std::env::var("SLUICE_AGENT_LOG").unwrap_or_else(|_| "info".into()),
             )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn sluice-agent");
-        self.proc = Some(Proc(child));
+            .stdout(Stdio::null());
+        self.proc = Some(Daemon::spawn_appending(cmd, "sluice-agent", &self.log));
+    }
+
+    /// SIGKILLs the agent.
+    fn kill(&mut self) {
+        if let Some(p) = self.proc.take() {
+            p.kill();
+        }
     }
 
     fn log(&self) -> String {
@@ -363,34 +259,21 @@ impl Agent {
     }
 }
 
+/// Node config of `node-a` with a `net_null0` uplink and no node MAC (see
+/// [`rows::node_config`]).
 fn node_config() -> NodeConfig {
     NodeConfig {
-        node_name: "node-a".into(),
-        node_type: NodeType::Baremetal,
         uplink_port: "net_null0".into(),
-        ovs_bridge: None,
-        vtep_ip: "192.0.2.10".parse().unwrap(),
-        pod_cidrs: BTreeSet::from(["10.244.1.0/24".into()]),
-        node_ips: BTreeSet::from(["192.0.2.10".parse().unwrap()]),
-        nodeport_min: 30000,
-        nodeport_max: 32767,
-        mtu: 1500,
         external_ids: BTreeMap::new(),
+        ..rows::node_config()
     }
 }
 
+/// Pod `default/name` at 10.244.1.`last` (no prefix length).
 fn pod(name: &str, last: u8) -> LogicalPort {
     LogicalPort {
-        name: name.into(),
-        mac: format!("0a:58:0a:f4:01:{last:02x}"),
         ips: BTreeSet::from([format!("10.244.1.{last}")]),
-        netns: None,
-        interface_name: "eth0".into(),
-        pod_namespace: Some("default".into()),
-        pod_name: Some(name.into()),
-        dp_port: None,
-        up: false,
-        external_ids: BTreeMap::new(),
+        ..rows::pod(name, last, None)
     }
 }
 
@@ -407,16 +290,22 @@ fn delete_port(db: &DbClient, name: &str) {
     .unwrap();
 }
 
-fn select<T: TableRow>(db: &DbClient) -> Vec<T> {
-    let out = db
-        .transact(&Transaction::new(DB).select(T::TABLE, vec![]))
-        .unwrap();
-    out.results[0]
-        .rows()
-        .unwrap()
-        .iter()
-        .map(|r| T::from_row(r).unwrap())
-        .collect()
+use rows::select;
+
+/// nestdb-server in `dir` holding `Node_Config` and pod `pod-a`, and a
+/// client of it.
+fn db_with_pod_a(bin: &Path, dir: &Path) -> (Nestdb, DbClient) {
+    let db = Nestdb::start(bin, dir, "nestdb");
+    let c = db.client();
+    insert(&c, &node_config());
+    insert(&c, &pod("pod-a", 5));
+    (db, c)
+}
+
+/// The agent for `db` and the stand-in `sluiced`, logging to
+/// `dir/agent.log`.
+fn agent_of(db: &Nestdb, sluiced: &StandIn, dir: &Path) -> Agent {
+    Agent::start(&db.remote(), &sluiced.path, &dir.join("agent.log"), &[])
 }
 
 /// `name` → (`dp_port`, `up`).
@@ -434,7 +323,7 @@ fn node_status(db: &DbClient) -> Option<StatusRow> {
 /// One node: nestdb-server, stand-in, agent, in one directory.
 struct Node {
     dir: tempfile::TempDir,
-    db: NestDb,
+    db: Nestdb,
     sluiced: StandIn,
     agent: Agent,
 }
@@ -450,7 +339,7 @@ impl Node {
     fn start_with(extra: &[&str]) -> Option<Node> {
         let bin = nestdb_bin()?;
         let dir = tempfile::tempdir().unwrap();
-        let db = NestDb::start(bin, dir.path());
+        let db = Nestdb::start(&bin, dir.path(), "nestdb");
         let sluiced = StandIn::start(dir.path().join("sluiced.ctl"));
         {
             let c = db.client();
@@ -485,7 +374,7 @@ impl Node {
     }
 
     fn restart_agent(&mut self) {
-        self.agent.proc = None; // SIGKILL
+        self.agent.kill();
         let (db, ctl) = (self.db.remote(), self.ctl());
         self.agent.launch(&db, &ctl);
     }
@@ -676,7 +565,7 @@ fn nestdb_restart_resumes_from_the_last_transaction_and_applies_only_changes() {
     n.wait("the agent to notice", |n| {
         (n.agent.count("lost nestdb-server") == 1).then_some(())
     });
-    n.db.launch();
+    n.db.restart();
     n.wait("the monitor to resume", |n| {
         n.agent
             .log()
@@ -746,35 +635,11 @@ fn a_port_sluiced_refuses_is_left_out_and_the_rest_applies() {
 
 /// `ovsdb-client transact` of `ops` (JSON objects) on `db`.
 fn ovsdb_transact(remote: &str, ops: &[serde_json::Value]) -> serde_json::Value {
-    let mut txn = vec![serde_json::json!(DB)];
-    txn.extend(ops.iter().cloned());
-    let out = Command::new("ovsdb-client")
-        .args(["transact", remote])
-        .arg(serde_json::Value::Array(txn).to_string())
-        .output()
-        .expect("run ovsdb-client");
-    assert!(
-        out.status.success(),
-        "ovsdb-client transact failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(
-        v.as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r.get("error").is_none()),
-        "transaction failed: {v}"
-    );
-    v
+    rows::ovsdb_client_transact(remote, ops)
 }
 
 fn have_ovsdb_client() -> bool {
-    let ok = Command::new("ovsdb-client")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let ok = sluice_testkit::have_tool("ovsdb-client");
     if !ok {
         report_skip("SKIPPED agent bad rows: ovsdb-client is not installed (Debian package openvswitch-common)");
     }
@@ -934,10 +799,7 @@ fn agent_started_before_its_sockets_waits_for_them() {
         "{}",
         agent.log()
     );
-    let db = NestDb::start(bin, dir.path());
-    let c = db.client();
-    insert(&c, &node_config());
-    insert(&c, &pod("pod-a", 5));
+    let (_db, _c) = db_with_pod_a(&bin, dir.path());
     let sluiced = StandIn::start(ctl);
     wait_for(
         "the first commit",
@@ -951,15 +813,11 @@ fn agent_started_before_its_sockets_waits_for_them() {
 fn a_refusal_not_about_a_pod_is_recorded_and_retried() {
     let Some(bin) = nestdb_bin() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let db = NestDb::start(bin, dir.path());
-    let c = db.client();
-    insert(&c, &node_config());
-    insert(&c, &pod("pod-a", 5));
-    let ctl = dir.path().join("sluiced.ctl");
-    let sluiced = StandIn::start(ctl.clone());
+    let (db, c) = db_with_pod_a(&bin, dir.path());
+    let sluiced = StandIn::start(dir.path().join("sluiced.ctl"));
     // As sluiced refuses a program whose uplink it does not have.
     sluiced.held().refuse = Some("uplink".into());
-    let agent = Agent::start(&db.remote(), &ctl, &dir.path().join("agent.log"), &[]);
+    let agent = agent_of(&db, &sluiced, dir.path());
     let st = wait_for(
         "the commit error in Node_Status",
         || agent.log(),
@@ -995,15 +853,11 @@ fn a_refusal_not_about_a_pod_is_recorded_and_retried() {
 fn a_sluiced_without_node_status_is_logged_once_and_retried() {
     let Some(bin) = nestdb_bin() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let db = NestDb::start(bin, dir.path());
-    let c = db.client();
-    insert(&c, &node_config());
-    insert(&c, &pod("pod-a", 5));
-    let ctl = dir.path().join("sluiced.ctl");
-    let sluiced = StandIn::start(ctl.clone());
+    let (db, _c) = db_with_pod_a(&bin, dir.path());
+    let sluiced = StandIn::start(dir.path().join("sluiced.ctl"));
     let unknown = "\"node-status\" is not a valid command";
     sluiced.held().status_error = Some(unknown.into());
-    let agent = Agent::start(&db.remote(), &ctl, &dir.path().join("agent.log"), &[]);
+    let agent = agent_of(&db, &sluiced, dir.path());
     wait_for(
         "three node-status attempts",
         || agent.log(),
@@ -1030,7 +884,7 @@ fn a_database_without_the_status_table_ends_the_agent_with_how_to_upgrade() {
     let dir = tempfile::tempdir().unwrap();
     // The 1.0.0 schema: the current one without Node_Status.
     let mut schema: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(schema_path()).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(NODE_SCHEMA_PATH).unwrap()).unwrap();
     schema["version"] = "1.0.0".into();
     schema["tables"]
         .as_object_mut()
@@ -1038,7 +892,7 @@ fn a_database_without_the_status_table_ends_the_agent_with_how_to_upgrade() {
         .remove("Node_Status");
     let old = dir.path().join("old.ovsschema");
     std::fs::write(&old, schema.to_string()).unwrap();
-    let db = NestDb::start_with_schema(bin, dir.path(), old);
+    let db = Nestdb::start_with(&bin, dir.path(), "nestdb", &old, &[]);
     let _sluiced = StandIn::start(dir.path().join("sluiced.ctl"));
     let out = Command::new(env!("CARGO_BIN_EXE_sluice-agent"))
         .args(["--db", &db.remote(), "--ctl"])
@@ -1109,59 +963,21 @@ fn euid() -> u32 {
 #[ignore = "a size probe; run with --ignored and SLUICE_AGENT_PROBE_SERVICES=N"]
 fn probe_many_services_in_one_transaction() {
     let Some(n) = Node::start() else { return };
-    let count: usize = std::env::var("SLUICE_AGENT_PROBE_SERVICES")
+    let count: u32 = std::env::var("SLUICE_AGENT_PROBE_SERVICES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
-    let mut txn = Transaction::new(DB);
-    for i in 0..count {
-        let (hi, lo) = ((i / 250) as u8, (i % 250) as u8 + 1);
-        let sp = format!("p{i}");
-        let sv = format!("s{i}");
-        txn = txn
-            .insert(
-                "Service_Port",
-                nestdb_client::row([
-                    ("protocol", Datum::from("TCP")),
-                    ("port", Datum::from(80i64)),
-                    ("target_port", Datum::from(8080i64)),
-                ]),
-            )
-            .named(&sp);
-        txn = txn
-            .insert(
-                "Service",
-                nestdb_client::row([
-                    ("name", Datum::from(format!("svc-{i}"))),
-                    ("namespace", Datum::from("default")),
-                    ("type", Datum::from("ClusterIP")),
-                    ("cluster_ips", Datum::from(format!("10.96.{hi}.{lo}"))),
-                    ("ports", Datum::named_uuid(&sp)),
-                    ("session_affinity", Datum::from("None")),
-                    ("internal_traffic_policy", Datum::from("Cluster")),
-                    ("external_traffic_policy", Datum::from("Cluster")),
-                ]),
-            )
-            .named(&sv);
-        for e in 0..10u8 {
-            txn = txn.insert(
-                "Endpoint",
-                nestdb_client::row([
-                    ("service", Datum::named_uuid(&sv)),
-                    ("ip", Datum::from(format!("10.{}.{hi}.{}", 100 + e, lo))),
-                    ("ready", Datum::from(true)),
-                    ("serving", Datum::from(true)),
-                    ("terminating", Datum::from(false)),
-                    ("is_local", Datum::from(false)),
-                ]),
-            );
-        }
-    }
+    let txn = rows::services_txn(
+        0..count,
+        10,
+        |i| format!("10.96.{}.{}", i / 250, i % 250 + 1),
+        |i, e| format!("10.{}.{}.{}", 100 + e, i / 250, i % 250 + 1),
+    );
     let c = n.db.client();
     c.transact_with_timeout(&txn, WAIT).unwrap();
     let t0 = Instant::now();
     n.wait("all Services held", |n| {
-        (n.sluiced.held().program.services.len() >= count).then_some(())
+        (n.sluiced.held().program.services.len() >= count as usize).then_some(())
     });
     println!(
         "{count} Services x 10 endpoints in one transaction: held by the stand-in {:.3} s after the reply",
@@ -1175,15 +991,6 @@ fn probe_many_services_in_one_transaction() {
     }) {
         println!("  {l}");
     }
-}
-
-/// A TCP port nothing listens on now (for the agent's metrics endpoint).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The value of metric `name` (no labels) from `http://127.0.0.1:PORT/metrics`.
@@ -1381,60 +1188,16 @@ fn a_program_bigger_than_the_socket_limit_goes_in_parts() {
     use std::sync::atomic::AtomicBool;
     let Some(bin) = nestdb_bin() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let db = NestDb::start(bin, dir.path());
+    let (db, c) = db_with_pod_a(&bin, dir.path());
     let limit = 64 << 10;
     let ctl = dir.path().join("sluiced.ctl");
     let sluiced = StandIn::start_limited(ctl.clone(), Some(limit));
-    let c = db.client();
-    insert(&c, &node_config());
-    insert(&c, &pod("pod-a", 5));
-    let mut txn = Transaction::new(DB);
-    for i in 0..400u32 {
-        let (sp, sv) = (format!("p{i}"), format!("s{i}"));
-        txn = txn
-            .insert(
-                "Service_Port",
-                nestdb_client::row([
-                    ("protocol", Datum::from("TCP")),
-                    ("port", Datum::from(80i64)),
-                    ("target_port", Datum::from(8080i64)),
-                ]),
-            )
-            .named(&sp)
-            .insert(
-                "Service",
-                nestdb_client::row([
-                    ("name", Datum::from(format!("svc-{i}"))),
-                    ("namespace", Datum::from("default")),
-                    ("type", Datum::from("ClusterIP")),
-                    (
-                        "cluster_ips",
-                        Datum::from(format!("10.96.{}.{}", i / 200, 1 + i % 200)),
-                    ),
-                    ("ports", Datum::named_uuid(&sp)),
-                    ("session_affinity", Datum::from("None")),
-                    ("internal_traffic_policy", Datum::from("Cluster")),
-                    ("external_traffic_policy", Datum::from("Cluster")),
-                ]),
-            )
-            .named(&sv);
-        for e in 0..4u32 {
-            txn = txn.insert(
-                "Endpoint",
-                nestdb_client::row([
-                    ("service", Datum::named_uuid(&sv)),
-                    (
-                        "ip",
-                        Datum::from(format!("10.{}.{}.{}", 100 + e, i / 200, 1 + i % 200)),
-                    ),
-                    ("ready", Datum::from(true)),
-                    ("serving", Datum::from(true)),
-                    ("terminating", Datum::from(false)),
-                    ("is_local", Datum::from(false)),
-                ]),
-            );
-        }
-    }
+    let txn = rows::services_txn(
+        0..400,
+        4,
+        |i| format!("10.96.{}.{}", i / 200, 1 + i % 200),
+        |i, e| format!("10.{}.{}.{}", 100 + e, i / 200, 1 + i % 200),
+    );
     c.transact_with_timeout(&txn, WAIT).unwrap();
     let mut config = AgentConfig::new(db.remote(), ctl.clone());
     config.status_interval = Duration::from_millis(100);

@@ -35,241 +35,73 @@
 //! skips with the reason recorded otherwise.
 
 use std::collections::BTreeMap;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nestdb_client::node::{LogicalPort, NodeStatus as StatusRow, DB};
-use nestdb_client::{Client as DbClient, TableRow, Transaction};
+use nestdb_client::node::{LogicalPort, NodeStatus as StatusRow};
+use nestdb_client::Client as DbClient;
 use sluice_api::node::{NodeStatus, QueryNodeStatus};
 use sluice_api::{Client, Empty};
+use sluice_testkit::node::{ctl_socket, start_sluiced, Nestdb, SluicedIni};
+use sluice_testkit::{
+    built_or_skip, have_tool, report_skip, root_or_skip, rows, sh, sh_quiet, Daemon, Netns, Veth,
+};
 
 const WAIT: Duration = Duration::from_secs(90);
 const PREFIX: &str = "slt-agent";
 
-fn report_skip(line: &str) {
-    sluice_testkit::record_skip(env!("CARGO_TARGET_TMPDIR"), line);
-}
-
-/// A binary of this build next to the test binary's directory.
-fn built(name: &str, how: &str) -> Option<PathBuf> {
-    let p = std::env::current_exe().ok()?.parent()?.parent()?.join(name);
-    if p.exists() {
-        Some(p)
-    } else {
-        report_skip(&format!(
-            "SKIPPED control/tests/agent_e2e.rs: {} is not built ({how})",
-            p.display()
-        ));
-        None
+/// The nestdb-server and sluiced binaries, when root with `ovsdb-client`
+/// and both built; `None` with the reason recorded otherwise.
+fn prerequisites() -> Option<[PathBuf; 2]> {
+    if !root_or_skip!("needs root (namespaces, DPDK)") {
+        return None;
     }
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-    })
-}
-
-fn have(tool: &str, package: &str) -> bool {
-    let ok = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        report_skip(&format!(
-            "SKIPPED control/tests/agent_e2e.rs: {tool} is not installed (Debian package {package})"
-        ));
-    }
-    ok
-}
-
-use sluice_testkit::{sh, sh_quiet};
-
-/// A network namespace, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(name: &str) -> Netns {
-        sh_quiet(&["ip", "netns", "del", name]);
-        sh(&["ip", "netns", "add", name]);
-        sh(&["ip", "-n", name, "link", "set", "lo", "up"]);
-        Netns(name.to_string())
-    }
-
-    fn exec(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .args(args)
-            .output()
-            .expect("ip netns exec")
-    }
-
-    fn mac(&self, iface: &str) -> String {
-        let out = self.exec(&["cat", &format!("/sys/class/net/{iface}/address")]);
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        sh_quiet(&["ip", "netns", "del", &self.0]);
-    }
-}
-
-/// A veth pair: `outer` in `node`, `inner` in `ns` with `addr`; checksum
-/// offload off inside (af_packet copies frames as they are). Deleted on
-/// drop.
-struct Veth {
-    node: String,
-    outer: String,
-}
-
-impl Veth {
-    fn new(node: &Netns, outer: &str, inner: &str, ns: &Netns, addr: &str) -> Veth {
-        sh_quiet(&["ip", "-n", &node.0, "link", "del", outer]);
-        sh(&[
-            "ip", "link", "add", outer, "type", "veth", "peer", "name", inner,
-        ]);
-        let v = Veth {
-            node: node.0.clone(),
-            outer: outer.to_string(),
-        };
-        sh(&["ip", "link", "set", inner, "netns", &ns.0]);
-        sh(&["ip", "link", "set", outer, "netns", &node.0]);
-        sh(&["ip", "-n", &node.0, "link", "set", outer, "up"]);
-        sh(&["ip", "-n", &ns.0, "addr", "add", addr, "dev", inner]);
-        sh(&["ip", "-n", &ns.0, "link", "set", inner, "up"]);
-        sh_quiet(&[
-            "ip", "netns", "exec", &ns.0, "ethtool", "-K", inner, "tx", "off",
-        ]);
-        v
-    }
-}
-
-impl Drop for Veth {
-    fn drop(&mut self) {
-        sh_quiet(&["ip", "-n", &self.node, "link", "del", &self.outer]);
-    }
-}
-
-/// A child process SIGKILLed and reaped on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for<T>(what: &str, log: impl Fn() -> String, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "timed out after {WAIT:?} waiting for {what}; logs:\n{}",
-            log()
+    if !have_tool("ovsdb-client") {
+        report_skip!(
+            "SKIPPED {}: ovsdb-client is not installed (Debian package openvswitch-common)",
+            file!()
         );
-        std::thread::sleep(Duration::from_millis(50));
+        return None;
     }
+    built_or_skip!(
+        ["nestdb-server", "sluiced"],
+        "cargo build -p nestdb --bin nestdb-server -p sluice-datapath --bin sluiced"
+    )
+}
+
+fn wait_for<T>(what: &str, logs: impl Fn() -> String, f: impl FnMut() -> Option<T>) -> T {
+    sluice_testkit::wait_until_logged(what, WAIT, logs, f)
 }
 
 fn ctl_path() -> PathBuf {
-    ctl_of(PREFIX)
+    ctl_socket(PREFIX)
 }
 
-/// The control socket of the sluiced with DPDK prefix `prefix`.
-fn ctl_of(prefix: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("{prefix}.ctl"))
+/// sluiced in namespace `node` with DPDK prefix `prefix` (which also names
+/// its control socket) and the kernel interfaces of its uplink and host
+/// ports; its files are `dir/NAME.*`.
+fn start_sluiced_as(
+    bin: &Path,
+    node: &Netns,
+    dir: &Path,
+    name: &str,
+    (prefix, uplink_if, host_if): (&str, &str, &str),
+) -> Daemon {
+    let ctl = ctl_socket(prefix);
+    let ini = SluicedIni {
+        prefix,
+        ctl: &ctl,
+        uplink_if,
+        host_if,
+    };
+    start_sluiced(bin, &ini.render(), Some(node), dir, name)
 }
 
-/// One sluiced's settings: DPDK prefix (also names its control socket and
-/// files), and the kernel interfaces of its uplink and host ports.
-struct SluicedSpec<'a> {
-    prefix: &'a str,
-    uplink_if: &'a str,
-    host_if: &'a str,
-}
-
-const NODE: SluicedSpec<'static> = SluicedSpec {
-    prefix: PREFIX,
-    uplink_if: "slt-agu-o",
-    host_if: "slt-agh",
-};
-
-/// The last CPU this process may use (the PMD core).
-fn pmd_core() -> usize {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .unwrap_or("0")
-        .trim()
-        .split(',')
-        .filter_map(|p| p.rsplit('-').next()?.parse::<usize>().ok())
-        .max()
-        .unwrap_or(0)
-}
-
-/// sluiced in the node namespace, from `dir/sluiced.ini`.
-fn start_sluiced(bin: &Path, node: &Netns, dir: &Path, n: u32) -> Proc {
-    start_sluiced_as(bin, node, dir, &format!("sluiced-{n}"), &NODE)
-}
-
-/// sluiced `spec` in namespace `node`; its files are `dir/NAME.*`.
-fn start_sluiced_as(bin: &Path, node: &Netns, dir: &Path, name: &str, spec: &SluicedSpec) -> Proc {
-    let cfg = dir.join(format!("{name}.ini"));
-    std::fs::write(
-        &cfg,
-        format!(
-            "[coe]\nnode_type = 'BAREMETAL'\n[nsx_node_agent]\novs_bridge = br-int\novs_uplink_port = uplink\n\
-             [datapath]\ncores = {}\nmain_core = 0\nfile_prefix = {}\nhugepages = auto\nmbufs = 8192\n\
-             ctl_socket = {}\nhost_port = host\n\
-             [port:uplink]\ndevargs = net_af_packet0,iface={}\nofport = 1\n\
-             [port:host]\ndevargs = net_tap0,iface={}\nofport = 2\n",
-            pmd_core(),
-            spec.prefix,
-            ctl_of(spec.prefix).display(),
-            spec.uplink_if,
-            spec.host_if,
-        ),
-    )
-    .unwrap();
-    let out = std::fs::File::create(dir.join(format!("{name}.out"))).unwrap();
-    let errf = dir.join(format!("{name}.err"));
-    let err = std::fs::File::create(&errf).unwrap();
-    let child = Command::new("ip")
-        .args(["netns", "exec", &node.0])
-        .arg(bin)
-        .arg("--config")
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .expect("spawn sluiced");
-    let mut p = Proc(child);
-    let ctl = ctl_of(spec.prefix);
-    wait_for(
-        "sluiced to answer node-status",
-        || std::fs::read_to_string(&errf).unwrap_or_default(),
-        || {
-            if let Ok(Some(st)) = p.0.try_wait() {
-                panic!(
-                    "sluiced exited with {st}: {}",
-                    std::fs::read_to_string(&errf).unwrap_or_default()
-                );
-            }
-            node_status_at(&ctl)
-        },
-    );
-    p
+/// The node's sluiced (run `n`), from `dir/sluiced-N.ini`.
+fn start_node_sluiced(bin: &Path, node: &Netns, dir: &Path, n: u32) -> Daemon {
+    let name = format!("sluiced-{n}");
+    start_sluiced_as(bin, node, dir, &name, (PREFIX, "slt-agu-o", "slt-agh"))
 }
 
 fn node_status() -> Option<NodeStatus> {
@@ -282,64 +114,18 @@ fn node_status_at(ctl: &Path) -> Option<NodeStatus> {
     c.call::<QueryNodeStatus>(&Empty {}).ok()
 }
 
-/// SIGTERM and a bounded wait for the exit (sluiced restores the host
-/// path on a clean stop).
-fn stop_sluiced(mut p: Proc) {
-    sh(&["kill", "-TERM", &p.0.id().to_string()]);
-    let start = Instant::now();
-    while p.0.try_wait().ok().flatten().is_none() {
-        assert!(start.elapsed() < WAIT, "sluiced did not stop after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn start_agent(dir: &Path, db: &str) -> Proc {
+fn start_agent(dir: &Path, db: &str) -> Daemon {
     start_agent_as(dir, "agent", db, &ctl_path())
 }
 
 /// The agent for `db` and `ctl`, logging to `dir/NAME.log`.
-fn start_agent_as(dir: &Path, name: &str, db: &str, ctl: &Path) -> Proc {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("{name}.log")))
-        .unwrap();
-    Proc(
-        Command::new(env!("CARGO_BIN_EXE_sluice-agent"))
-            .args(["--db", db, "--ctl"])
-            .arg(ctl)
-            .args(["--status-interval-ms", "200", "--retry-max-ms", "1000"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn sluice-agent"),
-    )
-}
-
-/// nestdb-server with the node schema in `dir`, files named `NAME.*`.
-fn start_nestdb(bin: &Path, dir: &Path, name: &str) -> (Proc, String) {
-    let sock = dir.join(format!("{name}.sock"));
-    let p = Proc(
-        Command::new(bin)
-            .arg(dir.join(format!("{name}.db")))
-            .arg("--schema")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nestdb/sluice.ovsschema"))
-            .arg(format!("--remote=punix:{}", sock.display()))
-            .arg(format!(
-                "--unixctl={}",
-                dir.join(format!("{name}.ctl")).display()
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
-            .spawn()
-            .expect("spawn nestdb-server"),
-    );
-    wait_for("nestdb-server", String::new, || {
-        UnixStream::connect(&sock).ok()
-    });
-    (p, format!("unix:{}", sock.display()))
+fn start_agent_as(dir: &Path, name: &str, db: &str, ctl: &Path) -> Daemon {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice-agent"));
+    cmd.args(["--db", db, "--ctl"])
+        .arg(ctl)
+        .args(["--status-interval-ms", "200", "--retry-max-ms", "1000"])
+        .stdout(Stdio::null());
+    Daemon::spawn_appending(cmd, "sluice-agent", &dir.join(format!("{name}.log")))
 }
 
 /// One DPDK test at a time in this binary: each runs sluiced processes
@@ -347,42 +133,19 @@ fn start_nestdb(bin: &Path, dir: &Path, name: &str) -> (Proc, String) {
 static DPDK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn ovsdb_transact(remote: &str, ops: &[serde_json::Value]) {
-    let mut txn = vec![serde_json::json!(DB)];
-    txn.extend(ops.iter().cloned());
-    let out = Command::new("ovsdb-client")
-        .args(["transact", remote])
-        .arg(serde_json::Value::Array(txn).to_string())
-        .output()
-        .expect("run ovsdb-client");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && !text.contains("\"error\""),
-        "ovsdb-client transact: {text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rows::ovsdb_client_transact(remote, ops);
 }
 
+/// `name` → (`dp_port`, `up`).
 fn ports(db: &DbClient) -> BTreeMap<String, (Option<u32>, bool)> {
-    let out = db
-        .transact(&Transaction::new(DB).select("Logical_Port", vec![]))
-        .unwrap();
-    out.results[0]
-        .rows()
-        .unwrap()
-        .iter()
-        .map(|r| LogicalPort::from_row(r).unwrap())
+    rows::select::<LogicalPort>(db)
+        .into_iter()
         .map(|p| (p.name, (p.dp_port, p.up)))
         .collect()
 }
 
 fn status_row(db: &DbClient) -> Option<StatusRow> {
-    let out = db
-        .transact(&Transaction::new(DB).select("Node_Status", vec![]))
-        .ok()?;
-    out.results[0]
-        .rows()?
-        .first()
-        .and_then(|r| StatusRow::from_row(r).ok())
+    rows::select::<StatusRow>(db).into_iter().next()
 }
 
 fn ping(ns: &Netns, dst: &str) -> bool {
@@ -392,27 +155,23 @@ fn ping(ns: &Netns, dst: &str) -> bool {
 
 /// A 10 ms ping in a pod namespace; [`Pinger::stop`] sends SIGINT and
 /// reads its summary.
-struct Pinger(Option<Proc>);
+struct Pinger(Daemon);
 
 impl Pinger {
-    fn start(ns: &Netns, dst: &str) -> Pinger {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.0, "ping", "-i", "0.01", "-W", "1", dst])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn ping");
-        Pinger(Some(Proc(child)))
+    fn start(ns: &Netns, dst: &str, log: &Path) -> Pinger {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.0, "ping", "-i", "0.01", "-W", "1", dst])
+            .stdout(Stdio::piped());
+        Pinger(Daemon::spawn(cmd, "ping", log))
     }
 
     /// (transmitted, received).
     fn stop(mut self) -> (u64, u64) {
         use std::io::Read as _;
-        let mut p = self.0.take().expect("running");
-        sh(&["kill", "-INT", &p.0.id().to_string()]);
+        let p = self.0.child();
+        sh(&["kill", "-INT", &p.id().to_string()]);
         let mut text = String::new();
-        p.0.stdout
+        p.stdout
             .take()
             .expect("stdout")
             .read_to_string(&mut text)
@@ -443,30 +202,14 @@ fn agent_programs_real_sluiced_from_nestdb_through_restarts() {
     let _one = DPDK
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !is_root() {
-        report_skip("SKIPPED control/tests/agent_e2e.rs: needs root (namespaces, DPDK)");
-        return;
-    }
-    if !have("ovsdb-client", "openvswitch-common") {
-        return;
-    }
-    let Some(nestdb) = built("nestdb-server", "cargo build -p nestdb --bin nestdb-server") else {
-        return;
-    };
-    let Some(sluiced) = built("sluiced", "cargo build -p sluice-datapath --bin sluiced") else {
+    let Some([nestdb, sluiced]) = prerequisites() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let logs = || {
-        let mut s = String::new();
-        for f in ["agent.log", "sluiced-1.err", "sluiced-2.err", "nestdb.log"] {
-            s += &format!(
-                "--- {f}\n{}\n",
-                std::fs::read_to_string(d.join(f)).unwrap_or_default()
-            );
-        }
-        s
+        let names = ["agent.log", "sluiced-1.log", "sluiced-2.log", "nestdb.log"];
+        sluice_testkit::logs_of(d, &names)
     };
 
     // The node: uplink to a gateway namespace, pods a (now) and b (later).
@@ -474,49 +217,14 @@ fn agent_programs_real_sluiced_from_nestdb_through_restarts() {
     let gw = Netns::new("slt-ag-gw");
     let a = Netns::new("slt-ag-a");
     let b = Netns::new("slt-ag-b");
-    let _up = Veth::new(&node, "slt-agu-o", "slt-agu-i", &gw, "192.0.2.1/24");
-    sh(&[
-        "ip",
-        "-n",
-        &node.0,
-        "addr",
-        "add",
-        "192.0.2.10/24",
-        "dev",
-        "slt-agu-o",
-    ]);
-    let _va = Veth::new(&node, "slt-aga-o", "slt-aga-i", &a, "10.244.1.5/24");
+    let _up = Veth::new_in(&node, "slt-agu-o", "slt-agu-i", &gw, "192.0.2.1/24");
+    node.ip(&["addr", "add", "192.0.2.10/24", "dev", "slt-agu-o"]);
+    let _va = Veth::new_in(&node, "slt-aga-o", "slt-aga-i", &a, "10.244.1.5/24");
 
     // nestdb-server with the node schema.
-    let sock = d.join("nestdb.sock");
-    let remote = format!("unix:{}", sock.display());
-    let start_db = || {
-        let p = Proc(
-            Command::new(&nestdb)
-                .arg(d.join("node.db"))
-                .arg("--schema")
-                .arg(
-                    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nestdb/sluice.ovsschema"),
-                )
-                .arg(format!("--remote=punix:{}", sock.display()))
-                .arg(format!("--unixctl={}", d.join("nestdb.ctl").display()))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(d.join("nestdb.log"))
-                        .unwrap(),
-                )
-                .spawn()
-                .expect("spawn nestdb-server"),
-        );
-        wait_for("nestdb-server", logs, || UnixStream::connect(&sock).ok());
-        p
-    };
-    let mut db_proc = start_db();
-    let mut sluiced_proc = start_sluiced(&sluiced, &node, d, 1);
+    let mut db_proc = Nestdb::start(&nestdb, d, "nestdb");
+    let remote = db_proc.remote();
+    let mut sluiced_proc = start_node_sluiced(&sluiced, &node, d, 1);
     let first_instance = node_status().unwrap().instance_id;
 
     // 1. The desired state, written with ovsdb-client.
@@ -528,7 +236,7 @@ fn agent_programs_real_sluiced_from_nestdb_through_restarts() {
                 "vtep_ip": "192.0.2.10", "pod_cidrs": "10.244.1.0/24",
                 "node_ips": "192.0.2.10", "nodeport_min": 30000, "nodeport_max": 32767,
                 "mtu": 1500}}),
-            pod_row("pod-a", &a.mac("slt-aga-i"), "10.244.1.5", "slt-aga-o"),
+            pod_row("pod-a", &a.mac_of("slt-aga-i"), "10.244.1.5", "slt-aga-o"),
             pod_row("pod-b", "0a:58:0a:f4:01:06", "10.244.1.6", "slt-agb-o"),
         ],
     );
@@ -555,8 +263,8 @@ fn agent_programs_real_sluiced_from_nestdb_through_restarts() {
     assert!(!st.ports.contains_key("pod-b"));
 
     // 2. pod-b's veth exists now; its row is written again.
-    let _vb = Veth::new(&node, "slt-agb-o", "slt-agb-i", &b, "10.244.1.6/24");
-    let mac_b = b.mac("slt-agb-i");
+    let _vb = Veth::new_in(&node, "slt-agb-o", "slt-agb-i", &b, "10.244.1.6/24");
+    let mac_b = b.mac_of("slt-agb-i");
     ovsdb_transact(
         &remote,
         &[serde_json::json!({"op": "update", "table": "Logical_Port",
@@ -572,34 +280,20 @@ fn agent_programs_real_sluiced_from_nestdb_through_restarts() {
     // 2b. A Service: a kernel TCP connection from pod-a to its ClusterIP
     // reaches the endpoint on pod-b; once the endpoint is deleted, new
     // connections do not.
-    let _server = Proc(
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &b.0,
-                "python3",
-                "-m",
-                "http.server",
-                "8080",
-            ])
-            .args(["--bind", "10.244.1.6"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 http.server"),
-    );
-    sh(&[
-        "ip",
-        "-n",
-        &a.0,
-        "route",
-        "add",
-        "10.96.0.0/12",
-        "via",
-        "10.244.1.1",
-    ]);
+    let mut http = Command::new("ip");
+    http.args([
+        "netns",
+        "exec",
+        &b.0,
+        "python3",
+        "-m",
+        "http.server",
+        "8080",
+    ])
+    .args(["--bind", "10.244.1.6"])
+    .stdout(Stdio::null());
+    let _server = Daemon::spawn(http, "python3 http.server", &d.join("http.log"));
+    a.ip(&["route", "add", "10.96.0.0/12", "via", "10.244.1.1"]);
     let gen_before = node_status().unwrap().generation;
     ovsdb_transact(
         &remote,
@@ -658,9 +352,9 @@ fn agent_programs_real_sluiced_from_nestdb_through_restarts() {
 
     // 3. Agent SIGKILLed and restarted, then nestdb-server SIGKILLed and
     // restarted, under a 10 ms ping: nothing sent, no packet lost.
-    let pinger = Pinger::start(&a, "10.244.1.6");
+    let pinger = Pinger::start(&a, "10.244.1.6", &d.join("ping.log"));
     let gen = node_status().unwrap().generation;
-    drop(agent);
+    agent.kill();
     agent = start_agent(d, &remote);
     wait_for(
         "the restarted agent to find nothing to change",
@@ -678,12 +372,12 @@ fn agent_programs_real_sluiced_from_nestdb_through_restarts() {
         gen,
         "the restarted agent committed"
     );
-    drop(db_proc);
+    db_proc.kill();
     wait_for("the agent to notice nestdb-server went", logs, || {
         let l = std::fs::read_to_string(d.join("agent.log")).unwrap_or_default();
         l.contains("lost nestdb-server").then_some(())
     });
-    db_proc = start_db();
+    db_proc.restart();
     wait_for("the agent's monitor to resume", logs, || {
         let l = std::fs::read_to_string(d.join("agent.log")).unwrap_or_default();
         l.contains("nestdb monitor resumed from the last transaction id")
@@ -713,10 +407,10 @@ fn agent_programs_real_sluiced_from_nestdb_through_restarts() {
     );
 
     // 4. sluiced restarted: the whole program in one commit.
-    let pinger = Pinger::start(&a, "10.244.1.6");
-    stop_sluiced(sluiced_proc);
+    let pinger = Pinger::start(&a, "10.244.1.6", &d.join("ping.log"));
+    sluiced_proc.stop(WAIT);
     let t0 = Instant::now();
-    sluiced_proc = start_sluiced(&sluiced, &node, d, 2);
+    sluiced_proc = start_node_sluiced(&sluiced, &node, d, 2);
     let st = wait_for("the program pushed to the new sluiced", logs, || {
         node_status().filter(|s| {
             s.instance_id != first_instance
@@ -762,9 +456,9 @@ fn agent_programs_real_sluiced_from_nestdb_through_restarts() {
         (1, 1),
         "{l}"
     );
-    stop_sluiced(sluiced_proc);
-    drop(agent);
-    drop(db_proc);
+    sluiced_proc.stop(WAIT);
+    agent.kill();
+    db_proc.kill();
     if std::env::var_os("SLUICE_E2E_LOGS").is_some() {
         println!("{}", logs());
     }
@@ -799,35 +493,19 @@ fn two_nodes_reach_each_other_over_geneve() {
     let _one = DPDK
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !is_root() {
-        report_skip("SKIPPED agent_e2e two nodes: needs root (namespaces, DPDK)");
-        return;
-    }
-    if !have("ovsdb-client", "openvswitch-common") {
-        return;
-    }
-    let Some(nestdb) = built("nestdb-server", "cargo build -p nestdb --bin nestdb-server") else {
-        return;
-    };
-    let Some(sluiced) = built("sluiced", "cargo build -p sluice-datapath --bin sluiced") else {
+    let Some([nestdb, sluiced]) = prerequisites() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let logs = || {
-        let mut s = String::new();
-        for f in [
+        let names = [
             "agent-a.log",
             "agent-b.log",
-            "sluiced-a.err",
-            "sluiced-b.err",
-        ] {
-            s += &format!(
-                "--- {f}\n{}\n",
-                std::fs::read_to_string(d.join(f)).unwrap_or_default()
-            );
-        }
-        s
+            "sluiced-a.log",
+            "sluiced-b.log",
+        ];
+        sluice_testkit::logs_of(d, &names)
     };
     let node_a = Netns::new("slt-ag2-na");
     let node_b = Netns::new("slt-ag2-nb");
@@ -852,48 +530,23 @@ fn two_nodes_reach_each_other_over_geneve() {
         (&node_a, "slt-ag2-ua", "192.0.2.10/24"),
         (&node_b, "slt-ag2-ub", "192.0.2.11/24"),
     ] {
-        sh(&["ip", "-n", &ns.0, "addr", "add", addr, "dev", ifc]);
-        sh(&["ip", "-n", &ns.0, "link", "set", ifc, "up"]);
+        ns.ip(&["addr", "add", addr, "dev", ifc]);
+        ns.ip(&["link", "set", ifc, "up"]);
     }
-    let _va = Veth::new(&node_a, "slt-ag2-pa", "slt-ag2-ia", &pod_a, "10.244.1.5/24");
-    let _vb = Veth::new(&node_b, "slt-ag2-pb", "slt-ag2-ib", &pod_b, "10.244.2.5/24");
-    sh(&[
-        "ip",
-        "-n",
-        &pod_a.0,
-        "route",
-        "add",
-        "default",
-        "via",
-        "10.244.1.1",
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &pod_b.0,
-        "route",
-        "add",
-        "default",
-        "via",
-        "10.244.2.1",
-    ]);
+    let _va = Veth::new_in(&node_a, "slt-ag2-pa", "slt-ag2-ia", &pod_a, "10.244.1.5/24");
+    let _vb = Veth::new_in(&node_b, "slt-ag2-pb", "slt-ag2-ib", &pod_b, "10.244.2.5/24");
+    pod_a.ip(&["route", "add", "default", "via", "10.244.1.1"]);
+    pod_b.ip(&["route", "add", "default", "via", "10.244.2.1"]);
 
     let (spec_a, spec_b) = (
-        SluicedSpec {
-            prefix: "slt-ag2a",
-            uplink_if: "slt-ag2-ua",
-            host_if: "slt-ag2-ha",
-        },
-        SluicedSpec {
-            prefix: "slt-ag2b",
-            uplink_if: "slt-ag2-ub",
-            host_if: "slt-ag2-hb",
-        },
+        ("slt-ag2a", "slt-ag2-ua", "slt-ag2-ha"),
+        ("slt-ag2b", "slt-ag2-ub", "slt-ag2-hb"),
     );
-    let (_db_a, remote_a) = start_nestdb(&nestdb, d, "nestdb-a");
-    let (_db_b, remote_b) = start_nestdb(&nestdb, d, "nestdb-b");
-    let s_a = start_sluiced_as(&sluiced, &node_a, d, "sluiced-a", &spec_a);
-    let s_b = start_sluiced_as(&sluiced, &node_b, d, "sluiced-b", &spec_b);
+    let db_a = Nestdb::start(&nestdb, d, "nestdb-a");
+    let db_b = Nestdb::start(&nestdb, d, "nestdb-b");
+    let (remote_a, remote_b) = (db_a.remote(), db_b.remote());
+    let s_a = start_sluiced_as(&sluiced, &node_a, d, "sluiced-a", spec_a);
+    let s_b = start_sluiced_as(&sluiced, &node_b, d, "sluiced-b", spec_b);
     ovsdb_transact(
         &remote_a,
         &node_rows(
@@ -902,7 +555,7 @@ fn two_nodes_reach_each_other_over_geneve() {
             "10.244.1.0/24",
             (
                 "pod-a",
-                &pod_a.mac("slt-ag2-ia"),
+                &pod_a.mac_of("slt-ag2-ia"),
                 "10.244.1.5",
                 "slt-ag2-pa",
             ),
@@ -917,23 +570,23 @@ fn two_nodes_reach_each_other_over_geneve() {
             "10.244.2.0/24",
             (
                 "pod-b",
-                &pod_b.mac("slt-ag2-ib"),
+                &pod_b.mac_of("slt-ag2-ib"),
                 "10.244.2.5",
                 "slt-ag2-pb",
             ),
             ("node-a", "192.0.2.10", "10.244.1.0/24"),
         ),
     );
-    let agent_a = start_agent_as(d, "agent-a", &remote_a, &ctl_of(spec_a.prefix));
-    let agent_b = start_agent_as(d, "agent-b", &remote_b, &ctl_of(spec_b.prefix));
-    let (db_a, db_b) = (
+    let agent_a = start_agent_as(d, "agent-a", &remote_a, &ctl_socket(spec_a.0));
+    let agent_b = start_agent_as(d, "agent-b", &remote_b, &ctl_socket(spec_b.0));
+    let (dbc_a, dbc_b) = (
         DbClient::connect(&remote_a).unwrap(),
         DbClient::connect(&remote_b).unwrap(),
     );
     wait_for("both pods up", logs, || {
-        (ports(&db_a)["pod-a"].1 && ports(&db_b)["pod-b"].1).then_some(())
+        (ports(&dbc_a)["pod-a"].1 && ports(&dbc_b)["pod-b"].1).then_some(())
     });
-    for (db, name) in [(&db_a, "node-a"), (&db_b, "node-b")] {
+    for (db, name) in [(&dbc_a, "node-a"), (&dbc_b, "node-b")] {
         let st = status_row(db).expect("Node_Status");
         assert!(st.row_errors.is_empty(), "{name}: {:?}", st.row_errors);
         assert_eq!(st.node_name, name);
@@ -953,8 +606,8 @@ fn two_nodes_reach_each_other_over_geneve() {
         logs()
     );
     // They went through the tunnel flows the Remote_Node rows made.
-    for (spec, cidr) in [(&spec_a, "10.244.2.0/24"), (&spec_b, "10.244.1.0/24")] {
-        let mut c = Client::connect(ctl_of(spec.prefix)).unwrap();
+    for (spec, cidr) in [(spec_a, "10.244.2.0/24"), (spec_b, "10.244.1.0/24")] {
+        let mut c = Client::connect(ctl_socket(spec.0)).unwrap();
         let dump = c.call_text::<&str>("dump-flows", &[]).unwrap();
         let line = dump
             .lines()
@@ -962,8 +615,9 @@ fn two_nodes_reach_each_other_over_geneve() {
             .unwrap_or_else(|| panic!("no tunnel flow to {cidr}:\n{dump}"));
         assert!(!line.contains("n_packets=0,"), "{line}");
     }
-    stop_sluiced(s_a);
-    stop_sluiced(s_b);
-    drop((agent_a, agent_b));
+    s_a.stop(WAIT);
+    s_b.stop(WAIT);
+    agent_a.kill();
+    agent_b.kill();
     sh_quiet(&["ip", "-n", &node_a.0, "link", "del", "slt-ag2-ua"]);
 }

@@ -16,8 +16,7 @@
 //! reason recorded otherwise. Everything it makes goes on drop.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sluice_api::node::{
     DriverHint, NodeChanges, NodeCommit, NodeProgram, PortKind as NodePortKind, PortSpec,
@@ -25,59 +24,15 @@ use sluice_api::node::{
 };
 use sluice_api::ports::{PodDriver, PortAdd, PortAddRequest, PortKind};
 use sluice_api::{Client, Empty};
-use sluice_testkit::{is_root, sh, sh_quiet};
+use sluice_testkit::node::{ctl_socket, start_sluiced, SluicedIni};
+use sluice_testkit::{built_or_skip, root_or_skip, sh, Netns};
 
 const WAIT: Duration = Duration::from_secs(90);
 const PREFIX: &str = "slt-pdrv";
 const NS: &str = "slt-pdrv-node";
 
-fn report_skip(line: &str) {
-    sluice_testkit::record_skip(env!("CARGO_TARGET_TMPDIR"), line);
-}
-
-fn built(name: &str, how: &str) -> Option<PathBuf> {
-    let p = sluice_testkit::built_binary(name);
-    if p.is_none() {
-        report_skip(&format!(
-            "SKIPPED control/tests/agent_pod_driver.rs: {name} is not built ({how})"
-        ));
-    }
-    p
-}
-
-/// A child process SIGKILLed and reaped on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The node namespace (its veths go with it), deleted on drop.
-struct Netns;
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        sh_quiet(&["ip", "netns", "del", NS]);
-    }
-}
-
 fn ctl() -> PathBuf {
-    std::env::temp_dir().join(format!("{PREFIX}.ctl"))
-}
-
-fn pmd_core() -> usize {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .unwrap_or("0")
-        .trim()
-        .split(',')
-        .filter_map(|p| p.rsplit('-').next()?.parse::<usize>().ok())
-        .max()
-        .unwrap_or(0)
+    ctl_socket(PREFIX)
 }
 
 /// A veth pair inside the node namespace with `queues` queues each way.
@@ -131,17 +86,14 @@ fn add(name: &str, iface: &str, driver: Option<PodDriver>, rx_queues: u16) -> St
 
 #[test]
 fn pod_ports_default_to_af_xdp_and_fall_back_to_af_packet_per_port() {
-    if !is_root() {
-        report_skip("SKIPPED control/tests/agent_pod_driver.rs: needs root (namespace, DPDK)");
+    if !root_or_skip!("needs root (namespace, DPDK)") {
         return;
     }
-    let Some(bin) = built("sluiced", "cargo build -p sluice-datapath --bin sluiced") else {
+    let Some(bin) = built_or_skip!("sluiced", "cargo build -p sluice-datapath --bin sluiced")
+    else {
         return;
     };
-    sh_quiet(&["ip", "netns", "del", NS]);
-    sh(&["ip", "netns", "add", NS]);
-    let _ns = Netns;
-    sh(&["ip", "-n", NS, "link", "set", "lo", "up"]);
+    let ns = Netns::new(NS);
     veth("slpd-up", "slpd-up-p", 1);
     veth("slpd-one", "slpd-one-p", 1);
     veth("slpd-few", "slpd-few-p", 1);
@@ -149,46 +101,15 @@ fn pod_ports_default_to_af_xdp_and_fall_back_to_af_packet_per_port() {
     veth("slpd-pkt", "slpd-pkt-p", 1);
     veth("slpd-cmt", "slpd-cmt-p", 1);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("sluiced.ini");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[coe]\nnode_type = 'BAREMETAL'\n[nsx_node_agent]\novs_bridge = br-int\novs_uplink_port = uplink\n\
-             [datapath]\ncores = {}\nmain_core = 0\nfile_prefix = {PREFIX}\nhugepages = auto\nmbufs = 8192\n\
-             ctl_socket = {}\nhost_port = host\n\
-             [port:uplink]\ndevargs = net_af_packet0,iface=slpd-up\nofport = 1\n\
-             [port:host]\ndevargs = net_tap0,iface=slpd-host\nofport = 2\n",
-            pmd_core(),
-            ctl().display(),
-        ),
-    )
-    .unwrap();
-    let errf = dir.path().join("sluiced.err");
-    let log = || std::fs::read_to_string(&errf).unwrap_or_default();
-    let mut p = Proc(
-        Command::new("ip")
-            .args(["netns", "exec", NS])
-            .arg(&bin)
-            .arg("--config")
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&errf).unwrap())
-            .spawn()
-            .expect("spawn sluiced"),
-    );
-    let start = Instant::now();
-    while Client::connect(ctl())
-        .ok()
-        .and_then(|mut c| c.call::<QueryNodeStatus>(&Empty {}).ok())
-        .is_none()
-    {
-        if let Ok(Some(st)) = p.0.try_wait() {
-            panic!("sluiced exited with {st}: {}", log());
-        }
-        assert!(start.elapsed() < WAIT, "sluiced did not start: {}", log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let ctl = ctl();
+    let ini = SluicedIni {
+        prefix: PREFIX,
+        ctl: &ctl,
+        uplink_if: "slpd-up",
+        host_if: "slpd-host",
+    };
+    let sluiced = start_sluiced(&bin, &ini.render(), Some(&ns), dir.path(), "sluiced");
+    let log = || sluiced.log();
 
     assert_eq!(PodDriver::DEFAULT, PodDriver::AfPacket);
     let xdp = Some(PodDriver::AfXdp);

@@ -6,43 +6,25 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use nestdb_client::node::{LogicalPort, NodeConfig, NodeStatus as StatusRow, NodeType};
-use nestdb_client::Uuid;
 use sluice_api::node::{apply, NodeCommitReply, NodeProgram, NodeStatus, PortStatus};
 use sluice_control::agent::compile::{compile, NodeRows};
 use sluice_control::agent::reconcile::{ignored_settings, Reconciler, Snapshot, StatusWrite};
+use sluice_testkit::rows::{self, uuid};
 
-fn uuid(n: u64) -> Uuid {
-    Uuid::parse_str(&format!("00000000-0000-4000-8000-{n:012x}")).unwrap()
-}
-
+/// Node config of `node-a` without the node MAC (see
+/// [`rows::node_config`]).
 fn node_config() -> NodeConfig {
     NodeConfig {
-        node_name: "node-a".into(),
-        node_type: NodeType::Baremetal,
-        uplink_port: "0000:01:00.0".into(),
-        ovs_bridge: None,
-        vtep_ip: "192.0.2.10".parse().unwrap(),
-        pod_cidrs: BTreeSet::from(["10.244.1.0/24".into()]),
-        node_ips: BTreeSet::from(["192.0.2.10".parse().unwrap()]),
-        nodeport_min: 30000,
-        nodeport_max: 32767,
-        mtu: 1500,
         external_ids: BTreeMap::new(),
+        ..rows::node_config()
     }
 }
 
+/// Port `name` at 10.244.1.`last` (no prefix length), no pod.
 fn lp(name: &str, last: u8) -> LogicalPort {
     LogicalPort {
-        name: name.into(),
-        mac: format!("0a:58:0a:f4:01:{last:02x}"),
         ips: BTreeSet::from([format!("10.244.1.{last}")]),
-        netns: None,
-        interface_name: "eth0".into(),
-        pod_namespace: None,
-        pod_name: None,
-        dp_port: None,
-        up: false,
-        external_ids: BTreeMap::new(),
+        ..rows::logical_port(name, &format!("0a:58:0a:f4:01:{last:02x}"), "")
     }
 }
 
@@ -77,6 +59,17 @@ fn status(instance: &str, generation: u64, ports: &[(&str, u16, bool)]) -> NodeS
             })
             .collect(),
     }
+}
+
+/// The `Node_Status` row among `writes` (there must be one).
+fn node_status_row(writes: &[StatusWrite]) -> StatusRow {
+    writes
+        .iter()
+        .find_map(|w| match w {
+            StatusWrite::NodeStatus { row, .. } => Some(row.clone()),
+            _ => None,
+        })
+        .expect("a Node_Status write")
 }
 
 /// Applies status writes to a snapshot, as the monitor would show them.
@@ -260,14 +253,7 @@ fn row_errors_are_reported_once_and_recorded_in_the_status() {
     s.rows.logical_ports.push((uuid(13), lp("pod-c", 8)));
     let p2 = r.plan(&s);
     assert!(p2.new_errors.is_empty() && p2.resolved.is_empty());
-    let w = r.status_writes(&s, &status("i1", 1, &[]));
-    let row = w
-        .iter()
-        .find_map(|w| match w {
-            StatusWrite::NodeStatus { row, .. } => Some(row.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let row = node_status_row(&r.status_writes(&s, &status("i1", 1, &[])));
     assert!(
         row.row_errors["Logical_Port pod-bad"].contains("not a MAC address"),
         "{:?}",
@@ -313,14 +299,7 @@ fn txn_id_survives_an_agent_restart_and_changes_only_with_a_commit() {
         NodeProgram::default(),
         Some(&existing),
     );
-    let w = r2.status_writes(&s2, &status("i2", 0, &[]));
-    let row = w
-        .iter()
-        .find_map(|w| match w {
-            StatusWrite::NodeStatus { row, .. } => Some(row.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let row = node_status_row(&r2.status_writes(&s2, &status("i2", 0, &[])));
     assert_eq!((row.txn_id, row.generation), (None, 0));
 }
 

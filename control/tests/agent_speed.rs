@@ -25,153 +25,60 @@
 //! `SLUICE_SPEED_BIG` scale (a) and (b) down for a quick look. Every
 //! process, namespace and file it makes goes on drop.
 
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nestdb_client::node::DB;
 use nestdb_client::{Client as DbClient, Condition, Datum, Transaction, Uuid};
 use sluice_api::node::{NodeStatus, QueryNodeProgram, QueryNodeStatus};
 use sluice_api::{Client, Empty};
-use sluice_testkit::{is_root, sh, sh_quiet};
+use sluice_testkit::node::{ctl_socket, start_sluiced, Nestdb, SluicedIni};
+use sluice_testkit::{built_or_skip, root_or_skip, rows, sh, Daemon, Netns};
 
 const WAIT: Duration = Duration::from_secs(300);
 const PREFIX: &str = "slt-speed";
 const NS: &str = "slt-speed-node";
 
-fn report_skip(line: &str) {
-    sluice_testkit::record_skip(env!("CARGO_TARGET_TMPDIR"), line);
+/// The node namespace with the uplink: a veth whose far end stays unused
+/// in the namespace.
+fn node_netns() -> Netns {
+    let ns = Netns::new(NS);
+    sh(&[
+        "ip",
+        "-n",
+        NS,
+        "link",
+        "add",
+        "slt-spd-u",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "slt-spd-g",
+    ]);
+    sh(&["ip", "-n", NS, "link", "set", "slt-spd-u", "up"]);
+    sh(&["ip", "-n", NS, "link", "set", "slt-spd-g", "up"]);
+    ns
 }
 
-/// A binary of this build next to the test binary's directory.
-fn built(name: &str, how: &str) -> Option<PathBuf> {
-    let p = sluice_testkit::built_binary(name);
-    if p.is_none() {
-        report_skip(&format!(
-            "SKIPPED control/tests/agent_speed.rs: {name} is not built ({how})"
-        ));
-    }
-    p
-}
-
-/// A child process SIGKILLed and reaped on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The network namespace, deleted on drop.
-struct Netns;
-
-impl Netns {
-    fn new() -> Netns {
-        sh_quiet(&["ip", "netns", "del", NS]);
-        sh(&["ip", "netns", "add", NS]);
-        sh(&["ip", "-n", NS, "link", "set", "lo", "up"]);
-        // The uplink: a veth whose far end stays unused in the namespace.
-        sh(&[
-            "ip",
-            "-n",
-            NS,
-            "link",
-            "add",
-            "slt-spd-u",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "slt-spd-g",
-        ]);
-        sh(&["ip", "-n", NS, "link", "set", "slt-spd-u", "up"]);
-        sh(&["ip", "-n", NS, "link", "set", "slt-spd-g", "up"]);
-        Netns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        sh_quiet(&["ip", "netns", "del", NS]);
-    }
-}
-
-fn wait_for<T>(what: &str, log: impl Fn() -> String, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "timed out after {WAIT:?} waiting for {what}; logs:\n{}",
-            log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_for<T>(what: &str, log: impl Fn() -> String, f: impl FnMut() -> Option<T>) -> T {
+    sluice_testkit::wait_until_logged(what, WAIT, log, f)
 }
 
 fn ctl() -> PathBuf {
-    std::env::temp_dir().join(format!("{PREFIX}.ctl"))
+    ctl_socket(PREFIX)
 }
 
-/// The last CPU this process may use (the PMD core).
-fn pmd_core() -> usize {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .unwrap_or("0")
-        .trim()
-        .split(',')
-        .filter_map(|p| p.rsplit('-').next()?.parse::<usize>().ok())
-        .max()
-        .unwrap_or(0)
-}
-
-fn start_sluiced(bin: &Path, dir: &Path) -> Proc {
-    let cfg = dir.join("sluiced.ini");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[coe]\nnode_type = 'BAREMETAL'\n[nsx_node_agent]\novs_bridge = br-int\novs_uplink_port = uplink\n\
-             [datapath]\ncores = {}\nmain_core = 0\nfile_prefix = {PREFIX}\nhugepages = auto\nmbufs = 8192\n\
-             ctl_socket = {}\nhost_port = host\n\
-             [port:uplink]\ndevargs = net_af_packet0,iface=slt-spd-u\nofport = 1\n\
-             [port:host]\ndevargs = net_tap0,iface=slt-speed-h\nofport = 2\n",
-            pmd_core(),
-            ctl().display(),
-        ),
-    )
-    .unwrap();
-    let errf = dir.join("sluiced.err");
-    let child = Command::new("ip")
-        .args(["netns", "exec", NS])
-        .arg(bin)
-        .arg("--config")
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(dir.join("sluiced.out")).unwrap())
-        .stderr(std::fs::File::create(&errf).unwrap())
-        .spawn()
-        .expect("spawn sluiced");
-    let mut p = Proc(child);
-    wait_for(
-        "sluiced to answer node-status",
-        || std::fs::read_to_string(&errf).unwrap_or_default(),
-        || {
-            if let Ok(Some(st)) = p.0.try_wait() {
-                panic!(
-                    "sluiced exited with {st}: {}",
-                    std::fs::read_to_string(&errf).unwrap_or_default()
-                );
-            }
-            status()
-        },
-    );
-    p
+fn start_node_sluiced(bin: &Path, ns: &Netns, dir: &Path) -> Daemon {
+    let ctl = ctl();
+    let ini = SluicedIni {
+        prefix: PREFIX,
+        ctl: &ctl,
+        uplink_if: "slt-spd-u",
+        host_if: "slt-speed-h",
+    };
+    start_sluiced(bin, &ini.render(), Some(ns), dir, "sluiced")
 }
 
 /// sluiced's `node-status` (one connection per call: the probe's cost is
@@ -214,55 +121,19 @@ fn services_held() -> usize {
 /// `n` Services numbered from `first`, one port, `eps` endpoints each; the
 /// UUIDs of the endpoints come back in the transaction's results.
 fn services_txn(first: u32, n: u32, eps: u32) -> Transaction {
-    let mut txn = Transaction::new(DB);
-    for i in first..first + n {
-        let (sp, sv) = (format!("p{i}"), format!("s{i}"));
-        let (hi, lo) = (i / 250, i % 250 + 1);
-        txn = txn
-            .insert(
-                "Service_Port",
-                nestdb_client::row([
-                    ("protocol", Datum::from("TCP")),
-                    ("port", Datum::from(80i64)),
-                    ("target_port", Datum::from(8080i64)),
-                ]),
+    rows::services_txn(
+        first..first + n,
+        eps,
+        |i| {
+            format!(
+                "10.{}.{}.{}",
+                96 + i / 250 / 250,
+                i / 250 % 250,
+                i % 250 + 1
             )
-            .named(&sp)
-            .insert(
-                "Service",
-                nestdb_client::row([
-                    ("name", Datum::from(format!("svc-{i}"))),
-                    ("namespace", Datum::from("default")),
-                    ("type", Datum::from("ClusterIP")),
-                    (
-                        "cluster_ips",
-                        Datum::from(format!("10.{}.{}.{lo}", 96 + hi / 250, hi % 250)),
-                    ),
-                    ("ports", Datum::named_uuid(&sp)),
-                    ("session_affinity", Datum::from("None")),
-                    ("internal_traffic_policy", Datum::from("Cluster")),
-                    ("external_traffic_policy", Datum::from("Cluster")),
-                ]),
-            )
-            .named(&sv);
-        for e in 0..eps {
-            txn = txn.insert(
-                "Endpoint",
-                nestdb_client::row([
-                    ("service", Datum::named_uuid(&sv)),
-                    (
-                        "ip",
-                        Datum::from(format!("10.{}.{}.{lo}", 128 + e, hi % 250)),
-                    ),
-                    ("ready", Datum::from(true)),
-                    ("serving", Datum::from(true)),
-                    ("terminating", Datum::from(false)),
-                    ("is_local", Datum::from(false)),
-                ]),
-            );
-        }
-    }
-    txn
+        },
+        |i, e| format!("10.{}.{}.{}", 128 + e, i / 250 % 250, i % 250 + 1),
+    )
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -285,43 +156,30 @@ fn env_or(name: &str, default: u32) -> u32 {
 struct Stack {
     _ns: Netns,
     dir: tempfile::TempDir,
-    _db: Proc,
-    _sluiced: Proc,
-    agent: Proc,
+    _db: Nestdb,
+    _sluiced: Daemon,
+    agent: Daemon,
     remote: String,
 }
 
 impl Stack {
     fn start(nestdb: &Path, sluiced: &Path) -> Stack {
-        let ns = Netns::new();
+        let ns = node_netns();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let sock = d.join("nestdb.sock");
-        let db = Proc(
-            Command::new(nestdb)
-                .arg(d.join("node.db"))
-                .arg("--schema")
-                .arg(
-                    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nestdb/sluice.ovsschema"),
-                )
-                .arg(format!("--remote=punix:{}", sock.display()))
-                .arg(format!("--unixctl={}", d.join("nestdb.ctl").display()))
-                // 10k Services x 10 endpoints is one ~30 MB transaction.
-                .args([
-                    "--max-message-size=268435456",
-                    "--max-message-memory=2147483648",
-                    "--max-memory=4294967296",
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(d.join("nestdb.log")).unwrap())
-                .spawn()
-                .expect("spawn nestdb-server"),
+        let db = Nestdb::start_with(
+            nestdb,
+            d,
+            "nestdb",
+            Path::new(sluice_testkit::node::NODE_SCHEMA_PATH),
+            // 10k Services x 10 endpoints is one ~30 MB transaction.
+            &[
+                "--max-message-size=268435456",
+                "--max-message-memory=2147483648",
+                "--max-memory=4294967296",
+            ],
         );
-        wait_for("nestdb-server", String::new, || {
-            UnixStream::connect(&sock).ok()
-        });
-        let remote = format!("unix:{}", sock.display());
+        let remote = db.remote();
         let c = DbClient::connect(&remote).unwrap();
         c.transact(&Transaction::new(DB).insert(
             "Node_Config",
@@ -338,18 +196,14 @@ impl Stack {
             ]),
         ))
         .unwrap();
-        let sluiced = start_sluiced(sluiced, d);
-        let agent = Proc(
-            Command::new(env!("CARGO_BIN_EXE_sluice-agent"))
-                .args(["--db", &remote, "--ctl"])
-                .arg(ctl())
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(d.join("agent.log")).unwrap())
-                .spawn()
-                .expect("spawn sluice-agent"),
-        );
+        let sluiced = start_node_sluiced(sluiced, &ns, d);
+        let mut agent = Command::new(env!("CARGO_BIN_EXE_sluice-agent"));
+        agent
+            .args(["--db", &remote, "--ctl"])
+            .arg(ctl())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null());
+        let agent = Daemon::spawn(agent, "sluice-agent", &d.join("agent.log"));
         let s = Stack {
             _ns: ns,
             dir,
@@ -367,14 +221,8 @@ impl Stack {
     }
 
     fn logs(&self) -> String {
-        let mut s = String::new();
-        for f in ["agent.log", "sluiced.err", "nestdb.log"] {
-            s += &format!(
-                "--- {f}\n{}\n",
-                std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default()
-            );
-        }
-        s
+        let names = ["agent.log", "sluiced.log", "nestdb.log"];
+        sluice_testkit::logs_of(self.dir.path(), &names)
     }
 
     /// The agent's log lines about commits since line `from`.
@@ -404,14 +252,15 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 #[test]
 #[ignore = "a speed probe with real processes; run in release with --ignored --nocapture (see the module docs)"]
 fn commit_to_generation_in_force() {
-    if !is_root() {
-        report_skip("SKIPPED control/tests/agent_speed.rs: needs root (namespace, DPDK)");
+    if !root_or_skip!("needs root (namespace, DPDK)") {
         return;
     }
-    let Some(nestdb) = built("nestdb-server", "cargo build -p nestdb --bin nestdb-server") else {
+    let Some(nestdb) = built_or_skip!("nestdb-server", "cargo build -p nestdb --bin nestdb-server")
+    else {
         return;
     };
-    let Some(sluiced) = built("sluiced", "cargo build -p sluice-datapath --bin sluiced") else {
+    let Some(sluiced) = built_or_skip!("sluiced", "cargo build -p sluice-datapath --bin sluiced")
+    else {
         return;
     };
     let n_a = env_or("SLUICE_SPEED_SERVICES", 10_000);
@@ -485,7 +334,7 @@ fn commit_to_generation_in_force() {
             "(b) {n_b} Services x 1 endpoint installed in {:.1} s ({} transactions of {chunk}); agent RSS {} MiB",
             t0.elapsed().as_secs_f64(),
             n_b.div_ceil(chunk),
-            rss_kib(s.agent.0.id()) / 1024
+            rss_kib(s.agent.id()) / 1024
         );
         assert_eq!(
             endpoints.len(),
@@ -523,7 +372,7 @@ fn commit_to_generation_in_force() {
             lat[lat.len() - 1],
             pct(&rtt, 0.5),
             pct(&rtt, 0.99),
-            rss_kib(s.agent.0.id()) / 1024
+            rss_kib(s.agent.id()) / 1024
         );
         let lines = s.commit_lines(0);
         for l in lines.iter().rev().take(3).rev() {

@@ -6,36 +6,12 @@
 //! and the address vanish with it, and the supervisor puts them back on
 //! the uplink, where a peer reaches the node again.
 
+mod supervise_harness;
+
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(60);
-
-fn report_skip(line: &str) {
-    sluice_testkit::record_skip(env!("CARGO_TARGET_TMPDIR"), line);
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect(args[0]);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-struct Ns(&'static str);
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", self.0]).output();
-    }
-}
+use sluice_testkit::sh;
+use supervise_harness::{can_run, stand_in_pid, wait_exit, Uplink};
 
 /// The stand-in: a TAP that lives as long as the process, the address and
 /// route moved onto it, then its pid on stdout.
@@ -75,112 +51,13 @@ while True:
     l.accept()[0].close()
 "#;
 
-fn supervise(state: &Path, child: &[&str]) -> Child {
-    Command::new("ip")
-        .args(["netns", "exec", "slsv-node"])
-        .arg(env!("CARGO_BIN_EXE_sluice-bootstrap"))
-        .arg("--state-dir")
-        .arg(state)
-        .args([
-            "--node-if",
-            "up0",
-            "--host-if",
-            "sv-host",
-            "supervise",
-            "--",
-        ])
-        .args(child)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("sluice-bootstrap supervise")
-}
-
-/// The stand-in's pid, once it moved the address.
-fn moved(c: &mut Child) -> i32 {
-    let mut line = String::new();
-    BufReader::new(c.stdout.as_mut().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
-    line.trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("the stand-in did not start: {line:?}"))
-}
-
-fn wait_exit(c: &mut Child) -> std::process::ExitStatus {
-    let t0 = Instant::now();
-    loop {
-        if let Some(st) = c.try_wait().expect("wait") {
-            return st;
-        }
-        assert!(t0.elapsed() < WAIT, "the supervisor did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn uplink() -> String {
-    sh(&["ip", "-n", "slsv-node", "-4", "addr", "show", "dev", "up0"])
-        + &sh(&["ip", "-n", "slsv-node", "-4", "route", "show", "dev", "up0"])
-}
-
-/// The peer namespace pings the node's address on the uplink (one echo,
-/// within 5 s).
-fn peer_reaches_the_node() {
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        "slsv-peer",
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "5",
-        "10.78.0.1",
-    ]);
-}
-
 #[test]
 fn addresses_come_back_when_the_datapath_dies() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/net/tun").exists() {
-        report_skip("bootstrap_supervise: needs root and /dev/net/tun");
+    if !can_run("bootstrap_supervise") {
         return;
     }
-    for n in ["slsv-node", "slsv-peer"] {
-        let _ = Command::new("ip").args(["netns", "del", n]).output();
-        sh(&["ip", "netns", "add", n]);
-    }
-    let _ns = (Ns("slsv-node"), Ns("slsv-peer"));
-    sh(&[
-        "ip",
-        "-n",
-        "slsv-node",
-        "link",
-        "add",
-        "up0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "peer0",
-        "netns",
-        "slsv-peer",
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        "slsv-node",
-        "addr",
-        "add",
-        "10.78.0.1/24",
-        "dev",
-        "up0",
-    ]);
-    sh(&["ip", "-n", "slsv-node", "link", "set", "up0", "up"]);
-    sh(&[
-        "ip",
-        "-n",
-        "slsv-node",
+    let net = Uplink::new("slsv", "10.78.0.1/24", "10.78.0.2/24");
+    net.node.ip(&[
         "route",
         "add",
         "10.79.0.0/24",
@@ -189,23 +66,19 @@ fn addresses_come_back_when_the_datapath_dies() {
         "dev",
         "up0",
     ]);
-    sh(&[
-        "ip",
-        "-n",
-        "slsv-peer",
-        "addr",
-        "add",
-        "10.78.0.2/24",
-        "dev",
-        "peer0",
-    ]);
-    sh(&["ip", "-n", "slsv-peer", "link", "set", "peer0", "up"]);
+    let uplink = || net.addresses() + &net.routes();
     let state = tempfile::tempdir().expect("tempdir");
+    let supervise = |child: &[&str]| {
+        net.supervise(state.path(), "sv-host")
+            .args(child)
+            .spawn()
+            .expect("sluice-bootstrap supervise")
+    };
 
     // 1. The datapath is SIGKILLed: the supervisor puts the address and the
     // route back and exits with 128 + 9.
-    let mut sup = supervise(state.path(), &["python3", "-c", FAKE_SLUICED]);
-    let pid = moved(&mut sup);
+    let mut sup = supervise(&["python3", "-c", FAKE_SLUICED]);
+    let pid = stand_in_pid(&mut sup);
     assert!(!uplink().contains("10.78.0.1/24"), "moved: {}", uplink());
     sh(&["kill", "-KILL", &pid.to_string()]);
     let st = wait_exit(&mut sup);
@@ -213,13 +86,13 @@ fn addresses_come_back_when_the_datapath_dies() {
     let up = uplink();
     assert!(up.contains("10.78.0.1/24"), "{up}");
     assert!(up.contains("10.79.0.0/24 via 10.78.0.2"), "{up}");
-    peer_reaches_the_node();
+    net.peer_reaches("10.78.0.1");
     assert!(!state.path().join("node-ip.json").exists(), "record kept");
 
     // 2. Supervisor and datapath both killed: the next supervisor moves the
     // addresses back before starting its datapath.
-    let mut sup = supervise(state.path(), &["python3", "-c", FAKE_SLUICED]);
-    let pid = moved(&mut sup);
+    let mut sup = supervise(&["python3", "-c", FAKE_SLUICED]);
+    let pid = stand_in_pid(&mut sup);
     let _ = sup.kill();
     let _ = sup.wait();
     sh(&["kill", "-KILL", &pid.to_string()]);
@@ -229,14 +102,14 @@ fn addresses_come_back_when_the_datapath_dies() {
     );
     let gone = uplink();
     assert!(!gone.contains("10.78.0.1/24"), "{gone}");
-    let mut sup = supervise(state.path(), &["true"]);
+    let mut sup = supervise(&["true"]);
     assert_eq!(wait_exit(&mut sup).code(), Some(0));
     let up = uplink();
     assert!(
         up.contains("10.78.0.1/24") && up.contains("10.79.0.0/24"),
         "{up}"
     );
-    peer_reaches_the_node();
+    net.peer_reaches("10.78.0.1");
 }
 
 /// A hand-over under two supervisors (a DaemonSet rolling update with
@@ -248,70 +121,25 @@ fn addresses_come_back_when_the_datapath_dies() {
 /// dies (the record the old supervisor made still holds it).
 #[test]
 fn a_hand_over_leaves_the_addresses_with_the_new_datapath() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/net/tun").exists() {
-        report_skip("bootstrap_supervise: needs root and /dev/net/tun");
+    if !can_run("bootstrap_supervise (hand-over)") {
         return;
     }
-    let (node, peer) = ("slsh-node", "slsh-peer");
-    for n in [node, peer] {
-        let _ = Command::new("ip").args(["netns", "del", n]).output();
-        sh(&["ip", "netns", "add", n]);
-    }
-    let _ns = (Ns(node), Ns(peer));
-    sh(&[
-        "ip", "-n", node, "link", "add", "up0", "type", "veth", "peer", "name", "peer0", "netns",
-        peer,
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        node,
-        "addr",
-        "add",
-        "10.78.0.1/24",
-        "dev",
-        "up0",
-    ]);
-    sh(&["ip", "-n", node, "link", "set", "up0", "up"]);
-    sh(&[
-        "ip",
-        "-n",
-        peer,
-        "addr",
-        "add",
-        "10.78.0.2/24",
-        "dev",
-        "peer0",
-    ]);
-    sh(&["ip", "-n", peer, "link", "set", "peer0", "up"]);
+    let net = Uplink::new("slsh", "10.78.0.1/24", "10.78.0.2/24");
     let state = tempfile::tempdir().expect("tempdir");
     let run = tempfile::tempdir().expect("tempdir");
     let ctl = run.path().join("sluiced.ctl");
     let ctl_s = ctl.display().to_string();
     let start = |child: &[&str]| {
-        Command::new("ip")
-            .args(["netns", "exec", node])
-            .arg(env!("CARGO_BIN_EXE_sluice-bootstrap"))
-            .arg("--state-dir")
-            .arg(state.path())
-            .args([
-                "--node-if",
-                "up0",
-                "--host-if",
-                "sv-host",
-                "supervise",
-                "--",
-            ])
+        net.supervise(state.path(), "sv-host")
             .args(child)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("sluice-bootstrap supervise")
     };
-    let addr = |dev: &str| sh(&["ip", "-n", node, "-4", "addr", "show", "dev", dev]);
+    let addr = |dev: &str| net.node.ip(&["-4", "addr", "show", "dev", dev]);
     // The old datapath, as the DaemonSet runs it (with --take-over: no
-    // sluiced answers yet, so it starts as usual).
+    // sluiced answers yet, so it starts as usual). The stand-in reads its
+    // own argv: the extra flags are the supervisor's business only.
     let mut old = start(&[
         "python3",
         "-c",
@@ -322,13 +150,11 @@ fn a_hand_over_leaves_the_addresses_with_the_new_datapath() {
         "--ctl-socket",
         &ctl_s,
     ]);
-    // The stand-in reads its own argv: the extra flags are the
-    // supervisor's business only.
-    let old_pid = moved(&mut old);
+    let old_pid = stand_in_pid(&mut old);
     assert!(
-        !addr("up0").contains("10.78.0.1/24"),
+        !net.addresses().contains("10.78.0.1/24"),
         "moved: {}",
-        addr("up0")
+        net.addresses()
     );
     // The new pod's supervisor: takes over; nothing is moved back.
     let mut new = start(&[
@@ -342,13 +168,17 @@ fn a_hand_over_leaves_the_addresses_with_the_new_datapath() {
         "--ctl-socket",
         &ctl_s,
     ]);
-    let new_pid = moved(&mut new);
+    let new_pid = stand_in_pid(&mut new);
     assert!(
         addr("sv-new").contains("10.78.0.1/24"),
         "{}",
         addr("sv-new")
     );
-    assert!(!addr("up0").contains("10.78.0.1/24"), "{}", addr("up0"));
+    assert!(
+        !net.addresses().contains("10.78.0.1/24"),
+        "{}",
+        net.addresses()
+    );
     // The old datapath exits 0 (hand-over committed): its supervisor
     // leaves the address with the new one and waits.
     sh(&["kill", "-TERM", &old_pid.to_string()]);
@@ -372,7 +202,11 @@ fn a_hand_over_leaves_the_addresses_with_the_new_datapath() {
         "{}",
         addr("sv-new")
     );
-    assert!(!addr("up0").contains("10.78.0.1/24"), "{}", addr("up0"));
+    assert!(
+        !net.addresses().contains("10.78.0.1/24"),
+        "{}",
+        net.addresses()
+    );
     // The rollout deletes the old pod: SIGTERM, exit 0, still nothing moved.
     sh(&["kill", "-TERM", &old.id().to_string()]);
     assert_eq!(wait_exit(&mut old).code(), Some(0));
@@ -385,17 +219,10 @@ fn a_hand_over_leaves_the_addresses_with_the_new_datapath() {
     // uplink from the record the old supervisor made.
     sh(&["kill", "-KILL", &new_pid.to_string()]);
     assert_eq!(wait_exit(&mut new).code(), Some(137));
-    assert!(addr("up0").contains("10.78.0.1/24"), "{}", addr("up0"));
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        peer,
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "5",
-        "10.78.0.1",
-    ]);
+    assert!(
+        net.addresses().contains("10.78.0.1/24"),
+        "{}",
+        net.addresses()
+    );
+    net.peer_reaches("10.78.0.1");
 }

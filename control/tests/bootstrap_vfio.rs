@@ -20,39 +20,19 @@
 //! `bootstrap_supervise.rs` (TAP host port, the address moved onto it) and
 //! also plays the binding to vfio-pci (the `driver` link, `net/` emptied).
 
+mod supervise_harness;
+
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::fs::{symlink, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(60);
+use sluice_testkit::sh;
+use supervise_harness::{can_run, stand_in_pid, uplink_addresses, wait_exit, Uplink, WAIT};
+
 const PCI: &str = "0000:5e:00.0";
-
-fn report_skip(line: &str) {
-    sluice_testkit::record_skip(env!("CARGO_TARGET_TMPDIR"), line);
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect(args[0]);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-struct Ns(&'static str);
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", self.0]).output();
-    }
-}
+const NODE: &str = "slvf-node";
 
 const FAKE_SLUICED: &str = r#"
 import fcntl, os, struct, subprocess, sys, time, shutil
@@ -83,7 +63,7 @@ struct Seen {
 }
 
 fn uplink() -> String {
-    sh(&["ip", "-n", "slvf-node", "-4", "addr", "show", "dev", "up0"])
+    uplink_addresses(NODE)
 }
 
 /// The kernel's side of the bind: waits (bounded) for the address on the
@@ -149,66 +129,12 @@ fn fake_sysfs(root: &Path) -> PathBuf {
     sys
 }
 
-fn wait_exit(c: &mut Child) -> std::process::ExitStatus {
-    let t0 = Instant::now();
-    loop {
-        if let Some(st) = c.try_wait().expect("wait") {
-            return st;
-        }
-        assert!(t0.elapsed() < WAIT, "the supervisor did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_vfio_pci_uplink_goes_back_to_its_driver_before_the_addresses() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/net/tun").exists() {
-        report_skip("bootstrap_vfio: needs root and /dev/net/tun");
+    if !can_run("bootstrap_vfio") {
         return;
     }
-    for n in ["slvf-node", "slvf-peer"] {
-        let _ = Command::new("ip").args(["netns", "del", n]).output();
-        sh(&["ip", "netns", "add", n]);
-    }
-    let _ns = (Ns("slvf-node"), Ns("slvf-peer"));
-    sh(&[
-        "ip",
-        "-n",
-        "slvf-node",
-        "link",
-        "add",
-        "up0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "peer0",
-        "netns",
-        "slvf-peer",
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        "slvf-node",
-        "addr",
-        "add",
-        "10.80.0.1/24",
-        "dev",
-        "up0",
-    ]);
-    sh(&["ip", "-n", "slvf-node", "link", "set", "up0", "up"]);
-    sh(&[
-        "ip",
-        "-n",
-        "slvf-peer",
-        "addr",
-        "add",
-        "10.80.0.2/24",
-        "dev",
-        "peer0",
-    ]);
-    sh(&["ip", "-n", "slvf-peer", "link", "set", "peer0", "up"]);
+    let net = Uplink::new("slvf", "10.80.0.1/24", "10.80.0.2/24");
 
     let tmp = tempfile::tempdir().expect("tempdir");
     let sys = fake_sysfs(tmp.path());
@@ -220,33 +146,14 @@ fn a_vfio_pci_uplink_goes_back_to_its_driver_before_the_addresses() {
     )
     .expect("ini");
     let kernel = mock_kernel(sys.clone());
-    let mut sup = Command::new("ip")
-        .args(["netns", "exec", "slvf-node"])
-        .arg(env!("CARGO_BIN_EXE_sluice-bootstrap"))
-        .arg("--state-dir")
-        .arg(&state)
-        .args([
-            "--node-if",
-            "up0",
-            "--host-if",
-            "vf-host",
-            "supervise",
-            "--",
-        ])
+    let mut sup = net
+        .supervise(&state, "vf-host")
         .args(["python3", "-c", FAKE_SLUICED, "--config"])
         .arg(&ini)
         .env("SLUICE_SYSFS_ROOT", &sys)
-        .stdout(Stdio::piped())
         .spawn()
         .expect("sluice-bootstrap supervise");
-    let mut line = String::new();
-    BufReader::new(sup.stdout.as_mut().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
-    let pid: i32 = line
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("the stand-in did not start: {line:?}"));
+    let pid = stand_in_pid(&mut sup);
     // The supervisor saw the NIC on ixgbe at start and recorded it.
     let rec = fs::read_to_string(state.join("uplink-nic.json")).expect("uplink-nic.json");
     assert!(
@@ -273,17 +180,6 @@ fn a_vfio_pci_uplink_goes_back_to_its_driver_before_the_addresses() {
     );
     let up = uplink();
     assert!(up.contains("10.80.0.1/24"), "{up}");
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        "slvf-peer",
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "5",
-        "10.80.0.1",
-    ]);
+    net.peer_reaches("10.80.0.1");
     assert!(!state.join("node-ip.json").exists(), "record kept");
 }

@@ -115,7 +115,7 @@ fn golden(name: &str, rows: &NodeRows) -> Compiled {
 fn datapath_accepts(p: &NodeProgram) {
     use sluice_datapath::flow::tables::FlowTables;
     use sluice_datapath::flow::text::{parse_flow, parse_group};
-    use sluice_datapath::service::{ServiceConfig, Services};
+    use sluice_datapath::service::Services;
     for f in &p.flows {
         if let Err(e) = parse_flow(&f.text()) {
             panic!("the datapath refuses {}: {e}", f.text());
@@ -128,30 +128,14 @@ fn datapath_accepts(p: &NodeProgram) {
     FlowTables::new()
         .add_flows(&lines.join("\n"), 0)
         .unwrap_or_else(|e| panic!("the program does not load: {e}"));
-    let s = &p.settings;
-    let services = Services::new(ServiceConfig {
-        node_addresses: s.node_ips.clone(),
-        node_port_range: if s.node_port_range == (0, 0) {
-            (30000, 32767)
-        } else {
-            s.node_port_range
-        },
-        masquerade_ip: s.masquerade_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
-        cluster_cidrs: s
-            .cluster_cidrs
-            .iter()
-            .map(|c| (c.ip, c.prefix_len))
-            .collect(),
-        node_zone: s.zone.clone(),
-    });
-    let update = sluice_api::service::ServiceUpdate {
-        upsert: p.services.values().cloned().collect(),
-        delete: vec![],
-        flush_removed_endpoints: false,
-    };
-    services
-        .apply(&update, None)
-        .unwrap_or_else(|e| panic!("the Service table refuses the Services: {e}"));
+    // A program without a NodePort range gets the Kubernetes default.
+    let mut p = p.clone();
+    if p.settings.node_port_range == (0, 0) {
+        p.settings.node_port_range = (30000, 32767);
+    }
+    if let Err(e) = Services::for_program(&p) {
+        panic!("the Service table refuses the Services: {e}");
+    }
 }
 
 fn flows_of(c: &Compiled, table: &str, key: &str) -> Vec<String> {

@@ -19,7 +19,7 @@ use sluice_datapath::packet::{Burst, HeapBuf, Output, PacketBuf, PortNo};
 use sluice_datapath::pipeline::flow::{FlowPipeline, FlowPipelineConfig};
 use sluice_datapath::pipeline::hooks::Hooks;
 use sluice_datapath::pipeline::Pipeline;
-use sluice_datapath::service::{ServiceConfig, Services};
+use sluice_datapath::service::Services;
 use sluice_datapath::tunnel::{GeneveTunnels, TunnelConfig, Tunnels};
 use sluice_testkit::rows::{self, remote_node as remote, uuid};
 
@@ -118,27 +118,7 @@ impl NodeDp {
             .add_flows(&p.flow_lines().join("\n"), 0)
             .expect("the program loads");
         let s = &p.settings;
-        let services = Services::new(ServiceConfig {
-            node_addresses: s.node_ips.clone(),
-            node_port_range: s.node_port_range,
-            masquerade_ip: s.masquerade_ip.unwrap(),
-            cluster_cidrs: s
-                .cluster_cidrs
-                .iter()
-                .map(|c| (c.ip, c.prefix_len))
-                .collect(),
-            node_zone: s.zone.clone(),
-        });
-        services
-            .apply(
-                &sluice_api::service::ServiceUpdate {
-                    upsert: p.services.values().cloned().collect(),
-                    delete: vec![],
-                    flush_removed_endpoints: false,
-                },
-                None,
-            )
-            .expect("Services apply");
+        let services = Services::for_program(&p).expect("Services apply");
         let ct = Conntrack::with_services(ConntrackConfig::default(), services);
         let neigh = NeighTable::new();
         neigh.publish(NeighMap::from_iter([peer]));

@@ -49,7 +49,7 @@ use sluice_datapath::flow::key::FlowKey;
 use sluice_datapath::packet::{HeapBuf, PacketBuf};
 use sluice_datapath::pipeline::hooks::ConntrackHook;
 use sluice_datapath::service::{
-    EndpointSpec, Protocol, ServiceConfig, ServiceSpec, ServiceUpdate, Services, TrafficPolicy,
+    EndpointSpec, Protocol, ServiceConfig, ServiceSpec, ServiceUpdate, Services,
 };
 
 fn udp(src: u32, dst: u32, sport: u16, dport: u16) -> Vec<u8> {
@@ -75,31 +75,21 @@ fn client(i: u32) -> u32 {
 }
 
 fn service(i: u32, endpoints: u32, generation: u32) -> ServiceSpec {
-    ServiceSpec {
-        name: format!("ns-{}/svc-{i}:p", i % 100),
-        protocol: Protocol::Udp,
-        port: 53,
-        cluster_ips: vec![Ipv4Addr::from(vip(i))],
-        node_port: None,
-        external_ips: Vec::new(),
-        load_balancer_ips: Vec::new(),
-        session_affinity_seconds: None,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        external_traffic_policy: TrafficPolicy::Cluster,
-        endpoints: (0..endpoints)
-            .map(|e| EndpointSpec {
-                ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i * 16 + e),
-                port: 5353 + (generation % 2) as u16,
-                ready: true,
-                serving: None,
-                terminating: false,
-                node_local: false,
-                zone: None,
-                for_zones: Vec::new(),
-            })
-            .collect(),
-        topology_aware: false,
-    }
+    let endpoints = (0..endpoints)
+        .map(|e| {
+            EndpointSpec::ready(
+                Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i * 16 + e),
+                5353 + (generation % 2) as u16,
+            )
+        })
+        .collect();
+    ServiceSpec::cluster_ip(
+        format!("ns-{}/svc-{i}:p", i % 100),
+        Protocol::Udp,
+        Ipv4Addr::from(vip(i)),
+        53,
+        endpoints,
+    )
 }
 
 fn services(n: u32, endpoints: u32) -> Services {

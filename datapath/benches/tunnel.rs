@@ -18,12 +18,9 @@ use std::net::Ipv4Addr;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 use sluice_datapath::flow::key::{extract, Field};
-use sluice_datapath::flow::tables::FlowTables;
 use sluice_datapath::packet::{Burst, HeapBuf, Output, PacketBuf, PortNo};
-use sluice_datapath::pipeline::flow::{FlowPipeline, FlowPipelineConfig};
-use sluice_datapath::pipeline::hooks::{Hooks, NoConntrack, TunnelHook};
+use sluice_datapath::pipeline::hooks::TunnelHook;
 use sluice_datapath::pipeline::Pipeline;
-use sluice_datapath::tunnel::Tunnels;
 
 const LOCAL: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 2);
@@ -49,25 +46,7 @@ fn inner_frame() -> Vec<u8> {
 
 #[path = "common/tunnel_work.rs"]
 mod tunnel_work;
-use tunnel_work::tunnels;
-
-type Pl = FlowPipeline<Hooks<NoConntrack, sluice_datapath::tunnel::GeneveTunnels>>;
-
-fn pipeline(flows: &str, t: &Tunnels) -> Pl {
-    let tables = FlowTables::new();
-    tables.add_flows(flows, 0).expect("flows");
-    FlowPipeline::with_hooks(
-        tables,
-        FlowPipelineConfig {
-            ports: vec![PortNo(1), PortNo(2)],
-            ..FlowPipelineConfig::default()
-        },
-        Hooks {
-            ct: NoConntrack,
-            tunnels: t.hook(0),
-        },
-    )
-}
+use tunnel_work::{pipeline, tunnels};
 
 /// Writes flow `n`'s source address and port into the inner frame at `at`.
 #[inline]

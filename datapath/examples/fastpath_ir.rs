@@ -138,10 +138,7 @@ fn work_decap(n: u32) {
 /// `benches/tunnel.rs` (1k flows): L3 forwarding, Geneve encap, decap.
 #[inline(never)]
 fn work_pipeline(n: u32, case: u8) {
-    use sluice_datapath::flow::tables::FlowTables;
     use sluice_datapath::packet::{Burst, Output};
-    use sluice_datapath::pipeline::flow::{FlowPipeline, FlowPipelineConfig};
-    use sluice_datapath::pipeline::hooks::{Hooks, NoConntrack};
     use sluice_datapath::pipeline::Pipeline;
     let (program, in_port) = match case {
         0 => ("priority=10,in_port=1,ip actions=mod_dl_src:02:00:00:00:00:aa,mod_dl_dst:02:00:00:00:00:bb,output:2\npriority=0 actions=drop", 1u16),
@@ -151,19 +148,7 @@ fn work_pipeline(n: u32, case: u8) {
     let inner = udp_frame();
     let outer_hdr = outer_header(&inner);
     let t = tunnels(LOCAL, REMOTE, false);
-    let tables = FlowTables::new();
-    tables.add_flows(program, 0).expect("flows");
-    let mut p = FlowPipeline::with_hooks(
-        tables,
-        FlowPipelineConfig {
-            ports: vec![PortNo(1), PortNo(2)],
-            ..FlowPipelineConfig::default()
-        },
-        Hooks {
-            ct: NoConntrack,
-            tunnels: t.hook(0),
-        },
-    );
+    let mut p = tunnel_work::pipeline(program, &t);
     let mut burst = Burst::new(PortNo(in_port));
     for _ in 0..32 {
         let f = if case == 2 {

@@ -100,8 +100,8 @@ fn tap_ports_moved_into_namespaces_forward_ping() {
         (&b, "slt-tapb", "10.202.0.2/24"),
     ] {
         sh(&["ip", "link", "set", ifname, "netns", &ns.0]);
-        sh(&["ip", "-n", &ns.0, "addr", "add", addr, "dev", ifname]);
-        sh(&["ip", "-n", &ns.0, "link", "set", ifname, "up"]);
+        ns.ip(&["addr", "add", addr, "dev", ifname]);
+        ns.ip(&["link", "set", ifname, "up"]);
     }
     a.assert_ping("10.202.0.2");
     let ev = d.stop();

@@ -235,32 +235,23 @@ fn two_sluiced_nodes_carry_pod_traffic_over_geneve() {
     let pod_b = Netns::new("slo-pod-b");
     let ul = Netns::new("slo-ul");
     // Underlay: a bridge in `ul` with a veth to each node.
-    sh(&["ip", "-n", &ul.0, "link", "add", "br0", "type", "bridge"]);
-    sh(&[
-        "ip",
-        "-n",
-        &ul.0,
-        "addr",
-        "add",
-        "192.168.77.254/24",
-        "dev",
-        "br0",
-    ]);
-    sh(&["ip", "-n", &ul.0, "link", "set", "br0", "up"]);
+    ul.ip(&["link", "add", "br0", "type", "bridge"]);
+    ul.ip(&["addr", "add", "192.168.77.254/24", "dev", "br0"]);
+    ul.ip(&["link", "set", "br0", "up"]);
     for (node, side) in [(&node_a, "a"), (&node_b, "b")] {
         let n = format!("slo-ul{side}");
         let p = format!("slo-ul{side}-p");
         sh(&["ip", "link", "add", &n, "type", "veth", "peer", "name", &p]);
         sh(&["ip", "link", "set", &n, "netns", &node.0]);
         sh(&["ip", "link", "set", &p, "netns", &ul.0]);
-        sh(&["ip", "-n", &ul.0, "link", "set", &p, "master", "br0", "up"]);
-        sh(&["ip", "-n", &node.0, "link", "set", &n, "up"]);
+        ul.ip(&["link", "set", &p, "master", "br0", "up"]);
+        node.ip(&["link", "set", &n, "up"]);
     }
     // Pods: their MTU leaves room for the Geneve overhead.
     let _va = Veth::new_in(&node_a, "slo-pa", "slo-pa-i", &pod_a, "10.244.1.5/16");
     let _vb = Veth::new_in(&node_b, "slo-pb", "slo-pb-i", &pod_b, "10.244.2.7/16");
     for (p, i) in [(&pod_a, "slo-pa-i"), (&pod_b, "slo-pb-i")] {
-        sh(&["ip", "-n", &p.0, "link", "set", i, "mtu", "1400"]);
+        p.ip(&["link", "set", i, "mtu", "1400"]);
     }
     let mac_a = pod_a.mac_of("slo-pa-i");
     let mac_b = pod_b.mac_of("slo-pb-i");
@@ -344,9 +335,7 @@ fn two_sluiced_nodes_carry_pod_traffic_over_geneve() {
     // MTU: with the pod MTU raised to 1500, a DF packet too big for the
     // tunnel gets ICMP fragmentation-needed with the tunnel's inner MTU
     // (1500 - 50 - 8 bytes of option = 1442) from the VTEP address.
-    sh(&[
-        "ip", "-n", &pod_a.0, "link", "set", "slo-pa-i", "mtu", "1500",
-    ]);
+    pod_a.ip(&["link", "set", "slo-pa-i", "mtu", "1500"]);
     let out = pod_a.exec(&[
         "ping",
         "-M",
@@ -364,9 +353,7 @@ fn two_sluiced_nodes_carry_pod_traffic_over_geneve() {
         text.contains("Frag needed") && text.contains("mtu = 1442"),
         "no ICMP fragmentation-needed for a too-big DF packet:\n{text}"
     );
-    sh(&[
-        "ip", "-n", &pod_a.0, "link", "set", "slo-pa-i", "mtu", "1400",
-    ]);
+    pod_a.ip(&["link", "set", "slo-pa-i", "mtu", "1400"]);
 
     let tunnels = appctl(PREFIX_A, &["dump-tunnels"]);
     assert!(
@@ -379,16 +366,7 @@ fn two_sluiced_nodes_carry_pod_traffic_over_geneve() {
     assert!(mtu.contains("pod mtu 1438"), "{mtu}");
 
     // Spoofing from pod A: another source IP is dropped and counted.
-    sh(&[
-        "ip",
-        "-n",
-        &pod_a.0,
-        "addr",
-        "add",
-        "10.244.1.99/16",
-        "dev",
-        "slo-pa-i",
-    ]);
+    pod_a.ip(&["addr", "add", "10.244.1.99/16", "dev", "slo-pa-i"]);
     assert!(
         !pod_a
             .exec(&[
@@ -667,32 +645,25 @@ fn interop_with_open_vswitch_userspace_geneve() {
     // (captured on a bridge port: DPDK af_packet sends bypass the qdisc, so
     // a node's own interface never shows its outgoing frames).
     let ul = Netns::new("slx-ul");
-    sh(&["ip", "-n", &ul.0, "link", "add", "br0", "type", "bridge"]);
-    sh(&["ip", "-n", &ul.0, "link", "set", "br0", "up"]);
+    ul.ip(&["link", "add", "br0", "type", "bridge"]);
+    ul.ip(&["link", "set", "br0", "up"]);
     for (node, n) in [(&node_s, "slx-uls"), (&node_o, "slx-ulo")] {
         let p = format!("{n}-p");
         sh(&["ip", "link", "add", n, "type", "veth", "peer", "name", &p]);
         sh(&["ip", "link", "set", n, "netns", &node.0]);
         sh(&["ip", "link", "set", &p, "netns", &ul.0]);
-        sh(&["ip", "-n", &ul.0, "link", "set", &p, "master", "br0", "up"]);
-        sh(&["ip", "-n", &node.0, "link", "set", n, "up"]);
+        ul.ip(&["link", "set", &p, "master", "br0", "up"]);
+        node.ip(&["link", "set", n, "up"]);
     }
     let _vs = Veth::new_in(&node_s, "slx-ps", "slx-ps-i", &pod_s, "10.245.1.5/16");
     let _vo = Veth::new_in(&node_o, "slx-po", "slx-po-i", &pod_o, "10.245.2.7/16");
-    sh(&[
-        "ip", "-n", &pod_s.0, "link", "set", "slx-ps-i", "mtu", "1400",
-    ]);
-    sh(&[
-        "ip", "-n", &pod_o.0, "link", "set", "slx-po-i", "mtu", "1400",
-    ]);
+    pod_s.ip(&["link", "set", "slx-ps-i", "mtu", "1400"]);
+    pod_o.ip(&["link", "set", "slx-po-i", "mtu", "1400"]);
     let mac_s = pod_s.mac_of("slx-ps-i");
     let mac_o = pod_o.mac_of("slx-po-i");
     let uplink_mac = node_s.mac_of("slx-uls");
     // The OVS pod reaches the Sluice pod through a fixed gateway MAC.
-    sh(&[
-        "ip",
-        "-n",
-        &pod_o.0,
+    pod_o.ip(&[
         "neigh",
         "add",
         "10.245.1.5",
@@ -778,17 +749,8 @@ fn interop_with_open_vswitch_userspace_geneve() {
     ovs.wait_port("br-phy", "ul");
     ovs.wait_port("br-int", "pod");
     ovs.wait_port("br-int", "gnv");
-    sh(&[
-        "ip",
-        "-n",
-        &node_o.0,
-        "addr",
-        "add",
-        "192.168.78.2/24",
-        "dev",
-        "br-phy",
-    ]);
-    sh(&["ip", "-n", &node_o.0, "link", "set", "br-phy", "up"]);
+    node_o.ip(&["addr", "add", "192.168.78.2/24", "dev", "br-phy"]);
+    node_o.ip(&["link", "set", "br-phy", "up"]);
     ovs.run(
         "ovs-appctl",
         &["tnl/neigh/set", "br-phy", "192.168.78.1", &uplink_mac],
@@ -871,26 +833,8 @@ fn host_exception_path_moves_node_addresses_to_the_tap_and_back() {
     let node = Netns::new("slh-node");
     let gw = Netns::new("slh-gw");
     let _v = Veth::new_in(&node, "slh-up", "slh-gw-i", &gw, "192.168.79.1/24");
-    sh(&[
-        "ip",
-        "-n",
-        &node.0,
-        "addr",
-        "add",
-        "192.168.79.10/24",
-        "dev",
-        "slh-up",
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &node.0,
-        "route",
-        "add",
-        "default",
-        "via",
-        "192.168.79.1",
-    ]);
+    node.ip(&["addr", "add", "192.168.79.10/24", "dev", "slh-up"]);
+    node.ip(&["route", "add", "default", "via", "192.168.79.1"]);
     assert!(ping_ok(&node, "192.168.79.1", 1), "baseline ping failed");
 
     // "API server" in the gateway namespace: a TCP echo server. The node

@@ -90,34 +90,23 @@ impl Db {
 
     /// The `Logical_Port` named `name`, if any.
     pub fn port(&self, name: &str) -> Result<Option<LogicalPort>, CniError> {
-        let out = self
-            .client
-            .transact(
-                &Transaction::new(DB).select(LogicalPort::TABLE, vec![Condition::eq("name", name)]),
-            )
-            .map_err(|e| self.failed("read Logical_Port", &e))?;
-        let rows = out
-            .results
-            .first()
-            .and_then(|r| r.rows())
-            .unwrap_or_default();
-        rows.first()
-            .map(LogicalPort::from_row)
-            .transpose()
-            .map_err(|e| self.failed("read Logical_Port", &e))
+        let ports = self.select_ports(vec![Condition::eq("name", name)])?;
+        Ok(ports.into_iter().next())
     }
 
     /// Every `Logical_Port` this plugin wrote for network `network`.
     pub fn ports_of(&self, network: &str) -> Result<Vec<LogicalPort>, CniError> {
+        self.select_ports(vec![Condition::includes(
+            "external_ids",
+            Datum::map([(key::NETWORK, network)]),
+        )])
+    }
+
+    /// The `Logical_Port` rows that match every condition of `conditions`.
+    fn select_ports(&self, conditions: Vec<Condition>) -> Result<Vec<LogicalPort>, CniError> {
         let out = self
             .client
-            .transact(&Transaction::new(DB).select(
-                LogicalPort::TABLE,
-                vec![Condition::includes(
-                    "external_ids",
-                    Datum::map([(key::NETWORK, network)]),
-                )],
-            ))
+            .transact(&Transaction::new(DB).select(LogicalPort::TABLE, conditions))
             .map_err(|e| self.failed("read Logical_Port", &e))?;
         let rows = out
             .results

@@ -213,7 +213,9 @@ enum Undo {
     Row(String),
 }
 
-fn add(env: &Env, conf: &NetConf) -> Result<Attachment, CniError> {
+/// `CNI_NETNS`, which must exist (ADD and CHECK need the container's
+/// namespace).
+fn existing_netns(env: &Env) -> Result<String, CniError> {
     let netns = env.netns.clone().unwrap_or_default();
     if !link::netns_exists(&netns) {
         return Err(CniError::new(
@@ -222,6 +224,11 @@ fn add(env: &Env, conf: &NetConf) -> Result<Attachment, CniError> {
             format!("CNI_NETNS {netns} cannot be opened"),
         ));
     }
+    Ok(netns)
+}
+
+fn add(env: &Env, conf: &NetConf) -> Result<Attachment, CniError> {
+    existing_netns(env)?;
     let db = Db::connect(&conf.nestdb)?;
     let name = db::port_name(&env.container_id, &env.ifname);
     if db.port(&name)?.is_some() {
@@ -437,14 +444,7 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         )
     })?;
     let prev = spec::parse_prev_result(&prev_value, &env.ifname)?;
-    let netns = env.netns.clone().unwrap_or_default();
-    if !link::netns_exists(&netns) {
-        return Err(CniError::new(
-            code::UNKNOWN_CONTAINER,
-            "the container's network namespace does not exist",
-            format!("CNI_NETNS {netns} cannot be opened"),
-        ));
-    }
+    let netns = existing_netns(env)?;
     let db = Db::connect(&conf.nestdb)?;
     let name = db::port_name(&env.container_id, &env.ifname);
     let row = db.port(&name)?.ok_or_else(|| {

@@ -15,7 +15,7 @@ pub mod podman;
 pub mod stack;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -82,11 +82,11 @@ pub fn wait_until<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
     sluice_testkit::wait_until(what, WAIT, f)
 }
 
-/// A nestdb-server with the node schema in a temporary directory; killed
+/// A nestdb-server with the node schema in a temporary directory; stopped
 /// on drop.
 pub struct Nestdb {
+    server: sluice_testkit::node::Nestdb,
     pub dir: tempfile::TempDir,
-    child: Child,
 }
 
 impl Nestdb {
@@ -97,26 +97,9 @@ impl Nestdb {
             .prefix("sluice-cni")
             .tempdir()
             .unwrap();
-        let schema =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nestdb/sluice.ovsschema");
-        let sock = dir.path().join("nestdb.sock");
-        let child = Command::new(nestdb_bin().expect("nestdb-server"))
-            .arg(dir.path().join("node.db"))
-            .arg("--schema")
-            .arg(&schema)
-            .arg(format!("--remote=punix:{}", sock.display()))
-            .arg(format!(
-                "--unixctl={}",
-                dir.path().join("nestdb.ctl").display()
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("nestdb.stderr")).unwrap())
-            .spawn()
-            .expect("start nestdb-server");
-        let mut db = Nestdb { dir, child };
-        let log = db.dir.path().join("nestdb.stderr");
-        sluice_testkit::wait_for_listener(&mut db.child, "nestdb-server", &sock, &log, WAIT);
+        let bin = nestdb_bin().expect("nestdb-server");
+        let server = sluice_testkit::node::Nestdb::start(&bin, dir.path(), "nestdb");
+        let db = Nestdb { server, dir };
         if configured {
             let cfg = NodeConfig {
                 uplink_port: "net_null0".into(),
@@ -134,11 +117,11 @@ impl Nestdb {
     }
 
     pub fn remote(&self) -> String {
-        format!("unix:{}", self.dir.path().join("nestdb.sock").display())
+        self.server.remote()
     }
 
     pub fn client(&self) -> Client {
-        Client::connect(&self.remote()).expect("connect to nestdb-server")
+        self.server.client()
     }
 
     /// The `Logical_Port` named `name`.
@@ -158,16 +141,7 @@ impl Nestdb {
 
     /// Every `Logical_Port`.
     pub fn ports(&self) -> Vec<LogicalPort> {
-        let out = self
-            .client()
-            .transact(&Transaction::new(DB).select(LogicalPort::TABLE, vec![]))
-            .unwrap();
-        out.results[0]
-            .rows()
-            .unwrap()
-            .iter()
-            .map(|r| LogicalPort::from_row(r).unwrap())
-            .collect()
+        sluice_testkit::rows::select(&self.client())
     }
 
     /// The IPAM data directory of this test.
@@ -192,13 +166,6 @@ impl Nestdb {
             "ipam": {"type": "host-local", "dataDir": self.ipam_dir().display().to_string()},
             "dns": {"nameservers": ["10.96.0.10"], "search": ["default.svc.cluster.local"]},
         })
-    }
-}
-
-impl Drop for Nestdb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

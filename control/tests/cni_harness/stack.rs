@@ -5,11 +5,10 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc::Receiver;
-use std::time::Instant;
 
 use sluice_api::node::{NodeProgram, NodeStatus, QueryNodeProgram, QueryNodeStatus};
 use sluice_api::Empty;
+use sluice_testkit::node::SluicedIni;
 use sluice_testkit::{sh, sh_quiet};
 
 use super::{ready, report_skip, Nestdb, WAIT};
@@ -42,48 +41,17 @@ impl Drop for UplinkVeth {
 
 pub use sluice_testkit::{built_binary as built, Daemon};
 
-/// Starts sluiced and waits for its `ready` event.
+/// Starts sluiced (in the root namespace, uplink [`UPLINK`], host port
+/// `slce-host`) and waits for its `ready` event.
 pub fn start_sluiced(dir: &Path, ctl: &Path, prefix: &str) -> Daemon {
-    let ini = dir.join("sluiced.ini");
-    std::fs::write(
-        &ini,
-        format!(
-            "[coe]\nnode_type = 'BAREMETAL'\n[nsx_node_agent]\novs_bridge = br-int\novs_uplink_port = uplink\n\
-             [datapath]\ncores = {}\nmain_core = 0\nfile_prefix = {prefix}\nhugepages = auto\nmbufs = 8192\n\
-             ctl_socket = {}\nhost_port = host\n\
-             [port:uplink]\ndevargs = net_af_packet0,iface={UPLINK}\nofport = 1\n\
-             [port:host]\ndevargs = net_tap0,iface=slce-host\nofport = 2\n",
-            sluice_testkit::last_allowed_cpu(),
-            ctl.display()
-        ),
-    )
-    .unwrap();
-    let log = dir.join("sluiced.log");
-    let mut cmd = Command::new(built("sluiced").unwrap());
-    cmd.arg("--config").arg(&ini).stdout(Stdio::piped());
-    let mut d = Daemon::spawn(cmd, "sluiced", &log);
-    let rx = sluice_testkit::lines_of(d.child().stdout.take().unwrap());
-    wait_ready(&mut d, &rx);
-    d
-}
-
-fn wait_ready(d: &mut Daemon, rx: &Receiver<String>) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                if v["event"] == "ready" {
-                    return;
-                }
-            }
-            Err(_) => {
-                d.alive();
-                panic!("sluiced gave no ready event within {WAIT:?}:\n{}", d.log());
-            }
-        }
-    }
+    let ini = SluicedIni {
+        prefix,
+        ctl,
+        uplink_if: UPLINK,
+        host_if: "slce-host",
+    };
+    let bin = built("sluiced").expect("the sluiced binary");
+    sluice_testkit::node::start_sluiced(&bin, &ini.render(), None, dir, "sluiced")
 }
 
 pub fn start_agent(dir: &Path, db: &Nestdb, ctl: &Path) -> Daemon {

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use hashbrown::HashMap;
+use sluice_api::node::{NodeProgram, NodeSettings};
 
 use super::api::{EndpointSpec, ServiceSpec, ServiceUpdate, UpdateSummary};
 use super::{lock, proto_name, AFFINITY_SHARDS, SEC, SHARDS};
@@ -280,7 +281,40 @@ pub struct Services {
     pub(super) inner: Arc<Inner>,
 }
 
+impl ServiceConfig {
+    /// The Service table's settings from a node program's settings: node
+    /// addresses, NodePort range, masquerade address (unspecified when
+    /// none), cluster CIDRs (network form) and zone.
+    pub fn for_settings(s: &NodeSettings) -> ServiceConfig {
+        ServiceConfig {
+            node_addresses: s.node_ips.clone(),
+            node_port_range: s.node_port_range,
+            masquerade_ip: s.masquerade_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            cluster_cidrs: s
+                .cluster_cidrs
+                .iter()
+                .map(|c| (c.network(), c.prefix_len))
+                .collect(),
+            node_zone: s.zone.clone(),
+        }
+    }
+}
+
 impl Services {
+    /// A table configured from `program`'s settings
+    /// ([`ServiceConfig::for_settings`]) holding its Services: what a
+    /// node commit of `program` onto an empty sluiced makes of them.
+    pub fn for_program(program: &NodeProgram) -> Result<Services, ServiceError> {
+        let services = Services::new(ServiceConfig::for_settings(&program.settings));
+        let update = ServiceUpdate {
+            upsert: program.services.values().cloned().collect(),
+            delete: vec![],
+            flush_removed_endpoints: false,
+        };
+        services.apply(&update, None)?;
+        Ok(services)
+    }
+
     /// An empty table.
     pub fn new(config: ServiceConfig) -> Services {
         Services {

@@ -63,28 +63,14 @@ impl ServiceNet {
             let pod = &pods[i];
             let v = Veth::new_in(&node, &outer, &inner, pod, &format!("{net}.{host}/24"));
             let mac = format!("{mac}:{host:02}");
-            sh(&[
-                "ip", "-n", &pod.0, "link", "set", "dev", &inner, "address", &mac,
-            ]);
+            pod.ip(&["link", "set", "dev", &inner, "address", &mac]);
             v
         });
         let [c, a, b] = pods;
         let client_dev = format!("{tag}-ci");
-        sh(&[
-            "ip",
-            "-n",
-            &c.0,
-            "route",
-            "add",
-            "10.96.0.0/16",
-            "dev",
-            &client_dev,
-        ]);
+        c.ip(&["route", "add", "10.96.0.0/16", "dev", &client_dev]);
         let next_hop = format!("{mac}:99");
-        sh(&[
-            "ip",
-            "-n",
-            &c.0,
+        c.ip(&[
             "neigh",
             "replace",
             "10.96.0.10",

@@ -998,7 +998,7 @@ pub fn apply(old: &NodeProgram, changes: &NodeChanges) -> NodeProgram {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::{EndpointSpec, Protocol, TrafficPolicy};
+    use crate::service::{EndpointSpec, Protocol};
     use proptest::prelude::*;
 
     fn flow(table: u8, priority: u16, m: &str, cookie: u64, actions: &str) -> Flow {
@@ -1012,32 +1012,14 @@ mod tests {
     }
 
     fn svc(name: &str, vip: [u8; 4], eps: &[[u8; 4]]) -> ServiceSpec {
-        ServiceSpec {
-            name: name.into(),
-            protocol: Protocol::Tcp,
-            port: 80,
-            cluster_ips: vec![vip.into()],
-            node_port: None,
-            external_ips: vec![],
-            load_balancer_ips: vec![],
-            session_affinity_seconds: None,
-            internal_traffic_policy: TrafficPolicy::Cluster,
-            external_traffic_policy: TrafficPolicy::Cluster,
-            topology_aware: false,
-            endpoints: eps
-                .iter()
-                .map(|&ip| EndpointSpec {
-                    ip: ip.into(),
-                    port: 8080,
-                    ready: true,
-                    serving: Some(true),
-                    terminating: false,
-                    node_local: false,
-                    zone: None,
-                    for_zones: vec![],
-                })
-                .collect(),
-        }
+        let endpoints = eps
+            .iter()
+            .map(|&ip| EndpointSpec {
+                serving: Some(true),
+                ..EndpointSpec::ready(ip.into(), 8080)
+            })
+            .collect();
+        ServiceSpec::cluster_ip(name, Protocol::Tcp, vip.into(), 80, endpoints)
     }
 
     fn sample() -> NodeProgram {

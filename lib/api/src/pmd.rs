@@ -80,11 +80,7 @@ impl Render for PmdStatsReply {
         let mut s = String::new();
         for p in &self.pmds {
             let total = (p.busy_cycles + p.idle_cycles).max(1) as f64;
-            s += &format!(
-                "pmd thread index {}{}:\n",
-                p.index,
-                p.core.map(|c| format!(" core_id {c}")).unwrap_or_default()
-            );
+            s += &pmd_heading(p.index, p.core);
             s += &format!("  packets received: {}\n", p.rx_packets);
             s += &format!("  packets sent: {}\n", p.tx_packets);
             s += &format!("  packet recirculations: {}\n", p.recirculations);
@@ -165,6 +161,15 @@ pub struct PmdRxqs {
     pub queues: Vec<RxQueue>,
 }
 
+/// The line that opens one PMD's part of a reply, as OVS writes it:
+/// `pmd thread index N core_id C:` (no core id when it is not pinned).
+fn pmd_heading(index: usize, core: Option<usize>) -> String {
+    match core {
+        Some(c) => format!("pmd thread index {index} core_id {c}:\n"),
+        None => format!("pmd thread index {index}:\n"),
+    }
+}
+
 /// `pmd-rxq-show` reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PmdRxqReply {
@@ -176,11 +181,7 @@ impl Render for PmdRxqReply {
     fn render(&self) -> String {
         let mut s = String::new();
         for p in &self.pmds {
-            s += &format!(
-                "pmd thread index {}{}:\n",
-                p.index,
-                p.core.map(|c| format!(" core_id {c}")).unwrap_or_default()
-            );
+            s += &pmd_heading(p.index, p.core);
             for q in &p.queues {
                 s += &format!(
                     "  port: {:<16} queue-id: {:>2} (ofport {}{})\n",
@@ -210,7 +211,7 @@ impl Render for CacheDump {
     fn render(&self) -> String {
         let mut s = String::new();
         for (i, t) in self.pmds.iter().enumerate() {
-            s += &format!("pmd thread index {i}:\n");
+            s += &pmd_heading(i, None);
             s += t;
         }
         s
@@ -269,11 +270,7 @@ impl Render for PmdPerfReply {
     fn render(&self) -> String {
         let mut s = String::new();
         for p in &self.pmds {
-            s += &format!(
-                "pmd thread index {}{}:\n",
-                p.index,
-                p.core.map(|c| format!(" core_id {c}")).unwrap_or_default()
-            );
+            s += &pmd_heading(p.index, p.core);
             let rx = p.rx_packets.max(1) as f64;
             let busy = p.busy_cycles.max(1) as f64;
             s += &format!(

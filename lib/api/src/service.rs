@@ -99,6 +99,23 @@ pub struct EndpointSpec {
     pub for_zones: Vec<String>,
 }
 
+impl EndpointSpec {
+    /// A ready endpoint at `ip`:`port`: serving as it is ready, not
+    /// terminating, not node-local, no zone and no zone hints.
+    pub fn ready(ip: Ipv4Addr, port: u16) -> EndpointSpec {
+        EndpointSpec {
+            ip,
+            port,
+            ready: true,
+            serving: None,
+            terminating: false,
+            node_local: false,
+            zone: None,
+            for_zones: Vec::new(),
+        }
+    }
+}
+
 /// One Service port, as the control agent sends it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -139,6 +156,35 @@ pub struct ServiceSpec {
     /// Endpoints.
     #[serde(default)]
     pub endpoints: Vec<EndpointSpec>,
+}
+
+impl ServiceSpec {
+    /// A ClusterIP Service `name` at `cluster_ip`:`port` over `protocol`
+    /// with `endpoints`: no node port, external or LoadBalancer addresses,
+    /// no session affinity, both traffic policies `Cluster`, no
+    /// topology-aware routing.
+    pub fn cluster_ip(
+        name: impl Into<String>,
+        protocol: Protocol,
+        cluster_ip: Ipv4Addr,
+        port: u16,
+        endpoints: Vec<EndpointSpec>,
+    ) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            protocol,
+            port,
+            cluster_ips: vec![cluster_ip],
+            node_port: None,
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            session_affinity_seconds: None,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            external_traffic_policy: TrafficPolicy::Cluster,
+            topology_aware: false,
+            endpoints,
+        }
+    }
 }
 
 /// One atomic batch of Service changes.

@@ -3,7 +3,8 @@
 //! tool detection, shell commands, binaries built beside the test, daemon
 //! processes stopped on drop ([`Daemon`]), network namespaces and veth pairs that
 //! remove themselves on drop ([`Netns`], [`Veth`]), bounded waits that fail
-//! with a message ([`wait_until`]), the helpers of the hostile-client
+//! with a message ([`wait_until`]), the processes of a node stack
+//! (nestdb-server, sluiced: [`node`]), the helpers of the hostile-client
 //! tests ([`hostile`]) and, with feature `node-rows`, rows of the node
 //! schema (`rows`).
 //!
@@ -22,6 +23,7 @@ use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 pub mod hostile;
+pub mod node;
 pub mod prometheus;
 #[cfg(feature = "node-rows")]
 pub mod rows;
@@ -58,6 +60,26 @@ pub fn is_root() -> bool {
                 .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
         })
         .unwrap_or(false)
+}
+
+/// [`is_root`], or false with the skip line `SKIPPED <test file>: <why>`.
+/// Expands `file!()` and `env!("CARGO_TARGET_TMPDIR")` in the calling
+/// test: `if !root_or_skip!("needs root (namespaces, DPDK)") { return; }`
+#[macro_export]
+macro_rules! root_or_skip {
+    ($why:expr) => {
+        $crate::root_or_skip(env!("CARGO_TARGET_TMPDIR"), file!(), $why)
+    };
+}
+
+/// What [`root_or_skip!`] does, with the target's tmp directory and the
+/// test's file given.
+pub fn root_or_skip(target_tmpdir: &str, test: &str, why: &str) -> bool {
+    let root = is_root();
+    if !root {
+        record_skip(target_tmpdir, &format!("SKIPPED {test}: {why}"));
+    }
+    root
 }
 
 /// True when `tool` is on PATH.
@@ -111,16 +133,30 @@ pub fn free_port() -> u16 {
 /// Polls `f` until it returns `Some`, failing the test with `what` after
 /// `limit`. Between polls it yields for 10 ms: the bound, not the pause,
 /// is what the test relies on.
-pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_until<T>(what: &str, limit: Duration, f: impl FnMut() -> Option<T>) -> T {
+    wait_until_logged(what, limit, String::new, f)
+}
+
+/// [`wait_until`], failing with `logs()` (what the processes under test
+/// wrote) after the message.
+pub fn wait_until_logged<T>(
+    what: &str,
+    limit: Duration,
+    logs: impl Fn() -> String,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
             return v;
         }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
+        if start.elapsed() >= limit {
+            let logs = logs();
+            if logs.is_empty() {
+                panic!("timed out after {limit:?} waiting for {what}");
+            }
+            panic!("timed out after {limit:?} waiting for {what}; logs:\n{logs}");
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -130,6 +166,43 @@ pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<
 pub fn built_binary(name: &str) -> Option<PathBuf> {
     let p = std::env::current_exe().ok()?.parent()?.parent()?.join(name);
     p.is_file().then_some(p)
+}
+
+/// [`built_binary`], or `None` with a skip line naming the test and the
+/// command that builds it. Expands `file!()` and
+/// `env!("CARGO_TARGET_TMPDIR")` in the calling test:
+/// `let Some(bin) = built_or_skip!("sluiced", "cargo build -p sluice-datapath --bin sluiced") else { return };`
+/// With several names, `built_or_skip!(["nestdb-server", "sluiced"], how)`
+/// gives all their paths or `None` with a skip line for the first one
+/// missing.
+#[macro_export]
+macro_rules! built_or_skip {
+    ([$($name:expr),+ $(,)?], $how:expr) => {
+        (|| Some([$($crate::built_binary_or_skip(
+            env!("CARGO_TARGET_TMPDIR"), file!(), $name, $how
+        )?),+]))()
+    };
+    ($name:expr, $how:expr) => {
+        $crate::built_binary_or_skip(env!("CARGO_TARGET_TMPDIR"), file!(), $name, $how)
+    };
+}
+
+/// What [`built_or_skip!`] does, with the target's tmp directory and the
+/// test's file given.
+pub fn built_binary_or_skip(
+    target_tmpdir: &str,
+    test: &str,
+    name: &str,
+    how: &str,
+) -> Option<PathBuf> {
+    let p = built_binary(name);
+    if p.is_none() {
+        record_skip(
+            target_tmpdir,
+            &format!("SKIPPED {test}: {name} is not built ({how})"),
+        );
+    }
+    p
 }
 
 /// The last CPU this process may run on (a PMD core for a test sluiced).
@@ -166,17 +239,30 @@ pub fn wait_for_listener(child: &mut Child, what: &str, sock: &Path, log: &Path,
 
 /// The lines a child writes to `out` (its stdout, taken from the
 /// `Child`), sent by a thread as they come; the channel closes when the
-/// child closes it, and the thread stops when the receiver is dropped.
+/// child closes it. Once the receiver is dropped the thread goes on
+/// reading and discarding until then, so the child never writes into a
+/// closed pipe (a Rust daemon's `println!` panics on EPIPE).
 pub fn lines_of(out: impl Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = channel();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
+            let _ = tx.send(line);
         }
     });
     rx
+}
+
+/// The files `names` of `dir` (the logs of the processes under test), each
+/// headed by `--- NAME`, for a failure message; a missing file is empty.
+pub fn logs_of(dir: &Path, names: &[&str]) -> String {
+    let mut s = String::new();
+    for f in names {
+        s += &format!(
+            "--- {f}\n{}\n",
+            std::fs::read_to_string(dir.join(f)).unwrap_or_default()
+        );
+    }
+    s
 }
 
 /// A daemon child process whose stderr goes to a log file: on drop it gets
@@ -188,11 +274,26 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `cmd` (stdin closed, stderr to `log`); stdout is left as
-    /// `cmd` set it.
-    pub fn spawn(mut cmd: Command, what: &str, log: &Path) -> Daemon {
+    /// Starts `cmd` (stdin closed, stderr to `log`, which it empties);
+    /// stdout is left as `cmd` set it.
+    pub fn spawn(cmd: Command, what: &str, log: &Path) -> Daemon {
         let err =
             std::fs::File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+        Self::spawn_to(cmd, what, log, err)
+    }
+
+    /// [`Daemon::spawn`], appending to `log`: a daemon restarted by the
+    /// test keeps what its earlier runs wrote.
+    pub fn spawn_appending(cmd: Command, what: &str, log: &Path) -> Daemon {
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap_or_else(|e| panic!("open {}: {e}", log.display()));
+        Self::spawn_to(cmd, what, log, err)
+    }
+
+    fn spawn_to(mut cmd: Command, what: &str, log: &Path, err: std::fs::File) -> Daemon {
         let child = cmd
             .stdin(Stdio::null())
             .stderr(err)
@@ -203,6 +304,11 @@ impl Daemon {
             what: what.to_string(),
             log: log.to_path_buf(),
         }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
     }
 
     /// The process (for its pipes and its exit status).
@@ -221,15 +327,44 @@ impl Daemon {
             panic!("{} exited with {st}:\n{}", self.what, self.log());
         }
     }
+
+    /// SIGKILLs the process and reaps it (a crash, for the tests of what
+    /// survives one).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERMs the process and waits (at most `limit`) for its exit,
+    /// failing the test with the log if it does not exit in time.
+    pub fn stop(mut self, limit: Duration) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        self.terminate();
+        wait_until(
+            &format!("{} to exit after SIGTERM", self.what),
+            limit,
+            || self.child.try_wait().ok().flatten(),
+        );
+    }
+
+    fn terminate(&mut self) {
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child's pid; callers check that it
+            // is not reaped yet (`try_wait` gave no status), so the pid
+            // cannot name another process.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: kill(2) on our own child's pid; it is not reaped until
-            // the wait below, so the pid cannot name another process.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return; // exited (or killed) and reaped already
         }
+        self.terminate();
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -252,6 +387,14 @@ impl Netns {
         sh(&["ip", "netns", "add", name]);
         sh(&["ip", "-n", name, "link", "set", "lo", "up"]);
         Netns(name.to_string())
+    }
+
+    /// Runs `ip -n NAME ARGS…` (an iproute2 command on the namespace),
+    /// panicking with its stderr when it fails; returns stdout.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["ip", "-n", &self.0];
+        all.extend_from_slice(args);
+        sh(&all)
     }
 
     /// Runs a command inside the namespace.
@@ -340,14 +483,14 @@ impl Veth {
         match node {
             Some(n) => {
                 sh(&["ip", "link", "set", outer, "netns", &n.0]);
-                sh(&["ip", "-n", &n.0, "link", "set", outer, "up"]);
+                n.ip(&["link", "set", outer, "up"]);
             }
             None => {
                 sh(&["ip", "link", "set", outer, "up"]);
             }
         }
-        sh(&["ip", "-n", &ns.0, "addr", "add", addr, "dev", inner]);
-        sh(&["ip", "-n", &ns.0, "link", "set", inner, "up"]);
+        ns.ip(&["addr", "add", addr, "dev", inner]);
+        ns.ip(&["link", "set", inner, "up"]);
         sh_quiet(&[
             "ip", "netns", "exec", &ns.0, "ethtool", "-K", inner, "tx", "off",
         ]);

@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use nestdb_client::node::{
     Endpoint, LogicalPort, NodeConfig, NodeType, Protocol, RemoteNode, Service, ServicePort,
-    ServiceType, SessionAffinity, TrafficPolicy,
+    ServiceType, SessionAffinity, TrafficPolicy, DB,
 };
-use nestdb_client::{Replica, Row, RowChange, Schema, TableRow, Uuid};
+use nestdb_client::{Datum, Replica, Row, RowChange, Schema, TableRow, Transaction, Uuid};
 use serde_json::{json, Map, Value};
 
 /// The node schema the rows belong to.
@@ -153,6 +153,105 @@ pub fn endpoint(
         zone_hints: BTreeSet::new(),
         external_ids: BTreeMap::new(),
     }
+}
+
+/// One transaction inserting the ClusterIP Services `svc-I` (namespace
+/// `default`) for I in `services`, for the size probes: each has one TCP
+/// port 80 → 8080 (row named `pI`), its cluster IP `cluster_ip(I)` (row
+/// named `sI`), and `eps` ready, serving, non-local endpoints, endpoint E
+/// at `endpoint_ip(I, E)`. The operations go port, Service, endpoints,
+/// Service after Service, so the results give each row's UUID in that
+/// order.
+pub fn services_txn(
+    services: std::ops::Range<u32>,
+    eps: u32,
+    cluster_ip: impl Fn(u32) -> String,
+    endpoint_ip: impl Fn(u32, u32) -> String,
+) -> Transaction {
+    let mut txn = Transaction::new(DB);
+    for i in services {
+        let (sp, sv) = (format!("p{i}"), format!("s{i}"));
+        txn = txn
+            .insert(
+                "Service_Port",
+                nestdb_client::row([
+                    ("protocol", Datum::from("TCP")),
+                    ("port", Datum::from(80i64)),
+                    ("target_port", Datum::from(8080i64)),
+                ]),
+            )
+            .named(&sp)
+            .insert(
+                "Service",
+                nestdb_client::row([
+                    ("name", Datum::from(format!("svc-{i}"))),
+                    ("namespace", Datum::from("default")),
+                    ("type", Datum::from("ClusterIP")),
+                    ("cluster_ips", Datum::from(cluster_ip(i))),
+                    ("ports", Datum::named_uuid(&sp)),
+                    ("session_affinity", Datum::from("None")),
+                    ("internal_traffic_policy", Datum::from("Cluster")),
+                    ("external_traffic_policy", Datum::from("Cluster")),
+                ]),
+            )
+            .named(&sv);
+        for e in 0..eps {
+            txn = txn.insert(
+                "Endpoint",
+                nestdb_client::row([
+                    ("service", Datum::named_uuid(&sv)),
+                    ("ip", Datum::from(endpoint_ip(i, e))),
+                    ("ready", Datum::from(true)),
+                    ("serving", Datum::from(true)),
+                    ("terminating", Datum::from(false)),
+                    ("is_local", Datum::from(false)),
+                ]),
+            );
+        }
+    }
+    txn
+}
+
+/// Every row of table `T` the server holds, typed.
+pub fn select<T: TableRow>(db: &nestdb_client::Client) -> Vec<T> {
+    let out = db
+        .transact(&Transaction::new(DB).select(T::TABLE, vec![]))
+        .unwrap_or_else(|e| panic!("select {}: {e}", T::TABLE));
+    out.results[0]
+        .rows()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| T::from_row(r).unwrap_or_else(|e| panic!("a {} row: {e}", T::TABLE)))
+        .collect()
+}
+
+/// The real `ovsdb-client transact` of `ops` (JSON operations) on the node
+/// database at `remote`; its reply. Fails the test if the tool fails or an
+/// operation has an error.
+pub fn ovsdb_client_transact(remote: &str, ops: &[Value]) -> Value {
+    let mut txn = vec![json!(DB)];
+    txn.extend(ops.iter().cloned());
+    let out = std::process::Command::new("ovsdb-client")
+        .args(["transact", remote])
+        .arg(Value::Array(txn).to_string())
+        .output()
+        .expect("run ovsdb-client");
+    assert!(
+        out.status.success(),
+        "ovsdb-client transact failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "ovsdb-client transact printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let ok = v
+        .as_array()
+        .is_some_and(|rs| rs.iter().all(|r| r.get("error").is_none()));
+    assert!(ok, "transaction failed: {v}");
+    v
 }
 
 /// A monitor dump (`{table: {uuid: {"initial": row}}}`) of typed rows,
