@@ -24,6 +24,8 @@
 //!   (the slow path through a 10k-route table).
 //! - `pipeline/burst32_l2_1k_flows`: a 1000-MAC `in_port,dl_dst` table and
 //!   1000 flows, one per MAC, in steady state.
+//! - `special_compile/{10000,100000}`: compiling a table of that many /32
+//!   routes into its specialised index (linear in the table).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -32,6 +34,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use sluice_datapath::classifier::emc::Emc;
 use sluice_datapath::classifier::megaflow::MegaflowCache;
 use sluice_datapath::classifier::slowpath::{translate, Xlate};
+use sluice_datapath::classifier::special;
 use sluice_datapath::flow::key::{extract, Field, FlowKey};
 use sluice_datapath::flow::tables::FlowTables;
 use sluice_datapath::packet::{Burst, HeapBuf, Output, PacketBuf, PortNo};
@@ -461,6 +464,34 @@ fn bench_program(c: &mut Criterion) {
     g.finish();
 }
 
+/// Compiling one table into its specialised index
+/// (`classifier::special::compile`): 10k /24 routes (the l3 program) and
+/// 100k /32 host routes, to show the cost is linear in the table.
+fn bench_special_compile(c: &mut Criterion) {
+    let mut g = c.benchmark_group("special_compile");
+    g.sample_size(10);
+    for n in [10_000u32, 100_000] {
+        let t = FlowTables::new();
+        let flows: String = (0..n)
+            .map(|i| {
+                format!(
+                    "priority=32,ip,nw_dst=10.{}.{}.{} actions=output:2\n",
+                    i >> 16,
+                    (i >> 8) & 255,
+                    i & 255
+                )
+            })
+            .collect();
+        t.add_flows(&flows, 0).expect("program");
+        let prog = t.program();
+        assert!(special::compile(&prog.tables[0]).is_some());
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| special::compile(black_box(&prog.tables[0])).is_some())
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     bench_program,
@@ -471,6 +502,7 @@ criterion_group!(
     bench_slowpath,
     bench_pipeline,
     bench_l3_10k,
-    bench_l2_1k
+    bench_l2_1k,
+    bench_special_compile
 );
 criterion_main!(benches);

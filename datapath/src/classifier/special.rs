@@ -381,7 +381,7 @@ mod tests {
     /// the second pass has no upcall at all.
     #[test]
     fn pktgen_l3_repeats_without_upcalls() {
-        use crate::packet::{Burst, HeapBuf, Output, PacketBuf};
+        use crate::packet::{Burst, HeapBuf, Output};
         use crate::pipeline::flow::{FlowPipeline, FlowPipelineConfig};
         use crate::pipeline::Pipeline;
         const ROUTES: u32 = 10_000;
