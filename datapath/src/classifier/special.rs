@@ -186,10 +186,16 @@ fn compile_rules(rules: &[Arc<Rule>], min_rules: usize) -> Option<SpecialTable> 
     for (i, r) in body.iter().enumerate() {
         let mask = r.spec.m.mask();
         if groups.last().is_none_or(|g| g.mask != *mask) {
+            // Sized for the whole run of this mask: no rehash, which would
+            // re-read every rule's key.
+            let run = body[i..]
+                .iter()
+                .take_while(|r| r.spec.m.mask() == mask)
+                .count();
             groups.push(Group {
                 mask: *mask,
                 words: mask.nonzero_words().into_boxed_slice(),
-                index: HashTable::new(),
+                index: HashTable::with_capacity(run),
             });
         }
         let g = groups.last_mut()?;
