@@ -19,6 +19,13 @@
 //!   always-insert (`_always_insert`). Each recycled frame is restored from
 //!   its original (a 60-byte copy, like net_pcap's) so that it keeps
 //!   matching its route.
+//! - `pipeline/burst32_l3_10k_cold_upcalls`: the same program and stream
+//!   with no EMC and a one-entry megaflow cache: every packet is an upcall
+//!   (the slow path through a 10k-route table).
+//! - `pipeline/burst32_l2_1k_flows`: a 1000-MAC `in_port,dl_dst` table and
+//!   1000 flows, one per MAC, in steady state.
+//! - `special_compile/{10000,100000}`: compiling a table of that many /32
+//!   routes into its specialised index (linear in the table).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -27,6 +34,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use sluice_datapath::classifier::emc::Emc;
 use sluice_datapath::classifier::megaflow::MegaflowCache;
 use sluice_datapath::classifier::slowpath::{translate, Xlate};
+use sluice_datapath::classifier::special;
 use sluice_datapath::flow::key::{extract, Field, FlowKey};
 use sluice_datapath::flow::tables::FlowTables;
 use sluice_datapath::packet::{Burst, HeapBuf, Output, PacketBuf, PortNo};
@@ -311,6 +319,114 @@ fn bench_l3_10k(c: &mut Criterion) {
         g.bench_function(name, |b| b.iter(|| step(&mut p)));
     }
     g.finish();
+    // Cold: no EMC and a megaflow cache of one entry (each install flushes
+    // it), so every packet of the stream is an upcall through the 10k-route
+    // table: the cost of a slow-path translation in a routing table.
+    let mut p = FlowPipeline::new(
+        t.clone(),
+        FlowPipelineConfig {
+            ports: (1..=4).map(PortNo).collect(),
+            emc_insert_inv_prob: 0,
+            megaflow_capacity: 1,
+            ..FlowPipelineConfig::default()
+        },
+    );
+    let chunks: Vec<&[Vec<u8>]> = frames.chunks(32).collect();
+    let mut bursts: Vec<Burst<HeapBuf>> = chunks
+        .iter()
+        .map(|fs| {
+            let mut b = Burst::new(PortNo(1));
+            b.pkts.extend(fs.iter().map(|f| HeapBuf::from_frame(f)));
+            b
+        })
+        .collect();
+    let mut out: Output<HeapBuf> = Output::new(8);
+    let n_bursts = bursts.len();
+    let mut next = 0;
+    let upcalls = p.stats();
+    let before = upcalls.upcalls.get();
+    let mut g = c.benchmark_group("pipeline");
+    g.throughput(Throughput::Elements(32));
+    g.sample_size(20);
+    g.bench_function("burst32_l3_10k_cold_upcalls", |b| {
+        b.iter(|| {
+            let burst = &mut bursts[next];
+            let n = burst.pkts.len();
+            p.process(1, burst, &mut out);
+            out.flush(|_, q| burst.pkts.append(q));
+            assert_eq!(burst.pkts.len(), n, "every packet forwarded");
+            for (pkt, f) in burst.pkts.iter_mut().zip(chunks[next].iter()) {
+                pkt.data_mut().copy_from_slice(f);
+            }
+            next = (next + 1) % n_bursts;
+        })
+    });
+    g.finish();
+    let s = p.stats();
+    assert!(
+        s.upcalls.get() - before >= s.megaflow.tier.hit.get(),
+        "the cold stream is mostly upcalls"
+    );
+}
+
+/// The pktgen l2 shape on a MAC table: 1000 rules `in_port=1,dl_dst=MAC_i
+/// actions=output:2` and 1000 flows, flow `j` to MAC `j` (from its own
+/// source port), with the default EMC insertion probability.
+fn bench_l2_1k(c: &mut Criterion) {
+    const MACS: u32 = 1000;
+    let mac = |i: u32| [2, 0, 0, 1, (i >> 8) as u8, i as u8];
+    let t = FlowTables::new();
+    let flows: String = (0..MACS)
+        .map(|i| {
+            let m = mac(i);
+            format!(
+                "priority=100,in_port=1,dl_dst={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} actions=output:2\n",
+                m[0], m[1], m[2], m[3], m[4], m[5]
+            )
+        })
+        .collect();
+    t.add_flows(&flows, 0).expect("program");
+    let frames: Vec<Vec<u8>> = (0..MACS)
+        .map(|j| {
+            let mut f = tcp_frame([10, 244, 0, 1], [10, 244, 0, 2], 1024 + j as u16, 5001);
+            f[0..6].copy_from_slice(&mac(j));
+            f.truncate(60);
+            f
+        })
+        .collect();
+    let mut p = FlowPipeline::new(
+        t,
+        FlowPipelineConfig {
+            ports: (1..=4).map(PortNo).collect(),
+            ..FlowPipelineConfig::default()
+        },
+    );
+    let mut bursts: Vec<Burst<HeapBuf>> = frames
+        .chunks(32)
+        .map(|fs| {
+            let mut b = Burst::new(PortNo(1));
+            b.pkts.extend(fs.iter().map(|f| HeapBuf::from_frame(f)));
+            b
+        })
+        .collect();
+    let mut out: Output<HeapBuf> = Output::new(8);
+    let n_bursts = bursts.len();
+    let mut next = 0;
+    let mut step = |p: &mut FlowPipeline| {
+        let burst = &mut bursts[next];
+        let n = burst.pkts.len();
+        p.process(1, burst, &mut out);
+        out.flush(|_, q| burst.pkts.append(q));
+        assert_eq!(burst.pkts.len(), n, "every packet forwarded");
+        next = (next + 1) % n_bursts;
+    };
+    for _ in 0..100 * n_bursts {
+        step(&mut p);
+    }
+    let mut g = c.benchmark_group("pipeline");
+    g.throughput(Throughput::Elements(32));
+    g.bench_function("burst32_l2_1k_flows", |b| b.iter(|| step(&mut p)));
+    g.finish();
 }
 
 /// Programming cost: 100k rules added as ten bundles of 10k (how a
@@ -348,6 +464,34 @@ fn bench_program(c: &mut Criterion) {
     g.finish();
 }
 
+/// Compiling one table into its specialised index
+/// (`classifier::special::compile`): 10k /24 routes (the l3 program) and
+/// 100k /32 host routes, to show the cost is linear in the table.
+fn bench_special_compile(c: &mut Criterion) {
+    let mut g = c.benchmark_group("special_compile");
+    g.sample_size(10);
+    for n in [10_000u32, 100_000] {
+        let t = FlowTables::new();
+        let flows: String = (0..n)
+            .map(|i| {
+                format!(
+                    "priority=32,ip,nw_dst=10.{}.{}.{} actions=output:2\n",
+                    i >> 16,
+                    (i >> 8) & 255,
+                    i & 255
+                )
+            })
+            .collect();
+        t.add_flows(&flows, 0).expect("program");
+        let prog = t.program();
+        assert!(special::compile(&prog.tables[0]).is_some());
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| special::compile(black_box(&prog.tables[0])).is_some())
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     bench_program,
@@ -357,6 +501,8 @@ criterion_group!(
     bench_megaflow,
     bench_slowpath,
     bench_pipeline,
-    bench_l3_10k
+    bench_l3_10k,
+    bench_l2_1k,
+    bench_special_compile
 );
 criterion_main!(benches);

@@ -4,7 +4,8 @@
 //! [`emc::Emc`] (one hash probe, a compare of the key words the program
 //! can look at), then in its
 //! [`megaflow::MegaflowCache`] (one probe per distinct mask), and only then
-//! runs [`slowpath::translate`] over the whole program, installing the
+//! runs [`slowpath::translate`] over the whole program (tables of one
+//! shape through their [`special`] index), installing the
 //! resulting megaflow (and, with probability 1 / `emc_insert_inv_prob`,
 //! an EMC entry: see [`emc`]). All three tiers are per PMD: no
 //! sharing, no locks. Cached results are `Arc<slowpath::Xlate>` built from
@@ -19,6 +20,7 @@
 pub mod emc;
 pub mod megaflow;
 pub mod slowpath;
+pub mod special;
 
 use crate::stats::Counter;
 

@@ -21,12 +21,17 @@
 //! that, translation stops with `Drop(ResubmitLimit)` (a loop in the
 //! program costs one bounded walk, never a hang).
 //!
-//! Cost: linear in the rules examined; this runs once per megaflow miss.
+//! Cost: linear in the rules examined, except in tables of one shape
+//! (exact match, longest prefix), which are looked up through their
+//! compiled index (`classifier::special`): one probe per prefix length,
+//! adding the same megaflow mask as the walk. This runs once per megaflow
+//! miss.
 //! Thread-safety: pure over a shared `&FlowProgram`; any thread.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use super::special;
 use crate::drop::DropReason;
 use crate::flow::action::{header_present, Action, DpAction, GroupType};
 use crate::flow::key::{ethertype, frag, Field, FlowKey};
@@ -92,6 +97,9 @@ struct Ctx<'a> {
     lookups: usize,
     stop: bool,
     trace: Option<&'a mut String>,
+    /// Whether specialised tables are looked up through their index
+    /// (always, except in the tests that compare it with the walk).
+    special: bool,
 }
 
 impl Ctx<'_> {
@@ -136,11 +144,20 @@ impl Ctx<'_> {
             return;
         };
         let mut hit = None;
-        for r in &t.rules {
-            self.mask.or_assign(r.spec.m.mask());
-            if r.spec.m.matches(&self.key) {
-                hit = Some(r);
-                break;
+        match special::of(t).filter(|s| self.special && s.fits(&t.rules)) {
+            // One probe per prefix length; the same mask as the walk.
+            Some(s) => {
+                self.mask.or_assign(s.mask());
+                hit = s.lookup(&t.rules, &self.key).map(|i| &t.rules[i]);
+            }
+            None => {
+                for r in &t.rules {
+                    self.mask.or_assign(r.spec.m.mask());
+                    if r.spec.m.matches(&self.key) {
+                        hit = Some(r);
+                        break;
+                    }
+                }
             }
         }
         self.depth += 1;
@@ -372,6 +389,22 @@ pub fn live_mask(prog: &FlowProgram) -> FlowKey {
 /// Translates `key` through `prog`. When `trace` is given, a human-readable
 /// account of every table, rule and action is appended to it.
 pub fn translate(prog: &FlowProgram, key: &FlowKey, trace: Option<&mut String>) -> Translation {
+    translate_with(prog, key, trace, true)
+}
+
+/// [`translate`] walking every table rule by rule (the reference the
+/// specialised lookups are tested against).
+#[cfg(test)]
+pub(crate) fn translate_generic(prog: &FlowProgram, key: &FlowKey) -> Translation {
+    translate_with(prog, key, None, false)
+}
+
+fn translate_with(
+    prog: &FlowProgram,
+    key: &FlowKey,
+    trace: Option<&mut String>,
+    special: bool,
+) -> Translation {
     let start = key.get(Field::RecircId) as usize;
     let mut cx = Ctx {
         prog,
@@ -383,6 +416,7 @@ pub fn translate(prog: &FlowProgram, key: &FlowKey, trace: Option<&mut String>) 
         lookups: 0,
         stop: false,
         trace,
+        special,
     };
     // The recirculation id always takes part in the lookup: a recirculated
     // packet must never hit an ingress megaflow.

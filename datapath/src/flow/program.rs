@@ -15,13 +15,21 @@
 //! every referenced group exists; no two rules in a table have the same
 //! priority and match.
 //!
+//! Each [`Table`] carries a slot for an index derived from its rules (the
+//! classifier's specialised lookup, filled on first use or by
+//! `classifier::special::prepare`). Tables a bundle leaves alone share the
+//! filled slot with the previous program; every change to a table's rules
+//! here gives that table a fresh, empty slot ([`Table::rules_changed`]), so
+//! a derived index is never used with rules it was not built from.
+//!
 //! Thread-safety: a program is `Send + Sync` and read concurrently by every
 //! PMD; the only mutable state is [`RuleStats`], updated with relaxed
-//! atomics from any thread.
+//! atomics from any thread, and the derived-index slots, written once.
 
+use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::action::{Action, GroupType};
 use super::key::Field;
@@ -156,13 +164,27 @@ pub enum MissAction {
     Continue,
 }
 
+/// A slot for an index derived from a table's rules by a higher layer
+/// (written once, then read by every PMD). Cloning a [`Table`] shares it.
+pub type DerivedSlot = Arc<OnceLock<Box<dyn Any + Send + Sync>>>;
+
 /// One table: rules in priority order plus its miss behaviour.
 #[derive(Debug, Clone, Default)]
 pub struct Table {
-    /// Rules, highest priority first.
+    /// Rules, highest priority first. Whoever changes them must call
+    /// [`Table::rules_changed`].
     pub rules: Vec<Arc<Rule>>,
     /// Table-miss behaviour.
     pub miss: MissAction,
+    /// The index derived from `rules` (see the module documentation).
+    pub derived: DerivedSlot,
+}
+
+impl Table {
+    /// Forgets the derived index: call after any change to `rules`.
+    pub fn rules_changed(&mut self) {
+        self.derived = DerivedSlot::default();
+    }
 }
 
 /// One bucket of a group.
@@ -296,7 +318,8 @@ pub struct FlowProgram {
 impl Default for FlowProgram {
     fn default() -> Self {
         FlowProgram {
-            tables: vec![Table::default(); N_TABLES],
+            // One slot per table (`vec![t; n]` would share one).
+            tables: (0..N_TABLES).map(|_| Table::default()).collect(),
             groups: BTreeMap::new(),
             generation: 0,
         }
@@ -433,6 +456,7 @@ impl FlowProgram {
             if new.is_empty() {
                 continue;
             }
+            self.tables[t].rules_changed();
             let rules = &mut self.tables[t].rules;
             // Where each (priority, match) already is: old rules, then the
             // new ones in order (a later add replaces an earlier one).
@@ -492,8 +516,10 @@ impl FlowProgram {
                 actions,
             } => {
                 for t in 0..N_TABLES {
+                    let mut changed = false;
                     for r in self.tables[t].rules.iter_mut() {
                         if filter.selects(&r.spec, *strict) {
+                            changed = true;
                             check_actions(r.spec.table, actions)?;
                             let mut spec = r.spec.clone();
                             spec.actions = actions.clone();
@@ -505,12 +531,18 @@ impl FlowProgram {
                             sum.modified += 1;
                         }
                     }
+                    if changed {
+                        self.tables[t].rules_changed();
+                    }
                 }
             }
             FlowMod::Delete { filter, strict } => {
                 for t in self.tables.iter_mut() {
                     let before = t.rules.len();
                     t.rules.retain(|r| !filter.selects(&r.spec, *strict));
+                    if t.rules.len() != before {
+                        t.rules_changed();
+                    }
                     sum.deleted += before - t.rules.len();
                 }
             }
@@ -552,6 +584,9 @@ impl FlowProgram {
         for t in p.tables.iter_mut() {
             let before = t.rules.len();
             t.rules.retain(|r| !r.expired(now));
+            if t.rules.len() != before {
+                t.rules_changed();
+            }
             n += before - t.rules.len();
         }
         (p, n)
