@@ -19,6 +19,10 @@
 //! round-robin, so two hot connections sharing a set do not evict each
 //! other forever.
 //!
+//! Bulk lookup: the pipeline asks for a burst's sets ahead of the packets
+//! (`prefetch_set`), then, nearer, for the connections their tags point to
+//! (`prefetch_conn`), so the misses of several packets overlap.
+//!
 //! Invalidation: none is pushed to the cache. The table kills a
 //! connection (flush, expiry, eviction, reopen) by setting its dead flag;
 //! a hit on a dead or expired connection is treated as a miss and the
@@ -34,6 +38,7 @@
 use std::sync::Arc;
 
 use super::{Conn, ConnKey, Slot};
+use crate::classifier::prefetch;
 use crate::stats::Counter;
 
 /// Default number of cache entries per PMD.
@@ -150,6 +155,37 @@ impl ConnCache {
             }
         }
         None
+    }
+
+    /// Starts loading the set of table hash `hash` (the first stage of a
+    /// bulk lookup over a burst; a hint, never a fault).
+    #[inline]
+    pub(super) fn prefetch_set(&self, hash: u64) {
+        let (i, _) = place(hash);
+        if let Some(set) = self.sets.get(i & self.mask) {
+            prefetch(set);
+        }
+    }
+
+    /// Starts loading the connection a tag of hash `hash` points to (the
+    /// second stage, once the set is in cache): the lines the hit path
+    /// reads and writes.
+    #[inline]
+    pub(super) fn prefetch_conn(&self, hash: u64) {
+        let (i, tag) = place(hash);
+        let Some(set) = self.sets.get(i & self.mask) else {
+            return;
+        };
+        for e in &set.0 {
+            if e.tag == tag {
+                if let Some(c) = &e.conn {
+                    let p = Arc::as_ptr(c).cast::<u8>();
+                    for line in (0..std::mem::size_of::<Conn>()).step_by(64) {
+                        prefetch(p.wrapping_add(line));
+                    }
+                }
+            }
+        }
     }
 
     /// Counts a packet served by the cache (`true`) or not.
