@@ -14,10 +14,13 @@
 //! Lookup: the key's hash picks one set; the four tags are compared and a
 //! matching entry's key checked. A hit borrows the `Arc` (no refcount
 //! traffic, no lock). Fill (after a miss found the key in the shared
-//! table): the entry already holding this key, else an empty one, else one
-//! whose connection is dead, else the next of the set in a per-handle
-//! round-robin, so two hot connections sharing a set do not evict each
-//! other forever.
+//! table): the entry already holding this key, else an empty one, else the
+//! next of the set in a per-handle round-robin, so two hot connections
+//! sharing a set do not evict each other forever. (A fill does not look
+//! for an entry whose connection died: that read one cold connection per
+//! way, and the fills of a table larger than the cache spent most of their
+//! time there. A dead connection's entry is dropped when it is looked up or
+//! overwritten.)
 //!
 //! Bulk lookup: the pipeline asks for a burst's sets ahead of the packets
 //! (`prefetch_set`), then, nearer, for the connections their tags point to
@@ -231,11 +234,6 @@ impl ConnCache {
             .iter()
             .position(same)
             .or_else(|| set.0.iter().position(|e| e.conn.is_none()))
-            .or_else(|| {
-                set.0
-                    .iter()
-                    .position(|e| e.conn.as_ref().is_some_and(|c| c.is_dead()))
-            })
             .unwrap_or_else(|| {
                 self.victim = self.victim.wrapping_add(1);
                 self.victim % WAYS
