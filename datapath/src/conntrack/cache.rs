@@ -14,10 +14,17 @@
 //! Lookup: the key's hash picks one set; the four tags are compared and a
 //! matching entry's key checked. A hit borrows the `Arc` (no refcount
 //! traffic, no lock). Fill (after a miss found the key in the shared
-//! table): the entry already holding this key, else an empty one, else one
-//! whose connection is dead, else the next of the set in a per-handle
-//! round-robin, so two hot connections sharing a set do not evict each
-//! other forever.
+//! table): the entry already holding this key, else an empty one, else the
+//! next of the set in a per-handle round-robin, so two hot connections
+//! sharing a set do not evict each other forever. (A fill does not look
+//! for an entry whose connection died: that read one cold connection per
+//! way, and the fills of a table larger than the cache spent most of their
+//! time there. A dead connection's entry is dropped when it is looked up or
+//! overwritten.)
+//!
+//! Bulk lookup: the pipeline asks for a burst's sets ahead of the packets
+//! (`prefetch_set`), then, nearer, for the connections their tags point to
+//! (`prefetch_conn`), so the misses of several packets overlap.
 //!
 //! Invalidation: none is pushed to the cache. The table kills a
 //! connection (flush, expiry, eviction, reopen) by setting its dead flag;
@@ -34,6 +41,7 @@
 use std::sync::Arc;
 
 use super::{Conn, ConnKey, Slot};
+use crate::classifier::prefetch;
 use crate::stats::Counter;
 
 /// Default number of cache entries per PMD.
@@ -152,6 +160,37 @@ impl ConnCache {
         None
     }
 
+    /// Starts loading the set of table hash `hash` (the first stage of a
+    /// bulk lookup over a burst; a hint, never a fault).
+    #[inline]
+    pub(super) fn prefetch_set(&self, hash: u64) {
+        let (i, _) = place(hash);
+        if let Some(set) = self.sets.get(i & self.mask) {
+            prefetch(set);
+        }
+    }
+
+    /// Starts loading the connection a tag of hash `hash` points to (the
+    /// second stage, once the set is in cache): the lines the hit path
+    /// reads and writes.
+    #[inline]
+    pub(super) fn prefetch_conn(&self, hash: u64) {
+        let (i, tag) = place(hash);
+        let Some(set) = self.sets.get(i & self.mask) else {
+            return;
+        };
+        for e in &set.0 {
+            if e.tag == tag {
+                if let Some(c) = &e.conn {
+                    let p = Arc::as_ptr(c).cast::<u8>();
+                    for line in (0..std::mem::size_of::<Conn>()).step_by(64) {
+                        prefetch(p.wrapping_add(line));
+                    }
+                }
+            }
+        }
+    }
+
     /// Counts a packet served by the cache (`true`) or not.
     #[inline]
     pub(super) fn count(&mut self, hit: bool) {
@@ -195,11 +234,6 @@ impl ConnCache {
             .iter()
             .position(same)
             .or_else(|| set.0.iter().position(|e| e.conn.is_none()))
-            .or_else(|| {
-                set.0
-                    .iter()
-                    .position(|e| e.conn.as_ref().is_some_and(|c| c.is_dead()))
-            })
             .unwrap_or_else(|| {
                 self.victim = self.victim.wrapping_add(1);
                 self.victim % WAYS

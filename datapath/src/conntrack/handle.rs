@@ -33,7 +33,7 @@ use crate::drop::DropReason;
 use crate::flow::action::{CtAction, NatKind, NatSpec};
 use crate::flow::key::{ct_state, extract_with_layout, ipproto, Field, FlowKey};
 use crate::packet::PacketBuf;
-use crate::pipeline::hooks::ConntrackHook;
+use crate::pipeline::hooks::{ConntrackHook, Prefetch};
 use crate::time::Nanos;
 
 /// A PMD's handle on the connection table: the `ct(...)` hook, with the
@@ -47,6 +47,9 @@ pub struct ConntrackHandle {
     /// Re-tracking a packet after losing a commit race.
     pub(super) retrying: bool,
     pub(super) cache: ConnCache,
+    /// The zone of this PMD's last `ct(...)`: the zone prefetch hints
+    /// assume (see [`ConntrackHook::prefetch`]).
+    pub(super) last_zone: u16,
 }
 
 /// What an explicit `nat(src=|dst=ADDRS[:PORTS])` picks for a new
@@ -614,6 +617,7 @@ impl<B: PacketBuf> ConntrackHook<B> for ConntrackHandle {
         key: &mut FlowKey,
     ) -> Result<(), DropReason> {
         self.maybe_sweep(now);
+        self.last_zone = ct.zone;
         let (st, mark, verdict) = self.track(now, ct, pkt)?;
         match verdict {
             Verdict::Tracked => {}
@@ -642,6 +646,42 @@ impl<B: PacketBuf> ConntrackHook<B> for ConntrackHandle {
         key.set(Field::CtLabel, mark.label);
         Ok(())
     }
+
+    #[inline]
+    fn prefetch(&self, key: &FlowKey, stage: Prefetch) {
+        if let Some(hash) = self.prefetch_hash(key) {
+            match stage {
+                Prefetch::Bucket => self.cache.prefetch_set(hash),
+                Prefetch::Entry => self.cache.prefetch_conn(hash),
+            }
+        }
+    }
+}
+
+impl ConntrackHandle {
+    /// The table hash the packet of `key` would be looked up with, if it
+    /// is an unfragmented IPv4 TCP, UDP or SCTP packet, assuming the zone
+    /// of this PMD's last `ct` (a prefetch hint: a wrong guess costs a
+    /// useless load, never a wrong answer).
+    #[inline]
+    fn prefetch_hash(&self, key: &FlowKey) -> Option<u64> {
+        if key.dl_type() != 0x0800
+            || !matches!(key.nw_proto(), ipproto::TCP | ipproto::UDP | ipproto::SCTP)
+            || key.get(Field::IpFrag) != 0
+        {
+            return None;
+        }
+        Some(key_hash(&ConnKey {
+            zone: self.last_zone,
+            proto: key.nw_proto(),
+            tuple: Tuple {
+                src: key.get(Field::NwSrc) as u32,
+                dst: key.get(Field::NwDst) as u32,
+                sport: key.get(Field::TpSrc) as u16,
+                dport: key.get(Field::TpDst) as u16,
+            },
+        }))
+    }
 }
 
 impl Conntrack {
@@ -653,6 +693,7 @@ impl Conntrack {
             next_shard: 0,
             rng: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
             retrying: false,
+            last_zone: 0,
             cache: {
                 let c = ConnCache::new(self.inner.config.cache_entries);
                 lock(&self.inner.caches).push(c.counters());

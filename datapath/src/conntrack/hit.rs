@@ -1,7 +1,9 @@
 //! The hit path: tracking a packet of a known connection without a lock.
 //!
 //! A packet that changes no state (TCP ESTABLISHED without SYN/FIN/RST and
-//! in window; UDP, SCTP, ICMP after the first reply or in the original
+//! in window; a TCP originator segment of a SYN_SENT connection that
+//! changes nothing, such as a retransmitted SYN or a repeated ACK before
+//! the reply; UDP, SCTP, ICMP after the first reply or in the original
 //! direction; a commit whose mark/label write changes nothing) is tracked
 //! from the PMD's cache with atomics only ([`hit_fast`]); anything else
 //! takes the entry's mutex ([`hit_locked`]), where an out-of-window segment
@@ -117,7 +119,8 @@ pub(super) fn hit_fast(
     let class = c.timeout_class();
     if let ProtoState::Tcp(t) = &c.proto {
         // Changes the window only when it returns true.
-        if !seg.is_some_and(|seg| t.track_established(dir, seg)) {
+        if !seg.is_some_and(|seg| t.track_established(dir, seg) || t.track_unreplied_noop(dir, seg))
+        {
             return None;
         }
     }

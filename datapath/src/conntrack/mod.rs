@@ -64,7 +64,10 @@
 //! `ct_label` sit behind a sequence lock (read lock-free, never torn).
 //!
 //! The hit path ([`ConntrackHandle`]): a packet that changes no state —
-//! TCP ESTABLISHED without SYN/FIN/RST and in window; UDP, SCTP, ICMP
+//! TCP ESTABLISHED without SYN/FIN/RST and in window; a TCP originator
+//! segment of a SYN_SENT connection that changes nothing (a retransmitted
+//! SYN, a repeated ACK before the reply: Service traffic whose replies take
+//! another path, like pktgen's); UDP, SCTP, ICMP
 //! after the first reply (or any original-direction packet); a commit
 //! whose mark/label write changes nothing — is tracked without any lock.
 //! Anything else takes the entry's own mutex (`Conn::lock`): TCP
@@ -133,6 +136,8 @@ pub mod cache;
 mod cache_tests;
 pub mod commands;
 pub mod config;
+#[cfg(test)]
+mod cont_tests;
 mod entry;
 #[cfg(test)]
 mod flood_tests;

@@ -18,7 +18,10 @@
 //! Thread-safety: the state and both sides are atomics inside the shared
 //! conntrack entry. State transitions ([`TcpConn::track`]) are serialised
 //! by the entry's lock; segments of an ESTABLISHED connection that change
-//! no state ([`TcpConn::track_established`]) are tracked without it.
+//! no state ([`TcpConn::track_established`]) and originator segments of a
+//! SYN_SENT connection that change nothing at all
+//! ([`TcpConn::track_unreplied_noop`]: retransmitted SYNs, repeated ACKs
+//! before any reply) are tracked without it.
 
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
@@ -396,6 +399,38 @@ impl TcpConn {
         true
     }
 
+    /// The lock-free path of a connection whose reply was not seen yet:
+    /// tracks `seg` when it is from the originator (`d == 0`) of a
+    /// SYN_SENT connection and [`TcpConn::track`] would accept it without
+    /// changing anything: a retransmitted SYN, or a segment without SYN,
+    /// FIN or RST that sends nothing beyond what was sent (`end`) and
+    /// advertises no larger window (`maxwin`). (The locked path would also
+    /// move the reply side's `maxend`, which the reply's first segment
+    /// overwrites before anything reads it.) Returns false, having changed
+    /// nothing, otherwise.
+    ///
+    /// Races: this path writes nothing, so it is equivalent to the locked
+    /// path run just before any concurrent transition (the first reply):
+    /// nothing a transition reads is changed by it.
+    pub fn track_unreplied_noop(&self, d: usize, seg: &Segment) -> bool {
+        if d != 0 || self.liberal || self.state() != TcpState::SynSent || self.sides[1].init() {
+            return false;
+        }
+        let f = seg.flags;
+        if f & flags::SYN != 0 {
+            // `track` accepts a retransmitted SYN (no ACK) and changes
+            // nothing.
+            return f & flags::ACK == 0;
+        }
+        if f & (flags::FIN | flags::RST) != 0 {
+            return false;
+        }
+        let s = &self.sides[0];
+        let win = u32::from(seg.win) << s.scale();
+        !after(seg_end(seg), s.end.load(Ordering::Acquire))
+            && win.max(1) <= s.maxwin.load(Ordering::Acquire)
+    }
+
     /// The window checks of segment `seg` in direction `d` (both sides
     /// initialised).
     fn in_window(&self, d: usize, seg: &Segment) -> bool {
@@ -480,6 +515,87 @@ mod tests {
             win: 1000,
             len,
             wscale: None,
+        }
+    }
+
+    mod unreplied_noop {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Everything `track` may read later: the snapshot without the
+        /// reply side's `maxend`, which the reply's first segment
+        /// overwrites before anything reads it.
+        fn observable(c: &TcpConn) -> TcpSnapshot {
+            let mut s = c.snapshot();
+            if s.sides[1].bits & SIDE_INIT == 0 {
+                s.sides[1].maxend = 0;
+            }
+            s
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            /// Whenever the lock-free SYN_SENT path accepts a segment,
+            /// the locked path accepts it too and changes nothing
+            /// observable, whatever came before (retransmitted SYNs,
+            /// ACKs with or without data, windows, a reply or not).
+            #[test]
+            fn noop_path_agrees_with_track(
+                syn_win in 1u16..5000,
+                wscale in proptest::option::of(0u8..4),
+                history in proptest::collection::vec((0u8..6, 0u32..3, 0u16..6000, any::<bool>()), 0..8),
+            ) {
+                use flags::*;
+                let c = TcpConn::new(&Segment { seq: 100, ack: 0, flags: SYN, win: syn_win, len: 0, wscale });
+                for (kind, len, win, reply) in history {
+                    let (d, f) = match kind {
+                        0 => (0, SYN),
+                        1 => (0, ACK),
+                        2 => (0, ACK | FIN),
+                        3 => (0, RST),
+                        4 if reply => (1, SYN | ACK),
+                        _ => (0, SYN | ACK),
+                    };
+                    let s = Segment { seq: if f & SYN != 0 && d == 0 { 100 } else { 101 }, ack: 501, flags: f, win, len, wscale: None };
+                    let before = observable(&c);
+                    if c.track_unreplied_noop(d, &s) {
+                        let twin = TcpConn::restore(&c.snapshot()).expect("restore");
+                        prop_assert!(twin.track(d, &s), "the locked path accepts {:?}", s);
+                        prop_assert_eq!(observable(&twin), before, "and changes nothing: {:?}", s);
+                        prop_assert_eq!(observable(&c), before);
+                    } else {
+                        prop_assert_eq!(observable(&c), before, "refusing changes nothing");
+                        let _ = c.track(d, &s);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn repeated_acks_before_the_reply_take_no_lock() {
+            use flags::*;
+            let c = TcpConn::new(&seg(100, 0, SYN, 0));
+            assert!(
+                c.track_unreplied_noop(0, &seg(100, 0, SYN, 0)),
+                "retransmitted SYN"
+            );
+            assert!(
+                c.track_unreplied_noop(0, &seg(101, 501, ACK, 0)),
+                "bare ACK"
+            );
+            assert!(
+                !c.track_unreplied_noop(0, &seg(101, 501, ACK, 5)),
+                "data moves `end`"
+            );
+            assert!(
+                !c.track_unreplied_noop(1, &seg(500, 101, SYN | ACK, 0)),
+                "the reply"
+            );
+            assert!(c.track(1, &seg(500, 101, SYN | ACK, 0)));
+            assert!(
+                !c.track_unreplied_noop(0, &seg(101, 501, ACK, 0)),
+                "replied"
+            );
         }
     }
 

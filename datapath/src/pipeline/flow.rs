@@ -50,7 +50,8 @@ use crate::flow::key::{extract_into, Field, FlowKey, Layout};
 use crate::flow::program::FlowProgram;
 use crate::flow::tables::FlowTables;
 use crate::packet::{Burst, Output, PacketBuf, PortNo};
-use crate::pipeline::hooks::{ActionHooks, NoHooks};
+use crate::pipeline::cont::ContCache;
+use crate::pipeline::hooks::{ActionHooks, NoHooks, Prefetch};
 use crate::pipeline::l2::{flood, MacTable};
 use crate::pipeline::perf::{Split, Stage, StageCycles, DEFAULT_SAMPLE_EVERY};
 use crate::pipeline::Pipeline;
@@ -90,6 +91,9 @@ pub struct FlowPipelineConfig {
     /// One burst in this many has its cycles split by stage
     /// (`pmd-perf-show`; 0: never, 1: every burst). See `pipeline::perf`.
     pub perf_sample_every: u32,
+    /// Classify recirculated passes through the continuation cache
+    /// (`pipeline::cont`) before the EMC.
+    pub continuation_cache: bool,
 }
 
 impl Default for FlowPipelineConfig {
@@ -104,6 +108,7 @@ impl Default for FlowPipelineConfig {
             controller_rate: 1000,
             controller_burst: 100,
             perf_sample_every: DEFAULT_SAMPLE_EVERY,
+            continuation_cache: true,
         }
     }
 }
@@ -125,6 +130,9 @@ pub struct FlowPipelineStats {
     pub recirculations: Counter,
     /// Packets sent to the controller queue.
     pub packet_ins: Counter,
+    /// Recirculated passes classified by the continuation cache (no EMC
+    /// probe; see `pipeline::cont`).
+    pub continuations: Counter,
     /// Cycles by stage (`pmd-perf-show`).
     pub perf: StageCycles,
 }
@@ -140,11 +148,12 @@ impl FlowPipelineStats {
             mf.probes.get() as f64 / (hits + mf.tier.miss.get()) as f64
         };
         format!(
-            "  packets received: {}\n  emc hits: {}\n  megaflow hits: {}\n  avg. subtable lookups per megaflow lookup: {avg:.2}\n  miss with success upcall: {}\n  megaflows installed: {}\n  megaflow cache full flushes: {}\n  megaflows revalidated: {}\n  megaflows evicted by revalidation: {}\n  program reloads: {}\n  recirculations: {}\n  packet-ins: {}\n",
+            "  packets received: {}\n  emc hits: {}\n  megaflow hits: {}\n  avg. subtable lookups per megaflow lookup: {avg:.2}\n  miss with success upcall: {}\n  continuation hits: {}\n  megaflows installed: {}\n  megaflow cache full flushes: {}\n  megaflows revalidated: {}\n  megaflows evicted by revalidation: {}\n  program reloads: {}\n  recirculations: {}\n  packet-ins: {}\n",
             self.packets.get(),
             self.emc.hit.get(),
             hits,
             self.upcalls.get(),
+            self.continuations.get(),
             mf.installed.get(),
             mf.flushes_full.get(),
             mf.revalidated.get(),
@@ -202,6 +211,9 @@ struct Exec<'a, H> {
     bucket: &'a mut TokenBucket,
     stats: &'a FlowPipelineStats,
     split: &'a mut Split,
+    /// Set when a `ct(...)` runs (the next burst prefetches conntrack
+    /// buckets).
+    ct_ran: &'a mut bool,
 }
 
 /// How an action list ended.
@@ -303,6 +315,7 @@ impl<H> Exec<'_, H> {
                     key.set_masked(*field, *value, *mask);
                 }
                 DpAction::Ct(ct) => {
+                    *self.ct_ran = true;
                     self.split.enter(Stage::Conntrack);
                     let r = self.hooks.conntrack(self.now, ct, p, key);
                     self.split.enter(Stage::Actions);
@@ -457,6 +470,11 @@ pub struct FlowPipeline<H = NoHooks> {
     /// The non-zero words of `live`: the EMC hashes and compares only
     /// these (the program's key size).
     words: Vec<u8>,
+    /// A `ct(...)` ran in the last burst: this one prefetches the
+    /// conntrack buckets of its packets (bulk lookup).
+    ct_ran: bool,
+    /// Where recirculated passes continue (`None`: disabled).
+    cont: Option<ContCache>,
 }
 
 /// A packet's key, header offsets and key hash, from the parse stage.
@@ -500,6 +518,7 @@ impl<H> FlowPipeline<H> {
             reloads: Counter::default(),
             recirculations: Counter::default(),
             packet_ins: Counter::default(),
+            continuations: Counter::default(),
             perf: StageCycles::default(),
         });
         FlowPipeline {
@@ -519,6 +538,8 @@ impl<H> FlowPipeline<H> {
             split: Split::new(config.perf_sample_every),
             live,
             words,
+            ct_ran: false,
+            cont: config.continuation_cache.then(ContCache::new),
         }
     }
 
@@ -563,6 +584,9 @@ impl<H> FlowPipeline<H> {
         self.program = self.tables.program();
         self.generation = self.program.generation;
         self.emc.flush();
+        if let Some(c) = &mut self.cont {
+            c.flush();
+        }
         let mut live = live_mask(&self.program);
         if self.megaflow.len() <= REVALIDATE_LIMIT {
             let prog = &self.program;
@@ -596,7 +620,7 @@ impl<H> FlowPipeline<H> {
     /// The slow path: translates `key`, installs the megaflow and the EMC
     /// entry, and returns the translation.
     #[cold]
-    fn upcall(&mut self, key: &FlowKey, hash: u64) -> Arc<Xlate> {
+    fn upcall(&mut self, key: &FlowKey, hash: u64) -> (Arc<Xlate>, FlowKey) {
         self.stats.upcalls.inc();
         let t = translate(&self.program, key, None);
         self.megaflow.insert(key, &t.mask, t.xlate.clone());
@@ -611,7 +635,7 @@ impl<H> FlowPipeline<H> {
             key.hash_words(&self.words)
         };
         self.emc.offer(key, hash, &t.xlate);
-        t.xlate
+        (t.xlate, t.mask)
     }
 
     /// Looks `key` up through EMC → megaflow → slow path (tests).
@@ -626,7 +650,7 @@ impl<H> FlowPipeline<H> {
             self.emc.offer(key, hash, &x);
             return x;
         }
-        self.upcall(key, hash)
+        self.upcall(key, hash).0
     }
 
     /// Applies pending rule-counter updates: prefetches every counter
@@ -657,32 +681,74 @@ impl<H> FlowPipeline<H> {
         let mut key = first.key;
         let mut layout = first.layout;
         let mut pkt = pkt;
+        // The translation of the previous pass (its address: the pending
+        // counters hold it alive), where a recirculation continues from.
+        let mut prev: Option<*const Xlate> = None;
         for pass in 0..=MAX_RECIRC {
             // Borrow the cached translation in place (no refcount traffic
             // on a cache hit); only a slow-path result is owned here.
             self.split.enter(Stage::Emc);
-            let hash = if pass == 0 {
-                first.hash
-            } else {
-                key.hash_words(&self.words)
-            };
             let mut owned: Option<Arc<Xlate>> = None;
-            let xlate: &Arc<Xlate> = match self.emc.lookup(&key, hash) {
-                Some(x) => x,
+            let cont = match (&self.cont, prev) {
+                (Some(c), Some(x0)) => c.lookup(x0, &key),
+                _ => None,
+            };
+            let xlate: &Arc<Xlate> = match cont {
+                Some(x) => {
+                    self.stats.continuations.inc();
+                    x
+                }
                 None => {
-                    self.split.enter(Stage::Megaflow);
-                    match self.megaflow.lookup(&key) {
-                        Some(x) => {
-                            self.emc.offer(&key, hash, x);
-                            x
+                    // A continuation missed: the previous translation, to
+                    // learn this pass's under it.
+                    let x0 = match (&self.cont, prev, self.pending.last()) {
+                        (Some(_), Some(p), Some((x, _, _))) if Arc::as_ptr(x) == p => {
+                            Some(x.clone())
                         }
-                        None => {
-                            self.split.enter(Stage::Upcall);
-                            owned.insert(self.upcall(&key, hash))
+                        _ => None,
+                    };
+                    let hash = if pass == 0 {
+                        first.hash
+                    } else {
+                        key.hash_words(&self.words)
+                    };
+                    let (x, mask): (&Arc<Xlate>, Option<FlowKey>) =
+                        match self.emc.lookup(&key, hash) {
+                            Some(x) => (x, None),
+                            None => {
+                                self.split.enter(Stage::Megaflow);
+                                match self.megaflow.lookup(&key) {
+                                    Some(x) => {
+                                        self.emc.offer(&key, hash, x);
+                                        (x, None)
+                                    }
+                                    None => {
+                                        self.split.enter(Stage::Upcall);
+                                        let (x, mask) = self.upcall(&key, hash);
+                                        (owned.insert(x), Some(mask))
+                                    }
+                                }
+                            }
+                        };
+                    if let (Some(x0), Some(c)) = (x0, &mut self.cont) {
+                        let mask = match mask {
+                            Some(m) => Some(m),
+                            // Learning after a cache hit costs a slow-path
+                            // translation: rationed.
+                            None if c.take_learn() => {
+                                self.split.enter(Stage::Upcall);
+                                Some(translate(&self.program, &key, None).mask)
+                            }
+                            None => None,
+                        };
+                        if let Some(m) = mask {
+                            c.insert(&x0, &key, &m, x);
                         }
                     }
+                    x
                 }
             };
+            prev = Some(Arc::as_ptr(xlate));
             self.split.enter(Stage::Actions);
             // Rule counters, batched over consecutive packets with the same
             // translation.
@@ -702,6 +768,7 @@ impl<H> FlowPipeline<H> {
                 bucket: &mut self.bucket,
                 stats: &self.stats,
                 split: &mut self.split,
+                ct_ran: &mut self.ct_ran,
             };
             match exec.run(&xlate.actions, pkt, &mut key, layout, out) {
                 Outcome::Done { .. } => return,
@@ -751,6 +818,9 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
         self.ports.extend_from_slice(ports);
         self.emc.flush();
         self.megaflow.flush();
+        if let Some(c) = &mut self.cont {
+            c.flush();
+        }
     }
 
     fn dump_caches(&self) -> String {
@@ -777,6 +847,9 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
 
     fn process(&mut self, now: Nanos, burst: &mut Burst<B>, out: &mut Output<B>) {
         self.check_program();
+        if let Some(c) = &mut self.cont {
+            c.tick();
+        }
         let t0 = cycles();
         let n_pkts = burst.pkts.len() as u64;
         let in_port = burst.in_port;
@@ -809,7 +882,26 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
         for q in parsed.iter().take(ACTIONS_AHEAD) {
             self.emc.prefetch_actions(q.hash);
         }
+        // Conntrack bulk lookup (when the last burst tracked packets): the
+        // connection-cache set of a packet CT_BUCKET_AHEAD ahead, then the
+        // connection its tag points to CT_ENTRY_AHEAD ahead.
+        const CT_BUCKET_AHEAD: usize = 8;
+        const CT_ENTRY_AHEAD: usize = 3;
+        let ct_hint = std::mem::take(&mut self.ct_ran);
+        if ct_hint {
+            for q in parsed.iter().take(CT_BUCKET_AHEAD) {
+                self.hooks.prefetch_conntrack(&q.key, Prefetch::Bucket);
+            }
+        }
         for (i, (pkt, p)) in burst.pkts.drain(..).zip(parsed.iter()).enumerate() {
+            if ct_hint {
+                if let Some(q) = parsed.get(i + CT_BUCKET_AHEAD) {
+                    self.hooks.prefetch_conntrack(&q.key, Prefetch::Bucket);
+                }
+                if let Some(q) = parsed.get(i + CT_ENTRY_AHEAD) {
+                    self.hooks.prefetch_conntrack(&q.key, Prefetch::Entry);
+                }
+            }
             if let Some(q) = parsed.get(i + HIT_AHEAD) {
                 self.emc.prefetch_hit(q.hash);
             }

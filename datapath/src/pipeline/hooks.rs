@@ -37,6 +37,22 @@ pub trait ActionHooks<B: PacketBuf>: Send {
     /// Decapsulates `pkt`, writing the outer header's fields into `key`'s
     /// `tun_*` fields.
     fn tunnel_pop(&mut self, now: Nanos, pkt: &mut B, key: &mut FlowKey) -> Result<(), DropReason>;
+    /// A hint that a packet with `key` may soon reach `ct(...)`: start
+    /// loading what its lookup will read (see
+    /// [`ConntrackHook::prefetch`]). Never changes a result.
+    #[inline]
+    fn prefetch_conntrack(&self, _key: &FlowKey, _stage: Prefetch) {}
+}
+
+/// The stage of a bulk lookup a prefetch hint is for: the pipeline asks for
+/// the buckets of a packet several packets ahead, then for what they point
+/// to a few packets ahead, so that the misses of a burst overlap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefetch {
+    /// The table bucket (far ahead).
+    Bucket,
+    /// The entry the bucket points to (near; the bucket is cached by now).
+    Entry,
 }
 
 /// Hooks for a datapath without conntrack or tunnels: every such action
@@ -54,6 +70,12 @@ pub trait ConntrackHook<B: PacketBuf>: Send {
         pkt: &mut B,
         key: &mut FlowKey,
     ) -> Result<(), DropReason>;
+
+    /// A hint that a packet with `key` may soon be tracked: start loading
+    /// its bucket or entry. Never changes a result; the default does
+    /// nothing.
+    #[inline]
+    fn prefetch(&self, _key: &FlowKey, _stage: Prefetch) {}
 }
 
 /// Tunnel encapsulation and decapsulation.
@@ -117,6 +139,10 @@ impl<B: PacketBuf, C: ConntrackHook<B>, T: TunnelHook<B>> ActionHooks<B> for Hoo
     }
     fn tunnel_pop(&mut self, now: Nanos, pkt: &mut B, key: &mut FlowKey) -> Result<(), DropReason> {
         self.tunnels.tunnel_pop(now, pkt, key)
+    }
+    #[inline]
+    fn prefetch_conntrack(&self, key: &FlowKey, stage: Prefetch) {
+        self.ct.prefetch(key, stage)
     }
 }
 

@@ -8,6 +8,7 @@
 //! owns one pipeline instance; tests drive it directly with in-memory
 //! buffers and a fake clock.
 
+pub mod cont;
 pub mod flow;
 pub mod hooks;
 pub mod l2;
