@@ -271,7 +271,7 @@ impl Monitor {
         let mut o = Map::new();
         for &c in &tm.columns {
             let col = &ts.columns[c];
-            if insert && self.version != Version::V1 && r.data[c] == col.ty.default_datum() {
+            if insert && self.version != Version::V1 && col.ty.is_default(&r.data[c]) {
                 continue;
             }
             o.insert(col.name.clone(), r.data[c].to_json());

@@ -794,10 +794,15 @@ impl Server {
             "transact" => {
                 match self.lookup_db(&params, 0) {
                     Ok(db) => {
-                        let ops: Vec<Value> = params
-                            .as_array()
-                            .map(|a| a[1..].to_vec())
-                            .unwrap_or_default();
+                        // Moved, not copied: a large transaction's operations are
+                        // tens of megabytes of JSON.
+                        let ops: Vec<Value> = match params {
+                            Value::Array(mut a) if !a.is_empty() => {
+                                a.remove(0);
+                                a
+                            }
+                            _ => Vec::new(),
+                        };
                         self.run_transaction(sid, id, db, ops, None);
                     }
                     Err(e) => self.reply(sid, id, Err(e)),

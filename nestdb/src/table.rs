@@ -277,7 +277,7 @@ impl Database {
                         }
                         let changed = match old {
                             Some(old) => old.data[i] != new.data[i],
-                            None => new.data[i] != c.ty.default_datum(),
+                            None => !c.ty.is_default(&new.data[i]),
                         };
                         if changed {
                             o.insert(c.name.clone(), new.data[i].to_json());

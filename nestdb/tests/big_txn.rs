@@ -23,8 +23,13 @@
 //! ```
 //!
 //! `NESTDB_BIG_SERVICES` (default 10000) and `NESTDB_BIG_ENDPOINTS`
-//! (default 10) scale the shape. They also assert what they measured (row
+//! (default 10) scale the shape; `NESTDB_BIG_SERVER` runs another
+//! `nestdb-server` binary (e.g. an older build, for a before/after figure). They also assert what they measured (row
 //! counts, no error), so a broken server fails them.
+
+// The allocator nestdb-server runs with, so the phases measure what it does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use nestdb::monitor::{Monitor, Version};
 use nestdb::storage::{now_ms, Storage};
@@ -250,7 +255,10 @@ fn end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("nestdb.sock");
     let _server = Server(
-        Command::new(env!("CARGO_BIN_EXE_nestdb-server"))
+        Command::new(
+            std::env::var_os("NESTDB_BIG_SERVER")
+                .unwrap_or_else(|| env!("CARGO_BIN_EXE_nestdb-server").into()),
+        )
             .arg(dir.path().join("node.db"))
             .arg("--schema")
             .arg(schema_path())
@@ -259,11 +267,11 @@ fn end_to_end() {
                 "--unixctl={}",
                 dir.path().join("nestdb.ctl").display()
             ))
-            // The agent speed probe's limits.
+            // Room for the 100,000-Service shape (about 200 MB of JSON).
             .args([
-                "--max-message-size=2147483647",
-                "--max-message-memory=17179869184",
-                "--max-memory=34359738368",
+                "--max-message-size=1073741824",
+                "--max-message-memory=8589934592",
+                "--max-memory=17179869184",
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
