@@ -1050,6 +1050,58 @@ mod tests {
     }
 
     #[test]
+    fn weak_clean_up_touches_only_rows_with_dangling_references() {
+        let mut d = db();
+        let r = run(
+            &mut d,
+            json!([{"op":"insert","table":"A","row":{"name":"x"},"uuid-name":"x"},
+                   {"op":"insert","table":"A","row":{"name":"y"},"uuid-name":"y"},
+                   {"op":"insert","table":"A","row":{"name":"p","w":["named-uuid","x"]}},
+                   {"op":"insert","table":"A","row":{"name":"q","w":["set",[["named-uuid","y"],
+                       ["uuid","00000000-0000-0000-0000-000000000001"]]]}}]),
+        );
+        assert!(r.iter().all(|v| v.get("error").is_none()), "{r:?}");
+        let w = |d: &mut Database, name: &str| {
+            run(
+                d,
+                json!([{"op":"select","table":"A","where":[["name","==",name]],"columns":["w"]}]),
+            )[0]["rows"][0]["w"]
+                .clone()
+        };
+        // An inserted row keeps its reference to a row that exists and loses
+        // the one to a row that does not.
+        assert_eq!(w(&mut d, "q"), r[1]["uuid"]);
+        let ctx = ExecContext {
+            owns_lock: &|_| false,
+            wait_expired: false,
+            read_only: None,
+        };
+        let ops = json!([{"op":"delete","table":"A","where":[["name","==","x"]]}]);
+        let Outcome::Done {
+            changes: Some(c), ..
+        } = execute(&d, ops.as_array().unwrap(), &ctx)
+        else {
+            panic!("the delete did not commit")
+        };
+        // The deleted row and the one row that referred to it; q is untouched.
+        let name_col = d.schema.tables[0].column("name").unwrap();
+        let names: Vec<String> = c
+            .rows
+            .iter()
+            .map(|ch| {
+                let r = ch.old.as_ref().expect("a change of an existing row");
+                r.data[name_col].to_json().as_str().unwrap_or("?").to_owned()
+            })
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["p", "x"], "{names:?}");
+        d.apply(&c);
+        assert_eq!(w(&mut d, "p"), json!(["set", []]));
+        assert_eq!(w(&mut d, "q"), r[1]["uuid"]);
+    }
+
+    #[test]
     fn constraints_indexes_and_mutability() {
         let mut d = db();
         let r = run(
