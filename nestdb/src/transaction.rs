@@ -355,12 +355,22 @@ impl<'a> Txn<'a> {
         if self.exists(t, uuid) {
             return Err(OvsdbError::new("duplicate uuid", format!("This UUID would duplicate a UUID already present within the table or deleted within the same transaction: {uuid}")).into());
         }
-        let mut row = Row::default_for(ts);
+        // Defaults only for the columns the operation leaves out (a default
+        // scalar is an allocation, and most columns of a large insert are given).
+        let mut given: Vec<Option<Datum>> = vec![None; ts.columns.len()];
         if let Some(rv) = o.get("row") {
             for (i, d) in self.parse_row(rv, ts, false)? {
-                row.data[i] = d;
+                given[i] = Some(d);
             }
         }
+        let row = Row {
+            version: Uuid::new_v4(),
+            data: given
+                .into_iter()
+                .zip(&ts.columns)
+                .map(|(d, c)| d.unwrap_or_else(|| c.ty.default_datum()))
+                .collect(),
+        };
         // Like ovsdb-server, columns left at their default must satisfy the constraints
         // too (e.g. "" is not a valid value of a required enum column).
         for (c, d) in ts.columns.iter().zip(&row.data) {
