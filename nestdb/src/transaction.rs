@@ -677,7 +677,8 @@ impl<'a> Txn<'a> {
                     )));
                 }
                 let (kt, vt) = targets[t][ci];
-                let check = |rti: usize, a: &Atom| match a.as_uuid() {
+                let check = |rti: usize, a: &Atom| {
+                    match a.as_uuid() {
                     Some(target) if !self.exists(rti, target) => {
                         Err(OvsdbError::referential(format!(
                             "Table {} column {} row {u} references nonexistent row {target} in table {}.",
@@ -685,6 +686,7 @@ impl<'a> Txn<'a> {
                         )))
                     }
                     _ => Ok(()),
+                }
                 };
                 if let Some(rti) = kt {
                     for a in d.keys() {
@@ -794,9 +796,9 @@ impl<'a> Txn<'a> {
             .map(|(k, _)| *k)
             .collect();
         for (t, cols) in targets.iter().enumerate() {
-            let refers = cols.iter().any(|(k, v)| {
-                k.is_some_and(|i| lost_rows[i]) || v.is_some_and(|i| lost_rows[i])
-            });
+            let refers = cols
+                .iter()
+                .any(|(k, v)| k.is_some_and(|i| lost_rows[i]) || v.is_some_and(|i| lost_rows[i]));
             if refers {
                 work.extend(
                     self.db.tables[t]
@@ -1100,7 +1102,11 @@ mod tests {
             .iter()
             .map(|ch| {
                 let r = ch.old.as_ref().expect("a change of an existing row");
-                r.data[name_col].to_json().as_str().unwrap_or("?").to_owned()
+                r.data[name_col]
+                    .to_json()
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_owned()
             })
             .collect();
         let mut sorted = names.clone();

@@ -142,7 +142,9 @@ fn phases() {
     println!("{n} Services x {eps} endpoints: {rows} rows in one transaction");
     let (total, total_cpu) = (Instant::now(), thread_cpu());
     let txn = phase("client: build Transaction", || services_txn(n, eps));
-    let params = phase("client: to_params (JSON value)", || txn.to_params().unwrap());
+    let params = phase("client: to_params (JSON value)", || {
+        txn.to_params().unwrap()
+    });
     let request = json!({"method": "transact", "params": params, "id": 1});
     let bytes = phase("client: serialise request", || {
         serde_json::to_vec(&request).unwrap()
@@ -164,7 +166,9 @@ fn phases() {
     .unwrap();
 
     let (server, server_cpu) = (Instant::now(), thread_cpu());
-    let v: Value = phase("server: JSON parse", || serde_json::from_slice(&bytes).unwrap());
+    let v: Value = phase("server: JSON parse", || {
+        serde_json::from_slice(&bytes).unwrap()
+    });
     let ops: Vec<Value> = v["params"].as_array().unwrap()[1..].to_vec();
     drop(v);
     let ctx = ExecContext {
@@ -274,25 +278,25 @@ fn end_to_end() {
             std::env::var_os("NESTDB_BIG_SERVER")
                 .unwrap_or_else(|| env!("CARGO_BIN_EXE_nestdb-server").into()),
         )
-            .arg(dir.path().join("node.db"))
-            .arg("--schema")
-            .arg(schema_path())
-            .arg(format!("--remote=punix:{}", sock.display()))
-            .arg(format!(
-                "--unixctl={}",
-                dir.path().join("nestdb.ctl").display()
-            ))
-            // Room for the 100,000-Service shape (about 200 MB of JSON).
-            .args([
-                "--max-message-size=1073741824",
-                "--max-message-memory=8589934592",
-                "--max-memory=17179869184",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("nestdb.log")).unwrap())
-            .spawn()
-            .expect("spawn nestdb-server"),
+        .arg(dir.path().join("node.db"))
+        .arg("--schema")
+        .arg(schema_path())
+        .arg(format!("--remote=punix:{}", sock.display()))
+        .arg(format!(
+            "--unixctl={}",
+            dir.path().join("nestdb.ctl").display()
+        ))
+        // Room for the 100,000-Service shape (about 200 MB of JSON).
+        .args([
+            "--max-message-size=1073741824",
+            "--max-message-memory=8589934592",
+            "--max-memory=17179869184",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("nestdb.log")).unwrap())
+        .spawn()
+        .expect("spawn nestdb-server"),
     );
     let remote = format!("unix:{}", sock.display());
     sluice_testkit::wait_until("nestdb-server to listen", Duration::from_secs(30), || {
