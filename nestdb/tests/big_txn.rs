@@ -255,6 +255,17 @@ fn process_cpu(pid: u32) -> Duration {
     Duration::from_millis(ticks * 1000 / hz)
 }
 
+/// The peak resident memory of process `pid` (VmHWM), in MiB.
+fn peak_rss_mib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0)
+        / 1024
+}
+
 /// A nestdb-server process, SIGKILLed and reaped on drop.
 struct Server(Child);
 
@@ -334,9 +345,10 @@ fn end_to_end() {
     println!(
         "{n} Services x {eps} endpoints ({rows} rows) in one transaction through nestdb-server: \
          reply {:.1} ms, monitor update applied {:.1} ms (wall, from sending, client building \
-         excluded); nestdb-server used {:.1} ms of CPU",
+         excluded); nestdb-server used {:.1} ms of CPU, peak RSS {} MiB",
         t_reply.as_secs_f64() * 1e3,
         t_update.as_secs_f64() * 1e3,
-        (process_cpu(pid) - cpu0).as_secs_f64() * 1e3
+        (process_cpu(pid) - cpu0).as_secs_f64() * 1e3,
+        peak_rss_mib(pid)
     );
 }
