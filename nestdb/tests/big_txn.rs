@@ -357,4 +357,37 @@ fn end_to_end() {
         (process_cpu(pid) - cpu0).as_secs_f64() * 1e3,
         peak_rss_mib(pid)
     );
+
+    // Then single-endpoint changes with all of it installed (the agent probe's
+    // second case): one update per transaction, round trip to the reply.
+    let endpoints: Vec<nestdb_client::Uuid> = out
+        .results
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % (2 + eps as usize) >= 2)
+        .filter_map(|(_, r)| r.uuid())
+        .collect();
+    let changes = env_or("NESTDB_BIG_CHANGES", 200) as usize;
+    let mut rtt = Vec::with_capacity(changes);
+    for k in 0..changes {
+        let u = endpoints[k * 7919 % endpoints.len()];
+        let txn = Transaction::new(DB).update(
+            "Endpoint",
+            vec![nestdb_client::Condition::uuid(u)],
+            nestdb_client::row([("ip", Datum::from(format!("10.200.{}.{}", k / 250, k % 250)))]),
+        );
+        let t = Instant::now();
+        let r = c.transact(&txn).unwrap();
+        rtt.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(r.results[0].count(), Some(1));
+    }
+    rtt.sort_by(f64::total_cmp);
+    let pct = |p: f64| rtt[((rtt.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "{changes} single-endpoint updates at {n} Services, transaction round trip: \
+         p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        pct(0.5),
+        pct(0.99),
+        rtt[rtt.len() - 1]
+    );
 }
