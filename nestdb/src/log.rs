@@ -63,11 +63,18 @@ pub struct Scan {
 
 /// Formats one record.
 pub fn encode_record(v: &Value) -> Vec<u8> {
-    let mut body = serde_json::to_vec(v).unwrap_or_default();
+    encode_record_text(serde_json::to_vec(v).unwrap_or_default())
+}
+
+/// Formats one record from its JSON text (what `serde_json::to_vec` gives for
+/// the record's value).
+pub fn encode_record_text(json: Vec<u8>) -> Vec<u8> {
+    let mut body = json;
     body.push(b'\n');
     let sha = Sha1::digest(&body);
     let hex: String = sha.iter().map(|b| format!("{b:02x}")).collect();
     let mut out = format!("{MAGIC} {} {hex}\n", body.len()).into_bytes();
+    out.reserve(body.len());
     out.extend_from_slice(&body);
     out
 }

@@ -316,6 +316,26 @@ impl std::fmt::Debug for Server {
 
 /// Decodes one delimited message after checking that its estimated decoded
 /// size is within `max_decoded` bytes.
+/// The text of a monitor notification, `{"id":null,"method":…,"params":[id,
+/// (txn,) updates]}` (what `Message::Notification` encodes to), around the
+/// already written `updates`.
+fn notification_bytes(method: &str, id: &Value, txn: Option<&str>, updates: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(updates.len() + 128);
+    out.extend_from_slice(br#"{"id":null,"method":"#);
+    // Writing JSON into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, method);
+    out.extend_from_slice(br#","params":["#);
+    let _ = serde_json::to_writer(&mut out, id);
+    if let Some(t) = txn {
+        out.push(b',');
+        let _ = serde_json::to_writer(&mut out, t);
+    }
+    out.push(b',');
+    out.extend_from_slice(updates);
+    out.extend_from_slice(b"]}");
+    out
+}
+
 fn decode_frame(frame: &[u8], max_decoded: usize) -> Result<Message, String> {
     let estimate = decoded_size_estimate(frame);
     if estimate > max_decoded {
@@ -794,10 +814,15 @@ impl Server {
             "transact" => {
                 match self.lookup_db(&params, 0) {
                     Ok(db) => {
-                        let ops: Vec<Value> = params
-                            .as_array()
-                            .map(|a| a[1..].to_vec())
-                            .unwrap_or_default();
+                        // Moved, not copied: a large transaction's operations are
+                        // tens of megabytes of JSON.
+                        let ops: Vec<Value> = match params {
+                            Value::Array(mut a) if !a.is_empty() => {
+                                a.remove(0);
+                                a
+                            }
+                            _ => Vec::new(),
+                        };
                         self.run_transaction(sid, id, db, ops, None);
                     }
                     Err(e) => self.reply(sid, id, Err(e)),
@@ -1088,30 +1113,22 @@ impl Server {
         d.dirty = true;
         let name = d.name.clone();
         let dbref = &self.dbs[db].storage.db;
+        let txn_id = entry.id.to_string();
         for s in self.sessions.values_mut() {
             let mut notes = Vec::new();
             for m in s.monitors.iter().filter(|m| m.db == name) {
-                let u = m.compose(dbref, &entry.changes);
-                if u.as_object().is_some_and(|o| o.is_empty()) {
+                let Some(u) = m.compose_json(dbref, &entry.changes) else {
                     continue;
-                }
-                notes.push(match m.version {
-                    Version::V1 => Message::Notification {
-                        method: "update".into(),
-                        params: json!([m.id, u]),
-                    },
-                    Version::V2 => Message::Notification {
-                        method: "update2".into(),
-                        params: json!([m.id, u]),
-                    },
-                    Version::V3 => Message::Notification {
-                        method: "update3".into(),
-                        params: json!([m.id, entry.id.to_string(), u]),
-                    },
-                });
+                };
+                let (method, txn) = match m.version {
+                    Version::V1 => ("update", None),
+                    Version::V2 => ("update2", None),
+                    Version::V3 => ("update3", Some(txn_id.as_str())),
+                };
+                notes.push(notification_bytes(method, &m.id, txn, &u));
             }
             for n in notes {
-                s.send(&n);
+                s.out.extend_from_slice(&n);
             }
         }
         self.retry_pending = true;
@@ -1416,5 +1433,39 @@ impl Control for Server {
     }
     fn stats_text(&self) -> String {
         Server::stats_text(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notification_bytes_are_what_message_encodes() {
+        let updates = json!({"A": {"00000000-0000-0000-0000-000000000001": {"insert": {"n": 1}}}});
+        let text = serde_json::to_vec(&updates).unwrap();
+        for (method, id, txn) in [
+            ("update", json!(null), None),
+            ("update2", json!(["m", 1]), None),
+            (
+                "update3",
+                json!("mon \"x\""),
+                Some("7b5e0e43-0000-4000-8000-000000000000"),
+            ),
+        ] {
+            let params = match txn {
+                Some(t) => json!([id, t, updates]),
+                None => json!([id, updates]),
+            };
+            let want = Message::Notification {
+                method: method.into(),
+                params,
+            }
+            .to_bytes();
+            assert_eq!(
+                String::from_utf8(notification_bytes(method, &id, txn, &text)).unwrap(),
+                String::from_utf8(want).unwrap()
+            );
+        }
     }
 }

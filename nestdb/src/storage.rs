@@ -10,7 +10,7 @@
 //! the history rebuilt from the log.  Compaction rewrites the file as schema + one
 //! snapshot record once the log has grown past a threshold.  Owned by the server thread.
 
-use crate::log::{encode_record, Log, LogError};
+use crate::log::{encode_record, encode_record_text, Log, LogError};
 use crate::table::{Changes, Database};
 use ovsdb_core::{Schema, Uuid};
 use serde_json::{json, Value};
@@ -187,9 +187,10 @@ impl Storage {
     /// Applies committed changes and queues their log record.  Returns the history
     /// entry (with the new transaction id).  Not durable until [`Storage::sync`].
     pub fn stage(&mut self, changes: Changes, date_ms: u64) -> HistoryEntry {
-        let rec = self.db.record_for(&changes, date_ms);
+        // The same bytes as encode_record(&record_for(..)), which replay hashes
+        // again for the transaction id, without building the record's Value.
+        let bytes = encode_record_text(self.db.record_json(&changes, date_ms));
         self.db.apply(&changes);
-        let bytes = encode_record(&rec);
         if let Some(log) = &mut self.log {
             log.append_encoded(&bytes);
             self.records_since_compact += 1;

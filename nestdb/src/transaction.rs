@@ -355,12 +355,22 @@ impl<'a> Txn<'a> {
         if self.exists(t, uuid) {
             return Err(OvsdbError::new("duplicate uuid", format!("This UUID would duplicate a UUID already present within the table or deleted within the same transaction: {uuid}")).into());
         }
-        let mut row = Row::default_for(ts);
+        // Defaults only for the columns the operation leaves out (a default
+        // scalar is an allocation, and most columns of a large insert are given).
+        let mut given: Vec<Option<Datum>> = vec![None; ts.columns.len()];
         if let Some(rv) = o.get("row") {
             for (i, d) in self.parse_row(rv, ts, false)? {
-                row.data[i] = d;
+                given[i] = Some(d);
             }
         }
+        let row = Row {
+            version: Uuid::new_v4(),
+            data: given
+                .into_iter()
+                .zip(&ts.columns)
+                .map(|(d, c)| d.unwrap_or_else(|| c.ty.default_datum()))
+                .collect(),
+        };
         // Like ovsdb-server, columns left at their default must satisfy the constraints
         // too (e.g. "" is not a valid value of a required enum column).
         for (c, d) in ts.columns.iter().zip(&row.data) {
@@ -575,59 +585,23 @@ impl<'a> Txn<'a> {
     }
 
     /// Validates the overlay and turns it into committed changes.
+    ///
+    /// Every check walks the overlay (the rows this transaction touched) once,
+    /// plus, for weak references into tables that lost rows, the rows that
+    /// refer to those tables: linear in the size of the transaction.
     fn commit(&mut self) -> Result<Option<Changes>, OvsdbError> {
         if let Some(name) = self.symtab.first_undeclared() {
             return Err(OvsdbError::referential(format!(
                 "named-uuid \"{name}\" is used but no \"insert\" operation declares it"
             )));
         }
-        self.collect_garbage();
-        self.check_deleted_references()?;
+        let delta = self.collect_garbage();
+        self.check_deleted_references(&delta)?;
         self.clear_weak_references()?;
-        let keys: Vec<Key> = self.overlay.keys().copied().collect();
-        for &(t, u) in &keys {
-            let Some(Some(row)) = self.overlay.get(&(t, u)).cloned() else {
-                continue;
-            };
-            let ts = self.db.schema.tables[t].clone();
-            for (c, d) in ts.columns.iter().zip(&row.data) {
-                let n = d.len() as u64;
-                if n < c.ty.min || c.ty.max.is_some_and(|max| n > max) {
-                    return Err(OvsdbError::constraint(format!(
-                        "Column {}.{} of row {u} has {n} elements but must have between {} and {}.",
-                        ts.name,
-                        c.name,
-                        c.ty.min,
-                        c.ty.max_text()
-                    )));
-                }
-                for (b, atoms) in [
-                    (&c.ty.key, d.keys()),
-                    (c.ty.value.as_ref().unwrap_or(&c.ty.key), d.values()),
-                ] {
-                    let (Some(rt), RefType::Strong) = (&b.ref_table, b.ref_type) else {
-                        continue;
-                    };
-                    let (rti, _) =
-                        self.db.schema.table_with_index(rt).ok_or_else(|| {
-                            OvsdbError::referential(format!("unknown table {rt}"))
-                        })?;
-                    for a in atoms {
-                        if let Some(target) = a.as_uuid() {
-                            if !self.exists(rti, target) {
-                                return Err(OvsdbError::referential(format!(
-                                    "Table {} column {} row {u} references nonexistent row {target} in table {rt}.",
-                                    ts.name, c.name
-                                )));
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        self.check_sizes_and_strong_references()?;
         self.check_max_rows()?;
         self.check_indexes()?;
-        let mut rows = Vec::new();
+        let mut rows = Vec::with_capacity(self.overlay.len());
         for ((t, u), new) in std::mem::take(&mut self.overlay) {
             let old = self.db.tables[t].rows.get(&u).cloned();
             let new = match (&old, new) {
@@ -658,6 +632,77 @@ impl<'a> Txn<'a> {
         Ok(Some(Changes { rows, comment }))
     }
 
+    /// Per table, per column: the tables its key and value atoms refer to with
+    /// references of kind `kind` (None: not such a reference).
+    fn ref_targets(&self, kind: RefType) -> Vec<Vec<(Option<usize>, Option<usize>)>> {
+        let target = |b: &ovsdb_core::BaseType| {
+            (b.ref_type == kind)
+                .then(|| {
+                    b.ref_table
+                        .as_deref()
+                        .and_then(|r| self.db.schema.table_with_index(r))
+                        .map(|(i, _)| i)
+                })
+                .flatten()
+        };
+        self.db
+            .schema
+            .tables
+            .iter()
+            .map(|ts| {
+                ts.columns
+                    .iter()
+                    .map(|c| (target(&c.ty.key), c.ty.value.as_ref().and_then(target)))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Column sizes (`min`/`max`) and the targets of strong references of every
+    /// row the transaction leaves in place.
+    fn check_sizes_and_strong_references(&self) -> Result<(), OvsdbError> {
+        let targets = self.ref_targets(RefType::Strong);
+        for (&(t, u), row) in &self.overlay {
+            let Some(row) = row else { continue };
+            let ts = &self.db.schema.tables[t];
+            for (ci, (c, d)) in ts.columns.iter().zip(&row.data).enumerate() {
+                let n = d.len() as u64;
+                if n < c.ty.min || c.ty.max.is_some_and(|max| n > max) {
+                    return Err(OvsdbError::constraint(format!(
+                        "Column {}.{} of row {u} has {n} elements but must have between {} and {}.",
+                        ts.name,
+                        c.name,
+                        c.ty.min,
+                        c.ty.max_text()
+                    )));
+                }
+                let (kt, vt) = targets[t][ci];
+                let check = |rti: usize, a: &Atom| {
+                    match a.as_uuid() {
+                    Some(target) if !self.exists(rti, target) => {
+                        Err(OvsdbError::referential(format!(
+                            "Table {} column {} row {u} references nonexistent row {target} in table {}.",
+                            ts.name, c.name, self.db.schema.tables[rti].name
+                        )))
+                    }
+                    _ => Ok(()),
+                }
+                };
+                if let Some(rti) = kt {
+                    for a in d.keys() {
+                        check(rti, a)?;
+                    }
+                }
+                if let Some(rti) = vt {
+                    for a in d.values() {
+                        check(rti, a)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Reference count deltas implied by the overlay.
     fn ref_deltas(&self) -> HashMap<Uuid, i64> {
         let mut delta: HashMap<Uuid, i64> = HashMap::new();
@@ -683,7 +728,8 @@ impl<'a> Txn<'a> {
     }
 
     /// Deletes non-root rows left without strong references, to a fixed point.
-    fn collect_garbage(&mut self) {
+    /// Returns the reference count deltas of the final overlay.
+    fn collect_garbage(&mut self) -> HashMap<Uuid, i64> {
         loop {
             let delta = self.ref_deltas();
             let mut candidates: BTreeSet<Key> = BTreeSet::new();
@@ -706,7 +752,7 @@ impl<'a> Txn<'a> {
                 .filter(|&(t, u)| self.exists(t, u) && self.final_refcount(&delta, u) <= 0)
                 .collect();
             if garbage.is_empty() {
-                return;
+                return delta;
             }
             for k in garbage {
                 self.overlay.insert(k, None);
@@ -714,11 +760,10 @@ impl<'a> Txn<'a> {
         }
     }
 
-    fn check_deleted_references(&self) -> Result<(), OvsdbError> {
-        let delta = self.ref_deltas();
+    fn check_deleted_references(&self, delta: &HashMap<Uuid, i64>) -> Result<(), OvsdbError> {
         for (&(t, u), new) in &self.overlay {
             if new.is_none() && self.db.tables[t].rows.contains_key(&u) {
-                let n = self.final_refcount(&delta, u);
+                let n = self.final_refcount(delta, u);
                 if n > 0 {
                     return Err(OvsdbError::referential(format!(
                         "cannot delete {} row {u} because of {n} remaining reference(s)",
@@ -731,31 +776,29 @@ impl<'a> Txn<'a> {
     }
 
     /// Removes weak references to rows that do not exist after this transaction.
+    /// A row is copied only when it has such a reference.
     fn clear_weak_references(&mut self) -> Result<(), OvsdbError> {
-        let deleted_tables: BTreeSet<&str> = self
-            .overlay
+        let targets = self.ref_targets(RefType::Weak);
+        let has_weak: Vec<bool> = targets
             .iter()
-            .filter(|(_, v)| v.is_none())
-            .map(|((t, _), _)| self.db.schema.tables[*t].name.as_str())
+            .map(|cols| cols.iter().any(|(k, v)| k.is_some() || v.is_some()))
             .collect();
+        let mut lost_rows = vec![false; self.db.tables.len()];
+        for ((t, _), v) in &self.overlay {
+            if v.is_none() {
+                lost_rows[*t] = true;
+            }
+        }
         let mut work: Vec<Key> = self
             .overlay
             .iter()
-            .filter(|(_, v)| v.is_some())
+            .filter(|((t, _), v)| v.is_some() && has_weak[*t])
             .map(|(k, _)| *k)
             .collect();
-        for (t, ts) in self.db.schema.tables.iter().enumerate() {
-            let refers = ts.columns.iter().any(|c| {
-                [Some(&c.ty.key), c.ty.value.as_ref()]
-                    .into_iter()
-                    .flatten()
-                    .any(|b| {
-                        b.ref_type == RefType::Weak
-                            && b.ref_table
-                                .as_deref()
-                                .is_some_and(|r| deleted_tables.contains(r))
-                    })
-            });
+        for (t, cols) in targets.iter().enumerate() {
+            let refers = cols
+                .iter()
+                .any(|(k, v)| k.is_some_and(|i| lost_rows[i]) || v.is_some_and(|i| lost_rows[i]));
             if refers {
                 work.extend(
                     self.db.tables[t]
@@ -766,33 +809,28 @@ impl<'a> Txn<'a> {
                 );
             }
         }
+        let mut updates = Vec::new();
         for (t, u) in work {
             let Some(row) = self.get(t, u) else { continue };
-            let ts = self.db.schema.tables[t].clone();
+            let dangling = |a: &Atom, target: Option<usize>| match (target, a.as_uuid()) {
+                (Some(ti), Some(x)) => !self.exists(ti, x),
+                _ => false,
+            };
+            let cols = &targets[t];
+            let stale = |ci: usize, d: &Datum| {
+                let (kt, vt) = cols[ci];
+                d.keys().any(|a| dangling(a, kt)) || d.values().any(|a| dangling(a, vt))
+            };
+            if !row.data.iter().enumerate().any(|(ci, d)| stale(ci, d)) {
+                continue;
+            }
             let mut new = (*row).clone();
-            let mut changed = false;
-            for (ci, c) in ts.columns.iter().enumerate() {
-                let weak_target = |b: &ovsdb_core::BaseType| {
-                    (b.ref_type == RefType::Weak)
-                        .then(|| {
-                            b.ref_table
-                                .as_deref()
-                                .and_then(|r| self.db.schema.table_with_index(r))
-                                .map(|(i, _)| i)
-                        })
-                        .flatten()
-                };
-                let kt = weak_target(&c.ty.key);
-                let vt = c.ty.value.as_ref().and_then(weak_target);
-                if kt.is_none() && vt.is_none() {
+            for (ci, d) in new.data.iter_mut().enumerate() {
+                if !stale(ci, d) {
                     continue;
                 }
-                let dangling = |a: &Atom, target: Option<usize>| match (target, a.as_uuid()) {
-                    (Some(ti), Some(x)) => !self.exists(ti, x),
-                    _ => false,
-                };
-                let d = &new.data[ci];
-                let nd = match d {
+                let (kt, vt) = cols[ci];
+                *d = match d {
                     Datum::Set(s) => {
                         Datum::Set(s.iter().filter(|a| !dangling(a, kt)).cloned().collect())
                     }
@@ -803,14 +841,11 @@ impl<'a> Txn<'a> {
                             .collect(),
                     ),
                 };
-                if nd != *d {
-                    new.data[ci] = nd;
-                    changed = true;
-                }
             }
-            if changed {
-                self.overlay.insert((t, u), Some(Arc::new(new)));
-            }
+            updates.push(((t, u), new));
+        }
+        for (k, new) in updates {
+            self.overlay.insert(k, Some(Arc::new(new)));
         }
         Ok(())
     }
@@ -841,9 +876,9 @@ impl<'a> Txn<'a> {
                 for ((_, u), v) in self.overlay.range((t, Uuid::nil())..=(t, Uuid::max())) {
                     let Some(row) = v else { continue };
                     let key = table.index_key(ix, row);
-                    let names: Vec<&str> =
-                        cols.iter().map(|&c| ts.columns[c].name.as_str()).collect();
                     let clash = |other: Uuid| {
+                        let names: Vec<&str> =
+                            cols.iter().map(|&c| ts.columns[c].name.as_str()).collect();
                         OvsdbError::constraint(format!(
                             "Transaction causes multiple rows in \"{}\" table to have identical values ({}) for index on column{} \"{}\".  First row has UUID {other}; second row has UUID {u}.",
                             ts.name,
@@ -1024,6 +1059,62 @@ mod tests {
             json!([{"op":"select","table":"A","where":[],"columns":["w"]}]),
         );
         assert_eq!(r[0]["rows"][0]["w"], json!(["set", []]));
+    }
+
+    #[test]
+    fn weak_clean_up_touches_only_rows_with_dangling_references() {
+        let mut d = db();
+        let r = run(
+            &mut d,
+            json!([{"op":"insert","table":"A","row":{"name":"x"},"uuid-name":"x"},
+                   {"op":"insert","table":"A","row":{"name":"y"},"uuid-name":"y"},
+                   {"op":"insert","table":"A","row":{"name":"p","w":["named-uuid","x"]}},
+                   {"op":"insert","table":"A","row":{"name":"q","w":["set",[["named-uuid","y"],
+                       ["uuid","00000000-0000-0000-0000-000000000001"]]]}}]),
+        );
+        assert!(r.iter().all(|v| v.get("error").is_none()), "{r:?}");
+        let w = |d: &mut Database, name: &str| {
+            run(
+                d,
+                json!([{"op":"select","table":"A","where":[["name","==",name]],"columns":["w"]}]),
+            )[0]["rows"][0]["w"]
+                .clone()
+        };
+        // An inserted row keeps its reference to a row that exists and loses
+        // the one to a row that does not.
+        assert_eq!(w(&mut d, "q"), r[1]["uuid"]);
+        let ctx = ExecContext {
+            owns_lock: &|_| false,
+            wait_expired: false,
+            read_only: None,
+        };
+        let ops = json!([{"op":"delete","table":"A","where":[["name","==","x"]]}]);
+        let Outcome::Done {
+            changes: Some(c), ..
+        } = execute(&d, ops.as_array().unwrap(), &ctx)
+        else {
+            panic!("the delete did not commit")
+        };
+        // The deleted row and the one row that referred to it; q is untouched.
+        let name_col = d.schema.tables[0].column("name").unwrap();
+        let names: Vec<String> = c
+            .rows
+            .iter()
+            .map(|ch| {
+                let r = ch.old.as_ref().expect("a change of an existing row");
+                r.data[name_col]
+                    .to_json()
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_owned()
+            })
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["p", "x"], "{names:?}");
+        d.apply(&c);
+        assert_eq!(w(&mut d, "p"), json!(["set", []]));
+        assert_eq!(w(&mut d, "q"), r[1]["uuid"]);
     }
 
     #[test]

@@ -394,19 +394,23 @@ impl Datum {
     }
 
     /// The key atoms (set members or map keys), in order.
-    pub fn keys(&self) -> Box<dyn Iterator<Item = &Atom> + '_> {
-        match self {
-            Datum::Set(s) => Box::new(s.iter()),
-            Datum::Map(m) => Box::new(m.keys()),
-        }
+    pub fn keys(&self) -> impl Iterator<Item = &Atom> + '_ {
+        // Not boxed: callers walk the atoms of every column of every row.
+        let (set, map) = match self {
+            Datum::Set(s) => (Some(s.iter()), None),
+            Datum::Map(m) => (None, Some(m.keys())),
+        };
+        set.into_iter().flatten().chain(map.into_iter().flatten())
     }
 
     /// The value atoms of a map (empty for sets).
-    pub fn values(&self) -> Box<dyn Iterator<Item = &Atom> + '_> {
+    pub fn values(&self) -> impl Iterator<Item = &Atom> + '_ {
         match self {
-            Datum::Set(_) => Box::new(std::iter::empty()),
-            Datum::Map(m) => Box::new(m.values()),
+            Datum::Set(_) => None,
+            Datum::Map(m) => Some(m.values()),
         }
+        .into_iter()
+        .flatten()
     }
 
     /// The first key atom, if any (the atom of a scalar).
@@ -1027,6 +1031,39 @@ mod tests {
             } else {
                 prop_assert_eq!(back, m);
             }
+        }
+
+        #[test]
+        fn is_default_agrees_with_default_datum(
+            set in proptest::collection::btree_set(arb_atom(), 0..3),
+            map in proptest::collection::btree_map(arb_atom(), arb_atom(), 0..3),
+            key in prop_oneof![Just("integer"), Just("string"), Just("boolean")],
+            value in prop_oneof![Just("integer"), Just("string"), Just("boolean")],
+            min in 0u64..2,
+        ) {
+            let types = [
+                ty(json!({"key": key, "min": min, "max": "unlimited"})),
+                ty(json!({"key": key, "value": value, "min": min, "max": "unlimited"})),
+            ];
+            for t in &types {
+                for d in [Datum::Set(set.clone()), Datum::Map(map.clone()),
+                          t.default_datum(), Datum::empty_set(), Datum::empty_map()] {
+                    prop_assert_eq!(t.is_default(&d), d == t.default_datum(), "{:?} {:?}", t, d);
+                }
+            }
+        }
+
+        #[test]
+        fn keys_and_values_walk_sets_and_maps(
+            set in proptest::collection::btree_set(arb_atom(), 0..4),
+            map in proptest::collection::btree_map(arb_atom(), arb_atom(), 0..4),
+        ) {
+            let s = Datum::Set(set.clone());
+            prop_assert_eq!(s.keys().cloned().collect::<Vec<_>>(), set.into_iter().collect::<Vec<_>>());
+            prop_assert_eq!(s.values().count(), 0);
+            let m = Datum::Map(map.clone());
+            prop_assert_eq!(m.keys().cloned().collect::<Vec<_>>(), map.keys().cloned().collect::<Vec<_>>());
+            prop_assert_eq!(m.values().cloned().collect::<Vec<_>>(), map.values().cloned().collect::<Vec<_>>());
         }
 
         #[test]

@@ -441,6 +441,25 @@ impl ColumnType {
             .map_or_else(|| "unlimited".to_string(), |m| m.to_string())
     }
 
+    /// True when `d` equals [`ColumnType::default_datum`], without building it
+    /// (no allocation: the server asks this for every column of every row it
+    /// logs or sends).
+    pub fn is_default(&self, d: &Datum) -> bool {
+        match (d, &self.value) {
+            (Datum::Set(s), None) if self.min == 0 => s.is_empty(),
+            (Datum::Set(s), None) => {
+                s.len() == 1 && s.first() == Some(&self.key.atomic.default_atom())
+            }
+            (Datum::Map(m), Some(_)) if self.min == 0 => m.is_empty(),
+            (Datum::Map(m), Some(v)) => {
+                m.len() == 1
+                    && m.first_key_value()
+                        == Some((&self.key.atomic.default_atom(), &v.atomic.default_atom()))
+            }
+            _ => false,
+        }
+    }
+
     /// The default datum: empty when `min` is 0, otherwise the default atom (or
     /// default key → default value pair).
     pub fn default_datum(&self) -> Datum {
@@ -504,6 +523,8 @@ mod tests {
         assert!(t.is_map());
         assert_eq!(t.max, None);
         assert_eq!(t.default_datum(), Datum::empty_map());
+        assert!(t.is_default(&Datum::empty_map()));
+        assert!(!t.is_default(&Datum::empty_set()));
         let s = ColumnType::from_json(&json!("boolean")).unwrap();
         assert!(s.is_scalar());
         assert_eq!(s.default_datum(), Datum::from(false));

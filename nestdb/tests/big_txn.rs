@@ -1,0 +1,393 @@
+//! The large-transaction probe: the shape the agent speed probe
+//! (control/tests/agent_speed.rs) writes, N Services x E endpoints in one
+//! transaction built with nestdb-client against the node schema
+//! (deploy/nestdb/sluice.ovsschema): per Service one `Service_Port`, one
+//! `Service` naming it and E `Endpoint`s naming the Service (10,000 x 10 is
+//! 120,000 rows, about 30 MB of JSON).
+//!
+//! `phases` runs every step the server takes in-process and prints each
+//! one's time: client-side building and serialising, JSON parse, transaction
+//! execution (operations, then the commit checks: references, garbage
+//! collection, sizes, indexes), staging (log record, apply, reference counts
+//! and indexes), fsync, monitor update composition and serialisation, and
+//! the client-side parse of the reply and of the update.
+//! `end_to_end` runs a real `nestdb-server` with a `monitor_cond_since`
+//! client on every table (like the agent) and prints the time to the
+//! transaction's reply and to the monitor's update.
+//!
+//! Not CI tests (their figures depend on the machine): `#[ignore]`, run in
+//! release:
+//!
+//! ```text
+//! cargo test --release -p nestdb --test big_txn -- --ignored --nocapture --test-threads 1
+//! ```
+//!
+//! `NESTDB_BIG_SERVICES` (default 10000) and `NESTDB_BIG_ENDPOINTS`
+//! (default 10) scale the shape; `NESTDB_BIG_SERVER` runs another
+//! `nestdb-server` binary (e.g. an older build, for a before/after figure). They also assert what they measured (row
+//! counts, no error), so a broken server fails them.
+
+// The allocator nestdb-server runs with, so the phases measure what it does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use nestdb::monitor::{Monitor, Version};
+use nestdb::storage::{now_ms, Storage};
+use nestdb::transaction::{execute, ExecContext, Outcome};
+use nestdb_client::{Client, Datum, MonitorConfig, MonitorEvent, Transaction};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const DB: &str = "Sluice_Node";
+const TABLES: &[&str] = &["Service_Port", "Service", "Endpoint"];
+
+fn schema_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nestdb/sluice.ovsschema")
+}
+
+fn env_or(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The agent speed probe's transaction: `n` Services, one port, `eps`
+/// endpoints each.
+fn services_txn(n: u32, eps: u32) -> Transaction {
+    let mut txn = Transaction::new(DB);
+    for i in 0..n {
+        let (sp, sv) = (format!("p{i}"), format!("s{i}"));
+        let (hi, lo) = (i / 250, i % 250 + 1);
+        txn = txn
+            .insert(
+                "Service_Port",
+                nestdb_client::row([
+                    ("protocol", Datum::from("TCP")),
+                    ("port", Datum::from(80i64)),
+                    ("target_port", Datum::from(8080i64)),
+                ]),
+            )
+            .named(&sp)
+            .insert(
+                "Service",
+                nestdb_client::row([
+                    ("name", Datum::from(format!("svc-{i}"))),
+                    ("namespace", Datum::from("default")),
+                    ("type", Datum::from("ClusterIP")),
+                    (
+                        "cluster_ips",
+                        Datum::from(format!("10.{}.{}.{lo}", 96 + hi / 250, hi % 250)),
+                    ),
+                    ("ports", Datum::named_uuid(&sp)),
+                    ("session_affinity", Datum::from("None")),
+                    ("internal_traffic_policy", Datum::from("Cluster")),
+                    ("external_traffic_policy", Datum::from("Cluster")),
+                ]),
+            )
+            .named(&sv);
+        for e in 0..eps {
+            txn = txn.insert(
+                "Endpoint",
+                nestdb_client::row([
+                    ("service", Datum::named_uuid(&sv)),
+                    (
+                        "ip",
+                        Datum::from(format!("10.{}.{}.{lo}", 128 + e % 64, hi % 250)),
+                    ),
+                    ("ready", Datum::from(true)),
+                    ("serving", Datum::from(true)),
+                    ("terminating", Datum::from(false)),
+                    ("is_local", Datum::from(false)),
+                ]),
+            );
+        }
+    }
+    txn
+}
+
+/// CPU time this thread has used (the machine is shared: wall time alone
+/// measures the neighbours too).
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Times `f` (wall and this thread's CPU), prints `what` with the times,
+/// returns `f`'s value.
+fn phase<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    let (t, c) = (Instant::now(), thread_cpu());
+    let v = f();
+    println!(
+        "  {what:<50} {:>9.1} ms wall {:>9.1} ms cpu",
+        t.elapsed().as_secs_f64() * 1e3,
+        (thread_cpu() - c).as_secs_f64() * 1e3
+    );
+    v
+}
+
+#[test]
+#[ignore = "a speed probe; run in release with --ignored --nocapture (see the module docs)"]
+fn phases() {
+    let n = env_or("NESTDB_BIG_SERVICES", 10_000);
+    let eps = env_or("NESTDB_BIG_ENDPOINTS", 10);
+    let rows = n as usize * (2 + eps as usize);
+    println!("{n} Services x {eps} endpoints: {rows} rows in one transaction");
+    let (total, total_cpu) = (Instant::now(), thread_cpu());
+    let txn = phase("client: build Transaction", || services_txn(n, eps));
+    let params = phase("client: to_params (JSON value)", || {
+        txn.to_params().unwrap()
+    });
+    let request = json!({"method": "transact", "params": params, "id": 1});
+    let bytes = phase("client: serialise request", || {
+        serde_json::to_vec(&request).unwrap()
+    });
+    println!("  request size {:.1} MB", bytes.len() as f64 / 1e6);
+    drop(request);
+    drop(params);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut storage = Storage::open(&dir.path().join("node.db"), Some(&schema_path()), u64::MAX)
+        .expect("create the node database");
+    let monitor = Monitor::parse(
+        &storage.db,
+        DB,
+        json!("m"),
+        Version::V3,
+        &json!({"Service_Port": {}, "Service": {}, "Endpoint": {}, "Node_Config": {}}),
+    )
+    .unwrap();
+
+    let (server, server_cpu) = (Instant::now(), thread_cpu());
+    let v: Value = phase("server: JSON parse", || {
+        serde_json::from_slice(&bytes).unwrap()
+    });
+    let ops: Vec<Value> = v["params"].as_array().unwrap()[1..].to_vec();
+    drop(v);
+    let ctx = ExecContext {
+        owns_lock: &|_| false,
+        wait_expired: false,
+        read_only: None,
+    };
+    let outcome = phase("server: execute (operations + commit checks)", || {
+        execute(&storage.db, &ops, &ctx)
+    });
+    let Outcome::Done {
+        results,
+        changes: Some(changes),
+        ..
+    } = outcome
+    else {
+        panic!("the transaction did not commit")
+    };
+    assert!(
+        results.iter().all(|r| r.get("error").is_none()),
+        "errors: {:?}",
+        results.iter().find(|r| r.get("error").is_some())
+    );
+    assert_eq!(changes.rows.len(), rows);
+    let entry = phase("server: stage (log record, apply, refs, indexes)", || {
+        storage.stage(changes, now_ms())
+    });
+    phase("server: fsync", || storage.sync().unwrap());
+    let reply = nestdb::jsonrpc::Message::Reply {
+        result: Value::Array(results),
+        id: json!(1),
+    };
+    let reply_bytes = phase("server: serialise reply", || reply.to_bytes());
+    // What the server does per monitor: the table-updates text, then the
+    // notification around it (server.rs, notification_bytes).
+    let update = phase("server: monitor update3 text (compose_json)", || {
+        monitor
+            .compose_json(&storage.db, &entry.changes)
+            .expect("the monitor reports the inserts")
+    });
+    let note_bytes = phase("server: update3 notification", || {
+        let mut out = br#"{"id":null,"method":"update3","params":["m","#.to_vec();
+        out.extend_from_slice(format!("\"{}\",", entry.id).as_bytes());
+        out.extend_from_slice(&update);
+        out.extend_from_slice(b"]}");
+        out
+    });
+    println!(
+        "  {:<50} {:>9.1} ms wall {:>9.1} ms cpu",
+        "server total (excluding client work)",
+        server.elapsed().as_secs_f64() * 1e3,
+        (thread_cpu() - server_cpu).as_secs_f64() * 1e3
+    );
+    println!(
+        "  reply {:.1} MB, update3 {:.1} MB",
+        reply_bytes.len() as f64 / 1e6,
+        note_bytes.len() as f64 / 1e6
+    );
+    let reply_v: Value = phase("client: parse reply JSON", || {
+        serde_json::from_slice(&reply_bytes).unwrap()
+    });
+    let outcome = phase("client: parse_reply", || {
+        txn.parse_reply(&reply_v["result"]).unwrap()
+    });
+    assert_eq!(outcome.results.len(), txn.len());
+    let _: Value = phase("client: parse update3 JSON", || {
+        serde_json::from_slice(&note_bytes).unwrap()
+    });
+    assert_eq!(storage.db.row_count(), rows);
+    println!(
+        "  {:<50} {:>9.1} ms wall {:>9.1} ms cpu",
+        "total",
+        total.elapsed().as_secs_f64() * 1e3,
+        (thread_cpu() - total_cpu).as_secs_f64() * 1e3
+    );
+}
+
+/// CPU time (user + system) process `pid` has used, from /proc/PID/stat.
+fn process_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at state (3).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// The peak resident memory of process `pid` (VmHWM), in MiB.
+fn peak_rss_mib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0)
+        / 1024
+}
+
+/// A nestdb-server process, SIGKILLed and reaped on drop.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+#[ignore = "a speed probe; run in release with --ignored --nocapture (see the module docs)"]
+fn end_to_end() {
+    let n = env_or("NESTDB_BIG_SERVICES", 10_000);
+    let eps = env_or("NESTDB_BIG_ENDPOINTS", 10);
+    let rows = n as usize * (2 + eps as usize);
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("nestdb.sock");
+    let server = Server(
+        Command::new(
+            std::env::var_os("NESTDB_BIG_SERVER")
+                .unwrap_or_else(|| env!("CARGO_BIN_EXE_nestdb-server").into()),
+        )
+        .arg(dir.path().join("node.db"))
+        .arg("--schema")
+        .arg(schema_path())
+        .arg(format!("--remote=punix:{}", sock.display()))
+        .arg(format!(
+            "--unixctl={}",
+            dir.path().join("nestdb.ctl").display()
+        ))
+        // Room for the 100,000-Service shape (about 200 MB of JSON).
+        .args([
+            "--max-message-size=1073741824",
+            "--max-message-memory=8589934592",
+            "--max-memory=17179869184",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("nestdb.log")).unwrap())
+        .spawn()
+        .expect("spawn nestdb-server"),
+    );
+    let remote = format!("unix:{}", sock.display());
+    sluice_testkit::wait_until("nestdb-server to listen", Duration::from_secs(30), || {
+        std::os::unix::net::UnixStream::connect(&sock).ok()
+    });
+    let mut cfg = MonitorConfig::new(&remote, DB, TABLES);
+    cfg.request_timeout = Duration::from_secs(600);
+    cfg.probe_interval = None;
+    let monitor = nestdb_client::Monitor::start(cfg).unwrap();
+    let events = monitor.subscribe();
+    let c = Client::connect(&remote).unwrap();
+    let txn = services_txn(n, eps);
+    let pid = server.0.id();
+    let cpu0 = process_cpu(pid);
+    let t0 = Instant::now();
+    let out = c
+        .transact_with_timeout(&txn, Duration::from_secs(600))
+        .unwrap();
+    let t_reply = t0.elapsed();
+    assert!(out.results.iter().all(|r| r.uuid().is_some()));
+    let mut seen = 0;
+    let t_update = loop {
+        match events.recv_timeout(Duration::from_secs(600)) {
+            Ok(MonitorEvent::Changes(ch)) => {
+                seen += ch.len();
+                if seen >= rows {
+                    break t0.elapsed();
+                }
+            }
+            Ok(MonitorEvent::Disconnected { reason }) => panic!("monitor lost: {reason}"),
+            Ok(_) => {}
+            Err(e) => panic!("no monitor update for the transaction: {e}"),
+        }
+    };
+    println!(
+        "{n} Services x {eps} endpoints ({rows} rows) in one transaction through nestdb-server: \
+         reply {:.1} ms, monitor update applied {:.1} ms (wall, from sending, client building \
+         excluded); nestdb-server used {:.1} ms of CPU, peak RSS {} MiB",
+        t_reply.as_secs_f64() * 1e3,
+        t_update.as_secs_f64() * 1e3,
+        (process_cpu(pid) - cpu0).as_secs_f64() * 1e3,
+        peak_rss_mib(pid)
+    );
+
+    // Then single-endpoint changes with all of it installed (the agent probe's
+    // second case): one update per transaction, round trip to the reply.
+    let endpoints: Vec<nestdb_client::Uuid> = out
+        .results
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % (2 + eps as usize) >= 2)
+        .filter_map(|(_, r)| r.uuid())
+        .collect();
+    let changes = env_or("NESTDB_BIG_CHANGES", 200) as usize;
+    let mut rtt = Vec::with_capacity(changes);
+    for k in 0..changes {
+        let u = endpoints[k * 7919 % endpoints.len()];
+        let txn = Transaction::new(DB).update(
+            "Endpoint",
+            vec![nestdb_client::Condition::uuid(u)],
+            nestdb_client::row([("ip", Datum::from(format!("10.200.{}.{}", k / 250, k % 250)))]),
+        );
+        let t = Instant::now();
+        let r = c.transact(&txn).unwrap();
+        rtt.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(r.results[0].count(), Some(1));
+    }
+    rtt.sort_by(f64::total_cmp);
+    let pct = |p: f64| rtt[((rtt.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "{changes} single-endpoint updates at {n} Services, transaction round trip: \
+         p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        pct(0.5),
+        pct(0.99),
+        rtt[rtt.len() - 1]
+    );
+}
