@@ -5,8 +5,10 @@
 //! Entries are learned from source addresses, age out after `aging_ns`
 //! without traffic, and static entries never age and are never overwritten
 //! by learning. The table is bounded: when it is full, new addresses are not
-//! learned (counted in [`L2Stats::learn_full`]) and their frames flood,
-//! which is always correct, only less efficient.
+//! learned (counted by the table, [`MacTable::refused_full`], shown by
+//! `dump-cache` for the flow program's `normal`, and in
+//! [`L2Stats::learn_full`]) and their frames flood, which is always
+//! correct, only less efficient.
 //!
 //! Thread-safety: a `MacTable` belongs to one PMD core. With several cores
 //! each learns from the traffic it receives; a miss floods. Static entries
@@ -49,6 +51,7 @@ pub struct MacTable {
     entries: HashMap<u64, MacEntry>,
     capacity: usize,
     aging_ns: u64,
+    refused_full: u64,
 }
 
 impl MacTable {
@@ -59,6 +62,7 @@ impl MacTable {
             entries: HashMap::with_capacity(capacity.min(1 << 20)),
             capacity,
             aging_ns,
+            refused_full: 0,
         }
     }
 
@@ -80,6 +84,7 @@ impl MacTable {
             return true;
         }
         if self.entries.len() >= self.capacity {
+            self.refused_full += 1;
             return false;
         }
         self.entries.insert(
@@ -145,6 +150,11 @@ impl MacTable {
     /// The most entries it holds.
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Source addresses not learned because the table was full.
+    pub fn refused_full(&self) -> u64 {
+        self.refused_full
     }
 
     /// True when the table holds no entry.
@@ -457,7 +467,28 @@ mod tests {
             "known destination still forwarded"
         );
         assert_eq!(p.stats.learn_full.get(), 1);
+        assert_eq!(p.table.refused_full(), 1);
         assert_eq!(p.table.lookup(B, 0, 0), None);
+    }
+
+    /// The table counts what it refuses when full (the flow pipeline's
+    /// `normal` shows it in `dump-cache`); refreshing a known address or
+    /// refusing a multicast source is not a refusal for lack of room.
+    #[test]
+    fn a_full_table_counts_refused_addresses() {
+        let mut t = MacTable::new(2, 1_000);
+        assert!(t.learn(A, 0, PortNo(0), 0));
+        assert!(t.learn(B, 0, PortNo(1), 0));
+        for i in 0..100u8 {
+            assert!(!t.learn([2, 0, 0, 0, 1, i], 0, PortNo(0), 0));
+        }
+        assert!(t.learn(A, 0, PortNo(1), 1), "a known address is refreshed");
+        assert!(!t.learn(BCAST, 0, PortNo(0), 1));
+        assert_eq!((t.len(), t.refused_full()), (2, 100));
+        // Room again after aging: learned, the count stays.
+        t.expire(5_000);
+        assert!(t.learn([2, 0, 0, 0, 1, 0], 0, PortNo(0), 5_000));
+        assert_eq!(t.refused_full(), 100);
     }
 
     #[test]
