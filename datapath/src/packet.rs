@@ -328,6 +328,10 @@ impl<B> Output<B> {
     }
 }
 
+/// One delegating test buffer for the unit tests and the fuzz targets.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod testbuf;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -102,6 +102,63 @@ pub struct PmdStats {
     pub iteration_ns_log2: [Counter; ITERATION_BUCKETS],
     /// The longest loop iteration (ns), as in `iteration_ns_log2`.
     pub longest_iteration_ns: Counter,
+    /// With `SLUICE_PMD_CPU_TIMING` set in sluiced's environment (off by
+    /// default: it costs a system call per iteration), the thread's CPU
+    /// time (`CLOCK_THREAD_CPUTIME_ID`) per iteration is measured too;
+    /// this is [`CpuTiming`].
+    pub cpu: CpuTiming,
+}
+
+/// Loop iterations by the CPU time the PMD thread got in them (see
+/// [`PmdStats::cpu`]): a long iteration with little CPU time was
+/// preempted (or parked in a commit barrier), one with as much CPU as wall
+/// time did work. Buckets as [`PmdStats::iteration_ns_log2`].
+#[derive(Debug, Default)]
+pub struct CpuTiming {
+    /// Every iteration by its CPU time.
+    pub iteration_ns_log2: [Counter; ITERATION_BUCKETS],
+    /// The iterations of at least [`LONG_ITERATION_NS`] wall time, by
+    /// their CPU time.
+    pub long_iteration_ns_log2: [Counter; ITERATION_BUCKETS],
+    /// Of those long iterations: wall time, CPU time, and wall time parked
+    /// in a commit barrier, summed (ns).
+    pub long_wall_ns: Counter,
+    /// See `long_wall_ns`.
+    pub long_cpu_ns: Counter,
+    /// See `long_wall_ns`.
+    pub long_parked_ns: Counter,
+    /// The CPU time and the time parked of the longest iteration (wall).
+    pub longest_cpu_ns: Counter,
+    /// See `longest_cpu_ns`.
+    pub longest_parked_ns: Counter,
+}
+
+/// The wall time from which [`CpuTiming`] calls an iteration long (1 ms).
+pub const LONG_ITERATION_NS: u64 = 1 << 20;
+
+/// The calling thread's CPU time (ns).
+fn thread_cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    (t.tv_sec as u64).saturating_mul(1_000_000_000) + t.tv_nsec as u64
+}
+
+impl CpuTiming {
+    /// Records an iteration of `wall` ns that took `cpu` ns of CPU and was
+    /// parked `parked` ns; `longest`: it is the longest so far.
+    #[cold]
+    fn record(&self, wall: u64, cpu: u64, parked: u64, longest: bool) {
+        self.iteration_ns_log2[iteration_bucket(cpu)].inc();
+        if wall >= LONG_ITERATION_NS {
+            self.long_iteration_ns_log2[iteration_bucket(cpu)].inc();
+            self.long_wall_ns.add(wall);
+            self.long_cpu_ns.add(cpu);
+            self.long_parked_ns.add(parked);
+        }
+        if longest {
+            self.longest_cpu_ns.set(cpu);
+            self.longest_parked_ns.set(parked);
+        }
+    }
 }
 
 /// Buckets of [`PmdStats::iteration_ns_log2`].
@@ -636,11 +693,18 @@ where
             };
             let mut burst = Burst::new(PortNo(0));
             let mut iter: u64 = 0;
+            let cpu_timing = std::env::var_os("SLUICE_PMD_CPU_TIMING").is_some();
+            let mut cpu_last = if cpu_timing { thread_cpu_ns() } else { 0 };
             while !stop.load(Ordering::Relaxed) {
                 let started = clock_ns();
                 // A burst boundary: wait out a node commit, then pick up a
                 // new port table.
                 shared.park_if_held(spec.index);
+                let parked = if cpu_timing {
+                    clock_ns().saturating_sub(started)
+                } else {
+                    0
+                };
                 if shared.published() != local.generation {
                     local.reload(&shared, spec.index, &mut pipeline, &mut out);
                 }
@@ -703,8 +767,15 @@ where
                 }
                 let ns = clock_ns().saturating_sub(started);
                 st.iteration_ns_log2[iteration_bucket(ns)].inc();
-                if ns > st.longest_iteration_ns.get() {
+                let longest = ns > st.longest_iteration_ns.get();
+                if longest {
                     st.longest_iteration_ns.set(ns);
+                }
+                if cpu_timing {
+                    let c = thread_cpu_ns();
+                    st.cpu
+                        .record(ns, c.saturating_sub(cpu_last), parked, longest);
+                    cpu_last = c;
                 }
                 // No queue to poll (a hand-over's processes before and
                 // after they own the ports, or no port yet): give the core
@@ -809,42 +880,9 @@ mod tests {
     #[test]
     fn chained_frames_are_dropped_and_counted() {
         use crate::drop::DropReason;
-        use crate::packet::HeapBuf;
-        /// A heap buffer that says whether it is chained.
-        struct Seg(HeapBuf, bool);
-        impl PacketBuf for Seg {
-            fn data(&self) -> &[u8] {
-                self.0.data()
-            }
-            fn data_mut(&mut self) -> &mut [u8] {
-                self.0.data_mut()
-            }
-            fn headroom(&self) -> usize {
-                self.0.headroom()
-            }
-            fn tailroom(&self) -> usize {
-                self.0.tailroom()
-            }
-            fn prepend(&mut self, n: usize) -> Option<&mut [u8]> {
-                self.0.prepend(n)
-            }
-            fn adj(&mut self, n: usize) -> bool {
-                self.0.adj(n)
-            }
-            fn append(&mut self, n: usize) -> Option<&mut [u8]> {
-                self.0.append(n)
-            }
-            fn trim(&mut self, n: usize) -> bool {
-                self.0.trim(n)
-            }
-            fn try_clone(&self) -> Option<Self> {
-                self.0.try_clone().map(|b| Seg(b, self.1))
-            }
-            fn is_chained(&self) -> bool {
-                self.1
-            }
-        }
-        let frame = |i: u8, chained| Seg(HeapBuf::from_frame(&[i; 60]), chained);
+        use crate::packet::testbuf::{Chained, TaggedBuf};
+        type Seg = TaggedBuf<Chained>;
+        let frame = |i: u8, chained| Seg::from_frame(&[i; 60], Chained(chained));
         let mut burst = Burst::new(PortNo(1));
         burst.pkts.extend([
             frame(1, false),

@@ -26,7 +26,8 @@
 //! established traffic and the host path keep being forwarded; after the
 //! SYN flood the table is within its limit and still holds the 1,000
 //! established connections; after the others the MAC table is within its
-//! capacity. Printed: the drops by reason of each flood, the connection
+//! capacity and the source addresses it could not learn are counted (more
+//! after each flood). Printed: the drops by reason of each flood, the connection
 //! table's counters, and the throughput figure over a window of
 //! `FLOOD_WINDOW_MS` (default 1,000 ms; a measurement, not asserted).
 
@@ -220,12 +221,23 @@ fn rate(c: &mut Client, window: Duration) -> f64 {
     (n1 - n0) as f64 / (t1 - t0).as_secs_f64()
 }
 
-fn mac_table(c: &mut Client) -> usize {
+/// The flow pipeline's MAC table (`normal`): entries, and source addresses
+/// not learned because it was full.
+fn mac_table(c: &mut Client) -> (usize, u64) {
     let text = c.call_text::<&str>("dump-cache", &[]).expect("dump-cache");
-    text.lines()
+    let line = text
+        .lines()
         .find_map(|l| l.split("mac table (normal): ").nth(1))
-        .and_then(|v| v.split(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no MAC table size in:\n{text}"))
+        .unwrap_or_else(|| panic!("no MAC table line in:\n{text}"));
+    let n = line.split(' ').next().and_then(|v| v.parse().ok());
+    let refused = line
+        .split(", ")
+        .nth(1)
+        .and_then(|v| v.split(' ').next()?.parse().ok());
+    match (n, refused) {
+        (Some(n), Some(r)) => (n, r),
+        _ => panic!("no MAC table size and refusals in: {line}"),
+    }
 }
 
 fn ct_lines(c: &mut Client) -> Vec<String> {
@@ -317,6 +329,7 @@ fn floods_keep_established_traffic_flowing() {
     );
 
     let mut figures = Vec::new();
+    let mut mac_refused = 0u64;
     for kind in ["SYN", "ARP", "unknown-MAC"] {
         let pcap = dir.path().join(format!("{kind}.pcap"));
         common::write_pcap(&pcap, &flood(kind));
@@ -404,13 +417,22 @@ fn floods_keep_established_traffic_flowing() {
             _ => {
                 // Read while the flood's port exists: removing a port
                 // forgets the addresses learned on it.
-                let n = mac_table(&mut c);
-                println!("MAC table: {n} of {MAC_CAP}");
+                let (n, refused) = mac_table(&mut c);
+                println!(
+                    "MAC table: {n} of {MAC_CAP}, {refused} source addresses not learned (table full)"
+                );
                 assert!(n <= MAC_CAP, "MAC table {n} > {MAC_CAP}");
                 assert!(
                     n * 2 > MAC_CAP,
                     "the flood's sources were learned up to the bound ({n})"
                 );
+                // More distinct sources than room: the refusals are counted,
+                // and more with each flood.
+                assert!(
+                    refused > mac_refused,
+                    "the {kind} flood's unlearned sources are counted ({mac_refused} -> {refused})"
+                );
+                mac_refused = refused;
             }
         }
         c.call::<sluice_api::ports::PortDel>(&sluice_api::ports::PortDelRequest {

@@ -49,10 +49,13 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use sluice_api::flows::FlowOp;
-use sluice_api::node::{NodeChanges, NodeCommit, NodeSettings, PortKind, PortSpec};
+use sluice_api::node::{
+    NodeChanges, NodeCommit, NodeSettings, PortKind, PortSpec, QueryNodeStatus,
+};
 use sluice_api::service::ServiceUpdate;
 use sluice_api::stack::PortSecurity;
 use sluice_api::Client;
+use sluice_api::Empty;
 
 const CYCLE: u64 = 8;
 const VIP: [u8; 4] = [10, 96, 0, 10];
@@ -187,6 +190,27 @@ fn us_buckets(v: &[u64]) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// Labels of the PMD's log2 buckets (`pmd::iteration_bucket`).
+fn log2_labels(it: &[u64]) -> Vec<(String, u64)> {
+    it.iter()
+        .enumerate()
+        .map(|(k, &n)| {
+            let label = if k == 0 {
+                "< 1.0 us".to_string()
+            } else if k == it.len() - 1 {
+                format!(">= {:.1} us", (1u64 << (9 + k)) as f64 / 1000.0)
+            } else {
+                format!(
+                    "{:.1}-{:.1} us",
+                    (1u64 << (9 + k)) as f64 / 1000.0,
+                    (1u64 << (10 + k)) as f64 / 1000.0
+                )
+            };
+            (label, n)
+        })
+        .collect()
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -233,6 +257,9 @@ fn run(test: &str, tag: &str, sizes: Sizes) {
     // sluiced's info log has a line per commit; warnings only keep the
     // stderr file small over thousands of commits.
     std::env::set_var("SLUICE_LOG", "warn");
+    // The PMD's CPU time per loop iteration beside its wall time
+    // (`pmd::CpuTiming`): preemption or work.
+    std::env::set_var("SLUICE_PMD_CPU_TIMING", "1");
     let prefix = format!("{tag}-dp");
     // Removed on drop, also when the test fails.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -346,6 +373,7 @@ fn run(test: &str, tag: &str, sizes: Sizes) {
     let mut p1 = false;
     let mut filler_out = vec![17u16; rules];
     let mut barrier_refusals = 0u32;
+    let mut other_retries = 0u32;
     for u in 0..updates {
         let g = u as u64 + 2;
         let mut ch = NodeChanges {
@@ -466,21 +494,56 @@ fn run(test: &str, tag: &str, sizes: Sizes) {
             }
         }
         // A commit refused because the PMD did not reach a burst boundary
-        // in time changed nothing (the agent retries it): counted, printed
-        // and retried, a few times at most.
+        // in time changed nothing: the agent retries it, so does the test
+        // (up to `RETRIES` times per update, every refusal counted and
+        // printed). Before retrying, node-status must still show the
+        // previous generation (a refusal that changed something would be
+        // a bug). A reply lost to a timeout is resolved the same way: the
+        // generation says whether the commit took.
+        const RETRIES: u32 = 20;
+        let mut attempts = 0u32;
         loop {
+            attempts += 1;
             let t = Instant::now();
-            match c.call::<NodeCommit>(&ch) {
+            let e = match c.call::<NodeCommit>(&ch) {
                 Ok(_) => {
                     lat.push(t.elapsed().as_micros() as u64);
                     break;
                 }
-                Err(e) if e.to_string().contains("burst boundary") && barrier_refusals < 10 => {
-                    barrier_refusals += 1;
-                    println!("update {u} (generation {g}) refused, retried: {e}");
-                }
-                Err(e) => panic!("update {u} (generation {g}): {e}"),
+                Err(e) => e.to_string(),
+            };
+            let refused = e.contains("node-commit refused") && e.contains("burst boundary");
+            if !refused {
+                // Not a barrier refusal: the connection may have timed out
+                // waiting for the reply; ask what is in force.
+                c = Client::connect(ctl_path(&prefix)).expect("reconnect to sluiced");
+                c.set_timeout(Some(WAIT)).expect("timeout");
             }
+            let now = c
+                .call::<QueryNodeStatus>(&Empty {})
+                .unwrap_or_else(|e2| panic!("update {u}: {e}; then node-status: {e2}"))
+                .generation;
+            if !refused && now == g {
+                lat.push(t.elapsed().as_micros() as u64);
+                other_retries += 1;
+                println!("update {u} (generation {g}): {e}; it was applied");
+                break;
+            }
+            assert_eq!(
+                now,
+                g - 1,
+                "update {u} (generation {g}) failed ({e}) yet generation {now} is in force"
+            );
+            assert!(
+                attempts < RETRIES,
+                "update {u} (generation {g}) failed {attempts} times, the last: {e}"
+            );
+            if refused {
+                barrier_refusals += 1;
+            } else {
+                other_retries += 1;
+            }
+            println!("update {u} (generation {g}) refused, retried: {e}");
         }
     }
     let after = stable_packets(&mut c);
@@ -507,7 +570,7 @@ fn run(test: &str, tag: &str, sizes: Sizes) {
         "stream: {r} frames read; sent {} (stable) {} (moved) {} (modded) {} (toggled) {} (e1) {} (other endpoints); dropped {dropped} {drops:?}",
         tx(11), tx(12), tx(13), tx(14), tx(15), tx(16)
     );
-    println!("commits refused by the PMD barrier's 5 s bound and retried: {barrier_refusals}");
+    println!("commits refused by the PMD barrier's 5 s bound and retried: {barrier_refusals}; other failed calls resolved by node-status: {other_retries}");
     println!(
         "stable flow during the updates: {} frames",
         after.saturating_sub(before)
@@ -525,28 +588,44 @@ fn run(test: &str, tag: &str, sizes: Sizes) {
         .iter()
         .map(|v| v.as_u64().unwrap_or(0))
         .collect();
-    let labels: Vec<(String, u64)> = it
-        .iter()
-        .enumerate()
-        .map(|(k, &n)| {
-            let label = if k == 0 {
-                "< 1.0 us".to_string()
-            } else if k == it.len() - 1 {
-                format!(">= {:.1} us", (1u64 << (9 + k)) as f64 / 1000.0)
-            } else {
-                format!(
-                    "{:.1}-{:.1} us",
-                    (1u64 << (9 + k)) as f64 / 1000.0,
-                    (1u64 << (10 + k)) as f64 / 1000.0
-                )
-            };
-            (label, n)
-        })
-        .collect();
-    print!("{}", histogram("PMD loop iterations by length", &labels));
+    print!(
+        "{}",
+        histogram("PMD loop iterations by wall time", &log2_labels(&it))
+    );
     println!(
         "longest PMD iteration (stall): {} us",
         pmd["longest_iteration_ns"].as_u64().unwrap_or(0) / 1000
+    );
+    let cpu = &pmd["cpu"];
+    let arr = |v: &serde_json::Value| -> Vec<u64> {
+        v.as_array()
+            .map(|a| a.iter().map(|x| x.as_u64().unwrap_or(0)).collect())
+            .unwrap_or_default()
+    };
+    print!(
+        "{}",
+        histogram(
+            "PMD loop iterations by the thread's CPU time (CLOCK_THREAD_CPUTIME_ID)",
+            &log2_labels(&arr(&cpu["iteration_ns_log2"]))
+        )
+    );
+    let long = arr(&cpu["long_iteration_ns_log2"]);
+    print!(
+        "{}",
+        histogram(
+            "PMD loop iterations of >= 1 ms wall time, by their CPU time",
+            &log2_labels(&long)
+        )
+    );
+    let ms = |k: &str| cpu[k].as_u64().unwrap_or(0) as f64 / 1e6;
+    println!(
+        "iterations >= 1 ms wall: {}, {:.1} ms wall in all, of which {:.1} ms on the CPU and {:.1} ms parked in a commit barrier; the longest iteration had {:.3} ms of CPU, {:.3} ms parked",
+        long.iter().sum::<u64>(),
+        ms("long_wall_ns"),
+        ms("long_cpu_ns"),
+        ms("long_parked_ns"),
+        ms("longest_cpu_ns"),
+        ms("longest_parked_ns"),
     );
 
     // Correctness.

@@ -12,12 +12,18 @@
 //! the initial contents and every later commit's update composed. Waits
 //! never block (`wait_expired`), as after their timeout.
 //!
+//! A new database's log is created once by `Storage::open` from the
+//! schema; each input starts from a copy of it (or, when the previous input
+//! committed nothing and did not compact, from that input's storage, which
+//! is then exactly a new one), so a finding replays alone.
+//!
 //! Invariants: nothing panics; a transaction answers one result per
 //! operation (plus one for a failed commit), each an object or null; a
 //! failed transaction changes nothing; after the input, the log reopens
 //! (`Storage::open`) and holds exactly the in-memory rows, and, unless it
 //! was compacted, the same last transaction id (what
-//! `monitor_cond_since` clients resume from).
+//! `monitor_cond_since` clients resume from); an input that commits
+//! nothing leaves the log byte for byte as it was.
 
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -33,8 +39,9 @@ const DB: &str = "Sluice_Node";
 
 struct Files {
     _dir: tempfile::TempDir,
-    schema: PathBuf,
     db: PathBuf,
+    /// The log of a new database: the schema record alone.
+    pristine: Vec<u8>,
 }
 
 fn files() -> Files {
@@ -50,15 +57,29 @@ fn files() -> Files {
     let schema = dir.path().join("sluice.ovsschema");
     std::fs::write(&schema, SCHEMA).expect("write the schema");
     let db = dir.path().join("conf.db");
+    // Created once by nestdb itself (`Storage::open` with the schema);
+    // later inputs start from a copy of these bytes.
+    drop(Storage::open(&db, Some(&schema), u64::MAX).expect("a new database"));
+    let pristine = std::fs::read(&db).expect("read the new log");
     Files {
         _dir: dir,
-        schema,
         db,
+        pristine,
     }
 }
 
+/// The files, and the storage of the last input when that input left it
+/// exactly as a new one (nothing staged, no compaction: the same empty
+/// rows, the same pristine log, no transaction id): most inputs commit
+/// nothing, and opening a database (parsing the node schema, twice with
+/// the reopen) is what an input costs otherwise.
+struct State {
+    files: Files,
+    fresh: Option<Storage>,
+}
+
 thread_local! {
-    static FILES: RefCell<Option<Files>> = const { RefCell::new(None) };
+    static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
 }
 
 /// Every row, as one log record (for comparing two databases).
@@ -71,13 +92,21 @@ pub fn run(data: &[u8]) {
     let Some((&flags, stream)) = data.split_first() else {
         return;
     };
-    FILES.with(|f| {
-        let mut f = f.borrow_mut();
-        let files = f.get_or_insert_with(files);
-        let _ = std::fs::remove_file(&files.db);
-        let mut storage =
-            Storage::open(&files.db, Some(&files.schema), u64::MAX).expect("a new database");
+    STATE.with(|st| {
+        let mut st = st.borrow_mut();
+        let State { files, fresh } = st.get_or_insert_with(|| State {
+            files: files(),
+            fresh: None,
+        });
+        let mut storage = match fresh.take() {
+            Some(s) => s,
+            None => {
+                std::fs::write(&files.db, &files.pristine).expect("write a new log");
+                Storage::open(&files.db, None, u64::MAX).expect("a new database")
+            }
+        };
         let mut monitors: Vec<Monitor> = Vec::new();
+        let mut staged = false;
         let mut framer = Framer::new(64 * 1024);
         framer.push(stream);
         while let Ok(Some(frame)) = framer.next_frame() {
@@ -94,7 +123,7 @@ pub fn run(data: &[u8]) {
                         .as_array()
                         .map(|a| a[1..].to_vec())
                         .unwrap_or_default();
-                    transact(&mut storage, &mut monitors, &ops);
+                    staged |= transact(&mut storage, &mut monitors, &ops);
                 }
                 "monitor" | "monitor_cond" | "monitor_cond_since" if for_us => {
                     let version = match method.as_str() {
@@ -119,6 +148,21 @@ pub fn run(data: &[u8]) {
         if compacted {
             storage.compact().expect("the log compacts");
         }
+        if !staged && !compacted {
+            // Nothing reached the log: it must still be the new one, and
+            // the storage is as new (kept for the next input).
+            assert_eq!(
+                std::fs::read(&files.db).expect("read the log"),
+                files.pristine,
+                "nothing was committed, yet the log changed"
+            );
+            assert!(
+                storage.last_txn.is_nil() && storage.history.is_empty(),
+                "nothing was committed, yet there is a transaction id"
+            );
+            *fresh = Some(storage);
+            return;
+        }
         let before = contents(&storage);
         let last = storage.last_txn;
         drop(storage);
@@ -135,7 +179,8 @@ pub fn run(data: &[u8]) {
     });
 }
 
-fn transact(storage: &mut Storage, monitors: &mut [Monitor], ops: &[Value]) {
+/// Runs one `transact`; true when it staged changes.
+fn transact(storage: &mut Storage, monitors: &mut [Monitor], ops: &[Value]) -> bool {
     let owns = |_: &str| false;
     let ctx = ExecContext {
         owns_lock: &owns,
@@ -167,12 +212,16 @@ fn transact(storage: &mut Storage, monitors: &mut [Monitor], ops: &[Value]) {
                         let _ = m.compose(&storage.db, &entry.changes);
                     }
                     storage.sync().expect("the log syncs");
+                    true
                 }
-                None => assert_eq!(
-                    contents(storage),
-                    before,
-                    "no changes, yet the rows changed"
-                ),
+                None => {
+                    assert_eq!(
+                        contents(storage),
+                        before,
+                        "no changes, yet the rows changed"
+                    );
+                    false
+                }
             }
         }
     }

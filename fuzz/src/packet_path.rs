@@ -19,7 +19,9 @@
 //! moves first, in powers of 8 ns, with `maintain` run when it moves),
 //! a little-endian u16 length and that many frame bytes. Consecutive
 //! records on one port form a burst of up to 32 frames. A fresh datapath
-//! is built for every input, so a finding replays alone.
+//! is built for every input around the program's flow tables, parsed once
+//! per thread (nothing in the packet path changes them), so a finding
+//! replays alone.
 //!
 //! Invariants, checked after every burst and every `maintain`:
 //! - nothing panics;
@@ -46,6 +48,7 @@ use sluice_datapath::drop::DropReason;
 use sluice_datapath::flow::tables::FlowTables;
 use sluice_datapath::neigh::ingress::PortBinding;
 use sluice_datapath::neigh::table::NeighMap;
+use sluice_datapath::packet::testbuf::{BufTag, TaggedBuf};
 use sluice_datapath::packet::{BufAlloc, Burst, HeapBuf, Output, PacketBuf, PortNo};
 use sluice_datapath::pipeline::flow::{FlowPipeline, FlowPipelineConfig};
 use sluice_datapath::pipeline::hooks::Hooks;
@@ -76,54 +79,46 @@ thread_local! {
     static CREATED: Cell<u64> = const { Cell::new(0) };
     static FREED: Cell<u64> = const { Cell::new(0) };
     static PROGRAM: NodeProgram = program();
+    /// The program's flow tables, parsed once: the pipeline only reads
+    /// them (no flow of the program has a timeout or a `learn` action, so
+    /// no packet or `maintain` changes a rule; rule counters do not decide
+    /// anything), so every input starts from the same tables.
+    static TABLES: FlowTables = PROGRAM.with(flow_tables);
     /// `SLUICE_FUZZ_VERBOSE` set: print what each input did (replays).
     static VERBOSE: bool = std::env::var_os("SLUICE_FUZZ_VERBOSE").is_some();
 }
 
-/// A heap buffer whose creation and release are counted (per thread).
+/// A tag whose creation and release are counted (per thread): a buffer
+/// carrying one is counted from its creation to its release.
 #[derive(Debug)]
-pub struct CountedBuf(HeapBuf);
+pub struct Counted(());
 
-impl CountedBuf {
-    fn new(b: HeapBuf) -> Self {
+impl Counted {
+    fn new() -> Self {
         CREATED.with(|c| c.set(c.get() + 1));
-        CountedBuf(b)
+        Counted(())
     }
 }
 
-impl Drop for CountedBuf {
+impl Drop for Counted {
     fn drop(&mut self) {
         FREED.with(|c| c.set(c.get() + 1));
     }
 }
 
-impl PacketBuf for CountedBuf {
-    fn data(&self) -> &[u8] {
-        self.0.data()
+impl BufTag for Counted {
+    fn clone_tag(&self) -> Option<Self> {
+        Some(Counted::new())
     }
-    fn data_mut(&mut self) -> &mut [u8] {
-        self.0.data_mut()
-    }
-    fn headroom(&self) -> usize {
-        self.0.headroom()
-    }
-    fn tailroom(&self) -> usize {
-        self.0.tailroom()
-    }
-    fn prepend(&mut self, n: usize) -> Option<&mut [u8]> {
-        self.0.prepend(n)
-    }
-    fn adj(&mut self, n: usize) -> bool {
-        self.0.adj(n)
-    }
-    fn append(&mut self, n: usize) -> Option<&mut [u8]> {
-        self.0.append(n)
-    }
-    fn trim(&mut self, n: usize) -> bool {
-        self.0.trim(n)
-    }
-    fn try_clone(&self) -> Option<Self> {
-        Some(CountedBuf::new(self.0.clone()))
+}
+
+/// A heap buffer whose creation and release are counted (per thread).
+pub type CountedBuf = TaggedBuf<Counted>;
+
+fn counted(b: HeapBuf) -> CountedBuf {
+    TaggedBuf {
+        buf: b,
+        tag: Counted::new(),
     }
 }
 
@@ -133,7 +128,7 @@ pub struct CountedAlloc;
 
 impl BufAlloc<CountedBuf> for CountedAlloc {
     fn alloc(&mut self) -> Option<CountedBuf> {
-        Some(CountedBuf::new(HeapBuf::empty()))
+        Some(counted(HeapBuf::empty()))
     }
 }
 
@@ -246,6 +241,18 @@ fn program() -> NodeProgram {
     c.program
 }
 
+/// The flow tables of `p` (its groups and flows, parsed).
+pub fn flow_tables(p: &NodeProgram) -> FlowTables {
+    let tables = FlowTables::new();
+    for g in p.groups.values() {
+        tables.add_group(&g.text(), 0).expect("a group loads");
+    }
+    tables
+        .add_flows(&p.flow_lines().join("\n"), 0)
+        .expect("the program loads");
+    tables
+}
+
 type Flow = FlowPipeline<Hooks<ConntrackHandle, GeneveTunnels>>;
 
 /// One PMD's datapath built from the program as sluiced builds PMD 0.
@@ -263,13 +270,14 @@ pub struct Datapath {
 impl Datapath {
     /// Builds the datapath of `p`.
     pub fn new(p: &NodeProgram) -> Datapath {
-        let tables = FlowTables::new();
-        for g in p.groups.values() {
-            tables.add_group(&g.text(), 0).expect("a group loads");
-        }
-        tables
-            .add_flows(&p.flow_lines().join("\n"), 0)
-            .expect("the program loads");
+        Datapath::with_tables(p, flow_tables(p))
+    }
+
+    /// Builds the datapath of `p` around `tables`, the flow tables of `p`
+    /// (see [`flow_tables`]), which packets do not change: every other
+    /// part (conntrack, Services, tunnels, port security, caches, the local
+    /// stack) is new.
+    pub fn with_tables(p: &NodeProgram, tables: FlowTables) -> Datapath {
         let s = &p.settings;
         let services = Services::new(ServiceConfig {
             node_addresses: s.node_ips.clone(),
@@ -470,7 +478,7 @@ impl Run {
             if self.fixed {
                 checksum::fix(&mut f);
             }
-            burst.pkts.push(CountedBuf::new(HeapBuf::from_frame(&f)));
+            burst.pkts.push(counted(HeapBuf::from_frame(&f)));
         }
         self.dp.pipe.process(self.now, &mut burst, &mut self.out);
         assert!(
@@ -492,7 +500,9 @@ pub fn run(data: &[u8]) {
     let Some((&flags, mut rest)) = data.split_first() else {
         return;
     };
-    let dp = PROGRAM.with(Datapath::new);
+    let tables = TABLES.with(FlowTables::clone);
+    let generation = tables.generation();
+    let dp = PROGRAM.with(|p| Datapath::with_tables(p, tables.clone()));
     let n_ports = dp.ports.iter().map(|p| p.0 as usize + 1).max().unwrap_or(1) + 1;
     let mut sel: Vec<PortNo> = dp.ports.clone();
     sel.sort();
@@ -539,6 +549,11 @@ pub fn run(data: &[u8]) {
         run.burst(p, frames);
     }
     run.maintain();
+    assert_eq!(
+        tables.generation(),
+        generation,
+        "the packet path changed the flow tables every input shares"
+    );
     if VERBOSE.with(|v| *v) {
         eprintln!("  drops: {:?}", run.out.drops.nonzero());
     }

@@ -1076,6 +1076,14 @@ impl Daemon {
                 "cycles_per_packet": if rx > 0 { busy as f64 / rx as f64 } else { 0.0 },
                 "longest_iteration_ns": st.longest_iteration_ns.get(),
                 "iteration_ns_log2": st.iteration_ns_log2.iter().map(|c| c.get()).collect::<Vec<_>>(),
+                // With SLUICE_PMD_CPU_TIMING (pmd::CpuTiming).
+                "cpu": {
+                    "iteration_ns_log2": st.cpu.iteration_ns_log2.iter().map(|c| c.get()).collect::<Vec<_>>(),
+                    "long_iteration_ns_log2": st.cpu.long_iteration_ns_log2.iter().map(|c| c.get()).collect::<Vec<_>>(),
+                    "long_wall_ns": st.cpu.long_wall_ns.get(), "long_cpu_ns": st.cpu.long_cpu_ns.get(),
+                    "long_parked_ns": st.cpu.long_parked_ns.get(),
+                    "longest_cpu_ns": st.cpu.longest_cpu_ns.get(), "longest_parked_ns": st.cpu.longest_parked_ns.get(),
+                },
                 "drops": st.drops.nonzero().into_iter()
                     .map(|(r, n)| (r.key().to_string(), json!(n)))
                     .collect::<serde_json::Map<_, _>>(),

@@ -17,7 +17,13 @@
 //! Learning: only ARP *replies* addressed to the local address, and only
 //! for addresses this cache asked for (an entry exists), change bindings;
 //! unsolicited replies and requests cannot poison the cache. The cache is
-//! bounded by [`NeighConfig::capacity`] entries.
+//! bounded by [`NeighConfig::capacity`] entries and cannot be flooded out
+//! of what it resolved: when it is full, a new address evicts the
+//! unresolved (`Incomplete`) entry asked for longest ago, its queued
+//! packets returned by the next [`NeighCache::poll`] (counted in
+//! [`NeighStats::evicted`]); when every entry is resolved or permanent, the
+//! new address is refused (counted in [`NeighStats::refused`]) and its
+//! packets are dropped under `neigh_queue_full` by the caller.
 //!
 //! Thread-safety: owned by one thread (the local stack's PMD); PMDs read
 //! the [`NeighTable`] snapshot it publishes after changes.
@@ -102,6 +108,8 @@ struct Entry<P> {
     /// ends (Reachable).
     deadline: Nanos,
     queue: VecDeque<P>,
+    /// When it was asked for (`NeighCache::asked`; 0: permanent).
+    asked: u64,
 }
 
 /// What [`NeighCache::resolve`] did with a packet.
@@ -159,6 +167,15 @@ impl<P> Default for Released<P> {
     }
 }
 
+/// What the cache refused or evicted because it was full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NeighStats {
+    /// Unresolved entries evicted to make room for a new address.
+    pub evicted: u64,
+    /// New addresses refused: the cache was full of resolved entries.
+    pub refused: u64,
+}
+
 /// The neighbour cache; `P` is the queued packet type.
 #[derive(Debug)]
 pub struct NeighCache<P> {
@@ -166,6 +183,11 @@ pub struct NeighCache<P> {
     entries: HashMap<Ipv4Addr, Entry<P>>,
     table: NeighTable,
     dirty: bool,
+    stats: NeighStats,
+    /// Packets of evicted entries, returned by the next `poll`.
+    evicted: Vec<P>,
+    /// Requests made so far: an entry's `asked` orders evictions.
+    asked: u64,
 }
 
 /// An Ethernet/ARP frame.
@@ -226,6 +248,55 @@ impl<P> NeighCache<P> {
             entries: HashMap::new(),
             table,
             dirty: false,
+            stats: NeighStats::default(),
+            evicted: Vec::new(),
+            asked: 0,
+        }
+    }
+
+    /// What the cache refused or evicted because it was full.
+    pub fn stats(&self) -> NeighStats {
+        self.stats
+    }
+
+    /// The snapshot PMDs read (and their resolution requests).
+    pub fn table(&self) -> &NeighTable {
+        &self.table
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when the cache holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Makes room for one entry when the cache is full: evicts the
+    /// unresolved entry asked for longest ago; false (counted) when every
+    /// entry is resolved or permanent.
+    fn make_room(&mut self) -> bool {
+        if self.entries.len() < self.config.capacity {
+            return true;
+        }
+        let oldest = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.state == NeighState::Incomplete)
+            .min_by_key(|(_, e)| e.asked)
+            .map(|(ip, _)| *ip);
+        match oldest.and_then(|ip| self.entries.remove(&ip)) {
+            Some(e) => {
+                self.stats.evicted += 1;
+                self.evicted.extend(e.queue);
+                true
+            }
+            None => {
+                self.stats.refused += 1;
+                false
+            }
         }
     }
 
@@ -248,15 +319,20 @@ impl<P> NeighCache<P> {
             .map(|e| e.mac)
     }
 
-    /// Starts resolving `ip` (no-op when an entry exists or the cache is
-    /// full). The request goes out at the next [`poll`](Self::poll).
+    /// Starts resolving `ip` (no-op when an entry exists; when the cache
+    /// is full, see the module documentation). The request goes out at the
+    /// next [`poll`](Self::poll).
     pub fn request(&mut self, now: Nanos, ip: Ipv4Addr) {
-        if self.entries.contains_key(&ip) || self.entries.len() >= self.config.capacity {
+        if self.entries.contains_key(&ip) {
             return;
         }
         if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
             return;
         }
+        if !self.make_room() {
+            return;
+        }
+        self.asked += 1;
         self.entries.insert(
             ip,
             Entry {
@@ -265,6 +341,7 @@ impl<P> NeighCache<P> {
                 probes: 0,
                 deadline: now,
                 queue: VecDeque::new(),
+                asked: self.asked,
             },
         );
     }
@@ -322,7 +399,7 @@ impl<P> NeighCache<P> {
     /// returned in `failed`), and publishes the snapshot if it changed.
     pub fn poll(&mut self, now: Nanos, mut tx: impl FnMut([u8; ARP_FRAME_LEN])) -> Vec<P> {
         let cfg = &self.config;
-        let mut failed = Vec::new();
+        let mut failed = std::mem::take(&mut self.evicted);
         let mut dead = Vec::new();
         for (ip, e) in self.entries.iter_mut() {
             if now < e.deadline {
@@ -393,6 +470,7 @@ impl<P> NeighCache<P> {
                 probes: 0,
                 deadline: Nanos::MAX,
                 queue: VecDeque::new(),
+                asked: 0,
             },
         );
         self.dirty = true;
@@ -411,7 +489,7 @@ impl<P> NeighCache<P> {
 
     /// Forgets every entry (`flush-neighbours`); returns the queued packets.
     pub fn flush(&mut self) -> Vec<P> {
-        let mut failed = Vec::new();
+        let mut failed = std::mem::take(&mut self.evicted);
         // Operator-configured bindings survive a flush, as with `ip neigh flush`.
         self.entries.retain(|_, e| {
             if e.state == NeighState::Permanent {
@@ -607,12 +685,72 @@ mod tests {
         c.take_wanted(0);
         assert_eq!(c.dump().len(), 4, "capacity");
         assert_eq!(
+            c.stats().evicted,
+            4,
+            "the oldest unresolved entries made room"
+        );
+        assert_eq!(
             c.resolve(0, Ipv4Addr::new(192, 168, 50, 99), 1),
-            Resolution::Dropped(1)
+            Resolution::Queued
         );
         c.resolve(0, PEER, 5);
-        assert_eq!(c.flush(), vec![5]);
+        assert_eq!(c.dump().len(), 4, "capacity");
+        let mut failed = c.flush();
+        failed.sort_unstable();
+        assert_eq!(failed, vec![1, 5]);
         assert!(c.dump().is_empty());
+    }
+
+    /// A flood of addresses to resolve (a capacity of 4) never displaces
+    /// a resolved neighbour: unresolved entries are evicted, oldest first,
+    /// with their packets; once every entry is resolved, new addresses are
+    /// refused. Both are counted.
+    #[test]
+    fn a_flood_evicts_unresolved_entries_and_never_resolved_ones() {
+        let (mut c, t) = cache();
+        c.request(0, PEER);
+        c.on_arp(0, &reply(PEER, PEER_MAC, ME));
+        assert_eq!(
+            c.resolve(0, Ipv4Addr::new(192, 168, 50, 3), 30),
+            Resolution::Queued
+        );
+        for i in 0..10_000u32 {
+            t.want(Ipv4Addr::from(0x0a00_0000 + i));
+            if i % 500 == 0 {
+                c.take_wanted(i as u64);
+            }
+            assert!(c.len() <= 4, "over capacity");
+        }
+        c.take_wanted(10_000);
+        assert_eq!(c.len(), 4, "full");
+        assert_eq!(
+            c.lookup(PEER),
+            Some(PEER_MAC),
+            "the resolved neighbour stays"
+        );
+        let s = c.stats();
+        assert!(s.evicted > 0 && s.refused == 0, "{s:?}");
+        // PEER resolved; .3 and 10,000 more asked for: three slots.
+        assert_eq!(s.evicted, 10_001 - 3);
+        // The evicted entry's packet comes back from `poll`, to be dropped.
+        let (_, failed) = sent(&mut c, 10_000);
+        assert_eq!(failed, vec![30]);
+        // Resolve the three others: now the cache is full of resolved
+        // entries and a new address is refused (counted), not evicting.
+        for n in c.dump() {
+            if n.state == NeighState::Incomplete {
+                c.on_arp(10_000, &reply(n.ip, PEER_MAC, ME));
+            }
+        }
+        c.request(10_001, Ipv4Addr::new(192, 168, 50, 99));
+        assert_eq!(c.stats().refused, 1);
+        assert_eq!(c.stats().evicted, s.evicted);
+        assert!(c.dump().iter().all(|n| n.state == NeighState::Reachable));
+        assert_eq!(
+            c.resolve(10_001, Ipv4Addr::new(192, 168, 50, 98), 31),
+            Resolution::Dropped(31)
+        );
+        assert_eq!(c.stats().refused, 2);
     }
 
     #[test]

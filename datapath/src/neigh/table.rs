@@ -7,7 +7,8 @@
 //! generation moves: one relaxed atomic load per lookup). A PMD that misses
 //! pushes the address onto a bounded lock-free queue ([`NeighTable::want`]);
 //! the cache owner drains it and sends ARP requests. When the queue is full
-//! the request is dropped: the next packet asks again.
+//! the request is dropped (counted, [`NeighTable::want_dropped`]): the next
+//! packet asks again.
 //!
 //! Thread-safety: `NeighTable` is a shared `Clone + Send + Sync` handle;
 //! only the cache owner publishes.
@@ -37,6 +38,7 @@ struct Shared {
     map: ArcSwap<NeighMap>,
     generation: AtomicU64,
     wanted: ArrayQueue<Ipv4Addr>,
+    want_dropped: AtomicU64,
 }
 
 impl Default for NeighTable {
@@ -53,6 +55,7 @@ impl NeighTable {
                 map: ArcSwap::from_pointee(NeighMap::new()),
                 generation: AtomicU64::new(1),
                 wanted: ArrayQueue::new(WANT_QUEUE),
+                want_dropped: AtomicU64::new(0),
             }),
         }
     }
@@ -69,10 +72,17 @@ impl NeighTable {
     }
 
     /// Asks the cache owner to resolve `ip`. Lock-free and allocation-free;
-    /// a full queue drops the request (the next miss asks again).
+    /// a full queue drops the request (counted; the next miss asks again).
     #[inline]
     pub fn want(&self, ip: Ipv4Addr) {
-        let _ = self.inner.wanted.push(ip);
+        if self.inner.wanted.push(ip).is_err() {
+            self.inner.want_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Resolution requests dropped because the queue was full.
+    pub fn want_dropped(&self) -> u64 {
+        self.inner.want_dropped.load(Ordering::Relaxed)
     }
 
     /// Takes one pending resolution request (cache owner).
@@ -155,5 +165,6 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, WANT_QUEUE);
+        assert_eq!(t.want_dropped(), 10);
     }
 }

@@ -835,9 +835,10 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
             "emc: disabled (emc_insert_inv_prob = 0)\n".to_string()
         };
         format!(
-            "{emc}mac table (normal): {} of {} entries\nmegaflows: {} in {} subtables\n{}{}",
+            "{emc}mac table (normal): {} of {} entries, {} addresses not learned (table full)\nmegaflows: {} in {} subtables\n{}{}",
             self.mac.len(),
             self.mac.capacity(),
+            self.mac.refused_full(),
             self.megaflow.len(),
             self.megaflow.n_masks(),
             self.megaflow.describe(),

@@ -5,8 +5,10 @@
 //! Entries are learned from source addresses, age out after `aging_ns`
 //! without traffic, and static entries never age and are never overwritten
 //! by learning. The table is bounded: when it is full, new addresses are not
-//! learned (counted in [`L2Stats::learn_full`]) and their frames flood,
-//! which is always correct, only less efficient.
+//! learned (counted by the table, [`MacTable::refused_full`], shown by
+//! `dump-cache` for the flow program's `normal`, and in
+//! [`L2Stats::learn_full`]) and their frames flood, which is always
+//! correct, only less efficient.
 //!
 //! A hand-over restart carries the learned entries over
 //! ([`collect_macs`] in the old process, [`import_macs`] in the new one,
@@ -64,6 +66,7 @@ pub struct MacTable {
     /// The [`MacExchange`] requests this table served.
     served_export: u64,
     served_import: u64,
+    refused_full: u64,
 }
 
 impl MacTable {
@@ -76,6 +79,7 @@ impl MacTable {
             aging_ns,
             served_export: 0,
             served_import: 0,
+            refused_full: 0,
         }
     }
 
@@ -162,6 +166,7 @@ impl MacTable {
             return true;
         }
         if self.entries.len() >= self.capacity {
+            self.refused_full += 1;
             return false;
         }
         self.entries.insert(
@@ -227,6 +232,11 @@ impl MacTable {
     /// The most entries it holds.
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Source addresses not learned because the table was full.
+    pub fn refused_full(&self) -> u64 {
+        self.refused_full
     }
 
     /// True when the table holds no entry.
@@ -594,6 +604,7 @@ mod tests {
             "known destination still forwarded"
         );
         assert_eq!(p.stats.learn_full.get(), 1);
+        assert_eq!(p.table.refused_full(), 1);
         assert_eq!(p.table.lookup(B, 0, 0), None);
     }
 
@@ -650,6 +661,26 @@ mod tests {
             .find(|m| m.mac == [0x0e, 0xc0, 0x11, 0xec, 0x7e, 0xd0])
             .expect("the other thread's entry");
         assert_eq!((m.vlan, m.port, m.idle), (9, 3, 5));
+    }
+
+    /// The table counts what it refuses when full (the flow pipeline's
+    /// `normal` shows it in `dump-cache`); refreshing a known address or
+    /// refusing a multicast source is not a refusal for lack of room.
+    #[test]
+    fn a_full_table_counts_refused_addresses() {
+        let mut t = MacTable::new(2, 1_000);
+        assert!(t.learn(A, 0, PortNo(0), 0));
+        assert!(t.learn(B, 0, PortNo(1), 0));
+        for i in 0..100u8 {
+            assert!(!t.learn([2, 0, 0, 0, 1, i], 0, PortNo(0), 0));
+        }
+        assert!(t.learn(A, 0, PortNo(1), 1), "a known address is refreshed");
+        assert!(!t.learn(BCAST, 0, PortNo(0), 1));
+        assert_eq!((t.len(), t.refused_full()), (2, 100));
+        // Room again after aging: learned, the count stays.
+        t.expire(5_000);
+        assert!(t.learn([2, 0, 0, 0, 1, 0], 0, PortNo(0), 5_000));
+        assert_eq!(t.refused_full(), 100);
     }
 
     #[test]

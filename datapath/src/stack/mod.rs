@@ -31,6 +31,15 @@
 //! is dormant until [`StackControl::set_address`]: it intercepts, serves
 //! and announces nothing, and counts what reaches it.
 //!
+//! Neither neighbour table can be flooded past a bound: the
+//! [`NeighCache`] holds at most its capacity (4,096 by default); when full,
+//! a new address evicts the oldest unresolved entry, never a resolved or
+//! permanent one, or is refused, and `local-stack/show` counts both, with
+//! the PMDs' resolution requests dropped on a full queue. smoltcp's own
+//! cache (the senders its replies go to) has a fixed 8 entries and
+//! replaces the one expiring first (smoltcp counts nothing; a host whose
+//! entry was replaced is asked for again).
+//!
 //! The local stack is the exception path: it may allocate (smoltcp copies
 //! frames through its device queues), and the neighbour cache sits behind a
 //! mutex that only this PMD's `maintain`/local delivery and control
@@ -204,7 +213,19 @@ pub fn register_commands(registry: &Registry, control: &StackControl) -> Result<
     let c = control.clone();
     register::<LocalStackShow>(registry, move |_| {
         let cfg = c.config.load();
+        let (neigh_entries, n, neigh_want_dropped) = {
+            let cache = c.lock();
+            (
+                cache.len() as u64,
+                cache.stats(),
+                cache.table().want_dropped(),
+            )
+        };
         Ok(LocalStackReply {
+            neigh_entries,
+            neigh_evicted: n.evicted,
+            neigh_refused: n.refused,
+            neigh_want_dropped,
             ip: cfg.ip,
             prefix_len: cfg.prefix_len,
             mac: cfg.mac,

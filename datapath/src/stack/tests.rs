@@ -472,3 +472,78 @@ fn vtep_equal_to_the_node_ip_leaves_host_traffic_to_the_flow_program() {
     assert_eq!(echo, 1, "one echo reply");
     assert!(out.drops.nonzero().is_empty(), "{:?}", out.drops.nonzero());
 }
+
+/// Issue 18: the neighbour table under a flood. 5,000 ARP requests for
+/// the VTEP from distinct senders are each answered (smoltcp's own cache
+/// replaces its entries), and PMDs asking to resolve 5,000 next hops fill
+/// the cache up to its capacity only: the resolved neighbour stays, the
+/// unresolved entries are evicted, oldest first, and `local-stack/show`
+/// counts the evictions and the requests the full queue dropped.
+#[test]
+fn the_neighbour_table_is_bounded_and_counts_a_flood() {
+    use crate::ctl::registry::DispatchContext;
+    let t = NeighTable::new();
+    let mut s = LocalStack::new(
+        ToLocal,
+        HeapAlloc,
+        StackConfig {
+            ip: VTEP,
+            prefix_len: 16,
+            mac: MAC,
+            uplink: UPLINK,
+            mtu: 1500,
+        },
+        t.clone(),
+        NeighConfig {
+            capacity: 64,
+            ..NeighConfig::default()
+        },
+    )
+    .expect("stack");
+    let mut out = Output::new(8);
+    let mut reader = t.reader();
+    assert_eq!(reader.resolve(PEER), None);
+    s.maintain(0, &mut out);
+    out.take(UPLINK);
+    rx(&mut s, 1, &arp_frame(2, MAC, PEER_MAC, PEER, MAC, VTEP));
+    assert_eq!(reader.resolve(PEER), Some(PEER_MAC));
+    let mut answered = 0;
+    for i in 0..5_000u32 {
+        let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(192, 168, 100, 0)) + i);
+        let mac = [2, 0xcc, 0, 0, (i >> 8) as u8, i as u8];
+        let mut o = rx(
+            &mut s,
+            2 + u64::from(i),
+            &arp_frame(1, [0xff; 6], mac, ip, [0; 6], VTEP),
+        );
+        answered += o.take(UPLINK).len();
+        // A PMD misses a next hop for every frame.
+        assert_eq!(reader.resolve(ip), None);
+        if i % 2_000 == 1_999 {
+            s.maintain(10_000, &mut out);
+            out.take(UPLINK);
+            assert!(s.control().lock().len() <= 64, "over capacity");
+        }
+    }
+    assert_eq!(answered, 5_000, "every ARP request answered");
+    s.maintain(20_000, &mut out);
+    assert_eq!(
+        reader.resolve(PEER),
+        Some(PEER_MAC),
+        "the resolved neighbour stays"
+    );
+    let r = Registry::new();
+    register_commands(&r, &s.control()).expect("register");
+    let ctx = DispatchContext { on_exit: &|| {} };
+    let show = r
+        .dispatch("local-stack/show", &serde_json::json!({}), &ctx)
+        .expect("local-stack/show");
+    let show: sluice_api::stack::LocalStackReply = serde_json::from_value(show).expect("the reply");
+    assert_eq!(show.neigh_entries, 64);
+    assert_eq!(show.neigh_refused, 0);
+    // 1 resolved + 63 slots: of the 5,000 addresses asked for, those not
+    // dropped by the full request queue went through the slots.
+    let asked = 5_000 - show.neigh_want_dropped;
+    assert_eq!(show.neigh_evicted, asked - 63, "{show:?}");
+    assert!(show.neigh_want_dropped > 0, "{show:?}");
+}

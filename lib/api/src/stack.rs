@@ -113,19 +113,35 @@ pub struct LocalStackReply {
     pub tx: u64,
     /// ARP replies learned.
     pub arp_replies: u64,
+    /// Entries in the neighbour cache.
+    #[serde(default)]
+    pub neigh_entries: u64,
+    /// Unresolved neighbour entries evicted because the cache was full.
+    #[serde(default)]
+    pub neigh_evicted: u64,
+    /// Addresses not resolved because the cache was full of resolved ones.
+    #[serde(default)]
+    pub neigh_refused: u64,
+    /// Resolution requests from the PMDs dropped because their queue was full.
+    #[serde(default)]
+    pub neigh_want_dropped: u64,
 }
 
 impl Render for LocalStackReply {
     fn render(&self) -> String {
         format!(
-            "address {}/{} mac {} uplink {}\nrx {} tx {} arp replies learned {}\n",
+            "address {}/{} mac {} uplink {}\nrx {} tx {} arp replies learned {}\nneighbours {} (cache full: {} unresolved evicted, {} refused; {} requests dropped, queue full)\n",
             self.ip,
             self.prefix_len,
             args::fmt_mac(&self.mac),
             self.uplink,
             self.rx,
             self.tx,
-            self.arp_replies
+            self.arp_replies,
+            self.neigh_entries,
+            self.neigh_evicted,
+            self.neigh_refused,
+            self.neigh_want_dropped
         )
     }
 }
