@@ -361,11 +361,8 @@ pub fn live_mask(prog: &FlowProgram) -> FlowKey {
     ] {
         m.or_assign(&FlowKey::field_mask(f));
     }
-    for t in &prog.tables {
-        for r in &t.rules {
-            m.or_assign(r.spec.m.mask());
-        }
-    }
+    // Kept per table by mask, so a PMD's reload does not read every rule.
+    m.or_assign(&prog.rule_mask_union());
     m
 }
 

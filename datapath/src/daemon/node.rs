@@ -2,7 +2,8 @@
 //! one program by `sluice-agent`.
 //!
 //! [`NodeState`] holds the [`NodeProgram`] last committed (every change
-//! applied with `sluice_api::node::apply`) and its generation; both start
+//! applied in place with `sluice_api::node::apply_in_place`, at a cost
+//! that grows with the change) and its generation; both start
 //! empty and at 0 with every `sluiced` process, whose instance id is new.
 //!
 //! A commit is all or nothing, and seen whole by the PMDs:
@@ -174,6 +175,7 @@ impl NodeState {
                 "node-commit needs the flow pipeline: set [datapath] pipeline = flow in sluiced.ini",
             ));
         };
+        let t_start = Instant::now();
         let mut held = self.lock();
         if let Some(e) = c.expected_generation {
             if e != held.generation {
@@ -186,7 +188,16 @@ impl NodeState {
                 c.generation, held.generation
             )));
         }
-        let next = api::apply(&held.program, c);
+        // The ports the program will have (small: a node's pods); the rest
+        // of the held program is changed in place once the commit is
+        // published, so a commit costs what it changes.
+        let mut next_ports = held.program.ports.clone();
+        for name in &c.ports_removed {
+            next_ports.remove(name);
+        }
+        for (name, spec) in &c.ports_added {
+            next_ports.insert(name.clone(), spec.clone());
+        }
         let now = clock_ns();
 
         // 1. Ports (devices opened, not polled).
@@ -260,7 +271,7 @@ impl NodeState {
         }
         // 5. Ingress: ARP responder and port security.
         for ps in &c.port_security_set {
-            if !next.ports.values().any(|s| s.ofport == ps.port) {
+            if !next_ports.values().any(|s| s.ofport == ps.port) {
                 return Err(item_error(
                     ErrorCode::NotFound,
                     &CommitItem::PortSecurity(ps.port),
@@ -345,10 +356,13 @@ impl NodeState {
 
         // Publish everything at once.
         let settings = c.settings.clone();
+        let t_prepared = Instant::now();
+        let mut t_parked = t_prepared;
         let published = p
             .ports
             .shared()
             .barrier(BARRIER_WAIT, || {
+                t_parked = Instant::now();
                 p.ports.publish_stage(&mut port_stage);
                 let flows = staged_flows.publish();
                 let services = staged_services.publish();
@@ -371,6 +385,7 @@ impl NodeState {
         // `port_stage` dropped unpublished on the error above closes the
         // devices it opened.
         let (_flows, services) = published;
+        let t_published = Instant::now();
         let flushed = services.flush(Some(&p.conntrack));
         if flushed.flushed > 0 {
             tracing::info!(
@@ -383,7 +398,7 @@ impl NodeState {
             tracing::warn!("node-commit {}: {e}", c.generation);
         }
         for port in &c.port_security_removed {
-            if !next.ports.values().any(|s| s.ofport == *port) {
+            if !next_ports.values().any(|s| s.ofport == *port) {
                 p.ingress.forget_port(PortNo(*port));
             }
         }
@@ -391,10 +406,16 @@ impl NodeState {
             held.settings_replaced = true;
             tracing::info!("node settings from node-commit replace sluiced.ini's ([services] node addresses, NodePort range, masquerade address, cluster CIDRs, zone; [datapath] vtep_ip, uplink_mtu)");
         }
-        held.program = next;
+        api::apply_in_place(&mut held.program, c);
         held.generation = c.generation;
         let counts = c.counts();
+        let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e3;
+        let t_end = Instant::now();
         tracing::info!(
+            prepare_ms = format!("{:.2}", ms(t_start, t_prepared)),
+            barrier_wait_ms = format!("{:.2}", ms(t_prepared, t_parked)),
+            publish_ms = format!("{:.2}", ms(t_parked, t_published)),
+            after_ms = format!("{:.2}", ms(t_published, t_end)),
             "node-commit: generation {} in force ({})",
             c.generation,
             sluice_api::Render::render(&NodeCommitReply {
