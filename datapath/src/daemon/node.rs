@@ -302,13 +302,15 @@ impl NodeState {
         // 6. Flows and groups, one bundle; the first commit replaces the
         // start-up program.
         let mut mods: Vec<FlowMod> = Vec::new();
-        let mut item_of: Vec<CommitItem> = Vec::new();
+        // What each mod came from, named only if it fails (a big commit
+        // carries 100k operations: no text is made for the others).
+        let mut item_of: Vec<ModSource> = Vec::new();
         if held.generation == 0 {
             mods.push(FlowMod::Delete {
                 filter: crate::flow::program::FlowFilter::default(),
                 strict: false,
             });
-            item_of.push(CommitItem::FlowOp(0, "(the start-up program)".into()));
+            item_of.push(ModSource::StartUp);
         }
         for g in &c.groups_set {
             let m = crate::flow::text::parse_group(&g.text()).map_err(|e| {
@@ -319,23 +321,30 @@ impl NodeState {
                 )
             })?;
             mods.push(FlowMod::AddGroup(m));
-            item_of.push(CommitItem::Group(g.id));
+            item_of.push(ModSource::Group(g.id));
         }
+        mods.reserve(c.flow_ops.len());
+        item_of.reserve(c.flow_ops.len());
         for (i, op) in c.flow_ops.iter().enumerate() {
             let m = crate::flow::commands::flow_mod(i, op)
                 .map_err(|e| item_error(e.code, &CommitItem::FlowOp(i, op_text(op)), &e.message))?;
             mods.push(m);
-            item_of.push(CommitItem::FlowOp(i, op_text(op)));
+            item_of.push(ModSource::FlowOp(i));
         }
         for id in &c.groups_removed {
             mods.push(FlowMod::DeleteGroup(*id));
-            item_of.push(CommitItem::Group(*id));
+            item_of.push(ModSource::Group(*id));
         }
         let staged_flows = flows.stage(&mods, now).map_err(|e| {
-            let item = item_of
-                .get(e.index)
-                .cloned()
-                .unwrap_or(CommitItem::FlowOp(e.index, e.summary.clone()));
+            let item = match item_of.get(e.index) {
+                Some(ModSource::StartUp) => CommitItem::FlowOp(0, "(the start-up program)".into()),
+                Some(ModSource::Group(id)) => CommitItem::Group(*id),
+                Some(ModSource::FlowOp(i)) => match c.flow_ops.get(*i) {
+                    Some(op) => CommitItem::FlowOp(*i, op_text(op)),
+                    None => CommitItem::FlowOp(e.index, e.summary.clone()),
+                },
+                None => CommitItem::FlowOp(e.index, e.summary.clone()),
+            };
             item_error(ErrorCode::InvalidArgument, &item, &e.error.to_string())
         })?;
         // 7. Services (with the new settings).
@@ -515,6 +524,17 @@ fn service_error_name(e: &crate::service::ServiceError) -> String {
         E::FrontendConflict { b, .. } => b.clone(),
         E::Json(_) => String::new(),
     }
+}
+
+/// Where one flow mod of a commit's bundle came from.
+#[derive(Debug, Clone, Copy)]
+enum ModSource {
+    /// The delete of the start-up program (first commit).
+    StartUp,
+    /// A group set or removed.
+    Group(u32),
+    /// The flow operation at this index.
+    FlowOp(usize),
 }
 
 /// A flow operation's text, for error messages.

@@ -286,7 +286,10 @@ impl std::ops::Index<usize> for RuleList {
             }
             i -= c.len();
         }
-        panic!("rule index {i} past the end of a table of {} rules", self.len)
+        panic!(
+            "rule index {i} past the end of a table of {} rules",
+            self.len
+        )
     }
 }
 
@@ -495,14 +498,23 @@ impl RuleList {
     fn check(&self) {
         let v: Vec<&Slot> = self.slots().collect();
         assert_eq!(v.len(), self.len);
-        assert!(self.chunks.iter().all(|c| !c.is_empty() && c.len() < 2 * CHUNK));
+        assert!(self
+            .chunks
+            .iter()
+            .all(|c| !c.is_empty() && c.len() < 2 * CHUNK));
         assert!(v.windows(2).all(|w| w[0].key() < w[1].key()));
-        let indexed: usize = self.index.iter().map(|s| s.values().map(Vec::len).sum::<usize>()).sum();
+        let indexed: usize = self
+            .index
+            .iter()
+            .map(|s| s.values().map(Vec::len).sum::<usize>())
+            .sum();
         assert_eq!(indexed, self.len);
         let mut union = FlowKey::ZERO;
         for s in &v {
             union.or_assign(s.rule.spec.m.mask());
-            let found = self.find_slot(s.rule.spec.priority, &s.rule.spec.m).expect("indexed");
+            let found = self
+                .find_slot(s.rule.spec.priority, &s.rule.spec.m)
+                .expect("indexed");
             assert!(Arc::ptr_eq(&found.rule, &s.rule) && found.seq == s.seq);
         }
         assert_eq!(self.mask_union(), union);
@@ -843,7 +855,11 @@ impl FlowProgram {
                     }
                 } else {
                     for t in Self::tables_of(filter) {
-                        if self.tables[t].rules.iter().any(|r| filter.selects(&r.spec, false)) {
+                        if self.tables[t]
+                            .rules
+                            .iter()
+                            .any(|r| filter.selects(&r.spec, false))
+                        {
                             sum.deleted += Arc::make_mut(&mut self.tables[t])
                                 .rules
                                 .retain(|r| !filter.selects(&r.spec, false));
@@ -1021,7 +1037,10 @@ mod tests {
             .collect();
         let (a, _) = apply(&FlowProgram::default(), &mods).expect("bundle");
         let (b, _) = apply(&a, &[FlowMod::Add(spec(1, 10, 7, out(2)))]).expect("bundle");
-        assert!(Arc::ptr_eq(&a.tables[2], &b.tables[2]), "an untouched table is shared");
+        assert!(
+            Arc::ptr_eq(&a.tables[2], &b.tables[2]),
+            "an untouched table is shared"
+        );
         assert!(!Arc::ptr_eq(&a.tables[1], &b.tables[1]));
         let shared = a.tables[1]
             .rules
@@ -1030,9 +1049,17 @@ mod tests {
             .zip(&b.tables[1].rules.chunks)
             .filter(|(x, y)| Arc::ptr_eq(x, y))
             .count();
-        assert_eq!(shared, a.tables[1].rules.chunks.len() - 1, "one chunk copied");
+        assert_eq!(
+            shared,
+            a.tables[1].rules.chunks.len() - 1,
+            "one chunk copied"
+        );
         assert_eq!(b.tables[1].rules[7].spec.actions, out(2));
-        assert_eq!(a.tables[1].rules[7].spec.actions, out(1), "the old program is untouched");
+        assert_eq!(
+            a.tables[1].rules[7].spec.actions,
+            out(1),
+            "the old program is untouched"
+        );
         b.tables[1].rules.check();
     }
 
