@@ -654,7 +654,11 @@ pub struct FlowProgram {
 impl Default for FlowProgram {
     fn default() -> Self {
         FlowProgram {
-            tables: vec![Arc::new(Table::default()); N_TABLES],
+            // One empty table shared by all until a bundle changes one.
+            tables: {
+                let empty = Arc::new(Table::default());
+                (0..N_TABLES).map(|_| empty.clone()).collect()
+            },
             groups: BTreeMap::new(),
             generation: 0,
         }
