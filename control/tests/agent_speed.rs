@@ -424,6 +424,7 @@ fn field_values(text: &str, marker: &str, field: &str, n: usize) -> Vec<f64> {
         .lines()
         .filter(|l| l.contains(marker))
         .filter_map(|l| {
+            let l = strip_ansi(l);
             let i = l.find(&pat)? + pat.len();
             l[i..].split('"').next()?.parse().ok()
         })
@@ -431,6 +432,25 @@ fn field_values(text: &str, marker: &str, field: &str, n: usize) -> Vec<f64> {
     v = v.split_off(v.len().saturating_sub(n));
     v.sort_by(f64::total_cmp);
     v
+}
+
+/// `line` without its ANSI colour sequences (sluiced colours its log
+/// when it thinks stderr is a terminal).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// `name p50/p99` of the last `n` values of `field`, or "" when none.
