@@ -36,7 +36,10 @@ use sluice_api::{Client, Empty};
 use sluice_testkit::node::{ctl_socket, start_sluiced, Nestdb, SluicedIni};
 use sluice_testkit::{built_or_skip, root_or_skip, rows, sh, Daemon, Netns};
 
-const WAIT: Duration = Duration::from_secs(300);
+/// Bound on each wait (100k Services arrive in ten 10k-Service
+/// transactions, each of which nestdb may take tens of seconds to commit
+/// on a loaded machine).
+const WAIT: Duration = Duration::from_secs(1200);
 const PREFIX: &str = "slt-speed";
 const NS: &str = "slt-speed-node";
 
@@ -236,12 +239,75 @@ impl Stack {
             .collect()
     }
 
+    /// The phase split of the last `n` commits: the agent's plan and
+    /// commit call, sluiced's prepare, PMD barrier wait, publish and
+    /// what follows (from their logs).
+    fn print_phases(&self, n: usize) {
+        let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
+        let (agent, sluiced) = (read("agent.log"), read("sluiced.err"));
+        let mut a = String::new();
+        for f in ["plan_ms", "commit_ms"] {
+            a += &phase(&agent, "committed:", f, n);
+        }
+        let mut d = String::new();
+        for f in ["prepare_ms", "barrier_wait_ms", "publish_ms", "after_ms"] {
+            d += &phase(&sluiced, "node-commit: generation", f, n);
+        }
+        println!("    phases (ms) agent: {a}\n    phases (ms) sluiced: {d}");
+    }
+
     fn log_len(&self) -> usize {
         std::fs::read_to_string(self.dir.path().join("agent.log"))
             .unwrap_or_default()
             .lines()
             .count()
     }
+}
+
+/// The values of `field="N"` in the last `n` lines of `text` that contain
+/// `marker`, sorted.
+fn field_values(text: &str, marker: &str, field: &str, n: usize) -> Vec<f64> {
+    let pat = format!("{field}=\"");
+    let mut v: Vec<f64> = text
+        .lines()
+        .filter(|l| l.contains(marker))
+        .filter_map(|l| {
+            let l = strip_ansi(l);
+            let i = l.find(&pat)? + pat.len();
+            l[i..].split('"').next()?.parse().ok()
+        })
+        .collect();
+    v = v.split_off(v.len().saturating_sub(n));
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// `line` without its ANSI colour sequences (sluiced colours its log
+/// when it thinks stderr is a terminal).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `name p50/p99` of the last `n` values of `field`, or "" when none.
+fn phase(text: &str, marker: &str, field: &str, n: usize) -> String {
+    let v = field_values(text, marker, field, n);
+    if v.is_empty() {
+        return String::new();
+    }
+    format!("{field} p50 {:.2} p99 {:.2}; ", pct(&v, 0.5), pct(&v, 0.99))
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -298,6 +364,7 @@ fn commit_to_generation_in_force() {
         for l in s.commit_lines(from) {
             println!("    agent: {l}");
         }
+        s.print_phases(usize::MAX);
     }
 
     // (b) n_b Services x 1 endpoint, then single-endpoint changes.
@@ -378,5 +445,6 @@ fn commit_to_generation_in_force() {
         for l in lines.iter().rev().take(3).rev() {
             println!("    agent: {l}");
         }
+        s.print_phases(changes as usize);
     }
 }

@@ -40,6 +40,46 @@ use sluice_api::node::NodeChanges;
 /// (64 MiB), leaving room for the JSON-RPC envelope.
 pub const DEFAULT_MAX_COMMIT_BYTES: usize = 32 << 20;
 
+/// Why a `--max-commit-bytes` value is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MaxCommitError {
+    /// Not a number.
+    #[error(
+        "--max-commit-bytes {0:?} is not a number of bytes; give a whole number such as 33554432"
+    )]
+    NotANumber(String),
+    /// Zero.
+    #[error("--max-commit-bytes 0 would fit no change at all; give at least 1 (default {DEFAULT_MAX_COMMIT_BYTES})")]
+    Zero,
+    /// Above the control socket's limit.
+    #[error("--max-commit-bytes {given} is above the largest request sluiced's control socket accepts ({limit} bytes): sluiced would refuse such a commit; give at most {limit} (default {DEFAULT_MAX_COMMIT_BYTES})")]
+    AboveSocketLimit {
+        /// The value given.
+        given: usize,
+        /// The control socket's limit.
+        limit: usize,
+    },
+}
+
+/// Reads a `--max-commit-bytes` value: a whole number of bytes from 1 to
+/// the control socket's request limit
+/// ([`sluice_api::node::control_socket_limit`]).
+///
+/// # Errors
+/// [`MaxCommitError`]: not a number, 0, or above the limit.
+pub fn parse_max_commit_bytes(text: &str) -> Result<usize, MaxCommitError> {
+    let given: usize = text
+        .trim()
+        .parse()
+        .map_err(|_| MaxCommitError::NotANumber(text.to_string()))?;
+    let limit = sluice_api::node::control_socket_limit();
+    match given {
+        0 => Err(MaxCommitError::Zero),
+        g if g > limit => Err(MaxCommitError::AboveSocketLimit { given, limit }),
+        g => Ok(g),
+    }
+}
+
 /// Room kept in each part for its fixed fields (an empty change set) and
 /// the numbers and separators around its items.
 fn fixed_room() -> usize {
@@ -185,6 +225,32 @@ fn chunks<T: Serialize>(items: Vec<T>, budget: usize) -> Vec<Vec<T>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn max_commit_bytes_between_one_and_the_socket_limit() {
+        use super::{parse_max_commit_bytes, MaxCommitError, DEFAULT_MAX_COMMIT_BYTES};
+        let limit = sluice_api::node::control_socket_limit();
+        assert_eq!(limit, 64 << 20);
+        assert!(DEFAULT_MAX_COMMIT_BYTES <= limit);
+        assert_eq!(parse_max_commit_bytes("1"), Ok(1));
+        assert_eq!(parse_max_commit_bytes(&limit.to_string()), Ok(limit));
+        assert_eq!(parse_max_commit_bytes("0"), Err(MaxCommitError::Zero));
+        assert_eq!(
+            parse_max_commit_bytes(&(limit + 1).to_string()),
+            Err(MaxCommitError::AboveSocketLimit {
+                given: limit + 1,
+                limit
+            })
+        );
+        assert!(matches!(
+            parse_max_commit_bytes("32M"),
+            Err(MaxCommitError::NotANumber(_))
+        ));
+        assert!(parse_max_commit_bytes("0")
+            .unwrap_err()
+            .to_string()
+            .contains("at least 1"));
+    }
+
     use std::net::Ipv4Addr;
 
     use sluice_api::node::{apply, diff, Flow, NodeProgram, PortKind, PortSpec};

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use sluice_api::paths;
+use sluice_control::agent::chunk::{parse_max_commit_bytes, DEFAULT_MAX_COMMIT_BYTES};
 use sluice_control::agent::daemon::{run, AgentConfig};
 use sluice_control::agent::startup::{
     check_schema, check_socket, drop_capabilities, unix_path, AgentError, SocketState,
@@ -45,9 +46,19 @@ struct Args {
     /// commit, in milliseconds.
     #[arg(long, default_value_t = 5000, value_name = "MS")]
     retry_max_ms: u64,
+    /// Largest node-commit to send, in bytes of JSON; a bigger change set
+    /// is sent as several commits. From 1 to the largest request sluiced's
+    /// control socket accepts (67108864).
+    #[arg(long, default_value_t = DEFAULT_MAX_COMMIT_BYTES, value_name = "BYTES", value_parser = max_commit_bytes)]
+    max_commit_bytes: usize,
     /// Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 0.0.0.0:9478).
     #[arg(long, value_name = "ADDRESS")]
     metrics_address: Option<std::net::SocketAddr>,
+}
+
+/// clap's parser of `--max-commit-bytes` (the error is the sentence).
+fn max_commit_bytes(text: &str) -> Result<usize, String> {
+    parse_max_commit_bytes(text).map_err(|e| e.to_string())
 }
 
 fn start(args: &Args) -> Result<(), AgentError> {
@@ -82,6 +93,7 @@ fn start(args: &Args) -> Result<(), AgentError> {
     let mut config = AgentConfig::new(args.db.clone(), args.ctl.clone());
     config.status_interval = Duration::from_millis(args.status_interval_ms.max(10));
     config.retry_max = Duration::from_millis(args.retry_max_ms.max(100));
+    config.max_commit_bytes = args.max_commit_bytes;
     let _metrics = match args.metrics_address {
         Some(addr) => {
             let m = config.metrics.clone();

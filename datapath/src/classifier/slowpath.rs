@@ -144,11 +144,11 @@ impl Ctx<'_> {
             return;
         };
         let mut hit = None;
-        match special::of(t).filter(|s| self.special && s.fits(&t.rules)) {
+        match special::of(t).filter(|s| self.special && s.fits(t.rules.len())) {
             // One probe per prefix length; the same mask as the walk.
             Some(s) => {
                 self.mask.or_assign(s.mask());
-                hit = s.lookup(&t.rules, &self.key).map(|i| &t.rules[i]);
+                hit = s.lookup(&self.key).map(|i| s.rule(i));
             }
             None => {
                 for r in &t.rules {
@@ -378,11 +378,8 @@ pub fn live_mask(prog: &FlowProgram) -> FlowKey {
     ] {
         m.or_assign(&FlowKey::field_mask(f));
     }
-    for t in &prog.tables {
-        for r in &t.rules {
-            m.or_assign(r.spec.m.mask());
-        }
-    }
+    // Kept per table by mask, so a PMD's reload does not read every rule.
+    m.or_assign(&prog.rule_mask_union());
     m
 }
 

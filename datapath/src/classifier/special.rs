@@ -84,8 +84,9 @@ pub struct SpecialTable {
     mask: FlowKey,
     /// The first match-everything rule after the shaped ones.
     default: Option<u32>,
-    /// Rules in the table it was built from.
-    n_rules: usize,
+    /// The rules of the table it was built from, in order (the table's
+    /// own list is chunked for cheap copy-on-write, not indexable in O(1)).
+    rules: Box<[Arc<Rule>]>,
 }
 
 impl SpecialTable {
@@ -100,16 +101,24 @@ impl SpecialTable {
         &self.mask
     }
 
-    /// True when `rules` can be the rules this index was built from (a
-    /// cheap guard; the slot discipline is what guarantees it).
-    pub fn fits(&self, rules: &[Arc<Rule>]) -> bool {
-        rules.len() == self.n_rules
+    /// True when a table of `n_rules` rules can be the one this index was
+    /// built from (a cheap guard; the slot discipline is what guarantees
+    /// it).
+    pub fn fits(&self, n_rules: usize) -> bool {
+        n_rules == self.rules.len()
     }
 
-    /// The index in `rules` (the rules it was built from) of the rule the
-    /// generic walk would match first for `key`, if any.
+    /// The `i`th rule of the table this index was built from.
     #[inline]
-    pub fn lookup(&self, rules: &[Arc<Rule>], key: &FlowKey) -> Option<usize> {
+    pub fn rule(&self, i: usize) -> &Arc<Rule> {
+        &self.rules[i]
+    }
+
+    /// The index (in the table it was built from) of the rule the generic
+    /// walk would match first for `key`, if any.
+    #[inline]
+    pub fn lookup(&self, key: &FlowKey) -> Option<usize> {
+        let rules = &self.rules;
         for g in self.groups.iter() {
             let h = key.hash_masked_words(&g.mask, &g.words);
             if let Some(&i) = g.index.find(h, |&i| {
@@ -134,11 +143,11 @@ fn prefix_len(field: Field, mask: u128) -> Option<u32> {
 /// Compiles `table` if it has one of the shapes, else `None`. Cost: linear
 /// in the table's rules.
 pub fn compile(table: &Table) -> Option<SpecialTable> {
-    compile_rules(&table.rules, MIN_RULES)
+    compile_rules(table.rules.iter().cloned().collect(), MIN_RULES)
 }
 
 /// [`compile`] over `rules` with a minimum of `min_rules` shaped rules.
-fn compile_rules(rules: &[Arc<Rule>], min_rules: usize) -> Option<SpecialTable> {
+fn compile_rules(rules: Vec<Arc<Rule>>, min_rules: usize) -> Option<SpecialTable> {
     if rules.len() > u32::MAX as usize {
         return None;
     }
@@ -219,7 +228,7 @@ fn compile_rules(rules: &[Arc<Rule>], min_rules: usize) -> Option<SpecialTable> 
         groups: groups.into_boxed_slice(),
         mask: first,
         default: (end < rules.len()).then_some(end as u32),
-        n_rules: rules.len(),
+        rules: rules.into_boxed_slice(),
     })
 }
 
@@ -236,7 +245,8 @@ pub fn of(table: &Table) -> Option<&SpecialTable> {
 
 /// Compiles every table of `prog` whose slot is empty (the tables whose
 /// rules changed since the program it was built from; unchanged tables
-/// share their filled slot). Returns how many tables were compiled. Call
+/// share their filled slot). Returns how many slots were compiled (tables
+/// that share one, like the empty ones, count once). Call
 /// it on the control side after building a program and before publishing
 /// it, so that no PMD pays for a compile.
 pub fn prepare(prog: &FlowProgram) -> usize {
@@ -261,7 +271,7 @@ pub fn describe(prog: &FlowProgram) -> String {
                     format!("longest prefix of {field} ({lengths} lengths)")
                 }
             };
-            out.push_str(&format!("table {i}: {shape}, {} rules\n", s.n_rules));
+            out.push_str(&format!("table {i}: {shape}, {} rules\n", s.rules.len()));
         }
     }
     out
@@ -328,9 +338,9 @@ mod tests {
         assert_eq!(s.default, Some(4));
         assert_eq!(s.mask().get(Field::NwDst), 0xffff_ff00);
         let k = extract(&tcp4([1, 1, 1, 1], [10, 2, 7, 7], 1, 2, 64), PortNo(1));
-        assert_eq!(s.lookup(&p.tables[0].rules, &k), Some(2));
+        assert_eq!(s.lookup(&k), Some(2));
         let k = extract(&tcp4([1, 1, 1, 1], [11, 2, 7, 7], 1, 2, 64), PortNo(1));
-        assert_eq!(s.lookup(&p.tables[0].rules, &k), Some(4), "default");
+        assert_eq!(s.lookup(&k), Some(4), "default");
         assert!(describe(&p).contains("table 0: longest prefix of nw_dst (3 lengths), 5 rules"));
 
         let macs: Vec<String> = (0..6)
@@ -355,7 +365,8 @@ mod tests {
             .collect();
         t.add_flows(&macs, 0).expect("flows");
         let p1 = t.program();
-        assert_eq!(prepare(&p1), 255, "every table compiled once");
+        // Table 3, and the one empty table the other 254 share (one slot).
+        assert_eq!(prepare(&p1), 2, "every distinct table compiled once");
         assert_eq!(prepare(&p1), 0);
         t.add_flows("table=5,priority=1,ip actions=drop", 0)
             .expect("flow");
@@ -402,7 +413,11 @@ mod tests {
             .collect();
         let t = crate::flow::tables::FlowTables::new();
         t.add_flows(&flows, 0).expect("routes");
-        assert_eq!(prepare(&t.program()), 255);
+        assert_eq!(
+            prepare(&t.program()),
+            2,
+            "table 0 and the shared empty table"
+        );
         // One prefix length: the same mask everywhere.
         assert_eq!(
             of(&t.program().tables[0]).map(|s| s.shape()),
@@ -571,7 +586,7 @@ mod tests {
             let prog = program(&flows);
             let t = &prog.tables[0];
             let body = t.rules.len() - usize::from(default);
-            let s = compile_rules(&t.rules, 1);
+            let s = compile_rules(t.rules.iter().cloned().collect(), 1);
             prop_assert!(s.is_some(), "{:?} not specialised: {:?}", kind, flows);
             prop_assert_eq!(of(t).is_some(), body >= MIN_RULES);
             let s = s.expect("checked");
@@ -582,7 +597,7 @@ mod tests {
                 prop_assert!(same(&spec, &generic), "{:?}\n{:?}\nvs\n{:?}", k, spec, generic);
                 // The index alone, on every table size.
                 let want = t.rules.iter().position(|r| r.spec.m.matches(&k));
-                prop_assert_eq!(s.lookup(&t.rules, &k), want);
+                prop_assert_eq!(s.lookup(&k), want);
             }
         }
 
@@ -623,7 +638,7 @@ mod tests {
             }
             let prog = program(&flows);
             let t = &prog.tables[0];
-            prop_assert!(compile_rules(&t.rules, 1).is_none(), "specialised: {:?}", flows);
+            prop_assert!(compile_rules(t.rules.iter().cloned().collect(), 1).is_none(), "specialised: {:?}", flows);
             prop_assert!(of(t).is_none());
             for (a, port, mac, in_port, tcp) in pkts {
                 let k = packet(a, port, mac, in_port, tcp);

@@ -209,6 +209,8 @@ pub struct PortView {
     pub kind: String,
     /// The PMD polling each rx queue.
     pub pmds: Vec<usize>,
+    /// Why a pod port fell back from af_xdp to af_packet.
+    pub fallback: Option<String>,
     /// Reads counters.
     pub stats: Box<dyn Fn() -> PortStats + Send + Sync>,
     /// Reads link state.
@@ -254,6 +256,7 @@ pub fn register_ports(
                         kind: v.kind.clone(),
                         rx_queues: v.pmds.len() as u16,
                         pmds: v.pmds.clone(),
+                        fallback: v.fallback.clone(),
                         link: l,
                         stats: st,
                     }

@@ -84,10 +84,16 @@ impl Sources {
             .map(|p| {
                 let stats = p.handle.stats();
                 let up = p.handle.link().up;
-                (p.name, p.ofport.to_string(), stats, up)
+                (
+                    p.name,
+                    p.ofport.to_string(),
+                    stats,
+                    up,
+                    p.fallback.is_some(),
+                )
             })
             .collect();
-        let l = |p: &(String, String, _, _)| -> [(&'static str, String); 2] {
+        let l = |p: &(String, String, _, _, _)| -> [(&'static str, String); 2] {
             [("port", p.0.clone()), ("ofport", p.1.clone())]
         };
         type Get = fn(&sluice_api::ports::PortCounters) -> u64;
@@ -137,6 +143,21 @@ impl Sources {
         for p in &ports {
             let [a, b] = l(p);
             e.sample(&[(a.0, &a.1), (b.0, &b.1)], f64::from(u8::from(p.3)));
+        }
+        counter(
+            e,
+            "sluice_pod_driver_fallbacks_total",
+            "Pod ports opened with af_packet because af_xdp, the driver asked for, could not work for them (each logged with why; dump-ports shows it per port).",
+        );
+        e.sample(&[], self.ports.pod_driver_fallbacks() as f64);
+        gauge(
+            e,
+            "sluice_port_driver_fallback",
+            "1 for a pod port asked for with af_xdp and running on af_packet (dump-ports says why), 0 otherwise.",
+        );
+        for p in &ports {
+            let [a, b] = l(p);
+            e.sample(&[(a.0, &a.1), (b.0, &b.1)], f64::from(u8::from(p.4)));
         }
     }
 

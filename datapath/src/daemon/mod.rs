@@ -879,6 +879,7 @@ impl Daemon {
                         devargs: s.devargs,
                         kind: s.kind,
                         pmds: s.pmds,
+                        fallback: s.fallback,
                         stats: Box::new(move || h.stats()),
                         link: Box::new(move || h2.link()),
                     }

@@ -2,7 +2,8 @@
 //! one program by `sluice-agent`.
 //!
 //! [`NodeState`] holds the [`NodeProgram`] last committed (every change
-//! applied with `sluice_api::node::apply`) and its generation; both start
+//! applied in place with `sluice_api::node::apply_in_place`, at a cost
+//! that grows with the change) and its generation; both start
 //! empty and at 0 with every `sluiced` process, whose instance id is new.
 //!
 //! A commit is all or nothing, and seen whole by the PMDs:
@@ -41,7 +42,6 @@
 //! mutex serialises commits (and the other writers of each part keep their
 //! own locks, taken while preparing).
 
-use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -174,6 +174,7 @@ impl NodeState {
                 "node-commit needs the flow pipeline: set [datapath] pipeline = flow in sluiced.ini",
             ));
         };
+        let t_start = Instant::now();
         let mut held = self.lock();
         if let Some(e) = c.expected_generation {
             if e != held.generation {
@@ -186,7 +187,16 @@ impl NodeState {
                 c.generation, held.generation
             )));
         }
-        let next = api::apply(&held.program, c);
+        // The ports the program will have (small: a node's pods); the rest
+        // of the held program is changed in place once the commit is
+        // published, so a commit costs what it changes.
+        let mut next_ports = held.program.ports.clone();
+        for name in &c.ports_removed {
+            next_ports.remove(name);
+        }
+        for (name, spec) in &c.ports_added {
+            next_ports.insert(name.clone(), spec.clone());
+        }
         let now = clock_ns();
 
         // 1. Ports (devices opened, not polled).
@@ -230,7 +240,7 @@ impl NodeState {
             })?;
 
         // 2. Settings.
-        let svc_config = c.settings.as_ref().map(service_config);
+        let svc_config = c.settings.as_ref().map(ServiceConfig::for_settings);
         // 3. VTEPs.
         let vteps = p
             .tunnels
@@ -260,7 +270,7 @@ impl NodeState {
         }
         // 5. Ingress: ARP responder and port security.
         for ps in &c.port_security_set {
-            if !next.ports.values().any(|s| s.ofport == ps.port) {
+            if !next_ports.values().any(|s| s.ofport == ps.port) {
                 return Err(item_error(
                     ErrorCode::NotFound,
                     &CommitItem::PortSecurity(ps.port),
@@ -291,13 +301,15 @@ impl NodeState {
         // 6. Flows and groups, one bundle; the first commit replaces the
         // start-up program.
         let mut mods: Vec<FlowMod> = Vec::new();
-        let mut item_of: Vec<CommitItem> = Vec::new();
+        // What each mod came from, named only if it fails (a big commit
+        // carries 100k operations: no text is made for the others).
+        let mut item_of: Vec<ModSource> = Vec::new();
         if held.generation == 0 {
             mods.push(FlowMod::Delete {
                 filter: crate::flow::program::FlowFilter::default(),
                 strict: false,
             });
-            item_of.push(CommitItem::FlowOp(0, "(the start-up program)".into()));
+            item_of.push(ModSource::StartUp);
         }
         for g in &c.groups_set {
             let m = crate::flow::text::parse_group(&g.text()).map_err(|e| {
@@ -308,25 +320,35 @@ impl NodeState {
                 )
             })?;
             mods.push(FlowMod::AddGroup(m));
-            item_of.push(CommitItem::Group(g.id));
+            item_of.push(ModSource::Group(g.id));
         }
+        mods.reserve(c.flow_ops.len());
+        item_of.reserve(c.flow_ops.len());
         for (i, op) in c.flow_ops.iter().enumerate() {
             let m = crate::flow::commands::flow_mod(i, op)
                 .map_err(|e| item_error(e.code, &CommitItem::FlowOp(i, op_text(op)), &e.message))?;
             mods.push(m);
-            item_of.push(CommitItem::FlowOp(i, op_text(op)));
+            item_of.push(ModSource::FlowOp(i));
         }
         for id in &c.groups_removed {
             mods.push(FlowMod::DeleteGroup(*id));
-            item_of.push(CommitItem::Group(*id));
+            item_of.push(ModSource::Group(*id));
         }
         let staged_flows = flows.stage(&mods, now).map_err(|e| {
-            let item = item_of
-                .get(e.index)
-                .cloned()
-                .unwrap_or(CommitItem::FlowOp(e.index, e.summary.clone()));
+            let item = match item_of.get(e.index) {
+                Some(ModSource::StartUp) => CommitItem::FlowOp(0, "(the start-up program)".into()),
+                Some(ModSource::Group(id)) => CommitItem::Group(*id),
+                Some(ModSource::FlowOp(i)) => match c.flow_ops.get(*i) {
+                    Some(op) => CommitItem::FlowOp(*i, op_text(op)),
+                    None => CommitItem::FlowOp(e.index, e.summary.clone()),
+                },
+                None => CommitItem::FlowOp(e.index, e.summary.clone()),
+            };
             item_error(ErrorCode::InvalidArgument, &item, &e.error.to_string())
         })?;
+        // The specialised indexes of the tables this commit changed are
+        // built here, not by the first PMD whose upcall needs one.
+        crate::classifier::special::prepare(staged_flows.program());
         // 7. Services (with the new settings).
         let staged_services = p
             .services
@@ -345,10 +367,13 @@ impl NodeState {
 
         // Publish everything at once.
         let settings = c.settings.clone();
+        let t_prepared = Instant::now();
+        let mut t_parked = t_prepared;
         let published = p
             .ports
             .shared()
             .barrier(BARRIER_WAIT, || {
+                t_parked = Instant::now();
                 p.ports.publish_stage(&mut port_stage);
                 let flows = staged_flows.publish();
                 let services = staged_services.publish();
@@ -371,6 +396,7 @@ impl NodeState {
         // `port_stage` dropped unpublished on the error above closes the
         // devices it opened.
         let (_flows, services) = published;
+        let t_published = Instant::now();
         let flushed = services.flush(Some(&p.conntrack));
         if flushed.flushed > 0 {
             tracing::info!(
@@ -383,7 +409,7 @@ impl NodeState {
             tracing::warn!("node-commit {}: {e}", c.generation);
         }
         for port in &c.port_security_removed {
-            if !next.ports.values().any(|s| s.ofport == *port) {
+            if !next_ports.values().any(|s| s.ofport == *port) {
                 p.ingress.forget_port(PortNo(*port));
             }
         }
@@ -391,10 +417,16 @@ impl NodeState {
             held.settings_replaced = true;
             tracing::info!("node settings from node-commit replace sluiced.ini's ([services] node addresses, NodePort range, masquerade address, cluster CIDRs, zone; [datapath] vtep_ip, uplink_mtu)");
         }
-        held.program = next;
+        api::apply_in_place(&mut held.program, c);
         held.generation = c.generation;
         let counts = c.counts();
+        let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e3;
+        let t_end = Instant::now();
         tracing::info!(
+            prepare_ms = format!("{:.2}", ms(t_start, t_prepared)),
+            barrier_wait_ms = format!("{:.2}", ms(t_prepared, t_parked)),
+            publish_ms = format!("{:.2}", ms(t_parked, t_published)),
+            after_ms = format!("{:.2}", ms(t_published, t_end)),
             "node-commit: generation {} in force ({})",
             c.generation,
             sluice_api::Render::render(&NodeCommitReply {
@@ -468,21 +500,6 @@ impl NodeState {
     }
 }
 
-/// The Service table's settings from the node settings.
-fn service_config(s: &api::NodeSettings) -> ServiceConfig {
-    ServiceConfig {
-        node_addresses: s.node_ips.clone(),
-        node_port_range: s.node_port_range,
-        masquerade_ip: s.masquerade_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
-        cluster_cidrs: s
-            .cluster_cidrs
-            .iter()
-            .map(|c| (c.network(), c.prefix_len))
-            .collect(),
-        node_zone: s.zone.clone(),
-    }
-}
-
 /// The Service a Service error is about.
 fn service_error_name(e: &crate::service::ServiceError) -> String {
     use crate::service::ServiceError as E;
@@ -494,6 +511,17 @@ fn service_error_name(e: &crate::service::ServiceError) -> String {
         E::FrontendConflict { b, .. } => b.clone(),
         E::Json(_) => String::new(),
     }
+}
+
+/// Where one flow mod of a commit's bundle came from.
+#[derive(Debug, Clone, Copy)]
+enum ModSource {
+    /// The delete of the start-up program (first commit).
+    StartUp,
+    /// A group set or removed.
+    Group(u32),
+    /// The flow operation at this index.
+    FlowOp(usize),
 }
 
 /// A flow operation's text, for error messages.

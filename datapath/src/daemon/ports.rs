@@ -25,8 +25,9 @@
 //! CAP_NET_RAW, CAP_NET_ADMIN and CAP_BPF or CAP_SYS_ADMIN) or learnt by
 //! opening it (no af_xdp PMD in this DPDK, the XDP program refused, ...).
 //! Each fallback is logged with its reason and counted
-//! ([`Ports::pod_driver_fallbacks`]); `dump-ports` shows the driver each
-//! port got.
+//! ([`Ports::pod_driver_fallbacks`], also a Prometheus counter);
+//! `dump-ports` shows the driver each port got and, for a port that fell
+//! back, why ([`PortSummary::fallback`]).
 //!
 //! Thread-safety: control threads call [`Ports`] concurrently; a mutex
 //! serialises adds and deletes (and covers the pool), never taken by a PMD.
@@ -151,6 +152,9 @@ pub struct Ports {
     owners: Mutex<PortOwners>,
     /// Pod ports opened with af_packet although af_xdp was wanted.
     fallbacks: AtomicU64,
+    /// Why af_xdp could not work, by the name of the pod port that fell
+    /// back (the last open of that name; cleared when it opens as asked).
+    fallback_why: Mutex<BTreeMap<String, String>>,
 }
 
 /// One port as the control methods show it.
@@ -170,6 +174,9 @@ pub struct PortSummary {
     pub pmds: Vec<usize>,
     /// A handle (counters, link, MAC).
     pub handle: DpdkPort,
+    /// For a pod port opened with af_packet although af_xdp was asked
+    /// for: why af_xdp could not work.
+    pub fallback: Option<String>,
 }
 
 impl Ports {
@@ -188,6 +195,7 @@ impl Ports {
             cores,
             owners: Mutex::new(PortOwners::default()),
             fallbacks: AtomicU64::new(0),
+            fallback_why: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -210,6 +218,8 @@ impl Ports {
         queues: u16,
         rx_queues: u16,
     ) -> Result<Ethdev, PortError> {
+        let mut fell_back = self.fallback_why.lock().unwrap_or_else(|e| e.into_inner());
+        fell_back.remove(name);
         let why = if want == PodDriver::AfXdp {
             match af_xdp_blocker(iface, queues) {
                 Some(why) => why,
@@ -227,6 +237,7 @@ impl Ports {
         };
         if want == PodDriver::AfXdp {
             self.fallbacks.fetch_add(1, Ordering::Relaxed);
+            fell_back.insert(name.to_string(), why.clone());
             tracing::warn!(
                 port = name,
                 iface,
@@ -295,7 +306,7 @@ impl Ports {
             pmds,
             dev,
         };
-        let s = summary(ofport, &e);
+        let s = self.summary(ofport, &e);
         inner.entries.insert(ofport, e);
         (s, generation)
     }
@@ -624,7 +635,7 @@ impl Ports {
         self.lock()
             .entries
             .iter()
-            .map(|(&o, e)| summary(o, e))
+            .map(|(&o, e)| self.summary(o, e))
             .collect()
     }
 
@@ -822,15 +833,24 @@ impl Ports {
     }
 }
 
-fn summary(ofport: u16, e: &Entry) -> PortSummary {
-    PortSummary {
-        name: e.name.clone(),
-        ofport,
-        kind: e.kind.clone(),
-        devargs: e.devargs.clone(),
-        driver: e.driver.clone(),
-        pmds: e.pmds.clone(),
-        handle: e.dev.handle(),
+impl Ports {
+    fn summary(&self, ofport: u16, e: &Entry) -> PortSummary {
+        let fallback = (e.kind == "pod")
+            .then(|| {
+                let why = self.fallback_why.lock().unwrap_or_else(|e| e.into_inner());
+                why.get(&e.name).cloned()
+            })
+            .flatten();
+        PortSummary {
+            name: e.name.clone(),
+            ofport,
+            kind: e.kind.clone(),
+            devargs: e.devargs.clone(),
+            driver: e.driver.clone(),
+            pmds: e.pmds.clone(),
+            handle: e.dev.handle(),
+            fallback,
+        }
     }
 }
 

@@ -79,6 +79,11 @@ impl StagedFlows<'_> {
         self.summary
     }
 
+    /// The prepared program (not yet in force).
+    pub fn program(&self) -> &FlowProgram {
+        &self.next
+    }
+
     /// Makes the prepared program the one in force (PMDs pick it up at
     /// their next burst).
     pub fn publish(self) -> BundleSummary {

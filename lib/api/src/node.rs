@@ -444,6 +444,13 @@ impl NodeProgram {
     }
 }
 
+/// The largest request `sluiced`'s control socket accepts (its
+/// `ServerConfig::max_message_bytes`, 64 MiB): no `node-commit` can be
+/// bigger.
+pub fn control_socket_limit() -> usize {
+    sluice_jsonrpc::unixctl::ServerConfig::default().max_message_bytes
+}
+
 /// What `node-commit` carries: the changes from the program `sluiced`
 /// holds (`expected_generation`) to the one it is told to hold
 /// (`generation`). Applied in this order: ports removed, ports added,
@@ -893,8 +900,40 @@ fn selects(flow: &Flow, filter: &str, strict: bool) -> bool {
 /// group with cookie 0); `del` and `mod` select flows whose match items
 /// include the filter's ([`FlowOp::Del`] with `strict` needs the same
 /// priority and item set). This is exact for what [`diff`] produces.
+///
+/// Cost: a copy of `old` plus [`apply_in_place`]'s; a holder of the
+/// program that can change it in place should call that instead.
 pub fn apply(old: &NodeProgram, changes: &NodeChanges) -> NodeProgram {
     let mut p = old.clone();
+    p.canonicalize();
+    apply_in_place(&mut p, changes);
+    p
+}
+
+/// Above this many flow operations (and above a thirty-second of the
+/// flows held), [`apply_in_place`] rebuilds the flow list through a map
+/// instead of inserting and removing in the sorted list one by one (each
+/// of which moves the list's tail).
+const FLOW_OPS_IN_PLACE: usize = 64;
+
+/// Where a flow of identity `key` is (Ok) or goes (Err) in canonical
+/// `flows`.
+fn flow_slot(flows: &[Flow], key: (u8, std::cmp::Reverse<u16>, &str)) -> Result<usize, usize> {
+    flows.binary_search_by(|f| order(f).cmp(&key))
+}
+
+/// Applies `changes` to the canonical program `p` in place, with the
+/// semantics of [`apply`]: the result is canonical and equal to
+/// `apply(p, changes)`. Cost grows with the change, not with the program:
+/// a flow added or removed by identity is one binary search and one move
+/// of the sorted list's tail; a Service upserted is one map insert (only
+/// that spec is made canonical). Loose deletes, modifications and strict
+/// deletes of identities not held scan the flows, as [`apply`] does; a
+/// change set with many flow operations rebuilds the flow list once.
+///
+/// `p` must be canonical (every program [`apply`] or this function
+/// returns is); a non-canonical `p` gives a program that may not be.
+pub fn apply_in_place(p: &mut NodeProgram, changes: &NodeChanges) {
     for name in &changes.ports_removed {
         p.ports.remove(name);
     }
@@ -903,6 +942,7 @@ pub fn apply(old: &NodeProgram, changes: &NodeChanges) -> NodeProgram {
     }
     if let Some(s) = &changes.settings {
         p.settings = s.clone();
+        p.settings.canonicalize();
     }
     for n in &changes.vteps_removed {
         p.vteps.remove(n);
@@ -921,7 +961,10 @@ pub fn apply(old: &NodeProgram, changes: &NodeChanges) -> NodeProgram {
         p.port_security.remove(n);
     }
     for s in &changes.port_security_set {
-        p.port_security.insert(s.port, s.clone());
+        let mut s = s.clone();
+        s.ips.sort();
+        s.ips.dedup();
+        p.port_security.insert(s.port, s);
     }
     for g in &changes.groups_removed {
         p.groups.remove(g);
@@ -929,6 +972,83 @@ pub fn apply(old: &NodeProgram, changes: &NodeChanges) -> NodeProgram {
     for g in &changes.groups_set {
         p.groups.insert(g.id, g.clone());
     }
+    let ops = &changes.flow_ops;
+    if ops.len() > FLOW_OPS_IN_PLACE && ops.len() > p.flows.len() / 32 {
+        flow_ops_through_map(p, ops);
+    } else {
+        for op in ops {
+            flow_op_in_place(p, op);
+        }
+    }
+    for n in &changes.services.delete {
+        p.services.remove(n);
+    }
+    for s in &changes.services.upsert {
+        let mut s = s.clone();
+        canonical_service(&mut s);
+        p.services.insert(s.name.clone(), s);
+    }
+}
+
+/// A `group_id=ID,SPEC` text given as a flow add: the group it sets.
+fn group_of_add(flow: &str) -> Option<Option<Group>> {
+    let rest = flow.trim().strip_prefix("group_id=")?;
+    let (id, spec) = rest.split_once(',').unwrap_or((rest, ""));
+    Some(
+        parse_num(id)
+            .and_then(|i| u32::try_from(i).ok())
+            .map(|id| Group {
+                id,
+                cookie: 0,
+                spec: spec.to_string(),
+            }),
+    )
+}
+
+/// One flow operation on the sorted flow list.
+fn flow_op_in_place(p: &mut NodeProgram, op: &FlowOp) {
+    match op {
+        FlowOp::Add { flow } => {
+            if let Some(g) = group_of_add(flow) {
+                if let Some(g) = g {
+                    p.groups.insert(g.id, g);
+                }
+            } else if let Some(f) = Flow::parse(flow) {
+                match flow_slot(&p.flows, order(&f)) {
+                    Ok(i) => p.flows[i] = f,
+                    Err(i) => p.flows.insert(i, f),
+                }
+            }
+        }
+        FlowOp::Del { match_, strict } => {
+            let h = split_head(match_);
+            let items = h.items.join(",");
+            let exact = (
+                h.table.unwrap_or(0),
+                std::cmp::Reverse(h.priority.unwrap_or(32768)),
+                items.as_str(),
+            );
+            match flow_slot(&p.flows, exact) {
+                Ok(i) if *strict => {
+                    p.flows.remove(i);
+                }
+                _ => p.flows.retain(|f| !selects(f, match_, *strict)),
+            }
+        }
+        FlowOp::Mod { flow, strict } => {
+            if let Some((head, actions)) = split_actions(flow) {
+                for f in p.flows.iter_mut() {
+                    if selects(f, head, *strict) {
+                        f.actions = actions.trim().to_string();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Many flow operations: through a map keyed by identity, once.
+fn flow_ops_through_map(p: &mut NodeProgram, ops: &[FlowOp]) {
     let mut flows: BTreeMap<(u8, std::cmp::Reverse<u16>, String), Flow> =
         std::mem::take(&mut p.flows)
             .into_iter()
@@ -939,20 +1059,12 @@ pub fn apply(old: &NodeProgram, changes: &NodeChanges) -> NodeProgram {
                 )
             })
             .collect();
-    for op in &changes.flow_ops {
+    for op in ops {
         match op {
             FlowOp::Add { flow } => {
-                if let Some(rest) = flow.trim().strip_prefix("group_id=") {
-                    let (id, spec) = rest.split_once(',').unwrap_or((rest, ""));
-                    if let Some(id) = parse_num(id).and_then(|i| u32::try_from(i).ok()) {
-                        p.groups.insert(
-                            id,
-                            Group {
-                                id,
-                                cookie: 0,
-                                spec: spec.to_string(),
-                            },
-                        );
+                if let Some(g) = group_of_add(flow) {
+                    if let Some(g) = g {
+                        p.groups.insert(g.id, g);
                     }
                 } else if let Some(f) = Flow::parse(flow) {
                     flows.insert(
@@ -985,20 +1097,123 @@ pub fn apply(old: &NodeProgram, changes: &NodeChanges) -> NodeProgram {
         }
     }
     p.flows = flows.into_values().collect();
-    for n in &changes.services.delete {
-        p.services.remove(n);
-    }
-    for s in &changes.services.upsert {
-        p.services.insert(s.name.clone(), s.clone());
-    }
-    p.canonicalize();
-    p
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::service::{EndpointSpec, Protocol};
+
+    /// The whole-program `apply` as it was first written (clone, rebuild
+    /// every flow through a map, canonicalize everything): the reference
+    /// the incremental [`apply_in_place`] must equal.
+    /// `old` with `changes` applied (the result is canonical). Flow operations
+    /// are interpreted textually: `add` parses the text with [`Flow::parse`]
+    /// (a text without `actions=` is ignored; a `group_id=` text adds a
+    /// group with cookie 0); `del` and `mod` select flows whose match items
+    /// include the filter's ([`FlowOp::Del`] with `strict` needs the same
+    /// priority and item set). This is exact for what [`diff`] produces.
+    fn apply_reference(old: &NodeProgram, changes: &NodeChanges) -> NodeProgram {
+        let mut p = old.clone();
+        for name in &changes.ports_removed {
+            p.ports.remove(name);
+        }
+        for (name, spec) in &changes.ports_added {
+            p.ports.insert(name.clone(), spec.clone());
+        }
+        if let Some(s) = &changes.settings {
+            p.settings = s.clone();
+        }
+        for n in &changes.vteps_removed {
+            p.vteps.remove(n);
+        }
+        p.vteps
+            .extend(changes.vteps_set.iter().map(|(k, v)| (k.clone(), *v)));
+        for n in &changes.neighbours_removed {
+            p.neighbours.remove(n);
+        }
+        p.neighbours.extend(changes.neighbours_set.clone());
+        for n in &changes.arp_removed {
+            p.arp_responder.remove(n);
+        }
+        p.arp_responder.extend(changes.arp_set.clone());
+        for n in &changes.port_security_removed {
+            p.port_security.remove(n);
+        }
+        for s in &changes.port_security_set {
+            p.port_security.insert(s.port, s.clone());
+        }
+        for g in &changes.groups_removed {
+            p.groups.remove(g);
+        }
+        for g in &changes.groups_set {
+            p.groups.insert(g.id, g.clone());
+        }
+        let mut flows: BTreeMap<(u8, std::cmp::Reverse<u16>, String), Flow> =
+            std::mem::take(&mut p.flows)
+                .into_iter()
+                .map(|f| {
+                    (
+                        (f.table, std::cmp::Reverse(f.priority), f.match_.clone()),
+                        f,
+                    )
+                })
+                .collect();
+        for op in &changes.flow_ops {
+            match op {
+                FlowOp::Add { flow } => {
+                    if let Some(rest) = flow.trim().strip_prefix("group_id=") {
+                        let (id, spec) = rest.split_once(',').unwrap_or((rest, ""));
+                        if let Some(id) = parse_num(id).and_then(|i| u32::try_from(i).ok()) {
+                            p.groups.insert(
+                                id,
+                                Group {
+                                    id,
+                                    cookie: 0,
+                                    spec: spec.to_string(),
+                                },
+                            );
+                        }
+                    } else if let Some(f) = Flow::parse(flow) {
+                        flows.insert(
+                            (f.table, std::cmp::Reverse(f.priority), f.match_.clone()),
+                            f,
+                        );
+                    }
+                }
+                FlowOp::Del { match_, strict } => {
+                    // The exact identity first (what `diff` sends), else a scan.
+                    let h = split_head(match_);
+                    let exact = (
+                        h.table.unwrap_or(0),
+                        std::cmp::Reverse(h.priority.unwrap_or(32768)),
+                        h.items.join(","),
+                    );
+                    if !(*strict && flows.remove(&exact).is_some()) {
+                        flows.retain(|_, f| !selects(f, match_, *strict));
+                    }
+                }
+                FlowOp::Mod { flow, strict } => {
+                    if let Some((head, actions)) = split_actions(flow) {
+                        for f in flows.values_mut() {
+                            if selects(f, head, *strict) {
+                                f.actions = actions.trim().to_string();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        p.flows = flows.into_values().collect();
+        for n in &changes.services.delete {
+            p.services.remove(n);
+        }
+        for s in &changes.services.upsert {
+            p.services.insert(s.name.clone(), s.clone());
+        }
+        p.canonicalize();
+        p
+    }
     use proptest::prelude::*;
 
     fn flow(table: u8, priority: u16, m: &str, cookie: u64, actions: &str) -> Flow {
@@ -1346,6 +1561,47 @@ mod tests {
             // And through JSON, as sluiced receives it.
             let wire: NodeChanges = serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
             prop_assert_eq!(apply(&a, &wire), b);
+        }
+
+        /// The incremental apply equals the whole-program reference for
+        /// diffs and for arbitrary operations: loose and strict deletes
+        /// (held identities or not, items in another order), modifies,
+        /// adds of held identities, group adds in flow text, Service
+        /// upserts with unsorted lists; and, with the operations repeated
+        /// past the in-place limit, through the map path too.
+        #[test]
+        fn apply_in_place_equals_the_reference(
+            a in arb_program(),
+            b in arb_program(),
+            extra in prop::collection::vec((0u8..6, arb_flow(), any::<bool>()), 0..12),
+            repeat in prop_oneof![Just(1usize), Just(12)],
+        ) {
+            let mut c = diff(&a, &b);
+            for (kind, f, strict) in extra {
+                c.flow_ops.push(match kind {
+                    0 => FlowOp::Add { flow: f.text() },
+                    1 => FlowOp::Del { match_: f.key_text(), strict },
+                    2 => FlowOp::Del {
+                        match_: format!("table={},{}", f.table, f.match_.split(',').rev().collect::<Vec<_>>().join(",")),
+                        strict,
+                    },
+                    3 => FlowOp::Mod { flow: format!("{},actions=output:9", f.key_text()), strict },
+                    4 => FlowOp::Add { flow: format!("group_id={},type=all,bucket=output:{}", f.table, f.priority) },
+                    _ => FlowOp::Del { match_: format!("table={}", f.table), strict: false },
+                });
+            }
+            c.flow_ops = c.flow_ops.iter().cycle().take(c.flow_ops.len() * repeat).cloned().collect();
+            if let Some(s) = b.services.values().next() {
+                let mut s = s.clone();
+                s.endpoints.reverse();
+                s.cluster_ips.push(Ipv4Addr::new(10, 96, 1, 1));
+                s.cluster_ips.reverse();
+                c.services.upsert.push(s);
+            }
+            let mut p = a.clone();
+            apply_in_place(&mut p, &c);
+            prop_assert_eq!(&p, &apply_reference(&a, &c));
+            prop_assert_eq!(p, apply(&a, &c));
         }
     }
 }

@@ -61,6 +61,10 @@ pub struct PortInfo {
     /// The PMD polling each rx queue, in queue order.
     #[serde(default)]
     pub pmds: Vec<usize>,
+    /// A pod port asked for with af_xdp and opened with af_packet: why
+    /// af_xdp could not work there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 /// `dump-ports`: all ports, or one by name or number.
@@ -112,6 +116,9 @@ impl Render for PortDump {
                     p.rx_queues,
                     join_pmds(&p.pmds)
                 );
+            }
+            if let Some(why) = &p.fallback {
+                s += &format!("           fell back from af_xdp to af_packet: {why}\n");
             }
         }
         s
@@ -611,5 +618,18 @@ mod tests {
             "{}",
             d.render()
         );
+        assert!(!d.render().contains("fell back"), "{}", d.render());
+        let mut fb = d.clone();
+        fb.ports[0].fallback = Some("the veth has 1 queue, the port needs 2".into());
+        assert!(
+            fb.render().contains(
+                "fell back from af_xdp to af_packet: the veth has 1 queue, the port needs 2"
+            ),
+            "{}",
+            fb.render()
+        );
+        let wire: PortDump = serde_json::from_str(&serde_json::to_string(&fb).unwrap()).unwrap();
+        assert_eq!(wire, fb);
+        assert!(!serde_json::to_string(&d).unwrap().contains("fallback"));
     }
 }
