@@ -48,8 +48,9 @@
 //! interval older than its latest segments.
 //!
 //! A hand-over's delta (the connections created after the snapshot) comes
-//! from a [`CreationLog`] the table keeps while a hand-over runs, read by
-//! [`save_keys`]: its cost follows the delta, not the table.
+//! from a [`CreationLog`](super::table::CreationLog) the table keeps while
+//! a hand-over runs, read by [`save_keys`]: its cost follows the delta, not
+//! the table.
 //!
 //! Thread-safety: [`save`] reads the shared table shard by shard (as the
 //! dumps do); [`Conntrack::restore`] inserts as PMDs would; the creation
@@ -81,19 +82,7 @@ pub struct AffinityEntry {
     pub remaining: Nanos,
 }
 
-/// One learned MAC address, as saved (version 4; the L2 tables export
-/// and import these: `pipeline::l2`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SavedMac {
-    /// The address.
-    pub mac: [u8; 6],
-    /// Its VLAN (0: none).
-    pub vlan: u16,
-    /// The OpenFlow port it was last seen on.
-    pub port: u16,
-    /// Time since it was last seen, ns.
-    pub idle: Nanos,
-}
+pub use crate::pipeline::l2::SavedMac;
 
 /// File magic.
 pub const MAGIC: &[u8; 8] = b"SLCTSTAT";
@@ -241,8 +230,8 @@ pub fn save_where(ct: &Conntrack, now: Nanos, keep: impl Fn(&ConnKey) -> bool) -
 
 /// The live connections of `ct` at `now` found by the original keys
 /// `keys` (each once, duplicates and dead ones skipped): a hand-over's
-/// delta, from the [`CreationLog`], in time proportional to the delta
-/// instead of the table.
+/// delta, from the [`CreationLog`](super::table::CreationLog), in time
+/// proportional to the delta instead of the table.
 pub fn save_keys(ct: &Conntrack, now: Nanos, keys: &[ConnKey]) -> SavedState {
     let mut seen = std::collections::HashSet::with_capacity(keys.len());
     let mut conns = Vec::new();
@@ -265,48 +254,6 @@ pub fn save_keys(ct: &Conntrack, now: Nanos, keys: &[ConnKey]) -> SavedState {
     }
 }
 
-/// Most keys a [`CreationLog`] holds; past it the log gives up and the
-/// delta is found by a scan of the table (a hand-over that stalls must
-/// not grow memory without bound).
-pub const CREATION_LOG_MAX: usize = 1 << 20;
-
-/// The original keys of the connections created since [`Conntrack::log_creations`]
-/// (the table records each commit while it is on): what a hand-over's
-/// delta holds, without a scan of the table. Off, it costs one relaxed
-/// load per new connection and no memory per connection.
-///
-/// Thread-safety: PMDs append under the mutex (only while on); the
-/// control thread switches it and takes the keys.
-#[derive(Debug, Default)]
-pub struct CreationLog {
-    on: AtomicBool,
-    keys: Mutex<Option<Vec<ConnKey>>>,
-}
-
-impl CreationLog {
-    /// Records a new connection's original key (called by the table).
-    #[inline]
-    pub(super) fn record(&self, k: &ConnKey) {
-        if self.on.load(std::sync::atomic::Ordering::Relaxed) {
-            self.push(k);
-        }
-    }
-
-    #[cold]
-    fn push(&self, k: &ConnKey) {
-        let mut g = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(v) = g.as_mut() {
-            if v.len() < CREATION_LOG_MAX {
-                v.push(*k);
-            } else {
-                // Overflowed: the taker falls back to a scan.
-                *g = None;
-                self.on.store(false, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-    }
-}
-
 impl Conntrack {
     /// Starts recording the original key of every connection created
     /// from now on (restarting an earlier log).
@@ -317,8 +264,8 @@ impl Conntrack {
     }
 
     /// Stops the log and returns its keys; `None` when it was not on or
-    /// overflowed [`CREATION_LOG_MAX`] (then only a scan finds the
-    /// connections created since).
+    /// overflowed [`CREATION_LOG_MAX`](super::table::CREATION_LOG_MAX)
+    /// (then only a scan finds the connections created since).
     pub fn take_creations(&self) -> Option<Vec<ConnKey>> {
         let log = &self.inner.created;
         log.on.store(false, std::sync::atomic::Ordering::SeqCst);

@@ -17,7 +17,7 @@
 //! because every update under a lock is a plain store.
 
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hashbrown::HashMap;
@@ -83,7 +83,7 @@ pub(super) struct Inner {
     pub(super) caches: Mutex<Vec<Arc<cache::CacheCounters>>>,
     /// Keys of the connections created while a hand-over copies the
     /// table (off otherwise: one relaxed load per new connection).
-    pub(super) created: super::state::CreationLog,
+    pub(super) created: CreationLog,
 }
 
 /// The connection table, shared by all PMDs and the control thread.
@@ -160,7 +160,7 @@ impl Conntrack {
                 count: AtomicUsize::new(0),
                 stats: ConntrackStats::default(),
                 caches: Mutex::new(Vec::new()),
-                created: super::state::CreationLog::default(),
+                created: CreationLog::default(),
                 config,
                 services,
             }),
@@ -385,5 +385,48 @@ impl Conntrack {
     /// Removes the connections matching `filter`; returns how many.
     pub fn flush(&self, filter: &ConnFilter) -> usize {
         self.flush_where(|c| filter.matches(c))
+    }
+}
+
+/// Most keys a [`CreationLog`] holds; past it the log gives up and the
+/// delta is found by a scan of the table (a hand-over that stalls must
+/// not grow memory without bound).
+pub const CREATION_LOG_MAX: usize = 1 << 20;
+
+/// The original keys of the connections created since
+/// [`Conntrack::log_creations`](super::Conntrack::log_creations)
+/// (the table records each commit while it is on): what a hand-over's
+/// delta holds, without a scan of the table. Off, it costs one relaxed
+/// load per new connection and no memory per connection.
+///
+/// Thread-safety: PMDs append under the mutex (only while on); the
+/// control thread switches it and takes the keys.
+#[derive(Debug, Default)]
+pub struct CreationLog {
+    pub(super) on: AtomicBool,
+    pub(super) keys: Mutex<Option<Vec<ConnKey>>>,
+}
+
+impl CreationLog {
+    /// Records a new connection's original key (called by the table).
+    #[inline]
+    pub(super) fn record(&self, k: &ConnKey) {
+        if self.on.load(std::sync::atomic::Ordering::Relaxed) {
+            self.push(k);
+        }
+    }
+
+    #[cold]
+    fn push(&self, k: &ConnKey) {
+        let mut g = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = g.as_mut() {
+            if v.len() < CREATION_LOG_MAX {
+                v.push(*k);
+            } else {
+                // Overflowed: the taker falls back to a scan.
+                *g = None;
+                self.on.store(false, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
     }
 }

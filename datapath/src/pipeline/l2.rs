@@ -28,8 +28,6 @@ use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 
-use crate::conntrack::state::SavedMac;
-
 use super::Pipeline;
 use crate::drop::DropReason;
 use crate::packet::{Burst, Output, PacketBuf, PortNo};
@@ -55,6 +53,20 @@ fn mac_key(mac: [u8; 6], vlan: u16) -> u64 {
         k = k << 8 | b as u64;
     }
     (vlan as u64 & 0x0fff) << 48 | k
+}
+
+/// One learned MAC address, as a hand-over saves it (the conntrack state
+/// file's version 4 carries them: `conntrack::state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedMac {
+    /// The address.
+    pub mac: [u8; 6],
+    /// Its VLAN (0: none).
+    pub vlan: u16,
+    /// The OpenFlow port it was last seen on.
+    pub port: u16,
+    /// Time since it was last seen, ns.
+    pub idle: Nanos,
 }
 
 /// A bounded MAC learning table. See the module documentation.
