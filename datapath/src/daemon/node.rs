@@ -42,7 +42,7 @@
 //! mutex serialises commits (and the other writers of each part keep their
 //! own locks, taken while preparing).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sluice_api::node::{
@@ -54,7 +54,7 @@ use sluice_api::{ApiError, ErrorCode};
 
 use super::ports::{Ports, StagedPortSpec};
 use crate::conntrack::Conntrack;
-use crate::flow::program::FlowMod;
+use crate::flow::program::{FlowMod, FlowProgram};
 use crate::flow::tables::FlowTables;
 use crate::neigh::ingress::{IngressControl, PortBinding};
 use crate::packet::PortNo;
@@ -111,6 +111,37 @@ pub struct NodeState {
     held: Mutex<Held>,
     instance_id: String,
     started: Instant,
+    /// The indexer thread's queue: programs whose changed tables need
+    /// their specialised indexes built (see [`spawn_indexer`]).
+    indexer: mpsc::Sender<Arc<FlowProgram>>,
+}
+
+/// Starts the thread that builds the specialised classifier indexes
+/// (`classifier::special::prepare`) of each committed program's changed
+/// tables, so that neither the commit (which would wait O(table) for a
+/// one-rule change to a 100k-rule table) nor a PMD's upcall pays for it.
+/// A PMD whose upcall needs a table while its index is being built waits
+/// for that build (the slot is a `OnceLock`); one that comes first builds
+/// it itself, as before. Only the newest queued program is indexed (older
+/// ones are superseded). The thread ends when the state is dropped.
+fn spawn_indexer() -> mpsc::Sender<Arc<FlowProgram>> {
+    let (tx, rx) = mpsc::channel::<Arc<FlowProgram>>();
+    let run = move || {
+        while let Ok(mut prog) = rx.recv() {
+            while let Ok(newer) = rx.try_recv() {
+                prog = newer;
+            }
+            crate::classifier::special::prepare(&prog);
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("sluice-indexer".into())
+        .spawn(run)
+    {
+        // Without the thread, indexes are built on first use by a PMD.
+        tracing::warn!(error = %e, "cannot start the classifier indexer thread; PMDs build indexes on first use");
+    }
+    tx
 }
 
 fn port_err(name: &str, e: impl std::fmt::Display, code: ErrorCode) -> ApiError {
@@ -125,6 +156,7 @@ impl NodeState {
             held: Mutex::new(Held::default()),
             instance_id: uuid::Uuid::new_v4().to_string(),
             started: Instant::now(),
+            indexer: spawn_indexer(),
         }
     }
 
@@ -346,9 +378,6 @@ impl NodeState {
             };
             item_error(ErrorCode::InvalidArgument, &item, &e.error.to_string())
         })?;
-        // The specialised indexes of the tables this commit changed are
-        // built here, not by the first PMD whose upcall needs one.
-        crate::classifier::special::prepare(staged_flows.program());
         // 7. Services (with the new settings).
         let staged_services = p
             .services
@@ -397,6 +426,9 @@ impl NodeState {
         // devices it opened.
         let (_flows, services) = published;
         let t_published = Instant::now();
+        // The changed tables' indexes, built off the commit's path (an
+        // error means the thread is gone: PMDs build them on first use).
+        let _ = self.indexer.send(flows.program());
         let flushed = services.flush(Some(&p.conntrack));
         if flushed.flushed > 0 {
             tracing::info!(
