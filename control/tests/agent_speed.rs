@@ -244,7 +244,7 @@ impl Stack {
     /// what follows (from their logs).
     fn print_phases(&self, n: usize) {
         let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
-        let (agent, sluiced) = (read("agent.log"), read("sluiced.err"));
+        let (agent, sluiced) = (read("agent.log"), read("sluiced.log"));
         let mut a = String::new();
         for f in ["plan_ms", "commit_ms"] {
             a += &phase(&agent, "committed:", f, n);
