@@ -159,15 +159,43 @@ pub fn pmd_perf(v: &PmdView) -> api::pmd::PmdPerf {
     }
 }
 
+/// `now` less the `pmd-stats-clear` snapshot `base`: the counts and each
+/// stage's cycles (matched by name; a stage the snapshot lacks counts from
+/// zero) since the clear.
+fn perf_since(mut now: api::pmd::PmdPerf, base: Option<&api::pmd::PmdPerf>) -> api::pmd::PmdPerf {
+    let Some(b) = base else {
+        return now;
+    };
+    now.rx_packets = now.rx_packets.saturating_sub(b.rx_packets);
+    now.rx_bursts = now.rx_bursts.saturating_sub(b.rx_bursts);
+    now.busy_cycles = now.busy_cycles.saturating_sub(b.busy_cycles);
+    now.sampled_bursts = now.sampled_bursts.saturating_sub(b.sampled_bursts);
+    for st in &mut now.stages {
+        if let Some(old) = b.stages.iter().find(|o| o.name == st.name) {
+            st.cycles = st.cycles.saturating_sub(old.cycles);
+        }
+    }
+    now
+}
+
 /// Registers `pmd-stats-show`, `pmd-stats-clear` and `pmd-perf-show` (and
 /// their `dpif-netdev/` names).
 pub fn register_pmd(reg: &Registry, pmds: Vec<PmdView>) -> Result<(), RegistryError> {
     let base: Arc<Mutex<Vec<Vec<u64>>>> = Arc::new(Mutex::new(vec![Vec::new(); pmds.len()]));
+    // `pmd-stats-clear` resets `pmd-perf-show` too (as in OVS): a
+    // baseline per PMD, subtracted stage by stage.
+    let perf_base: Arc<Mutex<Vec<Option<api::pmd::PmdPerf>>>> =
+        Arc::new(Mutex::new(vec![None; pmds.len()]));
     let pmds = Arc::new(pmds);
-    let perf = pmds.clone();
+    let (perf, pb) = (pmds.clone(), perf_base.clone());
     register::<api::pmd::PmdPerfShow>(reg, move |_| {
+        let pb = pb.lock().unwrap_or_else(|e| e.into_inner());
         Ok(api::pmd::PmdPerfReply {
-            pmds: perf.iter().map(pmd_perf).collect(),
+            pmds: perf
+                .iter()
+                .zip(pb.iter())
+                .map(|(v, b)| perf_since(pmd_perf(v), b.as_ref()))
+                .collect(),
         })
     })?;
     let (p, b) = (pmds.clone(), base.clone());
@@ -179,8 +207,10 @@ pub fn register_pmd(reg: &Registry, pmds: Vec<PmdView>) -> Result<(), RegistryEr
     })?;
     register::<api::pmd::PmdStatsClear>(reg, move |_| {
         let mut base = base.lock().unwrap_or_else(|e| e.into_inner());
-        for (v, b) in pmds.iter().zip(base.iter_mut()) {
+        let mut pb = perf_base.lock().unwrap_or_else(|e| e.into_inner());
+        for ((v, b), p) in pmds.iter().zip(base.iter_mut()).zip(pb.iter_mut()) {
             *b = snapshot(v);
+            *p = Some(pmd_perf(v));
         }
         Ok(Empty {})
     })
@@ -358,6 +388,18 @@ mod tests {
         pmd.rx_packets.add(5);
         let s = call(&reg, "pmd-stats-show", &[]).unwrap();
         assert!(s.contains("packets received: 5"), "{s}");
+        // pmd-perf-show counts from the clear too.
+        pmd.rx_cycles.add(70);
+        let ctx = crate::ctl::registry::DispatchContext { on_exit: &|| {} };
+        let perf: api::pmd::PmdPerfReply = serde_json::from_value(
+            reg.dispatch("pmd-perf-show", &json!({}), &ctx)
+                .expect("pmd-perf-show"),
+        )
+        .expect("a typed reply");
+        let p = &perf.pmds[0];
+        assert_eq!((p.rx_packets, p.busy_cycles), (5, 0), "{p:?}");
+        let rx = p.stages.iter().find(|s| s.name == "rx").expect("rx stage");
+        assert_eq!(rx.cycles, 70);
         assert!(s.contains("dropped: 0"), "{s}");
         assert_eq!(
             pmd.rx_packets.get(),
