@@ -46,44 +46,6 @@ const FLOOD: u32 = 2048;
 const CT_MAX: usize = 2048;
 const MAC_CAP: usize = 512;
 
-fn csum(data: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for c in data.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// Ethernet + IPv4 + `l4` (TCP or UDP), checksums valid.
-fn ipv4(dmac: [u8; 6], smac: [u8; 6], src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
-    let mut f = dmac.to_vec();
-    f.extend(smac);
-    f.extend([0x08, 0x00]);
-    let len = 20 + l4.len() as u16;
-    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0];
-    ip[2..4].copy_from_slice(&len.to_be_bytes());
-    ip.extend(src);
-    ip.extend(dst);
-    let c = csum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    f.extend(ip);
-    let mut l4 = l4.to_vec();
-    let mut pseudo = Vec::new();
-    pseudo.extend(src);
-    pseudo.extend(dst);
-    pseudo.extend([0, proto]);
-    pseudo.extend((l4.len() as u16).to_be_bytes());
-    pseudo.extend(&l4);
-    let c = csum(&pseudo);
-    let at = if proto == 6 { 16 } else { 6 };
-    l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
-    f.extend(l4);
-    f
-}
-
 const ROUTER: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const CLIENT: [u8; 6] = [2, 0, 0, 0, 0, 2];
 
@@ -95,13 +57,13 @@ fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], flags: u8, data: &[u8]) -> Vec<u8
     t.extend(if flags == 0x02 { 0u32 } else { 2000 }.to_be_bytes());
     t.extend([0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
     t.extend(data);
-    ipv4(ROUTER, CLIENT, src, dst, 6, &t)
+    ipv4_frame(ROUTER, CLIENT, src, dst, 6, &t)
 }
 
 fn udp(dmac: [u8; 6], smac: [u8; 6], src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
     let mut u = vec![0x13, 0x88, 0, 7, 0, 16, 0, 0];
     u.extend(b"slrb-udp");
-    ipv4(dmac, smac, src, dst, 17, &u)
+    ipv4_frame(dmac, smac, src, dst, 17, &u)
 }
 
 fn arp_request(smac: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {

@@ -61,44 +61,9 @@ const CYCLE: u64 = 8;
 const VIP: [u8; 4] = [10, 96, 0, 10];
 const E1: &str = "10.1.0.5";
 
-fn csum(data: &[u8], mut sum: u32) -> u16 {
-    for c in data.chunks(2) {
-        let w = if c.len() == 2 {
-            u16::from_be_bytes([c[0], c[1]])
-        } else {
-            u16::from_be_bytes([c[0], 0])
-        };
-        sum += u32::from(w);
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// Ethernet + IPv4 (+ the given L4 header and payload), checksums valid.
+/// Ethernet (router ← client MACs) + IPv4 + `l4`, checksums valid.
 fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
-    let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
-    let len = 20 + l4.len() as u16;
-    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0];
-    ip[2..4].copy_from_slice(&len.to_be_bytes());
-    ip.extend(src);
-    ip.extend(dst);
-    let c = csum(&ip, 0);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    f.extend(ip);
-    let mut l4 = l4.to_vec();
-    let mut pseudo = Vec::new();
-    pseudo.extend(src);
-    pseudo.extend(dst);
-    pseudo.extend([0, proto]);
-    pseudo.extend((l4.len() as u16).to_be_bytes());
-    pseudo.extend(&l4);
-    let c = csum(&pseudo, 0);
-    let at = if proto == 6 { 16 } else { 6 };
-    l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
-    f.extend(l4);
-    f
+    ipv4_frame([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], src, dst, proto, l4)
 }
 
 fn udp(dst: [u8; 4]) -> Vec<u8> {

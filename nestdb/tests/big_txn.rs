@@ -55,57 +55,21 @@ fn env_or(name: &str, default: u32) -> u32 {
 }
 
 /// The agent speed probe's transaction: `n` Services, one port, `eps`
-/// endpoints each.
+/// endpoints each (testkit's builder, with addresses that stay distinct
+/// up to 62,500 Services).
 fn services_txn(n: u32, eps: u32) -> Transaction {
-    let mut txn = Transaction::new(DB);
-    for i in 0..n {
-        let (sp, sv) = (format!("p{i}"), format!("s{i}"));
-        let (hi, lo) = (i / 250, i % 250 + 1);
-        txn = txn
-            .insert(
-                "Service_Port",
-                nestdb_client::row([
-                    ("protocol", Datum::from("TCP")),
-                    ("port", Datum::from(80i64)),
-                    ("target_port", Datum::from(8080i64)),
-                ]),
-            )
-            .named(&sp)
-            .insert(
-                "Service",
-                nestdb_client::row([
-                    ("name", Datum::from(format!("svc-{i}"))),
-                    ("namespace", Datum::from("default")),
-                    ("type", Datum::from("ClusterIP")),
-                    (
-                        "cluster_ips",
-                        Datum::from(format!("10.{}.{}.{lo}", 96 + hi / 250, hi % 250)),
-                    ),
-                    ("ports", Datum::named_uuid(&sp)),
-                    ("session_affinity", Datum::from("None")),
-                    ("internal_traffic_policy", Datum::from("Cluster")),
-                    ("external_traffic_policy", Datum::from("Cluster")),
-                ]),
-            )
-            .named(&sv);
-        for e in 0..eps {
-            txn = txn.insert(
-                "Endpoint",
-                nestdb_client::row([
-                    ("service", Datum::named_uuid(&sv)),
-                    (
-                        "ip",
-                        Datum::from(format!("10.{}.{}.{lo}", 128 + e % 64, hi % 250)),
-                    ),
-                    ("ready", Datum::from(true)),
-                    ("serving", Datum::from(true)),
-                    ("terminating", Datum::from(false)),
-                    ("is_local", Datum::from(false)),
-                ]),
-            );
-        }
-    }
-    txn
+    sluice_testkit::rows::services_txn(
+        0..n,
+        eps,
+        |i| {
+            let (hi, lo) = (i / 250, i % 250 + 1);
+            format!("10.{}.{}.{lo}", 96 + hi / 250, hi % 250)
+        },
+        |i, e| {
+            let (hi, lo) = (i / 250, i % 250 + 1);
+            format!("10.{}.{}.{lo}", 128 + e % 64, hi % 250)
+        },
+    )
 }
 
 /// CPU time this thread has used (the machine is shared: wall time alone

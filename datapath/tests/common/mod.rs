@@ -354,3 +354,50 @@ pub fn write_pcap(path: &std::path::Path, frames: &[Vec<u8>]) {
     }
     std::io::Write::write_all(&mut f, &h).expect("write pcap");
 }
+
+/// The Internet checksum of `data`.
+pub fn csum(data: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for c in data.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Ethernet + IPv4 + `l4` (a TCP or UDP header and payload; its checksum
+/// field is filled in), checksums valid.
+pub fn ipv4_frame(
+    dmac: [u8; 6],
+    smac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    proto: u8,
+    l4: &[u8],
+) -> Vec<u8> {
+    let mut f = dmac.to_vec();
+    f.extend(smac);
+    f.extend([0x08, 0x00]);
+    let len = 20 + l4.len() as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0];
+    ip[2..4].copy_from_slice(&len.to_be_bytes());
+    ip.extend(src);
+    ip.extend(dst);
+    let c = csum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend(ip);
+    let mut l4 = l4.to_vec();
+    let mut pseudo = Vec::new();
+    pseudo.extend(src);
+    pseudo.extend(dst);
+    pseudo.extend([0, proto]);
+    pseudo.extend((l4.len() as u16).to_be_bytes());
+    pseudo.extend(&l4);
+    let c = csum(&pseudo);
+    let at = if proto == 6 { 16 } else { 6 };
+    l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    f.extend(l4);
+    f
+}
