@@ -20,6 +20,7 @@
 
 use crate::jsonrpc::{parse_message, FrameError, Framer, Message};
 use crate::monitor::{merge_changes, Monitor, Version};
+use crate::outqueue::OutQueue;
 use crate::storage::{now_ms, Storage, StorageError};
 use crate::table::Changes;
 use crate::transaction::{execute, ExecContext, Outcome};
@@ -177,11 +178,23 @@ impl Conn {
             Conn::Tcp(s) => s.read(buf),
         }
     }
+}
+
+impl Write for Conn {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
             Conn::Unix(s) => s.write(buf),
             Conn::Tcp(s) => s.write(buf),
         }
+    }
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.write_vectored(bufs),
+            Conn::Tcp(s) => s.write_vectored(bufs),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -217,8 +230,7 @@ impl Listener {
 struct Session {
     conn: Conn,
     parser: Framer,
-    out: Vec<u8>,
-    out_pos: usize,
+    out: OutQueue,
     monitors: Vec<Monitor>,
     closing: bool,
     last_input: Instant,
@@ -233,10 +245,10 @@ struct Session {
 
 impl Session {
     fn send(&mut self, m: &Message) {
-        self.out.extend_from_slice(&m.to_bytes());
+        self.out.push(m.to_bytes());
     }
     fn backlog(&self) -> usize {
-        self.out.len() - self.out_pos
+        self.out.len()
     }
     /// Bytes this session makes the server hold: output not yet written and
     /// input not yet parsed.
@@ -617,8 +629,7 @@ impl Server {
                         Session {
                             conn,
                             parser: Framer::new(self.config.max_message_size),
-                            out: Vec::new(),
-                            out_pos: 0,
+                            out: OutQueue::default(),
                             monitors: Vec::new(),
                             closing: false,
                             last_input: Instant::now(),
@@ -1128,7 +1139,7 @@ impl Server {
                 notes.push(notification_bytes(method, &m.id, txn, &u));
             }
             for n in notes {
-                s.out.extend_from_slice(&n);
+                s.out.push(n);
             }
         }
         self.retry_pending = true;
@@ -1228,32 +1239,20 @@ impl Server {
         let max = self.config.max_backlog;
         for (id, s) in self.sessions.iter_mut() {
             while s.backlog() > 0 {
-                match s.conn.write(&s.out[s.out_pos..]) {
+                match s.out.write_to(&mut s.conn) {
                     Ok(0) => {
                         s.closing = true;
                         break;
                     }
-                    Ok(n) => s.out_pos += n,
+                    Ok(_) => {}
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     Err(_) => {
                         s.closing = true;
                         s.out.clear();
-                        s.out_pos = 0;
                         break;
                     }
                 }
-            }
-            if s.out_pos == s.out.len() {
-                s.out.clear();
-                s.out_pos = 0;
-                // Give back memory after a one-off large reply (e.g. an initial dump).
-                if s.out.capacity() > (4 << 20) {
-                    s.out.shrink_to(64 << 10);
-                }
-            } else if s.out_pos > (1 << 20) {
-                s.out.drain(..s.out_pos);
-                s.out_pos = 0;
             }
             if s.backlog() > max && !s.closing {
                 tracing::warn!(
@@ -1263,7 +1262,6 @@ impl Server {
                 self.stats.backlog_drops += 1;
                 s.closing = true;
                 s.out.clear();
-                s.out_pos = 0;
             }
         }
     }
@@ -1297,8 +1295,7 @@ impl Server {
             );
             self.stats.memory_drops += 1;
             s.closing = true;
-            s.out = Vec::new();
-            s.out_pos = 0;
+            s.out.clear();
             s.parser = Framer::new(self.config.max_message_size);
             total -= held;
         }
