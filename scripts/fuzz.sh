@@ -14,6 +14,12 @@
 #                                          (a fixed seed: CI tries the same mutations each time, not new ground),
 #                                          starting from the committed corpus; any crash fails
 #   scripts/fuzz.sh merge TARGET           minimise fuzz/corpus-work/TARGET into fuzz/corpus/TARGET
+#   scripts/fuzz.sh campaign [LANES] [SECS] build, then run LANES (2) fuzzers at nice 19, each
+#                                          picking the unfinished target furthest from its goal
+#                                          (10^8 executions for packet_path, 10^7 for the others)
+#                                          for SECS (900) at a time, until all are reached; every
+#                                          run is a row of fuzz/campaign.tsv (executions, coverage,
+#                                          crash or not), whose sums are the campaign's figures
 #   scripts/fuzz.sh list                   the targets
 #
 # New inputs go to fuzz/corpus-work/TARGET (not committed); crashes to
@@ -54,8 +60,66 @@ run() {
         -print_final_stats=1 ${dict[@]+"${dict[@]}"} "$@" "corpus-work/$t" "corpus/$t"
 }
 
+goal() { if [ "$1" = packet_path ]; then echo 100000000; else echo 10000000; fi; }
+total() { awk -F'\t' -v t="$1" '$3 == t { s += $4 } END { printf "%d", s }' campaign.tsv; }
+
+# One lane of a campaign: until every target has its goal, take the
+# unfinished target with the smallest share of its goal that no other lane
+# is running, fuzz it for $1 seconds and record the run.
+lane() {
+    local secs=$1 lane=$2
+    while :; do
+        local pick="" best=""
+        for t in "${TARGETS[@]}"; do
+            local done_ goal_ share
+            done_=$(total "$t")
+            goal_=$(goal "$t")
+            [ "$done_" -ge "$goal_" ] && continue
+            [ -d "campaign.lock/$t" ] && continue
+            share=$((done_ * 1000 / goal_))
+            if [ -z "$best" ] || [ "$share" -lt "$best" ]; then pick=$t best=$share; fi
+        done
+        if [ -z "$pick" ]; then
+            # Finished, or every unfinished target is taken by another lane.
+            local left=0
+            for t in "${TARGETS[@]}"; do
+                [ "$(total "$t")" -lt "$(goal "$t")" ] && left=1
+            done
+            [ "$left" = 0 ] && return 0
+            sleep 60
+            continue
+        fi
+        mkdir "campaign.lock/$pick" 2>/dev/null || continue
+        local log="artifacts/$pick/campaign-lane$lane.log" started result=ok
+        started=$(date +%s)
+        nice -n 19 "$0" run "$pick" -max_total_time="$secs" >"$log" 2>&1 || result=crash
+        local execs cov ft
+        execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+        cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | cut -d' ' -f2)
+        ft=$(grep -oE 'ft: [0-9]+' "$log" | tail -1 | cut -d' ' -f2)
+        if [ "$result" = crash ]; then
+            cp "$log" "artifacts/$pick/crash-$(date -u +%Y%m%dT%H%M%S).log"
+        fi
+        flock campaign.tsv printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+            "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(git rev-parse --short HEAD)" "$pick" \
+            "${execs:-0}" "$(($(date +%s) - started))" "${cov:-?}" "${ft:-?}" "$result" >>campaign.tsv
+        rmdir "campaign.lock/$pick"
+    done
+}
+
 case "${1:-}" in
     build) build ;;
+    campaign)
+        lanes=${2:-2}
+        secs=${3:-900}
+        build
+        [ -f campaign.tsv ] || printf '#utc\tcommit\ttarget\texecutions\tseconds\tcov\tft\tresult\n' >campaign.tsv
+        rm -rf campaign.lock && mkdir campaign.lock
+        for t in "${TARGETS[@]}"; do mkdir -p "artifacts/$t"; done
+        for l in $(seq 1 "$lanes"); do lane "$secs" "$l" & done
+        wait
+        for t in "${TARGETS[@]}"; do echo "$t: $(total "$t") of $(goal "$t") executions"; done
+        ;;
     run)
         [ $# -ge 2 ] || { echo "usage: $0 run TARGET [libFuzzer args]" >&2; exit 2; }
         shift
