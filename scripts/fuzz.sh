@@ -27,6 +27,7 @@
 # the bug, and its input a file in fuzz/regressions/TARGET/ (replayed by
 # `cargo test -p sluice-fuzz`).
 set -euo pipefail
+SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/../fuzz"
 export CARGO_INCREMENTAL=0
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
@@ -92,11 +93,20 @@ lane() {
         mkdir "campaign.lock/$pick" 2>/dev/null || continue
         local log="artifacts/$pick/campaign-lane$lane.log" started result=ok
         started=$(date +%s)
-        nice -n 19 "$0" run "$pick" -max_total_time="$secs" >"$log" 2>&1 || result=crash
+        if ! nice -n 19 "$SELF" run "$pick" -max_total_time="$secs" >"$log" 2>&1; then
+            # A finding, or a run that could not start (then stop: it would not start again).
+            if grep -qE 'ERROR: libFuzzer|panicked' "$log"; then result=crash; else result=failed; fi
+        fi
         local execs cov ft
         execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-        cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | cut -d' ' -f2)
-        ft=$(grep -oE 'ft: [0-9]+' "$log" | tail -1 | cut -d' ' -f2)
+        cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | cut -d' ' -f2 || true)
+        ft=$(grep -oE 'ft: [0-9]+' "$log" | tail -1 | cut -d' ' -f2 || true)
+        if [ "$result" = failed ]; then
+            echo "fuzz target $pick did not run (log: fuzz/$log):" >&2
+            tail -5 "$log" >&2
+            rmdir "campaign.lock/$pick"
+            return 1
+        fi
         if [ "$result" = crash ]; then
             cp "$log" "artifacts/$pick/crash-$(date -u +%Y%m%dT%H%M%S).log"
         fi
