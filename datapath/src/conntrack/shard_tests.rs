@@ -112,8 +112,8 @@ proptest! {
                 }
                 Op::RetainOdd => {
                     let before = model.len();
-                    model.retain(|k, _| k.tuple.sport % 2 == 1);
-                    let gone = g.retain(|c, d| c.keys[usize::from(d)].tuple.sport % 2 == 1);
+                    model.retain(|k, _| !k.tuple.sport.is_multiple_of(2));
+                    let gone = g.retain(|c, d| !c.keys[usize::from(d)].tuple.sport.is_multiple_of(2));
                     prop_assert_eq!(gone, before - model.len());
                 }
                 Op::Clear => {
@@ -215,7 +215,7 @@ fn open_all(ct: &Conntrack, act: &CtAction) {
     let mut h = ct.handle(99);
     for i in 0..CONNS {
         let c = client(i);
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             run(
                 &mut h,
                 0,
@@ -271,7 +271,7 @@ fn model() -> (Seen, Counts, Counts) {
 /// The output frame without what differs between rounds (TCP sequence
 /// number and checksum).
 fn strip_seq(i: u32, mut f: Vec<u8>) -> Vec<u8> {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         f[14 + 20 + 4..14 + 20 + 8].fill(0);
         f[14 + 20 + 16..14 + 20 + 18].fill(0);
     }
