@@ -318,17 +318,17 @@ impl ShardGuard<'_> {
         }
         let hash = key_hash(&key);
         let word = tag_of(hash) << TAG_SHIFT | p | u64::from(slot.dir) & DIR;
-        let guard = epoch::pin();
         if let Some((i, old)) = self.buckets().and_then(|b| b.find(&key, hash)) {
             // The word owns this count from now on.
             std::mem::forget(slot.conn.clone());
             self.buckets().expect("found in it").words[i].store(word, Ordering::Release);
-            retire(old, &guard);
+            retire(old, &epoch::pin());
             return Ok(());
         }
         let slots = self.buckets().map_or(0, |b| b.words.len());
         if (self.counts.len + self.counts.tombs + 1) * 4 > slots * 3 {
-            self.rehash(self.counts.len + 1, &guard);
+            // (A pin only when something is retired: not per insert.)
+            self.rehash(self.counts.len + 1, &epoch::pin());
         }
         let b = self.buckets().expect("rehash made an array");
         let mut i = start_of(hash) & b.mask;
