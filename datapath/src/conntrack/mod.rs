@@ -95,7 +95,10 @@
 //! connection's state or translation. A cache entry may keep a killed
 //! connection's memory until it is overwritten or looked up (at most
 //! `cache_entries` per PMD); dropping that last `Arc`, a free, then
-//! happens on the PMD on a miss.
+//! happens on the PMD on a miss. The table's own reference to a removed
+//! key's connection is dropped by the epoch collector once no reader can
+//! hold it, on whichever thread pins next (a PMD on a miss, or a control
+//! thread), never on a cache hit.
 //!
 //! Locks that remain: shard mutexes (control commands, creation, the
 //! removal of a dead or expired key a lookup found, sweeps: one shard per
