@@ -32,6 +32,15 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// Held by each test for its whole run: three daemons with two busy PMDs
+/// each on a 2-core machine would slow every one of them down, so the
+/// tests of this file take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Two CPUs for the PMDs (the last two this process may use), or `None`
 /// with the skip recorded.
 fn two_cores(test: &str) -> Option<String> {
@@ -277,6 +286,7 @@ impl Drop for Server {
 #[test]
 fn service_dnat_with_the_two_directions_on_two_pmds() {
     let test = "service_dnat_with_the_two_directions_on_two_pmds";
+    let _turn = one_at_a_time();
     if !can_use_netns(test) {
         return;
     }
@@ -395,6 +405,7 @@ fn service_dnat_with_the_two_directions_on_two_pmds() {
 /// which runs the local stack), else the pod port is.
 fn overlay_on_two_pmds(tag: &str, uplink_first: bool) {
     let test = format!("overlay_on_two_pmds({tag})");
+    let _turn = one_at_a_time();
     if !can_use_netns(&test) {
         return;
     }
