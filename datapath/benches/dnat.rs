@@ -15,6 +15,10 @@
 //! - `dnat/est/{1,1k,100k}`: the same after a SYN-ACK from the chosen
 //!   endpoint and the client's ACK: ESTABLISHED connections (`+est`), the
 //!   steady state of real Service traffic.
+//! - `dnat/est_table/{1k,100k}`: ESTABLISHED connections with the per-PMD
+//!   connection cache off: every packet is a cache miss that finds its
+//!   connection in the shared table (the path a PMD takes for connections
+//!   its cache does not hold).
 //! - `dnat_new`: every packet a SYN of a new connection (Service lookup,
 //!   endpoint choice, commit of both tuples).
 //!
@@ -125,9 +129,16 @@ fn services() -> Services {
 }
 
 fn pipeline() -> (Pipe, Conntrack) {
+    pipeline_with(ConntrackConfig::default().cache_entries)
+}
+
+/// The pipeline with a per-PMD connection cache of `cache_entries`
+/// entries (0: every packet reads the shared table).
+fn pipeline_with(cache_entries: usize) -> (Pipe, Conntrack) {
     let ct = Conntrack::with_services(
         ConntrackConfig {
             max_connections: usize::MAX,
+            cache_entries,
             ..ConntrackConfig::default()
         },
         services(),
@@ -296,6 +307,18 @@ fn established(c: &mut Criterion<CpuTime>) {
             let id = BenchmarkId::new(if est { "est" } else { "syn_sent" }, label);
             run_bursts(&mut g, id, &mut p, &frames);
         }
+    }
+    // The miss path alone: no per-PMD connection cache, so every packet
+    // finds its connection in the shared table.
+    for (label, conns) in [("1k", 1_000u32), ("100k", 100_000)] {
+        let (mut p, _ct) = pipeline_with(0);
+        let frames = connections(&mut p, conns, true);
+        run_bursts(
+            &mut g,
+            BenchmarkId::new("est_table", label),
+            &mut p,
+            &frames,
+        );
     }
     g.finish();
 }

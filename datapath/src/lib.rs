@@ -23,7 +23,8 @@
 //!
 //! `unsafe` code is denied crate-wide and allowed only where it is needed,
 //! each block with a `// SAFETY:` comment: the DPDK glue ([`dpdk`]), the
-//! cycle counter ([`time::cycles`]), the classifier's prefetch and the
+//! cycle counter ([`time::cycles`]), the classifier's prefetch, the
+//! conntrack shard index read without a lock (`conntrack::shard`) and the
 //! control socket's peer-credential syscalls (`ctl::sys`).
 #![deny(unsafe_code)]
 

@@ -218,7 +218,7 @@ impl ConnCache {
     }
 
     /// Caches `slot` for `key`.
-    pub(super) fn insert(&mut self, key: &ConnKey, hash: u64, slot: &Slot) {
+    pub(super) fn insert(&mut self, key: &ConnKey, hash: u64, slot: Slot) {
         let (i, tag) = place(hash);
         let Some(set) = self.sets.get_mut(i & self.mask) else {
             return;
@@ -239,7 +239,7 @@ impl ConnCache {
                 self.victim % WAYS
             });
         set.0[way] = Entry {
-            conn: Some(slot.conn.clone()),
+            conn: Some(slot.conn),
             tag,
             dir: slot.dir,
         };

@@ -145,12 +145,27 @@ fn dns_table(cfg: ConntrackConfig) -> (Conntrack, crate::service::Services) {
 
 #[test]
 fn endpoint_packet_counts_stay_exact_under_concurrent_flushes() {
+    endpoint_counts_under_flushes(ConntrackConfig::default());
+}
+
+/// The same with no per-PMD cache: every packet reads the shared table
+/// lock-free while the flushes remove keys and rebuild its arrays.
+#[test]
+fn endpoint_packet_counts_stay_exact_under_concurrent_flushes_without_a_cache() {
+    endpoint_counts_under_flushes(ConntrackConfig {
+        cache_entries: 0,
+        shards: 2,
+        ..ConntrackConfig::default()
+    });
+}
+
+fn endpoint_counts_under_flushes(cfg: ConntrackConfig) {
     // Two PMDs send client → Service packets while a third thread flushes
     // the table again and again: every packet lands in exactly one
     // connection, live or finished, so the endpoint's total is exact.
     const CLIENTS: u32 = 64;
     const ROUNDS: u32 = 200;
-    let (ct, svcs) = dns_table(ConntrackConfig::default());
+    let (ct, svcs) = dns_table(cfg);
     let lb = act(1, true, None);
     let start = Barrier::new(3);
     std::thread::scope(|s| {

@@ -248,3 +248,68 @@ fn established_traffic_continues_from_the_cache() {
     let out = send(&mut s, 4, 1, &vec![ack; 4]);
     assert_eq!(out.matches("port 3:").count(), 4, "{out}");
 }
+
+/// A Service whose second table routes per endpoint: one previous
+/// translation (the `ct` of the VIP) has a continuation per endpoint, more
+/// than a set holds. They do not evict each other (the wide array keeps
+/// one per masked key), so once learnt every recirculated pass is a
+/// continuation hit, and every packet leaves as the two-pass path sends it.
+#[test]
+fn per_endpoint_continuations_do_not_evict_each_other() {
+    const ENDPOINTS: u8 = 8;
+    const CLIENTS: u8 = 32;
+    let tables = FlowTables::new();
+    let mut prog = vec![
+        "table=0,priority=10,tcp,in_port=1,nw_dst=10.96.0.10 actions=ct(commit,zone=5,nat(dst=10.1.0.1-10.1.0.8:8080),table=1)".to_string(),
+    ];
+    for e in 1..=ENDPOINTS {
+        prog.push(format!(
+            "table=1,priority=10,ip,nw_dst=10.1.0.{e} actions=mod_dl_dst:02:00:00:00:00:{e:02x},output:2"
+        ));
+    }
+    tables.replace_flows(&prog.join("\n"), 0).expect("program");
+    let (mut fast, mut slow) = (side(&tables, true, 1), side(&tables, false, 1));
+    let client = |i: u8, syn: bool| {
+        let (c, sport) = ([10, 0, 1, i], 2000 + u16::from(i));
+        if syn {
+            tcp(c, [10, 96, 0, 10], sport, 80, 100, 0, fl::SYN, b"")
+        } else {
+            tcp(c, [10, 96, 0, 10], sport, 80, 101, 0, fl::ACK, b"")
+        }
+    };
+    let syns: Vec<_> = (0..CLIENTS).map(|i| client(i, true)).collect();
+    assert_eq!(send(&mut fast, 1, 1, &syns), send(&mut slow, 1, 1, &syns));
+    let acks: Vec<_> = (0..CLIENTS).map(|i| client(i, false)).collect();
+    let mut endpoints = BTreeSet::new();
+    // Learning is rationed (one slow-path translation per LEARN_EVERY
+    // bursts): enough bursts to learn every endpoint's continuation.
+    let warm = u64::from(ENDPOINTS) * u64::from(crate::pipeline::cont::LEARN_EVERY) * 2;
+    for r in 0..warm + 20 {
+        let stats = fast.pipe.stats();
+        let (h0, r0) = (stats.continuations.get(), stats.recirculations.get());
+        let out = send(&mut fast, 2 + r, 1, &acks);
+        assert_eq!(out, send(&mut slow, 2 + r, 1, &acks), "burst {r}");
+        assert_eq!(
+            out.matches("port 2:").count(),
+            usize::from(CLIENTS),
+            "{out}"
+        );
+        for l in out.lines().filter(|l| l.starts_with("port 2: [")) {
+            // The rewritten destination MAC names the endpoint.
+            let mac: Vec<&str> = l["port 2: [".len()..].split(", ").take(6).collect();
+            endpoints.insert(mac.join(":"));
+        }
+        if r >= warm {
+            assert_eq!(
+                stats.continuations.get() - h0,
+                stats.recirculations.get() - r0,
+                "burst {r}: every second pass from the continuation cache\n{}",
+                stats.show()
+            );
+        }
+    }
+    assert!(
+        endpoints.len() > 2,
+        "more endpoints than a set's ways: {endpoints:?}"
+    );
+}

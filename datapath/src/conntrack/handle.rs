@@ -184,7 +184,6 @@ impl ConntrackHandle {
         }
         self.cache.count(false);
         if let Some(slot) = self.ct.lookup(now, hash, &key) {
-            self.cache.insert(&key, hash, &slot);
             let hit = hit_conn(
                 cfg,
                 now,
@@ -194,6 +193,7 @@ impl ConntrackHandle {
                 usize::from(slot.dir),
                 &slot.conn,
             );
+            self.cache.insert(&key, hash, slot);
             // `Gone`: killed since the lookup, so it counts as not found.
             if !matches!(hit, Hit::Gone) {
                 return self.finish_hit(now, ct, pkt, &p, key, seg, hit);
@@ -371,7 +371,10 @@ impl ConntrackHandle {
                     reserved = true;
                     break;
                 }
-                Err(other) => {
+                // The connection's address cannot be indexed (see
+                // `shard`): refuse it like a full table.
+                Err(None) => return Err(DropReason::CtLimit),
+                Err(Some(other)) => {
                     // Another PMD is committing this very connection:
                     // track the packet against its entry.
                     let hit = (other.keys[0] == key).then(|| {
@@ -447,7 +450,7 @@ impl ConntrackHandle {
         self.cache.insert(
             &key,
             hash,
-            &Slot {
+            Slot {
                 conn: arc.clone(),
                 dir: 0,
             },

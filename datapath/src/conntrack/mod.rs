@@ -34,26 +34,30 @@
 //! Services.
 //!
 //! Layout: a shared sharded table behind per-PMD caches. The table is the
-//! authority; each PMD's [`cache`] serves its steady traffic without a
-//! lock.
+//! authority; each PMD's [`cache`] serves its steady traffic, and a miss
+//! reads the table; neither takes a lock for a live connection.
 //!
 //! - Shared table (why not per-core): NAT makes the two directions'
 //!   tuples unrelated, and RSS or per-port PMD assignment sends them to
 //!   different cores, so a per-core table would miss replies. The table is
 //!   global, split into [`ConntrackConfig::shards`] shards (a power of
-//!   two, default 256) by tuple hash, each a `Mutex<HashMap<ConnKey,
-//!   Slot>>`; both keys of a connection point at one `Arc<Conn>`. Create,
-//!   insert, remove, expiry, eviction, flush, dump and `peek` lock a
-//!   shard; so does a packet whose key is not in its PMD's cache.
+//!   two, default 256) by tuple hash. Each shard (`shard`) is an
+//!   open-addressing array of 8-byte words, a tagged `Arc<Conn>` pointer
+//!   per key (both keys of a connection point at one `Arc<Conn>`), read
+//!   lock-free under an epoch pin (`crossbeam::epoch`) and written under
+//!   the shard's mutex: a rehash publishes a new array, and a removed key's
+//!   reference and a replaced array are freed only after the readers that
+//!   may hold them unpin. Create, insert, remove, expiry, eviction, flush,
+//!   dump and `peek` lock a shard; a lookup of a live connection does not.
 //! - Per-PMD connection cache (`cache::ConnCache`, why per-core): a
 //!   fixed set-associative array of `(tag, direction, Arc<Conn>)`
 //!   allocated when the [`ConntrackHandle`] is created
 //!   ([`ConntrackConfig::cache_entries`], default 64Ki entries, 1 MiB). A
-//!   hit borrows the `Arc`: no lock, no refcount traffic, no allocation,
-//!   one cache line of lookup. Per-core because a PMD's connections are
-//!   what it sees again; both directions of a connection may be cached on
-//!   different PMDs and still share one `Conn`, so the state stays one.
-//!   A miss locks the key's shard and fills the cache (an `Arc` clone).
+//!   hit borrows the `Arc`: no refcount traffic, no allocation, one cache
+//!   line of lookup. Per-core because a PMD's connections are what it sees
+//!   again; both directions of a connection may be cached on different
+//!   PMDs and still share one `Conn`, so the state stays one. A miss reads
+//!   the key's shard lock-free and fills the cache (an `Arc` clone).
 //!
 //! A connection (`Conn`) is immutable after publication except for its
 //! hot state, which is atomic: the keys, zone, NAT bits, protocol kind
@@ -91,13 +95,18 @@
 //! connection's state or translation. A cache entry may keep a killed
 //! connection's memory until it is overwritten or looked up (at most
 //! `cache_entries` per PMD); dropping that last `Arc`, a free, then
-//! happens on the PMD on a miss.
+//! happens on the PMD on a miss. The table's own reference to a removed
+//! key's connection is dropped by the epoch collector once no reader can
+//! hold it, on whichever thread pins next (a PMD on a miss, or a control
+//! thread), never on a cache hit.
 //!
-//! Locks that remain: shard mutexes (control commands, creation, cache
-//! misses, sweeps: one shard per [`SWEEP_INTERVAL_NS`] per PMD) and entry
-//! mutexes (transitions, as above; lock order shard then entry). None on
-//! an established packet that hits its PMD's cache. Allocation happens
-//! only when a connection is created.
+//! Locks that remain: shard mutexes (control commands, creation, the
+//! removal of a dead or expired key a lookup found, sweeps: one shard per
+//! [`SWEEP_INTERVAL_NS`] per PMD) and entry mutexes (transitions, as
+//! above; lock order shard then entry). None on an established packet,
+//! whether it hits its PMD's cache or not (`shard_tests` counts the locks
+//! a PMD thread takes). Allocation happens only when a connection is
+//! created (and when a shard's array is rebuilt).
 //!
 //! Stats stay exact: per-direction counters are atomics read by
 //! `dump-conntrack`; an endpoint's finished-connection packet count is
@@ -121,7 +130,8 @@
 //!
 //! Files, one concern each (as OVS splits `conntrack-{private,tcp,other}`):
 //! `config` (settings and their keys), `entry` (a connection and its key),
-//! `table` (the shared sharded table), `hit` (the lock-free hit path),
+//! `table` (the shared sharded table), `shard` (one shard's lock-free
+//! index), `hit` (the lock-free hit path),
 //! `handle` (the per-PMD hook and the slow path that creates connections),
 //! `show` (dumps and read-only views), [`tcp`] (state machine and windows),
 //! [`nat`] (header rewriting), [`cache`] (the per-PMD cache), [`lb`] (the
@@ -145,6 +155,10 @@ mod handle;
 mod hit;
 pub mod lb;
 pub mod nat;
+#[allow(unsafe_code)]
+mod shard;
+#[cfg(test)]
+mod shard_tests;
 mod show;
 pub mod state;
 mod table;
@@ -186,8 +200,57 @@ pub const SWEEP_INTERVAL_NS: Nanos = 10_000_000;
 /// packet. An idle connection may thus expire up to this much early.
 pub const EXPIRES_REFRESH_NS: Nanos = 1_000_000_000;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding a conntrack lock leaves consistent data (every
-    // update is a plain field store), so poisoning is ignored.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+/// The locks conntrack takes: a `Mutex` (an entry's, the cache registry)
+/// or a shard's writer lock.
+pub(super) trait Lockable {
+    /// What holding the lock gives.
+    type Guard<'a>
+    where
+        Self: 'a;
+    /// Takes the lock.
+    fn take(&self) -> Self::Guard<'_>;
+}
+
+impl<T> Lockable for Mutex<T> {
+    type Guard<'a>
+        = MutexGuard<'a, T>
+    where
+        T: 'a;
+    fn take(&self) -> MutexGuard<'_, T> {
+        #[cfg(test)]
+        count_lock();
+        // A panic while holding a conntrack lock leaves consistent data
+        // (every update is a plain field store), so poisoning is ignored.
+        self.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Lockable for shard::ShardCell {
+    type Guard<'a> = shard::ShardGuard<'a>;
+    fn take(&self) -> shard::ShardGuard<'_> {
+        self.lock()
+    }
+}
+
+fn lock<L: Lockable + ?Sized>(m: &L) -> L::Guard<'_> {
+    m.take()
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Conntrack locks this thread took (tests check that the hit path
+    /// takes none).
+    static LOCKS_TAKEN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+#[cfg(test)]
+fn count_lock() {
+    LOCKS_TAKEN.with(|n| n.set(n.get() + 1));
+}
+
+/// Conntrack locks (shard or entry) the calling thread has taken so far
+/// (tests only).
+#[cfg(test)]
+pub(crate) fn locks_taken() -> u64 {
+    LOCKS_TAKEN.with(|n| n.get())
 }

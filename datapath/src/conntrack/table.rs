@@ -1,8 +1,8 @@
 //! The shared connection table ([`Conntrack`]): shards, limits, expiry,
 //! eviction and flush.
 //!
-//! What it owns: [`ConntrackConfig::shards`] shards (a power of two), each a
-//! `Mutex<HashMap<ConnKey, Slot>>` in which both keys of a connection point
+//! What it owns: [`ConntrackConfig::shards`] shards (a power of two), each
+//! a [`shard`](super::shard) index in which both keys of a connection point
 //! at one `Arc<Conn>`; the global and per-zone live counts; the
 //! [`ConntrackStats`]; the counters of every per-PMD cache; and the load
 //! balancer bare `nat` consults.
@@ -12,15 +12,15 @@
 //! `count_in` exactly once up (commit) and once down (kill).
 //!
 //! Thread-safety: [`Conntrack`] is a cheap `Clone` handle (`Arc`), `Send +
-//! Sync`. Create, insert, remove, expiry, eviction, flush and dumps lock one
-//! shard at a time (lock order: shard, then entry); poisoning is ignored
-//! because every update under a lock is a plain store.
+//! Sync`. [`Conntrack::lookup`] of a live connection takes no lock (an epoch
+//! pin and acquire loads, see `shard`). Create, insert, remove, expiry,
+//! eviction, flush and dumps lock one shard at a time (lock order: shard,
+//! then entry); poisoning is ignored because every update under a lock is a
+//! plain store.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-
-use hashbrown::HashMap;
 
 use super::cache;
 use super::cache::CacheStats;
@@ -28,6 +28,8 @@ use super::config::ConntrackConfig;
 use super::entry::{Conn, ConnKey, COUNT_DEAD};
 use super::lb::LoadBalancer;
 use super::lock;
+pub(super) use super::shard::{key_hash, Slot};
+use super::shard::{ShardCell, Unrepresentable};
 use crate::drop::DropReason;
 use crate::time::Nanos;
 
@@ -50,28 +52,8 @@ pub struct ConntrackStats {
     pub rejects: AtomicU64,
 }
 
-/// A table key's target: the connection and the direction the key names.
-#[derive(Debug, Clone)]
-pub(super) struct Slot {
-    pub(super) conn: Arc<Conn>,
-    pub(super) dir: u8,
-}
-
-pub(super) type Shard = HashMap<ConnKey, Slot>;
-
-/// The hash of a key: its shard in the table, its set in a PMD's cache.
-#[inline]
-pub(super) fn key_hash(k: &ConnKey) -> u64 {
-    let mut h = u64::from(k.tuple.src) << 32 | u64::from(k.tuple.dst);
-    h ^= (u64::from(k.tuple.sport) << 32 | u64::from(k.tuple.dport) << 16)
-        ^ u64::from(k.zone) << 8
-        ^ u64::from(k.proto);
-    h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    h ^ h >> 29
-}
-
 pub(super) struct Inner {
-    pub(super) shards: Box<[Mutex<Shard>]>,
+    pub(super) shards: Box<[ShardCell]>,
     pub(super) mask: usize,
     pub(super) config: ConntrackConfig,
     pub(super) zone_limit: Box<[u32]>,
@@ -153,7 +135,7 @@ impl Conntrack {
         }
         Conntrack {
             inner: Arc::new(Inner {
-                shards: (0..n).map(|_| Mutex::new(Shard::new())).collect(),
+                shards: (0..n).map(|_| ShardCell::default()).collect(),
                 mask: n - 1,
                 zone_limit: zone_limit.into_boxed_slice(),
                 zone_counts: (0..1 << 16).map(|_| AtomicU32::new(0)).collect(),
@@ -211,7 +193,7 @@ impl Conntrack {
         self.inner.services.as_deref()
     }
 
-    pub(super) fn shard_of(&self, hash: u64) -> &Mutex<Shard> {
+    pub(super) fn shard_of(&self, hash: u64) -> &ShardCell {
         &self.inner.shards[(hash as usize >> 7) & self.inner.mask]
     }
 
@@ -268,35 +250,47 @@ impl Conntrack {
     }
 
     /// Looks `k` (hash `hash`) up in the shared table; expired or dead
-    /// entries are removed and not returned.
+    /// entries are removed and not returned. A live connection is found
+    /// without a lock (see `shard`); only a dead or expired one takes the
+    /// shard lock, to be removed.
     pub(super) fn lookup(&self, now: Nanos, hash: u64, k: &ConnKey) -> Option<Slot> {
-        let mut shard = lock(self.shard_of(hash));
+        let cell = self.shard_of(hash);
+        {
+            let guard = crossbeam::epoch::pin();
+            let found = cell.find(k, hash, &guard)?;
+            if found.conn().live(now) {
+                return Some(found.slot());
+            }
+        }
+        let mut shard = lock(cell);
         let slot = shard.get(k)?;
         if !self.reap(now, &slot.conn) {
-            return Some(slot.clone());
+            return Some(slot);
         }
-        shard.remove(k);
+        shard.remove(k, None);
         None
     }
 
     /// Inserts `slot` under `k` unless a live entry holds it.
-    /// Fails with the live entry that holds `k`.
-    pub(super) fn try_insert(&self, now: Nanos, k: ConnKey, slot: &Slot) -> Result<(), Arc<Conn>> {
+    /// Fails with the live entry that holds `k` (or with no entry when the
+    /// connection's address cannot be indexed, see `shard`).
+    pub(super) fn try_insert(
+        &self,
+        now: Nanos,
+        k: ConnKey,
+        slot: &Slot,
+    ) -> Result<(), Option<Arc<Conn>>> {
         let mut shard = lock(self.shard_of(key_hash(&k)));
         if let Some(old) = shard.get(&k) {
             if !self.reap(now, &old.conn) {
-                return Err(old.conn.clone());
+                return Err(Some(old.conn));
             }
         }
-        shard.insert(k, slot.clone());
-        Ok(())
+        shard.insert(k, slot).map_err(|Unrepresentable| None)
     }
 
     pub(super) fn remove_key(&self, k: &ConnKey, conn: &Arc<Conn>) {
-        let mut shard = lock(self.shard_of(key_hash(k)));
-        if shard.get(k).is_some_and(|s| Arc::ptr_eq(&s.conn, conn)) {
-            shard.remove(k);
-        }
+        lock(self.shard_of(key_hash(k))).remove(k, Some(conn));
     }
 
     /// Makes room for one connection in `zone`: evicts a non-established
@@ -311,20 +305,21 @@ impl Conntrack {
             return Ok(());
         }
         let mut shard = lock(self.shard_of(hash));
-        let victim = shard
-            .iter()
-            .take(64)
-            .find(|(_, s)| {
-                let c = &s.conn;
-                !c.is_dead()
-                    && (c.expires() <= now || !c.established())
-                    && (!zone_full || c.keys[0].zone == k.zone)
-            })
-            .map(|(key, s)| (*key, s.conn.clone()));
-        match victim {
+        let mut seen = 0;
+        let victim = shard.find_map(|c, dir| {
+            seen += 1;
+            if seen > 64 {
+                return Some(None);
+            }
+            let pick = !c.is_dead()
+                && (c.expires() <= now || !c.established())
+                && (!zone_full || c.keys[0].zone == k.zone);
+            pick.then(|| Some((c.keys[usize::from(dir)], c.clone())))
+        });
+        match victim.flatten() {
             Some((key, conn)) => {
                 self.kill(&conn);
-                shard.remove(&key);
+                shard.remove(&key, Some(&conn));
                 self.inner.stats.evictions.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
@@ -341,9 +336,10 @@ impl Conntrack {
             return 0;
         };
         let mut shard = lock(m);
-        let before = shard.len();
-        shard.retain(|_, s| !self.reap(now, &s.conn));
-        before - shard.len()
+        if shard.is_empty() {
+            return 0;
+        }
+        shard.retain(|c, _| !self.reap(now, c))
     }
 
     /// Removes every expired entry.
@@ -356,12 +352,11 @@ impl Conntrack {
     /// Visits every live connection once (through its original key).
     pub fn for_each(&self, mut f: impl FnMut(&Conn)) {
         for m in self.inner.shards.iter() {
-            let shard = lock(m);
-            for s in shard.values() {
-                if s.dir == 0 && !s.conn.is_dead() {
-                    f(&s.conn);
+            lock(m).for_each(|c, dir| {
+                if dir == 0 && !c.is_dead() {
+                    f(c);
                 }
-            }
+            });
         }
     }
 
@@ -369,9 +364,7 @@ impl Conntrack {
     pub fn flush_where(&self, pred: impl Fn(&Conn) -> bool) -> usize {
         let mut n = 0;
         for m in self.inner.shards.iter() {
-            let mut shard = lock(m);
-            shard.retain(|_, s| {
-                let c = &s.conn;
+            lock(m).retain(|c, _| {
                 if !c.is_dead() && pred(c) {
                     self.kill(c);
                     n += 1;

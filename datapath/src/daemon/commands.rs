@@ -34,7 +34,7 @@ pub struct PmdView {
 }
 
 /// Where the drop counters start in a [`snapshot`].
-const DROPS_AT: usize = 14;
+const DROPS_AT: usize = 15;
 
 /// Counters of one PMD in a fixed order, so that a baseline can be
 /// subtracted.
@@ -63,6 +63,7 @@ fn snapshot(v: &PmdView) -> Vec<u64> {
         Some(c) => s.extend([c.hits.get(), c.misses.get()]),
         None => s.extend([0; 2]),
     }
+    s.push(v.flow.as_ref().map_or(0, |f| f.continuations.get()));
     s.extend(DropReason::ALL.iter().map(|&r| p.drops.get(r)));
     s
 }
@@ -96,6 +97,10 @@ fn view(v: &PmdView, base: &[u64]) -> api::pmd::PmdStats {
         upcalls: d[9],
         recirculations: d[10],
         packet_ins: d[11],
+        // Every recirculation is one pass the continuation cache is asked
+        // about (when it is on): what it did not answer went the long way.
+        continuation_hits: d[14],
+        continuation_misses: d[10].saturating_sub(d[14]),
         conntrack: v.ct_cache.is_some(),
         ct_cache_hits: d[12],
         ct_cache_misses: d[13],
@@ -406,5 +411,39 @@ mod tests {
             15,
             "the PMD's own counter is untouched"
         );
+    }
+
+    #[test]
+    fn pmd_stats_show_counts_continuation_hits_and_misses() {
+        let reg = Registry::new();
+        let pmd = Arc::new(PmdStats::default());
+        let pipe = crate::pipeline::flow::FlowPipeline::new(
+            crate::flow::tables::FlowTables::new(),
+            crate::pipeline::flow::FlowPipelineConfig::default(),
+        );
+        let flow = pipe.stats();
+        flow.recirculations.add(5);
+        flow.continuations.add(3);
+        register_pmd(
+            &reg,
+            vec![PmdView {
+                pmd,
+                flow: Some(flow.clone()),
+                ct_cache: None,
+            }],
+        )
+        .unwrap();
+        let s = call(&reg, "pmd-stats-show", &[]).unwrap();
+        assert!(
+            s.contains("continuation hits: 3 (60.00% of recirculated passes)"),
+            "{s}"
+        );
+        assert!(s.contains("continuation misses: 2"), "{s}");
+        call(&reg, "pmd-stats-clear", &[]).unwrap();
+        flow.recirculations.add(4);
+        flow.continuations.add(4);
+        let s = call(&reg, "pmd-stats-show", &[]).unwrap();
+        assert!(s.contains("continuation hits: 4 (100.00%"), "{s}");
+        assert!(s.contains("continuation misses: 0"), "{s}");
     }
 }

@@ -9,6 +9,18 @@
 //! the non-zero words of its mask `M1`, the masked words of the key that
 //! was translated (`K1 & M1`) and the translation `X1`.
 //!
+//! Behind it, a larger direct-mapped array ([`WIDE`] entries) keyed by `X0`
+//! *and* the masked key `K & M1`: when the next table matches on fields of
+//! the connection (its translated destination, its ports), one `X0` has
+//! one continuation per endpoint or per connection, more than a set's
+//! [`WAYS`]. The first entry of `X0` in its set then serves as the shape
+//! (`M1`'s words): a lookup whose key does not match its values hashes
+//! `X0` and `K & M1` and probes the wide array once, and an insert of a
+//! continuation of the same shape goes there instead of evicting it. A
+//! Service whose next table routes per endpoint thus keeps one entry per
+//! endpoint (or per connection) and skips the second classification for
+//! each.
+//!
 //! Invariant (why a hit is exact): a hit requires the packet's new key
 //! `K` to satisfy `K & M1 == K1 & M1` on every non-zero word of `M1`
 //! (plus the `recirc_id` word), i.e. to be in the megaflow of `X1`; every
@@ -38,6 +50,9 @@ const WAYS: usize = 2;
 pub const MAX_WORDS: usize = 6;
 /// Bursts per learning translation (see the module doc).
 pub const LEARN_EVERY: u32 = 16;
+/// Entries of the wide array (a power of two), keyed by `X0` and the
+/// masked key.
+pub const WIDE: usize = 2048;
 
 #[derive(Default)]
 struct Entry {
@@ -49,9 +64,40 @@ struct Entry {
     value: [u64; MAX_WORDS],
 }
 
+impl Entry {
+    /// `key & mask ^ value` over the entry's words: 0 when `key` is in
+    /// the megaflow.
+    #[inline]
+    fn diff(&self, key: &FlowKey) -> u64 {
+        let mut diff = 0u64;
+        for i in 0..usize::from(self.n) {
+            diff |= (key.w[usize::from(self.idx[i])] & self.mask[i]) ^ self.value[i];
+        }
+        diff
+    }
+
+    /// The same mask words as `o`.
+    fn same_shape(&self, o: &Entry) -> bool {
+        self.n == o.n && self.idx == o.idx && self.mask == o.mask
+    }
+
+    /// The wide-array slot of `x0` and the masked `key` in this entry's
+    /// shape.
+    #[inline]
+    fn wide_slot(&self, x0: *const Xlate, key: &FlowKey) -> usize {
+        let mut h = (x0 as usize as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        for i in 0..usize::from(self.n) {
+            h = (h ^ key.w[usize::from(self.idx[i])] & self.mask[i])
+                .wrapping_mul(0xff51_afd7_ed55_8ccd);
+        }
+        (h >> 40) as usize & (WIDE - 1)
+    }
+}
+
 /// A per-PMD cache of the next pass's megaflow by previous translation.
 pub struct ContCache {
     sets: Box<[[Entry; WAYS]]>,
+    wide: Box<[Entry]>,
     victim: usize,
     /// Bursts until the next learning translation is allowed.
     learn_wait: u32,
@@ -74,6 +120,7 @@ impl ContCache {
     pub fn new() -> ContCache {
         ContCache {
             sets: (0..SETS).map(|_| Default::default()).collect(),
+            wide: (0..WIDE).map(|_| Entry::default()).collect(),
             victim: 0,
             learn_wait: 0,
         }
@@ -83,20 +130,25 @@ impl ContCache {
     /// whose key is now `key`, when cached.
     #[inline]
     pub fn lookup(&self, x0: *const Xlate, key: &FlowKey) -> Option<&Arc<Xlate>> {
+        let mut shape: Option<&Entry> = None;
         for e in &self.sets[set_of(x0)] {
             let Some(x) = &e.x0 else { continue };
             if Arc::as_ptr(x) != x0 {
                 continue;
             }
-            let mut diff = 0u64;
-            for i in 0..usize::from(e.n) {
-                diff |= (key.w[usize::from(e.idx[i])] & e.mask[i]) ^ e.value[i];
-            }
-            if diff == 0 {
+            if e.diff(key) == 0 {
                 return e.x1.as_ref();
             }
+            shape.get_or_insert(e);
         }
-        None
+        // Another continuation of `x0` in the same shape, keyed by the
+        // masked key.
+        let shape = shape?;
+        let w = &self.wide[shape.wide_slot(x0, key)];
+        let x = w.x0.as_ref()?;
+        (Arc::as_ptr(x) == x0 && w.same_shape(shape) && w.diff(key) == 0)
+            .then_some(w.x1.as_ref())
+            .flatten()
     }
 
     /// Called once per burst: one more burst towards the next learning
@@ -142,7 +194,23 @@ impl ContCache {
             e.mask[j] = m.w[i];
             e.value[j] = key.w[i] & m.w[i];
         }
-        let set = &mut self.sets[set_of(Arc::as_ptr(x0))];
+        let p0 = Arc::as_ptr(x0);
+        let set = &mut self.sets[set_of(p0)];
+        // A continuation of `x0` in a shape the set already holds goes to
+        // the wide array, keyed by its values: the set keeps the shape.
+        let shape = set
+            .iter()
+            .position(|s| s.x0.as_ref().is_some_and(|x| Arc::as_ptr(x) == p0) && s.same_shape(&e));
+        if let Some(i) = shape {
+            if set[i].value == e.value {
+                // The same megaflow: a newer translation of it.
+                set[i] = e;
+            } else {
+                let slot = set[i].wide_slot(p0, key);
+                self.wide[slot] = e;
+            }
+            return;
+        }
         let way = set.iter().position(|s| s.x0.is_none()).unwrap_or_else(|| {
             self.victim = self.victim.wrapping_add(1);
             self.victim % WAYS
@@ -157,6 +225,9 @@ impl ContCache {
                 *e = Entry::default();
             }
         }
+        for e in self.wide.iter_mut() {
+            *e = Entry::default();
+        }
         self.learn_wait = 0;
     }
 
@@ -165,6 +236,7 @@ impl ContCache {
         self.sets
             .iter()
             .flatten()
+            .chain(self.wide.iter())
             .filter(|e| e.x0.is_some())
             .count()
     }

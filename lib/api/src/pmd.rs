@@ -51,6 +51,14 @@ pub struct PmdStats {
     pub recirculations: u64,
     /// Packets sent to the controller.
     pub packet_ins: u64,
+    /// Recirculated passes (after `ct(table=N)` or tunnel pop) classified
+    /// by the continuation cache: no EMC or megaflow lookup.
+    #[serde(default)]
+    pub continuation_hits: u64,
+    /// Recirculated passes classified through the EMC and megaflow cache
+    /// (continuation cache miss, or the cache is off).
+    #[serde(default)]
+    pub continuation_misses: u64,
     /// Whether the PMD tracks connections (the next two mean something).
     pub conntrack: bool,
     /// Connection-cache hits (no lock).
@@ -96,6 +104,12 @@ impl Render for PmdStatsReply {
                     p.megaflow_probes as f64 / (p.megaflow_hits + p.megaflow_misses).max(1) as f64
                 );
                 s += &format!("  miss with success upcall: {}\n", p.upcalls);
+                let (hits, misses) = (p.continuation_hits, p.continuation_misses);
+                s += &format!(
+                    "  continuation hits: {hits} ({:.2}% of recirculated passes)\n",
+                    100.0 * hits as f64 / (hits + misses).max(1) as f64
+                );
+                s += &format!("  continuation misses: {misses}\n");
                 s += &format!("  packet-ins: {}\n", p.packet_ins);
             }
             if p.conntrack {

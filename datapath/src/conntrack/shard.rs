@@ -1,0 +1,457 @@
+//! One shard of the connection table: an open-addressing index of
+//! connection keys that packets read without a lock.
+//!
+//! What it owns: per shard, an array of 64-bit words ([`ShardCell`]), each
+//! either empty, a tombstone, or one key of a live connection packed as
+//! `tag << 48 | Arc<Conn> pointer | direction` (the pointer is 8-aligned and
+//! below 2^48, so the direction fits in bit 0 and a 16-bit hash tag in the
+//! top bits). The key itself is not stored: the connection's immutable
+//! `keys[dir]` confirms a tag match, so a slot costs 8 bytes and a
+//! connection (two keys, load factor 3/8 to 3/4) about 21 to 43 bytes of
+//! index. Each occupied word owns one strong count of its `Arc<Conn>`.
+//!
+//! Readers ([`ShardCell::find`]) pin an epoch (`crossbeam::epoch`), load the
+//! published array and probe it linearly with acquire loads: no lock, no
+//! store to shared memory. Writers (insert, remove, retain, rehash) hold the
+//! shard's mutex ([`ShardCell::lock`]), so there is one writer per shard.
+//!
+//! Invariants that make a lock-free read exact:
+//! - a word goes empty → key → tombstone (or key → key when a key is
+//!   replaced), never back to empty, so a reader's probe never stops early
+//!   at a slot that was occupied when its key was inserted;
+//! - a rehash (growth, shrink, tombstone clean-up) builds a new array,
+//!   moves the words (and their counts) into it and publishes it with a
+//!   release store; the old array is freed only after every reader pinned
+//!   before the publish has unpinned (`defer_destroy`). A reader on the old
+//!   array sees the table as it was at the publish: a key inserted after it
+//!   is a miss, which the caller treats like a packet that raced with the
+//!   connection's creation (the creation path then finds the entry);
+//! - a removed key's count is released by a deferred drop, after every
+//!   reader that could have loaded its word has unpinned, so a reader may
+//!   dereference any pointer it found while pinned. The table kills a
+//!   connection (`dead`) before or while removing its keys; readers check it.
+//!
+//! Thread-safety: `Send + Sync`. Reads are lock-free; writes are serialised
+//! by the shard mutex; the lock order is shard, then entry.
+
+use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crossbeam::epoch::{self, Atomic, Guard, Owned};
+
+use super::entry::{Conn, ConnKey};
+
+/// A table key's target: the connection and the direction the key names.
+#[derive(Debug, Clone)]
+pub(super) struct Slot {
+    pub(super) conn: Arc<Conn>,
+    pub(super) dir: u8,
+}
+
+/// The hash of a key: its shard in the table, its slot in the shard, its
+/// set in a PMD's cache.
+#[inline]
+pub(super) fn key_hash(k: &ConnKey) -> u64 {
+    let mut h = u64::from(k.tuple.src) << 32 | u64::from(k.tuple.dst);
+    h ^= (u64::from(k.tuple.sport) << 32 | u64::from(k.tuple.dport) << 16)
+        ^ u64::from(k.zone) << 8
+        ^ u64::from(k.proto);
+    h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^ h >> 29
+}
+
+const EMPTY: u64 = 0;
+/// A removed key: probes go on past it.
+const TOMB: u64 = 0b10;
+const DIR: u64 = 0b01;
+const PTR_MASK: u64 = 0x0000_ffff_ffff_fff8;
+const TAG_SHIFT: u32 = 48;
+/// The smallest array a shard that holds a key gets.
+const MIN_SLOTS: usize = 16;
+
+#[inline]
+fn tag_of(hash: u64) -> u64 {
+    hash >> TAG_SHIFT
+}
+
+/// The first slot probed (bits the shard choice does not use).
+#[inline]
+fn start_of(hash: u64) -> usize {
+    let h = (hash ^ hash >> 31).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    (h >> 32) as usize
+}
+
+#[inline]
+fn is_key(w: u64) -> bool {
+    w != EMPTY && w & TOMB == 0
+}
+
+#[inline]
+fn ptr_of(w: u64) -> *const Conn {
+    (w & PTR_MASK) as usize as *const Conn
+}
+
+/// The connection was at an address the packed word cannot hold (above
+/// 2^48: not on Linux's default x86-64 or arm64 address spaces).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Unrepresentable;
+
+struct Buckets {
+    words: Box<[AtomicU64]>,
+    mask: usize,
+}
+
+impl Buckets {
+    fn new(slots: usize) -> Buckets {
+        Buckets {
+            words: (0..slots).map(|_| AtomicU64::new(EMPTY)).collect(),
+            mask: slots - 1,
+        }
+    }
+
+    /// The slot and word of `key`.
+    #[inline]
+    fn find(&self, key: &ConnKey, hash: u64) -> Option<(usize, u64)> {
+        let tag = tag_of(hash);
+        let mut i = start_of(hash) & self.mask;
+        for _ in 0..=self.mask {
+            let w = self.words[i].load(Ordering::Acquire);
+            if w == EMPTY {
+                return None;
+            }
+            if w & TOMB == 0 && w >> TAG_SHIFT == tag {
+                // SAFETY: an occupied word holds a strong count of the
+                // `Arc<Conn>` it points to, released only by a drop deferred
+                // until every reader pinned before the word was removed has
+                // unpinned; callers hold a guard (or the shard lock, which
+                // excludes removal), so the connection is alive. The acquire
+                // load pairs with the release store that published it.
+                let c = unsafe { &*ptr_of(w) };
+                if c.keys[(w & DIR) as usize] == *key {
+                    return Some((i, w));
+                }
+            }
+            i = (i + 1) & self.mask;
+        }
+        None
+    }
+}
+
+/// What a lock-free lookup found: borrowed for as long as the reader's
+/// epoch guard lives.
+pub(super) struct Found<'g> {
+    ptr: *const Conn,
+    /// The direction the key names.
+    pub(super) dir: u8,
+    _guard: PhantomData<&'g Guard>,
+}
+
+impl<'g> Found<'g> {
+    /// The connection.
+    #[inline]
+    pub(super) fn conn(&self) -> &'g Conn {
+        // SAFETY: see `Buckets::find`: alive while the guard `'g` lives.
+        unsafe { &*self.ptr }
+    }
+
+    /// A counted reference to the connection, with its direction.
+    #[inline]
+    pub(super) fn slot(&self) -> Slot {
+        // SAFETY: `ptr` came from `Arc::into_raw` and the index still holds
+        // that count while the guard lives (see `Buckets::find`), so adding
+        // one and taking it as an `Arc` is sound.
+        let conn = unsafe {
+            Arc::increment_strong_count(self.ptr);
+            Arc::from_raw(self.ptr)
+        };
+        Slot {
+            conn,
+            dir: self.dir,
+        }
+    }
+}
+
+/// Writer-side counts, under the shard mutex.
+#[derive(Debug, Default)]
+pub(super) struct Counts {
+    len: usize,
+    tombs: usize,
+}
+
+/// One shard: the published array (read lock-free) and the writers' mutex.
+pub(super) struct ShardCell {
+    buckets: Atomic<Buckets>,
+    writer: Mutex<Counts>,
+}
+
+impl std::fmt::Debug for ShardCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardCell").finish_non_exhaustive()
+    }
+}
+
+impl Default for ShardCell {
+    fn default() -> Self {
+        ShardCell {
+            buckets: Atomic::null(),
+            writer: Mutex::new(Counts::default()),
+        }
+    }
+}
+
+impl ShardCell {
+    /// The live key `key` (hash `hash`), without a lock.
+    #[inline]
+    pub(super) fn find<'g>(&self, key: &ConnKey, hash: u64, guard: &'g Guard) -> Option<Found<'g>> {
+        let b = self.buckets.load(Ordering::Acquire, guard);
+        // SAFETY: a published array is freed only by `defer_destroy` after
+        // the guards pinned before its replacement unpin; `guard` is pinned.
+        let b = unsafe { b.as_ref() }?;
+        let (_, w) = b.find(key, hash)?;
+        Some(Found {
+            ptr: ptr_of(w),
+            dir: (w & DIR) as u8,
+            _guard: PhantomData,
+        })
+    }
+
+    /// Takes the shard's writer lock (poisoning ignored: every update under
+    /// it is a plain store).
+    pub(super) fn lock(&self) -> ShardGuard<'_> {
+        #[cfg(test)]
+        super::count_lock();
+        ShardGuard {
+            cell: self,
+            counts: self.writer.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+}
+
+impl Drop for ShardCell {
+    fn drop(&mut self) {
+        // SAFETY: `&mut self`: no reader or writer can reach the shard.
+        let guard = unsafe { epoch::unprotected() };
+        let b = self
+            .buckets
+            .swap(epoch::Shared::null(), Ordering::Relaxed, guard);
+        if b.is_null() {
+            return;
+        }
+        // SAFETY: unreachable now (swapped out, `&mut self`); owned here.
+        let b = unsafe { b.into_owned() };
+        for w in b.words.iter() {
+            let w = w.load(Ordering::Relaxed);
+            if is_key(w) {
+                // SAFETY: the word's own count, released once.
+                drop(unsafe { Arc::from_raw(ptr_of(w)) });
+            }
+        }
+    }
+}
+
+/// A shard locked for writing (reads keep going, lock-free).
+pub(super) struct ShardGuard<'a> {
+    cell: &'a ShardCell,
+    counts: MutexGuard<'a, Counts>,
+}
+
+impl ShardGuard<'_> {
+    fn buckets(&self) -> Option<&Buckets> {
+        // SAFETY: under the writer lock only this writer replaces or frees
+        // the array, and it does so through `&mut self`, so the reference
+        // cannot outlive it here.
+        let guard = unsafe { epoch::unprotected() };
+        let b = self.cell.buckets.load(Ordering::Acquire, guard);
+        // SAFETY: as above: the published array lives while the lock is held.
+        unsafe { b.as_ref() }
+    }
+
+    /// Keys in the shard.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.counts.len
+    }
+
+    /// True when the shard holds no key.
+    pub(super) fn is_empty(&self) -> bool {
+        self.counts.len == 0
+    }
+
+    /// The slot of `key`, counted.
+    pub(super) fn get(&self, key: &ConnKey) -> Option<Slot> {
+        let (_, w) = self.buckets()?.find(key, key_hash(key))?;
+        Some(with_arc(w, |conn| Slot {
+            conn: conn.clone(),
+            dir: (w & DIR) as u8,
+        }))
+    }
+
+    /// Visits the keys' connections and directions until `f` returns
+    /// `Some`.
+    pub(super) fn find_map<R>(&self, mut f: impl FnMut(&Arc<Conn>, u8) -> Option<R>) -> Option<R> {
+        let b = self.buckets()?;
+        b.words.iter().find_map(|w| {
+            let w = w.load(Ordering::Relaxed);
+            if !is_key(w) {
+                return None;
+            }
+            with_arc(w, |c| f(c, (w & DIR) as u8))
+        })
+    }
+
+    /// Visits every key's connection and direction.
+    pub(super) fn for_each(&self, mut f: impl FnMut(&Arc<Conn>, u8)) {
+        self.find_map(|c, d| {
+            f(c, d);
+            None::<()>
+        });
+    }
+
+    /// Inserts (or replaces) `key` → `slot`; the replaced slot's count is
+    /// released after the readers that may see it.
+    pub(super) fn insert(&mut self, key: ConnKey, slot: &Slot) -> Result<(), Unrepresentable> {
+        let p = Arc::as_ptr(&slot.conn) as usize as u64;
+        if p & !PTR_MASK != 0 {
+            return Err(Unrepresentable);
+        }
+        let hash = key_hash(&key);
+        let word = tag_of(hash) << TAG_SHIFT | p | u64::from(slot.dir) & DIR;
+        if let Some((i, old)) = self.buckets().and_then(|b| b.find(&key, hash)) {
+            // The word owns this count from now on.
+            std::mem::forget(slot.conn.clone());
+            self.buckets().expect("found in it").words[i].store(word, Ordering::Release);
+            retire(old, &epoch::pin());
+            return Ok(());
+        }
+        let slots = self.buckets().map_or(0, |b| b.words.len());
+        if (self.counts.len + self.counts.tombs + 1) * 4 > slots * 3 {
+            // (A pin only when something is retired: not per insert.)
+            self.rehash(self.counts.len + 1, &epoch::pin());
+        }
+        let b = self.buckets().expect("rehash made an array");
+        let mut i = start_of(hash) & b.mask;
+        while is_key(b.words[i].load(Ordering::Relaxed)) {
+            i = (i + 1) & b.mask;
+        }
+        let reused = b.words[i].load(Ordering::Relaxed) == TOMB;
+        // The word owns this count from now on.
+        std::mem::forget(slot.conn.clone());
+        b.words[i].store(word, Ordering::Release);
+        if reused {
+            self.counts.tombs -= 1;
+        }
+        self.counts.len += 1;
+        Ok(())
+    }
+
+    /// Removes `key` if it names `conn` (any connection when `None`);
+    /// true when a key went.
+    pub(super) fn remove(&mut self, key: &ConnKey, conn: Option<&Arc<Conn>>) -> bool {
+        let Some((i, w)) = self.buckets().and_then(|b| b.find(key, key_hash(key))) else {
+            return false;
+        };
+        if conn.is_some_and(|c| Arc::as_ptr(c) != ptr_of(w)) {
+            return false;
+        }
+        let guard = epoch::pin();
+        self.take(i, w, &guard);
+        self.maybe_shrink(&guard);
+        true
+    }
+
+    /// Keeps the keys `keep` accepts; returns how many went.
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(&Arc<Conn>, u8) -> bool) -> usize {
+        let Some(b) = self.buckets() else { return 0 };
+        let mut gone = Vec::new();
+        for (i, w) in b.words.iter().enumerate() {
+            let w = w.load(Ordering::Relaxed);
+            if is_key(w) && !with_arc(w, |c| keep(c, (w & DIR) as u8)) {
+                gone.push((i, w));
+            }
+        }
+        if gone.is_empty() {
+            return 0;
+        }
+        let guard = epoch::pin();
+        for &(i, w) in &gone {
+            self.take(i, w, &guard);
+        }
+        self.maybe_shrink(&guard);
+        gone.len()
+    }
+
+    /// Tombstones slot `i` (holding `w`) and retires its count.
+    fn take(&mut self, i: usize, w: u64, guard: &Guard) {
+        self.buckets().expect("a key was found in it").words[i].store(TOMB, Ordering::Release);
+        self.counts.len -= 1;
+        self.counts.tombs += 1;
+        retire(w, guard);
+    }
+
+    /// Rebuilds a smaller array when the shard is mostly empty, and a
+    /// clean one when tombstones fill it.
+    fn maybe_shrink(&mut self, guard: &Guard) {
+        let slots = self.buckets().map_or(0, |b| b.words.len());
+        let Counts { len, tombs } = *self.counts;
+        if (slots > MIN_SLOTS && len * 8 < slots) || tombs * 2 > slots {
+            self.rehash(len, guard);
+        }
+    }
+
+    /// Publishes a fresh array sized for `want` keys (load at most 1/2
+    /// after the rebuild), moving every key (and its count) into it.
+    fn rehash(&mut self, want: usize, guard: &Guard) {
+        let slots = (want * 2).next_power_of_two().max(MIN_SLOTS);
+        let new = Buckets::new(slots);
+        if let Some(old) = self.buckets() {
+            for w in old.words.iter() {
+                let w = w.load(Ordering::Relaxed);
+                if !is_key(w) {
+                    continue;
+                }
+                let hash = with_arc(w, |c| key_hash(&c.keys[(w & DIR) as usize]));
+                let mut i = start_of(hash) & new.mask;
+                while new.words[i].load(Ordering::Relaxed) != EMPTY {
+                    i = (i + 1) & new.mask;
+                }
+                new.words[i].store(w, Ordering::Relaxed);
+            }
+        }
+        let old = self
+            .cell
+            .buckets
+            .swap(Owned::new(new), Ordering::AcqRel, guard);
+        self.counts.tombs = 0;
+        if !old.is_null() {
+            // SAFETY: unreachable for readers that pin from now on; freed
+            // (the array only: its counts moved to the new one) after the
+            // readers pinned before the swap unpin.
+            unsafe { guard.defer_destroy(old) };
+        }
+    }
+}
+
+/// Calls `f` with the `Arc` occupied word `w` owns, without touching its
+/// count.
+fn with_arc<R>(w: u64, f: impl FnOnce(&Arc<Conn>) -> R) -> R {
+    // SAFETY: the word owns a count of this `Arc` (from `Arc::into_raw`),
+    // alive while the caller holds the shard lock or a guard; `ManuallyDrop`
+    // keeps that count untouched.
+    let arc = ManuallyDrop::new(unsafe { Arc::from_raw(ptr_of(w)) });
+    f(&arc)
+}
+
+/// Releases the count word `w` owned, once the readers that may have
+/// loaded it unpin.
+fn retire(w: u64, guard: &Guard) {
+    let p = ptr_of(w) as usize;
+    // SAFETY: the word was unlinked (replaced or tombstoned) before this;
+    // its count is released exactly once, after every reader pinned before
+    // the unlink has unpinned. `Arc<Conn>` is `Send`, so dropping it on
+    // whichever thread runs the deferred function is fine.
+    unsafe {
+        guard.defer_unchecked(move || drop(Arc::from_raw(p as *const Conn)));
+    }
+}
