@@ -61,16 +61,23 @@ impl Row {
 
     /// UUIDs this row references strongly (with multiplicity).
     pub fn strong_refs<'a>(&'a self, ts: &'a TableSchema) -> impl Iterator<Item = Uuid> + 'a {
-        ts.columns.iter().zip(&self.data).flat_map(|(c, d)| {
-            let k = c.ty.key.ref_table.is_some() && c.ty.key.ref_type == RefType::Strong;
-            let v =
-                c.ty.value
-                    .as_ref()
-                    .is_some_and(|v| v.ref_table.is_some() && v.ref_type == RefType::Strong);
-            let keys = d.keys().filter(move |_| k).filter_map(Atom::as_uuid);
-            let vals = d.values().filter(move |_| v).filter_map(Atom::as_uuid);
-            keys.chain(vals)
-        })
+        ts.columns
+            .iter()
+            .zip(&self.data)
+            .filter_map(|(c, d)| {
+                let k = c.ty.key.ref_table.is_some() && c.ty.key.ref_type == RefType::Strong;
+                let v =
+                    c.ty.value
+                        .as_ref()
+                        .is_some_and(|v| v.ref_table.is_some() && v.ref_type == RefType::Strong);
+                // Only the reference columns' atoms are walked.
+                (k || v).then(|| {
+                    let keys = d.keys().filter(move |_| k).filter_map(Atom::as_uuid);
+                    let vals = d.values().filter(move |_| v).filter_map(Atom::as_uuid);
+                    keys.chain(vals)
+                })
+            })
+            .flatten()
     }
 }
 
@@ -352,7 +359,9 @@ impl Database {
                         if r > 0 {
                             out.push(b',');
                         }
-                        let _ = write!(out, "\"{}\":", ch.uuid);
+                        out.push(b'"');
+                        ch.uuid.write_text(&mut out);
+                        out.extend_from_slice(b"\":");
                         let Some(new) = &ch.new else {
                             out.extend_from_slice(b"null");
                             continue;
@@ -374,7 +383,7 @@ impl Database {
                             first = false;
                             put(&mut out, col.name.as_str());
                             out.push(b':');
-                            put(&mut out, &new.data[c].to_json());
+                            new.data[c].write_json(&mut out);
                         }
                         out.push(b'}');
                     }

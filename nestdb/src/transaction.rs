@@ -7,7 +7,9 @@
 //! Commit-time checks run in the order ovsdb-server uses: undefined named UUIDs, garbage
 //! collection of unreferenced non-root rows, referential integrity of deletions, weak
 //! reference clean-up, strong reference targets, column sizes, `maxRows`, then index
-//! uniqueness.  Any failure discards the overlay.  Single-threaded by construction.
+//! uniqueness.  Any failure discards the overlay.  The result array is a list of
+//! [`OpResult`]s (an insert's result kept as its UUID), written into the reply by
+//! [`reply_bytes`].  Single-threaded by construction.
 
 use crate::table::{Changes, Database, Row, RowChange};
 use ovsdb_core::{
@@ -28,6 +30,95 @@ pub struct ExecContext<'a> {
     pub read_only: Option<&'a str>,
 }
 
+/// One operation's entry in the `transact` result array. An insert's
+/// `{"uuid": ["uuid", …]}` is kept as its UUID: a large transaction is mostly
+/// inserts, and one JSON object per row would be hundreds of bytes each.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpResult {
+    /// `{"uuid": ["uuid", "<uuid>"]}`.
+    Inserted(Uuid),
+    /// Any other result (an error object, select rows, counts, `{}`, null).
+    Json(Value),
+}
+
+impl OpResult {
+    /// The result as a JSON value.
+    pub fn to_json(&self) -> Value {
+        match self {
+            OpResult::Inserted(u) => json!({"uuid": ["uuid", u.to_string()]}),
+            OpResult::Json(v) => v.clone(),
+        }
+    }
+
+    /// True for an error object (`{"error": …}`).
+    pub fn is_error(&self) -> bool {
+        self.get("error").is_some()
+    }
+
+    /// Member `key` of the result object, as `Value::get` on
+    /// [`OpResult::to_json`] would find it (an insert's `uuid` is not
+    /// kept as a value: `None`).
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        match self {
+            OpResult::Inserted(_) => None,
+            OpResult::Json(v) => v.get(key),
+        }
+    }
+
+    /// True when the result is a JSON object (everything but null padding).
+    pub fn is_object(&self) -> bool {
+        match self {
+            OpResult::Inserted(_) => true,
+            OpResult::Json(v) => v.is_object(),
+        }
+    }
+
+    /// True for the null that pads the results after a failed operation.
+    pub fn is_null(&self) -> bool {
+        matches!(self, OpResult::Json(Value::Null))
+    }
+
+    /// Appends the JSON text of [`OpResult::to_json`] (the same bytes
+    /// `serde_json` writes for it).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            OpResult::Inserted(u) => {
+                out.extend_from_slice(b"{\"uuid\":");
+                u.write_json(out);
+                out.push(b'}');
+            }
+            // Writing JSON into a Vec cannot fail.
+            OpResult::Json(v) => {
+                let _ = serde_json::to_writer(&mut *out, v);
+            }
+        }
+    }
+}
+
+/// The `transact` result array as a JSON value.
+pub fn results_json(results: &[OpResult]) -> Value {
+    Value::Array(results.iter().map(OpResult::to_json).collect())
+}
+
+/// The reply to `transact` request `id` carrying `results`: the same bytes
+/// as `Message::Reply { result: results_json(results), id }.to_bytes()`,
+/// written without building the array.
+pub fn reply_bytes(id: &Value, results: &[OpResult]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 * results.len() + 64);
+    out.extend_from_slice(b"{\"id\":");
+    // Writing JSON into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, id);
+    out.extend_from_slice(b",\"result\":[");
+    for (i, r) in results.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        r.write_json(&mut out);
+    }
+    out.extend_from_slice(b"],\"error\":null}");
+    out
+}
+
 /// Result of executing one `transact` request.
 #[derive(Debug)]
 pub enum Outcome {
@@ -35,7 +126,7 @@ pub enum Outcome {
     /// succeeded and modified the database.
     Done {
         /// The JSON-RPC `result` array.
-        results: Vec<Value>,
+        results: Vec<OpResult>,
         /// Changes to make durable and apply, if any.
         changes: Option<Changes>,
         /// Whether a `commit` operation asked for durability.
@@ -104,14 +195,14 @@ pub fn execute(db: &Database, ops: &[Value], ctx: &ExecContext<'_>) -> Outcome {
             Ok(v) => results.push(v),
             Err(OpError::Blocked(t)) => return Outcome::Blocked { timeout_ms: t },
             Err(OpError::Failed(e)) => {
-                results.push(e.to_json());
+                results.push(OpResult::Json(e.to_json()));
                 failed = true;
                 break;
             }
         }
     }
     while results.len() < ops.len() {
-        results.push(Value::Null);
+        results.push(OpResult::Json(Value::Null));
     }
     if failed {
         return Outcome::Done {
@@ -127,7 +218,7 @@ pub fn execute(db: &Database, ops: &[Value], ctx: &ExecContext<'_>) -> Outcome {
             durable: txn.durable,
         },
         Err(e) => {
-            results.push(e.to_json());
+            results.push(OpResult::Json(e.to_json()));
             Outcome::Done {
                 results,
                 changes: None,
@@ -259,7 +350,7 @@ impl<'a> Txn<'a> {
         i: usize,
         n: usize,
         ctx: &ExecContext<'_>,
-    ) -> Result<Value, OpError> {
+    ) -> Result<OpResult, OpError> {
         let o = op
             .as_object()
             .ok_or_else(|| OvsdbError::syntax(format!("ops[{i}] is not an object")))?;
@@ -286,8 +377,10 @@ impl<'a> Txn<'a> {
             )
             .into());
         }
+        if opname == "insert" {
+            return self.op_insert(o).map(OpResult::Inserted);
+        }
         match opname {
-            "insert" => self.op_insert(o),
             "select" => self.op_select(o),
             "update" => self.op_update(o),
             "mutate" => self.op_mutate(o),
@@ -320,9 +413,11 @@ impl<'a> Txn<'a> {
             }
             _ => Err(OvsdbError::syntax(format!("No operation \"{opname}\"")).into()),
         }
+        .map(OpResult::Json)
     }
 
-    fn op_insert(&mut self, o: &Map<String, Value>) -> Result<Value, OpError> {
+    /// Inserts a row; returns its UUID.
+    fn op_insert(&mut self, o: &Map<String, Value>) -> Result<Uuid, OpError> {
         let (t, ts) = self.table(o, "insert")?;
         let uuid = match (o.get("uuid-name"), o.get("uuid")) {
             (Some(n), _) => {
@@ -332,9 +427,7 @@ impl<'a> Txn<'a> {
                 let u = self.symtab.declare(name)?;
                 if let Some(given) = o.get("uuid") {
                     let g = parse_plain_uuid(given)?;
-                    return self
-                        .insert_row(o, t, &ts, g)
-                        .map(|_| json!({"uuid": ["uuid", g.to_string()]}));
+                    return self.insert_row(o, t, &ts, g).map(|_| g);
                 }
                 u
             }
@@ -342,7 +435,7 @@ impl<'a> Txn<'a> {
             (None, None) => Uuid::new_v4(),
         };
         self.insert_row(o, t, &ts, uuid)?;
-        Ok(json!({"uuid": ["uuid", uuid.to_string()]}))
+        Ok(uuid)
     }
 
     fn insert_row(
@@ -355,34 +448,40 @@ impl<'a> Txn<'a> {
         if self.exists(t, uuid) {
             return Err(OvsdbError::new("duplicate uuid", format!("This UUID would duplicate a UUID already present within the table or deleted within the same transaction: {uuid}")).into());
         }
-        // Defaults only for the columns the operation leaves out (a default
-        // scalar is an allocation, and most columns of a large insert are given).
+        // Defaults only for the columns the operation leaves out (most columns of a
+        // large insert are given).
         let mut given: Vec<Option<Datum>> = vec![None; ts.columns.len()];
         if let Some(rv) = o.get("row") {
             for (i, d) in self.parse_row(rv, ts, false)? {
                 given[i] = Some(d);
             }
         }
+        // Like ovsdb-server, columns left at their default must satisfy the constraints
+        // too (e.g. "" is not a valid value of a required enum column); the given
+        // values were checked as they were parsed.
+        let mut data = Vec::with_capacity(ts.columns.len());
+        for (d, c) in given.into_iter().zip(&ts.columns) {
+            let d = match d {
+                Some(d) => d,
+                None => {
+                    let d = c.ty.default_datum();
+                    for a in d.keys() {
+                        c.ty.key.check(a)?;
+                    }
+                    if let Some(vt) = &c.ty.value {
+                        for a in d.values() {
+                            vt.check(a)?;
+                        }
+                    }
+                    d
+                }
+            };
+            data.push(d);
+        }
         let row = Row {
             version: Uuid::new_v4(),
-            data: given
-                .into_iter()
-                .zip(&ts.columns)
-                .map(|(d, c)| d.unwrap_or_else(|| c.ty.default_datum()))
-                .collect(),
+            data,
         };
-        // Like ovsdb-server, columns left at their default must satisfy the constraints
-        // too (e.g. "" is not a valid value of a required enum column).
-        for (c, d) in ts.columns.iter().zip(&row.data) {
-            for a in d.keys() {
-                c.ty.key.check(a)?;
-            }
-            if let Some(vt) = &c.ty.value {
-                for a in d.values() {
-                    vt.check(a)?;
-                }
-            }
-        }
         self.overlay.insert((t, uuid), Some(Arc::new(row)));
         Ok(())
     }
@@ -607,10 +706,10 @@ impl<'a> Txn<'a> {
             let new = match (&old, new) {
                 (None, None) => continue,
                 (Some(o), Some(n)) if o.data == n.data => continue,
-                (_, Some(n)) => {
-                    let mut n = Arc::try_unwrap(n).unwrap_or_else(|a| (*a).clone());
-                    n.version = Uuid::new_v4();
-                    Some(Arc::new(n))
+                (_, Some(mut n)) => {
+                    // The overlay holds the only reference: set the version in place.
+                    Arc::make_mut(&mut n).version = Uuid::new_v4();
+                    Some(n)
                 }
                 (_, None) => None,
             };
@@ -976,7 +1075,7 @@ mod tests {
                 if let Some(c) = changes {
                     db.apply(&c);
                 }
-                results
+                results.iter().map(OpResult::to_json).collect()
             }
             Outcome::Blocked { .. } => panic!("unexpectedly blocked"),
         }
@@ -984,6 +1083,44 @@ mod tests {
 
     fn err(v: &Value) -> &str {
         v["error"].as_str().unwrap_or("")
+    }
+
+    /// The transact reply written from the results is byte for byte the
+    /// `Message::Reply` of their JSON array, for inserts, other results,
+    /// errors, the null padding and ids of every kind.
+    #[test]
+    fn reply_bytes_are_the_reply_message() {
+        let d = db();
+        let ctx = ExecContext {
+            owns_lock: &|_| false,
+            wait_expired: false,
+            read_only: None,
+        };
+        for ops in [
+            json!([{"op":"insert","table":"B","row":{"x":1},"uuid-name":"b1"},
+                   {"op":"insert","table":"A","row":{"name":"a\"é","b":["named-uuid","b1"]}},
+                   {"op":"select","table":"B","where":[]},
+                   {"op":"comment","comment":"c"}]),
+            json!([{"op":"insert","table":"B","row":{"x":1}},
+                   {"op":"insert","table":"Nope","row":{}},
+                   {"op":"select","table":"B","where":[]}]),
+            json!([{"op":"insert","table":"A","row":{"name":"x","b":["named-uuid","zz"]}}]),
+        ] {
+            let Outcome::Done { results, .. } = execute(&d, ops.as_array().unwrap(), &ctx) else {
+                panic!("blocked")
+            };
+            for id in [json!(1), json!("x\n"), json!(null), json!([1, {"a": 2}])] {
+                let want = crate::jsonrpc::Message::Reply {
+                    result: results_json(&results),
+                    id: id.clone(),
+                }
+                .to_bytes();
+                assert_eq!(
+                    String::from_utf8(reply_bytes(&id, &results)).unwrap(),
+                    String::from_utf8(want).unwrap()
+                );
+            }
+        }
     }
 
     #[test]

@@ -10,7 +10,11 @@
 //! execution (operations, then the commit checks: references, garbage
 //! collection, sizes, indexes), staging (log record, apply, reference counts
 //! and indexes), fsync, monitor update composition and serialisation, and
-//! the client-side parse of the reply and of the update.
+//! the client-side parse of the reply and of the update, the replica's
+//! decoding of the update into rows (what the agent's monitor does) and the
+//! typed rows the agent's compiler reads. CPU time is split into user and
+//! system: the system part is mostly the kernel zeroing fresh pages, which
+//! on a loaded machine varies from run to run more than the work does.
 //! `end_to_end` runs a real `nestdb-server` with a `monitor_cond_since`
 //! client on every table (like the agent) and prints the time to the
 //! transaction's reply and to the monitor's update.
@@ -72,16 +76,29 @@ fn services_txn(n: u32, eps: u32) -> Transaction {
     )
 }
 
-/// CPU time this thread has used (the machine is shared: wall time alone
-/// measures the neighbours too).
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+/// CPU time this thread has used: (user, system). The system part is
+/// mostly the kernel zeroing fresh pages, which on a loaded machine varies
+/// more from run to run than the work itself.
+fn thread_cpu() -> (Duration, Duration) {
+    // SAFETY: an all-zero rusage is a valid value of the plain C struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage for the call's duration.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    (tv(ru.ru_utime), tv(ru.ru_stime))
+}
+
+/// Prints one phase line: wall time, then CPU as user + system.
+fn report(what: &str, wall: Duration, c0: (Duration, Duration)) {
+    let c1 = thread_cpu();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "  {what:<50} {:>8.1} ms wall {:>8.1} ms cpu = {:>7.1} user + {:>7.1} sys",
+        ms(wall),
+        ms(c1.0 + c1.1 - c0.0 - c0.1),
+        ms(c1.0 - c0.0),
+        ms(c1.1 - c0.1)
+    );
 }
 
 /// Times `f` (wall and this thread's CPU), prints `what` with the times,
@@ -89,11 +106,7 @@ fn thread_cpu() -> Duration {
 fn phase<T>(what: &str, f: impl FnOnce() -> T) -> T {
     let (t, c) = (Instant::now(), thread_cpu());
     let v = f();
-    println!(
-        "  {what:<50} {:>9.1} ms wall {:>9.1} ms cpu",
-        t.elapsed().as_secs_f64() * 1e3,
-        (thread_cpu() - c).as_secs_f64() * 1e3
-    );
+    report(what, t.elapsed(), c);
     v
 }
 
@@ -152,20 +165,18 @@ fn phases() {
         panic!("the transaction did not commit")
     };
     assert!(
-        results.iter().all(|r| r.get("error").is_none()),
+        results.iter().all(|r| !r.is_error()),
         "errors: {:?}",
-        results.iter().find(|r| r.get("error").is_some())
+        results.iter().find(|r| r.is_error())
     );
     assert_eq!(changes.rows.len(), rows);
     let entry = phase("server: stage (log record, apply, refs, indexes)", || {
         storage.stage(changes, now_ms())
     });
     phase("server: fsync", || storage.sync().unwrap());
-    let reply = nestdb::jsonrpc::Message::Reply {
-        result: Value::Array(results),
-        id: json!(1),
-    };
-    let reply_bytes = phase("server: serialise reply", || reply.to_bytes());
+    let reply_bytes = phase("server: serialise reply", || {
+        nestdb::transaction::reply_bytes(&json!(1), &results)
+    });
     // What the server does per monitor: the table-updates text, then the
     // notification around it (server.rs, notification_bytes).
     let update = phase("server: monitor update3 text (compose_json)", || {
@@ -180,11 +191,10 @@ fn phases() {
         out.extend_from_slice(b"]}");
         out
     });
-    println!(
-        "  {:<50} {:>9.1} ms wall {:>9.1} ms cpu",
+    report(
         "server total (excluding client work)",
-        server.elapsed().as_secs_f64() * 1e3,
-        (thread_cpu() - server_cpu).as_secs_f64() * 1e3
+        server.elapsed(),
+        server_cpu,
     );
     println!(
         "  reply {:.1} MB, update3 {:.1} MB",
@@ -198,20 +208,43 @@ fn phases() {
         txn.parse_reply(&reply_v["result"]).unwrap()
     });
     assert_eq!(outcome.results.len(), txn.len());
-    let _: Value = phase("client: parse update3 JSON", || {
+    let note: Value = phase("client: parse update3 JSON", || {
         serde_json::from_slice(&note_bytes).unwrap()
     });
+    // What the agent's monitor does with it: the replica's rows and the
+    // changes it reports, then the typed rows the compiler reads.
+    let mut replica = nestdb_client::Replica::new(
+        std::sync::Arc::new(storage.db.schema.as_ref().clone()),
+        &TABLES.iter().map(|t| (t.to_string(), None)).collect(),
+    )
+    .unwrap();
+    let changes = phase("client: Replica::apply_updates2 (rows)", || {
+        replica.apply_updates2(&note["params"][2]).unwrap()
+    });
+    assert_eq!(changes.len(), rows);
+    let typed = phase("client: typed rows (TableRow::from_row)", || {
+        use nestdb_client::node::{Endpoint, Service, ServicePort};
+        use nestdb_client::TableRow;
+        changes
+            .iter()
+            .filter(|c| {
+                let new = c.new.as_ref().unwrap();
+                match c.table.as_str() {
+                    "Service" => Service::from_row(new).is_ok(),
+                    "Service_Port" => ServicePort::from_row(new).is_ok(),
+                    _ => Endpoint::from_row(new).is_ok(),
+                }
+            })
+            .count()
+    });
+    assert_eq!(typed, rows);
+    phase("client: drop rows and changes", || drop((changes, replica)));
     assert_eq!(storage.db.row_count(), rows);
-    println!(
-        "  {:<50} {:>9.1} ms wall {:>9.1} ms cpu",
-        "total",
-        total.elapsed().as_secs_f64() * 1e3,
-        (thread_cpu() - total_cpu).as_secs_f64() * 1e3
-    );
+    report("total", total.elapsed(), total_cpu);
 }
 
-/// CPU time (user + system) process `pid` has used, from /proc/PID/stat.
-fn process_cpu(pid: u32) -> Duration {
+/// CPU time process `pid` has used, (user, system), from /proc/PID/stat.
+fn process_cpu(pid: u32) -> (Duration, Duration) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start at state (3).
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -221,8 +254,8 @@ fn process_cpu(pid: u32) -> Duration {
         .collect();
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    Duration::from_millis(ticks * 1000 / hz)
+    let ms = |i: usize| Duration::from_millis(f.get(i).copied().unwrap_or(0) * 1000 / hz);
+    (ms(11), ms(12))
 }
 
 /// The peak resident memory of process `pid` (VmHWM), in MiB.
@@ -312,13 +345,16 @@ fn end_to_end() {
             Err(e) => panic!("no monitor update for the transaction: {e}"),
         }
     };
+    let cpu1 = process_cpu(pid);
     println!(
         "{n} Services x {eps} endpoints ({rows} rows) in one transaction through nestdb-server: \
          reply {:.1} ms, monitor update applied {:.1} ms (wall, from sending, client building \
-         excluded); nestdb-server used {:.1} ms of CPU, peak RSS {} MiB",
+         excluded); nestdb-server used {:.1} ms of CPU ({:.1} user + {:.1} system), peak RSS {} MiB",
         t_reply.as_secs_f64() * 1e3,
         t_update.as_secs_f64() * 1e3,
-        (process_cpu(pid) - cpu0).as_secs_f64() * 1e3,
+        (cpu1.0 + cpu1.1 - cpu0.0 - cpu0.1).as_secs_f64() * 1e3,
+        (cpu1.0 - cpu0.0).as_secs_f64() * 1e3,
+        (cpu1.1 - cpu0.1).as_secs_f64() * 1e3,
         peak_rss_mib(pid)
     );
 

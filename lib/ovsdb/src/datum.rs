@@ -9,7 +9,13 @@
 //! Invariants: a datum never holds duplicate keys (parsing input with duplicates is an
 //! error, as in `ovsdb-server`), and its elements are kept in total order (reals
 //! ordered with `f64::total_cmp`) so equality, diffing and serialisation are
-//! deterministic.
+//! deterministic.  The set and the map are [`AtomSet`] and [`AtomMap`], sorted
+//! vectors (a scalar takes no allocation of its own; see [`crate::atoms`]).
+//!
+//! [`Atom::write_json`] and [`Datum::write_json`] append the JSON text of
+//! `to_json` straight to a byte buffer (the same bytes `serde_json` writes for
+//! the `Value`): the server writes log records, monitor updates and replies
+//! of whole large transactions with them.
 //!
 //! Parsing comes in two strengths.  [`Datum::from_json`] follows the JSON shape alone
 //! (numbers with a fraction or exponent become reals); a client uses it for values it
@@ -27,6 +33,7 @@ use std::fmt;
 
 use serde_json::{json, Value};
 
+use crate::atoms::{AtomMap, AtomSet};
 use crate::error::{tag, OvsdbError};
 use crate::types::{AtomicType, BaseType, ColumnType};
 use crate::uuid::Uuid;
@@ -76,12 +83,38 @@ impl Atom {
     /// JSON notation of this atom.
     pub fn to_json(&self) -> Value {
         match self {
-            Atom::Integer(i) => json!(i),
+            Atom::Integer(i) => Value::from(*i),
             Atom::Real(r) => json!(r),
-            Atom::Boolean(b) => json!(b),
-            Atom::String(s) => json!(s),
+            Atom::Boolean(b) => Value::Bool(*b),
+            Atom::String(s) => Value::String(s.clone()),
             Atom::Uuid(u) => u.to_json(),
-            Atom::NamedUuid(n) => json!(["named-uuid", n]),
+            Atom::NamedUuid(n) => Value::Array(vec![
+                Value::String("named-uuid".to_owned()),
+                Value::String(n.clone()),
+            ]),
+        }
+    }
+
+    /// Appends the JSON text of [`Atom::to_json`] to `out`: the same bytes
+    /// `serde_json` writes for that `Value`, without building it.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            Atom::Integer(i) => {
+                use std::io::Write as _;
+                let _ = write!(out, "{i}");
+            }
+            // serde_json writes a non-finite real (a `Value::Null`) as null.
+            Atom::Real(r) => {
+                let _ = serde_json::to_writer(&mut *out, r);
+            }
+            Atom::Boolean(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+            Atom::String(s) => write_json_str(out, s),
+            Atom::Uuid(u) => u.write_json(out),
+            Atom::NamedUuid(n) => {
+                out.extend_from_slice(b"[\"named-uuid\",");
+                write_json_str(out, n);
+                out.push(b']');
+            }
         }
     }
 
@@ -325,20 +358,20 @@ impl SymbolTable {
 pub enum Datum {
     /// A set; a scalar is a one-element set, an absent optional value the
     /// empty set.
-    Set(BTreeSet<Atom>),
+    Set(AtomSet),
     /// A map from keys to values.
-    Map(BTreeMap<Atom, Atom>),
+    Map(AtomMap),
 }
 
 impl Datum {
     /// The empty set.
     pub fn empty_set() -> Self {
-        Datum::Set(BTreeSet::new())
+        Datum::Set(AtomSet::new())
     }
 
     /// The empty map.
     pub fn empty_map() -> Self {
-        Datum::Map(BTreeMap::new())
+        Datum::Map(AtomMap::new())
     }
 
     /// An empty map (`map` true) or set.
@@ -352,12 +385,12 @@ impl Datum {
 
     /// A set of one atom.
     pub fn singleton(a: Atom) -> Self {
-        Datum::Set(BTreeSet::from([a]))
+        Datum::Set(AtomSet::one(a))
     }
 
     /// A map of one pair.
     pub fn singleton_pair(k: Atom, v: Atom) -> Self {
-        Datum::Map(BTreeMap::from([(k, v)]))
+        Datum::Map(AtomMap::from([(k, v)]))
     }
 
     /// A set of the given atoms (duplicates collapse).
@@ -452,7 +485,7 @@ impl Datum {
     }
 
     /// The set, if this is a set.
-    pub fn as_set(&self) -> Option<&BTreeSet<Atom>> {
+    pub fn as_set(&self) -> Option<&AtomSet> {
         match self {
             Datum::Set(s) => Some(s),
             Datum::Map(_) => None,
@@ -460,7 +493,7 @@ impl Datum {
     }
 
     /// The map, if this is a map.
-    pub fn as_map(&self) -> Option<&BTreeMap<Atom, Atom>> {
+    pub fn as_map(&self) -> Option<&AtomMap> {
         match self {
             Datum::Map(m) => Some(m),
             Datum::Set(_) => None,
@@ -488,15 +521,55 @@ impl Datum {
     /// JSON notation: a one-element set is written as the bare atom, other
     /// sets as `["set", […]]`, maps as `["map", [[k, v], …]]`.
     pub fn to_json(&self) -> Value {
+        // Built directly: `json!` would serialise each inner `Value` again.
+        let tagged = |tag: &str, items: Vec<Value>| {
+            Value::Array(vec![Value::String(tag.to_owned()), Value::Array(items)])
+        };
         match self {
             Datum::Set(s) if s.len() == 1 => s.iter().next().map_or(Value::Null, Atom::to_json),
-            Datum::Set(s) => json!(["set", s.iter().map(Atom::to_json).collect::<Vec<_>>()]),
-            Datum::Map(m) => json!([
+            Datum::Set(s) => tagged("set", s.iter().map(Atom::to_json).collect()),
+            Datum::Map(m) => tagged(
                 "map",
                 m.iter()
-                    .map(|(k, v)| json!([k.to_json(), v.to_json()]))
-                    .collect::<Vec<_>>()
-            ]),
+                    .map(|(k, v)| Value::Array(vec![k.to_json(), v.to_json()]))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Appends the JSON text of [`Datum::to_json`] to `out`: the same bytes
+    /// `serde_json` writes for that `Value` (compact), without building it.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            Datum::Set(s) if s.len() == 1 => {
+                if let Some(a) = s.iter().next() {
+                    a.write_json(out);
+                }
+            }
+            Datum::Set(s) => {
+                out.extend_from_slice(b"[\"set\",[");
+                for (i, a) in s.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    a.write_json(out);
+                }
+                out.extend_from_slice(b"]]");
+            }
+            Datum::Map(m) => {
+                out.extend_from_slice(b"[\"map\",[");
+                for (i, (k, v)) in m.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.push(b'[');
+                    k.write_json(out);
+                    out.push(b',');
+                    v.write_json(out);
+                    out.push(b']');
+                }
+                out.extend_from_slice(b"]]");
+            }
         }
     }
 
@@ -505,7 +578,7 @@ impl Datum {
         if let Some([Value::String(t), Value::Array(items)]) = v.as_array().map(Vec::as_slice) {
             match t.as_str() {
                 "set" => {
-                    let mut set = BTreeSet::new();
+                    let mut set = AtomSet::new();
                     for item in items {
                         if !set.insert(Atom::from_json(item)?) {
                             return Err(OvsdbError::syntax(format!(
@@ -516,7 +589,7 @@ impl Datum {
                     return Ok(Datum::Set(set));
                 }
                 "map" => {
-                    let mut map = BTreeMap::new();
+                    let mut map = AtomMap::new();
                     for pair in items {
                         let Some([k, val]) = pair.as_array().map(Vec::as_slice) else {
                             return Err(OvsdbError::syntax(format!(
@@ -546,7 +619,18 @@ impl Datum {
     pub fn from_json_typed(
         v: &Value,
         ty: &ColumnType,
+        symtab: Option<&mut SymbolTable>,
+    ) -> Result<Datum, OvsdbError> {
+        Self::parse_typed(v, ty, symtab, true)
+    }
+
+    /// [`Datum::from_json_typed`], checking the element count only when
+    /// `check_size` (a diff may hold any number of elements).
+    fn parse_typed(
+        v: &Value,
+        ty: &ColumnType,
         mut symtab: Option<&mut SymbolTable>,
+        check_size: bool,
     ) -> Result<Datum, OvsdbError> {
         let d = if let Some(vt) = &ty.value {
             let arr = v
@@ -558,7 +642,7 @@ impl Datum {
             let pairs = arr[1].as_array().ok_or_else(|| {
                 OvsdbError::syntax("the second element of a map must be an array of pairs")
             })?;
-            let mut m = BTreeMap::new();
+            let mut m = AtomMap::new();
             for p in pairs {
                 let pa = p.as_array().filter(|a| a.len() == 2).ok_or_else(|| {
                     OvsdbError::syntax(format!("map element {p} must be a 2-element array"))
@@ -579,7 +663,7 @@ impl Datum {
                 let items = v[1].as_array().ok_or_else(|| {
                     OvsdbError::syntax("the second element of a set must be an array")
                 })?;
-                let mut s = BTreeSet::new();
+                let mut s = AtomSet::new();
                 for it in items {
                     let a = Atom::from_json_typed(it, &ty.key, symtab.as_deref_mut())?;
                     if !s.insert(a) {
@@ -594,7 +678,7 @@ impl Datum {
             }
         };
         let n = d.len() as u64;
-        if n < ty.min || ty.max.is_some_and(|max| n > max) {
+        if check_size && (n < ty.min || ty.max.is_some_and(|max| n > max)) {
             return Err(OvsdbError::syntax(format!(
                 "{v} must have {} to {} members but {n} are present",
                 ty.min,
@@ -617,7 +701,7 @@ impl Datum {
             max: None,
         };
         match Datum::from_json_typed(v, &ty, None)? {
-            Datum::Set(s) => Ok(s),
+            Datum::Set(s) => Ok(s.into_iter().collect()),
             Datum::Map(_) => Err(OvsdbError::syntax(format!("enum {v} must be a set"))),
         }
     }
@@ -633,11 +717,9 @@ impl Datum {
             return new.clone();
         }
         match (old, new) {
-            (Datum::Set(a), Datum::Set(b)) => {
-                Datum::Set(a.symmetric_difference(b).cloned().collect())
-            }
+            (Datum::Set(a), Datum::Set(b)) => Datum::Set(a.symmetric_difference(b)),
             (Datum::Map(a), Datum::Map(b)) => {
-                let mut d = BTreeMap::new();
+                let mut d = AtomMap::new();
                 for (k, v) in a {
                     match b.get(k) {
                         None => {
@@ -715,13 +797,17 @@ impl Datum {
         if !ty.is_composite() {
             return Datum::from_json_typed(v, ty, None);
         }
-        let relaxed = ColumnType {
-            min: 0,
-            max: None,
-            ..ty.clone()
-        };
-        Datum::from_json_typed(v, &relaxed, None)
+        // Any number of elements (no copy of the type: this runs for every
+        // composite column of every row a client decodes).
+        Datum::parse_typed(v, ty, None, false)
     }
+}
+
+/// Appends `s` as a JSON string (quoted and escaped exactly as `serde_json`
+/// writes it) to `out`.
+pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 impl<A: Into<Atom>> From<A> for Datum {
@@ -1010,6 +1096,19 @@ mod tests {
         ]
     }
 
+    fn arb_any_atom() -> impl Strategy<Value = Atom> {
+        prop_oneof![
+            any::<i64>().prop_map(Atom::Integer),
+            any::<f64>().prop_map(Atom::Real),
+            prop_oneof![Just(f64::NAN), Just(f64::INFINITY), Just(-0.0), Just(1e300)]
+                .prop_map(Atom::Real),
+            any::<bool>().prop_map(Atom::Boolean),
+            "(\\PC|[\"\\\\\u{0}-\u{1f}\u{7f}\u{2028}])*".prop_map(Atom::String),
+            any::<u128>().prop_map(|b| Atom::Uuid(Uuid(uuid::Uuid::from_u128(b)))),
+            "[a-z0-9_\"]{1,8}".prop_map(Atom::NamedUuid),
+        ]
+    }
+
     proptest! {
         // Fixed seed and no regression files: the same cases on every run.
         #![proptest_config(ProptestConfig {
@@ -1019,12 +1118,38 @@ mod tests {
             ..ProptestConfig::default()
         })]
 
+        // The direct writer is byte for byte what serde_json writes for
+        // `to_json`'s Value, for every kind of atom (escapes, non-ASCII and
+        // control characters, every real including the non-finite ones).
+        #[test]
+        fn write_json_is_to_json_text(
+            set in proptest::collection::btree_set(arb_any_atom(), 0..4),
+            map in proptest::collection::btree_map(arb_any_atom(), arb_any_atom(), 0..4),
+        ) {
+            for d in [Datum::Set(set.iter().cloned().collect()), Datum::Map(map.clone().into_iter().collect())] {
+                let mut out = Vec::new();
+                d.write_json(&mut out);
+                prop_assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    serde_json::to_string(&d.to_json()).unwrap()
+                );
+            }
+            for a in set.iter().chain(map.values()) {
+                let mut out = Vec::new();
+                a.write_json(&mut out);
+                prop_assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    serde_json::to_string(&a.to_json()).unwrap()
+                );
+            }
+        }
+
         #[test]
         fn json_round_trips(set in proptest::collection::btree_set(arb_atom(), 0..6),
                             map in proptest::collection::btree_map(arb_atom(), arb_atom(), 0..6)) {
-            let s = Datum::Set(set);
+            let s = Datum::Set(set.into_iter().collect());
             prop_assert_eq!(Datum::from_json(&s.to_json()).unwrap(), s);
-            let m = Datum::Map(map);
+            let m = Datum::Map(map.into_iter().collect());
             let back = Datum::from_json(&m.to_json()).unwrap();
             if m.is_empty() {
                 prop_assert!(back.is_empty());
@@ -1046,7 +1171,7 @@ mod tests {
                 ty(json!({"key": key, "value": value, "min": min, "max": "unlimited"})),
             ];
             for t in &types {
-                for d in [Datum::Set(set.clone()), Datum::Map(map.clone()),
+                for d in [Datum::Set(set.iter().cloned().collect()), Datum::Map(map.clone().into_iter().collect()),
                           t.default_datum(), Datum::empty_set(), Datum::empty_map()] {
                     prop_assert_eq!(t.is_default(&d), d == t.default_datum(), "{:?} {:?}", t, d);
                 }
@@ -1058,10 +1183,10 @@ mod tests {
             set in proptest::collection::btree_set(arb_atom(), 0..4),
             map in proptest::collection::btree_map(arb_atom(), arb_atom(), 0..4),
         ) {
-            let s = Datum::Set(set.clone());
+            let s = Datum::Set(set.iter().cloned().collect());
             prop_assert_eq!(s.keys().cloned().collect::<Vec<_>>(), set.into_iter().collect::<Vec<_>>());
             prop_assert_eq!(s.values().count(), 0);
-            let m = Datum::Map(map.clone());
+            let m = Datum::Map(map.clone().into_iter().collect());
             prop_assert_eq!(m.keys().cloned().collect::<Vec<_>>(), map.keys().cloned().collect::<Vec<_>>());
             prop_assert_eq!(m.values().cloned().collect::<Vec<_>>(), map.values().cloned().collect::<Vec<_>>());
         }

@@ -5,7 +5,8 @@
 //!
 //! - [`uuid`]: [`Uuid`], `["uuid", …]`;
 //! - [`datum`]: [`Atom`], [`Datum`], [`Row`], named UUIDs and their [`SymbolTable`],
-//!   update2 diffs;
+//!   update2 diffs, and the direct JSON writer;
+//! - [`atoms`]: [`AtomSet`] and [`AtomMap`], the sorted vectors a datum is made of;
 //! - [`types`]: [`AtomicType`], [`BaseType`] with its constraints, [`ColumnType`];
 //! - [`schema`]: [`Schema`], [`TableSchema`], [`ColumnSchema`] (`.ovsschema` JSON);
 //! - [`condition`]: [`Condition`] (by name) and the parsed [`Where`] with `true`/`false`;
@@ -17,6 +18,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod atoms;
 pub mod condition;
 pub mod datum;
 pub mod error;
@@ -25,6 +27,7 @@ pub mod schema;
 pub mod types;
 pub mod uuid;
 
+pub use atoms::{AtomMap, AtomSet};
 pub use condition::{Clause, ColumnRef, Condition, Function, Where};
 pub use datum::{row_from_json, row_to_json, Atom, Datum, Row, SymbolTable};
 pub use error::{tag, OvsdbError};

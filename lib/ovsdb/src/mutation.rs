@@ -8,10 +8,9 @@
 //! difference; map pairs by pair or by key).  The result's size is checked against the
 //! column type.  Pure functions on plain data, `Send + Sync`.
 
-use std::collections::BTreeSet;
-
 use serde_json::{json, Value};
 
+use crate::atoms::AtomSet;
 use crate::datum::{Atom, Datum};
 use crate::error::{tag, OvsdbError};
 use crate::types::ColumnType;
@@ -142,11 +141,11 @@ pub fn apply_mutation(
 ) -> Result<Datum, OvsdbError> {
     let out = match m {
         Mutator::Insert => match (d, arg) {
-            (Datum::Set(s), Datum::Set(a)) => Datum::Set(s.union(a).cloned().collect()),
+            (Datum::Set(s), Datum::Set(a)) => Datum::Set(s.union(a)),
             (Datum::Map(s), Datum::Map(a)) => {
                 let mut n = s.clone();
                 for (k, v) in a {
-                    n.entry(k.clone()).or_insert_with(|| v.clone());
+                    n.insert_if_absent(k.clone(), v.clone());
                 }
                 Datum::Map(n)
             }
@@ -157,16 +156,16 @@ pub fn apply_mutation(
             }
         },
         Mutator::Delete => match (d, arg) {
-            (Datum::Set(s), Datum::Set(a)) => Datum::Set(s.difference(a).cloned().collect()),
+            (Datum::Set(s), Datum::Set(a)) => Datum::Set(s.difference(a)),
             (Datum::Map(s), Datum::Map(a)) => Datum::Map(
                 s.iter()
-                    .filter(|(k, v)| a.get(*k) != Some(*v))
+                    .filter(|(k, v)| a.get(k) != Some(*v))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
             ),
             (Datum::Map(s), Datum::Set(keys)) => Datum::Map(
                 s.iter()
-                    .filter(|(k, _)| !keys.contains(*k))
+                    .filter(|(k, _)| !keys.contains(k))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
             ),
@@ -185,7 +184,7 @@ pub fn apply_mutation(
                     "arithmetic mutation does not apply to maps",
                 ));
             };
-            let mut n = BTreeSet::new();
+            let mut n = AtomSet::new();
             for a in s {
                 let r = arith(a, m, b)?;
                 ty.key.check(&r)?;

@@ -9,7 +9,7 @@
 //! other constraints.  Types are immutable after parsing and freely shared between
 //! threads.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde_json::{json, Map, Value};
 
@@ -225,7 +225,10 @@ impl BaseType {
         let mut o = Map::new();
         o.insert("type".into(), json!(self.atomic.name()));
         if let Some(e) = &self.enum_values {
-            o.insert("enum".into(), Datum::Set(e.clone()).to_json());
+            o.insert(
+                "enum".into(),
+                Datum::Set(e.iter().cloned().collect()).to_json(),
+            );
         }
         let mut put = |k: &str, v: Option<Value>| {
             if let Some(v) = v {
@@ -467,10 +470,9 @@ impl ColumnType {
             (None, 0) => Datum::empty_set(),
             (Some(_), 0) => Datum::empty_map(),
             (None, _) => Datum::singleton(self.key.atomic.default_atom()),
-            (Some(v), _) => Datum::Map(BTreeMap::from([(
-                self.key.atomic.default_atom(),
-                v.atomic.default_atom(),
-            )])),
+            (Some(v), _) => {
+                Datum::singleton_pair(self.key.atomic.default_atom(), v.atomic.default_atom())
+            }
         }
     }
 }

@@ -10,7 +10,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::error::OvsdbError;
 
@@ -59,7 +59,25 @@ impl Uuid {
 
     /// JSON notation: `["uuid", "<36 hex digits and dashes>"]`.
     pub fn to_json(&self) -> Value {
-        json!(["uuid", self.to_string()])
+        Value::Array(vec![
+            Value::String("uuid".to_owned()),
+            Value::String(self.to_string()),
+        ])
+    }
+
+    /// Appends the JSON text of [`Uuid::to_json`] to `out` (the same bytes
+    /// `serde_json` writes for it), without building a `Value`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"[\"uuid\",\"");
+        self.write_text(out);
+        out.push(b'"');
+        out.push(b']');
+    }
+
+    /// Appends the 36-character hyphenated text to `out`.
+    pub fn write_text(&self, out: &mut Vec<u8>) {
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        out.extend_from_slice(self.0.hyphenated().encode_lower(&mut buf).as_bytes());
     }
 
     /// Parses `["uuid", "…"]`.
@@ -105,6 +123,7 @@ impl FromStr for Uuid {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn only_the_hyphenated_form_parses() {

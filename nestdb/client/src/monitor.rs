@@ -269,8 +269,17 @@ impl Shared {
 }
 
 impl State {
+    /// Sends `ev` to every subscriber, dropping those that went away. The
+    /// last one gets `ev` itself and the others a copy (an update of a
+    /// large transaction carries every row: no copy for a lone subscriber).
     fn emit(&mut self, ev: MonitorEvent) {
-        self.subscribers.retain(|s| s.send(ev.clone()).is_ok());
+        let Some((last, others)) = self.subscribers.split_last() else {
+            return;
+        };
+        let mut gone: Vec<bool> = others.iter().map(|s| s.send(ev.clone()).is_err()).collect();
+        gone.push(last.send(ev).is_err());
+        let mut gone = gone.into_iter();
+        self.subscribers.retain(|_| !gone.next().unwrap_or(false));
     }
 }
 

@@ -293,7 +293,12 @@ impl Replica {
         }
         let mut changes = Vec::with_capacity(planned.len());
         for (table, uuid, new) in planned {
-            let rows = self.tables.entry(table.clone()).or_default();
+            if !self.tables.contains_key(&table) {
+                self.tables.insert(table.clone(), BTreeMap::new());
+            }
+            let Some(rows) = self.tables.get_mut(&table) else {
+                continue;
+            };
             let old = match &new {
                 Some(n) => rows.insert(uuid, n.clone()),
                 None => rows.remove(&uuid),

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use ovsdb_core::{
     row_from_json, row_to_json, Condition, Datum, Mutation, OvsdbError, Row, Schema, SymbolTable,
@@ -80,17 +80,32 @@ enum Op {
     Assert(String),
 }
 
+/// A JSON object of `pairs`, built directly: `json!` would serialise each
+/// `Value` member again into a copy (a large transaction's rows twice).
+fn object<const N: usize>(pairs: [(&str, Value); N]) -> Value {
+    let mut m = Map::new();
+    for (k, v) in pairs {
+        m.insert(k.to_owned(), v);
+    }
+    Value::Object(m)
+}
+
 impl Op {
     fn to_json(&self) -> Value {
+        let s = |t: &str| Value::String(t.to_owned());
         match self {
             Op::Insert {
                 table,
                 row,
                 uuid_name,
             } => {
-                let mut o = json!({"op": "insert", "table": table, "row": row_to_json(row)});
+                let mut o = object([
+                    ("op", s("insert")),
+                    ("table", s(table)),
+                    ("row", row_to_json(row)),
+                ]);
                 if let (Some(n), Some(m)) = (uuid_name, o.as_object_mut()) {
-                    m.insert("uuid-name".into(), json!(n));
+                    m.insert("uuid-name".into(), s(n));
                 }
                 o
             }
@@ -99,7 +114,11 @@ impl Op {
                 conditions,
                 columns,
             } => {
-                let mut o = json!({"op": "select", "table": table, "where": Condition::all_to_json(conditions)});
+                let mut o = object([
+                    ("op", s("select")),
+                    ("table", s(table)),
+                    ("where", Condition::all_to_json(conditions)),
+                ]);
                 if let (Some(c), Some(m)) = (columns, o.as_object_mut()) {
                     m.insert("columns".into(), json!(c));
                 }
@@ -109,21 +128,30 @@ impl Op {
                 table,
                 conditions,
                 row,
-            } => {
-                json!({"op": "update", "table": table, "where": Condition::all_to_json(conditions),
-                        "row": row_to_json(row)})
-            }
+            } => object([
+                ("op", s("update")),
+                ("table", s(table)),
+                ("where", Condition::all_to_json(conditions)),
+                ("row", row_to_json(row)),
+            ]),
             Op::Mutate {
                 table,
                 conditions,
                 mutations,
-            } => {
-                json!({"op": "mutate", "table": table, "where": Condition::all_to_json(conditions),
-                        "mutations": mutations.iter().map(Mutation::to_json).collect::<Vec<_>>()})
-            }
-            Op::Delete { table, conditions } => {
-                json!({"op": "delete", "table": table, "where": Condition::all_to_json(conditions)})
-            }
+            } => object([
+                ("op", s("mutate")),
+                ("table", s(table)),
+                ("where", Condition::all_to_json(conditions)),
+                (
+                    "mutations",
+                    Value::Array(mutations.iter().map(Mutation::to_json).collect()),
+                ),
+            ]),
+            Op::Delete { table, conditions } => object([
+                ("op", s("delete")),
+                ("table", s(table)),
+                ("where", Condition::all_to_json(conditions)),
+            ]),
             Op::Wait {
                 table,
                 conditions,
@@ -132,10 +160,21 @@ impl Op {
                 rows,
                 timeout,
             } => {
-                let mut o = json!({"op": "wait", "table": table, "where": Condition::all_to_json(conditions),
-                    "columns": columns,
-                    "until": if *until == WaitUntil::Equal { "==" } else { "!=" },
-                    "rows": rows.iter().map(row_to_json).collect::<Vec<_>>()});
+                let mut o = object([
+                    ("op", s("wait")),
+                    ("table", s(table)),
+                    ("where", Condition::all_to_json(conditions)),
+                    ("columns", json!(columns)),
+                    (
+                        "until",
+                        s(if *until == WaitUntil::Equal {
+                            "=="
+                        } else {
+                            "!="
+                        }),
+                    ),
+                    ("rows", Value::Array(rows.iter().map(row_to_json).collect())),
+                ]);
                 if let (Some(t), Some(m)) = (timeout, o.as_object_mut()) {
                     let ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
                     m.insert("timeout".into(), json!(ms));
