@@ -32,7 +32,10 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+#[path = "common/cpu_time.rs"]
+mod cpu_time;
+use cpu_time::{thread_cpu_ns, CpuTime};
+use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput};
 use etherparse::PacketBuilder;
 use sluice_datapath::conntrack::{Conntrack, ConntrackConfig, ConntrackHandle};
@@ -225,46 +228,6 @@ fn connections(p: &mut Pipe, conns: u32, established: bool) -> Vec<Vec<u8>> {
         assert_eq!(send(p, 3, 1, &acks).len(), conns as usize);
     }
     (0..conns).map(ack).collect()
-}
-
-/// The calling thread's CPU time in nanoseconds.
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the duration of the
-    // call; CLOCK_THREAD_CPUTIME_ID is supported by Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Criterion measurement: the benchmark thread's CPU time (ns), shown
-/// like wall time.
-struct CpuTime(WallTime);
-
-impl Measurement for CpuTime {
-    type Intermediate = u64;
-    type Value = u64;
-    fn start(&self) -> u64 {
-        thread_cpu_ns()
-    }
-    fn end(&self, i: u64) -> u64 {
-        thread_cpu_ns().saturating_sub(i)
-    }
-    fn add(&self, a: &u64, b: &u64) -> u64 {
-        a + b
-    }
-    fn zero(&self) -> u64 {
-        0
-    }
-    fn to_f64(&self, v: &u64) -> f64 {
-        *v as f64
-    }
-    fn formatter(&self) -> &dyn ValueFormatter {
-        self.0.formatter()
-    }
 }
 
 /// Benchmarks one burst of 32 of `frames` (cycling) per iteration.

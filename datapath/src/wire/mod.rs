@@ -32,6 +32,7 @@ pub mod ipv4;
 pub mod ipv6;
 pub mod pretty;
 pub mod sctp;
+mod segment;
 pub mod tcp;
 pub mod udp;
 mod view;

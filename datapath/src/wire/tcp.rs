@@ -12,7 +12,7 @@ use core::ops::{BitOr, BitOrAssign};
 use std::net::Ipv4Addr;
 
 use super::checksum;
-use super::ip::IpProtocol;
+use super::segment;
 use super::{
     check_declared_len, check_room, read_u16, write_u16, ChecksumMode, Error, Layer, Result,
 };
@@ -212,12 +212,15 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// True when the checksum over the pseudo-header and the whole buffer
     /// is correct.
     pub fn verify_checksum(&self, src: Ipv4Addr, dst: Ipv4Addr) -> bool {
-        let b = self.buffer.as_ref();
-        let Ok(len) = u16::try_from(b.len()) else {
-            return false;
-        };
-        checksum::ipv4_segment(src, dst, IpProtocol::Tcp.into(), len, b) == 0xffff
+        segment::verify(self, src, dst)
     }
+}
+
+// The checksum covers the whole buffer (TCP has no length field).
+segment::segment_view! {
+    Tcp, repr: Repr<'_>, exact_buffer: true,
+    covered: |p| p.buffer.as_ref(),
+    store: |p, sum| p.set_checksum(sum),
 }
 
 impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
@@ -264,23 +267,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// Computes and stores the checksum over the IPv4 pseudo-header and
     /// the whole buffer. Fails if the buffer is longer than 65535 bytes.
     pub fn fill_checksum(&mut self, src: Ipv4Addr, dst: Ipv4Addr) -> Result<()> {
-        let len = self.buffer.as_ref().len();
-        let len16 = u16::try_from(len).map_err(|_| Error::ValueTooLarge {
-            layer: Layer::Tcp,
-            field: "segment length",
-            value: u32::try_from(len).unwrap_or(u32::MAX),
-            max: u16::MAX.into(),
-        })?;
-        self.set_checksum(0);
-        let sum = checksum::ipv4_segment(
-            src,
-            dst,
-            IpProtocol::Tcp.into(),
-            len16,
-            self.buffer.as_ref(),
-        );
-        self.set_checksum(checksum::finish(sum));
-        Ok(())
+        segment::fill(self, src, dst)
     }
 
     /// The options bytes, writable.
@@ -382,29 +369,6 @@ impl<'a> Repr<'a> {
         packet.set_checksum(0);
         packet.set_urgent_at(self.urgent_at);
         packet.options_mut().copy_from_slice(self.options);
-        Ok(())
-    }
-
-    /// Writes header, options and `payload` into a buffer of exactly
-    /// [`Repr::buffer_len`] bytes and, when `addrs` is given, the checksum.
-    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(
-        &self,
-        packet: &mut Packet<T>,
-        payload: &[u8],
-        addrs: Option<(Ipv4Addr, Ipv4Addr)>,
-    ) -> Result<()> {
-        if payload.len() != self.payload_len || packet.buffer.as_ref().len() != self.buffer_len() {
-            return Err(Error::Malformed {
-                layer: Layer::Tcp,
-                field: "payload",
-                reason: "the payload and buffer lengths must match the representation",
-            });
-        }
-        self.emit_header(packet)?;
-        packet.payload_mut().copy_from_slice(payload);
-        if let Some((src, dst)) = addrs {
-            packet.fill_checksum(src, dst)?;
-        }
         Ok(())
     }
 }

@@ -10,7 +10,7 @@
 use std::net::Ipv4Addr;
 
 use super::checksum;
-use super::ip::IpProtocol;
+use super::segment;
 use super::{
     check_declared_len, check_room, read_u16, write_u16, ChecksumMode, Error, Layer, Result,
 };
@@ -67,13 +67,16 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// True when the checksum is absent (0) or correct for the given IPv4
     /// addresses.
     pub fn verify_checksum(&self, src: Ipv4Addr, dst: Ipv4Addr) -> bool {
-        if self.checksum() == 0 {
-            return true;
-        }
-        let len = self.len();
-        let b = &self.buffer.as_ref()[..usize::from(len)];
-        checksum::ipv4_segment(src, dst, IpProtocol::Udp.into(), len, b) == 0xffff
+        self.checksum() == 0 || segment::verify(self, src, dst)
     }
+}
+
+// The checksum covers the datagram up to its length field; a computed 0
+// is sent as `0xffff` (0 means "no checksum").
+segment::segment_view! {
+    Udp, repr: Repr, exact_buffer: false,
+    covered: |p| &p.buffer.as_ref()[..usize::from(p.len())],
+    store: |p, sum| p.set_checksum(checksum::udp_nonzero(sum)),
 }
 
 impl<'a, T: AsRef<[u8]> + ?Sized> Packet<&'a T> {
@@ -106,11 +109,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// Computes and stores the checksum over the IPv4 pseudo-header,
     /// header and payload (up to the length field).
     pub fn fill_checksum(&mut self, src: Ipv4Addr, dst: Ipv4Addr) {
-        self.set_checksum(0);
-        let len = self.len();
-        let b = &self.buffer.as_ref()[..usize::from(len)];
-        let sum = checksum::ipv4_segment(src, dst, IpProtocol::Udp.into(), len, b);
-        self.set_checksum(checksum::udp_nonzero(checksum::finish(sum)));
+        // The covered length is the 16-bit length field: it always fits.
+        let _ = segment::fill(self, src, dst);
     }
 
     /// The payload up to the length field, writable.
@@ -173,29 +173,6 @@ impl Repr {
         packet.set_dst_port(self.dst_port);
         packet.set_len(len16);
         packet.set_checksum(0);
-        Ok(())
-    }
-
-    /// Writes header and `payload` (which must be `payload_len` long) and,
-    /// when `addrs` is given, the checksum over the IPv4 pseudo-header.
-    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(
-        &self,
-        packet: &mut Packet<T>,
-        payload: &[u8],
-        addrs: Option<(Ipv4Addr, Ipv4Addr)>,
-    ) -> Result<()> {
-        if payload.len() != self.payload_len {
-            return Err(Error::Malformed {
-                layer: Layer::Udp,
-                field: "payload",
-                reason: "its length differs from the representation's payload_len",
-            });
-        }
-        self.emit_header(packet)?;
-        packet.payload_mut().copy_from_slice(payload);
-        if let Some((src, dst)) = addrs {
-            packet.fill_checksum(src, dst);
-        }
         Ok(())
     }
 }

@@ -34,6 +34,22 @@
 //! A crash leaves the filters on the uplink; the supervisor's move back
 //! removes them before it puts the addresses back.
 //!
+//! The uplink must also stop *speaking* as the node. After the move the
+//! host port carries the uplink's MAC, so two kernel interfaces send with
+//! one source MAC, and any switch between them (sluiced's learning
+//! switch, a Linux bridge in the tests) sends the node's frames to
+//! whichever spoke last. The uplink has no IPv4 address left, but its IPv6
+//! stack keeps talking (router solicitations, MLD reports, with backoff,
+//! indefinitely): one of them after the node's last frame moved the
+//! node's MAC to the uplink, whose isolation filter then dropped every
+//! answer (an "API server" TCP connection dead until the node happened to
+//! send again). So when the uplink's IPv6 is enabled but serves nothing
+//! (link-local addresses only: [`Plan::silence_ipv6`], decided when the
+//! plan is read and recorded with it), the isolation also disables IPv6
+//! on the uplink, and the release enables it again. An uplink with a
+//! global IPv6 address keeps its IPv6 (the move is IPv4-only) and the move
+//! says that it may contend for the MAC.
+//!
 //! Every step is idempotent ([`Interfaces::run`]): adding an address or
 //! replacing a route that is already there changes nothing, deleting one
 //! that is already gone succeeds. So a move interrupted after any step
@@ -170,6 +186,11 @@ pub struct Plan {
     pub routes: Vec<Route>,
     /// The MAC to give the destination, if any.
     pub mac: Option<String>,
+    /// The uplink's IPv6 is enabled with link-local addresses only: it is
+    /// disabled while the uplink is isolated and enabled again on release
+    /// (see the module documentation).
+    #[serde(default)]
+    pub silence_ipv6: bool,
 }
 
 impl Plan {
@@ -191,6 +212,9 @@ impl Plan {
         if self.mac.is_none() {
             self.mac = other.mac;
         }
+        // Once silenced, the uplink reads as "IPv6 disabled": the recorded
+        // decision is the one that holds.
+        self.silence_ipv6 |= other.silence_ipv6;
     }
 
     /// True when there is nothing to move.
@@ -243,16 +267,29 @@ pub enum Step {
         route: Route,
     },
     /// Drop IPv4 and ARP at `dev`'s ingress, after packet sockets saw
-    /// them (the uplink while the node's addresses are on the host port).
+    /// them (the uplink while the node's addresses are on the host port),
+    /// and with `ipv6`, disable `dev`'s IPv6 so it stops sending with the
+    /// node's MAC.
     IsolateUplink {
         /// Interface.
         dev: String,
+        /// Also disable IPv6 on `dev` ([`Plan::silence_ipv6`]).
+        ipv6: bool,
     },
-    /// Remove the filters of [`Step::IsolateUplink`] (success when absent).
+    /// Remove the filters of [`Step::IsolateUplink`] (success when absent)
+    /// and, with `ipv6`, enable `dev`'s IPv6 again.
     ReleaseUplink {
         /// Interface.
         dev: String,
+        /// Also enable IPv6 on `dev` again ([`Plan::silence_ipv6`]).
+        ipv6: bool,
     },
+}
+
+/// `/proc/sys/net/ipv6/conf/DEV/disable_ipv6` of the caller's network
+/// namespace.
+fn disable_ipv6_path(dev: &str) -> String {
+    format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6")
 }
 
 /// The `tc filter` preferences [`Step::IsolateUplink`] uses, per protocol.
@@ -262,7 +299,7 @@ impl Step {
     /// The `tc` commands of the isolation steps (empty for `ip` steps).
     fn tc_commands(&self) -> Vec<Vec<String>> {
         match self {
-            Step::IsolateUplink { dev } => {
+            Step::IsolateUplink { dev, .. } => {
                 let mut v = vec![strings(&["qdisc", "replace", "dev", dev, "clsact"])];
                 for (proto, pref) in ISOLATE_FILTERS {
                     v.push(strings(&[
@@ -285,7 +322,7 @@ impl Step {
                 }
                 v
             }
-            Step::ReleaseUplink { dev } => ISOLATE_FILTERS
+            Step::ReleaseUplink { dev, .. } => ISOLATE_FILTERS
                 .iter()
                 .map(|(_, pref)| strings(&["filter", "del", "dev", dev, "ingress", "pref", pref]))
                 .collect(),
@@ -323,10 +360,19 @@ impl fmt::Display for Step {
                 a.clone()
             }
         };
-        let text: Vec<String> = tc
+        let mut text: Vec<String> = tc
             .iter()
             .map(|c| format!("tc {}", c.iter().map(quote).collect::<Vec<_>>().join(" ")))
             .collect();
+        match self {
+            Step::IsolateUplink { dev, ipv6: true } => {
+                text.push(format!("echo 1 > {}", disable_ipv6_path(dev)));
+            }
+            Step::ReleaseUplink { dev, ipv6: true } => {
+                text.push(format!("echo 0 > {}", disable_ipv6_path(dev)));
+            }
+            _ => {}
+        }
         write!(f, "{}", text.join("; "))
     }
 }
@@ -351,7 +397,10 @@ pub fn move_steps(plan: &Plan, from: Option<&str>, to: &str, dir: Direction) -> 
     let to = to.to_string();
     let mut steps = Vec::new();
     if dir == Direction::BackToUplink {
-        steps.push(Step::ReleaseUplink { dev: to.clone() });
+        steps.push(Step::ReleaseUplink {
+            dev: to.clone(),
+            ipv6: plan.silence_ipv6,
+        });
     }
     if dir == Direction::OntoHostPort {
         if let Some(mac) = &plan.mac {
@@ -392,6 +441,7 @@ pub fn move_steps(plan: &Plan, from: Option<&str>, to: &str, dir: Direction) -> 
         if dir == Direction::OntoHostPort {
             steps.push(Step::IsolateUplink {
                 dev: from.to_string(),
+                ipv6: plan.silence_ipv6,
             });
         }
     }
@@ -451,18 +501,26 @@ impl Interfaces {
     /// # Errors
     /// [`HostNetError`] when `ip` fails or prints unexpected output.
     pub fn addrs(&self, dev: &str) -> Result<Vec<Addr>, HostNetError> {
-        let v = self.ip_json(&["-4", "addr", "show", "dev", dev])?;
-        let mut addrs = Vec::new();
-        for link in v.as_array().into_iter().flatten() {
-            for a in link["addr_info"].as_array().into_iter().flatten() {
-                if let (Some(local), Some(len)) = (a["local"].as_str(), a["prefixlen"].as_u64()) {
-                    addrs.push(Addr {
-                        cidr: format!("{local}/{len}"),
-                    });
-                }
-            }
-        }
-        Ok(addrs)
+        Ok(self
+            .addr_info("-4", dev)?
+            .iter()
+            .filter_map(|a| {
+                let (local, len) = (a["local"].as_str()?, a["prefixlen"].as_u64()?);
+                Some(Addr {
+                    cidr: format!("{local}/{len}"),
+                })
+            })
+            .collect())
+    }
+
+    /// The `addr_info` entries of `ip -j FAMILY addr show dev DEV`.
+    fn addr_info(&self, family: &str, dev: &str) -> Result<Vec<Value>, HostNetError> {
+        let v = self.ip_json(&[family, "addr", "show", "dev", dev])?;
+        Ok(v.as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+            .collect())
     }
 
     /// The IPv4 routes of the main table through `dev` that are not
@@ -495,8 +553,38 @@ impl Interfaces {
             .collect())
     }
 
+    /// Whether `dev`'s IPv6 is enabled but holds no address beyond
+    /// link-local ones (so disabling it while the uplink is isolated takes
+    /// nothing from the node). False when the kernel has no IPv6 or it is
+    /// disabled on `dev` already; an uplink with a global IPv6 address is
+    /// logged, as it keeps speaking with the node's MAC.
+    ///
+    /// # Errors
+    /// [`HostNetError`] when `ip` fails or prints unexpected output.
+    pub fn ipv6_idle(&self, dev: &str) -> Result<bool, HostNetError> {
+        let enabled =
+            std::fs::read_to_string(disable_ipv6_path(dev)).is_ok_and(|v| v.trim() == "0");
+        if !enabled {
+            return Ok(false);
+        }
+        let global: Vec<String> = self
+            .addr_info("-6", dev)?
+            .iter()
+            .filter(|a| a["scope"].as_str() != Some("link"))
+            .filter_map(|a| a["local"].as_str().map(str::to_string))
+            .collect();
+        if !global.is_empty() {
+            tracing::warn!(
+                "{dev} keeps its IPv6 address(es) {} (only IPv4 moves): its IPv6 traffic carries the MAC the host port takes, so a switch between them may send the node's frames to {dev}",
+                global.join(", ")
+            );
+        }
+        Ok(global.is_empty())
+    }
+
     /// What moving `dev`'s configuration elsewhere would carry: its
-    /// addresses, routes and MAC.
+    /// addresses, routes and MAC, and whether its IPv6 is to be silenced
+    /// while it is isolated ([`Interfaces::ipv6_idle`]).
     ///
     /// # Errors
     /// [`HostNetError`] when `ip` fails or prints unexpected output.
@@ -505,7 +593,28 @@ impl Interfaces {
             addrs: self.addrs(dev)?,
             routes: self.routes(dev)?,
             mac: self.mac(dev)?,
+            silence_ipv6: self.ipv6_idle(dev)?,
         })
+    }
+
+    /// Sets `dev`'s `disable_ipv6`. Nothing to do when `dev` or IPv6 is
+    /// gone; any other failure (a read-only `/proc/sys` in a container) is
+    /// logged with its consequence and the move goes on, as for the
+    /// isolation filters: the node's IPv4 is in place either way.
+    fn set_ipv6_disabled(&self, dev: &str, disabled: bool) {
+        let path = disable_ipv6_path(dev);
+        match std::fs::write(&path, if disabled { "1" } else { "0" }) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if disabled => tracing::warn!(
+                "cannot disable IPv6 on {dev} ({path}: {e}): {dev} keeps sending IPv6 with the MAC {} took, so a switch between them may send the node's frames to {dev}",
+                self.host_if
+            ),
+            Err(e) => tracing::warn!(
+                "cannot enable IPv6 on {dev} again ({path}: {e}): run `sysctl -w net.ipv6.conf.{}.disable_ipv6=0`",
+                dev.replace('.', "/")
+            ),
+        }
     }
 
     /// Runs `tc ARGS`.
@@ -557,7 +666,10 @@ impl Interfaces {
                 Err(_) if !self.exists(dev) || !self.addrs(dev)?.contains(addr) => Ok(()),
                 Err(e) => Err(e),
             },
-            Step::IsolateUplink { dev } => {
+            Step::IsolateUplink { dev, ipv6 } => {
+                if *ipv6 {
+                    self.set_ipv6_disabled(dev, true);
+                }
                 for c in step.tc_commands() {
                     if let Err(e) = self.tc(&c) {
                         tracing::warn!(
@@ -569,7 +681,7 @@ impl Interfaces {
                 }
                 Ok(())
             }
-            Step::ReleaseUplink { dev } => {
+            Step::ReleaseUplink { dev, ipv6 } => {
                 for c in step.tc_commands() {
                     // Absent (never added, or already removed): done.
                     if let Err(e) = self.tc(&c) {
@@ -577,6 +689,9 @@ impl Interfaces {
                             return Err(e);
                         }
                     }
+                }
+                if *ipv6 {
+                    self.set_ipv6_disabled(dev, false);
                 }
                 Ok(())
             }
@@ -639,6 +754,7 @@ mod tests {
             }],
             routes: vec![route()],
             mac: Some("02:00:00:00:00:01".into()),
+            silence_ipv6: false,
         };
         let text: Vec<String> = move_steps(&plan, Some("eth1"), "host0", Direction::OntoHostPort)
             .iter()
@@ -675,12 +791,53 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_ipv6_uplink_is_silenced_while_isolated_and_enabled_again_on_release() {
+        let plan = Plan {
+            addrs: vec![Addr {
+                cidr: "192.0.2.5/24".into(),
+            }],
+            silence_ipv6: true,
+            ..Plan::default()
+        };
+        let onto = move_steps(&plan, Some("eth1"), "host0", Direction::OntoHostPort);
+        let isolate = onto.last().unwrap().to_string();
+        assert!(
+            isolate.ends_with("; echo 1 > /proc/sys/net/ipv6/conf/eth1/disable_ipv6"),
+            "{isolate}"
+        );
+        let back = move_steps(&plan, Some("host0"), "eth1", Direction::BackToUplink);
+        let release = back[0].to_string();
+        assert!(
+            release.ends_with("; echo 0 > /proc/sys/net/ipv6/conf/eth1/disable_ipv6"),
+            "{release}"
+        );
+        // The same number of steps either way: the IPv6 part belongs to
+        // the isolation.
+        let loud = Plan {
+            silence_ipv6: false,
+            ..plan.clone()
+        };
+        assert_eq!(
+            move_steps(&loud, Some("eth1"), "host0", Direction::OntoHostPort).len(),
+            onto.len()
+        );
+        assert!(
+            !move_steps(&loud, Some("eth1"), "host0", Direction::OntoHostPort)
+                .last()
+                .unwrap()
+                .to_string()
+                .contains("disable_ipv6")
+        );
+    }
+
+    #[test]
     fn merge_keeps_recorded_items_and_adds_new_ones() {
         let a = |c: &str| Addr { cidr: c.into() };
         let mut recorded = Plan {
             addrs: vec![a("192.0.2.5/24")],
             routes: vec![route()],
             mac: Some("02:00:00:00:00:01".into()),
+            silence_ipv6: true,
         };
         let current = Plan {
             addrs: vec![a("192.0.2.5/24"), a("198.51.100.7/24")],
@@ -695,8 +852,11 @@ mod tests {
                 },
             ],
             mac: Some("02:00:00:00:00:99".into()),
+            // The uplink read after its IPv6 was silenced.
+            silence_ipv6: false,
         };
         recorded.merge(current);
+        assert!(recorded.silence_ipv6, "the recorded decision holds");
         assert_eq!(recorded.addrs, [a("192.0.2.5/24"), a("198.51.100.7/24")]);
         assert_eq!(recorded.routes.len(), 2);
         assert_eq!(recorded.routes[0], route(), "the recorded route wins");
