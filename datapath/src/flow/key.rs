@@ -579,6 +579,19 @@ impl FlowKey {
         diff == 0
     }
 
+    /// True when `self` and `other` agree on every bit of `mask`: one
+    /// branch-free pass over the whole key (vectorised), for keys already
+    /// in cache (the pipeline's batch check); [`FlowKey::eq_live`] reads
+    /// only the mask's words, for keys that may not be.
+    #[inline]
+    pub fn eq_masked(&self, other: &FlowKey, mask: &FlowKey) -> bool {
+        let mut diff = 0u64;
+        for i in 0..KEY_WORDS {
+            diff |= (self.w[i] ^ other.w[i]) & mask.w[i];
+        }
+        diff == 0
+    }
+
     /// The hash of `self & mask`, equal to `self.and(mask).hash()`.
     #[inline]
     pub fn hash_masked(&self, mask: &FlowKey) -> u64 {

@@ -1013,9 +1013,7 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
             }
             if let Some((lead, j)) = batch {
                 let l = &parsed[lead];
-                if l.hash == hash
-                    && pkt.len() >= 14
-                    && l.key.eq_live(&parsed[i].key, &self.live, &self.words)
+                if l.hash == hash && pkt.len() >= 14 && l.key.eq_masked(&parsed[i].key, &self.live)
                 {
                     let j = self.follower(now, j, &mut parsed[i], pkt, out);
                     batch = Some((lead, j));
@@ -1609,6 +1607,7 @@ mod tests {
                     k2.w[i] = (k1.w[i] & live.w[i]) | (n & !live.w[i]);
                 }
                 prop_assert!(k1.eq_live(&k2, &live, &words));
+                prop_assert!(k1.eq_masked(&k2, &live));
                 prop_assert_eq!(k1.hash_live(&live, &words), k2.hash_live(&live, &words));
                 let b = translate(&prog, &k2, None);
                 prop_assert_eq!(&a.xlate.actions, &b.xlate.actions);
