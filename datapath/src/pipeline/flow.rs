@@ -1121,7 +1121,7 @@ mod tests {
         assert_eq!(out.drops.get(DropReason::FlowDrop), 1);
         // in_port is live (a rule may match it) but not in f's megaflow:
         // f from port 3 misses the EMC and hits the megaflow.
-        let mut out = run(&mut p, 0, 3, &[f.clone()]);
+        let mut out = run(&mut p, 0, 3, std::slice::from_ref(&f));
         assert_eq!(out.take(PortNo(2)).len(), 1);
         assert_eq!(s.megaflow.tier.hit.get(), 1);
         assert_eq!(s.upcalls.get(), 2, "f and the ARP request");
