@@ -30,13 +30,16 @@
 //! cycles, no allocation, no shared state); the seed is fixed, so a given
 //! packet sequence always caches the same flows (tests rely on that).
 //!
-//! Live words: a program can only ever look at some words of the key
+//! Live bits: a program can only ever look at some bits of the key
 //! (the fields its rules match, plus the few its actions read; see
-//! `FlowPipeline`'s live mask). [`Emc::set_words`] restricts the cache to
-//! those: the caller hashes only them ([`FlowKey::hash_words`]) and a hit
-//! compares only them, so two keys that differ elsewhere share a slot,
-//! which is exact because they get the same translation. A new word set
-//! flushes the cache. Default: every word.
+//! `FlowPipeline`'s live mask). [`Emc::set_live`] restricts the cache to
+//! those: the caller hashes only them ([`FlowKey::hash_live`], over the
+//! mask's non-zero words) and a hit compares only them, so two keys that
+//! differ elsewhere (other fields, even ones sharing a word with a live
+//! field, such as `tp_src` beside `recirc_id`) share a slot, which is
+//! exact because they get the same translation. [`Emc::set_words`] is
+//! the same with whole words live. A new mask flushes the cache.
+//! Default: every bit.
 //!
 //! Eviction: insertion takes an empty candidate or the one already holding
 //! this key; when both hold other flows, one is overwritten, chosen by a
@@ -60,6 +63,11 @@ pub const EMC_ENTRIES: usize = 8192;
 /// this many times on average (OVS's `emc-insert-inv-prob` default).
 pub const EMC_INSERT_INV_PROB: u32 = 100;
 
+/// Every bit of the key live (the default).
+const ALL_BITS: FlowKey = FlowKey {
+    w: [u64::MAX; crate::flow::key::KEY_WORDS],
+};
+
 /// Seed of the insertion decision's xorshift32 (any non-zero value).
 const RNG_SEED: u32 = 0x9e37_79b9;
 
@@ -77,9 +85,11 @@ pub struct Emc {
     /// Hashes and translations, indexed like `keys`.
     tags: Box<[Tag]>,
     /// Full keys (three cache lines each), read only when a tag matches,
-    /// and then only at `words`.
+    /// and then only at `words`, under `live`.
     keys: Box<[FlowKey]>,
-    /// The word indices hashed by the caller and compared on a hit.
+    /// The bits hashed by the caller and compared on a hit.
+    live: FlowKey,
+    /// The non-zero word indices of `live`.
     words: Vec<u8>,
     /// Which of a key's three cache lines hold a word of `words`.
     lines: [bool; 3],
@@ -108,6 +118,7 @@ impl Emc {
         Emc {
             tags: vec![Tag::default(); n].into_boxed_slice(),
             keys: vec![FlowKey::ZERO; n].into_boxed_slice(),
+            live: ALL_BITS,
             words: ALL_WORDS.to_vec(),
             lines: [true; 3],
             all_words: true,
@@ -144,15 +155,28 @@ impl Emc {
     /// caller hashes with [`FlowKey::hash_words`] over the same words) and
     /// flushes the cache when they change. Allocates only then.
     pub fn set_words(&mut self, words: &[u8]) {
-        if self.words == words {
+        let mut live = FlowKey::ZERO;
+        for &w in words {
+            if let Some(x) = live.w.get_mut(usize::from(w)) {
+                *x = u64::MAX;
+            }
+        }
+        self.set_live(&live);
+    }
+
+    /// Restricts hits to keys equal on the bits of `live` (the caller
+    /// hashes with [`FlowKey::hash_live`] over `live` and its non-zero
+    /// words) and flushes the cache when it changes. Allocates only then.
+    pub fn set_live(&mut self, live: &FlowKey) {
+        if self.live == *live {
             return;
         }
         self.flush();
-        self.words.clear();
-        self.words.extend_from_slice(words);
-        self.all_words = self.words == ALL_WORDS;
+        self.live = *live;
+        self.words = live.nonzero_words();
+        self.all_words = *live == ALL_BITS;
         self.lines = [false; 3];
-        for &w in words {
+        for &w in &self.words {
             // Eight 64-bit words per cache line.
             if let Some(l) = self.lines.get_mut(usize::from(w) / 8) {
                 *l = true;
@@ -165,13 +189,13 @@ impl Emc {
         &self.words
     }
 
-    /// True when the key in slot `i` equals `key` on the live words.
+    /// True when the key in slot `i` equals `key` on the live bits.
     #[inline(always)]
     fn same_key(&self, i: usize, key: &FlowKey) -> bool {
         if self.all_words {
             self.keys[i] == *key
         } else {
-            self.keys[i].eq_words(key, &self.words)
+            self.keys[i].eq_live(key, &self.live, &self.words)
         }
     }
 
@@ -385,6 +409,38 @@ mod tests {
         assert!(emc.is_empty());
         assert_eq!(emc.words(), &[0, 3, 4]);
         assert!(emc.lookup(&k2, k2.hash_words(&[0, 3, 4])).is_none());
+    }
+
+    #[test]
+    fn live_bits_share_slots_within_a_word() {
+        let mut live = FlowKey::field_mask(Field::RecircId);
+        live.or_assign(&FlowKey::field_mask(Field::NwDst));
+        let mut emc = Emc::new(64, 1);
+        emc.set_live(&live);
+        let words = live.nonzero_words();
+        assert_eq!(emc.words(), &words[..]);
+        let x = Arc::new(Xlate::default());
+        let k1 = key(1);
+        emc.insert(&k1, k1.hash_live(&live, &words), x);
+        // tp_src shares word 4 with recirc_id but is not live: a hit.
+        let mut k2 = k1;
+        k2.set(Field::TpSrc, 1234);
+        assert_eq!(k1.hash_live(&live, &words), k2.hash_live(&live, &words));
+        assert_eq!(
+            k2.hash_live(&live, &words),
+            k2.and(&live).hash_words(&words)
+        );
+        assert!(emc.lookup(&k2, k2.hash_live(&live, &words)).is_some());
+        // recirc_id, in the same word, is live: a miss, even with k1's hash.
+        let mut k3 = k1;
+        k3.set(Field::RecircId, 2);
+        assert!(emc.lookup(&k3, k1.hash_live(&live, &words)).is_none());
+        // The same mask keeps the entries; another flushes.
+        emc.set_live(&live);
+        assert_eq!(emc.len(), 1);
+        live.or_assign(&FlowKey::field_mask(Field::TpSrc));
+        emc.set_live(&live);
+        assert!(emc.is_empty());
     }
 
     #[test]

@@ -55,6 +55,27 @@ pub struct Xlate {
     pub actions: Box<[DpAction]>,
     /// Counters of the rules that matched, bumped on every cache hit.
     pub rules: Box<[Arc<RuleStats>]>,
+    /// No action of `actions` recirculates (`ct(table=...)`, `tnl_pop`):
+    /// a packet is done after one pass, so the pipeline may run the
+    /// actions of a batch of same-flow packets from one lookup. False
+    /// (the default) is always safe.
+    pub single_pass: bool,
+}
+
+impl Xlate {
+    /// A translation of `actions` counting `rules`.
+    pub fn new(actions: Box<[DpAction]>, rules: Box<[Arc<RuleStats>]>) -> Xlate {
+        let single_pass = !actions.iter().any(|a| match a {
+            DpAction::Ct(ct) => ct.table.is_some(),
+            DpAction::TunnelPop => true,
+            _ => false,
+        });
+        Xlate {
+            actions,
+            rules,
+            single_pass,
+        }
+    }
 }
 
 /// Result of a slow-path translation.
@@ -432,10 +453,10 @@ fn translate_with(
         let _ = writeln!(t, "Datapath actions: {}", format_dp_actions(&actions));
     }
     Translation {
-        xlate: Arc::new(Xlate {
-            actions: actions.into_boxed_slice(),
-            rules: cx.rules.into_boxed_slice(),
-        }),
+        xlate: Arc::new(Xlate::new(
+            actions.into_boxed_slice(),
+            cx.rules.into_boxed_slice(),
+        )),
         mask,
     }
 }

@@ -546,6 +546,52 @@ impl FlowKey {
         diff == 0
     }
 
+    /// The hash of `self` on the bits of `live` only, over the word
+    /// indices in `words` (the non-zero words of `live`): equal to
+    /// `self.and(live).hash_words(words)`, so keys that differ only
+    /// outside `live` hash alike. The EMC's hash (`live`: the program's
+    /// live mask).
+    #[inline]
+    pub fn hash_live(&self, live: &FlowKey, words: &[u8]) -> u64 {
+        let (mut a, mut b) = (HASH_SEED0, HASH_SEED1);
+        let mut pairs = words.chunks_exact(2);
+        for p in &mut pairs {
+            let (i, j) = (usize::from(p[0]), usize::from(p[1]));
+            a = (a.rotate_left(23) ^ (self.w[i] & live.w[i])).wrapping_mul(HASH_MUL);
+            b = (b.rotate_left(23) ^ (self.w[j] & live.w[j])).wrapping_mul(HASH_MUL);
+        }
+        if let [i] = pairs.remainder() {
+            let i = usize::from(*i);
+            a = (a.rotate_left(23) ^ (self.w[i] & live.w[i])).wrapping_mul(HASH_MUL);
+        }
+        fmix64(a ^ b.rotate_left(32) ^ words.len() as u64)
+    }
+
+    /// True when `self` and `other` agree on every bit of `live` in the
+    /// words at the indices in `words` (the non-zero words of `live`).
+    #[inline]
+    pub fn eq_live(&self, other: &FlowKey, live: &FlowKey, words: &[u8]) -> bool {
+        let mut diff = 0u64;
+        for &i in words {
+            let i = usize::from(i);
+            diff |= (self.w[i] ^ other.w[i]) & live.w[i];
+        }
+        diff == 0
+    }
+
+    /// True when `self` and `other` agree on every bit of `mask`: one
+    /// branch-free pass over the whole key (vectorised), for keys already
+    /// in cache (the pipeline's batch check); [`FlowKey::eq_live`] reads
+    /// only the mask's words, for keys that may not be.
+    #[inline]
+    pub fn eq_masked(&self, other: &FlowKey, mask: &FlowKey) -> bool {
+        let mut diff = 0u64;
+        for i in 0..KEY_WORDS {
+            diff |= (self.w[i] ^ other.w[i]) & mask.w[i];
+        }
+        diff == 0
+    }
+
     /// The hash of `self & mask`, equal to `self.and(mask).hash()`.
     #[inline]
     pub fn hash_masked(&self, mask: &FlowKey) -> u64 {

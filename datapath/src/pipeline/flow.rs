@@ -5,10 +5,21 @@
 //! (`slowpath::live_mask`: every field a rule matches, plus the few actions
 //! decide on, widened by every translation's megaflow mask, so it covers
 //! everything a cached translation depends on). The parse stage hashes
-//! only its non-zero words and the EMC compares only those: an l2 program
-//! hashes 4 words, not 24. Keys equal on the live words get the same
-//! translation, so sharing an EMC entry between them is exact (proptests
-//! `live_word_emc_equals_slow_path`, `keys_equal_on_live_words_translate_alike`).
+//! only its bits, in its non-zero words, and the EMC compares only those:
+//! an l2 program hashes 4 words, not 24, and two packets that differ only
+//! in fields no rule looks at (source address and port for an l2
+//! program, even where they share a word with a live field) share an EMC
+//! entry. Keys equal on the live bits get the same translation, so sharing
+//! is exact (proptests `live_word_emc_equals_slow_path`,
+//! `keys_equal_on_live_words_translate_alike`,
+//! `keys_equal_on_live_bits_translate_alike`).
+//!
+//! Per-flow batching (OVS's per-flow batches): within a burst, a packet
+//! equal on the live bits to the packet before it that took a lookup (the
+//! batch's leader) runs the leader's translation without a lookup of its
+//! own, when that translation is single-pass (no recirculation); it is
+//! counted as an EMC hit (a megaflow hit with the EMC off). Proptest
+//! `batched_bursts_equal_one_packet_bursts`.
 //!
 //! Per packet: one [`extract`] into a [`FlowKey`], then the EMC, then the
 //! megaflow cache, then (on a miss) the slow path, which installs the
@@ -508,7 +519,7 @@ impl<H> FlowPipeline<H> {
         let live = live_mask(&program);
         let words = live.nonzero_words();
         let mut emc = Emc::new(config.emc_entries, config.emc_insert_inv_prob);
-        emc.set_words(&words);
+        emc.set_live(&live);
         let megaflow = MegaflowCache::new(config.megaflow_capacity);
         let stats = Arc::new(FlowPipelineStats {
             packets: Counter::default(),
@@ -608,7 +619,7 @@ impl<H> FlowPipeline<H> {
     fn set_live(&mut self, live: FlowKey) {
         self.live = live;
         self.words = live.nonzero_words();
-        self.emc.set_words(&self.words);
+        self.emc.set_live(&live);
     }
 
     /// The word indices of the key the EMC hashes and compares for the
@@ -632,7 +643,7 @@ impl<H> FlowPipeline<H> {
             let mut live = self.live;
             live.or_assign(&t.mask);
             self.set_live(live);
-            key.hash_words(&self.words)
+            key.hash_live(&self.live, &self.words)
         };
         self.emc.offer(key, hash, &t.xlate);
         (t.xlate, t.mask)
@@ -641,7 +652,7 @@ impl<H> FlowPipeline<H> {
     /// Looks `key` up through EMC → megaflow → slow path (tests).
     #[cfg(test)]
     fn classify(&mut self, key: &FlowKey) -> Arc<Xlate> {
-        let hash = key.hash_words(&self.words);
+        let hash = key.hash_live(&self.live, &self.words);
         if let Some(x) = self.emc.lookup(key, hash) {
             return x.clone();
         }
@@ -669,14 +680,23 @@ impl<H> FlowPipeline<H> {
     }
 
     /// Classifies and executes one packet (parsed as `first`),
-    /// recirculating as asked.
-    fn one_packet<B: PacketBuf>(&mut self, now: Nanos, first: &Parsed, pkt: B, out: &mut Output<B>)
+    /// recirculating as asked. Returns the index in `pending` of its
+    /// first-pass translation when that translation is single-pass (the
+    /// packet was done in one pass): later packets of the burst equal to
+    /// it on the live words may take it without a lookup.
+    fn one_packet<B: PacketBuf>(
+        &mut self,
+        now: Nanos,
+        first: &Parsed,
+        pkt: B,
+        out: &mut Output<B>,
+    ) -> Option<usize>
     where
         H: ActionHooks<B>,
     {
         if pkt.len() < 14 {
             out.drop(DropReason::RxTooShort, pkt);
-            return;
+            return None;
         }
         let mut key = first.key;
         let mut layout = first.layout;
@@ -710,7 +730,7 @@ impl<H> FlowPipeline<H> {
                     let hash = if pass == 0 {
                         first.hash
                     } else {
-                        key.hash_words(&self.words)
+                        key.hash_live(&self.live, &self.words)
                     };
                     let (x, mask): (&Arc<Xlate>, Option<FlowKey>) =
                         match self.emc.lookup(&key, hash) {
@@ -760,6 +780,7 @@ impl<H> FlowPipeline<H> {
                 }
                 _ => self.pending.push((xlate.clone(), 1, bytes)),
             }
+            let leads = (pass == 0 && xlate.single_pass).then(|| self.pending.len() - 1);
             let mut exec = Exec {
                 now,
                 mac: &mut self.mac,
@@ -771,13 +792,13 @@ impl<H> FlowPipeline<H> {
                 ct_ran: &mut self.ct_ran,
             };
             match exec.run(&xlate.actions, pkt, &mut key, layout, out) {
-                Outcome::Done { .. } => return,
+                Outcome::Done { .. } => return leads,
                 Outcome::Recirculate {
                     pkt: p, reparse, ..
                 } => {
                     if pass == MAX_RECIRC {
                         out.drop(DropReason::RecircLimit, p);
-                        return;
+                        return None;
                     }
                     self.stats.recirculations.inc();
                     if reparse {
@@ -801,6 +822,69 @@ impl<H> FlowPipeline<H> {
                 }
             }
         }
+        None
+    }
+
+    /// Runs the actions of the single-pass translation at `pending[j]` on
+    /// `pkt` (a follower of a batch: its live bits equal its leader's),
+    /// counting it in the rule counters with the others of the batch (the
+    /// caller counts the tier hit). Returns the translation's index in
+    /// `pending` for the next follower.
+    fn follower<B: PacketBuf>(
+        &mut self,
+        now: Nanos,
+        j: usize,
+        p: &mut Parsed,
+        pkt: B,
+        out: &mut Output<B>,
+    ) -> usize
+    where
+        H: ActionHooks<B>,
+    {
+        let bytes = pkt.len() as u64;
+        let last = j + 1 == self.pending.len();
+        let j = match self.pending.get_mut(j) {
+            Some((_, n, b)) if last => {
+                *n += 1;
+                *b += bytes;
+                j
+            }
+            _ => {
+                let x = self.pending[j].0.clone();
+                self.pending.push((x, 1, bytes));
+                self.pending.len() - 1
+            }
+        };
+        self.split.enter(Stage::Actions);
+        let xlate = &self.pending[j].0;
+        // The commonest translation, one output, without the interpreter
+        // (what `Exec::run` does for it).
+        if let [DpAction::Output(port)] = &*xlate.actions {
+            let port = if *port == PortNo::IN_PORT {
+                p.key.in_port()
+            } else {
+                *port
+            };
+            out.send(port, pkt);
+            return j;
+        }
+        let mut exec = Exec {
+            now,
+            mac: &mut self.mac,
+            hooks: &mut self.hooks,
+            ports: &self.ports,
+            bucket: &mut self.bucket,
+            stats: &self.stats,
+            split: &mut self.split,
+            ct_ran: &mut self.ct_ran,
+        };
+        if let Outcome::Recirculate { pkt, .. } =
+            exec.run(&xlate.actions, pkt, &mut p.key, p.layout, out)
+        {
+            // A single-pass translation has no recirculating action.
+            out.drop(DropReason::RecircLimit, pkt);
+        }
+        j
     }
 }
 
@@ -860,15 +944,20 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
         let mut parsed = std::mem::take(&mut self.parsed);
         parsed.clear();
         for pkt in burst.pkts.iter() {
-            let mut key = FlowKey::ZERO;
-            let layout = if pkt.len() < 14 {
-                Layout::default()
+            // Parsed in place (no copy of the key into the vector).
+            parsed.push(Parsed {
+                key: FlowKey::ZERO,
+                layout: Layout::default(),
+                hash: 0,
+            });
+            let Some(q) = parsed.last_mut() else { break };
+            if pkt.len() >= 14 {
+                q.layout = extract_into(pkt.data(), in_port, &mut q.key);
             } else {
-                extract_into(pkt.data(), in_port, &mut key)
-            };
-            let hash = key.hash_words(&self.words);
-            self.emc.prefetch(hash);
-            parsed.push(Parsed { key, layout, hash });
+                q.key.set(Field::InPort, u128::from(in_port.0));
+            }
+            q.hash = q.key.hash_live(&self.live, &self.words);
+            self.emc.prefetch(q.hash);
         }
         let t1 = cycles();
         self.split.begin(t1);
@@ -894,7 +983,18 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
                 self.hooks.prefetch_conntrack(&q.key, Prefetch::Bucket);
             }
         }
-        for (i, (pkt, p)) in burst.pkts.drain(..).zip(parsed.iter()).enumerate() {
+        self.stats.packets.add(n_pkts);
+        // Per-flow batching (OVS's batches per flow): a packet equal on the
+        // live bits to the last packet that took a lookup (its batch's
+        // leader) takes the leader's translation without one, when that
+        // translation is single-pass. Exact for the same reason the EMC
+        // is: keys equal on the live bits translate alike (compared on
+        // the current mask: an upcall may have widened it).
+        let mut batch: Option<(usize, usize)> = None;
+        let mut followers = 0u64;
+        let mut pkts = burst.pkts.drain(..);
+        for i in 0..parsed.len() {
+            let Some(pkt) = pkts.next() else { break };
             if ct_hint {
                 if let Some(q) = parsed.get(i + CT_BUCKET_AHEAD) {
                     self.hooks.prefetch_conntrack(&q.key, Prefetch::Bucket);
@@ -903,14 +1003,33 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
                     self.hooks.prefetch_conntrack(&q.key, Prefetch::Entry);
                 }
             }
-            if let Some(q) = parsed.get(i + HIT_AHEAD) {
+            let hash = parsed[i].hash;
+            // A packet of this one's flow needs no prefetch of its own.
+            if let Some(q) = parsed.get(i + HIT_AHEAD).filter(|q| q.hash != hash) {
                 self.emc.prefetch_hit(q.hash);
             }
-            if let Some(q) = parsed.get(i + ACTIONS_AHEAD) {
+            if let Some(q) = parsed.get(i + ACTIONS_AHEAD).filter(|q| q.hash != hash) {
                 self.emc.prefetch_actions(q.hash);
             }
-            self.stats.packets.inc();
-            self.one_packet(now, p, pkt, out);
+            if let Some((lead, j)) = batch {
+                let l = &parsed[lead];
+                if l.hash == hash && pkt.len() >= 14 && l.key.eq_masked(&parsed[i].key, &self.live)
+                {
+                    let j = self.follower(now, j, &mut parsed[i], pkt, out);
+                    batch = Some((lead, j));
+                    followers += 1;
+                    continue;
+                }
+            }
+            batch = self.one_packet(now, &parsed[i], pkt, out).map(|j| (i, j));
+        }
+        drop(pkts);
+        // Followers count as exact matches (on the live bits, like an EMC
+        // hit), or as megaflow hits with the EMC off.
+        if self.emc.enabled() {
+            self.stats.emc.hit.add(followers);
+        } else {
+            self.stats.megaflow.tier.hit.add(followers);
         }
         self.parsed = parsed;
         self.flush_counts(now);
@@ -981,8 +1100,10 @@ mod tests {
             1,
             "g shares f's megaflow (nw_src is wildcarded)"
         );
-        assert_eq!(s.megaflow.tier.hit.get(), 1);
-        assert_eq!(s.emc.hit.get(), 1);
+        // g differs from f only in nw_src, which no rule reads: it follows
+        // f's batch like f's repeat (both counted as EMC hits).
+        assert_eq!(s.megaflow.tier.hit.get(), 0);
+        assert_eq!(s.emc.hit.get(), 2);
         let sent = out.take(PortNo(2));
         assert_eq!(sent.len(), 3);
         let d = sent[0].data();
@@ -998,6 +1119,12 @@ mod tests {
         assert!(dump.contains("n_packets=3, n_bytes=162"), "{dump}");
         let out = run(&mut p, 0, 1, &[arp_request([1, 1, 1, 1], [2, 2, 2, 2])]);
         assert_eq!(out.drops.get(DropReason::FlowDrop), 1);
+        // in_port is live (a rule may match it) but not in f's megaflow:
+        // f from port 3 misses the EMC and hits the megaflow.
+        let mut out = run(&mut p, 0, 3, std::slice::from_ref(&f));
+        assert_eq!(out.take(PortNo(2)).len(), 1);
+        assert_eq!(s.megaflow.tier.hit.get(), 1);
+        assert_eq!(s.upcalls.get(), 2, "f and the ARP request");
         assert!(s.show().contains("megaflow hits: 1"));
     }
 
@@ -1378,6 +1505,112 @@ mod tests {
                     }
                 }
                 prop_assert!(p.live_words().len() < KEY_WORDS, "{:?}", p.live_words());
+            }
+
+            /// Per-flow batching (`process`): a burst in which packets of
+            /// one flow follow each other (so most take their leader's
+            /// translation without a lookup) sends, port by port, the same
+            /// frames as the same packets sent one per burst (no batching),
+            /// with the same drops and rule counters.
+            #[test]
+            fn batched_bursts_equal_one_packet_bursts(
+                prog in proptest::collection::vec(rule(), 1..10),
+                pkts in proptest::collection::vec((packet(), 1usize..6), 1..12),
+                inv_prob in prop_oneof![Just(0u32), Just(1u32), Just(100u32)],
+            ) {
+                // Distinct priorities: two FlowTables may order overlapping
+                // rules of equal priority differently.
+                let prog: Vec<String> = prog
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        let (head, tail) = r.split_once("priority=").expect("priority");
+                        let digits = tail.bytes().take_while(u8::is_ascii_digit).count();
+                        format!("{head}priority={}{}", 100 + i, &tail[digits..])
+                    })
+                    .collect();
+                let text = format!("{GROUP}\n{}", prog.join("\n"));
+                let frames: Vec<(u16, Vec<u8>)> = pkts
+                    .iter()
+                    .flat_map(|(p, n)| std::iter::repeat_n(p.clone(), *n))
+                    .collect();
+                let config = FlowPipelineConfig {
+                    ports: (1..=4).map(PortNo).collect(),
+                    emc_insert_inv_prob: inv_prob,
+                    ..FlowPipelineConfig::default()
+                };
+                let (ta, tb) = (FlowTables::new(), FlowTables::new());
+                ta.replace_flows(&text, 0).expect("program");
+                tb.replace_flows(&text, 0).expect("program");
+                let mut a = FlowPipeline::new(ta.clone(), config.clone());
+                let mut b = FlowPipeline::new(tb.clone(), config);
+                let (mut oa, mut ob) = (Output::new(8), Output::new(8));
+                let (mut sent_a, mut sent_b) = (vec![Vec::new(); 8], vec![Vec::new(); 8]);
+                let collect = |o: &mut Output<HeapBuf>, sent: &mut Vec<Vec<Vec<u8>>>| {
+                    o.flush(|port, q| {
+                        for pkt in q.drain(..) {
+                            sent[usize::from(port.0)].push(pkt.data().to_vec());
+                        }
+                    });
+                };
+                // Bursts of consecutive frames from one port, up to 32.
+                let mut i = 0;
+                while i < frames.len() {
+                    let port = frames[i].0;
+                    let mut burst = Burst::new(PortNo(port));
+                    while i < frames.len() && frames[i].0 == port && burst.pkts.len() < 32 {
+                        burst.pkts.push(HeapBuf::from_frame(&frames[i].1));
+                        let mut one = Burst::new(PortNo(port));
+                        one.pkts.push(HeapBuf::from_frame(&frames[i].1));
+                        b.process(7, &mut one, &mut ob);
+                        collect(&mut ob, &mut sent_b);
+                        i += 1;
+                    }
+                    a.process(7, &mut burst, &mut oa);
+                    collect(&mut oa, &mut sent_a);
+                }
+                prop_assert_eq!(&sent_a, &sent_b);
+                prop_assert_eq!(oa.drops.nonzero(), ob.drops.nonzero());
+                // Rules of equal priority print in no fixed order.
+                let dump = |t: &FlowTables| {
+                    let mut l: Vec<String> = t.dump_flows("", 9).expect("dump").lines().map(str::to_string).collect();
+                    l.sort();
+                    l
+                };
+                prop_assert_eq!(dump(&ta), dump(&tb));
+                let (sa, sb) = (a.stats(), b.stats());
+                let tiers = |s: &FlowPipelineStats| s.emc.hit.get() + s.megaflow.tier.hit.get() + s.upcalls.get();
+                prop_assert_eq!(tiers(&sa), frames.len() as u64, "every packet counted in one tier");
+                prop_assert_eq!(tiers(&sb), frames.len() as u64);
+            }
+
+            /// Bit-level: two keys equal on the live bits of a program
+            /// (widened by the first key's translation) translate alike,
+            /// whatever the other bits hold, also those sharing a word
+            /// with a live field; and they hash and compare alike.
+            #[test]
+            fn keys_equal_on_live_bits_translate_alike(
+                prog in proptest::collection::vec(rule(), 1..10),
+                (port, f) in packet(),
+                noise in proptest::collection::vec(any::<u64>(), KEY_WORDS),
+            ) {
+                let t = FlowTables::new();
+                t.replace_flows(&format!("{GROUP}\n{}", prog.join("\n")), 0).expect("program");
+                let prog = t.program();
+                let k1 = extract(&f, PortNo(port));
+                let a = translate(&prog, &k1, None);
+                let mut live = live_mask(&prog);
+                live.or_assign(&a.mask);
+                let words = live.nonzero_words();
+                let mut k2 = k1;
+                for (i, n) in noise.iter().enumerate() {
+                    k2.w[i] = (k1.w[i] & live.w[i]) | (n & !live.w[i]);
+                }
+                prop_assert!(k1.eq_live(&k2, &live, &words));
+                prop_assert!(k1.eq_masked(&k2, &live));
+                prop_assert_eq!(k1.hash_live(&live, &words), k2.hash_live(&live, &words));
+                let b = translate(&prog, &k2, None);
+                prop_assert_eq!(&a.xlate.actions, &b.xlate.actions);
             }
 
             /// The structure itself: two keys equal on the live words of a
