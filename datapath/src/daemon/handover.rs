@@ -369,6 +369,9 @@ impl OldSide {
         };
         let p = &self.parts;
         p.saver_paused.store(true, Ordering::Relaxed);
+        // A save under way finishes first: the new process owns the state
+        // files from here on (it reads them back before appending).
+        super::state::wait_for_round();
         // The addresses go back to the uplink before the TAP dies with
         // the port.
         if let Some(h) = p.hostpath.lock().unwrap_or_else(|e| e.into_inner()).take() {
