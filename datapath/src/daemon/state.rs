@@ -121,6 +121,8 @@ pub struct Loaded {
     pub journal_len: Option<u64>,
     /// Unix time of the last save, ns.
     pub saved_at_unix_ns: u64,
+    /// Unix time of the snapshot's save, ns (what its journal names).
+    pub base_saved_at_unix_ns: u64,
 }
 
 /// Reads the state file `path` and its journal. `Ok(None)`: no state
@@ -160,6 +162,7 @@ pub fn load(path: &Path) -> Result<Option<Loaded>, LoadError> {
         torn_bytes: j.torn_bytes,
         journal_len,
         saved_at_unix_ns,
+        base_saved_at_unix_ns: base_at,
     }))
 }
 
@@ -524,8 +527,17 @@ impl Incremental {
             Ok(None) | Err(LoadError::State(_)) | Err(LoadError::Journal(_)) => return Ok(false),
             Err(LoadError::Io(e)) => return Err(e),
         };
-        let Some(len) = loaded.journal_len else {
-            return Ok(false);
+        let len = match loaded.journal_len {
+            Some(len) => len,
+            None => {
+                // No journal of this snapshot (none yet, or one of the
+                // previous snapshot): an empty one.
+                write_durable(
+                    &journal_path(&self.path),
+                    &state::journal_header(loaded.base_saved_at_unix_ns),
+                )?;
+                state::JOURNAL_HEADER as u64
+            }
         };
         let now = clock_ns();
         self.tracker.seed(&loaded.state, now);
@@ -839,7 +851,8 @@ mod tests {
 
     /// A compaction cut between its two renames leaves a new state file
     /// and the journal of the previous one: the journal is ignored, the
-    /// state file alone is read, and the next saver compacts.
+    /// state file alone is read, and the next saver replaces the journal
+    /// with an empty one of the state file.
     #[test]
     fn a_journal_of_another_state_file_is_ignored() {
         let (_dir, path, ct, _) = saved_with_two_frames();
@@ -850,8 +863,15 @@ mod tests {
         let l = loaded(&path);
         assert_eq!((l.frames, l.journal_len), (0, None));
         assert_eq!(keys_of(&l.state), live_keys(&ct));
+        // The next saver starts an empty journal of the state file.
         let r = Incremental::new(&path).round(&ct, None).expect("save");
-        assert!(r.compacted, "{r:?}");
+        assert!(r.resumed && !r.compacted, "{r:?}");
+        assert_eq!((r.written, r.deleted), (0, 0), "{r:?}");
+        assert_eq!(
+            std::fs::metadata(&jpath).expect("journal").len(),
+            state::JOURNAL_HEADER as u64
+        );
+        assert_eq!(loaded(&path).journal_len, Some(state::JOURNAL_HEADER as u64));
     }
 
     /// A corrupt state file is refused as before (moved aside).
