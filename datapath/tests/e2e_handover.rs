@@ -942,7 +942,8 @@ fn handover_figures() {
             assert!(cur.wait_exit().success());
             // How long the old process took to close its released
             // af_packet devices (after its commit answer).
-            let log = std::fs::read_to_string(cur._dir.path().join("stderr.log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(cur._dir.path().join("stderr.log")).unwrap_or_default();
             if let Some(ms) = log
                 .lines()
                 .filter_map(|l| l.split("devices closed in ").nth(1))

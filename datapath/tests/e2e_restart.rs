@@ -212,7 +212,10 @@ fn connections_survive_a_sluiced_crash_with_their_nat() {
     let bad = state_dir.path().join("conntrack.state.bad");
     assert!(bad.exists(), "the corrupt file is moved aside");
     assert!(
-        state_dir.path().join("conntrack.state.journal.bad").exists(),
+        state_dir
+            .path()
+            .join("conntrack.state.journal.bad")
+            .exists(),
         "its journal (the incremental saves) is moved aside with it"
     );
     let after = conn.say("four");

@@ -348,8 +348,7 @@ fn fingerprint_conn(h: &impl BuildHasher, c: &Conn) -> u64 {
         c.replied(),
         marks.mark,
         marks.label,
-        c.lb
-            .as_ref()
+        c.lb.as_ref()
             .map(|l| (&*l.service, l.endpoint.0, l.endpoint.1)),
     )
 }

@@ -141,7 +141,9 @@ pub fn shareable(devargs: &str) -> bool {
 /// does not wait for it.
 fn close_released(devices: super::ports::UnpolledPorts) {
     if let Some(fifo) = std::env::var_os("SLUICED_TEST_HANDOVER_HOLD_CLOSE") {
-        tracing::info!("hand-over: the close of the released devices waits for a writer on {fifo:?}");
+        tracing::info!(
+            "hand-over: the close of the released devices waits for a writer on {fifo:?}"
+        );
         let _ = std::fs::File::open(&fifo);
     }
     let t = Instant::now();

@@ -457,7 +457,9 @@ impl Incremental {
         }
         let now = clock_ns();
         let changes = self.tracker.changes(ct, now);
-        let affinity = services.map(|s| s.affinity_entries(now)).unwrap_or_default();
+        let affinity = services
+            .map(|s| s.affinity_entries(now))
+            .unwrap_or_default();
         let with_affinity = self.affinity_changed(&affinity, now);
         if changes.is_empty() && !with_affinity {
             return Ok(Round {
@@ -641,9 +643,17 @@ pub fn spawn_saver(mut s: Saver) -> std::io::Result<std::thread::JoinHandle<()>>
                         if r.compacted || r.resumed {
                             tracing::info!(
                                 "state saver: {} {} ({} connections, {} bytes) in {:.1} ms",
-                                if r.compacted { "compacted" } else { "resumed from" },
+                                if r.compacted {
+                                    "compacted"
+                                } else {
+                                    "resumed from"
+                                },
                                 s.path.display(),
-                                if r.compacted { r.written } else { inc.tracker.len() },
+                                if r.compacted {
+                                    r.written
+                                } else {
+                                    inc.tracker.len()
+                                },
                                 r.bytes,
                                 t0.elapsed().as_secs_f64() * 1e3
                             );
@@ -740,7 +750,9 @@ mod tests {
         assert!(r.compacted && r.written == 1000, "{r:?}");
         add(&ct, 1000..1003);
         inc.round(&ct, None).expect("second save");
-        let before = std::fs::metadata(journal_path(&path)).expect("journal").len();
+        let before = std::fs::metadata(journal_path(&path))
+            .expect("journal")
+            .len();
         ct.flush(&ConnFilter {
             ip: Some(Ipv4Addr::new(172, 16, 0, 7)),
             ..Default::default()
@@ -769,7 +781,9 @@ mod tests {
         let quiet = inc.round(&ct, None).expect("save");
         assert_eq!(quiet, Round::default());
         assert_eq!(
-            std::fs::metadata(journal_path(&path)).expect("journal").len(),
+            std::fs::metadata(journal_path(&path))
+                .expect("journal")
+                .len(),
             state::JOURNAL_HEADER as u64
         );
         // Three new, two gone: one small frame.
@@ -871,7 +885,10 @@ mod tests {
             std::fs::metadata(&jpath).expect("journal").len(),
             state::JOURNAL_HEADER as u64
         );
-        assert_eq!(loaded(&path).journal_len, Some(state::JOURNAL_HEADER as u64));
+        assert_eq!(
+            loaded(&path).journal_len,
+            Some(state::JOURNAL_HEADER as u64)
+        );
     }
 
     /// A corrupt state file is refused as before (moved aside).
