@@ -947,7 +947,7 @@ fn handover_figures() {
             if let Some(ms) = log
                 .lines()
                 .filter_map(|l| l.split("devices closed in ").nth(1))
-                .filter_map(|t| t.trim_end_matches(" ms").trim().parse::<f64>().ok())
+                .filter_map(|t| t.split_whitespace().next()?.parse::<f64>().ok())
                 .next()
             {
                 close_ms.push(ms);

@@ -608,14 +608,14 @@ pub enum JournalError {
 }
 
 /// Decodes a journal that should extend the state file saved at
-/// `base_saved_at`. A last frame cut short is dropped (counted in
-/// [`Journal::torn_bytes`]); a bad frame followed by more data is
-/// corruption.
+/// `base_saved_at`. A last frame cut short (followed by nothing but
+/// zeros) is dropped (counted in [`Journal::torn_bytes`]); a bad frame
+/// followed by more data is corruption.
 ///
 /// # Errors
 /// [`JournalError`].
 pub fn decode_journal(data: &[u8], base_saved_at: u64) -> Result<Journal, JournalError> {
-    let corrupt = |s: String| JournalError::Corrupt(s);
+    let corrupt = JournalError::Corrupt;
     if data.len() < JOURNAL_HEADER || &data[..8] != JOURNAL_MAGIC {
         return Err(corrupt("bad magic or no header".into()));
     }
@@ -662,7 +662,9 @@ pub fn decode_journal(data: &[u8], base_saved_at: u64) -> Result<Journal, Journa
         };
         match frame {
             Ok(f) => out.frames.push(f),
-            Err(_) if end == rest.len() => {
+            // The last append, cut short (possibly followed by the zeros
+            // of a size that reached the disk before the data).
+            Err(_) if rest[end..].iter().all(|&b| b == 0) => {
                 torn(&mut out);
                 break;
             }

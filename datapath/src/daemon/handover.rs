@@ -10,7 +10,8 @@
 //! affinity and the PMDs' learned MACs, in the versioned format of
 //! `conntrack::state`) to the file the new process names and connects to
 //! its lease socket; a watcher thread reads the lease until it closes.
-//! `release` pauses the state saver (waiting for a save under way), takes
+//! `prepare` also pauses the state saver (waiting for a save under way;
+//! it resumes if the hand-over fails). `release` takes
 //! the node's addresses back from the host port (TAP devices die with
 //! their process), stops polling every port and closes them (af_packet
 //! devices after the answer, in a thread, their sockets freed in parallel:
@@ -327,6 +328,14 @@ impl OldSide {
         }
         let t0 = Instant::now();
         let p = &self.parts;
+        // The state saver stops (once a save under way has finished): its
+        // pass over the table would compete with the snapshot for the
+        // CPU, and the new process owns the state files once it commits
+        // (it reads them back before appending). It resumes if the
+        // hand-over fails.
+        p.saver_paused.store(true, Ordering::Relaxed);
+        super::state::wait_for_round();
+        let resume_saver = || p.saver_paused.store(false, Ordering::Relaxed);
         // Every connection created from here on is logged: the delta is
         // the log, not a scan. (One created during the scan may be in
         // both; the new process skips the second copy.)
@@ -339,12 +348,14 @@ impl OldSide {
         let (conns, affinity, bytes) = super::state::write(Path::new(&r.state_path), &saved)
             .map_err(|e| {
                 p.conntrack.take_creations();
+                resume_saver();
                 refused(format!("cannot write the state to {}: {e}", r.state_path))
             })?;
         drop(saved);
         let save_us = t0.elapsed().as_micros() as u64;
         let lease = UnixStream::connect(&r.lease_path).map_err(|e| {
             p.conntrack.take_creations();
+            resume_saver();
             refused(format!(
                 "cannot connect to the new process's lease {}: {e}",
                 r.lease_path
@@ -421,9 +432,12 @@ impl OldSide {
         // The delta will not be asked for: stop logging creations.
         self.parts.conntrack.take_creations();
         match sess.released {
-            None => tracing::warn!(
-                "hand-over to pid {pid} abandoned before the ports moved (its lease closed); still forwarding"
-            ),
+            None => {
+                self.parts.saver_paused.store(false, Ordering::Relaxed);
+                tracing::warn!(
+                    "hand-over to pid {pid} abandoned before the ports moved (its lease closed); still forwarding"
+                )
+            }
             Some(ports) => {
                 tracing::warn!(
                     "hand-over to pid {pid} failed after the ports were released (its lease closed): taking the ports back"
@@ -481,10 +495,8 @@ impl OldSide {
             }
         };
         let p = &self.parts;
+        // (Paused since `prepare`.)
         p.saver_paused.store(true, Ordering::Relaxed);
-        // A save under way finishes first: the new process owns the state
-        // files from here on (it reads them back before appending).
-        super::state::wait_for_round();
         // The addresses go back to the uplink before the TAP dies with
         // the port.
         if let Some(h) = p.hostpath.lock().unwrap_or_else(|e| e.into_inner()).take() {

@@ -36,10 +36,16 @@
 //! The new process's saver starts from the files the old one left (it
 //! reads them back and appends what differs).
 //!
+//! The saver spends at most a fifth of a core: after a round it waits the
+//! interval or four times the round's length, whichever is longer (a
+//! round passes over the whole table; on a busy machine with a million
+//! connections that takes long, and the interval grows with it, and so
+//! does what a crash can lose).
+//!
 //! Thread-safety: the saver thread reads the shared table as dumps do; it
-//! skips its rounds while `paused` (a hand-over released the ports: the
-//! new process owns the files from then on, unless it rolls back, after
-//! which the saver reads the files back before it appends again);
+//! skips its rounds while `paused` (from a hand-over's `prepare` on: the
+//! new process owns the files once it commits; if the hand-over fails,
+//! the saver reads the files back before it appends again);
 //! [`wait_for_round`] returns once a round under way has finished, so a
 //! hand-over that paused the saver knows it no longer writes.
 
@@ -154,7 +160,7 @@ pub fn load(path: &Path) -> Result<Option<Loaded>, LoadError> {
         .frames
         .last()
         .map_or(base_at, |f| f.upserts.saved_at_unix_ns);
-    let journal_len = (jbytes > 0).then(|| (jbytes - j.torn_bytes) as u64);
+    let journal_len = (jbytes > 0).then_some((jbytes - j.torn_bytes) as u64);
     Ok(Some(Loaded {
         state: state::merge(saved, &j, unix_now_ns()),
         bytes: (base.len(), jbytes),
@@ -205,7 +211,7 @@ pub fn restore(path: &Path, ct: &Conntrack) -> Option<CrashRestore> {
         String::new()
     };
     tracing::info!(
-        "restored {} connections ({} skipped) from {} ({} bytes and {} journal frames in {} bytes, saved {age_ms} ms ago) in {took_ms:.1} ms; {} affinity entries wait for their Services{torn}",
+        "restored {} connections ({} skipped) from {} ({} bytes and {} journal frames in {} bytes, last change saved {age_ms} ms ago) in {took_ms:.1} ms; {} affinity entries wait for their Services{torn}",
         r.restored,
         r.skipped,
         path.display(),
@@ -584,6 +590,10 @@ impl Incremental {
     }
 }
 
+/// The saver waits at least this many times the length of its last
+/// round before the next one.
+const MAX_DUTY_INVERSE: u32 = 4;
+
 /// Held by the saver thread for each round.
 static ROUND: Mutex<()> = Mutex::new(());
 
@@ -619,8 +629,10 @@ pub fn spawn_saver(mut s: Saver) -> std::io::Result<std::thread::JoinHandle<()>>
         .spawn(move || {
             let mut failing = false;
             let mut inc = Incremental::new(&s.path);
+            let mut wait = s.every;
             while !s.stop.load(Ordering::Relaxed) {
-                std::thread::park_timeout(s.every);
+                std::thread::park_timeout(wait);
+                wait = s.every;
                 if s.stop.load(Ordering::Relaxed) {
                     break;
                 }
@@ -637,7 +649,11 @@ pub fn spawn_saver(mut s: Saver) -> std::io::Result<std::thread::JoinHandle<()>>
                     continue;
                 }
                 let t0 = Instant::now();
-                match inc.round(&s.ct, Some(&s.services)) {
+                let r = inc.round(&s.ct, Some(&s.services));
+                // At most a fifth of a core: a long round (a large table
+                // on a busy machine) spaces the next one out.
+                wait = wait.max(t0.elapsed() * MAX_DUTY_INVERSE);
+                match r {
                     Ok(r) => {
                         failing = false;
                         if r.compacted || r.resumed {
@@ -835,6 +851,13 @@ mod tests {
             assert_eq!(l.torn_bytes, cut - before as usize, "cut at {cut}");
             assert_eq!(keys_of(&l.state), earlier, "cut at {cut}");
         }
+        // A cut whose size reached the disk before its data: zeros.
+        let mut zeros = whole[..before as usize + 11].to_vec();
+        zeros.resize(whole.len() + 4096, 0);
+        std::fs::write(&jpath, &zeros).expect("zero tail");
+        let l = loaded(&path);
+        assert_eq!(l.frames, 1);
+        assert_eq!(keys_of(&l.state), earlier);
         // The next process resumes: cuts the tail, appends what differs.
         let mut inc = Incremental::new(&path);
         let r = inc.round(&ct, None).expect("save");
