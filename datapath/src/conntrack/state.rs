@@ -69,9 +69,11 @@
 //! a hand-over runs, read by [`save_keys`]: its cost follows the delta, not
 //! the table.
 //!
-//! Thread-safety: [`save`] reads the shared table shard by shard (as the
-//! dumps do); [`Conntrack::restore`] inserts as PMDs would; the creation
-//! log is appended by PMDs under its own mutex, only while on.
+//! Thread-safety: [`save`] and [`Tracker`] read the shared table shard by
+//! shard, holding each shard's lock only to clone its connections'
+//! handles (the records are built with no lock held);
+//! [`Conntrack::restore`] inserts as PMDs would; the creation log is
+//! appended by PMDs under its own mutex, only while on.
 
 use std::hash::BuildHasher;
 use std::net::Ipv4Addr;
@@ -231,11 +233,38 @@ fn unix_now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// Visits every live connection of `ct` once (through its original key)
+/// like [`Conntrack::for_each`], but runs `f` with no shard lock held:
+/// each shard's connections are cloned (`Arc`) under its lock, then
+/// visited. A save's work per connection (building its record, a
+/// fingerprint) never holds up a PMD that needs the shard, even when the
+/// saving thread is preempted (a busy machine).
+fn for_each_unlocked(ct: &Conntrack, mut f: impl FnMut(&Conn)) {
+    let mut batch: Vec<Arc<Conn>> = Vec::new();
+    for m in ct.inner.shards.iter() {
+        batch.clear();
+        {
+            let shard = super::lock(m);
+            batch.extend(
+                shard
+                    .values()
+                    .filter(|s| s.dir == 0 && !s.conn.is_dead())
+                    .map(|s| s.conn.clone()),
+            );
+        }
+        for c in &batch {
+            if !c.is_dead() {
+                f(c);
+            }
+        }
+    }
+}
+
 /// The live connections of `ct` at `now` whose original key `keep`
 /// accepts.
 pub fn save_where(ct: &Conntrack, now: Nanos, keep: impl Fn(&ConnKey) -> bool) -> SavedState {
     let mut conns = Vec::new();
-    ct.for_each(|c| {
+    for_each_unlocked(ct, |c| {
         if c.is_dead() || !c.live(now) || !keep(&c.keys[0]) {
             return;
         }
@@ -412,7 +441,7 @@ impl Changes {
 /// is restored with the lifetime it really has left.
 ///
 /// Thread-safety: owned by the saver thread; it reads the shared table
-/// as the dumps do.
+/// shard by shard, with no lock held while it compares.
 #[derive(Debug, Default)]
 pub struct Tracker {
     known: HashMap<ConnKey, Known>,
@@ -447,7 +476,7 @@ impl Tracker {
         let mut conns = Vec::with_capacity(ct.len());
         let (known, hasher) = (&mut self.known, &self.hasher);
         known.reserve(ct.len());
-        ct.for_each(|c| {
+        for_each_unlocked(ct, |c| {
             if c.is_dead() || !c.live(now) {
                 return;
             }
@@ -488,7 +517,7 @@ impl Tracker {
         let epoch = self.epoch;
         let mut out = Changes::default();
         let (known, hasher) = (&mut self.known, &self.hasher);
-        ct.for_each(|c| {
+        for_each_unlocked(ct, |c| {
             if c.is_dead() || !c.live(now) {
                 return;
             }
