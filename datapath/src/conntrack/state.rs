@@ -243,15 +243,11 @@ fn for_each_unlocked(ct: &Conntrack, mut f: impl FnMut(&Conn)) {
     let mut batch: Vec<Arc<Conn>> = Vec::new();
     for m in ct.inner.shards.iter() {
         batch.clear();
-        {
-            let shard = super::lock(m);
-            batch.extend(
-                shard
-                    .values()
-                    .filter(|s| s.dir == 0 && !s.conn.is_dead())
-                    .map(|s| s.conn.clone()),
-            );
-        }
+        super::lock(m).for_each(|c, dir| {
+            if dir == 0 && !c.is_dead() {
+                batch.push(c.clone());
+            }
+        });
         for c in &batch {
             if !c.is_dead() {
                 f(c);
