@@ -32,6 +32,11 @@
 //! the gap for the issue's figures, the second with OVS-DPDK in sluiced's
 //! place.
 //!
+//! `a_hand_over_does_not_wait_for_the_old_process_to_close_its_ports`: the
+//! old process's close of its released af_packet devices is held on a
+//! FIFO; the hand-over completes and the connections carry on while the
+//! old process is still held, and it exits once let go.
+//!
 //! `a_hand_over_whose_new_process_dies_halfway_leaves_the_old_forwarding`:
 //! the new process aborts right after the old one released its ports
 //! (`SLUICED_TEST_HANDOVER_ABORT=after-release`); the old one takes them
@@ -655,11 +660,106 @@ fn a_hand_over_whose_new_process_dies_halfway_leaves_the_old_forwarding() {
     clean_up(prefix);
 }
 
+/// The old process's close of its released af_packet devices is held
+/// (`SLUICED_TEST_HANDOVER_HOLD_CLOSE`: a FIFO it waits on until a writer
+/// opens it): the hand-over completes all the same — the new process is
+/// ready, every connection carries on through it, `restart-report` says
+/// hand-over — while the old process has not exited (it cannot: it is
+/// held). Then the test opens the FIFO: the close finishes and the old
+/// process exits 0. So the hand-over does not wait for the close at all,
+/// however long the kernel takes to free the sockets.
+#[test]
+fn a_hand_over_does_not_wait_for_the_old_process_to_close_its_ports() {
+    use std::os::unix::fs::OpenOptionsExt;
+    if !can_use_netns("a_hand_over_does_not_wait_for_the_old_process_to_close_its_ports") {
+        return;
+    }
+    let prefix = "slho-hold";
+    let (net, mac) = ("10.210.0", "02:00:00:02:10");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("hold-close");
+    let fifo_s = fifo.display().to_string();
+    sh(&["mkfifo", &fifo_s]);
+    let mut first = None;
+    let mut r = rig(
+        "slho-hc",
+        net,
+        mac,
+        prefix,
+        &mut first,
+        &[("SLUICED_TEST_HANDOVER_HOLD_CLOSE", &fifo_s)],
+    );
+    let mut old = first.take().expect("first");
+    let mut new = Proc::start(&r.net.node, &r.cfg, &["--take-over"], &[]);
+    new.event("ready")
+        .expect("the new sluiced is ready while the old one's close is held");
+    let before = rounds(&mut r.client);
+    all_carry_on(
+        &mut r.client,
+        &before,
+        5,
+        "with the old process's close held",
+    );
+    let rep = report(prefix);
+    assert_eq!(
+        rep.kind,
+        sluice_api::handover::RestartKind::HandOver,
+        "{rep:?}"
+    );
+    assert!(rep.conns_carried >= (N_SVC + N_POD) as u64, "{rep:?}");
+    assert!(
+        old.child
+            .as_mut()
+            .expect("old child")
+            .try_wait()
+            .expect("wait")
+            .is_none(),
+        "the old sluiced is still held in its close, yet the hand-over is done"
+    );
+    // Let the close go on: the held thread is (or soon will be) blocked
+    // opening the FIFO for reading; a non-blocking open for writing
+    // succeeds once it is.
+    let deadline = Instant::now() + WAIT;
+    let _writer = loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+        {
+            Ok(w) => break w,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the old sluiced never waited on {fifo_s}: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    assert!(
+        old.event("stopped").is_some(),
+        "the old sluiced printed no stopped event"
+    );
+    assert!(old.wait_exit().success(), "the old sluiced exits 0");
+    let before = rounds(&mut r.client);
+    all_carry_on(&mut r.client, &before, 3, "after the old process exited");
+    drop(new);
+    clean_up(prefix);
+}
+
+/// The 1, 5 and 15 minute load averages (figures are read with them).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 /// The figures of issue 17 (not run in CI: `cargo test -p sluice-datapath
 /// --test e2e_handover -- --ignored --nocapture handover_figures`).
 /// `SLHO_CONNS` (default `1000,100000`) tracked connections, synthetic
 /// UDP entries restored from a state file by the first sluiced, then
-/// `SLHO_ROUNDS` (default 20) hand-overs and as many SIGKILL restarts,
+/// `SLHO_ROUNDS` (default 20) hand-overs and `SLHO_KILL_ROUNDS` (default
+/// as many) SIGKILL restarts,
 /// each measured by the 1 kHz UDP stream (the longest silence at the
 /// receiver) and by `restart-report`. `SLUICED_BIN` picks the sluiced
 /// binary (a release build for figures).
@@ -681,6 +781,10 @@ fn handover_figures() {
         .ok()
         .and_then(|x| x.parse().ok())
         .unwrap_or(20);
+    let kill_rounds: usize = std::env::var("SLHO_KILL_ROUNDS")
+        .ok()
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(n_rounds);
     let bin = std::env::var("SLUICED_BIN").map_or_else(|_| sluiced_bin(), std::path::PathBuf::from);
     let prefix = "slho-fig";
     let (tag, net, mac) = ("slho-fg", "10.209.0", "02:00:00:02:09");
@@ -789,7 +893,10 @@ fn handover_figures() {
         std::fs::write(
             &state,
             encode(&SavedState {
-                saved_at_unix_ns: 0,
+                // Lifetimes count from the save time.
+                saved_at_unix_ns: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64),
                 conns,
                 ..Default::default()
             }),
@@ -817,19 +924,34 @@ fn handover_figures() {
             quiet.push(server.ask("udp")["max_gap_ms"].as_f64().unwrap_or(-1.0));
         }
         let l = format!(
-            "{n} conns, no restart (baseline, 1 s windows): UDP gap p50 {:.1} ms max {:.1} ms",
+            "{n} conns, no restart (baseline, 1 s windows): UDP gap p50 {:.1} ms p99 {:.1} ms max {:.1} ms; load average {}",
             pct(&mut quiet, 0.5),
-            pct(&mut quiet, 1.0)
+            pct(&mut quiet, 0.99),
+            pct(&mut quiet, 1.0),
+            loadavg()
         );
         println!("{l}");
         lines.push(l);
         let (mut udp, mut port_gap, mut bytes, mut state_ms, mut total) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut close_ms = Vec::new();
         for _ in 0..n_rounds {
             server.ask("reset");
             let mut new = start(&cfg, &["--take-over"]);
             ready(&mut new, "the new sluiced");
             assert!(cur.wait_exit().success());
+            // How long the old process took to close its released
+            // af_packet devices (after its commit answer).
+            let log =
+                std::fs::read_to_string(cur._dir.path().join("stderr.log")).unwrap_or_default();
+            if let Some(ms) = log
+                .lines()
+                .filter_map(|l| l.split("devices closed in ").nth(1))
+                .filter_map(|t| t.split_whitespace().next()?.parse::<f64>().ok())
+                .next()
+            {
+                close_ms.push(ms);
+            }
             flowing(&mut server);
             let rep = report(prefix);
             assert!(rep.conns_carried as usize >= n, "{rep:?}");
@@ -846,7 +968,10 @@ fn handover_figures() {
                 );
                 let log =
                     std::fs::read_to_string(cur._dir.path().join("stderr.log")).unwrap_or_default();
-                for l in log.lines().filter(|l| l.contains("hand-over to pid")) {
+                for l in log
+                    .lines()
+                    .filter(|l| l.contains("hand-over to pid") || l.contains("devices closed"))
+                {
                     println!("  {n} conns, old sluiced: {l}");
                 }
             }
@@ -858,15 +983,26 @@ fn handover_figures() {
             cur = new;
         }
         let l = format!(
-            "{n} conns, {n_rounds} hand-overs: UDP gap p50 {:.1} ms max {:.1} ms; port gap p50 {:.1} ms max {:.1} ms; state {:.0} bytes, write+restore p50 {:.1} ms max {:.1} ms; hand-over total p50 {:.1} ms",
-            pct(&mut udp, 0.5), pct(&mut udp, 1.0), pct(&mut port_gap, 0.5), pct(&mut port_gap, 1.0),
-            pct(&mut bytes, 0.5), pct(&mut state_ms, 0.5), pct(&mut state_ms, 1.0), pct(&mut total, 0.5)
+            "{n} conns, {n_rounds} hand-overs: UDP gap p50 {:.1} ms p99 {:.1} ms max {:.1} ms; port gap p50 {:.1} ms max {:.1} ms; state {:.0} bytes, write+restore p50 {:.1} ms max {:.1} ms; hand-over total p50 {:.1} ms; load average {}",
+            pct(&mut udp, 0.5), pct(&mut udp, 0.99), pct(&mut udp, 1.0), pct(&mut port_gap, 0.5), pct(&mut port_gap, 1.0),
+            pct(&mut bytes, 0.5), pct(&mut state_ms, 0.5), pct(&mut state_ms, 1.0), pct(&mut total, 0.5),
+            loadavg()
         );
         println!("{l}");
         lines.push(l);
+        if !close_ms.is_empty() {
+            let l = format!(
+                "{n} conns, the old process's close of its released af_packet devices (after its commit answer): p50 {:.1} ms max {:.1} ms over {} hand-overs",
+                pct(&mut close_ms, 0.5),
+                pct(&mut close_ms, 1.0),
+                close_ms.len()
+            );
+            println!("{l}");
+            lines.push(l);
+        }
         let (mut udp, mut restore_ms, mut bytes, mut kept) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..n_rounds {
+        for _ in 0..kill_rounds {
             // Let a save pass after the last restart.
             std::thread::sleep(Duration::from_millis(1100));
             server.ask("reset");
@@ -881,10 +1017,15 @@ fn handover_figures() {
             bytes.push(rep.state_bytes as f64);
             kept.push(rep.conns_carried as f64);
         }
+        if kill_rounds == 0 {
+            cur.kill9();
+            continue;
+        }
         let l = format!(
-            "{n} conns, {n_rounds} SIGKILL restarts: UDP gap p50 {:.1} ms max {:.1} ms (EAL start and the program re-push included); state file {:.0} bytes, restore p50 {:.1} ms max {:.1} ms; connections restored min {:.0}",
-            pct(&mut udp, 0.5), pct(&mut udp, 1.0), pct(&mut bytes, 0.5),
-            pct(&mut restore_ms, 0.5), pct(&mut restore_ms, 1.0), pct(&mut kept, 0.0)
+            "{n} conns, {kill_rounds} SIGKILL restarts: UDP gap p50 {:.1} ms p99 {:.1} ms max {:.1} ms (EAL start and the program re-push included); state file {:.0} bytes, restore p50 {:.1} ms max {:.1} ms; connections restored min {:.0}; load average {}",
+            pct(&mut udp, 0.5), pct(&mut udp, 0.99), pct(&mut udp, 1.0), pct(&mut bytes, 0.5),
+            pct(&mut restore_ms, 0.5), pct(&mut restore_ms, 1.0), pct(&mut kept, 0.0),
+            loadavg()
         );
         println!("{l}");
         lines.push(l);

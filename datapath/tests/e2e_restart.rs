@@ -132,14 +132,15 @@ fn program() {
     ]);
 }
 
-/// Waits (bounded) until the state file holds at least one connection.
+/// Waits (bounded) until the state file and its journal hold at least
+/// one connection.
 fn wait_saved(path: &std::path::Path) {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let n = std::fs::read(path)
+        let n = sluice_datapath::daemon::state::load(path)
             .ok()
-            .and_then(|d| sluice_datapath::conntrack::state::decode(&d).ok())
-            .map_or(0, |s| s.conns.len());
+            .flatten()
+            .map_or(0, |l| l.state.conns.len());
         if n > 0 {
             return;
         }
@@ -210,6 +211,13 @@ fn connections_survive_a_sluiced_crash_with_their_nat() {
     program();
     let bad = state_dir.path().join("conntrack.state.bad");
     assert!(bad.exists(), "the corrupt file is moved aside");
+    assert!(
+        state_dir
+            .path()
+            .join("conntrack.state.journal.bad")
+            .exists(),
+        "its journal (the incremental saves) is moved aside with it"
+    );
     let after = conn.say("four");
     assert!(
         after.starts_with("ERROR"),

@@ -47,17 +47,39 @@
 //! checks from then on (Linux's "be liberal"): the saved windows may be an
 //! interval older than its latest segments.
 //!
+//! # Incremental saves
+//!
+//! The crash-survival saver (`daemon::state`) writes a full snapshot only
+//! now and then and, in between, appends journal frames with what changed:
+//! [`Tracker`] keeps a fingerprint and lifetime bounds per saved
+//! connection and finds, in one pass over the table, the connections
+//! created, changed or deleted since the last save ([`Tracker::changes`]).
+//! The journal ([`journal_header`], [`journal_frame`],
+//! [`decode_journal`]): magic `SLCTJRNL`, version (u32), the save time of
+//! the snapshot it extends (u64), CRC-32 of those; then frames, each a
+//! payload length (u32), the payload's CRC-32 and the payload: flags
+//! (u32, 1: it carries the full list of affinity entries), the deleted
+//! original keys (count u32, 16 bytes each, as in a record) and the new or
+//! changed connections encoded as a state file of the current version.
+//! [`merge`] applies the frames in order to the snapshot. A last frame cut
+//! short is dropped; any other bad frame makes the whole journal corrupt.
+//!
 //! A hand-over's delta (the connections created after the snapshot) comes
 //! from a [`CreationLog`](super::table::CreationLog) the table keeps while
 //! a hand-over runs, read by [`save_keys`]: its cost follows the delta, not
 //! the table.
 //!
-//! Thread-safety: [`save`] reads the shared table shard by shard (as the
-//! dumps do); [`Conntrack::restore`] inserts as PMDs would; the creation
-//! log is appended by PMDs under its own mutex, only while on.
+//! Thread-safety: [`save`] and [`Tracker`] read the shared table shard by
+//! shard, holding each shard's lock only to clone its connections'
+//! handles (the records are built with no lock held);
+//! [`Conntrack::restore`] inserts as PMDs would; the creation log is
+//! appended by PMDs under its own mutex, only while on.
 
+use std::hash::BuildHasher;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64};
+
+use hashbrown::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::entry::{Conn, ConnKey, CtMarks, Marks, ProtoState};
@@ -211,11 +233,34 @@ fn unix_now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// Visits every live connection of `ct` once (through its original key)
+/// like [`Conntrack::for_each`], but runs `f` with no shard lock held:
+/// each shard's connections are cloned (`Arc`) under its lock, then
+/// visited. A save's work per connection (building its record, a
+/// fingerprint) never holds up a PMD that needs the shard, even when the
+/// saving thread is preempted (a busy machine).
+fn for_each_unlocked(ct: &Conntrack, mut f: impl FnMut(&Conn)) {
+    let mut batch: Vec<Arc<Conn>> = Vec::new();
+    for m in ct.inner.shards.iter() {
+        batch.clear();
+        super::lock(m).for_each(|c, dir| {
+            if dir == 0 && !c.is_dead() {
+                batch.push(c.clone());
+            }
+        });
+        for c in &batch {
+            if !c.is_dead() {
+                f(c);
+            }
+        }
+    }
+}
+
 /// The live connections of `ct` at `now` whose original key `keep`
 /// accepts.
 pub fn save_where(ct: &Conntrack, now: Nanos, keep: impl Fn(&ConnKey) -> bool) -> SavedState {
     let mut conns = Vec::new();
-    ct.for_each(|c| {
+    for_each_unlocked(ct, |c| {
         if c.is_dead() || !c.live(now) || !keep(&c.keys[0]) {
             return;
         }
@@ -270,6 +315,482 @@ impl Conntrack {
         let log = &self.inner.created;
         log.on.store(false, std::sync::atomic::Ordering::SeqCst);
         log.keys.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// The fields of a connection that a crash restore needs exactly (keys,
+/// NAT, protocol kind and TCP state, replied, mark, label, Service and
+/// endpoint), hashed: what [`Tracker`] compares to find changed entries.
+/// Counters, TCP windows and the lifetime are left out (the counters and
+/// windows restore as of the entry's last save, a restored TCP connection
+/// is tracked liberally; the lifetime has its own rule in [`Tracker`]).
+#[allow(clippy::too_many_arguments)]
+fn fingerprint_of(
+    h: &impl BuildHasher,
+    keys: &[ConnKey; 2],
+    nat: u8,
+    proto: &SavedProto,
+    replied: bool,
+    mark: u32,
+    label: u128,
+    lb: Option<(&str, Ipv4Addr, u16)>,
+) -> u64 {
+    // The liberal flag is left out: a restored connection is liberal
+    // whatever was saved.
+    let (kind, state) = match proto {
+        SavedProto::Other => (0u8, 0u8),
+        SavedProto::Icmp => (1, 0),
+        SavedProto::Tcp(t) => (2, t.state),
+    };
+    h.hash_one((keys, nat, kind, state, replied, mark, label, lb))
+}
+
+fn fingerprint_saved(h: &impl BuildHasher, c: &SavedConn) -> u64 {
+    fingerprint_of(
+        h,
+        &c.keys,
+        c.nat,
+        &c.proto,
+        c.replied,
+        c.mark,
+        c.label,
+        c.lb.as_ref().map(|(s, ip, p)| (s.as_str(), *ip, *p)),
+    )
+}
+
+fn fingerprint_conn(h: &impl BuildHasher, c: &Conn) -> u64 {
+    let marks = c.marks();
+    let proto = match &c.proto {
+        ProtoState::Tcp(t) => SavedProto::Tcp(t.snapshot()),
+        ProtoState::Icmp => SavedProto::Icmp,
+        ProtoState::Other => SavedProto::Other,
+    };
+    fingerprint_of(
+        h,
+        &c.keys,
+        c.nat,
+        &proto,
+        c.replied(),
+        marks.mark,
+        marks.label,
+        c.lb.as_ref()
+            .map(|l| (&*l.service, l.endpoint.0, l.endpoint.1)),
+    )
+}
+
+/// What a [`Tracker`] knows of one saved connection.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    fp: u64,
+    /// The saved expiry (monotonic ns of this process) less a second of
+    /// tolerance: an earlier expiry is saved again.
+    lo: Nanos,
+    /// The saved expiry plus half the lifetime it had left when saved: a
+    /// later one (a refreshed connection) is saved again.
+    hi: Nanos,
+    epoch: u32,
+}
+
+/// Tolerance below a saved expiry before the entry is saved again (two
+/// clocks read a few microseconds apart must not resave everything).
+const SHRINK_TOLERANCE: Nanos = 1_000_000_000;
+
+impl Known {
+    fn new(fp: u64, expires: Nanos, now: Nanos, epoch: u32) -> Known {
+        Known {
+            fp,
+            lo: expires.saturating_sub(SHRINK_TOLERANCE),
+            hi: expires.saturating_add(expires.saturating_sub(now) / 2),
+            epoch,
+        }
+    }
+}
+
+/// What changed in a table since the last save: the connections to write
+/// again (new, or changed in a saved field, or whose lifetime moved past
+/// the tracker's bounds) and the original keys of those gone.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// New or changed connections, as saved now.
+    pub upserts: Vec<SavedConn>,
+    /// Original keys of saved connections no longer live.
+    pub deleted: Vec<ConnKey>,
+}
+
+impl Changes {
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.upserts.is_empty() && self.deleted.is_empty()
+    }
+}
+
+/// The incremental saver's memory of what the state file holds, one small
+/// entry per connection (a fingerprint and two lifetime bounds), so that
+/// a save writes only the connections created, changed or deleted since
+/// the previous one instead of the whole table.
+///
+/// Lifetimes: an entry is saved again when its expiry moves later than
+/// its saved expiry plus half the lifetime it had left when saved, or
+/// earlier than the saved one (less [`SHRINK_TOLERANCE`]). So a
+/// connection that stays active is restored after a crash with at least
+/// half its timeout left minus the save interval, and one that is idle
+/// is restored with the lifetime it really has left.
+///
+/// Thread-safety: owned by the saver thread; it reads the shared table
+/// shard by shard, with no lock held while it compares.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    known: HashMap<ConnKey, Known>,
+    epoch: u32,
+    /// Hashes the fingerprints (seeded per process: fingerprints are
+    /// only compared within one).
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+impl Tracker {
+    /// An empty tracker (the file holds nothing yet).
+    pub fn new() -> Tracker {
+        Tracker::default()
+    }
+
+    /// Connections the file holds, as far as the tracker knows.
+    pub fn len(&self) -> usize {
+        self.known.len()
+    }
+
+    /// True when it knows of none.
+    pub fn is_empty(&self) -> bool {
+        self.known.is_empty()
+    }
+
+    /// Forgets everything and saves the whole table of `ct` at `now`
+    /// (what a compaction writes), remembering each entry.
+    pub fn full(&mut self, ct: &Conntrack, now: Nanos) -> SavedState {
+        self.known.clear();
+        self.epoch = self.epoch.wrapping_add(1);
+        let epoch = self.epoch;
+        let mut conns = Vec::with_capacity(ct.len());
+        let (known, hasher) = (&mut self.known, &self.hasher);
+        known.reserve(ct.len());
+        for_each_unlocked(ct, |c| {
+            if c.is_dead() || !c.live(now) {
+                return;
+            }
+            let s = saved_conn(c, now);
+            known.insert(
+                c.keys[0],
+                Known::new(fingerprint_saved(hasher, &s), c.expires(), now, epoch),
+            );
+            conns.push(s);
+        });
+        SavedState {
+            saved_at_unix_ns: unix_now_ns(),
+            conns,
+            ..Default::default()
+        }
+    }
+
+    /// Remembers that the file holds `saved` (a state read back from it,
+    /// its lifetimes already made relative to the present), as if this
+    /// tracker had written it at `now`.
+    pub fn seed(&mut self, saved: &SavedState, now: Nanos) {
+        self.known.clear();
+        self.epoch = self.epoch.wrapping_add(1);
+        self.known.reserve(saved.conns.len());
+        for c in &saved.conns {
+            let expires = now.saturating_add(c.remaining);
+            self.known.insert(
+                c.keys[0],
+                Known::new(fingerprint_saved(&self.hasher, c), expires, now, self.epoch),
+            );
+        }
+    }
+
+    /// What changed in `ct` since the last call (or [`Tracker::full`],
+    /// [`Tracker::seed`]); the tracker assumes they are written.
+    pub fn changes(&mut self, ct: &Conntrack, now: Nanos) -> Changes {
+        self.epoch = self.epoch.wrapping_add(1);
+        let epoch = self.epoch;
+        let mut out = Changes::default();
+        let (known, hasher) = (&mut self.known, &self.hasher);
+        for_each_unlocked(ct, |c| {
+            if c.is_dead() || !c.live(now) {
+                return;
+            }
+            let expires = c.expires();
+            let fp = fingerprint_conn(hasher, c);
+            match known.get_mut(&c.keys[0]) {
+                Some(k) if k.fp == fp && expires >= k.lo && expires <= k.hi => k.epoch = epoch,
+                _ => {
+                    let s = saved_conn(c, now);
+                    known.insert(c.keys[0], Known::new(fp, expires, now, epoch));
+                    out.upserts.push(s);
+                }
+            }
+        });
+        known.retain(|k, v| {
+            if v.epoch == epoch {
+                true
+            } else {
+                out.deleted.push(*k);
+                false
+            }
+        });
+        out
+    }
+}
+
+// ---------------------------------------------------------------- journal
+
+/// Journal file magic (the incremental saver's append log, beside the
+/// state file it extends).
+pub const JOURNAL_MAGIC: &[u8; 8] = b"SLCTJRNL";
+/// The journal version this build writes and reads.
+pub const JOURNAL_VERSION: u32 = 1;
+/// Size of the journal's header.
+pub const JOURNAL_HEADER: usize = 8 + 4 + 8 + 4;
+const FRAME_HEADER: usize = 4 + 4;
+/// Frame flag: the frame carries the full list of affinity entries.
+const FRAME_AFFINITY: u32 = 1;
+
+/// The header of a journal that extends the state file saved at
+/// `base_saved_at` (its `saved_at_unix_ns`).
+pub fn journal_header(base_saved_at: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(JOURNAL_HEADER);
+    out.extend_from_slice(JOURNAL_MAGIC);
+    out.extend_from_slice(&JOURNAL_VERSION.to_le_bytes());
+    out.extend_from_slice(&base_saved_at.to_le_bytes());
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// One journal frame: one save's changes. `upserts.affinity`, when
+/// `with_affinity`, replaces every affinity entry saved before.
+///
+/// | field | bytes |
+/// |---|---|
+/// | payload length | 4 |
+/// | CRC-32 of the payload | 4 |
+/// | flags (1: carries the affinity entries) | 4 |
+/// | deleted keys, then each original key | 4 + n × 16 |
+/// | the upserted connections (and affinity entries), a state file of the current version | rest |
+pub fn journal_frame(deleted: &[ConnKey], upserts: &SavedState, with_affinity: bool) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(8 + deleted.len() * 16);
+    let flags = if with_affinity { FRAME_AFFINITY } else { 0 };
+    payload.extend_from_slice(&flags.to_le_bytes());
+    payload.extend_from_slice(&(deleted.len() as u32).to_le_bytes());
+    for k in deleted {
+        put_key(&mut payload, k);
+    }
+    payload.extend_from_slice(&encode(upserts));
+    let mut out = Vec::with_capacity(FRAME_HEADER + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// One decoded journal frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Original keys of the connections gone.
+    pub deleted: Vec<ConnKey>,
+    /// New or changed connections (and, when `with_affinity`, the full
+    /// list of affinity entries).
+    pub upserts: SavedState,
+    /// The frame replaces the affinity entries.
+    pub with_affinity: bool,
+}
+
+/// A decoded journal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Journal {
+    /// Its frames, oldest first.
+    pub frames: Vec<Frame>,
+    /// Bytes of a last frame cut short (a crash or power loss during its
+    /// append), dropped.
+    pub torn_bytes: usize,
+}
+
+/// Why a journal does not apply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JournalError {
+    /// It extends another state file (a compaction replaced the state
+    /// file and stopped before it replaced the journal): the state file
+    /// alone is current.
+    #[error("the journal extends the state file saved at {journal} ns, not this one (saved at {base} ns)")]
+    OtherBase {
+        /// The state file's save time.
+        base: u64,
+        /// The journal's.
+        journal: u64,
+    },
+    /// Corrupt or of an unknown format: nothing of it, nor of the state
+    /// file it extends, may be trusted.
+    #[error("corrupt journal: {0}")]
+    Corrupt(String),
+}
+
+/// Decodes a journal that should extend the state file saved at
+/// `base_saved_at`. A last frame cut short (followed by nothing but
+/// zeros) is dropped (counted in [`Journal::torn_bytes`]); a bad frame
+/// followed by more data is corruption.
+///
+/// # Errors
+/// [`JournalError`].
+pub fn decode_journal(data: &[u8], base_saved_at: u64) -> Result<Journal, JournalError> {
+    let corrupt = JournalError::Corrupt;
+    if data.len() < JOURNAL_HEADER || &data[..8] != JOURNAL_MAGIC {
+        return Err(corrupt("bad magic or no header".into()));
+    }
+    let (head, crc) = data[..JOURNAL_HEADER].split_at(JOURNAL_HEADER - 4);
+    if crc32fast::hash(head).to_le_bytes() != crc {
+        return Err(corrupt("header checksum mismatch".into()));
+    }
+    let mut r = Rd(&head[8..]);
+    let version = r.u32();
+    if version != JOURNAL_VERSION {
+        return Err(corrupt(format!(
+            "format version {version}; this sluiced reads version {JOURNAL_VERSION}"
+        )));
+    }
+    let base = r.u64();
+    if base != base_saved_at {
+        return Err(JournalError::OtherBase {
+            base: base_saved_at,
+            journal: base,
+        });
+    }
+    let mut out = Journal::default();
+    let mut at = JOURNAL_HEADER;
+    while at < data.len() {
+        let rest = &data[at..];
+        let torn = |out: &mut Journal| out.torn_bytes = rest.len();
+        if rest.len() < FRAME_HEADER {
+            torn(&mut out);
+            break;
+        }
+        let len = u32::from_le_bytes(rest[..4].try_into().unwrap_or([0xff; 4])) as usize;
+        let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap_or([0; 4]));
+        let end = FRAME_HEADER.saturating_add(len);
+        if end > rest.len() {
+            // Only the last append can be cut short.
+            torn(&mut out);
+            break;
+        }
+        let payload = &rest[FRAME_HEADER..end];
+        let frame = if len >= 8 && crc32fast::hash(payload) == crc {
+            decode_frame(payload)
+        } else {
+            Err("checksum mismatch".to_string())
+        };
+        match frame {
+            Ok(f) => out.frames.push(f),
+            // The last append, cut short (possibly followed by the zeros
+            // of a size that reached the disk before the data).
+            Err(_) if rest[end..].iter().all(|&b| b == 0) => {
+                torn(&mut out);
+                break;
+            }
+            Err(why) => {
+                return Err(corrupt(format!(
+                    "frame {} at byte {at}: {why}",
+                    out.frames.len()
+                )))
+            }
+        }
+        at += end;
+    }
+    Ok(out)
+}
+
+fn decode_frame(payload: &[u8]) -> Result<Frame, String> {
+    let mut r = Rd(payload);
+    let flags = r.u32();
+    let n = r.u32() as usize;
+    let keys_len = n.checked_mul(16).ok_or("too many deleted keys")?;
+    if r.0.len() < keys_len {
+        return Err(format!("{n} deleted keys do not fit"));
+    }
+    let deleted = (0..n).map(|_| r.key()).collect();
+    let upserts = decode(r.0).map_err(|e| e.to_string())?;
+    Ok(Frame {
+        deleted,
+        upserts,
+        with_affinity: flags & FRAME_AFFINITY != 0,
+    })
+}
+
+/// The state a state file and its journal hold together, as of
+/// `now_unix_ns`: the journal's frames applied in order to the file's
+/// connections (an upsert replaces the connection of its original key, a
+/// deletion removes it; the last frame with affinity entries replaces
+/// them), every lifetime made relative to `now_unix_ns` (each was saved
+/// relative to its own save time) and those past dropped.
+pub fn merge(base: SavedState, journal: &Journal, now_unix_ns: u64) -> SavedState {
+    // Deadlines in Unix ns while merging.
+    let deadline = |saved_at: u64, remaining: Nanos| saved_at.saturating_add(remaining);
+    let mut conns = base.conns;
+    for c in &mut conns {
+        c.remaining = deadline(base.saved_at_unix_ns, c.remaining);
+    }
+    let mut affinity = base.affinity;
+    for a in &mut affinity {
+        a.remaining = deadline(base.saved_at_unix_ns, a.remaining);
+    }
+    if !journal.frames.is_empty() {
+        let mut index: HashMap<ConnKey, usize> = conns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.keys[0], i))
+            .collect();
+        let mut gone = vec![false; conns.len()];
+        for f in &journal.frames {
+            for k in &f.deleted {
+                if let Some(i) = index.remove(k) {
+                    gone[i] = true;
+                }
+            }
+            let at = f.upserts.saved_at_unix_ns;
+            for c in &f.upserts.conns {
+                let mut c = c.clone();
+                c.remaining = deadline(at, c.remaining);
+                match index.get(&c.keys[0]) {
+                    Some(&i) => conns[i] = c,
+                    None => {
+                        index.insert(c.keys[0], conns.len());
+                        conns.push(c);
+                        gone.push(false);
+                    }
+                }
+            }
+            if f.with_affinity {
+                affinity = f.upserts.affinity.clone();
+                for a in &mut affinity {
+                    a.remaining = deadline(at, a.remaining);
+                }
+            }
+        }
+        let mut i = 0;
+        conns.retain(|_| {
+            i += 1;
+            !gone[i - 1]
+        });
+    }
+    conns.retain_mut(|c| {
+        c.remaining = c.remaining.saturating_sub(now_unix_ns);
+        c.remaining > 0
+    });
+    affinity.retain_mut(|a| {
+        a.remaining = a.remaining.saturating_sub(now_unix_ns);
+        a.remaining > 0
+    });
+    SavedState {
+        saved_at_unix_ns: now_unix_ns,
+        conns,
+        affinity,
+        macs: base.macs,
     }
 }
 

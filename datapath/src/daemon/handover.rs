@@ -10,9 +10,13 @@
 //! affinity and the PMDs' learned MACs, in the versioned format of
 //! `conntrack::state`) to the file the new process names and connects to
 //! its lease socket; a watcher thread reads the lease until it closes.
-//! `release` pauses the state saver, takes the node's addresses back from
-//! the host port (TAP devices die with their process), stops polling and
-//! closes every port, and writes the connections opened since the
+//! `prepare` also pauses the state saver (waiting for a save under way;
+//! it resumes if the hand-over fails). `release` takes
+//! the node's addresses back from the host port (TAP devices die with
+//! their process), stops polling every port and closes them (af_packet
+//! devices after the answer, in a thread, their sockets freed in parallel:
+//! see [`close_released`]; the hand-over never waits for that), and
+//! writes the connections opened since the
 //! snapshot (the delta: those the creation log names, looked up one by
 //! one, not a scan of the table, unless the log overflowed; their state
 //! changes during the copy are not sent:
@@ -119,6 +123,116 @@ pub fn shareable(devargs: &str) -> bool {
     devargs.starts_with("net_af_packet") || devargs.starts_with("net_null")
 }
 
+/// Closes the released af_packet devices (from the `handover-close`
+/// thread, after `release` answered).
+///
+/// The kernel frees a packet socket when its last reference goes (for a
+/// DPDK af_packet queue, when the driver unmaps its ring), and each free
+/// waits for about three RCU grace periods (`packet_release`,
+/// `packet_set_ring` for each ring: `synchronize_net`), one socket after
+/// the other: seconds on a loaded machine, more with many pod ports. So
+/// the sockets are duplicated first, the driver closes its devices (fast:
+/// its references are not the last), and the duplicates are closed from
+/// one thread each, their grace periods overlapping. No DPDK call runs
+/// concurrently with another.
+///
+/// `SLUICED_TEST_HANDOVER_HOLD_CLOSE=FIFO` (tests): the thread first opens
+/// that FIFO for reading, which blocks until a writer opens it: a test
+/// holds the close for as long as it likes and checks that the hand-over
+/// does not wait for it.
+fn close_released(devices: super::ports::UnpolledPorts) {
+    if let Some(fifo) = std::env::var_os("SLUICED_TEST_HANDOVER_HOLD_CLOSE") {
+        tracing::info!(
+            "hand-over: the close of the released devices waits for a writer on {fifo:?}"
+        );
+        let _ = std::fs::File::open(&fifo);
+    }
+    let t = Instant::now();
+    let sockets = packet_socket_dups();
+    let n = sockets.len();
+    devices.close();
+    let driver_ms = t.elapsed().as_secs_f64() * 1e3;
+    close_in_parallel(sockets);
+    tracing::info!(
+        "hand-over: released af_packet devices closed in {:.1} ms (driver {driver_ms:.1} ms, then {n} packet sockets freed in parallel)",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+}
+
+/// Inodes of the packet sockets of this network namespace
+/// (`/proc/net/packet`, last column).
+fn packet_socket_inodes() -> std::collections::HashSet<u64> {
+    std::fs::read_to_string("/proc/net/packet")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().last()?.parse().ok())
+        .collect()
+}
+
+/// Duplicates of this process's packet socket descriptors (at a
+/// hand-over's release, all belong to the released af_packet devices).
+/// (`unsafe` allowed here: the descriptors are the driver's, known only
+/// by number.)
+#[allow(unsafe_code)]
+fn packet_socket_dups() -> Vec<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+    let inodes = packet_socket_inodes();
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()) else {
+            continue;
+        };
+        let target = std::fs::read_link(e.path()).unwrap_or_default();
+        let inode = target
+            .to_str()
+            .and_then(|t| t.strip_prefix("socket:["))
+            .and_then(|t| t.strip_suffix(']'))
+            .and_then(|t| t.parse::<u64>().ok());
+        if !inode.is_some_and(|i| inodes.contains(&i)) {
+            continue;
+        }
+        // SAFETY: `fd` was open when listed; if another thread closed it
+        // since, the duplication fails (EBADF) or duplicates whatever took
+        // its number, and closing that duplicate later only drops a
+        // reference. The borrow ends before this iteration does.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        if let Ok(dup) = borrowed.try_clone_to_owned() {
+            if dup.as_raw_fd() != fd {
+                out.push(dup);
+            }
+        }
+    }
+    out
+}
+
+/// Closes `fds` from one thread each (joined), so that the kernel's
+/// waits for each socket's free overlap (inline when a thread does not
+/// start).
+fn close_in_parallel(fds: Vec<std::os::fd::OwnedFd>) {
+    let mut threads = Vec::new();
+    for fd in fds {
+        // A thread that does not start drops its closure, and the
+        // descriptor with it, here.
+        if let Ok(h) = std::thread::Builder::new()
+            .name("handover-free".into())
+            .stack_size(64 << 10)
+            .spawn(move || drop(fd))
+        {
+            threads.push(h);
+        }
+    }
+    for h in threads {
+        let _ = h.join();
+    }
+}
+
 /// Frames a port counts as lost.
 fn lost(c: &sluice_api::ports::PortCounters) -> u64 {
     c.rx_dropped + c.rx_errors + c.tx_errors
@@ -214,6 +328,14 @@ impl OldSide {
         }
         let t0 = Instant::now();
         let p = &self.parts;
+        // The state saver stops (once a save under way has finished): its
+        // pass over the table would compete with the snapshot for the
+        // CPU, and the new process owns the state files once it commits
+        // (it reads them back before appending). It resumes if the
+        // hand-over fails.
+        p.saver_paused.store(true, Ordering::Relaxed);
+        super::state::wait_for_round();
+        let resume_saver = || p.saver_paused.store(false, Ordering::Relaxed);
         // Every connection created from here on is logged: the delta is
         // the log, not a scan. (One created during the scan may be in
         // both; the new process skips the second copy.)
@@ -226,12 +348,14 @@ impl OldSide {
         let (conns, affinity, bytes) = super::state::write(Path::new(&r.state_path), &saved)
             .map_err(|e| {
                 p.conntrack.take_creations();
+                resume_saver();
                 refused(format!("cannot write the state to {}: {e}", r.state_path))
             })?;
         drop(saved);
         let save_us = t0.elapsed().as_micros() as u64;
         let lease = UnixStream::connect(&r.lease_path).map_err(|e| {
             p.conntrack.take_creations();
+            resume_saver();
             refused(format!(
                 "cannot connect to the new process's lease {}: {e}",
                 r.lease_path
@@ -308,9 +432,12 @@ impl OldSide {
         // The delta will not be asked for: stop logging creations.
         self.parts.conntrack.take_creations();
         match sess.released {
-            None => tracing::warn!(
-                "hand-over to pid {pid} abandoned before the ports moved (its lease closed); still forwarding"
-            ),
+            None => {
+                self.parts.saver_paused.store(false, Ordering::Relaxed);
+                tracing::warn!(
+                    "hand-over to pid {pid} abandoned before the ports moved (its lease closed); still forwarding"
+                )
+            }
             Some(ports) => {
                 tracing::warn!(
                     "hand-over to pid {pid} failed after the ports were released (its lease closed): taking the ports back"
@@ -368,6 +495,7 @@ impl OldSide {
             }
         };
         let p = &self.parts;
+        // (Paused since `prepare`.)
         p.saver_paused.store(true, Ordering::Relaxed);
         // The addresses go back to the uplink before the TAP dies with
         // the port.
@@ -401,7 +529,7 @@ impl OldSide {
         unpolled.close();
         sess.closing = std::thread::Builder::new()
             .name("handover-close".into())
-            .spawn(move || background.close())
+            .spawn(move || close_released(background))
             .ok();
         let delta = match p.conntrack.take_creations() {
             Some(keys) => {

@@ -1,31 +1,64 @@
 //! Connections that outlive the process (`[datapath] state_file`): at
 //! start, the saved connections are put back before the PMDs forward; a
-//! thread rewrites the file every `state_interval_ms` (write to a temporary
-//! name private to the process, then rename: a reader never sees half a
-//! file, and two processes during a hand-over never share a temporary);
-//! a clean stop saves once more. So after a crash (SIGKILL, OOM) the next
-//! sluiced loses at most the connections opened in the last interval, and
-//! after a clean restart none; established ones keep their NAT, their
-//! endpoint and their TCP state. The Services' session-affinity entries
-//! are saved too; restored ones wait (with their lifetimes running) until
-//! their Service is programmed again, and the saver thread puts them back
-//! then. A file that does not decode (corrupt, truncated, a format this
-//! build does not read) is moved aside as `FILE.bad` with one log line and
-//! the table starts empty.
+//! thread saves every `state_interval_ms`; a clean stop saves once more.
+//! So after a crash (SIGKILL, OOM) the next sluiced loses at most the
+//! connections opened in the last interval, and after a clean restart
+//! none; established ones keep their NAT, their endpoint and their TCP
+//! state. The Services' session-affinity entries are saved too; restored
+//! ones wait (with their lifetimes running) until their Service is
+//! programmed again, and the saver thread puts them back then.
 //!
-//! The same encoding carries the state of a hand-over restart (see
-//! `handover`), written by [`save`] to a file the new process names.
+//! **Incremental.** The state file (`FILE`, the versioned format of
+//! `conntrack::state`) is a full snapshot, written only by a compaction;
+//! every save in between appends one frame to the journal `FILE.journal`
+//! with the connections created, changed (in a field a restore needs, or
+//! a lifetime past the bounds `conntrack::state::Tracker` documents) or
+//! deleted since the previous save, so a save of a quiet 1M-connection
+//! table writes nothing. The journal names the snapshot it extends (its
+//! save time). A compaction (at the first save with no usable files, when
+//! the journal outgrows the snapshot, after a failed write) writes the
+//! snapshot to a temporary private to the process, `fsync`s it, renames it
+//! over `FILE` and `fsync`s the directory, then does the same for a new,
+//! empty journal; each append is followed by `fdatasync`. So after a power
+//! loss: a compaction cut between its two renames leaves a journal of the
+//! previous snapshot, which is ignored (the new snapshot holds all); an
+//! append cut short leaves a torn last frame, which is dropped (one save
+//! lost, as with a crash) and cut off before the next append.
+//!
+//! **Never trusted blindly.** A snapshot that does not decode (corrupt,
+//! truncated, a format this build does not read), or a journal with a bad
+//! frame that is not its last, discards both files: they are moved aside
+//! as `FILE.bad` and `FILE.journal.bad` with one log line and the table
+//! starts empty.
+//!
+//! The same snapshot encoding carries the state of a hand-over restart
+//! (see `handover`), written by [`write`] to a file the new process names.
+//! The new process's saver starts from the files the old one left (it
+//! reads them back and appends what differs).
+//!
+//! The saver spends at most a fifth of a core: after a round it waits the
+//! interval or four times the round's length, whichever is longer (a
+//! round passes over the whole table; on a busy machine with a million
+//! connections that takes long, and the interval grows with it, and so
+//! does what a crash can lose).
 //!
 //! Thread-safety: the saver thread reads the shared table as dumps do; it
-//! skips its rounds while `paused` (a hand-over released the ports: the
-//! new process owns the file from then on, unless it rolls back).
+//! skips its rounds while `paused` (from a hand-over's `prepare` on: the
+//! new process owns the files once it commits; if the hand-over fails,
+//! the saver reads the files back before it appends again);
+//! [`wait_for_round`] returns once a round under way has finished, so a
+//! hand-over that paused the saver knows it no longer writes.
 
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Seek, Write};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::conntrack::state::{self, Restored};
+use crate::conntrack::state::{self, JournalError, Restored, SavedState, StateError, Tracker};
 use crate::conntrack::Conntrack;
 use crate::service::{AffinityEntry, Services};
 use crate::time::{clock_ns, Nanos};
@@ -35,9 +68,9 @@ use crate::time::{clock_ns, Nanos};
 pub struct CrashRestore {
     /// Connections restored and skipped.
     pub restored: Restored,
-    /// Bytes read.
+    /// Bytes read (snapshot and journal).
     pub bytes: usize,
-    /// Age of the file, ms.
+    /// Time since the last save, ms.
     pub age_ms: u64,
     /// Time to decode and restore, ms.
     pub took_ms: f64,
@@ -46,70 +79,171 @@ pub struct CrashRestore {
     pub affinity: Vec<(AffinityEntry, Nanos)>,
 }
 
-/// Puts back the connections saved in `path`, if any.
-pub fn restore(path: &Path, ct: &Conntrack) -> Option<CrashRestore> {
-    let data = match std::fs::read(path) {
+/// The journal beside the state file `path`.
+pub fn journal_path(path: &Path) -> PathBuf {
+    suffixed(path, ".journal")
+}
+
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Why the saved state was discarded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The snapshot.
+    #[error("{0}")]
+    State(#[from] StateError),
+    /// The journal.
+    #[error("{0}")]
+    Journal(JournalError),
+    /// Reading.
+    #[error("cannot read it: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What [`load`] read.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// The state the snapshot and its journal hold together, lifetimes
+    /// relative to the time of the load.
+    pub state: SavedState,
+    /// Bytes of the snapshot and of the journal.
+    pub bytes: (usize, usize),
+    /// Journal frames applied.
+    pub frames: usize,
+    /// Bytes of a torn last frame dropped.
+    pub torn_bytes: usize,
+    /// Length of the journal's valid part (where the next frame goes),
+    /// None when there is no journal of this snapshot.
+    pub journal_len: Option<u64>,
+    /// Unix time of the last save, ns.
+    pub saved_at_unix_ns: u64,
+    /// Unix time of the snapshot's save, ns (what its journal names).
+    pub base_saved_at_unix_ns: u64,
+}
+
+/// Reads the state file `path` and its journal. `Ok(None)`: no state
+/// file. A journal of another snapshot (a compaction cut short) is
+/// ignored; a missing one is no change.
+///
+/// # Errors
+/// [`LoadError`]: the snapshot or the journal is corrupt or of a format
+/// this build does not read (or unreadable).
+pub fn load(path: &Path) -> Result<Option<Loaded>, LoadError> {
+    let base = match std::fs::read(path) {
         Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let saved = state::decode(&base)?;
+    let base_at = saved.saved_at_unix_ns;
+    let (journal, jbytes) = match std::fs::read(journal_path(path)) {
+        Ok(d) => match state::decode_journal(&d, base_at) {
+            Ok(j) => (Some(j), d.len()),
+            Err(JournalError::OtherBase { .. }) => (None, 0),
+            Err(e) => return Err(LoadError::Journal(e)),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, 0),
+        Err(e) => return Err(e.into()),
+    };
+    let j = journal.unwrap_or_default();
+    let saved_at_unix_ns = j
+        .frames
+        .last()
+        .map_or(base_at, |f| f.upserts.saved_at_unix_ns);
+    let journal_len = (jbytes > 0).then_some((jbytes - j.torn_bytes) as u64);
+    Ok(Some(Loaded {
+        state: state::merge(saved, &j, unix_now_ns()),
+        bytes: (base.len(), jbytes),
+        frames: j.frames.len(),
+        torn_bytes: j.torn_bytes,
+        journal_len,
+        saved_at_unix_ns,
+        base_saved_at_unix_ns: base_at,
+    }))
+}
+
+/// Puts back the connections saved in `path` (and its journal), if any;
+/// discards (moves aside) files that cannot be trusted, with one log line.
+pub fn restore(path: &Path, ct: &Conntrack) -> Option<CrashRestore> {
+    let t0 = Instant::now();
+    let loaded = match load(path) {
+        Ok(Some(l)) => l,
+        Ok(None) => return None,
+        Err(LoadError::Io(e)) => {
             tracing::warn!(
                 "cannot read saved connections {}: {e}; starting empty",
                 path.display()
             );
             return None;
         }
-    };
-    let t0 = Instant::now();
-    match state::decode(&data) {
-        Ok(saved) => {
-            let now = clock_ns();
-            let r = ct.restore(&saved, now);
-            let age_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-                .saturating_sub(saved.saved_at_unix_ns)
-                / 1_000_000;
-            let took_ms = t0.elapsed().as_secs_f64() * 1e3;
-            tracing::info!(
-                "restored {} connections ({} skipped) from {} ({} bytes, saved {age_ms} ms ago) in {took_ms:.1} ms; {} affinity entries wait for their Services",
-                r.restored,
-                r.skipped,
-                path.display(),
-                data.len(),
-                saved.affinity.len()
-            );
-            Some(CrashRestore {
-                restored: r,
-                bytes: data.len(),
-                age_ms,
-                took_ms,
-                affinity: saved
-                    .affinity
-                    .into_iter()
-                    .map(|a| {
-                        let d = now.saturating_add(a.remaining);
-                        (a, d)
-                    })
-                    .collect(),
-            })
-        }
         Err(e) => {
-            let bad = bad_path(path);
-            let _ = std::fs::rename(path, &bad);
+            let (bad, jbad) = discard(path);
             tracing::warn!(
-                "discarded saved connections {} ({e}); moved to {}; starting empty",
+                "discarded saved connections {} ({e}); moved to {} and {}; starting empty",
                 path.display(),
-                bad.display()
+                bad.display(),
+                jbad.display()
             );
-            None
+            return None;
         }
-    }
+    };
+    let now = clock_ns();
+    let saved = loaded.state;
+    let r = ct.restore(&saved, now);
+    let age_ms = unix_now_ns().saturating_sub(loaded.saved_at_unix_ns) / 1_000_000;
+    let took_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let torn = if loaded.torn_bytes > 0 {
+        format!(
+            "; the journal's last frame was cut short ({} bytes, dropped)",
+            loaded.torn_bytes
+        )
+    } else {
+        String::new()
+    };
+    tracing::info!(
+        "restored {} connections ({} skipped) from {} ({} bytes and {} journal frames in {} bytes, last change saved {age_ms} ms ago) in {took_ms:.1} ms; {} affinity entries wait for their Services{torn}",
+        r.restored,
+        r.skipped,
+        path.display(),
+        loaded.bytes.0,
+        loaded.frames,
+        loaded.bytes.1,
+        saved.affinity.len()
+    );
+    Some(CrashRestore {
+        restored: r,
+        bytes: loaded.bytes.0 + loaded.bytes.1,
+        age_ms,
+        took_ms,
+        affinity: saved
+            .affinity
+            .into_iter()
+            .map(|a| {
+                let d = now.saturating_add(a.remaining);
+                (a, d)
+            })
+            .collect(),
+    })
 }
 
-fn bad_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".bad");
-    PathBuf::from(s)
+/// Moves the state file and its journal aside; their new names.
+fn discard(path: &Path) -> (PathBuf, PathBuf) {
+    let bad = suffixed(path, ".bad");
+    let journal = journal_path(path);
+    let jbad = suffixed(&journal, ".bad");
+    let _ = std::fs::rename(path, &bad);
+    let _ = std::fs::rename(&journal, &jbad);
+    (bad, jbad)
 }
 
 /// The live connections of `ct` and the affinity entries of `services`.
@@ -131,9 +265,10 @@ pub fn snapshot_where(
     saved
 }
 
-/// Writes the live connections of `ct` (and the affinity entries of
-/// `services`) to `path` atomically; returns (connections, affinity
-/// entries, bytes).
+/// Saves the live connections of `ct` (and the affinity entries of
+/// `services`) to the state file `path` in full, durably, with an empty
+/// journal (a compaction: what a clean stop does); returns (connections,
+/// affinity entries, bytes).
 ///
 /// # Errors
 /// The I/O error.
@@ -142,26 +277,75 @@ pub fn save(
     ct: &Conntrack,
     services: Option<&Services>,
 ) -> std::io::Result<(usize, usize, usize)> {
-    write(path, &snapshot(ct, services))
+    let saved = snapshot(ct, services);
+    let bytes = compact_files(path, &saved)?;
+    Ok((saved.conns.len(), saved.affinity.len(), bytes as usize))
 }
 
-/// Writes `saved` to `path` atomically; returns (connections, affinity
+/// The format version the state file is written in: this build's, or
+/// the older one `SLUICED_TEST_STATE_VERSION` names (what the previous
+/// release writes, to test upgrades end to end).
+fn write_version() -> u32 {
+    std::env::var("SLUICED_TEST_STATE_VERSION")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|v| (1..=state::VERSION).contains(v))
+        .unwrap_or(state::VERSION)
+}
+
+/// A temporary name beside `path`, private to this process (two
+/// processes during a hand-over never share one).
+fn tmp_path(path: &Path) -> PathBuf {
+    suffixed(path, &format!(".tmp{}", std::process::id()))
+}
+
+/// Writes `bytes` to `path` atomically and durably: a temporary, `fsync`,
+/// rename, `fsync` of the directory.
+fn write_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = tmp_path(path);
+    let r = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        sync_dir(path)
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+/// A compaction: `saved` as the state file, then an empty journal of it.
+/// Returns the state file's size.
+fn compact_files(path: &Path, saved: &SavedState) -> std::io::Result<u64> {
+    let bytes = state::encode_version(saved, write_version());
+    write_durable(path, &bytes)?;
+    write_durable(
+        &journal_path(path),
+        &state::journal_header(saved.saved_at_unix_ns),
+    )?;
+    Ok(bytes.len() as u64)
+}
+
+/// Writes `saved` to `path` atomically (not durably: a hand-over's state,
+/// read back by the next process at once); returns (connections, affinity
 /// entries, bytes).
 ///
 /// # Errors
 /// The I/O error.
 pub fn write(path: &Path, saved: &state::SavedState) -> std::io::Result<(usize, usize, usize)> {
-    // `SLUICED_TEST_STATE_VERSION` makes this build write an older format
-    // (what the previous release writes), to test upgrades end to end.
-    let version = std::env::var("SLUICED_TEST_STATE_VERSION")
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-        .filter(|v| (1..=state::VERSION).contains(v))
-        .unwrap_or(state::VERSION);
-    let bytes = state::encode_version(saved, version);
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
+    let bytes = state::encode_version(saved, write_version());
+    let tmp = tmp_path(path);
     std::fs::write(&tmp, &bytes)?;
     std::fs::rename(&tmp, path)?;
     Ok((saved.conns.len(), saved.affinity.len(), bytes.len()))
@@ -184,6 +368,239 @@ pub fn restore_pending(pending: &mut Vec<(AffinityEntry, Nanos)>, services: &Ser
         true
     });
     done
+}
+
+/// The journal is compacted once it is larger than the state file and
+/// than this.
+const COMPACT_MIN: u64 = 16 << 20;
+
+type AffinityKey = (String, Ipv4Addr, (Ipv4Addr, u16));
+
+/// What one save did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Round {
+    /// It was a compaction (the whole table written).
+    pub compacted: bool,
+    /// It read the files back and went on from them.
+    pub resumed: bool,
+    /// Connections written (all of them for a compaction).
+    pub written: usize,
+    /// Deletions written.
+    pub deleted: usize,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+/// The incremental saver's state: what the files hold, and the journal
+/// open for appending.
+///
+/// Thread-safety: owned by the saver thread.
+#[derive(Debug)]
+pub struct Incremental {
+    path: PathBuf,
+    tracker: Tracker,
+    /// None: the next round reads the files back (or compacts).
+    journal: Option<File>,
+    /// The next round compacts (a write failed: the journal may end in
+    /// a torn frame that must not be followed by others).
+    must_compact: bool,
+    base_bytes: u64,
+    journal_bytes: u64,
+    /// The affinity entries the files hold: deadline bounds, as for
+    /// connections.
+    affinity: HashMap<AffinityKey, (Nanos, Nanos)>,
+}
+
+impl Incremental {
+    /// A saver for the state file `path`; its first round reads back the
+    /// files there, or compacts.
+    pub fn new(path: &Path) -> Incremental {
+        Incremental {
+            path: path.to_path_buf(),
+            tracker: Tracker::new(),
+            journal: None,
+            must_compact: false,
+            base_bytes: 0,
+            journal_bytes: 0,
+            affinity: HashMap::new(),
+        }
+    }
+
+    /// Forgets the open journal: the next round reads the files back
+    /// (another process may have written them).
+    pub fn reload(&mut self) {
+        self.journal = None;
+    }
+
+    /// One save: the changes since the last one appended to the journal,
+    /// or a compaction.
+    ///
+    /// # Errors
+    /// The I/O error (the next round compacts).
+    pub fn round(&mut self, ct: &Conntrack, services: Option<&Services>) -> std::io::Result<Round> {
+        let r = self.round_inner(ct, services);
+        if r.is_err() {
+            self.journal = None;
+            self.must_compact = true;
+        }
+        r
+    }
+
+    fn round_inner(
+        &mut self,
+        ct: &Conntrack,
+        services: Option<&Services>,
+    ) -> std::io::Result<Round> {
+        let mut resumed = false;
+        if self.journal.is_none() {
+            if self.must_compact || !self.resume()? {
+                return self.compact(ct, services);
+            }
+            resumed = true;
+        }
+        if self.journal_bytes > self.base_bytes.max(COMPACT_MIN) {
+            return self.compact(ct, services);
+        }
+        let now = clock_ns();
+        let changes = self.tracker.changes(ct, now);
+        let affinity = services
+            .map(|s| s.affinity_entries(now))
+            .unwrap_or_default();
+        let with_affinity = self.affinity_changed(&affinity, now);
+        if changes.is_empty() && !with_affinity {
+            return Ok(Round {
+                resumed,
+                ..Round::default()
+            });
+        }
+        let upserts = SavedState {
+            saved_at_unix_ns: unix_now_ns(),
+            conns: changes.upserts,
+            affinity: if with_affinity { affinity } else { Vec::new() },
+            macs: Vec::new(),
+        };
+        let frame = state::journal_frame(&changes.deleted, &upserts, with_affinity);
+        let f = self
+            .journal
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("no journal open"))?;
+        f.write_all(&frame)?;
+        f.sync_data()?;
+        self.journal_bytes += frame.len() as u64;
+        Ok(Round {
+            compacted: false,
+            resumed,
+            written: upserts.conns.len(),
+            deleted: changes.deleted.len(),
+            bytes: frame.len() as u64,
+        })
+    }
+
+    /// Whether `entries` differ from the affinity entries the files hold
+    /// (a new or gone entry, a deadline past its bounds); when they do,
+    /// they become the ones the files hold.
+    fn affinity_changed(&mut self, entries: &[AffinityEntry], now: Nanos) -> bool {
+        let changed = entries.len() != self.affinity.len()
+            || entries.iter().any(|a| {
+                let d = now.saturating_add(a.remaining);
+                self.affinity
+                    .get(&(a.service.clone(), a.client, a.endpoint))
+                    .is_none_or(|&(lo, hi)| d < lo || d > hi)
+            });
+        if changed {
+            self.remember_affinity(entries, now);
+        }
+        changed
+    }
+
+    fn remember_affinity(&mut self, entries: &[AffinityEntry], now: Nanos) {
+        self.affinity = entries
+            .iter()
+            .map(|a| {
+                let d = now.saturating_add(a.remaining);
+                (
+                    (a.service.clone(), a.client, a.endpoint),
+                    (d.saturating_sub(1_000_000_000), d + a.remaining / 2),
+                )
+            })
+            .collect();
+    }
+
+    /// Reads the files back and opens the journal after its last valid
+    /// frame; false when they are missing or unusable (then a compaction
+    /// follows).
+    fn resume(&mut self) -> std::io::Result<bool> {
+        let loaded = match load(&self.path) {
+            Ok(Some(l)) => l,
+            Ok(None) | Err(LoadError::State(_)) | Err(LoadError::Journal(_)) => return Ok(false),
+            Err(LoadError::Io(e)) => return Err(e),
+        };
+        let len = match loaded.journal_len {
+            Some(len) => len,
+            None => {
+                // No journal of this snapshot (none yet, or one of the
+                // previous snapshot): an empty one.
+                write_durable(
+                    &journal_path(&self.path),
+                    &state::journal_header(loaded.base_saved_at_unix_ns),
+                )?;
+                state::JOURNAL_HEADER as u64
+            }
+        };
+        let now = clock_ns();
+        self.tracker.seed(&loaded.state, now);
+        self.remember_affinity(&loaded.state.affinity, now);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(journal_path(&self.path))?;
+        // A torn last frame is cut off: the next frame must follow the
+        // last whole one.
+        f.set_len(len)?;
+        f.sync_all()?;
+        f.seek(std::io::SeekFrom::End(0))?;
+        self.journal = Some(f);
+        self.base_bytes = loaded.bytes.0 as u64;
+        self.journal_bytes = len;
+        Ok(true)
+    }
+
+    fn compact(&mut self, ct: &Conntrack, services: Option<&Services>) -> std::io::Result<Round> {
+        self.journal = None;
+        let now = clock_ns();
+        let mut saved = self.tracker.full(ct, now);
+        if let Some(s) = services {
+            saved.affinity = s.affinity_entries(now);
+        }
+        self.remember_affinity(&saved.affinity, now);
+        let base = compact_files(&self.path, &saved)?;
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(journal_path(&self.path))?;
+        self.journal = Some(f);
+        self.must_compact = false;
+        self.base_bytes = base;
+        self.journal_bytes = state::JOURNAL_HEADER as u64;
+        Ok(Round {
+            compacted: true,
+            resumed: false,
+            written: saved.conns.len(),
+            deleted: 0,
+            bytes: base + state::JOURNAL_HEADER as u64,
+        })
+    }
+}
+
+/// The saver waits at least this many times the length of its last
+/// round before the next one.
+const MAX_DUTY_INVERSE: u32 = 4;
+
+/// Held by the saver thread for each round.
+static ROUND: Mutex<()> = Mutex::new(());
+
+/// Returns once the saver round under way, if any, has finished: after
+/// setting `paused`, the caller knows the saver no longer writes.
+pub fn wait_for_round() {
+    drop(ROUND.lock().unwrap_or_else(|e| e.into_inner()));
 }
 
 /// The saver thread's inputs.
@@ -211,8 +628,11 @@ pub fn spawn_saver(mut s: Saver) -> std::io::Result<std::thread::JoinHandle<()>>
         .name("state-saver".into())
         .spawn(move || {
             let mut failing = false;
+            let mut inc = Incremental::new(&s.path);
+            let mut wait = s.every;
             while !s.stop.load(Ordering::Relaxed) {
-                std::thread::park_timeout(s.every);
+                std::thread::park_timeout(wait);
+                wait = s.every;
                 if s.stop.load(Ordering::Relaxed) {
                     break;
                 }
@@ -222,11 +642,39 @@ pub fn spawn_saver(mut s: Saver) -> std::io::Result<std::thread::JoinHandle<()>>
                         tracing::info!("restored {n} Service affinity entries");
                     }
                 }
+                let _round = ROUND.lock().unwrap_or_else(|e| e.into_inner());
                 if s.paused.load(Ordering::Relaxed) {
+                    // Another process may write the files meanwhile.
+                    inc.reload();
                     continue;
                 }
-                match save(&s.path, &s.ct, Some(&s.services)) {
-                    Ok(_) => failing = false,
+                let t0 = Instant::now();
+                let r = inc.round(&s.ct, Some(&s.services));
+                // At most a fifth of a core: a long round (a large table
+                // on a busy machine) spaces the next one out.
+                wait = wait.max(t0.elapsed() * MAX_DUTY_INVERSE);
+                match r {
+                    Ok(r) => {
+                        failing = false;
+                        if r.compacted || r.resumed {
+                            tracing::info!(
+                                "state saver: {} {} ({} connections, {} bytes) in {:.1} ms",
+                                if r.compacted {
+                                    "compacted"
+                                } else {
+                                    "resumed from"
+                                },
+                                s.path.display(),
+                                if r.compacted {
+                                    r.written
+                                } else {
+                                    inc.tracker.len()
+                                },
+                                r.bytes,
+                                t0.elapsed().as_secs_f64() * 1e3
+                            );
+                        }
+                    }
                     Err(e) if !failing => {
                         failing = true;
                         tracing::warn!("cannot save connections to {}: {e}", s.path.display());
@@ -235,4 +683,247 @@ pub fn spawn_saver(mut s: Saver) -> std::io::Result<std::thread::JoinHandle<()>>
                 }
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conntrack::nat::Tuple;
+    use crate::conntrack::state::{SavedConn, SavedProto};
+    use crate::conntrack::{ConnFilter, ConnKey, ConntrackConfig};
+
+    const HOUR: Nanos = 3_600_000_000_000;
+
+    fn udp(i: u32) -> SavedConn {
+        let t = Tuple {
+            src: 0xac10_0000 | i,
+            dst: 0x0a01_0001,
+            sport: 1024,
+            dport: 53,
+        };
+        let r = Tuple {
+            src: t.dst,
+            dst: t.src,
+            sport: t.dport,
+            dport: t.sport,
+        };
+        let key = |tuple| ConnKey {
+            zone: 1,
+            proto: 17,
+            tuple,
+        };
+        SavedConn {
+            keys: [key(t), key(r)],
+            nat: 0,
+            proto: SavedProto::Other,
+            replied: true,
+            remaining: HOUR,
+            packets: [1, 1],
+            bytes: [64, 64],
+            mark: 0,
+            label: 0,
+            lb: None,
+        }
+    }
+
+    /// Adds connections `ids` to `ct` (as a restore does).
+    fn add(ct: &Conntrack, ids: impl IntoIterator<Item = u32>) {
+        let s = SavedState {
+            conns: ids.into_iter().map(udp).collect(),
+            ..Default::default()
+        };
+        let n = s.conns.len();
+        assert_eq!(ct.restore(&s, clock_ns()).restored, n);
+    }
+
+    fn keys_of(s: &SavedState) -> Vec<ConnKey> {
+        let mut k: Vec<ConnKey> = s.conns.iter().map(|c| c.keys[0]).collect();
+        k.sort_by_key(|k| k.tuple.src);
+        k
+    }
+
+    fn live_keys(ct: &Conntrack) -> Vec<ConnKey> {
+        let mut k = Vec::new();
+        ct.for_each(|c| k.push(c.keys[0]));
+        k.sort_by_key(|k| k.tuple.src);
+        k
+    }
+
+    fn loaded(path: &Path) -> Loaded {
+        load(path).expect("loads").expect("there is a state file")
+    }
+
+    /// A table of 1,000 connections, saved once in full, then twice
+    /// incrementally; returns (dir, file, table, journal length before the
+    /// last frame).
+    fn saved_with_two_frames() -> (tempfile::TempDir, PathBuf, Conntrack, u64) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("conntrack.state");
+        let ct = Conntrack::new(ConntrackConfig::default());
+        add(&ct, 0..1000);
+        let mut inc = Incremental::new(&path);
+        let r = inc.round(&ct, None).expect("first save");
+        assert!(r.compacted && r.written == 1000, "{r:?}");
+        add(&ct, 1000..1003);
+        inc.round(&ct, None).expect("second save");
+        let before = std::fs::metadata(journal_path(&path))
+            .expect("journal")
+            .len();
+        ct.flush(&ConnFilter {
+            ip: Some(Ipv4Addr::new(172, 16, 0, 7)),
+            ..Default::default()
+        });
+        add(&ct, [2000]);
+        inc.round(&ct, None).expect("third save");
+        (dir, path, ct, before)
+    }
+
+    /// After the first (full) save, a save writes only the connections
+    /// created or deleted since the previous one, nothing when nothing
+    /// changed, and the state file and journal read back as the table.
+    #[test]
+    fn a_save_writes_only_what_changed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("conntrack.state");
+        let ct = Conntrack::new(ConntrackConfig::default());
+        add(&ct, 0..1000);
+        let mut inc = Incremental::new(&path);
+        let first = inc.round(&ct, None).expect("save");
+        assert!(first.compacted, "{first:?}");
+        assert_eq!(first.written, 1000);
+        let base = std::fs::metadata(&path).expect("state file").len();
+        assert!(base > 1000 * state::RECORD_V2 as u64);
+        // Nothing changed: nothing written.
+        let quiet = inc.round(&ct, None).expect("save");
+        assert_eq!(quiet, Round::default());
+        assert_eq!(
+            std::fs::metadata(journal_path(&path))
+                .expect("journal")
+                .len(),
+            state::JOURNAL_HEADER as u64
+        );
+        // Three new, two gone: one small frame.
+        add(&ct, 1000..1003);
+        for ip in [Ipv4Addr::new(172, 16, 0, 7), Ipv4Addr::new(172, 16, 0, 9)] {
+            assert_eq!(
+                ct.flush(&ConnFilter {
+                    ip: Some(ip),
+                    ..Default::default()
+                }),
+                1
+            );
+        }
+        let r = inc.round(&ct, None).expect("save");
+        assert!(!r.compacted);
+        assert_eq!((r.written, r.deleted), (3, 2), "{r:?}");
+        assert!(
+            r.bytes < 5 * state::RECORD_V2 as u64 + 200,
+            "a frame of 3 connections and 2 deletions is small: {r:?}"
+        );
+        assert_eq!(std::fs::metadata(&path).expect("state file").len(), base);
+        let l = loaded(&path);
+        assert_eq!(l.frames, 1);
+        assert_eq!(keys_of(&l.state), live_keys(&ct));
+        assert_eq!(l.state.conns.len(), 1001);
+        // Lifetimes are relative to the load, not to each save.
+        assert!(l.state.conns.iter().all(|c| c.remaining <= HOUR));
+    }
+
+    /// A power cut during an append leaves a torn last frame: every cut
+    /// point inside it reads back as the state before that save, says so,
+    /// and the next saver cuts it off before it appends (so the torn bytes
+    /// never end up in the middle of the journal).
+    #[test]
+    fn a_torn_last_frame_is_dropped_and_cut_off() {
+        let (_dir, path, ct, before) = saved_with_two_frames();
+        let jpath = journal_path(&path);
+        let whole = std::fs::read(&jpath).expect("journal");
+        let earlier = {
+            std::fs::write(&jpath, &whole[..before as usize]).expect("cut");
+            let l = loaded(&path);
+            assert_eq!((l.frames, l.torn_bytes), (1, 0));
+            keys_of(&l.state)
+        };
+        for cut in before as usize + 1..whole.len() {
+            std::fs::write(&jpath, &whole[..cut]).expect("cut");
+            let l = loaded(&path);
+            assert_eq!(l.frames, 1, "cut at {cut}");
+            assert_eq!(l.torn_bytes, cut - before as usize, "cut at {cut}");
+            assert_eq!(keys_of(&l.state), earlier, "cut at {cut}");
+        }
+        // A cut whose size reached the disk before its data: zeros.
+        let mut zeros = whole[..before as usize + 11].to_vec();
+        zeros.resize(whole.len() + 4096, 0);
+        std::fs::write(&jpath, &zeros).expect("zero tail");
+        let l = loaded(&path);
+        assert_eq!(l.frames, 1);
+        assert_eq!(keys_of(&l.state), earlier);
+        // The next process resumes: cuts the tail, appends what differs.
+        let mut inc = Incremental::new(&path);
+        let r = inc.round(&ct, None).expect("save");
+        assert!(r.resumed && !r.compacted, "{r:?}");
+        assert_eq!((r.written, r.deleted), (1, 1), "{r:?}");
+        let l = loaded(&path);
+        assert_eq!((l.frames, l.torn_bytes), (2, 0));
+        assert_eq!(keys_of(&l.state), live_keys(&ct));
+    }
+
+    /// A bad frame that is not the last one is corruption: the restore
+    /// discards both files (moved aside) and restores nothing.
+    #[test]
+    fn a_corrupt_journal_discards_both_files() {
+        let (dir, path, _ct, _) = saved_with_two_frames();
+        let jpath = journal_path(&path);
+        let mut data = std::fs::read(&jpath).expect("journal");
+        data[state::JOURNAL_HEADER + 20] ^= 0x10;
+        std::fs::write(&jpath, &data).expect("corrupt");
+        assert!(matches!(load(&path), Err(LoadError::Journal(_))));
+        let ct = Conntrack::new(ConntrackConfig::default());
+        assert!(restore(&path, &ct).is_none());
+        assert!(ct.is_empty());
+        assert!(!path.exists() && !jpath.exists());
+        assert!(dir.path().join("conntrack.state.bad").exists());
+        assert!(dir.path().join("conntrack.state.journal.bad").exists());
+    }
+
+    /// A compaction cut between its two renames leaves a new state file
+    /// and the journal of the previous one: the journal is ignored, the
+    /// state file alone is read, and the next saver replaces the journal
+    /// with an empty one of the state file.
+    #[test]
+    fn a_journal_of_another_state_file_is_ignored() {
+        let (_dir, path, ct, _) = saved_with_two_frames();
+        let jpath = journal_path(&path);
+        let old_journal = std::fs::read(&jpath).expect("journal");
+        save(&path, &ct, None).expect("a compaction");
+        std::fs::write(&jpath, &old_journal).expect("the previous journal");
+        let l = loaded(&path);
+        assert_eq!((l.frames, l.journal_len), (0, None));
+        assert_eq!(keys_of(&l.state), live_keys(&ct));
+        // The next saver starts an empty journal of the state file.
+        let r = Incremental::new(&path).round(&ct, None).expect("save");
+        assert!(r.resumed && !r.compacted, "{r:?}");
+        assert_eq!((r.written, r.deleted), (0, 0), "{r:?}");
+        assert_eq!(
+            std::fs::metadata(&jpath).expect("journal").len(),
+            state::JOURNAL_HEADER as u64
+        );
+        assert_eq!(
+            loaded(&path).journal_len,
+            Some(state::JOURNAL_HEADER as u64)
+        );
+    }
+
+    /// A corrupt state file is refused as before (moved aside).
+    #[test]
+    fn a_corrupt_state_file_discards_both_files() {
+        let (_dir, path, _ct, _) = saved_with_two_frames();
+        let mut data = std::fs::read(&path).expect("state file");
+        let n = data.len();
+        data[n / 2] ^= 0xff;
+        std::fs::write(&path, &data).expect("corrupt");
+        assert!(matches!(load(&path), Err(LoadError::State(_))));
+        assert!(restore(&path, &Conntrack::new(ConntrackConfig::default())).is_none());
+        assert!(!path.exists() && !journal_path(&path).exists());
+    }
 }
