@@ -24,8 +24,10 @@
 //! `unsafe` code is denied crate-wide and allowed only where it is needed,
 //! each block with a `// SAFETY:` comment: the DPDK glue ([`dpdk`]), the
 //! cycle counter ([`time::cycles`]), the classifier's prefetch, the
-//! conntrack shard index read without a lock (`conntrack::shard`) and the
-//! control socket's peer-credential syscalls (`ctl::sys`).
+//! conntrack shard index read without a lock (`conntrack::shard`), the
+//! control socket's peer-credential syscalls (`ctl::sys`) and the
+//! hand-over's duplication of the packet sockets it releases
+//! (`daemon::handover`).
 #![deny(unsafe_code)]
 
 pub mod caps;
