@@ -415,7 +415,8 @@ impl NodeState {
         // stores; everything else after it.
         let settings = c.settings.clone();
         let t_prepared = Instant::now();
-        test_pause("prepared");
+        test_pause(&self.instance_id, "prepared");
+        let t_locking = Instant::now();
         let shared = p.ports.shared();
         let mut ports_pub = p.ports.prepare_publish(&port_stage);
         let t_raise = Instant::now();
@@ -425,7 +426,7 @@ impl NodeState {
         let published = shared
             .barrier_with(
                 BARRIER_WAIT,
-                || test_pause("parked"),
+                || test_pause(&self.instance_id, "parked"),
                 || {
                     t_parked = Instant::now();
                     ports_pub.publish();
@@ -461,7 +462,7 @@ impl NodeState {
         let ((_flows, services), attempts) = published;
         ports_pub.finish(&mut port_stage);
         let t_published = Instant::now();
-        test_pause("published");
+        test_pause(&self.instance_id, "published");
         // The changed tables' indexes, built off the commit's path (an
         // error means the thread is gone: PMDs build them on first use).
         let _ = self.indexer.send(flows.program());
@@ -510,7 +511,7 @@ impl NodeState {
                 ms(t_ports, t_flows),
                 ms(t_flows, t_prepared)
             ),
-            lock_ms = format!("{:.2}", ms(t_prepared, t_raise)),
+            lock_ms = format!("{:.2}", ms(t_locking, t_raise)),
             park_ms = format!("{:.2}", ms(t_raise, t_parked)),
             attempts,
             held_us = format!("{held_us:.1}"),
@@ -606,24 +607,25 @@ impl NodeState {
 pub const TEST_PAUSE_ENV: &str = "SLUICE_TEST_COMMIT_PAUSE";
 
 /// A test hook: with `SLUICE_TEST_COMMIT_PAUSE=DIR` in the environment,
-/// a commit reaching `phase` (`prepared`: every part built, before the
-/// barrier; `parked`: every PMD parked, before the publication is
-/// claimed; `published`: after the barrier) while the file `DIR/phase`
-/// exists creates `DIR/phase.paused` and waits until `DIR/phase` is
-/// removed (at most two minutes), then removes `DIR/phase.paused`. It
-/// lets a test stop the committing thread between its phases and check
-/// that the PMDs forward meanwhile. Without the variable it costs one
-/// check of a cached value.
-fn test_pause(phase: &str) {
+/// a commit of the `sluiced` whose instance id is `ID` reaching `phase`
+/// (`prepared`: every part built, before the barrier; `parked`: every PMD
+/// parked, before the publication is claimed; `published`: after the
+/// barrier) while the file `DIR/ID.phase` exists creates
+/// `DIR/ID.phase.paused` and waits until `DIR/ID.phase` is removed (at
+/// most two minutes), then removes `DIR/ID.phase.paused`. It lets a test
+/// stop the committing thread between its phases and check that the PMDs
+/// forward meanwhile. Without the variable it costs one check of a
+/// cached value.
+fn test_pause(instance_id: &str, phase: &str) {
     static DIR: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
     let Some(dir) = DIR.get_or_init(|| std::env::var_os(TEST_PAUSE_ENV).map(Into::into)) else {
         return;
     };
-    let gate = dir.join(phase);
+    let gate = dir.join(format!("{instance_id}.{phase}"));
     if !gate.exists() {
         return;
     }
-    let mark = dir.join(format!("{phase}.paused"));
+    let mark = dir.join(format!("{instance_id}.{phase}.paused"));
     if let Err(e) = std::fs::write(&mark, b"") {
         tracing::warn!("commit test hook: cannot create {}: {e}", mark.display());
     }
