@@ -37,7 +37,10 @@
 //! and a parked PMD that waits more than [`PARK_PATIENCE`] for the
 //! committing thread to start storing gives the attempt up and forwards
 //! on (the committer tries again): a descheduled or stopped committer
-//! cannot hold a PMD longer than that. Outside a commit it costs one
+//! cannot hold a PMD longer than that. While it stores, the committer
+//! runs at the lowest real-time priority when allowed (`RtBoost`, this
+//! module's only `unsafe`: the `sched_setscheduler` calls), so that an
+//! ordinary thread does not preempt it then. Outside a commit it costs one
 //! relaxed load per iteration.
 //!
 //! Thread-safety: the shared state is [`PmdStats`] (single-writer
@@ -382,6 +385,71 @@ pub struct BarrierError {
     pub attempts: u32,
 }
 
+/// The committing thread at the lowest real-time priority (`SCHED_FIFO`
+/// 1) while it publishes a claimed barrier attempt, so that no ordinary
+/// thread preempts it while the PMDs wait for its stores (on a loaded
+/// machine a preempted committer held them for tens of milliseconds);
+/// its policy is restored on drop. Without the privilege (no
+/// `CAP_SYS_NICE`, or no real-time budget in its cgroup) the thread keeps
+/// its priority, said once in the log; a thread already real-time is left
+/// alone.
+struct RtBoost {
+    restore: Option<(libc::c_int, libc::sched_param)>,
+}
+
+/// The real-time boost was refused once (not tried again).
+static RT_REFUSED: AtomicBool = AtomicBool::new(false);
+
+impl RtBoost {
+    #[allow(unsafe_code)]
+    fn new() -> Self {
+        let none = RtBoost { restore: None };
+        if RT_REFUSED.load(Ordering::Relaxed) {
+            return none;
+        }
+        // SAFETY: with pid 0 these act on the calling thread only; the
+        // parameter pointers are to live locals of the right type.
+        unsafe {
+            let policy = libc::sched_getscheduler(0);
+            let mut old: libc::sched_param = std::mem::zeroed();
+            if policy < 0 || libc::sched_getparam(0, &mut old) != 0 {
+                return none;
+            }
+            let base = policy & !libc::SCHED_RESET_ON_FORK;
+            if base == libc::SCHED_FIFO || base == libc::SCHED_RR {
+                return none;
+            }
+            let rt = libc::sched_param { sched_priority: 1 };
+            if libc::sched_setscheduler(0, libc::SCHED_FIFO, &rt) != 0 {
+                let e = std::io::Error::last_os_error();
+                if !RT_REFUSED.swap(true, Ordering::Relaxed) {
+                    tracing::info!("node commits publish at the committing thread's usual priority (SCHED_FIFO refused: {e}); under CPU load a preempted committer can hold the PMDs longer: grant CAP_SYS_NICE to avoid it");
+                }
+                return none;
+            }
+            RtBoost {
+                restore: Some((policy, old)),
+            }
+        }
+    }
+}
+
+impl Drop for RtBoost {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        if let Some((policy, old)) = self.restore.take() {
+            // SAFETY: as in `new`: the calling thread, a live local.
+            let r = unsafe { libc::sched_setscheduler(0, policy, &old) };
+            if r != 0 {
+                tracing::warn!(
+                    "the committing thread could not return to its scheduling policy: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
 /// A PMD did not pick up a port table in time.
 #[derive(Debug, thiserror::Error)]
 #[error("PMD thread {pmd} did not pass a burst boundary within {waited:?} (is it stuck?); the port table generation {generation} is published but the old ports may still be in use")]
@@ -535,6 +603,9 @@ impl<P: Clone> SharedPorts<P> {
             };
             if all_parked {
                 parked();
+                // From here until the barrier is lowered no ordinary
+                // thread takes this one's CPU.
+                let boost = RtBoost::new();
                 if b.phase
                     .compare_exchange(
                         hold,
@@ -546,6 +617,7 @@ impl<P: Clone> SharedPorts<P> {
                 {
                     let r = f();
                     drop(lower);
+                    drop(boost);
                     return Ok((r, attempts));
                 }
             }
@@ -1611,6 +1683,45 @@ mod tests {
         pmd.join().unwrap();
         assert_eq!(pair.0.load(Ordering::Relaxed), 1);
         assert_eq!(torn.load(Ordering::Relaxed), 0, "a burst saw half a commit");
+    }
+
+    /// The calling thread's scheduling policy (`/proc/thread-self/stat`,
+    /// field 41: 0 normal, 1 FIFO).
+    fn policy() -> u32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
+        let after = &stat[stat.rfind(')').expect("comm") + 1..];
+        after
+            .split_whitespace()
+            .nth(38)
+            .and_then(|v| v.parse().ok())
+            .expect("policy field")
+    }
+
+    /// The publication runs at real-time priority when the process may
+    /// (else the refusal is recorded), and the committing thread returns
+    /// to its own policy after.
+    #[test]
+    fn the_committer_publishes_at_real_time_priority_then_returns_to_its_own() {
+        let shared = SharedPorts::<u8>::new(1, PortTable::empty(1));
+        // No PMD runs: the only one is stopped.
+        shared.epochs[0].store(u64::MAX, Ordering::Release);
+        let before = policy();
+        assert_eq!(before, 0, "the test thread starts with the normal policy");
+        let inside = shared
+            .barrier(Duration::from_secs(60), policy)
+            .expect("no PMD to wait for");
+        assert_eq!(policy(), before, "the policy is restored after the barrier");
+        if inside == 0 {
+            // Refused (no CAP_SYS_NICE or no real-time budget): said once
+            // in the log, and not tried again.
+            assert!(
+                RT_REFUSED.load(Ordering::Relaxed),
+                "the stores ran at the normal policy without a refusal"
+            );
+            eprintln!("SCHED_FIFO refused here: the boost is off");
+            return;
+        }
+        assert_eq!(inside, 1, "the stores ran with SCHED_FIFO");
     }
 
     #[test]
