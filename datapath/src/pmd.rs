@@ -385,8 +385,9 @@ pub struct BarrierError {
     pub attempts: u32,
 }
 
-/// The committing thread at the lowest real-time priority (`SCHED_FIFO`
-/// 1) while it publishes a claimed barrier attempt, so that no ordinary
+/// The committing thread at the lowest real-time priority
+/// (`SCHED_FIFO`, priority 1) while it publishes a claimed barrier
+/// attempt, so that no ordinary
 /// thread preempts it while the PMDs wait for its stores (on a loaded
 /// machine a preempted committer held them for tens of milliseconds);
 /// its policy is restored on drop. Without the privilege (no

@@ -434,7 +434,7 @@ fn a_committer_paused_between_its_phases_never_stops_forwarding() {
     let first = NodeChanges {
         generation: 1,
         expected_generation: Some(0),
-        flow_ops: add_ops(&[stream.clone()]),
+        flow_ops: add_ops(std::slice::from_ref(&stream)),
         ..Default::default()
     };
     c.call::<NodeCommit>(&first).expect("the first commit");
