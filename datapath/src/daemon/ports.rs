@@ -31,6 +31,10 @@
 //!
 //! Thread-safety: control threads call [`Ports`] concurrently; a mutex
 //! serialises adds and deletes (and covers the pool), never taken by a PMD.
+//! A node commit holds it (and the port table's writer lock) from the
+//! preparation of its port table ([`Ports::prepare_publish`]) to its
+//! bookkeeping ([`PortPublication::finish`]), across the PMD barrier, so
+//! that inside the barrier its publication is a pointer swap.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
