@@ -38,8 +38,9 @@
 //! committing thread to start storing gives the attempt up and forwards
 //! on (the committer tries again): a descheduled or stopped committer
 //! cannot hold a PMD longer than that. While it stores, the committer
-//! runs at the lowest real-time priority when allowed (`RtBoost`, this
-//! module's only `unsafe`: the `sched_setscheduler` calls), so that an
+//! runs at the lowest real-time priority when allowed (`RtBoost`; with
+//! `current_cpu`, this module's only `unsafe`: the `sched_setscheduler`
+//! and `sched_getcpu` calls), so that an
 //! ordinary thread does not preempt it then. Outside a commit it costs one
 //! relaxed load per iteration.
 //!
@@ -345,7 +346,8 @@ const ABORTED: u64 = 3;
 /// the committing thread's scheduling never holds them:
 /// 1. the committer (on its CPU, spinning) raises attempt `a` (`HOLD`);
 /// 2. each PMD, at its next burst boundary, parks for `a` (its `parked`
-///    slot says `a`) and spins (yielding) while the phase is `a`'s;
+///    slot says `a`) and spins while the phase is `a`'s, without yielding
+///    its core unless the committer waits on the same CPU;
 /// 3. once every PMD is parked for `a` (or stopped), the committer claims
 ///    the attempt (`HOLD` → `PUBLISHING`, one compare-and-swap), stores
 ///    the prepared parts (pointer stores only) and lowers it (`IDLE`);
@@ -371,6 +373,9 @@ struct CommitBarrier {
     holder: Mutex<u64>,
     /// Attempts given up by a parked PMD.
     aborted: AtomicU64,
+    /// The CPU the committer last ran on while waiting for the PMDs
+    /// (`usize::MAX`: unknown): a PMD parked on that CPU yields it.
+    committer_cpu: std::sync::atomic::AtomicUsize,
 }
 
 /// The PMDs were not all parked at a burst boundary at once in time.
@@ -383,6 +388,15 @@ pub struct BarrierError {
     pub waited: Duration,
     /// Attempts made (each but the last given up by a PMD).
     pub attempts: u32,
+}
+
+/// The CPU the calling thread runs on (`usize::MAX` if unknown).
+#[allow(unsafe_code)]
+fn current_cpu() -> usize {
+    // SAFETY: sched_getcpu has no preconditions and touches no memory of
+    // ours.
+    let c = unsafe { libc::sched_getcpu() };
+    usize::try_from(c).unwrap_or(usize::MAX)
 }
 
 /// The committing thread at the lowest real-time priority
@@ -523,6 +537,7 @@ impl<P: Clone> SharedPorts<P> {
                     .collect(),
                 holder: Mutex::new(0),
                 aborted: AtomicU64::new(0),
+                committer_cpu: std::sync::atomic::AtomicUsize::new(usize::MAX),
             },
         }
     }
@@ -577,6 +592,7 @@ impl<P: Clone> SharedPorts<P> {
             let t_attempt = Instant::now();
             let mut waiting = 0;
             let all_parked = loop {
+                b.committer_cpu.store(current_cpu(), Ordering::Relaxed);
                 let missing = b.parked.iter().enumerate().find(|(i, p)| {
                     p.load(Ordering::SeqCst) != a
                         && self.epochs[*i].load(Ordering::Acquire) != u64::MAX
@@ -662,6 +678,7 @@ impl<P: Clone> SharedPorts<P> {
         let publishing = (a << 2) | PUBLISHING;
         parked.store(a, Ordering::SeqCst);
         let since = Instant::now();
+        let cpu = current_cpu();
         loop {
             let p = b.phase.load(Ordering::Acquire);
             if p == hold {
@@ -683,8 +700,16 @@ impl<P: Clone> SharedPorts<P> {
                 // the next boundary, after a burst).
                 break;
             }
-            std::hint::spin_loop();
-            std::thread::yield_now();
+            // Spin without yielding: the core is the PMD's, and on a
+            // shared one a yield hands it to another thread for a whole
+            // time slice (milliseconds), counted as parked. Unless the
+            // committer waits on this very CPU (threads not pinned, or
+            // the PMD on the control threads' core): then it must run.
+            if b.committer_cpu.load(Ordering::Relaxed) == cpu {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
         }
         parked.store(0, Ordering::Release);
     }

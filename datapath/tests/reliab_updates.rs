@@ -186,6 +186,8 @@ struct CommitPhases {
     held_ns: u64,
     /// Barrier attempts (those before the last given up by a PMD).
     attempts: u32,
+    /// Of `held_ns`, each part's store (µs), by name.
+    parts: Vec<(String, f64)>,
 }
 
 /// The phases of every `node-commit` log line in sluiced's log `text`
@@ -218,9 +220,22 @@ fn commit_phases(text: &str) -> Vec<CommitPhases> {
         .lines()
         .filter(|l| l.contains("node-commit: generation"))
         .filter_map(|l| {
+            // held_parts_us="ports 1.2, flows 3.4, ..."
+            let parts = l
+                .split("held_parts_us=\"")
+                .nth(1)
+                .and_then(|v| v.split('"').next())
+                .unwrap_or_default()
+                .split(", ")
+                .filter_map(|p| {
+                    let (name, v) = p.split_once(' ')?;
+                    Some((name.to_string(), v.parse().ok()?))
+                })
+                .collect();
             Some(CommitPhases {
                 held_ns: (field(l, "held_us")? * 1000.0) as u64,
                 attempts: field(l, "attempts")? as u32,
+                parts,
             })
         })
         .collect()
@@ -647,6 +662,24 @@ fn run(test: &str, tag: &str, sizes: Sizes) {
             sluice_datapath::pmd::PARK_PATIENCE,
         );
         print!("{}", histogram("PMD held per commit", &us_buckets(&held)));
+        let mut by_part: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for c in &commits {
+            for (name, v) in &c.parts {
+                by_part.entry(name.clone()).or_default().push(*v);
+            }
+        }
+        let mut line = String::from("  by part (p50 / p99 / max us):");
+        for (name, mut v) in by_part {
+            v.sort_by(f64::total_cmp);
+            let at = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+            line += &format!(
+                " {name} {:.1} / {:.1} / {:.1};",
+                at(0.5),
+                at(0.99),
+                v.last().copied().unwrap_or(0.0)
+            );
+        }
+        println!("{line}");
     }
     let ms = |k: &str| cpu[k].as_u64().unwrap_or(0) as f64 / 1e6;
     println!(
