@@ -35,7 +35,10 @@
 //! Figures printed: the commit latency (what one update costs, end to
 //! end: preparation, the PMD barrier, the flush) and the PMD's loop
 //! iterations by length (parking in the barrier included; its longest is
-//! the longest stall), both as log2 histograms. No timing is asserted.
+//! the longest stall), both as log2 histograms, and, from sluiced's commit
+//! log lines, how long each commit held the PMD (the stores inside the
+//! barrier, with each part's share) and the barrier attempts the parked
+//! PMD gave up. No timing is asserted.
 //!
 //! Sizes: `RELIAB_RULES`, `RELIAB_SERVICES`, `RELIAB_UPDATES` (CI defaults
 //! 1,000 / 1,000 / 300); the full size (10,000 each) is the `#[ignore]`d
