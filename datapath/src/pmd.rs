@@ -33,8 +33,16 @@
 //! A node commit (`node-commit`) changes several of the structures PMDs
 //! read (port table, flow program, Service table, VTEPs, ingress) and must
 //! be seen whole: [`SharedPorts::barrier`] parks every PMD at a burst
-//! boundary while the prepared parts are stored (VPP's worker barrier).
-//! Outside a commit it costs one relaxed load per iteration.
+//! boundary while the prepared parts are stored (VPP's worker barrier),
+//! and a parked PMD that waits more than [`PARK_PATIENCE`] for the
+//! committing thread to start storing gives the attempt up and forwards
+//! on (the committer tries again): a descheduled or stopped committer
+//! cannot hold a PMD longer than that. While it stores, the committer
+//! runs at the lowest real-time priority when allowed (`RtBoost`; with
+//! `current_cpu`, this module's only `unsafe`: the `sched_setscheduler`
+//! and `sched_getcpu` calls), so that an
+//! ordinary thread does not preempt it then. Outside a commit it costs one
+//! relaxed load per iteration.
 //!
 //! Thread-safety: the shared state is [`PmdStats`] (single-writer
 //! counters), the stop flag and [`SharedPorts`] (an `ArcSwap` plus atomic
@@ -314,31 +322,147 @@ pub struct SharedPorts<P> {
     barrier: CommitBarrier,
 }
 
+/// How long a PMD parked for a node commit waits for the committing
+/// thread to start publishing before it gives the attempt up and goes
+/// back to forwarding (the committer then tries again): the longest a
+/// descheduled or paused committer can hold a PMD. A few bursts' worth:
+/// enough for the other PMDs to reach their burst boundary.
+pub const PARK_PATIENCE: Duration = Duration::from_micros(200);
+
+/// How long the committing thread waits for the PMDs to park without
+/// giving up its CPU; after that it yields between checks (a PMD may
+/// share its core, or be in a long iteration).
+const COMMITTER_SPIN: Duration = Duration::from_millis(2);
+
+/// The states of [`CommitBarrier::phase`] (its low two bits; the rest is
+/// the attempt number).
+const IDLE: u64 = 0;
+const HOLD: u64 = 1;
+const PUBLISHING: u64 = 2;
+const ABORTED: u64 = 3;
+
 /// The workers' barrier of a node commit (VPP's
-/// `vlib_worker_thread_barrier_sync`): the writer raises `hold`; each PMD,
-/// at its next burst boundary, sets its `parked` flag and spins (yielding)
-/// until `hold` drops; the writer waits until every PMD is parked or
-/// stopped, publishes every part of the commit, and drops `hold`. No PMD
+/// `vlib_worker_thread_barrier_sync`), made abortable by the PMDs so that
+/// the committing thread's scheduling never holds them:
+/// 1. the committer (on its CPU, spinning) raises attempt `a` (`HOLD`);
+/// 2. each PMD, at its next burst boundary, parks for `a` (its `parked`
+///    slot says `a`) and spins while the phase is `a`'s, without yielding
+///    its core unless the committer waits on the same CPU;
+/// 3. once every PMD is parked for `a` (or stopped), the committer claims
+///    the attempt (`HOLD` → `PUBLISHING`, one compare-and-swap), stores
+///    the prepared parts (pointer stores only) and lowers it (`IDLE`);
+/// 4. a PMD parked longer than [`PARK_PATIENCE`] while the attempt is
+///    still `HOLD` (the committer was descheduled, or another PMD is in a
+///    long iteration) gives it up (`HOLD` → `ABORTED`, the same
+///    compare-and-swap): every PMD resumes forwarding and the committer,
+///    whose claim then fails, raises a new attempt.
+///
+/// Exactly one of the claim and the give-up succeeds, so no PMD
 /// processes a packet while the parts are swapped, and every PMD resumes
-/// with all of them: a commit is seen whole or not at all. Packets that
-/// arrive meanwhile wait in the rx rings (the barrier lasts as long as a
-/// few pointer stores; everything expensive is prepared before it).
+/// with all of them: a commit is seen whole or not at all. What a
+/// descheduled committer can cost a PMD is bounded by [`PARK_PATIENCE`]
+/// before the claim; after it, by the publication itself (a few pointer
+/// stores, everything expensive being prepared before and released after).
 #[derive(Debug)]
 struct CommitBarrier {
-    hold: AtomicBool,
-    parked: Box<[CachePadded<AtomicBool>]>,
-    /// Serialises barrier holders.
-    holder: Mutex<()>,
+    /// `attempt << 2 | state`.
+    phase: AtomicU64,
+    /// Per PMD: the attempt it is parked for (0: not parked).
+    parked: Box<[CachePadded<AtomicU64>]>,
+    /// Serialises barrier holders; the last attempt number.
+    holder: Mutex<u64>,
+    /// Attempts given up by a parked PMD.
+    aborted: AtomicU64,
+    /// The CPU the committer last ran on while waiting for the PMDs
+    /// (`usize::MAX`: unknown): a PMD parked on that CPU yields it.
+    committer_cpu: std::sync::atomic::AtomicUsize,
 }
 
-/// The PMDs did not all reach a burst boundary in time.
+/// The PMDs were not all parked at a burst boundary at once in time.
 #[derive(Debug, thiserror::Error)]
-#[error("PMD thread {pmd} did not reach a burst boundary within {waited:?} (is it stuck?); nothing was changed")]
+#[error("PMD thread {pmd} did not reach a burst boundary within {waited:?} (is it stuck?; {attempts} attempt(s) to park every PMD at once); nothing was changed")]
 pub struct BarrierError {
-    /// The PMD that did not park.
+    /// The PMD waited for last.
     pub pmd: usize,
     /// How long we waited.
     pub waited: Duration,
+    /// Attempts made (each but the last given up by a PMD).
+    pub attempts: u32,
+}
+
+/// The CPU the calling thread runs on (`usize::MAX` if unknown).
+#[allow(unsafe_code)]
+fn current_cpu() -> usize {
+    // SAFETY: sched_getcpu has no preconditions and touches no memory of
+    // ours.
+    let c = unsafe { libc::sched_getcpu() };
+    usize::try_from(c).unwrap_or(usize::MAX)
+}
+
+/// The committing thread at the lowest real-time priority
+/// (`SCHED_FIFO`, priority 1) while it publishes a claimed barrier
+/// attempt, so that no ordinary
+/// thread preempts it while the PMDs wait for its stores (on a loaded
+/// machine a preempted committer held them for tens of milliseconds);
+/// its policy is restored on drop. Without the privilege (no
+/// `CAP_SYS_NICE`, or no real-time budget in its cgroup) the thread keeps
+/// its priority, said once in the log; a thread already real-time is left
+/// alone.
+struct RtBoost {
+    restore: Option<(libc::c_int, libc::sched_param)>,
+}
+
+/// The real-time boost was refused once (not tried again).
+static RT_REFUSED: AtomicBool = AtomicBool::new(false);
+
+impl RtBoost {
+    #[allow(unsafe_code)]
+    fn new() -> Self {
+        let none = RtBoost { restore: None };
+        if RT_REFUSED.load(Ordering::Relaxed) {
+            return none;
+        }
+        // SAFETY: with pid 0 these act on the calling thread only; the
+        // parameter pointers are to live locals of the right type.
+        unsafe {
+            let policy = libc::sched_getscheduler(0);
+            let mut old: libc::sched_param = std::mem::zeroed();
+            if policy < 0 || libc::sched_getparam(0, &mut old) != 0 {
+                return none;
+            }
+            let base = policy & !libc::SCHED_RESET_ON_FORK;
+            if base == libc::SCHED_FIFO || base == libc::SCHED_RR {
+                return none;
+            }
+            let rt = libc::sched_param { sched_priority: 1 };
+            if libc::sched_setscheduler(0, libc::SCHED_FIFO, &rt) != 0 {
+                let e = std::io::Error::last_os_error();
+                if !RT_REFUSED.swap(true, Ordering::Relaxed) {
+                    tracing::info!("node commits publish at the committing thread's usual priority (SCHED_FIFO refused: {e}); under CPU load a preempted committer can hold the PMDs longer: grant CAP_SYS_NICE to avoid it");
+                }
+                return none;
+            }
+            RtBoost {
+                restore: Some((policy, old)),
+            }
+        }
+    }
+}
+
+impl Drop for RtBoost {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        if let Some((policy, old)) = self.restore.take() {
+            // SAFETY: as in `new`: the calling thread, a live local.
+            let r = unsafe { libc::sched_setscheduler(0, policy, &old) };
+            if r != 0 {
+                tracing::warn!(
+                    "the committing thread could not return to its scheduling policy: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
 }
 
 /// A PMD did not pick up a port table in time.
@@ -351,6 +475,44 @@ pub struct PmdWaitError {
     pub generation: u64,
     /// How long we waited.
     pub waited: Duration,
+}
+
+/// A port table built by [`SharedPorts::prepare`], published by
+/// [`PreparedTable::publish`] (one pointer swap, for a commit barrier).
+/// It holds the writers' lock from preparation until dropped, so no other
+/// update interleaves; the table it replaced is freed when it is dropped,
+/// outside the barrier. Dropped unpublished, nothing changes.
+#[derive(Debug)]
+pub struct PreparedTable<'a, P> {
+    shared: &'a SharedPorts<P>,
+    _writer: std::sync::MutexGuard<'a, ()>,
+    next: Option<Arc<PortTable<P>>>,
+    old: Option<Arc<PortTable<P>>>,
+    generation: u64,
+}
+
+impl<P> PreparedTable<'_, P> {
+    /// The generation the table gets once published.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether [`PreparedTable::publish`] ran.
+    pub fn is_published(&self) -> bool {
+        self.old.is_some()
+    }
+
+    /// Makes the table the one in force: a pointer swap and a store; no
+    /// lock, no allocation, no free (the old table is kept until `self`
+    /// is dropped). A second call does nothing.
+    pub fn publish(&mut self) {
+        if let Some(next) = self.next.take() {
+            self.old = Some(self.shared.table.swap(next));
+            self.shared
+                .published
+                .store(self.generation, Ordering::Release);
+        }
+    }
 }
 
 impl<P: Clone> SharedPorts<P> {
@@ -369,11 +531,13 @@ impl<P: Clone> SharedPorts<P> {
                 .collect(),
             writer: Mutex::new(()),
             barrier: CommitBarrier {
-                hold: AtomicBool::new(false),
+                phase: AtomicU64::new(IDLE),
                 parked: (0..n_pmds)
-                    .map(|_| CachePadded::new(AtomicBool::new(false)))
+                    .map(|_| CachePadded::new(AtomicU64::new(0)))
                     .collect(),
-                holder: Mutex::new(()),
+                holder: Mutex::new(0),
+                aborted: AtomicU64::new(0),
+                committer_cpu: std::sync::atomic::AtomicUsize::new(usize::MAX),
             },
         }
     }
@@ -382,72 +546,194 @@ impl<P: Clone> SharedPorts<P> {
     /// changes `f` publishes (port table, flow program, Service table,
     /// VTEPs, ingress, settings) become visible to every PMD at once, when
     /// they resume. `f` must only store what was prepared before: the PMDs
-    /// wait for it. Polls the parked flags (a control-thread wait, never a
-    /// PMD's); yields while waiting, so it also works when a PMD shares
-    /// the control thread's core.
+    /// wait for it. See [`CommitBarrier`] for how a PMD that waits too
+    /// long for the committer gives the attempt up (then another is made,
+    /// until `timeout`).
     ///
     /// # Errors
-    /// [`BarrierError`] when a PMD did not park within `timeout`; then `f`
-    /// did not run and the PMDs resume unchanged.
+    /// [`BarrierError`] when the PMDs were not all parked at once within
+    /// `timeout`; then `f` did not run and the PMDs resume unchanged.
     pub fn barrier<R>(&self, timeout: Duration, f: impl FnOnce() -> R) -> Result<R, BarrierError> {
+        self.barrier_with(timeout, || (), f).map(|(r, _)| r)
+    }
+
+    /// [`SharedPorts::barrier`], calling `parked` each time every PMD is
+    /// parked, before the attempt is claimed (a test hook: a committer
+    /// paused there must not hold the PMDs). Returns what `f` returned and
+    /// the number of attempts.
+    ///
+    /// # Errors
+    /// As [`SharedPorts::barrier`].
+    pub fn barrier_with<R>(
+        &self,
+        timeout: Duration,
+        mut parked: impl FnMut(),
+        f: impl FnOnce() -> R,
+    ) -> Result<(R, u32), BarrierError> {
         let b = &self.barrier;
-        let _one = b.holder.lock().unwrap_or_else(|e| e.into_inner());
-        b.hold.store(true, Ordering::SeqCst);
-        // Dropped on every path (also if `f` panics): the PMDs resume.
-        struct Release<'a>(&'a AtomicBool);
-        impl Drop for Release<'_> {
+        let mut last = b.holder.lock().unwrap_or_else(|e| e.into_inner());
+        let t0 = Instant::now();
+        let mut attempts = 0u32;
+        // Lowers the barrier on every path (also if `f` panics): the PMDs
+        // resume.
+        struct Lower<'a>(&'a AtomicU64);
+        impl Drop for Lower<'_> {
             fn drop(&mut self) {
-                self.0.store(false, Ordering::Release);
+                self.0.store(IDLE, Ordering::Release);
             }
         }
-        let release = Release(&b.hold);
-        let t0 = Instant::now();
-        for (pmd, parked) in b.parked.iter().enumerate() {
-            loop {
-                if parked.load(Ordering::Acquire)
-                    || self.epochs[pmd].load(Ordering::Acquire) == u64::MAX
-                {
-                    break;
+        loop {
+            attempts += 1;
+            *last += 1;
+            let a = *last;
+            let hold = (a << 2) | HOLD;
+            let lower = Lower(&b.phase);
+            b.phase.store(hold, Ordering::SeqCst);
+            let t_attempt = Instant::now();
+            let mut waiting = 0;
+            let all_parked = loop {
+                b.committer_cpu.store(current_cpu(), Ordering::Relaxed);
+                let missing = b.parked.iter().enumerate().find(|(i, p)| {
+                    p.load(Ordering::SeqCst) != a
+                        && self.epochs[*i].load(Ordering::Acquire) != u64::MAX
+                });
+                match missing {
+                    None => break true,
+                    Some((i, _)) => waiting = i,
+                }
+                if b.phase.load(Ordering::Acquire) != hold {
+                    // A parked PMD gave the attempt up.
+                    break false;
                 }
                 if t0.elapsed() > timeout {
                     return Err(BarrierError {
-                        pmd,
+                        pmd: waiting,
                         waited: timeout,
+                        attempts,
                     });
                 }
-                std::thread::yield_now();
+                if t_attempt.elapsed() < COMMITTER_SPIN {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            };
+            if all_parked {
+                parked();
+                // From here until the barrier is lowered no ordinary
+                // thread takes this one's CPU.
+                let boost = RtBoost::new();
+                if b.phase
+                    .compare_exchange(
+                        hold,
+                        (a << 2) | PUBLISHING,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    )
+                    .is_ok()
+                {
+                    let r = f();
+                    drop(lower);
+                    drop(boost);
+                    return Ok((r, attempts));
+                }
+            }
+            // Given up by a PMD: it and the others forward a burst, then
+            // park for the next attempt.
+            drop(lower);
+            if t0.elapsed() > timeout {
+                return Err(BarrierError {
+                    pmd: waiting,
+                    waited: timeout,
+                    attempts,
+                });
             }
         }
-        let r = f();
-        drop(release);
-        Ok(r)
     }
 
-    /// Called by PMD `index` at a burst boundary: parks while a barrier is
-    /// held. One relaxed load when none is.
+    /// Barrier attempts given up by a parked PMD because the committer
+    /// did not claim them within [`PARK_PATIENCE`].
+    pub fn barrier_aborts(&self) -> u64 {
+        self.barrier.aborted.load(Ordering::Relaxed)
+    }
+
+    /// Called by PMD `index` at a burst boundary: parks while a barrier
+    /// attempt is raised. One relaxed load when none is.
     #[inline]
     fn park_if_held(&self, index: usize) {
-        let b = &self.barrier;
-        if !b.hold.load(Ordering::Relaxed) {
+        let p = self.barrier.phase.load(Ordering::Relaxed);
+        if p & 3 != HOLD {
             return;
         }
-        self.park(index);
+        self.park(index, p);
     }
 
     #[cold]
-    fn park(&self, index: usize) {
+    fn park(&self, index: usize, hold: u64) {
         let b = &self.barrier;
         let Some(parked) = b.parked.get(index) else {
             return;
         };
-        parked.store(true, Ordering::Release);
-        while b.hold.load(Ordering::Acquire) {
-            std::hint::spin_loop();
-            std::thread::yield_now();
+        let a = hold >> 2;
+        let publishing = (a << 2) | PUBLISHING;
+        parked.store(a, Ordering::SeqCst);
+        let since = Instant::now();
+        let cpu = current_cpu();
+        loop {
+            let p = b.phase.load(Ordering::Acquire);
+            if p == hold {
+                if since.elapsed() > PARK_PATIENCE
+                    && b.phase
+                        .compare_exchange(
+                            hold,
+                            (a << 2) | ABORTED,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        )
+                        .is_ok()
+                {
+                    b.aborted.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            } else if p != publishing {
+                // Lowered, given up, or a newer attempt (parked for at
+                // the next boundary, after a burst).
+                break;
+            }
+            // Spin without yielding: the core is the PMD's, and on a
+            // shared one a yield hands it to another thread for a whole
+            // time slice (milliseconds), counted as parked. Unless the
+            // committer waits on this very CPU (threads not pinned, or
+            // the PMD on the control threads' core): then it must run.
+            if b.committer_cpu.load(Ordering::Relaxed) == cpu {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
         }
-        parked.store(false, Ordering::Release);
+        parked.store(0, Ordering::Release);
     }
 
+    /// A copy of the table in force changed by `f`, for
+    /// [`PreparedTable::publish`] (inside a commit barrier); returns what
+    /// `f` returned. Other writers wait until it is dropped.
+    pub fn prepare<R>(&self, f: impl FnOnce(&mut PortTable<P>) -> R) -> (R, PreparedTable<'_, P>) {
+        let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut t = PortTable::clone(&self.table.load());
+        let r = f(&mut t);
+        t.generation += 1;
+        let generation = t.generation;
+        (
+            r,
+            PreparedTable {
+                shared: self,
+                _writer: w,
+                next: Some(Arc::new(t)),
+                old: None,
+                generation,
+            },
+        )
+    }
     /// The table in force.
     pub fn load(&self) -> Arc<PortTable<P>> {
         self.table.load_full()
@@ -1283,7 +1569,7 @@ mod tests {
                 .barrier(Duration::from_secs(60), || {
                     pair.0.store(i, Ordering::Release);
                     // The PMD is parked: nothing reads between the stores.
-                    let parked = shared.barrier.parked[0].load(Ordering::Acquire);
+                    let parked = shared.barrier.parked[0].load(Ordering::Acquire) != 0;
                     pair.1.store(i, Ordering::Release);
                     parked
                 })
@@ -1349,6 +1635,121 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         drop(release);
         pmd.join().unwrap();
+    }
+
+    /// A committer stopped after every PMD parked, before it publishes
+    /// (what a descheduled committing thread looks like to the PMDs), does
+    /// not hold the PMD: 100 frames injected meanwhile come back out one
+    /// by one (each waited for, bounded); once the committer resumes, its
+    /// claim of the given-up attempt fails, a new attempt publishes, and
+    /// no burst ever saw half of the commit.
+    #[test]
+    fn a_committer_stopped_in_the_barrier_does_not_hold_the_pmd() {
+        let (p1, h1) = MemPort::new("a");
+        let mut table = PortTable::empty(1);
+        table.insert(PortNo(1), p1, &[0]);
+        let shared = Arc::new(SharedPorts::new(1, table));
+        let stop = Arc::new(AtomicBool::new(false));
+        let pair = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+        let torn = Arc::new(AtomicU64::new(0));
+        let pmd = spawn_shared(
+            PmdSpec::default(),
+            shared.clone(),
+            PairReader {
+                pair: pair.clone(),
+                torn: torn.clone(),
+                gate: None,
+            },
+            stop.clone(),
+            || Ok::<(), std::convert::Infallible>(()),
+        )
+        .unwrap();
+        let f = frame([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        let mut stopped_once = false;
+        let mut forwarded_while_stopped = 0;
+        let (parked_seen, attempts) = shared
+            .barrier_with(
+                Duration::from_secs(60),
+                || {
+                    if stopped_once {
+                        return;
+                    }
+                    stopped_once = true;
+                    // Every PMD is parked for this attempt, and the
+                    // committer stops here: the PMD must give the attempt
+                    // up and forward every frame.
+                    for i in 0..100 {
+                        h1.inject(&f);
+                        let got = wait_for_frames(
+                            &h1,
+                            &format!(
+                                "frame {i} forwarded while the committer is stopped in the barrier (the PMD is held)"
+                            ),
+                        );
+                        forwarded_while_stopped += got.len();
+                    }
+                },
+                || {
+                    pair.0.store(1, Ordering::Release);
+                    let parked = shared.barrier.parked[0].load(Ordering::Acquire) != 0;
+                    pair.1.store(1, Ordering::Release);
+                    parked
+                },
+            )
+            .expect("the commit is published once the committer resumes");
+        assert!(parked_seen, "the PMD was not parked while publishing");
+        assert_eq!(forwarded_while_stopped, 100);
+        assert!(
+            attempts >= 2,
+            "the stopped attempt was published ({attempts} attempt)"
+        );
+        assert!(shared.barrier_aborts() >= 1);
+        // The PMD runs with the commit.
+        h1.inject(&f);
+        wait_for_frames(&h1, "a frame after the commit");
+        stop.store(true, Ordering::Relaxed);
+        pmd.join().unwrap();
+        assert_eq!(pair.0.load(Ordering::Relaxed), 1);
+        assert_eq!(torn.load(Ordering::Relaxed), 0, "a burst saw half a commit");
+    }
+
+    /// The calling thread's scheduling policy (`/proc/thread-self/stat`,
+    /// field 41: 0 normal, 1 FIFO).
+    fn policy() -> u32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
+        let after = &stat[stat.rfind(')').expect("comm") + 1..];
+        after
+            .split_whitespace()
+            .nth(38)
+            .and_then(|v| v.parse().ok())
+            .expect("policy field")
+    }
+
+    /// The publication runs at real-time priority when the process may
+    /// (else the refusal is recorded), and the committing thread returns
+    /// to its own policy after.
+    #[test]
+    fn the_committer_publishes_at_real_time_priority_then_returns_to_its_own() {
+        let shared = SharedPorts::<u8>::new(1, PortTable::empty(1));
+        // No PMD runs: the only one is stopped.
+        shared.epochs[0].store(u64::MAX, Ordering::Release);
+        let before = policy();
+        assert_eq!(before, 0, "the test thread starts with the normal policy");
+        let inside = shared
+            .barrier(Duration::from_secs(60), policy)
+            .expect("no PMD to wait for");
+        assert_eq!(policy(), before, "the policy is restored after the barrier");
+        if inside == 0 {
+            // Refused (no CAP_SYS_NICE or no real-time budget): said once
+            // in the log, and not tried again.
+            assert!(
+                RT_REFUSED.load(Ordering::Relaxed),
+                "the stores ran at the normal policy without a refusal"
+            );
+            eprintln!("SCHED_FIFO refused here: the boost is off");
+            return;
+        }
+        assert_eq!(inside, 1, "the stores ran with SCHED_FIFO");
     }
 
     #[test]

@@ -21,6 +21,12 @@
 //!
 //! Across all of it, the stream source's packets all leave through the
 //! sink (port counters at stop): commits lose no packet of other ports.
+//!
+//! A second test stops the committing thread between its phases (the
+//! test hook `SLUICE_TEST_COMMIT_PAUSE`): before the barrier, inside it
+//! with the PMD parked, and after it. At each stop the PMD keeps
+//! forwarding the stream (its counter moves: a bounded wait, no timing
+//! threshold); once resumed, the commit applies whole.
 
 mod common;
 
@@ -366,4 +372,191 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
         "stream packets lost across the node commits: {ev}"
     );
     println!("stream: {sent} packets delivered by src, {got} sent by sink, across 4 commits and 3 refusals");
+}
+
+/// `text` without its ANSI colour sequences (the human log format may
+/// colour field names).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// The PMD's sent-packet counter.
+fn pmd_tx(c: &mut Client) -> u64 {
+    let r = c
+        .call::<sluice_api::pmd::PmdStatsShow>(&Empty {})
+        .expect("pmd-stats-show");
+    r.pmds.iter().map(|p| p.tx_packets).sum()
+}
+
+#[test]
+fn a_committer_paused_between_its_phases_never_stops_forwarding() {
+    const P: &str = "slt-ncp";
+    if !can_use_netns("a_committer_paused_between_its_phases_never_stops_forwarding") {
+        return;
+    }
+    // The hook's gates are named after the sluiced's instance id: another
+    // test's sluiced, which may inherit the variable, never pauses.
+    let hook = tempfile::tempdir().expect("tempdir");
+    std::env::set_var("SLUICE_TEST_COMMIT_PAUSE", hook.path());
+    let (d, _ready) = Sluiced::start(&config(
+        P,
+        "[port:sink]\ndevargs = net_null_ncp0,no-rx=1\nofport = 1\n",
+    ));
+    let mut c = Client::connect(ctl_path(P)).expect("connect to sluiced's control socket");
+    c.set_timeout(Some(WAIT)).expect("timeout");
+    // The stream's rule is in place before its source exists.
+    c.call_text::<&str>("del-flows", &[]).expect("del-flows");
+    c.call_text("add-flow", &["priority=100,in_port=2 actions=output:1"])
+        .expect("add-flow");
+    c.call::<sluice_api::ports::PortAdd>(&sluice_api::ports::PortAddRequest {
+        name: "src".into(),
+        ofport: Some(2),
+        kind: sluice_api::ports::PortKind::Devargs {
+            devargs: "net_null_ncp1".into(),
+        },
+        rx_queues: 1,
+    })
+    .expect("port-add src");
+    let stream = flow(100, "in_port=2", "output:1");
+    let first = NodeChanges {
+        generation: 1,
+        expected_generation: Some(0),
+        flow_ops: add_ops(std::slice::from_ref(&stream)),
+        ..Default::default()
+    };
+    c.call::<NodeCommit>(&first).expect("the first commit");
+    let id = c
+        .call::<QueryNodeStatus>(&Empty {})
+        .expect("node-status")
+        .instance_id;
+
+    // The paused commit: the stream's rule moves to another priority (in
+    // one step: never missing, never twice) and a Service arrives.
+    let moved = flow(200, "in_port=2", "output:1");
+    let second = NodeChanges {
+        generation: 2,
+        expected_generation: Some(1),
+        flow_ops: vec![
+            FlowOp::Del {
+                match_: stream.key_text(),
+                strict: true,
+            },
+            FlowOp::Add { flow: moved.text() },
+        ],
+        services: serde_json::from_value(serde_json::json!({"upsert": [{
+            "name": "default/paused:http", "protocol": "tcp", "port": 80,
+            "cluster_ips": ["10.96.7.7"],
+            "endpoints": [{"ip": "10.1.7.7", "port": 8080}],
+        }]}))
+        .expect("services"),
+        ..Default::default()
+    };
+    let phases = ["prepared", "parked", "published"];
+    for ph in phases {
+        std::fs::write(hook.path().join(format!("{id}.{ph}")), b"").expect("gate");
+    }
+    let committer = {
+        let second = second.clone();
+        std::thread::spawn(move || {
+            let mut c = Client::connect(ctl_path(P)).expect("connect");
+            c.set_timeout(Some(WAIT * 4)).expect("timeout");
+            c.call::<NodeCommit>(&second)
+        })
+    };
+    for ph in phases {
+        let paused = hook.path().join(format!("{id}.{ph}.paused"));
+        let deadline = std::time::Instant::now() + WAIT;
+        while !paused.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the commit did not reach its '{ph}' phase within {WAIT:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // The committer is stopped here: the stream must keep flowing.
+        let before = pmd_tx(&mut c);
+        let deadline = std::time::Instant::now() + WAIT;
+        let mut now = before;
+        while now < before + 10_000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "with the committing thread stopped at '{ph}', the PMD sent {} frames in {WAIT:?}: it is held by the commit",
+                now - before
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            now = pmd_tx(&mut c);
+        }
+        println!(
+            "committer stopped at '{ph}': the PMD sent {} frames meanwhile",
+            now - before
+        );
+        std::fs::remove_file(hook.path().join(format!("{id}.{ph}"))).expect("open the gate");
+    }
+    let r = committer
+        .join()
+        .expect("the committing client")
+        .expect("the paused commit applies once resumed");
+    assert_eq!(r.generation, 2);
+    let st = c.call::<QueryNodeStatus>(&Empty {}).expect("node-status");
+    assert_eq!(st.generation, 2);
+    let expect = apply(&apply(&NodeProgram::default(), &first), &second);
+    assert_eq!(
+        c.call::<QueryNodeProgram>(&Empty {}).expect("node-program"),
+        expect
+    );
+    let dump = c.call_text::<&str>("dump-flows", &[]).expect("dump-flows");
+    assert!(
+        dump.contains("priority=200") && !dump.contains("priority=100"),
+        "{dump}"
+    );
+    drop(c);
+    // The commit's log line: the attempt the PMD gave up while the
+    // committer was stopped inside the barrier, then the one published.
+    let log = strip_ansi(
+        &std::fs::read_to_string(d.dir.path().join("sluiced.stderr")).expect("sluiced's log"),
+    );
+    let line = log
+        .lines()
+        .find(|l| l.contains("generation 2 in force"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no log line of the paused commit in:
+{log}"
+            )
+        });
+    let attempts: u32 = line
+        .split("attempts=")
+        .nth(1)
+        .and_then(|v| v.split(|ch: char| !ch.is_ascii_digit()).next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no attempts in {line}"));
+    assert!(
+        attempts >= 2,
+        "the stopped attempt was not given up: {line}"
+    );
+    println!("{line}");
+    let ev = d.stop();
+    let (sent, got) = (
+        port_stat(&ev, "src", "rx_packets"),
+        port_stat(&ev, "sink", "tx_packets"),
+    );
+    assert!(sent > 0, "{ev}");
+    assert_eq!(
+        sent, got,
+        "stream packets lost across the paused commit: {ev}"
+    );
+    std::env::remove_var("SLUICE_TEST_COMMIT_PAUSE");
 }

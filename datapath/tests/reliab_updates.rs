@@ -35,7 +35,10 @@
 //! Figures printed: the commit latency (what one update costs, end to
 //! end: preparation, the PMD barrier, the flush) and the PMD's loop
 //! iterations by length (parking in the barrier included; its longest is
-//! the longest stall), both as log2 histograms. No timing is asserted.
+//! the longest stall), both as log2 histograms, and, from sluiced's commit
+//! log lines, how long each commit held the PMD (the stores inside the
+//! barrier, with each part's share) and the barrier attempts the parked
+//! PMD gave up. No timing is asserted.
 //!
 //! Sizes: `RELIAB_RULES`, `RELIAB_SERVICES`, `RELIAB_UPDATES` (CI defaults
 //! 1,000 / 1,000 / 300); the full size (10,000 each) is the `#[ignore]`d
@@ -180,6 +183,67 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// One commit's phases, from its log line.
+struct CommitPhases {
+    /// How long the PMDs were held (the stores inside the barrier).
+    held_ns: u64,
+    /// Barrier attempts (those before the last given up by a PMD).
+    attempts: u32,
+    /// Of `held_ns`, each part's store (µs), by name.
+    parts: Vec<(String, f64)>,
+}
+
+/// The phases of every `node-commit` log line in sluiced's log `text`
+/// (`held_us="…"`, `attempts=…`; colour sequences skipped).
+fn commit_phases(text: &str) -> Vec<CommitPhases> {
+    let field = |line: &str, key: &str| -> Option<f64> {
+        let v = line.split(key).nth(1)?;
+        let v: String = v
+            .chars()
+            .skip_while(|c| !c.is_ascii_digit())
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        v.parse().ok()
+    };
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\u{1b}' {
+            // An ANSI colour sequence: up to its final letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(ch);
+        }
+    }
+    plain
+        .lines()
+        .filter(|l| l.contains("node-commit: generation"))
+        .filter_map(|l| {
+            // held_parts_us="ports 1.2, flows 3.4, ..."
+            let parts = l
+                .split("held_parts_us=\"")
+                .nth(1)
+                .and_then(|v| v.split('"').next())
+                .unwrap_or_default()
+                .split(", ")
+                .filter_map(|p| {
+                    let (name, v) = p.split_once(' ')?;
+                    Some((name.to_string(), v.parse().ok()?))
+                })
+                .collect();
+            Some(CommitPhases {
+                held_ns: (field(l, "held_us")? * 1000.0) as u64,
+                attempts: field(l, "attempts")? as u32,
+                parts,
+            })
+        })
+        .collect()
+}
+
 struct Sizes {
     rules: usize,
     services: usize,
@@ -219,9 +283,10 @@ fn run(test: &str, tag: &str, sizes: Sizes) {
             )
         })
         .collect();
-    // sluiced's info log has a line per commit; warnings only keep the
-    // stderr file small over thousands of commits.
-    std::env::set_var("SLUICE_LOG", "warn");
+    // Warnings, and the commit's line (its phases' timing: how long the
+    // PMD was held, the barrier attempts) read back below; nothing else
+    // at info keeps the stderr file small over thousands of commits.
+    std::env::set_var("SLUICE_LOG", "warn,sluice_datapath::daemon::node=info");
     // The PMD's CPU time per loop iteration beside its wall time
     // (`pmd::CpuTiming`): preemption or work.
     std::env::set_var("SLUICE_PMD_CPU_TIMING", "1");
@@ -516,6 +581,9 @@ fn run(test: &str, tag: &str, sizes: Sizes) {
         .call_text::<&str>("dpctl/dump-conntrack", &[])
         .expect("dump-conntrack");
     drop(c);
+    let commits = commit_phases(
+        &std::fs::read_to_string(d.dir.path().join("sluiced.stderr")).unwrap_or_default(),
+    );
     let ev = d.stop();
     drop(veths);
 
@@ -582,6 +650,40 @@ fn run(test: &str, tag: &str, sizes: Sizes) {
             &log2_labels(&long)
         )
     );
+    let held: Vec<u64> = commits.iter().map(|c| c.held_ns / 1000).collect();
+    let mut held_sorted = held.clone();
+    held_sorted.sort_unstable();
+    let retried = commits.iter().filter(|c| c.attempts > 1).count();
+    let given_up: u64 = commits.iter().map(|c| u64::from(c.attempts - 1)).sum();
+    if !held_sorted.is_empty() {
+        println!(
+            "PMD held by a commit (the stores inside the barrier, from sluiced's commit log lines, {} commits): p50 {} us, p99 {} us, max {} us; {retried} commits needed more than one barrier attempt ({given_up} attempts given up by the parked PMD after {:?} without the publication)",
+            commits.len(),
+            percentile(&held_sorted, 0.5),
+            percentile(&held_sorted, 0.99),
+            held_sorted.last().copied().unwrap_or(0),
+            sluice_datapath::pmd::PARK_PATIENCE,
+        );
+        print!("{}", histogram("PMD held per commit", &us_buckets(&held)));
+        let mut by_part: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for c in &commits {
+            for (name, v) in &c.parts {
+                by_part.entry(name.clone()).or_default().push(*v);
+            }
+        }
+        let mut line = String::from("  by part (p50 / p99 / max us):");
+        for (name, mut v) in by_part {
+            v.sort_by(f64::total_cmp);
+            let at = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+            line += &format!(
+                " {name} {:.1} / {:.1} / {:.1};",
+                at(0.5),
+                at(0.99),
+                v.last().copied().unwrap_or(0.0)
+            );
+        }
+        println!("{line}");
+    }
     let ms = |k: &str| cpu[k].as_u64().unwrap_or(0) as f64 / 1e6;
     println!(
         "iterations >= 1 ms wall: {}, {:.1} ms wall in all, of which {:.1} ms on the CPU and {:.1} ms parked in a commit barrier; the longest iteration had {:.3} ms of CPU, {:.3} ms parked",

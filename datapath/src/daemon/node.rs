@@ -18,13 +18,27 @@
 //!    with its name and why; the prepared parts are dropped (the devices
 //!    opened are closed) and nothing changed;
 //! 3. **publish** every part inside the PMD barrier
-//!    (`SharedPorts::barrier`): each PMD is parked at a burst boundary
-//!    while the prepared versions are stored, so no packet is processed
-//!    with half a commit; the barrier lasts as long as a few pointer
-//!    stores;
-//! 4. after it: wait until no PMD polls the removed ports, close them, and
-//!    flush the connections of removed endpoints when the Service changes
-//!    ask for it.
+//!    (`SharedPorts::barrier_with`): each PMD is parked at a burst
+//!    boundary while the prepared versions are stored, so no packet is
+//!    processed with half a commit. Everything the barrier needs is ready
+//!    before it is raised (the new port table built, the ports' and the
+//!    parts' writer locks taken), so inside it there are only pointer
+//!    stores (no lock a PMD or another thread could hold, no device
+//!    operation, no log line); a PMD parked longer than
+//!    `pmd::PARK_PATIENCE` without the commit being published (this
+//!    thread descheduled, or stopped by the test hook) gives the attempt
+//!    up and forwards on, and the commit tries again;
+//! 4. after it: the ports' bookkeeping and the locks released (the
+//!    replaced port table freed), then wait until no PMD polls the
+//!    removed ports, close them, and flush the connections of removed
+//!    endpoints when the Service changes ask for it.
+//!
+//! The commit's log line times each phase (preparation by part, taking
+//! the locks, parking the PMDs and the attempts it took, how long the
+//! PMDs were held and by which part's store, the bookkeeping and what
+//! follows); a hold of 1 ms or more is also logged as a warning.
+//! [`TEST_PAUSE_ENV`] names a test hook that stops the committing thread
+//! between phases.
 //!
 //! The first commit of a process replaces the flow program `sluiced`
 //! started with (the learning-switch default): the agent's program is the
@@ -271,6 +285,7 @@ impl NodeState {
                 port_err(&name, api.message, api.code)
             })?;
 
+        let t_ports = Instant::now();
         // 2. Settings.
         let svc_config = c.settings.as_ref().map(ServiceConfig::for_settings);
         // 3. VTEPs.
@@ -378,6 +393,7 @@ impl NodeState {
             };
             item_error(ErrorCode::InvalidArgument, &item, &e.error.to_string())
         })?;
+        let t_flows = Instant::now();
         // 7. Services (with the new settings).
         let staged_services = p
             .services
@@ -394,38 +410,59 @@ impl NodeState {
                 )
             })?;
 
-        // Publish everything at once.
+        // Publish everything at once: what the barrier needs is ready (the
+        // port table built, its locks taken); inside it, only pointer
+        // stores; everything else after it.
         let settings = c.settings.clone();
         let t_prepared = Instant::now();
-        let mut t_parked = t_prepared;
-        let published = p
-            .ports
-            .shared()
-            .barrier(BARRIER_WAIT, || {
-                t_parked = Instant::now();
-                p.ports.publish_stage(&mut port_stage);
-                let flows = staged_flows.publish();
-                let services = staged_services.publish();
-                vteps.publish();
-                p.ingress.publish(ingress);
-                if let Some(s) = &settings {
-                    self.apply_settings(s);
-                }
-                if let Some(st) = &p.stack {
-                    for ip in &c.neighbours_removed {
-                        st.del_neighbour(*ip);
+        test_pause(&self.instance_id, "prepared");
+        let t_locking = Instant::now();
+        let shared = p.ports.shared();
+        let mut ports_pub = p.ports.prepare_publish(&port_stage);
+        let t_raise = Instant::now();
+        let mut t_parked = t_raise;
+        // When each part was stored (inside the barrier).
+        let mut marks = [t_raise; 7];
+        let published = shared
+            .barrier_with(
+                BARRIER_WAIT,
+                || test_pause(&self.instance_id, "parked"),
+                || {
+                    t_parked = Instant::now();
+                    ports_pub.publish();
+                    marks[0] = Instant::now();
+                    let flows = staged_flows.publish();
+                    marks[1] = Instant::now();
+                    let services = staged_services.publish();
+                    marks[2] = Instant::now();
+                    vteps.publish();
+                    marks[3] = Instant::now();
+                    p.ingress.publish(ingress);
+                    marks[4] = Instant::now();
+                    if let Some(s) = &settings {
+                        self.apply_settings(s);
                     }
-                    for (ip, mac) in &c.neighbours_set {
-                        st.set_neighbour(*ip, *mac);
+                    marks[5] = Instant::now();
+                    if let Some(st) = &p.stack {
+                        for ip in &c.neighbours_removed {
+                            st.del_neighbour(*ip);
+                        }
+                        for (ip, mac) in &c.neighbours_set {
+                            st.set_neighbour(*ip, *mac);
+                        }
                     }
-                }
-                (flows, services)
-            })
+                    marks[6] = Instant::now();
+                    (flows, services)
+                },
+            )
             .map_err(|e| ApiError::failed(format!("node-commit refused: {e}")))?;
         // `port_stage` dropped unpublished on the error above closes the
-        // devices it opened.
-        let (_flows, services) = published;
+        // devices it opened (and `ports_pub`, dropped, changed nothing).
+        let t_lowered = Instant::now();
+        let ((_flows, services), attempts) = published;
+        ports_pub.finish(&mut port_stage);
         let t_published = Instant::now();
+        test_pause(&self.instance_id, "published");
         // The changed tables' indexes, built off the commit's path (an
         // error means the thread is gone: PMDs build them on first use).
         let _ = self.indexer.send(flows.program());
@@ -453,11 +490,34 @@ impl NodeState {
         held.generation = c.generation;
         let counts = c.counts();
         let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e3;
+        let us = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e6;
         let t_end = Instant::now();
+        let held_us = us(t_parked, marks[6]);
+        let parts = format!(
+            "ports {:.1}, flows {:.1}, services {:.1}, vteps {:.1}, ingress {:.1}, settings {:.1}, neighbours {:.1}",
+            us(t_parked, marks[0]),
+            us(marks[0], marks[1]),
+            us(marks[1], marks[2]),
+            us(marks[2], marks[3]),
+            us(marks[3], marks[4]),
+            us(marks[4], marks[5]),
+            us(marks[5], marks[6]),
+        );
         tracing::info!(
             prepare_ms = format!("{:.2}", ms(t_start, t_prepared)),
-            barrier_wait_ms = format!("{:.2}", ms(t_prepared, t_parked)),
-            publish_ms = format!("{:.2}", ms(t_parked, t_published)),
+            prepare_parts_ms = format!(
+                "ports {:.2}, flows {:.2}, services {:.2}",
+                ms(t_start, t_ports),
+                ms(t_ports, t_flows),
+                ms(t_flows, t_prepared)
+            ),
+            lock_ms = format!("{:.2}", ms(t_locking, t_raise)),
+            park_ms = format!("{:.2}", ms(t_raise, t_parked)),
+            attempts,
+            held_us = format!("{held_us:.1}"),
+            held_parts_us = parts.as_str(),
+            lower_us = format!("{:.1}", us(marks[6], t_lowered)),
+            bookkeeping_ms = format!("{:.2}", ms(t_lowered, t_published)),
             after_ms = format!("{:.2}", ms(t_published, t_end)),
             "node-commit: generation {} in force ({})",
             c.generation,
@@ -467,6 +527,16 @@ impl NodeState {
             })
             .trim_end()
         );
+        // The PMDs wait only for the stores above; a long wait means the
+        // committing thread lost its CPU meanwhile (or a part's store
+        // became costly): worth a line at the default level.
+        if held_us >= 1000.0 {
+            tracing::warn!(
+                "node-commit {}: the PMDs were held {:.2} ms while the parts were stored (µs: {parts}); the committing thread was probably descheduled",
+                c.generation,
+                held_us / 1e3
+            );
+        }
         Ok(NodeCommitReply {
             generation: c.generation,
             counts,
@@ -530,6 +600,40 @@ impl NodeState {
             }
         }
     }
+}
+
+/// The environment variable that names the directory of the commit test
+/// hook ([`test_pause`]).
+pub const TEST_PAUSE_ENV: &str = "SLUICE_TEST_COMMIT_PAUSE";
+
+/// A test hook: with `SLUICE_TEST_COMMIT_PAUSE=DIR` in the environment,
+/// a commit of the `sluiced` whose instance id is `ID` reaching `phase`
+/// (`prepared`: every part built, before the barrier; `parked`: every PMD
+/// parked, before the publication is claimed; `published`: after the
+/// barrier) while the file `DIR/ID.phase` exists creates
+/// `DIR/ID.phase.paused` and waits until `DIR/ID.phase` is removed (at
+/// most two minutes), then removes `DIR/ID.phase.paused`. It lets a test
+/// stop the committing thread between its phases and check that the PMDs
+/// forward meanwhile. Without the variable it costs one check of a
+/// cached value.
+fn test_pause(instance_id: &str, phase: &str) {
+    static DIR: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let Some(dir) = DIR.get_or_init(|| std::env::var_os(TEST_PAUSE_ENV).map(Into::into)) else {
+        return;
+    };
+    let gate = dir.join(format!("{instance_id}.{phase}"));
+    if !gate.exists() {
+        return;
+    }
+    let mark = dir.join(format!("{instance_id}.{phase}.paused"));
+    if let Err(e) = std::fs::write(&mark, b"") {
+        tracing::warn!("commit test hook: cannot create {}: {e}", mark.display());
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while gate.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let _ = std::fs::remove_file(&mark);
 }
 
 /// The Service a Service error is about.

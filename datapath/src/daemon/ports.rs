@@ -31,6 +31,10 @@
 //!
 //! Thread-safety: control threads call [`Ports`] concurrently; a mutex
 //! serialises adds and deletes (and covers the pool), never taken by a PMD.
+//! A node commit holds it (and the port table's writer lock) from the
+//! preparation of its port table ([`Ports::prepare_publish`]) to its
+//! bookkeeping ([`PortPublication::finish`]), across the PMD barrier, so
+//! that inside the barrier its publication is a pointer swap.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -453,9 +457,9 @@ impl Ports {
     /// checks that every port in `removed` exists (by name) and that the
     /// names and numbers of `added` are free once `removed` are gone, then
     /// opens and starts each added pod port's device (not yet polled).
-    /// [`Ports::publish_stage`] makes them all visible in one port-table
-    /// generation (under the PMD barrier); dropping the stage instead
-    /// closes what it opened.
+    /// [`Ports::prepare_publish`] then makes them all visible in one
+    /// port-table generation (under the PMD barrier); dropping the stage
+    /// instead closes what it opened.
     ///
     /// # Errors
     /// The first port that cannot be removed or added, by name, with why.
@@ -543,57 +547,38 @@ impl Ports {
         Ok(stage)
     }
 
-    /// Publishes a stage's removals and additions as one port-table
-    /// generation. Call it inside [`SharedPorts::barrier`]; afterwards,
-    /// outside it, [`Ports::finish_stage`].
-    pub fn publish_stage(&self, stage: &mut PortStage) {
-        let mut inner = self.lock();
-        let mut adds: Vec<(u16, DpdkPort, Vec<usize>)> = stage
+    /// Prepares the publication of a stage's removals and additions as
+    /// one port-table generation: takes the ports' lock and the port
+    /// table's writer lock (held until the returned value is finished or
+    /// dropped, so that nothing interleaves) and builds the new table.
+    /// Call it before [`SharedPorts::barrier`]; inside the barrier only
+    /// [`PortPublication::publish`] (a pointer swap); after it,
+    /// [`PortPublication::finish`] and then [`Ports::finish_stage`].
+    pub fn prepare_publish(&self, stage: &PortStage) -> PortPublication<'_> {
+        let inner = self.lock();
+        let held = inner.held.is_some();
+        let adds: Vec<(u16, DpdkPort, Vec<usize>)> = stage
             .added
             .iter()
             .filter_map(|s| {
-                s.dev
-                    .as_ref()
-                    .map(|d| (s.ofport, d.handle(), s.pmds.clone()))
+                s.dev.as_ref().map(|d| {
+                    // While a hand-over holds rx, ports are published with
+                    // no rx queue (`finish` records their PMDs).
+                    let pmds = if held { Vec::new() } else { s.pmds.clone() };
+                    (s.ofport, d.handle(), pmds)
+                })
             })
             .collect();
-        if let Some(held) = inner.held.as_mut() {
-            for (o, _, pmds) in &mut adds {
-                held.insert(*o, std::mem::take(pmds));
-            }
-        }
-        let removed = stage.removed.clone();
-        let removed_nos = removed.clone();
-        let (_, generation) = self.shared.update(move |t| {
-            for o in &removed {
+        let removed = &stage.removed;
+        let ((), table) = self.shared.prepare(|t| {
+            for o in removed {
                 t.remove(PortNo(*o));
             }
             for (o, h, pmds) in adds {
                 t.insert(PortNo(o), h, &pmds);
             }
         });
-        stage.generation = Some(generation);
-        // The removed ports' entries leave the set now (a port added in the
-        // same commit may take the same number); their devices close in
-        // `finish_stage`, once no PMD polls them.
-        for o in &removed_nos {
-            if let Some(e) = inner.entries.remove(o) {
-                stage.closing.push(e);
-            }
-        }
-        for s in &mut stage.added {
-            if let Some(dev) = s.dev.take() {
-                let e = Entry {
-                    name: s.name.clone(),
-                    kind: "pod".to_string(),
-                    devargs: dev.devargs().to_string(),
-                    driver: dev.driver(),
-                    pmds: s.pmds.clone(),
-                    dev,
-                };
-                inner.entries.insert(s.ofport, e);
-            }
-        }
+        PortPublication { inner, table }
     }
 
     /// After a published stage: waits until no PMD runs a table with the
@@ -906,6 +891,60 @@ impl PortStage {
     /// Nothing to publish.
     pub fn is_empty(&self) -> bool {
         self.removed.is_empty() && self.added.is_empty()
+    }
+}
+
+/// A stage's port table, ready to publish ([`Ports::prepare_publish`]).
+/// It holds the ports' lock and the port table's writer lock until
+/// finished or dropped (dropped unpublished, nothing changes).
+#[derive(Debug)]
+pub struct PortPublication<'a> {
+    inner: MutexGuard<'a, Inner>,
+    table: crate::pmd::PreparedTable<'a, DpdkPort>,
+}
+
+impl PortPublication<'_> {
+    /// Makes the prepared table the one in force (inside the barrier: one
+    /// pointer swap, no lock, no allocation).
+    pub fn publish(&mut self) {
+        self.table.publish();
+    }
+
+    /// After the barrier: the ports' bookkeeping. The removed ports'
+    /// entries leave the set (a port added in the same commit may take
+    /// the same number; their devices close in [`Ports::finish_stage`],
+    /// once no PMD polls them) and the added ones join it; then the locks
+    /// are released and the replaced table freed. Does nothing to `stage`
+    /// if the table was not published.
+    pub fn finish(mut self, stage: &mut PortStage) {
+        if !self.table.is_published() {
+            return;
+        }
+        stage.generation = Some(self.table.generation());
+        let inner = &mut *self.inner;
+        if let Some(held) = inner.held.as_mut() {
+            for s in &stage.added {
+                held.insert(s.ofport, s.pmds.clone());
+            }
+        }
+        for o in &stage.removed {
+            if let Some(e) = inner.entries.remove(o) {
+                stage.closing.push(e);
+            }
+        }
+        for s in &mut stage.added {
+            if let Some(dev) = s.dev.take() {
+                let e = Entry {
+                    name: s.name.clone(),
+                    kind: "pod".to_string(),
+                    devargs: dev.devargs().to_string(),
+                    driver: dev.driver(),
+                    pmds: s.pmds.clone(),
+                    dev,
+                };
+                inner.entries.insert(s.ofport, e);
+            }
+        }
     }
 }
 
