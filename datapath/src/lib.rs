@@ -25,7 +25,8 @@
 //! each block with a `// SAFETY:` comment: the DPDK glue ([`dpdk`]), the
 //! cycle counter ([`time::cycles`]), the classifier's prefetch, the
 //! conntrack shard index read without a lock (`conntrack::shard`), the
-//! control socket's peer-credential syscalls (`ctl::sys`) and the
+//! control socket's peer-credential syscalls (`ctl::sys`), the PMD
+//! barrier's `sched_getcpu` and `sched_setscheduler` ([`pmd`]) and the
 //! hand-over's duplication of the packet sockets it releases
 //! (`daemon::handover`).
 #![deny(unsafe_code)]
