@@ -14,7 +14,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sluice_datapath::classifier::special;
+use sluice_datapath::flow::program::{Rule, RuleStats};
 use sluice_datapath::flow::tables::FlowTables;
+use sluice_datapath::flow::text::parse_flow;
+use std::sync::Arc;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
@@ -76,7 +79,10 @@ fn main() {
         .collect();
     let mut bundles = vec![String::new()];
     for f in &flows {
-        if bundles.last().is_some_and(|b| b.len() + f.len() + 32 > 900 * 1024) {
+        if bundles
+            .last()
+            .is_some_and(|b| b.len() + f.len() + 32 > 900 * 1024)
+        {
             bundles.push(String::new());
         }
         if let Some(b) = bundles.last_mut() {
@@ -93,6 +99,27 @@ fn main() {
     special::prepare(&t.program());
     let (heap2, rss2) = (LIVE.load(Ordering::Relaxed), rss());
     let per = |a: usize, b: usize| (b as f64 - a as f64) / f64::from(n);
+    // The rules alone (what any table must hold): a vector of them.
+    let before = LIVE.load(Ordering::Relaxed);
+    let alone: Vec<Arc<Rule>> = flows
+        .iter()
+        .map(|f| {
+            let mut spec = parse_flow(f).expect("flow");
+            spec.actions.shrink_to_fit();
+            Arc::new(Rule {
+                spec,
+                created: 0,
+                stats: Arc::new(RuleStats::default()),
+            })
+        })
+        .collect();
+    let rules_alone = per(before, LIVE.load(Ordering::Relaxed));
+    drop(alone);
+    println!(
+        "sizes: Rule {} B, Action {} B; the rules alone (Vec<Arc<Rule>>): {rules_alone:.0} B per flow",
+        std::mem::size_of::<Rule>(),
+        std::mem::size_of::<sluice_datapath::flow::action::Action>()
+    );
     println!(
         "{n} flows in {} bundles; {}",
         bundles.len(),

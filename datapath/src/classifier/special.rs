@@ -163,9 +163,7 @@ impl Group {
             key.matches_masked_words(&mask, r.spec.m.key(), &words)
         }) {
             None => {
-                shard.insert_unique(h, rule, |r| {
-                    r.spec.m.key().hash_masked_words(&mask, &words)
-                });
+                shard.insert_unique(h, rule, |r| r.spec.m.key().hash_masked_words(&mask, &words));
                 None
             }
             Some(w) if w.spec.priority == priority => return false,
@@ -186,9 +184,7 @@ impl Group {
         let key = *rule.spec.m.key();
         let h = self.hash(&key);
         let s = self.shard(h);
-        let indexed = self.shards[s]
-            .find(h, |r| Arc::ptr_eq(r, rule))
-            .is_some();
+        let indexed = self.shards[s].find(h, |r| Arc::ptr_eq(r, rule)).is_some();
         if indexed {
             let shard = Arc::make_mut(&mut self.shards[s]);
             if let Ok(e) = shard.find_entry(h, |r| Arc::ptr_eq(r, rule)) {
@@ -205,9 +201,8 @@ impl Group {
                 .map(|(i, _)| i);
             if let Some(i) = best {
                 let r = Arc::make_mut(&mut self.shadowed).swap_remove(i);
-                Arc::make_mut(&mut self.shards[s]).insert_unique(h, r, |r| {
-                    r.spec.m.key().hash_masked_words(&mask, &words)
-                });
+                Arc::make_mut(&mut self.shards[s])
+                    .insert_unique(h, r, |r| r.spec.m.key().hash_masked_words(&mask, &words));
             }
         } else {
             let Some(i) = self.shadowed.iter().position(|r| Arc::ptr_eq(r, rule)) else {
@@ -224,6 +219,10 @@ impl Group {
     }
 }
 
+/// Match-everything rules by their place in the table (descending
+/// priority, then [`RuleChange::seq`]).
+type Tail = BTreeMap<(Reverse<u16>, u64), Arc<Rule>>;
+
 /// A compiled table (see the module documentation).
 #[derive(Debug, Clone)]
 pub struct SpecialTable {
@@ -234,7 +233,7 @@ pub struct SpecialTable {
     mask: FlowKey,
     /// The match-everything rules after the shaped ones, in table order
     /// (descending priority, then place).
-    tail: Arc<BTreeMap<(Reverse<u16>, u64), Arc<Rule>>>,
+    tail: Arc<Tail>,
     /// Rules in the table it was built from.
     n_rules: usize,
 }
@@ -346,9 +345,7 @@ fn prefix_len(field: Field, mask: u128) -> Option<u32> {
 
 /// The field in which `masks` differ, each a prefix of it (`None` for the
 /// field when they are all equal); `Err` when they differ otherwise.
-fn varying_field<'a>(
-    mut masks: impl Iterator<Item = &'a FlowKey>,
-) -> Result<Option<Field>, ()> {
+fn varying_field<'a>(mut masks: impl Iterator<Item = &'a FlowKey>) -> Result<Option<Field>, ()> {
     let Some(first) = masks.next() else {
         return Ok(None);
     };
@@ -369,7 +366,10 @@ fn varying_field<'a>(
         .copied()
         .find(|&f| diff.is_subset_of(&FlowKey::field_mask(f)))
         .ok_or(())?;
-    if all.iter().all(|m| prefix_len(field, m.get(field)).is_some()) {
+    if all
+        .iter()
+        .all(|m| prefix_len(field, m.get(field)).is_some())
+    {
         Ok(Some(field))
     } else {
         Err(())
@@ -514,8 +514,8 @@ pub fn describe(prog: &FlowProgram) -> String {
 mod tests {
     use super::*;
     use crate::classifier::slowpath::{translate, translate_generic, Translation};
-    use crate::flow::key::{extract, testpkt::tcp4};
     use crate::flow::action::Action;
+    use crate::flow::key::{extract, testpkt::tcp4};
     use crate::flow::program::{FlowFilter, FlowMod};
     use crate::flow::text::parse_flow;
     use crate::packet::PortNo;
@@ -569,10 +569,16 @@ mod tests {
                 lengths: 3
             }
         );
-        assert!(Arc::ptr_eq(s.default().expect("default"), &p.tables[0].rules[4]));
+        assert!(Arc::ptr_eq(
+            s.default().expect("default"),
+            &p.tables[0].rules[4]
+        ));
         assert_eq!(s.mask().get(Field::NwDst), 0xffff_ff00);
         let k = extract(&tcp4([1, 1, 1, 1], [10, 2, 7, 7], 1, 2, 64), PortNo(1));
-        assert!(Arc::ptr_eq(s.lookup(&k).expect("hit"), &p.tables[0].rules[2]));
+        assert!(Arc::ptr_eq(
+            s.lookup(&k).expect("hit"),
+            &p.tables[0].rules[2]
+        ));
         let k = extract(&tcp4([1, 1, 1, 1], [11, 2, 7, 7], 1, 2, 64), PortNo(1));
         assert!(
             Arc::ptr_eq(s.lookup(&k).expect("default"), &p.tables[0].rules[4]),
@@ -1008,7 +1014,8 @@ mod tests {
             .groups
             .iter()
             .map(|g| {
-                let mut indexed: Vec<usize> = g.shards.iter().flat_map(|h| h.iter().map(ptr)).collect();
+                let mut indexed: Vec<usize> =
+                    g.shards.iter().flat_map(|h| h.iter().map(ptr)).collect();
                 indexed.sort_unstable();
                 let mut shadowed: Vec<usize> = g.shadowed.iter().map(ptr).collect();
                 shadowed.sort_unstable();
@@ -1016,7 +1023,13 @@ mod tests {
                 (g.mask, indexed, shadowed, prios)
             })
             .collect();
-        (s.shape, s.mask, groups, s.tail.values().map(ptr).collect(), s.n_rules)
+        (
+            s.shape,
+            s.mask,
+            groups,
+            s.tail.values().map(ptr).collect(),
+            s.n_rules,
+        )
     }
 
     /// A one-rule change to a 5,000-rule exact table derives its index
@@ -1065,9 +1078,15 @@ mod tests {
         let mut k = *parse_flow(&vip(9000)).expect("flow").m.key();
         assert!(Arc::ptr_eq(
             new.lookup(&k).expect("hit"),
-            t.rules.find(100, &parse_flow(&vip(9000)).expect("flow").m).expect("rule")
+            t.rules
+                .find(100, &parse_flow(&vip(9000)).expect("flow").m)
+                .expect("rule")
         ));
         k.set(Field::NwSrc, 0x0a00_0011);
-        assert_eq!(new.lookup(&k).map(|r| r.spec.priority), Some(0), "the removed rule is gone");
+        assert_eq!(
+            new.lookup(&k).map(|r| r.spec.priority),
+            Some(0),
+            "the removed rule is gone"
+        );
     }
 }

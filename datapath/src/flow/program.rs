@@ -491,9 +491,9 @@ impl RuleList {
 
     fn find_slot(&self, priority: u16, m: &Match) -> Option<&Slot> {
         let h = ident_hash(priority, m);
-        self.index
-            .get((h as usize) % INDEX_SHARDS)?
-            .find(h, |s| s.rule.spec.priority == priority && s.rule.spec.m == *m)
+        self.index.get((h as usize) % INDEX_SHARDS)?.find(h, |s| {
+            s.rule.spec.priority == priority && s.rule.spec.m == *m
+        })
     }
 
     /// The rule with this priority and match, if any (one hash lookup).
