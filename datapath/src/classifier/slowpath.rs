@@ -169,7 +169,7 @@ impl Ctx<'_> {
             // One probe per prefix length; the same mask as the walk.
             Some(s) => {
                 self.mask.or_assign(s.mask());
-                hit = s.lookup(&self.key).map(|i| s.rule(i));
+                hit = s.lookup(&self.key);
             }
             None => {
                 for r in &t.rules {

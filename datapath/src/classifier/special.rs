@@ -18,37 +18,58 @@
 //!
 //! Exactness: the answer is the rule the generic walk finds first (rules
 //! in list order; a rule shadowed by an earlier one with the same masked
-//! key is left out of the index), and the megaflow mask a lookup adds is
-//! the one the walk adds: every mask in the table is within the first
-//! rule's (`C | prefix(longest)`), which is what the lookup consulted and
-//! the union of the masks the walk examines, hit or miss. So the installed
-//! megaflows, the EMC and the cache-coherence proptests are unchanged
-//! (proptests below: specialised == generic, translation and mask, on
-//! random tables of each shape and on near-misses, which must fall back).
+//! key, which within one mask means the same match and a higher priority,
+//! is kept aside, not in the hash table), and the megaflow mask a lookup
+//! adds is the one the walk adds: every mask in the table is within the
+//! first rule's (`C | prefix(longest)`), which is what the lookup consulted
+//! and the union of the masks the walk examines, hit or miss. So the
+//! installed megaflows, the EMC and the cache-coherence proptests are
+//! unchanged (proptests below: specialised == generic, translation and
+//! mask, on random tables of each shape and on near-misses, which must
+//! fall back; an index derived from the previous one == one compiled
+//! afresh, over random sequences of changes).
 //!
-//! Memory: one `u32` (the rule's index) per rule in a `hashbrown` table;
-//! the keys are the rules' own masked keys, compared in place.
+//! Memory: each prefix length's hash table holds one `Arc<Rule>` per
+//! distinct match (8 bytes and a control byte per bucket), split into
+//! copy-on-write shards of about [`SHARD_RULES`] rules; the keys are the
+//! rules' own masked keys, compared in place.
 //!
-//! Building: [`compile`] is a function of one table, O(rules of that table).
-//! The index lives in the table's `derived` slot (`flow::program::Table`),
-//! which programs share while a table's rules do not change and which any
-//! change to them empties. [`of`] fills a slot on first use (the first
+//! Building: [`compile`] is a function of one table, O(rules of that
+//! table). The index lives in the table's `derived` slot
+//! (`flow::program::Table`), which programs share while a table's rules do
+//! not change and which any change to them empties. When the table carries
+//! a delta from an earlier version whose index is built
+//! (`flow::program::RuleDelta`), the new index is that one with the changed
+//! rules removed and inserted ([`SpecialTable::updated`]): it shares every
+//! shard the change does not touch, so a change of a few rules costs a few
+//! shard copies, not a rebuild; a change the update cannot follow (a new
+//! mask or prefix length, an order that needs the rules' places to decide)
+//! falls back to [`compile`]. [`of`] fills a slot on first use (the first
 //! slow-path lookup in that table); [`prepare`] fills every empty slot of a
-//! program right after it is built, so only changed tables are compiled.
+//! program right after it is built, so only changed tables are indexed.
 //!
 //! Thread-safety: an index is immutable once built; a slot is filled once
 //! (`OnceLock`), concurrent first users wait for the one that builds it.
 
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use hashbrown::HashTable;
 
 use crate::flow::key::{Field, FlowKey};
-use crate::flow::program::{FlowProgram, Rule, Table};
+use crate::flow::program::{FlowProgram, Rule, RuleChange, Table};
 
 /// Tables with fewer rules (before the match-everything tail) keep the
 /// generic walk, which is as fast there.
 pub const MIN_RULES: usize = 4;
+
+/// Rules per copy-on-write shard of a prefix length's hash table, about:
+/// what one changed rule costs to copy.
+pub const SHARD_RULES: usize = 512;
+
+/// Most shards of one prefix length.
+const MAX_SHARDS: usize = 256;
 
 /// The shape of a specialised table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,29 +85,157 @@ pub enum Shape {
     },
 }
 
-/// The rules of one mask: indices into the table's rules, hashed on their
-/// masked keys.
-#[derive(Debug)]
+/// The rules of one mask, hashed on their masked keys.
+#[derive(Debug, Clone)]
 struct Group {
     mask: FlowKey,
     /// The mask's non-zero words: hashing and comparing touch only these.
-    words: Box<[u8]>,
-    index: HashTable<u32>,
+    words: Arc<[u8]>,
+    /// For each distinct match, the rule of highest priority with it; the
+    /// shard is chosen by bits of the hash the hash tables do not use.
+    shards: Vec<Arc<HashTable<Arc<Rule>>>>,
+    /// The other rules of this mask (each hidden by one with the same
+    /// match and a higher priority).
+    shadowed: Arc<Vec<Arc<Rule>>>,
+    /// How many rules of this mask (indexed and shadowed) have each
+    /// priority.
+    prios: Arc<BTreeMap<u16, u32>>,
 }
 
+impl Group {
+    /// An empty group for `n` rules of `mask`.
+    fn new(mask: &FlowKey, n: usize) -> Group {
+        let shards = (n / SHARD_RULES).next_power_of_two().clamp(1, MAX_SHARDS);
+        let per = n.div_ceil(shards);
+        Group {
+            mask: *mask,
+            words: mask.nonzero_words().into(),
+            shards: (0..shards)
+                .map(|_| Arc::new(HashTable::with_capacity(per + per / 8)))
+                .collect(),
+            shadowed: Arc::default(),
+            prios: Arc::default(),
+        }
+    }
+
+    #[inline]
+    fn hash(&self, key: &FlowKey) -> u64 {
+        key.hash_masked_words(&self.mask, &self.words)
+    }
+
+    #[inline]
+    fn shard(&self, h: u64) -> usize {
+        (h >> 40) as usize & (self.shards.len() - 1)
+    }
+
+    /// The indexed rule whose match `key` satisfies.
+    #[inline]
+    fn find(&self, key: &FlowKey) -> Option<&Arc<Rule>> {
+        let h = self.hash(key);
+        self.shards[self.shard(h)].find(h, |r| {
+            key.matches_masked_words(&self.mask, r.spec.m.key(), &self.words)
+        })
+    }
+
+    fn count(&mut self, priority: u16, add: bool) {
+        let prios = Arc::make_mut(&mut self.prios);
+        let n = prios.entry(priority).or_insert(0);
+        if add {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                prios.remove(&priority);
+            }
+        }
+    }
+
+    /// Adds `rule` (of this group's mask); false when a rule with the same
+    /// match and priority is indexed (the table would not allow it).
+    fn insert(&mut self, rule: Arc<Rule>) -> bool {
+        let (mask, words) = (self.mask, self.words.clone());
+        let key = *rule.spec.m.key();
+        let h = self.hash(&key);
+        let s = self.shard(h);
+        let shard = Arc::make_mut(&mut self.shards[s]);
+        let priority = rule.spec.priority;
+        let hidden = match shard.find_mut(h, |r| {
+            key.matches_masked_words(&mask, r.spec.m.key(), &words)
+        }) {
+            None => {
+                shard.insert_unique(h, rule, |r| r.spec.m.key().hash_masked_words(&mask, &words));
+                None
+            }
+            Some(w) if w.spec.priority == priority => return false,
+            Some(w) if w.spec.priority < priority => Some(std::mem::replace(w, rule)),
+            Some(_) => Some(rule),
+        };
+        if let Some(r) = hidden {
+            Arc::make_mut(&mut self.shadowed).push(r);
+        }
+        self.count(priority, true);
+        true
+    }
+
+    /// Removes `rule` (the very rule, indexed or shadowed); false when it
+    /// is not there.
+    fn remove(&mut self, rule: &Arc<Rule>) -> bool {
+        let (mask, words) = (self.mask, self.words.clone());
+        let key = *rule.spec.m.key();
+        let h = self.hash(&key);
+        let s = self.shard(h);
+        let indexed = self.shards[s].find(h, |r| Arc::ptr_eq(r, rule)).is_some();
+        if indexed {
+            let shard = Arc::make_mut(&mut self.shards[s]);
+            if let Ok(e) = shard.find_entry(h, |r| Arc::ptr_eq(r, rule)) {
+                e.remove();
+            }
+            // The best rule it hid, if any, takes its place.
+            let same = |r: &Arc<Rule>| key.matches_masked_words(&mask, r.spec.m.key(), &words);
+            let best = self
+                .shadowed
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| same(r))
+                .max_by_key(|(_, r)| r.spec.priority)
+                .map(|(i, _)| i);
+            if let Some(i) = best {
+                let r = Arc::make_mut(&mut self.shadowed).swap_remove(i);
+                Arc::make_mut(&mut self.shards[s])
+                    .insert_unique(h, r, |r| r.spec.m.key().hash_masked_words(&mask, &words));
+            }
+        } else {
+            let Some(i) = self.shadowed.iter().position(|r| Arc::ptr_eq(r, rule)) else {
+                return false;
+            };
+            Arc::make_mut(&mut self.shadowed).swap_remove(i);
+        }
+        self.count(rule.spec.priority, false);
+        true
+    }
+
+    fn len(&self) -> usize {
+        self.prios.values().map(|&n| n as usize).sum()
+    }
+}
+
+/// Match-everything rules by their place in the table (descending
+/// priority, then [`RuleChange::seq`]).
+type Tail = BTreeMap<(Reverse<u16>, u64), Arc<Rule>>;
+
 /// A compiled table (see the module documentation).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SpecialTable {
     shape: Shape,
     /// Longest prefix first.
-    groups: Box<[Group]>,
+    groups: Vec<Group>,
     /// The mask every lookup adds to the megaflow: the first group's.
     mask: FlowKey,
-    /// The first match-everything rule after the shaped ones.
-    default: Option<u32>,
-    /// The rules of the table it was built from, in order (the table's
-    /// own list is chunked for cheap copy-on-write, not indexable in O(1)).
-    rules: Box<[Arc<Rule>]>,
+    /// The match-everything rules after the shaped ones, in table order
+    /// (descending priority, then place).
+    tail: Arc<Tail>,
+    /// Rules in the table it was built from.
+    n_rules: usize,
 }
 
 impl SpecialTable {
@@ -105,29 +254,83 @@ impl SpecialTable {
     /// built from (a cheap guard; the slot discipline is what guarantees
     /// it).
     pub fn fits(&self, n_rules: usize) -> bool {
-        n_rules == self.rules.len()
+        n_rules == self.n_rules
     }
 
-    /// The `i`th rule of the table this index was built from.
+    /// The rule the generic walk would match first for `key` in the table
+    /// this index was built from, if any.
     #[inline]
-    pub fn rule(&self, i: usize) -> &Arc<Rule> {
-        &self.rules[i]
-    }
-
-    /// The index (in the table it was built from) of the rule the generic
-    /// walk would match first for `key`, if any.
-    #[inline]
-    pub fn lookup(&self, key: &FlowKey) -> Option<usize> {
-        let rules = &self.rules;
-        for g in self.groups.iter() {
-            let h = key.hash_masked_words(&g.mask, &g.words);
-            if let Some(&i) = g.index.find(h, |&i| {
-                key.matches_masked_words(&g.mask, rules[i as usize].spec.m.key(), &g.words)
-            }) {
-                return Some(i as usize);
+    pub fn lookup(&self, key: &FlowKey) -> Option<&Arc<Rule>> {
+        for g in &self.groups {
+            if let Some(r) = g.find(key) {
+                return Some(r);
             }
         }
-        self.default.map(|d| d as usize)
+        self.default()
+    }
+
+    /// The first match-everything rule after the shaped ones.
+    fn default(&self) -> Option<&Arc<Rule>> {
+        self.tail.values().next()
+    }
+
+    /// This index with `changes` applied (a [`flow::program::RuleDelta`]'s,
+    /// from the rules this index was built from to a table of `n_rules`
+    /// rules), or `None` when the result needs a [`compile`]: a rule with
+    /// a mask no group has, a group emptied, fewer than [`MIN_RULES`]
+    /// shaped rules left, or groups (or the match-everything tail) whose
+    /// priorities no longer separate them strictly. When it is `Some`, it
+    /// equals what [`compile`] builds from the new rules.
+    ///
+    /// [`flow::program::RuleDelta`]: crate::flow::program::RuleDelta
+    pub fn updated(&self, changes: &[RuleChange], n_rules: usize) -> Option<SpecialTable> {
+        let mut s = self.clone();
+        for c in changes {
+            let mask = c.rule.spec.m.mask();
+            if *mask == FlowKey::ZERO {
+                let tail = Arc::make_mut(&mut s.tail);
+                let k = (Reverse(c.rule.spec.priority), c.seq);
+                if c.added {
+                    tail.insert(k, c.rule.clone());
+                } else if !tail.remove(&k).is_some_and(|r| Arc::ptr_eq(&r, &c.rule)) {
+                    return None;
+                }
+                continue;
+            }
+            let g = s.groups.iter_mut().find(|g| g.mask == *mask)?;
+            let ok = if c.added {
+                g.insert(c.rule.clone())
+            } else {
+                g.remove(&c.rule)
+            };
+            if !ok {
+                return None;
+            }
+        }
+        s.n_rules = n_rules;
+        // Every group non-empty and strictly above the next by priority,
+        // the last strictly above the tail: the table order is then the
+        // groups' order, longest prefix first, then the tail.
+        let mut above: Option<u16> = None;
+        let mut body = 0;
+        for g in &s.groups {
+            let (&lo, _) = g.prios.first_key_value()?;
+            let (&hi, _) = g.prios.last_key_value()?;
+            if above.is_some_and(|a| hi >= a) {
+                return None;
+            }
+            above = Some(lo);
+            body += g.len();
+        }
+        if let (Some(a), Some((k, _))) = (above, s.tail.first_key_value()) {
+            if k.0 .0 >= a {
+                return None;
+            }
+        }
+        if body < MIN_RULES || body + s.tail.len() != n_rules {
+            return None;
+        }
+        Some(s)
     }
 }
 
@@ -140,115 +343,145 @@ fn prefix_len(field: Field, mask: u128) -> Option<u32> {
     (host & host.wrapping_add(1) == 0).then(|| field.bits() - host.count_ones())
 }
 
-/// Compiles `table` if it has one of the shapes, else `None`. Cost: linear
-/// in the table's rules.
-pub fn compile(table: &Table) -> Option<SpecialTable> {
-    compile_rules(table.rules.iter().cloned().collect(), MIN_RULES)
+/// The field in which `masks` differ, each a prefix of it (`None` for the
+/// field when they are all equal); `Err` when they differ otherwise.
+fn varying_field<'a>(mut masks: impl Iterator<Item = &'a FlowKey>) -> Result<Option<Field>, ()> {
+    let Some(first) = masks.next() else {
+        return Ok(None);
+    };
+    // The bits where some mask differs from the first.
+    let mut diff = FlowKey::ZERO;
+    let mut all = vec![first];
+    for m in masks {
+        for ((d, a), b) in diff.w.iter_mut().zip(&m.w).zip(&first.w) {
+            *d |= a ^ b;
+        }
+        all.push(m);
+    }
+    if diff == FlowKey::ZERO {
+        return Ok(None);
+    }
+    let field = Field::ALL
+        .iter()
+        .copied()
+        .find(|&f| diff.is_subset_of(&FlowKey::field_mask(f)))
+        .ok_or(())?;
+    if all
+        .iter()
+        .all(|m| prefix_len(field, m.get(field)).is_some())
+    {
+        Ok(Some(field))
+    } else {
+        Err(())
+    }
 }
 
-/// [`compile`] over `rules` with a minimum of `min_rules` shaped rules.
-fn compile_rules(rules: Vec<Arc<Rule>>, min_rules: usize) -> Option<SpecialTable> {
-    if rules.len() > u32::MAX as usize {
-        return None;
-    }
+/// Compiles `table` if it has one of the shapes, else `None`. Cost: linear
+/// in the table's rules, except for tables whose distinct masks already
+/// rule a shape out (a look at the masks alone).
+pub fn compile(table: &Table) -> Option<SpecialTable> {
+    let nonzero = table.rules.masks().filter(|m| **m != FlowKey::ZERO);
+    varying_field(nonzero).ok()?;
+    let rules: Vec<(u64, &Arc<Rule>)> = table.rules.iter_seq().collect();
+    compile_rules(&rules, MIN_RULES)
+}
+
+/// [`compile`] over `rules` (with their places, in table order) with a
+/// minimum of `min_rules` shaped rules.
+fn compile_rules(rules: &[(u64, &Arc<Rule>)], min_rules: usize) -> Option<SpecialTable> {
     let mut end = rules.len();
-    while end > 0 && *rules[end - 1].spec.m.mask() == FlowKey::ZERO {
+    while end > 0 && *rules[end - 1].1.spec.m.mask() == FlowKey::ZERO {
         end -= 1;
     }
     let body = &rules[..end];
     if body.is_empty() || body.len() < min_rules {
         return None;
     }
-    let first = *body[0].spec.m.mask();
-    // The bits where some mask differs from the first.
-    let mut diff = FlowKey::ZERO;
-    for r in body {
-        let m = r.spec.m.mask();
-        for ((d, a), b) in diff.w.iter_mut().zip(&m.w).zip(&first.w) {
-            *d |= a ^ b;
-        }
-    }
-    let shape = if diff == FlowKey::ZERO {
-        Shape::Exact
-    } else {
-        // One field must hold every differing bit, each mask a prefix of
-        // it, no longer than the one before.
-        let field = Field::ALL
-            .iter()
-            .copied()
-            .find(|&f| diff.is_subset_of(&FlowKey::field_mask(f)))?;
-        let mut last = u32::MAX;
-        let mut lengths = 0;
-        for r in body {
-            let len = prefix_len(field, r.spec.m.mask().get(field))?;
-            if len > last {
-                return None;
+    let first = *body[0].1.spec.m.mask();
+    let shape = match varying_field(body.iter().map(|r| r.1.spec.m.mask())).ok()? {
+        None => Shape::Exact,
+        Some(field) => {
+            // Each prefix no longer than the one before.
+            let mut last = u32::MAX;
+            let mut lengths = 0;
+            for (_, r) in body {
+                let len = prefix_len(field, r.spec.m.mask().get(field))?;
+                if len > last {
+                    return None;
+                }
+                if len < last {
+                    lengths += 1;
+                }
+                last = len;
             }
-            if len < last {
-                lengths += 1;
-            }
-            last = len;
+            Shape::Prefix { field, lengths }
         }
-        Shape::Prefix { field, lengths }
     };
     let mut groups: Vec<Group> = Vec::new();
-    for (i, r) in body.iter().enumerate() {
+    for (i, (_, r)) in body.iter().enumerate() {
         let mask = r.spec.m.mask();
         if groups.last().is_none_or(|g| g.mask != *mask) {
             // Sized for the whole run of this mask: no rehash, which would
             // re-read every rule's key.
             let run = body[i..]
                 .iter()
-                .take_while(|r| r.spec.m.mask() == mask)
+                .take_while(|r| r.1.spec.m.mask() == mask)
                 .count();
-            groups.push(Group {
-                mask: *mask,
-                words: mask.nonzero_words().into_boxed_slice(),
-                index: HashTable::with_capacity(run),
-            });
+            groups.push(Group::new(mask, run));
         }
-        let g = groups.last_mut()?;
-        let key = r.spec.m.key();
-        let h = key.hash_masked_words(&g.mask, &g.words);
-        let (gm, gw) = (&g.mask, &g.words);
-        // An earlier rule with the same masked key shadows this one.
-        if g.index
-            .find(h, |&j| {
-                key.matches_masked_words(gm, rules[j as usize].spec.m.key(), gw)
-            })
-            .is_none()
-        {
-            g.index.insert_unique(h, i as u32, |&j| {
-                rules[j as usize].spec.m.key().hash_masked_words(gm, gw)
-            });
+        // Rules come in table order: a rule whose match is indexed already
+        // has a lower priority and is shadowed by it.
+        if !groups.last_mut()?.insert((*r).clone()) {
+            return None;
         }
     }
+    let tail = rules[end..]
+        .iter()
+        .map(|(seq, r)| ((Reverse(r.spec.priority), *seq), (*r).clone()))
+        .collect();
     Some(SpecialTable {
         shape,
-        groups: groups.into_boxed_slice(),
+        groups,
         mask: first,
-        default: (end < rules.len()).then_some(end as u32),
-        rules: rules.into_boxed_slice(),
+        tail: Arc::new(tail),
+        n_rules: rules.len(),
     })
 }
 
-/// The compiled form of `table`, compiling it on first use; `None` when
+/// The index of `table`: derived from its delta's base when it has one
+/// that [`SpecialTable::updated`] can follow, else compiled.
+fn build(table: &Table) -> Option<SpecialTable> {
+    if let Some(d) = table.delta() {
+        let base = d
+            .base
+            .get()
+            .and_then(|b| b.downcast_ref::<Option<SpecialTable>>());
+        if let Some(Some(base)) = base {
+            if let Some(s) = base.updated(&d.changes, table.rules.len()) {
+                return Some(s);
+            }
+        }
+    }
+    compile(table)
+}
+
+/// The compiled form of `table`, building it on first use; `None` when
 /// the table keeps the generic walk.
 #[inline]
 pub fn of(table: &Table) -> Option<&SpecialTable> {
     table
         .derived
-        .get_or_init(|| Box::new(compile(table)))
+        .get_or_init(|| Box::new(build(table)))
         .downcast_ref::<Option<SpecialTable>>()?
         .as_ref()
 }
 
-/// Compiles every table of `prog` whose slot is empty (the tables whose
-/// rules changed since the program it was built from; unchanged tables
-/// share their filled slot). Returns how many slots were compiled (tables
-/// that share one, like the empty ones, count once). Call
-/// it on the control side after building a program and before publishing
-/// it, so that no PMD pays for a compile.
+/// Builds the index of every table of `prog` whose slot is empty (the
+/// tables whose rules changed since the program it was built from;
+/// unchanged tables share their filled slot). Returns how many slots were
+/// filled (tables that share one, like the empty ones, count once). Call
+/// it on the control side after building a program, so that no PMD pays
+/// for a build.
 pub fn prepare(prog: &FlowProgram) -> usize {
     let mut n = 0;
     for t in &prog.tables {
@@ -271,7 +504,7 @@ pub fn describe(prog: &FlowProgram) -> String {
                     format!("longest prefix of {field} ({lengths} lengths)")
                 }
             };
-            out.push_str(&format!("table {i}: {shape}, {} rules\n", s.rules.len()));
+            out.push_str(&format!("table {i}: {shape}, {} rules\n", s.n_rules));
         }
     }
     out
@@ -281,8 +514,9 @@ pub fn describe(prog: &FlowProgram) -> String {
 mod tests {
     use super::*;
     use crate::classifier::slowpath::{translate, translate_generic, Translation};
+    use crate::flow::action::Action;
     use crate::flow::key::{extract, testpkt::tcp4};
-    use crate::flow::program::FlowMod;
+    use crate::flow::program::{FlowFilter, FlowMod};
     use crate::flow::text::parse_flow;
     use crate::packet::PortNo;
     use proptest::prelude::*;
@@ -335,12 +569,21 @@ mod tests {
                 lengths: 3
             }
         );
-        assert_eq!(s.default, Some(4));
+        assert!(Arc::ptr_eq(
+            s.default().expect("default"),
+            &p.tables[0].rules[4]
+        ));
         assert_eq!(s.mask().get(Field::NwDst), 0xffff_ff00);
         let k = extract(&tcp4([1, 1, 1, 1], [10, 2, 7, 7], 1, 2, 64), PortNo(1));
-        assert_eq!(s.lookup(&k), Some(2));
+        assert!(Arc::ptr_eq(
+            s.lookup(&k).expect("hit"),
+            &p.tables[0].rules[2]
+        ));
         let k = extract(&tcp4([1, 1, 1, 1], [11, 2, 7, 7], 1, 2, 64), PortNo(1));
-        assert_eq!(s.lookup(&k), Some(4), "default");
+        assert!(
+            Arc::ptr_eq(s.lookup(&k).expect("default"), &p.tables[0].rules[4]),
+            "default"
+        );
         assert!(describe(&p).contains("table 0: longest prefix of nw_dst (3 lengths), 5 rules"));
 
         let macs: Vec<String> = (0..6)
@@ -586,7 +829,7 @@ mod tests {
             let prog = program(&flows);
             let t = &prog.tables[0];
             let body = t.rules.len() - usize::from(default);
-            let s = compile_rules(t.rules.iter().cloned().collect(), 1);
+            let s = compile_rules(&t.rules.iter_seq().collect::<Vec<_>>(), 1);
             prop_assert!(s.is_some(), "{:?} not specialised: {:?}", kind, flows);
             prop_assert_eq!(of(t).is_some(), body >= MIN_RULES);
             let s = s.expect("checked");
@@ -596,8 +839,12 @@ mod tests {
                 let spec = translate(&prog, &k, None);
                 prop_assert!(same(&spec, &generic), "{:?}\n{:?}\nvs\n{:?}", k, spec, generic);
                 // The index alone, on every table size.
-                let want = t.rules.iter().position(|r| r.spec.m.matches(&k));
-                prop_assert_eq!(s.lookup(&k), want);
+                let want = t.rules.iter().find(|r| r.spec.m.matches(&k));
+                let agree = match (s.lookup(&k), want) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (a, b) => a.is_none() && b.is_none(),
+                };
+                prop_assert!(agree, "index and walk disagree on {:?}", k);
             }
         }
 
@@ -638,12 +885,208 @@ mod tests {
             }
             let prog = program(&flows);
             let t = &prog.tables[0];
-            prop_assert!(compile_rules(t.rules.iter().cloned().collect(), 1).is_none(), "specialised: {:?}", flows);
+            prop_assert!(compile_rules(&t.rules.iter_seq().collect::<Vec<_>>(), 1).is_none(), "specialised: {:?}", flows);
             prop_assert!(of(t).is_none());
             for (a, port, mac, in_port, tcp) in pkts {
                 let k = packet(a, port, mac, in_port, tcp);
                 prop_assert!(same(&translate(&prog, &k, None), &translate_generic(&prog, &k)));
             }
         }
+
+        /// Random sequences of bundles (adds, strict and loose deletes,
+        /// modifies, a match-everything rule added and removed, a rule of
+        /// another shape added and removed) on a table of each shape: the
+        /// index each new program gets from the previous one's (or from
+        /// an older one's, when programs in between were never indexed)
+        /// equals a fresh compile of its rules, and the slow path through
+        /// it equals the generic walk.
+        #[test]
+        fn derived_index_equals_a_fresh_compile(
+            kind in kind(),
+            mut entries in proptest::collection::vec((addr(), any::<u8>(), any::<u16>(), 1u16..4), 4..24),
+            default in any::<bool>(),
+            bundles in proptest::collection::vec(
+                (proptest::collection::vec((0u8..10, addr(), any::<u8>(), any::<u16>(), 1u16..4, any::<proptest::sample::Index>()), 1..4), proptest::bool::weighted(0.8)),
+                1..12),
+            pkts in proptest::collection::vec((addr(), any::<u16>(), any::<u8>(), any::<u16>(), any::<bool>()), 1..16),
+        ) {
+            if matches!(kind, Kind::Lpm) {
+                entries.sort_by_key(|e| std::cmp::Reverse(e.1 % 33));
+            }
+            let mut prog = program(&flows_of(&kind, &entries, default, None));
+            prepare(&prog);
+            for (ops, index_it) in bundles {
+                let mut mods = Vec::new();
+                for (op, a, len, port, prio, pick) in ops {
+                    let rules: Vec<Arc<Rule>> = prog.tables[0].rules.iter().cloned().collect();
+                    let strict = |r: &Rule| FlowFilter {
+                        table: Some(0),
+                        priority: r.spec.priority,
+                        m: r.spec.m,
+                        ..FlowFilter::default()
+                    };
+                    let parse = |f: &str| FlowMod::Add(parse_flow(f).unwrap_or_else(|e| panic!("{f}: {e}")));
+                    match op {
+                        0..=3 => {
+                            let f = flows_of(&kind, &[(a, len, port, prio)], false, None);
+                            mods.push(parse(&f[0]));
+                        }
+                        4 | 5 if !rules.is_empty() => {
+                            let r = &rules[pick.index(rules.len())];
+                            mods.push(FlowMod::Delete { filter: strict(r), strict: true });
+                        }
+                        6 if !rules.is_empty() => {
+                            let r = &rules[pick.index(rules.len())];
+                            mods.push(FlowMod::Modify {
+                                filter: strict(r),
+                                strict: true,
+                                actions: vec![Action::Output(PortNo(port % 50 + 1))],
+                            });
+                        }
+                        7 if !rules.is_empty() => {
+                            // Loose: every rule within this one's match.
+                            let r = &rules[pick.index(rules.len())];
+                            mods.push(FlowMod::Delete { filter: strict(r), strict: false });
+                        }
+                        8 => mods.push(parse(if prio == 1 {
+                            "priority=0 actions=output:99"
+                        } else {
+                            "priority=0 actions=drop"
+                        })),
+                        _ => {
+                            // Another shape, added, or removed when present.
+                            let f = "priority=2,udp,tp_src=7 actions=drop";
+                            if rules.iter().any(|r| r.spec.m.mask().get(Field::TpSrc) != 0) {
+                                let m = parse_flow(f).expect("flow").m;
+                                mods.push(FlowMod::Delete {
+                                    filter: FlowFilter { table: Some(0), priority: 2, m, ..FlowFilter::default() },
+                                    strict: true,
+                                });
+                            } else {
+                                mods.push(parse(f));
+                            }
+                        }
+                    }
+                }
+                prog = prog.apply(&mods, 0, |_| String::new()).expect("bundle").0;
+                if !index_it {
+                    continue;
+                }
+                let t = &prog.tables[0];
+                if let Some(d) = t.delta() {
+                    if let Some(Some(base)) = d.base.get().and_then(|b| b.downcast_ref::<Option<SpecialTable>>()) {
+                        if let Some(u) = base.updated(&d.changes, t.rules.len()) {
+                            let fresh = compile(t);
+                            prop_assert!(fresh.is_some(), "updated but compile refuses");
+                            prop_assert_eq!(picture(&u), picture(&fresh.expect("checked")));
+                        }
+                    }
+                }
+                let got = of(t).map(picture);
+                prop_assert_eq!(got, compile(t).as_ref().map(picture));
+                for &(a, port, mac, in_port, tcp) in &pkts {
+                    let k = packet(a, port, mac, in_port, tcp);
+                    prop_assert!(same(&translate(&prog, &k, None), &translate_generic(&prog, &k)));
+                }
+                // And a packet for each rule.
+                for r in t.rules.iter() {
+                    let k = *r.spec.m.key();
+                    prop_assert!(same(&translate(&prog, &k, None), &translate_generic(&prog, &k)));
+                }
+            }
+        }
+    }
+
+    /// What an index holds, independent of how it was built: per group
+    /// its mask, indexed rules, shadowed rules and priority counts; the
+    /// tail; the shape, mask and size.
+    type Picture = (
+        Shape,
+        FlowKey,
+        Vec<(FlowKey, Vec<usize>, Vec<usize>, Vec<(u16, u32)>)>,
+        Vec<usize>,
+        usize,
+    );
+
+    fn picture(s: &SpecialTable) -> Picture {
+        let ptr = |r: &Arc<Rule>| Arc::as_ptr(r) as usize;
+        let groups = s
+            .groups
+            .iter()
+            .map(|g| {
+                let mut indexed: Vec<usize> =
+                    g.shards.iter().flat_map(|h| h.iter().map(ptr)).collect();
+                indexed.sort_unstable();
+                let mut shadowed: Vec<usize> = g.shadowed.iter().map(ptr).collect();
+                shadowed.sort_unstable();
+                let prios = g.prios.iter().map(|(&p, &n)| (p, n)).collect();
+                (g.mask, indexed, shadowed, prios)
+            })
+            .collect();
+        (
+            s.shape,
+            s.mask,
+            groups,
+            s.tail.values().map(ptr).collect(),
+            s.n_rules,
+        )
+    }
+
+    /// A one-rule change to a 5,000-rule exact table derives its index
+    /// from the previous one: every shard but the changed one is shared,
+    /// and the result equals a fresh compile.
+    #[test]
+    fn a_change_copies_one_shard() {
+        let vip = |i: u32| {
+            format!(
+                "priority=100,ip,nw_src={} actions=ct(zone=1,table=11,nat)",
+                ip(0x0a00_0000 + i)
+            )
+        };
+        let mut flows: Vec<String> = (0..5000).map(vip).collect();
+        flows.push("priority=0 actions=goto_table:11".into());
+        let p1 = program(&flows);
+        assert_eq!(prepare(&p1), 2);
+        let old = parse_flow(&vip(17)).expect("flow");
+        let (p2, _) = p1
+            .apply(
+                &[
+                    FlowMod::Delete {
+                        filter: FlowFilter {
+                            table: Some(0),
+                            priority: 100,
+                            m: old.m,
+                            ..FlowFilter::default()
+                        },
+                        strict: true,
+                    },
+                    FlowMod::Add(parse_flow(&vip(9000)).expect("flow")),
+                ],
+                0,
+                |_| String::new(),
+            )
+            .expect("bundle");
+        let t = &p2.tables[0];
+        assert_eq!(t.delta().map(|d| d.changes.len()), Some(2));
+        let base = of(&p1.tables[0]).expect("specialised");
+        let new = of(t).expect("specialised");
+        let (a, b) = (&base.groups[0].shards, &new.groups[0].shards);
+        assert_eq!(a.len(), 16, "5000 rules in shards of about {SHARD_RULES}");
+        let copied = a.iter().zip(b).filter(|(x, y)| !Arc::ptr_eq(x, y)).count();
+        assert!((1..=2).contains(&copied), "{copied} shards copied");
+        assert_eq!(picture(new), picture(&compile(t).expect("compiles")));
+        let mut k = *parse_flow(&vip(9000)).expect("flow").m.key();
+        assert!(Arc::ptr_eq(
+            new.lookup(&k).expect("hit"),
+            t.rules
+                .find(100, &parse_flow(&vip(9000)).expect("flow").m)
+                .expect("rule")
+        ));
+        k.set(Field::NwSrc, 0x0a00_0011);
+        assert_eq!(
+            new.lookup(&k).map(|r| r.spec.priority),
+            Some(0),
+            "the removed rule is gone"
+        );
     }
 }

@@ -132,12 +132,17 @@ pub struct NodeState {
 
 /// Starts the thread that builds the specialised classifier indexes
 /// (`classifier::special::prepare`) of each committed program's changed
-/// tables, so that neither the commit (which would wait O(table) for a
-/// one-rule change to a 100k-rule table) nor a PMD's upcall pays for it.
-/// A PMD whose upcall needs a table while its index is being built waits
-/// for that build (the slot is a `OnceLock`); one that comes first builds
-/// it itself, as before. Only the newest queued program is indexed (older
-/// ones are superseded). The thread ends when the state is dropped.
+/// tables, so that neither the commit nor a PMD's upcall pays for it. A
+/// changed table's index is derived from the previous program's (the
+/// changed rules removed and inserted, untouched shards shared: a
+/// one-rule change to a 100k-rule table copies one shard of ~512 rules)
+/// unless the change is large or reshapes the table, when it is compiled
+/// afresh. A PMD whose upcall needs a table while its index is being built
+/// waits for that build (the slot is a `OnceLock`); one that comes first
+/// builds it itself, as before. Only the newest queued program is indexed
+/// (older ones are superseded; their changes reach the newest one's
+/// delta, so it is still derived). The thread ends when the state is
+/// dropped.
 fn spawn_indexer() -> mpsc::Sender<Arc<FlowProgram>> {
     let (tx, rx) = mpsc::channel::<Arc<FlowProgram>>();
     let run = move || {

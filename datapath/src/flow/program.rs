@@ -19,8 +19,14 @@
 //! classifier's specialised lookup, filled on first use or by
 //! `classifier::special::prepare`). Tables a bundle leaves alone share the
 //! filled slot with the previous program; every change to a table's rules
-//! here gives that table a fresh, empty slot ([`Table::rules_changed`]), so
-//! a derived index is never used with rules it was not built from.
+//! here gives that table a fresh, empty slot, so a derived index is never
+//! used with rules it was not built from. With the fresh slot the table
+//! keeps a [`RuleDelta`]: the filled slot of an earlier version of the
+//! table and the rule changes since (in order), so that the new index can
+//! be derived from the old one at the cost of the change. A delta is kept
+//! only while it is small next to the table (else the index is rebuilt
+//! from the rules, which is then as cheap); a version whose slot was never
+//! filled passes its delta on, so the changes of several programs compose.
 //!
 //! Thread-safety: a program is `Send + Sync` and read concurrently by every
 //! PMD; the only mutable state is [`RuleStats`], updated with relaxed
@@ -168,6 +174,34 @@ pub enum MissAction {
 /// (written once, then read by every PMD). Cloning a [`Table`] shares it.
 pub type DerivedSlot = Arc<OnceLock<Box<dyn Any + Send + Sync>>>;
 
+/// One rule a table version gained or lost against an earlier version.
+#[derive(Debug, Clone)]
+pub struct RuleChange {
+    /// Added (else removed).
+    pub added: bool,
+    /// The rule's place among the rules of its priority (insertion
+    /// order; a modify or replacement keeps it): rules are ordered by
+    /// descending priority, then ascending `seq`.
+    pub seq: u64,
+    /// The rule.
+    pub rule: Arc<Rule>,
+}
+
+/// How a table's rules differ from an earlier version's whose derived
+/// slot is filled (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct RuleDelta {
+    /// The earlier version's derived slot, always filled.
+    pub base: DerivedSlot,
+    /// The changes from the earlier version's rules to these, in the
+    /// order they were made (a modify is a removal then an addition).
+    pub changes: Vec<RuleChange>,
+}
+
+/// Changes a delta may hold before it is dropped: this many, or an
+/// eighth of the table if more.
+const DELTA_MIN: usize = 64;
+
 /// One table: rules in priority order plus its miss behaviour.
 #[derive(Debug, Clone, Default)]
 pub struct Table {
@@ -179,12 +213,93 @@ pub struct Table {
     pub miss: MissAction,
     /// The index derived from `rules` (see the module documentation).
     pub derived: DerivedSlot,
+    /// How `rules` differ from a version with a filled slot, if known.
+    delta: Option<Arc<RuleDelta>>,
 }
 
 impl Table {
-    /// Forgets the derived index: call after any change to `rules`.
+    /// Forgets the derived index: call after any change to `rules` made
+    /// outside this module (the index will be rebuilt from the rules).
     pub fn rules_changed(&mut self) {
         self.derived = DerivedSlot::default();
+        self.delta = None;
+    }
+
+    /// How the rules differ from an earlier version whose derived slot is
+    /// filled, when that is known and small.
+    pub fn delta(&self) -> Option<&RuleDelta> {
+        self.delta.as_deref()
+    }
+
+    /// Before a change to the rules: a fresh derived slot, unless the
+    /// table already has its own unfilled one (a second change in one
+    /// bundle), and the delta from the last filled slot.
+    fn begin_change(&mut self) {
+        if Arc::get_mut(&mut self.derived).is_some_and(|s| s.get().is_none()) {
+            return;
+        }
+        let old = std::mem::take(&mut self.derived);
+        if old.get().is_some() {
+            self.delta = Some(Arc::new(RuleDelta {
+                base: old,
+                changes: Vec::new(),
+            }));
+        }
+        // Else the old version's own delta (from its filled base) carries
+        // on, or there is none.
+    }
+
+    /// Adds `rule` ([`RuleList`]'s add), recording the change.
+    fn add(&mut self, rule: Rule) {
+        let (old, new) = self.rules.add(rule);
+        if let Some(old) = old {
+            self.record(false, &old);
+        }
+        self.record(true, &new);
+    }
+
+    /// Replaces the held rule of `old` by `new`, recording the change.
+    fn replace(&mut self, old: &Slot, new: Arc<Rule>) {
+        if self.rules.position(old).is_some() {
+            let new = self.rules.replace(old, new);
+            self.record(false, old);
+            self.record(true, &new);
+        }
+    }
+
+    /// Removes the held slot `s`, recording the change.
+    fn remove(&mut self, s: &Slot) -> bool {
+        let gone = self.rules.remove(s);
+        if gone {
+            self.record(false, s);
+        }
+        gone
+    }
+
+    /// Keeps the rules `keep` accepts, recording the removals; returns how
+    /// many went.
+    fn retain(&mut self, keep: impl FnMut(&Rule) -> bool) -> usize {
+        let gone = self.rules.retain(keep);
+        for s in &gone {
+            self.record(false, s);
+        }
+        gone.len()
+    }
+
+    /// Records a change made to the rules after [`Table::begin_change`].
+    fn record(&mut self, added: bool, slot: &Slot) {
+        let Some(d) = self.delta.as_mut() else {
+            return;
+        };
+        if d.changes.len() >= DELTA_MIN.max(self.rules.len() / 8) {
+            self.delta = None;
+            return;
+        }
+        Arc::make_mut(d).changes.push(RuleChange {
+            added,
+            seq: slot.seq,
+            rule: slot.rule.clone(),
+        });
     }
 }
 
@@ -241,7 +356,8 @@ impl Slot {
     }
 }
 
-type IndexShard = hashbrown::HashMap<u64, Vec<Slot>>;
+/// A shard of the identity index: slots hashed by [`ident_hash`].
+type IndexShard = hashbrown::HashTable<Slot>;
 
 /// The rules of one table, highest priority first (insertion order among
 /// equal priorities), stored so that a new version costs what it changes.
@@ -355,6 +471,17 @@ impl RuleList {
         }
     }
 
+    /// The rules in order with their places among the rules of their
+    /// priority (see [`RuleChange::seq`]).
+    pub fn iter_seq(&self) -> impl Iterator<Item = (u64, &Arc<Rule>)> {
+        self.slots().map(|s| (s.seq, &s.rule))
+    }
+
+    /// The distinct match masks of the rules (a handful per table).
+    pub fn masks(&self) -> impl Iterator<Item = &FlowKey> {
+        self.masks.keys()
+    }
+
     fn shard_mut(&mut self, h: u64) -> &mut IndexShard {
         if self.index.is_empty() {
             self.index = (0..INDEX_SHARDS).map(|_| Arc::default()).collect();
@@ -364,11 +491,9 @@ impl RuleList {
 
     fn find_slot(&self, priority: u16, m: &Match) -> Option<&Slot> {
         let h = ident_hash(priority, m);
-        self.index
-            .get((h as usize) % INDEX_SHARDS)?
-            .get(&h)?
-            .iter()
-            .find(|s| s.rule.spec.priority == priority && s.rule.spec.m == *m)
+        self.index.get((h as usize) % INDEX_SHARDS)?.find(h, |s| {
+            s.rule.spec.priority == priority && s.rule.spec.m == *m
+        })
     }
 
     /// The rule with this priority and match, if any (one hash lookup).
@@ -395,12 +520,8 @@ impl RuleList {
             }
         }
         let h = ident_hash(s.rule.spec.priority, &s.rule.spec.m);
-        let shard = self.shard_mut(h);
-        if let Some(v) = shard.get_mut(&h) {
-            v.retain(|x| x.seq != s.seq);
-            if v.is_empty() {
-                shard.remove(&h);
-            }
+        if let Ok(e) = self.shard_mut(h).find_entry(h, |x| x.seq == s.seq) {
+            e.remove();
         }
     }
 
@@ -409,7 +530,9 @@ impl RuleList {
             .entry(*s.rule.spec.m.mask())
             .or_insert(0) += 1;
         let h = ident_hash(s.rule.spec.priority, &s.rule.spec.m);
-        self.shard_mut(h).entry(h).or_default().push(s.clone());
+        self.shard_mut(h).insert_unique(h, s.clone(), |x| {
+            ident_hash(x.rule.spec.priority, &x.rule.spec.m)
+        });
     }
 
     /// Where the held slot `s` sits.
@@ -421,12 +544,13 @@ impl RuleList {
 
     /// Adds `rule`: it replaces the rule with the same priority and match
     /// in place (taking its place, with the new rule's counters), or goes
-    /// after every rule of higher or equal priority.
-    fn add(&mut self, rule: Rule) {
+    /// after every rule of higher or equal priority. Returns the replaced
+    /// slot, if any, and the new one.
+    fn add(&mut self, rule: Rule) -> (Option<Slot>, Slot) {
         let rule = Arc::new(rule);
         if let Some(old) = self.find_slot(rule.spec.priority, &rule.spec.m).cloned() {
-            self.replace(&old, rule);
-            return;
+            let new = self.replace(&old, rule);
+            return (Some(old), new);
         }
         let slot = Slot {
             seq: self.next_seq,
@@ -434,36 +558,43 @@ impl RuleList {
         };
         self.next_seq += 1;
         self.index_insert(&slot);
-        let (mut c, mut i) = self.lower_bound(slot.key());
-        if self.chunks.is_empty() {
-            self.chunks.push(Arc::default());
-        } else if c == self.chunks.len() {
+        let (c, i) = self.lower_bound(slot.key());
+        let last = self.chunks.len().wrapping_sub(1);
+        if c >= self.chunks.len() && self.chunks.last().is_none_or(|l| l.len() >= CHUNK) {
+            // After the last rule, which ends a full chunk: a new chunk
+            // (chunks filled by appends hold exactly CHUNK rules).
+            self.chunks.push(Arc::new(vec![slot.clone()]));
+        } else if c >= self.chunks.len() {
             // After the last rule: at the end of the last chunk.
-            c -= 1;
-            i = self.chunks[c].len();
-        }
-        let chunk = Arc::make_mut(&mut self.chunks[c]);
-        chunk.insert(i, slot);
-        if chunk.len() >= 2 * CHUNK {
-            let tail = chunk.split_off(CHUNK);
-            self.chunks.insert(c + 1, Arc::new(tail));
+            Arc::make_mut(&mut self.chunks[last]).push(slot.clone());
+        } else {
+            let chunk = Arc::make_mut(&mut self.chunks[c]);
+            // Room for one (a chunk just copied is exactly full).
+            chunk.reserve_exact(1);
+            chunk.insert(i, slot.clone());
+            if chunk.len() >= 2 * CHUNK {
+                let tail = chunk.split_off(CHUNK);
+                chunk.shrink_to_fit();
+                self.chunks.insert(c + 1, Arc::new(tail));
+            }
         }
         self.len += 1;
+        (None, slot)
     }
 
     /// Replaces the held rule of slot `old` by `new` (same priority, match
-    /// and place).
-    fn replace(&mut self, old: &Slot, new: Arc<Rule>) {
-        let Some((c, i)) = self.position(old) else {
-            return;
-        };
+    /// and place); returns the new slot.
+    fn replace(&mut self, old: &Slot, new: Arc<Rule>) -> Slot {
         let slot = Slot {
             seq: old.seq,
             rule: new,
         };
-        self.index_remove(old);
-        self.index_insert(&slot);
-        Arc::make_mut(&mut self.chunks[c])[i] = slot;
+        if let Some((c, i)) = self.position(old) {
+            self.index_remove(old);
+            self.index_insert(&slot);
+            Arc::make_mut(&mut self.chunks[c])[i] = slot.clone();
+        }
+        slot
     }
 
     /// Removes the held slot `s`.
@@ -481,9 +612,9 @@ impl RuleList {
         true
     }
 
-    /// Keeps the rules `keep` accepts; returns how many went. Cost: a scan
-    /// (and a copy of the chunks that lose rules).
-    fn retain(&mut self, mut keep: impl FnMut(&Rule) -> bool) -> usize {
+    /// Keeps the rules `keep` accepts; returns the slots that went. Cost:
+    /// a scan (and a copy of the chunks that lose rules).
+    fn retain(&mut self, mut keep: impl FnMut(&Rule) -> bool) -> Vec<Slot> {
         let gone: Vec<Slot> = self.slots().filter(|s| !keep(&s.rule)).cloned().collect();
         if gone.len() * 4 > self.len {
             // Most of the table: rebuild it.
@@ -508,7 +639,7 @@ impl RuleList {
                 self.remove(s);
             }
         }
-        gone.len()
+        gone
     }
 
     /// The slots `pick` selects, in order (a loose modify's).
@@ -526,11 +657,7 @@ impl RuleList {
             .iter()
             .all(|c| !c.is_empty() && c.len() < 2 * CHUNK));
         assert!(v.windows(2).all(|w| w[0].key() < w[1].key()));
-        let indexed: usize = self
-            .index
-            .iter()
-            .map(|s| s.values().map(Vec::len).sum::<usize>())
-            .sum();
+        let indexed: usize = self.index.iter().map(|s| s.len()).sum();
         assert_eq!(indexed, self.len);
         let mut union = FlowKey::ZERO;
         for s in &v {
@@ -816,13 +943,14 @@ impl FlowProgram {
         }
     }
 
-    /// Table `t`'s rules, to change them: the table copied if another
+    /// Table `t`, to change its rules: the table copied if another
     /// program shares it, with a fresh derived slot (an index built from
-    /// the old rules is never used with the new ones).
-    fn rules_mut(&mut self, t: usize) -> &mut RuleList {
+    /// the old rules is never used with the new ones) and the delta from
+    /// the last filled one ([`Table::begin_change`]).
+    fn rules_mut(&mut self, t: usize) -> &mut Table {
         let table = Arc::make_mut(&mut self.tables[t]);
-        table.rules_changed();
-        &mut table.rules
+        table.begin_change();
+        table
     }
 
     /// The rules `filter` selects, table by table (strict: through the
@@ -936,11 +1064,9 @@ impl FlowProgram {
         let mut p = self.clone();
         p.generation = self.generation + 1;
         let mut n = 0;
-        for t in p.tables.iter_mut() {
-            if t.rules.iter().any(|r| r.expired(now)) {
-                let t = Arc::make_mut(t);
-                t.rules_changed();
-                n += t.rules.retain(|r| !r.expired(now));
+        for t in 0..N_TABLES {
+            if p.tables[t].rules.iter().any(|r| r.expired(now)) {
+                n += p.rules_mut(t).retain(|r| !r.expired(now));
             }
         }
         (p, n)
