@@ -78,10 +78,16 @@ pub struct PmdStats {
     pub index: usize,
     /// The CPU it is pinned to (None: not pinned).
     pub core: Option<usize>,
-    /// Packets received.
+    /// Packets received. Read it with `tx_packets` through
+    /// [`PmdStats::packets`], which gives a pair from one iteration.
     pub rx_packets: Counter,
     /// Packets handed to tx queues and accepted by the device.
     pub tx_packets: Counter,
+    /// Sequence count around the iteration's update of `rx_packets` and
+    /// `tx_packets`: odd while the PMD writes them (a seqlock, so a reader
+    /// never pairs one iteration's received count with another's sent count,
+    /// which a rate measurement would take for lost packets).
+    pub packets_seq: std::sync::atomic::AtomicU64,
     /// Bursts that carried at least one packet.
     pub rx_bursts: Counter,
     /// Cycles spent in iterations that received packets.
@@ -179,9 +185,42 @@ pub fn iteration_bucket(ns: u64) -> usize {
 }
 
 impl PmdStats {
+    /// Adds one iteration's received and sent packets as one update
+    /// (the PMD thread only).
+    #[inline]
+    fn add_packets(&self, rx: u64, tx: u64) {
+        let seq = self.packets_seq.load(Ordering::Relaxed);
+        self.packets_seq
+            .store(seq.wrapping_add(1), Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
+        self.rx_packets.add(rx);
+        self.tx_packets.add(tx);
+        self.packets_seq
+            .store(seq.wrapping_add(2), Ordering::Release);
+    }
+
+    /// Packets received and sent, as of the end of one loop iteration (a
+    /// consistent pair: see `packets_seq`). Retries while the PMD is
+    /// between the two adds, which takes it a few instructions.
+    pub fn packets(&self) -> (u64, u64) {
+        loop {
+            let before = self.packets_seq.load(Ordering::Acquire);
+            if before % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let rx = self.rx_packets.get();
+            let tx = self.tx_packets.get();
+            std::sync::atomic::fence(Ordering::Acquire);
+            if self.packets_seq.load(Ordering::Relaxed) == before {
+                return (rx, tx);
+            }
+        }
+    }
+
     /// A human-readable block in the spirit of `dpif-netdev/pmd-stats-show`.
     pub fn render(&self) -> String {
-        let rx = self.rx_packets.get();
+        let (rx, tx) = self.packets();
         let busy = self.busy_cycles.get();
         let idle = self.idle_cycles.get();
         let total = busy + idle;
@@ -190,7 +229,7 @@ impl PmdStats {
             self.index,
             self.core.map(|c| format!(" core_id {c}")).unwrap_or_default(),
             rx,
-            self.tx_packets.get(),
+            tx,
             self.rx_bursts.get(),
             rx as f64 / self.rx_bursts.get().max(1) as f64,
             idle,
@@ -1007,6 +1046,7 @@ where
                 };
                 let (mut c_rx, mut c_proc, mut c_tx) = (0u64, 0u64, 0u64);
                 let mut got = 0usize;
+                let mut sent = 0u64;
                 for &(port_no, q) in rx.iter() {
                     let Some(Some(port)) = ports.get_mut(port_no.0 as usize) else {
                         continue;
@@ -1028,7 +1068,7 @@ where
                     burst.in_port = port_no;
                     pipeline.process(now, &mut burst, &mut out);
                     lap(&mut c_proc);
-                    flush(&mut out, ports, txq, &st, spec.capture.as_deref(), now);
+                    sent += flush(&mut out, ports, txq, spec.capture.as_deref(), now);
                     lap(&mut c_tx);
                 }
                 iter += 1;
@@ -1038,13 +1078,15 @@ where
                     if let Some(m) = &spec.mailbox {
                         m.serve(|| pipeline.dump_caches());
                     }
-                    flush(&mut out, ports, txq, &st, spec.capture.as_deref(), now);
+                    sent += flush(&mut out, ports, txq, spec.capture.as_deref(), now);
                     st.iterations.add(MAINTAIN_EVERY);
                 }
                 let t1 = cycles();
                 let dt = t1.wrapping_sub(t0);
+                if got > 0 || sent > 0 {
+                    st.add_packets(got as u64, sent);
+                }
                 if got > 0 {
-                    st.rx_packets.add(got as u64);
                     st.busy_cycles.add(dt);
                     st.rx_cycles.add(c_rx);
                     st.process_cycles.add(c_proc);
@@ -1093,28 +1135,29 @@ impl<P> Drop for EpochOnExit<'_, P> {
     }
 }
 
+/// Sends what the pipeline staged; returns the packets the devices took.
 #[inline]
 fn flush<P: Port>(
     out: &mut Output<P::Buf>,
     ports: &mut [Option<P>],
     txq: u16,
-    st: &PmdStats,
     capture: Option<&Capture>,
     now: Nanos,
-) {
+) -> u64 {
+    let mut sent = 0u64;
     out.flush(|port_no, q| {
         if let Some(c) = capture {
             c.tap(port_no, q, now);
         }
         if let Some(Some(port)) = ports.get_mut(port_no.0 as usize) {
-            let sent = port.tx_burst(txq, q);
-            st.tx_packets.add(sent as u64);
+            sent += port.tx_burst(txq, q) as u64;
         }
     });
     // What a pipeline left for the local stack (none runs on this core:
     // the stack wrapper drains `local` itself) or for a controller (no
     // packet-in listener exists yet) is dropped, each under its own reason.
     drop_unserved(out);
+    sent
 }
 
 /// Drops and counts (`rx_multi_segment`) received frames that span several

@@ -40,9 +40,10 @@ const DROPS_AT: usize = 15;
 /// subtracted.
 fn snapshot(v: &PmdView) -> Vec<u64> {
     let p = &v.pmd;
+    let (rx, tx) = p.packets();
     let mut s = vec![
-        p.rx_packets.get(),
-        p.tx_packets.get(),
+        rx,
+        tx,
         p.rx_bursts.get(),
         p.busy_cycles.get(),
         p.idle_cycles.get(),
