@@ -24,11 +24,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::*;
 
@@ -36,6 +32,16 @@ use common::*;
 /// each on a 2-core machine would slow every one of them down, so the
 /// tests of this file take turns.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Starts sluiced in `node` with `--cores CORES` (the config's `cores`
+/// names one PMD core; the command line gives two, which may include the
+/// main core) and checks that its ready event names two PMD cores.
+fn start_two_pmds(node: &Netns, config: &str, cores: &str) -> Sluiced {
+    let (d, ready) = Sluiced::start_in_with(node, config, &["--cores", cores]);
+    let pmds = ready["pmd_cores"].as_array().map_or(0, |a| a.len());
+    assert_eq!(pmds, 2, "two PMD cores in the ready event: {ready}");
+    d
+}
 
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
@@ -78,109 +84,6 @@ fn two_cores(test: &str) -> Option<String> {
 /// hash: its queues would land on both PMDs at random.)
 fn pcap_port(n: usize, iface: &str) -> String {
     format!("net_pcap{n},rx_iface_in={iface},tx_iface={iface},tx_iface={iface},phy_mac=1")
-}
-
-/// A sluiced child in a namespace started with `--cores CORES` (the
-/// config's `cores` names one PMD core; the command line gives two, which
-/// may include the main core), killed on drop.
-struct Daemon {
-    child: Option<Child>,
-    events: Receiver<String>,
-    dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start(node: &Netns, config: &str, cores: &str) -> Daemon {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = dir.path().join("sluiced.ini");
-        std::fs::write(&cfg, config).expect("write config");
-        let stderr = std::fs::File::create(dir.path().join("sluiced.stderr")).expect("stderr file");
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &node.0])
-            .arg(sluiced_bin())
-            .arg("--config")
-            .arg(&cfg)
-            .args(["--cores", cores])
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn sluiced");
-        let (tx, rx) = channel();
-        let stdout = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut d = Daemon {
-            child: Some(child),
-            events: rx,
-            dir,
-        };
-        let ready = d.wait_event("ready");
-        let pmds = ready["pmd_cores"].as_array().map_or(0, |a| a.len());
-        assert_eq!(pmds, 2, "two PMD cores in the ready event: {ready}");
-        d
-    }
-
-    fn stderr_path(&self) -> PathBuf {
-        self.dir.path().join("sluiced.stderr")
-    }
-
-    fn wait_event(&mut self, name: &str) -> serde_json::Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(line) => {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                        if v["event"] == name {
-                            return v;
-                        }
-                    }
-                }
-                Err(_) => {
-                    let exited = self
-                        .child
-                        .as_mut()
-                        .and_then(|c| c.try_wait().ok().flatten());
-                    let err = std::fs::read_to_string(self.stderr_path()).unwrap_or_default();
-                    panic!("sluiced gave no '{name}' event within {WAIT:?} (exit: {exited:?}); stderr:\n{err}");
-                }
-            }
-        }
-    }
-
-    /// SIGTERM, the "stopped" event and a clean exit (bounded).
-    fn stop(mut self) -> serde_json::Value {
-        let pid = self.child.as_ref().expect("child").id();
-        sh(&["kill", "-TERM", &pid.to_string()]);
-        let ev = self.wait_event("stopped");
-        let mut child = self.child.take().expect("child");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(st) = child.try_wait().expect("wait") {
-                assert!(st.success(), "sluiced exited with {st} after SIGTERM");
-                return ev;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sluiced did not exit after its stopped event"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 fn ctl(prefix: &str, args: &[&str]) -> String {
@@ -236,53 +139,6 @@ fn assert_both_pmds_busy(prefix: &str) -> String {
     text
 }
 
-/// A TCP server (python3) in a namespace answering each connection with
-/// "<peer address> <name>", killed on drop.
-struct Server(Child);
-
-impl Server {
-    fn start(ns: &Netns, name: &str) -> Server {
-        let script = format!(
-            "import socket\n\
-             s=socket.socket()\n\
-             s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
-             s.bind(('0.0.0.0',8080))\n\
-             s.listen(64)\n\
-             print('listening',flush=True)\n\
-             while True:\n\
-             \x20   c,a=s.accept()\n\
-             \x20   c.sendall(('%s {name}\\n' % a[0]).encode())\n\
-             \x20   c.close()\n"
-        );
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns.0, "python3", "-c", &script])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn python3 server (python3 is needed for this test)");
-        let stdout = child.stdout.take().expect("server stdout");
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let server = Server(child);
-        let line = rx
-            .recv_timeout(WAIT)
-            .unwrap_or_else(|_| panic!("server in {} did not listen within {WAIT:?}", ns.0));
-        assert_eq!(line.trim(), "listening", "server in {} failed", ns.0);
-        server
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn service_dnat_with_the_two_directions_on_two_pmds() {
     let test = "service_dnat_with_the_two_directions_on_two_pmds";
@@ -296,7 +152,7 @@ fn service_dnat_with_the_two_directions_on_two_pmds() {
     let prefix = "slm-svc";
     let net = ServiceNet::new("slm-svc", "10.203.0", "02:00:00:03:03");
     let (node, c, a, b) = (&net.node, &net.c, &net.a, &net.b);
-    let d = Daemon::start(
+    let d = start_two_pmds(
         node,
         &config(
             prefix,
@@ -472,7 +328,7 @@ fn overlay_on_two_pmds(tag: &str, uplink_first: bool) {
         if uplink_first { "slm-a" } else { "slm-a1" },
         if uplink_first { "slm-b" } else { "slm-b1" },
     );
-    let da = Daemon::start(
+    let da = start_two_pmds(
         &node_a,
         &conf(
             pa_name,
@@ -482,7 +338,7 @@ fn overlay_on_two_pmds(tag: &str, uplink_first: bool) {
         ),
         &cores,
     );
-    let db = Daemon::start(
+    let db = start_two_pmds(
         &node_b,
         &conf(
             pb_name,

@@ -7,63 +7,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::channel;
-
 use common::*;
-
-/// A TCP server (python3) in a namespace, killed on drop.
-struct Server(Child);
-
-impl Server {
-    /// Starts the server and waits (bounded) until it listens.
-    fn start(ns: &Netns, name: &str) -> Server {
-        let script = format!(
-            "import socket,sys\n\
-             s=socket.socket()\n\
-             s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
-             s.bind(('0.0.0.0',8080))\n\
-             s.listen(64)\n\
-             print('listening',flush=True)\n\
-             while True:\n\
-             \x20   c,a=s.accept()\n\
-             \x20   c.sendall(('%s {name}\\n' % a[0]).encode())\n\
-             \x20   c.close()\n"
-        );
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns.0, "python3", "-c", &script])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn python3 server (python3 is needed for this test)");
-        let stdout = child.stdout.take().expect("server stdout");
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let server = Server(child);
-        let line = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
-            panic!("server in {} did not start listening within {WAIT:?}", ns.0)
-        });
-        assert_eq!(
-            line.trim(),
-            "listening",
-            "server in {} failed to start",
-            ns.0
-        );
-        server
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// One connection from the client namespace to the VIP; returns what the
 /// server said ("<address it saw> <server name>").

@@ -113,16 +113,26 @@ impl Sluiced {
     /// Starts sluiced with `config` (INI text) and waits for its "ready"
     /// event; panics with its stderr if it exits instead.
     pub fn start(config: &str) -> (Sluiced, serde_json::Value) {
-        Self::spawn(None, config)
+        Self::spawn(None, config, &[])
     }
 
     /// Starts sluiced inside network namespace `node` (its ports see that
     /// namespace's interfaces).
     pub fn start_in(node: &Netns, config: &str) -> (Sluiced, serde_json::Value) {
-        Self::spawn(Some(node), config)
+        Self::spawn(Some(node), config, &[])
     }
 
-    fn spawn(node: Option<&Netns>, config: &str) -> (Sluiced, serde_json::Value) {
+    /// As [`Sluiced::start_in`], with extra command-line arguments (e.g.
+    /// `--cores 0,1`).
+    pub fn start_in_with(
+        node: &Netns,
+        config: &str,
+        args: &[&str],
+    ) -> (Sluiced, serde_json::Value) {
+        Self::spawn(Some(node), config, args)
+    }
+
+    fn spawn(node: Option<&Netns>, config: &str, args: &[&str]) -> (Sluiced, serde_json::Value) {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("sluiced.ini");
         std::fs::write(&cfg, config).expect("write config");
@@ -140,6 +150,7 @@ impl Sluiced {
         let mut child = cmd
             .arg("--config")
             .arg(&cfg)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -400,4 +411,57 @@ pub fn ipv4_frame(
     l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
     f.extend(l4);
     f
+}
+
+/// A TCP server (python3) on port 8080 in a namespace that answers each
+/// connection with "<peer address> <name>" and closes it; killed on drop.
+pub struct Server(Child);
+
+impl Server {
+    /// Starts the server and waits (bounded) until it listens.
+    pub fn start(ns: &Netns, name: &str) -> Server {
+        let script = format!(
+            "import socket,sys\n\
+             s=socket.socket()\n\
+             s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+             s.bind(('0.0.0.0',8080))\n\
+             s.listen(64)\n\
+             print('listening',flush=True)\n\
+             while True:\n\
+             \x20   c,a=s.accept()\n\
+             \x20   c.sendall(('%s {name}\\n' % a[0]).encode())\n\
+             \x20   c.close()\n"
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns.0, "python3", "-c", &script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn python3 server (python3 is needed for this test)");
+        let stdout = child.stdout.take().expect("server stdout");
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let server = Server(child);
+        let line = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
+            panic!("server in {} did not start listening within {WAIT:?}", ns.0)
+        });
+        assert_eq!(
+            line.trim(),
+            "listening",
+            "server in {} failed to start",
+            ns.0
+        );
+        server
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
