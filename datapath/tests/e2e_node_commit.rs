@@ -560,3 +560,98 @@ fn a_committer_paused_between_its_phases_never_stops_forwarding() {
     );
     std::env::remove_var("SLUICE_TEST_COMMIT_PAUSE");
 }
+
+/// A `port-add` that runs while a commit has staged its pod ports but not
+/// yet published them (the committer stopped at `prepared`) can take
+/// neither their numbers nor their names; without a number it gets a free
+/// one; once resumed, the commit publishes its port where it said.
+#[test]
+fn a_port_add_during_a_commit_cannot_take_its_staged_ports() {
+    const P: &str = "slt-ncr";
+    let Some(pods) = two_pods(
+        "a_port_add_during_a_commit_cannot_take_its_staged_ports",
+        P,
+        P,
+        "10.206.0",
+    ) else {
+        return;
+    };
+    let hook = tempfile::tempdir().expect("tempdir");
+    std::env::set_var("SLUICE_TEST_COMMIT_PAUSE", hook.path());
+    let (d, _ready) = Sluiced::start_in(
+        &pods.node,
+        &config(
+            P,
+            "[port:sink]\ndevargs = net_null_ncr0,no-rx=1\nofport = 1\n",
+        ),
+    );
+    std::env::remove_var("SLUICE_TEST_COMMIT_PAUSE");
+    let mut c = Client::connect(ctl_path(P)).expect("connect to sluiced's control socket");
+    c.set_timeout(Some(WAIT)).expect("timeout");
+    let id = c
+        .call::<QueryNodeStatus>(&Empty {})
+        .expect("node-status")
+        .instance_id;
+    std::fs::write(hook.path().join(format!("{id}.prepared")), b"").expect("gate");
+    let commit = NodeChanges {
+        generation: 1,
+        expected_generation: Some(0),
+        ports_added: BTreeMap::from([("pod-a".to_string(), pod(5, &format!("{P}a-o")))]),
+        ..Default::default()
+    };
+    let committer = std::thread::spawn(move || {
+        let mut c = Client::connect(ctl_path(P)).expect("connect");
+        c.set_timeout(Some(WAIT * 2)).expect("timeout");
+        c.call::<NodeCommit>(&commit)
+    });
+    let paused = hook.path().join(format!("{id}.prepared.paused"));
+    let deadline = std::time::Instant::now() + WAIT;
+    while !paused.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the commit did not reach its 'prepared' phase within {WAIT:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let add = |name: &str, ofport: Option<u16>, vdev: &str| sluice_api::ports::PortAddRequest {
+        name: name.into(),
+        ofport,
+        kind: sluice_api::ports::PortKind::Devargs {
+            devargs: vdev.into(),
+        },
+        rx_queues: 1,
+    };
+    let mut c2 = Client::connect(ctl_path(P)).expect("connect");
+    c2.set_timeout(Some(WAIT)).expect("timeout");
+    let e = api_err(c2.call::<sluice_api::ports::PortAdd>(&add("x", Some(5), "net_null_ncr1")));
+    assert_eq!(e.code, ErrorCode::AlreadyExists, "{e:?}");
+    assert!(e.message.contains("pod-a"), "{}", e.message);
+    let e = api_err(c2.call::<sluice_api::ports::PortAdd>(&add("pod-a", None, "net_null_ncr2")));
+    assert_eq!(e.code, ErrorCode::AlreadyExists, "{e:?}");
+    let y = c2
+        .call::<sluice_api::ports::PortAdd>(&add("y", None, "net_null_ncr3"))
+        .expect("port-add y with a free number");
+    assert!(
+        y.ofport != 5 && y.ofport != 1,
+        "port-add took a number in use or staged: {}",
+        y.ofport
+    );
+    std::fs::remove_file(hook.path().join(format!("{id}.prepared"))).expect("open the gate");
+    let r = committer
+        .join()
+        .expect("the committing client")
+        .expect("the commit applies once resumed");
+    assert_eq!(r.generation, 1);
+    let dump = c
+        .call::<sluice_api::ports::DumpPorts>(&sluice_api::ports::DumpPortsRequest::default())
+        .expect("dump-ports");
+    let of = |name: &str| {
+        dump.ports
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no port {name} in {dump:?}"))
+            .ofport
+    };
+    assert_eq!((of("pod-a"), of("y"), of("sink")), (5, y.ofport, 1));
+    drop(d);
+}

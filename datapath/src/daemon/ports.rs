@@ -138,6 +138,31 @@ struct Inner {
     held: Option<BTreeMap<u16, Vec<usize>>>,
 }
 
+/// The names and numbers of the ports a `node-commit` has staged but not
+/// yet published, by OpenFlow number. A `port-add` that runs meanwhile
+/// (between the stage and the publication, when the ports' lock is free)
+/// must neither take one of these numbers nor one of these names: the
+/// commit would then publish two ports on one number. Its own lock, taken
+/// after `Inner`'s when both are held, and alone by [`Reservation`]'s drop.
+type Reserved = Arc<Mutex<BTreeMap<u16, String>>>;
+
+/// A stage's hold on its added ports' names and numbers, released when
+/// the stage is dropped (published and finished, or abandoned).
+#[derive(Debug)]
+struct Reservation {
+    reserved: Reserved,
+    ofports: Vec<u16>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut r = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
+        for o in &self.ofports {
+            r.remove(o);
+        }
+    }
+}
+
 /// What `port-del` removes besides the device.
 #[derive(Debug, Clone, Default)]
 pub struct PortOwners {
@@ -159,6 +184,8 @@ pub struct Ports {
     /// Why af_xdp could not work, by the name of the pod port that fell
     /// back (the last open of that name; cleared when it opens as asked).
     fallback_why: Mutex<BTreeMap<String, String>>,
+    /// Ports staged by a commit, not yet published.
+    reserved: Reserved,
 }
 
 /// One port as the control methods show it.
@@ -200,7 +227,13 @@ impl Ports {
             owners: Mutex::new(PortOwners::default()),
             fallbacks: AtomicU64::new(0),
             fallback_why: Mutex::new(BTreeMap::new()),
+            reserved: Arc::default(),
         }
+    }
+
+    /// The ports staged by a commit in progress (number → name).
+    fn reserved(&self) -> MutexGuard<'_, BTreeMap<u16, String>> {
+        self.reserved.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// How many pod ports were opened with af_packet because af_xdp, the
@@ -327,22 +360,27 @@ impl Ports {
         if inner.pool.is_none() {
             return Err(PortError::Closed.into());
         }
-        if inner.entries.values().any(|e| e.name == r.name) {
+        // Held to the end: a commit staging meanwhile sees this port in
+        // `entries` or waits for the ports' lock.
+        let reserved = self.reserved();
+        if inner.entries.values().any(|e| e.name == r.name)
+            || reserved.values().any(|n| *n == r.name)
+        {
             return Err(PortError::NameTaken(r.name.clone()).into());
         }
         let ofport = match r.ofport {
             Some(o) => {
-                if let Some(e) = inner.entries.get(&o) {
-                    return Err(PortError::OfportTaken {
-                        ofport: o,
-                        by: e.name.clone(),
-                    }
-                    .into());
+                if let Some(by) = inner.entries.get(&o).map(|e| e.name.clone()).or_else(|| {
+                    reserved
+                        .get(&o)
+                        .map(|n| format!("{n} (being added by a node-commit)"))
+                }) {
+                    return Err(PortError::OfportTaken { ofport: o, by }.into());
                 }
                 o
             }
             None => (1..0xff00u16)
-                .find(|o| !inner.entries.contains_key(o))
+                .find(|o| !inner.entries.contains_key(o) && !reserved.contains_key(o))
                 .ok_or(PortError::NoFreeOfport)?,
         };
         let mut dev = match &r.kind {
@@ -487,7 +525,9 @@ impl Ports {
             added: Vec::new(),
             closing: Vec::new(),
             generation: None,
+            _reservation: None,
         };
+        let mut reserved = self.reserved();
         let mut load = self.rx_load();
         for a in added {
             let err = |e| (a.name.clone(), e);
@@ -504,12 +544,18 @@ impl Ports {
                             .find(|s| s.ofport == o)
                             .map(|s| s.name.clone())
                     })
+                    .or_else(|| {
+                        reserved
+                            .get(&o)
+                            .map(|n| format!("{n} (being added by another node-commit)"))
+                    })
             };
             if inner
                 .entries
                 .iter()
                 .any(|(o, e)| e.name == a.name && !stage.removed.contains(o))
                 || stage.added.iter().any(|s| s.name == a.name)
+                || reserved.values().any(|n| *n == a.name)
             {
                 return Err(err(PortError::NameTaken(a.name.clone())));
             }
@@ -542,6 +588,15 @@ impl Ports {
                 ofport: a.ofport,
                 pmds,
                 dev: Some(dev),
+            });
+        }
+        if !stage.added.is_empty() {
+            for s in &stage.added {
+                reserved.insert(s.ofport, s.name.clone());
+            }
+            stage._reservation = Some(Reservation {
+                reserved: Arc::clone(&self.reserved),
+                ofports: stage.added.iter().map(|s| s.ofport).collect(),
             });
         }
         Ok(stage)
@@ -885,6 +940,9 @@ pub struct PortStage {
     /// [`Ports::finish_stage`].
     closing: Vec<Entry>,
     generation: Option<u64>,
+    /// The added ports' names and numbers, kept from `port-add` until the
+    /// stage is dropped.
+    _reservation: Option<Reservation>,
 }
 
 impl PortStage {
