@@ -47,7 +47,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -232,19 +232,17 @@ impl Proc {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Proc::spawn(cmd, dir)
+    }
+
+    /// Runs `cmd` (stdout piped), its stdout lines the events; `dir` (its
+    /// configuration and logs) lives as long as the process.
+    fn spawn(mut cmd: Command, dir: tempfile::TempDir) -> Proc {
         let mut child = cmd.spawn().expect("spawn sluiced");
-        let (tx, rx) = channel();
-        let out = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
+        let events = sluice_testkit::lines_of(child.stdout.take().expect("stdout"));
         Proc {
             child: Some(child),
-            events: rx,
+            events,
             _dir: dir,
         }
     }
@@ -808,21 +806,7 @@ fn handover_figures() {
             .args(args)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("log file"));
-        let mut child = cmd.spawn().expect("spawn sluiced");
-        let (tx, rx) = channel();
-        let out = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc {
-            child: Some(child),
-            events: rx,
-            _dir: dir,
-        }
+        Proc::spawn(cmd, dir)
     };
     // Waits for the ready event; without it, shows the process's log.
     let ready = |p: &mut Proc, what: &str| {

@@ -41,6 +41,7 @@ use sluice_api::node::{
 use sluice_api::stack::PortSecurity;
 use sluice_api::{Client, ClientError, Empty, ErrorCode};
 use sluice_testkit::prometheus::{promtool_check, sample};
+use sluice_testkit::strip_ansi;
 
 const PREFIX: &str = "slt-nc";
 
@@ -372,25 +373,6 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
         "stream packets lost across the node commits: {ev}"
     );
     println!("stream: {sent} packets delivered by src, {got} sent by sink, across 4 commits and 3 refusals");
-}
-
-/// `text` without its ANSI colour sequences (the human log format may
-/// colour field names).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(ch) = chars.next() {
-        if ch == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(ch);
-        }
-    }
-    out
 }
 
 /// The PMD's sent-packet counter.

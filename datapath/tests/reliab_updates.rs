@@ -205,21 +205,7 @@ fn commit_phases(text: &str) -> Vec<CommitPhases> {
             .collect();
         v.parse().ok()
     };
-    let mut plain = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(ch) = chars.next() {
-        if ch == '\u{1b}' {
-            // An ANSI colour sequence: up to its final letter.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            plain.push(ch);
-        }
-    }
-    plain
+    sluice_testkit::strip_ansi(text)
         .lines()
         .filter(|l| l.contains("node-commit: generation"))
         .filter_map(|l| {

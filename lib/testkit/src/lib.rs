@@ -252,6 +252,26 @@ pub fn lines_of(out: impl Read + Send + 'static) -> Receiver<String> {
     rx
 }
 
+/// `text` without its ANSI colour sequences (a daemon's human log format
+/// may colour field names), for matching log lines.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\u{1b}' {
+            // Up to the sequence's final letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
 /// The files `names` of `dir` (the logs of the processes under test), each
 /// headed by `--- NAME`, for a failure message; a missing file is empty.
 pub fn logs_of(dir: &Path, names: &[&str]) -> String {
@@ -550,6 +570,15 @@ impl TwoPods {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strip_ansi_removes_colour_sequences_only() {
+        assert_eq!(
+            strip_ansi("\u{1b}[3mgeneration\u{1b}[0m\u{1b}[2m=\u{1b}[0m7 ok"),
+            "generation=7 ok"
+        );
+        assert_eq!(strip_ansi("plain [text]"), "plain [text]");
+    }
 
     #[test]
     fn skips_are_appended_to_skips_txt() {
