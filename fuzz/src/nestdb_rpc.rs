@@ -1,7 +1,8 @@
 //! Target `nestdb_rpc`: nestdb's JSON-RPC messages and transactions
 //! against the node schema (`deploy/nestdb/sluice.ovsschema`), in process.
 //!
-//! The input's first byte holds flags (bit 0: compact the log at the end);
+//! The input's first byte holds flags (bit 0: compact the log at the end,
+//! when the input committed anything);
 //! the rest is a byte stream as a client would send it. It is framed with
 //! nestdb's `Framer`, each frame decoded and classified with
 //! `nestdb::jsonrpc::parse_message`, and each request run as
@@ -144,7 +145,9 @@ pub fn run(data: &[u8]) {
             }
         }
         storage.sync().expect("the log syncs");
-        let compacted = flags & 1 == 1;
+        // Compacting a log that holds only the schema rewrites the same
+        // bytes; it is done when the input committed something.
+        let compacted = flags & 1 == 1 && staged;
         if compacted {
             storage.compact().expect("the log compacts");
         }

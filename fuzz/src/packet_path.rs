@@ -36,7 +36,7 @@
 //!   `port_security_*` drop reasons, and the stack's `tx` never exceeds
 //!   the frames sent.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
@@ -86,6 +86,10 @@ thread_local! {
     static TABLES: FlowTables = PROGRAM.with(flow_tables);
     /// `SLUICE_FUZZ_VERBOSE` set: print what each input did (replays).
     static VERBOSE: bool = std::env::var_os("SLUICE_FUZZ_VERBOSE").is_some();
+    /// `SLUICE_FUZZ_FRESH` set: a new datapath for every input.
+    static FRESH: bool = std::env::var_os("SLUICE_FUZZ_FRESH").is_some();
+    /// The datapath inputs run on, kept from one input to the next.
+    static KEPT: RefCell<Option<Run>> = const { RefCell::new(None) };
 }
 
 /// A tag whose creation and release are counted (per thread): a buffer
@@ -259,6 +263,8 @@ type Flow = FlowPipeline<Hooks<ConntrackHandle, GeneveTunnels>>;
 pub struct Datapath {
     /// The wrapped pipeline.
     pub pipe: OverlayPipeline<Flow, CountedAlloc>,
+    /// The connection table (with the Services) behind the pipeline's hook.
+    pub ct: Conntrack,
     /// The overlay's shared state (tunnels, port security).
     pub overlay: Overlay,
     /// The ports, by OpenFlow number.
@@ -356,6 +362,7 @@ impl Datapath {
             .expect("the local stack");
         Datapath {
             pipe,
+            ct,
             overlay,
             ports,
             uplink,
@@ -373,9 +380,24 @@ struct Ledger {
     consumed: u64,
 }
 
+/// Where the clock of a new datapath starts.
+const START_NS: u64 = 1_000_000_000;
+/// How far the clock moves between two inputs on one datapath: an hour,
+/// past the MAC table's aging and the neighbour timeouts, so that what an
+/// input learnt has expired by the next one (connections are flushed).
+const GAP_NS: u64 = 3_600 * 1_000_000_000;
+/// A datapath whose clock has passed this is replaced by a new one. One
+/// record moves the clock by at most 2^45 ns, so an input of 8 KiB (2,731
+/// records) by less than 2^57 ns: the clock never overflows.
+const CLOCK_LIMIT: u64 = 1 << 62;
+
+/// A datapath and what the harness has seen it do.
 struct Run {
     dp: Datapath,
     out: Output<CountedBuf>,
+    /// The ports an input's records choose from: the datapath's, and one
+    /// it does not have.
+    sel: Vec<PortNo>,
     now: u64,
     fixed: bool,
     sent: u64,
@@ -384,6 +406,55 @@ struct Run {
 }
 
 impl Run {
+    /// A new datapath (the flow tables shared, every other part new).
+    fn new() -> Run {
+        let tables = TABLES.with(FlowTables::clone);
+        let dp = PROGRAM.with(|p| Datapath::with_tables(p, tables));
+        let n_ports = dp.ports.iter().map(|p| p.0 as usize + 1).max().unwrap_or(1) + 1;
+        let mut sel: Vec<PortNo> = dp.ports.clone();
+        sel.sort();
+        sel.push(PortNo(n_ports as u16 + 3));
+        Run {
+            dp,
+            out: Output::new(n_ports),
+            sel,
+            now: START_NS,
+            fixed: true,
+            sent: 0,
+            punted: 0,
+            stack_tx: 0,
+        }
+    }
+
+    /// Between two inputs: brings the datapath back to a running node's
+    /// with no connections and no neighbours, as an operator would
+    /// (`flush-conntrack`, `flush-neighbours`), then lets an hour pass
+    /// with one `maintain` (the MAC table ages out). The flow caches (EMC,
+    /// megaflows, continuations) are kept: they must not change what a
+    /// packet gets, and flushing them cost a third of an input (the
+    /// continuation cache resets its 2,560 entries). What the datapath's
+    /// API cannot reset (those caches, random number generators, the
+    /// stack's announcement already sent, counters) is what a PMD that has
+    /// run for a while carries anyway.
+    fn reset(&mut self) {
+        let before = self.ledger();
+        self.dp.ct.flush_where(|_| true);
+        if let Some(s) = self.dp.overlay.stack() {
+            s.flush_neighbours();
+        }
+        let neigh = &self.dp.overlay.tunnels.neigh;
+        while neigh.take_wanted().is_some() {}
+        neigh.publish(NeighMap::from_iter([(PEER_VTEP, PEER_MAC)]));
+        self.now += GAP_NS;
+        self.dp.pipe.maintain(self.now, &mut self.out);
+        self.settle(before, "reset");
+        assert_eq!(
+            self.dp.ct.len(),
+            0,
+            "connections left after flush-conntrack and an hour"
+        );
+    }
+
     fn ledger(&self) -> Ledger {
         let rx = match &self.dp.pipe {
             OverlayPipeline::Stack(s) => s.control().stats.rx.get(),
@@ -495,66 +566,76 @@ impl Run {
     }
 }
 
-/// Runs the packet path on `data`.
+/// Runs the packet path on `data`: on this thread's datapath, reset
+/// since the previous input (see `Run::reset`), or, with
+/// `SLUICE_FUZZ_FRESH` set in the environment, on a new one (slower; what
+/// the harness did before it kept one, to tell a finding that needs the
+/// state earlier inputs left from one that does not).
 pub fn run(data: &[u8]) {
-    let Some((&flags, mut rest)) = data.split_first() else {
+    let Some((&flags, rest)) = data.split_first() else {
         return;
     };
-    let tables = TABLES.with(FlowTables::clone);
-    let generation = tables.generation();
-    let dp = PROGRAM.with(|p| Datapath::with_tables(p, tables.clone()));
-    let n_ports = dp.ports.iter().map(|p| p.0 as usize + 1).max().unwrap_or(1) + 1;
-    let mut sel: Vec<PortNo> = dp.ports.clone();
-    sel.sort();
-    // One port the datapath does not have.
-    sel.push(PortNo(n_ports as u16 + 3));
-    let mut run = Run {
-        dp,
-        out: Output::new(n_ports),
-        now: 1_000_000_000,
-        fixed: flags & 1 == 0,
-        sent: 0,
-        punted: 0,
-        stack_tx: 0,
-    };
-    let mut pending: Option<(PortNo, Vec<Vec<u8>>)> = None;
-    while rest.len() >= 3 {
-        let h = rest[0];
-        let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])) % 2048;
-        let len = len.min(rest.len() - 3);
-        let frame = rest[3..3 + len].to_vec();
-        rest = &rest[3 + len..];
-        let port = sel[usize::from(h & 7) % sel.len()];
-        let advance = h >> 4;
-        let new_burst = h & 8 != 0 || advance != 0;
-        if let Some((p, frames)) = pending.take() {
-            if new_burst || p != port || frames.len() >= 32 {
-                run.burst(p, frames);
-            } else {
-                pending = Some((p, frames));
+    if FRESH.with(|f| *f) {
+        Run::new().input(flags, rest);
+        return;
+    }
+    KEPT.with(|k| {
+        let mut k = k.borrow_mut();
+        if k.as_ref().is_some_and(|r| r.now >= CLOCK_LIMIT) {
+            *k = None;
+        }
+        let new = k.is_none();
+        let r = k.get_or_insert_with(Run::new);
+        if !new {
+            r.reset();
+        }
+        r.input(flags, rest);
+    });
+}
+
+impl Run {
+    /// One input: `flags`, then records (see the module's documentation).
+    fn input(&mut self, flags: u8, mut rest: &[u8]) {
+        let generation = TABLES.with(FlowTables::generation);
+        self.fixed = flags & 1 == 0;
+        let mut pending: Option<(PortNo, Vec<Vec<u8>>)> = None;
+        while rest.len() >= 3 {
+            let h = rest[0];
+            let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])) % 2048;
+            let len = len.min(rest.len() - 3);
+            let frame = rest[3..3 + len].to_vec();
+            rest = &rest[3 + len..];
+            let port = self.sel[usize::from(h & 7) % self.sel.len()];
+            let advance = h >> 4;
+            let new_burst = h & 8 != 0 || advance != 0;
+            if let Some((p, frames)) = pending.take() {
+                if new_burst || p != port || frames.len() >= 32 {
+                    self.burst(p, frames);
+                } else {
+                    pending = Some((p, frames));
+                }
             }
+            if advance != 0 {
+                // At most 2^45 ns (9.8 hours) a step (see CLOCK_LIMIT).
+                self.now += 1u64 << (3 * u32::from(advance));
+                self.maintain();
+            }
+            pending
+                .get_or_insert_with(|| (port, Vec::new()))
+                .1
+                .push(frame);
         }
-        if advance != 0 {
-            // At most 2^45 ns (9.8 hours) a step: an input of 8 KiB cannot
-            // take the clock past 2^57 ns, far from overflowing.
-            run.now += 1u64 << (3 * u32::from(advance));
-            run.maintain();
+        if let Some((p, frames)) = pending {
+            self.burst(p, frames);
         }
-        pending
-            .get_or_insert_with(|| (port, Vec::new()))
-            .1
-            .push(frame);
-    }
-    if let Some((p, frames)) = pending {
-        run.burst(p, frames);
-    }
-    run.maintain();
-    assert_eq!(
-        tables.generation(),
-        generation,
-        "the packet path changed the flow tables every input shares"
-    );
-    if VERBOSE.with(|v| *v) {
-        eprintln!("  drops: {:?}", run.out.drops.nonzero());
+        self.maintain();
+        assert_eq!(
+            TABLES.with(FlowTables::generation),
+            generation,
+            "the packet path changed the flow tables every input shares"
+        );
+        if VERBOSE.with(|v| *v) {
+            eprintln!("  drops so far: {:?}", self.out.drops.nonzero());
+        }
     }
 }
