@@ -50,6 +50,20 @@ build() {
         --target "$TRIPLE" --target-dir target
 }
 
+# The longest input of each target (libFuzzer's -max_len; longer corpus
+# files are truncated when read). Longer inputs cost more per execution and
+# libFuzzer grows its inputs towards the limit, so each is what the target
+# needs: packet_path 4 KiB (71 TCP SYNs of 57 bytes: enough to fill its
+# 64-connection table; a frame is at most 2 KiB); nestdb_rpc and ini_config
+# 4 KiB (a transaction of a dozen operations, a config file); control_rpc
+# 8 KiB (past its framer's 4 KiB message limit); ofctl_flow 8 KiB.
+max_len() {
+    case $1 in
+        packet_path | nestdb_rpc | ini_config) echo 4096 ;;
+        *) echo 8192 ;;
+    esac
+}
+
 run() {
     local t=$1
     shift
@@ -57,7 +71,8 @@ run() {
     local dict=()
     [ -f "dict/$t.dict" ] && dict=(-dict="dict/$t.dict")
     # New inputs land in the first directory; the committed corpus is read.
-    "$BIN/$t" -artifact_prefix="artifacts/$t/" -rss_limit_mb=2048 -max_len=8192 \
+    # ARGS come after the defaults: a -max_len there wins.
+    "$BIN/$t" -artifact_prefix="artifacts/$t/" -rss_limit_mb=2048 -max_len="$(max_len "$t")" \
         -print_final_stats=1 ${dict[@]+"${dict[@]}"} "$@" "corpus-work/$t" "corpus/$t"
 }
 
@@ -159,7 +174,9 @@ case "${1:-}" in
         mkdir -p "corpus-work/$2"
         tmp=$(mktemp -d)
         # Edge coverage only (no hit-count buckets): a few hundred inputs, not thousands.
-        "$BIN/$2" -merge=1 -use_counters=0 -max_len=2048 "$tmp" "corpus/$2" "corpus-work/$2"
+        # At most 2 KiB an input (the target's limit when lower) keeps the corpus small.
+        ml=$(max_len "$2")
+        "$BIN/$2" -merge=1 -use_counters=0 -max_len=$((ml < 2048 ? ml : 2048)) "$tmp" "corpus/$2" "corpus-work/$2"
         rm -rf "corpus/$2" && mv "$tmp" "corpus/$2"
         ;;
     list) printf '%s\n' "${TARGETS[@]}" ;;

@@ -16,7 +16,8 @@
 //! A new database's log is created once by `Storage::open` from the
 //! schema; each input starts from a copy of it (or, when the previous input
 //! committed nothing and did not compact, from that input's storage, which
-//! is then exactly a new one), so a finding replays alone.
+//! is then exactly a new one), so a finding replays alone. The copy is
+//! opened when the input's first request for the database comes.
 //!
 //! Invariants: nothing panics; a transaction answers one result per
 //! operation (plus one for a failed commit), each an object or null; a
@@ -83,6 +84,14 @@ thread_local! {
     static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
 }
 
+/// The input's database: `slot`'s, or a new one (the log written afresh).
+fn open<'a>(slot: &'a mut Option<Storage>, files: &Files) -> &'a mut Storage {
+    slot.get_or_insert_with(|| {
+        std::fs::write(&files.db, &files.pristine).expect("write a new log");
+        Storage::open(&files.db, None, u64::MAX).expect("a new database")
+    })
+}
+
 /// Every row, as one log record (for comparing two databases).
 fn contents(s: &Storage) -> Value {
     s.db.record_for(&s.db.snapshot_changes(), 0)
@@ -99,13 +108,9 @@ pub fn run(data: &[u8]) {
             files: files(),
             fresh: None,
         });
-        let mut storage = match fresh.take() {
-            Some(s) => s,
-            None => {
-                std::fs::write(&files.db, &files.pristine).expect("write a new log");
-                Storage::open(&files.db, None, u64::MAX).expect("a new database")
-            }
-        };
+        // Opened when a request needs the database: an input without one
+        // (most mutants of a committing input) costs no schema parse.
+        let mut slot = fresh.take();
         let mut monitors: Vec<Monitor> = Vec::new();
         let mut staged = false;
         let mut framer = Framer::new(64 * 1024);
@@ -124,7 +129,7 @@ pub fn run(data: &[u8]) {
                         .as_array()
                         .map(|a| a[1..].to_vec())
                         .unwrap_or_default();
-                    staged |= transact(&mut storage, &mut monitors, &ops);
+                    staged |= transact(open(&mut slot, files), &mut monitors, &ops);
                 }
                 "monitor" | "monitor_cond" | "monitor_cond_since" if for_us => {
                     let version = match method.as_str() {
@@ -134,6 +139,7 @@ pub fn run(data: &[u8]) {
                     };
                     let id = params.get(1).cloned().unwrap_or(Value::Null);
                     let requests = params.get(2).cloned().unwrap_or(Value::Null);
+                    let storage = open(&mut slot, files);
                     if let Ok(m) = Monitor::parse(&storage.db, DB, id, version, &requests) {
                         let _ = m.initial(&storage.db);
                         if monitors.len() < 8 {
@@ -144,6 +150,10 @@ pub fn run(data: &[u8]) {
                 _ => {}
             }
         }
+        let Some(mut storage) = slot else {
+            // No request reached the database.
+            return;
+        };
         storage.sync().expect("the log syncs");
         // Compacting a log that holds only the schema rewrites the same
         // bytes; it is done when the input committed something.

@@ -18,12 +18,22 @@
 //! ingress port, bit 3: start a new burst, bits 4-7: how far the clock
 //! moves first, in powers of 8 ns, with `maintain` run when it moves),
 //! a little-endian u16 length and that many frame bytes. Consecutive
-//! records on one port form a burst of up to 32 frames. A fresh datapath
-//! is built for every input around the program's flow tables, parsed once
-//! per thread (nothing in the packet path changes them), so a finding
-//! replays alone.
+//! records on one port form a burst of up to 32 frames.
 //!
-//! Invariants, checked after every burst and every `maintain`:
+//! The datapath is built once per thread, around the program's flow
+//! tables (parsed once: nothing in the packet path changes them), and kept
+//! from one input to the next: between two inputs its connections and
+//! neighbours are flushed and its clock moves an hour (see `Run::reset`),
+//! which brings it to the state of a node whose PMD has run for a while
+//! and is idle. Building a datapath per input cost half of every
+//! execution. A finding that does not replay alone needs what earlier
+//! inputs left (the flow caches, random number generators): with
+//! `SLUICE_FUZZ_FRESH` set, every input gets a new datapath, which tells
+//! the two apart; `cargo test -p sluice-fuzz` replays the crash
+//! reproducers both ways.
+//!
+//! Invariants, checked after every burst, every `maintain` and every
+//! reset:
 //! - nothing panics;
 //! - every buffer is accounted for: each one released was sent (staged on
 //!   a port, or punted to the controller queue, which the PMD drops and
@@ -34,11 +44,13 @@
 //!   ICMP checksum (also inside Geneve) is valid;
 //! - counters agree: the per-port anti-spoofing counters add up to the
 //!   `port_security_*` drop reasons, and the stack's `tx` never exceeds
-//!   the frames sent.
+//!   the frames sent;
+//! - a reset leaves no connection.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use nestdb_client::node::{LogicalPort, NodeConfig, Protocol, ServicePort, ServiceType};
 use sluice_api::node::NodeProgram;
@@ -46,7 +58,7 @@ use sluice_control::agent::compile::{compile, NodeRows};
 use sluice_datapath::conntrack::{Conntrack, ConntrackConfig, ConntrackHandle};
 use sluice_datapath::drop::DropReason;
 use sluice_datapath::flow::tables::FlowTables;
-use sluice_datapath::neigh::ingress::PortBinding;
+use sluice_datapath::neigh::ingress::{PortBinding, PortSecurityCounters};
 use sluice_datapath::neigh::table::NeighMap;
 use sluice_datapath::packet::testbuf::{BufTag, TaggedBuf};
 use sluice_datapath::packet::{BufAlloc, Burst, HeapBuf, Output, PacketBuf, PortNo};
@@ -403,6 +415,11 @@ struct Run {
     sent: u64,
     punted: u64,
     stack_tx: u64,
+    /// The ledger when the books were last settled.
+    books: Ledger,
+    /// The port security counters of every bound port (bound once, when
+    /// the datapath is built).
+    port_sec: Vec<Arc<PortSecurityCounters>>,
 }
 
 impl Run {
@@ -414,7 +431,14 @@ impl Run {
         let mut sel: Vec<PortNo> = dp.ports.clone();
         sel.sort();
         sel.push(PortNo(n_ports as u16 + 3));
-        Run {
+        let port_sec = dp
+            .overlay
+            .ingress
+            .counters()
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect();
+        let mut r = Run {
             dp,
             out: Output::new(n_ports),
             sel,
@@ -423,7 +447,11 @@ impl Run {
             sent: 0,
             punted: 0,
             stack_tx: 0,
-        }
+            books: Ledger::default(),
+            port_sec,
+        };
+        r.books = r.ledger();
+        r
     }
 
     /// Between two inputs: brings the datapath back to a running node's
@@ -437,7 +465,6 @@ impl Run {
     /// stack's announcement already sent, counters) is what a PMD that has
     /// run for a while carries anyway.
     fn reset(&mut self) {
-        let before = self.ledger();
         self.dp.ct.flush_where(|_| true);
         if let Some(s) = self.dp.overlay.stack() {
             s.flush_neighbours();
@@ -447,7 +474,7 @@ impl Run {
         neigh.publish(NeighMap::from_iter([(PEER_VTEP, PEER_MAC)]));
         self.now += GAP_NS;
         self.dp.pipe.maintain(self.now, &mut self.out);
-        self.settle(before, "reset");
+        self.settle("reset");
         assert_eq!(
             self.dp.ct.len(),
             0,
@@ -478,8 +505,9 @@ impl Run {
     }
 
     /// Transmits what is staged (checking each frame) and checks the
-    /// books against `before`.
-    fn settle(&mut self, before: Ledger, what: &str) {
+    /// books against those of the last settlement.
+    fn settle(&mut self, what: &str) {
+        let before = self.books;
         let n = self.out.n_ports();
         for p in 0..n {
             for b in self.out.take(PortNo(p as u16)) {
@@ -525,8 +553,9 @@ impl Run {
             d(after.sent, before.sent)
         );
         self.stack_tx = tx;
+        self.books = after;
         let mut sec = [0u64; 3];
-        for (_, c) in self.dp.overlay.ingress.counters() {
+        for c in &self.port_sec {
             sec[0] += c.mac.get();
             sec[1] += c.ip.get();
             sec[2] += c.arp.get();
@@ -543,7 +572,6 @@ impl Run {
     }
 
     fn burst(&mut self, port: PortNo, frames: Vec<Vec<u8>>) {
-        let before = self.ledger();
         let mut burst = Burst::new(port);
         for mut f in frames {
             if self.fixed {
@@ -556,13 +584,12 @@ impl Run {
             burst.pkts.is_empty(),
             "the pipeline left packets in the burst"
         );
-        self.settle(before, "burst");
+        self.settle("burst");
     }
 
     fn maintain(&mut self) {
-        let before = self.ledger();
         self.dp.pipe.maintain(self.now, &mut self.out);
-        self.settle(before, "maintain");
+        self.settle("maintain");
     }
 }
 
@@ -576,8 +603,7 @@ pub fn run(data: &[u8]) {
         return;
     };
     if FRESH.with(|f| *f) {
-        Run::new().input(flags, rest);
-        return;
+        return run_fresh(data);
     }
     KEPT.with(|k| {
         let mut k = k.borrow_mut();
@@ -591,6 +617,14 @@ pub fn run(data: &[u8]) {
         }
         r.input(flags, rest);
     });
+}
+
+/// Runs the packet path on `data` on a new datapath (what `run` does with
+/// `SLUICE_FUZZ_FRESH` set).
+pub fn run_fresh(data: &[u8]) {
+    if let Some((&flags, rest)) = data.split_first() {
+        Run::new().input(flags, rest);
+    }
 }
 
 impl Run {

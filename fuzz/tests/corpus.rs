@@ -35,3 +35,18 @@ fn corpora_replay_without_a_finding() {
 fn crash_reproducers_stay_fixed() {
     replay("regressions");
 }
+
+/// The packet path's reproducers also on a new datapath each (the fuzzer
+/// keeps one datapath from input to input; see `packet_path::run`).
+#[test]
+fn packet_path_reproducers_stay_fixed_alone() {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("regressions/packet_path");
+    let mut n = 0;
+    for e in std::fs::read_dir(&d).unwrap() {
+        let f = e.unwrap().path();
+        eprintln!("packet_path (new datapath): {}", f.display());
+        sluice_fuzz::packet_path::run_fresh(&std::fs::read(&f).unwrap());
+        n += 1;
+    }
+    assert!(n > 0, "no reproducer under {}", d.display());
+}
