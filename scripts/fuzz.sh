@@ -25,7 +25,10 @@
 # New inputs go to fuzz/corpus-work/TARGET (not committed); crashes to
 # fuzz/artifacts/TARGET/. Each crash becomes a unit test in the crate with
 # the bug, and its input a file in fuzz/regressions/TARGET/ (replayed by
-# `cargo test -p sluice-fuzz`).
+# `cargo test -p sluice-fuzz`). packet_path keeps one datapath from input to
+# input (reset in between); `SLUICE_FUZZ_FRESH=1 fuzz/target/*/release/packet_path
+# FILE` replays FILE on a new one, to tell whether a finding needs the state
+# earlier inputs left.
 set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/../fuzz"
@@ -181,7 +184,8 @@ case "${1:-}" in
         ;;
     list) printf '%s\n' "${TARGETS[@]}" ;;
     *)
-        sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
+        # The header comment ($0 is relative to where the script was started).
+        sed -n '2,/^set -euo/p' "$SELF" | sed '$d; s/^# \{0,1\}//'
         exit 2
         ;;
 esac
