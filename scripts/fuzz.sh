@@ -15,8 +15,9 @@
 #                                          starting from the committed corpus; any crash fails
 #   scripts/fuzz.sh merge TARGET           minimise fuzz/corpus-work/TARGET into fuzz/corpus/TARGET
 #   scripts/fuzz.sh campaign [LANES] [SECS] build, then run LANES (2) fuzzers at nice 19, each
-#                                          picking the unfinished target furthest from its goal
-#                                          (10^8 executions for packet_path, 10^7 for the others)
+#                                          picking the unfinished target with the fewest lanes on it,
+#                                          then furthest from its goal (10^8 executions for
+#                                          packet_path, 10^7 for the others; every lane runs the last)
 #                                          for SECS (900) at a time, until all are reached; every
 #                                          run is a row of fuzz/campaign.tsv (executions, coverage,
 #                                          crash or not), whose sums are the campaign's figures
@@ -83,32 +84,33 @@ goal() { if [ "$1" = packet_path ]; then echo 100000000; else echo 10000000; fi;
 total() { awk -F'\t' -v t="$1" '$3 == t { s += $4 } END { printf "%d", s }' campaign.tsv; }
 
 # One lane of a campaign: until every target has its goal, take the
-# unfinished target with the smallest share of its goal that no other lane
-# is running, fuzz it for $1 seconds and record the run.
+# unfinished target the fewest lanes are running, of those the one with the
+# smallest share of its goal, fuzz it for $1 seconds and record the run.
 lane() {
     local secs=$1 lane=$2
     while :; do
         local pick="" best=""
-        for t in "${TARGETS[@]}"; do
-            local done_ goal_ share
-            done_=$(total "$t")
-            goal_=$(goal "$t")
-            [ "$done_" -ge "$goal_" ] && continue
-            [ -d "campaign.lock/$t" ] && continue
-            share=$((done_ * 1000 / goal_))
-            if [ -z "$best" ] || [ "$share" -lt "$best" ]; then pick=$t best=$share; fi
-        done
-        if [ -z "$pick" ]; then
-            # Finished, or every unfinished target is taken by another lane.
-            local left=0
+        # One lane chooses at a time (the lanes start together).
+        {
+            flock 9
             for t in "${TARGETS[@]}"; do
-                [ "$(total "$t")" -lt "$(goal "$t")" ] && left=1
+                local done_ goal_ lanes rank
+                done_=$(total "$t")
+                goal_=$(goal "$t")
+                [ "$done_" -ge "$goal_" ] && continue
+                # Lanes on it now, then the share of its goal done: the fewest
+                # lanes first, so that lanes spread over the targets while
+                # several are unfinished and all run the last one.
+                lanes=$(find campaign.lock -maxdepth 1 -name "$t.*" | wc -l)
+                rank=$((lanes * 1000000 + done_ * 1000 / goal_))
+                if [ -z "$best" ] || [ "$rank" -lt "$best" ]; then pick=$t best=$rank; fi
             done
-            [ "$left" = 0 ] && return 0
-            sleep 60
-            continue
-        fi
-        mkdir "campaign.lock/$pick" 2>/dev/null || continue
+            # Every target has its goal.
+            [ -z "$pick" ] && return 0
+            # Lanes on one target share corpus-work/TARGET (libFuzzer reloads
+            # the units the others add).
+            mkdir "campaign.lock/$pick.$lane"
+        } 9>campaign.lock/.choosing
         local log="artifacts/$pick/campaign-lane$lane.log" started result=ok
         started=$(date +%s)
         if ! nice -n 19 "$SELF" run "$pick" -max_total_time="$secs" >"$log" 2>&1; then
@@ -122,7 +124,7 @@ lane() {
         if [ "$result" = failed ]; then
             echo "fuzz target $pick did not run (log: fuzz/$log):" >&2
             tail -5 "$log" >&2
-            rmdir "campaign.lock/$pick"
+            rmdir "campaign.lock/$pick.$lane"
             return 1
         fi
         if [ "$result" = crash ]; then
@@ -131,7 +133,7 @@ lane() {
         flock campaign.tsv printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
             "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(git rev-parse --short HEAD)" "$pick" \
             "${execs:-0}" "$(($(date +%s) - started))" "${cov:-?}" "${ft:-?}" "$result" >>campaign.tsv
-        rmdir "campaign.lock/$pick"
+        rmdir "campaign.lock/$pick.$lane"
     done
 }
 
