@@ -296,22 +296,33 @@ const OUR_SECTIONS: &[&str] = &["coe", "nsx_node_agent", "datapath", "port"];
 fn distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur: Vec<usize> = Vec::with_capacity(b.len() + 1);
     for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
+        cur.clear();
+        cur.push(i + 1);
         for (j, cb) in b.iter().enumerate() {
             let sub = prev[j] + usize::from(ca != *cb);
             cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
         }
-        prev = cur;
+        std::mem::swap(&mut prev, &mut cur);
     }
     prev[b.len()]
 }
 
+/// The furthest a suggestion may be from the word (edits).
+const SUGGEST_WITHIN: usize = 3;
+
+/// " (did you mean 'X'?)" for the nearest candidate within
+/// [`SUGGEST_WITHIN`] edits, else nothing. Candidates whose length differs
+/// by more than that are skipped without computing the distance (it is at
+/// least the difference), so a long bad key costs no more than a short one.
 fn suggest(word: &str, candidates: &[&str]) -> String {
+    let n = word.chars().count();
     candidates
         .iter()
+        .filter(|c| c.chars().count().abs_diff(n) <= SUGGEST_WITHIN)
         .map(|c| (distance(word, c), *c))
-        .filter(|&(d, _)| d <= 3)
+        .filter(|&(d, _)| d <= SUGGEST_WITHIN)
         .min()
         .map(|(_, c)| format!(" (did you mean '{c}'?)"))
         .unwrap_or_default()
@@ -709,6 +720,36 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Skipping candidates by length never changes the suggestion: the
+        /// distance is at least the length difference.
+        #[test]
+        fn suggest_skips_only_candidates_out_of_reach(
+            word in "[a-z_]{0,14}",
+            cands in proptest::collection::vec("[a-z_]{0,12}", 0..8),
+        ) {
+            let refs: Vec<&str> = cands.iter().map(String::as_str).collect();
+            let full = refs
+                .iter()
+                .map(|c| (distance(&word, c), *c))
+                .filter(|&(d, _)| d <= SUGGEST_WITHIN)
+                .min()
+                .map(|(_, c)| format!(" (did you mean '{c}'?)"))
+                .unwrap_or_default();
+            proptest::prop_assert_eq!(suggest(&word, &refs), full);
+        }
+    }
+
+    #[test]
+    fn suggest_names_the_nearest_key() {
+        assert_eq!(
+            suggest("ovs_brige", &["ovs_bridge", "ovs_uplink_port"]),
+            " (did you mean 'ovs_bridge'?)"
+        );
+        assert_eq!(suggest(&"x".repeat(4000), &["ovs_bridge"]), "");
+        assert_eq!(distance("kitten", "sitting"), 3);
+    }
 
     const GOOD: &str = "
 [coe]
