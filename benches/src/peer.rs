@@ -221,8 +221,65 @@ pub fn mbufs_for(frames: usize) -> usize {
 pub struct Cores {
     /// EAL main / control core.
     pub main: usize,
-    /// The one forwarding (PMD) core.
+    /// The forwarding (PMD) core (the only one of every peer but sluiced).
     pub pmd: usize,
+    /// More PMD cores for sluiced (`pktgen run --extra-pmd-cores`; the
+    /// other peers ignore them): its traffic source then has one rx queue
+    /// per PMD, each replaying its share of the scenario's frames (see
+    /// [`split_pcap`]). Empty: one PMD.
+    pub extra_pmds: Vec<usize>,
+}
+
+impl Cores {
+    /// One PMD core `pmd`, the EAL main core `main`.
+    pub fn one(main: usize, pmd: usize) -> Self {
+        Cores {
+            main,
+            pmd,
+            extra_pmds: Vec::new(),
+        }
+    }
+
+    /// sluiced's PMD cores, as its `cores` key takes them.
+    pub fn sluiced_pmds(&self) -> String {
+        std::iter::once(self.pmd)
+            .chain(self.extra_pmds.iter().copied())
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Splits `pcap` into `n` files beside it, frame `j` going to part
+/// `j % n` (the scenarios number their flows and connections so that this
+/// gives each part whole flows, as RSS would spread them over queues), and
+/// returns their paths; reuses parts already written.
+///
+/// # Errors
+/// [`PeerError::Io`] if the pcap cannot be read or a part written.
+pub fn split_pcap(pcap: &Path, n: usize) -> Result<Vec<PathBuf>, PeerError> {
+    let io = |path: &Path, e: &dyn std::fmt::Display| PeerError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    };
+    let paths: Vec<PathBuf> = (0..n)
+        .map(|i| pcap.with_extension(format!("rxq{i}of{n}.pcap")))
+        .collect();
+    if paths.iter().all(|p| p.exists()) {
+        return Ok(paths);
+    }
+    let file = std::fs::File::open(pcap).map_err(|e| io(pcap, &e))?;
+    let frames = crate::pcap::read_all(std::io::BufReader::new(file)).map_err(|e| io(pcap, &e))?;
+    for (i, path) in paths.iter().enumerate() {
+        let f = std::fs::File::create(path).map_err(|e| io(path, &e))?;
+        let mut w = crate::pcap::PcapWriter::new(std::io::BufWriter::new(f))
+            .map_err(|e| io(path, &e))?;
+        for frame in frames.iter().skip(i).step_by(n) {
+            w.write_frame(frame).map_err(|e| io(path, &e))?;
+        }
+        w.finish().map_err(|e| io(path, &e))?;
+    }
+    Ok(paths)
 }
 
 // ---------------------------------------------------------------- sluiced
@@ -238,7 +295,7 @@ pub struct Programmed {
     pub total: usize,
 }
 
-/// `sluiced` with one PMD core.
+/// `sluiced` with one PMD core, or more ([`Cores::extra_pmds`]).
 #[derive(Debug)]
 pub struct Sluiced {
     daemon: Daemon,
@@ -263,10 +320,22 @@ impl Sluiced {
         cores: &Cores,
         extra_config: &str,
     ) -> Result<Self, PeerError> {
+        let pmds = 1 + cores.extra_pmds.len();
+        let (devargs, rx_queues) = if pmds == 1 {
+            (pcap_devargs(pcap), 1)
+        } else {
+            // One rx queue per PMD, each replaying its part of the frames.
+            let parts = split_pcap(pcap, pmds)?;
+            let mut d = "net_pcap0".to_string();
+            for p in &parts {
+                let _ = write!(d, ",rx_pcap={}", p.display());
+            }
+            d.push_str(",infinite_rx=1");
+            (d, pmds)
+        };
         let ports = format!(
-            "[port:pcap]\ndevargs = {pcap}\nofport = {IN_PORT}\n\n\
+            "[port:pcap]\ndevargs = {devargs}\nofport = {IN_PORT}\nrx_queues = {rx_queues}\n\n\
              [port:null]\ndevargs = {NULL_DEVARGS}\nofport = {OUT_PORT}\n",
-            pcap = pcap_devargs(pcap),
         );
         Self::start_with_ports(
             binary,
@@ -304,7 +373,7 @@ impl Sluiced {
             "[coe]\nnode_type = BAREMETAL\n\n[nsx_node_agent]\novs_bridge = br-bench\novs_uplink_port = {uplink}\n\n\
              [datapath]\ncores = {pmd}\nmain_core = {main}\nfile_prefix = {prefix}\n\
              hugepages = auto\nmbufs = {mbufs}\npipeline = flow\nctl_socket = {socket}\n{extra_config}\n{ports}",
-            pmd = cores.pmd,
+            pmd = cores.sluiced_pmds(),
             main = cores.main,
             socket = socket.display(),
         );
@@ -1472,6 +1541,52 @@ impl Peer for Ovs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two PMDs: the scenario's frames are split over two pcaps, every
+    /// frame in exactly one, in order, and no dnat connection or l2 flow
+    /// (source address and port) in both, as RSS would spread them.
+    #[test]
+    fn split_pcap_gives_each_queue_whole_flows() {
+        let dir = std::env::temp_dir().join(format!("sluice-split-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        for scenario in [
+            crate::scenario::Scenario::new(crate::scenario::Kind::Dnat, 1000, 10),
+            crate::scenario::Scenario::new(crate::scenario::Kind::L2, 1000, 10),
+        ] {
+            let pcap = dir.join(format!("{}.pcap", scenario.kind.name()));
+            crate::write_pcap(&scenario, &pcap).expect("pcap");
+            let all: Vec<Vec<u8>> = scenario.frames().collect();
+            let parts = split_pcap(&pcap, 2).expect("split");
+            let read = |p: &Path| {
+                crate::pcap::read_all(std::fs::File::open(p).expect("part")).expect("read")
+            };
+            let (a, b) = (read(&parts[0]), read(&parts[1]));
+            assert_eq!(a.len() + b.len(), all.len());
+            assert_eq!(a[1], all[2]);
+            assert_eq!(b[0], all[1]);
+            // Source address and port (IPv4 at 14, TCP/UDP at 34).
+            let flow = |f: &Vec<u8>| (f[26..30].to_vec(), f[34..36].to_vec());
+            let fa: std::collections::HashSet<_> = a.iter().map(flow).collect();
+            assert!(
+                b.iter().all(|f| !fa.contains(&flow(f))),
+                "{}: a flow in both parts",
+                scenario.kind.name()
+            );
+            assert!(fa.len() > 1);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sluiced_pmd_cores_list_the_extra_ones() {
+        assert_eq!(Cores::one(0, 1).sluiced_pmds(), "1");
+        let c = Cores {
+            main: 0,
+            pmd: 1,
+            extra_pmds: vec![0],
+        };
+        assert_eq!(c.sluiced_pmds(), "1,0");
+    }
 
     #[test]
     fn ovs_stats_text_is_summed_over_threads() {

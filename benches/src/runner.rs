@@ -725,7 +725,7 @@ mod tests {
             sluiced: PathBuf::new(),
             testpmd: PathBuf::new(),
             ovs: crate::peer::OvsPaths::default(),
-            cores: crate::peer::Cores { main: 0, pmd: 1 },
+            cores: crate::peer::Cores::one(0, 1),
             program_budget: Duration::ZERO,
         }
     }

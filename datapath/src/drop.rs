@@ -139,6 +139,9 @@ drop_reasons! {
     /// A frame delivered to the datapath's own IP stack that it does not
     /// answer (not ARP or ICMP echo for one of its addresses).
     LocalNotForUs => "local_not_for_us", "a packet for the local IP stack that it does not serve";
+    /// A frame for the local IP stack, received by a PMD other than the
+    /// stack's, found the stack's inbox full.
+    LocalInboxFull => "local_inbox_full", "a packet for the local IP stack found its inbox from the other PMDs full";
 }
 
 impl DropReason {

@@ -2,7 +2,7 @@
 //!
 //! A PMD thread is pinned to its core (core_affinity), owns its rx queues
 //! and one tx queue on every port (queue id = PMD index), and one
-//! [`Pipeline`] instance (per-core state: MAC table, caches). It loops:
+//! [`Pipeline`] instance (per-core state: caches; the MAC table is shared, see `pipeline::l2`). It loops:
 //! for each of its rx queues, receive a burst of up to 32, process it,
 //! flush the staged output to the ports' tx queues. Time spent in
 //! iterations that received packets counts as busy cycles, the rest as
@@ -12,8 +12,9 @@
 //! (`pmd-perf-show`; the flow pipeline splits `process` itself, see
 //! `pipeline::perf`).
 //!
-//! Every `MAINTAIN_EVERY` iterations it calls `Pipeline::maintain` (aging,
-//! program updates). It stops when the shared stop flag is set (SIGTERM,
+//! Every `MAINTAIN_EVERY` iterations (every `MAINTAIN_EVERY_NO_RX` when it
+//! polls no queue) it calls `Pipeline::maintain` (aging, program updates,
+//! the local stack's inbox). It stops when the shared stop flag is set (SIGTERM,
 //! SIGINT, `exit` on the control socket), flushing what it holds.
 //!
 //! Ports come and go while the PMDs run (`port-add`, `port-del`): the
@@ -70,6 +71,11 @@ const NO_RX_SLEEP: Duration = Duration::from_micros(100);
 
 /// Iterations between two `maintain` calls.
 const MAINTAIN_EVERY: u64 = 1024;
+
+/// Iterations between two `maintain` calls of a PMD with no rx queue
+/// (each iteration sleeps [`NO_RX_SLEEP`]): its `maintain` still serves
+/// the local stack's inbox, the mailbox and timers within milliseconds.
+const MAINTAIN_EVERY_NO_RX: u64 = 16;
 
 /// Counters of one PMD thread, readable from any thread.
 #[derive(Debug, Default)]
@@ -1017,7 +1023,7 @@ where
                 rx: Vec::new(),
             };
             let mut burst = Burst::new(PortNo(0));
-            let mut iter: u64 = 0;
+            let mut since_maintain: u64 = 0;
             let cpu_timing = std::env::var_os("SLUICE_PMD_CPU_TIMING").is_some();
             let mut cpu_last = if cpu_timing { thread_cpu_ns() } else { 0 };
             while !stop.load(Ordering::Relaxed) {
@@ -1071,15 +1077,21 @@ where
                     sent += flush(&mut out, ports, txq, spec.capture.as_deref(), now);
                     lap(&mut c_tx);
                 }
-                iter += 1;
-                if iter.is_multiple_of(MAINTAIN_EVERY) {
+                since_maintain += 1;
+                let every = if rx.is_empty() {
+                    MAINTAIN_EVERY_NO_RX
+                } else {
+                    MAINTAIN_EVERY
+                };
+                if since_maintain >= every {
                     let now = clock_ns();
                     pipeline.maintain(now, &mut out);
                     if let Some(m) = &spec.mailbox {
                         m.serve(|| pipeline.dump_caches());
                     }
                     sent += flush(&mut out, ports, txq, spec.capture.as_deref(), now);
-                    st.iterations.add(MAINTAIN_EVERY);
+                    st.iterations.add(since_maintain);
+                    since_maintain = 0;
                 }
                 let t1 = cycles();
                 let dt = t1.wrapping_sub(t0);
@@ -1114,7 +1126,7 @@ where
                     std::thread::sleep(NO_RX_SLEEP);
                 }
             }
-            st.iterations.add(iter % MAINTAIN_EVERY);
+            st.iterations.add(since_maintain);
             Ok(())
         })?;
     Ok(PmdThread {
@@ -1550,6 +1562,90 @@ mod tests {
         // deleted port was never received.
         assert_eq!(stats.rx_packets.get(), 5);
         assert_eq!(stats.drops.total(), 0);
+    }
+
+    /// Two PMD threads, each polling two ports, with one shared MAC table
+    /// (`pipeline::l2`): an address learned by PMD 0 is forwarded to by
+    /// PMD 1 without a flood and the other way round, and an address that
+    /// moves to a port of PMD 1 is relearned for PMD 0 too. Each step waits
+    /// for its frame (bounded), so the counters read after it are final.
+    #[test]
+    fn two_pmds_share_mac_learning_without_flooding() {
+        use crate::pipeline::l2::MacTable;
+        let (p1, h1) = MemPort::new("p1");
+        let (p2, h2) = MemPort::new("p2");
+        let (p3, h3) = MemPort::new("p3");
+        let (p4, h4) = MemPort::new("p4");
+        let mut table = PortTable::empty(2);
+        table.insert(PortNo(1), p1, &[0]);
+        table.insert(PortNo(2), p2, &[0]);
+        table.insert(PortNo(3), p3, &[1]);
+        table.insert(PortNo(4), p4, &[1]);
+        let shared = Arc::new(SharedPorts::new(2, table));
+        let stop = Arc::new(AtomicBool::new(false));
+        let macs = MacTable::new(64, u64::MAX);
+        let ports = vec![PortNo(1), PortNo(2), PortNo(3), PortNo(4)];
+        let mut l2 = Vec::new();
+        let mut pmds = Vec::new();
+        for index in 0..2 {
+            let pl = L2Pipeline::with_table(ports.clone(), macs.clone());
+            l2.push(pl.stats());
+            pmds.push(
+                spawn_shared(
+                    PmdSpec {
+                        index,
+                        ..Default::default()
+                    },
+                    shared.clone(),
+                    pl,
+                    stop.clone(),
+                    || Ok::<(), std::convert::Infallible>(()),
+                )
+                .unwrap(),
+            );
+        }
+        let (a, b, c) = (
+            [2, 0, 0, 0, 0, 0xa],
+            [2, 0, 0, 0, 0, 0xb],
+            [2, 0, 0, 0, 0, 0xc],
+        );
+        // A broadcasts on port 1 (PMD 0): flooded, A learned.
+        h1.inject(&frame([0xff; 6], a));
+        for h in [&h2, &h3, &h4] {
+            assert_eq!(wait_for_frames(h, "the broadcast"), vec![frame([0xff; 6], a)]);
+        }
+        // C on port 3 (PMD 1) to A: port 1 only.
+        h3.inject(&frame(a, c));
+        assert_eq!(wait_for_frames(&h1, "C to A"), vec![frame(a, c)]);
+        assert_eq!(
+            (l2[1].unicast.get(), l2[1].flooded.get()),
+            (1, 0),
+            "PMD 1 knew A from PMD 0's learning"
+        );
+        // A to C (PMD 0): port 3 only, C learned by PMD 1.
+        h1.inject(&frame(c, a));
+        assert_eq!(wait_for_frames(&h3, "A to C"), vec![frame(c, a)]);
+        assert_eq!((l2[0].unicast.get(), l2[0].flooded.get()), (1, 1));
+        // A moves to port 4 (PMD 1) and talks to C there.
+        h4.inject(&frame(c, a));
+        assert_eq!(wait_for_frames(&h3, "A to C from port 4"), vec![frame(c, a)]);
+        // B on port 2 (PMD 0) to A: to port 4, where A is now.
+        h2.inject(&frame(a, b));
+        assert_eq!(wait_for_frames(&h4, "B to A"), vec![frame(a, b)]);
+        assert_eq!(
+            (l2[0].unicast.get(), l2[0].flooded.get()),
+            (2, 1),
+            "PMD 0 relearned A's move seen by PMD 1"
+        );
+        stop.store(true, Ordering::Relaxed);
+        for p in pmds {
+            p.join().unwrap();
+        }
+        for (h, what) in [(&h1, "port 1"), (&h2, "port 2"), (&h3, "port 3"), (&h4, "port 4")] {
+            assert!(h.collect().is_empty(), "{what} got a flooded copy");
+        }
+        assert_eq!(l2[1].flooded.get(), 0);
+        assert_eq!(macs.len(), 3);
     }
 
     /// Reads two values a commit always sets together; counts the bursts

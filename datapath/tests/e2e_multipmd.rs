@@ -14,10 +14,10 @@
 //! - Overlay: per node, the uplink → PMD 0 (which runs the local stack)
 //!   and the pod port → PMD 1: encapsulation on PMD 1, decapsulation on
 //!   PMD 0; the pods' traffic also goes through `ct(commit)`.
-//!
-//! A further test, ignored, puts the uplink on PMD 1: the VTEP's local
-//! stack runs on PMD 0 only, so it cannot answer ARP or ping (issue 16,
-//! point 6: the local stack must be reachable from every PMD).
+//! - Overlay with the uplink → PMD 1 and the pod port → PMD 0: the local
+//!   stack still runs on PMD 0, so the VTEP's ARP, ping and the ARP
+//!   replies resolving the tunnels' next hops reach it through PMD 1's
+//!   relay (issue 16, point 6); no PMD drops a frame for the stack.
 //!
 //! Every namespace, veth, process and file is removed on drop. DPDK file
 //! prefixes: `slm-svc`, `slm-a`, `slm-b`, `slm-a1`, `slm-b1`.
@@ -435,7 +435,11 @@ fn overlay_on_two_pmds(tag: &str, uplink_first: bool) {
         String::from_utf8_lossy(&out.stderr)
     );
     for prefix in [pa_name, pb_name] {
-        assert_both_pmds_busy(prefix);
+        let pmds = assert_both_pmds_busy(prefix);
+        assert!(
+            !pmds.contains("local_no_stack") && !pmds.contains("local_inbox_full"),
+            "{prefix}: a frame for the local stack was dropped: {pmds}"
+        );
         // Each node tracked the pods' connections in zone 2: the ICMP
         // echo and the TCP connection at least, found from both PMDs.
         let ct = ctl(prefix, &["call", "dump-conntrack", "zone=2"]);
@@ -457,12 +461,10 @@ fn overlay_with_the_uplink_and_the_pod_on_two_pmds() {
     overlay_on_two_pmds("slm", true);
 }
 
-/// Known gap (issue 16, point 6): the local stack runs on PMD 0 only, so
-/// with the uplink polled by PMD 1 the VTEP answers no ARP or ping, and
-/// the overlay's next hops never resolve. Run with `--ignored` once the
-/// stack is reachable from every PMD.
+/// Issue 16, point 6: the local stack runs on PMD 0 while PMD 1 polls the
+/// uplink; the VTEP answers ARP and ping and resolves the tunnels' next
+/// hops through PMD 1's relay.
 #[test]
-#[ignore = "the local stack runs on PMD 0 only: a VTEP whose uplink PMD 1 polls is unreachable"]
 fn overlay_with_the_uplink_on_pmd_1() {
     overlay_on_two_pmds("slm1", false);
 }

@@ -5,6 +5,7 @@
 //! pktgen run --sluiced target/release/sluiced --out-dir benches/results
 //! pktgen run --quick --peers sluiced --scenarios l2:1000 --no-scale
 //! pktgen run --no-latency            # skip the memif latency mode
+//! pktgen run --quick --peers sluiced --scenarios l2:1000 --extra-pmd-cores 0   # 2 PMDs
 //! pktgen latency --out-dir benches/results   # only the latency mode
 //! pktgen plot --results benches/results/results.json
 //! ```
@@ -121,6 +122,13 @@ struct RunArgs {
     /// Forwarding core.
     #[arg(long, default_value_t = 1)]
     pmd_core: usize,
+    /// More PMD cores for sluiced, comma-separated (the other peers keep
+    /// one): sluiced's traffic source gets one rx queue per PMD, each
+    /// replaying every Nth frame of the scenario (whole flows), and its
+    /// Mpps is the total over its PMDs. E.g. `--extra-pmd-cores 0` on a
+    /// 2-core machine: the second PMD shares core 0 with the main thread.
+    #[arg(long, value_delimiter = ',')]
+    extra_pmd_cores: Vec<usize>,
     /// Where results.json, results.md and the plots go.
     #[arg(long, default_value = "benches/results")]
     out_dir: PathBuf,
@@ -238,10 +246,7 @@ fn latency_config(
         sluiced: args.sluiced.clone(),
         testpmd: args.testpmd.clone(),
         work_dir: work_dir.to_path_buf(),
-        cores: Cores {
-            main: args.main_core,
-            pmd: args.pmd_core,
-        },
+        cores: Cores::one(args.main_core, args.pmd_core),
         rates: args
             .latency_rates
             .iter()
@@ -403,6 +408,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         cores: Cores {
             main: args.main_core,
             pmd: args.pmd_core,
+            extra_pmds: args.extra_pmd_cores.clone(),
         },
         program_budget: Duration::from_secs_f64(args.program_budget.max(1.0)),
     };

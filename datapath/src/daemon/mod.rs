@@ -782,6 +782,11 @@ impl Daemon {
         let shared = ports.shared();
         let ofports: Vec<PortNo> = shared.load().ofports.clone();
         let mut views = Vec::new();
+        // One MAC table for every PMD (`pipeline::l2`).
+        let macs = crate::pipeline::l2::MacTable::new(
+            cfg.datapath.mac_table_size,
+            cfg.datapath.mac_aging_s.saturating_mul(1_000_000_000),
+        );
         for spec in specs {
             let handles = shared.clone();
             let init = || dpdk::register_thread();
@@ -795,6 +800,7 @@ impl Daemon {
                             ports: ofports.clone(),
                             mac_capacity: cfg.datapath.mac_table_size,
                             mac_aging_ns: cfg.datapath.mac_aging_s.saturating_mul(1_000_000_000),
+                            mac_table: Some(macs.clone()),
                             emc_insert_inv_prob: cfg.datapath.emc_insert_inv_prob,
                             ..Default::default()
                         },
@@ -823,11 +829,7 @@ impl Daemon {
                     })
                 }
                 None => {
-                    let pl = L2Pipeline::new(
-                        ofports.clone(),
-                        cfg.datapath.mac_table_size,
-                        cfg.datapath.mac_aging_s.saturating_mul(1_000_000_000),
-                    );
+                    let pl = L2Pipeline::with_table(ofports.clone(), macs.clone());
                     pmd::spawn_shared(spec, handles, pl, self.stop.clone(), init).inspect(|t| {
                         views.push(PmdView {
                             pmd: t.stats.clone(),

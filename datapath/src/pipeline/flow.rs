@@ -95,6 +95,9 @@ pub struct FlowPipelineConfig {
     pub mac_capacity: usize,
     /// MAC aging for `normal`.
     pub mac_aging_ns: u64,
+    /// The MAC table `normal` learns into, shared with the other PMDs'
+    /// pipelines (`None`: a new table of `mac_capacity`, `mac_aging_ns`).
+    pub mac_table: Option<MacTable>,
     /// Packet-in rate to the controller queue, packets per second.
     pub controller_rate: u64,
     /// Packet-in burst allowance.
@@ -116,6 +119,7 @@ impl Default for FlowPipelineConfig {
             megaflow_capacity: MEGAFLOW_CAPACITY,
             mac_capacity: 8192,
             mac_aging_ns: 300_000_000_000,
+            mac_table: None,
             controller_rate: 1000,
             controller_burst: 100,
             perf_sample_every: DEFAULT_SAMPLE_EVERY,
@@ -538,7 +542,9 @@ impl<H> FlowPipeline<H> {
             tables,
             emc,
             megaflow,
-            mac: MacTable::new(config.mac_capacity, config.mac_aging_ns),
+            mac: config
+                .mac_table
+                .unwrap_or_else(|| MacTable::new(config.mac_capacity, config.mac_aging_ns)),
             hooks,
             ports: config.ports,
             bucket: TokenBucket::new(config.controller_rate, config.controller_burst),

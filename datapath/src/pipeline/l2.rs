@@ -16,17 +16,31 @@
 //! from its pipeline's `maintain`): the new process does not flood to
 //! relearn every host.
 //!
-//! Thread-safety: a `MacTable` belongs to one PMD core. With several cores
-//! each learns from the traffic it receives; a miss floods. Static entries
-//! are installed into every core's table by the owner of the pipelines.
-//! The exchange is the one shared part: control threads post a request,
+//! One table serves every PMD ([`MacTable`] is a handle; the owner of the
+//! pipelines gives each PMD a clone of one table), as OVS's bridge has one
+//! MAC learning table for all its PMDs: an address learned from a frame
+//! one PMD received is known to every other, so their frames to it are not
+//! flooded, and an address that moves is relearned once for all. The table
+//! is open addressing over a fixed array of slots (twice the capacity,
+//! hashed with a per-table random seed) that readers read without a lock
+//! through a per-slot sequence count (a seqlock); a slot a writer is
+//! changing reads as a miss, which floods, never as a wrong port. Learning
+//! an address already known on the same port (the per-packet hit path)
+//! writes nothing but, at most once per refresh interval, its last-seen
+//! time (one compare-and-swap). New and moved addresses, removals, expiry
+//! and static entries take the table's writers' mutex (not per packet:
+//! once per new address); removed entries leave tombstones, cleared by a
+//! rebuild in place when they take a quarter of the slots. No allocation
+//! and no lock on the hit path.
+//!
+//! Thread-safety: every method may be called from any thread. The
+//! exchange is the other shared part: control threads post a request,
 //! each PMD answers it between bursts under the exchange's mutex.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use hashbrown::HashMap;
 
 use super::Pipeline;
 use crate::drop::DropReason;
@@ -34,17 +48,11 @@ use crate::packet::{Burst, Output, PacketBuf, PortNo};
 use crate::stats::Counter;
 use crate::time::Nanos;
 
-/// Default number of MAC entries per core (as OVS's `mac-table-size`).
+/// Default number of MAC entries (one table for all PMDs, as OVS's
+/// `mac-table-size`).
 pub const DEFAULT_MAC_CAPACITY: usize = 8192;
 /// Default aging time: 300 s, as OVS and Linux bridges.
 pub const DEFAULT_AGING_NS: u64 = 300 * 1_000_000_000;
-
-#[derive(Debug, Clone, Copy)]
-struct MacEntry {
-    port: PortNo,
-    last_seen: Nanos,
-    is_static: bool,
-}
 
 #[inline]
 fn mac_key(mac: [u8; 6], vlan: u16) -> u64 {
@@ -69,30 +77,345 @@ pub struct SavedMac {
     pub idle: Nanos,
 }
 
-/// A bounded MAC learning table. See the module documentation.
-#[derive(Debug)]
-pub struct MacTable {
-    entries: HashMap<u64, MacEntry>,
+/// A slot's `meta` word: the seqlock count in the high 32 bits (odd while
+/// a writer changes the slot), the static flag and the port below.
+const SEQ_ONE: u64 = 1 << 32;
+const STATIC_BIT: u64 = 1 << 16;
+const PORT_MASK: u64 = 0xffff;
+/// Slot keys: empty, removed (a tombstone), or a live key with bit 63 set
+/// (`mac_key` uses 60 bits).
+const EMPTY: u64 = 0;
+const TOMB: u64 = 1;
+const LIVE: u64 = 1 << 63;
+
+/// One slot of the shared table (24 bytes). Readers take a consistent
+/// copy with the seqlock in `meta`; writers hold [`Shared::writer`],
+/// except that a PMD refreshing `seen` of the entry it just read does a
+/// compare-and-swap on `seen` alone.
+#[derive(Debug, Default)]
+struct Slot {
+    meta: AtomicU64,
+    key: AtomicU64,
+    seen: AtomicU64,
+}
+
+/// A consistent copy of a live slot.
+#[derive(Debug, Clone, Copy)]
+struct Hit {
+    slot: usize,
+    port: PortNo,
+    is_static: bool,
+    seen: Nanos,
+}
+
+/// What the writers' mutex guards: counts of the slots' states.
+#[derive(Debug, Default)]
+struct Writer {
+    tombs: usize,
+}
+
+/// The table every handle of one [`MacTable`] shares.
+struct Shared {
+    slots: Box<[Slot]>,
+    mask: usize,
+    hasher: hashbrown::DefaultHashBuilder,
     capacity: usize,
     aging_ns: u64,
-    /// The [`MacExchange`] requests this table served.
+    /// A hit refreshes `seen` only when it is at least this old (a shared
+    /// cache line written at most once per this per address, not per
+    /// packet): aging is exact to within it.
+    refresh_ns: u64,
+    writer: Mutex<Writer>,
+    /// Live entries, static and learned (changed under `writer`).
+    live: AtomicUsize,
+    refused_full: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("slots", &self.slots.len())
+            .field("capacity", &self.capacity)
+            .field("aging_ns", &self.aging_ns)
+            .field("live", &self.live.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// How many times a reader retries a slot a writer changed under it
+/// before it calls the address unknown (a miss floods, which is correct).
+const READ_RETRIES: usize = 4;
+
+impl Shared {
+    fn new(capacity: usize, aging_ns: u64) -> Self {
+        // At most half full with learned entries; statics may add some.
+        let n = (capacity.clamp(8, 1 << 24) * 2).next_power_of_two();
+        Shared {
+            slots: (0..n).map(|_| Slot::default()).collect(),
+            mask: n - 1,
+            hasher: hashbrown::DefaultHashBuilder::default(),
+            capacity,
+            aging_ns,
+            refresh_ns: (aging_ns / 64).min(1_000_000_000),
+            writer: Mutex::new(Writer::default()),
+            live: AtomicUsize::new(0),
+            refused_full: AtomicU64::new(0),
+        }
+    }
+
+    #[inline]
+    fn home(&self, key: u64) -> usize {
+        (self.hasher.hash_one(key) as usize) & self.mask
+    }
+
+    /// A consistent copy of slot `i`: (key, meta, seen), or `None` when a
+    /// writer kept changing it.
+    #[inline]
+    fn read(&self, i: usize) -> Option<(u64, u64, u64)> {
+        let s = &self.slots[i];
+        for _ in 0..READ_RETRIES {
+            let m1 = s.meta.load(Ordering::Acquire);
+            if m1 & SEQ_ONE != 0 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let k = s.key.load(Ordering::Relaxed);
+            let seen = s.seen.load(Ordering::Relaxed);
+            std::sync::atomic::fence(Ordering::Acquire);
+            if s.meta.load(Ordering::Relaxed) == m1 {
+                return Some((k, m1, seen));
+            }
+        }
+        None
+    }
+
+    /// The live entry for `key`, lock-free. `None` also when a writer
+    /// was changing a slot on the way (the caller floods or takes the
+    /// writers' path).
+    #[inline]
+    fn find(&self, key: u64) -> Option<Hit> {
+        let want = key | LIVE;
+        let mut i = self.home(key);
+        for _ in 0..=self.mask {
+            let (k, m, seen) = self.read(i)?;
+            if k == want {
+                return Some(Hit {
+                    slot: i,
+                    port: PortNo((m & PORT_MASK) as u16),
+                    is_static: m & STATIC_BIT != 0,
+                    seen,
+                });
+            }
+            if k == EMPTY {
+                return None;
+            }
+            i = (i + 1) & self.mask;
+        }
+        None
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes slot `i` under the seqlock (writers' mutex held).
+    fn write(&self, _w: &Writer, i: usize, key: u64, port: PortNo, is_static: bool, seen: Nanos) {
+        let s = &self.slots[i];
+        let m = s.meta.load(Ordering::Relaxed);
+        let seq = m >> 32;
+        s.meta.store((seq + 1) << 32 | (m & 0xffff_ffff), Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
+        s.key.store(key, Ordering::Relaxed);
+        s.seen.store(seen, Ordering::Relaxed);
+        let flags = if is_static { STATIC_BIT } else { 0 };
+        s.meta
+            .store((seq + 2) << 32 | flags | u64::from(port.0), Ordering::Release);
+    }
+
+    /// With the writers' mutex: the slot holding `key`, or the first free
+    /// one on its probe sequence (`Err`), or `Err(None)` when the table
+    /// has no free slot.
+    fn probe(&self, key: u64) -> Result<usize, Option<usize>> {
+        let want = key | LIVE;
+        let mut free = None;
+        let mut i = self.home(key);
+        for _ in 0..=self.mask {
+            let k = self.slots[i].key.load(Ordering::Relaxed);
+            if k == want {
+                return Ok(i);
+            }
+            if k == EMPTY {
+                return Err(free.or(Some(i)));
+            }
+            if k == TOMB && free.is_none() {
+                free = Some(i);
+            }
+            i = (i + 1) & self.mask;
+        }
+        Err(free)
+    }
+
+    fn meta_of(&self, i: usize) -> (PortNo, bool) {
+        let m = self.slots[i].meta.load(Ordering::Relaxed);
+        (PortNo((m & PORT_MASK) as u16), m & STATIC_BIT != 0)
+    }
+
+    /// Inserts or updates `key` (writers' mutex held). `learned`: refused
+    /// when a static entry holds the key or the table is full. Returns
+    /// whether the entry was written.
+    fn upsert(
+        &self,
+        w: &mut std::sync::MutexGuard<'_, Writer>,
+        key: u64,
+        port: PortNo,
+        is_static: bool,
+        seen: Nanos,
+    ) -> bool {
+        match self.probe(key) {
+            Ok(i) => {
+                let (_, was_static) = self.meta_of(i);
+                if was_static && !is_static {
+                    return false;
+                }
+                self.write(w, i, key | LIVE, port, is_static, seen);
+                true
+            }
+            Err(free) => {
+                let live = self.live.load(Ordering::Relaxed);
+                if !is_static && live >= self.capacity {
+                    self.refused_full.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+                // Keep a quarter of the slots empty so probes end: clear
+                // the tombstones first when they are in the way (once:
+                // after it there are none).
+                if w.tombs > 0 && (live + w.tombs + 1) * 4 > self.slots.len() * 3 {
+                    self.rebuild(w);
+                    return self.upsert(w, key, port, is_static, seen);
+                }
+                if (live + 1) * 8 > self.slots.len() * 7 {
+                    // Only statics get here (learned entries stay under
+                    // half the slots).
+                    return false;
+                }
+                let Some(i) = free else {
+                    return false;
+                };
+                if self.slots[i].key.load(Ordering::Relaxed) == TOMB {
+                    w.tombs -= 1;
+                }
+                self.write(w, i, key | LIVE, port, is_static, seen);
+                self.live.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+        }
+    }
+
+    /// Turns slot `i` into a tombstone (writers' mutex held).
+    fn remove_slot(&self, w: &mut Writer, i: usize) {
+        self.write(w, i, TOMB, PortNo(0), false, 0);
+        w.tombs += 1;
+        self.live.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Removes every live entry `f` selects (writers' mutex held).
+    fn remove_where(&self, w: &mut Writer, mut f: impl FnMut(PortNo, bool, Nanos) -> bool) -> usize {
+        let mut n = 0;
+        for i in 0..self.slots.len() {
+            let s = &self.slots[i];
+            if s.key.load(Ordering::Relaxed) & LIVE == 0 {
+                continue;
+            }
+            let (port, is_static) = self.meta_of(i);
+            if f(port, is_static, s.seen.load(Ordering::Relaxed)) {
+                self.remove_slot(w, i);
+                n += 1;
+            }
+        }
+        if w.tombs * 4 > self.slots.len() {
+            self.rebuild(w);
+        }
+        n
+    }
+
+    /// Re-inserts every live entry into a table without tombstones, in
+    /// place (writers' mutex held; not per packet: it allocates). Readers
+    /// meanwhile may miss an address: they flood it, which is correct.
+    fn rebuild(&self, w: &mut Writer) {
+        let mut keep = Vec::with_capacity(self.live.load(Ordering::Relaxed));
+        for i in 0..self.slots.len() {
+            let s = &self.slots[i];
+            let k = s.key.load(Ordering::Relaxed);
+            if k & LIVE != 0 {
+                let (port, is_static) = self.meta_of(i);
+                keep.push((k, port, is_static, s.seen.load(Ordering::Relaxed)));
+            }
+            if k != EMPTY {
+                self.write(w, i, EMPTY, PortNo(0), false, 0);
+            }
+        }
+        w.tombs = 0;
+        for (k, port, is_static, seen) in keep {
+            if let Err(Some(i)) = self.probe(k & !LIVE) {
+                self.write(w, i, k, port, is_static, seen);
+            }
+        }
+    }
+
+    /// Every live entry (writers' mutex held, for a stable view).
+    fn snapshot(&self, _w: &Writer) -> Vec<(u64, PortNo, bool, Nanos)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let k = s.key.load(Ordering::Relaxed);
+                (k & LIVE != 0).then(|| {
+                    let (port, is_static) = self.meta_of(i);
+                    (k & !LIVE, port, is_static, s.seen.load(Ordering::Relaxed))
+                })
+            })
+            .collect()
+    }
+}
+
+/// A bounded MAC learning table shared by every PMD: a handle on it. See
+/// the module documentation. [`Clone`] gives another handle on the same
+/// table (what each PMD's pipeline holds); [`MacTable::new`] makes a new
+/// table.
+#[derive(Debug)]
+pub struct MacTable {
+    shared: Arc<Shared>,
+    /// The [`MacExchange`] requests this handle served.
     served_export: u64,
     served_import: u64,
-    refused_full: u64,
+}
+
+impl Clone for MacTable {
+    /// Another handle on the same table (learning through one is seen
+    /// through every other).
+    fn clone(&self) -> Self {
+        MacTable {
+            shared: self.shared.clone(),
+            served_export: self.served_export,
+            served_import: self.served_import,
+        }
+    }
 }
 
 impl MacTable {
-    /// A table holding at most `capacity` entries that age out after
-    /// `aging_ns` nanoseconds without being refreshed.
+    /// A new table holding at most `capacity` learned entries that age
+    /// out after `aging_ns` nanoseconds without being refreshed.
     pub fn new(capacity: usize, aging_ns: u64) -> Self {
         MacTable {
-            entries: HashMap::with_capacity(capacity.min(1 << 20)),
-            capacity,
-            aging_ns,
+            shared: Arc::new(Shared::new(capacity, aging_ns)),
             served_export: 0,
             served_import: 0,
-            refused_full: 0,
         }
+    }
+
+    /// Whether `other` is a handle on the same table.
+    pub fn same_table(&self, other: &MacTable) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
     }
 
     /// The learned (not static) entries still live at `now`, as a
@@ -100,7 +423,7 @@ impl MacTable {
     pub fn export(&self, now: Nanos) -> Vec<SavedMac> {
         self.entries(now)
             .into_iter()
-            .filter(|&(_, _, _, is_static, idle)| !is_static && idle < self.aging_ns)
+            .filter(|&(_, _, _, is_static, idle)| !is_static && idle < self.shared.aging_ns)
             .map(|(mac, vlan, port, _, idle)| SavedMac {
                 mac,
                 vlan,
@@ -115,21 +438,21 @@ impl MacTable {
     /// capacity are skipped, an entry learned here already is kept if it
     /// is fresher. Returns how many were learned.
     pub fn import(&mut self, saved: &[SavedMac], now: Nanos) -> usize {
+        let t = &*self.shared;
+        let mut w = t.lock();
         let mut n = 0;
         for m in saved {
-            if m.idle >= self.aging_ns {
+            if m.idle >= t.aging_ns {
                 continue;
             }
             let seen = now.saturating_sub(m.idle);
             let key = mac_key(m.mac, m.vlan);
-            if self
-                .entries
-                .get(&key)
-                .is_some_and(|e| e.is_static || e.last_seen >= seen)
-            {
-                continue;
+            if let Ok(i) = t.probe(key) {
+                if t.meta_of(i).1 || t.slots[i].seen.load(Ordering::Relaxed) >= seen {
+                    continue;
+                }
             }
-            if self.learn(m.mac, m.vlan, PortNo(m.port), seen) {
+            if m.mac[0] & 1 == 0 && t.upsert(&mut w, key, PortNo(m.port), false, seen) {
                 n += 1;
             }
         }
@@ -163,117 +486,139 @@ impl MacTable {
     /// Learns that `mac` on `vlan` is behind `port`. Returns false when the
     /// address could not be learned (table full, multicast source, or a
     /// static entry holds it).
+    ///
+    /// An address already known on `port` (the hit path) costs one
+    /// lock-free read, and a compare-and-swap of its last-seen time at
+    /// most once per refresh interval (1/64 of the aging time, at most a
+    /// second); a new address or one that moved takes the writers' mutex.
     #[inline]
     pub fn learn(&mut self, mac: [u8; 6], vlan: u16, port: PortNo, now: Nanos) -> bool {
         if mac[0] & 1 != 0 {
             return false;
         }
+        let t = &*self.shared;
         let key = mac_key(mac, vlan);
-        if let Some(e) = self.entries.get_mut(&key) {
-            if e.is_static {
+        if let Some(h) = t.find(key) {
+            if h.is_static {
                 return false;
             }
-            e.port = port;
-            e.last_seen = now;
-            return true;
+            if h.port == port {
+                if now.saturating_sub(h.seen) >= t.refresh_ns && now > h.seen {
+                    // Lost to a writer that changed the slot meanwhile:
+                    // the next packet refreshes it.
+                    let _ = t.slots[h.slot].seen.compare_exchange(
+                        h.seen,
+                        now,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
+                return true;
+            }
         }
-        if self.entries.len() >= self.capacity {
-            self.refused_full += 1;
-            return false;
-        }
-        self.entries.insert(
-            key,
-            MacEntry {
-                port,
-                last_seen: now,
-                is_static: false,
-            },
-        );
-        true
+        self.learn_slow(key, port, now)
     }
 
-    /// The port `mac` on `vlan` was last seen on, unless the entry aged out.
+    #[cold]
+    fn learn_slow(&mut self, key: u64, port: PortNo, now: Nanos) -> bool {
+        let t = &*self.shared;
+        let mut w = t.lock();
+        t.upsert(&mut w, key, port, false, now)
+    }
+
+    /// The port `mac` on `vlan` was last seen on, unless the entry aged
+    /// out. Lock-free; a lookup racing a writer on the same slot may miss
+    /// (the frame floods).
     #[inline]
     pub fn lookup(&self, mac: [u8; 6], vlan: u16, now: Nanos) -> Option<PortNo> {
-        let e = self.entries.get(&mac_key(mac, vlan))?;
-        if e.is_static || now.saturating_sub(e.last_seen) < self.aging_ns {
-            Some(e.port)
+        let t = &*self.shared;
+        let h = t.find(mac_key(mac, vlan))?;
+        if h.is_static || now.saturating_sub(h.seen) < t.aging_ns {
+            Some(h.port)
         } else {
             None
         }
     }
 
     /// Installs a static entry (never ages, never overwritten by learning).
-    /// Static entries may exceed the capacity: the operator asked for them.
-    pub fn add_static(&mut self, mac: [u8; 6], vlan: u16, port: PortNo) {
-        self.entries.insert(
-            mac_key(mac, vlan),
-            MacEntry {
-                port,
-                last_seen: 0,
-                is_static: true,
-            },
-        );
+    /// Static entries may exceed the capacity: the operator asked for them;
+    /// false only when the table has no slot left for it (7/8 of its
+    /// slots, twice the capacity, are in use).
+    pub fn add_static(&mut self, mac: [u8; 6], vlan: u16, port: PortNo) -> bool {
+        let t = &*self.shared;
+        let mut w = t.lock();
+        t.upsert(&mut w, mac_key(mac, vlan), port, true, 0)
     }
 
     /// Removes an entry, static or learned. Returns whether it existed.
     pub fn remove(&mut self, mac: [u8; 6], vlan: u16) -> bool {
-        self.entries.remove(&mac_key(mac, vlan)).is_some()
+        let t = &*self.shared;
+        let mut w = t.lock();
+        match t.probe(mac_key(mac, vlan)) {
+            Ok(i) => {
+                t.remove_slot(&mut w, i);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Removes learned entries idle for longer than the aging time.
-    /// Returns how many were removed.
+    /// Returns how many were removed; 0 without waiting when another
+    /// thread (another PMD's expiry) holds the writers' mutex.
     pub fn expire(&mut self, now: Nanos) -> usize {
-        let before = self.entries.len();
-        let aging = self.aging_ns;
-        self.entries
-            .retain(|_, e| e.is_static || now.saturating_sub(e.last_seen) < aging);
-        before - self.entries.len()
+        let t = &*self.shared;
+        let Ok(mut w) = t.writer.try_lock() else {
+            return 0;
+        };
+        let aging = t.aging_ns;
+        t.remove_where(&mut w, |_, is_static, seen| {
+            !is_static && now.saturating_sub(seen) >= aging
+        })
     }
 
     /// Forgets every learned entry on `port` (port deleted or link down).
     pub fn flush_port(&mut self, port: PortNo) {
-        self.entries.retain(|_, e| e.is_static || e.port != port);
+        let t = &*self.shared;
+        let mut w = t.lock();
+        t.remove_where(&mut w, |p, is_static, _| !is_static && p == port);
     }
 
     /// Number of entries, static and learned.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.shared.live.load(Ordering::Relaxed)
     }
 
-    /// The most entries it holds.
+    /// The most learned entries it holds.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.shared.capacity
     }
 
     /// Source addresses not learned because the table was full.
     pub fn refused_full(&self) -> u64 {
-        self.refused_full
+        self.shared.refused_full.load(Ordering::Relaxed)
     }
 
     /// True when the table holds no entry.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     /// `(mac, vlan, port, is_static, age_ns)` for every entry, for
     /// `fdb/show`-style output.
     pub fn entries(&self, now: Nanos) -> Vec<([u8; 6], u16, PortNo, bool, u64)> {
-        self.entries
-            .iter()
-            .map(|(&k, e)| {
+        let t = &*self.shared;
+        let w = t.lock();
+        t.snapshot(&w)
+            .into_iter()
+            .map(|(k, port, is_static, seen)| {
                 let mut mac = [0u8; 6];
                 for (i, b) in mac.iter_mut().enumerate() {
                     *b = (k >> (40 - 8 * i)) as u8;
                 }
                 let vlan = (k >> 48) as u16;
-                (
-                    mac,
-                    vlan,
-                    e.port,
-                    e.is_static,
-                    now.saturating_sub(e.last_seen),
-                )
+                let age = if is_static { now } else { now.saturating_sub(seen) };
+                (mac, vlan, port, is_static, age)
             })
             .collect()
     }
@@ -394,11 +739,18 @@ pub struct L2Pipeline {
 }
 
 impl L2Pipeline {
-    /// A switch over `ports` with a MAC table of the given size and aging.
+    /// A switch over `ports` with a new MAC table of the given size and
+    /// aging.
     pub fn new(ports: Vec<PortNo>, capacity: usize, aging_ns: u64) -> Self {
+        Self::with_table(ports, MacTable::new(capacity, aging_ns))
+    }
+
+    /// A switch over `ports` learning into `table` (a handle on a table
+    /// other PMDs' switches share).
+    pub fn with_table(ports: Vec<PortNo>, table: MacTable) -> Self {
         L2Pipeline {
             ports,
-            table: MacTable::new(capacity, aging_ns),
+            table,
             stats: Arc::new(L2Stats::default()),
             last_expire: 0,
         }
@@ -693,6 +1045,118 @@ mod tests {
         t.expire(5_000);
         assert!(t.learn([2, 0, 0, 0, 1, 0], 0, PortNo(0), 5_000));
         assert_eq!(t.refused_full(), 100);
+    }
+
+    /// Two PMDs' switches on one table: an address learned by one is
+    /// forwarded to by the other without a flood, and an address that
+    /// moves is relearned once for both.
+    #[test]
+    fn two_switches_share_learning_and_relearn_a_move() {
+        let ports = vec![PortNo(0), PortNo(1), PortNo(2), PortNo(3)];
+        let table = MacTable::new(16, 1_000_000);
+        let mut p0 = L2Pipeline::with_table(ports.clone(), table.clone());
+        let mut p1 = L2Pipeline::with_table(ports, table.clone());
+        assert!(p0.table().same_table(p1.table()));
+        // A speaks on port 0 (PMD 0's); C answers from port 2 (PMD 1's).
+        run(&mut p0, 0, 0, vec![frame(BCAST, A)]);
+        let mut out = run(&mut p1, 1, 2, vec![frame(A, C)]);
+        assert_eq!(out.take(PortNo(0)).len(), 1);
+        assert!(out.take(PortNo(1)).is_empty() && out.take(PortNo(3)).is_empty());
+        assert_eq!((p1.stats.unicast.get(), p1.stats.flooded.get()), (1, 0));
+        // And PMD 0 knows C, learned by PMD 1.
+        let mut out = run(&mut p0, 2, 0, vec![frame(C, A)]);
+        assert_eq!(out.take(PortNo(2)).len(), 1);
+        assert_eq!(p0.stats.flooded.get(), 1, "only the first broadcast");
+        // A moves to port 3, seen by PMD 1: PMD 0 forwards there at once.
+        run(&mut p1, 3, 3, vec![frame(C, A)]);
+        let mut out = run(&mut p0, 4, 1, vec![frame(A, B)]);
+        assert_eq!(out.take(PortNo(3)).len(), 1, "to A's new port");
+        assert!(out.take(PortNo(0)).is_empty(), "not to its old one");
+        assert_eq!(p0.stats.flooded.get(), 1);
+        assert_eq!(table.len(), 3);
+    }
+
+    /// Removing and relearning many more addresses than the table has
+    /// slots leaves tombstones that rebuilds clear: every live address
+    /// stays found, the count stays exact, the capacity holds.
+    #[test]
+    fn tombstones_are_cleared_and_lookups_stay_right() {
+        let mut t = MacTable::new(32, u64::MAX);
+        let mac = |i: u32| [2, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8, 1];
+        for round in 0..200u32 {
+            for i in 0..20 {
+                assert!(t.learn(mac(round * 20 + i), 0, PortNo(i as u16), 0));
+            }
+            for i in 0..20 {
+                assert_eq!(t.lookup(mac(round * 20 + i), 0, 0), Some(PortNo(i as u16)));
+            }
+            for i in 0..20 {
+                assert!(t.remove(mac(round * 20 + i), 0));
+            }
+            assert!(t.is_empty());
+        }
+        for i in 0..40 {
+            t.learn(mac(i), 0, PortNo(1), 0);
+        }
+        assert_eq!((t.len(), t.refused_full()), (32, 8));
+        t.flush_port(PortNo(1));
+        assert!(t.is_empty());
+        assert_eq!(t.lookup(mac(0), 0, 0), None);
+    }
+
+    /// PMD threads learning, moving and looking up while another thread
+    /// removes, expires and re-adds statics: a lookup returns one of the
+    /// ports the address was ever learned on, never another address's
+    /// (the seqlock), or misses. Bounded by iteration counts.
+    #[test]
+    fn concurrent_learning_never_reads_a_wrong_port() {
+        use std::sync::atomic::AtomicBool;
+        let t = MacTable::new(64, 1_000);
+        let mac = |i: u16| [2, 0, 0, 0, (i >> 8) as u8, i as u8];
+        // Address i lives on port 2i or 2i+1.
+        let ok = |i: u16, p: PortNo| p.0 == 2 * i || p.0 == 2 * i + 1;
+        let done = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for w in 0..2u16 {
+            let mut t = t.clone();
+            threads.push(std::thread::spawn(move || {
+                for n in 0..20_000u64 {
+                    let i = (n % 48) as u16;
+                    t.learn(mac(i), 0, PortNo(2 * i + (n / 48 % 2) as u16 ^ w), n);
+                    let j = ((n * 7) % 48) as u16;
+                    if let Some(p) = t.lookup(mac(j), 0, n) {
+                        assert!(ok(j, p), "address {j} read as on port {p:?}");
+                    }
+                }
+            }));
+        }
+        let d = done.clone();
+        let mut c = t.clone();
+        let churn = std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !d.load(Ordering::Relaxed) || n < 1_000 {
+                let i = (n % 48) as u16;
+                c.remove(mac(i), 0);
+                if n % 5 == 0 {
+                    c.expire(n * 10);
+                }
+                if n % 7 == 0 {
+                    c.add_static(mac(i), 0, PortNo(2 * i));
+                    c.remove(mac(i), 0);
+                }
+                n += 1;
+            }
+        });
+        for th in threads {
+            th.join().expect("no wrong port");
+        }
+        done.store(true, Ordering::Relaxed);
+        churn.join().expect("churn");
+        assert!(t.len() <= 64);
+        for (mac, _, port, _, _) in t.entries(0) {
+            let i = u16::from_be_bytes([mac[4], mac[5]]);
+            assert!(ok(i, port), "{mac:?} on {port:?}");
+        }
     }
 
     #[test]

@@ -47,11 +47,27 @@
 //! forwarding path is untouched: bursts without local packets cost one
 //! `is_empty` check.
 //!
-//! Thread-safety: one `LocalStack` on the PMD that owns the uplink;
-//! [`StackControl`] is the shared handle for control threads.
+//! The stack runs on one PMD (PMD 0, its owner) whichever PMDs poll the
+//! uplink: every other PMD's pipeline is wrapped in a [`StackRelay`],
+//! which takes the same frames out of its uplink bursts (ARP requests and
+//! echo requests for the local address; a copy of the ARP replies to it)
+//! and the packets its flow program sent to `local`, and hands copies of
+//! them to the owner through the [`StackInbox`], a bounded lock-free queue
+//! (full: dropped and counted as `local_inbox_full`). The owner drains the
+//! inbox after each of its bursts and in `maintain` (at most every 1,024
+//! loop iterations, so within milliseconds when it has no traffic of its
+//! own), and sends the answers on the uplink from its own tx queue. A
+//! relaying PMD's cost is one relaxed load per uplink burst (the local
+//! address) and the scan it shares with the owner; the copies are the
+//! exception path's.
+//!
+//! Thread-safety: one `LocalStack` on the owner PMD; one [`StackRelay`] on
+//! each other PMD, sharing the [`StackInbox`] (many producers, one
+//! consumer); [`StackControl`] is the shared handle for control threads.
 
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -111,6 +127,194 @@ pub struct StackStats {
     pub tx: Counter,
     /// ARP replies fed to the neighbour cache.
     pub arp_replies: Counter,
+    /// Frames other PMDs handed over through the [`StackInbox`] (included
+    /// in `rx` or `arp_replies` once the stack took them).
+    pub relayed: Counter,
+}
+
+/// What another PMD hands the stack.
+#[derive(Debug)]
+enum Relayed {
+    /// A copy of an ARP reply to the local address (the frame went on).
+    Learn(Vec<u8>),
+    /// A frame for the stack (intercepted, or sent to `local`).
+    Deliver(Vec<u8>),
+}
+
+/// Frames PMDs other than the stack's receive for it, on their way to the
+/// stack's PMD (see the module documentation): a bounded lock-free queue,
+/// and the local address the relays intercept for.
+#[derive(Debug)]
+pub struct StackInbox {
+    queue: ArrayQueue<Relayed>,
+    /// The local address (`u32::from`; 0: dormant), set by the stack.
+    ip: AtomicU32,
+    uplink: PortNo,
+}
+
+/// Frames the inbox holds at most.
+pub const INBOX_FRAMES: usize = 256;
+
+/// What the uplink scan does with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Intercept {
+    /// Not the stack's: the flow program has it.
+    Pass,
+    /// An ARP reply to the local address: learnt from a copy, then passed.
+    LearnAndPass,
+    /// The stack's (ARP request for, or echo request to, the address).
+    Take,
+}
+
+/// How the uplink scan treats frame `f` when the local address is `ip`.
+#[inline]
+fn intercept_kind(ip: [u8; 4], f: &[u8]) -> Intercept {
+    match f.get(12..14) {
+        Some([0x08, 0x06]) if f.get(38..42) == Some(&ip[..]) => {
+            if f.get(20..22) == Some(&[0, 2]) {
+                Intercept::LearnAndPass
+            } else {
+                Intercept::Take
+            }
+        }
+        Some([0x08, 0x00]) if f.get(30..34) == Some(&ip[..]) && is_echo_request(f) => {
+            Intercept::Take
+        }
+        _ => Intercept::Pass,
+    }
+}
+
+impl StackInbox {
+    /// An empty inbox for a stack on `uplink` (dormant until the stack
+    /// attaches it).
+    pub fn new(uplink: PortNo) -> Self {
+        StackInbox {
+            queue: ArrayQueue::new(INBOX_FRAMES),
+            ip: AtomicU32::new(0),
+            uplink,
+        }
+    }
+
+    fn set_ip(&self, ip: Ipv4Addr) {
+        self.ip.store(u32::from(ip), Ordering::Release);
+    }
+
+    /// Frames waiting for the stack.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// True when no frame waits.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Queues `r`; false when full.
+    fn push(&self, r: Relayed) -> bool {
+        self.queue.push(r).is_ok()
+    }
+
+    /// A relaying PMD's uplink scan: the stack's frames leave the burst
+    /// for the inbox (copied; the buffers are freed), ARP replies to the
+    /// local address are copied there and stay. Packets keep their order.
+    fn intercept<B: PacketBuf>(&self, burst: &mut Burst<B>, out: &mut Output<B>) {
+        let ip = self.ip.load(Ordering::Acquire);
+        if ip == 0 {
+            return;
+        }
+        let ip = ip.to_be_bytes();
+        let n = burst.pkts.len();
+        let mut keep = 0;
+        for i in 0..n {
+            let f = burst.pkts[i].data();
+            let take = match intercept_kind(ip, f) {
+                Intercept::Pass => false,
+                Intercept::LearnAndPass => {
+                    if !self.push(Relayed::Learn(f.to_vec())) {
+                        out.drops.inc(DropReason::LocalInboxFull);
+                    }
+                    false
+                }
+                Intercept::Take => true,
+            };
+            if !take {
+                burst.pkts.swap(keep, i);
+                keep += 1;
+            }
+        }
+        for p in burst.pkts.drain(keep..) {
+            self.hand_over(p, out);
+        }
+    }
+
+    /// Hands one frame for the stack over (its buffer is freed here).
+    fn hand_over<B: PacketBuf>(&self, p: B, out: &mut Output<B>) {
+        if !self.push(Relayed::Deliver(p.data().to_vec())) {
+            out.drop(DropReason::LocalInboxFull, p);
+        }
+    }
+}
+
+/// A PMD's pipeline when the local stack runs on another PMD: hands the
+/// frames the stack serves to it (see the module documentation).
+pub struct StackRelay<P> {
+    inner: P,
+    inbox: Arc<StackInbox>,
+}
+
+impl<P> std::fmt::Debug for StackRelay<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StackRelay")
+            .field("inbox", &self.inbox)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P> StackRelay<P> {
+    /// Wraps `inner`, relaying to the stack that drains `inbox`.
+    pub fn new(inner: P, inbox: Arc<StackInbox>) -> Self {
+        StackRelay { inner, inbox }
+    }
+
+    /// The wrapped pipeline.
+    pub fn inner(&self) -> &P {
+        &self.inner
+    }
+
+    fn relay_local<B: PacketBuf>(&self, out: &mut Output<B>) {
+        let mut local = std::mem::take(&mut out.local);
+        for p in local.drain(..) {
+            self.inbox.hand_over(p, out);
+        }
+        out.local = local;
+    }
+}
+
+impl<B: PacketBuf, P: Pipeline<B>> Pipeline<B> for StackRelay<P> {
+    fn dump_caches(&self) -> String {
+        self.inner.dump_caches()
+    }
+
+    fn set_ports(&mut self, ports: &[PortNo]) {
+        self.inner.set_ports(ports);
+    }
+
+    fn process(&mut self, now: Nanos, burst: &mut Burst<B>, out: &mut Output<B>) {
+        if burst.in_port == self.inbox.uplink {
+            self.inbox.intercept(burst, out);
+        }
+        self.inner.process(now, burst, out);
+        if !out.local.is_empty() {
+            self.relay_local(out);
+        }
+    }
+
+    fn maintain(&mut self, now: Nanos, out: &mut Output<B>) {
+        self.inner.maintain(now, out);
+        if !out.local.is_empty() {
+            self.relay_local(out);
+        }
+    }
 }
 
 /// Shared handle: neighbour cache access for control commands, counters.
@@ -319,6 +523,8 @@ pub struct LocalStack<P, A> {
     announced: bool,
     /// ICMP fragmentation-needed answers from the tunnels, to send.
     icmp: Option<Arc<ArrayQueue<IcmpReply>>>,
+    /// Frames the other PMDs received for the stack.
+    inbox: Arc<StackInbox>,
 }
 
 impl<P, A> std::fmt::Debug for LocalStack<P, A> {
@@ -392,6 +598,8 @@ impl<P, A> LocalStack<P, A> {
             local_mac: config.mac,
             ..neigh_config
         };
+        let inbox = Arc::new(StackInbox::new(config.uplink));
+        inbox.set_ip(config.ip);
         let config = Arc::new(config);
         let control = StackControl {
             neigh: Arc::new(Mutex::new(NeighCache::new(neigh_config, neigh))),
@@ -409,7 +617,20 @@ impl<P, A> LocalStack<P, A> {
             control,
             announced: false,
             icmp: None,
+            inbox,
         })
+    }
+
+    /// The inbox the [`StackRelay`]s of the other PMDs hand frames to.
+    pub fn inbox(&self) -> Arc<StackInbox> {
+        self.inbox.clone()
+    }
+
+    /// Drains `inbox` instead of its own (an [`Overlay`](overlay::Overlay)
+    /// makes the inbox before the pipelines, whatever their order).
+    pub fn set_inbox(&mut self, inbox: Arc<StackInbox>) {
+        inbox.set_ip(self.config.ip);
+        self.inbox = inbox;
     }
 
     /// Sends the ICMP fragmentation-needed answers the tunnels queue
@@ -451,17 +672,13 @@ impl<P, A> LocalStack<P, A> {
         let mut keep = 0;
         for i in 0..n {
             let f = burst.pkts[i].data();
-            let ours = match f.get(12..14) {
-                Some([0x08, 0x06]) if f.get(38..42) == Some(&ip[..]) => {
-                    if f.get(20..22) == Some(&[0, 2]) {
-                        self.learn_arp_reply(now, f);
-                        false
-                    } else {
-                        true
-                    }
+            let ours = match intercept_kind(ip, f) {
+                Intercept::Pass => false,
+                Intercept::LearnAndPass => {
+                    self.learn_arp_reply(now, f);
+                    false
                 }
-                Some([0x08, 0x00]) => f.get(30..34) == Some(&ip[..]) && is_echo_request(f),
-                _ => false,
+                Intercept::Take => true,
             };
             if !ours {
                 burst.pkts.swap(keep, i);
@@ -540,6 +757,7 @@ impl<P, A> LocalStack<P, A> {
         let cfg = Arc::new(cfg);
         self.config = cfg.clone();
         self.control.config.store(cfg);
+        self.inbox.set_ip(ip);
         let cidr = IpCidr::new(IpAddress::Ipv4(ip), prefix_len);
         self.iface.update_ip_addrs(|a| {
             a.clear();
@@ -606,7 +824,30 @@ impl<P, A> LocalStack<P, A> {
         }
         // Give the (now empty) vector back so its capacity is reused.
         out.local = local;
+        self.drain_inbox(now, out);
         self.poll_stack(now, out);
+    }
+
+    /// Takes the frames the other PMDs handed over, as `deliver` takes
+    /// its own.
+    fn drain_inbox<B: PacketBuf>(&mut self, now: Nanos, out: &mut Output<B>) {
+        let inbox = self.inbox.clone();
+        while let Some(r) = inbox.queue.pop() {
+            self.control.stats.relayed.inc();
+            match r {
+                Relayed::Learn(f) => self.learn_arp_reply(now, &f),
+                Relayed::Deliver(f) => {
+                    self.control.stats.rx.inc();
+                    if let Some((2, ..)) = parse_arp(&f) {
+                        self.learn_arp_reply(now, &f);
+                    } else if self.is_for_us(&f) {
+                        self.device.rx.push_back(f);
+                    } else {
+                        out.drops.inc(DropReason::LocalNotForUs);
+                    }
+                }
+            }
+        }
     }
 
     fn poll_stack<B: PacketBuf>(&mut self, now: Nanos, out: &mut Output<B>)
@@ -640,7 +881,7 @@ impl<B: PacketBuf, P: Pipeline<B>, A: BufAlloc<B> + Send> Pipeline<B> for LocalS
             self.intercept(now, burst, out);
         }
         self.inner.process(now, burst, out);
-        if !out.local.is_empty() || !self.device.rx.is_empty() {
+        if !out.local.is_empty() || !self.device.rx.is_empty() || !self.inbox.is_empty() {
             self.deliver(now, out);
         }
         if self.icmp.as_ref().is_some_and(|q| !q.is_empty()) {
@@ -650,7 +891,7 @@ impl<B: PacketBuf, P: Pipeline<B>, A: BufAlloc<B> + Send> Pipeline<B> for LocalS
 
     fn maintain(&mut self, now: Nanos, out: &mut Output<B>) {
         self.inner.maintain(now, out);
-        if !out.local.is_empty() {
+        if !out.local.is_empty() || !self.inbox.is_empty() {
             self.deliver(now, out);
         }
         self.apply_address_change();

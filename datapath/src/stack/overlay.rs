@@ -7,8 +7,10 @@
 //! built once at start from it and the uplink port; for each PMD it hands
 //! out the Geneve tunnel hook ([`Overlay::tunnel_hook`]) and wraps the
 //! flow pipeline ([`Overlay::wrap`]): every PMD gets port security and the
-//! ARP responder ([`Ingress`]); PMD 0 also runs the [`LocalStack`] (VTEP
-//! address, neighbour cache). Without `vtep_ip` the tunnels have no local
+//! ARP responder ([`Ingress`]); with an uplink, PMD 0 also runs the
+//! [`LocalStack`] (VTEP address, neighbour cache) and every other PMD a
+//! [`StackRelay`] handing it the stack's frames that PMD receives (the
+//! uplink may be polled by any PMD). Without `vtep_ip` the tunnels have no local
 //! VTEP (decap drops `tunnel_not_local`, encap `tunnel_unknown_vtep`) and
 //! no local stack runs.
 //!
@@ -16,6 +18,7 @@
 //! thread; the values it hands out are per-PMD or shared handles.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use crate::ctl::registry::{Registry, RegistryError};
 use crate::ctl::typed::register;
@@ -24,7 +27,7 @@ use crate::neigh::ingress::{Ingress, IngressControl, PortBinding};
 use crate::neigh::table::NeighTable;
 use crate::packet::{BufAlloc, Burst, Output, PacketBuf, PortNo};
 use crate::pipeline::Pipeline;
-use crate::stack::{LocalStack, StackConfig, StackControl, StackError};
+use crate::stack::{LocalStack, StackConfig, StackControl, StackError, StackInbox, StackRelay};
 use crate::time::Nanos;
 use crate::tunnel::{GeneveTunnels, TunnelConfig, Tunnels};
 
@@ -191,8 +194,11 @@ impl OverlayConfig {
 pub enum OverlayPipeline<P, A> {
     /// Port security and ARP responder.
     Ingress(Ingress<P>),
-    /// The same, plus the local stack (PMD 0 with a VTEP address).
+    /// The same, plus the local stack (PMD 0, with an uplink).
     Stack(Box<LocalStack<Ingress<P>, A>>),
+    /// The same, handing the stack's frames to PMD 0 (the other PMDs, with
+    /// an uplink).
+    Relay(StackRelay<Ingress<P>>),
 }
 
 impl<P, A> std::fmt::Debug for OverlayPipeline<P, A> {
@@ -200,6 +206,7 @@ impl<P, A> std::fmt::Debug for OverlayPipeline<P, A> {
         match self {
             OverlayPipeline::Ingress(_) => f.write_str("OverlayPipeline::Ingress"),
             OverlayPipeline::Stack(_) => f.write_str("OverlayPipeline::Stack"),
+            OverlayPipeline::Relay(_) => f.write_str("OverlayPipeline::Relay"),
         }
     }
 }
@@ -214,6 +221,7 @@ where
         match self {
             OverlayPipeline::Ingress(p) => p.dump_caches(),
             OverlayPipeline::Stack(p) => p.dump_caches(),
+            OverlayPipeline::Relay(p) => p.dump_caches(),
         }
     }
 
@@ -221,6 +229,7 @@ where
         match self {
             OverlayPipeline::Ingress(p) => p.process(now, burst, out),
             OverlayPipeline::Stack(p) => p.process(now, burst, out),
+            OverlayPipeline::Relay(p) => p.process(now, burst, out),
         }
     }
 
@@ -228,6 +237,7 @@ where
         match self {
             OverlayPipeline::Ingress(p) => p.maintain(now, out),
             OverlayPipeline::Stack(p) => p.maintain(now, out),
+            OverlayPipeline::Relay(p) => p.maintain(now, out),
         }
     }
 
@@ -235,6 +245,7 @@ where
         match self {
             OverlayPipeline::Ingress(p) => p.set_ports(ports),
             OverlayPipeline::Stack(p) => p.set_ports(ports),
+            OverlayPipeline::Relay(p) => p.set_ports(ports),
         }
     }
 }
@@ -277,6 +288,9 @@ pub struct Overlay {
     pub ingress: IngressControl,
     uplink: Option<(PortNo, [u8; 6])>,
     stack: Option<StackControl>,
+    /// With an uplink: where the PMDs other than the stack's hand it the
+    /// frames they receive for it.
+    inbox: Option<Arc<StackInbox>>,
 }
 
 impl Overlay {
@@ -312,11 +326,13 @@ impl Overlay {
             ingress,
             uplink,
             stack: None,
+            inbox: uplink.map(|(port, _)| Arc::new(StackInbox::new(port))),
         }
     }
 
     /// The local stack's control handle (PMD 0 runs the stack when an
-    /// uplink is configured; set once the pipelines are wrapped).
+    /// uplink is configured, whichever PMDs poll it; set once the
+    /// pipelines are wrapped).
     pub fn stack(&self) -> Option<&StackControl> {
         self.stack.as_ref()
     }
@@ -326,8 +342,9 @@ impl Overlay {
         self.tunnels.hook(pmd)
     }
 
-    /// Wraps PMD `pmd`'s pipeline. PMD 0 runs the local stack when a VTEP
-    /// address and an uplink are configured; `alloc` gives it buffers.
+    /// Wraps PMD `pmd`'s pipeline. With an uplink, PMD 0 runs the local
+    /// stack (`alloc` gives it buffers) and every other PMD relays the
+    /// stack's frames it receives to it.
     ///
     /// # Errors
     /// A sentence when the local stack cannot be built.
@@ -358,10 +375,16 @@ impl Overlay {
                     NeighConfig::default(),
                 )?;
                 s.set_icmp_source(self.tunnels.icmp_queue());
+                if let Some(inbox) = &self.inbox {
+                    s.set_inbox(inbox.clone());
+                }
                 self.stack = Some(s.control());
                 Ok(OverlayPipeline::Stack(Box::new(s)))
             }
-            _ => Ok(OverlayPipeline::Ingress(ingress)),
+            _ => Ok(match &self.inbox {
+                Some(inbox) => OverlayPipeline::Relay(StackRelay::new(ingress, inbox.clone())),
+                None => OverlayPipeline::Ingress(ingress),
+            }),
         }
     }
 
@@ -470,7 +493,7 @@ mod tests {
         let p0 = o.wrap(0, Fwd, HeapAlloc).expect("pmd0");
         let p1 = o.wrap(1, Fwd, HeapAlloc).expect("pmd1");
         assert!(matches!(p0, OverlayPipeline::Stack(_)));
-        assert!(matches!(p1, OverlayPipeline::Ingress(_)));
+        assert!(matches!(p1, OverlayPipeline::Relay(_)));
         let r = Registry::new();
         o.register_commands(&r).expect("register");
         let names = r.command_names();

@@ -547,3 +547,147 @@ fn the_neighbour_table_is_bounded_and_counts_a_flood() {
     assert_eq!(show.neigh_evicted, asked - 63, "{show:?}");
     assert!(show.neigh_want_dropped > 0, "{show:?}");
 }
+
+/// Forwards everything to port 1 (the flow program of the relay tests).
+struct ToPort1;
+impl<B: PacketBuf> Pipeline<B> for ToPort1 {
+    fn process(&mut self, _: Nanos, burst: &mut Burst<B>, out: &mut Output<B>) {
+        for p in burst.pkts.drain(..) {
+            out.send(PortNo(1), p);
+        }
+    }
+}
+
+/// Issue 16, point 6: the uplink polled by a PMD other than the stack's.
+/// The relay takes the ARP request and the echo request for the VTEP out
+/// of its burst, copies the ARP reply to the VTEP and lets it (and Geneve)
+/// go on to the flow program, and hands the flow program's `local`
+/// packets over too; the stack's PMD, with no traffic of its own, answers
+/// from `maintain` on the uplink, and learns the neighbour it asked for.
+#[test]
+fn a_relay_on_another_pmd_hands_the_stacks_frames_to_it() {
+    let t = NeighTable::new();
+    let mut owner = LocalStack::new(
+        ToPort1,
+        HeapAlloc,
+        StackConfig {
+            ip: VTEP,
+            prefix_len: 24,
+            mac: MAC,
+            uplink: UPLINK,
+            mtu: 1500,
+        },
+        t.clone(),
+        NeighConfig::default(),
+    )
+    .expect("stack");
+    let inbox = Arc::new(StackInbox::new(UPLINK));
+    owner.set_inbox(inbox.clone());
+    let mut relay = StackRelay::new(ToPort1, inbox.clone());
+    // The owner starts: gratuitous ARP, and a request for PEER that the
+    // tunnels want.
+    let mut reader = t.reader();
+    assert_eq!(reader.resolve(PEER), None);
+    let mut o = Output::new(8);
+    owner.maintain(0, &mut o);
+    assert_eq!(o.take(UPLINK).len(), 2, "gratuitous ARP + request");
+
+    let geneve = PacketBuilder::ethernet2(PEER_MAC, MAC)
+        .ipv4(PEER.octets(), VTEP.octets(), 64)
+        .udp(5000, 6081);
+    let mut g = Vec::new();
+    geneve.write(&mut g, &[0u8; 30]).expect("build");
+    let b = PacketBuilder::ethernet2(PEER_MAC, MAC)
+        .ipv4(PEER.octets(), VTEP.octets(), 64)
+        .icmpv4_echo_request(0x99, 1);
+    let mut ping = Vec::new();
+    b.write(&mut ping, b"relayed").expect("build");
+    let arp_req = arp_frame(1, [0xff; 6], PEER_MAC, PEER, [0; 6], VTEP).to_vec();
+    let arp_reply = arp_frame(2, MAC, PEER_MAC, PEER, MAC, VTEP).to_vec();
+    let mut r = Output::new(8);
+    let mut burst = Burst::new(UPLINK);
+    for f in [&g, &arp_req, &ping, &arp_reply] {
+        burst.pkts.push(HeapBuf::from_frame(f));
+    }
+    relay.process(1, &mut burst, &mut r);
+    let passed: Vec<Vec<u8>> = r.take(PortNo(1)).iter().map(|p| p.data().to_vec()).collect();
+    assert_eq!(passed, vec![g.clone(), arp_reply.clone()], "Geneve and the ARP reply go on, in order");
+    assert!(r.take(UPLINK).is_empty(), "the relay answers nothing itself");
+    assert_eq!(r.drops.total(), 0);
+    assert_eq!(inbox.len(), 3, "ARP request, echo request, ARP reply copy");
+    // A packet the relay's flow program sends to `local`: handed over.
+    let mut burst = Burst::new(PortNo(1));
+    burst.pkts.push(HeapBuf::from_frame(&g));
+    struct ToLocalOnce;
+    impl<B: PacketBuf> Pipeline<B> for ToLocalOnce {
+        fn process(&mut self, _: Nanos, burst: &mut Burst<B>, out: &mut Output<B>) {
+            for p in burst.pkts.drain(..) {
+                out.send(PortNo::LOCAL, p);
+            }
+        }
+    }
+    let mut relay_local = StackRelay::new(ToLocalOnce, inbox.clone());
+    relay_local.process(1, &mut burst, &mut r);
+    assert!(r.local.is_empty(), "nothing left for pmd.rs to drop as local_no_stack");
+    assert_eq!(inbox.len(), 4);
+
+    // The owner, with no burst of its own, serves them from `maintain`.
+    let mut o = Output::new(8);
+    owner.maintain(2_000_000, &mut o);
+    assert!(inbox.is_empty());
+    let sent = o.take(UPLINK);
+    let mut arp_answered = false;
+    let mut echo_answered = false;
+    for p in &sent {
+        if parse_arp(p.data()) == Some((2, MAC, VTEP, PEER_MAC, PEER)) {
+            arp_answered = true;
+        }
+        if let Ok(s) = SlicedPacket::from_ethernet(p.data()) {
+            if let Some(TransportSlice::Icmpv4(icmp)) = &s.transport {
+                if let Icmpv4Type::EchoReply(h) = icmp.icmp_type() {
+                    echo_answered = (h.id, h.seq) == (0x99, 1);
+                }
+            }
+        }
+    }
+    assert!(arp_answered && echo_answered, "answers on the uplink: {sent:?}");
+    assert_eq!(reader.resolve(PEER), Some(PEER_MAC), "the relayed reply was learnt");
+    // The Geneve frame the relay's program sent to `local` is not the
+    // stack's: counted, as on the stack's own PMD.
+    assert_eq!(o.drops.get(DropReason::LocalNotForUs), 1);
+    let st = owner.control().stats.clone();
+    assert_eq!(st.relayed.get(), 4);
+}
+
+/// A full inbox drops what does not fit, counted on the relaying PMD.
+#[test]
+fn a_full_inbox_drops_and_counts() {
+    let inbox = Arc::new(StackInbox::new(UPLINK));
+    inbox.set_ip(VTEP);
+    let mut relay = StackRelay::new(ToPort1, inbox.clone());
+    let arp_req = arp_frame(1, [0xff; 6], PEER_MAC, PEER, [0; 6], VTEP);
+    let mut r = Output::new(8);
+    for _ in 0..INBOX_FRAMES + 5 {
+        let mut burst = Burst::new(UPLINK);
+        burst.pkts.push(HeapBuf::from_frame(&arp_req));
+        relay.process(0, &mut burst, &mut r);
+    }
+    assert_eq!(inbox.len(), INBOX_FRAMES);
+    assert_eq!(r.drops.get(DropReason::LocalInboxFull), 5);
+    assert!(r.take(PortNo(1)).is_empty());
+}
+
+/// A dormant stack (no address yet): the relay intercepts nothing.
+#[test]
+fn a_relay_of_a_dormant_stack_intercepts_nothing() {
+    let inbox = Arc::new(StackInbox::new(UPLINK));
+    let mut relay = StackRelay::new(ToPort1, inbox.clone());
+    let mut r = Output::new(8);
+    let mut burst = Burst::new(UPLINK);
+    burst
+        .pkts
+        .push(HeapBuf::from_frame(&arp_frame(1, [0xff; 6], PEER_MAC, PEER, [0; 6], VTEP)));
+    relay.process(0, &mut burst, &mut r);
+    assert_eq!(r.take(PortNo(1)).len(), 1);
+    assert!(inbox.is_empty());
+}
