@@ -87,7 +87,7 @@ pub struct DatapathConfig {
     pub state_file: Option<String>,
     /// How often `state_file` is rewritten, ms.
     pub state_interval_ms: u64,
-    /// MAC table entries per core.
+    /// MAC table entries (one table shared by every PMD).
     pub mac_table_size: usize,
     /// MAC aging in seconds.
     pub mac_aging_s: u64,

@@ -485,7 +485,7 @@ impl Run {
     fn ledger(&self) -> Ledger {
         let rx = match &self.dp.pipe {
             OverlayPipeline::Stack(s) => s.control().stats.rx.get(),
-            OverlayPipeline::Ingress(_) => 0,
+            OverlayPipeline::Ingress(_) | OverlayPipeline::Relay(_) => 0,
         };
         let not_for_us = self.out.drops.get(DropReason::LocalNotForUs);
         Ledger {
@@ -500,7 +500,7 @@ impl Run {
     fn stack_tx(&self) -> u64 {
         match &self.dp.pipe {
             OverlayPipeline::Stack(s) => s.control().stats.tx.get(),
-            OverlayPipeline::Ingress(_) => 0,
+            OverlayPipeline::Ingress(_) | OverlayPipeline::Relay(_) => 0,
         }
     }
 

@@ -44,8 +44,8 @@
 //! frames through its device queues), and the neighbour cache sits behind a
 //! mutex that only this PMD's `maintain`/local delivery and control
 //! commands (`dump-neighbours`, `flush-neighbours`) take. The per-packet
-//! forwarding path is untouched: bursts without local packets cost one
-//! `is_empty` check.
+//! forwarding path is untouched: bursts without local packets cost three
+//! `is_empty` checks (its `local` packets, smoltcp's queue, the inbox).
 //!
 //! The stack runs on one PMD (PMD 0, its owner) whichever PMDs poll the
 //! uplink: every other PMD's pipeline is wrapped in a [`StackRelay`],
