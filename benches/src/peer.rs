@@ -123,6 +123,12 @@ pub struct Counters {
     pub upcalls: Option<u64>,
     /// Drops by reason.
     pub drops: BTreeMap<String, u64>,
+    /// CPU time the forwarding threads got, summed over them, ns (sluiced:
+    /// its `pmd*` threads' `/proc/PID/task/TID/schedstat`). Packets per
+    /// PMD CPU-second do not depend on how much of the cores other
+    /// processes took, where Mpps does.
+    #[serde(default)]
+    pub pmd_cpu_ns: Option<u64>,
 }
 
 fn sub(a: Option<u64>, b: Option<u64>) -> Option<u64> {
@@ -141,6 +147,7 @@ impl Counters {
             smc_hits: sub(self.smc_hits, before.smc_hits),
             megaflow_hits: sub(self.megaflow_hits, before.megaflow_hits),
             upcalls: sub(self.upcalls, before.upcalls),
+            pmd_cpu_ns: sub(self.pmd_cpu_ns, before.pmd_cpu_ns),
             drops: self
                 .drops
                 .iter()
@@ -240,7 +247,7 @@ impl Cores {
         }
     }
 
-    /// sluiced's PMD cores, as its `cores` key takes them.
+    /// sluiced's PMD cores, as its `--cores` option takes them.
     pub fn sluiced_pmds(&self) -> String {
         std::iter::once(self.pmd)
             .chain(self.extra_pmds.iter().copied())
@@ -272,8 +279,8 @@ pub fn split_pcap(pcap: &Path, n: usize) -> Result<Vec<PathBuf>, PeerError> {
     let frames = crate::pcap::read_all(std::io::BufReader::new(file)).map_err(|e| io(pcap, &e))?;
     for (i, path) in paths.iter().enumerate() {
         let f = std::fs::File::create(path).map_err(|e| io(path, &e))?;
-        let mut w = crate::pcap::PcapWriter::new(std::io::BufWriter::new(f))
-            .map_err(|e| io(path, &e))?;
+        let mut w =
+            crate::pcap::PcapWriter::new(std::io::BufWriter::new(f)).map_err(|e| io(path, &e))?;
         for frame in frames.iter().skip(i).step_by(n) {
             w.write_frame(frame).map_err(|e| io(path, &e))?;
         }
@@ -373,13 +380,19 @@ impl Sluiced {
             "[coe]\nnode_type = BAREMETAL\n\n[nsx_node_agent]\novs_bridge = br-bench\novs_uplink_port = {uplink}\n\n\
              [datapath]\ncores = {pmd}\nmain_core = {main}\nfile_prefix = {prefix}\n\
              hugepages = auto\nmbufs = {mbufs}\npipeline = flow\nctl_socket = {socket}\n{extra_config}\n{ports}",
-            pmd = cores.sluiced_pmds(),
+            pmd = cores.pmd,
             main = cores.main,
             socket = socket.display(),
         );
         write(&config, &text)?;
         let mut cmd = Command::new(binary);
         cmd.arg("--config").arg(&config);
+        if !cores.extra_pmds.is_empty() {
+            // On the command line the PMD cores may include the main
+            // core (a 2-core machine has no third one); the config's
+            // `cores` may not.
+            cmd.arg("--cores").arg(cores.sluiced_pmds());
+        }
         let mut daemon = Daemon::spawn("sluiced", cmd)?;
         daemon.wait_line("{\"event\":\"ready\"", START_TIMEOUT, |l| {
             l.contains("\"event\":\"ready\"")
@@ -591,7 +604,9 @@ impl Peer for Sluiced {
     fn counters(&mut self) -> Result<(Counters, Instant), PeerError> {
         let stats = self.call::<PmdStatsShow>(&Empty {}, "refused pmd-stats-show")?;
         let at = Instant::now();
-        Ok((sluiced_counters(&stats), at))
+        let mut c = sluiced_counters(&stats);
+        c.pmd_cpu_ns = process::threads_cpu_ns(self.daemon.pid(), "pmd").ok();
+        Ok((c, at))
     }
 
     fn alive(&mut self) -> Result<(), PeerError> {

@@ -398,6 +398,32 @@ pub fn rss_bytes(pid: u32) -> Result<u64, String> {
     parse_vmrss(&text).ok_or_else(|| format!("{path} has no VmRSS line"))
 }
 
+/// The CPU time (ns on a CPU, from `/proc/PID/task/TID/schedstat`) of
+/// process `pid`'s threads whose name starts with `prefix`, summed.
+///
+/// # Errors
+/// A sentence when the process's threads cannot be listed or none has the
+/// name.
+pub fn threads_cpu_ns(pid: u32, prefix: &str) -> Result<u64, String> {
+    let dir = format!("/proc/{pid}/task");
+    let tasks = std::fs::read_dir(&dir).map_err(|e| format!("cannot list {dir}: {e}"))?;
+    let mut total = None;
+    for t in tasks.flatten() {
+        let path = t.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let ns = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
+        if let Some(ns) = ns {
+            total = Some(total.unwrap_or(0) + ns);
+        }
+    }
+    total.ok_or_else(|| format!("no thread of {pid} named {prefix}* with a schedstat"))
+}
+
 /// The runtime directory DPDK leaves for a `--file-prefix`
 /// (`/var/run/dpdk/PREFIX`), removed on drop. Declare it after the
 /// [`Daemon`] that uses the prefix, so that it is dropped once that daemon
@@ -442,6 +468,31 @@ fn spawn_piped(cmd: &mut Command, program: String) -> Result<Child, ProcessError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The CPU time of this process's threads of one name: a thread that
+    /// did some work has some, a name no thread has is an error.
+    #[test]
+    fn threads_cpu_ns_sums_the_named_threads() {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::Builder::new()
+            .name("cpuprobe".into())
+            .spawn(move || {
+                let mut x = 0u64;
+                for i in 0..20_000_000u64 {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+                }
+                done_tx.send(x).expect("send");
+                let _ = release_rx.recv();
+            })
+            .expect("spawn");
+        done_rx.recv().expect("worked");
+        let ns = threads_cpu_ns(std::process::id(), "cpuprobe").expect("the thread");
+        assert!(ns > 0);
+        assert!(threads_cpu_ns(std::process::id(), "no-such-thread").is_err());
+        release_tx.send(()).expect("release");
+        t.join().expect("join");
+    }
 
     /// Spawns `sh -c script` and waits (5 s at most) for a line `ready`.
     fn sh_until_ready(script: &str) -> (Daemon, Result<Line, ProcessError>) {

@@ -441,6 +441,8 @@ mod tests {
                 upcalls: Some(0),
                 ..Counters::default()
             },
+            pmd_cpus: None,
+            mpps_per_pmd_cpu: None,
         };
         Outcome {
             peer,

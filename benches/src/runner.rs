@@ -96,6 +96,14 @@ pub struct Measurement {
     pub busy_cycles_per_packet: Option<f64>,
     /// Counter differences over the interval.
     pub counters: Counters,
+    /// CPU the forwarding threads got over the interval, in cores (1.0:
+    /// one core all the time), when the peer says.
+    #[serde(default)]
+    pub pmd_cpus: Option<f64>,
+    /// Million packets per second of forwarding-thread CPU time: the rate
+    /// they would reach on cores of their own.
+    #[serde(default)]
+    pub mpps_per_pmd_cpu: Option<f64>,
 }
 
 impl Measurement {
@@ -111,6 +119,11 @@ impl Measurement {
             mpps: counters.rx_packets as f64 / seconds / 1e6,
             cycles_per_packet: total.map(|t| t as f64 / rx),
             busy_cycles_per_packet: busy.map(|b| b as f64 / rx),
+            pmd_cpus: counters.pmd_cpu_ns.map(|ns| ns as f64 / 1e9 / seconds),
+            mpps_per_pmd_cpu: counters
+                .pmd_cpu_ns
+                .filter(|&ns| ns > 0)
+                .map(|ns| counters.rx_packets as f64 / (ns as f64 / 1e9) / 1e6),
             counters,
         }
     }

@@ -30,7 +30,7 @@ fn memif_latency_smoke_on_sluiced() {
         sluiced: bin,
         testpmd: "/usr/bin/dpdk-testpmd".into(),
         work_dir: work.path().to_path_buf(),
-        cores: Cores { main: 0, pmd: 1 },
+        cores: Cores::one(0, 1),
         rates: vec![Some(100_000), None],
         warmup: Duration::from_millis(300),
         interval: Duration::from_millis(500),

@@ -46,7 +46,7 @@ fn mixed_parts_take_their_flows_on_sluiced() {
         work.path(),
         &pcap,
         frames,
-        &Cores { main: 0, pmd: 1 },
+        &Cores::one(0, 1),
         &sc.sluice_config(),
     )
     .expect("sluiced starts");

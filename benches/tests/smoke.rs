@@ -28,7 +28,7 @@ fn l2_smoke_on_sluiced() {
         sluiced: bin,
         testpmd: "/usr/bin/dpdk-testpmd".into(),
         ovs: OvsPaths::default(),
-        cores: Cores { main: 0, pmd: 1 },
+        cores: Cores::one(0, 1),
         program_budget: Duration::from_secs(60),
     };
     let o = run_one(PeerKind::Sluiced, &Scenario::new(Kind::L2, 64, 0), &cfg);

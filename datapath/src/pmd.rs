@@ -1612,7 +1612,10 @@ mod tests {
         // A broadcasts on port 1 (PMD 0): flooded, A learned.
         h1.inject(&frame([0xff; 6], a));
         for h in [&h2, &h3, &h4] {
-            assert_eq!(wait_for_frames(h, "the broadcast"), vec![frame([0xff; 6], a)]);
+            assert_eq!(
+                wait_for_frames(h, "the broadcast"),
+                vec![frame([0xff; 6], a)]
+            );
         }
         // C on port 3 (PMD 1) to A: port 1 only.
         h3.inject(&frame(a, c));
@@ -1628,7 +1631,10 @@ mod tests {
         assert_eq!((l2[0].unicast.get(), l2[0].flooded.get()), (1, 1));
         // A moves to port 4 (PMD 1) and talks to C there.
         h4.inject(&frame(c, a));
-        assert_eq!(wait_for_frames(&h3, "A to C from port 4"), vec![frame(c, a)]);
+        assert_eq!(
+            wait_for_frames(&h3, "A to C from port 4"),
+            vec![frame(c, a)]
+        );
         // B on port 2 (PMD 0) to A: to port 4, where A is now.
         h2.inject(&frame(a, b));
         assert_eq!(wait_for_frames(&h4, "B to A"), vec![frame(a, b)]);
@@ -1641,7 +1647,12 @@ mod tests {
         for p in pmds {
             p.join().unwrap();
         }
-        for (h, what) in [(&h1, "port 1"), (&h2, "port 2"), (&h3, "port 3"), (&h4, "port 4")] {
+        for (h, what) in [
+            (&h1, "port 1"),
+            (&h2, "port 2"),
+            (&h3, "port 3"),
+            (&h4, "port 4"),
+        ] {
             assert!(h.collect().is_empty(), "{what} got a flooded copy");
         }
         assert_eq!(l2[1].flooded.get(), 0);

@@ -223,13 +223,16 @@ impl Shared {
         let s = &self.slots[i];
         let m = s.meta.load(Ordering::Relaxed);
         let seq = m >> 32;
-        s.meta.store((seq + 1) << 32 | (m & 0xffff_ffff), Ordering::Relaxed);
+        s.meta
+            .store((seq + 1) << 32 | (m & 0xffff_ffff), Ordering::Relaxed);
         std::sync::atomic::fence(Ordering::Release);
         s.key.store(key, Ordering::Relaxed);
         s.seen.store(seen, Ordering::Relaxed);
         let flags = if is_static { STATIC_BIT } else { 0 };
-        s.meta
-            .store((seq + 2) << 32 | flags | u64::from(port.0), Ordering::Release);
+        s.meta.store(
+            (seq + 2) << 32 | flags | u64::from(port.0),
+            Ordering::Release,
+        );
     }
 
     /// With the writers' mutex: the slot holding `key`, or the first free
@@ -319,7 +322,11 @@ impl Shared {
     }
 
     /// Removes every live entry `f` selects (writers' mutex held).
-    fn remove_where(&self, w: &mut Writer, mut f: impl FnMut(PortNo, bool, Nanos) -> bool) -> usize {
+    fn remove_where(
+        &self,
+        w: &mut Writer,
+        mut f: impl FnMut(PortNo, bool, Nanos) -> bool,
+    ) -> usize {
         let mut n = 0;
         for i in 0..self.slots.len() {
             let s = &self.slots[i];
@@ -617,7 +624,11 @@ impl MacTable {
                     *b = (k >> (40 - 8 * i)) as u8;
                 }
                 let vlan = (k >> 48) as u16;
-                let age = if is_static { now } else { now.saturating_sub(seen) };
+                let age = if is_static {
+                    now
+                } else {
+                    now.saturating_sub(seen)
+                };
                 (mac, vlan, port, is_static, age)
             })
             .collect()
@@ -1122,7 +1133,7 @@ mod tests {
             threads.push(std::thread::spawn(move || {
                 for n in 0..20_000u64 {
                     let i = (n % 48) as u16;
-                    t.learn(mac(i), 0, PortNo(2 * i + (n / 48 % 2) as u16 ^ w), n);
+                    t.learn(mac(i), 0, PortNo((2 * i + (n / 48 % 2) as u16) ^ w), n);
                     let j = ((n * 7) % 48) as u16;
                     if let Some(p) = t.lookup(mac(j), 0, n) {
                         assert!(ok(j, p), "address {j} read as on port {p:?}");
@@ -1137,10 +1148,10 @@ mod tests {
             while !d.load(Ordering::Relaxed) || n < 1_000 {
                 let i = (n % 48) as u16;
                 c.remove(mac(i), 0);
-                if n % 5 == 0 {
+                if n.is_multiple_of(5) {
                     c.expire(n * 10);
                 }
-                if n % 7 == 0 {
+                if n.is_multiple_of(7) {
                     c.add_static(mac(i), 0, PortNo(2 * i));
                     c.remove(mac(i), 0);
                 }

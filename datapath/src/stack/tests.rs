@@ -610,9 +610,20 @@ fn a_relay_on_another_pmd_hands_the_stacks_frames_to_it() {
         burst.pkts.push(HeapBuf::from_frame(f));
     }
     relay.process(1, &mut burst, &mut r);
-    let passed: Vec<Vec<u8>> = r.take(PortNo(1)).iter().map(|p| p.data().to_vec()).collect();
-    assert_eq!(passed, vec![g.clone(), arp_reply.clone()], "Geneve and the ARP reply go on, in order");
-    assert!(r.take(UPLINK).is_empty(), "the relay answers nothing itself");
+    let passed: Vec<Vec<u8>> = r
+        .take(PortNo(1))
+        .iter()
+        .map(|p| p.data().to_vec())
+        .collect();
+    assert_eq!(
+        passed,
+        vec![g.clone(), arp_reply.clone()],
+        "Geneve and the ARP reply go on, in order"
+    );
+    assert!(
+        r.take(UPLINK).is_empty(),
+        "the relay answers nothing itself"
+    );
     assert_eq!(r.drops.total(), 0);
     assert_eq!(inbox.len(), 3, "ARP request, echo request, ARP reply copy");
     // A packet the relay's flow program sends to `local`: handed over.
@@ -628,7 +639,10 @@ fn a_relay_on_another_pmd_hands_the_stacks_frames_to_it() {
     }
     let mut relay_local = StackRelay::new(ToLocalOnce, inbox.clone());
     relay_local.process(1, &mut burst, &mut r);
-    assert!(r.local.is_empty(), "nothing left for pmd.rs to drop as local_no_stack");
+    assert!(
+        r.local.is_empty(),
+        "nothing left for pmd.rs to drop as local_no_stack"
+    );
     assert_eq!(inbox.len(), 4);
 
     // The owner, with no burst of its own, serves them from `maintain`.
@@ -650,8 +664,15 @@ fn a_relay_on_another_pmd_hands_the_stacks_frames_to_it() {
             }
         }
     }
-    assert!(arp_answered && echo_answered, "answers on the uplink: {sent:?}");
-    assert_eq!(reader.resolve(PEER), Some(PEER_MAC), "the relayed reply was learnt");
+    assert!(
+        arp_answered && echo_answered,
+        "answers on the uplink: {sent:?}"
+    );
+    assert_eq!(
+        reader.resolve(PEER),
+        Some(PEER_MAC),
+        "the relayed reply was learnt"
+    );
     // The Geneve frame the relay's program sent to `local` is not the
     // stack's: counted, as on the stack's own PMD.
     assert_eq!(o.drops.get(DropReason::LocalNotForUs), 1);
@@ -684,9 +705,9 @@ fn a_relay_of_a_dormant_stack_intercepts_nothing() {
     let mut relay = StackRelay::new(ToPort1, inbox.clone());
     let mut r = Output::new(8);
     let mut burst = Burst::new(UPLINK);
-    burst
-        .pkts
-        .push(HeapBuf::from_frame(&arp_frame(1, [0xff; 6], PEER_MAC, PEER, [0; 6], VTEP)));
+    burst.pkts.push(HeapBuf::from_frame(&arp_frame(
+        1, [0xff; 6], PEER_MAC, PEER, [0; 6], VTEP,
+    )));
     relay.process(0, &mut burst, &mut r);
     assert_eq!(r.take(PortNo(1)).len(), 1);
     assert!(inbox.is_empty());
