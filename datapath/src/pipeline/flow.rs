@@ -237,8 +237,9 @@ enum Outcome<B> {
     /// Classify the (possibly rewritten) packet again.
     Recirculate {
         pkt: B,
-        /// The frame changed shape (decapsulation): extract again.
-        reparse: bool,
+        /// The frame changed shape (decapsulation): its new layout (the
+        /// hook already put the new frame's key in place).
+        reparse: Option<Layout>,
         /// Copies already sent.
         sent: bool,
     },
@@ -341,7 +342,7 @@ impl<H> Exec<'_, H> {
                         if let Some(pkt) = pkt.take() {
                             return Outcome::Recirculate {
                                 pkt,
-                                reparse: false,
+                                reparse: None,
                                 sent,
                             };
                         }
@@ -360,18 +361,23 @@ impl<H> Exec<'_, H> {
                 }
                 DpAction::TunnelPop => {
                     self.split.enter(Stage::Tunnel);
+                    // Single pass: the hook parses the inner frame into
+                    // `key` as it decapsulates.
                     let r = self.hooks.tunnel_pop(self.now, p, key);
                     self.split.enter(Stage::Actions);
-                    if let Err(r) = r {
-                        if let Some(p) = pkt.take() {
-                            out.drop(r, p);
+                    let inner = match r {
+                        Ok(l) => l,
+                        Err(r) => {
+                            if let Some(p) = pkt.take() {
+                                out.drop(r, p);
+                            }
+                            return Outcome::Done { sent };
                         }
-                        return Outcome::Done { sent };
-                    }
+                    };
                     if let Some(pkt) = pkt.take() {
                         return Outcome::Recirculate {
                             pkt,
-                            reparse: true,
+                            reparse: Some(inner),
                             sent,
                         };
                     }
@@ -801,22 +807,8 @@ impl<H> FlowPipeline<H> {
                         return None;
                     }
                     self.stats.recirculations.inc();
-                    if reparse {
-                        // Decap's re-parse of the inner frame is decap work.
-                        self.split.enter(Stage::Tunnel);
-                        let meta = key;
-                        layout = extract_into(p.data(), meta.in_port(), &mut key);
-                        for f in [
-                            Field::TunId,
-                            Field::TunSrc,
-                            Field::TunDst,
-                            Field::TunGnvClass,
-                            Field::TunGnvType,
-                            Field::TunMetadata0,
-                            Field::Metadata,
-                        ] {
-                            key.set(f, meta.get(f));
-                        }
+                    if let Some(l) = reparse {
+                        layout = l;
                     }
                     pkt = p;
                 }
