@@ -241,8 +241,9 @@ enum Outcome<B> {
     /// Classify the (possibly rewritten) packet again.
     Recirculate {
         pkt: B,
-        /// The frame changed shape (decapsulation): extract again.
-        reparse: bool,
+        /// The frame changed shape (decapsulation): its new layout (the
+        /// hook already put the new frame's key in place).
+        reparse: Option<Layout>,
         /// Copies already sent.
         sent: bool,
     },
@@ -345,7 +346,7 @@ impl<H> Exec<'_, H> {
                         if let Some(pkt) = pkt.take() {
                             return Outcome::Recirculate {
                                 pkt,
-                                reparse: false,
+                                reparse: None,
                                 sent,
                             };
                         }
@@ -364,18 +365,23 @@ impl<H> Exec<'_, H> {
                 }
                 DpAction::TunnelPop => {
                     self.split.enter(Stage::Tunnel);
+                    // Single pass: the hook parses the inner frame into
+                    // `key` as it decapsulates.
                     let r = self.hooks.tunnel_pop(self.now, p, key);
                     self.split.enter(Stage::Actions);
-                    if let Err(r) = r {
-                        if let Some(p) = pkt.take() {
-                            out.drop(r, p);
+                    let inner = match r {
+                        Ok(l) => l,
+                        Err(r) => {
+                            if let Some(p) = pkt.take() {
+                                out.drop(r, p);
+                            }
+                            return Outcome::Done { sent };
                         }
-                        return Outcome::Done { sent };
-                    }
+                    };
                     if let Some(pkt) = pkt.take() {
                         return Outcome::Recirculate {
                             pkt,
-                            reparse: true,
+                            reparse: Some(inner),
                             sent,
                         };
                     }
@@ -685,6 +691,20 @@ impl<H> FlowPipeline<H> {
         }
     }
 
+    /// Where the translation at `x` counts in `pending`: one of the last
+    /// two entries. A recirculating packet alternates between two
+    /// translations (`tnl_pop` then the inner flow's, `ct(table=N)` then
+    /// its continuation), so a burst of them keeps counting into the same
+    /// two entries instead of pushing one per pass (an `Arc` clone, and at
+    /// the flush a drop and three rule-counter atomics, per pass).
+    #[inline]
+    fn pending_slot(&self, x: *const Xlate) -> Option<usize> {
+        let n = self.pending.len();
+        (n.saturating_sub(2)..n)
+            .rev()
+            .find(|&i| Arc::as_ptr(&self.pending[i].0) == x)
+    }
+
     /// Classifies and executes one packet (parsed as `first`),
     /// recirculating as asked. Returns the index in `pending` of its
     /// first-pass translation when that translation is single-pass (the
@@ -727,9 +747,9 @@ impl<H> FlowPipeline<H> {
                 None => {
                     // A continuation missed: the previous translation, to
                     // learn this pass's under it.
-                    let x0 = match (&self.cont, prev, self.pending.last()) {
-                        (Some(_), Some(p), Some((x, _, _))) if Arc::as_ptr(x) == p => {
-                            Some(x.clone())
+                    let x0 = match (&self.cont, prev) {
+                        (Some(_), Some(p)) => {
+                            self.pending_slot(p).map(|i| self.pending[i].0.clone())
                         }
                         _ => None,
                     };
@@ -777,16 +797,21 @@ impl<H> FlowPipeline<H> {
             prev = Some(Arc::as_ptr(xlate));
             self.split.enter(Stage::Actions);
             // Rule counters, batched over consecutive packets with the same
-            // translation.
+            // translation (see `pending_slot`).
             let bytes = pkt.len() as u64;
-            match self.pending.last_mut() {
-                Some((x, n, b)) if Arc::ptr_eq(x, xlate) => {
+            let slot = match self.pending_slot(Arc::as_ptr(xlate)) {
+                Some(i) => {
+                    let (_, n, b) = &mut self.pending[i];
                     *n += 1;
                     *b += bytes;
+                    i
                 }
-                _ => self.pending.push((xlate.clone(), 1, bytes)),
-            }
-            let leads = (pass == 0 && xlate.single_pass).then(|| self.pending.len() - 1);
+                None => {
+                    self.pending.push((xlate.clone(), 1, bytes));
+                    self.pending.len() - 1
+                }
+            };
+            let leads = (pass == 0 && xlate.single_pass).then_some(slot);
             let mut exec = Exec {
                 now,
                 mac: &mut self.mac,
@@ -807,22 +832,8 @@ impl<H> FlowPipeline<H> {
                         return None;
                     }
                     self.stats.recirculations.inc();
-                    if reparse {
-                        // Decap's re-parse of the inner frame is decap work.
-                        self.split.enter(Stage::Tunnel);
-                        let meta = key;
-                        layout = extract_into(p.data(), meta.in_port(), &mut key);
-                        for f in [
-                            Field::TunId,
-                            Field::TunSrc,
-                            Field::TunDst,
-                            Field::TunGnvClass,
-                            Field::TunGnvType,
-                            Field::TunMetadata0,
-                            Field::Metadata,
-                        ] {
-                            key.set(f, meta.get(f));
-                        }
+                    if let Some(l) = reparse {
+                        layout = l;
                     }
                     pkt = p;
                 }

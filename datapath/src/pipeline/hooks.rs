@@ -15,7 +15,7 @@
 
 use crate::drop::DropReason;
 use crate::flow::action::CtAction;
-use crate::flow::key::FlowKey;
+use crate::flow::key::{FlowKey, Layout};
 use crate::packet::PacketBuf;
 use crate::time::Nanos;
 
@@ -34,9 +34,15 @@ pub trait ActionHooks<B: PacketBuf>: Send {
     ) -> Result<(), DropReason>;
     /// Encapsulates `pkt` using the key's `tun_*` fields.
     fn tunnel_push(&mut self, now: Nanos, pkt: &mut B, key: &FlowKey) -> Result<(), DropReason>;
-    /// Decapsulates `pkt`, writing the outer header's fields into `key`'s
-    /// `tun_*` fields.
-    fn tunnel_pop(&mut self, now: Nanos, pkt: &mut B, key: &mut FlowKey) -> Result<(), DropReason>;
+    /// Decapsulates `pkt` in one pass (see [`TunnelHook::tunnel_pop`]):
+    /// on success `key` is the inner frame's key with the `tun_*` fields
+    /// set, and the inner frame's [`Layout`] is returned.
+    fn tunnel_pop(
+        &mut self,
+        now: Nanos,
+        pkt: &mut B,
+        key: &mut FlowKey,
+    ) -> Result<Layout, DropReason>;
     /// A hint that a packet with `key` may soon reach `ct(...)`: start
     /// loading what its lookup will read (see
     /// [`ConntrackHook::prefetch`]). Never changes a result.
@@ -82,8 +88,19 @@ pub trait ConntrackHook<B: PacketBuf>: Send {
 pub trait TunnelHook<B: PacketBuf>: Send {
     /// Encapsulates `pkt` using the key's `tun_*` fields.
     fn tunnel_push(&mut self, now: Nanos, pkt: &mut B, key: &FlowKey) -> Result<(), DropReason>;
-    /// Decapsulates `pkt`, writing the outer header's fields into `key`.
-    fn tunnel_pop(&mut self, now: Nanos, pkt: &mut B, key: &mut FlowKey) -> Result<(), DropReason>;
+    /// Decapsulates `pkt` and parses the inner frame in the same pass: on
+    /// success `pkt` is the inner frame and `key` its key, equal to
+    /// `extract_into(inner, key.in_port())` with the outer header's
+    /// `tun_*` fields and the `metadata` register carried over (what the
+    /// pipeline would get by re-parsing, without the second pass); the
+    /// inner frame's [`Layout`] is returned. On failure `pkt` and `key`
+    /// are unchanged.
+    fn tunnel_pop(
+        &mut self,
+        now: Nanos,
+        pkt: &mut B,
+        key: &mut FlowKey,
+    ) -> Result<Layout, DropReason>;
 }
 
 /// No connection tracking: `ct(...)` drops under `ct_unsupported`.
@@ -110,7 +127,7 @@ impl<B: PacketBuf> TunnelHook<B> for NoTunnels {
     fn tunnel_push(&mut self, _: Nanos, _: &mut B, _: &FlowKey) -> Result<(), DropReason> {
         Err(DropReason::TunnelUnsupported)
     }
-    fn tunnel_pop(&mut self, _: Nanos, _: &mut B, _: &mut FlowKey) -> Result<(), DropReason> {
+    fn tunnel_pop(&mut self, _: Nanos, _: &mut B, _: &mut FlowKey) -> Result<Layout, DropReason> {
         Err(DropReason::TunnelUnsupported)
     }
 }
@@ -137,7 +154,12 @@ impl<B: PacketBuf, C: ConntrackHook<B>, T: TunnelHook<B>> ActionHooks<B> for Hoo
     fn tunnel_push(&mut self, now: Nanos, pkt: &mut B, key: &FlowKey) -> Result<(), DropReason> {
         self.tunnels.tunnel_push(now, pkt, key)
     }
-    fn tunnel_pop(&mut self, now: Nanos, pkt: &mut B, key: &mut FlowKey) -> Result<(), DropReason> {
+    fn tunnel_pop(
+        &mut self,
+        now: Nanos,
+        pkt: &mut B,
+        key: &mut FlowKey,
+    ) -> Result<Layout, DropReason> {
         self.tunnels.tunnel_pop(now, pkt, key)
     }
     #[inline]

@@ -98,7 +98,7 @@ pub fn trace(t: &Tunnels, req: &TunnelTraceRequest) -> Result<String, ApiError> 
             let mut pkt = HeapBuf::from_frame(&f);
             let mut key = FlowKey::default();
             match TunnelHook::<HeapBuf>::tunnel_pop(&mut h, 0, &mut pkt, &mut key) {
-                Ok(()) => {
+                Ok(_) => {
                     let _ = writeln!(
                         s,
                         "tnl_pop: tun_id={:#x} tun_src={} tun_dst={} tun_gnv_class={:#x} tun_gnv_type={:#x} tun_metadata0={:#x}",
