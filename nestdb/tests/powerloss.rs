@@ -1,7 +1,8 @@
 //! Power-loss durability: SIGKILL keeps the page cache, so `crash.rs` only
 //! proves "written before acknowledged". Here nestdb-server runs under an
-//! LD_PRELOAD model of a power cut (`powerloss/shim.c`, compiled by the
-//! test with the system C compiler): file contents count as on disk only as
+//! LD_PRELOAD model of a power cut (`sluice_testkit::powerloss`, its shim
+//! `lib/testkit/powerloss/shim.c` compiled by the test with the system C
+//! compiler, shared with sluiced's state-file test): file contents count as on disk only as
 //! of their last fsync/fdatasync, directory entries only as of the
 //! directory's last fsync. Each round, four writers pipeline transactions
 //! (each inserts a `Node` and increments `Config.gen`), the server is
@@ -22,88 +23,16 @@ use common::{Impl, ServerProc};
 use nestdb::jsonrpc::Message;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+use sluice_testkit::powerloss::{self, CutOptions};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 const SEED: u64 = 0x90e5_10de;
 const WRITERS: usize = 4;
-
-/// Compiles the shim into `dir`; None (skip recorded) without a C compiler.
-fn build_shim(dir: &Path) -> Option<PathBuf> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/powerloss/shim.c");
-    let out = dir.join("powerloss.so");
-    match std::process::Command::new("cc")
-        .args(["-shared", "-fPIC", "-O2", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .arg("-ldl")
-        .output()
-    {
-        Ok(o) if o.status.success() => Some(out),
-        Ok(o) => panic!(
-            "cc could not build the power-loss shim: {}",
-            String::from_utf8_lossy(&o.stderr)
-        ),
-        Err(e) => {
-            common::report_skip(&format!(
-                "nestdb power-loss test: no C compiler ({e}); install build-essential"
-            ));
-            None
-        }
-    }
-}
-
-/// Every regular file of `dir` by name: (inode, contents).
-fn files(dir: &Path) -> BTreeMap<String, (u64, Vec<u8>)> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let m = e.metadata().ok()?;
-            m.is_file().then(|| {
-                (
-                    e.file_name().to_string_lossy().into_owned(),
-                    (m.ino(), std::fs::read(e.path()).unwrap()),
-                )
-            })
-        })
-        .collect()
-}
-
-/// Rebuilds `dir` as a power cut would leave it (see the module
-/// documentation); returns how many unsynced bytes were kept.
-fn power_cut(dir: &Path, state: &Path, rng: &mut impl Rng) -> usize {
-    let now = files(dir);
-    let by_ino: BTreeMap<u64, &Vec<u8>> = now.values().map(|(i, c)| (*i, c)).collect();
-    let map = std::fs::read_to_string(state.join("dir.map")).expect("the shim's directory map");
-    for name in now.keys() {
-        std::fs::remove_file(dir.join(name)).unwrap();
-    }
-    let mut kept = 0;
-    for line in map.lines() {
-        let (ino, name) = line.split_once(' ').expect("inode name");
-        let ino: u64 = ino.parse().unwrap();
-        let mut content = std::fs::read(state.join(format!("ino-{ino}"))).unwrap_or_default();
-        if let Some(cur) = by_ino.get(&ino) {
-            if cur.starts_with(&content) {
-                let tail = &cur[content.len()..];
-                let n = match rng.gen_range(0..3) {
-                    0 => 0,
-                    1 => tail.len(),
-                    _ => rng.gen_range(0..=tail.len()),
-                };
-                kept += n;
-                content.extend_from_slice(&tail[..n]);
-            }
-        }
-        std::fs::write(dir.join(name), content).unwrap();
-    }
-    kept
-}
 
 fn state(s: &ServerProc) -> (BTreeSet<String>, i64) {
     let mut c = s.client();
@@ -179,8 +108,12 @@ fn power_cuts_never_lose_acknowledged_transactions() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(25);
     let work = tempfile::tempdir().unwrap();
-    let Some(shim) = build_shim(work.path()) else {
-        return;
+    let shim = match powerloss::build_shim(work.path()) {
+        Ok(s) => s,
+        Err(why) => {
+            common::report_skip(&format!("nestdb power-loss test: {why}"));
+            return;
+        }
     };
     let dbdir = work.path().join("db");
     std::fs::create_dir(&dbdir).unwrap();
@@ -255,7 +188,9 @@ fn power_cuts_never_lose_acknowledged_transactions() {
         for n in next.iter_mut() {
             *n += 8;
         }
-        let kept = power_cut(&dbdir, &state_dir, &mut rng);
+        let kept =
+            powerloss::power_cut(&dbdir, &state_dir, &mut rng, CutOptions::default())
+                .unsynced_kept;
         unsynced_kept += kept;
         cuts_with_tail += usize::from(kept > 0);
         s.launch();

@@ -5,7 +5,8 @@
 //! remove themselves on drop ([`Netns`], [`Veth`]), bounded waits that fail
 //! with a message ([`wait_until`]), the processes of a node stack
 //! (nestdb-server, sluiced: [`node`]), the helpers of the hostile-client
-//! tests ([`hostile`]) and, with feature `node-rows`, rows of the node
+//! tests ([`hostile`]), the power-loss model of the durability tests
+//! ([`powerloss`]) and, with feature `node-rows`, rows of the node
 //! schema (`rows`).
 //!
 //! Invariants: nothing here sleeps to synchronise, every wait has a bound
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 
 pub mod hostile;
 pub mod node;
+pub mod powerloss;
 pub mod prometheus;
 #[cfg(feature = "node-rows")]
 pub mod rows;
