@@ -409,6 +409,8 @@ pub struct Incremental {
     /// The affinity entries the files hold: deadline bounds, as for
     /// connections.
     affinity: HashMap<AffinityKey, (Nanos, Nanos)>,
+    /// The journal is compacted once larger than the state file and this.
+    compact_min: u64,
 }
 
 impl Incremental {
@@ -423,7 +425,16 @@ impl Incremental {
             base_bytes: 0,
             journal_bytes: 0,
             affinity: HashMap::new(),
+            compact_min: COMPACT_MIN,
         }
+    }
+
+    /// The same saver, compacting once the journal is larger than the
+    /// state file and than `bytes` (instead of 16 MiB): the power-cut
+    /// test compacts often so that cuts land in compactions too.
+    pub fn with_compact_min(mut self, bytes: u64) -> Incremental {
+        self.compact_min = bytes;
+        self
     }
 
     /// Forgets the open journal: the next round reads the files back
@@ -458,7 +469,7 @@ impl Incremental {
             }
             resumed = true;
         }
-        if self.journal_bytes > self.base_bytes.max(COMPACT_MIN) {
+        if self.journal_bytes > self.base_bytes.max(self.compact_min) {
             return self.compact(ct, services);
         }
         let now = clock_ns();
