@@ -174,7 +174,8 @@ impl ConntrackHandle {
         // changes the connection's state or misses the cache.
         let cfg = &self.ct.inner.config;
         if let Some((conn, dir)) = self.cache.lookup(&key, hash) {
-            match hit_conn(cfg, now, ct, seg.as_ref(), len, dir, conn) {
+            let log = &self.ct.inner.changed;
+            match hit_conn(cfg, now, ct, seg.as_ref(), len, dir, conn, log) {
                 Hit::Gone => self.cache.forget(&key, hash),
                 hit => {
                     self.cache.count(true);
@@ -192,6 +193,7 @@ impl ConntrackHandle {
                 len,
                 usize::from(slot.dir),
                 &slot.conn,
+                &self.ct.inner.changed,
             );
             self.cache.insert(&key, hash, slot);
             // `Gone`: killed since the lookup, so it counts as not found.
@@ -379,7 +381,8 @@ impl ConntrackHandle {
                     // track the packet against its entry.
                     let hit = (other.keys[0] == key).then(|| {
                         let cfg = &self.ct.inner.config;
-                        hit_conn(cfg, now, ct, seg.as_ref(), bytes, 0, &other)
+                        let log = &self.ct.inner.changed;
+                        hit_conn(cfg, now, ct, seg.as_ref(), bytes, 0, &other, log)
                     });
                     if let Some(hit) = hit {
                         if matches!(hit, Hit::Reopen(_)) || self.retrying {

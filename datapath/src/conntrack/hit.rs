@@ -26,6 +26,7 @@ use super::entry::{Conn, CtMarks, ProtoState, COUNT_DEAD};
 use super::lock;
 use super::nat::Tuple;
 use super::tcp;
+use super::table::ChangeLog;
 use super::tcp::{TcpConn, TcpState};
 use super::EXPIRES_REFRESH_NS;
 use crate::flow::action::CtAction;
@@ -83,10 +84,11 @@ pub(super) fn hit_conn(
     len: u64,
     dir: usize,
     conn: &Arc<Conn>,
+    log: &ChangeLog,
 ) -> Hit {
     match hit_fast(cfg, now, ct, seg, len, dir, conn) {
         Some(hit) => hit,
-        None => hit_locked(cfg, now, ct, seg, len, dir, conn),
+        None => hit_locked(cfg, now, ct, seg, len, dir, conn, log),
     }
 }
 
@@ -154,7 +156,8 @@ pub(super) fn refresh(cfg: &ConntrackConfig, now: Nanos, c: &Conn, class: u8) {
 }
 
 /// The locked hit path: TCP transitions and the full window check, the
-/// first reply, mark and label writes.
+/// first reply, mark and label writes; a change of the TCP state, the
+/// reply flag or the marks is recorded in `log` (for the state saver).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn hit_locked(
     cfg: &ConntrackConfig,
@@ -164,12 +167,18 @@ pub(super) fn hit_locked(
     len: u64,
     dir: usize,
     conn: &Arc<Conn>,
+    log: &ChangeLog,
 ) -> Hit {
     let c = &**conn;
     let _g = lock(&c.lock);
     if !c.live(now) {
         return Hit::Gone;
     }
+    let tcp_state = |c: &Conn| match &c.proto {
+        ProtoState::Tcp(t) => Some(t.state()),
+        _ => None,
+    };
+    let before = (tcp_state(c), c.replied());
     if let (ProtoState::Tcp(t), Some(seg)) = (&c.proto, seg) {
         let reopen = dir == 0
             && TcpConn::is_syn(seg)
@@ -194,6 +203,9 @@ pub(super) fn hit_locked(
     let new_marks = marks.apply(ct);
     if new_marks != marks {
         c.marks.write(new_marks);
+    }
+    if new_marks != marks || before != (tcp_state(c), c.replied()) {
+        log.record(&c.keys[0]);
     }
     tracked(c, ct, dir, c.replied(), new_marks)
 }

@@ -52,8 +52,13 @@
 //! The crash-survival saver (`daemon::state`) writes a full snapshot only
 //! now and then and, in between, appends journal frames with what changed:
 //! [`Tracker`] keeps a fingerprint and lifetime bounds per saved
-//! connection and finds, in one pass over the table, the connections
-//! created, changed or deleted since the last save ([`Tracker::changes`]).
+//! connection and finds the connections created, changed or deleted since
+//! the last save: from the table's change log
+//! ([`Conntrack::log_changes`], [`Tracker::changes_logged`]: the keys
+//! created, killed or changed in the locked hit path, plus the saved
+//! entries whose lifetime check falls due), in time that follows the
+//! changes, or in one pass over the table ([`Tracker::changes`]) when the
+//! log is off or overflowed.
 //! The journal ([`journal_header`], [`journal_frame`],
 //! [`decode_journal`]): magic `SLCTJRNL`, version (u32), the save time of
 //! the snapshot it extends (u64), CRC-32 of those; then frames, each a
@@ -316,6 +321,24 @@ impl Conntrack {
         log.on.store(false, std::sync::atomic::Ordering::SeqCst);
         log.keys.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
+
+    /// Starts (or restarts, emptied) the change log the state saver reads
+    /// ([`ChangeLog`](super::table::ChangeLog)).
+    pub fn log_changes(&self) {
+        self.inner.changed.switch(true);
+    }
+
+    /// Stops the change log.
+    pub fn stop_logging_changes(&self) {
+        self.inner.changed.switch(false);
+    }
+
+    /// The original keys of the connections created, killed or changed
+    /// since the last take (the log stays on); `None` when the log is off
+    /// or overflowed (then only a scan finds what changed).
+    pub fn take_changes(&self) -> Option<Vec<ConnKey>> {
+        self.inner.changed.take()
+    }
 }
 
 /// The fields of a connection that a crash restore needs exactly (keys,
@@ -388,7 +411,35 @@ struct Known {
     /// The saved expiry plus half the lifetime it had left when saved: a
     /// later one (a refreshed connection) is saved again.
     hi: Nanos,
+    /// When [`Tracker::changes_logged`] looks at the entry's lifetime
+    /// next (half its saved lifetime on).
+    due: Nanos,
     epoch: u32,
+}
+
+/// A [`Tracker`] entry's lifetime check time and key, ordered by the
+/// time alone.
+#[derive(Debug, Clone, Copy)]
+struct Due(Nanos, ConnKey);
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Due) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Due {}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Due) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Due {
+    fn cmp(&self, other: &Due) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
+    }
 }
 
 /// Tolerance below a saved expiry before the entry is saved again (two
@@ -397,10 +448,12 @@ const SHRINK_TOLERANCE: Nanos = 1_000_000_000;
 
 impl Known {
     fn new(fp: u64, expires: Nanos, now: Nanos, epoch: u32) -> Known {
+        let left = expires.saturating_sub(now);
         Known {
             fp,
             lo: expires.saturating_sub(SHRINK_TOLERANCE),
-            hi: expires.saturating_add(expires.saturating_sub(now) / 2),
+            hi: expires.saturating_add(left / 2),
+            due: now.saturating_add(left / 2),
             epoch,
         }
     }
@@ -415,6 +468,11 @@ pub struct Changes {
     pub upserts: Vec<SavedConn>,
     /// Original keys of saved connections no longer live.
     pub deleted: Vec<ConnKey>,
+    /// Connections looked at (the whole table for a scan; the logged and
+    /// due ones otherwise).
+    pub examined: usize,
+    /// The whole table was scanned.
+    pub scanned: bool,
 }
 
 impl Changes {
@@ -441,6 +499,9 @@ impl Changes {
 #[derive(Debug, Default)]
 pub struct Tracker {
     known: HashMap<ConnKey, Known>,
+    /// (due, key) of every known entry, earliest first; an element whose
+    /// due differs from its entry's is stale (skipped).
+    due: std::collections::BinaryHeap<std::cmp::Reverse<Due>>,
     epoch: u32,
     /// Hashes the fingerprints (seeded per process: fingerprints are
     /// only compared within one).
@@ -467,6 +528,7 @@ impl Tracker {
     /// (what a compaction writes), remembering each entry.
     pub fn full(&mut self, ct: &Conntrack, now: Nanos) -> SavedState {
         self.known.clear();
+        self.due.clear();
         self.epoch = self.epoch.wrapping_add(1);
         let epoch = self.epoch;
         let mut conns = Vec::with_capacity(ct.len());
@@ -483,11 +545,20 @@ impl Tracker {
             );
             conns.push(s);
         });
+        self.rebuild_due();
         SavedState {
             saved_at_unix_ns: unix_now_ns(),
             conns,
             ..Default::default()
         }
+    }
+
+    fn rebuild_due(&mut self) {
+        self.due = self
+            .known
+            .iter()
+            .map(|(k, v)| std::cmp::Reverse(Due(v.due, *k)))
+            .collect();
     }
 
     /// Remembers that the file holds `saved` (a state read back from it,
@@ -504,6 +575,7 @@ impl Tracker {
                 Known::new(fingerprint_saved(&self.hasher, c), expires, now, self.epoch),
             );
         }
+        self.rebuild_due();
     }
 
     /// What changed in `ct` since the last call (or [`Tracker::full`],
@@ -528,6 +600,8 @@ impl Tracker {
                 }
             }
         });
+        out.examined = ct.len();
+        out.scanned = true;
         known.retain(|k, v| {
             if v.epoch == epoch {
                 true
@@ -536,6 +610,96 @@ impl Tracker {
                 false
             }
         });
+        self.rebuild_due();
+        out
+    }
+
+    /// What changed in `ct` since the last call, from `logged` (the table's
+    /// change log since then: keys created, killed or changed) and the
+    /// entries whose lifetime check is due at `now`; the tracker assumes
+    /// they are written. The cost follows the logged and due entries, not
+    /// the table: a logged key is looked up and compared; a due entry that
+    /// is live and unchanged is saved again only when its lifetime moved
+    /// past its bounds, and looked at again half its remaining lifetime
+    /// later. Equivalent to [`Tracker::changes`] as far as a restore
+    /// goes, provided `logged` holds every key created, killed or changed
+    /// since the last call (or [`Tracker::full`], [`Tracker::seed`] or
+    /// [`Tracker::changes`] with the log on before it).
+    pub fn changes_logged(&mut self, ct: &Conntrack, now: Nanos, logged: &[ConnKey]) -> Changes {
+        let mut out = Changes::default();
+        let mut seen = std::collections::HashSet::with_capacity(logged.len());
+        let look = |k: &ConnKey, due: bool, out: &mut Changes, this: &mut Tracker| {
+            out.examined += 1;
+            let live = {
+                let shard = super::lock(ct.shard_of(key_hash(k)));
+                shard
+                    .get(k)
+                    .filter(|s| s.dir == 0 && !s.conn.is_dead() && s.conn.live(now))
+                    .map(|s| s.conn.clone())
+            };
+            match live {
+                Some(c) => {
+                    let expires = c.expires();
+                    let fp = fingerprint_conn(&this.hasher, &c);
+                    // Logged: saved again when changed or its lifetime
+                    // moved past its bounds. Due: also when it moved later
+                    // than saved at all (an active connection is saved
+                    // again every half of its lifetime).
+                    let keep = this.known.get(k).is_some_and(|v| {
+                        let saved = v.lo.saturating_add(SHRINK_TOLERANCE);
+                        let upper = if due {
+                            saved.saturating_add(SHRINK_TOLERANCE)
+                        } else {
+                            v.hi
+                        };
+                        v.fp == fp && expires >= v.lo && expires <= upper
+                    });
+                    if keep {
+                        // Unchanged: looked at again half the rest of its
+                        // saved lifetime later (or just after it ends).
+                        if let Some(v) = this.known.get_mut(k) {
+                            let saved = v.lo.saturating_add(SHRINK_TOLERANCE);
+                            v.due = if saved > now.saturating_add(2 * SHRINK_TOLERANCE) {
+                                now + (saved - now) / 2
+                            } else {
+                                saved.max(now).saturating_add(SHRINK_TOLERANCE)
+                            };
+                            this.due.push(std::cmp::Reverse(Due(v.due, *k)));
+                        }
+                    } else {
+                        let v = Known::new(fp, expires, now, this.epoch);
+                        this.known.insert(*k, v);
+                        this.due.push(std::cmp::Reverse(Due(v.due, *k)));
+                        out.upserts.push(saved_conn(&c, now));
+                    }
+                }
+                None => {
+                    if this.known.remove(k).is_some() {
+                        out.deleted.push(*k);
+                    }
+                }
+            }
+        };
+        for k in logged {
+            if seen.insert(*k) {
+                look(k, false, &mut out, self);
+            }
+        }
+        while let Some(&std::cmp::Reverse(Due(due, k))) = self.due.peek() {
+            if due > now {
+                break;
+            }
+            self.due.pop();
+            let current = self.known.get(&k).is_some_and(|v| v.due == due);
+            if current && seen.insert(k) {
+                look(&k, true, &mut out, self);
+            }
+        }
+        if self.due.len() > 2 * self.known.len() + 1024 {
+            // Stale elements (entries saved again, or gone) outnumber the
+            // live ones: rebuilt.
+            self.rebuild_due();
+        }
         out
     }
 }

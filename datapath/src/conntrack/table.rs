@@ -66,6 +66,10 @@ pub(super) struct Inner {
     /// Keys of the connections created while a hand-over copies the
     /// table (off otherwise: one relaxed load per new connection).
     pub(super) created: CreationLog,
+    /// Keys of the connections created, killed or changed in a field a
+    /// crash restore needs, for the state saver (off without a state
+    /// file: one relaxed load per such event).
+    pub(super) changed: ChangeLog,
 }
 
 /// The connection table, shared by all PMDs and the control thread.
@@ -143,6 +147,7 @@ impl Conntrack {
                 stats: ConntrackStats::default(),
                 caches: Mutex::new(Vec::new()),
                 created: CreationLog::default(),
+                changed: ChangeLog::default(),
                 config,
                 services,
             }),
@@ -232,6 +237,7 @@ impl Conntrack {
     /// zone, its endpoint's active connections).
     pub(super) fn count_in(&self, c: &Conn, n: isize) {
         let zone = &self.inner.zone_counts[usize::from(c.keys[0].zone)];
+        self.inner.changed.record(&c.keys[0]);
         if n > 0 {
             self.inner.created.record(&c.keys[0]);
             self.inner.count.fetch_add(1, Ordering::Relaxed);
@@ -421,5 +427,90 @@ impl CreationLog {
                 self.on.store(false, std::sync::atomic::Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// Parts of a [`ChangeLog`] (PMDs that record at once contend on one in
+/// this many, by key hash).
+const CHANGE_LOG_PARTS: usize = 64;
+
+/// Most keys a [`ChangeLog`] holds between two takes; past it the log
+/// gives up and the saver's next round scans the table instead.
+pub const CHANGE_LOG_MAX: usize = 1 << 20;
+
+/// The original keys of the connections created, killed (expired,
+/// evicted, flushed) or changed in a field a crash restore needs (a TCP
+/// state, the first reply, a mark or label write: the entry's locked hit
+/// path) since the last take, while on: what the state saver looks at in
+/// a round, so that its cost follows the changes instead of the table.
+/// A key may appear more than once, or for a change that was none. Off,
+/// it costs one relaxed load per event.
+///
+/// Thread-safety: PMDs append under one of [`CHANGE_LOG_PARTS`] mutexes
+/// (by key hash); the saver thread switches it on and takes the keys.
+#[derive(Debug)]
+pub struct ChangeLog {
+    pub(super) on: AtomicBool,
+    /// Set when a part overflowed: the taker must scan.
+    pub(super) overflowed: AtomicBool,
+    pub(super) parts: Box<[Mutex<Vec<ConnKey>>]>,
+}
+
+impl Default for ChangeLog {
+    fn default() -> ChangeLog {
+        ChangeLog {
+            on: AtomicBool::new(false),
+            overflowed: AtomicBool::new(false),
+            parts: (0..CHANGE_LOG_PARTS).map(|_| Mutex::new(Vec::new())).collect(),
+        }
+    }
+}
+
+impl ChangeLog {
+    /// Records a connection's original key (called by the table and the
+    /// locked hit path).
+    #[inline]
+    pub(super) fn record(&self, k: &ConnKey) {
+        if self.on.load(Ordering::Relaxed) {
+            self.push(k);
+        }
+    }
+
+    #[cold]
+    fn push(&self, k: &ConnKey) {
+        let part = &self.parts[(key_hash(k) as usize) % CHANGE_LOG_PARTS];
+        let mut g = part.lock().unwrap_or_else(|e| e.into_inner());
+        if g.len() < CHANGE_LOG_MAX / CHANGE_LOG_PARTS {
+            g.push(*k);
+        } else {
+            self.overflowed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Switches the log on (emptied) or off.
+    pub(super) fn switch(&self, on: bool) {
+        self.on.store(false, Ordering::SeqCst);
+        for p in self.parts.iter() {
+            p.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+        self.overflowed.store(false, Ordering::SeqCst);
+        self.on.store(on, Ordering::SeqCst);
+    }
+
+    /// The keys recorded since the last take (the log stays on); `None`
+    /// when it was off or overflowed (then the log restarts empty and only
+    /// a scan finds what changed).
+    pub(super) fn take(&self) -> Option<Vec<ConnKey>> {
+        if !self.on.load(Ordering::SeqCst) {
+            return None;
+        }
+        let mut out = Vec::new();
+        for p in self.parts.iter() {
+            out.append(&mut p.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        if self.overflowed.swap(false, Ordering::SeqCst) {
+            return None;
+        }
+        Some(out)
     }
 }

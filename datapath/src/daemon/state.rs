@@ -14,7 +14,14 @@
 //! with the connections created, changed (in a field a restore needs, or
 //! a lifetime past the bounds `conntrack::state::Tracker` documents) or
 //! deleted since the previous save, so a save of a quiet 1M-connection
-//! table writes nothing. The journal names the snapshot it extends (its
+//! table writes nothing. Nor does it read the whole table: the rounds
+//! between two compactions look only at the connections the table's
+//! change log names (created, killed, or changed in a field a restore
+//! needs) and at those whose lifetime check falls due (half their saved
+//! lifetime on: an active connection is saved again then, so a restore
+//! gives it at least half its timeout less the interval); a compaction,
+//! the first round after reading the files back and a round after the
+//! log overflowed scan the table. The journal names the snapshot it extends (its
 //! save time). A compaction (at the first save with no usable files, when
 //! the journal outgrows the snapshot, after a failed write) writes the
 //! snapshot to a temporary private to the process, `fsync`s it, renames it
@@ -38,9 +45,9 @@
 //!
 //! The saver spends at most a fifth of a core: after a round it waits the
 //! interval or four times the round's length, whichever is longer (a
-//! round passes over the whole table; on a busy machine with a million
-//! connections that takes long, and the interval grows with it, and so
-//! does what a crash can lose).
+//! compaction passes over the whole table; on a busy machine with a
+//! million connections that takes long, and the interval grows with it,
+//! and so does what a crash can lose).
 //!
 //! Thread-safety: the saver thread reads the shared table as dumps do; it
 //! skips its rounds while `paused` (from a hand-over's `prepare` on: the
@@ -389,6 +396,13 @@ pub struct Round {
     pub deleted: usize,
     /// Bytes written.
     pub bytes: u64,
+    /// Connections looked at: the whole table for a compaction or a scan,
+    /// else only the ones the table's change log names and those whose
+    /// lifetime check fell due.
+    pub examined: usize,
+    /// The round scanned the whole table (a compaction, the first round
+    /// after reading the files back, or a change log that overflowed).
+    pub scanned: bool,
 }
 
 /// The incremental saver's state: what the files hold, and the journal
@@ -411,6 +425,9 @@ pub struct Incremental {
     affinity: HashMap<AffinityKey, (Nanos, Nanos)>,
     /// The journal is compacted once larger than the state file and this.
     compact_min: u64,
+    /// The next round scans the whole table (the tracker was seeded from
+    /// the files, which may differ from the table).
+    scan_next: bool,
 }
 
 impl Incremental {
@@ -426,6 +443,7 @@ impl Incremental {
             journal_bytes: 0,
             affinity: HashMap::new(),
             compact_min: COMPACT_MIN,
+            scan_next: false,
         }
     }
 
@@ -473,7 +491,18 @@ impl Incremental {
             return self.compact(ct, services);
         }
         let now = clock_ns();
-        let changes = self.tracker.changes(ct, now);
+        let logged = ct.take_changes();
+        let changes = match logged {
+            Some(keys) if !self.scan_next => self.tracker.changes_logged(ct, now, &keys),
+            _ => {
+                // The log (re)starts before the scan: what changes during
+                // it is looked at again next round.
+                ct.log_changes();
+                self.tracker.changes(ct, now)
+            }
+        };
+        self.scan_next = false;
+        let (examined, scanned) = (changes.examined, changes.scanned);
         let affinity = services
             .map(|s| s.affinity_entries(now))
             .unwrap_or_default();
@@ -481,6 +510,8 @@ impl Incremental {
         if changes.is_empty() && !with_affinity {
             return Ok(Round {
                 resumed,
+                examined,
+                scanned,
                 ..Round::default()
             });
         }
@@ -504,6 +535,8 @@ impl Incremental {
             written: upserts.conns.len(),
             deleted: changes.deleted.len(),
             bytes: frame.len() as u64,
+            examined,
+            scanned,
         })
     }
 
@@ -559,6 +592,10 @@ impl Incremental {
             }
         };
         let now = clock_ns();
+        // The table may differ from the files (a failed hand-over's
+        // files, connections restored since): the next changes come from
+        // a scan, with the change log on from before it.
+        self.scan_next = true;
         self.tracker.seed(&loaded.state, now);
         self.remember_affinity(&loaded.state.affinity, now);
         let mut f = std::fs::OpenOptions::new()
@@ -577,6 +614,10 @@ impl Incremental {
 
     fn compact(&mut self, ct: &Conntrack, services: Option<&Services>) -> std::io::Result<Round> {
         self.journal = None;
+        // The change log restarts before the pass: what changes during it
+        // is looked at again next round.
+        ct.log_changes();
+        self.scan_next = false;
         let now = clock_ns();
         let mut saved = self.tracker.full(ct, now);
         if let Some(s) = services {
@@ -597,6 +638,8 @@ impl Incremental {
             written: saved.conns.len(),
             deleted: 0,
             bytes: base + state::JOURNAL_HEADER as u64,
+            examined: saved.conns.len(),
+            scanned: true,
         })
     }
 }
@@ -838,6 +881,45 @@ mod tests {
         assert_eq!(l.state.conns.len(), 1001);
         // Lifetimes are relative to the load, not to each save.
         assert!(l.state.conns.iter().all(|c| c.remaining <= HOUR));
+    }
+
+    /// Between compactions a round looks only at the connections the
+    /// table's change log names (not the whole table), and still finds
+    /// every creation and deletion; the first round after reading the
+    /// files back scans once.
+    #[test]
+    fn a_round_looks_only_at_what_changed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("conntrack.state");
+        let ct = Conntrack::new(ConntrackConfig::default());
+        add(&ct, 0..20_000);
+        let mut inc = Incremental::new(&path);
+        let first = inc.round(&ct, None).expect("save");
+        assert!(first.compacted && first.scanned && first.examined == 20_000, "{first:?}");
+        let quiet = inc.round(&ct, None).expect("save");
+        assert_eq!(quiet, Round::default(), "a quiet round looks at nothing");
+        add(&ct, 20_000..20_003);
+        for ip in [Ipv4Addr::new(172, 16, 0, 7), Ipv4Addr::new(172, 16, 0, 9)] {
+            let f = ConnFilter {
+                ip: Some(ip),
+                ..Default::default()
+            };
+            assert_eq!(ct.flush(&f), 1);
+        }
+        let r = inc.round(&ct, None).expect("save");
+        assert!(!r.scanned && !r.compacted, "{r:?}");
+        assert_eq!((r.written, r.deleted, r.examined), (3, 2, 5), "{r:?}");
+        assert_eq!(keys_of(&loaded(&path).state), live_keys(&ct));
+        // A new saver (the next process) reads the files back and scans
+        // once, then follows the log again.
+        let mut next = Incremental::new(&path);
+        let r = next.round(&ct, None).expect("save");
+        assert!(r.resumed && r.scanned && r.written == 0, "{r:?}");
+        add(&ct, [30_000]);
+        let r = next.round(&ct, None).expect("save");
+        assert!(!r.scanned, "{r:?}");
+        assert_eq!((r.written, r.examined), (1, 1), "{r:?}");
+        assert_eq!(keys_of(&loaded(&path).state), live_keys(&ct));
     }
 
     /// A power cut during an append leaves a torn last frame: every cut
