@@ -384,7 +384,8 @@ fn sigkill_at_a_power_cut_restores_exactly_the_synced_state() {
                 graveyard.push(conn);
             }
         }
-        let stderr = std::fs::read_to_string(d.dir.path().join("sluiced.stderr")).unwrap_or_default();
+        let stderr =
+            std::fs::read_to_string(d.dir.path().join("sluiced.stderr")).unwrap_or_default();
         assert!(!stderr.contains("panicked"), "round {round}: {stderr}");
         drop(d);
         let cut = powerloss::power_cut(
@@ -400,8 +401,9 @@ fn sigkill_at_a_power_cut_restores_exactly_the_synced_state() {
         std::fs::remove_dir_all(&records).expect("remove records");
         // What the files hold after the cut: what the next start must
         // restore (a cut alone never makes them unreadable).
-        let expect = sluice_datapath::daemon::state::load(&state)
-            .unwrap_or_else(|e| panic!("round {round}: the files after a power cut do not load: {e}"));
+        let expect = sluice_datapath::daemon::state::load(&state).unwrap_or_else(|e| {
+            panic!("round {round}: the files after a power cut do not load: {e}")
+        });
         let saved_ports: std::collections::HashSet<u16> = expect
             .as_ref()
             .map(|l| {
@@ -416,7 +418,10 @@ fn sigkill_at_a_power_cut_restores_exactly_the_synced_state() {
         let (d, _) = Sluiced::start_in(node, &cfg);
         program();
         let log = std::fs::read_to_string(d.dir.path().join("sluiced.stderr")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().filter(|l| l.contains("restored ") && l.contains(" connections (")).collect();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("restored ") && l.contains(" connections ("))
+            .collect();
         match &expect {
             Some(l) => {
                 assert_eq!(lines.len(), 1, "round {round}: one restore line: {log}");
@@ -443,7 +448,10 @@ fn sigkill_at_a_power_cut_restores_exactly_the_synced_state() {
                 );
                 restored_total += n;
             }
-            None => assert!(lines.is_empty(), "round {round}: nothing saved, nothing restored: {log}"),
+            None => assert!(
+                lines.is_empty(),
+                "round {round}: nothing saved, nothing restored: {log}"
+            ),
         }
         assert!(!log.contains("discarded"), "round {round}: {log}");
         // Every saved connection carries on through its endpoint; the

@@ -211,7 +211,9 @@ struct Capture;
 
 impl Write for Capture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOG.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
+        LOG.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -262,6 +264,7 @@ struct Figures {
     cuts: usize,
     rounds: usize,
     compactions: usize,
+    scans: usize,
     recovered_last: usize,
     recovered_newer: usize,
     discarded: usize,
@@ -331,6 +334,7 @@ fn campaign(shim: InProcess) {
                     );
                     f.rounds += 1;
                     f.compactions += usize::from(r.compacted);
+                    f.scans += usize::from(r.scanned && !r.compacted);
                     acked = model.clone();
                     written.insert(digest(&acked));
                 }
@@ -437,10 +441,11 @@ fn campaign(shim: InProcess) {
     }
     let restored_avg = f.restored_conns / f.cuts.max(1);
     println!(
-        "power cuts of the state file: {} cuts after {} completed saves ({} compactions; {} cuts during a compaction's renames): {} restored the last completed save, {} the save under way (it reached the disk), {} discarded with one log line, lost acknowledged = {}; {} cuts kept part of an unsynced tail ({} as zeros), {} kept the unsynced directory operations; {} cuts also flipped a byte: {} discarded, {} restored an older save (a corrupt last frame reads as torn), never a state no save wrote; {restored_avg} connections restored per start on average; seed {seed:#x}",
+        "power cuts of the state file: {} cuts after {} completed saves ({} compactions, {} other rounds that scanned the table, the rest followed the change log; {} cuts during a compaction's renames): {} restored the last completed save, {} the save under way (it reached the disk), {} discarded with one log line, lost acknowledged = {}; {} cuts kept part of an unsynced tail ({} as zeros), {} kept the unsynced directory operations; {} cuts also flipped a byte: {} discarded, {} restored an older save (a corrupt last frame reads as torn), never a state no save wrote; {restored_avg} connections restored per start on average; seed {seed:#x}",
         f.cuts,
         f.rounds,
         f.compactions,
+        f.scans,
         f.in_compaction,
         f.recovered_last,
         f.recovered_newer,
@@ -484,5 +489,8 @@ fn power_cuts_of_the_state_file() {
         }
     };
     let st = powerloss::rerun_under_shim(&shim, "power_cuts_of_the_state_file", &[]);
-    assert!(st.success(), "the campaign under the power-loss shim failed: {st}");
+    assert!(
+        st.success(),
+        "the campaign under the power-loss shim failed: {st}"
+    );
 }

@@ -23,8 +23,8 @@ use common::{Impl, ServerProc};
 use nestdb::jsonrpc::Message;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use std::collections::BTreeSet;
 use sluice_testkit::powerloss::{self, CutOptions};
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -189,8 +189,7 @@ fn power_cuts_never_lose_acknowledged_transactions() {
             *n += 8;
         }
         let kept =
-            powerloss::power_cut(&dbdir, &state_dir, &mut rng, CutOptions::default())
-                .unsynced_kept;
+            powerloss::power_cut(&dbdir, &state_dir, &mut rng, CutOptions::default()).unsynced_kept;
         unsynced_kept += kept;
         cuts_with_tail += usize::from(kept > 0);
         s.launch();

@@ -1472,6 +1472,77 @@ table=1,priority=1 actions=drop
         assert_eq!(n.ct.len(), 1);
     }
 
+    /// The change log names what a saver must look at: a new connection,
+    /// a TCP transition (and the first reply), a killed one; the tracker
+    /// finds from it the same changes a scan finds, and a mid-stream
+    /// segment changes nothing a restore needs. An entry's lifetime is
+    /// looked at again when half its saved lifetime has passed: unchanged,
+    /// it is not written; refreshed by traffic, it is written again.
+    #[test]
+    fn the_change_log_and_due_lifetimes_find_what_a_scan_finds() {
+        let mut r = Rig::new(FLOWS, Conntrack::new(ConntrackConfig::default()));
+        r.ct.log_changes();
+        let (c, vip, ep) = ([10, 0, 0, 1], [10, 96, 0, 10], [10, 1, 0, 5]);
+        r.expect(0, 1, tcp(c, vip, 1000, 80, 100, 0, fl::SYN, b""), 2);
+        let created = r.ct.take_changes().expect("the log is on");
+        assert_eq!(created.len(), 1, "{created:?}");
+        let mut logged = Tracker::new();
+        logged.full(&r.ct, 0);
+        let mut scanned = Tracker::new();
+        scanned.full(&r.ct, 0);
+        // The reply: a transition and the first reply, logged.
+        r.expect(SEC, 2, tcp(ep, c, 8080, 1000, 500, 101, fl::SYNACK, b""), 1);
+        let keys = r.ct.take_changes().expect("on");
+        assert_eq!(
+            keys, created,
+            "the transition is logged under the original key"
+        );
+        let a = logged.changes_logged(&r.ct, SEC, &keys);
+        let b = scanned.changes(&r.ct, SEC);
+        assert_eq!((a.upserts.len(), a.examined), (1, 1), "{a:?}");
+        assert_eq!(a.upserts, b.upserts);
+        r.expect(
+            2 * SEC,
+            1,
+            tcp(c, vip, 1000, 80, 101, 501, fl::ACK, b"hello"),
+            2,
+        );
+        let keys = r.ct.take_changes().expect("on");
+        let a = logged.changes_logged(&r.ct, 2 * SEC, &keys);
+        let b = scanned.changes(&r.ct, 2 * SEC);
+        assert_eq!(a.upserts, b.upserts, "ESTABLISHED: the same as a scan");
+        // A mid-stream segment: nothing a restore needs changed.
+        r.expect(
+            3 * SEC,
+            1,
+            tcp(c, vip, 1000, 80, 106, 501, fl::ACK, b"more"),
+            2,
+        );
+        let keys = r.ct.take_changes().expect("on");
+        let a = logged.changes_logged(&r.ct, 3 * SEC, &keys);
+        assert!(a.is_empty(), "{a:?}");
+        // Due at half the saved lifetime: unchanged, not written.
+        let left = save(&r.ct, 3 * SEC).conns[0].remaining;
+        let t1 = 3 * SEC + left / 2 + SEC;
+        let a = logged.changes_logged(&r.ct, t1, &[]);
+        assert_eq!((a.examined, a.upserts.len()), (1, 0), "{a:?}");
+        // Traffic moves its expiry on; the next check writes it again.
+        r.expect(t1, 1, tcp(c, vip, 1000, 80, 110, 501, fl::ACK, b"again"), 2);
+        assert!(
+            r.ct.take_changes().expect("on").is_empty(),
+            "a refresh is not logged"
+        );
+        let t2 = t1 + left / 2;
+        let a = logged.changes_logged(&r.ct, t2, &[]);
+        assert_eq!((a.examined, a.upserts.len()), (1, 1), "{a:?}");
+        assert!(a.upserts[0].remaining > left / 4, "{a:?}");
+        // Killed: logged, written as a deletion.
+        assert_eq!(r.ct.flush(&ConnFilter::default()), 1);
+        let keys = r.ct.take_changes().expect("on");
+        let a = logged.changes_logged(&r.ct, t2, &keys);
+        assert_eq!((a.deleted.len(), a.upserts.len()), (1, 0), "{a:?}");
+    }
+
     #[test]
     fn corrupt_truncated_and_unknown_files_are_refused() {
         let bytes = encode(&save(&established().ct, 3 * SEC));

@@ -461,7 +461,9 @@ impl Default for ChangeLog {
         ChangeLog {
             on: AtomicBool::new(false),
             overflowed: AtomicBool::new(false),
-            parts: (0..CHANGE_LOG_PARTS).map(|_| Mutex::new(Vec::new())).collect(),
+            parts: (0..CHANGE_LOG_PARTS)
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
         }
     }
 }

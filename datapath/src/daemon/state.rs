@@ -895,7 +895,10 @@ mod tests {
         add(&ct, 0..20_000);
         let mut inc = Incremental::new(&path);
         let first = inc.round(&ct, None).expect("save");
-        assert!(first.compacted && first.scanned && first.examined == 20_000, "{first:?}");
+        assert!(
+            first.compacted && first.scanned && first.examined == 20_000,
+            "{first:?}"
+        );
         let quiet = inc.round(&ct, None).expect("save");
         assert_eq!(quiet, Round::default(), "a quiet round looks at nothing");
         add(&ct, 20_000..20_003);

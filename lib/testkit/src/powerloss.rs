@@ -162,16 +162,18 @@ pub fn is_child() -> bool {
 ///
 /// # Panics
 /// When the binary cannot be started.
-pub fn rerun_under_shim(
-    shim: &Path,
-    test: &str,
-    env: &[(&str, &str)],
-) -> std::process::ExitStatus {
+pub fn rerun_under_shim(shim: &Path, test: &str, env: &[(&str, &str)]) -> std::process::ExitStatus {
     let exe = std::env::current_exe().expect("the test binary");
     let mut cmd = std::process::Command::new(exe);
-    cmd.args([test, "--exact", "--nocapture", "--test-threads=1", "--include-ignored"])
-        .env("LD_PRELOAD", shim)
-        .env(CHILD_ENV, "1");
+    cmd.args([
+        test,
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+        "--include-ignored",
+    ])
+    .env("LD_PRELOAD", shim)
+    .env(CHILD_ENV, "1");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -237,13 +239,21 @@ impl InProcess {
         let s = std::ffi::CString::new(state.as_os_str().as_bytes()).expect("a path without NUL");
         // SAFETY: two valid NUL-terminated strings, read during the call.
         let r = unsafe { (self.configure)(d.as_ptr(), s.as_ptr()) };
-        assert_eq!(r, 0, "the shim refused {} / {}", dir.display(), state.display());
+        assert_eq!(
+            r,
+            0,
+            "the shim refused {} / {}",
+            dir.display(),
+            state.display()
+        );
     }
 
     /// Lets `n` more syncs under the directory be recorded, then cuts the
     /// power (`None`: never).
     pub fn arm(&self, n: Option<u64>) {
-        let n = n.map_or(-1, |n| libc::c_long::try_from(n).unwrap_or(libc::c_long::MAX));
+        let n = n.map_or(-1, |n| {
+            libc::c_long::try_from(n).unwrap_or(libc::c_long::MAX)
+        });
         // SAFETY: a plain C function of one integer.
         unsafe { (self.arm)(n) }
     }
