@@ -77,8 +77,9 @@
 //! Thread-safety: [`save`] and [`Tracker`] read the shared table shard by
 //! shard, holding each shard's lock only to clone its connections'
 //! handles (the records are built with no lock held);
-//! [`Conntrack::restore`] inserts as PMDs would; the creation log is
-//! appended by PMDs under its own mutex, only while on.
+//! [`Conntrack::restore`] inserts as PMDs would; the creation log and the
+//! change log are appended by PMDs under their own mutexes, only while
+//! on. [`Tracker::changes_logged`] locks one shard per key it looks up.
 
 use std::hash::BuildHasher;
 use std::net::Ipv4Addr;
