@@ -21,8 +21,8 @@
 //! lifetime on: an active connection is saved again then, so a restore
 //! gives it at least half its timeout less the interval); a compaction,
 //! the first round after reading the files back and a round after the
-//! log overflowed scan the table. The journal names the snapshot it extends (its
-//! save time). A compaction (at the first save with no usable files, when
+//! log overflowed scan the table. The journal names the snapshot it
+//! extends (its save time). A compaction (at the first save with no usable files, when
 //! the journal outgrows the snapshot, after a failed write) writes the
 //! snapshot to a temporary private to the process, `fsync`s it, renames it
 //! over `FILE` and `fsync`s the directory, then does the same for a new,
