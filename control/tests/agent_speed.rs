@@ -274,9 +274,10 @@ impl Stack {
     /// prefixed with its time after `since` (from the line's UTC
     /// timestamp), in time order.
     fn stage_lines(&self, since: std::time::SystemTime) -> Vec<String> {
-        const MARKERS: [(&str, &str); 7] = [
+        const MARKERS: [(&str, &str); 8] = [
             ("nestdb.log", "transaction committed"),
             ("agent.log", "large message decoded"),
+            ("agent.log", "large notification received as text"),
             ("agent.log", "large update applied"),
             ("agent.log", "large batch planned"),
             ("agent.log", "committed:"),

@@ -587,10 +587,11 @@ impl<'de> Visitor<'de> for RowTextSeed<'_> {
         let mut seen: Vec<String> = Vec::new();
         while let Some(c) = map.next_key::<String>()? {
             let ty = self.ts.column_type(&c).ok_or_else(defer)?;
+            // As `Datum::diff_from_json`: sizes checked only for scalars.
             let d = map.next_value_seed(datum_de::TypedDatumSeed {
                 ty,
                 symtab: None,
-                check_size: false,
+                check_size: !ty.is_composite(),
             })?;
             if modify {
                 // A repeated column would be applied twice here, once there.
