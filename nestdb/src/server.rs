@@ -408,12 +408,15 @@ fn notification_bytes(method: &str, id: &Value, txn: Option<&str>, updates: &[u8
     out
 }
 
+/// A `transact` request's operations as JSON text.
+type RawOps = Vec<Box<RawValue>>;
+
 /// A `transact` request from `frame` with its operations left as JSON
 /// text (checked for syntax, decoded one at a time when they run): no
 /// `Value` tree of a large transaction is built. `None` for any other
 /// message, or one this does not take apart (an escaped method name, a
 /// repeated member, a notification), which is decoded whole as before.
-fn decode_transact(frame: &[u8]) -> Option<(Message, Vec<Box<RawValue>>)> {
+fn decode_transact(frame: &[u8]) -> Option<(Message, RawOps)> {
     #[derive(serde::Deserialize)]
     struct Envelope<'a> {
         #[serde(borrow)]
@@ -452,7 +455,7 @@ fn decode_frame(
     frame: &[u8],
     max_decoded: usize,
     raw_transact: bool,
-) -> Result<(Message, Option<Vec<Box<RawValue>>>), String> {
+) -> Result<(Message, Option<RawOps>), String> {
     let estimate = decoded_size_estimate(frame);
     if estimate > max_decoded {
         return Err(format!(
@@ -906,7 +909,7 @@ impl Server {
     /// Handles one message; `raw_ops` are the operations of a `transact`
     /// request decoded by [`decode_transact`] (its `params` then holds only
     /// the database name).
-    fn handle(&mut self, sid: u64, m: Message, raw_ops: Option<Vec<Box<RawValue>>>) {
+    fn handle(&mut self, sid: u64, m: Message, raw_ops: Option<RawOps>) {
         if let Message::Request { method, params, id } = &m {
             if let Some(error) = self.refusal(sid, method, params) {
                 self.stats.permission_denied += 1;

@@ -149,7 +149,11 @@ impl Client {
                 }
             };
             let name = || {
-                n.params
+                // A notification of a megabyte or more comes as text.
+                let params = n
+                    .params_value()
+                    .map_err(|e| Error::Protocol(format!("{} notification: {e}", n.method)))?;
+                params
                     .get(0)
                     .and_then(Value::as_str)
                     .map(str::to_owned)
