@@ -488,7 +488,7 @@ fn row_changes_plan_their_difference_and_a_refusal_reads_the_program_again() {
         uuid: uuid(11),
         kind: ChangeKind::Insert,
         old: None,
-        new: Some(lp("pod-b", 6).to_row()),
+        new: Some(lp("pod-b", 6).to_row().into()),
     };
     let c2 = r
         .plan_changes(

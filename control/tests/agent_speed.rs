@@ -22,7 +22,15 @@
 //! ```
 //!
 //! Needs root (namespace, DPDK); `SLUICE_SPEED_SERVICES` and
-//! `SLUICE_SPEED_BIG` scale (a) and (b) down for a quick look. Every
+//! `SLUICE_SPEED_BIG` scale (a) and (b) down for a quick look
+//! (`SLUICE_SPEED_BIG=0` skips (b)); `SLUICE_SPEED_NESTDB` and
+//! `SLUICE_SPEED_AGENT` run other builds of `nestdb-server` and
+//! `sluice-agent` (e.g. older ones, for a before/after figure). (a) prints
+//! the stages of the big transaction as the three processes log them:
+//! nestdb's parse, execute, stage, monitor update and fsync times, the
+//! agent's decoding of the update, typed rows, incremental compile and
+//! changes, the `node-commit` call and `sluiced`'s phases, and the status
+//! write that follows, each with its time after the transaction was sent. Every
 //! process, namespace and file it makes goes on drop.
 
 use std::path::{Path, PathBuf};
@@ -200,11 +208,17 @@ impl Stack {
         ))
         .unwrap();
         let sluiced = start_node_sluiced(sluiced, &ns, d);
-        let mut agent = Command::new(env!("CARGO_BIN_EXE_sluice-agent"));
+        // Another build of the agent for a before/after figure.
+        let agent_bin = std::env::var_os("SLUICE_SPEED_AGENT").map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_sluice-agent")),
+            PathBuf::from,
+        );
+        let mut agent = Command::new(agent_bin);
         agent
             .args(["--db", &remote, "--ctl"])
             .arg(ctl())
-            .env("RUST_LOG", "info")
+            // The client library's timings of large messages and updates.
+            .env("RUST_LOG", "info,sluice_jsonrpc=debug,nestdb_client=debug")
             .stdout(Stdio::null());
         let agent = Daemon::spawn(agent, "sluice-agent", &d.join("agent.log"));
         let s = Stack {
@@ -256,6 +270,48 @@ impl Stack {
         println!("    phases (ms) agent: {a}\n    phases (ms) sluiced: {d}");
     }
 
+    /// The log lines that time the stages of a large transaction, each
+    /// prefixed with its time after `since` (from the line's UTC
+    /// timestamp), in time order.
+    fn stage_lines(&self, since: std::time::SystemTime) -> Vec<String> {
+        const MARKERS: [(&str, &str); 8] = [
+            ("nestdb.log", "transaction committed"),
+            ("agent.log", "large message decoded"),
+            ("agent.log", "large notification received as text"),
+            ("agent.log", "large update applied"),
+            ("agent.log", "large batch planned"),
+            ("agent.log", "committed:"),
+            ("sluiced.log", "node-commit: generation"),
+            ("agent.log", "status written after a large commit"),
+        ];
+        let day = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64()
+                % 86_400.0
+        };
+        let t0 = day(since);
+        let mut out: Vec<(f64, String)> = Vec::new();
+        for (file, marker) in MARKERS {
+            let text = std::fs::read_to_string(self.dir.path().join(file)).unwrap_or_default();
+            for l in text.lines().filter(|l| l.contains(marker)) {
+                let l = strip_ansi(l);
+                let Some(at) = utc_seconds_of_day(&l) else {
+                    continue;
+                };
+                if at + 1.0 < t0 {
+                    continue;
+                }
+                let body = l
+                    .split_once(' ')
+                    .map_or(l.as_str(), |(_, b)| b.trim_start());
+                out.push((at, format!("+{:8.1} ms {file}: {body}", (at - t0) * 1e3)));
+            }
+        }
+        out.sort_by(|a, b| a.0.total_cmp(&b.0));
+        out.into_iter().map(|(_, l)| l).collect()
+    }
+
     fn log_len(&self) -> usize {
         std::fs::read_to_string(self.dir.path().join("agent.log"))
             .unwrap_or_default()
@@ -280,6 +336,17 @@ fn field_values(text: &str, marker: &str, field: &str, n: usize) -> Vec<f64> {
     v = v.split_off(v.len().saturating_sub(n));
     v.sort_by(f64::total_cmp);
     v
+}
+
+/// The seconds since UTC midnight of a log line that starts with an RFC
+/// 3339 UTC timestamp (`2026-12-07T13:40:01.123456Z ...`).
+fn utc_seconds_of_day(line: &str) -> Option<f64> {
+    let t = line.get(11..)?.split(['Z', ' ']).next()?;
+    let mut it = t.split(':');
+    let h: f64 = it.next()?.parse().ok()?;
+    let m: f64 = it.next()?.parse().ok()?;
+    let s: f64 = it.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
 }
 
 /// `line` without its ANSI colour sequences (sluiced colours its log
@@ -325,6 +392,8 @@ fn commit_to_generation_in_force() {
     else {
         return;
     };
+    // Another nestdb-server build for a before/after figure.
+    let nestdb = std::env::var_os("SLUICE_SPEED_NESTDB").map_or(nestdb, PathBuf::from);
     let Some(sluiced) = built_or_skip!("sluiced", "cargo build -p sluice-datapath --bin sluiced")
     else {
         return;
@@ -342,6 +411,12 @@ fn commit_to_generation_in_force() {
         let g0 = st.call::<QueryNodeStatus>(&Empty {}).unwrap().generation;
         let from = s.log_len();
         let txn = services_txn(0, n_a, 10);
+        // The client's encoding, timed on its own (transact does it again).
+        let t_enc = Instant::now();
+        let request = serde_json::to_vec(&txn.to_params().unwrap()).unwrap();
+        let encode = t_enc.elapsed();
+        drop(request);
+        let wall0 = std::time::SystemTime::now();
         let t0 = Instant::now();
         c.transact_with_timeout(&txn, WAIT).unwrap();
         let t_reply = t0.elapsed();
@@ -365,6 +440,28 @@ fn commit_to_generation_in_force() {
             println!("    agent: {l}");
         }
         s.print_phases(usize::MAX);
+        println!(
+            "    stages (ms after the transaction was sent; fields as logged):\n      client encode (to_params + to_vec, timed apart) {:.1} ms",
+            encode.as_secs_f64() * 1e3
+        );
+        // The status write follows the next node-status poll.
+        wait_for(
+            "the status write after the large commit",
+            || s.logs(),
+            || {
+                s.stage_lines(wall0)
+                    .iter()
+                    .any(|l| l.contains("status written"))
+                    .then_some(())
+            },
+        );
+        for l in s.stage_lines(wall0) {
+            println!("      {l}");
+        }
+    }
+
+    if n_b == 0 {
+        return;
     }
 
     // (b) n_b Services x 1 endpoint, then single-endpoint changes.

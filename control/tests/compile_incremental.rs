@@ -394,7 +394,7 @@ fn monitor_changes_convert_and_bad_rows_are_reported() {
             uuid,
             kind: ChangeKind::Insert,
             old: None,
-            new: Some(row),
+            new: Some(row.into()),
         }
     }
     fn typed<T: TableRow>((u, r): &(Uuid, T)) -> RowChange {

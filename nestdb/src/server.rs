@@ -14,7 +14,11 @@
 //! how long one message can hold up this single loop), gets an error and is
 //! disconnected without affecting other sessions.  Unix peers are identified with
 //! `SO_PEERCRED` on accept: only root and the server's own uid may write; other peers
-//! may only read (see `Server::refusal`).
+//! may only read (see `Server::refusal`).  A `transact` from a peer that may write is
+//! decoded without a `serde_json::Value` tree of its operations: each operation stays
+//! JSON text until it runs, and an insert's row goes straight into typed values
+//! ([`crate::transaction::OpText`]); a transaction changing 1,000 rows or more has its
+//! phase times (decode, execute, stage, monitor updates, fsync) logged at `info`.
 //! The control socket ([`crate::unixctl`]) runs its connections on its own threads and
 //! posts commands to this loop, which polls its wake-up descriptor and runs them here.
 
@@ -23,9 +27,10 @@ use crate::monitor::{merge_changes, Monitor, Version};
 use crate::outqueue::OutQueue;
 use crate::storage::{now_ms, Storage, StorageError};
 use crate::table::Changes;
-use crate::transaction::{execute, reply_bytes, ExecContext, OpResult, Outcome};
+use crate::transaction::{execute, reply_bytes, ExecContext, OpResult, OpText, Outcome};
 use crate::unixctl::{Control, ControlSocket};
 use ovsdb_core::{OvsdbError, Schema, Uuid};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use sluice_jsonrpc::{decoded_size_estimate, unixctl};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -267,13 +272,33 @@ struct Db {
     dirty: bool,
     /// When each transaction staged since the last sync arrived.
     staged: Vec<Instant>,
+    /// The phase times of the large transactions staged since the last
+    /// sync (logged once their fsync is done).
+    large: Vec<TxnTimes>,
+}
+
+/// A transaction changing at least this many rows has its phase times
+/// logged at `info` (smaller ones at `debug`).
+const LARGE_TXN_ROWS: usize = 1000;
+
+/// The phase times of one committed transaction, for the log line that
+/// shows where a large transaction's time went.
+#[derive(Debug, Clone, Default)]
+struct TxnTimes {
+    rows: usize,
+    request_bytes: usize,
+    parse: Duration,
+    execute: Duration,
+    stage: Duration,
+    monitors: Duration,
+    monitor_bytes: usize,
 }
 
 struct PendingTxn {
     session: u64,
     id: Value,
     db: usize,
-    ops: Vec<Value>,
+    ops: Vec<OpText>,
     deadline: Option<Instant>,
 }
 
@@ -316,6 +341,43 @@ pub struct Server {
     accept_paused_until: Option<Instant>,
     /// What the metrics endpoint shows (None: no endpoint).
     metrics: Option<(Arc<crate::metrics::Metrics>, sluice_metrics::MetricsServer)>,
+    /// The decode time and size of the request being handled.
+    last_parse: (Duration, usize),
+}
+
+/// The phase times of a committed transaction: at `info` when it changed
+/// at least [`LARGE_TXN_ROWS`] rows, else at `debug`. `fsync` is that of
+/// the batch the transaction was made durable in.
+fn log_txn_times(db: &str, t: &TxnTimes, fsync: Duration) {
+    let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e3);
+    macro_rules! line {
+        ($lvl:ident) => {
+            tracing::$lvl!(
+                db,
+                rows = t.rows,
+                request_bytes = t.request_bytes,
+                parse_ms = ms(t.parse),
+                execute_ms = ms(t.execute),
+                stage_ms = ms(t.stage),
+                monitors_ms = ms(t.monitors),
+                monitor_bytes = t.monitor_bytes,
+                fsync_ms = ms(fsync),
+                "transaction committed"
+            )
+        };
+    }
+    if t.rows >= LARGE_TXN_ROWS {
+        line!(info);
+    } else {
+        line!(debug);
+    }
+}
+
+/// `f`'s value and how long it took.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let t = Instant::now();
+    let v = f();
+    (v, t.elapsed())
 }
 
 impl std::fmt::Debug for Server {
@@ -326,8 +388,6 @@ impl std::fmt::Debug for Server {
     }
 }
 
-/// Decodes one delimited message after checking that its estimated decoded
-/// size is within `max_decoded` bytes.
 /// The text of a monitor notification, `{"id":null,"method":…,"params":[id,
 /// (txn,) updates]}` (what `Message::Notification` encodes to), around the
 /// already written `updates`.
@@ -348,7 +408,54 @@ fn notification_bytes(method: &str, id: &Value, txn: Option<&str>, updates: &[u8
     out
 }
 
-fn decode_frame(frame: &[u8], max_decoded: usize) -> Result<Message, String> {
+/// A `transact` request's operations as JSON text.
+type RawOps = Vec<Box<RawValue>>;
+
+/// A `transact` request from `frame` with its operations left as JSON
+/// text (checked for syntax, decoded one at a time when they run): no
+/// `Value` tree of a large transaction is built. `None` for any other
+/// message, or one this does not take apart (an escaped method name, a
+/// repeated member, a notification), which is decoded whole as before.
+fn decode_transact(frame: &[u8]) -> Option<(Message, RawOps)> {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        method: Option<&'a RawValue>,
+        #[serde(borrow)]
+        params: Option<&'a RawValue>,
+        id: Option<Value>,
+    }
+    // An array would fill the struct by position: only an object is a message.
+    if frame.first() != Some(&b'{') {
+        return None;
+    }
+    let env: Envelope<'_> = serde_json::from_slice(frame).ok()?;
+    if env.method?.get() != "\"transact\"" {
+        return None;
+    }
+    let id = env.id.filter(|v| !v.is_null())?;
+    let params: Vec<&RawValue> = serde_json::from_str(env.params?.get()).ok()?;
+    let mut params = params.into_iter();
+    let db: Value = serde_json::from_str(params.next()?.get()).ok()?;
+    let ops = params.map(|r| r.to_owned()).collect();
+    Some((
+        Message::Request {
+            method: "transact".into(),
+            params: Value::Array(vec![db]),
+            id,
+        },
+        ops,
+    ))
+}
+
+/// Decodes one delimited message after checking that its estimated decoded
+/// size is within `max_decoded` bytes (a `transact`'s operations as text
+/// when `raw_transact`, see [`decode_transact`]).
+fn decode_frame(
+    frame: &[u8],
+    max_decoded: usize,
+    raw_transact: bool,
+) -> Result<(Message, Option<RawOps>), String> {
     let estimate = decoded_size_estimate(frame);
     if estimate > max_decoded {
         return Err(format!(
@@ -358,9 +465,14 @@ fn decode_frame(frame: &[u8], max_decoded: usize) -> Result<Message, String> {
             max_decoded >> 20
         ));
     }
+    if raw_transact {
+        if let Some((m, ops)) = decode_transact(frame) {
+            return Ok((m, Some(ops)));
+        }
+    }
     let value = serde_json::from_slice(frame)
         .map_err(|e| FrameError::InvalidJson(e.to_string()).to_string())?;
-    parse_message(value)
+    parse_message(value).map(|m| (m, None))
 }
 
 /// Whether a new connection's peer may write, and its uid: Unix peers are
@@ -415,6 +527,7 @@ impl Server {
             storage: Storage::in_memory(Schema::server_schema()),
             dirty: false,
             staged: Vec::new(),
+            large: Vec::new(),
         }];
         for path in &config.databases {
             let storage = Storage::open(path, config.schema.as_deref(), config.compact_threshold)?;
@@ -427,6 +540,7 @@ impl Server {
                 storage,
                 dirty: false,
                 staged: Vec::new(),
+                large: Vec::new(),
             });
         }
         let mut listeners = Vec::new();
@@ -466,6 +580,7 @@ impl Server {
             stats: Stats::default(),
             accept_paused_until: None,
             metrics: None,
+            last_parse: (Duration::ZERO, 0),
         };
         if let Some(addr) = s.config.metrics_address {
             let m = Arc::new(crate::metrics::Metrics::default());
@@ -683,11 +798,14 @@ impl Server {
                 }
             }
             let max_decoded = self.config.max_message_memory;
+            // Only a peer that may write gets its operations decoded one at a
+            // time (the permission check reads every operation's name).
+            let raw = s.privileged;
             loop {
                 match s.parser.next_frame_ref() {
-                    Ok(Some(frame)) => match decode_frame(frame, max_decoded) {
-                        Ok(m) => msgs.push(Ok(m)),
-                        Err(e) => {
+                    Ok(Some(frame)) => match timed(|| decode_frame(frame, max_decoded, raw)) {
+                        (Ok(m), t) => msgs.push(Ok((m, t, frame.len()))),
+                        (Err(e), _) => {
                             msgs.push(Err(e));
                             break;
                         }
@@ -701,14 +819,15 @@ impl Server {
             }
         }
         for m in msgs {
-            let m = match m {
+            let (m, parse, bytes) = match m {
                 Ok(m) => m,
                 Err(text) => {
                     self.protocol_error(id, &text);
                     return;
                 }
             };
-            self.handle(id, m);
+            self.last_parse = (parse, bytes);
+            self.handle(id, m.0, m.1);
         }
     }
 
@@ -787,7 +906,10 @@ impl Server {
         }))
     }
 
-    fn handle(&mut self, sid: u64, m: Message) {
+    /// Handles one message; `raw_ops` are the operations of a `transact`
+    /// request decoded by [`decode_transact`] (its `params` then holds only
+    /// the database name).
+    fn handle(&mut self, sid: u64, m: Message, raw_ops: Option<RawOps>) {
         if let Message::Request { method, params, id } = &m {
             if let Some(error) = self.refusal(sid, method, params) {
                 self.stats.permission_denied += 1;
@@ -827,12 +949,15 @@ impl Server {
                     Ok(db) => {
                         // Moved, not copied: a large transaction's operations are
                         // tens of megabytes of JSON.
-                        let ops: Vec<Value> = match params {
-                            Value::Array(mut a) if !a.is_empty() => {
-                                a.remove(0);
-                                a
-                            }
-                            _ => Vec::new(),
+                        let ops: Vec<OpText> = match raw_ops {
+                            Some(ops) => ops.into_iter().map(OpText::Raw).collect(),
+                            None => match params {
+                                Value::Array(mut a) if !a.is_empty() => {
+                                    a.remove(0);
+                                    a.into_iter().map(OpText::Parsed).collect()
+                                }
+                                _ => Vec::new(),
+                            },
                         };
                         self.run_transaction(sid, id, db, ops, None);
                     }
@@ -1072,10 +1197,11 @@ impl Server {
         sid: u64,
         id: Value,
         db: usize,
-        ops: Vec<Value>,
+        ops: Vec<OpText>,
         pending_deadline: Option<Option<Instant>>,
     ) {
         let expired = matches!(pending_deadline, Some(Some(d)) if d <= Instant::now());
+        let t_exec = Instant::now();
         let outcome = {
             let owns = |l: &str| self.owns_lock(sid, l);
             let ctx = ExecContext {
@@ -1109,7 +1235,14 @@ impl Server {
                     self.stats.failed_txns += 1;
                 }
                 if let Some(c) = changes {
-                    self.commit(db, c);
+                    let times = TxnTimes {
+                        rows: c.rows.len(),
+                        request_bytes: self.last_parse.1,
+                        parse: self.last_parse.0,
+                        execute: t_exec.elapsed(),
+                        ..TxnTimes::default()
+                    };
+                    self.commit(db, c, times);
                 }
                 // Written straight from the results (the bytes a `Message::Reply`
                 // of their JSON array gives): a large insert has one per row.
@@ -1120,11 +1253,14 @@ impl Server {
         }
     }
 
-    fn commit(&mut self, db: usize, changes: Changes) {
+    fn commit(&mut self, db: usize, changes: Changes, mut times: TxnTimes) {
         self.stats.commits += 1;
         let d = &mut self.dbs[db];
         d.staged.push(Instant::now());
+        let t_stage = Instant::now();
         let entry = d.storage.stage(changes, now_ms());
+        times.stage = t_stage.elapsed();
+        let t_monitors = Instant::now();
         d.dirty = true;
         let name = d.name.clone();
         let dbref = &self.dbs[db].storage.db;
@@ -1143,9 +1279,12 @@ impl Server {
                 notes.push(notification_bytes(method, &m.id, txn, &u));
             }
             for n in notes {
+                times.monitor_bytes += n.len();
                 s.out.push(n);
             }
         }
+        times.monitors = t_monitors.elapsed();
+        self.dbs[db].large.push(times);
         self.retry_pending = true;
     }
 
@@ -1160,6 +1299,8 @@ impl Server {
         }
         self.retry_pending = false;
         let pending = std::mem::take(&mut self.pending);
+        // Retried requests were decoded earlier: no decode time of theirs.
+        self.last_parse = (Duration::ZERO, 0);
         for p in pending {
             if !self.sessions.contains_key(&p.session) {
                 continue;
@@ -1196,11 +1337,16 @@ impl Server {
     fn sync(&mut self) -> Result<(), ServerError> {
         for d in &mut self.dbs {
             if d.dirty {
+                let t = Instant::now();
                 d.storage
                     .sync()
                     .map_err(|e| ServerError::Io(e.to_string()))?;
+                let fsync = t.elapsed();
                 d.dirty = false;
                 self.stats.syncs += 1;
+                for x in d.large.drain(..) {
+                    log_txn_times(&d.name, &x, fsync);
+                }
             }
             if let Some((m, _)) = &self.metrics {
                 let now = Instant::now();

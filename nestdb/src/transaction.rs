@@ -9,16 +9,86 @@
 //! reference clean-up, strong reference targets, column sizes, `maxRows`, then index
 //! uniqueness.  Any failure discards the overlay.  The result array is a list of
 //! [`OpResult`]s (an insert's result kept as its UUID), written into the reply by
-//! [`reply_bytes`].  Single-threaded by construction.
+//! [`reply_bytes`].  Operations come as decoded `Value`s or as JSON text
+//! ([`OpText`]): text is decoded one operation at a time as it runs, and an insert's
+//! `row` is parsed straight into typed values ([`ovsdb_core::datum_de::RowSeed`]),
+//! falling back to the `Value` path (which words the error) on anything the visitors
+//! do not take, so both forms give the same results.  Single-threaded by construction.
 
 use crate::table::{Changes, Database, Row, RowChange};
+use ovsdb_core::datum_de::RowSeed;
 use ovsdb_core::{
     apply_mutation, Atom, AtomicType, ColumnType, Datum, Mutator, OvsdbError, RefType, SymbolTable,
     TableSchema, Uuid, Where,
 };
+use serde::de::DeserializeSeed;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+
+/// One operation of a `transact` request: a decoded `Value`, or its JSON
+/// text, decoded only when the operation runs (an insert's row goes
+/// straight into typed values: see [`ovsdb_core::datum_de`]).
+#[derive(Debug, Clone)]
+pub enum OpText {
+    /// Decoded.
+    Parsed(Value),
+    /// Its JSON text (syntactically valid: cut from a decoded request).
+    Raw(Box<RawValue>),
+}
+
+/// An operation as [`execute`] reads it.
+#[derive(Debug, Clone, Copy)]
+pub enum OpRef<'a> {
+    /// Decoded.
+    Parsed(&'a Value),
+    /// JSON text.
+    Raw(&'a RawValue),
+}
+
+/// What [`execute`] accepts as one operation.
+pub trait AsOp {
+    /// The operation.
+    fn as_op(&self) -> OpRef<'_>;
+}
+
+impl AsOp for Value {
+    fn as_op(&self) -> OpRef<'_> {
+        OpRef::Parsed(self)
+    }
+}
+
+impl AsOp for OpText {
+    fn as_op(&self) -> OpRef<'_> {
+        match self {
+            OpText::Parsed(v) => OpRef::Parsed(v),
+            OpText::Raw(r) => OpRef::Raw(r),
+        }
+    }
+}
+
+/// An `insert` given as text whose members are all allowed ones: the
+/// members but `row`, decoded, and the `row`'s text. `None` for anything
+/// else (which is decoded whole and takes the ordinary path).
+fn split_insert(raw: &RawValue) -> Option<(Map<String, Value>, Option<&RawValue>)> {
+    let members: BTreeMap<String, &RawValue> = serde_json::from_str(raw.get()).ok()?;
+    if members.get("op").map(|r| r.get()) != Some("\"insert\"") {
+        return None;
+    }
+    let mut row = None;
+    let mut o = Map::new();
+    for (k, v) in members {
+        match k.as_str() {
+            "row" => row = Some(v),
+            "op" | "table" | "uuid-name" | "uuid" => {
+                o.insert(k, serde_json::from_str(v.get()).ok()?);
+            }
+            _ => return None,
+        }
+    }
+    Some((o, row))
+}
 
 /// What the caller knows about the requesting session.
 pub struct ExecContext<'a> {
@@ -180,7 +250,7 @@ const OP_MEMBERS: &[(&str, &[&str])] = &[
 ];
 
 /// Executes the operations `ops` (the `transact` params after the database name).
-pub fn execute(db: &Database, ops: &[Value], ctx: &ExecContext<'_>) -> Outcome {
+pub fn execute<O: AsOp>(db: &Database, ops: &[O], ctx: &ExecContext<'_>) -> Outcome {
     let mut txn = Txn {
         db,
         overlay: BTreeMap::new(),
@@ -191,7 +261,7 @@ pub fn execute(db: &Database, ops: &[Value], ctx: &ExecContext<'_>) -> Outcome {
     let mut results = Vec::with_capacity(ops.len() + 1);
     let mut failed = false;
     for (i, op) in ops.iter().enumerate() {
-        match txn.execute_op(op, i, ops.len(), ctx) {
+        match txn.execute_op(op.as_op(), i, ops.len(), ctx) {
             Ok(v) => results.push(v),
             Err(OpError::Blocked(t)) => return Outcome::Blocked { timeout_ms: t },
             Err(OpError::Failed(e)) => {
@@ -346,11 +416,27 @@ impl<'a> Txn<'a> {
 
     fn execute_op(
         &mut self,
-        op: &Value,
+        op: OpRef<'_>,
         i: usize,
         n: usize,
         ctx: &ExecContext<'_>,
     ) -> Result<OpResult, OpError> {
+        let decoded: Value;
+        let (op, raw_row) = match op {
+            OpRef::Parsed(v) => (v, None),
+            OpRef::Raw(r) => match split_insert(r) {
+                Some((o, row)) => {
+                    decoded = Value::Object(o);
+                    (&decoded, row)
+                }
+                None => {
+                    decoded = serde_json::from_str(r.get()).map_err(|e| {
+                        OvsdbError::syntax(format!("ops[{i}] is not valid JSON: {e}"))
+                    })?;
+                    (&decoded, None)
+                }
+            },
+        };
         let o = op
             .as_object()
             .ok_or_else(|| OvsdbError::syntax(format!("ops[{i}] is not an object")))?;
@@ -378,7 +464,7 @@ impl<'a> Txn<'a> {
             .into());
         }
         if opname == "insert" {
-            return self.op_insert(o).map(OpResult::Inserted);
+            return self.op_insert(o, raw_row).map(OpResult::Inserted);
         }
         match opname {
             "select" => self.op_select(o),
@@ -417,7 +503,11 @@ impl<'a> Txn<'a> {
     }
 
     /// Inserts a row; returns its UUID.
-    fn op_insert(&mut self, o: &Map<String, Value>) -> Result<Uuid, OpError> {
+    fn op_insert(
+        &mut self,
+        o: &Map<String, Value>,
+        raw_row: Option<&RawValue>,
+    ) -> Result<Uuid, OpError> {
         let (t, ts) = self.table(o, "insert")?;
         let uuid = match (o.get("uuid-name"), o.get("uuid")) {
             (Some(n), _) => {
@@ -427,20 +517,21 @@ impl<'a> Txn<'a> {
                 let u = self.symtab.declare(name)?;
                 if let Some(given) = o.get("uuid") {
                     let g = parse_plain_uuid(given)?;
-                    return self.insert_row(o, t, &ts, g).map(|_| g);
+                    return self.insert_row(o, raw_row, t, &ts, g).map(|_| g);
                 }
                 u
             }
             (None, Some(given)) => parse_plain_uuid(given)?,
             (None, None) => Uuid::new_v4(),
         };
-        self.insert_row(o, t, &ts, uuid)?;
+        self.insert_row(o, raw_row, t, &ts, uuid)?;
         Ok(uuid)
     }
 
     fn insert_row(
         &mut self,
         o: &Map<String, Value>,
+        raw_row: Option<&RawValue>,
         t: usize,
         ts: &TableSchema,
         uuid: Uuid,
@@ -451,10 +542,30 @@ impl<'a> Txn<'a> {
         // Defaults only for the columns the operation leaves out (most columns of a
         // large insert are given).
         let mut given: Vec<Option<Datum>> = vec![None; ts.columns.len()];
-        if let Some(rv) = o.get("row") {
-            for (i, d) in self.parse_row(rv, ts, false)? {
-                given[i] = Some(d);
-            }
+        let parsed = match raw_row {
+            // Straight into typed values; anything the seed defers on is
+            // decoded and parsed as usual, which gives the error.
+            Some(raw) => match (RowSeed {
+                table: ts,
+                symtab: &mut self.symtab,
+            })
+            .deserialize(&mut serde_json::Deserializer::from_str(raw.get()))
+            {
+                Ok(row) => Some(row),
+                Err(_) => {
+                    let v: Value = serde_json::from_str(raw.get()).map_err(|e| {
+                        OvsdbError::syntax(format!("\"row\" is not valid JSON: {e}"))
+                    })?;
+                    Some(self.parse_row(&v, ts, false)?)
+                }
+            },
+            None => match o.get("row") {
+                Some(rv) => Some(self.parse_row(rv, ts, false)?),
+                None => None,
+            },
+        };
+        for (i, d) in parsed.into_iter().flatten() {
+            given[i] = Some(d);
         }
         // Like ovsdb-server, columns left at their default must satisfy the constraints
         // too (e.g. "" is not a valid value of a required enum column); the given
@@ -1083,6 +1194,118 @@ mod tests {
 
     fn err(v: &Value) -> &str {
         v["error"].as_str().unwrap_or("")
+    }
+
+    /// `text` with every UUID (8-4-4-4-12 hex digits) written as `U`.
+    fn blank_uuids(text: &str) -> String {
+        let is_uuid = |w: &[u8]| {
+            w.len() == 36
+                && w.iter().enumerate().all(|(i, c)| match i {
+                    8 | 13 | 18 | 23 => *c == b'-',
+                    _ => c.is_ascii_hexdigit(),
+                })
+        };
+        let b = text.as_bytes();
+        let mut out = String::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b.get(i..i + 36).is_some_and(is_uuid) {
+                out.push('U');
+                i += 36;
+            } else {
+                out.push(b[i] as char);
+                i += 1;
+            }
+        }
+        out
+    }
+
+    /// `ops` run as decoded values and as text (each on a fresh database):
+    /// the same results but for the inserted UUIDs, and the same rows.
+    fn both_forms(ops: &Value) {
+        let ctx = ExecContext {
+            owns_lock: &|l| l == "mine",
+            wait_expired: false,
+            read_only: None,
+        };
+        let text: Vec<OpText> = ops
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| OpText::Raw(RawValue::from_string(o.to_string()).unwrap()))
+            .collect();
+        let shape = |out: Outcome| match out {
+            Outcome::Done {
+                results, changes, ..
+            } => {
+                let results: Vec<Value> = results
+                    .iter()
+                    .map(|r| match r {
+                        OpResult::Inserted(_) => json!("inserted"),
+                        other => json!(blank_uuids(&other.to_json().to_string())),
+                    })
+                    .collect();
+                // Rows and results as JSON text with every UUID blanked
+                // (inserted rows get random ones).
+                let blank = |d: &Datum| blank_uuids(&d.to_json().to_string());
+                let rows: Vec<Option<Vec<String>>> = changes
+                    .map(|c| {
+                        c.rows
+                            .iter()
+                            .map(|r| r.new.as_ref().map(|n| n.data.iter().map(blank).collect()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let mut rows = rows;
+                rows.sort();
+                (results, rows)
+            }
+            Outcome::Blocked { .. } => panic!("unexpectedly blocked"),
+        };
+        let a = shape(execute(&db(), ops.as_array().unwrap(), &ctx));
+        let b = shape(execute(&db(), &text, &ctx));
+        assert_eq!(a, b, "{ops}");
+    }
+
+    /// Operations given as text (how nestdb-server takes a `transact` from
+    /// a peer that may write) behave as decoded ones: inserts whose rows
+    /// the typed visitors take, and every way an insert can be refused.
+    #[test]
+    fn operations_as_text_behave_as_values() {
+        let cases = [
+            json!([{"op":"insert","table":"A","row":{"name":"x","n":5,"s":["set",["p","q"]],"m":["map",[["k","v"]]],"b":["named-uuid","nb"]}},
+                   {"op":"insert","table":"B","row":{"x":1},"uuid-name":"nb"}]),
+            json!([{"op":"insert","table":"A","row":{"name":"x"},"uuid-name":"a"},
+                   {"op":"insert","table":"A","row":{"name":"y","w":["set",[["named-uuid","a"]]]}}]),
+            json!([{"op":"insert","table":"A","row":{"name":"x","n":101}}]),
+            json!([{"op":"insert","table":"A","row":{"name":"x","n":1.5}}]),
+            json!([{"op":"insert","table":"A","row":{"name":"x","s":["set",["p","q","r"]]}}]),
+            json!([{"op":"insert","table":"A","row":{"name":"x","nope":1}}]),
+            json!([{"op":"insert","table":"A","row":{"name":"x","_uuid":["uuid","5f8c43e8-3d9a-4c58-8d5b-2c1f2b0c3d4e"]}}]),
+            json!([{"op":"insert","table":"A","row":{"name":"x","b":["named-uuid","missing"]}}]),
+            json!([{"op":"insert","table":"A","row":{"name":"x"},"uuid-name":"a"},
+                   {"op":"insert","table":"A","row":{"name":"y"},"uuid-name":"a"}]),
+            json!([{"op":"insert","table":"A","row":{"name":"x"}},
+                   {"op":"insert","table":"A","row":{"name":"x"}}]),
+            json!([{"op":"insert","table":"Nope","row":{}}]),
+            json!([{"op":"insert","row":{}}]),
+            json!([{"op":"insert","table":"A","row":[]}]),
+            json!([{"op":"insert","table":"A","row":{"name":"x"},"extra":1}]),
+            json!([{"op":"insert","table":"A","row":{"name":"x"},"uuid":"5f8c43e8-3d9a-4c58-8d5b-2c1f2b0c3d4e"}]),
+            json!([{"op":"insert","table":"A","row":{"name":"x"},"uuid-name":""}]),
+            json!([{"op":"insert","table":"A"}]),
+            json!([{"op":"insert","table":"A","row":{"name":"x"}},
+                   {"op":"update","table":"A","where":[["name","==","x"]],"row":{"n":7}},
+                   {"op":"select","table":"A","where":[],"columns":["name","n"]},
+                   {"op":"mutate","table":"A","where":[],"mutations":[["n","+=",1]]},
+                   {"op":"comment","comment":"c"},
+                   {"op":"assert","lock":"mine"}]),
+            json!([{"op":"delete","table":"A","where":[]}, 1, "x", {"op":"nope"}]),
+            json!([{"op":"abort"}]),
+        ];
+        for ops in &cases {
+            both_forms(ops);
+        }
     }
 
     /// The transact reply written from the results is byte for byte the

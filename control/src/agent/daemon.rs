@@ -248,6 +248,9 @@ struct Loop {
     said_up_to_date: bool,
     /// When the first database change not yet committed arrived.
     dirty_since: Option<Instant>,
+    /// When a large batch was committed, until the status write that
+    /// follows it (whose time is then logged).
+    large_status: Option<Instant>,
 }
 
 /// Runs the agent until `stop` is set (checked at least every
@@ -295,6 +298,7 @@ pub fn run(config: AgentConfig, stop: &AtomicBool) -> Result<(), AgentError> {
         last_query_error: None,
         said_up_to_date: false,
         dirty_since: None,
+        large_status: None,
         config,
     };
     let mut rec = Reconciler::new();
@@ -533,9 +537,11 @@ impl Loop {
 
     fn plan(&mut self, monitor: &Monitor, rec: &mut Reconciler) {
         let t_plan = Instant::now();
+        let mut batch_rows = 0;
         let plan = if rec.loaded() {
             let Some(snap) = &self.snap else { return };
             let batch = std::mem::take(&mut self.pending);
+            batch_rows = batch.len();
             rec.plan_changes(&batch, &snap.rows.logical_ports, snap.txn_id)
         } else {
             let full = self.refresh(monitor, true);
@@ -590,9 +596,21 @@ impl Loop {
         };
         let t_commit = Instant::now();
         let generation = changes.generation;
+        let times = rec.compiler().map(|c| c.last_times()).unwrap_or_default();
+        let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e3);
         match self.send(changes) {
             Ok(reply) => {
                 let commit_ms = t_commit.elapsed().as_secs_f64() * 1e3;
+                if batch_rows >= LARGE_BATCH {
+                    info!(
+                        rows = batch_rows,
+                        convert_ms = ms(times.convert),
+                        compile_ms = ms(times.compile),
+                        changes_ms = ms(times.changes),
+                        "large batch planned (typed rows, incremental compile, changes)"
+                    );
+                    self.large_status = Some(Instant::now());
+                }
                 rec.committed(&reply);
                 {
                     use std::sync::atomic::Ordering::Relaxed;
@@ -753,8 +771,17 @@ impl Loop {
                 }
             }
         }
+        let t = Instant::now();
         if self.writer.transact(&txn).is_err() {
             return;
+        }
+        if let Some(since) = self.large_status.take() {
+            info!(
+                writes = writes.len(),
+                transact_ms = format!("{:.1}", t.elapsed().as_secs_f64() * 1e3),
+                since_commit_ms = format!("{:.1}", since.elapsed().as_secs_f64() * 1e3),
+                "status written after a large commit"
+            );
         }
         debug!(writes = writes.len(), "status written");
         // Wait until the monitor shows the writes, so the next round does
@@ -765,6 +792,10 @@ impl Loop {
         }
     }
 }
+
+/// A batch of at least this many row changes has its planning phases
+/// and the status write after it logged (at `info`).
+const LARGE_BATCH: usize = 1000;
 
 /// How many drained row changes may wait while `sluiced` is not known
 /// before they are given to the compiler anyway.

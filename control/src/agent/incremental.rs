@@ -155,7 +155,7 @@ impl RowUpdate {
     /// its error is returned beside the update.
     pub fn from_change(c: &RowChange) -> Option<(RowUpdate, Option<RowError>)> {
         fn typed<T: TableRow>(c: &RowChange) -> (Option<T>, Option<RowError>) {
-            match c.new.as_ref().map(T::from_row) {
+            match c.new.as_deref().map(T::from_row) {
                 None => (None, None),
                 Some(Ok(v)) => (Some(v), None),
                 Some(Err(e)) => (
@@ -501,6 +501,19 @@ pub struct UpdateStats {
     pub services_rewritten: usize,
 }
 
+/// Where the last update's time went (for the agent's log of large
+/// batches).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpdateTimes {
+    /// Monitor rows to typed rows ([`IncrementalCompiler::update_from_changes`]
+    /// only; zero for [`IncrementalCompiler::update`]).
+    pub convert: std::time::Duration,
+    /// Applying the rows and recompiling what depends on them.
+    pub compile: std::time::Duration,
+    /// Building the changes from the journal (the diff).
+    pub changes: std::time::Duration,
+}
+
 /// The incremental compiler. See the module documentation.
 #[derive(Debug)]
 pub struct IncrementalCompiler {
@@ -534,6 +547,7 @@ pub struct IncrementalCompiler {
     conversion: BTreeMap<(&'static str, Uuid), RowError>,
     out: Out,
     stats: UpdateStats,
+    times: UpdateTimes,
 }
 
 /// What changed, and so must be recomputed, in one update.
@@ -583,6 +597,7 @@ impl IncrementalCompiler {
             conversion: BTreeMap::new(),
             out: Out::default(),
             stats: UpdateStats::default(),
+            times: UpdateTimes::default(),
         };
         c.recompute(Dirty {
             node: true,
@@ -657,8 +672,14 @@ impl IncrementalCompiler {
     /// before to the one held now (generation 0, no expected generation:
     /// the caller stamps them). Equal to `diff(before, after)`.
     pub fn update(&mut self, updates: impl IntoIterator<Item = RowUpdate>) -> NodeChanges {
+        let t = std::time::Instant::now();
+        self.times.convert = std::time::Duration::ZERO;
         self.apply_updates(updates);
-        self.out.take_changes()
+        self.times.compile = t.elapsed();
+        let t = std::time::Instant::now();
+        let changes = self.out.take_changes();
+        self.times.changes = t.elapsed();
+        changes
     }
 
     /// Applies `updates` without building the changes (for a first load or
@@ -676,6 +697,7 @@ impl IncrementalCompiler {
     /// Rows that do not convert are treated as absent and reported by
     /// [`Self::conversion_errors`].
     pub fn update_from_changes(&mut self, changes: &[RowChange]) -> NodeChanges {
+        let t = std::time::Instant::now();
         let mut updates = Vec::with_capacity(changes.len());
         for c in changes {
             if let Some((u, err)) = RowUpdate::from_change(c) {
@@ -697,7 +719,10 @@ impl IncrementalCompiler {
                 updates.push(u);
             }
         }
-        self.update(updates)
+        let convert = t.elapsed();
+        let out = self.update(updates);
+        self.times.convert = convert;
+        out
     }
 
     /// The program held, canonical (O(program): for a full push or a diff
@@ -795,6 +820,12 @@ impl IncrementalCompiler {
     /// The work the last update did.
     pub fn last_stats(&self) -> UpdateStats {
         self.stats
+    }
+
+    /// Where the last [`Self::update`] (or [`Self::update_from_changes`])
+    /// spent its time.
+    pub fn last_times(&self) -> UpdateTimes {
+        self.times
     }
 
     /// Number of Services held (rows).

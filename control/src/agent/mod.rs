@@ -29,5 +29,5 @@ pub mod reconcile;
 pub mod startup;
 
 pub use compile::{compile, compile_with, Compiled, Limits, NodeRows, RowError};
-pub use incremental::{IncrementalCompiler, RowUpdate, UpdateStats};
+pub use incremental::{IncrementalCompiler, RowUpdate, UpdateStats, UpdateTimes};
 pub use reconcile::{Held, Plan, Reconciler, Snapshot, StatusWrite};

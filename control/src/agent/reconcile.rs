@@ -367,7 +367,7 @@ impl Reconciler {
                         uuid: *u,
                         kind: ChangeKind::Modify,
                         old: None,
-                        new: Some(now.to_row()),
+                        new: Some(std::sync::Arc::new(now.to_row())),
                     });
                     false
                 }

@@ -8,7 +8,10 @@
 //! answers `echo` requests itself (so an idle client is never dropped by an
 //! OVSDB server's inactivity probe), refuses other server requests with an
 //! error reply and forwards notifications (`update3`, `locked`, …) to a
-//! channel.
+//! channel; a notification of [`LARGE_MESSAGE`] bytes or more is forwarded
+//! with its params as JSON text, undecoded, for the receiver to decode into
+//! its own types. Requests can be sent with params already written as JSON
+//! text ([`Connection::call_encoded`]).
 //!
 //! Invariants: request ids are unique per connection; every pending request
 //! is completed exactly once — with the reply, or with
@@ -30,6 +33,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::framing::{Framer, Limits};
@@ -106,12 +110,75 @@ pub enum ClientError {
 }
 
 /// A server-initiated notification (a request with a null id).
-#[derive(Debug, Clone, PartialEq)]
+///
+/// A large one (at least [`LARGE_MESSAGE`] bytes) arrives undecoded: its
+/// params are in `raw_params` as JSON text (checked for syntax) and
+/// `params` is null, so a receiver can decode them straight into its own
+/// types ([`Notification::params_value`] decodes either form).
+#[derive(Debug, Clone)]
 pub struct Notification {
     /// The JSON-RPC method, e.g. `"update3"` or `"locked"`.
     pub method: String,
-    /// The method's params (an array in OVSDB).
+    /// The method's params (an array in OVSDB); null when `raw_params`
+    /// holds them.
     pub params: Value,
+    /// The params as JSON text, for a large notification.
+    pub raw_params: Option<Box<RawValue>>,
+}
+
+impl Notification {
+    /// The params, decoded (from `raw_params` when the notification came
+    /// as text).
+    ///
+    /// # Errors
+    /// The decoding error of the text (which was valid JSON when it
+    /// arrived, so only numbers beyond `f64`'s range fail).
+    pub fn params_value(&self) -> Result<std::borrow::Cow<'_, Value>, serde_json::Error> {
+        match &self.raw_params {
+            Some(r) => serde_json::from_str(r.get()).map(std::borrow::Cow::Owned),
+            None => Ok(std::borrow::Cow::Borrowed(&self.params)),
+        }
+    }
+}
+
+impl PartialEq for Notification {
+    fn eq(&self, other: &Self) -> bool {
+        self.method == other.method
+            && self.params == other.params
+            && self.raw_params.as_ref().map(|r| r.get())
+                == other.raw_params.as_ref().map(|r| r.get())
+    }
+}
+
+/// A notification of at least this many bytes arrives as text
+/// ([`Notification::raw_params`]); a message this large has its decoding
+/// time logged (at `debug`).
+pub const LARGE_MESSAGE: usize = 1 << 20;
+
+/// A large notification's method and params, undecoded; `None` for any
+/// other message (or one this does not take apart: a repeated member, an
+/// escaped method name), which is decoded whole.
+fn raw_notification(frame: &[u8]) -> Option<Notification> {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        method: Option<String>,
+        #[serde(borrow)]
+        params: Option<&'a RawValue>,
+        id: Option<Value>,
+    }
+    // An array would fill the struct by position: only an object is a message.
+    if frame.first() != Some(&b'{') {
+        return None;
+    }
+    let env: Envelope<'_> = serde_json::from_slice(frame).ok()?;
+    if env.id.is_some_and(|id| !id.is_null()) {
+        return None;
+    }
+    Some(Notification {
+        method: env.method?,
+        params: Value::Null,
+        raw_params: Some(env.params?.to_owned()),
+    })
 }
 
 /// How to open a [`Connection`].
@@ -239,9 +306,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn write_message(writer: &Mutex<Stream>, remote: &str, msg: &Message) -> Result<(), ClientError> {
-    let bytes = msg.to_bytes();
+    write_bytes(writer, remote, &msg.to_bytes())
+}
+
+fn write_bytes(writer: &Mutex<Stream>, remote: &str, bytes: &[u8]) -> Result<(), ClientError> {
     let mut w = lock(writer);
-    w.write_all(&bytes)
+    w.write_all(bytes)
         .and_then(|()| w.flush())
         .map_err(|source| ClientError::Io {
             remote: remote.to_owned(),
@@ -339,6 +409,51 @@ impl Connection {
         params: Value,
         timeout: Option<Duration>,
     ) -> Result<Value, ClientError> {
+        self.call_with(method, timeout, |id| {
+            Message::Request {
+                method: method.to_owned(),
+                params,
+                id: json!(id),
+            }
+            .to_bytes()
+        })
+    }
+
+    /// [`Connection::call_with_timeout`] with `params` already written as
+    /// JSON text (by the caller's own encoder; it is sent as it is, not
+    /// checked), so a large request goes out without building a `Value`
+    /// of it first.
+    ///
+    /// # Errors
+    /// As [`Connection::call`].
+    pub fn call_encoded(
+        &self,
+        method: &str,
+        params_json: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<Value, ClientError> {
+        self.call_with(method, timeout, |id| {
+            let mut out = Vec::with_capacity(params_json.len() + method.len() + 48);
+            out.extend_from_slice(br#"{"id":"#);
+            out.extend_from_slice(id.to_string().as_bytes());
+            out.extend_from_slice(br#","method":"#);
+            // Writing JSON into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut out, method);
+            out.extend_from_slice(br#","params":"#);
+            out.extend_from_slice(params_json);
+            out.push(b'}');
+            out
+        })
+    }
+
+    /// One request: `encode` writes it with the id it is given; waits for
+    /// the reply up to `timeout`.
+    fn call_with(
+        &self,
+        method: &str,
+        timeout: Option<Duration>,
+        encode: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<Value, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = bounded(1);
         {
@@ -348,12 +463,7 @@ impl Connection {
             }
             p.waiting.insert(id, tx);
         }
-        let msg = Message::Request {
-            method: method.to_owned(),
-            params,
-            id: json!(id),
-        };
-        if let Err(e) = write_message(&self.writer, &self.remote, &msg) {
+        if let Err(e) = write_bytes(&self.writer, &self.remote, &encode(id)) {
             lock(&self.pending).waiting.remove(&id);
             return Err(e);
         }
@@ -420,8 +530,40 @@ fn reader_loop(
 ) {
     let mut framer = Framer::with_limits(limits);
     loop {
-        let value = match framer.read_value(&mut read_half) {
-            Ok(Some(value)) => value,
+        let value = match framer.read_frame(&mut read_half) {
+            Ok(Some(frame)) => {
+                let t = std::time::Instant::now();
+                if frame.len() >= LARGE_MESSAGE {
+                    if let Some(n) = raw_notification(frame) {
+                        tracing::debug!(
+                            remote,
+                            bytes = frame.len(),
+                            parse_ms = format!("{:.1}", t.elapsed().as_secs_f64() * 1e3),
+                            "large notification received as text"
+                        );
+                        // Nobody listening is not an error: the owner may not care.
+                        let _ = notify.send(n);
+                        continue;
+                    }
+                }
+                match serde_json::from_slice::<Value>(frame) {
+                    Ok(v) => {
+                        if frame.len() >= LARGE_MESSAGE {
+                            tracing::debug!(
+                                remote,
+                                bytes = frame.len(),
+                                parse_ms = format!("{:.1}", t.elapsed().as_secs_f64() * 1e3),
+                                "large message decoded"
+                            );
+                        }
+                        v
+                    }
+                    Err(e) => {
+                        tracing::warn!(remote, error = %e, "closing the connection: a message is not JSON");
+                        break;
+                    }
+                }
+            }
             Ok(None) => {
                 tracing::debug!(remote, "connection closed");
                 break;
@@ -460,7 +602,11 @@ fn dispatch(
     let (id, outcome) = match message {
         Message::Notification { method, params } => {
             // Nobody listening is not an error: the owner may not care.
-            let _ = notify.send(Notification { method, params });
+            let _ = notify.send(Notification {
+                method,
+                params,
+                raw_params: None,
+            });
             return Ok(());
         }
         Message::Request { method, params, id } => {

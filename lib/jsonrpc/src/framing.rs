@@ -196,6 +196,38 @@ impl Framer {
             {
                 return Ok(Some(value));
             }
+            if !self.fill(reader, chunk)? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads from `reader` (blocking, in chunks of up to 64 KiB) until the
+    /// next message is complete and returns its bytes, undecoded (for a
+    /// caller that decodes it itself); `Ok(None)` at a clean end of
+    /// stream. Errors as [`Framer::read_value`]'s.
+    pub fn read_frame(&mut self, reader: &mut impl Read) -> io::Result<Option<&[u8]>> {
+        let mut chunk = std::mem::take(&mut self.chunk);
+        chunk.resize(64 * 1024, 0);
+        let outcome = loop {
+            match self.next_frame_range() {
+                Err(e) => break Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                Ok(Some(r)) => break Ok(Some(r)),
+                Ok(None) => {}
+            }
+            match self.fill(reader, &mut chunk) {
+                Ok(true) => {}
+                Ok(false) => break Ok(None),
+                Err(e) => break Err(e),
+            }
+        };
+        self.chunk = chunk;
+        Ok(outcome?.map(|r| &self.buf[r]))
+    }
+
+    /// One read into the buffer: false at a clean end of stream.
+    fn fill(&mut self, reader: &mut impl Read, chunk: &mut [u8]) -> io::Result<bool> {
+        loop {
             match reader.read(chunk) {
                 Ok(0) if self.has_partial() => {
                     return Err(io::Error::new(
@@ -203,8 +235,11 @@ impl Framer {
                         "the stream ended in the middle of a message",
                     ))
                 }
-                Ok(0) => return Ok(None),
-                Ok(n) => self.push(&chunk[..n]),
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.push(&chunk[..n]);
+                    return Ok(true);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -266,6 +301,12 @@ impl Framer {
     /// # Errors
     /// As [`Framer::next_frame`].
     pub fn next_frame_ref(&mut self) -> Result<Option<&[u8]>, FrameError> {
+        Ok(self.next_frame_range()?.map(|r| &self.buf[r]))
+    }
+
+    /// Where in the buffer the next complete message lies (as
+    /// [`Framer::next_frame_ref`]).
+    fn next_frame_range(&mut self) -> Result<Option<std::ops::Range<usize>>, FrameError> {
         if let Some(error) = &self.failed {
             return Err(error.clone());
         }
@@ -312,7 +353,7 @@ impl Framer {
                     if self.depth == 0 {
                         self.start = None;
                         self.consumed = self.scan;
-                        return Ok(Some(&self.buf[start..self.scan]));
+                        return Ok(Some(start..self.scan));
                     }
                 }
                 _ => {}

@@ -23,6 +23,6 @@ pub mod message;
 pub mod unixctl;
 
 pub use budget::{decoded_size_estimate, BudgetExceeded, Charge, MemoryBudget};
-pub use client::{ClientError, Connection, Endpoint, Notification};
+pub use client::{ClientError, Connection, Endpoint, Notification, LARGE_MESSAGE};
 pub use framing::{FrameError, Framer, Limits};
 pub use message::{Message, MessageError};

@@ -6,6 +6,7 @@
 //! - [`uuid`]: [`Uuid`], `["uuid", …]`;
 //! - [`datum`]: [`Atom`], [`Datum`], [`Row`], named UUIDs and their [`SymbolTable`],
 //!   update2 diffs, and the direct JSON writer;
+//! - [`datum_de`]: typed values and rows parsed straight from JSON text (serde visitors);
 //! - [`atoms`]: [`AtomSet`] and [`AtomMap`], the sorted vectors a datum is made of;
 //! - [`types`]: [`AtomicType`], [`BaseType`] with its constraints, [`ColumnType`];
 //! - [`schema`]: [`Schema`], [`TableSchema`], [`ColumnSchema`] (`.ovsschema` JSON);
@@ -21,6 +22,7 @@
 pub mod atoms;
 pub mod condition;
 pub mod datum;
+pub mod datum_de;
 pub mod error;
 pub mod mutation;
 pub mod schema;

@@ -85,9 +85,7 @@ impl Client {
     /// Run a transaction. Operation failures and commit failures come back
     /// as [`Error::Transaction`] with the server's `error` and `details`.
     pub fn transact(&self, txn: &Transaction) -> Result<TransactionOutcome> {
-        let params = txn.to_params()?;
-        let result = self.conn.call("transact", params)?;
-        txn.parse_reply(&result)
+        self.transact_with_timeout(txn, self.conn.timeout())
     }
 
     /// [`Client::transact`] with its own reply timeout, for transactions
@@ -97,8 +95,10 @@ impl Client {
         txn: &Transaction,
         timeout: Duration,
     ) -> Result<TransactionOutcome> {
-        let params = txn.to_params()?;
-        let result = self.conn.call_with_timeout("transact", params, timeout)?;
+        // Written straight from the rows: a large transaction's request is
+        // tens of megabytes of JSON.
+        let params = txn.params_json()?;
+        let result = self.conn.call_encoded("transact", &params, timeout)?;
         txn.parse_reply(&result)
     }
 
@@ -149,7 +149,11 @@ impl Client {
                 }
             };
             let name = || {
-                n.params
+                // A notification of a megabyte or more comes as text.
+                let params = n
+                    .params_value()
+                    .map_err(|e| Error::Protocol(format!("{} notification: {e}", n.method)))?;
+                params
                     .get(0)
                     .and_then(Value::as_str)
                     .map(str::to_owned)

@@ -128,6 +128,11 @@ impl Connection {
         Ok((Connection { inner, timeout }, notifications))
     }
 
+    /// The bound on each request made with [`Connection::call`].
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The remote this connection goes to.
     pub fn remote(&self) -> &str {
         self.inner.remote()
@@ -154,6 +159,19 @@ impl Connection {
         Ok(self
             .inner
             .call_with_timeout(method, params, Some(timeout))?)
+    }
+
+    /// [`Connection::call_with_timeout`] with `params` already written as
+    /// JSON text (sent as it is).
+    pub fn call_encoded(
+        &self,
+        method: &str,
+        params_json: &[u8],
+        timeout: Duration,
+    ) -> Result<Value> {
+        Ok(self
+            .inner
+            .call_encoded(method, params_json, Some(timeout))?)
     }
 
     /// Send a notification (no reply expected).

@@ -31,12 +31,17 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, unbounded, Receiver, Sender};
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use crate::error::{ClientError, Error, Result};
 use crate::jsonrpc::{Connection, Notification, Remote};
 use crate::replica::{Replica, RowChange};
 use ovsdb_core::{Condition, Schema, Uuid};
+
+/// Updates of at least this many rows have their application time logged
+/// (at `debug`).
+const LARGE_UPDATE_ROWS: usize = 1000;
 
 /// The monitor id this client uses on every connection.
 const MONITOR_ID: &str = "nestdb-client";
@@ -754,7 +759,22 @@ impl Worker {
     }
 
     fn handle(&mut self, n: &Notification) -> Result<()> {
-        let params = n.params.as_array().map(Vec::as_slice).unwrap_or(&[]);
+        let t = Instant::now();
+        let decoded;
+        let params = match &n.raw_params {
+            // A large update: its rows go straight from the text into the
+            // replica; anything else is decoded first.
+            Some(raw) => match self.handle_text(&n.method, raw.get(), t) {
+                Some(done) => return done,
+                None => {
+                    decoded = serde_json::from_str::<Value>(raw.get())
+                        .map_err(|e| Error::Protocol(format!("{} notification: {e}", n.method)))?;
+                    &decoded
+                }
+            },
+            None => &n.params,
+        };
+        let params = params.as_array().map(Vec::as_slice).unwrap_or(&[]);
         let mut st = self.shared.lock();
         let changes = match (n.method.as_str(), params) {
             ("update3", [id, last, updates]) if id == MONITOR_ID => {
@@ -779,16 +799,63 @@ impl Worker {
             ("update" | "update2" | "update3", _) => {
                 return Err(Error::Protocol(format!(
                     "malformed {} notification: {}",
-                    n.method, n.params
+                    n.method,
+                    Value::Array(params.to_vec())
                 )))
             }
             _ => return Ok(()),
         };
+        self.publish(st, changes, t);
+        Ok(())
+    }
+
+    /// Reports what an update changed (after it was applied at `t`).
+    fn publish(&self, mut st: MutexGuard<'_, State>, changes: Vec<RowChange>, t: Instant) {
+        if changes.len() >= LARGE_UPDATE_ROWS {
+            tracing::debug!(
+                rows = changes.len(),
+                apply_ms = format!("{:.1}", t.elapsed().as_secs_f64() * 1e3),
+                "large update applied to the replica"
+            );
+        }
         if !changes.is_empty() {
             st.emit(MonitorEvent::Changes(changes));
         }
         self.shared.changed.notify_all();
-        Ok(())
+    }
+
+    /// An `update3`/`update2` of this monitor given as text
+    /// ([`Notification::raw_params`]), applied straight from it; `None`
+    /// when it is something else (decoded and handled as a `Value`).
+    fn handle_text(&mut self, method: &str, params: &str, t: Instant) -> Option<Result<()>> {
+        let (updates, last) = match method {
+            "update3" => {
+                let (id, last, updates): (String, String, &RawValue) =
+                    serde_json::from_str(params).ok()?;
+                (id == MONITOR_ID).then_some((updates, Some(last)))?
+            }
+            "update2" => {
+                let (id, updates): (String, &RawValue) = serde_json::from_str(params).ok()?;
+                (id == MONITOR_ID).then_some((updates, None))?
+            }
+            _ => return None,
+        };
+        let last: Option<Uuid> = match last.map(|l| l.parse::<Uuid>()) {
+            Some(Ok(l)) => Some(l),
+            Some(Err(_)) => return None,
+            None => None,
+        };
+        let mut st = self.shared.lock();
+        let changes = match st.replica.apply_updates2_text(updates.get()) {
+            Ok(c) => c,
+            Err(e) => return Some(Err(e)),
+        };
+        if let Some(last) = last {
+            self.last_txn_id = (last != Uuid::NIL).then_some(last);
+            st.status.last_txn_id = self.last_txn_id;
+        }
+        self.publish(st, changes, t);
+        Some(Ok(()))
     }
 }
 

@@ -9,17 +9,21 @@
 //! touched rows first, so a malformed update leaves the replica unchanged
 //! and returns an error (the monitor then resynchronises with a full dump).
 //! Each successful application returns the [`RowChange`]s it made, which is
-//! what change notifications carry.
+//! what change notifications carry; a change shares its row with the replica
+//! (one copy of each row, behind an `Arc`). A large update that arrives as
+//! JSON text is applied straight from it ([`Replica::apply_updates2_text`]:
+//! serde visitors into typed values, no `Value` tree), with the same result.
 //!
 //! A `Replica` is a plain value; the monitor shares it behind a mutex.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use ovsdb_core::{Datum, Row, Schema, TableSchema, Uuid};
+use ovsdb_core::{datum_de, Datum, Row, Schema, TableSchema, Uuid};
 
 /// What happened to a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -42,9 +46,10 @@ pub struct RowChange {
     /// Insert, modify or delete.
     pub kind: ChangeKind,
     /// The row before (None for inserts).
-    pub old: Option<Row>,
-    /// The row after (None for deletes).
-    pub new: Option<Row>,
+    pub old: Option<Arc<Row>>,
+    /// The row after (None for deletes): the replica's own copy, shared,
+    /// not a second one.
+    pub new: Option<Arc<Row>>,
 }
 
 /// The local copy of the monitored tables. See the module docs.
@@ -53,7 +58,8 @@ pub struct Replica {
     schema: Option<Arc<Schema>>,
     /// Monitored columns per table (all columns if not restricted).
     columns: BTreeMap<String, Vec<String>>,
-    tables: BTreeMap<String, BTreeMap<Uuid, Row>>,
+    /// Rows are shared with the [`RowChange`]s that report them.
+    tables: BTreeMap<String, BTreeMap<Uuid, Arc<Row>>>,
 }
 
 impl Replica {
@@ -111,13 +117,13 @@ impl Replica {
     }
 
     /// All rows of `table`, by UUID (`None` if the table is not monitored).
-    pub fn table(&self, table: &str) -> Option<&BTreeMap<Uuid, Row>> {
+    pub fn table(&self, table: &str) -> Option<&BTreeMap<Uuid, Arc<Row>>> {
         self.tables.get(table)
     }
 
     /// One row.
     pub fn row(&self, table: &str, uuid: &Uuid) -> Option<&Row> {
-        self.tables.get(table)?.get(uuid)
+        self.tables.get(table)?.get(uuid).map(Arc::as_ref)
     }
 
     /// Number of rows in `table` (0 if not monitored).
@@ -136,7 +142,7 @@ impl Replica {
             .get(table)?
             .iter()
             .find(|(_, r)| r.get(column) == Some(value))
-            .map(|(u, r)| (*u, r))
+            .map(|(u, r)| (*u, r.as_ref()))
     }
 
     /// The rows of `T`'s table as typed values; a row that does not convert
@@ -291,6 +297,12 @@ impl Replica {
                 planned.push((table.clone(), uuid, new));
             }
         }
+        Ok(self.commit_planned(planned))
+    }
+
+    /// Applies rows planned against the current contents (all checked):
+    /// the changes they make.
+    fn commit_planned(&mut self, planned: Vec<(String, Uuid, Option<Row>)>) -> Vec<RowChange> {
         let mut changes = Vec::with_capacity(planned.len());
         for (table, uuid, new) in planned {
             if !self.tables.contains_key(&table) {
@@ -299,8 +311,9 @@ impl Replica {
             let Some(rows) = self.tables.get_mut(&table) else {
                 continue;
             };
+            let new = new.map(Arc::new);
             let old = match &new {
-                Some(n) => rows.insert(uuid, n.clone()),
+                Some(n) => rows.insert(uuid, Arc::clone(n)),
                 None => rows.remove(&uuid),
             };
             let kind = match (&old, &new) {
@@ -320,7 +333,38 @@ impl Replica {
                 new,
             });
         }
-        Ok(changes)
+        changes
+    }
+
+    /// [`Replica::apply_updates2`] of `<table-updates2>` given as JSON
+    /// text: the rows are parsed straight into typed values (serde
+    /// visitors, [`ovsdb_core::datum_de`]) without a `Value` tree of the
+    /// update. The same changes in the same order; on anything the visitors
+    /// do not take (a malformed update among them) the text is decoded and
+    /// applied as a `Value`, which gives the error.
+    pub fn apply_updates2_text(&mut self, text: &str) -> Result<Vec<RowChange>> {
+        let mut planned = Vec::new();
+        let mut de = serde_json::Deserializer::from_str(text);
+        let fast = TableUpdatesSeed {
+            replica: self,
+            planned: &mut planned,
+        }
+        .deserialize(&mut de)
+        .and_then(|()| de.end())
+        .is_ok();
+        // The `Value` path goes through tables and rows in sorted order
+        // (and keeps the last of repeated keys): the same order here, and
+        // repeated keys go that way.
+        planned.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        let repeated = planned
+            .windows(2)
+            .any(|w| w[0].0 == w[1].0 && w[0].1 == w[1].1);
+        if fast && !repeated {
+            return Ok(self.commit_planned(planned));
+        }
+        let v: Value = serde_json::from_str(text)
+            .map_err(|e| Error::Protocol(format!("table updates are not valid JSON: {e}")))?;
+        self.apply_updates2(&v)
     }
 
     /// Replace the contents with a full dump (`<table-updates2>` of
@@ -379,6 +423,198 @@ impl Replica {
         }
         self.tables = fresh.tables;
         Ok(changes)
+    }
+}
+
+/// `<table-updates2>` text: each row's new state planned against the
+/// replica (as `apply_updates2` plans it). Fails (and the caller takes
+/// the `Value` path) on anything unexpected.
+struct TableUpdatesSeed<'a> {
+    replica: &'a Replica,
+    planned: &'a mut Vec<(String, Uuid, Option<Row>)>,
+}
+
+fn defer<E: de::Error>() -> E {
+    E::custom(datum_de::NOT_FAST)
+}
+
+impl<'de> DeserializeSeed<'de> for TableUpdatesSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TableUpdatesSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("table updates")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        while let Some(table) = map.next_key::<String>()? {
+            let (ts, cols) = self.replica.table_schema(&table).map_err(|_| defer())?;
+            map.next_value_seed(RowUpdatesSeed {
+                replica: self.replica,
+                table: &table,
+                ts,
+                cols,
+                planned: &mut *self.planned,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// One table's `{uuid: row-update2}`.
+struct RowUpdatesSeed<'a> {
+    replica: &'a Replica,
+    table: &'a str,
+    ts: &'a TableSchema,
+    cols: &'a [String],
+    planned: &'a mut Vec<(String, Uuid, Option<Row>)>,
+}
+
+impl<'de> DeserializeSeed<'de> for RowUpdatesSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowUpdatesSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("row updates")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        while let Some(key) = map.next_key::<String>()? {
+            let uuid: Uuid = key.parse().map_err(|_| defer())?;
+            let cur = self.replica.row(self.table, &uuid);
+            let new = map.next_value_seed(RowUpdateSeed {
+                ts: self.ts,
+                cols: self.cols,
+                cur,
+            })?;
+            self.planned.push((self.table.to_owned(), uuid, new));
+        }
+        Ok(())
+    }
+}
+
+/// One `{"initial"|"insert"|"modify"|"delete": …}`: the row after it.
+struct RowUpdateSeed<'a> {
+    ts: &'a TableSchema,
+    cols: &'a [String],
+    cur: Option<&'a Row>,
+}
+
+impl<'de> DeserializeSeed<'de> for RowUpdateSeed<'_> {
+    type Value = Option<Row>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowUpdateSeed<'_> {
+    type Value = Option<Row>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a row update")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let kind: String = map.next_key()?.ok_or_else(defer)?;
+        let new = match (kind.as_str(), self.cur) {
+            ("initial" | "insert", _) => Some(map.next_value_seed(RowTextSeed {
+                ts: self.ts,
+                cols: self.cols,
+                base: None,
+            })?),
+            ("modify", Some(old)) => Some(map.next_value_seed(RowTextSeed {
+                ts: self.ts,
+                cols: self.cols,
+                base: Some(old.clone()),
+            })?),
+            ("delete", Some(_)) => {
+                map.next_value::<IgnoredAny>()?;
+                None
+            }
+            _ => return Err(defer()),
+        };
+        if map.next_key::<IgnoredAny>()?.is_some() {
+            return Err(defer());
+        }
+        Ok(new)
+    }
+}
+
+/// A row's columns: a whole row with defaults filled in (`base` none), or
+/// a modify's diffs applied to `base`.
+struct RowTextSeed<'a> {
+    ts: &'a TableSchema,
+    cols: &'a [String],
+    base: Option<Row>,
+}
+
+impl<'de> DeserializeSeed<'de> for RowTextSeed<'_> {
+    type Value = Row;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Row, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowTextSeed<'_> {
+    type Value = Row;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a row")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Row, A::Error> {
+        let modify = self.base.is_some();
+        let mut row = self.base.unwrap_or_default();
+        let mut seen: Vec<String> = Vec::new();
+        while let Some(c) = map.next_key::<String>()? {
+            let ty = self.ts.column_type(&c).ok_or_else(defer)?;
+            // As `Datum::diff_from_json`: sizes checked only for scalars.
+            let d = map.next_value_seed(datum_de::TypedDatumSeed {
+                ty,
+                symtab: None,
+                check_size: !ty.is_composite(),
+            })?;
+            if modify {
+                // A repeated column would be applied twice here, once there.
+                if seen.contains(&c) {
+                    return Err(defer());
+                }
+                seen.push(c.clone());
+                let cur = row.entry(c).or_insert_with(|| ty.default_datum());
+                cur.apply_diff(&d, ty).map_err(|_| defer())?;
+            } else {
+                row.insert(c, d);
+            }
+        }
+        if !modify {
+            for c in self.cols {
+                if !row.contains_key(c) {
+                    if let Some(ty) = self.ts.column_type(c) {
+                        row.insert(c.clone(), ty.default_datum());
+                    }
+                }
+            }
+        }
+        Ok(row)
     }
 }
 
@@ -512,5 +748,65 @@ mod tests {
             ]
         );
         assert_eq!(r.len("T"), 2);
+    }
+
+    /// The text path and the `Value` path on the same replica state and
+    /// update: the same result (changes, or an error) and the same rows.
+    fn both_paths(setup: &Value, update: &Value) {
+        let (mut a, mut b) = (replica(), replica());
+        a.apply_updates2(setup).unwrap();
+        b.apply_updates2(setup).unwrap();
+        let via_value = a.apply_updates2(update);
+        let via_text = b.apply_updates2_text(&update.to_string());
+        match (&via_value, &via_text) {
+            (Ok(x), Ok(y)) => assert_eq!(x, y, "{update}"),
+            (Err(x), Err(y)) => assert_eq!(x.to_string(), y.to_string(), "{update}"),
+            _ => panic!("{update}: {via_value:?} vs {via_text:?}"),
+        }
+        assert_eq!(a.table("T"), b.table("T"), "{update}");
+    }
+
+    #[test]
+    fn text_updates_are_applied_as_values_are() {
+        let setup = json!({"T": {U1: {"insert": {"name": "a", "n": 1, "tags": ["set", ["x"]]}}}});
+        let u3 = "33333333-3333-3333-3333-333333333333";
+        let updates = [
+            json!({"T": {U2: {"insert": {"name": "b", "tags": ["set", ["x", "y"]], "ids": ["map", [["k", "v"]]], "opt": ["set", []]}}}}),
+            json!({"T": {u3: {"initial": {"name": "c"}}, U2: {"insert": {"n": -3}}}}),
+            json!({"T": {U1: {"modify": {"n": 5, "tags": ["set", ["x", "z"]], "ids": ["map", [["a", "b"]]]}}}}),
+            json!({"T": {U1: {"modify": {"opt": "o"}}}}),
+            json!({"T": {U1: {"delete": null}}}),
+            json!({"T": {U1: {"delete": null}, U2: {"insert": {}}}}),
+            json!({}),
+            json!({"T": {}}),
+            // Each of these is refused, with the same sentence either way.
+            json!({"T": {U2: {"modify": {"n": 1}}}}),
+            json!({"T": {U2: {"delete": null}}}),
+            json!({"T": {U2: {"insert": {"nope": 1}}}}),
+            json!({"T": {U2: {"insert": {"n": "one"}}}}),
+            json!({"T": {U2: {"insert": {"n": 1.5}}}}),
+            json!({"T": {U2: {"insert": {"name": "a"}, "modify": {}}}}),
+            json!({"T": {U2: {"upsert": {}}}}),
+            json!({"T": {"not-a-uuid": {"insert": {}}}}),
+            json!({"Other": {U2: {"insert": {}}}}),
+            json!({"T": {U1: {"modify": {"tags": ["set", ["x"]]}}, U2: {"insert": {"n": "bad"}}}}),
+            json!({"T": []}),
+            json!([]),
+        ];
+        for u in &updates {
+            both_paths(&setup, u);
+        }
+        // Repeated keys: the text path leaves them to the `Value` path.
+        let mut b = replica();
+        b.apply_updates2(&setup).unwrap();
+        let text = format!(
+            r#"{{"T": {{"{U2}": {{"insert": {{"n": 1}}}}, "{U2}": {{"insert": {{"n": 2}}}}}}}}"#
+        );
+        let ch = b.apply_updates2_text(&text).unwrap();
+        assert_eq!(ch.len(), 1);
+        assert_eq!(
+            b.row("T", &U2.parse().unwrap()).unwrap()["n"],
+            Datum::from(2i64)
+        );
     }
 }

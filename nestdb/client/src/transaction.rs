@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
+use ovsdb_core::datum::write_json_str;
 use ovsdb_core::{
     row_from_json, row_to_json, Condition, Datum, Mutation, OvsdbError, Row, Schema, SymbolTable,
     Uuid,
@@ -78,6 +79,20 @@ enum Op {
     Abort,
     Comment(String),
     Assert(String),
+}
+
+/// Appends `row` as the JSON object [`row_to_json`] makes (the same bytes).
+fn write_row(out: &mut Vec<u8>, row: &Row) {
+    out.push(b'{');
+    for (i, (c, d)) in row.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json_str(out, c);
+        out.push(b':');
+        d.write_json(out);
+    }
+    out.push(b'}');
 }
 
 /// A JSON object of `pairs`, built directly: `json!` would serialise each
@@ -185,6 +200,46 @@ impl Op {
             Op::Abort => json!({"op": "abort"}),
             Op::Comment(c) => json!({"op": "comment", "comment": c}),
             Op::Assert(l) => json!({"op": "assert", "lock": l}),
+        }
+    }
+
+    /// Appends the JSON text of [`Op::to_json`] (the same bytes, members
+    /// in `serde_json`'s sorted order); inserts and updates are written
+    /// from their rows directly.
+    fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            Op::Insert {
+                table,
+                row,
+                uuid_name,
+            } => {
+                out.extend_from_slice(br#"{"op":"insert","row":"#);
+                write_row(out, row);
+                out.extend_from_slice(br#","table":"#);
+                write_json_str(out, table);
+                if let Some(n) = uuid_name {
+                    out.extend_from_slice(br#","uuid-name":"#);
+                    write_json_str(out, n);
+                }
+                out.push(b'}');
+            }
+            Op::Update {
+                table,
+                conditions,
+                row,
+            } => {
+                out.extend_from_slice(br#"{"op":"update","row":"#);
+                write_row(out, row);
+                out.extend_from_slice(br#","table":"#);
+                write_json_str(out, table);
+                out.extend_from_slice(br#","where":"#);
+                // Writing JSON into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut *out, &Condition::all_to_json(conditions));
+                out.push(b'}');
+            }
+            other => {
+                let _ = serde_json::to_writer(&mut *out, &other.to_json());
+            }
         }
     }
 
@@ -373,6 +428,30 @@ impl Transaction {
 
     /// The `params` of the `transact` request: `[db, op…]`.
     pub fn to_params(&self) -> Result<Value> {
+        self.to_params_check()?;
+        let mut params = vec![json!(self.db)];
+        params.extend(self.ops.iter().map(Op::to_json));
+        Ok(Value::Array(params))
+    }
+
+    /// The `params` of the `transact` request as JSON text: the bytes
+    /// `serde_json` writes for [`Transaction::to_params`], with the rows of
+    /// inserts and updates written straight from their values (no `Value`
+    /// tree of a large transaction is built).
+    pub fn params_json(&self) -> Result<Vec<u8>> {
+        self.to_params_check()?;
+        let mut out = Vec::with_capacity(64 * self.ops.len() + 32);
+        out.push(b'[');
+        write_json_str(&mut out, &self.db);
+        for op in &self.ops {
+            out.push(b',');
+            op.write_json(&mut out);
+        }
+        out.push(b']');
+        Ok(out)
+    }
+
+    fn to_params_check(&self) -> Result<()> {
         if let Some(e) = &self.build_error {
             return Err(Error::InvalidTransaction(e.clone()));
         }
@@ -381,9 +460,7 @@ impl Transaction {
                 "the transaction has no operations".into(),
             ));
         }
-        let mut params = vec![json!(self.db)];
-        params.extend(self.ops.iter().map(Op::to_json));
-        Ok(Value::Array(params))
+        Ok(())
     }
 
     /// Check table and column names and value types against `schema`
@@ -646,6 +723,69 @@ mod tests {
         );
         assert_eq!(p[4], json!({"op": "assert", "lock": "agent"}));
         assert_eq!(p[5], json!({"op": "commit", "durable": true}));
+    }
+
+    #[test]
+    fn params_json_is_the_text_of_to_params() {
+        let odd = "quote \" backslash \\ newline \n tab \t nul \u{0} é \u{1f600}";
+        let full = row([
+            ("name", Datum::from(odd)),
+            ("port", Datum::from(-80i64)),
+            ("weight", Datum::from(1.5f64)),
+            ("up", Datum::from(true)),
+            ("ref", Datum::named_uuid("p80")),
+            ("id", Datum::from(Uuid::new_v4())),
+            ("empty", Datum::empty_set()),
+            ("set", Datum::set(["b", "a", "c"])),
+            ("map", Datum::map([("k\"1", "v"), ("k2", odd)])),
+            ("nomap", Datum::empty_map()),
+        ]);
+        let txns = [
+            Transaction::new("Sluice_Node")
+                .insert("Service_Port", full.clone())
+                .named("p80")
+                .insert("T", Row::new())
+                .update("Service", vec![Condition::eq("name", odd)], full.clone())
+                .update("Service", vec![], Row::new())
+                .mutate(
+                    "Service",
+                    vec![Condition::eq("name", "web")],
+                    vec![Mutation::new(
+                        "ports",
+                        Mutator::Insert,
+                        Datum::named_uuid("p80"),
+                    )],
+                )
+                .select("Endpoint", vec![Condition::eq("ip", "10.0.0.1")])
+                .delete("Endpoint", vec![])
+                .wait(
+                    "T",
+                    vec![],
+                    &["name"],
+                    WaitUntil::NotEqual,
+                    vec![full],
+                    Some(Duration::from_millis(5)),
+                )
+                .comment(odd)
+                .assert_lock("agent")
+                .commit(true)
+                .abort(),
+            Transaction::new(odd).insert("Endpoint", row([("ip", Datum::from("10.0.0.1"))])),
+        ];
+        for txn in txns {
+            let via_value = serde_json::to_vec(&txn.to_params().unwrap()).unwrap();
+            let direct = txn.params_json().unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&direct),
+                String::from_utf8_lossy(&via_value)
+            );
+        }
+        let bad = Transaction::new("D").comment("x").named("oops");
+        assert!(matches!(
+            bad.params_json(),
+            Err(Error::InvalidTransaction(_))
+        ));
+        assert!(Transaction::new("D").params_json().is_err());
     }
 
     #[test]

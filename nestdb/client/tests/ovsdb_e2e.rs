@@ -147,7 +147,7 @@ fn assert_converged(monitor: &Monitor, c: &Client, schema: &Schema, table: &str)
             .into_iter()
             .flatten()
             .map(|(u, row)| {
-                let mut row = row.clone();
+                let mut row = Row::clone(row);
                 row.remove("_version");
                 (*u, row)
             })
