@@ -83,17 +83,22 @@ const HASH_MUL: u64 = 0x9e37_79b9_7f4a_7c15;
 const HASH_SEED0: u64 = 0x243f_6a88_85a3_08d3;
 const HASH_SEED1: u64 = 0x1319_8a2e_0370_7344;
 
-/// The hash of packed words (two lanes, then a full avalanche).
-#[inline]
-fn hash_packed(w: &[u64]) -> u64 {
+/// The hash of `n` packed words, word `j` given by `word(j)` (two lanes,
+/// then a full avalanche). Lookups read the words straight from the
+/// packet's key (no packed copy on the stack, whose reload as vectors
+/// would stall on store forwarding); stored entries hash their packed
+/// words ([`hash_packed`]): the same value.
+#[inline(always)]
+fn hash_with(n: usize, word: impl Fn(usize) -> u64) -> u64 {
     let (mut a, mut b) = (HASH_SEED0, HASH_SEED1);
-    let mut pairs = w.chunks_exact(2);
-    for p in &mut pairs {
-        a = (a.rotate_left(23) ^ p[0]).wrapping_mul(HASH_MUL);
-        b = (b.rotate_left(23) ^ p[1]).wrapping_mul(HASH_MUL);
+    let mut j = 0;
+    while j + 1 < n {
+        a = (a.rotate_left(23) ^ word(j)).wrapping_mul(HASH_MUL);
+        b = (b.rotate_left(23) ^ word(j + 1)).wrapping_mul(HASH_MUL);
+        j += 2;
     }
-    if let [x] = pairs.remainder() {
-        a = (a.rotate_left(23) ^ x).wrapping_mul(HASH_MUL);
+    if j < n {
+        a = (a.rotate_left(23) ^ word(j)).wrapping_mul(HASH_MUL);
     }
     let mut h = a ^ b.rotate_left(32);
     h ^= h >> 33;
@@ -101,6 +106,18 @@ fn hash_packed(w: &[u64]) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     h ^ (h >> 33)
+}
+
+/// [`hash_with`] over packed words.
+#[inline]
+fn hash_packed(w: &[u64]) -> u64 {
+    hash_with(w.len(), |j| w[j])
+}
+
+/// Word-wise equality, branch-free (no `memcmp` call).
+#[inline(always)]
+fn same<const N: usize>(a: &[u64; N], b: &[u64; N]) -> bool {
+    a.iter().zip(b).fold(0, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 impl Subtable {
@@ -140,18 +157,18 @@ impl Subtable {
         k
     }
 
-    #[inline]
+    #[inline(always)]
     fn find(&self, key: &FlowKey) -> Option<&Arc<Xlate>> {
-        let n = self.words.len();
+        let (words, mask) = (&*self.words, &*self.mask_words);
+        let n = words.len().min(mask.len());
+        let word = |j: usize| key.w[usize::from(words[j])] & mask[j];
+        let h = hash_with(n, word);
+        // Word by word from the key; the entry's tail past `n` is zero
+        // and not read.
+        let same = |w: &[u64]| (0..n).fold(0, |d, j| d | (w[j] ^ word(j))) == 0;
         match &self.entries {
-            Entries::Narrow(t) => {
-                let p = self.gather::<NARROW_WORDS>(key);
-                t.find(hash_packed(&p[..n]), |e| e.w == p).map(|e| &e.xlate)
-            }
-            Entries::Wide(t) => {
-                let p = self.gather::<KEY_WORDS>(key);
-                t.find(hash_packed(&p[..n]), |e| e.w == p).map(|e| &e.xlate)
-            }
+            Entries::Narrow(t) => t.find(h, |e| same(&e.w)).map(|e| &e.xlate),
+            Entries::Wide(t) => t.find(h, |e| same(&e.w)).map(|e| &e.xlate),
         }
     }
 
@@ -164,7 +181,7 @@ impl Subtable {
             xlate: Arc<Xlate>,
         ) -> bool {
             let h = hash_packed(&w[..n]);
-            match t.find_mut(h, |e| e.w == w) {
+            match t.find_mut(h, |e| same(&e.w, &w)) {
                 Some(e) => {
                     e.xlate = xlate;
                     false
