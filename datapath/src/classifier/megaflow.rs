@@ -501,6 +501,10 @@ mod tests {
         assert_eq!((mf.len(), mf.n_masks()), (0, 0));
     }
 
+    /// The reference: per mask, in insertion order, its classes (masked
+    /// key and translation).
+    type Model = Vec<(FlowKey, Vec<(FlowKey, Arc<Xlate>)>)>;
+
     /// A mask over `n` random words (narrow or wide) and keys that agree
     /// with one another often.
     fn mask_and_keys() -> impl Strategy<Value = (Vec<FlowKey>, Vec<(usize, usize)>, Vec<FlowKey>)> {
@@ -534,7 +538,7 @@ mod tests {
         #[test]
         fn packed_cache_equals_reference((masks, ops, keys) in mask_and_keys()) {
             let mut mf = MegaflowCache::new(1 << 16);
-            let mut model: Vec<(FlowKey, Vec<(FlowKey, Arc<Xlate>)>)> = Vec::new();
+            let mut model: Model = Vec::new();
             for (m, k) in ops {
                 let mask = masks[m % masks.len()];
                 let key = keys[k];
@@ -558,7 +562,7 @@ mod tests {
             prop_assert_eq!(mf.len(), want_len);
             prop_assert_eq!(mf.n_masks(), model.len());
             prop_assert_eq!(mf.dump().lines().count(), want_len);
-            let reference = |model: &Vec<(FlowKey, Vec<(FlowKey, Arc<Xlate>)>)>, key: &FlowKey| {
+            let reference = |model: &Model, key: &FlowKey| {
                 model.iter().find_map(|(mask, c)| {
                     c.iter().find(|(mk, _)| key.and(mask) == *mk).map(|(_, x)| x.clone())
                 })
