@@ -16,7 +16,8 @@
 //!   /24 routes (`mod_dl_src`, `mod_dl_dst`, `dec_ttl`, `output`), 10k
 //!   distinct flows each recurring every 10k packets (more flows than EMC
 //!   slots), with OVS's EMC insertion probability (1/100) and with
-//!   always-insert (`_always_insert`). Each recycled frame is restored from
+//!   always-insert (`_always_insert`), and with no EMC (`_emc_off`: every
+//!   packet a megaflow hit). Each recycled frame is restored from
 //!   its original (a 60-byte copy, like net_pcap's) so that it keeps
 //!   matching its route.
 //! - `pipeline/burst32_l3_10k_cold_upcalls`: the same program and stream
@@ -280,6 +281,7 @@ fn bench_l3_10k(c: &mut Criterion) {
     for (name, inv_prob) in [
         ("burst32_l3_10k_flows", 100),
         ("burst32_l3_10k_flows_always_insert", 1),
+        ("burst32_l3_10k_flows_emc_off", 0),
     ] {
         let mut p = FlowPipeline::new(
             t.clone(),

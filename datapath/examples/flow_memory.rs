@@ -116,8 +116,9 @@ fn main() {
     let rules_alone = per(before, LIVE.load(Ordering::Relaxed));
     drop(alone);
     println!(
-        "sizes: Rule {} B, Action {} B; the rules alone (Vec<Arc<Rule>>): {rules_alone:.0} B per flow",
+        "sizes: Rule {} B, Match {} B, Action {} B; the rules alone (Vec<Arc<Rule>>): {rules_alone:.0} B per flow",
         std::mem::size_of::<Rule>(),
+        std::mem::size_of::<sluice_datapath::flow::matches::Match>(),
         std::mem::size_of::<sluice_datapath::flow::action::Action>()
     );
     println!(

@@ -15,7 +15,10 @@
 //!
 //! Memory per PMD: an EMC slot is 208 bytes, a 16-byte tag and a 192-byte
 //! key (8192 slots: 1.6 MiB; none when the EMC is disabled); a megaflow
-//! entry is about 210 bytes plus its `Xlate` (shared by the EMC).
+//! entry is 64 bytes (its mask's words packed beside the translation;
+//! 256 for masks of more than seven words) plus a control byte, plus its
+//! `Xlate` (shared by the EMC), whose action list is shared by every
+//! megaflow with the same actions.
 
 pub mod emc;
 pub mod megaflow;

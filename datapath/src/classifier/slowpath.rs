@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use super::special;
 use crate::drop::DropReason;
-use crate::flow::action::{header_present, Action, DpAction, GroupType};
+use crate::flow::action::{header_present, Action, CtAction, DpAction, GroupType};
 use crate::flow::key::{ethertype, frag, Field, FlowKey};
 use crate::flow::matches::Match;
 use crate::flow::program::{FlowProgram, MissAction, RuleStats, N_TABLES};
@@ -51,8 +51,10 @@ pub const MAX_LOOKUPS: usize = 4096;
 /// The cached outcome of translating one megaflow.
 #[derive(Debug, Default)]
 pub struct Xlate {
-    /// What to do with every packet of the megaflow.
-    pub actions: Box<[DpAction]>,
+    /// What to do with every packet of the megaflow (shared: the flow
+    /// pipeline gives equal lists of different megaflows one copy, so
+    /// thousands of flows with the same actions read one hot list).
+    pub actions: Arc<[DpAction]>,
     /// Counters of the rules that matched, bumped on every cache hit.
     pub rules: Box<[Arc<RuleStats>]>,
     /// No action of `actions` recirculates (`ct(table=...)`, `tnl_pop`):
@@ -71,7 +73,7 @@ impl Xlate {
             _ => false,
         });
         Xlate {
-            actions,
+            actions: actions.into(),
             rules,
             single_pass,
         }
@@ -173,7 +175,7 @@ impl Ctx<'_> {
             }
             None => {
                 for r in &t.rules {
-                    self.mask.or_assign(r.spec.m.mask());
+                    r.spec.m.or_mask_into(&mut self.mask);
                     if r.spec.m.matches(&self.key) {
                         hit = Some(r);
                         break;
@@ -256,7 +258,9 @@ impl Ctx<'_> {
                     self.table(t.unwrap_or(table), true);
                     self.key.set(Field::InPort, saved);
                 }
-                Action::SetField { field, value, mask } => self.set_field(*field, *value, *mask),
+                Action::SetField { field, value, mask } => {
+                    self.set_field(*field, u128::from(*value), u128::from(*mask))
+                }
                 Action::DecTtl => {
                     self.unwildcard(Field::DlType);
                     let ty = self.key.dl_type();
@@ -275,7 +279,7 @@ impl Ctx<'_> {
                 }
                 Action::Group(id) => self.group(*id, table),
                 Action::Ct(ct) => {
-                    self.actions.push(DpAction::Ct(ct.clone()));
+                    self.actions.push(DpAction::Ct(CtAction::clone(ct)));
                     if ct.table.is_some() {
                         note!(self, "    (recirculates after conntrack)");
                         self.stop = true;

@@ -133,7 +133,7 @@ impl Group {
     fn find(&self, key: &FlowKey) -> Option<&Arc<Rule>> {
         let h = self.hash(key);
         self.shards[self.shard(h)].find(h, |r| {
-            key.matches_masked_words(&self.mask, r.spec.m.key(), &self.words)
+            r.spec.m.key_matches_words(key, &self.mask, &self.words)
         })
     }
 
@@ -154,14 +154,12 @@ impl Group {
     /// match and priority is indexed (the table would not allow it).
     fn insert(&mut self, rule: Arc<Rule>) -> bool {
         let (mask, words) = (self.mask, self.words.clone());
-        let key = *rule.spec.m.key();
+        let key = rule.spec.m.key();
         let h = self.hash(&key);
         let s = self.shard(h);
         let shard = Arc::make_mut(&mut self.shards[s]);
         let priority = rule.spec.priority;
-        let hidden = match shard.find_mut(h, |r| {
-            key.matches_masked_words(&mask, r.spec.m.key(), &words)
-        }) {
+        let hidden = match shard.find_mut(h, |r| r.spec.m.key_matches_words(&key, &mask, &words)) {
             None => {
                 shard.insert_unique(h, rule, |r| r.spec.m.key().hash_masked_words(&mask, &words));
                 None
@@ -181,7 +179,7 @@ impl Group {
     /// is not there.
     fn remove(&mut self, rule: &Arc<Rule>) -> bool {
         let (mask, words) = (self.mask, self.words.clone());
-        let key = *rule.spec.m.key();
+        let key = rule.spec.m.key();
         let h = self.hash(&key);
         let s = self.shard(h);
         let indexed = self.shards[s].find(h, |r| Arc::ptr_eq(r, rule)).is_some();
@@ -191,7 +189,7 @@ impl Group {
                 e.remove();
             }
             // The best rule it hid, if any, takes its place.
-            let same = |r: &Arc<Rule>| key.matches_masked_words(&mask, r.spec.m.key(), &words);
+            let same = |r: &Arc<Rule>| r.spec.m.key_matches_words(&key, &mask, &words);
             let best = self
                 .shadowed
                 .iter()
@@ -287,7 +285,7 @@ impl SpecialTable {
         let mut s = self.clone();
         for c in changes {
             let mask = c.rule.spec.m.mask();
-            if *mask == FlowKey::ZERO {
+            if mask == FlowKey::ZERO {
                 let tail = Arc::make_mut(&mut s.tail);
                 let k = (Reverse(c.rule.spec.priority), c.seq);
                 if c.added {
@@ -297,7 +295,7 @@ impl SpecialTable {
                 }
                 continue;
             }
-            let g = s.groups.iter_mut().find(|g| g.mask == *mask)?;
+            let g = s.groups.iter_mut().find(|g| g.mask == mask)?;
             let ok = if c.added {
                 g.insert(c.rule.clone())
             } else {
@@ -345,18 +343,21 @@ fn prefix_len(field: Field, mask: u128) -> Option<u32> {
 
 /// The field in which `masks` differ, each a prefix of it (`None` for the
 /// field when they are all equal); `Err` when they differ otherwise.
-fn varying_field<'a>(mut masks: impl Iterator<Item = &'a FlowKey>) -> Result<Option<Field>, ()> {
+fn varying_field(mut masks: impl Iterator<Item = FlowKey>) -> Result<Option<Field>, ()> {
     let Some(first) = masks.next() else {
         return Ok(None);
     };
     // The bits where some mask differs from the first.
     let mut diff = FlowKey::ZERO;
+    // The masks, each run of equal ones once.
     let mut all = vec![first];
     for m in masks {
         for ((d, a), b) in diff.w.iter_mut().zip(&m.w).zip(&first.w) {
             *d |= a ^ b;
         }
-        all.push(m);
+        if all.last() != Some(&m) {
+            all.push(m);
+        }
     }
     if diff == FlowKey::ZERO {
         return Ok(None);
@@ -380,7 +381,11 @@ fn varying_field<'a>(mut masks: impl Iterator<Item = &'a FlowKey>) -> Result<Opt
 /// in the table's rules, except for tables whose distinct masks already
 /// rule a shape out (a look at the masks alone).
 pub fn compile(table: &Table) -> Option<SpecialTable> {
-    let nonzero = table.rules.masks().filter(|m| **m != FlowKey::ZERO);
+    let nonzero = table
+        .rules
+        .masks()
+        .filter(|m| **m != FlowKey::ZERO)
+        .copied();
     varying_field(nonzero).ok()?;
     let rules: Vec<(u64, &Arc<Rule>)> = table.rules.iter_seq().collect();
     compile_rules(&rules, MIN_RULES)
@@ -390,14 +395,14 @@ pub fn compile(table: &Table) -> Option<SpecialTable> {
 /// minimum of `min_rules` shaped rules.
 fn compile_rules(rules: &[(u64, &Arc<Rule>)], min_rules: usize) -> Option<SpecialTable> {
     let mut end = rules.len();
-    while end > 0 && *rules[end - 1].1.spec.m.mask() == FlowKey::ZERO {
+    while end > 0 && rules[end - 1].1.spec.m.is_any() {
         end -= 1;
     }
     let body = &rules[..end];
     if body.is_empty() || body.len() < min_rules {
         return None;
     }
-    let first = *body[0].1.spec.m.mask();
+    let first = body[0].1.spec.m.mask();
     let shape = match varying_field(body.iter().map(|r| r.1.spec.m.mask())).ok()? {
         None => Shape::Exact,
         Some(field) => {
@@ -420,14 +425,14 @@ fn compile_rules(rules: &[(u64, &Arc<Rule>)], min_rules: usize) -> Option<Specia
     let mut groups: Vec<Group> = Vec::new();
     for (i, (_, r)) in body.iter().enumerate() {
         let mask = r.spec.m.mask();
-        if groups.last().is_none_or(|g| g.mask != *mask) {
+        if groups.last().is_none_or(|g| g.mask != mask) {
             // Sized for the whole run of this mask: no rehash, which would
             // re-read every rule's key.
             let run = body[i..]
                 .iter()
-                .take_while(|r| r.1.spec.m.mask() == mask)
+                .take_while(|r| r.1.spec.m.mask_is(&mask))
                 .count();
-            groups.push(Group::new(mask, run));
+            groups.push(Group::new(&mask, run));
         }
         // Rules come in table order: a rule whose match is indexed already
         // has a lower priority and is shadowed by it.
@@ -922,7 +927,7 @@ mod tests {
                     let strict = |r: &Rule| FlowFilter {
                         table: Some(0),
                         priority: r.spec.priority,
-                        m: r.spec.m,
+                        m: r.spec.m.clone(),
                         ..FlowFilter::default()
                     };
                     let parse = |f: &str| FlowMod::Add(parse_flow(f).unwrap_or_else(|e| panic!("{f}: {e}")));
@@ -990,7 +995,7 @@ mod tests {
                 }
                 // And a packet for each rule.
                 for r in t.rules.iter() {
-                    let k = *r.spec.m.key();
+                    let k = r.spec.m.key();
                     prop_assert!(same(&translate(&prog, &k, None), &translate_generic(&prog, &k)));
                 }
             }
@@ -1075,7 +1080,7 @@ mod tests {
         let copied = a.iter().zip(b).filter(|(x, y)| !Arc::ptr_eq(x, y)).count();
         assert!((1..=2).contains(&copied), "{copied} shards copied");
         assert_eq!(picture(new), picture(&compile(t).expect("compiles")));
-        let mut k = *parse_flow(&vip(9000)).expect("flow").m.key();
+        let mut k = parse_flow(&vip(9000)).expect("flow").m.key();
         assert!(Arc::ptr_eq(
             new.lookup(&k).expect("hit"),
             t.rules

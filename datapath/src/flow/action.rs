@@ -107,20 +107,24 @@ pub enum Action {
         table: Option<u8>,
     },
     /// `set_field:V[/M]->F` (also `load:`, `mod_dl_src:` and friends).
+    /// Every writable field is at most 64 bits wide
+    /// ([`Field::writable`]), so value and mask are `u64`: an action is
+    /// 24 bytes, not 48 (memory per flow).
     SetField {
         /// Field written.
         field: Field,
         /// Value (already masked).
-        value: u128,
+        value: u64,
         /// Bits written.
-        mask: u128,
+        mask: u64,
     },
     /// `dec_ttl`: decrement the IP TTL, drop when it expires.
     DecTtl,
     /// `group:N`.
     Group(u32),
-    /// `ct(...)`.
-    Ct(CtAction),
+    /// `ct(...)` (boxed: rare and large, it would triple every action's
+    /// size).
+    Ct(Box<CtAction>),
     /// `tnl_push`: encapsulate using the key's `tun_*` fields.
     TunnelPush,
     /// `tnl_pop`: decapsulate and fill the key's `tun_*` fields.
@@ -128,7 +132,7 @@ pub enum Action {
 }
 
 /// A datapath action: what the caches store and the pipeline executes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DpAction {
     /// Send a copy (the original for the last action) to a port.
     Output(PortNo),

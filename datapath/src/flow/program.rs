@@ -513,10 +513,11 @@ impl RuleList {
 
     fn index_remove(&mut self, s: &Slot) {
         let masks = Arc::make_mut(&mut self.masks);
-        if let Some(n) = masks.get_mut(s.rule.spec.m.mask()) {
+        let mask = s.rule.spec.m.mask();
+        if let Some(n) = masks.get_mut(&mask) {
             *n -= 1;
             if *n == 0 {
-                masks.remove(s.rule.spec.m.mask());
+                masks.remove(&mask);
             }
         }
         let h = ident_hash(s.rule.spec.priority, &s.rule.spec.m);
@@ -527,7 +528,7 @@ impl RuleList {
 
     fn index_insert(&mut self, s: &Slot) {
         *Arc::make_mut(&mut self.masks)
-            .entry(*s.rule.spec.m.mask())
+            .entry(s.rule.spec.m.mask())
             .or_insert(0) += 1;
         let h = ident_hash(s.rule.spec.priority, &s.rule.spec.m);
         self.shard_mut(h).insert_unique(h, s.clone(), |x| {
@@ -661,7 +662,7 @@ impl RuleList {
         assert_eq!(indexed, self.len);
         let mut union = FlowKey::ZERO;
         for s in &v {
-            union.or_assign(s.rule.spec.m.mask());
+            s.rule.spec.m.or_mask_into(&mut union);
             let found = self
                 .find_slot(s.rule.spec.priority, &s.rule.spec.m)
                 .expect("indexed");

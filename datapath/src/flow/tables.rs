@@ -365,18 +365,18 @@ fn diff(cur: &FlowProgram, specs: Vec<FlowSpec>, groups: Vec<Group>) -> Vec<Flow
     }
     let mut want: HashMap<(u8, u16, Match), FlowSpec> = HashMap::new();
     for s in specs {
-        want.insert((s.table, s.priority, s.m), s);
+        want.insert((s.table, s.priority, s.m.clone()), s);
     }
     for r in cur.rules() {
         let s = &r.spec;
         let strict = FlowFilter {
             table: Some(s.table),
             priority: s.priority,
-            m: s.m,
+            m: s.m.clone(),
             cookie: 0,
             cookie_mask: 0,
         };
-        match want.remove(&(s.table, s.priority, s.m)) {
+        match want.remove(&(s.table, s.priority, s.m.clone())) {
             None => mods.push(FlowMod::Delete {
                 filter: strict,
                 strict: true,

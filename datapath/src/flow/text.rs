@@ -693,7 +693,7 @@ pub fn parse_packet(s: &str) -> Result<FlowKey, ParseError> {
             kind: ParseErrorKind::UnexpectedActions,
         });
     }
-    Ok(*p.spec.m.key())
+    Ok(p.spec.m.key())
 }
 
 /// Parses the actions after `actions=`; `off` is their input offset.
@@ -739,7 +739,12 @@ fn parse_action(tok: Tok<'_>) -> Result<Action, ParseError> {
     };
     let set = |field: Field, a: Option<&str>| -> Result<Action, ParseError> {
         let (value, mask) = parse_value(field, a.unwrap_or("")).map_err(e)?;
-        Ok(Action::SetField { field, value, mask })
+        // Writable fields are at most 64 bits: the casts keep every bit.
+        Ok(Action::SetField {
+            field,
+            value: value as u64,
+            mask: mask as u64,
+        })
     };
     Ok(match (name.to_ascii_lowercase().as_str(), arg) {
         ("output", Some(p)) => Action::Output(parse_port(p).ok_or(e(ParseErrorKind::InvalidPort))?),
@@ -816,15 +821,15 @@ fn parse_action(tok: Tok<'_>) -> Result<Action, ParseError> {
             let value = num(Some(v), vmax)?;
             Action::SetField {
                 field,
-                value: value << lo,
-                mask: vmax << lo,
+                value: (value << lo) as u64,
+                mask: (vmax << lo) as u64,
             }
         }
         ("dec_ttl", None) => Action::DecTtl,
         ("group", a) => Action::Group(num(a, u128::from(u32::MAX))? as u32),
         ("tnl_push", None) => Action::TunnelPush,
         ("tnl_pop", None) => Action::TunnelPop,
-        ("ct", None) => Action::Ct(CtAction::default()),
+        ("ct", None) => Action::Ct(Box::default()),
         _ if s.starts_with("resubmit(") => {
             let inner = s["resubmit(".len()..]
                 .strip_suffix(')')
@@ -842,7 +847,7 @@ fn parse_action(tok: Tok<'_>) -> Result<Action, ParseError> {
             };
             Action::Resubmit { port, table }
         }
-        _ if s.starts_with("ct(") => Action::Ct(parse_ct(tok)?),
+        _ if s.starts_with("ct(") => Action::Ct(Box::new(parse_ct(tok)?)),
         _ => {
             if let Some(v) = parse_int(s, 0xffff) {
                 Action::Output(PortNo(v as u16))
@@ -1105,6 +1110,7 @@ pub fn format_action(a: &Action) -> String {
             ),
         },
         Action::SetField { field, value, mask } => {
+            let (value, mask) = (&u128::from(*value), &u128::from(*mask));
             let short = match field {
                 Field::DlSrc => "mod_dl_src",
                 Field::DlDst => "mod_dl_dst",
@@ -1745,8 +1751,8 @@ mod tests {
                                 match kind {
                                     0 if f.writable() => Action::SetField {
                                         field: f,
-                                        value: v & mask & f.max_value(),
-                                        mask: mask & f.max_value(),
+                                        value: (v & mask & f.max_value()) as u64,
+                                        mask: (mask & f.max_value()) as u64,
                                     },
                                     1 => Action::Output(PortNo(v as u16)),
                                     2 => Action::Resubmit {
@@ -1755,14 +1761,14 @@ mod tests {
                                     },
                                     3 => Action::Group(v as u32),
                                     4 => Action::Controller { max_len: v as u16 },
-                                    5 => Action::Ct(CtAction {
+                                    5 => Action::Ct(Box::new(CtAction {
                                         commit: v & 1 == 1,
                                         zone: mask as u16,
                                         table: (v & 2 == 2).then_some((v >> 8) as u8 % 255),
                                         nat: None,
                                         mark: None,
                                         label: (v & 4 == 4).then_some((v, u128::MAX)),
-                                    }),
+                                    })),
                                     6 => Action::DecTtl,
                                     _ => Action::Normal,
                                 }

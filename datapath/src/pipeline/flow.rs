@@ -496,7 +496,14 @@ pub struct FlowPipeline<H = NoHooks> {
     ct_ran: bool,
     /// Where recirculated passes continue (`None`: disabled).
     cont: Option<ContCache>,
+    /// One copy of each distinct action list of this PMD's translations
+    /// (see [`intern_actions`]).
+    action_lists: std::collections::HashSet<Arc<[DpAction]>>,
 }
+
+/// Most distinct action lists [`intern_actions`] remembers before
+/// it starts afresh.
+const ACTION_LISTS_MAX: usize = 16_384;
 
 /// A packet's key, header offsets and key hash, from the parse stage.
 #[derive(Clone, Copy)]
@@ -563,6 +570,7 @@ impl<H> FlowPipeline<H> {
             words,
             ct_ran: false,
             cont: config.continuation_cache.then(ContCache::new),
+            action_lists: std::collections::HashSet::new(),
         }
     }
 
@@ -611,12 +619,16 @@ impl<H> FlowPipeline<H> {
             c.flush();
         }
         let mut live = live_mask(&self.program);
+        self.action_lists.clear();
         if self.megaflow.len() <= REVALIDATE_LIMIT {
             let prog = &self.program;
+            let lists = &mut self.action_lists;
             self.megaflow.revalidate(|masked, mask| {
                 let t = translate(prog, masked, None);
                 live.or_assign(&t.mask);
-                t.mask.is_subset_of(mask).then_some(t.xlate)
+                t.mask
+                    .is_subset_of(mask)
+                    .then(|| intern_actions(lists, t.xlate))
             });
         } else {
             self.megaflow.flush();
@@ -645,7 +657,8 @@ impl<H> FlowPipeline<H> {
     #[cold]
     fn upcall(&mut self, key: &FlowKey, hash: u64) -> (Arc<Xlate>, FlowKey) {
         self.stats.upcalls.inc();
-        let t = translate(&self.program, key, None);
+        let mut t = translate(&self.program, key, None);
+        t.xlate = intern_actions(&mut self.action_lists, t.xlate);
         self.megaflow.insert(key, &t.mask, t.xlate.clone());
         let hash = if t.mask.is_subset_of(&self.live) {
             hash
@@ -903,6 +916,33 @@ impl<H> FlowPipeline<H> {
         }
         j
     }
+}
+
+/// `xlate` with its action list replaced by the equal one in `lists`
+/// (added there if new): the translations of many megaflows with the same
+/// actions (10,000 routes that all rewrite the MACs, decrement the TTL and
+/// output to one port) then share one list, which stays in cache, instead
+/// of each packet of each flow missing on its own copy. Behaviour is
+/// unchanged: the lists are equal. A translation already shared (not
+/// fresh from the slow path) is returned as it is.
+fn intern_actions(
+    lists: &mut std::collections::HashSet<Arc<[DpAction]>>,
+    xlate: Arc<Xlate>,
+) -> Arc<Xlate> {
+    let mut x = match Arc::try_unwrap(xlate) {
+        Ok(x) => x,
+        Err(shared) => return shared,
+    };
+    match lists.get(&x.actions) {
+        Some(a) => x.actions = a.clone(),
+        None => {
+            if lists.len() >= ACTION_LISTS_MAX {
+                lists.clear();
+            }
+            lists.insert(x.actions.clone());
+        }
+    }
+    Arc::new(x)
 }
 
 impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
