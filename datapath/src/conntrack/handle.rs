@@ -25,7 +25,7 @@ use super::hit::{hit_conn, Hit, Verdict};
 use super::lb::{LbDecision, LbQuery, LbRef};
 use super::lock;
 use super::nat::{Parsed, Tuple, L4};
-use super::table::{key_hash, Conntrack, Slot};
+use super::table::{key_hash, Conntrack};
 use super::tcp::TcpConn;
 use super::SWEEP_INTERVAL_NS;
 use super::{nat, tcp};
@@ -50,6 +50,12 @@ pub struct ConntrackHandle {
     /// The zone of this PMD's last `ct(...)`: the zone prefetch hints
     /// assume (see [`ConntrackHook::prefetch`]).
     pub(super) last_zone: u16,
+    /// The allocation the next new connection is written into: taken
+    /// (from the table's pool of recycled ones, or allocated) and
+    /// prefetched after each creation, so that the next one neither waits
+    /// for the allocator's cold memory nor, when the pool has one, calls
+    /// it at all. Never published; a placeholder until used.
+    pub(super) spare: Option<Arc<Conn>>,
 }
 
 /// What an explicit `nat(src=|dst=ADDRS[:PORTS])` picks for a new
@@ -265,8 +271,39 @@ impl ConntrackHandle {
         }
     }
 
-    /// Commits a new connection for `p` (key `key`), applying NAT.
+    /// Commits a new connection for `p` (key `key`), applying NAT; then
+    /// readies the allocation of the next one.
     pub(super) fn create<B: PacketBuf>(
+        &mut self,
+        now: Nanos,
+        ct: &CtAction,
+        pkt: &mut B,
+        p: &Parsed,
+        key: ConnKey,
+        seg: Option<tcp::Segment>,
+    ) -> Result<(u8, CtMarks, Verdict), DropReason> {
+        let r = self.create_conn(now, ct, pkt, p, key, seg);
+        self.refill_spare();
+        r
+    }
+
+    /// Takes the next spare allocation (see `spare`) and starts loading
+    /// its lines.
+    fn refill_spare(&mut self) {
+        if self.spare.is_some() {
+            return;
+        }
+        let a = self.ct.take_spare();
+        let p = Arc::as_ptr(&a).cast::<u8>();
+        // The reference counts sit just before the connection.
+        crate::classifier::prefetch(p.wrapping_sub(16));
+        for line in (0..std::mem::size_of::<Conn>()).step_by(64) {
+            crate::classifier::prefetch(p.wrapping_add(line));
+        }
+        self.spare = Some(a);
+    }
+
+    fn create_conn<B: PacketBuf>(
         &mut self,
         now: Nanos,
         ct: &CtAction,
@@ -289,6 +326,12 @@ impl ConntrackHandle {
                 ));
             }
         };
+        // The reply key's slot is a cold line: start loading it now.
+        self.ct.prefetch_slot(key_hash(&ConnKey {
+            zone: key.zone,
+            proto: key.proto,
+            tuple: plan.reply,
+        }));
         let hash = key_hash(&key);
         self.ct.make_room(now, hash, &key)?;
         let bytes = (p.end - p.l3) as u64;
@@ -326,7 +369,11 @@ impl ConntrackHandle {
         let nat_bits = conn.nat;
         // Unpublished until a key is inserted: uniquely owned, so the
         // reply key can still be changed in place (`Arc::get_mut`).
-        let mut arc = Arc::new(conn);
+        let mut arc = self.spare.take().unwrap_or_else(|| self.ct.take_spare());
+        match Arc::get_mut(&mut arc) {
+            Some(spare) => *spare = conn,
+            None => arc = Arc::new(conn),
+        }
         // Reserve the reply key first (allocating a port when asked), then
         // publish the original key.
         let mut reply = plan.reply;
@@ -361,14 +408,7 @@ impl ConntrackHandle {
                 return Err(DropReason::CtLimit);
             };
             unpublished.keys[1] = rk;
-            match self.ct.try_insert(
-                now,
-                rk,
-                &Slot {
-                    conn: arc.clone(),
-                    dir: 1,
-                },
-            ) {
+            match self.ct.try_insert(now, rk, &arc, 1) {
                 Ok(()) => {
                     reserved = true;
                     break;
@@ -418,14 +458,7 @@ impl ConntrackHandle {
         self.ct.count_in(&arc, 1);
         if self
             .ct
-            .try_insert(
-                now,
-                key,
-                &Slot {
-                    conn: arc.clone(),
-                    dir: 0,
-                },
-            )
+            .try_insert(now, key, &arc, 0)
             .is_err()
         {
             // Another PMD committed the same connection a moment ago:
@@ -450,14 +483,11 @@ impl ConntrackHandle {
         if let Some(lb) = &arc.lb {
             lb.stats.connections.fetch_add(1, Ordering::Relaxed);
         }
-        self.cache.insert(
-            &key,
-            hash,
-            Slot {
-                conn: arc.clone(),
-                dir: 0,
-            },
-        );
+        // Not cached yet: a connection's second packet fills this PMD's
+        // cache from the table (lock-free). Filling it here would evict
+        // another connection (a cold reference-count write) for every new
+        // connection, most of which, in a flood of one-packet connections,
+        // never send a second packet.
         let mut verdict = Verdict::Tracked;
         if nat_bits != 0 {
             nat::rewrite(pkt.data_mut(), p, reply.reverse())?;
@@ -658,7 +688,13 @@ impl<B: PacketBuf> ConntrackHook<B> for ConntrackHandle {
         if let Some(hash) = self.prefetch_hash(key) {
             match stage {
                 Prefetch::Bucket => self.cache.prefetch_set(hash),
-                Prefetch::Entry => self.cache.prefetch_conn(hash),
+                Prefetch::Entry => {
+                    // Not in the cache (a new connection, or one this PMD
+                    // has not cached): the table slot its lookup probes.
+                    if !self.cache.prefetch_conn(hash) {
+                        self.ct.prefetch_slot(hash);
+                    }
+                }
             }
         }
     }
@@ -700,6 +736,7 @@ impl Conntrack {
             rng: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
             retrying: false,
             last_zone: 0,
+            spare: None,
             cache: {
                 let c = ConnCache::new(self.inner.config.cache_entries);
                 lock(&self.inner.caches).push(c.counters());

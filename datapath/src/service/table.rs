@@ -27,7 +27,7 @@ use sluice_api::node::{NodeProgram, NodeSettings};
 use super::api::{EndpointSpec, ServiceSpec, ServiceUpdate, UpdateSummary};
 use super::{lock, proto_name, AFFINITY_SHARDS, SEC, SHARDS};
 use crate::conntrack::config::ServiceConfig;
-use crate::conntrack::lb::EndpointStats;
+use crate::conntrack::lb::{EndpointStats, LbRef};
 use crate::conntrack::Conntrack;
 use crate::time::Nanos;
 
@@ -115,6 +115,9 @@ pub(super) struct Endpoint {
     pub(super) spec: EndpointSpec,
     pub(super) ip: u32,
     pub(super) stats: Arc<EndpointStats>,
+    /// What a connection balanced here remembers (one reference count
+    /// per new connection).
+    pub(super) lb: LbRef,
 }
 
 #[derive(Debug)]
@@ -579,6 +582,10 @@ impl Services {
             *next_id += 1;
             *next_id
         });
+        let name: Arc<str> = prev
+            .map(|p| p.name.clone())
+            .filter(|n| **n == *s.name)
+            .unwrap_or_else(|| Arc::from(s.name.as_str()));
         let endpoints: Vec<Endpoint> = s
             .endpoints
             .iter()
@@ -594,6 +601,7 @@ impl Services {
                 Endpoint {
                     spec: e.clone(),
                     ip: u32::from(e.ip),
+                    lb: LbRef::new(name.clone(), (e.ip, e.port), stats.clone()),
                     stats,
                 }
             })
@@ -634,7 +642,7 @@ impl Services {
         };
         Service {
             id,
-            name: Arc::from(s.name.as_str()),
+            name,
             cluster: candidates(false),
             local: candidates(true),
             affinity: s.session_affinity_seconds.map(|sec| {
