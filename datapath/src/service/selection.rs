@@ -84,10 +84,11 @@ impl Services {
             return LbDecision::NotService;
         };
         let svc = &fe.svc;
-        // One load of the node settings per new connection.
-        let config = self.inner.config.load();
-        let from_node = is_node_address(&config, src);
-        let (external, policy, cands) = Self::candidates(fe, is_internal(&config, src));
+        // The node settings come with the table version: one load per
+        // new connection.
+        let config = &*table.config;
+        let from_node = is_node_address(config, src);
+        let (external, policy, cands) = Self::candidates(fe, is_internal(config, src));
         if cands.is_empty() {
             return match policy {
                 TrafficPolicy::Local => LbDecision::Drop(DropReason::ServiceNoLocalEndpoint),

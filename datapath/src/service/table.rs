@@ -203,6 +203,10 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> Sharded<K, V> {
 pub(super) struct Table {
     pub(super) frontends: Sharded<FrontendKey, Frontend>,
     pub(super) by_name: Sharded<Arc<str>, Arc<Service>>,
+    /// The node settings this version was published with (the same as
+    /// `Inner::config` once published), so that a new connection's
+    /// selection loads one version, not two.
+    pub(super) config: Arc<ServiceConfig>,
 }
 
 pub(super) type AffinityMap = HashMap<(u64, u32), (u32, u16, Nanos)>;
@@ -247,10 +251,12 @@ impl StagedServices<'_> {
     /// Makes the prepared table (and settings) the ones in force.
     pub fn publish(self) -> Published {
         let inner = &self.services.inner;
+        let mut table = self.table;
         if let Some(c) = self.config {
+            table.config = c.clone();
             inner.config.store(c);
         }
-        inner.table.store(Arc::new(self.table));
+        inner.table.store(Arc::new(table));
         Published {
             removed: self.removed,
             summary: self.summary,
@@ -320,12 +326,14 @@ impl Services {
 
     /// An empty table.
     pub fn new(config: ServiceConfig) -> Services {
+        let config = Arc::new(config);
         Services {
             inner: Arc::new(Inner {
-                config: ArcSwap::from_pointee(config),
+                config: ArcSwap::new(config.clone()),
                 table: ArcSwap::from_pointee(Table {
                     frontends: Sharded::new(),
                     by_name: Sharded::new(),
+                    config,
                 }),
                 writer: Mutex::new(0),
                 affinity: (0..AFFINITY_SHARDS)
