@@ -221,7 +221,11 @@ fn flushed_connections_are_not_found_through_the_cache() {
     assert_eq!(run(&mut h, 0, &peek, &udp(s, c, 2, 1, b"a")).0, EST_RPL);
     let hits = h.cache_stats().hits;
     assert_eq!(run(&mut h, 0, &peek, &udp(c, s, 1, 2, b"q")).0, EST);
-    assert_eq!(h.cache_stats().hits, hits, "the second packet fills the cache");
+    assert_eq!(
+        h.cache_stats().hits,
+        hits,
+        "the second packet fills the cache"
+    );
     assert_eq!(run(&mut h, 0, &peek, &udp(c, s, 1, 2, b"q")).0, EST);
     assert_eq!(h.cache_stats().hits, hits + 1, "served by the cache");
     assert_eq!(ct.flush(&ConnFilter::default()), 1);

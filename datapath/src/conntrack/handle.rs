@@ -50,12 +50,13 @@ pub struct ConntrackHandle {
     /// The zone of this PMD's last `ct(...)`: the zone prefetch hints
     /// assume (see [`ConntrackHook::prefetch`]).
     pub(super) last_zone: u16,
-    /// The allocation the next new connection is written into: taken
-    /// (from the table's pool of recycled ones, or allocated) and
-    /// prefetched after each creation, so that the next one neither waits
-    /// for the allocator's cold memory nor, when the pool has one, calls
-    /// it at all. Never published; a placeholder until used.
-    pub(super) spare: Option<Arc<Conn>>,
+    /// Allocations the next new connections are written into (the last
+    /// one next): taken from the table's pool of recycled ones
+    /// [`super::SPARE_BATCH`] at a time, or allocated, and the next one
+    /// prefetched after each creation, so that a creation neither waits
+    /// for cold memory nor, when the pool has some, calls the allocator.
+    /// Never published; placeholders until used.
+    pub(super) spares: Vec<Arc<Conn>>,
 }
 
 /// What an explicit `nat(src=|dst=ADDRS[:PORTS])` picks for a new
@@ -287,20 +288,19 @@ impl ConntrackHandle {
         r
     }
 
-    /// Takes the next spare allocation (see `spare`) and starts loading
-    /// its lines.
+    /// Makes sure a spare allocation is at hand (see `spares`) and starts
+    /// loading the lines of the next one.
     fn refill_spare(&mut self) {
-        if self.spare.is_some() {
-            return;
+        if self.spares.is_empty() {
+            self.ct.take_spares(&mut self.spares);
         }
-        let a = self.ct.take_spare();
-        let p = Arc::as_ptr(&a).cast::<u8>();
+        let Some(a) = self.spares.last() else { return };
+        let p = Arc::as_ptr(a).cast::<u8>();
         // The reference counts sit just before the connection.
         crate::classifier::prefetch(p.wrapping_sub(16));
         for line in (0..std::mem::size_of::<Conn>()).step_by(64) {
             crate::classifier::prefetch(p.wrapping_add(line));
         }
-        self.spare = Some(a);
     }
 
     fn create_conn<B: PacketBuf>(
@@ -369,7 +369,13 @@ impl ConntrackHandle {
         let nat_bits = conn.nat;
         // Unpublished until a key is inserted: uniquely owned, so the
         // reply key can still be changed in place (`Arc::get_mut`).
-        let mut arc = self.spare.take().unwrap_or_else(|| self.ct.take_spare());
+        if self.spares.is_empty() {
+            self.ct.take_spares(&mut self.spares);
+        }
+        let mut arc = self
+            .spares
+            .pop()
+            .unwrap_or_else(|| Arc::new(Conn::placeholder()));
         match Arc::get_mut(&mut arc) {
             Some(spare) => *spare = conn,
             None => arc = Arc::new(conn),
@@ -456,11 +462,7 @@ impl ConntrackHandle {
         // Published under the reply key: count it now, so that a kill
         // (flush) finding it there balances these counts whenever it runs.
         self.ct.count_in(&arc, 1);
-        if self
-            .ct
-            .try_insert(now, key, &arc, 0)
-            .is_err()
-        {
+        if self.ct.try_insert(now, key, &arc, 0).is_err() {
             // Another PMD committed the same connection a moment ago:
             // withdraw ours and track the packet against theirs (once).
             self.ct.remove_key(&arc.keys[1], &arc);
@@ -736,7 +738,7 @@ impl Conntrack {
             rng: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
             retrying: false,
             last_zone: 0,
-            spare: None,
+            spares: Vec::with_capacity(super::SPARE_BATCH),
             cache: {
                 let c = ConnCache::new(self.inner.config.cache_entries);
                 lock(&self.inner.caches).push(c.counters());

@@ -115,8 +115,8 @@
 //! the table's pool of released allocations has one: a flush or
 //! control-thread sweep resets the connections whose last reference it
 //! held to placeholders and pools them (at most [`spare_pool`]); each PMD
-//! keeps one spare allocation taken and prefetched ahead of its next new
-//! connection.
+//! takes them [`SPARE_BATCH`] at a time (one pool lock per batch) and
+//! prefetches the next one ahead of its next new connection.
 //!
 //! Stats stay exact: per-direction counters are atomics read by
 //! `dump-conntrack`; an endpoint's finished-connection packet count is

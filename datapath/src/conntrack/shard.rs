@@ -586,7 +586,8 @@ impl Unlinked {
     pub(super) fn release(
         mut self,
         limit: std::time::Duration,
-        pool: &crossbeam::queue::ArrayQueue<Arc<Conn>>,
+        pool: &Mutex<Vec<Arc<Conn>>>,
+        cap: usize,
     ) -> bool {
         if self.words.is_empty() {
             return true;
@@ -594,21 +595,27 @@ impl Unlinked {
         if !grace_period(limit) {
             return false;
         }
+        let room = cap.saturating_sub(super::lock(pool).len());
+        let mut reuse = Vec::new();
         for w in std::mem::take(&mut self.words) {
             // SAFETY: the word was unlinked before the grace period began,
             // and every reader pinned before that has unpinned since
             // (`grace_period`), so no reader can hold its pointer; the
             // count is the word's own, released once (taken out of `self`).
             let mut conn = unsafe { Arc::from_raw(ptr_of(w)) };
-            if pool.is_full() {
+            if reuse.len() >= room {
                 continue;
             }
             if let Some(c) = Arc::get_mut(&mut conn) {
                 // The last reference: nobody else can see it any more.
                 *c = Conn::placeholder();
-                let _ = pool.push(conn);
+                reuse.push(conn);
             }
         }
+        let mut pool = super::lock(pool);
+        let room = cap.saturating_sub(pool.len());
+        reuse.truncate(room);
+        pool.append(&mut reuse);
         true
     }
 }

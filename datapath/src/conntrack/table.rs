@@ -22,8 +22,6 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crossbeam::queue::ArrayQueue;
-
 use super::cache;
 use super::cache::CacheStats;
 use super::config::ConntrackConfig;
@@ -82,8 +80,13 @@ pub(super) struct Inner {
     /// new connections reuse (filled by flushes and control-thread
     /// sweeps, which release on their own thread; at most
     /// [`spare_pool`] of them).
-    pub(super) spares: ArrayQueue<Arc<Conn>>,
+    pub(super) spares: Mutex<Vec<Arc<Conn>>>,
 }
+
+/// How many pooled allocations a PMD takes at once (one pool lock per
+/// this many new connections; its own stash is then read from one hot
+/// array instead of the pool's, which the releasing thread wrote).
+pub const SPARE_BATCH: usize = 32;
 
 /// How many released connection allocations a table keeps for reuse: a
 /// sixteenth of its connection limit, between 1Ki and 64Ki (about 200
@@ -169,7 +172,7 @@ impl Conntrack {
                 caches: Mutex::new(Vec::new()),
                 created: CreationLog::default(),
                 changed: ChangeLog::default(),
-                spares: ArrayQueue::new(spare_pool(&config)),
+                spares: Mutex::new(Vec::new()),
                 config,
                 services,
             }),
@@ -224,13 +227,18 @@ impl Conntrack {
         &self.inner.shards[(hash as usize >> 7) & self.inner.mask]
     }
 
-    /// An allocation for a new connection: a recycled one when the pool
-    /// has one, else a fresh one (a placeholder either way).
-    pub(super) fn take_spare(&self) -> Arc<Conn> {
-        self.inner
-            .spares
-            .pop()
-            .unwrap_or_else(|| Arc::new(Conn::placeholder()))
+    /// Moves up to [`SPARE_BATCH`] pooled allocations into `stash`; when
+    /// the pool has none, puts one fresh allocation there instead (a
+    /// placeholder either way).
+    pub(super) fn take_spares(&self, stash: &mut Vec<Arc<Conn>>) {
+        {
+            let mut pool = lock(&self.inner.spares);
+            let n = pool.len();
+            stash.extend(pool.drain(n.saturating_sub(SPARE_BATCH)..));
+        }
+        if stash.is_empty() {
+            stash.push(Arc::new(Conn::placeholder()));
+        }
     }
 
     /// Starts loading the table slot a lookup of hash `hash` probes first
@@ -401,7 +409,11 @@ impl Conntrack {
         let n = (0..self.inner.shards.len())
             .map(|i| self.sweep_shard_into(now, i, &mut gone))
             .sum();
-        gone.release(RELEASE_WAIT, &self.inner.spares);
+        gone.release(
+            RELEASE_WAIT,
+            &self.inner.spares,
+            spare_pool(&self.inner.config),
+        );
         n
     }
 
@@ -435,7 +447,11 @@ impl Conntrack {
                 &mut gone,
             );
         }
-        gone.release(RELEASE_WAIT, &self.inner.spares);
+        gone.release(
+            RELEASE_WAIT,
+            &self.inner.spares,
+            spare_pool(&self.inner.config),
+        );
         n
     }
 
