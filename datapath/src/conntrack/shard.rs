@@ -118,7 +118,7 @@ fn start_of(hash: u64, mask: usize) -> usize {
 /// ([`TAG_PLACED_SLOTS`]).
 #[inline]
 fn start_of_word(w: u64, mask: usize) -> Option<usize> {
-    (mask < TAG_PLACED_SLOTS).then(|| (w >> TAG_SHIFT) as usize & mask)
+    (mask < TAG_PLACED_SLOTS).then_some((w >> TAG_SHIFT) as usize & mask)
 }
 
 #[inline]
