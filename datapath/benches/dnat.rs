@@ -19,8 +19,11 @@
 //!   connection cache off: every packet is a cache miss that finds its
 //!   connection in the shared table (the path a PMD takes for connections
 //!   its cache does not hold).
-//! - `dnat_new`: every packet a SYN of a new connection (Service lookup,
-//!   endpoint choice, commit of both tuples).
+//! - `dnat_new/syn`: every packet a SYN of a new connection (Service
+//!   lookup, endpoint choice, commit of both tuples).
+//! - `dnat_new/syn_after_flush`: the same with the table flushed (untimed)
+//!   every 100k connections, as pktgen's `dnat-new` does between windows:
+//!   the shards regrow and the flushed allocations are reused.
 //!
 //! Time is the benchmark thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), as
 //! in the conntrack benches' `SLUICE_BENCH_CPU_TIME` mode: on a loaded
@@ -38,7 +41,7 @@ use cpu_time::{thread_cpu_ns, CpuTime};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput};
 use etherparse::PacketBuilder;
-use sluice_datapath::conntrack::{Conntrack, ConntrackConfig, ConntrackHandle};
+use sluice_datapath::conntrack::{ConnFilter, Conntrack, ConntrackConfig, ConntrackHandle};
 use sluice_datapath::flow::tables::FlowTables;
 use sluice_datapath::packet::{Burst, HeapBuf, Output, PacketBuf, PortNo};
 use sluice_datapath::pipeline::flow::{FlowPipeline, FlowPipelineConfig};
@@ -289,44 +292,59 @@ fn established(c: &mut Criterion<CpuTime>) {
 fn new_conns(c: &mut Criterion<CpuTime>) {
     let mut g = c.benchmark_group("dnat_new");
     g.throughput(Throughput::Elements(32));
-    g.bench_function("syn", |b| {
-        b.iter_custom(|iters| {
-            let (mut p, _ct) = pipeline();
-            let mut burst: Burst<HeapBuf> = Burst::new(PortNo(1));
-            let syn = tcp(client(0).0, vip(0), 1, 80, CLIENT_ISN, None, true);
-            burst
-                .pkts
-                .extend((0..32).map(|_| HeapBuf::from_frame(&syn)));
-            let mut out: Output<HeapBuf> = Output::new(4);
-            let mut n = 0u32;
-            let mut total = 0;
-            for _ in 0..iters {
-                for buf in burst.pkts.iter_mut() {
-                    let (c, sp) = (
-                        Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 0)) + n / 60_000),
-                        (1024 + n % 60_000) as u16,
-                    );
-                    buf.data_mut().copy_from_slice(&tcp(
-                        c,
-                        vip(n % SERVICES),
-                        sp,
-                        80,
-                        CLIENT_ISN,
-                        None,
-                        true,
-                    ));
-                    n += 1;
-                }
-                let start = thread_cpu_ns();
-                p.process(10, &mut burst, &mut out);
-                total += thread_cpu_ns() - start;
-                out.flush(|_, q| burst.pkts.append(q));
-            }
-            assert_eq!(out.drops.total(), 0, "{:?}", out.drops.nonzero());
-            total
-        })
+    g.bench_function("syn", |b| b.iter_custom(|iters| syns(iters, None)));
+    // pktgen's dnat-new: the table is flushed (untimed) every 100k new
+    // connections, so the timed creations include the shards regrowing
+    // and the reuse of the flushed connections' allocations.
+    g.bench_function("syn_after_flush", |b| {
+        b.iter_custom(|iters| syns(iters, Some(100_000)))
     });
     g.finish();
+}
+
+/// Sends `iters` bursts of 32 SYNs of new connections; with
+/// `flush_every`, flushes the table (untimed) each time that many more
+/// connections were made. Returns the timed CPU nanoseconds.
+fn syns(iters: u64, flush_every: Option<u32>) -> u64 {
+    let (mut p, ct) = pipeline();
+    let mut burst: Burst<HeapBuf> = Burst::new(PortNo(1));
+    let syn = tcp(client(0).0, vip(0), 1, 80, CLIENT_ISN, None, true);
+    burst
+        .pkts
+        .extend((0..32).map(|_| HeapBuf::from_frame(&syn)));
+    let mut out: Output<HeapBuf> = Output::new(4);
+    let mut n = 0u32;
+    let mut since_flush = 0u32;
+    let mut total = 0;
+    for _ in 0..iters {
+        for buf in burst.pkts.iter_mut() {
+            let (c, sp) = (
+                Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 0)) + n / 60_000),
+                (1024 + n % 60_000) as u16,
+            );
+            buf.data_mut().copy_from_slice(&tcp(
+                c,
+                vip(n % SERVICES),
+                sp,
+                80,
+                CLIENT_ISN,
+                None,
+                true,
+            ));
+            n = n.wrapping_add(1);
+        }
+        let start = thread_cpu_ns();
+        p.process(10, &mut burst, &mut out);
+        total += thread_cpu_ns() - start;
+        out.flush(|_, q| burst.pkts.append(q));
+        since_flush += 32;
+        if flush_every.is_some_and(|f| since_flush >= f) {
+            ct.flush(&ConnFilter::default());
+            since_flush = 0;
+        }
+    }
+    assert_eq!(out.drops.total(), 0, "{:?}", out.drops.nonzero());
+    total
 }
 
 fn main() {

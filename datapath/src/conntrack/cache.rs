@@ -172,16 +172,19 @@ impl ConnCache {
 
     /// Starts loading the connection a tag of hash `hash` points to (the
     /// second stage, once the set is in cache): the lines the hit path
-    /// reads and writes.
+    /// reads and writes. False when no tag of the set matches (the packet
+    /// will look in the shared table).
     #[inline]
-    pub(super) fn prefetch_conn(&self, hash: u64) {
+    pub(super) fn prefetch_conn(&self, hash: u64) -> bool {
         let (i, tag) = place(hash);
         let Some(set) = self.sets.get(i & self.mask) else {
-            return;
+            return false;
         };
+        let mut any = false;
         for e in &set.0 {
             if e.tag == tag {
                 if let Some(c) = &e.conn {
+                    any = true;
                     let p = Arc::as_ptr(c).cast::<u8>();
                     for line in (0..std::mem::size_of::<Conn>()).step_by(64) {
                         prefetch(p.wrapping_add(line));
@@ -189,6 +192,7 @@ impl ConnCache {
                 }
             }
         }
+        any
     }
 
     /// Counts a packet served by the cache (`true`) or not.

@@ -214,10 +214,18 @@ fn endpoint_counts_under_flushes(cfg: ConntrackConfig) {
 fn flushed_connections_are_not_found_through_the_cache() {
     let (ct, mut h, commit, peek) = zone0();
     let (c, s) = ([10, 0, 0, 1], [10, 0, 0, 2]);
-    // UDP: created (and cached) by the first packet, replied, then hit.
+    // UDP: created by the first packet (not cached: a connection's second
+    // packet fills the cache), replied, cached by the second request, then
+    // hit.
     run(&mut h, 0, &commit, &udp(c, s, 1, 2, b"q"));
     assert_eq!(run(&mut h, 0, &peek, &udp(s, c, 2, 1, b"a")).0, EST_RPL);
     let hits = h.cache_stats().hits;
+    assert_eq!(run(&mut h, 0, &peek, &udp(c, s, 1, 2, b"q")).0, EST);
+    assert_eq!(
+        h.cache_stats().hits,
+        hits,
+        "the second packet fills the cache"
+    );
     assert_eq!(run(&mut h, 0, &peek, &udp(c, s, 1, 2, b"q")).0, EST);
     assert_eq!(h.cache_stats().hits, hits + 1, "served by the cache");
     assert_eq!(ct.flush(&ConnFilter::default()), 1);

@@ -176,6 +176,35 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// A connection that is never published: what a recycled or spare
+    /// allocation holds until [`super::ConntrackHandle`] writes a new
+    /// connection over it (dead, no endpoint, nothing to drop).
+    pub(super) fn placeholder() -> Conn {
+        let k = ConnKey {
+            zone: 0,
+            proto: 0,
+            tuple: Tuple {
+                src: 0,
+                dst: 0,
+                sport: 0,
+                dport: 0,
+            },
+        };
+        Conn {
+            keys: [k, k],
+            nat: 0,
+            lb: None,
+            proto: ProtoState::Other,
+            dead: AtomicBool::new(true),
+            replied: AtomicBool::new(false),
+            expires: AtomicU64::new(0),
+            packets: [AtomicU64::new(COUNT_DEAD), AtomicU64::new(COUNT_DEAD)],
+            bytes: [AtomicU64::new(0), AtomicU64::new(0)],
+            marks: Marks::new(CtMarks::ZERO),
+            lock: Mutex::new(()),
+        }
+    }
+
     /// `ct_mark` and `ct_label`.
     pub fn marks(&self) -> CtMarks {
         self.marks.try_read().unwrap_or_else(|| {

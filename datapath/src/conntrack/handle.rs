@@ -25,7 +25,7 @@ use super::hit::{hit_conn, Hit, Verdict};
 use super::lb::{LbDecision, LbQuery, LbRef};
 use super::lock;
 use super::nat::{Parsed, Tuple, L4};
-use super::table::{key_hash, Conntrack, Slot};
+use super::table::{key_hash, Conntrack};
 use super::tcp::TcpConn;
 use super::SWEEP_INTERVAL_NS;
 use super::{nat, tcp};
@@ -50,6 +50,13 @@ pub struct ConntrackHandle {
     /// The zone of this PMD's last `ct(...)`: the zone prefetch hints
     /// assume (see [`ConntrackHook::prefetch`]).
     pub(super) last_zone: u16,
+    /// Allocations the next new connections are written into (the last
+    /// one next): taken from the table's pool of recycled ones
+    /// [`super::SPARE_BATCH`] at a time, or allocated, and the next one
+    /// prefetched after each creation, so that a creation neither waits
+    /// for cold memory nor, when the pool has some, calls the allocator.
+    /// Never published; placeholders until used.
+    pub(super) spares: Vec<Arc<Conn>>,
 }
 
 /// What an explicit `nat(src=|dst=ADDRS[:PORTS])` picks for a new
@@ -265,8 +272,38 @@ impl ConntrackHandle {
         }
     }
 
-    /// Commits a new connection for `p` (key `key`), applying NAT.
+    /// Commits a new connection for `p` (key `key`), applying NAT; then
+    /// readies the allocation of the next one.
     pub(super) fn create<B: PacketBuf>(
+        &mut self,
+        now: Nanos,
+        ct: &CtAction,
+        pkt: &mut B,
+        p: &Parsed,
+        key: ConnKey,
+        seg: Option<tcp::Segment>,
+    ) -> Result<(u8, CtMarks, Verdict), DropReason> {
+        let r = self.create_conn(now, ct, pkt, p, key, seg);
+        self.refill_spare();
+        r
+    }
+
+    /// Makes sure a spare allocation is at hand (see `spares`) and starts
+    /// loading the lines of the next one.
+    fn refill_spare(&mut self) {
+        if self.spares.is_empty() {
+            self.ct.take_spares(&mut self.spares);
+        }
+        let Some(a) = self.spares.last() else { return };
+        let p = Arc::as_ptr(a).cast::<u8>();
+        // The reference counts sit just before the connection.
+        crate::classifier::prefetch(p.wrapping_sub(16));
+        for line in (0..std::mem::size_of::<Conn>()).step_by(64) {
+            crate::classifier::prefetch(p.wrapping_add(line));
+        }
+    }
+
+    fn create_conn<B: PacketBuf>(
         &mut self,
         now: Nanos,
         ct: &CtAction,
@@ -289,6 +326,12 @@ impl ConntrackHandle {
                 ));
             }
         };
+        // The reply key's slot is a cold line: start loading it now.
+        self.ct.prefetch_slot(key_hash(&ConnKey {
+            zone: key.zone,
+            proto: key.proto,
+            tuple: plan.reply,
+        }));
         let hash = key_hash(&key);
         self.ct.make_room(now, hash, &key)?;
         let bytes = (p.end - p.l3) as u64;
@@ -326,7 +369,17 @@ impl ConntrackHandle {
         let nat_bits = conn.nat;
         // Unpublished until a key is inserted: uniquely owned, so the
         // reply key can still be changed in place (`Arc::get_mut`).
-        let mut arc = Arc::new(conn);
+        if self.spares.is_empty() {
+            self.ct.take_spares(&mut self.spares);
+        }
+        let mut arc = self
+            .spares
+            .pop()
+            .unwrap_or_else(|| Arc::new(Conn::placeholder()));
+        match Arc::get_mut(&mut arc) {
+            Some(spare) => *spare = conn,
+            None => arc = Arc::new(conn),
+        }
         // Reserve the reply key first (allocating a port when asked), then
         // publish the original key.
         let mut reply = plan.reply;
@@ -361,14 +414,7 @@ impl ConntrackHandle {
                 return Err(DropReason::CtLimit);
             };
             unpublished.keys[1] = rk;
-            match self.ct.try_insert(
-                now,
-                rk,
-                &Slot {
-                    conn: arc.clone(),
-                    dir: 1,
-                },
-            ) {
+            match self.ct.try_insert(now, rk, &arc, 1) {
                 Ok(()) => {
                     reserved = true;
                     break;
@@ -416,18 +462,7 @@ impl ConntrackHandle {
         // Published under the reply key: count it now, so that a kill
         // (flush) finding it there balances these counts whenever it runs.
         self.ct.count_in(&arc, 1);
-        if self
-            .ct
-            .try_insert(
-                now,
-                key,
-                &Slot {
-                    conn: arc.clone(),
-                    dir: 0,
-                },
-            )
-            .is_err()
-        {
+        if self.ct.try_insert(now, key, &arc, 0).is_err() {
             // Another PMD committed the same connection a moment ago:
             // withdraw ours and track the packet against theirs (once).
             self.ct.remove_key(&arc.keys[1], &arc);
@@ -450,14 +485,11 @@ impl ConntrackHandle {
         if let Some(lb) = &arc.lb {
             lb.stats.connections.fetch_add(1, Ordering::Relaxed);
         }
-        self.cache.insert(
-            &key,
-            hash,
-            Slot {
-                conn: arc.clone(),
-                dir: 0,
-            },
-        );
+        // Not cached yet: a connection's second packet fills this PMD's
+        // cache from the table (lock-free). Filling it here would evict
+        // another connection (a cold reference-count write) for every new
+        // connection, most of which, in a flood of one-packet connections,
+        // never send a second packet.
         let mut verdict = Verdict::Tracked;
         if nat_bits != 0 {
             nat::rewrite(pkt.data_mut(), p, reply.reverse())?;
@@ -658,7 +690,13 @@ impl<B: PacketBuf> ConntrackHook<B> for ConntrackHandle {
         if let Some(hash) = self.prefetch_hash(key) {
             match stage {
                 Prefetch::Bucket => self.cache.prefetch_set(hash),
-                Prefetch::Entry => self.cache.prefetch_conn(hash),
+                Prefetch::Entry => {
+                    // Not in the cache (a new connection, or one this PMD
+                    // has not cached): the table slot its lookup probes.
+                    if !self.cache.prefetch_conn(hash) {
+                        self.ct.prefetch_slot(hash);
+                    }
+                }
             }
         }
     }
@@ -700,6 +738,7 @@ impl Conntrack {
             rng: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
             retrying: false,
             last_zone: 0,
+            spares: Vec::with_capacity(super::SPARE_BATCH),
             cache: {
                 let c = ConnCache::new(self.inner.config.cache_entries);
                 lock(&self.inner.caches).push(c.counters());

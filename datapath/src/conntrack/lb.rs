@@ -62,15 +62,41 @@ pub struct EndpointStats {
     pub packets: AtomicU64,
 }
 
-/// What a conntrack entry remembers of its Service decision.
+/// What a conntrack entry remembers of its Service decision: one shared
+/// reference to the endpoint's [`LbEndpoint`] (built once per endpoint when
+/// the Service table is updated), so a new connection takes one reference
+/// count and its entry holds one pointer.
 #[derive(Debug, Clone)]
-pub struct LbRef {
+pub struct LbRef(Arc<LbEndpoint>);
+
+/// The endpoint a connection was balanced to, as its entry sees it.
+#[derive(Debug)]
+pub struct LbEndpoint {
     /// Service name.
     pub service: Arc<str>,
     /// Endpoint address and port.
     pub endpoint: (Ipv4Addr, u16),
     /// Endpoint counters.
     pub stats: Arc<EndpointStats>,
+}
+
+impl LbRef {
+    /// A reference to the endpoint `endpoint` of Service `service`,
+    /// counting into `stats`.
+    pub fn new(service: Arc<str>, endpoint: (Ipv4Addr, u16), stats: Arc<EndpointStats>) -> LbRef {
+        LbRef(Arc::new(LbEndpoint {
+            service,
+            endpoint,
+            stats,
+        }))
+    }
+}
+
+impl std::ops::Deref for LbRef {
+    type Target = LbEndpoint;
+    fn deref(&self) -> &LbEndpoint {
+        &self.0
+    }
 }
 
 /// A chosen endpoint.

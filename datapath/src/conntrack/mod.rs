@@ -57,7 +57,9 @@
 //!   line of lookup. Per-core because a PMD's connections are what it sees
 //!   again; both directions of a connection may be cached on different
 //!   PMDs and still share one `Conn`, so the state stays one. A miss reads
-//!   the key's shard lock-free and fills the cache (an `Arc` clone).
+//!   the key's shard lock-free and fills the cache (an `Arc` clone). A new
+//!   connection is not cached by its first packet: its second one fills
+//!   the cache, so a flood of one-packet connections evicts nothing.
 //!
 //! A connection (`Conn`) is immutable after publication except for its
 //! hot state, which is atomic: the keys, zone, NAT bits, protocol kind
@@ -98,7 +100,10 @@
 //! happens on the PMD on a miss. The table's own reference to a removed
 //! key's connection is dropped by the epoch collector once no reader can
 //! hold it, on whichever thread pins next (a PMD on a miss, or a control
-//! thread), never on a cache hit.
+//! thread), never on a cache hit. A flush or a control-thread sweep
+//! instead waits for that grace period itself and releases what it
+//! removed on its own thread (`shard::Unlinked`), so a flush of 100k
+//! connections leaves no deferred frees to the PMDs.
 //!
 //! Locks that remain: shard mutexes (control commands, creation, the
 //! removal of a dead or expired key a lookup found, sweeps: one shard per
@@ -106,7 +111,12 @@
 //! above; lock order shard then entry). None on an established packet,
 //! whether it hits its PMD's cache or not (`shard_tests` counts the locks
 //! a PMD thread takes). Allocation happens only when a connection is
-//! created (and when a shard's array is rebuilt).
+//! created (and when a shard's array is rebuilt), and not even then when
+//! the table's pool of released allocations has one: a flush or
+//! control-thread sweep resets the connections whose last reference it
+//! held to placeholders and pools them (at most [`spare_pool`]); each PMD
+//! takes them [`SPARE_BATCH`] at a time (one pool lock per batch) and
+//! prefetches the next one ahead of its next new connection.
 //!
 //! Stats stay exact: per-direction counters are atomics read by
 //! `dump-conntrack`; an endpoint's finished-connection packet count is

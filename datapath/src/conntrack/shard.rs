@@ -10,6 +10,16 @@
 //! connection (two keys, load factor 3/8 to 3/4) about 21 to 43 bytes of
 //! index. Each occupied word owns one strong count of its `Arc<Conn>`.
 //!
+//! Placement: a key's first probed slot is the low bits of its tag while
+//! the array has at most [`TAG_PLACED_SLOTS`] slots (2^16: a shard of up
+//! to ~49k keys), so a rehash moves words without reading the
+//! connections (cold lines, one per key, otherwise); larger arrays take
+//! more position bits from the hash and rehash by reading each key
+//! (prefetched ahead). Releases: a single removal retires its count to
+//! the epoch collector; a [`ShardGuard::retain`] hands its counts to an
+//! [`Unlinked`] batch the caller releases after a grace period on its own
+//! thread.
+//!
 //! Readers ([`ShardCell::find`]) pin an epoch (`crossbeam::epoch`), load the
 //! published array and probe it linearly with acquire loads: no lock, no
 //! store to shared memory. Writers (insert, remove, retain, rehash) hold the
@@ -36,7 +46,7 @@
 
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crossbeam::epoch::{self, Atomic, Guard, Owned};
@@ -76,11 +86,39 @@ fn tag_of(hash: u64) -> u64 {
     hash >> TAG_SHIFT
 }
 
-/// The first slot probed (bits the shard choice does not use).
+/// Arrays up to this many slots place a key by its tag alone, so a rehash
+/// into them moves words without reading the connections they point to
+/// (smaller in tests, so that the proptest crosses the boundary).
+#[cfg(not(test))]
+const TAG_PLACED_SLOTS: usize = 1 << 16;
+#[cfg(test)]
+const TAG_PLACED_SLOTS: usize = 32;
+
+/// Low position bits a larger array takes from the hash (bits the shard
+/// choice and the tag do not use).
+const EXTRA_SHIFT: u32 = 24;
+
+/// The first slot probed in an array of `mask + 1` slots: the tag's low
+/// bits while the array has at most [`TAG_PLACED_SLOTS`] slots (the tag is
+/// the top of the hash, independent of the shard bits); beyond that, the
+/// tag gives the high position bits and the hash the rest.
 #[inline]
-fn start_of(hash: u64) -> usize {
-    let h = (hash ^ hash >> 31).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    (h >> 32) as usize
+fn start_of(hash: u64, mask: usize) -> usize {
+    let tag = tag_of(hash) as usize;
+    if mask < TAG_PLACED_SLOTS {
+        return tag & mask;
+    }
+    let extra = (mask + 1).trailing_zeros() - TAG_PLACED_SLOTS.trailing_zeros();
+    let low = (hash >> EXTRA_SHIFT) as usize & ((1 << extra) - 1);
+    (tag << extra | low) & mask
+}
+
+/// The first slot of the key word `w` holds, in an array of `mask + 1`
+/// slots, from the word alone when the array is small enough
+/// ([`TAG_PLACED_SLOTS`]).
+#[inline]
+fn start_of_word(w: u64, mask: usize) -> Option<usize> {
+    (mask < TAG_PLACED_SLOTS).then_some((w >> TAG_SHIFT) as usize & mask)
 }
 
 #[inline]
@@ -115,7 +153,7 @@ impl Buckets {
     #[inline]
     fn find(&self, key: &ConnKey, hash: u64) -> Option<(usize, u64)> {
         let tag = tag_of(hash);
-        let mut i = start_of(hash) & self.mask;
+        let mut i = start_of(hash, self.mask);
         for _ in 0..=self.mask {
             let w = self.words[i].load(Ordering::Acquire);
             if w == EMPTY {
@@ -184,6 +222,11 @@ pub(super) struct Counts {
 pub(super) struct ShardCell {
     buckets: Atomic<Buckets>,
     writer: Mutex<Counts>,
+    /// The published array's first word and mask, for prefetch hints
+    /// only: read without a pin, possibly stale or torn, and never
+    /// dereferenced (a prefetch of any address is harmless).
+    hint_words: AtomicUsize,
+    hint_mask: AtomicUsize,
 }
 
 impl std::fmt::Debug for ShardCell {
@@ -197,6 +240,8 @@ impl Default for ShardCell {
         ShardCell {
             buckets: Atomic::null(),
             writer: Mutex::new(Counts::default()),
+            hint_words: AtomicUsize::new(0),
+            hint_mask: AtomicUsize::new(0),
         }
     }
 }
@@ -215,6 +260,18 @@ impl ShardCell {
             dir: (w & DIR) as u8,
             _guard: PhantomData,
         })
+    }
+
+    /// Starts loading the slot where a lookup of hash `hash` begins (a
+    /// hint: no pin, no dereference, never a wrong answer).
+    #[inline]
+    pub(super) fn prefetch(&self, hash: u64) {
+        let words = self.hint_words.load(Ordering::Relaxed);
+        if words != 0 {
+            let mask = self.hint_mask.load(Ordering::Relaxed);
+            let slot = words.wrapping_add(8 * start_of(hash, mask));
+            crate::classifier::prefetch(slot as *const u8);
+        }
     }
 
     /// Takes the shard's writer lock (poisoning ignored: every update under
@@ -309,18 +366,24 @@ impl ShardGuard<'_> {
         });
     }
 
-    /// Inserts (or replaces) `key` → `slot`; the replaced slot's count is
-    /// released after the readers that may see it.
-    pub(super) fn insert(&mut self, key: ConnKey, slot: &Slot) -> Result<(), Unrepresentable> {
-        let p = Arc::as_ptr(&slot.conn) as usize as u64;
+    /// Inserts (or replaces) `key` → direction `dir` of `conn` (taking
+    /// one count of it); the replaced key's count is released after the
+    /// readers that may see it.
+    pub(super) fn insert(
+        &mut self,
+        key: ConnKey,
+        conn: &Arc<Conn>,
+        dir: u8,
+    ) -> Result<(), Unrepresentable> {
+        let p = Arc::as_ptr(conn) as usize as u64;
         if p & !PTR_MASK != 0 {
             return Err(Unrepresentable);
         }
         let hash = key_hash(&key);
-        let word = tag_of(hash) << TAG_SHIFT | p | u64::from(slot.dir) & DIR;
+        let word = tag_of(hash) << TAG_SHIFT | p | u64::from(dir) & DIR;
         if let Some((i, old)) = self.buckets().and_then(|b| b.find(&key, hash)) {
             // The word owns this count from now on.
-            std::mem::forget(slot.conn.clone());
+            std::mem::forget(conn.clone());
             self.buckets().expect("found in it").words[i].store(word, Ordering::Release);
             retire(old, &epoch::pin());
             return Ok(());
@@ -331,13 +394,13 @@ impl ShardGuard<'_> {
             self.rehash(self.counts.len + 1, &epoch::pin());
         }
         let b = self.buckets().expect("rehash made an array");
-        let mut i = start_of(hash) & b.mask;
+        let mut i = start_of(hash, b.mask);
         while is_key(b.words[i].load(Ordering::Relaxed)) {
             i = (i + 1) & b.mask;
         }
         let reused = b.words[i].load(Ordering::Relaxed) == TOMB;
         // The word owns this count from now on.
-        std::mem::forget(slot.conn.clone());
+        std::mem::forget(conn.clone());
         b.words[i].store(word, Ordering::Release);
         if reused {
             self.counts.tombs -= 1;
@@ -361,25 +424,31 @@ impl ShardGuard<'_> {
         true
     }
 
-    /// Keeps the keys `keep` accepts; returns how many went.
-    pub(super) fn retain(&mut self, mut keep: impl FnMut(&Arc<Conn>, u8) -> bool) -> usize {
+    /// Keeps the keys `keep` accepts; the others are unlinked and their
+    /// counts handed to `gone` (released after a grace period, see
+    /// [`Unlinked`]). Returns how many went.
+    pub(super) fn retain(
+        &mut self,
+        mut keep: impl FnMut(&Arc<Conn>, u8) -> bool,
+        gone: &mut Unlinked,
+    ) -> usize {
         let Some(b) = self.buckets() else { return 0 };
-        let mut gone = Vec::new();
+        let before = gone.words.len();
         for (i, w) in b.words.iter().enumerate() {
             let w = w.load(Ordering::Relaxed);
             if is_key(w) && !with_arc(w, |c| keep(c, (w & DIR) as u8)) {
-                gone.push((i, w));
+                b.words[i].store(TOMB, Ordering::Release);
+                gone.words.push(w);
             }
         }
-        if gone.is_empty() {
+        let n = gone.words.len() - before;
+        if n == 0 {
             return 0;
         }
-        let guard = epoch::pin();
-        for &(i, w) in &gone {
-            self.take(i, w, &guard);
-        }
-        self.maybe_shrink(&guard);
-        gone.len()
+        self.counts.len -= n;
+        self.counts.tombs += n;
+        self.maybe_shrink(&epoch::pin());
+        n
     }
 
     /// Tombstones slot `i` (holding `w`) and retires its count.
@@ -402,23 +471,54 @@ impl ShardGuard<'_> {
 
     /// Publishes a fresh array sized for `want` keys (load at most 1/2
     /// after the rebuild), moving every key (and its count) into it.
+    ///
+    /// Into an array of at most [`TAG_PLACED_SLOTS`] slots a word's place
+    /// follows from its tag, so no connection is read (they are cold: a
+    /// shard growing after a flush, or cleaned of tombstones, would miss
+    /// the cache once per key). A larger array needs each key's hash: the
+    /// connections are prefetched [`REHASH_AHEAD`] words ahead.
     fn rehash(&mut self, want: usize, guard: &Guard) {
         let slots = (want * 2).next_power_of_two().max(MIN_SLOTS);
         let new = Buckets::new(slots);
         if let Some(old) = self.buckets() {
-            for w in old.words.iter() {
-                let w = w.load(Ordering::Relaxed);
-                if !is_key(w) {
-                    continue;
-                }
-                let hash = with_arc(w, |c| key_hash(&c.keys[(w & DIR) as usize]));
-                let mut i = start_of(hash) & new.mask;
+            let words = &old.words;
+            let place = |w: u64| {
+                let mut i = start_of_word(w, new.mask).unwrap_or_else(|| {
+                    let hash = with_arc(w, |c| key_hash(&c.keys[(w & DIR) as usize]));
+                    start_of(hash, new.mask)
+                });
                 while new.words[i].load(Ordering::Relaxed) != EMPTY {
                     i = (i + 1) & new.mask;
                 }
                 new.words[i].store(w, Ordering::Relaxed);
+            };
+            if start_of_word(0, new.mask).is_some() {
+                for w in words.iter() {
+                    let w = w.load(Ordering::Relaxed);
+                    if is_key(w) {
+                        place(w);
+                    }
+                }
+            } else {
+                for (j, w) in words.iter().enumerate() {
+                    if let Some(ahead) = words.get(j + REHASH_AHEAD) {
+                        let a = ahead.load(Ordering::Relaxed);
+                        if is_key(a) {
+                            let keys = std::mem::offset_of!(Conn, keys);
+                            crate::classifier::prefetch(ptr_of(a).cast::<u8>().wrapping_add(keys));
+                        }
+                    }
+                    let w = w.load(Ordering::Relaxed);
+                    if is_key(w) {
+                        place(w);
+                    }
+                }
             }
         }
+        self.cell
+            .hint_words
+            .store(new.words.as_ptr() as usize, Ordering::Relaxed);
+        self.cell.hint_mask.store(new.mask, Ordering::Relaxed);
         let old = self
             .cell
             .buckets
@@ -432,6 +532,10 @@ impl ShardGuard<'_> {
         }
     }
 }
+
+/// How many words ahead a rehash into a large array prefetches the
+/// connection whose key it will hash.
+const REHASH_AHEAD: usize = 8;
 
 /// Calls `f` with the `Arc` occupied word `w` owns, without touching its
 /// count.
@@ -453,5 +557,152 @@ fn retire(w: u64, guard: &Guard) {
     // whichever thread runs the deferred function is fine.
     unsafe {
         guard.defer_unchecked(move || drop(Arc::from_raw(p as *const Conn)));
+    }
+}
+
+/// Counts of keys unlinked from the index (by [`ShardGuard::retain`]) that
+/// readers pinned before the unlink may still be using.
+///
+/// [`Unlinked::release`] waits for a grace period on the calling thread and
+/// drops them there: a flush or a sweep of the control thread frees its
+/// connections itself, instead of leaving hundreds of thousands of deferred
+/// drops to whichever thread collects the epoch's garbage next (a PMD on
+/// its next pins, in the middle of traffic). Dropped without `release`, or
+/// when the grace period does not come within the limit, the counts are
+/// retired one by one, as a single removal's are.
+#[derive(Debug, Default)]
+pub(super) struct Unlinked {
+    words: Vec<u64>,
+}
+
+impl Unlinked {
+    /// Waits (at most `limit`) until every reader pinned before the
+    /// unlinks has unpinned, then releases the counts on this thread. The
+    /// caller must hold no epoch guard (its own pin would hold the epoch
+    /// back until the limit). Returns false when the limit ran out and the
+    /// counts were retired to the epoch collector instead.
+    /// A connection whose last reference this was is reset to a
+    /// placeholder and offered to `pool` for reuse (dropped when full).
+    pub(super) fn release(
+        mut self,
+        limit: std::time::Duration,
+        pool: &Mutex<Vec<Arc<Conn>>>,
+        cap: usize,
+    ) -> bool {
+        if self.words.is_empty() {
+            return true;
+        }
+        if !grace_period(limit) {
+            return false;
+        }
+        let room = cap.saturating_sub(super::lock(pool).len());
+        let mut reuse = Vec::new();
+        for w in std::mem::take(&mut self.words) {
+            // SAFETY: the word was unlinked before the grace period began,
+            // and every reader pinned before that has unpinned since
+            // (`grace_period`), so no reader can hold its pointer; the
+            // count is the word's own, released once (taken out of `self`).
+            let mut conn = unsafe { Arc::from_raw(ptr_of(w)) };
+            if reuse.len() >= room {
+                continue;
+            }
+            if let Some(c) = Arc::get_mut(&mut conn) {
+                // The last reference: nobody else can see it any more.
+                *c = Conn::placeholder();
+                reuse.push(conn);
+            }
+        }
+        let mut pool = super::lock(pool);
+        let room = cap.saturating_sub(pool.len());
+        reuse.truncate(room);
+        pool.append(&mut reuse);
+        true
+    }
+}
+
+impl Drop for Unlinked {
+    fn drop(&mut self) {
+        if self.words.is_empty() {
+            return;
+        }
+        let guard = epoch::pin();
+        for w in self.words.drain(..) {
+            retire(w, &guard);
+        }
+    }
+}
+
+/// Waits until every thread pinned when it was called has unpinned (an
+/// epoch grace period), at most `limit`; true when it did. A marker is
+/// deferred and the epoch pushed forward (`Guard::flush` collects and
+/// tries to advance) until the marker has run, on this thread or on
+/// whichever collected it.
+fn grace_period(limit: std::time::Duration) -> bool {
+    use std::sync::atomic::AtomicBool;
+    let done = Arc::new(AtomicBool::new(false));
+    {
+        let guard = epoch::pin();
+        let d = done.clone();
+        guard.defer(move || d.store(true, Ordering::Release));
+        guard.flush();
+    }
+    let start = std::time::Instant::now();
+    loop {
+        if done.load(Ordering::Acquire) {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::yield_now();
+        epoch::pin().flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rehash into a tag-placed array puts a word where a lookup of its
+    /// key starts probing, and larger arrays do not claim to know the place
+    /// from the word alone.
+    #[test]
+    fn a_word_is_placed_where_its_key_is_looked_up() {
+        let mut h: u64 = 0x1234_5678_9abc_def1;
+        for _ in 0..10_000 {
+            h = h.wrapping_mul(0x2545_f491_4f6c_dd1d).wrapping_add(0x9e37);
+            let w = tag_of(h) << TAG_SHIFT | 0x1000 | (h & DIR);
+            let mut slots = MIN_SLOTS;
+            while slots <= TAG_PLACED_SLOTS * 8 {
+                let mask = slots - 1;
+                let start = start_of(h, mask);
+                assert!(start <= mask);
+                match start_of_word(w, mask) {
+                    Some(s) => {
+                        assert!(slots <= TAG_PLACED_SLOTS);
+                        assert_eq!(s, start, "hash {h:#x}, {slots} slots");
+                    }
+                    None => assert!(slots > TAG_PLACED_SLOTS),
+                }
+                slots *= 2;
+            }
+        }
+    }
+
+    /// Large arrays still use every slot as a starting point.
+    #[test]
+    fn large_arrays_start_probes_everywhere() {
+        let slots = TAG_PLACED_SLOTS * 4;
+        let mut seen = vec![false; slots];
+        let mut h: u64 = 7;
+        for _ in 0..slots * 64 {
+            h = h.wrapping_mul(0x2545_f491_4f6c_dd1d).wrapping_add(0x9e37);
+            seen[start_of(key_mix(h), slots - 1)] = true;
+        }
+        assert!(seen.iter().all(|&s| s), "some slot is never a start");
+    }
+
+    fn key_mix(h: u64) -> u64 {
+        h ^ h >> 29
     }
 }

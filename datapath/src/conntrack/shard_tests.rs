@@ -14,7 +14,7 @@ use proptest::prelude::*;
 
 use super::entry::{Conn, ConnKey, Marks, ProtoState};
 use super::nat::Tuple;
-use super::shard::{key_hash, ShardCell, Slot};
+use super::shard::{key_hash, ShardCell, Unlinked};
 use super::tests::{fl, seen, tcp, udp};
 use super::*;
 use crate::packet::{HeapBuf, PortNo};
@@ -92,7 +92,7 @@ proptest! {
                 Op::Insert(i, d) => {
                     let k = key(i);
                     let c = conn(k, d);
-                    g.insert(k, &Slot { conn: c.clone(), dir: d }).expect("indexable");
+                    g.insert(k, &c, d).expect("indexable");
                     if let Some((old, _)) = model.insert(k, (c, d)) {
                         older.insert(k, old);
                     }
@@ -113,11 +113,11 @@ proptest! {
                 Op::RetainOdd => {
                     let before = model.len();
                     model.retain(|k, _| !k.tuple.sport.is_multiple_of(2));
-                    let gone = g.retain(|c, d| !c.keys[usize::from(d)].tuple.sport.is_multiple_of(2));
+                    let gone = g.retain(|c, d| !c.keys[usize::from(d)].tuple.sport.is_multiple_of(2), &mut Unlinked::default());
                     prop_assert_eq!(gone, before - model.len());
                 }
                 Op::Clear => {
-                    g.retain(|_, _| false);
+                    g.retain(|_, _| false, &mut Unlinked::default());
                     model.clear();
                 }
             }
@@ -410,4 +410,114 @@ fn a_miss_finds_live_connections_lock_free_and_never_dead_ones() {
     assert!(ct.lookup(far, key_hash(&k), &k).is_none());
     let cell = ct.shard_of(key_hash(&k));
     assert!(cell.lock().get(&k).is_none(), "the expired key was removed");
+}
+
+/// A flush releases the connections it removes on the flushing thread,
+/// after a grace period, instead of leaving their drops to whichever
+/// thread collects the epoch's garbage next (a PMD, mid-traffic): when
+/// `flush` returns, no removed connection is alive.
+#[test]
+fn a_flush_frees_the_connections_it_removes_itself() {
+    let ct = Conntrack::new(ConntrackConfig {
+        cache_entries: 0,
+        ..ConntrackConfig::default()
+    });
+    open_all(&ct, &dnat(SERVER));
+    let mut weak = Vec::new();
+    for cell in ct.inner.shards.iter() {
+        cell.lock().for_each(|c, dir| {
+            if dir == 0 {
+                weak.push(Arc::downgrade(c));
+            }
+        });
+    }
+    assert_eq!(weak.len(), CONNS as usize);
+    assert_eq!(ct.flush(&ConnFilter::default()), CONNS as usize);
+    let alive = weak.iter().filter(|w| w.upgrade().is_some()).count();
+    assert_eq!(alive, 0, "connections left to the epoch collector");
+    assert!(ct.is_empty());
+}
+
+/// The same for a control-thread sweep of expired connections.
+#[test]
+fn a_control_sweep_frees_the_expired_connections_itself() {
+    let ct = Conntrack::new(ConntrackConfig {
+        cache_entries: 0,
+        ..ConntrackConfig::default()
+    });
+    open_all(&ct, &dnat(SERVER));
+    let mut weak = Vec::new();
+    for cell in ct.inner.shards.iter() {
+        cell.lock().for_each(|c, _| weak.push(Arc::downgrade(c)));
+    }
+    assert_eq!(ct.sweep(0), 0, "nothing expired yet");
+    assert!(weak.iter().all(|w| w.upgrade().is_some()));
+    assert_eq!(ct.sweep(1 << 50), 2 * CONNS as usize, "both keys of each");
+    assert!(weak.iter().all(|w| w.upgrade().is_none()));
+}
+
+/// A PMD's own periodic sweep (`sweep_shard`) retires what it removes
+/// through the epoch collector (a PMD never waits for other threads); the
+/// removed connections are gone from the table at once.
+#[test]
+fn a_pmd_sweep_retires_through_the_collector() {
+    let ct = Conntrack::new(ConntrackConfig {
+        cache_entries: 0,
+        ..ConntrackConfig::default()
+    });
+    open_all(&ct, &dnat(SERVER));
+    let n: usize = (0..ct.inner.shards.len())
+        .map(|i| ct.sweep_shard(1 << 50, i))
+        .sum();
+    assert_eq!(n, 2 * CONNS as usize);
+    assert!(ct.is_empty());
+    for i in 0..CONNS {
+        let (st, _) = run(&mut ct.handle(3), 1 << 50, &dnat(SERVER), &packet(i, 1, 0));
+        assert_ne!(
+            st & ct_state::EST,
+            ct_state::EST,
+            "a swept connection was found"
+        );
+    }
+}
+
+/// Flushed connections whose last reference the flush held are reset and
+/// pooled, and new connections are written into them instead of new
+/// allocations; a pooled allocation is never visible in the table.
+#[test]
+fn flushed_allocations_are_reused_by_new_connections() {
+    let ct = Conntrack::new(ConntrackConfig {
+        cache_entries: 0,
+        ..ConntrackConfig::default()
+    });
+    let act = dnat(SERVER);
+    open_all(&ct, &act);
+    let mut before = std::collections::HashSet::new();
+    for cell in ct.inner.shards.iter() {
+        cell.lock().for_each(|c, _| {
+            before.insert(Arc::as_ptr(c) as usize);
+        });
+    }
+    assert_eq!(ct.flush(&ConnFilter::default()), CONNS as usize);
+    assert_eq!(lock(&ct.inner.spares).len(), CONNS as usize, "all pooled");
+    assert!(ct.is_empty());
+    open_all(&ct, &act);
+    let mut reused = 0;
+    for cell in ct.inner.shards.iter() {
+        cell.lock().for_each(|c, dir| {
+            if dir == 0 && before.contains(&(Arc::as_ptr(c) as usize)) {
+                reused += 1;
+            }
+            assert!(!c.is_dead());
+        });
+    }
+    // open_all's handle took them in batches; its stash went with it.
+    assert_eq!(reused, CONNS as usize);
+    assert_eq!(lock(&ct.inner.spares).len(), 0);
+    assert_eq!(ct.len(), CONNS as usize);
+    // And they behave as new connections: established traffic is DNATed.
+    let mut h = ct.handle(5);
+    let (st, f) = run(&mut h, 1, &act, &packet(1, 0, 0));
+    assert_eq!(st, ct_state::TRK | ct_state::EST | ct_state::DNAT);
+    assert_eq!(seen(&f).dst, Ipv4Addr::from(SERVER));
 }

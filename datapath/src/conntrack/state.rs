@@ -91,7 +91,7 @@ use std::sync::{Arc, Mutex};
 use super::entry::{Conn, ConnKey, CtMarks, Marks, ProtoState};
 use super::lb::{EndpointStats, LbRef};
 use super::nat::Tuple;
-use super::table::{key_hash, Slot};
+use super::table::key_hash;
 use super::tcp::{SideSnapshot, TcpConn, TcpSnapshot};
 use super::Conntrack;
 use crate::time::Nanos;
@@ -1354,10 +1354,12 @@ impl Conntrack {
             let conn = Arc::new(Conn {
                 keys: c.keys,
                 nat: c.nat,
-                lb: c.lb.as_ref().map(|(name, ip, port)| LbRef {
-                    service: Arc::from(name.as_str()),
-                    endpoint: (*ip, *port),
-                    stats: Arc::new(EndpointStats::default()),
+                lb: c.lb.as_ref().map(|(name, ip, port)| {
+                    LbRef::new(
+                        Arc::from(name.as_str()),
+                        (*ip, *port),
+                        Arc::new(EndpointStats::default()),
+                    )
                 }),
                 proto,
                 dead: AtomicBool::new(false),
@@ -1378,15 +1380,11 @@ impl Conntrack {
                 out.skipped += 1;
                 continue;
             }
-            let slot = |dir| Slot {
-                conn: conn.clone(),
-                dir,
-            };
-            if self.try_insert(now, c.keys[0], &slot(0)).is_err() {
+            if self.try_insert(now, c.keys[0], &conn, 0).is_err() {
                 out.skipped += 1;
                 continue;
             }
-            if c.keys[1] != c.keys[0] && self.try_insert(now, c.keys[1], &slot(1)).is_err() {
+            if c.keys[1] != c.keys[0] && self.try_insert(now, c.keys[1], &conn, 1).is_err() {
                 self.remove_key(&c.keys[0], &conn);
                 out.skipped += 1;
                 continue;

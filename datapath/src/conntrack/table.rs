@@ -29,9 +29,15 @@ use super::entry::{Conn, ConnKey, COUNT_DEAD};
 use super::lb::LoadBalancer;
 use super::lock;
 pub(super) use super::shard::{key_hash, Slot};
-use super::shard::{ShardCell, Unrepresentable};
+use super::shard::{ShardCell, Unlinked, Unrepresentable};
 use crate::drop::DropReason;
 use crate::time::Nanos;
+
+/// The longest a flush or a control-thread sweep waits for the PMDs to
+/// leave the epoch of its removals before it hands their memory to the
+/// epoch collector instead of freeing it itself (PMDs unpin after every
+/// lookup, so the wait is normally microseconds).
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Conntrack counters shared with `conntrack-stats`.
 #[derive(Debug, Default)]
@@ -70,6 +76,24 @@ pub(super) struct Inner {
     /// crash restore needs, for the state saver (off without a state
     /// file: one relaxed load per such event).
     pub(super) changed: ChangeLog,
+    /// Allocations of released connections, reset to placeholders, that
+    /// new connections reuse (filled by flushes and control-thread
+    /// sweeps, which release on their own thread; at most
+    /// [`spare_pool`] of them).
+    pub(super) spares: Mutex<Vec<Arc<Conn>>>,
+}
+
+/// How many pooled allocations a PMD takes at once (one pool lock per
+/// this many new connections; its own stash is then read from one hot
+/// array instead of the pool's, which the releasing thread wrote).
+pub const SPARE_BATCH: usize = 32;
+
+/// How many released connection allocations a table keeps for reuse: a
+/// sixteenth of its connection limit, between 1Ki and 64Ki (about 200
+/// bytes each: at most ~13 MiB, which the allocator's free lists would
+/// otherwise hold).
+pub fn spare_pool(config: &ConntrackConfig) -> usize {
+    (config.max_connections / 16).clamp(1 << 10, 1 << 16)
 }
 
 /// The connection table, shared by all PMDs and the control thread.
@@ -148,6 +172,7 @@ impl Conntrack {
                 caches: Mutex::new(Vec::new()),
                 created: CreationLog::default(),
                 changed: ChangeLog::default(),
+                spares: Mutex::new(Vec::new()),
                 config,
                 services,
             }),
@@ -200,6 +225,27 @@ impl Conntrack {
 
     pub(super) fn shard_of(&self, hash: u64) -> &ShardCell {
         &self.inner.shards[(hash as usize >> 7) & self.inner.mask]
+    }
+
+    /// Moves up to [`SPARE_BATCH`] pooled allocations into `stash`; when
+    /// the pool has none, puts one fresh allocation there instead (a
+    /// placeholder either way).
+    pub(super) fn take_spares(&self, stash: &mut Vec<Arc<Conn>>) {
+        {
+            let mut pool = lock(&self.inner.spares);
+            let n = pool.len();
+            stash.extend(pool.drain(n.saturating_sub(SPARE_BATCH)..));
+        }
+        if stash.is_empty() {
+            stash.push(Arc::new(Conn::placeholder()));
+        }
+    }
+
+    /// Starts loading the table slot a lookup of hash `hash` probes first
+    /// (a hint for a packet likely to miss its PMD's cache).
+    #[inline]
+    pub(super) fn prefetch_slot(&self, hash: u64) {
+        self.shard_of(hash).prefetch(hash);
     }
 
     /// Marks `c` removed and releases its counts (once). Callers hold the
@@ -277,14 +323,16 @@ impl Conntrack {
         None
     }
 
-    /// Inserts `slot` under `k` unless a live entry holds it.
-    /// Fails with the live entry that holds `k` (or with no entry when the
-    /// connection's address cannot be indexed, see `shard`).
+    /// Inserts direction `dir` of `conn` under `k` unless a live entry
+    /// holds it. Fails with the live entry that holds `k` (or with no
+    /// entry when the connection's address cannot be indexed, see
+    /// `shard`).
     pub(super) fn try_insert(
         &self,
         now: Nanos,
         k: ConnKey,
-        slot: &Slot,
+        conn: &Arc<Conn>,
+        dir: u8,
     ) -> Result<(), Option<Arc<Conn>>> {
         let mut shard = lock(self.shard_of(key_hash(&k)));
         if let Some(old) = shard.get(&k) {
@@ -292,7 +340,7 @@ impl Conntrack {
                 return Err(Some(old.conn));
             }
         }
-        shard.insert(k, slot).map_err(|Unrepresentable| None)
+        shard.insert(k, conn, dir).map_err(|Unrepresentable| None)
     }
 
     pub(super) fn remove_key(&self, k: &ConnKey, conn: &Arc<Conn>) {
@@ -337,7 +385,13 @@ impl Conntrack {
     }
 
     /// Removes expired entries of shard `i`; returns how many keys went.
+    /// Their memory is released through the epoch collector (a PMD's
+    /// periodic sweep: it must not wait for other threads).
     pub fn sweep_shard(&self, now: Nanos, i: usize) -> usize {
+        self.sweep_shard_into(now, i, &mut Unlinked::default())
+    }
+
+    fn sweep_shard_into(&self, now: Nanos, i: usize, gone: &mut Unlinked) -> usize {
         let Some(m) = self.inner.shards.get(i) else {
             return 0;
         };
@@ -345,14 +399,22 @@ impl Conntrack {
         if shard.is_empty() {
             return 0;
         }
-        shard.retain(|c, _| !self.reap(now, c))
+        shard.retain(|c, _| !self.reap(now, c), gone)
     }
 
-    /// Removes every expired entry.
+    /// Removes every expired entry; the calling thread (not a PMD) frees
+    /// them after a grace period (see [`Unlinked`]).
     pub fn sweep(&self, now: Nanos) -> usize {
-        (0..self.inner.shards.len())
-            .map(|i| self.sweep_shard(now, i))
-            .sum()
+        let mut gone = Unlinked::default();
+        let n = (0..self.inner.shards.len())
+            .map(|i| self.sweep_shard_into(now, i, &mut gone))
+            .sum();
+        gone.release(
+            RELEASE_WAIT,
+            &self.inner.spares,
+            spare_pool(&self.inner.config),
+        );
+        n
     }
 
     /// Visits every live connection once (through its original key).
@@ -366,18 +428,30 @@ impl Conntrack {
         }
     }
 
-    /// Removes the connections `pred` selects; returns how many.
+    /// Removes the connections `pred` selects; returns how many. The
+    /// calling thread frees them after a grace period (see [`Unlinked`]),
+    /// so a flush of the control thread leaves no deferred frees to the
+    /// PMDs.
     pub fn flush_where(&self, pred: impl Fn(&Conn) -> bool) -> usize {
         let mut n = 0;
+        let mut gone = Unlinked::default();
         for m in self.inner.shards.iter() {
-            lock(m).retain(|c, _| {
-                if !c.is_dead() && pred(c) {
-                    self.kill(c);
-                    n += 1;
-                }
-                !c.is_dead()
-            });
+            lock(m).retain(
+                |c, _| {
+                    if !c.is_dead() && pred(c) {
+                        self.kill(c);
+                        n += 1;
+                    }
+                    !c.is_dead()
+                },
+                &mut gone,
+            );
         }
+        gone.release(
+            RELEASE_WAIT,
+            &self.inner.spares,
+            spare_pool(&self.inner.config),
+        );
         n
     }
 

@@ -846,13 +846,16 @@ fn control_commands() {
         .contains("zone=9"));
     let e = call("dump-conntrack", &["zone=x"]).expect_err("bad zone");
     assert!(e.contains("use zone=N"), "{e}");
-    // A second packet of the connection is served by the PMD's cache.
-    hook_state(
-        &mut h,
-        1,
-        &commit(9),
-        udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, b""),
-    );
+    // The second packet of the connection fills the PMD's cache (the
+    // first one does not), the third is served by it.
+    for _ in 0..2 {
+        hook_state(
+            &mut h,
+            1,
+            &commit(9),
+            udp([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, b""),
+        );
+    }
     let s = call("conntrack-stats", &[]).expect("stats");
     assert!(
         s.contains("UNREPLIED: 1")
@@ -861,7 +864,7 @@ fn control_commands() {
         "{s}"
     );
     assert!(
-        s.contains("connection cache pmd 0: hits 1 misses 1 (50.0% hits"),
+        s.contains("connection cache pmd 0: hits 1 misses 2 (33.3% hits"),
         "{s}"
     );
     assert_eq!(

@@ -94,7 +94,7 @@ mod tests;
 use std::sync::Mutex;
 
 pub use crate::conntrack::config::ServiceConfig;
-pub use crate::conntrack::lb::{EndpointStats, LbDecision, LbRef, LbTarget};
+pub use crate::conntrack::lb::{EndpointStats, LbDecision, LbEndpoint, LbRef, LbTarget};
 use crate::flow::key::ipproto;
 use crate::time::Nanos;
 pub use api::*;

@@ -15,8 +15,8 @@ use std::net::Ipv4Addr;
 
 use super::api::TrafficPolicy;
 use super::table::{Frontend, FrontendKey, FrontendKind, Services};
-use super::{lock, AFFINITY_SHARDS};
-use crate::conntrack::lb::{LbDecision, LbQuery, LbRef, LbTarget, LoadBalancer};
+use super::{lock, ServiceConfig, AFFINITY_SHARDS};
+use crate::conntrack::lb::{LbDecision, LbQuery, LbTarget, LoadBalancer};
 use crate::drop::DropReason;
 use crate::time::Nanos;
 
@@ -24,6 +24,16 @@ pub(super) fn in_cidr(ip: u32, (net, len): (Ipv4Addr, u8)) -> bool {
     let len = u32::from(len.min(32));
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
     ip & mask == u32::from(net) & mask
+}
+
+/// True when `ip` is one of the node's addresses in `config`.
+fn is_node_address(config: &ServiceConfig, ip: u32) -> bool {
+    config.node_addresses.iter().any(|&a| u32::from(a) == ip)
+}
+
+/// True when `ip` is a pod (cluster CIDR) or node address in `config`.
+fn is_internal(config: &ServiceConfig, ip: u32) -> bool {
+    config.cluster_cidrs.iter().any(|&n| in_cidr(ip, n)) || is_node_address(config, ip)
 }
 
 impl Services {
@@ -48,17 +58,11 @@ impl Services {
 
     /// True when `ip` is one of this node's addresses.
     pub(super) fn is_node_address(&self, ip: u32) -> bool {
-        self.inner
-            .config
-            .load()
-            .node_addresses
-            .iter()
-            .any(|&a| u32::from(a) == ip)
+        is_node_address(&self.inner.config.load(), ip)
     }
 
     pub(super) fn is_internal(&self, ip: u32) -> bool {
-        let c = self.inner.config.load();
-        c.cluster_cidrs.iter().any(|&n| in_cidr(ip, n)) || self.is_node_address(ip)
+        is_internal(&self.inner.config.load(), ip)
     }
 
     /// Chooses the endpoint for the new connection `q`; `rand` is a
@@ -80,8 +84,11 @@ impl Services {
             return LbDecision::NotService;
         };
         let svc = &fe.svc;
-        let from_node = self.is_node_address(src);
-        let (external, policy, cands) = Self::candidates(fe, self.is_internal(src));
+        // The node settings come with the table version: one load per
+        // new connection.
+        let config = &*table.config;
+        let from_node = is_node_address(config, src);
+        let (external, policy, cands) = Self::candidates(fe, is_internal(config, src));
         if cands.is_empty() {
             return match policy {
                 TrafficPolicy::Local => LbDecision::Drop(DropReason::ServiceNoLocalEndpoint),
@@ -113,12 +120,8 @@ impl Services {
         LbDecision::Forward(LbTarget {
             ip: e.ip,
             port: e.spec.port,
-            masquerade: masq.then_some(u32::from(self.inner.config.load().masquerade_ip)),
-            lb: LbRef {
-                service: svc.name.clone(),
-                endpoint: (e.spec.ip, e.spec.port),
-                stats: e.stats.clone(),
-            },
+            masquerade: masq.then_some(u32::from(config.masquerade_ip)),
+            lb: e.lb.clone(),
         })
     }
 }

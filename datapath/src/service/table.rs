@@ -27,7 +27,7 @@ use sluice_api::node::{NodeProgram, NodeSettings};
 use super::api::{EndpointSpec, ServiceSpec, ServiceUpdate, UpdateSummary};
 use super::{lock, proto_name, AFFINITY_SHARDS, SEC, SHARDS};
 use crate::conntrack::config::ServiceConfig;
-use crate::conntrack::lb::EndpointStats;
+use crate::conntrack::lb::{EndpointStats, LbRef};
 use crate::conntrack::Conntrack;
 use crate::time::Nanos;
 
@@ -115,6 +115,9 @@ pub(super) struct Endpoint {
     pub(super) spec: EndpointSpec,
     pub(super) ip: u32,
     pub(super) stats: Arc<EndpointStats>,
+    /// What a connection balanced here remembers (one reference count
+    /// per new connection).
+    pub(super) lb: LbRef,
 }
 
 #[derive(Debug)]
@@ -200,6 +203,10 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> Sharded<K, V> {
 pub(super) struct Table {
     pub(super) frontends: Sharded<FrontendKey, Frontend>,
     pub(super) by_name: Sharded<Arc<str>, Arc<Service>>,
+    /// The node settings this version was published with (the same as
+    /// `Inner::config` once published), so that a new connection's
+    /// selection loads one version, not two.
+    pub(super) config: Arc<ServiceConfig>,
 }
 
 pub(super) type AffinityMap = HashMap<(u64, u32), (u32, u16, Nanos)>;
@@ -244,10 +251,12 @@ impl StagedServices<'_> {
     /// Makes the prepared table (and settings) the ones in force.
     pub fn publish(self) -> Published {
         let inner = &self.services.inner;
+        let mut table = self.table;
         if let Some(c) = self.config {
+            table.config = c.clone();
             inner.config.store(c);
         }
-        inner.table.store(Arc::new(self.table));
+        inner.table.store(Arc::new(table));
         Published {
             removed: self.removed,
             summary: self.summary,
@@ -317,12 +326,14 @@ impl Services {
 
     /// An empty table.
     pub fn new(config: ServiceConfig) -> Services {
+        let config = Arc::new(config);
         Services {
             inner: Arc::new(Inner {
-                config: ArcSwap::from_pointee(config),
+                config: ArcSwap::new(config.clone()),
                 table: ArcSwap::from_pointee(Table {
                     frontends: Sharded::new(),
                     by_name: Sharded::new(),
+                    config,
                 }),
                 writer: Mutex::new(0),
                 affinity: (0..AFFINITY_SHARDS)
@@ -579,6 +590,10 @@ impl Services {
             *next_id += 1;
             *next_id
         });
+        let name: Arc<str> = prev
+            .map(|p| p.name.clone())
+            .filter(|n| **n == *s.name)
+            .unwrap_or_else(|| Arc::from(s.name.as_str()));
         let endpoints: Vec<Endpoint> = s
             .endpoints
             .iter()
@@ -594,6 +609,7 @@ impl Services {
                 Endpoint {
                     spec: e.clone(),
                     ip: u32::from(e.ip),
+                    lb: LbRef::new(name.clone(), (e.ip, e.port), stats.clone()),
                     stats,
                 }
             })
@@ -634,7 +650,7 @@ impl Services {
         };
         Service {
             id,
-            name: Arc::from(s.name.as_str()),
+            name,
             cluster: candidates(false),
             local: candidates(true),
             affinity: s.session_affinity_seconds.map(|sec| {

@@ -835,3 +835,50 @@ fn mid_stream_tcp_is_picked_up_only_in_loose_mode() {
     let out = r.send(0, 1, tcp(CLIENT, VIP, 4002, 80, 1, 1, fl::FINACK, b""));
     assert_eq!(out.drops.get(DropReason::FlowDrop), 1);
 }
+
+/// New node settings published with a batch reach the next selection at
+/// once (the selection reads them from the table version it loads), and
+/// every connection balanced to one endpoint shares that endpoint's one
+/// reference (`LbRef`), whose counters are the endpoint's.
+#[test]
+fn published_settings_reach_selection_and_connections_share_the_endpoint_reference() {
+    let s = services();
+    let ct = Conntrack::with_services(ConntrackConfig::default(), s.clone());
+    apply(&s, &ct, json!({"upsert": [web(vec![ep("10.1.0.5")])]}));
+    let choose = |s: &Services, rand: u64| {
+        let q = crate::conntrack::lb::LbQuery {
+            proto: ipproto::TCP,
+            src: u32::from(Ipv4Addr::from(NODE)),
+            dst: u32::from(Ipv4Addr::from(VIP)),
+            dport: 80,
+        };
+        match s.choose(0, q, rand, true) {
+            LbDecision::Forward(t) => t,
+            other => panic!("expected a forward, got {other:?}"),
+        }
+    };
+    // From the node itself: masqueraded to the configured address.
+    let a = choose(&s, 1);
+    assert_eq!(a.masquerade, Some(u32::from(ip(MASQ))));
+    let b = choose(&s, 2);
+    assert!(std::ptr::eq(&*a.lb, &*b.lb), "one reference per endpoint");
+    assert_eq!(a.lb.endpoint, (ip("10.1.0.5"), 8080));
+    assert_eq!(&*a.lb.service, "default/web:http");
+    // New settings: another masquerade address.
+    let moved = ServiceConfig {
+        masquerade_ip: ip("169.254.169.2"),
+        ..s.config().as_ref().clone()
+    };
+    let staged = s
+        .stage(&ServiceUpdate::default(), Some(moved))
+        .expect("stages");
+    let _ = staged.publish().flush(Some(&ct));
+    let c = choose(&s, 3);
+    assert_eq!(
+        c.masquerade,
+        Some(u32::from(ip("169.254.169.2"))),
+        "the selection uses the published settings"
+    );
+    // The endpoint survived the update: its counters are the same ones.
+    assert!(std::sync::Arc::ptr_eq(&a.lb.stats, &c.lb.stats));
+}
