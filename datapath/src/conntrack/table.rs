@@ -509,10 +509,8 @@ impl CreationLog {
 const CHANGE_LOG_PARTS: usize = 64;
 
 /// Most keys a [`ChangeLog`] holds between two takes; past it the log
-/// gives up and the saver's next round scans the table instead. The
-/// queues are allocated when the log is first switched on (a sluiced with
-/// a `state_file`): 2^18 keys, about 12 MiB.
-pub const CHANGE_LOG_MAX: usize = 1 << 18;
+/// gives up and the saver's next round scans the table instead.
+pub const CHANGE_LOG_MAX: usize = 1 << 20;
 
 /// The original keys of the connections created, killed (expired,
 /// evicted, flushed) or changed in a field a crash restore needs (a TCP
@@ -520,19 +518,28 @@ pub const CHANGE_LOG_MAX: usize = 1 << 18;
 /// path) since the last take, while on: what the state saver looks at in
 /// a round, so that its cost follows the changes instead of the table.
 /// A key may appear more than once, or for a change that was none. Off,
-/// it costs one relaxed load per event; on, one push onto a bounded
-/// lock-free queue (no lock, no allocation).
+/// it costs one relaxed load per event.
 ///
-/// Thread-safety: PMDs push onto one of [`CHANGE_LOG_PARTS`] bounded
-/// MPMC queues (`crossbeam::queue::ArrayQueue`, by key hash); the saver
-/// thread switches the log on and takes the keys.
-#[derive(Debug, Default)]
+/// Thread-safety: PMDs append under one of [`CHANGE_LOG_PARTS`] mutexes
+/// (by key hash); the saver thread switches it on and takes the keys.
+#[derive(Debug)]
 pub struct ChangeLog {
     pub(super) on: AtomicBool,
     /// Set when a part overflowed: the taker must scan.
     pub(super) overflowed: AtomicBool,
-    /// Allocated by the first [`ChangeLog::switch`] on.
-    parts: std::sync::OnceLock<Box<[crossbeam::queue::ArrayQueue<ConnKey>]>>,
+    pub(super) parts: Box<[Mutex<Vec<ConnKey>>]>,
+}
+
+impl Default for ChangeLog {
+    fn default() -> ChangeLog {
+        ChangeLog {
+            on: AtomicBool::new(false),
+            overflowed: AtomicBool::new(false),
+            parts: (0..CHANGE_LOG_PARTS)
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
+        }
+    }
 }
 
 impl ChangeLog {
@@ -547,36 +554,21 @@ impl ChangeLog {
 
     #[cold]
     fn push(&self, k: &ConnKey) {
-        let Some(parts) = self.parts.get() else {
-            return;
-        };
-        let part = &parts[(key_hash(k) as usize) % CHANGE_LOG_PARTS];
-        if part.push(*k).is_err() {
+        let part = &self.parts[(key_hash(k) as usize) % CHANGE_LOG_PARTS];
+        let mut g = part.lock().unwrap_or_else(|e| e.into_inner());
+        if g.len() < CHANGE_LOG_MAX / CHANGE_LOG_PARTS {
+            g.push(*k);
+        } else {
             self.overflowed.store(true, Ordering::Relaxed);
-        }
-    }
-
-    fn drain(&self, mut f: impl FnMut(ConnKey)) {
-        if let Some(parts) = self.parts.get() {
-            for p in parts.iter() {
-                while let Some(k) = p.pop() {
-                    f(k);
-                }
-            }
         }
     }
 
     /// Switches the log on (emptied) or off.
     pub(super) fn switch(&self, on: bool) {
         self.on.store(false, Ordering::SeqCst);
-        if on {
-            self.parts.get_or_init(|| {
-                (0..CHANGE_LOG_PARTS)
-                    .map(|_| crossbeam::queue::ArrayQueue::new(CHANGE_LOG_MAX / CHANGE_LOG_PARTS))
-                    .collect()
-            });
+        for p in self.parts.iter() {
+            p.lock().unwrap_or_else(|e| e.into_inner()).clear();
         }
-        self.drain(|_| {});
         self.overflowed.store(false, Ordering::SeqCst);
         self.on.store(on, Ordering::SeqCst);
     }
@@ -589,7 +581,9 @@ impl ChangeLog {
             return None;
         }
         let mut out = Vec::new();
-        self.drain(|k| out.push(k));
+        for p in self.parts.iter() {
+            out.append(&mut p.lock().unwrap_or_else(|e| e.into_inner()));
+        }
         if self.overflowed.swap(false, Ordering::SeqCst) {
             return None;
         }
