@@ -83,6 +83,33 @@ fn pod(ofport: u16, iface: &str) -> PortSpec {
     }
 }
 
+/// A `port-add` request for a `net_null`-style vdev (`devargs`), with
+/// `ofport` or a free number.
+fn devargs_port(
+    name: &str,
+    ofport: Option<u16>,
+    devargs: &str,
+) -> sluice_api::ports::PortAddRequest {
+    sluice_api::ports::PortAddRequest {
+        name: name.into(),
+        ofport,
+        kind: sluice_api::ports::PortKind::Devargs {
+            devargs: devargs.into(),
+        },
+        rx_queues: 1,
+    }
+}
+
+/// The stream: an operator's rule sends port 2 to the sink (port 1), then
+/// its source `src` (`devargs`) is added on port 2.
+fn start_stream(c: &mut Client, devargs: &str) {
+    c.call_text::<&str>("del-flows", &[]).expect("del-flows");
+    c.call_text("add-flow", &["priority=100,in_port=2 actions=output:1"])
+        .expect("add-flow");
+    c.call::<sluice_api::ports::PortAdd>(&devargs_port("src", Some(2), devargs))
+        .expect("port-add src");
+}
+
 fn api_err(r: Result<impl std::fmt::Debug, ClientError>) -> sluice_api::ApiError {
     match r {
         Err(ClientError::Api(e)) => e,
@@ -138,18 +165,7 @@ fn node_commits_apply_whole_or_not_at_all_while_a_stream_forwards() {
     // The stream (src, 2 -> sink, 1) is in place before src exists, as an
     // operator's rule: the first commit replaces it with the program's
     // own copy, in the same step as everything else.
-    c.call_text::<&str>("del-flows", &[]).expect("del-flows");
-    c.call_text("add-flow", &["priority=100,in_port=2 actions=output:1"])
-        .expect("add-flow");
-    c.call::<sluice_api::ports::PortAdd>(&sluice_api::ports::PortAddRequest {
-        name: "src".into(),
-        ofport: Some(2),
-        kind: sluice_api::ports::PortKind::Devargs {
-            devargs: "net_null_src".into(),
-        },
-        rx_queues: 1,
-    })
-    .expect("port-add src");
+    start_stream(&mut c, "net_null_src");
     let st0 = c.call::<QueryNodeStatus>(&Empty {}).expect("node-status");
     assert_eq!(st0.generation, 0);
     assert_eq!(
@@ -400,18 +416,7 @@ fn a_committer_paused_between_its_phases_never_stops_forwarding() {
     let mut c = Client::connect(ctl_path(P)).expect("connect to sluiced's control socket");
     c.set_timeout(Some(WAIT)).expect("timeout");
     // The stream's rule is in place before its source exists.
-    c.call_text::<&str>("del-flows", &[]).expect("del-flows");
-    c.call_text("add-flow", &["priority=100,in_port=2 actions=output:1"])
-        .expect("add-flow");
-    c.call::<sluice_api::ports::PortAdd>(&sluice_api::ports::PortAddRequest {
-        name: "src".into(),
-        ofport: Some(2),
-        kind: sluice_api::ports::PortKind::Devargs {
-            devargs: "net_null_ncp1".into(),
-        },
-        rx_queues: 1,
-    })
-    .expect("port-add src");
+    start_stream(&mut c, "net_null_ncp1");
     let stream = flow(100, "in_port=2", "output:1");
     let first = NodeChanges {
         generation: 1,
@@ -595,14 +600,7 @@ fn a_port_add_during_a_commit_cannot_take_its_staged_ports() {
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    let add = |name: &str, ofport: Option<u16>, vdev: &str| sluice_api::ports::PortAddRequest {
-        name: name.into(),
-        ofport,
-        kind: sluice_api::ports::PortKind::Devargs {
-            devargs: vdev.into(),
-        },
-        rx_queues: 1,
-    };
+    let add = devargs_port;
     let mut c2 = Client::connect(ctl_path(P)).expect("connect");
     c2.set_timeout(Some(WAIT)).expect("timeout");
     let e = api_err(c2.call::<sluice_api::ports::PortAdd>(&add("x", Some(5), "net_null_ncr1")));
