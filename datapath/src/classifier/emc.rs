@@ -1,18 +1,24 @@
 //! The exact-match cache (EMC): the first and cheapest classifier tier.
 //!
 //! Size: a fixed power-of-two number of slots (default [`EMC_ENTRIES`],
-//! OVS's `EM_FLOW_HASH_ENTRIES`), allocated once, in two parallel arrays: a
-//! 16-byte tag per slot (the key's hash and the cached translation; four
-//! per cache line) and the full [`FlowKey`] (192 bytes), read only when the
-//! tag's hash matches. Lookup: the key's hash picks two candidate slots
-//! (low and high hash bits); a hit needs an equal hash and a key equal on
-//! the live words (below), so
-//! collisions cost a compare, never a wrong answer. The pipeline parses a
-//! whole burst first and [`Emc::prefetch`]es each packet's tags, so the
-//! memory of later packets loads while earlier ones are processed (OVS's
-//! EMC processing does the same over its batches); a few packets ahead,
-//! [`Emc::prefetch_hit`] and [`Emc::prefetch_actions`] follow a matching
-//! tag to its key, translation and action list.
+//! OVS's `EM_FLOW_HASH_ENTRIES`), allocated once per key width (below).
+//! A slot holds the key's hash, the cached translation and the key's
+//! *live* bits only (see "Live bits"), packed: the compact key of the
+//! current program, not the 192-byte [`FlowKey`]. A program with at most
+//! [`INLINE_WORDS`] live words (l2, l3, Service and encap programs: three
+//! to five) has 64-byte slots, one cache line holding hash, translation
+//! and key (8192 slots: 512 KiB, which stays in the PMD core's L2); up to
+//! 14 words, 128-byte slots; more, 256-byte slots of a whole key. Lookup:
+//! the key's hash picks two candidate slots (low and high hash bits); a
+//! hit needs an equal hash and equal packed words (the key's live words,
+//! gathered and masked on the fly, compared over the slot's fixed width,
+//! branch-free), so collisions cost a compare, never a wrong answer. The
+//! pipeline parses a whole burst first and [`Emc::prefetch`]es each
+//! packet's two slots, so the memory of later packets loads while earlier
+//! ones are processed (OVS's EMC processing does the same over its
+//! batches); a few packets ahead, [`Emc::prefetch_hit`] and
+//! [`Emc::prefetch_actions`] follow a matching slot to its translation and
+//! action list.
 //!
 //! Insertion is probabilistic ([`Emc::offer`]): a megaflow hit or an upcall
 //! caches its key with probability 1 / `insert_inv_prob` (default
@@ -22,7 +28,7 @@
 //! the cache than it has slots (10k flows each recurring every 10k
 //! packets, 8192 slots), inserting on every miss evicts each entry before
 //! its flow comes back, so almost nothing hits and every miss also pays a
-//! 192-byte key write. Inserting rarely lets a stable random subset stay
+//! key write. Inserting rarely lets a stable random subset stay
 //! cached: measured with pktgen l3/10000, always-insert hit 13% of packets,
 //! 1/100 hits ~70% (OVS: 72%). The cost is a short warm-up: a flow needs
 //! ~`insert_inv_prob` megaflow hits before it is cached, irrelevant for
@@ -34,12 +40,14 @@
 //! (the fields its rules match, plus the few its actions read; see
 //! `FlowPipeline`'s live mask). [`Emc::set_live`] restricts the cache to
 //! those: the caller hashes only them ([`FlowKey::hash_live`], over the
-//! mask's non-zero words) and a hit compares only them, so two keys that
-//! differ elsewhere (other fields, even ones sharing a word with a live
-//! field, such as `tp_src` beside `recirc_id`) share a slot, which is
-//! exact because they get the same translation. [`Emc::set_words`] is
-//! the same with whole words live. A new mask flushes the cache.
-//! Default: every bit.
+//! mask's non-zero words), a slot stores only them and a hit compares
+//! only them, so two keys that differ elsewhere (other fields, even ones
+//! sharing a word with a live field, such as `tp_src` beside `recirc_id`)
+//! share a slot, which is exact because they get the same translation.
+//! [`Emc::set_words`] is the same with whole words live. A new mask
+//! flushes the cache (and reallocates it when the slot width changes).
+//! Default: every bit. Proptest `compact_slots_answer_like_full_keys`
+//! checks the packed slots against a map of masked full keys.
 //!
 //! Eviction: insertion takes an empty candidate or the one already holding
 //! this key; when both hold other flows, one is overwritten, chosen by a
@@ -54,7 +62,7 @@ use std::sync::Arc;
 
 use super::slowpath::Xlate;
 use super::{prefetch, TierStats};
-use crate::flow::key::{FlowKey, ALL_WORDS};
+use crate::flow::key::{FlowKey, KEY_WORDS};
 
 /// Default number of EMC slots (OVS: 8192 too).
 pub const EMC_ENTRIES: usize = 8192;
@@ -63,38 +71,121 @@ pub const EMC_ENTRIES: usize = 8192;
 /// this many times on average (OVS's `emc-insert-inv-prob` default).
 pub const EMC_INSERT_INV_PROB: u32 = 100;
 
+/// Most live words a one-cache-line (64-byte) slot holds.
+pub const INLINE_WORDS: usize = 6;
+
+/// Most live words a two-cache-line slot holds.
+const MEDIUM_WORDS: usize = 14;
+
 /// Every bit of the key live (the default).
 const ALL_BITS: FlowKey = FlowKey {
-    w: [u64::MAX; crate::flow::key::KEY_WORDS],
+    w: [u64::MAX; KEY_WORDS],
 };
 
 /// Seed of the insertion decision's xorshift32 (any non-zero value).
 const RNG_SEED: u32 = 0x9e37_79b9;
 
-/// The part of a slot a lookup reads first: 16 bytes, four to a cache
-/// line, so the two candidates of a key usually cost one line.
-#[derive(Debug, Default, Clone)]
-struct Tag {
+/// One cache entry: the hash of the key's live bits, the translation
+/// (`None`: empty) and the key's live words, masked and packed in the
+/// order of [`Emc::words`], zero past them. Cache-line aligned, so a
+/// slot of [`INLINE_WORDS`] is exactly one line.
+#[derive(Debug, Clone)]
+#[repr(C, align(64))]
+struct Slot<const N: usize> {
     hash: u64,
     xlate: Option<Arc<Xlate>>,
+    w: [u64; N],
+}
+
+const _: () = assert!(std::mem::size_of::<Slot<INLINE_WORDS>>() == 64);
+const _: () = assert!(std::mem::size_of::<Slot<MEDIUM_WORDS>>() == 128);
+
+impl<const N: usize> Slot<N> {
+    const EMPTY: Self = Slot {
+        hash: 0,
+        xlate: None,
+        w: [0; N],
+    };
+}
+
+/// The slots, by width (the smallest that holds the live words).
+#[derive(Debug)]
+enum Slots {
+    Inline(Box<[Slot<INLINE_WORDS>]>),
+    Medium(Box<[Slot<MEDIUM_WORDS>]>),
+    Full(Box<[Slot<KEY_WORDS>]>),
+}
+
+/// Runs `$body` with `$s` bound to the slot array, whatever its width.
+macro_rules! with_slots {
+    ($slots:expr, $s:ident => $body:expr) => {
+        match $slots {
+            Slots::Inline($s) => $body,
+            Slots::Medium($s) => $body,
+            Slots::Full($s) => $body,
+        }
+    };
+}
+
+/// How a key's live words are packed: word `j` of a slot is
+/// `key.w[idx[j]] & mask[j]`; past the live words `mask[j]` is 0 (and
+/// `idx[j]` 0), so the packed tail is zero and a fixed-width compare
+/// needs no length.
+#[derive(Debug, Clone)]
+struct Layout {
+    idx: [u8; KEY_WORDS],
+    mask: [u64; KEY_WORDS],
+}
+
+impl Layout {
+    fn new(live: &FlowKey) -> Layout {
+        let mut l = Layout {
+            idx: [0; KEY_WORDS],
+            mask: [0; KEY_WORDS],
+        };
+        for (j, w) in live.nonzero_words().into_iter().enumerate() {
+            l.idx[j] = w;
+            l.mask[j] = live.w[usize::from(w)];
+        }
+        l
+    }
+
+    /// Packed word `j` of `key`.
+    #[inline(always)]
+    fn word(&self, key: &FlowKey, j: usize) -> u64 {
+        key.w[usize::from(self.idx[j])] & self.mask[j]
+    }
+
+    /// `key`'s live words packed into `N` words.
+    #[inline(always)]
+    fn pack<const N: usize>(&self, key: &FlowKey) -> [u64; N] {
+        std::array::from_fn(|j| self.word(key, j))
+    }
+
+    /// True when `w` holds `key`'s live words (all `N`, branch-free).
+    #[inline(always)]
+    fn same<const N: usize>(&self, w: &[u64; N], key: &FlowKey) -> bool {
+        let mut diff = 0u64;
+        for (j, x) in w.iter().enumerate() {
+            diff |= x ^ self.word(key, j);
+        }
+        diff == 0
+    }
 }
 
 /// A per-PMD exact-match cache.
 #[derive(Debug)]
 pub struct Emc {
-    /// Hashes and translations, indexed like `keys`.
-    tags: Box<[Tag]>,
-    /// Full keys (three cache lines each), read only when a tag matches,
-    /// and then only at `words`, under `live`.
-    keys: Box<[FlowKey]>,
-    /// The bits hashed by the caller and compared on a hit.
+    slots: Slots,
+    /// The bits hashed by the caller, stored and compared.
     live: FlowKey,
     /// The non-zero word indices of `live`.
     words: Vec<u8>,
-    /// Which of a key's three cache lines hold a word of `words`.
-    lines: [bool; 3],
-    /// `words` is every word: compare whole keys (unrolled, no index list).
-    all_words: bool,
+    /// Where each packed word comes from.
+    layout: Layout,
+    /// Cache lines of a slot a lookup reads (hash, translation and the
+    /// live words): what [`Emc::prefetch`] loads.
+    lines: usize,
     mask: usize,
     /// 0: disabled; 1: always insert; N: insert when the next random
     /// number is at most `u32::MAX / N`.
@@ -103,6 +194,91 @@ pub struct Emc {
     /// xorshift32 state (never zero).
     rng: u32,
     stats: Arc<TierStats>,
+}
+
+/// Cache lines of a slot with `words` live words that a lookup reads:
+/// 16 bytes of hash and translation, then the words.
+fn lines_read(words: usize) -> usize {
+    (16 + 8 * words).div_ceil(64)
+}
+
+/// The slots for `words` live words, `n` of them, all empty.
+fn alloc_slots(words: usize, n: usize) -> Slots {
+    if words <= INLINE_WORDS {
+        Slots::Inline(vec![Slot::EMPTY; n].into_boxed_slice())
+    } else if words <= MEDIUM_WORDS {
+        Slots::Medium(vec![Slot::EMPTY; n].into_boxed_slice())
+    } else {
+        Slots::Full(vec![Slot::EMPTY; n].into_boxed_slice())
+    }
+}
+
+/// The slot of `hash` among `cands` holding `key` (on the live bits).
+#[inline(always)]
+fn find_in<'a, const N: usize>(
+    s: &'a [Slot<N>],
+    layout: &Layout,
+    cands: [usize; 2],
+    key: &FlowKey,
+    hash: u64,
+) -> Option<&'a Arc<Xlate>> {
+    for i in cands {
+        let Some(t) = s.get(i) else { continue };
+        if t.hash == hash {
+            if let Some(x) = &t.xlate {
+                if layout.same(&t.w, key) {
+                    return Some(x);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Writes `key`'s entry into one of `cands` (see the module doc's
+/// eviction rule).
+fn insert_in<const N: usize>(
+    s: &mut [Slot<N>],
+    layout: &Layout,
+    [a, b]: [usize; 2],
+    key: &FlowKey,
+    hash: u64,
+    xlate: Arc<Xlate>,
+) {
+    let free = |i: usize| {
+        s.get(i)
+            .is_some_and(|t| t.xlate.is_none() || (t.hash == hash && layout.same(&t.w, key)))
+    };
+    let i = if free(a) {
+        a
+    } else if free(b) {
+        b
+    } else if hash & (1 << 31) != 0 {
+        a
+    } else {
+        b
+    };
+    if let Some(t) = s.get_mut(i) {
+        *t = Slot {
+            hash,
+            xlate: Some(xlate),
+            w: layout.pack(key),
+        };
+    }
+}
+
+/// The slots `cands` whose hash is `hash`, with their translations.
+#[inline(always)]
+fn tagged_in<const N: usize>(
+    s: &[Slot<N>],
+    cands: [usize; 2],
+    hash: u64,
+) -> impl Iterator<Item = &Arc<Xlate>> {
+    cands.into_iter().filter_map(move |i| {
+        s.get(i)
+            .filter(|t| t.hash == hash)
+            .and_then(|t| t.xlate.as_ref())
+    })
 }
 
 impl Emc {
@@ -116,12 +292,11 @@ impl Emc {
             entries.max(2).next_power_of_two()
         };
         Emc {
-            tags: vec![Tag::default(); n].into_boxed_slice(),
-            keys: vec![FlowKey::ZERO; n].into_boxed_slice(),
+            slots: alloc_slots(KEY_WORDS, n),
             live: ALL_BITS,
-            words: ALL_WORDS.to_vec(),
-            lines: [true; 3],
-            all_words: true,
+            words: ALL_BITS.nonzero_words(),
+            layout: Layout::new(&ALL_BITS),
+            lines: lines_read(KEY_WORDS),
             mask: n - 1,
             insert_inv_prob,
             insert_threshold: u32::MAX / insert_inv_prob.max(1),
@@ -143,7 +318,17 @@ impl Emc {
 
     /// Number of slots.
     pub fn capacity(&self) -> usize {
-        self.tags.len()
+        self.mask + 1
+    }
+
+    /// Bytes of one slot (64 when the live words fit in
+    /// [`INLINE_WORDS`]).
+    pub fn slot_bytes(&self) -> usize {
+        match &self.slots {
+            Slots::Inline(_) => std::mem::size_of::<Slot<INLINE_WORDS>>(),
+            Slots::Medium(_) => std::mem::size_of::<Slot<MEDIUM_WORDS>>(),
+            Slots::Full(_) => std::mem::size_of::<Slot<KEY_WORDS>>(),
+        }
     }
 
     /// The hit/miss counters.
@@ -166,22 +351,32 @@ impl Emc {
 
     /// Restricts hits to keys equal on the bits of `live` (the caller
     /// hashes with [`FlowKey::hash_live`] over `live` and its non-zero
-    /// words) and flushes the cache when it changes. Allocates only then.
+    /// words) and flushes the cache when it changes; slots are
+    /// reallocated, at the smallest width that holds the live words,
+    /// when that width changes. Allocates only then.
     pub fn set_live(&mut self, live: &FlowKey) {
         if self.live == *live {
             return;
         }
-        self.flush();
-        self.live = *live;
-        self.words = live.nonzero_words();
-        self.all_words = *live == ALL_BITS;
-        self.lines = [false; 3];
-        for &w in &self.words {
-            // Eight 64-bit words per cache line.
-            if let Some(l) = self.lines.get_mut(usize::from(w) / 8) {
-                *l = true;
+        let words = live.nonzero_words();
+        let width = |n: usize| {
+            if n <= INLINE_WORDS {
+                0
+            } else if n <= MEDIUM_WORDS {
+                1
+            } else {
+                2
             }
+        };
+        if width(words.len()) == width(self.words.len()) {
+            self.flush();
+        } else {
+            self.slots = alloc_slots(words.len(), self.capacity());
         }
+        self.live = *live;
+        self.words = words;
+        self.layout = Layout::new(live);
+        self.lines = lines_read(self.words.len());
     }
 
     /// The word indices hits compare.
@@ -189,63 +384,48 @@ impl Emc {
         &self.words
     }
 
-    /// True when the key in slot `i` equals `key` on the live bits.
-    #[inline(always)]
-    fn same_key(&self, i: usize, key: &FlowKey) -> bool {
-        if self.all_words {
-            self.keys[i] == *key
-        } else {
-            self.keys[i].eq_live(key, &self.live, &self.words)
-        }
-    }
-
     #[inline]
     fn candidates(&self, hash: u64) -> [usize; 2] {
         [hash as usize & self.mask, (hash >> 32) as usize & self.mask]
     }
 
-    /// Starts loading the two candidate tags of `hash`, so that the
-    /// lookup of a burst's later packets does not wait for memory (the
-    /// keys follow in [`Emc::prefetch_hit`], only for a tag that matches:
-    /// when most packets miss, loading keys would only pollute the cache).
-    /// A hint only: no effect on results.
+    /// Starts loading the two candidate slots of `hash` (every line of a
+    /// slot that holds live words), so that the lookup of a burst's later
+    /// packets does not wait for memory. A hint only: no effect on
+    /// results.
     #[inline]
     pub fn prefetch(&self, hash: u64) {
         if !self.enabled() {
             return;
         }
-        let [a, b] = self.candidates(hash);
-        prefetch(&self.tags[a]);
-        prefetch(&self.tags[b]);
+        let cands = self.candidates(hash);
+        let lines = self.lines;
+        with_slots!(&self.slots, s => {
+            for i in cands {
+                if let Some(t) = s.get(i) {
+                    let p = (t as *const Slot<_>).cast::<u8>();
+                    prefetch(p);
+                    for l in 1..lines {
+                        prefetch(p.wrapping_add(64 * l));
+                    }
+                }
+            }
+        })
     }
 
     /// Second prefetch stage, a little before the lookup of `hash` (once
-    /// [`Emc::prefetch`]'s tag lines have arrived): for a candidate whose
-    /// tag has this hash, starts loading its key and the translation the
-    /// tag points to. A hint only.
+    /// [`Emc::prefetch`]'s slots have arrived): for a candidate with this
+    /// hash, starts loading the translation it points to. A hint only.
     #[inline]
     pub fn prefetch_hit(&self, hash: u64) {
         if !self.enabled() {
             return;
         }
-        for (i, x) in self.tagged(hash) {
-            prefetch(Arc::as_ptr(x));
-            let k = &self.keys[i];
-            for (line, &live) in self.lines.iter().enumerate() {
-                if live {
-                    prefetch(&k.w[line * 8]);
-                }
+        let cands = self.candidates(hash);
+        with_slots!(&self.slots, s => {
+            for x in tagged_in(s, cands, hash) {
+                prefetch(Arc::as_ptr(x));
             }
-        }
-    }
-
-    /// The candidate slots of `hash` whose tag has that hash, with their
-    /// translations (what a lookup will compare and return).
-    #[inline]
-    fn tagged(&self, hash: u64) -> impl Iterator<Item = (usize, &Arc<Xlate>)> {
-        self.candidates(hash).into_iter().filter_map(move |i| {
-            let t = &self.tags[i];
-            t.xlate.as_ref().filter(|_| t.hash == hash).map(|x| (i, x))
         })
     }
 
@@ -258,28 +438,30 @@ impl Emc {
         if !self.enabled() {
             return;
         }
-        for (_, x) in self.tagged(hash) {
-            prefetch(x.actions.as_ptr());
-            prefetch(x.rules.as_ptr());
-        }
+        let cands = self.candidates(hash);
+        with_slots!(&self.slots, s => {
+            for x in tagged_in(s, cands, hash) {
+                prefetch(x.actions.as_ptr());
+                prefetch(x.rules.as_ptr());
+            }
+        })
     }
 
-    /// The cached translation of `key` (whose full hash is `hash`).
+    /// The cached translation of `key` (whose live hash is `hash`).
     /// A disabled cache answers `None` without probing or counting.
     #[inline]
     pub fn lookup(&self, key: &FlowKey, hash: u64) -> Option<&Arc<Xlate>> {
         if !self.enabled() {
             return None;
         }
-        for i in self.candidates(hash) {
-            let t = &self.tags[i];
-            if t.hash == hash && t.xlate.is_some() && self.same_key(i, key) {
-                self.stats.hit.inc();
-                return t.xlate.as_ref();
-            }
+        let cands = self.candidates(hash);
+        let found = with_slots!(&self.slots, s => find_in(s, &self.layout, cands, key, hash));
+        if found.is_some() {
+            self.stats.hit.inc();
+        } else {
+            self.stats.miss.inc();
         }
-        self.stats.miss.inc();
-        None
+        found
     }
 
     /// Caches `xlate` for `key` with probability 1 / `insert_inv_prob`
@@ -309,37 +491,23 @@ impl Emc {
     /// Caches `xlate` for `key` unconditionally (tests and benchmarks; the
     /// pipeline calls [`Emc::offer`]).
     pub fn insert(&mut self, key: &FlowKey, hash: u64, xlate: Arc<Xlate>) {
-        let [a, b] = self.candidates(hash);
-        let free = |i: usize| {
-            let t = &self.tags[i];
-            t.xlate.is_none() || (t.hash == hash && self.same_key(i, key))
-        };
-        let i = if free(a) {
-            a
-        } else if free(b) {
-            b
-        } else if hash & (1 << 31) != 0 {
-            a
-        } else {
-            b
-        };
-        self.tags[i] = Tag {
-            hash,
-            xlate: Some(xlate),
-        };
-        self.keys[i] = *key;
+        let cands = self.candidates(hash);
+        let layout = &self.layout;
+        with_slots!(&mut self.slots, s => insert_in(s, layout, cands, key, hash, xlate));
     }
 
     /// Empties the cache.
     pub fn flush(&mut self) {
-        for t in self.tags.iter_mut() {
-            t.xlate = None;
-        }
+        with_slots!(&mut self.slots, s => {
+            for t in s.iter_mut() {
+                t.xlate = None;
+            }
+        });
     }
 
     /// Number of occupied slots (introspection; O(size)).
     pub fn len(&self) -> usize {
-        self.tags.iter().filter(|t| t.xlate.is_some()).count()
+        with_slots!(&self.slots, s => s.iter().filter(|t| t.xlate.is_some()).count())
     }
 
     /// True when no slot is occupied.
@@ -511,5 +679,106 @@ mod tests {
         let (always, sometimes) = (hits(1), hits(100));
         assert!(always < 0.10, "always-insert thrashes: {always}");
         assert!(sometimes > 0.20, "1/100 keeps a subset: {sometimes}");
+    }
+
+    #[test]
+    fn slot_width_follows_the_live_word_count() {
+        let mut emc = Emc::new(16, 1);
+        assert_eq!(emc.slot_bytes(), 256, "every bit live: whole keys");
+        for (n, bytes) in [(1, 64), (6, 64), (7, 128), (14, 128), (15, 256), (3, 64)] {
+            let words: Vec<u8> = (0..n).collect();
+            let k = key(7);
+            emc.insert(&k, k.hash_words(&words), Arc::new(Xlate::default()));
+            emc.set_words(&words);
+            assert_eq!(emc.slot_bytes(), bytes, "{n} live words");
+            assert!(emc.is_empty(), "a new word set flushes ({n})");
+            assert_eq!(emc.capacity(), 16);
+            emc.insert(&k, k.hash_words(&words), Arc::new(Xlate::default()));
+            assert!(emc.lookup(&k, k.hash_words(&words)).is_some());
+        }
+    }
+
+    /// The model the packed slots must agree with: the full keys, masked
+    /// by the live bits (what the EMC stored before slots were packed).
+    mod compact {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::HashMap;
+
+        const POOL: [u64; 3] = [0, 0x0000_00ff_0000_0001, u64::MAX];
+
+        fn live_strategy() -> impl Strategy<Value = FlowKey> {
+            prop::collection::vec(
+                (
+                    0..KEY_WORDS,
+                    prop_oneof![Just(u64::MAX), any::<u64>(), Just(0xffff_0000)],
+                ),
+                1..=KEY_WORDS,
+            )
+            .prop_map(|ws| {
+                let mut live = FlowKey::ZERO;
+                for (i, m) in ws {
+                    live.w[i] |= m;
+                }
+                live
+            })
+        }
+
+        fn key_strategy() -> impl Strategy<Value = FlowKey> {
+            prop::collection::vec(prop::sample::select(&POOL[..]), KEY_WORDS).prop_map(|ws| {
+                let mut k = FlowKey::ZERO;
+                k.w.copy_from_slice(&ws);
+                k
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Hits answer what the last insert of a key equal on the
+            /// live bits cached (never another key's translation), and
+            /// an insert is found at once; with a weak hash (many equal
+            /// hashes) every answer rests on the packed-word compare.
+            #[test]
+            fn compact_slots_answer_like_full_keys(
+                live in live_strategy(),
+                keys in prop::collection::vec(key_strategy(), 2..24),
+                ops in prop::collection::vec((any::<prop::sample::Index>(), any::<bool>()), 1..200),
+                weak_hash in any::<bool>(),
+                entries in prop_oneof![Just(2usize), Just(8), Just(1024)],
+            ) {
+                let mut emc = Emc::new(entries, 1);
+                emc.set_live(&live);
+                let words = live.nonzero_words();
+                let hash = |k: &FlowKey| {
+                    let h = k.hash_live(&live, &words);
+                    if weak_hash { h & 0x1_0000_0001 } else { h }
+                };
+                let xlates: Vec<Arc<Xlate>> =
+                    (0..ops.len()).map(|_| Arc::new(Xlate::default())).collect();
+                let mut model: HashMap<FlowKey, usize> = HashMap::new();
+                for (n, (ix, insert)) in ops.iter().enumerate() {
+                    let k = ix.get(&keys);
+                    let h = hash(k);
+                    if *insert {
+                        emc.insert(k, h, xlates[n].clone());
+                        model.insert(k.and(&live), n);
+                        let got = emc.lookup(k, h);
+                        prop_assert!(got.is_some_and(|x| Arc::ptr_eq(x, &xlates[n])));
+                    }
+                    // Every key: a hit must be the model's answer.
+                    for k in &keys {
+                        if let Some(x) = emc.lookup(k, hash(k)) {
+                            let want = model.get(&k.and(&live));
+                            prop_assert!(
+                                want.is_some_and(|&i| Arc::ptr_eq(x, &xlates[i])),
+                                "a hit on {k:?} gave another key's translation"
+                            );
+                        }
+                    }
+                }
+                prop_assert!(emc.len() <= emc.capacity());
+            }
+        }
     }
 }

@@ -480,7 +480,8 @@ pub struct FlowPipeline<H = NoHooks> {
     /// reserved once.
     pending: Vec<(Arc<Xlate>, u64, u64)>,
     /// The parsed keys of the burst being processed (stage one of
-    /// [`Pipeline::process`]); capacity reserved once.
+    /// [`Pipeline::process`]: its first entries, one per packet; entries
+    /// are reused, never cleared); capacity reserved once.
     parsed: Vec<Parsed>,
     /// The per-stage split of sampled bursts (`pipeline::perf`).
     split: Split,
@@ -998,19 +999,28 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
         // Stage one: parse the whole burst and prefetch each packet's EMC
         // slots; stage two classifies and executes in arrival order, by
         // which time the slots of later packets are (mostly) in cache.
-        let mut parsed = std::mem::take(&mut self.parsed);
-        parsed.clear();
-        for pkt in burst.pkts.iter() {
-            // Parsed in place (no copy of the key into the vector).
-            parsed.push(Parsed {
-                key: FlowKey::ZERO,
-                layout: Layout::default(),
-                hash: 0,
-            });
-            let Some(q) = parsed.last_mut() else { break };
+        // Parsed in place, into entries kept from earlier bursts (no copy
+        // of the key into the vector, and no zeroing besides the one
+        // `extract_into` does): only the first `n` are this burst's.
+        let mut store = std::mem::take(&mut self.parsed);
+        let n = burst.pkts.len();
+        if store.len() < n {
+            store.resize(
+                n,
+                Parsed {
+                    key: FlowKey::ZERO,
+                    layout: Layout::default(),
+                    hash: 0,
+                },
+            );
+        }
+        let parsed = &mut store[..n];
+        for (q, pkt) in parsed.iter_mut().zip(burst.pkts.iter()) {
             if pkt.len() >= 14 {
                 q.layout = extract_into(pkt.data(), in_port, &mut q.key);
             } else {
+                q.key = FlowKey::ZERO;
+                q.layout = Layout::default();
                 q.key.set(Field::InPort, u128::from(in_port.0));
             }
             q.hash = q.key.hash_live(&self.live, &self.words);
@@ -1070,7 +1080,9 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
             }
             if let Some((lead, j)) = batch {
                 let l = &parsed[lead];
-                if l.hash == hash && pkt.len() >= 14 && l.key.eq_masked(&parsed[i].key, &self.live)
+                if l.hash == hash
+                    && pkt.len() >= 14
+                    && l.key.eq_live(&parsed[i].key, &self.live, &self.words)
                 {
                     let j = self.follower(now, j, &mut parsed[i], pkt, out);
                     batch = Some((lead, j));
@@ -1088,7 +1100,7 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
         } else {
             self.stats.megaflow.tier.hit.add(followers);
         }
-        self.parsed = parsed;
+        self.parsed = store;
         self.flush_counts(now);
         let t2 = cycles();
         let perf = &self.stats.perf;
