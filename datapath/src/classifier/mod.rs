@@ -13,8 +13,10 @@
 //! flushes the EMC and revalidates (or, when large, flushes) the megaflow
 //! cache before its next burst.
 //!
-//! Memory per PMD: an EMC slot is 208 bytes, a 16-byte tag and a 192-byte
-//! key (8192 slots: 1.6 MiB; none when the EMC is disabled); a megaflow
+//! Memory per PMD: an EMC slot is 64 bytes, hash, translation and the
+//! program's live key words packed, when they are at most six (8192 slots:
+//! 512 KiB; 128 or 256 bytes a slot for wider programs; none when the EMC
+//! is disabled); a megaflow
 //! entry is 64 bytes (its mask's words packed beside the translation;
 //! 256 for masks of more than seven words) plus a control byte, plus its
 //! `Xlate` (shared by the EMC), whose action list is shared by every
