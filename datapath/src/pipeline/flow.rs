@@ -968,9 +968,11 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
     fn dump_caches(&self) -> String {
         let emc = if self.emc.enabled() {
             format!(
-                "emc: {} of {} slots, insert probability 1/{}\n",
+                "emc: {} of {} slots of {} bytes ({} live key words), insert probability 1/{}\n",
                 self.emc.len(),
                 self.emc.capacity(),
+                self.emc.slot_bytes(),
+                self.emc.words().len(),
                 self.emc.insert_inv_prob()
             )
         } else {
@@ -1230,8 +1232,14 @@ mod tests {
         let f = tcp4([10, 0, 0, 1], [10, 0, 0, 9], 1000, 80, 64);
         for (inv_prob, emc_line) in [
             (0, "emc: disabled (emc_insert_inv_prob = 0)\n"),
-            (1, "emc: 1 of 8192 slots, insert probability 1/1\n"),
-            (100, "emc: 1 of 8192 slots, insert probability 1/100\n"),
+            (
+                1,
+                "emc: 1 of 8192 slots of 64 bytes (3 live key words), insert probability 1/1\n",
+            ),
+            (
+                100,
+                "emc: 1 of 8192 slots of 64 bytes (3 live key words), insert probability 1/100\n",
+            ),
         ] {
             let t = FlowTables::new();
             t.add_flows("priority=1,ip actions=output:2", 0)
