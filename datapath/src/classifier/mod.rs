@@ -14,8 +14,8 @@
 //! cache before its next burst.
 //!
 //! Memory per PMD: an EMC slot is 64 bytes, hash, translation and the
-//! program's live key words packed, when they are at most six (8192 slots:
-//! 512 KiB; 128 or 256 bytes a slot for wider programs; none when the EMC
+//! program's live key words packed, when they are at most six (16384
+//! slots: 1 MiB; 128 or 256 bytes a slot for wider programs; none when the EMC
 //! is disabled); a megaflow
 //! entry is 64 bytes (its mask's words packed beside the translation;
 //! 256 for masks of more than seven words) plus a control byte, plus its

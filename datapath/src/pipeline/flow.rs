@@ -1234,11 +1234,11 @@ mod tests {
             (0, "emc: disabled (emc_insert_inv_prob = 0)\n"),
             (
                 1,
-                "emc: 1 of 8192 slots of 64 bytes (3 live key words), insert probability 1/1\n",
+                "emc: 1 of 16384 slots of 64 bytes (3 live key words), insert probability 1/1\n",
             ),
             (
                 100,
-                "emc: 1 of 8192 slots of 64 bytes (3 live key words), insert probability 1/100\n",
+                "emc: 1 of 16384 slots of 64 bytes (3 live key words), insert probability 1/100\n",
             ),
         ] {
             let t = FlowTables::new();
