@@ -17,8 +17,11 @@
 //! Per-flow batching (OVS's per-flow batches): within a burst, a packet
 //! equal on the live bits to the packet before it that took a lookup (the
 //! batch's leader) runs the leader's translation without a lookup of its
-//! own, when that translation is single-pass (no recirculation); it is
-//! counted as an EMC hit (a megaflow hit with the EMC off). Proptest
+//! own; it is counted as an EMC hit (a megaflow hit with the EMC off).
+//! When that translation recirculates (`tnl_pop`, `ct(table=N)`), only
+//! the first pass is shared: a Geneve packet from the same outer flow as
+//! its leader is decapsulated without an outer lookup, and its inner
+//! frame is looked up on its own key. Proptest
 //! `batched_bursts_equal_one_packet_bursts`.
 //!
 //! Per packet: one [`extract`] into a [`FlowKey`], then the EMC, then the
@@ -261,6 +264,45 @@ impl<H> Exec<'_, H> {
     where
         H: ActionHooks<B>,
     {
+        // The lists a decapsulated packet runs (`tnl_pop`, then the inner
+        // flow's one output), without the interpreter loop: the same
+        // steps as its arms below.
+        match actions {
+            [DpAction::Output(port)] => {
+                let port = if *port == PortNo::IN_PORT {
+                    key.in_port()
+                } else {
+                    *port
+                };
+                out.send(port, pkt);
+                return Outcome::Done { sent: true };
+            }
+            [DpAction::TunnelPop] => {
+                let mut pkt = pkt;
+                self.split.enter(Stage::Tunnel);
+                let r = self.hooks.tunnel_pop(self.now, &mut pkt, key);
+                self.split.enter(Stage::Actions);
+                return match r {
+                    Ok(inner) => Outcome::Recirculate {
+                        pkt,
+                        reparse: Some(inner),
+                        sent: false,
+                    },
+                    Err(r) => {
+                        out.drop(r, pkt);
+                        Outcome::Done { sent: false }
+                    }
+                };
+            }
+            _ => {
+                if let Some((sets, port)) = encap_shape(actions) {
+                    let sent = encap_and_output(
+                        self.hooks, self.split, self.now, sets, port, pkt, key, out,
+                    );
+                    return Outcome::Done { sent };
+                }
+            }
+        }
         let mut pkt = Some(pkt);
         let mut sent = false;
         let n = actions.len();
@@ -720,17 +762,23 @@ impl<H> FlowPipeline<H> {
     }
 
     /// Classifies and executes one packet (parsed as `first`),
-    /// recirculating as asked. Returns the index in `pending` of its
-    /// first-pass translation when that translation is single-pass (the
-    /// packet was done in one pass): later packets of the burst equal to
-    /// it on the live words may take it without a lookup.
+    /// recirculating as asked. With `follow`, the packet is a follower of
+    /// a batch whose leader's first-pass translation is at
+    /// `pending[follow]`: its first pass takes that translation without a
+    /// lookup (exact: keys equal on the live bits translate alike, however
+    /// the packet continues), and only its later passes (the inner frame
+    /// after `tnl_pop`, the continuation after `ct(table=N)`) are looked
+    /// up. Returns the index in `pending` of its first-pass translation
+    /// and whether that translation is single-pass: later packets of the
+    /// burst equal to it on the live words may take it without a lookup.
     fn one_packet<B: PacketBuf>(
         &mut self,
         now: Nanos,
         first: &Parsed,
         pkt: B,
         out: &mut Output<B>,
-    ) -> Option<usize>
+        follow: Option<usize>,
+    ) -> Option<(usize, bool)>
     where
         H: ActionHooks<B>,
     {
@@ -744,9 +792,42 @@ impl<H> FlowPipeline<H> {
         // The translation of the previous pass (its address: the pending
         // counters hold it alive), where a recirculation continues from.
         let mut prev: Option<*const Xlate> = None;
+        // The first pass's slot in `pending`, once the packet recirculated.
+        let mut first_pass: Option<(usize, bool)> = None;
         for pass in 0..=MAX_RECIRC {
             // Borrow the cached translation in place (no refcount traffic
             // on a cache hit); only a slow-path result is owned here.
+            let bytes = pkt.len() as u64;
+            if let (0, Some(j)) = (pass, follow) {
+                self.split.enter(Stage::Actions);
+                let slot = self.count_pending(j, bytes);
+                let xlate = &self.pending[slot].0;
+                prev = Some(Arc::as_ptr(xlate));
+                let mut exec = Exec {
+                    now,
+                    mac: &mut self.mac,
+                    hooks: &mut self.hooks,
+                    ports: &self.ports,
+                    bucket: &mut self.bucket,
+                    stats: &self.stats,
+                    split: &mut self.split,
+                    ct_ran: &mut self.ct_ran,
+                };
+                match exec.run(&xlate.actions, pkt, &mut key, layout, out) {
+                    Outcome::Done { .. } => return Some((slot, xlate.single_pass)),
+                    Outcome::Recirculate {
+                        pkt: p, reparse, ..
+                    } => {
+                        first_pass = Some((slot, false));
+                        self.stats.recirculations.inc();
+                        if let Some(l) = reparse {
+                            layout = l;
+                        }
+                        pkt = p;
+                        continue;
+                    }
+                }
+            }
             self.split.enter(Stage::Emc);
             let mut owned: Option<Arc<Xlate>> = None;
             let cont = match (&self.cont, prev) {
@@ -812,7 +893,6 @@ impl<H> FlowPipeline<H> {
             self.split.enter(Stage::Actions);
             // Rule counters, batched over consecutive packets with the same
             // translation (see `pending_slot`).
-            let bytes = pkt.len() as u64;
             let slot = match self.pending_slot(Arc::as_ptr(xlate)) {
                 Some(i) => {
                     let (_, n, b) = &mut self.pending[i];
@@ -825,7 +905,7 @@ impl<H> FlowPipeline<H> {
                     self.pending.len() - 1
                 }
             };
-            let leads = (pass == 0 && xlate.single_pass).then_some(slot);
+            let leads = (pass == 0).then_some((slot, xlate.single_pass));
             let mut exec = Exec {
                 now,
                 mac: &mut self.mac,
@@ -837,10 +917,11 @@ impl<H> FlowPipeline<H> {
                 ct_ran: &mut self.ct_ran,
             };
             match exec.run(&xlate.actions, pkt, &mut key, layout, out) {
-                Outcome::Done { .. } => return leads,
+                Outcome::Done { .. } => return leads.or(first_pass),
                 Outcome::Recirculate {
                     pkt: p, reparse, ..
                 } => {
+                    first_pass = first_pass.or(leads);
                     if pass == MAX_RECIRC {
                         out.drop(DropReason::RecircLimit, p);
                         return None;
@@ -854,6 +935,23 @@ impl<H> FlowPipeline<H> {
             }
         }
         None
+    }
+
+    /// Counts one packet of `bytes` for the translation at `pending[j]`:
+    /// in place when `j` is one of the last two entries (see
+    /// `pending_slot`), else in a new entry. Returns where it counted.
+    #[inline]
+    fn count_pending(&mut self, j: usize, bytes: u64) -> usize {
+        if j + 2 >= self.pending.len() {
+            if let Some((_, n, b)) = self.pending.get_mut(j) {
+                *n += 1;
+                *b += bytes;
+                return j;
+            }
+        }
+        let x = self.pending[j].0.clone();
+        self.pending.push((x, 1, bytes));
+        self.pending.len() - 1
     }
 
     /// Runs the actions of the single-pass translation at `pending[j]` on
@@ -899,6 +997,20 @@ impl<H> FlowPipeline<H> {
             out.send(port, pkt);
             return j;
         }
+        // The overlay's encap, also without building the interpreter.
+        if let Some((sets, port)) = encap_shape(&xlate.actions) {
+            encap_and_output(
+                &mut self.hooks,
+                &mut self.split,
+                now,
+                sets,
+                port,
+                pkt,
+                &mut p.key,
+                out,
+            );
+            return j;
+        }
         let mut exec = Exec {
             now,
             mac: &mut self.mac,
@@ -917,6 +1029,79 @@ impl<H> FlowPipeline<H> {
         }
         j
     }
+}
+
+/// The Geneve encap translation, `set_field:…->tun_*, …, tnl_push,
+/// output:P` (the overlay's translation towards a remote node): its
+/// tunnel-field sets and `P`.
+#[inline(always)]
+fn encap_shape(actions: &[DpAction]) -> Option<(&[DpAction], PortNo)> {
+    match actions {
+        [sets @ .., DpAction::TunnelPush, DpAction::Output(port)]
+            if sets
+                .iter()
+                .all(|a| matches!(a, DpAction::Set { field, .. } if is_tunnel_field(*field))) =>
+        {
+            Some((sets, *port))
+        }
+        _ => None,
+    }
+}
+
+/// Runs an [`encap_shape`] list on `pkt` without the interpreter, with
+/// the same result as `Exec::run`: a tunnel field has no header bytes to
+/// rewrite (only the key changes), and the push is the last chance to
+/// drop before the one output. Returns true when the packet was sent.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn encap_and_output<B: PacketBuf, H: ActionHooks<B>>(
+    hooks: &mut H,
+    split: &mut Split,
+    now: Nanos,
+    sets: &[DpAction],
+    port: PortNo,
+    mut pkt: B,
+    key: &mut FlowKey,
+    out: &mut Output<B>,
+) -> bool {
+    for a in sets {
+        if let DpAction::Set { field, value, mask } = a {
+            key.set_masked(*field, *value, *mask);
+        }
+    }
+    let port = if port == PortNo::IN_PORT {
+        key.in_port()
+    } else {
+        port
+    };
+    split.enter(Stage::Tunnel);
+    let r = hooks.tunnel_push(now, &mut pkt, key);
+    split.enter(Stage::Actions);
+    match r {
+        Ok(()) => {
+            out.send(port, pkt);
+            true
+        }
+        Err(r) => {
+            out.drop(r, pkt);
+            false
+        }
+    }
+}
+
+/// True for the tunnel metadata fields: key-only (no header bytes), read
+/// by `tnl_push`.
+#[inline]
+fn is_tunnel_field(f: Field) -> bool {
+    matches!(
+        f,
+        Field::TunId
+            | Field::TunSrc
+            | Field::TunDst
+            | Field::TunGnvClass
+            | Field::TunGnvType
+            | Field::TunMetadata0
+    )
 }
 
 /// `xlate` with its action list replaced by the equal one in `lists`
@@ -1059,7 +1244,11 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
         // translation is single-pass. Exact for the same reason the EMC
         // is: keys equal on the live bits translate alike (compared on
         // the current mask: an upcall may have widened it).
-        let mut batch: Option<(usize, usize)> = None;
+        // The batch: its leader's index in the burst, the index in
+        // `pending` of the leader's first-pass translation, and whether
+        // that translation is single-pass (else a follower still looks up
+        // its later passes: the inner frame after `tnl_pop`...).
+        let mut batch: Option<(usize, usize, bool)> = None;
         let mut followers = 0u64;
         let mut pkts = burst.pkts.drain(..);
         for i in 0..parsed.len() {
@@ -1080,19 +1269,27 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
             if let Some(q) = parsed.get(i + ACTIONS_AHEAD).filter(|q| q.hash != hash) {
                 self.emc.prefetch_actions(q.hash);
             }
-            if let Some((lead, j)) = batch {
+            if let Some((lead, j, single)) = batch {
                 let l = &parsed[lead];
                 if l.hash == hash
                     && pkt.len() >= 14
                     && l.key.eq_live(&parsed[i].key, &self.live, &self.words)
                 {
-                    let j = self.follower(now, j, &mut parsed[i], pkt, out);
-                    batch = Some((lead, j));
                     followers += 1;
+                    if single {
+                        let j = self.follower(now, j, &mut parsed[i], pkt, out);
+                        batch = Some((lead, j, true));
+                    } else {
+                        batch = self
+                            .one_packet(now, &parsed[i], pkt, out, Some(j))
+                            .map(|(j, s)| (lead, j, s));
+                    }
                     continue;
                 }
             }
-            batch = self.one_packet(now, &parsed[i], pkt, out).map(|j| (i, j));
+            batch = self
+                .one_packet(now, &parsed[i], pkt, out, None)
+                .map(|(j, s)| (i, j, s));
         }
         drop(pkts);
         // Followers count as exact matches (on the live bits, like an EMC

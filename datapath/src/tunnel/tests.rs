@@ -1063,3 +1063,143 @@ fn decap_vtep_memo_follows_table_changes_and_sources() {
     pop_frame(&mut h, &from_other).expect("an added VTEP is seen at once");
     assert_eq!(t.vteps.entries()[0].totals().2, 1, "counted on node-c");
 }
+
+/// One frame of [`bursts_of_tunnel_traffic_equal_one_packet_bursts`]: a
+/// pod frame on port 1 (to encapsulate) or a Geneve frame on port 2 (to
+/// decapsulate), from a small set so that bursts hold runs of one flow.
+fn tunnel_traffic_frame() -> impl proptest::strategy::Strategy<Value = (u16, Vec<u8>)> {
+    use proptest::prelude::*;
+    (
+        any::<bool>(),
+        0u8..3,
+        0u8..3,
+        0u8..2,
+        0u16..3,
+        prop_oneof![Just(22usize), Just(1470)],
+        0u8..8,
+    )
+        .prop_map(|(decap, src, dst, vni, sport, payload, mangle)| {
+            let b =
+                PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0x10 + src], [2, 0, 0, 0, 0, 0x20 + dst])
+                    .ipv4([10, 244, 1, 5 + src], [10, 244, 2, 7 + dst], 64)
+                    .udp(4000 + sport, 5000);
+            let mut inner = Vec::new();
+            b.write(&mut inner, &vec![0x5a; payload]).expect("build");
+            if !decap {
+                return (1, inner);
+            }
+            let g = [0, 0, 0x65, 0x58, 0, 0, 0x64 + vni, 0];
+            let b = PacketBuilder::ethernet2(REMOTE_MAC, LOCAL_MAC)
+                .ipv4(REMOTE.octets(), LOCAL.octets(), 64)
+                .udp(50000 + sport, 6081);
+            let mut payload = g.to_vec();
+            payload.extend_from_slice(&inner);
+            let mut f = Vec::new();
+            b.write(&mut f, &payload).expect("build");
+            // Now and then a frame the decap must drop: a bad outer
+            // header checksum, or a Geneve version 1.
+            match mangle {
+                0 => f[24] ^= 0x10,
+                1 => f[42] |= 0x40,
+                _ => {}
+            }
+            (2, f)
+        })
+}
+
+/// Per-flow batching with tunnels (`FlowPipeline::process`): Geneve frames
+/// of one outer flow share their leader's `tnl_pop` (no outer lookup) and
+/// each inner frame is looked up on its own key; pod frames of one flow
+/// take the encap fast path (`set tun_*, tnl_push, output`) without the
+/// action interpreter. Bursts of such traffic send, port by port, the
+/// same bytes as the same frames one per burst, with the same drops, rule
+/// and tunnel counters; every encapsulated frame that is sent is valid
+/// per etherparse (outer IPv4 header checksum, lengths) and carries its
+/// inner frame unchanged.
+#[test]
+fn bursts_of_tunnel_traffic_equal_one_packet_bursts() {
+    use proptest::prelude::*;
+    let flows = "\
+table=0,priority=100,in_port=1,ip,nw_src=10.244.1.5,actions=set_field:0x64->tun_id,set_field:192.168.50.2->tun_dst,tnl_push,output:2
+table=0,priority=100,in_port=1,ip,nw_src=10.244.1.6,actions=set_field:0x65->tun_id,set_field:192.168.50.2->tun_dst,set_field:0x102->tun_gnv_class,set_field:0x7->tun_gnv_type,set_field:0x11223344->tun_metadata0,tnl_push,output:2
+table=0,priority=100,in_port=1,ip,nw_src=10.244.1.7,actions=set_field:0x64->tun_id,set_field:192.168.50.9->tun_dst,tnl_push,output:2
+table=0,priority=100,in_port=2,udp,tp_dst=6081,actions=tnl_pop
+table=0,priority=90,tun_id=0x64,dl_dst=02:00:00:00:00:20,actions=output:1
+table=0,priority=90,tun_id=0x65,ip,actions=output:3
+table=0,priority=0,actions=drop";
+    let (encaps, decaps) = (Cell::new(0u32), Cell::new(0u32));
+    proptest!(ProptestConfig::with_cases(300), |(
+        pkts in proptest::collection::vec((tunnel_traffic_frame(), 1usize..6), 1..12),
+    )| {
+        let frames: Vec<(u16, Vec<u8>)> = pkts
+            .iter()
+            .flat_map(|(p, n)| std::iter::repeat_n(p.clone(), *n))
+            .collect();
+        let pipeline = |t: &Tunnels| {
+            let tables = FlowTables::new();
+            tables.add_flows(flows, 0).expect("flows");
+            let p = FlowPipeline::with_hooks(
+                tables.clone(),
+                FlowPipelineConfig {
+                    ports: (1..=3).map(PortNo).collect(),
+                    ..FlowPipelineConfig::default()
+                },
+                Hooks { ct: NoConntrack, tunnels: t.hook(0) },
+            );
+            (tables, p)
+        };
+        let (ta, tb) = (tunnels(config()), tunnels(config()));
+        let ((fa, mut a), (fb, mut b)) = (pipeline(&ta), pipeline(&tb));
+        let (mut oa, mut ob) = (Output::new(4), Output::new(4));
+        let (mut sent_a, mut sent_b) = (vec![Vec::new(); 4], vec![Vec::new(); 4]);
+        let collect = |o: &mut Output<HeapBuf>, sent: &mut Vec<Vec<Vec<u8>>>| {
+            o.flush(|port, q| {
+                for pkt in q.drain(..) {
+                    sent[usize::from(port.0)].push(pkt.data().to_vec());
+                }
+            });
+        };
+        let mut i = 0;
+        while i < frames.len() {
+            let port = frames[i].0;
+            let mut burst = Burst::new(PortNo(port));
+            while i < frames.len() && frames[i].0 == port && burst.pkts.len() < 32 {
+                burst.pkts.push(HeapBuf::from_frame(&frames[i].1));
+                let mut one = Burst::new(PortNo(port));
+                one.pkts.push(HeapBuf::from_frame(&frames[i].1));
+                b.process(7, &mut one, &mut ob);
+                collect(&mut ob, &mut sent_b);
+                i += 1;
+            }
+            a.process(7, &mut burst, &mut oa);
+            collect(&mut oa, &mut sent_a);
+        }
+        prop_assert_eq!(&sent_a, &sent_b);
+        prop_assert_eq!(oa.drops.nonzero(), ob.drops.nonzero());
+        let dump = |t: &FlowTables| t.dump_flows("", 9).expect("dump");
+        prop_assert_eq!(dump(&fa), dump(&fb));
+        let (sa, sb) = (&ta.stats()[0], &tb.stats()[0]);
+        prop_assert_eq!(sa.encap.get(), sb.encap.get());
+        prop_assert_eq!(sa.decap.get(), sb.decap.get());
+        encaps.set(encaps.get() + sa.encap.get() as u32);
+        decaps.set(decaps.get() + sa.decap.get() as u32);
+        for f in &sent_a[2] {
+            let s = SlicedPacket::from_ethernet(f).expect("etherparse parses the encapsulated frame");
+            let Some(NetSlice::Ipv4(ip)) = &s.net else { panic!("not IPv4") };
+            let iph = ip.header().to_header();
+            prop_assert_eq!(iph.header_checksum, iph.calc_header_checksum());
+            prop_assert_eq!(usize::from(iph.total_len), f.len() - 14);
+            let Some(TransportSlice::Udp(udp)) = &s.transport else { panic!("not UDP") };
+            prop_assert_eq!(usize::from(udp.length()), f.len() - 34);
+            let g = udp.payload();
+            let inner = &g[8 + 4 * usize::from(g[0] & 0x3f)..];
+            prop_assert!(frames.iter().any(|(p, fr)| *p == 1 && fr[..] == inner[..]), "inner frame changed");
+        }
+    });
+    assert!(
+        encaps.get() >= 200 && decaps.get() >= 200,
+        "generator coverage: {} encapsulated, {} decapsulated",
+        encaps.get(),
+        decaps.get()
+    );
+}
