@@ -54,8 +54,25 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(90);
 pub const BUNDLE_BYTES: usize = 900 * 1024;
 /// How long programming may take.
 pub const PROGRAM_TIMEOUT: Duration = Duration::from_secs(300);
-/// Most frames the OVS peer's pcap may have: OVS 3.1 preloads them into
-/// its shared pool of 262,144 mbufs, which its rx/tx rings also use.
+/// Most frames the OVS peer's pcap may have.
+///
+/// Why: DPDK's `net_pcap` with `infinite_rx=1` copies every frame of the
+/// file into an mbuf of the rx queue's mempool when the queue is set up
+/// and holds them for the port's life, and OVS 3.1 gives a port that
+/// pool: in its default shared-memory mode one pool per (NUMA socket, mbuf
+/// size) of `MAX_NB_MBUF` = 4096 x 64 = 262,144 mbufs, a compile-time
+/// constant of `lib/netdev-dpdk.c` (`dpdk_calculate_mbufs`), which the
+/// port's rx and tx rings and the per-lcore caches also draw from. No
+/// setting raises it: `other_config:per-port-memory=true` sizes a pool
+/// from the queues instead (rx and tx descriptors, at most 4,096 per
+/// queue, plus 16,384: smaller for a one-queue pcap port), and
+/// `other_config:shared-mempool-config` only chooses which MTUs and
+/// sockets get shared pools. 240,000 leaves the rings their share. A
+/// scenario whose pcap needs more frames (dnat with 1M connections: one
+/// SYN per connection) is reported as not run for OVS; splitting it over
+/// several pcap ports would need each port in its own pool, that is a
+/// distinct mbuf size (an MTU in another 1 KiB step), about 0.6 to 1.6 GB
+/// of hugepages per port for 64-byte frames.
 pub const OVS_MAX_FRAMES: usize = 240_000;
 
 /// Why a peer could not be run or measured.

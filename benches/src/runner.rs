@@ -556,7 +556,7 @@ fn try_run(
             })?;
             if frames > OVS_MAX_FRAMES {
                 return Err(PeerError::NotRun(format!(
-                    "the pcap has {frames} frames; OVS preloads them into its shared pool of 262,144 mbufs (not configurable in OVS 3.1), so it takes at most {OVS_MAX_FRAMES}"
+                    "the pcap has {frames} frames; net_pcap (infinite_rx) preloads every frame into an mbuf of the port's pool, and OVS 3.1's shared pool is MAX_NB_MBUF = 262,144 mbufs, a compile-time constant of lib/netdev-dpdk.c (per-port-memory only makes it smaller), shared with the port's rings: at most {OVS_MAX_FRAMES} frames fit"
                 )));
             }
             let mut o = Ovs::start(&cfg.ovs, &dir, &pcap, &cfg.cores, scenario.kind)?;

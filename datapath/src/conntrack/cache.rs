@@ -14,9 +14,11 @@
 //! Lookup: the key's hash picks one set; the four tags are compared and a
 //! matching entry's key checked. A hit borrows the `Arc` (no refcount
 //! traffic, no lock). Fill (after a miss found the key in the shared
-//! table): the entry already holding this key, else an empty one, else the
-//! next of the set in a per-handle round-robin, so two hot connections
-//! sharing a set do not evict each other forever. (A fill does not look
+//! table): the entry already holding this key, else an empty one; a full
+//! set gives up its next entry in a per-handle round-robin on one offer in
+//! [`EVICT_EVERY`] only, so a PMD cycling through more connections than
+//! the cache holds keeps hitting on a stable part of them instead of
+//! replacing (and missing on) every entry. (A fill does not look
 //! for an entry whose connection died: that read one cold connection per
 //! way, and the fills of a table larger than the cache spent most of their
 //! time there. A dead connection's entry is dropped when it is looked up or
@@ -49,6 +51,10 @@ pub const CACHE_ENTRIES: usize = 1 << 16;
 
 /// Entries per set (one cache line).
 pub const WAYS: usize = 4;
+
+/// A full set gives an entry up to one offer in this many (see
+/// [`ConnCache::offer`]).
+pub const EVICT_EVERY: u32 = 8;
 
 #[derive(Debug, Default)]
 struct Entry {
@@ -86,6 +92,8 @@ pub(super) struct ConnCache {
     sets: Box<[Set]>,
     mask: usize,
     victim: usize,
+    /// Offers that found their set full (see [`ConnCache::offer`]).
+    offers: u32,
     stats: Arc<CacheCounters>,
 }
 
@@ -120,6 +128,7 @@ impl ConnCache {
             sets: (0..sets).map(|_| Set::default()).collect(),
             mask: sets.saturating_sub(1),
             victim: 0,
+            offers: 0,
             stats: Arc::new(CacheCounters::default()),
         }
     }
@@ -221,8 +230,28 @@ impl ConnCache {
         }
     }
 
-    /// Caches `slot` for `key`.
-    pub(super) fn insert(&mut self, key: &ConnKey, hash: u64, slot: Slot) {
+    /// Caches direction `dir` of a connection for `key` (`conn` makes
+    /// the counted reference, called only when the entry is written).
+    ///
+    /// Fill policy: the entry already holding `key`, else an empty way;
+    /// a set whose ways are all taken gives one up (the next of the set in
+    /// a per-handle round-robin) only on one offer in [`EVICT_EVERY`].
+    /// A cache smaller than the connections a PMD cycles through then
+    /// keeps a stable part of them (most of its capacity keeps hitting)
+    /// instead of replacing an entry on every miss and hitting on none:
+    /// under a cyclic pattern (pktgen replaying 100k connections through
+    /// 64Ki entries) round-robin or LRU replacement evicts each entry just
+    /// before its connection comes back, and every replacement costs two
+    /// reference-count writes on cold connections. A new hot connection
+    /// in a full set waits a few misses (at most [`EVICT_EVERY`] offers of
+    /// that handle) to be cached.
+    pub(super) fn offer(
+        &mut self,
+        key: &ConnKey,
+        hash: u64,
+        dir: u8,
+        conn: impl FnOnce() -> Arc<Conn>,
+    ) {
         let (i, tag) = place(hash);
         let Some(set) = self.sets.get_mut(i & self.mask) else {
             return;
@@ -233,19 +262,32 @@ impl ConnCache {
                     .as_ref()
                     .is_some_and(|c| c.keys[usize::from(e.dir)] == *key)
         };
-        let way = set
+        let way = match set
             .0
             .iter()
             .position(same)
             .or_else(|| set.0.iter().position(|e| e.conn.is_none()))
-            .unwrap_or_else(|| {
+        {
+            Some(way) => way,
+            None => {
+                self.offers = self.offers.wrapping_add(1);
+                if self.offers % EVICT_EVERY != 0 {
+                    return;
+                }
                 self.victim = self.victim.wrapping_add(1);
                 self.victim % WAYS
-            });
-        set.0[way] = Entry {
-            conn: Some(slot.conn),
-            tag,
-            dir: slot.dir,
+            }
         };
+        set.0[way] = Entry {
+            conn: Some(conn()),
+            tag,
+            dir,
+        };
+    }
+
+    /// Caches `slot` for `key` (see [`ConnCache::offer`]).
+    pub(super) fn insert(&mut self, key: &ConnKey, hash: u64, slot: Slot) {
+        let dir = slot.dir;
+        self.offer(key, hash, dir, || slot.conn);
     }
 }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use super::cache::CacheCounters;
 use super::cache::{CacheStats, ConnCache};
 use super::entry::{Conn, ConnKey, CtMarks, Marks, ProtoState};
-use super::hit::{hit_conn, Hit, Verdict};
+use super::hit::{hit_conn, hit_fast, Hit, Verdict};
 use super::lb::{LbDecision, LbQuery, LbRef};
 use super::lock;
 use super::nat::{Parsed, Tuple, L4};
@@ -191,6 +191,33 @@ impl ConntrackHandle {
             }
         }
         self.cache.count(false);
+        // The shared table, lock-free: a live connection whose packet
+        // changes no state is tracked under the epoch pin, with no
+        // reference count taken unless the cache keeps it (see
+        // `ConnCache::offer`).
+        let found = {
+            let guard = crossbeam::epoch::pin();
+            match self.ct.shard_of(hash).find(&key, hash, &guard) {
+                Some(found) if found.conn().live(now) => {
+                    let (c, dir) = (found.conn(), found.dir);
+                    let hit = hit_fast(cfg, now, ct, seg.as_ref(), len, usize::from(dir), c);
+                    if let Some(Hit::Tracked(..)) = hit {
+                        self.cache.offer(&key, hash, dir, || found.slot().conn);
+                    }
+                    hit
+                }
+                _ => None,
+            }
+        };
+        match found {
+            // Needs the entry's lock, or not found lock-free: below.
+            None => {}
+            // Killed since the lookup: not found.
+            Some(Hit::Gone) => return self.untracked(now, ct, pkt, &p, key, seg),
+            Some(hit) => return self.finish_hit(now, ct, pkt, &p, key, seg, hit),
+        }
+        // A transition, or a dead or expired entry to remove: counted and
+        // under the locks.
         if let Some(slot) = self.ct.lookup(now, hash, &key) {
             let hit = hit_conn(
                 cfg,
@@ -208,7 +235,24 @@ impl ConntrackHandle {
                 return self.finish_hit(now, ct, pkt, &p, key, seg, hit);
             }
         }
-        // No entry: a new connection.
+        self.untracked(now, ct, pkt, &p, key, seg)
+    }
+
+    /// A packet with no live connection: invalid, new or committed.
+    fn untracked<B: PacketBuf>(
+        &mut self,
+        now: Nanos,
+        ct: &CtAction,
+        pkt: &mut B,
+        p: &Parsed,
+        key: ConnKey,
+        seg: Option<tcp::Segment>,
+    ) -> Result<(u8, CtMarks, Verdict), DropReason> {
+        let inv = Ok((
+            ct_state::TRK | ct_state::INV,
+            CtMarks::ZERO,
+            Verdict::Tracked,
+        ));
         let loose = self.ct.inner.config.tcp_loose;
         if p.proto == ipproto::TCP
             && !seg
@@ -229,11 +273,12 @@ impl ConntrackHandle {
                 Verdict::Tracked,
             ));
         }
-        self.create(now, ct, pkt, &p, key, seg)
+        self.create(now, ct, pkt, p, key, seg)
     }
 
     /// Applies what the hit path decided.
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     fn finish_hit<B: PacketBuf>(
         &mut self,
         now: Nanos,

@@ -96,7 +96,7 @@ pub(super) fn hit_conn(
 /// needs the locked path: a TCP state transition or a segment it would
 /// call out of window, the first reply, or a mark/label write.
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(always)]
 pub(super) fn hit_fast(
     cfg: &ConntrackConfig,
     now: Nanos,

@@ -91,6 +91,7 @@ pub enum Untrackable {
 
 /// Offset of the IPv4 header after up to two VLAN tags, or `None` when
 /// the frame is not IPv4.
+#[inline]
 fn l3_offset(f: &[u8]) -> Option<usize> {
     let eth = EthernetFrame::new_unchecked(f.get(..ethernet::HEADER_LEN)?);
     let mut ty = eth.ethertype();
@@ -128,6 +129,7 @@ const PORTS_LEN: usize = 4;
 /// Parses the IPv4 header at `l3` (`limit` bounds it) and its L4 ports.
 /// `embedded` relaxes the length checks for the truncated packet inside
 /// an ICMP error (only 8 bytes of L4 are guaranteed).
+#[inline]
 fn parse_ip(f: &[u8], l3: usize, embedded: bool) -> Result<Parsed, Untrackable> {
     use Untrackable::Malformed;
     let ip = Ipv4Packet::new_unchecked(f.get(l3..l3 + ipv4::HEADER_LEN).ok_or(Malformed)?);
@@ -207,6 +209,7 @@ fn parse_ip(f: &[u8], l3: usize, embedded: bool) -> Result<Parsed, Untrackable> 
 }
 
 /// Parses an Ethernet frame for conntrack.
+#[inline]
 pub fn parse(f: &[u8]) -> Result<Parsed, Untrackable> {
     let l3 = l3_offset(f).ok_or(Untrackable::NotIpv4)?;
     parse_ip(f, l3, false)
@@ -221,6 +224,7 @@ pub fn parse_embedded(f: &[u8], outer: &Parsed) -> Result<Parsed, Untrackable> {
 }
 
 /// TCP segment fields for the state machine.
+#[inline]
 pub fn tcp_segment(f: &[u8], p: &Parsed) -> Option<super::tcp::Segment> {
     let l4 = p.l4;
     let tcp = TcpPacket::new_unchecked(f.get(l4..)?.get(..tcp::HEADER_LEN)?);
@@ -281,6 +285,7 @@ impl<const ON: bool> Cover<ON> {
 /// `to`, keeping the IPv4 and transport checksums and `cover` right.
 /// Transport checksums beyond `avail` are left alone (the truncated packet
 /// inside an ICMP error).
+#[inline]
 fn retarget<const COVER: bool>(
     f: &mut [u8],
     p: &Parsed,
@@ -388,6 +393,7 @@ fn fill_sctp(f: &mut [u8], p: &Parsed) {
 }
 
 /// Rewrites packet `p` in `f` so that its tuple becomes `to`.
+#[inline]
 pub fn rewrite(f: &mut [u8], p: &Parsed, to: Tuple) -> Result<(), DropReason> {
     if p.tuple == to {
         return Ok(());
