@@ -271,7 +271,7 @@ impl ConnCache {
             Some(way) => way,
             None => {
                 self.offers = self.offers.wrapping_add(1);
-                if self.offers % EVICT_EVERY != 0 {
+                if !self.offers.is_multiple_of(EVICT_EVERY) {
                     return;
                 }
                 self.victim = self.victim.wrapping_add(1);

@@ -369,7 +369,10 @@ fn more_connections_than_the_cache_holds_stay_correct() {
     let mut warm = 0;
     while round(&mut h) < 4 {
         warm += 1;
-        assert!(warm < 16 * cache::EVICT_EVERY, "the working set never settled");
+        assert!(
+            warm < 16 * cache::EVICT_EVERY,
+            "the working set never settled"
+        );
     }
     let before = h.cache_stats();
     for _ in 0..10 {

@@ -3,8 +3,11 @@
 //! port allocation), related ICMP errors and the periodic sweep.
 //!
 //! What it owns: one PMD's connection cache, its random state for endpoint
-//! and port choices, and its place in the round-robin shard sweep (one
-//! shard per [`super::SWEEP_INTERVAL_NS`]).
+//! and port choices, its place in the round-robin shard sweep (one
+//! shard per [`super::SWEEP_INTERVAL_NS`]) and the last stage of the bulk
+//! lookup's prefetch: the hints of the two packets before, so that a packet
+//! that misses the cache has its connection in flight (read from the
+//! table's words under an epoch pin) one packet before it is tracked.
 //!
 //! Invariants: a cache hit on a dead or expired connection falls back to
 //! the shared table, so a packet never gets a killed connection's state or
@@ -14,6 +17,7 @@
 //! Thread-safety: one handle per PMD, `Send`, never shared; it reaches the
 //! shared table through its [`Conntrack`] clone.
 
+use std::cell::Cell;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -57,6 +61,12 @@ pub struct ConntrackHandle {
     /// for cold memory nor, when the pool has some, calls the allocator.
     /// Never published; placeholders until used.
     pub(super) spares: Vec<Arc<Conn>>,
+    /// The bulk lookup's last stage (see [`ConntrackHook::prefetch`]):
+    /// the table hash of the packet whose `Prefetch::Entry` hint came
+    /// `n` calls ago, at `n % 2`, when it missed the cache (0: none), and
+    /// the number of such hints.
+    pub(super) behind: [Cell<u64>; 2],
+    pub(super) entry_hints: Cell<usize>,
 }
 
 /// What an explicit `nat(src=|dst=ADDRS[:PORTS])` picks for a new
@@ -123,16 +133,23 @@ impl ConntrackHandle {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
+    #[inline]
     pub(super) fn maybe_sweep(&mut self, now: Nanos) {
         if now.saturating_sub(self.last_sweep) >= SWEEP_INTERVAL_NS {
-            self.last_sweep = now;
-            let n = self.ct.inner.shards.len();
-            self.ct.sweep_shard(now, self.next_shard % n);
-            if let Some(s) = &self.ct.inner.services {
-                s.expire_affinity(now, self.next_shard);
-            }
-            self.next_shard = (self.next_shard + 1) % n;
+            self.sweep(now);
         }
+    }
+
+    /// One step of the round-robin sweep (see [`SWEEP_INTERVAL_NS`]).
+    #[cold]
+    fn sweep(&mut self, now: Nanos) {
+        self.last_sweep = now;
+        let n = self.ct.inner.shards.len();
+        self.ct.sweep_shard(now, self.next_shard % n);
+        if let Some(s) = &self.ct.inner.services {
+            s.expire_affinity(now, self.next_shard);
+        }
+        self.next_shard = (self.next_shard + 1) % n;
     }
 
     /// Runs `ct` over `pkt`, returning the `ct_state` bits and, when the
@@ -737,9 +754,18 @@ impl<B: PacketBuf> ConntrackHook<B> for ConntrackHandle {
                 Prefetch::Bucket => self.cache.prefetch_set(hash),
                 Prefetch::Entry => {
                     // Not in the cache (a new connection, or one this PMD
-                    // has not cached): the table slot its lookup probes.
-                    if !self.cache.prefetch_conn(hash) {
+                    // has not cached): the table slot its lookup probes,
+                    // and two hints later, when that slot has arrived and
+                    // the packet is next, the connection it points to.
+                    let n = self.entry_hints.get().wrapping_add(1);
+                    self.entry_hints.set(n);
+                    let cached = self.cache.prefetch_conn(hash);
+                    if !cached {
                         self.ct.prefetch_slot(hash);
+                    }
+                    let ready = self.behind[n % 2].replace(if cached { 0 } else { hash });
+                    if ready != 0 {
+                        self.ct.prefetch_conns(ready, &crossbeam::epoch::pin());
                     }
                 }
             }
@@ -784,6 +810,8 @@ impl Conntrack {
             retrying: false,
             last_zone: 0,
             spares: Vec::with_capacity(super::SPARE_BATCH),
+            behind: [Cell::new(0), Cell::new(0)],
+            entry_hints: Cell::new(0),
             cache: {
                 let c = ConnCache::new(self.inner.config.cache_entries);
                 lock(&self.inner.caches).push(c.counters());

@@ -274,6 +274,39 @@ impl ShardCell {
         }
     }
 
+    /// Starts loading the connections the key words of hash `hash` point
+    /// to (those whose tag matches, along the probe), reading only the
+    /// index's words under `guard` and never the connections: the last
+    /// stage of a bulk lookup, once [`ShardCell::prefetch`] brought the
+    /// words in, so that the connection of a packet that misses its PMD's
+    /// cache is in flight before the packet is tracked. A hint: a key
+    /// inserted or removed meanwhile costs a useless load at most.
+    #[inline]
+    pub(super) fn prefetch_conns(&self, hash: u64, guard: &Guard) {
+        let b = self.buckets.load(Ordering::Acquire, guard);
+        // SAFETY: as in `find`: the published array lives while `guard`
+        // is pinned.
+        let Some(b) = (unsafe { b.as_ref() }) else {
+            return;
+        };
+        let tag = tag_of(hash);
+        let mut i = start_of(hash, b.mask);
+        // A few words: a longer probe is rare at the load factors kept.
+        for _ in 0..4.min(b.mask + 1) {
+            let w = b.words[i].load(Ordering::Relaxed);
+            if w == EMPTY {
+                return;
+            }
+            if w & TOMB == 0 && w >> TAG_SHIFT == tag {
+                let p = ptr_of(w).cast::<u8>();
+                for line in (0..std::mem::size_of::<Conn>()).step_by(64) {
+                    crate::classifier::prefetch(p.wrapping_add(line));
+                }
+            }
+            i = (i + 1) & b.mask;
+        }
+    }
+
     /// Takes the shard's writer lock (poisoning ignored: every update under
     /// it is a plain store).
     pub(super) fn lock(&self) -> ShardGuard<'_> {

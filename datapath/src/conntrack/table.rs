@@ -248,6 +248,13 @@ impl Conntrack {
         self.shard_of(hash).prefetch(hash);
     }
 
+    /// Starts loading the connections the table's words for `hash` point
+    /// to (a hint; see `ShardCell::prefetch_conns`).
+    #[inline]
+    pub(super) fn prefetch_conns(&self, hash: u64, guard: &crossbeam::epoch::Guard) {
+        self.shard_of(hash).prefetch_conns(hash, guard);
+    }
+
     /// Marks `c` removed and releases its counts (once). Callers hold the
     /// shard lock of one of its keys.
     pub(super) fn kill(&self, c: &Conn) {
