@@ -682,14 +682,39 @@ mod tests {
                 f
             })
             .collect();
+        let config = FlowPipelineConfig {
+            ports: (1..=4).map(PortNo).collect(),
+            ..FlowPipelineConfig::default()
+        };
+        // The direct path (the default): every packet, from the first,
+        // is looked up in the index; no cache is touched.
+        let mut p = FlowPipeline::new(t.clone(), config.clone());
+        let mut out: Output<HeapBuf> = Output::new(8);
+        let stats = p.stats();
+        for chunk in frames.chunks(32) {
+            let mut b = Burst::new(PortNo(1));
+            b.pkts.extend(chunk.iter().map(|f| HeapBuf::from_frame(f)));
+            p.process(1, &mut b, &mut out);
+        }
+        let mut sent = 0;
+        out.flush(|port, q| {
+            assert_eq!(port, PortNo(2));
+            sent += q.len();
+            q.clear();
+        });
+        assert_eq!(sent, frames.len());
+        assert_eq!(
+            (stats.direct.get(), stats.upcalls.get(), p.megaflow_count()),
+            (u64::from(ROUTES), 0, 0)
+        );
+        // The cascade.
         let mut p = FlowPipeline::new(
             t,
             FlowPipelineConfig {
-                ports: (1..=4).map(PortNo).collect(),
-                ..FlowPipelineConfig::default()
+                direct_path: false,
+                ..config
             },
         );
-        let mut out: Output<HeapBuf> = Output::new(8);
         let stats = p.stats();
         for pass in 0..3 {
             for chunk in frames.chunks(32) {

@@ -133,7 +133,12 @@ pub fn pmd_perf(v: &PmdView) -> api::pmd::PmdPerf {
     match &v.flow {
         Some(f) => {
             let perf = &f.perf;
-            let (parse, body) = (perf.parse.get(), perf.body.get());
+            let (parse, body, direct) = (perf.parse.get(), perf.body.get(), perf.direct.get());
+            stages.push(stage(
+                "direct path (specialised tables: parse, lookup, actions)",
+                direct,
+                false,
+            ));
             stages.push(stage("parse (key extraction, hash)", parse, false));
             match perf.estimated_split() {
                 Some(split) => {
@@ -146,7 +151,7 @@ pub fn pmd_perf(v: &PmdView) -> api::pmd::PmdPerf {
             }
             stages.push(stage(
                 "other processing (overlay, local stack)",
-                process.saturating_sub(parse + body),
+                process.saturating_sub(parse + body + direct),
                 false,
             ));
         }
