@@ -156,8 +156,9 @@ impl<'p> Resolved<'p> {
 /// What [`resolve`] decided for a packet.
 #[derive(Debug)]
 pub enum Resolve<'p> {
-    /// The packet takes the direct path with these rules and operations.
-    Direct(Resolved<'p>),
+    /// The packet takes the direct path with these rules and operations
+    /// (boxed: the per-packet path reuses one [`Resolved`] instead).
+    Direct(Box<Resolved<'p>>),
     /// The packet takes the generic cascade (nothing was done).
     Generic,
 }
@@ -189,21 +190,39 @@ pub fn resolve<'p>(prog: &'p FlowProgram, key: &FlowKey) -> Resolve<'p> {
 /// rewritten and the caller parses the packet again).
 #[inline]
 fn resolve_from<'p>(prog: &'p FlowProgram, k: &mut FlowKey, first: &'p Rule) -> Resolve<'p> {
-    let mut res = Resolved::new();
+    let mut res = Box::new(Resolved::new());
+    if walk(prog, k, first, &mut res) {
+        Resolve::Direct(res)
+    } else {
+        Resolve::Generic
+    }
+}
+
+/// [`resolve_from`] into `res` (cleared first, reused across packets: no
+/// copy of the operations per packet); true when the packet goes direct.
+#[inline]
+fn walk<'p>(
+    prog: &'p FlowProgram,
+    k: &mut FlowKey,
+    first: &'p Rule,
+    res: &mut Resolved<'p>,
+) -> bool {
+    res.n_ops = 0;
+    res.n_rules = 0;
     let mut hit = Some(first);
     loop {
         let Some(r) = hit.take() else {
             // The table-miss behaviour is the generic path's business.
-            return Resolve::Generic;
+            return false;
         };
         let Some(slot) = res.rules.get_mut(res.n_rules) else {
-            return Resolve::Generic;
+            return false;
         };
         *slot = Some(&r.stats);
         res.n_rules += 1;
         if r.spec.actions.is_empty() {
             res.push(Op::Drop(DropReason::FlowDrop));
-            return Resolve::Direct(res);
+            return true;
         }
         let mut next = None;
         for a in &r.spec.actions {
@@ -214,16 +233,16 @@ fn resolve_from<'p>(prog: &'p FlowProgram, k: &mut FlowKey, first: &'p Rule) -> 
                 Action::InPort => res.push(Op::Output(k.in_port())),
                 Action::Drop => {
                     if !res.push(Op::Drop(DropReason::FlowDrop)) {
-                        return Resolve::Generic;
+                        return false;
                     }
-                    return Resolve::Direct(res);
+                    return true;
                 }
                 Action::SetField { field, value, mask }
                     if matches!(field, Field::DlSrc | Field::DlDst) =>
                 {
                     // Ethernet addresses are always present: the slow
                     // path writes them unconditionally.
-                    let (value, mask) = (*value as u64, *mask as u64);
+                    let (value, mask) = (*value, *mask);
                     k.set_masked(*field, u128::from(value), u128::from(mask));
                     res.push(Op::Set {
                         field: *field,
@@ -239,9 +258,9 @@ fn resolve_from<'p>(prog: &'p FlowProgram, k: &mut FlowKey, first: &'p Rule) -> 
                     let ttl = k.get(Field::NwTtl) as u64;
                     if ttl <= 1 {
                         if !res.push(Op::Drop(DropReason::TtlExceeded)) {
-                            return Resolve::Generic;
+                            return false;
                         }
-                        return Resolve::Direct(res);
+                        return true;
                     }
                     k.set_masked(Field::NwTtl, u128::from(ttl - 1), 0xff);
                     res.push(Op::Set {
@@ -257,12 +276,12 @@ fn resolve_from<'p>(prog: &'p FlowProgram, k: &mut FlowKey, first: &'p Rule) -> 
                 _ => false,
             };
             if !ok {
-                return Resolve::Generic;
+                return false;
             }
         }
         match next {
             Some(t) => hit = index_of(prog, t).and_then(|s| s.lookup(k)).map(|r| &**r),
-            None => return Resolve::Direct(res),
+            None => return true,
         }
     }
 }
@@ -313,24 +332,23 @@ pub fn run_burst<B: PacketBuf>(
     }
     // Stage three: the rest of the walk, actions, counters.
     let mut counts = Counts::default();
+    let mut res = Resolved::new();
     let mut n = 0u64;
     let mut all = std::mem::take(pkts);
     for (i, pkt) in all.drain(..).enumerate() {
         let (key, layout) = &mut keys[i];
-        let walk = match first.get(i) {
-            Some(Some(r)) => resolve_from(prog, key, r),
-            Some(None) => Resolve::Generic,
+        let rule = match first.get(i) {
+            Some(r) => *r,
             // Past a burst's size (not from a PMD): one packet at a time.
-            None if pkt.len() >= 14 => resolve(prog, key),
-            None => Resolve::Generic,
+            None if pkt.len() >= 14 => s0.lookup(key).map(|r| &**r),
+            None => None,
         };
-        match walk {
-            Resolve::Direct(r) => {
-                counts.add(&r, pkt.len() as u64, now);
-                execute(r.ops(), pkt, key, *layout, out);
-                n += 1;
-            }
-            Resolve::Generic => pkts.push(pkt),
+        if rule.is_some_and(|r| walk(prog, key, r, &mut res)) {
+            counts.add(&res, pkt.len() as u64, now);
+            execute(res.ops(), pkt, key, *layout, out);
+            n += 1;
+        } else {
+            pkts.push(pkt);
         }
     }
     counts.flush(now);
@@ -500,10 +518,8 @@ mod tests {
             Resolve::Direct(r) => {
                 let ops: Vec<DpAction> = r.ops().iter().map(|o| o.to_dp()).collect();
                 assert_eq!(&ops[..], &t.xlate.actions[..], "actions");
-                let want: Vec<*const RuleStats> =
-                    t.xlate.rules.iter().map(Arc::as_ptr).collect();
-                let got: Vec<*const RuleStats> =
-                    r.rules().map(|s| s as *const RuleStats).collect();
+                let want: Vec<*const RuleStats> = t.xlate.rules.iter().map(Arc::as_ptr).collect();
+                let got: Vec<*const RuleStats> = r.rules().map(|s| s as *const RuleStats).collect();
                 assert_eq!(got, want, "rules");
                 true
             }
@@ -593,7 +609,12 @@ mod tests {
     /// prefix of nw_dst with lengths in order), with simple actions, an
     /// optional default route, optionally a goto to a specialised table 1.
     fn shaped_program() -> impl Strategy<Value = String> {
-        let rule = (0u8..4, 0u32..8, prop::sample::select(vec![8u8, 16, 24, 32]), 0u8..6);
+        let rule = (
+            0u8..4,
+            0u32..8,
+            prop::sample::select(vec![8u8, 16, 24, 32]),
+            0u8..6,
+        );
         (
             any::<bool>(),
             prop::collection::vec(rule, 4..24),

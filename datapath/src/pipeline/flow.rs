@@ -60,9 +60,9 @@
 
 use std::sync::Arc;
 
+use crate::classifier::direct;
 use crate::classifier::emc::{Emc, EMC_ENTRIES, EMC_INSERT_INV_PROB};
 use crate::classifier::megaflow::{MegaflowCache, MegaflowStats, MEGAFLOW_CAPACITY};
-use crate::classifier::direct;
 use crate::classifier::slowpath::{live_mask, translate, Xlate};
 use crate::classifier::{prefetch, TierStats};
 use crate::drop::DropReason;
