@@ -34,6 +34,10 @@
 //! copy-on-write shards of about [`SHARD_RULES`] rules; the keys are the
 //! rules' own masked keys, compared in place.
 //!
+//! Users: the slow path (one lookup per table it walks) and the direct
+//! path (`classifier::direct`), which looks packets up here per packet,
+//! skipping the caches, when table 0 has an index.
+//!
 //! Building: [`compile`] is a function of one table, O(rules of that
 //! table). The index lives in the table's `derived` slot
 //! (`flow::program::Table`), which programs share while a table's rules do
@@ -229,6 +233,8 @@ pub struct SpecialTable {
     groups: Vec<Group>,
     /// The mask every lookup adds to the megaflow: the first group's.
     mask: FlowKey,
+    /// The non-zero words of `mask`.
+    mask_words: Arc<[u8]>,
     /// The match-everything rules after the shaped ones, in table order
     /// (descending priority, then place).
     tail: Arc<Tail>,
@@ -246,6 +252,13 @@ impl SpecialTable {
     /// result).
     pub fn mask(&self) -> &FlowKey {
         &self.mask
+    }
+
+    /// The indices of the non-zero words of [`SpecialTable::mask`]: two
+    /// keys equal on those words get the same [`SpecialTable::lookup`]
+    /// answer (every group's mask is within it).
+    pub fn mask_words(&self) -> &[u8] {
+        &self.mask_words
     }
 
     /// True when a table of `n_rules` rules can be the one this index was
@@ -448,6 +461,7 @@ fn compile_rules(rules: &[(u64, &Arc<Rule>)], min_rules: usize) -> Option<Specia
         shape,
         groups,
         mask: first,
+        mask_words: first.nonzero_words().into(),
         tail: Arc::new(tail),
         n_rules: rules.len(),
     })
