@@ -566,6 +566,18 @@ mod tests {
         assert!(!check(&p, &miss));
         let other_mac = extract(&udp([2, 0, 0, 0, 0, 1], [10, 1, 5, 9], 64), PortNo(1));
         assert!(!check(&p, &other_mac));
+        // ofproto/trace names the tier.
+        let tr = t
+            .trace("in_port=1,ip,dl_dst=02:00:00:00:00:fe,nw_dst=10.1.5.9,nw_ttl=64")
+            .expect("trace");
+        assert!(
+            tr.contains("Direct path: yes (1 specialised table lookup(s)"),
+            "{tr}"
+        );
+        let tr = t
+            .trace("in_port=1,ip,dl_dst=02:00:00:00:00:fe,nw_dst=10.2.5.9,nw_ttl=64")
+            .expect("trace");
+        assert!(tr.contains("Direct path: no (a table-miss"), "{tr}");
 
         // A burst: three routed frames, one expired, one without a route
         // and a runt between them. The routed ones are rewritten and sent,
