@@ -920,6 +920,28 @@ devargs = net_tap0,iface=p1
     }
 
     #[test]
+    fn direct_path() {
+        let c = Config::parse(GOOD, "x.ini").unwrap();
+        assert!(c.datapath.direct_path, "on by default");
+        for (v, want) in [
+            ("false", false),
+            ("off", false),
+            ("true", true),
+            ("1", true),
+        ] {
+            let text = GOOD.replace("cores = 1", &format!("cores = 1\ndirect_path = {v}"));
+            let c = Config::parse(&text, "x.ini").unwrap();
+            assert_eq!(c.datapath.direct_path, want, "{v}");
+        }
+        let text = GOOD.replace("cores = 1", "cores = 1\ndirect_path = maybe");
+        let e = Config::parse(&text, "x.ini").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "config x.ini: [datapath] direct_path: 'maybe' is not true or false"
+        );
+    }
+
+    #[test]
     fn emc_insert_inv_prob() {
         let c = Config::parse(GOOD, "x.ini").unwrap();
         assert_eq!(c.datapath.emc_insert_inv_prob, 100, "OVS's default");
