@@ -8,8 +8,8 @@
 //! and in every table a `goto_table` leads to hits a rule of a table that
 //! has a compiled index ([`special::of`]), where every action of every
 //! rule met is one of: `output` (not to `CONTROLLER`), `in_port`, `local`,
-//! `drop`, an empty list, `set_field`/`mod_dl_src`/`mod_dl_dst` of the
-//! Ethernet addresses, `dec_ttl`, and a final `goto_table` (at most
+//! `drop`, an empty list, `set_field`/`mod_dl_src`/`mod_dl_dst` of a whole
+//! Ethernet address, `dec_ttl`, and a final `goto_table` (at most
 //! [`MAX_TABLES`] tables). Everything else (a table-miss, a rule with a
 //! group, `ct`, `resubmit`, `normal`, the controller, a rewrite of any
 //! other field) returns [`Resolve::Generic`] before any side effect, and the
@@ -52,6 +52,9 @@ pub const MAX_TABLES: usize = 4;
 
 /// Most datapath operations of one direct walk (then: generic).
 pub const MAX_OPS: usize = 16;
+
+/// The mask of a whole Ethernet address.
+const ETH_ADDR: u64 = 0xffff_ffff_ffff;
 
 /// Whether a program can send packets down the direct path at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,10 +241,12 @@ fn walk<'p>(
                     return true;
                 }
                 Action::SetField { field, value, mask }
-                    if matches!(field, Field::DlSrc | Field::DlDst) =>
+                    if matches!(field, Field::DlSrc | Field::DlDst) && *mask == ETH_ADDR =>
                 {
                     // Ethernet addresses are always present: the slow
-                    // path writes them unconditionally.
+                    // path writes them unconditionally. Whole addresses
+                    // only: a rewrite then does not depend on the bits
+                    // the key had (see `run_ops`).
                     let (value, mask) = (*value, *mask);
                     k.set_masked(*field, u128::from(value), u128::from(mask));
                     res.push(Op::Set {
@@ -358,7 +363,7 @@ pub fn run_burst<B: PacketBuf>(
         };
         if rule.is_some_and(|r| walk(prog, key, r, &mut res)) {
             counts.add(&res, pkt.len() as u64, now);
-            execute(res.ops(), pkt, key, *layout, out);
+            run_ops::<B, false>(res.ops(), pkt, key, *layout, out);
             n += 1;
         } else {
             pkts.push(pkt);
@@ -377,6 +382,21 @@ pub fn run_burst<B: PacketBuf>(
 /// its reason, a rewrite the frame cannot hold drops it as malformed.
 #[inline]
 pub fn execute<B: PacketBuf>(
+    ops: &[Op],
+    pkt: B,
+    key: &mut FlowKey,
+    layout: Layout,
+    out: &mut Output<B>,
+) {
+    run_ops::<B, true>(ops, pkt, key, layout, out)
+}
+
+/// [`execute`]; with `UPDATE_KEY` false the key is left alone: the caller's
+/// key already carries the rewrites ([`walk`] applied them). Exact because
+/// every [`Op::Set`] writes a whole field (an Ethernet address, the TTL),
+/// so what [`rewrite`] writes does not depend on the key's old bits.
+#[inline]
+fn run_ops<B: PacketBuf, const UPDATE_KEY: bool>(
     ops: &[Op],
     mut pkt: B,
     key: &mut FlowKey,
@@ -413,7 +433,9 @@ pub fn execute<B: PacketBuf>(
                     out.drop(r, pkt);
                     return;
                 }
-                key.set_masked(field, value, mask);
+                if UPDATE_KEY {
+                    key.set_masked(field, value, mask);
+                }
             }
             Op::Drop(reason) => {
                 if sent {
@@ -621,10 +643,11 @@ mod tests {
         assert!(!Plan::of(&t.program()).active);
         // Specialised, but the rule rewrites nw_dst (not supported) or
         // sends to the controller.
-        let t = tables("priority=1,ip,nw_dst=10.0.0.1 actions=mod_nw_dst:10.0.0.9,output:2\npriority=1,ip,nw_dst=10.0.0.2 actions=controller\npriority=1,ip,nw_dst=10.0.0.3 actions=output:2\npriority=1,ip,nw_dst=10.0.0.4 actions=normal\n");
+        let t = tables("priority=1,ip,nw_dst=10.0.0.1 actions=mod_nw_dst:10.0.0.9,output:2\npriority=1,ip,nw_dst=10.0.0.2 actions=controller\npriority=1,ip,nw_dst=10.0.0.3 actions=output:2\npriority=1,ip,nw_dst=10.0.0.4 actions=normal\npriority=1,ip,nw_dst=10.0.0.5 actions=set_field:02:00:00:00:00:00/ff:00:00:00:00:00->eth_dst,output:2\n");
         let p = t.program();
         assert!(Plan::of(&p).active);
-        for (d, direct) in [(1, false), (2, false), (3, true), (4, false)] {
+        // (10.0.0.5: a part of an address, not supported either.)
+        for (d, direct) in [(1, false), (2, false), (3, true), (4, false), (5, false)] {
             let k = extract(&udp(ROUTER, [10, 0, 0, d], 64), PortNo(1));
             assert_eq!(check(&p, &k), direct, "10.0.0.{d}");
         }
