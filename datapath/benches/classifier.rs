@@ -17,14 +17,17 @@
 //!   distinct flows each recurring every 10k packets (more flows than EMC
 //!   slots), with OVS's EMC insertion probability (1/100) and with
 //!   always-insert (`_always_insert`), and with no EMC (`_emc_off`: every
-//!   packet a megaflow hit). Each recycled frame is restored from
+//!   packet a megaflow hit), all with the direct path off; and with the
+//!   direct path (`_direct`: the table's index per packet, no cache).
+//!   Each recycled frame is restored from
 //!   its original (a 60-byte copy, like net_pcap's) so that it keeps
 //!   matching its route.
 //! - `pipeline/burst32_l3_10k_cold_upcalls`: the same program and stream
 //!   with no EMC and a one-entry megaflow cache: every packet is an upcall
 //!   (the slow path through a 10k-route table).
 //! - `pipeline/burst32_l2_1k_flows`: a 1000-MAC `in_port,dl_dst` table and
-//!   1000 flows, one per MAC, in steady state.
+//!   1000 flows, one per MAC, in steady state (the cascade); `_direct`:
+//!   the same on the direct path.
 //! - `special_compile/{10000,100000}`: compiling a table of that many /32
 //!   routes into its specialised index (linear in the table).
 
@@ -278,16 +281,19 @@ fn bench_l3_10k(c: &mut Criterion) {
         .collect();
     let mut g = c.benchmark_group("pipeline");
     g.throughput(Throughput::Elements(32));
-    for (name, inv_prob) in [
-        ("burst32_l3_10k_flows", 100),
-        ("burst32_l3_10k_flows_always_insert", 1),
-        ("burst32_l3_10k_flows_emc_off", 0),
+    for (name, inv_prob, direct_path) in [
+        ("burst32_l3_10k_flows", 100, false),
+        ("burst32_l3_10k_flows_always_insert", 1, false),
+        ("burst32_l3_10k_flows_emc_off", 0, false),
+        // The direct path (`classifier::direct`, the default): no cache.
+        ("burst32_l3_10k_flows_direct", 100, true),
     ] {
         let mut p = FlowPipeline::new(
             t.clone(),
             FlowPipelineConfig {
                 ports: (1..=4).map(PortNo).collect(),
                 emc_insert_inv_prob: inv_prob,
+                direct_path,
                 ..FlowPipelineConfig::default()
             },
         );
@@ -330,6 +336,7 @@ fn bench_l3_10k(c: &mut Criterion) {
             ports: (1..=4).map(PortNo).collect(),
             emc_insert_inv_prob: 0,
             megaflow_capacity: 1,
+            direct_path: false,
             ..FlowPipelineConfig::default()
         },
     );
@@ -396,38 +403,44 @@ fn bench_l2_1k(c: &mut Criterion) {
             f
         })
         .collect();
-    let mut p = FlowPipeline::new(
-        t,
-        FlowPipelineConfig {
-            ports: (1..=4).map(PortNo).collect(),
-            ..FlowPipelineConfig::default()
-        },
-    );
-    let mut bursts: Vec<Burst<HeapBuf>> = frames
-        .chunks(32)
-        .map(|fs| {
-            let mut b = Burst::new(PortNo(1));
-            b.pkts.extend(fs.iter().map(|f| HeapBuf::from_frame(f)));
-            b
-        })
-        .collect();
-    let mut out: Output<HeapBuf> = Output::new(8);
-    let n_bursts = bursts.len();
-    let mut next = 0;
-    let mut step = |p: &mut FlowPipeline| {
-        let burst = &mut bursts[next];
-        let n = burst.pkts.len();
-        p.process(1, burst, &mut out);
-        out.flush(|_, q| burst.pkts.append(q));
-        assert_eq!(burst.pkts.len(), n, "every packet forwarded");
-        next = (next + 1) % n_bursts;
-    };
-    for _ in 0..100 * n_bursts {
-        step(&mut p);
-    }
     let mut g = c.benchmark_group("pipeline");
     g.throughput(Throughput::Elements(32));
-    g.bench_function("burst32_l2_1k_flows", |b| b.iter(|| step(&mut p)));
+    for (name, direct_path) in [
+        ("burst32_l2_1k_flows", false),
+        ("burst32_l2_1k_flows_direct", true),
+    ] {
+        let mut p = FlowPipeline::new(
+            t.clone(),
+            FlowPipelineConfig {
+                ports: (1..=4).map(PortNo).collect(),
+                direct_path,
+                ..FlowPipelineConfig::default()
+            },
+        );
+        let mut bursts: Vec<Burst<HeapBuf>> = frames
+            .chunks(32)
+            .map(|fs| {
+                let mut b = Burst::new(PortNo(1));
+                b.pkts.extend(fs.iter().map(|f| HeapBuf::from_frame(f)));
+                b
+            })
+            .collect();
+        let mut out: Output<HeapBuf> = Output::new(8);
+        let n_bursts = bursts.len();
+        let mut next = 0;
+        let mut step = |p: &mut FlowPipeline| {
+            let burst = &mut bursts[next];
+            let n = burst.pkts.len();
+            p.process(1, burst, &mut out);
+            out.flush(|_, q| burst.pkts.append(q));
+            assert_eq!(burst.pkts.len(), n, "every packet forwarded");
+            next = (next + 1) % n_bursts;
+        };
+        for _ in 0..100 * n_bursts {
+            step(&mut p);
+        }
+        g.bench_function(name, |b| b.iter(|| step(&mut p)));
+    }
     g.finish();
 }
 

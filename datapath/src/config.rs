@@ -24,6 +24,7 @@
 //! mac_table_size = 8192
 //! mac_aging_s = 300
 //! emc_insert_inv_prob = 100        ; EMC insert 1 in N misses; 1 always, 0 off
+//! direct_path = true               ; specialised tables skip the caches (classifier::direct)
 //!
 //! [port:uplink]
 //! devargs = net_af_packet0,iface=eth1
@@ -95,6 +96,9 @@ pub struct DatapathConfig {
     /// probability 1 / N (OVS `emc-insert-inv-prob`); 1 = always, 0 = the
     /// EMC is off. See `classifier::emc`.
     pub emc_insert_inv_prob: u32,
+    /// Packets of programs whose tables are specialised skip the EMC and
+    /// megaflow cache (`classifier::direct`); default on.
+    pub direct_path: bool,
     /// Overlay keys (`vtep_ip`, `vtep_gateway`, `uplink_mtu`, `tunnel_*`,
     /// `arp_gateways`, `proxy_arp`), see `stack::overlay`.
     pub overlay: crate::stack::overlay::OverlayConfig,
@@ -121,6 +125,7 @@ impl Default for DatapathConfig {
             mac_table_size: crate::pipeline::l2::DEFAULT_MAC_CAPACITY,
             mac_aging_s: 300,
             emc_insert_inv_prob: crate::classifier::emc::EMC_INSERT_INV_PROB,
+            direct_path: true,
             overlay: crate::stack::overlay::OverlayConfig::default(),
             stateful: Default::default(),
         }
@@ -288,6 +293,7 @@ const DATAPATH_KEYS: &[&str] = &[
     "mac_table_size",
     "mac_aging_s",
     "emc_insert_inv_prob",
+    "direct_path",
 ];
 const PORT_KEYS: &[&str] = &["devargs", "ofport", "rx_queues"];
 const OUR_SECTIONS: &[&str] = &["coe", "nsx_node_agent", "datapath", "port"];
@@ -544,6 +550,19 @@ impl Config {
                                 ),
                             )
                         })?
+                    }
+                    "direct_path" => {
+                        dp.direct_path = match v {
+                            "true" | "yes" | "on" | "1" => true,
+                            "false" | "no" | "off" | "0" => false,
+                            _ => {
+                                return Err(key_err(
+                                    "datapath",
+                                    k,
+                                    format!("'{v}' is not true or false"),
+                                ))
+                            }
+                        }
                     }
                     k if crate::stack::overlay::OVERLAY_KEYS.contains(&k) => {
                         dp.overlay
@@ -898,6 +917,28 @@ devargs = net_tap0,iface=p1
             let e = Config::parse(&text, "x.ini").unwrap_err().to_string();
             assert_eq!(e, format!("config x.ini: {want}"));
         }
+    }
+
+    #[test]
+    fn direct_path() {
+        let c = Config::parse(GOOD, "x.ini").unwrap();
+        assert!(c.datapath.direct_path, "on by default");
+        for (v, want) in [
+            ("false", false),
+            ("off", false),
+            ("true", true),
+            ("1", true),
+        ] {
+            let text = GOOD.replace("cores = 1", &format!("cores = 1\ndirect_path = {v}"));
+            let c = Config::parse(&text, "x.ini").unwrap();
+            assert_eq!(c.datapath.direct_path, want, "{v}");
+        }
+        let text = GOOD.replace("cores = 1", "cores = 1\ndirect_path = maybe");
+        let e = Config::parse(&text, "x.ini").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "config x.ini: [datapath] direct_path: 'maybe' is not true or false"
+        );
     }
 
     #[test]

@@ -1,4 +1,7 @@
-//! The classifier cascade: exact-match cache → megaflow cache → slow path.
+//! The classifier cascade: exact-match cache → megaflow cache → slow path;
+//! and beside it the direct path ([`direct`]), which looks packets of
+//! programs with specialised tables up in those tables' indexes
+//! ([`special`]) without any cache.
 //!
 //! Per packet, a PMD looks the [`crate::flow::key::FlowKey`] up in its
 //! [`emc::Emc`] (one hash probe, a compare of the key words the program
@@ -22,6 +25,7 @@
 //! `Xlate` (shared by the EMC), whose action list is shared by every
 //! megaflow with the same actions.
 
+pub mod direct;
 pub mod emc;
 pub mod megaflow;
 pub mod slowpath;

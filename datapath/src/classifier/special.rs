@@ -34,6 +34,10 @@
 //! copy-on-write shards of about [`SHARD_RULES`] rules; the keys are the
 //! rules' own masked keys, compared in place.
 //!
+//! Users: the slow path (one lookup per table it walks) and the direct
+//! path (`classifier::direct`), which looks packets up here per packet,
+//! skipping the caches, when table 0 has an index.
+//!
 //! Building: [`compile`] is a function of one table, O(rules of that
 //! table). The index lives in the table's `derived` slot
 //! (`flow::program::Table`), which programs share while a table's rules do
@@ -229,6 +233,8 @@ pub struct SpecialTable {
     groups: Vec<Group>,
     /// The mask every lookup adds to the megaflow: the first group's.
     mask: FlowKey,
+    /// The non-zero words of `mask`.
+    mask_words: Arc<[u8]>,
     /// The match-everything rules after the shaped ones, in table order
     /// (descending priority, then place).
     tail: Arc<Tail>,
@@ -246,6 +252,13 @@ impl SpecialTable {
     /// result).
     pub fn mask(&self) -> &FlowKey {
         &self.mask
+    }
+
+    /// The indices of the non-zero words of [`SpecialTable::mask`]: two
+    /// keys equal on those words get the same [`SpecialTable::lookup`]
+    /// answer (every group's mask is within it).
+    pub fn mask_words(&self) -> &[u8] {
+        &self.mask_words
     }
 
     /// True when a table of `n_rules` rules can be the one this index was
@@ -448,6 +461,7 @@ fn compile_rules(rules: &[(u64, &Arc<Rule>)], min_rules: usize) -> Option<Specia
         shape,
         groups,
         mask: first,
+        mask_words: first.nonzero_words().into(),
         tail: Arc::new(tail),
         n_rules: rules.len(),
     })
@@ -682,14 +696,39 @@ mod tests {
                 f
             })
             .collect();
+        let config = FlowPipelineConfig {
+            ports: (1..=4).map(PortNo).collect(),
+            ..FlowPipelineConfig::default()
+        };
+        // The direct path (the default): every packet, from the first,
+        // is looked up in the index; no cache is touched.
+        let mut p = FlowPipeline::new(t.clone(), config.clone());
+        let mut out: Output<HeapBuf> = Output::new(8);
+        let stats = p.stats();
+        for chunk in frames.chunks(32) {
+            let mut b = Burst::new(PortNo(1));
+            b.pkts.extend(chunk.iter().map(|f| HeapBuf::from_frame(f)));
+            p.process(1, &mut b, &mut out);
+        }
+        let mut sent = 0;
+        out.flush(|port, q| {
+            assert_eq!(port, PortNo(2));
+            sent += q.len();
+            q.clear();
+        });
+        assert_eq!(sent, frames.len());
+        assert_eq!(
+            (stats.direct.get(), stats.upcalls.get(), p.megaflow_count()),
+            (u64::from(ROUTES), 0, 0)
+        );
+        // The cascade.
         let mut p = FlowPipeline::new(
             t,
             FlowPipelineConfig {
-                ports: (1..=4).map(PortNo).collect(),
-                ..FlowPipelineConfig::default()
+                direct_path: false,
+                ..config
             },
         );
-        let mut out: Output<HeapBuf> = Output::new(8);
         let stats = p.stats();
         for pass in 0..3 {
             for chunk in frames.chunks(32) {

@@ -34,7 +34,7 @@ pub struct PmdView {
 }
 
 /// Where the drop counters start in a [`snapshot`].
-const DROPS_AT: usize = 15;
+const DROPS_AT: usize = 16;
 
 /// Counters of one PMD in a fixed order, so that a baseline can be
 /// subtracted.
@@ -65,6 +65,7 @@ fn snapshot(v: &PmdView) -> Vec<u64> {
         None => s.extend([0; 2]),
     }
     s.push(v.flow.as_ref().map_or(0, |f| f.continuations.get()));
+    s.push(v.flow.as_ref().map_or(0, |f| f.direct.get()));
     s.extend(DropReason::ALL.iter().map(|&r| p.drops.get(r)));
     s
 }
@@ -102,6 +103,7 @@ fn view(v: &PmdView, base: &[u64]) -> api::pmd::PmdStats {
         // about (when it is on): what it did not answer went the long way.
         continuation_hits: d[14],
         continuation_misses: d[10].saturating_sub(d[14]),
+        direct_hits: d[15],
         conntrack: v.ct_cache.is_some(),
         ct_cache_hits: d[12],
         ct_cache_misses: d[13],
@@ -133,7 +135,12 @@ pub fn pmd_perf(v: &PmdView) -> api::pmd::PmdPerf {
     match &v.flow {
         Some(f) => {
             let perf = &f.perf;
-            let (parse, body) = (perf.parse.get(), perf.body.get());
+            let (parse, body, direct) = (perf.parse.get(), perf.body.get(), perf.direct.get());
+            stages.push(stage(
+                "direct path (specialised tables: parse, lookup, actions)",
+                direct,
+                false,
+            ));
             stages.push(stage("parse (key extraction, hash)", parse, false));
             match perf.estimated_split() {
                 Some(split) => {
@@ -146,7 +153,7 @@ pub fn pmd_perf(v: &PmdView) -> api::pmd::PmdPerf {
             }
             stages.push(stage(
                 "other processing (overlay, local stack)",
-                process.saturating_sub(parse + body),
+                process.saturating_sub(parse + body + direct),
                 false,
             ));
         }

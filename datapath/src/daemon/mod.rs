@@ -802,6 +802,7 @@ impl Daemon {
                             mac_aging_ns: cfg.datapath.mac_aging_s.saturating_mul(1_000_000_000),
                             mac_table: Some(macs.clone()),
                             emc_insert_inv_prob: cfg.datapath.emc_insert_inv_prob,
+                            direct_path: cfg.datapath.direct_path,
                             ..Default::default()
                         },
                         crate::pipeline::hooks::Hooks {

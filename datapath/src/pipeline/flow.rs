@@ -24,6 +24,15 @@
 //! frame is looked up on its own key. Proptest
 //! `batched_bursts_equal_one_packet_bursts`.
 //!
+//! Direct path: when table 0 of the program is specialised
+//! (`classifier::special`), a stage ahead of the parse sends every packet
+//! whose walk meets only specialised tables with simple actions through
+//! `classifier::direct` (index lookup, actions, rule counters) and leaves
+//! the others, in order, to the cascade below; counted as `direct hits`
+//! and, in `pmd-perf-show`, as the exact `direct` stage. Decided per
+//! program (`direct::Plan`) at every reload; `direct_path = false` in the
+//! configuration turns it off.
+//!
 //! Per packet: one [`extract`] into a [`FlowKey`], then the EMC, then the
 //! megaflow cache, then (on a miss) the slow path, which installs the
 //! megaflow and the EMC entry; then the cached [`DpAction`]s run on the
@@ -54,6 +63,7 @@
 
 use std::sync::Arc;
 
+use crate::classifier::direct;
 use crate::classifier::emc::{Emc, EMC_ENTRIES, EMC_INSERT_INV_PROB};
 use crate::classifier::megaflow::{MegaflowCache, MegaflowStats, MEGAFLOW_CAPACITY};
 use crate::classifier::slowpath::{live_mask, translate, Xlate};
@@ -111,6 +121,9 @@ pub struct FlowPipelineConfig {
     /// Classify recirculated passes through the continuation cache
     /// (`pipeline::cont`) before the EMC.
     pub continuation_cache: bool,
+    /// Send packets whose tables are all specialised, with simple actions,
+    /// down the direct path (`classifier::direct`) instead of the cascade.
+    pub direct_path: bool,
 }
 
 impl Default for FlowPipelineConfig {
@@ -126,6 +139,7 @@ impl Default for FlowPipelineConfig {
             controller_rate: 1000,
             controller_burst: 100,
             perf_sample_every: DEFAULT_SAMPLE_EVERY,
+            direct_path: true,
             continuation_cache: true,
         }
     }
@@ -151,6 +165,9 @@ pub struct FlowPipelineStats {
     /// Recirculated passes classified by the continuation cache (no EMC
     /// probe; see `pipeline::cont`).
     pub continuations: Counter,
+    /// Packets forwarded by the direct path (`classifier::direct`: looked
+    /// up in specialised tables, no EMC or megaflow probe).
+    pub direct: Counter,
     /// Cycles by stage (`pmd-perf-show`).
     pub perf: StageCycles,
 }
@@ -166,12 +183,13 @@ impl FlowPipelineStats {
             mf.probes.get() as f64 / (hits + mf.tier.miss.get()) as f64
         };
         format!(
-            "  packets received: {}\n  emc hits: {}\n  megaflow hits: {}\n  avg. subtable lookups per megaflow lookup: {avg:.2}\n  miss with success upcall: {}\n  continuation hits: {}\n  megaflows installed: {}\n  megaflow cache full flushes: {}\n  megaflows revalidated: {}\n  megaflows evicted by revalidation: {}\n  program reloads: {}\n  recirculations: {}\n  packet-ins: {}\n",
+            "  packets received: {}\n  emc hits: {}\n  megaflow hits: {}\n  avg. subtable lookups per megaflow lookup: {avg:.2}\n  miss with success upcall: {}\n  continuation hits: {}\n  direct hits: {}\n  megaflows installed: {}\n  megaflow cache full flushes: {}\n  megaflows revalidated: {}\n  megaflows evicted by revalidation: {}\n  program reloads: {}\n  recirculations: {}\n  packet-ins: {}\n",
             self.packets.get(),
             self.emc.hit.get(),
             hits,
             self.upcalls.get(),
             self.continuations.get(),
+            self.direct.get(),
             mf.installed.get(),
             mf.flushes_full.get(),
             mf.revalidated.get(),
@@ -542,6 +560,12 @@ pub struct FlowPipeline<H = NoHooks> {
     /// One copy of each distinct action list of this PMD's translations
     /// (see [`intern_actions`]).
     action_lists: std::collections::HashSet<Arc<[DpAction]>>,
+    /// Whether `direct_path` is configured.
+    direct_enabled: bool,
+    /// Whether the current program sends packets down the direct path.
+    direct: direct::Plan,
+    /// The direct stage's parsed keys.
+    direct_scratch: direct::Scratch,
 }
 
 /// Most distinct action lists [`intern_actions`] remembers before
@@ -576,6 +600,9 @@ impl<H> FlowPipeline<H> {
     /// A pipeline over `tables` whose ct/tunnel actions call `hooks`.
     pub fn with_hooks(tables: FlowTables, config: FlowPipelineConfig, hooks: H) -> Self {
         let program = tables.program();
+        let direct = direct::Plan {
+            active: config.direct_path && direct::Plan::of(&program).active,
+        };
         let live = live_mask(&program);
         let words = live.nonzero_words();
         let mut emc = Emc::new(config.emc_entries, config.emc_insert_inv_prob);
@@ -590,6 +617,7 @@ impl<H> FlowPipeline<H> {
             recirculations: Counter::default(),
             packet_ins: Counter::default(),
             continuations: Counter::default(),
+            direct: Counter::default(),
             perf: StageCycles::default(),
         });
         FlowPipeline {
@@ -614,6 +642,9 @@ impl<H> FlowPipeline<H> {
             ct_ran: false,
             cont: config.continuation_cache.then(ContCache::new),
             action_lists: std::collections::HashSet::new(),
+            direct_enabled: config.direct_path,
+            direct,
+            direct_scratch: direct::Scratch::default(),
         }
     }
 
@@ -677,6 +708,7 @@ impl<H> FlowPipeline<H> {
             self.megaflow.flush();
         }
         self.set_live(live);
+        self.direct.active = self.direct_enabled && direct::Plan::of(&self.program).active;
         self.stats.reloads.inc();
     }
 
@@ -730,6 +762,27 @@ impl<H> FlowPipeline<H> {
             return x;
         }
         self.upcall(key, hash).0
+    }
+
+    /// The direct stage (`classifier::direct::run_burst`): packets whose
+    /// walk meets only specialised tables with simple actions are parsed,
+    /// looked up and executed there; the others stay in `burst` (in order)
+    /// for the cascade, which parses them again.
+    fn direct_stage<B: PacketBuf>(
+        &mut self,
+        now: Nanos,
+        burst: &mut Burst<B>,
+        out: &mut Output<B>,
+    ) {
+        let n = direct::run_burst(
+            &self.program,
+            now,
+            burst.in_port,
+            &mut burst.pkts,
+            &mut self.direct_scratch,
+            out,
+        );
+        self.stats.direct.add(n);
     }
 
     /// Applies pending rule-counter updates: prefetches every counter
@@ -1180,8 +1233,13 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
         if let Some(c) = &mut self.cont {
             c.tick();
         }
-        let t0 = cycles();
         let n_pkts = burst.pkts.len() as u64;
+        if self.direct.active {
+            let td = cycles();
+            self.direct_stage(now, burst, out);
+            self.stats.perf.direct.add(cycles().wrapping_sub(td));
+        }
+        let t0 = cycles();
         let in_port = burst.in_port;
         // Stage one: parse the whole burst and prefetch each packet's EMC
         // slots; stage two classifies and executes in arrival order, by

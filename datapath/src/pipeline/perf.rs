@@ -85,6 +85,10 @@ pub struct StageCycles {
     pub parse: Counter,
     /// Exact: cycles classifying and executing bursts after the parse.
     pub body: Counter,
+    /// Exact: cycles of the direct stage (`classifier::direct`: parse,
+    /// specialised-table lookups, actions and rule counters of the packets
+    /// it forwards, and the parse of the ones it leaves to the cascade).
+    pub direct: Counter,
     /// Bursts whose body was split by stage.
     pub sampled_bursts: Counter,
     /// Packets of those bursts.

@@ -8,7 +8,9 @@
 //! stateful features need not depend on the pipeline), replays each `ct`
 //! action and resumes in `ct(table=N)`'s table with the state the oracle
 //! reports, at most [`MAX_RECIRC`] times, as the datapath recirculates.
-//! Nothing is committed and no counter moves.
+//! Nothing is committed and no counter moves. After the first pass it
+//! says whether the datapath forwards the packet on the direct path
+//! (`classifier::direct`) or through the cache cascade.
 //!
 //! Thread-safety: pure over a program snapshot; callable from any thread
 //! (the control thread in `sluiced`).
@@ -51,6 +53,10 @@ impl FlowTables {
         );
         for pass in 0..=MAX_TRACE_RECIRC {
             let tr = translate(&p, &key, Some(&mut out));
+            if pass == 0 {
+                // Which tier the datapath forwards this packet on.
+                out.push_str(&crate::classifier::direct::explain(&p, &key));
+            }
             let Some(oracle) = oracle else {
                 break;
             };

@@ -59,6 +59,10 @@ pub struct PmdStats {
     /// (continuation cache miss, or the cache is off).
     #[serde(default)]
     pub continuation_misses: u64,
+    /// Packets forwarded by the direct path (looked up in specialised
+    /// tables, no EMC or megaflow lookup; `classifier::direct`).
+    #[serde(default)]
+    pub direct_hits: u64,
     /// Whether the PMD tracks connections (the next two mean something).
     pub conntrack: bool,
     /// Connection-cache hits (no lock).
@@ -97,6 +101,7 @@ impl Render for PmdStatsReply {
                 p.rx_packets as f64 / p.rx_bursts.max(1) as f64
             );
             if p.flow_pipeline {
+                s += &format!("  direct hits: {}\n", p.direct_hits);
                 s += &format!("  emc hits: {}\n", p.emc_hits);
                 s += &format!("  megaflow hits: {}\n", p.megaflow_hits);
                 s += &format!(
