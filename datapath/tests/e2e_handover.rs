@@ -305,6 +305,16 @@ impl Drop for Proc {
 /// Removes what killed or aborted processes of `prefix` leave behind:
 /// control sockets at their temporary hand-over paths and the DPDK runtime
 /// directories of both file prefixes.
+/// Runs [`clean_up`] when dropped: what a test that stops halfway (a
+/// failed assertion) leaves is removed too.
+struct CleanUp(&'static str);
+
+impl Drop for CleanUp {
+    fn drop(&mut self) {
+        clean_up(self.0);
+    }
+}
+
 fn clean_up(prefix: &str) {
     let ctl = ctl_path(prefix);
     let name = ctl
@@ -785,6 +795,8 @@ fn handover_figures() {
         .unwrap_or(n_rounds);
     let bin = std::env::var("SLUICED_BIN").map_or_else(|_| sluiced_bin(), std::path::PathBuf::from);
     let prefix = "slho-fig";
+    // Dropped last (after the processes): also when an assertion fails.
+    let _clean = CleanUp(prefix);
     let (tag, net, mac) = ("slho-fg", "10.209.0", "02:00:00:02:09");
     let sn = ServiceNet::new(tag, net, mac);
     let server = Py::start(&sn.a, SERVER, "listening");
@@ -1016,7 +1028,6 @@ fn handover_figures() {
         cur.kill9();
     }
     drop(client);
-    clean_up(prefix);
     println!("\nFIGURES\n{}", lines.join("\n"));
 }
 

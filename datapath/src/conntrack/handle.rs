@@ -524,7 +524,12 @@ impl ConntrackHandle {
         // Published under the reply key: count it now, so that a kill
         // (flush) finding it there balances these counts whenever it runs.
         self.ct.count_in(&arc, 1);
-        if self.ct.try_insert(now, key, &arc, 0).is_err() {
+        #[cfg(test)]
+        self.ct.before_publish();
+        if self.ct.try_insert(now, key, &arc, 0).is_ok() {
+            // Recorded for the state saver once a look-up finds it.
+            self.ct.published(&arc);
+        } else {
             // Another PMD committed the same connection a moment ago:
             // withdraw ours and track the packet against theirs (once).
             self.ct.remove_key(&arc.keys[1], &arc);

@@ -245,7 +245,16 @@ fn unix_now_ns() -> u64 {
 /// visited. A save's work per connection (building its record, a
 /// fingerprint) never holds up a PMD that needs the shard, even when the
 /// saving thread is preempted (a busy machine).
-fn for_each_unlocked(ct: &Conntrack, mut f: impl FnMut(&Conn)) {
+fn for_each_unlocked(ct: &Conntrack, f: impl FnMut(&Conn)) {
+    for_each_unlocked_synced(ct, false, f);
+}
+
+/// [`for_each_unlocked`]; with `sync`, each connection's entry lock is
+/// taken and released before `f` reads it: a change the locked hit path
+/// made under it is then seen, or was made after, and so recorded in the
+/// change log switched on before the pass (see
+/// [`ChangeLog`](super::table::ChangeLog), "Switching on").
+fn for_each_unlocked_synced(ct: &Conntrack, sync: bool, mut f: impl FnMut(&Conn)) {
     let mut batch: Vec<Arc<Conn>> = Vec::new();
     for m in ct.inner.shards.iter() {
         batch.clear();
@@ -255,6 +264,9 @@ fn for_each_unlocked(ct: &Conntrack, mut f: impl FnMut(&Conn)) {
             }
         });
         for c in &batch {
+            if sync {
+                drop(super::lock(&c.lock));
+            }
             if !c.is_dead() {
                 f(c);
             }
@@ -535,7 +547,8 @@ impl Tracker {
         let mut conns = Vec::with_capacity(ct.len());
         let (known, hasher) = (&mut self.known, &self.hasher);
         known.reserve(ct.len());
-        for_each_unlocked(ct, |c| {
+        let sync = ct.inner.changed.take_fresh();
+        for_each_unlocked_synced(ct, sync, |c| {
             if c.is_dead() || !c.live(now) {
                 return;
             }
@@ -586,7 +599,8 @@ impl Tracker {
         let epoch = self.epoch;
         let mut out = Changes::default();
         let (known, hasher) = (&mut self.known, &self.hasher);
-        for_each_unlocked(ct, |c| {
+        let sync = ct.inner.changed.take_fresh();
+        for_each_unlocked_synced(ct, sync, |c| {
             if c.is_dead() || !c.live(now) {
                 return;
             }
@@ -1390,6 +1404,7 @@ impl Conntrack {
                 continue;
             }
             self.count_in(&conn, 1);
+            self.published(&conn);
             out.restored += 1;
         }
         out
@@ -1399,7 +1414,7 @@ impl Conntrack {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conntrack::tests::{fl, ip, seen, tcp, Rig};
+    use crate::conntrack::tests::{fl, ip, seen, tcp, udp, Rig};
     use crate::conntrack::{ConnFilter, ConntrackConfig};
 
     const FLOWS: &str = "\
@@ -1540,6 +1555,123 @@ table=1,priority=1 actions=drop
         let keys = r.ct.take_changes().expect("on");
         let a = logged.changes_logged(&r.ct, t2, &keys);
         assert_eq!((a.deleted.len(), a.upserts.len()), (1, 0), "{a:?}");
+    }
+
+    /// One-way UDP flows committed in zone 5 (nothing ever answers them,
+    /// so nothing changes them after their first packet).
+    const UDP_FLOWS: &str = "\
+table=0,priority=10,udp,in_port=1 actions=ct(commit,zone=5,table=1)
+table=1,priority=10,ct_state=+trk,in_port=1 actions=output:2
+table=1,priority=1 actions=drop
+";
+
+    /// A saver round that runs while a PMD creates a connection, between
+    /// its counts and the publication of its original key (the table's
+    /// test hook at that point runs the round), does not lose it: the key
+    /// is recorded only once published, so that round finds nothing to do
+    /// and the next one writes the connection. With the key recorded
+    /// before (as `count_in` did), that round took the key, looked it up,
+    /// found nothing, and no later round ever wrote the connection (a
+    /// one-way flow has no later change to record).
+    #[test]
+    fn a_round_between_record_and_publish_does_not_lose_a_new_connection() {
+        let mut r = Rig::new(UDP_FLOWS, Conntrack::new(ConntrackConfig::default()));
+        r.ct.log_changes();
+        let tracker = Arc::new(Mutex::new(Tracker::new()));
+        assert!(super::super::lock(&*tracker)
+            .full(&r.ct, 0)
+            .conns
+            .is_empty());
+        let during: Arc<Mutex<Vec<Changes>>> = Arc::default();
+        let (t, d) = (tracker.clone(), during.clone());
+        *super::super::lock(&r.ct.inner.before_publish) = Some(Arc::new(move |ct: &Conntrack| {
+            let keys = ct.take_changes().expect("the log is on");
+            let round = super::super::lock(&*t).changes_logged(ct, SEC, &keys);
+            super::super::lock(&*d).push(round);
+        }));
+        r.expect(SEC, 1, udp([10, 0, 0, 1], [10, 0, 0, 2], 5000, 53, b"q"), 2);
+        *super::super::lock(&r.ct.inner.before_publish) = None;
+        let during = std::mem::take(&mut *super::super::lock(&*during));
+        assert_eq!(during.len(), 1, "the hook ran once: {during:?}");
+        assert!(during[0].is_empty(), "{:?}", during[0]);
+        let keys = r.ct.take_changes().expect("on");
+        let mut tracker = super::super::lock(&*tracker);
+        let next = tracker.changes_logged(&r.ct, 2 * SEC, &keys);
+        assert_eq!(
+            (next.upserts.len(), next.deleted.len()),
+            (1, 0),
+            "the round after the creation writes it: {next:?}"
+        );
+        assert_eq!(next.upserts[0].keys[0].tuple.sport, 5000);
+        // What the rounds wrote is what a scan finds.
+        assert!(tracker.changes(&r.ct, 2 * SEC).is_empty());
+    }
+
+    /// A part of the change log that fills up makes the next take give up
+    /// (the round scans), also when the overflow flag is not (yet) set:
+    /// only the taker pops, so a part that overflowed is still full when
+    /// the take reaches it. A switch on (the scan's start) empties it and
+    /// the log carries on.
+    #[test]
+    fn a_full_change_log_part_makes_the_round_scan() {
+        use super::super::table::CHANGE_LOG_MAX;
+        let ct = Conntrack::new(ConntrackConfig::default());
+        assert_eq!(ct.take_changes(), None, "off");
+        ct.log_changes();
+        assert!(ct.inner.changed.take_fresh(), "switched on");
+        assert!(!ct.inner.changed.take_fresh(), "once");
+        let key = |i: u32| ConnKey {
+            zone: 0,
+            proto: 17,
+            tuple: super::super::nat::Tuple {
+                src: i,
+                dst: 1,
+                sport: 1,
+                dport: 1,
+            },
+        };
+        // Keys of one part, up to its capacity (no push fails).
+        let part = |k: &ConnKey| key_hash(k) % 64;
+        let p0 = part(&key(0));
+        let same: Vec<ConnKey> = (0..)
+            .map(key)
+            .filter(|k| part(k) == p0)
+            .take(CHANGE_LOG_MAX / 64)
+            .collect();
+        for k in &same[..10] {
+            ct.inner.changed.record(k);
+        }
+        assert_eq!(ct.take_changes().map(|v| v.len()), Some(10));
+        for k in &same {
+            ct.inner.changed.record(k);
+        }
+        assert!(!ct
+            .inner
+            .changed
+            .overflowed
+            .load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(ct.take_changes(), None, "a full part: scan");
+        // Past it: the flag.
+        for k in &same {
+            ct.inner.changed.record(k);
+        }
+        ct.inner.changed.record(&same[0]);
+        assert!(ct
+            .inner
+            .changed
+            .overflowed
+            .load(std::sync::atomic::Ordering::SeqCst));
+        ct.log_changes();
+        assert!(!ct.inner.changed.take_fresh(), "it stayed on");
+        assert_eq!(ct.take_changes(), Some(Vec::new()), "emptied, on");
+        ct.inner.changed.record(&same[1]);
+        assert_eq!(ct.take_changes(), Some(vec![same[1]]));
+        ct.stop_logging_changes();
+        ct.inner.changed.record(&same[2]);
+        assert_eq!(ct.take_changes(), None, "off");
+        ct.log_changes();
+        assert!(ct.inner.changed.take_fresh(), "on again");
+        assert_eq!(ct.take_changes(), Some(Vec::new()));
     }
 
     #[test]

@@ -81,7 +81,15 @@ pub(super) struct Inner {
     /// sweeps, which release on their own thread; at most
     /// [`spare_pool`] of them).
     pub(super) spares: Mutex<Vec<Arc<Conn>>>,
+    /// A test's hook run just before a new connection's original key is
+    /// published ([`Conntrack::before_publish`]).
+    #[cfg(test)]
+    pub(super) before_publish: Mutex<Option<TestHook>>,
 }
+
+/// See [`Inner::before_publish`].
+#[cfg(test)]
+pub(super) type TestHook = Arc<dyn Fn(&Conntrack) + Send + Sync>;
 
 /// How many pooled allocations a PMD takes at once (one pool lock per
 /// this many new connections; its own stash is then read from one hot
@@ -173,6 +181,8 @@ impl Conntrack {
                 created: CreationLog::default(),
                 changed: ChangeLog::default(),
                 spares: Mutex::new(Vec::new()),
+                #[cfg(test)]
+                before_publish: Mutex::new(None),
                 config,
                 services,
             }),
@@ -287,15 +297,17 @@ impl Conntrack {
     }
 
     /// Adds `n` (1 or -1) to the live counts `c` is part of (global,
-    /// zone, its endpoint's active connections).
+    /// zone, its endpoint's active connections). A removal (`c` already
+    /// marked dead) is recorded in the change log; a new connection is
+    /// recorded by [`Conntrack::published`], once its original key is in
+    /// the table.
     pub(super) fn count_in(&self, c: &Conn, n: isize) {
         let zone = &self.inner.zone_counts[usize::from(c.keys[0].zone)];
-        self.inner.changed.record(&c.keys[0]);
         if n > 0 {
-            self.inner.created.record(&c.keys[0]);
             self.inner.count.fetch_add(1, Ordering::Relaxed);
             zone.fetch_add(1, Ordering::Relaxed);
         } else {
+            self.inner.changed.record(&c.keys[0]);
             self.inner.count.fetch_sub(1, Ordering::Relaxed);
             zone.fetch_sub(1, Ordering::Relaxed);
         }
@@ -305,6 +317,24 @@ impl Conntrack {
             } else {
                 lb.stats.active.fetch_sub(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Records a new connection in the change and creation logs: called
+    /// once its original key is published (a taker that looks the key up
+    /// must find it, see [`ChangeLog`]).
+    pub(super) fn published(&self, c: &Conn) {
+        self.inner.changed.record(&c.keys[0]);
+        self.inner.created.record(&c.keys[0]);
+    }
+
+    /// Runs the hook a test set between a new connection's counts and the
+    /// publication of its original key (see `tests`).
+    #[cfg(test)]
+    pub(super) fn before_publish(&self) {
+        let hook = lock(&self.inner.before_publish).clone();
+        if let Some(h) = hook {
+            h(self);
         }
     }
 
@@ -516,8 +546,12 @@ impl CreationLog {
 const CHANGE_LOG_PARTS: usize = 64;
 
 /// Most keys a [`ChangeLog`] holds between two takes; past it the log
-/// gives up and the saver's next round scans the table instead.
-pub const CHANGE_LOG_MAX: usize = 1 << 20;
+/// gives up and the saver's next round scans the table instead. The
+/// queues are allocated when the log is first switched on (a sluiced with
+/// a `state_file`): 2^18 keys of 16 bytes, 6 MiB with the queues' stamps.
+pub const CHANGE_LOG_MAX: usize = 1 << 18;
+
+type ChangeQueue = crossbeam::queue::ArrayQueue<ConnKey>;
 
 /// The original keys of the connections created, killed (expired,
 /// evicted, flushed) or changed in a field a crash restore needs (a TCP
@@ -525,35 +559,54 @@ pub const CHANGE_LOG_MAX: usize = 1 << 20;
 /// path) since the last take, while on: what the state saver looks at in
 /// a round, so that its cost follows the changes instead of the table.
 /// A key may appear more than once, or for a change that was none. Off,
-/// it costs one relaxed load per event.
+/// it costs one relaxed load per event; on, one push onto a bounded
+/// lock-free queue (no lock, no allocation: the queues are allocated by
+/// the saver when it first switches the log on).
 ///
-/// Thread-safety: PMDs append under one of [`CHANGE_LOG_PARTS`] mutexes
-/// (by key hash); the saver thread switches it on and takes the keys.
-#[derive(Debug)]
+/// Ordering (what makes a round exact): a key is recorded *after* the
+/// change it names is visible in the table (a new connection once its
+/// original key is published, a killed one once it is marked dead, a
+/// locked-path change before the entry's lock is released), so a taker
+/// that looks a taken key up finds the change. A record before that
+/// would let a round look the key up too early, find nothing, and never
+/// look again (`tests::a_round_between_record_and_publish_…`).
+///
+/// Overflow: a push onto a full part sets `overflowed`; since only the
+/// taker pops, a part that overflowed before a take is still full when the
+/// take looks at it, so that take, or (for a push that fails while it
+/// drains) the next one, gives up and the round scans.
+///
+/// Switching on: a change made just as the log comes on may be neither
+/// recorded (its `on` load was early) nor seen by the scan that follows
+/// (its store late): the switch marks the log `fresh`, and the first scan
+/// after it passes each connection's entry lock before reading it (and
+/// holds each shard's lock to list it, as every scan does), which orders
+/// it after every change made under those locks, or that change after
+/// the switch, and so recorded.
+///
+/// Thread-safety: PMDs push onto one of [`CHANGE_LOG_PARTS`] bounded
+/// MPMC queues (`crossbeam::queue::ArrayQueue`, by key hash); the saver
+/// thread alone switches the log and takes (pops) the keys. A PMD waits
+/// for the saver only in the queue's own corner case: a part that is full
+/// while the saver is popping the very slot the push wraps onto.
+#[derive(Debug, Default)]
 pub struct ChangeLog {
     pub(super) on: AtomicBool,
-    /// Set when a part overflowed: the taker must scan.
+    /// Set when a push found its part full: the taker must scan.
     pub(super) overflowed: AtomicBool,
-    pub(super) parts: Box<[Mutex<Vec<ConnKey>>]>,
-}
-
-impl Default for ChangeLog {
-    fn default() -> ChangeLog {
-        ChangeLog {
-            on: AtomicBool::new(false),
-            overflowed: AtomicBool::new(false),
-            parts: (0..CHANGE_LOG_PARTS)
-                .map(|_| Mutex::new(Vec::new()))
-                .collect(),
-        }
-    }
+    /// Switched on since the last scan began (see [`ChangeLog::take_fresh`]).
+    fresh: AtomicBool,
+    /// Allocated by the first [`ChangeLog::switch`] on.
+    parts: std::sync::OnceLock<Box<[ChangeQueue]>>,
 }
 
 impl ChangeLog {
     /// Records a connection's original key (called by the table and the
-    /// locked hit path).
+    /// locked hit path, once the change is visible in the table).
     #[inline]
     pub(super) fn record(&self, k: &ConnKey) {
+        // The change is stored before `on` is read (see "Switching on").
+        std::sync::atomic::compiler_fence(Ordering::SeqCst);
         if self.on.load(Ordering::Relaxed) {
             self.push(k);
         }
@@ -561,37 +614,71 @@ impl ChangeLog {
 
     #[cold]
     fn push(&self, k: &ConnKey) {
-        let part = &self.parts[(key_hash(k) as usize) % CHANGE_LOG_PARTS];
-        let mut g = part.lock().unwrap_or_else(|e| e.into_inner());
-        if g.len() < CHANGE_LOG_MAX / CHANGE_LOG_PARTS {
-            g.push(*k);
-        } else {
-            self.overflowed.store(true, Ordering::Relaxed);
+        let Some(parts) = self.parts.get() else {
+            return;
+        };
+        let part = &parts[(key_hash(k) as usize) % CHANGE_LOG_PARTS];
+        if part.push(*k).is_err() {
+            self.overflowed.store(true, Ordering::SeqCst);
         }
     }
 
-    /// Switches the log on (emptied) or off.
-    pub(super) fn switch(&self, on: bool) {
-        self.on.store(false, Ordering::SeqCst);
-        for p in self.parts.iter() {
-            p.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    /// Pops what each part held when it was reached (keys pushed while it
+    /// drains stay for the next take); true when a part was full.
+    fn drain(&self, mut f: impl FnMut(ConnKey)) -> bool {
+        let mut full = false;
+        for p in self.parts.get().map_or(&[][..], |p| &p[..]) {
+            full |= p.is_full();
+            for _ in 0..p.len() {
+                match p.pop() {
+                    Some(k) => f(k),
+                    None => break,
+                }
+            }
         }
-        self.overflowed.store(false, Ordering::SeqCst);
-        self.on.store(on, Ordering::SeqCst);
+        full
+    }
+
+    /// Switches the log on (emptied) or off. Only the saver thread
+    /// switches and takes.
+    pub(super) fn switch(&self, on: bool) {
+        if !on {
+            self.on.store(false, Ordering::SeqCst);
+            self.drain(|_| {});
+            self.overflowed.store(false, Ordering::SeqCst);
+            return;
+        }
+        if !self.on.load(Ordering::SeqCst) {
+            self.parts.get_or_init(|| {
+                (0..CHANGE_LOG_PARTS)
+                    .map(|_| ChangeQueue::new(CHANGE_LOG_MAX / CHANGE_LOG_PARTS))
+                    .collect()
+            });
+            self.fresh.store(true, Ordering::SeqCst);
+            self.on.store(true, Ordering::SeqCst);
+        }
+        // Already on, it stays on (no change goes unrecorded meanwhile):
+        // what it holds is dropped, as the scan that follows finds it.
+        self.drain(|_| {});
+        self.overflowed.swap(false, Ordering::SeqCst);
+    }
+
+    /// True once after the log came on: the scan that follows must pass
+    /// each connection's entry lock (see "Switching on").
+    pub(super) fn take_fresh(&self) -> bool {
+        self.fresh.swap(false, Ordering::SeqCst)
     }
 
     /// The keys recorded since the last take (the log stays on); `None`
-    /// when it was off or overflowed (then the log restarts empty and only
-    /// a scan finds what changed).
+    /// when it was off or overflowed (then only a scan finds what
+    /// changed; [`ChangeLog::switch`] on empties it for the next round).
     pub(super) fn take(&self) -> Option<Vec<ConnKey>> {
         if !self.on.load(Ordering::SeqCst) {
             return None;
         }
         let mut out = Vec::new();
-        for p in self.parts.iter() {
-            out.append(&mut p.lock().unwrap_or_else(|e| e.into_inner()));
-        }
-        if self.overflowed.swap(false, Ordering::SeqCst) {
+        let full = self.drain(|k| out.push(k));
+        if self.overflowed.swap(false, Ordering::SeqCst) || full {
             return None;
         }
         Some(out)

@@ -83,7 +83,8 @@ fn commit_taken_over(held: &Held, peer: &handover::Peer) -> Result<(), DaemonErr
 }
 
 /// The flow a new flow-table datapath starts with, as a new OVS bridge:
-/// behave as a learning switch until programmed.
+/// behave as a learning switch until programmed (not after a crash
+/// restore that put connections back: [`state::hold_until_programmed`]).
 pub const DEFAULT_FLOW: &str = "table=0,priority=0 actions=normal";
 
 /// The EAL configuration of a daemon configuration.
@@ -397,8 +398,11 @@ impl Daemon {
         if let Some(p) = peer.as_mut() {
             let path = p.state_path.clone();
             p.restore(&path, &features.conntrack)?;
-        } else if let (Some(path), Some(_)) = (&cfg.datapath.state_file, &flows) {
+        } else if let (Some(path), Some(tables)) = (&cfg.datapath.state_file, &flows) {
             if let Some(r) = state::restore(std::path::Path::new(path), &features.conntrack) {
+                if r.restored.restored > 0 {
+                    state::hold_until_programmed(tables);
+                }
                 let mut rep = self.report.lock().unwrap_or_else(|e| e.into_inner());
                 rep.kind = sluice_api::handover::RestartKind::CrashRestore;
                 rep.duration_ms = r.took_ms;

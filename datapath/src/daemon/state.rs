@@ -6,7 +6,11 @@
 //! none; established ones keep their NAT, their endpoint and their TCP
 //! state. The Services' session-affinity entries are saved too; restored
 //! ones wait (with their lifetimes running) until their Service is
-//! programmed again, and the saver thread puts them back then.
+//! programmed again, and the saver thread puts them back then. A start
+//! that put connections back forwards nothing until it is programmed
+//! ([`hold_until_programmed`]: the learning-switch default flow would send
+//! an endpoint's packet of a restored NATed connection out untranslated,
+//! and the client's reset would end it).
 //!
 //! **Incremental.** The state file (`FILE`, the versioned format of
 //! `conntrack::state`) is a full snapshot, written only by a compaction;
@@ -241,6 +245,24 @@ pub fn restore(path: &Path, ct: &Conntrack) -> Option<CrashRestore> {
             })
             .collect(),
     })
+}
+
+/// Removes the learning-switch default flow ([`super::DEFAULT_FLOW`])
+/// from a new process that put connections back, before its PMDs forward:
+/// a miss then drops until the program is pushed again, as after a
+/// hand-over. With it, an endpoint's packet of a restored NATed connection
+/// (a retransmission of the segment whose acknowledgement the crash cut
+/// off) would be switched out untranslated, the client would answer it
+/// with a reset that reaches the endpoint, and the connection would die
+/// although its state was saved.
+pub fn hold_until_programmed(tables: &crate::flow::tables::FlowTables) {
+    // `DEFAULT_FLOW`'s match, strictly: that one rule.
+    match tables.del_flows("table=0,priority=0", true, clock_ns()) {
+        Ok(_) => tracing::info!(
+            "connections restored: no default flow, packets are dropped until the program is pushed again"
+        ),
+        Err(e) => tracing::warn!("cannot remove the default flow after a crash restore: {e}"),
+    }
 }
 
 /// Moves the state file and its journal aside; their new names.
@@ -830,6 +852,32 @@ mod tests {
         add(&ct, [2000]);
         inc.round(&ct, None).expect("third save");
         (dir, path, ct, before)
+    }
+
+    /// A process that put connections back holds its traffic until it is
+    /// programmed: the learning-switch default flow goes (a miss drops),
+    /// and nothing else does.
+    #[test]
+    fn a_crash_restore_removes_only_the_default_flow() {
+        use crate::flow::tables::FlowTables;
+        let t = FlowTables::new();
+        t.add_flow(crate::daemon::DEFAULT_FLOW, 0).expect("default");
+        t.add_flow("table=1,priority=0 actions=normal", 0)
+            .expect("another priority 0");
+        t.add_flow("table=0,priority=0,ip actions=drop", 0)
+            .expect("another match at priority 0");
+        hold_until_programmed(&t);
+        let left: Vec<String> = t
+            .dump_flows("", 0)
+            .expect("dump")
+            .lines()
+            .map(|l| l.split("idle_age=0, ").nth(1).unwrap_or(l).to_string())
+            .collect();
+        assert_eq!(
+            left,
+            ["priority=0,ip actions=drop", "priority=0 actions=NORMAL"]
+        );
+        assert!(t.dump_flows("table=1", 0).expect("dump").contains("NORMAL"));
     }
 
     /// After the first (full) save, a save writes only the connections
