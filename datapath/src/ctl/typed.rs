@@ -18,6 +18,7 @@
 use std::sync::Arc;
 
 use serde::Deserialize as _;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use sluice_api::{ApiError, FromArgs, Method, Render};
 
@@ -70,15 +71,34 @@ fn register_structured<M: Method>(
     name: &str,
     h: Handler<M>,
 ) -> Result<(), RegistryError> {
-    reg.register_method(
+    let run = move |request: Result<M::Request, ApiError>| {
+        let reply = h(request.map_err(|e| e.to_wire())?).map_err(|e| e.to_wire())?;
+        serde_json::to_value(reply)
+            .map_err(|e| ApiError::failed(format!("cannot encode the reply: {e}")).to_wire())
+    };
+    let run = Arc::new(run);
+    let r = run.clone();
+    reg.register_raw_method(
         name,
-        Arc::new(move |params: &Value| {
-            let request = parse_request::<M>(params).map_err(|e| e.to_wire())?;
-            let reply = h(request).map_err(|e| e.to_wire())?;
-            serde_json::to_value(reply)
-                .map_err(|e| ApiError::failed(format!("cannot encode the reply: {e}")).to_wire())
-        }),
+        Arc::new(move |raw: &RawValue| r(parse_raw_request::<M>(raw))),
+        Arc::new(move |params: &Value| run(parse_request::<M>(params))),
     )
+}
+
+/// Reads `M`'s request straight from the `params` text: an object is
+/// parsed by serde's visitors into the typed request (no [`Value`] tree,
+/// the cost of a large `node-commit`); anything else, and an object that
+/// does not parse, goes through [`parse_request`] on the decoded value,
+/// which words the error, so both paths give the same outcome.
+fn parse_raw_request<M: Method>(raw: &RawValue) -> Result<M::Request, ApiError> {
+    if raw.get().trim_start().starts_with('{') {
+        if let Ok(request) = serde_json::from_str::<M::Request>(raw.get()) {
+            return Ok(request);
+        }
+    }
+    let value: Value = serde_json::from_str(raw.get())
+        .map_err(|e| ApiError::invalid(format!("malformed JSON in request: {e}")))?;
+    parse_request::<M>(&value)
 }
 
 /// Serves the structured forms of the registry's built-ins, `version` and
