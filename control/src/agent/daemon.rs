@@ -854,7 +854,7 @@ fn rss_mib() -> u64 {
         .unwrap_or(0);
     // SAFETY: `sysconf` reads a constant of the system.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    pages * u64::try_from(page).unwrap_or(4096) >> 20
+    (pages * u64::try_from(page).unwrap_or(4096)) >> 20
 }
 
 /// A batch of at least this many row changes has its planning phases

@@ -206,4 +206,60 @@ mod tests {
         let e = dispatch(&r, "flush-conntrack", json!(["port=1"])).unwrap_err();
         assert!(e.contains("unknown argument"), "{e}");
     }
+
+    /// The server's path (params read from their text, never decoded)
+    /// gives what the decoded path gives, errors included.
+    #[test]
+    fn params_read_from_text_equal_the_decoded_path() {
+        let r = reg();
+        let ctx = DispatchContext { on_exit: &|| {} };
+        for params in [
+            json!({"zone": 3}),
+            json!({}),
+            json!([{"zone": 5}]),
+            json!({"zone": 0}),
+            json!({"zone": "x"}),
+            json!({"zone": 1, "bogus": 1}),
+            json!({"zone": 1, "zone": 2}),
+            json!([]),
+        ] {
+            let text = serde_json::to_string(&params).unwrap();
+            let raw = RawValue::from_string(text).unwrap();
+            let mut decoded = 0;
+            let mut charged = 0;
+            let got = r.dispatch_raw_charged(
+                "flush-conntrack",
+                Some(&raw),
+                &ctx,
+                &mut |raw| {
+                    decoded += 1;
+                    serde_json::from_str(raw.get()).map_err(|e| e.to_string())
+                },
+                &mut |_| {
+                    charged += 1;
+                    Ok(())
+                },
+            );
+            assert_eq!(
+                got,
+                dispatch(&r, "flush-conntrack", params.clone()),
+                "{params}"
+            );
+            if params.is_object() {
+                assert_eq!((decoded, charged), (0, 1), "{params}: read from the text");
+            }
+        }
+        // A refused charge is the reply.
+        let raw = RawValue::from_string("{\"zone\":3}".into()).unwrap();
+        let e = r
+            .dispatch_raw_charged(
+                "flush-conntrack",
+                Some(&raw),
+                &ctx,
+                &mut |_| Ok(Value::Null),
+                &mut |_| Err("out of memory".into()),
+            )
+            .unwrap_err();
+        assert_eq!(e, "out of memory\n");
+    }
 }
