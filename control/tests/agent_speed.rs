@@ -24,8 +24,9 @@
 //! Needs root (namespace, DPDK); `SLUICE_SPEED_SERVICES` and
 //! `SLUICE_SPEED_BIG` scale (a) and (b) down for a quick look
 //! (`SLUICE_SPEED_BIG=0` skips (b)); `SLUICE_SPEED_NESTDB` and
-//! `SLUICE_SPEED_AGENT` run other builds of `nestdb-server` and
-//! `sluice-agent` (e.g. older ones, for a before/after figure). (a) prints
+//! `SLUICE_SPEED_AGENT` and `SLUICE_SPEED_SLUICED` run other builds of
+//! `nestdb-server`, `sluice-agent` and `sluiced` (e.g. older ones, for a
+//! before/after figure). (a) prints
 //! the stages of the big transaction as the three processes log them:
 //! nestdb's parse, execute, stage, monitor update and fsync times, the
 //! agent's decoding of the update, typed rows, incremental compile and
@@ -398,6 +399,8 @@ fn commit_to_generation_in_force() {
     else {
         return;
     };
+    // Another sluiced build for a before/after figure.
+    let sluiced = std::env::var_os("SLUICE_SPEED_SLUICED").map_or(sluiced, PathBuf::from);
     let n_a = env_or("SLUICE_SPEED_SERVICES", 10_000);
     let n_b = env_or("SLUICE_SPEED_BIG", 100_000);
     let changes = env_or("SLUICE_SPEED_CHANGES", 1000);

@@ -18,6 +18,7 @@
 use std::sync::Arc;
 
 use serde::Deserialize as _;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use sluice_api::{ApiError, FromArgs, Method, Render};
 
@@ -70,15 +71,34 @@ fn register_structured<M: Method>(
     name: &str,
     h: Handler<M>,
 ) -> Result<(), RegistryError> {
-    reg.register_method(
+    let run = move |request: Result<M::Request, ApiError>| {
+        let reply = h(request.map_err(|e| e.to_wire())?).map_err(|e| e.to_wire())?;
+        serde_json::to_value(reply)
+            .map_err(|e| ApiError::failed(format!("cannot encode the reply: {e}")).to_wire())
+    };
+    let run = Arc::new(run);
+    let r = run.clone();
+    reg.register_raw_method(
         name,
-        Arc::new(move |params: &Value| {
-            let request = parse_request::<M>(params).map_err(|e| e.to_wire())?;
-            let reply = h(request).map_err(|e| e.to_wire())?;
-            serde_json::to_value(reply)
-                .map_err(|e| ApiError::failed(format!("cannot encode the reply: {e}")).to_wire())
-        }),
+        Arc::new(move |raw: &RawValue| r(parse_raw_request::<M>(raw))),
+        Arc::new(move |params: &Value| run(parse_request::<M>(params))),
     )
+}
+
+/// Reads `M`'s request straight from the `params` text: an object is
+/// parsed by serde's visitors into the typed request (no [`Value`] tree,
+/// the cost of a large `node-commit`); anything else, and an object that
+/// does not parse, goes through [`parse_request`] on the decoded value,
+/// which words the error, so both paths give the same outcome.
+fn parse_raw_request<M: Method>(raw: &RawValue) -> Result<M::Request, ApiError> {
+    if raw.get().trim_start().starts_with('{') {
+        if let Ok(request) = serde_json::from_str::<M::Request>(raw.get()) {
+            return Ok(request);
+        }
+    }
+    let value: Value = serde_json::from_str(raw.get())
+        .map_err(|e| ApiError::invalid(format!("malformed JSON in request: {e}")))?;
+    parse_request::<M>(&value)
 }
 
 /// Serves the structured forms of the registry's built-ins, `version` and
@@ -185,5 +205,61 @@ mod tests {
         assert_eq!(ApiError::from_wire(&e).code, ErrorCode::InvalidArgument);
         let e = dispatch(&r, "flush-conntrack", json!(["port=1"])).unwrap_err();
         assert!(e.contains("unknown argument"), "{e}");
+    }
+
+    /// The server's path (params read from their text, never decoded)
+    /// gives what the decoded path gives, errors included.
+    #[test]
+    fn params_read_from_text_equal_the_decoded_path() {
+        let r = reg();
+        let ctx = DispatchContext { on_exit: &|| {} };
+        for params in [
+            json!({"zone": 3}),
+            json!({}),
+            json!([{"zone": 5}]),
+            json!({"zone": 0}),
+            json!({"zone": "x"}),
+            json!({"zone": 1, "bogus": 1}),
+            json!({"zone": 1, "zone": 2}),
+            json!([]),
+        ] {
+            let text = serde_json::to_string(&params).unwrap();
+            let raw = RawValue::from_string(text).unwrap();
+            let mut decoded = 0;
+            let mut charged = 0;
+            let got = r.dispatch_raw_charged(
+                "flush-conntrack",
+                Some(&raw),
+                &ctx,
+                &mut |raw| {
+                    decoded += 1;
+                    serde_json::from_str(raw.get()).map_err(|e| e.to_string())
+                },
+                &mut |_| {
+                    charged += 1;
+                    Ok(())
+                },
+            );
+            assert_eq!(
+                got,
+                dispatch(&r, "flush-conntrack", params.clone()),
+                "{params}"
+            );
+            if params.is_object() {
+                assert_eq!((decoded, charged), (0, 1), "{params}: read from the text");
+            }
+        }
+        // A refused charge is the reply.
+        let raw = RawValue::from_string("{\"zone\":3}".into()).unwrap();
+        let e = r
+            .dispatch_raw_charged(
+                "flush-conntrack",
+                Some(&raw),
+                &ctx,
+                &mut |_| Ok(Value::Null),
+                &mut |_| Err("out of memory".into()),
+            )
+            .unwrap_err();
+        assert_eq!(e, "out of memory\n");
     }
 }

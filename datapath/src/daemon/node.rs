@@ -16,7 +16,9 @@
 //!    the ports (each added pod port's device opened and started, not yet
 //!    polled). The first item that does not check out fails the commit
 //!    with its name and why; the prepared parts are dropped (the devices
-//!    opened are closed) and nothing changed;
+//!    opened are closed) and nothing changed. A large commit reads its
+//!    flow texts on a helper thread while the committing thread builds
+//!    the Service table;
 //! 3. **publish** every part inside the PMD barrier
 //!    (`SharedPorts::barrier_with`): each PMD is parked at a burst
 //!    boundary while the prepared versions are stored, so no packet is
@@ -28,7 +30,9 @@
 //!    `pmd::PARK_PATIENCE` without the commit being published (this
 //!    thread descheduled, or stopped by the test hook) gives the attempt
 //!    up and forwards on, and the commit tries again;
-//! 4. after it: the ports' bookkeeping and the locks released (the
+//! 4. after it: the generation is in force (`node-status` shows it from
+//!    here, without waiting for the rest), the ports' bookkeeping and the
+//!    locks released (the
 //!    replaced port table freed), then wait until no PMD polls the
 //!    removed ports, close them, and flush the connections of removed
 //!    endpoints when the Service changes ask for it.
@@ -125,6 +129,10 @@ pub struct NodeState {
     held: Mutex<Held>,
     instance_id: String,
     started: Instant,
+    /// The generation in force: stored as soon as a commit is published
+    /// (before the held program is brought up to date, under the lock), so
+    /// `node-status` neither waits for a commit nor lags behind the PMDs.
+    in_force: std::sync::atomic::AtomicU64,
     /// The indexer thread's queue: programs whose changed tables need
     /// their specialised indexes built (see [`spawn_indexer`]).
     indexer: mpsc::Sender<Arc<FlowProgram>>,
@@ -175,6 +183,7 @@ impl NodeState {
             held: Mutex::new(Held::default()),
             instance_id: uuid::Uuid::new_v4().to_string(),
             started: Instant::now(),
+            in_force: std::sync::atomic::AtomicU64::new(0),
             indexer: spawn_indexer(),
         }
     }
@@ -185,7 +194,7 @@ impl NodeState {
 
     /// `node-status`.
     pub fn status(&self) -> NodeStatus {
-        let generation = self.lock().generation;
+        let generation = self.in_force.load(std::sync::atomic::Ordering::Acquire);
         NodeStatus {
             generation,
             instance_id: self.instance_id.clone(),
@@ -350,42 +359,37 @@ impl NodeState {
                 );
             }
         });
-        // 6. Flows and groups, one bundle; the first commit replaces the
-        // start-up program.
-        let mut mods: Vec<FlowMod> = Vec::new();
-        // What each mod came from, named only if it fails (a big commit
-        // carries 100k operations: no text is made for the others).
-        let mut item_of: Vec<ModSource> = Vec::new();
-        if held.generation == 0 {
-            mods.push(FlowMod::Delete {
-                filter: crate::flow::program::FlowFilter::default(),
-                strict: false,
-            });
-            item_of.push(ModSource::StartUp);
-        }
-        for g in &c.groups_set {
-            let m = crate::flow::text::parse_group(&g.text()).map_err(|e| {
-                item_error(
-                    ErrorCode::InvalidArgument,
-                    &CommitItem::Group(g.id),
-                    &e.to_string(),
-                )
-            })?;
-            mods.push(FlowMod::AddGroup(m));
-            item_of.push(ModSource::Group(g.id));
-        }
-        mods.reserve(c.flow_ops.len());
-        item_of.reserve(c.flow_ops.len());
-        for (i, op) in c.flow_ops.iter().enumerate() {
-            let m = crate::flow::commands::flow_mod(i, op)
-                .map_err(|e| item_error(e.code, &CommitItem::FlowOp(i, op_text(op)), &e.message))?;
-            mods.push(m);
-            item_of.push(ModSource::FlowOp(i));
-        }
-        for id in &c.groups_removed {
-            mods.push(FlowMod::DeleteGroup(*id));
-            item_of.push(ModSource::Group(*id));
-        }
+        // 6. Flows and groups, one bundle (the first commit replaces the
+        // start-up program), and 7. Services (with the new settings). A
+        // large commit reads its flow texts on a helper thread while this
+        // one builds the Service table (the two read only the request).
+        let first = held.generation == 0;
+        let big = c.flow_ops.len() + c.services.upsert.len() >= PARALLEL_PREPARE;
+        let (mods, services_staged) = if big {
+            std::thread::scope(|scope| {
+                let parse = std::thread::Builder::new()
+                    .name("sluice-commit".into())
+                    .spawn_scoped(scope, || flow_mods(c, first));
+                let svc = p.services.stage(&c.services, svc_config.clone());
+                let mods = match parse {
+                    Ok(h) => h.join().unwrap_or_else(|_| {
+                        Err(ApiError::failed(
+                            "node-commit refused: reading the flow operations failed (a bug: see the sluiced log); nothing was applied",
+                        ))
+                    }),
+                    // No thread: read them here.
+                    Err(_) => flow_mods(c, first),
+                };
+                (mods, svc)
+            })
+        } else {
+            (
+                flow_mods(c, first),
+                p.services.stage(&c.services, svc_config.clone()),
+            )
+        };
+        // Errors in the order the parts are listed: flows first.
+        let (mods, item_of) = mods?;
         let staged_flows = flows.stage(&mods, now).map_err(|e| {
             let item = match item_of.get(e.index) {
                 Some(ModSource::StartUp) => CommitItem::FlowOp(0, "(the start-up program)".into()),
@@ -399,21 +403,17 @@ impl NodeState {
             item_error(ErrorCode::InvalidArgument, &item, &e.error.to_string())
         })?;
         let t_flows = Instant::now();
-        // 7. Services (with the new settings).
-        let staged_services = p
-            .services
-            .stage(&c.services, svc_config.clone())
-            .map_err(|e| {
-                let name = match &e {
-                    crate::service::ServiceError::FrontendConflict { b, .. } => b.clone(),
-                    other => service_error_name(other),
-                };
-                item_error(
-                    ErrorCode::InvalidArgument,
-                    &CommitItem::Service(name),
-                    &e.to_string(),
-                )
-            })?;
+        let staged_services = services_staged.map_err(|e| {
+            let name = match &e {
+                crate::service::ServiceError::FrontendConflict { b, .. } => b.clone(),
+                other => service_error_name(other),
+            };
+            item_error(
+                ErrorCode::InvalidArgument,
+                &CommitItem::Service(name),
+                &e.to_string(),
+            )
+        })?;
 
         // Publish everything at once: what the barrier needs is ready (the
         // port table built, its locks taken); inside it, only pointer
@@ -464,6 +464,10 @@ impl NodeState {
         // `port_stage` dropped unpublished on the error above closes the
         // devices it opened (and `ports_pub`, dropped, changed nothing).
         let t_lowered = Instant::now();
+        // In force from here on (node-program still waits for the held
+        // program, under the lock).
+        self.in_force
+            .store(c.generation, std::sync::atomic::Ordering::Release);
         let ((_flows, services), attempts) = published;
         ports_pub.finish(&mut port_stage);
         let t_published = Instant::now();
@@ -511,7 +515,7 @@ impl NodeState {
         tracing::info!(
             prepare_ms = format!("{:.2}", ms(t_start, t_prepared)),
             prepare_parts_ms = format!(
-                "ports {:.2}, flows {:.2}, services {:.2}",
+                "ports {:.2}, flows and services {:.2}, rest {:.2}",
                 ms(t_start, t_ports),
                 ms(t_ports, t_flows),
                 ms(t_flows, t_prepared)
@@ -654,6 +658,63 @@ fn service_error_name(e: &crate::service::ServiceError) -> String {
     }
 }
 
+/// A commit with at least this many flow operations and Service upserts
+/// prepares its flows and its Services on two threads.
+const PARALLEL_PREPARE: usize = 2048;
+
+/// A commit's flow bundle: the delete of the start-up program on the
+/// `first` commit, the groups set, the flow operations, the groups
+/// removed; and where each mod came from.
+fn flow_mods(c: &NodeChanges, first: bool) -> Result<(Vec<FlowMod>, Vec<ModSource>), ApiError> {
+    let n = c.groups_set.len() + c.flow_ops.len() + c.groups_removed.len() + 1;
+    let mut mods: Vec<FlowMod> = Vec::with_capacity(n);
+    // What each mod came from, named only if it fails (a big commit
+    // carries 100k operations: no text is made for the others).
+    let mut item_of: Vec<ModSource> = Vec::with_capacity(n);
+    if first {
+        mods.push(FlowMod::Delete {
+            filter: crate::flow::program::FlowFilter::default(),
+            strict: false,
+        });
+        item_of.push(ModSource::StartUp);
+    }
+    for g in &c.groups_set {
+        let m = crate::flow::text::parse_group(&g.text()).map_err(|e| {
+            item_error(
+                ErrorCode::InvalidArgument,
+                &CommitItem::Group(g.id),
+                &e.to_string(),
+            )
+        })?;
+        mods.push(FlowMod::AddGroup(m));
+        item_of.push(ModSource::Group(g.id));
+    }
+    for (i, op) in c.flow_ops.iter().enumerate() {
+        let m = crate::flow::commands::flow_mod(i, op)
+            .map_err(|e| item_error(e.code, &CommitItem::FlowOp(i, op_text(op)), &e.message))?;
+        mods.push(m);
+        item_of.push(ModSource::FlowOp(i));
+    }
+    for id in &c.groups_removed {
+        mods.push(FlowMod::DeleteGroup(*id));
+        item_of.push(ModSource::Group(*id));
+    }
+    Ok((mods, item_of))
+}
+
+/// Drops a large request on a thread of its own (freeing 100k flow texts
+/// and Service specs takes a while), so the reply does not wait for it;
+/// a small one, or when no thread can be made, here.
+fn drop_later(c: NodeChanges) {
+    if c.flow_ops.len() + c.services.upsert.len() < PARALLEL_PREPARE {
+        return;
+    }
+    // Without a thread, the closure (and `c` with it) is dropped here.
+    let _ = std::thread::Builder::new()
+        .name("sluice-commit-free".into())
+        .spawn(move || drop(c));
+}
+
 /// Where one flow mod of a commit's bundle came from.
 #[derive(Debug, Clone, Copy)]
 enum ModSource {
@@ -689,7 +750,11 @@ pub fn register(
 ) -> Result<(), crate::ctl::RegistryError> {
     use crate::ctl::typed::register;
     let s = state.clone();
-    register::<api::NodeCommit>(registry, move |c| s.commit(&c))?;
+    register::<api::NodeCommit>(registry, move |c| {
+        let r = s.commit(&c);
+        drop_later(c);
+        r
+    })?;
     let s = state.clone();
     register::<api::QueryNodeStatus>(registry, move |_| Ok(s.status()))?;
     register::<api::QueryNodeProgram>(registry, move |_| Ok(state.program()))?;

@@ -186,14 +186,29 @@ impl Client {
     /// is not an `M::Reply`; other variants if the server could not be
     /// asked.
     pub fn call<M: Method>(&mut self, request: &M::Request) -> Result<M::Reply, ClientError> {
-        let params = serde_json::to_value(request)
+        let id = self.next_id;
+        let frame = encode_request(id, M::NAME, request)
             .map_err(|e| self.protocol(format!("cannot encode the {} request: {e}", M::NAME)))?;
-        let params = match params {
-            // A request with no fields is `{}`: the structured form.
-            Value::Null => json!({}),
-            p => p,
-        };
-        let result = self.transact(M::NAME, params)?;
+        let result = self.transact_frame(id, frame)?;
+        M::Reply::deserialize(&result).map_err(|e| {
+            self.protocol(format!(
+                "the reply to {} is not what this client expects ({e}); are sluicectl and sluiced the same version?",
+                M::NAME
+            ))
+        })
+    }
+
+    /// Calls method `M` with a request already serialized as JSON text
+    /// (`params`, e.g. the parts [`encode_params`] wrote): the text goes
+    /// into the request frame as it is, so a large request is encoded only
+    /// once. The text must be one JSON object or array.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub fn call_encoded<M: Method>(&mut self, params: &[u8]) -> Result<M::Reply, ClientError> {
+        let id = self.next_id;
+        let frame = request_frame(id, M::NAME, params);
+        let result = self.transact_frame(id, frame)?;
         M::Reply::deserialize(&result).map_err(|e| {
             self.protocol(format!(
                 "the reply to {} is not what this client expects ({e}); are sluicectl and sluiced the same version?",
@@ -265,10 +280,22 @@ impl Client {
     }
 
     fn transact(&mut self, method: &str, params: Value) -> Result<Value, ClientError> {
+        let id = self.next_id;
+        let request = Message::Request {
+            method: method.to_owned(),
+            params,
+            id: json!(id),
+        };
+        self.transact_frame(id, request.to_bytes())
+    }
+
+    /// Sends `frame` (a whole request whose id is `id`, the next one) and
+    /// reads its reply.
+    fn transact_frame(&mut self, id: u64, frame: Vec<u8>) -> Result<Value, ClientError> {
         if self.broken {
             self.reconnect()?;
         }
-        let outcome = self.exchange(method, params);
+        let outcome = self.exchange(id, &frame);
         // After anything but a clean reply the stream may hold a partial or
         // late reply, or be closed: never reuse it.
         if let Err(e) = &outcome {
@@ -279,16 +306,10 @@ impl Client {
         outcome
     }
 
-    fn exchange(&mut self, method: &str, params: Value) -> Result<Value, ClientError> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let request = Message::Request {
-            method: method.to_owned(),
-            params,
-            id: json!(id),
-        };
+    fn exchange(&mut self, id: u64, frame: &[u8]) -> Result<Value, ClientError> {
+        self.next_id = id + 1;
         self.writer
-            .write_all(&request.to_bytes())
+            .write_all(frame)
             .map_err(|source| self.io_error(source))?;
 
         let reply = match self.framer.read_value(&mut self.reader) {
@@ -334,6 +355,64 @@ impl Client {
             },
         }
     }
+}
+
+/// `request` as the `params` of a request: its compact JSON, written
+/// straight from the typed value (no [`Value`] tree), with a request that
+/// has no fields (JSON `null`) written as `{}`, the structured form.
+///
+/// # Errors
+/// The request cannot be serialized as JSON (a map with non-string keys).
+pub fn encode_params<T: serde::Serialize>(request: &T) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = Vec::new();
+    serde_json::to_writer(&mut out, request)?;
+    if out == b"null" {
+        out = b"{}".to_vec();
+    }
+    Ok(out)
+}
+
+/// The request frame `{"id":ID,"method":METHOD,"params":PARAMS}` around
+/// `params`, already JSON text.
+pub fn request_frame(id: u64, method: &str, params: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(params.len() + method.len() + 40);
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(id.to_string().as_bytes());
+    out.extend_from_slice(b",\"method\":");
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, method);
+    out.extend_from_slice(b",\"params\":");
+    out.extend_from_slice(params);
+    out.push(b'}');
+    out
+}
+
+/// The whole request frame of `request` for `method`, serialized once
+/// straight into the frame buffer: the same JSON (as a value) as
+/// `Message::Request` of `serde_json::to_value(request)`, which the
+/// structured dispatch of `sluiced` reads (checked by a proptest).
+///
+/// # Errors
+/// As [`encode_params`].
+pub fn encode_request<T: serde::Serialize>(
+    id: u64,
+    method: &str,
+    request: &T,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(id.to_string().as_bytes());
+    out.extend_from_slice(b",\"method\":");
+    serde_json::to_writer(&mut out, method)?;
+    out.extend_from_slice(b",\"params\":");
+    let at = out.len();
+    serde_json::to_writer(&mut out, request)?;
+    if &out[at..] == b"null" {
+        out.truncate(at);
+        out.extend_from_slice(b"{}");
+    }
+    out.push(b'}');
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -38,6 +38,12 @@ pub type CommandHandler = Arc<dyn Fn(&[String]) -> Result<String, String> + Send
 /// any JSON result or an error text.
 pub type MethodHandler = Arc<dyn Fn(&Value) -> Result<Value, String> + Send + Sync>;
 
+/// A structured method that reads `params` straight from its JSON text
+/// (typed values parsed by serde visitors, no [`Value`] tree): registered
+/// with [`Registry::register_raw_method`] next to the [`MethodHandler`]
+/// that gives the same result from the decoded value.
+pub type RawMethodHandler = Arc<dyn Fn(&RawValue) -> Result<Value, String> + Send + Sync>;
+
 /// Why a registration was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
@@ -85,6 +91,8 @@ struct Command {
 struct Table {
     commands: BTreeMap<String, Command>,
     methods: BTreeMap<String, MethodHandler>,
+    /// Methods that also read their params from the text.
+    raw_methods: BTreeMap<String, RawMethodHandler>,
 }
 
 /// The shared command table. Clone it freely: all clones see the same table.
@@ -206,6 +214,24 @@ impl Registry {
         Ok(())
     }
 
+    /// Registers the structured method `name` twice over: `raw` reads the
+    /// request's `params` text (what the server calls), `decoded` the same
+    /// request as a [`Value`] ([`Registry::dispatch`]); both must give the
+    /// same outcome.
+    ///
+    /// # Errors
+    /// As [`Registry::register_method`].
+    pub fn register_raw_method(
+        &self,
+        name: &str,
+        raw: RawMethodHandler,
+        decoded: MethodHandler,
+    ) -> Result<(), RegistryError> {
+        self.register_method(name, decoded)?;
+        self.write().raw_methods.insert(name.to_owned(), raw);
+        Ok(())
+    }
+
     /// Removes the command and the method called `name`, for a feature that
     /// shuts down. Returns whether anything was removed. Requests already
     /// running finish normally.
@@ -213,6 +239,7 @@ impl Registry {
         let mut table = self.write();
         let command = table.commands.remove(name).is_some();
         let method = table.methods.remove(name).is_some();
+        table.raw_methods.remove(name);
         command || method
     }
 
@@ -320,11 +347,27 @@ impl Registry {
         ctx: &DispatchContext<'_>,
         decode: &mut dyn FnMut(&RawValue) -> Result<Value, String>,
     ) -> Result<Value, String> {
-        let (command, handler) = {
+        self.dispatch_raw_charged(method, params, ctx, decode, &mut |_| Ok(()))
+    }
+
+    /// [`Registry::dispatch_raw`], where a method registered with
+    /// [`Registry::register_raw_method`] reads its params from the text
+    /// after `charge` accepted them (it may refuse, e.g. for lack of memory,
+    /// with the error text to reply), and `decode` is not called for it.
+    pub fn dispatch_raw_charged(
+        &self,
+        method: &str,
+        params: Option<&RawValue>,
+        ctx: &DispatchContext<'_>,
+        decode: &mut dyn FnMut(&RawValue) -> Result<Value, String>,
+        charge: &mut dyn FnMut(&RawValue) -> Result<(), String>,
+    ) -> Result<Value, String> {
+        let (command, handler, raw_handler) = {
             let table = self.read();
             (
                 table.commands.get(method).cloned(),
                 table.methods.get(method).cloned(),
+                table.raw_methods.get(method).cloned(),
             )
         };
         let kind = params.map_or(b'[', |raw| {
@@ -344,6 +387,10 @@ impl Registry {
                     .map(Value::String)
             }
             (b'[' | b'{', _, Some(handler)) => {
+                if let (Some(raw), Some(raw_handler)) = (params, raw_handler) {
+                    charge(raw).map_err(terminate)?;
+                    return raw_handler(raw);
+                }
                 let value = match params {
                     None => Value::Array(Vec::new()),
                     Some(raw) => decode(raw).map_err(terminate)?,

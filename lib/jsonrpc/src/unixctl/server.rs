@@ -592,8 +592,13 @@ fn dispatch_guarded(
     params: Option<&serde_json::value::RawValue>,
     ctx: &DispatchContext<'_>,
     decode: &mut dyn FnMut(&serde_json::value::RawValue) -> Result<Value, String>,
+    charge: &mut dyn FnMut(&serde_json::value::RawValue) -> Result<(), String>,
 ) -> Result<Value, String> {
-    let run = || shared.registry.dispatch_raw(method, params, ctx, decode);
+    let run = || {
+        shared
+            .registry
+            .dispatch_raw_charged(method, params, ctx, decode, charge)
+    };
     match panic::catch_unwind(AssertUnwindSafe(run)) {
         Ok(outcome) => outcome,
         Err(_) => {
@@ -727,17 +732,22 @@ fn handle_frame(
         }
     };
     // Held until the decoded values are dropped, after the handler ran.
-    let mut charges: Vec<Charge> = Vec::new();
-    let mut decode = |raw: &serde_json::value::RawValue| -> Result<Value, String> {
+    let charges: std::cell::RefCell<Vec<Charge>> = Default::default();
+    // What decoding `raw` may take, charged to the budget (a method that
+    // reads its params from the text, without a value tree, is charged
+    // the same estimate: an upper bound of what it builds).
+    let charge = |raw: &serde_json::value::RawValue| -> Result<(), String> {
         let estimate = decoded_size_estimate(raw.get().as_bytes());
         let charge = shared.budget.try_charge(estimate).map_err(|e| {
             tracing::warn!(error = %e, "control request refused for lack of memory");
             e.to_string()
         })?;
-        let value = serde_json::from_str(raw.get())
-            .map_err(|e| format!("malformed JSON in request: {e}"))?;
-        charges.push(charge);
-        Ok(value)
+        charges.borrow_mut().push(charge);
+        Ok(())
+    };
+    let mut decode = |raw: &serde_json::value::RawValue| -> Result<Value, String> {
+        charge(raw)?;
+        serde_json::from_str(raw.get()).map_err(|e| format!("malformed JSON in request: {e}"))
     };
     let request = match raw.validate(&mut decode) {
         Ok(request) => request,
@@ -746,8 +756,14 @@ fn handle_frame(
     match admission {
         Admission::Denied(message) => (request.id, Err(message.clone())),
         Admission::Allowed => {
-            let outcome =
-                dispatch_guarded(shared, &request.method, request.params, ctx, &mut decode);
+            let outcome = dispatch_guarded(
+                shared,
+                &request.method,
+                request.params,
+                ctx,
+                &mut decode,
+                &mut |raw| charge(raw),
+            );
             (request.id, outcome)
         }
     }
