@@ -30,8 +30,10 @@
 //!    `pmd::PARK_PATIENCE` without the commit being published (this
 //!    thread descheduled, or stopped by the test hook) gives the attempt
 //!    up and forwards on, and the commit tries again;
-//! 4. after it: the generation is in force (`node-status` shows it from
-//!    here, without waiting for the rest), the ports' bookkeeping and the
+//! 4. the generation is in force from the barrier's first store, made
+//!    before the ports are published (`node-status` shows it from there,
+//!    without waiting for the rest, and never shows a commit's ports with
+//!    an older generation); after the barrier: the ports' bookkeeping and the
 //!    locks released (the
 //!    replaced port table freed), then wait until no PMD polls the
 //!    removed ports, close them, and flush the connections of removed
@@ -194,25 +196,29 @@ impl NodeState {
 
     /// `node-status`.
     pub fn status(&self) -> NodeStatus {
+        // The ports first, then the generation: a commit stores its
+        // generation before it publishes its ports, so ports of commit N
+        // come with a generation of at least N.
+        let ports = self
+            .parts
+            .ports
+            .list()
+            .into_iter()
+            .map(|s| {
+                let status = PortStatus {
+                    ofport: s.ofport,
+                    up: crate::port::Port::link(&s.handle).up,
+                    forwarding: !s.pmds.is_empty(),
+                };
+                (s.name, status)
+            })
+            .collect();
         let generation = self.in_force.load(std::sync::atomic::Ordering::Acquire);
         NodeStatus {
             generation,
             instance_id: self.instance_id.clone(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
-            ports: self
-                .parts
-                .ports
-                .list()
-                .into_iter()
-                .map(|s| {
-                    let status = PortStatus {
-                        ofport: s.ofport,
-                        up: crate::port::Port::link(&s.handle).up,
-                        forwarding: !s.pmds.is_empty(),
-                    };
-                    (s.name, status)
-                })
-                .collect(),
+            ports,
         }
     }
 
@@ -434,6 +440,14 @@ impl NodeState {
                 || test_pause(&self.instance_id, "parked"),
                 || {
                     t_parked = Instant::now();
+                    // In force from here on: stored before anything is
+                    // published, so a `node-status` that sees any of this
+                    // commit (its ports) sees its generation too
+                    // (node-program still waits for the held program,
+                    // under the lock). This closure runs only once the
+                    // barrier is won: it cannot be undone.
+                    self.in_force
+                        .store(c.generation, std::sync::atomic::Ordering::Release);
                     ports_pub.publish();
                     marks[0] = Instant::now();
                     let flows = staged_flows.publish();
@@ -464,10 +478,6 @@ impl NodeState {
         // `port_stage` dropped unpublished on the error above closes the
         // devices it opened (and `ports_pub`, dropped, changed nothing).
         let t_lowered = Instant::now();
-        // In force from here on (node-program still waits for the held
-        // program, under the lock).
-        self.in_force
-            .store(c.generation, std::sync::atomic::Ordering::Release);
         let ((_flows, services), attempts) = published;
         ports_pub.finish(&mut port_stage);
         let t_published = Instant::now();
