@@ -1876,31 +1876,9 @@ mod tests {
                 tb.replace_flows(&text, 0).expect("program");
                 let mut a = FlowPipeline::new(ta.clone(), config.clone());
                 let mut b = FlowPipeline::new(tb.clone(), config);
-                let (mut oa, mut ob) = (Output::new(8), Output::new(8));
-                let (mut sent_a, mut sent_b) = (vec![Vec::new(); 8], vec![Vec::new(); 8]);
-                let collect = |o: &mut Output<HeapBuf>, sent: &mut Vec<Vec<Vec<u8>>>| {
-                    o.flush(|port, q| {
-                        for pkt in q.drain(..) {
-                            sent[usize::from(port.0)].push(pkt.data().to_vec());
-                        }
-                    });
-                };
                 // Bursts of consecutive frames from one port, up to 32.
-                let mut i = 0;
-                while i < frames.len() {
-                    let port = frames[i].0;
-                    let mut burst = Burst::new(PortNo(port));
-                    while i < frames.len() && frames[i].0 == port && burst.pkts.len() < 32 {
-                        burst.pkts.push(HeapBuf::from_frame(&frames[i].1));
-                        let mut one = Burst::new(PortNo(port));
-                        one.pkts.push(HeapBuf::from_frame(&frames[i].1));
-                        b.process(7, &mut one, &mut ob);
-                        collect(&mut ob, &mut sent_b);
-                        i += 1;
-                    }
-                    a.process(7, &mut burst, &mut oa);
-                    collect(&mut oa, &mut sent_a);
-                }
+                let (sent_a, sent_b, oa, ob) =
+                    crate::pipeline::bursts_and_one_frame_bursts(&mut a, &mut b, &frames, 8);
                 prop_assert_eq!(&sent_a, &sent_b);
                 prop_assert_eq!(oa.drops.nonzero(), ob.drops.nonzero());
                 // Rules of equal priority print in no fixed order.

@@ -43,3 +43,56 @@ pub trait Pipeline<B: PacketBuf>: Send {
         String::from("(this pipeline keeps no flow cache)\n")
     }
 }
+
+/// Sent frames, per port, then each port's frames in order.
+#[cfg(test)]
+pub(crate) type SentFrames = Vec<Vec<Vec<u8>>>;
+
+/// The burst-equivalence harness of the pipelines' proptests: feeds
+/// `frames` (in-port, bytes) to `a` in bursts of consecutive frames from
+/// one port (up to 32) and, frame by frame, to `b` in bursts of one, at
+/// time 7, both with `ports` output ports. Returns what each pipeline sent
+/// (per port, in order) and its `Output` (for its drop counters).
+#[cfg(test)]
+pub(crate) fn bursts_and_one_frame_bursts<A, B>(
+    a: &mut A,
+    b: &mut B,
+    frames: &[(u16, Vec<u8>)],
+    ports: usize,
+) -> (
+    SentFrames,
+    SentFrames,
+    Output<crate::packet::HeapBuf>,
+    Output<crate::packet::HeapBuf>,
+)
+where
+    A: Pipeline<crate::packet::HeapBuf>,
+    B: Pipeline<crate::packet::HeapBuf>,
+{
+    use crate::packet::HeapBuf;
+    let (mut oa, mut ob) = (Output::new(ports), Output::new(ports));
+    let (mut sent_a, mut sent_b) = (vec![Vec::new(); ports], vec![Vec::new(); ports]);
+    let collect = |o: &mut Output<HeapBuf>, sent: &mut SentFrames| {
+        o.flush(|port, q| {
+            for pkt in q.drain(..) {
+                sent[usize::from(port.0)].push(pkt.data().to_vec());
+            }
+        });
+    };
+    let mut i = 0;
+    while i < frames.len() {
+        let port = frames[i].0;
+        let mut burst = Burst::new(PortNo(port));
+        while i < frames.len() && frames[i].0 == port && burst.pkts.len() < 32 {
+            burst.pkts.push(HeapBuf::from_frame(&frames[i].1));
+            let mut one = Burst::new(PortNo(port));
+            one.pkts.push(HeapBuf::from_frame(&frames[i].1));
+            b.process(7, &mut one, &mut ob);
+            collect(&mut ob, &mut sent_b);
+            i += 1;
+        }
+        a.process(7, &mut burst, &mut oa);
+        collect(&mut oa, &mut sent_a);
+    }
+    (sent_a, sent_b, oa, ob)
+}

@@ -1150,30 +1150,8 @@ table=0,priority=0,actions=drop";
         };
         let (ta, tb) = (tunnels(config()), tunnels(config()));
         let ((fa, mut a), (fb, mut b)) = (pipeline(&ta), pipeline(&tb));
-        let (mut oa, mut ob) = (Output::new(4), Output::new(4));
-        let (mut sent_a, mut sent_b) = (vec![Vec::new(); 4], vec![Vec::new(); 4]);
-        let collect = |o: &mut Output<HeapBuf>, sent: &mut Vec<Vec<Vec<u8>>>| {
-            o.flush(|port, q| {
-                for pkt in q.drain(..) {
-                    sent[usize::from(port.0)].push(pkt.data().to_vec());
-                }
-            });
-        };
-        let mut i = 0;
-        while i < frames.len() {
-            let port = frames[i].0;
-            let mut burst = Burst::new(PortNo(port));
-            while i < frames.len() && frames[i].0 == port && burst.pkts.len() < 32 {
-                burst.pkts.push(HeapBuf::from_frame(&frames[i].1));
-                let mut one = Burst::new(PortNo(port));
-                one.pkts.push(HeapBuf::from_frame(&frames[i].1));
-                b.process(7, &mut one, &mut ob);
-                collect(&mut ob, &mut sent_b);
-                i += 1;
-            }
-            a.process(7, &mut burst, &mut oa);
-            collect(&mut oa, &mut sent_a);
-        }
+        let (sent_a, sent_b, oa, ob) =
+            crate::pipeline::bursts_and_one_frame_bursts(&mut a, &mut b, &frames, 4);
         prop_assert_eq!(&sent_a, &sent_b);
         prop_assert_eq!(oa.drops.nonzero(), ob.drops.nonzero());
         let dump = |t: &FlowTables| t.dump_flows("", 9).expect("dump");
