@@ -35,7 +35,6 @@
 //! Thread-safety: pure over a shared `&FlowProgram` (any thread); the
 //! counters are the rules' own atomics.
 
-use std::sync::Arc;
 
 use crate::drop::DropReason;
 use crate::flow::action::{rewrite, Action, DpAction};
@@ -44,8 +43,7 @@ use crate::flow::program::{FlowProgram, Rule, RuleStats};
 use crate::packet::{Output, PacketBuf, PortNo, BURST_SIZE};
 use crate::time::Nanos;
 
-use super::prefetch;
-use super::special::{self, SpecialTable};
+use super::special::{self, Probe, SpecialTable};
 
 /// Most tables one packet's direct walk may visit (then: generic).
 pub const MAX_TABLES: usize = 4;
@@ -295,6 +293,7 @@ fn walk<'p>(
 #[derive(Debug, Default)]
 pub struct Scratch {
     keys: Vec<(FlowKey, Layout)>,
+    probes: Vec<Probe>,
 }
 
 /// The direct stage over a burst from `in_port`: parses every packet,
@@ -314,14 +313,28 @@ pub fn run_burst<B: PacketBuf>(
     let Some(s0) = index_of(prog, 0) else {
         return 0;
     };
-    // Stage one: parse.
+    // Stage one: parse, hash for table 0's index and prefetch the slots.
     let keys = &mut scratch.keys;
+    let probes = &mut scratch.probes;
     keys.clear();
+    probes.clear();
     for pkt in pkts.iter() {
         keys.push((FlowKey::ZERO, Layout::default()));
+        let mut p = Probe::default();
         if let Some(q) = keys.last_mut().filter(|_| pkt.len() >= 14) {
             q.1 = extract_into(pkt.data(), in_port, &mut q.0);
+            p = s0.probe(&q.0);
         }
+        probes.push(p);
+    }
+    // Then, each over the whole burst, the rules the slots point to, and
+    // what those rules' compare and execution read (a bulk lookup: every
+    // level's cache misses overlap across the burst).
+    for &p in probes.iter() {
+        s0.prefetch_rule(p);
+    }
+    for &p in probes.iter() {
+        s0.prefetch_rule_data(p);
     }
     // Stage two: table 0, the whole burst. A packet equal to the last one
     // looked up on the index's mask words gets its answer without a
@@ -329,7 +342,12 @@ pub fn run_burst<B: PacketBuf>(
     let mut first: [Option<&Rule>; BURST_SIZE] = [None; BURST_SIZE];
     let (mask, words) = (s0.mask(), s0.mask_words());
     let mut last: Option<(&FlowKey, &Rule)> = None;
-    for ((f, (k, _)), pkt) in first.iter_mut().zip(keys.iter()).zip(pkts.iter()) {
+    for (((f, (k, _)), pkt), &p) in first
+        .iter_mut()
+        .zip(keys.iter())
+        .zip(pkts.iter())
+        .zip(probes.iter())
+    {
         if pkt.len() < 14 {
             continue;
         }
@@ -341,10 +359,8 @@ pub fn run_burst<B: PacketBuf>(
                 continue;
             }
         }
-        *f = s0.lookup(k).map(|r| &**r);
+        *f = s0.lookup_probe(k, p).map(|r| &**r);
         if let Some(r) = *f {
-            prefetch(r.spec.actions.as_ptr());
-            prefetch(Arc::as_ptr(&r.stats));
             last = Some((k, r));
         }
     }

@@ -28,6 +28,7 @@
 pub mod direct;
 pub mod emc;
 pub mod megaflow;
+mod rule_index;
 pub mod slowpath;
 pub mod special;
 

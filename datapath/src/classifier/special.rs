@@ -59,10 +59,11 @@ use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use hashbrown::HashTable;
-
 use crate::flow::key::{Field, FlowKey};
 use crate::flow::program::{FlowProgram, Rule, RuleChange, Table};
+
+use super::prefetch;
+use super::rule_index::RuleIndex;
 
 /// Tables with fewer rules (before the match-everything tail) keep the
 /// generic walk, which is as fast there.
@@ -97,7 +98,7 @@ struct Group {
     words: Arc<[u8]>,
     /// For each distinct match, the rule of highest priority with it; the
     /// shard is chosen by bits of the hash the hash tables do not use.
-    shards: Vec<Arc<HashTable<Arc<Rule>>>>,
+    shards: Vec<Arc<RuleIndex>>,
     /// The other rules of this mask (each hidden by one with the same
     /// match and a higher priority).
     shadowed: Arc<Vec<Arc<Rule>>>,
@@ -115,7 +116,7 @@ impl Group {
             mask: *mask,
             words: mask.nonzero_words().into(),
             shards: (0..shards)
-                .map(|_| Arc::new(HashTable::with_capacity(per + per / 8)))
+                .map(|_| Arc::new(RuleIndex::with_capacity(per + per / 8)))
                 .collect(),
             shadowed: Arc::default(),
             prios: Arc::default(),
@@ -136,9 +137,9 @@ impl Group {
     #[inline]
     fn find(&self, key: &FlowKey) -> Option<&Arc<Rule>> {
         let h = self.hash(key);
-        self.shards[self.shard(h)].find(h, |r| {
-            r.spec.m.key_matches_words(key, &self.mask, &self.words)
-        })
+        // Every rule here has this group's mask: its own match is the
+        // compare (present words only, no mask lookups).
+        self.shards[self.shard(h)].find(h, |r| r.spec.m.matches(key))
     }
 
     fn count(&mut self, priority: u16, add: bool) {
@@ -189,9 +190,11 @@ impl Group {
         let indexed = self.shards[s].find(h, |r| Arc::ptr_eq(r, rule)).is_some();
         if indexed {
             let shard = Arc::make_mut(&mut self.shards[s]);
-            if let Ok(e) = shard.find_entry(h, |r| Arc::ptr_eq(r, rule)) {
-                e.remove();
-            }
+            shard.remove(
+                h,
+                |r| Arc::ptr_eq(r, rule),
+                |r| r.spec.m.key().hash_masked_words(&mask, &words),
+            );
             // The best rule it hid, if any, takes its place.
             let same = |r: &Arc<Rule>| r.spec.m.key_matches_words(&key, &mask, &words);
             let best = self
@@ -280,6 +283,78 @@ impl SpecialTable {
         self.default()
     }
 
+    /// Starts a lookup of `key` in a burst (the direct path's bulk
+    /// lookup): hashes it for the longest prefix's group (the only group
+    /// of an exact table) and prefetches its slots. Then
+    /// [`SpecialTable::prefetch_rule`], [`SpecialTable::prefetch_rule_data`]
+    /// and [`SpecialTable::lookup_probe`] on the returned probe, each over
+    /// the whole burst before the next, so that the burst's cache misses
+    /// overlap.
+    #[inline]
+    pub fn probe(&self, key: &FlowKey) -> Probe {
+        match self.groups.first() {
+            Some(g) => {
+                let h = g.hash(key);
+                g.shards[g.shard(h)].prefetch_home(h);
+                Probe(h)
+            }
+            None => Probe(0),
+        }
+    }
+
+    /// The rule the first group's slots point at for `p` (not checked).
+    #[inline]
+    fn candidate(&self, p: Probe) -> Option<&Arc<Rule>> {
+        let g = self.groups.first()?;
+        g.shards[g.shard(p.0)].candidate(p.0)
+    }
+
+    /// Prefetches the rule `p`'s lookup will most likely compare.
+    #[inline]
+    pub fn prefetch_rule(&self, p: Probe) {
+        if let Some(r) = self.candidate(p) {
+            let at = Arc::as_ptr(r).cast::<u8>();
+            // The rule spans two or three cache lines.
+            for off in [0, 64, std::mem::size_of::<Rule>() - 1] {
+                prefetch(at.wrapping_add(off));
+            }
+        }
+    }
+
+    /// Prefetches what that rule's compare and execution read: its match
+    /// words, its actions, its counters.
+    #[inline]
+    pub fn prefetch_rule_data(&self, p: Probe) {
+        if let Some(r) = self.candidate(p) {
+            prefetch(r.spec.m.words_ptr());
+            let a = r.spec.actions.as_ptr().cast::<u8>();
+            let n = std::mem::size_of_val(r.spec.actions.as_slice()).min(192);
+            for off in (0..n).step_by(64) {
+                prefetch(a.wrapping_add(off));
+            }
+            prefetch(Arc::as_ptr(&r.stats));
+        }
+    }
+
+    /// [`SpecialTable::lookup`] of `key`, whose [`SpecialTable::probe`] is
+    /// `p` (the same answer; the first group's hash is not computed again).
+    #[inline]
+    pub fn lookup_probe(&self, key: &FlowKey, p: Probe) -> Option<&Arc<Rule>> {
+        let mut groups = self.groups.iter();
+        if let Some(g) = groups.next() {
+            let hit = g.shards[g.shard(p.0)].find(p.0, |r| r.spec.m.matches(key));
+            if hit.is_some() {
+                return hit;
+            }
+        }
+        for g in groups {
+            if let Some(r) = g.find(key) {
+                return Some(r);
+            }
+        }
+        self.default()
+    }
+
     /// The first match-everything rule after the shaped ones.
     fn default(&self) -> Option<&Arc<Rule>> {
         self.tail.values().next()
@@ -344,6 +419,11 @@ impl SpecialTable {
         Some(s)
     }
 }
+
+/// A started lookup ([`SpecialTable::probe`]): the key's hash in the
+/// index's first group.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Probe(u64);
 
 /// The prefix length of `mask` as a mask of `field`, or `None` when it is
 /// not a prefix (contiguous high bits of the field).

@@ -118,6 +118,12 @@ impl Match {
         (self.kv[j], self.kv[j + 1])
     }
 
+    /// Where the match's packed words are (for prefetching).
+    #[inline]
+    pub fn words_ptr(&self) -> *const u64 {
+        self.kv.as_ptr()
+    }
+
     /// Indices of the key words the mask touches, ascending.
     pub fn words(&self) -> impl Iterator<Item = usize> {
         bit_indices(self.present)
