@@ -127,7 +127,9 @@ fn main() {
         "direct" => true,
         "cascade" => false,
         other => {
-            eprintln!("l3_ir: unknown workload {other:?}; usage: l3_ir direct|cascade [BURSTS] [ROUTES]");
+            eprintln!(
+                "l3_ir: unknown workload {other:?}; usage: l3_ir direct|cascade [BURSTS] [ROUTES]"
+            );
             std::process::exit(2);
         }
     };

@@ -35,7 +35,6 @@
 //! Thread-safety: pure over a shared `&FlowProgram` (any thread); the
 //! counters are the rules' own atomics.
 
-
 use crate::drop::DropReason;
 use crate::flow::action::{rewrite, Action, DpAction};
 use crate::flow::key::{ethertype, extract_into, Field, FlowKey, Layout};
@@ -185,8 +184,9 @@ pub fn resolve<'p>(prog: &'p FlowProgram, key: &FlowKey) -> Resolve<'p> {
 }
 
 /// [`resolve`] given the rule `first` that table 0's index answers for
-/// `k` (a first pass), applying the walk's rewrites to `k` as it goes
-/// (exactly the ones [`execute`] applies again, with the same values:
+/// `k` (a first pass), applying to `k` the walk's TTL rewrites as it goes
+/// and its address rewrites ahead of each `goto_table` (what the walk
+/// reads; [`execute`] applies them all again, with the same values:
 /// idempotent; when it returns [`Resolve::Generic`], `k` is partly
 /// rewritten and the caller parses the packet again).
 #[inline]
@@ -244,9 +244,10 @@ fn walk<'p>(
                     // Ethernet addresses are always present: the slow
                     // path writes them unconditionally. Whole addresses
                     // only: a rewrite then does not depend on the bits
-                    // the key had (see `run_ops`).
+                    // the key had (see `run_ops`). The key takes it only
+                    // if a `goto_table` follows (nothing else in a walk
+                    // reads an address).
                     let (value, mask) = (*value, *mask);
-                    k.set_masked(*field, u128::from(value), u128::from(mask));
                     res.push(Op::Set {
                         field: *field,
                         value,
@@ -273,6 +274,16 @@ fn walk<'p>(
                     })
                 }
                 Action::GotoTable(t) => {
+                    // The next table sees this table's address rewrites
+                    // (replayed: each writes a whole address, so the
+                    // replay of earlier ones is idempotent).
+                    for op in res.ops() {
+                        if let Op::Set { field, value, mask } = *op {
+                            if matches!(field, Field::DlSrc | Field::DlDst) {
+                                k.set_masked(field, u128::from(value), u128::from(mask));
+                            }
+                        }
+                    }
                     next = Some(*t);
                     break;
                 }
@@ -407,10 +418,11 @@ pub fn execute<B: PacketBuf>(
     run_ops::<B, true>(ops, pkt, key, layout, out)
 }
 
-/// [`execute`]; with `UPDATE_KEY` false the key is left alone: the caller's
-/// key already carries the rewrites ([`walk`] applied them). Exact because
-/// every [`Op::Set`] writes a whole field (an Ethernet address, the TTL),
-/// so what [`rewrite`] writes does not depend on the key's old bits.
+/// [`execute`]; with `UPDATE_KEY` false the key is left alone (the
+/// caller does not read it afterwards; [`walk`] applied the TTL, and the
+/// addresses where a later table needed them). Exact because every
+/// [`Op::Set`] writes a whole field (an Ethernet address, the TTL), so
+/// what is written does not depend on the key's old bits.
 #[inline]
 fn run_ops<B: PacketBuf, const UPDATE_KEY: bool>(
     ops: &[Op],
@@ -441,6 +453,24 @@ fn run_ops<B: PacketBuf, const UPDATE_KEY: bool>(
                         sent = true;
                     }
                     None => out.drops.inc(DropReason::NoBuffer),
+                }
+            }
+            Op::Set { field, value, mask }
+                if mask == ETH_ADDR && matches!(field, Field::DlSrc | Field::DlDst) =>
+            {
+                // A whole address: its six bytes, as `rewrite` writes
+                // them (and a frame too short for them dropped as it
+                // does).
+                let at = if field == Field::DlDst { 0 } else { 6 };
+                match pkt.data_mut().get_mut(at..at + 6) {
+                    Some(d) => d.copy_from_slice(&value.to_be_bytes()[2..]),
+                    None => {
+                        out.drop(DropReason::Malformed, pkt);
+                        return;
+                    }
+                }
+                if UPDATE_KEY {
+                    key.set_masked(field, u128::from(value), u128::from(mask));
                 }
             }
             Op::Set { field, value, mask } => {
@@ -718,8 +748,12 @@ mod tests {
                     s += "priority=0 actions=output:4\n";
                 }
                 if goto {
+                    // Keyed on the address table 0 rewrote too: the walk
+                    // must look table 1 up with the rewritten one.
                     for v in 0..6 {
-                        s += &format!("table=1,priority=5,ip,nw_dst=10.{v}.0.0/16 actions=output:{}\n", 5 + v);
+                        for m in [9, 0, 1, 2, 3, 4] {
+                            s += &format!("table=1,priority=5,ip,dl_dst=02:00:00:00:00:0{m},nw_dst=10.{v}.0.0/16 actions=output:{}\n", 5 + v + 10 * m);
+                        }
                     }
                 }
                 s

@@ -168,10 +168,7 @@ impl RuleIndex {
     #[cold]
     fn grow(&mut self, hasher: &impl Fn(&Arc<Rule>) -> u64) {
         let slots = slots_for(self.len + 1).max(2 * self.tags.len());
-        let old = std::mem::replace(
-            &mut self.rules,
-            vec![None; slots].into_boxed_slice(),
-        );
+        let old = std::mem::replace(&mut self.rules, vec![None; slots].into_boxed_slice());
         self.tags = vec![EMPTY; slots].into_boxed_slice();
         self.len = 0;
         for r in old.into_vec().into_iter().flatten() {
