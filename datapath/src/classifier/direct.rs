@@ -308,8 +308,10 @@ pub struct Scratch {
 }
 
 /// The direct stage over a burst from `in_port`: parses every packet,
-/// looks the whole burst up in table 0's index (independent lookups whose
-/// cache misses overlap; each hit's actions and counters prefetched), then
+/// looks the whole burst up in table 0's index (a bulk lookup in passes:
+/// hash and prefetch the slots, prefetch the rules, prefetch their match
+/// words, actions and counters, look up; each pass's cache misses overlap
+/// across the burst), then
 /// resolves and executes each packet the direct path takes, in order.
 /// The others stay in `pkts`, in order, untouched. Returns how many
 /// packets were forwarded (or dropped by their rules) here.
@@ -327,12 +329,16 @@ pub fn run_burst<B: PacketBuf>(
     // Stage one: parse, hash for table 0's index and prefetch the slots.
     let keys = &mut scratch.keys;
     let probes = &mut scratch.probes;
-    keys.clear();
+    // Parsed in place into the entries kept from earlier bursts
+    // (`extract_into` zeroes the key itself; a runt's stale entry is never
+    // read: it has no rule and goes generic).
+    if keys.len() < pkts.len() {
+        keys.resize(pkts.len(), (FlowKey::ZERO, Layout::default()));
+    }
     probes.clear();
-    for pkt in pkts.iter() {
-        keys.push((FlowKey::ZERO, Layout::default()));
+    for (q, pkt) in keys.iter_mut().zip(pkts.iter()) {
         let mut p = Probe::default();
-        if let Some(q) = keys.last_mut().filter(|_| pkt.len() >= 14) {
+        if pkt.len() >= 14 {
             q.1 = extract_into(pkt.data(), in_port, &mut q.0);
             p = s0.probe(&q.0);
         }

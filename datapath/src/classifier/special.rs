@@ -30,9 +30,16 @@
 //! afresh, over random sequences of changes).
 //!
 //! Memory: each prefix length's hash table holds one `Arc<Rule>` per
-//! distinct match (8 bytes and a control byte per bucket), split into
-//! copy-on-write shards of about [`SHARD_RULES`] rules; the keys are the
-//! rules' own masked keys, compared in place.
+//! distinct match (8 bytes and a 16-bit tag per slot, at most 7/8 of the
+//! slots used: [`super::rule_index`]), split into copy-on-write shards of
+//! about [`SHARD_RULES`] rules; the keys are the rules' own masked keys,
+//! compared in place.
+//!
+//! Bulk lookup: [`SpecialTable::probe`], [`SpecialTable::prefetch_rule`],
+//! [`SpecialTable::prefetch_rule_data`], [`SpecialTable::lookup_probe`],
+//! each run over a whole burst before the next (the direct path), let the
+//! burst's cache misses in the first group overlap; the answer is
+//! [`SpecialTable::lookup`]'s.
 //!
 //! Users: the slow path (one lookup per table it walks) and the direct
 //! path (`classifier::direct`), which looks packets up here per packet,
@@ -965,6 +972,12 @@ mod tests {
                     (a, b) => a.is_none() && b.is_none(),
                 };
                 prop_assert!(agree, "index and walk disagree on {:?}", k);
+                // The bulk lookup's answer is the lookup's.
+                let p = s.probe(&k);
+                s.prefetch_rule(p);
+                s.prefetch_rule_data(p);
+                let bulk = s.lookup_probe(&k, p).map(Arc::as_ptr);
+                prop_assert_eq!(bulk, s.lookup(&k).map(Arc::as_ptr));
             }
         }
 
