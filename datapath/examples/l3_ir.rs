@@ -1,14 +1,19 @@
 //! The pktgen `l3` shape for instruction and cache-miss counting under
-//! callgrind (`--toggle-collect='*work_*'`, optionally `--cache-sim=yes`):
+//! callgrind:
 //! ROUTES /24 routes (`mod_dl_src`, `mod_dl_dst`, `dec_ttl`, `output`) as
 //! `benches/src/scenario.rs` writes them, one flow per route, in bursts of
-//! 32 cycling through the flows; Ir / (N x 32) = cost per packet.
+//! 32 cycling through the flows.
 //!
 //! ```text
 //! cargo build --release -p sluice-datapath --example l3_ir
-//! valgrind --tool=callgrind --toggle-collect='*work_*' \
-//!     target/release/examples/l3_ir direct 2000 10000
+//! valgrind --tool=callgrind --cache-sim=yes --D1=32768,8,64 --LL=1048576,16,64 \
+//!     --toggle-collect='*as sluice_datapath::pipeline::Pipeline*process*' \
+//!     target/release/examples/l3_ir direct 1000 10000
 //! ```
+//!
+//! (`process` only, warm-up included: Ir / the `packets` it prints; the
+//! LL figures then model a 1 MiB L2. `--toggle-collect='*work_*'` counts
+//! the measured bursts with the rig's own frame restoring.)
 //!
 //! Workloads: `direct` (the direct path, the default configuration),
 //! `cascade` (direct path off: EMC, megaflow). N bursts are measured after
