@@ -269,11 +269,23 @@ fn peak_rss_mib(pid: u32) -> u64 {
         / 1024
 }
 
-/// A nestdb-server process, SIGKILLed and reaped on drop.
+/// A nestdb-server process, stopped and reaped on drop: SIGTERM first (so
+/// a server run under `valgrind --tool=callgrind` through
+/// `NESTDB_BIG_SERVER` writes its profile), SIGKILL if it has not exited
+/// within a minute.
 struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of a child not yet reaped.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(60) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
