@@ -1455,6 +1455,14 @@ mod tests {
                    {"op":"assert","lock":"mine"}]),
             json!([{"op":"delete","table":"A","where":[]}, 1, "x", {"op":"nope"}]),
             json!([{"op":"abort"}]),
+            // What the fast insert path must leave to the general one.
+            json!([{"op":"insert","table":"A","row":null}]),
+            json!([{"op":"insert","table":"A","row":{"name":"x"},"uuid-name":null}]),
+            json!([{"op":"insert","table":"A","row":{"name":"x"},"uuid-name":5}]),
+            json!([{"op":"insert","table":"A","row":5}]),
+            json!([{"op":"insert","table":"A","row":{"name":"x"},"uuid":["uuid","5f8c43e8-3d9a-4c58-8d5b-2c1f2b0c3d4e"]}]),
+            json!([{"op":"insert","table":7,"row":{"name":"x"}}]),
+            json!([{"op":"insert","table":"A","row":{}}]),
         ];
         for ops in &cases {
             both_forms(ops);
