@@ -69,14 +69,29 @@ pub fn encode_record(v: &Value) -> Vec<u8> {
 /// Formats one record from its JSON text (what `serde_json::to_vec` gives for
 /// the record's value).
 pub fn encode_record_text(json: Vec<u8>) -> Vec<u8> {
+    let (mut out, body) = record_parts(json);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The two parts of the record [`encode_record_text`] formats from `json`:
+/// its header line (magic, length and SHA-1 of the body) and its body (the
+/// JSON text and a newline), without copying the body.
+pub fn record_parts(json: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
     let mut body = json;
     body.push(b'\n');
     let sha = Sha1::digest(&body);
     let hex: String = sha.iter().map(|b| format!("{b:02x}")).collect();
-    let mut out = format!("{MAGIC} {} {hex}\n", body.len()).into_bytes();
-    out.reserve(body.len());
-    out.extend_from_slice(&body);
-    out
+    (format!("{MAGIC} {} {hex}\n", body.len()).into_bytes(), body)
+}
+
+/// The header line (with its newline) of a record formatted by
+/// [`encode_record`] or [`encode_record_text`].
+pub fn record_header(record: &[u8]) -> &[u8] {
+    record
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(record, |i| &record[..=i])
 }
 
 /// Parses records from file contents, stopping at the first incomplete or corrupt one.
@@ -156,7 +171,9 @@ pub struct Log {
     file: File,
     /// OVS-style `.<name>.~lock~` file, held with a POSIX record lock.
     _lockfile: File,
-    pending: Vec<u8>,
+    /// Queued records (a large record's body is kept as it was written,
+    /// not copied).
+    pending: Vec<Vec<u8>>,
     len: u64,
 }
 
@@ -268,12 +285,18 @@ impl Log {
 
     /// Queues a record; it is not durable until [`Log::commit`].
     pub fn append(&mut self, v: &Value) {
-        self.pending.extend_from_slice(&encode_record(v));
+        self.pending.push(encode_record(v));
     }
 
     /// Queues a record already formatted by [`encode_record`].
     pub fn append_encoded(&mut self, record: &[u8]) {
-        self.pending.extend_from_slice(record);
+        self.pending.push(record.to_vec());
+    }
+
+    /// Queues a record given as the parts [`record_parts`] makes.
+    pub fn append_parts(&mut self, header: Vec<u8>, body: Vec<u8>) {
+        self.pending.push(header);
+        self.pending.push(body);
     }
 
     /// Writes queued records and waits until they are on stable storage.
@@ -281,9 +304,11 @@ impl Log {
         if self.pending.is_empty() {
             return Ok(());
         }
-        self.file.write_all(&self.pending).map_err(io(&self.path))?;
+        for p in &self.pending {
+            self.file.write_all(p).map_err(io(&self.path))?;
+        }
         self.file.sync_data().map_err(io(&self.path))?;
-        self.len += self.pending.len() as u64;
+        self.len += self.pending.iter().map(|p| p.len() as u64).sum::<u64>();
         self.pending.clear();
         Ok(())
     }

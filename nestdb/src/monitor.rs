@@ -400,6 +400,15 @@ impl Monitor {
     /// nothing to send.
     pub fn compose_json(&self, db: &Database, changes: &Changes) -> Option<Vec<u8>> {
         let mut out = Vec::new();
+        self.write_update(db, changes, &mut out).then_some(out)
+    }
+
+    /// Appends the text of [`Monitor::compose_json`] to `out` (where the
+    /// notification that carries it is being written: a large update is
+    /// tens of megabytes, not copied again); false, with `out` as it was,
+    /// when there is nothing to report.
+    pub fn write_update(&self, db: &Database, changes: &Changes, out: &mut Vec<u8>) -> bool {
+        let start = out.len();
         let mut any_table = false;
         for tm in &self.tables {
             let rows = Self::table_changes(tm, changes);
@@ -408,7 +417,7 @@ impl Monitor {
             }
             let ts = &db.schema.tables[tm.table];
             let keys = key_order(tm, ts);
-            if out.capacity() == 0 {
+            if out.len() == start {
                 out.reserve(200 * changes.rows.len() + 64);
             }
             let mut any_row = false;
@@ -418,13 +427,13 @@ impl Monitor {
                     out.push(b',');
                 } else {
                     out.push(if any_table { b',' } else { b'{' });
-                    write_json_str(&mut out, &ts.name);
+                    write_json_str(out, &ts.name);
                     out.extend_from_slice(b":{");
                 }
                 out.push(b'"');
-                ch.uuid.write_text(&mut out);
+                ch.uuid.write_text(out);
                 out.extend_from_slice(b"\":");
-                if self.write_row_update(tm, ts, &keys, ch, &mut out) {
+                if self.write_row_update(tm, ts, &keys, ch, out) {
                     any_table = true;
                     any_row = true;
                 } else {
@@ -436,10 +445,11 @@ impl Monitor {
             }
         }
         if !any_table {
-            return None;
+            out.truncate(start);
+            return false;
         }
         out.push(b'}');
-        Some(out)
+        true
     }
 
     /// Appends the JSON text of [`Monitor::row_update`]'s value for `ch` (the

@@ -391,8 +391,18 @@ impl std::fmt::Debug for Server {
 /// The text of a monitor notification, `{"id":null,"method":…,"params":[id,
 /// (txn,) updates]}` (what `Message::Notification` encodes to), around the
 /// already written `updates`.
+#[cfg(test)]
 fn notification_bytes(method: &str, id: &Value, txn: Option<&str>, updates: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(updates.len() + 128);
+    let mut out = notification_head(method, id, txn, updates.len());
+    out.extend_from_slice(updates);
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// The start of [`notification_bytes`], up to where the updates go, in a
+/// buffer with room for `room` more bytes.
+fn notification_head(method: &str, id: &Value, txn: Option<&str>, room: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(room + 128);
     out.extend_from_slice(br#"{"id":null,"method":"#);
     // Writing JSON into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut out, method);
@@ -403,8 +413,6 @@ fn notification_bytes(method: &str, id: &Value, txn: Option<&str>, updates: &[u8
         let _ = serde_json::to_writer(&mut out, t);
     }
     out.push(b',');
-    out.extend_from_slice(updates);
-    out.extend_from_slice(b"]}");
     out
 }
 
@@ -421,8 +429,11 @@ fn decode_transact(frame: &[u8]) -> Option<(Message, RawOps)> {
     struct Envelope<'a> {
         #[serde(borrow)]
         method: Option<&'a RawValue>,
+        // Split into its elements in the same pass (a `params` that is
+        // not an array fails the whole envelope, and the message is
+        // decoded whole, as before).
         #[serde(borrow)]
-        params: Option<&'a RawValue>,
+        params: Option<Vec<&'a RawValue>>,
         id: Option<Value>,
     }
     // An array would fill the struct by position: only an object is a message.
@@ -434,8 +445,7 @@ fn decode_transact(frame: &[u8]) -> Option<(Message, RawOps)> {
         return None;
     }
     let id = env.id.filter(|v| !v.is_null())?;
-    let params: Vec<&RawValue> = serde_json::from_str(env.params?.get()).ok()?;
-    let mut params = params.into_iter();
+    let mut params = env.params?.into_iter();
     let db: Value = serde_json::from_str(params.next()?.get()).ok()?;
     let ops = params.map(|r| r.to_owned()).collect();
     Some((
@@ -1268,15 +1278,18 @@ impl Server {
         for s in self.sessions.values_mut() {
             let mut notes = Vec::new();
             for m in s.monitors.iter().filter(|m| m.db == name) {
-                let Some(u) = m.compose_json(dbref, &entry.changes) else {
-                    continue;
-                };
                 let (method, txn) = match m.version {
                     Version::V1 => ("update", None),
                     Version::V2 => ("update2", None),
                     Version::V3 => ("update3", Some(txn_id.as_str())),
                 };
-                notes.push(notification_bytes(method, &m.id, txn, &u));
+                // The update is written in place in its notification.
+                let mut n = notification_head(method, &m.id, txn, 0);
+                if !m.write_update(dbref, &entry.changes, &mut n) {
+                    continue;
+                }
+                n.extend_from_slice(b"]}");
+                notes.push(n);
             }
             for n in notes {
                 times.monitor_bytes += n.len();

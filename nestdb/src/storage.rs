@@ -5,12 +5,13 @@
 //! acknowledged transaction is always on disk.  Opening replays every complete record
 //! (including `_is_diff` records written by ovsdb-server) after the log layer has cut
 //! off a torn tail.  Each committed transaction gets a transaction id derived from the
-//! previous id and the record's bytes, so ids are stable across restarts and a client
+//! previous id and the record's header line (which holds the SHA-1 of the record's
+//! body, so it stands for the whole record without hashing megabytes twice), so ids are stable across restarts and a client
 //! resuming with `monitor_cond_since` after a server restart still finds its place in
 //! the history rebuilt from the log.  Compaction rewrites the file as schema + one
 //! snapshot record once the log has grown past a threshold.  Owned by the server thread.
 
-use crate::log::{encode_record, encode_record_text, Log, LogError};
+use crate::log::{encode_record, record_header, record_parts, Log, LogError};
 use crate::table::{Changes, Database};
 use ovsdb_core::{Schema, Uuid};
 use serde_json::{json, Value};
@@ -82,10 +83,12 @@ pub struct Storage {
     pub compactions: u64,
 }
 
-fn next_id(prev: Uuid, record: &[u8]) -> Uuid {
+/// The id of the transaction after `prev` whose record has the header line
+/// `header` (see [`record_header`]).
+fn next_id(prev: Uuid, header: &[u8]) -> Uuid {
     let mut h = Sha1::new();
     h.update(prev.as_bytes());
-    h.update(record);
+    h.update(header);
     let d = h.finalize();
     let mut b = [0u8; 16];
     b.copy_from_slice(&d[..16]);
@@ -159,7 +162,7 @@ impl Storage {
                         reason: e.details().to_owned(),
                     })?;
             s.db.apply(&ch);
-            s.remember(&encode_record(rec), ch);
+            s.remember(record_header(&encode_record(rec)), ch);
         }
         s.records_since_compact = scan.records.len().saturating_sub(1) as u64;
         // The base snapshot is the schema plus the first record (what compaction writes).
@@ -173,8 +176,8 @@ impl Storage {
         Ok(s)
     }
 
-    fn remember(&mut self, bytes: &[u8], changes: Changes) {
-        self.last_txn = next_id(self.last_txn, bytes);
+    fn remember(&mut self, header: &[u8], changes: Changes) {
+        self.last_txn = next_id(self.last_txn, header);
         self.history.push_back(HistoryEntry {
             id: self.last_txn,
             changes: Arc::new(changes),
@@ -189,13 +192,13 @@ impl Storage {
     pub fn stage(&mut self, changes: Changes, date_ms: u64) -> HistoryEntry {
         // The same bytes as encode_record(&record_for(..)), which replay hashes
         // again for the transaction id, without building the record's Value.
-        let bytes = encode_record_text(self.db.record_json(&changes, date_ms));
+        let (header, body) = record_parts(self.db.record_json(&changes, date_ms));
         self.db.apply(&changes);
+        self.remember(&header, changes);
         if let Some(log) = &mut self.log {
-            log.append_encoded(&bytes);
+            log.append_parts(header, body);
             self.records_since_compact += 1;
         }
-        self.remember(&bytes, changes);
         self.history.back().cloned().unwrap_or(HistoryEntry {
             id: self.last_txn,
             changes: Arc::new(Changes::default()),

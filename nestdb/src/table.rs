@@ -9,7 +9,7 @@
 
 use ovsdb_core::{Atom, Datum, OvsdbError, RefType, Schema, TableSchema, Uuid};
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// One row: its version and one datum per schema column (in column order).
@@ -132,7 +132,7 @@ pub struct Database {
     /// Tables in schema order.
     pub tables: Vec<Table>,
     /// Strong reference count per referenced row.
-    pub refcount: HashMap<Uuid, u32>,
+    pub refcount: hashbrown::HashMap<Uuid, u32>,
 }
 
 impl Database {
@@ -150,7 +150,7 @@ impl Database {
         Self {
             schema,
             tables,
-            refcount: HashMap::new(),
+            refcount: hashbrown::HashMap::new(),
         }
     }
 

@@ -24,7 +24,7 @@ use ovsdb_core::{
 use serde::de::DeserializeSeed;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// One operation of a `transact` request: a decoded `Value`, or its JSON
@@ -212,9 +212,32 @@ pub enum Outcome {
 
 type Key = (usize, Uuid);
 
+/// Reference count changes by referenced row.
+type Delta = hashbrown::HashMap<Uuid, i64>;
+
+/// The rows of one table that a transaction has touched, in the order it
+/// first touched them (`None`: deleted). A hash map, not a tree: a large
+/// insert looks every new row up several times, and the checks walk the
+/// rows in the order they were made (which is also their order in memory);
+/// whatever depends on an order (the first error reported, the changes)
+/// sorts by UUID where it needs to.
+type TableOverlay = indexmap::IndexMap<Uuid, Option<Arc<Row>>, hashbrown::DefaultHashBuilder>;
+
+/// A table's default row (every column at its type's default) and, per
+/// column, the error its default value gives against the column's
+/// constraints (a required enum column's default `""` is not allowed).
+struct TableDefaults {
+    row: Vec<Datum>,
+    errors: Vec<Option<OvsdbError>>,
+    any_error: bool,
+}
+
 struct Txn<'a> {
     db: &'a Database,
-    overlay: BTreeMap<Key, Option<Arc<Row>>>,
+    /// Per table, its defaults once an insert needed them.
+    defaults: Vec<Option<Arc<TableDefaults>>>,
+    /// Per table (schema order), the rows touched.
+    overlay: Vec<TableOverlay>,
     symtab: SymbolTable,
     comments: Vec<String>,
     durable: bool,
@@ -253,7 +276,10 @@ const OP_MEMBERS: &[(&str, &[&str])] = &[
 pub fn execute<O: AsOp>(db: &Database, ops: &[O], ctx: &ExecContext<'_>) -> Outcome {
     let mut txn = Txn {
         db,
-        overlay: BTreeMap::new(),
+        defaults: vec![None; db.tables.len()],
+        overlay: (0..db.tables.len())
+            .map(|_| TableOverlay::default())
+            .collect(),
         symtab: SymbolTable::default(),
         comments: Vec::new(),
         durable: false,
@@ -324,14 +350,14 @@ impl<'a> Txn<'a> {
     }
 
     fn get(&self, t: usize, u: Uuid) -> Option<Arc<Row>> {
-        match self.overlay.get(&(t, u)) {
+        match self.overlay[t].get(&u) {
             Some(r) => r.clone(),
             None => self.db.tables[t].rows.get(&u).cloned(),
         }
     }
 
     fn exists(&self, t: usize, u: Uuid) -> bool {
-        match self.overlay.get(&(t, u)) {
+        match self.overlay[t].get(&u) {
             Some(r) => r.is_some(),
             None => self.db.tables[t].rows.contains_key(&u),
         }
@@ -348,15 +374,14 @@ impl<'a> Txn<'a> {
         }
         let mut out = Vec::new();
         for (u, r) in &self.db.tables[t].rows {
-            if self.overlay.contains_key(&(t, *u)) {
+            if self.overlay[t].contains_key(u) {
                 continue;
             }
             if cond.matches(*u, r.version, &r.data) {
                 out.push((*u, r.clone()));
             }
         }
-        for ((ot, u), r) in self.overlay.range((t, Uuid::nil())..=(t, Uuid::max())) {
-            debug_assert_eq!(*ot, t);
+        for (u, r) in &self.overlay[t] {
             if let Some(r) = r {
                 if cond.matches(*u, r.version, &r.data) {
                     out.push((*u, r.clone()));
@@ -421,6 +446,11 @@ impl<'a> Txn<'a> {
         n: usize,
         ctx: &ExecContext<'_>,
     ) -> Result<OpResult, OpError> {
+        if let (OpRef::Raw(r), None) = (op, ctx.read_only) {
+            if let Some(done) = self.fast_insert(r) {
+                return done.map(OpResult::Inserted);
+            }
+        }
         let decoded: Value;
         let (op, raw_row) = match op {
             OpRef::Parsed(v) => (v, None),
@@ -502,6 +532,77 @@ impl<'a> Txn<'a> {
         .map(OpResult::Json)
     }
 
+    /// An insert given as text in the shape a client writes (members `op`,
+    /// `table`, `row` and `uuid-name` at most once each, no escapes in the
+    /// names, a table that exists, a non-empty `uuid-name`), run without
+    /// decoding anything but the row: the same result as the general path
+    /// ([`Txn::execute_op`] and [`Txn::op_insert`]), which takes everything
+    /// else (`None`), so every error keeps its wording.
+    fn fast_insert(&mut self, raw: &RawValue) -> Option<Result<Uuid, OpError>> {
+        // A present `uuid-name` must be a string (a null is not "absent").
+        fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de str>, D::Error> {
+            <&str as serde::Deserialize>::deserialize(d).map(Some)
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Insert<'a> {
+            op: &'a str,
+            table: &'a str,
+            #[serde(borrow)]
+            row: &'a RawValue,
+            #[serde(rename = "uuid-name", default, borrow, deserialize_with = "present")]
+            uuid_name: Option<&'a str>,
+        }
+        let ins: Insert<'_> = serde_json::from_str(raw.get()).ok()?;
+        if ins.op != "insert" || ins.uuid_name == Some("") {
+            return None;
+        }
+        let (t, ts) = self
+            .db
+            .schema
+            .table_with_index(ins.table)
+            .map(|(i, t)| (i, t.clone()))?;
+        let uuid = match ins.uuid_name {
+            Some(name) => match self.symtab.declare(name) {
+                Ok(u) => u,
+                Err(e) => return Some(Err(e.into())),
+            },
+            None => Uuid::new_v4(),
+        };
+        Some(
+            self.insert_row(&Map::new(), Some(ins.row), t, &ts, uuid)
+                .map(|()| uuid),
+        )
+    }
+
+    /// Table `t`'s default row and the errors its defaults give, worked
+    /// out once per transaction.
+    fn defaults(&mut self, t: usize, ts: &TableSchema) -> Arc<TableDefaults> {
+        self.defaults[t]
+            .get_or_insert_with(|| {
+                let row: Vec<Datum> = ts.columns.iter().map(|c| c.ty.default_datum()).collect();
+                let errors: Vec<Option<OvsdbError>> = ts
+                    .columns
+                    .iter()
+                    .zip(&row)
+                    .map(|(c, d)| {
+                        let keys = d.keys().try_for_each(|a| c.ty.key.check(a));
+                        let values = match &c.ty.value {
+                            Some(vt) => d.values().try_for_each(|a| vt.check(a)),
+                            None => Ok(()),
+                        };
+                        keys.and(values).err()
+                    })
+                    .collect();
+                Arc::new(TableDefaults {
+                    any_error: errors.iter().any(Option::is_some),
+                    row,
+                    errors,
+                })
+            })
+            .clone()
+    }
+
     /// Inserts a row; returns its UUID.
     fn op_insert(
         &mut self,
@@ -539,9 +640,6 @@ impl<'a> Txn<'a> {
         if self.exists(t, uuid) {
             return Err(OvsdbError::new("duplicate uuid", format!("This UUID would duplicate a UUID already present within the table or deleted within the same transaction: {uuid}")).into());
         }
-        // Defaults only for the columns the operation leaves out (most columns of a
-        // large insert are given).
-        let mut given: Vec<Option<Datum>> = vec![None; ts.columns.len()];
         let parsed = match raw_row {
             // Straight into typed values; anything the seed defers on is
             // decoded and parsed as usual, which gives the error.
@@ -564,36 +662,33 @@ impl<'a> Txn<'a> {
                 None => None,
             },
         };
+        // The defaults, then the given values in their place.
+        let defaults = self.defaults(t, ts);
+        let mut data = defaults.row.clone();
+        // Which columns were given matters only when a default is refused.
+        let mut given = vec![false; if defaults.any_error { data.len() } else { 0 }];
         for (i, d) in parsed.into_iter().flatten() {
-            given[i] = Some(d);
+            data[i] = d;
+            if let Some(g) = given.get_mut(i) {
+                *g = true;
+            }
         }
         // Like ovsdb-server, columns left at their default must satisfy the constraints
         // too (e.g. "" is not a valid value of a required enum column); the given
-        // values were checked as they were parsed.
-        let mut data = Vec::with_capacity(ts.columns.len());
-        for (d, c) in given.into_iter().zip(&ts.columns) {
-            let d = match d {
-                Some(d) => d,
-                None => {
-                    let d = c.ty.default_datum();
-                    for a in d.keys() {
-                        c.ty.key.check(a)?;
-                    }
-                    if let Some(vt) = &c.ty.value {
-                        for a in d.values() {
-                            vt.check(a)?;
-                        }
-                    }
-                    d
+        // values were checked as they were parsed. The first such column in
+        // column order is reported.
+        if defaults.any_error {
+            for (e, given) in defaults.errors.iter().zip(&given) {
+                if let (false, Some(e)) = (given, e) {
+                    return Err(e.clone().into());
                 }
-            };
-            data.push(d);
+            }
         }
         let row = Row {
             version: Uuid::new_v4(),
             data,
         };
-        self.overlay.insert((t, uuid), Some(Arc::new(row)));
+        self.overlay[t].insert(uuid, Some(Arc::new(row)));
         Ok(())
     }
 
@@ -619,7 +714,7 @@ impl<'a> Txn<'a> {
             for (i, d) in &row {
                 nr.data[*i] = d.clone();
             }
-            self.overlay.insert((t, *u), Some(Arc::new(nr)));
+            self.overlay[t].insert(*u, Some(Arc::new(nr)));
         }
         Ok(json!({ "count": matched.len() }))
     }
@@ -629,7 +724,7 @@ impl<'a> Txn<'a> {
         let cond = self.where_clause(o, &ts, "delete")?;
         let matched = self.matching(t, &cond);
         for (u, _) in &matched {
-            self.overlay.insert((t, *u), None);
+            self.overlay[t].insert(*u, None);
         }
         Ok(json!({ "count": matched.len() }))
     }
@@ -652,7 +747,7 @@ impl<'a> Txn<'a> {
                 let col = &ts.columns[*ci];
                 nr.data[*ci] = apply_mutation(&nr.data[*ci], *mutator, arg, &col.ty, &col.name)?;
             }
-            self.overlay.insert((t, *u), Some(Arc::new(nr)));
+            self.overlay[t].insert(*u, Some(Arc::new(nr)));
         }
         Ok(json!({ "count": matched.len() }))
     }
@@ -811,25 +906,34 @@ impl<'a> Txn<'a> {
         self.check_sizes_and_strong_references()?;
         self.check_max_rows()?;
         self.check_indexes()?;
-        let mut rows = Vec::with_capacity(self.overlay.len());
-        for ((t, u), new) in std::mem::take(&mut self.overlay) {
-            let old = self.db.tables[t].rows.get(&u).cloned();
-            let new = match (&old, new) {
-                (None, None) => continue,
-                (Some(o), Some(n)) if o.data == n.data => continue,
-                (_, Some(mut n)) => {
-                    // The overlay holds the only reference: set the version in place.
-                    Arc::make_mut(&mut n).version = Uuid::new_v4();
-                    Some(n)
-                }
-                (_, None) => None,
-            };
-            rows.push(RowChange {
-                table: t,
-                uuid: u,
-                old,
-                new,
-            });
+        let mut rows = Vec::with_capacity(self.overlay.iter().map(|o| o.len()).sum());
+        for (t, overlay) in std::mem::take(&mut self.overlay).into_iter().enumerate() {
+            // Changes are sorted by (table, UUID).
+            let mut entries: Vec<(Uuid, Option<Arc<Row>>)> = overlay.into_iter().collect();
+            entries.sort_unstable_by_key(|(u, _)| *u);
+            for (u, new) in entries {
+                let old = if self.db.tables[t].rows.is_empty() {
+                    None
+                } else {
+                    self.db.tables[t].rows.get(&u).cloned()
+                };
+                let new = match (&old, new) {
+                    (None, None) => continue,
+                    (Some(o), Some(n)) if o.data == n.data => continue,
+                    (_, Some(mut n)) => {
+                        // The overlay holds the only reference: set the version in place.
+                        Arc::make_mut(&mut n).version = Uuid::new_v4();
+                        Some(n)
+                    }
+                    (_, None) => None,
+                };
+                rows.push(RowChange {
+                    table: t,
+                    uuid: u,
+                    old,
+                    new,
+                });
+            }
         }
         if rows.is_empty() {
             return Ok(None);
@@ -869,44 +973,66 @@ impl<'a> Txn<'a> {
     }
 
     /// Column sizes (`min`/`max`) and the targets of strong references of every
-    /// row the transaction leaves in place.
+    /// row the transaction leaves in place. The error reported is that of the
+    /// first such row in (table, UUID) order, as the rows were once walked.
     fn check_sizes_and_strong_references(&self) -> Result<(), OvsdbError> {
         let targets = self.ref_targets(RefType::Strong);
-        for (&(t, u), row) in &self.overlay {
-            let Some(row) = row else { continue };
-            let ts = &self.db.schema.tables[t];
-            for (ci, (c, d)) in ts.columns.iter().zip(&row.data).enumerate() {
-                let n = d.len() as u64;
-                if n < c.ty.min || c.ty.max.is_some_and(|max| n > max) {
-                    return Err(OvsdbError::constraint(format!(
-                        "Column {}.{} of row {u} has {n} elements but must have between {} and {}.",
-                        ts.name,
-                        c.name,
-                        c.ty.min,
-                        c.ty.max_text()
-                    )));
+        for (t, overlay) in self.overlay.iter().enumerate() {
+            let mut first: Option<(Uuid, OvsdbError)> = None;
+            for (&u, row) in overlay {
+                let Some(row) = row else { continue };
+                if first.as_ref().is_some_and(|(f, _)| *f < u) {
+                    continue;
                 }
-                let (kt, vt) = targets[t][ci];
-                let check = |rti: usize, a: &Atom| {
-                    match a.as_uuid() {
-                    Some(target) if !self.exists(rti, target) => {
-                        Err(OvsdbError::referential(format!(
-                            "Table {} column {} row {u} references nonexistent row {target} in table {}.",
-                            ts.name, c.name, self.db.schema.tables[rti].name
-                        )))
-                    }
-                    _ => Ok(()),
+                if let Err(e) = self.check_row(&targets[t], t, u, row) {
+                    first = Some((u, e));
                 }
-                };
-                if let Some(rti) = kt {
-                    for a in d.keys() {
-                        check(rti, a)?;
-                    }
+            }
+            if let Some((_, e)) = first {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Txn::check_sizes_and_strong_references`] for one row: the first
+    /// column, in column order, that breaks its size or refers to a row
+    /// that does not exist.
+    fn check_row(
+        &self,
+        targets: &[(Option<usize>, Option<usize>)],
+        t: usize,
+        u: Uuid,
+        row: &Row,
+    ) -> Result<(), OvsdbError> {
+        let ts = &self.db.schema.tables[t];
+        for (ci, (c, d)) in ts.columns.iter().zip(&row.data).enumerate() {
+            let n = d.len() as u64;
+            if n < c.ty.min || c.ty.max.is_some_and(|max| n > max) {
+                return Err(OvsdbError::constraint(format!(
+                    "Column {}.{} of row {u} has {n} elements but must have between {} and {}.",
+                    ts.name,
+                    c.name,
+                    c.ty.min,
+                    c.ty.max_text()
+                )));
+            }
+            let (kt, vt) = targets[ci];
+            let check = |rti: usize, a: &Atom| match a.as_uuid() {
+                Some(target) if !self.exists(rti, target) => Err(OvsdbError::referential(format!(
+                    "Table {} column {} row {u} references nonexistent row {target} in table {}.",
+                    ts.name, c.name, self.db.schema.tables[rti].name
+                ))),
+                _ => Ok(()),
+            };
+            if let Some(rti) = kt {
+                for a in d.keys() {
+                    check(rti, a)?;
                 }
-                if let Some(rti) = vt {
-                    for a in d.values() {
-                        check(rti, a)?;
-                    }
+            }
+            if let Some(rti) = vt {
+                for a in d.values() {
+                    check(rti, a)?;
                 }
             }
         }
@@ -914,38 +1040,46 @@ impl<'a> Txn<'a> {
     }
 
     /// Reference count deltas implied by the overlay.
-    fn ref_deltas(&self) -> HashMap<Uuid, i64> {
-        let mut delta: HashMap<Uuid, i64> = HashMap::new();
-        for (&(t, u), new) in &self.overlay {
+    fn ref_deltas(&self) -> Delta {
+        let mut delta: Delta = Delta::default();
+        for (t, overlay) in self.overlay.iter().enumerate() {
             let ts = &self.db.schema.tables[t];
-            if let Some(old) = self.db.tables[t].rows.get(&u) {
-                for r in old.strong_refs(ts) {
-                    *delta.entry(r).or_insert(0) -= 1;
+            let committed = &self.db.tables[t].rows;
+            for (&u, new) in overlay {
+                if let Some(old) = committed.get(&u) {
+                    for r in old.strong_refs(ts) {
+                        *delta.entry(r).or_insert(0) -= 1;
+                    }
                 }
-            }
-            if let Some(new) = new {
-                for r in new.strong_refs(ts) {
-                    *delta.entry(r).or_insert(0) += 1;
+                if let Some(new) = new {
+                    for r in new.strong_refs(ts) {
+                        *delta.entry(r).or_insert(0) += 1;
+                    }
                 }
             }
         }
         delta
     }
 
-    fn final_refcount(&self, delta: &HashMap<Uuid, i64>, u: Uuid) -> i64 {
+    fn final_refcount(&self, delta: &Delta, u: Uuid) -> i64 {
         i64::from(self.db.refcount.get(&u).copied().unwrap_or(0))
             + delta.get(&u).copied().unwrap_or(0)
     }
 
     /// Deletes non-root rows left without strong references, to a fixed point.
     /// Returns the reference count deltas of the final overlay.
-    fn collect_garbage(&mut self) -> HashMap<Uuid, i64> {
+    fn collect_garbage(&mut self) -> Delta {
         loop {
             let delta = self.ref_deltas();
             let mut candidates: BTreeSet<Key> = BTreeSet::new();
-            for (&(t, u), new) in &self.overlay {
-                if new.is_some() && !self.db.schema.tables[t].is_root {
-                    candidates.insert((t, u));
+            for (t, overlay) in self.overlay.iter().enumerate() {
+                if self.db.schema.tables[t].is_root {
+                    continue;
+                }
+                for (&u, new) in overlay {
+                    if new.is_some() {
+                        candidates.insert((t, u));
+                    }
                 }
             }
             for (&u, &d) in &delta {
@@ -964,22 +1098,30 @@ impl<'a> Txn<'a> {
             if garbage.is_empty() {
                 return delta;
             }
-            for k in garbage {
-                self.overlay.insert(k, None);
+            for (t, u) in garbage {
+                self.overlay[t].insert(u, None);
             }
         }
     }
 
-    fn check_deleted_references(&self, delta: &HashMap<Uuid, i64>) -> Result<(), OvsdbError> {
-        for (&(t, u), new) in &self.overlay {
-            if new.is_none() && self.db.tables[t].rows.contains_key(&u) {
+    fn check_deleted_references(&self, delta: &Delta) -> Result<(), OvsdbError> {
+        for (t, overlay) in self.overlay.iter().enumerate() {
+            // The first in UUID order is reported.
+            let first = overlay
+                .iter()
+                .filter(|(u, new)| {
+                    new.is_none()
+                        && self.db.tables[t].rows.contains_key(*u)
+                        && self.final_refcount(delta, **u) > 0
+                })
+                .map(|(u, _)| *u)
+                .min();
+            if let Some(u) = first {
                 let n = self.final_refcount(delta, u);
-                if n > 0 {
-                    return Err(OvsdbError::referential(format!(
-                        "cannot delete {} row {u} because of {n} remaining reference(s)",
-                        self.db.schema.tables[t].name
-                    )));
-                }
+                return Err(OvsdbError::referential(format!(
+                    "cannot delete {} row {u} because of {n} remaining reference(s)",
+                    self.db.schema.tables[t].name
+                )));
             }
         }
         Ok(())
@@ -994,17 +1136,20 @@ impl<'a> Txn<'a> {
             .map(|cols| cols.iter().any(|(k, v)| k.is_some() || v.is_some()))
             .collect();
         let mut lost_rows = vec![false; self.db.tables.len()];
-        for ((t, _), v) in &self.overlay {
-            if v.is_none() {
-                lost_rows[*t] = true;
+        for (t, overlay) in self.overlay.iter().enumerate() {
+            lost_rows[t] = overlay.values().any(Option::is_none);
+        }
+        let mut work: Vec<Key> = Vec::new();
+        for (t, overlay) in self.overlay.iter().enumerate() {
+            if has_weak[t] {
+                work.extend(
+                    overlay
+                        .iter()
+                        .filter(|(_, v)| v.is_some())
+                        .map(|(u, _)| (t, *u)),
+                );
             }
         }
-        let mut work: Vec<Key> = self
-            .overlay
-            .iter()
-            .filter(|((t, _), v)| v.is_some() && has_weak[*t])
-            .map(|(k, _)| *k)
-            .collect();
         for (t, cols) in targets.iter().enumerate() {
             let refers = cols
                 .iter()
@@ -1014,7 +1159,7 @@ impl<'a> Txn<'a> {
                     self.db.tables[t]
                         .rows
                         .keys()
-                        .filter(|u| !self.overlay.contains_key(&(t, **u)))
+                        .filter(|u| !self.overlay[t].contains_key(*u))
                         .map(|u| (t, *u)),
                 );
             }
@@ -1054,8 +1199,8 @@ impl<'a> Txn<'a> {
             }
             updates.push(((t, u), new));
         }
-        for (k, new) in updates {
-            self.overlay.insert(k, Some(Arc::new(new)));
+        for ((t, u), new) in updates {
+            self.overlay[t].insert(u, Some(Arc::new(new)));
         }
         Ok(())
     }
@@ -1064,7 +1209,7 @@ impl<'a> Txn<'a> {
         for (t, ts) in self.db.schema.tables.iter().enumerate() {
             let Some(max) = ts.max_rows else { continue };
             let mut n = self.db.tables[t].rows.len() as i64;
-            for ((_, u), v) in self.overlay.range((t, Uuid::nil())..=(t, Uuid::max())) {
+            for (u, v) in &self.overlay[t] {
                 let existed = self.db.tables[t].rows.contains_key(u);
                 n += i64::from(v.is_some()) - i64::from(existed);
             }
@@ -1081,10 +1226,18 @@ impl<'a> Txn<'a> {
     fn check_indexes(&self) -> Result<(), OvsdbError> {
         for (t, table) in self.db.tables.iter().enumerate() {
             let ts = &table.schema;
+            if ts.indexes.is_empty() || self.overlay[t].is_empty() {
+                continue;
+            }
+            // In UUID order: the clash reported is the first in that order.
+            let mut rows: Vec<(&Uuid, &Arc<Row>)> = self.overlay[t]
+                .iter()
+                .filter_map(|(u, v)| v.as_ref().map(|r| (u, r)))
+                .collect();
+            rows.sort_unstable_by_key(|(u, _)| **u);
             for (ix, cols) in ts.indexes.iter().enumerate() {
                 let mut seen: BTreeMap<Vec<Datum>, Uuid> = BTreeMap::new();
-                for ((_, u), v) in self.overlay.range((t, Uuid::nil())..=(t, Uuid::max())) {
-                    let Some(row) = v else { continue };
+                for &(u, row) in &rows {
                     let key = table.index_key(ix, row);
                     let clash = |other: Uuid| {
                         let names: Vec<&str> =
@@ -1103,7 +1256,7 @@ impl<'a> Txn<'a> {
                     if let Some(&other) = table.indexes[ix].get(&key) {
                         if other != *u {
                             // The committed holder of this key only clashes if it still has it.
-                            let still = match self.overlay.get(&(t, other)) {
+                            let still = match self.overlay[t].get(&other) {
                                 None => true,
                                 Some(None) => false,
                                 Some(Some(r)) => table.index_key(ix, r) == key,
@@ -1302,6 +1455,14 @@ mod tests {
                    {"op":"assert","lock":"mine"}]),
             json!([{"op":"delete","table":"A","where":[]}, 1, "x", {"op":"nope"}]),
             json!([{"op":"abort"}]),
+            // What the fast insert path must leave to the general one.
+            json!([{"op":"insert","table":"A","row":null}]),
+            json!([{"op":"insert","table":"A","row":{"name":"x"},"uuid-name":null}]),
+            json!([{"op":"insert","table":"A","row":{"name":"x"},"uuid-name":5}]),
+            json!([{"op":"insert","table":"A","row":5}]),
+            json!([{"op":"insert","table":"A","row":{"name":"x"},"uuid":["uuid","5f8c43e8-3d9a-4c58-8d5b-2c1f2b0c3d4e"]}]),
+            json!([{"op":"insert","table":7,"row":{"name":"x"}}]),
+            json!([{"op":"insert","table":"A","row":{}}]),
         ];
         for ops in &cases {
             both_forms(ops);

@@ -269,14 +269,60 @@ fn peak_rss_mib(pid: u32) -> u64 {
         / 1024
 }
 
-/// A nestdb-server process, SIGKILLed and reaped on drop.
+/// A nestdb-server process, stopped and reaped on drop: SIGTERM first (so
+/// a server run under `valgrind --tool=callgrind` through
+/// `NESTDB_BIG_SERVER` writes its profile), SIGKILL if it has not exited
+/// within a minute.
 struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of a child not yet reaped.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(60) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Starts `nestdb-server` (or `NESTDB_BIG_SERVER`) on a fresh node
+/// database in `dir`, with limits that take the 100,000-Service shape, and
+/// waits until it listens; its socket is `dir/nestdb.sock`, its log
+/// `dir/nestdb.log`.
+fn start_server(dir: &Path) -> Server {
+    let sock = dir.join("nestdb.sock");
+    let server = Server(
+        Command::new(
+            std::env::var_os("NESTDB_BIG_SERVER")
+                .unwrap_or_else(|| env!("CARGO_BIN_EXE_nestdb-server").into()),
+        )
+        .arg(dir.join("node.db"))
+        .arg("--schema")
+        .arg(schema_path())
+        .arg(format!("--remote=punix:{}", sock.display()))
+        .arg(format!("--unixctl={}", dir.join("nestdb.ctl").display()))
+        // Room for the 100,000-Service shape (about 200 MB of JSON).
+        .args([
+            "--max-message-size=1073741824",
+            "--max-message-memory=8589934592",
+            "--max-memory=17179869184",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("nestdb.log")).unwrap())
+        .spawn()
+        .expect("spawn nestdb-server"),
+    );
+    sluice_testkit::wait_until("nestdb-server to listen", Duration::from_secs(30), || {
+        std::os::unix::net::UnixStream::connect(&sock).ok()
+    });
+    server
 }
 
 #[test]
@@ -287,35 +333,8 @@ fn end_to_end() {
     let rows = n as usize * (2 + eps as usize);
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("nestdb.sock");
-    let server = Server(
-        Command::new(
-            std::env::var_os("NESTDB_BIG_SERVER")
-                .unwrap_or_else(|| env!("CARGO_BIN_EXE_nestdb-server").into()),
-        )
-        .arg(dir.path().join("node.db"))
-        .arg("--schema")
-        .arg(schema_path())
-        .arg(format!("--remote=punix:{}", sock.display()))
-        .arg(format!(
-            "--unixctl={}",
-            dir.path().join("nestdb.ctl").display()
-        ))
-        // Room for the 100,000-Service shape (about 200 MB of JSON).
-        .args([
-            "--max-message-size=1073741824",
-            "--max-message-memory=8589934592",
-            "--max-memory=17179869184",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("nestdb.log")).unwrap())
-        .spawn()
-        .expect("spawn nestdb-server"),
-    );
+    let server = start_server(dir.path());
     let remote = format!("unix:{}", sock.display());
-    sluice_testkit::wait_until("nestdb-server to listen", Duration::from_secs(30), || {
-        std::os::unix::net::UnixStream::connect(&sock).ok()
-    });
     let mut cfg = MonitorConfig::new(&remote, DB, TABLES);
     cfg.request_timeout = Duration::from_secs(600);
     cfg.probe_interval = None;
@@ -390,4 +409,187 @@ fn end_to_end() {
         pct(0.99),
         rtt[rtt.len() - 1]
     );
+}
+
+/// Reads one complete JSON-RPC message (a JSON object) from `r`, keeping
+/// whatever follows it in `buf`; returns the message's text and the instant
+/// its first byte was read. Only splits the stream (strings and escapes
+/// are tracked, nothing is decoded), so the probe's own cost stays out of
+/// what it measures.
+fn read_message(r: &mut impl std::io::Read, buf: &mut Vec<u8>) -> (Vec<u8>, Instant) {
+    let mut first: Option<Instant> = (!buf.is_empty()).then(Instant::now);
+    let (mut depth, mut in_str, mut esc, mut pos) = (0usize, false, false, 0usize);
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        while pos < buf.len() {
+            let c = buf[pos];
+            pos += 1;
+            if in_str {
+                if esc {
+                    esc = false;
+                } else if c == b'\\' {
+                    esc = true;
+                } else if c == b'"' {
+                    in_str = false;
+                }
+                continue;
+            }
+            match c {
+                b'"' => in_str = true,
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        let rest = buf.split_off(pos);
+                        let msg = std::mem::replace(buf, rest);
+                        return (msg, first.unwrap_or_else(Instant::now));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let n = r.read(&mut chunk).expect("read from nestdb-server");
+        assert!(n > 0, "nestdb-server closed the connection");
+        first.get_or_insert_with(Instant::now);
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The value of `field="N"` in the last line of `log` that has it.
+fn log_field(log: &str, field: &str) -> String {
+    let pat = format!("{field}=");
+    log.lines()
+        .rev()
+        .map(strip_ansi)
+        .find_map(|l| {
+            let i = l.find(&pat)? + pat.len();
+            Some(
+                l[i..]
+                    .trim_start_matches('"')
+                    .split(['"', ' '])
+                    .next()?
+                    .to_owned(),
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// `line` without its ANSI colour sequences (the server colours its log
+/// on stderr).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// nestdb-server's own share of the agent's big transaction, with nothing
+/// of a client's work in it: the request is written beforehand
+/// (`Transaction::params_json`, what nestdb-client sends) and goes out on
+/// a plain socket; a second plain socket holds a `monitor_cond_since` on
+/// every table of the node schema (as the agent does) and only splits the
+/// update off the stream. Prints, per run (a fresh server each,
+/// `NESTDB_BIG_RUNS`, default 3): the time from the first byte sent to the
+/// last byte of the reply and to the last byte of the `update3`, the
+/// server's CPU time, and the phases the server logs.
+#[test]
+#[ignore = "a speed probe; run in release with --ignored --nocapture (see the module docs)"]
+fn server_share() {
+    use std::io::Write as _;
+    use std::os::unix::net::UnixStream;
+    let n = env_or("NESTDB_BIG_SERVICES", 10_000);
+    let eps = env_or("NESTDB_BIG_ENDPOINTS", 10);
+    let runs = env_or("NESTDB_BIG_RUNS", 3);
+    let rows = n as usize * (2 + eps as usize);
+    let txn = services_txn(n, eps);
+    let mut request = br#"{"id":1,"method":"transact","params":"#.to_vec();
+    request.extend_from_slice(&txn.params_json().unwrap());
+    request.push(b'}');
+    drop(txn);
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(schema_path()).unwrap()).unwrap();
+    let all: serde_json::Map<String, Value> = schema["tables"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|t| (t.clone(), json!([{}])))
+        .collect();
+    let monitor_req = serde_json::to_vec(
+        &json!({"id":0,"method":"monitor_cond_since","params":[DB,"m",all,null]}),
+    )
+    .unwrap();
+    println!(
+        "{n} Services x {eps} endpoints ({rows} rows), request {:.1} MB, {runs} runs",
+        request.len() as f64 / 1e6
+    );
+    for run in 0..runs {
+        let dir = tempfile::tempdir().unwrap();
+        let server = start_server(dir.path());
+        let sock = dir.path().join("nestdb.sock");
+        let mut mon = UnixStream::connect(&sock).unwrap();
+        mon.write_all(&monitor_req).unwrap();
+        let mut mbuf = Vec::new();
+        let (reply, _) = read_message(&mut mon, &mut mbuf);
+        assert!(
+            reply.starts_with(br#"{"id":0,"result":[false,"#),
+            "{}",
+            String::from_utf8_lossy(&reply)
+        );
+        let monitor = std::thread::spawn(move || {
+            let (update, first) = read_message(&mut mon, &mut mbuf);
+            (update, first, Instant::now())
+        });
+        let mut c = UnixStream::connect(&sock).unwrap();
+        let pid = server.0.id();
+        let cpu0 = process_cpu(pid);
+        let t0 = Instant::now();
+        c.write_all(&request).unwrap();
+        let t_sent = t0.elapsed();
+        let (reply, _) = read_message(&mut c, &mut Vec::new());
+        let t_reply = t0.elapsed();
+        let (update, u_first, u_last) = monitor.join().unwrap();
+        let cpu1 = process_cpu(pid);
+        let reply: Value = serde_json::from_slice(&reply).unwrap();
+        let results = reply["result"].as_array().expect("a transact result");
+        assert!(
+            results.iter().all(|r| r.get("uuid").is_some()),
+            "{:?}",
+            results.iter().find(|r| r.get("uuid").is_none())
+        );
+        assert!(update.starts_with(br#"{"id":null,"method":"update3""#));
+        let update_rows = update.windows(11).filter(|w| w == b"{\"insert\":{").count();
+        assert_eq!(update_rows, rows, "the update reports every inserted row");
+        drop(server);
+        let log = std::fs::read_to_string(dir.path().join("nestdb.log")).unwrap_or_default();
+        let f = |k: &str| log_field(&log, k);
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "  run {run}: request written {:7.1} ms, reply {:7.1} ms, update3 first byte {:7.1} ms, \
+             last byte {:7.1} ms ({:.1} MB); server CPU {:.0} ms ({:.0} user + {:.0} sys); \
+             logged: parse {} execute {} stage {} monitors {} fsync {} ms",
+            ms(t_sent),
+            ms(t_reply),
+            ms(u_first - t0),
+            ms(u_last - t0),
+            update.len() as f64 / 1e6,
+            ms(cpu1.0 + cpu1.1 - cpu0.0 - cpu0.1),
+            ms(cpu1.0 - cpu0.0),
+            ms(cpu1.1 - cpu0.1),
+            f("parse_ms"),
+            f("execute_ms"),
+            f("stage_ms"),
+            f("monitors_ms"),
+            f("fsync_ms"),
+        );
+    }
 }

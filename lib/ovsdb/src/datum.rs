@@ -28,7 +28,7 @@
 //! All types are plain values: `Send + Sync`, no interior mutability.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde_json::{json, Value};
@@ -312,7 +312,7 @@ impl From<Uuid> for Atom {
 /// Named UUIDs declared (`uuid-name`) or referenced (`named-uuid`) in one transaction.
 #[derive(Debug, Default)]
 pub struct SymbolTable {
-    symbols: HashMap<String, (Uuid, bool)>,
+    symbols: hashbrown::HashMap<String, (Uuid, bool)>,
 }
 
 impl SymbolTable {

@@ -13,7 +13,12 @@
 //! server's log return exactly what the operator wrote; [`Schema::to_json`] prints the
 //! parsed model.  Immutable after parsing; shared via `Arc` between threads.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+/// Names (of tables or columns) to their positions: a hash map with a
+/// fast, randomly seeded hasher (foldhash): a large transaction looks a
+/// column up by name for every value it carries.
+pub type NameIndex = hashbrown::HashMap<String, usize>;
 use std::sync::{Arc, OnceLock};
 
 use serde_json::{json, Map, Value};
@@ -55,7 +60,7 @@ pub struct TableSchema {
     /// Columns sorted by name (excluding `_uuid` and `_version`).
     pub columns: Vec<ColumnSchema>,
     /// Column name → index into `columns`.
-    pub column_index: HashMap<String, usize>,
+    pub column_index: NameIndex,
     /// Root tables keep rows that nothing references (never garbage collected).
     pub is_root: bool,
     /// Maximum number of rows, if limited.
@@ -139,7 +144,7 @@ pub struct Schema {
     /// Tables in name order.
     pub tables: Vec<Arc<TableSchema>>,
     /// Table name → index into `tables`.
-    pub table_index: HashMap<String, usize>,
+    pub table_index: NameIndex,
     /// The schema JSON as given.
     pub json: Value,
 }
@@ -198,7 +203,7 @@ impl Schema {
                 t.is_root = true;
             }
         }
-        let table_index: HashMap<String, usize> = tables
+        let table_index: NameIndex = tables
             .iter()
             .enumerate()
             .map(|(i, t)| (t.name.clone(), i))
@@ -309,7 +314,7 @@ fn parse_table(name: &str, v: &Value) -> Result<TableSchema, OvsdbError> {
             ephemeral: flag("ephemeral", false)?,
         });
     }
-    let column_index: HashMap<String, usize> = columns
+    let column_index: NameIndex = columns
         .iter()
         .enumerate()
         .map(|(i, c)| (c.name.clone(), i))
