@@ -1001,6 +1001,18 @@ impl<H> FlowPipeline<H> {
                 self.stats.recirculations.inc();
                 continue;
             }
+            // The commonest continuation, one output (what `Exec::run`
+            // does for it, without building the interpreter): a Service
+            // packet's second pass.
+            if let [DpAction::Output(port)] = &*xlate.actions {
+                let port = if *port == PortNo::IN_PORT {
+                    key.in_port()
+                } else {
+                    *port
+                };
+                out.send(port, pkt);
+                return leads.or(first_pass);
+            }
             let mut exec = Exec {
                 now,
                 mac: &mut self.mac,
