@@ -675,18 +675,33 @@ mod tests {
             ip_ck in prop_oneof![Just(0u16), Just(0xffff), any::<u16>()],
             l4_ck in prop_oneof![Just(0u16), Just(0xffff), any::<u16>()],
             payload in proptest::collection::vec(any::<u8>(), 0..20),
+            zero_result in any::<bool>(),
         ) {
             let mut f = frame(if udp { 1 } else { 0 }, 0, t, &payload);
             f[24..26].copy_from_slice(&ip_ck.to_be_bytes());
+            let to = Tuple {
+                src: if keep[0] { t.src } else { to.src },
+                dst: if keep[1] { t.dst } else { to.dst },
+                sport: if keep[2] { t.sport } else { to.sport },
+                dport: if keep[3] { t.dport } else { to.dport },
+            };
+            // With `zero_result`, the transport checksum whose update is
+            // 0 (sent as 0xffff by UDP): `c` with `!fold(!c + d) == 0` is
+            // `fold(d)`, `d` the sum of the changes' terms.
+            let l4_ck = if zero_result {
+                let mut d = 0u64;
+                if t.src != to.src { d += delta32(t.src, to.src); }
+                if t.dst != to.dst { d += delta32(t.dst, to.dst); }
+                if t.sport != to.sport { d += delta16(t.sport, to.sport); }
+                if t.dport != to.dport { d += delta16(t.dport, to.dport); }
+                checksum::fold(d)
+            } else {
+                l4_ck
+            };
             let at = 34 + if udp { 6 } else { 16 };
             f[at..at + 2].copy_from_slice(&l4_ck.to_be_bytes());
             let p = parse(&f).expect("parse");
-            let to = Tuple {
-                src: if keep[0] { p.tuple.src } else { to.src },
-                dst: if keep[1] { p.tuple.dst } else { to.dst },
-                sport: if keep[2] { p.tuple.sport } else { to.sport },
-                dport: if keep[3] { p.tuple.dport } else { to.dport },
-            };
+            prop_assert_eq!(p.tuple, t);
             let (mut a, mut b, mut c) = (f.clone(), f.clone(), f.clone());
             prop_assert_eq!(retarget_ports(&mut a, &p, to), Some(()));
             prop_assert_eq!(retarget(&mut b, &p, to, p.end, &mut Cover::<false>(0)), Some(()));
