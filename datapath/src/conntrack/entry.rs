@@ -273,6 +273,21 @@ impl Conn {
         }
     }
 
+    /// [`Conn::timeout_class`] and [`Conn::timeout`] of one reading of
+    /// the state.
+    #[inline]
+    pub(super) fn timeout_and_class(&self, t: &Timeouts) -> (u8, Nanos) {
+        match &self.proto {
+            ProtoState::Tcp(c) => {
+                let s = c.state();
+                (s as u8, s.timeout(t))
+            }
+            ProtoState::Icmp => (u8::from(self.replied()), t.icmp),
+            ProtoState::Other if self.replied() => (1, t.udp_stream),
+            ProtoState::Other => (0, t.udp_first),
+        }
+    }
+
     pub(super) fn timeout(&self, t: &Timeouts) -> Nanos {
         match &self.proto {
             ProtoState::Tcp(c) => c.state().timeout(t),

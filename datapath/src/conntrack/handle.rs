@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use super::cache::CacheCounters;
 use super::cache::{CacheStats, ConnCache};
 use super::entry::{Conn, ConnKey, CtMarks, Marks, ProtoState};
-use super::hit::{hit_conn, hit_fast, Hit, Verdict};
+use super::hit::{hit_conn, hit_fast, hit_locked, Hit, Verdict};
 use super::lb::{LbDecision, LbQuery, LbRef};
 use super::lock;
 use super::nat::{Parsed, Tuple, L4};
@@ -198,8 +198,29 @@ impl ConntrackHandle {
         // changes the connection's state or misses the cache.
         let cfg = &self.ct.inner.config;
         if let Some((conn, dir)) = self.cache.lookup(&key, hash) {
-            let log = &self.ct.inner.changed;
-            match hit_conn(cfg, now, ct, seg.as_ref(), len, dir, conn, log) {
+            // `hit_conn`, with the steady case finished here: its result
+            // goes straight to the rewrite instead of through the
+            // `Hit` the locked path returns in memory (a store-forwarding
+            // stall on every packet when the two joined).
+            let fast = hit_fast(cfg, now, ct, seg.as_ref(), len, dir, conn);
+            if let Some(Hit::Tracked(st, mark, target)) = fast {
+                self.cache.count(true);
+                return match target {
+                    Some(target) => {
+                        nat::rewrite(pkt.data_mut(), &p, target)?;
+                        Ok((st, mark, Verdict::Rewritten(target)))
+                    }
+                    None => Ok((st, mark, Verdict::Tracked)),
+                };
+            }
+            let hit = match fast {
+                Some(hit) => hit,
+                None => {
+                    let log = &self.ct.inner.changed;
+                    hit_locked(cfg, now, ct, seg.as_ref(), len, dir, conn, log)
+                }
+            };
+            match hit {
                 Hit::Gone => self.cache.forget(&key, hash),
                 hit => {
                     self.cache.count(true);
@@ -713,6 +734,31 @@ pub(super) const META_FIELDS: [Field; 16] = [
     Field::Reg7,
 ];
 
+/// The key word of `nw_src` (bits 0..32) and `nw_dst` (32..64).
+const NW_WORD: usize = 3;
+/// The key word of `tp_src` (bits 0..16), `tp_dst` (16..32), `ct_zone`
+/// (32..48), `ct_state` (48..56) and `recirc_id` (56..64).
+const TP_CT_WORD: usize = 4;
+
+/// `key.set` of `nw_src` and `nw_dst` (and, for TCP, UDP and SCTP, of
+/// `tp_src` and `tp_dst`) to `t`, as one store per key word (the
+/// layout is checked by `tests::tuple_and_ct_words_are_the_fields`).
+#[inline]
+fn set_tuple(key: &mut FlowKey, t: Tuple) {
+    key.w[NW_WORD] = u64::from(t.src) | u64::from(t.dst) << 32;
+    if matches!(key.nw_proto(), ipproto::TCP | ipproto::UDP | ipproto::SCTP) {
+        let w = &mut key.w[TP_CT_WORD];
+        *w = (*w & !0xffff_ffff) | u64::from(t.sport) | u64::from(t.dport) << 16;
+    }
+}
+
+/// `key.set` of `ct_state` and `ct_zone`, as one store.
+#[inline]
+fn set_ct_state_zone(key: &mut FlowKey, st: u8, zone: u16) {
+    let w = &mut key.w[TP_CT_WORD];
+    *w = (*w & !(0xff_ffff << 32)) | u64::from(zone) << 32 | u64::from(st) << 48;
+}
+
 impl<B: PacketBuf> ConntrackHook<B> for ConntrackHandle {
     fn conntrack(
         &mut self,
@@ -727,14 +773,7 @@ impl<B: PacketBuf> ConntrackHook<B> for ConntrackHandle {
         match verdict {
             Verdict::Tracked => {}
             // NAT: patch the translated fields (no second parse).
-            Verdict::Rewritten(t) => {
-                key.set(Field::NwSrc, u128::from(t.src));
-                key.set(Field::NwDst, u128::from(t.dst));
-                if matches!(key.nw_proto(), ipproto::TCP | ipproto::UDP | ipproto::SCTP) {
-                    key.set(Field::TpSrc, u128::from(t.sport));
-                    key.set(Field::TpDst, u128::from(t.dport));
-                }
-            }
+            Verdict::Rewritten(t) => set_tuple(key, t),
             // A rebuilt packet: extract again, keeping the metadata.
             Verdict::Reextract => {
                 let (mut k, _) = extract_with_layout(pkt.data(), key.in_port());
@@ -745,8 +784,7 @@ impl<B: PacketBuf> ConntrackHook<B> for ConntrackHandle {
                 *key = k;
             }
         }
-        key.set(Field::CtState, u128::from(st));
-        key.set(Field::CtZone, u128::from(ct.zone));
+        set_ct_state_zone(key, st, ct.zone);
         key.set(Field::CtMark, u128::from(mark.mark));
         key.set(Field::CtLabel, mark.label);
         Ok(())
@@ -822,6 +860,41 @@ impl Conntrack {
                 lock(&self.inner.caches).push(c.counters());
                 c
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The one-store writes of the hook give the key `key.set` gives,
+        /// other fields (`recirc_id` in the same word) untouched.
+        #[test]
+        fn tuple_and_ct_words_are_the_fields(
+            words in proptest::collection::vec(any::<u64>(), crate::flow::key::KEY_WORDS),
+            proto in prop_oneof![Just(ipproto::TCP), Just(ipproto::UDP), Just(ipproto::SCTP), Just(ipproto::ICMP), any::<u8>()],
+            src in any::<u32>(), dst in any::<u32>(), sport in any::<u16>(), dport in any::<u16>(),
+            st in any::<u8>(), zone in any::<u16>(),
+        ) {
+            let mut key = FlowKey::ZERO;
+            key.w.copy_from_slice(&words);
+            key.set(Field::NwProto, u128::from(proto));
+            let t = Tuple { src, dst, sport, dport };
+            let mut want = key;
+            want.set(Field::NwSrc, u128::from(src));
+            want.set(Field::NwDst, u128::from(dst));
+            if matches!(proto, ipproto::TCP | ipproto::UDP | ipproto::SCTP) {
+                want.set(Field::TpSrc, u128::from(sport));
+                want.set(Field::TpDst, u128::from(dport));
+            }
+            want.set(Field::CtState, u128::from(st));
+            want.set(Field::CtZone, u128::from(zone));
+            set_tuple(&mut key, t);
+            set_ct_state_zone(&mut key, st, zone);
+            prop_assert_eq!(key.w, want.w);
         }
     }
 }

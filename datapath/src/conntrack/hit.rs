@@ -118,7 +118,9 @@ pub(super) fn hit_fast(
     if new_marks != marks {
         return None;
     }
-    let class = c.timeout_class();
+    // The timeout class and its timeout from one read of the state (the
+    // packet changes neither on this path).
+    let (class, timeout) = c.timeout_and_class(&cfg.timeouts);
     if let ProtoState::Tcp(t) = &c.proto {
         // Changes the window only when it returns true.
         if !seg.is_some_and(|seg| t.track_established(dir, seg) || t.track_unreplied_noop(dir, seg))
@@ -132,15 +134,18 @@ pub(super) fn hit_fast(
         return Some(Hit::Gone);
     }
     c.bytes[dir].fetch_add(len, Ordering::Relaxed);
-    refresh(cfg, now, c, class);
+    refresh(cfg, now, c, class, timeout);
     Some(tracked(c, ct, dir, replied, marks))
 }
 
-/// Moves the expiry of `c` (timeout class `class` when the packet was
-/// checked) forward, when it moves by at least [`EXPIRES_REFRESH_NS`].
+/// Moves the expiry of `c` (timeout class `class`, of timeout `timeout`,
+/// when the packet was checked) forward, when it moves by at least
+/// [`EXPIRES_REFRESH_NS`]. A transition since the check (which sets its
+/// own expiry under the entry's lock) makes the packet count as before
+/// it when nothing is written, and is caught after the write otherwise.
 #[inline]
-pub(super) fn refresh(cfg: &ConntrackConfig, now: Nanos, c: &Conn, class: u8) {
-    let e = now + c.timeout(&cfg.timeouts);
+pub(super) fn refresh(cfg: &ConntrackConfig, now: Nanos, c: &Conn, class: u8, timeout: Nanos) {
+    let e = now + timeout;
     if e < c.expires().saturating_add(EXPIRES_REFRESH_NS) {
         return;
     }

@@ -69,7 +69,7 @@ use crate::classifier::megaflow::{MegaflowCache, MegaflowStats, MEGAFLOW_CAPACIT
 use crate::classifier::slowpath::{live_mask, translate, Xlate};
 use crate::classifier::{prefetch, TierStats};
 use crate::drop::DropReason;
-use crate::flow::action::{rewrite, DpAction};
+use crate::flow::action::{rewrite, CtAction, DpAction};
 use crate::flow::key::{extract_into, Field, FlowKey, Layout};
 use crate::flow::program::FlowProgram;
 use crate::flow::tables::FlowTables;
@@ -856,6 +856,25 @@ impl<H> FlowPipeline<H> {
                 let slot = self.count_pending(j, bytes);
                 let xlate = &self.pending[slot].0;
                 prev = Some(Arc::as_ptr(xlate));
+                if let Some((ct, t)) = ct_recirc_shape(&xlate.actions) {
+                    let r = ct_recirc(
+                        &mut self.hooks,
+                        &mut self.split,
+                        &mut self.ct_ran,
+                        now,
+                        ct,
+                        t,
+                        &mut pkt,
+                        &mut key,
+                    );
+                    if let Err(r) = r {
+                        out.drop(r, pkt);
+                        return Some((slot, xlate.single_pass));
+                    }
+                    first_pass = Some((slot, false));
+                    self.stats.recirculations.inc();
+                    continue;
+                }
                 let mut exec = Exec {
                     now,
                     mac: &mut self.mac,
@@ -959,6 +978,41 @@ impl<H> FlowPipeline<H> {
                 }
             };
             let leads = (pass == 0).then_some((slot, xlate.single_pass));
+            if let Some((ct, t)) = ct_recirc_shape(&xlate.actions) {
+                let r = ct_recirc(
+                    &mut self.hooks,
+                    &mut self.split,
+                    &mut self.ct_ran,
+                    now,
+                    ct,
+                    t,
+                    &mut pkt,
+                    &mut key,
+                );
+                if let Err(r) = r {
+                    out.drop(r, pkt);
+                    return leads.or(first_pass);
+                }
+                first_pass = first_pass.or(leads);
+                if pass == MAX_RECIRC {
+                    out.drop(DropReason::RecircLimit, pkt);
+                    return None;
+                }
+                self.stats.recirculations.inc();
+                continue;
+            }
+            // The commonest continuation, one output (what `Exec::run`
+            // does for it, without building the interpreter): a Service
+            // packet's second pass.
+            if let [DpAction::Output(port)] = &*xlate.actions {
+                let port = if *port == PortNo::IN_PORT {
+                    key.in_port()
+                } else {
+                    *port
+                };
+                out.send(port, pkt);
+                return leads.or(first_pass);
+            }
             let mut exec = Exec {
                 now,
                 mac: &mut self.mac,
@@ -1082,6 +1136,41 @@ impl<H> FlowPipeline<H> {
         }
         j
     }
+}
+
+/// The Service translation `ct(..., table=N)` alone (every packet of a
+/// Service goes through it before its continuation): its action and `N`.
+#[inline(always)]
+fn ct_recirc_shape(actions: &[DpAction]) -> Option<(&CtAction, u8)> {
+    match actions {
+        [DpAction::Ct(ct)] => ct.table.map(|t| (ct, t)),
+        _ => None,
+    }
+}
+
+/// Runs a [`ct_recirc_shape`] list on `pkt` without the interpreter, with
+/// the same result as `Exec::run`: on success the packet recirculates to
+/// table `t` (`recirc_id` set, no re-parse), else it is to be dropped
+/// for the returned reason.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn ct_recirc<B: PacketBuf, H: ActionHooks<B>>(
+    hooks: &mut H,
+    split: &mut Split,
+    ct_ran: &mut bool,
+    now: Nanos,
+    ct: &CtAction,
+    t: u8,
+    pkt: &mut B,
+    key: &mut FlowKey,
+) -> Result<(), DropReason> {
+    *ct_ran = true;
+    split.enter(Stage::Conntrack);
+    let r = hooks.conntrack(now, ct, pkt, key);
+    split.enter(Stage::Actions);
+    r?;
+    key.set(Field::RecircId, u128::from(t) + 1);
+    Ok(())
 }
 
 /// The Geneve encap translation, `set_field:…->tun_*, …, tnl_push,
