@@ -1260,6 +1260,9 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
             );
         }
         let parsed = &mut store[..n];
+        // The slots of a packet whose hash is the last one's are already
+        // on their way (a burst of one flow prefetches once).
+        let mut last_hash = None;
         for (q, pkt) in parsed.iter_mut().zip(burst.pkts.iter()) {
             if pkt.len() >= 14 {
                 q.layout = extract_into(pkt.data(), in_port, &mut q.key);
@@ -1269,7 +1272,10 @@ impl<B: PacketBuf, H: ActionHooks<B>> Pipeline<B> for FlowPipeline<H> {
                 q.key.set(Field::InPort, u128::from(in_port.0));
             }
             q.hash = q.key.hash_live(&self.live, &self.words);
-            self.emc.prefetch(q.hash);
+            if last_hash != Some(q.hash) {
+                self.emc.prefetch(q.hash);
+                last_hash = Some(q.hash);
+            }
         }
         let t1 = cycles();
         self.split.begin(t1);
