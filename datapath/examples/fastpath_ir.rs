@@ -203,7 +203,8 @@ fn bench_udp_frame(dst_mac: [u8; 6], dst: [u8; 4]) -> Vec<u8> {
 /// frames at a time through the flow pipeline: `l2` (1000 flows differing
 /// in source address and port, one `in_port,dl_dst` rule, output) and
 /// `encap` (10,000 such flows to one overlay pod, the bench's Geneve
-/// encap rule). Per packet: Ir / (32 n).
+/// encap rule), behind the ingress checks as in sluiced. Per packet:
+/// Ir / (32 n).
 #[inline(never)]
 fn work_bench(n: u32, encap: bool) {
     use sluice_datapath::packet::{Burst, Output};
@@ -222,7 +223,12 @@ fn work_bench(n: u32, encap: bool) {
         )
     };
     let t = tunnels(LOCAL, REMOTE, false);
-    let mut p = tunnel_work::pipeline(program, &t);
+    // Wrapped as sluiced wraps it (port security and ARP responder,
+    // nothing configured, as in the bench).
+    let mut p = sluice_datapath::neigh::ingress::Ingress::new(
+        tunnel_work::pipeline(program, &t),
+        sluice_datapath::neigh::ingress::IngressControl::default(),
+    );
     let mut burst = Burst::new(PortNo(1));
     for _ in 0..32 {
         burst.pkts.push(HeapBuf::from_frame(&frame));
