@@ -228,6 +228,20 @@ pub struct Ingress<P> {
     control: IngressControl,
     config: Arc<IngressConfig>,
     counters: Arc<HashMap<PortNo, Arc<PortSecurityCounters>>>,
+    /// `config` secures no port and answers no ARP request: every packet
+    /// passes, so a burst goes to the inner pipeline unchecked (the
+    /// per-packet check and reordering cost ~70 instructions per packet
+    /// in front of an l2 forward otherwise).
+    inert: bool,
+}
+
+impl IngressConfig {
+    /// True when [`Ingress`] passes every packet under this configuration:
+    /// no secured port (no drop) and no ARP address or proxy range (no
+    /// reply).
+    fn passes_everything(&self) -> bool {
+        self.ports.is_empty() && self.arp.addresses.is_empty() && self.arp.proxy.is_empty()
+    }
 }
 
 impl<P> std::fmt::Debug for Ingress<P> {
@@ -248,9 +262,11 @@ enum Verdict {
 impl<P> Ingress<P> {
     /// Wraps `inner`, configured through `control`.
     pub fn new(inner: P, control: IngressControl) -> Self {
+        let config = control.config.load_full();
         Ingress {
             inner,
-            config: control.config.load_full(),
+            inert: config.passes_everything(),
+            config,
             counters: control.counters.load_full(),
             control,
         }
@@ -270,6 +286,7 @@ impl<P> Ingress<P> {
         let c = self.control.config.load();
         if !Arc::ptr_eq(&c, &self.config) {
             self.config = c.clone();
+            self.inert = self.config.passes_everything();
             self.counters = self.control.counters.load_full();
         }
     }
@@ -357,6 +374,10 @@ impl<B: PacketBuf, P: Pipeline<B>> Pipeline<B> for Ingress<P> {
 
     fn process(&mut self, now: Nanos, burst: &mut Burst<B>, out: &mut Output<B>) {
         self.refresh();
+        if self.inert {
+            self.inner.process(now, burst, out);
+            return;
+        }
         let in_port = burst.in_port;
         let n = burst.pkts.len();
         // Keep passing packets in place, in order (no allocation).
@@ -551,5 +572,80 @@ mod tests {
         assert_eq!(out.drops.get(DropReason::PortSecurityArp), 0);
         let c = &ctl.counters()[0].1;
         assert_eq!((c.mac.get(), c.ip.get(), c.arp.get()), (0, 0, 0));
+    }
+
+    /// The frames (port, bytes) `out` staged, in order, and the total
+    /// drop count.
+    fn staged(mut out: Output<HeapBuf>) -> (Vec<(u16, Vec<u8>)>, u64) {
+        let mut v = Vec::new();
+        out.flush(|port, q| {
+            v.extend(q.drain(..).map(|p| (port.0, p.data().to_vec())));
+        });
+        let drops = crate::drop::DropReason::ALL
+            .iter()
+            .map(|&r| out.drops.get(r))
+            .sum();
+        (v, drops)
+    }
+
+    mod unchecked {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// With nothing configured (no secured port, no ARP address or
+            /// proxy), the burst skips the per-packet checks: the inner
+            /// pipeline gets the same frames in the same order, and nothing
+            /// is dropped or answered, as when every packet is checked. The
+            /// frames include ARP requests (from the pool and random bytes
+            /// after an ARP ethertype), IPv4, VLAN-tagged and short frames.
+            #[test]
+            fn an_unconfigured_ingress_passes_bursts_unchecked(
+                frames in prop::collection::vec(
+                    prop_oneof![
+                        Just(arp_frame(1, [0xff; 6], POD_MAC, POD_IP, [0; 6], GW).to_vec()),
+                        Just(arp_frame(1, [0xff; 6], POD_MAC, POD_IP, [0; 6], POD_IP).to_vec()),
+                        Just(ipv4(POD_MAC, POD_IP)),
+                        Just(ipv4(GW_MAC, GW)),
+                        prop::collection::vec(any::<u8>(), 0..64).prop_map(|mut f| {
+                            if f.len() >= 14 {
+                                f[12..14].copy_from_slice(&[0x08, 0x06]);
+                            }
+                            f
+                        }),
+                        prop::collection::vec(any::<u8>(), 0..64),
+                    ],
+                    0..40,
+                ),
+                port in 0u16..3,
+            ) {
+                let ctl = IngressControl::default();
+                let mut fast = Ingress::new(Sink, ctl.clone());
+                prop_assert!(fast.inert, "an empty configuration is inert");
+                let mut checked = Ingress::new(Sink, ctl);
+                checked.inert = false;
+                let a = staged(run(&mut fast, port, &frames));
+                let b = staged(run(&mut checked, port, &frames));
+                prop_assert_eq!(&a, &b);
+                prop_assert_eq!(a.0.len(), frames.len());
+            }
+        }
+    }
+
+    #[test]
+    fn configuring_ingress_ends_the_unchecked_path() {
+        let ctl = IngressControl::default();
+        let mut p = Ingress::new(Sink, ctl.clone());
+        assert!(p.inert);
+        ctl.add_address(GW, GW_MAC);
+        let out = run(
+            &mut p,
+            1,
+            &[arp_frame(1, [0xff; 6], POD_MAC, POD_IP, [0; 6], GW).to_vec()],
+        );
+        assert!(!p.inert, "an ARP address is picked up at the next burst");
+        let (frames, _) = staged(out);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].0, 1, "the request is answered on its port");
     }
 }
