@@ -306,58 +306,108 @@ impl Framer {
 
     /// Where in the buffer the next complete message lies (as
     /// [`Framer::next_frame_ref`]).
+    ///
+    /// The scanner state lives in locals while it runs and is stored back
+    /// when it stops. Inside a string it jumps to the next `"` or `\\` with
+    /// `memchr2` instead of looking at every byte (an OVSDB transaction is
+    /// mostly string text: UUIDs, names, addresses), and it looks only at
+    /// the bytes the size limit allows, so the limit is checked once per
+    /// call rather than per byte. The outcome is the byte-by-byte scanner's
+    /// (`tests::reference_scan` and the proptest comparing the two).
     fn next_frame_range(&mut self) -> Result<Option<std::ops::Range<usize>>, FrameError> {
         if let Some(error) = &self.failed {
             return Err(error.clone());
         }
-        while self.scan < self.buf.len() {
-            let byte = self.buf[self.scan];
-            let pos = self.scan;
-            self.scan += 1;
-            let Some(start) = self.start else {
-                match byte {
-                    b' ' | b'\t' | b'\n' | b'\r' => self.consumed = self.scan,
-                    b'{' | b'[' => {
-                        self.start = Some(pos);
-                        self.depth = 1;
+        let len = self.buf.len();
+        let mut scan = self.scan;
+        let start = match self.start {
+            Some(start) => start,
+            None => {
+                // Between messages: whitespace, then an object or array.
+                loop {
+                    let Some(&byte) = self.buf.get(scan) else {
+                        self.scan = scan;
+                        return Ok(None);
+                    };
+                    scan += 1;
+                    match byte {
+                        b' ' | b'\t' | b'\n' | b'\r' => self.consumed = scan,
+                        b'{' | b'[' => {
+                            self.start = Some(scan - 1);
+                            self.depth = 1;
+                            self.in_string = false;
+                            self.escape = false;
+                            break scan - 1;
+                        }
+                        _ => {
+                            self.scan = scan;
+                            return Err(self.fail(FrameError::NotAnObject { byte }));
+                        }
                     }
-                    _ => return Err(self.fail(FrameError::NotAnObject { byte })),
+                }
+            }
+        };
+        // Bytes at `start + max_message_bytes` and beyond cannot belong to
+        // an accepted message.
+        let limit_end = start.saturating_add(self.limits.max_message_bytes);
+        let end = len.min(limit_end);
+        let bytes = &self.buf[..end];
+        let max_depth = self.limits.max_depth;
+        let (mut depth, mut in_string, mut escape) = (self.depth, self.in_string, self.escape);
+        while scan < end {
+            if in_string {
+                if escape {
+                    escape = false;
+                    scan += 1;
+                    continue;
+                }
+                match memchr::memchr2(b'"', b'\\', &bytes[scan..]) {
+                    None => scan = end,
+                    Some(i) => {
+                        let at = scan + i;
+                        if bytes[at] == b'\\' {
+                            escape = true;
+                        } else {
+                            in_string = false;
+                        }
+                        scan = at + 1;
+                    }
                 }
                 continue;
-            };
-            if pos + 1 - start > self.limits.max_message_bytes {
-                let limit = self.limits.max_message_bytes;
-                return Err(self.fail(FrameError::TooLarge { limit }));
             }
-            if self.in_string {
-                if self.escape {
-                    self.escape = false;
-                } else if byte == b'\\' {
-                    self.escape = true;
-                } else if byte == b'"' {
-                    self.in_string = false;
-                }
-                continue;
-            }
+            let byte = bytes[scan];
+            scan += 1;
             match byte {
-                b'"' => self.in_string = true,
+                b'"' => in_string = true,
                 b'{' | b'[' => {
-                    self.depth += 1;
-                    if self.depth > self.limits.max_depth {
-                        let limit = self.limits.max_depth;
-                        return Err(self.fail(FrameError::TooDeep { limit }));
+                    depth += 1;
+                    if depth > max_depth {
+                        self.scan = scan;
+                        return Err(self.fail(FrameError::TooDeep { limit: max_depth }));
                     }
                 }
                 b'}' | b']' => {
-                    self.depth -= 1;
-                    if self.depth == 0 {
+                    depth -= 1;
+                    if depth == 0 {
                         self.start = None;
-                        self.consumed = self.scan;
-                        return Ok(Some(start..self.scan));
+                        self.depth = 0;
+                        self.in_string = false;
+                        self.escape = false;
+                        self.scan = scan;
+                        self.consumed = scan;
+                        return Ok(Some(start..scan));
                     }
                 }
                 _ => {}
             }
+        }
+        self.scan = scan;
+        self.depth = depth;
+        self.in_string = in_string;
+        self.escape = escape;
+        if len > limit_end {
+            let limit = self.limits.max_message_bytes;
+            return Err(self.fail(FrameError::TooLarge { limit }));
         }
         Ok(None)
     }
@@ -582,6 +632,62 @@ mod tests {
         assert!(matches!(p.next_value(), Err(FrameError::InvalidJson(_))));
     }
 
+    /// The byte-by-byte scanner the framer had before it skipped string
+    /// text with `memchr2` and checked the size limit once per call: the
+    /// oracle of `scanner_equals_the_byte_by_byte_one`. The frames of
+    /// `wire` in order, then how the stream ends: `Ok(true)` inside a
+    /// message, `Ok(false)` between messages, or the fatal error.
+    fn reference_scan(wire: &[u8], limits: Limits) -> (Vec<Vec<u8>>, Result<bool, FrameError>) {
+        let mut frames = Vec::new();
+        let (mut start, mut depth, mut in_string, mut escape) = (None, 0usize, false, false);
+        for (pos, &byte) in wire.iter().enumerate() {
+            let Some(s) = start else {
+                match byte {
+                    b' ' | b'\t' | b'\n' | b'\r' => {}
+                    b'{' | b'[' => {
+                        start = Some(pos);
+                        depth = 1;
+                    }
+                    _ => return (frames, Err(FrameError::NotAnObject { byte })),
+                }
+                continue;
+            };
+            if pos + 1 - s > limits.max_message_bytes {
+                let limit = limits.max_message_bytes;
+                return (frames, Err(FrameError::TooLarge { limit }));
+            }
+            if in_string {
+                if escape {
+                    escape = false;
+                } else if byte == b'\\' {
+                    escape = true;
+                } else if byte == b'"' {
+                    in_string = false;
+                }
+                continue;
+            }
+            match byte {
+                b'"' => in_string = true,
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth > limits.max_depth {
+                        let limit = limits.max_depth;
+                        return (frames, Err(FrameError::TooDeep { limit }));
+                    }
+                }
+                b'}' | b']' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        frames.push(wire[s..=pos].to_vec());
+                        start = None;
+                    }
+                }
+                _ => {}
+            }
+        }
+        (frames, Ok(start.is_some()))
+    }
+
     proptest::proptest! {
         #[test]
         fn any_chunking_yields_the_same_messages(
@@ -611,6 +717,45 @@ mod tests {
                 }
             }
             proptest::prop_assert_eq!(got, msgs);
+        }
+
+        /// The framer (any chunking, the limits crossed anywhere) gives the
+        /// frames and the end state the byte-by-byte scanner gives.
+        #[test]
+        fn scanner_equals_the_byte_by_byte_one(
+            wire in proptest::collection::vec(
+                proptest::sample::select(b"{}[]\"\\ \nax:,".to_vec()), 0..160),
+            cuts in proptest::collection::vec(0usize..200, 0..8),
+            max_message_bytes in 1usize..48,
+            max_depth in 1usize..5,
+        ) {
+            let limits = Limits { max_message_bytes, max_depth };
+            let (want_frames, want_end) = reference_scan(&wire, limits);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (wire.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut p = Framer::with_limits(limits);
+            let (mut frames, mut error) = (Vec::new(), None);
+            let mut last = 0;
+            'feed: for c in cuts.into_iter().chain(std::iter::once(wire.len())) {
+                p.push(&wire[last..c]);
+                last = c;
+                loop {
+                    match p.next_frame() {
+                        Ok(Some(frame)) => frames.push(frame),
+                        Ok(None) => break,
+                        Err(e) => {
+                            error = Some(e);
+                            break 'feed;
+                        }
+                    }
+                }
+            }
+            let end = match error {
+                Some(e) => Err(e),
+                None => Ok(p.has_partial()),
+            };
+            proptest::prop_assert_eq!(frames, want_frames);
+            proptest::prop_assert_eq!(end, want_end);
         }
 
         #[test]
