@@ -11,7 +11,11 @@
 //! (b) 100,000 Services (one endpoint each) installed, then 1,000 changes
 //!     of one endpoint's address, one transaction each, one after the
 //!     other: p50, p99 and max of transaction sent → generation in force;
-//!     and the agent's resident memory at 100k Services.
+//!     and the agent's resident memory at 100k Services;
+//! (c) then a generation the agent did not make (an empty commit from the
+//!     probe): the agent re-reads and diffs the whole program; its
+//!     resident memory before and after (the transient of that re-read
+//!     must go back to the system).
 //!
 //! Not a CI test (it takes a minute and its figures depend on the
 //! machine): `#[ignore]`, run in release mode by one command:
