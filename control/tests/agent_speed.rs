@@ -11,7 +11,11 @@
 //! (b) 100,000 Services (one endpoint each) installed, then 1,000 changes
 //!     of one endpoint's address, one transaction each, one after the
 //!     other: p50, p99 and max of transaction sent → generation in force;
-//!     and the agent's resident memory at 100k Services.
+//!     and the agent's resident memory at 100k Services;
+//! (c) then a generation the agent did not make (an empty commit from the
+//!     probe): the agent re-reads and diffs the whole program; its
+//!     resident memory before and after (the transient of that re-read
+//!     must go back to the system).
 //!
 //! Not a CI test (it takes a minute and its figures depend on the
 //! machine): `#[ignore]`, run in release mode by one command:
@@ -40,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use nestdb_client::node::DB;
 use nestdb_client::{Client as DbClient, Condition, Datum, Transaction, Uuid};
-use sluice_api::node::{NodeStatus, QueryNodeProgram, QueryNodeStatus};
+use sluice_api::node::{NodeChanges, NodeCommit, NodeStatus, QueryNodeProgram, QueryNodeStatus};
 use sluice_api::{Client, Empty};
 use sluice_testkit::node::{ctl_socket, start_sluiced, Nestdb, SluicedIni};
 use sluice_testkit::{built_or_skip, root_or_skip, rows, sh, Daemon, Netns};
@@ -508,6 +512,10 @@ fn commit_to_generation_in_force() {
             n_b as usize,
             "an endpoint UUID per Service"
         );
+        // The install may have taken longer than sluiced's idle timeout
+        // for a connection (300 s) on a loaded machine: a fresh one.
+        let mut st = Client::connect(ctl()).unwrap();
+        st.set_timeout(Some(WAIT)).unwrap();
         let mut lat = Vec::with_capacity(changes as usize);
         let mut rtt = Vec::with_capacity(changes as usize);
         let mut g = st.call::<QueryNodeStatus>(&Empty {}).unwrap().generation;
@@ -546,5 +554,38 @@ fn commit_to_generation_in_force() {
             println!("    agent: {l}");
         }
         s.print_phases(changes as usize);
+
+        // (c) A generation the agent did not make (an empty commit from
+        // here): the agent reads sluiced's whole program and diffs it
+        // against its own (O(program) transient memory), finds nothing to
+        // send, and records the generation in Node_Status.
+        let rss_before = rss_kib(s.agent.id()) / 1024;
+        let g = st.call::<QueryNodeStatus>(&Empty {}).unwrap().generation;
+        let t0 = Instant::now();
+        st.call::<NodeCommit>(&NodeChanges {
+            generation: g + 1,
+            expected_generation: Some(g),
+            ..NodeChanges::default()
+        })
+        .unwrap();
+        wait_for(
+            "the agent to record the foreign generation in Node_Status",
+            || s.logs(),
+            || {
+                let out = c
+                    .transact(&Transaction::new(DB).select("Node_Status", vec![]))
+                    .ok()?;
+                let rows = out.results.first()?.rows()?;
+                rows.iter()
+                    .any(|r| r.get("generation").and_then(Datum::as_i64) == Some(g as i64 + 1))
+                    .then_some(())
+            },
+        );
+        println!(
+            "(c) a foreign generation at {n_b} Services: the agent re-read and diffed the whole program (nothing sent) in {:.1} ms; agent RSS {} MiB before, {} MiB after",
+            t0.elapsed().as_secs_f64() * 1e3,
+            rss_before,
+            rss_kib(s.agent.id()) / 1024
+        );
     }
 }

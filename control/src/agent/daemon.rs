@@ -265,8 +265,11 @@ struct Loop {
     /// When a large batch was committed, until the status write that
     /// follows it (whose time is then logged).
     large_status: Option<Instant>,
-    /// A large batch (or the first whole compile) was planned: its
-    /// transient memory goes back to the system after the round.
+    /// A large batch, the first whole compile, a read of `sluiced`'s whole
+    /// program or a full resynchronisation of the monitor happened: its
+    /// transient memory goes back to the system after the round (glibc
+    /// keeps freed memory otherwise: the resident size would stay at that
+    /// operation's high-water mark for good).
     trim_heap: bool,
 }
 
@@ -400,6 +403,10 @@ impl Loop {
                     info!("nestdb-server is reachable again");
                 }
                 self.db_reachable = true;
+                // A full dump (not a resumed monitor) decoded every row
+                // again and replaced the replica's: O(database) transient
+                // memory even when few rows differ.
+                self.trim_heap |= !resumed && self.loaded;
                 self.synced = true;
                 self.db_changed = true;
             }
@@ -518,6 +525,11 @@ impl Loop {
                 h.instance_id != status.instance_id || h.generation != status.generation
             });
             rec.set_held(&status, program, existing.map(|(_, r)| r));
+            // The program read, and the whole-program diff the next plan
+            // makes against it, are O(program) transient memory (hundreds
+            // of MiB at 100k Services) even when nothing is sent: give it
+            // back after that plan, as after a large batch.
+            self.trim_heap = true;
             self.need_plan = true;
             if moved {
                 self.commit_retry_at = Instant::now();
