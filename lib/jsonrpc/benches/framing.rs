@@ -1,6 +1,7 @@
 //! The framer's scan over a large OVSDB transaction (the shape of the
 //! agent speed probe's 10k Services x 10 endpoints: mostly string text),
-//! delivered in 64 KiB reads as `Framer::read_frame` does.
+//! delivered in 64 KiB reads as `Framer::read_frame` does, and the
+//! decoded-size estimate servers take of such a message before decoding it.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sluice_jsonrpc::framing::Framer;
@@ -46,6 +47,9 @@ fn bench(c: &mut Criterion) {
             }
             assert_eq!(frames, wire.len());
         })
+    });
+    group.bench_function("decoded_size_estimate_20k_rows", |b| {
+        b.iter(|| sluice_jsonrpc::decoded_size_estimate(criterion::black_box(&wire)))
     });
     group.finish();
 }

@@ -180,17 +180,31 @@ pub fn decoded_size_estimate(json: &[u8]) -> usize {
     // has no element.
     let mut array_open = false;
     let mut total = json.len();
-    for &byte in json {
+    let mut at = 0;
+    while at < json.len() {
         if in_string {
+            // String text counts only by its length: jump to the next
+            // quote or backslash (the same walk as the framer's).
             if escape {
                 escape = false;
-            } else if byte == b'\\' {
-                escape = true;
-            } else if byte == b'"' {
-                in_string = false;
+                at += 1;
+            } else {
+                match memchr::memchr2(b'"', b'\\', &json[at..]) {
+                    None => break,
+                    Some(k) => {
+                        if json[at + k] == b'\\' {
+                            escape = true;
+                        } else {
+                            in_string = false;
+                        }
+                        at += k + 1;
+                    }
+                }
             }
             continue;
         }
+        let byte = json[at];
+        at += 1;
         if array_open && !matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
             array_open = false;
             if byte != b']' {
@@ -236,6 +250,85 @@ pub fn decoded_size_estimate(json: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The byte-by-byte estimate before string text was skipped with
+    /// `memchr2`: the oracle of `estimate_equals_the_byte_by_byte_one`.
+    fn reference_estimate(json: &[u8]) -> usize {
+        // Whether each open container is an object (bit set) or an array; the
+        // framer limits nesting, deeper levels count as arrays.
+        let mut objects: u128 = 0;
+        // Members seen so far in each open object.
+        let mut members = [0u32; 128];
+        let mut depth: u32 = 0;
+        let mut in_string = false;
+        let mut escape = false;
+        // True right after `[` until the first non-blank byte: an empty array
+        // has no element.
+        let mut array_open = false;
+        let mut total = json.len();
+        for &byte in json {
+            if in_string {
+                if escape {
+                    escape = false;
+                } else if byte == b'\\' {
+                    escape = true;
+                } else if byte == b'"' {
+                    in_string = false;
+                }
+                continue;
+            }
+            if array_open && !matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
+                array_open = false;
+                if byte != b']' {
+                    total = total.saturating_add(PER_ARRAY + PER_ARRAY_ELEMENT);
+                }
+            }
+            let in_object = depth > 0 && depth <= 128 && objects & (1 << (depth - 1)) != 0;
+            match byte {
+                b'"' => {
+                    in_string = true;
+                    total = total.saturating_add(PER_STRING);
+                }
+                b'{' | b'[' => {
+                    if depth < 128 {
+                        let bit = 1u128 << depth;
+                        if byte == b'{' {
+                            objects |= bit;
+                        } else {
+                            objects &= !bit;
+                        }
+                        members[depth as usize] = 0;
+                    }
+                    depth = depth.saturating_add(1);
+                    array_open = byte == b'[';
+                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                b',' if !in_object => total = total.saturating_add(PER_ARRAY_ELEMENT),
+                b':' if in_object => {
+                    let seen = &mut members[depth as usize - 1];
+                    *seen = seen.saturating_add(1);
+                    if *seen == 1 {
+                        total = total.saturating_add(PER_OBJECT);
+                    } else if *seen > MEMBERS_IN_FIRST_NODE {
+                        total = total.saturating_add(PER_OBJECT_MEMBER);
+                    }
+                }
+                _ => {}
+            }
+        }
+        total
+    }
+
+    proptest::proptest! {
+        /// The estimate that skips string text equals the byte-by-byte one.
+        #[test]
+        fn estimate_equals_the_byte_by_byte_one(
+            json in proptest::collection::vec(
+                proptest::sample::select(b"{}[]\"\\ \nax:,0".to_vec()), 0..200),
+        ) {
+            proptest::prop_assert_eq!(decoded_size_estimate(&json), reference_estimate(&json));
+        }
+    }
 
     #[test]
     fn charges_are_bounded_shared_and_released() {
