@@ -821,8 +821,9 @@ fn handover_figures() {
         Proc::spawn(cmd, dir)
     };
     // Waits for the ready event; without it, shows the process's log.
-    let ready = |p: &mut Proc, what: &str| {
-        if p.event("ready").is_none() {
+    let ready = |p: &mut Proc, what: &str| match p.event("ready") {
+        Some(ev) => ev,
+        None => {
             let log = std::fs::read_to_string(p._dir.path().join("stderr.log")).unwrap_or_default();
             panic!("{what}: no ready event; its log:\n{log}");
         }
@@ -998,15 +999,23 @@ fn handover_figures() {
         }
         let (mut udp, mut restore_ms, mut bytes, mut kept) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut done_ms = Vec::new();
+        let (mut done_ms, mut to_ready, mut eal, mut push_ms) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..kill_rounds {
             // Let a save pass after the last restart.
             std::thread::sleep(Duration::from_millis(1100));
             server.ask("reset");
             cur.kill9();
+            // Where the gap goes: the start to the ready event (EAL
+            // included), the agent's re-push, the stream's return.
+            let t0 = Instant::now();
             cur = start(&cfg, &[]);
-            ready(&mut cur, "the sluiced started after SIGKILL");
+            let ev = ready(&mut cur, "the sluiced started after SIGKILL");
+            to_ready.push(t0.elapsed().as_secs_f64() * 1e3);
+            eal.push(ev["eal_init_ms"].as_f64().unwrap_or(-1.0));
+            let t1 = Instant::now();
             commit(prefix, &program(tag, net, mac));
+            push_ms.push(t1.elapsed().as_secs_f64() * 1e3);
             flowing(&mut server);
             udp.push(server.ask("udp")["max_gap_ms"].as_f64().unwrap_or(-1.0));
             // The connections go back in the background: wait (bounded)
@@ -1036,6 +1045,12 @@ fn handover_figures() {
             pct(&mut restore_ms, 0.5), pct(&mut restore_ms, 1.0),
             pct(&mut done_ms, 0.5), pct(&mut done_ms, 1.0), pct(&mut kept, 0.0),
             loadavg()
+        );
+        println!("{l}");
+        lines.push(l);
+        let l = format!(
+            "{n} conns, SIGKILL restarts, where the gap goes (p50): start to ready {:.1} ms (EAL init {:.1} ms, the restore's part before forwarding {:.1} ms), program re-push {:.1} ms",
+            pct(&mut to_ready, 0.5), pct(&mut eal, 0.5), pct(&mut restore_ms, 0.5), pct(&mut push_ms, 0.5)
         );
         println!("{l}");
         lines.push(l);

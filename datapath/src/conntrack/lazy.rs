@@ -435,7 +435,7 @@ impl Pending {
             if r >= total {
                 break;
             }
-            if r % 1024 == 0 {
+            if r.is_multiple_of(1024) {
                 t = now();
             }
             if self.states[r].load(Ordering::Relaxed) == SAVED {
@@ -632,13 +632,13 @@ table=1,priority=1 actions=drop
             keys: [key(t), key(r)],
             nat,
             proto: SavedProto::Other,
-            replied: i % 2 == 0,
+            replied: i.is_multiple_of(2),
             remaining,
             packets: [u64::from(i), 1],
             bytes: [64 * u64::from(i), 64],
             mark,
             label: u128::from(i) << 70,
-            lb: (i % 3 == 0).then(|| {
+            lb: i.is_multiple_of(3).then(|| {
                 (
                     format!("svc{}", i % 5),
                     Ipv4Addr::from(0x0a01_0000 | i),
