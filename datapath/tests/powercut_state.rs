@@ -17,7 +17,7 @@
 //! unsynced directory operations kept or not), one cut in twenty also
 //! flips a random byte of a random file (media corruption), and the next
 //! start restores from it, exactly as sluiced does at start
-//! (`state::restore`), then its saver resumes. After each cut:
+//! (`state::begin_restore`, waited for), then its saver resumes. After each cut:
 //! - the restored table is exactly the state of the last completed save,
 //!   or of the save under way at the cut (when all of it reached the
 //!   disk anyway), or the files were discarded (moved aside) with one log
@@ -386,7 +386,16 @@ fn campaign(shim: InProcess) {
         // The next start.
         take_log();
         let fresh = Conntrack::new(ConntrackConfig::default());
-        let restored = state::restore(&path, &fresh);
+        // As sluiced starts: checked and indexed, then put back in the
+        // background (waited for here, with its last log line).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let restored = state::begin_restore(&path, &fresh, move |d| {
+            let _ = tx.send(d);
+        });
+        let done = restored.as_ref().map(|_| {
+            rx.recv_timeout(std::time::Duration::from_secs(120))
+                .expect("the background restore ends")
+        });
         let log = take_log();
         let got = model_of(&fresh);
         let bad = dir.join("conntrack.state.bad");
@@ -409,10 +418,20 @@ fn campaign(shim: InProcess) {
         } else {
             match &restored {
                 Some(r) => {
-                    assert_eq!(log.len(), 1, "cut {cut}: one log line: {log:?}");
-                    assert!(log[0].contains("restored"), "cut {cut}: {log:?}");
-                    assert_eq!(r.restored.skipped, 0, "cut {cut}");
-                    f.restored_conns += r.restored.restored;
+                    // "restoring N ..." before forwarding, "restored N ..."
+                    // at the background restore's end.
+                    assert_eq!(log.len(), 2, "cut {cut}: two log lines: {log:?}");
+                    assert!(log[0].contains("restoring"), "cut {cut}: {log:?}");
+                    assert!(log[1].contains("restored"), "cut {cut}: {log:?}");
+                    let d = done.expect("waited for");
+                    assert_eq!(d.stats.skipped, 0, "cut {cut}");
+                    // (One with little left may expire in between.)
+                    assert_eq!(
+                        d.stats.restored + d.stats.expired,
+                        r.restored.restored,
+                        "cut {cut}"
+                    );
+                    f.restored_conns += d.stats.restored;
                 }
                 None => assert!(log.is_empty(), "cut {cut}: {log:?}"),
             }

@@ -163,6 +163,7 @@ mod entry;
 mod flood_tests;
 mod handle;
 mod hit;
+pub mod lazy;
 pub mod lb;
 pub mod nat;
 #[allow(unsafe_code)]

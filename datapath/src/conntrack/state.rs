@@ -255,6 +255,9 @@ fn for_each_unlocked(ct: &Conntrack, f: impl FnMut(&Conn)) {
 /// change log switched on before the pass (see
 /// [`ChangeLog`](super::table::ChangeLog), "Switching on").
 fn for_each_unlocked_synced(ct: &Conntrack, sync: bool, mut f: impl FnMut(&Conn)) {
+    // Saved connections not back yet (a lazy restore) are part of the
+    // table.
+    ct.finish_restore();
     let mut batch: Vec<Arc<Conn>> = Vec::new();
     for m in ct.inner.shards.iter() {
         batch.clear();
@@ -1133,11 +1136,31 @@ impl Rd<'_> {
     }
 }
 
-/// Decodes a state file (any version this build reads).
+/// Where the sections of a checked state file are (see [`layout`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Layout {
+    pub(super) version: u32,
+    pub(super) record: usize,
+    pub(super) saved_at_unix_ns: u64,
+    pub(super) count: usize,
+    /// The Service names, as a range of the file.
+    pub(super) names: (usize, usize),
+    /// Offset of the first record.
+    pub(super) records: usize,
+    pub(super) affinity_count: usize,
+    /// Offset of the first affinity entry.
+    pub(super) affinity: usize,
+    pub(super) mac_count: usize,
+    /// Offset of the first MAC entry.
+    pub(super) macs: usize,
+}
+
+/// Checks a state file's magic, version, sizes and checksum and says where
+/// its sections are; nothing in it is decoded yet.
 ///
 /// # Errors
 /// [`StateError`]: what is wrong; nothing of the file should be used.
-pub fn decode(data: &[u8]) -> Result<SavedState, StateError> {
+pub(super) fn layout(data: &[u8]) -> Result<Layout, StateError> {
     if data.len() < HEADER + 4 || &data[..8] != MAGIC {
         return Err(StateError::Magic);
     }
@@ -1210,127 +1233,219 @@ pub fn decode(data: &[u8]) -> Result<SavedState, StateError> {
             body.len()
         )));
     }
-    let names_raw = &r.0[..names_len];
-    let names: Vec<&str> = if names_len == 0 {
-        Vec::new()
+    // Every offset below is within `body` (the sum above matched its
+    // length), so these conversions cannot truncate.
+    let records = HEADER + names_len;
+    let records_end = records + count as usize * record;
+    let affinity = records_end + if version >= 3 { 8 } else { 0 };
+    let affinity_end = affinity + affinity_count as usize * AFFINITY_RECORD;
+    Ok(Layout {
+        version,
+        record,
+        saved_at_unix_ns,
+        count: count as usize,
+        names: (HEADER, HEADER + names_len),
+        records,
+        affinity_count: affinity_count as usize,
+        affinity,
+        mac_count: mac_count as usize,
+        macs: affinity_end + if version >= 4 { 8 } else { 0 },
+    })
+}
+
+/// The Service names of a checked file.
+pub(super) fn names_of<'a>(data: &'a [u8], l: &Layout) -> Result<Vec<&'a str>, StateError> {
+    let raw = &data[l.names.0..l.names.1];
+    if raw.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(std::str::from_utf8(raw)
+        .map_err(|_| StateError::Length("the Service names are not UTF-8".into()))?
+        .split('\0')
+        .collect())
+}
+
+/// One connection record as read, its Service named by index.
+#[derive(Debug, Clone)]
+pub(super) struct RawConn {
+    pub(super) keys: [ConnKey; 2],
+    pub(super) nat: u8,
+    pub(super) proto: SavedProto,
+    pub(super) replied: bool,
+    pub(super) remaining: Nanos,
+    pub(super) packets: [u64; 2],
+    pub(super) bytes: [u64; 2],
+    pub(super) mark: u32,
+    pub(super) label: u128,
+    /// Service name index, endpoint address and port.
+    pub(super) lb: Option<(u32, Ipv4Addr, u16)>,
+}
+
+/// The two keys of record `index` of a checked file (no other check).
+pub(super) fn keys_at(data: &[u8], l: &Layout, index: usize) -> [ConnKey; 2] {
+    let at = l.records + index * l.record;
+    let mut r = Rd(&data[at..at + 32]);
+    [r.key(), r.key()]
+}
+
+/// Reads and checks record `index` of a checked file with `names` Service
+/// names.
+pub(super) fn record_at(
+    data: &[u8],
+    l: &Layout,
+    names: usize,
+    index: usize,
+) -> Result<RawConn, StateError> {
+    let at = l.records + index * l.record;
+    let mut r = Rd(&data[at..at + l.record]);
+    let bad = |why: String| StateError::Record { index, why };
+    let keys = [r.key(), r.key()];
+    let [nat, kind, replied, tcp_state] = r.take::<4>();
+    let liberal = r.u8() != 0;
+    r.u8();
+    let mut sides = [SideSnapshot::default(); 2];
+    for s in &mut sides {
+        *s = SideSnapshot {
+            end: r.u32(),
+            maxend: r.u32(),
+            maxwin: r.u32(),
+            bits: r.u8(),
+        };
+    }
+    let remaining = r.u64();
+    let packets = [r.u64(), r.u64()];
+    let mark = r.u32();
+    let (idx, ip, port) = (r.u32(), r.u32(), r.u16());
+    r.take::<4>();
+    let (bytes, label) = if l.version >= 2 {
+        ([r.u64(), r.u64()], r.u128())
     } else {
-        std::str::from_utf8(names_raw)
-            .map_err(|_| StateError::Length("the Service names are not UTF-8".into()))?
-            .split('\0')
-            .collect()
+        ([0, 0], 0)
     };
-    r.0 = &r.0[names_len..];
-    let mut conns = Vec::with_capacity(count as usize);
-    for index in 0..count as usize {
-        let bad = |why: String| StateError::Record { index, why };
-        let keys = [r.key(), r.key()];
-        let [nat, kind, replied, tcp_state] = r.take::<4>();
-        let liberal = r.u8() != 0;
-        r.u8();
-        let mut sides = [SideSnapshot::default(); 2];
-        for s in &mut sides {
-            *s = SideSnapshot {
-                end: r.u32(),
-                maxend: r.u32(),
-                maxwin: r.u32(),
-                bits: r.u8(),
+    let proto = match kind {
+        0 => SavedProto::Other,
+        1 => SavedProto::Icmp,
+        2 => {
+            let t = TcpSnapshot {
+                state: tcp_state,
+                sides,
+                liberal,
             };
-        }
-        let remaining = r.u64();
-        let packets = [r.u64(), r.u64()];
-        let mark = r.u32();
-        let (idx, ip, port) = (r.u32(), r.u32(), r.u16());
-        r.take::<4>();
-        let (bytes, label) = if version >= 2 {
-            ([r.u64(), r.u64()], r.u128())
-        } else {
-            ([0, 0], 0)
-        };
-        let proto = match kind {
-            0 => SavedProto::Other,
-            1 => SavedProto::Icmp,
-            2 => {
-                let t = TcpSnapshot {
-                    state: tcp_state,
-                    sides,
-                    liberal,
-                };
-                if TcpConn::restore(&t).is_none() {
-                    return Err(bad(format!("TCP state {tcp_state} is not one sluiced has")));
-                }
-                SavedProto::Tcp(t)
+            if TcpConn::restore(&t).is_none() {
+                return Err(bad(format!("TCP state {tcp_state} is not one sluiced has")));
             }
-            k => return Err(bad(format!("protocol kind {k} is not one sluiced has"))),
-        };
-        if keys[0].zone != keys[1].zone || keys[0].proto != keys[1].proto {
-            return Err(bad("its two keys differ in zone or protocol".into()));
+            SavedProto::Tcp(t)
         }
-        let lb = match idx {
-            u32::MAX => None,
-            i => Some((
-                names
-                    .get(i as usize)
-                    .ok_or_else(|| bad(format!("Service name {i} does not exist")))?
-                    .to_string(),
-                Ipv4Addr::from(ip),
-                port,
-            )),
-        };
-        conns.push(SavedConn {
-            keys,
-            nat,
-            proto,
-            replied: replied != 0,
+        k => return Err(bad(format!("protocol kind {k} is not one sluiced has"))),
+    };
+    if keys[0].zone != keys[1].zone || keys[0].proto != keys[1].proto {
+        return Err(bad("its two keys differ in zone or protocol".into()));
+    }
+    let lb = match idx {
+        u32::MAX => None,
+        i if (i as usize) < names => Some((i, Ipv4Addr::from(ip), port)),
+        i => return Err(bad(format!("Service name {i} does not exist"))),
+    };
+    Ok(RawConn {
+        keys,
+        nat,
+        proto,
+        replied: replied != 0,
+        remaining,
+        packets,
+        bytes,
+        mark,
+        label,
+        lb,
+    })
+}
+
+/// The affinity entries of a checked file.
+pub(super) fn affinity_of(
+    data: &[u8],
+    l: &Layout,
+    names: &[&str],
+) -> Result<Vec<AffinityEntry>, StateError> {
+    let mut r = Rd(&data[l.affinity..l.affinity + l.affinity_count * AFFINITY_RECORD]);
+    let mut affinity = Vec::with_capacity(l.affinity_count);
+    for index in 0..l.affinity_count {
+        let (idx, client, ip, port) = (r.u32(), r.u32(), r.u32(), r.u16());
+        r.u16();
+        let remaining = r.u64();
+        let service = names
+            .get(idx as usize)
+            .ok_or_else(|| StateError::Record {
+                index: l.count + index,
+                why: format!("affinity entry {index}: Service name {idx} does not exist"),
+            })?
+            .to_string();
+        affinity.push(AffinityEntry {
+            service,
+            client: Ipv4Addr::from(client),
+            endpoint: (Ipv4Addr::from(ip), port),
             remaining,
-            packets,
-            bytes,
-            mark,
-            label,
-            lb,
         });
     }
-    let mut affinity = Vec::with_capacity(affinity_count as usize);
-    if version >= 3 {
-        r.u64();
-        for index in 0..affinity_count as usize {
-            let (idx, client, ip, port) = (r.u32(), r.u32(), r.u32(), r.u16());
-            r.u16();
-            let remaining = r.u64();
-            let service = names
-                .get(idx as usize)
-                .ok_or_else(|| StateError::Record {
-                    index: count as usize + index,
-                    why: format!("affinity entry {index}: Service name {idx} does not exist"),
-                })?
-                .to_string();
-            affinity.push(AffinityEntry {
-                service,
-                client: Ipv4Addr::from(client),
-                endpoint: (Ipv4Addr::from(ip), port),
-                remaining,
-            });
-        }
+    Ok(affinity)
+}
+
+/// The learned MAC entries of a checked file.
+pub(super) fn macs_of(data: &[u8], l: &Layout) -> Vec<SavedMac> {
+    let mut r = Rd(&data[l.macs..l.macs + l.mac_count * MAC_RECORD]);
+    let mut macs = Vec::with_capacity(l.mac_count);
+    for _ in 0..l.mac_count {
+        let mac = r.take::<6>();
+        let (vlan, port) = (r.u16(), r.u16());
+        r.take::<6>();
+        macs.push(SavedMac {
+            mac,
+            vlan,
+            port,
+            idle: r.u64(),
+        });
     }
-    let mut macs = Vec::with_capacity(mac_count as usize);
-    if version >= 4 {
-        r.u64();
-        for _ in 0..mac_count {
-            let mac = r.take::<6>();
-            let (vlan, port) = (r.u16(), r.u16());
-            r.take::<6>();
-            macs.push(SavedMac {
-                mac,
-                vlan,
-                port,
-                idle: r.u64(),
-            });
-        }
+    macs
+}
+
+/// Checks a state file's header, sizes and checksum (what [`decode`]
+/// checks before the records).
+///
+/// # Errors
+/// [`StateError`]: what is wrong.
+pub fn check(data: &[u8]) -> Result<(), StateError> {
+    layout(data).map(|_| ())
+}
+
+/// Decodes a state file (any version this build reads).
+///
+/// # Errors
+/// [`StateError`]: what is wrong; nothing of the file should be used.
+pub fn decode(data: &[u8]) -> Result<SavedState, StateError> {
+    let l = layout(data)?;
+    let names = names_of(data, &l)?;
+    let mut conns = Vec::with_capacity(l.count);
+    for index in 0..l.count {
+        let c = record_at(data, &l, names.len(), index)?;
+        conns.push(SavedConn {
+            keys: c.keys,
+            nat: c.nat,
+            proto: c.proto,
+            replied: c.replied,
+            remaining: c.remaining,
+            packets: c.packets,
+            bytes: c.bytes,
+            mark: c.mark,
+            label: c.label,
+            lb: c
+                .lb
+                .map(|(i, ip, port)| (names[i as usize].to_string(), ip, port)),
+        });
     }
     Ok(SavedState {
-        saved_at_unix_ns,
+        saved_at_unix_ns: l.saved_at_unix_ns,
         conns,
-        affinity,
-        macs,
+        affinity: affinity_of(data, &l, &names)?,
+        macs: macs_of(data, &l),
     })
 }
 
@@ -1350,65 +1465,98 @@ impl Conntrack {
     pub fn restore(&self, s: &SavedState, now: Nanos) -> Restored {
         let mut out = Restored::default();
         for c in &s.conns {
-            let proto = match c.proto {
-                SavedProto::Other => ProtoState::Other,
-                SavedProto::Icmp => ProtoState::Icmp,
-                // Window checks are skipped from now on (as after a loose
-                // pickup): the save may be up to an interval older than the
-                // connection's last segment, whose sequence numbers are
-                // then beyond the saved windows.
-                SavedProto::Tcp(t) => match TcpConn::restore(&TcpSnapshot { liberal: true, ..t }) {
-                    Some(t) => ProtoState::Tcp(t),
-                    None => {
-                        out.skipped += 1;
-                        continue;
-                    }
-                },
-            };
-            let conn = Arc::new(Conn {
+            let lb = c.lb.as_ref().map(|(name, ip, port)| {
+                LbRef::new(
+                    Arc::from(name.as_str()),
+                    (*ip, *port),
+                    Arc::new(EndpointStats::default()),
+                )
+            });
+            let fields = RestoreFields {
                 keys: c.keys,
                 nat: c.nat,
-                lb: c.lb.as_ref().map(|(name, ip, port)| {
-                    LbRef::new(
-                        Arc::from(name.as_str()),
-                        (*ip, *port),
-                        Arc::new(EndpointStats::default()),
-                    )
-                }),
-                proto,
-                dead: AtomicBool::new(false),
-                replied: AtomicBool::new(c.replied),
-                expires: AtomicU64::new(now.saturating_add(c.remaining)),
-                packets: c.packets.map(AtomicU64::new),
-                bytes: c.bytes.map(AtomicU64::new),
-                marks: Marks::new(CtMarks {
-                    mark: c.mark,
-                    label: c.label,
-                }),
-                lock: Mutex::new(()),
-            });
-            if self
-                .make_room(now, key_hash(&c.keys[0]), &c.keys[0])
-                .is_err()
-            {
+                proto: c.proto,
+                replied: c.replied,
+                expires: now.saturating_add(c.remaining),
+                packets: c.packets,
+                bytes: c.bytes,
+                mark: c.mark,
+                label: c.label,
+            };
+            if self.restore_one(now, &fields, lb) {
+                out.restored += 1;
+            } else {
                 out.skipped += 1;
-                continue;
             }
-            if self.try_insert(now, c.keys[0], &conn, 0).is_err() {
-                out.skipped += 1;
-                continue;
-            }
-            if c.keys[1] != c.keys[0] && self.try_insert(now, c.keys[1], &conn, 1).is_err() {
-                self.remove_key(&c.keys[0], &conn);
-                out.skipped += 1;
-                continue;
-            }
-            self.count_in(&conn, 1);
-            self.published(&conn);
-            out.restored += 1;
         }
         out
     }
+
+    /// Puts one saved connection back (see [`Conntrack::restore`]); false
+    /// when it was skipped (its key taken, no room, an impossible TCP
+    /// state).
+    pub(super) fn restore_one(&self, now: Nanos, c: &RestoreFields, lb: Option<LbRef>) -> bool {
+        let proto = match c.proto {
+            SavedProto::Other => ProtoState::Other,
+            SavedProto::Icmp => ProtoState::Icmp,
+            // Window checks are skipped from now on (as after a loose
+            // pickup): the save may be up to an interval older than the
+            // connection's last segment, whose sequence numbers are
+            // then beyond the saved windows.
+            SavedProto::Tcp(t) => match TcpConn::restore(&TcpSnapshot { liberal: true, ..t }) {
+                Some(t) => ProtoState::Tcp(t),
+                None => return false,
+            },
+        };
+        let conn = Arc::new(Conn {
+            keys: c.keys,
+            nat: c.nat,
+            lb,
+            proto,
+            dead: AtomicBool::new(false),
+            replied: AtomicBool::new(c.replied),
+            expires: AtomicU64::new(c.expires),
+            packets: c.packets.map(AtomicU64::new),
+            bytes: c.bytes.map(AtomicU64::new),
+            marks: Marks::new(CtMarks {
+                mark: c.mark,
+                label: c.label,
+            }),
+            lock: Mutex::new(()),
+        });
+        if self
+            .make_room(now, key_hash(&c.keys[0]), &c.keys[0])
+            .is_err()
+        {
+            return false;
+        }
+        if self.insert_restored(now, c.keys[0], &conn, 0).is_err() {
+            return false;
+        }
+        if c.keys[1] != c.keys[0] && self.insert_restored(now, c.keys[1], &conn, 1).is_err() {
+            self.remove_key(&c.keys[0], &conn);
+            return false;
+        }
+        self.count_in(&conn, 1);
+        self.published(&conn);
+        true
+    }
+}
+
+/// What [`Conntrack::restore_one`] builds a connection from (its Service
+/// apart).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RestoreFields {
+    pub(super) keys: [ConnKey; 2],
+    pub(super) nat: u8,
+    pub(super) proto: SavedProto,
+    pub(super) replied: bool,
+    /// Expiry on this process's clock.
+    pub(super) expires: Nanos,
+    pub(super) packets: [u64; 2],
+    pub(super) bytes: [u64; 2],
+    pub(super) mark: u32,
+    pub(super) label: u128,
 }
 
 #[cfg(test)]

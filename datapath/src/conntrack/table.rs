@@ -26,6 +26,7 @@ use super::cache;
 use super::cache::CacheStats;
 use super::config::ConntrackConfig;
 use super::entry::{Conn, ConnKey, COUNT_DEAD};
+use super::lazy::{LazyStats, Pending};
 use super::lb::LoadBalancer;
 use super::lock;
 pub(super) use super::shard::{key_hash, Slot};
@@ -81,6 +82,11 @@ pub(super) struct Inner {
     /// sweeps, which release on their own thread; at most
     /// [`spare_pool`] of them).
     pub(super) spares: Mutex<Vec<Arc<Conn>>>,
+    /// A lazy crash restore is under way ([`super::lazy`]): a miss looks
+    /// in `pending` (one relaxed load per miss otherwise).
+    pub(super) restoring: AtomicBool,
+    /// The saved connections not all back yet.
+    pub(super) pending: arc_swap::ArcSwapOption<Pending>,
     /// A test's hook run just before a new connection's original key is
     /// published ([`Conntrack::before_publish`]).
     #[cfg(test)]
@@ -181,6 +187,8 @@ impl Conntrack {
                 created: CreationLog::default(),
                 changed: ChangeLog::default(),
                 spares: Mutex::new(Vec::new()),
+                restoring: AtomicBool::new(false),
+                pending: arc_swap::ArcSwapOption::empty(),
                 #[cfg(test)]
                 before_publish: Mutex::new(None),
                 config,
@@ -344,12 +352,17 @@ impl Conntrack {
     /// shard lock, to be removed.
     pub(super) fn lookup(&self, now: Nanos, hash: u64, k: &ConnKey) -> Option<Slot> {
         let cell = self.shard_of(hash);
-        {
+        let missing = {
             let guard = crossbeam::epoch::pin();
-            let found = cell.find(k, hash, &guard)?;
-            if found.conn().live(now) {
-                return Some(found.slot());
+            match cell.find(k, hash, &guard) {
+                Some(found) if found.conn().live(now) => return Some(found.slot()),
+                Some(_) => false,
+                None if self.restoring() => true,
+                None => return None,
             }
+        };
+        if missing {
+            self.fault_in(k, now);
         }
         let mut shard = lock(cell);
         let slot = shard.get(k)?;
@@ -371,6 +384,23 @@ impl Conntrack {
         conn: &Arc<Conn>,
         dir: u8,
     ) -> Result<(), Option<Arc<Conn>>> {
+        if self.restoring() {
+            // A saved connection not back yet may hold `k`: it goes back
+            // first, and keeps its key.
+            self.fault_in(&k, now);
+        }
+        self.insert_restored(now, k, conn, dir)
+    }
+
+    /// [`Conntrack::try_insert`] without looking at the saved connections
+    /// of a lazy restore (what the restore itself inserts with).
+    pub(super) fn insert_restored(
+        &self,
+        now: Nanos,
+        k: ConnKey,
+        conn: &Arc<Conn>,
+        dir: u8,
+    ) -> Result<(), Option<Arc<Conn>>> {
         let mut shard = lock(self.shard_of(key_hash(&k)));
         if let Some(old) = shard.get(&k) {
             if !self.reap(now, &old.conn) {
@@ -378,6 +408,58 @@ impl Conntrack {
             }
         }
         shard.insert(k, conn, dir).map_err(|Unrepresentable| None)
+    }
+
+    /// True while a lazy restore has connections to put back.
+    #[inline]
+    pub(super) fn restoring(&self) -> bool {
+        self.inner.restoring.load(Ordering::Relaxed)
+    }
+
+    /// Puts back the saved connection holding `k`, if a lazy restore has
+    /// one not back yet.
+    #[cold]
+    #[inline(never)]
+    fn fault_in(&self, k: &ConnKey, now: Nanos) {
+        if let Some(p) = self.inner.pending.load().as_ref() {
+            p.fault_in(self, k, now);
+        }
+    }
+
+    /// Starts a lazy restore of `pending` (see [`super::lazy`]): from now
+    /// on a miss puts back the saved connection it needs;
+    /// [`Conntrack::finish_restore`] puts back the rest. Called before
+    /// any PMD forwards; a restore already under way is finished first.
+    pub fn begin_restore(&self, pending: Pending) {
+        self.finish_restore();
+        self.inner.pending.store(Some(Arc::new(pending)));
+        self.inner.restoring.store(true, Ordering::SeqCst);
+    }
+
+    /// Puts back every saved connection of a lazy restore not back yet
+    /// (sharing the work with other threads doing the same), then ends it;
+    /// what it did, or None when no restore was under way.
+    pub fn finish_restore(&self) -> Option<LazyStats> {
+        if !self.inner.restoring.load(Ordering::Acquire) {
+            return None;
+        }
+        let p = self.inner.pending.load_full()?;
+        p.run(self, crate::time::clock_ns);
+        if self.inner.restoring.swap(false, Ordering::AcqRel) {
+            self.inner.pending.store(None);
+            // A PMD that loaded it a moment ago may still hold it: the
+            // saved bytes are freed here, not on a PMD (bounded wait).
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
+            while Arc::strong_count(&p) > 1 && std::time::Instant::now() < until {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        Some(p.stats())
+    }
+
+    /// What the lazy restore under way did so far.
+    pub fn restore_progress(&self) -> Option<LazyStats> {
+        self.inner.pending.load().as_ref().map(|p| p.stats())
     }
 
     pub(super) fn remove_key(&self, k: &ConnKey, conn: &Arc<Conn>) {
@@ -456,6 +538,8 @@ impl Conntrack {
 
     /// Visits every live connection once (through its original key).
     pub fn for_each(&self, mut f: impl FnMut(&Conn)) {
+        // Saved connections not back yet are part of the table.
+        self.finish_restore();
         for m in self.inner.shards.iter() {
             lock(m).for_each(|c, dir| {
                 if dir == 0 && !c.is_dead() {
@@ -470,6 +554,8 @@ impl Conntrack {
     /// so a flush of the control thread leaves no deferred frees to the
     /// PMDs.
     pub fn flush_where(&self, pred: impl Fn(&Conn) -> bool) -> usize {
+        // Saved connections not back yet are part of the table.
+        self.finish_restore();
         let mut n = 0;
         let mut gone = Unlinked::default();
         for m in self.inner.shards.iter() {

@@ -393,21 +393,34 @@ impl Daemon {
         let capture = Capture::new();
         let specs = self.pmd_specs(cfg, &capture);
         let mut features = self.features(cfg, peer.is_some());
-        // Saved connections go back in before any PMD forwards.
+        // Saved connections go back in (a hand-over's), or are checked
+        // and indexed (a crash restore's, which go back in the background
+        // and on demand: `conntrack::lazy`), before any PMD forwards.
         let mut pending_affinity = Vec::new();
         if let Some(p) = peer.as_mut() {
             let path = p.state_path.clone();
             p.restore(&path, &features.conntrack)?;
         } else if let (Some(path), Some(tables)) = (&cfg.datapath.state_file, &flows) {
-            if let Some(r) = state::restore(std::path::Path::new(path), &features.conntrack) {
+            let report = self.report.clone();
+            let done = move |d: state::RestoreDone| {
+                let mut rep = report.lock().unwrap_or_else(|e| e.into_inner());
+                rep.conns_carried = d.stats.restored as u64;
+                rep.conns_skipped = d.stats.skipped as u64;
+                rep.restore_done_ms = Some(d.ms);
+            };
+            let path = std::path::Path::new(path);
+            if let Some(r) = state::begin_restore(path, &features.conntrack, done) {
                 if r.restored.restored > 0 {
                     state::hold_until_programmed(tables);
                 }
                 let mut rep = self.report.lock().unwrap_or_else(|e| e.into_inner());
                 rep.kind = sluice_api::handover::RestartKind::CrashRestore;
                 rep.duration_ms = r.took_ms;
-                rep.conns_carried = r.restored.restored as u64;
-                rep.conns_skipped = r.restored.skipped as u64;
+                if rep.restore_done_ms.is_none() {
+                    // Until the background restore's end sets them.
+                    rep.conns_carried = r.restored.restored as u64;
+                    rep.conns_skipped = r.restored.skipped as u64;
+                }
                 rep.affinity_carried = r.affinity.len() as u64;
                 rep.state_bytes = r.bytes as u64;
                 rep.state_ms = r.took_ms;

@@ -1,6 +1,11 @@
 //! Connections that outlive the process (`[datapath] state_file`): at
-//! start, the saved connections are put back before the PMDs forward; a
-//! thread saves every `state_interval_ms`; a clean stop saves once more.
+//! start, the saved files are read and checked in full, and their
+//! connections indexed, before the PMDs forward ([`begin_restore`]); the
+//! connections then go back into the table in the background, and one a
+//! packet needs first goes back at once (`conntrack::lazy`), so a crash
+//! restart's gap does not grow with the table (at a million connections
+//! the eager restore, [`restore`], took seconds before the first packet).
+//! A thread saves every `state_interval_ms`; a clean stop saves once more.
 //! So after a crash (SIGKILL, OOM) the next sluiced loses at most the
 //! connections opened in the last interval, and after a clean restart
 //! none; established ones keep their NAT, their endpoint and their TCP
@@ -244,6 +249,140 @@ pub fn restore(path: &Path, ct: &Conntrack) -> Option<CrashRestore> {
                 (a, d)
             })
             .collect(),
+    })
+}
+
+/// What [`begin_restore`] hands the background restore's end.
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreDone {
+    /// What it did in all.
+    pub stats: crate::conntrack::lazy::LazyStats,
+    /// From the start of [`begin_restore`] to the last connection back, ms.
+    pub ms: f64,
+}
+
+/// [`restore`] that does not hold up forwarding (see
+/// `conntrack::lazy`): the files are read and checked in full (a file
+/// that fails is discarded with one log line, as by [`restore`]) and
+/// their connections indexed; then a thread (`ct-restore`) puts them back
+/// while the PMDs forward, and a packet whose connection is not back yet
+/// puts it back first. `on_done` runs on that thread at the end. The
+/// returned counts are those to put back (the report's until the end).
+pub fn begin_restore(
+    path: &Path,
+    ct: &Conntrack,
+    on_done: impl FnOnce(RestoreDone) + Send + 'static,
+) -> Option<CrashRestore> {
+    let t0 = Instant::now();
+    let fail = |e: LoadError| {
+        match e {
+            LoadError::Io(e) => tracing::warn!(
+                "cannot read saved connections {}: {e}; starting empty",
+                path.display()
+            ),
+            e => {
+                let (bad, jbad) = discard(path);
+                tracing::warn!(
+                    "discarded saved connections {} ({e}); moved to {} and {}; starting empty",
+                    path.display(),
+                    bad.display(),
+                    jbad.display()
+                );
+            }
+        }
+        None
+    };
+    let base = match std::fs::read(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => return fail(e.into()),
+    };
+    let read_ms = t0.elapsed().as_secs_f64() * 1e3;
+    // The save time the journal must name, from the header (checked with
+    // the rest of the file by `Pending::new`: a bad one fails there).
+    let base_at = base
+        .get(16..24)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes);
+    let (journal, jbytes) = match std::fs::read(journal_path(path)) {
+        Ok(d) => match state::decode_journal(&d, base_at) {
+            Ok(j) => (j, d.len()),
+            Err(JournalError::OtherBase { .. }) => (state::Journal::default(), 0),
+            Err(e) => {
+                // The snapshot's own fault, if it has one, is the one to
+                // report.
+                if let Err(se) = state::check(&base) {
+                    return fail(LoadError::State(se));
+                }
+                return fail(LoadError::Journal(e));
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (state::Journal::default(), 0),
+        Err(e) => return fail(e.into()),
+    };
+    let bytes = base.len() + jbytes;
+    let saved_at = journal
+        .frames
+        .last()
+        .map_or(base_at, |f| f.upserts.saved_at_unix_ns);
+    let now = clock_ns();
+    let pending = match crate::conntrack::lazy::Pending::new(base, &journal, unix_now_ns(), now) {
+        Ok(p) => p,
+        Err(e) => return fail(LoadError::State(e)),
+    };
+    let affinity: Vec<(AffinityEntry, Nanos)> = pending
+        .affinity()
+        .iter()
+        .map(|a| (a.clone(), now.saturating_add(a.remaining)))
+        .collect();
+    let st = pending.stats();
+    ct.begin_restore(pending);
+    let took_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let age_ms = unix_now_ns().saturating_sub(saved_at) / 1_000_000;
+    let torn = if journal.torn_bytes > 0 {
+        format!(
+            "; the journal's last frame was cut short ({} bytes, dropped)",
+            journal.torn_bytes
+        )
+    } else {
+        String::new()
+    };
+    tracing::info!(
+        "restoring {} connections from {} ({bytes} bytes with {} journal frames, last change saved {age_ms} ms ago): checked and indexed in {took_ms:.1} ms (read {read_ms:.1} ms); they go back in the background, each at once if a packet needs it first; {} affinity entries wait for their Services{torn}",
+        st.live_at_load,
+        path.display(),
+        journal.frames.len(),
+        affinity.len()
+    );
+    let ct2 = ct.clone();
+    let spawned = std::thread::Builder::new()
+        .name("ct-restore".into())
+        .spawn(move || {
+            let s = ct2.finish_restore().unwrap_or_default();
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            tracing::info!(
+                "restored {} connections ({} skipped; {} expired, {} put back first by a packet that needed them) in {ms:.1} ms",
+                s.restored,
+                s.skipped,
+                s.expired,
+                s.faulted
+            );
+            on_done(RestoreDone { stats: s, ms });
+        });
+    if let Err(e) = spawned {
+        // No thread: put them back here (the start waits for it).
+        tracing::warn!("cannot start the restore thread ({e}); restoring before forwarding");
+        ct.finish_restore();
+    }
+    Some(CrashRestore {
+        restored: Restored {
+            restored: st.live_at_load,
+            skipped: 0,
+        },
+        bytes,
+        age_ms,
+        took_ms,
+        affinity,
     })
 }
 
@@ -724,6 +863,9 @@ pub fn spawn_saver(mut s: Saver) -> std::io::Result<std::thread::JoinHandle<()>>
                     inc.reload();
                     continue;
                 }
+                // A lazy restore's connections are all back before the
+                // files are compared with the table.
+                s.ct.finish_restore();
                 let t0 = Instant::now();
                 let r = inc.round(&s.ct, Some(&s.services));
                 // At most a fifth of a core: a long round (a large table
@@ -1069,5 +1211,59 @@ mod tests {
         assert!(matches!(load(&path), Err(LoadError::State(_))));
         assert!(restore(&path, &Conntrack::new(ConntrackConfig::default())).is_none());
         assert!(!path.exists() && !journal_path(&path).exists());
+    }
+
+    /// The lazy restore the daemon starts with puts back what the eager
+    /// one does (snapshot and journal frames together), reports the end,
+    /// and a whole-table reader sees every saved connection at once.
+    #[test]
+    fn a_lazy_restore_ends_with_what_an_eager_restore_gives() {
+        let (_dir, path, ct, _) = saved_with_two_frames();
+        let eager = Conntrack::new(ConntrackConfig::default());
+        let e = restore(&path, &eager).expect("restores");
+        assert_eq!(live_keys(&eager), live_keys(&ct));
+        let lazy = Conntrack::new(ConntrackConfig::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r = begin_restore(&path, &lazy, move |d| tx.send(d).expect("send")).expect("begins");
+        assert_eq!(r.restored.restored, e.restored.restored);
+        // A dump (a whole-table reader) finishes the restore first.
+        assert_eq!(live_keys(&lazy), live_keys(&ct));
+        let d = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the background restore ends");
+        assert_eq!(d.stats.restored, e.restored.restored);
+        assert_eq!((d.stats.skipped, d.stats.done), (0, d.stats.saved));
+        assert!(lazy.restore_progress().is_none());
+    }
+
+    /// A corrupt state file or journal is discarded by the lazy restore as
+    /// by the eager one (moved aside), and nothing is put back.
+    #[test]
+    fn a_lazy_restore_discards_a_corrupt_file_or_journal() {
+        for journal in [false, true] {
+            let (_dir, path, _ct, _) = saved_with_two_frames();
+            let target = if journal {
+                journal_path(&path)
+            } else {
+                path.clone()
+            };
+            let mut data = std::fs::read(&target).expect("file");
+            let n = data.len();
+            // In the journal: a frame that is not its last.
+            let at = if journal {
+                state::JOURNAL_HEADER + 12
+            } else {
+                n / 2
+            };
+            data[at] ^= 0xff;
+            std::fs::write(&target, &data).expect("corrupt");
+            let ct = Conntrack::new(ConntrackConfig::default());
+            assert!(
+                begin_restore(&path, &ct, |_| {}).is_none(),
+                "journal {journal}"
+            );
+            assert!(!path.exists() && !journal_path(&path).exists());
+            assert!(ct.is_empty() && ct.restore_progress().is_none());
+        }
     }
 }

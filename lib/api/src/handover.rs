@@ -201,6 +201,11 @@ pub struct RestartReport {
     pub state_ms: f64,
     /// Age of the saved state when restored, ms (crash restore).
     pub state_age_ms: Option<u64>,
+    /// Crash restore: from the start of the restore until every saved
+    /// connection was back in the table, ms (the PMDs forward meanwhile:
+    /// `state_ms` is what they waited for); None while it runs.
+    #[serde(default)]
+    pub restore_done_ms: Option<f64>,
     /// Unix time of the restart, ms.
     pub at_unix_ms: u64,
 }
@@ -241,6 +246,12 @@ impl Render for RestartReport {
         );
         if let Some(a) = self.state_age_ms {
             s += &format!("  state age: {a} ms\n");
+        }
+        if self.kind == RestartKind::CrashRestore {
+            match self.restore_done_ms {
+                Some(ms) => s += &format!("  all saved connections back after: {ms:.1} ms\n"),
+                None => s += "  saved connections: still going back (background)\n",
+            }
         }
         s
     }
