@@ -521,3 +521,35 @@ fn flushed_allocations_are_reused_by_new_connections() {
     assert_eq!(st, ct_state::TRK | ct_state::EST | ct_state::DNAT);
     assert_eq!(seen(&f).dst, Ipv4Addr::from(SERVER));
 }
+
+/// 100,000 clients' connections from one /16, with ports as varied as real
+/// ones, to one Service: every key gets its own hash, and the slots of a
+/// table sized for them are as spread as a random function's. (The hash
+/// before XORed the source port over the address's low 16 bits: these keys
+/// had at most 65,536 hashes between them.)
+#[test]
+fn key_hash_spreads_one_subnets_clients() {
+    let keys: Vec<ConnKey> = (0..100_000u32)
+        .map(|i| ConnKey {
+            zone: 0,
+            proto: 6,
+            tuple: Tuple {
+                src: 0x0a01_0000 | (i & 0xffff),
+                dst: 0x0a60_0001,
+                sport: (i.wrapping_mul(7919) >> 3) as u16,
+                dport: 80,
+            },
+        })
+        .collect();
+    let hashes: std::collections::HashSet<u64> = keys.iter().map(key_hash).collect();
+    assert_eq!(hashes.len(), keys.len(), "distinct keys sharing a hash");
+    // 2^18 slots: a random function fills ~83,000 of them with 100,000 keys.
+    let slots: std::collections::HashSet<u64> = hashes.iter().map(|h| h & 0x3_ffff).collect();
+    assert!(
+        slots.len() > 75_000,
+        "{} slots of 262,144 used",
+        slots.len()
+    );
+    let tags: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 48).collect();
+    assert!(tags.len() > 45_000, "{} tags of 65,536 used", tags.len());
+}
