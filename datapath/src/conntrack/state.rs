@@ -91,7 +91,7 @@ use std::sync::{Arc, Mutex};
 use super::entry::{Conn, ConnKey, CtMarks, Marks, ProtoState};
 use super::lb::{EndpointStats, LbRef};
 use super::nat::Tuple;
-use super::table::key_hash;
+use super::shard::key_hash;
 use super::tcp::{SideSnapshot, TcpConn, TcpSnapshot};
 use super::Conntrack;
 use crate::time::Nanos;
