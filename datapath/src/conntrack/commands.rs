@@ -30,7 +30,11 @@ pub fn stats(ct: &Conntrack) -> ConntrackStatsReply {
     let counts = ct.state_counts();
     let get = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
     ConntrackStatsReply {
-        connections: counts.total,
+        // The table's live counter (exact at any moment); the per-state
+        // and NAT counts come from a walk of the shards while the PMDs go
+        // on, which can see a connection evicted from a shard it already
+        // passed and its replacement in one it had not.
+        connections: ct.len() as u64,
         limit: ct.config().max_connections as u64,
         by_state: counts.by_state,
         dnat: counts.dnat,

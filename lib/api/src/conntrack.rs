@@ -159,7 +159,10 @@ pub struct ConnCacheStats {
 /// `conntrack-stats` reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConntrackStatsReply {
-    /// Tracked connections.
+    /// Tracked connections: the table's live counter, exact at any
+    /// moment. `by_state`, `dnat` and `snat` come from a walk of the table
+    /// while it changes, so under churn their sum can differ from it by
+    /// the connections created or removed during the walk.
     pub connections: u64,
     /// The table's limit.
     pub limit: u64,
