@@ -839,11 +839,10 @@ table=1,priority=1 actions=drop
 /// --nocapture restore_phase_times`).
 #[cfg(test)]
 #[test]
-#[ignore]
+#[ignore = "a timing figure (decode, merge, insert of 1M saved connections); run in release with --ignored --nocapture"]
 fn restore_phase_times() {
-    use super::state::{decode, encode, merge, SavedConn, SavedProto, SavedState};
+    use super::state::{decode, encode, merge, SavedState};
     use super::ConntrackConfig;
-    use crate::conntrack::nat::Tuple;
     use std::time::Instant;
     let n: usize = std::env::var("SLCT_PHASE_CONNS")
         .ok()
@@ -852,35 +851,11 @@ fn restore_phase_times() {
     // As the figures' e2e test makes them.
     let conns = (0..n)
         .map(|i| {
-            let t = Tuple {
-                src: 0xac10_0000 | (i as u32 >> 8),
-                dst: 0x0a01_0001,
-                sport: 1024 + (i & 0xff) as u16,
-                dport: 53,
-            };
-            let r = Tuple {
-                src: t.dst,
-                dst: t.src,
-                sport: t.dport,
-                dport: t.sport,
-            };
-            let key = |tuple| ConnKey {
-                zone: 1,
-                proto: 17,
-                tuple,
-            };
-            SavedConn {
-                keys: [key(t), key(r)],
-                nat: 0,
-                proto: SavedProto::Other,
-                replied: true,
-                remaining: 3_600_000_000_000,
-                packets: [1, 1],
-                bytes: [64, 64],
-                mark: 0,
-                label: 0,
-                lb: None,
-            }
+            super::state::saved_udp(
+                0xac10_0000 | (i as u32 >> 8),
+                1024 + (i & 0xff) as u16,
+                3_600_000_000_000,
+            )
         })
         .collect();
     let unix = 1_000_000_000_000;

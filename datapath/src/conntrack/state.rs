@@ -1559,6 +1559,42 @@ pub(super) struct RestoreFields {
     pub(super) label: u128,
 }
 
+/// A saved UDP connection `src:sport -> 10.1.0.1:53` in zone 1, replied,
+/// `remaining` ns to live, one packet each way: the synthetic connections
+/// the restore tests and the restore-phase figure build by the thousand.
+#[cfg(test)]
+pub(crate) fn saved_udp(src: u32, sport: u16, remaining: u64) -> SavedConn {
+    let t = Tuple {
+        src,
+        dst: 0x0a01_0001,
+        sport,
+        dport: 53,
+    };
+    let r = Tuple {
+        src: t.dst,
+        dst: t.src,
+        sport: t.dport,
+        dport: t.sport,
+    };
+    let key = |tuple| ConnKey {
+        zone: 1,
+        proto: 17,
+        tuple,
+    };
+    SavedConn {
+        keys: [key(t), key(r)],
+        nat: 0,
+        proto: SavedProto::Other,
+        replied: true,
+        remaining,
+        packets: [1, 1],
+        bytes: [64, 64],
+        mark: 0,
+        label: 0,
+        lb: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

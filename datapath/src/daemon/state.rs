@@ -906,42 +906,13 @@ pub fn spawn_saver(mut s: Saver) -> std::io::Result<std::thread::JoinHandle<()>>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conntrack::nat::Tuple;
-    use crate::conntrack::state::{SavedConn, SavedProto};
+    use crate::conntrack::state::SavedConn;
     use crate::conntrack::{ConnFilter, ConnKey, ConntrackConfig};
 
     const HOUR: Nanos = 3_600_000_000_000;
 
     fn udp(i: u32) -> SavedConn {
-        let t = Tuple {
-            src: 0xac10_0000 | i,
-            dst: 0x0a01_0001,
-            sport: 1024,
-            dport: 53,
-        };
-        let r = Tuple {
-            src: t.dst,
-            dst: t.src,
-            sport: t.dport,
-            dport: t.sport,
-        };
-        let key = |tuple| ConnKey {
-            zone: 1,
-            proto: 17,
-            tuple,
-        };
-        SavedConn {
-            keys: [key(t), key(r)],
-            nat: 0,
-            proto: SavedProto::Other,
-            replied: true,
-            remaining: HOUR,
-            packets: [1, 1],
-            bytes: [64, 64],
-            mark: 0,
-            label: 0,
-            lb: None,
-        }
+        crate::conntrack::state::saved_udp(0xac10_0000 | i, 1024, HOUR)
     }
 
     /// Adds connections `ids` to `ct` (as a restore does).
